@@ -1,0 +1,3 @@
+from meterd.cli.main import main
+
+main()

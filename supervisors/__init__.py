@@ -1,0 +1,93 @@
+"""supervisors: Erlang/OTP supervision on Trio.
+
+* :class:`Supervisor` — a static, ordered list of children under
+  ``one_for_one``, ``one_for_all`` or ``rest_for_one``, with OTP's restart types,
+  restart intensity and escalation, significant children and auto shutdown.
+* :class:`DynamicSupervisor` — children started at run time, ``max_children``.
+* :class:`GenServer` — actors (init / handle_call / handle_cast / handle_info /
+  terminate) with bounded mailboxes, run on tasks only while they have mail.
+* :class:`Registry` — unique names that outlive incarnations.
+* :func:`snapshot` — a live tree as plain data.
+
+Every module's doc states its rules; ``docs/supervisors.md`` explains the design
+and what from OTP is left out.
+
+This package never imports the application built on it.
+"""
+
+from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Monitor, NameRef
+from ._child import ActorLauncher, TaskLauncher, shutdown_shield
+from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord
+from ._dynamic import DynamicSupervisor
+from ._errors import (
+    ActorExited,
+    AlreadyStarted,
+    CallTimeout,
+    MaxChildrenReached,
+    NoSuchActor,
+    NoSuchChild,
+    RestartIntensityExceeded,
+    SpecError,
+    StartError,
+    SupervisorError,
+    SupervisorStopping,
+)
+from ._exit import Exit, Stop
+from ._helpers import actor_spec, task_spec
+from ._introspect import snapshot
+from ._registry import Registry
+from ._spec import (
+    BRUTAL_KILL,
+    INFINITY,
+    AutoShutdown,
+    Backoff,
+    ChildSpec,
+    ChildType,
+    Restart,
+    Strategy,
+)
+from ._supervisor import Supervisor
+
+__all__ = [
+    "BRUTAL_KILL",
+    "INFINITY",
+    "NOREPLY",
+    "ActorExited",
+    "ActorLauncher",
+    "ActorRef",
+    "AlreadyStarted",
+    "AutoShutdown",
+    "Backoff",
+    "CallTimeout",
+    "Caller",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildSpec",
+    "ChildStatus",
+    "ChildType",
+    "Down",
+    "DynamicSupervisor",
+    "Exit",
+    "GenServer",
+    "MaxChildrenReached",
+    "Monitor",
+    "NameRef",
+    "NoSuchActor",
+    "NoSuchChild",
+    "Registry",
+    "Restart",
+    "RestartIntensityExceeded",
+    "RestartRecord",
+    "SpecError",
+    "StartError",
+    "Stop",
+    "Strategy",
+    "Supervisor",
+    "SupervisorError",
+    "SupervisorStopping",
+    "TaskLauncher",
+    "actor_spec",
+    "shutdown_shield",
+    "snapshot",
+    "task_spec",
+]

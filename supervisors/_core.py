@@ -1,0 +1,470 @@
+"""What static and dynamic supervisors share: the control loop, restarts, shutdown.
+
+A supervisor runs as one task (``run``) that owns a nursery. Its children run
+in that nursery: task children as tasks, actors on the dispatcher's workers
+(see :mod:`._dispatch`). Everything that changes the set of children happens in
+the supervisor's own task, one thing at a time, as in OTP where the supervisor
+is a process handling one message at a time: a child's exit is *posted* to the
+supervisor (:meth:`_child_exited`) and handled by its control loop.
+
+Rules (OTP's ``supervisor``):
+
+* When a child exits and its restart type says so (``permanent``: always;
+  ``transient``: after an abnormal exit; ``temporary``: never), the supervisor
+  records a restart (:mod:`._intensity`). More than ``max_restarts`` within
+  ``max_seconds`` and it terminates all its children and exits with
+  :class:`RestartIntensityExceeded` (escalation to its parent).
+* Otherwise it applies its strategy. If restarting fails, that counts as
+  another restart and is tried again, until it works or the intensity is
+  exceeded.
+* A child that is not restarted is removed (temporary, or dynamic children) or
+  kept stopped (a static transient child after a clean exit). If it was
+  *significant*, ``auto_shutdown`` may stop the supervisor normally.
+* Shutdown terminates children in reverse start order (dynamic supervisors: all
+  at once), each within its own ``shutdown`` grace.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import outcome
+import trio
+
+from ._actor import GenServer
+from ._child import Incarnation, Launcher, as_launcher, do_terminate
+from ._dispatch import Dispatcher
+from ._errors import RestartIntensityExceeded, StartError, SupervisorStopping
+from ._exit import Exit, exit_from_exception
+from ._intensity import RestartIntensity
+from ._log import logger
+from ._spec import AutoShutdown, ChildSpec, ChildType, Restart, check_intensity
+
+HISTORY_SIZE: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRecord:
+    """One entry of a child's restart history."""
+
+    at: float  # wall-clock seconds
+    kind: str
+    error_type: str | None
+    message: str
+
+
+class ChildStatus(enum.Enum):
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+class Child:
+    """A supervisor's record of one child: its spec and current incarnation."""
+
+    __slots__ = (
+        "backoff_attempts",
+        "history",
+        "incarnation",
+        "launcher",
+        "restarting",
+        "restarts",
+        "spec",
+        "up_since",
+    )
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.launcher: Launcher = as_launcher(spec.start)
+        self.incarnation: Incarnation | None = None
+        self.restarts = 0
+        self.restarting = False
+        self.backoff_attempts = 0
+        self.up_since = 0.0  # Trio time of the current incarnation's start
+        self.history: deque[RestartRecord] | None = None
+
+    @property
+    def status(self) -> ChildStatus:
+        if self.incarnation is not None and self.incarnation.alive:
+            return ChildStatus.RUNNING
+        return ChildStatus.RESTARTING if self.restarting else ChildStatus.STOPPED
+
+    @property
+    def ref(self) -> Any:
+        """The running child's handle: an ActorRef, a supervisor, or what a task started with."""
+        incarnation = self.incarnation
+        if incarnation is None or not incarnation.alive:
+            return None
+        ref = getattr(incarnation, "ref", None)
+        return ref
+
+    def record_restart(self, exit: Exit) -> None:
+        self.restarts += 1
+        if self.history is None:
+            self.history = deque(maxlen=HISTORY_SIZE)
+        self.history.append(RestartRecord(time.time(), exit.kind, exit.error_type, exit.message))
+
+
+class _AutoShutdown(Exception):
+    """Internal: a significant child's exit stops the supervisor normally."""
+
+
+class SupervisorCore:
+    """The machinery shared by :class:`Supervisor` and :class:`DynamicSupervisor`."""
+
+    strategy_name: str = "one_for_one"
+
+    def __init__(self, name: str, max_restarts: int, max_seconds: float) -> None:
+        check_intensity(max_restarts, max_seconds)
+        self.name = name
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self._intensity = RestartIntensity(max_restarts, max_seconds)
+        self._nursery: trio.Nursery | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._events: deque[tuple[Any, ...]] = deque()
+        self._parked: trio.lowlevel.Task | None = None
+        self._stop_requested = False
+        self.stopping = False
+        self.started_at: float | None = None
+        self._finished = trio.Event()
+        self._ran = False
+        self._log = logger.bind(supervisor=name)
+
+    # ---- Host protocol (used by launchers) --------------------------------------
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError(f"supervisor {self.name!r} is not running")
+        return self._nursery
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise RuntimeError(f"supervisor {self.name!r} is not running")
+        return self._dispatcher
+
+    def _child_exited(self, child: Child, incarnation: Incarnation, exit: Exit) -> None:
+        """Called (synchronously) by a child's incarnation when it ends."""
+        name = child.launcher.registered_name
+        if name is not None and isinstance(incarnation, GenServer):
+            name[0]._sv_vacate(name[1], child, incarnation)
+        self._post(("exit", child, incarnation, exit))
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def _shutting_down(self) -> bool:
+        return self.stopping
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None and not self.stopping
+
+    @property
+    def status(self) -> str:
+        if self._nursery is None or self._finished.is_set():
+            return "stopped"
+        return "running"
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the supervisor: start its children, supervise them, shut them down.
+
+        Use it as a task: ``sup = await nursery.start(supervisor.run)``. It
+        returns after :meth:`stop` (or an auto shutdown) once every child has
+        ended; it raises :class:`StartError` if an initial child fails to start
+        and :class:`RestartIntensityExceeded` when it gives up. Cancelling it
+        shuts its children down first (within :func:`shutdown_shield`).
+        """
+        from ._child import shutdown_shield
+
+        if self._ran:
+            raise RuntimeError(f"supervisor {self.name!r} already ran; build a new one")
+        self._ran = True
+        error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._dispatcher = Dispatcher(nursery)
+                self.started_at = time.time()
+                try:
+                    await self._start_initial()
+                    task_status.started(self)
+                    self._log.debug("supervisor_started", strategy=self.strategy_name)
+                    await self._control_loop()
+                except (StartError, RestartIntensityExceeded) as caught:
+                    error = caught
+                finally:
+                    self.stopping = True
+                    with shutdown_shield():
+                        await self._terminate_all()
+                    self._dispatcher.close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._finished.set()
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        """Ask the supervisor to shut its children down and return from :meth:`run`."""
+        self._stop_requested = True
+        self._wake()
+
+    async def wait_stopped(self) -> None:
+        await self._finished.wait()
+
+    # ---- the control loop ---------------------------------------------------------
+
+    def _post(self, event: tuple[Any, ...]) -> None:
+        self._events.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        task, self._parked = self._parked, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def _control_loop(self) -> None:
+        events = self._events
+        while True:
+            while events:
+                event = events.popleft()
+                try:
+                    await self._handle(event)
+                except _AutoShutdown:
+                    self._log.info("auto_shutdown")
+                    return
+            if self._stop_requested:
+                return
+            self._parked = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._parked = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "exit":
+            _, child, incarnation, exit = event
+            if child.incarnation is not incarnation:
+                return  # stale: this incarnation was already terminated or replaced
+            child.incarnation = None
+            await self._on_child_exit(child, exit, log=True)
+        elif kind == "retry":
+            _, child, exit = event
+            if self._is_current(child) and child.incarnation is None:
+                await self._on_child_exit(child, exit, log=False)
+        elif kind == "restart_due":
+            _, child = event
+            if self._is_current(child) and child.restarting:
+                await self._do_restart(child)
+        elif kind == "request":
+            _, operation, reply = event
+            result: outcome.Outcome[Any]
+            try:
+                result = outcome.Value(await operation())
+            except _AutoShutdown:
+                raise
+            except Exception as error:
+                result = outcome.Error(error)
+            reply(result)
+
+    async def _on_child_exit(self, child: Child, exit: Exit, *, log: bool) -> None:
+        spec = child.spec
+        restart = _should_restart(spec.restart, exit)
+        if log:
+            self._log_exit(child, exit, restart)
+        if not restart:
+            self._forget(child)
+            self._maybe_auto_shutdown(child)
+            return
+        child.record_restart(exit)
+        if not self._intensity.add_restart(trio.current_time()):
+            self._log.error(
+                "supervisor_giving_up",
+                child=spec.name,
+                reason=str(exit),
+                max_restarts=self.max_restarts,
+                max_seconds=self.max_seconds,
+            )
+            raise RestartIntensityExceeded(self.name, spec.id, exit)
+        child.restarting = True
+        backoff = spec.backoff
+        if backoff is not None:
+            if trio.current_time() - child.up_since >= backoff.stable_after:
+                child.backoff_attempts = 0  # it had been stable: start the delays over
+            child.backoff_attempts += 1
+            delay = backoff.delay(child.backoff_attempts)
+            self.nursery.start_soon(self._restart_after, child, delay)
+            return
+        await self._do_restart(child)
+
+    async def _restart_after(self, child: Child, delay: float) -> None:
+        await trio.sleep(delay)
+        self._post(("restart_due", child))
+
+    async def _do_restart(self, child: Child) -> None:
+        """Apply the strategy; a failed start is retried as a new restart."""
+        try:
+            await self._restart_by_strategy(child)
+        except StartError as error:
+            failed: Child = getattr(error, "sv_child", child)
+            failed.restarting = True
+            self._log.warning(
+                "child_restart_failed", child=failed.spec.name, reason=repr(error.reason)
+            )
+            self._post(("retry", failed, exit_from_exception(error.reason)))
+
+    async def _start_child(self, child: Child) -> None:
+        """Launch one incarnation; raises StartError (naming the child) if it fails."""
+        if self.stopping:
+            raise SupervisorStopping(f"supervisor {self.name!r} is shutting down")
+        try:
+            incarnation = await child.launcher.launch(self, child)
+        except Exception as reason:
+            error = StartError(child.spec.id, reason)
+            error.sv_child = child  # type: ignore[attr-defined]
+            raise error from reason
+        child.incarnation = incarnation
+        child.restarting = False
+        child.up_since = trio.current_time()
+        if incarnation is not None and self._shutting_down():
+            # The supervisor began shutting down while this child was starting.
+            await do_terminate(incarnation, child.spec.shutdown_grace)
+
+    async def _terminate_child(self, child: Child) -> None:
+        incarnation, child.incarnation = child.incarnation, None
+        if incarnation is not None:
+            await do_terminate(incarnation, child.spec.shutdown_grace)
+
+    def _release_name(self, child: Child) -> None:
+        name = child.launcher.registered_name
+        if name is not None:
+            name[0]._sv_release(name[1], child)
+
+    def _log_exit(self, child: Child, exit: Exit, restart: bool) -> None:
+        if exit.clean:
+            self._log.debug("child_exited", child=child.spec.name, reason=exit.kind)
+            return
+        self._log.warning(
+            "child_crashed",
+            child=child.spec.name,
+            reason=exit.kind,
+            error=exit.error_type,
+            message=exit.message,
+            where=exit.where(),
+            restarts=child.restarts + (1 if restart else 0),
+            restart=restart,
+        )
+
+    def _maybe_auto_shutdown(self, child: Child) -> None:
+        if not child.spec.significant:
+            return
+        mode = self.auto_shutdown
+        if mode is AutoShutdown.ANY_SIGNIFICANT:
+            raise _AutoShutdown()
+        if mode is AutoShutdown.ALL_SIGNIFICANT and not any(
+            c.spec.significant and c.status is not ChildStatus.STOPPED for c in self._children()
+        ):
+            raise _AutoShutdown()
+
+    async def _call_in_loop(self, operation: Callable[[], Any]) -> Any:
+        """Run ``operation`` in the control loop, after what is queued, and return its result."""
+        if self.stopping or self._nursery is None:
+            raise SupervisorStopping(f"supervisor {self.name!r} is not running")
+        done = trio.Event()
+        box: list[outcome.Outcome[Any]] = []
+
+        def reply(result: outcome.Outcome[Any]) -> None:
+            box.append(result)
+            done.set()
+
+        self._post(("request", operation, reply))
+        await done.wait()
+        return box[0].unwrap()
+
+    # ---- what subclasses provide ------------------------------------------------------
+
+    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+
+    def _children(self) -> Iterable[Child]:
+        raise NotImplementedError
+
+    def _is_current(self, child: Child) -> bool:
+        raise NotImplementedError
+
+    def _forget(self, child: Child) -> None:
+        """A child ended and is not restarted: remove it or keep it stopped."""
+        raise NotImplementedError
+
+    async def _start_initial(self) -> None:
+        raise NotImplementedError
+
+    async def _restart_by_strategy(self, child: Child) -> None:
+        raise NotImplementedError
+
+    async def _terminate_all(self) -> None:
+        raise NotImplementedError
+
+    # ---- introspection --------------------------------------------------------------------
+
+    def which_children(self) -> list[ChildInfo]:
+        """OTP's ``which_children``: id, handle, type and status of every child."""
+        return [ChildInfo.of(child) for child in self._children()]
+
+    def count_children(self) -> ChildCounts:
+        """OTP's ``count_children``."""
+        specs = active = supervisors = workers = 0
+        for child in self._children():
+            specs += 1
+            if child.status is ChildStatus.RUNNING:
+                active += 1
+            if child.spec.type is ChildType.SUPERVISOR:
+                supervisors += 1
+            else:
+                workers += 1
+        return ChildCounts(specs, active, supervisors, workers)
+
+
+def _should_restart(restart: Restart, exit: Exit) -> bool:
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return not exit.clean
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    id: Hashable
+    ref: Any
+    type: ChildType
+    status: ChildStatus
+    restarts: int
+    history: tuple[RestartRecord, ...]
+
+    @classmethod
+    def of(cls, child: Child) -> ChildInfo:
+        return cls(
+            child.spec.id,
+            child.ref,
+            child.spec.type,
+            child.status,
+            child.restarts,
+            tuple(child.history or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCounts:
+    specs: int
+    active: int
+    supervisors: int
+    workers: int

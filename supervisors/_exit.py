@@ -1,0 +1,82 @@
+"""Exit reasons: how a child ended, in OTP's terms.
+
+OTP distinguishes ``normal``, ``shutdown`` (and ``{shutdown, Term}``), ``killed``
+and any other reason. Only the first two are *clean*: a ``transient`` child is
+restarted after any other exit. Python code reports them like this:
+
+* returning from the task, or ``raise Stop()`` in an actor -> ``normal``;
+* ``raise Stop("shutdown")`` / ``Stop("shutdown", detail)``, or being
+  terminated by the supervisor within its grace period -> ``shutdown``;
+* being cancelled after the grace period ran out (or ``brutal_kill``) -> ``killed``;
+* any other exception, or ``Stop(<other reason>)`` -> ``crash``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Literal
+
+ExitKind = Literal["normal", "shutdown", "killed", "crash"]
+
+
+class Stop(Exception):
+    """Raise to end the current actor or task child with an OTP-style reason.
+
+    ``Stop()`` is a normal exit; ``Stop("shutdown")`` a clean shutdown; any
+    other reason string is abnormal, so a transient child is restarted.
+    """
+
+    def __init__(self, reason: str = "normal", detail: object = None) -> None:
+        super().__init__(reason if detail is None else f"{reason}: {detail!r}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """Why a child or actor ended."""
+
+    kind: ExitKind
+    error: BaseException | None = None
+
+    @property
+    def clean(self) -> bool:
+        """True for ``normal`` and ``shutdown``: a transient child is not restarted after them."""
+        return self.kind in ("normal", "shutdown")
+
+    @property
+    def error_type(self) -> str | None:
+        return type(self.error).__name__ if self.error is not None else None
+
+    @property
+    def message(self) -> str:
+        return str(self.error) if self.error is not None else self.kind
+
+    def where(self) -> str | None:
+        """``file:line in function`` of the innermost frame that raised, for one-line logs."""
+        if self.error is None or self.error.__traceback__ is None:
+            return None
+        frame = traceback.extract_tb(self.error.__traceback__)[-1]
+        return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+    def __str__(self) -> str:
+        if self.error is None:
+            return self.kind
+        return f"{self.kind} ({type(self.error).__name__}: {self.error})"
+
+
+NORMAL = Exit("normal")
+SHUTDOWN = Exit("shutdown")
+KILLED = Exit("killed")
+
+
+def exit_from_exception(exc: BaseException) -> Exit:
+    """Classify what a child raised into an :class:`Exit`."""
+    if isinstance(exc, Stop):
+        if exc.reason == "normal":
+            return Exit("normal", exc if exc.detail is not None else None)
+        if exc.reason == "shutdown":
+            return Exit("shutdown", exc)
+        return Exit("crash", exc)
+    return Exit("crash", exc)

@@ -1,0 +1,102 @@
+"""A snapshot of a live supervision tree as plain data (the shape of ``/v1/tree``).
+
+Each node::
+
+    {"name": str, "kind": "supervisor" | "worker", "strategy": str (supervisors),
+     "status": "running" | "restarting" | "stopped" | ..., "restarts": int,
+     "started_at": int ms | None, "mailbox": int (workers),
+     "restart_history": [{"at": ms, "kind", "error_type", "message"}, ...],
+     "children": [...], "children_total": int}
+
+``limit`` caps the children listed per node (``children_total`` still counts them
+all), and ``total`` caps the nodes in the whole snapshot, so that a dynamic
+supervisor of a million actors costs no more to inspect than a hundred.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._core import Child, SupervisorCore
+from ._spec import ChildType
+
+
+def snapshot(root: SupervisorCore, *, limit: int = 100, total: int = 10_000) -> dict[str, Any]:
+    """The tree under ``root``; see the module doc."""
+    if limit < 0 or total < 1:
+        raise ValueError(f"limit must be >= 0 and total >= 1, not {limit!r}, {total!r}")
+    budget = [total - 1]
+    node = _supervisor_node(root, root.name, restarts=0, history=(), limit=limit, budget=budget)
+    return node
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _supervisor_node(
+    sup: SupervisorCore,
+    name: str,
+    *,
+    restarts: int,
+    history: Any,
+    limit: int,
+    budget: list[int],
+) -> dict[str, Any]:
+    children: list[dict[str, Any]] = []
+    total = 0
+    for child in sup._children():
+        total += 1
+        if len(children) < limit and budget[0] > 0:
+            budget[0] -= 1
+            children.append(_child_node(child, limit, budget))
+    return {
+        "name": name,
+        "kind": "supervisor",
+        "strategy": sup.strategy_name,
+        "status": sup.status,
+        "restarts": restarts,
+        "started_at": _ms(sup.started_at),
+        "restart_history": _history(history),
+        "children": children,
+        "children_total": total,
+    }
+
+
+def _history(history: Any) -> list[dict[str, Any]]:
+    return [
+        {"at": _ms(r.at), "kind": r.kind, "error_type": r.error_type, "message": r.message}
+        for r in history or ()
+    ]
+
+
+def _child_node(child: Child, limit: int, budget: list[int]) -> dict[str, Any]:
+    ref = child.ref
+    if isinstance(ref, SupervisorCore):
+        return _supervisor_node(
+            ref,
+            child.spec.name,
+            restarts=child.restarts,
+            history=child.history,
+            limit=limit,
+            budget=budget,
+        )
+    incarnation = child.incarnation
+    running = incarnation is not None and incarnation.alive
+    node: dict[str, Any] = {
+        "name": child.spec.name,
+        "kind": "supervisor" if child.spec.type is ChildType.SUPERVISOR else "worker",
+        "status": _status(child, incarnation) if running else child.status.value,
+        "restarts": child.restarts,
+        "started_at": _ms(incarnation.started_at) if running and incarnation else None,
+        "mailbox": incarnation.mailbox_depth if running and incarnation else 0,
+        "restart_history": _history(child.history),
+        "children": [],
+        "children_total": 0,
+    }
+    return node
+
+
+def _status(child: Child, incarnation: Any) -> str:
+    status = getattr(incarnation, "status", None)
+    return status if isinstance(status, str) else child.status.value
