@@ -309,8 +309,9 @@ async def bench_restart(restarts: int) -> dict[str, Any]:
     """Crash a supervised named gen_server; time crash -> next successful call.
 
     The crash instant is taken inside ``handle_cast`` right before it raises;
-    the client then calls the name in a loop (``trio.sleep(0)`` between
-    attempts) until the restarted incarnation answers.
+    the client then calls the name in a loop (``trio.lowlevel.checkpoint()``
+    between attempts) until the restarted incarnation answers. The first few
+    crashes are a warm-up and are not recorded.
     """
     config = ActorConfig()
     warmup = min(10, max(restarts // 10, 1))
@@ -447,7 +448,9 @@ NOTES = (
     "repeats, restart latencies pooled. Actors are named gen_server.start "
     "tasks. spawn/rss: dynamic_supervisor.start + dynamic_supervisor."
     "start_child(child_spec(task=gen_server.start, restart=PERMANENT)), timed "
-    "until every init ran and the last actor answered a call. call/cast: one "
+    "until every init ran and the last actor answered a call (start_child only "
+    "hands the spec to the supervisor's mailbox; it gives no 'started' signal). "
+    "call/cast: one "
     "gen_server under supervisor.start; gen_server.call / gen_server.cast by "
     "name; casts counted until handle_cast saw them all. dispatch: one sender "
     "task, round-robin gen_server.cast over the actors (spawned as for "
@@ -470,8 +473,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
-    for key in FULL_SIZES:
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None)
+    for key, full in FULL_SIZES.items():
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"default {full:,} ({QUICK_SIZES[key]:,} with --quick)",
+        )
     parser.add_argument("--scenario", choices=SCENARIOS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

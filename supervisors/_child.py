@@ -42,13 +42,13 @@ class Incarnation(Protocol):
     """What a supervisor needs of a running child (see the module doc)."""
 
     @property
-    def alive(self) -> bool: ...
+    def sv_alive(self) -> bool: ...
     @property
-    def started_at(self) -> float: ...
+    def sv_started_at(self) -> float: ...
     @property
-    def mailbox_depth(self) -> int: ...
+    def sv_mailbox_depth(self) -> int: ...
     @property
-    def exit(self) -> Exit | None: ...
+    def sv_exit(self) -> Exit | None: ...
     def _sv_request_stop(self, grace_deadline: float) -> None: ...
     def _sv_kill(self) -> None: ...
     async def _sv_wait_exit(self) -> Exit: ...
@@ -111,11 +111,11 @@ class TaskIncarnation:
         "_started",
         "_stop_exit",
         "child",
-        "exit",
         "grace_deadline",
         "ref",
         "shields",
-        "started_at",
+        "sv_exit",
+        "sv_started_at",
     )
 
     def __init__(self, host: Host, child: object) -> None:
@@ -125,18 +125,18 @@ class TaskIncarnation:
         self._started = False
         self._done = trio.Event()
         self._stop_exit = SHUTDOWN
-        self.exit: Exit | None = None
+        self.sv_exit: Exit | None = None
         self.grace_deadline = math.inf
         self.ref: Any = None
         self.shields: list[trio.CancelScope] = []
-        self.started_at = time.time()
+        self.sv_started_at = time.time()
 
     @property
-    def alive(self) -> bool:
-        return self.exit is None
+    def sv_alive(self) -> bool:
+        return self.sv_exit is None
 
     @property
-    def mailbox_depth(self) -> int:
+    def sv_mailbox_depth(self) -> int:
         depth = getattr(self.ref, "mailbox_depth", 0)
         return depth if isinstance(depth, int) else 0
 
@@ -147,35 +147,45 @@ class TaskIncarnation:
         def started(value: Any = None) -> None:
             self._started = True
             self.ref = value
-            self.started_at = time.time()
+            self.sv_started_at = time.time()
             task_status.started(value)
 
         status = _Status(started)
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                await fn(task_status=status)
-            except Exception as error:
-                if not self._started:
-                    raise  # nursery.start() re-raises it: the start failed
-                exit = exit_from_exception(error)
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    await fn(task_status=status)
+                except Exception as error:
+                    if not self._started:
+                        raise  # nursery.start() re-raises it: the start failed
+                    exit = exit_from_exception(error)
+        except BaseException:
+            # Cancelled from outside (the supervisor's nursery is going away), or a
+            # failed start: either way this incarnation is over and must say so.
+            self._end(KILLED if self._started else NORMAL, notify=self._started)
+            raise
         if not self._started:
             if scope.cancelled_caught:
-                self.exit = KILLED
-                self._done.set()
+                self._end(KILLED, notify=False)
                 raise trio.TooSlowError("the child was stopped before it was ready")
             task_status.started(_IGNORED)  # returned without starting: OTP's ``ignore``
-            self.exit = NORMAL
-            self._done.set()
+            self._end(NORMAL, notify=False)
             return
-        if scope.cancel_called:
-            exit = self._stop_exit
-        self.exit = exit
+        self._end(self._stop_exit if scope.cancel_called else exit, notify=True)
+
+    def _end(self, exit: Exit, *, notify: bool) -> None:
+        if self.sv_exit is not None:
+            return
+        self.sv_exit = exit
         self._done.set()
-        self._host._child_exited(self.child, self, exit)
+        if notify:
+            self._host._child_exited(self.child, self, exit)
 
     def _sv_request_stop(self, grace_deadline: float) -> None:
         self.grace_deadline = grace_deadline
+        for shield in self.shields:  # cleanup already shielded gets the same grace
+            shield.deadline = min(shield.deadline, grace_deadline)
         if self._scope is not None:
             self._scope.cancel()
 
@@ -189,8 +199,8 @@ class TaskIncarnation:
 
     async def _sv_wait_exit(self) -> Exit:
         await self._done.wait()
-        assert self.exit is not None
-        return self.exit
+        assert self.sv_exit is not None
+        return self.sv_exit
 
 
 class _Status:
@@ -283,6 +293,9 @@ def request_stop(incarnation: Incarnation, shutdown: Shutdown) -> float:
 
 async def wait_stopped(incarnation: Incarnation, deadline: float) -> Exit:
     """Wait for a child asked to stop; kill it when ``deadline`` passes."""
+    exit = incarnation.sv_exit
+    if exit is not None:
+        return exit
     with trio.move_on_at(deadline):
         return await incarnation._sv_wait_exit()
     incarnation._sv_kill()
@@ -291,6 +304,6 @@ async def wait_stopped(incarnation: Incarnation, deadline: float) -> Exit:
 
 async def do_terminate(incarnation: Incarnation, shutdown: Shutdown) -> Exit:
     """Stop one child as OTP's ``shutdown/2`` does: grace period, then kill."""
-    if not incarnation.alive:
+    if not incarnation.sv_alive:
         return await incarnation._sv_wait_exit()
     return await wait_stopped(incarnation, request_stop(incarnation, shutdown))

@@ -37,13 +37,13 @@ import outcome
 import trio
 
 from ._actor import GenServer
-from ._child import Incarnation, Launcher, as_launcher, do_terminate
+from ._child import Incarnation, Launcher, as_launcher, do_terminate, shutdown_shield
 from ._dispatch import Dispatcher
-from ._errors import RestartIntensityExceeded, StartError, SupervisorStopping
+from ._errors import AlreadyStarted, RestartIntensityExceeded, StartError, SupervisorStopping
 from ._exit import Exit, exit_from_exception
 from ._intensity import RestartIntensity
 from ._log import logger
-from ._spec import AutoShutdown, ChildSpec, ChildType, Restart, check_intensity
+from ._spec import AutoShutdown, ChildSpec, ChildType, Restart, Shutdown, check_intensity
 
 HISTORY_SIZE: Final = 10
 
@@ -90,7 +90,7 @@ class Child:
 
     @property
     def status(self) -> ChildStatus:
-        if self.incarnation is not None and self.incarnation.alive:
+        if self.incarnation is not None and self.incarnation.sv_alive:
             return ChildStatus.RUNNING
         return ChildStatus.RESTARTING if self.restarting else ChildStatus.STOPPED
 
@@ -98,16 +98,26 @@ class Child:
     def ref(self) -> Any:
         """The running child's handle: an ActorRef, a supervisor, or what a task started with."""
         incarnation = self.incarnation
-        if incarnation is None or not incarnation.alive:
+        if incarnation is None or not incarnation.sv_alive:
             return None
         ref = getattr(incarnation, "ref", None)
         return ref
 
     def record_restart(self, exit: Exit) -> None:
+        """This child ended with ``exit`` and is being restarted."""
+        self._add_record(RestartRecord(time.time(), exit.kind, exit.error_type, exit.message))
+
+    def record_sibling_restart(self, cause: Hashable, strategy: str) -> None:
+        """This child is restarted because a sibling ended (one_for_all, rest_for_one)."""
+        self._add_record(
+            RestartRecord(time.time(), "sibling", None, f"{strategy}: {cause!r} ended")
+        )
+
+    def _add_record(self, record: RestartRecord) -> None:
         self.restarts += 1
         if self.history is None:
             self.history = deque(maxlen=HISTORY_SIZE)
-        self.history.append(RestartRecord(time.time(), exit.kind, exit.error_type, exit.message))
+        self.history.append(record)
 
 
 class _AutoShutdown(Exception):
@@ -133,7 +143,7 @@ class SupervisorCore:
         self.stopping = False
         self.started_at: float | None = None
         self._finished = trio.Event()
-        self._ran = False
+        self._running = False
         self._log = logger.bind(supervisor=name)
 
     # ---- Host protocol (used by launchers) --------------------------------------
@@ -181,34 +191,87 @@ class SupervisorCore:
         and :class:`RestartIntensityExceeded` when it gives up. Cancelling it
         shuts its children down first (within :func:`shutdown_shield`).
         """
-        from ._child import shutdown_shield
-
-        if self._ran:
-            raise RuntimeError(f"supervisor {self.name!r} already ran; build a new one")
-        self._ran = True
+        if self._running:
+            raise RuntimeError(f"supervisor {self.name!r} is already running")
+        self._running = True
+        self._reset()
         error: BaseException | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._dispatcher = Dispatcher(nursery)
-                self.started_at = time.time()
-                try:
-                    await self._start_initial()
-                    task_status.started(self)
-                    self._log.debug("supervisor_started", strategy=self.strategy_name)
-                    await self._control_loop()
-                except (StartError, RestartIntensityExceeded) as caught:
-                    error = caught
-                finally:
-                    self.stopping = True
-                    with shutdown_shield():
-                        await self._terminate_all()
-                    self._dispatcher.close()
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as watcher:
+                # A cancellation from outside must not reach the children directly
+                # (they would all die at once, in no order): it becomes a stop(), and
+                # the children are shut down in reverse order within the grace period
+                # that shutdown_shield() gives this supervisor.
+                watcher.start_soon(self._stop_when_cancelled)
+                with shutdown_shield():
+                    error = await self._supervise(task_status)
+                watcher.cancel_scope.cancel()
         finally:
+            self._running = False
             self._finished.set()
         if error is not None:
             raise error
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.stop()
+
+    async def _supervise(self, task_status: trio.TaskStatus[Any]) -> BaseException | None:
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._dispatcher = Dispatcher(nursery)
+            self.started_at = time.time()
+            try:
+                await self._start_initial()
+                task_status.started(self)
+                self._log.debug("supervisor_started", strategy=self.strategy_name)
+                await self._control_loop()
+            except (StartError, RestartIntensityExceeded) as caught:
+                error = caught
+            finally:
+                self.stopping = True
+                await self._terminate_all()
+                self._dispatcher.close()
+                nursery.cancel_scope.cancel()
+        return error
+
+    def _reset(self) -> None:
+        """Fresh state for a new run: a restarted supervisor starts over, as in OTP."""
+        self._intensity = RestartIntensity(self.max_restarts, self.max_seconds)
+        self._events.clear()
+        self._stop_requested = False
+        self.stopping = False
+        if self._finished.is_set():
+            self._finished = trio.Event()
+
+    def as_child(
+        self,
+        id: Hashable | None = None,
+        *,
+        restart: Restart = Restart.PERMANENT,
+        shutdown: Shutdown | None = None,
+        significant: bool = False,
+    ) -> ChildSpec:
+        """A spec that runs *this* supervisor as a child of another.
+
+        Each restart runs it again from a fresh state (no children for a dynamic
+        supervisor, its specs for a static one), so the object can be kept and
+        used by the application across restarts.
+        """
+        from ._child import TaskLauncher
+
+        return ChildSpec(
+            id=self.name if id is None else id,
+            start=TaskLauncher(self.run),
+            restart=restart,
+            shutdown=shutdown,
+            type=ChildType.SUPERVISOR,
+            significant=significant,
+            label=self.name,
+        )
 
     def stop(self) -> None:
         """Ask the supervisor to shut its children down and return from :meth:`run`."""
@@ -328,6 +391,8 @@ class SupervisorCore:
             raise SupervisorStopping(f"supervisor {self.name!r} is shutting down")
         try:
             incarnation = await child.launcher.launch(self, child)
+        except AlreadyStarted:
+            raise  # OTP's {error, {already_started, Pid}}: not a failure of the child
         except Exception as reason:
             error = StartError(child.spec.id, reason)
             error.sv_child = child  # type: ignore[attr-defined]

@@ -47,6 +47,10 @@ class DynamicSupervisor(SupervisorCore):
     def __len__(self) -> int:
         return len(self._live)
 
+    def _reset(self) -> None:
+        super()._reset()
+        self._live = {}
+
     async def start_child(self, spec: ChildSpec) -> Any:
         """Start a child from ``spec`` and return its ref (for an actor, its ActorRef).
 
@@ -111,7 +115,7 @@ class DynamicSupervisor(SupervisorCore):
         for child in children:  # ask all at once ...
             incarnation, child.incarnation = child.incarnation, None
             child.restarting = False
-            if incarnation is not None and incarnation.alive:
+            if incarnation is not None and incarnation.sv_alive:
                 stopping.append((incarnation, request_stop(incarnation, child.spec.shutdown_grace)))
         for incarnation, deadline in stopping:  # ... then give each its grace period
             await wait_stopped(incarnation, deadline)

@@ -13,7 +13,6 @@ restarted after any other exit. Python code reports them like this:
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,8 +56,13 @@ class Exit:
         """``file:line in function`` of the innermost frame that raised, for one-line logs."""
         if self.error is None or self.error.__traceback__ is None:
             return None
-        frame = traceback.extract_tb(self.error.__traceback__)[-1]
-        return f"{frame.filename}:{frame.lineno} in {frame.name}"
+        tb = self.error.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        # Read from the frame, not through traceback/linecache: no file access on a
+        # crash path that may run thousands of times a second.
+        code = tb.tb_frame.f_code
+        return f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
 
     def __str__(self) -> str:
         if self.error is None:

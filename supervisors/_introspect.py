@@ -82,14 +82,14 @@ def _child_node(child: Child, limit: int, budget: list[int]) -> dict[str, Any]:
             budget=budget,
         )
     incarnation = child.incarnation
-    running = incarnation is not None and incarnation.alive
+    running = incarnation is not None and incarnation.sv_alive
     node: dict[str, Any] = {
         "name": child.spec.name,
         "kind": "supervisor" if child.spec.type is ChildType.SUPERVISOR else "worker",
         "status": _status(child, incarnation) if running else child.status.value,
         "restarts": child.restarts,
-        "started_at": _ms(incarnation.started_at) if running and incarnation else None,
-        "mailbox": incarnation.mailbox_depth if running and incarnation else 0,
+        "started_at": _ms(incarnation.sv_started_at) if running and incarnation else None,
+        "mailbox": incarnation.sv_mailbox_depth if running and incarnation else 0,
         "restart_history": _history(child.history),
         "children": [],
         "children_total": 0,
@@ -98,5 +98,5 @@ def _child_node(child: Child, limit: int, budget: list[int]) -> dict[str, Any]:
 
 
 def _status(child: Child, incarnation: Any) -> str:
-    status = getattr(incarnation, "status", None)
+    status = getattr(incarnation, "sv_status", None)
     return status if isinstance(status, str) else child.status.value

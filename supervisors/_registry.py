@@ -62,8 +62,10 @@ class Registry:
         return NameRef(self, key)
 
     def restarting(self, key: Hashable) -> bool:
+        """True while ``key`` is held but no incarnation serves it yet (between
+        incarnations, or while the new one's ``init`` runs)."""
         slot = self._slots.get(key)
-        return slot is not None and slot.actor is None
+        return slot is not None and (slot.actor is None or not slot.actor.sv_ready)
 
     # ---- used by actors and supervisors ----------------------------------------
 
@@ -72,7 +74,7 @@ class Registry:
         if slot is None:
             return None
         actor = slot.actor
-        return actor if actor is not None and actor.alive else None
+        return actor if actor is not None and actor.sv_alive else None
 
     async def _sv_wait_live(self, key: Hashable, target: object) -> GenServer[Any, Any]:
         while True:
@@ -80,7 +82,7 @@ class Registry:
             if slot is None:
                 raise NoSuchActor(target)
             actor = slot.actor
-            if actor is not None and actor.alive:
+            if actor is not None and actor.sv_alive:
                 return actor
             if slot.waiters is None:
                 slot.waiters = trio.Event()
@@ -91,7 +93,7 @@ class Registry:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot(owner)
-        elif slot.owner is not owner or (slot.actor is not None and slot.actor.alive):
+        elif slot.owner is not owner or (slot.actor is not None and slot.actor.sv_alive):
             existing = slot.actor.ref if slot.actor is not None else None
             raise AlreadyStarted(key, existing)
         slot.actor = actor

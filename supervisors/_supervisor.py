@@ -66,7 +66,12 @@ class Supervisor(SupervisorCore):
         self.strategy = strategy
         self.strategy_name = strategy.value
         self.auto_shutdown = auto_shutdown
+        self._specs = list(children)
         self._list: list[Child] = [Child(spec) for spec in children]
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._list = [Child(spec) for spec in self._specs]
 
     @classmethod
     def child_spec(
@@ -148,6 +153,8 @@ class Supervisor(SupervisorCore):
         group = self._list if self.strategy is Strategy.ONE_FOR_ALL else self._list[index:]
         for other in group:
             other.restarting = True
+            if other is not child and other.status is not ChildStatus.RUNNING:
+                other.record_sibling_restart(child.spec.id, self.strategy_name)
         await self._start_in_order(group, rollback=False)
 
     async def _terminate_all(self) -> None:

@@ -1,0 +1,328 @@
+"""GenServer actors: call, cast, info, bounded mailboxes, timeouts, crashes, monitors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import supervisors as sv
+
+
+class Echo(sv.GenServer[Any, Any]):
+    """Replies with its request; records casts and infos; ``"boom"`` crashes it."""
+
+    def init(self) -> None:
+        self.seen: list[Any] = []
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        if request == "boom":
+            raise ValueError("boom")
+        if request == "seen":
+            return list(self.seen)
+        return request
+
+    def handle_cast(self, request: Any) -> None:
+        if request == "boom":
+            raise ValueError("cast boom")
+        self.seen.append(request)
+
+    def handle_info(self, message: Any) -> None:
+        self.seen.append(("info", message))
+
+
+class AsyncEcho(sv.GenServer[Any, Any]):
+    async def init(self) -> None:
+        self.seen: list[Any] = []
+
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        if isinstance(request, tuple) and request[0] == "sleep":
+            await trio.sleep(request[1])
+            return "slept"
+        await trio.lowlevel.checkpoint()
+        return request
+
+    async def handle_cast(self, request: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self.seen.append(request)
+
+
+async def start(dyn: sv.DynamicSupervisor, factory: Any, **options: Any) -> sv.ActorRef[Any, Any]:
+    ref = await dyn.start_child(sv.actor_spec(object(), factory, **options))
+    assert isinstance(ref, sv.ActorRef)
+    return ref
+
+
+@pytest.mark.parametrize("factory", [Echo, AsyncEcho])
+async def test_call_replies_and_casts_keep_order(
+    dynsup: sv.DynamicSupervisor, factory: Any
+) -> None:
+    ref = await start(dynsup, factory)
+    assert await ref.call("hello") == "hello"
+    for i in range(100):
+        await ref.cast(i)
+    await ref.call("sync")  # handled after the casts: one sender's messages stay in order
+    assert ref._actor.seen == list(range(100))  # type: ignore[attr-defined]
+
+
+async def test_call_timeout_raises_and_actor_keeps_running(
+    dynsup: sv.DynamicSupervisor, autojump_clock: trio.testing.MockClock
+) -> None:
+    ref = await start(dynsup, AsyncEcho)
+    with pytest.raises(sv.CallTimeout) as info:
+        await ref.call(("sleep", 10), timeout=1)
+    assert info.value.timeout == 1
+    assert ref.alive
+    # The late reply is dropped; the next call gets its own reply.
+    assert await ref.call("after", timeout=20) == "after"
+
+
+async def test_call_to_dead_actor_raises_no_such_actor_at_once(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
+    await dynsup.terminate_child(ref)
+    assert not ref.alive
+    with trio.fail_after(1):
+        with pytest.raises(sv.NoSuchActor):
+            await ref.call("anyone?")
+
+
+async def test_crash_fails_the_call_being_handled_and_the_queued_ones(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    gate = trio.Event()
+
+    class Fragile(sv.GenServer[Any, Any]):
+        async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+            await gate.wait()
+            raise ValueError(f"boom on {request}")
+
+    ref = await start(dynsup, Fragile, restart=sv.Restart.TEMPORARY)
+    results: dict[str, tuple[bool, str]] = {}
+
+    async def call(request: str) -> None:
+        with pytest.raises(sv.ActorExited) as info:
+            await ref.call(request)
+        results[request] = (info.value.delivered, info.value.exit.kind)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, "queued")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref.mailbox_depth == 1
+        gate.set()
+    # "first" was being handled when it crashed; "queued" was never read.
+    assert results == {"first": (True, "crash"), "queued": (False, "crash")}
+    assert not ref.alive
+
+
+async def test_full_mailbox_makes_cast_wait_and_try_cast_fail(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    gate = trio.Event()
+
+    class Slow(sv.GenServer[Any, Any]):
+        def init(self) -> None:
+            self.got: list[int] = []
+
+        async def handle_cast(self, request: int) -> None:
+            await gate.wait()
+            self.got.append(request)
+
+        def handle_call(self, request: Any, caller: sv.Caller[Any]) -> list[int]:
+            return self.got
+
+    ref = await start(dynsup, Slow, mailbox_size=3)
+    for i in range(4):  # one is taken by the handler, three fill the mailbox
+        await ref.cast(i)
+    await trio.testing.wait_all_tasks_blocked()
+    assert ref.mailbox_depth == 3
+    assert not ref.try_cast(99)
+    sent = trio.Event()
+
+    async def blocked_sender() -> None:
+        await ref.cast(4)
+        sent.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(blocked_sender)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sent.is_set(), "cast must wait while the mailbox is full"
+        gate.set()
+    assert sent.is_set()
+    assert await ref.call("got") == [0, 1, 2, 3, 4]
+
+
+async def test_noreply_then_reply_later(dynsup: sv.DynamicSupervisor) -> None:
+    class Deferred(sv.GenServer[Any, Any]):
+        def init(self) -> None:
+            self.pending: list[sv.Caller[Any]] = []
+
+        def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+            if request == "wait":
+                self.pending.append(caller)
+                return sv.NOREPLY
+            for waiting in self.pending:  # "release": answer the parked callers
+                waiting.reply("released")
+            self.pending.clear()
+            return "done"
+
+    ref = await start(dynsup, Deferred)
+    results: list[str] = []
+
+    async def waiter() -> None:
+        results.append(await ref.call("wait"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []
+        # the actor is not blocked by the parked calls
+        assert await ref.call("release") == "done"
+    assert results == ["released", "released"]
+
+
+async def test_send_reaches_handle_info(dynsup: sv.DynamicSupervisor) -> None:
+    ref = await start(dynsup, Echo)
+    await ref.send("ping")
+    assert ref.try_send("pong")
+    assert await ref.call("seen") == [("info", "ping"), ("info", "pong")]
+
+
+async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> None:
+    ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
+    monitor = ref.monitor()
+    await ref.cast("boom")
+    exit = await monitor.wait()
+    assert exit.kind == "crash"
+    assert isinstance(exit.error, ValueError)
+    # Monitoring an actor that is gone reports at once (OTP's noproc).
+    late = ref.monitor()
+    assert late.exit is not None
+
+
+async def test_gen_server_monitor_delivers_down_to_handle_info(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    class Watcher(sv.GenServer[Any, Any]):
+        def init(self) -> None:
+            self.downs: list[sv.Down] = []
+
+        def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+            if request == "downs":
+                return [(d.ref, d.exit.kind) for d in self.downs]
+            self.monitor(request)
+            return "watching"
+
+        def handle_info(self, message: Any) -> None:
+            if isinstance(message, sv.Down):
+                self.downs.append(message)
+
+    watched = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
+    watcher = await start(dynsup, Watcher)
+    assert await watcher.call(watched) == "watching"
+    await watched.cast("boom")
+    await trio.testing.wait_all_tasks_blocked()
+    assert await watcher.call("downs") == [(watched, "crash")]
+
+
+async def test_stop_exits_normally_and_runs_terminate(dynsup: sv.DynamicSupervisor) -> None:
+    terminated: list[sv.Exit] = []
+
+    class Stopper(sv.GenServer[Any, Any]):
+        def handle_cast(self, request: Any) -> None:
+            raise sv.Stop()
+
+        def terminate(self, exit: sv.Exit) -> None:
+            terminated.append(exit)
+
+    ref = await start(dynsup, Stopper, restart=sv.Restart.TRANSIENT)
+    monitor = ref.monitor()
+    await ref.cast("stop")
+    assert (await monitor.wait()).kind == "normal"
+    assert [e.kind for e in terminated] == ["normal"]
+    await trio.testing.wait_all_tasks_blocked()  # let the supervisor handle the exit
+    assert len(dynsup) == 0, "a transient child that exits normally is not restarted"
+
+
+async def test_init_failure_is_a_start_error_and_leaves_no_actor(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    class Broken(sv.GenServer[Any, Any]):
+        def init(self) -> None:
+            raise RuntimeError("no database")
+
+    registry = sv.Registry()
+    with pytest.raises(sv.StartError) as info:
+        await dynsup.start_child(sv.actor_spec("b", Broken, name=(registry, "b")))
+    assert isinstance(info.value.reason, RuntimeError)
+    assert info.value.child_id == "b"
+    assert len(dynsup) == 0
+    assert "b" not in registry
+
+
+async def test_mail_sent_during_init_waits_for_init(dynsup: sv.DynamicSupervisor) -> None:
+    release = trio.Event()
+    registry = sv.Registry()
+
+    class SlowInit(sv.GenServer[Any, Any]):
+        async def init(self) -> None:
+            self.ready = False
+            await release.wait()
+            self.ready = True
+
+        def handle_call(self, request: Any, caller: sv.Caller[Any]) -> bool:
+            return self.ready
+
+    answers: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dynsup.start_child, sv.actor_spec("s", SlowInit, name=(registry, "s")))
+        await trio.testing.wait_all_tasks_blocked()
+
+        async def ask() -> None:
+            answers.append(await registry.ref("s").call("ready?"))
+
+        nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == []
+        release.set()
+    assert answers == [True]
+
+
+async def test_shutdown_gives_terminate_its_grace_then_kills(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    log: list[str] = []
+
+    class Slow(sv.GenServer[Any, Any]):
+        def __init__(self, name: str, takes: float) -> None:
+            self.name = name
+            self.takes = takes
+
+        async def terminate(self, exit: sv.Exit) -> None:
+            log.append(f"{self.name} terminating ({exit.kind})")
+            await trio.sleep(self.takes)
+            log.append(f"{self.name} terminated")
+
+    sup = sv.Supervisor(
+        [
+            sv.actor_spec("quick", Slow, "quick", 1, shutdown=5),
+            sv.actor_spec("stuck", Slow, "stuck", 100, shutdown=2),
+        ]
+    )
+    await nursery.start(sup.run)
+    started = trio.current_time()
+    sup.stop()
+    await sup.wait_stopped()
+    # reverse start order; "stuck" is cut off after its 2 s grace
+    assert log == [
+        "stuck terminating (shutdown)",
+        "quick terminating (shutdown)",
+        "quick terminated",
+    ]
+    assert trio.current_time() - started == pytest.approx(3)
