@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 import outcome
 import trio
 
+from ._dispatch import Dispatcher, WorkerState, drive
 from ._errors import ActorExited, CallTimeout, NoSuchActor
 from ._exit import KILLED, SHUTDOWN, Exit, exit_from_exception
 from ._log import logger
 
 if TYPE_CHECKING:
-    from ._dispatch import Dispatcher
     from ._registry import Registry
 
 
@@ -174,7 +174,7 @@ class Monitor:
 class _Kinds:
     """Per-class cache: which callbacks are coroutine functions."""
 
-    __slots__ = ("call", "cast", "info", "init", "terminate")
+    __slots__ = ("any_async", "call", "cast", "info", "init", "terminate")
 
     def __init__(self, cls: type) -> None:
         self.init = inspect.iscoroutinefunction(cls.init)  # type: ignore[attr-defined]
@@ -182,6 +182,7 @@ class _Kinds:
         self.cast = inspect.iscoroutinefunction(cls.handle_cast)  # type: ignore[attr-defined]
         self.info = inspect.iscoroutinefunction(cls.handle_info)  # type: ignore[attr-defined]
         self.terminate = inspect.iscoroutinefunction(cls.terminate)  # type: ignore[attr-defined]
+        self.any_async = self.call or self.cast or self.info or self.terminate
 
 
 class GenServer(Generic[Req, Rep]):
@@ -350,70 +351,120 @@ class GenServer(Generic[Req, Rep]):
         if senders:
             trio.lowlevel.reschedule(senders.popleft())
 
-    async def _sv_drain(self, throughput: int) -> None:
-        """Handle every queued message (run by a dispatcher worker)."""
+    def _sv_drain_sync(self, budget: int) -> int:
+        """Handle up to ``budget`` queued messages of an actor whose callbacks are all
+        plain functions: no await, so nothing can interleave. Returns how many."""
         if self._state == _DEAD:
-            return
+            return 0
         self._state = _RUNNING
+        mailbox = self._mailbox
+        assert mailbox is not None
+        exit: Exit | None = None
+        caller: Caller[Any] | None = None
+        handled = 0
+        try:
+            while mailbox and handled < budget:
+                kind, payload, caller = mailbox.popleft()
+                handled += 1
+                if self._senders:
+                    self._sv_wake_sender()
+                if kind == _CALL:
+                    assert caller is not None
+                    reply = self.handle_call(payload, caller)
+                    if reply is not NOREPLY:
+                        caller.reply(reply)
+                elif kind == _CAST:
+                    self.handle_cast(payload)
+                elif kind == _INFO:
+                    self.handle_info(payload)
+                else:  # _STOP: a shutdown request from the supervisor
+                    exit = payload
+                    break
+                caller = None
+        except Exception as error:
+            exit = exit_from_exception(error)
+        if exit is not None:
+            self._state = _DEAD
+            if caller is not None:
+                caller.fail(ActorExited(self.ref, exit))
+            try:
+                self.terminate(exit)
+            except Exception as error:
+                _log_terminate_failure(self, error)
+            self._sv_finish_now(exit, None)
+        elif self._state == _RUNNING:
+            self._sv_after_drain()
+        return handled
+
+    def _sv_after_drain(self) -> None:
+        mailbox = self._mailbox
+        if mailbox:
+            self._state = _SCHEDULED
+            self._dispatcher.requeue(self)
+        else:
+            self._state = _IDLE
+            self._mailbox = None
+
+    async def _sv_drain_async(
+        self, budget: int, dispatcher: Dispatcher, worker: WorkerState
+    ) -> int:
+        """Handle up to ``budget`` queued messages of an actor with async callbacks."""
+        if self._state == _DEAD:
+            return 0
+        self._state = _RUNNING
+        self._scope = worker.scope  # what a kill cancels while a handler waits
         kinds = self._sv_kinds
         mailbox = self._mailbox
         assert mailbox is not None
         exit: Exit | None = None
         caller: Caller[Any] | None = None
         handled = 0
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                while mailbox:
-                    kind, payload, caller = mailbox.popleft()
-                    if self._senders:
-                        self._sv_wake_sender()
-                    if kind == _CALL:
-                        assert caller is not None
-                        reply = self.handle_call(payload, caller)
-                        if kinds.call:
-                            reply = await reply
-                        if reply is not NOREPLY:
-                            caller.reply(reply)
-                    elif kind == _CAST:
-                        if kinds.cast:
-                            await self.handle_cast(payload)
-                        else:
-                            self.handle_cast(payload)
-                    elif kind == _INFO:
-                        if kinds.info:
-                            await self.handle_info(payload)
-                        else:
-                            self.handle_info(payload)
-                    else:  # _STOP: a shutdown request from the supervisor
-                        exit = payload
-                        break
-                    caller = None
-                    handled += 1
-                    if handled >= throughput:
-                        handled = 0
-                        await trio.lowlevel.checkpoint()
-            except trio.Cancelled:
-                if not scope.cancel_called:
-                    # Cancelled from outside (the supervisor's nursery is going away).
-                    self._sv_finish_now(KILLED, caller)
-                    raise
-                exit = KILLED
-            except Exception as error:
-                exit = exit_from_exception(error)
+        try:
+            while mailbox and handled < budget:
+                kind, payload, caller = mailbox.popleft()
+                handled += 1
+                if self._senders:
+                    self._sv_wake_sender()
+                if kind == _CALL:
+                    assert caller is not None
+                    reply = self.handle_call(payload, caller)
+                    if kinds.call:
+                        reply = await drive(reply, dispatcher, worker)
+                    if reply is not NOREPLY:
+                        caller.reply(reply)
+                elif kind == _CAST:
+                    if kinds.cast:
+                        await drive(self.handle_cast(payload), dispatcher, worker)
+                    else:
+                        self.handle_cast(payload)
+                elif kind == _INFO:
+                    if kinds.info:
+                        await drive(self.handle_info(payload), dispatcher, worker)
+                    else:
+                        self.handle_info(payload)
+                else:  # _STOP: a shutdown request from the supervisor
+                    exit = payload
+                    break
+                caller = None
+        except trio.Cancelled:
+            self._scope = None
+            if not worker.scope.cancel_called:
+                # Cancelled from outside (the supervisor's nursery is going away).
+                self._sv_finish_now(KILLED, caller)
+                raise
+            worker.killed = True  # the worker leaves its cancelled scope next
+            self._sv_finish_now(KILLED, caller)
+            return handled
+        except Exception as error:
+            exit = exit_from_exception(error)
         self._scope = None
         if exit is None:
-            if scope.cancelled_caught:
-                exit = KILLED
-            else:
-                self._state = _IDLE
-                if not mailbox:
-                    self._mailbox = None
-                return
-        if exit is KILLED:
-            self._sv_finish_now(exit, caller)
+            if self._state == _RUNNING:
+                self._sv_after_drain()
         else:
+            dispatcher.suspending(worker)  # terminate may wait: do not hold up the queue
             await self._sv_stop(exit, caller)
+        return handled
 
     async def _sv_stop(self, exit: Exit, caller: Caller[Any] | None) -> None:
         """Run ``terminate`` within the grace period, then finish."""

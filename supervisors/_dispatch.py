@@ -3,17 +3,22 @@
 A Trio task parked on its own memory channel costs ~4.7 KB and every message a
 task switch, so "one task per actor" can neither keep a million idle actors
 cheap nor dispatch fast. Instead (as Akka and Orleans dispatchers do) an actor
-is a plain object with a mailbox, and each supervisor owns a dispatcher with an
-elastic pool of worker tasks in the supervisor's nursery:
+is a plain object with a mailbox, and each supervisor owns a dispatcher: a run
+queue of actors that have mail, served by an elastic pool of worker tasks in
+the supervisor's nursery.
 
-* When mail arrives for an idle actor, the actor is handed to a parked worker
-  (one ``reschedule``), or a new worker is spawned if none is parked.
-* A worker serves one actor at a time and drains its whole mailbox, so an actor
-  never runs on two tasks at once and a handler that awaits blocks only its own
-  actor. Every ``throughput`` messages it checkpoints, so a busy actor cannot
-  starve the rest of the program.
-* When the mailbox is empty the worker parks again; at most ``max_idle`` workers
-  stay parked, the rest exit.
+* Mail for an idle actor puts it on the run queue. If no worker is awake, one
+  is woken (a parked one, or a new one is spawned).
+* An awake worker takes actors from the queue one after the other, without a
+  task switch between them, and handles up to ``throughput`` messages of each
+  before putting it back at the end of the queue (fairness between actors).
+  After ``throughput`` messages in all it checkpoints, so a busy dispatcher
+  cannot starve the rest of the program.
+* An actor never runs on two workers at once. When an ``async`` handler really
+  suspends (it awaits something that is not ready), its worker stops serving
+  the queue and, if actors are waiting, another worker is woken: a handler that
+  waits blocks only its own actor. The worker rejoins when the handler is done.
+* When the queue is empty a worker parks; at most ``max_idle`` stay parked.
 
 Because workers live in the supervisor's nursery, the supervisor still owns its
 actors' execution: cancelling the supervisor cancels them.
@@ -21,38 +26,99 @@ actors' execution: cancelling the supervisor cancels them.
 
 from __future__ import annotations
 
+import types
+from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-import outcome
 import trio
 
 if TYPE_CHECKING:
     from ._actor import GenServer
 
 
-class Dispatcher:
-    """An elastic pool of worker tasks that run actors with mail."""
+class WorkerState:
+    """One worker: whether it counts as serving the run queue, and its cancel scope.
 
-    __slots__ = ("_idle", "_nursery", "closed", "max_idle", "throughput")
+    Killing an actor whose async handler is waiting cancels the scope of the
+    worker running it (a worker runs one actor at a time, and only a waiting
+    handler can be interrupted); the worker then continues in a fresh scope.
+    """
+
+    __slots__ = ("awake", "killed", "scope")
+
+    def __init__(self) -> None:
+        self.awake = True
+        self.killed = False
+        self.scope = trio.CancelScope()
+
+
+class Dispatcher:
+    """A run queue of actors with mail and the worker tasks that serve it."""
+
+    __slots__ = ("_awake", "_idle", "_nursery", "_runq", "closed", "max_idle", "throughput")
 
     def __init__(self, nursery: trio.Nursery, *, max_idle: int = 32, throughput: int = 256) -> None:
         self._nursery = nursery
+        self._runq: deque[GenServer[Any, Any]] = deque()
         self._idle: list[trio.lowlevel.Task] = []
+        self._awake = 0  # workers serving the queue (not parked, not blocked in a handler)
         self.max_idle = max_idle
         self.throughput = throughput
         self.closed = False
 
     def activate(self, actor: GenServer[Any, Any]) -> None:
-        """Run ``actor`` (which has mail and is marked scheduled) on a worker."""
-        if self._idle:
-            trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(actor))
-        else:
-            self._nursery.start_soon(self._worker, actor)
+        """Queue ``actor`` (which has mail and is marked scheduled) to run."""
+        self._runq.append(actor)
+        if self._awake == 0:
+            self._wake_one()
 
-    async def _worker(self, actor: GenServer[Any, Any]) -> None:
+    def _wake_one(self) -> None:
+        self._awake += 1
+        if self._idle:
+            trio.lowlevel.reschedule(self._idle.pop())
+        else:
+            self._nursery.start_soon(self._worker)
+
+    def suspending(self, worker: WorkerState) -> None:
+        """The handler running on ``worker`` is about to wait: hand the queue on."""
+        if worker.awake:
+            worker.awake = False
+            self._awake -= 1
+            if self._runq and self._awake == 0 and not self.closed:
+                self._wake_one()
+
+    async def _worker(self) -> None:
+        runq = self._runq
         idle = self._idle
+        worker = WorkerState()
+        budget = self.throughput
         while True:
-            await actor._sv_drain(self.throughput)
+            while runq:
+                if runq[0]._sv_kinds.any_async:
+                    # A cancel scope only around async actors: only a waiting handler can
+                    # be killed, and entering a scope costs as much as a small handler.
+                    with trio.CancelScope() as worker.scope:
+                        while runq and runq[0]._sv_kinds.any_async:
+                            actor = runq.popleft()
+                            handled = await actor._sv_drain_async(budget, self, worker)
+                            if not worker.awake:  # its handler waited; serve the queue again
+                                worker.awake = True
+                                self._awake += 1
+                            if worker.killed:  # leave the cancelled scope at once
+                                worker.killed = False
+                                break
+                            budget -= handled
+                            if budget <= 0:
+                                budget = self.throughput
+                                await trio.lowlevel.checkpoint()
+                else:
+                    handled = runq.popleft()._sv_drain_sync(budget)
+                    budget -= handled
+                    if budget <= 0:
+                        budget = self.throughput
+                        await trio.lowlevel.checkpoint()
+            self._awake -= 1
             if self.closed or len(idle) >= self.max_idle:
                 return
             task = trio.lowlevel.current_task()
@@ -62,8 +128,43 @@ class Dispatcher:
                 idle.remove(task)
                 return trio.lowlevel.Abort.SUCCEEDED
 
-            actor = await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            budget = self.throughput
+
+    def requeue(self, actor: GenServer[Any, Any]) -> None:
+        """Put an actor that still has mail back at the end of the queue."""
+        self._runq.append(actor)
 
     def close(self) -> None:
         """Stop parking workers (the supervisor is going away)."""
         self.closed = True
+
+
+@types.coroutine
+def drive(
+    coro: Coroutine[Any, Any, Any], dispatcher: Dispatcher, worker: WorkerState
+) -> Generator[Any, Any, Any]:
+    """Await ``coro``, telling the dispatcher if it really suspends.
+
+    Equivalent to ``await coro``; the first time the coroutine yields to Trio
+    (it is about to wait), :meth:`Dispatcher.suspending` lets another worker
+    take over the run queue.
+    """
+    try:
+        trap = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    dispatcher.suspending(worker)
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as error:
+            try:
+                trap = coro.throw(error)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as done:
+                return done.value

@@ -326,3 +326,57 @@ async def test_shutdown_gives_terminate_its_grace_then_kills(
         "quick terminated",
     ]
     assert trio.current_time() - started == pytest.approx(3)
+
+
+async def test_a_waiting_handler_blocks_only_its_own_actor(dynsup: sv.DynamicSupervisor) -> None:
+    gate = trio.Event()
+
+    class Waiter(sv.GenServer[Any, Any]):
+        async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+            if request == "wait":
+                await gate.wait()
+            return request
+
+    blocked = await start(dynsup, Waiter)
+    others = [await start(dynsup, Waiter) for _ in range(5)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(blocked.call, "wait")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1):  # the dispatcher hands the run queue to another worker
+            assert [await other.call(i) for i, other in enumerate(others)] == list(range(5))
+        gate.set()
+
+
+async def test_killing_an_actor_stuck_in_a_handler_leaves_the_others_running(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    class Stuck(sv.GenServer[Any, Any]):
+        async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+            if request == "hang":
+                await trio.sleep_forever()
+            return request
+
+        async def terminate(self, exit: sv.Exit) -> None:
+            await trio.sleep_forever()  # ignores the shutdown: must be killed after its grace
+
+    dyn = sv.DynamicSupervisor()
+    await nursery.start(dyn.run)
+    stuck = await dyn.start_child(sv.actor_spec("stuck", Stuck, shutdown=3))
+    other = await dyn.start_child(sv.actor_spec("other", Stuck))
+    monitor = stuck.monitor()
+    failed: list[sv.ActorExited] = []
+
+    async def hung_call() -> None:
+        with pytest.raises(sv.ActorExited) as info:
+            await stuck.call("hang", timeout=1000)
+        failed.append(info.value)
+
+    nursery.start_soon(hung_call)
+    await trio.testing.wait_all_tasks_blocked()
+    before = trio.current_time()
+    await dyn.terminate_child(stuck)  # shutdown waits behind the hung call, then kills
+    assert trio.current_time() - before == pytest.approx(3)
+    assert (await monitor.wait()).kind == "killed"
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(e.delivered, e.exit.kind) for e in failed] == [(True, "killed")]
+    assert await other.call("still here") == "still here"
