@@ -6,6 +6,7 @@ Times are integer milliseconds since the Unix epoch, UTC.
 
 from __future__ import annotations
 
+import decimal
 import enum
 import hashlib
 from dataclasses import dataclass
@@ -91,16 +92,19 @@ class Event:
         return None
 
 
+# Normalizing under the default context (28 digits) would round long quantities.
+_CANONICAL = decimal.Context(prec=1000, traps=[decimal.Inexact, decimal.InvalidOperation])
+
+
 def canonical_quantity(quantity: Quantity) -> str:
     """One text per value: ``Decimal("1.50")``, ``Decimal("1.5")`` -> ``"1.5"``; ints as is."""
     if isinstance(quantity, int):
         return str(quantity)
-    normalized = quantity.normalize()
-    sign, digits, exponent = normalized.as_tuple()
-    if isinstance(exponent, int) and exponent > 0:
-        normalized = normalized.quantize(Decimal(1))
-    text = format(normalized, "f")
-    return "0" if text in ("-0", "0") else text
+    normalized = quantity.normalize(_CANONICAL)
+    text = format(normalized, "f")  # plain digits, never an exponent
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "0", "") else text
 
 
 def _digest63(text: str) -> int:

@@ -309,6 +309,16 @@ class GenServer(Generic[Req, Rep]):
     def sv_exit(self) -> Exit | None:
         return self._exit
 
+    def post_self(self, message: Any) -> None:
+        """Deliver ``message`` to this actor's own ``handle_info``, never blocking.
+
+        For completions of work the actor started (a write it submitted, a timer),
+        which must not be lost to a full mailbox; like a monitor's notice it
+        ignores the bound, so use it only for replies to the actor's own requests.
+        Dropped if the actor has stopped.
+        """
+        self._sv_system(_INFO, message)
+
     def monitor(self, target: ActorRef[Any, Any]) -> Monitor:
         """Monitor ``target``; a :class:`Down` notice arrives in ``handle_info``."""
         me = self

@@ -1,0 +1,290 @@
+"""The meter actor: one per account, the only writer of that account's usage.
+
+Lifecycle (see docs/accounts.md for the whole flow):
+
+``init``
+    Waits for a store writer barrier (a dead incarnation's in-flight writes are
+    then committed), then replays the journal batches after the account's
+    checkpoint watermark into memory. An event that raises while it is applied
+    is **quarantined** (recorded, skipped) instead of crashing again: a poison
+    event costs one restart, never a crash loop.
+``("ingest", events)`` (call)
+    Drops what the in-memory recent ids already decide (duplicates, id
+    conflicts), submits the rest to the writer and returns at once; the reply
+    is sent when the writer reports the batch durable, after the accepted
+    events are applied. The mailbox keeps moving meanwhile.
+``("checkpoint",)`` (call)
+    Writes the windows changed since the last checkpoint (merged with what the
+    store holds) and the watermark, in one transaction.
+``("hibernate",)`` (cast)
+    When idle (nothing pending, nothing queued): checkpoint and stop normally.
+    The next event for the account starts a new actor from the store.
+
+In memory the actor keeps only *deltas since the last checkpoint* and a
+bounded set of recent event ids, so a hibernated account costs nothing and an
+awake one little. The writer's dedupe index is the authority on duplicates;
+the recent ids only spare it work.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+import supervisors as sv
+from meterd.accounts.aggregate import AccountUsage, decode, encode
+from meterd.model import Event
+
+if TYPE_CHECKING:
+    from meterd.accounts.service import Accounts
+
+log = structlog.get_logger("meterd.accounts")
+
+RECENT_IDS = 20_000  # per awake account; the store decides beyond that
+_NO_WINDOWS = 2**62
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What happened to each event of one account's share of a batch."""
+
+    accepted: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)
+
+
+class AccountUnavailable(Exception):
+    """The account's actor could not make the batch durable; nothing is acknowledged."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch submitted to the writer, waiting to be durable."""
+
+    caller: sv.Caller[Verdict]
+    events: list[Event]  # what was submitted
+    positions: list[int]  # their indexes in the caller's batch
+    verdict: Verdict
+
+
+class MeterActor(sv.GenServer[Any, Any]):
+    """The usage of one account. See the module doc."""
+
+    def __init__(self, account: str, accounts: Accounts) -> None:
+        self.account = account
+        self.accounts = accounts
+        self.log = log.bind(account=account, actor=f"meter:{account}")
+        self.usage = AccountUsage()
+        self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> fingerprint
+        self.watermark = 0
+        self.applied_batches: list[int] = []
+        self.pending: dict[int, _Pending] = {}
+        self.next_token = 0
+        self.last_active = trio.current_time()
+        self.last_checkpoint = self.last_active
+        self.quarantined = 0
+
+    # ---- start: recover from the store ------------------------------------------
+
+    async def init(self) -> None:
+        store = self.accounts.store
+        await store.writer.barrier()
+        # Only the journal after the watermark: the windows stay in the store (the actor
+        # keeps deltas since its last checkpoint, not the account's history).
+        loaded = await store.reader.load_account(self.account, windows_since=_NO_WINDOWS)
+        self.watermark = loaded.watermark
+        for batch_id, events in loaded.replay:
+            await self._replay_batch(batch_id, events)
+        if loaded.replay:
+            self.log.info("account_recovered", replayed_batches=len(loaded.replay))
+
+    async def _replay_batch(self, batch_id: int, events: Sequence[Event]) -> None:
+        meters = self.accounts.meters
+        for event in events:
+            self._remember(event)
+            try:
+                self.accounts.fault_hook(event)
+                self.usage.apply(meters[event.meter], event)
+            except Exception as error:  # a poison event: park it, do not crash again
+                self.quarantined += 1
+                reason = f"{type(error).__name__}: {error}"
+                self.log.exception(
+                    "event_quarantined", event_id=event.id, batch=batch_id, reason=reason
+                )
+                await self.accounts.store.writer.quarantine(
+                    self.account, batch_id, event.id, reason
+                )
+        self.watermark = max(self.watermark, batch_id)
+
+    # ---- messages -------------------------------------------------------------------
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        self.last_active = trio.current_time()
+        kind = request[0]
+        if kind == "ingest":
+            return self._ingest(request[1], caller)
+        if kind == "checkpoint":
+            self.post_self(("checkpoint", caller))  # async work: done in handle_info
+            return sv.NOREPLY
+        if kind == "status":
+            return {
+                "account": self.account,
+                "pending": len(self.pending),
+                "watermark": self.watermark,
+                "dirty": len(self.usage.dirty()),
+                "quarantined": self.quarantined,
+            }
+        raise ValueError(f"unknown request {kind!r}")
+
+    def handle_cast(self, request: Any) -> None:
+        if request[0] == "hibernate":
+            self.post_self(("hibernate",))
+        else:
+            raise ValueError(f"unknown cast {request[0]!r}")
+
+    async def handle_info(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "durable":
+            self._on_durable(message[1], message[2])
+        elif kind == "tick":
+            await self._tick()
+        elif kind == "checkpoint":
+            await self._checkpoint()
+            message[1].reply(self.watermark)
+        elif kind == "hibernate":
+            await self._hibernate()
+
+    def terminate(self, exit: sv.Exit) -> None:
+        # Batches in flight: their callers must not wait for a reply that will never
+        # come. Whatever the writer commits is replayed by the next incarnation.
+        for pending in self.pending.values():
+            pending.caller.fail(AccountUnavailable(f"account {self.account}: actor {exit}"))
+        self.pending.clear()
+
+    # ---- ingest ------------------------------------------------------------------------
+
+    def _ingest(self, events: Sequence[Event], caller: sv.Caller[Verdict]) -> Any:
+        verdict = Verdict()
+        fresh: list[Event] = []
+        positions: list[int] = []
+        recent = self.recent
+        for position, event in enumerate(events):
+            known = recent.get(event.id)
+            if known is None:
+                recent[event.id] = event.fingerprint()
+                fresh.append(event)
+                positions.append(position)
+            elif known == event.fingerprint():
+                verdict.duplicates.append(position)
+            else:
+                verdict.conflicts.append(position)
+        self._trim_recent()
+        if not fresh:
+            return verdict
+        token = self.next_token
+        self.next_token += 1
+        self.pending[token] = _Pending(caller, fresh, positions, verdict)
+        self.accounts.store.writer.submit(
+            self.account, fresh, lambda result: self.post_self(("durable", token, result))
+        )
+        return sv.NOREPLY
+
+    def _on_durable(self, token: int, result: Any) -> None:
+        pending = self.pending.pop(token, None)
+        if pending is None:
+            return
+        if isinstance(result, BaseException):
+            for event in pending.events:  # not written: forget we saw them
+                self.recent.pop(event.id, None)
+            pending.caller.fail(AccountUnavailable(f"account {self.account}: {result}"))
+            return
+        verdict = pending.verdict
+        meters = self.accounts.meters
+        for index in result.accepted:
+            event = pending.events[index]
+            self.accounts.fault_hook(event)
+            self.usage.apply(meters[event.meter], event)
+            verdict.accepted.append(pending.positions[index])
+        for index in result.duplicates:
+            verdict.duplicates.append(pending.positions[index])
+        for index in result.conflicts:
+            self.recent.pop(pending.events[index].id, None)
+            verdict.conflicts.append(pending.positions[index])
+        if result.batch_id is not None:
+            self.watermark = max(self.watermark, result.batch_id)
+        pending.caller.reply(verdict)
+
+    def _remember(self, event: Event) -> None:
+        self.recent[event.id] = event.fingerprint()
+        self._trim_recent()
+
+    def _trim_recent(self) -> None:
+        recent = self.recent
+        while len(recent) > RECENT_IDS:
+            recent.popitem(last=False)
+
+    # ---- checkpoints and hibernation -------------------------------------------------------
+
+    async def _checkpoint(self) -> None:
+        """Merge the deltas into the stored windows and write them with the watermark."""
+        dirty = self.usage.dirty()
+        if not dirty and self.watermark == 0:
+            return
+        store = self.accounts.store
+        meters = self.accounts.meters
+        rows: list[tuple[str, int, str, bytes]] = []
+        by_meter: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        for meter_name, start, dims in dirty:
+            by_meter.setdefault(meter_name, []).append((start, dims))
+        for meter_name, keys in by_meter.items():
+            meter = meters[meter_name]
+            low = min(start for start, _ in keys)
+            high = max(start for start, _ in keys) + 1
+            stored = {
+                (start, dims_text): state
+                for start, dims_text, state in await store.reader.windows(
+                    self.account, meter_name, low, high
+                )
+            }
+            for start, dims in keys:
+                dims_text = encode_dims(dims)
+                delta = self.usage.state(meter_name, start, dims)
+                if delta is None:
+                    continue
+                old = stored.get((start, dims_text))
+                merged = delta if old is None else decode(meter, old).merged(delta)
+                rows.append((meter_name, start, dims_text, encode(merged)))
+        await store.writer.checkpoint(self.account, rows, self._safe_watermark())
+        self.usage.clear()
+        self.last_checkpoint = trio.current_time()
+
+    def _safe_watermark(self) -> int:
+        return self.watermark
+
+    async def _tick(self) -> None:
+        now = trio.current_time()
+        if now - self.last_active >= self.accounts.idle_timeout:
+            await self._hibernate()
+        elif self.usage.dirty() and now - self.last_checkpoint >= self.accounts.checkpoint_interval:
+            await self._checkpoint()
+
+    async def _hibernate(self) -> None:
+        if self.pending or self.sv_mailbox_depth:
+            return  # not idle after all; the sweeper will ask again
+        await self._checkpoint()
+        self.log.debug("account_hibernated")
+        raise sv.Stop()
+
+
+def encode_dims(dims: tuple[str, ...]) -> str:
+    """Dimension values as the text key the store keeps them under."""
+    return "\x1f".join(dims)
+
+
+def decode_dims(text: str, count: int) -> tuple[str, ...]:
+    return tuple(text.split("\x1f")) if count else ()

@@ -1,0 +1,61 @@
+"""meterd's durable store: the journal, the dedupe index, checkpointed windows (SQLite).
+
+* :class:`Store` — one store file's writer and reader, as the other layers hold them.
+* :class:`Writer` — the single writer, group-committing appends, checkpoints and
+  quarantines (run it as a supervised task: ``sv.task_spec("store-writer", writer.run)``).
+* :class:`Reader` / :func:`open_reader` — read-only queries (actor recovery, usage, events).
+* :func:`open_database` — open and migrate a store (:mod:`meterd.store.schema`).
+* :mod:`meterd.store.codec` — the journal's batch payload.
+
+``docs/accounts.md`` is the design this implements.
+"""
+
+from .errors import (
+    CommitFailed,
+    InvalidCursor,
+    InvalidEvents,
+    NotAStoreError,
+    ReaderClosed,
+    StoreCorruptError,
+    StoreError,
+    StoreVersionError,
+)
+from .reader import (
+    EventsPage,
+    LoadedAccount,
+    QuarantinedEvent,
+    Reader,
+    StoredWindow,
+    WindowRow,
+    open_reader,
+)
+from .schema import SCHEMA_VERSION, open_database, open_readonly
+from .store import Store
+from .writer import AppendResult, DoneCallback, WindowWrite, Writer, WriterStats
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AppendResult",
+    "CommitFailed",
+    "DoneCallback",
+    "EventsPage",
+    "InvalidCursor",
+    "InvalidEvents",
+    "LoadedAccount",
+    "NotAStoreError",
+    "QuarantinedEvent",
+    "Reader",
+    "ReaderClosed",
+    "StoreCorruptError",
+    "Store",
+    "StoreError",
+    "StoreVersionError",
+    "StoredWindow",
+    "WindowRow",
+    "WindowWrite",
+    "Writer",
+    "WriterStats",
+    "open_database",
+    "open_reader",
+    "open_readonly",
+]

@@ -1,0 +1,42 @@
+"""The store's exceptions. Every message names the database or the operation and says what to do."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class StoreVersionError(StoreError):
+    """The database has a schema this meterd cannot use (newer, or not yet migrated)."""
+
+
+class NotAStoreError(StoreError):
+    """The file is not a SQLite database, or a SQLite database of another application."""
+
+
+class StoreCorruptError(StoreError):
+    """Stored data contradicts itself (a payload that does not decode, a missing batch)."""
+
+
+class CommitFailed(StoreError):
+    """The group transaction an operation was part of failed and was rolled back.
+
+    Nothing of that group was written; the operation may be retried. ``__cause__``
+    is the underlying :mod:`sqlite3` error (for example ``database or disk is full``).
+    """
+
+
+class InvalidEvents(StoreError, ValueError):
+    """An event of an ``append`` cannot be stored (for example a ``float`` quantity).
+
+    Only that operation fails; the rest of its group is committed.
+    """
+
+
+class InvalidCursor(StoreError, ValueError):
+    """An ``events`` cursor that this store did not issue (an API 400)."""
+
+
+class ReaderClosed(StoreError):
+    """The :class:`~meterd.store.reader.Reader` was closed."""

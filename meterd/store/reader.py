@@ -1,0 +1,290 @@
+"""The store reader: read-only connections, queries off the Trio thread.
+
+Reads use their own connections (``query_only``), never the writer's: in WAL mode a reader
+sees the last committed state and neither blocks the writer nor waits for it. Each method
+runs in one read transaction (one consistent snapshot) on a worker thread; at most
+``connections`` queries run at once, each on a connection of a small pool opened on demand.
+
+Open the writer first (it creates and migrates the database); the reader refuses a database
+that is not at :data:`~meterd.store.schema.SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, NamedTuple, TypeVar
+
+import trio
+
+from meterd.model import Event
+
+from . import codec
+from .errors import InvalidCursor, ReaderClosed
+from .schema import open_readonly
+
+__all__ = [
+    "EventsPage",
+    "LoadedAccount",
+    "QuarantinedEvent",
+    "Reader",
+    "StoredWindow",
+    "WindowRow",
+    "open_reader",
+]
+
+T = TypeVar("T")
+
+_SCAN_CHUNK: Final = 64  # batches fetched per query while paging events
+MAX_EVENTS_LIMIT: Final = 10_000
+
+
+class StoredWindow(NamedTuple):
+    meter: str
+    start: int
+    dims: str
+    state: bytes
+
+
+class WindowRow(NamedTuple):
+    start: int
+    dims: str
+    state: bytes
+
+
+class LoadedAccount(NamedTuple):
+    """What a (re)starting actor needs: its checkpoint and the journal after it.
+
+    ``replay`` holds the batches with ``batch_id > watermark`` in journal order, without
+    their quarantined events (they are never applied again; :meth:`Reader.quarantined`
+    lists them). A batch whose events are all quarantined is kept, empty, so the batch ids
+    stay complete.
+    """
+
+    watermark: int
+    windows: list[StoredWindow]
+    replay: list[tuple[int, list[Event]]]
+
+
+class EventsPage(NamedTuple):
+    events: list[Event]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedEvent:
+    account: str
+    batch_id: int
+    event_id: str
+    error: str
+    at: int
+
+
+def encode_cursor(batch_id: int, index: int) -> str:
+    """An events cursor: the position ``(batch_id, index in the batch)`` of the next event."""
+    return f"{batch_id}.{index}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    batch_text, dot, index_text = cursor.partition(".")
+    if not (
+        dot
+        and cursor.isascii()
+        and batch_text.isdigit()
+        and index_text.isdigit()
+        and len(batch_text) <= 18
+        and len(index_text) <= 9
+    ):
+        raise InvalidCursor(f"cursor {cursor!r:.80} is not one this server issued")
+    return int(batch_text), int(index_text)
+
+
+class Reader:
+    """Queries on the store at ``path``. Use :func:`open_reader`, or call :meth:`aclose`."""
+
+    def __init__(self, path: Path | str, *, connections: int = 2) -> None:
+        if connections < 1:
+            raise ValueError(f"connections must be >= 1, got {connections}")
+        self.path = Path(path)
+        self._limiter = trio.CapacityLimiter(connections)
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    async def __aenter__(self) -> Reader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the idle connections; queries after this raise :class:`ReaderClosed`."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    async def _run(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise ReaderClosed(f"the reader of {self.path} is closed")
+        return await trio.to_thread.run_sync(self._in_thread, query, limiter=self._limiter)
+
+    def _in_thread(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._idle.pop() if self._idle else open_readonly(self.path)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return query(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        finally:
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.append(conn)
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def load_account(
+        self, account: str, *, windows_since: int | None = None
+    ) -> LoadedAccount:
+        """The account's watermark, its windows (those starting at or after ``windows_since``
+        if given), and the journal batches after the watermark. An unknown account loads as
+        ``(0, [], [])``."""
+
+        def query(conn: sqlite3.Connection) -> LoadedAccount:
+            row = conn.execute(
+                "SELECT watermark FROM accounts WHERE account = ?", (account,)
+            ).fetchone()
+            watermark = 0 if row is None else int(row[0])
+            windows = [
+                StoredWindow(*w)
+                for w in conn.execute(
+                    "SELECT meter, start, dims, state FROM windows"
+                    " WHERE account = ? AND start >= ? ORDER BY meter, start, dims",
+                    (account, -(1 << 63) if windows_since is None else windows_since),
+                )
+            ]
+            poison = {
+                (int(b), str(e))
+                for b, e in conn.execute(
+                    "SELECT batch_id, event_id FROM quarantine WHERE account = ? AND batch_id > ?",
+                    (account, watermark),
+                )
+            }
+            batches = conn.execute(
+                "SELECT batch_id, payload FROM event_batches"
+                " WHERE account = ? AND batch_id > ? ORDER BY batch_id",
+                (account, watermark),
+            ).fetchall()
+            replay: list[tuple[int, list[Event]]] = []
+            for batch_id, payload in batches:
+                events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
+                if poison:
+                    events = [e for e in events if (batch_id, e.id) not in poison]
+                replay.append((batch_id, events))
+            return LoadedAccount(watermark, windows, replay)
+
+        return await self._run(query)
+
+    async def windows(self, account: str, meter: str, from_ms: int, to_ms: int) -> list[WindowRow]:
+        """Checkpointed windows of one meter with ``from_ms <= start < to_ms``, by start."""
+
+        def query(conn: sqlite3.Connection) -> list[WindowRow]:
+            return [
+                WindowRow(*row)
+                for row in conn.execute(
+                    "SELECT start, dims, state FROM windows"
+                    " WHERE account = ? AND meter = ? AND start >= ? AND start < ?"
+                    " ORDER BY start, dims",
+                    (account, meter, from_ms, to_ms),
+                )
+            ]
+
+        return await self._run(query)
+
+    async def events(
+        self,
+        account: str,
+        meter: str | None,
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        cursor: str | None = None,
+    ) -> EventsPage:
+        """Stored events with ``from_ms <= time < to_ms`` (and of ``meter`` if given), in
+        journal (ingestion) order, ``limit`` at most.
+
+        ``next_cursor`` resumes after the last event returned, or is ``None`` when nothing
+        more matched at the time of the query. The cursor is a journal position, so pages
+        neither repeat nor skip events while new ones are ingested: newer batches have
+        larger ids and only ever appear after the ones already paged.
+        """
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
+        start_batch, start_index = (1, 0) if cursor is None else decode_cursor(cursor)
+
+        def query(conn: sqlite3.Connection) -> EventsPage:
+            found: list[Event] = []
+            batch_from = start_batch
+            while True:
+                rows = conn.execute(
+                    "SELECT batch_id, payload FROM event_batches"
+                    " WHERE account = ? AND batch_id >= ? AND max_time >= ? AND min_time < ?"
+                    " ORDER BY batch_id LIMIT ?",
+                    (account, batch_from, from_ms, to_ms, _SCAN_CHUNK),
+                ).fetchall()
+                for batch_id, payload in rows:
+                    events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
+                    first = start_index if batch_id == start_batch else 0
+                    for index in range(first, len(events)):
+                        event = events[index]
+                        if from_ms <= event.time < to_ms and (
+                            meter is None or event.meter == meter
+                        ):
+                            if len(found) == limit:
+                                return EventsPage(found, encode_cursor(batch_id, index))
+                            found.append(event)
+                if len(rows) < _SCAN_CHUNK:
+                    return EventsPage(found, None)
+                batch_from = rows[-1][0] + 1
+
+        return await self._run(query)
+
+    async def quarantined(self, account: str | None = None) -> list[QuarantinedEvent]:
+        """Quarantined events (of ``account``, or all), oldest first."""
+
+        def query(conn: sqlite3.Connection) -> list[QuarantinedEvent]:
+            sql = "SELECT account, batch_id, event_id, error, at FROM quarantine"
+            args: tuple[str, ...] = ()
+            if account is not None:
+                sql += " WHERE account = ?"
+                args = (account,)
+            sql += " ORDER BY at, account, batch_id, event_id"
+            return [QuarantinedEvent(*row) for row in conn.execute(sql, args)]
+
+        return await self._run(query)
+
+    async def known_accounts(self) -> int:
+        """How many accounts the store has seen (events appended or a checkpoint written)."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
+
+        return await self._run(query)
+
+
+async def open_reader(path: Path | str, *, connections: int = 2) -> Reader:
+    """A :class:`Reader` on ``path``, checked now: a missing database or one at another schema
+    version raises here (:class:`~meterd.store.errors.StoreError` and subclasses)."""
+    reader = Reader(path, connections=connections)
+    await reader._run(lambda conn: None)
+    return reader

@@ -1,0 +1,47 @@
+"""``Store``: the writer and the reader of one database, as the other layers hold them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import supervisors as sv
+
+from .reader import Reader
+from .writer import Writer
+
+__all__ = ["Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """One store file: its :class:`Writer` (to run as a supervised task) and a :class:`Reader`.
+
+    The reader opens its connections on first use, so it can be built before the writer has
+    created and migrated the file; query it only once the writer has started.
+    """
+
+    writer: Writer
+    reader: Reader
+
+    @classmethod
+    def at(
+        cls,
+        path: Path | str,
+        *,
+        commit_interval: float = 0.002,
+        max_pending: int = 10_000,
+        read_connections: int = 2,
+    ) -> Store:
+        return cls(
+            Writer(path, commit_interval=commit_interval, max_pending=max_pending),
+            Reader(path, connections=read_connections),
+        )
+
+    def writer_spec(self, id: str = "store-writer") -> sv.ChildSpec:
+        """The writer as a supervised task child (``run`` reports ready once migrated)."""
+        return sv.task_spec(id, self.writer.run)
+
+    async def aclose(self) -> None:
+        """Close the reader's connections (the writer closes its own when it stops)."""
+        await self.reader.aclose()

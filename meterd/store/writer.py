@@ -1,0 +1,634 @@
+"""The store writer: the single owner of the write connection, committing in groups.
+
+Operations (:meth:`Writer.submit` / :meth:`Writer.append`, :meth:`Writer.checkpoint`,
+:meth:`Writer.quarantine`, :meth:`Writer.barrier`) are queued from the Trio thread. The
+writer's task takes **everything queued** as one group, runs it in **one** SQLite
+transaction on its own thread (``trio.to_thread.run_sync`` with a limiter of 1, so the
+connection is only ever used by one thread at a time), commits, and only then resolves each
+operation, in the order they were queued. While a group is being written the next one
+accumulates, so under load one fsync covers many operations.
+
+Pacing: when the writer is idle (it had nothing queued after its last group), the next
+operation starts a group at once (after one Trio checkpoint, so operations queued in the same
+scheduling tick join it): at light load an append costs one transaction and nothing more.
+When operations arrived while a group was being written (load), the next group starts
+``commit_interval`` seconds (Trio clock) after the previous one started, or at once if that
+is past: under load, groups are at least that far apart and grow instead of multiplying.
+
+Failure: if the transaction fails (``database or disk is full``, an I/O error, a busy lock)
+it is rolled back, **every** operation of the group fails with :class:`CommitFailed` (its
+``__cause__`` is the sqlite3 error), one ``store_commit_failed`` line is logged, and the
+writer goes on with the next group: a full disk fails ingestion while it lasts, it does not
+crash-loop the writer. An ``append`` whose events cannot be encoded (a ``float`` quantity)
+fails alone with :class:`InvalidEvents` before any SQL runs for it; the rest of its group
+commits.
+
+Dedupe is exact: the ``dedupe`` table maps a 63-bit key of ``(account, id)``
+(:func:`~meterd.store.schema.dedupe_row_key`, built on ``Event.dedupe_key()``) to the batch
+holding the event and its ``Event.fingerprint()``. When a key is found, the writer checks it
+is really this ``(account, id)``: first in ``dedupe_overflow`` (where an ``(account, id)``
+whose key was already taken by another pair is kept, keyed by the text), then by reading the
+ids of the stored batch. Only a true match counts as duplicate (same fingerprint) or conflict
+(different fingerprint). Events earlier in the same group, or the same call, count as stored.
+
+Backpressure: :meth:`append`, :meth:`checkpoint` and :meth:`quarantine` wait while
+``max_pending`` operations are queued or being written. :meth:`submit` never waits and may
+exceed the bound: it is called from an actor's handler, which must not block, and the
+actors are bounded by their mailboxes (each outstanding append answers one message), so the
+total stays bounded by what the callers can hold.
+
+Lifecycle: ``run`` is the task (``sv.task_spec("store-writer", writer.run)``): it opens and
+migrates the database, calls ``task_status.started(writer)``, serves until cancelled, then
+(under :func:`supervisors.shutdown_shield`) commits what is still queued and closes the
+connection. The same :class:`Writer` may be ``run`` again after it stopped (a supervised
+restart). Operations queued while it is not running wait for the next ``run``.
+
+Cancelling an ``await append(...)`` (or ``checkpoint``/``quarantine``) does not withdraw the
+operation: once queued it is committed or failed as part of its group.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+import structlog
+import trio
+
+import supervisors as sv
+from meterd.model import Event
+
+from . import codec, schema
+from .errors import CommitFailed, InvalidEvents, StoreCorruptError
+from .schema import open_database
+
+__all__ = ["AppendResult", "DoneCallback", "WindowWrite", "Writer", "WriterStats"]
+
+log = structlog.get_logger("meterd.store")
+
+_IN_CHUNK: Final = 500  # keys per "IN (...)" lookup, well under SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The verdicts of one ``append``: indexes into the submitted ``events``.
+
+    ``batch_id`` is the journal batch holding the accepted events (``None`` if none was
+    accepted). A duplicate is an event whose ``(account, id)`` is stored (or accepted earlier
+    in the same group or call) with the same fingerprint; a conflict is one stored with a
+    different fingerprint (``id_conflict``): it is not written and the stored one stays.
+    """
+
+    batch_id: int | None
+    accepted: list[int]
+    duplicates: list[int]
+    conflicts: list[int]
+
+
+DoneCallback: TypeAlias = Callable[[AppendResult | BaseException], None]
+WindowWrite: TypeAlias = tuple[str, int, str, bytes]
+"""``(meter, start, dims, state)`` of one window row."""
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters since the :class:`Writer` was created (instrumentation for tests and metrics)."""
+
+    commits: int = 0
+    failed_commits: int = 0
+    operations: int = 0
+    largest_group: int = 0
+    events_accepted: int = 0
+    events_duplicate: int = 0
+    events_conflict: int = 0
+
+
+@dataclass(slots=True)
+class _Append:
+    account: str
+    events: tuple[Event, ...]
+    on_done: DoneCallback
+    received_at: int
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    account: str
+    windows: tuple[WindowWrite, ...]
+    watermark: int
+    on_done: Callable[[Any], None]
+
+
+@dataclass(slots=True)
+class _Quarantine:
+    account: str
+    batch_id: int
+    event_id: str
+    error: str
+    at: int
+    on_done: Callable[[Any], None]
+
+
+@dataclass(slots=True)
+class _Barrier:
+    on_done: Callable[[Any], None]
+
+
+_Op: TypeAlias = _Append | _Checkpoint | _Quarantine | _Barrier
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """Turns ``on_done`` into an awaitable (for the async operations)."""
+
+    event: trio.Event = field(default_factory=trio.Event)
+    outcome: Any = None
+
+    def __call__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.event.set()
+
+    async def wait(self) -> Any:
+        await self.event.wait()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _GroupFailed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Writer:
+    """The store writer for the database at ``path``. See the module doc.
+
+    ``commit_interval``: under load, the least time (seconds, Trio clock) between the starts
+    of two group transactions (see the module doc). ``max_pending``: the backpressure bound
+    of the async operations. ``clock``: wall-clock milliseconds for ``received_at`` /
+    ``updated_at`` / ``at`` columns.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        commit_interval: float = 0.002,
+        max_pending: int = 10_000,
+        clock: Callable[[], int] = _wall_ms,
+    ) -> None:
+        if commit_interval < 0:
+            raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.path = Path(path)
+        self.commit_interval = commit_interval
+        self.max_pending = max_pending
+        self.stats = WriterStats()
+        self._clock = clock
+        self._queue: list[_Op] = []
+        self._in_flight = 0
+        self._wake: trio.Event | None = None
+        self._room = trio.lowlevel.ParkingLot()
+        self._limiter = trio.CapacityLimiter(1)
+        self._connection: sqlite3.Connection | None = None
+        self._running = False
+        self._last_start = -float("inf")
+        # Test hook: called on the writer thread just before COMMIT of each group.
+        self._before_commit: Callable[[], None] | None = None
+
+    # -- the task ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def pending(self) -> int:
+        """Operations queued or being written."""
+        return len(self._queue) + self._in_flight
+
+    async def run(self, *, task_status: trio.TaskStatus[Writer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the database, report ready with ``task_status.started(self)``, serve."""
+        if self._running:
+            raise RuntimeError(f"store writer for {self.path} is already running")
+        self._running = True
+        try:
+            self._connection = await trio.to_thread.run_sync(
+                open_database, self.path, limiter=self._limiter
+            )
+            try:
+                task_status.started(self)
+                await self._serve()
+            finally:
+                with sv.shutdown_shield():
+                    try:
+                        # One last group: what was queued when the writer was stopped.
+                        # What ``on_done`` callbacks queue meanwhile waits for a next run.
+                        if self._queue:
+                            await self._commit_group()
+                    finally:
+                        connection, self._connection = self._connection, None
+                        await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
+        finally:
+            self._running = False
+
+    async def _serve(self) -> None:
+        loaded = False
+        while True:
+            if not self._queue:
+                # Idle: the first operation starts a group at once (after one checkpoint,
+                # so that what the same scheduling tick submits joins it).
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+                await trio.lowlevel.checkpoint()
+            elif loaded:
+                # Load: operations arrived while the previous group was being written.
+                start_at = self._last_start + self.commit_interval
+                if trio.current_time() < start_at:
+                    await trio.sleep_until(start_at)
+                else:
+                    await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint()  # queued by on_done callbacks, or before run
+            loaded = await self._commit_group()
+
+    async def _commit_group(self) -> bool:
+        """Write the queued operations as one group; whether more arrived meanwhile."""
+        group, self._queue = self._queue, []
+        self._in_flight = len(group)
+        self._last_start = trio.current_time()
+        try:
+            if all(isinstance(op, _Barrier) for op in group):
+                outcomes: list[Any] | _GroupFailed = [None] * len(group)
+            else:
+                connection = self._connection
+                assert connection is not None
+                outcomes = await trio.to_thread.run_sync(
+                    self._write_group, connection, group, limiter=self._limiter
+                )
+                if not isinstance(outcomes, _GroupFailed):
+                    self.stats.commits += 1
+        except BaseException:
+            # Cancelled before the thread ran (or the thread died): nothing was committed,
+            # so the group goes back to the front of the queue for the next attempt.
+            self._queue[:0] = group
+            raise
+        finally:
+            self._in_flight = 0
+            self._room.unpark_all()
+        loaded = bool(self._queue)
+        self.stats.operations += len(group)
+        self.stats.largest_group = max(self.stats.largest_group, len(group))
+        if isinstance(outcomes, _GroupFailed):
+            self.stats.failed_commits += 1
+            cause = outcomes.error
+            log.error(
+                "store_commit_failed",
+                path=str(self.path),
+                operations=len(group),
+                error=f"{type(cause).__name__}: {cause}",
+            )
+            for op in group:
+                if isinstance(op, _Barrier):
+                    self._resolve(op, None)  # settled: nothing before it is still in flight
+                else:
+                    failure = CommitFailed(
+                        f"store {self.path}: the transaction of {len(group)} operations failed"
+                        f" and was rolled back, nothing of it was written: {cause}"
+                    )
+                    failure.__cause__ = cause
+                    self._resolve(op, failure)
+            return loaded
+        for op, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, AppendResult):
+                self.stats.events_accepted += len(outcome.accepted)
+                self.stats.events_duplicate += len(outcome.duplicates)
+                self.stats.events_conflict += len(outcome.conflicts)
+            self._resolve(op, outcome)
+        return loaded
+
+    @staticmethod
+    def _resolve(op: _Op, outcome: Any) -> None:
+        try:
+            op.on_done(outcome)
+        except Exception:
+            log.exception("store_on_done_raised", operation=type(op).__name__.lstrip("_"))
+
+    # -- operations (Trio thread) -----------------------------------------------------
+
+    def _enqueue(self, op: _Op) -> None:
+        self._queue.append(op)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _wait_for_room(self) -> None:
+        while self.pending >= self.max_pending:
+            await self._room.park()
+
+    def submit(self, account: str, events: Sequence[Event], on_done: DoneCallback) -> None:
+        """Queue an append of ``events`` (all of ``account``); never blocks.
+
+        ``on_done`` is called on the Trio thread after the group's ``COMMIT`` with the
+        :class:`AppendResult`, or with the exception if the operation failed
+        (:class:`CommitFailed`: nothing of its group was written; :class:`InvalidEvents`).
+        Raises ``ValueError`` at once if an event's ``account`` is not ``account``.
+        """
+        batch = tuple(events)
+        for index, event in enumerate(batch):
+            if event.account != account:
+                raise ValueError(
+                    f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                    f" submitted for account {account!r}"
+                )
+        self._enqueue(_Append(account, batch, on_done, self._clock()))
+
+    async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
+        """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
+        await self._wait_for_room()
+        waiter = _Waiter()
+        self.submit(account, events, waiter)
+        result = await waiter.wait()
+        assert isinstance(result, AppendResult)
+        return result
+
+    async def checkpoint(
+        self, account: str, windows: Sequence[WindowWrite], watermark: int
+    ) -> None:
+        """Upsert ``windows`` of ``account`` and set its watermark, in one transaction.
+
+        The watermark is the last journal batch the windows include; it is set as given
+        (not a maximum), because it must always describe the windows written with it.
+        """
+        rows = tuple(windows)
+        for row in rows:
+            if not (
+                len(row) == 4
+                and isinstance(row[0], str)
+                and type(row[1]) is int
+                and isinstance(row[2], str)
+                and isinstance(row[3], bytes)
+            ):
+                raise TypeError(
+                    f"checkpoint of {account!r}: a window must be (meter: str, start: int,"
+                    f" dims: str, state: bytes), got {row!r:.200}"
+                )
+        if type(watermark) is not int or watermark < 0:
+            raise ValueError(f"checkpoint of {account!r}: watermark must be an int >= 0")
+        await self._wait_for_room()
+        waiter = _Waiter()
+        self._enqueue(_Checkpoint(account, rows, watermark, waiter))
+        await waiter.wait()
+
+    async def quarantine(self, account: str, batch_id: int, event_id: str, error: str) -> None:
+        """Record that event ``event_id`` of journal batch ``batch_id`` is poison.
+
+        Quarantining the same event again replaces its error and time.
+        """
+        await self._wait_for_room()
+        waiter = _Waiter()
+        self._enqueue(_Quarantine(account, batch_id, event_id, error, self._clock(), waiter))
+        await waiter.wait()
+
+    async def barrier(self) -> None:
+        """Return once every operation queued before this call is committed (or has failed)."""
+        if not self._queue and not self._in_flight:
+            await trio.lowlevel.checkpoint()
+            return
+        waiter = _Waiter()
+        self._enqueue(_Barrier(waiter))
+        await waiter.wait()
+
+    # -- the group transaction (writer thread) ----------------------------------------
+
+    def _write_group(self, conn: sqlite3.Connection, group: list[_Op]) -> list[Any] | _GroupFailed:
+        outcomes: list[Any] = [None] * len(group)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            txn = _Transaction(conn, self._clock())
+            for index, op in enumerate(group):
+                if isinstance(op, _Append):
+                    outcomes[index] = txn.append(op)
+                elif isinstance(op, _Checkpoint):
+                    txn.checkpoint(op)
+                elif isinstance(op, _Quarantine):
+                    txn.quarantine(op)
+            if self._before_commit is not None:
+                self._before_commit()
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_error:
+                    exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
+            return _GroupFailed(exc)
+        return outcomes
+
+
+def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
+    """The error for the first event of ``events`` that cannot be stored."""
+    bucket = schema.account_bucket(account)
+    for index, event in enumerate(events):
+        try:
+            codec.pack_rows([codec.event_row(event)])
+            schema.dedupe_row_key(bucket, event)
+            event.fingerprint()
+        except Exception as exc:
+            failure = InvalidEvents(
+                f"append for account {account!r}: event {index} (id {event.id!r})"
+                f" cannot be stored: {exc}"
+            )
+            failure.__cause__ = exc
+            return failure
+    return InvalidEvents(f"append for account {account!r}: an event cannot be stored")
+
+
+class _Transaction:
+    """The state of one group transaction: the next batch id, decoded batches."""
+
+    def __init__(self, conn: sqlite3.Connection, now: int) -> None:
+        self.conn = conn
+        self.now = now
+        (self.next_batch_id,) = conn.execute(
+            "SELECT max("
+            " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0),"
+            " coalesce((SELECT max(batch_id) FROM event_batches), 0)) + 1"
+        ).fetchone()
+        self._batch_ids: dict[int, tuple[str, frozenset[str]]] = {}
+
+    def append(self, op: _Append) -> AppendResult | InvalidEvents:
+        events = op.events
+        account = op.account
+        try:
+            rows = [codec.event_row(event) for event in events]
+            payload = codec.pack_rows(rows)
+            bucket = schema.account_bucket(account)
+            keys = [schema.dedupe_row_key(bucket, event) for event in events]
+            fingerprints = [event.fingerprint() for event in events]
+        except Exception:  # the caller's data: this operation fails, not the group
+            return _invalid(account, events)
+
+        count = len(events)
+        batch_id = self.next_batch_id
+        unique = len({event.id for event in events}) == count and len(set(keys)) == count
+        stored = self._lookup_keys(keys)
+        if unique and not stored:  # the common case: all new
+            accepted = list(range(count))
+            duplicates: list[int] = []
+            conflicts: list[int] = []
+            dedupe_rows = list(zip(keys, repeat(batch_id), fingerprints, strict=False))
+            overflow_rows: list[tuple[str, str, int, int]] = []
+        else:
+            accepted, duplicates, conflicts, dedupe_rows, overflow_rows = self._classify(
+                account, events, keys, fingerprints, stored, batch_id
+            )
+            if not accepted:
+                return AppendResult(None, accepted, duplicates, conflicts)
+            if len(accepted) < count:
+                payload = codec.pack_rows([rows[index] for index in accepted])
+
+        self.next_batch_id += 1
+        times = [events[index].time for index in accepted]
+        conn = self.conn
+        conn.execute(
+            "INSERT INTO event_batches"
+            " (batch_id, account, received_at, count, payload, min_time, max_time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, account, op.received_at, len(accepted), payload, min(times), max(times)),
+        )
+        conn.executemany(
+            "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", dedupe_rows
+        )
+        if overflow_rows:
+            conn.executemany(
+                "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
+                " VALUES (?, ?, ?, ?)",
+                overflow_rows,
+            )
+        conn.execute(
+            "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, 0, ?)"
+            " ON CONFLICT (account) DO NOTHING",
+            (account, self.now),
+        )
+        return AppendResult(batch_id, accepted, duplicates, conflicts)
+
+    def _classify(
+        self,
+        account: str,
+        events: Sequence[Event],
+        keys: list[int],
+        fingerprints: list[int],
+        stored: dict[int, tuple[int, int]],
+        batch_id: int,
+    ) -> tuple[
+        list[int], list[int], list[int], list[tuple[int, int, int]], list[tuple[str, str, int, int]]
+    ]:
+        """Verdicts when some key is stored already or repeats within the call."""
+        # The fingerprint each id already has: stored (checked to really be this
+        # (account, id): in the overflow table, or in the batch the key points at),
+        # or accepted earlier in this call.
+        known: dict[str, int] = {}
+        for index, event in enumerate(events):
+            row = stored.get(keys[index])
+            if row is None or event.id in known:
+                continue
+            fingerprint = self._overflow_fingerprint(account, event.id)
+            if fingerprint is None and self._batch_holds(row[0], account, event.id):
+                fingerprint = row[1]
+            if fingerprint is not None:
+                known[event.id] = fingerprint
+
+        accepted: list[int] = []
+        duplicates: list[int] = []
+        conflicts: list[int] = []
+        dedupe_rows: list[tuple[int, int, int]] = []
+        overflow_rows: list[tuple[str, str, int, int]] = []
+        claimed: set[int] = set()
+        for index, event in enumerate(events):
+            fingerprint = fingerprints[index]
+            previous = known.get(event.id)
+            if previous is None:
+                known[event.id] = fingerprint
+                accepted.append(index)
+                key = keys[index]
+                if key in stored or key in claimed:  # the key is another (account, id)'s
+                    overflow_rows.append((account, event.id, batch_id, fingerprint))
+                else:
+                    claimed.add(key)
+                    dedupe_rows.append((key, batch_id, fingerprint))
+            elif previous == fingerprint:
+                duplicates.append(index)
+            else:
+                conflicts.append(index)
+        return accepted, duplicates, conflicts, dedupe_rows, overflow_rows
+
+    def _lookup_keys(self, keys: list[int]) -> dict[int, tuple[int, int]]:
+        found: dict[int, tuple[int, int]] = {}
+        pending = list(set(keys))
+        for start in range(0, len(pending), _IN_CHUNK):
+            chunk = pending[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, batch_id, fingerprint in self.conn.execute(
+                f"SELECT key, batch_id, fingerprint FROM dedupe WHERE key IN ({marks})", chunk
+            ):
+                found[key] = (batch_id, fingerprint)
+        return found
+
+    def _overflow_fingerprint(self, account: str, event_id: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT fingerprint FROM dedupe_overflow WHERE account = ? AND event_id = ?",
+            (account, event_id),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _batch_holds(self, batch_id: int, account: str, event_id: str) -> bool:
+        """Whether journal batch ``batch_id`` holds ``(account, event_id)``."""
+        entry = self._batch_ids.get(batch_id)
+        if entry is None:
+            row = self.conn.execute(
+                "SELECT account, payload FROM event_batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreCorruptError(
+                    f"a dedupe row points at journal batch {batch_id}, which does not exist"
+                )
+            ids = codec.batch_event_ids(row[1], where=f"batch {batch_id}")
+            entry = (row[0], frozenset(ids))
+            self._batch_ids[batch_id] = entry
+        return entry[0] == account and event_id in entry[1]
+
+    def checkpoint(self, op: _Checkpoint) -> None:
+        account = op.account
+        self.conn.executemany(
+            "INSERT INTO windows (account, meter, start, dims, state) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (account, meter, start, dims) DO UPDATE SET state = excluded.state",
+            [(account, meter, start, dims, state) for meter, start, dims, state in op.windows],
+        )
+        self.conn.execute(
+            "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (account) DO UPDATE"
+            " SET watermark = excluded.watermark, updated_at = excluded.updated_at",
+            (account, op.watermark, self.now),
+        )
+
+    def quarantine(self, op: _Quarantine) -> None:
+        self.conn.execute(
+            "INSERT INTO quarantine (account, batch_id, event_id, error, at)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (account, batch_id, event_id) DO UPDATE"
+            " SET error = excluded.error, at = excluded.at",
+            (op.account, op.batch_id, op.event_id, op.error, op.at),
+        )

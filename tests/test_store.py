@@ -1,0 +1,822 @@
+"""The store: schema and migrations, exact dedupe, group commit, failures, reader, codec."""
+
+from __future__ import annotations
+
+import decimal
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import supervisors as sv
+from meterd.model import Event, canonical_quantity
+from meterd.store import (
+    SCHEMA_VERSION,
+    AppendResult,
+    CommitFailed,
+    InvalidCursor,
+    InvalidEvents,
+    NotAStoreError,
+    Store,
+    StoreError,
+    StoreVersionError,
+    Writer,
+    codec,
+    open_database,
+    open_reader,
+    schema,
+)
+from meterd.store import writer as writer_module
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def ev(
+    event_id: str,
+    account: str = "acme",
+    *,
+    meter: str = "api",
+    quantity: int | Decimal = 1,
+    time: int = 60_000,
+    properties: tuple[tuple[str, str], ...] = (),
+) -> Event:
+    return Event(event_id, account, meter, quantity, time, properties, "prod", 1)
+
+
+@asynccontextmanager
+async def running(writer: Writer) -> AsyncIterator[Writer]:
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(writer.run)
+        assert started is writer
+        yield writer
+        nursery.cancel_scope.cancel()
+
+
+def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class Collector:
+    """An ``on_done`` that records what it was given."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[AppendResult | BaseException] = []
+
+    def __call__(self, outcome: AppendResult | BaseException) -> None:
+        self.outcomes.append(outcome)
+
+    def result(self, index: int = 0) -> AppendResult:
+        outcome = self.outcomes[index]
+        assert isinstance(outcome, AppendResult), outcome
+        return outcome
+
+
+# -- schema and migrations --------------------------------------------------------------
+
+
+def test_open_database_creates_a_durable_wal_store_at_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "store.sqlite3"
+    conn = open_database(path)
+    try:
+        assert path.exists()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+        assert {
+            "event_batches",
+            "dedupe",
+            "dedupe_overflow",
+            "windows",
+            "accounts",
+            "quarantine",
+        } <= tables
+    finally:
+        conn.close()
+    open_database(path).close()  # reopening an up-to-date store changes nothing
+
+
+def test_migrations_are_numbered_steps() -> None:
+    assert [m.version for m in schema.MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    assert SCHEMA_VERSION >= 2
+
+
+async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    shutil.copy(FIXTURES / "store_v1.sqlite3", path)
+    assert rows(path, "PRAGMA user_version") == [(1,)]
+    assert not rows(path, "SELECT name FROM sqlite_schema WHERE name = 'quarantine'")
+
+    with structlog.testing.capture_logs() as logs:
+        open_database(path).close()
+    assert {"event": "store_migrated", "from_version": 1, "to_version": SCHEMA_VERSION} in [
+        {k: v for k, v in line.items() if k in ("event", "from_version", "to_version")}
+        for line in logs
+    ]
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    # v2: quarantine exists; v3: time bounds backfilled from the payloads, covering index.
+    assert rows(path, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert rows(path, "SELECT batch_id, min_time, max_time FROM event_batches") == [
+        (1, 60_000, 130_000),
+        (2, 10_000, 10_000),
+        (3, 5_000, 5_000),
+    ]
+    indexes = {r[0] for r in rows(path, "SELECT name FROM sqlite_schema WHERE type='index'")}
+    assert "event_batches_by_account_time" in indexes
+    assert "event_batches_by_account" not in indexes
+
+    writer = Writer(path, commit_interval=0)
+    async with running(writer), await open_reader(path) as reader:
+        loaded = await reader.load_account("acme")
+        assert loaded.watermark == 1
+        assert loaded.windows == [("api", 60_000, "", b"v1-state")]
+        assert loaded.replay == [
+            (2, [Event("a3", "acme", "api", Decimal("2.5"), 10_000, (("region", "eu"),), "", 2000)])
+        ]
+        # The v1 dedupe rows still decide: re-sends are duplicates, changes are conflicts.
+        result = await writer.append(
+            "acme", [ev("a1", time=60_000), ev("a2", quantity=4, time=130_000), ev("a4")]
+        )
+        assert (result.duplicates, result.conflicts, result.accepted) == ([0], [1], [2])
+        assert result.batch_id == 4  # after the fixture's 3 batches
+        page = await reader.events("globex", None, 0, 10**6, 10)
+        assert [(e.id, e.quantity, e.producer) for e in page.events] == [("g1", 7, "p1")]
+        assert await reader.known_accounts() == 2
+
+
+def test_a_failing_migration_leaves_the_store_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    shutil.copy(FIXTURES / "store_v1.sqlite3", path)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x)")
+        conn.execute("SELECT no_such_column FROM event_batches")
+
+    steps = (*schema.MIGRATIONS[:-1], schema.Migration(SCHEMA_VERSION, "broken", broken))
+    monkeypatch.setattr(schema, "MIGRATIONS", steps)
+    with pytest.raises(StoreError, match=f"migration to schema version {SCHEMA_VERSION}"):
+        open_database(path)
+    assert rows(path, "PRAGMA user_version") == [(1,)]
+    names = {r[0] for r in rows(path, "SELECT name FROM sqlite_schema")}
+    assert "quarantine" not in names  # step 2 ran in the same transaction: rolled back
+    assert "half_done" not in names
+
+
+async def test_a_newer_store_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    open_database(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    message = (
+        f"database {path} is schema version 7, this meterd knows up to {SCHEMA_VERSION};"
+        " upgrade meterd or use another store.path"
+    )
+    with pytest.raises(StoreVersionError) as info:
+        open_database(path)
+    assert str(info.value) == message
+    with pytest.raises(StoreVersionError, match="schema version 7"):
+        await open_reader(path)
+    with pytest.raises(StoreVersionError, match="upgrade meterd"):
+        await Writer(path).run()
+    assert rows(path, "PRAGMA user_version") == [(7,)]
+
+
+async def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(NotAStoreError, match="not a meterd store"):
+        open_database(other)
+
+    foreign = tmp_path / "foreign.sqlite3"
+    conn = sqlite3.connect(foreign)
+    conn.execute("PRAGMA application_id = 42")
+    conn.close()
+    with pytest.raises(NotAStoreError, match="another application"):
+        open_database(foreign)
+
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(NotAStoreError, match="not a SQLite database"):
+        open_database(junk)
+
+    with pytest.raises(StoreError, match="cannot open database"):
+        await open_reader(tmp_path / "missing.sqlite3")
+
+    old = tmp_path / "old.sqlite3"
+    shutil.copy(FIXTURES / "store_v1.sqlite3", old)
+    with pytest.raises(StoreVersionError, match="start it first"):
+        await open_reader(old)
+
+
+# -- dedupe -------------------------------------------------------------------------------
+
+
+async def test_dedupe_across_groups_and_id_conflicts(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0)
+    async with running(writer):
+        first = await writer.append("acme", [ev("e1"), ev("e2", quantity=Decimal("1.50"))])
+        assert first == AppendResult(1, [0, 1], [], [])
+        again = await writer.append(
+            "acme",
+            [
+                ev("e1"),
+                ev("e2", quantity=Decimal("1.5")),  # the same value: a genuine re-send
+                ev("e1", time=120_000),  # same id, other time: conflict
+                ev("e3"),
+            ],
+        )
+        assert again == AppendResult(2, [3], [0, 1], [2])
+        # The same id in another account is another event.
+        other = await writer.append("globex", [ev("e1", "globex")])
+        assert other.accepted == [0]
+        # A conflict replaced nothing: the original is still what counts.
+        assert (await writer.append("acme", [ev("e1")])).duplicates == [0]
+        assert (await writer.append("acme", [ev("e1", time=120_000)])).conflicts == [0]
+        assert writer.stats.events_accepted == 4
+    assert rows(writer.path, "SELECT count(*) FROM dedupe") == [(4,)]
+
+
+async def test_dedupe_within_one_call_and_within_one_group(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0)
+    async with running(writer):
+        one_call = await writer.append(
+            "acme", [ev("x"), ev("x"), ev("x", quantity=2), ev("y"), ev("x", quantity=2)]
+        )
+        assert one_call == AppendResult(1, [0, 3], [1], [2, 4])
+
+        a, b, c = Collector(), Collector(), Collector()
+        writer.submit("acme", [ev("z1"), ev("z2")], a)
+        writer.submit("acme", [ev("z2"), ev("z1", quantity=9), ev("z3")], b)
+        writer.submit("acme", [ev("z3"), ev("x")], c)
+        commits = writer.stats.commits
+        await writer.barrier()
+        assert writer.stats.commits == commits + 1  # one group
+        assert a.result() == AppendResult(2, [0, 1], [], [])
+        assert b.result() == AppendResult(3, [2], [0], [1])
+        assert c.result() == AppendResult(None, [], [0, 1], [])
+        payload = rows(writer.path, "SELECT payload FROM event_batches WHERE batch_id = 3")
+        assert [e.id for e in codec.decode_batch(payload[0][0], "acme")] == ["z3"]
+
+
+async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path)) as writer:
+        assert (await writer.append("acme", [ev("r1"), ev("r2")])).accepted == [0, 1]
+    async with running(Writer(path)) as writer:
+        result = await writer.append("acme", [ev("r1"), ev("r2", quantity=5), ev("r3")])
+        assert result == AppendResult(2, [2], [0], [1])
+
+
+async def test_dedupe_is_exact_when_every_key_collides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every (account, id) gets the same 63-bit dedupe row key.
+    monkeypatch.setattr(Event, "dedupe_key", lambda self: 12345)
+    monkeypatch.setattr(schema, "account_bucket", lambda account: 0)
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path, commit_interval=0)) as writer:
+        first = await writer.append("acme", [ev("k1"), ev("k2"), ev("k2"), ev("k3", quantity=3)])
+        assert first == AppendResult(1, [0, 1, 3], [2], [])
+        other = await writer.append("globex", [ev("k1", "globex", quantity=8)])
+        assert other.accepted == [0]  # same id, other account: not a conflict
+        grouped = Collector(), Collector()
+        writer.submit("acme", [ev("k4"), ev("k1")], grouped[0])
+        writer.submit("acme", [ev("k4"), ev("k5"), ev("k3", quantity=4)], grouped[1])
+        await writer.barrier()
+        assert grouped[0].result() == AppendResult(3, [0], [1], [])
+        assert grouped[1].result() == AppendResult(4, [1], [0], [2])
+    assert rows(path, "SELECT key FROM dedupe") == [(12345,)]
+    assert rows(path, "SELECT count(*) FROM dedupe_overflow") == [(5,)]  # all but acme k1
+    async with running(Writer(path, commit_interval=0)) as writer:
+        again = await writer.append(
+            "acme",
+            [ev("k1"), ev("k2", quantity=2), ev("k3", quantity=3), ev("k5"), ev("k6")],
+        )
+        assert again == AppendResult(5, [4], [0, 2, 3], [1])
+        assert (await writer.append("globex", [ev("k1", "globex", quantity=8)])).duplicates == [0]
+        assert (await writer.append("globex", [ev("k1", "globex")])).conflicts == [0]
+
+
+def test_dedupe_row_keys_are_63_bits_and_grouped_by_account() -> None:
+    keys = {
+        account: [
+            schema.dedupe_row_key(schema.account_bucket(account), ev(f"{i}", account))
+            for i in range(50)
+        ]
+        for account in ("acme", "globex")
+    }
+    for account_keys in keys.values():
+        assert all(0 <= key < 2**63 for key in account_keys)
+        assert len({key >> 40 for key in account_keys}) == 1  # neighbours in the B-tree
+        assert len(set(account_keys)) == 50
+    assert keys["acme"][0] >> 40 != keys["globex"][0] >> 40
+
+
+async def test_submit_refuses_events_of_another_account(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3")
+    with pytest.raises(ValueError, match="of account 'globex', submitted for account 'acme'"):
+        writer.submit("acme", [ev("a"), ev("b", "globex")], Collector())
+    assert writer.pending == 0
+
+
+# -- group commit, backpressure, lifecycle -------------------------------------------------
+
+
+async def test_submits_queued_before_the_writer_runs_commit_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    writer = Writer(tmp_path / "s.sqlite3")
+    done = Collector()
+    for i in range(100):
+        writer.submit(f"acct-{i % 7}", [ev(f"e{i}", f"acct-{i % 7}")], done)
+    assert writer.pending == 100
+    assert done.outcomes == []
+    async with running(writer):
+        await writer.barrier()
+        assert writer.stats.commits == 1
+        assert writer.stats.largest_group >= 100  # (the barrier may join it or follow it)
+        assert [done.result(i).batch_id for i in range(100)] == list(range(1, 101))
+        # While running: synchronous submits of one task join one group as well.
+        for i in range(100, 150):
+            writer.submit("acme", [ev(f"e{i}")], done)
+        await writer.barrier()
+        assert writer.stats.commits == 2
+    assert rows(writer.path, "SELECT count(*), sum(count) FROM event_batches") == [(150, 150)]
+
+
+async def test_commit_interval_paces_groups_under_load_only(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    writer = Writer(tmp_path / "s.sqlite3", commit_interval=10.0)
+    async with running(writer):
+        t0 = trio.current_time()
+        await writer.append("acme", [ev("p1")])  # idle: committed at once
+        await writer.append("acme", [ev("p2")])  # idle again: at once too
+        assert trio.current_time() - t0 < 10.0
+        assert writer.stats.commits == 2
+
+        # Load: operations arrive while a group is being written.
+        reached, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            reached.set()
+            release.wait(30)
+
+        writer._before_commit = hold
+        first, later = Collector(), Collector()
+        writer.submit("acme", [ev("p3")], first)
+        await trio.to_thread.run_sync(reached.wait, 30)
+        writer._before_commit = None
+        t1 = trio.current_time()
+        writer.submit("acme", [ev("p4")], later)
+        writer.submit("acme", [ev("p5")], later)
+        release.set()
+        await writer.barrier()
+        assert trio.current_time() - t1 >= 9.0  # waited for the interval (virtual clock)
+        assert writer.stats.commits == 4  # p3 alone, then p4 and p5 together
+        assert [later.result(i).batch_id for i in (0, 1)] == [4, 5]
+
+
+async def test_backpressure_bounds_the_async_operations(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3", max_pending=3)
+    done = Collector()
+    for i in range(5):  # submit may exceed the bound
+        writer.submit("acme", [ev(f"s{i}")], done)
+    results: list[AppendResult] = []
+
+    async def append() -> None:
+        results.append(await writer.append("acme", [ev("waits")]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(append)
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.pending == 5  # the append is parked, not queued
+        async with running(writer):
+            await writer.barrier()
+            with trio.fail_after(5):
+                while not results:
+                    await writer.barrier()
+    assert len(done.outcomes) == 5
+    assert results[0].accepted == [0]
+    assert results[0].batch_id == 6
+
+
+async def test_store_bundles_a_supervised_writer_and_a_reader(tmp_path: Path) -> None:
+    store = Store.at(tmp_path / "new" / "s.sqlite3", commit_interval=0)
+    sup = sv.Supervisor([store.writer_spec()], name="store")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        result = await store.writer.append("acme", [ev("s1")])
+        assert (await store.reader.load_account("acme")).replay == [(result.batch_id, [ev("s1")])]
+        sup.stop()
+        await sup.wait_stopped()
+    await store.aclose()
+
+
+async def test_stopping_commits_what_is_queued(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3")
+    done = Collector()
+    sup = sv.Supervisor([sv.task_spec("store-writer", writer.run)], name="store")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        states = [writer.running]
+        writer.submit("acme", [ev("last-1")], done)
+        writer.submit("acme", [ev("last-2")], done)
+        sup.stop()
+        await sup.wait_stopped()
+    states.append(writer.running)
+    assert states == [True, False]
+    assert len(done.outcomes) == 2
+    assert all(isinstance(o, AppendResult) and o.accepted == [0] for o in done.outcomes)
+    # The same object runs again (a supervised restart).
+    async with running(writer):
+        assert (await writer.append("acme", [ev("last-1")])).duplicates == [0]
+
+
+async def test_a_raising_on_done_does_not_stop_the_writer(tmp_path: Path) -> None:
+    def explode(outcome: AppendResult | BaseException) -> None:
+        raise RuntimeError("callback bug")
+
+    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+        with structlog.testing.capture_logs() as logs:
+            writer.submit("acme", [ev("cb")], explode)
+            await writer.barrier()
+        assert [line["event"] for line in logs] == ["store_on_done_raised"]
+        assert (await writer.append("acme", [ev("cb")])).duplicates == [0]
+
+
+_KILL_SCRIPT = """
+import sys, trio
+from meterd.logs import configure
+from meterd.model import Event
+from meterd.store import Writer
+
+configure(json=True)  # logs to stderr; stdout carries only the acks
+
+async def main():
+    writer = Writer(sys.argv[1], commit_interval=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for n in range(1_000_000):
+            events = [Event(f"k{n}-{i}", "acme", "api", 1, 60_000) for i in range(20)]
+            result = await writer.append("acme", events)
+            assert result.accepted == list(range(20))
+            print(n, flush=True)  # the ack: sent only after COMMIT
+
+trio.run(main)
+"""
+
+
+def test_acknowledged_appends_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    acked = -1
+    try:
+        for line in process.stdout:
+            acked = int(line)
+            if acked == 200:
+                break
+    finally:
+        process.send_signal(signal.SIGKILL)  # mid-stream: the writer is in a transaction
+        process.wait()
+    assert acked == 200
+    conn = open_database(path)  # recovers the WAL
+    try:
+        ids = set()
+        for (payload,) in conn.execute("SELECT payload FROM event_batches"):
+            ids.update(codec.batch_event_ids(payload))
+        keys = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
+    finally:
+        conn.close()
+    assert {f"k{n}-{i}" for n in range(acked + 1) for i in range(20)} <= ids
+    assert keys == len(ids)  # journal and dedupe index committed together
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path)) as writer:
+        await writer.append("acme", [ev("before")])
+        await writer.checkpoint("acme", [("api", 0, "", b"old")], 1)
+
+    # The real thing: cap the file at the pages it has, so the next write finds it full.
+    def capped(db: Path) -> sqlite3.Connection:
+        conn = open_database(db)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn
+
+    monkeypatch.setattr(writer_module, "open_database", capped)
+    writer = Writer(path)
+    big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
+    appends = Collector()
+    writer.submit("acme", big, appends)
+    writer.submit("globex", [ev("g", "globex")], appends)
+    failures: list[BaseException] = []
+
+    async def expect_failure(operation: Callable[[], Any]) -> None:
+        try:
+            await operation()
+        except CommitFailed as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            expect_failure, lambda: writer.checkpoint("acme", [("api", 0, "", b"new")], 2)
+        )
+        nursery.start_soon(expect_failure, lambda: writer.quarantine("acme", 1, "before", "x"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.pending == 4  # all queued before the writer runs: one group
+        with structlog.testing.capture_logs() as logs:
+            async with running(writer):
+                await writer.barrier()
+                assert writer.stats.failed_commits == 1
+                assert writer.stats.commits == 0
+                # Nothing of the group was written.
+                async with await open_reader(path) as reader:
+                    loaded = await reader.load_account("acme")
+                    assert loaded.watermark == 1
+                    assert loaded.windows == [("api", 0, "", b"old")]
+                    assert await reader.quarantined() == []
+                    assert await reader.known_accounts() == 1
+                # The disk has room again: the writer serves the same events as new.
+                connection = writer._connection  # test access to the writer's connection
+                assert connection is not None
+                await trio.to_thread.run_sync(
+                    connection.execute, "PRAGMA max_page_count = 1073741823"
+                )
+                again = await writer.append("acme", big)
+                assert again.accepted == list(range(100))
+                assert again.batch_id == 2
+                assert (await writer.append("globex", [ev("g", "globex")])).accepted == [0]
+    assert len(failures) == 2
+    assert len(appends.outcomes) == 2
+    for failure in [*failures, *appends.outcomes]:
+        assert isinstance(failure, CommitFailed)
+        assert "nothing of it was written: database or disk is full" in str(failure)
+        assert isinstance(failure.__cause__, sqlite3.OperationalError)
+    failed = [line for line in logs if line["event"] == "store_commit_failed"]
+    assert len(failed) == 1
+    assert failed[0]["operations"] in (4, 5)  # the 4 operations (and maybe the barrier)
+    assert failed[0]["log_level"] == "error"
+
+
+async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> None:
+    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+        good, bad = Collector(), Collector()
+        writer.submit("acme", [ev("ok")], good)
+        writer.submit("acme", [ev("f", quantity=1.5)], bad)  # type: ignore[arg-type]
+        await writer.barrier()
+        assert good.result().accepted == [0]
+        assert isinstance(bad.outcomes[0], InvalidEvents)
+        assert "quantity must be an int or a Decimal, got float" in str(bad.outcomes[0])
+        with pytest.raises(InvalidEvents):
+            await writer.append("acme", [ev("nan", quantity=Decimal("NaN"))])
+        assert writer.stats.failed_commits == 0
+
+
+# -- checkpoints, recovery, quarantine -----------------------------------------------------
+
+
+async def test_checkpoint_and_load_account_replay_exactly_after_the_watermark(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+        assert await reader.load_account("acme") == (0, [], [])
+        b1 = await writer.append("acme", [ev("1"), ev("2")])
+        await writer.append("globex", [ev("g", "globex")])
+        b3 = await writer.append("acme", [ev("3", time=180_000)])
+        b4 = await writer.append("acme", [ev("4", quantity=Decimal("0.25"))])
+        assert (b1.batch_id, b3.batch_id, b4.batch_id) == (1, 3, 4)
+
+        loaded = await reader.load_account("acme")
+        assert [batch_id for batch_id, _ in loaded.replay] == [1, 3, 4]
+
+        await writer.checkpoint(
+            "acme", [("api", 60_000, "", b"s1"), ("api", 180_000, "eu", b"s3")], 3
+        )
+        loaded = await reader.load_account("acme")
+        assert loaded.watermark == 3
+        assert loaded.windows == [("api", 60_000, "", b"s1"), ("api", 180_000, "eu", b"s3")]
+        assert loaded.replay == [(4, [ev("4", quantity=Decimal("0.25"))])]
+
+        # A later checkpoint upserts its windows and moves the watermark with them.
+        await writer.checkpoint("acme", [("api", 60_000, "", b"s1+4")], 4)
+        loaded = await reader.load_account("acme", windows_since=100_000)
+        assert (loaded.watermark, loaded.replay) == (4, [])
+        assert loaded.windows == [("api", 180_000, "eu", b"s3")]
+        assert await reader.windows("acme", "api", 0, 180_000) == [(60_000, "", b"s1+4")]
+        assert await reader.windows("acme", "api", 60_001, 10**9) == [(180_000, "eu", b"s3")]
+        assert await reader.windows("acme", "other", 0, 10**9) == []
+        assert (await reader.load_account("globex")).replay[0][0] == 2
+        assert await reader.known_accounts() == 2
+
+
+async def test_quarantined_events_are_listed_and_left_out_of_replay(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path, clock=lambda: 777)) as writer, await open_reader(path) as r:
+        batch = await writer.append("acme", [ev("ok"), ev("poison"), ev("ok2")])
+        assert batch.batch_id == 1
+        await writer.quarantine("acme", 1, "poison", "ZeroDivisionError: boom")
+        await writer.quarantine("acme", 1, "poison", "ZeroDivisionError: boom again")
+        await writer.quarantine("globex", 9, "x", "other")
+        listed = await r.quarantined("acme")
+        assert [(q.batch_id, q.event_id, q.error, q.at) for q in listed] == [
+            (1, "poison", "ZeroDivisionError: boom again", 777)
+        ]
+        assert len(await r.quarantined()) == 2
+        watermark, windows, replay = await r.load_account("acme")  # a 3-tuple
+        assert (watermark, windows, replay) == (0, [], [(1, [ev("ok"), ev("ok2")])])
+
+
+# -- reader -------------------------------------------------------------------------------
+
+
+async def test_the_reader_sees_committed_data_while_the_writer_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    writer = Writer(path)
+    reached, release = threading.Event(), threading.Event()
+    async with running(writer), await open_reader(path) as reader:
+        await writer.append("acme", [ev("committed")])
+
+        def hold() -> None:  # the writer thread, inside the group transaction
+            reached.set()
+            release.wait(30)
+
+        writer._before_commit = hold
+        pending = Collector()
+        writer.submit("acme", [ev("uncommitted")], pending)
+        try:
+            await trio.to_thread.run_sync(reached.wait, 30)
+            with trio.fail_after(5):
+                page = await reader.events("acme", None, 0, 10**9, 10)
+                loaded = await reader.load_account("acme")
+            assert [e.id for e in page.events] == ["committed"]
+            assert [b for b, _ in loaded.replay] == [1]
+            assert pending.outcomes == []
+        finally:
+            writer._before_commit = None
+            release.set()
+        await writer.barrier()
+        assert pending.result().batch_id == 2
+        page = await reader.events("acme", None, 0, 10**9, 10)
+        assert [e.id for e in page.events] == ["committed", "uncommitted"]
+
+
+async def test_events_pages_are_stable_while_new_batches_arrive(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    appended: list[Event] = []
+    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+
+        async def add(round_: int, size: int) -> None:
+            events = [
+                ev(f"r{round_}-{i}", meter="api" if i % 3 else "jobs", time=(round_ * 7 + i) * 1000)
+                for i in range(size)
+            ]
+            await writer.append("acme", events)
+            await writer.append("globex", [ev(f"noise{round_}", "globex")])
+            appended.extend(events)
+
+        for round_ in range(10):
+            await add(round_, 5)
+        seen: list[Event] = []
+        cursor: str | None = None
+        round_ = 10
+        while True:
+            page = await reader.events("acme", None, 0, 10**9, 7, cursor)
+            seen.extend(page.events)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+            if round_ < 16:  # ingestion goes on between pages
+                await add(round_, 4)
+                round_ += 1
+        assert len({e.id for e in seen}) == len(seen)  # nothing twice
+        assert seen == appended  # nothing skipped, journal order
+
+        # Filters: meter and [from, to) on event time, across pages, same as a brute force.
+        want = [e for e in appended if e.meter == "jobs" and 10_000 <= e.time < 60_000]
+        got: list[Event] = []
+        cursor = None
+        while True:
+            page = await reader.events("acme", "jobs", 10_000, 60_000, 2, cursor)
+            assert len(page.events) <= 2
+            got.extend(page.events)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert got == want
+        assert (await reader.events("nobody", None, 0, 10**9, 5)) == ([], None)
+        for bad in ("x", "1", "1.x", "-1.0", "\u0661.\u0662", "9" * 40 + ".1"):
+            with pytest.raises(InvalidCursor, match="is not one this server issued"):
+                await reader.events("acme", None, 0, 1, 5, bad)
+        with pytest.raises(ValueError, match="limit"):
+            await reader.events("acme", None, 0, 1, 0)
+
+
+# -- codec --------------------------------------------------------------------------------
+
+_text = st.text(min_size=0, max_size=20)
+_quantities = st.one_of(
+    st.integers(min_value=0, max_value=10**30),
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).map(abs),
+)
+_events = st.builds(
+    Event,
+    id=st.text(min_size=1, max_size=50),
+    account=st.just("acct"),
+    meter=_text,
+    quantity=_quantities,
+    time=st.integers(min_value=-(2**62), max_value=2**62),
+    properties=st.dictionaries(_text, _text, max_size=5).map(lambda d: tuple(sorted(d.items()))),
+    producer=_text,
+    received_at=st.integers(min_value=0, max_value=2**62),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(_events, max_size=8))
+def test_codec_round_trips_exactly(events: list[Event]) -> None:
+    payload = codec.encode_batch(events)
+    decoded = codec.decode_batch(payload, "acct")
+    assert decoded == events
+    # In an exact context, whatever context the model's canonical_quantity relies on.
+    with decimal.localcontext(decimal.Context(prec=1000)):
+        for before, after in zip(events, decoded, strict=True):
+            assert type(after.quantity) is type(before.quantity)
+            assert after.fingerprint() == before.fingerprint()
+    assert codec.encode_batch(decoded) == payload  # canonical: one encoding per value
+    assert codec.batch_event_ids(payload) == [e.id for e in events]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    quantity=st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False, places=None),
+        st.decimals(allow_nan=False, allow_infinity=False, places=3),
+        st.integers(-(10**40), 10**40),
+    )
+)
+def test_codec_quantities_are_the_models_canonical_text(quantity: int | Decimal) -> None:
+    encoded = codec.encode_quantity(quantity)
+    decoded = codec.decode_quantity(encoded)
+    assert decoded == quantity
+    assert type(decoded) is type(quantity)
+    with decimal.localcontext(decimal.Context(prec=1000)):  # the model's text, computed exactly
+        if isinstance(quantity, Decimal):
+            assert encoded == canonical_quantity(quantity)
+        assert canonical_quantity(decoded) == canonical_quantity(quantity)
+
+
+def test_codec_quantities() -> None:
+    assert codec.encode_quantity(Decimal("1.50")) == "1.5"
+    assert codec.encode_quantity(Decimal("1E+3")) == "1000"
+    assert codec.encode_quantity(Decimal("0.1234567890123456789012345678901234567")) == (
+        "0.1234567890123456789012345678901234567"  # more digits than the default context
+    )
+    assert codec.decode_quantity(codec.encode_quantity(2**70)) == 2**70
+    with pytest.raises(TypeError, match="got float"):
+        codec.encode_quantity(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        codec.encode_quantity(True)
+    with pytest.raises(ValueError, match="not finite"):
+        codec.encode_quantity(Decimal("Infinity"))
+    with pytest.raises(StoreError, match="batch 9: payload is not msgpack"):
+        codec.decode_batch(b"\xc1", "a", where="batch 9")
