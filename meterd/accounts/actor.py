@@ -58,6 +58,10 @@ class Verdict:
     conflicts: list[int] = field(default_factory=list)
 
 
+class InjectedFault(RuntimeError):
+    """Raised on purpose by a fault drill."""
+
+
 class AccountUnavailable(Exception):
     """The account's actor could not make the batch durable; nothing is acknowledged."""
 
@@ -144,6 +148,8 @@ class MeterActor(sv.GenServer[Any, Any]):
     def handle_cast(self, request: Any) -> None:
         if request[0] == "hibernate":
             self.post_self(("hibernate",))
+        elif request[0] == "crash":  # a fault drill: operators and tests crash an actor
+            raise InjectedFault(f"account {self.account}: {request[1]}")
         else:
             raise ValueError(f"unknown cast {request[0]!r}")
 
@@ -203,6 +209,16 @@ class MeterActor(sv.GenServer[Any, Any]):
                 self.recent.pop(event.id, None)
             pending.caller.fail(AccountUnavailable(f"account {self.account}: {result}"))
             return
+        try:
+            self._apply_result(pending, result)
+        except BaseException:
+            # The batch is durable but applying it failed: this incarnation crashes, and
+            # the next one replays it from the journal. The caller must not wait.
+            pending.caller.fail(AccountUnavailable(f"account {self.account}: actor crashed"))
+            raise
+        pending.caller.reply(pending.verdict)
+
+    def _apply_result(self, pending: _Pending, result: Any) -> None:
         verdict = pending.verdict
         meters = self.accounts.meters
         for index in result.accepted:
@@ -217,7 +233,6 @@ class MeterActor(sv.GenServer[Any, Any]):
             verdict.conflicts.append(pending.positions[index])
         if result.batch_id is not None:
             self.watermark = max(self.watermark, result.batch_id)
-        pending.caller.reply(verdict)
 
     def _remember(self, event: Event) -> None:
         self.recent[event.id] = event.fingerprint()

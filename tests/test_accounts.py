@@ -1,0 +1,147 @@
+"""The accounts layer over a real store: exact usage, crashes, poison events, hibernation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import supervisors as sv
+from meterd.accounts.actor import AccountUnavailable
+from meterd.accounts.service import Accounts
+from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
+from meterd.store import Store
+
+DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
+USERS = Meter("api.active_users", Aggregation.UNIQUE_COUNT, (), "user")
+PEAK = Meter("postgres.storage_bytes", Aggregation.MAX)
+METERS = {m.name: m for m in (DYNO, USERS, PEAK)}
+T0 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR_MS
+
+
+def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-1x") -> Event:
+    return Event(id, account, DYNO.name, Decimal(seconds), T0 + minute * 60_000, (("size", size),))
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, **options: Any) -> AsyncIterator[Accounts]:
+    store = Store.at(tmp_path / "meterd.sqlite3")
+    accounts = Accounts(store, METERS, **options)
+    root = sv.Supervisor(
+        [store.writer_spec(), accounts.supervisor_spec()],
+        strategy=sv.Strategy.REST_FOR_ONE,
+        name="root",
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            yield accounts
+            root.stop()
+    finally:
+        await store.aclose()
+
+
+async def hourly(accounts: Accounts, account: str, group_by: str | None = None) -> list[Any]:
+    rows = await accounts.usage(account, DYNO, T0, T0 + 2 * HOUR_MS, Window.HOUR, group_by)
+    return [(r.start - T0, canonical_quantity(r.value), r.group) for r in rows]
+
+
+async def test_counts_exactly_with_duplicates_and_conflicts(tmp_path: Path) -> None:
+    async with running(tmp_path) as accounts:
+        verdict = await accounts.ingest(
+            "acme", [dyno("acme", "e1", "1.5"), dyno("acme", "e2", "2.25", 5, "perf-l")]
+        )
+        assert (verdict.accepted, verdict.duplicates, verdict.conflicts) == ([0, 1], [], [])
+        again = await accounts.ingest(
+            "acme",
+            [dyno("acme", "e1", "1.5"), dyno("acme", "e2", "9"), dyno("acme", "e3", "0.25")],
+        )
+        assert (again.accepted, again.duplicates, again.conflicts) == ([2], [0], [1])
+        assert await hourly(accounts, "acme") == [(0, "4", None)]
+        assert await hourly(accounts, "acme", "size") == [
+            (0, "2.25", {"size": "perf-l"}),
+            (0, "1.75", {"size": "std-1x"}),
+        ]
+        assert await hourly(accounts, "other") == []
+
+
+async def test_a_crashed_actor_restarts_from_the_store_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as accounts:
+        await accounts.ingest("acme", [dyno("acme", f"e{i}", "1") for i in range(10)])
+        await accounts.checkpoint("acme")  # part in the windows, part only in the journal
+        await accounts.ingest("acme", [dyno("acme", f"f{i}", "1") for i in range(5)])
+        first = accounts.registry.whereis("acme")
+        assert first is not None
+        monitor = first.monitor()
+        await first.cast(("crash", "drill"))
+        assert (await monitor.wait()).kind == "crash"
+        # re-sending everything is safe: all duplicates now
+        verdict = await accounts.ingest(
+            "acme", [dyno("acme", f"e{i}", "1") for i in range(10)] + [dyno("acme", "g", "1")]
+        )
+        assert len(verdict.duplicates) == 10
+        assert verdict.accepted == [10]
+        assert await hourly(accounts, "acme") == [(0, "16", None)]
+        assert accounts.registry.whereis("acme") not in (None, first)
+
+
+async def test_a_poison_event_costs_one_restart_and_is_quarantined(tmp_path: Path) -> None:
+    crashes: list[str] = []
+
+    def poison(event: Event) -> None:
+        if event.id == "poison":
+            crashes.append(event.id)
+            raise ValueError("cannot apply this event")
+
+    async with running(tmp_path, max_restarts=1, max_seconds=60) as accounts:
+        accounts.fault_hook = poison
+        await accounts.ingest("bystander", [dyno("bystander", "b1", "7")])
+        with pytest.raises((AccountUnavailable, sv.ActorExited)):
+            await accounts.ingest("acme", [dyno("acme", "ok", "1"), dyno("acme", "poison", "5")])
+        # the batch was durable before the crash: the restarted actor replays it,
+        # quarantines the poison event, and counts the rest once
+        verdict = await accounts.ingest("acme", [dyno("acme", "ok", "1"), dyno("acme", "p2", "2")])
+        assert verdict.duplicates == [0]
+        assert await hourly(accounts, "acme") == [(0, "3", None)]
+        assert await hourly(accounts, "bystander") == [(0, "7", None)]
+        assert crashes == ["poison", "poison"]  # once live, once on replay: then parked
+        [parked] = await accounts.store.reader.quarantined("acme")
+        assert parked.event_id == "poison"
+        assert "cannot apply" in parked.error
+        assert accounts.supervisor.status == "running"  # no escalation
+
+
+async def test_idle_accounts_hibernate_and_wake_from_the_store(tmp_path: Path) -> None:
+    async with running(tmp_path, idle_timeout=0.0) as accounts:
+        for account in ("a", "b", "c"):
+            await accounts.ingest(account, [dyno(account, "e1", "2"), dyno(account, "e2", "3")])
+        assert len(accounts.supervisor) == 3
+        monitors = [accounts.registry.ref(a)._actor.ref.monitor() for a in "abc"]
+        accounts.sweep_once()
+        with trio.fail_after(5):
+            exits = [await monitor.wait() for monitor in monitors]
+        assert [exit.kind for exit in exits] == ["normal"] * 3  # hibernated, not crashed
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(accounts.registry) == 0
+        assert len(accounts.supervisor) == 0
+        verdict = await accounts.ingest("a", [dyno("a", "e1", "2"), dyno("a", "e3", "1")])
+        assert (verdict.accepted, verdict.duplicates) == ([1], [0])  # dedupe survived
+        assert await hourly(accounts, "a") == [(0, "6", None)]
+        assert await hourly(accounts, "b") == [(0, "5", None)]
+
+
+async def test_racing_wakeups_of_one_account_make_one_actor(tmp_path: Path) -> None:
+    async with running(tmp_path) as accounts:
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(accounts.ingest, "acme", [dyno("acme", f"e{i}", "1")])
+        assert accounts.supervisor.count_children().active == 1
+        assert await hourly(accounts, "acme") == [(0, "20", None)]
