@@ -1,38 +1,78 @@
 """The daemon: one root supervisor over every part of meterd.
 
-The tree (it grows with each role): ``root`` (one_for_one). Ingest, accounts,
-store and API join it as their issues land.
+The tree::
+
+    root (rest_for_one)
+    ├── store-writer        the single SQLite writer (group commit)
+    └── accounts (one_for_one)
+        ├── meters          DynamicSupervisor: one MeterActor per awake account
+        └── sweeper         checkpoints and hibernation
+
+``rest_for_one``: if the store writer dies, everything after it (the accounts,
+and later ingest and the API) is restarted too, because their in-flight work
+depended on it; an accounts failure leaves the writer alone. Ingest and the API
+join after ``accounts`` as their issues land.
 """
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 
 import structlog
 import trio
 
 import supervisors as sv
 from meterd import __version__
+from meterd.accounts.service import Accounts
 from meterd.config import Config
+from meterd.store import Store
 
 log = structlog.get_logger("meterd")
 
 
-def build_root(config: Config) -> sv.Supervisor:
-    """The root supervisor for ``config``."""
-    return sv.Supervisor([], strategy=sv.Strategy.ONE_FOR_ONE, name="root")
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The running parts of the daemon, as other layers and tests reach them."""
+
+    root: sv.Supervisor
+    store: Store
+    accounts: Accounts
+
+
+def build(config: Config) -> Services:
+    """Build (not start) the supervision tree for ``config``."""
+    store = Store.at(config.store_path, commit_interval=config.store.commit_interval_ms / 1000)
+    accounts = Accounts(
+        store,
+        config.meters_by_name,
+        idle_timeout=config.accounts.idle_timeout,
+        checkpoint_interval=config.store.checkpoint_interval,
+        mailbox_size=config.accounts.mailbox_size,
+        max_restarts=config.accounts.max_restarts,
+        max_seconds=config.accounts.max_seconds,
+    )
+    root = sv.Supervisor(
+        [store.writer_spec(), accounts.supervisor_spec()],
+        strategy=sv.Strategy.REST_FOR_ONE,
+        name="root",
+    )
+    return Services(root, store, accounts)
 
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order."""
-    root = build_root(config)
+    for warning in config.warnings:
+        log.warning("config_warning", warning=warning)
+    services = build(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(root.run)
+            await nursery.start(services.root.run)
             log.info("meterd_started", version=__version__, config=str(config.path))
             log.info("no listeners yet", ingest=str(config.ingest_listen))
             async for signum in signals:
                 log.info("meterd_stopping", signal=signal.Signals(signum).name)
-                root.stop()
+                services.root.stop()
                 break
+    await services.store.aclose()
     log.info("meterd_stopped")

@@ -26,9 +26,11 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "ingest.listen" in result.stderr
 
 
-def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm() -> None:
+def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"  # a copy, so the store lands in tmp_path/var
+    config.write_text((ROOT / "config.toml").read_text())
     process = subprocess.Popen(
-        _meterd("run", "--config", str(ROOT / "config.toml"), "--json-logs"),
+        _meterd("run", "--config", str(config), "--json-logs"),
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -47,6 +49,7 @@ def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm() -> None:
             raise AssertionError(f"daemon did not start: {lines}")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+        assert (tmp_path / "var" / "meterd.sqlite3").exists()
     finally:
         process.kill()
         process.wait()
