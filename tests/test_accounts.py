@@ -30,9 +30,11 @@ def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **options: Any) -> AsyncIterator[Accounts]:
+async def running(
+    tmp_path: Path, *, meters: dict[str, Meter] | None = None, **options: Any
+) -> AsyncIterator[Accounts]:
     store = Store.at(tmp_path / "meterd.sqlite3")
-    accounts = Accounts(store, METERS, **options)
+    accounts = Accounts(store, meters or METERS, **options)
     root = sv.Supervisor(
         [store.writer_spec(), accounts.supervisor_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
