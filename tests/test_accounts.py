@@ -126,7 +126,9 @@ async def test_idle_accounts_hibernate_and_wake_from_the_store(tmp_path: Path) -
         for account in ("a", "b", "c"):
             await accounts.ingest(account, [dyno(account, "e1", "2"), dyno(account, "e2", "3")])
         assert len(accounts.supervisor) == 3
-        monitors = [accounts.registry.ref(a)._actor.ref.monitor() for a in "abc"]
+        refs = [accounts.registry.whereis(a) for a in "abc"]
+        monitors = [ref.monitor() for ref in refs if ref is not None]
+        assert len(monitors) == 3
         accounts.sweep_once()
         with trio.fail_after(5):
             exits = [await monitor.wait() for monitor in monitors]
