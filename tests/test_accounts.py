@@ -149,3 +149,18 @@ async def test_racing_wakeups_of_one_account_make_one_actor(tmp_path: Path) -> N
                 nursery.start_soon(accounts.ingest, "acme", [dyno("acme", f"e{i}", "1")])
         assert accounts.supervisor.count_children().active == 1
         assert await hourly(accounts, "acme") == [(0, "20", None)]
+
+
+async def test_a_clean_stop_checkpoints_so_the_next_start_replays_nothing(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as accounts:
+        await accounts.ingest("acme", [dyno("acme", f"e{i}", "1") for i in range(3)])
+    store = Store.at(tmp_path / "meterd.sqlite3")
+    try:
+        loaded = await store.reader.load_account("acme")
+        assert loaded.replay == []  # everything is in the checkpointed windows
+        assert len(loaded.windows) == 1
+        assert loaded.watermark > 0
+    finally:
+        await store.aclose()

@@ -165,7 +165,14 @@ class MeterActor(sv.GenServer[Any, Any]):
         elif kind == "hibernate":
             await self._hibernate()
 
-    def terminate(self, exit: sv.Exit) -> None:
+    async def terminate(self, exit: sv.Exit) -> None:
+        if exit.kind == "shutdown" and not self.pending and self.usage.dirty():
+            # A clean stop writes what it holds, so the next start replays nothing.
+            # (Within the child's shutdown grace; the journal covers it if cut short.)
+            try:
+                await self._checkpoint()
+            except Exception as error:
+                self.log.warning("checkpoint_on_stop_failed", error=repr(error))
         # Batches in flight: their callers must not wait for a reply that will never
         # come. Whatever the writer commits is replayed by the next incarnation.
         for pending in self.pending.values():
