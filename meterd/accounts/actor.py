@@ -9,8 +9,8 @@ Lifecycle (see docs/accounts.md for the whole flow):
     is **quarantined** (recorded, skipped) instead of crashing again: a poison
     event costs one restart, never a crash loop.
 ``("ingest", events)`` (call)
-    Drops what the in-memory recent ids already decide (duplicates, id
-    conflicts), submits the rest to the writer and returns at once; the reply
+    Drops what the in-memory recent (durable) ids already decide (duplicates,
+    id conflicts), submits the rest to the writer and returns at once; the reply
     is sent when the writer reports the batch durable, after the accepted
     events are applied. The mailbox keeps moving meanwhile.
 ``("checkpoint",)`` (call)
@@ -187,16 +187,18 @@ class MeterActor(sv.GenServer[Any, Any]):
         positions: list[int] = []
         recent = self.recent
         for position, event in enumerate(events):
+            # ``recent`` holds only ids already durable, so deciding from it is safe.
+            # Anything else, even an id of a batch still in flight, goes to the writer,
+            # which decides in commit order: a re-sent event is called a duplicate only
+            # once its original is durable (and is accepted if the original failed).
             known = recent.get(event.id)
             if known is None:
-                recent[event.id] = event.fingerprint()
                 fresh.append(event)
                 positions.append(position)
             elif known == event.fingerprint():
                 verdict.duplicates.append(position)
             else:
                 verdict.conflicts.append(position)
-        self._trim_recent()
         if not fresh:
             return verdict
         token = self.next_token
@@ -211,9 +213,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         pending = self.pending.pop(token, None)
         if pending is None:
             return
-        if isinstance(result, BaseException):
-            for event in pending.events:  # not written: forget we saw them
-                self.recent.pop(event.id, None)
+        if isinstance(result, BaseException):  # nothing of it was written
             pending.caller.fail(AccountUnavailable(f"account {self.account}: {result}"))
             return
         try:
@@ -232,11 +232,12 @@ class MeterActor(sv.GenServer[Any, Any]):
             event = pending.events[index]
             self.accounts.fault_hook(event)
             self.usage.apply(meters[event.meter], event)
+            self._remember(event)
             verdict.accepted.append(pending.positions[index])
         for index in result.duplicates:
+            self._remember(pending.events[index])  # the stored one is the same event
             verdict.duplicates.append(pending.positions[index])
-        for index in result.conflicts:
-            self.recent.pop(pending.events[index].id, None)
+        for index in result.conflicts:  # the stored fingerprint is not known here
             verdict.conflicts.append(pending.positions[index])
         if result.batch_id is not None:
             self.watermark = max(self.watermark, result.batch_id)

@@ -112,9 +112,13 @@ class Accounts:
         return verdict
 
     async def checkpoint(self, account: str) -> None:
-        """Write the account's in-memory usage to the store (no-op when it sleeps)."""
-        if account in self.registry:
-            await self.call(account, ("checkpoint",))
+        """Make the stored windows of ``account`` complete: everything durable is in them.
+
+        Wakes the account if it sleeps: after a crash (of the actor or of the whole
+        process) the journal may hold batches past the last checkpoint, which only
+        the actor's recovery folds into the windows.
+        """
+        await self.call(account, ("checkpoint",))
 
     async def usage(
         self,
@@ -127,9 +131,10 @@ class Accounts:
     ) -> list[UsageRow]:
         """Usage rows of one account and meter (protocol.md §3), exact.
 
-        An awake actor first writes its in-memory deltas, so the store holds
-        everything acknowledged; the rows are then rolled up from the stored
-        minute windows, on the reader's connection (ingestion is not stalled).
+        The account's actor first writes its in-memory deltas (waking it if needed,
+        see :meth:`checkpoint`), so the store holds everything acknowledged; the rows
+        are then rolled up from the stored minute windows, on the reader's connection
+        (ingestion is not stalled).
         """
         await self.checkpoint(account)
         low, high = window.align(from_ms), window.align(to_ms)

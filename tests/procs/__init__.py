@@ -1,0 +1,1 @@
+"""Programs the tests run as real subprocesses (``python -m tests.procs.<name>``)."""
