@@ -4,14 +4,16 @@ The tree::
 
     root (rest_for_one)
     ├── store-writer        the single SQLite writer (group commit)
-    └── accounts (one_for_one)
-        ├── meters          DynamicSupervisor: one MeterActor per awake account
-        └── sweeper         checkpoints and hibernation
+    ├── accounts (one_for_one)
+    │   ├── meters          DynamicSupervisor: one MeterActor per awake account
+    │   └── sweeper         checkpoints and hibernation
+    └── ingest              the producer websocket endpoint (meterd.ingest)
 
 ``rest_for_one``: if the store writer dies, everything after it (the accounts,
-and later ingest and the API) is restarted too, because their in-flight work
-depended on it; an accounts failure leaves the writer alone. Ingest and the API
-join after ``accounts`` as their issues land.
+ingest, and later the API) is restarted too, because their in-flight work
+depended on it; an accounts failure leaves the writer alone. Children stop in
+reverse order, so ingest finishes and acknowledges the batches it read while the
+accounts and the writer still run. The API joins after ``ingest`` when it lands.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import supervisors as sv
 from meterd import __version__
 from meterd.accounts.service import Accounts
 from meterd.config import Config
+from meterd.ingest.server import IngestServer
 from meterd.store import Store
 
 log = structlog.get_logger("meterd")
@@ -38,6 +41,7 @@ class Services:
     root: sv.Supervisor
     store: Store
     accounts: Accounts
+    ingest: IngestServer
 
 
 def build(config: Config) -> Services:
@@ -52,12 +56,13 @@ def build(config: Config) -> Services:
         max_restarts=config.accounts.max_restarts,
         max_seconds=config.accounts.max_seconds,
     )
+    ingest = IngestServer(config, accounts)
     root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec()],
+        [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
-    return Services(root, store, accounts)
+    return Services(root, store, accounts, ingest)
 
 
 async def serve(config: Config) -> None:
@@ -69,7 +74,7 @@ async def serve(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(services.root.run)
             log.info("meterd_started", version=__version__, config=str(config.path))
-            log.info("no listeners yet", ingest=str(config.ingest_listen))
+            log.info("listening", ingest=services.ingest.url)
             async for signum in signals:
                 log.info("meterd_stopping", signal=signal.Signals(signum).name)
                 services.root.stop()

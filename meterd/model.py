@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeAlias
 
+import msgpack  # type: ignore[import-untyped]
+
 Quantity: TypeAlias = int | Decimal
 
 MINUTE_MS = 60_000
@@ -75,11 +77,12 @@ class Event:
     def fingerprint(self) -> int:
         """A 63-bit digest of what makes the event what it is (meter, quantity, time,
         properties): equal for a genuine re-send, different for an ``id_conflict``."""
-        text = "\x1f".join(
-            [self.meter, canonical_quantity(self.quantity), str(self.time)]
-            + [f"{k}\x1e{v}" for k, v in self.properties]
+        # msgpack, not a joined string: property values may hold any character, and
+        # a separator inside one must not make two different events look equal.
+        packed = msgpack.packb(
+            [self.meter, canonical_quantity(self.quantity), self.time, list(self.properties)]
         )
-        return _digest63(text)
+        return _digest63_bytes(packed)
 
     def dedupe_key(self) -> int:
         """A 63-bit key for ``(account, id)``: the compact dedupe index key."""
@@ -108,4 +111,8 @@ def canonical_quantity(quantity: Quantity) -> str:
 
 
 def _digest63(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+    return _digest63_bytes(text.encode())
+
+
+def _digest63_bytes(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1

@@ -1,0 +1,670 @@
+"""The producer endpoint: a trio-websocket server at ``/v1/ingest`` (protocol.md §2).
+
+One :class:`IngestServer` runs as the last child of the root supervisor
+(:meth:`IngestServer.child_spec`). Per connection:
+
+``handshake``
+    ``GET /v1/ingest`` with ``Authorization: Bearer <producer token>``; anything else is
+    refused before the websocket opens (404 for another path, 401 for a missing or wrong
+    token, 503 while shutting down) and nothing is read.
+``hello``
+    The first frame the server sends.
+``reading``
+    One task reads frames. A batch is decoded, checked (§2.2), validated event by event
+    (:mod:`meterd.ingest.validate`), split by account and handed to a task that calls
+    :meth:`Accounts.ingest` once per account, all accounts at once. The reader goes on
+    with the next frame meanwhile, so up to ``window`` batches are in flight; with
+    ``window`` batches unacknowledged it stops reading (``get_message`` is not called, the
+    library's reader blocks on its one-slot queue and TCP pushes back): backpressure, never
+    an unbounded buffer.
+``acks``
+    One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight,
+    sends its ack, then the next. A batch is acknowledged only when every account's call
+    returned, i.e. its accepted events are durable.
+``faults``
+    A fault (§2.4) stops reading; batches read before it are finished and acknowledged
+    first, then the ``error`` frame is sent and the connection closed with the fault's code.
+    If an account call fails (its actor crashed mid-batch), that batch is never
+    acknowledged: ``error`` ``unavailable`` and close 1011, so the producer re-sends on a
+    new connection (idempotency makes that safe).
+
+Ordering on one connection: batches of different accounts, and batches of the same account
+with no event id in common, run concurrently. A batch holding an ``(account, id)`` that an
+earlier batch still in flight on this connection also holds waits for that earlier call, so
+the *first sent* copy of an id always decides (a later different copy is the
+``id_conflict``), as a producer expects.
+
+``frame_too_large``: trio-websocket enforces ``max_message_size`` (= ``max_frame_bytes``)
+while it reassembles a message, before anything is decoded, and on its own would close
+with 1009 without a word. :class:`_IngestWebSocket` overrides its message handler so that
+the oversized message is dropped as it arrives and the handler is told instead (a marker in
+the message queue, in order); the server then handles it like every other fault: acks for
+earlier batches, ``error`` ``frame_too_large``, close 1009. This leans on trio-websocket
+internals (``_handle_message_event``, ``_message_size``, ``_message_parts``,
+``_max_message_size``, ``_send_channel``, ``_reader_task``, ``_get_request``), pinned at
+0.12.2 and covered by ``tests/test_ingest.py``.
+
+Shutdown (the supervisor cancels the task): stop accepting (the listening sockets close),
+stop reading on every connection, finish and acknowledge what was read, then ``error``
+``shutting_down`` and close 1001; all of it within the child's shutdown grace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import BytesMessage, TextMessage
+
+import supervisors as sv
+from meterd.accounts.actor import Verdict
+from meterd.accounts.service import Accounts
+from meterd.config import Config, Producer
+from meterd.ingest.protocol import (
+    Fault,
+    ack_frame,
+    decode_frame,
+    hello_frame,
+    parse_batch,
+)
+from meterd.ingest.validate import EventValidator, Rejection
+from meterd.model import Event
+
+__all__ = ["INGEST_PATH", "IngestServer", "IngestStats", "wall_clock_ms"]
+
+log = structlog.get_logger("meterd.ingest")
+
+INGEST_PATH: Final = "/v1/ingest"
+HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for a client to send its HTTP upgrade request
+CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the peer's half of the close handshake
+RECEIVE_BUFFER: Final = 65_536  # bytes per read from the socket
+SHUTDOWN_GRACE: Final = 5.0  # seconds to finish in-flight batches when stopped
+
+
+def wall_clock_ms() -> int:
+    """Now, in Unix milliseconds (UTC)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters since start (for logs, tests and the metrics endpoint)."""
+
+    connections: int = 0  # websockets opened (authenticated)
+    refused: int = 0  # handshakes refused (401, 404, 503)
+    batches: int = 0  # batches read
+    acks: int = 0  # acks sent
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    faults: Counter[str] = field(default_factory=Counter)  # error frames sent, by code
+    failed: int = 0  # connections ended by an unexpected error (a bug; logged)
+
+
+class _FrameTooLarge(bytes):
+    """The type of :data:`_TOO_LARGE`."""
+
+
+_TOO_LARGE: Final = _FrameTooLarge(b"")
+"""Put in the message queue, in order, in place of a message over ``max_frame_bytes``."""
+
+
+class _IngestWebSocket(WebSocketConnection):
+    """trio-websocket's connection, telling the handler about an oversized message instead
+    of closing at once (see the module doc)."""
+
+    _over_limit = False
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if self._over_limit:
+            return  # the connection is ending: the rest of what the peer sends is dropped
+        if self._message_size + len(event.data) > self._max_message_size:
+            self._over_limit = True
+            self._message_size = 0
+            self._message_parts = []
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._send_channel.send(_TOO_LARGE)  # unless the handler is gone
+            return
+        await super()._handle_message_event(event)
+
+
+class IngestServer:
+    """The producer websocket endpoint of one daemon (see the module doc)."""
+
+    def __init__(
+        self, config: Config, accounts: Accounts, *, clock: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.clock = clock
+        self.stats = IngestStats()
+        self.addresses: list[tuple[str, int]] = []  # bound by the running incarnation
+        self._connections: set[_Connection] = set()
+        self._handshakes: set[trio.CancelScope] = set()
+        self._accepting = trio.CancelScope()
+        self._stopping = False
+        self._ids = itertools.count(1)
+
+    def child_spec(self, id: str = "ingest") -> sv.ChildSpec:
+        return sv.task_spec(id, self.run, shutdown=SHUTDOWN_GRACE)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the first listener's; all share it unless port 0 was asked
+        for on a name with several addresses)."""
+        if not self.addresses:
+            raise RuntimeError("the ingest server is not listening")
+        return self.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        if not self.addresses:
+            return ""
+        host, port = self.addresses[0]
+        host = f"[{host}]" if ":" in host else host
+        scheme = "ws" if self.config.ingest.tls is None else "wss"
+        return f"{scheme}://{host}:{port}{INGEST_PATH}"
+
+    @property
+    def stopping(self) -> bool:
+        """True once the server was told to stop (it drains its connections)."""
+        return self._stopping
+
+    def _stop_requested(self) -> bool:
+        return self._stopping
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled, then drain (within the supervisor's shutdown grace)."""
+        shield = sv.shutdown_shield()
+        self._accepting = trio.CancelScope()
+        self._stopping = False
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve, shield)
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._drain()
+
+    def _drain(self) -> None:
+        self._stopping = True
+        self._accepting.cancel()
+        for scope in self._handshakes:
+            scope.cancel()
+        for connection in list(self._connections):
+            connection.drain()
+
+    async def _serve(self, shield: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
+        with shield:  # connections finish their batches when the child is stopped
+            listeners = await self._listen()
+            try:
+                async with trio.open_nursery() as connections:
+                    with self._accepting:
+                        async with trio.open_nursery() as accept:
+                            await accept.start(
+                                partial(
+                                    trio.serve_listeners,
+                                    self._handle_stream,
+                                    listeners,
+                                    handler_nursery=connections,
+                                )
+                            )
+                            task_status.started()
+            finally:
+                self.addresses = []
+
+    async def _listen(self) -> list[trio.abc.Listener[trio.abc.Stream]]:
+        ingest = self.config.ingest
+        host, port = ingest.listen.host, ingest.listen.port
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        try:
+            if ingest.tls is None:
+                listeners.extend(await trio.open_tcp_listeners(port, host=host))
+            else:
+                listeners.extend(
+                    await trio.open_ssl_over_tcp_listeners(
+                        port, ingest.tls.server_context(), host=host, https_compatible=True
+                    )
+                )
+        except OSError as error:
+            raise OSError(
+                error.errno, f"ingest.listen {ingest.listen}: cannot listen: {error.strerror}"
+            ) from error
+        addresses = []
+        for listener in listeners:
+            socket_listener = (
+                listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+            )
+            assert isinstance(socket_listener, trio.SocketListener)
+            name = socket_listener.socket.getsockname()
+            addresses.append((str(name[0]), int(name[1])))
+        self.addresses = addresses
+        if ingest.tls is None:
+            exposed = [f"{h}:{p}" for h, p in addresses if not _is_loopback(h)]
+            if exposed:
+                log.warning(
+                    "ingest_plaintext",
+                    addresses=exposed,
+                    hint="not loopback and TLS is off: set ingest.tls_cert and ingest.tls_key",
+                )
+        return listeners
+
+    # ---- one connection ----------------------------------------------------------------------
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        remote = _peer(stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = _IngestWebSocket(
+                    stream,
+                    WSConnection(ConnectionType.SERVER),
+                    max_message_size=self.config.ingest.max_frame_bytes,
+                    receive_buffer_size=RECEIVE_BUFFER,
+                )
+                handshake = trio.move_on_after(HANDSHAKE_TIMEOUT)
+
+                async def read() -> None:
+                    await ws._reader_task()
+                    handshake.cancel()  # ended before a request came (a failed TLS handshake)
+
+                nursery.start_soon(read)
+                request: WebSocketRequest | None = None
+                with handshake:
+                    self._handshakes.add(handshake)
+                    if self._stopping:
+                        handshake.cancel()
+                    try:
+                        request = await ws._get_request()
+                    finally:
+                        self._handshakes.discard(handshake)
+                if request is None:
+                    nursery.cancel_scope.cancel()
+                    await trio.aclose_forcefully(stream)
+                    return
+                try:
+                    await self._handle_request(request, remote)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+                    # After a refusal the library leaves the socket open: close it here, and
+                    # stop its reader task, whatever state the connection is in.
+                    nursery.cancel_scope.cancel()
+                    await trio.aclose_forcefully(stream)
+        except Exception:
+            # One connection's failure must never end the server (nor the others).
+            self.stats.failed += 1
+            log.exception("ingest_connection_failed", remote=remote)
+
+    async def _handle_request(self, request: WebSocketRequest, remote: str) -> None:
+        path = request.path.partition("?")[0]
+        if path != INGEST_PATH:
+            self.stats.refused += 1
+            log.info("ingest_refused", remote=remote, status=404, path=path[:100])
+            await _reject(
+                request, 404, "not_found", f"no endpoint here; producers use {INGEST_PATH}"
+            )
+            return
+        producer, problem = self._authenticate(request)
+        if producer is None:
+            self.stats.refused += 1
+            log.warning("ingest_refused", remote=remote, status=401, reason=problem)
+            await _reject(
+                request,
+                401,
+                "unauthorized",
+                f"{problem}: send 'Authorization: Bearer <producer token>'",
+                [(b"WWW-Authenticate", b'Bearer realm="meterd ingest"')],
+            )
+            return
+        if self.stopping:
+            self.stats.refused += 1
+            await _reject(request, 503, "shutting_down", "the server is shutting down; retry")
+            return
+        ws = await request.accept()
+        self.stats.connections += 1
+        bound = log.bind(producer=producer.name, remote=remote, connection=next(self._ids))
+        connection = _Connection(self, ws, producer, bound)
+        self._connections.add(connection)
+        if self._stop_requested():  # stopped while the handshake finished
+            connection.drain()
+        bound.info("ingest_connected")
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+            bound.info("ingest_disconnected", batches=connection.batches, acks=connection.acks)
+
+    def _authenticate(self, request: WebSocketRequest) -> tuple[Producer | None, str]:
+        values = [value for name, value in request.headers if name.lower() == b"authorization"]
+        if not values:
+            return None, "no Authorization header"
+        if len(values) > 1:
+            return None, "more than one Authorization header"
+        scheme, _, token = values[0].decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None, "the Authorization header is not 'Bearer <token>'"
+        producer = self.config.producer_for_token(token.strip())
+        if producer is None:
+            return None, "the token is not any producer's"
+        return producer, ""
+
+
+async def _reject(
+    request: WebSocketRequest,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await request.reject(
+        status,
+        extra_headers=[(b"Content-Type", b"application/json"), *(headers or [])],
+        body=body,
+    )
+
+
+# ---- a connection's batches --------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Share:
+    """One account's part of one batch, while it is in flight."""
+
+    account: str
+    positions: list[int]  # indexes in the batch
+    events: list[Event]
+    after: list[_Share]  # earlier shares on this connection holding one of its ids
+    done: trio.Event = field(default_factory=trio.Event)
+    verdict: Verdict | None = None
+    error: Exception | None = None
+
+
+class _Slot:
+    """A batch (or the end of the connection) in the order acks must be sent."""
+
+    __slots__ = ("ack", "counts", "done", "fault", "seq")
+
+    def __init__(self, seq: int = -1, fault: Fault | None = None) -> None:
+        self.seq = seq
+        self.done = trio.Event()
+        self.ack: bytes | None = None
+        self.counts = (0, 0, 0)
+        self.fault = fault
+        if fault is not None:
+            self.done.set()
+
+
+class _Connection:
+    def __init__(
+        self, server: IngestServer, ws: WebSocketConnection, producer: Producer, log: Any
+    ) -> None:
+        self.server = server
+        self.ws = ws
+        self.producer = producer
+        self.log = log
+        config = server.config
+        self.max_batch = config.ingest.max_batch
+        self.validator = EventValidator(config.meters_by_name, producer, config.late_window_ms)
+        self.window = trio.Semaphore(config.ingest.window)
+        self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
+        self.last_seq = -1
+        self.in_flight: dict[str, dict[str, _Share]] = {}  # account -> id -> latest share
+        self.read_scope = trio.CancelScope()
+        self.batches = 0
+        self.acks = 0
+
+    def drain(self) -> None:
+        """Stop reading; what was read is still finished and acknowledged."""
+        self.read_scope.cancel()
+
+    async def run(self) -> None:
+        ingest = self.server.config.ingest
+        try:
+            await self.ws.send_message(
+                hello_frame(ingest.max_frame_bytes, ingest.max_batch, ingest.window)
+            )
+        except ConnectionClosed:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_acks, nursery.cancel_scope)
+            await self._read(nursery)
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        end: Fault | None = None
+        with self.read_scope:
+            try:
+                while True:
+                    await self.window.acquire()  # window batches unacknowledged: stop reading
+                    self._batch(await self.ws.get_message(), nursery)
+            except Fault as fault:
+                end = fault
+            except ConnectionClosed as closed:
+                reason = closed.reason
+                self.log.info(
+                    "ingest_peer_closed",
+                    code=int(reason.code) if reason else None,
+                    unacknowledged=self.batches - self.acks,
+                )
+                nursery.cancel_scope.cancel()  # nobody to acknowledge to
+                return
+        if end is None:
+            end = Fault(
+                "shutting_down",
+                "the server is shutting down; every batch read was acknowledged above; send"
+                " the rest on a new connection",
+            )
+        self.slots_in.send_nowait(_Slot(fault=end))
+        self.slots_in.close()
+
+    def _batch(self, message: str | bytes, nursery: trio.Nursery) -> None:
+        """Check one frame and start its batch; raises :class:`Fault`. Never awaits, so a
+        cancelled reader never leaves a frame half taken."""
+        if message is _TOO_LARGE:
+            raise Fault(
+                "frame_too_large",
+                f"a frame was larger than max_frame_bytes"
+                f" ({self.server.config.ingest.max_frame_bytes} bytes, in hello);"
+                " send smaller batches",
+            )
+        frame = decode_frame(message)
+        seq, raw_events = parse_batch(frame, self.last_seq, self.max_batch)
+        self.last_seq = seq
+        self.batches += 1
+        self.server.stats.batches += 1
+        now = self.server.clock()
+        validate = self.validator.validate
+        rejected: list[Rejection] = []
+        groups: dict[str, tuple[list[int], list[Event]]] = {}
+        for index, raw in enumerate(raw_events):
+            result = validate(index, raw, now, now)
+            if isinstance(result, Rejection):
+                rejected.append(result)
+                continue
+            group = groups.get(result.account)
+            if group is None:
+                group = groups[result.account] = ([], [])
+            group[0].append(index)
+            group[1].append(result)
+        shares = [self._share(account, *group) for account, group in groups.items()]
+        slot = _Slot(seq)
+        self.slots_in.send_nowait(slot)
+        nursery.start_soon(self._commit, slot, len(raw_events), rejected, shares)
+
+    def _share(self, account: str, positions: list[int], events: list[Event]) -> _Share:
+        share = _Share(account, positions, events, [])
+        ids = self.in_flight.get(account)
+        if ids is None:
+            ids = self.in_flight[account] = {}
+        for event in events:
+            earlier = ids.get(event.id)
+            if earlier is not None and earlier is not share and earlier not in share.after:
+                share.after.append(earlier)
+            ids[event.id] = share
+        return share
+
+    # ---- one batch -----------------------------------------------------------------------------
+
+    async def _commit(
+        self, slot: _Slot, size: int, rejected: list[Rejection], shares: list[_Share]
+    ) -> None:
+        if len(shares) == 1:  # one account: no nursery needed
+            await self._ingest_share(shares[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for share in shares:
+                    nursery.start_soon(self._ingest_share, share)
+        failed = [share for share in shares if share.verdict is None]
+        if failed:
+            share = failed[0]
+            slot.fault = Fault(
+                "unavailable",
+                f"batch seq {slot.seq} could not be made durable: account {share.account!r} is"
+                f" unavailable ({_error_text(share.error)}); it was not acknowledged: re-send it"
+                " and every later unacknowledged batch on a new connection",
+            )
+            slot.done.set()
+            return
+        accepted = duplicates = 0
+        for share in shares:
+            verdict = share.verdict
+            assert verdict is not None
+            accepted += len(verdict.accepted)
+            duplicates += len(verdict.duplicates)
+            for position in verdict.conflicts:
+                event = share.events[position]
+                rejected.append(
+                    Rejection(
+                        share.positions[position],
+                        event.id,
+                        "id_conflict",
+                        f"id {event.id!r} was already counted for account {event.account!r}"
+                        " with a different meter, quantity, time or properties; a re-sent event"
+                        " must be identical (new usage needs a new id)",
+                    )
+                )
+        if accepted + duplicates + len(rejected) != size:  # the accounts layer lost an event
+            self.log.error(
+                "ingest_verdict_mismatch",
+                seq=slot.seq,
+                events=size,
+                accepted=accepted,
+                duplicates=duplicates,
+                rejected=len(rejected),
+            )
+            slot.fault = Fault(
+                "unavailable",
+                f"batch seq {slot.seq}: the server could not account for every event; it was not"
+                " acknowledged: re-send it on a new connection",
+            )
+            slot.done.set()
+            return
+        rejected.sort(key=lambda rejection: rejection.index)
+        slot.ack = ack_frame(
+            slot.seq, accepted, duplicates, [rejection.to_wire() for rejection in rejected]
+        )
+        slot.counts = (accepted, duplicates, len(rejected))
+        slot.done.set()
+
+    async def _ingest_share(self, share: _Share) -> None:
+        try:
+            for earlier in share.after:
+                await earlier.done.wait()
+            share.verdict = await self.server.accounts.ingest(share.account, share.events)
+        except Exception as error:
+            share.error = error
+            self.log.warning(
+                "ingest_account_unavailable", account=share.account, error=_error_text(error)
+            )
+        finally:
+            share.done.set()
+            ids = self.in_flight.get(share.account)
+            if ids is not None:
+                for event in share.events:
+                    if ids.get(event.id) is share:
+                        del ids[event.id]
+                if not ids:
+                    del self.in_flight[share.account]
+
+    # ---- acks, in seq order --------------------------------------------------------------------
+
+    async def _send_acks(self, cancel_scope: trio.CancelScope) -> None:
+        stats = self.server.stats
+        try:
+            async for slot in self.slots_out:
+                await slot.done.wait()
+                if slot.ack is not None:
+                    await self.ws.send_message(slot.ack)
+                    self.acks += 1
+                    self.window.release()
+                    accepted, duplicates, rejected = slot.counts
+                    stats.acks += 1
+                    stats.accepted += accepted
+                    stats.duplicates += duplicates
+                    stats.rejected += rejected
+                    continue
+                assert slot.fault is not None
+                self.read_scope.cancel()
+                await self._close(slot.fault)
+                return
+        except ConnectionClosed:
+            self.log.info("ingest_peer_gone", unacknowledged=self.batches - self.acks)
+        finally:
+            cancel_scope.cancel()
+
+    async def _close(self, fault: Fault) -> None:
+        self.server.stats.faults[fault.code] += 1
+        level = self.log.info if fault.code == "shutting_down" else self.log.warning
+        level("ingest_fault", code=fault.code, message=fault.message, close=fault.close_code)
+        try:
+            await self.ws.send_message(fault.frame())
+        except ConnectionClosed:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self.ws.aclose(fault.close_code, fault.code)
+
+
+def _error_text(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(error)
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    if isinstance(stream, trio.SSLStream):
+        inner = stream.transport_stream
+    try:
+        host, port, *_ = inner.socket.getpeername()
+    except (AttributeError, OSError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False

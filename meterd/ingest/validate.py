@@ -1,0 +1,452 @@
+"""Checking one producer event (protocol.md §2.2) and naming what is wrong with it (§2.3).
+
+:meth:`EventValidator.validate` turns the decoded msgpack value of one event into a
+:class:`meterd.model.Event`, or into a :class:`Rejection` whose ``code`` is one of §2.3's and
+whose ``message`` names the field and why, in words a producer's engineer can act on. An
+event gets one rejection: the first problem found, checking the event's shape first, then
+``id``, ``account``, ``meter``, ``quantity``, ``time`` and ``properties`` in that order.
+
+Choices where the protocol is silent (documented in :mod:`meterd.ingest`):
+
+* A **missing** field is rejected with that field's code (a missing ``time`` is
+  ``invalid_time``); ``invalid_event`` is for an event that is not a map or has a key the
+  protocol does not define (a non-string key included).
+* **quantity** as a string is a plain decimal: ASCII digits with an optional fraction and an
+  optional exponent (``"12.5"``, ``"0.25"``, ``"1E-7"``; an optional sign), parsed exactly
+  with :class:`decimal.Decimal`. Strings longer than 64 characters and values with more than
+  40 digits when written out in full (``1E+40`` is 41 digits) are rejected: no real usage
+  figure needs more, and it keeps sums exact and cheap. ``-0`` is ``0``. Booleans are not
+  integers. For a ``count`` meter the quantity is ignored whatever it holds (even a float),
+  and the event counts 1.
+* **time** must lie in ``[now - late_window, now + 5 minutes]``, both ends included, ``now``
+  being the server's clock when the batch was read (one ``now`` per batch).
+* **properties** may be absent or ``nil`` (no properties); empty keys and values are allowed
+  (the protocol only bounds their length).
+* Lengths are counted in characters (Unicode code points), as the protocol says.
+"""
+
+from __future__ import annotations
+
+import decimal
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from meterd.config import Producer, format_duration
+from meterd.model import DAY_MS, HOUR_MS, MINUTE_MS, Aggregation, Event, Meter, Quantity
+
+__all__ = [
+    "ACCOUNT_MAX",
+    "EVENT_KEYS",
+    "FUTURE_MS",
+    "ID_MAX",
+    "MAX_PROPERTIES",
+    "PROPERTY_KEY_MAX",
+    "PROPERTY_VALUE_MAX",
+    "QUANTITY_DIGITS_MAX",
+    "QUANTITY_TEXT_MAX",
+    "REJECTION_CODES",
+    "EventValidator",
+    "Rejection",
+]
+
+ID_MAX: Final = 200
+ACCOUNT_MAX: Final = 128
+MAX_PROPERTIES: Final = 16
+PROPERTY_KEY_MAX: Final = 64
+PROPERTY_VALUE_MAX: Final = 256
+QUANTITY_TEXT_MAX: Final = 64
+QUANTITY_DIGITS_MAX: Final = 40
+FUTURE_MS: Final = 5 * MINUTE_MS
+EVENT_KEYS: Final = ("id", "account", "meter", "quantity", "time", "properties")
+REJECTION_CODES: Final = (
+    "invalid_id",
+    "invalid_account",
+    "unknown_meter",
+    "not_permitted",
+    "invalid_quantity",
+    "invalid_time",
+    "time_out_of_range",
+    "invalid_properties",
+    "id_conflict",
+    "invalid_event",
+)
+
+_ACCOUNT: Final = re.compile(r"[A-Za-z0-9._:@-]+")
+_ACCOUNT_BAD_CHAR: Final = re.compile(r"[^A-Za-z0-9._:@-]")
+_DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NOT_FINITE: Final = frozenset(
+    {"nan", "+nan", "-nan", "snan", "+snan", "-snan", "inf", "+inf", "-inf"}
+    | {"infinity", "+infinity", "-infinity"}
+)
+_EVENT_KEY_SET: Final = frozenset(EVENT_KEYS)
+_KEYS_TEXT: Final = "id, account, meter, quantity, time and properties"
+_SECONDS_LIKE: Final = 100_000_000_000  # a time below this (1973 in ms) is likely seconds
+_ZERO: Final = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected event of a batch, as §2.3's ``rejected`` list holds it."""
+
+    index: int
+    id: str | None
+    code: str
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "code": self.code, "message": self.message}
+
+
+def describe(value: object) -> str:
+    """What ``value`` is, for a message: ``'a float (1.5)'``, ``'a list'``; short, never deep."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"an integer ({_clip(str(value))})"
+    if isinstance(value, float):
+        return f"a float ({_clip(repr(value))})"
+    if isinstance(value, str):
+        return f"a string ({show(value)})"
+    if isinstance(value, bytes | bytearray):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, list | tuple):
+        return f"an array ({len(value)} items)"
+    if isinstance(value, dict):
+        return f"a map ({len(value)} entries)"
+    return f"a msgpack {type(value).__name__}"
+
+
+def show(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters."""
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError):
+        return "far outside any calendar date"
+
+
+def _human(ms: int) -> str:
+    """``35 days``, ``5 minutes``; falls back to the config's short form (``1500ms``)."""
+    for size, unit in ((DAY_MS, "day"), (HOUR_MS, "hour"), (MINUTE_MS, "minute"), (1000, "second")):
+        if ms and ms % size == 0:
+            count = ms // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return format_duration(ms)
+
+
+def _suggest(word: str, candidates: list[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def written_digits(value: Decimal) -> int:
+    """How many digits ``value`` (finite, not zero) has written out in full, without
+    trailing fraction zeros: ``1E+3`` -> 4, ``0.0015`` -> 5, ``12.50`` -> 3."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    count = len(digits)
+    while exponent < 0 and count > 1 and digits[count - 1] == 0:
+        count -= 1
+        exponent += 1
+    if exponent >= 0:
+        return count + exponent
+    fraction = -exponent
+    return max(count - fraction, 1) + fraction
+
+
+class _Invalid(Exception):
+    """Raised inside validation; becomes a :class:`Rejection`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EventValidator:
+    """Validates the events of one producer against the configured meters."""
+
+    def __init__(
+        self,
+        meters: Mapping[str, Meter],
+        producer: Producer,
+        late_window_ms: int,
+        future_ms: int = FUTURE_MS,
+    ) -> None:
+        self.meters = meters
+        self.producer = producer
+        self.late_window_ms = late_window_ms
+        self.future_ms = future_ms
+        self._late_text = _human(late_window_ms)
+        self._permitted = sorted(
+            name for name in meters if producer.meters is None or name in producer.meters
+        )
+
+    def validate(self, index: int, raw: object, now_ms: int, received_at: int) -> Event | Rejection:
+        """The event at ``index`` of a batch read at ``now_ms``, or why it is rejected."""
+        event_id: str | None = None
+        if isinstance(raw, dict):  # a rejection names the event's id whenever it is valid
+            candidate = raw.get("id")
+            if isinstance(candidate, str) and 0 < len(candidate) <= ID_MAX:
+                event_id = candidate
+        try:
+            raw = self._shape(raw)
+            self._id(raw)
+            account = self._account(raw)
+            meter = self._meter(raw)
+            quantity = self._quantity(raw, meter)
+            time = self._time(raw, now_ms)
+            properties = self._properties(raw)
+        except _Invalid as invalid:
+            return Rejection(index, event_id, invalid.code, invalid.message)
+        assert event_id is not None  # _id() checked it
+        return Event(
+            event_id,
+            account,
+            meter.name,
+            quantity,
+            time,
+            properties,
+            self.producer.name,
+            received_at,
+        )
+
+    # ---- one field each --------------------------------------------------------------------
+
+    def _shape(self, raw: object) -> dict[Any, Any]:
+        if not isinstance(raw, dict):
+            raise _Invalid(
+                "invalid_event",
+                f"an event must be a map with the keys {_KEYS_TEXT}; this one is {describe(raw)}",
+            )
+        if len(raw) > len(EVENT_KEYS) or not _EVENT_KEY_SET.issuperset(raw):
+            self._unknown_keys(raw)
+        return raw
+
+    def _unknown_keys(self, raw: dict[Any, Any]) -> None:
+        for key in raw:
+            if not isinstance(key, str):
+                raise _Invalid(
+                    "invalid_event",
+                    f"the event has a key that is {describe(key)}; keys are strings, one of"
+                    f" {_KEYS_TEXT}",
+                )
+            if key not in _EVENT_KEY_SET:
+                raise _Invalid(
+                    "invalid_event",
+                    f"unknown key {show(key)}{_suggest(key, list(EVENT_KEYS), 0.5)}; an event has"
+                    f" only the keys {_KEYS_TEXT}",
+                )
+
+    def _id(self, raw: dict[Any, Any]) -> str:
+        if "id" not in raw:
+            raise _Invalid(
+                "invalid_id",
+                f"id is missing: every event needs an id, its idempotency key (a string of"
+                f" 1-{ID_MAX} characters)",
+            )
+        value = raw["id"]
+        if not isinstance(value, str):
+            raise _Invalid(
+                "invalid_id",
+                f"id must be a string of 1-{ID_MAX} characters, not {describe(value)}",
+            )
+        if not value:
+            raise _Invalid("invalid_id", f"id is empty; it must be 1-{ID_MAX} characters")
+        if len(value) > ID_MAX:
+            raise _Invalid(
+                "invalid_id", f"id is {len(value)} characters long; at most {ID_MAX} are allowed"
+            )
+        return value
+
+    def _account(self, raw: dict[Any, Any]) -> str:
+        rule = f"1-{ACCOUNT_MAX} characters of A-Z, a-z, 0-9 and . _ : @ -"
+        if "account" not in raw:
+            raise _Invalid("invalid_account", f"account is missing (a string of {rule})")
+        value = raw["account"]
+        if not isinstance(value, str):
+            raise _Invalid(
+                "invalid_account", f"account must be a string of {rule}, not {describe(value)}"
+            )
+        if not value:
+            raise _Invalid("invalid_account", f"account is empty; it must be {rule}")
+        if len(value) > ACCOUNT_MAX:
+            raise _Invalid(
+                "invalid_account",
+                f"account is {len(value)} characters long; at most {ACCOUNT_MAX} are allowed",
+            )
+        if not _ACCOUNT.fullmatch(value):
+            bad = _ACCOUNT_BAD_CHAR.search(value)
+            assert bad is not None
+            raise _Invalid(
+                "invalid_account",
+                f"account {show(value)} contains {bad.group()!r} at position {bad.start()};"
+                f" an account is {rule}",
+            )
+        return value
+
+    def _meter(self, raw: dict[Any, Any]) -> Meter:
+        if "meter" not in raw:
+            raise _Invalid("unknown_meter", "meter is missing: name one of the configured meters")
+        value = raw["meter"]
+        if not isinstance(value, str):
+            raise _Invalid(
+                "unknown_meter",
+                f"meter must be the name of a configured meter (a string), not {describe(value)}",
+            )
+        meter = self.meters.get(value)
+        if meter is None:
+            raise _Invalid(
+                "unknown_meter",
+                f"meter {show(value)} is not configured on this server"
+                f"{_suggest(value, self._permitted)}",
+            )
+        if not self.producer.may_write(value):
+            allowed = ", ".join(self._permitted) or "none"
+            raise _Invalid(
+                "not_permitted",
+                f"producer {self.producer.name!r} may not write meter {value!r}"
+                f" (its producers.meters in the server config permits: {allowed})",
+            )
+        return meter
+
+    def _quantity(self, raw: dict[Any, Any], meter: Meter) -> Quantity:
+        if meter.aggregation is Aggregation.COUNT:
+            return 1  # ignored for count meters, whatever it holds (protocol.md §2.2)
+        if "quantity" not in raw:
+            raise _Invalid(
+                "invalid_quantity",
+                f"quantity is missing; meter {meter.name!r} ({meter.aggregation.value}) needs"
+                ' one: an integer or a decimal string like "12.5"',
+            )
+        value = raw["quantity"]
+        if type(value) is int:
+            if value < 0:
+                raise _Invalid("invalid_quantity", f"quantity must be >= 0, not {value}")
+            return value
+        if isinstance(value, str):
+            return _decimal_quantity(value)
+        if isinstance(value, float):
+            raise _Invalid(
+                "invalid_quantity",
+                f"quantity is {describe(value)}: floats are rejected because usage is billed"
+                ' exactly; send an integer or a decimal string like "12.5"',
+            )
+        raise _Invalid(
+            "invalid_quantity",
+            f'quantity must be an integer or a decimal string like "12.5", not {describe(value)}',
+        )
+
+    def _time(self, raw: dict[Any, Any], now_ms: int) -> int:
+        rule = "Unix time in milliseconds, UTC, as an integer"
+        if "time" not in raw:
+            raise _Invalid("invalid_time", f"time is missing: when the usage happened ({rule})")
+        value = raw["time"]
+        if type(value) is not int:
+            raise _Invalid("invalid_time", f"time must be {rule}, not {describe(value)}")
+        low = now_ms - self.late_window_ms
+        high = now_ms + self.future_ms
+        if low <= value <= high:
+            return value
+        if value > high:
+            why = (
+                f"it is more than {_human(self.future_ms)} in the future: the latest"
+                f" time accepted now is {high} ({_iso(high)})"
+            )
+        else:
+            why = (
+                f"it is older than late_window ({self._late_text}): the earliest time accepted"
+                f" now is {low} ({_iso(low)})"
+            )
+            if 0 < value < _SECONDS_LIKE and value * 1000 >= low:
+                why += "; it looks like seconds, but time is in milliseconds"
+        raise _Invalid("time_out_of_range", f"time {value} ({_iso(value)}) is out of range: {why}")
+
+    def _properties(self, raw: dict[Any, Any]) -> tuple[tuple[str, str], ...]:
+        value = raw.get("properties")
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise _Invalid(
+                "invalid_properties",
+                f"properties must be a map of string to string, not {describe(value)}",
+            )
+        if len(value) > MAX_PROPERTIES:
+            raise _Invalid(
+                "invalid_properties",
+                f"properties has {len(value)} entries; at most {MAX_PROPERTIES} are allowed",
+            )
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Invalid(
+                    "invalid_properties",
+                    f"properties has a key that is {describe(key)}; keys must be strings",
+                )
+            if len(key) > PROPERTY_KEY_MAX:
+                raise _Invalid(
+                    "invalid_properties",
+                    f"properties key {show(key)} is {len(key)} characters long; at most"
+                    f" {PROPERTY_KEY_MAX} are allowed",
+                )
+            if not isinstance(item, str):
+                raise _Invalid(
+                    "invalid_properties",
+                    f"properties[{show(key)}] must be a string, not {describe(item)}",
+                )
+            if len(item) > PROPERTY_VALUE_MAX:
+                raise _Invalid(
+                    "invalid_properties",
+                    f"properties[{show(key)}] is {len(item)} characters long; at most"
+                    f" {PROPERTY_VALUE_MAX} are allowed",
+                )
+        return tuple(sorted(value.items()))
+
+
+def _decimal_quantity(text: str) -> Decimal:
+    rule = 'an integer or a decimal string like "12.5"'
+    if len(text) > QUANTITY_TEXT_MAX:
+        raise _Invalid(
+            "invalid_quantity",
+            f"quantity is a string of {len(text)} characters; a decimal quantity is at most"
+            f" {QUANTITY_TEXT_MAX} characters and {QUANTITY_DIGITS_MAX} digits",
+        )
+    if not _DECIMAL.fullmatch(text):
+        if text.strip().lower() in _NOT_FINITE:
+            raise _Invalid("invalid_quantity", f"quantity {show(text)} is not a finite number")
+        raise _Invalid(
+            "invalid_quantity",
+            f"quantity {show(text)} is not a decimal number: send {rule} (digits, an optional"
+            " fraction after '.', an optional exponent; no spaces or separators)",
+        )
+    try:
+        value = Decimal(text)
+    except decimal.InvalidOperation:  # the pattern admits only decimals: the exponent overflows
+        raise _Invalid("invalid_quantity", f"quantity {show(text)} is far too large") from None
+    if value.is_zero():
+        return _ZERO
+    if value.is_signed():
+        raise _Invalid("invalid_quantity", f"quantity must be >= 0, not {show(text)}")
+    digits = written_digits(value)
+    if digits > QUANTITY_DIGITS_MAX:
+        raise _Invalid(
+            "invalid_quantity",
+            f"quantity {show(text)} has {digits} digits written out in full; at most"
+            f" {QUANTITY_DIGITS_MAX} are allowed",
+        )
+    return value

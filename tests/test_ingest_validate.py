@@ -1,0 +1,472 @@
+"""One event's checks (protocol.md §2.2-2.3) and the frame checks of §2.4, without a server."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meterd.config import Producer
+from meterd.ingest.protocol import (
+    FAULT_CLOSE_CODES,
+    Fault,
+    ack_frame,
+    decode_frame,
+    error_frame,
+    hello_frame,
+    parse_batch,
+)
+from meterd.ingest.validate import (
+    QUANTITY_DIGITS_MAX,
+    QUANTITY_TEXT_MAX,
+    REJECTION_CODES,
+    EventValidator,
+    Rejection,
+    describe,
+    written_digits,
+)
+from meterd.model import DAY_MS, MINUTE_MS, Aggregation, Event, Meter
+
+NOW = 1_795_000_000_000
+LATE = 35 * DAY_MS
+METERS = {
+    m.name: m
+    for m in (
+        Meter("router.requests", Aggregation.COUNT),
+        Meter("dyno.seconds", Aggregation.SUM, ("size",)),
+        Meter("postgres.bytes", Aggregation.MAX),
+    )
+}
+ALL = EventValidator(METERS, Producer("platform", "t1"), LATE)
+ROUTER = EventValidator(METERS, Producer("router", "t2", frozenset({"router.requests"})), LATE)
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "e1",
+        "account": "acme",
+        "meter": "dyno.seconds",
+        "quantity": "1.5",
+        "time": NOW,
+    }
+    base.update(fields)
+    return {key: value for key, value in base.items() if value is not _DROP}
+
+
+_DROP: Any = object()
+
+
+def _with_key(key: Any) -> dict[Any, Any]:
+    raw: dict[Any, Any] = event()
+    raw[key] = 1
+    return raw
+
+
+def check(raw: Any, validator: EventValidator = ALL) -> Event | Rejection:
+    return validator.validate(3, raw, NOW, NOW + 7)
+
+
+def rejected(raw: Any, validator: EventValidator = ALL) -> Rejection:
+    result = check(raw, validator)
+    assert isinstance(result, Rejection), result
+    assert result.index == 3
+    assert result.code in REJECTION_CODES
+    return result
+
+
+def accepted(raw: Any, validator: EventValidator = ALL) -> Event:
+    result = check(raw, validator)
+    assert isinstance(result, Event), result
+    return result
+
+
+# ---- a valid event -----------------------------------------------------------------------------
+
+
+def test_a_valid_event_becomes_a_model_event() -> None:
+    result = accepted(event(properties={"size": "std-1x", "app": "web"}))
+    assert result == Event(
+        "e1",
+        "acme",
+        "dyno.seconds",
+        Decimal("1.5"),
+        NOW,
+        (("app", "web"), ("size", "std-1x")),  # sorted by key
+        "platform",
+        NOW + 7,
+    )
+
+
+def test_count_meters_ignore_the_quantity_and_count_one() -> None:
+    for quantity in (_DROP, 7, "12.5", 1.5, None, "garbage", -1):
+        assert accepted(event(meter="router.requests", quantity=quantity)).quantity == 1
+
+
+def test_integer_quantities_stay_integers() -> None:
+    assert accepted(event(quantity=0)).quantity == 0
+    big = 2**64 - 1
+    result = accepted(event(quantity=big)).quantity
+    assert result == big
+    assert type(result) is int
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("12.5", Decimal("12.5")),
+        ("0.25", Decimal("0.25")),
+        ("1E-7", Decimal("0.0000001")),
+        ("1e3", Decimal(1000)),
+        ("+5", Decimal(5)),
+        (".5", Decimal("0.5")),
+        ("5.", Decimal(5)),
+        ("-0", Decimal(0)),
+        ("0.000", Decimal(0)),
+        ("1" * 40, Decimal("1" * 40)),
+        ("0." + "0" * 38 + "1", Decimal("1E-39")),
+        ("12.5000000000000000000000000000000000000000000000", Decimal("12.5")),
+        ("1E+39", Decimal("1E+39")),
+    ],
+)
+def test_decimal_strings_are_parsed_exactly(text: str, value: Decimal) -> None:
+    quantity = accepted(event(quantity=text)).quantity
+    assert isinstance(quantity, Decimal)
+    assert quantity == value
+    assert not quantity.is_signed()
+
+
+def test_properties_may_be_absent_nil_or_empty() -> None:
+    assert accepted(event()).properties == ()
+    assert accepted(event(properties=None)).properties == ()
+    assert accepted(event(properties={})).properties == ()
+    assert accepted(event(properties={"": ""})).properties == (("", ""),)
+
+
+def test_lengths_at_the_limits_are_accepted() -> None:
+    result = accepted(
+        event(
+            id="i" * 200,
+            account="a" * 128,
+            properties={f"k{i:02d}" + "k" * 61: "v" * 256 for i in range(16)},
+        )
+    )
+    assert len(result.properties) == 16
+    accepted(event(account="user:42@initech.io_x-Y"))
+
+
+def test_the_time_window_includes_both_ends() -> None:
+    accepted(event(time=NOW - LATE))
+    accepted(event(time=NOW + 5 * MINUTE_MS))
+    assert rejected(event(time=NOW - LATE - 1)).code == "time_out_of_range"
+    assert rejected(event(time=NOW + 5 * MINUTE_MS + 1)).code == "time_out_of_range"
+
+
+# ---- every rejection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "fragment"),
+    [
+        (event(id=_DROP), "invalid_id", "id is missing"),
+        (event(id=12), "invalid_id", "not an integer (12)"),
+        (event(id=None), "invalid_id", "not nil"),
+        (event(id=b"e1"), "invalid_id", "not binary data"),
+        (event(id=""), "invalid_id", "id is empty"),
+        (event(id="x" * 201), "invalid_id", "201 characters"),
+        (event(account=_DROP), "invalid_account", "account is missing"),
+        (event(account=""), "invalid_account", "empty"),
+        (event(account="a" * 129), "invalid_account", "129 characters"),
+        (event(account="acme/eu"), "invalid_account", "contains '/' at position 4"),
+        (event(account="café"), "invalid_account", "contains 'é'"),
+        (event(account=5), "invalid_account", "not an integer"),
+        (event(meter=_DROP), "unknown_meter", "meter is missing"),
+        (event(meter="dyno.second"), "unknown_meter", "did you mean 'dyno.seconds'"),
+        (event(meter="nothing.like.it"), "unknown_meter", "not configured on this server"),
+        (event(meter=["dyno.seconds"]), "unknown_meter", "not an array"),
+        (event(quantity=_DROP), "invalid_quantity", "quantity is missing"),
+        (event(quantity=1.5), "invalid_quantity", "floats are rejected"),
+        (event(quantity=1.0), "invalid_quantity", "a float (1.0)"),
+        (event(quantity=True), "invalid_quantity", "a boolean (true)"),
+        (event(quantity=None), "invalid_quantity", "not nil"),
+        (event(quantity=-3), "invalid_quantity", "must be >= 0, not -3"),
+        (event(quantity="-0.5"), "invalid_quantity", "must be >= 0"),
+        (event(quantity="NaN"), "invalid_quantity", "not a finite number"),
+        (event(quantity="-inf"), "invalid_quantity", "not a finite number"),
+        (event(quantity="sNaN"), "invalid_quantity", "not a finite number"),
+        (event(quantity=""), "invalid_quantity", "not a decimal number"),
+        (event(quantity=" 1"), "invalid_quantity", "not a decimal number"),
+        (event(quantity="1_000"), "invalid_quantity", "not a decimal number"),
+        (event(quantity="1,5"), "invalid_quantity", "not a decimal number"),
+        (event(quantity="١٢"), "invalid_quantity", "not a decimal number"),  # Arabic digits
+        (event(quantity="0x10"), "invalid_quantity", "not a decimal number"),
+        (event(quantity="1" * 41), "invalid_quantity", "41 digits"),
+        (event(quantity="1E+40"), "invalid_quantity", "41 digits"),
+        (event(quantity="1E-40"), "invalid_quantity", "41 digits"),
+        (event(quantity="1e99999999999999999999"), "invalid_quantity", "far too large"),
+        (event(quantity="1" * 65), "invalid_quantity", "a string of 65 characters"),
+        (event(quantity=[1]), "invalid_quantity", "not an array"),
+        (event(time=_DROP), "invalid_time", "time is missing"),
+        (event(time=float(NOW)), "invalid_time", "not a float"),
+        (event(time=str(NOW)), "invalid_time", "not a string"),
+        (event(time=True), "invalid_time", "not a boolean"),
+        (event(time=None), "invalid_time", "not nil"),
+        (event(time=NOW + 6 * MINUTE_MS), "time_out_of_range", "more than 5 minutes in the"),
+        (event(time=NOW - 36 * DAY_MS), "time_out_of_range", "older than late_window (35 days)"),
+        (event(time=NOW // 1000), "time_out_of_range", "looks like seconds"),
+        (event(time=-(2**63)), "time_out_of_range", "far outside any calendar date"),
+        (event(properties="size=1"), "invalid_properties", "not a string"),
+        (event(properties=[["a", "b"]]), "invalid_properties", "map of string to string"),
+        (event(properties={str(i): "" for i in range(17)}), "invalid_properties", "17 entries"),
+        (event(properties={"k": 1}), "invalid_properties", "properties['k'] must be a string"),
+        (event(properties={"k": None}), "invalid_properties", "not nil"),
+        (event(properties={7: "v"}), "invalid_properties", "keys must be strings"),
+        (event(properties={"k" * 65: "v"}), "invalid_properties", "65 characters long"),
+        (event(properties={"k": "v" * 257}), "invalid_properties", "257 characters long"),
+        ([1, 2], "invalid_event", "this one is an array (2 items)"),
+        (None, "invalid_event", "this one is nil"),
+        ("e1", "invalid_event", "this one is a string"),
+        (event(qty=1), "invalid_event", "unknown key 'qty' (did you mean 'quantity'?)"),
+        (event(Time=NOW), "invalid_event", "unknown key 'Time' (did you mean 'time'?)"),
+        (_with_key(1), "invalid_event", "a key that is an integer (1)"),
+        (_with_key(b"id"), "invalid_event", "a key that is binary data"),
+    ],
+)
+def test_each_rejection_names_the_field_and_why(raw: Any, code: str, fragment: str) -> None:
+    rejection = rejected(raw)
+    assert rejection.code == code
+    assert fragment in rejection.message, rejection.message
+
+
+def test_a_producer_limited_to_some_meters() -> None:
+    rejection = rejected(event(), ROUTER)
+    assert rejection.code == "not_permitted"
+    assert rejection.message == (
+        "producer 'router' may not write meter 'dyno.seconds' (its producers.meters in the"
+        " server config permits: router.requests)"
+    )
+    # suggestions come only from the meters the producer may write
+    assert "did you mean" not in rejected(event(meter="dyno.second"), ROUTER).message
+    accepted(event(meter="router.requests"), ROUTER)
+
+
+def test_the_rejection_names_the_id_whenever_it_is_valid() -> None:
+    assert rejected(event(time="x")).id == "e1"
+    assert rejected(event(extra=1)).id == "e1"  # even for invalid_event
+    assert rejected(event(id=7)).id is None
+    assert rejected(event(id="x" * 201)).id is None
+    assert rejected([1]).id is None
+    assert rejected(event(time="x")).to_wire() == {
+        "index": 3,
+        "id": "e1",
+        "code": "invalid_time",
+        "message": rejected(event(time="x")).message,
+    }
+
+
+def test_the_first_problem_decides_the_code() -> None:
+    assert rejected(event(id=1, account=2, time="x")).code == "invalid_id"
+    assert rejected(event(account=2, meter="x")).code == "invalid_account"
+    assert rejected(event(meter="x", quantity=1.5)).code == "unknown_meter"
+    assert rejected(event(quantity=1.5, time="x")).code == "invalid_quantity"
+    assert rejected(event(time="x", properties=[])).code == "invalid_time"
+    assert rejected(event(extra=1, id=5)).code == "invalid_event"
+
+
+def test_messages_stay_short_whatever_the_input() -> None:
+    huge = "x" * 100_000
+    for raw in (event(account=huge), event(meter=huge), event(quantity=huge), event(id=huge)):
+        assert len(rejected(raw).message) < 300
+
+
+def test_written_digits() -> None:
+    assert written_digits(Decimal("1E+3")) == 4
+    assert written_digits(Decimal("0.0015")) == 5
+    assert written_digits(Decimal("12.50")) == 3
+    assert written_digits(Decimal("120")) == 3
+    assert written_digits(Decimal("1.2E+2")) == 3
+
+
+def test_describe_never_renders_deep_values() -> None:
+    deep: Any = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert describe(deep) == "an array (1 items)"
+    assert describe({"a": deep}) == "a map (1 entries)"
+    assert describe(msgpack.Timestamp(1)) == "a msgpack Timestamp"
+
+
+# ---- properties ------------------------------------------------------------------------------
+
+_msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=10) | st.integers(), inner, max_size=6)
+    ),
+    max_leaves=25,
+)
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=210) | _msgpack_values,
+        "account": st.from_regex(r"[A-Za-z0-9._:@-]{1,130}", fullmatch=True) | _msgpack_values,
+        "meter": st.sampled_from([*METERS, "other"]) | _msgpack_values,
+        "quantity": st.integers(-5, 2**64 - 1)
+        | st.decimals(allow_nan=True, allow_infinity=True).map(str)
+        | _msgpack_values,
+        "time": st.integers(NOW - 40 * DAY_MS, NOW + 10 * MINUTE_MS) | _msgpack_values,
+        "properties": st.dictionaries(st.text(max_size=70), st.text(max_size=260), max_size=18)
+        | _msgpack_values,
+        "unknown": _msgpack_values,
+    },
+)
+
+
+@given(raw=_fields | _msgpack_values)
+def test_validation_never_raises_and_accepts_only_what_the_protocol_allows(raw: Any) -> None:
+    result = check(raw)
+    if isinstance(result, Rejection):
+        assert result.code in REJECTION_CODES
+        assert result.message
+        return
+    assert isinstance(raw, dict)
+    assert set(raw) <= {"id", "account", "meter", "quantity", "time", "properties"}
+    assert isinstance(result.id, str)
+    assert 1 <= len(result.id) <= 200
+    assert 1 <= len(result.account) <= 128
+    assert result.meter in METERS
+    assert NOW - LATE <= result.time <= NOW + 5 * MINUTE_MS
+    assert type(result.quantity) in (int, Decimal)
+    assert result.quantity >= 0
+    if METERS[result.meter].aggregation is Aggregation.COUNT:
+        assert result.quantity == 1
+    else:
+        assert not isinstance(raw["quantity"], float | bool)
+    assert list(result.properties) == sorted(result.properties)
+    assert len(result.properties) <= 16
+
+
+@given(
+    value=st.decimals(min_value=0, max_value=Decimal("9" * 20), allow_nan=False, places=None),
+    spelling=st.sampled_from(["plain", "sci", "eng"]),
+)
+def test_a_decimal_is_parsed_exactly_however_it_is_spelled(value: Decimal, spelling: str) -> None:
+    text = {
+        "plain": format(value, "f"),
+        "sci": str(value),
+        "eng": value.to_eng_string(),
+    }[spelling]
+    result = check(event(quantity=text))
+    if isinstance(result, Rejection):  # only past the caps: 40 digits, 64 characters
+        assert result.code == "invalid_quantity"
+        if len(text) > QUANTITY_TEXT_MAX:
+            assert f"a string of {len(text)} characters" in result.message
+        else:
+            assert "digits written out" in result.message
+            assert written_digits(value) > QUANTITY_DIGITS_MAX
+        return
+    assert result.quantity == value  # exact: compared as Decimals, no context involved
+    assert written_digits(value) <= QUANTITY_DIGITS_MAX or value.is_zero()
+
+
+# ---- frames (§2.4) ----------------------------------------------------------------------------
+
+
+def fault_of(call: Any) -> Fault:
+    with pytest.raises(Fault) as raised:
+        call()
+    assert raised.value.code in FAULT_CLOSE_CODES
+    return raised.value
+
+
+def test_decode_frame_wants_one_binary_msgpack_map() -> None:
+    assert decode_frame(msgpack.packb({"type": "batch"})) == {"type": "batch"}
+    assert decode_frame(msgpack.packb({1: 2})) == {1: 2}  # any key: checks come later
+    for message, fragment in [
+        ("{}", "text frame"),
+        (b"", "not valid msgpack"),
+        (b"\xc1", "not valid msgpack"),
+        (msgpack.packb({}) + b"\x00", "extra bytes"),
+        (b"\x81\xa1k\xa2\xff\xfe", "not valid UTF-8"),
+        (b"\x91" * 5000 + b"\xc0", "nested too deeply"),
+        (b"\x81\x91\x01\x01", "a map key is an array or a map"),
+        (b"\xdf\xff\xff\xff\xff", "not valid msgpack"),
+        (msgpack.packb([1]), "holds msgpack an array"),
+        (msgpack.packb(None), "holds msgpack nil"),
+    ]:
+        fault = fault_of(lambda m=message: decode_frame(m))
+        assert fault.code == "malformed_frame"
+        assert fault.close_code == 1003
+        assert fragment in fault.message, fault.message
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "fragment"),
+    [
+        ({"seq": 1}, "unknown_type", "no 'type' key"),
+        ({"type": "ack"}, "unknown_type", "the server sends that type"),
+        ({"type": "Batch"}, "unknown_type", "unknown frame type 'Batch'"),
+        ({"type": None}, "unknown_type", "'type' is nil"),
+        ({"type": "batch", "events": [{}]}, "bad_batch", "no 'seq'"),
+        ({"type": "batch", "seq": -1, "events": [{}]}, "bad_batch", "integer >= 0"),
+        ({"type": "batch", "seq": True, "events": [{}]}, "bad_batch", "a boolean"),
+        ({"type": "batch", "seq": 1.0, "events": [{}]}, "bad_batch", "a float"),
+        ({"type": "batch", "seq": 4, "events": [{}]}, "bad_batch", "not greater than"),
+        ({"type": "batch", "seq": 5, "events": [{}]}, "bad_batch", "seq 5 is not greater"),
+        ({"type": "batch", "seq": 6}, "bad_batch", "'events' is missing"),
+        ({"type": "batch", "seq": 6, "events": {}}, "bad_batch", "'events' is a map"),
+        ({"type": "batch", "seq": 6, "events": []}, "bad_batch", "has no events"),
+        ({"type": "batch", "seq": 6, "events": [{}] * 4}, "bad_batch", "4 events; at most 3"),
+    ],
+)
+def test_parse_batch_faults(frame: dict[str, Any], code: str, fragment: str) -> None:
+    fault = fault_of(lambda: parse_batch(frame, 5, 3))
+    assert fault.code == code
+    assert fault.close_code == 1002
+    assert fragment in fault.message, fault.message
+
+
+def test_parse_batch_ignores_unknown_envelope_keys() -> None:
+    frame = {"type": "batch", "seq": 6, "events": [{}], "compression": "none"}
+    assert parse_batch(frame, 5, 3) == (6, [{}])
+    assert parse_batch({"type": "batch", "seq": 0, "events": [1, 2, 3]}, -1, 3)[0] == 0
+
+
+def test_server_frames() -> None:
+    assert msgpack.unpackb(hello_frame(10, 20, 30)) == {
+        "type": "hello",
+        "protocol": 1,
+        "server": "meterd/0.1.0",
+        "max_frame_bytes": 10,
+        "max_batch": 20,
+        "window": 30,
+    }
+    assert msgpack.unpackb(ack_frame(4, 1, 2, [])) == {
+        "type": "ack",
+        "seq": 4,
+        "accepted": 1,
+        "duplicates": 2,
+        "rejected": [],
+    }
+    assert msgpack.unpackb(error_frame("bad_batch", "why")) == {
+        "type": "error",
+        "code": "bad_batch",
+        "message": "why",
+    }
+    assert FAULT_CLOSE_CODES == {
+        "frame_too_large": 1009,
+        "malformed_frame": 1003,
+        "unknown_type": 1002,
+        "bad_batch": 1002,
+        "unavailable": 1011,
+        "shutting_down": 1001,
+    }
