@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import click
 import trio
@@ -12,7 +14,27 @@ from meterd import __version__, logs
 from meterd.config import ConfigError, load
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Subcommands imported only when used (click's documented lazy-loading pattern):
+    ``meterd run`` does not pay for the client or the benchmarks, and each lives in
+    its own module."""
+
+    lazy: ClassVar[dict[str, str]] = {}  # name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="meterd")
 def main() -> None:
     """meterd: usage metering with supervised per-account actors."""
