@@ -148,7 +148,7 @@ class StoreConfig:
 class AccountsConfig:
     idle_timeout: float = 300.0  # seconds
     mailbox_size: int = 1024
-    max_restarts: int = 5
+    max_restarts: int = 50  # the meters supervisor: many independent children
     max_seconds: float = 10.0
 
 

@@ -127,7 +127,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (5.0, 2)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
-    assert (accounts.max_restarts, accounts.max_seconds) == (5, 10.0)
+    assert (accounts.max_restarts, accounts.max_seconds) == (50, 10.0)
     assert config.late_window_ms == config.dedupe_window_ms == 35 * DAY_MS
 
 

@@ -48,7 +48,7 @@ class Accounts:
         idle_timeout: float = 300.0,
         checkpoint_interval: float = 5.0,
         mailbox_size: int = 1024,
-        max_restarts: int = 5,
+        max_restarts: int = 50,
         max_seconds: float = 10.0,
         call_timeout: float = 30.0,
     ) -> None:

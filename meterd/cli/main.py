@@ -19,7 +19,9 @@ class _LazyGroup(click.Group):
     ``meterd run`` does not pay for the client or the benchmarks, and each lives in
     its own module."""
 
-    lazy: ClassVar[dict[str, str]] = {}  # name -> "module:attribute"
+    lazy: ClassVar[dict[str, str]] = {  # name -> "module:attribute"
+        "send": "meterd.cli.send:send",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
