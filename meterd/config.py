@@ -140,7 +140,7 @@ class ApiConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: Path
-    checkpoint_interval: float = 5.0  # seconds
+    checkpoint_interval: float = 30.0  # seconds; the journal covers recovery meanwhile
     commit_interval_ms: int = 2
 
 

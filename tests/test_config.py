@@ -124,7 +124,7 @@ def test_defaults(tmp_path: Path) -> None:
         1000,
         64,
     )
-    assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (5.0, 2)
+    assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (30.0, 2)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
     assert (accounts.max_restarts, accounts.max_seconds) == (50, 10.0)

@@ -28,6 +28,7 @@ the recent ids only spare it work.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meterd.accounts")
 
-RECENT_IDS = 20_000  # per awake account; the store decides beyond that
+RECENT_IDS = 1_000  # per awake account (~160 kB at most); the writer decides beyond that
 _NO_WINDOWS = 2**62
 
 
@@ -90,7 +91,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.pending: dict[int, _Pending] = {}
         self.next_token = 0
         self.last_active = trio.current_time()
-        self.last_checkpoint = self.last_active
+        # A random phase, so that accounts woken together do not all checkpoint together.
+        self.last_checkpoint = self.last_active - random.uniform(0, accounts.checkpoint_interval)
         self.quarantined = 0
 
     # ---- start: recover from the store ------------------------------------------

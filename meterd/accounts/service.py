@@ -46,7 +46,7 @@ class Accounts:
         meters: Mapping[str, Meter],
         *,
         idle_timeout: float = 300.0,
-        checkpoint_interval: float = 5.0,
+        checkpoint_interval: float = 30.0,
         mailbox_size: int = 1024,
         max_restarts: int = 50,
         max_seconds: float = 10.0,
