@@ -21,6 +21,7 @@ class _LazyGroup(click.Group):
 
     lazy: ClassVar[dict[str, str]] = {  # name -> "module:attribute"
         "send": "meterd.cli.send:send",
+        "bench": "meterd.cli.bench:bench",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,0 +1,1371 @@
+"""End-to-end ingest benchmark: producers over websockets against meterd and a baseline.
+
+``meterd bench ingest`` (:mod:`meterd.cli.bench`) calls :func:`run`; docs/ingest-bench.md
+has the results and how to read them.
+
+Load
+    ``events`` events of one meter (``dyno.seconds`` by default: a ``sum`` meter with
+    dimensions ``size`` and ``app``), decimal-string quantities with 3 decimals, times in the
+    last hour, each event's account drawn uniformly among ``accounts`` accounts (so a
+    500-event batch over 10,000 accounts touches ~490 accounts). Batches of ``batch`` events
+    are dealt round-robin to ``connections`` producer connections and **encoded before the
+    clock starts** (msgpack frames, seq 0, 1, ... per connection); ids are unique per run
+    (a random run prefix), so every event is new to the server.
+
+Producers
+    Raw trio-websocket clients in this process, one task pair per connection: a sender that
+    keeps up to ``min(window, max_in_flight)`` batches unacknowledged (``window`` from the
+    server's ``hello``), and a receiver that reads the acks (checking they come in ``seq``
+    order and add up to the batch). Every connection is open and has its ``hello`` before
+    the clock starts; the clock stops at the last ack. An ack means "durable" (protocol.md
+    §2.3), so events/s here is *acked durable* events per second.
+
+Rows
+    ``warm-up`` (untimed, unless ``warmup=False``): one event per account, so every meter
+    actor is awake, as in steady state. ``max``: the whole load as fast as the window allows;
+    ack latency there is mostly queueing (batches in flight per connection x connections).
+    ``half load``: open-loop producers at half the ``max`` row's rate (each batch has a
+    scheduled send time; latency is measured from it, so a late send counts against the
+    server: no coordinated omission), for ``half_load_seconds`` or ``half_load_min_batches``
+    batches, whichever is longer. Before each timed row the bench waits (up to 60 s) for the
+    server's CPU to drop under 15 % of a core, so one row's tail does not bleed into the next.
+
+Failures
+    A server ``error`` frame or a closed connection during a timed row ends that row, which is
+    then reported with what was acknowledged before it and the error (``FAILED at N %``), and
+    the half-load row is skipped (the rate was not a maximum). Failing to connect, a refused
+    handshake, or a load that every event of is rejected stop the bench with the reason.
+
+Figures
+    Events acknowledged per second of the run (``timeline``; the notes show the rate in each
+    quarter, so a drift or a stall is visible). Server CPU (user + system, all threads) from
+    ``/proc/<pid>/stat`` over the row, RSS from ``/proc/<pid>/status`` (sampled every 100 ms:
+    peak; and at the end). The server's pid is known when spawned, given (``pid``), or found
+    from the listening socket (``/proc/net/tcp``, processes this user may inspect); otherwise
+    those figures are left out. The load generator's own CPU is shown too: on a 2-core
+    machine it shares the cores with the server. ``profile``: ``py-spy record --gil`` of
+    meterd during the max row (see :func:`summarize_profile`).
+
+Baseline
+    ``python -m meterd.bench.ingest baseline-server``: a minimal trio-websocket server that
+    speaks enough of the protocol for these producers: checks the bearer token, sends
+    ``hello`` (same limits as meterd's defaults), and for each batch frame decodes it and
+    ``INSERT OR IGNORE``s its events into one SQLite table keyed ``(account, id)`` (WAL,
+    ``synchronous=FULL``), one transaction per batch, in a worker thread (one at a time),
+    then acks. No validation, aggregation, journal or checkpoints: a floor for "decode,
+    make durable, ack" with the same libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import math
+import os
+import random
+import secrets
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgpack  # type: ignore[import-untyped]
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
+
+__all__ = [
+    "BenchError",
+    "BenchOptions",
+    "Load",
+    "Report",
+    "RunResult",
+    "TargetReport",
+    "build_load",
+    "format_report",
+    "run",
+]
+
+INGEST_PATH: Final = "/v1/ingest"
+DEFAULT_METER: Final = "dyno.seconds"
+HELLO_LIMITS: Final = {"max_frame_bytes": 1_048_576, "max_batch": 1000, "window": 64}
+START_TIMEOUT: Final = 30.0  # seconds for a spawned server to listen
+CONNECT_TIMEOUT: Final = 60.0  # seconds for every producer to connect and get its hello
+STOP_TIMEOUT: Final = 15.0  # seconds for a spawned server to exit after SIGTERM
+HALF_LOAD_GOAL_MS: Final = 50.0  # the issue's goal: p99 ack latency at half load
+RSS_SAMPLE_SECONDS: Final = 0.1
+SIZES: Final = ("std-1x", "std-2x", "perf-m", "perf-l")
+APPS: Final = tuple(f"app-{n}" for n in range(8))
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server refused, failed or misbehaved)."""
+
+
+def log(message: str) -> None:
+    print(f"[bench ingest] {message}", file=sys.stderr, flush=True)
+
+
+# ---- options ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    events: int = 200_000
+    accounts: int = 10_000
+    connections: int = 4
+    batch: int = 500
+    url: str | None = None  # a running daemon's ingest endpoint
+    token: str | None = None  # its producer token
+    pid: int | None = None  # its process (found from the port when None)
+    spawn: bool = False  # start `python -m meterd run` on a temporary config instead
+    baseline: bool = True
+    half_load: bool = True
+    half_load_seconds: float = 10.0
+    half_load_min_batches: int = 100  # the half-load row runs longer if needed for these
+    warmup: bool = True
+    meter: str = DEFAULT_METER
+    seed: int = 1
+    cafile: str | None = None  # for wss:// URLs with a private CA
+    max_in_flight: int | None = None  # batches unacknowledged per connection (None: window)
+    profile: Path | None = None  # py-spy raw output of meterd during the max run
+    py_spy: str = "py-spy"  # the py-spy executable
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchOptions:
+        """Small sizes (well under 20 s for both servers)."""
+        quick = cls(events=20_000, accounts=1_000, half_load_seconds=3.0, half_load_min_batches=0)
+        return replace(quick, **overrides)
+
+    def check(self) -> None:
+        if self.spawn == (self.url is not None):
+            raise BenchError("give either --spawn or --url (with --token)")
+        if self.url is not None and not self.token:
+            raise BenchError("--url needs the producer's --token")
+        if min(self.events, self.accounts, self.connections, self.batch) < 1:
+            raise BenchError("--events, --accounts, --connections and --batch must be >= 1")
+        if self.half_load_seconds <= 0:
+            raise BenchError("--half-load-seconds must be > 0")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise BenchError("--max-in-flight must be >= 1")
+
+
+# ---- the load ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Load:
+    """Encoded batch frames, per connection, in seq order."""
+
+    frames: list[list[bytes]]
+    sizes: list[list[int]]  # events per frame
+    events: int
+    batch_interval: float = 0.0  # seconds between two batches overall (open loop); 0 = closed
+
+    @property
+    def batches(self) -> int:
+        return sum(len(frames) for frames in self.frames)
+
+    @property
+    def largest_frame(self) -> int:
+        return max((len(frame) for frames in self.frames for frame in frames), default=0)
+
+
+def account_name(index: int) -> str:
+    return f"acct-{index:05d}"
+
+
+def build_load(
+    events: int,
+    accounts: int,
+    connections: int,
+    batch: int,
+    *,
+    meter: str = DEFAULT_METER,
+    seed: int = 1,
+    prefix: str = "",
+    every_account_once: bool = False,
+    now_ms: int | None = None,
+) -> Load:
+    """``events`` events in frames of ``batch``, dealt round-robin to ``connections``.
+
+    ``every_account_once``: one event per account in account order (the warm-up), ``events``
+    is then ignored.
+    """
+    rng = random.Random(seed)
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    prefix = prefix or secrets.token_hex(4)
+    total = accounts if every_account_once else events
+    frames: list[list[bytes]] = [[] for _ in range(connections)]
+    sizes: list[list[int]] = [[] for _ in range(connections)]
+    names = [account_name(index) for index in range(accounts)]
+    for number, start in enumerate(range(0, total, batch)):
+        stop = min(start + batch, total)
+        batch_events = []
+        for n in range(start, stop):
+            quantity = rng.randrange(1, 3_600_000)
+            batch_events.append(
+                {
+                    "id": f"{prefix}-{n}",
+                    "account": names[n if every_account_once else rng.randrange(accounts)],
+                    "meter": meter,
+                    "quantity": f"{quantity // 1000}.{quantity % 1000:03d}",
+                    "time": now - rng.randrange(3_600_000),
+                    "properties": {"size": rng.choice(SIZES), "app": rng.choice(APPS)},
+                }
+            )
+        lane = number % connections
+        seq = len(frames[lane])
+        frames[lane].append(_packb({"type": "batch", "seq": seq, "events": batch_events}))
+        sizes[lane].append(stop - start)
+    return Load(frames, sizes, total)
+
+
+# ---- producers --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    events: int = 0  # in acknowledged batches
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, one per batch
+    first_rejection: str | None = None
+    last_ack: float = 0.0  # trio clock
+    acks: list[tuple[float, int]] = field(default_factory=list)  # (trio clock, events)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+    token: str
+    pid: int | None
+    ssl_context: ssl.SSLContext | None = None
+
+
+class _Run:
+    """What the producers of one run share: the start signal, the clock, the first failure."""
+
+    def __init__(
+        self, target: Target, producers: int, events: int, max_in_flight: int | None
+    ) -> None:
+        self.target = target
+        self.unacked = events
+        self.done = trio.Event()  # every event acknowledged
+        self.max_in_flight = max_in_flight
+        self.waiting = producers
+        self.all_ready = trio.Event()
+        self.go = trio.Event()
+        self.t0 = 0.0
+        self.window: int | None = None  # the server's, from hello
+        self.in_flight: int | None = None  # what the producers keep unacknowledged
+        self.error: str | None = None
+        self.failed_at: float | None = None
+        self.scope = trio.CancelScope()
+        if producers == 0:
+            self.all_ready.set()
+        if events <= 0:
+            self.done.set()
+
+    def ready(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.all_ready.set()
+
+    def acked(self, events: int) -> None:
+        self.unacked -= events
+        if self.unacked <= 0:
+            self.done.set()
+
+    def fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+            self.failed_at = trio.current_time()
+        self.scope.cancel()
+
+
+async def _producer(
+    run: _Run,
+    frames: Sequence[bytes],
+    sizes: Sequence[int],
+    schedule: Sequence[float] | None,
+    tally: Tally,
+) -> None:
+    target = run.target
+    headers = [(b"Authorization", f"Bearer {target.token}".encode())]
+    try:
+        async with open_websocket_url(
+            target.url, target.ssl_context, extra_headers=headers, connect_timeout=10
+        ) as ws:
+            run.window = _check_hello(_decode(await ws.get_message()), frames, sizes)
+            run.in_flight = min(run.window, run.max_in_flight or run.window)
+            window = trio.Semaphore(run.in_flight)
+            run.ready()
+            await run.go.wait()
+            await _exchange(ws, frames, sizes, schedule, window, tally, run)
+    except BenchError as error:
+        run.fail(f"{target.name}: {error}")
+    except ConnectionClosed as closed:
+        run.fail(f"{target.name}: the connection closed early ({closed.reason})")
+    except ConnectionRejected as rejected:
+        body = rejected.body.decode(errors="replace")[:300] if rejected.body else ""
+        run.fail(
+            f"{target.name}: {target.url} refused the websocket handshake with HTTP"
+            f" {rejected.status_code} {body}".rstrip()
+            + (" (wrong --token?)" if rejected.status_code == 401 else "")
+        )
+    except (OSError, HandshakeError) as error:
+        cause = error.__cause__ or error.__context__ or error
+        run.fail(f"{target.name}: cannot connect to {target.url}: {cause}")
+
+
+def _check_hello(hello: dict[str, Any], frames: Sequence[bytes], sizes: Sequence[int]) -> int:
+    """The server's window, once its hello says the load fits its limits."""
+    if hello.get("type") != "hello":
+        raise BenchError(f"expected a hello frame, got {hello!r}")
+    largest = max((len(frame) for frame in frames), default=0)
+    if largest > int(hello.get("max_frame_bytes", math.inf)):
+        raise BenchError(
+            f"a batch frame is {largest} bytes, over the server's max_frame_bytes"
+            f" ({hello['max_frame_bytes']}); use a smaller --batch"
+        )
+    if max(sizes, default=0) > int(hello.get("max_batch", math.inf)):
+        raise BenchError(f"--batch is over the server's max_batch ({hello['max_batch']})")
+    return int(hello.get("window", 1))
+
+
+async def _exchange(
+    ws: WebSocketConnection,
+    frames: Sequence[bytes],
+    sizes: Sequence[int],
+    schedule: Sequence[float] | None,
+    window: trio.Semaphore,
+    tally: Tally,
+    run: _Run,
+) -> None:
+    t0 = run.t0
+    sent_at = [0.0] * len(frames)
+
+    async def send() -> None:
+        for index, frame in enumerate(frames):
+            if schedule is not None:
+                due = t0 + schedule[index]
+                await trio.sleep_until(due)
+                await window.acquire()
+                sent_at[index] = due  # from the scheduled time: a late send is the server's
+            else:
+                await window.acquire()
+                sent_at[index] = trio.current_time()
+            await ws.send_message(frame)
+
+    async def receive() -> None:
+        latencies = tally.latencies
+        for index, size in enumerate(sizes):
+            frame = _decode(await ws.get_message())
+            now = trio.current_time()
+            kind = frame.get("type")
+            if kind == "error":
+                raise BenchError(
+                    f"error {frame.get('code')} after {index} acks on this connection:"
+                    f" {frame.get('message')}"
+                )
+            if kind != "ack" or frame.get("seq") != index:
+                raise BenchError(f"expected the ack of seq {index}, got {frame!r}")
+            window.release()
+            latencies.append(now - sent_at[index])
+            rejected = frame.get("rejected") or []
+            accepted, duplicates = int(frame["accepted"]), int(frame["duplicates"])
+            if accepted + duplicates + len(rejected) != size:
+                raise BenchError(f"the ack of seq {index} does not add up: {frame!r}")
+            tally.events += size
+            tally.accepted += accepted
+            tally.duplicates += duplicates
+            tally.rejected += len(rejected)
+            if rejected and tally.first_rejection is None:
+                tally.first_rejection = f"{rejected[0].get('code')}: {rejected[0].get('message')}"
+            tally.last_ack = now
+            tally.acks.append((now, size))
+            run.acked(size)
+
+    async def guarded(part: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await part()
+        except BenchError as error:
+            run.fail(f"{run.target.name}: {error}")
+        except ConnectionClosed as closed:
+            run.fail(f"{run.target.name}: the connection closed early ({closed.reason})")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guarded, send)
+        nursery.start_soon(guarded, receive)
+
+
+def _decode(message: str | bytes) -> dict[str, Any]:
+    if isinstance(message, str):
+        raise BenchError(f"the server sent a text frame: {message[:200]!r}")
+    try:
+        frame = msgpack.unpackb(message, raw=False)
+    except ValueError as error:
+        raise BenchError(f"the server sent a frame that is not msgpack: {error}") from None
+    if not isinstance(frame, dict):
+        raise BenchError(f"the server sent a frame that is not a map: {frame!r}")
+    return frame
+
+
+# ---- the server's CPU and memory --------------------------------------------------------------
+
+
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid`` (all its threads) so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` (among those this user may inspect), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) <= 9 or parts[3] != "0A":  # 0A: LISTEN
+                    continue
+                if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{parts[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(entry.name)
+    return None
+
+
+async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) -> float:
+    """Wait until process ``pid`` uses under ``busy`` of a core over half a second (the tail
+    of the previous run done), at most ``limit`` seconds; returns the seconds waited."""
+    if pid is None:
+        return 0.0
+    start = trio.current_time()
+    before = cpu_seconds(pid)
+    while before is not None and trio.current_time() - start < limit:
+        await trio.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now is None or now - before < busy * 0.5:
+            break
+        before = now
+    return trio.current_time() - start
+
+
+class _Watch:
+    """CPU over a run and RSS sampled during it (of the server process)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu_start = cpu_seconds(pid) if pid else None
+        self.own_cpu_start = time.process_time()
+        self.rss_peak: int | None = None
+
+    async def sample_rss(self) -> None:
+        if self.pid is None:
+            return
+        while True:
+            rss = rss_bytes(self.pid)
+            if rss is not None:
+                self.rss_peak = max(rss, self.rss_peak or 0)
+            await trio.sleep(RSS_SAMPLE_SECONDS)
+
+    def stop(self) -> tuple[float | None, int | None, float]:
+        """(server CPU seconds, server RSS now, load generator CPU seconds)."""
+        own = time.process_time() - self.own_cpu_start
+        if self.pid is None or self.cpu_start is None:
+            return None, None, own
+        end = cpu_seconds(self.pid)
+        rss = rss_bytes(self.pid)
+        if rss is not None:
+            self.rss_peak = max(rss, self.rss_peak or 0)
+        return (None if end is None else end - self.cpu_start), rss, own
+
+
+# ---- one run ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunResult:
+    label: str
+    events: int  # acknowledged (all of the load unless ``error``)
+    sent_events: int  # in the load
+    accepted: int
+    duplicates: int
+    rejected: int
+    seconds: float  # first send to last ack (to the failure, if any)
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    batches: int  # acknowledged
+    window: int | None = None  # the server's (hello)
+    in_flight: int | None = None  # batches the producers kept unacknowledged, per connection
+    offered_rate: float | None = None  # events/s asked of the producers (open loop)
+    server_cpu_seconds: float | None = None
+    server_rss_peak: int | None = None
+    server_rss_end: int | None = None
+    generator_cpu_seconds: float = 0.0
+    first_rejection: str | None = None
+    error: str | None = None  # what ended the run early
+    load_average: float | None = None  # the machine's 1-minute load average at the start
+    timeline: list[int] = field(default_factory=list)  # events acked in each second of the run
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_cpu_share(self) -> float | None:
+        """Server CPU as a fraction of one core over the run."""
+        if self.server_cpu_seconds is None or self.seconds <= 0:
+            return None
+        return self.server_cpu_seconds / self.seconds
+
+    @property
+    def server_cpu_per_event_us(self) -> float | None:
+        if self.server_cpu_seconds is None or not self.events:
+            return None
+        return self.server_cpu_seconds / self.events * 1e6
+
+    def quarter_rates(self) -> list[float]:
+        """Events/s acked in each quarter of the run (a drift shows as a trend)."""
+        whole = self.timeline[: int(self.seconds)]
+        if len(whole) < 4:
+            return []
+        size = len(whole) / 4
+        quarters = [whole[round(i * size) : round((i + 1) * size)] for i in range(4)]
+        return [sum(part) / len(part) for part in quarters if part]
+
+    @property
+    def generator_cpu_share(self) -> float | None:
+        return self.generator_cpu_seconds / self.seconds if self.seconds > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rate"] = self.rate
+        data["server_cpu_share"] = self.server_cpu_share
+        data["server_cpu_per_event_us"] = self.server_cpu_per_event_us
+        data["generator_cpu_share"] = self.generator_cpu_share
+        return data
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (any order); 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def drive(
+    target: Target, load: Load, label: str, *, max_in_flight: int | None = None
+) -> RunResult:
+    """Send ``load`` over its connections; the clock runs from the first send to the last ack.
+
+    A failure after the start (an ``error`` frame, a closed connection) ends the run; the
+    result then holds what was acknowledged before it, and ``error``. A failure before the
+    start (cannot connect, refused) raises :class:`BenchError`.
+    """
+    lanes = len(load.frames)
+    tallies = [Tally() for _ in range(lanes)]
+    run = _Run(target, sum(1 for frames in load.frames if frames), load.events, max_in_flight)
+    schedule: list[list[float]] | None = None
+    if load.batch_interval > 0:
+        schedule = [
+            [(index * lanes + lane) * load.batch_interval for index in range(len(frames))]
+            for lane, frames in enumerate(load.frames)
+        ]
+    watch = _Watch(None)
+    measured: tuple[float | None, int | None, float] | None = None
+    load_average: float | None = None
+    with run.scope:
+        async with trio.open_nursery() as nursery:
+            for lane, frames in enumerate(load.frames):
+                if frames:
+                    nursery.start_soon(
+                        _producer,
+                        run,
+                        frames,
+                        load.sizes[lane],
+                        None if schedule is None else schedule[lane],
+                        tallies[lane],
+                    )
+            with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
+                await run.all_ready.wait()
+            if connecting.cancelled_caught:
+                raise BenchError(
+                    f"{target.name}: the producers were not all connected and greeted"
+                    f" within {CONNECT_TIMEOUT:.0f} s"
+                )
+            load_average = os.getloadavg()[0]
+            watch = _Watch(target.pid)
+            sampler = trio.CancelScope()
+            nursery.start_soon(_within, sampler, watch.sample_rss)
+            run.t0 = trio.current_time()
+            run.go.set()
+            await run.done.wait()  # a failure cancels this wait
+            measured = watch.stop()  # before the producers close their connections
+            sampler.cancel()
+    if not run.go.is_set():
+        raise BenchError(run.error or f"{target.name}: the producers could not start")
+    if measured is None:  # the run failed
+        measured = watch.stop()
+    server_cpu, rss_end, own_cpu = measured
+    last_ack = max((tally.last_ack for tally in tallies), default=run.t0)
+    end = run.failed_at if run.failed_at is not None else last_ack
+    latencies = [latency for tally in tallies for latency in tally.latencies]
+    return RunResult(
+        label=label,
+        events=sum(tally.events for tally in tallies),
+        sent_events=load.events,
+        accepted=sum(tally.accepted for tally in tallies),
+        duplicates=sum(tally.duplicates for tally in tallies),
+        rejected=sum(tally.rejected for tally in tallies),
+        seconds=max(end - run.t0, 0.0),
+        latency_p50_ms=percentile(latencies, 50) * 1000,
+        latency_p99_ms=percentile(latencies, 99) * 1000,
+        latency_max_ms=max(latencies, default=0.0) * 1000,
+        batches=len(latencies),
+        window=run.window,
+        in_flight=run.in_flight,
+        offered_rate=(
+            load.events / (load.batches * load.batch_interval) if load.batch_interval else None
+        ),
+        server_cpu_seconds=server_cpu,
+        server_rss_peak=watch.rss_peak,
+        server_rss_end=rss_end,
+        generator_cpu_seconds=own_cpu,
+        first_rejection=next((t.first_rejection for t in tallies if t.first_rejection), None),
+        error=run.error,
+        load_average=load_average,
+        timeline=_timeline(tallies, run.t0),
+    )
+
+
+def _timeline(tallies: Sequence[Tally], t0: float) -> list[int]:
+    """Events acknowledged in each whole second since ``t0``."""
+    seconds: list[int] = []
+    for tally in tallies:
+        for when, events in tally.acks:
+            second = max(0, int(when - t0))
+            if second >= len(seconds):
+                seconds.extend([0] * (second + 1 - len(seconds)))
+            seconds[second] += events
+    return seconds
+
+
+async def _within(scope: trio.CancelScope, function: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await function()
+
+
+# ---- servers ----------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free right now (the OS picks them; they are released before use)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def meterd_config(port: int, api_port: int, store: Path, token: str, meter: str) -> str:
+    return f"""# written by meterd bench ingest
+[ingest]
+listen = "127.0.0.1:{port}"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+admin_token = "{secrets.token_urlsafe(16)}"
+
+[store]
+path = {json.dumps(str(store))}
+
+[[producers]]
+name = "bench"
+token = "{token}"
+
+[[meters]]
+name = "{meter}"
+aggregation = "sum"
+dimensions = ["size", "app"]
+"""
+
+
+async def _wait_listening(port: int, process: trio.Process, name: str, log_path: Path) -> None:
+    with trio.move_on_after(START_TIMEOUT):
+        while True:
+            if process.poll() is not None:
+                raise BenchError(
+                    f"{name} exited with status {process.returncode} while starting:\n"
+                    + _tail(log_path)
+                )
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+    raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT:.0f} s")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass(slots=True)
+class Stopped:
+    status: int | None = None  # exit status after SIGTERM (None: killed, or not ours)
+    seconds: float | None = None
+
+
+async def _stop(process: trio.Process, stopped: Stopped) -> None:
+    if process.poll() is not None:
+        stopped.status = process.returncode
+        return
+    started = trio.current_time()
+    process.send_signal(signal.SIGTERM)
+    # Shielded (this runs on the way out of a cancelled bench too), with its own deadline.
+    with trio.CancelScope(deadline=started + STOP_TIMEOUT, shield=True) as scope:
+        stopped.status = await process.wait()
+        stopped.seconds = trio.current_time() - started
+    if scope.cancelled_caught:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def spawn_meterd(workdir: Path, meter: str, stopped: Stopped) -> AsyncIterator[Target]:
+    """``python -m meterd run`` on a temporary config (free loopback ports, a tmp store)."""
+    port, api_port = free_ports(2)
+    token = secrets.token_urlsafe(16)
+    config = workdir / "meterd.toml"
+    config.write_text(meterd_config(port, api_port, workdir / "meterd.sqlite3", token, meter))
+    log_path = workdir / "meterd.log"
+    with log_path.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "meterd", "run", "--config", str(config), "--json-logs"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+    try:
+        await _wait_listening(port, process, "meterd", log_path)
+        yield Target("meterd", f"ws://127.0.0.1:{port}{INGEST_PATH}", token, process.pid)
+    except BaseException:
+        log(f"meterd log (last lines):\n{_tail(log_path)}")
+        raise
+    finally:
+        await _stop(process, stopped)
+
+
+@contextlib.asynccontextmanager
+async def spawn_baseline(workdir: Path, stopped: Stopped) -> AsyncIterator[Target]:
+    """The baseline server (:func:`baseline_main`) in a subprocess."""
+    (port,) = free_ports(1)
+    token = secrets.token_urlsafe(16)
+    log_path = workdir / "baseline.log"
+    command = [
+        sys.executable,
+        "-m",
+        "meterd.bench.ingest",
+        "baseline-server",
+        "--port",
+        str(port),
+        "--db",
+        str(workdir / "baseline.sqlite3"),
+    ]
+    with log_path.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            env={**os.environ, "METERD_BENCH_TOKEN": token},
+        )
+    try:
+        await _wait_listening(port, process, "baseline", log_path)
+        yield Target("baseline", f"ws://127.0.0.1:{port}{INGEST_PATH}", token, process.pid)
+    except BaseException:
+        log(f"baseline log (last lines):\n{_tail(log_path)}")
+        raise
+    finally:
+        await _stop(process, stopped)
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TargetReport:
+    name: str
+    url: str
+    pid: int | None
+    warmup: RunResult | None = None
+    max: RunResult | None = None
+    half: RunResult | None = None
+    half_skipped: str | None = None  # why there is no half-load row
+    stop_status: int | None = None
+    stop_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "pid": self.pid,
+            "stop_status": self.stop_status,
+            "stop_seconds": self.stop_seconds,
+            "warmup": None if self.warmup is None else self.warmup.to_json(),
+            "max": None if self.max is None else self.max.to_json(),
+            "half_load": None if self.half is None else self.half.to_json(),
+            "half_load_skipped": self.half_skipped,
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    options: BenchOptions
+    cpus: int
+    targets: list[TargetReport]
+
+    def to_json(self) -> dict[str, Any]:
+        options = asdict(self.options)
+        options.pop("token", None)
+        return {
+            "options": options,
+            "cpus": self.cpus,
+            "half_load_goal_p99_ms": HALF_LOAD_GOAL_MS,
+            "targets": [target.to_json() for target in self.targets],
+        }
+
+
+async def bench_target(target: Target, options: BenchOptions, report: TargetReport) -> None:
+    """Warm-up, max and half-load rows against one server."""
+    load_args = (options.accounts, options.connections, options.batch)
+    in_flight = options.max_in_flight
+    if options.warmup:
+        warm = build_load(0, *load_args, meter=options.meter, every_account_once=True)
+        log(f"{target.name}: warm-up, one event for each of {options.accounts:,} accounts")
+        report.warmup = await drive(target, warm, "warm-up", max_in_flight=in_flight)
+        _check(target, report.warmup)
+        if report.warmup.error is not None:
+            raise BenchError(f"the warm-up failed: {report.warmup.error}")
+    load = build_load(options.events, *load_args, meter=options.meter, seed=options.seed)
+    await _settle(target)
+    log(
+        f"{target.name}: max, {load.events:,} events in {load.batches:,} batches"
+        f" over {options.connections} connections"
+    )
+    profiling = options.profile is not None and target.name == "meterd"
+    async with _profiled(target.pid, options, enabled=profiling):
+        report.max = await drive(target, load, "max", max_in_flight=in_flight)
+    _check(target, report.max)
+    log(f"{target.name}: {report.max.rate:,.0f} events/s acked")
+    if not options.half_load:
+        return
+    if report.max.error is not None or report.max.rate <= 0:
+        report.half_skipped = "the max run failed, so its rate is not a maximum"
+        log(f"{target.name}: half load skipped: {report.half_skipped} (try --max-in-flight)")
+        return
+    rate = report.max.rate / 2
+    count = max(
+        options.connections * options.batch,
+        options.half_load_min_batches * options.batch,
+        round(rate * options.half_load_seconds),
+    )
+    half = build_load(count, *load_args, meter=options.meter, seed=options.seed + 1)
+    half.batch_interval = options.batch / rate
+    await _settle(target)
+    log(f"{target.name}: half load, {rate:,.0f} events/s offered for ~{count / rate:.1f} s")
+    report.half = await drive(target, half, "half load", max_in_flight=in_flight)
+    _check(target, report.half)
+
+
+@contextlib.asynccontextmanager
+async def _profiled(
+    pid: int | None, options: BenchOptions, *, enabled: bool
+) -> AsyncIterator[None]:
+    """``py-spy record --gil`` of ``pid`` while the body runs (samples only the thread holding
+    the GIL: where the one core the daemon can use goes); then a summary on stderr."""
+    if not enabled or pid is None or options.profile is None:
+        yield
+        return
+    out = options.profile
+    command = [options.py_spy, "record", "--pid", str(pid), "--gil", "--rate", "200"]
+    command += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    try:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    except OSError as error:
+        raise BenchError(f"cannot run py-spy ({options.py_spy}): {error}") from None
+    try:
+        await trio.sleep(0.5)  # py-spy attaches
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+                with trio.move_on_after(30):
+                    await process.wait()
+            if process.poll() is None:
+                process.kill()
+                await process.wait()
+    if process.returncode != 0 or not out.exists():
+        errors: bytes | bytearray = b""
+        if process.stderr is not None:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                errors = await process.stderr.receive_some(4096)
+        log(f"py-spy failed (exit {process.returncode}): {errors.decode(errors='replace')}")
+        return
+    log(f"profile of meterd during the max run: {out}\n{summarize_profile(out)}")
+
+
+def summarize_profile(path: Path, top: int = 20) -> str:
+    """The functions holding the GIL most often, in a py-spy raw (collapsed stacks) file:
+    by self time and by inclusive time, as shares of all samples."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        names = [_frame_name(frame) for frame in stack.split(";")]
+        own[names[-1]] = own.get(names[-1], 0) + count
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total:,} samples; self:"]
+    for name, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"  {count / total:6.1%}  {name}")
+    lines.append("inclusive (meterd and supervisors code below the entry point):")
+    ours = [
+        (name, count)
+        for name, count in inclusive.items()
+        if ("(meterd/" in name or "(supervisors/" in name) and name not in _ENTRY_FRAMES
+    ]
+    for name, count in sorted(ours, key=lambda item: -item[1])[:top]:
+        lines.append(f"  {count / total:6.1%}  {name}")
+    return "\n".join(lines)
+
+
+_ENTRY_FRAMES: Final = frozenset(
+    {
+        "<module> (meterd/__main__.py)",
+        "run (meterd/cli/main.py)",
+        "TaskIncarnation.run (supervisors/_child.py)",
+    }
+)
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path:line)`` -> ``function (short path)``."""
+    function, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/meterd/", "/supervisors/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker != "site-packages/":
+                path = marker.strip("/") + "/" + path
+            break
+    return f"{function} ({path})" if path else function
+
+
+async def _settle(target: Target) -> None:
+    waited = await settle(target.pid)
+    if waited > 1.5:
+        log(f"{target.name}: waited {waited:.1f} s for the server to go idle")
+
+
+def _check(target: Target, result: RunResult) -> None:
+    if result.error is not None:
+        log(
+            f"{target.name}: the {result.label} run FAILED after {result.seconds:.1f} s and"
+            f" {result.events:,} acked events: {result.error}"
+        )
+    if result.rejected:
+        log(
+            f"{target.name}: {result.rejected:,} events rejected in the {result.label} run"
+            f" (first: {result.first_rejection})"
+        )
+    if result.rejected == result.events and result.events:
+        raise BenchError(
+            f"{target.name} rejected every event (first: {result.first_rejection});"
+            " is --meter a configured meter this producer may write?"
+        )
+
+
+async def run(options: BenchOptions) -> Report:
+    """Run the whole benchmark (see the module doc)."""
+    options.check()
+    report = Report(options, os.cpu_count() or 1, [])
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp:
+        workdir = Path(tmp)
+        if options.spawn:
+            log("starting meterd (python -m meterd run) on a temporary config")
+            stopped = Stopped()
+            async with spawn_meterd(workdir, options.meter, stopped) as target:
+                entry = TargetReport(target.name, target.url, target.pid)
+                report.targets.append(entry)
+                await bench_target(target, options, entry)
+            entry.stop_status, entry.stop_seconds = stopped.status, stopped.seconds
+        else:
+            assert options.url is not None
+            assert options.token is not None
+            target = _external_target(options.url, options.token, options.pid, options.cafile)
+            entry = TargetReport(target.name, target.url, target.pid)
+            report.targets.append(entry)
+            await bench_target(target, options, entry)
+        if options.baseline:
+            log("starting the baseline server")
+            stopped = Stopped()
+            async with spawn_baseline(workdir, stopped) as target:
+                entry = TargetReport(target.name, target.url, target.pid)
+                report.targets.append(entry)
+                await bench_target(target, options, entry)
+            entry.stop_status, entry.stop_seconds = stopped.status, stopped.seconds
+    return report
+
+
+def _external_target(url: str, token: str, pid: int | None, cafile: str | None) -> Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise BenchError(f"--url must be ws:// or wss://, got {url!r}")
+    if parts.path in ("", "/"):
+        url = url.rstrip("/") + INGEST_PATH
+    context = ssl.create_default_context(cafile=cafile) if parts.scheme == "wss" else None
+    if pid is None and parts.port is not None:
+        pid = listening_pid(parts.port)
+        if pid is None:
+            log("the daemon's process was not found from its port: no CPU/RSS (give --pid)")
+    return Target("meterd", url, token, pid, context)
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else value / 1024 / 1024
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else share * 100
+
+
+Row = tuple[str, str, float | None]  # figure, cell, value compared in the ratio column
+
+
+def _rows(target: TargetReport) -> list[Row]:
+    """The table's rows for one server."""
+    rows: list[Row] = []
+
+    def add(figure: str, value: float | None, digits: int = 0) -> None:
+        rows.append((figure, _number(value, digits), value))
+
+    top, half = target.max, target.half
+    if top is not None:
+        done = "all" if top.error is None else f"FAILED at {top.events / top.sent_events:.0%}"
+        rows.append(("max: events acked of sent", done, None))
+        add("max: events/s acked", top.rate)
+        add("max: batches in flight per connection", top.in_flight)
+        add("max: ack latency p50, ms", top.latency_p50_ms, 1)
+        add("max: ack latency p99, ms", top.latency_p99_ms, 1)
+        add("max: server CPU, % of one core", _percent(top.server_cpu_share))
+        add("max: server CPU, µs per event", top.server_cpu_per_event_us, 1)
+        add("max: server RSS peak, MiB", _mib(top.server_rss_peak), 1)
+        add("max: load generator CPU, % of one core", _percent(top.generator_cpu_share))
+    if half is not None or target.half_skipped is not None:
+        if half is None:
+            done = "skipped"
+        elif half.error is None:
+            done = "all"
+        else:
+            done = f"FAILED at {half.events / half.sent_events:.0%}"
+        rows.append(("half load: events acked of sent", done, None))
+        figures: list[tuple[str, Callable[[RunResult], float | None], int]] = [
+            ("half load: offered events/s", lambda r: r.offered_rate, 0),
+            ("half load: events/s acked", lambda r: r.rate, 0),
+            ("half load: ack latency p50, ms", lambda r: r.latency_p50_ms, 1),
+            ("half load: ack latency p99, ms", lambda r: r.latency_p99_ms, 1),
+            ("half load: ack latency max, ms", lambda r: r.latency_max_ms, 1),
+            ("half load: server CPU, % of one core", lambda r: _percent(r.server_cpu_share), 0),
+        ]
+        for figure, value, digits in figures:
+            add(figure, None if half is None else value(half), digits)
+    return rows
+
+
+def format_report(report: Report) -> str:
+    """A Markdown table (one column per server, and meterd / baseline), then notes."""
+    options = report.options
+    lines = [
+        f"meterd bench ingest: {options.events:,} events, {options.accounts:,} accounts,"
+        f" {options.connections} connections x {options.batch}-event batches,"
+        f" {report.cpus} CPUs, load generator on the same machine",
+        "",
+    ]
+    columns = [target.name for target in report.targets]
+    per_target = [
+        {figure: (cell, value) for figure, cell, value in _rows(t)} for t in report.targets
+    ]
+    figures = list(dict.fromkeys(figure for rows in per_target for figure in rows))
+    compare = len(columns) == 2
+    header = ["figure", *columns, *(["ratio"] if compare else [])]
+    table = []
+    for figure in figures:
+        cells = [figure]
+        values: list[float | None] = []
+        for rows in per_target:
+            cell, value = rows.get(figure, ("—", None))
+            cells.append(cell)
+            values.append(value)
+        if compare:
+            a, b = values
+            cells.append("—" if a is None or not b else f"{a / b:.2f}x")
+        table.append(cells)
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    lines.append(
+        "|"
+        + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths))
+        + "|"
+    )
+    for cells in table:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(padded) + " |")
+    lines.append("")
+    if compare:
+        lines.append(f"ratio = {columns[0]} / {columns[1]}.")
+    for target in report.targets:
+        notes = []
+        for result in (target.warmup, target.max, target.half):
+            if result is None:
+                continue
+            note = (
+                f"{result.label}: {result.events:,} of {result.sent_events:,} events acked in"
+                f" {result.batches:,} batches, {result.seconds:.2f} s (accepted"
+                f" {result.accepted:,}, duplicates {result.duplicates:,}, rejected"
+                f" {result.rejected:,}; load average {_number(result.load_average, 2)})"
+            )
+            quarters = result.quarter_rates()
+            if quarters:
+                note += ", events/s by quarter " + " / ".join(f"{q:,.0f}" for q in quarters)
+            if result.error is not None:
+                note += f", FAILED: {result.error}"
+            notes.append(note)
+        if target.half_skipped is not None:
+            notes.append(f"half load skipped: {target.half_skipped}")
+        if target.stop_status is not None and target.stop_seconds is not None:
+            notes.append(f"SIGTERM: exit {target.stop_status} in {target.stop_seconds:.2f} s")
+        lines.append(f"{target.name} ({target.url}, pid {target.pid}): " + "; ".join(notes))
+    meterd = next((t for t in report.targets if t.name == "meterd"), None)
+    goal = f"goal: meterd ack latency p99 < {HALF_LOAD_GOAL_MS:.0f} ms at half load:"
+    if meterd is not None and meterd.half is not None:
+        p99 = meterd.half.latency_p99_ms
+        met = p99 < HALF_LOAD_GOAL_MS and meterd.half.error is None
+        lines.append(f"{goal} {p99:,.1f} ms, {'met' if met else 'NOT met'}")
+    elif meterd is not None and meterd.half_skipped is not None:
+        lines.append(f"{goal} not measured, NOT met ({meterd.half_skipped})")
+    return "\n".join(lines)
+
+
+# ---- the baseline server ----------------------------------------------------------------------
+
+
+class _Baseline:
+    """Decode each batch, INSERT its events in one transaction (WAL, synchronous=FULL), ack."""
+
+    def __init__(self, db: Path, token: str) -> None:
+        self.token = token
+        self.db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS events (account TEXT NOT NULL, id TEXT NOT NULL,"
+            " meter TEXT NOT NULL, quantity, time INTEGER NOT NULL, properties BLOB,"
+            " PRIMARY KEY (account, id)) WITHOUT ROWID"
+        )
+        self.writer = trio.CapacityLimiter(1)  # one writer thread at a time
+
+    def insert(self, events: list[dict[str, Any]]) -> int:
+        """Returns how many events were new."""
+        rows = [
+            (
+                event["account"],
+                event["id"],
+                event["meter"],
+                event.get("quantity"),
+                event["time"],
+                _packb(event.get("properties")),
+            )
+            for event in events
+        ]
+        before = self.db.total_changes
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return self.db.total_changes - before
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        authorization = [v for k, v in request.headers if k.lower() == b"authorization"]
+        expected = f"Bearer {self.token}".encode()
+        if len(authorization) != 1 or not hmac.compare_digest(authorization[0], expected):
+            await request.reject(401)
+            return
+        ws = await request.accept()
+        try:
+            await ws.send_message(
+                _packb({"type": "hello", "protocol": 1, "server": "baseline", **HELLO_LIMITS})
+            )
+            while True:
+                message = await ws.get_message()
+                frame = msgpack.unpackb(message, raw=False)
+                if frame.get("type") != "batch":
+                    await ws.send_message(
+                        _packb({"type": "error", "code": "unknown_type", "message": "batch only"})
+                    )
+                    await ws.aclose(1002)
+                    return
+                events = frame["events"]
+                accepted = await trio.to_thread.run_sync(self.insert, events, limiter=self.writer)
+                await ws.send_message(
+                    _packb(
+                        {
+                            "type": "ack",
+                            "seq": frame["seq"],
+                            "accepted": accepted,
+                            "duplicates": len(events) - accepted,
+                            "rejected": [],
+                        }
+                    )
+                )
+        except ConnectionClosed:
+            return
+
+
+async def _serve_baseline(db: Path, token: str, host: str, port: int) -> None:
+    baseline = _Baseline(db, token)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial_serve(baseline.handle, host, port, HELLO_LIMITS["max_frame_bytes"])
+            )
+            print(f"LISTENING {port}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    baseline.db.close()
+
+
+def partial_serve(
+    handler: Callable[[WebSocketRequest], Any], host: str, port: int, max_message_size: int
+) -> Callable[..., Any]:
+    async def serve(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_websocket(
+            handler,
+            host,
+            port,
+            None,
+            max_message_size=max_message_size,
+            receive_buffer_size=65_536,  # as meterd's server reads
+            task_status=task_status,
+        )
+
+    return serve
+
+
+def baseline_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m meterd.bench.ingest baseline-server --port P --db PATH`` (token from
+    ``METERD_BENCH_TOKEN``)."""
+    parser = argparse.ArgumentParser(prog="python -m meterd.bench.ingest")
+    commands = parser.add_subparsers(dest="command", required=True)
+    server = commands.add_parser("baseline-server", help="the baseline server")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, required=True)
+    server.add_argument("--db", type=Path, required=True)
+    args = parser.parse_args(argv)
+    token = os.environ.get("METERD_BENCH_TOKEN")
+    if not token:
+        parser.error("set METERD_BENCH_TOKEN to the producer token")
+    trio.run(_serve_baseline, args.db, token, args.host, args.port)
+
+
+if __name__ == "__main__":
+    baseline_main()

@@ -1,0 +1,158 @@
+"""``meterd bench``: benchmarks that drive a daemon from outside, as producers do.
+
+``meterd bench ingest`` is :mod:`meterd.bench.ingest` (docs/ingest-bench.md). Figures, never
+pass/fail thresholds; progress goes to stderr, the table (or ``--json``) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (figures only; nothing fails on a number)."""
+
+
+@bench.command("ingest")
+@click.option(
+    "--events", type=click.IntRange(1), default=None, help="Events in the max run [200,000]."
+)
+@click.option(
+    "--accounts", type=click.IntRange(1), default=None, help="Accounts drawn from [10,000]."
+)
+@click.option("--connections", type=click.IntRange(1), default=4, show_default=True)
+@click.option(
+    "--batch", type=click.IntRange(1), default=500, show_default=True, help="Events per batch."
+)
+@click.option("--url", default=None, help="A running daemon's endpoint, ws://HOST:PORT/v1/ingest.")
+@click.option(
+    "--token",
+    envvar="METERD_TOKEN",
+    default=None,
+    help="Its producer token (with --url). Default: $METERD_TOKEN.",
+)
+@click.option(
+    "--pid", type=int, default=None, help="Its process, for CPU/RSS (default: found from the port)."
+)
+@click.option("--cafile", default=None, help="CA bundle for a wss:// --url.")
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1),
+    default=None,
+    help="Batches each connection keeps unacknowledged [the server's window, from hello].",
+)
+@click.option(
+    "--spawn",
+    is_flag=True,
+    help="Start `python -m meterd run` on a temporary config (free loopback ports, tmp store)"
+    " and stop it after.",
+)
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also run the same load against the minimal baseline server.",
+)
+@click.option(
+    "--half-load/--no-half-load",
+    default=True,
+    show_default=True,
+    help="Also measure ack latency at half the measured max rate (open loop).",
+)
+@click.option(
+    "--half-load-seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="How long the half-load row lasts [10; quick: 3].",
+)
+@click.option(
+    "--half-load-min-batches",
+    type=click.IntRange(0),
+    default=None,
+    help="The half-load row lasts long enough for this many batches (latency samples)"
+    " [100; quick: 0].",
+)
+@click.option(
+    "--warmup/--no-warmup",
+    default=True,
+    show_default=True,
+    help="Untimed: one event per account first, so every account is awake.",
+)
+@click.option(
+    "--meter",
+    default="dyno.seconds",
+    show_default=True,
+    help="The meter every event writes (with --url: a meter the producer may write).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--quick", is_flag=True, help="Small sizes: 20,000 events, 1,000 accounts, 3 s half load."
+)
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Record meterd during the max run with `py-spy record --gil` into this file (raw"
+    " collapsed stacks) and print a summary to stderr.",
+)
+@click.option("--py-spy", "py_spy", default="py-spy", show_default=True, help="py-spy to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def ingest(
+    events: int | None,
+    accounts: int | None,
+    half_load_seconds: float | None,
+    half_load_min_batches: int | None,
+    quick: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Producers over websockets (raw trio-websocket): events/s acked, ack latency p50/p99,
+    the server's CPU and RSS, at max load and at half of it, against meterd and a baseline
+    (decode + SQLite INSERT per batch, WAL, synchronous=FULL). Needs --spawn, or --url and
+    --token (the events then stay in that daemon's store). See docs/ingest-bench.md."""
+    from meterd.bench.ingest import BenchError, BenchOptions, format_report, run
+
+    sizes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("events", events),
+            ("accounts", accounts),
+            ("half_load_seconds", half_load_seconds),
+            ("half_load_min_batches", half_load_min_batches),
+        )
+        if value is not None
+    }
+    settings = BenchOptions.quick(**options, **sizes) if quick else BenchOptions(**options, **sizes)
+    try:
+        settings.check()
+        report = trio.run(run, settings)
+    except BenchError as error:
+        raise click.ClickException(str(error)) from None
+    except BaseExceptionGroup as group:
+        found = _bench_error(group)
+        if found is None:
+            raise
+        raise click.ClickException(str(found)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report))
+    sys.stdout.flush()
+
+
+def _bench_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    from meterd.bench.ingest import BenchError
+
+    for error in group.exceptions:
+        if isinstance(error, BenchError):
+            return error
+        if isinstance(error, BaseExceptionGroup) and (found := _bench_error(error)) is not None:
+            return found
+    return None

@@ -1,0 +1,174 @@
+"""``meterd bench ingest --quick --spawn`` runs end to end and prints every figure.
+
+Checks that the figures are there, never their values (a benchmark is not a timed test).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from meterd.bench.ingest import (
+    BenchOptions,
+    Report,
+    RunResult,
+    TargetReport,
+    build_load,
+    format_report,
+    percentile,
+)
+from meterd.cli.bench import bench
+
+FIGURES = (
+    "max: events acked of sent",
+    "max: events/s acked",
+    "max: batches in flight per connection",
+    "max: ack latency p50, ms",
+    "max: ack latency p99, ms",
+    "max: server CPU, % of one core",
+    "max: server CPU, µs per event",
+    "max: server RSS peak, MiB",
+    "max: load generator CPU, % of one core",
+    "half load: offered events/s",
+    "half load: events/s acked",
+    "half load: ack latency p50, ms",
+    "half load: ack latency p99, ms",
+)
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def test_quick_spawn_prints_every_figure_for_meterd_and_the_baseline() -> None:
+    # About 13 s here (meterd, then the baseline, each with a 3 s half-load row).
+    result = CliRunner().invoke(bench, ["ingest", "--quick", "--spawn"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.search(r"\|\s*figure\s*\|\s*meterd\s*\|\s*baseline\s*\|\s*ratio\s*\|", out), out
+    for figure in FIGURES:
+        row = re.search(rf"^\| {re.escape(figure)}\s*\|(.*)\|\s*$", out, re.MULTILINE)
+        assert row is not None, f"no row {figure!r} in:\n{out}"
+        cells = [cell.strip() for cell in row[1].split("|")]
+        assert len(cells) == 3, row[0]  # meterd, baseline, ratio
+        if figure.endswith("acked of sent"):
+            assert all(re.fullmatch(r"all|FAILED at \d+%|skipped", c) for c in cells[:2]), row[0]
+            assert cells[2] == "—", row[0]
+        elif figure.startswith("max: "):
+            assert all(re.fullmatch(NUMBER, cell) for cell in cells[:2]), row[0]
+            assert re.fullmatch(rf"{NUMBER}x", cells[2]), row[0]
+        else:  # half-load rows are empty ("—") when the max run failed
+            assert all(re.fullmatch(rf"{NUMBER}|—", cell) for cell in cells[:2]), row[0]
+            assert re.fullmatch(rf"{NUMBER}x|—", cells[2]), row[0]
+    assert "ratio = meterd / baseline." in out
+    assert re.search(r"meterd \(ws://127\.0\.0\.1:\d+/v1/ingest, pid \d+\)", out)
+    assert re.search(r"SIGTERM: exit 0", out)
+    assert re.search(r"goal: meterd ack latency p99 < 50 ms at half load: .* (met|NOT met)", out)
+
+
+def test_json_output_without_baseline_or_half_load() -> None:
+    result = CliRunner().invoke(
+        bench,
+        [
+            "ingest",
+            "--spawn",
+            "--events",
+            "2000",
+            "--accounts",
+            "100",
+            "--batch",
+            "100",
+            "--connections",
+            "2",
+            "--no-baseline",
+            "--no-half-load",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "token" not in report["options"]
+    (target,) = report["targets"]
+    assert target["name"] == "meterd"
+    top = target["max"]
+    assert top["events"] == top["sent_events"] == top["accepted"] == 2000
+    assert top["error"] is None
+    for key in ("rate", "latency_p50_ms", "latency_p99_ms", "server_cpu_share", "server_rss_peak"):
+        assert isinstance(top[key], int | float), key
+    assert target["half_load"] is None
+    assert target["stop_status"] == 0
+
+
+def test_neither_spawn_nor_url_is_a_usage_error() -> None:
+    result = CliRunner().invoke(bench, ["ingest", "--quick"])
+    assert result.exit_code != 0
+    assert "--spawn or --url" in result.output
+
+
+def test_the_load_is_encoded_up_front_round_robin_with_per_connection_seqs() -> None:
+    import msgpack  # type: ignore[import-untyped]
+
+    load = build_load(1050, 10, 2, 100, seed=3, prefix="t")
+    assert load.events == 1050
+    assert [len(frames) for frames in load.frames] == [6, 5]
+    assert load.sizes[0][-1] == 50  # the last, short batch went to connection 0
+    frames = [[msgpack.unpackb(frame) for frame in lane] for lane in load.frames]
+    for lane in frames:
+        assert [frame["seq"] for frame in lane] == list(range(len(lane)))
+    ids = [event["id"] for lane in frames for frame in lane for event in frame["events"]]
+    assert len(set(ids)) == 1050
+    warm = build_load(0, 10, 2, 4, every_account_once=True)
+    accounts = [
+        event["account"]
+        for lane in warm.frames
+        for frame in lane
+        for event in msgpack.unpackb(frame)["events"]
+    ]
+    assert sorted(accounts) == [f"acct-{n:05d}" for n in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 50, 0.0), ([3.0, 1.0, 2.0], 50, 2.0), ([1.0] * 99 + [9.0], 99, 1.0)],
+)
+def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == expected
+
+
+def test_quick_sizes() -> None:
+    quick = BenchOptions.quick(spawn=True)
+    assert (quick.events, quick.accounts, quick.connections, quick.batch) == (20_000, 1_000, 4, 500)
+
+
+def test_a_failed_max_run_is_reported_not_raised() -> None:
+    def result(label: str, events: int, error: str | None) -> RunResult:
+        return RunResult(
+            label=label,
+            events=events,
+            sent_events=10_000,
+            accepted=events,
+            duplicates=0,
+            rejected=0,
+            seconds=2.0,
+            latency_p50_ms=10.0,
+            latency_p99_ms=20.0,
+            latency_max_ms=30.0,
+            batches=events // 500,
+            in_flight=64,
+            server_cpu_seconds=1.0,
+            error=error,
+        )
+
+    meterd = TargetReport("meterd", "ws://x/v1/ingest", 1, max=result("max", 2_500, "unavailable"))
+    meterd.half_skipped = "the max run failed"
+    baseline = TargetReport("baseline", "ws://y/v1/ingest", 2, max=result("max", 10_000, None))
+    baseline.half = result("half load", 10_000, None)
+    text = format_report(Report(BenchOptions.quick(spawn=True), 2, [meterd, baseline]))
+    assert re.search(r"^\| max: events acked of sent\s*\|\s*FAILED at 25% \|\s*all \|", text, re.M)
+    assert re.search(r"^\| half load: events acked of sent\s*\|\s*skipped \|\s*all \|", text, re.M)
+    assert re.search(
+        r"^\| half load: ack latency p99, ms\s*\|\s*— \|\s*20\.0 \|\s*— \|", text, re.M
+    )
+    assert "FAILED: unavailable" in text
+    assert "not measured, NOT met" in text
