@@ -96,6 +96,8 @@ def log(*parts: object) -> None:
     print("[peer_triotp]", *parts, file=sys.stderr, flush=True)
 
 
+# Deliberately repeated from bench/supervisors_bench.py: this script runs in the triotp
+# virtualenv (trio 0.19), where the project's packages must not be importable.
 def rss_bytes() -> int:
     """Return this process's resident set size from /proc/self/status VmRSS."""
     with open("/proc/self/status", encoding="ascii") as status:

@@ -361,6 +361,10 @@ class GenServer(Generic[Req, Rep]):
         if senders:
             trio.lowlevel.reschedule(senders.popleft())
 
+    # Two drain loops on purpose: the sync one is a plain function (no coroutine, no
+    # cancel scope, nothing can interleave), which is most of the dispatch speed for
+    # actors whose callbacks are all ``def``; the async one drives handlers through
+    # ``drive`` so a real suspension hands the run queue to another worker.
     def _sv_drain_sync(self, budget: int) -> int:
         """Handle up to ``budget`` queued messages of an actor whose callbacks are all
         plain functions: no await, so nothing can interleave. Returns how many."""

@@ -87,7 +87,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.usage = AccountUsage()
         self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> fingerprint
         self.watermark = 0
-        self.applied_batches: list[int] = []
+        self.checkpointed_watermark = 0  # the watermark the store holds for this account
         self.pending: dict[int, _Pending] = {}
         self.next_token = 0
         self.last_active = trio.current_time()
@@ -103,7 +103,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         # Only the journal after the watermark: the windows stay in the store (the actor
         # keeps deltas since its last checkpoint, not the account's history).
         loaded = await store.reader.load_account(self.account, windows_since=_NO_WINDOWS)
-        self.watermark = loaded.watermark
+        self.watermark = self.checkpointed_watermark = loaded.watermark
         for batch_id, events in loaded.replay:
             await self._replay_batch(batch_id, events)
         if loaded.replay:
@@ -258,8 +258,8 @@ class MeterActor(sv.GenServer[Any, Any]):
     async def _checkpoint(self) -> None:
         """Merge the deltas into the stored windows and write them with the watermark."""
         dirty = self.usage.dirty()
-        if not dirty and self.watermark == 0:
-            return
+        if not dirty and self.watermark == self.checkpointed_watermark:
+            return  # the store already holds everything (e.g. a second usage query)
         store = self.accounts.store
         meters = self.accounts.meters
         rows: list[tuple[str, int, str, bytes]] = []
@@ -284,12 +284,11 @@ class MeterActor(sv.GenServer[Any, Any]):
                 old = stored.get((start, dims_text))
                 merged = delta if old is None else decode(meter, old).merged(delta)
                 rows.append((meter_name, start, dims_text, encode(merged)))
-        await store.writer.checkpoint(self.account, rows, self._safe_watermark())
+        watermark = self.watermark
+        await store.writer.checkpoint(self.account, rows, watermark)
+        self.checkpointed_watermark = watermark
         self.usage.clear()
         self.last_checkpoint = trio.current_time()
-
-    def _safe_watermark(self) -> int:
-        return self.watermark
 
     async def _tick(self) -> None:
         now = trio.current_time()
