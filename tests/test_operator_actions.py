@@ -155,6 +155,7 @@ async def test_an_operator_restart_racing_a_start_under_the_same_name(
         return sv.actor_spec("n", Worker, log, "n", name=(registry, "n"))
 
     await dynsup.start_child(spec())
+
     async def racer(restarted: trio.Event) -> None:
         # Polled: the registry has no event for "the name was freed".
         while registry.whereis("n") is not None:
