@@ -9,9 +9,12 @@ tree can be stopped on purpose.
 from __future__ import annotations
 
 import re
+import signal
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,18 @@ import httpx
 import pytest
 import trio
 
+import supervisors as sv
+from meterd.accounts.actor import AccountUnavailable
 from meterd.client import Producer
-from meterd.model import HOUR_MS, MINUTE_MS, canonical_quantity
+from meterd.config import Tls
+from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
 from tests.procs.daemon import DaemonProcess, running_daemon
-from tests.test_ingest import make_config, running
+from tests.test_ingest import certificate, make_config, running
 
 NOW = time.time_ns() // 1_000_000
 T0 = NOW - NOW % HOUR_MS - 2 * HOUR_MS  # two hours ago, on the hour
+__all__ = ["certificate"]  # the fixture, shared with test_ingest
+
 IDLE_TIMEOUT = 5.0  # seconds: accounts hibernate quickly enough to test 409 not_running
 
 
@@ -486,3 +494,71 @@ async def test_healthz_is_503_while_ingest_is_stopped(tmp_path: Path) -> None:
         assert response.json()["problems"]
         await services.root.restart_child("ingest")
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_tls_serves_https(tmp_path: Path, certificate: Tls) -> None:
+    config = make_config(tmp_path)
+    config = replace(config, api=replace(config.api, tls=certificate))
+    trusted = ssl.create_default_context(cafile=str(certificate.cert))
+    async with running(config) as services:
+        assert services.api.url.startswith("https://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=services.api.url, verify=trusted) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            assert (await client.get("/v1/tree")).status_code == 401
+        plain = services.api.url.replace("https://", "http://")
+        async with httpx.AsyncClient(base_url=plain) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get("/healthz")
+
+
+def test_sigterm_stops_the_daemon_within_10_s_with_clients_connected(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as daemon, httpx.Client(base_url=daemon.api_url) as client:
+        assert client.get("/healthz").status_code == 200  # a keep-alive connection stays open
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+
+
+async def test_a_poison_event_shows_in_quarantine_and_metrics(tmp_path: Path) -> None:
+    """In-process (a fault hook makes one event poison): it crashes its actor once, is
+    quarantined on replay, and the API lists it."""
+
+    def poison(event: Event) -> None:
+        if event.id == "poison":
+            raise ValueError("cannot apply this event")
+
+    async with running(make_config(tmp_path)) as services:
+        services.accounts.fault_hook = poison
+        batch = [
+            Event("fine", "qacct", "router.requests", 1, T0, (("app", "a"),)),
+            Event("poison", "qacct", "router.requests", 1, T0, (("app", "a"),)),
+        ]
+        with pytest.raises((AccountUnavailable, sv.ActorExited)):
+            await services.accounts.ingest("qacct", batch)
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            usage = await client.get(  # wakes the account: its replay quarantines the event
+                "/v1/accounts/qacct/usage",
+                params={"meter": "router.requests", "from": T0, "to": NOW},
+            )
+            assert [row["value"] for row in usage.json()["rows"]] == ["1"]
+            for params in ({"account": "qacct"}, {}):
+                [parked] = (await client.get("/v1/quarantine", params=params)).json()["events"]
+                assert parked["account"] == "qacct"
+                assert parked["event_id"] == "poison"
+                assert "cannot apply" in parked["error"]
+                assert isinstance(parked["batch_id"], int)
+                assert isinstance(parked["at"], int)
+            assert (await client.get("/v1/quarantine", params={"account": "other"})).json() == {
+                "events": []
+            }
+            text = (await client.get("/metrics")).text
+            assert metric(text, "meterd_quarantined_events") == 1
+            restarts = metric(
+                text,
+                "meterd_actor_restarts_total",
+                supervisor="root/accounts/meters",
+                cause="exit",
+            )
+            assert restarts == 1
