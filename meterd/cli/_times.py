@@ -58,7 +58,7 @@ def format_time(ms: int | None) -> str:
     if ms is None:
         return "-"
     moment = EPOCH + timedelta(milliseconds=ms)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    text = moment.replace(tzinfo=None).isoformat(timespec="seconds")
     if ms % 1000:
         text += f".{ms % 1000:03d}"
     return text + "Z"

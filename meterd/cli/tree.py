@@ -4,7 +4,8 @@ Each node is one line: its name, kind (and a supervisor's strategy), status in c
 restarts, a worker's mailbox depth and its uptime; under a node that restarted, its
 latest restart (when and why). A node listing fewer children than ``children_total``
 ends with ``… and K more``. ``--watch`` redraws in place every ``--interval`` seconds
-until Ctrl-C; while the API cannot be reached it shows why and keeps trying.
+until Ctrl-C; once it has drawn the tree, an API that cannot be reached (a restarting
+daemon) is shown with the reason and retried.
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ def fetch_tree(api: Api, limit: int) -> dict[str, Any]:
     return tree
 
 
-def _watch_view(api: Api, limit: int) -> Group:
+def _watch_view(api: Api, limit: int, first: dict[str, Any] | None = None) -> Group:
+    """What ``--watch`` shows: a header and the tree, or why it cannot be had right now."""
     now = now_ms()
     header = Text(f"meterd at {api.endpoint.url}  {format_time(now)}  (Ctrl-C to stop)", "dim")
     try:
-        body: Tree | Text = render_tree(fetch_tree(api, limit), now=now)
+        body: Tree | Text = render_tree(first or fetch_tree(api, limit), now=now)
     except ApiError as error:
         if not error.unreachable:
             raise
@@ -129,7 +131,10 @@ def tree(watch: bool, limit: int, interval: float, config_path: Path, url: str |
             if not watch:
                 out.print(render_tree(fetch_tree(api, limit), now=now_ms()))
                 return
-            with Live(_watch_view(api, limit), console=out, auto_refresh=False) as live:
+            # The first fetch must succeed (a wrong address fails at once); after that an
+            # unreachable daemon (restarting, say) is shown and retried.
+            first = fetch_tree(api, limit)
+            with Live(_watch_view(api, limit, first), console=out, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
                     live.update(_watch_view(api, limit), refresh=True)
