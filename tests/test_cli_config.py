@@ -11,11 +11,14 @@ import os
 import ssl
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from meterd.cli._api import USAGE_ERROR, ApiError, path_segment, resolve
+from meterd.cli._api import USAGE_ERROR, ApiError, _answer, path_segment, resolve
 from meterd.config import Tls
 from tests.test_ingest import certificate
 from tests.test_kill9 import free_ports
@@ -208,3 +211,60 @@ def test_a_missing_config_is_status_2(tmp_path: Path) -> None:
 def test_kill_without_a_terminal_needs_yes() -> None:
     result = meterd("kill", "acme", METERD_URL="http://127.0.0.1:1", METERD_TOKEN=TOKEN)
     assert_one_sentence(result, 2, "meterd kill: not killing acme without confirmation: pass --yes")
+
+
+# ---- answers: what the API says becomes one sentence -----------------------------------
+
+
+def answer(status: int, body: bytes, content_type: str = "application/json") -> Any:
+    response = httpx.Response(status, content=body, headers={"content-type": content_type})
+    return _answer(response, "http://127.0.0.1:8701")
+
+
+def test_a_success_keeps_decimals_exact() -> None:
+    document = answer(200, b'{"value": "0.1", "odd": 0.1, "big": 12345678901234567890.5}')
+    assert document == {
+        "value": "0.1",
+        "odd": Decimal("0.1"),
+        "big": Decimal("12345678901234567890.5"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sentence"),
+    [
+        (
+            401,
+            b'{"error": {"code": "unauthorized", "message": "a bearer token is required"}}',
+            "the API at http://127.0.0.1:8701 refused the admin token (HTTP 401): check"
+            " METERD_TOKEN or [api] admin_token / admin_token_env in the config",
+        ),
+        (
+            404,
+            b'{"error": {"code": "not_found", "message": "unknown account \'nope\'."}}',
+            "unknown account 'nope' (HTTP 404 not_found)",
+        ),
+        (
+            409,
+            b'{"error": {"code": "not_running", "message": "acme is hibernated"}}',
+            "acme is hibernated (HTTP 409 not_running)",
+        ),
+        (
+            502,
+            b"<html>Bad Gateway</html>",
+            "the API at http://127.0.0.1:8701 answered HTTP 502 Bad Gateway (is that address"
+            " meterd's API?)",
+        ),
+    ],
+)
+def test_an_error_answer_is_one_sentence(status: int, body: bytes, sentence: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        answer(status, body)
+    assert str(raised.value) == sentence
+    assert raised.value.status == 1
+    assert not raised.value.unreachable
+
+
+def test_a_success_that_is_not_json_is_named() -> None:
+    with pytest.raises(ApiError, match="answered HTTP 200 with a body that is not JSON"):
+        answer(200, b"<html>hello</html>", "text/html")

@@ -121,3 +121,20 @@ async def test_a_stopped_child_shows_no_uptime(nursery: trio.Nursery) -> None:
         r"└── stays  worker  running  mailbox 0  restarts 0  up ([0-9]+ms|1s)", lines[2]
     )
     assert len(lines) == 3
+
+
+async def test_statuses_are_coloured(nursery: trio.Nursery) -> None:
+    sup = sv.Supervisor(
+        [sv.actor_spec("quitter", Quitter, restart=sv.Restart.TRANSIENT)], name="top"
+    )
+    await nursery.start(sup.run)
+    await sup.which_children()[0].ref.cast("enough")
+    await trio.testing.wait_all_tasks_blocked()
+    snapshot = sv.snapshot(sup)
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=True, color_system="standard").print(
+        render_tree(snapshot, now=snapshot["started_at"])
+    )
+    text = out.getvalue()
+    assert "\x1b[32mrunning\x1b[0m" in text  # green
+    assert "\x1b[31mstopped\x1b[0m" in text  # red
