@@ -18,6 +18,7 @@ strings, and a number that is not an integer must never become a float.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from urllib.parse import quote, urlsplit
 import click
 import httpx
 
-from meterd.config import Config, ConfigError, Listen, load
+from meterd.config import Config, ConfigError, load
 
 USAGE_ERROR = 2
 API_ERROR = 1
@@ -56,21 +57,9 @@ class Endpoint:
     verify: ssl.SSLContext | bool = True
 
 
-def connect_host(listen: Listen) -> str:
-    """The host to connect to for a daemon bound to ``listen``, bracketed if IPv6.
-
-    An unspecified bind address (``0.0.0.0``, ``::``) accepts connections on
-    loopback, which is where a CLI on the same host reaches it.
-    """
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
-    return f"[{host}]" if ":" in host else host
-
-
 def resolve(config_path: Path, url: str | None, env: Mapping[str, str] | None = None) -> Endpoint:
     """The API endpoint from ``url`` (``--url`` or ``$METERD_URL``), ``$METERD_TOKEN`` and,
     for what they leave open, the config at ``config_path``."""
-    import os
-
     environ = os.environ if env is None else env
     url = url or environ.get("METERD_URL") or None
     token = environ.get("METERD_TOKEN") or None
@@ -93,7 +82,7 @@ def resolve(config_path: Path, url: str | None, env: Mapping[str, str] | None = 
         assert config is not None
         api = config.api
         scheme = "https" if api.tls is not None else "http"
-        url = f"{scheme}://{connect_host(api.listen)}:{api.listen.port}"
+        url = f"{scheme}://{api.listen.connect_host}:{api.listen.port}"
         if api.tls is not None:
             verify = _trusting(api.tls.cert)
     if token is None:
