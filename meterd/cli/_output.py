@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -45,10 +46,17 @@ def print_table(
 ) -> None:
     """A rich table of text cells on stdout; ``right`` names the right-aligned columns."""
     aligned = set(right)
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    out = console()
+    # Lines on a terminal; plain aligned columns in a pipe (awk and grep see only the cells).
+    table = Table(
+        box=box.HEAVY_HEAD if out.is_terminal else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+    )
     for column in columns:
         # fold, never cut: a value is shown in full even on a narrow terminal
         table.add_column(column, justify="right" if column in aligned else "left", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    console().print(table)
+    out.print(table)
