@@ -144,6 +144,12 @@ def test_events_one_page_then_all(admin: dict[str, str], billed: str) -> None:
 
 
 def test_tree_shows_the_daemon_and_an_awake_account(admin: dict[str, str], billed: str) -> None:
+    document = json.loads(ok(meterd(admin, "tree", "--json")))
+    assert (document["name"], document["kind"], document["strategy"]) == (
+        "root",
+        "supervisor",
+        "rest_for_one",
+    )
     lines = ok(meterd(admin, "tree")).splitlines()
     assert lines[0].startswith("root  supervisor rest_for_one  running  restarts 0  up ")
     assert any(" ingest  " in text for text in lines)

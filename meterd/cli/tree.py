@@ -22,7 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from meterd.cli._api import Api, ApiError, config_option, connect, fail
-from meterd.cli._output import console
+from meterd.cli._output import console, echo_json
 from meterd.cli._times import format_time, humanise
 
 STATUS_STYLES = {
@@ -121,13 +121,23 @@ def _watch_view(api: Api, limit: int, first: dict[str, Any] | None = None) -> Gr
     show_default=True,
     help="Seconds between redraws with --watch.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the API's JSON tree (not with --watch)."
+)
 @config_option
-def tree(watch: bool, limit: int, interval: float, config_path: Path, url: str | None) -> None:
+def tree(
+    watch: bool, limit: int, interval: float, as_json: bool, config_path: Path, url: str | None
+) -> None:
     """Show the live supervision tree: every supervisor and actor, its status, restarts,
     mailbox depth and uptime."""
+    if watch and as_json:
+        raise click.UsageError("--json and --watch do not go together")
     out = console()
     with connect("tree", config_path, url) as api:
         try:
+            if as_json:
+                echo_json(fetch_tree(api, limit))
+                return
             if not watch:
                 out.print(render_tree(fetch_tree(api, limit), now=now_ms()))
                 return
