@@ -8,7 +8,6 @@ string, never through ``float``.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -33,7 +32,8 @@ def echo_json(document: Any) -> None:
 def console() -> Console:
     """A console on stdout: the terminal's width on a terminal; otherwise (a pipe, a file)
     wide enough that no cell is ever cut."""
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=100_000)
 
 
 def properties_text(properties: Mapping[str, Any] | None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
@@ -78,8 +78,12 @@ def _label(node: Mapping[str, Any], now: int) -> Text:
         last = history[-1]
         at = last.get("at")
         when = f"{humanise(max(0, now - at))} ago" if isinstance(at, int) else "at an unknown time"
-        why = ": ".join(str(part) for part in (last.get("error_type"), last.get("message")) if part)
-        label.append(f"\nlast restart {when} ({last.get('kind', '?')})", "dim")
+        kind_of = str(last.get("kind", "?"))
+        message = str(last.get("message") or "")
+        if message == kind_of or message.startswith(kind_of + " "):
+            message = ""  # "(killed): killed" says nothing more
+        why = ": ".join(part for part in (str(last.get("error_type") or ""), message) if part)
+        label.append(f"\nlast restart {when} ({kind_of})", "dim")
         if why:
             label.append(f": {why}", "dim red")
     return label
@@ -133,22 +137,25 @@ def tree(
     if watch and as_json:
         raise click.UsageError("--json and --watch do not go together")
     out = console()
-    with connect("tree", config_path, url) as api:
-        try:
+    try:
+        with connect("tree", config_path, url) as api:
             if as_json:
                 echo_json(fetch_tree(api, limit))
-                return
-            if not watch:
+            elif not watch:
                 out.print(render_tree(fetch_tree(api, limit), now=now_ms()))
-                return
-            # The first fetch must succeed (a wrong address fails at once); after that an
-            # unreachable daemon (restarting, say) is shown and retried.
-            first = fetch_tree(api, limit)
-            with Live(_watch_view(api, limit, first), console=out, auto_refresh=False) as live:
-                while True:
-                    time.sleep(interval)
-                    live.update(_watch_view(api, limit), refresh=True)
-        except KeyboardInterrupt:
-            pass  # the way out of --watch
-        except ApiError as error:
-            fail("tree", error)
+            else:
+                _watch(api, out, limit, interval)
+    except KeyboardInterrupt:
+        pass  # the way out of --watch
+    except ApiError as error:
+        fail("tree", error)
+
+
+def _watch(api: Api, out: Console, limit: int, interval: float) -> None:
+    # The first fetch must succeed (a wrong address fails at once); after that an
+    # unreachable daemon (restarting, say) is shown and retried.
+    first = fetch_tree(api, limit)
+    with Live(_watch_view(api, limit, first), console=out, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(_watch_view(api, limit), refresh=True)
