@@ -268,3 +268,17 @@ def test_an_error_answer_is_one_sentence(status: int, body: bytes, sentence: str
 def test_a_success_that_is_not_json_is_named() -> None:
     with pytest.raises(ApiError, match="answered HTTP 200 with a body that is not JSON"):
         answer(200, b"<html>hello</html>", "text/html")
+
+
+def test_cafile_is_trusted_for_an_address_from_the_environment(
+    tmp_path: Path, certificate: Tls
+) -> None:
+    env = {"METERD_URL": "https://127.0.0.1:18701", "METERD_TOKEN": TOKEN}
+    assert resolve(tmp_path / "missing.toml", None, env=env).verify is True
+    endpoint = resolve(tmp_path / "missing.toml", None, env=env, cafile=certificate.cert)
+    assert isinstance(endpoint.verify, ssl.SSLContext)
+    assert any(
+        (("commonName", "localhost"),) in cert["subject"] for cert in endpoint.verify.get_ca_certs()
+    )
+    with pytest.raises(ApiError, match=r"cannot trust the certificate .*none\.pem: No such file"):
+        resolve(tmp_path / "missing.toml", None, env=env, cafile=tmp_path / "none.pem")

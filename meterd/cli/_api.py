@@ -17,11 +17,12 @@ strings, and a number that is not an integer must never become a float.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -57,9 +58,17 @@ class Endpoint:
     verify: ssl.SSLContext | bool = True
 
 
-def resolve(config_path: Path, url: str | None, env: Mapping[str, str] | None = None) -> Endpoint:
+def resolve(
+    config_path: Path,
+    url: str | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    cafile: Path | None = None,
+) -> Endpoint:
     """The API endpoint from ``url`` (``--url`` or ``$METERD_URL``), ``$METERD_TOKEN`` and,
-    for what they leave open, the config at ``config_path``."""
+    for what they leave open, the config at ``config_path``; ``cafile`` is trusted for
+    https besides the system's CAs (and the config's ``tls_cert`` when the address comes
+    from the config)."""
     environ = os.environ if env is None else env
     url = url or environ.get("METERD_URL") or None
     token = environ.get("METERD_TOKEN") or None
@@ -77,14 +86,15 @@ def resolve(config_path: Path, url: str | None, env: Mapping[str, str] | None = 
                 f"{missing} not set, and the config cannot be used: {_one_line(error)}",
                 USAGE_ERROR,
             ) from None
-    verify: ssl.SSLContext | bool = True
+    trusted = [cafile] if cafile is not None else []
     if url is None:
         assert config is not None
         api = config.api
         scheme = "https" if api.tls is not None else "http"
         url = f"{scheme}://{api.listen.connect_host}:{api.listen.port}"
         if api.tls is not None:
-            verify = _trusting(api.tls.cert)
+            trusted.append(api.tls.cert)
+    verify = _trusting(trusted) if trusted else True
     if token is None:
         assert config is not None
         token = config.api.admin_token
@@ -98,13 +108,15 @@ def resolve(config_path: Path, url: str | None, env: Mapping[str, str] | None = 
     return Endpoint(url.rstrip("/"), token, verify)
 
 
-def _trusting(cert: Path) -> ssl.SSLContext:
-    """The system's CAs plus the daemon's own certificate (often self-signed)."""
+def _trusting(certs: list[Path]) -> ssl.SSLContext:
+    """The system's CAs plus ``certs`` (the daemon's own certificate is often self-signed)."""
     context = ssl.create_default_context()
-    try:
-        context.load_verify_locations(cafile=cert)
-    except (ssl.SSLError, OSError) as error:
-        raise ApiError(f"cannot trust the API's certificate {cert}: {error}", USAGE_ERROR) from None
+    for cert in certs:
+        try:
+            context.load_verify_locations(cafile=cert)
+        except (ssl.SSLError, OSError) as error:
+            reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+            raise ApiError(f"cannot trust the certificate {cert}: {reason}", USAGE_ERROR) from None
     # The configured certificate is trusted as it is, even when it is not a self-signed root.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
@@ -170,6 +182,12 @@ class Api:
             raise ApiError(
                 f"cannot reach the API at {where}: {_reason(error)}", unreachable=True
             ) from None
+        except httpx.RemoteProtocolError:
+            hint = " (does it serve https?)" if where.startswith("http:") else ""
+            raise ApiError(
+                f"the API at {where} closed the connection without answering{hint}",
+                unreachable=True,
+            ) from None
         except httpx.HTTPError as error:
             raise ApiError(
                 f"the request to the API at {where} failed: {_reason(error)}", unreachable=True
@@ -182,7 +200,10 @@ def _reason(error: httpx.HTTPError) -> str:
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"its TLS certificate was not accepted ({cause.verify_message})"
+            return (
+                f"its TLS certificate was not accepted ({cause.verify_message});"
+                " --cafile names a certificate to trust"
+            )
         if isinstance(cause, ssl.SSLError):
             return f"the TLS handshake failed ({cause.reason or cause})"
         if isinstance(cause, ConnectionRefusedError):
@@ -240,28 +261,56 @@ def fail(command: str, error: ApiError) -> NoReturn:
     sys.exit(error.status)
 
 
-def config_option(function: Any) -> Any:
-    """The ``--config`` and ``--url`` options every API command takes."""
-    function = click.option(
-        "--url",
-        envvar="METERD_URL",
-        help="The API's address, http(s)://HOST:PORT. Default: $METERD_URL, else the"
-        " config's [api] listen.",
-    )(function)
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=Path("config.toml"),
-        show_default=True,
-        help="Where [api] listen and the admin token are read from when $METERD_URL or"
-        " $METERD_TOKEN is not set.",
-    )(function)
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a command's API is, as its options say (resolved by :func:`connect`)."""
+
+    config_path: Path
+    url: str | None
+    cafile: Path | None
 
 
-def connect(command: str, config_path: Path, url: str | None) -> Api:
-    """An :class:`Api` for the resolved endpoint, or exit with one sentence."""
+def api_options(function: Callable[..., None]) -> Callable[..., None]:
+    """Add ``--config``, ``--url`` and ``--cafile`` to a command; it receives them as one
+    ``target`` argument (a :class:`Target`)."""
+
+    @functools.wraps(function)
+    def command(
+        *args: Any, config_path: Path, url: str | None, cafile: Path | None, **kwargs: Any
+    ) -> None:
+        function(*args, target=Target(config_path, url, cafile), **kwargs)
+
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=Path("config.toml"),
+            show_default=True,
+            help="Where [api] listen and the admin token are read from when $METERD_URL or"
+            " $METERD_TOKEN is not set.",
+        ),
+        click.option(
+            "--url",
+            envvar="METERD_URL",
+            help="The API's address, http(s)://HOST:PORT. Default: $METERD_URL, else the"
+            " config's [api] listen.",
+        ),
+        click.option(
+            "--cafile",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="A PEM certificate to trust for https besides the system's CAs (the"
+            " config's tls_cert is trusted when the address comes from the config).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def connect(command: str, target: Target) -> Api:
+    """An :class:`Api` for ``target``, or exit with one sentence."""
     try:
-        return Api(resolve(config_path, url))
+        return Api(resolve(target.config_path, target.url, cafile=target.cafile))
     except ApiError as error:
         fail(command, error)

@@ -59,4 +59,10 @@ def print_table(
         table.add_column(column, justify="right" if column in aligned else "left", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    out.print(table)
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())  # no padding after the last cell

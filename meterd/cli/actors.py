@@ -10,16 +10,15 @@ applies its strategy (and counts the restart toward its intensity), so it asks f
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from meterd.cli._api import USAGE_ERROR, ApiError, config_option, connect, fail, path_segment
+from meterd.cli._api import USAGE_ERROR, ApiError, Target, api_options, connect, fail, path_segment
 
 
-def _act(command: str, actor: str, config_path: Path, url: str | None) -> None:
-    with connect(command, config_path, url) as api:
+def _act(command: str, actor: str, target: Target) -> None:
+    with connect(command, target) as api:
         try:
             answer: Any = api.post(f"/v1/actors/{path_segment(actor)}/{command}")
         except ApiError as error:
@@ -34,18 +33,18 @@ def _act(command: str, actor: str, config_path: Path, url: str | None) -> None:
 
 @click.command("restart")
 @click.argument("actor")
-@config_option
-def restart(actor: str, config_path: Path, url: str | None) -> None:
+@api_options
+def restart(actor: str, target: Target) -> None:
     """Restart ACTOR (an account id, or a tree path such as root/accounts/sweeper): it
     stops cleanly and its supervisor starts it again."""
-    _act("restart", actor, config_path, url)
+    _act("restart", actor, target)
 
 
 @click.command("kill")
 @click.argument("actor")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@config_option
-def kill(actor: str, yes: bool, config_path: Path, url: str | None) -> None:
+@api_options
+def kill(actor: str, yes: bool, target: Target) -> None:
     """Kill ACTOR (an account id, or a tree path such as root/accounts/sweeper) as a crash
     would: its supervisor restarts it per its strategy, and the restart counts toward the
     supervisor's restart intensity. Asks first unless --yes."""
@@ -58,4 +57,4 @@ def kill(actor: str, yes: bool, config_path: Path, url: str | None) -> None:
         if not click.confirm(f"Kill {actor}? Its supervisor will restart it", default=False):
             click.echo("not killed", err=True)
             sys.exit(1)
-    _act("kill", actor, config_path, url)
+    _act("kill", actor, target)

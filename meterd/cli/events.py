@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 
-from meterd.cli._api import Api, ApiError, config_option, connect, fail, path_segment
+from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, path_segment
 from meterd.cli._output import echo_json, print_table, properties_text
 from meterd.cli._times import TIME, TIME_HELP, format_time
 
@@ -65,7 +64,7 @@ def event_row(event: dict[str, Any]) -> list[str]:
     is_flag=True,
     help='Print {"events": [...], "next_cursor": ...} (with --all: every event, cursor null).',
 )
-@config_option
+@api_options
 def events(
     account: str,
     meter: str | None,
@@ -75,8 +74,7 @@ def events(
     cursor: str | None,
     follow: bool,
     as_json: bool,
-    config_path: Path,
-    url: str | None,
+    target: Target,
 ) -> None:
     """List the events of ACCOUNT that make up its usage (for billing support).
 
@@ -87,7 +85,7 @@ def events(
     params = {"meter": meter, "from": start, "to": end, "limit": limit, "cursor": cursor}
     collected: list[dict[str, Any]] = []
     next_cursor: Any = None
-    with connect("events", config_path, url) as api:
+    with connect("events", target) as api:
         try:
             for page in pages(api, account, params, follow=follow):
                 collected.extend(page["events"])

@@ -4,11 +4,9 @@ aside (``GET /v1/quarantine``); they stay out of usage until an operator deals w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from meterd.cli._api import ApiError, config_option, connect, fail
+from meterd.cli._api import ApiError, Target, api_options, connect, fail
 from meterd.cli._output import echo_json, print_table
 from meterd.cli._times import format_time
 
@@ -18,10 +16,10 @@ COLUMNS = ["account", "batch", "event id", "at", "error"]
 @click.command("quarantine")
 @click.argument("account", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
-@config_option
-def quarantine(account: str | None, as_json: bool, config_path: Path, url: str | None) -> None:
+@api_options
+def quarantine(account: str | None, as_json: bool, target: Target) -> None:
     """List quarantined events: of ACCOUNT, or of every account."""
-    with connect("quarantine", config_path, url) as api:
+    with connect("quarantine", target) as api:
         try:
             document = api.get("/v1/quarantine", {"account": account})
         except ApiError as error:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,7 +20,7 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
-from meterd.cli._api import Api, ApiError, config_option, connect, fail
+from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail
 from meterd.cli._output import console, echo_json
 from meterd.cli._times import format_time, humanise
 
@@ -128,17 +127,15 @@ def _watch_view(api: Api, limit: int, first: dict[str, Any] | None = None) -> Gr
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the API's JSON tree (not with --watch)."
 )
-@config_option
-def tree(
-    watch: bool, limit: int, interval: float, as_json: bool, config_path: Path, url: str | None
-) -> None:
+@api_options
+def tree(watch: bool, limit: int, interval: float, as_json: bool, target: Target) -> None:
     """Show the live supervision tree: every supervisor and actor, its status, restarts,
     mailbox depth and uptime."""
     if watch and as_json:
         raise click.UsageError("--json and --watch do not go together")
     out = console()
     try:
-        with connect("tree", config_path, url) as api:
+        with connect("tree", target) as api:
             if as_json:
                 echo_json(fetch_tree(api, limit))
             elif not watch:

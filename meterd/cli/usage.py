@@ -4,12 +4,11 @@ document. Values are the API's decimal strings, printed as they are."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from meterd.cli._api import ApiError, config_option, connect, fail, path_segment
+from meterd.cli._api import ApiError, Target, api_options, connect, fail, path_segment
 from meterd.cli._output import echo_json, print_table
 from meterd.cli._times import TIME, TIME_HELP, format_time
 
@@ -42,7 +41,7 @@ def usage_rows(document: dict[str, Any], group_by: str | None) -> list[list[str]
 )
 @click.option("--group-by", help="A dimension of the meter to split the usage by.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
-@config_option
+@api_options
 def usage(
     account: str,
     meter: str,
@@ -51,8 +50,7 @@ def usage(
     window: str,
     group_by: str | None,
     as_json: bool,
-    config_path: Path,
-    url: str | None,
+    target: Target,
 ) -> None:
     """Show ACCOUNT's usage of a meter, per window that had usage, in time order.
 
@@ -60,7 +58,7 @@ def usage(
     without a zone is UTC.
     """
     params = {"meter": meter, "from": start, "to": end, "window": window, "group_by": group_by}
-    with connect("usage", config_path, url) as api:
+    with connect("usage", target) as api:
         try:
             document = api.get(f"/v1/accounts/{path_segment(account)}/usage", params)
         except ApiError as error:
