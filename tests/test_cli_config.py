@@ -282,3 +282,28 @@ def test_cafile_is_trusted_for_an_address_from_the_environment(
     )
     with pytest.raises(ApiError, match=r"cannot trust the certificate .*none\.pem: No such file"):
         resolve(tmp_path / "missing.toml", None, env=env, cafile=tmp_path / "none.pem")
+
+
+@pytest.mark.parametrize(("answer", "said"), [("n", "not killed"), ("y", "cannot reach the API")])
+def test_kill_asks_on_a_terminal(answer: str, said: str) -> None:
+    [port] = free_ports(1)  # nothing listens: a "y" goes on to the (unreachable) API
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, f"{answer}\n".encode())
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "meterd", "kill", "acme"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env={**clean, "METERD_URL": f"http://127.0.0.1:{port}", "METERD_TOKEN": TOKEN},
+            cwd=ROOT,
+            timeout=60,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.stdout.startswith("Kill acme? Its supervisor will restart it [y/N]: ")
+    assert result.returncode == 1
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
