@@ -92,6 +92,13 @@ class Listen:
         return f"{host}:{self.port}"
 
     @property
+    def connect_host(self) -> str:
+        """The host a client on this machine connects to, bracketed if IPv6: an unspecified
+        bind address (``0.0.0.0``, ``::``) accepts connections on loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
+
+    @property
     def is_loopback(self) -> bool:
         """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
         host = self.host.lower()
