@@ -74,6 +74,7 @@ from meterd.accounts.actor import Verdict
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
 from meterd.ingest.protocol import (
+    ACK_FLOOR_BYTES,
     Fault,
     ack_frame,
     decode_frame,
@@ -386,19 +387,6 @@ async def _reject(
 # ---- a connection's batches --------------------------------------------------------------------
 
 
-@dataclass(eq=False, slots=True)
-class _Share:
-    """One account's part of one batch, while it is in flight."""
-
-    account: str
-    positions: list[int]  # indexes in the batch
-    events: list[Event]
-    after: list[_Share]  # earlier shares on this connection holding one of its ids
-    done: trio.Event = field(default_factory=trio.Event)
-    verdict: Verdict | None = None
-    error: Exception | None = None
-
-
 class _Slot:
     """A batch (or the end of the connection) in the order acks must be sent."""
 
@@ -428,7 +416,7 @@ class _Connection:
         self.window = trio.Semaphore(config.ingest.window)
         self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
         self.last_seq = -1
-        self.in_flight: dict[str, dict[str, _Share]] = {}  # account -> id -> latest share
+        self.budget = server.accounts.budget
         self.read_scope = trio.CancelScope()
         self.batches = 0
         self.acks = 0
@@ -455,9 +443,11 @@ class _Connection:
         end: Fault | None = None
         with self.read_scope:
             try:
+                budget = self.budget
                 while True:
                     await self.window.acquire()  # window batches unacknowledged: stop reading
-                    self._batch(await self.ws.get_message(), nursery)
+                    await budget.wait_for_room()  # the daemon is full: stop reading too
+                    self._batch(await self.ws.get_message())
             except Fault as fault:
                 end = fault
             except ConnectionClosed as closed:
@@ -478,9 +468,11 @@ class _Connection:
         self.slots_in.send_nowait(_Slot(fault=end))
         self.slots_in.close()
 
-    def _batch(self, message: str | bytes, nursery: trio.Nursery) -> None:
-        """Check one frame and start its batch; raises :class:`Fault`. Never awaits, so a
-        cancelled reader never leaves a frame half taken."""
+    def _batch(self, message: str | bytes) -> None:
+        """Check one frame and submit its batch; raises :class:`Fault`. Never awaits, so a
+        cancelled reader never leaves a frame half taken, and batches reach the store
+        writer in the order they were sent (which makes the first sent copy of an id the
+        one that counts)."""
         if message is _TOO_LARGE:
             raise Fault(
                 "frame_too_large",
@@ -507,59 +499,55 @@ class _Connection:
                 group = groups[result.account] = ([], [])
             group[0].append(index)
             group[1].append(result)
-        shares = [self._share(account, *group) for account, group in groups.items()]
         slot = _Slot(seq)
         self.slots_in.send_nowait(slot)
-        nursery.start_soon(self._commit, slot, len(raw_events), rejected, shares)
-
-    def _share(self, account: str, positions: list[int], events: list[Event]) -> _Share:
-        share = _Share(account, positions, events, [])
-        ids = self.in_flight.get(account)
-        if ids is None:
-            ids = self.in_flight[account] = {}
-        for event in events:
-            earlier = ids.get(event.id)
-            if earlier is not None and earlier is not share and earlier not in share.after:
-                share.after.append(earlier)
-            ids[event.id] = share
-        return share
+        size = len(raw_events)
+        if not groups:
+            self._committed(slot, size, rejected, [], 0, [])
+            return
+        shares = list(groups.items())
+        valid = size - len(rejected)
+        self.budget.take(valid)
+        self.server.accounts.submit(
+            [(account, events) for account, (_, events) in shares],
+            partial(self._committed, slot, size, rejected, shares, valid),
+        )
 
     # ---- one batch -----------------------------------------------------------------------------
 
-    async def _commit(
-        self, slot: _Slot, size: int, rejected: list[Rejection], shares: list[_Share]
+    def _committed(
+        self,
+        slot: _Slot,
+        size: int,
+        rejected: list[Rejection],
+        shares: list[tuple[str, tuple[list[int], list[Event]]]],
+        valid: int,
+        outcome: list[Verdict] | BaseException,
     ) -> None:
-        if len(shares) == 1:  # one account: no nursery needed
-            await self._ingest_share(shares[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for share in shares:
-                    nursery.start_soon(self._ingest_share, share)
-        failed = [share for share in shares if share.verdict is None]
-        if failed:
-            share = failed[0]
+        """The batch's fate is known (its accepted events are durable): prepare its ack."""
+        self.budget.give(valid)
+        if isinstance(outcome, BaseException):
+            self.log.warning("ingest_batch_failed", seq=slot.seq, error=_error_text(outcome))
             slot.fault = Fault(
                 "unavailable",
-                f"batch seq {slot.seq} could not be made durable: account {share.account!r} is"
-                f" unavailable ({_error_text(share.error)}); it was not acknowledged: re-send it"
-                " and every later unacknowledged batch on a new connection",
+                f"batch seq {slot.seq} could not be made durable ({_error_text(outcome)}); it"
+                " was not acknowledged: re-send it and every later unacknowledged batch on a"
+                " new connection",
             )
             slot.done.set()
             return
         accepted = duplicates = 0
-        for share in shares:
-            verdict = share.verdict
-            assert verdict is not None
+        for (account, (positions, events)), verdict in zip(shares, outcome, strict=True):
             accepted += len(verdict.accepted)
             duplicates += len(verdict.duplicates)
             for position in verdict.conflicts:
-                event = share.events[position]
+                event = events[position]
                 rejected.append(
                     Rejection(
-                        share.positions[position],
+                        positions[position],
                         event.id,
                         "id_conflict",
-                        f"id {event.id!r} was already counted for account {event.account!r}"
+                        f"id {event.id!r} was already counted for account {account!r}"
                         " with a different meter, quantity, time or properties; a re-sent event"
                         " must be identical (new usage needs a new id)",
                     )
@@ -582,30 +570,14 @@ class _Connection:
             return
         rejected.sort(key=lambda rejection: rejection.index)
         slot.ack = ack_frame(
-            slot.seq, accepted, duplicates, [rejection.to_wire() for rejection in rejected]
+            slot.seq,
+            accepted,
+            duplicates,
+            [rejection.to_wire() for rejection in rejected],
+            max(self.server.config.ingest.max_frame_bytes, ACK_FLOOR_BYTES),
         )
         slot.counts = (accepted, duplicates, len(rejected))
         slot.done.set()
-
-    async def _ingest_share(self, share: _Share) -> None:
-        try:
-            for earlier in share.after:
-                await earlier.done.wait()
-            share.verdict = await self.server.accounts.ingest(share.account, share.events)
-        except Exception as error:
-            share.error = error
-            self.log.warning(
-                "ingest_account_unavailable", account=share.account, error=_error_text(error)
-            )
-        finally:
-            share.done.set()
-            ids = self.in_flight.get(share.account)
-            if ids is not None:
-                for event in share.events:
-                    if ids.get(event.id) is share:
-                        del ids[event.id]
-                if not ids:
-                    del self.in_flight[share.account]
 
     # ---- acks, in seq order --------------------------------------------------------------------
 
