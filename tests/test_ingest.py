@@ -79,11 +79,17 @@ def make_config(
     window: int = WINDOW,
     host: str = "127.0.0.1",
     tls: Tls | None = None,
+    max_in_flight_events: int = 20_000,
 ) -> Config:
     return Config(
         path=where / "config.toml",
         ingest=IngestConfig(
-            Listen(host, 0), tls=tls, max_frame_bytes=MAX_FRAME, max_batch=MAX_BATCH, window=window
+            Listen(host, 0),
+            tls=tls,
+            max_frame_bytes=MAX_FRAME,
+            max_batch=MAX_BATCH,
+            window=window,
+            max_in_flight_events=max_in_flight_events,
         ),
         api=ApiConfig(Listen("127.0.0.1", 0), admin_token=ADMIN_TOKEN),
         store=StoreConfig(where / "meterd.sqlite3"),
@@ -648,6 +654,46 @@ async def test_the_server_stops_reading_when_window_batches_are_unacknowledged(
         assert [frame["seq"] for frame in client.received] == list(range(1, WINDOW + 4))
         assert services.ingest.stats.batches == WINDOW + 3
         await client.ws.aclose()
+
+
+async def test_a_spent_in_flight_budget_stops_reading_on_every_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon-wide budget (3 events here) counts events read and not yet applied:
+    once it is spent no connection is read, whatever its window; acks free it."""
+    async with running(make_config(tmp_path, max_in_flight_events=3)) as services:
+        gate = Gate(services.accounts.submit)
+        monkeypatch.setattr(services.accounts, "submit", gate.submit)
+        async with (
+            connect(services) as one,
+            connect(services) as two,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(one.collect)
+            nursery.start_soon(two.collect)
+            for seq in (1, 2, 3):
+                await one.batch(seq, [ev(f"a{seq}"), ev(f"b{seq}", account="globex.io")])
+                await two.batch(seq, [ev(f"c{seq}"), ev(f"d{seq}", account="initech")])
+            await gate.until(lambda: gate.waiting >= 2)
+            await trio.testing.wait_all_tasks_blocked()
+            # A batch is admitted whole while fewer than 3 events are in flight: 2, then
+            # 2 more (4), and perhaps one more taken by the other connection before it
+            # saw the budget spent; then nothing is read, on either connection.
+            budget = services.accounts.budget
+            assert budget.full
+            assert services.ingest.stats.batches in (2, 3)
+            assert budget.used == 2 * services.ingest.stats.batches
+            assert budget.waits >= 1
+            gate.release()
+            await one.wait_for(3)
+            await two.wait_for(3)
+            await one.ws.aclose()
+            await two.ws.aclose()
+        assert [frame["accepted"] for frame in one.received + two.received] == [2] * 6
+        assert services.ingest.stats.batches == 6
+        assert await total(services, "acme") == "6"
+        assert services.accounts.budget.peak <= 3 + 2 * 2  # a batch per connection over
+        assert services.accounts.budget.used == 0
 
 
 async def test_a_batch_is_one_durable_operation_grouped_by_account(

@@ -78,9 +78,9 @@ class Collector:
     """An ``on_done`` that records what it was given."""
 
     def __init__(self) -> None:
-        self.outcomes: list[AppendResult | BaseException] = []
+        self.outcomes: list[AppendResult | list[AppendResult] | BaseException] = []
 
-    def __call__(self, outcome: AppendResult | BaseException) -> None:
+    def __call__(self, outcome: AppendResult | list[AppendResult] | BaseException) -> None:
         self.outcomes.append(outcome)
 
     def result(self, index: int = 0) -> AppendResult:
