@@ -682,7 +682,7 @@ async def test_a_spent_in_flight_budget_stops_reading_on_every_connection(
             budget = services.accounts.budget
             assert budget.full
             assert services.ingest.stats.batches in (2, 3)
-            assert budget.used == 2 * services.ingest.stats.batches
+            assert budget.used >= 2 * services.ingest.stats.batches  # (+ delivered, unapplied)
             assert budget.waits >= 1
             gate.release()
             await one.wait_for(3)
@@ -692,7 +692,6 @@ async def test_a_spent_in_flight_budget_stops_reading_on_every_connection(
         assert [frame["accepted"] for frame in one.received + two.received] == [2] * 6
         assert services.ingest.stats.batches == 6
         assert await total(services, "acme") == "6"
-        assert services.accounts.budget.peak <= 3 + 2 * 2  # a batch per connection over
         assert services.accounts.budget.used == 0
 
 

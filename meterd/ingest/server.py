@@ -11,28 +11,27 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     The first frame the server sends.
 ``reading``
     One task reads frames. A batch is decoded, checked (§2.2), validated event by event
-    (:mod:`meterd.ingest.validate`), split by account and handed to a task that calls
-    :meth:`Accounts.ingest` once per account, all accounts at once. The reader goes on
-    with the next frame meanwhile, so up to ``window`` batches are in flight; with
-    ``window`` batches unacknowledged it stops reading (``get_message`` is not called, the
-    library's reader blocks on its one-slot queue and TCP pushes back): backpressure, never
-    an unbounded buffer.
+    (:mod:`meterd.ingest.validate`), grouped by account and handed whole to
+    :meth:`Accounts.submit` (one store-writer operation; see docs/accounts.md), without
+    awaiting. The reader goes on with the next frame meanwhile, so up to ``window`` batches
+    are in flight; with ``window`` batches unacknowledged, or while the daemon-wide
+    in-flight budget (:class:`~meterd.accounts.budget.EventBudget`, counted in events) is
+    spent, it stops reading (``get_message`` is not called, the library's reader blocks on
+    its one-slot queue and TCP pushes back): backpressure, never an unbounded buffer.
 ``acks``
     One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight,
-    sends its ack, then the next. A batch is acknowledged only when every account's call
-    returned, i.e. its accepted events are durable.
+    sends its ack, then the next. A batch is acknowledged once the writer committed it
+    (its accepted events are durable); the account actors apply them after.
 ``faults``
     A fault (§2.4) stops reading; batches read before it are finished and acknowledged
     first, then the ``error`` frame is sent and the connection closed with the fault's code.
-    If an account call fails (its actor crashed mid-batch), that batch is never
+    If a batch cannot be made durable (the store's transaction failed), it is never
     acknowledged: ``error`` ``unavailable`` and close 1011, so the producer re-sends on a
     new connection (idempotency makes that safe).
 
-Ordering on one connection: batches of different accounts, and batches of the same account
-with no event id in common, run concurrently. A batch holding an ``(account, id)`` that an
-earlier batch still in flight on this connection also holds waits for that earlier call, so
-the *first sent* copy of an id always decides (a later different copy is the
-``id_conflict``), as a producer expects.
+Ordering on one connection: batches reach the writer in the order they were sent and the
+writer decides them in that order, so the *first sent* copy of an id always decides (a
+later different copy is the ``id_conflict``), as a producer expects.
 
 ``frame_too_large``: trio-websocket enforces ``max_message_size`` (= ``max_frame_bytes``)
 while it reassembles a message, before anything is decoded, and on its own would close
