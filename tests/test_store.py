@@ -867,6 +867,16 @@ def test_codec_round_trips_exactly(events: list[Event]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(event=_events)
+def test_the_writers_row_and_fingerprint_are_the_events(event: Event) -> None:
+    """The writer canonicalizes a quantity once for both the row and the fingerprint; the
+    fingerprint is part of the file format (dedupe rows), so it must be the event's own."""
+    row, fingerprint = codec.event_row_and_fingerprint(event)
+    assert row == codec.event_row(event)
+    assert fingerprint == event.fingerprint()
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     quantity=st.one_of(
         st.decimals(allow_nan=False, allow_infinity=False, places=None),

@@ -53,8 +53,9 @@ log = structlog.get_logger("meterd.accounts")
 SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
 DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
 
-BatchDone: TypeAlias = Callable[["list[Verdict] | BaseException"], None]
-"""What :meth:`Accounts.submit` reports: one verdict per group, or why nothing was written."""
+BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
+"""What :meth:`Accounts.submit` reports: the writer's verdicts (one
+:class:`~meterd.store.AppendResult` per group), or why nothing was written."""
 
 
 def _no_fault(event: Event) -> None:
@@ -152,8 +153,9 @@ class Accounts:
         """Make a producer batch durable, then deliver it to the account actors; never blocks.
 
         ``groups`` are ``(account, events)`` with each account once. ``on_done`` is called
-        after the store writer's commit with one :class:`Verdict` per group (indexes into
-        that group's events), or with the exception if nothing of the batch was written.
+        after the store writer's commit with one :class:`~meterd.store.AppendResult` per
+        group (``accepted``, ``duplicates``, ``conflicts``: indexes into that group's
+        events), or with the exception if nothing of the batch was written.
         Duplicates and ``id_conflict`` are decided by the writer, in commit order, so the
         first submitted copy of an id decides. The accepted events of each account are
         delivered to its actor (which applies them) before ``on_done`` is called.
@@ -163,17 +165,15 @@ class Accounts:
             if isinstance(outcome, BaseException):
                 on_done(outcome)
                 return
-            verdicts: list[Verdict] = []
             deliver = self._deliver
             for (account, events), result in zip(groups, outcome, strict=True):
-                accepted = result.accepted
                 if result.batch_id is not None:
+                    accepted = result.accepted
                     if len(accepted) == len(events):
                         deliver(account, result.batch_id, events)
                     else:
                         deliver(account, result.batch_id, [events[i] for i in accepted])
-                verdicts.append(Verdict(accepted, result.duplicates, result.conflicts))
-            on_done(verdicts)
+            on_done(outcome)
 
         self.store.writer.submit_batch(groups, committed)
 

@@ -69,7 +69,6 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import BytesMessage, TextMessage
 
 import supervisors as sv
-from meterd.accounts.actor import Verdict
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
 from meterd.ingest.protocol import (
@@ -82,6 +81,7 @@ from meterd.ingest.protocol import (
 )
 from meterd.ingest.validate import EventValidator, Rejection
 from meterd.model import Event
+from meterd.store import AppendResult
 
 __all__ = ["INGEST_PATH", "IngestServer", "IngestStats", "wall_clock_ms"]
 
@@ -521,7 +521,7 @@ class _Connection:
         rejected: list[Rejection],
         shares: list[tuple[str, tuple[list[int], list[Event]]]],
         valid: int,
-        outcome: list[Verdict] | BaseException,
+        outcome: list[AppendResult] | BaseException,
     ) -> None:
         """The batch's fate is known (its accepted events are durable): prepare its ack."""
         self.budget.give(valid)

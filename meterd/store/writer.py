@@ -547,14 +547,17 @@ class _Transaction:
         prepared: list[tuple[str, tuple[Event, ...], list[list[Any]], list[int], list[int]]] = []
         all_keys: list[int] = []
         buckets = self.buckets
+        row_and_fingerprint = codec.event_row_and_fingerprint
+        dedupe_row_key = schema.dedupe_row_key
         try:
             for account, events in op.groups:
                 bucket = buckets.get(account)
                 if bucket is None:
                     bucket = buckets[account] = schema.account_bucket(account)
-                rows = [codec.event_row(event) for event in events]
-                keys = [schema.dedupe_row_key(bucket, event) for event in events]
-                fingerprints = [event.fingerprint() for event in events]
+                pairs = [row_and_fingerprint(event) for event in events]
+                rows = [row for row, _ in pairs]
+                fingerprints = [fingerprint for _, fingerprint in pairs]
+                keys = [dedupe_row_key(bucket, event) for event in events]
                 prepared.append((account, events, rows, keys, fingerprints))
                 all_keys.extend(keys)
         except Exception:  # the caller's data: this operation fails, not the group
