@@ -501,6 +501,10 @@ class Writer:
         return outcomes
 
 
+def _ignore(outcome: object) -> None:
+    """An ``on_done`` for operations built inside the transaction (never called)."""
+
+
 def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
     """The error for the first event of ``events`` that cannot be stored."""
     bucket = schema.account_bucket(account)
@@ -647,56 +651,11 @@ class _Transaction:
             self.new_accounts.extend(account for account, _ in new)
 
     def append(self, op: _Append) -> AppendResult | InvalidEvents:
-        events = op.events
-        account = op.account
-        try:
-            rows = [codec.event_row(event) for event in events]
-            payload = codec.pack_rows(rows)
-            bucket = schema.account_bucket(account)
-            keys = [schema.dedupe_row_key(bucket, event) for event in events]
-            fingerprints = [event.fingerprint() for event in events]
-        except Exception:  # the caller's data: this operation fails, not the group
-            return _invalid(account, events)
-
-        count = len(events)
-        batch_id = self.next_batch_id
-        unique = len({event.id for event in events}) == count and len(set(keys)) == count
-        stored = self._lookup_keys(keys)
-        if unique and not stored:  # the common case: all new
-            accepted = list(range(count))
-            duplicates: list[int] = []
-            conflicts: list[int] = []
-            dedupe_rows = list(zip(keys, repeat(batch_id), fingerprints, strict=False))
-            overflow_rows: list[tuple[str, str, int, int]] = []
-        else:
-            accepted, duplicates, conflicts, dedupe_rows, overflow_rows = self._classify(
-                account, events, keys, fingerprints, stored, batch_id
-            )
-            if not accepted:
-                return AppendResult(None, accepted, duplicates, conflicts)
-            if len(accepted) < count:
-                payload = codec.pack_rows([rows[index] for index in accepted])
-
-        self.next_batch_id += 1
-        times = [events[index].time for index in accepted]
-        conn = self.conn
-        conn.execute(
-            "INSERT INTO event_batches"
-            " (batch_id, account, received_at, count, payload, min_time, max_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, account, op.received_at, len(accepted), payload, min(times), max(times)),
+        """One account's events: a batch of one group."""
+        result = self.append_batch(
+            _BatchAppend(((op.account, op.events),), _ignore, op.received_at)
         )
-        conn.executemany(
-            "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", dedupe_rows
-        )
-        if overflow_rows:
-            conn.executemany(
-                "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
-                " VALUES (?, ?, ?, ?)",
-                overflow_rows,
-            )
-        self._note_accounts((account,))
-        return AppendResult(batch_id, accepted, duplicates, conflicts)
+        return result if isinstance(result, InvalidEvents) else result[0]
 
     def _classify(
         self,
