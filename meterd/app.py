@@ -59,6 +59,7 @@ def build(config: Config) -> Services:
         mailbox_size=config.accounts.mailbox_size,
         max_restarts=config.accounts.max_restarts,
         max_seconds=config.accounts.max_seconds,
+        max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)
     metrics = Metrics()

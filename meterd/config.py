@@ -131,6 +131,7 @@ class IngestConfig:
     max_frame_bytes: int = 1_048_576
     max_batch: int = 1000
     window: int = 64
+    max_in_flight_events: int = 20_000  # daemon-wide: events read and not yet applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,7 +626,15 @@ class _Loader:
         self.unknown_keys(
             "ingest",
             table,
-            ("listen", "tls_cert", "tls_key", "max_frame_bytes", "max_batch", "window"),
+            (
+                "listen",
+                "tls_cert",
+                "tls_key",
+                "max_frame_bytes",
+                "max_batch",
+                "window",
+                "max_in_flight_events",
+            ),
         )
         listen, listen_ok = self.listen(
             "ingest.listen", table.get("listen", _MISSING), DEFAULT_INGEST_LISTEN
@@ -654,6 +663,13 @@ class _Loader:
                 ),
                 window=self.integer(
                     "ingest.window", table.get("window", _MISSING), defaults.window, 1, 65_536
+                ),
+                max_in_flight_events=self.integer(
+                    "ingest.max_in_flight_events",
+                    table.get("max_in_flight_events", _MISSING),
+                    defaults.max_in_flight_events,
+                    1,
+                    100_000_000,
                 ),
             ),
             listen_ok,

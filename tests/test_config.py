@@ -124,6 +124,7 @@ def test_defaults(tmp_path: Path) -> None:
         1000,
         64,
     )
+    assert config.ingest.max_in_flight_events == 20_000
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (30.0, 2)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
@@ -136,7 +137,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         tmp_path,
         text(
             top='late_window = "2d"\ndedupe_window = "3d"',
-            ingest=INGEST + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4",
+            ingest=INGEST
+            + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77",
             store=STORE + '\ncheckpoint_interval = "2m"\ncommit_interval_ms = 0',
             accounts="idle_timeout = 0.5\nmailbox_size = 8\nmax_restarts = 0\nmax_seconds = 30",
         ),
@@ -146,6 +148,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         10,
         4,
     )
+    assert config.ingest.max_in_flight_events == 77
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (120.0, 0)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (0.5, 8)
@@ -222,6 +225,11 @@ def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
         ({"ingest": INGEST + '\nmax_batch = "1000"'}, "ingest.max_batch", "expected an integer"),
         ({"ingest": INGEST + "\nwindow = 6.4"}, "ingest.window", "expected an integer"),
         ({"ingest": INGEST + "\nmax_frame_bytes = true"}, "ingest.max_frame_bytes", "integer"),
+        (
+            {"ingest": INGEST + '\nmax_in_flight_events = "many"'},
+            "ingest.max_in_flight_events",
+            "expected an integer",
+        ),
         ({"store": "path = 5"}, "store.path", "expected a string"),
         ({"store": STORE + "\ncommit_interval_ms = 1.5"}, "store.commit_interval_ms", "integer"),
         (
@@ -277,6 +285,7 @@ def test_producers_as_a_single_table(tmp_path: Path) -> None:
         ({"ingest": INGEST + "\nmax_frame_bytes = 10"}, "ingest.max_frame_bytes"),
         ({"ingest": INGEST + "\nmax_batch = 0"}, "ingest.max_batch"),
         ({"ingest": INGEST + "\nwindow = -1"}, "ingest.window"),
+        ({"ingest": INGEST + "\nmax_in_flight_events = 0"}, "ingest.max_in_flight_events"),
         ({"store": STORE + "\ncommit_interval_ms = 5000"}, "store.commit_interval_ms"),
         ({"accounts": "mailbox_size = 0"}, "accounts.mailbox_size"),
         ({"accounts": "max_restarts = -1"}, "accounts.max_restarts"),
