@@ -333,7 +333,7 @@ class Billing:
                 self.clock(),
                 reason,
             )
-            log.info("voided", account=account, event=event_id, by=by)
+            log.info("voided", account=account, event_id=event_id, by=by)
             restatement = await self._restate_if_closed(account, found.time, void.describe())
         return void, restatement
 
