@@ -28,6 +28,7 @@ import trio
 import supervisors as sv
 from meterd import __version__
 from meterd.accounts.service import Accounts
+from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.store import Store
@@ -43,6 +44,7 @@ class Services:
     store: Store
     accounts: Accounts
     ingest: IngestServer
+    billing: Billing
 
 
 def build(config: Config) -> Services:
@@ -58,12 +60,19 @@ def build(config: Config) -> Services:
         max_seconds=config.accounts.max_seconds,
     )
     ingest = IngestServer(config, accounts)
+    billing = Billing(  # its database opens on first use, beside the store
+        accounts,
+        BillingDB(config.billing_path),
+        PriceBook(config.prices, config.meters_by_name),
+        currency=config.billing.currency,
+        amount_places=config.billing.amount_places,
+    )
     root = sv.Supervisor(
         [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
-    return Services(root, store, accounts, ingest)
+    return Services(root, store, accounts, ingest, billing)
 
 
 async def serve(config: Config) -> None:
@@ -85,5 +94,6 @@ async def serve(config: Config) -> None:
                 log.info("meterd_stopping", signal=signal.Signals(signum).name)
                 services.root.stop()
                 break
+    await services.billing.db.aclose()
     await services.store.aclose()
     log.info("meterd_stopped")

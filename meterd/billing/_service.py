@@ -133,13 +133,10 @@ class Billing:
         index = _group_index(meter, group_by)
         low, high = window.align(from_ms), window.align(to_ms)
         cells = await self.cells(account, meter, low, high)
-        figures = {
-            (
-                row.start,
-                "" if row.group is None else row.group[meter.dimensions[index or 0]],
-            ): Decimal(row.value)
-            for row in rollup(meter, cells, low, high, window, group_by)
-        }
+        figures: dict[tuple[int, str], Decimal] = {}
+        for row in rollup(meter, cells, low, high, window, group_by):
+            group = "" if row.group is None or group_by is None else row.group[group_by]
+            figures[(row.start, group)] = Decimal(row.value)
         for a in await self.db.adjustments(account, low, high, meter.name):
             key = (window.align(a.start), "" if index is None else a.dims[index])
             figures[key] = figures.get(key, Decimal(0)) + a.signed
@@ -176,10 +173,9 @@ class Billing:
         if closure is None:
             return InvoiceView(await self.rate(account, period))
         async with self._periods:
-            await self._restate(account, period, ())
+            _, current = await self._restate(account, period, ())
         closed = await self.db.closed_figures(period, account)
         restatements = await self.db.restatements(account, period)
-        current = await self.rate(account, period)
         return InvoiceView(current, closure, closed.total, tuple(restatements))
 
     async def close_period(self, period: Period, by: str) -> Closure:
@@ -211,13 +207,14 @@ class Billing:
 
     async def _restate(
         self, account: str, period: Period, causes: tuple[str, ...]
-    ) -> Restatement | None:
-        """Record a restatement if the rating differs from the fixed figures (hold the lock)."""
+    ) -> tuple[Restatement | None, Invoice]:
+        """Rate a closed period and record a restatement if the rating differs from its
+        fixed figures (call with the lock held); returns it (or None) and the rating."""
         fixed = await self.db.figures(period, account)
         current = await self.rate(account, period)
         changes = compare_lines(fixed.lines, current.lines)
         if not changes and fixed.total == current.total:
-            return None
+            return None, current
         if not causes:
             causes = (
                 "usage changed after the figures were fixed: late events, or a price book or"
@@ -234,7 +231,7 @@ class Billing:
             new_total=str(current.total),
             causes=list(causes),
         )
-        return restatement
+        return restatement, current
 
     async def _restate_if_closed(
         self, account: str, time_ms: int, cause: str
@@ -242,7 +239,8 @@ class Billing:
         period = Period.containing(time_ms)
         if await self.db.closure(period) is None:
             return None
-        return await self._restate(account, period, (cause,))
+        restatement, _ = await self._restate(account, period, (cause,))
+        return restatement
 
     # -- corrections --------------------------------------------------------------------------
 
