@@ -15,6 +15,7 @@ import pytest
 
 from meterd.accounts.service import Accounts
 from meterd.billing import (
+    Adjustment,
     AdjustmentKind,
     Billing,
     BillingDB,
@@ -25,6 +26,7 @@ from meterd.billing import (
     Period,
     PriceBook,
     PriceRule,
+    Restatement,
 )
 from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window
 from tests.test_accounts import running
@@ -86,6 +88,16 @@ async def all_events(b: Billing, account: str, line: int) -> Explanation:
         first.adjustments,
         first.voids,
         first.line,
+    )
+
+
+async def adjust(
+    b: Billing, day: int, quantity: str, by: str, reason: str, credit: bool = True
+) -> tuple[Adjustment, Restatement | None]:
+    """A credit (or debit) of ``quantity`` dyno-seconds of size std on day ``day``."""
+    kind = AdjustmentKind.CREDIT if credit else AdjustmentKind.DEBIT
+    return await b.adjust(
+        "acme", DYNO.name, DAY[day], Window.DAY, {"size": "std"}, kind, quantity, by, reason
     )
 
 
@@ -174,28 +186,8 @@ async def test_unique_count_is_distinct_over_the_month_and_voids_recount(tmp_pat
 async def test_adjustments_show_in_usage_invoice_and_explanation(tmp_path: Path) -> None:
     async with billing(tmp_path) as b:
         await ingest(b.accounts, dyno("a", "100", 1))
-        credit, _ = await b.adjust(
-            "acme",
-            DYNO.name,
-            DAY[1],
-            Window.DAY,
-            {"size": "std"},
-            AdjustmentKind.CREDIT,
-            "40",
-            by="alice",
-            reason="outage on the 2nd",
-        )
-        debit, _ = await b.adjust(
-            "acme",
-            DYNO.name,
-            DAY[4],
-            Window.DAY,
-            {"size": "std"},
-            AdjustmentKind.DEBIT,
-            Decimal("5.5"),
-            by="bob",
-            reason="missed usage",
-        )
+        credit, _ = await adjust(b, 1, "40", "alice", "outage on the 2nd")
+        debit, _ = await adjust(b, 4, "5.5", "bob", "missed usage", credit=False)
         rows = await b.usage("acme", DYNO.name, DAY[0], DAY[10], Window.DAY, "size")
         assert [(s, v, g) for s, _e, v, g in rows] == [
             (DAY[1], Decimal(60), {"size": "std"}),
@@ -285,17 +277,7 @@ async def test_a_closed_period_changes_only_through_restatements(tmp_path: Path)
         assert "late events" in late.causes[0]
         assert await b.restatements("acme", NOV) == [late]  # asking again restates nothing
         # a correction of a closed month is restated at once, naming the correction
-        adjustment, restated = await b.adjust(
-            "acme",
-            DYNO.name,
-            DAY[1],
-            Window.DAY,
-            {"size": "std"},
-            AdjustmentKind.CREDIT,
-            "30",
-            by="alice",
-            reason="goodwill",
-        )
+        adjustment, restated = await adjust(b, 1, "30", "alice", "goodwill")
         assert restated is not None
         assert restated.causes == (adjustment.describe(),)
         assert restated.difference == Decimal("-0.30")

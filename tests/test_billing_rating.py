@@ -15,6 +15,7 @@ from meterd.billing import (
     Adjustment,
     AdjustmentKind,
     Cell,
+    Invoice,
     Period,
     PriceBook,
     PriceRule,
@@ -46,6 +47,13 @@ def cells(events: Iterable[Event]) -> dict[str, list[Cell]]:
     return {name: list(usage.states(name)) for name in METERS if list(usage.states(name))}
 
 
+def rate_events(
+    book: PriceBook, events: Iterable[Event], adjustments: Iterable[Adjustment] = ()
+) -> Invoice:
+    """Rate November for 'acme' from ``events``, through real aggregation states."""
+    return rate("acme", NOV, METERS, cells(events), book, adjustments)
+
+
 def rule(meter: Meter, price: str, since: date = date(2026, 1, 1), **options: object) -> PriceRule:
     return PriceRule(meter.name, Decimal(price), since, **options)  # type: ignore[arg-type]
 
@@ -65,18 +73,13 @@ def test_period_bounds_and_parsing() -> None:
 
 def test_a_price_change_mid_month_splits_the_line_on_its_date() -> None:
     book = PriceBook([rule(DYNO, "0.01"), rule(DYNO, "0.02", date(2026, 11, 15))], METERS)
-    invoice = rate(
-        "acme",
-        NOV,
-        METERS,
-        cells(
-            [
-                event(DYNO, "a", DAY[2], "100", size="std", app="web"),
-                event(DYNO, "b", DAY[14] - 1, "10", size="std", app="web"),  # 14 Nov 23:59:59.999
-                event(DYNO, "c", DAY[14], "50", size="std", app="web"),  # 15 Nov 00:00
-            ]
-        ),
+    invoice = rate_events(
         book,
+        [
+            event(DYNO, "a", DAY[2], "100", size="std", app="web"),
+            event(DYNO, "b", DAY[14] - 1, "10", size="std", app="web"),  # 14 Nov 23:59:59.999
+            event(DYNO, "c", DAY[14], "50", size="std", app="web"),  # 15 Nov 00:00
+        ],
     )
     [first, second] = invoice.lines
     assert (first.start, first.end, first.quantity, first.amount) == (
@@ -104,18 +107,13 @@ def test_a_matching_rule_beats_the_general_one_while_it_applies() -> None:
         ],
         METERS,
     )
-    invoice = rate(
-        "acme",
-        NOV,
-        METERS,
-        cells(
-            [
-                event(DYNO, "a", DAY[0], "10", size="perf-l", app="x"),
-                event(DYNO, "b", DAY[25], "10", size="perf-l", app="x"),
-                event(DYNO, "c", DAY[25], "10", size="std", app="x"),
-            ]
-        ),
+    invoice = rate_events(
         book,
+        [
+            event(DYNO, "a", DAY[0], "10", size="perf-l", app="x"),
+            event(DYNO, "b", DAY[25], "10", size="perf-l", app="x"),
+            event(DYNO, "c", DAY[25], "10", size="std", app="x"),
+        ],
     )
     got = [(dict(ln.dims)["size"], ln.start, ln.unit_price, ln.amount) for ln in invoice.lines]
     assert got == [
@@ -135,17 +133,12 @@ def test_quantity_rounding_and_a_daily_cap_spanning_segments() -> None:
         METERS,
     )
     # cap: 1 a day over 30 days = 30 for the month; 20.2 used before the 16th (rounded 21)
-    invoice = rate(
-        "acme",
-        NOV,
-        METERS,
-        cells(
-            [
-                event(DYNO, "a", DAY[1], "20.2", size="s", app="a"),
-                event(DYNO, "b", DAY[20], "15", size="s", app="a"),
-            ]
-        ),
+    invoice = rate_events(
         book,
+        [
+            event(DYNO, "a", DAY[1], "20.2", size="s", app="a"),
+            event(DYNO, "b", DAY[20], "15", size="s", app="a"),
+        ],
     )
     [early, late] = invoice.lines
     assert (early.usage, early.quantity, early.capped, early.amount) == (
@@ -175,21 +168,16 @@ def test_amounts_round_half_even_to_the_cent() -> None:
 
 def test_max_is_the_month_maximum_and_unique_count_distinct_over_the_month() -> None:
     book = PriceBook([rule(STORAGE, "0.001"), rule(USERS, "0.5")], METERS)
-    invoice = rate(
-        "acme",
-        NOV,
-        METERS,
-        cells(
-            [
-                event(STORAGE, "s1", DAY[1], 500, database="main"),
-                event(STORAGE, "s2", DAY[7], 900, database="main"),
-                event(STORAGE, "s3", DAY[20], 700, database="main"),
-                # the same two users on three days: 2 distinct, not 6 (a sum of daily counts)
-                *(event(USERS, f"u{d}{u}", DAY[d], user=u) for d in (1, 2, 3) for u in "ab"),
-                event(USERS, "u-late", DAY[29], user="c"),
-            ]
-        ),
+    invoice = rate_events(
         book,
+        [
+            event(STORAGE, "s1", DAY[1], 500, database="main"),
+            event(STORAGE, "s2", DAY[7], 900, database="main"),
+            event(STORAGE, "s3", DAY[20], 700, database="main"),
+            # the same two users on three days: 2 distinct, not 6 (a sum of daily counts)
+            *(event(USERS, f"u{d}{u}", DAY[d], user=u) for d in (1, 2, 3) for u in "ab"),
+            event(USERS, "u-late", DAY[29], user="c"),
+        ],
     )
     [users, storage] = [(ln.meter, ln.quantity, ln.amount) for ln in invoice.lines]
     assert storage == ("postgres.storage_bytes", Decimal(900), Decimal("0.90"))
@@ -211,18 +199,13 @@ def test_unpriced_usage_is_listed_not_dropped_and_adjustments_count() -> None:
         0,
         "outage",
     )
-    invoice = rate(
-        "acme",
-        NOV,
-        METERS,
-        cells(
-            [
-                event(DYNO, "early", DAY[1], 4, size="s", app="a"),
-                event(DYNO, "late", DAY[12], 10, size="s", app="a"),
-                event(REQUESTS, "r", DAY[1]),
-            ]
-        ),
+    invoice = rate_events(
         book,
+        [
+            event(DYNO, "early", DAY[1], 4, size="s", app="a"),
+            event(DYNO, "late", DAY[12], 10, size="s", app="a"),
+            event(REQUESTS, "r", DAY[1]),
+        ],
         [credit],
     )
     [line] = invoice.lines

@@ -132,6 +132,11 @@ class StoredFigures:
 
 
 def _open(path: Path) -> sqlite3.Connection:
+    """Open, check and migrate the billing database.
+
+    The same steps as the store's ``open_database``, kept apart on purpose: those helpers are
+    private to the store (owned elsewhere and not to be coupled to), and raise store errors
+    about a store file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(

@@ -17,7 +17,7 @@ from typing import Final
 import structlog
 import trio
 
-from meterd.accounts.aggregate import State, add, dims_of, new_state, rollup
+from meterd.accounts.aggregate import State, add, dims_of, group_index, new_state, rollup
 from meterd.accounts.service import Accounts
 from meterd.model import MINUTE_MS, Event, Meter, Window
 from meterd.store import open_readonly
@@ -542,12 +542,7 @@ def _positive_decimal(name: str, value: Decimal | str) -> Decimal:
 
 
 def _group_index(meter: Meter, group_by: str | None) -> int | None:
-    if group_by is None:
-        return None
     try:
-        return meter.dimensions.index(group_by)
-    except ValueError:
-        raise InvalidRequest(
-            f"group_by: {group_by!r} is not a dimension of meter {meter.name!r}"
-            f" (dimensions: {', '.join(meter.dimensions) or 'none'})"
-        ) from None
+        return group_index(meter, group_by)
+    except ValueError as exc:
+        raise InvalidRequest(f"group_by: {exc}") from None
