@@ -3,6 +3,7 @@ closing and restatements, explanations down to the events."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -328,3 +329,27 @@ async def test_the_billing_database_refuses_a_foreign_file(tmp_path: Path) -> No
 
     with pytest.raises(BillingError, match="not a meterd billing database"):
         await BillingDB(path).open()
+
+
+async def test_json_shapes_carry_decimals_as_strings(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100.25", 1))
+        credit, _ = await adjust(b, 1, "0.25", "alice", "goodwill")
+        await b.close_period(NOV, by="ops")
+        await ingest(b.accounts, dyno("late", "1", 2))
+        view = json.loads(json.dumps((await b.invoice("acme", NOV)).to_json()))
+        assert view["status"] == "closed"
+        assert view["closed"] == {"by": "ops", "at": NOV.end_ms + 1, "total": "1.00"}
+        assert view["total"] == "1.01"
+        [line] = view["lines"]
+        assert line["quantity"] == "101"
+        assert line["dimensions"] == {"size": "std"}
+        assert line["adjustments"] == [credit.id]
+        [restatement] = view["restatements"]
+        assert (restatement["old_total"], restatement["difference"]) == ("1.00", "0.01")
+        assert restatement["changes"][0]["old"]["usage"] == "100.25"
+        explained = json.loads(json.dumps((await b.explain("acme", NOV, 1)).to_json()))
+        assert [e["quantity"] for e in explained["events"]] == ["100.25", "1"]
+        assert explained["adjustments"][0]["dimensions"] == {"size": "std"}
+        assert explained["adjustments"][0]["quantity"] == "0.25"
+        assert explained["value"] == "101"

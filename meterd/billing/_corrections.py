@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
-from meterd.model import Aggregation, Meter
+from meterd.model import Aggregation
 
 __all__ = ["ADDITIVE", "Adjustment", "AdjustmentKind", "Void"]
 
@@ -75,7 +75,3 @@ class Void:
 
     def describe(self) -> str:
         return f"void #{self.id} of event {self.event_id!r} (by {self.by}: {self.reason})"
-
-
-def dims_dict(meter: Meter, dims: tuple[str, ...]) -> dict[str, str]:
-    return dict(zip(meter.dimensions, dims, strict=True))

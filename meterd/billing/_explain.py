@@ -82,6 +82,7 @@ class Explanation:
     adjustments: tuple[Adjustment, ...]
     voids: tuple[Void, ...]
     line: InvoiceLine | None = None
+    dimension_names: tuple[str, ...] = ()  # the meter's, naming the adjustments' and voids' values
     notes: tuple[str, ...] = field(default=NOTES)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,20 +97,21 @@ class Explanation:
             "windows": [w.to_json() for w in self.windows],
             "events": [e.to_json() for e in self.events],
             "next_cursor": self.next_cursor,
-            "adjustments": [adjustment_json(a) for a in self.adjustments],
-            "voids": [void_json(v) for v in self.voids],
+            "adjustments": [adjustment_json(a, self.dimension_names) for a in self.adjustments],
+            "voids": [void_json(v, self.dimension_names) for v in self.voids],
             "notes": list(self.notes),
         }
 
 
-def adjustment_json(a: Adjustment) -> dict[str, Any]:
+def adjustment_json(a: Adjustment, names: tuple[str, ...]) -> dict[str, Any]:
+    """An adjustment as JSON; ``names`` are its meter's dimensions."""
     return {
         "id": a.id,
         "account": a.account,
         "meter": a.meter,
         "start": a.start,
         "end": a.end,
-        "dimensions": list(a.dims),
+        "dimensions": dict(zip(names, a.dims, strict=True)),
         "kind": a.kind.value,
         "quantity": text(a.quantity),
         "by": a.by,
@@ -118,14 +120,15 @@ def adjustment_json(a: Adjustment) -> dict[str, Any]:
     }
 
 
-def void_json(v: Void) -> dict[str, Any]:
+def void_json(v: Void, names: tuple[str, ...]) -> dict[str, Any]:
+    """A void as JSON; ``names`` are its meter's dimensions."""
     return {
         "id": v.id,
         "account": v.account,
         "event_id": v.event_id,
         "meter": v.meter,
         "time": v.time,
-        "dimensions": list(v.dims),
+        "dimensions": dict(zip(names, v.dims, strict=True)),
         "quantity": v.quantity,
         "by": v.by,
         "at": v.at,

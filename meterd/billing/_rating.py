@@ -156,6 +156,16 @@ class Invoice:
     unpriced: tuple[Unpriced, ...] = ()
     total: Decimal = field(default=Decimal(0))
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "period": str(self.period),
+            "currency": self.currency,
+            "lines": [line.to_json() for line in self.lines],
+            "unpriced": [u.to_json() for u in self.unpriced],
+            "total": str(self.total),
+        }
+
     def line(self, number: int) -> InvoiceLine:
         """Line ``number`` (1-based); ``LookupError`` naming the range otherwise."""
         if not 1 <= number <= len(self.lines):

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
@@ -57,6 +57,20 @@ class InvoiceView:
     @property
     def status(self) -> str:
         return "open" if self.closure is None else "closed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The invoice's JSON (decimals as strings), with ``status``, and for a closed period
+        ``closed`` (by, at, total) and ``restatements``."""
+        out = self.invoice.to_json()
+        out["status"] = self.status
+        if self.closure is not None:
+            out["closed"] = {
+                "by": self.closure.by,
+                "at": self.closure.at,
+                "total": str(self.closed_total),
+            }
+            out["restatements"] = [r.to_json() for r in self.restatements]
+        return out
 
 
 class Billing:
@@ -489,6 +503,7 @@ class Billing:
             tuple(adjustments),
             tuple(voids),
             line,
+            meter.dimensions,
         )
 
     # -- helpers ------------------------------------------------------------------------------
