@@ -10,13 +10,15 @@ See docs/billing.md for the rules. The modules behind this curated API:
 * ``_restate`` — :class:`Restatement`: how a closed period's figures changed, and why;
 * ``_explain`` — :class:`Explanation`: a figure down to its windows and events;
 * ``_db`` — :class:`BillingDB`, the billing database (its own SQLite file);
-* ``_service`` — :class:`Billing`, what the API and the CLI call.
+* ``_service`` — :class:`Billing`, what the API and the CLI call;
+* ``_graphql`` — :class:`BillingGraphQL`, GraphQL over it (run on a worker thread).
 """
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
+from ._graphql import BillingGraphQL
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
@@ -30,6 +32,7 @@ __all__ = [
     "Billing",
     "BillingDB",
     "BillingError",
+    "BillingGraphQL",
     "Cell",
     "Closure",
     "Conflict",

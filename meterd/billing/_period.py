@@ -29,7 +29,10 @@ class Period:
 
     def __post_init__(self) -> None:
         if not 1 <= self.month <= 12 or not 1970 <= self.year <= 9998:
-            raise ValueError(f"{self.year:04d}-{self.month:02d} is not a month from 1970-01")
+            raise ValueError(
+                f"{self.year:04d}-{self.month:02d} is not a month written YYYY-MM"
+                " (months 01-12, years from 1970)"
+            )
 
     @classmethod
     def parse(cls, text: str) -> Period:
