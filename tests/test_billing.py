@@ -28,6 +28,7 @@ from meterd.billing import (
     PriceBook,
     PriceRule,
     Restatement,
+    render_explanation,
 )
 from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window
 from tests.test_accounts import running
@@ -353,3 +354,24 @@ async def test_json_shapes_carry_decimals_as_strings(tmp_path: Path) -> None:
         assert explained["adjustments"][0]["dimensions"] == {"size": "std"}
         assert explained["adjustments"][0]["quantity"] == "0.25"
         assert explained["value"] == "101"
+
+
+async def test_an_explanation_renders_readably(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), dyno("b", "7", 1), dyno("c", "3", 4))
+        await adjust(b, 1, "40", "alice", "outage on the 2nd")
+        await b.void_event("acme", "b", "bob", "sent twice under two ids")
+        doc = (await b.explain("acme", NOV, 1, limit=2)).to_json()
+        text = render_explanation(doc, currency="USD")
+        lines = text.splitlines()
+        assert lines[0] == "acme: invoice line 1: dyno.seconds"
+        assert lines[1].startswith("  size=std, 2026-11-01 00:00:00.000 to 2026-12-01")
+        assert lines[2] == "  usage 103, -40 adjusted, billed 63 x 0.01 = 0.63 USD"
+        assert "  2026-11-02 00:00:00.000  100" in lines
+        assert any(" b " in ln and "voided (void #1)" in ln for ln in lines)
+        assert f"  more: --cursor {doc['next_cursor']}" in lines
+        assert any(
+            ln.startswith("  #1 credit 40 on 2026-11-02") and "by alice" in ln for ln in lines
+        )
+        assert any(ln.startswith("  #1 event b (7 at 2026-11-02 01:00:00.000)") for ln in lines)
+        assert lines[-1].startswith("note: duplicates and rejected events are not recorded")

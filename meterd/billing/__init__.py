@@ -11,6 +11,7 @@ See docs/billing.md for the rules. The modules behind this curated API:
 * ``_explain`` — :class:`Explanation`: a figure down to its windows and events;
 * ``_db`` — :class:`BillingDB`, the billing database (its own SQLite file);
 * ``_service`` — :class:`Billing`, what the API and the CLI call;
+* ``_render`` — explanations as text (``meterd explain``);
 * ``_graphql`` — :class:`BillingGraphQL`, GraphQL over it (run on a worker thread).
 """
 
@@ -22,6 +23,7 @@ from ._graphql import BillingGraphQL
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
+from ._render import format_ms, render_explanation
 from ._restate import LineChange, Restatement, compare_lines
 from ._service import Billing, InvoiceView
 
@@ -56,8 +58,10 @@ __all__ = [
     "adjustment_json",
     "compare_lines",
     "date_ms",
+    "format_ms",
     "merge_cells",
     "rate",
+    "render_explanation",
     "round_amount",
     "void_json",
 ]
