@@ -102,12 +102,12 @@ async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
         )
         assert status == 200
         [error] = result["errors"]
-        assert error["extensions"]["code"] == "bad_request"
+        assert error["extensions"]["code"] == "invalid_parameter"
         assert error["message"].startswith("period:")
         status, result = await run(
             b, '{ account(id: "acme") { usage(meter: "nope", from: 0, to: 1) { value } } }'
         )
-        assert result["errors"][0]["extensions"]["code"] == "not_found"
+        assert result["errors"][0]["extensions"]["code"] == "unknown_meter"
         status, result = await run(b, "{ account { id } }")  # invalid query: the request fails
         assert status == 400
         assert "id" in result["errors"][0]["message"]

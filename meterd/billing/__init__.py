@@ -17,7 +17,7 @@ See docs/billing.md for the rules. The modules behind this curated API:
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure
-from ._errors import BillingError, Conflict, InvalidRequest, NotFound
+from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
 from ._graphql import BillingGraphQL
 from ._period import Period, date_ms
@@ -59,6 +59,7 @@ __all__ = [
     "compare_lines",
     "date_ms",
     "format_ms",
+    "invalid",
     "merge_cells",
     "rate",
     "render_explanation",

@@ -360,7 +360,8 @@ class BillingDB:
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(
-                    f"event {event_id!r} of account {account!r} is already void"
+                    f"event {event_id!r} of account {account!r} is already void",
+                    code="already_void",
                 ) from None
             assert cursor.lastrowid is not None
             return Void(
@@ -427,7 +428,9 @@ class BillingDB:
                     (str(period), by, at, len(invoices)),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict(f"period {period} is already closed") from None
+                raise Conflict(
+                    f"period {period} is already closed", code="already_closed"
+                ) from None
             conn.executemany(
                 "INSERT INTO closed_invoices (period, account, total, lines, unpriced)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -10,7 +10,8 @@ coroutine; resolvers of one query run one after another.
 
 Scalars: ``Decimal`` is an exact decimal as a string; ``Millis`` is integer milliseconds
 since the epoch as a JSON number (beyond GraphQL's 32-bit ``Int``). Errors carry
-``extensions.code`` (``bad_request``, ``not_found``, ``conflict``), like the REST errors.
+``extensions.code`` (``invalid_parameter``, ``unknown_meter``, ``already_void``, ...), like
+the REST errors.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
 
 from meterd.model import Window
 
-from ._errors import BillingError, InvalidRequest
+from ._errors import BillingError, invalid
 from ._period import Period
 from ._rating import text
 from ._service import Billing
@@ -176,7 +177,7 @@ def _period(text_value: str) -> Period:
     try:
         return Period.parse(text_value)
     except ValueError as exc:
-        raise InvalidRequest(f"period: {exc}") from None
+        raise invalid("period", str(exc)) from None
 
 
 def _pairs(mapping: Mapping[str, str] | None) -> list[dict[str, str]] | None:
@@ -214,7 +215,7 @@ line_type = ObjectType("Line")
 @query.field("account")
 def _account(_parent: None, info: Info, id: str) -> dict[str, str]:
     if not id:
-        raise InvalidRequest("id: must not be empty")
+        raise invalid("id", "must not be empty")
     return {"id": id}
 
 

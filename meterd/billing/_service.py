@@ -25,7 +25,7 @@ from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure
-from ._errors import Conflict, InvalidRequest, NotFound
+from ._errors import Conflict, NotFound, invalid
 from ._explain import DimsFilter, ExplainedEvent, Explanation, WindowFigure
 from ._period import Period
 from ._prices import PriceBook
@@ -101,7 +101,7 @@ class Billing:
     def meter(self, name: str) -> Meter:
         meter = self.meters.get(name)
         if meter is None:
-            raise NotFound(f"meter {name!r} is not configured")
+            raise NotFound(f"meter {name!r} is not configured", code="unknown_meter")
         return meter
 
     # -- usage with corrections ---------------------------------------------------------------
@@ -199,10 +199,13 @@ class Billing:
         """
         _need_text("by", by)
         if self.clock() < period.end_ms:
-            raise Conflict(f"period {period} is not over yet; it can be closed from its end")
+            raise Conflict(
+                f"period {period} is not over yet; it can be closed from its end",
+                code="period_not_over",
+            )
         async with self._periods:
             if await self.db.closure(period) is not None:
-                raise Conflict(f"period {period} is already closed")
+                raise Conflict(f"period {period} is already closed", code="already_closed")
             invoices = []
             for account in await self._accounts(period):
                 invoice = await self.rate(account, period)
@@ -276,18 +279,20 @@ class Billing:
         _need_text("by", by)
         _need_text("reason", reason)
         if meter.aggregation not in ADDITIVE:
-            raise InvalidRequest(
-                f"meter: {meter.name!r} is {meter.aggregation.value}; only sum and count meters"
-                " take quantity adjustments (void the wrong events instead)"
+            raise invalid(
+                "meter",
+                f"{meter.name!r} is {meter.aggregation.value}; only sum and count meters"
+                " take quantity adjustments (void the wrong events instead)",
             )
         if start % window.ms:
-            raise InvalidRequest(f"start: {start} is not aligned to a {window.value} window")
+            raise invalid("start", f"{start} is not aligned to a {window.value} window")
         amount = _positive_decimal("quantity", quantity)
         unknown = sorted(set(dimensions) - set(meter.dimensions))
         if unknown:
-            raise InvalidRequest(
-                f"dimensions: {unknown[0]!r} is not a dimension of meter {meter.name!r}"
-                f" (dimensions: {', '.join(meter.dimensions) or 'none'})"
+            raise invalid(
+                "dimensions",
+                f"{unknown[0]!r} is not a dimension of meter {meter.name!r}"
+                f" (dimensions: {', '.join(meter.dimensions) or 'none'})",
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
         async with self._periods:
@@ -329,9 +334,11 @@ class Billing:
                 found = event
                 break
         if found is None:
-            raise NotFound(f"account {account!r} has no event {event_id!r}")
+            raise NotFound(f"account {account!r} has no event {event_id!r}", code="unknown_event")
         if event_id in await self._quarantined(account):
-            raise Conflict(f"event {event_id!r} is quarantined: it was never counted")
+            raise Conflict(
+                f"event {event_id!r} is quarantined: it was never counted", code="quarantined"
+            )
         meter = self.meter(found.meter)
         async with self._periods:
             void = await self.db.add_void(
@@ -365,7 +372,7 @@ class Billing:
         try:
             found = invoice.line(line)
         except LookupError as exc:
-            raise NotFound(str(exc)) from None
+            raise NotFound(str(exc), code="unknown_line") from None
         meter = self.meter(found.meter)
         dims = tuple(v for _, v in found.dims)
         adjustments = [
@@ -405,7 +412,7 @@ class Billing:
         high = low + window.ms
         group = dict(group or {})
         if len(group) > 1:
-            raise InvalidRequest("group: at most one dimension, like the usage endpoint's group_by")
+            raise invalid("group", "at most one dimension, like the usage endpoint's group_by")
         index = None
         wanted = ""
         if group:
@@ -458,7 +465,7 @@ class Billing:
         line: InvoiceLine | None,
     ) -> Explanation:
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
-            raise InvalidRequest(f"limit: must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
+            raise invalid("limit", f"must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         low, high = span
         cells = [c for c in await self.cells(account, meter, low, high) if keep(c[1])]
         windows = tuple(
@@ -543,16 +550,16 @@ class Billing:
 
 def _need_text(name: str, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"{name}: must be a non-empty string")
+        raise invalid(name, "must be a non-empty string")
 
 
 def _positive_decimal(name: str, value: Decimal | str) -> Decimal:
     try:
         number = value if isinstance(value, Decimal) else Decimal(value)
     except (InvalidOperation, TypeError):
-        raise InvalidRequest(f"{name}: {value!r:.40} is not a decimal number") from None
+        raise invalid(name, f"{value!r:.40} is not a decimal number") from None
     if not number.is_finite() or number <= 0:
-        raise InvalidRequest(f"{name}: must be a finite decimal greater than 0, got {value!r:.40}")
+        raise invalid(name, f"must be a finite decimal greater than 0, got {value!r:.40}")
     return number
 
 
@@ -560,4 +567,4 @@ def _group_index(meter: Meter, group_by: str | None) -> int | None:
     try:
         return group_index(meter, group_by)
     except ValueError as exc:
-        raise InvalidRequest(f"group_by: {exc}") from None
+        raise invalid("group_by", str(exc)) from None
