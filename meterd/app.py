@@ -60,7 +60,7 @@ def build(config: Config) -> Services:
         max_seconds=config.accounts.max_seconds,
     )
     ingest = IngestServer(config, accounts)
-    billing = Billing(  # its database opens on first use, beside the store
+    billing = Billing(  # its database (beside the store) is opened by serve()
         accounts,
         BillingDB(config.billing_path),
         PriceBook(config.prices, config.meters_by_name),
@@ -80,6 +80,7 @@ async def serve(config: Config) -> None:
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     services = build(config)
+    await services.billing.db.open()  # a bad billing database fails the start, not a request
     # Many small, long-lived objects (actors, windows, recent ids): a larger first GC
     # generation and freezing what start-up allocated cut the collector's share of a
     # busy daemon (measured at 14-19 % of the ingest path with the defaults).
