@@ -30,6 +30,7 @@ import supervisors as sv
 from meterd import __version__
 from meterd.accounts.service import Accounts
 from meterd.api import ApiServer, Daemon, Metrics
+from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.store import Store
@@ -46,6 +47,7 @@ class Services:
     accounts: Accounts
     ingest: IngestServer
     api: ApiServer
+    billing: Billing
 
 
 def build(config: Config) -> Services:
@@ -65,6 +67,13 @@ def build(config: Config) -> Services:
     metrics = Metrics()
     daemon = Daemon(config, accounts, store, ingest, metrics)
     api = ApiServer(daemon)
+    billing = Billing(  # its database (beside the store) is opened by serve()
+        accounts,
+        BillingDB(config.billing_path),
+        PriceBook(config.prices, config.meters_by_name),
+        currency=config.billing.currency,
+        amount_places=config.billing.amount_places,
+    )
     root = sv.Supervisor(
         [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec(), api.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
@@ -72,7 +81,7 @@ def build(config: Config) -> Services:
     )
     daemon.root = root
     metrics.watch(root, accounts, store, ingest)
-    return Services(root, store, accounts, ingest, api)
+    return Services(root, store, accounts, ingest, api, billing)
 
 
 async def serve(config: Config) -> None:
@@ -80,6 +89,7 @@ async def serve(config: Config) -> None:
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     services = build(config)
+    await services.billing.db.open()  # a bad billing database fails the start, not a request
     # Many small, long-lived objects (actors, windows, recent ids): a larger first GC
     # generation and freezing what start-up allocated cut the collector's share of a
     # busy daemon (measured at 14-19 % of the ingest path with the defaults).
@@ -94,5 +104,6 @@ async def serve(config: Config) -> None:
                 log.info("meterd_stopping", signal=signal.Signals(signum).name)
                 services.root.stop()
                 break
+    await services.billing.db.aclose()
     await services.store.aclose()
     log.info("meterd_stopped")
