@@ -4,8 +4,15 @@ Every operation of ``/openapi.json`` gets generated requests (bounded by ``max_e
 against a real daemon subprocess, with the admin token; schemathesis' checks then hold
 the answers to the document (no 5xx, status codes, content types, response schemas).
 
-``positive_data_acceptance`` is left out: some schema-valid requests are rightly 400,
-because OpenAPI cannot say ``from <= to`` nor "``group_by`` is a dimension of ``meter``".
+Two checks are left out, both for false alarms:
+
+* ``positive_data_acceptance``: some schema-valid requests are rightly 400, because OpenAPI
+  cannot say ``from <= to`` nor "``group_by`` is a dimension of ``meter``".
+* ``negative_data_rejection``: schemathesis generates an extra query parameter whose value is
+  ``None``, which ``requests`` then leaves out of the URL, and reports the 200 as "invalid
+  data accepted" (seen with ``--hypothesis-seed=1``). Negative requests still run under the
+  other checks (no 5xx, documented status codes, error bodies of the documented shape), and
+  ``tests/test_api.py`` tests that unknown parameters are 400.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from meterd.api.openapi import openapi_document
 from tests.procs.daemon import DaemonProcess, running_daemon
@@ -58,5 +65,7 @@ def test_the_api_conforms_to_its_document(
 ) -> None:
     headers = {"Authorization": f"Bearer {daemon.config.api.admin_token}"}
     case.call_and_validate(
-        base_url=daemon.api_url, headers=headers, excluded_checks=[positive_data_acceptance]
+        base_url=daemon.api_url,
+        headers=headers,
+        excluded_checks=[positive_data_acceptance, negative_data_rejection],
     )

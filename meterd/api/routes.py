@@ -271,9 +271,7 @@ async def actor_action(daemon: Daemon, request: Request, action: str) -> Respons
             await sup.kill_child(child_id)
         else:
             await sup.stop_and_restart_child(child_id)
-    except sv.NoSuchChild:
-        raise ApiError(404, "unknown_actor", f"{path!r} ended meanwhile") from None
-    except sv.ChildNotRunning:
+    except (sv.NoSuchChild, sv.ChildNotRunning):  # it ended or hibernated meanwhile
         raise ApiError(409, "not_running", f"{path!r} is not running") from None
     except sv.SupervisorStopping:
         raise ApiError(409, "stopping", f"the supervisor of {path!r} is stopping") from None
