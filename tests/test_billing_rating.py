@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -280,3 +281,79 @@ def test_line_amounts_are_quantity_times_price_and_the_total_adds_up(
     assert sum((ln.usage for ln in invoice.lines), Decimal(0)) == sum(
         (Decimal(e.quantity) for e in events), Decimal(0)
     )
+
+
+rules = st.lists(
+    st.builds(
+        lambda day, price, size: PriceRule(
+            DYNO.name,
+            Decimal(price),
+            date(2026, 10, 20) + timedelta(days=day),
+            None if size is None else ("size", size),
+        ),
+        st.integers(0, 50),
+        st.sampled_from(["1", "2", "3", "5"]),
+        st.sampled_from([None, "s", "m"]),
+    ),
+    max_size=6,
+    unique_by=lambda r: (r.effective_from, r.match),
+)
+
+
+@settings(max_examples=300)
+@given(book_rules=rules, size=st.sampled_from(["s", "m", "l"]), instant=st.integers(0, 30))
+def test_rule_selection_and_segments_follow_the_documented_order(
+    book_rules: list[PriceRule], size: str, instant: int
+) -> None:
+    book = PriceBook(book_rules, METERS)
+    dims = (size, "app")
+    at = NOV.start_ms + instant * DAY_MS - 1
+    applicable = [
+        r for r in book_rules if r.effective_ms <= at and (r.match is None or r.match[1] == size)
+    ]
+    expected = max(applicable, key=lambda r: (r.match is not None, r.effective_from), default=None)
+    assert book.rule_at(DYNO, dims, at) == expected
+    segments = book.segments(DYNO, dims, NOV.start_ms, NOV.end_ms)
+    assert segments[0][0] == NOV.start_ms
+    assert segments[-1][1] == NOV.end_ms
+    for (_, end, rule), (start, _, next_rule) in pairwise(segments):
+        assert end == start
+        assert rule is not next_rule  # neighbours with one rule are joined
+    for start, end, rule in segments:
+        assert book.rule_at(DYNO, dims, start) is rule
+        assert book.rule_at(DYNO, dims, end - 1) is rule
+
+
+@settings(max_examples=200)
+@given(
+    quantities=st.lists(
+        st.tuples(st.integers(0, 29), st.decimals("0", "50", places=1)), max_size=20
+    ),
+    cap=st.decimals("1", "300", places=0),
+    cut=st.integers(1, 29),
+)
+def test_a_monthly_cap_holds_across_segments(
+    quantities: list[tuple[int, Decimal]], cap: Decimal, cut: int
+) -> None:
+    rounding = QuantityRounding(0, RoundingMode.CEILING)
+    book = PriceBook(
+        [
+            rule(DYNO, "1", rounding=rounding, monthly_cap=cap),
+            rule(DYNO, "2", date(2026, 11, 1 + cut), rounding=rounding, monthly_cap=cap),
+        ],
+        METERS,
+    )
+    invoice = rate_events(
+        book,
+        [
+            event(DYNO, f"e{i}", DAY[d] + i, str(q), size="s", app="a")
+            for i, (d, q) in enumerate(quantities)
+        ],
+    )
+    billed = sum((ln.quantity for ln in invoice.lines), Decimal(0))
+    uncapped = sum(
+        (QuantityRounding(0, RoundingMode.CEILING).apply(ln.usage) for ln in invoice.lines),
+        Decimal(0),
+    )
+    assert billed == min(uncapped, cap)
+    assert all(ln.quantity <= ln.usage + 1 for ln in invoice.lines)  # rounding adds < 1 unit
