@@ -29,6 +29,7 @@ from meterd.billing import (
     PriceRule,
     Restatement,
     render_explanation,
+    render_invoice,
 )
 from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window
 from tests.test_accounts import running
@@ -218,8 +219,10 @@ async def test_adjustments_show_in_usage_invoice_and_explanation(tmp_path: Path)
         (PEAK.name, {}, "only sum and count meters"),
         ("nope", {}, "not configured"),
         (DYNO.name, {"quantity": "-1"}, "quantity: must be"),
-        (DYNO.name, {"quantity": "NaN"}, "quantity: must be"),
-        (DYNO.name, {"quantity": "x"}, "quantity: 'x' is not"),
+        (DYNO.name, {"quantity": "NaN"}, "quantity: must be a decimal"),
+        (DYNO.name, {"quantity": "1e999999"}, "quantity: must be a decimal"),
+        (DYNO.name, {"quantity": "0"}, "quantity: must be greater than 0"),
+        (DYNO.name, {"quantity": "x"}, "quantity: must be a decimal"),
         (DYNO.name, {"start": DAY[1] + 1}, "start: .* not aligned"),
         (DYNO.name, {"dimensions": {"region": "eu"}}, "dimensions: 'region'"),
         (DYNO.name, {"by": " "}, "by: must be"),
@@ -375,3 +378,47 @@ async def test_an_explanation_renders_readably(tmp_path: Path) -> None:
         )
         assert any(ln.startswith("  #1 event b (7 at 2026-11-02 01:00:00.000)") for ln in lines)
         assert lines[-1].startswith("note: duplicates and rejected events are not recorded")
+
+
+async def test_an_invoice_renders_with_its_closing_and_restatements(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), dyno("c", "10", 3, "perf"))
+        await b.close_period(NOV, by="ops")
+        await ingest(b.accounts, dyno("late", "50", 20))
+        text = render_invoice((await b.invoice("acme", NOV)).to_json())
+        lines = text.splitlines()
+        assert lines[0] == "acme: invoice 2026-11 (closed), USD"
+        assert lines[1].split() == [
+            "#",
+            "meter",
+            "dimensions",
+            "from",
+            "quantity",
+            "unit",
+            "price",
+            "amount",
+        ]
+        assert lines[2].split() == [
+            "1",
+            "dyno.seconds",
+            "size=perf",
+            "2026-11-01",
+            "10",
+            "0.01",
+            "0.10",
+        ]
+        assert lines[3].split() == [
+            "2",
+            "dyno.seconds",
+            "size=std",
+            "2026-11-01",
+            "150",
+            "0.01",
+            "1.50",
+        ]
+        assert "  total 1.60 USD" in lines
+        assert "  closed by ops at 2026-12-01 00:00:00.001, total then 1.10" in lines
+        assert "  restatement #1 at 2026-12-01 00:00:00.001: 1.10 -> 1.60 (0.50)" in lines
+        assert any(ln.startswith("    cause: usage changed") for ln in lines)
+        why = "usage 100 -> 150, quantity 100 -> 150, amount 1 -> 1.5"
+        assert f"    dyno.seconds from 2026-11-01: {why}" in lines

@@ -23,7 +23,7 @@ from ._graphql import BillingGraphQL
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
-from ._render import format_ms, render_explanation
+from ._render import format_ms, render_explanation, render_invoice
 from ._restate import LineChange, Restatement, compare_lines
 from ._service import Billing, InvoiceView
 
@@ -63,6 +63,7 @@ __all__ = [
     "merge_cells",
     "rate",
     "render_explanation",
+    "render_invoice",
     "round_amount",
     "void_json",
 ]

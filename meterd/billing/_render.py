@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["format_ms", "render_explanation"]
+__all__ = ["format_ms", "render_explanation", "render_invoice"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -104,3 +104,40 @@ def _void(v: Mapping[str, Any]) -> str:
         f"#{v['id']} event {v['event_id']} ({v['quantity']} at {format_ms(v['time'])}),"
         f" by {v['by']} at {format_ms(v['at'])}: {v['reason']}"
     )
+
+
+def render_invoice(doc: Mapping[str, Any]) -> str:
+    """An invoice (the API's JSON) as text: its lines, total, closing and restatements."""
+    currency = doc["currency"]
+    out = [f"{doc['account']}: invoice {doc['period']} ({doc['status']}), {currency}"]
+    out += _table(
+        [["#", "meter", "dimensions", "from", "quantity", "unit price", "amount"]]
+        + [
+            [
+                str(line["number"]),
+                line["meter"],
+                _dims(line["dimensions"]),
+                format_ms(line["start"], date_only=True),
+                line["quantity"] + (" (capped)" if line["capped"] else ""),
+                line["unit_price"],
+                line["amount"],
+            ]
+            for line in doc["lines"]
+        ]
+    )
+    out.append(f"  total {doc['total']} {currency}")
+    for item in doc["unpriced"]:
+        usage = f"{item['meter']} {_dims(item['dimensions'])} {item['usage']}"
+        out.append(f"  unpriced (not billed): {usage}")
+    closed = doc.get("closed")
+    if closed is not None:
+        when = format_ms(closed["at"])
+        out.append(f"  closed by {closed['by']} at {when}, total then {closed['total']}")
+        for r in doc.get("restatements", []):
+            totals = f"{r['old_total']} -> {r['new_total']} ({r['difference']})"
+            out.append(f"  restatement #{r['id']} at {format_ms(r['at'])}: {totals}")
+            out += [f"    cause: {cause}" for cause in r["causes"]]
+            for change in r["changes"]:
+                since = format_ms(change["start"], date_only=True)
+                out.append(f"    {change['meter']} from {since}: {', '.join(change['why'])}")
+    return "\n".join(out) + "\n"

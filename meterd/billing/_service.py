@@ -8,10 +8,11 @@ a closing never interleave.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
 import structlog
@@ -37,6 +38,7 @@ __all__ = ["Billing", "InvoiceView"]
 log = structlog.get_logger("meterd.billing")
 
 DEFAULT_PAGE: Final = 100
+_PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
 
@@ -554,12 +556,16 @@ def _need_text(name: str, value: str) -> None:
 
 
 def _positive_decimal(name: str, value: Decimal | str) -> Decimal:
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(value)
-    except (InvalidOperation, TypeError):
-        raise invalid(name, f"{value!r:.40} is not a decimal number") from None
-    if not number.is_finite() or number <= 0:
-        raise invalid(name, f"must be a finite decimal greater than 0, got {value!r:.40}")
+    """A quantity > 0 written in plain decimal digits (no exponent: ``1e999999`` would be
+    exact but absurd), at most 30 digits each side of the point."""
+    text = value if isinstance(value, str) else format(value, "f")
+    if not isinstance(text, str) or not _PLAIN_DECIMAL.fullmatch(text):
+        raise invalid(
+            name, f"must be a decimal like '12.5' (digits, optional point), got {value!r:.40}"
+        )
+    number = Decimal(text)
+    if number <= 0:
+        raise invalid(name, f"must be greater than 0, got {value!r:.40}")
     return number
 
 
