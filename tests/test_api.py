@@ -26,10 +26,11 @@ import trio
 import supervisors as sv
 from meterd.accounts.actor import AccountUnavailable
 from meterd.client import Producer
-from meterd.config import Tls
+from meterd.config import Listen, Tls
 from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
 from tests.procs.daemon import DaemonProcess, running_daemon
 from tests.test_ingest import certificate, make_config, running
+from tests.test_kill9 import free_ports
 
 NOW = time.time_ns() // 1_000_000
 T0 = NOW - NOW % HOUR_MS - 2 * HOUR_MS  # two hours ago, on the hour
@@ -562,3 +563,24 @@ async def test_a_poison_event_shows_in_quarantine_and_metrics(tmp_path: Path) ->
                 cause="exit",
             )
             assert restarts == 1
+
+
+async def test_the_api_comes_back_on_its_port_when_the_root_restarts_it(tmp_path: Path) -> None:
+    """A store writer crash restarts everything after it (rest_for_one), the API included:
+    it listens again on the same address and answers."""
+    [port] = free_ports(1)
+    config = make_config(tmp_path)
+    config = replace(config, api=replace(config.api, listen=Listen("127.0.0.1", port)))
+    async with running(config) as services:
+        url = services.api.url
+        assert url == f"http://127.0.0.1:{port}"
+        await services.root.kill_child("store-writer")
+        assert services.api.url == url
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            headers = {"Authorization": f"Bearer {config.api.admin_token}"}
+            tree = (await client.get("/v1/tree", headers=headers)).json()
+        api = node(tree, "root/api")
+        assert api is not None
+        assert api["restarts"] == 1
+        assert api["restart_history"][-1]["kind"] == "sibling"
