@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +21,9 @@ import pytest
 from meterd.billing import Period
 from meterd.model import DAY_MS, MINUTE_MS
 from tests.procs.daemon import DaemonProcess, running_daemon
-from tests.test_api import assert_error, ingest
+from tests.test_api import api, assert_error, ingest
+
+__all__ = ["api"]  # a fixture, used by name (with this module's daemon)
 
 NOW = time.time_ns() // 1_000_000
 THIS = Period.containing(NOW)
@@ -34,13 +36,6 @@ DAY = LAST.end_ms - DAY_MS  # its last day, 00:00 UTC
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     with running_daemon(tmp_path_factory.mktemp("billing")) as process:
         yield process
-
-
-@pytest.fixture
-async def api(daemon: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {daemon.config.api.admin_token}"}
-    async with httpx.AsyncClient(base_url=daemon.api_url, headers=headers, timeout=30) as client:
-        yield client
 
 
 def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-1x") -> Any:

@@ -32,7 +32,7 @@ from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from .errors import ApiError, bad_parameter
-from .params import MAX_MS, Query, check_range
+from .params import MAX_MS, Query, check_range, usage_query
 
 if TYPE_CHECKING:
     from .routes import Daemon
@@ -324,13 +324,7 @@ async def graphql(daemon: Daemon, request: Request) -> Response:
 async def billed_usage(daemon: Daemon, request: Request) -> Response:
     """Usage rows as billing sees them: like ``/usage``, with voids and adjustments."""
     account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter_name = query.required("meter")
-    from_ms = query.millis("from")
-    to_ms = query.millis("to")
-    window = query.choice("window", Window, Window.HOUR)
-    group_by = query.text("group_by")
-    check_range(from_ms, to_ms)
+    meter_name, from_ms, to_ms, window, group_by = usage_query(request.query_params)
     billing = billing_of(daemon)
     meter = meter_of(billing, meter_name)
     await daemon.known_account(account)

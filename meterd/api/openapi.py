@@ -526,243 +526,218 @@ def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
+def _admin(
+    method: str,
+    operation_id: str,
+    summary: str,
+    parameters: list[Any],
+    answers: dict[str, Any],
+    errors: tuple[str, ...],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One admin operation of billing support."""
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": [{"admin": []}],
+        "parameters": parameters,
+        "responses": {**answers, **_errors(*errors)},
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    return {method: operation}
+
+
+_READ_ERRORS: Final = ("400", "401", "404", "500")
+_TEXT_FIELD: Final = {"type": "string", "minLength": 1, "maxLength": 1000}
+_LINE: Final = {
+    "name": "line",
+    "in": "path",
+    "required": True,
+    "description": "The line number, from 1.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+}
+_EVENT: Final = {
+    "name": "event",
+    "in": "path",
+    "required": True,
+    "description": "The event id.",
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
+_PAGE: Final = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "Events per page (default 100).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_LIMIT},
+    },
+    _text("cursor", "next_cursor of the previous page."),
+]
+_ADJUSTMENT_BODY: Final = _object(
+    ["meter", "start", "kind", "quantity", "by", "reason"],
+    {
+        "meter": {"type": "string", "minLength": 1},
+        "start": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_MS,
+            "description": "Unix ms, aligned to window.",
+        },
+        "window": {
+            "type": "string",
+            "enum": ["minute", "hour", "day"],
+            "description": "Default day.",
+        },
+        "dimensions": _DIMENSIONS,
+        "kind": {"type": "string", "enum": ["credit", "debit"]},
+        "quantity": {"type": "string", "description": "A decimal > 0, digits only."},
+        "by": _TEXT_FIELD,
+        "reason": _TEXT_FIELD,
+    },
+)
+_VOID_BODY: Final = _object(
+    ["by", "reason"],
+    {
+        "by": _TEXT_FIELD,
+        "reason": _TEXT_FIELD,
+        "period": {
+            "type": "string",
+            "pattern": "^[0-9]{4}-[0-9]{2}$",
+            "description": "Search the event in this month only.",
+        },
+    },
+)
+
+
 def _billing_paths() -> dict[str, Any]:
     invoice = "/v1/accounts/{account}/invoices/{period}"
-    page = [
-        {
-            "name": "limit",
-            "in": "query",
-            "required": False,
-            "description": "Events per page (default 100).",
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_LIMIT},
-        },
-        _text("cursor", "next_cursor of the previous page."),
-    ]
-    text_field = {"type": "string", "minLength": 1, "maxLength": 1000}
+    explanation = {"200": _json(_ref("Explanation"), "The explanation, one page.")}
     return {
-        invoice: {
-            "get": {
-                "operationId": "invoice",
-                "summary": "An account's invoice for a month: lines and total; closing and"
-                " restatements when closed (a changed rating of a closed month is restated"
-                " first).",
-                "security": [{"admin": []}],
-                "parameters": [_ACCOUNT, _PERIOD],
-                "responses": {
-                    "200": _json(_ref("Invoice"), "The invoice."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            }
-        },
-        f"{invoice}/restatements": {
-            "get": {
-                "operationId": "restatements",
-                "summary": "The restatements of a closed month, oldest first.",
-                "security": [{"admin": []}],
-                "parameters": [_ACCOUNT, _PERIOD],
-                "responses": {
-                    "200": _json(_ref("Restatements"), "Restatements."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            }
-        },
-        f"{invoice}/lines/{{line}}/explanation": {
-            "get": {
-                "operationId": "explainLine",
-                "summary": "An invoice line down to its windows and (paged) events, with the"
-                " adjustments and voids on it.",
-                "security": [{"admin": []}],
-                "parameters": [
-                    _ACCOUNT,
-                    _PERIOD,
-                    {
-                        "name": "line",
-                        "in": "path",
-                        "required": True,
-                        "description": "The line number, from 1.",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-                    },
-                    *page,
-                ],
-                "responses": {
-                    "200": _json(_ref("Explanation"), "The explanation, one page."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            }
-        },
-        "/v1/accounts/{account}/usage/billed": {
-            "get": {
-                "operationId": "billedUsage",
-                "summary": "Usage as billed: like /usage, with voided events taken out and"
-                " adjustments added in the window they start in.",
-                "security": [{"admin": []}],
-                "parameters": [
-                    _ACCOUNT,
-                    _text("meter", "The meter.", required=True),
-                    _millis("from", "Inclusive, Unix ms (aligned down).", required=True),
-                    _millis("to", "Exclusive, Unix ms (aligned down); >= from.", required=True),
-                    _WINDOW,
-                    _text("group_by", "A dimension of the meter."),
-                ],
-                "responses": {
-                    "200": _json(_ref("Usage"), "Rows for the windows that had usage."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            }
-        },
-        "/v1/accounts/{account}/usage/explanation": {
-            "get": {
-                "operationId": "explainUsage",
-                "summary": "One usage figure (a window, optionally one group value) down to its"
-                " events, with voids applied and adjustments added.",
-                "security": [{"admin": []}],
-                "parameters": [
-                    _ACCOUNT,
-                    _text("meter", "The meter.", required=True),
-                    _millis("start", "The window's start (aligned down).", required=True),
-                    {
-                        "name": "window",
-                        "in": "query",
-                        "required": False,
-                        "description": "Granularity (default hour).",
-                        "schema": {"type": "string", "enum": ["minute", "hour", "day"]},
-                    },
-                    _text("group_by", "A dimension of the meter (with group)."),
-                    _text("group", "That dimension's value (with group_by)."),
-                    *page,
-                ],
-                "responses": {
-                    "200": _json(_ref("Explanation"), "The explanation, one page."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            }
-        },
+        invoice: _admin(
+            "get",
+            "invoice",
+            "An account's invoice for a month: lines and total; closing and restatements"
+            " when closed (a changed rating of a closed month is restated first).",
+            [_ACCOUNT, _PERIOD],
+            {"200": _json(_ref("Invoice"), "The invoice.")},
+            _READ_ERRORS,
+        ),
+        f"{invoice}/restatements": _admin(
+            "get",
+            "restatements",
+            "The restatements of a closed month, oldest first.",
+            [_ACCOUNT, _PERIOD],
+            {"200": _json(_ref("Restatements"), "Restatements.")},
+            _READ_ERRORS,
+        ),
+        f"{invoice}/lines/{{line}}/explanation": _admin(
+            "get",
+            "explainLine",
+            "An invoice line down to its windows and (paged) events, with the adjustments"
+            " and voids on it.",
+            [_ACCOUNT, _PERIOD, _LINE, *_PAGE],
+            explanation,
+            _READ_ERRORS,
+        ),
+        "/v1/accounts/{account}/usage/billed": _admin(
+            "get",
+            "billedUsage",
+            "Usage as billed: like /usage, with voided events taken out and adjustments"
+            " added in the window they start in.",
+            [
+                _ACCOUNT,
+                _text("meter", "The meter.", required=True),
+                _millis("from", "Inclusive, Unix ms (aligned down).", required=True),
+                _millis("to", "Exclusive, Unix ms (aligned down); >= from.", required=True),
+                _WINDOW,
+                _text("group_by", "A dimension of the meter."),
+            ],
+            {"200": _json(_ref("Usage"), "Rows for the windows that had usage.")},
+            _READ_ERRORS,
+        ),
+        "/v1/accounts/{account}/usage/explanation": _admin(
+            "get",
+            "explainUsage",
+            "One usage figure (a window, optionally one group value) down to its events,"
+            " with voids applied and adjustments added.",
+            [
+                _ACCOUNT,
+                _text("meter", "The meter.", required=True),
+                _millis("start", "The window's start (aligned down).", required=True),
+                _WINDOW,
+                _text("group_by", "A dimension of the meter (with group)."),
+                _text("group", "That dimension's value (with group_by)."),
+                *_PAGE,
+            ],
+            explanation,
+            _READ_ERRORS,
+        ),
         "/v1/accounts/{account}/adjustments": {
-            "get": {
-                "operationId": "adjustments",
-                "summary": "Adjustments whose window starts in [from, to), oldest first.",
-                "security": [{"admin": []}],
-                "parameters": [
+            **_admin(
+                "get",
+                "adjustments",
+                "Adjustments whose window starts in [from, to), oldest first.",
+                [
                     _ACCOUNT,
                     _text("meter", "Only this meter's."),
                     _millis("from", "Inclusive (default 0).", required=False),
                     _millis("to", "Exclusive (default 2^63-1).", required=False),
                 ],
-                "responses": {
-                    "200": _json(_ref("Adjustments"), "Adjustments."),
-                    **_errors("400", "401", "404", "500"),
-                },
+                {"200": _json(_ref("Adjustments"), "Adjustments.")},
+                _READ_ERRORS,
+            ),
+            **_admin(
+                "post",
+                "adjust",
+                "Credit or debit a quantity on a summed meter, a window and dimension values"
+                " (append-only; a closed month is restated at once).",
+                [_ACCOUNT],
+                {"201": _json(_ref("AdjustmentRecorded"), "Recorded.")},
+                _READ_ERRORS,
+                _body(_ADJUSTMENT_BODY, "The adjustment."),
+            ),
+        },
+        "/v1/accounts/{account}/voids": _admin(
+            "get",
+            "voids",
+            "The account's voided events, oldest void first.",
+            [_ACCOUNT],
+            {"200": _json(_ref("Voids"), "Voids.")},
+            ("401", "500"),
+        ),
+        "/v1/accounts/{account}/events/{event}/void": _admin(
+            "post",
+            "voidEvent",
+            "Take one event out of billed usage (it stays in the journal; a closed month is"
+            " restated at once).",
+            [_ACCOUNT, _EVENT],
+            {"201": _json(_ref("VoidRecorded"), "Recorded.")},
+            ("400", "401", "404", "409", "500"),
+            _body(_VOID_BODY, "Who and why."),
+        ),
+        "/v1/periods/{period}/close": _admin(
+            "post",
+            "closePeriod",
+            "Close a finished month for every account: its figures become final.",
+            [_PERIOD],
+            {"200": _json(_ref("Closure"), "Closed.")},
+            ("400", "401", "409", "500"),
+            _body(_object(["by"], {"by": _TEXT_FIELD}), "Who closes it."),
+        ),
+        "/v1/graphql": _admin(
+            "post",
+            "graphql",
+            "GraphQL over billing: account -> usage, invoices, lines -> explanation (schema:"
+            " meterd.billing.SDL).",
+            [],
+            {
+                "200": _json(_ref("GraphQLResponse"), "Executed (field errors in errors)."),
+                "400": _json(_ref("GraphQLResponse"), "Not executable (parse, validation)."),
             },
-            "post": {
-                "operationId": "adjust",
-                "summary": "Credit or debit a quantity on a summed meter, a window and"
-                " dimension values (append-only; a closed month is restated at once).",
-                "security": [{"admin": []}],
-                "parameters": [_ACCOUNT],
-                "requestBody": _body(
-                    _object(
-                        ["meter", "start", "kind", "quantity", "by", "reason"],
-                        {
-                            "meter": {"type": "string", "minLength": 1},
-                            "start": {
-                                "type": "integer",
-                                "minimum": 0,
-                                "maximum": MAX_MS,
-                                "description": "Unix ms, aligned to window.",
-                            },
-                            "window": {
-                                "type": "string",
-                                "enum": ["minute", "hour", "day"],
-                                "description": "Default day.",
-                            },
-                            "dimensions": _DIMENSIONS,
-                            "kind": {"type": "string", "enum": ["credit", "debit"]},
-                            "quantity": {"type": "string", "description": "A decimal > 0."},
-                            "by": text_field,
-                            "reason": text_field,
-                        },
-                    ),
-                    "The adjustment.",
-                ),
-                "responses": {
-                    "201": _json(_ref("AdjustmentRecorded"), "Recorded."),
-                    **_errors("400", "401", "404", "500"),
-                },
-            },
-        },
-        "/v1/accounts/{account}/voids": {
-            "get": {
-                "operationId": "voids",
-                "summary": "The account's voided events, oldest void first.",
-                "security": [{"admin": []}],
-                "parameters": [_ACCOUNT],
-                "responses": {"200": _json(_ref("Voids"), "Voids."), **_errors("401", "500")},
-            }
-        },
-        "/v1/accounts/{account}/events/{event}/void": {
-            "post": {
-                "operationId": "voidEvent",
-                "summary": "Take one event out of billed usage (it stays in the journal; a closed"
-                " month is restated at once).",
-                "security": [{"admin": []}],
-                "parameters": [
-                    _ACCOUNT,
-                    {
-                        "name": "event",
-                        "in": "path",
-                        "required": True,
-                        "description": "The event id.",
-                        "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
-                    },
-                ],
-                "requestBody": _body(
-                    _object(
-                        ["by", "reason"],
-                        {
-                            "by": text_field,
-                            "reason": text_field,
-                            "period": {
-                                "type": "string",
-                                "pattern": "^[0-9]{4}-[0-9]{2}$",
-                                "description": "Search the event in this month only.",
-                            },
-                        },
-                    ),
-                    "Who and why.",
-                ),
-                "responses": {
-                    "201": _json(_ref("VoidRecorded"), "Recorded."),
-                    **_errors("400", "401", "404", "409", "500"),
-                },
-            }
-        },
-        "/v1/periods/{period}/close": {
-            "post": {
-                "operationId": "closePeriod",
-                "summary": "Close a finished month for every account: its figures become final.",
-                "security": [{"admin": []}],
-                "parameters": [_PERIOD],
-                "requestBody": _body(_object(["by"], {"by": text_field}), "Who closes it."),
-                "responses": {
-                    "200": _json(_ref("Closure"), "Closed."),
-                    **_errors("400", "401", "409", "500"),
-                },
-            }
-        },
-        "/v1/graphql": {
-            "post": {
-                "operationId": "graphql",
-                "summary": "GraphQL over billing: account -> usage, invoices, lines -> explanation"
-                " (schema: meterd.billing.SDL).",
-                "security": [{"admin": []}],
-                "requestBody": _body(_ref("GraphQLRequest"), "A GraphQL request."),
-                "responses": {
-                    "200": _json(_ref("GraphQLResponse"), "Executed (field errors in errors)."),
-                    "400": _json(_ref("GraphQLResponse"), "Not executable (parse, validation)."),
-                    **_errors("401", "500"),
-                },
-            }
-        },
+            ("401", "500"),
+            _body(_ref("GraphQLRequest"), "A GraphQL request."),
+        ),
     }
 
 

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 import supervisors as sv
 from meterd.config import Config
-from meterd.model import Event, Meter, Window, canonical_quantity
+from meterd.model import Event, Meter, canonical_quantity
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
@@ -36,7 +36,7 @@ from .auth import require_admin
 from .errors import ApiError, bad_parameter, exception_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import openapi_document
-from .params import MAX_MS, Query, check_known, check_range
+from .params import MAX_MS, Query, check_known, check_range, usage_query
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -133,13 +133,7 @@ def _meter(daemon: Daemon, name: str) -> Meter:
 
 async def usage(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter_name = query.required("meter")
-    from_ms = query.millis("from")
-    to_ms = query.millis("to")
-    window = query.choice("window", Window, Window.HOUR)
-    group_by = query.text("group_by")
-    check_range(from_ms, to_ms)
+    meter_name, from_ms, to_ms, window, group_by = usage_query(request.query_params)
     meter = _meter(daemon, meter_name)
     if group_by is not None and group_by not in meter.dimensions:
         dims = ", ".join(meter.dimensions) or "none"
