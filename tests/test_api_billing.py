@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 
+from meterd.api.openapi import openapi_document
 from meterd.billing import Period
 from meterd.model import DAY_MS, MINUTE_MS
 from tests.procs.daemon import DaemonProcess, running_daemon
@@ -49,8 +51,13 @@ def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-
     }
 
 
-def ok(response: httpx.Response, status: int = 200) -> Any:
+SCHEMA = schemathesis.openapi.from_dict(openapi_document())
+
+
+def ok(response: httpx.Response, operation: str, status: int = 200) -> Any:
+    """The answer's JSON, held to the OpenAPI document's answer for ``operation``."""
     assert response.status_code == status, response.text
+    SCHEMA.find_operation_by_id(operation).validate_response(response)
     return response.json()
 
 
@@ -62,7 +69,7 @@ async def test_invoice_adjust_void_and_explain(
         [dyno("b-acme", "a", "1000"), dyno("b-acme", "b", "500", 1), dyno("b-acme", "c", "7", 2)],
     )
     invoice = f"/v1/accounts/b-acme/invoices/{LAST}"
-    body = ok(await api.get(invoice))
+    body = ok(await api.get(invoice), "invoice")
     assert body["status"] == "open"
     [line] = body["lines"]
     assert (line["quantity"], line["unit_price"]) == ("1507", "0.0000104")
@@ -81,12 +88,14 @@ async def test_invoice_adjust_void_and_explain(
                 "reason": "outage",
             },
         ),
+        "adjust",
         201,
     )
     assert adjusted["restatement"] is None  # the month is not closed
     assert adjusted["adjustment"]["dimensions"] == {"size": "std-1x", "app": "web"}
     voided = ok(
         await api.post("/v1/accounts/b-acme/events/c/void", json={"by": "bob", "reason": "test"}),
+        "voidEvent",
         201,
     )
     assert voided["void"]["quantity"] == "7"
@@ -100,16 +109,21 @@ async def test_invoice_adjust_void_and_explain(
         404,
         "unknown_event",
     )
-    [line] = ok(await api.get(invoice))["lines"]
+    [line] = ok(await api.get(invoice), "invoice")["lines"]
     assert (line["usage"], line["adjusted"], line["quantity"]) == ("1500", "-500", "1000")
 
-    explained = ok(await api.get(f"{invoice}/lines/1/explanation", params={"limit": 2}))
+    explained = ok(
+        await api.get(f"{invoice}/lines/1/explanation", params={"limit": 2}), "explainLine"
+    )
     assert [(e["id"], e["status"]) for e in explained["events"]] == [
         ("a", "counted"),
         ("b", "counted"),
     ]
     rest = ok(
-        await api.get(f"{invoice}/lines/1/explanation", params={"cursor": explained["next_cursor"]})
+        await api.get(
+            f"{invoice}/lines/1/explanation", params={"cursor": explained["next_cursor"]}
+        ),
+        "explainLine",
     )
     assert [(e["id"], e["status"]) for e in rest["events"]] == [("c", "voided")]
     assert rest["next_cursor"] is None
@@ -119,7 +133,8 @@ async def test_invoice_adjust_void_and_explain(
         await api.get(
             "/v1/accounts/b-acme/usage/billed",
             params={"meter": "dyno.seconds", "from": DAY, "to": DAY + DAY_MS, "window": "day"},
-        )
+        ),
+        "billedUsage",
     )
     assert billed["rows"] == [{"start": DAY, "end": DAY + DAY_MS, "value": "1000"}]
     figure = ok(
@@ -132,7 +147,8 @@ async def test_invoice_adjust_void_and_explain(
                 "group_by": "size",
                 "group": "std-1x",
             },
-        )
+        ),
+        "explainUsage",
     )
     assert figure["value"] == "1000"
     assert [w["value"] for w in figure["windows"]] == ["1500"]  # hours, voids applied
@@ -156,18 +172,18 @@ async def test_closing_and_restatements(daemon: DaemonProcess, api: httpx.AsyncC
     assert_error(
         await api.post(f"/v1/periods/{THIS}/close", json={"by": "ops"}), 409, "period_not_over"
     )
-    closed = ok(await api.post(f"/v1/periods/{LAST}/close", json={"by": "ops"}))
+    closed = ok(await api.post(f"/v1/periods/{LAST}/close", json={"by": "ops"}), "closePeriod")
     assert closed["period"] == str(LAST)
     assert closed["accounts"] >= 1
     assert_error(
         await api.post(f"/v1/periods/{LAST}/close", json={"by": "ops"}), 409, "already_closed"
     )
     invoice = f"/v1/accounts/b-close/invoices/{LAST}"
-    body = ok(await api.get(invoice))
+    body = ok(await api.get(invoice), "invoice")
     assert (body["status"], body["total"], body["closed"]["total"]) == ("closed", "1.04", "1.04")
     assert body["restatements"] == []
     await ingest(daemon, [dyno("b-close", "late", "50000", 5)])  # late, for the closed month
-    body = ok(await api.get(invoice))
+    body = ok(await api.get(invoice), "invoice")
     assert (body["total"], body["closed"]["total"]) == ("1.56", "1.04")
     [restatement] = body["restatements"]
     assert (restatement["old_total"], restatement["new_total"], restatement["difference"]) == (
@@ -177,7 +193,7 @@ async def test_closing_and_restatements(daemon: DaemonProcess, api: httpx.AsyncC
     )
     assert restatement["changes"][0]["old"]["quantity"] == "100000"
     assert restatement["changes"][0]["new"]["quantity"] == "150000"
-    listed = ok(await api.get(f"{invoice}/restatements"))
+    listed = ok(await api.get(f"{invoice}/restatements"), "restatements")
     assert listed["restatements"] == [restatement]
 
 
@@ -198,7 +214,8 @@ async def test_graphql_over_http(daemon: DaemonProcess, api: httpx.AsyncClient) 
         await api.post(
             "/v1/graphql",
             json={"query": GRAPHQL, "variables": {"account": "b-gql", "period": str(LAST)}},
-        )
+        ),
+        "graphql",
     )
     assert "errors" not in answer, answer
     invoice = answer["data"]["account"]["invoice"]

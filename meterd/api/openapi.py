@@ -269,10 +269,11 @@ _PERIOD: Final = {
 }
 
 
-def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: every property required but the ``optional`` ones."""
     return {
         "type": "object",
-        "required": required,
+        "required": [name for name in properties if name not in optional],
         "additionalProperties": False,
         "properties": properties,
     }
@@ -295,9 +296,8 @@ _LINE_PROPERTIES: Final = {
 }
 
 _BILLING_SCHEMAS: Final[dict[str, Any]] = {
-    "InvoiceLine": _object(list(_LINE_PROPERTIES), _LINE_PROPERTIES),
+    "InvoiceLine": _object(_LINE_PROPERTIES),
     "Unpriced": _object(
-        ["meter", "dimensions", "start", "end", "usage"],
         {
             "meter": {"type": "string"},
             "dimensions": _DIMENSIONS,
@@ -307,7 +307,6 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "LineChange": _object(
-        ["meter", "start", "old", "new", "difference", "why"],
         {
             "meter": {"type": "string"},
             "start": _TIME,
@@ -318,17 +317,6 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "Restatement": _object(
-        [
-            "id",
-            "account",
-            "period",
-            "at",
-            "causes",
-            "old_total",
-            "new_total",
-            "difference",
-            "changes",
-        ],
         {
             "id": {"type": "integer"},
             "account": {"type": "string"},
@@ -342,7 +330,6 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "Invoice": _object(
-        ["account", "period", "currency", "status", "lines", "unpriced", "total"],
         {
             "account": {"type": "string"},
             "period": {"type": "string"},
@@ -351,29 +338,13 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
             "lines": {"type": "array", "items": _ref("InvoiceLine")},
             "unpriced": {"type": "array", "items": _ref("Unpriced")},
             "total": _DECIMAL,
-            "closed": _object(
-                ["by", "at", "total"], {"by": {"type": "string"}, "at": _TIME, "total": _DECIMAL}
-            ),
+            "closed": _object({"by": {"type": "string"}, "at": _TIME, "total": _DECIMAL}),
             "restatements": {"type": "array", "items": _ref("Restatement")},
         },
+        optional=("closed", "restatements"),
     ),
-    "Restatements": _object(
-        ["restatements"], {"restatements": {"type": "array", "items": _ref("Restatement")}}
-    ),
+    "Restatements": _object({"restatements": {"type": "array", "items": _ref("Restatement")}}),
     "Adjustment": _object(
-        [
-            "id",
-            "account",
-            "meter",
-            "start",
-            "end",
-            "dimensions",
-            "kind",
-            "quantity",
-            "by",
-            "at",
-            "reason",
-        ],
         {
             "id": {"type": "integer"},
             "account": {"type": "string"},
@@ -389,18 +360,6 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "Void": _object(
-        [
-            "id",
-            "account",
-            "event_id",
-            "meter",
-            "time",
-            "dimensions",
-            "quantity",
-            "by",
-            "at",
-            "reason",
-        ],
         {
             "id": {"type": "integer"},
             "account": {"type": "string"},
@@ -415,22 +374,17 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "AdjustmentRecorded": _object(
-        ["adjustment", "restatement"],
         {
             "adjustment": _ref("Adjustment"),
             "restatement": {"oneOf": [_ref("Restatement"), {"type": "null"}]},
         },
     ),
     "VoidRecorded": _object(
-        ["void", "restatement"],
         {"void": _ref("Void"), "restatement": {"oneOf": [_ref("Restatement"), {"type": "null"}]}},
     ),
-    "Adjustments": _object(
-        ["adjustments"], {"adjustments": {"type": "array", "items": _ref("Adjustment")}}
-    ),
-    "Voids": _object(["voids"], {"voids": {"type": "array", "items": _ref("Void")}}),
+    "Adjustments": _object({"adjustments": {"type": "array", "items": _ref("Adjustment")}}),
+    "Voids": _object({"voids": {"type": "array", "items": _ref("Void")}}),
     "Closure": _object(
-        ["period", "by", "at", "accounts"],
         {
             "period": {"type": "string"},
             "by": {"type": "string"},
@@ -438,22 +392,8 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
             "accounts": {"type": "integer", "minimum": 0},
         },
     ),
-    "WindowFigure": _object(
-        ["start", "end", "value"], {"start": _TIME, "end": _TIME, "value": _DECIMAL}
-    ),
+    "WindowFigure": _object({"start": _TIME, "end": _TIME, "value": _DECIMAL}),
     "ExplainedEvent": _object(
-        [
-            "id",
-            "meter",
-            "time",
-            "quantity",
-            "properties",
-            "producer",
-            "received_at",
-            "window",
-            "status",
-            "void",
-        ],
         {
             "id": {"type": "string"},
             "meter": {"type": "string"},
@@ -468,21 +408,6 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
         },
     ),
     "Explanation": _object(
-        [
-            "account",
-            "meter",
-            "start",
-            "end",
-            "filter",
-            "value",
-            "line",
-            "windows",
-            "events",
-            "next_cursor",
-            "adjustments",
-            "voids",
-            "notes",
-        ],
         {
             "account": {"type": "string"},
             "meter": {"type": "string"},
@@ -575,7 +500,6 @@ _PAGE: Final = [
     _text("cursor", "next_cursor of the previous page."),
 ]
 _ADJUSTMENT_BODY: Final = _object(
-    ["meter", "start", "kind", "quantity", "by", "reason"],
     {
         "meter": {"type": "string", "minLength": 1},
         "start": {
@@ -597,7 +521,6 @@ _ADJUSTMENT_BODY: Final = _object(
     },
 )
 _VOID_BODY: Final = _object(
-    ["by", "reason"],
     {
         "by": _TEXT_FIELD,
         "reason": _TEXT_FIELD,
@@ -723,7 +646,7 @@ def _billing_paths() -> dict[str, Any]:
             [_PERIOD],
             {"200": _json(_ref("Closure"), "Closed.")},
             ("400", "401", "409", "500"),
-            _body(_object(["by"], {"by": _TEXT_FIELD}), "Who closes it."),
+            _body(_object({"by": _TEXT_FIELD}), "Who closes it."),
         ),
         "/v1/graphql": _admin(
             "post",
