@@ -350,7 +350,10 @@ class BillingGraphQL:
         run = partial(
             graphql_sync, SCHEMA, body, context_value=self.billing, error_formatter=_format_error
         )
-        _ok, result = await trio.to_thread.run_sync(run)
+        # The billing service's own threads: a resolver's thread waits on the Trio thread,
+        # so queries must not hold the default limiter's tokens other to_thread users need.
+        limiter = self.billing.graphql_limiter
+        _ok, result = await trio.to_thread.run_sync(run, limiter=limiter)
         # GraphQL over HTTP: a request that executed is a 200 even with field errors (they are
         # in "errors", data may be null); one that could not execute has no "data" at all.
         return (200 if "data" in result else 400), result

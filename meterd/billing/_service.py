@@ -38,6 +38,7 @@ __all__ = ["Billing", "InvoiceView"]
 log = structlog.get_logger("meterd.billing")
 
 DEFAULT_PAGE: Final = 100
+GRAPHQL_THREADS: Final = 4  # GraphQL queries executing at once (each on a worker thread)
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
@@ -95,6 +96,7 @@ class Billing:
         self.amount_places = amount_places
         self.clock = clock
         self._periods = trio.Lock()
+        self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
 
     @property
     def meters(self) -> Mapping[str, Meter]:
