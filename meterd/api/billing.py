@@ -32,7 +32,7 @@ from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from .errors import ApiError, bad_parameter
-from .params import MAX_MS, Query, check_range, usage_query
+from .params import MAX_MS, Query, usage_query
 
 if TYPE_CHECKING:
     from .routes import Daemon
@@ -276,9 +276,7 @@ async def adjustments(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
     query = Query(request.query_params)
     meter = query.text("meter")
-    from_ms = query.millis("from", default=0)
-    to_ms = query.millis("to", default=MAX_MS)
-    check_range(from_ms, to_ms)
+    from_ms, to_ms = query.span()
     billing = billing_of(daemon)
     if meter is not None:
         meter_of(billing, meter)

@@ -56,6 +56,13 @@ class Query:
         """A time in integer Unix milliseconds (0 to 2**63-1)."""
         return self.integer(name, low=0, high=MAX_MS, default=default)
 
+    def span(self) -> tuple[int, int]:
+        """Optional ``from`` (default 0) and ``to`` (default 2**63-1), ``from <= to``."""
+        from_ms = self.millis("from", default=0)
+        to_ms = self.millis("to", default=MAX_MS)
+        check_range(from_ms, to_ms)
+        return from_ms, to_ms
+
     def choice(self, name: str, kind: type[E], default: E) -> E:
         text = self.text(name)
         if text is None:

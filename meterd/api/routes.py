@@ -36,7 +36,7 @@ from .auth import require_admin
 from .errors import ApiError, bad_parameter, exception_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import openapi_document
-from .params import MAX_MS, Query, check_known, check_range, usage_query
+from .params import Query, check_known, usage_query
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -174,11 +174,9 @@ async def events(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
     query = Query(request.query_params)
     meter_name = query.text("meter")
-    from_ms = query.millis("from", default=0)
-    to_ms = query.millis("to", default=MAX_MS)
+    from_ms, to_ms = query.span()
     limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_EVENTS_LIMIT)
     cursor = query.text("cursor")
-    check_range(from_ms, to_ms)
     if meter_name is not None:
         _meter(daemon, meter_name)
     await daemon.known_account(account)
