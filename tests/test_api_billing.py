@@ -8,6 +8,7 @@ closed); each test uses its own accounts.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,9 @@ def test_meterd_explain_prints_the_invoice_and_a_line(daemon: DaemonProcess) -> 
     missing = meterd("--line", "9")
     assert missing.returncode == 1
     assert "has no line 9" in missing.stderr
+    as_json = meterd("--json")
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["invoice"]["total"] == "0.04"
+    [explained] = document["explanations"]
+    assert [e["id"] for e in explained["events"]] == ["e1", "e2"]

@@ -100,6 +100,7 @@ async def test_usage_and_usage_explanation(tmp_path: Path) -> None:
 
 async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
     async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
         status, result = await run(
             b, '{ account(id: "acme") { invoice(period: "2026-13") { total } } }'
         )
@@ -111,6 +112,8 @@ async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
             b, '{ account(id: "acme") { usage(meter: "nope", from: 0, to: 1) { value } } }'
         )
         assert result["errors"][0]["extensions"]["code"] == "unknown_meter"
+        status, result = await run(b, '{ account(id: "nobody") { id } }')
+        assert result["errors"][0]["extensions"]["code"] == "unknown_account"
         status, result = await run(b, "{ account { id } }")  # invalid query: the request fails
         assert status == 400
         assert "id" in result["errors"][0]["message"]

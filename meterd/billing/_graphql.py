@@ -35,7 +35,7 @@ from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
 
 from meterd.model import Window
 
-from ._errors import BillingError, invalid
+from ._errors import BillingError, NotFound, invalid
 from ._period import Period
 from ._rating import text
 from ._service import Billing
@@ -54,7 +54,7 @@ scalar Millis
 enum Window { MINUTE HOUR DAY }
 
 type Query {
-  "One account's usage and invoices (an account with no usage has empty ones)."
+  "One account's usage and invoices (unknown_account if the store has never seen it)."
   account(id: String!): Account!
 }
 
@@ -216,6 +216,8 @@ line_type = ObjectType("Line")
 def _account(_parent: None, info: Info, id: str) -> dict[str, str]:
     if not id:
         raise invalid("id", "must not be empty")
+    if not _on_trio(info, _billing(info).known_account, id):
+        raise NotFound(f"no account {id!r} is known to the store", code="unknown_account")
     return {"id": id}
 
 

@@ -102,6 +102,11 @@ class Billing:
     def meters(self) -> Mapping[str, Meter]:
         return self.accounts.meters
 
+    async def known_account(self, account: str) -> bool:
+        """Whether the store (or a running actor) has seen ``account`` (nothing is woken)."""
+        accounts = self.accounts
+        return account in accounts.registry or await accounts.store.reader.has_account(account)
+
     def meter(self, name: str) -> Meter:
         meter = self.meters.get(name)
         if meter is None:
