@@ -37,7 +37,7 @@ from meterd.model import Window
 
 from ._errors import BillingError, NotFound, invalid
 from ._period import Period
-from ._rating import text
+from ._rating import InvoiceLine, text
 from ._service import Billing
 
 __all__ = ["SDL", "BillingGraphQL"]
@@ -271,7 +271,7 @@ def _invoice(parent: dict[str, str], info: Info, period: str) -> dict[str, Any]:
         return (await billing.invoice(parent["id"], month)).to_json()
 
     out = _on_trio(info, invoice)
-    where = {"_account": parent["id"], "_period": str(month)}
+    where = {"_account": parent["id"]}
     out["lines"] = [_line_json(line, where) for line in out["lines"]]
     out["unpriced"] = [_with_pairs(u, "dimensions") for u in out["unpriced"]]
     for restatement in out.get("restatements", []):
@@ -290,13 +290,8 @@ def _line_explanation(
     billing = _billing(info)
 
     async def explain() -> dict[str, Any]:
-        found = await billing.explain(
-            parent["_account"],
-            Period.parse(parent["_period"]),
-            parent["number"],
-            cursor=cursor,
-            limit=limit,
-        )
+        line = InvoiceLine.from_json(parent["_line"])  # of this query's rating: not re-rated
+        found = await billing.explain_line(parent["_account"], line, cursor=cursor, limit=limit)
         return found.to_json()
 
     return _explanation_json(_on_trio(info, explain))
@@ -307,7 +302,7 @@ def _with_pairs(item: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _line_json(line: dict[str, Any], where: Mapping[str, str]) -> dict[str, Any]:
-    return {**_with_pairs(line, "dimensions"), **where}
+    return {**_with_pairs(line, "dimensions"), **where, "_line": line}
 
 
 def _explanation_json(found: dict[str, Any]) -> dict[str, Any]:

@@ -382,6 +382,17 @@ class Billing:
             found = invoice.line(line)
         except LookupError as exc:
             raise NotFound(str(exc), code="unknown_line") from None
+        return await self.explain_line(account, found, cursor=cursor, limit=limit)
+
+    async def explain_line(
+        self,
+        account: str,
+        found: InvoiceLine,
+        *,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> Explanation:
+        """A line of a rating already at hand (no re-rating) down to its events."""
         meter = self.meter(found.meter)
         dims = tuple(v for _, v in found.dims)
         adjustments = [
