@@ -19,12 +19,13 @@ import pytest
 
 from meterd.config import load
 from meterd.model import DAY_MS, HOUR_MS
-from tests.test_send import ROOT, T0, Daemon, daemon, line, meterd_send, write
+from tests.test_send import T0, Daemon, daemon, line, meterd_send, write
 
 pytest.importorskip("meterd.api", reason="the operator API (meterd.api) is not on this branch")
 
 __all__ = ["daemon"]  # a fixture, used by name
 
+ROOT = Path(__file__).resolve().parents[1]
 FROM = T0 - T0 % DAY_MS
 TO = FROM + 2 * DAY_MS
 HOUR = T0 - T0 % HOUR_MS
