@@ -112,6 +112,10 @@ def test_tls_in_the_config_means_https_trusting_its_certificate(
         ({}, ["METERD_URL and METERD_TOKEN not set", "no such config file"]),
         ({"METERD_URL": "http://h:1"}, ["METERD_TOKEN not set", "no such config file"]),
         (
+            {"METERD_URL": "http://h:1", "METERD_TOKEN": "tök en"},
+            ["METERD_TOKEN is not a usable bearer token: printable ASCII without spaces"],
+        ),
+        (
             {"METERD_URL": "ws://127.0.0.1:8700/v1/ingest", "METERD_TOKEN": "x"},
             ["'ws://127.0.0.1:8700/v1/ingest' is not an http:// or https:// URL"],
         ),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import ssl
 import sys
 from collections.abc import Callable, Mapping
@@ -37,6 +38,7 @@ from meterd.config import Config, ConfigError, load
 USAGE_ERROR = 2
 API_ERROR = 1
 TIMEOUT = 10.0  # seconds for connecting and for each read
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in "Authorization: Bearer <token>"
 
 
 class ApiError(Exception):
@@ -98,6 +100,11 @@ def resolve(
     if token is None:
         assert config is not None
         token = config.api.admin_token
+    elif not _TOKEN.fullmatch(token):  # the config checks its own tokens the same way
+        raise ApiError(
+            "METERD_TOKEN is not a usable bearer token: printable ASCII without spaces",
+            USAGE_ERROR,
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(
