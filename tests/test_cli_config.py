@@ -112,6 +112,14 @@ def test_tls_in_the_config_means_https_trusting_its_certificate(
         ({}, ["METERD_URL and METERD_TOKEN not set", "no such config file"]),
         ({"METERD_URL": "http://h:1"}, ["METERD_TOKEN not set", "no such config file"]),
         (
+            {"METERD_URL": "http://[::1:8701", "METERD_TOKEN": "x"},
+            ["the API address 'http://[::1:8701' is not a valid URL (Invalid IPv6 URL)"],
+        ),
+        (
+            {"METERD_URL": "http://user:pw@h:87010", "METERD_TOKEN": "x"},
+            ["the API address 'http://h:87010' is not a valid URL (Port out of range"],
+        ),
+        (
             {"METERD_URL": "http://h:1", "METERD_TOKEN": "tök en"},
             ["METERD_TOKEN is not a usable bearer token: printable ASCII without spaces"],
         ),

@@ -105,7 +105,14 @@ def resolve(
             "METERD_TOKEN is not a usable bearer token: printable ASCII without spaces",
             USAGE_ERROR,
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - checks the port is a number 0-65535
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as error:
+        raise ApiError(
+            f"the API address {_safe_url(url)!r} is not a valid URL ({error})", USAGE_ERROR
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(
             f"the API address {_safe_url(url)!r} is not an http:// or https:// URL"
@@ -135,7 +142,10 @@ def _one_line(error: ConfigError) -> str:
 
 def _safe_url(url: str) -> str:
     """``url`` without any user:password part."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rpartition("@")[2]
     if parts.password is None and parts.username is None:
         return url
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
