@@ -178,15 +178,17 @@ class Api:
     def close(self) -> None:
         self._client.close()
 
-    def get(self, path: str, params: Mapping[str, object] | None = None) -> Any:
-        """The JSON answer to ``GET path``; :class:`ApiError` for any failure."""
+    def get(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
+        """The JSON object answering ``GET path``; :class:`ApiError` for any failure."""
         return self._request("GET", path, params)
 
-    def post(self, path: str) -> Any:
-        """The JSON answer to ``POST path``; :class:`ApiError` for any failure."""
+    def post(self, path: str) -> dict[str, Any]:
+        """The JSON object answering ``POST path``; :class:`ApiError` for any failure."""
         return self._request("POST", path, None)
 
-    def _request(self, method: str, path: str, params: Mapping[str, object] | None) -> Any:
+    def _request(
+        self, method: str, path: str, params: Mapping[str, object] | None
+    ) -> dict[str, Any]:
         query = {key: value for key, value in (params or {}).items() if value is not None}
         where = _safe_url(self.endpoint.url)
         try:
@@ -209,7 +211,13 @@ class Api:
             raise ApiError(
                 f"the request to the API at {where} failed: {_reason(error)}", unreachable=True
             ) from None
-        return _answer(response, where)
+        answer = _answer(response, where)
+        if not isinstance(answer, dict):
+            raise ApiError(
+                f"the API at {where} answered {method} {path.partition('?')[0]} with JSON that"
+                " is not an object (is that address meterd's API?)"
+            )
+        return answer
 
 
 def _reason(error: httpx.HTTPError) -> str:
