@@ -77,12 +77,9 @@ class Event:
     def fingerprint(self) -> int:
         """A 63-bit digest of what makes the event what it is (meter, quantity, time,
         properties): equal for a genuine re-send, different for an ``id_conflict``."""
-        # msgpack, not a joined string: property values may hold any character, and
-        # a separator inside one must not make two different events look equal.
-        packed = msgpack.packb(
-            [self.meter, canonical_quantity(self.quantity), self.time, list(self.properties)]
+        return fingerprint_of(
+            self.meter, canonical_quantity(self.quantity), self.time, self.properties
         )
-        return _digest63_bytes(packed)
 
     def dedupe_key(self) -> int:
         """A 63-bit key for ``(account, id)``: the compact dedupe index key."""
@@ -108,6 +105,16 @@ def canonical_quantity(quantity: Quantity) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "0", "") else text
+
+
+def fingerprint_of(
+    meter: str, quantity_text: str, time: int, properties: tuple[tuple[str, str], ...]
+) -> int:
+    """:meth:`Event.fingerprint` from its parts (``quantity_text`` is the
+    :func:`canonical_quantity`), for callers that have the canonical text already."""
+    # msgpack, not a joined string: property values may hold any character, and
+    # a separator inside one must not make two different events look equal.
+    return _digest63_bytes(msgpack.packb([meter, quantity_text, time, list(properties)]))
 
 
 def _digest63(text: str) -> int:

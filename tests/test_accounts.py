@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import supervisors as sv
@@ -164,3 +165,110 @@ async def test_a_clean_stop_checkpoints_so_the_next_start_replays_nothing(
         assert loaded.watermark > 0
     finally:
         await store.aclose()
+
+
+# ---- the batch path: Accounts.submit, delivery, the in-flight budget ---------------------------
+
+
+class Reports:
+    """An ``on_done`` for :meth:`Accounts.submit` that records what it was given."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+        self.done = trio.Event()
+
+    def __call__(self, outcome: Any) -> None:
+        self.outcomes.append(outcome)
+        self.done.set()
+
+
+async def submit(accounts: Accounts, groups: list[tuple[str, list[Event]]]) -> list[Any]:
+    report = Reports()
+    accounts.submit(groups, report)
+    await report.done.wait()
+    [outcome] = report.outcomes
+    assert isinstance(outcome, list), outcome
+    return [(v.accepted, v.duplicates, v.conflicts) for v in outcome]
+
+
+async def settled(accounts: Accounts) -> None:
+    """Everything delivered is applied: the budget is all back (a leak fails here)."""
+    with trio.fail_after(10):
+        while accounts.budget.used:
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.lowlevel.checkpoint()
+
+
+async def test_a_batch_is_decided_by_the_writer_and_applied_by_each_actor(tmp_path: Path) -> None:
+    async with running(tmp_path) as accounts:
+        first = await submit(
+            accounts,
+            [
+                ("acme", [dyno("acme", "e1", "1.5"), dyno("acme", "e2", "2")]),
+                ("globex", [dyno("globex", "e1", "7")]),
+            ],
+        )
+        assert first == [([0, 1], [], []), ([0], [], [])]
+        again = await submit(
+            accounts,
+            [
+                (
+                    "acme",
+                    [dyno("acme", "e1", "1.5"), dyno("acme", "e2", "9"), dyno("acme", "e3", "1")],
+                )
+            ],
+        )
+        assert again == [([2], [0], [1])]
+        await settled(accounts)
+        assert await hourly(accounts, "acme") == [(0, "4.5", None)]
+        assert await hourly(accounts, "globex") == [(0, "7", None)]
+        assert accounts.wakes == 2  # no actor ran: the commit woke them, they replayed
+        assert accounts.budget.used == 0
+
+
+async def test_an_actor_that_dies_with_deliveries_in_its_mailbox_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Three committed batches are delivered at once; the actor crashes on the first
+    (a poison event), so the other two die in its mailbox. The next incarnation replays
+    all three from the journal (parking the poison event), and the budget they held is
+    given back."""
+    crashes: list[str] = []
+
+    def poison(event: Event) -> None:
+        if event.id == "poison":
+            crashes.append(event.id)
+            raise ValueError("cannot apply this event")
+
+    async with running(tmp_path) as accounts:
+        await accounts.ingest("acme", [dyno("acme", "warm", "1")])  # the actor is awake
+        accounts.fault_hook = poison
+        reports = [Reports() for _ in range(3)]
+        accounts.submit(
+            [("acme", [dyno("acme", "a", "1"), dyno("acme", "poison", "5")])], reports[0]
+        )
+        accounts.submit([("acme", [dyno("acme", "b", "10")])], reports[1])
+        accounts.submit([("acme", [dyno("acme", "c", "100")])], reports[2])
+        for report in reports:
+            await report.done.wait()
+        await settled(accounts)
+        assert await hourly(accounts, "acme") == [(0, "112", None)]
+        assert crashes == ["poison", "poison"]  # live, then on replay: parked
+        [parked] = await accounts.store.reader.quarantined("acme")
+        assert parked.event_id == "poison"
+        assert accounts.budget.used == 0
+
+
+async def test_a_full_mailbox_delays_delivery_in_order_and_counts_exactly(tmp_path: Path) -> None:
+    async with running(tmp_path, mailbox_size=2) as accounts:
+        await accounts.ingest("acme", [dyno("acme", "warm", "1")])
+        reports = [Reports() for _ in range(12)]
+        for n, report in enumerate(reports):
+            accounts.submit([("acme", [dyno("acme", f"e{n}", "1")])], report)
+        for report in reports:
+            await report.done.wait()
+        assert accounts.overflows >= 1  # the mailbox of 2 was full: delivered later
+        assert await hourly(accounts, "acme") == [(0, "13", None)]
+        await settled(accounts)
+        assert accounts.budget.used == 0
+        assert not accounts.backlogged("acme")

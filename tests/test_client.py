@@ -38,6 +38,7 @@ from meterd.client import (
     prepare_event,
 )
 from meterd.config import ApiConfig, Config, IngestConfig, Listen, StoreConfig, load
+from meterd.store import CommitFailed
 from tests.test_ingest import (
     ADMIN_TOKEN,
     METERS,
@@ -263,8 +264,8 @@ async def test_no_more_than_window_batches_are_unacknowledged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running(config(tmp_path, window=2)) as services:
-        gate = Gate(services.accounts.ingest)
-        monkeypatch.setattr(services.accounts, "ingest", gate.ingest)
+        gate = Gate(services.accounts.submit)
+        monkeypatch.setattr(services.accounts, "submit", gate.submit)
         async with Producer(services.ingest.url, PLATFORM_TOKEN, max_batch=1) as producer:
             for n in range(10):
                 await producer.send(event(f"w{n}", account=f"acct-{n}"))
@@ -282,8 +283,8 @@ async def test_no_more_than_window_batches_are_unacknowledged(
 async def test_flush_returns_once_every_event_is_acknowledged(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(services.accounts.ingest)
-    monkeypatch.setattr(services.accounts, "ingest", gate.ingest)
+    gate = Gate(services.accounts.submit)
+    monkeypatch.setattr(services.accounts, "submit", gate.submit)
     flushed = trio.Event()
     async with Producer(services.ingest.url, PLATFORM_TOKEN, linger=3600) as producer:
         for n in range(3):
@@ -434,21 +435,27 @@ async def test_a_wrong_token_raises_authentication_error_without_retrying(
     assert producer.unacknowledged() == [event("a1")]
 
 
-async def test_an_unavailable_account_is_re_sent_on_a_new_connection(services: Services) -> None:
-    crashed: list[str] = []
+async def test_an_unavailable_batch_is_re_sent_on_a_new_connection(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+    submit = services.accounts.submit
 
-    def crash_once(item: Any) -> None:
-        if item.id == "boom" and not crashed:
-            crashed.append(item.id)
-            raise RuntimeError("injected")
+    def fail_once(groups: list[tuple[str, list[Any]]], on_done: Callable[[Any], None]) -> None:
+        """The batch holding "boom" is not written the first time: a failed commit."""
+        if not failures and any(e.id == "boom" for _, events in groups for e in events):
+            failures.append("boom")
+            on_done(CommitFailed("disk I/O error (injected)"))
+            return
+        submit(groups, on_done)
 
-    services.accounts.fault_hook = crash_once
+    monkeypatch.setattr(services.accounts, "submit", fail_once)
     events = [event(f"u{n}", account=f"acct-{n % 3}") for n in range(30)]
     events[17] = event("boom", account="acct-2")
     async with fast(services.ingest.url, PLATFORM_TOKEN, max_batch=5) as producer:
         for item in events:
             await producer.send(item)
-    assert crashed == ["boom"]
+    assert failures == ["boom"]
     assert producer.stats.faults == Counter(unavailable=1)
     assert producer.stats.connections == 2
     assert producer.stats.resent >= 1
@@ -582,8 +589,8 @@ async def test_a_refused_path_is_not_retried(services: Services) -> None:
 async def test_cancelling_the_caller_leaves_the_block_quietly(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(services.accounts.ingest)  # holds the batch: flush cannot finish
-    monkeypatch.setattr(services.accounts, "ingest", gate.ingest)
+    gate = Gate(services.accounts.submit)  # holds the batch: flush cannot finish
+    monkeypatch.setattr(services.accounts, "submit", gate.submit)
     with trio.CancelScope() as scope:
         async with Producer(services.ingest.url, PLATFORM_TOKEN) as producer:
             await producer.send(event("c1"))

@@ -2,7 +2,7 @@
 
 Every test runs the daemon's real tree (``meterd.app.build``) on a temporary store, listening
 on 127.0.0.1 (port 0), and talks to it with a raw trio-websocket client. Where a test needs
-batches to stay in flight it wraps ``Accounts.ingest`` in a :class:`Gate`; "the server did
+batches to stay in flight it wraps ``Accounts.submit`` in a :class:`Gate`; "the server did
 not do X" is checked after ``wait_all_tasks_blocked`` (everything that could run has run),
 never after a sleep.
 """
@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sqlite3
 import ssl
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,7 +41,6 @@ from trio_websocket import (
 
 import supervisors as sv
 from meterd import __version__
-from meterd.accounts.actor import Verdict
 from meterd.accounts.aggregate import EXACT
 from meterd.app import Services, build
 from meterd.config import (
@@ -79,11 +79,17 @@ def make_config(
     window: int = WINDOW,
     host: str = "127.0.0.1",
     tls: Tls | None = None,
+    max_in_flight_events: int = 20_000,
 ) -> Config:
     return Config(
         path=where / "config.toml",
         ingest=IngestConfig(
-            Listen(host, 0), tls=tls, max_frame_bytes=MAX_FRAME, max_batch=MAX_BATCH, window=window
+            Listen(host, 0),
+            tls=tls,
+            max_frame_bytes=MAX_FRAME,
+            max_batch=MAX_BATCH,
+            window=window,
+            max_in_flight_events=max_in_flight_events,
         ),
         api=ApiConfig(Listen("127.0.0.1", 0), admin_token=ADMIN_TOKEN),
         store=StoreConfig(where / "meterd.sqlite3"),
@@ -212,33 +218,55 @@ async def total(services: Services, account: str, meter: str = "router.requests"
 
 
 class Gate:
-    """Stands in for ``Accounts.ingest``: records each call and holds it until released."""
+    """Stands in for ``Accounts.submit``: records each batch and holds back the report of
+    its commit until released. The batch itself reaches the store writer at once, in the
+    order it was read, so holding a report changes when a batch is acknowledged, never
+    what its verdicts are."""
 
     def __init__(
-        self, real: Callable[[str, list[Event]], Awaitable[Verdict]], *, hold: int = 10**9
+        self,
+        real: Callable[[list[tuple[str, list[Event]]], Callable[[Any], None]], None],
+        *,
+        hold: int = 10**9,
     ) -> None:
         self.real = real
-        self.hold = hold  # how many calls (the first ones) wait for release()
-        self.calls: list[tuple[str, list[str]]] = []
-        self.waiting = 0
-        self.returned = 0
+        self.hold = hold  # how many batches (the first ones) have their report held
+        self.calls: list[tuple[str, list[str]]] = []  # (account, ids) of each group
+        self.batches = 0
+        self.waiting = 0  # batches held: submitted, not reported
+        self.returned = 0  # batches reported (durable, verdicts known)
         self.released = trio.Event()
+        self._held: list[tuple[Callable[[Any], None], Any]] = []
         self._progress = trio.Event()
 
-    async def ingest(self, account: str, events: list[Event]) -> Verdict:
-        self.calls.append((account, [event.id for event in events]))
-        if len(self.calls) <= self.hold:
+    def submit(self, groups: list[tuple[str, list[Event]]], on_done: Callable[[Any], None]) -> None:
+        self.calls.extend((account, [event.id for event in events]) for account, events in groups)
+        self.batches += 1
+        held = self.batches <= self.hold
+        if held:
             self.waiting += 1
             self._tick()
-            await self.released.wait()
+
+        def report(outcome: Any) -> None:
+            if held and not self.released.is_set():
+                self._held.append((on_done, outcome))
+            else:
+                self._report(on_done, outcome, held)
+
+        self.real(groups, report)
+
+    def _report(self, on_done: Callable[[Any], None], outcome: Any, held: bool) -> None:
+        if held:
             self.waiting -= 1
-        verdict = await self.real(account, events)
+        on_done(outcome)
         self.returned += 1
         self._tick()
-        return verdict
 
     def release(self) -> None:
         self.released.set()
+        held, self._held = self._held, []
+        for on_done, outcome in held:
+            self._report(on_done, outcome, True)
 
     def _tick(self) -> None:
         self._progress.set()
@@ -251,8 +279,8 @@ class Gate:
 
 @pytest.fixture
 def gate(services: Services, monkeypatch: pytest.MonkeyPatch) -> Gate:
-    gate = Gate(services.accounts.ingest)
-    monkeypatch.setattr(services.accounts, "ingest", gate.ingest)
+    gate = Gate(services.accounts.submit)
+    monkeypatch.setattr(services.accounts, "submit", gate.submit)
     return gate
 
 
@@ -628,23 +656,64 @@ async def test_the_server_stops_reading_when_window_batches_are_unacknowledged(
         await client.ws.aclose()
 
 
-async def test_a_batch_goes_to_each_account_once_and_concurrently(
+async def test_a_spent_in_flight_budget_stops_reading_on_every_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon-wide budget (3 events here) counts events read and not yet applied:
+    once it is spent no connection is read, whatever its window; acks free it."""
+    async with running(make_config(tmp_path, max_in_flight_events=3)) as services:
+        gate = Gate(services.accounts.submit)
+        monkeypatch.setattr(services.accounts, "submit", gate.submit)
+        async with (
+            connect(services) as one,
+            connect(services) as two,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(one.collect)
+            nursery.start_soon(two.collect)
+            for seq in (1, 2, 3):
+                await one.batch(seq, [ev(f"a{seq}"), ev(f"b{seq}", account="globex.io")])
+                await two.batch(seq, [ev(f"c{seq}"), ev(f"d{seq}", account="initech")])
+            await gate.until(lambda: gate.waiting >= 2)
+            await trio.testing.wait_all_tasks_blocked()
+            # A batch is admitted whole while fewer than 3 events are in flight: 2, then
+            # 2 more (4), and perhaps one more taken by the other connection before it
+            # saw the budget spent; then nothing is read, on either connection.
+            budget = services.accounts.budget
+            assert budget.full
+            assert services.ingest.stats.batches in (2, 3)
+            assert budget.used >= 2 * services.ingest.stats.batches  # (+ delivered, unapplied)
+            assert budget.waits >= 1
+            gate.release()
+            await one.wait_for(3)
+            await two.wait_for(3)
+            await one.ws.aclose()
+            await two.ws.aclose()
+        assert [frame["accepted"] for frame in one.received + two.received] == [2] * 6
+        assert services.ingest.stats.batches == 6
+        assert await total(services, "acme") == "6"
+        assert services.accounts.budget.used == 0
+
+
+async def test_a_batch_is_one_durable_operation_grouped_by_account(
     services: Services, gate: Gate
 ) -> None:
     accounts = ["acme", "globex.io", "user:42@initech"]
     events = [ev(f"e{i}", account=accounts[i % 3]) for i in range(9)]
     async with connect(services) as client:
         await client.batch(1, events)
-        await gate.until(lambda: gate.waiting == 3)  # all three calls in flight at once
+        await gate.until(lambda: gate.waiting == 1)  # one submission for the whole batch
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(gate.calls) == [
             ("acme", ["e0", "e3", "e6"]),
             ("globex.io", ["e1", "e4", "e7"]),
             ("user:42@initech", ["e2", "e5", "e8"]),
         ]
+        assert gate.batches == 1
         gate.release()
         ack = await client.ack(1)
     assert ack["accepted"] == 9
+    assert services.store.writer.stats.batches == 1  # one writer operation, all accounts
     for account in accounts:
         assert await total(services, account) == "3"
 
@@ -653,7 +722,8 @@ async def test_the_first_sent_copy_of_an_id_wins_on_a_connection(
     services: Services, gate: Gate
 ) -> None:
     gate.hold = 1
-    async with connect(services) as client:
+    async with connect(services) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(client.collect)
         await client.batch(1, [ev("x", meter="dyno.seconds", quantity="1")])
         await client.batch(
             2,
@@ -663,26 +733,33 @@ async def test_the_first_sent_copy_of_an_id_wins_on_a_connection(
             ],
         )
         await client.batch(3, [ev("z", account="other", meter="dyno.seconds", quantity="5")])
-        await gate.until(lambda: gate.returned == 1)  # batch 3 (no common id) went ahead
+        # Batches 2 and 3 are decided while batch 1's outcome is still held back: the
+        # writer took the batches in the order they were sent.
+        await gate.until(lambda: gate.returned == 2)
         await trio.testing.wait_all_tasks_blocked()
-        assert [account for account, _ in gate.calls] == ["acme", "other"]  # not batch 2
+        assert client.received == []  # nothing acknowledged before batch 1
         gate.release()
-        assert (await client.ack(1))["accepted"] == 1
-        second = await client.ack(2)
-        await client.ack(3)
+        await client.wait_for(3)
+        await client.ws.aclose()
+    first, second, third = client.received
+    assert [first["seq"], second["seq"], third["seq"]] == [1, 2, 3]
+    assert first["accepted"] == 1
     assert second["accepted"] == 1
     assert [(r["index"], r["id"], r["code"]) for r in second["rejected"]] == [
         (0, "x", "id_conflict")
     ]
+    assert third["accepted"] == 1
     assert await total(services, "acme", "dyno.seconds") == "11"
 
 
 # ---- failures and shutdown -------------------------------------------------------------------
 
 
-async def test_an_actor_crash_mid_batch_is_unavailable_and_nothing_is_acknowledged(
+async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
     services: Services,
 ) -> None:
+    """The ack means durable; the actor applies committed events after it. An actor that
+    crashes while applying them is restarted and replays them from the journal."""
     crashed: list[str] = []
 
     def crash_once(event: Event) -> None:
@@ -696,15 +773,45 @@ async def test_an_actor_crash_mid_batch_is_unavailable_and_nothing_is_acknowledg
         await client.batch(1, [ev("ok")])
         await client.ack(1)
         await client.batch(2, retry)
+        ack = await client.ack(2)  # durable before the actor crashed applying it
+        assert (ack["accepted"], ack["duplicates"]) == (2, 0)
+        await client.batch(3, retry)  # a producer re-sending it anyway
+        again = await client.ack(3)
+    assert (again["accepted"], again["duplicates"]) == (0, 2)
+    assert crashed == ["boom"]
+    assert await total(services, "acme") == "2"
+    assert await total(services, "globex.io") == "1"
+    assert _restarts(services, "ingest") == 0
+
+
+async def test_a_failed_commit_is_unavailable_and_nothing_is_acknowledged(
+    services: Services,
+) -> None:
+    writer = services.store.writer
+    failures: list[str] = []
+
+    def fail_once() -> None:
+        if not failures:
+            failures.append("commit")
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    async with connect(services) as client:
+        await client.batch(1, [ev("ok")])
+        await client.ack(1)
+        writer._before_commit = fail_once
+        retry = [ev("lost"), ev("fine", account="globex.io")]
+        await client.batch(2, retry)
         error = await client.error("unavailable")
         assert await client.close_code() == 1011
     assert "seq 2" in error["message"]
     assert "re-send" in error["message"]
-    assert crashed == ["boom"]
+    assert "disk I/O error" in error["message"]
+    assert failures == ["commit"]
+    assert services.accounts.budget.used == 0  # the failed batch gave its budget back
     async with connect(services) as client:  # the producer re-sends on a new connection
         await client.batch(1, retry)
         ack = await client.ack(1)
-    assert (ack["accepted"], ack["duplicates"]) == (0, 2)  # both were durable already
+    assert (ack["accepted"], ack["duplicates"]) == (2, 0)  # nothing of it was written before
     assert await total(services, "acme") == "2"
     assert await total(services, "globex.io") == "1"
     assert _restarts(services, "ingest") == 0

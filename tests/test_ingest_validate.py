@@ -470,3 +470,34 @@ def test_server_frames() -> None:
         "unavailable": 1011,
         "shutting_down": 1001,
     }
+
+
+def test_an_ack_of_rejected_long_ids_fits_in_the_frame_limit() -> None:
+    """The worst case: every event of a full batch rejected, each with a 200-character id
+    and a long message. The ack is cut to the limit by shortening messages only."""
+    rejected = [
+        {
+            "index": index,
+            "id": f"{index:04d}" + "i" * 196,
+            "code": "time_out_of_range",
+            "message": "time is more than 35 days in the past " + "x" * 300,
+        }
+        for index in range(1000)
+    ]
+    whole = ack_frame(1, 0, 0, rejected)
+    limit = 320_000
+    assert len(whole) > limit  # the case is real
+    capped = ack_frame(1, 0, 0, rejected, limit)
+    assert len(capped) <= limit
+    frame = msgpack.unpackb(capped)
+    assert [(r["index"], r["id"], r["code"]) for r in frame["rejected"]] == [
+        (r["index"], r["id"], r["code"]) for r in rejected
+    ]
+    assert all(r["message"].startswith("time is more than") for r in frame["rejected"])
+    assert all(len(r["message"]) <= 60 for r in frame["rejected"])
+    # Under the limit nothing is cut.
+    assert ack_frame(1, 0, 0, rejected[:3], limit) == ack_frame(1, 0, 0, rejected[:3])
+    # Too small even without messages: messages go, the rest stays.
+    tiny = msgpack.unpackb(ack_frame(1, 0, 0, rejected, 300_000))
+    assert {r["message"] for r in tiny["rejected"]} == {""}
+    assert len(tiny["rejected"]) == 1000

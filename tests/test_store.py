@@ -78,9 +78,9 @@ class Collector:
     """An ``on_done`` that records what it was given."""
 
     def __init__(self) -> None:
-        self.outcomes: list[AppendResult | BaseException] = []
+        self.outcomes: list[AppendResult | list[AppendResult] | BaseException] = []
 
-    def __call__(self, outcome: AppendResult | BaseException) -> None:
+    def __call__(self, outcome: AppendResult | list[AppendResult] | BaseException) -> None:
         self.outcomes.append(outcome)
 
     def result(self, index: int = 0) -> AppendResult:
@@ -321,6 +321,86 @@ async def test_dedupe_is_exact_when_every_key_collides(
         assert again == AppendResult(5, [4], [0, 2, 3], [1])
         assert (await writer.append("globex", [ev("k1", "globex", quantity=8)])).duplicates == [0]
         assert (await writer.append("globex", [ev("k1", "globex")])).conflicts == [0]
+
+
+_ACCOUNTS = ("acme", "globex", "initech")
+_batch_groups = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from(_ACCOUNTS), st.sampled_from("abcde"), st.integers(1, 2)),
+        min_size=1,
+        max_size=8,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _grouped(batch: list[tuple[str, str, int]]) -> list[tuple[str, list[Event]]]:
+    groups: dict[str, list[Event]] = {}
+    for account, event_id, quantity in batch:
+        groups.setdefault(account, []).append(ev(event_id, account, quantity=quantity))
+    return list(groups.items())
+
+
+async def _verdicts_and_rows(
+    path: Path, batches: list[list[tuple[str, list[Event]]]], one_operation: bool
+) -> tuple[list[AppendResult], list[tuple[Any, ...]]]:
+    collected: list[Collector] = []
+    async with running(Writer(path, commit_interval=0)) as writer:
+        for index, groups in enumerate(batches):
+            if one_operation:
+                whole = Collector()
+                writer.submit_batch(groups, whole)
+                collected.append(whole)
+            else:
+                for account, events in groups:
+                    collected.append(Collector())
+                    writer.submit(account, events, collected[-1])
+            if index % 2:
+                await writer.barrier()  # some batches in one group, some in their own
+        await writer.barrier()
+    results: list[AppendResult] = []
+    for collector in collected:
+        [outcome] = collector.outcomes
+        if isinstance(outcome, list):
+            results.extend(outcome)
+        else:
+            assert isinstance(outcome, AppendResult), outcome
+            results.append(outcome)
+    stored = rows(
+        path,
+        "SELECT b.batch_id, b.account, b.count, b.payload FROM event_batches b ORDER BY batch_id",
+    ) + rows(path, "SELECT 'overflow', account, event_id, fingerprint FROM dedupe_overflow")
+    return results, sorted(stored, key=repr)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=_batch_groups, collide=st.booleans())
+def test_a_batch_operation_decides_exactly_like_one_append_per_account(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[Any], collide: bool
+) -> None:
+    """``submit_batch`` (one operation, one lookup, deferred inserts) gives the verdicts and
+    the stored rows of one ``submit`` per group, in the same order: with real keys, and
+    when every (account, id) shares one dedupe key (collisions across the accounts of one
+    batch go to the overflow table)."""
+    grouped = [_grouped(batch) for batch in batches]
+    where = tmp_path_factory.mktemp("batch")
+    with pytest.MonkeyPatch.context() as patch:
+        if collide:
+            patch.setattr(Event, "dedupe_key", lambda self: 777)
+            patch.setattr(schema, "account_bucket", lambda account: 0)
+        one = trio.run(_verdicts_and_rows, where / "one.sqlite3", grouped, True)
+        each = trio.run(_verdicts_and_rows, where / "each.sqlite3", grouped, False)
+    assert one == each
+
+
+async def test_a_batch_operation_checks_its_groups(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "s.sqlite3")
+    with pytest.raises(ValueError, match="of account 'globex', submitted for account 'acme'"):
+        writer.submit_batch([("acme", [ev("a"), ev("b", "globex")])], Collector())
+    with pytest.raises(ValueError, match="account 'acme' has two groups"):
+        writer.submit_batch([("acme", [ev("a")]), ("acme", [ev("b")])], Collector())
+    assert writer.pending == 0
 
 
 def test_dedupe_row_keys_are_63_bits_and_grouped_by_account() -> None:
@@ -784,6 +864,16 @@ def test_codec_round_trips_exactly(events: list[Event]) -> None:
             assert after.fingerprint() == before.fingerprint()
     assert codec.encode_batch(decoded) == payload  # canonical: one encoding per value
     assert codec.batch_event_ids(payload) == [e.id for e in events]
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=_events)
+def test_the_writers_row_and_fingerprint_are_the_events(event: Event) -> None:
+    """The writer canonicalizes a quantity once for both the row and the fingerprint; the
+    fingerprint is part of the file format (dedupe rows), so it must be the event's own."""
+    row, fingerprint = codec.event_row_and_fingerprint(event)
+    assert row == codec.event_row(event)
+    assert fingerprint == event.fingerprint()
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,6 +13,10 @@ Lifecycle (see docs/accounts.md for the whole flow):
     id conflicts), submits the rest to the writer and returns at once; the reply
     is sent when the writer reports the batch durable, after the accepted
     events are applied. The mailbox keeps moving meanwhile.
+``("apply", batch_id, events)`` (info, from :meth:`Accounts.submit`)
+    Journal batch ``batch_id`` of this account is committed: apply its events
+    (unless this incarnation's start-up replay already did: ``batch_id`` is at
+    or below the watermark) and give their in-flight budget back.
 ``("checkpoint",)`` (call)
     Writes the windows changed since the last checkpoint (merged with what the
     store holds) and the watermark, in one transaction.
@@ -98,6 +102,8 @@ class MeterActor(sv.GenServer[Any, Any]):
     # ---- start: recover from the store ------------------------------------------
 
     async def init(self) -> None:
+        # What was delivered to an earlier incarnation and not applied is replayed below.
+        self.accounts.budget.forget(self.account)
         store = self.accounts.store
         await store.writer.barrier()
         # Only the journal after the watermark: the windows stay in the store (the actor
@@ -106,6 +112,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.watermark = self.checkpointed_watermark = loaded.watermark
         for batch_id, events in loaded.replay:
             await self._replay_batch(batch_id, events)
+        self.accounts.crashed.discard(self.account)  # recovered: a next failure is new
         if loaded.replay:
             self.log.info("account_recovered", replayed_batches=len(loaded.replay))
 
@@ -116,7 +123,15 @@ class MeterActor(sv.GenServer[Any, Any]):
             try:
                 self.accounts.fault_hook(event)
                 self.usage.apply(meters[event.meter], event)
-            except Exception as error:  # a poison event: park it, do not crash again
+            except Exception as error:
+                crashed = self.accounts.crashed
+                if self.account not in crashed:
+                    # The first failure of this account: crash, like a live apply would
+                    # (committed events are often first applied by this replay, when an
+                    # account wakes). The next incarnation's replay parks the event.
+                    crashed.add(self.account)
+                    raise
+                # A poison event: it failed again after a crash. Park it, do not crash again.
                 self.quarantined += 1
                 reason = f"{type(error).__name__}: {error}"
                 self.log.exception(
@@ -157,7 +172,9 @@ class MeterActor(sv.GenServer[Any, Any]):
 
     async def handle_info(self, message: Any) -> None:
         kind = message[0]
-        if kind == "durable":
+        if kind == "apply":
+            self._apply_batch(message[1], message[2])
+        elif kind == "durable":
             self._on_durable(message[1], message[2])
         elif kind == "tick":
             await self._tick()
@@ -168,6 +185,9 @@ class MeterActor(sv.GenServer[Any, Any]):
             await self._hibernate()
 
     async def terminate(self, exit: sv.Exit) -> None:
+        self.accounts.budget.forget(self.account)  # its mailbox dies with it
+        if exit.kind == "crash":
+            self.accounts.crashed.add(self.account)  # a replay failure now means poison
         if exit.kind == "shutdown" and not self.pending and self.usage.dirty():
             # A clean stop writes what it holds, so the next start replays nothing.
             # (Within the child's shutdown grace; the journal covers it if cut short.)
@@ -226,6 +246,21 @@ class MeterActor(sv.GenServer[Any, Any]):
             pending.caller.fail(AccountUnavailable(f"account {self.account}: actor crashed"))
             raise
         pending.caller.reply(pending.verdict)
+
+    def _apply_batch(self, batch_id: int, events: list[Event]) -> None:
+        """Apply committed journal batch ``batch_id`` (see the module doc)."""
+        try:
+            if batch_id > self.watermark:
+                self.last_active = trio.current_time()
+                meters = self.accounts.meters
+                fault_hook = self.accounts.fault_hook
+                apply = self.usage.apply
+                for event in events:
+                    fault_hook(event)
+                    apply(meters[event.meter], event)
+                self.watermark = batch_id
+        finally:
+            self.accounts.budget.give_for(self.account, len(events))
 
     def _apply_result(self, pending: _Pending, result: Any) -> None:
         verdict = pending.verdict
@@ -298,7 +333,7 @@ class MeterActor(sv.GenServer[Any, Any]):
             await self._checkpoint()
 
     async def _hibernate(self) -> None:
-        if self.pending or self.sv_mailbox_depth:
+        if self.pending or self.sv_mailbox_depth or self.accounts.backlogged(self.account):
             return  # not idle after all; the sweeper will ask again
         await self._checkpoint()
         self.log.debug("account_hibernated")

@@ -5,12 +5,27 @@
 * :meth:`Accounts.ingest` finds (or starts) the account's actor through the
   Registry and calls it with the account's share of a batch. Two producers
   racing to wake the same account get one actor (the Registry guarantees it).
+* :meth:`Accounts.submit` is the ingest hot path: a whole producer batch,
+  grouped by account, is made durable by the store writer in **one** operation;
+  once it is committed its verdicts are reported and each account's accepted
+  events are *delivered* to the account's actor (a message, no reply), which
+  applies them to its windows. Delivery is off the acknowledgement path: an
+  acknowledged event is durable, and the actor catches up from the journal if
+  it is not running (see docs/accounts.md, "Recovery").
+* :meth:`Accounts.ingest` is the per-account call (an account's share through
+  its actor, replying once durable and applied); tests and tools use it.
 * The *sweeper*, a task child beside the actors' supervisor, asks actors to
   checkpoint every ``checkpoint_interval`` and to hibernate after
-  ``idle_timeout`` without traffic, so only awake accounts cost memory.
+  ``idle_timeout`` without traffic, so only awake accounts cost memory. It
+  ticks the actors a slice at a time, spread over its period, so checkpoints
+  do not all land on the writer at once.
+* :attr:`Accounts.budget` (:class:`EventBudget`) counts the events in flight
+  daemon-wide, from ingest's read until the actor applied them; ingest stops
+  reading while it is spent.
 
 Supervision: ``accounts`` (one_for_one) = [``meters`` DynamicSupervisor,
-``sweeper`` task]. A crashing actor is restarted alone (transient: a
+``sweeper`` task, ``deliverer`` task (wakes accounts whose actor is not running,
+and delivers to actors whose mailbox was full)]. A crashing actor is restarted alone (transient: a
 hibernation is a normal exit and is not restarted); its restarts count toward
 the ``meters`` supervisor's intensity.
 """
@@ -18,19 +33,29 @@ the ``meters`` supervisor's intensity.
 from __future__ import annotations
 
 import contextlib
+import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final, TypeAlias
 
 import structlog
 import trio
 
 import supervisors as sv
 from meterd.accounts.actor import MeterActor, Verdict, decode_dims
-from meterd.accounts.aggregate import UsageRow, decode, rollup
+from meterd.accounts.aggregate import State, UsageRow, decode, rollup
+from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
-from meterd.store import Store
+from meterd.store import AppendResult, Store
 
 log = structlog.get_logger("meterd.accounts")
+
+SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
+DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
+
+BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
+"""What :meth:`Accounts.submit` reports: the writer's verdicts (one
+:class:`~meterd.store.AppendResult` per group), or why nothing was written."""
 
 
 def _no_fault(event: Event) -> None:
@@ -51,6 +76,7 @@ class Accounts:
         max_restarts: int = 50,
         max_seconds: float = 10.0,
         call_timeout: float = 30.0,
+        max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
     ) -> None:
         self.store = store
         self.meters = dict(meters)
@@ -63,12 +89,24 @@ class Accounts:
             name="meters", max_restarts=max_restarts, max_seconds=max_seconds
         )
         self.fault_hook: Callable[[Event], None] = _no_fault
+        self.budget = EventBudget(max_in_flight_events)
+        # Deliveries waiting for room in a full mailbox, per account, in commit order.
+        self._overflow: dict[str, deque[tuple[int, list[Event]]]] = {}
+        self._drained: dict[str, trio.Event] = {}
+        self._waking: set[str] = set()
+        # Accounts whose last actor crashed and whose next one has not recovered yet: an
+        # event failing in that one's replay is quarantined (docs/accounts.md).
+        self.crashed: set[str] = set()
+        self._jobs_in, self._jobs_out = trio.open_memory_channel[tuple[str, str]](math.inf)
+        self.wakes = 0  # accounts woken because their events were committed (counters)
+        self.overflows = 0  # deliveries that found a full mailbox
 
     def child_specs(self) -> list[sv.ChildSpec]:
         """The children to run under the application's ``accounts`` supervisor."""
         return [
             self.supervisor.as_child("meters"),
             sv.task_spec("sweeper", self._sweep),
+            sv.task_spec("deliverer", self._deliverer),
         ]
 
     def supervisor_spec(self) -> sv.ChildSpec:
@@ -111,6 +149,103 @@ class Accounts:
         verdict: Verdict = await self.call(account, ("ingest", list(events)))
         return verdict
 
+    def submit(self, groups: Sequence[tuple[str, list[Event]]], on_done: BatchDone) -> None:
+        """Make a producer batch durable, then deliver it to the account actors; never blocks.
+
+        ``groups`` are ``(account, events)`` with each account once. ``on_done`` is called
+        after the store writer's commit with one :class:`~meterd.store.AppendResult` per
+        group (``accepted``, ``duplicates``, ``conflicts``: indexes into that group's
+        events), or with the exception if nothing of the batch was written.
+        Duplicates and ``id_conflict`` are decided by the writer, in commit order, so the
+        first submitted copy of an id decides. The accepted events of each account are
+        delivered to its actor (which applies them) before ``on_done`` is called.
+        """
+
+        def committed(outcome: list[AppendResult] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                on_done(outcome)
+                return
+            deliver = self._deliver
+            for (account, events), result in zip(groups, outcome, strict=True):
+                if result.batch_id is not None:
+                    accepted = result.accepted
+                    if len(accepted) == len(events):
+                        deliver(account, result.batch_id, events)
+                    else:
+                        deliver(account, result.batch_id, [events[i] for i in accepted])
+            on_done(outcome)
+
+        self.store.writer.submit_batch(groups, committed)
+
+    def _deliver(self, account: str, batch_id: int, events: list[Event]) -> None:
+        """Hand committed journal batch ``batch_id`` of ``account`` to its actor."""
+        overflow = self._overflow.get(account)
+        if overflow is not None:  # keep the commit order behind what waits already
+            overflow.append((batch_id, events))
+            self.budget.take_for(account, len(events))
+            return
+        ref = self.registry.whereis(account)
+        if ref is None:
+            # No live actor: the batch is in the journal, after the account's watermark,
+            # and the next incarnation replays it. Wake one, so that it does soon.
+            self._wake(account)
+            return
+        if ref.try_send(("apply", batch_id, events)):
+            self.budget.take_for(account, len(events))
+            return
+        self.overflows += 1
+        self._overflow[account] = deque([(batch_id, events)])
+        self._drained[account] = trio.Event()
+        self.budget.take_for(account, len(events))
+        self._jobs_in.send_nowait(("pump", account))
+
+    def _wake(self, account: str) -> None:
+        if account not in self._waking:
+            self._waking.add(account)
+            self._jobs_in.send_nowait(("wake", account))
+
+    def backlogged(self, account: str) -> bool:
+        """Whether committed events of ``account`` wait to be delivered to its actor."""
+        return account in self._overflow
+
+    async def _deliverer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for kind, account in self._jobs_out:
+                if kind == "wake":
+                    nursery.start_soon(self._wake_account, account)
+                else:
+                    nursery.start_soon(self._pump, account)
+
+    async def _wake_account(self, account: str) -> None:
+        try:
+            self.wakes += 1
+            await self.ensure_started(account)
+        except Exception as error:  # it stays asleep: the journal keeps its events
+            log.warning("account_wake_failed", account=account, error=repr(error))
+        finally:
+            self._waking.discard(account)
+
+    async def _pump(self, account: str) -> None:
+        """Deliver ``account``'s overflow in order, waiting for room in the mailbox."""
+        overflow = self._overflow[account]
+        try:
+            while overflow:
+                ref = self.registry.whereis(account)
+                if ref is None:
+                    break  # stopped: its successor replays the rest from the journal
+                batch_id, events = overflow[0]
+                await ref.send(("apply", batch_id, events))  # dropped if it dies meanwhile
+                overflow.popleft()
+        finally:
+            del self._overflow[account]
+            self._drained.pop(account).set()
+            if overflow:
+                self.budget.give_for(account, sum(len(events) for _, events in overflow))
+                self._wake(account)
+
     async def checkpoint(self, account: str) -> None:
         """Make the stored windows of ``account`` complete: everything durable is in them.
 
@@ -118,7 +253,27 @@ class Accounts:
         process) the journal may hold batches past the last checkpoint, which only
         the actor's recovery folds into the windows.
         """
+        drained = self._drained.get(account)
+        if drained is not None:  # committed events still on their way to the actor
+            await drained.wait()
         await self.call(account, ("checkpoint",))
+
+    async def states(
+        self, account: str, meter: Meter, from_ms: int, to_ms: int
+    ) -> list[tuple[int, tuple[str, ...], State]]:
+        """The stored minute cells ``(start, dims, state)`` of one account and meter with
+        ``from_ms <= start < to_ms``, by start, once the store is complete for the account.
+
+        The account's actor first writes its in-memory deltas (waking it if needed, see
+        :meth:`checkpoint`), so the store holds everything acknowledged; the cells are then
+        read on the reader's connection (ingestion is not stalled).
+        """
+        await self.checkpoint(account)
+        stored = await self.store.reader.windows(account, meter.name, from_ms, to_ms)
+        return [
+            (row.start, decode_dims(row.dims, len(meter.dimensions)), decode(meter, row.state))
+            for row in stored
+        ]
 
     async def usage(
         self,
@@ -129,20 +284,9 @@ class Accounts:
         window: Window,
         group_by: str | None = None,
     ) -> list[UsageRow]:
-        """Usage rows of one account and meter (protocol.md §3), exact.
-
-        The account's actor first writes its in-memory deltas (waking it if needed,
-        see :meth:`checkpoint`), so the store holds everything acknowledged; the rows
-        are then rolled up from the stored minute windows, on the reader's connection
-        (ingestion is not stalled).
-        """
-        await self.checkpoint(account)
-        low, high = window.align(from_ms), window.align(to_ms)
-        stored = await self.store.reader.windows(account, meter.name, low, high)
-        states = [
-            (row.start, decode_dims(row.dims, len(meter.dimensions)), decode(meter, row.state))
-            for row in stored
-        ]
+        """Usage rows of one account and meter (protocol.md §3), exact: the cells of
+        :meth:`states` rolled up (:func:`~meterd.accounts.aggregate.rollup`)."""
+        states = await self.states(account, meter, window.align(from_ms), window.align(to_ms))
         return rollup(meter, states, from_ms, to_ms, window, group_by)
 
     # ---- the sweeper -------------------------------------------------------------------------
@@ -152,13 +296,23 @@ class Accounts:
     ) -> None:
         task_status.started()
         period = max(0.05, min(self.idle_timeout, self.checkpoint_interval) / 4)
+        slices = max(1, round(period / SWEEP_STEP))
         while True:
-            await trio.sleep(period)
-            self.sweep_once()
+            # Each actor is ticked once per period, a slice of them every SWEEP_STEP: due
+            # checkpoints reach the reader and the writer a few at a time (10,000 awake
+            # accounts checkpointing every 30 s: ~17 every 50 ms), never thousands at once.
+            accounts = list(self.registry.keys())
+            size = -(-len(accounts) // slices)
+            for index in range(slices):
+                await trio.sleep(period / slices)
+                self._tick(accounts[index * size : (index + 1) * size])
 
     def sweep_once(self) -> None:
         """Tick every awake actor: each decides to checkpoint or hibernate itself."""
-        for account in list(self.registry.keys()):
+        self._tick(list(self.registry.keys()))
+
+    def _tick(self, accounts: list[Any]) -> None:
+        for account in accounts:
             ref = self.registry.whereis(account)
             if ref is not None:
                 ref.try_send(("tick",))  # a full mailbox means busy: skip it this round

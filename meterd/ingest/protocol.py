@@ -28,6 +28,7 @@ __all__ = [
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_UNSUPPORTED_DATA",
     "FAULT_CLOSE_CODES",
+    "ACK_FLOOR_BYTES",
     "PROTOCOL_VERSION",
     "Fault",
     "ack_frame",
@@ -94,16 +95,51 @@ def hello_frame(max_frame_bytes: int, max_batch: int, window: int) -> bytes:
     )
 
 
-def ack_frame(seq: int, accepted: int, duplicates: int, rejected: list[dict[str, Any]]) -> bytes:
-    return encode(
-        {
-            "type": "ack",
-            "seq": seq,
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": rejected,
-        }
-    )
+_SHORT_MESSAGE: Final = 60  # characters a rejection message keeps when an ack is too large
+ACK_FLOOR_BYTES: Final = 65_536
+"""Acks are capped at ``max(max_frame_bytes, ACK_FLOOR_BYTES)``: a tiny ``max_frame_bytes``
+does not cut the messages of an ordinary ack."""
+
+
+def ack_frame(
+    seq: int,
+    accepted: int,
+    duplicates: int,
+    rejected: list[dict[str, Any]],
+    max_bytes: int | None = None,
+) -> bytes:
+    """The ``ack`` frame; at most ``max_bytes`` (the server's ``max_frame_bytes``) if given.
+
+    A batch whose every event is rejected with a long id and a long message could make an
+    ack larger than the frames the server promised in ``hello``: then the rejection
+    messages are shortened (to ``_SHORT_MESSAGE`` characters, then to nothing), never the
+    index, id or code a producer acts on. Ids come from the producer's frame, which was at
+    most ``max_bytes`` itself, so this is enough unless the events were tiny (a rejection
+    without its message takes ~40 bytes plus its id: a 1 KiB frame of 500 one-byte events
+    still gets a 20 KiB ack).
+    """
+    frame = {
+        "type": "ack",
+        "seq": seq,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected,
+    }
+    data = encode(frame)
+    if max_bytes is None or len(data) <= max_bytes:
+        return data
+    for keep in (_SHORT_MESSAGE, 0):
+        frame["rejected"] = [
+            {**rejection, "message": _shorten(rejection["message"], keep)} for rejection in rejected
+        ]
+        data = encode(frame)
+        if len(data) <= max_bytes:
+            break
+    return data
+
+
+def _shorten(message: str, keep: int) -> str:
+    return message if len(message) <= keep else message[: max(keep - 1, 0)] + "…" * (keep > 0)
 
 
 def error_frame(code: str, message: str) -> bytes:

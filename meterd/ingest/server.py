@@ -11,28 +11,27 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     The first frame the server sends.
 ``reading``
     One task reads frames. A batch is decoded, checked (§2.2), validated event by event
-    (:mod:`meterd.ingest.validate`), split by account and handed to a task that calls
-    :meth:`Accounts.ingest` once per account, all accounts at once. The reader goes on
-    with the next frame meanwhile, so up to ``window`` batches are in flight; with
-    ``window`` batches unacknowledged it stops reading (``get_message`` is not called, the
-    library's reader blocks on its one-slot queue and TCP pushes back): backpressure, never
-    an unbounded buffer.
+    (:mod:`meterd.ingest.validate`), grouped by account and handed whole to
+    :meth:`Accounts.submit` (one store-writer operation; see docs/accounts.md), without
+    awaiting. The reader goes on with the next frame meanwhile, so up to ``window`` batches
+    are in flight; with ``window`` batches unacknowledged, or while the daemon-wide
+    in-flight budget (:class:`~meterd.accounts.budget.EventBudget`, counted in events) is
+    spent, it stops reading (``get_message`` is not called, the library's reader blocks on
+    its one-slot queue and TCP pushes back): backpressure, never an unbounded buffer.
 ``acks``
     One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight,
-    sends its ack, then the next. A batch is acknowledged only when every account's call
-    returned, i.e. its accepted events are durable.
+    sends its ack, then the next. A batch is acknowledged once the writer committed it
+    (its accepted events are durable); the account actors apply them after.
 ``faults``
     A fault (§2.4) stops reading; batches read before it are finished and acknowledged
     first, then the ``error`` frame is sent and the connection closed with the fault's code.
-    If an account call fails (its actor crashed mid-batch), that batch is never
+    If a batch cannot be made durable (the store's transaction failed), it is never
     acknowledged: ``error`` ``unavailable`` and close 1011, so the producer re-sends on a
     new connection (idempotency makes that safe).
 
-Ordering on one connection: batches of different accounts, and batches of the same account
-with no event id in common, run concurrently. A batch holding an ``(account, id)`` that an
-earlier batch still in flight on this connection also holds waits for that earlier call, so
-the *first sent* copy of an id always decides (a later different copy is the
-``id_conflict``), as a producer expects.
+Ordering on one connection: batches reach the writer in the order they were sent and the
+writer decides them in that order, so the *first sent* copy of an id always decides (a
+later different copy is the ``id_conflict``), as a producer expects.
 
 ``frame_too_large``: trio-websocket enforces ``max_message_size`` (= ``max_frame_bytes``)
 while it reassembles a message, before anything is decoded, and on its own would close
@@ -70,10 +69,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import BytesMessage, TextMessage
 
 import supervisors as sv
-from meterd.accounts.actor import Verdict
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
 from meterd.ingest.protocol import (
+    ACK_FLOOR_BYTES,
     Fault,
     ack_frame,
     decode_frame,
@@ -82,6 +81,7 @@ from meterd.ingest.protocol import (
 )
 from meterd.ingest.validate import EventValidator, Rejection
 from meterd.model import Event
+from meterd.store import AppendResult
 
 __all__ = ["INGEST_PATH", "IngestServer", "IngestStats", "wall_clock_ms"]
 
@@ -386,19 +386,6 @@ async def _reject(
 # ---- a connection's batches --------------------------------------------------------------------
 
 
-@dataclass(eq=False, slots=True)
-class _Share:
-    """One account's part of one batch, while it is in flight."""
-
-    account: str
-    positions: list[int]  # indexes in the batch
-    events: list[Event]
-    after: list[_Share]  # earlier shares on this connection holding one of its ids
-    done: trio.Event = field(default_factory=trio.Event)
-    verdict: Verdict | None = None
-    error: Exception | None = None
-
-
 class _Slot:
     """A batch (or the end of the connection) in the order acks must be sent."""
 
@@ -428,7 +415,7 @@ class _Connection:
         self.window = trio.Semaphore(config.ingest.window)
         self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
         self.last_seq = -1
-        self.in_flight: dict[str, dict[str, _Share]] = {}  # account -> id -> latest share
+        self.budget = server.accounts.budget
         self.read_scope = trio.CancelScope()
         self.batches = 0
         self.acks = 0
@@ -455,9 +442,11 @@ class _Connection:
         end: Fault | None = None
         with self.read_scope:
             try:
+                budget = self.budget
                 while True:
                     await self.window.acquire()  # window batches unacknowledged: stop reading
-                    self._batch(await self.ws.get_message(), nursery)
+                    await budget.wait_for_room()  # the daemon is full: stop reading too
+                    self._batch(await self.ws.get_message())
             except Fault as fault:
                 end = fault
             except ConnectionClosed as closed:
@@ -478,9 +467,11 @@ class _Connection:
         self.slots_in.send_nowait(_Slot(fault=end))
         self.slots_in.close()
 
-    def _batch(self, message: str | bytes, nursery: trio.Nursery) -> None:
-        """Check one frame and start its batch; raises :class:`Fault`. Never awaits, so a
-        cancelled reader never leaves a frame half taken."""
+    def _batch(self, message: str | bytes) -> None:
+        """Check one frame and submit its batch; raises :class:`Fault`. Never awaits, so a
+        cancelled reader never leaves a frame half taken, and batches reach the store
+        writer in the order they were sent (which makes the first sent copy of an id the
+        one that counts)."""
         if message is _TOO_LARGE:
             raise Fault(
                 "frame_too_large",
@@ -507,59 +498,55 @@ class _Connection:
                 group = groups[result.account] = ([], [])
             group[0].append(index)
             group[1].append(result)
-        shares = [self._share(account, *group) for account, group in groups.items()]
         slot = _Slot(seq)
         self.slots_in.send_nowait(slot)
-        nursery.start_soon(self._commit, slot, len(raw_events), rejected, shares)
-
-    def _share(self, account: str, positions: list[int], events: list[Event]) -> _Share:
-        share = _Share(account, positions, events, [])
-        ids = self.in_flight.get(account)
-        if ids is None:
-            ids = self.in_flight[account] = {}
-        for event in events:
-            earlier = ids.get(event.id)
-            if earlier is not None and earlier is not share and earlier not in share.after:
-                share.after.append(earlier)
-            ids[event.id] = share
-        return share
+        size = len(raw_events)
+        if not groups:
+            self._committed(slot, size, rejected, [], 0, [])
+            return
+        shares = list(groups.items())
+        valid = size - len(rejected)
+        self.budget.take(valid)
+        self.server.accounts.submit(
+            [(account, events) for account, (_, events) in shares],
+            partial(self._committed, slot, size, rejected, shares, valid),
+        )
 
     # ---- one batch -----------------------------------------------------------------------------
 
-    async def _commit(
-        self, slot: _Slot, size: int, rejected: list[Rejection], shares: list[_Share]
+    def _committed(
+        self,
+        slot: _Slot,
+        size: int,
+        rejected: list[Rejection],
+        shares: list[tuple[str, tuple[list[int], list[Event]]]],
+        valid: int,
+        outcome: list[AppendResult] | BaseException,
     ) -> None:
-        if len(shares) == 1:  # one account: no nursery needed
-            await self._ingest_share(shares[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for share in shares:
-                    nursery.start_soon(self._ingest_share, share)
-        failed = [share for share in shares if share.verdict is None]
-        if failed:
-            share = failed[0]
+        """The batch's fate is known (its accepted events are durable): prepare its ack."""
+        self.budget.give(valid)
+        if isinstance(outcome, BaseException):
+            self.log.warning("ingest_batch_failed", seq=slot.seq, error=_error_text(outcome))
             slot.fault = Fault(
                 "unavailable",
-                f"batch seq {slot.seq} could not be made durable: account {share.account!r} is"
-                f" unavailable ({_error_text(share.error)}); it was not acknowledged: re-send it"
-                " and every later unacknowledged batch on a new connection",
+                f"batch seq {slot.seq} could not be made durable ({_error_text(outcome)}); it"
+                " was not acknowledged: re-send it and every later unacknowledged batch on a"
+                " new connection",
             )
             slot.done.set()
             return
         accepted = duplicates = 0
-        for share in shares:
-            verdict = share.verdict
-            assert verdict is not None
+        for (account, (positions, events)), verdict in zip(shares, outcome, strict=True):
             accepted += len(verdict.accepted)
             duplicates += len(verdict.duplicates)
             for position in verdict.conflicts:
-                event = share.events[position]
+                event = events[position]
                 rejected.append(
                     Rejection(
-                        share.positions[position],
+                        positions[position],
                         event.id,
                         "id_conflict",
-                        f"id {event.id!r} was already counted for account {event.account!r}"
+                        f"id {event.id!r} was already counted for account {account!r}"
                         " with a different meter, quantity, time or properties; a re-sent event"
                         " must be identical (new usage needs a new id)",
                     )
@@ -582,30 +569,14 @@ class _Connection:
             return
         rejected.sort(key=lambda rejection: rejection.index)
         slot.ack = ack_frame(
-            slot.seq, accepted, duplicates, [rejection.to_wire() for rejection in rejected]
+            slot.seq,
+            accepted,
+            duplicates,
+            [rejection.to_wire() for rejection in rejected],
+            max(self.server.config.ingest.max_frame_bytes, ACK_FLOOR_BYTES),
         )
         slot.counts = (accepted, duplicates, len(rejected))
         slot.done.set()
-
-    async def _ingest_share(self, share: _Share) -> None:
-        try:
-            for earlier in share.after:
-                await earlier.done.wait()
-            share.verdict = await self.server.accounts.ingest(share.account, share.events)
-        except Exception as error:
-            share.error = error
-            self.log.warning(
-                "ingest_account_unavailable", account=share.account, error=_error_text(error)
-            )
-        finally:
-            share.done.set()
-            ids = self.in_flight.get(share.account)
-            if ids is not None:
-                for event in share.events:
-                    if ids.get(event.id) is share:
-                        del ids[event.id]
-                if not ids:
-                    del self.in_flight[share.account]
 
     # ---- acks, in seq order --------------------------------------------------------------------
 

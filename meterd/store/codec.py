@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped]
 
-from meterd.model import Event, Quantity
+from meterd.model import Event, Quantity, fingerprint_of
 
 from .errors import StoreCorruptError
 
@@ -42,6 +42,7 @@ __all__ = [
     "encode_event",
     "encode_quantity",
     "event_row",
+    "event_row_and_fingerprint",
     "pack_batch",
     "pack_rows",
 ]
@@ -115,6 +116,14 @@ def event_row(event: Event) -> list[Any]:
         event.producer,
         event.received_at,
     ]
+
+
+def event_row_and_fingerprint(event: Event) -> tuple[list[Any], int]:
+    """:func:`event_row` and ``event.fingerprint()``, canonicalizing the quantity once."""
+    row = event_row(event)
+    quantity = row[2]
+    text = quantity if type(quantity) is str else str(event.quantity)
+    return row, fingerprint_of(event.meter, text, event.time, event.properties)
 
 
 def pack_rows(rows: Sequence[list[Any]]) -> bytes:

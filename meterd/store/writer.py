@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -67,7 +67,14 @@ from . import codec, schema
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
 from .schema import open_database
 
-__all__ = ["AppendResult", "DoneCallback", "WindowWrite", "Writer", "WriterStats"]
+__all__ = [
+    "AppendResult",
+    "BatchDoneCallback",
+    "DoneCallback",
+    "WindowWrite",
+    "Writer",
+    "WriterStats",
+]
 
 log = structlog.get_logger("meterd.store")
 
@@ -91,6 +98,8 @@ class AppendResult:
 
 
 DoneCallback: TypeAlias = Callable[[AppendResult | BaseException], None]
+BatchDoneCallback: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
+"""Called with one :class:`AppendResult` per group of :meth:`Writer.submit_batch`, in order."""
 WindowWrite: TypeAlias = tuple[str, int, str, bytes]
 """``(meter, start, dims, state)`` of one window row."""
 
@@ -106,6 +115,7 @@ class WriterStats:
     events_accepted: int = 0
     events_duplicate: int = 0
     events_conflict: int = 0
+    batches: int = 0  # submit_batch operations (one per producer batch)
 
 
 @dataclass(slots=True)
@@ -113,6 +123,13 @@ class _Append:
     account: str
     events: tuple[Event, ...]
     on_done: DoneCallback
+    received_at: int
+
+
+@dataclass(slots=True)
+class _BatchAppend:
+    groups: tuple[tuple[str, tuple[Event, ...]], ...]
+    on_done: BatchDoneCallback
     received_at: int
 
 
@@ -139,7 +156,7 @@ class _Barrier:
     on_done: Callable[[Any], None]
 
 
-_Op: TypeAlias = _Append | _Checkpoint | _Quarantine | _Barrier
+_Op: TypeAlias = _Append | _BatchAppend | _Checkpoint | _Quarantine | _Barrier
 
 
 @dataclass(slots=True)
@@ -205,8 +222,14 @@ class Writer:
         self._connection: sqlite3.Connection | None = None
         self._running = False
         self._last_start = -float("inf")
+        # Writer-thread caches: the dedupe bucket of each account, the accounts known to
+        # have their ``accounts`` row (committed; rows are never deleted).
+        self._buckets: dict[str, int] = {}
+        self._known_accounts: set[str] = set()
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
+        # Metrics hook: seconds each checkpoint took, from its call until it was committed.
+        self.on_checkpoint: Callable[[float], None] | None = None
 
     # -- the task ---------------------------------------------------------------------
 
@@ -312,11 +335,19 @@ class Writer:
                     failure.__cause__ = cause
                     self._resolve(op, failure)
             return loaded
+        stats = self.stats
         for op, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, AppendResult):
-                self.stats.events_accepted += len(outcome.accepted)
-                self.stats.events_duplicate += len(outcome.duplicates)
-                self.stats.events_conflict += len(outcome.conflicts)
+                outcome_list: list[AppendResult] = [outcome]
+            elif isinstance(outcome, list):
+                outcome_list = outcome
+                stats.batches += 1
+            else:
+                outcome_list = []
+            for result in outcome_list:
+                stats.events_accepted += len(result.accepted)
+                stats.events_duplicate += len(result.duplicates)
+                stats.events_conflict += len(result.conflicts)
             self._resolve(op, outcome)
         return loaded
 
@@ -355,6 +386,37 @@ class Writer:
                 )
         self._enqueue(_Append(account, batch, on_done, self._clock()))
 
+    def submit_batch(
+        self, groups: Sequence[tuple[str, Sequence[Event]]], on_done: BatchDoneCallback
+    ) -> None:
+        """Queue one producer batch, already grouped by account; never blocks.
+
+        One operation for the whole batch: its keys are looked up in one go and its rows
+        written with one statement per table, so a batch spread over many accounts costs
+        little more than one of a single account. ``on_done`` gets one
+        :class:`AppendResult` per group, in order (each accepted group is a journal batch
+        of its own, so recovery and the events endpoint still find an account's events by
+        account), or the exception if nothing of it was written (:class:`CommitFailed`,
+        :class:`InvalidEvents`). Verdicts are exactly those of one :meth:`submit` per
+        group in the same order. Raises ``ValueError`` at once if an event's ``account``
+        is not its group's, or an account has two groups.
+        """
+        checked: list[tuple[str, tuple[Event, ...]]] = []
+        seen: set[str] = set()
+        for account, events in groups:
+            if account in seen:
+                raise ValueError(f"account {account!r} has two groups in one batch")
+            seen.add(account)
+            batch = tuple(events)
+            for index, event in enumerate(batch):
+                if event.account != account:
+                    raise ValueError(
+                        f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                        f" submitted for account {account!r}"
+                    )
+            checked.append((account, batch))
+        self._enqueue(_BatchAppend(tuple(checked), on_done, self._clock()))
+
     async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
         """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
         await self._wait_for_room()
@@ -387,10 +449,13 @@ class Writer:
                 )
         if type(watermark) is not int or watermark < 0:
             raise ValueError(f"checkpoint of {account!r}: watermark must be an int >= 0")
+        started = time.perf_counter()
         await self._wait_for_room()
         waiter = _Waiter()
         self._enqueue(_Checkpoint(account, rows, watermark, waiter))
         await waiter.wait()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(time.perf_counter() - started)
 
     async def quarantine(self, account: str, batch_id: int, event_id: str, error: str) -> None:
         """Record that event ``event_id`` of journal batch ``batch_id`` is poison.
@@ -417,10 +482,12 @@ class Writer:
         outcomes: list[Any] = [None] * len(group)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            txn = _Transaction(conn, self._clock())
+            txn = _Transaction(conn, self._clock(), self._buckets, self._known_accounts)
             for index, op in enumerate(group):
                 if isinstance(op, _Append):
                     outcomes[index] = txn.append(op)
+                elif isinstance(op, _BatchAppend):
+                    outcomes[index] = txn.append_batch(op)
                 elif isinstance(op, _Checkpoint):
                     txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
@@ -428,6 +495,7 @@ class Writer:
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
+            self._known_accounts.update(txn.new_accounts)
         except Exception as exc:
             if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
                 try:
@@ -436,6 +504,10 @@ class Writer:
                     exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
             return _GroupFailed(exc)
         return outcomes
+
+
+def _ignore(outcome: object) -> None:
+    """An ``on_done`` for operations built inside the transaction (never called)."""
 
 
 def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
@@ -459,9 +531,18 @@ def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
 class _Transaction:
     """The state of one group transaction: the next batch id, decoded batches."""
 
-    def __init__(self, conn: sqlite3.Connection, now: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        now: int,
+        buckets: dict[str, int] | None = None,
+        known_accounts: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         self.conn = conn
         self.now = now
+        self.buckets = {} if buckets is None else buckets
+        self.known_accounts = known_accounts
+        self.new_accounts: list[str] = []
         (self.next_batch_id,) = conn.execute(
             "SELECT max("
             " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0),"
@@ -469,61 +550,117 @@ class _Transaction:
         ).fetchone()
         self._batch_ids: dict[int, tuple[str, frozenset[str]]] = {}
 
-    def append(self, op: _Append) -> AppendResult | InvalidEvents:
-        events = op.events
-        account = op.account
+    def append_batch(self, op: _BatchAppend) -> list[AppendResult] | InvalidEvents:
+        """One producer batch: one key lookup for all its events, one ``executemany`` per
+        table. Verdicts as if each group were an :meth:`append`, in order."""
+        prepared: list[tuple[str, tuple[Event, ...], list[list[Any]], list[int], list[int]]] = []
+        all_keys: list[int] = []
+        buckets = self.buckets
+        row_and_fingerprint = codec.event_row_and_fingerprint
+        dedupe_row_key = schema.dedupe_row_key
         try:
-            rows = [codec.event_row(event) for event in events]
-            payload = codec.pack_rows(rows)
-            bucket = schema.account_bucket(account)
-            keys = [schema.dedupe_row_key(bucket, event) for event in events]
-            fingerprints = [event.fingerprint() for event in events]
+            for account, events in op.groups:
+                bucket = buckets.get(account)
+                if bucket is None:
+                    bucket = buckets[account] = schema.account_bucket(account)
+                pairs = [row_and_fingerprint(event) for event in events]
+                rows = [row for row, _ in pairs]
+                fingerprints = [fingerprint for _, fingerprint in pairs]
+                keys = [dedupe_row_key(bucket, event) for event in events]
+                prepared.append((account, events, rows, keys, fingerprints))
+                all_keys.extend(keys)
         except Exception:  # the caller's data: this operation fails, not the group
-            return _invalid(account, events)
+            for account, events in op.groups:
+                failure = _invalid(account, events)
+                if failure.__cause__ is not None:
+                    return failure
+            return InvalidEvents("a batch has an event that cannot be stored")
 
-        count = len(events)
-        batch_id = self.next_batch_id
-        unique = len({event.id for event in events}) == count and len(set(keys)) == count
-        stored = self._lookup_keys(keys)
-        if unique and not stored:  # the common case: all new
-            accepted = list(range(count))
-            duplicates: list[int] = []
-            conflicts: list[int] = []
-            dedupe_rows = list(zip(keys, repeat(batch_id), fingerprints, strict=False))
-            overflow_rows: list[tuple[str, str, int, int]] = []
-        else:
-            accepted, duplicates, conflicts, dedupe_rows, overflow_rows = self._classify(
-                account, events, keys, fingerprints, stored, batch_id
+        stored = self._lookup_keys(all_keys)
+        taken: set[int] = set()  # keys claimed by earlier groups of this batch
+        results: list[AppendResult] = []
+        batch_rows: list[tuple[int, str, int, int, bytes, int, int]] = []
+        dedupe_rows: list[tuple[int, int, int]] = []
+        overflow_rows: list[tuple[str, str, int, int]] = []
+        for account, events, rows, keys, fingerprints in prepared:
+            count = len(events)
+            batch_id = self.next_batch_id
+            clash = bool(stored) and not stored.keys().isdisjoint(keys)
+            clash = clash or (bool(taken) and not taken.isdisjoint(keys))
+            if (
+                not clash
+                and len(set(keys)) == count
+                and len({event.id for event in events}) == count
+            ):  # the common case: all new
+                accepted = list(range(count))
+                duplicates: list[int] = []
+                conflicts: list[int] = []
+                dedupe_rows.extend(zip(keys, repeat(batch_id), fingerprints, strict=False))
+                taken.update(keys)
+                kept = rows
+            else:
+                accepted, duplicates, conflicts, group_dedupe, group_overflow = self._classify(
+                    account, events, keys, fingerprints, stored, batch_id, taken
+                )
+                dedupe_rows.extend(group_dedupe)
+                overflow_rows.extend(group_overflow)
+                taken.update(key for key, _, _ in group_dedupe)
+                if not accepted:
+                    results.append(AppendResult(None, accepted, duplicates, conflicts))
+                    continue
+                kept = rows if len(accepted) == count else [rows[index] for index in accepted]
+            self.next_batch_id += 1
+            times = [events[index].time for index in accepted]
+            batch_rows.append(
+                (
+                    batch_id,
+                    account,
+                    op.received_at,
+                    len(accepted),
+                    codec.pack_rows(kept),
+                    min(times),
+                    max(times),
+                )
             )
-            if not accepted:
-                return AppendResult(None, accepted, duplicates, conflicts)
-            if len(accepted) < count:
-                payload = codec.pack_rows([rows[index] for index in accepted])
-
-        self.next_batch_id += 1
-        times = [events[index].time for index in accepted]
+            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
         conn = self.conn
-        conn.execute(
-            "INSERT INTO event_batches"
-            " (batch_id, account, received_at, count, payload, min_time, max_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, account, op.received_at, len(accepted), payload, min(times), max(times)),
-        )
-        conn.executemany(
-            "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", dedupe_rows
-        )
-        if overflow_rows:
+        if batch_rows:
             conn.executemany(
-                "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
-                " VALUES (?, ?, ?, ?)",
-                overflow_rows,
+                "INSERT INTO event_batches"
+                " (batch_id, account, received_at, count, payload, min_time, max_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                batch_rows,
             )
-        conn.execute(
-            "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, 0, ?)"
-            " ON CONFLICT (account) DO NOTHING",
-            (account, self.now),
+            conn.executemany(
+                "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", dedupe_rows
+            )
+            if overflow_rows:
+                conn.executemany(
+                    "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
+                    " VALUES (?, ?, ?, ?)",
+                    overflow_rows,
+                )
+            self._note_accounts(row[1] for row in batch_rows)
+        return results
+
+    def _note_accounts(self, accounts: Iterable[str]) -> None:
+        """Make sure ``accounts`` have their row (skipping those this writer knows have)."""
+        known = self.known_accounts
+        new = [(account, self.now) for account in accounts if account not in known]
+        if new:
+            self.conn.executemany(
+                "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, 0, ?)"
+                " ON CONFLICT (account) DO NOTHING",
+                new,
+            )
+            self.new_accounts.extend(account for account, _ in new)
+
+    def append(self, op: _Append) -> AppendResult | InvalidEvents:
+        """One account's events: a batch of one group."""
+        result = self.append_batch(
+            _BatchAppend(((op.account, op.events),), _ignore, op.received_at)
         )
-        return AppendResult(batch_id, accepted, duplicates, conflicts)
+        return result if isinstance(result, InvalidEvents) else result[0]
 
     def _classify(
         self,
@@ -533,10 +670,15 @@ class _Transaction:
         fingerprints: list[int],
         stored: dict[int, tuple[int, int]],
         batch_id: int,
+        taken: set[int] | frozenset[int] = frozenset(),
     ) -> tuple[
         list[int], list[int], list[int], list[tuple[int, int, int]], list[tuple[str, str, int, int]]
     ]:
-        """Verdicts when some key is stored already or repeats within the call."""
+        """Verdicts when some key is stored already or repeats within the call.
+
+        ``taken``: keys claimed (not yet written) by other accounts' groups of the same
+        batch; an event with such a key is new but goes to the overflow table.
+        """
         # The fingerprint each id already has: stored (checked to really be this
         # (account, id): in the overflow table, or in the batch the key points at),
         # or accepted earlier in this call.
@@ -564,7 +706,7 @@ class _Transaction:
                 known[event.id] = fingerprint
                 accepted.append(index)
                 key = keys[index]
-                if key in stored or key in claimed:  # the key is another (account, id)'s
+                if key in stored or key in claimed or key in taken:  # another (account, id)'s
                     overflow_rows.append((account, event.id, batch_id, fingerprint))
                 else:
                     claimed.add(key)
