@@ -23,10 +23,9 @@ from typing import Any
 import pytest
 import trio
 
-import supervisors as sv
-from meterd.accounts.actor import AccountUnavailable
-from meterd.model import DAY_MS, HOUR_MS, Event
+from meterd.model import DAY_MS, HOUR_MS
 from tests.procs.daemon import ROOT, DaemonProcess, running_daemon
+from tests.test_api import ingest_poison
 from tests.test_ingest import make_config, running
 from tests.test_send import T0, line, meterd_send, write
 
@@ -308,19 +307,8 @@ async def test_a_quarantined_event_is_listed_and_its_crash_shows_in_the_tree(
 ) -> None:
     """In-process daemon (a fault hook makes one event poison, as in test_api), the
     commands as subprocesses."""
-
-    def poison(event: Event) -> None:
-        if event.id == "poison":
-            raise ValueError("cannot apply this event")
-
     async with running(make_config(tmp_path)) as services:
-        services.accounts.fault_hook = poison
-        batch = [
-            Event("fine", "qacct", "router.requests", 1, T0, (("app", "a"),)),
-            Event("poison", "qacct", "router.requests", 1, T0, (("app", "a"),)),
-        ]
-        with pytest.raises((AccountUnavailable, sv.ActorExited)):
-            await services.accounts.ingest("qacct", batch)
+        await ingest_poison(services, "qacct", T0)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
         env = {
             **clean,
