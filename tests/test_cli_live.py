@@ -9,12 +9,14 @@ print.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from meterd.model import DAY_MS, HOUR_MS
+from meterd.model import DAY_MS
 from tests.procs.daemon import ROOT, DaemonProcess, running_daemon
 from tests.test_api import ingest_poison
 from tests.test_ingest import make_config, running
@@ -31,7 +33,7 @@ from tests.test_send import T0, line, meterd_send, write
 
 FROM = T0 - T0 % DAY_MS
 TO = FROM + 2 * DAY_MS
-HOUR = T0 - T0 % HOUR_MS
+WATCH_LIMIT = 60.0  # seconds; only reached if tree --watch hangs
 
 
 @pytest.fixture(scope="module")
@@ -213,18 +215,9 @@ def test_quarantine_is_empty(admin: dict[str, str]) -> None:
 
 
 def test_tree_watch_redraws_until_interrupted(admin: dict[str, str]) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meterd", "tree", "--watch", "--interval", "0.1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**admin, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"},  # as on a terminal
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
+    with watching(admin) as (process, output):
         drawn = 0
-        for text in _lines(process.stdout):
+        for text in output:
             drawn += text.count("rest_for_one")  # once per drawing (styled: no plain line)
             if drawn >= 3:
                 break
@@ -232,15 +225,31 @@ def test_tree_watch_redraws_until_interrupted(admin: dict[str, str]) -> None:
         assert process.wait(timeout=30) == 0
         assert process.stderr is not None
         assert "Traceback" not in process.stderr.read()
+
+
+@contextlib.contextmanager
+def watching(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Iterator[str]]]:
+    """``meterd tree --watch`` redrawing every 0.1 s as on a wide terminal, and its output
+    lines; killed on the way out, and after ``WATCH_LIMIT`` seconds whatever happens (a
+    test reading a silent process would otherwise wait for ever)."""
+    terminal = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "1000"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meterd", "tree", "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, **terminal},
+        cwd=ROOT,
+    )
+    watchdog = threading.Timer(WATCH_LIMIT, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        yield process, iter(process.stdout.readline, "")
     finally:
+        watchdog.cancel()
         process.kill()
         process.wait()
-
-
-def _lines(stream: object) -> Iterator[str]:
-    assert hasattr(stream, "readline")
-    while text := stream.readline():
-        yield text
 
 
 def _iso(ms: int) -> str:
@@ -267,30 +276,14 @@ def test_a_hibernated_account_cannot_be_restarted(tmp_path: Path) -> None:
 
 
 def test_watch_outlives_the_daemon_and_says_why(tmp_path: Path) -> None:
-    with running_daemon(tmp_path) as process:
-        watcher = subprocess.Popen(
-            [sys.executable, "-m", "meterd", "tree", "--watch", "--interval", "0.1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **operator_env(process),
-                "TTY_COMPATIBLE": "1",
-                "TTY_INTERACTIVE": "1",
-                "COLUMNS": "1000",
-            },
-            cwd=ROOT,
-        )
-        assert watcher.stdout is not None
-        output = _lines(watcher.stdout)
-        assert any("rest_for_one" in text for text in output)  # drawn once, then the daemon
-    try:  # has stopped (SIGTERM, and exit 0, checked by running_daemon)
+    with contextlib.ExitStack() as stack:
+        with running_daemon(tmp_path) as process:
+            watcher, output = stack.enter_context(watching(operator_env(process)))
+            assert any("rest_for_one" in text for text in output)  # drawn once
+        # the daemon has stopped (SIGTERM, and exit 0, checked by running_daemon)
         assert any("connection refused" in text and "retrying" in text for text in output)
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=30) == 0
-    finally:
-        watcher.kill()
-        watcher.wait()
 
 
 def awake(tree_json: str, account: str) -> bool:
