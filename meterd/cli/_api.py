@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import click
 import httpx
 
-from meterd.config import Config, ConfigError, load
+if TYPE_CHECKING:
+    from meterd.config import Config, ConfigError
 
 USAGE_ERROR = 2
 API_ERROR = 1
@@ -76,6 +77,10 @@ def resolve(
     token = environ.get("METERD_TOKEN") or None
     config: Config | None = None
     if url is None or token is None:
+        # Imported only when needed: the loader's imports cost more than the rest of a
+        # command when the environment already says where the API is.
+        from meterd.config import ConfigError, load
+
         try:
             config = load(config_path, env=environ)
         except ConfigError as error:
