@@ -319,3 +319,25 @@ def test_kill_asks_on_a_terminal(answer: str, said: str) -> None:
     assert result.returncode == 1
     assert said in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_the_environment_set_the_config_loader_is_not_even_imported() -> None:
+    # It imports much (billing, GraphQL): ~0.3 s of every command's start-up.
+    [port] = free_ports(1)
+    program = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from meterd.cli.main import main\n"
+        "result = CliRunner().invoke(main, ['tree'])\n"
+        "print(result.exit_code, 'cannot reach' in result.stderr, 'meterd.config' in sys.modules)"
+    )
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env={**clean, "METERD_URL": f"http://127.0.0.1:{port}", "METERD_TOKEN": TOKEN},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["1", "True", "False"], result.stderr
