@@ -11,16 +11,18 @@ import os
 import ssl
 import subprocess
 import sys
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from meterd.cli._api import USAGE_ERROR, ApiError, _answer, path_segment, resolve
 from meterd.config import Tls
-from tests.test_ingest import certificate
+from tests.test_ingest import ADMIN_TOKEN, certificate, make_config, running
 from tests.test_kill9 import free_ports
 
 __all__ = ["certificate"]  # a fixture, used by name
@@ -341,3 +343,48 @@ def test_with_the_environment_set_the_config_loader_is_not_even_imported() -> No
         timeout=60,
     )
     assert result.stdout.split() == ["1", "True", "False"], result.stderr
+
+
+async def test_https_with_the_daemons_own_certificate(tmp_path: Path, certificate: Tls) -> None:
+    """An in-process daemon serving the API over TLS (a self-signed certificate): trusted
+    through the config's tls_cert or --cafile, refused in one sentence otherwise."""
+    config = make_config(tmp_path)
+    config = replace(config, api=replace(config.api, tls=certificate))
+    async with running(config) as services:
+        url = services.api.url
+        assert url.startswith("https://127.0.0.1:")
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
+
+        async def tree(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+            return await trio.run_process(
+                [sys.executable, "-m", "meterd", "tree", *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                env={**clean, **env},
+                cwd=ROOT,
+                check=False,
+            )
+
+        refused = await tree(METERD_URL=url, METERD_TOKEN=ADMIN_TOKEN)
+        assert refused.returncode == 1
+        assert refused.stderr.decode() == (
+            f"meterd tree: cannot reach the API at {url}: its TLS certificate was not accepted"
+            " (self-signed certificate); --cafile names a certificate to trust\n"
+        )
+        trusted = await tree(
+            "--cafile", str(certificate.cert), METERD_URL=url, METERD_TOKEN=ADMIN_TOKEN
+        )
+        assert trusted.returncode == 0, trusted.stderr
+        assert trusted.stdout.decode().startswith("root  supervisor rest_for_one  running")
+        from_config = config_file(
+            tmp_path,
+            f'listen = "127.0.0.1:{url.rpartition(":")[2]}"\nadmin_token = "{ADMIN_TOKEN}"\n'
+            f'tls_cert = "{certificate.cert}"\ntls_key = "{certificate.key}"',
+            name="operator.toml",
+        )
+        configured = await tree("--config", str(from_config))
+        assert configured.returncode == 0, configured.stderr
+        assert configured.stdout.decode().startswith("root  supervisor rest_for_one  running")
+        plain = await tree(METERD_URL="http" + url.removeprefix("https"), METERD_TOKEN=ADMIN_TOKEN)
+        assert plain.returncode == 1
+        assert b"closed the connection without answering (does it serve https?)" in plain.stderr
