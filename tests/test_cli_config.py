@@ -7,6 +7,9 @@ a traceback, never the token) with exit status 2 (usage, config) or 1 (the API).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import ssl
 import subprocess
@@ -19,8 +22,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meterd.cli._api import USAGE_ERROR, ApiError, _answer, path_segment, resolve
+from meterd.cli._output import echo_json
 from meterd.config import Tls
 from tests.test_ingest import ADMIN_TOKEN, certificate, make_config, running
 from tests.test_kill9 import free_ports
@@ -388,3 +394,22 @@ async def test_https_with_the_daemons_own_certificate(tmp_path: Path, certificat
         plain = await tree(METERD_URL="http" + url.removeprefix("https"), METERD_TOKEN=ADMIN_TOKEN)
         assert plain.returncode == 1
         assert b"closed the connection without answering (does it serve https?)" in plain.stderr
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_a_number_passes_through_exactly(value: Decimal) -> None:
+    as_string = str(value)  # the contract: decimals as strings, printed as received
+    body = json.dumps({"value": as_string}).encode()[:-1] + f', "number": {as_string}}}'.encode()
+    document = answer(200, body)
+    assert document["value"] == as_string
+    assert Decimal(document["number"]) == value  # a JSON number is never a float here
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        echo_json(document)
+    again = json.loads(printed.getvalue())
+    assert again["value"] == as_string
+    assert Decimal(again["number"]) == value
+    if isinstance(document["number"], Decimal):  # written as its exact decimal string
+        assert again["number"] == str(document["number"])
+    else:  # an integer stays an integer
+        assert again["number"] == document["number"] == int(value)
