@@ -25,6 +25,7 @@ import trio
 
 import supervisors as sv
 from meterd.accounts.actor import AccountUnavailable
+from meterd.app import Services
 from meterd.client import Producer
 from meterd.config import Listen, Tls
 from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
@@ -521,22 +522,29 @@ def test_sigterm_stops_the_daemon_within_10_s_with_clients_connected(tmp_path: P
         assert time.monotonic() - started < 10
 
 
-async def test_a_poison_event_shows_in_quarantine_and_metrics(tmp_path: Path) -> None:
-    """In-process (a fault hook makes one event poison): it crashes its actor once, is
-    quarantined on replay, and the API lists it."""
+async def ingest_poison(services: Services, account: str, time: int) -> None:
+    """Ingest events ``fine`` and ``poison`` (one count each, at ``time``) into ``account``
+    of an in-process daemon whose fault hook makes ``poison`` crash its actor; the next
+    wake-up (a usage query, say) quarantines it on replay."""
 
     def poison(event: Event) -> None:
         if event.id == "poison":
             raise ValueError("cannot apply this event")
 
+    services.accounts.fault_hook = poison
+    batch = [
+        Event("fine", account, "router.requests", 1, time, (("app", "a"),)),
+        Event("poison", account, "router.requests", 1, time, (("app", "a"),)),
+    ]
+    with pytest.raises((AccountUnavailable, sv.ActorExited)):
+        await services.accounts.ingest(account, batch)
+
+
+async def test_a_poison_event_shows_in_quarantine_and_metrics(tmp_path: Path) -> None:
+    """In-process (a fault hook makes one event poison): it crashes its actor once, is
+    quarantined on replay, and the API lists it."""
     async with running(make_config(tmp_path)) as services:
-        services.accounts.fault_hook = poison
-        batch = [
-            Event("fine", "qacct", "router.requests", 1, T0, (("app", "a"),)),
-            Event("poison", "qacct", "router.requests", 1, T0, (("app", "a"),)),
-        ]
-        with pytest.raises((AccountUnavailable, sv.ActorExited)):
-            await services.accounts.ingest("qacct", batch)
+        await ingest_poison(services, "qacct", T0)
         headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
         async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
             usage = await client.get(  # wakes the account: its replay quarantines the event

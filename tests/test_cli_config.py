@@ -7,20 +7,28 @@ a traceback, never the token) with exit status 2 (usage, config) or 1 (the API).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import ssl
 import subprocess
 import sys
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meterd.cli._api import USAGE_ERROR, ApiError, _answer, path_segment, resolve
+from meterd.cli._output import echo_json
 from meterd.config import Tls
-from tests.test_ingest import certificate
+from tests.test_ingest import ADMIN_TOKEN, certificate, make_config, running
 from tests.test_kill9 import free_ports
 
 __all__ = ["certificate"]  # a fixture, used by name
@@ -111,6 +119,18 @@ def test_tls_in_the_config_means_https_trusting_its_certificate(
     [
         ({}, ["METERD_URL and METERD_TOKEN not set", "no such config file"]),
         ({"METERD_URL": "http://h:1"}, ["METERD_TOKEN not set", "no such config file"]),
+        (
+            {"METERD_URL": "http://[::1:8701", "METERD_TOKEN": "x"},
+            ["the API address 'http://[::1:8701' is not a valid URL (Invalid IPv6 URL)"],
+        ),
+        (
+            {"METERD_URL": "http://user:pw@h:87010", "METERD_TOKEN": "x"},
+            ["the API address 'http://h:87010' is not a valid URL (Port out of range"],
+        ),
+        (
+            {"METERD_URL": "http://h:1", "METERD_TOKEN": "tök en"},
+            ["METERD_TOKEN is not a usable bearer token: printable ASCII without spaces"],
+        ),
         (
             {"METERD_URL": "ws://127.0.0.1:8700/v1/ingest", "METERD_TOKEN": "x"},
             ["'ws://127.0.0.1:8700/v1/ingest' is not an http:// or https:// URL"],
@@ -307,3 +327,89 @@ def test_kill_asks_on_a_terminal(answer: str, said: str) -> None:
     assert result.returncode == 1
     assert said in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_the_environment_set_the_config_loader_is_not_even_imported() -> None:
+    # It imports much (billing, GraphQL): ~0.3 s of every command's start-up.
+    [port] = free_ports(1)
+    program = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from meterd.cli.main import main\n"
+        "result = CliRunner().invoke(main, ['tree'])\n"
+        "print(result.exit_code, 'cannot reach' in result.stderr, 'meterd.config' in sys.modules)"
+    )
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env={**clean, "METERD_URL": f"http://127.0.0.1:{port}", "METERD_TOKEN": TOKEN},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["1", "True", "False"], result.stderr
+
+
+async def test_https_with_the_daemons_own_certificate(tmp_path: Path, certificate: Tls) -> None:
+    """An in-process daemon serving the API over TLS (a self-signed certificate): trusted
+    through the config's tls_cert or --cafile, refused in one sentence otherwise."""
+    config = make_config(tmp_path)
+    config = replace(config, api=replace(config.api, tls=certificate))
+    async with running(config) as services:
+        url = services.api.url
+        assert url.startswith("https://127.0.0.1:")
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
+
+        async def tree(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+            return await trio.run_process(
+                [sys.executable, "-m", "meterd", "tree", *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                env={**clean, **env},
+                cwd=ROOT,
+                check=False,
+            )
+
+        refused = await tree(METERD_URL=url, METERD_TOKEN=ADMIN_TOKEN)
+        assert refused.returncode == 1
+        assert refused.stderr.decode() == (
+            f"meterd tree: cannot reach the API at {url}: its TLS certificate was not accepted"
+            " (self-signed certificate); --cafile names a certificate to trust\n"
+        )
+        trusted = await tree(
+            "--cafile", str(certificate.cert), METERD_URL=url, METERD_TOKEN=ADMIN_TOKEN
+        )
+        assert trusted.returncode == 0, trusted.stderr
+        assert trusted.stdout.decode().startswith("root  supervisor rest_for_one  running")
+        from_config = config_file(
+            tmp_path,
+            f'listen = "127.0.0.1:{url.rpartition(":")[2]}"\nadmin_token = "{ADMIN_TOKEN}"\n'
+            f'tls_cert = "{certificate.cert}"\ntls_key = "{certificate.key}"',
+            name="operator.toml",
+        )
+        configured = await tree("--config", str(from_config))
+        assert configured.returncode == 0, configured.stderr
+        assert configured.stdout.decode().startswith("root  supervisor rest_for_one  running")
+        plain = await tree(METERD_URL="http" + url.removeprefix("https"), METERD_TOKEN=ADMIN_TOKEN)
+        assert plain.returncode == 1
+        assert b"closed the connection without answering (does it serve https?)" in plain.stderr
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_a_number_passes_through_exactly(value: Decimal) -> None:
+    as_string = str(value)  # the contract: decimals as strings, printed as received
+    body = json.dumps({"value": as_string}).encode()[:-1] + f', "number": {as_string}}}'.encode()
+    document = answer(200, body)
+    assert document["value"] == as_string
+    assert Decimal(document["number"]) == value  # a JSON number is never a float here
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        echo_json(document)
+    again = json.loads(printed.getvalue())
+    assert again["value"] == as_string
+    assert Decimal(again["number"]) == value
+    if isinstance(document["number"], Decimal):  # written as its exact decimal string
+        assert again["number"] == str(document["number"])
+    else:  # an integer stays an integer
+        assert again["number"] == document["number"] == int(value)

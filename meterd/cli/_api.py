@@ -20,23 +20,26 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import click
 import httpx
 
-from meterd.config import Config, ConfigError, load
+if TYPE_CHECKING:
+    from meterd.config import Config, ConfigError
 
 USAGE_ERROR = 2
 API_ERROR = 1
 TIMEOUT = 10.0  # seconds for connecting and for each read
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in "Authorization: Bearer <token>"
 
 
 class ApiError(Exception):
@@ -74,6 +77,10 @@ def resolve(
     token = environ.get("METERD_TOKEN") or None
     config: Config | None = None
     if url is None or token is None:
+        # Imported only when needed: the loader's imports cost more than the rest of a
+        # command when the environment already says where the API is.
+        from meterd.config import ConfigError, load
+
         try:
             config = load(config_path, env=environ)
         except ConfigError as error:
@@ -98,7 +105,19 @@ def resolve(
     if token is None:
         assert config is not None
         token = config.api.admin_token
-    parts = urlsplit(url)
+    elif not _TOKEN.fullmatch(token):  # the config checks its own tokens the same way
+        raise ApiError(
+            "METERD_TOKEN is not a usable bearer token: printable ASCII without spaces",
+            USAGE_ERROR,
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - checks the port is a number 0-65535
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as error:
+        raise ApiError(
+            f"the API address {_safe_url(url)!r} is not a valid URL ({error})", USAGE_ERROR
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(
             f"the API address {_safe_url(url)!r} is not an http:// or https:// URL"
@@ -128,7 +147,10 @@ def _one_line(error: ConfigError) -> str:
 
 def _safe_url(url: str) -> str:
     """``url`` without any user:password part."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rpartition("@")[2]
     if parts.password is None and parts.username is None:
         return url
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
@@ -161,15 +183,17 @@ class Api:
     def close(self) -> None:
         self._client.close()
 
-    def get(self, path: str, params: Mapping[str, object] | None = None) -> Any:
-        """The JSON answer to ``GET path``; :class:`ApiError` for any failure."""
+    def get(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
+        """The JSON object answering ``GET path``; :class:`ApiError` for any failure."""
         return self._request("GET", path, params)
 
-    def post(self, path: str) -> Any:
-        """The JSON answer to ``POST path``; :class:`ApiError` for any failure."""
+    def post(self, path: str) -> dict[str, Any]:
+        """The JSON object answering ``POST path``; :class:`ApiError` for any failure."""
         return self._request("POST", path, None)
 
-    def _request(self, method: str, path: str, params: Mapping[str, object] | None) -> Any:
+    def _request(
+        self, method: str, path: str, params: Mapping[str, object] | None
+    ) -> dict[str, Any]:
         query = {key: value for key, value in (params or {}).items() if value is not None}
         where = _safe_url(self.endpoint.url)
         try:
@@ -192,7 +216,13 @@ class Api:
             raise ApiError(
                 f"the request to the API at {where} failed: {_reason(error)}", unreachable=True
             ) from None
-        return _answer(response, where)
+        answer = _answer(response, where)
+        if not isinstance(answer, dict):
+            raise ApiError(
+                f"the API at {where} answered {method} {path.partition('?')[0]} with JSON that"
+                " is not an object (is that address meterd's API?)"
+            )
+        return answer
 
 
 def _reason(error: httpx.HTTPError) -> str:

@@ -26,7 +26,7 @@ def pages(
     seen: set[str] = set()
     while True:
         page = api.get(path, params)
-        if not isinstance(page, dict) or not isinstance(page.get("events"), list):
+        if not isinstance(page.get("events"), list):
             raise ApiError("the API's events answer has no list of events")
         yield page
         cursor = page.get("next_cursor")

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import click
-import trio
 
-from meterd import __version__, logs
-from meterd.config import ConfigError, load
+from meterd import __version__
 
 
 class _LazyGroup(click.Group):
@@ -63,7 +61,13 @@ def main() -> None:
 @click.option("--json-logs/--console-logs", default=None, help="Default: JSON unless on a TTY.")
 def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
     """Start the daemon; SIGINT/SIGTERM stop it cleanly."""
+    # Imported here: the other commands (lazily loaded) must not pay for the daemon's
+    # modules, nor for everything the config loader imports.
+    import trio
+
+    from meterd import logs
     from meterd.app import serve
+    from meterd.config import ConfigError, load
 
     logs.configure(level=log_level, json=json_logs)
     try:

@@ -27,7 +27,7 @@ def quarantine(account: str | None, as_json: bool, target: Target) -> None:
     if as_json:
         echo_json(document)
         return
-    events = (document or {}).get("events") or []
+    events = document.get("events") or []
     if not events:
         click.echo(f"no quarantined events{f' for {account}' if account else ''}")
         return
