@@ -7,13 +7,14 @@ The tree::
     ├── accounts (one_for_one)
     │   ├── meters          DynamicSupervisor: one MeterActor per awake account
     │   └── sweeper         checkpoints and hibernation
-    └── ingest              the producer websocket endpoint (meterd.ingest)
+    ├── ingest              the producer websocket endpoint (meterd.ingest)
+    └── api                 the operator HTTP API (meterd.api)
 
 ``rest_for_one``: if the store writer dies, everything after it (the accounts,
-ingest, and later the API) is restarted too, because their in-flight work
-depended on it; an accounts failure leaves the writer alone. Children stop in
-reverse order, so ingest finishes and acknowledges the batches it read while the
-accounts and the writer still run. The API joins after ``ingest`` when it lands.
+ingest and the API) is restarted too, because their in-flight work depended on
+it; an accounts failure leaves the writer alone. Children stop in reverse order:
+the API first (requests in flight finish), then ingest finishes and acknowledges
+the batches it read while the accounts and the writer still run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import trio
 import supervisors as sv
 from meterd import __version__
 from meterd.accounts.service import Accounts
+from meterd.api import ApiServer, Daemon, Metrics
+from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.store import Store
@@ -43,6 +46,8 @@ class Services:
     store: Store
     accounts: Accounts
     ingest: IngestServer
+    api: ApiServer
+    billing: Billing
 
 
 def build(config: Config) -> Services:
@@ -59,12 +64,24 @@ def build(config: Config) -> Services:
         max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)
+    metrics = Metrics()
+    daemon = Daemon(config, accounts, store, ingest, metrics)
+    api = ApiServer(daemon)
+    billing = Billing(  # its database (beside the store) is opened by serve()
+        accounts,
+        BillingDB(config.billing_path),
+        PriceBook(config.prices, config.meters_by_name),
+        currency=config.billing.currency,
+        amount_places=config.billing.amount_places,
+    )
     root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec()],
+        [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec(), api.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
-    return Services(root, store, accounts, ingest)
+    daemon.root = root
+    metrics.watch(root, accounts, store, ingest)
+    return Services(root, store, accounts, ingest, api, billing)
 
 
 async def serve(config: Config) -> None:
@@ -72,6 +89,7 @@ async def serve(config: Config) -> None:
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     services = build(config)
+    await services.billing.db.open()  # a bad billing database fails the start, not a request
     # Many small, long-lived objects (actors, windows, recent ids): a larger first GC
     # generation and freezing what start-up allocated cut the collector's share of a
     # busy daemon (measured at 14-19 % of the ingest path with the defaults).
@@ -81,10 +99,11 @@ async def serve(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(services.root.run)
             log.info("meterd_started", version=__version__, config=str(config.path))
-            log.info("listening", ingest=services.ingest.url)
+            log.info("listening", ingest=services.ingest.url, api=services.api.url)
             async for signum in signals:
                 log.info("meterd_stopping", signal=signal.Signals(signum).name)
                 services.root.stop()
                 break
+    await services.billing.db.aclose()
     await services.store.aclose()
     log.info("meterd_stopped")

@@ -10,6 +10,9 @@ Secrets (``api.admin_token`` and the producers' tokens, given in the file or
 through ``*_env`` environment variables) never appear in an error message or in
 a ``repr``.
 
+The price book (``[[prices]]``) and ``[billing]`` are described in docs/billing.md; unit
+prices and caps are decimal *strings* (a TOML float is inexact and refused).
+
 Durations (``late_window``, ``dedupe_window``) are written ``"35d"``, ``"12h"``,
 ``"90m"``, ``"30s"``, ``"500ms"`` or as an integer number of seconds, and are
 kept as integer milliseconds. The ``*_interval``/``*_timeout``/``max_seconds``
@@ -32,13 +35,16 @@ import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 
+from meterd.billing import PriceRule, QuantityRounding, RoundingMode
 from meterd.model import DAY_MS, HOUR_MS, MINUTE_MS, Aggregation, Meter
 
 DEFAULT_INGEST_LISTEN = "127.0.0.1:8700"
 DEFAULT_API_LISTEN = "127.0.0.1:8701"
 DEFAULT_STORE_PATH = "var/meterd.sqlite3"
+DEFAULT_BILLING_FILE = "billing.sqlite3"  # beside the store unless [billing] path says otherwise
 DEFAULT_WINDOW_MS = 35 * DAY_MS
 MAX_WINDOW_MS = 3650 * DAY_MS
 MAX_DIMENSIONS = 16
@@ -56,6 +62,20 @@ _HOSTNAME = re.compile(
 )
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _AGGREGATIONS = ", ".join(a.value for a in Aggregation)
+_ROUNDING_BY_NAME = {mode.value: mode for mode in RoundingMode}
+_ROUNDING_MODES = ", ".join(_ROUNDING_BY_NAME)
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_DECIMAL = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
+_PRICE_KEYS = (
+    "meter",
+    "unit_price",
+    "match",
+    "effective_from",
+    "round_places",
+    "rounding",
+    "monthly_cap",
+    "daily_cap",
+)
 
 
 class ConfigError(Exception):
@@ -90,6 +110,13 @@ class Listen:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def connect_host(self) -> str:
+        """The host a client on this machine connects to, bracketed if IPv6: an unspecified
+        bind address (``0.0.0.0``, ``::``) accepts connections on loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
 
     @property
     def is_loopback(self) -> bool:
@@ -154,6 +181,15 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingConfig:
+    """``[billing]``: ``path`` None means ``billing.sqlite3`` beside the store."""
+
+    path: Path | None = None
+    currency: str = "USD"
+    amount_places: int = 2  # amounts are rounded to this many places (cents)
+
+
+@dataclass(frozen=True, slots=True)
 class Producer:
     """One ``[[producers]]`` entry. ``meters`` is None when it may write every meter."""
 
@@ -176,6 +212,8 @@ class Config:
     dedupe_window_ms: int = DEFAULT_WINDOW_MS
     producers: tuple[Producer, ...] = ()
     meters: tuple[Meter, ...] = ()
+    billing: BillingConfig = BillingConfig()
+    prices: tuple[PriceRule, ...] = ()
     warnings: tuple[str, ...] = ()
     meters_by_name: dict[str, Meter] = field(init=False, repr=False, compare=False)
 
@@ -194,6 +232,11 @@ class Config:
     def store_path(self) -> Path:
         """The SQLite file, absolute (relative paths were taken from the config's directory)."""
         return self.store.path
+
+    @property
+    def billing_path(self) -> Path:
+        """The billing database (adjustments, closed periods): its own SQLite file."""
+        return self.billing.path or self.store.path.with_name(DEFAULT_BILLING_FILE)
 
     def producer_for_token(self, token: str) -> Producer | None:
         """The producer holding ``token``, or None.
@@ -947,6 +990,211 @@ class _Loader:
                 names.add(text)
         return frozenset(names) if ok else _BAD
 
+    def billing(self, value: object) -> BillingConfig:
+        table = self.table("billing", value)
+        self.unknown_keys("billing", table, ("path", "currency", "amount_places"))
+        defaults = BillingConfig()
+        path = None
+        if "path" in table:
+            path = self.file("billing.path", table["path"])
+            if path is not None and path.is_dir():
+                self.problem(
+                    "billing.path", f"{path} is a directory; give the database file's path"
+                )
+        currency = defaults.currency
+        if "currency" in table:
+            text = self.string("billing.currency", table["currency"])
+            if text is not None and not _CURRENCY.fullmatch(text):
+                self.problem(
+                    "billing.currency", f"expected an ISO 4217 code like 'USD', got {_show(text)}"
+                )
+            elif text is not None:
+                currency = text
+        places = self.integer(
+            "billing.amount_places",
+            table.get("amount_places", _MISSING),
+            defaults.amount_places,
+            0,
+            8,
+        )
+        return BillingConfig(path, currency, places)
+
+    def decimal_text(self, key: str, value: object, *, positive: bool) -> Decimal | None:
+        """A decimal written as a string (exact), finite and >= 0 (> 0 if ``positive``)."""
+        expected = 'expected a decimal string like "0.05"'
+        if isinstance(value, float):
+            self.problem(key, f"{expected} (a TOML float is inexact), {_got(value)}")
+            return None
+        if not isinstance(value, str):
+            self.problem(key, f"{expected}, {_got(value)}")
+            return None
+        if not _DECIMAL.fullmatch(value):
+            self.problem(
+                key, f"{expected} (digits, optionally a '.' and more digits), got {_show(value)}"
+            )
+            return None
+        number = Decimal(value)
+        if positive and number == 0:
+            self.problem(key, f"must be greater than 0, got {_show(value)}")
+            return None
+        return number
+
+    def effective_date(self, key: str, value: object) -> date | None:
+        expected = "expected a date like 2026-11-01 (00:00 UTC)"
+        if isinstance(value, datetime):
+            self.problem(
+                key, f"{expected}, without a time: prices change at 00:00 UTC, {_got(value)}"
+            )
+            return None
+        if isinstance(value, date):
+            return value
+        if isinstance(value, str):
+            try:
+                if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+                    return date.fromisoformat(value)
+            except ValueError:
+                pass
+            self.problem(key, f"{expected}, got {_show(value)}")
+            return None
+        self.problem(key, f"{expected}, {_got(value)}")
+        return None
+
+    def price_match(self, key: str, value: object, meter: Meter | None) -> tuple[str, str] | _Bad:
+        example = '{ size = "performance-l" }'
+        if not isinstance(value, dict) or len(value) != 1:
+            what = _got(value) if not isinstance(value, dict) else f"{len(value)} keys"
+            self.problem(key, f"expected one dimension and its value, like {example}, got {what}")
+            return _BAD
+        [(name, item)] = value.items()
+        if meter is not None and name not in meter.dimensions:
+            dims = ", ".join(meter.dimensions) or "none"
+            hint = _suggest(name, meter.dimensions)
+            self.problem(
+                _key(key, name),
+                f"not a dimension of meter {meter.name!r} (dimensions: {dims}){hint}",
+            )
+            return _BAD
+        text = self.string(_key(key, name), item)
+        return _BAD if text is None else (name, text)
+
+    def price_cap(
+        self, prefix: str, table: Mapping[str, object], meter: Meter | None
+    ) -> tuple[Decimal | None, Decimal | None] | _Bad:
+        """(monthly_cap, daily_cap): at most one of them, only on summed meters."""
+        given = [name for name in ("monthly_cap", "daily_cap") if name in table]
+        if not given:
+            return None, None
+        if len(given) == 2:
+            self.problem(f"{prefix}.daily_cap", "give either monthly_cap or daily_cap, not both")
+            return _BAD
+        [name] = given
+        if meter is not None and meter.aggregation not in (Aggregation.SUM, Aggregation.COUNT):
+            self.problem(
+                f"{prefix}.{name}",
+                f"caps apply to summed quantities; meter {meter.name!r} is"
+                f" {meter.aggregation.value}",
+            )
+            return _BAD
+        cap = self.decimal_text(f"{prefix}.{name}", table[name], positive=True)
+        if cap is None:
+            return _BAD
+        return (cap, None) if name == "monthly_cap" else (None, cap)
+
+    def price_meter(
+        self,
+        prefix: str,
+        table: Mapping[str, object],
+        meters: Mapping[str, Meter],
+        declared: set[str] | None,
+    ) -> Meter | None:
+        name = self.required_string(prefix, table, "meter")
+        if name is None or name in meters:
+            return None if name is None else meters[name]
+        if declared is None or name not in declared:  # a declared but invalid meter: said already
+            hint = _suggest(name, sorted(meters))
+            self.problem(f"{prefix}.meter", f"{name!r} is not a configured meter{hint}")
+        return None
+
+    def prices(
+        self, value: object, meters: Mapping[str, Meter], declared: set[str] | None
+    ) -> tuple[PriceRule, ...]:
+        rules: list[PriceRule] = []
+        seen: dict[tuple[str, tuple[str, str] | None, date], str] = {}
+        match_dimension: dict[str, tuple[str, str]] = {}  # meter -> (dimension, prefix)
+        for index, (prefix, table) in enumerate(self.array_of_tables("prices", value)):
+            self.unknown_keys(prefix, table, _PRICE_KEYS)
+            meter = self.price_meter(prefix, table, meters, declared)
+            price = None
+            if "unit_price" not in table:
+                self.problem(f"{prefix}.unit_price", 'missing (the price of one unit, like "0.05")')
+            else:
+                price = self.decimal_text(
+                    f"{prefix}.unit_price", table["unit_price"], positive=False
+                )
+            match: tuple[str, str] | _Bad | None = None
+            if "match" in table:
+                match = self.price_match(f"{prefix}.match", table["match"], meter)
+                if meter is not None and not isinstance(match, _Bad):
+                    other = match_dimension.setdefault(meter.name, (match[0], prefix))
+                    if other[0] != match[0]:
+                        self.problem(
+                            f"{prefix}.match",
+                            f"{other[1]} matches meter {meter.name!r} on {other[0]!r}; the matches"
+                            " of one meter must use one dimension (or a line could match two)",
+                        )
+                        match = _BAD
+            when = None
+            if "effective_from" not in table:
+                self.problem(
+                    f"{prefix}.effective_from",
+                    "missing (the first day the price applies, like 2026-11-01)",
+                )
+            else:
+                when = self.effective_date(f"{prefix}.effective_from", table["effective_from"])
+            rounding = self.quantity_rounding(prefix, table)
+            cap = self.price_cap(prefix, table, meter)
+            if meter is None or price is None or when is None or isinstance(match, _Bad):
+                continue
+            same = seen.setdefault((meter.name, match, when), prefix)
+            if same != prefix:
+                which = "" if match is None else f" where {match[0]} = {match[1]!r}"
+                self.problem(
+                    f"{prefix}.effective_from",
+                    f"{same} already prices {meter.name!r}{which} from {when}",
+                )
+            elif not isinstance(rounding, _Bad) and not isinstance(cap, _Bad):
+                rules.append(PriceRule(meter.name, price, when, match, rounding, *cap, index))
+        return tuple(rules)
+
+    def quantity_rounding(
+        self, prefix: str, table: Mapping[str, object]
+    ) -> QuantityRounding | _Bad | None:
+        if "round_places" not in table:
+            if "rounding" in table:
+                self.problem(f"{prefix}.rounding", "needs round_places (0 rounds to whole units)")
+                return _BAD
+            return None
+        places_value = table["round_places"]
+        if isinstance(places_value, bool) or not isinstance(places_value, int):
+            self.problem(
+                f"{prefix}.round_places",
+                f"expected an integer number of decimal places, {_got(places_value)}",
+            )
+            return _BAD
+        if not 0 <= places_value <= 18:
+            self.problem(f"{prefix}.round_places", f"must be between 0 and 18, got {places_value}")
+            return _BAD
+        mode = RoundingMode.CEILING
+        if "rounding" in table:
+            value = table["rounding"]
+            if not isinstance(value, str) or value not in _ROUNDING_BY_NAME:
+                self.problem(
+                    f"{prefix}.rounding", f"expected one of {_ROUNDING_MODES}, {_got(value)}"
+                )
+                return _BAD
+            mode = _ROUNDING_BY_NAME[value]
+        return QuantityRounding(places_value, mode)
+
     # -- the whole ---------------------------------------------------------------------------
 
     def config(self, raw: Mapping[str, object]) -> Config:
@@ -962,6 +1210,8 @@ class _Loader:
                 "accounts",
                 "producers",
                 "meters",
+                "billing",
+                "prices",
             ),
         )
         late_ms, dedupe_ms = self.windows(raw)
@@ -976,6 +1226,8 @@ class _Loader:
         accounts = self.accounts(raw.get("accounts", _MISSING))
         meters, declared = self.meters(raw.get("meters", _MISSING))
         producers = self.producers(raw.get("producers", _MISSING), declared, admin)
+        billing = self.billing(raw.get("billing", _MISSING))
+        prices = self.prices(raw.get("prices", _MISSING), {m.name: m for m in meters}, declared)
         if raw.get("producers", []) == []:
             self.warnings.append("producers: none configured; every producer will be refused")
         if raw.get("meters", []) == []:
@@ -990,5 +1242,7 @@ class _Loader:
             dedupe_window_ms=dedupe_ms,
             producers=producers,
             meters=meters,
+            billing=billing,
+            prices=prices,
             warnings=tuple(self.warnings),
         )

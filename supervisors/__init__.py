@@ -7,7 +7,7 @@
 * :class:`GenServer` — actors (init / handle_call / handle_cast / handle_info /
   terminate) with bounded mailboxes, run on tasks only while they have mail.
 * :class:`Registry` — unique names that outlive incarnations.
-* :func:`snapshot` — a live tree as plain data.
+* :func:`snapshot` — a live tree as plain data; :func:`find_child` — a node by path.
 
 Every module's doc states its rules; ``docs/supervisors.md`` explains the design
 and what from OTP is left out.
@@ -17,12 +17,13 @@ This package never imports the application built on it.
 
 from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Monitor, NameRef
 from ._child import ActorLauncher, TaskLauncher, shutdown_shield
-from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord
+from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord, SupervisorCore
 from ._dynamic import DynamicSupervisor
 from ._errors import (
     ActorExited,
     AlreadyStarted,
     CallTimeout,
+    ChildNotRunning,
     MaxChildrenReached,
     NoSuchActor,
     NoSuchChild,
@@ -34,7 +35,7 @@ from ._errors import (
 )
 from ._exit import Exit, Stop
 from ._helpers import actor_spec, task_spec
-from ._introspect import snapshot
+from ._introspect import find_child, snapshot
 from ._registry import Registry
 from ._spec import (
     BRUTAL_KILL,
@@ -61,6 +62,7 @@ __all__ = [
     "CallTimeout",
     "Caller",
     "ChildCounts",
+    "ChildNotRunning",
     "ChildInfo",
     "ChildSpec",
     "ChildStatus",
@@ -83,10 +85,12 @@ __all__ = [
     "Stop",
     "Strategy",
     "Supervisor",
+    "SupervisorCore",
     "SupervisorError",
     "SupervisorStopping",
     "TaskLauncher",
     "actor_spec",
+    "find_child",
     "shutdown_shield",
     "snapshot",
     "task_spec",

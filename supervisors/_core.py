@@ -22,13 +22,31 @@ Rules (OTP's ``supervisor``):
   *significant*, ``auto_shutdown`` may stop the supervisor normally.
 * Shutdown terminates children in reverse start order (dynamic supervisors: all
   at once), each within its own ``shutdown`` grace.
+
+Operator actions (beyond OTP's API, for fault drills and maintenance), by child id:
+
+* :meth:`SupervisorCore.kill_child` kills a running child as ``exit(Pid, kill)``
+  does: no ``terminate``, no grace. Its exit is ``killed`` (abnormal), so the
+  supervisor handles it exactly like a crash: its restart type decides, the
+  restart counts toward the intensity, and the strategy applies (siblings too
+  under one_for_all / rest_for_one).
+* :meth:`SupervisorCore.stop_and_restart_child` stops a running child
+  gracefully (``shutdown``, within its grace, so its cleanup runs) and starts it
+  again from its spec. Only that child is restarted (as OTP's
+  ``terminate_child`` followed by ``restart_child``, whatever the strategy); the
+  restart is recorded in its history as ``operator`` and does not count toward
+  the intensity.
+
+Both run in the control loop and return once the supervisor has dealt with the
+child (restarted it, or scheduled a restart with backoff). Requests queued when
+a supervisor ends fail with :class:`SupervisorStopping` instead of hanging.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,7 +57,14 @@ import trio
 from ._actor import GenServer
 from ._child import Incarnation, Launcher, as_launcher, do_terminate, shutdown_shield
 from ._dispatch import Dispatcher
-from ._errors import AlreadyStarted, RestartIntensityExceeded, StartError, SupervisorStopping
+from ._errors import (
+    AlreadyStarted,
+    ChildNotRunning,
+    NoSuchChild,
+    RestartIntensityExceeded,
+    StartError,
+    SupervisorStopping,
+)
 from ._exit import Exit, exit_from_exception
 from ._intensity import RestartIntensity
 from ._log import logger
@@ -145,6 +170,10 @@ class SupervisorCore:
         self._finished = trio.Event()
         self._running = False
         self._log = logger.bind(supervisor=name)
+        # Restarts this supervisor made, by cause ("exit": a child ended and was
+        # restarted, counted toward the intensity; "operator": stop_and_restart_child).
+        # Kept across runs of the same object, for metrics.
+        self.restart_counts: Counter[str] = Counter()
 
     # ---- Host protocol (used by launchers) --------------------------------------
 
@@ -233,10 +262,19 @@ class SupervisorCore:
                 error = caught
             finally:
                 self.stopping = True
+                self._fail_requests()
                 await self._terminate_all()
                 self._dispatcher.close()
                 nursery.cancel_scope.cancel()
         return error
+
+    def _fail_requests(self) -> None:
+        """Requests the control loop will never handle: their callers must not wait forever."""
+        stopping = SupervisorStopping(f"supervisor {self.name!r} stopped")
+        for event in self._events:
+            if event[0] == "request":
+                event[2](outcome.Error(stopping))
+        self._events.clear()
 
     def _reset(self) -> None:
         """Fresh state for a new run: a restarted supervisor starts over, as in OTP."""
@@ -349,6 +387,7 @@ class SupervisorCore:
             self._maybe_auto_shutdown(child)
             return
         child.record_restart(exit)
+        self.restart_counts["exit"] += 1
         if not self._intensity.add_restart(trio.current_time()):
             self._log.error(
                 "supervisor_giving_up",
@@ -440,6 +479,64 @@ class SupervisorCore:
         ):
             raise _AutoShutdown()
 
+    # ---- operator actions (see the module doc) ----------------------------------------
+
+    def _find_by_id(self, child_id: Hashable) -> Child:
+        for child in self._children():
+            if child.spec.id == child_id:
+                return child
+        raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
+
+    def _running_child(self, child_id: Hashable) -> tuple[Child, Incarnation]:
+        child = self._find_by_id(child_id)
+        incarnation = child.incarnation
+        if incarnation is None or not incarnation.sv_alive:
+            raise ChildNotRunning(f"child {child_id!r} of {self.name!r} is not running")
+        return child, incarnation
+
+    def child_status(self, child_id: Hashable) -> ChildStatus:
+        """The status of child ``child_id``; a dynamic child that ended is gone (NoSuchChild)."""
+        return self._find_by_id(child_id).status
+
+    async def kill_child(self, child_id: Hashable) -> None:
+        """Kill a running child abruptly; it is handled like a crash (see the module doc).
+
+        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, or
+        :class:`SupervisorStopping` (also when the kill made the supervisor give up).
+        """
+
+        async def kill() -> None:
+            _, incarnation = self._running_child(child_id)
+            incarnation._sv_kill()
+            await incarnation._sv_wait_exit()  # its exit is now queued to this loop
+
+        await self._call_in_loop(kill)
+        await self._call_in_loop(_nothing)  # returns once the exit was handled
+
+    async def stop_and_restart_child(self, child_id: Hashable) -> None:
+        """Stop a running child gracefully and start it again (see the module doc).
+
+        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`.
+        If the new start fails, that counts as a failed restart and is retried as
+        after a crash. A dynamic child whose registered name was claimed by a new
+        child meanwhile is not started twice: it is removed.
+        """
+
+        async def restart() -> None:
+            child, _ = self._running_child(child_id)
+            await self._terminate_child(child)
+            child._add_record(RestartRecord(time.time(), "operator", None, "operator restart"))
+            self.restart_counts["operator"] += 1
+            try:
+                await self._start_child(child)
+            except AlreadyStarted:
+                self._forget(child)
+            except StartError as error:
+                child.restarting = True
+                self._post(("retry", child, exit_from_exception(error.reason)))
+
+        await self._call_in_loop(restart)
+
     async def _call_in_loop(self, operation: Callable[[], Any]) -> Any:
         """Run ``operation`` in the control loop, after what is queued, and return its result."""
         if self.stopping or self._nursery is None:
@@ -496,6 +593,10 @@ class SupervisorCore:
             else:
                 workers += 1
         return ChildCounts(specs, active, supervisors, workers)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _should_restart(restart: Restart, exit: Exit) -> bool:

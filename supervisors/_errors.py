@@ -79,6 +79,10 @@ class NoSuchChild(SupervisorError, LookupError):
     """A static supervisor has no child with that id."""
 
 
+class ChildNotRunning(SupervisorError):
+    """The child exists (its spec is kept) but has no running incarnation."""
+
+
 class SupervisorStopping(SupervisorError):
     """The supervisor is shutting down and takes no new work."""
 

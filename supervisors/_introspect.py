@@ -11,13 +11,18 @@ Each node::
 ``limit`` caps the children listed per node (``children_total`` still counts them
 all), and ``total`` caps the nodes in the whole snapshot, so that a dynamic
 supervisor of a million actors costs no more to inspect than a hundred.
+
+:func:`find_child` resolves a path of node names (as the snapshot shows them) to the
+supervisor holding that child and the child's id, for the run-time operations.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from ._core import Child, SupervisorCore
+from ._errors import NoSuchChild
 from ._spec import ChildType
 
 
@@ -28,6 +33,29 @@ def snapshot(root: SupervisorCore, *, limit: int = 100, total: int = 10_000) -> 
     budget = [total - 1]
     node = _supervisor_node(root, root.name, restarts=0, history=(), limit=limit, budget=budget)
     return node
+
+
+def find_child(root: SupervisorCore, path: Sequence[str]) -> tuple[SupervisorCore, Hashable]:
+    """``(supervisor, child id)`` of the node at ``path``: node names from ``root`` down,
+    ``root``'s own name first (``["root", "accounts", "sweeper"]``).
+
+    Raises :class:`NoSuchChild` naming the first name that matches nothing (the root
+    itself is nobody's child, so a path of one name matches nothing either). A name
+    is looked up among its supervisor's children one by one (linear in their number).
+    """
+    if len(path) < 2 or path[0] != root.name:
+        raise NoSuchChild(f"no child at {'/'.join(path)!r} under {root.name!r}")
+    sup = root
+    for depth, name in enumerate(path[1:], start=1):
+        child = next((c for c in sup._children() if c.spec.name == name), None)
+        if child is None:
+            raise NoSuchChild(f"{'/'.join(path[:depth])!r} has no child named {name!r}")
+        if depth == len(path) - 1:
+            return sup, child.spec.id
+        if not isinstance(child.ref, SupervisorCore):
+            raise NoSuchChild(f"{'/'.join(path[: depth + 1])!r} has no children")
+        sup = child.ref
+    raise AssertionError("unreachable")
 
 
 def _ms(seconds: float | None) -> int | None:

@@ -31,7 +31,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from ._core import Child, ChildStatus, SupervisorCore
-from ._errors import AlreadyStarted, NoSuchChild, SpecError, StartError
+from ._errors import AlreadyStarted, SpecError, StartError
 from ._spec import (
     AutoShutdown,
     ChildSpec,
@@ -165,12 +165,6 @@ class Supervisor(SupervisorCore):
 
     # ---- run-time operations (OTP's supervisor API) -------------------------------
 
-    def _find(self, child_id: Hashable) -> Child:
-        for child in self._list:
-            if child.spec.id == child_id:
-                return child
-        raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
-
     async def start_child(self, spec: ChildSpec) -> Any:
         """Add ``spec`` at the end and start it; returns the child's ref."""
         check_child_spec(spec)
@@ -191,7 +185,7 @@ class Supervisor(SupervisorCore):
         """Stop a child (its spec stays, for ``restart_child``); temporary ones are removed."""
 
         async def operation() -> None:
-            child = self._find(child_id)
+            child = self._find_by_id(child_id)
             await self._terminate_child(child)
             child.restarting = False
             if child.spec.restart is Restart.TEMPORARY:
@@ -204,7 +198,7 @@ class Supervisor(SupervisorCore):
         """Start a stopped child again from its spec; returns its ref."""
 
         async def operation() -> Any:
-            child = self._find(child_id)
+            child = self._find_by_id(child_id)
             if child.status is ChildStatus.RUNNING:
                 raise AlreadyStarted(child_id, child.ref)
             await self._start_child(child)
@@ -216,7 +210,7 @@ class Supervisor(SupervisorCore):
         """Remove a stopped child's spec."""
 
         async def operation() -> None:
-            child = self._find(child_id)
+            child = self._find_by_id(child_id)
             if child.status is ChildStatus.RUNNING:
                 raise AlreadyStarted(child_id, child.ref)
             self._release_name(child)

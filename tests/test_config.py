@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from meterd.billing import QuantityRounding, RoundingMode
 from meterd.config import Config, ConfigError, Listen, Producer, load
 from meterd.model import DAY_MS, HOUR_MS, MINUTE_MS, Aggregation, Meter
 
@@ -913,3 +916,161 @@ def test_admin_token_check() -> None:
     assert config.api.is_admin_token("dev-admin-token-change-me")
     assert not config.api.is_admin_token("dev-router-token")
     assert not config.api.is_admin_token("")
+
+
+# --- [billing] and [[prices]] ---------------------------------------------------------------------
+
+PRICE = """
+[[prices]]
+meter = "dyno.seconds"
+unit_price = "0.0000104"
+effective_from = 2026-01-01
+"""
+
+
+def prices(*entries: str) -> str:
+    """The test meters followed by ``[[prices]]`` entries (each the body of one table)."""
+    return METERS + "".join(f"\n[[prices]]\n{entry}\n" for entry in entries)
+
+
+def test_price_book_is_read(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        text(
+            meters=prices(
+                'meter = "dyno.seconds"\nunit_price = "0.01"\neffective_from = 2026-01-01\n'
+                'round_places = 0\nrounding = "half_even"\ndaily_cap = "86400"',
+                'meter = "dyno.seconds"\nunit_price = "0.02"\neffective_from = "2026-11-15"\n'
+                'match = { size = "performance-l" }\nmonthly_cap = "100.5"',
+                'meter = "api.active_users"\nunit_price = "0.5"\neffective_from = 2026-01-01',
+            )
+        ),
+    )
+    first, second, third = config.prices
+    assert (first.unit_price, first.effective_from, first.match) == (
+        Decimal("0.01"),
+        date(2026, 1, 1),
+        None,
+    )
+    assert first.rounding == QuantityRounding(0, RoundingMode.HALF_EVEN)
+    assert (first.daily_cap, first.monthly_cap) == (Decimal(86400), None)
+    assert (second.match, second.monthly_cap, second.rounding) == (
+        ("size", "performance-l"),
+        Decimal("100.5"),
+        None,
+    )
+    assert second.effective_from == date(2026, 11, 15)
+    assert third.meter == "api.active_users"
+    assert config.billing.currency == "USD"
+    assert config.billing_path == tmp_path / "var" / "billing.sqlite3"  # beside the store
+
+
+def test_billing_section(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        text(top='[billing]\npath = "b/bill.db"\ncurrency = "EUR"\namount_places = 3\n'),
+    )
+    assert config.billing_path == tmp_path / "b" / "bill.db"
+    assert (config.billing.currency, config.billing.amount_places) == ("EUR", 3)
+
+
+def test_round_places_without_rounding_rounds_up(tmp_path: Path) -> None:
+    config = load_text(tmp_path, text(meters=METERS + PRICE + "round_places = 2"))
+    assert config.prices[0].rounding == QuantityRounding(2, RoundingMode.CEILING)
+
+
+BASE = 'meter = "dyno.seconds"\nunit_price = "1"\neffective_from = 2026-01-01'
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "expected"),
+    [
+        ('unit_price = "1"\neffective_from = 2026-01-01', "prices[0].meter", "missing"),
+        (
+            'meter = "dyno.second"\nunit_price = "1"\neffective_from = 2026-01-01',
+            "prices[0].meter",
+            "did you mean 'dyno.seconds'",
+        ),
+        ('meter = "dyno.seconds"\neffective_from = 2026-01-01', "prices[0].unit_price", "missing"),
+        (
+            'meter = "dyno.seconds"\nunit_price = 0.01\neffective_from = 2026-01-01',
+            "prices[0].unit_price",
+            "a TOML float is inexact",
+        ),
+        (
+            'meter = "dyno.seconds"\nunit_price = "-1"\neffective_from = 2026-01-01',
+            "prices[0].unit_price",
+            "decimal string",
+        ),
+        (
+            'meter = "dyno.seconds"\nunit_price = "1e3"\neffective_from = 2026-01-01',
+            "prices[0].unit_price",
+            "decimal string",
+        ),
+        ('meter = "dyno.seconds"\nunit_price = "1"', "prices[0].effective_from", "missing"),
+        (
+            'meter = "dyno.seconds"\nunit_price = "1"\neffective_from = 2026-11-01T10:00:00Z',
+            "prices[0].effective_from",
+            "without a time",
+        ),
+        (
+            'meter = "dyno.seconds"\nunit_price = "1"\neffective_from = "2026-02-30"',
+            "prices[0].effective_from",
+            "expected a date",
+        ),
+        (BASE + '\nmatch = { region = "eu" }', "prices[0].match.region", "not a dimension"),
+        (BASE + '\nmatch = { size = "a", app = "b" }', "prices[0].match", "2 keys"),
+        (BASE + '\nmatch = "size"', "prices[0].match", "expected one dimension"),
+        (BASE + "\nround_places = 19", "prices[0].round_places", "between 0 and 18"),
+        (BASE + '\nround_places = "0"', "prices[0].round_places", "integer"),
+        (BASE + '\nrounding = "ceiling"', "prices[0].rounding", "needs round_places"),
+        (BASE + '\nround_places = 0\nrounding = "upwards"', "prices[0].rounding", "half_even"),
+        (BASE + '\nmonthly_cap = "1"\ndaily_cap = "1"', "prices[0].daily_cap", "not both"),
+        (BASE + '\ndaily_cap = "0"', "prices[0].daily_cap", "greater than 0"),
+        (BASE + "\nprice = 1", "prices[0].price", "unknown key"),
+        (
+            'meter = "api.active_users"\nunit_price = "1"\neffective_from = 2026-01-01\n'
+            'monthly_cap = "5"',
+            "prices[0].monthly_cap",
+            "summed quantities",
+        ),
+    ],
+)
+def test_price_problems_are_named(tmp_path: Path, entry: str, key: str, expected: str) -> None:
+    assert expected in problem_for(tmp_path, text(meters=prices(entry)), key)
+
+
+def test_a_second_price_for_the_same_meter_match_and_date(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path, text(meters=prices(BASE, BASE.replace('"1"', '"2"'))), "prices[1].effective_from"
+    )
+    assert "prices[0] already prices 'dyno.seconds' from 2026-01-01" in problem
+
+
+def test_matches_of_one_meter_use_one_dimension(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path,
+        text(meters=prices(BASE + '\nmatch = { size = "l" }', BASE + '\nmatch = { app = "x" }')),
+        "prices[1].match",
+    )
+    assert "prices[0] matches meter 'dyno.seconds' on 'size'" in problem
+
+
+@pytest.mark.parametrize(
+    ("billing", "key"),
+    [
+        ('currency = "usd"', "billing.currency"),
+        ("amount_places = 9", "billing.amount_places"),
+        ("path = 3", "billing.path"),
+        ("curency = 'USD'", "billing.curency"),
+    ],
+)
+def test_billing_problems_are_named(tmp_path: Path, billing: str, key: str) -> None:
+    problem_for(tmp_path, text(top=f"[billing]\n{billing}\n"), key)
+
+
+def test_shipped_price_book_loads() -> None:
+    config = load(ROOT / "config.toml")
+    priced = {rule.meter for rule in config.prices}
+    assert priced == set(config.meters_by_name)  # every shipped meter has a price
+    assert any(rule.match == ("size", "performance-l") for rule in config.prices)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from meterd.config import load
-from tests.test_kill9 import free_ports, write_config
+from tests.procs.daemon import ROOT, running_daemon
+from tests.test_kill9 import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = time.time_ns() // 1_000_000 - 10 * 60_000
 
 
@@ -38,45 +35,13 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    where = tmp_path_factory.mktemp("send")
-    config_path = write_config(where / "config.toml", where / "store.sqlite3")
-    settings = load(config_path)
-    tokens = {producer.name: producer.token for producer in settings.producers}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meterd", "run", "--config", str(config_path), "--json-logs"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    listening = threading.Event()
-    lines: list[str] = []
-
-    def drain() -> None:  # keep reading, or the daemon blocks on a full pipe
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            if '"listening"' in line:
-                listening.set()
-        listening.set()
-
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    try:
-        assert listening.wait(30), "the daemon did not start"
-        assert process.poll() is None, lines
+    with running_daemon(tmp_path_factory.mktemp("send")) as process:
         yield Daemon(
-            config_path,
-            f"ws://{settings.ingest.listen}/v1/ingest",
-            tokens["platform"],
-            tokens["router"],
+            process.config_path,
+            process.ingest_url,
+            process.token("platform"),
+            process.token("router"),
         )
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, lines[-20:]
-    finally:
-        process.kill()
-        process.wait()
-        thread.join(10)
 
 
 def send_command() -> list[str]:

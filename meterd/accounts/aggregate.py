@@ -87,6 +87,7 @@ __all__ = [
     "decode",
     "dims_of",
     "encode",
+    "group_index",
     "merge",
     "new_state",
     "rollup",
@@ -557,7 +558,9 @@ class UsageRow:
     group: dict[str, str] | None = None
 
 
-def _group_index(meter: Meter, group_by: str | None) -> int | None:
+def group_index(meter: Meter, group_by: str | None) -> int | None:
+    """The position of dimension ``group_by`` in ``meter.dimensions`` (None for None);
+    ``ValueError`` naming the meter's dimensions when it has no such dimension."""
     if group_by is None:
         return None
     try:
@@ -585,7 +588,7 @@ def rollup(
     are merged as well. Rows come in time order, then by group value; windows whose merged
     state is empty are left out. The inputs are not mutated.
     """
-    index = _group_index(meter, group_by)
+    index = group_index(meter, group_by)
     lo = window.align(from_ms)
     hi = window.align(to_ms)
     if lo >= hi:
@@ -735,5 +738,5 @@ class AccountUsage:
         group_by: str | None = None,
     ) -> list[UsageRow]:
         """Usage rows for ``meter`` over ``[from, to)`` (both aligned down): see :func:`rollup`."""
-        _group_index(meter, group_by)  # validate even when there is no usage yet
+        group_index(meter, group_by)  # validate even when there is no usage yet
         return rollup(meter, self.states(meter.name), from_ms, to_ms, window, group_by)

@@ -43,7 +43,7 @@ import trio
 
 import supervisors as sv
 from meterd.accounts.actor import MeterActor, Verdict, decode_dims
-from meterd.accounts.aggregate import UsageRow, decode, rollup
+from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, Store
@@ -258,6 +258,23 @@ class Accounts:
             await drained.wait()
         await self.call(account, ("checkpoint",))
 
+    async def states(
+        self, account: str, meter: Meter, from_ms: int, to_ms: int
+    ) -> list[tuple[int, tuple[str, ...], State]]:
+        """The stored minute cells ``(start, dims, state)`` of one account and meter with
+        ``from_ms <= start < to_ms``, by start, once the store is complete for the account.
+
+        The account's actor first writes its in-memory deltas (waking it if needed, see
+        :meth:`checkpoint`), so the store holds everything acknowledged; the cells are then
+        read on the reader's connection (ingestion is not stalled).
+        """
+        await self.checkpoint(account)
+        stored = await self.store.reader.windows(account, meter.name, from_ms, to_ms)
+        return [
+            (row.start, decode_dims(row.dims, len(meter.dimensions)), decode(meter, row.state))
+            for row in stored
+        ]
+
     async def usage(
         self,
         account: str,
@@ -267,20 +284,9 @@ class Accounts:
         window: Window,
         group_by: str | None = None,
     ) -> list[UsageRow]:
-        """Usage rows of one account and meter (protocol.md §3), exact.
-
-        The account's actor first writes its in-memory deltas (waking it if needed,
-        see :meth:`checkpoint`), so the store holds everything acknowledged; the rows
-        are then rolled up from the stored minute windows, on the reader's connection
-        (ingestion is not stalled).
-        """
-        await self.checkpoint(account)
-        low, high = window.align(from_ms), window.align(to_ms)
-        stored = await self.store.reader.windows(account, meter.name, low, high)
-        states = [
-            (row.start, decode_dims(row.dims, len(meter.dimensions)), decode(meter, row.state))
-            for row in stored
-        ]
+        """Usage rows of one account and meter (protocol.md §3), exact: the cells of
+        :meth:`states` rolled up (:func:`~meterd.accounts.aggregate.rollup`)."""
+        states = await self.states(account, meter, window.align(from_ms), window.align(to_ms))
         return rollup(meter, states, from_ms, to_ms, window, group_by)
 
     # ---- the sweeper -------------------------------------------------------------------------

@@ -22,6 +22,12 @@ class _LazyGroup(click.Group):
     lazy: ClassVar[dict[str, str]] = {  # name -> "module:attribute"
         "send": "meterd.cli.send:send",
         "bench": "meterd.cli.bench:bench",
+        "tree": "meterd.cli.tree:tree",
+        "usage": "meterd.cli.usage:usage",
+        "events": "meterd.cli.events:events",
+        "restart": "meterd.cli.actors:restart",
+        "kill": "meterd.cli.actors:kill",
+        "quarantine": "meterd.cli.quarantine:quarantine",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

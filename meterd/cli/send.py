@@ -146,15 +146,9 @@ def read_events(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
 def url_from_config(path: Path) -> str:
     """The ingest websocket URL of the daemon configured at ``path``."""
     config = load(path)
-    host = config.ingest.listen.host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
+    listen = config.ingest.listen
     scheme = "wss" if config.ingest.tls is not None else "ws"
-    return f"{scheme}://{host}:{config.ingest.listen.port}{INGEST_PATH}"
+    return f"{scheme}://{listen.connect_host}:{listen.port}{INGEST_PATH}"
 
 
 @dataclass

@@ -273,6 +273,15 @@ class Reader:
 
         return await self._run(query)
 
+    async def has_account(self, account: str) -> bool:
+        """Whether the store has seen ``account`` (events appended or a checkpoint written)."""
+
+        def query(conn: sqlite3.Connection) -> bool:
+            found = conn.execute("SELECT 1 FROM accounts WHERE account = ?", (account,))
+            return found.fetchone() is not None
+
+        return await self._run(query)
+
     async def known_accounts(self) -> int:
         """How many accounts the store has seen (events appended or a checkpoint written)."""
 

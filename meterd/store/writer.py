@@ -228,6 +228,8 @@ class Writer:
         self._known_accounts: set[str] = set()
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
+        # Metrics hook: seconds each checkpoint took, from its call until it was committed.
+        self.on_checkpoint: Callable[[float], None] | None = None
 
     # -- the task ---------------------------------------------------------------------
 
@@ -447,10 +449,13 @@ class Writer:
                 )
         if type(watermark) is not int or watermark < 0:
             raise ValueError(f"checkpoint of {account!r}: watermark must be an int >= 0")
+        started = time.perf_counter()
         await self._wait_for_room()
         waiter = _Waiter()
         self._enqueue(_Checkpoint(account, rows, watermark, waiter))
         await waiter.wait()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(time.perf_counter() - started)
 
     async def quarantine(self, account: str, batch_id: int, event_id: str, error: str) -> None:
         """Record that event ``event_id`` of journal batch ``batch_id`` is poison.

@@ -1,0 +1,92 @@
+"""The API's one error shape: ``{"error": {"code": str, "message": str}}`` (protocol.md §3).
+
+Handlers raise :class:`ApiError`; :func:`exception_handlers` turns it, starlette's own
+``HTTPException`` (unknown path 404, wrong method 405) and any unexpected exception (500)
+into that shape, so a client never sees another body for an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = structlog.get_logger("meterd.api")
+
+#: The ``code`` for each status starlette raises by itself.
+_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed"}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status``, a stable ``code`` and a sentence for a person.
+
+    ``parameter`` names the query or path parameter at fault (400s), for clients that
+    point at it.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, parameter: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.parameter = parameter
+
+
+def bad_parameter(name: str, why: str) -> ApiError:
+    """400 ``invalid_parameter``: ``name`` and why it is wrong, in one sentence."""
+    return ApiError(400, "invalid_parameter", f"parameter {name!r} {why}", parameter=name)
+
+
+def error_body(code: str, message: str, parameter: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if parameter is not None:
+        error["parameter"] = parameter
+    return {"error": error}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    parameter: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, parameter), status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, parameter=exc.parameter)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = {
+        404: f"no route for {request.url.path!r}",
+        405: f"method {request.method} is not allowed on {request.url.path!r}",
+    }.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Only the route and the error: the request's headers (the token) are never logged.
+    log.error(
+        "api_internal_error",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return error_response(500, "internal", "internal error; the daemon log has the details")
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """Starlette ``exception_handlers`` producing the error shape for every error."""
+    return {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}

@@ -1,0 +1,160 @@
+"""``GET /metrics``: Prometheus text, read from the daemon's own counters at scrape time.
+
+Nothing is counted twice for Prometheus: :class:`DaemonCollector` reads the plain ints the
+ingest server (:class:`~meterd.ingest.server.IngestStats`), the store writer
+(:class:`~meterd.store.WriterStats`) and the supervisors (``restart_counts``) keep anyway, so
+the hot path has no metric calls. The one exception is checkpoint latency, a histogram fed
+by the writer's ``on_checkpoint`` hook (one observation per checkpoint, not per event).
+
+Each :class:`Metrics` has its own registry (several daemons in one test process do not mix).
+Counters restart from zero with the process; a supervisor rebuilt by its parent (``accounts``)
+starts its restart counts over, which Prometheus' ``rate`` treats as a counter reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import supervisors as sv
+
+if TYPE_CHECKING:
+    from meterd.accounts.service import Accounts
+    from meterd.ingest.server import IngestServer
+    from meterd.store import Store
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+CHECKPOINT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+def supervisors_by_path(root: sv.SupervisorCore) -> Iterator[tuple[str, sv.SupervisorCore]]:
+    """Every supervisor of the tree with its path (``root/accounts/meters``).
+
+    Only children that are supervisors are descended into; a dynamic supervisor's actors
+    are still looked at once each (linear in the live actors).
+    """
+    stack = [(root.name, root)]
+    while stack:
+        path, sup = stack.pop()
+        yield path, sup
+        for child in sup._children():
+            ref = child.ref
+            if isinstance(ref, sv.SupervisorCore):
+                stack.append((f"{path}/{child.spec.name}", ref))
+
+
+class DaemonCollector(Collector):
+    """Reads the daemon's counters when Prometheus scrapes (see the module doc)."""
+
+    def __init__(
+        self, root: sv.SupervisorCore, accounts: Accounts, store: Store, ingest: IngestServer
+    ) -> None:
+        self.root = root
+        self.accounts = accounts
+        self.store = store
+        self.ingest = ingest
+        self.quarantined = 0  # refreshed from the store by the handler before each scrape
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._ingest()
+        yield from self._store()
+        yield from self._tree()
+
+    def _ingest(self) -> Iterator[Metric]:
+        stats = self.ingest.stats
+        for name, doc, value in (
+            ("events_accepted", "Events accepted (durable and counted).", stats.accepted),
+            ("events_duplicate", "Events acknowledged as duplicates.", stats.duplicates),
+            ("events_rejected", "Events rejected (validation or id conflict).", stats.rejected),
+            ("acks", "Batch acks sent to producers.", stats.acks),
+            ("batches", "Batches read from producers.", stats.batches),
+            ("connections", "Producer websockets opened (authenticated).", stats.connections),
+            ("handshakes_refused", "Producer handshakes refused (401/404/503).", stats.refused),
+            ("connection_failures", "Connections ended by an unexpected error.", stats.failed),
+        ):
+            yield CounterMetricFamily(f"meterd_{name}", doc, value=value)
+        faults = CounterMetricFamily(
+            "meterd_faults", "Error frames sent to producers, by code.", labels=["code"]
+        )
+        for code, count in sorted(stats.faults.items()):
+            faults.add_metric([code], count)
+        yield faults
+        yield GaugeMetricFamily(
+            "meterd_connections_open",
+            "Producer websockets open now.",
+            value=self.ingest.connection_count,
+        )
+
+    def _store(self) -> Iterator[Metric]:
+        writer = self.store.writer
+        stats = writer.stats
+        yield CounterMetricFamily(
+            "meterd_store_commits", "Store group transactions committed.", value=stats.commits
+        )
+        yield CounterMetricFamily(
+            "meterd_store_failed_commits",
+            "Store group transactions that failed.",
+            value=stats.failed_commits,
+        )
+        yield GaugeMetricFamily(
+            "meterd_store_pending", "Store operations queued or being written.", writer.pending
+        )
+        yield GaugeMetricFamily(
+            "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
+        )
+
+    def _tree(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "meterd_actor_restarts",
+            "Child restarts made by each supervisor, by cause: exit (a crash or kill,"
+            " counted toward the restart intensity) or operator (POST .../restart).",
+            labels=["supervisor", "cause"],
+        )
+        children = GaugeMetricFamily(
+            "meterd_supervisor_children",
+            "Children of each supervisor now.",
+            labels=["supervisor"],
+        )
+        for path, sup in supervisors_by_path(self.root):
+            for cause in ("exit", "operator"):
+                restarts.add_metric([path, cause], sup.restart_counts[cause])
+            children.add_metric([path], sum(1 for _ in sup._children()))
+        yield restarts
+        yield children
+        yield GaugeMetricFamily(
+            "meterd_live_actors",
+            "Meter actors awake now (one per awake account).",
+            value=len(self.accounts.supervisor),
+        )
+
+
+class Metrics:
+    """The registry of one daemon's metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.checkpoint_seconds = Histogram(
+            "meterd_checkpoint_seconds",
+            "Time to write one account checkpoint, from the request to its commit.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=self.registry,
+        )
+        self.collector: DaemonCollector | None = None
+
+    def watch(
+        self, root: sv.SupervisorCore, accounts: Accounts, store: Store, ingest: IngestServer
+    ) -> None:
+        """Start reading this daemon's counters (and observing its checkpoints)."""
+        self.collector = DaemonCollector(root, accounts, store, ingest)
+        self.registry.register(self.collector)
+        store.writer.on_checkpoint = self.checkpoint_seconds.observe
+
+    async def render(self) -> bytes:
+        """The scrape body; the quarantine count is read from the store first."""
+        if self.collector is not None:
+            self.collector.quarantined = len(await self.collector.store.reader.quarantined())
+        return generate_latest(self.registry)

@@ -1,0 +1,106 @@
+"""The API server: the starlette app on hypercorn's Trio worker, as a supervised task child.
+
+:class:`ApiServer` runs under the root supervisor after ``ingest``
+(:meth:`ApiServer.child_spec`). It serves on ``[api] listen`` (HTTPS when ``tls_cert`` /
+``tls_key`` are set) in the daemon's own Trio run: ``hypercorn.trio.serve`` starts its
+listeners in this task's nursery, so a handler awaiting an actor or the store is just
+another Trio task.
+
+Shutdown (the supervisor cancels the task): hypercorn's shutdown trigger fires, it stops
+accepting and gives requests in flight ``GRACEFUL_TIMEOUT`` to finish, all within the
+child's shutdown grace (:func:`supervisors.shutdown_shield`). Hypercorn's access log is
+off (request headers carry the admin token); its error log goes to the standard
+``logging`` logger ``meterd.api.hypercorn``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+import supervisors as sv
+from meterd.config import ApiConfig
+
+from .routes import Daemon, build_app
+
+log = structlog.get_logger("meterd.api")
+
+GRACEFUL_TIMEOUT: Final = 3.0  # seconds for requests in flight when the API stops
+SHUTDOWN_GRACE: Final = 5.0  # the child's shutdown grace, above GRACEFUL_TIMEOUT
+
+
+def hypercorn_config(api: ApiConfig) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [str(api.listen)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("meterd.api.hypercorn")
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.include_server_header = False
+    if api.tls is not None:
+        config.certfile = str(api.tls.cert)
+        config.keyfile = str(api.tls.key)
+    return config
+
+
+class ApiServer:
+    """The operator HTTP API of one daemon (see the module doc)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.app = build_app(daemon)
+        self.urls: list[str] = []  # what the running incarnation listens on
+
+    def child_spec(self, id: str = "api") -> sv.ChildSpec:
+        self.daemon.api_child_id = id
+        return sv.task_spec(id, self.run, shutdown=SHUTDOWN_GRACE)
+
+    @property
+    def url(self) -> str:
+        """The base URL (``http://127.0.0.1:8701``), or "" when not listening."""
+        return self.urls[0] if self.urls else ""
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled, then shut hypercorn down gracefully."""
+        shield = sv.shutdown_shield()
+        stop = trio.Event()
+        config = hypercorn_config(self.daemon.config.api)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.urls = await nursery.start(self._serve, shield, config, stop)
+                log.info("api_listening", url=self.url)
+                task_status.started(self)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    stop.set()
+        finally:
+            self.urls = []
+
+    async def _serve(
+        self,
+        shield: trio.CancelScope,
+        config: HypercornConfig,
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
+        with shield:  # requests in flight finish when the child is stopped
+            try:
+                await serve(
+                    self.app,  # type: ignore[arg-type]
+                    config,
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
+            except OSError as error:
+                raise OSError(
+                    error.errno, f"api.listen {self.daemon.config.api.listen}: {error.strerror}"
+                ) from error
+
+
+__all__ = ["ApiServer", "hypercorn_config"]

@@ -1,0 +1,69 @@
+"""Billing support: the price book, rating usage into invoices, audited corrections,
+closed periods and restatements, and explanations down to the events.
+
+See docs/billing.md for the rules. The modules behind this curated API:
+
+* ``_period`` — :class:`Period`, calendar months in UTC;
+* ``_prices`` — :class:`PriceBook` and the ``[[prices]]`` rules of the config;
+* ``_rating`` — :func:`rate`: pure, exact rating of one account's month into an :class:`Invoice`;
+* ``_corrections`` — :class:`Adjustment` and :class:`Void`, append-only;
+* ``_restate`` — :class:`Restatement`: how a closed period's figures changed, and why;
+* ``_explain`` — :class:`Explanation`: a figure down to its windows and events;
+* ``_db`` — :class:`BillingDB`, the billing database (its own SQLite file);
+* ``_service`` — :class:`Billing`, what the API and the CLI call;
+* ``_render`` — explanations as text (``meterd explain``);
+* ``_graphql`` — :class:`BillingGraphQL`, GraphQL over it (run on a worker thread).
+"""
+
+from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
+from ._db import BillingDB, Closure
+from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
+from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
+from ._graphql import BillingGraphQL
+from ._period import Period, date_ms
+from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
+from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
+from ._render import format_ms, render_explanation, render_invoice
+from ._restate import LineChange, Restatement, compare_lines
+from ._service import Billing, InvoiceView
+
+__all__ = [
+    "ADDITIVE",
+    "Adjustment",
+    "AdjustmentKind",
+    "Billing",
+    "BillingDB",
+    "BillingError",
+    "BillingGraphQL",
+    "Cell",
+    "Closure",
+    "Conflict",
+    "ExplainedEvent",
+    "Explanation",
+    "InvalidRequest",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceView",
+    "LineChange",
+    "NotFound",
+    "Period",
+    "PriceBook",
+    "PriceRule",
+    "QuantityRounding",
+    "Restatement",
+    "RoundingMode",
+    "Unpriced",
+    "Void",
+    "WindowFigure",
+    "adjustment_json",
+    "compare_lines",
+    "date_ms",
+    "format_ms",
+    "invalid",
+    "merge_cells",
+    "rate",
+    "render_explanation",
+    "render_invoice",
+    "round_amount",
+    "void_json",
+]

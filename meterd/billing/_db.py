@@ -1,0 +1,540 @@
+"""The billing database: corrections, closed periods and restatements (its own SQLite file).
+
+It lives beside the store (``[billing] path``), never inside it: the store belongs to the
+ingest path and its writer. Schema versioned like the store's (``PRAGMA user_version``,
+``application_id`` "bill", forward migrations run in one transaction), WAL with
+``synchronous=FULL``. Every record is **append-only**: triggers refuse ``UPDATE`` and
+``DELETE`` on every table, so a correction can only ever be corrected by another record.
+
+Queries run off the Trio thread (``trio.to_thread``) on one connection, one at a time.
+
+Version 1 tables::
+
+    adjustments(id, account, meter, start, end_ms, dims JSON, kind, quantity TEXT,
+                made_by, made_at, reason)
+    voids(id, account, event_id UNIQUE per account, meter, time, dims JSON, quantity TEXT,
+          made_by, made_at, reason)
+    closures(period PRIMARY KEY, made_by, made_at, accounts)
+    closed_invoices(period, account, total TEXT, lines JSON, unpriced JSON)
+    restatements(id, period, account, made_at, causes JSON, old_total, new_total,
+                 changes JSON, lines JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+import structlog
+import trio
+
+from ._corrections import Adjustment, AdjustmentKind, Void
+from ._errors import BillingError, Conflict
+from ._period import Period
+from ._rating import Invoice, InvoiceLine
+from ._restate import LineChange, Restatement
+
+__all__ = ["SCHEMA_VERSION", "BillingDB", "Closure", "StoredFigures"]
+
+log = structlog.get_logger("meterd.billing")
+T = TypeVar("T")
+
+APPLICATION_ID: Final = 0x62696C6C  # "bill"
+_TABLES: Final = ("adjustments", "voids", "closures", "closed_invoices", "restatements")
+
+_V1: Final = (
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    """CREATE TABLE adjustments (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        account  TEXT    NOT NULL,
+        meter    TEXT    NOT NULL,
+        start    INTEGER NOT NULL,
+        end_ms   INTEGER NOT NULL,
+        dims     TEXT    NOT NULL,
+        kind     TEXT    NOT NULL CHECK (kind IN ('credit', 'debit')),
+        quantity TEXT    NOT NULL,
+        made_by  TEXT    NOT NULL,
+        made_at  INTEGER NOT NULL,
+        reason   TEXT    NOT NULL
+    )""",
+    "CREATE INDEX adjustments_by_account ON adjustments (account, start)",
+    """CREATE TABLE voids (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        account  TEXT    NOT NULL,
+        event_id TEXT    NOT NULL,
+        meter    TEXT    NOT NULL,
+        time     INTEGER NOT NULL,
+        dims     TEXT    NOT NULL,
+        quantity TEXT    NOT NULL,
+        made_by  TEXT    NOT NULL,
+        made_at  INTEGER NOT NULL,
+        reason   TEXT    NOT NULL,
+        UNIQUE (account, event_id)
+    )""",
+    """CREATE TABLE closures (
+        period   TEXT    NOT NULL PRIMARY KEY,
+        made_by  TEXT    NOT NULL,
+        made_at  INTEGER NOT NULL,
+        accounts INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE closed_invoices (
+        period   TEXT NOT NULL,
+        account  TEXT NOT NULL,
+        total    TEXT NOT NULL,
+        lines    TEXT NOT NULL,
+        unpriced TEXT NOT NULL,
+        PRIMARY KEY (period, account)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE restatements (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        period    TEXT    NOT NULL,
+        account   TEXT    NOT NULL,
+        made_at   INTEGER NOT NULL,
+        causes    TEXT    NOT NULL,
+        old_total TEXT    NOT NULL,
+        new_total TEXT    NOT NULL,
+        changes   TEXT    NOT NULL,
+        lines     TEXT    NOT NULL
+    )""",
+    "CREATE INDEX restatements_by_account ON restatements (account, period, id)",
+    *(
+        f"CREATE TRIGGER {table}_append_only_{verb.lower()} BEFORE {verb} ON {table}"
+        f" BEGIN SELECT RAISE(ABORT, 'billing records are append-only: {table}'); END"
+        for table in _TABLES
+        for verb in ("UPDATE", "DELETE")
+    ),
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    period: Period
+    by: str
+    at: int
+    accounts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFigures:
+    """A period's figures as fixed: at closing, or by the latest restatement."""
+
+    total: Decimal
+    lines: tuple[InvoiceLine, ...]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """Open, check and migrate the billing database.
+
+    The same steps as the store's ``open_database``, kept apart on purpose: those helpers are
+    private to the store (owned elsewhere and not to be coupled to), and raise store errors
+    about a store file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            f"file:{quote(str(path))}?mode=rwc",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise BillingError(f"cannot open the billing database {path}: {exc}") from exc
+    try:
+        found = _prepare(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise BillingError(f"cannot open the billing database {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    if found < SCHEMA_VERSION:
+        log.info("billing_db_migrated", path=str(path), from_version=found, to=SCHEMA_VERSION)
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> int:
+    """Check the file is ours, switch to WAL, migrate; the version found before."""
+    conn.execute("PRAGMA busy_timeout = 5000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and version):
+        raise BillingError(f"{path} is not a meterd billing database; use another path")
+    if version > SCHEMA_VERSION:
+        raise BillingError(
+            f"billing database {path} is schema version {version}, this meterd knows up"
+            f" to {SCHEMA_VERSION}"
+        )
+    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+        raise BillingError(f"billing database {path}: cannot switch to WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _dims(raw: str) -> tuple[str, ...]:
+    return tuple(json.loads(raw))
+
+
+def _adjustment(row: Sequence[Any]) -> Adjustment:
+    id, account, meter, start, end, dims, kind, quantity, by, at, reason = row
+    return Adjustment(
+        id,
+        account,
+        meter,
+        start,
+        end,
+        _dims(dims),
+        AdjustmentKind(kind),
+        Decimal(quantity),
+        by,
+        at,
+        reason,
+    )
+
+
+def _void(row: Sequence[Any]) -> Void:
+    id, account, event_id, meter, time, dims, quantity, by, at, reason = row
+    return Void(id, account, event_id, meter, time, _dims(dims), quantity, by, at, reason)
+
+
+def _lines(raw: str) -> tuple[InvoiceLine, ...]:
+    return tuple(InvoiceLine.from_json(item) for item in json.loads(raw))
+
+
+def _lines_json(lines: Sequence[InvoiceLine]) -> str:
+    return json.dumps([line.to_json() for line in lines])
+
+
+def _restatement(row: Sequence[Any]) -> Restatement:
+    id, period, account, at, causes, old_total, new_total, changes, lines = row
+    return Restatement(
+        id,
+        account,
+        Period.parse(period),
+        at,
+        tuple(json.loads(causes)),
+        Decimal(old_total),
+        Decimal(new_total),
+        tuple(LineChange.from_json(item) for item in json.loads(changes)),
+        _lines(lines),
+    )
+
+
+_ADJUSTMENT_COLUMNS: Final = (
+    "id, account, meter, start, end_ms, dims, kind, quantity, made_by, made_at, reason"
+)
+_VOID_COLUMNS: Final = (
+    "id, account, event_id, meter, time, dims, quantity, made_by, made_at, reason"
+)
+_RESTATEMENT_COLUMNS: Final = (
+    "id, period, account, made_at, causes, old_total, new_total, changes, lines"
+)
+
+
+class BillingDB:
+    """The billing database at ``path``; :meth:`open` it (creates and migrates)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def open(self) -> BillingDB:
+        if self._conn is None:
+            self._conn = await trio.to_thread.run_sync(_open, self.path)
+        return self
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        await self.open()
+        return await trio.to_thread.run_sync(self._in_thread, work, limiter=self._limiter)
+
+    def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise BillingError(f"the billing database {self.path} is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # -- corrections --------------------------------------------------------------------------
+
+    async def add_adjustment(
+        self,
+        account: str,
+        meter: str,
+        span: tuple[int, int],
+        dims: tuple[str, ...],
+        kind: AdjustmentKind,
+        quantity: Decimal,
+        by: str,
+        at: int,
+        reason: str,
+    ) -> Adjustment:
+        def work(conn: sqlite3.Connection) -> Adjustment:
+            cursor = conn.execute(
+                "INSERT INTO adjustments (account, meter, start, end_ms, dims, kind, quantity,"
+                " made_by, made_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    account,
+                    meter,
+                    *span,
+                    json.dumps(dims),
+                    kind.value,
+                    str(quantity),
+                    by,
+                    at,
+                    reason,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return Adjustment(
+                cursor.lastrowid, account, meter, *span, dims, kind, quantity, by, at, reason
+            )
+
+        return await self._run(work)
+
+    async def adjustments(
+        self, account: str, low: int, high: int, meter: str | None = None
+    ) -> list[Adjustment]:
+        """Adjustments of ``account`` whose window starts in ``[low, high)``, oldest first."""
+
+        def work(conn: sqlite3.Connection) -> list[Adjustment]:
+            sql = f"SELECT {_ADJUSTMENT_COLUMNS} FROM adjustments WHERE account = ?"
+            sql += " AND start >= ? AND start < ?"
+            args: tuple[Any, ...] = (account, low, high)
+            if meter is not None:
+                sql += " AND meter = ?"
+                args += (meter,)
+            return [_adjustment(row) for row in conn.execute(sql + " ORDER BY id", args)]
+
+        return await self._run(work)
+
+    async def add_void(
+        self,
+        account: str,
+        event_id: str,
+        meter: str,
+        time: int,
+        dims: tuple[str, ...],
+        quantity: str,
+        by: str,
+        at: int,
+        reason: str,
+    ) -> Void:
+        def work(conn: sqlite3.Connection) -> Void:
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO voids (account, event_id, meter, time, dims, quantity, made_by,"
+                    " made_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (account, event_id, meter, time, json.dumps(dims), quantity, by, at, reason),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"event {event_id!r} of account {account!r} is already void",
+                    code="already_void",
+                ) from None
+            assert cursor.lastrowid is not None
+            return Void(
+                cursor.lastrowid, account, event_id, meter, time, dims, quantity, by, at, reason
+            )
+
+        return await self._run(work)
+
+    async def voids(
+        self,
+        account: str,
+        low: int | None = None,
+        high: int | None = None,
+        meter: str | None = None,
+    ) -> list[Void]:
+        """Voids of ``account`` (of events with ``low <= time < high``), oldest first."""
+
+        def work(conn: sqlite3.Connection) -> list[Void]:
+            sql = f"SELECT {_VOID_COLUMNS} FROM voids WHERE account = ?"
+            args: tuple[Any, ...] = (account,)
+            if low is not None and high is not None:
+                sql += " AND time >= ? AND time < ?"
+                args += (low, high)
+            if meter is not None:
+                sql += " AND meter = ?"
+                args += (meter,)
+            return [_void(row) for row in conn.execute(sql + " ORDER BY id", args)]
+
+        return await self._run(work)
+
+    async def adjusted_accounts(self, low: int, high: int) -> set[str]:
+        """Accounts with an adjustment whose window starts in ``[low, high)``."""
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT account FROM adjustments WHERE start >= ? AND start < ?",
+                    (low, high),
+                )
+            }
+
+        return await self._run(work)
+
+    # -- periods ------------------------------------------------------------------------------
+
+    async def closure(self, period: Period) -> Closure | None:
+        def work(conn: sqlite3.Connection) -> Closure | None:
+            row = conn.execute(
+                "SELECT made_by, made_at, accounts FROM closures WHERE period = ?",
+                (str(period),),
+            ).fetchone()
+            return None if row is None else Closure(period, *row)
+
+        return await self._run(work)
+
+    async def close(self, period: Period, by: str, at: int, invoices: Sequence[Invoice]) -> Closure:
+        """Record ``period`` as closed with the figures of ``invoices``, in one transaction."""
+
+        def work(conn: sqlite3.Connection) -> Closure:
+            try:
+                conn.execute(
+                    "INSERT INTO closures (period, made_by, made_at, accounts) VALUES (?, ?, ?, ?)",
+                    (str(period), by, at, len(invoices)),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"period {period} is already closed", code="already_closed"
+                ) from None
+            conn.executemany(
+                "INSERT INTO closed_invoices (period, account, total, lines, unpriced)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        str(period),
+                        invoice.account,
+                        str(invoice.total),
+                        _lines_json(invoice.lines),
+                        json.dumps([u.to_json() for u in invoice.unpriced]),
+                    )
+                    for invoice in invoices
+                ],
+            )
+            return Closure(period, by, at, len(invoices))
+
+        return await self._run(work)
+
+    async def figures(self, period: Period, account: str) -> StoredFigures:
+        """The latest fixed figures of a closed period for ``account``: those of its last
+        restatement, else those of the closing (an account absent then had none)."""
+
+        def work(conn: sqlite3.Connection) -> StoredFigures:
+            row = conn.execute(
+                "SELECT new_total, lines FROM restatements WHERE account = ? AND period = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (account, str(period)),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT total, lines FROM closed_invoices WHERE period = ? AND account = ?",
+                    (str(period), account),
+                ).fetchone()
+            if row is None:
+                return StoredFigures(Decimal(0), ())
+            return StoredFigures(Decimal(row[0]), _lines(row[1]))
+
+        return await self._run(work)
+
+    async def closed_figures(self, period: Period, account: str) -> StoredFigures:
+        """The figures as they were when ``period`` was closed."""
+
+        def work(conn: sqlite3.Connection) -> StoredFigures:
+            row = conn.execute(
+                "SELECT total, lines FROM closed_invoices WHERE period = ? AND account = ?",
+                (str(period), account),
+            ).fetchone()
+            return (
+                StoredFigures(Decimal(0), ())
+                if row is None
+                else StoredFigures(Decimal(row[0]), _lines(row[1]))
+            )
+
+        return await self._run(work)
+
+    async def add_restatement(
+        self,
+        period: Period,
+        account: str,
+        at: int,
+        causes: Sequence[str],
+        old_total: Decimal,
+        invoice: Invoice,
+        changes: Sequence[LineChange],
+    ) -> Restatement:
+        def work(conn: sqlite3.Connection) -> Restatement:
+            cursor = conn.execute(
+                f"INSERT INTO restatements ({_RESTATEMENT_COLUMNS.removeprefix('id, ')})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(period),
+                    account,
+                    at,
+                    json.dumps(list(causes)),
+                    str(old_total),
+                    str(invoice.total),
+                    json.dumps([change.to_json() for change in changes]),
+                    _lines_json(invoice.lines),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return Restatement(
+                cursor.lastrowid,
+                account,
+                period,
+                at,
+                tuple(causes),
+                old_total,
+                invoice.total,
+                tuple(changes),
+                invoice.lines,
+            )
+
+        return await self._run(work)
+
+    async def restatements(self, account: str, period: Period) -> list[Restatement]:
+        def work(conn: sqlite3.Connection) -> list[Restatement]:
+            return [
+                _restatement(row)
+                for row in conn.execute(
+                    f"SELECT {_RESTATEMENT_COLUMNS} FROM restatements"
+                    " WHERE account = ? AND period = ? ORDER BY id",
+                    (account, str(period)),
+                )
+            ]
+
+        return await self._run(work)

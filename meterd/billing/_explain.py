@@ -1,0 +1,139 @@
+"""Explanations: the windows that make a figure, and the events that make each window.
+
+An explanation covers one meter, one time range and a filter on dimension values (an invoice
+line: its exact values; a usage row: its group, or none). It holds
+
+* the figure and the **windows** under it (days for a line, the next finer window for a
+  usage row), their values computed from the stored states with voids applied;
+* one **page** of the events in the range that pass the filter, in journal order, each marked
+  ``counted``, ``voided`` (with the void) or ``quarantined`` (it crashed its actor and was
+  never counted), with the window it falls in; ``next_cursor`` continues (a store cursor);
+* the **adjustments** and **voids** that touched the figure.
+
+Duplicates and rejections are not recorded by the store (a duplicate is dropped before the
+journal, a rejection never reaches it), so an explanation cannot list them; it says so in
+``notes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+
+from meterd.model import Event, Quantity
+
+from ._corrections import Adjustment, Void
+from ._rating import InvoiceLine, text
+
+__all__ = ["NOTES", "ExplainedEvent", "Explanation", "WindowFigure"]
+
+NOTES: Final = (
+    "duplicates and rejected events are not recorded by the store, so they cannot be listed;"
+    " a duplicate was never counted, a rejected event never stored",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFigure:
+    start: int
+    end: int
+    value: Quantity
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "value": text(self.value)}
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainedEvent:
+    event: Event
+    window: int  # start of the window (of ``Explanation.windows``'s size) it falls in
+    status: str  # "counted" | "voided" | "quarantined"
+    void: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.event
+        return {
+            "id": e.id,
+            "meter": e.meter,
+            "time": e.time,
+            "quantity": text(e.quantity),
+            "properties": dict(e.properties),
+            "producer": e.producer,
+            "received_at": e.received_at,
+            "window": self.window,
+            "status": self.status,
+            "void": self.void,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    account: str
+    meter: str
+    start: int
+    end: int
+    filter: dict[str, str]
+    value: Decimal  # the figure explained: the line's billed quantity, or the usage value
+    windows: tuple[WindowFigure, ...]
+    events: tuple[ExplainedEvent, ...]
+    next_cursor: str | None
+    adjustments: tuple[Adjustment, ...]
+    voids: tuple[Void, ...]
+    line: InvoiceLine | None = None
+    dimension_names: tuple[str, ...] = ()  # the meter's, naming the adjustments' and voids' values
+    notes: tuple[str, ...] = field(default=NOTES)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "meter": self.meter,
+            "start": self.start,
+            "end": self.end,
+            "filter": self.filter,
+            "value": text(self.value),
+            "line": None if self.line is None else self.line.to_json(),
+            "windows": [w.to_json() for w in self.windows],
+            "events": [e.to_json() for e in self.events],
+            "next_cursor": self.next_cursor,
+            "adjustments": [adjustment_json(a, self.dimension_names) for a in self.adjustments],
+            "voids": [void_json(v, self.dimension_names) for v in self.voids],
+            "notes": list(self.notes),
+        }
+
+
+def adjustment_json(a: Adjustment, names: tuple[str, ...]) -> dict[str, Any]:
+    """An adjustment as JSON; ``names`` are its meter's dimensions."""
+    return {
+        "id": a.id,
+        "account": a.account,
+        "meter": a.meter,
+        "start": a.start,
+        "end": a.end,
+        "dimensions": dict(zip(names, a.dims, strict=True)),
+        "kind": a.kind.value,
+        "quantity": text(a.quantity),
+        "by": a.by,
+        "at": a.at,
+        "reason": a.reason,
+    }
+
+
+def void_json(v: Void, names: tuple[str, ...]) -> dict[str, Any]:
+    """A void as JSON; ``names`` are its meter's dimensions."""
+    return {
+        "id": v.id,
+        "account": v.account,
+        "event_id": v.event_id,
+        "meter": v.meter,
+        "time": v.time,
+        "dimensions": dict(zip(names, v.dims, strict=True)),
+        "quantity": v.quantity,
+        "by": v.by,
+        "at": v.at,
+        "reason": v.reason,
+    }
+
+
+DimsFilter = Callable[[tuple[str, ...]], bool]

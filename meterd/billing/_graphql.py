@@ -1,0 +1,356 @@
+"""GraphQL over billing: account -> usage, invoices, lines -> explanation (Ariadne).
+
+**Why a worker thread.** graphql-core (under Ariadne, Strawberry and Graphene alike) awaits
+async resolvers with ``asyncio.gather``/``ensure_future``, which fail under Trio ("trio.run
+received unrecognized yield message <_GatheringFuture pending>", checked with graphql-core
+3.3.2). So a query is executed **synchronously** (``ariadne.graphql_sync``) on a worker
+thread (``trio.to_thread``), and each resolver reaches the async :class:`Billing` service back
+on the Trio thread with ``trio.from_thread.run``. The HTTP handler stays a plain Trio
+coroutine; resolvers of one query run one after another.
+
+Scalars: ``Decimal`` is an exact decimal as a string; ``Millis`` is integer milliseconds
+since the epoch as a JSON number (beyond GraphQL's 32-bit ``Int``). Errors carry
+``extensions.code`` (``invalid_parameter``, ``unknown_meter``, ``already_void``, ...), like
+the REST errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from functools import partial
+from typing import Any, Final, TypeVar
+
+import trio
+from ariadne import (
+    EnumType,
+    ObjectType,
+    QueryType,
+    ScalarType,
+    format_error,
+    graphql_sync,
+    make_executable_schema,
+)
+from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
+
+from meterd.model import Window
+
+from ._errors import BillingError, invalid
+from ._period import Period
+from ._rating import text
+from ._service import Billing
+
+__all__ = ["SDL", "BillingGraphQL"]
+
+T = TypeVar("T")
+Info = GraphQLResolveInfo[Billing]
+
+SDL: Final = """
+"An exact decimal number, as a string (never a float)."
+scalar Decimal
+"Milliseconds since the Unix epoch, UTC: a JSON integer (GraphQL's Int is only 32 bits)."
+scalar Millis
+
+enum Window { MINUTE HOUR DAY }
+
+type Query {
+  "One account's usage and invoices (an account with no usage has empty ones)."
+  account(id: String!): Account!
+}
+
+input DimensionInput { name: String!, value: String! }
+type Dimension { name: String!, value: String! }
+
+type Account {
+  id: String!
+  "Usage rows as billing sees them: voids applied, adjustments added."
+  usage(meter: String!, from: Millis!, to: Millis!, window: Window! = HOUR,
+        groupBy: String): [UsageRow!]!
+  "One usage figure (the window at start, of one group value) down to its events."
+  usageExplanation(meter: String!, start: Millis!, window: Window!, group: DimensionInput,
+                   limit: Int! = 100, cursor: String): Explanation!
+  "The invoice of a calendar month, UTC, written 2026-11."
+  invoice(period: String!): Invoice!
+}
+
+type UsageRow { start: Millis!, end: Millis!, value: Decimal!, group: Dimension }
+
+type Invoice {
+  account: String!
+  period: String!
+  currency: String!
+  "open, or closed (figures final; changes since are restatements)"
+  status: String!
+  total: Decimal!
+  closed: Closing
+  lines: [Line!]!
+  unpriced: [Unpriced!]!
+  restatements: [Restatement!]!
+}
+
+type Closing { by: String!, at: Millis!, total: Decimal! }
+
+type Line {
+  number: Int!
+  meter: String!
+  dimensions: [Dimension!]!
+  start: Millis!
+  end: Millis!
+  usage: Decimal!
+  adjusted: Decimal!
+  quantity: Decimal!
+  unitPrice: Decimal!
+  amount: Decimal!
+  rule: String!
+  capped: Boolean!
+  adjustments: [Int!]!
+  "The windows and events that make this line (events paged)."
+  explanation(limit: Int! = 100, cursor: String): Explanation!
+}
+
+type Unpriced { meter: String!, dimensions: [Dimension!]!, start: Millis!, end: Millis!,
+                usage: Decimal! }
+
+type Restatement {
+  id: Int!
+  at: Millis!
+  causes: [String!]!
+  oldTotal: Decimal!
+  newTotal: Decimal!
+  difference: Decimal!
+  changes: [LineChange!]!
+}
+
+type LineChange { meter: String!, start: Millis!, old: Line, new: Line, difference: Decimal!,
+                  why: [String!]! }
+
+type Explanation {
+  meter: String!
+  start: Millis!
+  end: Millis!
+  value: Decimal!
+  windows: [WindowFigure!]!
+  events: [ExplainedEvent!]!
+  nextCursor: String
+  adjustments: [Adjustment!]!
+  voids: [Void!]!
+  notes: [String!]!
+}
+
+type WindowFigure { start: Millis!, end: Millis!, value: Decimal! }
+
+type ExplainedEvent {
+  id: String!
+  meter: String!
+  time: Millis!
+  quantity: Decimal!
+  properties: [Dimension!]!
+  producer: String!
+  receivedAt: Millis!
+  window: Millis!
+  "counted, voided or quarantined"
+  status: String!
+  void: Int
+}
+
+type Adjustment { id: Int!, meter: String!, start: Millis!, end: Millis!,
+                  dimensions: [Dimension!]!, kind: String!, quantity: Decimal!, by: String!,
+                  at: Millis!, reason: String! }
+
+type Void { id: Int!, eventId: String!, meter: String!, time: Millis!,
+            dimensions: [Dimension!]!, quantity: Decimal!, by: String!, at: Millis!,
+            reason: String! }
+"""
+
+
+def _on_trio(info: Info, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``fn(*args)`` on the Trio thread (resolvers run on a worker thread)."""
+    del info
+    return trio.from_thread.run(fn, *args)
+
+
+def _billing(info: Info) -> Billing:
+    return info.context
+
+
+def _period(text_value: str) -> Period:
+    try:
+        return Period.parse(text_value)
+    except ValueError as exc:
+        raise invalid("period", str(exc)) from None
+
+
+def _pairs(mapping: Mapping[str, str] | None) -> list[dict[str, str]] | None:
+    if mapping is None:
+        return None
+    return [{"name": k, "value": v} for k, v in mapping.items()]
+
+
+def _millis_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> int:
+    if not isinstance(node, IntValueNode):
+        raise GraphQLError("Millis: expected an integer number of milliseconds")
+    return int(node.value)
+
+
+def _millis_value(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GraphQLError(f"Millis: expected an integer number of milliseconds, got {value!r:.40}")
+    return value
+
+
+decimal_scalar = ScalarType(
+    "Decimal", serializer=lambda v: v if isinstance(v, str) else text(Decimal(v))
+)
+millis_scalar = ScalarType(
+    "Millis", serializer=int, value_parser=_millis_value, literal_parser=_millis_literal
+)
+window_enum = EnumType("Window", {w.name: w for w in Window})
+
+query = QueryType()
+account_type = ObjectType("Account")
+invoice_type = ObjectType("Invoice")
+line_type = ObjectType("Line")
+
+
+@query.field("account")
+def _account(_parent: None, info: Info, id: str) -> dict[str, str]:
+    if not id:
+        raise invalid("id", "must not be empty")
+    return {"id": id}
+
+
+@account_type.field("usage")
+def _usage(
+    parent: dict[str, str],
+    info: Info,
+    meter: str,
+    window: Window,
+    group_by: str | None = None,
+    **span: int,
+) -> list[dict[str, Any]]:
+    rows = _on_trio(
+        info, _billing(info).usage, parent["id"], meter, span["from"], span["to"], window, group_by
+    )
+    return [
+        {"start": s, "end": e, "value": v, "group": None if g is None else _pairs(g)[0]}  # type: ignore[index]
+        for s, e, v, g in rows
+    ]
+
+
+@account_type.field("usageExplanation")
+def _usage_explanation(
+    parent: dict[str, str],
+    info: Info,
+    meter: str,
+    start: int,
+    window: Window,
+    limit: int,
+    group: dict[str, str] | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    billing = _billing(info)
+    wanted = None if group is None else {group["name"]: group["value"]}
+
+    async def explain() -> dict[str, Any]:
+        found = await billing.explain_usage(
+            parent["id"], meter, start, window, wanted, cursor=cursor, limit=limit
+        )
+        return found.to_json()
+
+    return _explanation_json(_on_trio(info, explain))
+
+
+@account_type.field("invoice")
+def _invoice(parent: dict[str, str], info: Info, period: str) -> dict[str, Any]:
+    month = _period(period)
+    billing = _billing(info)
+
+    async def invoice() -> dict[str, Any]:
+        return (await billing.invoice(parent["id"], month)).to_json()
+
+    out = _on_trio(info, invoice)
+    where = {"_account": parent["id"], "_period": str(month)}
+    out["lines"] = [_line_json(line, where) for line in out["lines"]]
+    out["unpriced"] = [_with_pairs(u, "dimensions") for u in out["unpriced"]]
+    for restatement in out.get("restatements", []):
+        for change in restatement["changes"]:
+            for side in ("old", "new"):
+                if change[side] is not None:
+                    change[side] = _line_json(change[side], where)
+    out.setdefault("restatements", [])
+    return out
+
+
+@line_type.field("explanation")
+def _line_explanation(
+    parent: dict[str, Any], info: Info, limit: int, cursor: str | None = None
+) -> dict[str, Any]:
+    billing = _billing(info)
+
+    async def explain() -> dict[str, Any]:
+        found = await billing.explain(
+            parent["_account"],
+            Period.parse(parent["_period"]),
+            parent["number"],
+            cursor=cursor,
+            limit=limit,
+        )
+        return found.to_json()
+
+    return _explanation_json(_on_trio(info, explain))
+
+
+def _with_pairs(item: dict[str, Any], key: str) -> dict[str, Any]:
+    return {**item, key: _pairs(item[key])}
+
+
+def _line_json(line: dict[str, Any], where: Mapping[str, str]) -> dict[str, Any]:
+    return {**_with_pairs(line, "dimensions"), **where}
+
+
+def _explanation_json(found: dict[str, Any]) -> dict[str, Any]:
+    found["events"] = [_with_pairs(e, "properties") for e in found["events"]]
+    found["adjustments"] = [_with_pairs(a, "dimensions") for a in found["adjustments"]]
+    found["voids"] = [_with_pairs(v, "dimensions") for v in found["voids"]]
+    return found
+
+
+def _format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
+    formatted = format_error(error, debug)
+    original = error.original_error
+    if isinstance(original, BillingError):
+        formatted["message"] = str(original)
+        formatted.setdefault("extensions", {})["code"] = original.code
+    return formatted
+
+
+SCHEMA: Final = make_executable_schema(
+    SDL,
+    query,
+    account_type,
+    invoice_type,
+    line_type,
+    decimal_scalar,
+    millis_scalar,
+    window_enum,
+    convert_names_case=True,
+)
+
+
+class BillingGraphQL:
+    """Executes GraphQL requests (``{"query", "variables", "operationName"}``) on
+    :class:`Billing`; mount :meth:`execute` behind an HTTP route."""
+
+    def __init__(self, billing: Billing) -> None:
+        self.billing = billing
+
+    async def execute(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, JSON result)``: 200 when the query executed (field errors are
+        in ``errors``), 400 when the request itself is invalid (parse, validation, body)."""
+        run = partial(
+            graphql_sync, SCHEMA, body, context_value=self.billing, error_formatter=_format_error
+        )
+        _ok, result = await trio.to_thread.run_sync(run)
+        # GraphQL over HTTP: a request that executed is a 200 even with field errors (they are
+        # in "errors", data may be null); one that could not execute has no "data" at all.
+        return (200 if "data" in result else 400), result

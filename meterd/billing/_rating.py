@@ -1,0 +1,326 @@
+"""Rating: usage, corrections and the price book of one account and month -> an invoice.
+
+Pure and exact: no I/O, :class:`~decimal.Decimal` (or ``int``) everywhere, never a float.
+The input is the account's **minute cells** ``(start, dims, state)`` per meter (the stored
+aggregation states, with voided events already taken out), merged here through the real
+aggregation monoid (:mod:`meterd.accounts.aggregate`), never by adding values.
+
+Lines (docs/billing.md has the reasons):
+
+* **Summed meters** (``sum``, ``count``): one line per combination of dimension values and
+  per price segment: a price that starts mid-month cuts the line at 00:00 UTC of its date.
+  quantity = the windows' total in the segment + the adjustments whose window starts in it;
+  then rounded by the rule's billing unit, then held under the rule's monthly cap (the cap
+  covers the whole month: earlier segments use it up first).
+* **Other meters** (``max``, ``min``, ``latest``, ``unique_count``): one line per combination
+  of dimension values for the whole month, the month's figure computed by merging states (the
+  month's maximum; the number of distinct values over the month, *not* a sum of daily
+  distinct counts), priced by the rule in effect at the end of the month.
+* amount = quantity * unit price, exact, then rounded **half-even** to ``amount_places``;
+  the total is the sum of the rounded line amounts, so the lines add up to it.
+* Usage that no rule prices is listed as ``unpriced`` (never dropped silently).
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any, TypeAlias
+
+from meterd.accounts.aggregate import EXACT, State
+from meterd.model import Meter, Quantity, canonical_quantity
+
+from ._corrections import ADDITIVE, Adjustment
+from ._period import Period
+from ._prices import PriceBook, PriceRule
+
+__all__ = [
+    "Cell",
+    "Invoice",
+    "InvoiceLine",
+    "LineKey",
+    "Unpriced",
+    "merge_cells",
+    "rate",
+    "round_amount",
+]
+
+Dims: TypeAlias = tuple[str, ...]
+Cell: TypeAlias = tuple[int, Dims, State]
+"""A minute cell of one meter: ``(minute start ms, dimension values, state)``."""
+LineKey: TypeAlias = tuple[str, Dims, int]
+"""What identifies a line across re-ratings: ``(meter, dimension values, segment start)``."""
+
+
+def _dec(quantity: Quantity) -> Decimal:
+    return Decimal(quantity)
+
+
+def text(number: Quantity) -> str:
+    """A quantity or amount as exact decimal text (what JSON carries)."""
+    return canonical_quantity(Decimal(number))
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    """One priced line. ``usage`` comes from the windows (voids applied), ``adjusted`` is the
+    net of the adjustments (credits negative), ``quantity`` what is billed after rounding
+    and the cap."""
+
+    number: int
+    meter: str
+    dims: tuple[tuple[str, str], ...]
+    start: int
+    end: int
+    usage: Decimal
+    adjusted: Decimal
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    rule: str
+    capped: bool = False
+    adjustments: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> LineKey:
+        return (self.meter, tuple(v for _, v in self.dims), self.start)
+
+    def figures(self) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        """What a restatement compares: ``(usage, adjusted, quantity, unit price, amount)``."""
+        return (self.usage, self.adjusted, self.quantity, self.unit_price, self.amount)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "meter": self.meter,
+            "dimensions": dict(self.dims),
+            "start": self.start,
+            "end": self.end,
+            "usage": text(self.usage),
+            "adjusted": text(self.adjusted),
+            "quantity": text(self.quantity),
+            "unit_price": text(self.unit_price),
+            "amount": str(self.amount),
+            "rule": self.rule,
+            "capped": self.capped,
+            "adjustments": list(self.adjustments),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> InvoiceLine:
+        return cls(
+            number=int(raw["number"]),
+            meter=str(raw["meter"]),
+            dims=tuple((str(k), str(v)) for k, v in raw["dimensions"].items()),
+            start=int(raw["start"]),
+            end=int(raw["end"]),
+            usage=Decimal(raw["usage"]),
+            adjusted=Decimal(raw["adjusted"]),
+            quantity=Decimal(raw["quantity"]),
+            unit_price=Decimal(raw["unit_price"]),
+            amount=Decimal(raw["amount"]),
+            rule=str(raw["rule"]),
+            capped=bool(raw["capped"]),
+            adjustments=tuple(int(i) for i in raw["adjustments"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unpriced:
+    """Usage no price rule covers: shown, not billed."""
+
+    meter: str
+    dims: tuple[tuple[str, str], ...]
+    start: int
+    end: int
+    usage: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meter": self.meter,
+            "dimensions": dict(self.dims),
+            "start": self.start,
+            "end": self.end,
+            "usage": text(self.usage),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    account: str
+    period: Period
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    unpriced: tuple[Unpriced, ...] = ()
+    total: Decimal = field(default=Decimal(0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "period": str(self.period),
+            "currency": self.currency,
+            "lines": [line.to_json() for line in self.lines],
+            "unpriced": [u.to_json() for u in self.unpriced],
+            "total": str(self.total),
+        }
+
+    def line(self, number: int) -> InvoiceLine:
+        """Line ``number`` (1-based); ``LookupError`` naming the range otherwise."""
+        if not 1 <= number <= len(self.lines):
+            raise LookupError(
+                f"invoice {self.account}/{self.period} has no line {number}"
+                f" (it has {len(self.lines)})"
+            )
+        return self.lines[number - 1]
+
+
+def round_amount(amount: Decimal, places: int) -> Decimal:
+    """``amount`` rounded half-even to ``places`` decimal places (exact input, one rounding)."""
+    context = decimal.Context(
+        prec=1000, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation]
+    )
+    return amount.quantize(Decimal(1).scaleb(-places), context=context)
+
+
+def merge_cells(cells: Iterable[Cell], low: int, high: int) -> dict[Dims, State]:
+    """The cells with ``low <= start < high``, merged per dimension values (inputs untouched).
+
+    Empty merged states are left out."""
+    out: dict[Dims, State] = {}
+    owned: set[Dims] = set()
+    for start, dims, state in cells:
+        if not low <= start < high:
+            continue
+        have = out.get(dims)
+        if have is None:
+            out[dims] = state
+            continue
+        if dims not in owned:
+            have = out[dims] = have.copy()
+            owned.add(dims)
+        have.merge_from(state)
+    return {dims: state for dims, state in out.items() if not state.empty}
+
+
+def _named(meter: Meter, dims: Dims) -> tuple[tuple[str, str], ...]:
+    return tuple(zip(meter.dimensions, dims, strict=True))
+
+
+class _Lines:
+    """Accumulates lines and unpriced usage while one invoice is rated."""
+
+    def __init__(self, period: Period, places: int) -> None:
+        self.period = period
+        self.places = places
+        self.lines: list[InvoiceLine] = []
+        self.unpriced: list[Unpriced] = []
+
+    def add(
+        self,
+        meter: Meter,
+        dims: Dims,
+        span: tuple[int, int],
+        rule: PriceRule | None,
+        usage: Decimal,
+        adjustments: Sequence[Adjustment] = (),
+        cap_left: Decimal | None = None,
+    ) -> Decimal:
+        """Add one line; returns the quantity billed (what it used of the cap)."""
+        adjusted = sum((a.signed for a in adjustments), Decimal(0))
+        raw = EXACT.add(usage, adjusted)
+        if rule is None:
+            self.unpriced.append(Unpriced(meter.name, _named(meter, dims), *span, raw))
+            return Decimal(0)
+        quantity = raw if rule.rounding is None else rule.rounding.apply(raw)
+        capped = cap_left is not None and quantity > cap_left
+        if capped:
+            assert cap_left is not None
+            quantity = cap_left
+        amount = round_amount(EXACT.multiply(quantity, rule.unit_price), self.places)
+        self.lines.append(
+            InvoiceLine(
+                0,
+                meter.name,
+                _named(meter, dims),
+                *span,
+                usage=usage,
+                adjusted=adjusted,
+                quantity=quantity,
+                unit_price=rule.unit_price,
+                amount=amount,
+                rule=rule.describe(),
+                capped=capped,
+                adjustments=tuple(sorted(a.id for a in adjustments)),
+            )
+        )
+        return quantity
+
+
+def rate(
+    account: str,
+    period: Period,
+    meters: Mapping[str, Meter],
+    cells: Mapping[str, Iterable[Cell]],
+    book: PriceBook,
+    adjustments: Iterable[Adjustment] = (),
+    *,
+    currency: str = "USD",
+    amount_places: int = 2,
+) -> Invoice:
+    """Rate one account's month (see the module docstring). ``cells`` maps meter names to
+    their minute cells (cells outside the period are ignored); ``adjustments`` outside the
+    period or of other accounts are ignored. Raises ``ValueError`` for an adjustment on a
+    meter that is not summed, or on a meter not in ``meters``."""
+    low, high = period.start_ms, period.end_ms
+    adjust_by_meter: dict[str, list[Adjustment]] = {}
+    for adjustment in adjustments:
+        if adjustment.account == account and low <= adjustment.start < high:
+            meter = meters.get(adjustment.meter)
+            if meter is None or meter.aggregation not in ADDITIVE:
+                raise ValueError(
+                    f"{adjustment.describe()}: meter {adjustment.meter!r} cannot be adjusted"
+                )
+            adjust_by_meter.setdefault(adjustment.meter, []).append(adjustment)
+    out = _Lines(period, amount_places)
+    for name in sorted(set(cells) | set(adjust_by_meter)):
+        meter = meters[name]
+        meter_cells = list(cells.get(name, ()))
+        if meter.aggregation in ADDITIVE:
+            _rate_summed(out, meter, meter_cells, book, adjust_by_meter.get(name, []))
+        else:
+            for dims, state in sorted(merge_cells(meter_cells, low, high).items()):
+                rule = book.rule_at(meter, dims, high - 1)
+                out.add(meter, dims, (low, high), rule, _dec(state.value()))
+    lines = sorted(out.lines, key=lambda line: line.key)
+    numbered = tuple(replace(line, number=n) for n, line in enumerate(lines, 1))
+    total = sum((line.amount for line in numbered), Decimal(0))
+    unpriced = tuple(sorted(out.unpriced, key=lambda u: (u.meter, u.dims, u.start)))
+    return Invoice(
+        account, period, currency, numbered, unpriced, round_amount(total, amount_places)
+    )
+
+
+def _rate_summed(
+    out: _Lines,
+    meter: Meter,
+    cells: list[Cell],
+    book: PriceBook,
+    adjustments: list[Adjustment],
+) -> None:
+    period = out.period
+    low, high = period.start_ms, period.end_ms
+    all_dims = set(merge_cells(cells, low, high)) | {a.dims for a in adjustments}
+    for dims in sorted(all_dims):
+        mine = [c for c in cells if c[1] == dims]
+        used = Decimal(0)  # of the month's cap, by the earlier segments
+        for start, end, rule in book.segments(meter, dims, low, high):
+            merged = merge_cells(mine, start, end).get(dims)
+            here = [a for a in adjustments if a.dims == dims and start <= a.start < end]
+            if merged is None and not here:
+                continue
+            usage = Decimal(0) if merged is None else _dec(merged.value())
+            cap = None if rule is None else rule.cap_for(period)
+            left = None if cap is None else max(cap - used, Decimal(0))
+            used += out.add(meter, dims, (start, end), rule, usage, here, left)

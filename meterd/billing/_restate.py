@@ -1,0 +1,115 @@
+"""Restatements: what changed in a closed period's figures, line by line, and why.
+
+A closed period's figures are final. When the period is rated again and the result differs
+from its latest figures (the closed ones, or those of the last restatement), a
+:class:`Restatement` is recorded: every line that appeared, disappeared or changed, with its
+old and new figures, the difference in amount and what moved; and the causes (the
+adjustment or void that triggered it, or "usage changed" for late events). The figures of
+the period are then closed figures + the sum of the restatements' differences, and that
+always equals a fresh rating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ._period import Period
+from ._rating import InvoiceLine, LineKey, text
+
+__all__ = ["LineChange", "Restatement", "compare_lines"]
+
+
+@dataclass(frozen=True, slots=True)
+class LineChange:
+    """One line of a restatement: ``old`` or ``new`` is None for a line that (dis)appeared."""
+
+    key: LineKey
+    old: InvoiceLine | None
+    new: InvoiceLine | None
+    why: tuple[str, ...]
+
+    @property
+    def difference(self) -> Decimal:
+        old = Decimal(0) if self.old is None else self.old.amount
+        new = Decimal(0) if self.new is None else self.new.amount
+        return new - old
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meter": self.key[0],
+            "start": self.key[2],
+            "old": None if self.old is None else self.old.to_json(),
+            "new": None if self.new is None else self.new.to_json(),
+            "difference": str(self.difference),
+            "why": list(self.why),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LineChange:
+        old = None if raw["old"] is None else InvoiceLine.from_json(raw["old"])
+        new = None if raw["new"] is None else InvoiceLine.from_json(raw["new"])
+        line = new or old
+        assert line is not None
+        return cls(line.key, old, new, tuple(raw["why"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Restatement:
+    id: int
+    account: str
+    period: Period
+    at: int
+    causes: tuple[str, ...]
+    old_total: Decimal
+    new_total: Decimal
+    changes: tuple[LineChange, ...]
+    lines: tuple[InvoiceLine, ...]  # the figures after it
+
+    @property
+    def difference(self) -> Decimal:
+        return self.new_total - self.old_total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "account": self.account,
+            "period": str(self.period),
+            "at": self.at,
+            "causes": list(self.causes),
+            "old_total": str(self.old_total),
+            "new_total": str(self.new_total),
+            "difference": str(self.difference),
+            "changes": [change.to_json() for change in self.changes],
+        }
+
+
+_FIELDS = ("usage", "adjusted", "quantity", "unit_price", "amount")
+
+
+def _what_moved(old: InvoiceLine | None, new: InvoiceLine | None) -> tuple[str, ...]:
+    if old is None:
+        return ("new line",)
+    if new is None:
+        return ("line gone",)
+    moved = []
+    for name, a, b in zip(_FIELDS, old.figures(), new.figures(), strict=True):
+        if a != b:
+            moved.append(f"{name} {text(a)} -> {text(b)}")
+    if old.adjustments != new.adjustments:
+        moved.append(f"adjustments {list(old.adjustments)} -> {list(new.adjustments)}")
+    return tuple(moved)
+
+
+def compare_lines(old: Iterable[InvoiceLine], new: Iterable[InvoiceLine]) -> list[LineChange]:
+    """The lines that differ between two ratings of a period (by line key), in key order."""
+    before = {line.key: line for line in old}
+    after = {line.key: line for line in new}
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a is None or b is None or a.figures() != b.figures() or a.adjustments != b.adjustments:
+            changes.append(LineChange(key, a, b, _what_moved(a, b)))
+    return changes

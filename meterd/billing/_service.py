@@ -1,0 +1,576 @@
+"""``Billing``: the service the API and the CLI call (rating, closing, corrections, explain).
+
+It reads usage through :meth:`meterd.accounts.service.Accounts.states` (which first makes the
+store complete for the account) and events through the store's reader; it writes only to the
+billing database. Changes of recorded periods are serialized by one lock, so a correction and
+a closing never interleave.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import structlog
+import trio
+
+from meterd.accounts.aggregate import State, add, dims_of, group_index, new_state, rollup
+from meterd.accounts.service import Accounts
+from meterd.model import MINUTE_MS, Event, Meter, Window
+from meterd.store import open_readonly
+from meterd.store.reader import MAX_EVENTS_LIMIT
+
+from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
+from ._db import BillingDB, Closure
+from ._errors import Conflict, NotFound, invalid
+from ._explain import DimsFilter, ExplainedEvent, Explanation, WindowFigure
+from ._period import Period
+from ._prices import PriceBook
+from ._rating import Cell, Invoice, InvoiceLine, rate
+from ._restate import Restatement, compare_lines
+
+__all__ = ["Billing", "InvoiceView"]
+
+log = structlog.get_logger("meterd.billing")
+
+DEFAULT_PAGE: Final = 100
+_PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
+_FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceView:
+    """An account's invoice for a period: the current figures, and for a closed period the
+    closing and every restatement since (closed total + their differences = ``invoice.total``)."""
+
+    invoice: Invoice
+    closure: Closure | None = None
+    closed_total: Decimal | None = None
+    restatements: tuple[Restatement, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return "open" if self.closure is None else "closed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The invoice's JSON (decimals as strings), with ``status``, and for a closed period
+        ``closed`` (by, at, total) and ``restatements``."""
+        out = self.invoice.to_json()
+        out["status"] = self.status
+        if self.closure is not None:
+            out["closed"] = {
+                "by": self.closure.by,
+                "at": self.closure.at,
+                "total": str(self.closed_total),
+            }
+            out["restatements"] = [r.to_json() for r in self.restatements]
+        return out
+
+
+class Billing:
+    """Billing support over one running accounts layer and one billing database."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        db: BillingDB,
+        book: PriceBook,
+        *,
+        currency: str = "USD",
+        amount_places: int = 2,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.accounts = accounts
+        self.db = db
+        self.book = book
+        self.currency = currency
+        self.amount_places = amount_places
+        self.clock = clock
+        self._periods = trio.Lock()
+
+    @property
+    def meters(self) -> Mapping[str, Meter]:
+        return self.accounts.meters
+
+    def meter(self, name: str) -> Meter:
+        meter = self.meters.get(name)
+        if meter is None:
+            raise NotFound(f"meter {name!r} is not configured", code="unknown_meter")
+        return meter
+
+    # -- usage with corrections ---------------------------------------------------------------
+
+    async def cells(self, account: str, meter: Meter, low: int, high: int) -> list[Cell]:
+        """The account's minute cells in ``[low, high)`` with voided events taken out: each
+        cell holding a voided event is recomputed from its events (all aggregations)."""
+        cells = await self.accounts.states(account, meter, low, high)
+        voids = await self.db.voids(account, low, high, meter.name)
+        if not voids:
+            return cells
+        voided = {v.event_id for v in voids}
+        quarantined = await self._quarantined(account)
+        hit = {(v.time - v.time % MINUTE_MS, v.dims) for v in voids}
+        fixed: dict[tuple[int, tuple[str, ...]], State] = {}
+        for start, dims in hit:
+            state = new_state(meter)
+            async for event in self._events(account, meter.name, start, start + MINUTE_MS):
+                if (
+                    event.id not in voided
+                    and event.id not in quarantined
+                    and dims_of(meter, event) == dims
+                ):
+                    add(state, event)
+            fixed[(start, dims)] = state
+        kept = [c for c in cells if (c[0], c[1]) not in fixed]
+        kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
+        kept.sort(key=lambda c: (c[0], c[1]))
+        return kept
+
+    async def usage(
+        self,
+        account: str,
+        meter_name: str,
+        from_ms: int,
+        to_ms: int,
+        window: Window,
+        group_by: str | None = None,
+    ) -> list[tuple[int, int, Decimal, dict[str, str] | None]]:
+        """Usage rows ``(start, end, value, group)`` like the usage endpoint's, with voids
+        applied and adjustments added (on summed meters) in the window they start in."""
+        meter = self.meter(meter_name)
+        index = _group_index(meter, group_by)
+        low, high = window.align(from_ms), window.align(to_ms)
+        cells = await self.cells(account, meter, low, high)
+        figures: dict[tuple[int, str], Decimal] = {}
+        for row in rollup(meter, cells, low, high, window, group_by):
+            group = "" if row.group is None or group_by is None else row.group[group_by]
+            figures[(row.start, group)] = Decimal(row.value)
+        for a in await self.db.adjustments(account, low, high, meter.name):
+            key = (window.align(a.start), "" if index is None else a.dims[index])
+            figures[key] = figures.get(key, Decimal(0)) + a.signed
+        return [
+            (start, start + window.ms, value, None if group_by is None else {group_by: group})
+            for (start, group), value in sorted(figures.items())
+        ]
+
+    # -- invoices -----------------------------------------------------------------------------
+
+    async def rate(self, account: str, period: Period) -> Invoice:
+        """Rate the account's period as it is now (nothing is recorded)."""
+        low, high = period.start_ms, period.end_ms
+        cells = {
+            name: await self.cells(account, meter, low, high)
+            for name, meter in sorted(self.meters.items())
+        }
+        adjustments = await self.db.adjustments(account, low, high)
+        return rate(
+            account,
+            period,
+            self.meters,
+            cells,
+            self.book,
+            adjustments,
+            currency=self.currency,
+            amount_places=self.amount_places,
+        )
+
+    async def invoice(self, account: str, period: Period) -> InvoiceView:
+        """The account's invoice: rated now for an open period; for a closed one the figures
+        fixed at closing plus every restatement (a changed rating is restated first)."""
+        closure = await self.db.closure(period)
+        if closure is None:
+            return InvoiceView(await self.rate(account, period))
+        async with self._periods:
+            _, current = await self._restate(account, period, ())
+        closed = await self.db.closed_figures(period, account)
+        restatements = await self.db.restatements(account, period)
+        return InvoiceView(current, closure, closed.total, tuple(restatements))
+
+    async def close_period(self, period: Period, by: str) -> Closure:
+        """Close ``period`` for every account: rate each and fix its figures.
+
+        Refused (:class:`Conflict`) before the period is over or when it is closed already.
+        """
+        _need_text("by", by)
+        if self.clock() < period.end_ms:
+            raise Conflict(
+                f"period {period} is not over yet; it can be closed from its end",
+                code="period_not_over",
+            )
+        async with self._periods:
+            if await self.db.closure(period) is not None:
+                raise Conflict(f"period {period} is already closed", code="already_closed")
+            invoices = []
+            for account in await self._accounts(period):
+                invoice = await self.rate(account, period)
+                if invoice.lines or invoice.unpriced:
+                    invoices.append(invoice)
+            closure = await self.db.close(period, by, self.clock(), invoices)
+        log.info("period_closed", period=str(period), by=by, accounts=len(invoices))
+        return closure
+
+    async def restatements(self, account: str, period: Period) -> list[Restatement]:
+        """The restatements of a closed period (after restating a changed rating)."""
+        if await self.db.closure(period) is not None:
+            async with self._periods:
+                await self._restate(account, period, ())
+        return await self.db.restatements(account, period)
+
+    async def _restate(
+        self, account: str, period: Period, causes: tuple[str, ...]
+    ) -> tuple[Restatement | None, Invoice]:
+        """Rate a closed period and record a restatement if the rating differs from its
+        fixed figures (call with the lock held); returns it (or None) and the rating."""
+        fixed = await self.db.figures(period, account)
+        current = await self.rate(account, period)
+        changes = compare_lines(fixed.lines, current.lines)
+        if not changes and fixed.total == current.total:
+            return None, current
+        if not causes:
+            causes = (
+                "usage changed after the figures were fixed: late events, or a price book or"
+                " meter configuration change",
+            )
+        restatement = await self.db.add_restatement(
+            period, account, self.clock(), causes, fixed.total, current, changes
+        )
+        log.warning(
+            "period_restated",
+            account=account,
+            period=str(period),
+            old_total=str(fixed.total),
+            new_total=str(current.total),
+            causes=list(causes),
+        )
+        return restatement, current
+
+    async def _restate_if_closed(
+        self, account: str, time_ms: int, cause: str
+    ) -> Restatement | None:
+        period = Period.containing(time_ms)
+        if await self.db.closure(period) is None:
+            return None
+        restatement, _ = await self._restate(account, period, (cause,))
+        return restatement
+
+    # -- corrections --------------------------------------------------------------------------
+
+    async def adjust(
+        self,
+        account: str,
+        meter_name: str,
+        start: int,
+        window: Window,
+        dimensions: Mapping[str, str],
+        kind: AdjustmentKind,
+        quantity: Decimal | str,
+        by: str,
+        reason: str,
+    ) -> tuple[Adjustment, Restatement | None]:
+        """Record a credit or debit; a closed period it falls in is restated at once."""
+        meter = self.meter(meter_name)
+        _need_text("account", account)
+        _need_text("by", by)
+        _need_text("reason", reason)
+        if meter.aggregation not in ADDITIVE:
+            raise invalid(
+                "meter",
+                f"{meter.name!r} is {meter.aggregation.value}; only sum and count meters"
+                " take quantity adjustments (void the wrong events instead)",
+            )
+        if start % window.ms:
+            raise invalid("start", f"{start} is not aligned to a {window.value} window")
+        amount = _positive_decimal("quantity", quantity)
+        unknown = sorted(set(dimensions) - set(meter.dimensions))
+        if unknown:
+            raise invalid(
+                "dimensions",
+                f"{unknown[0]!r} is not a dimension of meter {meter.name!r}"
+                f" (dimensions: {', '.join(meter.dimensions) or 'none'})",
+            )
+        dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
+        async with self._periods:
+            adjustment = await self.db.add_adjustment(
+                account,
+                meter.name,
+                (start, start + window.ms),
+                dims,
+                kind,
+                amount,
+                by,
+                self.clock(),
+                reason,
+            )
+            log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
+            restatement = await self._restate_if_closed(account, start, adjustment.describe())
+        return adjustment, restatement
+
+    async def void_event(
+        self,
+        account: str,
+        event_id: str,
+        by: str,
+        reason: str,
+        period: Period | None = None,
+    ) -> tuple[Void, Restatement | None]:
+        """Take one event out of billed usage (it stays in the journal).
+
+        ``period`` narrows the search for the event to the month its time falls in.
+        :class:`NotFound` for an unknown event, :class:`Conflict` for one already void or
+        quarantined (it was never counted).
+        """
+        _need_text("by", by)
+        _need_text("reason", reason)
+        low, high = (-(1 << 62), 1 << 62) if period is None else (period.start_ms, period.end_ms)
+        found: Event | None = None
+        async for event in self._events(account, None, low, high):
+            if event.id == event_id:
+                found = event
+                break
+        if found is None:
+            raise NotFound(f"account {account!r} has no event {event_id!r}", code="unknown_event")
+        if event_id in await self._quarantined(account):
+            raise Conflict(
+                f"event {event_id!r} is quarantined: it was never counted", code="quarantined"
+            )
+        meter = self.meter(found.meter)
+        async with self._periods:
+            void = await self.db.add_void(
+                account,
+                event_id,
+                meter.name,
+                found.time,
+                dims_of(meter, found),
+                str(found.quantity),
+                by,
+                self.clock(),
+                reason,
+            )
+            log.info("voided", account=account, event_id=event_id, by=by)
+            restatement = await self._restate_if_closed(account, found.time, void.describe())
+        return void, restatement
+
+    # -- explanations -------------------------------------------------------------------------
+
+    async def explain(
+        self,
+        account: str,
+        period: Period,
+        line: int,
+        *,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> Explanation:
+        """Invoice line ``line`` (1-based, of the current figures) down to its events."""
+        invoice = (await self.invoice(account, period)).invoice
+        try:
+            found = invoice.line(line)
+        except LookupError as exc:
+            raise NotFound(str(exc), code="unknown_line") from None
+        meter = self.meter(found.meter)
+        dims = tuple(v for _, v in found.dims)
+        adjustments = [
+            a
+            for a in await self.db.adjustments(account, found.start, found.end, meter.name)
+            if a.id in found.adjustments
+        ]
+        return await self._explain(
+            account,
+            meter,
+            (found.start, found.end),
+            Window.DAY,
+            dims.__eq__,
+            dict(found.dims),
+            found.quantity,
+            adjustments,
+            cursor,
+            limit,
+            found,
+        )
+
+    async def explain_usage(
+        self,
+        account: str,
+        meter_name: str,
+        start: int,
+        window: Window,
+        group: Mapping[str, str] | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> Explanation:
+        """One usage figure (the window at ``start``, of ``group`` if given) down to its
+        events; its value is the corrected usage value (voids applied, adjustments added)."""
+        meter = self.meter(meter_name)
+        low = window.align(start)
+        high = low + window.ms
+        group = dict(group or {})
+        if len(group) > 1:
+            raise invalid("group", "at most one dimension, like the usage endpoint's group_by")
+        index = None
+        wanted = ""
+        if group:
+            [(name, wanted)] = group.items()
+            index = _group_index(meter, name)
+        rows = await self.usage(
+            account,
+            meter.name,
+            low,
+            high,
+            window,
+            None if index is None else meter.dimensions[index],
+        )
+        value = next(
+            (v for s, _e, v, g in rows if s == low and (g is None or g == group)), Decimal(0)
+        )
+
+        def keep(dims: tuple[str, ...]) -> bool:
+            return index is None or dims[index] == wanted
+
+        adjustments = [
+            a for a in await self.db.adjustments(account, low, high, meter.name) if keep(a.dims)
+        ]
+        return await self._explain(
+            account,
+            meter,
+            (low, high),
+            _FINER[window],
+            keep,
+            group,
+            value,
+            adjustments,
+            cursor,
+            limit,
+            None,
+        )
+
+    async def _explain(
+        self,
+        account: str,
+        meter: Meter,
+        span: tuple[int, int],
+        window: Window,
+        keep: DimsFilter,
+        shown_filter: dict[str, str],
+        value: Decimal,
+        adjustments: list[Adjustment],
+        cursor: str | None,
+        limit: int,
+        line: InvoiceLine | None,
+    ) -> Explanation:
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise invalid("limit", f"must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
+        low, high = span
+        cells = [c for c in await self.cells(account, meter, low, high) if keep(c[1])]
+        windows = tuple(
+            WindowFigure(row.start, row.end, row.value)
+            for row in rollup(meter, cells, low, high, window, None)
+        )
+        voids = [v for v in await self.db.voids(account, low, high, meter.name) if keep(v.dims)]
+        void_of = {v.event_id: v.id for v in voids}
+        quarantined = await self._quarantined(account)
+        events: list[ExplainedEvent] = []
+        next_cursor = cursor
+        while len(events) < limit:
+            page = await self.accounts.store.reader.events(
+                account, meter.name, low, high, limit - len(events), next_cursor
+            )
+            for event in page.events:
+                if not keep(dims_of(meter, event)):
+                    continue
+                status = (
+                    "quarantined"
+                    if event.id in quarantined
+                    else "voided"
+                    if event.id in void_of
+                    else "counted"
+                )
+                events.append(
+                    ExplainedEvent(event, window.align(event.time), status, void_of.get(event.id))
+                )
+            next_cursor = page.next_cursor
+            if next_cursor is None:
+                break
+        return Explanation(
+            account,
+            meter.name,
+            low,
+            high,
+            shown_filter,
+            value,
+            windows,
+            tuple(events),
+            next_cursor,
+            tuple(adjustments),
+            tuple(voids),
+            line,
+            meter.dimensions,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _events(
+        self, account: str, meter: str | None, low: int, high: int
+    ) -> AsyncIterator[Event]:
+        """Every stored event of ``account`` (of ``meter``) in ``[low, high)``, page by page."""
+        cursor: str | None = None
+        reader = self.accounts.store.reader
+        while True:
+            page = await reader.events(account, meter, low, high, MAX_EVENTS_LIMIT, cursor)
+            for event in page.events:
+                yield event
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def _quarantined(self, account: str) -> set[str]:
+        return {q.event_id for q in await self.accounts.store.reader.quarantined(account)}
+
+    async def _accounts(self, period: Period) -> list[str]:
+        """Every account the store knows, and those with adjustments in ``period``."""
+        path = self.accounts.store.reader.path
+
+        def query() -> list[str]:
+            conn = open_readonly(path)
+            try:
+                return [row[0] for row in conn.execute("SELECT account FROM accounts")]
+            finally:
+                conn.close()
+
+        known = set(await trio.to_thread.run_sync(query))
+        known |= await self.db.adjusted_accounts(period.start_ms, period.end_ms)
+        return sorted(known)
+
+
+def _need_text(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(name, "must be a non-empty string")
+
+
+def _positive_decimal(name: str, value: Decimal | str) -> Decimal:
+    """A quantity > 0 written in plain decimal digits (no exponent: ``1e999999`` would be
+    exact but absurd), at most 30 digits each side of the point."""
+    text = value if isinstance(value, str) else format(value, "f")
+    if not isinstance(text, str) or not _PLAIN_DECIMAL.fullmatch(text):
+        raise invalid(
+            name, f"must be a decimal like '12.5' (digits, optional point), got {value!r:.40}"
+        )
+    number = Decimal(text)
+    if number <= 0:
+        raise invalid(name, f"must be greater than 0, got {value!r:.40}")
+    return number
+
+
+def _group_index(meter: Meter, group_by: str | None) -> int | None:
+    try:
+        return group_index(meter, group_by)
+    except ValueError as exc:
+        raise invalid("group_by", str(exc)) from None

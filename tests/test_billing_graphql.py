@@ -1,0 +1,113 @@
+"""GraphQL over billing: a real Billing on a real store, queries executed the way the HTTP
+endpoint runs them (graphql-core on a worker thread, resolvers back on Trio)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meterd.billing import BillingGraphQL
+from meterd.model import HOUR_MS, Event
+from tests.test_billing import DAY, NOV, PEAK, adjust, billing, dyno, ingest
+
+INVOICE = """
+query($account: String!, $period: String!) {
+  account(id: $account) {
+    invoice(period: $period) {
+      status total currency
+      lines {
+        number meter quantity unitPrice amount adjustments
+        dimensions { name value }
+        explanation(limit: 1) {
+          value nextCursor notes
+          windows { start value }
+          events { id quantity status window properties { name value } }
+          adjustments { id kind quantity by reason dimensions { name value } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+async def run(b: Any, query: str, **variables: Any) -> tuple[int, dict[str, Any]]:
+    return await BillingGraphQL(b).execute({"query": query, "variables": variables})
+
+
+async def test_account_invoice_lines_and_their_explanation(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), dyno("b", "20.5", 3))
+        credit, _ = await adjust(b, 1, "0.5", "alice", "goodwill")
+        status, result = await run(b, INVOICE, account="acme", period=str(NOV))
+        assert status == 200, result
+        assert "errors" not in result
+        invoice = result["data"]["account"]["invoice"]
+        assert (invoice["status"], invoice["total"], invoice["currency"]) == ("open", "1.20", "USD")
+        [line] = invoice["lines"]
+        assert (line["quantity"], line["unitPrice"], line["amount"]) == ("120", "0.01", "1.20")
+        assert line["dimensions"] == [{"name": "size", "value": "std"}]
+        explanation = line["explanation"]
+        assert explanation["value"] == "120"
+        assert [e["id"] for e in explanation["events"]] == ["a"]  # one per page (limit 1)
+        assert explanation["nextCursor"] is not None
+        assert explanation["events"][0]["window"] == DAY[1]  # a Millis beyond 32 bits
+        assert explanation["windows"] == [
+            {"start": DAY[1], "value": "100"},
+            {"start": DAY[3], "value": "20.5"},
+        ]
+        [adj] = explanation["adjustments"]
+        assert (adj["id"], adj["kind"], adj["quantity"], adj["by"]) == (
+            credit.id,
+            "credit",
+            "0.5",
+            "alice",
+        )
+
+
+async def test_usage_and_usage_explanation(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, Event("p1", "acme", PEAK.name, 500, DAY[2]))
+        await ingest(b.accounts, Event("p2", "acme", PEAK.name, 9000, DAY[2] + 1))
+        await b.void_event("acme", "p2", "ops", "bad reading")
+        query = """
+        query($from: Millis!, $to: Millis!, $start: Millis!) {
+          account(id: "acme") {
+            usage(meter: "postgres.storage_bytes", from: $from, to: $to, window: DAY) {
+              start end value group { name value }
+            }
+            usageExplanation(meter: "postgres.storage_bytes", start: $start, window: DAY) {
+              value events { id status void } voids { eventId by reason }
+            }
+          }
+        }"""
+        status, result = await run(b, query, **{"from": DAY[0], "to": DAY[5], "start": DAY[2]})
+        assert status == 200, result
+        account = result["data"]["account"]
+        assert account["usage"] == [{"start": DAY[2], "end": DAY[3], "value": "500", "group": None}]
+        explained = account["usageExplanation"]
+        assert explained["value"] == "500"
+        assert [(e["id"], e["status"]) for e in explained["events"]] == [
+            ("p1", "counted"),
+            ("p2", "voided"),
+        ]
+        assert explained["voids"] == [{"eventId": "p2", "by": "ops", "reason": "bad reading"}]
+        assert DAY[2] - DAY[2] % HOUR_MS == DAY[2]
+
+
+async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        status, result = await run(
+            b, '{ account(id: "acme") { invoice(period: "2026-13") { total } } }'
+        )
+        assert status == 200
+        [error] = result["errors"]
+        assert error["extensions"]["code"] == "invalid_parameter"
+        assert error["message"].startswith("period:")
+        status, result = await run(
+            b, '{ account(id: "acme") { usage(meter: "nope", from: 0, to: 1) { value } } }'
+        )
+        assert result["errors"][0]["extensions"]["code"] == "unknown_meter"
+        status, result = await run(b, "{ account { id } }")  # invalid query: the request fails
+        assert status == 400
+        assert "id" in result["errors"][0]["message"]

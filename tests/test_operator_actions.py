@@ -1,0 +1,192 @@
+"""Operator actions on a running tree: kill_child, stop_and_restart_child, find_child."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+
+import supervisors as sv
+
+
+class Worker(sv.GenServer[Any, Any]):
+    """Logs its starts and its terminate callbacks (a kill skips terminate)."""
+
+    def __init__(self, log: list[str], tag: str) -> None:
+        self.log = log
+        self.tag = tag
+
+    def init(self) -> None:
+        self.log.append(f"start {self.tag}")
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return id(self)
+
+    def terminate(self, exit: sv.Exit) -> None:
+        self.log.append(f"stop {self.tag} {exit.kind}")
+
+
+def worker(tag: str, log: list[str], **options: Any) -> sv.ChildSpec:
+    return sv.actor_spec(tag, Worker, log, tag, **options)
+
+
+async def incarnation(sup: sv.SupervisorCore, child_id: str) -> int:
+    [info] = [i for i in sup.which_children() if i.id == child_id]
+    ident: int = await info.ref.call("who")
+    return ident
+
+
+async def test_kill_skips_terminate_restarts_and_counts_toward_intensity(
+    nursery: trio.Nursery,
+) -> None:
+    log: list[str] = []
+    sup = sv.Supervisor([worker("a", log)], max_restarts=1, max_seconds=3600, name="top")
+    failed: list[BaseException] = []
+
+    async def run(*, task_status: trio.TaskStatus[Any]) -> None:
+        try:
+            await sup.run(task_status=task_status)
+        except sv.RestartIntensityExceeded as error:
+            failed.append(error)
+
+    await nursery.start(run)
+    before = await incarnation(sup, "a")
+    await sup.kill_child("a")
+    assert log == ["start a", "start a"]  # no "stop a ...": killed without terminate
+    assert sup.child_status("a") is sv.ChildStatus.RUNNING
+    assert await incarnation(sup, "a") != before
+    [info] = sup.which_children()
+    assert info.restarts == 1
+    assert info.history[-1].kind == "killed"
+    assert sup.restart_counts == {"exit": 1}
+    # A second kill within max_seconds exceeds max_restarts=1: the supervisor gives up,
+    # exactly as for a second crash, and the caller is told rather than left waiting.
+    with pytest.raises(sv.SupervisorStopping):
+        await sup.kill_child("a")
+    await sup.wait_stopped()
+    assert len(failed) == 1
+
+
+async def test_stop_and_restart_is_graceful_and_not_counted_as_a_crash(
+    nursery: trio.Nursery,
+) -> None:
+    log: list[str] = []
+    sup = sv.Supervisor([worker("a", log)], max_restarts=0, max_seconds=3600, name="top")
+    await nursery.start(sup.run)
+    for _ in range(3):  # max_restarts=0: any crash-like restart would stop the supervisor
+        before = await incarnation(sup, "a")
+        await sup.stop_and_restart_child("a")
+        assert await incarnation(sup, "a") != before
+    assert log == ["start a", *["stop a shutdown", "start a"] * 3]
+    [info] = sup.which_children()
+    assert info.restarts == 3
+    assert [r.kind for r in info.history] == ["operator"] * 3
+    assert sup.restart_counts == {"operator": 3}
+    assert sup.status == "running"
+
+
+async def test_rest_for_one_kill_restarts_the_rest_but_an_operator_restart_does_not(
+    nursery: trio.Nursery,
+) -> None:
+    log: list[str] = []
+    sup = sv.Supervisor(
+        [worker("a", log), worker("b", log), worker("c", log)],
+        strategy=sv.Strategy.REST_FOR_ONE,
+        max_restarts=10,
+        name="top",
+    )
+    await nursery.start(sup.run)
+    log.clear()
+    await sup.kill_child("b")
+    assert log == ["stop c shutdown", "start b", "start c"]
+    log.clear()
+    await sup.stop_and_restart_child("b")
+    assert log == ["stop b shutdown", "start b"]
+
+
+async def test_unknown_and_stopped_children(nursery: trio.Nursery) -> None:
+    log: list[str] = []
+    sup = sv.Supervisor([worker("a", log, restart=sv.Restart.TRANSIENT)], name="top")
+    await nursery.start(sup.run)
+    with pytest.raises(sv.NoSuchChild):
+        await sup.kill_child("nope")
+    with pytest.raises(sv.NoSuchChild):
+        await sup.stop_and_restart_child("nope")
+    await sup.terminate_child("a")
+    assert sup.child_status("a") is sv.ChildStatus.STOPPED
+    with pytest.raises(sv.ChildNotRunning):
+        await sup.kill_child("a")
+    with pytest.raises(sv.ChildNotRunning):
+        await sup.stop_and_restart_child("a")
+
+
+async def test_dynamic_children_by_id(dynsup: sv.DynamicSupervisor) -> None:
+    log: list[str] = []
+    await dynsup.start_child(worker("x", log, restart=sv.Restart.TRANSIENT))
+    first = await incarnation(dynsup, "x")
+    await dynsup.kill_child("x")  # killed is abnormal: a transient child comes back
+    second = await incarnation(dynsup, "x")
+    await dynsup.stop_and_restart_child("x")
+    third = await incarnation(dynsup, "x")
+    assert len({first, second, third}) == 3
+    assert log == ["start x", "start x", "stop x shutdown", "start x"]
+    assert dynsup.restart_counts == {"exit": 1, "operator": 1}
+    assert len(dynsup) == 1
+    temporary = worker("t", log, restart=sv.Restart.TEMPORARY)
+    await dynsup.start_child(temporary)
+    await dynsup.kill_child("t")  # temporary: never restarted, removed
+    with pytest.raises(sv.NoSuchChild):
+        dynsup.child_status("t")
+
+
+async def test_an_operator_restart_racing_a_start_under_the_same_name(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    """While an operator restart stops a named child, someone starts a new child under the
+    same name (as the accounts layer wakes an account): whoever claims the name first
+    wins, and there is never more than one child (nor none)."""
+    registry = sv.Registry()
+    log: list[str] = []
+
+    def spec() -> sv.ChildSpec:
+        return sv.actor_spec("n", Worker, log, "n", name=(registry, "n"))
+
+    await dynsup.start_child(spec())
+
+    async def racer(restarted: trio.Event) -> None:
+        # Polled: the registry has no event for "the name was freed".
+        while registry.whereis("n") is not None:
+            if restarted.is_set():
+                return
+            await trio.lowlevel.checkpoint()
+        with contextlib.suppress(sv.AlreadyStarted):
+            await dynsup.start_child(spec())
+
+    for _ in range(20):  # Trio's scheduler shuffles: both orders happen over the rounds
+        restarted = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(racer, restarted)
+            await dynsup.stop_and_restart_child("n")
+            restarted.set()
+        assert len(dynsup) == 1
+        assert registry.whereis("n") is not None
+
+
+async def test_find_child_by_path(nursery: trio.Nursery) -> None:
+    log: list[str] = []
+    inner = sv.DynamicSupervisor(name="meters")
+    root = sv.Supervisor(
+        [worker("w", log), sv.Supervisor.child_spec("mid", [inner.as_child("meters")])],
+        name="root",
+    )
+    await nursery.start(root.run)
+    await inner.start_child(sv.actor_spec("acct-1", Worker, log, "acct", label="acme"))
+    assert sv.find_child(root, ["root", "w"]) == (root, "w")
+    sup, child_id = sv.find_child(root, ["root", "mid", "meters", "acme"])
+    assert (sup, child_id) == (inner, "acct-1")
+    for bad in (["root"], ["other", "w"], ["root", "x"], ["root", "w", "deeper"]):
+        with pytest.raises(sv.NoSuchChild):
+            sv.find_child(root, bad)
