@@ -19,7 +19,8 @@ import pytest
 
 from meterd.config import load
 from meterd.model import DAY_MS, HOUR_MS
-from tests.test_send import ROOT, T0, Daemon, daemon, line, meterd_send, write
+from tests.procs.daemon import ROOT
+from tests.test_send import T0, Daemon, daemon, line, meterd_send, write
 
 pytest.importorskip("meterd.api", reason="the operator API (meterd.api) is not on this branch")
 
