@@ -31,6 +31,7 @@ from meterd.store import (
     InvalidCursor,
     InvalidEvents,
     NotAStoreError,
+    RejectedEvent,
     Store,
     StoreError,
     StoreVersionError,
@@ -109,6 +110,7 @@ def test_open_database_creates_a_durable_wal_store_at_the_latest_version(tmp_pat
             "windows",
             "accounts",
             "quarantine",
+            "audit",
         } <= tables
     finally:
         conn.close()
@@ -145,6 +147,9 @@ async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
     indexes = {r[0] for r in rows(path, "SELECT name FROM sqlite_schema WHERE type='index'")}
     assert "event_batches_by_account_time" in indexes
     assert "event_batches_by_account" not in indexes
+    # v4: the audit trail exists, empty, with its paging and pruning indexes.
+    assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
+    assert {"audit_by_account", "audit_by_received"} <= indexes
 
     writer = Writer(path, commit_interval=0)
     async with running(writer), await open_reader(path) as reader:
@@ -160,6 +165,12 @@ async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
         )
         assert (result.duplicates, result.conflicts, result.accepted) == ([0], [1], [2])
         assert result.batch_id == 4  # after the fixture's 3 batches
+        # ... and are recorded: the duplicate points at the fixture's batch holding a1.
+        audit = await reader.audit("acme", 0, 10**6, limit=10)
+        assert [(a.kind, a.event_id, a.code, a.batch_id) for a in audit.entries] == [
+            ("duplicate", "a1", None, 1),
+            ("rejected", "a2", "id_conflict", 1),
+        ]
         page = await reader.events("globex", None, 0, 10**6, 10)
         assert [(e.id, e.quantity, e.producer) for e in page.events] == [("g1", 7, "p1")]
         assert await reader.known_accounts() == 2
@@ -620,6 +631,152 @@ def test_acknowledged_appends_survive_kill_9(tmp_path: Path) -> None:
         conn.close()
     assert {f"k{n}-{i}" for n in range(acked + 1) for i in range(20)} <= ids
     assert keys == len(ids)  # journal and dedupe index committed together
+
+
+# -- the audit trail ----------------------------------------------------------------------
+
+_REJECTED = RejectedEvent(
+    "acme", None, "invalid_id", "id is missing", meter="api", time=61_000, properties=()
+)
+
+
+async def test_duplicates_conflicts_and_rejections_are_recorded_with_their_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    writer = Writer(path, commit_interval=0, clock=lambda: 5_000)
+    async with running(writer), await open_reader(path) as reader:
+        first = await writer.append("acme", [ev("d1", properties=(("region", "eu"),)), ev("d2")])
+        assert first.batch_id == 1
+        done = Collector()
+        writer.submit_batch(
+            [
+                ("acme", [ev("d1", properties=(("region", "eu"),)), ev("d2", quantity=7)]),
+                ("globex", [ev("g1", "globex"), ev("g1", "globex")]),
+            ],
+            done,
+            producer="p1",
+            seq=3,
+            rejected=[
+                _REJECTED,
+                RejectedEvent("acme", "bad", "invalid_time", "time is missing", meter="api"),
+            ],
+        )
+        await writer.barrier()
+        acme, globex = done.outcomes[0]  # type: ignore[misc]
+        assert (acme.batch_id, acme.duplicates, acme.conflicts) == (None, [0], [1])
+        assert (globex.batch_id, globex.accepted, globex.duplicates) == (2, [0], [1])
+
+        page = await reader.audit("acme", 0, 10**6, limit=10)
+        assert page.next_cursor is None
+        assert [
+            (a.kind, a.event_id, a.code, a.meter, a.time, a.properties, a.seq, a.batch_id)
+            for a in page.entries
+        ] == [
+            ("rejected", "bad", "invalid_time", "api", None, None, 3, None),  # placed at 5_000
+            ("duplicate", "d1", None, "api", 60_000, (("region", "eu"),), 3, 1),
+            ("rejected", "d2", "id_conflict", "api", 60_000, (), 3, 1),
+            ("rejected", None, "invalid_id", "api", 61_000, (), 3, None),
+        ]
+        assert {(a.producer, a.received_at) for a in page.entries} == {("p1", 5_000)}
+        assert "already counted for account 'acme'" in (page.entries[2].message or "")
+        # A duplicate within one call points at the batch that counted the first copy.
+        [own] = (await reader.audit("globex", 0, 10**6, limit=10)).entries
+        assert (own.kind, own.event_id, own.batch_id) == ("duplicate", "g1", 2)
+
+        # Paging: by place then as recorded, never repeating or skipping.
+        seen: list[str | None] = []
+        cursor = None
+        while True:
+            page = await reader.audit("acme", 0, 10**6, limit=1, cursor=cursor)
+            seen.extend(a.event_id for a in page.entries)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == ["bad", "d1", "d2", None]
+        # The range is on the place; a meter leaves out other meters.
+        assert [
+            a.event_id for a in (await reader.audit("acme", 60_000, 61_000, limit=9)).entries
+        ] == [
+            "d1",
+            "d2",
+        ]
+        assert (await reader.audit("acme", 0, 10**6, "other", limit=9)).entries == []
+        with pytest.raises(InvalidCursor):
+            await reader.audit("acme", 0, 10, limit=1, cursor="x")
+        assert await reader.accounts() == ["acme", "globex"]
+        # A batch of new events writes no audit row.
+        await writer.append("acme", [ev("d9")])
+    assert rows(path, "SELECT count(*) FROM audit") == [(5,)]
+
+
+async def test_audit_rows_commit_or_roll_back_with_their_batch(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    writer = Writer(path, commit_interval=0)
+    async with running(writer):
+        await writer.append("acme", [ev("a1")])
+
+        def fail() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        writer._before_commit = fail  # the transaction fails after every row was written
+        done = Collector()
+        writer.submit_batch(
+            [("acme", [ev("a1"), ev("a2")])], done, producer="p", seq=0, rejected=[_REJECTED]
+        )
+        await writer.barrier()
+        assert isinstance(done.outcomes[0], CommitFailed)
+        assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
+        assert rows(path, "SELECT count(*) FROM event_batches") == [(1,)]
+
+        writer._before_commit = None  # the re-send commits batch and audit rows together
+        writer.submit_batch(
+            [("acme", [ev("a1"), ev("a2")])], done, producer="p", seq=0, rejected=[_REJECTED]
+        )
+        await writer.barrier()
+        assert rows(path, "SELECT count(*) FROM event_batches") == [(2,)]
+        assert rows(path, "SELECT kind, event_id FROM audit ORDER BY audit_id") == [
+            ("duplicate", "a1"),
+            ("rejected", None),
+        ]
+
+
+_KILL_IN_COMMIT_SCRIPT = """
+import os, signal, sys, trio
+from meterd.model import Event
+from meterd.store import RejectedEvent, Writer
+
+async def main():
+    writer = Writer(sys.argv[1], commit_interval=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.append("acme", [Event("a1", "acme", "api", 1, 60_000)])
+        # Everything of the next group is written; the process dies before its COMMIT.
+        writer._before_commit = lambda: os.kill(os.getpid(), signal.SIGKILL)
+        rejected = [RejectedEvent("acme", None, "invalid_id", "id is missing")]
+        events = [Event(i, "acme", "api", 1, 60_000) for i in ("a1", "a2")]
+        writer.submit_batch([("acme", events)], print, rejected=rejected)
+        await writer.barrier()
+
+trio.run(main)
+"""
+
+
+def test_a_kill_9_before_commit_leaves_neither_the_batch_nor_its_audit_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_IN_COMMIT_SCRIPT, str(path)], capture_output=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    conn = open_database(path)  # recovers the WAL
+    try:
+        batches = conn.execute("SELECT count(*) FROM event_batches").fetchone()[0]
+        audit = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+    finally:
+        conn.close()
+    assert (batches, audit) == (1, 0)
 
 
 # -- failures -----------------------------------------------------------------------------

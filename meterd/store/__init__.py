@@ -21,6 +21,8 @@ from .errors import (
     StoreVersionError,
 )
 from .reader import (
+    AuditEntry,
+    AuditPage,
     EventsPage,
     LoadedAccount,
     QuarantinedEvent,
@@ -31,11 +33,21 @@ from .reader import (
 )
 from .schema import SCHEMA_VERSION, open_database, open_readonly
 from .store import Store
-from .writer import AppendResult, DoneCallback, WindowWrite, Writer, WriterStats
+from .writer import (
+    AppendResult,
+    DoneCallback,
+    RejectedEvent,
+    WindowWrite,
+    Writer,
+    WriterStats,
+    conflict_message,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "AppendResult",
+    "AuditEntry",
+    "AuditPage",
     "CommitFailed",
     "DoneCallback",
     "EventsPage",
@@ -46,6 +58,7 @@ __all__ = [
     "QuarantinedEvent",
     "Reader",
     "ReaderClosed",
+    "RejectedEvent",
     "StoreCorruptError",
     "Store",
     "StoreError",
@@ -55,6 +68,7 @@ __all__ = [
     "WindowWrite",
     "Writer",
     "WriterStats",
+    "conflict_message",
     "open_database",
     "open_reader",
     "open_readonly",

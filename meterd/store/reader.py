@@ -11,12 +11,13 @@ that is not at :data:`~meterd.store.schema.SCHEMA_VERSION`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import trio
 
@@ -27,6 +28,8 @@ from .errors import InvalidCursor, ReaderClosed
 from .schema import open_readonly
 
 __all__ = [
+    "AuditEntry",
+    "AuditPage",
     "EventsPage",
     "LoadedAccount",
     "QuarantinedEvent",
@@ -83,6 +86,44 @@ class QuarantinedEvent:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One ``audit`` row: a duplicate (``kind`` ``"duplicate"``, ``code`` ``None``) or a
+    rejected event (``kind`` ``"rejected"``, ``code`` from protocol.md §2.3) of ``account``.
+
+    ``event_id``, ``meter``, ``time`` and ``properties`` are ``None`` where the event's were
+    invalid. ``batch_id`` is the journal batch holding the counted copy of the id (a
+    duplicate, an ``id_conflict``); ``seq`` the producer's batch seq (``None`` when it did
+    not come over the producer protocol); ``received_at`` when the batch was received."""
+
+    account: str
+    kind: str
+    event_id: str | None
+    code: str | None
+    message: str | None
+    meter: str | None
+    time: int | None
+    properties: tuple[tuple[str, str], ...] | None
+    producer: str | None
+    seq: int | None
+    batch_id: int | None
+    received_at: int
+
+
+class AuditPage(NamedTuple):
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+def _audit_entry(row: Any) -> AuditEntry:
+    """An :class:`AuditEntry` from the first 12 columns of an ``audit`` query."""
+    props = row[7]
+    properties = None if props is None else tuple(sorted(json.loads(props).items()))
+    return AuditEntry(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], properties, *row[8:12]
+    )
+
+
 def encode_cursor(batch_id: int, index: int) -> str:
     """An events cursor: the position ``(batch_id, index in the batch)`` of the next event."""
     return f"{batch_id}.{index}"
@@ -100,6 +141,13 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     ):
         raise InvalidCursor(f"cursor {cursor!r:.80} is not one this server issued")
     return int(batch_text), int(index_text)
+
+
+def _decode_audit_cursor(cursor: str) -> tuple[int, int]:
+    """An audit cursor ``"<place>.<row id>"`` (the place may be negative)."""
+    negative = cursor.startswith("-")
+    place, index = decode_cursor(cursor[1:] if negative else cursor)
+    return (-place if negative else place), index
 
 
 class Reader:
@@ -256,6 +304,61 @@ class Reader:
                 if len(rows) < _SCAN_CHUNK:
                     return EventsPage(found, None)
                 batch_from = rows[-1][0] + 1
+
+        return await self._run(query)
+
+    async def audit(
+        self,
+        account: str,
+        from_ms: int,
+        to_ms: int,
+        meter: str | None = None,
+        *,
+        limit: int,
+        cursor: str | None = None,
+    ) -> AuditPage:
+        """The account's duplicates and rejected events placed in ``[from_ms, to_ms)`` (of
+        ``meter`` if given), ``limit`` at most, ordered by place then as recorded.
+
+        An entry's place is its event ``time``, or ``received_at`` when the time was invalid
+        (such an entry has no meter either, so asking for a ``meter`` leaves it out).
+        ``next_cursor`` resumes after the last entry returned, or is ``None`` when nothing
+        more matched at the time of the query. The cursor is ``(place, row id)``: pages
+        neither repeat nor skip entries, except entries recorded meanwhile with a place
+        before the cursor's (late events), which the next full read shows.
+        """
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
+        after_place, after_id = (from_ms, 0) if cursor is None else _decode_audit_cursor(cursor)
+        after_place = max(after_place, from_ms)
+
+        def query(conn: sqlite3.Connection) -> AuditPage:
+            sql = (
+                "SELECT account, kind, event_id, code, message, meter, time, properties,"
+                " producer, seq, batch_id, received_at, position, audit_id FROM audit"
+                " WHERE account = ? AND (position, audit_id) > (?, ?) AND position < ?"
+            )
+            args: list[object] = [account, after_place, after_id, to_ms]
+            if meter is not None:
+                sql += " AND meter = ?"
+                args.append(meter)
+            sql += " ORDER BY position, audit_id LIMIT ?"
+            args.append(limit + 1)
+            rows = conn.execute(sql, args).fetchall()
+            entries = [_audit_entry(row[:12]) for row in rows[:limit]]
+            more = None
+            if len(rows) > limit:
+                place, audit_id = rows[limit - 1][12:14]
+                more = f"{place}.{audit_id}"
+            return AuditPage(entries, more)
+
+        return await self._run(query)
+
+    async def accounts(self) -> list[str]:
+        """Every account the store has seen (events appended or a checkpoint written), sorted."""
+
+        def query(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute("SELECT account FROM accounts ORDER BY 1")]
 
         return await self._run(query)
 

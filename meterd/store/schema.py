@@ -17,6 +17,9 @@ Versions:
 3. ``event_batches.min_time`` / ``max_time`` (the event time range of each batch, backfilled
    from the payloads), and the by-account index extended to cover them, so the events
    endpoint skips batches outside the asked time range without reading their payload.
+4. ``audit``: per account, each duplicate and each rejected event that names the account
+   (billing support's explanations list them; docs/accounts.md "Audit trail"). Written by
+   the writer in the transaction of the batch it belongs to.
 
 Tables at the latest version::
 
@@ -31,6 +34,10 @@ Tables at the latest version::
     accounts(account PRIMARY KEY, watermark, updated_at) WITHOUT ROWID
     quarantine(account, batch_id, event_id, error, at,
                PRIMARY KEY(account, batch_id, event_id)) WITHOUT ROWID
+    audit(audit_id INTEGER PRIMARY KEY, account, kind, event_id, code, message, meter, time,
+          properties, producer, seq, batch_id, received_at, position)
+        index audit_by_account(account, position, audit_id)
+        index audit_by_received(received_at)
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -194,10 +201,38 @@ def _v3_batch_time_bounds(conn: sqlite3.Connection) -> None:
     )
 
 
+V4_STATEMENTS: Final = (
+    # kind: 'duplicate' or 'rejected'; code: the rejection code (NULL for a duplicate);
+    # event_id / meter / time / properties (JSON object): NULL where the event's was invalid;
+    # batch_id: the journal batch holding the counted copy (duplicate, id_conflict);
+    # seq: the producer's batch seq; position: time if known, else received_at (the key
+    # the reader pages by, so every row has a place in time).
+    """CREATE TABLE audit (
+        audit_id    INTEGER PRIMARY KEY,
+        account     TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,
+        event_id    TEXT,
+        code        TEXT,
+        message     TEXT,
+        meter       TEXT,
+        time        INTEGER,
+        properties  TEXT,
+        producer    TEXT,
+        seq         INTEGER,
+        batch_id    INTEGER,
+        received_at INTEGER NOT NULL,
+        position    INTEGER NOT NULL
+    )""",
+    "CREATE INDEX audit_by_account ON audit (account, position, audit_id)",
+    "CREATE INDEX audit_by_received ON audit (received_at)",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
     Migration(3, "event time range per batch (events endpoint)", _v3_batch_time_bounds),
+    Migration(4, "audit trail of duplicates and rejections", _statements(*V4_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

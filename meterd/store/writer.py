@@ -31,6 +31,12 @@ whose key was already taken by another pair is kept, keyed by the text), then by
 ids of the stored batch. Only a true match counts as duplicate (same fingerprint) or conflict
 (different fingerprint). Events earlier in the same group, or the same call, count as stored.
 
+Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
+:class:`RejectedEvent` given to :meth:`submit_batch` (ingest's rejections that name an
+account), becomes an ``audit`` row in the **same** transaction as the batch: it is durable
+when the batch's verdicts are, and a failed or killed transaction leaves neither. The common
+case (a batch of new events, nothing rejected) writes no audit row and does no audit work.
+
 Backpressure: :meth:`append`, :meth:`checkpoint` and :meth:`quarantine` wait while
 ``max_pending`` operations are queued or being written. :meth:`submit` never waits and may
 exceed the bound: it is called from an actor's handler, which must not block, and the
@@ -49,6 +55,7 @@ operation: once queued it is committed or failed as part of its group.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +78,7 @@ __all__ = [
     "AppendResult",
     "BatchDoneCallback",
     "DoneCallback",
+    "RejectedEvent",
     "WindowWrite",
     "Writer",
     "WriterStats",
@@ -96,6 +104,46 @@ class AppendResult:
     accepted: list[int]
     duplicates: list[int]
     conflicts: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """An event of a producer batch rejected before the store (protocol.md §2.3) that names
+    a valid ``account``: it gets an ``audit`` row with the batch.
+
+    ``meter``, ``time`` and ``properties`` are the event's where they were valid (``None``
+    where not), so that an explanation can place it in a window."""
+
+    account: str
+    event_id: str | None
+    code: str
+    message: str
+    meter: str | None = None
+    time: int | None = None
+    properties: tuple[tuple[str, str], ...] | None = None
+
+
+def conflict_message(account: str, event_id: str) -> str:
+    """Why an ``id_conflict`` was rejected (the ack's message and the audit row's)."""
+    return (
+        f"id {event_id!r} was already counted for account {account!r} with a different meter,"
+        " quantity, time or properties; a re-sent event must be identical (new usage needs a"
+        " new id)"
+    )
+
+
+AuditRow: TypeAlias = tuple[
+    str, str, str | None, str | None, str | None, str | None, int | None,
+    str | None, str | None, int | None, int | None, int, int,
+]  # fmt: skip
+"""``(account, kind, event_id, code, message, meter, time, properties, producer, seq,
+batch_id, received_at, position)`` of one ``audit`` row."""
+
+
+def _properties_json(properties: tuple[tuple[str, str], ...] | None) -> str | None:
+    if properties is None:
+        return None
+    return json.dumps(dict(properties), separators=(",", ":"), ensure_ascii=False)
 
 
 DoneCallback: TypeAlias = Callable[[AppendResult | BaseException], None]
@@ -132,6 +180,9 @@ class _BatchAppend:
     groups: tuple[tuple[str, tuple[Event, ...]], ...]
     on_done: BatchDoneCallback
     received_at: int
+    producer: str | None = None
+    seq: int | None = None
+    rejected: tuple[RejectedEvent, ...] = ()
 
 
 @dataclass(slots=True)
@@ -389,7 +440,13 @@ class Writer:
         self._enqueue(_Append(account, batch, on_done, self._clock()))
 
     def submit_batch(
-        self, groups: Sequence[tuple[str, Sequence[Event]]], on_done: BatchDoneCallback
+        self,
+        groups: Sequence[tuple[str, Sequence[Event]]],
+        on_done: BatchDoneCallback,
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        rejected: Sequence[RejectedEvent] = (),
     ) -> None:
         """Queue one producer batch, already grouped by account; never blocks.
 
@@ -402,6 +459,11 @@ class Writer:
         :class:`InvalidEvents`). Verdicts are exactly those of one :meth:`submit` per
         group in the same order. Raises ``ValueError`` at once if an event's ``account``
         is not its group's, or an account has two groups.
+
+        ``rejected``: the batch's events rejected before the store that name an account;
+        their ``audit`` rows (with ``producer`` and the producer's batch ``seq``) commit with
+        the batch, as do those of its duplicates and conflicts. ``groups`` may be empty
+        when only ``rejected`` is to be recorded.
         """
         checked: list[tuple[str, tuple[Event, ...]]] = []
         seen: set[str] = set()
@@ -417,7 +479,9 @@ class Writer:
                         f" submitted for account {account!r}"
                     )
             checked.append((account, batch))
-        self._enqueue(_BatchAppend(tuple(checked), on_done, self._clock()))
+        self._enqueue(
+            _BatchAppend(tuple(checked), on_done, self._clock(), producer, seq, tuple(rejected))
+        )
 
     async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
         """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
@@ -582,7 +646,8 @@ class _Transaction:
                     return failure
             return InvalidEvents("a batch has an event that cannot be stored")
 
-        stored = self._lookup_keys(all_keys)
+        stored = self._lookup_keys(all_keys) if all_keys else {}
+        audit_rows: list[AuditRow] = []
         taken: set[int] = set()  # keys claimed by earlier groups of this batch
         results: list[AppendResult] = []
         batch_rows: list[tuple[int, str, int, int, bytes, int, int]] = []
@@ -605,9 +670,13 @@ class _Transaction:
                 taken.update(keys)
                 kept = rows
             else:
-                accepted, duplicates, conflicts, group_dedupe, group_overflow = self._classify(
-                    account, events, keys, fingerprints, stored, batch_id, taken
+                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
+                    self._classify(account, events, keys, fingerprints, stored, batch_id, taken)
                 )
+                if duplicates or conflicts:
+                    self._audit_verdicts(
+                        audit_rows, op, account, events, duplicates, conflicts, originals
+                    )
                 dedupe_rows.extend(group_dedupe)
                 overflow_rows.extend(group_overflow)
                 taken.update(key for key, _, _ in group_dedupe)
@@ -647,7 +716,73 @@ class _Transaction:
                     overflow_rows,
                 )
             self._note_accounts(row[1] for row in batch_rows)
+        if op.rejected:
+            self._audit_rejected(audit_rows, op)
+        if audit_rows:
+            conn.executemany(
+                "INSERT INTO audit (account, kind, event_id, code, message, meter, time,"
+                " properties, producer, seq, batch_id, received_at, position)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                audit_rows,
+            )
         return results
+
+    @staticmethod
+    def _audit_verdicts(
+        audit_rows: list[AuditRow],
+        op: _BatchAppend,
+        account: str,
+        events: Sequence[Event],
+        duplicates: list[int],
+        conflicts: list[int],
+        originals: dict[str, int],
+    ) -> None:
+        """The audit rows of a group's duplicates and conflicts (``originals``: the batch of
+        the counted copy of each id)."""
+        at = op.received_at
+        conflicting = set(conflicts)
+        for index in sorted(duplicates + conflicts):
+            event = events[index]
+            conflict = index in conflicting
+            audit_rows.append(
+                (
+                    account,
+                    "rejected" if conflict else "duplicate",
+                    event.id,
+                    "id_conflict" if conflict else None,
+                    conflict_message(account, event.id) if conflict else None,
+                    event.meter,
+                    event.time,
+                    _properties_json(event.properties),
+                    op.producer if op.producer is not None else event.producer,
+                    op.seq,
+                    originals.get(event.id),
+                    at,
+                    event.time,
+                )
+            )
+
+    @staticmethod
+    def _audit_rejected(audit_rows: list[AuditRow], op: _BatchAppend) -> None:
+        at = op.received_at
+        for r in op.rejected:
+            audit_rows.append(
+                (
+                    r.account,
+                    "rejected",
+                    r.event_id,
+                    r.code,
+                    r.message,
+                    r.meter,
+                    r.time,
+                    _properties_json(r.properties),
+                    op.producer,
+                    op.seq,
+                    None,
+                    at,
+                    at if r.time is None else r.time,
+                )
+            )
 
     def _note_accounts(self, accounts: Iterable[str]) -> None:
         """Make sure ``accounts`` have their row (skipping those this writer knows have)."""
@@ -678,9 +813,15 @@ class _Transaction:
         batch_id: int,
         taken: set[int] | frozenset[int] = frozenset(),
     ) -> tuple[
-        list[int], list[int], list[int], list[tuple[int, int, int]], list[tuple[str, str, int, int]]
+        list[int],
+        list[int],
+        list[int],
+        list[tuple[int, int, int]],
+        list[tuple[str, str, int, int]],
+        dict[str, int],
     ]:
-        """Verdicts when some key is stored already or repeats within the call.
+        """Verdicts when some key is stored already or repeats within the call, and the
+        journal batch of the counted copy of each id seen (for the audit rows).
 
         ``taken``: keys claimed (not yet written) by other accounts' groups of the same
         batch; an event with such a key is new but goes to the overflow table.
@@ -689,15 +830,16 @@ class _Transaction:
         # (account, id): in the overflow table, or in the batch the key points at),
         # or accepted earlier in this call.
         known: dict[str, int] = {}
+        originals: dict[str, int] = {}
         for index, event in enumerate(events):
             row = stored.get(keys[index])
             if row is None or event.id in known:
                 continue
-            fingerprint = self._overflow_fingerprint(account, event.id)
-            if fingerprint is None and self._batch_holds(row[0], account, event.id):
-                fingerprint = row[1]
-            if fingerprint is not None:
-                known[event.id] = fingerprint
+            overflow = self._overflow_row(account, event.id)
+            if overflow is not None:
+                known[event.id], originals[event.id] = overflow
+            elif self._batch_holds(row[0], account, event.id):
+                known[event.id], originals[event.id] = row[1], row[0]
 
         accepted: list[int] = []
         duplicates: list[int] = []
@@ -710,6 +852,7 @@ class _Transaction:
             previous = known.get(event.id)
             if previous is None:
                 known[event.id] = fingerprint
+                originals[event.id] = batch_id
                 accepted.append(index)
                 key = keys[index]
                 if key in stored or key in claimed or key in taken:  # another (account, id)'s
@@ -721,7 +864,7 @@ class _Transaction:
                 duplicates.append(index)
             else:
                 conflicts.append(index)
-        return accepted, duplicates, conflicts, dedupe_rows, overflow_rows
+        return accepted, duplicates, conflicts, dedupe_rows, overflow_rows, originals
 
     def _lookup_keys(self, keys: list[int]) -> dict[int, tuple[int, int]]:
         found: dict[int, tuple[int, int]] = {}
@@ -735,12 +878,13 @@ class _Transaction:
                 found[key] = (batch_id, fingerprint)
         return found
 
-    def _overflow_fingerprint(self, account: str, event_id: str) -> int | None:
+    def _overflow_row(self, account: str, event_id: str) -> tuple[int, int] | None:
+        """``(fingerprint, batch_id)`` of ``(account, event_id)`` in ``dedupe_overflow``."""
         row = self.conn.execute(
-            "SELECT fingerprint FROM dedupe_overflow WHERE account = ? AND event_id = ?",
+            "SELECT fingerprint, batch_id FROM dedupe_overflow WHERE account = ? AND event_id = ?",
             (account, event_id),
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), int(row[1]))
 
     def _batch_holds(self, batch_id: int, account: str, event_id: str) -> bool:
         """Whether journal batch ``batch_id`` holds ``(account, event_id)``."""
