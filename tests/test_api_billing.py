@@ -17,14 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import schemathesis
+from trio_websocket import open_websocket
 
 from meterd.api.openapi import openapi_document
 from meterd.billing import Period
 from meterd.model import DAY_MS, MINUTE_MS
 from tests.procs.daemon import DaemonProcess, running_daemon
 from tests.test_api import api, assert_error, ingest
+from tests.test_ingest import Client, auth
 
 __all__ = ["api"]  # a fixture, used by name (with this module's daemon)
 
@@ -271,3 +274,84 @@ def test_meterd_explain_prints_the_invoice_and_a_line(daemon: DaemonProcess) -> 
     assert document["invoice"]["total"] == "0.04"
     [explained] = document["explanations"]
     assert [e["id"] for e in explained["events"]] == ["e1", "e2"]
+
+
+async def test_duplicates_and_rejections_sent_over_the_protocol_show_in_explanations(
+    daemon: DaemonProcess, api: httpx.AsyncClient
+) -> None:
+    account = "b-audit"
+    listen = daemon.config.ingest.listen
+    async with open_websocket(
+        listen.host,
+        listen.port,
+        "/v1/ingest",
+        use_ssl=False,
+        extra_headers=auth(daemon.token("platform")),
+    ) as ws:
+        producer = Client(ws, msgpack.unpackb(await ws.get_message(), raw=False))
+        await producer.batch(0, [dyno(account, "a", "100"), dyno(account, "b", "5", 1)])
+        assert (await producer.ack(0))["accepted"] == 2
+        # A reconnect's re-send of "a", "b" changed (id_conflict), an invalid quantity, and
+        # an event naming no valid account (counted in metrics only).
+        await producer.batch(
+            1,
+            [
+                dyno(account, "a", "100"),
+                dyno(account, "b", "6", 1),
+                dyno(account, "c", "-1", 2),
+                dyno("not an account!", "d", "1"),
+            ],
+        )
+        ack = await producer.ack(1)
+        assert (ack["accepted"], ack["duplicates"]) == (0, 1)
+        assert sorted(r["code"] for r in ack["rejected"]) == [
+            "id_conflict",
+            "invalid_account",
+            "invalid_quantity",
+        ]
+
+    invoice = f"/v1/accounts/{account}/invoices/{LAST}"
+    explained = ok(
+        await api.get(f"{invoice}/lines/1/explanation", params={"limit": 2}), "explainLine"
+    )
+    assert explained["notes"] == []
+    assert [(a["kind"], a["id"], a["code"], a["window"]) for a in explained["audit"]] == [
+        ("duplicate", "a", None, DAY),
+        ("rejected", "b", "id_conflict", DAY),
+    ]
+    assert {(a["producer"], a["seq"]) for a in explained["audit"]} == {("platform", 1)}
+    first_batch = explained["audit"][0]["batch_id"]
+    assert explained["audit"][1]["batch_id"] == first_batch  # where the counted "b" is
+    assert explained["audit"][1]["time"] == DAY + MINUTE_MS  # as sent (the rejected copy)
+    rest = ok(
+        await api.get(
+            f"{invoice}/lines/1/explanation",
+            params={"limit": 2, "audit_cursor": explained["audit_next_cursor"]},
+        ),
+        "explainLine",
+    )
+    [invalid] = rest["audit"]
+    assert (invalid["id"], invalid["code"], invalid["time"]) == (
+        "c",
+        "invalid_quantity",
+        DAY + 2 * MINUTE_MS,
+    )
+    assert "quantity must be >= 0" in invalid["message"]
+    assert invalid["properties"] == {"size": "std-1x", "app": "web"}
+    assert rest["audit_next_cursor"] is None
+    # The usage figure of the minute of "b" lists its conflict only.
+    figure = ok(
+        await api.get(
+            f"/v1/accounts/{account}/usage/explanation",
+            params={"meter": "dyno.seconds", "start": DAY + MINUTE_MS, "window": "minute"},
+        ),
+        "explainUsage",
+    )
+    assert [a["id"] for a in figure["audit"]] == ["b"]
+    assert figure["value"] == "5"  # the first copy counts
+    error = assert_error(
+        await api.get(f"{invoice}/lines/1/explanation", params={"audit_cursor": "zz"}),
+        400,
+        "invalid_parameter",
+    )
+    assert error["parameter"] == "audit_cursor"

@@ -32,7 +32,7 @@ from meterd.billing import (
     render_invoice,
 )
 from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window
-from tests.test_accounts import running
+from tests.test_accounts import running, submit
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
 PEAK = Meter("postgres.storage_bytes", Aggregation.MAX)
@@ -136,9 +136,48 @@ async def test_invoice_and_explanation_down_to_the_events(tmp_path: Path) -> Non
             (DAY[29], Decimal(3)),
         ]
         assert explained.events[2].window == DAY[9]
-        assert "duplicates" in explained.notes[0]  # the store keeps no record of them
+        assert explained.notes == ()
         with pytest.raises(NotFound, match="no line 3"):
             await b.explain("acme", NOV, 3)
+
+
+async def test_explanations_list_the_duplicates_and_conflicts_in_their_windows(
+    tmp_path: Path,
+) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), dyno("c", "10", 3, "perf"), dyno("d", "7", 9))
+        # The producers' path (Accounts.submit: the writer decides, and records).
+        verdicts = await submit(
+            b.accounts,
+            [("acme", [dyno("a", "100", 1), dyno("d", "8", 9), dyno("c", "10", 3, "perf")])],
+        )
+        assert verdicts == [([], [0, 2], [1])]
+        std = await b.explain("acme", NOV, 2, limit=1)  # one entry per page
+        assert [(e.entry.kind, e.entry.event_id, e.window) for e in std.audit] == [
+            ("duplicate", "a", DAY[1])
+        ]
+        assert std.audit[0].entry.batch_id == 1  # the batch that counted "a"
+        assert std.audit_next_cursor is not None
+        rest = await b.explain("acme", NOV, 2, limit=1, audit_cursor=std.audit_next_cursor)
+        [conflict] = rest.audit
+        assert (conflict.entry.code, conflict.entry.event_id, conflict.window) == (
+            "id_conflict",
+            "d",
+            DAY[9],
+        )
+        assert rest.audit_next_cursor is None
+        # The perf line's filter keeps its own duplicate only; the figures are unchanged.
+        perf = await b.explain("acme", NOV, 1)
+        assert [(e.entry.kind, e.entry.event_id) for e in perf.audit] == [("duplicate", "c")]
+        assert perf.value == Decimal(10)
+        doc = std.to_json()
+        assert doc["audit"][0]["properties"] == {"size": "std"}
+        assert "duplicate (counted in batch 1)" in render_explanation(doc)
+        # A usage figure of the day lists what touched it.
+        day = await b.explain_usage("acme", DYNO.name, DAY[9], Window.DAY)
+        assert [e.entry.event_id for e in day.audit] == ["d"]
+        with pytest.raises(InvalidRequest, match="audit_cursor"):
+            await b.explain("acme", NOV, 2, audit_cursor="nonsense")
 
 
 async def test_a_void_really_removes_a_maximum_and_shows_everywhere(tmp_path: Path) -> None:
@@ -377,7 +416,7 @@ async def test_an_explanation_renders_readably(tmp_path: Path) -> None:
             ln.startswith("  #1 credit 40 on 2026-11-02") and "by alice" in ln for ln in lines
         )
         assert any(ln.startswith("  #1 event b (7 at 2026-11-02 01:00:00.000)") for ln in lines)
-        assert lines[-1].startswith("note: duplicates and rejected events are not recorded")
+        assert lines[-2:] == ["duplicates and rejected events (0 on this page):", "  (none)"]
 
 
 async def test_an_invoice_renders_with_its_closing_and_restatements(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import trio
 from meterd.billing import BillingGraphQL
 from meterd.billing._service import GRAPHQL_THREADS
 from meterd.model import HOUR_MS, Event
+from tests.test_accounts import submit
 from tests.test_billing import DAY, NOV, PEAK, adjust, billing, dyno, ingest
 
 INVOICE = """
@@ -26,6 +27,9 @@ query($account: String!, $period: String!) {
           windows { start value }
           events { id quantity status window properties { name value } }
           adjustments { id kind quantity by reason dimensions { name value } }
+          audit { kind id code message time window batchId seq producer receivedAt
+                  properties { name value } }
+          auditNextCursor
         }
       }
     }
@@ -41,6 +45,7 @@ async def run(b: Any, query: str, **variables: Any) -> tuple[int, dict[str, Any]
 async def test_account_invoice_lines_and_their_explanation(tmp_path: Path) -> None:
     async with billing(tmp_path) as b:
         await ingest(b.accounts, dyno("a", "100", 1), dyno("b", "20.5", 3))
+        await submit(b.accounts, [("acme", [dyno("a", "100", 1), dyno("b", "1", 3)])])
         credit, _ = await adjust(b, 1, "0.5", "alice", "goodwill")
         status, result = await run(b, INVOICE, account="acme", period=str(NOV))
         assert status == 200, result
@@ -59,6 +64,16 @@ async def test_account_invoice_lines_and_their_explanation(tmp_path: Path) -> No
             {"start": DAY[1], "value": "100"},
             {"start": DAY[3], "value": "20.5"},
         ]
+        # The re-sent "a" and the conflicting "b", one per page, in their windows.
+        [duplicate] = explanation["audit"]
+        assert (duplicate["kind"], duplicate["id"], duplicate["window"]) == (
+            "duplicate",
+            "a",
+            DAY[1],
+        )
+        assert duplicate["properties"] == [{"name": "size", "value": "std"}]
+        assert (duplicate["code"], duplicate["batchId"]) == (None, 1)
+        assert explanation["auditNextCursor"] is not None
         [adj] = explanation["adjustments"]
         assert (adj["id"], adj["kind"], adj["quantity"], adj["by"]) == (
             credit.id,

@@ -441,13 +441,15 @@ async def test_an_unavailable_batch_is_re_sent_on_a_new_connection(
     failures: list[str] = []
     submit = services.accounts.submit
 
-    def fail_once(groups: list[tuple[str, list[Any]]], on_done: Callable[[Any], None]) -> None:
+    def fail_once(
+        groups: list[tuple[str, list[Any]]], on_done: Callable[[Any], None], **audit: Any
+    ) -> None:
         """The batch holding "boom" is not written the first time: a failed commit."""
         if not failures and any(e.id == "boom" for _, events in groups for e in events):
             failures.append("boom")
             on_done(CommitFailed("disk I/O error (injected)"))
             return
-        submit(groups, on_done)
+        submit(groups, on_done, **audit)
 
     monkeypatch.setattr(services.accounts, "submit", fail_once)
     events = [event(f"u{n}", account=f"acct-{n % 3}") for n in range(30)]

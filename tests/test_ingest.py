@@ -225,7 +225,7 @@ class Gate:
 
     def __init__(
         self,
-        real: Callable[[list[tuple[str, list[Event]]], Callable[[Any], None]], None],
+        real: Callable[..., None],
         *,
         hold: int = 10**9,
     ) -> None:
@@ -239,7 +239,12 @@ class Gate:
         self._held: list[tuple[Callable[[Any], None], Any]] = []
         self._progress = trio.Event()
 
-    def submit(self, groups: list[tuple[str, list[Event]]], on_done: Callable[[Any], None]) -> None:
+    def submit(
+        self,
+        groups: list[tuple[str, list[Event]]],
+        on_done: Callable[[Any], None],
+        **audit: Any,
+    ) -> None:
         self.calls.extend((account, [event.id for event in events]) for account, events in groups)
         self.batches += 1
         held = self.batches <= self.hold
@@ -253,7 +258,7 @@ class Gate:
             else:
                 self._report(on_done, outcome, held)
 
-        self.real(groups, report)
+        self.real(groups, report, **audit)
 
     def _report(self, on_done: Callable[[Any], None], outcome: Any, held: bool) -> None:
         if held:

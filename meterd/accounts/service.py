@@ -46,7 +46,7 @@ from meterd.accounts.actor import MeterActor, Verdict, decode_dims
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
-from meterd.store import AppendResult, Store
+from meterd.store import AppendResult, RejectedEvent, Store
 
 log = structlog.get_logger("meterd.accounts")
 
@@ -150,7 +150,15 @@ class Accounts:
         verdict: Verdict = await self.call(account, ("ingest", list(events)))
         return verdict
 
-    def submit(self, groups: Sequence[tuple[str, list[Event]]], on_done: BatchDone) -> None:
+    def submit(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        on_done: BatchDone,
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        rejected: Sequence[RejectedEvent] = (),
+    ) -> None:
         """Make a producer batch durable, then deliver it to the account actors; never blocks.
 
         ``groups`` are ``(account, events)`` with each account once. ``on_done`` is called
@@ -160,6 +168,10 @@ class Accounts:
         Duplicates and ``id_conflict`` are decided by the writer, in commit order, so the
         first submitted copy of an id decides. The accepted events of each account are
         delivered to its actor (which applies them) before ``on_done`` is called.
+
+        ``producer``, ``seq`` and ``rejected`` (the batch's rejected events that name an
+        account) go to the store's audit trail, in the batch's transaction
+        (:meth:`~meterd.store.Writer.submit_batch`).
         """
 
         def committed(outcome: list[AppendResult] | BaseException) -> None:
@@ -176,7 +188,9 @@ class Accounts:
                         deliver(account, result.batch_id, [events[i] for i in accepted])
             on_done(outcome)
 
-        self.store.writer.submit_batch(groups, committed)
+        self.store.writer.submit_batch(
+            groups, committed, producer=producer, seq=seq, rejected=rejected
+        )
 
     def _deliver(self, account: str, batch_id: int, events: list[Event]) -> None:
         """Hand committed journal batch ``batch_id`` of ``account`` to its actor."""

@@ -131,12 +131,15 @@ async def line_explanation(daemon: Daemon, request: Request) -> Response:
     query = Query(request.query_params)
     limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_PAGE)
     cursor = query.text("cursor")
+    audit_cursor = query.text("audit_cursor")
     line = request.path_params["line"]
     if not line.isdigit() or not 1 <= int(line) <= 1_000_000:
         raise bad_parameter("line", f"must be a line number from 1, not {line!r:.40}")
     await daemon.known_account(account)
     found = await billing_call(
-        billing_of(daemon).explain(account, period, int(line), cursor=cursor, limit=limit)
+        billing_of(daemon).explain(
+            account, period, int(line), cursor=cursor, limit=limit, audit_cursor=audit_cursor
+        )
     )
     return JSONResponse(found.to_json())
 
@@ -153,6 +156,7 @@ async def usage_explanation(daemon: Daemon, request: Request) -> Response:
         raise bad_parameter("group", "and group_by go together (group_by=size&group=std)")
     limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_PAGE)
     cursor = query.text("cursor")
+    audit_cursor = query.text("audit_cursor")
     billing = billing_of(daemon)
     meter_of(billing, meter)
     await daemon.known_account(account)
@@ -165,6 +169,7 @@ async def usage_explanation(daemon: Daemon, request: Request) -> Response:
             None if group_by is None or group is None else {group_by: group},
             cursor=cursor,
             limit=limit,
+            audit_cursor=audit_cursor,
         )
     )
     return JSONResponse(found.to_json())

@@ -407,6 +407,39 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
             "void": {"type": ["integer", "null"]},
         },
     ),
+    "AuditEntry": _object(
+        {
+            "kind": {"type": "string", "enum": ["duplicate", "rejected"]},
+            "id": {"type": ["string", "null"], "description": "Null when it was invalid."},
+            "code": {
+                "type": ["string", "null"],
+                "description": "The rejection code (protocol.md 2.3); null for a duplicate.",
+            },
+            "message": {"type": ["string", "null"]},
+            "meter": {"type": ["string", "null"]},
+            "time": {
+                "type": ["integer", "null"],
+                "description": "The event's time, Unix ms; null when it was invalid.",
+            },
+            "properties": {
+                "oneOf": [_DIMENSIONS, {"type": "null"}],
+                "description": "Null when they were invalid.",
+            },
+            "producer": {"type": ["string", "null"]},
+            "seq": {"type": ["integer", "null"], "description": "The producer's batch seq."},
+            "batch_id": {
+                "type": ["integer", "null"],
+                "description": "The journal batch holding the counted copy of the id"
+                " (a duplicate, an id_conflict).",
+            },
+            "received_at": _TIME,
+            "window": {
+                "type": ["integer", "null"],
+                "description": "Start of the window its time falls in; null when the time"
+                " was invalid (it is then placed by received_at).",
+            },
+        },
+    ),
     "Explanation": _object(
         {
             "account": {"type": "string"},
@@ -421,6 +454,13 @@ _BILLING_SCHEMAS: Final[dict[str, Any]] = {
             "next_cursor": {"type": ["string", "null"]},
             "adjustments": {"type": "array", "items": _ref("Adjustment")},
             "voids": {"type": "array", "items": _ref("Void")},
+            "audit": {
+                "type": "array",
+                "items": _ref("AuditEntry"),
+                "description": "One page of the duplicates and rejected events of the"
+                " account in the range that pass the filter.",
+            },
+            "audit_next_cursor": {"type": ["string", "null"]},
             "notes": {"type": "array", "items": {"type": "string"}},
         },
     ),
@@ -498,6 +538,7 @@ _PAGE: Final = [
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_LIMIT},
     },
     _text("cursor", "next_cursor of the previous page."),
+    _text("audit_cursor", "audit_next_cursor of the previous page (of the audit entries)."),
 ]
 _ADJUSTMENT_BODY: Final = _object(
     {

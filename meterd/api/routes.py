@@ -316,7 +316,7 @@ def _route(
 def _billing_routes(daemon: Daemon) -> list[Route]:
     """Billing support (docs/billing.md, :mod:`.billing`)."""
     invoice = "/v1/accounts/{account}/invoices/{period}"
-    page = frozenset({"limit", "cursor"})
+    page = frozenset({"limit", "cursor", "audit_cursor"})
     usage_params = frozenset({"meter", "from", "to", "window", "group_by"})
     return [
         _route(daemon, invoice, billing.invoice),

@@ -8,11 +8,13 @@ line: its exact values; a usage row: its group, or none). It holds
 * one **page** of the events in the range that pass the filter, in journal order, each marked
   ``counted``, ``voided`` (with the void) or ``quarantined`` (it crashed its actor and was
   never counted), with the window it falls in; ``next_cursor`` continues (a store cursor);
-* the **adjustments** and **voids** that touched the figure.
-
-Duplicates and rejections are not recorded by the store (a duplicate is dropped before the
-journal, a rejection never reaches it), so an explanation cannot list them; it says so in
-``notes``.
+* the **adjustments** and **voids** that touched the figure;
+* one page of the **audit** trail in the range (the store's ``audit`` table, passing the same
+  filter): each duplicate (never counted: the copy counted is in ``batch_id``) and each
+  rejected event of the account (``id_conflict`` included), with the window it falls in
+  (``None`` when its time was invalid: it is then placed by when it was received);
+  ``audit_next_cursor`` continues. An entry whose properties were invalid cannot be
+  filtered by dimension and is always listed.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from meterd.model import Event, Quantity
 
 from ._corrections import Adjustment, Void
 from ._rating import InvoiceLine, text
 
-__all__ = ["NOTES", "ExplainedEvent", "Explanation", "WindowFigure"]
+if TYPE_CHECKING:  # the store loads Trio: loading the config must not (tests/test_billing.py)
+    from meterd.store import AuditEntry
 
-NOTES: Final = (
-    "duplicates and rejected events are not recorded by the store, so they cannot be listed;"
-    " a duplicate was never counted, a rejected event never stored",
-)
+__all__ = ["NOTES", "ExplainedAudit", "ExplainedEvent", "Explanation", "WindowFigure"]
+
+NOTES: Final[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,29 @@ class ExplainedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ExplainedAudit:
+    entry: AuditEntry
+    window: int | None  # start of the window its time falls in; None: its time was invalid
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.entry
+        return {
+            "kind": a.kind,
+            "id": a.event_id,
+            "code": a.code,
+            "message": a.message,
+            "meter": a.meter,
+            "time": a.time,
+            "properties": None if a.properties is None else dict(a.properties),
+            "producer": a.producer,
+            "seq": a.seq,
+            "batch_id": a.batch_id,
+            "received_at": a.received_at,
+            "window": self.window,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     account: str
     meter: str
@@ -84,6 +109,8 @@ class Explanation:
     line: InvoiceLine | None = None
     dimension_names: tuple[str, ...] = ()  # the meter's, naming the adjustments' and voids' values
     notes: tuple[str, ...] = field(default=NOTES)
+    audit: tuple[ExplainedAudit, ...] = ()
+    audit_next_cursor: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +126,8 @@ class Explanation:
             "next_cursor": self.next_cursor,
             "adjustments": [adjustment_json(a, self.dimension_names) for a in self.adjustments],
             "voids": [void_json(v, self.dimension_names) for v in self.voids],
+            "audit": [a.to_json() for a in self.audit],
+            "audit_next_cursor": self.audit_next_cursor,
             "notes": list(self.notes),
         }
 

@@ -68,7 +68,7 @@ type Account {
         groupBy: String): [UsageRow!]!
   "One usage figure (the window at start, of one group value) down to its events."
   usageExplanation(meter: String!, start: Millis!, window: Window!, group: DimensionInput,
-                   limit: Int! = 100, cursor: String): Explanation!
+                   limit: Int! = 100, cursor: String, auditCursor: String): Explanation!
   "The invoice of a calendar month, UTC, written 2026-11."
   invoice(period: String!): Invoice!
 }
@@ -105,7 +105,7 @@ type Line {
   capped: Boolean!
   adjustments: [Int!]!
   "The windows and events that make this line (events paged)."
-  explanation(limit: Int! = 100, cursor: String): Explanation!
+  explanation(limit: Int! = 100, cursor: String, auditCursor: String): Explanation!
 }
 
 type Unpriced { meter: String!, dimensions: [Dimension!]!, start: Millis!, end: Millis!,
@@ -134,7 +134,33 @@ type Explanation {
   nextCursor: String
   adjustments: [Adjustment!]!
   voids: [Void!]!
+  "Duplicates and rejected events of the account in the range (paged: auditCursor)."
+  audit: [AuditEntry!]!
+  auditNextCursor: String
   notes: [String!]!
+}
+
+type AuditEntry {
+  "duplicate or rejected"
+  kind: String!
+  "The event's id; null when it was invalid."
+  id: String
+  "The rejection code (protocol.md 2.3); null for a duplicate."
+  code: String
+  message: String
+  meter: String
+  "The event's time; null when it was invalid."
+  time: Millis
+  "The event's properties; null when they were invalid."
+  properties: [Dimension!]
+  producer: String
+  "The producer's batch seq."
+  seq: Int
+  "The journal batch holding the counted copy (duplicate, id_conflict)."
+  batchId: Int
+  receivedAt: Millis!
+  "Start of the window its time falls in; null when the time was invalid."
+  window: Millis
 }
 
 type WindowFigure { start: Millis!, end: Millis!, value: Decimal! }
@@ -249,13 +275,21 @@ def _usage_explanation(
     limit: int,
     group: dict[str, str] | None = None,
     cursor: str | None = None,
+    audit_cursor: str | None = None,
 ) -> dict[str, Any]:
     billing = _billing(info)
     wanted = None if group is None else {group["name"]: group["value"]}
 
     async def explain() -> dict[str, Any]:
         found = await billing.explain_usage(
-            parent["id"], meter, start, window, wanted, cursor=cursor, limit=limit
+            parent["id"],
+            meter,
+            start,
+            window,
+            wanted,
+            cursor=cursor,
+            limit=limit,
+            audit_cursor=audit_cursor,
         )
         return found.to_json()
 
@@ -285,13 +319,19 @@ def _invoice(parent: dict[str, str], info: Info, period: str) -> dict[str, Any]:
 
 @line_type.field("explanation")
 def _line_explanation(
-    parent: dict[str, Any], info: Info, limit: int, cursor: str | None = None
+    parent: dict[str, Any],
+    info: Info,
+    limit: int,
+    cursor: str | None = None,
+    audit_cursor: str | None = None,
 ) -> dict[str, Any]:
     billing = _billing(info)
 
     async def explain() -> dict[str, Any]:
         line = InvoiceLine.from_json(parent["_line"])  # of this query's rating: not re-rated
-        found = await billing.explain_line(parent["_account"], line, cursor=cursor, limit=limit)
+        found = await billing.explain_line(
+            parent["_account"], line, cursor=cursor, limit=limit, audit_cursor=audit_cursor
+        )
         return found.to_json()
 
     return _explanation_json(_on_trio(info, explain))
@@ -309,6 +349,9 @@ def _explanation_json(found: dict[str, Any]) -> dict[str, Any]:
     found["events"] = [_with_pairs(e, "properties") for e in found["events"]]
     found["adjustments"] = [_with_pairs(a, "dimensions") for a in found["adjustments"]]
     found["voids"] = [_with_pairs(v, "dimensions") for v in found["voids"]]
+    found["audit"] = [
+        a if a["properties"] is None else _with_pairs(a, "properties") for a in found["audit"]
+    ]
     return found
 
 

@@ -40,7 +40,8 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 def render_explanation(doc: Mapping[str, Any], *, currency: str = "") -> str:
     """A readable page of an explanation: the figure, its windows, the page of events, the
-    corrections that touched it, and the notes; says how to get the next page."""
+    corrections that touched it, the duplicates and rejected events in it, and the notes;
+    says how to get the next page."""
     out: list[str] = []
     line = doc.get("line")
     span = f"{format_ms(doc['start'])} to {format_ms(doc['end'])} (UTC, end excluded)"
@@ -86,10 +87,30 @@ def render_explanation(doc: Mapping[str, Any], *, currency: str = "") -> str:
             out.append("")
             out.append(f"{title}:")
             out += [f"  {describe(item)}" for item in items]
+    audit = doc.get("audit") or []
+    out.append("")
+    out.append(f"duplicates and rejected events ({len(audit)} on this page):")
+    out += _table([_audit_row(a) for a in audit]) or ["  (none)"]
+    if doc.get("audit_next_cursor"):
+        out.append(f"  more: --audit-cursor {doc['audit_next_cursor']}")
     if doc.get("notes"):
         out.append("")
         out += [f"note: {note}" for note in doc["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _audit_row(a: Mapping[str, Any]) -> list[str]:
+    """One audit entry: when, id, what (a duplicate of batch N, or the rejection code and
+    why), from whom."""
+    when = format_ms(a["time"]) if a["time"] is not None else "time invalid"
+    if a["kind"] == "duplicate":
+        what = f"duplicate (counted in batch {a['batch_id']}), not counted again"
+    else:
+        what = f"rejected {a['code']}: {a['message']}"
+    source = f"from {a['producer']}" if a.get("producer") else ""
+    if a.get("seq") is not None:
+        source += f" seq {a['seq']}"
+    return [when, a["id"] if a["id"] is not None else "(no valid id)", what, source.strip()]
 
 
 def _adjustment(a: Mapping[str, Any]) -> str:

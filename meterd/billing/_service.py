@@ -21,13 +21,13 @@ import trio
 from meterd.accounts.aggregate import State, add, dims_of, group_index, new_state, rollup
 from meterd.accounts.service import Accounts
 from meterd.model import MINUTE_MS, Event, Meter, Window
-from meterd.store import open_readonly
+from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure
 from ._errors import Conflict, NotFound, invalid
-from ._explain import DimsFilter, ExplainedEvent, Explanation, WindowFigure
+from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, WindowFigure
 from ._period import Period
 from ._prices import PriceBook
 from ._rating import Cell, Invoice, InvoiceLine, rate
@@ -375,6 +375,7 @@ class Billing:
         *,
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE,
+        audit_cursor: str | None = None,
     ) -> Explanation:
         """Invoice line ``line`` (1-based, of the current figures) down to its events."""
         invoice = (await self.invoice(account, period)).invoice
@@ -382,7 +383,9 @@ class Billing:
             found = invoice.line(line)
         except LookupError as exc:
             raise NotFound(str(exc), code="unknown_line") from None
-        return await self.explain_line(account, found, cursor=cursor, limit=limit)
+        return await self.explain_line(
+            account, found, cursor=cursor, limit=limit, audit_cursor=audit_cursor
+        )
 
     async def explain_line(
         self,
@@ -391,6 +394,7 @@ class Billing:
         *,
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE,
+        audit_cursor: str | None = None,
     ) -> Explanation:
         """A line of a rating already at hand (no re-rating) down to its events."""
         meter = self.meter(found.meter)
@@ -409,7 +413,7 @@ class Billing:
             dict(found.dims),
             found.quantity,
             adjustments,
-            cursor,
+            (cursor, audit_cursor),
             limit,
             found,
         )
@@ -424,6 +428,7 @@ class Billing:
         *,
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE,
+        audit_cursor: str | None = None,
     ) -> Explanation:
         """One usage figure (the window at ``start``, of ``group`` if given) down to its
         events; its value is the corrected usage value (voids applied, adjustments added)."""
@@ -465,7 +470,7 @@ class Billing:
             group,
             value,
             adjustments,
-            cursor,
+            (cursor, audit_cursor),
             limit,
             None,
         )
@@ -480,10 +485,12 @@ class Billing:
         shown_filter: dict[str, str],
         value: Decimal,
         adjustments: list[Adjustment],
-        cursor: str | None,
+        cursors: tuple[str | None, str | None],
         limit: int,
         line: InvoiceLine | None,
     ) -> Explanation:
+        """``cursors``: of the events page and of the audit page."""
+        cursor, audit_cursor = cursors
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise invalid("limit", f"must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         low, high = span
@@ -517,6 +524,9 @@ class Billing:
             next_cursor = page.next_cursor
             if next_cursor is None:
                 break
+        audit, audit_next = await self._audit_page(
+            account, meter, (low, high), window, keep, limit, audit_cursor
+        )
         return Explanation(
             account,
             meter.name,
@@ -531,7 +541,43 @@ class Billing:
             tuple(voids),
             line,
             meter.dimensions,
+            audit=tuple(audit),
+            audit_next_cursor=audit_next,
         )
+
+    async def _audit_page(
+        self,
+        account: str,
+        meter: Meter,
+        span: tuple[int, int],
+        window: Window,
+        keep: DimsFilter,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[ExplainedAudit], str | None]:
+        """One page of the audit entries of ``meter`` in ``span`` that pass ``keep`` (an
+        entry whose properties were invalid passes: it cannot be ruled out)."""
+        low, high = span
+        names = meter.dimensions
+        found: list[ExplainedAudit] = []
+        while len(found) < limit:
+            try:
+                page = await self.accounts.store.reader.audit(
+                    account, low, high, meter.name, limit=limit - len(found), cursor=cursor
+                )
+            except InvalidCursor as exc:
+                raise invalid("audit_cursor", str(exc)) from None
+            for entry in page.entries:
+                if entry.properties is not None:
+                    props = dict(entry.properties)
+                    if not keep(tuple(props.get(name, "") for name in names)):
+                        continue
+                place = None if entry.time is None else window.align(entry.time)
+                found.append(ExplainedAudit(entry, place))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return found, cursor
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -554,16 +600,7 @@ class Billing:
 
     async def _accounts(self, period: Period) -> list[str]:
         """Every account the store knows, and those with adjustments in ``period``."""
-        path = self.accounts.store.reader.path
-
-        def query() -> list[str]:
-            conn = open_readonly(path)
-            try:
-                return [row[0] for row in conn.execute("SELECT account FROM accounts")]
-            finally:
-                conn.close()
-
-        known = set(await trio.to_thread.run_sync(query))
+        known = set(await self.accounts.store.reader.accounts())
         known |= await self.db.adjusted_accounts(period.start_ms, period.end_ms)
         return sorted(known)
 

@@ -3,8 +3,8 @@ was, down to the events (``GET /v1/accounts/{account}/invoices/{period}`` and
 ``.../lines/{n}/explanation``; docs/billing.md).
 
 * with ``--line N``: that invoice line, the windows that make it, one page of its events
-  (``--limit``; the command for the next page is printed), and the adjustments and voids
-  on it;
+  (``--limit``; the command for the next page is printed), the adjustments and voids
+  on it, and one page of the duplicates and rejected events in it (``--audit-cursor``);
 * without: the invoice (lines, total, closing, restatements), then every line explained
   (its first page of events).
 
@@ -24,8 +24,18 @@ from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, p
 from meterd.cli._output import echo_json
 
 
-def explanation(api: Api, base: str, line: int, limit: int | None, cursor: str | None) -> Any:
-    return api.get(f"{base}/lines/{line}/explanation", {"limit": limit, "cursor": cursor})
+def explanation(
+    api: Api,
+    base: str,
+    line: int,
+    limit: int | None,
+    cursor: str | None,
+    audit_cursor: str | None = None,
+) -> Any:
+    return api.get(
+        f"{base}/lines/{line}/explanation",
+        {"limit": limit, "cursor": cursor, "audit_cursor": audit_cursor},
+    )
 
 
 @click.command("explain")
@@ -34,6 +44,9 @@ def explanation(api: Api, base: str, line: int, limit: int | None, cursor: str |
 @click.option("--line", type=click.IntRange(min=1), help="Explain this invoice line (from 1).")
 @click.option("--limit", type=click.IntRange(1, 10_000), help="Events per page (default 100).")
 @click.option("--cursor", help="With --line: continue its events from this cursor.")
+@click.option(
+    "--audit-cursor", help="With --line: continue its duplicates and rejections from this cursor."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @api_options
 def explain(
@@ -42,28 +55,30 @@ def explain(
     line: int | None,
     limit: int | None,
     cursor: str | None,
+    audit_cursor: str | None,
     as_json: bool,
     target: Target,
 ) -> None:
     """Explain ACCOUNT's invoice for a month, down to the events that make each line."""
-    if cursor is not None and line is None:
+    if (cursor is not None or audit_cursor is not None) and line is None:
         fail("explain", ApiError("--cursor pages one line's events: give --line too", 2))
     base = f"/v1/accounts/{path_segment(account)}/invoices/{path_segment(period)}"
     with connect("explain", target) as api:
         try:
             if line is not None:
-                doc = explanation(api, base, line, limit, cursor)
+                doc = explanation(api, base, line, limit, cursor, audit_cursor)
                 if as_json:
                     echo_json(doc)
                     return
                 click.echo(render_explanation(doc), nl=False)
-                if doc.get("next_cursor") is not None:
-                    more = shlex.quote(str(doc["next_cursor"]))
-                    click.echo(
-                        f"next page: meterd explain {shlex.quote(account)} --period"
-                        f" {period} --line {line} --cursor {more}",
-                        err=True,
-                    )
+                command = f"meterd explain {shlex.quote(account)} --period {period} --line {line}"
+                for key, option in (
+                    ("next_cursor", "cursor"),
+                    ("audit_next_cursor", "audit-cursor"),
+                ):
+                    if doc.get(key) is not None:
+                        more = shlex.quote(str(doc[key]))
+                        click.echo(f"next page: {command} --{option} {more}", err=True)
                 return
             invoice = api.get(base)
             docs = [

@@ -81,7 +81,7 @@ from meterd.ingest.protocol import (
 )
 from meterd.ingest.validate import EventValidator, Rejection
 from meterd.model import Event
-from meterd.store import AppendResult
+from meterd.store import AppendResult, RejectedEvent, conflict_message
 
 __all__ = ["INGEST_PATH", "IngestServer", "IngestStats", "wall_clock_ms"]
 
@@ -487,11 +487,15 @@ class _Connection:
         now = self.server.clock()
         validate = self.validator.validate
         rejected: list[Rejection] = []
+        audited: list[RejectedEvent] = []
         groups: dict[str, tuple[list[int], list[Event]]] = {}
         for index, raw in enumerate(raw_events):
             result = validate(index, raw, now, now)
             if isinstance(result, Rejection):
                 rejected.append(result)
+                audit = self._audited(result, raw, now)
+                if audit is not None:
+                    audited.append(audit)
                 continue
             group = groups.get(result.account)
             if group is None:
@@ -501,7 +505,7 @@ class _Connection:
         slot = _Slot(seq)
         self.slots_in.send_nowait(slot)
         size = len(raw_events)
-        if not groups:
+        if not groups and not audited:
             self._committed(slot, size, rejected, [], 0, [])
             return
         shares = list(groups.items())
@@ -510,6 +514,20 @@ class _Connection:
         self.server.accounts.submit(
             [(account, events) for account, (_, events) in shares],
             partial(self._committed, slot, size, rejected, shares, valid),
+            producer=self.producer.name,
+            seq=seq,
+            rejected=audited,
+        )
+
+    def _audited(self, rejection: Rejection, raw: object, now: int) -> RejectedEvent | None:
+        """The audit record of a rejected event, if it names a valid account (rare: only
+        rejected events pay for it)."""
+        found = self.validator.attribution(raw, now)
+        if found is None:
+            return None
+        account, meter, time, properties = found
+        return RejectedEvent(
+            account, rejection.id, rejection.code, rejection.message, meter, time, properties
         )
 
     # ---- one batch -----------------------------------------------------------------------------
@@ -566,9 +584,7 @@ class _Connection:
                         positions[position],
                         event.id,
                         "id_conflict",
-                        f"id {event.id!r} was already counted for account {account!r}"
-                        " with a different meter, quantity, time or properties; a re-sent event"
-                        " must be identical (new usage needs a new id)",
+                        conflict_message(account, event.id),
                     )
                 )
         if accepted + duplicates + len(rejected) != size:  # the accounts layer lost an event

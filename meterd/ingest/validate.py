@@ -227,6 +227,32 @@ class EventValidator:
             received_at,
         )
 
+    def attribution(
+        self, raw: object, now_ms: int
+    ) -> tuple[str, str | None, int | None, tuple[tuple[str, str], ...] | None] | None:
+        """For a rejected event: its ``(account, meter, time, properties)`` where each is
+        valid (``None`` where not), or ``None`` if it names no valid account (it cannot be
+        attributed). ``meter`` is any configured meter's name (even one the producer may
+        not write); ``time`` any integer that fits SQLite's (even out of range), so that the
+        audit trail places the event where the producer meant it."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            account = self._account(raw)
+        except _Invalid:
+            return None
+        meter = raw.get("meter")
+        if not isinstance(meter, str) or meter not in self.meters:
+            meter = None
+        time = raw.get("time")
+        if type(time) is not int or not -(1 << 63) <= time < (1 << 63):
+            time = None
+        try:
+            properties: tuple[tuple[str, str], ...] | None = self._properties(raw)
+        except _Invalid:
+            properties = None
+        return account, meter, time, properties
+
     # ---- one field each --------------------------------------------------------------------
 
     def _shape(self, raw: object) -> dict[Any, Any]:
