@@ -66,7 +66,7 @@ def test_quick_spawn_prints_every_figure_for_meterd_and_the_baseline() -> None:
     assert re.search(r"goal: meterd ack latency p99 < 50 ms at half load: .* (met|NOT met)", out)
 
 
-def test_json_output_without_baseline_or_half_load() -> None:
+def test_json_output_without_baseline_or_half_load_with_a_re_send() -> None:
     result = CliRunner().invoke(
         bench,
         [
@@ -82,6 +82,7 @@ def test_json_output_without_baseline_or_half_load() -> None:
             "2",
             "--no-baseline",
             "--no-half-load",
+            "--resend",
             "--json",
         ],
         catch_exceptions=False,
@@ -97,6 +98,8 @@ def test_json_output_without_baseline_or_half_load() -> None:
     for key in ("rate", "latency_p50_ms", "latency_p99_ms", "server_cpu_share", "server_rss_peak"):
         assert isinstance(top[key], int | float), key
     assert target["half_load"] is None
+    again = target["resend"]  # the same events again: every one a duplicate
+    assert (again["events"], again["accepted"], again["duplicates"]) == (2000, 0, 2000)
     assert target["stop_status"] == 0
 
 

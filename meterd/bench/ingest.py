@@ -24,6 +24,9 @@ Rows
     ``warm-up`` (untimed, unless ``warmup=False``): one event per account, so every meter
     actor is awake, as in steady state. ``max``: the whole load as fast as the window allows;
     ack latency there is mostly queueing (batches in flight per connection x connections).
+    ``re-send`` (``resend=True``): the ``max`` row's frames sent again as fast as the window
+    allows on new connections, as producers do after a reconnect: every event is a duplicate
+    (meterd records one audit row per duplicate: docs/accounts.md).
     ``half load``: open-loop producers at half the ``max`` row's rate (each batch has a
     scheduled send time; latency is measured from it, so a late send counts against the
     server: no coordinated omission), for ``half_load_seconds`` or ``half_load_min_batches``
@@ -150,6 +153,7 @@ class BenchOptions:
     max_in_flight: int | None = None  # batches unacknowledged per connection (None: window)
     profile: Path | None = None  # py-spy raw output of meterd during the max run
     py_spy: str = "py-spy"  # the py-spy executable
+    resend: bool = False  # also re-send the max row's load (every event a duplicate)
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
@@ -866,6 +870,7 @@ class TargetReport:
     warmup: RunResult | None = None
     max: RunResult | None = None
     half: RunResult | None = None
+    resend: RunResult | None = None
     half_skipped: str | None = None  # why there is no half-load row
     stop_status: int | None = None
     stop_seconds: float | None = None
@@ -880,6 +885,7 @@ class TargetReport:
             "warmup": None if self.warmup is None else self.warmup.to_json(),
             "max": None if self.max is None else self.max.to_json(),
             "half_load": None if self.half is None else self.half.to_json(),
+            "resend": None if self.resend is None else self.resend.to_json(),
             "half_load_skipped": self.half_skipped,
         }
 
@@ -923,6 +929,12 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
         report.max = await drive(target, load, "max", max_in_flight=in_flight)
     _check(target, report.max)
     log(f"{target.name}: {report.max.rate:,.0f} events/s acked")
+    if options.resend and report.max.error is None:
+        await _settle(target)
+        log(f"{target.name}: re-send, the same {load.events:,} events again (all duplicates)")
+        report.resend = await drive(target, load, "re-send", max_in_flight=in_flight)
+        _check(target, report.resend)
+        log(f"{target.name}: re-send {report.resend.rate:,.0f} events/s acked")
     if not options.half_load:
         return
     if report.max.error is not None or report.max.rate <= 0:
@@ -1144,6 +1156,11 @@ def _rows(target: TargetReport) -> list[Row]:
         add("max: server CPU, µs per event", top.server_cpu_per_event_us, 1)
         add("max: server RSS peak, MiB", _mib(top.server_rss_peak), 1)
         add("max: load generator CPU, % of one core", _percent(top.generator_cpu_share))
+    again = target.resend
+    if again is not None:
+        add("re-send: events/s acked (all duplicates)", again.rate)
+        add("re-send: ack latency p99, ms", again.latency_p99_ms, 1)
+        add("re-send: server CPU, µs per event", again.server_cpu_per_event_us, 1)
     if half is not None or target.half_skipped is not None:
         if half is None:
             done = "skipped"
@@ -1211,7 +1228,7 @@ def format_report(report: Report) -> str:
         lines.append(f"ratio = {columns[0]} / {columns[1]}.")
     for target in report.targets:
         notes = []
-        for result in (target.warmup, target.max, target.half):
+        for result in (target.warmup, target.max, target.resend, target.half):
             if result is None:
                 continue
             note = (

@@ -80,6 +80,13 @@ def bench() -> None:
     " [100; quick: 0].",
 )
 @click.option(
+    "--resend/--no-resend",
+    default=False,
+    show_default=True,
+    help="Also re-send the max run's events on new connections (all duplicates: the cost"
+    " of a reconnect's re-send).",
+)
+@click.option(
     "--warmup/--no-warmup",
     default=True,
     show_default=True,

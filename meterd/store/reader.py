@@ -330,7 +330,8 @@ class Reader:
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         after_place, after_id = (from_ms, 0) if cursor is None else _decode_audit_cursor(cursor)
-        after_place = max(after_place, from_ms)
+        if after_place < from_ms:  # a cursor from before the range: start at the range
+            after_place, after_id = from_ms, 0
 
         def query(conn: sqlite3.Connection) -> AuditPage:
             sql = (

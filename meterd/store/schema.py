@@ -37,7 +37,6 @@ Tables at the latest version::
     audit(audit_id INTEGER PRIMARY KEY, account, kind, event_id, code, message, meter, time,
           properties, producer, seq, batch_id, received_at, position)
         index audit_by_account(account, position, audit_id)
-        index audit_by_received(received_at)
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -224,7 +223,6 @@ V4_STATEMENTS: Final = (
         position    INTEGER NOT NULL
     )""",
     "CREATE INDEX audit_by_account ON audit (account, position, audit_id)",
-    "CREATE INDEX audit_by_received ON audit (received_at)",
 )
 
 
