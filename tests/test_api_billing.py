@@ -242,6 +242,7 @@ def test_meterd_explain_prints_the_invoice_and_a_line(daemon: DaemonProcess) -> 
     import trio
 
     trio.run(ingest, daemon, [dyno("b-cli", "e1", "3600"), dyno("b-cli", "e2", "60", 9)])
+    trio.run(ingest, daemon, [dyno("b-cli", "e1", "3600"), dyno("b-cli", "e2", "60", 9)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
     env |= {"METERD_URL": daemon.api_url, "METERD_TOKEN": daemon.config.api.admin_token}
 
@@ -265,6 +266,15 @@ def test_meterd_explain_prints_the_invoice_and_a_line(daemon: DaemonProcess) -> 
     assert one.returncode == 0, one.stderr
     assert any(" e1 " in ln and "counted" in ln for ln in one.stdout.splitlines())
     assert "--cursor" in one.stderr  # the command for the next page
+    # The re-sent copies: one duplicate per page, and the command for the next one.
+    duplicates = [ln for ln in one.stdout.splitlines() if "duplicate (counted in batch" in ln]
+    [duplicate] = duplicates
+    assert " e1 " in duplicate, one.stdout
+    [audit_next] = [ln for ln in one.stderr.splitlines() if "--audit-cursor" in ln]
+    cursor = audit_next.rsplit("--audit-cursor ", 1)[1].strip("'")
+    two = meterd("--line", "1", "--limit", "1", "--audit-cursor", cursor)
+    assert two.returncode == 0, two.stderr
+    assert any(" e2 " in ln and "duplicate" in ln for ln in two.stdout.splitlines()), two.stdout
     missing = meterd("--line", "9")
     assert missing.returncode == 1
     assert "has no line 9" in missing.stderr

@@ -74,6 +74,19 @@ async def test_account_invoice_lines_and_their_explanation(tmp_path: Path) -> No
         assert duplicate["properties"] == [{"name": "size", "value": "std"}]
         assert (duplicate["code"], duplicate["batchId"]) == (None, 1)
         assert explanation["auditNextCursor"] is not None
+        status, page = await run(
+            b,
+            """query($cursor: String) { account(id: "acme") { invoice(period: "2026-11") {
+                 lines { explanation(limit: 1, auditCursor: $cursor) {
+                   audit { kind id code window } auditNextCursor } } } } }""",
+            cursor=explanation["auditNextCursor"],
+        )
+        assert status == 200, page
+        [line_two] = page["data"]["account"]["invoice"]["lines"]
+        assert line_two["explanation"] == {
+            "audit": [{"kind": "rejected", "id": "b", "code": "id_conflict", "window": DAY[3]}],
+            "auditNextCursor": None,
+        }
         [adj] = explanation["adjustments"]
         assert (adj["id"], adj["kind"], adj["quantity"], adj["by"]) == (
             credit.id,
