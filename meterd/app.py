@@ -52,7 +52,11 @@ class Services:
 
 def build(config: Config) -> Services:
     """Build (not start) the supervision tree for ``config``."""
-    store = Store.at(config.store_path, commit_interval=config.store.commit_interval_ms / 1000)
+    store = Store.at(
+        config.store_path,
+        commit_interval=config.store.commit_interval_ms / 1000,
+        audit_retention_ms=config.dedupe_window_ms,  # docs/accounts.md "Audit trail"
+    )
     accounts = Accounts(
         store,
         config.meters_by_name,

@@ -762,6 +762,33 @@ async def test_audit_rows_commit_or_roll_back_with_their_batch(tmp_path: Path) -
         ]
 
 
+async def test_audit_rows_older_than_the_retention_are_pruned_oldest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "AUDIT_PRUNE_BATCH", 2)
+    path = tmp_path / "s.sqlite3"
+    now = [1_000]
+    writer = Writer(path, commit_interval=0, clock=lambda: now[0], audit_retention_ms=58_000)
+
+    def recorded() -> list[tuple[Any, ...]]:
+        return rows(path, "SELECT event_id, received_at FROM audit ORDER BY audit_id")
+
+    async with running(writer):
+        await writer.append("acme", [ev("a"), ev("b"), ev("c")])
+        await writer.append("acme", [ev("a"), ev("b"), ev("c")])  # 3 duplicates at 1_000
+        now[0] = 5_000
+        await writer.append("acme", [ev("a")])  # young: kept
+        assert [r[0] for r in recorded()] == ["a", "b", "c", "a"]
+        now[0] = 1_000 + writer_module.AUDIT_PRUNE_EVERY_MS  # the next pass is due
+        await writer.append("acme", [ev("d")])
+        assert recorded() == [("c", 1_000), ("a", 5_000)]  # 2 a pass: a full one...
+        await writer.append("acme", [ev("e")])  # ...so the next group goes on
+        assert recorded() == [("a", 5_000)]
+        now[0] += 1  # not due: the last pass found less than a batch
+        await writer.append("acme", [ev("a")])
+        assert [r[0] for r in recorded()] == ["a", "a"]
+
+
 _KILL_IN_COMMIT_SCRIPT = """
 import os, signal, sys, trio
 from meterd.model import Event

@@ -32,9 +32,15 @@ class Store:
         commit_interval: float = 0.002,
         max_pending: int = 10_000,
         read_connections: int = 2,
+        audit_retention_ms: int | None = None,
     ) -> Store:
         return cls(
-            Writer(path, commit_interval=commit_interval, max_pending=max_pending),
+            Writer(
+                path,
+                commit_interval=commit_interval,
+                max_pending=max_pending,
+                audit_retention_ms=audit_retention_ms,
+            ),
             Reader(path, connections=read_connections),
         )
 

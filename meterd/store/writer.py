@@ -36,6 +36,10 @@ Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
 account), becomes an ``audit`` row in the **same** transaction as the batch: it is durable
 when the batch's verdicts are, and a failed or killed transaction leaves neither. The common
 case (a batch of new events, nothing rejected) writes no audit row and does no audit work.
+With ``audit_retention_ms``, a group transaction at most every :data:`AUDIT_PRUNE_EVERY_MS`
+also deletes the oldest audit rows received before ``now - audit_retention_ms`` (at most
+:data:`AUDIT_PRUNE_BATCH` a time, oldest row id first; the next group goes on while a pass
+found a full batch).
 
 Backpressure: :meth:`append`, :meth:`checkpoint` and :meth:`quarantine` wait while
 ``max_pending`` operations are queued or being written. :meth:`submit` never waits and may
@@ -88,6 +92,8 @@ log = structlog.get_logger("meterd.store")
 
 _IN_CHUNK: Final = 500  # keys per "IN (...)" lookup, well under SQLite's variable limit
 ACCOUNT_CACHE: Final = 200_000  # accounts the writer's per-account shortcuts remember
+AUDIT_PRUNE_EVERY_MS: Final = 60_000  # between two pruning passes of the audit trail
+AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +252,8 @@ class Writer:
     ``commit_interval``: under load, the least time (seconds, Trio clock) between the starts
     of two group transactions (see the module doc). ``max_pending``: the backpressure bound
     of the async operations. ``clock``: wall-clock milliseconds for ``received_at`` /
-    ``updated_at`` / ``at`` columns.
+    ``updated_at`` / ``at`` columns. ``audit_retention_ms``: audit rows older than this
+    (by ``received_at``) are pruned (``None``: kept; the daemon passes ``dedupe_window``).
     """
 
     def __init__(
@@ -256,6 +263,7 @@ class Writer:
         commit_interval: float = 0.002,
         max_pending: int = 10_000,
         clock: Callable[[], int] = _wall_ms,
+        audit_retention_ms: int | None = None,
     ) -> None:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
@@ -266,6 +274,8 @@ class Writer:
         self.max_pending = max_pending
         self.stats = WriterStats()
         self._clock = clock
+        self.audit_retention_ms = audit_retention_ms
+        self._next_prune = 0  # writer thread: wall ms of the next audit pruning pass
         self._queue: list[_Op] = []
         self._in_flight = 0
         self._wake: trio.Event | None = None
@@ -562,6 +572,10 @@ class Writer:
                     txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
+            if self.audit_retention_ms is not None and txn.now >= self._next_prune:
+                pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
+                more = pruned == AUDIT_PRUNE_BATCH
+                self._next_prune = txn.now + (0 if more else AUDIT_PRUNE_EVERY_MS)
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
@@ -574,6 +588,23 @@ class Writer:
                     exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
             return _GroupFailed(exc)
         return outcomes
+
+
+def _prune_audit(conn: sqlite3.Connection, before: int) -> int:
+    """Delete the oldest audit rows received before ``before``: the run of such rows at the
+    start of the table (row id order, so a clock that went back delays, never loses, a
+    row), :data:`AUDIT_PRUNE_BATCH` at most. How many were deleted."""
+    oldest = conn.execute(
+        "SELECT audit_id, received_at FROM audit ORDER BY audit_id LIMIT ?", (AUDIT_PRUNE_BATCH,)
+    ).fetchall()
+    last = None
+    for audit_id, received_at in oldest:
+        if received_at >= before:
+            break
+        last = audit_id
+    if last is None:
+        return 0
+    return conn.execute("DELETE FROM audit WHERE audit_id <= ?", (last,)).rowcount
 
 
 def _ignore(outcome: object) -> None:
