@@ -314,6 +314,9 @@ async def test_duplicates_and_rejections_sent_over_the_protocol_show_in_explanat
         )
         ack = await producer.ack(1)
         assert (ack["accepted"], ack["duplicates"]) == (0, 1)
+        # A batch of rejected events only: recorded all the same (in the day's minute 30).
+        await producer.batch(2, [dyno(account, "e", "-2", 30)])
+        assert [r["code"] for r in (await producer.ack(2))["rejected"]] == ["invalid_quantity"]
         assert sorted(r["code"] for r in ack["rejected"]) == [
             "id_conflict",
             "invalid_account",
@@ -340,7 +343,8 @@ async def test_duplicates_and_rejections_sent_over_the_protocol_show_in_explanat
         ),
         "explainLine",
     )
-    [invalid] = rest["audit"]
+    invalid, later = rest["audit"]
+    assert (later["id"], later["window"]) == ("e", DAY)
     assert (invalid["id"], invalid["code"], invalid["time"]) == (
         "c",
         "invalid_quantity",
@@ -359,6 +363,16 @@ async def test_duplicates_and_rejections_sent_over_the_protocol_show_in_explanat
     )
     assert [a["id"] for a in figure["audit"]] == ["b"]
     assert figure["value"] == "5"  # the first copy counts
+    alone = ok(
+        await api.get(
+            f"/v1/accounts/{account}/usage/explanation",
+            params={"meter": "dyno.seconds", "start": DAY + 30 * MINUTE_MS, "window": "minute"},
+        ),
+        "explainUsage",
+    )
+    assert [(a["id"], a["code"], a["seq"]) for a in alone["audit"]] == [
+        ("e", "invalid_quantity", 2)
+    ]
     error = assert_error(
         await api.get(f"{invoice}/lines/1/explanation", params={"audit_cursor": "zz"}),
         400,
