@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from meterd.store import CommitFailed
+
 log = structlog.get_logger("meterd.api")
 
 #: The ``code`` for each status starlette raises by itself.
@@ -87,6 +89,20 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the daemon log has the details")
 
 
+async def _store_failed(request: Request, exc: Exception) -> Response:
+    # A query first checkpoints the account; on a full disk that commit fails.
+    return error_response(
+        503,
+        "store_unavailable",
+        f"the store cannot write, so the account's usage could not be brought up to date: {exc}",
+    )
+
+
 def exception_handlers() -> dict[Any, Any]:
     """Starlette ``exception_handlers`` producing the error shape for every error."""
-    return {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_error,
+        CommitFailed: _store_failed,
+        Exception: _unexpected,
+    }

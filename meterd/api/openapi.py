@@ -21,6 +21,7 @@ _ERROR_STATUSES: Final = {
     "405": "The method is not allowed on this route.",
     "409": "The actor cannot be acted on now.",
     "500": "An unexpected error (the daemon log has the details).",
+    "503": "The store cannot write (a full disk), so the usage could not be brought up to date.",
 }
 
 
@@ -320,7 +321,7 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("Usage"), "Rows for the windows that had usage."),
-                    **_errors("400", "401", "404", "500"),
+                    **_errors("400", "401", "404", "500", "503"),
                 },
             }
         },
