@@ -56,7 +56,7 @@ TIMEOUT = 15.0  # seconds; reached only if something hangs
 @contextlib.contextmanager
 def small_disk(where: Path) -> Iterator[Path]:
     """A tmpfs of ``DISK_BYTES`` mounted at ``where`` (skips the test if not permitted)."""
-    where.mkdir()
+    where.mkdir(parents=True)
     mount = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(where)],
         capture_output=True,
@@ -180,17 +180,17 @@ def api(daemon: DaemonProcess, path: str, **params: Any) -> httpx.Response:
     return httpx.get(f"{daemon.api_url}{path}", params=params, headers=headers, timeout=TIMEOUT)
 
 
+def usage(daemon: DaemonProcess, account: str) -> httpx.Response:
+    """``GET /v1/accounts/{account}/usage`` of the meter, by day, around ``T0``."""
+    range_ = {"from": T0 - DAY_MS, "to": T0 + DAY_MS}
+    return api(daemon, f"/v1/accounts/{account}/usage", meter=METER, window="day", **range_)
+
+
 def totals(daemon: DaemonProcess) -> dict[str, int]:
     """Each account's usage of the meter over the day around ``T0``, from the API."""
     found = {}
     for account in ACCOUNTS:
-        response = api(
-            daemon,
-            f"/v1/accounts/{account}/usage",
-            meter=METER,
-            window="day",
-            **{"from": T0 - DAY_MS, "to": T0 + DAY_MS},
-        )
+        response = usage(daemon, account)
         assert response.status_code == 200, response.text
         found[account] = sum(int(row["value"]) for row in response.json()["rows"])
     return found
@@ -247,7 +247,7 @@ async def stream_until_full(daemon: DaemonProcess, producer: Producer) -> int:
     assert all(number < failed for number in producer.acked)
     error, close = producer.errors[-1]
     assert (error["code"], close) == ("unavailable", 1011), (error, close)
-    assert "full" in error["message"], error
+    assert "database or disk is full" in error["message"], error
     assert daemon.process.poll() is None, "the daemon exited on a full disk"
     failures = logged(daemon, "store_commit_failed")
     assert failures, "no store_commit_failed line in the log"
@@ -259,7 +259,9 @@ async def stream_until_full(daemon: DaemonProcess, producer: Producer) -> int:
 
 
 async def test_a_full_disk_is_refused_and_recovered_without_loss(tmp_path: Path) -> None:
-    with small_disk(tmp_path / "disk") as disk, running_daemon(disk) as daemon:
+    # A long store path: the producer's error message must still end with the reason.
+    deep = tmp_path / "a-store-path-long-enough-to-push-the-reason-out-of-a-short-message"
+    with small_disk(deep / "disk") as disk, running_daemon(disk) as daemon:
         assert daemon.config.billing_path.parent == disk  # the billing database is there too
         filler = fill(disk, HEADROOM)
         producer = Producer(daemon)
@@ -332,16 +334,10 @@ async def test_checkpoints_failing_on_a_full_disk_crash_no_actor(tmp_path: Path)
 
         # Each account tries to hibernate after idle_timeout, fails, and tries again.
         await wait_for_log(daemon, lambda: failed_checkpoints() >= 2 * len(ACCOUNTS))
-        usage = api(
-            daemon,
-            f"/v1/accounts/{ACCOUNTS[0]}/usage",
-            meter=METER,
-            window="day",
-            **{"from": T0 - DAY_MS, "to": T0 + DAY_MS},
-        )
-        assert usage.status_code == 503, usage.text
-        assert usage.json()["error"]["code"] == "store_unavailable", usage.text
-        assert "full" in usage.json()["error"]["message"], usage.text
+        refused = usage(daemon, ACCOUNTS[0])
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "store_unavailable", refused.text
+        assert "full" in refused.json()["error"]["message"], refused.text
         assert api(daemon, "/healthz").status_code == 503
         assert logged(daemon, "child_crashed") == []
         assert set(restarts(daemon).values()) == {0.0}, restarts(daemon)
