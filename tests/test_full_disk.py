@@ -53,19 +53,23 @@ TIMEOUT = 15.0  # seconds; reached only if something hangs
 # --------------------------------------------------------------------------- the disk
 
 
-@contextlib.contextmanager
-def small_disk(where: Path) -> Iterator[Path]:
-    """A tmpfs of ``DISK_BYTES`` mounted at ``where`` (skips the test if not permitted)."""
-    where.mkdir(parents=True)
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of ``DISK_BYTES``, mounted for the test (skips it if mounting is not
+    permitted). A sync fixture, so that the skip keeps its reason (pytest-trio loses it).
+    Its path is long: a producer's error message must still end with the reason."""
+    where = tmp_path / "a-store-path-long-enough-to-push-the-reason-out-of-a-short-message"
+    where.mkdir()
     mount = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(where)],
         capture_output=True,
         text=True,
     )
     if mount.returncode != 0:
+        said = (mount.stderr.strip().splitlines() or [f"mount exited {mount.returncode}"])[0]
         pytest.skip(
-            f"a full disk needs a small filesystem: mounting a tmpfs is not permitted here"
-            f" ({mount.stderr.strip() or f'mount exited {mount.returncode}'}; run as root)"
+            "a full disk needs a small filesystem, and mounting a tmpfs is not permitted"
+            f" here ({said}); run the tests as root"
         )
     try:
         yield where
@@ -258,10 +262,8 @@ async def stream_until_full(daemon: DaemonProcess, producer: Producer) -> int:
     return failed
 
 
-async def test_a_full_disk_is_refused_and_recovered_without_loss(tmp_path: Path) -> None:
-    # A long store path: the producer's error message must still end with the reason.
-    deep = tmp_path / "a-store-path-long-enough-to-push-the-reason-out-of-a-short-message"
-    with small_disk(deep / "disk") as disk, running_daemon(disk) as daemon:
+async def test_a_full_disk_is_refused_and_recovered_without_loss(disk: Path) -> None:
+    with running_daemon(disk) as daemon:
         assert daemon.config.billing_path.parent == disk  # the billing database is there too
         filler = fill(disk, HEADROOM)
         producer = Producer(daemon)
@@ -283,42 +285,38 @@ async def test_a_full_disk_is_refused_and_recovered_without_loss(tmp_path: Path)
     assert integrity(daemon.config.store_path) == "ok"
 
 
-async def test_kill_9_on_a_full_disk_then_a_restart_loses_nothing(tmp_path: Path) -> None:
+async def test_kill_9_on_a_full_disk_then_a_restart_loses_nothing(disk: Path) -> None:
     """``kill -9`` while the disk is full; a restart on the still full disk (it must start:
     the billing database beside the store must not be what fails, and the store answers
     ``unavailable``); ``kill -9`` again; space freed; a restart: nothing lost or doubled."""
-    with small_disk(tmp_path / "disk") as disk:
-        with running_daemon(disk) as daemon:
-            filler = fill(disk, HEADROOM)
-            producer = Producer(daemon)
-            failed = await stream_until_full(daemon, producer)
-            daemon.kill()
-        with running_daemon(disk) as daemon:  # the disk is still full
-            producer.daemon = daemon
-            assert await producer.stream(range(failed + 3), until_error=True) is not None
-            assert producer.errors[-1][0]["code"] == "unavailable", producer.errors[-1]
-            assert api(daemon, "/healthz").status_code == 503
-            daemon.kill()
-        filler.unlink()
-        with running_daemon(disk) as daemon:
-            producer.daemon = daemon
-            assert await producer.stream(range(failed + 3), until_error=False) is None
-            assert totals(daemon) == unique_per_account(failed + 3)
-            assert api(daemon, "/healthz").status_code == 200
-        assert integrity(daemon.config.store_path) == "ok"
-        assert integrity(daemon.config.billing_path) == "ok"
+    with running_daemon(disk) as daemon:
+        filler = fill(disk, HEADROOM)
+        producer = Producer(daemon)
+        failed = await stream_until_full(daemon, producer)
+        daemon.kill()
+    with running_daemon(disk) as daemon:  # the disk is still full
+        producer.daemon = daemon
+        assert await producer.stream(range(failed + 3), until_error=True) is not None
+        assert producer.errors[-1][0]["code"] == "unavailable", producer.errors[-1]
+        assert api(daemon, "/healthz").status_code == 503
+        daemon.kill()
+    filler.unlink()
+    with running_daemon(disk) as daemon:
+        producer.daemon = daemon
+        assert await producer.stream(range(failed + 3), until_error=False) is None
+        assert totals(daemon) == unique_per_account(failed + 3)
+        assert api(daemon, "/healthz").status_code == 200
+    assert integrity(daemon.config.store_path) == "ok"
+    assert integrity(daemon.config.billing_path) == "ok"
 
 
-async def test_checkpoints_failing_on_a_full_disk_crash_no_actor(tmp_path: Path) -> None:
+async def test_checkpoints_failing_on_a_full_disk_crash_no_actor(disk: Path) -> None:
     """Every account holds usage not yet checkpointed when the disk fills up for good (the
     WAL emptied into the database, then not a byte free: every commit needs new space).
     Hibernation and usage queries then cannot checkpoint: each actor logs it and stays
     up. (Before: each one crashed, restarted, replayed its journal and crashed again, and
     the restarts soon exhausted the ``meters`` supervisor and escalated.)"""
-    with (
-        small_disk(tmp_path / "disk") as disk,
-        running_daemon(disk, checkpoint_interval=3600, idle_timeout=1.0) as daemon,
-    ):
+    with running_daemon(disk, checkpoint_interval=3600, idle_timeout=1.0) as daemon:
         producer = Producer(daemon)
         assert await producer.stream(range(6), until_error=False) is None
         connection = sqlite3.connect(daemon.config.store_path)
