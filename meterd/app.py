@@ -65,8 +65,6 @@ def build(config: Config) -> Services:
     )
     ingest = IngestServer(config, accounts)
     metrics = Metrics()
-    daemon = Daemon(config, accounts, store, ingest, metrics)
-    api = ApiServer(daemon)
     billing = Billing(  # its database (beside the store) is opened by serve()
         accounts,
         BillingDB(config.billing_path),
@@ -74,6 +72,8 @@ def build(config: Config) -> Services:
         currency=config.billing.currency,
         amount_places=config.billing.amount_places,
     )
+    daemon = Daemon(config, accounts, store, ingest, metrics, billing=billing)
+    api = ApiServer(daemon)
     root = sv.Supervisor(
         [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec(), api.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,

@@ -272,3 +272,22 @@ async def test_a_full_mailbox_delays_delivery_in_order_and_counts_exactly(tmp_pa
         await settled(accounts)
         assert accounts.budget.used == 0
         assert not accounts.backlogged("acme")
+
+
+async def test_both_paths_keep_commit_order_behind_a_full_mailbox(tmp_path: Path) -> None:
+    """``Accounts.ingest`` completions and ``Accounts.submit`` deliveries of one account
+    reach its actor in commit order even while its mailbox is full (an overtaking later
+    batch would make the actor skip an earlier one as already applied)."""
+    async with running(tmp_path, mailbox_size=2) as accounts:
+        await accounts.ingest("acme", [dyno("acme", "warm", "1")])
+        reports = [Reports() for _ in range(40)]
+        async with trio.open_nursery() as nursery:
+            for n, report in enumerate(reports):
+                accounts.submit([("acme", [dyno("acme", f"s{n}", "1")])], report)
+                nursery.start_soon(accounts.ingest, "acme", [dyno("acme", f"c{n}", "10")])
+        for report in reports:
+            await report.done.wait()
+        assert accounts.overflows >= 1
+        assert await hourly(accounts, "acme") == [(0, "441", None)]  # 1 + 40 x 1 + 40 x 10
+        await settled(accounts)
+        assert not accounts.backlogged("acme")

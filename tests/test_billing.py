@@ -422,3 +422,19 @@ async def test_an_invoice_renders_with_its_closing_and_restatements(tmp_path: Pa
         assert any(ln.startswith("    cause: usage changed") for ln in lines)
         why = "usage 100 -> 150, quantity 100 -> 150, amount 1 -> 1.5"
         assert f"    dyno.seconds from 2026-11-01: {why}" in lines
+
+
+def test_loading_the_config_does_not_load_the_billing_service_or_graphql() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, meterd.config, meterd.billing; "
+        "heavy = [m for m in ('ariadne', 'graphql', 'meterd.billing._service', 'trio')"
+        " if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "meterd.billing.Billing; "  # the lazy name still resolves
+        "assert 'meterd.billing._service' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

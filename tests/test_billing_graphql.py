@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from meterd.billing import BillingGraphQL
+from meterd.billing._service import GRAPHQL_THREADS
 from meterd.model import HOUR_MS, Event
 from tests.test_billing import DAY, NOV, PEAK, adjust, billing, dyno, ingest
 
@@ -97,6 +100,7 @@ async def test_usage_and_usage_explanation(tmp_path: Path) -> None:
 
 async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
     async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
         status, result = await run(
             b, '{ account(id: "acme") { invoice(period: "2026-13") { total } } }'
         )
@@ -108,6 +112,24 @@ async def test_errors_carry_a_code_and_name_the_field(tmp_path: Path) -> None:
             b, '{ account(id: "acme") { usage(meter: "nope", from: 0, to: 1) { value } } }'
         )
         assert result["errors"][0]["extensions"]["code"] == "unknown_meter"
+        status, result = await run(b, '{ account(id: "nobody") { id } }')
+        assert result["errors"][0]["extensions"]["code"] == "unknown_account"
         status, result = await run(b, "{ account { id } }")  # invalid query: the request fails
         assert status == 400
         assert "id" in result["errors"][0]["message"]
+
+
+async def test_more_queries_than_threads_all_complete(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1))
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def one() -> None:
+            answers.append(await run(b, INVOICE, account="acme", period=str(NOV)))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3 * GRAPHQL_THREADS):
+                    nursery.start_soon(one)
+        assert len(answers) == 12
+        assert {a[1]["data"]["account"]["invoice"]["total"] for a in answers} == {"1.00"}

@@ -817,6 +817,31 @@ async def test_a_failed_commit_is_unavailable_and_nothing_is_acknowledged(
     assert _restarts(services, "ingest") == 0
 
 
+async def test_a_failure_preparing_an_ack_ends_the_batch_unavailable_not_hung(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ack is built in the writer's commit callback: a bug there must still end the
+    batch (``unavailable``), give its budget back and leave the server serving."""
+    import meterd.ingest.server as server_module
+
+    def broken(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("injected ack bug")
+
+    monkeypatch.setattr(server_module, "ack_frame", broken)
+    async with connect(services) as client:
+        await client.batch(1, [ev("a1")])
+        error = await client.error("unavailable")
+        assert await client.close_code() == 1011
+    assert "injected ack bug" in error["message"]
+    assert services.accounts.budget.used == 0
+    monkeypatch.undo()
+    async with connect(services) as client:  # re-sent: it was durable, so a duplicate
+        await client.batch(1, [ev("a1")])
+        ack = await client.ack(1)
+    assert (ack["accepted"], ack["duplicates"]) == (0, 1)
+    assert await total(services, "acme") == "1"
+
+
 async def test_shutdown_acknowledges_what_was_read_then_closes(
     services: Services, gate: Gate
 ) -> None:

@@ -404,6 +404,7 @@ class Campaign:
     seed: int
     events: int
     mix_lanes: bool
+    batch_path: bool = False  # the driver ingests through Accounts.submit (as the server does)
     rng: random.Random = field(init=False)
     log: Path = field(init=False)
     history: list[str] = field(default_factory=list)
@@ -420,7 +421,7 @@ class Campaign:
         where = "\n".join(self.history[-12:])
         pytest.fail(
             f"{message}\n--- campaign METERD_KILL9_SEED={self.seed} "
-            f"(mix_lanes={self.mix_lanes}), last rounds:\n{where}"
+            f"(mix_lanes={self.mix_lanes}, batch_path={self.batch_path}), last rounds:\n{where}"
             f"\n--- drivers' stderr (tail of {self.log}):\n{log_tail(self.log)}",
             pytrace=False,
         )
@@ -451,6 +452,8 @@ class Campaign:
     def driver_args(self, stream: Stream, start: int) -> list[str]:
         args = ["--config", str(stream.config), "--seed", str(stream.seed)]
         args += ["--events", str(self.events), "--start", str(start)]
+        if self.batch_path:
+            args.append("--batch-path")
         return [*args, "--mix-lanes"] if self.mix_lanes else args
 
     def take(self, stream: Stream, line: str) -> str:
@@ -596,6 +599,22 @@ async def test_acknowledged_events_survive_kill_9_and_nothing_counts_twice(
     print(
         f"kill -9 campaign {campaign.seed}: {campaign.kills} kills, {campaign.streams} streams,"
         f" {campaign.checks} usage checks, {campaign.acks} acks read"
+    )
+
+
+async def test_kill_9_on_the_batch_path_loses_nothing_and_counts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The same campaign through ``Accounts.submit`` (what the websocket server uses): the
+    ack comes at commit and the actors apply after it, so kills land between the two."""
+    rounds = soak_rounds() or ROUNDS
+    campaign = Campaign(tmp_path, campaign_seed(), EVENTS, mix_lanes=False, batch_path=True)
+    await campaign.run(rounds)
+    assert campaign.kills >= rounds
+    assert campaign.checks > campaign.streams
+    print(
+        f"kill -9 batch-path campaign {campaign.seed}: {campaign.kills} kills,"
+        f" {campaign.streams} streams, {campaign.checks} usage checks, {campaign.acks} acks read"
     )
 
 

@@ -57,9 +57,9 @@ def meterd_send(
 ) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("METERD_")}
     if token is not None:
-        env["METERD_TOKEN"] = token
+        env["METERD_PRODUCER_TOKEN"] = token
     if url is not None:
-        env["METERD_URL"] = url
+        env["METERD_INGEST_URL"] = url
     return subprocess.run(
         [*send_command(), *args],
         input=stdin,
@@ -200,6 +200,6 @@ def test_no_daemon_exits_2_after_giving_up(tmp_path: Path) -> None:
 def test_missing_token_or_config_exits_2(tmp_path: Path) -> None:
     source = write(tmp_path / "m.jsonl", [line("m1", "miss")])
     result = meterd_send(str(source), "--url", "ws://127.0.0.1:1")
-    assert_one_sentence(result, "no token", "METERD_TOKEN")
+    assert_one_sentence(result, "no token", "METERD_PRODUCER_TOKEN")
     result = meterd_send(str(source), "--config", str(tmp_path / "none.toml"), token="t")
-    assert_one_sentence(result, "no --url or METERD_URL", "no such config file")
+    assert_one_sentence(result, "no --url or METERD_INGEST_URL", "no such config file")

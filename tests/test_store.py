@@ -394,6 +394,24 @@ def test_a_batch_operation_decides_exactly_like_one_append_per_account(
     assert one == each
 
 
+async def test_the_writers_account_shortcuts_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "ACCOUNT_CACHE", 2)
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path, commit_interval=0)) as writer:
+        for attempt in range(3):
+            for n in range(5):
+                account = f"acct{n}"
+                result = await writer.append(account, [ev(f"e{attempt}", account)])
+                assert result.accepted == [0]
+            assert len(writer._buckets) <= 3
+            assert len(writer._known_accounts) <= 3
+        again = await writer.append("acct0", [ev("e0", "acct0"), ev("e9", "acct0")])
+        assert again.duplicates == [0]  # dedupe does not depend on the shortcuts
+    assert rows(path, "SELECT count(*) FROM accounts") == [(5,)]
+
+
 async def test_a_batch_operation_checks_its_groups(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "s.sqlite3")
     with pytest.raises(ValueError, match="of account 'globex', submitted for account 'acme'"):

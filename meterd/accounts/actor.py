@@ -233,7 +233,9 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.next_token += 1
         self.pending[token] = _Pending(caller, fresh, positions, verdict)
         self.accounts.store.writer.submit(
-            self.account, fresh, lambda result: self.post_self(("durable", token, result))
+            self.account,
+            fresh,
+            lambda result: self.accounts.post_in_order(self, ("durable", token, result)),
         )
         return sv.NOREPLY
 

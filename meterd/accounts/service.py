@@ -90,8 +90,9 @@ class Accounts:
         )
         self.fault_hook: Callable[[Event], None] = _no_fault
         self.budget = EventBudget(max_in_flight_events)
-        # Deliveries waiting for room in a full mailbox, per account, in commit order.
-        self._overflow: dict[str, deque[tuple[int, list[Event]]]] = {}
+        # Messages waiting for room in a full mailbox, per account, in commit order:
+        # (message, events it holds budget for, the one actor it is for or None for any).
+        self._overflow: dict[str, deque[tuple[Any, int, sv.ActorRef[Any, Any] | None]]] = {}
         self._drained: dict[str, trio.Event] = {}
         self._waking: set[str] = set()
         # Accounts whose last actor crashed and whose next one has not recovered yet: an
@@ -179,9 +180,10 @@ class Accounts:
 
     def _deliver(self, account: str, batch_id: int, events: list[Event]) -> None:
         """Hand committed journal batch ``batch_id`` of ``account`` to its actor."""
+        message = ("apply", batch_id, events)
         overflow = self._overflow.get(account)
         if overflow is not None:  # keep the commit order behind what waits already
-            overflow.append((batch_id, events))
+            overflow.append((message, len(events), None))
             self.budget.take_for(account, len(events))
             return
         ref = self.registry.whereis(account)
@@ -190,14 +192,27 @@ class Accounts:
             # and the next incarnation replays it. Wake one, so that it does soon.
             self._wake(account)
             return
-        if ref.try_send(("apply", batch_id, events)):
+        if ref.try_send(message):
             self.budget.take_for(account, len(events))
             return
         self.overflows += 1
-        self._overflow[account] = deque([(batch_id, events)])
+        self._overflow[account] = deque([(message, len(events), None)])
         self._drained[account] = trio.Event()
         self.budget.take_for(account, len(events))
         self._jobs_in.send_nowait(("pump", account))
+
+    def post_in_order(self, actor: MeterActor, message: Any) -> None:
+        """``actor.post_self(message)``, but behind the account's overflow if it has one.
+
+        For the completions of :meth:`ingest` calls (an actor's own writer submissions),
+        which are resolved in commit order like deliveries and must reach the actor in
+        that order too. Dropped if ``actor`` is not the account's actor when its turn comes
+        (its callers were failed when it stopped)."""
+        overflow = self._overflow.get(actor.account)
+        if overflow is None:
+            actor.post_self(message)
+        else:
+            overflow.append((message, 0, actor.ref))
 
     def _wake(self, account: str) -> None:
         if account not in self._waking:
@@ -236,14 +251,15 @@ class Accounts:
                 ref = self.registry.whereis(account)
                 if ref is None:
                     break  # stopped: its successor replays the rest from the journal
-                batch_id, events = overflow[0]
-                await ref.send(("apply", batch_id, events))  # dropped if it dies meanwhile
+                message, _, target = overflow[0]
+                if target is None or target is ref:
+                    await ref.send(message)  # dropped if it dies meanwhile
                 overflow.popleft()
         finally:
             del self._overflow[account]
             self._drained.pop(account).set()
             if overflow:
-                self.budget.give_for(account, sum(len(events) for _, events in overflow))
+                self.budget.give_for(account, sum(events for _, events, _ in overflow))
                 self._wake(account)
 
     async def checkpoint(self, account: str) -> None:

@@ -17,9 +17,10 @@ MAX_MS: Final = 2**63 - 1
 _ERROR_STATUSES: Final = {
     "400": "A parameter is missing or wrong (``error.parameter`` names it).",
     "401": "The admin token is missing or wrong.",
-    "404": "The account, meter or actor is unknown, or no such route.",
+    "404": "The account, meter, actor, event or invoice line is unknown, or no such route.",
     "405": "The method is not allowed on this route.",
-    "409": "The actor cannot be acted on now.",
+    "409": "The actor cannot be acted on now; or a billing conflict (already void, already"
+    " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
     "503": "The store cannot write (a full disk), so the usage could not be brought up to date.",
 }
@@ -246,6 +247,424 @@ def _actor_operation(action: str, summary: str) -> dict[str, Any]:
     }
 
 
+# ---- billing (docs/billing.md) -------------------------------------------------------------
+
+_DECIMAL: Final = {"type": "string", "description": "An exact decimal."}
+_DIMENSIONS: Final = {"type": "object", "additionalProperties": {"type": "string"}}
+_TIME: Final = {"type": "integer", "description": "Unix ms."}
+
+_WINDOW: Final = {
+    "name": "window",
+    "in": "query",
+    "required": False,
+    "description": "Granularity (default hour).",
+    "schema": {"type": "string", "enum": ["minute", "hour", "day"]},
+}
+
+_PERIOD: Final = {
+    "name": "period",
+    "in": "path",
+    "required": True,
+    "description": "A calendar month, UTC, written YYYY-MM (2026-11).",
+    "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+}
+
+
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: every property required but the ``optional`` ones."""
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+_LINE_PROPERTIES: Final = {
+    "number": {"type": "integer", "minimum": 1},
+    "meter": {"type": "string"},
+    "dimensions": _DIMENSIONS,
+    "start": _TIME,
+    "end": _TIME,
+    "usage": _DECIMAL,
+    "adjusted": _DECIMAL,
+    "quantity": _DECIMAL,
+    "unit_price": _DECIMAL,
+    "amount": _DECIMAL,
+    "rule": {"type": "string"},
+    "capped": {"type": "boolean"},
+    "adjustments": {"type": "array", "items": {"type": "integer"}},
+}
+
+_BILLING_SCHEMAS: Final[dict[str, Any]] = {
+    "InvoiceLine": _object(_LINE_PROPERTIES),
+    "Unpriced": _object(
+        {
+            "meter": {"type": "string"},
+            "dimensions": _DIMENSIONS,
+            "start": _TIME,
+            "end": _TIME,
+            "usage": _DECIMAL,
+        },
+    ),
+    "LineChange": _object(
+        {
+            "meter": {"type": "string"},
+            "start": _TIME,
+            "old": {"oneOf": [_ref("InvoiceLine"), {"type": "null"}]},
+            "new": {"oneOf": [_ref("InvoiceLine"), {"type": "null"}]},
+            "difference": _DECIMAL,
+            "why": {"type": "array", "items": {"type": "string"}},
+        },
+    ),
+    "Restatement": _object(
+        {
+            "id": {"type": "integer"},
+            "account": {"type": "string"},
+            "period": {"type": "string"},
+            "at": _TIME,
+            "causes": {"type": "array", "items": {"type": "string"}},
+            "old_total": _DECIMAL,
+            "new_total": _DECIMAL,
+            "difference": _DECIMAL,
+            "changes": {"type": "array", "items": _ref("LineChange")},
+        },
+    ),
+    "Invoice": _object(
+        {
+            "account": {"type": "string"},
+            "period": {"type": "string"},
+            "currency": {"type": "string"},
+            "status": {"type": "string", "enum": ["open", "closed"]},
+            "lines": {"type": "array", "items": _ref("InvoiceLine")},
+            "unpriced": {"type": "array", "items": _ref("Unpriced")},
+            "total": _DECIMAL,
+            "closed": _object({"by": {"type": "string"}, "at": _TIME, "total": _DECIMAL}),
+            "restatements": {"type": "array", "items": _ref("Restatement")},
+        },
+        optional=("closed", "restatements"),
+    ),
+    "Restatements": _object({"restatements": {"type": "array", "items": _ref("Restatement")}}),
+    "Adjustment": _object(
+        {
+            "id": {"type": "integer"},
+            "account": {"type": "string"},
+            "meter": {"type": "string"},
+            "start": _TIME,
+            "end": _TIME,
+            "dimensions": _DIMENSIONS,
+            "kind": {"type": "string", "enum": ["credit", "debit"]},
+            "quantity": _DECIMAL,
+            "by": {"type": "string"},
+            "at": _TIME,
+            "reason": {"type": "string"},
+        },
+    ),
+    "Void": _object(
+        {
+            "id": {"type": "integer"},
+            "account": {"type": "string"},
+            "event_id": {"type": "string"},
+            "meter": {"type": "string"},
+            "time": _TIME,
+            "dimensions": _DIMENSIONS,
+            "quantity": _DECIMAL,
+            "by": {"type": "string"},
+            "at": _TIME,
+            "reason": {"type": "string"},
+        },
+    ),
+    "AdjustmentRecorded": _object(
+        {
+            "adjustment": _ref("Adjustment"),
+            "restatement": {"oneOf": [_ref("Restatement"), {"type": "null"}]},
+        },
+    ),
+    "VoidRecorded": _object(
+        {"void": _ref("Void"), "restatement": {"oneOf": [_ref("Restatement"), {"type": "null"}]}},
+    ),
+    "Adjustments": _object({"adjustments": {"type": "array", "items": _ref("Adjustment")}}),
+    "Voids": _object({"voids": {"type": "array", "items": _ref("Void")}}),
+    "Closure": _object(
+        {
+            "period": {"type": "string"},
+            "by": {"type": "string"},
+            "at": _TIME,
+            "accounts": {"type": "integer", "minimum": 0},
+        },
+    ),
+    "WindowFigure": _object({"start": _TIME, "end": _TIME, "value": _DECIMAL}),
+    "ExplainedEvent": _object(
+        {
+            "id": {"type": "string"},
+            "meter": {"type": "string"},
+            "time": _TIME,
+            "quantity": _DECIMAL,
+            "properties": _DIMENSIONS,
+            "producer": {"type": "string"},
+            "received_at": _TIME,
+            "window": _TIME,
+            "status": {"type": "string", "enum": ["counted", "voided", "quarantined"]},
+            "void": {"type": ["integer", "null"]},
+        },
+    ),
+    "Explanation": _object(
+        {
+            "account": {"type": "string"},
+            "meter": {"type": "string"},
+            "start": _TIME,
+            "end": _TIME,
+            "filter": _DIMENSIONS,
+            "value": _DECIMAL,
+            "line": {"oneOf": [_ref("InvoiceLine"), {"type": "null"}]},
+            "windows": {"type": "array", "items": _ref("WindowFigure")},
+            "events": {"type": "array", "items": _ref("ExplainedEvent")},
+            "next_cursor": {"type": ["string", "null"]},
+            "adjustments": {"type": "array", "items": _ref("Adjustment")},
+            "voids": {"type": "array", "items": _ref("Void")},
+            "notes": {"type": "array", "items": {"type": "string"}},
+        },
+    ),
+    "GraphQLRequest": {
+        "type": "object",
+        "required": ["query"],
+        "properties": {
+            "query": {"type": "string"},
+            "variables": {"type": ["object", "null"]},
+            "operationName": {"type": ["string", "null"]},
+        },
+    },
+    "GraphQLResponse": {
+        "type": "object",
+        "properties": {
+            "data": {"type": ["object", "null"]},
+            "errors": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+
+
+def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _admin(
+    method: str,
+    operation_id: str,
+    summary: str,
+    parameters: list[Any],
+    answers: dict[str, Any],
+    errors: tuple[str, ...],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One admin operation of billing support."""
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": [{"admin": []}],
+        "parameters": parameters,
+        "responses": {**answers, **_errors(*errors)},
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    return {method: operation}
+
+
+_READ_ERRORS: Final = ("400", "401", "404", "500")
+_TEXT_FIELD: Final = {"type": "string", "minLength": 1, "maxLength": 1000}
+_LINE: Final = {
+    "name": "line",
+    "in": "path",
+    "required": True,
+    "description": "The line number, from 1.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+}
+_EVENT: Final = {
+    "name": "event",
+    "in": "path",
+    "required": True,
+    "description": "The event id.",
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
+_PAGE: Final = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "Events per page (default 100).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_LIMIT},
+    },
+    _text("cursor", "next_cursor of the previous page."),
+]
+_ADJUSTMENT_BODY: Final = _object(
+    {
+        "meter": {"type": "string", "minLength": 1},
+        "start": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_MS,
+            "description": "Unix ms, aligned to window.",
+        },
+        "window": {
+            "type": "string",
+            "enum": ["minute", "hour", "day"],
+            "description": "Default day.",
+        },
+        "dimensions": _DIMENSIONS,
+        "kind": {"type": "string", "enum": ["credit", "debit"]},
+        "quantity": {"type": "string", "description": "A decimal > 0, digits only."},
+        "by": _TEXT_FIELD,
+        "reason": _TEXT_FIELD,
+    },
+)
+_VOID_BODY: Final = _object(
+    {
+        "by": _TEXT_FIELD,
+        "reason": _TEXT_FIELD,
+        "period": {
+            "type": "string",
+            "pattern": "^[0-9]{4}-[0-9]{2}$",
+            "description": "Search the event in this month only.",
+        },
+    },
+)
+
+
+def _billing_paths() -> dict[str, Any]:
+    invoice = "/v1/accounts/{account}/invoices/{period}"
+    explanation = {"200": _json(_ref("Explanation"), "The explanation, one page.")}
+    return {
+        invoice: _admin(
+            "get",
+            "invoice",
+            "An account's invoice for a month: lines and total; closing and restatements"
+            " when closed (a changed rating of a closed month is restated first).",
+            [_ACCOUNT, _PERIOD],
+            {"200": _json(_ref("Invoice"), "The invoice.")},
+            _READ_ERRORS,
+        ),
+        f"{invoice}/restatements": _admin(
+            "get",
+            "restatements",
+            "The restatements of a closed month, oldest first.",
+            [_ACCOUNT, _PERIOD],
+            {"200": _json(_ref("Restatements"), "Restatements.")},
+            _READ_ERRORS,
+        ),
+        f"{invoice}/lines/{{line}}/explanation": _admin(
+            "get",
+            "explainLine",
+            "An invoice line down to its windows and (paged) events, with the adjustments"
+            " and voids on it.",
+            [_ACCOUNT, _PERIOD, _LINE, *_PAGE],
+            explanation,
+            _READ_ERRORS,
+        ),
+        "/v1/accounts/{account}/usage/billed": _admin(
+            "get",
+            "billedUsage",
+            "Usage as billed: like /usage, with voided events taken out and adjustments"
+            " added in the window they start in.",
+            [
+                _ACCOUNT,
+                _text("meter", "The meter.", required=True),
+                _millis("from", "Inclusive, Unix ms (aligned down).", required=True),
+                _millis("to", "Exclusive, Unix ms (aligned down); >= from.", required=True),
+                _WINDOW,
+                _text("group_by", "A dimension of the meter."),
+            ],
+            {"200": _json(_ref("Usage"), "Rows for the windows that had usage.")},
+            _READ_ERRORS,
+        ),
+        "/v1/accounts/{account}/usage/explanation": _admin(
+            "get",
+            "explainUsage",
+            "One usage figure (a window, optionally one group value) down to its events,"
+            " with voids applied and adjustments added.",
+            [
+                _ACCOUNT,
+                _text("meter", "The meter.", required=True),
+                _millis("start", "The window's start (aligned down).", required=True),
+                _WINDOW,
+                _text("group_by", "A dimension of the meter (with group)."),
+                _text("group", "That dimension's value (with group_by)."),
+                *_PAGE,
+            ],
+            explanation,
+            _READ_ERRORS,
+        ),
+        "/v1/accounts/{account}/adjustments": {
+            **_admin(
+                "get",
+                "adjustments",
+                "Adjustments whose window starts in [from, to), oldest first.",
+                [
+                    _ACCOUNT,
+                    _text("meter", "Only this meter's."),
+                    _millis("from", "Inclusive (default 0).", required=False),
+                    _millis("to", "Exclusive (default 2^63-1).", required=False),
+                ],
+                {"200": _json(_ref("Adjustments"), "Adjustments.")},
+                _READ_ERRORS,
+            ),
+            **_admin(
+                "post",
+                "adjust",
+                "Credit or debit a quantity on a summed meter, a window and dimension values"
+                " (append-only; a closed month is restated at once).",
+                [_ACCOUNT],
+                {"201": _json(_ref("AdjustmentRecorded"), "Recorded.")},
+                _READ_ERRORS,
+                _body(_ADJUSTMENT_BODY, "The adjustment."),
+            ),
+        },
+        "/v1/accounts/{account}/voids": _admin(
+            "get",
+            "voids",
+            "The account's voided events, oldest void first.",
+            [_ACCOUNT],
+            {"200": _json(_ref("Voids"), "Voids.")},
+            ("401", "500"),
+        ),
+        "/v1/accounts/{account}/events/{event}/void": _admin(
+            "post",
+            "voidEvent",
+            "Take one event out of billed usage (it stays in the journal; a closed month is"
+            " restated at once).",
+            [_ACCOUNT, _EVENT],
+            {"201": _json(_ref("VoidRecorded"), "Recorded.")},
+            ("400", "401", "404", "409", "500"),
+            _body(_VOID_BODY, "Who and why."),
+        ),
+        "/v1/periods/{period}/close": _admin(
+            "post",
+            "closePeriod",
+            "Close a finished month for every account: its figures become final.",
+            [_PERIOD],
+            {"200": _json(_ref("Closure"), "Closed.")},
+            ("400", "401", "409", "500"),
+            _body(_object({"by": _TEXT_FIELD}), "Who closes it."),
+        ),
+        "/v1/graphql": _admin(
+            "post",
+            "graphql",
+            "GraphQL over billing: account -> usage, invoices, lines -> explanation (schema:"
+            " meterd.billing.SDL).",
+            [],
+            {
+                "200": _json(_ref("GraphQLResponse"), "Executed (field errors in errors)."),
+                "400": _json(_ref("GraphQLResponse"), "Not executable (parse, validation)."),
+            },
+            ("401", "500"),
+            _body(_ref("GraphQLRequest"), "A GraphQL request."),
+        ),
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/healthz": {
@@ -368,6 +787,7 @@ def _paths() -> dict[str, Any]:
         "/v1/actors/{actor}/kill": _actor_operation(
             "kill", "Kill the actor abruptly; its supervisor handles it as a crash."
         ),
+        **_billing_paths(),
     }
 
 
@@ -386,7 +806,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": _paths(),
         "components": {
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_BILLING_SCHEMAS},
             "responses": {
                 f"E{status}": _json(_ref("Error"), description)
                 for status, description in _ERROR_STATUSES.items()

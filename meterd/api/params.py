@@ -8,6 +8,8 @@ from typing import Final, TypeVar
 
 from starlette.datastructures import QueryParams
 
+from meterd.model import Window
+
 from .errors import bad_parameter
 
 E = TypeVar("E", bound=Enum)
@@ -54,6 +56,13 @@ class Query:
         """A time in integer Unix milliseconds (0 to 2**63-1)."""
         return self.integer(name, low=0, high=MAX_MS, default=default)
 
+    def span(self) -> tuple[int, int]:
+        """Optional ``from`` (default 0) and ``to`` (default 2**63-1), ``from <= to``."""
+        from_ms = self.millis("from", default=0)
+        to_ms = self.millis("to", default=MAX_MS)
+        check_range(from_ms, to_ms)
+        return from_ms, to_ms
+
     def choice(self, name: str, kind: type[E], default: E) -> E:
         text = self.text(name)
         if text is None:
@@ -76,3 +85,16 @@ def check_known(params: QueryParams, allowed: frozenset[str]) -> None:
 def check_range(from_ms: int, to_ms: int) -> None:
     if from_ms > to_ms:
         raise bad_parameter("from", f"must not be after 'to' ({from_ms} > {to_ms})")
+
+
+def usage_query(params: QueryParams) -> tuple[str, int, int, Window, str | None]:
+    """``(meter, from, to, window, group_by)`` of a usage request (``/usage``,
+    ``/usage/billed``): ``meter``, ``from``, ``to`` required, ``window`` default hour."""
+    query = Query(params)
+    meter_name = query.required("meter")
+    from_ms = query.millis("from")
+    to_ms = query.millis("to")
+    window = query.choice("window", Window, Window.HOUR)
+    group_by = query.text("group_by")
+    check_range(from_ms, to_ms)
+    return meter_name, from_ms, to_ms, window, group_by

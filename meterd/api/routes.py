@@ -27,18 +27,20 @@ from starlette.routing import Route
 
 import supervisors as sv
 from meterd.config import Config
-from meterd.model import Event, Meter, Window, canonical_quantity
+from meterd.model import Event, Meter, canonical_quantity
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
+from . import billing
 from .auth import require_admin
 from .errors import ApiError, bad_parameter, exception_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import openapi_document
-from .params import MAX_MS, Query, check_known, check_range
+from .params import Query, check_known, usage_query
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
+    from meterd.billing import Billing
     from meterd.ingest.server import IngestServer
     from meterd.store import Store
 
@@ -60,12 +62,23 @@ class Daemon:
     metrics: Metrics
     root: sv.Supervisor | None = None
     api_child_id: Hashable = "api"
+    billing: Billing | None = None
 
     @property
     def tree(self) -> sv.Supervisor:
         if self.root is None:
             raise RuntimeError("the API is not attached to a tree")
         return self.root
+
+    async def known_account(self, account: str) -> None:
+        """404 unless the store (or a running actor) has seen ``account``.
+
+        Checked before anything wakes the account: a query must not start actors for
+        accounts that do not exist.
+        """
+        if account in self.accounts.registry or await self.store.reader.has_account(account):
+            return
+        raise ApiError(404, "unknown_account", f"no account {account!r} is known to the store")
 
 
 # ---- unauthenticated ------------------------------------------------------------------
@@ -125,33 +138,16 @@ def _meter(daemon: Daemon, name: str) -> Meter:
     return meter
 
 
-async def _known_account(daemon: Daemon, account: str) -> None:
-    """404 unless the store (or a running actor) has seen ``account``.
-
-    Checked before anything wakes the account: a query must not start actors for
-    accounts that do not exist.
-    """
-    if account in daemon.accounts.registry or await daemon.store.reader.has_account(account):
-        return
-    raise ApiError(404, "unknown_account", f"no account {account!r} is known to the store")
-
-
 async def usage(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter_name = query.required("meter")
-    from_ms = query.millis("from")
-    to_ms = query.millis("to")
-    window = query.choice("window", Window, Window.HOUR)
-    group_by = query.text("group_by")
-    check_range(from_ms, to_ms)
+    meter_name, from_ms, to_ms, window, group_by = usage_query(request.query_params)
     meter = _meter(daemon, meter_name)
     if group_by is not None and group_by not in meter.dimensions:
         dims = ", ".join(meter.dimensions) or "none"
         raise bad_parameter(
             "group_by", f"must be a dimension of meter {meter.name!r} ({dims}), not {group_by!r}"
         )
-    await _known_account(daemon, account)
+    await daemon.known_account(account)
     rows = await daemon.accounts.usage(account, meter, from_ms, to_ms, window, group_by)
     body = {
         "account": account,
@@ -185,14 +181,12 @@ async def events(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
     query = Query(request.query_params)
     meter_name = query.text("meter")
-    from_ms = query.millis("from", default=0)
-    to_ms = query.millis("to", default=MAX_MS)
+    from_ms, to_ms = query.span()
     limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_EVENTS_LIMIT)
     cursor = query.text("cursor")
-    check_range(from_ms, to_ms)
     if meter_name is not None:
         _meter(daemon, meter_name)
-    await _known_account(daemon, account)
+    await daemon.known_account(account)
     try:
         page = await daemon.store.reader.events(account, meter_name, from_ms, to_ms, limit, cursor)
     except InvalidCursor as error:
@@ -308,15 +302,56 @@ def _route(
     *,
     params: frozenset[str] = frozenset(),
     admin: bool = True,
+    post: Callable[[Daemon, Request], Awaitable[Response]] | None = None,
 ) -> Route:
+    """``handler`` for ``method`` on ``path`` (and ``post`` for POST on the same path: one
+    route per path, so a 405 lists every method the path has)."""
+
     async def endpoint(request: Request) -> Response:
         if admin:
             require_admin(request, daemon.config.api)
+        if post is not None and request.method == "POST":
+            check_known(request.query_params, frozenset())
+            return await post(daemon, request)
         check_known(request.query_params, params)
         return await handler(daemon, request)
 
     endpoint.__name__ = handler.__name__
-    return Route(path, endpoint, methods=[method])
+    return Route(path, endpoint, methods=[method] if post is None else [method, "POST"])
+
+
+def _billing_routes(daemon: Daemon) -> list[Route]:
+    """Billing support (docs/billing.md, :mod:`.billing`)."""
+    invoice = "/v1/accounts/{account}/invoices/{period}"
+    page = frozenset({"limit", "cursor"})
+    usage_params = frozenset({"meter", "from", "to", "window", "group_by"})
+    return [
+        _route(daemon, invoice, billing.invoice),
+        _route(daemon, f"{invoice}/restatements", billing.restatements),
+        _route(
+            daemon, f"{invoice}/lines/{{line}}/explanation", billing.line_explanation, params=page
+        ),
+        _route(
+            daemon,
+            "/v1/accounts/{account}/usage/explanation",
+            billing.usage_explanation,
+            params=page | {"meter", "start", "window", "group_by", "group"},
+        ),
+        _route(
+            daemon, "/v1/accounts/{account}/usage/billed", billing.billed_usage, params=usage_params
+        ),
+        _route(
+            daemon,
+            "/v1/accounts/{account}/adjustments",
+            billing.adjustments,
+            params=frozenset({"meter", "from", "to"}),
+            post=billing.adjust,
+        ),
+        _route(daemon, "/v1/accounts/{account}/voids", billing.voids),
+        _route(daemon, "/v1/accounts/{account}/events/{event}/void", billing.void, "POST"),
+        _route(daemon, "/v1/periods/{period}/close", billing.close_period, "POST"),
+        _route(daemon, "/v1/graphql", billing.graphql, "POST"),
+    ]
 
 
 def build_app(daemon: Daemon) -> Starlette:
@@ -341,5 +376,6 @@ def build_app(daemon: Daemon) -> Starlette:
         _route(daemon, "/v1/quarantine", quarantine, params=frozenset({"account"})),
         _route(daemon, "/v1/actors/{actor:path}/restart", restart, "POST"),
         _route(daemon, "/v1/actors/{actor:path}/kill", kill, "POST"),
+        *_billing_routes(daemon),
     ]
     return Starlette(routes=routes, exception_handlers=exception_handlers())

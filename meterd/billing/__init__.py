@@ -15,17 +15,43 @@ See docs/billing.md for the rules. The modules behind this curated API:
 * ``_graphql`` — :class:`BillingGraphQL`, GraphQL over it (run on a worker thread).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
-from ._db import BillingDB, Closure
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
-from ._graphql import BillingGraphQL
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
 from ._render import format_ms, render_explanation, render_invoice
 from ._restate import LineChange, Restatement, compare_lines
-from ._service import Billing, InvoiceView
+
+if TYPE_CHECKING:
+    from ._db import BillingDB, Closure
+    from ._graphql import BillingGraphQL
+    from ._service import Billing, InvoiceView
+
+# The service, its database and GraphQL pull in Trio, the accounts layer and Ariadne: they are
+# imported on first use, so loading the config (which needs the price book types) stays light.
+_LAZY = {
+    "Billing": "._service",
+    "InvoiceView": "._service",
+    "BillingDB": "._db",
+    "Closure": "._db",
+    "BillingGraphQL": "._graphql",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ADDITIVE",

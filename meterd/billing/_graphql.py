@@ -35,9 +35,9 @@ from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
 
 from meterd.model import Window
 
-from ._errors import BillingError, invalid
+from ._errors import BillingError, NotFound, invalid
 from ._period import Period
-from ._rating import text
+from ._rating import InvoiceLine, text
 from ._service import Billing
 
 __all__ = ["SDL", "BillingGraphQL"]
@@ -54,7 +54,7 @@ scalar Millis
 enum Window { MINUTE HOUR DAY }
 
 type Query {
-  "One account's usage and invoices (an account with no usage has empty ones)."
+  "One account's usage and invoices (unknown_account if the store has never seen it)."
   account(id: String!): Account!
 }
 
@@ -216,6 +216,8 @@ line_type = ObjectType("Line")
 def _account(_parent: None, info: Info, id: str) -> dict[str, str]:
     if not id:
         raise invalid("id", "must not be empty")
+    if not _on_trio(info, _billing(info).known_account, id):
+        raise NotFound(f"no account {id!r} is known to the store", code="unknown_account")
     return {"id": id}
 
 
@@ -269,7 +271,7 @@ def _invoice(parent: dict[str, str], info: Info, period: str) -> dict[str, Any]:
         return (await billing.invoice(parent["id"], month)).to_json()
 
     out = _on_trio(info, invoice)
-    where = {"_account": parent["id"], "_period": str(month)}
+    where = {"_account": parent["id"]}
     out["lines"] = [_line_json(line, where) for line in out["lines"]]
     out["unpriced"] = [_with_pairs(u, "dimensions") for u in out["unpriced"]]
     for restatement in out.get("restatements", []):
@@ -288,13 +290,8 @@ def _line_explanation(
     billing = _billing(info)
 
     async def explain() -> dict[str, Any]:
-        found = await billing.explain(
-            parent["_account"],
-            Period.parse(parent["_period"]),
-            parent["number"],
-            cursor=cursor,
-            limit=limit,
-        )
+        line = InvoiceLine.from_json(parent["_line"])  # of this query's rating: not re-rated
+        found = await billing.explain_line(parent["_account"], line, cursor=cursor, limit=limit)
         return found.to_json()
 
     return _explanation_json(_on_trio(info, explain))
@@ -305,7 +302,7 @@ def _with_pairs(item: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _line_json(line: dict[str, Any], where: Mapping[str, str]) -> dict[str, Any]:
-    return {**_with_pairs(line, "dimensions"), **where}
+    return {**_with_pairs(line, "dimensions"), **where, "_line": line}
 
 
 def _explanation_json(found: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +347,10 @@ class BillingGraphQL:
         run = partial(
             graphql_sync, SCHEMA, body, context_value=self.billing, error_formatter=_format_error
         )
-        _ok, result = await trio.to_thread.run_sync(run)
+        # The billing service's own threads: a resolver's thread waits on the Trio thread,
+        # so queries must not hold the default limiter's tokens other to_thread users need.
+        limiter = self.billing.graphql_limiter
+        _ok, result = await trio.to_thread.run_sync(run, limiter=limiter)
         # GraphQL over HTTP: a request that executed is a 200 even with field errors (they are
         # in "errors", data may be null); one that could not execute has no "data" at all.
         return (200 if "data" in result else 400), result

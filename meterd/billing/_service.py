@@ -38,6 +38,7 @@ __all__ = ["Billing", "InvoiceView"]
 log = structlog.get_logger("meterd.billing")
 
 DEFAULT_PAGE: Final = 100
+GRAPHQL_THREADS: Final = 4  # GraphQL queries executing at once (each on a worker thread)
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
@@ -95,10 +96,16 @@ class Billing:
         self.amount_places = amount_places
         self.clock = clock
         self._periods = trio.Lock()
+        self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
 
     @property
     def meters(self) -> Mapping[str, Meter]:
         return self.accounts.meters
+
+    async def known_account(self, account: str) -> bool:
+        """Whether the store (or a running actor) has seen ``account`` (nothing is woken)."""
+        accounts = self.accounts
+        return account in accounts.registry or await accounts.store.reader.has_account(account)
 
     def meter(self, name: str) -> Meter:
         meter = self.meters.get(name)
@@ -375,6 +382,17 @@ class Billing:
             found = invoice.line(line)
         except LookupError as exc:
             raise NotFound(str(exc), code="unknown_line") from None
+        return await self.explain_line(account, found, cursor=cursor, limit=limit)
+
+    async def explain_line(
+        self,
+        account: str,
+        found: InvoiceLine,
+        *,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> Explanation:
+        """A line of a rating already at hand (no re-rating) down to its events."""
         meter = self.meter(found.meter)
         dims = tuple(v for _, v in found.dims)
         adjustments = [

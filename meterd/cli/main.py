@@ -26,6 +26,7 @@ class _LazyGroup(click.Group):
         "restart": "meterd.cli.actors:restart",
         "kill": "meterd.cli.actors:kill",
         "quarantine": "meterd.cli.quarantine:quarantine",
+        "explain": "meterd.cli.explain:explain",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

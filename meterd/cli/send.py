@@ -6,10 +6,10 @@ Quantities are JSON integers or decimal strings (``"12.5"``); a JSON float (``12
 because usage is billed exactly. The whole input is checked before anything is sent (a file
 is read twice; standard input is kept in memory), so bad input sends nothing.
 
-The endpoint is ``--url``, else ``$METERD_URL``, else the ``[ingest] listen`` address of
+The endpoint is ``--url``, else ``$METERD_INGEST_URL``, else the ``[ingest] listen`` address of
 ``--config`` (default ``./config.toml``; ``wss://`` when it has TLS; an unspecified bind
 address such as ``0.0.0.0`` means this host's loopback). The token is ``--token`` or
-``$METERD_TOKEN``.
+``$METERD_PRODUCER_TOKEN``.
 
 Output: a progress bar on a terminal (stderr), then a summary on stdout: how many events
 were accepted, duplicates (already counted: re-sending a file is safe) and rejected, the
@@ -203,14 +203,14 @@ def _fail(message: str) -> NoReturn:
 @click.argument("source", metavar="FILE|-", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option(
     "--url",
-    envvar="METERD_URL",
-    help="ws://HOST:PORT/v1/ingest (or wss://). Default: $METERD_URL, else the config's"
+    envvar="METERD_INGEST_URL",
+    help="ws://HOST:PORT/v1/ingest (or wss://). Default: $METERD_INGEST_URL, else the config's"
     " [ingest] listen.",
 )
 @click.option(
     "--token",
-    envvar="METERD_TOKEN",
-    help="The producer's bearer token. Default: $METERD_TOKEN.",
+    envvar="METERD_PRODUCER_TOKEN",
+    help="The producer's bearer token. Default: $METERD_PRODUCER_TOKEN.",
 )
 @click.option(
     "--config",
@@ -286,12 +286,12 @@ def send(
             _fail(f"{source} holds no events")
 
         if not token:
-            _fail("no token: pass --token or set METERD_TOKEN to the producer's token")
+            _fail("no token: pass --token or set METERD_PRODUCER_TOKEN to the producer's token")
         if not url:
             try:
                 url = url_from_config(config_path)
             except ConfigError as error:
-                _fail(f"no --url or METERD_URL, and the config gives none: {error}")
+                _fail(f"no --url or METERD_INGEST_URL, and the config gives none: {error}")
         try:
             ssl_context = ssl.create_default_context(cafile=cafile) if cafile else None
         except (ssl.SSLError, OSError) as error:

@@ -525,6 +525,26 @@ class _Connection:
     ) -> None:
         """The batch's fate is known (its accepted events are durable): prepare its ack."""
         self.budget.give(valid)
+        try:
+            self._prepare_ack(slot, size, rejected, shares, outcome)
+        except Exception as error:  # a bug: the batch must still end, never hang its connection
+            self.log.exception("ingest_ack_failed", seq=slot.seq)
+            slot.ack = None
+            slot.fault = Fault(
+                "unavailable",
+                f"batch seq {slot.seq}: the server failed preparing its ack"
+                f" ({_error_text(error)}); re-send it on a new connection",
+            )
+            slot.done.set()
+
+    def _prepare_ack(
+        self,
+        slot: _Slot,
+        size: int,
+        rejected: list[Rejection],
+        shares: list[tuple[str, tuple[list[int], list[Event]]]],
+        outcome: list[AppendResult] | BaseException,
+    ) -> None:
         if isinstance(outcome, BaseException):
             self.log.warning("ingest_batch_failed", seq=slot.seq, error=_error_text(outcome))
             slot.fault = Fault(

@@ -81,6 +81,7 @@ __all__ = [
 log = structlog.get_logger("meterd.store")
 
 _IN_CHUNK: Final = 500  # keys per "IN (...)" lookup, well under SQLite's variable limit
+ACCOUNT_CACHE: Final = 200_000  # accounts the writer's per-account shortcuts remember
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,8 @@ class Writer:
         self._running = False
         self._last_start = -float("inf")
         # Writer-thread caches: the dedupe bucket of each account, the accounts known to
-        # have their ``accounts`` row (committed; rows are never deleted).
+        # have their ``accounts`` row (committed; rows are never deleted). Both are only
+        # shortcuts, emptied past ACCOUNT_CACHE accounts so memory stays bounded.
         self._buckets: dict[str, int] = {}
         self._known_accounts: set[str] = set()
         # Test hook: called on the writer thread just before COMMIT of each group.
@@ -489,6 +491,10 @@ class Writer:
         outcomes: list[Any] = [None] * len(group)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if len(self._buckets) > ACCOUNT_CACHE:
+                self._buckets.clear()
+            if len(self._known_accounts) > ACCOUNT_CACHE:
+                self._known_accounts.clear()
             txn = _Transaction(conn, self._clock(), self._buckets, self._known_accounts)
             for index, op in enumerate(group):
                 if isinstance(op, _Append):

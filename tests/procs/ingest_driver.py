@@ -25,6 +25,12 @@ flight at any moment. stdout carries only these lines, each flushed at once:
 ``FAIL <account> <id> ... <error>``
     ``ingest`` raised (nothing of the batch is acknowledged).
 
+With ``--batch-path`` the batches go through ``services.accounts.submit`` instead, the path
+the websocket server uses (one store-writer operation per producer batch, acknowledged at
+commit, applied by the actors after): a combiner task joins the batches that are waiting, of
+distinct accounts (up to 8), into one multi-account batch, and each lane's ``ACK`` line is
+printed once that batch's commit is reported.
+
 Resend-race mode (``--resend-race``) wakes account ``acme``, prints ``READY``, waits for a
 line on stdin, then ingests one event from two producers at once (a producer re-sending a
 batch it has no ack for yet) and prints an ``ACK`` or ``FAIL`` line for each.
@@ -207,24 +213,91 @@ async def _produce(services: Services, events: Sequence[Event]) -> None:
     say("ACK", account, *(events[index].id for index in counted))
 
 
-async def _lane(services: Services, batches: Sequence[Sequence[Event]]) -> None:
+@dataclass
+class _Pending:
+    """A lane's batch waiting for the combiner (batch-path mode)."""
+
+    events: Sequence[Event]
+    done: trio.Event
+    outcome: Any = None
+
+
+Produce: TypeAlias = Any  # async (services, events) -> None
+
+
+class _Combiner:
+    """Joins waiting single-account batches into multi-account ``Accounts.submit`` calls."""
+
+    MAX_GROUPS = 8
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.send, self.receive = trio.open_memory_channel[_Pending](1000)
+
+    async def produce(self, services: Services, events: Sequence[Event]) -> None:
+        pending = _Pending(events, trio.Event())
+        await self.send.send(pending)
+        await pending.done.wait()
+        account = events[0].account
+        outcome = pending.outcome
+        if isinstance(outcome, BaseException):
+            say("FAIL", account, *(event.id for event in events), type(outcome).__name__)
+            return
+        counted = sorted(outcome.accepted + outcome.duplicates)
+        say("ACK", account, *(events[index].id for index in counted))
+
+    async def run(self) -> None:
+        async for first in self.receive:
+            batch = [first]
+            accounts = {first.events[0].account}
+            while len(batch) < self.MAX_GROUPS:
+                try:
+                    more = self.receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if more.events[0].account in accounts:  # one group per account: next batch
+                    self._submit(batch)
+                    batch, accounts = [], set()
+                batch.append(more)
+                accounts.add(more.events[0].account)
+            self._submit(batch)
+            await trio.lowlevel.checkpoint()
+
+    def _submit(self, batch: list[_Pending]) -> None:
+        def done(outcome: Any) -> None:
+            for index, pending in enumerate(batch):
+                pending.outcome = outcome if isinstance(outcome, BaseException) else outcome[index]
+                pending.done.set()
+
+        self.services.accounts.submit([(p.events[0].account, list(p.events)) for p in batch], done)
+
+
+async def _lane(services: Services, batches: Sequence[Sequence[Event]], produce: Produce) -> None:
     for batch in batches:
         say("SENT", batch[0].account, *(event.id for event in batch))
-        await _produce(services, batch)
+        await produce(services, batch)
 
 
-async def ingest(config: Path, seed: int, events: int, start: int, mix_lanes: bool) -> None:
+async def ingest(
+    config: Path, seed: int, events: int, start: int, mix_lanes: bool, batch_path: bool = False
+) -> None:
     plans = plan_batches(generate(seed, events, mix_lanes=mix_lanes), seed, start)
     services = build(load(config))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(services.root.run)
+            produce: Produce = _produce
+            if batch_path:
+                combiner = _Combiner(services)
+                nursery.start_soon(combiner.run)
+                produce = combiner.produce
             say("READY")
             async with trio.open_nursery() as lanes:
                 for batches in plans:
-                    lanes.start_soon(_lane, services, batches)
+                    lanes.start_soon(_lane, services, batches, produce)
             say("DONE")
             services.root.stop()
+            nursery.cancel_scope.cancel()
     finally:
         await services.store.aclose()
 
@@ -310,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="print the usage as JSON, exit")
     parser.add_argument("--wake", action="store_true", help="report: wake each account first")
     parser.add_argument("--resend-race", action="store_true", help="see the module doc")
+    parser.add_argument("--batch-path", action="store_true", help="ingest via Accounts.submit")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     configure(level=args.log_level, json=True)  # stderr: stdout carries only the protocol
@@ -318,7 +392,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.resend_race:
         trio.run(resend_race, args.config)
     else:
-        trio.run(ingest, args.config, args.seed, args.events, args.start, args.mix_lanes)
+        trio.run(
+            ingest,
+            args.config,
+            args.seed,
+            args.events,
+            args.start,
+            args.mix_lanes,
+            args.batch_path,
+        )
 
 
 if __name__ == "__main__":
