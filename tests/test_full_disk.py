@@ -184,6 +184,23 @@ def api(daemon: DaemonProcess, path: str, **params: Any) -> httpx.Response:
     return httpx.get(f"{daemon.api_url}{path}", params=params, headers=headers, timeout=TIMEOUT)
 
 
+def credit(daemon: DaemonProcess, account: str) -> httpx.Response:
+    """``POST /v1/accounts/{account}/adjustments``: a credit of 1 (the billing database)."""
+    return httpx.post(
+        f"{daemon.api_url}/v1/accounts/{account}/adjustments",
+        json={
+            "meter": METER,
+            "start": T0 - T0 % DAY_MS,
+            "kind": "credit",
+            "quantity": "1",
+            "by": "support",
+            "reason": "a full disk test",
+        },
+        headers={"Authorization": f"Bearer {daemon.config.api.admin_token}"},
+        timeout=TIMEOUT,
+    )
+
+
 def usage(daemon: DaemonProcess, account: str) -> httpx.Response:
     """``GET /v1/accounts/{account}/usage`` of the meter, by day, around ``T0``."""
     range_ = {"from": T0 - DAY_MS, "to": T0 + DAY_MS}
@@ -337,6 +354,10 @@ async def test_checkpoints_failing_on_a_full_disk_crash_no_actor(disk: Path) -> 
         assert refused.json()["error"]["code"] == "store_unavailable", refused.text
         assert "full" in refused.json()["error"]["message"], refused.text
         assert api(daemon, "/healthz").status_code == 503
+        # The billing database beside the store: a correction cannot be written either.
+        correction = credit(daemon, ACCOUNTS[0])
+        assert correction.status_code == 503, correction.text
+        assert correction.json()["error"]["code"] == "disk_full", correction.text
         assert logged(daemon, "child_crashed") == []
         assert set(restarts(daemon).values()) == {0.0}, restarts(daemon)
         failure = logged(daemon, "checkpoint_failed")[0]

@@ -7,6 +7,7 @@ into that shape, so a client never sees another body for an error.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -98,11 +99,21 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    # A full disk under another database than the store's writer (the billing database).
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return error_response(
+            503, "disk_full", f"the disk is full, nothing was written ({exc}); retry once freed"
+        )
+    return await _unexpected(request, exc)
+
+
 def exception_handlers() -> dict[Any, Any]:
     """Starlette ``exception_handlers`` producing the error shape for every error."""
     return {
         ApiError: _api_error,
         HTTPException: _http_error,
         CommitFailed: _store_failed,
+        sqlite3.OperationalError: _database_error,
         Exception: _unexpected,
     }

@@ -22,7 +22,7 @@ _ERROR_STATUSES: Final = {
     "409": "The actor cannot be acted on now; or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
-    "503": "The store cannot write (a full disk), so the usage could not be brought up to date.",
+    "503": "The store or the billing database cannot write (a full disk); nothing was written.",
 }
 
 
@@ -618,7 +618,7 @@ def _billing_paths() -> dict[str, Any]:
                 " (append-only; a closed month is restated at once).",
                 [_ACCOUNT],
                 {"201": _json(_ref("AdjustmentRecorded"), "Recorded.")},
-                _READ_ERRORS,
+                (*_READ_ERRORS, "503"),
                 _body(_ADJUSTMENT_BODY, "The adjustment."),
             ),
         },
