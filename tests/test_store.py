@@ -871,6 +871,7 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
                 await writer.barrier()
                 assert writer.stats.failed_commits == 1
                 assert writer.stats.commits == 0
+                assert "database or disk is full" in (writer.failing or "")  # for /healthz
                 # Nothing of the group was written.
                 async with await open_reader(path) as reader:
                     loaded = await reader.load_account("acme")
@@ -885,6 +886,7 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
                     connection.execute, "PRAGMA max_page_count = 1073741823"
                 )
                 again = await writer.append("acme", big)
+                assert writer.failing is None
                 assert again.accepted == list(range(100))
                 assert again.batch_id == 2
                 assert (await writer.append("globex", [ev("g", "globex")])).accepted == [0]
@@ -898,6 +900,8 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
     assert len(failed) == 1
     assert failed[0]["operations"] in (4, 5)  # the 4 operations (and maybe the barrier)
     assert failed[0]["log_level"] == "error"
+    assert failed[0]["disk_full"] is True
+    assert failed[0]["path"] == str(path)
 
 
 async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> None:

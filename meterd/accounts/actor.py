@@ -44,6 +44,7 @@ import trio
 import supervisors as sv
 from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.model import Event
+from meterd.store import CommitFailed
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -179,7 +180,12 @@ class MeterActor(sv.GenServer[Any, Any]):
         elif kind == "tick":
             await self._tick()
         elif kind == "checkpoint":
-            await self._checkpoint()
+            try:
+                await self._checkpoint()
+            except CommitFailed as error:  # a full disk: the caller is told, the actor lives
+                self._checkpoint_failed(error)
+                message[1].fail(error)
+                return
             message[1].reply(self.watermark)
         elif kind == "hibernate":
             await self._hibernate()
@@ -327,17 +333,34 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.usage.clear()
         self.last_checkpoint = trio.current_time()
 
+    def _checkpoint_failed(self, error: CommitFailed) -> None:
+        """The store could not commit a checkpoint (a full disk, an I/O error): nothing of it
+        was written and the deltas stay in memory, so the actor goes on and tries again
+        after ``checkpoint_interval``. Crashing instead would lose nothing (the journal holds
+        every committed event) but, the disk being full for every account at once, the
+        restarts would exhaust the ``meters`` supervisor's intensity and escalate."""
+        self.last_checkpoint = trio.current_time()
+        self.log.warning("checkpoint_failed", error=str(error))
+
     async def _tick(self) -> None:
         now = trio.current_time()
         if now - self.last_active >= self.accounts.idle_timeout:
             await self._hibernate()
         elif self.usage.dirty() and now - self.last_checkpoint >= self.accounts.checkpoint_interval:
-            await self._checkpoint()
+            try:
+                await self._checkpoint()
+            except CommitFailed as error:
+                self._checkpoint_failed(error)
 
     async def _hibernate(self) -> None:
         if self.pending or self.sv_mailbox_depth or self.accounts.backlogged(self.account):
             return  # not idle after all; the sweeper will ask again
-        await self._checkpoint()
+        try:
+            await self._checkpoint()
+        except CommitFailed as error:
+            self._checkpoint_failed(error)
+            self.last_active = trio.current_time()  # stay awake; try again after idle_timeout
+            return
         self.log.debug("account_hibernated")
         raise sv.Stop()
 

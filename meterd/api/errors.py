@@ -7,6 +7,7 @@ into that shape, so a client never sees another body for an error.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -14,6 +15,8 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from meterd.store import CommitFailed
 
 log = structlog.get_logger("meterd.api")
 
@@ -87,6 +90,30 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the daemon log has the details")
 
 
+async def _store_failed(request: Request, exc: Exception) -> Response:
+    # A query first checkpoints the account; on a full disk that commit fails.
+    return error_response(
+        503,
+        "store_unavailable",
+        f"the store cannot write, so the account's usage could not be brought up to date: {exc}",
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    # A full disk under another database than the store's writer (the billing database).
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return error_response(
+            503, "disk_full", f"the disk is full, nothing was written ({exc}); retry once freed"
+        )
+    return await _unexpected(request, exc)
+
+
 def exception_handlers() -> dict[Any, Any]:
     """Starlette ``exception_handlers`` producing the error shape for every error."""
-    return {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_error,
+        CommitFailed: _store_failed,
+        sqlite3.OperationalError: _database_error,
+        Exception: _unexpected,
+    }

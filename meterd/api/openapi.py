@@ -22,6 +22,7 @@ _ERROR_STATUSES: Final = {
     "409": "The actor cannot be acted on now; or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
+    "503": "The store or the billing database cannot write (a full disk); nothing was written.",
 }
 
 
@@ -658,7 +659,7 @@ def _billing_paths() -> dict[str, Any]:
                 " (append-only; a closed month is restated at once).",
                 [_ACCOUNT],
                 {"201": _json(_ref("AdjustmentRecorded"), "Recorded.")},
-                _READ_ERRORS,
+                (*_READ_ERRORS, "503"),
                 _body(_ADJUSTMENT_BODY, "The adjustment."),
             ),
         },
@@ -780,7 +781,7 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("Usage"), "Rows for the windows that had usage."),
-                    **_errors("400", "401", "404", "500"),
+                    **_errors("400", "401", "404", "500", "503"),
                 },
             }
         },

@@ -86,7 +86,8 @@ class Daemon:
 
 def ready(daemon: Daemon) -> list[str]:
     """Why the daemon is not ready (empty when it is): the root and each of its children
-    must be running, and ingest must be accepting."""
+    must be running, ingest must be accepting, and the store's last write must not have
+    failed (a full disk: every batch is then answered ``unavailable``)."""
     root = daemon.root
     if root is None or not root.running:
         return ["the supervision tree is not running"]
@@ -97,6 +98,12 @@ def ready(daemon: Daemon) -> list[str]:
     ]
     if daemon.ingest.stopping or not daemon.ingest.addresses:
         problems.append("ingest is not accepting connections")
+    writer = daemon.store.writer
+    if writer.failing is not None:
+        problems.append(
+            f"the store {writer.path} cannot commit ({writer.failing}): batches are answered"
+            " 'unavailable' until a write succeeds"
+        )
     return problems
 
 

@@ -181,7 +181,8 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> int:
         for statements in MIGRATIONS[found:]:
             for statement in statements:
                 conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if found < SCHEMA_VERSION:  # else write nothing: a start must not need free space
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -34,9 +34,9 @@ def bench() -> None:
 @click.option("--url", default=None, help="A running daemon's endpoint, ws://HOST:PORT/v1/ingest.")
 @click.option(
     "--token",
-    envvar="METERD_TOKEN",
+    envvar="METERD_PRODUCER_TOKEN",
     default=None,
-    help="Its producer token (with --url). Default: $METERD_TOKEN.",
+    help="Its producer token (with --url). Default: $METERD_PRODUCER_TOKEN.",
 )
 @click.option(
     "--pid", type=int, default=None, help="Its process, for CPU/RSS (default: found from the port)."

@@ -653,10 +653,14 @@ class _Connection:
 
 
 def _error_text(error: BaseException | None) -> str:
+    """``error`` for a producer, at most ~200 characters of its text: a long one keeps its
+    start and its end, where a wrapped cause ("database or disk is full") says why."""
     if error is None:
         return "unknown error"
     text = str(error)
-    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+    if len(text) > 200:
+        text = f"{text[:80]} ... {text[-120:]}"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _peer(stream: trio.abc.Stream) -> str:

@@ -19,7 +19,8 @@ Failure: if the transaction fails (``database or disk is full``, an I/O error, a
 it is rolled back, **every** operation of the group fails with :class:`CommitFailed` (its
 ``__cause__`` is the sqlite3 error), one ``store_commit_failed`` line is logged, and the
 writer goes on with the next group: a full disk fails ingestion while it lasts, it does not
-crash-loop the writer. An ``append`` whose events cannot be encoded (a ``float`` quantity)
+crash-loop the writer. :attr:`Writer.failing` says why until a group commits again (the
+API's ``/healthz`` reports it). An ``append`` whose events cannot be encoded (a ``float`` quantity)
 fails alone with :class:`InvalidEvents` before any SQL runs for it; the rest of its group
 commits.
 
@@ -59,6 +60,7 @@ operation: once queued it is committed or failed as part of its group.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -291,6 +293,8 @@ class Writer:
         self._known_accounts: set[str] = set()
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
+        # Why the last group failed, until a group commits again (for health checks).
+        self.failing: str | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
 
@@ -367,6 +371,7 @@ class Writer:
                 )
                 if not isinstance(outcomes, _GroupFailed):
                     self.stats.commits += 1
+                    self.failing = None
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
             # so the group goes back to the front of the queue for the next attempt.
@@ -381,11 +386,13 @@ class Writer:
         if isinstance(outcomes, _GroupFailed):
             self.stats.failed_commits += 1
             cause = outcomes.error
+            self.failing = f"{type(cause).__name__}: {cause}"
             log.error(
                 "store_commit_failed",
                 path=str(self.path),
                 operations=len(group),
-                error=f"{type(cause).__name__}: {cause}",
+                error=self.failing,
+                disk_full=_is_disk_full(cause),
             )
             for op in group:
                 if isinstance(op, _Barrier):
@@ -605,6 +612,13 @@ def _prune_audit(conn: sqlite3.Connection, before: int) -> int:
     if last is None:
         return 0
     return conn.execute("DELETE FROM audit WHERE audit_id <= ?", (last,)).rowcount
+
+
+def _is_disk_full(error: Exception) -> bool:
+    """Whether ``error`` says the disk (or the database's size limit) is full."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC
 
 
 def _ignore(outcome: object) -> None:

@@ -2,7 +2,8 @@
 
 :func:`running_daemon` writes a config (free loopback ports, the store under ``where``),
 starts the daemon, waits for its ``listening`` log line, and on exit sends SIGTERM and
-checks that it stops cleanly (exit 0) within 30 s.
+checks that it stops cleanly (exit 0) within 30 s (unless the test killed it with
+:meth:`DaemonProcess.kill`). On a ``where`` that holds a store already, it runs on that one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class DaemonProcess:
     config: Config
     process: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)  # its log, as it comes
+    killed: bool = False  # by the test (kill -9): it is not expected to stop cleanly
+
+    def kill(self) -> None:
+        """``kill -9`` the daemon and wait for it to be gone."""
+        self.killed = True
+        self.process.kill()
+        self.process.wait()
 
     @property
     def ingest_url(self) -> str:
@@ -69,8 +77,13 @@ def running_daemon(where: Path, **config: Any) -> Iterator[DaemonProcess]:
     thread.start()
     try:
         assert listening.wait(30), "the daemon did not start"
+        assert any('"listening"' in line for line in daemon.lines), (
+            "the daemon exited before listening:\n" + "".join(daemon.lines[-20:])
+        )
         assert process.poll() is None, daemon.lines
         yield daemon
+        if daemon.killed:
+            return
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, daemon.lines[-20:]
     finally:
