@@ -263,9 +263,13 @@ class SupervisorCore:
             finally:
                 self.stopping = True
                 self._fail_requests()
-                await self._terminate_all()
-                self._dispatcher.close()
-                nursery.cancel_scope.cancel()
+                try:
+                    await self._terminate_all()
+                finally:
+                    # Also when that wait is cancelled (this supervisor was killed): its
+                    # children's names are released there, and nothing may outlive it.
+                    self._dispatcher.close()
+                    nursery.cancel_scope.cancel()
         return error
 
     def _fail_requests(self) -> None:

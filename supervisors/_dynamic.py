@@ -112,12 +112,15 @@ class DynamicSupervisor(SupervisorCore):
         children = list(self._live)
         self._live.clear()
         stopping = []
-        for child in children:  # ask all at once ...
-            incarnation, child.incarnation = child.incarnation, None
-            child.restarting = False
-            if incarnation is not None and incarnation.sv_alive:
-                stopping.append((incarnation, request_stop(incarnation, child.spec.shutdown_grace)))
-        for incarnation, deadline in stopping:  # ... then give each its grace period
-            await wait_stopped(incarnation, deadline)
-        for child in children:
-            self._release_name(child)
+        try:
+            for child in children:  # ask all at once ...
+                incarnation, child.incarnation = child.incarnation, None
+                child.restarting = False
+                if incarnation is not None and incarnation.sv_alive:
+                    deadline = request_stop(incarnation, child.spec.shutdown_grace)
+                    stopping.append((incarnation, deadline))
+            for incarnation, deadline in stopping:  # ... then give each its grace period
+                await wait_stopped(incarnation, deadline)
+        finally:  # even if killed while waiting: the names must not stay reserved
+            for child in children:
+                self._release_name(child)

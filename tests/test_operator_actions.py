@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 import supervisors as sv
 
@@ -190,3 +191,32 @@ async def test_find_child_by_path(nursery: trio.Nursery) -> None:
     for bad in (["root"], ["other", "w"], ["root", "x"], ["root", "w", "deeper"]):
         with pytest.raises(sv.NoSuchChild):
             sv.find_child(root, bad)
+
+
+class SlowToStop(sv.GenServer[Any, Any]):
+    """A named actor whose terminate awaits (as a meter flushing to the store)."""
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return id(self)
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        await trio.sleep_forever()
+
+
+async def test_killing_a_supervisor_releases_the_names_its_actors_held(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A kill cancels the killed supervisor's shutdown; its children's names must be
+    released anyway, or nobody could ever start (or call) an actor under them again."""
+    registry = sv.Registry()
+    inner = sv.DynamicSupervisor(name="meters")
+    root = sv.Supervisor([inner.as_child("meters")], max_restarts=10, name="root")
+    await nursery.start(root.run)
+    for key in ("acme", "globex"):
+        await inner.start_child(sv.actor_spec(key, SlowToStop, name=(registry, key)))
+    await root.kill_child("meters")
+    assert inner.running  # restarted by root, empty
+    assert len(registry) == 0
+    ref = await inner.start_child(sv.actor_spec("acme", SlowToStop, name=(registry, "acme")))
+    with trio.fail_after(1):
+        assert await registry.ref("acme").call("who") == await ref.call("who")
