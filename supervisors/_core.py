@@ -39,7 +39,8 @@ Operator actions (beyond OTP's API, for fault drills and maintenance), by child 
 
 Both run in the control loop and return once the supervisor has dealt with the
 child (restarted it, or scheduled a restart with backoff). Requests queued when
-a supervisor ends fail with :class:`SupervisorStopping` instead of hanging.
+a supervisor ends, or being handled when it is cancelled, fail with
+:class:`SupervisorStopping` instead of hanging.
 """
 
 from __future__ import annotations
@@ -274,11 +275,14 @@ class SupervisorCore:
 
     def _fail_requests(self) -> None:
         """Requests the control loop will never handle: their callers must not wait forever."""
-        stopping = SupervisorStopping(f"supervisor {self.name!r} stopped")
+        stopping = self._stopped_error()
         for event in self._events:
             if event[0] == "request":
                 event[2](outcome.Error(stopping))
         self._events.clear()
+
+    def _stopped_error(self) -> SupervisorStopping:
+        return SupervisorStopping(f"supervisor {self.name!r} stopped")
 
     def _reset(self) -> None:
         """Fresh state for a new run: a restarted supervisor starts over, as in OTP."""
@@ -376,9 +380,15 @@ class SupervisorCore:
             try:
                 result = outcome.Value(await operation())
             except _AutoShutdown:
+                reply(outcome.Error(self._stopped_error()))
                 raise
             except Exception as error:
                 result = outcome.Error(error)
+            except BaseException:
+                # Cancelled meanwhile (this supervisor is being killed): its caller must
+                # not wait forever for a reply that will never come.
+                reply(outcome.Error(self._stopped_error()))
+                raise
             reply(result)
 
     async def _on_child_exit(self, child: Child, exit: Exit, *, log: bool) -> None:

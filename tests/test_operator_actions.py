@@ -220,3 +220,30 @@ async def test_killing_a_supervisor_releases_the_names_its_actors_held(
     ref = await inner.start_child(sv.actor_spec("acme", SlowToStop, name=(registry, "acme")))
     with trio.fail_after(1):
         assert await registry.ref("acme").call("who") == await ref.call("who")
+
+
+async def test_a_request_in_progress_is_answered_when_its_supervisor_is_killed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An operator restart waits for a slow graceful stop; meanwhile its supervisor is
+    killed by its parent. The operator is told at once rather than left waiting."""
+    inner = sv.DynamicSupervisor(name="meters")
+    root = sv.Supervisor([inner.as_child("meters")], max_restarts=10, name="root")
+    await nursery.start(root.run)
+    await inner.start_child(sv.actor_spec("acme", SlowToStop, shutdown=100))
+    answered = trio.Event()
+    errors: list[BaseException] = []
+
+    async def restart() -> None:
+        try:
+            await inner.stop_and_restart_child("acme")
+        except sv.SupervisorStopping as error:
+            errors.append(error)
+        answered.set()
+
+    nursery.start_soon(restart)
+    await trio.testing.wait_all_tasks_blocked()  # the restart waits in terminate
+    nursery.start_soon(root.kill_child, "meters")
+    with trio.fail_after(1):  # the stop would take 100 s
+        await answered.wait()
+    assert len(errors) == 1
