@@ -35,7 +35,9 @@ Operator actions (beyond OTP's API, for fault drills and maintenance), by child 
   again from its spec. Only that child is restarted (as OTP's
   ``terminate_child`` followed by ``restart_child``, whatever the strategy); the
   restart is recorded in its history as ``operator`` and does not count toward
-  the intensity.
+  the intensity. If the new start fails, the child is left stopped (a dynamic
+  one is removed) and the caller gets the :class:`StartError`, as from OTP's
+  ``restart_child``.
 
 Both run in the control loop and return once the supervisor has dealt with the
 child (restarted it, or scheduled a restart with backoff). Requests queued when
@@ -530,10 +532,12 @@ class SupervisorCore:
     async def stop_and_restart_child(self, child_id: Hashable) -> None:
         """Stop a running child gracefully and start it again (see the module doc).
 
-        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`.
-        If the new start fails, that counts as a failed restart and is retried as
-        after a crash. A dynamic child whose registered name was claimed by a new
-        child meanwhile is not started twice: it is removed.
+        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`,
+        or :class:`StartError` if the new start fails: as OTP's ``restart_child``, the
+        child is then left stopped (a dynamic one is removed), the failure does not
+        count toward the intensity, and the caller decides. A dynamic child whose
+        registered name was claimed by a new child meanwhile is not started twice: it
+        is removed.
         """
 
         async def restart() -> None:
@@ -545,9 +549,9 @@ class SupervisorCore:
                 await self._start_child(child)
             except AlreadyStarted:
                 self._forget(child)
-            except StartError as error:
-                child.restarting = True
-                self._post(("retry", child, exit_from_exception(error.reason)))
+            except StartError:
+                self._forget(child)
+                raise
 
         await self._call_in_loop(restart)
 

@@ -592,3 +592,32 @@ async def test_the_api_comes_back_on_its_port_when_the_root_restarts_it(tmp_path
         assert api is not None
         assert api["restarts"] == 1
         assert api["restart_history"][-1]["kind"] == "sibling"
+
+
+class _FailsAfterFirstStart(sv.GenServer[Any, Any]):
+    def __init__(self, starts: list[int]) -> None:
+        self.starts = starts
+
+    def init(self) -> None:
+        self.starts.append(1)
+        if len(self.starts) > 1:
+            raise OSError("the disk went away")
+
+
+async def test_a_restart_that_fails_to_start_is_409_start_failed(tmp_path: Path) -> None:
+    """In-process (a child under the meters supervisor whose second start fails): the
+    operator is told why, and the child is left stopped instead of retried."""
+    async with running(make_config(tmp_path)) as services:
+        meters = services.accounts.supervisor
+        starts: list[int] = []
+        await meters.start_child(sv.actor_spec("flaky", _FailsAfterFirstStart, starts))
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            error = assert_error(
+                await client.post("/v1/actors/flaky/restart"), 409, "start_failed"
+            )
+            assert "OSError: the disk went away" in error["message"]
+            # Left stopped: a dynamic child is removed (it is no account, so 404).
+            assert_error(await client.post("/v1/actors/flaky/restart"), 404, "unknown_actor")
+        assert starts == [1, 1]
+        assert "exit" not in meters.restart_counts

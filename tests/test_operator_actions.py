@@ -247,3 +247,52 @@ async def test_a_request_in_progress_is_answered_when_its_supervisor_is_killed(
     with trio.fail_after(1):  # the stop would take 100 s
         await answered.wait()
     assert len(errors) == 1
+
+
+class FailsAfterFirstStart(sv.GenServer[Any, Any]):
+    """Starts once; every later start fails (its resource went away meanwhile)."""
+
+    def __init__(self, starts: list[int]) -> None:
+        self.starts = starts
+
+    def init(self) -> None:
+        self.starts.append(1)
+        if len(self.starts) > 1:
+            raise OSError("the disk went away")
+
+
+async def test_a_failed_operator_restart_leaves_the_child_stopped_and_tells_the_caller(
+    nursery: trio.Nursery,
+) -> None:
+    """As OTP's restart_child: the start error goes to the caller, the child stays
+    stopped, and the failure does not count toward the intensity (max_restarts=0)."""
+    starts: list[int] = []
+    spec = sv.actor_spec("a", FailsAfterFirstStart, starts)
+    sup = sv.Supervisor([spec], max_restarts=0, max_seconds=3600, name="top")
+    await nursery.start(sup.run)
+    with pytest.raises(sv.StartError) as raised:
+        await sup.stop_and_restart_child("a")
+    assert isinstance(raised.value.reason, OSError)
+    await trio.testing.wait_all_tasks_blocked()
+    assert starts == [1, 1]  # not retried
+    assert sup.child_status("a") is sv.ChildStatus.STOPPED
+    assert sup.status == "running"
+    assert "exit" not in sup.restart_counts
+
+
+async def test_a_failed_operator_restart_removes_a_dynamic_child_and_frees_its_name(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    starts: list[int] = []
+    await dynsup.start_child(
+        sv.actor_spec("a", FailsAfterFirstStart, starts, name=(registry, "a"))
+    )
+    with pytest.raises(sv.StartError):
+        await dynsup.stop_and_restart_child("a")
+    await trio.testing.wait_all_tasks_blocked()
+    assert starts == [1, 1]
+    with pytest.raises(sv.NoSuchChild):
+        dynsup.child_status("a")
+    assert "a" not in registry
+    assert "exit" not in dynsup.restart_counts

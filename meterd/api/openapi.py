@@ -19,7 +19,8 @@ _ERROR_STATUSES: Final = {
     "401": "The admin token is missing or wrong.",
     "404": "The account, meter, actor, event or invoice line is unknown, or no such route.",
     "405": "The method is not allowed on this route.",
-    "409": "The actor cannot be acted on now; or a billing conflict (already void, already"
+    "409": "The actor cannot be acted on now, or its restart failed to start it again"
+    " (start_failed: it is left stopped); or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
 }

@@ -269,6 +269,11 @@ async def actor_action(daemon: Daemon, request: Request, action: str) -> Respons
         raise ApiError(409, "not_running", f"{path!r} is not running") from None
     except sv.SupervisorStopping:
         raise ApiError(409, "stopping", f"the supervisor of {path!r} is stopping") from None
+    except sv.StartError as error:  # as OTP's restart_child: it stays stopped, not retried
+        reason = f"{type(error.reason).__name__}: {error.reason}"
+        raise ApiError(
+            409, "start_failed", f"{path!r} was stopped but failed to start again: {reason}"
+        ) from None
     try:
         status = sup.child_status(child_id).value
     except sv.NoSuchChild:
