@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog.testing
 import trio
 
 import supervisors as sv
@@ -621,3 +622,50 @@ async def test_a_restart_that_fails_to_start_is_409_start_failed(tmp_path: Path)
             assert_error(await client.post("/v1/actors/flaky/restart"), 404, "unknown_actor")
         assert starts == [1, 1]
         assert "exit" not in meters.restart_counts
+
+
+async def test_an_unexpected_error_is_one_structured_event_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process (the store's reader is made to fail): a 500 with the error shape, logged
+    once as an event naming the route (never the token), and no multi-line traceback from
+    the server on stderr."""
+    async with running(make_config(tmp_path)) as services:
+        token = services.api.daemon.config.api.admin_token
+
+        async def broken(account: str | None = None) -> list[Any]:
+            raise ZeroDivisionError("a bug")
+
+        services.store.reader.quarantined = broken  # type: ignore[method-assign]
+        headers = {"Authorization": f"Bearer {token}"}
+        with structlog.testing.capture_logs() as events:
+            async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+                assert_error(await client.get("/v1/quarantine"), 500, "internal")
+                assert (await client.get("/healthz")).status_code == 200  # still serving
+    [logged] = [e for e in events if e["log_level"] == "error"]
+    assert logged["event"] == "api_internal_error"
+    assert logged["path"] == "/v1/quarantine"
+    assert "ZeroDivisionError: a bug" in logged["error"]
+    assert token not in repr(events)
+    # Nothing reached the server's (stdlib) error log, which would print the traceback.
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_an_account_whose_actor_cannot_answer_is_503_unavailable(tmp_path: Path) -> None:
+    """In-process: with the meters supervisor stopped, a usage query cannot reach the
+    account's actor: 503 unavailable (the client may retry), not 500 internal."""
+    async with running(make_config(tmp_path)) as services:
+        await services.accounts.ingest(
+            "stuck", [Event("e1", "stuck", "router.requests", 1, T0, (("app", "a"),))]
+        )
+        parent, child_id = sv.find_child(services.root, ["root", "accounts", "meters"])
+        assert isinstance(parent, sv.Supervisor)
+        await parent.terminate_child(child_id)
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            response = await client.get(
+                "/v1/accounts/stuck/usage",
+                params={"meter": "router.requests", "from": T0, "to": NOW},
+            )
+        error = assert_error(response, 503, "unavailable")
+        assert "SupervisorStopping" in error["message"]

@@ -15,6 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+import supervisors as sv
+from meterd.accounts.actor import AccountUnavailable
+
 log = structlog.get_logger("meterd.api")
 
 #: The ``code`` for each status starlette raises by itself.
@@ -87,6 +90,34 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; the daemon log has the details")
 
 
+async def _actor_unavailable(request: Request, exc: Exception) -> Response:
+    # The account's actor did not answer (timed out, crashed, its supervisor is stopping or
+    # restarting): a transient state of the daemon, not a bug. The client may retry.
+    log.warning(
+        "api_actor_unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return error_response(
+        503,
+        "unavailable",
+        f"the account's actor could not answer ({type(exc).__name__}); retry shortly",
+    )
+
+
 def exception_handlers() -> dict[Any, Any]:
     """Starlette ``exception_handlers`` producing the error shape for every error."""
-    return {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+    unavailable = (
+        sv.CallTimeout,
+        sv.NoSuchActor,
+        sv.ActorExited,
+        sv.SupervisorStopping,
+        AccountUnavailable,
+    )
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_error,
+        **dict.fromkeys(unavailable, _actor_unavailable),
+        Exception: _unexpected,
+    }

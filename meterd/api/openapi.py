@@ -23,6 +23,7 @@ _ERROR_STATUSES: Final = {
     " (start_failed: it is left stopped); or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
+    "503": "The account's actor could not answer now (unavailable); retry shortly.",
 }
 
 
@@ -474,7 +475,7 @@ def _admin(
     return {method: operation}
 
 
-_READ_ERRORS: Final = ("400", "401", "404", "500")
+_READ_ERRORS: Final = ("400", "401", "404", "500", "503")
 _TEXT_FIELD: Final = {"type": "string", "minLength": 1, "maxLength": 1000}
 _LINE: Final = {
     "name": "line",
@@ -637,7 +638,7 @@ def _billing_paths() -> dict[str, Any]:
             " restated at once).",
             [_ACCOUNT, _EVENT],
             {"201": _json(_ref("VoidRecorded"), "Recorded.")},
-            ("400", "401", "404", "409", "500"),
+            ("400", "401", "404", "409", "500", "503"),
             _body(_VOID_BODY, "Who and why."),
         ),
         "/v1/periods/{period}/close": _admin(
@@ -646,7 +647,7 @@ def _billing_paths() -> dict[str, Any]:
             "Close a finished month for every account: its figures become final.",
             [_PERIOD],
             {"200": _json(_ref("Closure"), "Closed.")},
-            ("400", "401", "409", "500"),
+            ("400", "401", "409", "500", "503"),
             _body(_object({"by": _TEXT_FIELD}), "Who closes it."),
         ),
         "/v1/graphql": _admin(
@@ -740,7 +741,7 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("Usage"), "Rows for the windows that had usage."),
-                    **_errors("400", "401", "404", "500"),
+                    **_errors("400", "401", "404", "500", "503"),
                 },
             }
         },
