@@ -47,6 +47,7 @@ a supervisor ends, or being handled when it is cancelled, fail with
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from collections import Counter, deque
@@ -518,7 +519,9 @@ class SupervisorCore:
         """Kill a running child abruptly; it is handled like a crash (see the module doc).
 
         Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, or
-        :class:`SupervisorStopping` (also when the kill made the supervisor give up).
+        :class:`SupervisorStopping` if it could not kill it. A kill that makes the
+        supervisor give up (intensity exceeded) was done all the same: it returns, and
+        the supervisor is then stopping (``running`` is False).
         """
 
         async def kill() -> None:
@@ -527,7 +530,8 @@ class SupervisorCore:
             await incarnation._sv_wait_exit()  # its exit is now queued to this loop
 
         await self._call_in_loop(kill)
-        await self._call_in_loop(_nothing)  # returns once the exit was handled
+        with contextlib.suppress(SupervisorStopping):  # the kill made it give up: done
+            await self._call_in_loop(_nothing)  # returns once the exit was handled
 
     async def stop_and_restart_child(self, child_id: Hashable) -> None:
         """Stop a running child gracefully and start it again (see the module doc).
