@@ -539,9 +539,9 @@ class SupervisorCore:
         Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`,
         or :class:`StartError` if the new start fails: as OTP's ``restart_child``, the
         child is then left stopped (a dynamic one is removed), the failure does not
-        count toward the intensity, and the caller decides. A dynamic child whose
-        registered name was claimed by a new child meanwhile is not started twice: it
-        is removed.
+        count toward the intensity, and the caller decides. A registered name stays
+        reserved for the child throughout, so a start of another child under it
+        meanwhile fails with :class:`AlreadyStarted`.
         """
 
         async def restart() -> None:
@@ -550,9 +550,9 @@ class SupervisorCore:
             child._add_record(RestartRecord(time.time(), "operator", None, "operator restart"))
             self.restart_counts["operator"] += 1
             try:
+                # Its name (if any) stayed reserved for it while it was stopped, so no
+                # other start could take it meanwhile: this start cannot be AlreadyStarted.
                 await self._start_child(child)
-            except AlreadyStarted:
-                self._forget(child)
             except StartError:
                 self._forget(child)
                 raise

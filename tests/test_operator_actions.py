@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
@@ -144,37 +143,56 @@ async def test_dynamic_children_by_id(dynsup: sv.DynamicSupervisor) -> None:
         dynsup.child_status("t")
 
 
-async def test_an_operator_restart_racing_a_start_under_the_same_name(
+class Gated(sv.GenServer[Any, Any]):
+    """An actor whose ``init`` and ``terminate`` wait for the test to open their gate."""
+
+    def __init__(self, gates: dict[str, trio.Event]) -> None:
+        self.gates = gates
+
+    async def init(self) -> None:
+        if "init" in self.gates:
+            await self.gates["init"].wait()
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return id(self)
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        await self.gates["terminate"].wait()
+
+
+async def test_a_start_under_the_name_of_a_child_being_restarted_is_already_started(
     dynsup: sv.DynamicSupervisor,
 ) -> None:
-    """While an operator restart stops a named child, someone starts a new child under the
-    same name (as the accounts layer wakes an account): whoever claims the name first
-    wins, and there is never more than one child (nor none)."""
+    """While an operator restart stops a named child and starts it again, someone starts a
+    new child under the same name (as the accounts layer wakes an account): the name stays
+    reserved for the child being restarted, so that start fails with AlreadyStarted, at
+    either step, and there is exactly one child afterwards."""
     registry = sv.Registry()
-    log: list[str] = []
+    gates = {"terminate": trio.Event()}
 
     def spec() -> sv.ChildSpec:
-        return sv.actor_spec("n", Worker, log, "n", name=(registry, "n"))
+        return sv.actor_spec("n", Gated, gates, name=(registry, "n"))
 
-    await dynsup.start_child(spec())
-
-    async def racer(restarted: trio.Event) -> None:
-        # Polled: the registry has no event for "the name was freed".
-        while registry.whereis("n") is not None:
-            if restarted.is_set():
-                return
-            await trio.lowlevel.checkpoint()
-        with contextlib.suppress(sv.AlreadyStarted):
+    first = await dynsup.start_child(spec())
+    gates["init"] = trio.Event()  # the next incarnation's init waits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dynsup.stop_and_restart_child, "n")
+        await trio.testing.wait_all_tasks_blocked()  # it waits in terminate
+        assert registry.whereis("n") is None
+        with pytest.raises(sv.AlreadyStarted):
             await dynsup.start_child(spec())
-
-    for _ in range(20):  # Trio's scheduler shuffles: both orders happen over the rounds
-        restarted = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(racer, restarted)
-            await dynsup.stop_and_restart_child("n")
-            restarted.set()
-        assert len(dynsup) == 1
-        assert registry.whereis("n") is not None
+        gates["terminate"].set()
+        await trio.testing.wait_all_tasks_blocked()  # the new incarnation waits in init
+        assert registry.restarting("n")
+        with pytest.raises(sv.AlreadyStarted):
+            await dynsup.start_child(spec())
+        gates["init"].set()
+    assert len(dynsup) == 1
+    assert dynsup.child_status("n") is sv.ChildStatus.RUNNING
+    second = registry.whereis("n")
+    assert second is not None
+    assert second != first
+    assert await registry.ref("n").call("who") == await second.call("who")
 
 
 async def test_find_child_by_path(nursery: trio.Nursery) -> None:
