@@ -511,6 +511,11 @@ class SupervisorCore:
             raise ChildNotRunning(f"child {child_id!r} of {self.name!r} is not running")
         return child, incarnation
 
+    def would_give_up(self) -> bool:
+        """Whether one more restart now would exceed the intensity: a child crashing (or
+        killed) now would make this supervisor give up and escalate to its parent."""
+        return self._intensity.would_exceed(trio.current_time())
+
     def child_status(self, child_id: Hashable) -> ChildStatus:
         """The status of child ``child_id``; a dynamic child that ended is gone (NoSuchChild)."""
         return self._find_by_id(child_id).status

@@ -681,3 +681,30 @@ async def test_an_account_whose_actor_cannot_answer_is_503_unavailable(tmp_path:
             )
         error = assert_error(response, 503, "unavailable")
         assert "SupervisorStopping" in error["message"]
+
+
+async def test_a_kill_that_would_escalate_up_to_the_root_is_refused(tmp_path: Path) -> None:
+    """In-process: the accounts supervisor allows 3 restarts in 5 s; a 4th kill of one of
+    its children would make it give up, and the rest_for_one root would then restart the
+    API with it. That kill is refused; the API was never restarted."""
+    async with running(make_config(tmp_path)) as services:
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            statuses = []
+            for _ in range(6):
+                response = await client.post("/v1/actors/root/accounts/sweeper/kill")
+                statuses.append(response.status_code)
+                if response.status_code != 200:
+                    break
+            assert statuses == [200, 200, 200, 409]
+            assert_error(response, 409, "would_stop_api")
+            # A graceful restart does not count toward the intensity: still allowed.
+            restarted = await client.post("/v1/actors/root/accounts/sweeper/restart")
+            assert restarted.status_code == 200, restarted.text
+            tree = (await client.get("/v1/tree")).json()
+    api = node(tree, "root/api")
+    assert api is not None
+    assert api["restarts"] == 0
+    accounts = node(tree, "root/accounts")
+    assert accounts is not None
+    assert accounts["restarts"] == 0
