@@ -34,6 +34,7 @@ from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
 from tests.procs.daemon import DaemonProcess, running_daemon
 from tests.test_ingest import certificate, make_config, running
 from tests.test_kill9 import free_ports
+from tests.test_operator_actions import FailsAfterFirstStart
 
 NOW = time.time_ns() // 1_000_000
 T0 = NOW - NOW % HOUR_MS - 2 * HOUR_MS  # two hours ago, on the hour
@@ -607,23 +608,13 @@ async def test_the_api_comes_back_on_its_port_when_the_root_restarts_it(tmp_path
         assert api["restart_history"][-1]["kind"] == "sibling"
 
 
-class _FailsAfterFirstStart(sv.GenServer[Any, Any]):
-    def __init__(self, starts: list[int]) -> None:
-        self.starts = starts
-
-    def init(self) -> None:
-        self.starts.append(1)
-        if len(self.starts) > 1:
-            raise OSError("the disk went away")
-
-
 async def test_a_restart_that_fails_to_start_is_409_start_failed(tmp_path: Path) -> None:
     """In-process (a child under the meters supervisor whose second start fails): the
     operator is told why, and the child is left stopped instead of retried."""
     async with running(make_config(tmp_path)) as services:
         meters = services.accounts.supervisor
         starts: list[int] = []
-        await meters.start_child(sv.actor_spec("flaky", _FailsAfterFirstStart, starts))
+        await meters.start_child(sv.actor_spec("flaky", FailsAfterFirstStart, starts))
         headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
         async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
             error = assert_error(
