@@ -699,3 +699,25 @@ async def test_a_kill_that_would_escalate_up_to_the_root_is_refused(tmp_path: Pa
     accounts = node(tree, "root/accounts")
     assert accounts is not None
     assert accounts["restarts"] == 0
+
+
+async def test_after_a_kill_of_the_meters_supervisor_its_accounts_answer_again(
+    tmp_path: Path,
+) -> None:
+    """In-process, the reviewer's case: killing root/accounts/meters kills every account
+    actor; their names are released, so the next usage query wakes the account again
+    (it used to wait forever on a name reserved for no actor)."""
+    async with running(make_config(tmp_path)) as services:
+        await services.accounts.ingest(
+            "acme", [Event("e1", "acme", "router.requests", 1, T0, (("app", "a"),))]
+        )
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            killed = await client.post("/v1/actors/root/accounts/meters/kill")
+            assert killed.json()["status"] == "running", killed.text
+            with trio.fail_after(10):
+                response = await client.get(
+                    "/v1/accounts/acme/usage",
+                    params={"meter": "router.requests", "from": T0, "to": NOW},
+                )
+    assert [row["value"] for row in response.json()["rows"]] == ["1"]
