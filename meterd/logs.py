@@ -26,8 +26,32 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+class ToStructlog(logging.Handler):
+    """Standard ``logging`` records (hypercorn's error log, libraries) as structlog events.
+
+    One event per record, on one line: an exception is summarised as ``error`` ("Type:
+    message") rather than printed as a multi-line traceback.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"logger": record.name}
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            fields["error"] = f"{type(error).__name__}: {error}"
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+
+
+def route_stdlib_logging() -> None:
+    """Send every standard ``logging`` record (warnings and up) through structlog."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, ToStructlog) for handler in root.handlers):
+        root.addHandler(ToStructlog())
+    root.setLevel(logging.WARNING)
+
+
 def configure(*, level: str = "info", json: bool | None = None) -> None:
-    """Configure structlog once for the process."""
+    """Configure structlog once for the process, and route stdlib logging through it."""
+    route_stdlib_logging()
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()

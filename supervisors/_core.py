@@ -35,15 +35,19 @@ Operator actions (beyond OTP's API, for fault drills and maintenance), by child 
   again from its spec. Only that child is restarted (as OTP's
   ``terminate_child`` followed by ``restart_child``, whatever the strategy); the
   restart is recorded in its history as ``operator`` and does not count toward
-  the intensity.
+  the intensity. If the new start fails, the child is left stopped (a dynamic
+  one is removed) and the caller gets the :class:`StartError`, as from OTP's
+  ``restart_child``.
 
 Both run in the control loop and return once the supervisor has dealt with the
 child (restarted it, or scheduled a restart with backoff). Requests queued when
-a supervisor ends fail with :class:`SupervisorStopping` instead of hanging.
+a supervisor ends, or being handled when it is cancelled, fail with
+:class:`SupervisorStopping` instead of hanging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from collections import Counter, deque
@@ -263,18 +267,25 @@ class SupervisorCore:
             finally:
                 self.stopping = True
                 self._fail_requests()
-                await self._terminate_all()
-                self._dispatcher.close()
-                nursery.cancel_scope.cancel()
+                try:
+                    await self._terminate_all()
+                finally:
+                    # Also when that wait is cancelled (this supervisor was killed): its
+                    # children's names are released there, and nothing may outlive it.
+                    self._dispatcher.close()
+                    nursery.cancel_scope.cancel()
         return error
 
     def _fail_requests(self) -> None:
         """Requests the control loop will never handle: their callers must not wait forever."""
-        stopping = SupervisorStopping(f"supervisor {self.name!r} stopped")
+        stopping = self._stopped_error()
         for event in self._events:
             if event[0] == "request":
                 event[2](outcome.Error(stopping))
         self._events.clear()
+
+    def _stopped_error(self) -> SupervisorStopping:
+        return SupervisorStopping(f"supervisor {self.name!r} stopped")
 
     def _reset(self) -> None:
         """Fresh state for a new run: a restarted supervisor starts over, as in OTP."""
@@ -372,9 +383,15 @@ class SupervisorCore:
             try:
                 result = outcome.Value(await operation())
             except _AutoShutdown:
+                reply(outcome.Error(self._stopped_error()))
                 raise
             except Exception as error:
                 result = outcome.Error(error)
+            except BaseException:
+                # Cancelled meanwhile (this supervisor is being killed): its caller must
+                # not wait forever for a reply that will never come.
+                reply(outcome.Error(self._stopped_error()))
+                raise
             reply(result)
 
     async def _on_child_exit(self, child: Child, exit: Exit, *, log: bool) -> None:
@@ -494,6 +511,11 @@ class SupervisorCore:
             raise ChildNotRunning(f"child {child_id!r} of {self.name!r} is not running")
         return child, incarnation
 
+    def would_give_up(self) -> bool:
+        """Whether one more restart now would exceed the intensity: a child crashing (or
+        killed) now would make this supervisor give up and escalate to its parent."""
+        return self._intensity.would_exceed(trio.current_time())
+
     def child_status(self, child_id: Hashable) -> ChildStatus:
         """The status of child ``child_id``; a dynamic child that ended is gone (NoSuchChild)."""
         return self._find_by_id(child_id).status
@@ -502,7 +524,9 @@ class SupervisorCore:
         """Kill a running child abruptly; it is handled like a crash (see the module doc).
 
         Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, or
-        :class:`SupervisorStopping` (also when the kill made the supervisor give up).
+        :class:`SupervisorStopping` if it could not kill it. A kill that makes the
+        supervisor give up (intensity exceeded) was done all the same: it returns, and
+        the supervisor is then stopping (``running`` is False).
         """
 
         async def kill() -> None:
@@ -511,15 +535,18 @@ class SupervisorCore:
             await incarnation._sv_wait_exit()  # its exit is now queued to this loop
 
         await self._call_in_loop(kill)
-        await self._call_in_loop(_nothing)  # returns once the exit was handled
+        with contextlib.suppress(SupervisorStopping):  # the kill made it give up: done
+            await self._call_in_loop(_nothing)  # returns once the exit was handled
 
     async def stop_and_restart_child(self, child_id: Hashable) -> None:
         """Stop a running child gracefully and start it again (see the module doc).
 
-        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`.
-        If the new start fails, that counts as a failed restart and is retried as
-        after a crash. A dynamic child whose registered name was claimed by a new
-        child meanwhile is not started twice: it is removed.
+        Raises :class:`NoSuchChild`, :class:`ChildNotRunning`, :class:`SupervisorStopping`,
+        or :class:`StartError` if the new start fails: as OTP's ``restart_child``, the
+        child is then left stopped (a dynamic one is removed), the failure does not
+        count toward the intensity, and the caller decides. A registered name stays
+        reserved for the child throughout, so a start of another child under it
+        meanwhile fails with :class:`AlreadyStarted`.
         """
 
         async def restart() -> None:
@@ -528,12 +555,12 @@ class SupervisorCore:
             child._add_record(RestartRecord(time.time(), "operator", None, "operator restart"))
             self.restart_counts["operator"] += 1
             try:
+                # Its name (if any) stayed reserved for it while it was stopped, so no
+                # other start could take it meanwhile: this start cannot be AlreadyStarted.
                 await self._start_child(child)
-            except AlreadyStarted:
+            except StartError:
                 self._forget(child)
-            except StartError as error:
-                child.restarting = True
-                self._post(("retry", child, exit_from_exception(error.reason)))
+                raise
 
         await self._call_in_loop(restart)
 

@@ -18,7 +18,7 @@ actors costs no task switch; restarts still run in the supervisor's task.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from ._child import request_stop, wait_stopped
@@ -43,6 +43,9 @@ class DynamicSupervisor(SupervisorCore):
             raise ValueError(f"max_children must be >= 0, not {max_children!r}")
         self.max_children = max_children
         self._live: dict[Child, None] = {}  # insertion-ordered set
+        # The first live child of each id: operator actions and the API find an actor by
+        # id without walking every child. Ids may repeat (rarely): see _find_by_id.
+        self._by_id: dict[Hashable, Child] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -50,6 +53,7 @@ class DynamicSupervisor(SupervisorCore):
     def _reset(self) -> None:
         super()._reset()
         self._live = {}
+        self._by_id = {}
 
     async def start_child(self, spec: ChildSpec) -> Any:
         """Start a child from ``spec`` and return its ref (for an actor, its ActorRef).
@@ -66,6 +70,7 @@ class DynamicSupervisor(SupervisorCore):
         check_child_spec(spec)
         child = Child(spec)
         self._live[child] = None  # take the place before awaiting the start
+        self._by_id.setdefault(spec.id, child)
         try:
             await self._start_child(child)
         except BaseException:
@@ -91,6 +96,16 @@ class DynamicSupervisor(SupervisorCore):
 
     def _drop(self, child: Child) -> None:
         self._live.pop(child, None)
+        if self._by_id.get(child.spec.id) is child:
+            del self._by_id[child.spec.id]
+
+    def _find_by_id(self, child_id: Hashable) -> Child:
+        child = self._by_id.get(child_id)
+        if child is not None:
+            return child
+        if len(self._by_id) < len(self._live):  # some ids repeat: another may have it
+            return super()._find_by_id(child_id)
+        raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
 
     def _children(self) -> Iterable[Child]:
         return self._live
@@ -111,13 +126,17 @@ class DynamicSupervisor(SupervisorCore):
     async def _terminate_all(self) -> None:
         children = list(self._live)
         self._live.clear()
+        self._by_id.clear()
         stopping = []
-        for child in children:  # ask all at once ...
-            incarnation, child.incarnation = child.incarnation, None
-            child.restarting = False
-            if incarnation is not None and incarnation.sv_alive:
-                stopping.append((incarnation, request_stop(incarnation, child.spec.shutdown_grace)))
-        for incarnation, deadline in stopping:  # ... then give each its grace period
-            await wait_stopped(incarnation, deadline)
-        for child in children:
-            self._release_name(child)
+        try:
+            for child in children:  # ask all at once ...
+                incarnation, child.incarnation = child.incarnation, None
+                child.restarting = False
+                if incarnation is not None and incarnation.sv_alive:
+                    deadline = request_stop(incarnation, child.spec.shutdown_grace)
+                    stopping.append((incarnation, deadline))
+            for incarnation, deadline in stopping:  # ... then give each its grace period
+                await wait_stopped(incarnation, deadline)
+        finally:  # even if killed while waiting: the names must not stay reserved
+            for child in children:
+                self._release_name(child)

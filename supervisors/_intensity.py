@@ -34,5 +34,11 @@ class RestartIntensity:
         restarts.append(now)
         return len(restarts) <= self.max_restarts
 
+    def would_exceed(self, now: float) -> bool:
+        """Whether a restart at ``now`` would exceed the intensity (nothing is recorded)."""
+        threshold = now - self.max_seconds
+        recent = sum(1 for at in self._restarts if at >= threshold)
+        return recent + 1 > self.max_restarts
+
     def __len__(self) -> int:
         return len(self._restarts)

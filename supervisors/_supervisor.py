@@ -158,10 +158,14 @@ class Supervisor(SupervisorCore):
         await self._start_in_order(group, rollback=False)
 
     async def _terminate_all(self) -> None:
-        for child in reversed(self._list):
-            await self._terminate_child(child)
-            child.restarting = False
-            self._release_name(child)
+        try:
+            for child in reversed(self._list):
+                await self._terminate_child(child)
+                child.restarting = False
+                self._release_name(child)
+        finally:  # even if killed while waiting: the names must not stay reserved
+            for child in self._list:
+                self._release_name(child)
 
     # ---- run-time operations (OTP's supervisor API) -------------------------------
 

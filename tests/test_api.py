@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog.testing
 import trio
+import trio.testing
 
 import supervisors as sv
 from meterd.accounts.actor import AccountUnavailable
@@ -32,12 +34,15 @@ from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
 from tests.procs.daemon import DaemonProcess, running_daemon
 from tests.test_ingest import certificate, make_config, running
 from tests.test_kill9 import free_ports
+from tests.test_operator_actions import FailsAfterFirstStart
 
 NOW = time.time_ns() // 1_000_000
 T0 = NOW - NOW % HOUR_MS - 2 * HOUR_MS  # two hours ago, on the hour
 __all__ = ["certificate"]  # the fixture, shared with test_ingest
 
-IDLE_TIMEOUT = 5.0  # seconds: accounts hibernate quickly enough to test 409 not_running
+# Seconds: no account of the shared daemon hibernates during a test, even under load (the
+# kill and restart tests need their actor awake); hibernation is tested in-process.
+IDLE_TIMEOUT = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -319,24 +324,33 @@ async def test_unknown_things_are_404_and_wrong_methods_405(
     assert node(tree, "root/accounts/meters/nobody") is None
 
 
-async def test_a_hibernated_account_is_409_not_running(
-    daemon: DaemonProcess, api: httpx.AsyncClient
-) -> None:
-    await ingest(daemon, [dyno("sleepy", 1)])
-    with trio.fail_after(IDLE_TIMEOUT * 6):  # the sweeper hibernates it after IDLE_TIMEOUT
-        while True:
-            tree = (await api.get("/v1/tree", params={"limit": 10_000})).json()
-            if node(tree, "root/accounts/meters/sleepy") is None:
-                break
-            await trio.sleep(0.2)
-    for action in ("restart", "kill"):
-        assert_error(await api.post(f"/v1/actors/sleepy/{action}"), 409, "not_running")
-    # It is still known: its usage wakes it and counts its event.
-    response = await api.get(
-        "/v1/accounts/sleepy/usage",
-        params={"meter": "dyno.seconds", "from": T0, "to": NOW, "window": "hour"},
-    )
-    assert [row["value"] for row in response.json()["rows"]] == ["1.001"]
+async def test_a_hibernated_account_is_409_not_running(tmp_path: Path) -> None:
+    """In-process: the account is told to hibernate (as the sweeper does after
+    idle_timeout, tested in test_accounts and test_cli_live) rather than waited for."""
+    async with running(make_config(tmp_path)) as services:
+        accounts = services.accounts
+        await accounts.ingest(
+            "sleepy", [Event("e1", "sleepy", "router.requests", 1, T0, (("app", "a"),))]
+        )
+        ref = accounts.registry.whereis("sleepy")
+        assert ref is not None
+        gone = ref.monitor()
+        await ref.cast(("hibernate",))
+        await gone.wait()
+        await trio.testing.wait_all_tasks_blocked()  # its supervisor removed it
+        assert "sleepy" not in accounts.registry
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            for action in ("restart", "kill"):
+                assert_error(
+                    await client.post(f"/v1/actors/sleepy/{action}"), 409, "not_running"
+                )
+            # It is still known: its usage wakes it and counts its event.
+            response = await client.get(
+                "/v1/accounts/sleepy/usage",
+                params={"meter": "router.requests", "from": T0, "to": NOW, "window": "hour"},
+            )
+    assert [row["value"] for row in response.json()["rows"]] == ["1"]
 
 
 # ---- tree and actors -------------------------------------------------------------------------
@@ -592,3 +606,118 @@ async def test_the_api_comes_back_on_its_port_when_the_root_restarts_it(tmp_path
         assert api is not None
         assert api["restarts"] == 1
         assert api["restart_history"][-1]["kind"] == "sibling"
+
+
+async def test_a_restart_that_fails_to_start_is_409_start_failed(tmp_path: Path) -> None:
+    """In-process (a child under the meters supervisor whose second start fails): the
+    operator is told why, and the child is left stopped instead of retried."""
+    async with running(make_config(tmp_path)) as services:
+        meters = services.accounts.supervisor
+        starts: list[int] = []
+        await meters.start_child(sv.actor_spec("flaky", FailsAfterFirstStart, starts))
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            error = assert_error(
+                await client.post("/v1/actors/flaky/restart"), 409, "start_failed"
+            )
+            assert "OSError: the disk went away" in error["message"]
+            # Left stopped: a dynamic child is removed (it is no account, so 404).
+            assert_error(await client.post("/v1/actors/flaky/restart"), 404, "unknown_actor")
+        assert starts == [1, 1]
+        assert "exit" not in meters.restart_counts
+
+
+async def test_an_unexpected_error_is_one_structured_event_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process (the store's reader is made to fail): a 500 with the error shape, logged
+    once as an event naming the route (never the token), and no multi-line traceback from
+    the server on stderr."""
+    async with running(make_config(tmp_path)) as services:
+        token = services.api.daemon.config.api.admin_token
+
+        async def broken(account: str | None = None) -> list[Any]:
+            raise ZeroDivisionError("a bug")
+
+        services.store.reader.quarantined = broken  # type: ignore[method-assign]
+        headers = {"Authorization": f"Bearer {token}"}
+        with structlog.testing.capture_logs() as events:
+            async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+                assert_error(await client.get("/v1/quarantine"), 500, "internal")
+                assert (await client.get("/healthz")).status_code == 200  # still serving
+    [logged] = [e for e in events if e["log_level"] == "error"]
+    assert logged["event"] == "api_internal_error"
+    assert logged["path"] == "/v1/quarantine"
+    assert "ZeroDivisionError: a bug" in logged["error"]
+    assert token not in repr(events)
+    # Nothing reached the server's (stdlib) error log, which would print the traceback.
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_an_account_whose_actor_cannot_answer_is_503_unavailable(tmp_path: Path) -> None:
+    """In-process: with the meters supervisor stopped, a usage query cannot reach the
+    account's actor: 503 unavailable (the client may retry), not 500 internal."""
+    async with running(make_config(tmp_path)) as services:
+        await services.accounts.ingest(
+            "stuck", [Event("e1", "stuck", "router.requests", 1, T0, (("app", "a"),))]
+        )
+        parent, child_id = sv.find_child(services.root, ["root", "accounts", "meters"])
+        assert isinstance(parent, sv.Supervisor)
+        await parent.terminate_child(child_id)
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            response = await client.get(
+                "/v1/accounts/stuck/usage",
+                params={"meter": "router.requests", "from": T0, "to": NOW},
+            )
+        error = assert_error(response, 503, "unavailable")
+        assert "SupervisorStopping" in error["message"]
+
+
+async def test_a_kill_that_would_escalate_up_to_the_root_is_refused(tmp_path: Path) -> None:
+    """In-process: the accounts supervisor allows 3 restarts in 5 s; a 4th kill of one of
+    its children would make it give up, and the rest_for_one root would then restart the
+    API with it. That kill is refused; the API was never restarted."""
+    async with running(make_config(tmp_path)) as services:
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            statuses = []
+            for _ in range(6):
+                response = await client.post("/v1/actors/root/accounts/sweeper/kill")
+                statuses.append(response.status_code)
+                if response.status_code != 200:
+                    break
+            assert statuses == [200, 200, 200, 409]
+            assert_error(response, 409, "would_stop_api")
+            # A graceful restart does not count toward the intensity: still allowed.
+            restarted = await client.post("/v1/actors/root/accounts/sweeper/restart")
+            assert restarted.status_code == 200, restarted.text
+            tree = (await client.get("/v1/tree")).json()
+    api = node(tree, "root/api")
+    assert api is not None
+    assert api["restarts"] == 0
+    accounts = node(tree, "root/accounts")
+    assert accounts is not None
+    assert accounts["restarts"] == 0
+
+
+async def test_after_a_kill_of_the_meters_supervisor_its_accounts_answer_again(
+    tmp_path: Path,
+) -> None:
+    """In-process, the reviewer's case: killing root/accounts/meters kills every account
+    actor; their names are released, so the next usage query wakes the account again
+    (it used to wait forever on a name reserved for no actor)."""
+    async with running(make_config(tmp_path)) as services:
+        await services.accounts.ingest(
+            "acme", [Event("e1", "acme", "router.requests", 1, T0, (("app", "a"),))]
+        )
+        headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
+        async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
+            killed = await client.post("/v1/actors/root/accounts/meters/kill")
+            assert killed.json()["status"] == "running", killed.text
+            with trio.fail_after(10):
+                response = await client.get(
+                    "/v1/accounts/acme/usage",
+                    params={"meter": "router.requests", "from": T0, "to": NOW},
+                )
+    assert [row["value"] for row in response.json()["rows"]] == ["1"]

@@ -150,3 +150,25 @@ async def test_start_child_after_stop_is_refused(nursery: trio.Nursery) -> None:
     await dyn.wait_stopped()
     with pytest.raises(sv.SupervisorStopping):
         await dyn.start_child(sv.actor_spec("late", Worker))
+
+
+async def test_children_are_found_by_id_also_when_ids_repeat(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    """Operator actions find a dynamic child by id (a dict, not a walk over every child).
+    Ids need not be unique: when the first child of an id goes, the next is found."""
+    first = await dynsup.start_child(sv.actor_spec("x", Worker, tag="1"))
+    await dynsup.start_child(sv.actor_spec("x", Worker, tag="2"))
+    await dynsup.start_child(sv.actor_spec("y", Worker, tag="3"))
+    assert dynsup.child_status("x") is sv.ChildStatus.RUNNING
+    await dynsup.terminate_child(first)
+    await dynsup.kill_child("x")  # the second "x" now: it is restarted (permanent)
+    [info] = [i for i in dynsup.which_children() if i.id == "x"]
+    assert info.restarts == 1
+    assert await info.ref.call("who") == "2"
+    ref = next(i.ref for i in dynsup.which_children() if i.id == "y")
+    await dynsup.terminate_child(ref)
+    with pytest.raises(sv.NoSuchChild):
+        dynsup.child_status("y")
+    with pytest.raises(sv.NoSuchChild):
+        await dynsup.kill_child("z")

@@ -141,3 +141,20 @@ def test_max_restarts_zero_escalates_on_first_restart() -> None:
 def test_max_restarts_zero_escalates_even_after_a_long_quiet_time() -> None:
     intensity = RestartIntensity(0, 1.0)
     assert not intensity.add_restart(1_000_000.0)
+
+
+@given(
+    max_restarts=st.integers(0, 4),
+    max_seconds=st.integers(1, 5),
+    times=st.lists(st.integers(0, 30), max_size=12).map(sorted),
+)
+def test_would_exceed_predicts_add_restart_without_recording(
+    max_restarts: int, max_seconds: int, times: list[int]
+) -> None:
+    """``would_exceed(now)`` is what ``add_restart(now)`` would answer, negated, and it
+    records nothing (so an API may ask before acting)."""
+    intensity = RestartIntensity(max_restarts, max_seconds)
+    for now in times:
+        predicted = intensity.would_exceed(now)
+        assert intensity.would_exceed(now) == predicted  # asking changed nothing
+        assert intensity.add_restart(now) is not predicted

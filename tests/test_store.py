@@ -969,6 +969,7 @@ async def test_quarantined_events_are_listed_and_left_out_of_replay(tmp_path: Pa
             (1, "poison", "ZeroDivisionError: boom again", 777)
         ]
         assert len(await r.quarantined()) == 2
+        assert await r.quarantined_count() == 2  # counted by SQLite, for /metrics
         watermark, windows, replay = await r.load_account("acme")  # a 3-tuple
         assert (watermark, windows, replay) == (0, [], [(1, [ev("ok"), ev("ok2")])])
 

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+import supervisors as sv
+from meterd.accounts.actor import AccountUnavailable
 from meterd.store import CommitFailed
 
 log = structlog.get_logger("meterd.api")
@@ -108,12 +110,36 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     return await _unexpected(request, exc)
 
 
+async def _actor_unavailable(request: Request, exc: Exception) -> Response:
+    # The account's actor did not answer (timed out, crashed, its supervisor is stopping or
+    # restarting): a transient state of the daemon, not a bug. The client may retry.
+    log.warning(
+        "api_actor_unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return error_response(
+        503,
+        "unavailable",
+        f"the account's actor could not answer ({type(exc).__name__}); retry shortly",
+    )
+
+
 def exception_handlers() -> dict[Any, Any]:
     """Starlette ``exception_handlers`` producing the error shape for every error."""
+    unavailable = (
+        sv.CallTimeout,
+        sv.NoSuchActor,
+        sv.ActorExited,
+        sv.SupervisorStopping,
+        AccountUnavailable,
+    )
     return {
         ApiError: _api_error,
         HTTPException: _http_error,
         CommitFailed: _store_failed,
         sqlite3.OperationalError: _database_error,
+        **dict.fromkeys(unavailable, _actor_unavailable),
         Exception: _unexpected,
     }

@@ -156,5 +156,5 @@ class Metrics:
     async def render(self) -> bytes:
         """The scrape body; the quarantine count is read from the store first."""
         if self.collector is not None:
-            self.collector.quarantined = len(await self.collector.store.reader.quarantined())
+            self.collector.quarantined = await self.collector.store.reader.quarantined_count()
         return generate_latest(self.registry)

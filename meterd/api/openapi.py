@@ -19,10 +19,12 @@ _ERROR_STATUSES: Final = {
     "401": "The admin token is missing or wrong.",
     "404": "The account, meter, actor, event or invoice line is unknown, or no such route.",
     "405": "The method is not allowed on this route.",
-    "409": "The actor cannot be acted on now; or a billing conflict (already void, already"
+    "409": "The actor cannot be acted on now, or its restart failed to start it again"
+    " (start_failed: it is left stopped); or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
     "500": "An unexpected error (the daemon log has the details).",
-    "503": "The store or the billing database cannot write (a full disk); nothing was written.",
+    "503": "The account's actor could not answer now (unavailable), or the store or the"
+    " billing database cannot write (a full disk: nothing was written); retry shortly.",
 }
 
 
@@ -514,7 +516,7 @@ def _admin(
     return {method: operation}
 
 
-_READ_ERRORS: Final = ("400", "401", "404", "500")
+_READ_ERRORS: Final = ("400", "401", "404", "500", "503")
 _TEXT_FIELD: Final = {"type": "string", "minLength": 1, "maxLength": 1000}
 _LINE: Final = {
     "name": "line",
@@ -678,7 +680,7 @@ def _billing_paths() -> dict[str, Any]:
             " restated at once).",
             [_ACCOUNT, _EVENT],
             {"201": _json(_ref("VoidRecorded"), "Recorded.")},
-            ("400", "401", "404", "409", "500"),
+            ("400", "401", "404", "409", "500", "503"),
             _body(_VOID_BODY, "Who and why."),
         ),
         "/v1/periods/{period}/close": _admin(
@@ -687,7 +689,7 @@ def _billing_paths() -> dict[str, Any]:
             "Close a finished month for every account: its figures become final.",
             [_PERIOD],
             {"200": _json(_ref("Closure"), "Closed.")},
-            ("400", "401", "409", "500"),
+            ("400", "401", "409", "500", "503"),
             _body(_object({"by": _TEXT_FIELD}), "Who closes it."),
         ),
         "/v1/graphql": _admin(

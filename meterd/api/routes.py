@@ -258,6 +258,21 @@ def _would_stop_api(
     )
 
 
+def _kill_would_stop_api(
+    daemon: Daemon, path: str, sup: sv.SupervisorCore, child_id: Hashable
+) -> bool:
+    """Whether killing ``path`` would reach the API: each supervisor on the way up that
+    would give up (restart intensity) passes the exit to its parent; the first that would
+    not restarts its child, which stops the API only at the root (:func:`_would_stop_api`)."""
+    names = path.split("/")
+    chain = [sv.find_child(daemon.tree, names[:depth]) for depth in range(2, len(names))]
+    chain.append((sup, child_id))
+    for level, level_child in reversed(chain):
+        if not level.would_give_up():
+            return _would_stop_api(daemon, level, level_child, kill=True)
+    return True  # even the root would give up: the daemon stops
+
+
 async def actor_action(daemon: Daemon, request: Request, action: str) -> Response:
     actor = request.path_params["actor"]
     path, sup, child_id = await _target(daemon, actor)
@@ -266,6 +281,13 @@ async def actor_action(daemon: Daemon, request: Request, action: str) -> Respons
             409,
             "would_stop_api",
             f"{action} of {path!r} would stop the API before it could answer",
+        )
+    if action == "kill" and _kill_would_stop_api(daemon, path, sup, child_id):
+        raise ApiError(
+            409,
+            "would_stop_api",
+            f"kill of {path!r} would make its supervisors give up (restart intensity)"
+            " up to the root, which would stop the API before it could answer",
         )
     try:
         if action == "kill":
@@ -276,6 +298,11 @@ async def actor_action(daemon: Daemon, request: Request, action: str) -> Respons
         raise ApiError(409, "not_running", f"{path!r} is not running") from None
     except sv.SupervisorStopping:
         raise ApiError(409, "stopping", f"the supervisor of {path!r} is stopping") from None
+    except sv.StartError as error:  # as OTP's restart_child: it stays stopped, not retried
+        reason = f"{type(error.reason).__name__}: {error.reason}"
+        raise ApiError(
+            409, "start_failed", f"{path!r} was stopped but failed to start again: {reason}"
+        ) from None
     try:
         status = sup.child_status(child_id).value
     except sv.NoSuchChild:

@@ -10,7 +10,12 @@ Shutdown (the supervisor cancels the task): hypercorn's shutdown trigger fires, 
 accepting and gives requests in flight ``GRACEFUL_TIMEOUT`` to finish, all within the
 child's shutdown grace (:func:`supervisors.shutdown_shield`). Hypercorn's access log is
 off (request headers carry the admin token); its error log goes to the standard
-``logging`` logger ``meterd.api.hypercorn``.
+``logging`` logger ``meterd.api.hypercorn``, which :func:`meterd.logs.configure` routes
+through structlog (one line per event).
+
+An unexpected exception in a route is answered 500 and logged once by the app's handler
+(:mod:`.errors`); starlette then re-raises it, and :class:`AnsweredErrors` stops it there,
+so hypercorn does not log it a second time as a multi-line traceback.
 """
 
 from __future__ import annotations
@@ -34,6 +39,34 @@ GRACEFUL_TIMEOUT: Final = 3.0  # seconds for requests in flight when the API sto
 SHUTDOWN_GRACE: Final = 5.0  # the child's shutdown grace, above GRACEFUL_TIMEOUT
 
 
+class AnsweredErrors:
+    """ASGI wrapper: an exception from ``app`` ends here once it has been answered.
+
+    Starlette answers an unexpected exception with the 500 of :mod:`.errors` (which logs
+    it) and then re-raises it for the server; here it is dropped instead. One raised
+    before any answer is left to hypercorn (which answers 500 and logs one line).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        answered = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if scope["type"] != "http" or not answered:
+                raise  # hypercorn answers and logs it (one line, see meterd.logs)
+            # else: the 500 went out and the app's handler logged it: nothing more to do
+
+
 def hypercorn_config(api: ApiConfig) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [str(api.listen)]
@@ -52,7 +85,7 @@ class ApiServer:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.app = build_app(daemon)
+        self.app = AnsweredErrors(build_app(daemon))
         self.urls: list[str] = []  # what the running incarnation listens on
 
     def child_spec(self, id: str = "api") -> sv.ChildSpec:
@@ -92,7 +125,7 @@ class ApiServer:
         with shield:  # requests in flight finish when the child is stopped
             try:
                 await serve(
-                    self.app,  # type: ignore[arg-type]
+                    self.app,
                     config,
                     shutdown_trigger=stop.wait,
                     task_status=task_status,
@@ -103,4 +136,4 @@ class ApiServer:
                 ) from error
 
 
-__all__ = ["ApiServer", "hypercorn_config"]
+__all__ = ["AnsweredErrors", "ApiServer", "hypercorn_config"]

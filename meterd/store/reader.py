@@ -377,6 +377,14 @@ class Reader:
 
         return await self._run(query)
 
+    async def quarantined_count(self) -> int:
+        """How many events are quarantined (counted in SQLite, no rows loaded)."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+        return await self._run(query)
+
     async def has_account(self, account: str) -> bool:
         """Whether the store has seen ``account`` (events appended or a checkpoint written)."""
 
