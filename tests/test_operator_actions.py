@@ -315,3 +315,65 @@ async def test_a_failed_operator_restart_removes_a_dynamic_child_and_frees_its_n
         dynsup.child_status("a")
     assert "a" not in registry
     assert "exit" not in dynsup.restart_counts
+
+
+class Flushing(sv.GenServer[Any, Any]):
+    """A named actor whose terminate takes 3 s (a meter writing its checkpoint)."""
+
+    def __init__(self, log: list[str], tag: str) -> None:
+        self.log = log
+        self.tag = tag
+
+    def init(self) -> None:
+        self.log.append(f"init {self.tag}")
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return id(self)
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        self.log.append(f"terminate {self.tag}")
+        await trio.sleep(3)
+        self.log.append(f"terminated {self.tag}")
+
+
+async def test_no_new_actor_takes_a_name_before_the_killed_supervisors_actor_ended(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Names are released when a killed supervisor's wait is cancelled, but its actors
+    still run (shielded) in its nursery until their terminate ends. No second actor for
+    the same name may start meanwhile: two meters of one account would both write it.
+    A start during that time is refused (the supervisor is stopping); the kill returns,
+    and a new actor starts, only once the old one has ended."""
+    log: list[str] = []
+    registry = sv.Registry()
+    inner = sv.DynamicSupervisor(name="meters")
+    root = sv.Supervisor([inner.as_child("meters")], max_restarts=10, name="root")
+    await nursery.start(root.run)
+
+    def spec(tag: str) -> sv.ChildSpec:
+        return sv.actor_spec("acme", Flushing, log, tag, name=(registry, "acme"))
+
+    await inner.start_child(spec("old"))
+    refused: list[BaseException] = []
+
+    async def racer() -> None:
+        await trio.sleep(1)  # during the old actor's 3 s terminate
+        try:
+            await inner.start_child(spec("racer"))
+        except sv.SupervisorStopping as error:
+            refused.append(error)
+        log.append("racer done")
+
+    nursery.start_soon(racer)
+    await root.kill_child("meters")
+    log.append("killed")
+    await inner.start_child(spec("new"))
+    assert log == [
+        "init old",
+        "terminate old",
+        "racer done",
+        "terminated old",
+        "killed",
+        "init new",
+    ]
+    assert len(refused) == 1
