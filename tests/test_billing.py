@@ -23,6 +23,8 @@ from meterd.billing import (
     Conflict,
     Explanation,
     InvalidRequest,
+    InvoiceLine,
+    LineChange,
     NotFound,
     Period,
     PriceBook,
@@ -477,3 +479,19 @@ def test_loading_the_config_does_not_load_the_billing_service_or_graphql() -> No
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+async def test_wide_corrections_stay_exact_in_usage_and_restatements(tmp_path: Path) -> None:
+    tiny = "0.000000000000000000000000000001"  # 30 places: allowed by the input check
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1))
+        await adjust(b, 1, "1", "bob", "missed", credit=False)
+        await adjust(b, 1, tiny, "bob", "tiny")
+        rows = await b.usage("acme", DYNO.name, DAY[0], DAY[10], Window.DAY)
+        assert [v for _s, _e, v, _g in rows] == [Decimal("100.999999999999999999999999999999")]
+        wide = InvoiceLine(
+            1, "m", (), 0, 1, Decimal(0), Decimal(0), Decimal(0), Decimal(1),
+            Decimal("1" + "0" * 30 + ".01"), "r",
+        )  # fmt: skip
+        change = LineChange(wide.key, None, wide, ("new line",))
+        assert change.difference == Decimal("1" + "0" * 30 + ".01")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from itertools import pairwise
 
 import pytest
@@ -357,3 +358,70 @@ def test_a_monthly_cap_holds_across_segments(
     )
     assert billed == min(uncapped, cap)
     assert all(ln.quantity <= ln.usage + 1 for ln in invoice.lines)  # rounding adds < 1 unit
+
+
+def adjustment(
+    id: int, day: int, kind: AdjustmentKind, quantity: str, size: str = "s"
+) -> Adjustment:
+    return Adjustment(
+        id, "acme", DYNO.name, DAY[day], DAY[day + 1], (size, "a"), kind, Decimal(quantity),
+        "ops", 0, "why",
+    )  # fmt: skip
+
+
+def test_a_credit_beyond_28_digits_is_not_rounded_away() -> None:
+    tiny = "0.000000000000000000000000000001"  # 30 places: the input check allows them
+    assert adjustment(1, 1, AdjustmentKind.CREDIT, tiny).signed == Decimal("-" + tiny)
+    book = PriceBook([rule(DYNO, "1")], METERS)
+    debit = adjustment(1, 1, AdjustmentKind.DEBIT, "1")
+    credit = adjustment(2, 1, AdjustmentKind.CREDIT, tiny)
+    [line] = rate_events(book, [], [debit, credit]).lines
+    assert line.adjusted == line.quantity == Decimal("0.999999999999999999999999999999")
+
+
+# What the service's input check lets through: up to 30 digits each side of the point.
+wide = st.builds(
+    lambda whole, frac: Decimal(f"{whole}.{frac:030d}"),
+    st.integers(0, 10**30 - 1),
+    st.integers(0, 10**30 - 1),
+).filter(lambda q: q > 0)
+
+
+@settings(max_examples=200)
+@given(
+    usage=st.lists(st.tuples(st.integers(0, 29), wide), max_size=6),
+    corrections=st.lists(st.tuples(st.integers(0, 28), st.booleans(), wide), max_size=6),
+    cut=st.integers(1, 29),
+)
+def test_wide_quantities_and_adjustments_rate_exactly(
+    usage: list[tuple[int, Decimal]], corrections: list[tuple[int, bool, Decimal]], cut: int
+) -> None:
+    book = PriceBook([rule(DYNO, "1"), rule(DYNO, "3", date(2026, 11, 1 + cut))], METERS)
+    events = [event(DYNO, f"e{i}", DAY[d] + i, str(q), size="s", app="a") for i, (d, q) in
+              enumerate(usage)]  # fmt: skip
+    adjustments = [
+        adjustment(i, d, AdjustmentKind.CREDIT if credit else AdjustmentKind.DEBIT, str(q))
+        for i, (d, credit, q) in enumerate(corrections)
+    ]
+    invoice = rate_events(book, events, adjustments)
+    # the expected figures in Fraction, which never rounds
+    for line in invoice.lines:
+        used = sum(
+            (Fraction(e.quantity) for e in events if line.start <= e.time < line.end), Fraction(0)
+        )
+        adjusted = sum(
+            (
+                Fraction(a.quantity) * (-1 if a.kind is AdjustmentKind.CREDIT else 1)
+                for a in adjustments
+                if line.start <= a.start < line.end
+            ),
+            Fraction(0),
+        )
+        assert Fraction(line.usage) == used
+        assert Fraction(line.adjusted) == adjusted
+        assert Fraction(line.quantity) == used + adjusted
+        exact = (used + adjusted) * Fraction(line.unit_price)
+        assert Fraction(line.amount) == Fraction(round(exact, 2))
+    assert Fraction(invoice.total) == sum(
+        (Fraction(ln.amount) for ln in invoice.lines), Fraction(0)
+    )

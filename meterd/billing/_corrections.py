@@ -48,8 +48,9 @@ class Adjustment:
 
     @property
     def signed(self) -> Decimal:
-        """What it adds to the quantity: negative for a credit."""
-        return -self.quantity if self.kind is AdjustmentKind.CREDIT else self.quantity
+        """What it adds to the quantity: negative for a credit (``copy_negate``: unary minus
+        would round to the default context's 28 digits)."""
+        return self.quantity.copy_negate() if self.kind is AdjustmentKind.CREDIT else self.quantity
 
     def describe(self) -> str:
         return (

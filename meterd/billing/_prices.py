@@ -22,6 +22,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Final
 
+from meterd.accounts.aggregate import EXACT
 from meterd.model import Meter
 
 from ._period import Period, date_ms
@@ -84,7 +85,7 @@ class PriceRule:
     def cap_for(self, period: Period) -> Decimal | None:
         """The cap on one line's quantity over ``period``, or None."""
         if self.daily_cap is not None:
-            return self.daily_cap * period.days
+            return EXACT.multiply(self.daily_cap, period.days)
         return self.monthly_cap
 
     def matches(self, meter: Meter, dims: tuple[str, ...]) -> bool:

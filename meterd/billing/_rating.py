@@ -44,6 +44,7 @@ __all__ = [
     "Unpriced",
     "merge_cells",
     "rate",
+    "exact_sum",
     "round_amount",
 ]
 
@@ -176,6 +177,14 @@ class Invoice:
         return self.lines[number - 1]
 
 
+def exact_sum(numbers: Iterable[Decimal]) -> Decimal:
+    """The exact sum of ``numbers`` (the builtin ``sum`` rounds to 28 digits)."""
+    total = Decimal(0)
+    for number in numbers:
+        total = EXACT.add(total, number)
+    return total
+
+
 def round_amount(amount: Decimal, places: int) -> Decimal:
     """``amount`` rounded half-even to ``places`` decimal places (exact input, one rounding)."""
     context = decimal.Context(
@@ -228,7 +237,7 @@ class _Lines:
         cap_left: Decimal | None = None,
     ) -> Decimal:
         """Add one line; returns the quantity billed (what it used of the cap)."""
-        adjusted = sum((a.signed for a in adjustments), Decimal(0))
+        adjusted = exact_sum(a.signed for a in adjustments)
         raw = EXACT.add(usage, adjusted)
         if rule is None:
             self.unpriced.append(Unpriced(meter.name, _named(meter, dims), *span, raw))
@@ -295,7 +304,7 @@ def rate(
                 out.add(meter, dims, (low, high), rule, _dec(state.value()))
     lines = sorted(out.lines, key=lambda line: line.key)
     numbered = tuple(replace(line, number=n) for n, line in enumerate(lines, 1))
-    total = sum((line.amount for line in numbered), Decimal(0))
+    total = exact_sum(line.amount for line in numbered)
     unpriced = tuple(sorted(out.unpriced, key=lambda u: (u.meter, u.dims, u.start)))
     return Invoice(
         account, period, currency, numbered, unpriced, round_amount(total, amount_places)
@@ -322,5 +331,5 @@ def _rate_summed(
                 continue
             usage = Decimal(0) if merged is None else _dec(merged.value())
             cap = None if rule is None else rule.cap_for(period)
-            left = None if cap is None else max(cap - used, Decimal(0))
-            used += out.add(meter, dims, (start, end), rule, usage, here, left)
+            left = None if cap is None else max(EXACT.subtract(cap, used), Decimal(0))
+            used = EXACT.add(used, out.add(meter, dims, (start, end), rule, usage, here, left))

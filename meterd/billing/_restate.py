@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from meterd.accounts.aggregate import EXACT
+
 from ._period import Period
 from ._rating import InvoiceLine, LineKey, text
 
@@ -35,7 +37,7 @@ class LineChange:
     def difference(self) -> Decimal:
         old = Decimal(0) if self.old is None else self.old.amount
         new = Decimal(0) if self.new is None else self.new.amount
-        return new - old
+        return EXACT.subtract(new, old)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +72,7 @@ class Restatement:
 
     @property
     def difference(self) -> Decimal:
-        return self.new_total - self.old_total
+        return EXACT.subtract(self.new_total, self.old_total)
 
     def to_json(self) -> dict[str, Any]:
         return {

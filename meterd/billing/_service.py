@@ -18,7 +18,7 @@ from typing import Any, Final
 import structlog
 import trio
 
-from meterd.accounts.aggregate import State, add, dims_of, group_index, new_state, rollup
+from meterd.accounts.aggregate import EXACT, State, add, dims_of, group_index, new_state, rollup
 from meterd.accounts.service import Accounts
 from meterd.model import MINUTE_MS, Event, Meter, Window
 from meterd.store import InvalidCursor
@@ -162,7 +162,7 @@ class Billing:
             figures[(row.start, group)] = Decimal(row.value)
         for a in await self.db.adjustments(account, low, high, meter.name):
             key = (window.align(a.start), "" if index is None else a.dims[index])
-            figures[key] = figures.get(key, Decimal(0)) + a.signed
+            figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
         return [
             (start, start + window.ms, value, None if group_by is None else {group_by: group})
             for (start, group), value in sorted(figures.items())
