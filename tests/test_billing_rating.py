@@ -425,3 +425,56 @@ def test_wide_quantities_and_adjustments_rate_exactly(
     assert Fraction(invoice.total) == sum(
         (Fraction(ln.amount) for ln in invoice.lines), Fraction(0)
     )
+
+
+def test_a_net_negative_segment_frees_no_cap_for_the_next_one() -> None:
+    cap = Decimal(50)
+    book = PriceBook(
+        [rule(DYNO, "1", monthly_cap=cap), rule(DYNO, "2", date(2026, 11, 16), monthly_cap=cap)],
+        METERS,
+    )
+    events = [
+        event(DYNO, "a", DAY[1], 10, size="s", app="a"),
+        event(DYNO, "b", DAY[20], 100, size="s", app="a"),
+    ]
+    [early, late] = rate_events(book, events, [adjustment(1, 2, AdjustmentKind.CREDIT, "30")]).lines
+    assert (early.quantity, early.amount) == (Decimal(-20), Decimal(-20))  # a visible net credit
+    assert (late.quantity, late.capped) == (cap, True)
+
+
+@settings(max_examples=200)
+@given(
+    quantities=st.lists(
+        st.tuples(st.integers(0, 29), st.decimals("0", "50", places=1)), max_size=12
+    ),
+    credits=st.lists(st.tuples(st.integers(0, 28), st.decimals("1", "80", places=0)), max_size=4),
+    cap=st.decimals("1", "100", places=0),
+    cuts=st.sets(st.integers(1, 29), max_size=3),
+)
+def test_a_monthly_cap_holds_across_segments_with_credits(
+    quantities: list[tuple[int, Decimal]],
+    credits: list[tuple[int, Decimal]],
+    cap: Decimal,
+    cuts: set[int],
+) -> None:
+    book = PriceBook(
+        [rule(DYNO, "1", monthly_cap=cap)]
+        + [rule(DYNO, str(2 + i), date(2026, 11, 1 + c), monthly_cap=cap)
+           for i, c in enumerate(sorted(cuts))],
+        METERS,
+    )  # fmt: skip
+    events = [
+        event(DYNO, f"e{i}", DAY[d] + i, str(q), size="s", app="a")
+        for i, (d, q) in enumerate(quantities)
+    ]
+    adjustments = [adjustment(i, d, AdjustmentKind.CREDIT, str(q)) for i, (d, q) in
+                   enumerate(credits)]  # fmt: skip
+    lines = rate_events(book, events, adjustments).lines
+    assert all(ln.quantity <= cap for ln in lines)
+    # the cap holds over the month at every point: what the segments so far billed
+    billed = Decimal(0)
+    for ln in lines:
+        # a line is capped only to what the earlier positive segments left
+        assert ln.quantity == min(ln.usage + ln.adjusted, cap - billed)
+        billed += max(ln.quantity, Decimal(0))
+        assert billed <= cap

@@ -332,4 +332,7 @@ def _rate_summed(
             usage = Decimal(0) if merged is None else _dec(merged.value())
             cap = None if rule is None else rule.cap_for(period)
             left = None if cap is None else max(EXACT.subtract(cap, used), Decimal(0))
-            used = EXACT.add(used, out.add(meter, dims, (start, end), rule, usage, here, left))
+            billed = out.add(meter, dims, (start, end), rule, usage, here, left)
+            # A net-negative segment (a credit larger than its usage) is billed as the
+            # credit it is but gives no cap back: the month's billed usage stays under it.
+            used = EXACT.add(used, max(billed, Decimal(0)))
