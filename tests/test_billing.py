@@ -495,3 +495,57 @@ async def test_wide_corrections_stay_exact_in_usage_and_restatements(tmp_path: P
         )  # fmt: skip
         change = LineChange(wide.key, None, wide, ("new line",))
         assert change.difference == Decimal("1" + "0" * 30 + ".01")
+
+
+async def test_a_change_of_unpriced_usage_in_a_closed_period_is_restated(tmp_path: Path) -> None:
+    only_dyno = PriceBook([PriceRule(DYNO.name, Decimal("0.01"), date(2026, 1, 1))], METERS)
+    async with billing(tmp_path, only_dyno) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), peak("p", 5, 2))
+        await b.close_period(NOV, by="ops")
+        assert await b.restatements("acme", NOV) == []
+        await ingest(b.accounts, peak("late", 9, 3))  # a larger maximum: unpriced, not billed
+        [restated] = await b.restatements("acme", NOV)
+        assert restated.changes == ()
+        assert restated.old_total == restated.new_total == Decimal(1)
+        assert "late events" in restated.causes[0]
+        assert restated.causes[1:] == (f"unpriced usage {PEAK.name} from {NOV.start_ms}: 5 -> 9",)
+        assert [u.usage for u in restated.unpriced] == [Decimal(9)]
+        assert await b.restatements("acme", NOV) == [restated]  # the new figures hold
+        # a void of the larger maximum restates again, naming the void
+        void, again = await b.void_event("acme", "late", by="bob", reason="bad reading")
+        assert again is not None
+        assert again.causes == (
+            void.describe(),
+            f"unpriced usage {PEAK.name} from {NOV.start_ms}: 9 -> 5",
+        )
+
+
+async def test_a_version_1_database_migrates_and_its_restatements_keep_the_closed_unpriced(
+    tmp_path: Path,
+) -> None:
+    from meterd.billing._db import MIGRATIONS
+
+    path = tmp_path / "billing.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    unpriced = [{"meter": PEAK.name, "dimensions": {}, "start": 0, "end": 1, "usage": "5"}]
+    conn.execute(
+        "INSERT INTO closed_invoices VALUES ('2026-11', 'acme', '1', '[]', ?)",
+        (json.dumps(unpriced),),
+    )
+    conn.execute(
+        "INSERT INTO restatements (period, account, made_at, causes, old_total, new_total,"
+        " changes, lines) VALUES ('2026-11', 'acme', 0, '[]', '1', '2', '[]', '[]')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    db = await BillingDB(path).open()
+    try:
+        figures = await db.figures(NOV, "acme")
+        assert figures.total == Decimal(2)
+        assert [u.usage for u in figures.unpriced] == [Decimal(5)]
+        [old] = await db.restatements("acme", NOV)
+        assert old.unpriced == ()
+    finally:
+        await db.aclose()

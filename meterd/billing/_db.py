@@ -18,6 +18,10 @@ Version 1 tables::
     closed_invoices(period, account, total TEXT, lines JSON, unpriced JSON)
     restatements(id, period, account, made_at, causes JSON, old_total, new_total,
                  changes JSON, lines JSON)
+
+Version 2 adds ``restatements.unpriced`` (JSON, the unpriced usage after the restatement,
+compared like the lines; NULL in rows written by version 1: their unpriced usage is taken
+to be the closing's).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import trio
 from ._corrections import Adjustment, AdjustmentKind, Void
 from ._errors import BillingError, Conflict
 from ._period import Period
-from ._rating import Invoice, InvoiceLine
+from ._rating import Invoice, InvoiceLine, Unpriced
 from ._restate import LineChange, Restatement
 
 __all__ = ["SCHEMA_VERSION", "BillingDB", "Closure", "StoredFigures"]
@@ -111,7 +115,9 @@ _V1: Final = (
     ),
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+_V2: Final = ("ALTER TABLE restatements ADD COLUMN unpriced TEXT",)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -129,6 +135,7 @@ class StoredFigures:
 
     total: Decimal
     lines: tuple[InvoiceLine, ...]
+    unpriced: tuple[Unpriced, ...] = ()
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -225,8 +232,16 @@ def _lines_json(lines: Sequence[InvoiceLine]) -> str:
     return json.dumps([line.to_json() for line in lines])
 
 
+def _unpriced(raw: str | None) -> tuple[Unpriced, ...]:
+    return () if raw is None else tuple(Unpriced.from_json(item) for item in json.loads(raw))
+
+
+def _unpriced_json(unpriced: Sequence[Unpriced]) -> str:
+    return json.dumps([u.to_json() for u in unpriced])
+
+
 def _restatement(row: Sequence[Any]) -> Restatement:
-    id, period, account, at, causes, old_total, new_total, changes, lines = row
+    id, period, account, at, causes, old_total, new_total, changes, lines, unpriced = row
     return Restatement(
         id,
         account,
@@ -237,6 +252,7 @@ def _restatement(row: Sequence[Any]) -> Restatement:
         Decimal(new_total),
         tuple(LineChange.from_json(item) for item in json.loads(changes)),
         _lines(lines),
+        _unpriced(unpriced),
     )
 
 
@@ -247,7 +263,7 @@ _VOID_COLUMNS: Final = (
     "id, account, event_id, meter, time, dims, quantity, made_by, made_at, reason"
 )
 _RESTATEMENT_COLUMNS: Final = (
-    "id, period, account, made_at, causes, old_total, new_total, changes, lines"
+    "id, period, account, made_at, causes, old_total, new_total, changes, lines, unpriced"
 )
 
 
@@ -441,7 +457,7 @@ class BillingDB:
                         invoice.account,
                         str(invoice.total),
                         _lines_json(invoice.lines),
-                        json.dumps([u.to_json() for u in invoice.unpriced]),
+                        _unpriced_json(invoice.unpriced),
                     )
                     for invoice in invoices
                 ],
@@ -455,19 +471,22 @@ class BillingDB:
         restatement, else those of the closing (an account absent then had none)."""
 
         def work(conn: sqlite3.Connection) -> StoredFigures:
+            closed = conn.execute(
+                "SELECT total, lines, unpriced FROM closed_invoices"
+                " WHERE period = ? AND account = ?",
+                (str(period), account),
+            ).fetchone()
             row = conn.execute(
-                "SELECT new_total, lines FROM restatements WHERE account = ? AND period = ?"
-                " ORDER BY id DESC LIMIT 1",
+                "SELECT new_total, lines, unpriced FROM restatements"
+                " WHERE account = ? AND period = ? ORDER BY id DESC LIMIT 1",
                 (account, str(period)),
             ).fetchone()
             if row is None:
-                row = conn.execute(
-                    "SELECT total, lines FROM closed_invoices WHERE period = ? AND account = ?",
-                    (str(period), account),
-                ).fetchone()
+                row = closed
             if row is None:
                 return StoredFigures(Decimal(0), ())
-            return StoredFigures(Decimal(row[0]), _lines(row[1]))
+            unpriced = row[2] if row[2] is not None or closed is None else closed[2]
+            return StoredFigures(Decimal(row[0]), _lines(row[1]), _unpriced(unpriced))
 
         return await self._run(work)
 
@@ -476,13 +495,14 @@ class BillingDB:
 
         def work(conn: sqlite3.Connection) -> StoredFigures:
             row = conn.execute(
-                "SELECT total, lines FROM closed_invoices WHERE period = ? AND account = ?",
+                "SELECT total, lines, unpriced FROM closed_invoices"
+                " WHERE period = ? AND account = ?",
                 (str(period), account),
             ).fetchone()
             return (
                 StoredFigures(Decimal(0), ())
                 if row is None
-                else StoredFigures(Decimal(row[0]), _lines(row[1]))
+                else StoredFigures(Decimal(row[0]), _lines(row[1]), _unpriced(row[2]))
             )
 
         return await self._run(work)
@@ -500,7 +520,7 @@ class BillingDB:
         def work(conn: sqlite3.Connection) -> Restatement:
             cursor = conn.execute(
                 f"INSERT INTO restatements ({_RESTATEMENT_COLUMNS.removeprefix('id, ')})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(period),
                     account,
@@ -510,6 +530,7 @@ class BillingDB:
                     str(invoice.total),
                     json.dumps([change.to_json() for change in changes]),
                     _lines_json(invoice.lines),
+                    _unpriced_json(invoice.unpriced),
                 ),
             )
             assert cursor.lastrowid is not None
@@ -523,6 +544,7 @@ class BillingDB:
                 invoice.total,
                 tuple(changes),
                 invoice.lines,
+                invoice.unpriced,
             )
 
         return await self._run(work)

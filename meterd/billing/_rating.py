@@ -138,6 +138,14 @@ class Unpriced:
     end: int
     usage: Decimal
 
+    @property
+    def key(self) -> LineKey:
+        return (self.meter, tuple(v for _, v in self.dims), self.start)
+
+    def describe(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims)
+        return f"{self.meter}{' ' + dims if dims else ''} from {self.start}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "meter": self.meter,
@@ -146,6 +154,16 @@ class Unpriced:
             "end": self.end,
             "usage": text(self.usage),
         }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Unpriced:
+        return cls(
+            meter=str(raw["meter"]),
+            dims=tuple((str(k), str(v)) for k, v in raw["dimensions"].items()),
+            start=int(raw["start"]),
+            end=int(raw["end"]),
+            usage=Decimal(raw["usage"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ from typing import Any
 from meterd.accounts.aggregate import EXACT
 
 from ._period import Period
-from ._rating import InvoiceLine, LineKey, text
+from ._rating import InvoiceLine, LineKey, Unpriced, text
 
-__all__ = ["LineChange", "Restatement", "compare_lines"]
+__all__ = ["LineChange", "Restatement", "compare_lines", "compare_unpriced"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class Restatement:
     new_total: Decimal
     changes: tuple[LineChange, ...]
     lines: tuple[InvoiceLine, ...]  # the figures after it
+    unpriced: tuple[Unpriced, ...] = ()  # the unpriced usage after it
 
     @property
     def difference(self) -> Decimal:
@@ -115,3 +116,20 @@ def compare_lines(old: Iterable[InvoiceLine], new: Iterable[InvoiceLine]) -> lis
         if a is None or b is None or a.figures() != b.figures() or a.adjustments != b.adjustments:
             changes.append(LineChange(key, a, b, _what_moved(a, b)))
     return changes
+
+
+def compare_unpriced(old: Iterable[Unpriced], new: Iterable[Unpriced]) -> list[str]:
+    """What moved in the unpriced usage between two ratings (by key), in key order, as text
+    for a restatement's causes (unpriced usage is not billed, so it has no line change)."""
+    before = {u.key: u for u in old}
+    after = {u.key: u for u in new}
+    moved = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a is None and b is not None:
+            moved.append(f"unpriced usage {b.describe()}: new, {text(b.usage)}")
+        elif b is None and a is not None:
+            moved.append(f"unpriced usage {a.describe()}: gone (was {text(a.usage)})")
+        elif a is not None and b is not None and (a.usage, a.end) != (b.usage, b.end):
+            moved.append(f"unpriced usage {a.describe()}: {text(a.usage)} -> {text(b.usage)}")
+    return moved

@@ -31,7 +31,7 @@ from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, W
 from ._period import Period
 from ._prices import PriceBook
 from ._rating import Cell, Invoice, InvoiceLine, rate
-from ._restate import Restatement, compare_lines
+from ._restate import Restatement, compare_lines, compare_unpriced
 
 __all__ = ["Billing", "InvoiceView"]
 
@@ -239,13 +239,15 @@ class Billing:
         fixed = await self.db.figures(period, account)
         current = await self.rate(account, period)
         changes = compare_lines(fixed.lines, current.lines)
-        if not changes and fixed.total == current.total:
+        unpriced = compare_unpriced(fixed.unpriced, current.unpriced)
+        if not changes and not unpriced and fixed.total == current.total:
             return None, current
         if not causes:
             causes = (
                 "usage changed after the figures were fixed: late events, or a price book or"
                 " meter configuration change",
             )
+        causes = (*causes, *unpriced)  # unpriced usage is not billed: no line shows it
         restatement = await self.db.add_restatement(
             period, account, self.clock(), causes, fixed.total, current, changes
         )
