@@ -547,5 +547,39 @@ async def test_a_version_1_database_migrates_and_its_restatements_keep_the_close
         assert [u.usage for u in figures.unpriced] == [Decimal(5)]
         [old] = await db.restatements("acme", NOV)
         assert old.unpriced == ()
+        await db.add_adjustment(
+            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
+            Decimal(1), "alice", 0, "why",
+        )  # fmt: skip
+        assert await db.corrections_since_fixed(NOV, "acme") == []  # v1 recorded no mark
     finally:
         await db.aclose()
+
+
+async def test_a_crash_between_a_correction_and_its_restatement_keeps_the_cause(
+    tmp_path: Path,
+) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1), dyno("b", "10", 2))
+        await b.close_period(NOV, by="ops")
+        # what adjust() and void_event() commit first; the crash comes before the restatement
+        credit = await b.db.add_adjustment(
+            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
+            Decimal(30), "alice", NOV.end_ms + 2, "goodwill",
+        )  # fmt: skip
+        void = await b.db.add_void(
+            "acme", "b", DYNO.name, DAY[2] + HOUR_MS, ("std",), "10", "bob", NOV.end_ms + 3,
+            "duplicate",
+        )  # fmt: skip
+    # the restart: a new service on the same files
+    async with billing(tmp_path) as b:
+        [restated] = await b.restatements("acme", NOV)
+        assert restated.causes == (credit.describe(), void.describe())
+        assert restated.new_total == Decimal("0.70")
+        # named once: a later late event is restated with the generic cause
+        await ingest(b.accounts, dyno("late", "100", 3))
+        [_, late] = await b.restatements("acme", NOV)
+        assert late.causes == (
+            "usage changed after the figures were fixed: late events, or a price book or"
+            " meter configuration change",
+        )

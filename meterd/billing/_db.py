@@ -21,7 +21,10 @@ Version 1 tables::
 
 Version 2 adds ``restatements.unpriced`` (JSON, the unpriced usage after the restatement,
 compared like the lines; NULL in rows written by version 1: their unpriced usage is taken
-to be the closing's).
+to be the closing's), and ``seen`` on ``closures`` and ``restatements``: JSON
+``[last adjustment id, last void id]`` when the figures were fixed, so a restatement found
+later can name the corrections recorded since (a crash between a correction and its
+restatement must not lose the cause); NULL in rows written by version 1.
 """
 
 from __future__ import annotations
@@ -115,7 +118,11 @@ _V1: Final = (
     ),
 )
 
-_V2: Final = ("ALTER TABLE restatements ADD COLUMN unpriced TEXT",)
+_V2: Final = (
+    "ALTER TABLE restatements ADD COLUMN unpriced TEXT",
+    "ALTER TABLE restatements ADD COLUMN seen TEXT",
+    "ALTER TABLE closures ADD COLUMN seen TEXT",
+)
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -238,6 +245,15 @@ def _unpriced(raw: str | None) -> tuple[Unpriced, ...]:
 
 def _unpriced_json(unpriced: Sequence[Unpriced]) -> str:
     return json.dumps([u.to_json() for u in unpriced])
+
+
+def _seen(conn: sqlite3.Connection) -> str:
+    """The last adjustment and void ids now (JSON), recorded with fixed figures."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM adjustments),"
+        " (SELECT coalesce(max(id), 0) FROM voids)"
+    ).fetchone()
+    return json.dumps(list(row))
 
 
 def _restatement(row: Sequence[Any]) -> Restatement:
@@ -441,8 +457,9 @@ class BillingDB:
         def work(conn: sqlite3.Connection) -> Closure:
             try:
                 conn.execute(
-                    "INSERT INTO closures (period, made_by, made_at, accounts) VALUES (?, ?, ?, ?)",
-                    (str(period), by, at, len(invoices)),
+                    "INSERT INTO closures (period, made_by, made_at, accounts, seen)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (str(period), by, at, len(invoices), _seen(conn)),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(
@@ -519,8 +536,8 @@ class BillingDB:
     ) -> Restatement:
         def work(conn: sqlite3.Connection) -> Restatement:
             cursor = conn.execute(
-                f"INSERT INTO restatements ({_RESTATEMENT_COLUMNS.removeprefix('id, ')})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO restatements ({_RESTATEMENT_COLUMNS.removeprefix('id, ')}, seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(period),
                     account,
@@ -531,6 +548,7 @@ class BillingDB:
                     json.dumps([change.to_json() for change in changes]),
                     _lines_json(invoice.lines),
                     _unpriced_json(invoice.unpriced),
+                    _seen(conn),
                 ),
             )
             assert cursor.lastrowid is not None
@@ -546,6 +564,48 @@ class BillingDB:
                 invoice.lines,
                 invoice.unpriced,
             )
+
+        return await self._run(work)
+
+    async def corrections_since_fixed(self, period: Period, account: str) -> list[str]:
+        """What describes the corrections of ``account`` in ``period`` recorded after its
+        latest fixed figures (of the last restatement, else of the closing), oldest first;
+        none when those figures predate version 2 (nothing was recorded to tell)."""
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute(
+                "SELECT seen FROM restatements WHERE account = ? AND period = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (account, str(period)),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT seen FROM closures WHERE period = ?", (str(period),)
+                ).fetchone()
+            if row is None or row[0] is None:
+                return []
+            last_adjustment, last_void = json.loads(row[0])
+            low, high = period.start_ms, period.end_ms
+            adjustments = [
+                _adjustment(r)
+                for r in conn.execute(
+                    f"SELECT {_ADJUSTMENT_COLUMNS} FROM adjustments WHERE account = ?"
+                    " AND id > ? AND start >= ? AND start < ? ORDER BY id",
+                    (account, last_adjustment, low, high),
+                )
+            ]
+            voids = [
+                _void(r)
+                for r in conn.execute(
+                    f"SELECT {_VOID_COLUMNS} FROM voids WHERE account = ?"
+                    " AND id > ? AND time >= ? AND time < ? ORDER BY id",
+                    (account, last_void, low, high),
+                )
+            ]
+            found: list[Adjustment | Void] = [*adjustments, *voids]
+            return [
+                c.describe() for c in sorted(found, key=lambda c: (c.at, isinstance(c, Void), c.id))
+            ]
 
         return await self._run(work)
 

@@ -242,6 +242,8 @@ class Billing:
         unpriced = compare_unpriced(fixed.unpriced, current.unpriced)
         if not changes and not unpriced and fixed.total == current.total:
             return None, current
+        if not causes:  # name the corrections a crash kept from restating at once
+            causes = tuple(await self.db.corrections_since_fixed(period, account))
         if not causes:
             causes = (
                 "usage changed after the figures were fixed: late events, or a price book or"
