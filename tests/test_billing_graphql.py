@@ -161,3 +161,26 @@ async def test_more_queries_than_threads_all_complete(tmp_path: Path) -> None:
                     nursery.start_soon(one)
         assert len(answers) == 12
         assert {a[1]["data"]["account"]["invoice"]["total"] for a in answers} == {"1.00"}
+
+
+async def test_millis_arguments_are_range_checked_like_rest(tmp_path: Path) -> None:
+    usage = 'account(id: "acme") {{ usage(meter: "dyno.seconds", from: {}, to: {}) {{ value }} }}'
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
+        for bad in (-1, 2**63):
+            # a literal: the query does not validate
+            status, result = await run(b, "{ " + usage.format(bad, 1) + " }")
+            assert status == 400
+            [error] = result["errors"]
+            assert f"between 0 and {2**63 - 1}, got {bad}" in error["message"]
+            assert error["extensions"]["code"] == "invalid_parameter"
+            # a variable: named in the error
+            query = "query($from: Millis!) { " + usage.format("$from", 1) + " }"
+            status, result = await run(b, query, **{"from": bad})
+            assert result["data"] is None  # not executed (HTTP 200 as for any variable error)
+            [error] = result["errors"]
+            assert "$from" in error["message"]
+            assert f"between 0 and {2**63 - 1}, got {bad}" in error["message"]
+            assert error["extensions"]["code"] == "invalid_parameter"
+        status, result = await run(b, "{ " + usage.format(0, 2**63 - 1) + " }")
+        assert (status, "errors" in result) == (200, False)

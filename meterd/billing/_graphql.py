@@ -212,16 +212,32 @@ def _pairs(mapping: Mapping[str, str] | None) -> list[dict[str, str]] | None:
     return [{"name": k, "value": v} for k, v in mapping.items()]
 
 
+MAX_MS: Final = 2**63 - 1
+"""The greatest time (int64 milliseconds, as the store keeps them): REST's bound too
+(``meterd.api.params.MAX_MS``; billing does not import the API)."""
+
+
+def _millis_in_range(value: int) -> int:
+    """``value`` if it is a time the store can hold (``0..MAX_MS``), else an error with the
+    REST code (graphql-core prefixes the argument or variable it came from)."""
+    if not 0 <= value <= MAX_MS:
+        raise GraphQLError(
+            f"Millis: must be Unix milliseconds between 0 and {MAX_MS}, got {value}",
+            extensions={"code": "invalid_parameter"},
+        )
+    return value
+
+
 def _millis_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> int:
     if not isinstance(node, IntValueNode):
         raise GraphQLError("Millis: expected an integer number of milliseconds")
-    return int(node.value)
+    return _millis_in_range(int(node.value))
 
 
 def _millis_value(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise GraphQLError(f"Millis: expected an integer number of milliseconds, got {value!r:.40}")
-    return value
+    return _millis_in_range(value)
 
 
 decimal_scalar = ScalarType(
@@ -361,6 +377,9 @@ def _format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     if isinstance(original, BillingError):
         formatted["message"] = str(original)
         formatted.setdefault("extensions", {})["code"] = original.code
+    elif isinstance(original, GraphQLError) and original.extensions:
+        # a scalar's error, wrapped by graphql-core with the variable's name: keep its code
+        formatted.setdefault("extensions", {}).update(original.extensions)
     return formatted
 
 
