@@ -256,6 +256,15 @@ def _seen(conn: sqlite3.Connection) -> str:
     return json.dumps(list(row))
 
 
+def _last_restatement(conn: sqlite3.Connection, columns: str, period: Period, account: str) -> Any:
+    """``columns`` of the latest restatement of ``account``'s ``period`` (a row or None)."""
+    return conn.execute(
+        f"SELECT {columns} FROM restatements WHERE account = ? AND period = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (account, str(period)),
+    ).fetchone()
+
+
 def _restatement(row: Sequence[Any]) -> Restatement:
     id, period, account, at, causes, old_total, new_total, changes, lines, unpriced = row
     return Restatement(
@@ -493,11 +502,7 @@ class BillingDB:
                 " WHERE period = ? AND account = ?",
                 (str(period), account),
             ).fetchone()
-            row = conn.execute(
-                "SELECT new_total, lines, unpriced FROM restatements"
-                " WHERE account = ? AND period = ? ORDER BY id DESC LIMIT 1",
-                (account, str(period)),
-            ).fetchone()
+            row = _last_restatement(conn, "new_total, lines, unpriced", period, account)
             if row is None:
                 row = closed
             if row is None:
@@ -573,11 +578,7 @@ class BillingDB:
         none when those figures predate version 2 (nothing was recorded to tell)."""
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            row = conn.execute(
-                "SELECT seen FROM restatements WHERE account = ? AND period = ?"
-                " ORDER BY id DESC LIMIT 1",
-                (account, str(period)),
-            ).fetchone()
+            row = _last_restatement(conn, "seen", period, account)
             if row is None:
                 row = conn.execute(
                     "SELECT seen FROM closures WHERE period = ?", (str(period),)
@@ -585,24 +586,19 @@ class BillingDB:
             if row is None or row[0] is None:
                 return []
             last_adjustment, last_void = json.loads(row[0])
-            low, high = period.start_ms, period.end_ms
-            adjustments = [
-                _adjustment(r)
-                for r in conn.execute(
-                    f"SELECT {_ADJUSTMENT_COLUMNS} FROM adjustments WHERE account = ?"
-                    " AND id > ? AND start >= ? AND start < ? ORDER BY id",
-                    (account, last_adjustment, low, high),
+            found: list[Adjustment | Void] = []
+            for table, columns, time, last, parse in (
+                ("adjustments", _ADJUSTMENT_COLUMNS, "start", last_adjustment, _adjustment),
+                ("voids", _VOID_COLUMNS, "time", last_void, _void),
+            ):
+                found.extend(
+                    parse(r)
+                    for r in conn.execute(
+                        f"SELECT {columns} FROM {table} WHERE account = ? AND id > ?"
+                        f" AND {time} >= ? AND {time} < ? ORDER BY id",
+                        (account, last, period.start_ms, period.end_ms),
+                    )
                 )
-            ]
-            voids = [
-                _void(r)
-                for r in conn.execute(
-                    f"SELECT {_VOID_COLUMNS} FROM voids WHERE account = ?"
-                    " AND id > ? AND time >= ? AND time < ? ORDER BY id",
-                    (account, last_void, low, high),
-                )
-            ]
-            found: list[Adjustment | Void] = [*adjustments, *voids]
             return [
                 c.describe() for c in sorted(found, key=lambda c: (c.at, isinstance(c, Void), c.id))
             ]
