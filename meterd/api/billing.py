@@ -27,10 +27,11 @@ from meterd.billing import (
     adjustment_json,
     void_json,
 )
-from meterd.model import Meter, Window, canonical_quantity
+from meterd.model import Meter, Window
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
+from .bodies import usage_body
 from .errors import ApiError, bad_parameter
 from .params import MAX_MS, Query, usage_query
 
@@ -332,17 +333,4 @@ async def billed_usage(daemon: Daemon, request: Request) -> Response:
     meter = meter_of(billing, meter_name)
     await daemon.known_account(account)
     rows = await billing_call(billing.usage(account, meter.name, from_ms, to_ms, window, group_by))
-    return JSONResponse(
-        {
-            "account": account,
-            "meter": meter.name,
-            "window": window.value,
-            "from": window.align(from_ms),
-            "to": window.align(to_ms),
-            "rows": [
-                {"start": s, "end": e, "value": canonical_quantity(v)}
-                | ({} if g is None else {"group": g})
-                for s, e, v, g in rows
-            ],
-        }
-    )
+    return JSONResponse(usage_body(account, meter.name, window, from_ms, to_ms, rows))

@@ -33,6 +33,7 @@ from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from . import billing
 from .auth import require_admin
+from .bodies import usage_body
 from .errors import ApiError, bad_parameter, exception_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import openapi_document
@@ -149,19 +150,8 @@ async def usage(daemon: Daemon, request: Request) -> Response:
         )
     await daemon.known_account(account)
     rows = await daemon.accounts.usage(account, meter, from_ms, to_ms, window, group_by)
-    body = {
-        "account": account,
-        "meter": meter.name,
-        "window": window.value,
-        "from": window.align(from_ms),
-        "to": window.align(to_ms),
-        "rows": [
-            {"start": row.start, "end": row.end, "value": canonical_quantity(row.value)}
-            | ({} if row.group is None else {"group": row.group})
-            for row in rows
-        ],
-    }
-    return JSONResponse(body)
+    answer = ((row.start, row.end, row.value, row.group) for row in rows)
+    return JSONResponse(usage_body(account, meter.name, window, from_ms, to_ms, answer))
 
 
 def event_json(event: Event) -> dict[str, Any]:
