@@ -24,6 +24,7 @@ from meterd.billing import (
     BillingError,
     BillingGraphQL,
     Period,
+    Restatement,
     adjustment_json,
     void_json,
 )
@@ -242,13 +243,7 @@ async def adjust(daemon: Daemon, request: Request) -> Response:
         )
     )
     names = billing.meter(adjustment.meter).dimensions
-    return JSONResponse(
-        {
-            "adjustment": adjustment_json(adjustment, names),
-            "restatement": None if restatement is None else restatement.to_json(),
-        },
-        201,
-    )
+    return _recorded("adjustment", adjustment_json(adjustment, names), restatement)
 
 
 async def void(daemon: Daemon, request: Request) -> Response:
@@ -269,13 +264,13 @@ async def void(daemon: Daemon, request: Request) -> Response:
         billing.void_event(account, event_id, body["by"], body["reason"], period)
     )
     names = billing.meter(found.meter).dimensions
-    return JSONResponse(
-        {
-            "void": void_json(found, names),
-            "restatement": None if restatement is None else restatement.to_json(),
-        },
-        201,
-    )
+    return _recorded("void", void_json(found, names), restatement)
+
+
+def _recorded(kind: str, record: dict[str, Any], restatement: Restatement | None) -> Response:
+    """201 for a correction just recorded, with the restatement it caused (closed month)."""
+    body = {kind: record, "restatement": None if restatement is None else restatement.to_json()}
+    return JSONResponse(body, 201)
 
 
 async def adjustments(daemon: Daemon, request: Request) -> Response:

@@ -81,14 +81,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+def _log_failure(emit: Any, event: str, request: Request, exc: Exception) -> None:
     # Only the route and the error: the request's headers (the token) are never logged.
-    log.error(
-        "api_internal_error",
-        method=request.method,
-        path=request.url.path,
-        error=f"{type(exc).__name__}: {exc}",
-    )
+    emit(event, method=request.method, path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    _log_failure(log.error, "api_internal_error", request, exc)
     return error_response(500, "internal", "internal error; the daemon log has the details")
 
 
@@ -113,12 +112,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 async def _actor_unavailable(request: Request, exc: Exception) -> Response:
     # The account's actor did not answer (timed out, crashed, its supervisor is stopping or
     # restarting): a transient state of the daemon, not a bug. The client may retry.
-    log.warning(
-        "api_actor_unavailable",
-        method=request.method,
-        path=request.url.path,
-        error=f"{type(exc).__name__}: {exc}",
-    )
+    _log_failure(log.warning, "api_actor_unavailable", request, exc)
     return error_response(
         503,
         "unavailable",
