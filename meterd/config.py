@@ -152,6 +152,10 @@ class IngestConfig:
     max_batch: int = 1000
     window: int = 64
     max_in_flight_events: int = 20_000  # daemon-wide: events read and not yet applied
+    # A producer silent this long while the server waits for its next frame is pinged...
+    keepalive_interval: float = 30.0  # seconds
+    # ...and dropped if the pong (or the reading of an ack it is sent) takes longer than this.
+    keepalive_timeout: float = 30.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +674,8 @@ class _Loader:
                 "max_batch",
                 "window",
                 "max_in_flight_events",
+                "keepalive_interval",
+                "keepalive_timeout",
             ),
         )
         listen, listen_ok = self.listen(
@@ -706,6 +712,16 @@ class _Loader:
                     defaults.max_in_flight_events,
                     1,
                     100_000_000,
+                ),
+                keepalive_interval=self.seconds(
+                    "ingest.keepalive_interval",
+                    table.get("keepalive_interval", _MISSING),
+                    defaults.keepalive_interval,
+                ),
+                keepalive_timeout=self.seconds(
+                    "ingest.keepalive_timeout",
+                    table.get("keepalive_timeout", _MISSING),
+                    defaults.keepalive_timeout,
                 ),
             ),
             listen_ok,

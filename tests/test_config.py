@@ -128,6 +128,7 @@ def test_defaults(tmp_path: Path) -> None:
         64,
     )
     assert config.ingest.max_in_flight_events == 20_000
+    assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (30.0, 30.0)
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (30.0, 2)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
@@ -141,7 +142,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         text(
             top='late_window = "2d"\ndedupe_window = "3d"',
             ingest=INGEST
-            + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77",
+            + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77"
+            + '\nkeepalive_interval = "2m"\nkeepalive_timeout = 7.5',
             store=STORE + '\ncheckpoint_interval = "2m"\ncommit_interval_ms = 0',
             accounts="idle_timeout = 0.5\nmailbox_size = 8\nmax_restarts = 0\nmax_seconds = 30",
         ),
@@ -152,6 +154,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         4,
     )
     assert config.ingest.max_in_flight_events == 77
+    assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (120.0, 7.5)
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (120.0, 0)
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (0.5, 8)
@@ -289,6 +292,7 @@ def test_producers_as_a_single_table(tmp_path: Path) -> None:
         ({"ingest": INGEST + "\nmax_batch = 0"}, "ingest.max_batch"),
         ({"ingest": INGEST + "\nwindow = -1"}, "ingest.window"),
         ({"ingest": INGEST + "\nmax_in_flight_events = 0"}, "ingest.max_in_flight_events"),
+        ({"ingest": INGEST + "\nkeepalive_timeout = 0"}, "ingest.keepalive_timeout"),
         ({"store": STORE + "\ncommit_interval_ms = 5000"}, "store.commit_interval_ms"),
         ({"accounts": "mailbox_size = 0"}, "accounts.mailbox_size"),
         ({"accounts": "max_restarts = -1"}, "accounts.max_restarts"),

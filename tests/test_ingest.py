@@ -80,6 +80,7 @@ def make_config(
     host: str = "127.0.0.1",
     tls: Tls | None = None,
     max_in_flight_events: int = 20_000,
+    keepalive: tuple[float, float] = (30.0, 30.0),
 ) -> Config:
     return Config(
         path=where / "config.toml",
@@ -90,6 +91,8 @@ def make_config(
             max_batch=MAX_BATCH,
             window=window,
             max_in_flight_events=max_in_flight_events,
+            keepalive_interval=keepalive[0],
+            keepalive_timeout=keepalive[1],
         ),
         api=ApiConfig(Listen("127.0.0.1", 0), admin_token=ADMIN_TOKEN),
         store=StoreConfig(where / "meterd.sqlite3"),

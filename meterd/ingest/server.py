@@ -22,6 +22,16 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight,
     sends its ack, then the next. A batch is acknowledged once the writer committed it
     (its accepted events are durable); the account actors apply them after.
+``keepalive``
+    A producer that sends nothing for ``keepalive_interval`` while the server waits for its
+    next frame is pinged (a websocket ping, which every websocket library answers by
+    itself); if its pong does not come within ``keepalive_timeout`` it is gone (a crashed
+    host, a half-open TCP connection) and the connection is closed (1011, "keepalive ping
+    timeout"), so it holds no task, buffer or window. Likewise an ack the peer does not
+    take within ``keepalive_interval + keepalive_timeout`` (it stopped reading) ends the
+    connection. A producer held back by the server's own backpressure is never pinged:
+    the server is the one not reading. Unacknowledged batches of a dropped connection
+    are still committed; the producer re-sends them (duplicates, as idempotency intends).
 ``faults``
     A fault (§2.4) stops reading; batches read before it are finished and acknowledged
     first, then the ``error`` frame is sent and the connection closed with the fault's code.
@@ -401,6 +411,10 @@ class _Slot:
             self.done.set()
 
 
+class _PeerUnresponsive(Exception):
+    """The peer did not answer a keepalive ping in time."""
+
+
 class _Connection:
     def __init__(
         self, server: IngestServer, ws: WebSocketConnection, producer: Producer, log: Any
@@ -419,6 +433,8 @@ class _Connection:
         self.read_scope = trio.CancelScope()
         self.batches = 0
         self.acks = 0
+        self.keepalive_interval = config.ingest.keepalive_interval
+        self.keepalive_timeout = config.ingest.keepalive_timeout
 
     def drain(self) -> None:
         """Stop reading; what was read is still finished and acknowledged."""
@@ -446,9 +462,18 @@ class _Connection:
                 while True:
                     await self.window.acquire()  # window batches unacknowledged: stop reading
                     await budget.wait_for_room()  # the daemon is full: stop reading too
-                    self._batch(await self.ws.get_message())
+                    self._batch(await self._next_frame())
             except Fault as fault:
                 end = fault
+            except _PeerUnresponsive:
+                self.log.warning(
+                    "ingest_peer_unresponsive",
+                    waited=self.keepalive_timeout,
+                    unacknowledged=self.batches - self.acks,
+                )
+                await self._abandon()
+                nursery.cancel_scope.cancel()
+                return
             except ConnectionClosed as closed:
                 reason = closed.reason
                 self.log.info(
@@ -466,6 +491,46 @@ class _Connection:
             )
         self.slots_in.send_nowait(_Slot(fault=end))
         self.slots_in.close()
+
+    async def _next_frame(self) -> str | bytes:
+        """The peer's next frame; :class:`_PeerUnresponsive` if it stops answering pings
+        (see ``keepalive`` in the module doc). The ping runs beside the wait for the frame,
+        so a frame arriving meanwhile is taken at once."""
+        with trio.move_on_after(self.keepalive_interval):
+            return await self.ws.get_message()
+        outcome: str | bytes | ConnectionClosed | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe, nursery.cancel_scope)
+            try:
+                outcome = await self.ws.get_message()
+            except ConnectionClosed as closed:  # raised below: not inside a group
+                outcome = closed
+            nursery.cancel_scope.cancel()
+        if outcome is None:
+            raise _PeerUnresponsive
+        if isinstance(outcome, ConnectionClosed):
+            raise outcome
+        return outcome
+
+    async def _probe(self, waiting: trio.CancelScope) -> None:
+        """Ping the silent peer every ``keepalive_interval``; cancel ``waiting`` if a pong
+        does not come within ``keepalive_timeout``."""
+        while True:
+            with trio.move_on_after(self.keepalive_timeout) as pinging:
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    return  # the frame wait sees it too
+            if pinging.cancelled_caught:
+                waiting.cancel()
+                return
+            await trio.sleep(self.keepalive_interval)
+
+    async def _abandon(self) -> None:
+        """Close a connection whose peer stopped answering: a close frame (1011), and the
+        socket after at most ``keepalive_timeout`` (it will not answer the close either)."""
+        with trio.move_on_after(min(CLOSE_TIMEOUT, self.keepalive_timeout)):
+            await self.ws.aclose(1011, "keepalive ping timeout")
 
     def _batch(self, message: str | bytes) -> None:
         """Check one frame and submit its batch; raises :class:`Fault`. Never awaits, so a
@@ -622,7 +687,18 @@ class _Connection:
             async for slot in self.slots_out:
                 await slot.done.wait()
                 if slot.ack is not None:
-                    await self.ws.send_message(slot.ack)
+                    with trio.move_on_after(
+                        self.keepalive_interval + self.keepalive_timeout
+                    ) as sending:
+                        await self.ws.send_message(slot.ack)
+                    if sending.cancelled_caught:  # it does not read: drop it (module doc)
+                        self.log.warning(
+                            "ingest_peer_not_reading",
+                            seq=slot.seq,
+                            unacknowledged=self.batches - self.acks,
+                        )
+                        self.read_scope.cancel()
+                        return
                     self.acks += 1
                     self.window.release()
                     accepted, duplicates, rejected = slot.counts
