@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -66,7 +67,8 @@ def test_quick_spawn_prints_every_figure_for_meterd_and_the_baseline() -> None:
     assert re.search(r"goal: meterd ack latency p99 < 50 ms at half load: .* (met|NOT met)", out)
 
 
-def test_json_output_without_baseline_or_half_load_with_a_re_send() -> None:
+def test_json_output_without_baseline_or_half_load_with_a_re_send(tmp_path: Path) -> None:
+    log = tmp_path / "meterd.log"
     result = CliRunner().invoke(
         bench,
         [
@@ -83,6 +85,10 @@ def test_json_output_without_baseline_or_half_load_with_a_re_send() -> None:
             "--no-baseline",
             "--no-half-load",
             "--resend",
+            "--set",
+            "ingest.window=7",  # a setting of the spawned daemon's config: hello says so
+            "--keep-log",
+            str(log),
             "--json",
         ],
         catch_exceptions=False,
@@ -95,12 +101,16 @@ def test_json_output_without_baseline_or_half_load_with_a_re_send() -> None:
     top = target["max"]
     assert top["events"] == top["sent_events"] == top["accepted"] == 2000
     assert top["error"] is None
+    assert top["in_flight"] == 7
     for key in ("rate", "latency_p50_ms", "latency_p99_ms", "server_cpu_share", "server_rss_peak"):
         assert isinstance(top[key], int | float), key
     assert target["half_load"] is None
     again = target["resend"]  # the same events again: every one a duplicate
     assert (again["events"], again["accepted"], again["duplicates"]) == (2000, 0, 2000)
     assert target["stop_status"] == 0
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert "meterd_started" in events
+    assert "meterd_stopped" in events
 
 
 def test_neither_spawn_nor_url_is_a_usage_error() -> None:

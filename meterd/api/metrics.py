@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 CHECKPOINT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+GC_PAUSE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 def supervisors_by_path(root: sv.SupervisorCore) -> Iterator[tuple[str, sv.SupervisorCore]]:
@@ -143,6 +144,15 @@ class Metrics:
             buckets=CHECKPOINT_BUCKETS,
             registry=self.registry,
         )
+        gc_pause_seconds = Histogram(
+            "meterd_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (the whole process stops), by the"
+            " generation collected.",
+            labelnames=("generation",),
+            buckets=GC_PAUSE_BUCKETS,
+            registry=self.registry,
+        )
+        self._gc_pauses = [gc_pause_seconds.labels(str(generation)) for generation in (0, 1, 2)]
         self.collector: DaemonCollector | None = None
 
     def watch(
@@ -152,6 +162,10 @@ class Metrics:
         self.collector = DaemonCollector(root, accounts, store, ingest)
         self.registry.register(self.collector)
         store.writer.on_checkpoint = self.checkpoint_seconds.observe
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        """One collection's pause (:class:`meterd.memory.GcPauses` calls this)."""
+        self._gc_pauses[generation].observe(seconds)
 
     async def render(self) -> bytes:
         """The scrape body; the quarantine count is read from the store first."""

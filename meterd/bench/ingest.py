@@ -69,6 +69,7 @@ import math
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -154,6 +155,9 @@ class BenchOptions:
     profile: Path | None = None  # py-spy raw output of meterd during the max run
     py_spy: str = "py-spy"  # the py-spy executable
     resend: bool = False  # also re-send the max row's load (every event a duplicate)
+    # --spawn: settings for the spawned daemon's config, as (section, key, TOML value)
+    settings: tuple[tuple[str, str, str], ...] = ()
+    keep_log: Path | None = None  # --spawn: copy the daemon's log here when it stops
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
@@ -172,6 +176,28 @@ class BenchOptions:
             raise BenchError("--half-load-seconds must be > 0")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise BenchError("--max-in-flight must be >= 1")
+        if (self.settings or self.keep_log) and not self.spawn:
+            raise BenchError("--set and --keep-log are for a daemon the bench starts (--spawn)")
+        for section, key, _ in self.settings:
+            if section not in SETTING_SECTIONS or not key:
+                raise BenchError(
+                    f"--set {section}.{key}: give SECTION.KEY=VALUE with SECTION one of"
+                    f" {', '.join(SETTING_SECTIONS)} (e.g. ingest.max_in_flight_events=4000)"
+                )
+
+
+SETTING_SECTIONS: Final = ("ingest", "api", "store", "accounts")
+
+
+def parse_setting(text: str) -> tuple[str, str, str]:
+    """``SECTION.KEY=VALUE`` (VALUE in TOML: ``4000``, ``"30s"``) as a ``--set`` triple."""
+    name, equals, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not equals or not dot or not value.strip():
+        raise BenchError(
+            f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. store.commit_interval_ms=5"
+        )
+    return section, key.strip(), value.strip()
 
 
 # ---- the load ---------------------------------------------------------------------------------
@@ -730,17 +756,32 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def meterd_config(port: int, api_port: int, store: Path, token: str, meter: str) -> str:
+def meterd_config(
+    port: int,
+    api_port: int,
+    store: Path,
+    token: str,
+    meter: str,
+    settings: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """The spawned daemon's config; ``settings`` (section, key, TOML value) are added to
+    the ``ingest``, ``api``, ``store`` or ``accounts`` table (``--set``)."""
+    extra: dict[str, str] = {}
+    for section, key, value in settings:
+        extra[section] = extra.get(section, "") + f"{key} = {value}\n"
     return f"""# written by meterd bench ingest
 [ingest]
 listen = "127.0.0.1:{port}"
-
+{extra.get("ingest", "")}
 [api]
 listen = "127.0.0.1:{api_port}"
 admin_token = "{secrets.token_urlsafe(16)}"
-
+{extra.get("api", "")}
 [store]
 path = {json.dumps(str(store))}
+{extra.get("store", "")}
+[accounts]
+{extra.get("accounts", "")}
 
 [[producers]]
 name = "bench"
@@ -801,12 +842,18 @@ async def _stop(process: trio.Process, stopped: Stopped) -> None:
 
 
 @contextlib.asynccontextmanager
-async def spawn_meterd(workdir: Path, meter: str, stopped: Stopped) -> AsyncIterator[Target]:
+async def spawn_meterd(
+    workdir: Path, options: BenchOptions, stopped: Stopped
+) -> AsyncIterator[Target]:
     """``python -m meterd run`` on a temporary config (free loopback ports, a tmp store)."""
     port, api_port = free_ports(2)
     token = secrets.token_urlsafe(16)
     config = workdir / "meterd.toml"
-    config.write_text(meterd_config(port, api_port, workdir / "meterd.sqlite3", token, meter))
+    config.write_text(
+        meterd_config(
+            port, api_port, workdir / "meterd.sqlite3", token, options.meter, options.settings
+        )
+    )
     log_path = workdir / "meterd.log"
     with log_path.open("wb") as log_file:
         process = await trio.lowlevel.open_process(
@@ -823,6 +870,8 @@ async def spawn_meterd(workdir: Path, meter: str, stopped: Stopped) -> AsyncIter
         raise
     finally:
         await _stop(process, stopped)
+        if options.keep_log is not None:
+            shutil.copyfile(log_path, options.keep_log)
 
 
 @contextlib.asynccontextmanager
@@ -897,7 +946,10 @@ class Report:
     targets: list[TargetReport]
 
     def to_json(self) -> dict[str, Any]:
-        options = asdict(self.options)
+        options = {
+            key: str(value) if isinstance(value, Path) else value  # --profile, --keep-log
+            for key, value in asdict(self.options).items()
+        }
         options.pop("token", None)
         return {
             "options": options,
@@ -1082,7 +1134,7 @@ async def run(options: BenchOptions) -> Report:
         if options.spawn:
             log("starting meterd (python -m meterd run) on a temporary config")
             stopped = Stopped()
-            async with spawn_meterd(workdir, options.meter, stopped) as target:
+            async with spawn_meterd(workdir, options, stopped) as target:
                 entry = TargetReport(target.name, target.url, target.pid)
                 report.targets.append(entry)
                 await bench_target(target, options, entry)

@@ -110,6 +110,20 @@ def bench() -> None:
     " collapsed stacks) and print a summary to stderr.",
 )
 @click.option("--py-spy", "py_spy", default="py-spy", show_default=True, help="py-spy to use.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="With --spawn: a setting for the daemon's config (TOML value), repeatable; e.g."
+    " --set ingest.max_in_flight_events=4000 --set store.commit_interval_ms=5.",
+)
+@click.option(
+    "--keep-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --spawn: copy the daemon's log (JSON lines) here when it stops.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def ingest(
     events: int | None,
@@ -124,7 +138,7 @@ def ingest(
     the server's CPU and RSS, at max load and at half of it, against meterd and a baseline
     (decode + SQLite INSERT per batch, WAL, synchronous=FULL). Needs --spawn, or --url and
     --token (the events then stay in that daemon's store). See docs/ingest-bench.md."""
-    from meterd.bench.ingest import BenchError, BenchOptions, format_report, run
+    from meterd.bench.ingest import BenchError, BenchOptions, format_report, parse_setting, run
 
     sizes: dict[str, Any] = {
         key: value
@@ -136,8 +150,11 @@ def ingest(
         )
         if value is not None
     }
-    settings = BenchOptions.quick(**options, **sizes) if quick else BenchOptions(**options, **sizes)
     try:
+        options["settings"] = tuple(parse_setting(text) for text in options["settings"])
+        settings = (
+            BenchOptions.quick(**options, **sizes) if quick else BenchOptions(**options, **sizes)
+        )
         settings.check()
         report = trio.run(run, settings)
     except BenchError as error:

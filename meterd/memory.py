@@ -1,0 +1,76 @@
+"""Python's cyclic garbage collector in the daemon: how it is tuned, and its pauses measured.
+
+Every collection stops the whole process (the GIL is held throughout), so a pause delays
+every batch in flight: it is ack latency. A young-generation collection walks every
+container object allocated since the previous one that is still alive, and under load most
+of them are: the events of the batches in flight (read, waiting for the writer's commit,
+waiting in an actor's mailbox) and the usage cells the actors add. So the pauses grow with
+the in-flight budget (``[ingest] max_in_flight_events``) and with the first threshold.
+
+:func:`tune` sets the thresholds (:data:`THRESHOLDS`, see there for why) and freezes what
+start-up allocated (configuration, code, the supervision tree), which no collection needs to
+walk again. :class:`GcPauses` times every collection through ``gc.callbacks`` (wall time, as
+a request experiences it) and reports ``(generation, seconds)``; the daemon exports them as
+the ``meterd_gc_pause_seconds`` histogram on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+__all__ = ["THRESHOLDS", "GcPauses", "tune"]
+
+THRESHOLDS: Final = (50_000, 20, 20)
+"""``gc.set_threshold`` values. The default first threshold (700 allocations) makes the
+collector walk the same in-flight events many times over (14-19 % of the ingest path was
+measured in collections); 50,000 walks each surviving object about once per generation."""
+
+
+def tune() -> None:
+    """Set :data:`THRESHOLDS` and freeze every object allocated so far (call once, when the
+    daemon has been built)."""
+    gc.set_threshold(*THRESHOLDS)
+    gc.freeze()
+
+
+class GcPauses:
+    """Times each collection and calls ``observe(generation, seconds)`` after it.
+
+    The hook is process-wide: :meth:`install` it once per process (the daemon's ``serve``),
+    :meth:`remove` it when done. ``observe`` runs inside the collector's callback, so it
+    must be quick and must not raise.
+    """
+
+    def __init__(
+        self,
+        observe: Callable[[int, float], None],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._observe = observe
+        self._clock = clock
+        self._started: float | None = None
+        self.collections = 0
+        self.seconds = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        if self._started is None:  # installed during a collection
+            return
+        seconds = self._clock() - self._started
+        self._started = None
+        self.collections += 1
+        self.seconds += seconds
+        self._observe(int(info["generation"]), seconds)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
