@@ -861,6 +861,9 @@ async def spawn_meterd(
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
+            # Not the caller's directory: "-m" puts it first on sys.path, so a checkout of
+            # meterd there would be benchmarked instead of this interpreter's meterd.
+            cwd=workdir,
         )
     try:
         await _wait_listening(port, process, "meterd", log_path)
@@ -897,6 +900,7 @@ async def spawn_baseline(workdir: Path, stopped: Stopped) -> AsyncIterator[Targe
             stdout=log_file,
             stderr=log_file,
             env={**os.environ, "METERD_BENCH_TOKEN": token},
+            cwd=workdir,  # as for meterd: this interpreter's code, whatever the caller's directory
         )
     try:
         await _wait_listening(port, process, "baseline", log_path)
