@@ -613,20 +613,22 @@ _extra_keys = st.dictionaries(
     max_size=2,
 )
 _events = st.fixed_dictionaries({}, optional=_any_field)
+_GOOD_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "id": st.text(min_size=1, max_size=20),
+    "account": st.from_regex(r"[A-Za-z0-9._:@-]{1,20}", fullmatch=True),
+    "meter": st.sampled_from(list(METERS)),
+    "time": st.integers(_LOW, _HIGH),
+}
+_good_quantities = st.decimals(min_value=0, max_value=10**6, places=3).map(str) | st.integers(
+    0, 10**6
+)
+_good_properties = (
+    st.none()
+    | st.sampled_from([{"size": "std-1x", "app": "web"}, {"app": "web", "size": "std-1x"}])
+    | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+)
 _good = st.fixed_dictionaries(
-    {
-        "id": st.text(min_size=1, max_size=20),
-        "account": st.from_regex(r"[A-Za-z0-9._:@-]{1,20}", fullmatch=True),
-        "meter": st.sampled_from(list(METERS)),
-        "quantity": st.decimals(min_value=0, max_value=10**6, places=3).map(str)
-        | st.integers(0, 10**6),
-        "time": st.integers(_LOW, _HIGH),
-    },
-    optional={
-        "properties": st.none()
-        | st.sampled_from([{"size": "std-1x", "app": "web"}, {"app": "web", "size": "std-1x"}])
-        | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
-    },
+    {**_GOOD_FIELDS, "quantity": _good_quantities}, optional={"properties": _good_properties}
 )
 
 
@@ -700,29 +702,18 @@ _odd_values: dict[Any, list[Any]] = {  # field -> values (unknown keys too)
 @pytest.mark.parametrize("field", list(_odd_values), ids=repr)
 def test_validate_agrees_with_validate_precise_on_odd_values(field: Any) -> None:
     for meter, validator, value in itertools.product(METERS, (ALL, ROUTER), _odd_values[field]):
-        raw = {**event(meter=meter, properties={"size": "std-1x"}), field: value}
+        good = event(meter=meter, properties={"size": "std-1x"})
+        raw = {**good, field: value}
         _same_verdict(
             validator.validate(3, raw, NOW, NOW + 7),
             validator.validate_precise(3, raw, NOW, NOW + 7),
         )
+        for batch in ([raw], [raw, raw], [good, raw]):  # whole-batch path, then per event
+            _same_batch_verdicts(validator, batch)
 
 
-@settings(max_examples=800)
-@given(raw=_events | _good | _one_field_off | _msgpack_values, validator=_validators)
-def test_validate_agrees_with_validate_precise(raw: Any, validator: EventValidator) -> None:
-    fast = validator.validate(3, raw, NOW, NOW + 7)
-    precise = validator.validate_precise(3, raw, NOW, NOW + 7)
-    _same_verdict(fast, precise)
-
-
-@settings(max_examples=200)
-@given(
-    raws=st.lists(_events | _good | _one_field_off | _msgpack_values, min_size=1, max_size=12),
-    validator=_validators,
-)
-def test_validate_batch_agrees_with_validate_precise(
-    raws: list[Any], validator: EventValidator
-) -> None:
+def _same_batch_verdicts(validator: EventValidator, raws: list[Any]) -> None:
+    """validate_batch(raws) is validate_precise's verdicts, grouped by account."""
     groups, rejected = validator.validate_batch(raws, NOW)
     verdicts = [validator.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(raws)]
     assert rejected == [verdict for verdict in verdicts if isinstance(verdict, Rejection)]
@@ -737,6 +728,98 @@ def test_validate_batch_agrees_with_validate_precise(
     for account, (_, events) in groups.items():
         for event_, reference in zip(events, expected[account][1], strict=True):
             _same_verdict(event_, reference)
+
+
+@settings(max_examples=800)
+@given(raw=_events | _good | _one_field_off | _msgpack_values, validator=_validators)
+def test_validate_agrees_with_validate_precise(raw: Any, validator: EventValidator) -> None:
+    fast = validator.validate(3, raw, NOW, NOW + 7)
+    precise = validator.validate_precise(3, raw, NOW, NOW + 7)
+    _same_verdict(fast, precise)
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[Any]:
+    """Batches of good events alike enough for validate_batch's whole-batch path (one kind
+    of quantity, meters that are not counts, properties all maps or all nil), or not quite;
+    sometimes with one odd event in them."""
+    quantities = draw(
+        st.sampled_from(
+            [
+                st.decimals(min_value=0, max_value=10**6, places=3).map(str),
+                st.integers(0, 2**64),
+                st.sampled_from(["0", "0.000", "1" * 40, "1" * 20 + "." + "1" * 20, "5.", ".5"]),
+                _good_quantities,
+            ]
+        )
+    )
+    meters = draw(
+        st.sampled_from([["dyno.seconds"], ["dyno.seconds", "postgres.bytes"], [*METERS]])
+    )
+    properties = draw(
+        st.sampled_from(
+            [
+                st.none(),
+                st.sampled_from([{"size": "a", "app": "b"}, {"app": "b", "size": "a"}, {}]),
+                st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+                _good_properties,
+            ]
+        )
+    )
+    events: list[Any] = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    **_GOOD_FIELDS,
+                    "meter": st.sampled_from(meters),
+                    "quantity": quantities,
+                    "properties": properties,
+                }
+            ),
+            min_size=1,
+            max_size=10,
+        )
+    )
+    if draw(st.booleans()):
+        odd = draw(_one_field_off | _events | _msgpack_values)
+        events.insert(draw(st.integers(0, len(events))), odd)
+    return events
+
+
+@settings(max_examples=300)
+@given(
+    raws=_batches()
+    | st.lists(_events | _good | _one_field_off | _msgpack_values, min_size=1, max_size=12),
+    validator=_validators,
+)
+def test_validate_batch_agrees_with_validate_precise(
+    raws: list[Any], validator: EventValidator
+) -> None:
+    _same_batch_verdicts(validator, raws)
+
+
+def test_validate_batch_takes_a_common_batch_whole() -> None:
+    """The whole-batch path must not quietly hand every batch to the per-event one."""
+    low, high = NOW - LATE, NOW + 5 * MINUTE_MS
+    maps = [{"size": "std-1x", "app": "web"}, {"app": "web", "size": "x"}, {}]
+    batch = [
+        event(id=f"e{n}", account=f"a{n % 3}", time=low + n, properties=maps[n % 3])
+        for n in range(9)
+    ]
+    events = ALL._accept_all(batch, low, high, NOW)
+    assert events == [ALL.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(batch)]
+    groups, rejected = ALL.validate_batch(batch, NOW)
+    assert rejected == []
+    assert {account: indexes for account, (indexes, _) in groups.items()} == {
+        "a0": [0, 3, 6],
+        "a1": [1, 4, 7],
+        "a2": [2, 5, 8],
+    }
+    for odd in (event(quantity=-1), event(time=high + 1), event(meter="router.requests")):
+        assert ALL._accept_all([*batch, odd], low, high, NOW) is None
+    for other in ({**event(), "properties": None}, event(quantity=5), {**batch[0], "x": 1}):
+        assert ALL._accept_all([*batch, other], low, high, NOW) is None
+    assert ALL._accept_all([], low, high, NOW) is None
 
 
 def test_the_fast_path_takes_the_common_events() -> None:

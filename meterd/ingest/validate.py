@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import decimal
 import difflib
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import repeat
 from typing import Any, Final
 
 from meterd.config import Producer, format_duration
@@ -97,6 +99,13 @@ _EVENT_KEY_SET: Final = frozenset(EVENT_KEYS)
 _KEYS_TEXT: Final = "id, account, meter, quantity, time and properties"
 _SECONDS_LIKE: Final = 100_000_000_000  # a time below this (1973 in ms) is likely seconds
 _ZERO: Final = Decimal(0)
+_ONLY_DICT: Final = frozenset({dict})
+_ONLY_STR: Final = frozenset({str})
+_ONLY_INT: Final = frozenset({int})
+_ONLY_NONE: Final = frozenset({type(None)})
+_REQUIRED_FIELDS: Final = operator.itemgetter("id", "account", "meter", "quantity", "time")
+_PROPERTIES_FIELD: Final = operator.methodcaller("get", "properties")
+_DOT, _NOTHING, _ONCE = repeat("."), repeat(""), repeat(1)  # str.replace(text, ".", "", 1)
 _PROPERTIES_SEEN_MAX: Final = 1024  # property maps one validator remembers (then starts over)
 
 
@@ -164,6 +173,37 @@ def _human(ms: int) -> str:
 def _suggest(word: str, candidates: list[str], cutoff: float = 0.6) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _grouped(
+    indexes: Iterable[int], events: list[Event]
+) -> dict[str, tuple[list[int], list[Event]]]:
+    """``events`` (at ``indexes`` in their batch) by account, in order of first appearance."""
+    groups: dict[str, tuple[list[int], list[Event]]] = {}
+    for index, event in zip(indexes, events, strict=True):
+        group = groups.get(event.account)
+        if group is None:
+            group = groups[event.account] = ([], [])
+        group[0].append(index)
+        group[1].append(event)
+    return groups
+
+
+def _quantities(texts_or_ints: tuple[Any, ...]) -> list[Quantity] | tuple[int, ...] | None:
+    """:meth:`EventValidator._accept`'s quantity check over a batch (all decimal strings or
+    all integers), or ``None``."""
+    kinds = set(map(type, texts_or_ints))
+    if kinds == _ONLY_INT:
+        return texts_or_ints if min(texts_or_ints) >= 0 else None
+    if (
+        kinds != _ONLY_STR
+        or max(map(len, texts_or_ints)) > QUANTITY_DIGITS_MAX
+        or not all(map(str.isascii, texts_or_ints))
+        or not all(map(str.isdigit, map(str.replace, texts_or_ints, _DOT, _NOTHING, _ONCE)))
+    ):
+        return None
+    values: list[Quantity] = list(map(Decimal, texts_or_ints))
+    return values if all(values) else [value or _ZERO for value in values]
 
 
 def written_digits(value: Decimal) -> int:
@@ -235,10 +275,14 @@ class EventValidator:
         events in the batch and those events, in batch order, accounts in order of first
         appearance; ``rejected`` holds the rejections in index order. Each verdict is
         :meth:`validate`'s (so :meth:`validate_precise`'s)."""
-        accept = self._accept
         low = now_ms - self.late_window_ms
         high = now_ms + self.future_ms
-        groups: dict[str, tuple[list[int], list[Event]]] = {}
+        events = self._accept_all(raw_events, low, high, now_ms)
+        if events is not None:
+            return _grouped(range(len(events)), events), []
+        accept = self._accept
+        indexes: list[int] = []
+        events = []
         rejected: list[Rejection] = []
         for index, raw in enumerate(raw_events):
             event = accept(raw, low, high, now_ms)
@@ -248,12 +292,92 @@ class EventValidator:
                     rejected.append(result)
                     continue
                 event = result
-            group = groups.get(event.account)
-            if group is None:
-                group = groups[event.account] = ([], [])
-            group[0].append(index)
-            group[1].append(event)
-        return groups, rejected
+            indexes.append(index)
+            events.append(event)
+        return _grouped(indexes, events), rejected
+
+    def _accept_all(
+        self, raws: list[Any], low: int, high: int, received_at: int
+    ) -> list[Event] | None:
+        """The events of a batch :meth:`_accept` would accept whole, or ``None`` if it
+        leaves any one to :meth:`validate_precise` (or the batch holds a ``count`` meter,
+        or mixes kinds of quantity or of properties: rarer shapes the per-event path
+        takes). :meth:`_accept`'s checks, a field at a time over the whole batch: the
+        loops run in C (``map`` over builtins), which halves the cost of a large batch."""
+        if not raws or set(map(type, raws)) != _ONLY_DICT:
+            return None
+        if not all(map(_EVENT_KEY_SET.issuperset, raws)):
+            return None
+        try:
+            ids, accounts, meters, quantities, times = zip(
+                *map(_REQUIRED_FIELDS, raws), strict=True
+            )
+        except KeyError:
+            return None
+        if (
+            set(map(type, ids)) != _ONLY_STR
+            or min(map(len, ids)) == 0
+            or max(map(len, ids)) > ID_MAX
+            or set(map(type, accounts)) != _ONLY_STR
+            or max(map(len, accounts)) > ACCOUNT_MAX
+            or not all(map(_ACCOUNT_FULLMATCH, accounts))
+            or set(map(type, meters)) != _ONLY_STR
+            or set(map(type, times)) != _ONLY_INT
+            or min(times) < low
+            or max(times) > high
+        ):
+            return None
+        names: Iterable[str]
+        if len(set(meters)) == 1:
+            writable = self._writable.get(meters[0])
+            if writable is None or writable[1]:
+                return None
+            names = repeat(writable[0])
+        else:
+            known = {meter: self._writable.get(meter) for meter in meters}
+            if any(writable is None or writable[1] for writable in known.values()):
+                return None
+            names = [known[meter][0] for meter in meters]  # type: ignore[index]
+        values = _quantities(quantities)
+        if values is None:
+            return None
+        properties = self._all_properties(list(map(_PROPERTIES_FIELD, raws)))
+        if properties is None:
+            return None
+        return list(
+            map(
+                new_event,
+                ids,
+                accounts,
+                names,
+                values,
+                times,
+                properties,
+                repeat(self.producer.name),
+                repeat(received_at),
+            )
+        )
+
+    def _all_properties(self, maps: list[Any]) -> Iterable[tuple[tuple[str, str], ...]] | None:
+        """:meth:`_fast_properties` of every map of a batch (``None`` if one is not good, or
+        they are not all maps or all ``nil``)."""
+        kinds = set(map(type, maps))
+        if kinds == _ONLY_NONE:
+            return repeat(())
+        if kinds != _ONLY_DICT:
+            return None
+        try:
+            found = list(map(self._properties_seen.get, map(tuple, map(dict.items, maps))))
+        except TypeError:  # an unhashable value: a list or a map
+            return None
+        if None in found:
+            found = [
+                self._fast_properties(value) if known is None else known
+                for known, value in zip(found, maps, strict=True)
+            ]
+            if None in found:
+                return None
+        return found  # type: ignore[return-value]
 
     def _accept(self, raw: object, low: int, high: int, received_at: int) -> Event | None:
         """The :class:`Event` of a well-formed event whose time lies in ``[low, high]``, or
