@@ -730,6 +730,19 @@ def _same_batch_verdicts(validator: EventValidator, raws: list[Any]) -> None:
             _same_verdict(event_, reference)
 
 
+def test_validate_agrees_with_validate_precise_on_missing_fields() -> None:
+    fields = ("id", "account", "meter", "quantity", "time", "properties")
+    for meter, validator, field in itertools.product(METERS, (ALL, ROUTER), fields):
+        good = event(meter=meter, properties={"size": "std-1x"})
+        raw = {key: value for key, value in good.items() if key != field}
+        _same_verdict(
+            validator.validate(3, raw, NOW, NOW + 7),
+            validator.validate_precise(3, raw, NOW, NOW + 7),
+        )
+        for batch in ([raw], [raw, raw], [good, raw]):
+            _same_batch_verdicts(validator, batch)
+
+
 @settings(max_examples=800)
 @given(raw=_events | _good | _one_field_off | _msgpack_values, validator=_validators)
 def test_validate_agrees_with_validate_precise(raw: Any, validator: EventValidator) -> None:
@@ -780,6 +793,8 @@ def _batches(draw: st.DrawFn) -> list[Any]:
             max_size=10,
         )
     )
+    if meters == ["router.requests"] and draw(st.booleans()):  # a count's quantity may be missing
+        events = [{k: v for k, v in raw.items() if k != "quantity"} for raw in events]
     if draw(st.booleans()):
         odd = draw(_one_field_off | _events | _msgpack_values)
         events.insert(draw(st.integers(0, len(events))), odd)
@@ -817,6 +832,10 @@ def test_validate_batch_takes_a_common_batch_whole() -> None:
     }
     for odd in (event(quantity=-1), event(time=high + 1), event(meter="router.requests")):
         assert ALL._accept_all([*batch, odd], low, high, NOW) is None
+    counts = [event(meter="router.requests", quantity=_DROP), event(meter="router.requests")]
+    assert ALL._accept_all(counts, low, high, NOW) == [
+        ALL.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(counts)
+    ]
     for other in ({**event(), "properties": None}, event(quantity=5), {**batch[0], "x": 1}):
         assert ALL._accept_all([*batch, other], low, high, NOW) is None
     assert ALL._accept_all([], low, high, NOW) is None
@@ -831,6 +850,7 @@ def test_the_fast_path_takes_the_common_events() -> None:
         event(quantity="0.000"),
         event(quantity="1" * 40),
         event(meter="router.requests", quantity=1.5),
+        event(meter="router.requests", quantity=_DROP),
         event(properties=None),
         event(properties={"size": "std-1x", "app": "web"}),
         event(time=low),

@@ -103,7 +103,8 @@ _ONLY_DICT: Final = frozenset({dict})
 _ONLY_STR: Final = frozenset({str})
 _ONLY_INT: Final = frozenset({int})
 _ONLY_NONE: Final = frozenset({type(None)})
-_REQUIRED_FIELDS: Final = operator.itemgetter("id", "account", "meter", "quantity", "time")
+_REQUIRED_FIELDS: Final = operator.itemgetter("id", "account", "meter", "time")
+_QUANTITY_FIELD: Final = operator.methodcaller("get", "quantity")  # a count meter's may be missing
 _PROPERTIES_FIELD: Final = operator.methodcaller("get", "properties")
 _DOT, _NOTHING, _ONCE = repeat("."), repeat(""), repeat(1)  # str.replace(text, ".", "", 1)
 _PROPERTIES_SEEN_MAX: Final = 1024  # property maps one validator remembers (then starts over)
@@ -300,8 +301,8 @@ class EventValidator:
         self, raws: list[Any], low: int, high: int, received_at: int
     ) -> list[Event] | None:
         """The events of a batch :meth:`_accept` would accept whole, or ``None`` if it
-        leaves any one to :meth:`validate_precise` (or the batch holds a ``count`` meter,
-        or mixes kinds of quantity or of properties: rarer shapes the per-event path
+        leaves any one to :meth:`validate_precise` (or the batch mixes ``count`` and other
+        meters, or kinds of quantity or of properties: rarer shapes the per-event path
         takes). :meth:`_accept`'s checks, a field at a time over the whole batch: the
         loops run in C (``map`` over builtins), which halves the cost of a large batch."""
         if not raws or set(map(type, raws)) != _ONLY_DICT:
@@ -309,9 +310,7 @@ class EventValidator:
         if not all(map(_EVENT_KEY_SET.issuperset, raws)):
             return None
         try:
-            ids, accounts, meters, quantities, times = zip(
-                *map(_REQUIRED_FIELDS, raws), strict=True
-            )
+            ids, accounts, meters, times = zip(*map(_REQUIRED_FIELDS, raws), strict=True)
         except KeyError:
             return None
         if (
@@ -328,18 +327,26 @@ class EventValidator:
         ):
             return None
         names: Iterable[str]
+        counts: set[bool]
         if len(set(meters)) == 1:
             writable = self._writable.get(meters[0])
-            if writable is None or writable[1]:
+            if writable is None:
                 return None
-            names = repeat(writable[0])
+            names, counts = repeat(writable[0]), {writable[1]}
         else:
             known = {meter: self._writable.get(meter) for meter in meters}
-            if any(writable is None or writable[1] for writable in known.values()):
+            if None in known.values():
                 return None
             names = [known[meter][0] for meter in meters]  # type: ignore[index]
-        values = _quantities(quantities)
-        if values is None:
+            counts = {writable[1] for writable in known.values()}  # type: ignore[index]
+        values: Iterable[Quantity] | None
+        if counts == {True}:  # the quantity is ignored (even missing)
+            values = repeat(1)
+        elif counts == {False}:
+            values = _quantities(tuple(map(_QUANTITY_FIELD, raws)))
+            if values is None:
+                return None
+        else:  # count and other meters mixed: left to the per-event path
             return None
         properties = self._all_properties(list(map(_PROPERTIES_FIELD, raws)))
         if properties is None:
@@ -395,10 +402,10 @@ class EventValidator:
             event_id = raw["id"]
             account = raw["account"]
             meter = raw["meter"]
-            quantity = raw["quantity"]
             time = raw["time"]
-        except KeyError:  # a missing field (a count meter's quantity may be missing: rare)
+        except KeyError:
             return None
+        quantity = raw.get("quantity")  # missing is good for a count meter
         if type(event_id) is not str or not 0 < len(event_id) <= ID_MAX:
             return None
         if type(account) is not str or len(account) > ACCOUNT_MAX:
