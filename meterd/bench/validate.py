@@ -47,16 +47,14 @@ Groups = dict[str, tuple[list[int], list[Event]]]
 Outcome = tuple[Groups, list[Rejection]]
 
 
-def _server_loop(
-    frames: list[bytes], validate: Callable[[int, object, int, int], Event | Rejection], now: int
-) -> list[Outcome]:
-    """``_Connection._batch``'s decode, parse and per-event loop, as on main."""
-    outcomes: list[Outcome] = []
-    last_seq = -1
-    for message in frames:
-        frame = decode_frame(message)
-        seq, raw_events = parse_batch(frame, last_seq, 1000)
-        last_seq = seq
+BatchValidator = Callable[[list[Any], int], Outcome]
+
+
+def _per_event(validate: Callable[[int, object, int, int], Event | Rejection]) -> BatchValidator:
+    """A batch validated event by event by ``validate``, grouped as ``_Connection._batch``
+    does on main (this loop is a copy of its)."""
+
+    def validate_batch(raw_events: list[Any], now: int) -> Outcome:
         rejected: list[Rejection] = []
         groups: Groups = {}
         for index, raw in enumerate(raw_events):
@@ -69,18 +67,22 @@ def _server_loop(
                 group = groups[result.account] = ([], [])
             group[0].append(index)
             group[1].append(result)
-        outcomes.append((groups, rejected))
-    return outcomes
+        return groups, rejected
+
+    return validate_batch
 
 
-def _batch_loop(frames: list[bytes], validator: EventValidator, now: int) -> list[Outcome]:
+def _decode_and_validate(
+    frames: list[bytes], validate_batch: BatchValidator, now: int
+) -> list[Outcome]:
+    """``_Connection._batch`` up to handing the events over: decode, check, validate."""
     outcomes: list[Outcome] = []
     last_seq = -1
     for message in frames:
         frame = decode_frame(message)
         seq, raw_events = parse_batch(frame, last_seq, 1000)
         last_seq = seq
-        outcomes.append(validator.validate_batch(raw_events, now))
+        outcomes.append(validate_batch(raw_events, now))
     return outcomes
 
 
@@ -121,18 +123,21 @@ def main(argv: list[str] | None = None) -> None:
         ("peer: msgpack decode alone", lambda: _decode_only(frames)),
         (
             "main: decode + validate_precise per event",
-            lambda: _server_loop(frames, validator.validate_precise, now),
+            lambda: _decode_and_validate(frames, _per_event(validator.validate_precise), now),
         ),
         (
             "fast: decode + validate per event",
-            lambda: _server_loop(frames, validator.validate, now),
+            lambda: _decode_and_validate(frames, _per_event(validator.validate), now),
         ),
-        ("fast: decode + validate_batch", lambda: _batch_loop(frames, validator, now)),
+        (
+            "fast: decode + validate_batch",
+            lambda: _decode_and_validate(frames, validator.validate_batch, now),
+        ),
     ]
     # The collector as meterd.app.serve sets it up (see the module doc).
     gc.set_threshold(50_000, 20, 20)
     gc.freeze()
-    reference = _server_loop(frames, validator.validate_precise, now)
+    reference = _decode_and_validate(frames, _per_event(validator.validate_precise), now)
     if any(reference[n][1] for n in range(len(reference))):
         raise SystemExit("the load has rejected events: the bench measures valid ones")
     for name, run in rows[2:]:

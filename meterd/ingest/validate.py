@@ -23,6 +23,16 @@ Choices where the protocol is silent (documented in :mod:`meterd.ingest`):
 * **properties** may be absent or ``nil`` (no properties); empty keys and values are allowed
   (the protocol only bounds their length).
 * Lengths are counted in characters (Unicode code points), as the protocol says.
+
+Three paths, one verdict. :meth:`EventValidator.validate_precise` checks every field in
+the order above and writes every rejection message: it is the reference. In front of it,
+:meth:`EventValidator.validate` first tries a fast check of the common well-formed event
+(exact types, one lookup per meter, a plain decimal string of at most 40 characters, a
+cache of property maps) and hands anything else to the precise path; and
+:meth:`EventValidator.validate_batch` first tries those same checks a field at a time over
+the whole batch, then falls back to :meth:`~EventValidator.validate` per event. The fast
+paths only ever accept what the precise path accepts, as the same :class:`Event`; they
+never reject (tests/test_ingest_validate.py checks this on generated events).
 """
 
 from __future__ import annotations
