@@ -9,7 +9,7 @@ from __future__ import annotations
 import decimal
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TypeAlias
 
@@ -90,6 +90,45 @@ class Event:
             if key == name:
                 return value
         return None
+
+
+_new_object = object.__new__
+(
+    _set_id,
+    _set_account,
+    _set_meter,
+    _set_quantity,
+    _set_time,
+    _set_properties,
+    _set_producer,
+    _set_received_at,
+) = (getattr(Event, field.name).__set__ for field in fields(Event))
+
+
+def new_event(
+    id: str,
+    account: str,
+    meter: str,
+    quantity: Quantity,
+    time: int,
+    properties: tuple[tuple[str, str], ...],
+    producer: str,
+    received_at: int,
+) -> Event:
+    """``Event(id, account, ...)``, every field given, in about half the time: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``, this sets the
+    slots directly (ingest builds one :class:`Event` per event, on the hot path). The
+    result is an ordinary :class:`Event`, equal to the one ``Event(...)`` builds."""
+    event: Event = _new_object(Event)
+    _set_id(event, id)
+    _set_account(event, account)
+    _set_meter(event, meter)
+    _set_quantity(event, quantity)
+    _set_time(event, time)
+    _set_properties(event, properties)
+    _set_producer(event, producer)
+    _set_received_at(event, received_at)
+    return event
 
 
 # Normalizing under the default context (28 digits) would round long quantities.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterd.config import Producer
@@ -501,3 +502,382 @@ def test_an_ack_of_rejected_long_ids_fits_in_the_frame_limit() -> None:
     tiny = msgpack.unpackb(ack_frame(1, 0, 0, rejected, 300_000))
     assert {r["message"] for r in tiny["rejected"]} == {""}
     assert len(tiny["rejected"]) == 1000
+
+
+# ---- the fast path agrees with the precise one ---------------------------------------------------
+#
+# EventValidator.validate takes a fast path for well-formed events and falls back to
+# validate_precise (main's validator, every check in order) for the rest; validate_batch
+# does the same for a whole batch. Both must give exactly validate_precise's verdicts.
+
+_LOW = NOW - LATE
+_HIGH = NOW + 5 * MINUTE_MS
+_NASTY_TEXTS = (
+    "",
+    " 1",
+    "1 ",
+    "1_0",
+    "\u0663",
+    "\u00b2",
+    "1\u0663",
+    "NaN",
+    "nan",
+    "-nan",
+    "sNaN",
+    "Infinity",
+    "-inf",
+    "1E+40",
+    "1E+39",
+    "1e3",
+    "1E-7",
+    "-0",
+    "+0",
+    "-0.0",
+    "0.000",
+    "-1",
+    "+5",
+    ".5",
+    "5.",
+    ".",
+    "..",
+    "1.2.3",
+    "1,5",
+    "0x10",
+    "00012.5000",
+    "1" * 40,
+    "1" * 41,
+    "1." + "0" * 39,
+    "0." + "0" * 38 + "1",
+    "0." + "0" * 39 + "1",
+    "9" * 64,
+    "9" * 65,
+    "1" * 20 + "." + "1" * 20,
+    "1" * 21 + "." + "1" * 20,
+    "1e999999999999999999999",
+)
+_nasty_texts = st.sampled_from(_NASTY_TEXTS)
+_quantities = (
+    st.integers(-(2**64), 2**70)
+    | st.booleans()
+    | st.floats()
+    | st.decimals(allow_nan=True, allow_infinity=True).map(str)
+    | st.decimals(min_value=0, max_value=10**8, places=3).map(lambda d: format(d, "f"))
+    | st.from_regex(r"[+-]?[0-9]{0,45}(\.[0-9]{0,45})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+    | _nasty_texts
+    | st.text(max_size=70)
+)
+_times = (
+    st.sampled_from([_LOW - 1, _LOW, _LOW + 1, NOW, _HIGH - 1, _HIGH, _HIGH + 1])
+    | st.integers(_LOW - MINUTE_MS, _HIGH + MINUTE_MS)
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([NOW // 1000, True, float(NOW), None, str(NOW)])
+)
+_property_texts = st.sampled_from(["", "a", "size", "std-1x", "x" * 64, "x" * 65, "v" * 256])
+_ODD_PROPERTY_MAPS: tuple[Any, ...] = (
+    {"size": "std-1x", "app": "web"},
+    {"app": "web", "size": "std-1x"},
+    {"size": "std-1x"},
+    {},
+    {"size": 1},
+    {1: "x"},
+    {"size": ["std-1x"]},
+    {"size": {"a": "b"}},
+    {"size": None},
+    {"v": "v" * 257},
+    {"k" * 65: "v"},
+    {f"k{n}": "v" for n in range(16)},
+    {f"k{n}": "v" for n in range(17)},
+)
+_properties = (
+    st.sampled_from(_ODD_PROPERTY_MAPS)  # repeated maps, so the validator's cache is hit
+    | st.dictionaries(_property_texts | st.text(max_size=70), st.text(max_size=260), max_size=18)
+    | st.dictionaries(st.text(max_size=3) | st.integers(), _msgpack_values, max_size=3)
+    | _msgpack_values
+)
+_any_field: dict[str, st.SearchStrategy[Any]] = {
+    "id": st.sampled_from(["e1", "e2", "", "i" * 200, "i" * 201]) | _msgpack_values,
+    "account": st.sampled_from(["acme", "acct-00001", "a" * 128, "a" * 129, "a b", "\u0663"])
+    | st.from_regex(r"[A-Za-z0-9._:@-]{0,130}", fullmatch=True)
+    | _msgpack_values,
+    "meter": st.sampled_from([*METERS, "dyno.second", "other", ""])
+    | st.lists(st.text(max_size=3), max_size=2)
+    | _msgpack_values,
+    "quantity": _quantities,
+    "time": _times,
+    "properties": _properties,
+}
+_extra_keys = st.dictionaries(
+    st.sampled_from(["unknown", "Id", "ids", ""]) | st.integers() | st.binary(max_size=3),
+    _msgpack_values,
+    min_size=1,
+    max_size=2,
+)
+_events = st.fixed_dictionaries({}, optional=_any_field)
+_GOOD_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "id": st.text(min_size=1, max_size=20),
+    "account": st.from_regex(r"[A-Za-z0-9._:@-]{1,20}", fullmatch=True),
+    "meter": st.sampled_from(list(METERS)),
+    "time": st.integers(_LOW, _HIGH),
+}
+_good_quantities = st.decimals(min_value=0, max_value=10**6, places=3).map(str) | st.integers(
+    0, 10**6
+)
+_good_properties = (
+    st.none()
+    | st.sampled_from([{"size": "std-1x", "app": "web"}, {"app": "web", "size": "std-1x"}])
+    | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+)
+_good = st.fixed_dictionaries(
+    {**_GOOD_FIELDS, "quantity": _good_quantities}, optional={"properties": _good_properties}
+)
+
+
+def _off(base: dict[str, Any], field: str) -> st.SearchStrategy[dict[Any, Any]]:
+    """``base`` with ``field`` replaced by any value, dropped, or an unknown key added."""
+    dropped = {key: value for key, value in base.items() if key != field}
+    return (
+        _any_field[field].map(lambda value: {**base, field: value})
+        | st.just(dropped)
+        | _extra_keys.map(lambda extra: {**base, **extra})
+    )
+
+
+# Well-formed events with one thing wrong (or not: a replaced field may be good), so that
+# every check of the fast path meets values on both sides of it.
+_one_field_off = st.tuples(_good, st.sampled_from(sorted(_any_field))).flatmap(
+    lambda pair: _off(*pair)
+)
+_validators = st.sampled_from([ALL, ROUTER])
+
+
+def _same_verdict(fast: Event | Rejection, precise: Event | Rejection) -> None:
+    assert type(fast) is type(precise)
+    assert fast == precise
+    if isinstance(fast, Event):  # the same representation, not only equal values
+        assert isinstance(precise, Event)
+        assert type(fast.quantity) is type(precise.quantity)
+        assert str(fast.quantity) == str(precise.quantity)
+        assert fast.fingerprint() == precise.fingerprint()
+        assert fast.dedupe_key() == precise.dedupe_key()
+
+
+_odd_values: dict[Any, list[Any]] = {  # field -> values (unknown keys too)
+    "unknown": [1, None, "x"],
+    "Id": ["e1"],
+    1: [1],
+    b"id": ["e1"],
+    "id": ["", "i" * 200, "i" * 201, 7, None, True, b"e1", ["e1"]],
+    "account": ["a" * 128, "a" * 129, "", "a b", "acme\n", "\u0663", 7, None, ["acme"]],
+    "meter": [*METERS, "dyno.second", "", 7, None, ["dyno.seconds"], {"a": 1}],
+    "quantity": [
+        *_NASTY_TEXTS,
+        0,
+        1,
+        -1,
+        2**64,
+        -(2**64),
+        True,
+        False,
+        1.5,
+        float("nan"),
+        None,
+        [],
+        {},
+        b"1",
+    ],
+    "time": [
+        *(_LOW - 1, _LOW, _LOW + 1, _HIGH - 1, _HIGH, _HIGH + 1),
+        *(NOW // 1000, True, float(NOW), None, str(NOW), 2**70, -(2**70)),
+    ],
+    "properties": [
+        *_ODD_PROPERTY_MAPS,
+        None,
+        [],
+        "size",
+        7,
+    ],
+}
+
+
+@pytest.mark.parametrize("field", list(_odd_values), ids=repr)
+def test_validate_agrees_with_validate_precise_on_odd_values(field: Any) -> None:
+    for meter, validator, value in itertools.product(METERS, (ALL, ROUTER), _odd_values[field]):
+        good = event(meter=meter, properties={"size": "std-1x"})
+        raw = {**good, field: value}
+        _same_verdict(
+            validator.validate(3, raw, NOW, NOW + 7),
+            validator.validate_precise(3, raw, NOW, NOW + 7),
+        )
+        for batch in ([raw], [raw, raw], [good, raw]):  # whole-batch path, then per event
+            _same_batch_verdicts(validator, batch)
+
+
+def _same_batch_verdicts(validator: EventValidator, raws: list[Any]) -> None:
+    """validate_batch(raws) is validate_precise's verdicts, grouped by account."""
+    groups, rejected = validator.validate_batch(raws, NOW)
+    verdicts = [validator.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(raws)]
+    assert rejected == [verdict for verdict in verdicts if isinstance(verdict, Rejection)]
+    expected: dict[str, tuple[list[int], list[Event]]] = {}
+    for index, verdict in enumerate(verdicts):
+        if isinstance(verdict, Event):
+            indexes, events = expected.setdefault(verdict.account, ([], []))
+            indexes.append(index)
+            events.append(verdict)
+    assert list(groups) == list(expected)  # accounts in order of first appearance
+    assert groups == expected
+    for account, (_, events) in groups.items():
+        for event_, reference in zip(events, expected[account][1], strict=True):
+            _same_verdict(event_, reference)
+
+
+def test_validate_agrees_with_validate_precise_on_missing_fields() -> None:
+    fields = ("id", "account", "meter", "quantity", "time", "properties")
+    for meter, validator, field in itertools.product(METERS, (ALL, ROUTER), fields):
+        good = event(meter=meter, properties={"size": "std-1x"})
+        raw = {key: value for key, value in good.items() if key != field}
+        _same_verdict(
+            validator.validate(3, raw, NOW, NOW + 7),
+            validator.validate_precise(3, raw, NOW, NOW + 7),
+        )
+        for batch in ([raw], [raw, raw], [good, raw]):
+            _same_batch_verdicts(validator, batch)
+
+
+@settings(max_examples=800)
+@given(raw=_events | _good | _one_field_off | _msgpack_values, validator=_validators)
+def test_validate_agrees_with_validate_precise(raw: Any, validator: EventValidator) -> None:
+    fast = validator.validate(3, raw, NOW, NOW + 7)
+    precise = validator.validate_precise(3, raw, NOW, NOW + 7)
+    _same_verdict(fast, precise)
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[Any]:
+    """Batches of good events alike enough for validate_batch's whole-batch path (one kind
+    of quantity, meters that are not counts, properties all maps or all nil), or not quite;
+    sometimes with one odd event in them."""
+    quantities = draw(
+        st.sampled_from(
+            [
+                st.decimals(min_value=0, max_value=10**6, places=3).map(str),
+                st.integers(0, 2**64),
+                st.sampled_from(["0", "0.000", "1" * 40, "1" * 20 + "." + "1" * 20, "5.", ".5"]),
+                _good_quantities,
+            ]
+        )
+    )
+    meters = draw(
+        st.sampled_from([["dyno.seconds"], ["dyno.seconds", "postgres.bytes"], [*METERS]])
+    )
+    properties = draw(
+        st.sampled_from(
+            [
+                st.none(),
+                st.sampled_from([{"size": "a", "app": "b"}, {"app": "b", "size": "a"}, {}]),
+                st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+                _good_properties,
+            ]
+        )
+    )
+    events: list[Any] = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    **_GOOD_FIELDS,
+                    "meter": st.sampled_from(meters),
+                    "quantity": quantities,
+                    "properties": properties,
+                }
+            ),
+            min_size=1,
+            max_size=10,
+        )
+    )
+    if meters == ["router.requests"] and draw(st.booleans()):  # a count's quantity may be missing
+        events = [{k: v for k, v in raw.items() if k != "quantity"} for raw in events]
+    if draw(st.booleans()):
+        odd = draw(_one_field_off | _events | _msgpack_values)
+        events.insert(draw(st.integers(0, len(events))), odd)
+    return events
+
+
+@settings(max_examples=300)
+@given(
+    raws=_batches()
+    | st.lists(_events | _good | _one_field_off | _msgpack_values, min_size=1, max_size=12),
+    validator=_validators,
+)
+def test_validate_batch_agrees_with_validate_precise(
+    raws: list[Any], validator: EventValidator
+) -> None:
+    _same_batch_verdicts(validator, raws)
+
+
+def test_validate_batch_takes_a_common_batch_whole() -> None:
+    """The whole-batch path must not quietly hand every batch to the per-event one."""
+    low, high = NOW - LATE, NOW + 5 * MINUTE_MS
+    maps = [{"size": "std-1x", "app": "web"}, {"app": "web", "size": "x"}, {}]
+    batch = [
+        event(id=f"e{n}", account=f"a{n % 3}", time=low + n, properties=maps[n % 3])
+        for n in range(9)
+    ]
+    events = ALL._accept_all(batch, low, high, NOW)
+    assert events == [ALL.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(batch)]
+    groups, rejected = ALL.validate_batch(batch, NOW)
+    assert rejected == []
+    assert {account: indexes for account, (indexes, _) in groups.items()} == {
+        "a0": [0, 3, 6],
+        "a1": [1, 4, 7],
+        "a2": [2, 5, 8],
+    }
+    for odd in (event(quantity=-1), event(time=high + 1), event(meter="router.requests")):
+        assert ALL._accept_all([*batch, odd], low, high, NOW) is None
+    counts = [event(meter="router.requests", quantity=_DROP), event(meter="router.requests")]
+    assert ALL._accept_all(counts, low, high, NOW) == [
+        ALL.validate_precise(n, raw, NOW, NOW) for n, raw in enumerate(counts)
+    ]
+    for other in ({**event(), "properties": None}, event(quantity=5), {**batch[0], "x": 1}):
+        assert ALL._accept_all([*batch, other], low, high, NOW) is None
+    assert ALL._accept_all([], low, high, NOW) is None
+
+
+def test_the_fast_path_takes_the_common_events() -> None:
+    """The fast path must not quietly hand everything to the precise one."""
+    low, high = NOW - LATE, NOW + 5 * MINUTE_MS
+    for raw in (
+        event(),
+        event(quantity=12),
+        event(quantity="0.000"),
+        event(quantity="1" * 40),
+        event(meter="router.requests", quantity=1.5),
+        event(meter="router.requests", quantity=_DROP),
+        event(properties=None),
+        event(properties={"size": "std-1x", "app": "web"}),
+        event(time=low),
+        event(time=high),
+    ):
+        assert ALL._accept(raw, low, high, NOW) == ALL.validate_precise(0, raw, NOW, NOW)
+    for raw in (
+        event(quantity="1E3"),
+        event(quantity="1" * 20 + "." + "1" * 20),
+        event(quantity="-0"),
+    ):
+        assert ALL._accept(raw, low, high, NOW) is None  # left to the precise path...
+        assert isinstance(ALL.validate(0, raw, NOW, NOW), Event)  # ...which accepts them
+
+
+def test_repeated_property_maps_share_one_tuple_and_the_cache_is_bounded() -> None:
+    validator = EventValidator(METERS, Producer("platform", "t1"), LATE)
+    first = validator.validate(0, event(properties={"size": "a", "app": "b"}), NOW, NOW)
+    again = validator.validate(1, event(properties={"size": "a", "app": "b"}), NOW, NOW)
+    swapped = validator.validate(2, event(properties={"app": "b", "size": "a"}), NOW, NOW)
+    assert isinstance(first, Event)
+    assert isinstance(again, Event)
+    assert isinstance(swapped, Event)
+    assert first.properties == (("app", "b"), ("size", "a")) == swapped.properties
+    assert again.properties is first.properties
+    for n in range(3000):
+        result = validator.validate(n, event(properties={"n": str(n)}), NOW, NOW)
+        assert isinstance(result, Event)
+        assert result.properties == (("n", str(n)),)
+    assert len(validator._properties_seen) <= 1024
