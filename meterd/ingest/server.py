@@ -550,23 +550,12 @@ class _Connection:
         self.batches += 1
         self.server.stats.batches += 1
         now = self.server.clock()
-        validate = self.validator.validate
-        rejected: list[Rejection] = []
+        groups, rejected = self.validator.validate_batch(raw_events, now)
         audited: list[RejectedEvent] = []
-        groups: dict[str, tuple[list[int], list[Event]]] = {}
-        for index, raw in enumerate(raw_events):
-            result = validate(index, raw, now, now)
-            if isinstance(result, Rejection):
-                rejected.append(result)
-                audit = self._audited(result, raw, now)
-                if audit is not None:
-                    audited.append(audit)
-                continue
-            group = groups.get(result.account)
-            if group is None:
-                group = groups[result.account] = ([], [])
-            group[0].append(index)
-            group[1].append(result)
+        for rejection in rejected:
+            audit = self._audited(rejection, raw_events[rejection.index], now)
+            if audit is not None:
+                audited.append(audit)
         slot = _Slot(seq)
         self.slots_in.send_nowait(slot)
         size = len(raw_events)
