@@ -191,12 +191,15 @@ def _grouped(
 ) -> dict[str, tuple[list[int], list[Event]]]:
     """``events`` (at ``indexes`` in their batch) by account, in order of first appearance."""
     groups: dict[str, tuple[list[int], list[Event]]] = {}
+    get = groups.get
     for index, event in zip(indexes, events, strict=True):
-        group = groups.get(event.account)
-        if group is None:
-            group = groups[event.account] = ([], [])
-        group[0].append(index)
-        group[1].append(event)
+        account = event.account
+        group = get(account)
+        if group is None:  # the common case: ~490 accounts in a batch of 500 events
+            groups[account] = ([index], [event])
+        else:
+            group[0].append(index)
+            group[1].append(event)
     return groups
 
 
