@@ -66,7 +66,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -140,6 +141,10 @@ def conflict_message(account: str, event_id: str) -> str:
     )
 
 
+BatchRow: TypeAlias = tuple[int, str, int, int, bytes, int, int]
+"""An ``event_batches`` row: ``(batch_id, account, received_at, count, payload, min_time,
+max_time)``."""
+_ONE: Final = b"\x91"  # the msgpack header of a one-item array (a one-event payload)
 AuditRow: TypeAlias = tuple[
     str, str, str | None, str | None, str | None, str | None, int | None,
     str | None, str | None, int | None, int | None, int, int,
@@ -667,82 +672,38 @@ class _Transaction:
 
     def append_batch(self, op: _BatchAppend) -> list[AppendResult] | InvalidEvents:
         """One producer batch: one key lookup for all its events, one ``executemany`` per
-        table. Verdicts as if each group were an :meth:`append`, in order."""
-        prepared: list[tuple[str, tuple[Event, ...], list[list[Any]], list[int], list[int]]] = []
-        all_keys: list[int] = []
+        table. Verdicts as if each group were an :meth:`append`, in order.
+
+        Keys, packed rows and fingerprints are computed for the whole batch at once; when
+        no key is stored yet and none repeats (the common case: every event new, no two
+        sharing a key), every event is accepted without any per-event decision
+        (:meth:`_all_new`); otherwise each group is classified in order."""
+        groups = op.groups
         buckets = self.buckets
-        row_and_fingerprint = codec.event_row_and_fingerprint
-        dedupe_row_key = schema.dedupe_row_key
+        for account in [account for account, _ in groups if account not in buckets]:
+            buckets[account] = schema.account_bucket(account)
+        events = list(chain.from_iterable(map(itemgetter(1), groups)))
         try:
-            for account, events in op.groups:
-                bucket = buckets.get(account)
-                if bucket is None:
-                    bucket = buckets[account] = schema.account_bucket(account)
-                pairs = [row_and_fingerprint(event) for event in events]
-                rows = [row for row, _ in pairs]
-                fingerprints = [fingerprint for _, fingerprint in pairs]
-                keys = [dedupe_row_key(bucket, event) for event in events]
-                prepared.append((account, events, rows, keys, fingerprints))
-                all_keys.extend(keys)
+            packed, fingerprints = codec.encode_rows(events)
+            keys = schema.dedupe_row_keys(buckets, events)
         except Exception:  # the caller's data: this operation fails, not the group
-            for account, events in op.groups:
-                failure = _invalid(account, events)
+            for account, group in groups:
+                failure = _invalid(account, group)
                 if failure.__cause__ is not None:
                     return failure
             return InvalidEvents("a batch has an event that cannot be stored")
 
-        stored = self._lookup_keys(all_keys) if all_keys else {}
+        stored = self._lookup_keys(keys) if keys else {}
         audit_rows: list[AuditRow] = []
-        taken: set[int] = set()  # keys claimed by earlier groups of this batch
-        results: list[AppendResult] = []
-        batch_rows: list[tuple[int, str, int, int, bytes, int, int]] = []
-        dedupe_rows: list[tuple[int, int, int]] = []
         overflow_rows: list[tuple[str, str, int, int]] = []
-        for account, events, rows, keys, fingerprints in prepared:
-            count = len(events)
-            batch_id = self.next_batch_id
-            clash = bool(stored) and not stored.keys().isdisjoint(keys)
-            clash = clash or (bool(taken) and not taken.isdisjoint(keys))
-            if (
-                not clash
-                and len(set(keys)) == count
-                and len({event.id for event in events}) == count
-            ):  # the common case: all new
-                accepted = list(range(count))
-                duplicates: list[int] = []
-                conflicts: list[int] = []
-                dedupe_rows.extend(zip(keys, repeat(batch_id), fingerprints, strict=False))
-                taken.update(keys)
-                kept = rows
-            else:
-                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
-                    self._classify(account, events, keys, fingerprints, stored, batch_id, taken)
-                )
-                if duplicates or conflicts:
-                    self._audit_verdicts(
-                        audit_rows, op, account, events, duplicates, conflicts, originals
-                    )
-                dedupe_rows.extend(group_dedupe)
-                overflow_rows.extend(group_overflow)
-                taken.update(key for key, _, _ in group_dedupe)
-                if not accepted:
-                    results.append(AppendResult(None, accepted, duplicates, conflicts))
-                    continue
-                kept = rows if len(accepted) == count else [rows[index] for index in accepted]
-            self.next_batch_id += 1
-            times = [events[index].time for index in accepted]
-            batch_rows.append(
-                (
-                    batch_id,
-                    account,
-                    op.received_at,
-                    len(accepted),
-                    codec.pack_rows(kept),
-                    min(times),
-                    max(times),
-                )
-            )
-            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
+        if not stored and len(set(keys)) == len(keys):
+            results, batch_rows, dedupe_rows = self._all_new(op, packed, keys, fingerprints)
+        else:
+            results, batch_rows, dedupe_rows = [], [], []
+            self._classify_groups(
+                op, packed, keys, fingerprints, stored, results, batch_rows, dedupe_rows,
+                overflow_rows, audit_rows,
+            )  # fmt: skip
         conn = self.conn
         if batch_rows:
             conn.executemany(
@@ -760,7 +721,7 @@ class _Transaction:
                     " VALUES (?, ?, ?, ?)",
                     overflow_rows,
                 )
-            self._note_accounts(row[1] for row in batch_rows)
+            self._note_accounts([row[1] for row in batch_rows])
         if op.rejected:
             self._audit_rejected(audit_rows, op)
         if audit_rows:
@@ -771,6 +732,118 @@ class _Transaction:
                 audit_rows,
             )
         return results
+
+    def _all_new(
+        self, op: _BatchAppend, packed: list[bytes], keys: list[int], fingerprints: list[int]
+    ) -> tuple[list[AppendResult], list[BatchRow], list[tuple[int, int, int]]]:
+        """Results and rows when every event of ``op`` is accepted: each group becomes a
+        journal batch of all its events (``packed``, ``keys``, ``fingerprints``: the batch's
+        events in order)."""
+        groups = op.groups
+        at = op.received_at
+        first = self.next_batch_id
+        self.next_batch_id = first + len(groups)
+        batch_rows: list[BatchRow] = []
+        add_batch = batch_rows.append
+        results: list[AppendResult] = []
+        add_result = results.append
+        if len(groups) == len(packed) and 0 not in map(len, map(itemgetter(1), groups)):
+            # One event a group: each event's row, its key and fingerprint are its group's.
+            batch_ids: Iterable[int] = range(first, first + len(groups))
+            for (batch_id, (account, (event,))), row in zip(
+                enumerate(groups, first), packed, strict=True
+            ):
+                add_batch((batch_id, account, at, 1, _ONE + row, event.time, event.time))
+                add_result(AppendResult(batch_id, [0], [], []))
+        else:
+            batch_ids = []
+            start = 0
+            for batch_id, (account, events) in enumerate(groups, first):
+                count = len(events)
+                stop = start + count
+                if count == 1:
+                    time = events[0].time
+                    add_batch((batch_id, account, at, 1, _ONE + packed[start], time, time))
+                else:
+                    times = [event.time for event in events]
+                    payload = codec.pack_array_header(count) + b"".join(packed[start:stop])
+                    add_batch((batch_id, account, at, count, payload, min(times), max(times)))
+                batch_ids.extend(repeat(batch_id, count))
+                add_result(AppendResult(batch_id, list(range(count)), [], []))
+                start = stop
+        return results, batch_rows, list(zip(keys, batch_ids, fingerprints, strict=True))
+
+    def _classify_groups(
+        self,
+        op: _BatchAppend,
+        packed: list[bytes],
+        keys: list[int],
+        fingerprints: list[int],
+        stored: dict[int, tuple[int, int]],
+        results: list[AppendResult],
+        batch_rows: list[BatchRow],
+        dedupe_rows: list[tuple[int, int, int]],
+        overflow_rows: list[tuple[str, str, int, int]],
+        audit_rows: list[AuditRow],
+    ) -> None:
+        """Each group's verdicts in order, when some key of ``op`` is stored or repeats:
+        appends to the result and row lists."""
+        taken: set[int] = set()  # keys claimed by earlier groups of this batch
+        start = 0
+        for account, events in op.groups:
+            count = len(events)
+            stop = start + count
+            group_keys = keys[start:stop]
+            group_fingerprints = fingerprints[start:stop]
+            group_packed = packed[start:stop]
+            start = stop
+            batch_id = self.next_batch_id
+            clash = bool(stored) and not stored.keys().isdisjoint(group_keys)
+            clash = clash or (bool(taken) and not taken.isdisjoint(group_keys))
+            if (
+                not clash
+                and len(set(group_keys)) == count
+                and len({event.id for event in events}) == count
+            ):  # all new
+                accepted = list(range(count))
+                duplicates: list[int] = []
+                conflicts: list[int] = []
+                dedupe_rows.extend(
+                    zip(group_keys, repeat(batch_id), group_fingerprints, strict=False)
+                )
+                taken.update(group_keys)
+                kept = group_packed
+            else:
+                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
+                    self._classify(
+                        account, events, group_keys, group_fingerprints, stored, batch_id, taken
+                    )
+                )
+                if duplicates or conflicts:
+                    self._audit_verdicts(
+                        audit_rows, op, account, events, duplicates, conflicts, originals
+                    )
+                dedupe_rows.extend(group_dedupe)
+                overflow_rows.extend(group_overflow)
+                taken.update(key for key, _, _ in group_dedupe)
+                if not accepted:
+                    results.append(AppendResult(None, accepted, duplicates, conflicts))
+                    continue
+                kept = [group_packed[index] for index in accepted]
+            self.next_batch_id += 1
+            times = [events[index].time for index in accepted]
+            batch_rows.append(
+                (
+                    batch_id,
+                    account,
+                    op.received_at,
+                    len(accepted),
+                    codec.pack_batch(kept),
+                    min(times),
+                    max(times),
+                )
+            )
+            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
 
     @staticmethod
     def _audit_verdicts(

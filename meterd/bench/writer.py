@@ -1,0 +1,342 @@
+"""Store-writer microbenchmark: CPU per event of :meth:`Writer.submit_batch` (issue 4's shape).
+
+``python -m meterd.bench.writer`` drives a real :class:`~meterd.store.Writer` on a temporary
+SQLite file (WAL, ``synchronous=FULL``, as the daemon opens it) from Trio, the way ingest
+does: producer batches of ``--batch`` validated events, each event's account drawn uniformly
+among ``--accounts`` (so a 500-event batch over 10,000 accounts is ~488 one-event groups),
+grouped by account in arrival order, ``--in-flight`` batches submitted at a time (ingest's
+connections) and awaited. Events are those of ``meterd bench ingest``: meter
+``dyno.seconds``, quantities ``Decimal`` with 3 decimals, properties ``size`` and ``app``,
+times within the last hour, ids unique.
+
+Each repeat opens a fresh database and first writes one event per account, untimed (every
+account row exists and the writer's per-account caches are warm, as in steady state), then
+times ``--batches`` batches. Figures, medians over ``--repeats``:
+
+* ``process CPU µs/event``: ``time.process_time`` (every thread: the Trio thread, the
+  writer thread, SQLite's C code) over the timed batches, divided by their events;
+* ``submit_batch µs/event``: ``time.thread_time`` of the ``submit_batch`` calls alone (the
+  argument check on the Trio thread);
+* ``wall µs/event`` (fsyncs included: the disk, not the CPU, may dominate this one).
+
+The **naive peer** (same process, same events, same Trio/thread arrangement): one
+``INSERT OR IGNORE`` per event into one ``(account, id)``-keyed table, one transaction per
+batch on a worker thread, like the baseline server of :mod:`meterd.bench.ingest`: a floor
+for "make the events durable" with the same libraries.
+
+``--against REF`` (default ``main``) also runs the writer part on the code of git revision
+``REF`` (``git archive`` of ``meterd/`` and ``supervisors/`` into a temporary directory, this
+bench file copied in, run in a subprocess), so a change is shown as before/after.
+``--against ''`` skips it. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack  # type: ignore[import-untyped]
+import trio
+
+from meterd.model import Event
+from meterd.store import AppendResult, Writer
+
+__all__ = ["Figures", "build_batches", "main", "run_naive", "run_writer"]
+
+METER: Final = "dyno.seconds"
+SIZES: Final = ("std-1x", "std-2x", "perf-m", "perf-l")
+APPS: Final = tuple(f"app-{n}" for n in range(8))
+
+Groups = list[tuple[str, list[Event]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One run: per-event figures in microseconds."""
+
+    events: int
+    process_cpu_us: float
+    submit_us: float
+    wall_us: float
+
+
+def account_name(index: int) -> str:
+    return f"acct-{index:05d}"
+
+
+def _event(rng: random.Random, number: int, account: str, now: int, prefix: str) -> Event:
+    quantity = rng.randrange(1, 3_600_000)
+    return Event(
+        id=f"{prefix}-{number}",
+        account=account,
+        meter=METER,
+        quantity=Decimal(f"{quantity // 1000}.{quantity % 1000:03d}"),
+        time=now - rng.randrange(3_600_000),
+        properties=(("app", rng.choice(APPS)), ("size", rng.choice(SIZES))),
+        producer="bench",
+        received_at=now,
+    )
+
+
+def _grouped(events: Sequence[Event]) -> Groups:
+    """Events grouped by account in arrival order, as ingest submits them."""
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.account, []).append(event)
+    return list(groups.items())
+
+
+def build_batches(
+    batches: int, batch: int, accounts: int, *, seed: int = 1, now: int | None = None
+) -> tuple[list[Groups], list[Groups]]:
+    """``(warm_up, timed)``: one event per account, then ``batches`` random batches."""
+    rng = random.Random(seed)
+    now = time.time_ns() // 1_000_000 if now is None else now
+    names = [account_name(index) for index in range(accounts)]
+    warm = [_event(rng, n, names[n], now, "warm") for n in range(accounts)]
+    warm_up = [_grouped(warm[start : start + batch]) for start in range(0, accounts, batch)]
+    timed = []
+    for number in range(batches):
+        events = [
+            _event(rng, number * batch + n, names[rng.randrange(accounts)], now, "run")
+            for n in range(batch)
+        ]
+        timed.append(_grouped(events))
+    return warm_up, timed
+
+
+def _count(batches: Sequence[Groups]) -> int:
+    return sum(len(events) for groups in batches for _, events in groups)
+
+
+async def _drive_writer(
+    writer: Writer, batches: Sequence[Groups], in_flight: int
+) -> tuple[float, int]:
+    """Submit ``batches`` ``in_flight`` at a time; the Trio-thread CPU of the submits and
+    the events accepted."""
+    submit_cpu = 0.0
+    accepted = 0
+    done = trio.Semaphore(0)
+    outcomes: list[Any] = []
+
+    def on_done(outcome: list[AppendResult] | BaseException) -> None:
+        outcomes.append(outcome)
+        done.release()
+
+    for start in range(0, len(batches), in_flight):
+        chunk = batches[start : start + in_flight]
+        outcomes.clear()
+        for groups in chunk:
+            before = time.thread_time()
+            writer.submit_batch(groups, on_done, producer="bench", seq=start)
+            submit_cpu += time.thread_time() - before
+        for _ in chunk:
+            await done.acquire()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            accepted += sum(len(result.accepted) for result in outcome)
+    return submit_cpu, accepted
+
+
+async def _writer_run(
+    path: Path, warm_up: list[Groups], timed: list[Groups], in_flight: int
+) -> Figures:
+    writer = Writer(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await _drive_writer(writer, warm_up, in_flight)
+        events = _count(timed)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        submit_cpu, accepted = await _drive_writer(writer, timed, in_flight)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        if accepted != events:
+            raise RuntimeError(f"the writer accepted {accepted} of {events} new events")
+        nursery.cancel_scope.cancel()
+    return Figures(events, cpu / events * 1e6, submit_cpu / events * 1e6, wall / events * 1e6)
+
+
+def run_writer(warm_up: list[Groups], timed: list[Groups], in_flight: int) -> Figures:
+    """One repeat of the writer on a fresh temporary database."""
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-writer-") as tmp:
+        return trio.run(_writer_run, Path(tmp) / "store.db", warm_up, timed, in_flight)
+
+
+class _Naive:
+    """One ``INSERT OR IGNORE`` per event into an ``(account, id)`` table, one transaction
+    per batch (the baseline server of :mod:`meterd.bench.ingest`, from ``Event`` objects)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE events (account TEXT NOT NULL, id TEXT NOT NULL,"
+            " meter TEXT NOT NULL, quantity, time INTEGER NOT NULL, properties BLOB,"
+            " PRIMARY KEY (account, id)) WITHOUT ROWID"
+        )
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+
+    def insert(self, groups: Groups) -> int:
+        pack = self.pack
+        rows = [
+            (e.account, e.id, e.meter, str(e.quantity), e.time, pack(dict(e.properties)))
+            for _, events in groups
+            for e in events
+        ]
+        before = self.db.total_changes
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return self.db.total_changes - before
+
+
+async def _naive_run(
+    path: Path, warm_up: list[Groups], timed: list[Groups], in_flight: int
+) -> Figures:
+    naive = _Naive(path)
+    limiter = trio.CapacityLimiter(1)
+
+    async def drive(batches: Sequence[Groups]) -> int:
+        inserted = 0
+
+        async def one(groups: Groups) -> None:
+            nonlocal inserted
+            new = await trio.to_thread.run_sync(naive.insert, groups, limiter=limiter)
+            inserted += new
+
+        for start in range(0, len(batches), in_flight):
+            async with trio.open_nursery() as nursery:
+                for groups in batches[start : start + in_flight]:
+                    nursery.start_soon(one, groups)
+        return inserted
+
+    try:
+        await drive(warm_up)
+        events = _count(timed)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        inserted = await drive(timed)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        naive.db.close()
+    if inserted != events:
+        raise RuntimeError(f"the naive peer inserted {inserted} of {events} new events")
+    return Figures(events, cpu / events * 1e6, 0.0, wall / events * 1e6)
+
+
+def run_naive(warm_up: list[Groups], timed: list[Groups], in_flight: int) -> Figures:
+    """One repeat of the naive peer on a fresh temporary database."""
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-naive-") as tmp:
+        return trio.run(_naive_run, Path(tmp) / "naive.db", warm_up, timed, in_flight)
+
+
+def _median(runs: Sequence[Figures]) -> dict[str, float]:
+    return {
+        "process_cpu_us": statistics.median(r.process_cpu_us for r in runs),
+        "submit_us": statistics.median(r.submit_us for r in runs),
+        "wall_us": statistics.median(r.wall_us for r in runs),
+    }
+
+
+def _reference(ref: str, argv: list[str]) -> dict[str, float] | str:
+    """The writer's medians on the code of git revision ``ref`` (or why it could not run)."""
+    here = Path(__file__).resolve()
+    root = here.parents[2]
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-ref-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", ref, "meterd", "supervisors"],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            return f"git archive {ref} failed: {archive.stderr.decode(errors='replace').strip()}"
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        shutil.copy(here, Path(tmp) / "meterd" / "bench" / "writer.py")
+        env = dict(os.environ, PYTHONPATH=tmp)
+        child = subprocess.run(
+            [sys.executable, "-m", "meterd.bench.writer", *argv, "--against", "", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            check=False,
+        )
+        if child.returncode != 0:
+            return f"the bench on {ref} failed: {child.stderr.strip()[-2000:]}"
+        result = json.loads(child.stdout.strip().splitlines()[-1])  # after any log lines
+        if not str(result["source"]).startswith(tmp):
+            return f"the bench on {ref} imported meterd from {result['source']}"
+        writer: dict[str, float] = result["writer"]
+        return writer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m meterd.bench.writer", description=__doc__)
+    parser.add_argument("--batches", type=int, default=100, help="timed batches per repeat")
+    parser.add_argument("--batch", type=int, default=500, help="events per batch")
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--in-flight", type=int, default=4, help="batches submitted at a time")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", default="main", help="git revision to compare ('': none)")
+    parser.add_argument("--json", action="store_true", help="writer figures only, as JSON")
+    args = parser.parse_args(argv)
+    warm_up, timed = build_batches(args.batches, args.batch, args.accounts)
+    writer = _median([run_writer(warm_up, timed, args.in_flight) for _ in range(args.repeats)])
+    if args.json:
+        import meterd
+
+        print(json.dumps({"writer": writer, "source": meterd.__file__}))
+        return
+    naive = _median([run_naive(warm_up, timed, args.in_flight) for _ in range(args.repeats)])
+    passed = [
+        f"--batches={args.batches}",
+        f"--batch={args.batch}",
+        f"--accounts={args.accounts}",
+        f"--in-flight={args.in_flight}",
+        f"--repeats={args.repeats}",
+    ]
+    reference = _reference(args.against, passed) if args.against else None
+    groups = statistics.mean(len(g) for g in timed)
+    print(
+        f"store writer bench: {args.batches} batches x {args.batch} events over"
+        f" {args.accounts} accounts ({groups:.0f} groups a batch), {args.in_flight} in flight,"
+        f" median of {args.repeats} repeats (µs per event)"
+    )
+    columns = [("this code", writer), ("naive peer", naive)]
+    if isinstance(reference, dict):
+        columns.insert(1, (f"writer @ {args.against}", reference))
+    print(f"| figure | {' | '.join(name for name, _ in columns)} |")
+    print(f"|---|{'---:|' * len(columns)}")
+    for key, label in (
+        ("process_cpu_us", "process CPU µs/event"),
+        ("submit_us", "submit_batch µs/event"),
+        ("wall_us", "wall µs/event"),
+    ):
+        print(f"| {label} | {' | '.join(f'{figures[key]:.2f}' for _, figures in columns)} |")
+    if isinstance(reference, str):
+        print(f"(no reference: {reference})")
+    elif reference is not None:
+        ratio = reference["process_cpu_us"] / writer["process_cpu_us"]
+        print(f"process CPU: {args.against} / this code = {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
