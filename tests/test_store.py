@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import re
 import shutil
 import signal
 import sqlite3
@@ -459,6 +460,54 @@ async def test_a_batch_operation_checks_its_groups(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="account 'acme' has two groups"):
         writer.submit_batch([("acme", [ev("a")]), ("acme", [ev("b")])], Collector())
     assert writer.pending == 0
+
+
+def _group_error(groups: list[tuple[str, list[Event]]]) -> str | None:
+    """The reference check of ``submit_batch``: the first problem, group by group."""
+    seen: set[str] = set()
+    for account, events in groups:
+        if account in seen:
+            return f"account {account!r} has two groups in one batch"
+        seen.add(account)
+        for index, event in enumerate(events):
+            if event.account != account:
+                return (
+                    f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                    f" submitted for account {account!r}"
+                )
+    return None
+
+
+_accounts = st.sampled_from(["acme", "globex", "initech"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(
+            _accounts,
+            st.lists(st.builds(ev, st.sampled_from(["a", "b", "c"]), _accounts), max_size=3),
+        ),
+        max_size=4,
+    )
+)
+def test_a_batch_operation_checks_its_groups_like_the_reference(
+    groups: list[tuple[str, list[Event]]],
+) -> None:
+    """``submit_batch``'s whole-batch check refuses exactly what the group-by-group check
+    refuses, with its message, and queues nothing then; otherwise it queues the groups as
+    given."""
+    writer = Writer("never-opened.sqlite3")
+    want = _group_error(groups)
+    if want is None:
+        writer.submit_batch(groups, Collector())
+        [op] = writer._queue
+        assert isinstance(op, writer_module._BatchAppend)
+        assert op.groups == tuple((account, tuple(events)) for account, events in groups)
+    else:
+        with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+            writer.submit_batch(groups, Collector())
+        assert writer.pending == 0
 
 
 def test_dedupe_row_keys_are_63_bits_and_grouped_by_account() -> None:

@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -419,10 +419,9 @@ class Writer:
                 stats.batches += 1
             else:
                 outcome_list = []
-            for result in outcome_list:
-                stats.events_accepted += len(result.accepted)
-                stats.events_duplicate += len(result.duplicates)
-                stats.events_conflict += len(result.conflicts)
+            stats.events_accepted += sum(map(len, map(_accepted_of, outcome_list)))
+            stats.events_duplicate += sum(map(len, map(_duplicates_of, outcome_list)))
+            stats.events_conflict += sum(map(len, map(_conflicts_of, outcome_list)))
             self._resolve(op, outcome)
         return loaded
 
@@ -487,23 +486,18 @@ class Writer:
         the batch, as do those of its duplicates and conflicts. ``groups`` may be empty
         when only ``rejected`` is to be recorded.
         """
-        checked: list[tuple[str, tuple[Event, ...]]] = []
-        seen: set[str] = set()
-        for account, events in groups:
-            if account in seen:
-                raise ValueError(f"account {account!r} has two groups in one batch")
-            seen.add(account)
-            batch = tuple(events)
-            for index, event in enumerate(batch):
+        # Runs on the Trio thread per producer batch: whole-batch checks with no per-group
+        # set or list work; the precise error is found again only when one fails.
+        accounts = list(map(itemgetter(0), groups))
+        batches = list(map(tuple, map(itemgetter(1), groups)))
+        if len(set(accounts)) != len(accounts):
+            _check_groups(groups)
+        for account, events in zip(accounts, batches, strict=True):
+            for event in events:
                 if event.account != account:
-                    raise ValueError(
-                        f"event {index} (id {event.id!r}) is of account {event.account!r},"
-                        f" submitted for account {account!r}"
-                    )
-            checked.append((account, batch))
-        self._enqueue(
-            _BatchAppend(tuple(checked), on_done, self._clock(), producer, seq, tuple(rejected))
-        )
+                    _check_groups(groups)
+        checked = tuple(zip(accounts, batches, strict=True))
+        self._enqueue(_BatchAppend(checked, on_done, self._clock(), producer, seq, tuple(rejected)))
 
     async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
         """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
@@ -626,6 +620,29 @@ def _is_disk_full(error: Exception) -> bool:
     return isinstance(error, OSError) and error.errno == errno.ENOSPC
 
 
+_accepted_of: Final = attrgetter("accepted")
+_duplicates_of: Final = attrgetter("duplicates")
+_conflicts_of: Final = attrgetter("conflicts")
+
+
+def _check_groups(groups: Iterable[tuple[str, Sequence[Event]]]) -> None:
+    """``ValueError`` for the first group of ``groups`` whose account was seen already or
+    that holds an event of another account (:meth:`Writer.submit_batch`'s check, spelled
+    out for its message)."""
+    seen: set[str] = set()
+    for account, events in groups:
+        if account in seen:
+            raise ValueError(f"account {account!r} has two groups in one batch")
+        seen.add(account)
+        for index, event in enumerate(events):
+            if event.account != account:
+                raise ValueError(
+                    f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                    f" submitted for account {account!r}"
+                )
+    raise AssertionError("the fast check of submit_batch found a problem this one did not")
+
+
 def _ignore(outcome: object) -> None:
     """An ``on_done`` for operations built inside the transaction (never called)."""
 
@@ -741,37 +758,28 @@ class _Transaction:
         events in order)."""
         groups = op.groups
         at = op.received_at
+        counts = list(map(len, map(itemgetter(1), groups)))
         first = self.next_batch_id
         self.next_batch_id = first + len(groups)
+        batch_ids = range(first, first + len(groups))
         batch_rows: list[BatchRow] = []
         add_batch = batch_rows.append
-        results: list[AppendResult] = []
-        add_result = results.append
-        if len(groups) == len(packed) and 0 not in map(len, map(itemgetter(1), groups)):
-            # One event a group: each event's row, its key and fingerprint are its group's.
-            batch_ids: Iterable[int] = range(first, first + len(groups))
-            for (batch_id, (account, (event,))), row in zip(
-                enumerate(groups, first), packed, strict=True
-            ):
-                add_batch((batch_id, account, at, 1, _ONE + row, event.time, event.time))
-                add_result(AppendResult(batch_id, [0], [], []))
-        else:
-            batch_ids = []
-            start = 0
-            for batch_id, (account, events) in enumerate(groups, first):
-                count = len(events)
-                stop = start + count
-                if count == 1:
-                    time = events[0].time
-                    add_batch((batch_id, account, at, 1, _ONE + packed[start], time, time))
-                else:
-                    times = [event.time for event in events]
-                    payload = codec.pack_array_header(count) + b"".join(packed[start:stop])
-                    add_batch((batch_id, account, at, count, payload, min(times), max(times)))
-                batch_ids.extend(repeat(batch_id, count))
-                add_result(AppendResult(batch_id, list(range(count)), [], []))
-                start = stop
-        return results, batch_rows, list(zip(keys, batch_ids, fingerprints, strict=True))
+        start = 0
+        for batch_id, (account, events), count in zip(batch_ids, groups, counts, strict=True):
+            if count == 1:  # most groups, with events spread over many accounts
+                time = events[0].time
+                add_batch((batch_id, account, at, 1, _ONE + packed[start], time, time))
+            else:
+                times = [event.time for event in events]
+                payload = codec.pack_batch(packed[start : start + count])
+                add_batch((batch_id, account, at, count, payload, min(times), max(times)))
+            start += count
+        results = [
+            AppendResult(batch_id, list(range(count)), [], [])
+            for batch_id, count in zip(batch_ids, counts, strict=True)
+        ]
+        event_batch_ids = chain.from_iterable(map(repeat, batch_ids, counts))
+        return results, batch_rows, list(zip(keys, event_batch_ids, fingerprints, strict=True))
 
     def _classify_groups(
         self,
