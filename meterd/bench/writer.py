@@ -21,10 +21,12 @@ a 50,000-object first generation, start-up objects frozen). Figures, medians ove
   argument check on the Trio thread);
 * ``wall µs/event`` (fsyncs included: the disk, not the CPU, may dominate this one).
 
-The **naive peer** (same process, same events, same Trio/thread arrangement): one
-``INSERT OR IGNORE`` per event into one ``(account, id)``-keyed table, one transaction per
-batch on a worker thread, like the baseline server of :mod:`meterd.bench.ingest`: a floor
-for "make the events durable" with the same libraries.
+The **naive peer** (same process, same events, same Trio/thread arrangement): the baseline
+server's store of :mod:`meterd.bench.ingest` (``_Baseline.insert``): one ``INSERT OR IGNORE``
+per event into one ``(account, id)``-keyed table, one transaction per batch on a worker
+thread, given each batch's events as dicts, as it gets them from a decoded frame (built
+before the clock starts, as the writer's ``Event`` objects are): a floor for "make the events
+durable" with the same libraries.
 
 ``--against REF`` (default ``main``) also runs the writer part on the code of git revision
 ``REF`` (``git archive`` of ``meterd/`` and ``supervisors/`` into a temporary directory, this
@@ -40,7 +42,6 @@ import json
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -52,10 +53,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]
 import trio
 
 from meterd import logs
+from meterd.bench.ingest import _Baseline
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
 
@@ -180,64 +181,48 @@ def run_writer(warm_up: list[Groups], timed: list[Groups], in_flight: int) -> Fi
         return trio.run(_writer_run, Path(tmp) / "store.db", warm_up, timed, in_flight)
 
 
-class _Naive:
-    """One ``INSERT OR IGNORE`` per event into an ``(account, id)`` table, one transaction
-    per batch (the baseline server of :mod:`meterd.bench.ingest`, from ``Event`` objects)."""
-
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(
-            "CREATE TABLE events (account TEXT NOT NULL, id TEXT NOT NULL,"
-            " meter TEXT NOT NULL, quantity, time INTEGER NOT NULL, properties BLOB,"
-            " PRIMARY KEY (account, id)) WITHOUT ROWID"
-        )
-        self.pack = msgpack.Packer(use_bin_type=True).pack
-
-    def insert(self, groups: Groups) -> int:
-        pack = self.pack
-        rows = [
-            (e.account, e.id, e.meter, str(e.quantity), e.time, pack(dict(e.properties)))
-            for _, events in groups
-            for e in events
-        ]
-        before = self.db.total_changes
-        self.db.execute("BEGIN")
-        try:
-            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return self.db.total_changes - before
+def _as_frame_events(groups: Groups) -> list[dict[str, Any]]:
+    """A batch's events as the baseline server gets them from a decoded frame."""
+    return [
+        {
+            "id": e.id,
+            "account": e.account,
+            "meter": e.meter,
+            "quantity": str(e.quantity),
+            "time": e.time,
+            "properties": dict(e.properties),
+        }
+        for _, events in groups
+        for e in events
+    ]
 
 
 async def _naive_run(
     path: Path, warm_up: list[Groups], timed: list[Groups], in_flight: int
 ) -> Figures:
-    naive = _Naive(path)
+    naive = _Baseline(path, token="")
     limiter = trio.CapacityLimiter(1)
 
-    async def drive(batches: Sequence[Groups]) -> int:
+    async def drive(batches: Sequence[list[dict[str, Any]]]) -> int:
         inserted = 0
 
-        async def one(groups: Groups) -> None:
+        async def one(events: list[dict[str, Any]]) -> None:
             nonlocal inserted
-            new = await trio.to_thread.run_sync(naive.insert, groups, limiter=limiter)
+            new = await trio.to_thread.run_sync(naive.insert, events, limiter=limiter)
             inserted += new
 
         for start in range(0, len(batches), in_flight):
             async with trio.open_nursery() as nursery:
-                for groups in batches[start : start + in_flight]:
-                    nursery.start_soon(one, groups)
+                for events in batches[start : start + in_flight]:
+                    nursery.start_soon(one, events)
         return inserted
 
     try:
-        await drive(warm_up)
+        await drive([_as_frame_events(groups) for groups in warm_up])
+        frames = [_as_frame_events(groups) for groups in timed]  # decoded: not timed
         events = _count(timed)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        inserted = await drive(timed)
+        inserted = await drive(frames)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         naive.db.close()
