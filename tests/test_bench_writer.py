@@ -38,6 +38,13 @@ def test_the_bench_prints_the_writer_the_reference_and_the_naive_peer() -> None:
     assert ran.returncode == 0, ran.stderr
     out = ran.stdout
     assert re.search(r"\| figure \| this code \| writer @ HEAD \| naive peer \|", out), out
-    for figure in ("process CPU µs/event", "submit_batch µs/event", "wall µs/event"):
+    figures = (
+        "process CPU µs/event",
+        "CPU outside SQLite µs/event",
+        "submit_batch µs/event",
+        "wall µs/event",
+    )
+    for figure in figures:
         assert re.search(rf"^\| {figure} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$", out, re.M), out
-    assert re.search(rf"process CPU: HEAD / this code = {NUMBER}x", out), out
+    assert re.search(rf"^process CPU: HEAD / this code = {NUMBER}x$", out, re.M), out
+    assert re.search(rf"^CPU outside SQLite: HEAD / this code = {NUMBER}x$", out, re.M), out
