@@ -775,7 +775,7 @@ class _Transaction:
                 add_batch((batch_id, account, at, count, payload, min(times), max(times)))
             start += count
         results = [
-            AppendResult(batch_id, list(range(count)), [], [])
+            AppendResult(batch_id, [0] if count == 1 else list(range(count)), [], [])
             for batch_id, count in zip(batch_ids, counts, strict=True)
         ]
         event_batch_ids = chain.from_iterable(map(repeat, batch_ids, counts))
