@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import decimal
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -304,12 +305,19 @@ async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
         assert result == AppendResult(2, [2], [0], [1])
 
 
+def _dedupe_row_keys_by_method(buckets: Mapping[str, int], events: Iterable[Event]) -> list[int]:
+    """The writer's batch keys through ``Event.dedupe_key()`` (which tests patch to make
+    keys collide; the real ``schema.dedupe_row_keys`` computes it inline)."""
+    return [schema.dedupe_row_key(buckets[event.account], event) for event in events]
+
+
 async def test_dedupe_is_exact_when_every_key_collides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every (account, id) gets the same 63-bit dedupe row key.
     monkeypatch.setattr(Event, "dedupe_key", lambda self: 12345)
     monkeypatch.setattr(schema, "account_bucket", lambda account: 0)
+    monkeypatch.setattr(schema, "dedupe_row_keys", _dedupe_row_keys_by_method)
     path = tmp_path / "s.sqlite3"
     async with running(Writer(path, commit_interval=0)) as writer:
         first = await writer.append("acme", [ev("k1"), ev("k2"), ev("k2"), ev("k3", quantity=3)])
@@ -401,6 +409,7 @@ def test_a_batch_operation_decides_exactly_like_one_append_per_account(
         if collide:
             patch.setattr(Event, "dedupe_key", lambda self: 777)
             patch.setattr(schema, "account_bucket", lambda account: 0)
+            patch.setattr(schema, "dedupe_row_keys", _dedupe_row_keys_by_method)
         one = trio.run(_verdicts_and_rows, where / "one.sqlite3", grouped, True)
         each = trio.run(_verdicts_and_rows, where / "each.sqlite3", grouped, False)
     assert one == each
@@ -451,6 +460,54 @@ async def test_a_batch_operation_checks_its_groups(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="account 'acme' has two groups"):
         writer.submit_batch([("acme", [ev("a")]), ("acme", [ev("b")])], Collector())
     assert writer.pending == 0
+
+
+def _group_error(groups: list[tuple[str, list[Event]]]) -> str | None:
+    """The reference check of ``submit_batch``: the first problem, group by group."""
+    seen: set[str] = set()
+    for account, events in groups:
+        if account in seen:
+            return f"account {account!r} has two groups in one batch"
+        seen.add(account)
+        for index, event in enumerate(events):
+            if event.account != account:
+                return (
+                    f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                    f" submitted for account {account!r}"
+                )
+    return None
+
+
+_accounts = st.sampled_from(["acme", "globex", "initech"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(
+            _accounts,
+            st.lists(st.builds(ev, st.sampled_from(["a", "b", "c"]), _accounts), max_size=3),
+        ),
+        max_size=4,
+    )
+)
+def test_a_batch_operation_checks_its_groups_like_the_reference(
+    groups: list[tuple[str, list[Event]]],
+) -> None:
+    """``submit_batch``'s whole-batch check refuses exactly what the group-by-group check
+    refuses, with its message, and queues nothing then; otherwise it queues the groups as
+    given."""
+    writer = Writer("never-opened.sqlite3")
+    want = _group_error(groups)
+    if want is None:
+        writer.submit_batch(groups, Collector())
+        [op] = writer._queue
+        assert isinstance(op, writer_module._BatchAppend)
+        assert op.groups == tuple((account, tuple(events)) for account, events in groups)
+    else:
+        with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+            writer.submit_batch(groups, Collector())
+        assert writer.pending == 0
 
 
 def test_dedupe_row_keys_are_63_bits_and_grouped_by_account() -> None:
@@ -1102,6 +1159,144 @@ def test_the_writers_row_and_fingerprint_are_the_events(event: Event) -> None:
     row, fingerprint = codec.event_row_and_fingerprint(event)
     assert row == codec.event_row(event)
     assert fingerprint == event.fingerprint()
+
+
+# Computed by the code before the writer's batch encoding (main at e153b9f): payloads,
+# fingerprints and dedupe keys are the file format, so existing databases must read back
+# and dedupe against new events byte for byte.
+_PINNED_EVENTS = [
+    Event(
+        "ev-1", "acct-00042", "dyno.seconds", Decimal("12.340"), 1_764_000_000_123,
+        (("app", "app-3"), ("size", "std-1x")), "prod-a", 1_764_000_001_000,
+    ),
+    Event("ev-2", "acct-00042", "api.calls", 7, 1_764_000_000_000, (), "prod-a", 1_764_000_001_000),
+    Event(
+        "ev-\u00e9", "acct-00042", "dyno.seconds", Decimal("-0.000"), -5, (("k", "v\x1fw"),),
+        "", 0,
+    ),
+    Event("big", "acct-00042", "bytes", 2**70, 0, (), "p", 1),
+    Event("tiny", "acct-00042", "m", Decimal("1E-9"), 1, (), "p", 1),
+    Event("exp", "acct-00042", "m", Decimal("25E+3"), 1, (), "p", 1),
+]  # fmt: skip
+_PINNED_PAYLOAD = bytes.fromhex(
+    "9697a465762d31ac64796e6f2e7365636f6e6473a531322e3334cf0000019ab697e87b82a3617070a561"
+    "70702d33a473697a65a67374642d3178a670726f642d61cf0000019ab697ebe897a465762d32a9617069"
+    "2e63616c6c7307cf0000019ab697e80080a670726f642d61cf0000019ab697ebe897a565762dc3a9ac64"
+    "796e6f2e7365636f6e6473a130fb81a16ba3761f77a00097a3626967a56279746573c716013131383035"
+    "39313632303731373431313330333432340080a1700197a474696e79a16dab302e303030303030303031"
+    "0180a1700197a3657870a16da532353030300180a17001"
+)
+_PINNED_BUCKET = 1595988406716858368
+_PINNED_FINGERPRINTS = [
+    7874279323538004777, 837176367054285263, 2381469792914871566,
+    4412510135373989636, 2439201710981775368, 8007854286911018567,
+]  # fmt: skip
+_PINNED_KEYS = [
+    1595988970220224064, 1595988746520946348, 1595988550815057645,
+    1595988642559890600, 1595989313327156081, 1595989136201725116,
+]  # fmt: skip
+
+
+def test_the_file_format_is_pinned() -> None:
+    """Payload bytes, fingerprints and dedupe keys as the code before the batch encoding
+    wrote them, through every path the writer and the store use."""
+    events = _PINNED_EVENTS
+    assert codec.encode_batch(events) == _PINNED_PAYLOAD
+    packed, fingerprints = codec.encode_rows(events)
+    assert codec.pack_batch(packed) == _PINNED_PAYLOAD
+    assert fingerprints == _PINNED_FINGERPRINTS
+    assert [event.fingerprint() for event in events] == _PINNED_FINGERPRINTS
+    assert schema.account_bucket("acct-00042") == _PINNED_BUCKET
+    buckets = {"acct-00042": _PINNED_BUCKET}
+    assert schema.dedupe_row_keys(buckets, events) == _PINNED_KEYS
+    assert [schema.dedupe_row_key(_PINNED_BUCKET, event) for event in events] == _PINNED_KEYS
+    assert codec.decode_batch(_PINNED_PAYLOAD, "acct-00042") == events  # Decimals by value
+
+
+async def test_the_writer_stores_the_pinned_format(tmp_path: Path) -> None:
+    """What the writer commits for one-event and several-event groups: the pinned payload
+    (split by group), fingerprints and keys."""
+    path = tmp_path / "s.sqlite3"
+    events = _PINNED_EVENTS
+    async with running(Writer(path)) as writer:
+        done = Collector()
+        writer.submit_batch([("acct-00042", events[:1])], done)
+        await writer.barrier()
+        writer.submit_batch([("acct-00042", events[1:])], done)
+        await writer.barrier()
+    assert [type(outcome) for outcome in done.outcomes] == [list, list]
+    [(first,), (rest,)] = rows(path, "SELECT payload FROM event_batches ORDER BY batch_id")
+    assert first == codec.pack_batch([codec.encode_event(events[0])])
+    assert b"\x96" + first[1:] + rest[1:] == _PINNED_PAYLOAD
+    stored = rows(path, "SELECT key, batch_id, fingerprint FROM dedupe ORDER BY fingerprint")
+    want = sorted(
+        zip(_PINNED_KEYS, [1, 2, 2, 2, 2, 2], _PINNED_FINGERPRINTS, strict=True),
+        key=lambda row: row[2],
+    )
+    assert stored == want
+
+
+_any_quantities = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3),
+    st.decimals(min_value=-1, max_value=1, places=9),
+    st.sampled_from([Decimal("-0"), Decimal("0E-9"), Decimal("-0.000"), Decimal("1E+3")]),
+    st.floats(allow_nan=False),  # refused: usage is exact
+    st.booleans(),  # refused: not an int quantity
+)
+_any_events = st.builds(
+    Event,
+    id=st.text(min_size=1, max_size=20),
+    account=st.sampled_from(["acct", "other"]),
+    meter=_text,
+    quantity=_any_quantities,
+    time=st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.just(True)),
+    properties=st.one_of(  # sorted unique keys (valid), or any keys (maybe twice: refused)
+        st.dictionaries(_text, _text, max_size=4).map(lambda d: tuple(sorted(d.items()))),
+        st.lists(st.tuples(st.sampled_from("abc"), _text), max_size=3).map(tuple),
+    ),
+    producer=_text,
+    received_at=st.integers(min_value=0, max_value=2**62),
+)
+
+
+def _row_and_fingerprint(event: Event) -> tuple[bytes, int] | type[Exception]:
+    """The reference: the per-event encoding the writer used before ``encode_rows``."""
+    try:
+        return codec.pack_rows([codec.event_row(event)])[1:], event.fingerprint()
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(events=st.lists(_any_events, max_size=6))
+def test_batch_encoding_agrees_with_the_per_event_encoding(events: list[Event]) -> None:
+    """``encode_rows`` (the writer's hot path) gives each event's packed row and fingerprint
+    exactly, and refuses exactly what the per-event functions refuse."""
+    want = [_row_and_fingerprint(event) for event in events]
+    for event, expected in zip(events, want, strict=True):
+        if isinstance(expected, tuple):
+            packed, fingerprints = codec.encode_rows([event])
+            assert (packed[0], fingerprints[0]) == expected
+        else:
+            with pytest.raises((TypeError, ValueError, ArithmeticError)):
+                codec.encode_rows([event])
+    if all(isinstance(expected, tuple) for expected in want):
+        packed, fingerprints = codec.encode_rows(events)
+        assert list(zip(packed, fingerprints, strict=True)) == want
+    else:
+        with pytest.raises((TypeError, ValueError, ArithmeticError)):
+            codec.encode_rows(events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_any_events, max_size=6))
+def test_batch_dedupe_keys_agree_with_the_events(events: list[Event]) -> None:
+    buckets = {account: schema.account_bucket(account) for account in ("acct", "other")}
+    assert schema.dedupe_row_keys(buckets, events) == [
+        schema.dedupe_row_key(buckets[event.account], event) for event in events
+    ]
 
 
 @settings(max_examples=300, deadline=None)

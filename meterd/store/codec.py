@@ -23,6 +23,7 @@ one by one (:func:`encode_event`, :func:`pack_batch`).
 from __future__ import annotations
 
 import decimal
+import hashlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -41,8 +42,10 @@ __all__ = [
     "encode_batch",
     "encode_event",
     "encode_quantity",
+    "encode_rows",
     "event_row",
     "event_row_and_fingerprint",
+    "pack_array_header",
     "pack_batch",
     "pack_rows",
 ]
@@ -126,6 +129,63 @@ def event_row_and_fingerprint(event: Event) -> tuple[list[Any], int]:
     return row, fingerprint_of(event.meter, text, event.time, event.properties)
 
 
+_SHORT_DECIMAL: Final = 500  # characters: str() of it is under _MAX_DIGITS written out
+
+
+def encode_rows(events: Iterable[Event]) -> tuple[list[bytes], list[int]]:
+    """Each event packed as by :func:`encode_event`, and its ``Event.fingerprint()``: the
+    writer's hot path, the same bytes and digests as those functions computed with one
+    reused packer and no per-event helper calls. Raises what :func:`event_row` would.
+
+    A ``Decimal`` quantity takes ``str()``'s plain notation when it has one (no exponent,
+    not too long to be under the digit limit) and :func:`_canonical_decimal` otherwise."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    canonical = _canonical_decimal
+    packed: list[bytes] = []
+    fingerprints: list[int] = []
+    add_row = packed.append
+    add_fingerprint = fingerprints.append
+    for event in events:
+        quantity = event.quantity
+        if type(quantity) is Decimal:
+            text = str(quantity)
+            if "E" in text or len(text) > _SHORT_DECIMAL or not quantity.is_finite():
+                text = canonical(quantity)
+            elif "." in text:
+                text = text.rstrip("0").rstrip(".")
+                if text == "-0":
+                    text = "0"
+            elif text == "-0":
+                text = "0"
+            value: Any = text
+        else:
+            value = encode_quantity(quantity)
+            text = value if type(value) is str else str(quantity)
+        time = event.time
+        properties = event.properties
+        mapping = dict(properties)
+        if len(mapping) != len(properties):
+            raise ValueError(f"event {event.id!r} has a property key twice")
+        if type(time) is not int or type(event.received_at) is not int:
+            raise TypeError(f"event {event.id!r}: time and received_at must be int milliseconds")
+        meter = event.meter
+        add_row(pack((event.id, meter, value, time, mapping, event.producer, event.received_at)))
+        # fingerprint_of()'s bytes: a tuple packs as the array its list would.
+        digest = blake2b(pack((meter, text, time, properties)), digest_size=8).digest()
+        add_fingerprint(from_bytes(digest, "big") >> 1)
+    return packed, fingerprints
+
+
+def pack_array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` items (a payload is this header
+    followed by its events packed one by one)."""
+    header = msgpack.Packer().pack_array_header(length)
+    assert isinstance(header, bytes)
+    return header
+
+
 def pack_rows(rows: Sequence[list[Any]]) -> bytes:
     """A payload from :func:`event_row` arrays."""
     data = msgpack.packb(rows, use_bin_type=True)
@@ -143,9 +203,7 @@ def encode_event(event: Event) -> bytes:
 def pack_batch(encoded: Sequence[bytes]) -> bytes:
     """A payload from events packed by :func:`encode_event` (the same bytes as
     :func:`encode_batch` of the events)."""
-    header = msgpack.Packer().pack_array_header(len(encoded))
-    assert isinstance(header, bytes)
-    return header + b"".join(encoded)
+    return pack_array_header(len(encoded)) + b"".join(encoded)
 
 
 def encode_batch(events: Iterable[Event]) -> bytes:

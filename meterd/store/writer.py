@@ -66,7 +66,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -140,6 +141,10 @@ def conflict_message(account: str, event_id: str) -> str:
     )
 
 
+BatchRow: TypeAlias = tuple[int, str, int, int, bytes, int, int]
+"""An ``event_batches`` row: ``(batch_id, account, received_at, count, payload, min_time,
+max_time)``."""
+_ONE: Final = b"\x91"  # the msgpack header of a one-item array (a one-event payload)
 AuditRow: TypeAlias = tuple[
     str, str, str | None, str | None, str | None, str | None, int | None,
     str | None, str | None, int | None, int | None, int, int,
@@ -414,10 +419,9 @@ class Writer:
                 stats.batches += 1
             else:
                 outcome_list = []
-            for result in outcome_list:
-                stats.events_accepted += len(result.accepted)
-                stats.events_duplicate += len(result.duplicates)
-                stats.events_conflict += len(result.conflicts)
+            stats.events_accepted += sum(map(len, map(_accepted_of, outcome_list)))
+            stats.events_duplicate += sum(map(len, map(_duplicates_of, outcome_list)))
+            stats.events_conflict += sum(map(len, map(_conflicts_of, outcome_list)))
             self._resolve(op, outcome)
         return loaded
 
@@ -482,23 +486,18 @@ class Writer:
         the batch, as do those of its duplicates and conflicts. ``groups`` may be empty
         when only ``rejected`` is to be recorded.
         """
-        checked: list[tuple[str, tuple[Event, ...]]] = []
-        seen: set[str] = set()
-        for account, events in groups:
-            if account in seen:
-                raise ValueError(f"account {account!r} has two groups in one batch")
-            seen.add(account)
-            batch = tuple(events)
-            for index, event in enumerate(batch):
+        # Runs on the Trio thread per producer batch: whole-batch checks with no per-group
+        # set or list work; the precise error is found again only when one fails.
+        accounts = list(map(itemgetter(0), groups))
+        batches = list(map(tuple, map(itemgetter(1), groups)))
+        if len(set(accounts)) != len(accounts):
+            _check_groups(groups)
+        for account, events in zip(accounts, batches, strict=True):
+            for event in events:
                 if event.account != account:
-                    raise ValueError(
-                        f"event {index} (id {event.id!r}) is of account {event.account!r},"
-                        f" submitted for account {account!r}"
-                    )
-            checked.append((account, batch))
-        self._enqueue(
-            _BatchAppend(tuple(checked), on_done, self._clock(), producer, seq, tuple(rejected))
-        )
+                    _check_groups(groups)
+        checked = tuple(zip(accounts, batches, strict=True))
+        self._enqueue(_BatchAppend(checked, on_done, self._clock(), producer, seq, tuple(rejected)))
 
     async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
         """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
@@ -621,6 +620,29 @@ def _is_disk_full(error: Exception) -> bool:
     return isinstance(error, OSError) and error.errno == errno.ENOSPC
 
 
+_accepted_of: Final = attrgetter("accepted")
+_duplicates_of: Final = attrgetter("duplicates")
+_conflicts_of: Final = attrgetter("conflicts")
+
+
+def _check_groups(groups: Iterable[tuple[str, Sequence[Event]]]) -> None:
+    """``ValueError`` for the first group of ``groups`` whose account was seen already or
+    that holds an event of another account (:meth:`Writer.submit_batch`'s check, spelled
+    out for its message)."""
+    seen: set[str] = set()
+    for account, events in groups:
+        if account in seen:
+            raise ValueError(f"account {account!r} has two groups in one batch")
+        seen.add(account)
+        for index, event in enumerate(events):
+            if event.account != account:
+                raise ValueError(
+                    f"event {index} (id {event.id!r}) is of account {event.account!r},"
+                    f" submitted for account {account!r}"
+                )
+    raise AssertionError("the fast check of submit_batch found a problem this one did not")
+
+
 def _ignore(outcome: object) -> None:
     """An ``on_done`` for operations built inside the transaction (never called)."""
 
@@ -667,82 +689,38 @@ class _Transaction:
 
     def append_batch(self, op: _BatchAppend) -> list[AppendResult] | InvalidEvents:
         """One producer batch: one key lookup for all its events, one ``executemany`` per
-        table. Verdicts as if each group were an :meth:`append`, in order."""
-        prepared: list[tuple[str, tuple[Event, ...], list[list[Any]], list[int], list[int]]] = []
-        all_keys: list[int] = []
+        table. Verdicts as if each group were an :meth:`append`, in order.
+
+        Keys, packed rows and fingerprints are computed for the whole batch at once; when
+        no key is stored yet and none repeats (the common case: every event new, no two
+        sharing a key), every event is accepted without any per-event decision
+        (:meth:`_all_new`); otherwise each group is classified in order."""
+        groups = op.groups
         buckets = self.buckets
-        row_and_fingerprint = codec.event_row_and_fingerprint
-        dedupe_row_key = schema.dedupe_row_key
+        for account in [account for account, _ in groups if account not in buckets]:
+            buckets[account] = schema.account_bucket(account)
+        events = list(chain.from_iterable(map(itemgetter(1), groups)))
         try:
-            for account, events in op.groups:
-                bucket = buckets.get(account)
-                if bucket is None:
-                    bucket = buckets[account] = schema.account_bucket(account)
-                pairs = [row_and_fingerprint(event) for event in events]
-                rows = [row for row, _ in pairs]
-                fingerprints = [fingerprint for _, fingerprint in pairs]
-                keys = [dedupe_row_key(bucket, event) for event in events]
-                prepared.append((account, events, rows, keys, fingerprints))
-                all_keys.extend(keys)
+            packed, fingerprints = codec.encode_rows(events)
+            keys = schema.dedupe_row_keys(buckets, events)
         except Exception:  # the caller's data: this operation fails, not the group
-            for account, events in op.groups:
-                failure = _invalid(account, events)
+            for account, group in groups:
+                failure = _invalid(account, group)
                 if failure.__cause__ is not None:
                     return failure
             return InvalidEvents("a batch has an event that cannot be stored")
 
-        stored = self._lookup_keys(all_keys) if all_keys else {}
+        stored = self._lookup_keys(keys) if keys else {}
         audit_rows: list[AuditRow] = []
-        taken: set[int] = set()  # keys claimed by earlier groups of this batch
-        results: list[AppendResult] = []
-        batch_rows: list[tuple[int, str, int, int, bytes, int, int]] = []
-        dedupe_rows: list[tuple[int, int, int]] = []
         overflow_rows: list[tuple[str, str, int, int]] = []
-        for account, events, rows, keys, fingerprints in prepared:
-            count = len(events)
-            batch_id = self.next_batch_id
-            clash = bool(stored) and not stored.keys().isdisjoint(keys)
-            clash = clash or (bool(taken) and not taken.isdisjoint(keys))
-            if (
-                not clash
-                and len(set(keys)) == count
-                and len({event.id for event in events}) == count
-            ):  # the common case: all new
-                accepted = list(range(count))
-                duplicates: list[int] = []
-                conflicts: list[int] = []
-                dedupe_rows.extend(zip(keys, repeat(batch_id), fingerprints, strict=False))
-                taken.update(keys)
-                kept = rows
-            else:
-                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
-                    self._classify(account, events, keys, fingerprints, stored, batch_id, taken)
-                )
-                if duplicates or conflicts:
-                    self._audit_verdicts(
-                        audit_rows, op, account, events, duplicates, conflicts, originals
-                    )
-                dedupe_rows.extend(group_dedupe)
-                overflow_rows.extend(group_overflow)
-                taken.update(key for key, _, _ in group_dedupe)
-                if not accepted:
-                    results.append(AppendResult(None, accepted, duplicates, conflicts))
-                    continue
-                kept = rows if len(accepted) == count else [rows[index] for index in accepted]
-            self.next_batch_id += 1
-            times = [events[index].time for index in accepted]
-            batch_rows.append(
-                (
-                    batch_id,
-                    account,
-                    op.received_at,
-                    len(accepted),
-                    codec.pack_rows(kept),
-                    min(times),
-                    max(times),
-                )
-            )
-            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
+        if not stored and len(set(keys)) == len(keys):
+            results, batch_rows, dedupe_rows = self._all_new(op, packed, keys, fingerprints)
+        else:
+            results, batch_rows, dedupe_rows = [], [], []
+            self._classify_groups(
+                op, packed, keys, fingerprints, stored, results, batch_rows, dedupe_rows,
+                overflow_rows, audit_rows,
+            )  # fmt: skip
         conn = self.conn
         if batch_rows:
             conn.executemany(
@@ -760,7 +738,7 @@ class _Transaction:
                     " VALUES (?, ?, ?, ?)",
                     overflow_rows,
                 )
-            self._note_accounts(row[1] for row in batch_rows)
+            self._note_accounts([row[1] for row in batch_rows])
         if op.rejected:
             self._audit_rejected(audit_rows, op)
         if audit_rows:
@@ -771,6 +749,109 @@ class _Transaction:
                 audit_rows,
             )
         return results
+
+    def _all_new(
+        self, op: _BatchAppend, packed: list[bytes], keys: list[int], fingerprints: list[int]
+    ) -> tuple[list[AppendResult], list[BatchRow], list[tuple[int, int, int]]]:
+        """Results and rows when every event of ``op`` is accepted: each group becomes a
+        journal batch of all its events (``packed``, ``keys``, ``fingerprints``: the batch's
+        events in order)."""
+        groups = op.groups
+        at = op.received_at
+        counts = list(map(len, map(itemgetter(1), groups)))
+        first = self.next_batch_id
+        self.next_batch_id = first + len(groups)
+        batch_ids = range(first, first + len(groups))
+        batch_rows: list[BatchRow] = []
+        add_batch = batch_rows.append
+        start = 0
+        for batch_id, (account, events), count in zip(batch_ids, groups, counts, strict=True):
+            if count == 1:  # most groups, with events spread over many accounts
+                time = events[0].time
+                add_batch((batch_id, account, at, 1, _ONE + packed[start], time, time))
+            else:
+                times = [event.time for event in events]
+                payload = codec.pack_batch(packed[start : start + count])
+                add_batch((batch_id, account, at, count, payload, min(times), max(times)))
+            start += count
+        results = [
+            AppendResult(batch_id, [0] if count == 1 else list(range(count)), [], [])
+            for batch_id, count in zip(batch_ids, counts, strict=True)
+        ]
+        event_batch_ids = chain.from_iterable(map(repeat, batch_ids, counts))
+        return results, batch_rows, list(zip(keys, event_batch_ids, fingerprints, strict=True))
+
+    def _classify_groups(
+        self,
+        op: _BatchAppend,
+        packed: list[bytes],
+        keys: list[int],
+        fingerprints: list[int],
+        stored: dict[int, tuple[int, int]],
+        results: list[AppendResult],
+        batch_rows: list[BatchRow],
+        dedupe_rows: list[tuple[int, int, int]],
+        overflow_rows: list[tuple[str, str, int, int]],
+        audit_rows: list[AuditRow],
+    ) -> None:
+        """Each group's verdicts in order, when some key of ``op`` is stored or repeats:
+        appends to the result and row lists."""
+        taken: set[int] = set()  # keys claimed by earlier groups of this batch
+        start = 0
+        for account, events in op.groups:
+            count = len(events)
+            stop = start + count
+            group_keys = keys[start:stop]
+            group_fingerprints = fingerprints[start:stop]
+            group_packed = packed[start:stop]
+            start = stop
+            batch_id = self.next_batch_id
+            clash = bool(stored) and not stored.keys().isdisjoint(group_keys)
+            clash = clash or (bool(taken) and not taken.isdisjoint(group_keys))
+            if (
+                not clash
+                and len(set(group_keys)) == count
+                and len({event.id for event in events}) == count
+            ):  # all new
+                accepted = list(range(count))
+                duplicates: list[int] = []
+                conflicts: list[int] = []
+                dedupe_rows.extend(
+                    zip(group_keys, repeat(batch_id), group_fingerprints, strict=False)
+                )
+                taken.update(group_keys)
+                kept = group_packed
+            else:
+                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
+                    self._classify(
+                        account, events, group_keys, group_fingerprints, stored, batch_id, taken
+                    )
+                )
+                if duplicates or conflicts:
+                    self._audit_verdicts(
+                        audit_rows, op, account, events, duplicates, conflicts, originals
+                    )
+                dedupe_rows.extend(group_dedupe)
+                overflow_rows.extend(group_overflow)
+                taken.update(key for key, _, _ in group_dedupe)
+                if not accepted:
+                    results.append(AppendResult(None, accepted, duplicates, conflicts))
+                    continue
+                kept = [group_packed[index] for index in accepted]
+            self.next_batch_id += 1
+            times = [events[index].time for index in accepted]
+            batch_rows.append(
+                (
+                    batch_id,
+                    account,
+                    op.received_at,
+                    len(accepted),
+                    codec.pack_batch(kept),
+                    min(times),
+                    max(times),
+                )
+            )
+            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
 
     @staticmethod
     def _audit_verdicts(
