@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -976,6 +977,64 @@ async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> 
 
 
 # -- checkpoints, recovery, quarantine -----------------------------------------------------
+
+
+async def test_a_checkpoint_merges_its_deltas_into_the_stored_windows(tmp_path: Path) -> None:
+    """``merge``: a stored window becomes merge(stored, delta), read and written in the
+    checkpoint's transaction; a new window is stored as given; other accounts' windows at
+    the same key are not touched."""
+    path = tmp_path / "s.sqlite3"
+    calls: list[tuple[str, bytes, bytes]] = []
+
+    def concat(meter: str, stored: bytes, delta: bytes) -> bytes:
+        calls.append((meter, stored, delta))
+        return stored + b"+" + delta
+
+    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+        await writer.checkpoint("acme", [("api", 0, "", b"a"), ("api", 60_000, "eu", b"b")], 1)
+        await writer.checkpoint(
+            "acme", [("api", 0, "", b"c"), ("api", 120_000, "", b"d")], 2, merge=concat
+        )
+        await writer.checkpoint("globex", [("api", 0, "", b"g")], 7, merge=concat)
+        acme = await reader.load_account("acme")
+        assert acme.watermark == 2
+        assert sorted(acme.windows) == [
+            ("api", 0, "", b"a+c"),
+            ("api", 60_000, "eu", b"b"),
+            ("api", 120_000, "", b"d"),
+        ]
+        assert calls == [("api", b"a", b"c")]
+        globex = await reader.load_account("globex")
+        assert (globex.watermark, globex.windows) == (7, [("api", 0, "", b"g")])
+
+
+async def test_a_failing_merge_fails_its_checkpoint_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+
+    def corrupt(meter: str, stored: bytes, delta: bytes) -> bytes:
+        raise ValueError(f"window state of {meter} cannot be decoded")
+
+    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+        await writer.checkpoint("acme", [("api", 0, "", b"a")], 1)
+        commits = writer.stats.commits
+
+        async def failing() -> None:
+            with pytest.raises(ValueError, match="cannot be decoded"):
+                await writer.checkpoint(
+                    "acme", [("api", 60_000, "", b"new"), ("api", 0, "", b"x")], 2, merge=corrupt
+                )
+
+        async with trio.open_nursery() as nursery:  # queued in one tick: one group
+            nursery.start_soon(failing)
+            nursery.start_soon(
+                partial(writer.checkpoint, merge=corrupt), "globex", [("api", 0, "", b"g")], 5
+            )
+        assert writer.stats.commits == commits + 1
+        assert writer.stats.failed_commits == 0
+        acme = await reader.load_account("acme")
+        assert (acme.watermark, acme.windows) == (1, [("api", 0, "", b"a")])  # none of it
+        globex = await reader.load_account("globex")
+        assert (globex.watermark, globex.windows) == (5, [("api", 0, "", b"g")])
 
 
 async def test_checkpoint_and_load_account_replay_exactly_after_the_watermark(

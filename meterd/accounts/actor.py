@@ -303,35 +303,26 @@ class MeterActor(sv.GenServer[Any, Any]):
         dirty = self.usage.dirty()
         if not dirty and self.watermark == self.checkpointed_watermark:
             return  # the store already holds everything (e.g. a second usage query)
-        store = self.accounts.store
-        meters = self.accounts.meters
+        # The deltas go to the writer, which merges them into the stored windows in the
+        # checkpoint's own transaction (no read on another connection and thread first).
         rows: list[tuple[str, int, str, bytes]] = []
-        by_meter: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         for meter_name, start, dims in dirty:
-            by_meter.setdefault(meter_name, []).append((start, dims))
-        for meter_name, keys in by_meter.items():
-            meter = meters[meter_name]
-            low = min(start for start, _ in keys)
-            high = max(start for start, _ in keys) + 1
-            stored = {
-                (start, dims_text): state
-                for start, dims_text, state in await store.reader.windows(
-                    self.account, meter_name, low, high
-                )
-            }
-            for start, dims in keys:
-                dims_text = encode_dims(dims)
-                delta = self.usage.state(meter_name, start, dims)
-                if delta is None:
-                    continue
-                old = stored.get((start, dims_text))
-                merged = delta if old is None else decode(meter, old).merged(delta)
-                rows.append((meter_name, start, dims_text, encode(merged)))
+            delta = self.usage.state(meter_name, start, dims)
+            if delta is not None:
+                rows.append((meter_name, start, encode_dims(dims), encode(delta)))
         watermark = self.watermark
-        await store.writer.checkpoint(self.account, rows, watermark)
+        await self.accounts.store.writer.checkpoint(
+            self.account, rows, watermark, merge=self._merge_stored
+        )
         self.checkpointed_watermark = watermark
         self.usage.clear()
         self.last_checkpoint = trio.current_time()
+
+    def _merge_stored(self, meter_name: str, stored: bytes, delta: bytes) -> bytes:
+        """A stored window's state with a delta added (runs on the store writer's thread:
+        pure, touches nothing of the actor's)."""
+        meter = self.accounts.meters[meter_name]
+        return encode(decode(meter, stored).merged(decode(meter, delta)))
 
     def _checkpoint_failed(self, error: CommitFailed) -> None:
         """The store could not commit a checkpoint (a full disk, an I/O error): nothing of it

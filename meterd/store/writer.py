@@ -86,6 +86,7 @@ __all__ = [
     "BatchDoneCallback",
     "DoneCallback",
     "RejectedEvent",
+    "WindowMerge",
     "WindowWrite",
     "Writer",
     "WriterStats",
@@ -164,6 +165,9 @@ BatchDoneCallback: TypeAlias = Callable[["list[AppendResult] | BaseException"], 
 """Called with one :class:`AppendResult` per group of :meth:`Writer.submit_batch`, in order."""
 WindowWrite: TypeAlias = tuple[str, int, str, bytes]
 """``(meter, start, dims, state)`` of one window row."""
+WindowMerge: TypeAlias = Callable[[str, bytes, bytes], bytes]
+"""``merge(meter, stored, delta)``: the state of a window holding both (see
+:meth:`Writer.checkpoint`)."""
 
 
 @dataclass(slots=True)
@@ -204,6 +208,7 @@ class _Checkpoint:
     windows: tuple[WindowWrite, ...]
     watermark: int
     on_done: Callable[[Any], None]
+    merge: WindowMerge | None = None
 
 
 @dataclass(slots=True)
@@ -509,12 +514,24 @@ class Writer:
         return result
 
     async def checkpoint(
-        self, account: str, windows: Sequence[WindowWrite], watermark: int
+        self,
+        account: str,
+        windows: Sequence[WindowWrite],
+        watermark: int,
+        *,
+        merge: WindowMerge | None = None,
     ) -> None:
         """Upsert ``windows`` of ``account`` and set its watermark, in one transaction.
 
         The watermark is the last journal batch the windows include; it is set as given
         (not a maximum), because it must always describe the windows written with it.
+
+        With ``merge``, ``windows`` are *deltas*: a window already stored becomes
+        ``merge(meter, stored, delta)``, read and written in the same transaction (on the
+        writer's thread: no read on another connection first, and nothing can commit in
+        between); a new one is stored as given. If ``merge`` raises, this checkpoint fails
+        alone with that exception and nothing of it is written; the rest of its group
+        commits.
         """
         rows = tuple(windows)
         for row in rows:
@@ -534,7 +551,7 @@ class Writer:
         started = time.perf_counter()
         await self._wait_for_room()
         waiter = _Waiter()
-        self._enqueue(_Checkpoint(account, rows, watermark, waiter))
+        self._enqueue(_Checkpoint(account, rows, watermark, waiter, merge))
         await waiter.wait()
         if self.on_checkpoint is not None:
             self.on_checkpoint(time.perf_counter() - started)
@@ -575,7 +592,7 @@ class Writer:
                 elif isinstance(op, _BatchAppend):
                     outcomes[index] = txn.append_batch(op)
                 elif isinstance(op, _Checkpoint):
-                    txn.checkpoint(op)
+                    outcomes[index] = txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
             if self.audit_retention_ms is not None and txn.now >= self._next_prune:
@@ -1028,12 +1045,20 @@ class _Transaction:
             self._batch_ids[batch_id] = entry
         return entry[0] == account and event_id in entry[1]
 
-    def checkpoint(self, op: _Checkpoint) -> None:
+    def checkpoint(self, op: _Checkpoint) -> Exception | None:
+        """The windows and the watermark of ``op``, or the exception its ``merge`` raised
+        (then nothing of it was written)."""
         account = op.account
+        windows: Sequence[WindowWrite] = op.windows
+        if op.merge is not None:
+            try:
+                windows = self._merged(account, op.windows, op.merge)
+            except Exception as error:  # the caller's states: this checkpoint fails alone
+                return error
         self.conn.executemany(
             "INSERT INTO windows (account, meter, start, dims, state) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (account, meter, start, dims) DO UPDATE SET state = excluded.state",
-            [(account, meter, start, dims, state) for meter, start, dims, state in op.windows],
+            [(account, meter, start, dims, state) for meter, start, dims, state in windows],
         )
         self.conn.execute(
             "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, ?, ?)"
@@ -1041,6 +1066,31 @@ class _Transaction:
             " SET watermark = excluded.watermark, updated_at = excluded.updated_at",
             (account, op.watermark, self.now),
         )
+        return None
+
+    def _merged(
+        self, account: str, deltas: Sequence[WindowWrite], merge: WindowMerge
+    ) -> list[WindowWrite]:
+        """``deltas`` merged into the stored windows they name (one range read per meter)."""
+        bounds: dict[str, tuple[int, int]] = {}
+        for meter, start, _, _ in deltas:
+            low, high = bounds.get(meter, (start, start))
+            bounds[meter] = (min(low, start), max(high, start))
+        stored: dict[tuple[str, int, str], bytes] = {}
+        for meter, (low, high) in bounds.items():
+            for start, dims, state in self.conn.execute(
+                "SELECT start, dims, state FROM windows"
+                " WHERE account = ? AND meter = ? AND start >= ? AND start <= ?",
+                (account, meter, low, high),
+            ):
+                stored[(meter, start, dims)] = state
+        if not stored:
+            return list(deltas)
+        merged: list[WindowWrite] = []
+        for meter, start, dims, delta in deltas:
+            old = stored.get((meter, start, dims))
+            merged.append((meter, start, dims, delta if old is None else merge(meter, old, delta)))
+        return merged
 
     def quarantine(self, op: _Quarantine) -> None:
         self.conn.execute(
