@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -11,19 +12,23 @@ import trio.testing
 
 import supervisors as sv
 
+_INCARNATIONS = itertools.count(1)
+
 
 class Worker(sv.GenServer[Any, Any]):
-    """Logs its starts and its terminate callbacks (a kill skips terminate)."""
+    """Logs its starts and its terminate callbacks (a kill skips terminate); a call returns
+    a number unique to this incarnation (not ``id(self)``: a freed object's id is reused)."""
 
     def __init__(self, log: list[str], tag: str) -> None:
         self.log = log
         self.tag = tag
+        self.incarnation = next(_INCARNATIONS)
 
     def init(self) -> None:
         self.log.append(f"start {self.tag}")
 
     def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return id(self)
+        return self.incarnation
 
     def terminate(self, exit: sv.Exit) -> None:
         self.log.append(f"stop {self.tag} {exit.kind}")
@@ -148,13 +153,14 @@ class Gated(sv.GenServer[Any, Any]):
 
     def __init__(self, gates: dict[str, trio.Event]) -> None:
         self.gates = gates
+        self.incarnation = next(_INCARNATIONS)
 
     async def init(self) -> None:
         if "init" in self.gates:
             await self.gates["init"].wait()
 
     def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return id(self)
+        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         await self.gates["terminate"].wait()
@@ -215,8 +221,11 @@ async def test_find_child_by_path(nursery: trio.Nursery) -> None:
 class SlowToStop(sv.GenServer[Any, Any]):
     """A named actor whose terminate awaits (as a meter flushing to the store)."""
 
+    def __init__(self) -> None:
+        self.incarnation = next(_INCARNATIONS)
+
     def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return id(self)
+        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         await trio.sleep_forever()
@@ -323,12 +332,13 @@ class Flushing(sv.GenServer[Any, Any]):
     def __init__(self, log: list[str], tag: str) -> None:
         self.log = log
         self.tag = tag
+        self.incarnation = next(_INCARNATIONS)
 
     def init(self) -> None:
         self.log.append(f"init {self.tag}")
 
     def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return id(self)
+        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         self.log.append(f"terminate {self.tag}")
