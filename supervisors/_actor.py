@@ -650,13 +650,25 @@ class ActorRef(Generic[Req, Rep]):
         return self._try_put(_CAST, request)
 
     def try_send(self, message: Any) -> bool:
+        """:meth:`send` without waiting; False (nothing sent) if the mailbox is full or no actor."""
         return self._try_put(_INFO, message)
 
     def _try_put(self, kind: int, payload: Any) -> bool:
+        # ``_sv_full`` and ``_sv_enqueue`` written out: this is every try_send's path
+        # (one per message of a busy sender), and the calls were most of its cost.
         actor = self._actor
-        if actor._state == _DEAD or actor._sv_full():
+        state = actor._state
+        if state == _DEAD:
             return False
-        actor._sv_enqueue((kind, payload, None))
+        mailbox = actor._mailbox
+        if mailbox is None:
+            mailbox = actor._mailbox = deque()
+        elif len(mailbox) >= actor._capacity:
+            return False
+        mailbox.append((kind, payload, None))
+        if state == _IDLE:
+            actor._state = _SCHEDULED
+            actor._dispatcher.activate(actor)
         return True
 
     async def _put(self, kind: int, payload: Any) -> None:
