@@ -194,6 +194,33 @@ async def test_send_reaches_handle_info(dynsup: sv.DynamicSupervisor) -> None:
     assert await ref.call("seen") == [("info", "ping"), ("info", "pong")]
 
 
+@pytest.mark.parametrize("factory", [Echo, AsyncEcho])
+async def test_mail_of_every_kind_and_shape_arrives_as_sent_in_order(
+    dynsup: sv.DynamicSupervisor, factory: Any
+) -> None:
+    """Info messages are queued bare and the other kinds wrapped: an info message shaped
+    like anything the runtime might queue (tuples of kind numbers, ``None``) reaches
+    ``handle_info`` unchanged, in order with casts, also after actors went idle and their
+    emptied mailboxes were reused by others."""
+    refs = [await start(dynsup, factory) for _ in range(3)]
+    shapes: list[Any] = [(0, "x", None), (1, "y", None), (2, 3, None), (3, None), None, ()]
+    for round_ in range(3):
+        for ref in refs:
+            for shape in shapes:
+                assert ref.try_send(shape)
+                await ref.cast(("cast", round_))
+        await trio.testing.wait_all_tasks_blocked()  # all idle: their mailboxes recycled
+    expected = [
+        item
+        for round_ in range(3)
+        for shape in shapes
+        for item in (("info", shape), ("cast", round_))
+    ]
+    for ref in refs:
+        seen = ref._actor.seen  # type: ignore[attr-defined]
+        assert seen == expected if factory is Echo else [i for i in expected if i[0] == "cast"]
+
+
 async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> None:
     ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
     monitor = ref.monitor()

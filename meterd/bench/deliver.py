@@ -27,6 +27,10 @@ Peer (the floor)
     The same events applied straight to one :class:`~meterd.accounts.aggregate.AccountUsage`
     per account in a loop: no messages, no actors, no budget.
 
+The collector runs with the daemon's thresholds (``gc.set_threshold(50_000, 20, 20)``, as
+``meterd.app.serve`` sets them; ``--gc-threshold``), and its passes are reported apart
+(``gc.callbacks``): what they cost depends on the whole heap, not only on this path.
+
 At the end the actors' usage is checked against the floor's (every event counted once) and
 the budget must be back to zero.
 """
@@ -59,6 +63,8 @@ METER = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 SIZES = ("std-1x", "std-2x", "perf-m", "perf-l")
 APPS = tuple(f"app-{n}" for n in range(8))
 
+DAEMON_GC_THRESHOLD = (50_000, 20, 20)  # what meterd.app.serve sets
+
 Groups = list[tuple[str, list[Event]]]
 
 
@@ -69,9 +75,11 @@ class Figures:
     total: float  # callbacks + drain, without the cyclic garbage collector's passes
     callback: float
     drain: float
-    gc: float  # the collector's passes during the actors' runs
+    gc: float  # the collector's passes during the actors' runs (a mean: passes are rare)
     floor: float
-    floor_gc: float
+    floor_gc: float  # the same during the floor's runs
+    full: int  # full collections during the actors' timed runs
+    floor_full: int
 
 
 class GcTimer:
@@ -80,6 +88,7 @@ class GcTimer:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.on = False
+        self.full = 0  # full collections (generation 2) while on
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
@@ -87,10 +96,13 @@ class GcTimer:
             self._start = time.process_time()
         elif self.on:
             self.seconds += time.process_time() - self._start
+            self.full += info["generation"] == 2
 
-    def take(self) -> float:
+    def take(self) -> tuple[float, int]:
+        """Seconds and full collections since the last take."""
         seconds, self.seconds = self.seconds, 0.0
-        return seconds
+        full, self.full = self.full, 0
+        return seconds, full
 
 
 def account_name(index: int) -> str:
@@ -153,9 +165,10 @@ async def actors_run(
     group: int,
     next_batch_id: list[int],
     gc_timer: GcTimer,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, int]:
     """CPU seconds (total, in the callbacks, in the collector) to deliver ``batches`` and let
-    the actors apply them; total and callbacks exclude the collector's passes."""
+    the actors apply them, and the full collections meanwhile; total and callbacks exclude
+    the collector's passes."""
     capture = _Capture()
     writer = accounts.store.writer
     original = writer.submit_batch
@@ -175,6 +188,7 @@ async def actors_run(
     callbacks = capture.callbacks
     in_callbacks = 0.0
     await trio.testing.wait_all_tasks_blocked()
+    gc.collect()  # what the bench itself allocated is old now: not the actors' garbage
     gc_timer.take()
     gc_timer.on = True
     started = time.process_time()
@@ -187,8 +201,8 @@ async def actors_run(
         await trio.testing.wait_all_tasks_blocked()
     total = time.process_time() - started
     gc_timer.on = False
-    in_gc = gc_timer.take()
-    return total - in_gc, in_callbacks, in_gc
+    in_gc, full = gc_timer.take()
+    return total - in_gc, in_callbacks, in_gc, full
 
 
 async def bench(
@@ -235,8 +249,19 @@ async def bench(
         gc.callbacks.remove(gc_timer)
         gc.unfreeze()
     medians = [statistics.median(column) for column in zip(*runs, strict=True)]
-    total, callback, in_gc, floor, floor_gc = medians
-    return Figures(total, callback, total - callback, in_gc, floor, floor_gc)
+    means = [statistics.fmean(column) for column in zip(*runs, strict=True)]
+    total, callback, _, floor, _, _, _ = medians
+    _, _, in_gc, _, floor_gc, full, floor_full = means
+    return Figures(
+        total,
+        callback,
+        total - callback,
+        in_gc,
+        floor,
+        floor_gc,
+        round(full * repeats),
+        round(floor_full * repeats),
+    )
 
 
 async def wake_all(accounts: Accounts, count: int) -> None:
@@ -266,7 +291,8 @@ async def timed_runs(
     seed: int,
 ) -> list[tuple[float, ...]]:
     """One untimed run then ``repeats`` timed ones, each followed by the floor on the same
-    load: ``(total, callbacks, gc, floor, floor's gc)`` in CPU us per event, per run."""
+    load: ``(total, callbacks, gc, floor, floor's gc)`` in CPU us per event and the full
+    collections of the actors' and of the floor's, per run."""
     rng = random.Random(seed)
     floor_usage: dict[str, AccountUsage] = {}
     next_batch_id = [0]
@@ -274,16 +300,17 @@ async def timed_runs(
     for run in range(repeats + 1):
         load = build_batches(batches, batch, accounts_n, rng, f"r{run}")
         events = batches * batch
-        gc.collect()
-        total, callbacks, in_gc = await actors_run(accounts, load, group, next_batch_id, gc_timer)
+        total, callbacks, in_gc, full = await actors_run(
+            accounts, load, group, next_batch_id, gc_timer
+        )
         gc.collect()
         gc_timer.on = True
         floor = floor_run(load, floor_usage)
         gc_timer.on = False
-        floor_gc = gc_timer.take()
+        floor_gc, floor_full = gc_timer.take()
         if run:  # the first run warms up (first cells, first messages)
-            figures = (total, callbacks, in_gc, floor - floor_gc, floor_gc)
-            runs.append(tuple(seconds / events * 1e6 for seconds in figures))
+            per_event = (total, callbacks, in_gc, floor - floor_gc, floor_gc)
+            runs.append((*(seconds / events * 1e6 for seconds in per_event), full, floor_full))
     check(accounts, floor_usage)
     return runs
 
@@ -309,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m meterd.bench.deliver", description=__doc__)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--batches", type=int, default=40, help="batches per timed run")
+    parser.add_argument("--batches", type=int, default=100, help="batches per timed run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--group", type=int, default=4, help="batches per writer group commit")
     parser.add_argument("--seed", type=int, default=1)
@@ -317,11 +344,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--freeze", action="store_true", help="gc.freeze() once the actors are awake"
     )
     parser.add_argument(
-        "--gc-threshold", type=int, help="gc.set_threshold(N) (young generation; default 700)"
+        "--gc-threshold",
+        type=int,
+        nargs=3,
+        default=DAEMON_GC_THRESHOLD,
+        help="gc.set_threshold (default: the daemon's, meterd/app.py; Python's is 700 10 10)",
     )
     args = parser.parse_args(argv)
-    if args.gc_threshold is not None:
-        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
+    gc.set_threshold(*args.gc_threshold)
     figures = trio.run(
         lambda: bench(
             accounts_n=args.accounts,
@@ -339,12 +369,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" gc threshold {gc.get_threshold()}{', frozen' if args.freeze else ''}),"
         " CPU us/event:"
     )
-    print(f"  actors (callbacks + drain)  {figures.total:7.2f}  + gc {figures.gc:6.2f}")
+    print(
+        f"  actors (callbacks + drain)  {figures.total:7.2f}  + gc {figures.gc:6.2f}"
+        f"  ({figures.full} full collections)"
+    )
     print(f"    commit callbacks          {figures.callback:7.2f}")
     print(f"    actors draining           {figures.drain:7.2f}")
     print(
         f"  floor: AccountUsage.apply   {figures.floor:7.2f}  + gc {figures.floor_gc:6.2f}"
-        "  (no actors, no messages)"
+        f"  ({figures.floor_full} full collections; no actors, no messages)"
     )
 
 
