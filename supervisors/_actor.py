@@ -675,6 +675,22 @@ class ActorRef(Generic[Req, Rep]):
         """:meth:`send` without waiting; False (nothing sent) if the mailbox is full or no actor."""
         return self._try_put(_INFO, message)
 
+    def last_info(self) -> Any:
+        """The newest mail in the actor's mailbox if it is an info message (``send``,
+        ``try_send``, ``post_self``), else None (no mail, a call or cast last, no actor).
+
+        The actor has not taken that message yet, and nothing was queued after it: a
+        sender may add to it in place (a mutable message) instead of queuing one more,
+        which the actor then handles exactly as if the addition had come right after.
+        """
+        actor = self._actor
+        mailbox = actor._mailbox
+        if mailbox and actor._state != _DEAD:
+            last = mailbox[-1]
+            if type(last) is not _Entry:
+                return last
+        return None
+
     def _try_put(self, kind: int, payload: Any) -> bool:
         # ``_sv_full`` and ``_sv_enqueue`` written out: this is every try_send's path
         # (one per message of a busy sender), and the calls were most of its cost.
@@ -788,6 +804,10 @@ class NameRef(ActorRef[Req, Rep]):
     def _try_put(self, kind: int, payload: Any) -> bool:
         actor = self.registry._sv_lookup(self.key)
         return actor is not None and ActorRef(actor)._try_put(kind, payload)
+
+    def last_info(self) -> Any:
+        actor = self.registry._sv_lookup(self.key)
+        return None if actor is None else ActorRef(actor).last_info()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NameRef) and (other.registry, other.key) == (

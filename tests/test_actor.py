@@ -221,6 +221,56 @@ async def test_mail_of_every_kind_and_shape_arrives_as_sent_in_order(
         assert seen == expected if factory is Echo else [i for i in expected if i[0] == "cast"]
 
 
+class Gated(sv.GenServer[Any, Any]):
+    """Blocks in the call ``"wait"`` until ``gate`` is set (its mail queues meanwhile)."""
+
+    def init(self) -> None:
+        self.gate = trio.Event()
+        self.seen: list[Any] = []
+
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        if request == "wait":
+            await self.gate.wait()
+        return request
+
+    def handle_cast(self, request: Any) -> None:
+        self.seen.append(("cast", request))
+
+    def handle_info(self, message: Any) -> None:
+        self.seen.append(("info", message))
+
+
+async def test_last_info_is_the_newest_mail_while_it_is_an_untaken_info_message(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Gated)
+    assert ref.last_info() is None  # no mail
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ref.call, "wait")
+        await trio.testing.wait_all_tasks_blocked()  # the actor waits in the call
+        first = ["a"]
+        assert ref.try_send(first)
+        assert ref.last_info() is first
+        first.append("b")  # added in place: handled as part of that message
+        assert ref.try_send(("later",))
+        assert ref.last_info() == ("later",)  # the newest, not the newest list
+        await ref.cast("c")
+        assert ref.last_info() is None  # a cast is the newest mail
+        nursery.start_soon(ref.call, "queued")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref.last_info() is None  # so is a call
+        ref._actor.gate.set()  # type: ignore[attr-defined]
+    assert await ref.call("sync") == "sync"
+    assert ref.last_info() is None  # everything taken
+    assert ref._actor.seen == [  # type: ignore[attr-defined]
+        ("info", ["a", "b"]),
+        ("info", ("later",)),
+        ("cast", "c"),
+    ]
+    name = sv.Registry("test")
+    assert name.ref("nobody").last_info() is None  # no actor
+
+
 async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> None:
     ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
     monitor = ref.monitor()

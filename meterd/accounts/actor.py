@@ -13,10 +13,12 @@ Lifecycle (see docs/accounts.md for the whole flow):
     id conflicts), submits the rest to the writer and returns at once; the reply
     is sent when the writer reports the batch durable, after the accepted
     events are applied. The mailbox keeps moving meanwhile.
-``("apply", batch_id, events)`` (info, from :meth:`Accounts.submit`)
+``["apply", batch_id, events, ...]`` (info, from :meth:`Accounts.submit`)
     Journal batch ``batch_id`` of this account is committed: apply its events
     (unless this incarnation's start-up replay already did: ``batch_id`` is at
-    or below the watermark) and give their in-flight budget back.
+    or below the watermark) and give their in-flight budget back. A list: while
+    it waits in the mailbox, the account's next committed batches are appended
+    to it (``batch_id, events`` pairs, in commit order) instead of queued apart.
 ``("checkpoint",)`` (call)
     Writes the windows changed since the last checkpoint (merged with what the
     store holds) and the watermark, in one transaction.
@@ -197,7 +199,11 @@ class MeterActor(sv.GenServer[Any, Any]):
         # through here. What has to wait (checkpoints, hibernation) comes as calls and casts.
         kind = message[0]
         if kind == "apply":
-            self._apply_batch(message[1], message[2])
+            if len(message) == 3:
+                self._apply_batch(message[1], message[2])
+            else:  # several batches, in commit order (Accounts.submit adds to a waiting one)
+                for index in range(1, len(message), 2):
+                    self._apply_batch(message[index], message[index + 1])
         elif kind == "durable":
             self._on_durable(message[1], message[2])
 

@@ -97,6 +97,7 @@ class Accounts:
         self._jobs_in, self._jobs_out = trio.open_memory_channel[tuple[str, str]](math.inf)
         self.wakes = 0  # accounts woken because their events were committed (counters)
         self.overflows = 0  # deliveries that found a full mailbox
+        self.coalesced = 0  # deliveries added to one still waiting in the actor's mailbox
 
     def child_specs(self) -> list[sv.ChildSpec]:
         """The children to run under the application's ``accounts`` supervisor."""
@@ -188,9 +189,18 @@ class Accounts:
                     events = [events[i] for i in accepted]
                 if not overflow or account not in overflow:
                     ref = whereis(account)
-                    if ref is not None and ref.try_send(("apply", batch_id, events)):
-                        take_for(account, len(events))
-                        continue
+                    if ref is not None:
+                        last = ref.last_info()
+                        if type(last) is list:
+                            # The actor has not taken its last delivery yet (another batch
+                            # of this writer group, or it lags): add this batch to it.
+                            last += (batch_id, events)
+                            take_for(account, len(events))
+                            self.coalesced += 1
+                            continue
+                        if ref.try_send(["apply", batch_id, events]):
+                            take_for(account, len(events))
+                            continue
                 self._deliver(account, batch_id, events)
             on_done(outcome)
 
@@ -203,7 +213,7 @@ class Accounts:
 
         Its budget is counted for the account while the batch waits for (or in) the
         actor, and given back when the actor applied it or stopped (docs/accounts.md)."""
-        message = ("apply", batch_id, events)
+        message = ["apply", batch_id, events]
         overflow = self._overflow.get(account)
         if overflow is not None:  # keep the commit order behind what waits already
             overflow.append((message, len(events), None))
