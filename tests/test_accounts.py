@@ -15,7 +15,7 @@ import trio.testing
 
 import supervisors as sv
 from meterd.accounts.actor import AccountUnavailable
-from meterd.accounts.service import Accounts
+from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import Store
 
@@ -34,20 +34,10 @@ def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-
 async def running(
     tmp_path: Path, *, meters: dict[str, Meter] | None = None, **options: Any
 ) -> AsyncIterator[Accounts]:
-    store = Store.at(tmp_path / "meterd.sqlite3")
-    accounts = Accounts(store, meters or METERS, **options)
-    root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec()],
-        strategy=sv.Strategy.REST_FOR_ONE,
-        name="root",
-    )
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(root.run)
-            yield accounts
-            root.stop()
-    finally:
-        await store.aclose()
+    async with running_accounts(
+        tmp_path / "meterd.sqlite3", meters or METERS, **options
+    ) as accounts:
+        yield accounts
 
 
 async def hourly(accounts: Accounts, account: str, group_by: str | None = None) -> list[Any]:

@@ -689,28 +689,9 @@ class AccountUsage:
 
         Exact or raises; on an exception nothing changed.
         """
-        name = meter.name
-        if event.meter != name:
-            raise ValueError(f"event {event.id!r} is for meter {event.meter!r}, not {name!r}")
-        rec = self._meters.get(name)
-        if rec is None or rec.meter is not meter:
-            rec = self._cells_for(meter)
-        t = event.time
-        dims = rec.dims.get(event.properties)
-        if dims is None:
-            dims = _memo_dims(rec.dims, meter, event)
-        key = (t - t % MINUTE_MS, dims)
-        cells = rec.cells
-        state = cells.get(key)
-        if state is None:
-            state = rec.new()
-            state.add(event)
-            if state.empty:  # unique_count event without its property: ignored
-                return
-            cells[key] = state
-        else:
-            state.add(event)
-        rec.dirty.add(key)
+        if event.meter != meter.name:
+            raise ValueError(f"event {event.id!r} is for meter {event.meter!r}, not {meter.name!r}")
+        self.apply_events({meter.name: meter}, (event,))
 
     def apply_events(self, meters: Mapping[str, Meter], events: Iterable[Event]) -> None:
         """:meth:`apply` each event to the meter it names, ``meters[event.meter]`` (the hot

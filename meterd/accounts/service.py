@@ -9,7 +9,8 @@
   grouped by account, is made durable by the store writer in **one** operation;
   once it is committed its verdicts are reported and each account's accepted
   events are *delivered* to the account's actor (a message, no reply), which
-  applies them to its windows. Delivery is off the acknowledgement path: an
+  applies them to its windows (several batches in one message while the actor has not
+  taken the previous one). Delivery is off the acknowledgement path: an
   acknowledged event is durable, and the actor catches up from the journal if
   it is not running (see docs/accounts.md, "Recovery").
 * :meth:`Accounts.ingest` is the per-account call (an account's share through
@@ -35,7 +36,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import structlog
@@ -365,3 +367,26 @@ class Accounts:
             ref = self.registry.whereis(account)
             if ref is not None:
                 ref.try_cast(("tick",))  # a full mailbox means busy: skip it this round
+
+
+@contextlib.asynccontextmanager
+async def running_accounts(
+    path: Path | str, meters: Mapping[str, Meter], **options: Any
+) -> AsyncIterator[Accounts]:
+    """:class:`Accounts` (``options`` as its own) on the store at ``path``, running with the
+    store's writer under one ``rest_for_one`` root until the block ends: for tests and tools
+    (the daemon builds its whole tree in :mod:`meterd.app`)."""
+    store = Store.at(path)
+    accounts = Accounts(store, meters, **options)
+    root = sv.Supervisor(
+        [store.writer_spec(), accounts.supervisor_spec()],
+        strategy=sv.Strategy.REST_FOR_ONE,
+        name="root",
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            yield accounts
+            root.stop()
+    finally:
+        await store.aclose()

@@ -25,7 +25,8 @@ What is timed
 
 Peer (the floor)
     The same events applied straight to one :class:`~meterd.accounts.aggregate.AccountUsage`
-    per account in a loop: no messages, no actors, no budget.
+    per account in a loop (``apply_events`` per share, or ``apply`` per event on code without
+    it): no messages, no actors, no budget.
 
 The collector runs with the daemon's thresholds (``gc.set_threshold(50_000, 20, 20)``, as
 ``meterd.app.serve`` sets them; ``--gc-threshold``), and its passes are reported apart
@@ -52,12 +53,11 @@ from typing import Any
 import trio
 import trio.testing
 
-import supervisors as sv
 from meterd.accounts.actor import MeterActor
 from meterd.accounts.aggregate import AccountUsage
-from meterd.accounts.service import Accounts
+from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import MINUTE_MS, Aggregation, Event, Meter
-from meterd.store import AppendResult, Store
+from meterd.store import AppendResult
 
 METER = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 SIZES = ("std-1x", "std-2x", "perf-m", "perf-l")
@@ -132,20 +132,24 @@ def build_batches(
     return out
 
 
+FLOOR_BY_SHARE = hasattr(AccountUsage, "apply_events")  # False on code before it
+
+
 def floor_run(batches: Sequence[Groups], usage: dict[str, AccountUsage]) -> float:
-    """CPU seconds to apply ``batches`` straight to per-account usage (the peer)."""
-    apply_by: dict[str, Callable[[Meter, Event], None]] = {}
+    """CPU seconds to apply ``batches`` straight to per-account usage (the peer): one
+    ``AccountUsage.apply_events`` per share (``apply`` per event where that is missing)."""
+    meters = {METER.name: METER}
     started = time.process_time()
     for groups in batches:
         for account, events in groups:
-            apply = apply_by.get(account)
-            if apply is None:
-                found = usage.get(account)
-                if found is None:
-                    found = usage[account] = AccountUsage()
-                apply = apply_by[account] = found.apply
-            for event in events:
-                apply(METER, event)
+            found = usage.get(account)
+            if found is None:
+                found = usage[account] = AccountUsage()
+            if FLOOR_BY_SHARE:
+                found.apply_events(meters, events)
+            else:
+                for event in events:
+                    found.apply(METER, event)
     return time.process_time() - started
 
 
@@ -205,46 +209,36 @@ async def actors_run(
     return total - in_gc, in_callbacks, in_gc, full
 
 
-async def bench(
-    *,
-    accounts_n: int,
-    batch: int,
-    batches: int,
-    repeats: int,
-    group: int,
-    seed: int,
-    freeze: bool,
-) -> Figures:
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The load and how it is timed (the command's options)."""
+
+    accounts: int = 10_000
+    batch: int = 500
+    batches: int = 100  # per timed run
+    repeats: int = 5
+    group: int = 4  # batches per writer group commit
+    seed: int = 1
+    freeze: bool = False  # gc.freeze() once the actors are awake
+
+
+async def bench(shape: Shape) -> Figures:
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
     try:
         with tempfile.TemporaryDirectory(prefix="meterd-bench-deliver-") as tmp:
-            store = Store.at(Path(tmp) / "meterd.sqlite3")
-            accounts = Accounts(
-                store,
+            async with running_accounts(
+                Path(tmp) / "meterd.sqlite3",
                 {METER.name: METER},
                 idle_timeout=86_400.0,
                 checkpoint_interval=86_400.0,
                 max_in_flight_events=10**9,
-            )
-            root = sv.Supervisor(
-                [store.writer_spec(), accounts.supervisor_spec()],
-                strategy=sv.Strategy.REST_FOR_ONE,
-                name="root",
-            )
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(root.run)
-                    await wake_all(accounts, accounts_n)
-                    if freeze:
-                        gc.collect()
-                        gc.freeze()
-                    runs = await timed_runs(
-                        accounts, gc_timer, accounts_n, batch, batches, repeats, group, seed
-                    )
-                    root.stop()
-            finally:
-                await store.aclose()
+            ) as accounts:
+                await wake_all(accounts, shape.accounts)
+                if shape.freeze:
+                    gc.collect()
+                    gc.freeze()
+                runs = await timed_runs(accounts, gc_timer, shape)
     finally:
         gc.callbacks.remove(gc_timer)
         gc.unfreeze()
@@ -259,8 +253,8 @@ async def bench(
         in_gc,
         floor,
         floor_gc,
-        round(full * repeats),
-        round(floor_full * repeats),
+        round(full * shape.repeats),
+        round(floor_full * shape.repeats),
     )
 
 
@@ -281,27 +275,20 @@ async def wake_all(accounts: Accounts, count: int) -> None:
 
 
 async def timed_runs(
-    accounts: Accounts,
-    gc_timer: GcTimer,
-    accounts_n: int,
-    batch: int,
-    batches: int,
-    repeats: int,
-    group: int,
-    seed: int,
+    accounts: Accounts, gc_timer: GcTimer, shape: Shape
 ) -> list[tuple[float, ...]]:
     """One untimed run then ``repeats`` timed ones, each followed by the floor on the same
     load: ``(total, callbacks, gc, floor, floor's gc)`` in CPU us per event and the full
     collections of the actors' and of the floor's, per run."""
-    rng = random.Random(seed)
+    rng = random.Random(shape.seed)
     floor_usage: dict[str, AccountUsage] = {}
     next_batch_id = [0]
     runs: list[tuple[float, ...]] = []
-    for run in range(repeats + 1):
-        load = build_batches(batches, batch, accounts_n, rng, f"r{run}")
-        events = batches * batch
+    for run in range(shape.repeats + 1):
+        load = build_batches(shape.batches, shape.batch, shape.accounts, rng, f"r{run}")
+        events = shape.batches * shape.batch
         total, callbacks, in_gc, full = await actors_run(
-            accounts, load, group, next_batch_id, gc_timer
+            accounts, load, shape.group, next_batch_id, gc_timer
         )
         gc.collect()
         gc_timer.on = True
@@ -352,17 +339,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     gc.set_threshold(*args.gc_threshold)
-    figures = trio.run(
-        lambda: bench(
-            accounts_n=args.accounts,
-            batch=args.batch,
-            batches=args.batches,
-            repeats=args.repeats,
-            group=args.group,
-            seed=args.seed,
-            freeze=args.freeze,
-        )
+    shape = Shape(
+        args.accounts, args.batch, args.batches, args.repeats, args.group, args.seed, args.freeze
     )
+    figures = trio.run(bench, shape)
     print(
         f"deliver {args.batch}-event batches over {args.accounts} accounts"
         f" ({args.group} per group; median of {args.repeats} x {args.batches} batches;"
@@ -376,8 +356,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"    commit callbacks          {figures.callback:7.2f}")
     print(f"    actors draining           {figures.drain:7.2f}")
     print(
-        f"  floor: AccountUsage.apply   {figures.floor:7.2f}  + gc {figures.floor_gc:6.2f}"
-        f"  ({figures.floor_full} full collections; no actors, no messages)"
+        f"  floor (no actors/messages)  {figures.floor:7.2f}  + gc {figures.floor_gc:6.2f}"
+        f"  ({figures.floor_full} full collections; AccountUsage."
+        f"{'apply_events per share' if FLOOR_BY_SHARE else 'apply per event'})"
     )
 
 
