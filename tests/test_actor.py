@@ -271,6 +271,72 @@ async def test_last_info_is_the_newest_mail_while_it_is_an_untaken_info_message(
     assert name.ref("nobody").last_info() is None  # no actor
 
 
+class Mixed(sv.GenServer[Any, Any]):
+    """A plain ``handle_info`` (run without a coroutine) beside async callbacks; the info
+    ``"boom"`` crashes it, and its async ``terminate`` awaits before recording the exit."""
+
+    def init(self) -> None:
+        self.seen: list[Any] = []
+        self.exits: list[str] = []
+        self.gate = trio.Event()
+
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        await trio.lowlevel.checkpoint()
+        return list(self.seen) if request == "seen" else request
+
+    async def handle_cast(self, request: Any) -> None:
+        if request == "hold":
+            await self.gate.wait()
+            return
+        await trio.lowlevel.checkpoint()
+        self.seen.append(("cast", request))
+
+    def handle_info(self, message: Any) -> None:
+        if message == "boom":
+            raise ValueError("info boom")
+        self.seen.append(("info", message))
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        await trio.lowlevel.checkpoint()
+        self.exits.append(exit.kind)
+
+
+async def test_plain_handle_info_of_an_async_actor_keeps_order_with_async_mail(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Mixed)
+    for n in range(300):  # more than a worker's throughput: the drain resumes in order
+        assert ref.try_send(n)
+        if n % 7 == 0:
+            await ref.cast(n)
+    seen = await ref.call("seen")
+    expected: list[Any] = []
+    for n in range(300):
+        expected.append(("info", n))
+        if n % 7 == 0:
+            expected.append(("cast", n))
+    assert seen == expected
+
+
+async def test_a_plain_handle_info_that_raises_runs_the_async_terminate(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    """A plain ``handle_info`` beside async callbacks (as meterd's meter actor has) that
+    raises: the async ``terminate`` runs, and the mail queued behind dies with the actor."""
+    ref = await start(dynsup, Mixed, restart=sv.Restart.TEMPORARY)
+    actor = ref._actor
+    monitor = ref.monitor()
+    assert ref.try_send("before")
+    assert ref.try_send("boom")
+    assert ref.try_send("after")  # dies in the mailbox
+    assert ref.try_cast("never")  # so does this cast
+    with trio.fail_after(10):  # a guard: the crash must end the actor, not hang it
+        assert (await monitor.wait()).kind == "crash"
+    assert actor.seen == [("info", "before")]  # type: ignore[attr-defined]
+    assert actor.exits == ["crash"]  # type: ignore[attr-defined]
+    assert not ref.alive
+
+
 async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> None:
     ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
     monitor = ref.monitor()
