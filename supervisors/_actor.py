@@ -69,11 +69,23 @@ class _NoReply(enum.Enum):
 #: Return from ``handle_call`` to reply later through ``caller.reply``.
 NOREPLY: Final = _NoReply.NOREPLY
 
-# Mailbox entry kinds. Entries are (kind, payload, caller-or-None) tuples.
+# Mailbox entry kinds. An info message is queued as itself; the others as an ``_Entry``.
 _CALL: Final = 0
 _CAST: Final = 1
 _INFO: Final = 2
 _STOP: Final = 3
+
+
+class _Entry:
+    """A queued call, cast or stop request (an info message is queued bare: most mail is
+    info, and a wrapper per message would be one more object to allocate and collect)."""
+
+    __slots__ = ("caller", "kind", "payload")
+
+    def __init__(self, kind: int, payload: Any, caller: Caller[Any] | None) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.caller = caller
 
 # Actor states.
 _IDLE: Final = 0  # no mail, no task
@@ -244,7 +256,7 @@ class GenServer(Generic[Req, Rep]):
         self._capacity = capacity
         self._owner = owner
         self._child = child
-        self._mailbox: deque[tuple[int, Any, Caller[Any] | None]] | None = None
+        self._mailbox: deque[Any] | None = None  # info messages and _Entry objects
         self._senders: deque[trio.lowlevel.Task] | None = None
         self._monitors: list[Monitor] | None = None
         self._exit: Exit | None = None
@@ -327,13 +339,13 @@ class GenServer(Generic[Req, Rep]):
     def _sv_system(self, kind: int, payload: Any) -> None:
         """Enqueue a runtime notice, ignoring the bound (like OTP system messages)."""
         if self._state != _DEAD:
-            self._sv_enqueue((kind, payload, None))
+            self._sv_enqueue(kind, payload, None)
 
-    def _sv_enqueue(self, entry: tuple[int, Any, Caller[Any] | None]) -> None:
+    def _sv_enqueue(self, kind: int, payload: Any, caller: Caller[Any] | None) -> None:
         mailbox = self._mailbox
         if mailbox is None:
-            mailbox = self._mailbox = deque()
-        mailbox.append(entry)
+            mailbox = self._mailbox = self._dispatcher.mailbox()
+        mailbox.append(payload if kind == _INFO else _Entry(kind, payload, caller))
         if self._state == _IDLE:
             self._state = _SCHEDULED
             self._dispatcher.activate(self)
@@ -378,7 +390,11 @@ class GenServer(Generic[Req, Rep]):
         handled = 0
         try:
             while mailbox and handled < budget:
-                kind, payload, caller = mailbox.popleft()
+                payload = mailbox.popleft()
+                if type(payload) is _Entry:
+                    kind, caller, payload = payload.kind, payload.caller, payload.payload
+                else:
+                    kind = _INFO
                 handled += 1
                 if self._senders:
                     self._sv_wake_sender()
@@ -417,7 +433,9 @@ class GenServer(Generic[Req, Rep]):
             self._dispatcher.requeue(self)
         else:
             self._state = _IDLE
-            self._mailbox = None
+            self._mailbox = None  # an idle actor holds no mailbox (the dispatcher may reuse it)
+            if mailbox is not None:
+                self._dispatcher.recycle(mailbox)
 
     async def _sv_drain_async(
         self, budget: int, dispatcher: Dispatcher, worker: WorkerState
@@ -435,7 +453,11 @@ class GenServer(Generic[Req, Rep]):
         handled = 0
         try:
             while mailbox and handled < budget:
-                kind, payload, caller = mailbox.popleft()
+                payload = mailbox.popleft()
+                if type(payload) is _Entry:
+                    kind, caller, payload = payload.kind, payload.caller, payload.payload
+                else:
+                    kind = _INFO
                 handled += 1
                 if self._senders:
                     self._sv_wake_sender()
@@ -506,9 +528,9 @@ class GenServer(Generic[Req, Rep]):
             caller.fail(ActorExited(self.ref, exit))
         mailbox, self._mailbox = self._mailbox, None
         if mailbox:
-            for _kind, _payload, queued in mailbox:
-                if queued is not None:
-                    queued.fail(ActorExited(self.ref, exit, delivered=False))
+            for queued in mailbox:
+                if type(queued) is _Entry and queued.caller is not None:
+                    queued.caller.fail(ActorExited(self.ref, exit, delivered=False))
         senders, self._senders = self._senders, None
         if senders:
             for task in senders:
@@ -650,20 +672,48 @@ class ActorRef(Generic[Req, Rep]):
         return self._try_put(_CAST, request)
 
     def try_send(self, message: Any) -> bool:
+        """:meth:`send` without waiting; False (nothing sent) if the mailbox is full or no actor."""
         return self._try_put(_INFO, message)
 
-    def _try_put(self, kind: int, payload: Any) -> bool:
+    def last_info(self) -> Any:
+        """The newest mail in the actor's mailbox if it is an info message (``send``,
+        ``try_send``, ``post_self``), else None (no mail, a call or cast last, no actor).
+
+        The actor has not taken that message yet, and nothing was queued after it: a
+        sender may add to it in place (a mutable message) instead of queuing one more,
+        which the actor then handles exactly as if the addition had come right after.
+        """
         actor = self._actor
-        if actor._state == _DEAD or actor._sv_full():
+        mailbox = actor._mailbox
+        if mailbox and actor._state != _DEAD:
+            last = mailbox[-1]
+            if type(last) is not _Entry:
+                return last
+        return None
+
+    def _try_put(self, kind: int, payload: Any) -> bool:
+        # ``_sv_full`` and ``_sv_enqueue`` written out: this is every try_send's path
+        # (one per message of a busy sender), and the calls were most of its cost.
+        actor = self._actor
+        state = actor._state
+        if state == _DEAD:
             return False
-        actor._sv_enqueue((kind, payload, None))
+        mailbox = actor._mailbox
+        if mailbox is None:
+            mailbox = actor._mailbox = actor._dispatcher.mailbox()
+        elif len(mailbox) >= actor._capacity:
+            return False
+        mailbox.append(payload if kind == _INFO else _Entry(kind, payload, None))
+        if state == _IDLE:
+            actor._state = _SCHEDULED
+            actor._dispatcher.activate(actor)
         return True
 
     async def _put(self, kind: int, payload: Any) -> None:
         actor = self._actor
         while actor._state != _DEAD:
             if not actor._sv_full():
-                actor._sv_enqueue((kind, payload, None))
+                actor._sv_enqueue(kind, payload, None)
                 await _cooperate()
                 return
             await actor._sv_wait_for_room()
@@ -699,7 +749,7 @@ async def _call(
             await actor._sv_wait_for_room()
             if actor._state == _DEAD:
                 raise NoSuchActor(target)
-        actor._sv_enqueue((_CALL, request, caller))
+        actor._sv_enqueue(_CALL, request, caller)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             caller.task = None
@@ -754,6 +804,10 @@ class NameRef(ActorRef[Req, Rep]):
     def _try_put(self, kind: int, payload: Any) -> bool:
         actor = self.registry._sv_lookup(self.key)
         return actor is not None and ActorRef(actor)._try_put(kind, payload)
+
+    def last_info(self) -> Any:
+        actor = self.registry._sv_lookup(self.key)
+        return None if actor is None else ActorRef(actor).last_info()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NameRef) and (other.registry, other.key) == (

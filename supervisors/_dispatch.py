@@ -29,7 +29,7 @@ from __future__ import annotations
 import types
 from collections import deque
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -53,10 +53,23 @@ class WorkerState:
         self.scope = trio.CancelScope()
 
 
+FREE_MAILBOXES: Final = 1024
+"""Empty mailboxes a dispatcher keeps for reuse (a deque of one block is ~600 bytes)."""
+
+
 class Dispatcher:
     """A run queue of actors with mail and the worker tasks that serve it."""
 
-    __slots__ = ("_awake", "_idle", "_nursery", "_runq", "closed", "max_idle", "throughput")
+    __slots__ = (
+        "_awake",
+        "_free",
+        "_idle",
+        "_nursery",
+        "_runq",
+        "closed",
+        "max_idle",
+        "throughput",
+    )
 
     def __init__(self, nursery: trio.Nursery, *, max_idle: int = 32, throughput: int = 256) -> None:
         self._nursery = nursery
@@ -66,6 +79,21 @@ class Dispatcher:
         self.max_idle = max_idle
         self.throughput = throughput
         self.closed = False
+        self._free: list[deque[Any]] = []
+
+    def mailbox(self) -> deque[Any]:
+        """An empty mailbox for an actor that gets mail while it has none.
+
+        Idle actors hold no mailbox (a million of them stay cheap), so a busy actor
+        would allocate one per burst of mail; reusing emptied ones instead spares the
+        allocation and, above all, the garbage collector's work on short-lived objects."""
+        free = self._free
+        return free.pop() if free else deque()
+
+    def recycle(self, mailbox: deque[Any]) -> None:
+        """Keep ``mailbox``, emptied by an actor going idle, for :meth:`mailbox`."""
+        if len(self._free) < FREE_MAILBOXES:
+            self._free.append(mailbox)
 
     def activate(self, actor: GenServer[Any, Any]) -> None:
         """Queue ``actor`` (which has mail and is marked scheduled) to run."""

@@ -52,8 +52,11 @@ class Registry:
 
     def whereis(self, key: Hashable) -> ActorRef[Any, Any] | None:
         """The live actor under ``key``, or None (also while it is being restarted)."""
-        actor = self._sv_lookup(key)
-        return actor.ref if actor is not None else None
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        actor = slot.actor
+        return actor.ref if actor is not None and actor.sv_alive else None
 
     def ref(self, key: Hashable) -> NameRef[Any, Any]:
         """A handle that reaches whatever actor holds ``key`` when it is used."""

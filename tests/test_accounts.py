@@ -15,7 +15,7 @@ import trio.testing
 
 import supervisors as sv
 from meterd.accounts.actor import AccountUnavailable
-from meterd.accounts.service import Accounts
+from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import Store
 
@@ -34,20 +34,10 @@ def dyno(account: str, id: str, seconds: str, minute: int = 0, size: str = "std-
 async def running(
     tmp_path: Path, *, meters: dict[str, Meter] | None = None, **options: Any
 ) -> AsyncIterator[Accounts]:
-    store = Store.at(tmp_path / "meterd.sqlite3")
-    accounts = Accounts(store, meters or METERS, **options)
-    root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec()],
-        strategy=sv.Strategy.REST_FOR_ONE,
-        name="root",
-    )
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(root.run)
-            yield accounts
-            root.stop()
-    finally:
-        await store.aclose()
+    async with running_accounts(
+        tmp_path / "meterd.sqlite3", meters or METERS, **options
+    ) as accounts:
+        yield accounts
 
 
 async def hourly(accounts: Accounts, account: str, group_by: str | None = None) -> list[Any]:
@@ -182,6 +172,27 @@ class Reports:
         self.done.set()
 
 
+class Busying(Reports):
+    """Reports, and casts a ``tick`` to ``account``'s actor once the batch is delivered:
+    the next delivery then finds a cast, not a delivery, last in the mailbox, so it is
+    queued apart (or overflows) instead of joining the waiting one. With the intervals
+    long, a tick changes nothing."""
+
+    def __init__(self, accounts: Accounts, account: str) -> None:
+        super().__init__()
+        self.accounts = accounts
+        self.account = account
+
+    def __call__(self, outcome: Any) -> None:
+        super().__call__(outcome)
+        ref = self.accounts.registry.whereis(self.account)
+        if ref is not None:
+            ref.try_cast(("tick",))
+
+
+QUIET: dict[str, Any] = {"checkpoint_interval": 3600.0, "idle_timeout": 3600.0}
+
+
 async def submit(accounts: Accounts, groups: list[tuple[str, list[Event]]]) -> list[Any]:
     report = Reports()
     accounts.submit(groups, report)
@@ -260,9 +271,9 @@ async def test_an_actor_that_dies_with_deliveries_in_its_mailbox_loses_nothing(
 
 
 async def test_a_full_mailbox_delays_delivery_in_order_and_counts_exactly(tmp_path: Path) -> None:
-    async with running(tmp_path, mailbox_size=2) as accounts:
+    async with running(tmp_path, mailbox_size=2, **QUIET) as accounts:
         await accounts.ingest("acme", [dyno("acme", "warm", "1")])
-        reports = [Reports() for _ in range(12)]
+        reports = [Busying(accounts, "acme") for _ in range(12)]
         for n, report in enumerate(reports):
             accounts.submit([("acme", [dyno("acme", f"e{n}", "1")])], report)
         for report in reports:
@@ -278,9 +289,9 @@ async def test_both_paths_keep_commit_order_behind_a_full_mailbox(tmp_path: Path
     """``Accounts.ingest`` completions and ``Accounts.submit`` deliveries of one account
     reach its actor in commit order even while its mailbox is full (an overtaking later
     batch would make the actor skip an earlier one as already applied)."""
-    async with running(tmp_path, mailbox_size=2) as accounts:
+    async with running(tmp_path, mailbox_size=2, **QUIET) as accounts:
         await accounts.ingest("acme", [dyno("acme", "warm", "1")])
-        reports = [Reports() for _ in range(40)]
+        reports = [Busying(accounts, "acme") for _ in range(40)]
         async with trio.open_nursery() as nursery:
             for n, report in enumerate(reports):
                 accounts.submit([("acme", [dyno("acme", f"s{n}", "1")])], report)
@@ -291,3 +302,47 @@ async def test_both_paths_keep_commit_order_behind_a_full_mailbox(tmp_path: Path
         assert await hourly(accounts, "acme") == [(0, "441", None)]  # 1 + 40 x 1 + 40 x 10
         await settled(accounts)
         assert not accounts.backlogged("acme")
+
+
+async def test_batches_committed_together_reach_a_waiting_actor_as_one_message(
+    tmp_path: Path,
+) -> None:
+    """Batches of one writer group for the same account are added to the delivery still
+    waiting in its actor's mailbox (in commit order) instead of queued apart; a message
+    queued behind it (a completion of ``Accounts.ingest``) is never overtaken."""
+    async with running(tmp_path) as accounts:
+        await accounts.ingest("acme", [dyno("acme", "warm", "1")])
+        await accounts.ingest("globex", [dyno("globex", "warm", "1")])
+        applied: list[str] = []
+        accounts.fault_hook = lambda event: applied.append(event.id)  # the order applied
+        reports = [Reports() for _ in range(4)]
+        for n, report in enumerate(reports):  # queued before the writer wakes: one group
+            accounts.submit(
+                [
+                    ("acme", [dyno("acme", f"a{n}", "10")]),
+                    ("globex", [dyno("globex", f"g{n}", "2")]),
+                ],
+                report,
+            )
+        for report in reports:
+            await report.done.wait()
+        assert accounts.coalesced == 6  # 3 of each account's 4 batches joined the first
+        await settled(accounts)
+        assert await hourly(accounts, "acme") == [(0, "41", None)]
+        assert await hourly(accounts, "globex") == [(0, "9", None)]
+        assert [i for i in applied if i[0] == "a"] == ["a0", "a1", "a2", "a3"]
+        applied.clear()
+
+        # A completion queued between two deliveries: the later one is not added to the
+        # earlier message, which would apply it before the completion's batch.
+        first, second = Reports(), Reports()
+        accounts.submit([("acme", [dyno("acme", "b1", "100")])], first)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accounts.ingest, "acme", [dyno("acme", "c1", "1000")])
+            await trio.testing.wait_all_tasks_blocked()  # its writer submission is queued
+            accounts.submit([("acme", [dyno("acme", "b2", "10000")])], second)
+        await second.done.wait()
+        await settled(accounts)
+        assert await hourly(accounts, "acme") == [(0, "11141", None)]
+        assert applied == ["b1", "c1", "b2"]  # commit order
+        assert accounts.budget.used == 0

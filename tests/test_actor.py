@@ -194,6 +194,149 @@ async def test_send_reaches_handle_info(dynsup: sv.DynamicSupervisor) -> None:
     assert await ref.call("seen") == [("info", "ping"), ("info", "pong")]
 
 
+@pytest.mark.parametrize("factory", [Echo, AsyncEcho])
+async def test_mail_of_every_kind_and_shape_arrives_as_sent_in_order(
+    dynsup: sv.DynamicSupervisor, factory: Any
+) -> None:
+    """Info messages are queued bare and the other kinds wrapped: an info message shaped
+    like anything the runtime might queue (tuples of kind numbers, ``None``) reaches
+    ``handle_info`` unchanged, in order with casts, also after actors went idle and their
+    emptied mailboxes were reused by others."""
+    refs = [await start(dynsup, factory) for _ in range(3)]
+    shapes: list[Any] = [(0, "x", None), (1, "y", None), (2, 3, None), (3, None), None, ()]
+    for round_ in range(3):
+        for ref in refs:
+            for shape in shapes:
+                assert ref.try_send(shape)
+                await ref.cast(("cast", round_))
+        await trio.testing.wait_all_tasks_blocked()  # all idle: their mailboxes recycled
+    expected = [
+        item
+        for round_ in range(3)
+        for shape in shapes
+        for item in (("info", shape), ("cast", round_))
+    ]
+    for ref in refs:
+        seen = ref._actor.seen  # type: ignore[attr-defined]
+        assert seen == expected if factory is Echo else [i for i in expected if i[0] == "cast"]
+
+
+class Gated(sv.GenServer[Any, Any]):
+    """Blocks in the call ``"wait"`` until ``gate`` is set (its mail queues meanwhile)."""
+
+    def init(self) -> None:
+        self.gate = trio.Event()
+        self.seen: list[Any] = []
+
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        if request == "wait":
+            await self.gate.wait()
+        return request
+
+    def handle_cast(self, request: Any) -> None:
+        self.seen.append(("cast", request))
+
+    def handle_info(self, message: Any) -> None:
+        self.seen.append(("info", message))
+
+
+async def test_last_info_is_the_newest_mail_while_it_is_an_untaken_info_message(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Gated)
+    assert ref.last_info() is None  # no mail
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ref.call, "wait")
+        await trio.testing.wait_all_tasks_blocked()  # the actor waits in the call
+        first = ["a"]
+        assert ref.try_send(first)
+        assert ref.last_info() is first
+        first.append("b")  # added in place: handled as part of that message
+        assert ref.try_send(("later",))
+        assert ref.last_info() == ("later",)  # the newest, not the newest list
+        await ref.cast("c")
+        assert ref.last_info() is None  # a cast is the newest mail
+        nursery.start_soon(ref.call, "queued")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref.last_info() is None  # so is a call
+        ref._actor.gate.set()  # type: ignore[attr-defined]
+    assert await ref.call("sync") == "sync"
+    assert ref.last_info() is None  # everything taken
+    assert ref._actor.seen == [  # type: ignore[attr-defined]
+        ("info", ["a", "b"]),
+        ("info", ("later",)),
+        ("cast", "c"),
+    ]
+    name = sv.Registry("test")
+    assert name.ref("nobody").last_info() is None  # no actor
+
+
+class Mixed(sv.GenServer[Any, Any]):
+    """A plain ``handle_info`` (run without a coroutine) beside async callbacks; the info
+    ``"boom"`` crashes it, and its async ``terminate`` awaits before recording the exit."""
+
+    def init(self) -> None:
+        self.seen: list[Any] = []
+        self.exits: list[str] = []
+        self.gate = trio.Event()
+
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        await trio.lowlevel.checkpoint()
+        return list(self.seen) if request == "seen" else request
+
+    async def handle_cast(self, request: Any) -> None:
+        if request == "hold":
+            await self.gate.wait()
+            return
+        await trio.lowlevel.checkpoint()
+        self.seen.append(("cast", request))
+
+    def handle_info(self, message: Any) -> None:
+        if message == "boom":
+            raise ValueError("info boom")
+        self.seen.append(("info", message))
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        await trio.lowlevel.checkpoint()
+        self.exits.append(exit.kind)
+
+
+async def test_plain_handle_info_of_an_async_actor_keeps_order_with_async_mail(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Mixed)
+    for n in range(300):  # more than a worker's throughput: the drain resumes in order
+        assert ref.try_send(n)
+        if n % 7 == 0:
+            await ref.cast(n)
+    seen = await ref.call("seen")
+    expected: list[Any] = []
+    for n in range(300):
+        expected.append(("info", n))
+        if n % 7 == 0:
+            expected.append(("cast", n))
+    assert seen == expected
+
+
+async def test_a_plain_handle_info_that_raises_runs_the_async_terminate(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    """A plain ``handle_info`` beside async callbacks (as meterd's meter actor has) that
+    raises: the async ``terminate`` runs, and the mail queued behind dies with the actor."""
+    ref = await start(dynsup, Mixed, restart=sv.Restart.TEMPORARY)
+    actor = ref._actor
+    monitor = ref.monitor()
+    assert ref.try_send("before")
+    assert ref.try_send("boom")
+    assert ref.try_send("after")  # dies in the mailbox
+    assert ref.try_cast("never")  # so does this cast
+    with trio.fail_after(10):  # a guard: the crash must end the actor, not hang it
+        assert (await monitor.wait()).kind == "crash"
+    assert actor.seen == [("info", "before")]  # type: ignore[attr-defined]
+    assert actor.exits == ["crash"]  # type: ignore[attr-defined]
+    assert not ref.alive
+
+
 async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> None:
     ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
     monitor = ref.monitor()

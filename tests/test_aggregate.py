@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterd.accounts import aggregate
 from meterd.accounts.aggregate import (
     EXACT,
     AccountUsage,
@@ -609,3 +610,92 @@ def test_empty_states() -> None:
             assert value(state) == 0
         # rollup leaves empty cells out
         assert rollup(meter, [(T0, (), state)], T0, T0 + DAY_MS, Window.DAY, None) == []
+
+
+# --------------------------------------------------------------------------- the hot path
+
+
+def reference_dims(meter: Meter, event: Event) -> tuple[str, ...]:
+    """Dimension values, naively: each name looked up in the properties, ``""`` if absent."""
+    return tuple(event.property(name) or "" for name in meter.dimensions)
+
+
+def reference_cells(
+    meters: dict[str, Meter], events: Iterable[Event]
+) -> dict[tuple[str, int, tuple[str, ...]], bytes]:
+    """Each event added on its own to a state per (meter, minute, dims): the cells' bytes."""
+    cells: dict[tuple[str, int, tuple[str, ...]], State] = {}
+    for e in events:
+        meter = meters[e.meter]
+        if meter.unique_property is not None and e.property(meter.unique_property) is None:
+            continue
+        key = (meter.name, e.time - e.time % MINUTE_MS, reference_dims(meter, e))
+        add(cells.setdefault(key, new_state(meter)), e)
+    return {key: encode(state) for key, state in cells.items()}
+
+
+def cells_of(
+    usage: AccountUsage, meters: dict[str, Meter]
+) -> dict[tuple[str, int, tuple[str, ...]], bytes]:
+    return {
+        (name, start, dims): encode(state)
+        for name in meters
+        for start, dims, state in usage.states(name)
+    }
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    data=st.data(),
+    first=meters(),
+    second=meters(),
+    memo_size=st.sampled_from([1, 2, 4096]),
+)
+def test_apply_events_and_apply_agree_with_a_naive_reference(
+    data: st.DataObject, first: Meter, second: Meter, memo_size: int
+) -> None:
+    """``AccountUsage.apply_events`` (a delivered batch, meters mixed in any order) and
+    ``apply`` (one event) give the cells of a naive per-event reference, dims from a plain
+    lookup, whatever the dimension memo holds (sizes 1 and 2 make it start over often)."""
+    second = Meter("m.second", second.aggregation, second.dimensions, second.unique_property)
+    meters = {first.name: first, second.name: second}
+    events = data.draw(event_lists(first)) + [
+        Event(e.id + "'", e.account, second.name, e.quantity, e.time, e.properties)
+        for e in data.draw(event_lists(second))
+    ]
+    events = data.draw(st.permutations(events))
+    cut = data.draw(st.integers(0, len(events)))
+    expected = reference_cells(meters, events)
+    old_size = aggregate.DIMS_MEMO_SIZE
+    aggregate.DIMS_MEMO_SIZE = memo_size  # type: ignore[misc]
+    try:
+        batched = AccountUsage()
+        batched.apply_events(meters, events[:cut])  # two batches, as two deliveries
+        batched.apply_events(meters, events[cut:])
+        one_by_one = AccountUsage()
+        for e in events:
+            one_by_one.apply(meters[e.meter], e)
+    finally:
+        aggregate.DIMS_MEMO_SIZE = old_size  # type: ignore[misc]
+    assert cells_of(batched, meters) == expected
+    assert cells_of(one_by_one, meters) == expected
+    assert batched.dirty() == set(expected) == one_by_one.dirty()
+
+
+def test_apply_events_stops_at_the_first_failure() -> None:
+    """Events before a failing one are applied; it and those after it are not."""
+    meter = Meter("m", Aggregation.SUM, ("app",))
+    usage = AccountUsage()
+    events = [
+        ev("1", T0, 2, app="a"),
+        ev("2", T0, 3, app="b"),
+        ev("3", T0, 5, meter="unknown"),
+        ev("4", T0, 7, app="a"),
+    ]
+    with pytest.raises(KeyError, match="unknown"):
+        usage.apply_events({"m": meter}, events)
+    assert cells_of(usage, {"m": meter}) == reference_cells({"m": meter}, events[:2])
+    changed = Meter("m", Aggregation.COUNT, ("app",))  # same name, another definition
+    with pytest.raises(ValueError, match="changed definition"):
+        usage.apply_events({"m": changed}, events[3:])
+    assert cells_of(usage, {"m": meter}) == reference_cells({"m": meter}, events[:2])

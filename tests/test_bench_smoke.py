@@ -5,6 +5,7 @@ Checks that the figures are there, never their values (a benchmark is not a time
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
@@ -185,3 +186,21 @@ def test_a_failed_max_run_is_reported_not_raised() -> None:
     )
     assert "FAILED: unavailable" in text
     assert "not measured, NOT met" in text
+
+
+def test_the_delivery_bench_runs_small_and_counts_every_event_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m meterd.bench.deliver`` on a small load: it prints its figures, and its
+    own check passed (the actors' windows equal the floor's, the budget is back to zero:
+    a lost or doubled delivery raises there)."""
+    from meterd.bench.deliver import main
+
+    threshold = gc.get_threshold()
+    try:  # the bench sets the daemon's collector thresholds: not for the other tests
+        main(["--accounts", "30", "--batch", "40", "--batches", "6", "--repeats", "2"])
+    finally:
+        gc.set_threshold(*threshold)
+    out = capsys.readouterr().out
+    for label in ("actors (callbacks + drain)", "commit callbacks", "actors draining", "floor"):
+        assert re.search(rf"{re.escape(label)}[^\n]*?{NUMBER}", out), (label, out)

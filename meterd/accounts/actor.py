@@ -13,16 +13,25 @@ Lifecycle (see docs/accounts.md for the whole flow):
     id conflicts), submits the rest to the writer and returns at once; the reply
     is sent when the writer reports the batch durable, after the accepted
     events are applied. The mailbox keeps moving meanwhile.
-``("apply", batch_id, events)`` (info, from :meth:`Accounts.submit`)
+``["apply", batch_id, events, ...]`` (info, from :meth:`Accounts.submit`)
     Journal batch ``batch_id`` of this account is committed: apply its events
     (unless this incarnation's start-up replay already did: ``batch_id`` is at
-    or below the watermark) and give their in-flight budget back.
+    or below the watermark) and give their in-flight budget back. A list: while
+    it waits in the mailbox, the account's next committed batches are appended
+    to it (``batch_id, events`` pairs, in commit order) instead of queued apart.
 ``("checkpoint",)`` (call)
     Writes the windows changed since the last checkpoint (merged with what the
     store holds) and the watermark, in one transaction.
 ``("hibernate",)`` (cast)
     When idle (nothing pending, nothing queued): checkpoint and stop normally.
     The next event for the account starts a new actor from the store.
+``("tick",)`` (cast, from the sweeper)
+    Hibernate after ``idle_timeout`` without traffic, or checkpoint when the last
+    checkpoint is ``checkpoint_interval`` old.
+
+``handle_info`` (deliveries and the completions of ``ingest``) is a plain
+``def``: the runtime runs it without a coroutine, which is most of the cost of
+a small message. What awaits (checkpoints, hibernation) comes as calls and casts.
 
 In memory the actor keeps only *deltas since the last checkpoint* and a
 bounded set of recent event ids, so a hibernated account costs nothing and an
@@ -64,6 +73,11 @@ class Verdict:
     conflicts: list[int] = field(default_factory=list)
 
 
+def no_fault(event: Event) -> None:
+    """The production fault hook (:attr:`Accounts.fault_hook`): nothing. Tests replace it
+    to inject crashes."""
+
+
 class InjectedFault(RuntimeError):
     """Raised on purpose by a fault drill."""
 
@@ -95,7 +109,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.checkpointed_watermark = 0  # the watermark the store holds for this account
         self.pending: dict[int, _Pending] = {}
         self.next_token = 0
-        self.last_active = trio.current_time()
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        self.last_active = self._now()
         # A random phase, so that accounts woken together do not all checkpoint together.
         self.last_checkpoint = self.last_active - random.uniform(0, accounts.checkpoint_interval)
         self.quarantined = 0
@@ -145,14 +160,19 @@ class MeterActor(sv.GenServer[Any, Any]):
 
     # ---- messages -------------------------------------------------------------------
 
-    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        self.last_active = trio.current_time()
+    async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        self.last_active = self._now()
         kind = request[0]
         if kind == "ingest":
             return self._ingest(request[1], caller)
         if kind == "checkpoint":
-            self.post_self(("checkpoint", caller))  # async work: done in handle_info
-            return sv.NOREPLY
+            try:
+                await self._checkpoint()
+            except CommitFailed as error:  # a full disk: the caller is told, the actor lives
+                self._checkpoint_failed(error)
+                caller.fail(error)
+                return sv.NOREPLY
+            return self.watermark
         if kind == "status":
             return {
                 "account": self.account,
@@ -163,32 +183,29 @@ class MeterActor(sv.GenServer[Any, Any]):
             }
         raise ValueError(f"unknown request {kind!r}")
 
-    def handle_cast(self, request: Any) -> None:
-        if request[0] == "hibernate":
-            self.post_self(("hibernate",))
-        elif request[0] == "crash":  # a fault drill: operators and tests crash an actor
-            raise InjectedFault(f"account {self.account}: {request[1]}")
-        else:
-            raise ValueError(f"unknown cast {request[0]!r}")
-
-    async def handle_info(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "apply":
-            self._apply_batch(message[1], message[2])
-        elif kind == "durable":
-            self._on_durable(message[1], message[2])
-        elif kind == "tick":
+    async def handle_cast(self, request: Any) -> None:
+        kind = request[0]
+        if kind == "tick":
             await self._tick()
-        elif kind == "checkpoint":
-            try:
-                await self._checkpoint()
-            except CommitFailed as error:  # a full disk: the caller is told, the actor lives
-                self._checkpoint_failed(error)
-                message[1].fail(error)
-                return
-            message[1].reply(self.watermark)
         elif kind == "hibernate":
             await self._hibernate()
+        elif kind == "crash":  # a fault drill: operators and tests crash an actor
+            raise InjectedFault(f"account {self.account}: {request[1]}")
+        else:
+            raise ValueError(f"unknown cast {kind!r}")
+
+    def handle_info(self, message: Any) -> None:
+        # A plain def (the runtime calls it without a coroutine): every delivery comes
+        # through here. What has to wait (checkpoints, hibernation) comes as calls and casts.
+        kind = message[0]
+        if kind == "apply":
+            if len(message) == 3:
+                self._apply_batch(message[1], message[2])
+            else:  # several batches, in commit order (Accounts.submit adds to a waiting one)
+                for index in range(1, len(message), 2):
+                    self._apply_batch(message[index], message[index + 1])
+        elif kind == "durable":
+            self._on_durable(message[1], message[2])
 
     async def terminate(self, exit: sv.Exit) -> None:
         self.accounts.budget.forget(self.account)  # its mailbox dies with it
@@ -259,13 +276,17 @@ class MeterActor(sv.GenServer[Any, Any]):
         """Apply committed journal batch ``batch_id`` (see the module doc)."""
         try:
             if batch_id > self.watermark:
-                self.last_active = trio.current_time()
-                meters = self.accounts.meters
-                fault_hook = self.accounts.fault_hook
-                apply = self.usage.apply
-                for event in events:
-                    fault_hook(event)
-                    apply(meters[event.meter], event)
+                self.last_active = self._now()
+                accounts = self.accounts
+                fault_hook = accounts.fault_hook
+                if fault_hook is no_fault:
+                    self.usage.apply_events(accounts.meters, events)
+                else:
+                    meters = accounts.meters
+                    apply = self.usage.apply
+                    for event in events:
+                        fault_hook(event)
+                        apply(meters[event.meter], event)
                 self.watermark = batch_id
         finally:
             self.accounts.budget.give_for(self.account, len(events))

@@ -54,7 +54,7 @@ so it never rounds); ``unique_count`` sets are sorted lists.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Self, TypeAlias, TypeVar
@@ -628,14 +628,41 @@ def rollup(
 # --------------------------------------------------------------------------- one account
 
 
+DIMS_MEMO_SIZE: Final = 4096
+"""Entries a dimension memo holds before it starts over (property sets are usually few)."""
+
+_dims_memos: dict[tuple[str, ...], dict[tuple[tuple[str, str], ...], Dims]] = {}
+
+
+def _dims_memo(names: tuple[str, ...]) -> dict[tuple[tuple[str, str], ...], Dims]:
+    """The memo of :func:`dims_of` for dimension names ``names``: an event's properties ->
+    its dimension values, shared by every account. The same property sets come back event
+    after event, so a dict lookup replaces the scan, and the cells of all accounts share one
+    tuple per dimension values instead of one per event. Bounded (:data:`DIMS_MEMO_SIZE`)."""
+    memo = _dims_memos.get(names)
+    if memo is None:
+        memo = _dims_memos[names] = {}
+    return memo
+
+
+def _memo_dims(memo: dict[tuple[tuple[str, str], ...], Dims], meter: Meter, event: Event) -> Dims:
+    """:func:`dims_of`, remembered in ``memo`` (the memo of ``meter.dimensions``)."""
+    dims = dims_of(meter, event)
+    if len(memo) >= DIMS_MEMO_SIZE:
+        memo.clear()  # e.g. a property unique per event: start over rather than grow
+    memo[event.properties] = dims
+    return dims
+
+
 class _MeterCells:
-    __slots__ = ("cells", "dirty", "meter", "new")
+    __slots__ = ("cells", "dims", "dirty", "meter", "new")
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
         self.new = _factory(meter)
         self.cells: dict[tuple[int, Dims], State] = {}
         self.dirty: set[tuple[int, Dims]] = set()
+        self.dims = _dims_memo(meter.dimensions)
 
 
 class AccountUsage:
@@ -658,29 +685,49 @@ class AccountUsage:
         return rec
 
     def apply(self, meter: Meter, event: Event) -> None:
-        """Add ``event`` to its minute cell and mark the cell dirty (the hot path).
+        """Add ``event`` to its minute cell and mark the cell dirty.
 
         Exact or raises; on an exception nothing changed.
         """
-        name = meter.name
-        if event.meter != name:
-            raise ValueError(f"event {event.id!r} is for meter {event.meter!r}, not {name!r}")
-        rec = self._meters.get(name)
-        if rec is None or rec.meter is not meter:
-            rec = self._cells_for(meter)
-        t = event.time
-        key = (t - t % MINUTE_MS, dims_of(meter, event))
-        cells = rec.cells
-        state = cells.get(key)
-        if state is None:
-            state = rec.new()
-            state.add(event)
-            if state.empty:  # unique_count event without its property: ignored
-                return
-            cells[key] = state
-        else:
-            state.add(event)
-        rec.dirty.add(key)
+        if event.meter != meter.name:
+            raise ValueError(f"event {event.id!r} is for meter {event.meter!r}, not {meter.name!r}")
+        self.apply_events({meter.name: meter}, (event,))
+
+    def apply_events(self, meters: Mapping[str, Meter], events: Iterable[Event]) -> None:
+        """:meth:`apply` each event to the meter it names, ``meters[event.meter]`` (the hot
+        path: a delivered journal batch; its events are usually all of one meter).
+
+        In order, each exact or raising; on an exception the events before it are applied,
+        it and those after it are not (``KeyError`` for a meter not in ``meters``).
+        """
+        name: str | None = None
+        for event in events:
+            if event.meter != name:
+                name = event.meter
+                meter = meters[name]
+                found = self._meters.get(name)
+                if found is None or found.meter is not meter:
+                    found = self._cells_for(meter)
+                rec = found
+                cells = rec.cells
+                dirty = rec.dirty
+                memo = rec.dims
+                new = rec.new
+            t = event.time
+            dims = memo.get(event.properties)
+            if dims is None:
+                dims = _memo_dims(memo, rec.meter, event)
+            key = (t - t % MINUTE_MS, dims)
+            state = cells.get(key)
+            if state is None:
+                state = new()
+                state.add(event)
+                if state.empty:  # unique_count event without its property: ignored
+                    continue
+                cells[key] = state
+            else:
+                state.add(event)
+            dirty.add(key)
 
     def load(self, meter: Meter, start: int, dims: Dims, state: State) -> None:
         """Restore one minute cell from the store (replaces it; not marked dirty)."""

@@ -53,7 +53,9 @@ class EventBudget:
         """Count ``events`` delivered to ``account``'s actor, not applied yet."""
         by_account = self._by_account
         by_account[account] = by_account.get(account, 0) + events
-        self.take(events)
+        used = self.used = self.used + events  # take(), written out: once per delivery
+        if used > self.peak:
+            self.peak = used
 
     def give_for(self, account: str, events: int) -> None:
         """``account``'s actor applied (or skipped) ``events`` delivered to it."""
@@ -64,7 +66,9 @@ class EventBudget:
             events = held
         else:
             by_account[account] = held - events
-        self.give(events)
+        used = self.used = self.used - events  # give(), written out: once per delivery
+        if self._lot and used < self.limit:
+            self._lot.unpark_all()
 
     def forget(self, account: str) -> None:
         """``account``'s actor stopped: what was delivered to it will never be applied."""
