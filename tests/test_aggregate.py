@@ -544,8 +544,10 @@ def test_dirty_clear_dirty_and_load() -> None:
     assert usage.dirty() == {("m", T0, ("a",)), ("n", T0 + MINUTE_MS, ())}
     usage.clear_dirty([("m", T0, ("a",))])
     assert usage.dirty() == {("n", T0 + MINUTE_MS, ())}
+    assert usage.has_dirty()
     usage.clear_dirty()
     assert usage.dirty() == set()
+    assert not usage.has_dirty()
     usage.apply(meter, ev("4", T0 + 7, 4, app="a"))
     assert usage.dirty() == {("m", T0, ("a",))}
     cell = usage.state("m", T0, ("a",))
@@ -555,6 +557,7 @@ def test_dirty_clear_dirty_and_load() -> None:
     restored = AccountUsage()
     restored.load(meter, T0, ("a",), decode(meter, encode(cell)))
     assert restored.dirty() == set()  # loading is not a change
+    assert not restored.has_dirty()
     restored.apply(meter, ev("5", T0 + 8, 1, app="a"))
     assert values(restored.rows(meter, T0, T0 + MINUTE_MS, Window.MINUTE, None)) == [(T0, 10, None)]
     with pytest.raises(ValueError, match="aligned"):

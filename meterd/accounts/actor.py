@@ -211,7 +211,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.accounts.budget.forget(self.account)  # its mailbox dies with it
         if exit.kind == "crash":
             self.accounts.crashed.add(self.account)  # a replay failure now means poison
-        if exit.kind == "shutdown" and not self.pending and self.usage.dirty():
+        if exit.kind == "shutdown" and not self.pending and self.usage.has_dirty():
             # A clean stop writes what it holds, so the next start replays nothing.
             # (Within the child's shutdown grace; the journal covers it if cut short.)
             try:
@@ -358,7 +358,10 @@ class MeterActor(sv.GenServer[Any, Any]):
         now = trio.current_time()
         if now - self.last_active >= self.accounts.idle_timeout:
             await self._hibernate()
-        elif self.usage.dirty() and now - self.last_checkpoint >= self.accounts.checkpoint_interval:
+        elif (
+            self.usage.has_dirty()
+            and now - self.last_checkpoint >= self.accounts.checkpoint_interval
+        ):
             try:
                 await self._checkpoint()
             except CommitFailed as error:

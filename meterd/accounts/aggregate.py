@@ -748,6 +748,11 @@ class AccountUsage:
         """The cells changed since they were last forgotten by :meth:`clear_dirty` (a copy)."""
         return {(name, s, d) for name, rec in self._meters.items() for s, d in rec.dirty}
 
+    def has_dirty(self) -> bool:
+        """Whether any cell is dirty (:meth:`dirty` is not empty), without copying them: the
+        sweeper asks every awake actor this each period."""
+        return any(rec.dirty for rec in self._meters.values())
+
     def clear_dirty(self, keys: Iterable[CellKey] | None = None) -> None:
         """Forget the dirty cells: all of them, or only ``keys`` (those just checkpointed)."""
         if keys is None:
