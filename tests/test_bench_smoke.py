@@ -187,6 +187,14 @@ def test_a_failed_max_run_is_reported_not_raised() -> None:
     assert "FAILED: unavailable" in text
     assert "not measured, NOT met" in text
 
+    # A fixed --half-load-rate is not the goal's load: the goal is not judged on it.
+    meterd.half_skipped = None
+    meterd.half = result("half load", 10_000, None)
+    options = BenchOptions.quick(spawn=True, half_load_rate=1234.0)
+    text = format_report(Report(options, 2, [meterd]))
+    assert "not measured (the row offered --half-load-rate 1,234 events/s" in text
+    assert not re.search(r"\b(NOT )?met\b", text.replace("not measured", ""))
+
 
 def test_the_delivery_bench_runs_small_and_counts_every_event_once(
     capsys: pytest.CaptureFixture[str],

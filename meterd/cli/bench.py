@@ -73,6 +73,13 @@ def bench() -> None:
     help="How long the half-load row lasts [10; quick: 3].",
 )
 @click.option(
+    "--half-load-rate",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Events/s offered in the half-load row instead of half the max row's rate (the"
+    " same load for every server and setting compared).",
+)
+@click.option(
     "--half-load-min-batches",
     type=click.IntRange(0),
     default=None,
