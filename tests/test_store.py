@@ -976,6 +976,32 @@ async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> 
         assert writer.stats.failed_commits == 0
 
 
+async def test_an_unstorable_event_fails_only_its_own_batch_operation(tmp_path: Path) -> None:
+    """A producer batch is encoded when it is submitted (before its group transaction):
+    one that cannot be stored fails alone, in order, and the batches around it commit."""
+    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+        before, bad, after = Collector(), Collector(), Collector()
+        writer.submit_batch([("acme", [ev("b1")])], before)
+        writer.submit_batch(
+            [("globex", [ev("ok", "globex")]), ("acme", [ev("f", quantity=1.5)])],  # type: ignore[arg-type]
+            bad,
+        )
+        writer.submit_batch([("acme", [ev("b2")]), ("globex", [ev("ok", "globex")])], after)
+        await writer.barrier()
+        [failure] = bad.outcomes
+        assert isinstance(failure, InvalidEvents)
+        assert "event 0 (id 'f')" in str(failure)
+        assert "quantity must be an int or a Decimal, got float" in str(failure)
+        [first] = before.outcomes
+        assert isinstance(first, list)
+        assert first[0].accepted == [0]
+        [second] = after.outcomes
+        assert isinstance(second, list)
+        # globex's "ok" was not stored with the failed batch: it is new here.
+        assert [(r.accepted, r.duplicates) for r in second] == [([0], []), ([0], [])]
+        assert writer.stats.failed_commits == 0
+
+
 # -- checkpoints, recovery, quarantine -----------------------------------------------------
 
 

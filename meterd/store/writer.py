@@ -192,6 +192,10 @@ class _Append:
     received_at: int
 
 
+Encoded: TypeAlias = tuple[list[bytes], list[int], list[int]]
+"""A batch's events ready to store, in order: packed rows, fingerprints, dedupe keys."""
+
+
 @dataclass(slots=True)
 class _BatchAppend:
     groups: tuple[tuple[str, tuple[Event, ...]], ...]
@@ -200,6 +204,8 @@ class _BatchAppend:
     producer: str | None = None
     seq: int | None = None
     rejected: tuple[RejectedEvent, ...] = ()
+    # Computed by submit_batch on the Trio thread (None: by the writer thread).
+    encoded: Encoded | InvalidEvents | None = None
 
 
 @dataclass(slots=True)
@@ -300,6 +306,7 @@ class Writer:
         # have their ``accounts`` row (committed; rows are never deleted). Both are only
         # shortcuts, emptied past ACCOUNT_CACHE accounts so memory stays bounded.
         self._buckets: dict[str, int] = {}
+        self._submit_buckets: dict[str, int] = {}  # the same cache, for the Trio thread
         self._known_accounts: set[str] = set()
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
@@ -502,7 +509,15 @@ class Writer:
                 if event.account != account:
                     _check_groups(groups)
         checked = tuple(zip(accounts, batches, strict=True))
-        self._enqueue(_BatchAppend(checked, on_done, self._clock(), producer, seq, tuple(rejected)))
+        # Encoded here, on the Trio thread, not in the group transaction: the writer thread
+        # is the pipeline's serial stage (its Python, SQLite and fsync in a row), and the
+        # encoding needs nothing from the database.
+        if len(self._submit_buckets) > ACCOUNT_CACHE:
+            self._submit_buckets.clear()
+        encoded = _encode_batch(checked, self._submit_buckets)
+        self._enqueue(
+            _BatchAppend(checked, on_done, self._clock(), producer, seq, tuple(rejected), encoded)
+        )
 
     async def append(self, account: str, events: Sequence[Event]) -> AppendResult:
         """:meth:`submit` and wait for the result (waits first if ``max_pending`` are queued)."""
@@ -664,6 +679,26 @@ def _ignore(outcome: object) -> None:
     """An ``on_done`` for operations built inside the transaction (never called)."""
 
 
+def _encode_batch(
+    groups: Sequence[tuple[str, Sequence[Event]]], buckets: dict[str, int]
+) -> Encoded | InvalidEvents:
+    """Every event of ``groups`` ready to store (``buckets`` caches ``account_bucket``), or
+    the error naming the first that cannot be stored."""
+    for account in [account for account, _ in groups if account not in buckets]:
+        buckets[account] = schema.account_bucket(account)
+    events = list(chain.from_iterable(map(itemgetter(1), groups)))
+    try:
+        packed, fingerprints = codec.encode_rows(events)
+        keys = schema.dedupe_row_keys(buckets, events)
+    except Exception:  # the caller's data: this operation fails, not the group
+        for account, group in groups:
+            failure = _invalid(account, group)
+            if failure.__cause__ is not None:
+                return failure
+        return InvalidEvents("a batch has an event that cannot be stored")
+    return packed, fingerprints, keys
+
+
 def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
     """The error for the first event of ``events`` that cannot be stored."""
     bucket = schema.account_bucket(account)
@@ -712,21 +747,12 @@ class _Transaction:
         no key is stored yet and none repeats (the common case: every event new, no two
         sharing a key), every event is accepted without any per-event decision
         (:meth:`_all_new`); otherwise each group is classified in order."""
-        groups = op.groups
-        buckets = self.buckets
-        for account in [account for account, _ in groups if account not in buckets]:
-            buckets[account] = schema.account_bucket(account)
-        events = list(chain.from_iterable(map(itemgetter(1), groups)))
-        try:
-            packed, fingerprints = codec.encode_rows(events)
-            keys = schema.dedupe_row_keys(buckets, events)
-        except Exception:  # the caller's data: this operation fails, not the group
-            for account, group in groups:
-                failure = _invalid(account, group)
-                if failure.__cause__ is not None:
-                    return failure
-            return InvalidEvents("a batch has an event that cannot be stored")
-
+        encoded = op.encoded
+        if encoded is None:
+            encoded = _encode_batch(op.groups, self.buckets)
+        if isinstance(encoded, InvalidEvents):
+            return encoded
+        packed, fingerprints, keys = encoded
         stored = self._lookup_keys(keys) if keys else {}
         audit_rows: list[AuditRow] = []
         overflow_rows: list[tuple[str, str, int, int]] = []
