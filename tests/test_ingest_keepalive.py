@@ -6,6 +6,8 @@ mock clock would race); the server under test is the real one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +101,32 @@ class RawProducer:
                     self.closed = event
 
 
+@asynccontextmanager
+async def connected(
+    server: IngestServer, *, answer_pings: bool
+) -> AsyncIterator[tuple[RawProducer, trio.Nursery]]:
+    """A :class:`RawProducer` connected to ``server`` over memory streams (past the
+    handshake); the block ends once the server's handler and the producer's reader did."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    producer = RawProducer(client_end)
+    producer.answer_pings = answer_pings
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._handle_stream, server_end)
+        nursery.start_soon(producer.read)
+        await producer.open()
+        await producer.accepted.wait()
+        yield producer, nursery
+
+
 async def test_a_producer_that_stops_answering_pings_is_dropped(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     server, accounts = serve(tmp_path)
-    client_end, server_end = trio.testing.memory_stream_pair()
-    producer = RawProducer(client_end)
-    producer.answer_pings = False
     with structlog.testing.capture_logs() as logs, trio.fail_after(60):  # virtual seconds
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server._handle_stream, server_end)
-            nursery.start_soon(producer.read)
-            await producer.open()
-            await producer.accepted.wait()
+        async with connected(server, answer_pings=False) as (producer, _):
             await producer.send_batch(1, [ev("k1")])
             started = trio.current_time()
-            # The handler returns on its own: the nursery ends only once it has.
+            # The handler returns on its own: the block ends only once it has.
     assert producer.frames[0]["type"] == "hello"
     assert producer.frames[1]["type"] == "ack"  # what was read is still acknowledged
     assert accounts.accepted == 1
@@ -133,14 +145,8 @@ async def test_a_silent_producer_that_answers_pings_stays_connected(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     server, _ = serve(tmp_path)
-    client_end, server_end = trio.testing.memory_stream_pair()
-    producer = RawProducer(client_end)
     with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server._handle_stream, server_end)
-            nursery.start_soon(producer.read)
-            await producer.open()
-            await producer.accepted.wait()
+        async with connected(server, answer_pings=True) as (producer, nursery):
             await trio.sleep(10 * INTERVAL)  # virtual time: silent for ten intervals
             assert producer.closed is None
             assert producer.pings >= 5
