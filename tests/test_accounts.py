@@ -304,6 +304,24 @@ async def test_both_paths_keep_commit_order_behind_a_full_mailbox(tmp_path: Path
         assert not accounts.backlogged("acme")
 
 
+async def test_a_waiting_delivery_takes_at_most_16_batches(tmp_path: Path) -> None:
+    """Coalescing is bounded (``COALESCE_LIMIT``): 40 batches of one account committed
+    together reach its actor as 3 messages (16 + 16 + 8), all applied, in order."""
+    async with running(tmp_path) as accounts:
+        await accounts.ingest("acme", [dyno("acme", "warm", "1")])
+        applied: list[str] = []
+        accounts.fault_hook = lambda event: applied.append(event.id)
+        reports = [Reports() for _ in range(40)]
+        for n, report in enumerate(reports):  # queued before the writer wakes: one group
+            accounts.submit([("acme", [dyno("acme", f"a{n}", "1")])], report)
+        for report in reports:
+            await report.done.wait()
+        assert accounts.coalesced == 40 - 3
+        await settled(accounts)
+        assert await hourly(accounts, "acme") == [(0, "41", None)]
+        assert applied == [f"a{n}" for n in range(40)]
+
+
 async def test_batches_committed_together_reach_a_waiting_actor_as_one_message(
     tmp_path: Path,
 ) -> None:

@@ -188,3 +188,30 @@ async def test_a_producer_that_stops_reading_its_acks_is_dropped(
     assert server.connection_count == 0
     # The ack waited INTERVAL + TIMEOUT; closing waits at most CLOSE_TIMEOUT more.
     assert INTERVAL + TIMEOUT <= trio.current_time() - started <= INTERVAL + TIMEOUT + 5.1
+
+
+async def test_a_producer_slowly_sending_a_large_frame_is_not_dropped(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A pong cannot overtake a frame being sent: while a frame's bytes keep arriving the
+    peer is alive, however long the frame takes (here 5 s against 1 s + 1 s)."""
+    server, accounts = serve(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        async with connected(server, answer_pings=False) as (producer, nursery):
+            frame = msgpack.packb(
+                {"type": "batch", "seq": 1, "events": [ev(f"k{i}") for i in range(30)]}
+            )
+            data = producer.ws.send(BytesMessage(frame))
+            chunk = -(-len(data) // 10)
+            for start in range(0, len(data), chunk):  # 10 parts, one every 0.5 s
+                await producer.stream.send_all(data[start : start + chunk])
+                await trio.sleep(0.5)
+            while len(producer.frames) < 2:
+                await producer.got_frame.wait()
+            assert producer.frames[1]["type"] == "ack"
+            assert producer.frames[1]["accepted"] == 30
+            assert producer.pings >= 2  # it was pinged while the frame trickled in
+            assert producer.closed is None
+            nursery.cancel_scope.cancel()
+    assert accounts.accepted == 30
+    assert not [entry for entry in logs if entry["event"] == "ingest_peer_unresponsive"]

@@ -54,6 +54,9 @@ log = structlog.get_logger("meterd.accounts")
 
 SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
 DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
+COALESCE_LIMIT: Final = 1 + 2 * 16
+"""A delivery joins the one waiting in its actor's mailbox (``["apply", id, events, id,
+events...]``) while that holds fewer than 16 batches: one ``handle_info`` stays short."""
 
 BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 """What :meth:`Accounts.submit` reports: the writer's verdicts (one
@@ -193,7 +196,7 @@ class Accounts:
                     ref = whereis(account)
                     if ref is not None:
                         last = ref.last_info()
-                        if type(last) is list:
+                        if type(last) is list and len(last) < COALESCE_LIMIT:
                             # The actor has not taken its last delivery yet (another batch
                             # of this writer group, or it lags): add this batch to it.
                             last += (batch_id, events)

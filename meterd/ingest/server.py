@@ -137,8 +137,10 @@ class _IngestWebSocket(WebSocketConnection):
     of closing at once (see the module doc)."""
 
     _over_limit = False
+    heard_at = -math.inf  # Trio time the peer last sent message data (a part of one counts)
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        self.heard_at = trio.current_time()
         if self._over_limit:
             return  # the connection is ending: the rest of what the peer sends is dropped
         if self._message_size + len(event.data) > self._max_message_size:
@@ -513,15 +515,20 @@ class _Connection:
         return outcome
 
     async def _probe(self, waiting: trio.CancelScope) -> None:
-        """Ping the silent peer every ``keepalive_interval``; cancel ``waiting`` if a pong
-        does not come within ``keepalive_timeout``."""
+        """Ping the silent peer every ``keepalive_interval``; cancel ``waiting`` if neither
+        a pong nor any part of a message comes within ``keepalive_timeout``. (A pong cannot
+        overtake a frame the peer is sending: a large frame on a slow link arrives first,
+        and its bytes arriving are the sign of life.)"""
+        ws = self.ws
+        assert isinstance(ws, _IngestWebSocket)
         while True:
+            sent = trio.current_time()
             with trio.move_on_after(self.keepalive_timeout) as pinging:
                 try:
-                    await self.ws.ping()
+                    await ws.ping()
                 except ConnectionClosed:
                     return  # the frame wait sees it too
-            if pinging.cancelled_caught:
+            if pinging.cancelled_caught and ws.heard_at < sent:
                 waiting.cancel()
                 return
             await trio.sleep(self.keepalive_interval)
