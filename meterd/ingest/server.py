@@ -25,7 +25,8 @@ One :class:`IngestServer` runs as the last child of the root supervisor
 ``keepalive``
     A producer that sends nothing for ``keepalive_interval`` while the server waits for its
     next frame is pinged (a websocket ping, which every websocket library answers by
-    itself); if its pong does not come within ``keepalive_timeout`` it is gone (a crashed
+    itself); if neither its pong nor any part of a frame comes within ``keepalive_timeout``
+    (a pong cannot overtake a large frame still arriving) it is gone (a crashed
     host, a half-open TCP connection) and the connection is closed (1011, "keepalive ping
     timeout"), so it holds no task, buffer or window. Likewise an ack the peer does not
     take within ``keepalive_interval + keepalive_timeout`` (it stopped reading) ends the
