@@ -15,20 +15,27 @@ import supervisors as sv
 _INCARNATIONS = itertools.count(1)
 
 
-class Worker(sv.GenServer[Any, Any]):
-    """Logs its starts and its terminate callbacks (a kill skips terminate); a call returns
-    a number unique to this incarnation (not ``id(self)``: a freed object's id is reused)."""
+class Numbered(sv.GenServer[Any, Any]):
+    """An actor whose calls answer a number unique to this incarnation (not ``id(self)``:
+    a freed object's id is reused)."""
 
-    def __init__(self, log: list[str], tag: str) -> None:
-        self.log = log
-        self.tag = tag
+    def __init__(self) -> None:
         self.incarnation = next(_INCARNATIONS)
-
-    def init(self) -> None:
-        self.log.append(f"start {self.tag}")
 
     def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
         return self.incarnation
+
+
+class Worker(Numbered):
+    """Logs its starts and its terminate callbacks (a kill skips terminate)."""
+
+    def __init__(self, log: list[str], tag: str) -> None:
+        super().__init__()
+        self.log = log
+        self.tag = tag
+
+    def init(self) -> None:
+        self.log.append(f"start {self.tag}")
 
     def terminate(self, exit: sv.Exit) -> None:
         self.log.append(f"stop {self.tag} {exit.kind}")
@@ -148,19 +155,16 @@ async def test_dynamic_children_by_id(dynsup: sv.DynamicSupervisor) -> None:
         dynsup.child_status("t")
 
 
-class Gated(sv.GenServer[Any, Any]):
+class Gated(Numbered):
     """An actor whose ``init`` and ``terminate`` wait for the test to open their gate."""
 
     def __init__(self, gates: dict[str, trio.Event]) -> None:
+        super().__init__()
         self.gates = gates
-        self.incarnation = next(_INCARNATIONS)
 
     async def init(self) -> None:
         if "init" in self.gates:
             await self.gates["init"].wait()
-
-    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         await self.gates["terminate"].wait()
@@ -218,14 +222,8 @@ async def test_find_child_by_path(nursery: trio.Nursery) -> None:
             sv.find_child(root, bad)
 
 
-class SlowToStop(sv.GenServer[Any, Any]):
+class SlowToStop(Numbered):
     """A named actor whose terminate awaits (as a meter flushing to the store)."""
-
-    def __init__(self) -> None:
-        self.incarnation = next(_INCARNATIONS)
-
-    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         await trio.sleep_forever()
@@ -326,19 +324,16 @@ async def test_a_failed_operator_restart_removes_a_dynamic_child_and_frees_its_n
     assert "exit" not in dynsup.restart_counts
 
 
-class Flushing(sv.GenServer[Any, Any]):
+class Flushing(Numbered):
     """A named actor whose terminate takes 3 s (a meter writing its checkpoint)."""
 
     def __init__(self, log: list[str], tag: str) -> None:
+        super().__init__()
         self.log = log
         self.tag = tag
-        self.incarnation = next(_INCARNATIONS)
 
     def init(self) -> None:
         self.log.append(f"init {self.tag}")
-
-    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
-        return self.incarnation
 
     async def terminate(self, exit: sv.Exit) -> None:
         self.log.append(f"terminate {self.tag}")

@@ -198,12 +198,9 @@ class MeterActor(sv.GenServer[Any, Any]):
         # A plain def (the runtime calls it without a coroutine): every delivery comes
         # through here. What has to wait (checkpoints, hibernation) comes as calls and casts.
         kind = message[0]
-        if kind == "apply":
-            if len(message) == 3:
-                self._apply_batch(message[1], message[2])
-            else:  # several batches, in commit order (Accounts.submit adds to a waiting one)
-                for index in range(1, len(message), 2):
-                    self._apply_batch(message[index], message[index + 1])
+        if kind == "apply":  # one or more batches, in commit order (see the module doc)
+            for index in range(1, len(message), 2):
+                self._apply_batch(message[index], message[index + 1])
         elif kind == "durable":
             self._on_durable(message[1], message[2])
 
