@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from meterd.bench._proc import write_bytes
 from meterd.bench.ingest import (
     BenchOptions,
     Report,
@@ -33,11 +36,14 @@ FIGURES = (
     "max: server CPU, % of one core",
     "max: server CPU, µs per event",
     "max: server RSS peak, MiB",
+    "max: server storage writes, KiB per event",
     "max: load generator CPU, % of one core",
     "half load: offered events/s",
     "half load: events/s acked",
     "half load: ack latency p50, ms",
     "half load: ack latency p99, ms",
+    "half load: server CPU, µs per event",
+    "half load: server storage writes, KiB per event",
 )
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -105,6 +111,10 @@ def test_json_output_without_baseline_or_half_load_with_a_re_send(tmp_path: Path
     assert top["in_flight"] == 7
     for key in ("rate", "latency_p50_ms", "latency_p99_ms", "server_cpu_share", "server_rss_peak"):
         assert isinstance(top[key], int | float), key
+    if not _on_tmpfs(Path(tempfile.gettempdir())):  # the spawned daemon's store is there
+        # Every acked event is in the journal: something reached storage during the row.
+        assert top["server_write_bytes"] > 0
+        assert top["server_write_per_event_kib"] == top["server_write_bytes"] / 2000 / 1024
     assert target["half_load"] is None
     again = target["resend"]  # the same events again: every one a duplicate
     assert (again["events"], again["accepted"], again["duplicates"]) == (2000, 0, 2000)
@@ -112,6 +122,31 @@ def test_json_output_without_baseline_or_half_load_with_a_re_send(tmp_path: Path
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert "meterd_started" in events
     assert "meterd_stopped" in events
+
+
+def _on_tmpfs(path: Path) -> bool:
+    """Whether ``path`` is on a memory file system (its writes never reach storage)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind in ("tmpfs", "ramfs")
+
+
+def test_write_bytes_counts_what_a_process_writes_to_storage(tmp_path: Path) -> None:
+    if _on_tmpfs(tmp_path):
+        pytest.skip("tmp_path is on a memory file system")
+    before = write_bytes(os.getpid())
+    assert before is not None
+    with open(tmp_path / "data", "wb") as file:
+        file.write(b"x" * (1 << 20))
+        file.flush()
+        os.fsync(file.fileno())
+    after = write_bytes(os.getpid())
+    assert after is not None
+    assert after - before >= 1 << 20
+    assert write_bytes(2**22 + 12345) is None  # no such process
 
 
 def test_neither_spawn_nor_url_is_a_usage_error() -> None:

@@ -43,6 +43,7 @@ def test_the_bench_prints_the_writer_the_reference_and_the_naive_peer() -> None:
         "CPU outside SQLite µs/event",
         "submit_batch µs/event",
         "wall µs/event",
+        "storage writes KiB/event",
     )
     for figure in figures:
         assert re.search(rf"^\| {figure} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$", out, re.M), out

@@ -43,7 +43,10 @@ Figures
     Events acknowledged per second of the run (``timeline``; the notes show the rate in each
     quarter, so a drift or a stall is visible). Server CPU (user + system, all threads) from
     ``/proc/<pid>/stat`` over the row, RSS from ``/proc/<pid>/status`` (sampled every 100 ms:
-    peak; and at the end). The server's pid is known when spawned, given (``pid``), or found
+    peak; and at the end), bytes written to storage from ``/proc/<pid>/io`` over the row (per
+    event acked: the write amplification of the storage layout; in the max row meterd's
+    checkpoints mostly come after the row, in the half-load row they are included). The
+    server's pid is known when spawned, given (``pid``), or found
     from the listening socket (``/proc/net/tcp``, processes this user may inspect); otherwise
     those figures are left out. The load generator's own CPU is shown too: on a 2-core
     machine it shares the cores with the server. ``profile``: ``py-spy record --gil`` of
@@ -95,6 +98,8 @@ from trio_websocket import (
     open_websocket_url,
     serve_websocket,
 )
+
+from meterd.bench._proc import write_bytes
 
 __all__ = [
     "BenchError",
@@ -535,11 +540,13 @@ async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) ->
 
 
 class _Watch:
-    """CPU over a run and RSS sampled during it (of the server process)."""
+    """CPU and storage writes over a run, and RSS sampled during it (of the server process)."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.cpu_start = cpu_seconds(pid) if pid else None
+        self.written_start = write_bytes(pid) if pid else None
+        self.written: int | None = None  # bytes written during the run, set by stop()
         self.own_cpu_start = time.process_time()
         self.rss_peak: int | None = None
 
@@ -558,6 +565,9 @@ class _Watch:
         if self.pid is None or self.cpu_start is None:
             return None, None, own
         end = cpu_seconds(self.pid)
+        written = write_bytes(self.pid)
+        if written is not None and self.written_start is not None:
+            self.written = written - self.written_start
         rss = rss_bytes(self.pid)
         if rss is not None:
             self.rss_peak = max(rss, self.rss_peak or 0)
@@ -586,6 +596,7 @@ class RunResult:
     server_cpu_seconds: float | None = None
     server_rss_peak: int | None = None
     server_rss_end: int | None = None
+    server_write_bytes: int | None = None  # written to storage during the run
     generator_cpu_seconds: float = 0.0
     first_rejection: str | None = None
     error: str | None = None  # what ended the run early
@@ -609,6 +620,13 @@ class RunResult:
             return None
         return self.server_cpu_seconds / self.events * 1e6
 
+    @property
+    def server_write_per_event_kib(self) -> float | None:
+        """KiB the server wrote to storage during the run per event acked in it."""
+        if self.server_write_bytes is None or not self.events:
+            return None
+        return self.server_write_bytes / self.events / 1024
+
     def quarter_rates(self) -> list[float]:
         """Events/s acked in each quarter of the run (a drift shows as a trend)."""
         whole = self.timeline[: int(self.seconds)]
@@ -627,6 +645,7 @@ class RunResult:
         data["rate"] = self.rate
         data["server_cpu_share"] = self.server_cpu_share
         data["server_cpu_per_event_us"] = self.server_cpu_per_event_us
+        data["server_write_per_event_kib"] = self.server_write_per_event_kib
         data["generator_cpu_share"] = self.generator_cpu_share
         return data
 
@@ -717,6 +736,7 @@ async def drive(
         server_cpu_seconds=server_cpu,
         server_rss_peak=watch.rss_peak,
         server_rss_end=rss_end,
+        server_write_bytes=watch.written,
         generator_cpu_seconds=own_cpu,
         first_rejection=next((t.first_rejection for t in tallies if t.first_rejection), None),
         error=run.error,
@@ -1216,6 +1236,7 @@ def _rows(target: TargetReport) -> list[Row]:
         add("max: server CPU, % of one core", _percent(top.server_cpu_share))
         add("max: server CPU, µs per event", top.server_cpu_per_event_us, 1)
         add("max: server RSS peak, MiB", _mib(top.server_rss_peak), 1)
+        add("max: server storage writes, KiB per event", top.server_write_per_event_kib, 1)
         add("max: load generator CPU, % of one core", _percent(top.generator_cpu_share))
     again = target.resend
     if again is not None:
@@ -1237,6 +1258,12 @@ def _rows(target: TargetReport) -> list[Row]:
             ("half load: ack latency p99, ms", lambda r: r.latency_p99_ms, 1),
             ("half load: ack latency max, ms", lambda r: r.latency_max_ms, 1),
             ("half load: server CPU, % of one core", lambda r: _percent(r.server_cpu_share), 0),
+            ("half load: server CPU, µs per event", lambda r: r.server_cpu_per_event_us, 1),
+            (
+                "half load: server storage writes, KiB per event",
+                lambda r: r.server_write_per_event_kib,
+                1,
+            ),
         ]
         for figure, value, digits in figures:
             add(figure, None if half is None else value(half), digits)

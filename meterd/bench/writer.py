@@ -23,7 +23,14 @@ a 50,000-object first generation, start-up objects frozen). Figures, medians ove
   SQLite's C code runs without the GIL;
 * ``submit_batch µs/event``: ``time.thread_time`` of the ``submit_batch`` calls alone (the
   argument check on the Trio thread);
-* ``wall µs/event`` (fsyncs included: the disk, not the CPU, may dominate this one).
+* ``wall µs/event`` (fsyncs included: the disk, not the CPU, may dominate this one);
+* ``storage writes KiB/event``: what the process caused to be written to storage over the
+  timed batches (``write_bytes`` of ``/proc/self/io``: WAL frames, and database pages when
+  SQLite copies the WAL back), divided by their events. SQLite writes whole pages, so a row
+  inserted at a random place in a B-tree costs a 4 KiB page at the next commit unless
+  another row of the group landed on the same page: this is the write amplification of the
+  storage layout, and the disk's bandwidth caps a sustained ingest rate at roughly
+  bandwidth / this figure. ``—`` where ``/proc/self/io`` cannot be read.
 
 The **naive peer** (same process, same events, same Trio/thread arrangement): the baseline
 server's store of :mod:`meterd.bench.ingest` (``_Baseline.insert``): one ``INSERT OR IGNORE``
@@ -43,6 +50,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import random
 import shutil
@@ -61,6 +69,7 @@ from typing import Any, Final, cast
 import trio
 
 from meterd import logs
+from meterd.bench._proc import write_bytes
 from meterd.bench.ingest import _Baseline
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
@@ -83,6 +92,7 @@ class Figures:
     outside_sqlite_us: float
     submit_us: float
     wall_us: float
+    written_kib: float  # NaN: not measurable here
 
 
 class _Fetched:
@@ -219,9 +229,11 @@ async def _writer_run(
         await _drive_writer(writer, warm_up, in_flight)
         events = _count(timed)
         timed_conn.seconds = 0.0
+        written0 = write_bytes(os.getpid())
         cpu0, wall0 = time.process_time(), time.perf_counter()
         submit_cpu, accepted = await _drive_writer(writer, timed, in_flight)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        written = _written_kib(written0, events)
         sql = timed_conn.seconds
         if accepted != events:
             raise RuntimeError(f"the writer accepted {accepted} of {events} new events")
@@ -232,7 +244,16 @@ async def _writer_run(
         (cpu - sql) / events * 1e6,
         submit_cpu / events * 1e6,
         wall / events * 1e6,
+        written,
     )
+
+
+def _written_kib(before: int | None, events: int) -> float:
+    """KiB per event this process wrote to storage since ``before`` (NaN if unknown)."""
+    after = write_bytes(os.getpid())
+    if before is None or after is None:
+        return math.nan
+    return (after - before) / events / 1024
 
 
 def run_writer(warm_up: list[Groups], timed: list[Groups], in_flight: int) -> Figures:
@@ -284,15 +305,19 @@ async def _naive_run(
         frames = [_as_frame_events(groups) for groups in timed]  # decoded: not timed
         events = _count(timed)
         timed_conn.seconds = 0.0
+        written0 = write_bytes(os.getpid())
         cpu0, wall0 = time.process_time(), time.perf_counter()
         inserted = await drive(frames)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        written = _written_kib(written0, events)
         sql = timed_conn.seconds
     finally:
         naive.db.close()
     if inserted != events:
         raise RuntimeError(f"the naive peer inserted {inserted} of {events} new events")
-    return Figures(events, cpu / events * 1e6, (cpu - sql) / events * 1e6, 0.0, wall / events * 1e6)
+    return Figures(
+        events, cpu / events * 1e6, (cpu - sql) / events * 1e6, 0.0, wall / events * 1e6, written
+    )
 
 
 def run_naive(warm_up: list[Groups], timed: list[Groups], in_flight: int) -> Figures:
@@ -307,6 +332,7 @@ def _median(runs: Sequence[Figures]) -> dict[str, float]:
         "outside_sqlite_us": statistics.median(r.outside_sqlite_us for r in runs),
         "submit_us": statistics.median(r.submit_us for r in runs),
         "wall_us": statistics.median(r.wall_us for r in runs),
+        "written_kib": statistics.median(r.written_kib for r in runs),
     }
 
 
@@ -324,6 +350,8 @@ def _reference(ref: str, argv: list[str]) -> dict[str, float] | str:
             return f"git archive {ref} failed: {archive.stderr.decode(errors='replace').strip()}"
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         shutil.copy(here, Path(tmp) / "meterd" / "bench" / "writer.py")
+        # What this bench file needs beyond the code measured (the reference may predate it).
+        shutil.copy(here.with_name("_proc.py"), Path(tmp) / "meterd" / "bench" / "_proc.py")
         env = dict(os.environ, PYTHONPATH=tmp)
         child = subprocess.run(
             [sys.executable, "-m", "meterd.bench.writer", *argv, "--against", "", "--json"],
@@ -340,6 +368,10 @@ def _reference(ref: str, argv: list[str]) -> dict[str, float] | str:
             return f"the bench on {ref} imported meterd from {result['source']}"
         writer: dict[str, float] = result["writer"]
         return writer
+
+
+def _cell(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -390,8 +422,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("outside_sqlite_us", "CPU outside SQLite µs/event"),
         ("submit_us", "submit_batch µs/event"),
         ("wall_us", "wall µs/event"),
+        ("written_kib", "storage writes KiB/event"),
     ):
-        print(f"| {label} | {' | '.join(f'{figures[key]:.2f}' for _, figures in columns)} |")
+        cells = [_cell(figures.get(key, math.nan)) for _, figures in columns]
+        print(f"| {label} | {' | '.join(cells)} |")
     if isinstance(reference, str):
         print(f"(no reference: {reference})")
     elif reference is not None:
