@@ -90,7 +90,9 @@ def fill(disk: Path, leave: int, name: str = "filler") -> Path:
     """Write a filler file until the disk is full, then free ``leave`` bytes of it."""
     filler = disk / name
     chunk = b"\0" * 65536
-    with filler.open("wb") as file:
+    # Unbuffered: a buffered file would keep the part of a chunk the disk refused and fail
+    # again when closed.
+    with filler.open("wb", buffering=0) as file:
         full = _write_until_error(file, chunk)
     assert full.errno == errno.ENOSPC, full
     size = filler.stat().st_size

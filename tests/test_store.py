@@ -44,6 +44,7 @@ from meterd.store import (
     schema,
 )
 from meterd.store import writer as writer_module
+from meterd.store.journal_index import SLICES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -113,6 +114,8 @@ def test_open_database_creates_a_durable_wal_store_at_the_latest_version(tmp_pat
             "accounts",
             "quarantine",
             "audit",
+            "journal_index",
+            "journal_slices",
         } <= tables
     finally:
         conn.close()
@@ -147,11 +150,19 @@ async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
         (3, 5_000, 5_000),
     ]
     indexes = {r[0] for r in rows(path, "SELECT name FROM sqlite_schema WHERE type='index'")}
-    assert "event_batches_by_account_time" in indexes
     assert "event_batches_by_account" not in indexes
     # v4: the audit trail exists, empty, with its paging index.
     assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
     assert "audit_by_account" in indexes
+    # v5: no by-account index on the journal (v3's is dropped); journal_index holds every
+    # stored batch and every slice is indexed up to the last one.
+    assert "event_batches_by_account_time" not in indexes
+    assert rows(path, "SELECT account, batch_id, min_time, max_time FROM journal_index") == sorted(
+        rows(path, "SELECT account, batch_id, min_time, max_time FROM event_batches")
+    )
+    assert rows(path, "SELECT count(*), min(upto), max(upto) FROM journal_slices") == [
+        (SLICES, 3, 3)
+    ]
 
     writer = Writer(path, commit_interval=0)
     async with running(writer), await open_reader(path) as reader:

@@ -12,8 +12,10 @@ event before SQLite copies the WAL back into the database (which roughly doubles
 
 Parts, each measured alone on a fresh database, then all together:
 
-* ``journal``: one ``event_batches`` row per account share (appended: rowid order) and its
-  entry in the by-account index (a random place: the account's);
+* ``journal``: one ``event_batches`` row per account share (appended: rowid order), and the
+  passes of the journal index as the writer runs them (:mod:`meterd.store.journal_index`:
+  each group passes the slices whose turn came, the groups ``--group-interval-ms`` apart,
+  every slice once per ``--index-cycle-ms``);
 * ``dedupe``: one ``dedupe`` row per event (63-bit key, the account's bucket above the
   event's hash: a random place);
 * ``windows``: checkpoints, one per ``--cells-per-checkpoint`` events: that many new window
@@ -40,6 +42,7 @@ from typing import Final
 
 from meterd import logs
 from meterd.store import schema
+from meterd.store.journal_index import JournalTail, NewBatch, pass_slices
 
 __all__ = ["PARTS", "main", "pages_per_event"]
 
@@ -53,12 +56,23 @@ Writer = Callable[[sqlite3.Connection, list[str], random.Random], None]
 class _Rows:
     """Writes one group's rows of each part (ids and batch ids keep counting across groups)."""
 
-    def __init__(self, accounts: Sequence[str], cells_per_checkpoint: int) -> None:
+    def __init__(
+        self,
+        accounts: Sequence[str],
+        cells_per_checkpoint: int,
+        group_interval_ms: int,
+        index_cycle_ms: int,
+    ) -> None:
         self.buckets = {account: schema.account_bucket(account) for account in accounts}
         self.cells = cells_per_checkpoint
         self.payload = os.urandom(PAYLOAD_BYTES)
         self.batch_id = 0
         self.event_id = 0
+        self.tail = JournalTail(index_cycle_ms)
+        self.interval = group_interval_ms
+        self.now = 0
+        self.new: list[NewBatch] = []
+        self.passed: list[int] = []
 
     def journal(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
         rows = []
@@ -71,6 +85,15 @@ class _Rows:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        self.now += self.interval
+        self.new = [(account, batch_id, 0, 0) for batch_id, account, *_ in rows]
+        self.passed = self.tail.due(self.now)
+        pass_slices(conn, self.tail, self.passed, self.new, self.batch_id)
+
+    def committed(self) -> None:
+        """After COMMIT: what the writer's Trio thread does with the journal tail."""
+        self.tail.committed(self.new, self.passed, self.now)
+        self.new, self.passed = [], []
 
     def dedupe(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
         conn.executemany(
@@ -121,12 +144,20 @@ def _open(path: Path, part: str) -> sqlite3.Connection:
 
 
 def pages_per_event(
-    part: str, *, accounts: int, group: int, groups: int, cells_per_checkpoint: int, seed: int = 1
+    part: str,
+    *,
+    accounts: int,
+    group: int,
+    groups: int,
+    cells_per_checkpoint: int,
+    group_interval_ms: int = 83,
+    index_cycle_ms: int = 5_000,
+    seed: int = 1,
 ) -> float:
     """WAL pages per event of ``part`` (one of :data:`PARTS`) over the last half of the
     groups, on a fresh database in a temporary directory."""
     names = [f"acct-{index:05d}" for index in range(accounts)]
-    rows = _Rows(names, cells_per_checkpoint)
+    rows = _Rows(names, cells_per_checkpoint, group_interval_ms, index_cycle_ms)
     writers: dict[str, list[Writer]] = {
         "journal": [rows.journal],
         "dedupe": [rows.dedupe],
@@ -152,6 +183,7 @@ def pages_per_event(
                 for write in writers[part]:
                     write(conn, accounts_of_group, rng)
                 conn.execute("COMMIT")
+                rows.committed()
                 measured.append((wal.stat().st_size - before) // frame)
                 if number % 20 == 19:  # empty the WAL (it is reused from its start)
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -167,6 +199,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", type=int, default=1_250, help="events per group commit")
     parser.add_argument("--groups", type=int, default=400)
     parser.add_argument("--cells-per-checkpoint", type=int, default=15)
+    parser.add_argument(
+        "--group-interval-ms",
+        type=int,
+        default=83,
+        help="time between two groups (83: 1,250 events at 15,000 events/s)",
+    )
+    parser.add_argument("--index-cycle-ms", type=int, default=5_000, help="the writer's default")
     args = parser.parse_args(argv)
     logs.configure(level="warning")  # no store_migrated line per part
     print(
@@ -184,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             group=args.group,
             groups=args.groups,
             cells_per_checkpoint=args.cells_per_checkpoint,
+            group_interval_ms=args.group_interval_ms,
+            index_cycle_ms=args.index_cycle_ms,
         )
         print(f"| {part} | {pages:.2f} | {pages * 4:.1f} |")
 

@@ -7,6 +7,12 @@ runs in one read transaction (one consistent snapshot) on a worker thread; at mo
 
 Open the writer first (it creates and migrates the database); the reader refuses a database
 that is not at :data:`~meterd.store.schema.SCHEMA_VERSION`.
+
+An account's journal batches are those of ``journal_index`` and those of the tail no index
+pass has covered yet (:mod:`meterd.store.journal_index`): with ``tail`` (the daemon's store
+passes its writer's :class:`~meterd.store.journal_index.JournalTail`), the tail's batch ids
+are taken from memory when a query is called; without, the reader scans the journal's end in
+its transaction.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from meterd.model import Event
 
 from . import codec
 from .errors import InvalidCursor, ReaderClosed
+from .journal_index import TailEntry, slice_of
 from .schema import open_readonly
 
 __all__ = [
@@ -42,6 +49,9 @@ __all__ = [
 T = TypeVar("T")
 
 _SCAN_CHUNK: Final = 64  # batches fetched per query while paging events
+_IDS_CHUNK: Final = 500  # batch ids per "IN (...)" lookup, well under SQLite's variable limit
+TailOf = Callable[[str], list[TailEntry]]
+"""An account's journal batches not yet in ``journal_index`` (from the writer's memory)."""
 MAX_EVENTS_LIMIT: Final = 10_000
 
 
@@ -153,10 +163,13 @@ def _decode_audit_cursor(cursor: str) -> tuple[int, int]:
 class Reader:
     """Queries on the store at ``path``. Use :func:`open_reader`, or call :meth:`aclose`."""
 
-    def __init__(self, path: Path | str, *, connections: int = 2) -> None:
+    def __init__(
+        self, path: Path | str, *, connections: int = 2, tail: TailOf | None = None
+    ) -> None:
         if connections < 1:
             raise ValueError(f"connections must be >= 1, got {connections}")
         self.path = Path(path)
+        self._tail = tail
         self._limiter = trio.CapacityLimiter(connections)
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
@@ -208,6 +221,8 @@ class Reader:
         if given), and the journal batches after the watermark. An unknown account loads as
         ``(0, [], [])``."""
 
+        tail = None if self._tail is None else self._tail(account)
+
         def query(conn: sqlite3.Connection) -> LoadedAccount:
             row = conn.execute(
                 "SELECT watermark FROM accounts WHERE account = ?", (account,)
@@ -228,11 +243,8 @@ class Reader:
                     (account, watermark),
                 )
             }
-            batches = conn.execute(
-                "SELECT batch_id, payload FROM event_batches"
-                " WHERE account = ? AND batch_id > ? ORDER BY batch_id",
-                (account, watermark),
-            ).fetchall()
+            ids = _journal_ids(conn, account, watermark, tail)
+            batches = _payloads(conn, ids)
             replay: list[tuple[int, list[Event]]] = []
             for batch_id, payload in batches:
                 events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
@@ -279,17 +291,32 @@ class Reader:
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         start_batch, start_index = (1, 0) if cursor is None else decode_cursor(cursor)
+        tail = None if self._tail is None else self._tail(account)
 
         def query(conn: sqlite3.Connection) -> EventsPage:
             found: list[Event] = []
             batch_from = start_batch
+            # The tail's batches in the range (all after the indexed ones but for those a
+            # pass indexed since the call: the union below takes each batch once).
+            tail_ids = _tail_ids(conn, account, start_batch - 1, tail, from_ms, to_ms)
             while True:
-                rows = conn.execute(
-                    "SELECT batch_id, payload FROM event_batches"
-                    " WHERE account = ? AND batch_id >= ? AND max_time >= ? AND min_time < ?"
-                    " ORDER BY batch_id LIMIT ?",
-                    (account, batch_from, from_ms, to_ms, _SCAN_CHUNK),
-                ).fetchall()
+                indexed = [
+                    batch_id
+                    for (batch_id,) in conn.execute(
+                        "SELECT batch_id FROM journal_index"
+                        " WHERE account = ? AND batch_id >= ? AND max_time >= ? AND min_time < ?"
+                        " ORDER BY batch_id LIMIT ?",
+                        (account, batch_from, from_ms, to_ms, _SCAN_CHUNK),
+                    )
+                ]
+                full = len(indexed) == _SCAN_CHUNK
+                last = indexed[-1] if full else None
+                ids = sorted(
+                    set(indexed).union(
+                        b for b in tail_ids if b >= batch_from and (last is None or b <= last)
+                    )
+                )
+                rows = _payloads(conn, ids)
                 for batch_id, payload in rows:
                     events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
                     first = start_index if batch_id == start_batch else 0
@@ -301,9 +328,9 @@ class Reader:
                             if len(found) == limit:
                                 return EventsPage(found, encode_cursor(batch_id, index))
                             found.append(event)
-                if len(rows) < _SCAN_CHUNK:
+                if last is None:
                     return EventsPage(found, None)
-                batch_from = rows[-1][0] + 1
+                batch_from = last + 1
 
         return await self._run(query)
 
@@ -401,6 +428,73 @@ class Reader:
             return int(conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
         return await self._run(query)
+
+
+def _tail_ids(
+    conn: sqlite3.Connection,
+    account: str,
+    after: int,
+    tail: list[TailEntry] | None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+) -> list[int]:
+    """The ids of ``account``'s tail batches after batch ``after`` (overlapping
+    ``[from_ms, to_ms)`` if given): from ``tail`` (memory), or read from the journal's end."""
+    if tail is not None:
+        return [
+            batch_id
+            for batch_id, low, high in tail
+            if batch_id > after
+            and (from_ms is None or high >= from_ms)
+            and (to_ms is None or low < to_ms)
+        ]
+    (upto,) = conn.execute(
+        "SELECT upto FROM journal_slices WHERE slice = ?", (slice_of(account),)
+    ).fetchone()
+    return [
+        batch_id
+        for (batch_id,) in conn.execute(
+            "SELECT batch_id FROM event_batches"
+            " WHERE batch_id > ? AND account = ? AND max_time >= ? AND min_time < ?"
+            " ORDER BY batch_id",
+            (
+                max(upto, after),
+                account,
+                -(1 << 63) if from_ms is None else from_ms,
+                (1 << 63) - 1 if to_ms is None else to_ms,
+            ),
+        )
+    ]
+
+
+def _journal_ids(
+    conn: sqlite3.Connection, account: str, after: int, tail: list[TailEntry] | None
+) -> list[int]:
+    """The ids of all of ``account``'s journal batches after batch ``after``, in order."""
+    indexed = [
+        batch_id
+        for (batch_id,) in conn.execute(
+            "SELECT batch_id FROM journal_index WHERE account = ? AND batch_id > ?",
+            (account, after),
+        )
+    ]
+    return sorted(set(indexed).union(_tail_ids(conn, account, after, tail)))
+
+
+def _payloads(conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
+    """``(batch_id, payload)`` of the journal batches ``ids`` (ascending), in that order."""
+    rows: list[tuple[int, bytes]] = []
+    for start in range(0, len(ids), _IDS_CHUNK):
+        chunk = ids[start : start + _IDS_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows.extend(
+            conn.execute(
+                f"SELECT batch_id, payload FROM event_batches WHERE batch_id IN ({marks})"
+                " ORDER BY batch_id",
+                chunk,
+            ).fetchall()
+        )
+    return rows
 
 
 async def open_reader(path: Path | str, *, connections: int = 2) -> Reader:

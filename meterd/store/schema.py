@@ -20,12 +20,18 @@ Versions:
 4. ``audit``: per account, each duplicate and each rejected event that names the account
    (billing support's explanations list them; docs/accounts.md "Audit trail"). Written by
    the writer in the transaction of the batch it belongs to.
+5. The journal's by-account index becomes ``journal_index``, a table the writer fills in
+   passes (:mod:`meterd.store.journal_index`), with ``journal_slices`` saying how far each
+   slice of the accounts is indexed: appends no longer pay a random index page each. The
+   migration indexes every batch already stored.
 
 Tables at the latest version::
 
     event_batches(batch_id INTEGER PRIMARY KEY AUTOINCREMENT, account, received_at, count,
                   payload BLOB, min_time, max_time)
-        index event_batches_by_account_time(account, batch_id, min_time, max_time)
+    journal_index(account, batch_id, min_time, max_time,
+                  PRIMARY KEY(account, batch_id)) WITHOUT ROWID
+    journal_slices(slice INTEGER PRIMARY KEY, upto)
     dedupe(key INTEGER PRIMARY KEY, batch_id, fingerprint)
     dedupe_overflow(account, event_id, batch_id, fingerprint,
                     PRIMARY KEY(account, event_id)) WITHOUT ROWID
@@ -69,6 +75,7 @@ from meterd.model import Event
 
 from . import codec
 from .errors import NotAStoreError, StoreError, StoreVersionError
+from .journal_index import SLICES
 
 __all__ = [
     "APPLICATION_ID",
@@ -245,11 +252,36 @@ V4_STATEMENTS: Final = (
 )
 
 
+def _v5_deferred_journal_index(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP INDEX event_batches_by_account_time")
+    conn.execute(
+        """CREATE TABLE journal_index (
+            account  TEXT    NOT NULL,
+            batch_id INTEGER NOT NULL,
+            min_time INTEGER,
+            max_time INTEGER,
+            PRIMARY KEY (account, batch_id)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute(
+        "INSERT INTO journal_index (account, batch_id, min_time, max_time)"
+        " SELECT account, batch_id, min_time, max_time FROM event_batches"
+        " ORDER BY account, batch_id"
+    )
+    conn.execute("CREATE TABLE journal_slices (slice INTEGER PRIMARY KEY, upto INTEGER NOT NULL)")
+    (top,) = conn.execute("SELECT coalesce(max(batch_id), 0) FROM event_batches").fetchone()
+    conn.executemany(
+        "INSERT INTO journal_slices (slice, upto) VALUES (?, ?)",
+        [(k, top) for k in range(SLICES)],
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
     Migration(3, "event time range per batch (events endpoint)", _v3_batch_time_bounds),
     Migration(4, "audit trail of duplicates and rejections", _statements(*V4_STATEMENTS)),
+    Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

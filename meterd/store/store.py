@@ -34,14 +34,15 @@ class Store:
         read_connections: int = 2,
         audit_retention_ms: int | None = None,
     ) -> Store:
+        writer = Writer(
+            path,
+            commit_interval=commit_interval,
+            max_pending=max_pending,
+            audit_retention_ms=audit_retention_ms,
+        )
+        # The reader takes the tail of the journal index from the writer's memory.
         return cls(
-            Writer(
-                path,
-                commit_interval=commit_interval,
-                max_pending=max_pending,
-                audit_retention_ms=audit_retention_ms,
-            ),
-            Reader(path, connections=read_connections),
+            writer, Reader(path, connections=read_connections, tail=writer.journal_tail.entries)
         )
 
     def writer_spec(self, id: str = "store-writer") -> sv.ChildSpec:

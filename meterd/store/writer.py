@@ -32,6 +32,11 @@ whose key was already taken by another pair is kept, keyed by the text), then by
 ids of the stored batch. Only a true match counts as duplicate (same fingerprint) or conflict
 (different fingerprint). Events earlier in the same group, or the same call, count as stored.
 
+Journal index: appends write no index entry; the group transaction also *passes* the slices
+of accounts whose turn came (:mod:`meterd.store.journal_index`), and after its COMMIT, before
+any operation is resolved, :attr:`Writer.journal_tail` gets the group's new batches and
+forgets the passed slices. ``run`` indexes the tail the file has before reporting ready.
+
 Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
 :class:`RejectedEvent` given to :meth:`submit_batch` (ingest's rejections that name an
 account), becomes an ``audit`` row in the **same** transaction as the batch: it is durable
@@ -79,6 +84,7 @@ from meterd.model import Event
 
 from . import codec, schema
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
+from .journal_index import JournalTail, NewBatch, catch_up, pass_slices
 from .schema import open_database
 
 __all__ = [
@@ -272,6 +278,9 @@ class Writer:
     of the async operations. ``clock``: wall-clock milliseconds for ``received_at`` /
     ``updated_at`` / ``at`` columns. ``audit_retention_ms``: audit rows older than this
     (by ``received_at``) are pruned (``None``: kept; the daemon passes ``dedupe_window``).
+    ``index_cycle``: seconds between two passes of the journal index over the same accounts
+    (:mod:`meterd.store.journal_index`; :attr:`journal_tail` holds what they have not
+    covered yet).
     """
 
     def __init__(
@@ -282,6 +291,7 @@ class Writer:
         max_pending: int = 10_000,
         clock: Callable[[], int] = _wall_ms,
         audit_retention_ms: int | None = None,
+        index_cycle: float = 5.0,
     ) -> None:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
@@ -293,6 +303,7 @@ class Writer:
         self.stats = WriterStats()
         self._clock = clock
         self.audit_retention_ms = audit_retention_ms
+        self.journal_tail = JournalTail(max(1, round(index_cycle * 1000)))
         self._next_prune = 0  # writer thread: wall ms of the next audit pruning pass
         self._queue: list[_Op] = []
         self._in_flight = 0
@@ -308,6 +319,9 @@ class Writer:
         self._buckets: dict[str, int] = {}
         self._submit_buckets: dict[str, int] = {}  # the same cache, for the Trio thread
         self._known_accounts: set[str] = set()
+        # Writer thread -> Trio thread, for the journal tail: the last committed group's new
+        # batches, the slices it passed, its time.
+        self._indexed: tuple[Sequence[NewBatch], Sequence[int], int] = ((), (), 0)
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
         # Why the last group failed, until a group commits again (for health checks).
@@ -336,6 +350,14 @@ class Writer:
                 open_database, self.path, limiter=self._limiter
             )
             try:
+                # Whatever tail the file has (a crash or a stop leaves one) is indexed before
+                # anyone reads: the in-memory tail then starts empty and complete.
+                indexed = await trio.to_thread.run_sync(
+                    catch_up, self._connection, limiter=self._limiter
+                )
+                self.journal_tail.clear()
+                if indexed:
+                    log.info("journal_index_caught_up", path=str(self.path), batches=indexed)
                 task_status.started(self)
                 await self._serve()
             finally:
@@ -387,6 +409,10 @@ class Writer:
                     self._write_group, connection, group, limiter=self._limiter
                 )
                 if not isinstance(outcomes, _GroupFailed):
+                    # Before any outcome is resolved: whoever learns of a batch (an ack, a
+                    # delivery, a wake-up) can find it through a reader.
+                    new, passed, now = self._indexed
+                    self.journal_tail.committed(new, passed, now)
                     self.stats.commits += 1
                     self.failing = None
         except BaseException:
@@ -594,6 +620,7 @@ class Writer:
 
     def _write_group(self, conn: sqlite3.Connection, group: list[_Op]) -> list[Any] | _GroupFailed:
         outcomes: list[Any] = [None] * len(group)
+        self._indexed = ((), (), 0)
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(self._buckets) > ACCOUNT_CACHE:
@@ -610,6 +637,8 @@ class Writer:
                     outcomes[index] = txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
+            passed = self.journal_tail.due(txn.now)
+            pass_slices(conn, self.journal_tail, passed, txn.new_batches, txn.next_batch_id - 1)
             if self.audit_retention_ms is not None and txn.now >= self._next_prune:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
@@ -618,6 +647,7 @@ class Writer:
                 self._before_commit()
             conn.execute("COMMIT")
             self._known_accounts.update(txn.new_accounts)
+            self._indexed = (txn.new_batches, passed, txn.now)
         except Exception as exc:
             if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
                 try:
@@ -732,6 +762,7 @@ class _Transaction:
         self.buckets = {} if buckets is None else buckets
         self.known_accounts = known_accounts
         self.new_accounts: list[str] = []
+        self.new_batches: list[NewBatch] = []  # for the journal index (journal_index.py)
         (self.next_batch_id,) = conn.execute(
             "SELECT max("
             " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0),"
@@ -782,6 +813,7 @@ class _Transaction:
                     overflow_rows,
                 )
             self._note_accounts([row[1] for row in batch_rows])
+            self.new_batches.extend([(row[1], row[0], row[5], row[6]) for row in batch_rows])
         if op.rejected:
             self._audit_rejected(audit_rows, op)
         if audit_rows:

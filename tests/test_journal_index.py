@@ -1,0 +1,259 @@
+"""The journal index filled in passes (meterd/store/journal_index.py): the tail in memory,
+the passes, the catch-up at start, and readers that see every batch at every moment."""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meterd.model import Event
+from meterd.store import Reader, Store, Writer, open_reader
+from meterd.store.journal_index import SLICES, JournalTail, slice_of
+
+ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
+
+
+class Clock:
+    """Wall-clock milliseconds the test moves by hand (the writer's ``clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def event(event_id: str, account: str, time: int = 60_000) -> Event:
+    return Event(event_id, account, "api", 1, time, (), "prod", 1)
+
+
+@asynccontextmanager
+async def running(writer: Writer) -> AsyncIterator[Writer]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        yield writer
+        nursery.cancel_scope.cancel()
+
+
+def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def stored_batches(path: Path, account: str) -> list[int]:
+    """The truth: every journal batch of ``account``, read without any index."""
+    return [
+        b for (b,) in rows(path, "SELECT batch_id FROM event_batches WHERE account = ?", account)
+    ]
+
+
+# -- the slice function and the in-memory tail ----------------------------------------------
+
+
+def test_the_slice_of_an_account_is_pinned() -> None:
+    # Part of the file format (journal_slices.upto is per slice): it must never change.
+    assert [slice_of(a) for a in ACCOUNTS] == [zlib.crc32(a.encode()) % 256 for a in ACCOUNTS]
+    assert (slice_of("acme"), slice_of("ünïcode")) == (62, 170)
+    assert SLICES == 256
+
+
+def test_the_tail_passes_the_slices_in_turn_once_per_cycle() -> None:
+    tail = JournalTail(cycle_ms=2560)  # a slice every 10 ms
+    assert tail.due(10**9) == []  # the clock starts with the first committed group
+    tail.committed([("acme", 1, 5, 6)], [], now_ms=0)
+    assert tail.entries("acme") == [(1, 5, 6)]
+    assert tail.size == 1
+    assert tail.due(9) == []
+    assert tail.due(35) == [0, 1, 2]
+    k = slice_of("acme")
+    tail.committed([("acme", 2, 7, 7)], list(range(k + 1)), now_ms=10 * (k + 1))
+    assert tail.entries("acme") == []  # its slice was passed, with the group's new batch
+    assert tail.size == 0
+    assert tail.next_slice == k + 1
+    assert tail.due(10 * (k + 1) + 10) == [k + 1]
+    assert len(tail.due(10**9)) == SLICES  # a long idle time: every slice, once
+
+
+def test_an_index_cycle_under_a_millisecond_is_refused() -> None:
+    with pytest.raises(ValueError, match="index cycle"):
+        JournalTail(cycle_ms=0)
+
+
+# -- the writer's passes ----------------------------------------------------------------------
+
+
+async def test_appends_wait_in_the_tail_until_their_slice_is_passed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    async with running(writer):
+        for n, account in enumerate(ACCOUNTS):
+            await writer.append(account, [event(f"e{n}", account)])
+        assert writer.journal_tail.size == len(ACCOUNTS)
+        assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
+        assert writer.journal_tail.entries("globex") == [(2, 60_000, 60_000)]
+
+        clock.now += 1_000  # a whole cycle: the next group passes every slice
+        await writer.append("acme", [event("late", "acme", time=90_000)])
+        assert writer.journal_tail.size == 0
+        indexed = rows(path, "SELECT account, batch_id, min_time, max_time FROM journal_index")
+        assert sorted(indexed) == sorted(
+            [(a, b, 60_000, 60_000) for b, a in enumerate(ACCOUNTS, start=1)]
+            + [("acme", 6, 90_000, 90_000)]
+        )
+        assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(6, 6)]
+
+
+async def test_a_group_passes_only_the_slices_whose_turn_came(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    async with running(writer):
+        await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
+        clock.now += 30
+        await writer.append("acme", [event("b", "acme")])
+        upto = dict(rows(path, "SELECT slice, upto FROM journal_slices"))
+        assert [k for k, value in upto.items() if value == 2] == [0, 1, 2]
+        assert writer.journal_tail.next_slice == 3
+
+
+async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    async with running(writer):
+        await writer.append("acme", [event("a", "acme")])
+        clock.now += 1_000
+
+        def fail() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        writer._before_commit = fail
+        with pytest.raises(Exception, match="disk I/O error"):
+            await writer.append("globex", [event("b", "globex")])
+        writer._before_commit = None
+        assert writer.journal_tail.entries("acme") == [(1, 60_000, 60_000)]
+        assert writer.journal_tail.entries("globex") == []
+        assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
+        await writer.append("globex", [event("b", "globex")])  # passes everything now
+        assert writer.journal_tail.size == 0
+        assert sorted(rows(path, "SELECT account, batch_id FROM journal_index")) == [
+            ("acme", 1),
+            ("globex", 2),
+        ]
+
+
+async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    crashed = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
+    async with running(crashed):
+        for n in range(6):
+            await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+    # The old writer's memory is gone (as after kill -9); the file has an unindexed tail.
+    assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
+    store = Store.at(path, commit_interval=0)
+    with structlog.testing.capture_logs() as logs:
+        async with running(store.writer):
+            assert {"event": "journal_index_caught_up", "batches": 6} in [
+                {k: v for k, v in line.items() if k in ("event", "batches")} for line in logs
+            ]
+            assert store.writer.journal_tail.size == 0
+            loaded = await store.reader.load_account("acme")
+            assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
+    await store.aclose()
+    assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(6, 6)]
+
+
+# -- readers see every batch, whatever was passed ---------------------------------------------
+
+Step = tuple[str, int]  # ("append", account index) | ("tick", ms) | ("restart", 0)
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, len(ACCOUNTS) - 1)),
+        st.tuples(st.just("tick"), st.integers(1, 1_500)),
+        st.tuples(st.just("restart"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+async def check_readers(path: Path, writer: Writer, sql_reader: Reader) -> None:
+    memory_reader = Reader(path, tail=writer.journal_tail.entries)
+    try:
+        for account in ACCOUNTS:
+            truth = stored_batches(path, account)
+            for reader in (memory_reader, sql_reader):
+                loaded = await reader.load_account(account)
+                assert [b for b, _ in loaded.replay] == truth, (account, reader is sql_reader)
+                paged: list[str] = []
+                cursor = None
+                while True:  # pages of 2 events: a cursor across the index and the tail
+                    page = await reader.events(account, None, 0, 10**9, 2, cursor)
+                    paged.extend(e.id for e in page.events)
+                    if page.next_cursor is None:
+                        break
+                    cursor = page.next_cursor
+                assert paged == [e.id for _, events in loaded.replay for e in events]
+    finally:
+        await memory_reader.aclose()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=steps)
+def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list[Step]) -> None:
+    path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.sqlite3"
+    clock = Clock()
+
+    async def main() -> None:
+        numbers = iter(range(10**6))
+        writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+        sql_reader: Reader | None = None
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def run_writer(w: Writer, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with scope:
+                    await w.run(task_status=task_status)
+
+            await nursery.start(run_writer, writer)
+            sql_reader = await open_reader(path)
+            for kind, value in steps:
+                if kind == "append":
+                    account = ACCOUNTS[value]
+                    n = next(numbers)
+                    await writer.append(account, [event(f"e{n}", account, time=1000 * n)])
+                elif kind == "tick":
+                    clock.now += value
+                else:  # a new writer, as after a crash: its memory starts empty
+                    scope.cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope = trio.CancelScope()
+                    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+                    await nursery.start(run_writer, writer)
+                await check_readers(path, writer, sql_reader)
+            scope.cancel()
+        assert sql_reader is not None
+        await sql_reader.aclose()
+
+    trio.run(main)
