@@ -342,9 +342,7 @@ async def test_a_hibernated_account_is_409_not_running(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
         async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
             for action in ("restart", "kill"):
-                assert_error(
-                    await client.post(f"/v1/actors/sleepy/{action}"), 409, "not_running"
-                )
+                assert_error(await client.post(f"/v1/actors/sleepy/{action}"), 409, "not_running")
             # It is still known: its usage wakes it and counts its event.
             response = await client.get(
                 "/v1/accounts/sleepy/usage",
@@ -617,9 +615,7 @@ async def test_a_restart_that_fails_to_start_is_409_start_failed(tmp_path: Path)
         await meters.start_child(sv.actor_spec("flaky", FailsAfterFirstStart, starts))
         headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
         async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
-            error = assert_error(
-                await client.post("/v1/actors/flaky/restart"), 409, "start_failed"
-            )
+            error = assert_error(await client.post("/v1/actors/flaky/restart"), 409, "start_failed")
             assert "OSError: the disk went away" in error["message"]
             # Left stopped: a dynamic child is removed (it is no account, so 404).
             assert_error(await client.post("/v1/actors/flaky/restart"), 404, "unknown_actor")

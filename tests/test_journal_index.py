@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from meterd.model import Event
 from meterd.store import Reader, Store, Writer, open_reader
-from meterd.store.journal_index import SLICES, JournalTail, slice_of
+from meterd.store.journal_index import JournalTail
+from meterd.store.schema import SLICES, slice_of
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -74,13 +75,13 @@ def test_the_slice_of_an_account_is_pinned() -> None:
 def test_the_tail_passes_the_slices_in_turn_once_per_cycle() -> None:
     tail = JournalTail(cycle_ms=2560)  # a slice every 10 ms
     assert tail.due(10**9) == []  # the clock starts with the first committed group
-    tail.committed([("acme", 1, 5, 6)], [], now_ms=0)
+    tail.committed([("acme", 1, 5, 6)], {}, [], now_ms=0)
     assert tail.entries("acme") == [(1, 5, 6)]
     assert tail.size == 1
     assert tail.due(9) == []
     assert tail.due(35) == [0, 1, 2]
     k = slice_of("acme")
-    tail.committed([("acme", 2, 7, 7)], list(range(k + 1)), now_ms=10 * (k + 1))
+    tail.committed([("acme", 2, 7, 7)], {}, list(range(k + 1)), now_ms=10 * (k + 1))
     assert tail.entries("acme") == []  # its slice was passed, with the group's new batch
     assert tail.size == 0
     assert tail.next_slice == k + 1
@@ -157,17 +158,43 @@ async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: P
         ]
 
 
+def crash_on_stop(writer: Writer) -> None:
+    """Stopping ``writer`` then leaves what kill -9 leaves: no final pass, the tail unwritten
+    (tests/test_kill9.py and test_store.py kill real processes)."""
+
+    async def no_final_pass() -> None:
+        pass
+
+    writer._pass_everything = no_final_pass  # type: ignore[method-assign]
+
+
+async def test_a_stopped_writer_leaves_nothing_to_catch_up(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    writer = Writer(path, commit_interval=0, index_cycle=3600.0)
+    async with running(writer):
+        for n in range(6):
+            await writer.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+        assert writer.journal_tail.size == 6
+        assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]
+    assert writer.journal_tail.size == 0
+    assert rows(path, "SELECT count(*) FROM journal_index") == [(6,)]
+    assert rows(path, "SELECT count(*) FROM dedupe") == [(6,)]
+    assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(6, 6)]
+
+
 async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
     crashed = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
+    crash_on_stop(crashed)
     async with running(crashed):
         for n in range(6):
             await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
-    # The old writer's memory is gone (as after kill -9); the file has an unindexed tail.
+    # The old writer's memory is gone; the file has a tail no pass wrote.
     assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]
     store = Store.at(path, commit_interval=0)
     with structlog.testing.capture_logs() as logs:
         async with running(store.writer):
@@ -177,22 +204,32 @@ async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
             assert store.writer.journal_tail.size == 0
             loaded = await store.reader.load_account("acme")
             assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
+            assert rows(path, "SELECT count(*) FROM dedupe") == [(6,)]
+            # The dedupe rows derived from the journal decide as the lost ones would have.
+            again = await store.writer.append(
+                "acme", [event("e0", "acme"), event("e3", "acme", time=1), event("e9", "acme")]
+            )
+            assert (again.duplicates, again.conflicts, again.accepted) == ([0], [1], [2])
     await store.aclose()
-    assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(6, 6)]
+    # The stop's final pass wrote the batch appended after the catch-up too.
+    assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(7, 7)]
 
 
 # -- readers see every batch, whatever was passed ---------------------------------------------
 
-Step = tuple[str, int]  # ("append", account index) | ("tick", ms) | ("restart", 0)
-
+Step = tuple[str, int]
+# ("append", account index): a new event; ("resend", n) / ("conflict", n): the n-th event
+# sent so far again, as it was / with another time; ("tick", ms): the clock moves;
+# ("restart", 0) / ("crash", 0): a new writer after a stop / after a crash (no final pass).
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(0, len(ACCOUNTS) - 1)),
+        st.tuples(st.sampled_from(["resend", "conflict"]), st.integers(0, 30)),
         st.tuples(st.just("tick"), st.integers(1, 1_500)),
-        st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.sampled_from(["restart", "crash"]), st.just(0)),
     ),
     min_size=1,
-    max_size=25,
+    max_size=30,
 )
 
 
@@ -238,14 +275,25 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
 
             await nursery.start(run_writer, writer)
             sql_reader = await open_reader(path)
+            sent: list[Event] = []
             for kind, value in steps:
                 if kind == "append":
                     account = ACCOUNTS[value]
                     n = next(numbers)
-                    await writer.append(account, [event(f"e{n}", account, time=1000 * n)])
+                    sent.append(event(f"e{n}", account, time=1000 * n))
+                    assert (await writer.append(account, [sent[-1]])).accepted == [0]
+                elif kind in ("resend", "conflict") and sent:
+                    e = sent[value % len(sent)]
+                    if kind == "conflict":
+                        e = event(e.id, e.account, time=e.time + 1)
+                    verdict = await writer.append(e.account, [e])
+                    want = ([0], []) if kind == "resend" else ([], [0])
+                    assert (verdict.duplicates, verdict.conflicts) == want, (kind, e)
                 elif kind == "tick":
                     clock.now += value
-                else:  # a new writer, as after a crash: its memory starts empty
+                elif kind in ("restart", "crash"):  # a new writer: its memory starts empty
+                    if kind == "crash":
+                        crash_on_stop(writer)
                     scope.cancel()
                     await trio.testing.wait_all_tasks_blocked()
                     scope = trio.CancelScope()

@@ -311,9 +311,7 @@ async def test_a_failed_operator_restart_removes_a_dynamic_child_and_frees_its_n
 ) -> None:
     registry = sv.Registry()
     starts: list[int] = []
-    await dynsup.start_child(
-        sv.actor_spec("a", FailsAfterFirstStart, starts, name=(registry, "a"))
-    )
+    await dynsup.start_child(sv.actor_spec("a", FailsAfterFirstStart, starts, name=(registry, "a")))
     with pytest.raises(sv.StartError):
         await dynsup.stop_and_restart_child("a")
     await trio.testing.wait_all_tasks_blocked()

@@ -17,7 +17,7 @@ Parts, each measured alone on a fresh database, then all together:
   each group passes the slices whose turn came, the groups ``--group-interval-ms`` apart,
   every slice once per ``--index-cycle-ms``);
 * ``dedupe``: one ``dedupe`` row per event (63-bit key, the account's bucket above the
-  event's hash: a random place);
+  event's hash: a random place), written by the same passes;
 * ``windows``: checkpoints, one per ``--cells-per-checkpoint`` events: that many new window
   rows of one account and its ``accounts`` row (each event of this load is a new cell);
 * ``naive peer``: the baseline server's table of :mod:`meterd.bench.ingest` (one row per
@@ -42,7 +42,7 @@ from typing import Final
 
 from meterd import logs
 from meterd.store import schema
-from meterd.store.journal_index import JournalTail, NewBatch, pass_slices
+from meterd.store.journal_index import DedupeRow, JournalTail, NewBatch, pass_slices
 
 __all__ = ["PARTS", "main", "pages_per_event"]
 
@@ -72,6 +72,7 @@ class _Rows:
         self.interval = group_interval_ms
         self.now = 0
         self.new: list[NewBatch] = []
+        self.new_dedupe: dict[int, list[DedupeRow]] = {}
         self.passed: list[int] = []
 
     def journal(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
@@ -85,21 +86,23 @@ class _Rows:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        self.now += self.interval
         self.new = [(account, batch_id, 0, 0) for batch_id, account, *_ in rows]
-        self.passed = self.tail.due(self.now)
-        pass_slices(conn, self.tail, self.passed, self.new, self.batch_id)
-
-    def committed(self) -> None:
-        """After COMMIT: what the writer's Trio thread does with the journal tail."""
-        self.tail.committed(self.new, self.passed, self.now)
-        self.new, self.passed = [], []
 
     def dedupe(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
-            [(self.buckets[account] | rng.getrandbits(40), 1, 2) for account in group],
-        )
+        for account in group:
+            row = (self.buckets[account] | rng.getrandbits(40), 1, 2)
+            self.new_dedupe.setdefault(self.tail.slice_of(account), []).append(row)
+
+    def passes(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
+        """The writer's passes at the end of a group (journal index and dedupe rows)."""
+        self.now += self.interval
+        self.passed = self.tail.due(self.now)
+        pass_slices(conn, self.tail, self.passed, self.new, self.new_dedupe, self.batch_id)
+
+    def committed(self) -> None:
+        """After COMMIT: what the writer's Trio thread does with the tail."""
+        self.tail.committed(self.new, self.new_dedupe, self.passed, self.now)
+        self.new, self.new_dedupe, self.passed = [], {}, []
 
     def windows(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
         for account in group[:: self.cells]:
@@ -159,10 +162,10 @@ def pages_per_event(
     names = [f"acct-{index:05d}" for index in range(accounts)]
     rows = _Rows(names, cells_per_checkpoint, group_interval_ms, index_cycle_ms)
     writers: dict[str, list[Writer]] = {
-        "journal": [rows.journal],
-        "dedupe": [rows.dedupe],
+        "journal": [rows.journal, rows.passes],
+        "dedupe": [rows.dedupe, rows.passes],
         "windows": [rows.windows],
-        "all": [rows.journal, rows.dedupe, rows.windows],
+        "all": [rows.journal, rows.dedupe, rows.windows, rows.passes],
         "naive peer": [rows.naive],
     }
     rng = random.Random(seed)

@@ -1,70 +1,70 @@
-"""The journal's by-account index, maintained in passes instead of row by row.
+"""The journal's by-account index and the dedupe index, maintained in passes.
 
-Readers find an account's journal batches by account (actor recovery, the events endpoint);
-ingest never does. A SQLite index on ``event_batches(account, …)`` would take one entry per
-account share at a random place, and SQLite writes whole pages: with shares spread over
-thousands of accounts that is about one 4 KiB page per event at every group commit
-(``python -m meterd.bench.pages``), as much as the dedupe index the ack does need. So the
-journal has no such index; ``journal_index(account, batch_id, min_time, max_time)`` is
-filled by the writer in **passes**, and what no pass has covered yet, the *tail*, is kept in
-memory.
+SQLite writes whole pages, so a row inserted at a random place in a B-tree costs a 4 KiB page
+at the next commit unless another row of the same group lands on it. Two structures take a
+row per event or account share at a place chosen by the account: the journal's by-account
+index (readers only: actor recovery, the events endpoint) and the dedupe index (the writer's
+verdicts). With events spread over thousands of accounts, each cost about one page per event
+at every group commit (``python -m meterd.bench.pages``). Both are derived from the journal,
+which is the truth: so the writer writes their rows in **passes**, a slice of the accounts at
+a time, and keeps what no pass has covered yet, the *tail*, in memory.
 
 Rules:
 
-* Accounts fall in :data:`SLICES` slices (:func:`slice_of`: CRC-32 of the account's UTF-8
-  bytes; part of the file format, like the dedupe key). ``journal_slices(slice, upto)``
-  holds, per slice, the batch id up to which **every** batch of the slice's accounts is in
-  ``journal_index``. A batch of slice ``k`` with ``batch_id > upto[k]`` is in the tail.
+* Accounts fall in :data:`~meterd.store.schema.SLICES` slices
+  (:func:`~meterd.store.schema.slice_of`, part of the file format). ``journal_slices(slice,
+  upto)`` holds, per slice, the batch id up to which **every** batch of the slice's accounts
+  has its ``journal_index`` row and the ``dedupe`` rows of its events. A batch of slice ``k``
+  with ``batch_id > upto[k]`` is in the tail. (``dedupe_overflow`` rows, for the rare
+  ``(account, id)`` whose key another pair holds, are written at once, as before.)
 * Passes take the slices in turn, so each slice is passed once per ``cycle`` (the writer's
-  ``index_cycle``): a group transaction passes the slices whose turn came since the last
-  one (:meth:`JournalTail.due`). A pass inserts the slice's tail, and the rows the same
-  transaction appended for it, sorted, and sets its ``upto`` to the last batch id of the
-  transaction: in the transaction of the group, so it commits, or fails, with it. An
-  account's entries then reach the index together, a page for several events, not one per
-  event.
-* :class:`JournalTail` is the writer's in-memory tail, changed on the Trio thread only
-  after a group committed: the group's new batches are added, then the passed slices are
-  emptied. The writer thread reads it during a group (nothing changes it meanwhile). It
-  holds ``rate x cycle`` entries at most under load.
+  ``index_cycle``): a group transaction passes the slices whose turn came since the last one
+  (:meth:`JournalTail.due`). A pass inserts the slice's tail rows, and the rows the same
+  transaction added for it, sorted, and sets its ``upto`` to the last batch id of the
+  transaction: in the group's transaction, so it commits, or fails, with it. An account's
+  rows of a cycle then reach each B-tree together, a page for several events.
+* :class:`JournalTail` is the writer's in-memory tail, changed on the Trio thread only after
+  a group committed: the group's new batches and dedupe rows are added, then the passed
+  slices are emptied. The writer thread reads it during a group (nothing changes it
+  meanwhile): a key is stored if it is in ``dedupe``, in the tail, or added earlier in the
+  same transaction. It holds ``rate x cycle`` entries at most under load.
 * A reader of the daemon's store (:class:`~meterd.store.Store`) takes an account's tail
-  entries from the writer's :class:`JournalTail` when called, then reads the index in its
+  batches from the writer's :class:`JournalTail` when called, then reads the index in its
   own transaction; the union (by batch id) is every batch committed before the call. A
   reader without a writer in its process reads the tail from SQLite instead (the batches
   after ``upto`` of the account's slice: a scan of the journal's end).
 * At start the writer indexes whatever tail the database has (:func:`catch_up`: a crash or
-  a stop leaves one) before reporting ready, so the in-memory tail starts empty and
-  complete.
+  a stop leaves one; the dedupe rows are derived again from the journal's payloads, in
+  journal order, a key going to the first event that has it, as when they were appended)
+  before reporting ready, so the in-memory tail starts empty and complete.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, TypeAlias
 
+from . import codec
+from .schema import SLICES, account_bucket, dedupe_row_key, slice_of
+
 __all__ = [
-    "SLICES",
+    "DedupeRow",
     "JournalTail",
     "NewBatch",
     "TailEntry",
     "catch_up",
     "pass_slices",
-    "slice_of",
 ]
 
-SLICES: Final = 256
 _SLICE_CACHE: Final = 200_000  # accounts whose slice the tail remembers
 
 TailEntry: TypeAlias = tuple[int, int, int]
 """``(batch_id, min_time, max_time)`` of a journal batch not yet in ``journal_index``."""
 NewBatch: TypeAlias = tuple[str, int, int, int]
 """``(account, batch_id, min_time, max_time)`` of a batch appended by a group."""
-
-
-def slice_of(account: str) -> int:
-    """The slice of ``account`` (0 to :data:`SLICES` - 1)."""
-    return zlib.crc32(account.encode()) % SLICES
+DedupeRow: TypeAlias = tuple[int, int, int]
+"""``(key, batch_id, fingerprint)``: a ``dedupe`` row."""
 
 
 class JournalTail:
@@ -76,7 +76,9 @@ class JournalTail:
             raise ValueError(f"the index cycle must be >= 1 ms, got {cycle_ms}")
         self.cycle_ms = cycle_ms
         self.slices: list[dict[str, list[TailEntry]]] = [{} for _ in range(SLICES)]
-        self.size = 0  # entries held
+        self.dedupe: list[list[DedupeRow]] = [[] for _ in range(SLICES)]
+        self.keys: dict[int, tuple[int, int]] = {}  # key -> (batch_id, fingerprint)
+        self.size = 0  # batches held
         self.next_slice = 0  # the next slice to pass
         self.last_pass_ms: int | None = None  # wall ms of the last pass (None: none yet)
         self._slice_of: dict[str, int] = {}
@@ -100,8 +102,19 @@ class JournalTail:
         turns = (now_ms - self.last_pass_ms) * SLICES // self.cycle_ms
         return [(self.next_slice + n) % SLICES for n in range(min(max(turns, 0), SLICES))]
 
-    def committed(self, new: Iterable[NewBatch], passed: Sequence[int], now_ms: int) -> None:
-        """A group committed: add its ``new`` batches, then empty the ``passed`` slices."""
+    def committed(
+        self,
+        new: Iterable[NewBatch],
+        new_dedupe: Mapping[int, list[DedupeRow]],
+        passed: Sequence[int],
+        now_ms: int,
+    ) -> None:
+        """A group committed: add its ``new`` batches and dedupe rows (by slice), then
+        empty the ``passed`` slices."""
+        keys = self.keys
+        for k, rows in new_dedupe.items():
+            self.dedupe[k].extend(rows)
+            keys.update([(key, (batch_id, fingerprint)) for key, batch_id, fingerprint in rows])
         slices = self.slices
         added = 0
         for account, batch_id, low, high in new:
@@ -116,6 +129,9 @@ class JournalTail:
         for k in passed:
             self.size -= sum(map(len, slices[k].values()))
             slices[k] = {}
+            for key, _, _ in self.dedupe[k]:
+                del keys[key]
+            self.dedupe[k] = []
         if passed:
             self.next_slice = (passed[-1] + 1) % SLICES
         if passed or self.last_pass_ms is None:
@@ -124,6 +140,8 @@ class JournalTail:
     def clear(self) -> None:
         """Everything indexed (after :func:`catch_up`)."""
         self.slices = [{} for _ in range(SLICES)]
+        self.dedupe = [[] for _ in range(SLICES)]
+        self.keys = {}
         self.size = 0
 
 
@@ -132,12 +150,19 @@ def pass_slices(
     tail: JournalTail,
     slices: Sequence[int],
     new: Sequence[NewBatch],
+    new_dedupe: Mapping[int, list[DedupeRow]],
     upto: int,
 ) -> None:
-    """Index ``slices``: their tail and their rows among ``new`` (this transaction's), and
-    set their ``upto`` (writer thread, inside the group transaction)."""
+    """Index ``slices``: their tail and their rows among ``new`` and ``new_dedupe`` (this
+    transaction's), and set their ``upto`` (writer thread, inside the group transaction)."""
     if not slices:
         return
+    keys: list[DedupeRow] = []
+    for k in slices:
+        keys.extend(tail.dedupe[k])
+        keys.extend(new_dedupe.get(k, ()))
+    keys.sort()
+    conn.executemany("INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", keys)
     wanted = set(slices)
     rows: list[tuple[str, int, int, int]] = [row for row in new if tail.slice_of(row[0]) in wanted]
     for k in slices:
@@ -154,19 +179,31 @@ def pass_slices(
 
 
 def catch_up(conn: sqlite3.Connection) -> int:
-    """Index every batch that no pass covered (one transaction); the batches indexed."""
+    """Index every batch that no pass covered, and write its events' dedupe rows (one
+    transaction); the batches indexed."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         upto = dict(conn.execute("SELECT slice, upto FROM journal_slices").fetchall())
-        rows = [
-            (account, batch_id, low, high)
-            for batch_id, account, low, high in conn.execute(
-                "SELECT batch_id, account, min_time, max_time FROM event_batches"
-                " WHERE batch_id > ?",
-                (min(upto.values(), default=0),),
+        rows: list[tuple[str, int, int, int]] = []
+        buckets: dict[str, int] = {}
+        for batch_id, account, low, high, payload in conn.execute(
+            "SELECT batch_id, account, min_time, max_time, payload FROM event_batches"
+            " WHERE batch_id > ? ORDER BY batch_id",
+            (min(upto.values(), default=0),),
+        ).fetchall():
+            if batch_id <= upto[slice_of(account)]:
+                continue
+            rows.append((account, batch_id, low, high))
+            bucket = buckets.get(account)
+            if bucket is None:
+                bucket = buckets[account] = account_bucket(account)
+            events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
+            # In journal order, a key to the first event that has it: as when appended (a
+            # later event with a taken key has its dedupe_overflow row already).
+            conn.executemany(
+                "INSERT OR IGNORE INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
+                [(dedupe_row_key(bucket, e), batch_id, e.fingerprint()) for e in events],
             )
-            if batch_id > upto[slice_of(account)]
-        ]
         rows.sort()
         conn.executemany(
             "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",

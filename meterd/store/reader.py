@@ -31,8 +31,8 @@ from meterd.model import Event
 
 from . import codec
 from .errors import InvalidCursor, ReaderClosed
-from .journal_index import TailEntry, slice_of
-from .schema import open_readonly
+from .journal_index import TailEntry
+from .schema import open_readonly, slice_of
 
 __all__ = [
     "AuditEntry",

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,18 +76,19 @@ from meterd.model import Event
 
 from . import codec
 from .errors import NotAStoreError, StoreError, StoreVersionError
-from .journal_index import SLICES
 
 __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SLICES",
     "Migration",
     "account_bucket",
     "dedupe_row_key",
     "dedupe_row_keys",
     "open_database",
     "open_readonly",
+    "slice_of",
 ]
 
 log = structlog.get_logger("meterd.store")
@@ -101,6 +103,16 @@ once their hot pages outgrow the cache each insert costs a read from the OS."""
 
 _EVENT_KEY_BITS: Final = 40
 _EVENT_KEY_MASK: Final = (1 << _EVENT_KEY_BITS) - 1
+
+
+SLICES: Final = 256
+"""Slices of the accounts for the index passes (:mod:`meterd.store.journal_index`)."""
+
+
+def slice_of(account: str) -> int:
+    """The slice of ``account`` (0 to :data:`SLICES` - 1): CRC-32 of its UTF-8 bytes. Part of
+    the file format (``journal_slices`` says how far each slice is indexed)."""
+    return zlib.crc32(account.encode()) % SLICES
 
 
 def account_bucket(account: str) -> int:

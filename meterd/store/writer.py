@@ -32,10 +32,13 @@ whose key was already taken by another pair is kept, keyed by the text), then by
 ids of the stored batch. Only a true match counts as duplicate (same fingerprint) or conflict
 (different fingerprint). Events earlier in the same group, or the same call, count as stored.
 
-Journal index: appends write no index entry; the group transaction also *passes* the slices
-of accounts whose turn came (:mod:`meterd.store.journal_index`), and after its COMMIT, before
-any operation is resolved, :attr:`Writer.journal_tail` gets the group's new batches and
-forgets the passed slices. ``run`` indexes the tail the file has before reporting ready.
+Passes (:mod:`meterd.store.journal_index`): appends write neither a journal index entry nor
+``dedupe`` rows; the group transaction *passes* the slices of accounts whose turn came,
+writing their rows. After its COMMIT, before any operation is resolved,
+:attr:`Writer.journal_tail` gets the group's new batches and dedupe rows and forgets the
+passed slices; a key is looked up in this tail too. ``run`` writes the rows of whatever tail
+the file has (derived from the journal) before reporting ready, and all of the tail when it
+stops.
 
 Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
 :class:`RejectedEvent` given to :meth:`submit_batch` (ingest's rejections that name an
@@ -84,8 +87,8 @@ from meterd.model import Event
 
 from . import codec, schema
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
-from .journal_index import JournalTail, NewBatch, catch_up, pass_slices
-from .schema import open_database
+from .journal_index import DedupeRow, JournalTail, NewBatch, catch_up, pass_slices
+from .schema import SLICES, open_database
 
 __all__ = [
     "AppendResult",
@@ -321,7 +324,12 @@ class Writer:
         self._known_accounts: set[str] = set()
         # Writer thread -> Trio thread, for the journal tail: the last committed group's new
         # batches, the slices it passed, its time.
-        self._indexed: tuple[Sequence[NewBatch], Sequence[int], int] = ((), (), 0)
+        self._indexed: tuple[Sequence[NewBatch], dict[int, list[DedupeRow]], Sequence[int], int] = (
+            (),
+            {},
+            (),
+            0,
+        )
         # Test hook: called on the writer thread just before COMMIT of each group.
         self._before_commit: Callable[[], None] | None = None
         # Why the last group failed, until a group commits again (for health checks).
@@ -367,11 +375,40 @@ class Writer:
                         # What ``on_done`` callbacks queue meanwhile waits for a next run.
                         if self._queue:
                             await self._commit_group()
+                        await self._pass_everything()
                     finally:
                         connection, self._connection = self._connection, None
                         await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
         finally:
             self._running = False
+
+    async def _pass_everything(self) -> None:
+        """Write the whole tail (at a stop: the file is left with nothing to catch up)."""
+        tail = self.journal_tail
+        if not tail.size:
+            return
+        connection = self._connection
+        assert connection is not None
+
+        def write() -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                (top,) = connection.execute(
+                    "SELECT coalesce(max(batch_id), 0) FROM event_batches"
+                ).fetchone()
+                pass_slices(connection, tail, range(SLICES), (), {}, top)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+        try:
+            await trio.to_thread.run_sync(write, limiter=self._limiter)
+        except sqlite3.Error as error:  # the next start catches up instead
+            log.warning("journal_index_pass_failed", path=str(self.path), error=str(error))
+            return
+        tail.clear()
 
     async def _serve(self) -> None:
         loaded = False
@@ -411,8 +448,8 @@ class Writer:
                 if not isinstance(outcomes, _GroupFailed):
                     # Before any outcome is resolved: whoever learns of a batch (an ack, a
                     # delivery, a wake-up) can find it through a reader.
-                    new, passed, now = self._indexed
-                    self.journal_tail.committed(new, passed, now)
+                    new, new_dedupe, passed, now = self._indexed
+                    self.journal_tail.committed(new, new_dedupe, passed, now)
                     self.stats.commits += 1
                     self.failing = None
         except BaseException:
@@ -620,14 +657,16 @@ class Writer:
 
     def _write_group(self, conn: sqlite3.Connection, group: list[_Op]) -> list[Any] | _GroupFailed:
         outcomes: list[Any] = [None] * len(group)
-        self._indexed = ((), (), 0)
+        self._indexed = ((), {}, (), 0)
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(self._buckets) > ACCOUNT_CACHE:
                 self._buckets.clear()
             if len(self._known_accounts) > ACCOUNT_CACHE:
                 self._known_accounts.clear()
-            txn = _Transaction(conn, self._clock(), self._buckets, self._known_accounts)
+            txn = _Transaction(
+                conn, self._clock(), self.journal_tail, self._buckets, self._known_accounts
+            )
             for index, op in enumerate(group):
                 if isinstance(op, _Append):
                     outcomes[index] = txn.append(op)
@@ -638,7 +677,14 @@ class Writer:
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
             passed = self.journal_tail.due(txn.now)
-            pass_slices(conn, self.journal_tail, passed, txn.new_batches, txn.next_batch_id - 1)
+            pass_slices(
+                conn,
+                self.journal_tail,
+                passed,
+                txn.new_batches,
+                txn.new_dedupe_by_slice,
+                txn.next_batch_id - 1,
+            )
             if self.audit_retention_ms is not None and txn.now >= self._next_prune:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
@@ -647,7 +693,7 @@ class Writer:
                 self._before_commit()
             conn.execute("COMMIT")
             self._known_accounts.update(txn.new_accounts)
-            self._indexed = (txn.new_batches, passed, txn.now)
+            self._indexed = (txn.new_batches, txn.new_dedupe_by_slice, passed, txn.now)
         except Exception as exc:
             if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
                 try:
@@ -754,15 +800,21 @@ class _Transaction:
         self,
         conn: sqlite3.Connection,
         now: int,
+        tail: JournalTail,
         buckets: dict[str, int] | None = None,
         known_accounts: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.conn = conn
         self.now = now
+        self.tail = tail
         self.buckets = {} if buckets is None else buckets
         self.known_accounts = known_accounts
         self.new_accounts: list[str] = []
-        self.new_batches: list[NewBatch] = []  # for the journal index (journal_index.py)
+        # For the passes (journal_index.py): the batches this transaction appended, and the
+        # dedupe rows of their events by slice and by key (they are not in ``dedupe`` yet).
+        self.new_batches: list[NewBatch] = []
+        self.new_dedupe_by_slice: dict[int, list[DedupeRow]] = {}
+        self.new_dedupe: dict[int, tuple[int, int]] = {}
         (self.next_batch_id,) = conn.execute(
             "SELECT max("
             " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0),"
@@ -803,9 +855,7 @@ class _Transaction:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 batch_rows,
             )
-            conn.executemany(
-                "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", dedupe_rows
-            )
+            self._defer_dedupe(batch_rows, dedupe_rows)
             if overflow_rows:
                 conn.executemany(
                     "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
@@ -824,6 +874,20 @@ class _Transaction:
                 audit_rows,
             )
         return results
+
+    def _defer_dedupe(self, batch_rows: list[BatchRow], dedupe_rows: list[DedupeRow]) -> None:
+        """Hold ``dedupe_rows`` for their slices' next pass (``batch_rows``: their batches)."""
+        slice_of = self.tail.slice_of
+        slices = {row[0]: slice_of(row[1]) for row in batch_rows}
+        by_slice = self.new_dedupe_by_slice
+        for row in dedupe_rows:
+            k = slices[row[1]]
+            rows = by_slice.get(k)
+            if rows is None:
+                by_slice[k] = [row]
+            else:
+                rows.append(row)
+        self.new_dedupe.update([(key, (batch_id, fp)) for key, batch_id, fp in dedupe_rows])
 
     def _all_new(
         self, op: _BatchAppend, packed: list[bytes], keys: list[int], fingerprints: list[int]
@@ -1068,8 +1132,17 @@ class _Transaction:
         return accepted, duplicates, conflicts, dedupe_rows, overflow_rows, originals
 
     def _lookup_keys(self, keys: list[int]) -> dict[int, tuple[int, int]]:
+        """``(batch_id, fingerprint)`` of each of ``keys`` stored: in this transaction, in
+        the tail no pass has written yet, or in ``dedupe``."""
         found: dict[int, tuple[int, int]] = {}
-        pending = list(set(keys))
+        local, tail = self.new_dedupe, self.tail.keys
+        pending: list[int] = []
+        for key in set(keys):
+            row = local.get(key) or tail.get(key)
+            if row is None:
+                pending.append(key)
+            else:
+                found[key] = row
         for start in range(0, len(pending), _IN_CHUNK):
             chunk = pending[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
