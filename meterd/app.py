@@ -54,6 +54,7 @@ def build(config: Config) -> Services:
     store = Store.at(
         config.store_path,
         commit_interval=config.store.commit_interval_ms / 1000,
+        index_cycle=config.store.index_cycle,
         audit_retention_ms=config.dedupe_window_ms,  # docs/accounts.md "Audit trail"
     )
     accounts = Accounts(

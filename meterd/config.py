@@ -174,6 +174,7 @@ class StoreConfig:
     path: Path
     checkpoint_interval: float = 30.0  # seconds; the journal covers recovery meanwhile
     commit_interval_ms: int = 2
+    index_cycle: float = 5.0  # seconds between two index passes over the same accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,7 +745,9 @@ class _Loader:
 
     def store(self, value: object) -> StoreConfig:
         table = self.table("store", value)
-        self.unknown_keys("store", table, ("path", "checkpoint_interval", "commit_interval_ms"))
+        self.unknown_keys(
+            "store", table, ("path", "checkpoint_interval", "commit_interval_ms", "index_cycle")
+        )
         path = self.file("store.path", table.get("path", DEFAULT_STORE_PATH))
         if path is not None and path.is_dir():
             self.problem("store.path", f"{path} is a directory; give the database file's path")
@@ -763,7 +766,16 @@ class _Loader:
                 0,
                 1000,
             ),
+            index_cycle=self.index_cycle(table.get("index_cycle", _MISSING), defaults.index_cycle),
         )
+
+    def index_cycle(self, value: object, default: float) -> float:
+        seconds = self.seconds("store.index_cycle", value, default)
+        if not 0.001 <= seconds <= 3600:
+            # Memory holds about ingest rate x cycle rows; under a millisecond is no cycle.
+            self.problem("store.index_cycle", f"must be between 1 ms and 1 hour, got {seconds:g} s")
+            return default
+        return seconds
 
     def accounts(self, value: object) -> AccountsConfig:
         table = self.table("accounts", value)

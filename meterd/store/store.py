@@ -33,12 +33,14 @@ class Store:
         max_pending: int = 10_000,
         read_connections: int = 2,
         audit_retention_ms: int | None = None,
+        index_cycle: float = 5.0,
     ) -> Store:
         writer = Writer(
             path,
             commit_interval=commit_interval,
             max_pending=max_pending,
             audit_retention_ms=audit_retention_ms,
+            index_cycle=index_cycle,
         )
         # The reader takes the tail of the journal index from the writer's memory.
         return cls(
