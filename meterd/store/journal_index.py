@@ -42,7 +42,9 @@ Rules:
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Final, TypeAlias
 
 from . import codec
@@ -75,9 +77,15 @@ class JournalTail:
         if cycle_ms < 1:
             raise ValueError(f"the index cycle must be >= 1 ms, got {cycle_ms}")
         self.cycle_ms = cycle_ms
-        self.slices: list[dict[str, list[TailEntry]]] = [{} for _ in range(SLICES)]
-        self.dedupe: list[list[DedupeRow]] = [[] for _ in range(SLICES)]
-        self.keys: dict[int, tuple[int, int]] = {}  # key -> (batch_id, fingerprint)
+        # No tuple per entry: the collector walks every young container, and the tail holds
+        # a cycle of events (two tuples an event doubled its young-generation pauses).
+        # Per slice, account -> its batches as flat [batch_id, min_time, max_time, ...];
+        # per slice, the dedupe rows as one flat array of [key, batch_id, fingerprint, ...];
+        # and by key, the batch and fingerprint of each held row.
+        self.slices: list[dict[str, list[int]]] = [{} for _ in range(SLICES)]
+        self.dedupe: list[array[int]] = [array("q") for _ in range(SLICES)]
+        self.batch_of: dict[int, int] = {}
+        self.fingerprint_of: dict[int, int] = {}
         self.size = 0  # batches held
         self.next_slice = 0  # the next slice to pass
         self.last_pass_ms: int | None = None  # wall ms of the last pass (None: none yet)
@@ -93,7 +101,18 @@ class JournalTail:
 
     def entries(self, account: str) -> list[TailEntry]:
         """A copy of ``account``'s tail, oldest first."""
-        return list(self.slices[self.slice_of(account)].get(account, ()))
+        flat = self.slices[self.slice_of(account)].get(account, ())
+        return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
+
+    def stored(self, key: int) -> tuple[int, int] | None:
+        """``(batch_id, fingerprint)`` of the held dedupe row of ``key``, if any."""
+        batch_id = self.batch_of.get(key)
+        return None if batch_id is None else (batch_id, self.fingerprint_of[key])
+
+    def rows(self, k: int) -> list[DedupeRow]:
+        """The held dedupe rows of slice ``k``."""
+        flat = self.dedupe[k]
+        return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
 
     def due(self, now_ms: int) -> list[int]:
         """The slices whose turn came by ``now_ms`` (in passing order; writer thread)."""
@@ -111,27 +130,29 @@ class JournalTail:
     ) -> None:
         """A group committed: add its ``new`` batches and dedupe rows (by slice), then
         empty the ``passed`` slices."""
-        keys = self.keys
+        batch_of, fingerprint_of = self.batch_of, self.fingerprint_of
         for k, rows in new_dedupe.items():
-            self.dedupe[k].extend(rows)
-            keys.update([(key, (batch_id, fingerprint)) for key, batch_id, fingerprint in rows])
+            self.dedupe[k].extend(chain.from_iterable(rows))
+            batch_of.update([(key, batch_id) for key, batch_id, _ in rows])
+            fingerprint_of.update([(key, fingerprint) for key, _, fingerprint in rows])
         slices = self.slices
         added = 0
         for account, batch_id, low, high in new:
             per_account = slices[self.slice_of(account)]
             entries = per_account.get(account)
             if entries is None:
-                per_account[account] = [(batch_id, low, high)]
+                per_account[account] = [batch_id, low, high]
             else:
-                entries.append((batch_id, low, high))
+                entries += (batch_id, low, high)
             added += 1
         self.size += added
         for k in passed:
-            self.size -= sum(map(len, slices[k].values()))
+            self.size -= sum(map(len, slices[k].values())) // 3
             slices[k] = {}
-            for key, _, _ in self.dedupe[k]:
-                del keys[key]
-            self.dedupe[k] = []
+            for key in self.dedupe[k][0::3]:
+                del batch_of[key]
+                del fingerprint_of[key]
+            self.dedupe[k] = array("q")
         if passed:
             self.next_slice = (passed[-1] + 1) % SLICES
         if passed or self.last_pass_ms is None:
@@ -140,8 +161,9 @@ class JournalTail:
     def clear(self) -> None:
         """Everything indexed (after :func:`catch_up`)."""
         self.slices = [{} for _ in range(SLICES)]
-        self.dedupe = [[] for _ in range(SLICES)]
-        self.keys = {}
+        self.dedupe = [array("q") for _ in range(SLICES)]
+        self.batch_of = {}
+        self.fingerprint_of = {}
         self.size = 0
 
 
@@ -159,15 +181,15 @@ def pass_slices(
         return
     keys: list[DedupeRow] = []
     for k in slices:
-        keys.extend(tail.dedupe[k])
+        keys.extend(tail.rows(k))
         keys.extend(new_dedupe.get(k, ()))
     keys.sort()
     conn.executemany("INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", keys)
     wanted = set(slices)
     rows: list[tuple[str, int, int, int]] = [row for row in new if tail.slice_of(row[0]) in wanted]
     for k in slices:
-        for account, entries in tail.slices[k].items():
-            rows.extend((account, batch_id, low, high) for batch_id, low, high in entries)
+        for account, flat in tail.slices[k].items():
+            rows.extend(zip(repeat(account), flat[0::3], flat[1::3], flat[2::3], strict=False))
     rows.sort()  # the index's order: each account's entries land together
     conn.executemany(
         "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",

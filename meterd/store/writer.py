@@ -1135,10 +1135,10 @@ class _Transaction:
         """``(batch_id, fingerprint)`` of each of ``keys`` stored: in this transaction, in
         the tail no pass has written yet, or in ``dedupe``."""
         found: dict[int, tuple[int, int]] = {}
-        local, tail = self.new_dedupe, self.tail.keys
+        local, held = self.new_dedupe, self.tail.stored
         pending: list[int] = []
         for key in set(keys):
-            row = local.get(key) or tail.get(key)
+            row = local.get(key) or held(key)
             if row is None:
                 pending.append(key)
             else:
