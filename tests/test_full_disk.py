@@ -272,8 +272,9 @@ async def stream_until_full(daemon: DaemonProcess, producer: Producer) -> int:
     assert (error["code"], close) == ("unavailable", 1011), (error, close)
     assert "database or disk is full" in error["message"], error
     assert daemon.process.poll() is None, "the daemon exited on a full disk"
+    # Logged before the error frame was sent, but read from the daemon by a thread.
+    await wait_for_log(daemon, lambda: bool(logged(daemon, "store_commit_failed")))
     failures = logged(daemon, "store_commit_failed")
-    assert failures, "no store_commit_failed line in the log"
     assert failures[-1]["path"] == str(daemon.config.store_path)
     assert failures[-1]["disk_full"] is True, failures[-1]
     assert failures[-1]["level"] == "error", failures[-1]
