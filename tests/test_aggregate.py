@@ -12,6 +12,7 @@ whatever order the events arrive in and however they are split into states merge
 from __future__ import annotations
 
 import decimal
+import gc
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ from meterd.accounts import aggregate
 from meterd.accounts.aggregate import (
     EXACT,
     AccountUsage,
+    CountState,
     LatestState,
     State,
     SumState,
@@ -702,3 +704,36 @@ def test_apply_events_stops_at_the_first_failure() -> None:
     with pytest.raises(ValueError, match="changed definition"):
         usage.apply_events({"m": changed}, events[3:])
     assert cells_of(usage, {"m": meter}) == reference_cells({"m": meter}, events[:2])
+
+
+def test_sum_and_count_cells_hold_values_the_collector_does_not_walk() -> None:
+    """Under load every new minute cell stays young until its checkpoint; a ``sum`` or
+    ``count`` cell holds its value (no Python object for the collector to walk), and is
+    seen from outside as a fresh :class:`State` (changing it changes nothing)."""
+    total = Meter("t", Aggregation.SUM)
+    calls = Meter("c", Aggregation.COUNT)
+    users = Meter("u", Aggregation.UNIQUE_COUNT, unique_property="user")
+    usage = AccountUsage()
+    usage.apply_events(
+        {m.name: m for m in (total, calls, users)},
+        [
+            ev("1", T0, Decimal("1.5"), meter="t"),
+            ev("2", T0, 2, meter="t"),
+            ev("3", T0, 1, meter="c"),
+            ev("4", T0, 1, meter="c"),
+            ev("5", T0, 1, meter="u", user="ann"),
+        ],
+    )
+    stored = {name: list(rec.cells.values()) for name, rec in usage._meters.items()}
+    assert stored["t"] == [Decimal("3.5")]
+    assert stored["c"] == [2]
+    assert not any(gc.is_tracked(cell) for cell in stored["t"] + stored["c"])
+    assert all(isinstance(cell, State) for cell in stored["u"])
+    state = usage.state("t", T0, ())
+    assert isinstance(state, SumState)
+    assert state.value() == Decimal("3.5")
+    state.merge_from(SumState(Decimal(100)))
+    assert usage.state("t", T0, ()) == SumState(Decimal("3.5"))
+    counted = usage.state("c", T0, ())
+    assert isinstance(counted, CountState)
+    assert counted.value() == 2

@@ -655,14 +655,34 @@ def _memo_dims(memo: dict[tuple[tuple[str, str], ...], Dims], meter: Meter, even
 
 
 class _MeterCells:
-    __slots__ = ("cells", "dims", "dirty", "meter", "new")
+    """The minute cells of one meter of one account.
+
+    A ``sum`` or ``count`` meter's cell holds its value itself (the total, an ``int`` or a
+    ``Decimal``; the count), not a :class:`State`: under load every new cell is a young
+    object until its checkpoint, and the collector walks each ``State`` (a Python object)
+    but not an ``int`` or a ``Decimal``. :meth:`state` wraps it on the way out.
+    """
+
+    __slots__ = ("cells", "dims", "dirty", "meter", "new", "plain")
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
         self.new = _factory(meter)
-        self.cells: dict[tuple[int, Dims], State] = {}
+        self.plain: type[SumState] | type[CountState] | None = _PLAIN.get(meter.aggregation)
+        self.cells: dict[tuple[int, Dims], Any] = {}  # a State, or the value (plain)
         self.dirty: set[tuple[int, Dims]] = set()
         self.dims = _dims_memo(meter.dimensions)
+
+    def state(self, cell: Any) -> State:
+        """The :class:`State` of a cell's content (a new one for a plain cell)."""
+        plain = self.plain
+        return cell if plain is None else plain(cell)
+
+
+_PLAIN: Final[dict[Aggregation, type[SumState] | type[CountState]]] = {
+    Aggregation.SUM: SumState,
+    Aggregation.COUNT: CountState,
+}
 
 
 class AccountUsage:
@@ -713,11 +733,26 @@ class AccountUsage:
                 dirty = rec.dirty
                 memo = rec.dims
                 new = rec.new
+                plain = rec.plain
             t = event.time
             dims = memo.get(event.properties)
             if dims is None:
                 dims = _memo_dims(memo, rec.meter, event)
             key = (t - t % MINUTE_MS, dims)
+            if plain is not None:
+                value = cells.get(key)
+                if plain is CountState:
+                    cells[key] = 1 if value is None else value + 1
+                else:
+                    q = event.quantity
+                    if value is None:
+                        cells[key] = q
+                    elif type(value) is int and type(q) is int:
+                        cells[key] = value + q
+                    else:
+                        cells[key] = _exact_add(value, q)
+                dirty.add(key)
+                continue
             state = cells.get(key)
             if state is None:
                 state = new()
@@ -742,7 +777,13 @@ class AccountUsage:
             raise TypeError(f"a {type(state).__name__} cannot hold a {meter.aggregation.value}")
         if isinstance(state, UniqueCountState) and state.prop != meter.unique_property:
             raise ValueError(f"state counts {state.prop!r}, meter {meter.name!r} does not")
-        rec.cells[(start, tuple(dims))] = state
+        key = (start, tuple(dims))
+        if rec.plain is None:
+            rec.cells[key] = state
+        elif state.empty:
+            rec.cells.pop(key, None)  # a plain cell exists only with a value
+        else:
+            rec.cells[key] = state.total if isinstance(state, SumState) else state.value()
 
     def dirty(self) -> set[CellKey]:
         """The cells changed since they were last forgotten by :meth:`clear_dirty` (a copy)."""
@@ -770,16 +811,20 @@ class AccountUsage:
         self._meters.clear()
 
     def state(self, meter_name: str, start: int, dims: Dims) -> State | None:
-        """The live state of one minute cell (``None`` when it has no usage)."""
+        """The state of one minute cell (``None`` when it has no usage); read it, do not
+        change it (a ``sum`` or ``count`` cell gives a new :class:`State` each time)."""
         rec = self._meters.get(meter_name)
-        return None if rec is None else rec.cells.get((start, dims))
+        if rec is None:
+            return None
+        cell = rec.cells.get((start, dims))
+        return None if cell is None else rec.state(cell)
 
     def states(self, meter_name: str) -> Iterator[tuple[int, Dims, State]]:
         """Every minute cell of one meter as ``(start, dims, state)``, in no particular order."""
         rec = self._meters.get(meter_name)
         if rec is not None:
-            for (start, dims), state in rec.cells.items():
-                yield start, dims, state
+            for (start, dims), cell in rec.cells.items():
+                yield start, dims, rec.state(cell)
 
     def rows(
         self,
