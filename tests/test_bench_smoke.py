@@ -44,6 +44,8 @@ FIGURES = (
     "half load: ack latency p99, ms",
     "half load: server CPU, µs per event",
     "half load: server storage writes, KiB per event",
+    "half load: server GC pauses, ms per second",
+    "half load: server GC collections",
 )
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -69,6 +71,11 @@ def test_quick_spawn_prints_every_figure_for_meterd_and_the_baseline() -> None:
             assert all(re.fullmatch(rf"{NUMBER}|—", cell) for cell in cells[:2]), row[0]
             assert re.fullmatch(rf"{NUMBER}x|—", cells[2]), row[0]
     assert "ratio = meterd / baseline." in out
+    # The collector's pauses come from the spawned meterd's /metrics (the baseline has none).
+    gc_row = re.search(r"^\| half load: server GC collections\s*\|(.*)\|\s*$", out, re.MULTILINE)
+    assert gc_row is not None
+    assert [cell.strip() for cell in gc_row[1].split("|")][:2][1] == "—", gc_row[0]
+    assert re.fullmatch(NUMBER, gc_row[1].split("|")[0].strip()), gc_row[0]
     assert re.search(r"meterd \(ws://127\.0\.0\.1:\d+/v1/ingest, pid \d+\)", out)
     assert re.search(r"SIGTERM: exit 0", out)
     assert re.search(r"goal: meterd ack latency p99 < 50 ms at half load: .* (met|NOT met)", out)

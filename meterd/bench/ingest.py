@@ -45,7 +45,9 @@ Figures
     ``/proc/<pid>/stat`` over the row, RSS from ``/proc/<pid>/status`` (sampled every 100 ms:
     peak; and at the end), bytes written to storage from ``/proc/<pid>/io`` over the row (per
     event acked: the write amplification of the storage layout; in the max row meterd's
-    checkpoints mostly come after the row, in the half-load row they are included). The
+    checkpoints mostly come after the row, in the half-load row they are included), and for
+    a spawned meterd the garbage collector's pauses over the half-load row (ms per second,
+    and how many collections) from its ``/metrics`` (``meterd_gc_pause_seconds``). The
     server's pid is known when spawned, given (``pid``), or found
     from the listening socket (``/proc/net/tcp``, processes this user may inspect); otherwise
     those figures are left out. The load generator's own CPU is shown too: on a 2-core
@@ -81,6 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -301,6 +304,7 @@ class Target:
     token: str
     pid: int | None
     ssl_context: ssl.SSLContext | None = None
+    metrics_url: str | None = None  # a spawned meterd's /metrics (its collector's pauses)
 
 
 class _Run:
@@ -499,6 +503,23 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def gc_pauses(metrics_url: str) -> tuple[float, int] | None:
+    """The collector's pauses so far from a meterd's ``/metrics``: (seconds, collections),
+    all generations (``meterd_gc_pause_seconds``); None if it cannot be read."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    seconds, count = 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("meterd_gc_pause_seconds_sum{"):
+            seconds += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("meterd_gc_pause_seconds_count{"):
+            count += int(float(line.rsplit(" ", 1)[1]))
+    return seconds, count
+
+
 def listening_pid(port: int) -> int | None:
     """The process listening on TCP ``port`` (among those this user may inspect), or None."""
     inodes = set()
@@ -542,8 +563,11 @@ async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) ->
 class _Watch:
     """CPU and storage writes over a run, and RSS sampled during it (of the server process)."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, metrics_url: str | None = None) -> None:
         self.pid = pid
+        self.metrics_url = metrics_url
+        self.gc_start = gc_pauses(metrics_url) if metrics_url else None
+        self.gc: tuple[float, int] | None = None  # (seconds, collections) during the run
         self.cpu_start = cpu_seconds(pid) if pid else None
         self.written_start = write_bytes(pid) if pid else None
         self.written: int | None = None  # bytes written during the run, set by stop()
@@ -565,6 +589,9 @@ class _Watch:
         if self.pid is None or self.cpu_start is None:
             return None, None, own
         end = cpu_seconds(self.pid)
+        gc_end = gc_pauses(self.metrics_url) if self.metrics_url else None
+        if gc_end is not None and self.gc_start is not None:
+            self.gc = (gc_end[0] - self.gc_start[0], gc_end[1] - self.gc_start[1])
         written = write_bytes(self.pid)
         if written is not None and self.written_start is not None:
             self.written = written - self.written_start
@@ -597,6 +624,8 @@ class RunResult:
     server_rss_peak: int | None = None
     server_rss_end: int | None = None
     server_write_bytes: int | None = None  # written to storage during the run
+    server_gc_seconds: float | None = None  # the collector's pauses during the run (meterd)
+    server_gc_collections: int | None = None
     generator_cpu_seconds: float = 0.0
     first_rejection: str | None = None
     error: str | None = None  # what ended the run early
@@ -626,6 +655,13 @@ class RunResult:
         if self.server_write_bytes is None or not self.events:
             return None
         return self.server_write_bytes / self.events / 1024
+
+    @property
+    def server_gc_ms_per_second(self) -> float | None:
+        """Milliseconds of collector pauses per second of the run."""
+        if self.server_gc_seconds is None or self.seconds <= 0:
+            return None
+        return self.server_gc_seconds * 1000 / self.seconds
 
     def quarter_rates(self) -> list[float]:
         """Events/s acked in each quarter of the run (a drift shows as a trend)."""
@@ -700,7 +736,7 @@ async def drive(
                     f" within {CONNECT_TIMEOUT:.0f} s"
                 )
             load_average = os.getloadavg()[0]
-            watch = _Watch(target.pid)
+            watch = _Watch(target.pid, target.metrics_url)
             sampler = trio.CancelScope()
             nursery.start_soon(_within, sampler, watch.sample_rss)
             run.t0 = trio.current_time()
@@ -737,6 +773,8 @@ async def drive(
         server_rss_peak=watch.rss_peak,
         server_rss_end=rss_end,
         server_write_bytes=watch.written,
+        server_gc_seconds=None if watch.gc is None else watch.gc[0],
+        server_gc_collections=None if watch.gc is None else watch.gc[1],
         generator_cpu_seconds=own_cpu,
         first_rejection=next((t.first_rejection for t in tallies if t.first_rejection), None),
         error=run.error,
@@ -890,7 +928,13 @@ async def spawn_meterd(
         )
     try:
         await _wait_listening(port, process, "meterd", log_path)
-        yield Target("meterd", f"ws://127.0.0.1:{port}{INGEST_PATH}", token, process.pid)
+        yield Target(
+            "meterd",
+            f"ws://127.0.0.1:{port}{INGEST_PATH}",
+            token,
+            process.pid,
+            metrics_url=f"http://127.0.0.1:{api_port}/metrics",
+        )
     except BaseException:
         log(f"meterd log (last lines):\n{_tail(log_path)}")
         raise
@@ -1264,6 +1308,8 @@ def _rows(target: TargetReport) -> list[Row]:
                 lambda r: r.server_write_per_event_kib,
                 1,
             ),
+            ("half load: server GC pauses, ms per second", lambda r: r.server_gc_ms_per_second, 1),
+            ("half load: server GC collections", lambda r: r.server_gc_collections, 0),
         ]
         for figure, value, digits in figures:
             add(figure, None if half is None else value(half), digits)
