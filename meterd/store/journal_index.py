@@ -19,7 +19,8 @@ Rules:
   ``(account, id)`` whose key another pair holds, are written at once, as before.)
 * Passes take the slices in turn, so each slice is passed once per ``cycle`` (the writer's
   ``index_cycle``): a group transaction passes the slices whose turn came since the last one
-  (:meth:`JournalTail.due`). A pass inserts the slice's tail rows, and the rows the same
+  (:meth:`JournalTail.due`), :data:`MAX_SLICES_PER_GROUP` at most (after an idle time the
+  next groups share the slices due). A pass inserts the slice's tail rows, and the rows the same
   transaction added for it, sorted, and sets its ``upto`` to the last batch id of the
   transaction: in the group's transaction, so it commits, or fails, with it. An account's
   rows of a cycle then reach each B-tree together, a page for several events.
@@ -52,6 +53,7 @@ from .schema import SLICES, account_bucket, dedupe_row_key, slice_of
 
 __all__ = [
     "DedupeRow",
+    "MAX_SLICES_PER_GROUP",
     "JournalTail",
     "NewBatch",
     "TailEntry",
@@ -60,6 +62,10 @@ __all__ = [
 ]
 
 _SLICE_CACHE: Final = 200_000  # accounts whose slice the tail remembers
+MAX_SLICES_PER_GROUP: Final = 16
+"""Slices one group passes at most: after a burst and an idle time (no group, so no pass)
+the slices whose turn came are passed over the next groups, a bounded share of the tail
+each, instead of the whole tail in the first group (a stall of every batch in it)."""
 
 TailEntry: TypeAlias = tuple[int, int, int]
 """``(batch_id, min_time, max_time)`` of a journal batch not yet in ``journal_index``."""
@@ -88,7 +94,8 @@ class JournalTail:
         self.fingerprint_of: dict[int, int] = {}
         self.size = 0  # batches held
         self.next_slice = 0  # the next slice to pass
-        self.last_pass_ms: int | None = None  # wall ms of the last pass (None: none yet)
+        # The passes' clock (wall ms): the turn of the slice after the last one passed.
+        self.last_pass_ms: float | None = None  # None: no group yet
         self._slice_of: dict[str, int] = {}
 
     def slice_of(self, account: str) -> int:
@@ -118,8 +125,9 @@ class JournalTail:
         """The slices whose turn came by ``now_ms`` (in passing order; writer thread)."""
         if self.last_pass_ms is None:
             return []  # the first group starts the clock (see committed)
-        turns = (now_ms - self.last_pass_ms) * SLICES // self.cycle_ms
-        return [(self.next_slice + n) % SLICES for n in range(min(max(turns, 0), SLICES))]
+        turns = int((now_ms - self.last_pass_ms) * SLICES // self.cycle_ms)
+        count = min(max(turns, 0), SLICES, MAX_SLICES_PER_GROUP)
+        return [(self.next_slice + n) % SLICES for n in range(count)]
 
     def committed(
         self,
@@ -153,10 +161,13 @@ class JournalTail:
                 del batch_of[key]
                 del fingerprint_of[key]
             self.dedupe[k] = array("q")
-        if passed:
-            self.next_slice = (passed[-1] + 1) % SLICES
-        if passed or self.last_pass_ms is None:
+        if self.last_pass_ms is None:
             self.last_pass_ms = now_ms
+        elif passed:
+            self.next_slice = (passed[-1] + 1) % SLICES
+            # One turn per slice passed; never more than a cycle behind (a long idle time).
+            turn = self.cycle_ms / SLICES
+            self.last_pass_ms = max(self.last_pass_ms + len(passed) * turn, now_ms - self.cycle_ms)
 
     def clear(self) -> None:
         """Everything indexed (after :func:`catch_up`)."""
