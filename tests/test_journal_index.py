@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from meterd.model import Event
 from meterd.store import Reader, Store, Writer, open_reader
+from meterd.store import writer as writer_module
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
 
@@ -310,3 +311,33 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
         await sql_reader.aclose()
 
     trio.run(main)
+
+
+async def test_an_idle_writer_writes_a_large_tail_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst the tail is written while nothing waits for a commit (groups of passes
+    only, not counted as commits), instead of by the groups of the next load."""
+    monkeypatch.setattr(writer_module, "IDLE_PASS_MIN_BATCHES", 3)
+    monkeypatch.setattr(writer_module, "IDLE_PASS_AFTER", 0.001)
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()  # never moves: no slice is ever due by the clock
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
+    async with running(writer):
+        for n in range(6):
+            await writer.append(ACCOUNTS[n % 5], [event(f"e{n}", ACCOUNTS[n % 5])])
+        commits = writer.stats.commits
+        small = trio.Event()
+
+        def passed() -> None:
+            if writer.journal_tail.size < 3:
+                small.set()
+
+        writer.on_idle_pass = passed
+        with trio.fail_after(30):
+            await small.wait()
+        assert writer.stats.idle_passes >= 1
+        assert writer.stats.commits == commits
+        written = rows(path, "SELECT count(*) FROM journal_index")[0][0]
+        assert written >= 6 - 2
+        assert written + writer.journal_tail.size == 6

@@ -20,10 +20,12 @@ Rules:
 * Passes take the slices in turn, so each slice is passed once per ``cycle`` (the writer's
   ``index_cycle``): a group transaction passes the slices whose turn came since the last one
   (:meth:`JournalTail.due`), :data:`MAX_SLICES_PER_GROUP` at most (after an idle time the
-  next groups share the slices due). A pass inserts the slice's tail rows, and the rows the same
-  transaction added for it, sorted, and sets its ``upto`` to the last batch id of the
-  transaction: in the group's transaction, so it commits, or fails, with it. An account's
-  rows of a cycle then reach each B-tree together, a page for several events.
+  next groups share the slices due). An idle writer holding a large tail (after a burst)
+  passes the next slices early, a group of passes only at a time, while nothing waits.
+  A pass inserts the slice's tail rows, and the rows the same transaction added for it,
+  sorted, and sets its ``upto`` to the last batch id of the transaction: in the group's
+  transaction, so it commits, or fails, with it. An account's rows of a cycle then reach
+  each B-tree together, a page for several events.
 * :class:`JournalTail` is the writer's in-memory tail, changed on the Trio thread only after
   a group committed: the group's new batches and dedupe rows are added, then the passed
   slices are emptied. The writer thread reads it during a group (nothing changes it
@@ -121,10 +123,13 @@ class JournalTail:
         flat = self.dedupe[k]
         return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
 
-    def due(self, now_ms: int) -> list[int]:
-        """The slices whose turn came by ``now_ms`` (in passing order; writer thread)."""
+    def due(self, now_ms: int, *, early: bool = False) -> list[int]:
+        """The slices whose turn came by ``now_ms`` (in passing order; writer thread), or
+        with ``early`` (an idle writer with a backlog) the next ones whether or not."""
         if self.last_pass_ms is None:
             return []  # the first group starts the clock (see committed)
+        if early:
+            return [(self.next_slice + n) % SLICES for n in range(MAX_SLICES_PER_GROUP)]
         turns = int((now_ms - self.last_pass_ms) * SLICES // self.cycle_ms)
         count = min(max(turns, 0), SLICES, MAX_SLICES_PER_GROUP)
         return [(self.next_slice + n) % SLICES for n in range(count)]

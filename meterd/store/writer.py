@@ -107,6 +107,8 @@ _IN_CHUNK: Final = 500  # keys per "IN (...)" lookup, well under SQLite's variab
 ACCOUNT_CACHE: Final = 200_000  # accounts the writer's per-account shortcuts remember
 AUDIT_PRUNE_EVERY_MS: Final = 60_000  # between two pruning passes of the audit trail
 AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at most
+IDLE_PASS_MIN_BATCHES: Final = 20_000  # a tail this large is written early when idle
+IDLE_PASS_AFTER: Final = 0.05  # seconds without any operation before an idle pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,7 @@ class WriterStats:
     events_duplicate: int = 0
     events_conflict: int = 0
     batches: int = 0  # submit_batch operations (one per producer batch)
+    idle_passes: int = 0  # groups of passes only, written while idle (not in ``commits``)
 
 
 @dataclass(slots=True)
@@ -324,6 +327,7 @@ class Writer:
         self._known_accounts: set[str] = set()
         # Writer thread -> Trio thread, for the journal tail: the last committed group's new
         # batches, the slices it passed, its time.
+        self._idle_pass = False  # the next group is an idle one: pass slices early
         self._indexed: tuple[Sequence[NewBatch], dict[int, list[DedupeRow]], Sequence[int], int] = (
             (),
             {},
@@ -334,6 +338,8 @@ class Writer:
         self._before_commit: Callable[[], None] | None = None
         # Why the last group failed, until a group commits again (for health checks).
         self.failing: str | None = None
+        # Test hook: called after each group of passes written while idle.
+        self.on_idle_pass: Callable[[], None] | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
 
@@ -417,6 +423,19 @@ class Writer:
                 # Idle: the first operation starts a group at once (after one checkpoint,
                 # so that what the same scheduling tick submits joins it).
                 self._wake = trio.Event()
+                if self.journal_tail.size >= IDLE_PASS_MIN_BATCHES and self.failing is None:
+                    # A backlog of passes (after a burst): written while nothing waits for
+                    # a commit, a few slices a group, so the next load does not pay for it.
+                    # (Not while commits fail: the next operation's group tries again.)
+                    with trio.move_on_after(IDLE_PASS_AFTER):
+                        await self._wake.wait()
+                    if not self._wake.is_set():
+                        self._wake = None
+                        self._idle_pass = True
+                        loaded = await self._commit_group()
+                        if self.on_idle_pass is not None:
+                            self.on_idle_pass()
+                        continue
                 await self._wake.wait()
                 self._wake = None
                 await trio.lowlevel.checkpoint()
@@ -437,7 +456,7 @@ class Writer:
         self._in_flight = len(group)
         self._last_start = trio.current_time()
         try:
-            if all(isinstance(op, _Barrier) for op in group):
+            if group and all(isinstance(op, _Barrier) for op in group):
                 outcomes: list[Any] | _GroupFailed = [None] * len(group)
             else:
                 connection = self._connection
@@ -450,7 +469,10 @@ class Writer:
                     # delivery, a wake-up) can find it through a reader.
                     new, new_dedupe, passed, now = self._indexed
                     self.journal_tail.committed(new, new_dedupe, passed, now)
-                    self.stats.commits += 1
+                    if group:
+                        self.stats.commits += 1
+                    else:
+                        self.stats.idle_passes += 1
                     self.failing = None
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
@@ -676,7 +698,8 @@ class Writer:
                     outcomes[index] = txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
-            passed = self.journal_tail.due(txn.now)
+            passed = self.journal_tail.due(txn.now, early=self._idle_pass)
+            self._idle_pass = False
             pass_slices(
                 conn,
                 self.journal_tail,
