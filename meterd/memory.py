@@ -23,10 +23,15 @@ from typing import Any, Final
 
 __all__ = ["THRESHOLDS", "GcPauses", "tune"]
 
-THRESHOLDS: Final = (50_000, 20, 20)
+THRESHOLDS: Final = (10_000, 20, 20)
 """``gc.set_threshold`` values. The default first threshold (700 allocations) makes the
 collector walk the same in-flight events many times over (14-19 % of the ingest path was
-measured in collections); 50,000 walks each surviving object about once per generation."""
+measured in collections). A young collection's pause grows with the first threshold (it
+walks what was allocated since the last one and is still alive) and its cost per object
+does not: 10,000 gives pauses of ~10-20 ms at 20,000 events/s where 50,000 gave 40-60 ms,
+for the same collector time per second (6-10 ms) and CPU per event, and the ack p99 of the
+issue's half-load row fell from 92-114 ms to 34-57 ms (docs/ingest-bench.md). 5,000 makes
+middle and old collections frequent (~270 a 10 s row, 50-70 ms of pauses per second)."""
 
 
 def tune() -> None:

@@ -28,7 +28,7 @@ Peer (the floor)
     per account in a loop (``apply_events`` per share, or ``apply`` per event on code without
     it): no messages, no actors, no budget.
 
-The collector runs with the daemon's thresholds (``gc.set_threshold(50_000, 20, 20)``, as
+The collector runs with the daemon's thresholds (:data:`meterd.memory.THRESHOLDS`, as
 ``meterd.app.serve`` sets them; ``--gc-threshold``), and its passes are reported apart
 (``gc.callbacks``): what they cost depends on the whole heap, not only on this path.
 
@@ -56,6 +56,7 @@ import trio.testing
 from meterd.accounts.actor import MeterActor
 from meterd.accounts.aggregate import AccountUsage
 from meterd.accounts.service import Accounts, running_accounts
+from meterd.memory import THRESHOLDS
 from meterd.model import MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import AppendResult
 
@@ -63,7 +64,7 @@ METER = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 SIZES = ("std-1x", "std-2x", "perf-m", "perf-l")
 APPS = tuple(f"app-{n}" for n in range(8))
 
-DAEMON_GC_THRESHOLD = (50_000, 20, 20)  # what meterd.app.serve sets
+DAEMON_GC_THRESHOLD = THRESHOLDS  # what meterd.app.serve sets
 
 Groups = list[tuple[str, list[Event]]]
 

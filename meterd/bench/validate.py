@@ -41,6 +41,7 @@ from meterd.bench.ingest import DEFAULT_METER, build_load
 from meterd.config import DEFAULT_WINDOW_MS, Producer
 from meterd.ingest.protocol import decode_frame, parse_batch
 from meterd.ingest.validate import EventValidator, Rejection
+from meterd.memory import THRESHOLDS
 from meterd.model import Aggregation, Event, Meter
 
 Groups = dict[str, tuple[list[int], list[Event]]]
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
     # The collector as meterd.app.serve sets it up (see the module doc).
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*THRESHOLDS)
     gc.freeze()
     reference = _decode_and_validate(frames, _per_event(validator.validate_precise), now)
     if any(reference[n][1] for n in range(len(reference))):

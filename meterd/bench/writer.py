@@ -71,6 +71,7 @@ import trio
 from meterd import logs
 from meterd.bench._proc import write_bytes
 from meterd.bench.ingest import _Baseline
+from meterd.memory import THRESHOLDS
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
 
@@ -389,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The daemon's collector settings (meterd/app.py: serve), with the events built so far
     # frozen like what the daemon allocates at start-up; the defaults would add a few
     # µs/event of collections to every column.
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*THRESHOLDS)
     gc.freeze()
     writer = _median([run_writer(warm_up, timed, args.in_flight) for _ in range(args.repeats)])
     if args.json:
