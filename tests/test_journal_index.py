@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from meterd.store import Reader, Store, Writer, open_reader
 from meterd.store import writer as writer_module
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
+from tests.test_store import rows, running
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -38,22 +37,6 @@ class Clock:
 
 def event(event_id: str, account: str, time: int = 60_000) -> Event:
     return Event(event_id, account, "api", 1, time, (), "prod", 1)
-
-
-@asynccontextmanager
-async def running(writer: Writer) -> AsyncIterator[Writer]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        yield writer
-        nursery.cancel_scope.cancel()
-
-
-def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def stored_batches(path: Path, account: str) -> list[int]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Final
 
-__all__ = ["write_bytes"]
+__all__ = ["cpu_seconds", "rss_bytes", "write_bytes"]
 
 
 def write_bytes(pid: int) -> int | None:
@@ -18,4 +20,28 @@ def write_bytes(pid: int) -> int | None:
     for line in io.splitlines():
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
+    return None
+
+
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid`` (all its threads) so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
     return None

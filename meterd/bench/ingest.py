@@ -102,7 +102,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from meterd.bench._proc import write_bytes
+from meterd.bench._proc import cpu_seconds, rss_bytes, write_bytes
 
 __all__ = [
     "BenchError",
@@ -477,30 +477,6 @@ def _decode(message: str | bytes) -> dict[str, Any]:
 
 
 # ---- the server's CPU and memory --------------------------------------------------------------
-
-
-_TICK: Final = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of process ``pid`` (all its threads) so far."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def gc_pauses(metrics_url: str) -> tuple[float, int] | None:
