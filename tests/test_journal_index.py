@@ -324,3 +324,76 @@ async def test_an_idle_writer_writes_a_large_tail_early(
         written = rows(path, "SELECT count(*) FROM journal_index")[0][0]
         assert written >= 6 - 2
         assert written + writer.journal_tail.size == 6
+
+
+async def test_a_writer_starts_on_a_full_disk_holding_the_tail_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash left a tail, and the start's catch-up cannot write (here: made to fail as a
+    full disk does): the writer starts anyway, holding the same rows in memory, and its
+    verdicts and readers are those of a caught-up store; the passes write the rows later."""
+    path = tmp_path / "s.sqlite3"
+    crashed = Writer(path, commit_interval=0, index_cycle=3600.0)
+    crash_on_stop(crashed)
+    async with running(crashed):
+        for n in range(6):
+            await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+
+    def full(conn: sqlite3.Connection) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(writer_module, "catch_up", full)
+    clock = Clock()
+    store = Store.at(path, commit_interval=0, index_cycle=1.0)
+    store.writer._clock = clock
+    with structlog.testing.capture_logs() as logs:
+        async with running(store.writer):
+            assert {"event": "journal_index_catch_up_failed", "held": 6} in [
+                {k: v for k, v in line.items() if k in ("event", "held")} for line in logs
+            ]
+            assert store.writer.journal_tail.size == 6
+            loaded = await store.reader.load_account("acme")
+            assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
+            again = await store.writer.append(
+                "acme", [event("e0", "acme"), event("e3", "acme", time=1), event("e9", "acme")]
+            )
+            assert (again.duplicates, again.conflicts, again.accepted) == ([0], [1], [2])
+            clock.now += 1_000  # the passes write what the catch-up could not
+            for n in range(SLICES // MAX_SLICES_PER_GROUP):
+                await store.writer.append("acme", [event(f"x{n}", "acme")])
+    await store.aclose()
+    assert rows(path, "SELECT count(*) FROM dedupe") == [(7 + SLICES // MAX_SLICES_PER_GROUP,)]
+    assert rows(path, "SELECT count(*) FROM journal_index") == [
+        (7 + SLICES // MAX_SLICES_PER_GROUP,)
+    ]
+
+
+async def test_events_page_through_a_tail_longer_than_a_read_chunk(tmp_path: Path) -> None:
+    """An account with more tail batches than the reader takes a chunk at a time (64), some
+    of them indexed: pages of every size give every event once, in journal order."""
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    async with running(writer), await open_reader(path) as sql_reader:
+        for n in range(150):
+            if n == 40:  # the first 40 reach the index; the rest stay in the tail
+                clock.now += 2_560
+                for _ in range(SLICES // MAX_SLICES_PER_GROUP):
+                    await writer.append("globex", [event(f"g{_}-{n}", "globex")])
+            await writer.append("acme", [event(f"a{n}", "acme", time=1000 + n)])
+        assert len(writer.journal_tail.entries("acme")) == 110
+        memory_reader = Reader(path, tail=writer.journal_tail.entries)
+        try:
+            for reader in (memory_reader, sql_reader):
+                for limit in (1, 7, 64, 65, 200):
+                    seen: list[str] = []
+                    cursor = None
+                    while True:
+                        page = await reader.events("acme", None, 0, 10**9, limit, cursor)
+                        seen.extend(e.id for e in page.events)
+                        if page.next_cursor is None:
+                            break
+                        cursor = page.next_cursor
+                    assert seen == [f"a{n}" for n in range(150)], (limit, reader is sql_reader)
+        finally:
+            await memory_reader.aclose()

@@ -61,6 +61,7 @@ __all__ = [
     "TailEntry",
     "catch_up",
     "pass_slices",
+    "rebuild_tail",
 ]
 
 _SLICE_CACHE: Final = 200_000  # accounts whose slice the tail remembers
@@ -214,6 +215,50 @@ def pass_slices(
     conn.executemany(
         "UPDATE journal_slices SET upto = ? WHERE slice = ?", [(upto, k) for k in slices]
     )
+
+
+def rebuild_tail(
+    conn: sqlite3.Connection,
+) -> tuple[list[NewBatch], dict[int, list[DedupeRow]]]:
+    """What :func:`catch_up` would write, to hold in a tail instead (reads only: for a
+    database that cannot take the writes, e.g. a full disk): the batches no pass covered and
+    their events' dedupe rows by slice, in journal order, a key to the first event that has
+    it (a key already in ``dedupe`` is not held again)."""
+    upto = dict(conn.execute("SELECT slice, upto FROM journal_slices").fetchall())
+    new: list[NewBatch] = []
+    held: list[tuple[int, DedupeRow]] = []  # (slice, row)
+    claimed: set[int] = set()
+    buckets: dict[str, int] = {}
+    for batch_id, account, low, high, payload in conn.execute(
+        "SELECT batch_id, account, min_time, max_time, payload FROM event_batches"
+        " WHERE batch_id > ? ORDER BY batch_id",
+        (min(upto.values(), default=0),),
+    ).fetchall():
+        k = slice_of(account)
+        if batch_id <= upto[k]:
+            continue
+        new.append((account, batch_id, low, high))
+        bucket = buckets.get(account)
+        if bucket is None:
+            bucket = buckets[account] = account_bucket(account)
+        for event in codec.decode_batch(payload, account, where=f"batch {batch_id}"):
+            key = dedupe_row_key(bucket, event)
+            if key not in claimed:
+                claimed.add(key)
+                held.append((k, (key, batch_id, event.fingerprint())))
+    stored: set[int] = set()
+    keys = list(claimed)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        stored.update(
+            key for (key,) in conn.execute(f"SELECT key FROM dedupe WHERE key IN ({marks})", chunk)
+        )
+    new_dedupe: dict[int, list[DedupeRow]] = {}
+    for k, row in held:
+        if row[0] not in stored:
+            new_dedupe.setdefault(k, []).append(row)
+    return new, new_dedupe
 
 
 def catch_up(conn: sqlite3.Connection) -> int:

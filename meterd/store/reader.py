@@ -311,11 +311,13 @@ class Reader:
                 ]
                 full = len(indexed) == _SCAN_CHUNK
                 last = indexed[-1] if full else None
-                ids = sorted(
+                candidates = sorted(
                     set(indexed).union(
                         b for b in tail_ids if b >= batch_from and (last is None or b <= last)
                     )
                 )
+                ids = candidates[:_SCAN_CHUNK]  # the tail too is read a chunk at a time
+                more = full or len(candidates) > _SCAN_CHUNK
                 rows = _payloads(conn, ids)
                 for batch_id, payload in rows:
                     events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
@@ -328,9 +330,9 @@ class Reader:
                             if len(found) == limit:
                                 return EventsPage(found, encode_cursor(batch_id, index))
                             found.append(event)
-                if last is None:
+                if not more:
                     return EventsPage(found, None)
-                batch_from = last + 1
+                batch_from = ids[-1] + 1
 
         return await self._run(query)
 

@@ -87,7 +87,14 @@ from meterd.model import Event
 
 from . import codec, schema
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
-from .journal_index import DedupeRow, JournalTail, NewBatch, catch_up, pass_slices
+from .journal_index import (
+    DedupeRow,
+    JournalTail,
+    NewBatch,
+    catch_up,
+    pass_slices,
+    rebuild_tail,
+)
 from .schema import SLICES, open_database
 
 __all__ = [
@@ -366,12 +373,7 @@ class Writer:
             try:
                 # Whatever tail the file has (a crash or a stop leaves one) is indexed before
                 # anyone reads: the in-memory tail then starts empty and complete.
-                indexed = await trio.to_thread.run_sync(
-                    catch_up, self._connection, limiter=self._limiter
-                )
-                self.journal_tail.clear()
-                if indexed:
-                    log.info("journal_index_caught_up", path=str(self.path), batches=indexed)
+                await self._catch_up()
                 task_status.started(self)
                 await self._serve()
             finally:
@@ -387,6 +389,31 @@ class Writer:
                         await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
         finally:
             self._running = False
+
+    async def _catch_up(self) -> None:
+        """Write the rows of the tail the file has; if that cannot be written (a full disk),
+        hold them in memory instead, derived the same way, for the passes to write later:
+        the writer starts either way (a full disk fails commits, not the writer)."""
+        connection = self._connection
+        assert connection is not None
+        try:
+            indexed = await trio.to_thread.run_sync(catch_up, connection, limiter=self._limiter)
+        except sqlite3.Error as error:
+            new, new_dedupe = await trio.to_thread.run_sync(
+                rebuild_tail, connection, limiter=self._limiter
+            )
+            self.journal_tail.clear()
+            self.journal_tail.committed(new, new_dedupe, (), self._clock())
+            log.warning(
+                "journal_index_catch_up_failed",
+                path=str(self.path),
+                error=str(error),
+                held=len(new),
+            )
+            return
+        self.journal_tail.clear()
+        if indexed:
+            log.info("journal_index_caught_up", path=str(self.path), batches=indexed)
 
     async def _pass_everything(self) -> None:
         """Write the whole tail (at a stop: the file is left with nothing to catch up)."""
@@ -464,16 +491,6 @@ class Writer:
                 outcomes = await trio.to_thread.run_sync(
                     self._write_group, connection, group, limiter=self._limiter
                 )
-                if not isinstance(outcomes, _GroupFailed):
-                    # Before any outcome is resolved: whoever learns of a batch (an ack, a
-                    # delivery, a wake-up) can find it through a reader.
-                    new, new_dedupe, passed, now = self._indexed
-                    self.journal_tail.committed(new, new_dedupe, passed, now)
-                    if group:
-                        self.stats.commits += 1
-                    else:
-                        self.stats.idle_passes += 1
-                    self.failing = None
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
             # so the group goes back to the front of the queue for the next attempt.
@@ -482,6 +499,20 @@ class Writer:
         finally:
             self._in_flight = 0
             self._room.unpark_all()
+        written = not isinstance(outcomes, _GroupFailed) and not (
+            group and all(isinstance(op, _Barrier) for op in group)
+        )
+        if written:
+            # Before any outcome is resolved: whoever learns of a batch (an ack, a delivery,
+            # a wake-up) can find it through a reader. (Outside the try above: the group is
+            # committed, it must never go back to the queue.)
+            new, new_dedupe, passed, now = self._indexed
+            self.journal_tail.committed(new, new_dedupe, passed, now)
+            if group:
+                self.stats.commits += 1
+            else:
+                self.stats.idle_passes += 1
+            self.failing = None
         loaded = bool(self._queue)
         self.stats.operations += len(group)
         self.stats.largest_group = max(self.stats.largest_group, len(group))
@@ -715,8 +746,6 @@ class Writer:
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
-            self._known_accounts.update(txn.new_accounts)
-            self._indexed = (txn.new_batches, txn.new_dedupe_by_slice, passed, txn.now)
         except Exception as exc:
             if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
                 try:
@@ -724,6 +753,9 @@ class Writer:
                 except sqlite3.Error as rollback_error:
                     exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
             return _GroupFailed(exc)
+        # Committed: nothing below may turn the group into a failed one.
+        self._known_accounts.update(txn.new_accounts)
+        self._indexed = (txn.new_batches, txn.new_dedupe_by_slice, passed, txn.now)
         return outcomes
 
 
