@@ -39,7 +39,9 @@ Rules:
 * At start the writer indexes whatever tail the database has (:func:`catch_up`: a crash or
   a stop leaves one; the dedupe rows are derived again from the journal's payloads, in
   journal order, a key going to the first event that has it, as when they were appended)
-  before reporting ready, so the in-memory tail starts empty and complete.
+  before reporting ready, so the in-memory tail starts empty and complete. If they cannot
+  be written (a full disk), it holds the same rows in memory (:func:`rebuild_tail`) and
+  starts anyway: a full disk fails commits, not the writer.
 """
 
 from __future__ import annotations

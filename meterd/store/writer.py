@@ -37,8 +37,8 @@ Passes (:mod:`meterd.store.journal_index`): appends write neither a journal inde
 writing their rows. After its COMMIT, before any operation is resolved,
 :attr:`Writer.journal_tail` gets the group's new batches and dedupe rows and forgets the
 passed slices; a key is looked up in this tail too. ``run`` writes the rows of whatever tail
-the file has (derived from the journal) before reporting ready, and all of the tail when it
-stops.
+the file has (derived from the journal; held in memory instead if they cannot be written)
+before reporting ready, and all of the tail when it stops.
 
 Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
 :class:`RejectedEvent` given to :meth:`submit_batch` (ingest's rejections that name an
