@@ -157,6 +157,26 @@ def crash_on_stop(writer: Writer) -> None:
     writer._pass_everything = no_final_pass  # type: ignore[method-assign]
 
 
+async def leave_a_tail(path: Path) -> None:
+    """Six batches of three accounts in a store a crashed writer left without their index
+    and dedupe rows."""
+    crashed = Writer(path, commit_interval=0, index_cycle=3600.0)
+    crash_on_stop(crashed)
+    async with running(crashed):
+        for n in range(6):
+            await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+
+
+async def check_recovered(store: Store) -> None:
+    """The store decides and reads as if no row of :func:`leave_a_tail` had been lost."""
+    loaded = await store.reader.load_account("acme")
+    assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
+    again = await store.writer.append(
+        "acme", [event("e0", "acme"), event("e3", "acme", time=1), event("e9", "acme")]
+    )
+    assert (again.duplicates, again.conflicts, again.accepted) == ([0], [1], [2])
+
+
 async def test_a_stopped_writer_leaves_nothing_to_catch_up(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     writer = Writer(path, commit_interval=0, index_cycle=3600.0)
@@ -175,12 +195,7 @@ async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "s.sqlite3"
-    clock = Clock()
-    crashed = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
-    crash_on_stop(crashed)
-    async with running(crashed):
-        for n in range(6):
-            await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+    await leave_a_tail(path)
     # The old writer's memory is gone; the file has a tail no pass wrote.
     assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
     assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]
@@ -191,14 +206,9 @@ async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
                 {k: v for k, v in line.items() if k in ("event", "batches")} for line in logs
             ]
             assert store.writer.journal_tail.size == 0
-            loaded = await store.reader.load_account("acme")
-            assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
             assert rows(path, "SELECT count(*) FROM dedupe") == [(6,)]
             # The dedupe rows derived from the journal decide as the lost ones would have.
-            again = await store.writer.append(
-                "acme", [event("e0", "acme"), event("e3", "acme", time=1), event("e9", "acme")]
-            )
-            assert (again.duplicates, again.conflicts, again.accepted) == ([0], [1], [2])
+            await check_recovered(store)
     await store.aclose()
     # The stop's final pass wrote the batch appended after the catch-up too.
     assert rows(path, "SELECT min(upto), max(upto) FROM journal_slices") == [(7, 7)]
@@ -333,11 +343,7 @@ async def test_a_writer_starts_on_a_full_disk_holding_the_tail_it_cannot_write(
     full disk does): the writer starts anyway, holding the same rows in memory, and its
     verdicts and readers are those of a caught-up store; the passes write the rows later."""
     path = tmp_path / "s.sqlite3"
-    crashed = Writer(path, commit_interval=0, index_cycle=3600.0)
-    crash_on_stop(crashed)
-    async with running(crashed):
-        for n in range(6):
-            await crashed.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
+    await leave_a_tail(path)
 
     def full(conn: sqlite3.Connection) -> int:
         raise sqlite3.OperationalError("database or disk is full")
@@ -352,12 +358,7 @@ async def test_a_writer_starts_on_a_full_disk_holding_the_tail_it_cannot_write(
                 {k: v for k, v in line.items() if k in ("event", "held")} for line in logs
             ]
             assert store.writer.journal_tail.size == 6
-            loaded = await store.reader.load_account("acme")
-            assert [batch_id for batch_id, _ in loaded.replay] == [1, 4]
-            again = await store.writer.append(
-                "acme", [event("e0", "acme"), event("e3", "acme", time=1), event("e9", "acme")]
-            )
-            assert (again.duplicates, again.conflicts, again.accepted) == ([0], [1], [2])
+            await check_recovered(store)
             clock.now += 1_000  # the passes write what the catch-up could not
             for n in range(SLICES // MAX_SLICES_PER_GROUP):
                 await store.writer.append("acme", [event(f"x{n}", "acme")])

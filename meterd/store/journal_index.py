@@ -265,34 +265,17 @@ def rebuild_tail(
 
 def catch_up(conn: sqlite3.Connection) -> int:
     """Index every batch that no pass covered, and write its events' dedupe rows (one
-    transaction); the batches indexed."""
+    transaction; the rows are :func:`rebuild_tail`'s); the batches indexed."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        upto = dict(conn.execute("SELECT slice, upto FROM journal_slices").fetchall())
-        rows: list[tuple[str, int, int, int]] = []
-        buckets: dict[str, int] = {}
-        for batch_id, account, low, high, payload in conn.execute(
-            "SELECT batch_id, account, min_time, max_time, payload FROM event_batches"
-            " WHERE batch_id > ? ORDER BY batch_id",
-            (min(upto.values(), default=0),),
-        ).fetchall():
-            if batch_id <= upto[slice_of(account)]:
-                continue
-            rows.append((account, batch_id, low, high))
-            bucket = buckets.get(account)
-            if bucket is None:
-                bucket = buckets[account] = account_bucket(account)
-            events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
-            # In journal order, a key to the first event that has it: as when appended (a
-            # later event with a taken key has its dedupe_overflow row already).
-            conn.executemany(
-                "INSERT OR IGNORE INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
-                [(dedupe_row_key(bucket, e), batch_id, e.fingerprint()) for e in events],
-            )
-        rows.sort()
+        new, new_dedupe = rebuild_tail(conn)
         conn.executemany(
             "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",
-            rows,
+            sorted(new),
+        )
+        conn.executemany(
+            "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
+            sorted(chain.from_iterable(new_dedupe.values())),
         )
         (top,) = conn.execute("SELECT coalesce(max(batch_id), 0) FROM event_batches").fetchone()
         conn.execute("UPDATE journal_slices SET upto = ?", (top,))
@@ -301,4 +284,4 @@ def catch_up(conn: sqlite3.Connection) -> int:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return len(rows)
+    return len(new)
