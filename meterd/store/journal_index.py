@@ -48,12 +48,13 @@ from __future__ import annotations
 
 import sqlite3
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import chain, repeat
 from typing import Final, TypeAlias
 
 from . import codec
-from .schema import SLICES, account_bucket, dedupe_row_key, slice_of
+from .schema import SLICES, account_bucket, dedupe_row_key, slice_of, stored_dedupe_rows
 
 __all__ = [
     "DedupeRow",
@@ -62,6 +63,7 @@ __all__ = [
     "NewBatch",
     "TailEntry",
     "catch_up",
+    "pass_everything",
     "pass_slices",
     "rebuild_tail",
 ]
@@ -248,14 +250,7 @@ def rebuild_tail(
             if key not in claimed:
                 claimed.add(key)
                 held.append((k, (key, batch_id, event.fingerprint())))
-    stored: set[int] = set()
-    keys = list(claimed)
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        stored.update(
-            key for (key,) in conn.execute(f"SELECT key FROM dedupe WHERE key IN ({marks})", chunk)
-        )
+    stored = stored_dedupe_rows(conn, claimed)
     new_dedupe: dict[int, list[DedupeRow]] = {}
     for k, row in held:
         if row[0] not in stored:
@@ -263,11 +258,34 @@ def rebuild_tail(
     return new, new_dedupe
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed if the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _last_batch_id(conn: sqlite3.Connection) -> int:
+    (top,) = conn.execute("SELECT coalesce(max(batch_id), 0) FROM event_batches").fetchone()
+    return int(top)
+
+
+def pass_everything(conn: sqlite3.Connection, tail: JournalTail) -> None:
+    """Write the whole tail (every slice) in one transaction (the writer's stop)."""
+    with _immediate(conn):
+        pass_slices(conn, tail, range(SLICES), (), {}, _last_batch_id(conn))
+
+
 def catch_up(conn: sqlite3.Connection) -> int:
     """Index every batch that no pass covered, and write its events' dedupe rows (one
     transaction; the rows are :func:`rebuild_tail`'s); the batches indexed."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         new, new_dedupe = rebuild_tail(conn)
         conn.executemany(
             "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",
@@ -277,11 +295,5 @@ def catch_up(conn: sqlite3.Connection) -> int:
             "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
             sorted(chain.from_iterable(new_dedupe.values())),
         )
-        (top,) = conn.execute("SELECT coalesce(max(batch_id), 0) FROM event_batches").fetchone()
-        conn.execute("UPDATE journal_slices SET upto = ?", (top,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        conn.execute("UPDATE journal_slices SET upto = ?", (_last_batch_id(conn),))
     return len(new)

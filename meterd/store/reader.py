@@ -32,7 +32,7 @@ from meterd.model import Event
 from . import codec
 from .errors import InvalidCursor, ReaderClosed
 from .journal_index import TailEntry
-from .schema import open_readonly, slice_of
+from .schema import IN_CHUNK, open_readonly, slice_of
 
 __all__ = [
     "AuditEntry",
@@ -49,7 +49,6 @@ __all__ = [
 T = TypeVar("T")
 
 _SCAN_CHUNK: Final = 64  # batches fetched per query while paging events
-_IDS_CHUNK: Final = 500  # batch ids per "IN (...)" lookup, well under SQLite's variable limit
 TailOf = Callable[[str], list[TailEntry]]
 """An account's journal batches not yet in ``journal_index`` (from the writer's memory)."""
 MAX_EVENTS_LIMIT: Final = 10_000
@@ -486,8 +485,8 @@ def _journal_ids(
 def _payloads(conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
     """``(batch_id, payload)`` of the journal batches ``ids`` (ascending), in that order."""
     rows: list[tuple[int, bytes]] = []
-    for start in range(0, len(ids), _IDS_CHUNK):
-        chunk = ids[start : start + _IDS_CHUNK]
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         rows.extend(
             conn.execute(

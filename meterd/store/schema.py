@@ -84,8 +84,10 @@ __all__ = [
     "SLICES",
     "Migration",
     "account_bucket",
+    "IN_CHUNK",
     "dedupe_row_key",
     "dedupe_row_keys",
+    "stored_dedupe_rows",
     "open_database",
     "open_readonly",
     "slice_of",
@@ -142,6 +144,24 @@ def dedupe_row_keys(buckets: Mapping[str, int], events: Iterable[Event]) -> list
         )
         for e in events
     ]
+
+
+IN_CHUNK: Final = 500
+"""Values per ``IN (...)`` lookup, well under SQLite's variable limit."""
+
+
+def stored_dedupe_rows(conn: sqlite3.Connection, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """``(batch_id, fingerprint)`` of each of ``keys`` that has a ``dedupe`` row."""
+    found: dict[int, tuple[int, int]] = {}
+    pending = list(keys)
+    for start in range(0, len(pending), IN_CHUNK):
+        chunk = pending[start : start + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for key, batch_id, fingerprint in conn.execute(
+            f"SELECT key, batch_id, fingerprint FROM dedupe WHERE key IN ({marks})", chunk
+        ):
+            found[key] = (batch_id, fingerprint)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

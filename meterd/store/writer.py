@@ -92,10 +92,11 @@ from .journal_index import (
     JournalTail,
     NewBatch,
     catch_up,
+    pass_everything,
     pass_slices,
     rebuild_tail,
 )
-from .schema import SLICES, open_database
+from .schema import open_database
 
 __all__ = [
     "AppendResult",
@@ -110,7 +111,6 @@ __all__ = [
 
 log = structlog.get_logger("meterd.store")
 
-_IN_CHUNK: Final = 500  # keys per "IN (...)" lookup, well under SQLite's variable limit
 ACCOUNT_CACHE: Final = 200_000  # accounts the writer's per-account shortcuts remember
 AUDIT_PRUNE_EVERY_MS: Final = 60_000  # between two pruning passes of the audit trail
 AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at most
@@ -422,22 +422,8 @@ class Writer:
             return
         connection = self._connection
         assert connection is not None
-
-        def write() -> None:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                (top,) = connection.execute(
-                    "SELECT coalesce(max(batch_id), 0) FROM event_batches"
-                ).fetchone()
-                pass_slices(connection, tail, range(SLICES), (), {}, top)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-
         try:
-            await trio.to_thread.run_sync(write, limiter=self._limiter)
+            await trio.to_thread.run_sync(pass_everything, connection, tail, limiter=self._limiter)
         except sqlite3.Error as error:  # the next start catches up instead
             log.warning("journal_index_pass_failed", path=str(self.path), error=str(error))
             return
@@ -482,8 +468,9 @@ class Writer:
         group, self._queue = self._queue, []
         self._in_flight = len(group)
         self._last_start = trio.current_time()
+        barriers_only = bool(group) and all(isinstance(op, _Barrier) for op in group)
         try:
-            if group and all(isinstance(op, _Barrier) for op in group):
+            if barriers_only:
                 outcomes: list[Any] | _GroupFailed = [None] * len(group)
             else:
                 connection = self._connection
@@ -499,10 +486,7 @@ class Writer:
         finally:
             self._in_flight = 0
             self._room.unpark_all()
-        written = not isinstance(outcomes, _GroupFailed) and not (
-            group and all(isinstance(op, _Barrier) for op in group)
-        )
-        if written:
+        if not barriers_only and not isinstance(outcomes, _GroupFailed):
             # Before any outcome is resolved: whoever learns of a batch (an ack, a delivery,
             # a wake-up) can find it through a reader. (Outside the try above: the group is
             # committed, it must never go back to the queue.)
@@ -1198,13 +1182,7 @@ class _Transaction:
                 pending.append(key)
             else:
                 found[key] = row
-        for start in range(0, len(pending), _IN_CHUNK):
-            chunk = pending[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for key, batch_id, fingerprint in self.conn.execute(
-                f"SELECT key, batch_id, fingerprint FROM dedupe WHERE key IN ({marks})", chunk
-            ):
-                found[key] = (batch_id, fingerprint)
+        found.update(schema.stored_dedupe_rows(self.conn, pending))
         return found
 
     def _overflow_row(self, account: str, event_id: str) -> tuple[int, int] | None:
