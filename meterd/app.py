@@ -55,6 +55,7 @@ def build(config: Config) -> Services:
         config.store_path,
         commit_interval=config.store.commit_interval_ms / 1000,
         index_cycle=config.store.index_cycle,
+        wal_checkpoint_interval=config.store.wal_checkpoint_interval_ms / 1000 or None,
         audit_retention_ms=config.dedupe_window_ms,  # docs/accounts.md "Audit trail"
     )
     accounts = Accounts(
@@ -99,14 +100,17 @@ async def serve(config: Config) -> None:
     pauses.install()
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(services.root.run)
-                log.info("meterd_started", version=__version__, config=str(config.path))
-                log.info("listening", ingest=services.ingest.url, api=services.api.url)
-                async for signum in signals:
-                    log.info("meterd_stopping", signal=signal.Signals(signum).name)
-                    services.root.stop()
-                    break
+            async with trio.open_nursery() as collector:
+                collector.start_soon(memory.collect_young)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(services.root.run)
+                    log.info("meterd_started", version=__version__, config=str(config.path))
+                    log.info("listening", ingest=services.ingest.url, api=services.api.url)
+                    async for signum in signals:
+                        log.info("meterd_stopping", signal=signal.Signals(signum).name)
+                        services.root.stop()
+                        break
+                collector.cancel_scope.cancel()
     finally:
         pauses.remove()
     await services.billing.db.aclose()

@@ -175,6 +175,9 @@ class StoreConfig:
     checkpoint_interval: float = 30.0  # seconds; the journal covers recovery meanwhile
     commit_interval_ms: int = 2
     index_cycle: float = 5.0  # seconds between two index passes over the same accounts
+    # At most one write-ahead-log checkpoint per this many ms, off the commit path;
+    # 0: SQLite's own, inside the commit that passes 1,000 pages.
+    wal_checkpoint_interval_ms: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,7 +749,15 @@ class _Loader:
     def store(self, value: object) -> StoreConfig:
         table = self.table("store", value)
         self.unknown_keys(
-            "store", table, ("path", "checkpoint_interval", "commit_interval_ms", "index_cycle")
+            "store",
+            table,
+            (
+                "path",
+                "checkpoint_interval",
+                "commit_interval_ms",
+                "index_cycle",
+                "wal_checkpoint_interval_ms",
+            ),
         )
         path = self.file("store.path", table.get("path", DEFAULT_STORE_PATH))
         if path is not None and path.is_dir():
@@ -767,6 +778,13 @@ class _Loader:
                 1000,
             ),
             index_cycle=self.index_cycle(table.get("index_cycle", _MISSING), defaults.index_cycle),
+            wal_checkpoint_interval_ms=self.integer(
+                "store.wal_checkpoint_interval_ms",
+                table.get("wal_checkpoint_interval_ms", _MISSING),
+                defaults.wal_checkpoint_interval_ms,
+                0,
+                60_000,
+            ),
         )
 
     def index_cycle(self, value: object, default: float) -> float:

@@ -131,6 +131,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (30.0, 30.0)
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (30.0, 2)
     assert config.store.index_cycle == 5.0
+    assert config.store.wal_checkpoint_interval_ms == 100
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
     assert (accounts.max_restarts, accounts.max_seconds) == (50, 10.0)
@@ -146,7 +147,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
             + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77"
             + '\nkeepalive_interval = "2m"\nkeepalive_timeout = 7.5',
             store=STORE
-            + '\ncheckpoint_interval = "2m"\ncommit_interval_ms = 0\nindex_cycle = "250ms"',
+            + '\ncheckpoint_interval = "2m"\ncommit_interval_ms = 0\nindex_cycle = "250ms"'
+            + "\nwal_checkpoint_interval_ms = 0",
             accounts="idle_timeout = 0.5\nmailbox_size = 8\nmax_restarts = 0\nmax_seconds = 30",
         ),
     )
@@ -159,6 +161,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
     assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (120.0, 7.5)
     assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (120.0, 0)
     assert config.store.index_cycle == 0.25
+    assert config.store.wal_checkpoint_interval_ms == 0
     accounts = config.accounts
     assert (accounts.idle_timeout, accounts.mailbox_size) == (0.5, 8)
     assert (accounts.max_restarts, accounts.max_seconds) == (0, 30.0)
@@ -299,6 +302,10 @@ def test_producers_as_a_single_table(tmp_path: Path) -> None:
         ({"store": STORE + "\ncommit_interval_ms = 5000"}, "store.commit_interval_ms"),
         ({"store": STORE + "\nindex_cycle = 0"}, "store.index_cycle"),
         ({"store": STORE + '\nindex_cycle = "2h"'}, "store.index_cycle"),
+        (
+            {"store": STORE + "\nwal_checkpoint_interval_ms = -1"},
+            "store.wal_checkpoint_interval_ms",
+        ),
         ({"accounts": "mailbox_size = 0"}, "accounts.mailbox_size"),
         ({"accounts": "max_restarts = -1"}, "accounts.max_restarts"),
         ({"accounts": "max_seconds = 0"}, "accounts.max_seconds"),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gc
 import itertools
 
+import trio
+import trio.testing
+
 from meterd import memory
 from meterd.api.metrics import Metrics
 
@@ -60,3 +63,24 @@ def test_tune_sets_the_thresholds_and_freezes() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_young_collections_run_on_a_timer_and_the_middle_one_every_tenth(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[int, float]] = []
+    pauses = memory.GcPauses(
+        lambda generation, seconds: seen.append((generation, trio.current_time()))
+    )
+    gc.disable()  # only the timer's collections
+    pauses.install()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(memory.collect_young)
+            await trio.sleep(2.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        pauses.remove()
+        gc.enable()
+    assert [generation for generation, _ in seen] == ([0] * 9 + [1]) * 2
+    assert [round(at, 3) for _, at in seen] == [round(0.1 * tick, 3) for tick in range(1, 21)]

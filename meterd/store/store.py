@@ -34,6 +34,7 @@ class Store:
         read_connections: int = 2,
         audit_retention_ms: int | None = None,
         index_cycle: float = 5.0,
+        wal_checkpoint_interval: float | None = 0.1,
     ) -> Store:
         writer = Writer(
             path,
@@ -41,6 +42,7 @@ class Store:
             max_pending=max_pending,
             audit_retention_ms=audit_retention_ms,
             index_cycle=index_cycle,
+            wal_checkpoint_interval=wal_checkpoint_interval,
         )
         # The reader takes the tail of the journal index from the writer's memory.
         return cls(

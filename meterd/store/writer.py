@@ -40,6 +40,11 @@ passed slices; a key is looked up in this tail too. ``run`` writes the rows of w
 the file has (derived from the journal; held in memory instead if they cannot be written)
 before reporting ready, and all of the tail when it stops.
 
+Log checkpoints: with ``wal_checkpoint_interval`` (default 0.1 s), a
+:class:`~meterd.store.wal.WalCheckpointer` task beside the writer copies committed pages from
+the write-ahead log into the database file on its own connection, so that no COMMIT waits for
+that copy (``None``: SQLite's default, a checkpoint inside the COMMIT that passes 1,000 pages).
+
 Audit trail: each duplicate and ``id_conflict`` the writer decides, and each
 :class:`RejectedEvent` given to :meth:`submit_batch` (ingest's rejections that name an
 account), becomes an ``audit`` row in the **same** transaction as the batch: it is durable
@@ -97,6 +102,7 @@ from .journal_index import (
     rebuild_tail,
 )
 from .schema import open_database
+from .wal import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 __all__ = [
     "AppendResult",
@@ -305,6 +311,7 @@ class Writer:
         clock: Callable[[], int] = _wall_ms,
         audit_retention_ms: int | None = None,
         index_cycle: float = 5.0,
+        wal_checkpoint_interval: float | None = 0.1,
     ) -> None:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
@@ -317,6 +324,12 @@ class Writer:
         self._clock = clock
         self.audit_retention_ms = audit_retention_ms
         self.journal_tail = JournalTail(max(1, round(index_cycle * 1000)))
+        # Checkpoints of the log, off the commit path (None: SQLite's, inside a COMMIT).
+        self.wal = (
+            None
+            if wal_checkpoint_interval is None
+            else WalCheckpointer(self.path, interval=wal_checkpoint_interval)
+        )
         self._next_prune = 0  # writer thread: wall ms of the next audit pruning pass
         self._queue: list[_Op] = []
         self._in_flight = 0
@@ -371,11 +384,20 @@ class Writer:
                 open_database, self.path, limiter=self._limiter
             )
             try:
+                if self.wal is not None:
+                    # The checkpointer copies the log; the commits' own checkpoint is the
+                    # backstop that bounds it (see meterd.store.wal).
+                    self._connection.execute(
+                        f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}"
+                    )
                 # Whatever tail the file has (a crash or a stop leaves one) is indexed before
                 # anyone reads: the in-memory tail then starts empty and complete.
                 await self._catch_up()
-                task_status.started(self)
-                await self._serve()
+                async with trio.open_nursery() as nursery:
+                    if self.wal is not None:
+                        await nursery.start(self.wal.run)
+                    task_status.started(self)
+                    await self._serve()
             finally:
                 with sv.shutdown_shield():
                     try:
@@ -492,6 +514,8 @@ class Writer:
             # committed, it must never go back to the queue.)
             new, new_dedupe, passed, now = self._indexed
             self.journal_tail.committed(new, new_dedupe, passed, now)
+            if self.wal is not None:
+                self.wal.committed()
             if group:
                 self.stats.commits += 1
             else:
