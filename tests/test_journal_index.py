@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterd.model import Event
-from meterd.store import Reader, Store, Writer, open_reader
+from meterd.store import Reader, Store, Writer, journal_index, open_reader
 from meterd.store import writer as writer_module
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
@@ -145,6 +145,74 @@ async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: P
             ("acme", 1),
             ("globex", 2),
         ]
+
+
+async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass that raises (a bug, a corrupt index page): the group commits without it, the
+    # rows stay in the tail (dedupe and readers still see them), passes resume later.
+    broken = True
+    attempts: list[list[int]] = []
+
+    def pass_slices(conn: sqlite3.Connection, tail: JournalTail, slices: Any, *args: Any) -> None:
+        if slices:
+            attempts.append(list(slices))
+        if broken and slices:
+            conn.execute("INSERT INTO journal_index VALUES ('x', 1, 0, 0)")  # rolled back
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: dedupe.key")
+        journal_index.pass_slices(conn, tail, slices, *args)
+
+    monkeypatch.setattr(writer_module, "pass_slices", pass_slices)
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    with structlog.testing.capture_logs() as logs:
+        async with running(writer):
+            await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
+            clock.now += 1_000
+            result = await writer.append("globex", [event("b", "globex")])  # its pass fails
+            assert result.accepted == [0]
+            assert len(attempts) == 1
+            assert writer.stats.failed_passes == 1
+            why = "IntegrityError: UNIQUE constraint failed: dedupe.key"
+            assert (writer.failing, writer.pass_failing) == (None, why)  # commits do not fail
+            assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
+            assert writer.journal_tail.size == 2
+            # Dedupe and readers read the tail meanwhile.
+            again = await writer.append("acme", [event("a", "acme"), event("c", "acme")])
+            assert (again.accepted, again.duplicates) == ([1], [0])
+            for reader in (Reader(path, tail=writer.journal_tail.entries), await open_reader(path)):
+                try:
+                    loaded = await reader.load_account("acme")
+                    assert [b for b, _ in loaded.replay] == [1, 3]
+                finally:
+                    await reader.aclose()
+
+            clock.now += writer_module.PASS_RETRY_MS - 1  # no pass tried meanwhile
+            await writer.append("acme", [event("d", "acme")])
+            assert len(attempts) == 1
+
+            broken = False
+            clock.now += 1
+            await writer.append("acme", [event("e", "acme")])
+            assert len(attempts) == 2
+            assert (writer.failing, writer.pass_failing) == (None, None)
+            for n in range(SLICES // MAX_SLICES_PER_GROUP):  # every slice's turn again
+                await writer.quarantine("nobody", 1, f"x{n}", "a group with no batch")
+            assert writer.journal_tail.size == 0
+            assert sorted(rows(path, "SELECT account, batch_id FROM journal_index")) == [
+                ("acme", 1),
+                ("acme", 3),
+                ("acme", 4),
+                ("acme", 5),
+                ("globex", 2),
+            ]
+    failed = [line for line in logs if line["event"] == "journal_index_pass_failed"]
+    assert len(failed) == 1
+    assert failed[0]["log_level"] == "error"
+    assert failed[0]["retry_after_ms"] == writer_module.PASS_RETRY_MS
+    assert [line["event"] for line in logs].count("journal_index_pass_recovered") == 1
 
 
 def crash_on_stop(writer: Writer) -> None:

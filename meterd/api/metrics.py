@@ -104,6 +104,27 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_store_pending", "Store operations queued or being written.", writer.pending
         )
+        yield CounterMetricFamily(
+            "meterd_store_failed_passes",
+            "Journal-index passes that failed (their groups committed without them).",
+            value=stats.failed_passes,
+        )
+        yield GaugeMetricFamily(
+            "meterd_store_journal_tail_batches",
+            "Journal batches whose index and dedupe rows are held in memory, not yet passed.",
+            writer.journal_tail.size,
+        )
+        if writer.wal is not None:
+            yield CounterMetricFamily(
+                "meterd_store_wal_checkpoints",
+                "Checkpoints of the write-ahead log run off the commit path.",
+                value=writer.wal.stats.checkpoints,
+            )
+            yield CounterMetricFamily(
+                "meterd_store_wal_failed_checkpoints",
+                "Checkpoints of the write-ahead log that failed (retried; commits unaffected).",
+                value=writer.wal.stats.failures,
+            )
         yield GaugeMetricFamily(
             "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
         )

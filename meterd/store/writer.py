@@ -38,7 +38,11 @@ writing their rows. After its COMMIT, before any operation is resolved,
 :attr:`Writer.journal_tail` gets the group's new batches and dedupe rows and forgets the
 passed slices; a key is looked up in this tail too. ``run`` writes the rows of whatever tail
 the file has (derived from the journal; held in memory instead if they cannot be written)
-before reporting ready, and all of the tail when it stops.
+before reporting ready, and all of the tail when it stops. If a group's pass raises, the
+group is rolled back and written again without it (the appends are the truth, the index is
+derived): :attr:`Writer.pass_failing` says why until a pass is written again, one
+``journal_index_pass_failed`` line is logged, and no pass is tried for
+:data:`PASS_RETRY_MS`; the rows wait in the tail.
 
 Log checkpoints: with ``wal_checkpoint_interval`` (default 0.1 s), a
 :class:`~meterd.store.wal.WalCheckpointer` task beside the writer copies committed pages from
@@ -122,6 +126,7 @@ AUDIT_PRUNE_EVERY_MS: Final = 60_000  # between two pruning passes of the audit 
 AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at most
 IDLE_PASS_MIN_BATCHES: Final = 20_000  # a tail this large is written early when idle
 IDLE_PASS_AFTER: Final = 0.05  # seconds without any operation before an idle pass
+PASS_RETRY_MS: Final = 1_000  # after a failed pass, the groups of this long pass nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +212,7 @@ class WriterStats:
     events_conflict: int = 0
     batches: int = 0  # submit_batch operations (one per producer batch)
     idle_passes: int = 0  # groups of passes only, written while idle (not in ``commits``)
+    failed_passes: int = 0  # passes that failed (their groups committed without them)
 
 
 @dataclass(slots=True)
@@ -280,6 +286,10 @@ class _Waiter:
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _PassFailed(Exception):
+    """Raised inside a group transaction when its pass failed (``__cause__``: why)."""
 
 
 class _GroupFailed:
@@ -358,6 +368,10 @@ class Writer:
         self._before_commit: Callable[[], None] | None = None
         # Why the last group failed, until a group commits again (for health checks).
         self.failing: str | None = None
+        # Why the last pass failed, until one is written again (its groups committed).
+        self.pass_failing: str | None = None
+        self._pass_error: Exception | None = None  # writer thread -> Trio thread
+        self._passes_resume_ms = 0  # writer thread: no pass before (after a failed one)
         # Test hook: called after each group of passes written while idle.
         self.on_idle_pass: Callable[[], None] | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
@@ -458,10 +472,14 @@ class Writer:
                 # Idle: the first operation starts a group at once (after one checkpoint,
                 # so that what the same scheduling tick submits joins it).
                 self._wake = trio.Event()
-                if self.journal_tail.size >= IDLE_PASS_MIN_BATCHES and self.failing is None:
+                if (
+                    self.journal_tail.size >= IDLE_PASS_MIN_BATCHES
+                    and self.failing is None
+                    and self.pass_failing is None
+                ):
                     # A backlog of passes (after a burst): written while nothing waits for
                     # a commit, a few slices a group, so the next load does not pay for it.
-                    # (Not while commits fail: the next operation's group tries again.)
+                    # (Not while commits or passes fail: the next operation's group tries again.)
                     with trio.move_on_after(IDLE_PASS_AFTER):
                         await self._wake.wait()
                     if not self._wake.is_set():
@@ -497,6 +515,7 @@ class Writer:
             else:
                 connection = self._connection
                 assert connection is not None
+                self._pass_error = None
                 outcomes = await trio.to_thread.run_sync(
                     self._write_group, connection, group, limiter=self._limiter
                 )
@@ -521,6 +540,7 @@ class Writer:
             else:
                 self.stats.idle_passes += 1
             self.failing = None
+            self._note_pass(bool(passed))
         loaded = bool(self._queue)
         self.stats.operations += len(group)
         self.stats.largest_group = max(self.stats.largest_group, len(group))
@@ -716,7 +736,32 @@ class Writer:
 
     # -- the group transaction (writer thread) ----------------------------------------
 
-    def _write_group(self, conn: sqlite3.Connection, group: list[_Op]) -> list[Any] | _GroupFailed:
+    def _note_pass(self, written: bool) -> None:
+        """After a committed group: log a pass that failed (once until one is written again)
+        and the pass written after such failures."""
+        error = self._pass_error
+        if error is not None:
+            self.stats.failed_passes += 1
+            if self.pass_failing is None:
+                log.error(
+                    "journal_index_pass_failed",
+                    path=str(self.path),
+                    error=f"{type(error).__name__}: {error}",
+                    held=self.journal_tail.size,
+                    retry_after_ms=PASS_RETRY_MS,
+                )
+            self.pass_failing = f"{type(error).__name__}: {error}"
+        elif written and self.pass_failing is not None:
+            self.pass_failing = None
+            log.info("journal_index_pass_recovered", path=str(self.path))
+
+    def _write_group(
+        self, conn: sqlite3.Connection, group: list[_Op], *, passes: bool = True
+    ) -> list[Any] | _GroupFailed:
+        """The group's transaction (writer thread). If its pass fails, it is rolled back and
+        written again without one: a failing pass (a bug, a corrupt index page) costs the
+        index rows' memory, held in the tail a while longer, never the appends; passes are
+        tried again after :data:`PASS_RETRY_MS`."""
         outcomes: list[Any] = [None] * len(group)
         self._indexed = ((), {}, (), 0)
         try:
@@ -737,16 +782,21 @@ class Writer:
                     outcomes[index] = txn.checkpoint(op)
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
-            passed = self.journal_tail.due(txn.now, early=self._idle_pass)
+            passed: Sequence[int] = ()
+            if passes and txn.now >= self._passes_resume_ms:
+                passed = self.journal_tail.due(txn.now, early=self._idle_pass)
             self._idle_pass = False
-            pass_slices(
-                conn,
-                self.journal_tail,
-                passed,
-                txn.new_batches,
-                txn.new_dedupe_by_slice,
-                txn.next_batch_id - 1,
-            )
+            try:
+                pass_slices(
+                    conn,
+                    self.journal_tail,
+                    passed,
+                    txn.new_batches,
+                    txn.new_dedupe_by_slice,
+                    txn.next_batch_id - 1,
+                )
+            except Exception as error:
+                raise _PassFailed() from error
             if self.audit_retention_ms is not None and txn.now >= self._next_prune:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
@@ -760,6 +810,10 @@ class Writer:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error as rollback_error:
                     exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
+            if isinstance(exc, _PassFailed) and isinstance(exc.__cause__, Exception):
+                self._pass_error = exc.__cause__
+                self._passes_resume_ms = txn.now + PASS_RETRY_MS
+                return self._write_group(conn, group, passes=False)
             return _GroupFailed(exc)
         # Committed: nothing below may turn the group into a failed one.
         self._known_accounts.update(txn.new_accounts)
