@@ -10,8 +10,9 @@ the real websocket protocol until the store cannot commit. Then:
 * the daemon is still running, the producer got ``error`` ``unavailable`` (close 1011,
   docs/ingest.md), the log has one structured ``store_commit_failed`` line naming the
   store's path and the disk being full, and ``/healthz`` answers 503 saying so;
-* after the filler is deleted, the producer re-sends every unacknowledged batch and the
-  usage endpoint's totals equal exactly the unique events sent;
+* after the filler is deleted, ``/healthz`` is 200 again by itself (the idle writer probes),
+  then the producer re-sends every unacknowledged batch and the usage endpoint's totals
+  equal exactly the unique events sent;
 * the same with ``kill -9`` while the disk is full, then a restart: the totals again, and
   ``PRAGMA integrity_check`` is ``ok``.
 
@@ -296,6 +297,10 @@ async def test_a_full_disk_is_refused_and_recovered_without_loss(disk: Path) -> 
         ), health.text
 
         filler.unlink()
+        # The idle writer probes: ready again by itself, before any batch is re-sent (a
+        # load balancer reading /healthz would send none while it says 503).
+        await wait_for_log(daemon, lambda: bool(logged(daemon, "store_commit_recovered")))
+        assert api(daemon, "/healthz").status_code == 200
         # The producer re-sends every batch not acknowledged, from the one that failed.
         assert await producer.stream(range(failed + 5), until_error=False) is None
         assert sorted(producer.acked) == list(range(failed + 5))

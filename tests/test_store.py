@@ -912,13 +912,7 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
         await writer.checkpoint("acme", [("api", 0, "", b"old")], 1)
 
     # The real thing: cap the file at the pages it has, so the next write finds it full.
-    def capped(db: Path) -> sqlite3.Connection:
-        conn = open_database(db)
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-        return conn
-
-    monkeypatch.setattr(writer_module, "open_database", capped)
+    monkeypatch.setattr(writer_module, "open_database", capped_database)
     writer = Writer(path)
     big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
     appends = Collector()
@@ -975,6 +969,87 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
     assert failed[0]["log_level"] == "error"
     assert failed[0]["disk_full"] is True
     assert failed[0]["path"] == str(path)
+
+
+def capped_database(db: Path) -> sqlite3.Connection:
+    """``open_database`` with the file capped at the pages it has: the next write that needs
+    a new page finds the database full (SQLITE_FULL, as on a full disk)."""
+    conn = open_database(db)
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    return conn
+
+
+def failing(writer: Writer) -> str | None:
+    return writer.failing  # read anew (not narrowed by an earlier assertion)
+
+
+async def next_probe(writer: Writer) -> None:
+    probed = trio.Event()
+    writer.on_probe = probed.set
+    with trio.fail_after(10):
+        await probed.wait()
+
+
+async def test_a_failing_writer_probes_while_idle_and_recovers_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    writer = Writer(path, probe_interval=0.01)
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with structlog.testing.capture_logs() as logs:
+        async with running(writer):
+            writer._before_commit = broken  # every transaction fails, probes included
+            with pytest.raises(CommitFailed, match="disk I/O error"):
+                await writer.append("acme", [ev("a")])
+            for _ in range(3):
+                await next_probe(writer)
+            assert writer.failing == "OperationalError: disk I/O error"
+            assert writer.stats.probes >= 3
+            assert writer.stats.failed_commits == 1  # probes are not commits
+            writer._before_commit = None  # the fault is gone; no operation arrives
+            with trio.fail_after(10):
+                while failing(writer) is not None:
+                    await next_probe(writer)
+            assert writer.stats.commits == 0
+            assert (await writer.append("acme", [ev("a")])).accepted == [0]
+    events = [line["event"] for line in logs]
+    assert events.count("store_commit_failed") == 1  # not once per probe
+    recovered = [line for line in logs if line["event"] == "store_commit_recovered"]
+    assert len(recovered) == 1
+    assert recovered[0]["was"] == "OperationalError: disk I/O error"
+
+
+async def test_after_a_full_disk_probes_wait_for_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with running(Writer(path)) as writer:
+        await writer.append("acme", [ev("before")])
+    monkeypatch.setattr(writer_module, "open_database", capped_database)
+    free = 0
+    monkeypatch.setattr(writer_module, "_free_bytes", lambda _path: free)
+    writer = Writer(path, probe_interval=0.01)
+    async with running(writer):
+        big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
+        with pytest.raises(CommitFailed, match="database or disk is full"):
+            await writer.append("acme", big)
+        connection = writer._connection  # test access to the writer's connection
+        assert connection is not None
+        await trio.to_thread.run_sync(
+            connection.execute, "PRAGMA max_page_count = 1073741823", limiter=writer._limiter
+        )
+        for _ in range(3):  # the file system says it is still full: no write is tried
+            await next_probe(writer)
+        assert writer.stats.probes == 0
+        assert "database or disk is full" in (writer.failing or "")
+        free = writer_module.PROBE_MIN_FREE_BYTES
+        await next_probe(writer)
+        assert writer.stats.probes == 1
+        assert writer.failing is None
 
 
 async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> None:

@@ -20,9 +20,13 @@ it is rolled back, **every** operation of the group fails with :class:`CommitFai
 ``__cause__`` is the sqlite3 error), one ``store_commit_failed`` line is logged, and the
 writer goes on with the next group: a full disk fails ingestion while it lasts, it does not
 crash-loop the writer. :attr:`Writer.failing` says why until a group commits again (the
-API's ``/healthz`` reports it). An ``append`` whose events cannot be encoded (a ``float`` quantity)
-fails alone with :class:`InvalidEvents` before any SQL runs for it; the rest of its group
-commits.
+API's ``/healthz`` reports it). Meanwhile an idle writer *probes* every ``probe_interval``
+(1 s) with a group of one write (a row rewritten as it is; after a full disk, only once
+:data:`PROBE_MIN_FREE_BYTES` are free), so it recovers by itself once commits can succeed
+(``store_commit_recovered`` is logged), not only at the next producer's batch: a load
+balancer that reads ``/healthz`` would otherwise never send that batch. An ``append``
+whose events cannot be encoded (a ``float`` quantity) fails alone with
+:class:`InvalidEvents` before any SQL runs for it; the rest of its group commits.
 
 Dedupe is exact: the ``dedupe`` table maps a 63-bit key of ``(account, id)``
 (:func:`~meterd.store.schema.dedupe_row_key`, built on ``Event.dedupe_key()``) to the batch
@@ -79,10 +83,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -127,6 +133,11 @@ AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at mos
 IDLE_PASS_MIN_BATCHES: Final = 20_000  # a tail this large is written early when idle
 IDLE_PASS_AFTER: Final = 0.05  # seconds without any operation before an idle pass
 PASS_RETRY_MS: Final = 1_000  # after a failed pass, the groups of this long pass nothing
+# A probe's write: one row rewritten as it is (a page and a log frame, like any commit).
+_PROBE_SQL: Final = "UPDATE journal_slices SET upto = upto WHERE slice = 0"
+# After a full disk, no probe is written before the store's file system has this much free:
+# a one-page write can fit in log space already allocated while a batch still cannot.
+PROBE_MIN_FREE_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,7 @@ class WriterStats:
     batches: int = 0  # submit_batch operations (one per producer batch)
     idle_passes: int = 0  # groups of passes only, written while idle (not in ``commits``)
     failed_passes: int = 0  # passes that failed (their groups committed without them)
+    probes: int = 0  # groups of one probe write, while commits fail (not in ``commits``)
 
 
 @dataclass(slots=True)
@@ -322,6 +334,7 @@ class Writer:
         audit_retention_ms: int | None = None,
         index_cycle: float = 5.0,
         wal_checkpoint_interval: float | None = 0.1,
+        probe_interval: float = 1.0,
     ) -> None:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
@@ -330,6 +343,7 @@ class Writer:
         self.path = Path(path)
         self.commit_interval = commit_interval
         self.max_pending = max_pending
+        self.probe_interval = probe_interval
         self.stats = WriterStats()
         self._clock = clock
         self.audit_retention_ms = audit_retention_ms
@@ -358,6 +372,8 @@ class Writer:
         # Writer thread -> Trio thread, for the journal tail: the last committed group's new
         # batches, the slices it passed, its time.
         self._idle_pass = False  # the next group is an idle one: pass slices early
+        self._probe = False  # the next group is a probe: write one row, nothing else
+        self._disk_full = False  # why the last group failed: the disk was full
         self._indexed: tuple[Sequence[NewBatch], dict[int, list[DedupeRow]], Sequence[int], int] = (
             (),
             {},
@@ -374,6 +390,8 @@ class Writer:
         self._passes_resume_ms = 0  # writer thread: no pass before (after a failed one)
         # Test hook: called after each group of passes written while idle.
         self.on_idle_pass: Callable[[], None] | None = None
+        # Test hook: called after each probe (committed or not).
+        self.on_probe: Callable[[], None] | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
 
@@ -472,14 +490,24 @@ class Writer:
                 # Idle: the first operation starts a group at once (after one checkpoint,
                 # so that what the same scheduling tick submits joins it).
                 self._wake = trio.Event()
-                if (
-                    self.journal_tail.size >= IDLE_PASS_MIN_BATCHES
-                    and self.failing is None
-                    and self.pass_failing is None
-                ):
+                if self.failing is not None:
+                    # Commits fail (a full disk): a probe now and then, so that the writer
+                    # (and /healthz, which load balancers read) recovers by itself once
+                    # they can succeed, not only at the next producer's batch.
+                    with trio.move_on_after(self.probe_interval):
+                        await self._wake.wait()
+                    if not self._wake.is_set():
+                        self._wake = None
+                        if not self._disk_full or _free_bytes(self.path) >= PROBE_MIN_FREE_BYTES:
+                            self._probe = True
+                            loaded = await self._commit_group()
+                        if self.on_probe is not None:
+                            self.on_probe()
+                        continue
+                elif self.journal_tail.size >= IDLE_PASS_MIN_BATCHES and self.pass_failing is None:
                     # A backlog of passes (after a burst): written while nothing waits for
                     # a commit, a few slices a group, so the next load does not pay for it.
-                    # (Not while commits or passes fail: the next operation's group tries again.)
+                    # (Not while passes fail: the next operation's group tries again.)
                     with trio.move_on_after(IDLE_PASS_AFTER):
                         await self._wake.wait()
                     if not self._wake.is_set():
@@ -506,6 +534,7 @@ class Writer:
     async def _commit_group(self) -> bool:
         """Write the queued operations as one group; whether more arrived meanwhile."""
         group, self._queue = self._queue, []
+        probe, self._probe = self._probe, False
         self._in_flight = len(group)
         self._last_start = trio.current_time()
         barriers_only = bool(group) and all(isinstance(op, _Barrier) for op in group)
@@ -517,7 +546,8 @@ class Writer:
                 assert connection is not None
                 self._pass_error = None
                 outcomes = await trio.to_thread.run_sync(
-                    self._write_group, connection, group, limiter=self._limiter
+                    partial(self._write_group, connection, group, probe=probe),
+                    limiter=self._limiter,
                 )
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
@@ -537,17 +567,26 @@ class Writer:
                 self.wal.committed()
             if group:
                 self.stats.commits += 1
-            else:
+            elif not probe:
                 self.stats.idle_passes += 1
-            self.failing = None
+            if self.failing is not None:
+                log.info("store_commit_recovered", path=str(self.path), was=self.failing)
+                self.failing = None
             self._note_pass(bool(passed))
         loaded = bool(self._queue)
         self.stats.operations += len(group)
         self.stats.largest_group = max(self.stats.largest_group, len(group))
+        if probe:
+            self.stats.probes += 1
+            if isinstance(outcomes, _GroupFailed):  # still failing: logged once already
+                self.failing = f"{type(outcomes.error).__name__}: {outcomes.error}"
+                self._disk_full = _is_disk_full(outcomes.error)
+            return loaded
         if isinstance(outcomes, _GroupFailed):
             self.stats.failed_commits += 1
             cause = outcomes.error
             self.failing = f"{type(cause).__name__}: {cause}"
+            self._disk_full = _is_disk_full(cause)
             log.error(
                 "store_commit_failed",
                 path=str(self.path),
@@ -756,12 +795,18 @@ class Writer:
             log.info("journal_index_pass_recovered", path=str(self.path))
 
     def _write_group(
-        self, conn: sqlite3.Connection, group: list[_Op], *, passes: bool = True
+        self,
+        conn: sqlite3.Connection,
+        group: list[_Op],
+        *,
+        passes: bool = True,
+        probe: bool = False,
     ) -> list[Any] | _GroupFailed:
         """The group's transaction (writer thread). If its pass fails, it is rolled back and
         written again without one: a failing pass (a bug, a corrupt index page) costs the
         index rows' memory, held in the tail a while longer, never the appends; passes are
-        tried again after :data:`PASS_RETRY_MS`."""
+        tried again after :data:`PASS_RETRY_MS`. A ``probe`` writes one row as it is (see
+        ``_serve``)."""
         outcomes: list[Any] = [None] * len(group)
         self._indexed = ((), {}, (), 0)
         try:
@@ -801,6 +846,8 @@ class Writer:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
                 self._next_prune = txn.now + (0 if more else AUDIT_PRUNE_EVERY_MS)
+            if probe:
+                conn.execute(_PROBE_SQL)
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
@@ -813,7 +860,7 @@ class Writer:
             if isinstance(exc, _PassFailed) and isinstance(exc.__cause__, Exception):
                 self._pass_error = exc.__cause__
                 self._passes_resume_ms = txn.now + PASS_RETRY_MS
-                return self._write_group(conn, group, passes=False)
+                return self._write_group(conn, group, passes=False, probe=probe)
             return _GroupFailed(exc)
         # Committed: nothing below may turn the group into a failed one.
         self._known_accounts.update(txn.new_accounts)
@@ -836,6 +883,15 @@ def _prune_audit(conn: sqlite3.Connection, before: int) -> int:
     if last is None:
         return 0
     return conn.execute("DELETE FROM audit WHERE audit_id <= ?", (last,)).rowcount
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes free for an unprivileged writer on the file system holding ``path``."""
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
 
 
 def _is_disk_full(error: Exception) -> bool:
