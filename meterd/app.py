@@ -101,7 +101,7 @@ async def serve(config: Config) -> None:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as collector:
-                collector.start_soon(memory.collect_young)
+                collector.start_soon(memory.collect_on_schedule)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(services.root.run)
                     log.info("meterd_started", version=__version__, config=str(config.path))

@@ -9,8 +9,9 @@ the in-flight budget (``[ingest] max_in_flight_events``) and with the first thre
 
 :func:`tune` sets the thresholds (:data:`THRESHOLDS`, see there for why) and freezes what
 start-up allocated (configuration, code, the supervision tree), which no collection needs to
-walk again. :func:`collect_young` runs the young collections on a timer as well, so that
-what one walks is bounded by time, not only by the allocation count (see there for why).
+walk again. :func:`collect_on_schedule` runs collections on a timer as well and freezes
+what survives, so that what one walks is bounded by time, not by the daemon's state (see
+there for why).
 :class:`GcPauses` times every collection through ``gc.callbacks`` (wall time, as a request
 experiences it) and reports ``(generation, seconds)``; the daemon exports them as
 the ``meterd_gc_pause_seconds`` histogram on ``/metrics``.
@@ -25,7 +26,15 @@ from typing import Any, Final, NoReturn
 
 import trio
 
-__all__ = ["MIDDLE_EVERY", "THRESHOLDS", "YOUNG_EVERY", "GcPauses", "collect_young", "tune"]
+__all__ = [
+    "FREEZE_EVERY",
+    "FULL_EVERY",
+    "THRESHOLDS",
+    "YOUNG_EVERY",
+    "GcPauses",
+    "collect_on_schedule",
+    "tune",
+]
 
 THRESHOLDS: Final = (10_000, 20, 20)
 """``gc.set_threshold`` values. The default first threshold (700 allocations) makes the
@@ -39,33 +48,63 @@ middle and old collections frequent (~270 a 10 s row, 50-70 ms of pauses per sec
 
 
 YOUNG_EVERY: Final = 0.1
-"""Seconds between two young collections run by :func:`collect_young`."""
+"""Seconds between two young collections run by :func:`collect_on_schedule`."""
 
-MIDDLE_EVERY: Final = 10
-"""Every this many timed collections, :func:`collect_young` collects the middle generation
-too (once a second): the collector's own count, which would, only moves with allocations."""
+FREEZE_EVERY: Final = 1.0
+"""Seconds between two middle collections, each followed by ``gc.freeze()``."""
+
+FULL_EVERY: Final = 600.0
+"""Seconds between two full collections of everything, frozen objects included."""
 
 
-async def collect_young(every: float = YOUNG_EVERY, middle_every: int = MIDDLE_EVERY) -> NoReturn:
-    """Collect the young generation every ``every`` seconds, and the middle one with it every
-    ``middle_every`` times, until cancelled.
+async def collect_on_schedule(
+    young_every: float = YOUNG_EVERY,
+    freeze_every: float = FREEZE_EVERY,
+    full_every: float = FULL_EVERY,
+) -> NoReturn:
+    """Run the collector on a timer, until cancelled: a young collection every
+    ``young_every`` seconds; every ``freeze_every`` a middle one, then ``gc.freeze()`` (what
+    survived goes to the permanent generation, which no collection walks); every
+    ``full_every``, ``gc.unfreeze()``, a full collection, and ``gc.freeze()`` again.
 
-    Why: the first threshold counts container allocations *minus* deallocations, and objects
-    that CPython reuses from its free lists (tuples above all) are not counted at all. Under
-    a steady load nearly everything allocated is freed, so the count creeps up while what
-    survives piles up in the young generation uncounted: a usage cell's key is a reused
-    tuple. Six seconds into the issue's half-load row, one young collection walked 84,000
-    objects (64,000 of them cell keys) in 35 ms, the worst ack of the row. On a timer, a
-    young collection walks at most ``every`` seconds of survivors (about 2,000 cells at
-    20,000 events/s, well under a millisecond), and the middle one a second's.
+    Why, measured on the issue's half-load row (docs/ingest-bench.md):
+
+    * **Young collections by time.** The first threshold counts container allocations
+      *minus* deallocations, and objects that CPython reuses from its free lists (tuples
+      above all) are not counted at all. Under a steady load nearly everything allocated is
+      freed, so the count creeps up while what survives piles up uncounted: a usage cell's
+      key is a reused tuple. One young collection walked 84,000 objects (64,000 cell keys)
+      in 35 ms. On a timer one walks at most ``young_every`` of survivors (~2,000 cells at
+      20,000 events/s).
+    * **Freezing what survives.** A full collection walks every live container and every
+      entry in it: the actors' cells, the journal tail, the registry, some 1-2 million
+      entries at 10,000 accounts, 200-400 ms with the whole process stopped. The automatic
+      collector runs one whenever the old generation has grown by a quarter, which a
+      growing set of cells does every ~20 s: p99 279 ms over a 60 s row. Frozen, they are
+      never walked; an automatic full collection finds an old generation holding at most a
+      second's survivors. Frozen objects are still freed by reference counting as usual;
+      only garbage *cycles* among them wait for the next full collection.
+    * **A full collection every ``full_every``** frees those cycles (a closed connection's
+      tasks, say): one pause of a few hundred ms every ten minutes instead of every ~20 s,
+      so memory held by cyclic garbage is bounded by ten minutes of it.
 
     The automatic collections still run as well (a burst allocates faster than the timer).
     """
+    young_per_freeze = max(1, round(freeze_every / young_every))
+    young_per_full = max(1, round(full_every / young_every))
     ticks = 0
     while True:
-        await trio.sleep(every)
+        await trio.sleep(young_every)
         ticks += 1
-        gc.collect(1 if ticks % middle_every == 0 else 0)
+        if ticks % young_per_full == 0:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        elif ticks % young_per_freeze == 0:
+            gc.collect(1)
+            gc.freeze()
+        else:
+            gc.collect(0)
 
 
 def tune() -> None:

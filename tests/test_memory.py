@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import itertools
+import weakref
+from functools import partial
 
 import trio
 import trio.testing
@@ -65,22 +67,59 @@ def test_tune_sets_the_thresholds_and_freezes() -> None:
         gc.set_threshold(*before)
 
 
-async def test_young_collections_run_on_a_timer_and_the_middle_one_every_tenth(
+async def test_the_schedule_young_each_tick_middle_and_freeze_each_second_full_rarely(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     seen: list[tuple[int, float]] = []
     pauses = memory.GcPauses(
         lambda generation, seconds: seen.append((generation, trio.current_time()))
     )
-    gc.disable()  # only the timer's collections
+    gc.disable()  # only the schedule's collections
     pauses.install()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(memory.collect_young)
-            await trio.sleep(2.05)
+            nursery.start_soon(partial(memory.collect_on_schedule, full_every=3.0))
+            await trio.sleep(3.05)
             nursery.cancel_scope.cancel()
     finally:
         pauses.remove()
+        gc.unfreeze()
         gc.enable()
-    assert [generation for generation, _ in seen] == ([0] * 9 + [1]) * 2
-    assert [round(at, 3) for _, at in seen] == [round(0.1 * tick, 3) for tick in range(1, 21)]
+    assert [generation for generation, _ in seen] == [0] * 9 + [1] + [0] * 9 + [1] + [0] * 9 + [2]
+    assert [round(at, 3) for _, at in seen] == [round(0.1 * tick, 3) for tick in range(1, 31)]
+
+
+class Node:
+    other: Node
+
+
+def garbage_cycle() -> tuple[Node, weakref.ref[Node]]:
+    """Two objects referring to each other (only the cyclic collector frees them)."""
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return first, weakref.ref(first)
+
+
+async def test_survivors_are_frozen_and_their_cycles_freed_by_the_full_collection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(memory.collect_on_schedule, full_every=3.0))
+            alive, alive_ref = garbage_cycle()  # alive at the first freeze (1 s)
+            await trio.sleep(1.05)
+            assert gc.get_freeze_count() > 0
+            del alive  # now garbage, but frozen: no young or middle collection frees it
+            young, young_ref = garbage_cycle()
+            del young  # garbage before any freeze: the next young collection frees it
+            await trio.sleep(0.1)
+            assert young_ref() is None
+            await trio.sleep(1.8)  # 2.95 s: a middle collection and a freeze since
+            assert alive_ref() is not None
+            await trio.sleep(0.1)  # 3.05 s: the full collection, frozen objects included
+            assert alive_ref() is None
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+        gc.enable()
