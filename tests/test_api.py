@@ -514,6 +514,27 @@ async def test_healthz_is_503_while_ingest_is_stopped(tmp_path: Path) -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
+async def test_healthz_reports_failing_index_passes(tmp_path: Path) -> None:
+    """In-process: a writer whose journal-index passes fail (test_journal_index.py makes
+    them fail for real) is named, with what it holds in memory."""
+    async with (
+        running(make_config(tmp_path)) as services,
+        httpx.AsyncClient(base_url=services.api.url) as client,
+    ):
+        writer = services.store.writer
+        writer.pass_failing = "IntegrityError: UNIQUE constraint failed: dedupe.key"
+        response = await client.get("/healthz")
+        assert response.status_code == 503
+        (problem,) = response.json()["problems"]
+        assert problem == (
+            f"the store {writer.path} cannot write its journal index (IntegrityError: UNIQUE"
+            f" constraint failed: dedupe.key): {writer.journal_tail.size} batches are indexed"
+            " in memory only, and memory grows with every batch until a pass succeeds"
+        )
+        writer.pass_failing = None
+        assert (await client.get("/healthz")).status_code == 200
+
+
 async def test_tls_serves_https(tmp_path: Path, certificate: Tls) -> None:
     config = make_config(tmp_path)
     config = replace(config, api=replace(config.api, tls=certificate))

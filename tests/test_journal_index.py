@@ -215,6 +215,40 @@ async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
     assert [line["event"] for line in logs].count("journal_index_pass_recovered") == 1
 
 
+async def test_an_idle_writer_tries_failing_passes_again_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    broken = True
+
+    def pass_slices(conn: sqlite3.Connection, tail: JournalTail, slices: Any, *args: Any) -> None:
+        if broken and slices:
+            raise RuntimeError("a bug in the pass")
+        journal_index.pass_slices(conn, tail, slices, *args)
+
+    monkeypatch.setattr(writer_module, "pass_slices", pass_slices)
+    clock = Clock()
+    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0, clock=clock, index_cycle=1.0)
+    with structlog.testing.capture_logs() as logs:
+        async with running(writer):
+            await writer.append("acme", [event("a", "acme")])
+            clock.now += 1_000
+            await writer.append("globex", [event("b", "globex")])  # its pass fails
+            assert (writer.failing, writer.pass_failing) == (
+                None,
+                "RuntimeError: a bug in the pass",
+            )
+            broken = False
+            clock.now += writer_module.PASS_RETRY_MS
+            passed = trio.Event()
+            writer.on_idle_pass = passed.set
+            await passed.wait()  # no operation: the idle writer tried again after a pause
+            assert trio.current_time() >= writer_module.PASS_RETRY_MS / 1000
+            assert (writer.failing, writer.pass_failing) == (None, None)
+            assert writer.stats.idle_passes == 1
+            assert writer.stats.commits == 2  # the appends only
+    assert [line["event"] for line in logs].count("journal_index_pass_recovered") == 1
+
+
 def crash_on_stop(writer: Writer) -> None:
     """Stopping ``writer`` then leaves what kill -9 leaves: no final pass, the tail unwritten
     (tests/test_kill9.py and test_store.py kill real processes)."""

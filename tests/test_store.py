@@ -1010,11 +1010,20 @@ async def test_a_failing_writer_probes_while_idle_and_recovers_by_itself(
             assert writer.failing == "OperationalError: disk I/O error"
             assert writer.stats.probes >= 3
             assert writer.stats.failed_commits == 1  # probes are not commits
+            watcher = sqlite3.connect(path, isolation_level=None)
+            version = watcher.execute("PRAGMA data_version").fetchone()
             writer._before_commit = None  # the fault is gone; no operation arrives
             with trio.fail_after(10):
                 while failing(writer) is not None:
                     await next_probe(writer)
             assert writer.stats.commits == 0
+            # The probe really wrote (a commit of unchanged bytes writes and syncs nothing),
+            # and left the data as it was.
+            assert watcher.execute("PRAGMA data_version").fetchone() != version
+            assert watcher.execute(
+                "SELECT upto FROM journal_slices WHERE slice = 0"
+            ).fetchone() == (0,)
+            watcher.close()
             assert (await writer.append("acme", [ev("a")])).accepted == [0]
     events = [line["event"] for line in logs]
     assert events.count("store_commit_failed") == 1  # not once per probe

@@ -90,7 +90,11 @@ async def test_commits_checkpoint_only_as_the_backstop(tmp_path: Path) -> None:
     async def autocheckpoint(writer: Writer) -> int:
         connection = writer._connection  # test access to the writer's connection
         assert connection is not None
-        return int(connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        (pages,) = await trio.to_thread.run_sync(
+            lambda: connection.execute("PRAGMA wal_autocheckpoint").fetchone(),
+            limiter=writer._limiter,
+        )
+        return int(pages)
 
     async with running(Writer(tmp_path / "a.sqlite3")) as writer:
         assert await autocheckpoint(writer) == FALLBACK_AUTOCHECKPOINT_PAGES
@@ -104,7 +108,7 @@ async def test_a_failing_checkpoint_is_logged_once_retried_and_fails_no_commit(
     real = wal_module._checkpoint
     failures = 3
 
-    def failing(connection: sqlite3.Connection) -> tuple[int, int]:
+    def failing(connection: sqlite3.Connection) -> tuple[bool, int, int]:
         nonlocal failures
         if failures:
             failures -= 1

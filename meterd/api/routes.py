@@ -87,8 +87,9 @@ class Daemon:
 
 def ready(daemon: Daemon) -> list[str]:
     """Why the daemon is not ready (empty when it is): the root and each of its children
-    must be running, ingest must be accepting, and the store's last write must not have
-    failed (a full disk: every batch is then answered ``unavailable``)."""
+    must be running, ingest must be accepting, the store's last write must not have failed
+    (a full disk: every batch is then answered ``unavailable``), nor its last journal-index
+    pass (the index then grows in memory: an operator's matter, see docs/accounts.md)."""
     root = daemon.root
     if root is None or not root.running:
         return ["the supervision tree is not running"]
@@ -104,6 +105,12 @@ def ready(daemon: Daemon) -> list[str]:
         problems.append(
             f"the store {writer.path} cannot commit ({writer.failing}): batches are answered"
             " 'unavailable' until a write succeeds"
+        )
+    if writer.pass_failing is not None:
+        problems.append(
+            f"the store {writer.path} cannot write its journal index ({writer.pass_failing}):"
+            f" {writer.journal_tail.size} batches are indexed in memory only, and memory"
+            " grows with every batch until a pass succeeds"
         )
     return problems
 

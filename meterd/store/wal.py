@@ -34,6 +34,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote
 
 import structlog
@@ -55,7 +56,7 @@ MAX_RETRY_DELAY = 5.0
 class WalStats:
     """Counters since the :class:`WalCheckpointer` was created."""
 
-    checkpoints: int = 0  # checkpoints run to the end (some frames may have stayed busy)
+    checkpoints: int = 0  # checkpoints that copied every frame the log had when they ran
     failures: int = 0  # checkpoints that raised
     log_frames: int = 0  # frames in the log at the last checkpoint
     copied_frames: int = 0  # of which the last checkpoint had copied (all, when caught up)
@@ -97,42 +98,59 @@ class WalCheckpointer:
         self._dirty.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        connection = await trio.to_thread.run_sync(_open, self.path, limiter=self._limiter)
+        try:
+            connection = await trio.to_thread.run_sync(_open, self.path, limiter=self._limiter)
+        except sqlite3.Error as error:
+            # Not worth stopping the writer for: its own checkpoint (the backstop) does the
+            # copying, inside the commits, as SQLite does by default.
+            log.exception("wal_checkpointer_not_started", path=str(self.path), error=str(error))
+            task_status.started()
+            return
         try:
             task_status.started()
-            failing = False
-            delay = self.interval
-            while True:
-                await self._dirty.wait()
-                # Commits from here on set it again: they are the next checkpoint's work.
-                self._dirty = trio.Event()
-                self._copying = True
-                try:
-                    log_frames, copied = await trio.to_thread.run_sync(
-                        _checkpoint, connection, limiter=self._limiter
-                    )
-                except sqlite3.Error as error:
-                    self.stats.failures += 1
-                    if not failing:
-                        log.warning("wal_checkpoint_failed", path=str(self.path), error=str(error))
-                    failing = True
-                    self._dirty.set()  # what it should have copied is still there
-                    self._copying = False
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
-                    continue
+            await self._checkpoint_after_commits(connection)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
+
+    async def _checkpoint_after_commits(self, connection: sqlite3.Connection) -> NoReturn:
+        failing = False
+        delay = self.interval
+        while True:
+            await self._dirty.wait()
+            # Commits from here on set it again: they are the next checkpoint's work.
+            self._dirty = trio.Event()
+            self._copying = True
+            try:
+                busy, log_frames, copied = await trio.to_thread.run_sync(
+                    _checkpoint, connection, limiter=self._limiter
+                )
+            except sqlite3.Error as error:
+                self.stats.failures += 1
+                if not failing:
+                    log.warning("wal_checkpoint_failed", path=str(self.path), error=str(error))
+                failing = True
+                self._dirty.set()  # what it should have copied is still there
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            except BaseException:  # cancelled: the frames are not known to be copied
+                self._dirty.set()
+                raise
+            finally:
                 self._copying = False
-                if failing:
-                    log.info("wal_checkpoint_recovered", path=str(self.path))
-                failing, delay = False, self.interval
+            if failing:
+                log.info("wal_checkpoint_recovered", path=str(self.path))
+            failing, delay = False, self.interval
+            if busy or copied < log_frames:
+                # Another checkpoint held the lock, or a reader kept frames: not done yet.
+                self._dirty.set()
+            else:
                 self.stats.checkpoints += 1
                 self.stats.log_frames, self.stats.copied_frames = log_frames, copied
                 if not self._dirty.is_set():
                     self._settled.unpark_all()
-                await trio.sleep(self.interval)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
+            await trio.sleep(self.interval)
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -145,7 +163,8 @@ def _open(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int]:
-    """One passive checkpoint: (frames in the log, frames copied to the database)."""
-    _busy, log_frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(log_frames), int(copied)
+def _checkpoint(connection: sqlite3.Connection) -> tuple[bool, int, int]:
+    """One passive checkpoint: (whether it could not run, frames in the log, frames copied
+    to the database)."""
+    busy, log_frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy), int(log_frames), int(copied)

@@ -46,7 +46,7 @@ before reporting ready, and all of the tail when it stops. If a group's pass rai
 group is rolled back and written again without it (the appends are the truth, the index is
 derived): :attr:`Writer.pass_failing` says why until a pass is written again, one
 ``journal_index_pass_failed`` line is logged, and no pass is tried for
-:data:`PASS_RETRY_MS`; the rows wait in the tail.
+:data:`PASS_RETRY_MS` (then again, by an idle writer too); the rows wait in the tail.
 
 Log checkpoints: with ``wal_checkpoint_interval`` (default 0.1 s), a
 :class:`~meterd.store.wal.WalCheckpointer` task beside the writer copies committed pages from
@@ -133,8 +133,9 @@ AUDIT_PRUNE_BATCH: Final = 5_000  # audit rows a pass reads (and deletes) at mos
 IDLE_PASS_MIN_BATCHES: Final = 20_000  # a tail this large is written early when idle
 IDLE_PASS_AFTER: Final = 0.05  # seconds without any operation before an idle pass
 PASS_RETRY_MS: Final = 1_000  # after a failed pass, the groups of this long pass nothing
-# A probe's write: one row rewritten as it is (a page and a log frame, like any commit).
-_PROBE_SQL: Final = "UPDATE journal_slices SET upto = upto WHERE slice = 0"
+# A probe's write: one row changed and changed back (SQLite writes nothing for an UPDATE to
+# the same bytes): a page and a log frame, fsynced like any commit, and no change to the data.
+_PROBE_SQL: Final = "UPDATE journal_slices SET upto = -1 - upto WHERE slice = 0"
 # After a full disk, no probe is written before the store's file system has this much free:
 # a one-page write can fit in log space already allocated while a batch still cannot.
 PROBE_MIN_FREE_BYTES: Final = 1 << 20
@@ -412,16 +413,8 @@ class Writer:
             raise RuntimeError(f"store writer for {self.path} is already running")
         self._running = True
         try:
-            self._connection = await trio.to_thread.run_sync(
-                open_database, self.path, limiter=self._limiter
-            )
+            self._connection = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
             try:
-                if self.wal is not None:
-                    # The checkpointer copies the log; the commits' own checkpoint is the
-                    # backstop that bounds it (see meterd.store.wal).
-                    self._connection.execute(
-                        f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}"
-                    )
                 # Whatever tail the file has (a crash or a stop leaves one) is indexed before
                 # anyone reads: the in-memory tail then starts empty and complete.
                 await self._catch_up()
@@ -444,6 +437,14 @@ class Writer:
         finally:
             self._running = False
 
+    def _open(self) -> sqlite3.Connection:
+        connection = open_database(self.path)
+        if self.wal is not None:
+            # The checkpointer copies the log; the commits' own checkpoint is the backstop
+            # that bounds it (see meterd.store.wal).
+            connection.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
+        return connection
+
     async def _catch_up(self) -> None:
         """Write the rows of the tail the file has; if that cannot be written (a full disk),
         hold them in memory instead, derived the same way, for the passes to write later:
@@ -452,7 +453,7 @@ class Writer:
         assert connection is not None
         try:
             indexed = await trio.to_thread.run_sync(catch_up, connection, limiter=self._limiter)
-        except sqlite3.Error as error:
+        except Exception as error:  # a full disk, or a pass that fails
             new, new_dedupe = await trio.to_thread.run_sync(
                 rebuild_tail, connection, limiter=self._limiter
             )
@@ -478,7 +479,7 @@ class Writer:
         assert connection is not None
         try:
             await trio.to_thread.run_sync(pass_everything, connection, tail, limiter=self._limiter)
-        except sqlite3.Error as error:  # the next start catches up instead
+        except Exception as error:  # the next start catches up instead
             log.warning("journal_index_pass_failed", path=str(self.path), error=str(error))
             return
         tail.clear()
@@ -504,11 +505,14 @@ class Writer:
                         if self.on_probe is not None:
                             self.on_probe()
                         continue
-                elif self.journal_tail.size >= IDLE_PASS_MIN_BATCHES and self.pass_failing is None:
+                elif self.journal_tail.size >= IDLE_PASS_MIN_BATCHES or (
+                    self.pass_failing is not None and self.journal_tail.size
+                ):
                     # A backlog of passes (after a burst): written while nothing waits for
                     # a commit, a few slices a group, so the next load does not pay for it.
-                    # (Not while passes fail: the next operation's group tries again.)
-                    with trio.move_on_after(IDLE_PASS_AFTER):
+                    # While passes fail, the same tries them again once their pause is over.
+                    retry = self.pass_failing is not None
+                    with trio.move_on_after(PASS_RETRY_MS / 1000 if retry else IDLE_PASS_AFTER):
                         await self._wake.wait()
                     if not self._wake.is_set():
                         self._wake = None
@@ -828,7 +832,7 @@ class Writer:
                 elif isinstance(op, _Quarantine):
                     txn.quarantine(op)
             passed: Sequence[int] = ()
-            if passes and txn.now >= self._passes_resume_ms:
+            if passes and not probe and txn.now >= self._passes_resume_ms:
                 passed = self.journal_tail.due(txn.now, early=self._idle_pass)
             self._idle_pass = False
             try:
@@ -842,11 +846,12 @@ class Writer:
                 )
             except Exception as error:
                 raise _PassFailed() from error
-            if self.audit_retention_ms is not None and txn.now >= self._next_prune:
+            if self.audit_retention_ms is not None and not probe and txn.now >= self._next_prune:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
                 self._next_prune = txn.now + (0 if more else AUDIT_PRUNE_EVERY_MS)
             if probe:
+                conn.execute(_PROBE_SQL)
                 conn.execute(_PROBE_SQL)
             if self._before_commit is not None:
                 self._before_commit()
