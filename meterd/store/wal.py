@@ -58,8 +58,8 @@ class WalStats:
 
     checkpoints: int = 0  # checkpoints that copied every frame the log had when they ran
     failures: int = 0  # checkpoints that raised
-    log_frames: int = 0  # frames in the log at the last checkpoint
-    copied_frames: int = 0  # of which the last checkpoint had copied (all, when caught up)
+    log_frames: int = 0  # frames in the log at the last complete checkpoint
+    copied_frames: int = 0  # frames it copied (all of them: it was complete)
 
 
 class WalCheckpointer:

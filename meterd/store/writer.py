@@ -21,7 +21,7 @@ it is rolled back, **every** operation of the group fails with :class:`CommitFai
 writer goes on with the next group: a full disk fails ingestion while it lasts, it does not
 crash-loop the writer. :attr:`Writer.failing` says why until a group commits again (the
 API's ``/healthz`` reports it). Meanwhile an idle writer *probes* every ``probe_interval``
-(1 s) with a group of one write (a row rewritten as it is; after a full disk, only once
+(1 s) with a group of one write (a row changed and changed back; after a full disk, only once
 :data:`PROBE_MIN_FREE_BYTES` are free), so it recovers by itself once commits can succeed
 (``store_commit_recovered`` is logged), not only at the next producer's batch: a load
 balancer that reads ``/healthz`` would otherwise never send that batch. An ``append``
@@ -809,8 +809,8 @@ class Writer:
         """The group's transaction (writer thread). If its pass fails, it is rolled back and
         written again without one: a failing pass (a bug, a corrupt index page) costs the
         index rows' memory, held in the tail a while longer, never the appends; passes are
-        tried again after :data:`PASS_RETRY_MS`. A ``probe`` writes one row as it is (see
-        ``_serve``)."""
+        tried again after :data:`PASS_RETRY_MS`. A ``probe`` group writes only
+        :data:`_PROBE_SQL`, twice (see ``_serve``)."""
         outcomes: list[Any] = [None] * len(group)
         self._indexed = ((), {}, (), 0)
         try:
