@@ -903,16 +903,30 @@ def test_a_kill_9_before_commit_leaves_neither_the_batch_nor_its_audit_rows(
 # -- failures -----------------------------------------------------------------------------
 
 
-async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "s.sqlite3"
+def capped_database(db: Path) -> sqlite3.Connection:
+    """``open_database`` with the file capped at the pages it has: the next write that needs
+    a new page finds the database full (SQLITE_FULL, as on a full disk)."""
+    conn = open_database(db)
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    return conn
+
+
+async def stored_then_capped(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A store holding one batch and one checkpoint of ``acme``, which writers opened from
+    now on find capped at the pages it has (the real thing: the next write that needs a new
+    page finds the database full)."""
     async with running(Writer(path)) as writer:
         await writer.append("acme", [ev("before")])
         await writer.checkpoint("acme", [("api", 0, "", b"old")], 1)
-
-    # The real thing: cap the file at the pages it has, so the next write finds it full.
     monkeypatch.setattr(writer_module, "open_database", capped_database)
+    return path
+
+
+async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = await stored_then_capped(tmp_path / "s.sqlite3", monkeypatch)
     writer = Writer(path)
     big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
     appends = Collector()
@@ -971,15 +985,6 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
     assert failed[0]["path"] == str(path)
 
 
-def capped_database(db: Path) -> sqlite3.Connection:
-    """``open_database`` with the file capped at the pages it has: the next write that needs
-    a new page finds the database full (SQLITE_FULL, as on a full disk)."""
-    conn = open_database(db)
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages}")
-    return conn
-
-
 def failing(writer: Writer) -> str | None:
     return writer.failing  # read anew (not narrowed by an earlier assertion)
 
@@ -1035,10 +1040,7 @@ async def test_a_failing_writer_probes_while_idle_and_recovers_by_itself(
 async def test_after_a_full_disk_probes_wait_for_free_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "s.sqlite3"
-    async with running(Writer(path)) as writer:
-        await writer.append("acme", [ev("before")])
-    monkeypatch.setattr(writer_module, "open_database", capped_database)
+    path = await stored_then_capped(tmp_path / "s.sqlite3", monkeypatch)
     free = 0
     monkeypatch.setattr(writer_module, "_free_bytes", lambda _path: free)
     writer = Writer(path, probe_interval=0.01)

@@ -13,12 +13,17 @@ def write_bytes(pid: int) -> int | None:
     """Bytes process ``pid`` (all its threads) has caused to be written to storage so far
     (``write_bytes`` of ``/proc/<pid>/io``: file data as it is dirtied, so the SQLite WAL,
     the database file when SQLite copies the WAL back into it, and the logs)."""
+    return _field(pid, "io", "write_bytes:")
+
+
+def _field(pid: int, name: str, key: str) -> int | None:
+    """The first number on the line of ``/proc/<pid>/<name>`` that starts with ``key``."""
     try:
-        io = Path(f"/proc/{pid}/io").read_text()
+        text = Path(f"/proc/{pid}/{name}").read_text()
     except OSError:
         return None
-    for line in io.splitlines():
-        if line.startswith("write_bytes:"):
+    for line in text.splitlines():
+        if line.startswith(key):
             return int(line.split()[1])
     return None
 
@@ -37,11 +42,5 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def rss_bytes(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
+    kib = _field(pid, "status", "VmRSS:")
+    return None if kib is None else kib * 1024

@@ -491,35 +491,13 @@ class Writer:
                 # Idle: the first operation starts a group at once (after one checkpoint,
                 # so that what the same scheduling tick submits joins it).
                 self._wake = trio.Event()
-                if self.failing is not None:
-                    # Commits fail (a full disk): a probe now and then, so that the writer
-                    # (and /healthz, which load balancers read) recovers by itself once
-                    # they can succeed, not only at the next producer's batch.
-                    with trio.move_on_after(self.probe_interval):
+                unasked = self._unasked_group()
+                if unasked is not None:
+                    with trio.move_on_after(unasked):
                         await self._wake.wait()
                     if not self._wake.is_set():
                         self._wake = None
-                        if not self._disk_full or _free_bytes(self.path) >= PROBE_MIN_FREE_BYTES:
-                            self._probe = True
-                            loaded = await self._commit_group()
-                        if self.on_probe is not None:
-                            self.on_probe()
-                        continue
-                elif self.journal_tail.size >= IDLE_PASS_MIN_BATCHES or (
-                    self.pass_failing is not None and self.journal_tail.size
-                ):
-                    # A backlog of passes (after a burst): written while nothing waits for
-                    # a commit, a few slices a group, so the next load does not pay for it.
-                    # While passes fail, the same tries them again once their pause is over.
-                    retry = self.pass_failing is not None
-                    with trio.move_on_after(PASS_RETRY_MS / 1000 if retry else IDLE_PASS_AFTER):
-                        await self._wake.wait()
-                    if not self._wake.is_set():
-                        self._wake = None
-                        self._idle_pass = True
-                        loaded = await self._commit_group()
-                        if self.on_idle_pass is not None:
-                            self.on_idle_pass()
+                        loaded = await self._commit_unasked_group()
                         continue
                 await self._wake.wait()
                 self._wake = None
@@ -534,6 +512,38 @@ class Writer:
             else:
                 await trio.lowlevel.checkpoint()  # queued by on_done callbacks, or before run
             loaded = await self._commit_group()
+
+    def _unasked_group(self) -> float | None:
+        """After how long an idle writer writes a group nobody asked for (or ``None``)."""
+        if self.failing is not None:
+            # Commits fail (a full disk): a probe now and then, so that the writer (and
+            # /healthz, which load balancers read) recovers by itself once they can succeed,
+            # not only at the next producer's batch.
+            return self.probe_interval
+        if self.pass_failing is not None and self.journal_tail.size:
+            return PASS_RETRY_MS / 1000  # failing passes, tried again once paused
+        if self.journal_tail.size >= IDLE_PASS_MIN_BATCHES:
+            # A backlog of passes (after a burst): written while nothing waits for a commit,
+            # a few slices a group, so the next load does not pay for it.
+            return IDLE_PASS_AFTER
+        return None
+
+    async def _commit_unasked_group(self) -> bool:
+        """A probe while commits fail, else passes written while idle (see
+        :meth:`_unasked_group`); whether operations arrived meanwhile."""
+        loaded = False
+        if self.failing is not None:
+            if not self._disk_full or _free_bytes(self.path) >= PROBE_MIN_FREE_BYTES:
+                self._probe = True
+                loaded = await self._commit_group()
+            if self.on_probe is not None:
+                self.on_probe()
+        else:
+            self._idle_pass = True
+            loaded = await self._commit_group()
+            if self.on_idle_pass is not None:
+                self.on_idle_pass()
+        return loaded
 
     async def _commit_group(self) -> bool:
         """Write the queued operations as one group; whether more arrived meanwhile."""
