@@ -57,6 +57,7 @@ def build(config: Config) -> Services:
         index_cycle=config.store.index_cycle,
         wal_checkpoint_interval=config.store.wal_checkpoint_interval_ms / 1000 or None,
         audit_retention_ms=config.dedupe_window_ms,  # docs/accounts.md "Audit trail"
+        meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
     )
     accounts = Accounts(
         store,

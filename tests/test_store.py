@@ -169,7 +169,7 @@ async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
     async with running(writer), await open_reader(path) as reader:
         loaded = await reader.load_account("acme")
         assert loaded.watermark == 1
-        assert loaded.windows == [("api", 60_000, "", b"v1-state")]
+        assert loaded.windows == [("api", 60_000, "[]", b"v1-state")]  # v6: a JSON key
         assert loaded.replay == [
             (2, [Event("a3", "acme", "api", Decimal("2.5"), 10_000, (("region", "eu"),), "", 2000)])
         ]
@@ -196,7 +196,7 @@ def test_a_failing_migration_leaves_the_store_as_it_was(
     path = tmp_path / "store.sqlite3"
     shutil.copy(FIXTURES / "store_v1.sqlite3", path)
 
-    def broken(conn: sqlite3.Connection) -> None:
+    def broken(conn: sqlite3.Connection, meter_dimensions: Mapping[str, int]) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         conn.execute("SELECT no_such_column FROM event_batches")
 
@@ -214,20 +214,21 @@ async def test_a_newer_store_is_refused_with_a_clear_message(tmp_path: Path) -> 
     path = tmp_path / "store.sqlite3"
     open_database(path).close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 7")
+    newer = SCHEMA_VERSION + 1
+    conn.execute(f"PRAGMA user_version = {newer}")
     conn.close()
     message = (
-        f"database {path} is schema version 7, this meterd knows up to {SCHEMA_VERSION};"
+        f"database {path} is schema version {newer}, this meterd knows up to {SCHEMA_VERSION};"
         " upgrade meterd or use another store.path"
     )
     with pytest.raises(StoreVersionError) as info:
         open_database(path)
     assert str(info.value) == message
-    with pytest.raises(StoreVersionError, match="schema version 7"):
+    with pytest.raises(StoreVersionError, match=f"schema version {newer}"):
         await open_reader(path)
     with pytest.raises(StoreVersionError, match="upgrade meterd"):
         await Writer(path).run()
-    assert rows(path, "PRAGMA user_version") == [(7,)]
+    assert rows(path, "PRAGMA user_version") == [(newer,)]
 
 
 async def test_foreign_files_are_refused(tmp_path: Path) -> None:

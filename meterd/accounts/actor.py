@@ -54,6 +54,7 @@ import supervisors as sv
 from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.model import Event
 from meterd.store import CommitFailed
+from meterd.store.codec import encode_dims
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -375,12 +376,3 @@ class MeterActor(sv.GenServer[Any, Any]):
             return
         self.log.debug("account_hibernated")
         raise sv.Stop()
-
-
-def encode_dims(dims: tuple[str, ...]) -> str:
-    """Dimension values as the text key the store keeps them under."""
-    return "\x1f".join(dims)
-
-
-def decode_dims(text: str, count: int) -> tuple[str, ...]:
-    return tuple(text.split("\x1f")) if count else ()

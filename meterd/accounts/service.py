@@ -44,11 +44,12 @@ import structlog
 import trio
 
 import supervisors as sv
-from meterd.accounts.actor import MeterActor, Verdict, decode_dims, no_fault
+from meterd.accounts.actor import MeterActor, Verdict, no_fault
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, RejectedEvent, Store
+from meterd.store.codec import decode_dims
 
 log = structlog.get_logger("meterd.accounts")
 
@@ -324,10 +325,7 @@ class Accounts:
         """
         await self.checkpoint(account)
         stored = await self.store.reader.windows(account, meter.name, from_ms, to_ms)
-        return [
-            (row.start, decode_dims(row.dims, len(meter.dimensions)), decode(meter, row.state))
-            for row in stored
-        ]
+        return [(row.start, decode_dims(row.dims), decode(meter, row.state)) for row in stored]
 
     async def usage(
         self,
@@ -379,7 +377,7 @@ async def running_accounts(
     """:class:`Accounts` (``options`` as its own) on the store at ``path``, running with the
     store's writer under one ``rest_for_one`` root until the block ends: for tests and tools
     (the daemon builds its whole tree in :mod:`meterd.app`)."""
-    store = Store.at(path)
+    store = Store.at(path, meter_dimensions={m.name: len(m.dimensions) for m in meters.values()})
     accounts = Accounts(store, meters, **options)
     root = sv.Supervisor(
         [store.writer_spec(), accounts.supervisor_spec()],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -38,8 +39,10 @@ __all__ = [
     "batch_event_ids",
     "batch_time_bounds",
     "decode_batch",
+    "decode_dims",
     "decode_quantity",
     "encode_batch",
+    "encode_dims",
     "encode_event",
     "encode_quantity",
     "encode_rows",
@@ -56,6 +59,28 @@ _UINT_MAX: Final = (1 << 64) - 1
 _FIELDS: Final = 7
 
 _MAX_DIGITS: Final = 1000
+
+
+_compact_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def encode_dims(dims: Sequence[str]) -> str:
+    """Dimension values as the ``dims`` key of their ``windows`` row: a compact JSON array of
+    strings, ASCII only (``("a\\x1fb", "c")`` -> ``'["a\\u001fb","c"]'``).
+
+    Injective for every sequence of strings, separators, quotes, backslashes and lone
+    surrogates included (JSON escapes them), so two cells never share a row. Part of the file
+    format (schema version 6 re-encoded the earlier ``"\\x1f"``-joined keys).
+    """
+    return _compact_json(list(dims))
+
+
+def decode_dims(text: str) -> tuple[str, ...]:
+    """The dimension values :func:`encode_dims` encoded as ``text``."""
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise StoreCorruptError(f"window dims {text!r:.200} is not a JSON array of strings")
+    return tuple(values)
 
 
 def _canonical_decimal(quantity: Decimal) -> str:

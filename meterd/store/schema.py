@@ -24,6 +24,15 @@ Versions:
    passes (:mod:`meterd.store.journal_index`), with ``journal_slices`` saying how far each
    slice of the accounts is indexed: appends no longer pay a random index page each. The
    migration indexes every batch already stored.
+6. ``windows.dims`` becomes a JSON array of the dimension values
+   (:func:`~meterd.store.codec.encode_dims`) instead of the values joined by ``"\x1f"``,
+   which let two cells whose values contain that character share a row (the later one's
+   usage was lost). Splitting an old key needs the meter's number of dimensions: the
+   writer passes them from the configuration (``meter_dimensions``); a meter it does not
+   know is split on every separator (an empty key: no dimensions). An account with a row
+   that does not fit its meter (more values than dimensions: two cells shared it) has all
+   its windows deleted and its watermark set to 0: its actor rebuilds them from the
+   journal, which holds every event, when it next wakes.
 
 Tables at the latest version::
 
@@ -67,7 +76,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 from urllib.parse import quote
 
 import structlog
@@ -82,6 +91,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SLICES",
+    "MeterDimensions",
     "Migration",
     "account_bucket",
     "IN_CHUNK",
@@ -164,22 +174,38 @@ def stored_dedupe_rows(conn: sqlite3.Connection, keys: Iterable[int]) -> dict[in
     return found
 
 
+MeterDimensions: TypeAlias = Mapping[str, int]
+"""Meter name -> its number of dimensions (what the configuration says), for migrations that
+read stored keys made of dimension values."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One step: ``apply`` takes the database from ``version - 1`` to ``version``."""
+    """One step: ``apply(conn, meter_dimensions)`` takes the database from ``version - 1`` to
+    ``version`` (``meter_dimensions`` is empty when the opener knows no configuration)."""
 
     version: int
     description: str
-    apply: Callable[[sqlite3.Connection], None]
+    apply: Callable[[sqlite3.Connection, MeterDimensions], None]
 
 
-def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
+def _statements(*sql: str) -> Callable[[sqlite3.Connection, MeterDimensions], None]:
     # Not executescript(): it COMMITs first, and a migration must stay one transaction.
-    def apply(conn: sqlite3.Connection) -> None:
+    def apply(conn: sqlite3.Connection, meter_dimensions: MeterDimensions) -> None:
         for statement in sql:
             conn.execute(statement)
 
     return apply
+
+
+WINDOWS_TABLE: Final = """CREATE TABLE windows (
+        account TEXT    NOT NULL,
+        meter   TEXT    NOT NULL,
+        start   INTEGER NOT NULL,
+        dims    TEXT    NOT NULL,
+        state   BLOB    NOT NULL,
+        PRIMARY KEY (account, meter, start, dims)
+    ) WITHOUT ROWID"""
 
 
 V1_STATEMENTS: Final = (
@@ -204,14 +230,7 @@ V1_STATEMENTS: Final = (
         fingerprint INTEGER NOT NULL,
         PRIMARY KEY (account, event_id)
     ) WITHOUT ROWID""",
-    """CREATE TABLE windows (
-        account TEXT    NOT NULL,
-        meter   TEXT    NOT NULL,
-        start   INTEGER NOT NULL,
-        dims    TEXT    NOT NULL,
-        state   BLOB    NOT NULL,
-        PRIMARY KEY (account, meter, start, dims)
-    ) WITHOUT ROWID""",
+    WINDOWS_TABLE,
     """CREATE TABLE accounts (
         account    TEXT    NOT NULL PRIMARY KEY,
         watermark  INTEGER NOT NULL DEFAULT 0,
@@ -231,7 +250,7 @@ V2_STATEMENTS: Final = (
 )
 
 
-def _v3_batch_time_bounds(conn: sqlite3.Connection) -> None:
+def _v3_batch_time_bounds(conn: sqlite3.Connection, meter_dimensions: MeterDimensions) -> None:
     conn.execute("ALTER TABLE event_batches ADD COLUMN min_time INTEGER")
     conn.execute("ALTER TABLE event_batches ADD COLUMN max_time INTEGER")
     last = 0
@@ -284,7 +303,7 @@ V4_STATEMENTS: Final = (
 )
 
 
-def _v5_deferred_journal_index(conn: sqlite3.Connection) -> None:
+def _v5_deferred_journal_index(conn: sqlite3.Connection, meter_dimensions: MeterDimensions) -> None:
     conn.execute("DROP INDEX event_batches_by_account_time")
     conn.execute(
         """CREATE TABLE journal_index (
@@ -308,12 +327,48 @@ def _v5_deferred_journal_index(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_injective_window_dims(conn: sqlite3.Connection, meter_dimensions: MeterDimensions) -> None:
+    # Into a new table: an old key may look like a new one ('["a"]' was a valid value).
+    conn.execute(WINDOWS_TABLE.replace("CREATE TABLE windows", "CREATE TABLE windows_v6"))
+    rebuild: set[str] = set()  # accounts with a row that does not fit its meter
+    rows = conn.execute("SELECT account, meter, start, dims, state FROM windows")
+    while chunk := rows.fetchmany(10_000):
+        converted = []
+        for account, meter, start, old, state in chunk:
+            count = meter_dimensions.get(meter)
+            if count == 1:
+                values = [old]
+            elif old == "":  # () or ("",): the configuration says which (unknown meter: ())
+                values = []
+            else:
+                values = old.split("\x1f")
+            if count is not None and len(values) != count:
+                # Two cells shared this row (a value held U+001F), or the meter's dimensions
+                # changed since it was written: only the journal can say what it should hold.
+                rebuild.add(account)
+            else:
+                converted.append((account, meter, start, codec.encode_dims(values), state))
+        conn.executemany("INSERT INTO windows_v6 VALUES (?, ?, ?, ?, ?)", converted)
+    conn.execute("DROP TABLE windows")
+    conn.execute("ALTER TABLE windows_v6 RENAME TO windows")
+    for account in sorted(rebuild):
+        conn.execute("DELETE FROM windows WHERE account = ?", (account,))
+        conn.execute("UPDATE accounts SET watermark = 0 WHERE account = ?", (account,))
+        log.warning(
+            "store_windows_rebuilt",
+            account=account,
+            reason="a window row did not fit its meter's dimensions; the account's windows"
+            " are rebuilt from the journal when it next wakes",
+        )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
     Migration(3, "event time range per batch (events endpoint)", _v3_batch_time_bounds),
     Migration(4, "audit trail of duplicates and rejections", _statements(*V4_STATEMENTS)),
     Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
+    Migration(6, "injective window dimension keys", _v6_injective_window_dims),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""
@@ -375,7 +430,7 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> int:
+def _migrate(conn: sqlite3.Connection, path: Path, meter_dimensions: MeterDimensions) -> int:
     """Run the missing steps in one transaction; the version found before."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -383,7 +438,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> int:
         _check_identity(conn, path, found)
         for step in MIGRATIONS[found:]:
             try:
-                step.apply(conn)
+                step.apply(conn, meter_dimensions)
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"database {path}: migration to schema version {step.version}"
@@ -399,8 +454,13 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> int:
     return found
 
 
-def open_database(path: Path | str) -> sqlite3.Connection:
+def open_database(
+    path: Path | str, *, meter_dimensions: MeterDimensions | None = None
+) -> sqlite3.Connection:
     """The writer's connection to the store at ``path``, migrated to :data:`SCHEMA_VERSION`.
+
+    ``meter_dimensions`` (meter name -> number of dimensions, from the configuration) is
+    what migrations that re-read stored dimension keys need (version 6).
 
     Creates the file and its parent directories if needed; sets ``journal_mode=WAL`` (readers
     do not block the writer) and ``synchronous=FULL`` (a committed transaction is fsync'ed to
@@ -427,7 +487,7 @@ def open_database(path: Path | str) -> sqlite3.Connection:
         _check_identity(conn, path, version)  # before anything is written
         _set_durable_wal(conn, path)
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        found = _migrate(conn, path)
+        found = _migrate(conn, path, meter_dimensions or {})
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot open database {path}: {exc}") from exc

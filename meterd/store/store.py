@@ -8,6 +8,7 @@ from pathlib import Path
 import supervisors as sv
 
 from .reader import Reader
+from .schema import MeterDimensions
 from .writer import Writer
 
 __all__ = ["Store"]
@@ -35,6 +36,7 @@ class Store:
         audit_retention_ms: int | None = None,
         index_cycle: float = 5.0,
         wal_checkpoint_interval: float | None = 0.1,
+        meter_dimensions: MeterDimensions | None = None,
     ) -> Store:
         writer = Writer(
             path,
@@ -43,6 +45,7 @@ class Store:
             audit_retention_ms=audit_retention_ms,
             index_cycle=index_cycle,
             wal_checkpoint_interval=wal_checkpoint_interval,
+            meter_dimensions=meter_dimensions,
         )
         # The reader takes the tail of the journal index from the writer's memory.
         return cls(

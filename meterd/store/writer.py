@@ -111,7 +111,7 @@ from .journal_index import (
     pass_slices,
     rebuild_tail,
 )
-from .schema import open_database
+from .schema import MeterDimensions, open_database
 from .wal import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 __all__ = [
@@ -322,7 +322,8 @@ class Writer:
     (by ``received_at``) are pruned (``None``: kept; the daemon passes ``dedupe_window``).
     ``index_cycle``: seconds between two passes of the journal index over the same accounts
     (:mod:`meterd.store.journal_index`; :attr:`journal_tail` holds what they have not
-    covered yet).
+    covered yet). ``meter_dimensions``: each configured meter's number of dimensions, for
+    the migration of an older store's window keys (:mod:`meterd.store.schema`, version 6).
     """
 
     def __init__(
@@ -336,6 +337,7 @@ class Writer:
         index_cycle: float = 5.0,
         wal_checkpoint_interval: float | None = 0.1,
         probe_interval: float = 1.0,
+        meter_dimensions: MeterDimensions | None = None,
     ) -> None:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
@@ -345,6 +347,7 @@ class Writer:
         self.commit_interval = commit_interval
         self.max_pending = max_pending
         self.probe_interval = probe_interval
+        self.meter_dimensions = dict(meter_dimensions or {})
         self.stats = WriterStats()
         self._clock = clock
         self.audit_retention_ms = audit_retention_ms
@@ -438,7 +441,7 @@ class Writer:
             self._running = False
 
     def _open(self) -> sqlite3.Connection:
-        connection = open_database(self.path)
+        connection = open_database(self.path, meter_dimensions=self.meter_dimensions)
         if self.wal is not None:
             # The checkpointer copies the log; the commits' own checkpoint is the backstop
             # that bounds it (see meterd.store.wal).
