@@ -1,5 +1,9 @@
 """The meter actor: one per account, the only writer of that account's usage.
 
+An actor only ever applies **committed** journal batches: events reach it after the store
+writer made them durable (ingest -> writer -> delivery -> actor, docs/accounts.md). It
+never decides duplicates (the writer does, in commit order) and never submits anything.
+
 Lifecycle (see docs/accounts.md for the whole flow):
 
 ``init``
@@ -8,12 +12,7 @@ Lifecycle (see docs/accounts.md for the whole flow):
     checkpoint watermark into memory. An event that raises while it is applied
     is **quarantined** (recorded, skipped) instead of crashing again: a poison
     event costs one restart, never a crash loop.
-``("ingest", events)`` (call)
-    Drops what the in-memory recent (durable) ids already decide (duplicates,
-    id conflicts), submits the rest to the writer and returns at once; the reply
-    is sent when the writer reports the batch durable, after the accepted
-    events are applied. The mailbox keeps moving meanwhile.
-``["apply", batch_id, events, ...]`` (info, from :meth:`Accounts.submit`)
+``["apply", batch_id, events, ...]`` (info, from the accounts layer's delivery)
     Journal batch ``batch_id`` of this account is committed: apply its events
     (unless this incarnation's start-up replay already did: ``batch_id`` is at
     or below the watermark) and give their in-flight budget back. A list: while
@@ -22,56 +21,72 @@ Lifecycle (see docs/accounts.md for the whole flow):
 ``("checkpoint",)`` (call)
     Writes the windows changed since the last checkpoint (merged with what the
     store holds) and the watermark, in one transaction.
+``("status",)`` (call)
+    The watermark, dirty cells and quarantined events, for operators.
 ``("hibernate",)`` (cast)
-    When idle (nothing pending, nothing queued): checkpoint and stop normally.
-    The next event for the account starts a new actor from the store.
+    When idle (nothing queued, nothing waiting for delivery): checkpoint and stop
+    normally. The next event for the account starts a new actor from the store.
 ``("tick",)`` (cast, from the sweeper)
     Hibernate after ``idle_timeout`` without traffic, or checkpoint when the last
     checkpoint is ``checkpoint_interval`` old.
+``("crash", reason)`` (cast)
+    A fault drill: raise :class:`InjectedFault`.
 
-``handle_info`` (deliveries and the completions of ``ingest``) is a plain
-``def``: the runtime runs it without a coroutine, which is most of the cost of
-a small message. What awaits (checkpoints, hibernation) comes as calls and casts.
+``handle_info`` (deliveries) is a plain ``def``: the runtime runs it without a
+coroutine, which is most of the cost of a small message. What awaits (checkpoints,
+hibernation) comes as calls and casts.
 
-In memory the actor keeps only *deltas since the last checkpoint* and a
-bounded set of recent event ids, so a hibernated account costs nothing and an
-awake one little. The writer's dedupe index is the authority on duplicates;
-the recent ids only spare it work.
+In memory the actor keeps only *deltas since the last checkpoint*, so a hibernated
+account costs nothing and an awake one little.
+
+The actor knows the accounts layer only through :class:`AccountsContext` (what it
+reads and the few things it reports), so this module imports nothing of the service.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 import trio
 
 import supervisors as sv
 from meterd.accounts.aggregate import AccountUsage, decode, encode
-from meterd.model import Event
-from meterd.store import CommitFailed
+from meterd.accounts.budget import EventBudget
+from meterd.model import Event, Meter
+from meterd.store import CommitFailed, Store
 from meterd.store.codec import encode_dims
-
-if TYPE_CHECKING:
-    from meterd.accounts.service import Accounts
 
 log = structlog.get_logger("meterd.accounts")
 
-RECENT_IDS = 1_000  # per awake account (~160 kB at most); the writer decides beyond that
 _NO_WINDOWS = 2**62
 
 
-@dataclass(slots=True)
-class Verdict:
-    """What happened to each event of one account's share of a batch."""
+class AccountsContext(Protocol):
+    """What a meter actor needs of the accounts layer that runs it."""
 
-    accepted: list[int] = field(default_factory=list)
-    duplicates: list[int] = field(default_factory=list)
-    conflicts: list[int] = field(default_factory=list)
+    @property
+    def store(self) -> Store: ...
+    @property
+    def meters(self) -> Mapping[str, Meter]: ...
+    @property
+    def budget(self) -> EventBudget: ...
+    @property
+    def crashed(self) -> set[str]:
+        """Accounts whose last actor crashed and whose next one has not recovered yet."""
+        ...
+
+    @property
+    def fault_hook(self) -> Callable[[Event], None]: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def checkpoint_interval(self) -> float: ...
+    def backlogged(self, account: str) -> bool:
+        """Whether committed events of ``account`` wait to be delivered to its actor."""
+        ...
 
 
 def no_fault(event: Event) -> None:
@@ -83,33 +98,16 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by a fault drill."""
 
 
-class AccountUnavailable(Exception):
-    """The account's actor could not make the batch durable; nothing is acknowledged."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A batch submitted to the writer, waiting to be durable."""
-
-    caller: sv.Caller[Verdict]
-    events: list[Event]  # what was submitted
-    positions: list[int]  # their indexes in the caller's batch
-    verdict: Verdict
-
-
 class MeterActor(sv.GenServer[Any, Any]):
     """The usage of one account. See the module doc."""
 
-    def __init__(self, account: str, accounts: Accounts) -> None:
+    def __init__(self, account: str, accounts: AccountsContext) -> None:
         self.account = account
         self.accounts = accounts
         self.log = log.bind(account=account, actor=f"meter:{account}")
         self.usage = AccountUsage()
-        self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> fingerprint
         self.watermark = 0
         self.checkpointed_watermark = 0  # the watermark the store holds for this account
-        self.pending: dict[int, _Pending] = {}
-        self.next_token = 0
         self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
         self.last_active = self._now()
         # A random phase, so that accounts woken together do not all checkpoint together.
@@ -136,7 +134,6 @@ class MeterActor(sv.GenServer[Any, Any]):
     async def _replay_batch(self, batch_id: int, events: Sequence[Event]) -> None:
         meters = self.accounts.meters
         for event in events:
-            self._remember(event)
             try:
                 self.accounts.fault_hook(event)
                 self.usage.apply(meters[event.meter], event)
@@ -164,8 +161,6 @@ class MeterActor(sv.GenServer[Any, Any]):
     async def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
         self.last_active = self._now()
         kind = request[0]
-        if kind == "ingest":
-            return self._ingest(request[1], caller)
         if kind == "checkpoint":
             try:
                 await self._checkpoint()
@@ -177,7 +172,6 @@ class MeterActor(sv.GenServer[Any, Any]):
         if kind == "status":
             return {
                 "account": self.account,
-                "pending": len(self.pending),
                 "watermark": self.watermark,
                 "dirty": len(self.usage.dirty()),
                 "quarantined": self.quarantined,
@@ -198,77 +192,23 @@ class MeterActor(sv.GenServer[Any, Any]):
     def handle_info(self, message: Any) -> None:
         # A plain def (the runtime calls it without a coroutine): every delivery comes
         # through here. What has to wait (checkpoints, hibernation) comes as calls and casts.
-        kind = message[0]
-        if kind == "apply":  # one or more batches, in commit order (see the module doc)
+        if message[0] == "apply":  # one or more batches, in commit order (see the module doc)
             for index in range(1, len(message), 2):
                 self._apply_batch(message[index], message[index + 1])
-        elif kind == "durable":
-            self._on_durable(message[1], message[2])
 
     async def terminate(self, exit: sv.Exit) -> None:
         self.accounts.budget.forget(self.account)  # its mailbox dies with it
         if exit.kind == "crash":
             self.accounts.crashed.add(self.account)  # a replay failure now means poison
-        if exit.kind == "shutdown" and not self.pending and self.usage.has_dirty():
+        if exit.kind == "shutdown" and self.usage.has_dirty():
             # A clean stop writes what it holds, so the next start replays nothing.
             # (Within the child's shutdown grace; the journal covers it if cut short.)
             try:
                 await self._checkpoint()
             except Exception as error:
                 self.log.warning("checkpoint_on_stop_failed", error=repr(error))
-        # Batches in flight: their callers must not wait for a reply that will never
-        # come. Whatever the writer commits is replayed by the next incarnation.
-        for pending in self.pending.values():
-            pending.caller.fail(AccountUnavailable(f"account {self.account}: actor {exit}"))
-        self.pending.clear()
 
-    # ---- ingest ------------------------------------------------------------------------
-
-    def _ingest(self, events: Sequence[Event], caller: sv.Caller[Verdict]) -> Any:
-        verdict = Verdict()
-        fresh: list[Event] = []
-        positions: list[int] = []
-        recent = self.recent
-        for position, event in enumerate(events):
-            # ``recent`` holds only ids already durable, so deciding from it is safe.
-            # Anything else, even an id of a batch still in flight, goes to the writer,
-            # which decides in commit order: a re-sent event is called a duplicate only
-            # once its original is durable (and is accepted if the original failed).
-            known = recent.get(event.id)
-            if known is None:
-                fresh.append(event)
-                positions.append(position)
-            elif known == event.fingerprint():
-                verdict.duplicates.append(position)
-            else:
-                verdict.conflicts.append(position)
-        if not fresh:
-            return verdict
-        token = self.next_token
-        self.next_token += 1
-        self.pending[token] = _Pending(caller, fresh, positions, verdict)
-        self.accounts.store.writer.submit(
-            self.account,
-            fresh,
-            lambda result: self.accounts.post_in_order(self, ("durable", token, result)),
-        )
-        return sv.NOREPLY
-
-    def _on_durable(self, token: int, result: Any) -> None:
-        pending = self.pending.pop(token, None)
-        if pending is None:
-            return
-        if isinstance(result, BaseException):  # nothing of it was written
-            pending.caller.fail(AccountUnavailable(f"account {self.account}: {result}"))
-            return
-        try:
-            self._apply_result(pending, result)
-        except BaseException:
-            # The batch is durable but applying it failed: this incarnation crashes, and
-            # the next one replays it from the journal. The caller must not wait.
-            pending.caller.fail(AccountUnavailable(f"account {self.account}: actor crashed"))
-            raise
-        pending.caller.reply(pending.verdict)
+    # ---- deliveries --------------------------------------------------------------------
 
     def _apply_batch(self, batch_id: int, events: list[Event]) -> None:
         """Apply committed journal batch ``batch_id`` (see the module doc)."""
@@ -288,32 +228,6 @@ class MeterActor(sv.GenServer[Any, Any]):
                 self.watermark = batch_id
         finally:
             self.accounts.budget.give_for(self.account, len(events))
-
-    def _apply_result(self, pending: _Pending, result: Any) -> None:
-        verdict = pending.verdict
-        meters = self.accounts.meters
-        for index in result.accepted:
-            event = pending.events[index]
-            self.accounts.fault_hook(event)
-            self.usage.apply(meters[event.meter], event)
-            self._remember(event)
-            verdict.accepted.append(pending.positions[index])
-        for index in result.duplicates:
-            self._remember(pending.events[index])  # the stored one is the same event
-            verdict.duplicates.append(pending.positions[index])
-        for index in result.conflicts:  # the stored fingerprint is not known here
-            verdict.conflicts.append(pending.positions[index])
-        if result.batch_id is not None:
-            self.watermark = max(self.watermark, result.batch_id)
-
-    def _remember(self, event: Event) -> None:
-        self.recent[event.id] = event.fingerprint()
-        self._trim_recent()
-
-    def _trim_recent(self) -> None:
-        recent = self.recent
-        while len(recent) > RECENT_IDS:
-            recent.popitem(last=False)
 
     # ---- checkpoints and hibernation -------------------------------------------------------
 
@@ -366,7 +280,7 @@ class MeterActor(sv.GenServer[Any, Any]):
                 self._checkpoint_failed(error)
 
     async def _hibernate(self) -> None:
-        if self.pending or self.sv_mailbox_depth or self.accounts.backlogged(self.account):
+        if self.sv_mailbox_depth or self.accounts.backlogged(self.account):
             return  # not idle after all; the sweeper will ask again
         try:
             await self._checkpoint()

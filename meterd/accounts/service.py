@@ -2,19 +2,18 @@
 
 ``Accounts`` is what the ingest layer and the API talk to:
 
-* :meth:`Accounts.ingest` finds (or starts) the account's actor through the
-  Registry and calls it with the account's share of a batch. Two producers
-  racing to wake the same account get one actor (the Registry guarantees it).
-* :meth:`Accounts.submit` is the ingest hot path: a whole producer batch,
+* :meth:`Accounts.submit` is the one write path: a whole producer batch,
   grouped by account, is made durable by the store writer in **one** operation;
   once it is committed its verdicts are reported and each account's accepted
   events are *delivered* to the account's actor (a message, no reply), which
   applies them to its windows (several batches in one message while the actor has not
   taken the previous one). Delivery is off the acknowledgement path: an
   acknowledged event is durable, and the actor catches up from the journal if
-  it is not running (see docs/accounts.md, "Recovery").
-* :meth:`Accounts.ingest` is the per-account call (an account's share through
-  its actor, replying once durable and applied); tests and tools use it.
+  it is not running (see docs/accounts.md, "Recovery"). Actors are found (or
+  started) through the Registry: two deliveries racing to wake the same account
+  get one actor.
+* :meth:`Accounts.write` and :meth:`Accounts.ingest` await :meth:`submit`'s report
+  (tests and tools: the same path, awaited).
 * The *sweeper*, a task child beside the actors' supervisor, asks actors to
   checkpoint every ``checkpoint_interval`` and to hibernate after
   ``idle_timeout`` without traffic, so only awake accounts cost memory. It
@@ -44,7 +43,7 @@ import structlog
 import trio
 
 import supervisors as sv
-from meterd.accounts.actor import MeterActor, Verdict, no_fault
+from meterd.accounts.actor import AccountsContext, MeterActor, no_fault
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
@@ -119,11 +118,12 @@ class Accounts:
     # ---- reaching an account's actor ------------------------------------------------------
 
     def _spec(self, account: str) -> sv.ChildSpec:
+        context: AccountsContext = self  # what the actor sees of this layer (checked here)
         return sv.actor_spec(
             account,
             MeterActor,
             account,
-            self,
+            context,
             name=(self.registry, account),
             restart=sv.Restart.TRANSIENT,
             mailbox_size=self.mailbox_size,
@@ -148,10 +148,35 @@ class Accounts:
                 continue  # it hibernated between the lookup and the call: wake it again
         raise sv.NoSuchActor(account)
 
-    async def ingest(self, account: str, events: Sequence[Event]) -> Verdict:
-        """Count ``events`` (all of ``account``): returns once the accepted ones are durable."""
-        verdict: Verdict = await self.call(account, ("ingest", list(events)))
-        return verdict
+    async def write(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        rejected: Sequence[RejectedEvent] = (),
+    ) -> list[AppendResult]:
+        """:meth:`submit`, awaited: the writer's verdicts once the batch is durable and its
+        accepted events are delivered; raises what the writer raised if nothing was
+        written (:class:`~meterd.store.CommitFailed`, say)."""
+        done = trio.Event()
+        outcomes: list[list[AppendResult] | BaseException] = []
+
+        def report(outcome: list[AppendResult] | BaseException) -> None:
+            outcomes.append(outcome)
+            done.set()
+
+        self.submit(groups, report, producer=producer, seq=seq, rejected=rejected)
+        await done.wait()
+        [outcome] = outcomes
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def ingest(self, account: str, events: Sequence[Event]) -> AppendResult:
+        """Count ``events`` (all of ``account``) through :meth:`write`; its verdicts."""
+        [result] = await self.write([(account, list(events))])
+        return result
 
     def submit(
         self,
@@ -239,19 +264,6 @@ class Accounts:
         self._drained[account] = trio.Event()
         self.budget.take_for(account, len(events))
         self._jobs_in.send_nowait(("pump", account))
-
-    def post_in_order(self, actor: MeterActor, message: Any) -> None:
-        """``actor.post_self(message)``, but behind the account's overflow if it has one.
-
-        For the completions of :meth:`ingest` calls (an actor's own writer submissions),
-        which are resolved in commit order like deliveries and must reach the actor in
-        that order too. Dropped if ``actor`` is not the account's actor when its turn comes
-        (its callers were failed when it stopped)."""
-        overflow = self._overflow.get(actor.account)
-        if overflow is None:
-            actor.post_self(message)
-        else:
-            overflow.append((message, 0, actor.ref))
 
     def _wake(self, account: str) -> None:
         if account not in self._waking:

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import supervisors as sv
-from meterd.accounts.actor import AccountUnavailable
 from meterd.store import CommitFailed
 
 log = structlog.get_logger("meterd.api")
@@ -127,7 +126,6 @@ def exception_handlers() -> dict[Any, Any]:
         sv.NoSuchActor,
         sv.ActorExited,
         sv.SupervisorStopping,
-        AccountUnavailable,
     )
     return {
         ApiError: _api_error,

@@ -8,7 +8,8 @@
 
 Ingest mode builds the daemon's tree (``meterd.app.build(load(config))``), runs its root,
 generates the deterministic event stream of ``seed`` (:func:`generate`) and ingests the
-events at stream positions ``>= K`` in small batches through ``services.accounts.ingest``:
+events at stream positions ``>= K`` in small batches through ``services.accounts.ingest``
+(the daemon's write path, awaited):
 one task per (account, lane), all running at once, so several batches of one account are in
 flight at any moment. stdout carries only these lines, each flushed at once:
 
