@@ -87,6 +87,7 @@ class _Entry:
         self.payload = payload
         self.caller = caller
 
+
 # Actor states.
 _IDLE: Final = 0  # no mail, no task
 _SCHEDULED: Final = 1  # has mail, handed to the dispatcher
