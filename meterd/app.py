@@ -6,7 +6,8 @@ The tree::
     ├── store-writer        the single SQLite writer (group commit)
     ├── accounts (one_for_one)
     │   ├── meters          DynamicSupervisor: one MeterActor per awake account
-    │   └── sweeper         checkpoints and hibernation
+    │   ├── sweeper         checkpoints and hibernation
+    │   └── deliverer       wakes sleeping accounts, delivers to full mailboxes
     ├── ingest              the producer websocket endpoint (meterd.ingest)
     └── api                 the operator HTTP API (meterd.api)
 
@@ -14,7 +15,8 @@ The tree::
 ingest and the API) is restarted too, because their in-flight work depended on
 it; an accounts failure leaves the writer alone. Children stop in reverse order:
 the API first (requests in flight finish), then ingest finishes and acknowledges
-the batches it read while the accounts and the writer still run.
+the batches it read while the accounts and the writer still run. docs/architecture.md
+follows one batch through the tree.
 """
 
 from __future__ import annotations
