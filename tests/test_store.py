@@ -904,10 +904,10 @@ def test_a_kill_9_before_commit_leaves_neither_the_batch_nor_its_audit_rows(
 # -- failures -----------------------------------------------------------------------------
 
 
-def capped_database(db: Path) -> sqlite3.Connection:
+def capped_database(db: Path, **options: Any) -> sqlite3.Connection:
     """``open_database`` with the file capped at the pages it has: the next write that needs
     a new page finds the database full (SQLITE_FULL, as on a full disk)."""
-    conn = open_database(db)
+    conn = open_database(db, **options)
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     return conn
