@@ -21,9 +21,11 @@ from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord, Superviso
 from ._dynamic import DynamicSupervisor
 from ._errors import (
     ActorExited,
+    AlreadyPresent,
     AlreadyStarted,
     CallTimeout,
     ChildNotRunning,
+    ChildRestarting,
     MaxChildrenReached,
     NoSuchActor,
     NoSuchChild,
@@ -56,6 +58,7 @@ __all__ = [
     "ActorExited",
     "ActorLauncher",
     "ActorRef",
+    "AlreadyPresent",
     "AlreadyStarted",
     "AutoShutdown",
     "Backoff",
@@ -64,6 +67,7 @@ __all__ = [
     "ChildCounts",
     "ChildNotRunning",
     "ChildInfo",
+    "ChildRestarting",
     "ChildSpec",
     "ChildStatus",
     "ChildType",

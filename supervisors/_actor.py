@@ -15,7 +15,8 @@ plain ``def`` or an ``async def``:
     and ``ref.send`` messages.
 ``terminate(exit)``
     Runs when the actor stops (shutdown, ``Stop``, or a crash), within the grace
-    period of its child spec's ``shutdown``; it is not run after a kill.
+    period of its child spec's ``shutdown``; it is not run after a kill. One that
+    outlasts the grace period is cancelled, and the actor's exit is ``killed``.
 
 Rules:
 
@@ -508,7 +509,8 @@ class GenServer(Generic[Req, Rep]):
         self._state = _DEAD
         if caller is not None:
             caller.fail(ActorExited(self.ref, exit))
-        with trio.CancelScope(shield=True, deadline=self._grace_deadline) as self._scope:
+        with trio.CancelScope(shield=True, deadline=self._grace_deadline) as scope:
+            self._scope = scope
             try:
                 if self._sv_kinds.terminate:
                     await self.terminate(exit)
@@ -517,6 +519,11 @@ class GenServer(Generic[Req, Rep]):
             except Exception as error:
                 _log_terminate_failure(self, error)
         self._scope = None
+        if scope.cancel_called:
+            # ``terminate`` outlasted the grace period (or was killed): the actor was
+            # killed, as OTP reports a process killed after its shutdown timeout. The
+            # error it ended with, if any, stays on the exit for the log.
+            exit = Exit("killed", exit.error)
         self._sv_finish_now(exit, None)
 
     def _sv_finish_now(self, exit: Exit, caller: Caller[Any] | None) -> None:

@@ -100,7 +100,9 @@ class Child:
         "backoff_attempts",
         "history",
         "incarnation",
+        "key",
         "launcher",
+        "removed",
         "restarting",
         "restarts",
         "spec",
@@ -112,7 +114,16 @@ class Child:
         self.launcher: Launcher = as_launcher(spec.start)
         self.incarnation: Incarnation | None = None
         self.restarts = 0
+        # True from the exit that is to be restarted until a start succeeds, the child
+        # is terminated, or it is given up: OTP's ``{restarting, Pid}``. A pending retry
+        # or backoff restart happens only while it is still True.
         self.restarting = False
+        # The ref of its latest incarnation, kept while it is restarting (dynamic
+        # supervisors find a child by it, as OTP's by ``{restarting, OldPid}``).
+        self.key: Any = None
+        # Set when a dynamic supervisor has removed it: a start still under way for it
+        # must then not attach the new incarnation (it is terminated at once).
+        self.removed = False
         self.backoff_attempts = 0
         self.up_since = 0.0  # Trio time of the current incarnation's start
         self.history: deque[RestartRecord] | None = None
@@ -344,7 +355,11 @@ class SupervisorCore:
     async def _control_loop(self) -> None:
         events = self._events
         while True:
-            while events:
+            # A stop request is looked at before each event, not only once the queue is
+            # empty: a restart that keeps failing queues its next attempt each time
+            # (OTP's try_again_restart, which hands control back for this reason,
+            # OTP-9549), so the queue may never empty.
+            while events and not self._stop_requested:
                 event = events.popleft()
                 try:
                     await self._handle(event)
@@ -368,14 +383,18 @@ class SupervisorCore:
             if child.incarnation is not incarnation:
                 return  # stale: this incarnation was already terminated or replaced
             child.incarnation = None
-            await self._on_child_exit(child, exit, log=True)
+            await self._on_child_exit(child, exit)
         elif kind == "retry":
+            # Tried again only while still restarting (OTP: only a child whose pid is
+            # still ``{restarting, _}``): terminate_child meanwhile ends the loop.
             _, child, exit = event
-            if self._is_current(child) and child.incarnation is None:
-                await self._on_child_exit(child, exit, log=False)
+            if self._is_current(child) and child.incarnation is None and child.restarting:
+                await self._restart(child, exit)
         elif kind == "restart_due":
-            _, child = event
-            if self._is_current(child) and child.restarting:
+            # Only the restart it was scheduled for: not one ended by terminate_child,
+            # nor a later one (each restart adds to ``restarts``).
+            _, child, scheduled_for = event
+            if self._is_current(child) and child.restarting and child.restarts == scheduled_for:
                 await self._do_restart(child)
         elif kind == "request":
             _, operation, reply = event
@@ -394,15 +413,18 @@ class SupervisorCore:
                 raise
             reply(result)
 
-    async def _on_child_exit(self, child: Child, exit: Exit, *, log: bool) -> None:
-        spec = child.spec
-        restart = _should_restart(spec.restart, exit)
-        if log:
-            self._log_exit(child, exit, restart)
+    async def _on_child_exit(self, child: Child, exit: Exit) -> None:
+        restart = _should_restart(child.spec.restart, exit)
+        self._log_exit(child, exit, restart)
         if not restart:
             self._forget(child)
             self._maybe_auto_shutdown(child)
             return
+        await self._restart(child, exit)
+
+    async def _restart(self, child: Child, exit: Exit) -> None:
+        """Restart ``child`` after ``exit`` (or a failed restart attempt): OTP's ``restart/2``."""
+        spec = child.spec
         child.record_restart(exit)
         self.restart_counts["exit"] += 1
         if not self._intensity.add_restart(trio.current_time()):
@@ -421,13 +443,13 @@ class SupervisorCore:
                 child.backoff_attempts = 0  # it had been stable: start the delays over
             child.backoff_attempts += 1
             delay = backoff.delay(child.backoff_attempts)
-            self.nursery.start_soon(self._restart_after, child, delay)
+            self.nursery.start_soon(self._restart_after, child, delay, child.restarts)
             return
         await self._do_restart(child)
 
-    async def _restart_after(self, child: Child, delay: float) -> None:
+    async def _restart_after(self, child: Child, delay: float, scheduled_for: int) -> None:
         await trio.sleep(delay)
-        self._post(("restart_due", child))
+        self._post(("restart_due", child, scheduled_for))
 
     async def _do_restart(self, child: Child) -> None:
         """Apply the strategy; a failed start is retried as a new restart."""
@@ -453,9 +475,21 @@ class SupervisorCore:
             error = StartError(child.spec.id, reason)
             error.sv_child = child  # type: ignore[attr-defined]
             raise error from reason
+        if incarnation is not None and child.removed:
+            # A dynamic child terminated while this start was under way: it is gone.
+            await do_terminate(incarnation, child.spec.shutdown_grace)
+            return
         child.incarnation = incarnation
         child.restarting = False
         child.up_since = trio.current_time()
+        if incarnation is not None:
+            self._child_started(child)
+            if not incarnation.sv_alive:
+                # It ended before its start returned here (a task child that fails right
+                # after ``task_status.started()``): its exit, posted before it was
+                # attached, may have been dropped as stale. Post it again; whichever of
+                # the two comes second is the stale one.
+                self._post(("exit", child, incarnation, incarnation.sv_exit))
         if incarnation is not None and self._shutting_down():
             # The supervisor began shutting down while this child was starting.
             await do_terminate(incarnation, child.spec.shutdown_grace)
@@ -464,6 +498,9 @@ class SupervisorCore:
         incarnation, child.incarnation = child.incarnation, None
         if incarnation is not None:
             await do_terminate(incarnation, child.spec.shutdown_grace)
+
+    def _child_started(self, child: Child) -> None:
+        """A new incarnation of ``child`` is up (dynamic supervisors index it by ref)."""
 
     def _release_name(self, child: Child) -> None:
         name = child.launcher.registered_name

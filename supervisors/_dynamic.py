@@ -5,7 +5,14 @@
 * Strategy is always one_for_one; restart intensity is counted across all
   children, as for any supervisor.
 * A child that ends and is not restarted is removed (dynamic children keep no
-  stopped specs). ``terminate_child(ref)`` stops one and removes it.
+  stopped specs); so is one whose start or restart returns without starting
+  (OTP's ``ignore``). ``terminate_child(ref)`` stops one and removes it, also
+  while it is restarting (found by the ref of its last incarnation, as OTP's
+  ``simple_one_for_one`` finds ``{restarting, Pid}``): its restart loop ends.
+* Children are indexed by ref and by id, so ``start_child``, ``terminate_child``
+  and the lookups by id cost the same with a million children as with ten.
+  (An actor's ref leads to its child record directly; other refs go through a
+  dict, or, if unhashable, a walk over the children.)
 * On shutdown all children are asked to stop at once, then each is given its
   own grace period (as ``simple_one_for_one`` and Elixir do), so many thousands
   of actors stop in one grace period, not one after another.
@@ -17,14 +24,56 @@ actors costs no task switch; restarts still run in the supervisor's task.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from ._actor import ActorRef
 from ._child import request_stop, wait_stopped
 from ._core import Child, SupervisorCore
-from ._errors import MaxChildrenReached, NoSuchChild, SupervisorStopping
-from ._spec import ChildSpec, check_child_spec
+from ._errors import MaxChildrenReached, NoSuchActor, NoSuchChild, SupervisorStopping
+from ._spec import ChildSpec, check_auto_shutdown, check_child_spec
+
+
+class _Index:
+    """Key -> the live children under it, the first added first: O(1) add, remove, first.
+
+    Keys are unique in the common case, which costs one dict entry per child; a key
+    shared by several children holds them in an insertion-ordered dict.
+    """
+
+    __slots__ = ("_map",)
+
+    def __init__(self) -> None:
+        self._map: dict[Any, Child | dict[Child, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def add(self, key: Any, child: Child) -> None:
+        found = self._map.get(key)
+        if found is None:
+            self._map[key] = child
+        elif isinstance(found, dict):
+            found[child] = None
+        elif found is not child:
+            self._map[key] = {found: None, child: None}
+
+    def remove(self, key: Any, child: Child) -> None:
+        found = self._map.get(key)
+        if found is child:
+            del self._map[key]
+        elif isinstance(found, dict):
+            found.pop(child, None)
+            if len(found) == 1:
+                self._map[key] = next(iter(found))
+
+    def first(self, key: Any) -> Child | None:
+        found = self._map.get(key)
+        if isinstance(found, dict):
+            return next(iter(found))
+        return found
 
 
 class DynamicSupervisor(SupervisorCore):
@@ -43,9 +92,11 @@ class DynamicSupervisor(SupervisorCore):
             raise ValueError(f"max_children must be >= 0, not {max_children!r}")
         self.max_children = max_children
         self._live: dict[Child, None] = {}  # insertion-ordered set
-        # The first live child of each id: operator actions and the API find an actor by
-        # id without walking every child. Ids may repeat (rarely): see _find_by_id.
-        self._by_id: dict[Hashable, Child] = {}
+        # Live children by id (operator actions and the API find an actor by id; ids
+        # may repeat) and, for refs that are not actors' (an actor's leads to its
+        # child directly), by the ref of their latest incarnation.
+        self._by_id = _Index()
+        self._by_ref = _Index()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -53,24 +104,29 @@ class DynamicSupervisor(SupervisorCore):
     def _reset(self) -> None:
         super()._reset()
         self._live = {}
-        self._by_id = {}
+        self._by_id = _Index()
+        self._by_ref = _Index()
 
     async def start_child(self, spec: ChildSpec) -> Any:
         """Start a child from ``spec`` and return its ref (for an actor, its ActorRef).
 
-        Raises :class:`StartError` if it fails to start, :class:`AlreadyStarted`
-        if its registered name is taken, :class:`MaxChildrenReached`.
+        Raises :class:`SpecError` for an invalid spec (a significant child too: a
+        dynamic supervisor has no ``auto_shutdown``), :class:`StartError` if it fails
+        to start, :class:`AlreadyStarted` if its registered name is taken,
+        :class:`MaxChildrenReached`. A start that returns without starting
+        (``ignore``) returns None and keeps nothing.
         """
+        check_child_spec(spec)
+        check_auto_shutdown(self.auto_shutdown, [spec])
         if self.stopping or self._nursery is None:
             raise SupervisorStopping(f"supervisor {self.name!r} is not running")
         if len(self._live) >= self.max_children:
             raise MaxChildrenReached(
                 f"supervisor {self.name!r} already runs max_children={self.max_children}"
             )
-        check_child_spec(spec)
         child = Child(spec)
         self._live[child] = None  # take the place before awaiting the start
-        self._by_id.setdefault(spec.id, child)
+        self._by_id.add(spec.id, child)
         try:
             await self._start_child(child)
         except BaseException:
@@ -83,29 +139,66 @@ class DynamicSupervisor(SupervisorCore):
         return child.ref
 
     async def terminate_child(self, ref: Any) -> None:
-        """Stop the child whose ref is ``ref`` and remove it."""
-        for child in list(self._live):
-            if child.ref == ref and ref is not None:
-                self._drop(child)
-                await self._terminate_child(child)
-                self._release_name(child)
-                return
-        raise NoSuchChild(f"{ref!r} is not a child of {self.name!r}")
+        """Stop the child whose ref is ``ref`` and remove it.
+
+        ``ref`` is what :meth:`start_child` returned (or ``which_children`` shows). A
+        child being restarted is found by the ref of its last incarnation: its restart
+        loop ends and it is removed. Raises :class:`NoSuchChild`.
+        """
+        child = self._child_of(ref)
+        if child is None:
+            raise NoSuchChild(f"{ref!r} is not a child of {self.name!r}")
+        self._drop(child)
+        child.restarting = False
+        await self._terminate_child(child)
+        self._release_name(child)
+
+    def _child_of(self, ref: Any) -> Child | None:
+        """The live child whose latest incarnation has ``ref``, or None."""
+        if ref is None:
+            return None
+        if isinstance(ref, ActorRef):
+            try:
+                actor = ref._actor  # a NameRef resolves to the actor holding its name
+            except NoSuchActor:
+                return None
+            child = getattr(actor, "_child", None)
+            if isinstance(child, Child) and child in self._live and child.key == actor.ref:
+                return child
+            return None
+        try:
+            return self._by_ref.first(ref)
+        except TypeError:  # unhashable: compare with every child's
+            return next((c for c in self._live if c.key == ref), None)
 
     # ---- SupervisorCore hooks -------------------------------------------------
 
+    def _child_started(self, child: Child) -> None:
+        old, new = child.key, child.ref
+        if old is not None and not isinstance(old, ActorRef):
+            self._unindex_ref(old, child)
+        child.key = new
+        if new is not None and not isinstance(new, ActorRef):
+            with contextlib.suppress(TypeError):  # unhashable: found by a walk (_child_of)
+                self._by_ref.add(new, child)
+
+    def _unindex_ref(self, key: Any, child: Child) -> None:
+        with contextlib.suppress(TypeError):
+            self._by_ref.remove(key, child)
+
     def _drop(self, child: Child) -> None:
+        child.removed = True
         self._live.pop(child, None)
-        if self._by_id.get(child.spec.id) is child:
-            del self._by_id[child.spec.id]
+        self._by_id.remove(child.spec.id, child)
+        key = child.key
+        if key is not None and not isinstance(key, ActorRef):
+            self._unindex_ref(key, child)
 
     def _find_by_id(self, child_id: Hashable) -> Child:
-        child = self._by_id.get(child_id)
-        if child is not None:
-            return child
-        if len(self._by_id) < len(self._live):  # some ids repeat: another may have it
-            return super()._find_by_id(child_id)
-        raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
+        child = self._by_id.first(child_id)
+        if child is None:
+            raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
+        return child
 
     def _children(self) -> Iterable[Child]:
         return self._live
@@ -122,11 +215,14 @@ class DynamicSupervisor(SupervisorCore):
 
     async def _restart_by_strategy(self, child: Child) -> None:
         await self._start_child(child)
+        if child.incarnation is None and not child.removed:
+            self._forget(child)  # ``ignore``: dynamic children keep no stopped specs
 
     async def _terminate_all(self) -> None:
         children = list(self._live)
         self._live.clear()
-        self._by_id.clear()
+        self._by_id = _Index()
+        self._by_ref = _Index()
         stopping = []
         try:
             for child in children:  # ask all at once ...

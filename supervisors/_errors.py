@@ -71,6 +71,18 @@ class AlreadyStarted(SupervisorError):
         self.existing = existing
 
 
+class AlreadyPresent(SupervisorError):
+    """A static supervisor already has a child with that id, not running (OTP's
+    ``already_present``): ``restart_child`` starts it again, ``delete_child`` removes it."""
+
+    def __init__(self, child_id: Hashable) -> None:
+        super().__init__(
+            f"child {child_id!r} is already present (not running): restart_child starts it "
+            "again, or delete_child removes it first"
+        )
+        self.child_id = child_id
+
+
 class MaxChildrenReached(SupervisorError):
     """A DynamicSupervisor refused ``start_child``: it holds ``max_children``."""
 
@@ -81,6 +93,24 @@ class NoSuchChild(SupervisorError, LookupError):
 
 class ChildNotRunning(SupervisorError):
     """The child exists (its spec is kept) but has no running incarnation."""
+
+
+class ChildRestarting(SupervisorError):
+    """The child is being restarted by its supervisor (OTP's ``{error, restarting}``):
+    its restart failed and is being tried again, or waits for its backoff delay.
+
+    ``restart_child`` and ``delete_child`` refuse such a child; ``terminate_child``
+    ends the restart loop (the child is then stopped, or removed if dynamic or
+    temporary), after which both work.
+    """
+
+    def __init__(self, child_id: Hashable, supervisor: str) -> None:
+        super().__init__(
+            f"child {child_id!r} of {supervisor!r} is restarting; terminate_child ends "
+            "its restart loop first"
+        )
+        self.child_id = child_id
+        self.supervisor = supervisor
 
 
 class SupervisorStopping(SupervisorError):

@@ -140,6 +140,11 @@ class ChildSpec:
 
 def check_child_spec(spec: ChildSpec) -> None:
     """Validate one spec, as ``supervisor:check_childspec/1`` does."""
+    if not isinstance(spec, ChildSpec):
+        raise SpecError(
+            "invalid_child_spec",
+            f"not a ChildSpec: {spec!r} (build one with ChildSpec, actor_spec or task_spec)",
+        )
     try:
         hash(spec.id)
     except TypeError:
@@ -192,9 +197,12 @@ def check_intensity(max_restarts: int, max_seconds: float) -> None:
     if (
         isinstance(max_seconds, bool)
         or not isinstance(max_seconds, int | float)
+        or not math.isfinite(max_seconds)
         or not max_seconds > 0
     ):
-        raise SpecError("invalid_period", f"max_seconds must be > 0: {max_seconds!r}")
+        raise SpecError(
+            "invalid_period", f"max_seconds must be a finite number > 0: {max_seconds!r}"
+        )
 
 
 def check_auto_shutdown(auto_shutdown: AutoShutdown, specs: Sequence[ChildSpec]) -> None:

@@ -16,13 +16,32 @@ Strategies, when a child is to be restarted:
     The children started after it are terminated (reverse order), then it and
     they are started again in order. Temporary ones are removed.
 
-A child whose restart fails is retried (each attempt counts toward the
-restart intensity); under one_for_all / rest_for_one the children started by a
-failed attempt are terminated again first.
+A child whose restart fails is marked restarting and retried (each attempt
+counts toward the restart intensity); under one_for_all / rest_for_one the
+children started by a failed attempt are terminated again first, and the ones
+it did not reach are stopped (not restarting) until the retry starts them.
+
+A child whose start returns without starting (OTP's ``ignore``) is kept, stopped,
+unless it is temporary: a temporary child's spec is then not saved, at start-up
+or through ``start_child``.
 
 Run time operations (OTP's ``start_child``, ``terminate_child``,
 ``restart_child``, ``delete_child``) are serialized with restarts through the
-supervisor's own task.
+supervisor's own task, and answer as OTP does in every state of the child:
+
+================  ==============  =================  ===============  ==============
+child is          start_child     terminate_child    restart_child    delete_child
+================  ==============  =================  ===============  ==============
+running           AlreadyStarted  stopped (kept)     AlreadyStarted   AlreadyStarted
+restarting        AlreadyPresent  stopped: the       ChildRestarting  ChildRestarting
+                                  loop ends
+stopped           AlreadyPresent  nothing to do      started          removed
+absent            started         NoSuchChild        NoSuchChild      NoSuchChild
+================  ==============  =================  ===============  ==============
+
+(A temporary child is removed instead of kept stopped.) Children are kept in a
+dict by id, in start order: a lookup, ``start_child``, ``terminate_child`` and
+``delete_child`` cost the same with a million children as with ten.
 """
 
 from __future__ import annotations
@@ -31,7 +50,14 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from ._core import Child, ChildStatus, SupervisorCore
-from ._errors import AlreadyStarted, SpecError, StartError
+from ._errors import (
+    AlreadyPresent,
+    AlreadyStarted,
+    ChildRestarting,
+    NoSuchChild,
+    SpecError,
+    StartError,
+)
 from ._spec import (
     AutoShutdown,
     ChildSpec,
@@ -67,11 +93,13 @@ class Supervisor(SupervisorCore):
         self.strategy_name = strategy.value
         self.auto_shutdown = auto_shutdown
         self._specs = list(children)
-        self._list: list[Child] = [Child(spec) for spec in children]
+        # id -> child, in start order (a dict keeps insertion order): O(1) lookups,
+        # additions and removals, and the order the strategies and shutdown need.
+        self._by_id: dict[Hashable, Child] = {spec.id: Child(spec) for spec in children}
 
     def _reset(self) -> None:
         super()._reset()
-        self._list = [Child(spec) for spec in self._specs]
+        self._by_id = {spec.id: Child(spec) for spec in self._specs}
 
     @classmethod
     def child_spec(
@@ -107,19 +135,33 @@ class Supervisor(SupervisorCore):
     # ---- SupervisorCore hooks ------------------------------------------------
 
     def _children(self) -> Iterable[Child]:
-        return self._list
+        return self._by_id.values()
 
     def _is_current(self, child: Child) -> bool:
-        return child in self._list
+        return self._by_id.get(child.spec.id) is child
+
+    def _find_by_id(self, child_id: Hashable) -> Child:
+        child = self._by_id.get(child_id)
+        if child is None:
+            raise NoSuchChild(f"supervisor {self.name!r} has no child {child_id!r}")
+        return child
+
+    def _remove(self, child: Child) -> None:
+        self._release_name(child)
+        if self._by_id.get(child.spec.id) is child:
+            del self._by_id[child.spec.id]
 
     def _forget(self, child: Child) -> None:
         child.restarting = False
         self._release_name(child)
         if child.spec.restart is Restart.TEMPORARY:
-            self._list.remove(child)
+            self._remove(child)
 
     async def _start_initial(self) -> None:
-        await self._start_in_order(self._list)
+        await self._start_in_order(list(self._by_id.values()))
+        for child in list(self._by_id.values()):
+            if child.incarnation is None and child.spec.restart is Restart.TEMPORARY:
+                self._remove(child)  # ``ignore``: a temporary child's spec is not saved
 
     async def _start_in_order(self, children: Sequence[Child], *, rollback: bool = True) -> None:
         """Start ``children`` in order.
@@ -138,86 +180,122 @@ class Supervisor(SupervisorCore):
                 raise
             started.append(child)
 
+    def _group(self, child: Child) -> list[Child]:
+        """The children a restart of ``child`` concerns under one_for_all / rest_for_one."""
+        children = list(self._by_id.values())
+        if self.strategy is Strategy.ONE_FOR_ALL:
+            return children
+        return children[children.index(child) :]
+
     async def _restart_by_strategy(self, child: Child) -> None:
         if self.strategy is Strategy.ONE_FOR_ONE:
             await self._start_child(child)
             return
-        index = self._list.index(child)
-        group = self._list if self.strategy is Strategy.ONE_FOR_ALL else self._list[index:]
+        group = self._group(child)
         for other in reversed(group):
             if other is not child and other.incarnation is not None:
                 await self._terminate_child(other)
-        for other in [c for c in group if c.spec.restart is Restart.TEMPORARY and c is not child]:
-            self._release_name(other)
-            self._list.remove(other)
-        group = self._list if self.strategy is Strategy.ONE_FOR_ALL else self._list[index:]
         for other in group:
-            other.restarting = True
+            if other.spec.restart is Restart.TEMPORARY and other is not child:
+                self._remove(other)
+        group = self._group(child)
+        for other in group:
             if other is not child and other.status is not ChildStatus.RUNNING:
                 other.record_sibling_restart(child.spec.id, self.strategy_name)
+        # Only ``child`` is restarting; its siblings are stopped until started again. If
+        # the attempt fails, the child that failed is retried (and shown restarting) and
+        # those it did not reach stay stopped until that retry starts them, as in OTP.
         await self._start_in_order(group, rollback=False)
 
     async def _terminate_all(self) -> None:
+        children = list(self._by_id.values())
         try:
-            for child in reversed(self._list):
+            for child in reversed(children):
                 await self._terminate_child(child)
                 child.restarting = False
                 self._release_name(child)
         finally:  # even if killed while waiting: the names must not stay reserved
-            for child in self._list:
+            for child in children:
                 self._release_name(child)
 
     # ---- run-time operations (OTP's supervisor API) -------------------------------
 
     async def start_child(self, spec: ChildSpec) -> Any:
-        """Add ``spec`` at the end and start it; returns the child's ref."""
+        """Add ``spec`` at the end and start it; returns the child's ref.
+
+        Raises :class:`SpecError` for an invalid spec, :class:`AlreadyStarted` if a
+        child with that id runs, :class:`AlreadyPresent` if one is kept stopped or is
+        restarting, :class:`StartError` if the start fails (nothing is saved). A start
+        that returns without starting (``ignore``) returns None; the spec is then kept,
+        stopped, unless the child is temporary.
+        """
         check_child_spec(spec)
         check_auto_shutdown(self.auto_shutdown, [spec])
 
         async def operation() -> Any:
-            for existing in self._list:
-                if existing.spec.id == spec.id:
+            existing = self._by_id.get(spec.id)
+            if existing is not None:
+                if existing.status is ChildStatus.RUNNING:
                     raise AlreadyStarted(spec.id, existing.ref)
+                raise AlreadyPresent(spec.id)
             child = Child(spec)
             await self._start_child(child)
-            self._list.append(child)
+            if child.incarnation is None and spec.restart is Restart.TEMPORARY:
+                return None  # ``ignore``: a temporary child's spec is not saved
+            self._by_id[spec.id] = child
             return child.ref
 
         return await self._call_in_loop(operation)
 
     async def terminate_child(self, child_id: Hashable) -> None:
-        """Stop a child (its spec stays, for ``restart_child``); temporary ones are removed."""
+        """Stop a child (its spec stays, for ``restart_child``); temporary ones are removed.
+
+        A restarting child's restart loop ends: it is stopped, and no further attempt
+        is made. Stopping a stopped child does nothing. Raises :class:`NoSuchChild`.
+        """
 
         async def operation() -> None:
             child = self._find_by_id(child_id)
-            await self._terminate_child(child)
             child.restarting = False
+            await self._terminate_child(child)
             if child.spec.restart is Restart.TEMPORARY:
-                self._release_name(child)
-                self._list.remove(child)
+                self._remove(child)
 
         await self._call_in_loop(operation)
 
     async def restart_child(self, child_id: Hashable) -> Any:
-        """Start a stopped child again from its spec; returns its ref."""
+        """Start a stopped child again from its spec; returns its ref (None: ``ignore``).
+
+        Raises :class:`NoSuchChild`, :class:`AlreadyStarted` (running),
+        :class:`ChildRestarting` (its supervisor is restarting it), or
+        :class:`StartError` (it stays stopped; nothing is retried or counted).
+        """
 
         async def operation() -> Any:
             child = self._find_by_id(child_id)
-            if child.status is ChildStatus.RUNNING:
-                raise AlreadyStarted(child_id, child.ref)
+            self._refuse_unless_stopped(child)
             await self._start_child(child)
             return child.ref
 
         return await self._call_in_loop(operation)
 
     async def delete_child(self, child_id: Hashable) -> None:
-        """Remove a stopped child's spec."""
+        """Remove a stopped child's spec.
+
+        Raises :class:`NoSuchChild`, :class:`AlreadyStarted` (running) or
+        :class:`ChildRestarting`.
+        """
 
         async def operation() -> None:
             child = self._find_by_id(child_id)
-            if child.status is ChildStatus.RUNNING:
-                raise AlreadyStarted(child_id, child.ref)
-            self._release_name(child)
-            self._list.remove(child)
+            self._refuse_unless_stopped(child)
+            self._remove(child)
 
         await self._call_in_loop(operation)
+
+    def _refuse_unless_stopped(self, child: Child) -> None:
+        status = child.status
+        if status is ChildStatus.RUNNING:
+            raise AlreadyStarted(child.spec.id, child.ref)
+        if status is ChildStatus.RESTARTING:
+            raise ChildRestarting(child.spec.id, self.name)

@@ -198,7 +198,7 @@ def task_incarnations(sup: sv.Supervisor) -> list[Any]:
     rescued (see :func:`rescue`) and fail instead of hanging forever.
     """
     found: list[Any] = []
-    for child in sup._list:
+    for child in sup._children():
         incarnation: Any = child.incarnation
         if incarnation is None:
             continue
