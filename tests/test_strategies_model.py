@@ -98,6 +98,8 @@ class Harness:
         self.lives: dict[str, Life] = {}
         self.gens: dict[str, int] = {}
         self._started: dict[tuple[str, int], trio.Event] = {}
+        #: The next ``n`` starts of a child fail (at once), whoever starts it.
+        self.fail_next: dict[str, int] = {}
 
     def record(self, entry: Entry) -> None:
         self.log.append(entry)
@@ -127,7 +129,10 @@ class Harness:
 
         async def body(*, task_status: Any) -> None:
             gen = self.gens[cid] = self.gens.get(cid, 0) + 1
-            if fail_start or (fail_from is not None and gen >= fail_from):
+            failing = self.fail_next.get(cid, 0) > 0
+            if failing:
+                self.fail_next[cid] -= 1
+            if failing or fail_start or (fail_from is not None and gen >= fail_from):
                 self.record(("start_failed", cid, gen, ""))
                 raise Boom(f"{cid} cannot start")
             life = Life(cid, gen)
@@ -543,6 +548,277 @@ def test_one_for_all_matches_otp_model(scenario: Scenario) -> None:
 @given(scenario=scenarios())
 def test_rest_for_one_matches_otp_model(scenario: Scenario) -> None:
     note_coverage(check_scenario(sv.Strategy.REST_FOR_ONE, scenario))
+
+
+# ---------------------------------------------------------------------------
+# Child administration and failing restarts against the model
+# ---------------------------------------------------------------------------
+
+AdminOp: TypeAlias = Literal["start_child", "terminate_child", "restart_child", "delete_child"]
+ADMIN_OPS: tuple[AdminOp, ...] = ("start_child", "terminate_child", "restart_child", "delete_child")
+
+#: What an admin call answered: ("ok", its value) or ("error", the exception's class).
+Answer: TypeAlias = tuple[str, Any]
+
+
+class AdminModel(OtpModel):
+    """:class:`OtpModel` plus OTP's child admin calls and failing starts.
+
+    A start can fail (the harness's ``fail_next``, at once): a failed restart makes
+    the child restarting and OTP's ``try_again_restart`` restarts it again, one more
+    restart toward the intensity each time, by the strategy (under one_for_all or
+    rest_for_one the children started by the failed attempt are terminated again;
+    those it did not reach stay stopped until then). Failures are instantaneous, so
+    every restart loop is over (the child runs, or the supervisor gave up) before the
+    next step, and no step meets a restarting child (test_supervisor_suite.py covers
+    that state with slow failures).
+
+    Admin calls (supervisor.erl's ``handle_call``): ``terminate_child`` stops a child
+    and keeps its spec (removes a temporary one); ``restart_child`` starts a stopped
+    one (a failure leaves it stopped and counts nothing); ``delete_child`` removes a
+    stopped one; ``start_child`` adds one at the end, unless its id is present
+    (running: ``already_started``, else ``already_present``), and saves nothing when
+    the start fails.
+    """
+
+    def __init__(
+        self,
+        strategy: sv.Strategy,
+        children: Sequence[tuple[str, sv.Restart]],
+        max_restarts: int,
+        max_seconds: float,
+    ) -> None:
+        super().__init__(strategy, children, max_restarts, max_seconds)
+        self.restart_of = dict(children)
+        self.gens = {cid: 0 for cid, _ in children}  # start attempts per id, ever
+        self.fails_left: dict[str, int] = {}
+
+    def _attempt(self, child: ModelChild) -> bool:
+        """One start attempt; False if it fails."""
+        self.gens[child.cid] += 1
+        child.gen = self.gens[child.cid]
+        if self.fails_left.get(child.cid, 0) > 0:
+            self.fails_left[child.cid] -= 1
+            self.log.append(("start_failed", child.cid, child.gen, ""))
+            return False
+        child.running = True
+        self.log.append(("start", child.cid, child.gen, ""))
+        return True
+
+    def _start(self, child: ModelChild) -> None:
+        assert self._attempt(child)
+
+    def fail_next(self, cid: str, count: int) -> None:
+        self.fails_left[cid] = count
+
+    def exit(self, cid: str, command: Command) -> None:
+        child = self.find(cid)
+        assert child is not None
+        assert child.running
+        child.running = False
+        self.log.append(("stop", cid, child.gen, command))
+        kind = EXIT_KIND[command]
+        restart = child.restart is sv.Restart.PERMANENT or (
+            child.restart is sv.Restart.TRANSIENT and kind == "crash"
+        )
+        if not restart:
+            if child.restart is sv.Restart.TEMPORARY:
+                self.children.remove(child)
+            return
+        self._restart_loop(child, kind)
+
+    def _restart_loop(self, child: ModelChild, kind: str) -> None:
+        pending: list[tuple[ModelChild, str]] = [(child, kind)]
+        while pending:
+            target, why = pending.pop(0)
+            target.restarts += 1
+            if not self._add_restart():
+                self.escalated = (target.cid, why)
+                self._terminate_all()
+                return
+            failed = self._by_strategy(target)
+            if failed is not None:
+                pending.append((failed, "crash"))  # try_again_restart
+
+    def _by_strategy(self, child: ModelChild) -> ModelChild | None:
+        """Restart ``child`` by the strategy; the child whose start failed, if one did."""
+        if self.strategy is sv.Strategy.ONE_FOR_ONE:
+            return None if self._attempt(child) else child
+        group = self._group(child)
+        for other in reversed(group):
+            if other is not child and other.running:
+                self._terminate(other)
+        doomed = [o for o in group if o is not child and o.restart is sv.Restart.TEMPORARY]
+        self.children = [c for c in self.children if c not in doomed]
+        group = self._group(child)
+        for other in group:
+            if other is not child:
+                other.restarts += 1
+        for other in group:
+            if not self._attempt(other):
+                return other
+        return None
+
+    def admin(self, op: AdminOp, cid: str) -> Answer:
+        child = self.find(cid)
+        if op == "start_child":
+            if child is not None:
+                return ("error", sv.AlreadyStarted if child.running else sv.AlreadyPresent)
+            new = ModelChild(cid, self.restart_of[cid])
+            if not self._attempt(new):
+                return ("error", sv.StartError)
+            self.children.append(new)
+            return ("ok", (cid, new.gen))
+        if child is None:
+            return ("error", sv.NoSuchChild)
+        if op == "terminate_child":
+            if child.running:
+                self._terminate(child)
+            if child.restart is sv.Restart.TEMPORARY:
+                self.children.remove(child)
+            return ("ok", None)
+        if child.running:
+            return ("error", sv.AlreadyStarted)
+        if op == "delete_child":
+            self.children.remove(child)
+            return ("ok", None)
+        if not self._attempt(child):  # restart_child
+            return ("error", sv.StartError)
+        return ("ok", (cid, child.gen))
+
+
+@dataclass(frozen=True)
+class AdminStep:
+    op: AdminOp
+    child: int
+
+
+@dataclass(frozen=True)
+class FailNext:
+    child: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AdminScenario:
+    restarts: tuple[sv.Restart, ...]
+    max_restarts: int
+    max_seconds: int
+    steps: tuple[Step | AdminStep | FailNext, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"c{i}" for i in range(len(self.restarts))]
+
+
+@st.composite
+def admin_scenarios(draw: st.DrawFn) -> AdminScenario:
+    n = draw(st.integers(min_value=1, max_value=4))
+    restarts = draw(st.lists(st.sampled_from(list(sv.Restart)), min_size=n, max_size=n))
+    max_restarts = draw(st.integers(min_value=0, max_value=4))
+    max_seconds = draw(st.integers(min_value=1, max_value=10))
+    child = st.integers(min_value=0, max_value=n - 1)
+    exits = st.builds(ExitStep, child, st.sampled_from(COMMANDS))
+    advances = st.builds(Advance, st.integers(min_value=1, max_value=11).map(float))
+    admins = st.builds(AdminStep, st.sampled_from(ADMIN_OPS), child)
+    failures = st.builds(FailNext, child, st.integers(min_value=1, max_value=3))
+    length = draw(st.integers(min_value=0, max_value=30))
+    steps = draw(
+        st.lists(
+            st.one_of(exits, advances, admins, admins, failures),
+            min_size=length,
+            max_size=length,
+        )
+    )
+    return AdminScenario(tuple(restarts), max_restarts, max_seconds, tuple(steps))
+
+
+def check_admin_scenario(strategy: sv.Strategy, scenario: AdminScenario) -> AdminModel:
+    harness = Harness()
+    pairs = list(zip(scenario.ids, scenario.restarts, strict=True))
+    model = AdminModel(strategy, pairs, scenario.max_restarts, scenario.max_seconds)
+    specs = {cid: sv.task_spec(cid, harness.task(cid), restart=restart) for cid, restart in pairs}
+    sup = sv.Supervisor(
+        list(specs.values()),
+        strategy=strategy,
+        max_restarts=scenario.max_restarts,
+        max_seconds=scenario.max_seconds,
+        name="model",
+    )
+
+    async def call(step: AdminStep) -> Answer:
+        cid = scenario.ids[step.child]
+        try:
+            if step.op == "start_child":
+                value = await sup.start_child(specs[cid])
+            else:
+                value = await getattr(sup, step.op)(cid)
+        except sv.SupervisorError as error:
+            return ("error", type(error))
+        return ("ok", value)
+
+    def check(where: str, ended: Ended) -> None:
+        assert harness.log == model.log, where
+        if model.alive:
+            assert not ended.finished(), where
+            assert _observed(sup) == model.which_children(), where
+            assert sup.count_children() == model.count_children(), where
+        else:
+            assert ended.done, where
+            error = ended.error
+            assert isinstance(error, sv.RestartIntensityExceeded), (where, error)
+            assert (error.child_id, error.last_exit.kind) == model.escalated, where
+
+    async def main() -> None:
+        model.now = trio.current_time()
+        async with running(sup) as ended:
+            model.start()
+            await trio.testing.wait_all_tasks_blocked()
+            check("after start", ended)
+            for number, step in enumerate(scenario.steps):
+                where = f"after step {number}: {step}"
+                if isinstance(step, Advance):
+                    await trio.sleep(step.seconds)
+                    await trio.testing.wait_all_tasks_blocked()
+                    model.advance(step.seconds)
+                elif isinstance(step, FailNext):
+                    cid = scenario.ids[step.child]
+                    harness.fail_next[cid] = step.count
+                    model.fail_next(cid, step.count)
+                elif isinstance(step, AdminStep):
+                    answer = await call(step)
+                    await trio.testing.wait_all_tasks_blocked()
+                    expected = model.admin(step.op, scenario.ids[step.child])
+                    assert answer == expected, where
+                else:
+                    cid = scenario.ids[step.child]
+                    child = model.find(cid)
+                    if child is None or not child.running:
+                        continue
+                    await harness.command(cid, step.command)
+                    model.exit(cid, step.command)
+                check(where, ended)
+                if not model.alive:
+                    break
+            if model.alive:
+                model.stop()
+        assert harness.log == model.log, "after stop"
+        assert ended.finished()
+        if model.escalated is None:
+            assert ended.error is None, ended.error
+
+    run_mocked(main)
+    return model
+
+
+@MODEL_SETTINGS
+@given(strategy=st.sampled_from(list(sv.Strategy)), scenario=admin_scenarios())
+def test_child_admin_and_failing_restarts_match_otp_model(
+    strategy: sv.Strategy, scenario: AdminScenario
+) -> None:
+    model = check_admin_scenario(strategy, scenario)
+    event("escalated" if model.escalated else "stopped")
+    event(f"start attempts that failed: {sum(e[0] == 'start_failed' for e in model.log)}")
 
 
 # A few hand-written scenarios, readable on their own and always run.
