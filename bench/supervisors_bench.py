@@ -7,6 +7,7 @@ Run from the repository root::
     .venv/bin/python bench/supervisors_bench.py --quick    # small sizes (< 30 s)
     .venv/bin/python bench/supervisors_bench.py --no-peer  # ours only
     .venv/bin/python bench/supervisors_bench.py --json     # machine-readable
+    .venv/bin/python bench/supervisors_bench.py --child-ops-only   # the second table only
 
 It measures our library here and triotp 0.2.1 in its own virtualenv (through
 ``bench/triotp_env.py`` and ``bench/peer_triotp.py``, with the same sizes), then
@@ -35,6 +36,18 @@ Figures (the same definitions as the peer's):
     :class:`Registry`, crashed by a cast that raises; latency from the raise to
     the moment ``await registry.ref(key).call(...)`` returns. Median and p99,
     pooled over the repeats.
+
+``child operations`` (a second table, ours only: triotp has no run-time child admin)
+    The cost of one operation on one child of a supervisor that holds
+    ``--ops-small`` (1,000) and ``--ops-large`` (100,000) idle actors, side by
+    side, so that a cost growing with the number of children shows (OTP-9242 made
+    it constant in OTP). Per operation, averaged over ``--child-ops`` of them:
+    a static :class:`Supervisor`'s ``start_child`` + ``terminate_child`` +
+    ``delete_child`` of one more child, and its lookup by id (``child_status``);
+    a :class:`DynamicSupervisor`'s ``start_child`` + ``terminate_child``, and its
+    lookup by id. A full collection runs before each timed loop, so that the one
+    that filling the supervisor has made due (walking every actor) does not land in
+    the loop; the collector's own cost per object is not this table's subject.
 
 Throughput figures are the median of ``--repeats`` runs (3; each in a fresh
 ``trio.run``). Handler styles: every actor workload is measured with plain
@@ -78,6 +91,9 @@ FULL_SIZES: Final[dict[str, int]] = {
     "dispatch_actors": 10_000,
     "restarts": 200,
     "repeats": 3,
+    "ops_small": 1_000,
+    "ops_large": 100_000,
+    "child_ops": 2_000,
 }
 QUICK_SIZES: Final[dict[str, int]] = {
     "actors": 10_000,
@@ -87,6 +103,9 @@ QUICK_SIZES: Final[dict[str, int]] = {
     "dispatch_actors": 1_000,
     "restarts": 100,
     "repeats": 3,
+    "ops_small": 1_000,
+    "ops_large": 10_000,
+    "child_ops": 500,
 }
 #: Sizes the triotp peer understands (it has its own repeats: 3, or 1 with --quick).
 PEER_SIZE_KEYS: Final = (
@@ -420,6 +439,119 @@ async def bench_restart(restarts: int, style: str) -> list[float]:
     return samples
 
 
+CHILD_OPS: Final = (
+    ("static", "start_child + terminate_child + delete_child"),
+    ("static", "lookup by id"),
+    ("dynamic", "start_child + terminate_child"),
+    ("dynamic", "lookup by id"),
+)
+LOOKUPS_PER_OP: Final = 20  # lookups are cheap: time more of them per operation counted
+
+
+async def bench_child_ops(children: int, ops: int) -> dict[str, float]:
+    """µs per child operation with ``children`` idle actors under each kind of supervisor."""
+    out: dict[str, float] = {}
+    sup = sv.Supervisor(
+        [sv.actor_spec(n, Idle) for n in range(children)], max_restarts=10, name="bench-static"
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        gc.collect()  # not the full collection that filling it has made due
+        t0 = time.perf_counter()
+        for i in range(ops):
+            cid = ("extra", i)
+            await sup.start_child(sv.actor_spec(cid, Idle))
+            await sup.terminate_child(cid)
+            await sup.delete_child(cid)
+        out["static: start_child + terminate_child + delete_child"] = _us_per(t0, ops)
+        step = max(children // (ops * LOOKUPS_PER_OP), 1)
+        gc.collect()  # not the full collection that filling it has made due
+        t0 = time.perf_counter()
+        for i in range(ops * LOOKUPS_PER_OP):
+            sup.child_status((i * step) % children)
+        out["static: lookup by id"] = _us_per(t0, ops * LOOKUPS_PER_OP)
+        sup.stop()
+    dyn = sv.DynamicSupervisor(name="bench-dynamic")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dyn.run)
+        for n in range(children):
+            await dyn.start_child(sv.actor_spec(n, Idle))
+        gc.collect()  # not the full collection that filling it has made due
+        t0 = time.perf_counter()
+        for i in range(ops):
+            ref = await dyn.start_child(sv.actor_spec(("extra", i), Idle))
+            await dyn.terminate_child(ref)
+        out["dynamic: start_child + terminate_child"] = _us_per(t0, ops)
+        gc.collect()  # not the full collection that filling it has made due
+        t0 = time.perf_counter()
+        for i in range(ops * LOOKUPS_PER_OP):
+            dyn.child_status((i * step) % children)
+        out["dynamic: lookup by id"] = _us_per(t0, ops * LOOKUPS_PER_OP)
+        dyn.stop()
+    return out
+
+
+def _fmt_us(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+
+
+def _us_per(t0: float, count: int) -> float:
+    return (time.perf_counter() - t0) / count * 1e6
+
+
+def measure_child_ops(sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+    """``{operation: {"small": µs, "large": µs}}``, medians of ``repeats`` runs."""
+    result: dict[str, dict[str, float]] = {}
+    for size in ("small", "large"):
+        t0 = time.perf_counter()
+        runs = [
+            run_trio(bench_child_ops, sizes[f"ops_{size}"], sizes["child_ops"])
+            for _ in range(sizes["repeats"])
+        ]
+        for key in runs[0]:
+            result.setdefault(key, {})[size] = statistics.median(run[key] for run in runs)
+        log(
+            f"child ops at {sizes[f'ops_{size}']:,} children: {runs} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
+    return result
+
+
+def render_child_ops(child_ops: dict[str, dict[str, float]], sizes: dict[str, int]) -> str:
+    """The child operation costs at both sizes, side by side, as a Markdown table."""
+    small, large = sizes["ops_small"], sizes["ops_large"]
+    header = (
+        "child operation, µs per operation",
+        f"{small:,} children",
+        f"{large:,} children",
+        "ratio",
+    )
+    lines = [header]
+    for key, cost in child_ops.items():
+        lines.append(
+            (
+                key,
+                _fmt_us(cost["small"]),
+                _fmt_us(cost["large"]),
+                f"{cost['large'] / cost['small']:.2f}x",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(line)]
+        out.append("| " + " | ".join(cells) + " |")
+        if n == 0:
+            out.append(
+                "|"
+                + "|".join(
+                    "-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+                )
+                + "|"
+            )
+    return "\n".join(out)
+
+
 def run_trio(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Run one workload in a fresh Trio run, after a full collection."""
     gc.collect()
@@ -672,6 +804,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-peer", action="store_true", help="do not run triotp")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--json-out", metavar="PATH", help="also write the JSON results to PATH")
+    parser.add_argument(
+        "--child-ops-only", action="store_true", help="only the child operation costs (ours)"
+    )
     for key in FULL_SIZES:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, metavar="N")
     parser.add_argument("--scenario", choices=("spawn",), help=argparse.SUPPRESS)
@@ -698,7 +833,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     log(f"ours: sizes={sizes}")
+    if args.child_ops_only:
+        child_ops = measure_child_ops(sizes)
+        if args.json:
+            json.dump({"sizes": sizes, "child_ops": child_ops}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(render_child_ops(child_ops, sizes))
+        return 0
     ours = measure_ours(sizes)
+    child_ops = measure_child_ops(sizes)
     log(f"ours done in {time.perf_counter() - started:.1f}s")
     peer = None
     if not args.no_peer:
@@ -719,6 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meta": meta,
         "rows": [row.as_json() for row in rows],
         "ours": ours,
+        "child_ops": child_ops,
         "triotp": peer,
         "otp25": OTP25,
         "goals": {k: {"value": g.value, "at_most": g.at_most} for k, g in GOALS.items()},
@@ -732,6 +877,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     print(render_table(rows))
+    print()
+    print(render_child_ops(child_ops, sizes))
     print()
     print(
         f"sizes: {sizes}; python {meta['python']}, trio {meta['trio']}, "
