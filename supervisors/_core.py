@@ -16,7 +16,10 @@ Rules (OTP's ``supervisor``):
   :class:`RestartIntensityExceeded` (escalation to its parent).
 * Otherwise it applies its strategy. If restarting fails, that counts as
   another restart and is tried again, until it works or the intensity is
-  exceeded.
+  exceeded. Each new attempt is queued as an event (OTP's
+  ``try_again_restart``), so requests are handled between attempts, a stop
+  request before any further one, and ``terminate_child`` ends the loop: an
+  attempt is made only while the child is still *restarting*.
 * A child that is not restarted is removed (temporary, or dynamic children) or
   kept stopped (a static transient child after a clean exit). If it was
   *significant*, ``auto_shutdown`` may stop the supervisor normally.
