@@ -11,7 +11,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -20,6 +20,12 @@ Quantity: TypeAlias = int | Decimal
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+
+MAX_MS: Final = 253_402_300_799_999
+"""The greatest time the API takes: 9999-12-31T23:59:59.999Z, the last millisecond of
+four-digit years. Any window a time in ``0..MAX_MS`` falls in ends well inside SQLite's
+INTEGER (int64) and on a calendar date, so no query bound derived from one overflows."""
+MAX_MS_TEXT: Final = "9999-12-31T23:59:59.999Z"
 
 
 class Aggregation(enum.Enum):

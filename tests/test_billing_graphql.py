@@ -10,7 +10,7 @@ import trio
 
 from meterd.billing import BillingGraphQL
 from meterd.billing._service import GRAPHQL_THREADS
-from meterd.model import HOUR_MS, Event
+from meterd.model import HOUR_MS, MAX_MS, Event
 from tests.test_accounts import submit
 from tests.test_billing import DAY, NOV, PEAK, adjust, billing, dyno, ingest
 
@@ -167,12 +167,14 @@ async def test_millis_arguments_are_range_checked_like_rest(tmp_path: Path) -> N
     usage = 'account(id: "acme") {{ usage(meter: "dyno.seconds", from: {}, to: {}) {{ value }} }}'
     async with billing(tmp_path) as b:
         await ingest(b.accounts, dyno("a", "1", 1))
-        for bad in (-1, 2**63):
+        for bad in (-1, MAX_MS + 1, 2**63):
             # a literal: the query does not validate
             status, result = await run(b, "{ " + usage.format(bad, 1) + " }")
             assert status == 400
             [error] = result["errors"]
-            assert f"between 0 and {2**63 - 1}, got {bad}" in error["message"]
+            assert (
+                f"between 0 and {MAX_MS} (9999-12-31T23:59:59.999Z), got {bad}" in error["message"]
+            )
             assert error["extensions"]["code"] == "invalid_parameter"
             # a variable: named in the error
             query = "query($from: Millis!) { " + usage.format("$from", 1) + " }"
@@ -180,7 +182,9 @@ async def test_millis_arguments_are_range_checked_like_rest(tmp_path: Path) -> N
             assert result["data"] is None  # not executed (HTTP 200 as for any variable error)
             [error] = result["errors"]
             assert "$from" in error["message"]
-            assert f"between 0 and {2**63 - 1}, got {bad}" in error["message"]
+            assert (
+                f"between 0 and {MAX_MS} (9999-12-31T23:59:59.999Z), got {bad}" in error["message"]
+            )
             assert error["extensions"]["code"] == "invalid_parameter"
-        status, result = await run(b, "{ " + usage.format(0, 2**63 - 1) + " }")
+        status, result = await run(b, "{ " + usage.format(0, MAX_MS) + " }")
         assert (status, "errors" in result) == (200, False)

@@ -11,6 +11,7 @@ errors keep their codes (``already_void``, ``already_closed``, ``period_not_over
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -32,9 +33,9 @@ from meterd.model import Meter, Window
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
-from .bodies import usage_body
+from .bodies import read_json, usage_body
 from .errors import ApiError, bad_parameter
-from .params import MAX_MS, Query, usage_query
+from .params import Query, check_millis, usage_query
 
 if TYPE_CHECKING:
     from .routes import Daemon
@@ -43,6 +44,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE: Final = 100
 MAX_TEXT: Final = 1000  # by, reason: audit text, not documents
+MAX_LINE: Final = 1_000_000
+_LINE: Final = re.compile(r"[0-9]{1,7}")  # ASCII digits only (str.isdigit takes "²")
 
 
 def billing_of(daemon: Daemon) -> Billing:
@@ -84,11 +87,9 @@ def period_of(request: Request) -> Period:
 async def json_body(
     request: Request, fields: Mapping[str, type], required: frozenset[str]
 ) -> dict[str, Any]:
-    """The request's JSON object, each field of the type ``fields`` gives; 400 otherwise."""
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object") from None
+    """The request's JSON object (:func:`.bodies.read_json`: size and depth bounded), each
+    field of the type ``fields`` gives; 400 otherwise."""
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     for name, value in body.items():
@@ -135,8 +136,8 @@ async def line_explanation(daemon: Daemon, request: Request) -> Response:
     cursor = query.text("cursor")
     audit_cursor = query.text("audit_cursor")
     line = request.path_params["line"]
-    if not line.isdigit() or not 1 <= int(line) <= 1_000_000:
-        raise bad_parameter("line", f"must be a line number from 1, not {line!r:.40}")
+    if not _LINE.fullmatch(line) or not 1 <= int(line) <= MAX_LINE:
+        raise bad_parameter("line", f"must be a line number from 1 to {MAX_LINE}, not {line!r:.40}")
     await daemon.known_account(account)
     found = await billing_call(
         billing_of(daemon).explain(
@@ -220,8 +221,13 @@ async def adjust(daemon: Daemon, request: Request) -> Response:
         kind = AdjustmentKind(body["kind"])
     except ValueError:
         raise bad_parameter("kind", "must be credit or debit") from None
-    if not 0 <= body["start"] <= MAX_MS:
-        raise bad_parameter("start", f"must be Unix milliseconds between 0 and {MAX_MS}")
+    start = check_millis("start", body["start"])
+    try:  # a correction is dated by its month (a closed one is restated)
+        Period.containing(start)
+    except ValueError as error:
+        raise bad_parameter(
+            "start", f"must fall in a billable month, 1970-01 to 9998-12 ({error})"
+        ) from None
     dimensions = body.get("dimensions", {})
     for name, value in dimensions.items():
         if not isinstance(value, str):
@@ -233,7 +239,7 @@ async def adjust(daemon: Daemon, request: Request) -> Response:
         billing.adjust(
             account,
             body["meter"],
-            body["start"],
+            start,
             window,
             dimensions,
             kind,
@@ -312,10 +318,7 @@ async def voids(daemon: Daemon, request: Request) -> Response:
 
 
 async def graphql(daemon: Daemon, request: Request) -> Response:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object") from None
+    body = await read_json(request)
     status, result = await BillingGraphQL(billing_of(daemon)).execute(body)
     return JSONResponse(result, status)
 

@@ -10,18 +10,21 @@ from functools import cache
 from typing import Any, Final
 
 from meterd import __version__
+from meterd.model import MAX_MS, MAX_MS_TEXT
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
-MAX_MS: Final = 2**63 - 1
+from .billing import MAX_LINE
 
 _ERROR_STATUSES: Final = {
-    "400": "A parameter is missing or wrong (``error.parameter`` names it).",
+    "400": "A parameter is missing or wrong (``error.parameter`` names it), or the body is not"
+    " JSON (invalid_body) or nests more than 32 levels (body_too_deep).",
     "401": "The admin token is missing or wrong.",
     "404": "The account, meter, actor, event or invoice line is unknown, or no such route.",
     "405": "The method is not allowed on this route.",
     "409": "The actor cannot be acted on now, or its restart failed to start it again"
     " (start_failed: it is left stopped); or a billing conflict (already void, already"
     " closed, period not over, quarantined event).",
+    "413": "The body is larger than 1 MiB (body_too_large).",
     "500": "An unexpected error (the daemon log has the details).",
     "503": "The account's actor could not answer now (unavailable), or the store or the"
     " billing database cannot write (a full disk: nothing was written); retry shortly.",
@@ -523,7 +526,7 @@ _LINE: Final = {
     "in": "path",
     "required": True,
     "description": "The line number, from 1.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LINE},
 }
 _EVENT: Final = {
     "name": "event",
@@ -649,7 +652,7 @@ def _billing_paths() -> dict[str, Any]:
                     _ACCOUNT,
                     _text("meter", "Only this meter's."),
                     _millis("from", "Inclusive (default 0).", required=False),
-                    _millis("to", "Exclusive (default 2^63-1).", required=False),
+                    _millis("to", "Exclusive (default: the greatest time).", required=False),
                 ],
                 {"200": _json(_ref("Adjustments"), "Adjustments.")},
                 _READ_ERRORS,
@@ -661,7 +664,7 @@ def _billing_paths() -> dict[str, Any]:
                 " (append-only; a closed month is restated at once).",
                 [_ACCOUNT],
                 {"201": _json(_ref("AdjustmentRecorded"), "Recorded.")},
-                (*_READ_ERRORS, "503"),
+                (*_READ_ERRORS, "413"),
                 _body(_ADJUSTMENT_BODY, "The adjustment."),
             ),
         },
@@ -680,7 +683,7 @@ def _billing_paths() -> dict[str, Any]:
             " restated at once).",
             [_ACCOUNT, _EVENT],
             {"201": _json(_ref("VoidRecorded"), "Recorded.")},
-            ("400", "401", "404", "409", "500", "503"),
+            ("400", "401", "404", "409", "413", "500", "503"),
             _body(_VOID_BODY, "Who and why."),
         ),
         "/v1/periods/{period}/close": _admin(
@@ -689,7 +692,7 @@ def _billing_paths() -> dict[str, Any]:
             "Close a finished month for every account: its figures become final.",
             [_PERIOD],
             {"200": _json(_ref("Closure"), "Closed.")},
-            ("400", "401", "409", "500", "503"),
+            ("400", "401", "409", "413", "500", "503"),
             _body(_object({"by": _TEXT_FIELD}), "Who closes it."),
         ),
         "/v1/graphql": _admin(
@@ -702,7 +705,7 @@ def _billing_paths() -> dict[str, Any]:
                 "200": _json(_ref("GraphQLResponse"), "Executed (field errors in errors)."),
                 "400": _json(_ref("GraphQLResponse"), "Not executable (parse, validation)."),
             },
-            ("401", "500"),
+            ("401", "413", "500"),
             _body(_ref("GraphQLRequest"), "A GraphQL request."),
         ),
     }
@@ -796,7 +799,9 @@ def _paths() -> dict[str, Any]:
                     _ACCOUNT,
                     _text("meter", "Only this meter's events."),
                     _millis("from", "Event time, inclusive (default 0).", required=False),
-                    _millis("to", "Event time, exclusive (default 2^63-1).", required=False),
+                    _millis(
+                        "to", "Event time, exclusive (default: the greatest time).", required=False
+                    ),
                     {
                         "name": "limit",
                         "in": "query",
@@ -844,7 +849,7 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": "protocol.md §3. Errors are always"
             ' {"error": {"code", "message"}}; usage values are exact decimal strings;'
-            " times are integer Unix milliseconds.",
+            f" times are integer Unix milliseconds from 0 to {MAX_MS} ({MAX_MS_TEXT}).",
         },
         "paths": _paths(),
         "components": {

@@ -8,13 +8,12 @@ from typing import Final, TypeVar
 
 from starlette.datastructures import QueryParams
 
-from meterd.model import Window
+from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 
 from .errors import bad_parameter
 
 E = TypeVar("E", bound=Enum)
 
-MAX_MS: Final = 2**63 - 1  # times are int64 milliseconds, as the store keeps them
 _INTEGER: Final = re.compile(r"-?[0-9]{1,20}")
 
 
@@ -45,19 +44,22 @@ class Query:
         if text is None:
             assert default is not None
             return default
-        if not _INTEGER.fullmatch(text):
-            raise bad_parameter(name, f"must be an integer, not {text!r:.40}")
-        value = int(text)
+        value = _integer(name, text)
         if not low <= value <= high:
             raise bad_parameter(name, f"must be between {low} and {high}, not {value}")
         return value
 
     def millis(self, name: str, *, default: int | None = None) -> int:
-        """A time in integer Unix milliseconds (0 to 2**63-1)."""
-        return self.integer(name, low=0, high=MAX_MS, default=default)
+        """A time in integer Unix milliseconds, ``0..MAX_MS`` (:data:`meterd.model.MAX_MS`);
+        required unless ``default`` is given."""
+        text = self.text(name, required=default is None)
+        if text is None:
+            assert default is not None
+            return default
+        return check_millis(name, _integer(name, text))
 
     def span(self) -> tuple[int, int]:
-        """Optional ``from`` (default 0) and ``to`` (default 2**63-1), ``from <= to``."""
+        """Optional ``from`` (default 0) and ``to`` (default ``MAX_MS``), ``from <= to``."""
         from_ms = self.millis("from", default=0)
         to_ms = self.millis("to", default=MAX_MS)
         check_range(from_ms, to_ms)
@@ -74,12 +76,28 @@ class Query:
             raise bad_parameter(name, f"must be one of {allowed}, not {text!r:.40}") from None
 
 
+def _integer(name: str, text: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise bad_parameter(name, f"must be an integer, not {text!r:.40}")
+    return int(text)
+
+
 def check_known(params: QueryParams, allowed: frozenset[str]) -> None:
     """400 for a parameter the route does not take (a typo would otherwise be ignored)."""
     for name in params:
         if name not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             raise bad_parameter(name, f"is not a parameter of this route (known: {known})")
+
+
+def check_millis(name: str, value: int) -> int:
+    """``value`` if it is a time the API takes (``0..MAX_MS``), else a 400 naming ``name``."""
+    if not 0 <= value <= MAX_MS:
+        raise bad_parameter(
+            name,
+            f"must be Unix milliseconds between 0 and {MAX_MS} ({MAX_MS_TEXT}), not {value}",
+        )
+    return value
 
 
 def check_range(from_ms: int, to_ms: int) -> None:

@@ -9,7 +9,8 @@ on the Trio thread with ``trio.from_thread.run``. The HTTP handler stays a plain
 coroutine; resolvers of one query run one after another.
 
 Scalars: ``Decimal`` is an exact decimal as a string; ``Millis`` is integer milliseconds
-since the epoch as a JSON number (beyond GraphQL's 32-bit ``Int``). Errors carry
+since the epoch as a JSON number (beyond GraphQL's 32-bit ``Int``), ``0..MAX_MS`` like REST's
+times (:data:`meterd.model.MAX_MS`). Errors carry
 ``extensions.code`` (``invalid_parameter``, ``unknown_meter``, ``already_void``, ...), like
 the REST errors.
 """
@@ -33,7 +34,7 @@ from ariadne import (
 )
 from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
 
-from meterd.model import Window
+from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 
 from ._errors import BillingError, NotFound, invalid
 from ._period import Period
@@ -212,17 +213,13 @@ def _pairs(mapping: Mapping[str, str] | None) -> list[dict[str, str]] | None:
     return [{"name": k, "value": v} for k, v in mapping.items()]
 
 
-MAX_MS: Final = 2**63 - 1
-"""The greatest time (int64 milliseconds, as the store keeps them): REST's bound too
-(``meterd.api.params.MAX_MS``; billing does not import the API)."""
-
-
 def _millis_in_range(value: int) -> int:
-    """``value`` if it is a time the store can hold (``0..MAX_MS``), else an error with the
+    """``value`` if it is a time the API takes (``0..MAX_MS``), else an error with the
     REST code (graphql-core prefixes the argument or variable it came from)."""
     if not 0 <= value <= MAX_MS:
         raise GraphQLError(
-            f"Millis: must be Unix milliseconds between 0 and {MAX_MS}, got {value}",
+            f"Millis: must be Unix milliseconds between 0 and {MAX_MS} ({MAX_MS_TEXT}),"
+            f" got {value}",
             extensions={"code": "invalid_parameter"},
         )
     return value

@@ -31,7 +31,7 @@ class Period:
         if not 1 <= self.month <= 12 or not 1970 <= self.year <= 9998:
             raise ValueError(
                 f"{self.year:04d}-{self.month:02d} is not a month written YYYY-MM"
-                " (months 01-12, years from 1970)"
+                " (months 01-12, years 1970 to 9998)"
             )
 
     @classmethod
