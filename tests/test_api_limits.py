@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from meterd.api.bodies import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from meterd.model import DAY_MS, MAX_MS, MINUTE_MS, Window
@@ -212,3 +213,47 @@ async def test_a_body_within_the_limits_still_works(
         },
     )
     assert response.status_code == 201, response.text
+
+
+# ---- GraphQL -----------------------------------------------------------------------------
+
+
+def invoice_aliases(account: str, count: int) -> str:
+    fields = " ".join(f'i{n}: invoice(period: "2026-11") {{ total }}' for n in range(count))
+    return f'{{ account(id: "{account}") {{ {fields} }} }}'
+
+
+async def test_graphql_over_its_limits_is_400_and_logged_at_info_without_the_query(
+    daemon: DaemonProcess, api: httpx.AsyncClient, logged_errors: list[str]
+) -> None:
+    await ingest(daemon, [dyno("gql", 1)])
+    first = len(daemon.lines)
+    cases = {
+        invoice_aliases("gql", 100): "query_too_large",  # 27 s before: more tokens than taken
+        invoice_aliases("gql", 50): "query_too_costly",  # 104 s each, four at once, before
+        '{ account(id: "gql") { id ' + "@include(if: true) " * 20_000 + "} }": "query_too_large",
+        '{ account(id: "gql") { id ' + "zzmarkerzz" * 40: "invalid_query",  # syntax
+    }
+    for query, code in cases.items():
+        response = await api.post("/v1/graphql", json={"query": query})
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert "data" not in body
+        assert [e["extensions"]["code"] for e in body["errors"]] == [code], body
+    # what the daemon logged of them: one info line each, no query text
+
+    def graphql_lines(lines: list[str]) -> list[str]:
+        return [line for line in lines[first:] if '"graphql' in line]
+
+    await trio.to_thread.run_sync(
+        daemon.wait_for_log, lambda lines: len(graphql_lines(lines)) >= len(cases)
+    )
+    lines = [json.loads(line) for line in graphql_lines(daemon.lines)]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("graphql_client_error", "info")
+    ] * len(cases), lines
+    assert all("zzmarkerzz" not in str(line) and len(str(line)) < 600 for line in lines)
+    assert not [line for line in daemon.lines[first:] if '"level": "error"' in line]
+    # a query within the limits runs
+    response = await api.post("/v1/graphql", json={"query": invoice_aliases("gql", 2)})
+    assert response.status_code == 200, response.text

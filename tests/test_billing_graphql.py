@@ -6,9 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog.testing
 import trio
 
 from meterd.billing import BillingGraphQL
+from meterd.billing._graphql import (
+    COSTS,
+    MAX_COST,
+    MAX_DEPTH,
+    MAX_IN_PROGRESS,
+    MAX_QUERY_CHARS,
+    MAX_QUERY_TOKENS,
+)
 from meterd.billing._service import GRAPHQL_THREADS
 from meterd.model import HOUR_MS, MAX_MS, Event
 from tests.test_accounts import submit
@@ -188,3 +198,173 @@ async def test_millis_arguments_are_range_checked_like_rest(tmp_path: Path) -> N
             assert error["extensions"]["code"] == "invalid_parameter"
         status, result = await run(b, "{ " + usage.format(0, MAX_MS) + " }")
         assert (status, "errors" in result) == (200, False)
+
+
+# ---- limits: what a query may cost, how deep and long it may be, how many run at once ------
+
+
+def aliases(count: int, field: str) -> str:
+    return '{ account(id: "acme") { ' + " ".join(f"a{i}: {field}" for i in range(count)) + " } }"
+
+
+async def test_a_query_costing_more_than_the_limit_is_refused_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "100", 1))
+        ratings = 0
+        invoice = b.invoice
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal ratings
+            ratings += 1
+            return await invoice(*args, **kwargs)
+
+        monkeypatch.setattr(b, "invoice", counted)
+        status, result = await run(b, aliases(50, 'invoice(period: "2026-11") { total }'))
+        assert status == 400, result
+        [error] = result["errors"]
+        assert error["extensions"]["code"] == "query_too_costly"
+        assert error["extensions"]["cost"] == {
+            "requestedQueryCost": 50 * COSTS["Account"]["invoice"]["complexity"] + 1,
+            "maximumAvailable": MAX_COST,
+        }
+        assert f"more than the {MAX_COST}" in error["message"]
+        assert "data" not in result
+        assert ratings == 0  # nothing was rated
+        # a page limit multiplies: 1000 events per page of each line is too many
+        status, result = await run(
+            b,
+            '{ account(id: "acme") { invoice(period: "2026-11") { lines {'
+            " explanation(limit: $limit) { value } } } } }".replace("$limit", "1000"),
+        )
+        assert (status, result["errors"][0]["extensions"]["code"]) == (400, "query_too_costly")
+        # ... also when it comes in a variable
+        status, result = await run(
+            b,
+            'query($limit: Int!) { account(id: "acme") { invoice(period: "2026-11") { lines {'
+            " explanation(limit: $limit) { value } } } } }",
+            limit=1000,
+        )
+        assert (status, result["errors"][0]["extensions"]["code"]) == (400, "query_too_costly")
+        assert ratings == 0
+        # the invoice query of these tests (lines explained) is well within the limit
+        status, result = await run(b, INVOICE, account="acme", period=str(NOV))
+        assert (status, "errors" in result) == (200, False)
+        assert ratings == 1
+
+
+async def test_a_query_nested_too_deeply_is_refused(tmp_path: Path) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
+        deep = "id"
+        for _ in range(MAX_DEPTH + 5):
+            deep = f"account {{ {deep} }}"
+        status, result = await run(b, "{ " + deep + " }")
+        assert status == 400
+        codes = [e["extensions"]["code"] for e in result["errors"]]
+        assert "query_too_deep" in codes, result
+        # through named fragments too
+        fragments = " ".join(
+            f"fragment F{i} on Account {{ account {{ ...F{i + 1} }} }}" for i in range(MAX_DEPTH)
+        )
+        query = '{ account(id: "acme") { ...F0 } } ' + fragments + f" fragment F{MAX_DEPTH}"
+        status, result = await run(b, query + " on Account { id }")
+        assert status == 400
+        assert "query_too_deep" in [e["extensions"]["code"] for e in result["errors"]], result
+        # the deepest path the schema has is allowed
+        status, result = await run(
+            b,
+            '{ account(id: "acme") { invoice(period: "2026-11") { restatements { changes {'
+            " old { explanation { audit { properties { name } } } } } } } } }",
+        )
+        assert (status, "errors" in result) == (200, False), result
+
+
+async def test_a_query_longer_than_the_token_limit_is_refused_while_parsing(
+    tmp_path: Path,
+) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
+        directives = "@include(if:true)" * 1000  # 17,000 characters, 7,000 tokens
+        status, result = await run(b, '{ account(id: "acme") { id ' + directives + " } }")
+        assert status == 400
+        [error] = result["errors"]
+        assert error["extensions"]["code"] == "query_too_large"
+        assert f"more than {MAX_QUERY_TOKENS} tokens" in error["message"]
+        directives = " ".join(["@include(if: true)"] * 20_000)  # 8.4 s to fail validation
+        status, result = await run(b, '{ account(id: "acme") { id ' + directives + " } }")
+        [error] = result["errors"]
+        assert (status, error["extensions"]["code"]) == (400, "query_too_large")
+        assert f"more than {MAX_QUERY_CHARS} code points" in error["message"]
+        comments = "\n".join(["# a comment"] * 1000)
+        status, result = await run(b, '{ account(id: "acme") { id } }\n' + comments)
+        assert (status, result["errors"][0]["extensions"]["code"]) == (400, "query_too_large")
+        status, result = await run(b, '{ account(id: "' + "x" * 100_000 + '") { id } }')
+        assert (status, result["errors"][0]["extensions"]["code"]) == (400, "query_too_large")
+        status, result = await run(b, "{ account(id: ")  # a plain syntax error
+        assert (status, result["errors"][0]["extensions"]["code"]) == (400, "invalid_query")
+
+
+async def test_queries_past_the_concurrency_bound_are_refused_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
+        release = trio.Event()
+        threads_busy = trio.Event()
+        entered = 0
+        invoice = b.invoice
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            nonlocal entered
+            entered += 1
+            if entered == GRAPHQL_THREADS:
+                threads_busy.set()
+            await release.wait()
+            return await invoice(*args, **kwargs)
+
+        monkeypatch.setattr(b, "invoice", held)
+        endpoint = BillingGraphQL(b)  # one per daemon, as the API mounts it
+        query = {"query": '{ account(id: "acme") { invoice(period: "2026-11") { total } } }'}
+        answers: list[int] = []
+
+        async def one() -> None:
+            status, _result = await endpoint.execute(query)
+            answers.append(status)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(MAX_IN_PROGRESS):
+                    nursery.start_soon(one)
+                await threads_busy.wait()  # the others wait for a thread
+                status, result = await endpoint.execute(query)
+                assert status == 429
+                [error] = result["errors"]
+                assert error["extensions"]["code"] == "busy"
+                assert f"{MAX_IN_PROGRESS} GraphQL queries" in error["message"]
+                release.set()
+        assert answers == [200] * MAX_IN_PROGRESS
+        assert (await endpoint.execute(query))[0] == 200  # admitted again once they ended
+
+
+async def test_client_errors_are_logged_at_info_without_the_query(tmp_path: Path) -> None:
+    marker = "zzmarkerzz" * 50
+    async with billing(tmp_path) as b:
+        await ingest(b.accounts, dyno("a", "1", 1))
+        with structlog.testing.capture_logs() as logged:
+            await run(b, "{ account(id: " + marker)  # a syntax error
+            await run(b, '{ account(id: "acme") { ' + marker + " } }")  # a validation error
+            await run(b, '{ account(id: "nobody") { id } }')  # a billing error: unknown account
+            await run(b, aliases(50, 'invoice(period: "2026-11") { total }'))
+        events = [e for e in logged if e["event"].startswith("graphql")]
+        assert [e["log_level"] for e in events] == ["info"] * 4, events
+        assert [e["code"] for e in events] == [
+            "invalid_query",
+            "invalid_query",
+            "unknown_account",
+            "query_too_costly",
+        ]
+        for event in events:
+            assert all(len(str(value)) <= 300 for value in event.values()), event
+            assert marker not in str(event)

@@ -319,8 +319,11 @@ async def voids(daemon: Daemon, request: Request) -> Response:
 
 async def graphql(daemon: Daemon, request: Request) -> Response:
     body = await read_json(request)
-    status, result = await BillingGraphQL(billing_of(daemon)).execute(body)
-    return JSONResponse(result, status)
+    if daemon.graphql is None:  # one per daemon: it bounds the queries in progress
+        daemon.graphql = BillingGraphQL(billing_of(daemon))
+    status, result = await daemon.graphql.execute(body)
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return JSONResponse(result, status, headers=headers)
 
 
 async def billed_usage(daemon: Daemon, request: Request) -> Response:

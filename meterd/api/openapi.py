@@ -703,7 +703,16 @@ def _billing_paths() -> dict[str, Any]:
             [],
             {
                 "200": _json(_ref("GraphQLResponse"), "Executed (field errors in errors)."),
-                "400": _json(_ref("GraphQLResponse"), "Not executable (parse, validation)."),
+                "400": _json(
+                    _ref("GraphQLResponse"),
+                    "Not executable: parse or validation error, or over a limit (tokens,"
+                    " depth, cost); extensions.code says which.",
+                ),
+                "429": _json(
+                    _ref("GraphQLResponse"),
+                    "As many queries as the daemon runs at once are in progress (busy);"
+                    " retry after Retry-After seconds.",
+                ),
             },
             ("401", "413", "500"),
             _body(_ref("GraphQLRequest"), "A GraphQL request."),

@@ -41,7 +41,7 @@ from .params import Query, check_known, usage_query
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
-    from meterd.billing import Billing
+    from meterd.billing import Billing, BillingGraphQL
     from meterd.ingest.server import IngestServer
     from meterd.store import Store
 
@@ -64,6 +64,7 @@ class Daemon:
     root: sv.Supervisor | None = None
     api_child_id: Hashable = "api"
     billing: Billing | None = None
+    graphql: BillingGraphQL | None = None  # the one GraphQL endpoint (its bound on queries)
 
     @property
     def tree(self) -> sv.Supervisor:

@@ -17,11 +17,13 @@ the REST errors.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from functools import partial
 from typing import Any, Final, TypeVar
 
+import structlog
 import trio
 from ariadne import (
     EnumType,
@@ -32,14 +34,35 @@ from ariadne import (
     graphql_sync,
     make_executable_schema,
 )
-from graphql import GraphQLError, GraphQLResolveInfo, IntValueNode, ValueNode
+from ariadne.validation.query_cost import CostValidator, validate_cost_map
+from graphql import (
+    SKIP,
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLResolveInfo,
+    GraphQLSyntaxError,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
+    ValueNode,
+    VisitorAction,
+    parse,
+)
+from graphql.validation import MaxIntrospectionDepthRule
 
 from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 
 from ._errors import BillingError, NotFound, invalid
 from ._period import Period
 from ._rating import InvoiceLine, text
-from ._service import Billing
+from ._service import GRAPHQL_THREADS, Billing
 
 __all__ = ["SDL", "BillingGraphQL"]
 
@@ -393,23 +416,256 @@ SCHEMA: Final = make_executable_schema(
 )
 
 
+# ---- limits: what a query may cost, how deep and long it may be, how many run at once ------
+
+MAX_QUERY_TOKENS: Final = 1000
+"""Lexical tokens a query may have (graphql-core's ``max_lexical_tokens``, enforced while
+parsing): a query over every field of the schema has about 300."""
+MAX_QUERY_CHARS: Final = 20_000
+"""Code points a query may have (graphql-core's ``max_source_length``, checked first)."""
+MAX_QUERY_COMMENTS: Final = 100
+"""Comments a query may have (graphql-core's ``max_comments``)."""
+MAX_DEPTH: Final = 10
+"""Fields a query may nest (``{ account { id } }`` is 2; named and inline fragments do not
+count). The schema is not recursive: its deepest path
+(``account.invoice.restatements.changes.old.explanation.audit.properties.name``) is 9."""
+MAX_COST: Final = 1000
+"""What a query may cost, by :data:`COSTS` (Ariadne's ``cost_validator``)."""
+COSTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
+    # What a field costs is roughly the rows it reads. A field missing here costs nothing
+    # by itself (it is read from its parent's answer).
+    "Query": {"account": {"complexity": 1}},
+    "Account": {
+        "usage": {"complexity": 10},
+        "usageExplanation": {"complexity": 1, "multipliers": ["limit"]},
+        "invoice": {"complexity": 100},  # rates the whole month
+    },
+    # run once per line of the invoice (a number the query does not show): 5 lines assumed
+    "Line": {"explanation": {"complexity": 5, "multipliers": ["limit"]}},
+}
+MAX_IN_PROGRESS: Final = 2 * GRAPHQL_THREADS
+"""GraphQL requests one :class:`BillingGraphQL` takes at once: ``GRAPHQL_THREADS``
+executing, the rest waiting for a thread; one more is answered 429 ``busy``."""
+
+log = structlog.get_logger("meterd.graphql")
+validate_cost_map(COSTS, SCHEMA)  # each type and field named exists (cost errors say none)
+
+
+class _CostLimit(CostValidator):
+    """Ariadne's query cost rule with :data:`COSTS`, its error carrying a code and saying
+    what costs what. It reports only that: an argument it cannot read (a bad literal or
+    variable) is the spec's rules' or the executor's to report, once."""
+
+    def get_cost_exceeded_error(self) -> GraphQLError:
+        error = super().get_cost_exceeded_error()
+        return GraphQLError(
+            f"The query costs {self.cost}, more than the {self.maximum_cost} a query may cost"
+            " (account 1, usage 10, invoice 100, usageExplanation its limit, a line's"
+            " explanation 5 x its limit, each alias counted): ask for less or split it",
+            extensions={**(error.extensions or {}), "code": "query_too_costly"},
+        )
+
+
+class _CostReports:
+    """The validation context as :class:`_CostLimit` sees it: only the cost error is
+    reported."""
+
+    def __init__(self, context: ValidationContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def report_error(self, error: GraphQLError) -> None:
+        if (error.extensions or {}).get("code") == "query_too_costly":
+            self._context.report_error(error)
+
+
+def _cost_limit(variables: dict[str, Any] | None) -> type[ASTValidationRule]:
+    class CostLimit(_CostLimit):
+        def __init__(self, context: ValidationContext) -> None:
+            reports: Any = _CostReports(context)
+            super().__init__(reports, MAX_COST, variables=variables, cost_map=COSTS)
+
+    return CostLimit
+
+
+class _DepthLimit(ValidationRule):
+    """At most :data:`MAX_DEPTH` nested fields on any path of an operation, named
+    fragments followed (each one's depth worked out once; a cycle is left to the spec's
+    ``NoFragmentCyclesRule``). Introspection (``__schema``, ``__type``) is left to
+    graphql-core's ``MaxIntrospectionDepthRule``. graphql-core 3.3.2 itself bounds only
+    the nesting the parser can follow (200) and Ariadne 1.1.1 has no depth rule."""
+
+    def enter_document(self, node: DocumentNode, *_args: Any) -> VisitorAction:
+        fragments = {
+            d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)
+        }
+        depths: dict[str, int] = {}
+
+        def fragment_depth(name: str, on_path: frozenset[str]) -> int:
+            if name in depths:
+                return depths[name]
+            fragment = fragments.get(name)
+            if fragment is None or name in on_path:
+                return 0
+            depth = selection_depth(fragment.selection_set, on_path | {name})
+            depths[name] = depth
+            return depth
+
+        def selection_depth(top: SelectionSetNode, on_path: frozenset[str]) -> int:
+            deepest = 0
+            stack = [(top, 1)]
+            while stack:
+                selection_set, level = stack.pop()
+                for selection in selection_set.selections:
+                    if isinstance(selection, FieldNode):
+                        if selection.name.value.startswith("__"):
+                            continue
+                        deepest = max(deepest, level)
+                        if selection.selection_set is not None:
+                            stack.append((selection.selection_set, level + 1))
+                    elif isinstance(selection, InlineFragmentNode):
+                        stack.append((selection.selection_set, level))
+                    elif isinstance(selection, FragmentSpreadNode):
+                        below = fragment_depth(selection.name.value, on_path)
+                        deepest = max(deepest, level - 1 + below)
+            return deepest
+
+        for definition in node.definitions:
+            if isinstance(definition, OperationDefinitionNode):
+                depth = selection_depth(definition.selection_set, frozenset())
+                if depth > MAX_DEPTH:
+                    self.report_error(
+                        GraphQLError(
+                            f"The query nests fields {depth} deep, more than the {MAX_DEPTH}"
+                            " levels a query may",
+                            definition,
+                            extensions={"code": "query_too_deep"},
+                        )
+                    )
+        return SKIP
+
+
+def _validation_rules(
+    _context: Any, _document: DocumentNode, data: dict[str, Any]
+) -> list[type[ASTValidationRule]]:
+    """The rules run after the spec's: limits on cost and depth, and introspection's."""
+    variables = data.get("variables")
+    return [_cost_limit(variables), _DepthLimit, MaxIntrospectionDepthRule]
+
+
+def _parse(_context: Any, data: dict[str, Any]) -> DocumentNode:
+    """The query parsed within the limits above; a syntax error carries a code."""
+    try:
+        return parse(
+            data["query"],
+            max_lexical_tokens=MAX_QUERY_TOKENS,
+            max_comments=MAX_QUERY_COMMENTS,
+            max_source_length=MAX_QUERY_CHARS,
+        )
+    except GraphQLSyntaxError as error:
+        if "nested too deeply" in error.description:
+            code = "query_too_deep"
+        elif "Parsing aborted" in error.description:
+            code = "query_too_large"
+        else:
+            code = "invalid_query"
+        error.extensions = {"code": code}
+        raise
+
+
+def _error_code(error: GraphQLError) -> str:
+    original = error.original_error
+    if isinstance(original, BillingError):
+        return original.code
+    code = (error.extensions or {}).get("code")
+    if code is None and isinstance(original, GraphQLError):
+        code = (original.extensions or {}).get("code")
+    return str(code or "invalid_query")
+
+
+class _ErrorLog(logging.Handler):
+    """Where Ariadne logs each error of a request (it logs them all at ``error``, a syntax
+    error with the query's text): a client's mistake (syntax, validation, a limit, a
+    variable, a billing error such as ``unknown_account``) is logged at ``info`` by its code
+    and the start of its message; only an unexpected exception in a resolver is an
+    ``error``. The query itself is never logged."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, GraphQLError):
+            log.error("graphql_error", error=str(record.msg)[:_LOGGED_CHARS])
+            return
+        path = None if error.path is None else ".".join(map(str, error.path))
+        original = error.original_error
+        if original is None or isinstance(original, GraphQLError | BillingError):
+            log.info(
+                "graphql_client_error",
+                code=_error_code(error),
+                message=error.message[:_LOGGED_CHARS],
+                path=path,
+            )
+        else:
+            log.error(
+                "graphql_resolver_error",
+                path=path,
+                error=f"{type(original).__name__}: {original}"[:_LOGGED_CHARS],
+            )
+
+
+_LOGGED_CHARS: Final = 200
+_ERROR_LOGGER: Final = logging.getLogger("meterd.graphql")
+_ERROR_LOGGER.propagate = False  # not again through the root logger (meterd.logs)
+_ERROR_LOGGER.addHandler(_ErrorLog())
+
+
 class BillingGraphQL:
     """Executes GraphQL requests (``{"query", "variables", "operationName"}``) on
-    :class:`Billing`; mount :meth:`execute` behind an HTTP route."""
+    :class:`Billing`; mount one instance behind an HTTP route and call :meth:`execute`.
 
-    def __init__(self, billing: Billing) -> None:
+    Within limits: :data:`MAX_QUERY_TOKENS` (and characters, comments) while parsing,
+    :data:`MAX_DEPTH` and :data:`MAX_COST` while validating (a query over them never runs),
+    and :data:`MAX_IN_PROGRESS` requests of this instance at once."""
+
+    def __init__(self, billing: Billing, *, max_in_progress: int = MAX_IN_PROGRESS) -> None:
         self.billing = billing
+        self.max_in_progress = max_in_progress
+        self.in_progress = 0
 
     async def execute(self, body: Any) -> tuple[int, dict[str, Any]]:
         """``(HTTP status, JSON result)``: 200 when the query executed (field errors are
-        in ``errors``), 400 when the request itself is invalid (parse, validation, body)."""
+        in ``errors``), 400 when the request itself is invalid (parse, validation, a limit,
+        body), 429 when :attr:`max_in_progress` requests are in progress already."""
+        if self.in_progress >= self.max_in_progress:
+            log.info("graphql_busy", in_progress=self.in_progress)
+            message = (
+                f"{self.in_progress} GraphQL queries are in progress, the most this daemon"
+                " runs at once: retry when one has finished"
+            )
+            return 429, {"errors": [{"message": message, "extensions": {"code": "busy"}}]}
         run = partial(
-            graphql_sync, SCHEMA, body, context_value=self.billing, error_formatter=_format_error
+            graphql_sync,
+            SCHEMA,
+            body,
+            context_value=self.billing,
+            query_parser=_parse,
+            validation_rules=_validation_rules,
+            error_formatter=_format_error,
+            logger=_ERROR_LOGGER,
         )
         # The billing service's own threads: a resolver's thread waits on the Trio thread,
         # so queries must not hold the default limiter's tokens other to_thread users need.
         limiter = self.billing.graphql_limiter
-        _ok, result = await trio.to_thread.run_sync(run, limiter=limiter)
+        self.in_progress += 1
+        try:
+            _ok, result = await trio.to_thread.run_sync(run, limiter=limiter)
+        finally:
+            self.in_progress -= 1
         # GraphQL over HTTP: a request that executed is a 200 even with field errors (they are
         # in "errors", data may be null); one that could not execute has no "data" at all.
-        return (200 if "data" in result else 400), result
+        if "data" in result:
+            return 200, result
+        for error in result.get("errors", []):  # parse and validation errors: a code for each
+            error.setdefault("extensions", {}).setdefault("code", "invalid_query")
+        return 400, result

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,12 @@ class DaemonProcess:
     process: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)  # its log, as it comes
     killed: bool = False  # by the test (kill -9): it is not expected to stop cleanly
+    logged: threading.Condition = field(default_factory=threading.Condition)  # a line came
+
+    def wait_for_log(self, done: Callable[[list[str]], bool], timeout: float = 30) -> bool:
+        """Block until ``done(lines)`` holds (True), or ``timeout`` seconds pass (False)."""
+        with self.logged:
+            return self.logged.wait_for(lambda: done(self.lines), timeout)
 
     def kill(self) -> None:
         """``kill -9`` the daemon and wait for it to be gone."""
@@ -68,7 +74,9 @@ def running_daemon(where: Path, **config: Any) -> Iterator[DaemonProcess]:
     def drain() -> None:  # keep reading, or the daemon blocks on a full pipe
         assert process.stderr is not None
         for line in process.stderr:
-            daemon.lines.append(line)
+            with daemon.logged:
+                daemon.lines.append(line)
+                daemon.logged.notify_all()
             if '"listening"' in line:
                 listening.set()
         listening.set()
