@@ -34,6 +34,7 @@ from meterd.api import ApiServer, Daemon, Metrics
 from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
+from meterd.startup import StartupFailed, describe, prepare_paths
 from meterd.store import Store
 
 log = structlog.get_logger("meterd")
@@ -93,29 +94,44 @@ def build(config: Config) -> Services:
 
 
 async def serve(config: Config) -> None:
-    """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order."""
+    """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order.
+
+    Raises :class:`meterd.startup.StartupFailed` (its message one sentence) when it cannot
+    start: a directory that cannot be created, a database that cannot be opened, a child of
+    the tree that fails to start."""
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
+    prepare_paths(config)
     services = build(config)
-    await services.billing.db.open()  # a bad billing database fails the start, not a request
+    try:  # a bad billing database fails the start, not a request
+        await services.billing.db.open()
+    except Exception as error:
+        raise StartupFailed(describe(error, config, "billing.path")) from None
     memory.tune()
     pauses = memory.GcPauses(services.api.daemon.metrics.observe_gc_pause)
     pauses.install()
+    failed_start: str | None = None
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as collector:
                 collector.start_soon(memory.collect_on_schedule)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(services.root.run)
-                    log.info("meterd_started", version=__version__, config=str(config.path))
-                    log.info("listening", ingest=services.ingest.url, api=services.api.url)
-                    async for signum in signals:
-                        log.info("meterd_stopping", signal=signal.Signals(signum).name)
-                        services.root.stop()
-                        break
+                    try:
+                        await nursery.start(services.root.run)
+                    except Exception as error:  # raised here, before a nursery wraps it
+                        failed_start = describe(error, config)
+                    else:
+                        log.info("meterd_started", version=__version__, config=str(config.path))
+                        log.info("listening", ingest=services.ingest.url, api=services.api.url)
+                        async for signum in signals:
+                            log.info("meterd_stopping", signal=signal.Signals(signum).name)
+                            services.root.stop()
+                            break
                 collector.cancel_scope.cancel()
     finally:
         pauses.remove()
     await services.billing.db.aclose()
     await services.store.aclose()
+    if failed_start is not None:
+        raise StartupFailed(failed_start)
     log.info("meterd_stopped")

@@ -60,14 +60,19 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning, error")
 @click.option("--json-logs/--console-logs", default=None, help="Default: JSON unless on a TTY.")
 def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
-    """Start the daemon; SIGINT/SIGTERM stop it cleanly."""
+    """Start the daemon; SIGINT/SIGTERM stop it cleanly.
+
+    Exit status 2 for a wrong config, 1 when it cannot start (one sentence on stderr naming
+    the config key and the address or file)."""
     # Imported here: the other commands (lazily loaded) must not pay for the daemon's
     # modules, nor for everything the config loader imports.
+    import structlog
     import trio
 
     from meterd import logs
     from meterd.app import serve
     from meterd.config import ConfigError, load
+    from meterd.startup import StartupFailed
 
     logs.configure(level=log_level, json=json_logs)
     try:
@@ -75,4 +80,12 @@ def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
     except ConfigError as error:
         click.echo(f"meterd: bad config: {error}", err=True)
         sys.exit(2)
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except StartupFailed as failed:  # a port in use, a store that cannot be opened, ...
+        reason = str(failed)
+    else:
+        return
+    structlog.get_logger("meterd").error("meterd_start_failed", error=reason)
+    click.echo(f"meterd: cannot start: {reason}", err=True)
+    sys.exit(1)

@@ -1,0 +1,125 @@
+"""Why the daemon could not start, in one sentence naming the config key and its value.
+
+A failure while the tree starts reaches :func:`meterd.app.serve` wrapped several times over:
+Trio nurseries put each exception in an exception group, a supervisor whose child failed to
+start raises :class:`supervisors.StartError` (its ``reason`` the child's error, perhaps a group
+again), and meterd's own errors chain the OS's or SQLite's (``__cause__``). :func:`describe`
+unwraps all that down to the root cause and says it as one sentence with the key of the
+root's child that failed (``ingest.listen``, ``api.listen``, ``store.path``) or of the file
+(``billing.path``), and what to do when that is clear. ``meterd run`` prints it and exits 1.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from collections.abc import Hashable
+
+import trio
+
+import supervisors as sv
+from meterd.config import Config
+
+__all__ = ["StartupFailed", "describe", "prepare_paths"]
+
+#: The config key behind each child of the root (meterd.app's tree).
+CHILD_KEYS = {
+    "store-writer": "store.path",
+    "accounts": "store.path",
+    "ingest": "ingest.listen",
+    "api": "api.listen",
+}
+
+
+class StartupFailed(Exception):
+    """The daemon could not start; ``str()`` is one sentence saying why (:func:`describe`)."""
+
+
+def setting(config: Config, key: str) -> str:
+    """The value of ``key`` in ``config``, as the sentence shows it."""
+    values = {
+        "store.path": config.store_path,
+        "billing.path": config.billing_path,
+        "ingest.listen": config.ingest.listen,
+        "api.listen": config.api.listen,
+    }
+    return str(values[key])
+
+
+def prepare_paths(config: Config) -> None:
+    """Create the directories of the store and the billing database, or raise
+    :class:`StartupFailed` naming the one that cannot be."""
+    for key, path in (("store.path", config.store_path), ("billing.path", config.billing_path)):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            why = error.strerror or str(error)
+            where = "" if error.filename is None else f" ({error.filename})"
+            raise StartupFailed(
+                f"{key} {path}: cannot create its directory {path.parent}: {why}{where}"
+            ) from None
+
+
+def root_cause(error: BaseException) -> tuple[Hashable | None, BaseException]:
+    """``(child of the root that failed or None, the error that made it fail)``: groups of
+    one (or their first error that is not a cancellation), ``StartError`` and
+    ``RestartIntensityExceeded`` unwrapped."""
+    child: Hashable | None = None
+    while True:
+        if isinstance(error, BaseExceptionGroup):
+            inner = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)]
+            error = (inner or list(error.exceptions))[0]
+        elif isinstance(error, sv.StartError):
+            child = error.child_id if child is None else child
+            error = error.reason
+        elif isinstance(error, sv.RestartIntensityExceeded) and error.last_exit.error is not None:
+            child = error.child_id if child is None else child
+            error = error.last_exit.error
+        else:
+            return child, error
+
+
+def _lowest(error: BaseException) -> BaseException:
+    """The OS's or SQLite's error under ``error`` (its ``__cause__`` chain), else ``error``."""
+    lowest = error
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError | sqlite3.Error):
+            lowest = cause
+        cause = cause.__cause__
+    return lowest
+
+
+def describe(error: BaseException, config: Config, key: str | None = None) -> str:
+    """One sentence for ``error`` (see the module doc); ``key`` if the caller knows it."""
+    child, cause = root_cause(error)
+    if key is None and child is not None:
+        key = CHILD_KEYS.get(str(child))
+    low = _lowest(cause)
+    if key is None:
+        where = "" if child is None else f"{child!r}: "
+        return f"{where}{type(cause).__name__}: {cause}"
+    value = setting(config, key)
+    if key.endswith(".listen"):
+        why = low.strerror if isinstance(low, OSError) and low.strerror else str(low)
+        sentence = f"{key} {value}: cannot listen: {why}"
+        if isinstance(low, OSError) and low.errno == errno.EADDRINUSE:
+            sentence += f" (another process listens there: stop it or change {key})"
+        return sentence
+    if isinstance(low, OSError):
+        sentence = f"{key} {value}: {low.strerror or low}"
+        if low.filename is not None and str(low.filename) != value:
+            sentence += f" ({low.filename})"
+        return sentence
+    if isinstance(low, sqlite3.Error):
+        sentence = f"{key} {value}: {low}"
+        if isinstance(low, sqlite3.DatabaseError) and not isinstance(low, sqlite3.OperationalError):
+            sentence += (
+                " (the file is damaged or not meterd's: restore it from a backup, or move it"
+                " aside to start with an empty one)"
+            )
+        return sentence
+    message = str(cause)
+    if value in message:
+        return f"{key}: {message}"
+    return f"{key} {value}: {type(cause).__name__}: {message}"
