@@ -460,8 +460,9 @@ def _keys(cls: type) -> tuple[_Key, ...]:
     info = mi.type_info(cls)
     assert isinstance(info, mi.DataclassType), cls
     hints = typing.get_type_hints(cls, include_extras=True)
+    order = [field.name for field in dataclasses.fields(cls)]  # msgspec puts required first
     keys = []
-    for field in info.fields:
+    for field in sorted(info.fields, key=lambda field: order.index(field.name)):
         t, meaning, key_info = _unwrap(field.type)
         if key_info is None:
             continue  # not a key of the file
@@ -741,6 +742,8 @@ def _value_text(spec: _Key) -> str:
         text = value_kind.name
     elif isinstance(t, mi.EnumType | mi.LiteralType):
         text = "one of " + ", ".join(f"`{choice}`" for choice in _choices(t).split(", "))
+    elif info.invalid:
+        text = info.invalid.removeprefix("a valid ").removeprefix("an ").removeprefix("a ")
     else:
         text = _describe(t).removeprefix("a ").removeprefix("an ")
     if info.secret:

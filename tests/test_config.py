@@ -1099,3 +1099,61 @@ def test_shipped_price_book_loads() -> None:
     priced = {rule.meter for rule in config.prices}
     assert priced == set(config.meters_by_name)  # every shipped meter has a price
     assert any(rule.match == ("size", "performance-l") for rule in config.prices)
+
+
+# --- one duration convention; renamed keys ------------------------------------------------------
+
+
+def test_every_duration_takes_the_same_form(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        text(
+            store=STORE + '\ncommit_interval = "5ms"\nwal_checkpoint_interval = 0.25'
+            '\ncheckpoint_interval = "1m"',
+            ingest=INGEST + '\nkeepalive_interval = "1500ms"',
+        ),
+    )
+    assert config.store.commit_interval == Duration(5)
+    assert config.store.wal_checkpoint_interval == Duration(250)
+    assert config.store.checkpoint_interval == Duration.of("60s")
+    assert config.ingest.keepalive_interval.seconds == 1.5
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "duration"),
+    [
+        ("commit_interval_ms = 20", "commit_interval", Duration(20)),
+        ("wal_checkpoint_interval_ms = 0", "wal_checkpoint_interval", Duration(0)),
+        ("wal_checkpoint_interval_ms = 2000", "wal_checkpoint_interval", Duration(2000)),
+    ],
+)
+def test_renamed_keys_still_work_with_a_warning_naming_the_new_key(
+    tmp_path: Path, old: str, new: str, duration: Duration
+) -> None:
+    config = load_text(tmp_path, text(store=f"{STORE}\n{old}"))
+    assert getattr(config.store, new) == duration
+    old_key = old.split(" =")[0]
+    [warning] = config.warnings
+    assert warning.startswith(f"store.{old_key}: deprecated, renamed store.{new}: ")
+    assert f'{new} = "{duration}"' in warning
+
+
+def test_a_key_and_its_old_name_together(tmp_path: Path) -> None:
+    content = text(store=STORE + '\ncommit_interval = "2ms"\ncommit_interval_ms = 2')
+    problem = problem_for(tmp_path, content, "store.commit_interval_ms")
+    assert "either commit_interval or commit_interval_ms" in problem
+
+
+def test_the_old_name_is_not_suggested_for_a_typo(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path, text(store=STORE + "\ncommit_intervl = 2"), "store.commit_intervl"
+    )
+    assert "did you mean 'commit_interval'" in problem
+
+
+def test_a_new_duration_out_of_its_bounds(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path, text(store=STORE + '\ncommit_interval = "2s"'), "store.commit_interval"
+    )
+    assert problem == "store.commit_interval: must be between 0ms and 1s, got '2s'"
