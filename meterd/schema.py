@@ -42,29 +42,29 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
 from msgspec import inspect as mi
 
 __all__ = [
+    "ABSENT",
     "Check",
     "Duration",
     "Invalid",
     "KeyInfo",
     "Row",
     "check_fields",
-    "check_table",
+    "dotted",
     "format_duration",
     "got",
     "key",
     "kind",
+    "kind_of",
     "reference",
     "show",
     "suggest",
 ]
-
-T = TypeVar("T")
 
 SECOND_MS: Final = 1000
 MINUTE_MS: Final = 60 * SECOND_MS
@@ -73,6 +73,7 @@ DAY_MS: Final = 24 * HOUR_MS
 _UNITS: Final = {"ms": 1, "s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
 _DURATION: Final = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+ABSENT: Final = object()  # ``table.get(name, ABSENT)``: the key is not in the table
 
 
 class Invalid(Exception):
@@ -242,7 +243,7 @@ class Check:
 
     def table(self, key: str, value: object) -> dict[str, object]:
         """``value`` as a table ({} when absent or, with a problem, not a table)."""
-        if value is _ABSENT:
+        if value is ABSENT:
             return {}
         if not isinstance(value, dict):
             self.problem(key, f"expected a table ([{key}]), got {kind_of(value)}")
@@ -251,7 +252,7 @@ class Check:
 
     def array_of_tables(self, key: str, value: object) -> list[tuple[str, dict[str, object]]]:
         """``(key[i], table)`` for each table of an array of tables (``[[key]]``)."""
-        if value is _ABSENT:
+        if value is ABSENT:
             return []
         if not isinstance(value, list):
             self.problem(key, f"expected an array of tables ([[{key}]]), got {kind_of(value)}")
@@ -265,10 +266,6 @@ class Check:
                     f"{key}[{index}]", f"expected a table ([[{key}]]), got {kind_of(item)}"
                 )
         return tables
-
-
-_ABSENT: Final = object()
-ABSENT: Final = _ABSENT  # ``table.get(name, ABSENT)``: the key is not in the table
 
 
 def check_fields(
@@ -297,15 +294,6 @@ def check_fields(
     return values, ok
 
 
-def check_table(
-    cls: Callable[..., T], table: Mapping[str, object], prefix: str, check: Check
-) -> T | None:
-    """``cls`` built from ``table`` when every key is valid, else None (problems in ``check``)."""
-    assert isinstance(cls, type)
-    values, ok = check_fields(cls, table, prefix, check)
-    return cls(**values) if ok else None
-
-
 # --- one key ------------------------------------------------------------------------------------
 
 
@@ -326,10 +314,10 @@ class _Key:
     def read(self, table: Mapping[str, object], prefix: str, check: Check) -> Any:
         if self.info.secret:
             return self.secret(table, prefix, check)
-        value = table.get(self.name, _ABSENT)
+        value = table.get(self.name, ABSENT)
         if self.info.was and self.info.was in table:
             old_key = dotted(prefix, self.info.was)
-            if value is not _ABSENT:
+            if value is not ABSENT:
                 check.problem(
                     old_key, f"give either {self.name} or {self.info.was} (its old name), not both"
                 )
@@ -345,7 +333,7 @@ class _Key:
                 f" {self.name} = {_toml(converted)}",
             )
             return converted
-        if value is _ABSENT:
+        if value is ABSENT:
             if self.required:
                 raise Invalid(f"missing{self.missing_hint()}")
             return self.default_value(check)
@@ -414,14 +402,14 @@ class _Key:
     def secret(self, table: Mapping[str, object], prefix: str, check: Check) -> str:
         """The secret from ``name`` or ``name_env``; problems name the key, never the value."""
         name, env_name = self.name, f"{self.name}_env"
-        value, env_value = table.get(name, _ABSENT), table.get(env_name, _ABSENT)
-        if value is not _ABSENT and env_value is not _ABSENT:
+        value, env_value = table.get(name, ABSENT), table.get(env_name, ABSENT)
+        if value is not ABSENT and env_value is not ABSENT:
             raise Invalid(f"give either {name} or {env_name}, not both")
-        if value is not _ABSENT:
+        if value is not ABSENT:
             if not isinstance(value, str):
                 raise Invalid(f"expected a string, got {kind_of(value)}")
             return self.secret_text(value, "")
-        if env_value is _ABSENT:
+        if env_value is ABSENT:
             raise Invalid(f'missing (give {name} = "..." or {env_name} = "VARIABLE")')
         try:
             return self.env_secret(env_value, check.env)
@@ -457,22 +445,34 @@ def _kind_for(t: mi.Type) -> _Kind | None:
 
 @functools.cache
 def _keys(cls: type) -> tuple[_Key, ...]:
-    info = mi.type_info(cls)
-    assert isinstance(info, mi.DataclassType), cls
+    """The keys ``cls`` declares, in field order. Only the keys' own types are inspected (not
+    every type the class refers to): it keeps the first check of a table cheap."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    order = [field.name for field in dataclasses.fields(cls)]  # msgspec puts required first
+    fields = [field for field in dataclasses.fields(cls) if _is_key(hints[field.name])]
+    types = mi.multi_type_info([hints[field.name] for field in fields])
     keys = []
-    for field in sorted(info.fields, key=lambda field: order.index(field.name)):
-        t, meaning, key_info = _unwrap(field.type)
-        if key_info is None:
-            continue  # not a key of the file
-        default = field.default
-        if field.default_factory is not msgspec.NODEFAULT:
+    for field, field_type in zip(fields, types, strict=True):
+        t, meaning, key_info = _unwrap(field_type)
+        assert key_info is not None
+        required = field.default is dataclasses.MISSING
+        required = required and field.default_factory is dataclasses.MISSING
+        default = None if required else field.default
+        if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
-        keys.append(
-            _Key(field.name, hints[field.name], t, key_info, meaning, field.required, default)
-        )
+        keys.append(_Key(field.name, hints[field.name], t, key_info, meaning, required, default))
     return tuple(keys)
+
+
+def _is_key(annotation: Any) -> bool:
+    """Whether a field's annotation carries a :func:`key` (possibly inside ``X | None``)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return any(
+            isinstance(meta, msgspec.Meta) and "key" in (meta.extra or {})
+            for meta in annotation.__metadata__
+        )
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_key(member) for member in typing.get_args(annotation))
+    return False
 
 
 @functools.cache

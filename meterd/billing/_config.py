@@ -6,8 +6,6 @@ declared once below; :func:`check_prices` turns the ``[[prices]]`` array into
 for why they are refused: each would make the choice of a rule ambiguous).
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -9,8 +9,6 @@ in ``[ingest]``::
     max_connections_per_producer: Annotated[int, key("...", ge=1, le=10_000)] = 64
 """
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 from dataclasses import KW_ONLY, dataclass, field
