@@ -56,20 +56,20 @@ def build(config: Config) -> Services:
     """Build (not start) the supervision tree for ``config``."""
     store = Store.at(
         config.store_path,
-        commit_interval=config.store.commit_interval_ms / 1000,
-        index_cycle=config.store.index_cycle,
-        wal_checkpoint_interval=config.store.wal_checkpoint_interval_ms / 1000 or None,
-        audit_retention_ms=config.dedupe_window_ms,  # docs/accounts.md "Audit trail"
+        commit_interval=config.store.commit_interval.seconds,
+        index_cycle=config.store.index_cycle.seconds,
+        wal_checkpoint_interval=config.store.wal_checkpoint_interval.seconds or None,
+        audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
         meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
     )
     accounts = Accounts(
         store,
         config.meters_by_name,
-        idle_timeout=config.accounts.idle_timeout,
-        checkpoint_interval=config.store.checkpoint_interval,
+        idle_timeout=config.accounts.idle_timeout.seconds,
+        checkpoint_interval=config.store.checkpoint_interval.seconds,
         mailbox_size=config.accounts.mailbox_size,
         max_restarts=config.accounts.max_restarts,
-        max_seconds=config.accounts.max_seconds,
+        max_seconds=config.accounts.max_seconds.seconds,
         max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)

@@ -11,9 +11,12 @@ import enum
 import hashlib
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Final, TypeAlias
+from typing import Annotated, Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
+from msgspec import Meta
+
+from meterd import schema
 
 Quantity: TypeAlias = int | Decimal
 
@@ -53,14 +56,47 @@ class Window(enum.Enum):
         return time_ms - time_ms % self.ms
 
 
+METER_NAME: Final = r"[a-z0-9][a-z0-9._-]{0,63}"
+MAX_DIMENSIONS: Final = 16
+MAX_PROPERTY_KEY: Final = 64  # protocol.md §2.2: property keys are at most 64 characters
+PropertyName: TypeAlias = Annotated[str, Meta(max_length=MAX_PROPERTY_KEY)]
+
+
 @dataclass(frozen=True, slots=True)
 class Meter:
-    """One ``[[meters]]`` entry of the config."""
+    """One ``[[meters]]`` entry of the config: its keys are declared here (meterd.schema)."""
 
-    name: str
-    aggregation: Aggregation
-    dimensions: tuple[str, ...] = ()
-    unique_property: str | None = None
+    name: Annotated[
+        str,
+        schema.key(
+            "The meter's name, as events give it.",
+            pattern=METER_NAME,
+            invalid="a valid meter name (1-64 characters of a-z, 0-9, '.', '_', '-',"
+            " starting with a letter or digit)",
+        ),
+    ]
+    aggregation: Annotated[
+        Aggregation, schema.key("How a window's usage combines its events' quantities.")
+    ]
+    dimensions: Annotated[
+        tuple[PropertyName, ...],
+        schema.key(
+            "Event properties usage can be grouped by.",
+            max_length=MAX_DIMENSIONS,
+            unit="dimensions",
+            kind="array of property names",
+        ),
+    ] = ()
+    unique_property: (
+        Annotated[
+            str,
+            schema.key(
+                "The property whose distinct values unique_count counts (unique_count only).",
+                max_length=MAX_PROPERTY_KEY,
+            ),
+        ]
+        | None
+    ) = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -538,7 +538,9 @@ async def test_healthz_reports_failing_index_passes(tmp_path: Path) -> None:
 
 async def test_tls_serves_https(tmp_path: Path, certificate: Tls) -> None:
     config = make_config(tmp_path)
-    config = replace(config, api=replace(config.api, tls=certificate))
+    config = replace(
+        config, api=replace(config.api, tls_cert=certificate.cert, tls_key=certificate.key)
+    )
     trusted = ssl.create_default_context(cafile=str(certificate.cert))
     async with running(config) as services:
         assert services.api.url.startswith("https://127.0.0.1:")

@@ -355,7 +355,9 @@ async def test_https_with_the_daemons_own_certificate(tmp_path: Path, certificat
     """An in-process daemon serving the API over TLS (a self-signed certificate): trusted
     through the config's tls_cert or --cafile, refused in one sentence otherwise."""
     config = make_config(tmp_path)
-    config = replace(config, api=replace(config.api, tls=certificate))
+    config = replace(
+        config, api=replace(config.api, tls_cert=certificate.cert, tls_key=certificate.key)
+    )
     async with running(config) as services:
         url = services.api.url
         assert url.startswith("https://127.0.0.1:")

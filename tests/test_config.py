@@ -12,10 +12,16 @@ from pathlib import Path
 import pytest
 
 from meterd.billing import QuantityRounding, RoundingMode
-from meterd.config import Config, ConfigError, Listen, Producer, load
+from meterd.config import Config, ConfigError, Duration, Listen, Producer, load
 from meterd.model import DAY_MS, HOUR_MS, MINUTE_MS, Aggregation, Meter
 
 ROOT = Path(__file__).resolve().parents[1]
+S30 = Duration(30_000)
+
+
+def ms(milliseconds: int) -> Duration:
+    return Duration(milliseconds)
+
 
 ADMIN = "test-admin-token-0001"
 ROUTER = "test-router-token-0002"
@@ -99,7 +105,7 @@ def test_shipped_config_loads() -> None:
     assert config.api_listen == Listen("127.0.0.1", 8701)
     assert config.ingest_listen.is_loopback
     assert config.store_path == ROOT / "var" / "meterd.sqlite3"
-    assert config.late_window_ms == config.dedupe_window_ms == 35 * DAY_MS
+    assert config.late_window.ms == config.dedupe_window.ms == 35 * DAY_MS
     assert [p.name for p in config.producers] == ["router", "platform"]
     assert config.producers[0].meters == frozenset({"router.requests"})
     assert config.producers[1].meters is None
@@ -128,14 +134,14 @@ def test_defaults(tmp_path: Path) -> None:
         64,
     )
     assert config.ingest.max_in_flight_events == 20_000
-    assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (30.0, 30.0)
-    assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (30.0, 2)
-    assert config.store.index_cycle == 5.0
-    assert config.store.wal_checkpoint_interval_ms == 100
+    assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (S30, S30)
+    assert (config.store.checkpoint_interval, config.store.commit_interval) == (S30, ms(2))
+    assert config.store.index_cycle.seconds == 5.0
+    assert config.store.wal_checkpoint_interval == ms(100)
     accounts = config.accounts
-    assert (accounts.idle_timeout, accounts.mailbox_size) == (300.0, 1024)
-    assert (accounts.max_restarts, accounts.max_seconds) == (50, 10.0)
-    assert config.late_window_ms == config.dedupe_window_ms == 35 * DAY_MS
+    assert (accounts.idle_timeout.seconds, accounts.mailbox_size) == (300.0, 1024)
+    assert (accounts.max_restarts, accounts.max_seconds.seconds) == (50, 10.0)
+    assert config.late_window.ms == config.dedupe_window.ms == 35 * DAY_MS
 
 
 def test_every_setting_is_read(tmp_path: Path) -> None:
@@ -147,8 +153,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
             + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77"
             + '\nkeepalive_interval = "2m"\nkeepalive_timeout = 7.5',
             store=STORE
-            + '\ncheckpoint_interval = "2m"\ncommit_interval_ms = 0\nindex_cycle = "250ms"'
-            + "\nwal_checkpoint_interval_ms = 0",
+            + '\ncheckpoint_interval = "2m"\ncommit_interval = 0\nindex_cycle = "250ms"'
+            + '\nwal_checkpoint_interval = "0ms"',
             accounts="idle_timeout = 0.5\nmailbox_size = 8\nmax_restarts = 0\nmax_seconds = 30",
         ),
     )
@@ -158,14 +164,16 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         4,
     )
     assert config.ingest.max_in_flight_events == 77
-    assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (120.0, 7.5)
-    assert (config.store.checkpoint_interval, config.store.commit_interval_ms) == (120.0, 0)
-    assert config.store.index_cycle == 0.25
-    assert config.store.wal_checkpoint_interval_ms == 0
+    ingest = config.ingest
+    assert (ingest.keepalive_interval.seconds, ingest.keepalive_timeout.seconds) == (120.0, 7.5)
+    assert (config.store.checkpoint_interval.seconds, config.store.commit_interval) == (120, ms(0))
+    assert config.store.index_cycle.seconds == 0.25
+    assert config.store.wal_checkpoint_interval == ms(0)
     accounts = config.accounts
-    assert (accounts.idle_timeout, accounts.mailbox_size) == (0.5, 8)
-    assert (accounts.max_restarts, accounts.max_seconds) == (0, 30.0)
-    assert (config.late_window_ms, config.dedupe_window_ms) == (2 * DAY_MS, 3 * DAY_MS)
+    assert (accounts.idle_timeout.seconds, accounts.mailbox_size) == (0.5, 8)
+    assert (accounts.max_restarts, accounts.max_seconds.seconds) == (0, 30.0)
+    assert (config.late_window.ms, config.dedupe_window.ms) == (2 * DAY_MS, 3 * DAY_MS)
+    assert config.warnings == ()
 
 
 def test_store_path_is_relative_to_the_config_file(
@@ -523,7 +531,7 @@ def test_tls_key_that_is_not_a_key(tmp_path: Path, pems: Pems) -> None:
 )
 def test_seconds_settings_parse(tmp_path: Path, value: str, seconds: float) -> None:
     config = load_text(tmp_path, text(accounts=f"idle_timeout = {value}"))
-    assert config.accounts.idle_timeout == seconds
+    assert config.accounts.idle_timeout.seconds == seconds
 
 
 @pytest.mark.parametrize("value", ["0.0", "-0.5", "inf", "nan", "1e308", '"soon"'])
@@ -540,16 +548,17 @@ def test_bad_seconds_settings_are_named(tmp_path: Path, value: str) -> None:
         ('"30s"', 30_000),
         ('"1500ms"', 1500),
         ("86400", DAY_MS),
+        ("1.5", 1500),  # one convention for every duration: fractions of seconds too
     ],
 )
 def test_durations_parse(tmp_path: Path, value: str, ms: int) -> None:
     config = load_text(tmp_path, text(top=f"late_window = {value}\ndedupe_window = {value}"))
-    assert config.late_window_ms == ms
-    assert config.dedupe_window_ms == ms
+    assert config.late_window.ms == ms
+    assert config.dedupe_window.ms == ms
 
 
 @pytest.mark.parametrize(
-    "value", ['"35 days"', '"1.5h"', '"-1d"', '"d"', '"35D"', "0", "-5", '"0s"', "1.5", "true"]
+    "value", ['"35 days"', '"1.5h"', '"-1d"', '"d"', '"35D"', "0", "-5", '"0s"', "-1.5", "true"]
 )
 def test_bad_durations_are_named(tmp_path: Path, value: str) -> None:
     problem_for(tmp_path, text(top=f"late_window = {value}"), "late_window")
@@ -569,7 +578,7 @@ def test_dedupe_window_shorter_than_the_default_late_window(tmp_path: Path) -> N
 
 def test_windows_may_be_equal_or_dedupe_longer(tmp_path: Path) -> None:
     config = load_text(tmp_path, text(top='late_window = "1h"\ndedupe_window = 7200'))
-    assert (config.late_window_ms, config.dedupe_window_ms) == (HOUR_MS, 2 * HOUR_MS)
+    assert (config.late_window.ms, config.dedupe_window.ms) == (HOUR_MS, 2 * HOUR_MS)
 
 
 # --- meters --------------------------------------------------------------------------------------
@@ -1090,3 +1099,61 @@ def test_shipped_price_book_loads() -> None:
     priced = {rule.meter for rule in config.prices}
     assert priced == set(config.meters_by_name)  # every shipped meter has a price
     assert any(rule.match == ("size", "performance-l") for rule in config.prices)
+
+
+# --- one duration convention; renamed keys ------------------------------------------------------
+
+
+def test_every_duration_takes_the_same_form(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        text(
+            store=STORE + '\ncommit_interval = "5ms"\nwal_checkpoint_interval = 0.25'
+            '\ncheckpoint_interval = "1m"',
+            ingest=INGEST + '\nkeepalive_interval = "1500ms"',
+        ),
+    )
+    assert config.store.commit_interval == Duration(5)
+    assert config.store.wal_checkpoint_interval == Duration(250)
+    assert config.store.checkpoint_interval == Duration.of("60s")
+    assert config.ingest.keepalive_interval.seconds == 1.5
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "duration"),
+    [
+        ("commit_interval_ms = 20", "commit_interval", Duration(20)),
+        ("wal_checkpoint_interval_ms = 0", "wal_checkpoint_interval", Duration(0)),
+        ("wal_checkpoint_interval_ms = 2000", "wal_checkpoint_interval", Duration(2000)),
+    ],
+)
+def test_renamed_keys_still_work_with_a_warning_naming_the_new_key(
+    tmp_path: Path, old: str, new: str, duration: Duration
+) -> None:
+    config = load_text(tmp_path, text(store=f"{STORE}\n{old}"))
+    assert getattr(config.store, new) == duration
+    old_key = old.split(" =")[0]
+    [warning] = config.warnings
+    assert warning.startswith(f"store.{old_key}: deprecated, renamed store.{new}: ")
+    assert f'{new} = "{duration}"' in warning
+
+
+def test_a_key_and_its_old_name_together(tmp_path: Path) -> None:
+    content = text(store=STORE + '\ncommit_interval = "2ms"\ncommit_interval_ms = 2')
+    problem = problem_for(tmp_path, content, "store.commit_interval_ms")
+    assert "either commit_interval or commit_interval_ms" in problem
+
+
+def test_the_old_name_is_not_suggested_for_a_typo(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path, text(store=STORE + "\ncommit_intervl = 2"), "store.commit_intervl"
+    )
+    assert "did you mean 'commit_interval'" in problem
+
+
+def test_a_new_duration_out_of_its_bounds(tmp_path: Path) -> None:
+    problem = problem_for(
+        tmp_path, text(store=STORE + '\ncommit_interval = "2s"'), "store.commit_interval"
+    )
+    assert problem == "store.commit_interval: must be between 0ms and 1s, got '2s'"

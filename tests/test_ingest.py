@@ -46,6 +46,7 @@ from meterd.app import Services, build
 from meterd.config import (
     ApiConfig,
     Config,
+    Duration,
     IngestConfig,
     Listen,
     Producer,
@@ -86,13 +87,14 @@ def make_config(
         path=where / "config.toml",
         ingest=IngestConfig(
             Listen(host, 0),
-            tls=tls,
+            tls_cert=tls.cert if tls else None,
+            tls_key=tls.key if tls else None,
             max_frame_bytes=MAX_FRAME,
             max_batch=MAX_BATCH,
             window=window,
             max_in_flight_events=max_in_flight_events,
-            keepalive_interval=keepalive[0],
-            keepalive_timeout=keepalive[1],
+            keepalive_interval=Duration(round(keepalive[0] * 1000)),
+            keepalive_timeout=Duration(round(keepalive[1] * 1000)),
         ),
         api=ApiConfig(Listen("127.0.0.1", 0), admin_token=ADMIN_TOKEN),
         store=StoreConfig(where / "meterd.sqlite3"),
@@ -530,7 +532,7 @@ async def test_a_producer_may_write_only_its_meters(services: Services) -> None:
 async def test_the_time_window_ends_are_included(services: Services) -> None:
     now = now_ms()
     services.ingest.clock = lambda: now
-    late = services.ingest.config.late_window_ms
+    late = services.ingest.config.late_window.ms
     async with connect(services) as client:
         await client.batch(
             1,

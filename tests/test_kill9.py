@@ -125,7 +125,7 @@ def write_config(
         "store": {
             "path": str(store),
             "checkpoint_interval": checkpoint_interval,
-            "commit_interval_ms": commit_interval_ms,
+            "commit_interval": f"{commit_interval_ms}ms",
         },
         "accounts": {"idle_timeout": idle_timeout},
     }

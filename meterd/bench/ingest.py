@@ -206,7 +206,7 @@ def parse_setting(text: str) -> tuple[str, str, str]:
     section, dot, key = name.strip().partition(".")
     if not equals or not dot or not value.strip():
         raise BenchError(
-            f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. store.commit_interval_ms=5"
+            f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. store.commit_interval='\"5ms\"'"
         )
     return section, key.strip(), value.strip()
 

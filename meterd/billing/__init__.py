@@ -5,6 +5,8 @@ See docs/billing.md for the rules. The modules behind this curated API:
 
 * ``_period`` — :class:`Period`, calendar months in UTC;
 * ``_prices`` — :class:`PriceBook` and the ``[[prices]]`` rules of the config;
+* ``_config`` — billing's keys of the config file: ``[billing]`` and ``[[prices]]``, declared
+  and checked here, composed by :mod:`meterd.config`;
 * ``_rating`` — :func:`rate`: pure, exact rating of one account's month into an :class:`Invoice`;
 * ``_corrections`` — :class:`Adjustment` and :class:`Void`, append-only;
 * ``_restate`` — :class:`Restatement`: how a closed period's figures changed, and why;
@@ -17,6 +19,7 @@ See docs/billing.md for the rules. The modules behind this curated API:
 
 from typing import TYPE_CHECKING, Any
 
+from ._config import BillingConfig, PriceEntry, check_prices
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
@@ -58,6 +61,7 @@ __all__ = [
     "Adjustment",
     "AdjustmentKind",
     "Billing",
+    "BillingConfig",
     "BillingDB",
     "BillingError",
     "BillingGraphQL",
@@ -74,6 +78,7 @@ __all__ = [
     "NotFound",
     "Period",
     "PriceBook",
+    "PriceEntry",
     "PriceRule",
     "QuantityRounding",
     "Restatement",
@@ -82,6 +87,7 @@ __all__ = [
     "Void",
     "WindowFigure",
     "adjustment_json",
+    "check_prices",
     "compare_lines",
     "date_ms",
     "format_ms",

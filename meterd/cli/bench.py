@@ -123,7 +123,7 @@ def bench() -> None:
     multiple=True,
     metavar="SECTION.KEY=VALUE",
     help="With --spawn: a setting for the daemon's config (TOML value), repeatable; e.g."
-    " --set ingest.max_in_flight_events=4000 --set store.commit_interval_ms=5.",
+    " --set ingest.max_in_flight_events=4000 --set 'store.commit_interval=\"5ms\"'.",
 )
 @click.option(
     "--keep-log",

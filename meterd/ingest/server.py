@@ -428,7 +428,7 @@ class _Connection:
         self.log = log
         config = server.config
         self.max_batch = config.ingest.max_batch
-        self.validator = EventValidator(config.meters_by_name, producer, config.late_window_ms)
+        self.validator = EventValidator(config.meters_by_name, producer, config.late_window.ms)
         self.window = trio.Semaphore(config.ingest.window)
         self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
         self.last_seq = -1
@@ -436,8 +436,8 @@ class _Connection:
         self.read_scope = trio.CancelScope()
         self.batches = 0
         self.acks = 0
-        self.keepalive_interval = config.ingest.keepalive_interval
-        self.keepalive_timeout = config.ingest.keepalive_timeout
+        self.keepalive_interval = config.ingest.keepalive_interval.seconds
+        self.keepalive_timeout = config.ingest.keepalive_timeout.seconds
 
     def drain(self) -> None:
         """Stop reading; what was read is still finished and acknowledged."""
