@@ -15,7 +15,7 @@ and what from OTP is left out.
 This package never imports the application built on it.
 """
 
-from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Monitor, NameRef
+from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor, NameRef
 from ._child import ActorLauncher, TaskLauncher, shutdown_shield
 from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord, SupervisorCore
 from ._dynamic import DynamicSupervisor
@@ -76,6 +76,7 @@ __all__ = [
     "Exit",
     "GenServer",
     "MaxChildrenReached",
+    "Merge",
     "Monitor",
     "NameRef",
     "NoSuchActor",

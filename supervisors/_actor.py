@@ -30,6 +30,17 @@ Rules:
   seconds; the actor keeps running and a late reply is dropped. A call to an
   actor that is not running raises :class:`NoSuchActor` at once, never hangs.
 * Messages from one sender are handled in the order sent.
+* **Mergeable messages** (not in OTP): ``try_send(message, merge=fn)`` folds a
+  message into the newest mail instead of queuing it, when that mail is an info
+  message the actor has not started handling: ``fn(queued, message)`` changes
+  ``queued`` in place and returns True, or returns False (then ``message`` is
+  queued as usual). The runtime calls ``fn`` only then, synchronously, so no
+  handler can see ``queued`` half-changed, and nothing queued after ``queued``
+  is overtaken. ``fn`` must only fold messages of a protocol the actor defines
+  as mergeable (the actor handles ``queued`` as if the two had come one after
+  the other), must not block, and may be called with mail from other senders,
+  which it must leave alone (return False). A merged message needs no room: a
+  full mailbox still takes it.
 """
 
 from __future__ import annotations
@@ -623,6 +634,11 @@ def _log_terminate_failure(actor: GenServer[Any, Any], error: Exception) -> None
     )
 
 
+Merge = Callable[[Any, Any], bool]
+"""``merge(queued, message)`` of :meth:`ActorRef.try_send`: fold ``message`` into the
+queued info message ``queued`` (in place) and return True, or return False to queue it."""
+
+
 class ActorRef(Generic[Req, Rep]):
     """A handle to one actor incarnation (like an Erlang pid).
 
@@ -679,29 +695,39 @@ class ActorRef(Generic[Req, Rep]):
         """Cast without waiting; False (nothing sent) if the mailbox is full or no actor."""
         return self._try_put(_CAST, request)
 
-    def try_send(self, message: Any) -> bool:
-        """:meth:`send` without waiting; False (nothing sent) if the mailbox is full or no actor."""
-        return self._try_put(_INFO, message)
+    def try_send(self, message: Any, merge: Merge | None = None) -> bool:
+        """:meth:`send` without waiting; False (nothing sent) if the mailbox is full or no actor.
 
-    def last_info(self) -> Any:
-        """The newest mail in the actor's mailbox if it is an info message (``send``,
-        ``try_send``, ``post_self``), else None (no mail, a call or cast last, no actor).
-
-        The actor has not taken that message yet, and nothing was queued after it: a
-        sender may add to it in place (a mutable message) instead of queuing one more,
-        which the actor then handles exactly as if the addition had come right after.
+        With ``merge``, ``message`` may be folded into the newest mail instead of
+        queued (a *mergeable* message, see the module doc): if that mail is an info
+        message the actor has not taken yet, ``merge(queued, message)`` is called
+        first, and when it returns True the message counts as delivered (nothing
+        else is queued, and a full mailbox does not refuse it).
         """
+        # _try_put written out for info messages: this is the path of every delivery of a
+        # busy sender, and the calls were most of its cost.
         actor = self._actor
+        state = actor._state
+        if state == _DEAD:
+            return False
         mailbox = actor._mailbox
-        if mailbox and actor._state != _DEAD:
-            last = mailbox[-1]
-            if type(last) is not _Entry:
-                return last
-        return None
+        if mailbox is None:
+            mailbox = actor._mailbox = actor._dispatcher.mailbox()
+        else:
+            if merge is not None and mailbox:
+                last = mailbox[-1]
+                if type(last) is not _Entry and merge(last, message):
+                    return True
+            if len(mailbox) >= actor._capacity:
+                return False
+        mailbox.append(message)
+        if state == _IDLE:
+            actor._state = _SCHEDULED
+            actor._dispatcher.activate(actor)
+        return True
 
     def _try_put(self, kind: int, payload: Any) -> bool:
-        # ``_sv_full`` and ``_sv_enqueue`` written out: this is every try_send's path
-        # (one per message of a busy sender), and the calls were most of its cost.
+        # ``_sv_full`` and ``_sv_enqueue`` written out (see try_send).
         actor = self._actor
         state = actor._state
         if state == _DEAD:
@@ -813,9 +839,9 @@ class NameRef(ActorRef[Req, Rep]):
         actor = self.registry._sv_lookup(self.key)
         return actor is not None and ActorRef(actor)._try_put(kind, payload)
 
-    def last_info(self) -> Any:
+    def try_send(self, message: Any, merge: Merge | None = None) -> bool:
         actor = self.registry._sv_lookup(self.key)
-        return None if actor is None else ActorRef(actor).last_info()
+        return actor is not None and ActorRef(actor).try_send(message, merge)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NameRef) and (other.registry, other.key) == (

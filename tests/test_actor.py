@@ -240,35 +240,127 @@ class Gated(sv.GenServer[Any, Any]):
         self.seen.append(("info", message))
 
 
-async def test_last_info_is_the_newest_mail_while_it_is_an_untaken_info_message(
+class Lists:
+    """A ``merge`` for ``try_send``: joins a list message to a queued list (of at most
+    ``limit`` items), leaves every other message alone; records what it was shown."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.shown: list[Any] = []
+
+    def __call__(self, queued: Any, message: Any) -> bool:
+        self.shown.append(queued)
+        if type(queued) is list and type(message) is list and len(queued) < self.limit:
+            queued += message
+            return True
+        return False
+
+
+async def test_try_send_merges_only_into_the_newest_mail_while_it_is_an_untaken_info(
     dynsup: sv.DynamicSupervisor,
 ) -> None:
     ref = await start(dynsup, Gated)
-    assert ref.last_info() is None  # no mail
+    merge = Lists()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ref.call, "wait")
         await trio.testing.wait_all_tasks_blocked()  # the actor waits in the call
-        first = ["a"]
-        assert ref.try_send(first)
-        assert ref.last_info() is first
-        first.append("b")  # added in place: handled as part of that message
-        assert ref.try_send(("later",))
-        assert ref.last_info() == ("later",)  # the newest, not the newest list
-        await ref.cast("c")
-        assert ref.last_info() is None  # a cast is the newest mail
+        assert ref.try_send(["a"], merge)  # nothing queued: queued as is
+        assert merge.shown == []
+        assert ref.try_send(["b"], merge)  # joins the list still waiting
+        assert ref.try_send(("later",), merge)  # merge says no: queued apart
+        assert ref.try_send(["c"], merge)  # the newest mail is not a list: apart
+        assert merge.shown == [["a", "b"], ["a", "b"], ("later",)]
+        await ref.cast("d")
+        assert ref.try_send(["e"], merge)  # a cast is the newest mail: not shown to merge
         nursery.start_soon(ref.call, "queued")
         await trio.testing.wait_all_tasks_blocked()
-        assert ref.last_info() is None  # so is a call
+        assert ref.try_send(["f"], merge)  # nor is a call
+        assert len(merge.shown) == 3
+        assert ref.mailbox_depth == 7
         ref._actor.gate.set()  # type: ignore[attr-defined]
     assert await ref.call("sync") == "sync"
-    assert ref.last_info() is None  # everything taken
     assert ref._actor.seen == [  # type: ignore[attr-defined]
         ("info", ["a", "b"]),
         ("info", ("later",)),
-        ("cast", "c"),
+        ("info", ["c"]),
+        ("cast", "d"),
+        ("info", ["e"]),
+        ("info", ["f"]),
     ]
-    name = sv.Registry("test")
-    assert name.ref("nobody").last_info() is None  # no actor
+
+
+async def test_a_full_mailbox_takes_a_merged_message_and_refuses_the_rest(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Gated, mailbox_size=2)
+    merge = Lists(limit=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ref.call, "wait")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref.try_send(("x",), merge)
+        assert ref.try_send([1], merge)  # full now
+        assert ref.try_send([2], merge)  # merged: needs no room
+        assert ref.try_send([3], merge)
+        assert not ref.try_send([4], merge)  # merge says no (3 items) and there is no room
+        assert not ref.try_send([5])  # no merge: refused as before
+        ref._actor.gate.set()  # type: ignore[attr-defined]
+    assert await ref.call("sync") == "sync"
+    assert ref._actor.seen == [("info", ("x",)), ("info", [1, 2, 3])]  # type: ignore[attr-defined]
+
+
+class Holding(sv.GenServer[Any, Any]):
+    """Its ``handle_info`` waits for ``gate`` while it holds a message."""
+
+    def init(self) -> None:
+        self.gate = trio.Event()
+        self.seen: list[Any] = []
+
+    async def handle_info(self, message: Any) -> None:
+        self.seen.append(list(message))
+        await self.gate.wait()
+        self.seen.append(list(message))
+
+
+async def test_try_send_never_merges_into_a_message_being_handled_or_a_dead_actors(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    ref = await start(dynsup, Holding, restart=sv.Restart.TEMPORARY)
+    merge = Lists()
+    assert ref.try_send(["a"], merge)
+    await trio.testing.wait_all_tasks_blocked()  # taken: its handler waits
+    assert ref.try_send(["b"], merge)  # so this one is queued apart
+    assert merge.shown == []
+    ref._actor.gate.set()  # type: ignore[attr-defined]
+    await trio.testing.wait_all_tasks_blocked()
+    assert ref._actor.seen == [["a"], ["a"], ["b"], ["b"]]  # type: ignore[attr-defined]
+
+    await dynsup.terminate_child(ref)
+    assert not ref.try_send(["c"], merge)
+    assert merge.shown == []
+
+
+async def test_a_name_ref_merges_through_the_actor_holding_the_name(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    assert not registry.ref("nobody").try_send(["x"], Lists())  # no actor
+    ref = await dynsup.start_child(sv.actor_spec("g", Gated, name=(registry, "g")))
+    merge = Lists()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ref.call, "wait")
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.ref("g").try_send(["a"], merge)
+        assert registry.ref("g").try_send(["b"], merge)
+        ref._actor.gate.set()
+    assert await ref.call("sync") == "sync"
+    assert ref._actor.seen == [("info", ["a", "b"])]
+
+
+def test_no_sender_reads_another_actors_mailbox() -> None:
+    """A queued message changes only through a merge the runtime applies (above);
+    ``last_info``, which handed a sender the newest mail, is gone."""
+    assert not hasattr(sv.ActorRef, "last_info")
+    assert not hasattr(sv.NameRef, "last_info")
 
 
 class Mixed(sv.GenServer[Any, Any]):

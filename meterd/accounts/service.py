@@ -211,6 +211,7 @@ class Accounts:
             overflow = self._overflow
             whereis = self.registry.whereis
             take_for = self.budget.take_for
+            join = self._join
             for (account, events), result in zip(groups, outcome, strict=True):
                 batch_id = result.batch_id
                 if batch_id is None:
@@ -220,24 +221,27 @@ class Accounts:
                     events = [events[i] for i in accepted]
                 if not overflow or account not in overflow:
                     ref = whereis(account)
-                    if ref is not None:
-                        last = ref.last_info()
-                        if type(last) is list and len(last) < COALESCE_LIMIT:
-                            # The actor has not taken its last delivery yet (another batch
-                            # of this writer group, or it lags): add this batch to it.
-                            last += (batch_id, events)
-                            take_for(account, len(events))
-                            self.coalesced += 1
-                            continue
-                        if ref.try_send(["apply", batch_id, events]):
-                            take_for(account, len(events))
-                            continue
+                    if ref is not None and ref.try_send(["apply", batch_id, events], join):
+                        take_for(account, len(events))
+                        continue
                 self._deliver(account, batch_id, events)
             on_done(outcome)
 
         self.store.writer.submit_batch(
             groups, committed, producer=producer, seq=seq, rejected=rejected
         )
+
+    def _join(self, queued: Any, message: list[Any]) -> bool:
+        """The merge of a delivery (``try_send``'s): while the actor has not taken the
+        delivery last in its mailbox (another batch of this writer group, or it lags),
+        add this one's batches to it, up to ``COALESCE_LIMIT``; the actor applies them
+        in order, as if they had come one after the other."""
+        # A list is a delivery: the actor's only list messages (see meterd.accounts.actor).
+        if type(queued) is list and len(queued) + len(message) - 1 <= COALESCE_LIMIT:
+            queued += message[1:]
+            self.coalesced += 1
+            return True
+        return False
 
     def _deliver(self, account: str, batch_id: int, events: list[Event]) -> None:
         """Hand committed journal batch ``batch_id`` of ``account`` to its actor.
