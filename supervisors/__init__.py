@@ -6,16 +6,19 @@
 * :class:`DynamicSupervisor` — children started at run time, ``max_children``.
 * :class:`GenServer` — actors (init / handle_call / handle_cast / handle_info /
   terminate) with bounded mailboxes, run on tasks only while they have mail.
-* :class:`Registry` — unique names that outlive incarnations.
+* :class:`Registry` — unique names, removed when their actor ends (through a
+  monitor) or kept for a supervisor restarting it (names outlive incarnations).
 * :func:`snapshot` — a live tree as plain data; :func:`find_child` — a node by path.
 
 Every module's doc states its rules; ``docs/supervisors.md`` explains the design
 and what from OTP is left out.
 
-This package never imports the application built on it.
+This package never imports the application built on it, and its modules form no
+import cycle; they reach each other's private names only through the protocols in
+``_protocols`` (``tests/test_supervisors_layout.py`` checks both).
 """
 
-from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor, NameRef
+from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor
 from ._child import ActorLauncher, TaskLauncher, shutdown_shield
 from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord, SupervisorCore
 from ._dynamic import DynamicSupervisor
@@ -38,7 +41,7 @@ from ._errors import (
 from ._exit import Exit, Stop
 from ._helpers import actor_spec, task_spec
 from ._introspect import find_child, snapshot
-from ._registry import Registry
+from ._registry import NameRef, Registry
 from ._spec import (
     BRUTAL_KILL,
     INFINITY,

@@ -49,8 +49,8 @@ import enum
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar
 
 import outcome
 import trio
@@ -59,16 +59,7 @@ from ._dispatch import Dispatcher, WorkerState, drive
 from ._errors import ActorExited, CallTimeout, NoSuchActor
 from ._exit import KILLED, SHUTDOWN, Exit, exit_from_exception
 from ._log import logger
-
-if TYPE_CHECKING:
-    from ._registry import Registry
-
-
-class ExitObserver(Protocol):
-    """Who is told when an actor or task child ends: its supervisor."""
-
-    def _child_exited(self, child: Any, incarnation: Any, exit: Exit) -> None: ...
-
+from ._protocols import ExitObserver
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
@@ -191,8 +182,12 @@ class Monitor:
     def cancel(self) -> None:
         """Stop monitoring (OTP's ``demonitor``); no notice is delivered afterwards."""
         target, self._target = self._target, None
-        if target is not None and target._monitors is not None and self in target._monitors:
-            target._monitors.remove(self)
+        if target is not None:
+            monitors = target._monitors
+            if monitors is self:
+                target._monitors = None
+            elif isinstance(monitors, list) and self in monitors:
+                monitors.remove(self)
         self.exit = self.exit or Exit("shutdown")
 
 
@@ -271,7 +266,9 @@ class GenServer(Generic[Req, Rep]):
         self._child = child
         self._mailbox: deque[Any] | None = None  # info messages and _Entry objects
         self._senders: deque[trio.lowlevel.Task] | None = None
-        self._monitors: list[Monitor] | None = None
+        # None, one Monitor, or a list of them: most monitored actors have one (their
+        # registry's), and a list for it would be one more object per named actor.
+        self._monitors: Monitor | list[Monitor] | None = None
         self._exit: Exit | None = None
         self._exit_event: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
@@ -555,9 +552,11 @@ class GenServer(Generic[Req, Rep]):
             for task in senders:
                 trio.lowlevel.reschedule(task)
         monitors, self._monitors = self._monitors, None
-        if monitors:
+        if isinstance(monitors, list):
             for monitor in monitors:
                 monitor._fire(exit)
+        elif monitors is not None:
+            monitors._fire(exit)
         if self._exit_event is not None:
             self._exit_event.set()
         if self._owner is not None:
@@ -656,29 +655,22 @@ class ActorRef(Generic[Req, Rep]):
         return self._actor._state != _DEAD
 
     @property
+    def ready(self) -> bool:
+        """Alive and past ``init`` (mail sent while ``init`` runs waits for it)."""
+        state = self._actor._state
+        return state != _DEAD and state != _STARTING
+
+    @property
     def mailbox_depth(self) -> int:
         return self._actor.sv_mailbox_depth
 
-    async def _resolve(self, deadline: float, timeout: float) -> GenServer[Req, Rep]:
+    async def call(self, request: Req, timeout: float = 5.0) -> Rep:
+        """Send ``request`` and wait for the reply (see the module doc)."""
         actor = self._actor
         if actor._state == _DEAD:
             raise NoSuchActor(self)
-        return actor
-
-    async def call(self, request: Req, timeout: float = 5.0) -> Rep:
-        """Send ``request`` and wait for the reply (see the module doc)."""
-        deadline = trio.current_time() + timeout
-        while True:
-            actor = await self._resolve(deadline, timeout)
-            try:
-                reply: Rep = await _call(actor, request, deadline, self, timeout)
-            except ActorExited as error:
-                if error.delivered or not self._retry_undelivered:
-                    raise
-            else:
-                return reply
-
-    _retry_undelivered = False
+        reply: Rep = await _call(actor, request, trio.current_time() + timeout, self, timeout)
+        return reply
 
     async def cast(self, request: Req) -> None:
         """Send ``request`` without waiting for it to be handled; waits while the mailbox is full.
@@ -753,15 +745,23 @@ class ActorRef(Generic[Req, Rep]):
             await actor._sv_wait_for_room()
 
     def monitor(self, callback: Callable[[Monitor, Exit], None] | None = None) -> Monitor:
-        """Be told when this actor ends: ``await monitor.wait()`` or ``callback(monitor, exit)``."""
+        """Be told when this actor ends: ``await monitor.wait()`` or ``callback(monitor, exit)``.
+
+        ``callback`` runs synchronously as the actor ends (before its supervisor is
+        told), so it must not block; an actor that has already ended is reported at once.
+        """
         actor = self._actor
         monitor = Monitor(actor, callback)
         if actor._exit is not None or actor._state == _DEAD:
             monitor._fire(actor._exit or Exit("shutdown", NoSuchActor(self)))
         else:
-            if actor._monitors is None:
-                actor._monitors = []
-            actor._monitors.append(monitor)
+            monitors = actor._monitors
+            if monitors is None:
+                actor._monitors = monitor
+            elif isinstance(monitors, list):
+                monitors.append(monitor)
+            else:
+                actor._monitors = [monitors, monitor]
         return monitor
 
     def __eq__(self, other: object) -> bool:
@@ -772,6 +772,12 @@ class ActorRef(Generic[Req, Rep]):
 
     def __repr__(self) -> str:
         return f"<ActorRef {type(self._actor).__name__} at {id(self._actor):#x}>"
+
+
+def started_for(ref: ActorRef[Any, Any]) -> object | None:
+    """The ``child`` the incarnation behind ``ref`` was started for (what its supervisor
+    gave the launcher), or None if it was not started by a supervisor."""
+    return getattr(ref._actor, "_child", None)
 
 
 async def _call(
@@ -792,65 +798,3 @@ async def _call(
         return await trio.lowlevel.wait_task_rescheduled(abort)
     assert scope.cancelled_caught
     raise CallTimeout(target, timeout)
-
-
-class NameRef(ActorRef[Req, Rep]):
-    """A handle to whatever actor is registered under ``key`` in ``registry``.
-
-    Names outlive incarnations: while the named actor is being restarted by its
-    supervisor, a call waits (within its timeout) for the new incarnation, and a
-    call queued in an incarnation that died before reading it is re-sent to the
-    next one. A name nobody holds raises :class:`NoSuchActor` at once.
-    """
-
-    __slots__ = ("key", "registry")
-
-    _retry_undelivered = True
-
-    def __init__(self, registry: Registry, key: Hashable) -> None:
-        self.registry = registry
-        self.key = key
-
-    async def _resolve(self, deadline: float, timeout: float) -> GenServer[Req, Rep]:
-        actor = self.registry._sv_lookup(self.key)
-        if actor is not None:
-            return actor  # the common case: no cancel scope needed
-        with trio.move_on_at(deadline):
-            return await self.registry._sv_wait_live(self.key, self)
-        raise CallTimeout(self, timeout)
-
-    @property
-    def _actor(self) -> GenServer[Req, Rep]:  # type: ignore[override]
-        actor = self.registry._sv_lookup(self.key)
-        if actor is None:
-            raise NoSuchActor(self)
-        return actor
-
-    @property
-    def alive(self) -> bool:
-        return self.registry._sv_lookup(self.key) is not None
-
-    async def _put(self, kind: int, payload: Any) -> None:
-        actor = self.registry._sv_lookup(self.key)
-        if actor is not None:
-            await ActorRef(actor)._put(kind, payload)
-
-    def _try_put(self, kind: int, payload: Any) -> bool:
-        actor = self.registry._sv_lookup(self.key)
-        return actor is not None and ActorRef(actor)._try_put(kind, payload)
-
-    def try_send(self, message: Any, merge: Merge | None = None) -> bool:
-        actor = self.registry._sv_lookup(self.key)
-        return actor is not None and ActorRef(actor).try_send(message, merge)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NameRef) and (other.registry, other.key) == (
-            self.registry,
-            self.key,
-        )
-
-    def __hash__(self) -> int:
-        return hash((id(self.registry), self.key))
-
-    def __repr__(self) -> str:
-        return f"<NameRef {self.key!r}>"

@@ -1,18 +1,15 @@
 """Running children: how each kind is launched, stopped and killed.
 
 A supervisor sees every running child (an *incarnation*) through the same few
-operations, so its strategies never care what kind of child it is:
-
-``_sv_request_stop(deadline)``
-    Ask the child to stop, giving it until ``deadline`` (Trio time) to clean up.
-``_sv_kill()``
-    Stop it now.
-``_sv_wait_exit()``
-    Wait until it has ended; returns its :class:`~._exit.Exit`.
-
+operations (:class:`~._protocols.Incarnation`: ask to stop within a grace period,
+kill, wait for the exit), so its strategies never care what kind of child it is.
 Two kinds implement them: :class:`~._actor.GenServer` actors (no task of their
 own, see :mod:`._dispatch`) and :class:`TaskIncarnation`, an ``async`` function
 running as a task in the supervisor's nursery (supervisors themselves run so).
+Each kind has its launcher (:class:`~._protocols.Launcher`), which starts one
+incarnation at a time and, for an actor with a name, registers each incarnation
+in the :class:`~._registry.Registry` for the child (the name outlives it) until
+the supervisor releases the child.
 
 A task child is stopped by cancelling it. Cleanup that has to ``await`` runs
 inside :func:`shutdown_shield`, which shields it from that cancellation until
@@ -25,52 +22,15 @@ import contextvars
 import math
 import time
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final
 
 import trio
 
-from ._actor import DEFAULT_MAILBOX_SIZE, ExitObserver, GenServer
+from ._actor import DEFAULT_MAILBOX_SIZE
 from ._exit import KILLED, NORMAL, SHUTDOWN, Exit, exit_from_exception
+from ._protocols import Host, Incarnation, Launcher, StartableActor
+from ._registry import Registry
 from ._spec import BRUTAL_KILL, INFINITY, Shutdown, TaskFn
-
-if TYPE_CHECKING:
-    from ._dispatch import Dispatcher
-    from ._registry import Registry
-
-
-class Incarnation(Protocol):
-    """What a supervisor needs of a running child (see the module doc)."""
-
-    @property
-    def sv_alive(self) -> bool: ...
-    @property
-    def sv_started_at(self) -> float: ...
-    @property
-    def sv_mailbox_depth(self) -> int: ...
-    @property
-    def sv_exit(self) -> Exit | None: ...
-    def _sv_request_stop(self, grace_deadline: float) -> None: ...
-    def _sv_kill(self) -> None: ...
-    async def _sv_wait_exit(self) -> Exit: ...
-
-
-class Host(ExitObserver, Protocol):
-    """What a launcher needs of the supervisor it starts a child under."""
-
-    @property
-    def nursery(self) -> trio.Nursery: ...
-    @property
-    def dispatcher(self) -> Dispatcher: ...
-
-
-class Launcher(Protocol):
-    """Starts one incarnation of a child. ``None`` means OTP's ``ignore``: nothing started."""
-
-    async def launch(self, host: Host, child: object) -> Incarnation | None: ...
-
-    @property
-    def registered_name(self) -> tuple[Registry, Hashable] | None: ...
-
 
 _current_task_child: contextvars.ContextVar[TaskIncarnation] = contextvars.ContextVar(
     "supervisors_current_task_child"
@@ -220,12 +180,13 @@ class TaskLauncher:
     def __init__(self, fn: TaskFn) -> None:
         self.fn = fn
 
-    registered_name = None
-
     async def launch(self, host: Host, child: object) -> Incarnation | None:
         incarnation = TaskIncarnation(host, child)
         value = await host.nursery.start(incarnation.run, self.fn)
         return None if value is _IGNORED else incarnation
+
+    def release(self, child: object) -> None:
+        """A task child holds nothing between incarnations."""
 
     def __repr__(self) -> str:
         return f"TaskLauncher({getattr(self.fn, '__qualname__', self.fn)!r})"
@@ -254,22 +215,23 @@ class ActorLauncher:
         self.mailbox_size = mailbox_size
 
     async def launch(self, host: Host, child: object) -> Incarnation | None:
-        actor: GenServer[Any, Any] = (
+        actor: StartableActor = (
             self.factory(*self.args, **self.kwargs) if self.kwargs else self.factory(*self.args)
         )
         actor._sv_bind(host.dispatcher, self.mailbox_size, host, child)
         name = self.registered_name
         if name is not None:
-            name[0]._sv_claim(name[1], child, actor)
-        try:
-            await actor._sv_init()
-        except BaseException:
-            if name is not None:
-                name[0]._sv_vacate(name[1], child, actor)
-            raise
-        if name is not None:
-            name[0]._sv_filled(name[1])
+            # Before init, as gen_server registers: a racing start of the name fails here.
+            # If init fails, the registry's monitor keeps the name reserved for the child.
+            name[0].register(name[1], actor.ref, owner=child)
+        await actor._sv_init()
         return actor
+
+    def release(self, child: object) -> None:
+        """Give up the name reserved for ``child`` (its supervisor will not start it again)."""
+        name = self.registered_name
+        if name is not None:
+            name[0].unregister(name[1], owner=child)
 
     def __repr__(self) -> str:
         return f"ActorLauncher({getattr(self.factory, '__qualname__', self.factory)!r})"

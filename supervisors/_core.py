@@ -54,15 +54,14 @@ import contextlib
 import enum
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import outcome
 import trio
 
-from ._actor import GenServer
-from ._child import Incarnation, Launcher, as_launcher, do_terminate, shutdown_shield
+from ._child import TaskLauncher, as_launcher, do_terminate, shutdown_shield
 from ._dispatch import Dispatcher
 from ._errors import (
     AlreadyStarted,
@@ -75,6 +74,7 @@ from ._errors import (
 from ._exit import Exit, exit_from_exception
 from ._intensity import RestartIntensity
 from ._log import logger
+from ._protocols import Incarnation, Launcher
 from ._spec import AutoShutdown, ChildSpec, ChildType, Restart, Shutdown, check_intensity
 
 HISTORY_SIZE: Final = 10
@@ -209,9 +209,6 @@ class SupervisorCore:
 
     def _child_exited(self, child: Child, incarnation: Incarnation, exit: Exit) -> None:
         """Called (synchronously) by a child's incarnation when it ends."""
-        name = child.launcher.registered_name
-        if name is not None and isinstance(incarnation, GenServer):
-            name[0]._sv_vacate(name[1], child, incarnation)
         self._post(("exit", child, incarnation, exit))
 
     # ---- lifecycle ------------------------------------------------------------
@@ -324,8 +321,6 @@ class SupervisorCore:
         supervisor, its specs for a static one), so the object can be kept and
         used by the application across restarts.
         """
-        from ._child import TaskLauncher
-
         return ChildSpec(
             id=self.name if id is None else id,
             start=TaskLauncher(self.run),
@@ -506,9 +501,8 @@ class SupervisorCore:
         """A new incarnation of ``child`` is up (dynamic supervisors index it by ref)."""
 
     def _release_name(self, child: Child) -> None:
-        name = child.launcher.registered_name
-        if name is not None:
-            name[0]._sv_release(name[1], child)
+        """``child`` will not be started again: its launcher gives up its registered name."""
+        child.launcher.release(child)
 
     def _log_exit(self, child: Child, exit: Exit, restart: bool) -> None:
         if exit.clean:
@@ -648,6 +642,13 @@ class SupervisorCore:
         """OTP's ``which_children``: id, handle, type and status of every child."""
         return [ChildInfo.of(child) for child in self._children()]
 
+    def iter_children(self) -> Iterator[ChildInfo]:
+        """:meth:`which_children` one child at a time, in the same order, for walking a
+        big supervisor without building the whole list (:func:`snapshot` lists the first
+        few). Do not await between two items: the children may change meanwhile."""
+        for child in self._children():
+            yield ChildInfo.of(child)
+
     def count_children(self) -> ChildCounts:
         """OTP's ``count_children``."""
         specs = active = supervisors = workers = 0
@@ -676,15 +677,22 @@ def _should_restart(restart: Restart, exit: Exit) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ChildInfo:
+    """One child as :meth:`SupervisorCore.which_children` sees it."""
+
     id: Hashable
-    ref: Any
+    ref: Any  # the running child's handle (an ActorRef, a supervisor, ...), else None
     type: ChildType
     status: ChildStatus
     restarts: int
     history: tuple[RestartRecord, ...]
+    name: str = ""  # its spec's name (label, or the id as text): what paths and snapshots show
+    started_at: float | None = None  # wall-clock seconds its running incarnation started
+    mailbox: int = 0  # messages queued for its running incarnation
 
     @classmethod
     def of(cls, child: Child) -> ChildInfo:
+        incarnation = child.incarnation
+        running = incarnation is not None and incarnation.sv_alive
         return cls(
             child.spec.id,
             child.ref,
@@ -692,6 +700,9 @@ class ChildInfo:
             child.status,
             child.restarts,
             tuple(child.history or ()),
+            child.spec.name,
+            incarnation.sv_started_at if running and incarnation is not None else None,
+            incarnation.sv_mailbox_depth if running and incarnation is not None else 0,
         )
 
 

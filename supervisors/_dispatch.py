@@ -22,6 +22,9 @@ the supervisor's nursery.
 
 Because workers live in the supervisor's nursery, the supervisor still owns its
 actors' execution: cancelling the supervisor cancels them.
+
+What the dispatcher needs of an actor is :class:`Runnable`; it imports nothing
+else of the package.
 """
 
 from __future__ import annotations
@@ -29,12 +32,38 @@ from __future__ import annotations
 import types
 from collections import deque
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from ._actor import GenServer
+
+class Kinds(Protocol):
+    """What the dispatcher reads of an actor class's callbacks."""
+
+    @property
+    def any_async(self) -> bool:
+        """Whether any message callback is an ``async def`` (its drain may wait)."""
+        ...
+
+
+class Runnable(Protocol):
+    """What a dispatcher runs: an actor (a :class:`~._actor.GenServer`) that has mail.
+
+    Its members are private names of the actor, kept out of the namespace of the
+    classes users write; this is the only place that uses them from outside.
+    """
+
+    @property
+    def _sv_kinds(self) -> Kinds: ...
+    def _sv_drain_sync(self, budget: int) -> int:
+        """Handle up to ``budget`` messages without awaiting; returns how many."""
+        ...
+
+    async def _sv_drain_async(
+        self, budget: int, dispatcher: Dispatcher, worker: WorkerState
+    ) -> int:
+        """Handle up to ``budget`` messages, telling ``dispatcher`` when a handler waits."""
+        ...
 
 
 class WorkerState:
@@ -73,7 +102,7 @@ class Dispatcher:
 
     def __init__(self, nursery: trio.Nursery, *, max_idle: int = 32, throughput: int = 256) -> None:
         self._nursery = nursery
-        self._runq: deque[GenServer[Any, Any]] = deque()
+        self._runq: deque[Runnable] = deque()
         self._idle: list[trio.lowlevel.Task] = []
         self._awake = 0  # workers serving the queue (not parked, not blocked in a handler)
         self.max_idle = max_idle
@@ -95,7 +124,7 @@ class Dispatcher:
         if len(self._free) < FREE_MAILBOXES:
             self._free.append(mailbox)
 
-    def activate(self, actor: GenServer[Any, Any]) -> None:
+    def activate(self, actor: Runnable) -> None:
         """Queue ``actor`` (which has mail and is marked scheduled) to run."""
         self._runq.append(actor)
         if self._awake == 0:
@@ -159,7 +188,7 @@ class Dispatcher:
             await trio.lowlevel.wait_task_rescheduled(abort)
             budget = self.throughput
 
-    def requeue(self, actor: GenServer[Any, Any]) -> None:
+    def requeue(self, actor: Runnable) -> None:
         """Put an actor that still has mail back at the end of the queue."""
         self._runq.append(actor)
 

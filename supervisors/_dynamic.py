@@ -29,10 +29,11 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from ._actor import ActorRef
+from ._actor import ActorRef, started_for
 from ._child import request_stop, wait_stopped
 from ._core import Child, SupervisorCore
-from ._errors import MaxChildrenReached, NoSuchActor, NoSuchChild, SupervisorStopping
+from ._errors import MaxChildrenReached, NoSuchChild, SupervisorStopping
+from ._registry import NameRef
 from ._spec import ChildSpec, check_auto_shutdown, check_child_spec
 
 
@@ -157,13 +158,13 @@ class DynamicSupervisor(SupervisorCore):
         """The live child whose latest incarnation has ``ref``, or None."""
         if ref is None:
             return None
-        if isinstance(ref, ActorRef):
-            try:
-                actor = ref._actor  # a NameRef resolves to the actor holding its name
-            except NoSuchActor:
+        if isinstance(ref, NameRef):  # the actor holding the name now
+            ref = ref.registry.whereis(ref.key)
+            if ref is None:
                 return None
-            child = getattr(actor, "_child", None)
-            if isinstance(child, Child) and child in self._live and child.key == actor.ref:
+        if isinstance(ref, ActorRef):
+            child = started_for(ref)  # an actor leads to its child record directly
+            if isinstance(child, Child) and child in self._live and child.key == ref:
                 return child
             return None
         try:

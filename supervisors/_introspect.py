@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from ._core import Child, SupervisorCore
+from ._core import ChildInfo, SupervisorCore
 from ._errors import NoSuchChild
 from ._spec import ChildType
 
@@ -47,11 +47,11 @@ def find_child(root: SupervisorCore, path: Sequence[str]) -> tuple[SupervisorCor
         raise NoSuchChild(f"no child at {'/'.join(path)!r} under {root.name!r}")
     sup = root
     for depth, name in enumerate(path[1:], start=1):
-        child = next((c for c in sup._children() if c.spec.name == name), None)
+        child = next((c for c in sup.iter_children() if c.name == name), None)
         if child is None:
             raise NoSuchChild(f"{'/'.join(path[:depth])!r} has no child named {name!r}")
         if depth == len(path) - 1:
-            return sup, child.spec.id
+            return sup, child.id
         if not isinstance(child.ref, SupervisorCore):
             raise NoSuchChild(f"{'/'.join(path[: depth + 1])!r} has no children")
         sup = child.ref
@@ -72,12 +72,11 @@ def _supervisor_node(
     budget: list[int],
 ) -> dict[str, Any]:
     children: list[dict[str, Any]] = []
-    total = 0
-    for child in sup._children():
-        total += 1
-        if len(children) < limit and budget[0] > 0:
-            budget[0] -= 1
-            children.append(_child_node(child, limit, budget))
+    for info in sup.iter_children():
+        if len(children) >= limit or budget[0] <= 0:
+            break  # the rest is only counted (children_total)
+        budget[0] -= 1
+        children.append(_child_node(info, limit, budget))
     return {
         "name": name,
         "kind": "supervisor",
@@ -87,7 +86,7 @@ def _supervisor_node(
         "started_at": _ms(sup.started_at),
         "restart_history": _history(history),
         "children": children,
-        "children_total": total,
+        "children_total": sup.count_children().specs,
     }
 
 
@@ -98,33 +97,20 @@ def _history(history: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _child_node(child: Child, limit: int, budget: list[int]) -> dict[str, Any]:
-    ref = child.ref
+def _child_node(info: ChildInfo, limit: int, budget: list[int]) -> dict[str, Any]:
+    ref = info.ref
     if isinstance(ref, SupervisorCore):
         return _supervisor_node(
-            ref,
-            child.spec.name,
-            restarts=child.restarts,
-            history=child.history,
-            limit=limit,
-            budget=budget,
+            ref, info.name, restarts=info.restarts, history=info.history, limit=limit, budget=budget
         )
-    incarnation = child.incarnation
-    running = incarnation is not None and incarnation.sv_alive
-    node: dict[str, Any] = {
-        "name": child.spec.name,
-        "kind": "supervisor" if child.spec.type is ChildType.SUPERVISOR else "worker",
-        "status": _status(child, incarnation) if running else child.status.value,
-        "restarts": child.restarts,
-        "started_at": _ms(incarnation.sv_started_at) if running and incarnation else None,
-        "mailbox": incarnation.sv_mailbox_depth if running and incarnation else 0,
-        "restart_history": _history(child.history),
+    return {
+        "name": info.name,
+        "kind": "supervisor" if info.type is ChildType.SUPERVISOR else "worker",
+        "status": info.status.value,
+        "restarts": info.restarts,
+        "started_at": _ms(info.started_at),
+        "mailbox": info.mailbox,
+        "restart_history": _history(info.history),
         "children": [],
         "children_total": 0,
     }
-    return node
-
-
-def _status(child: Child, incarnation: Any) -> str:
-    status = getattr(incarnation, "sv_status", None)
-    return status if isinstance(status, str) else child.status.value

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from ._errors import SpecError
 
 if TYPE_CHECKING:
-    from ._child import Launcher
+    from ._protocols import Launcher
 
 
 class Restart(enum.Enum):

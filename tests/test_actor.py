@@ -441,6 +441,29 @@ async def test_monitor_reports_the_exit_reason(dynsup: sv.DynamicSupervisor) -> 
     assert late.exit is not None
 
 
+async def test_each_monitor_fires_once_unless_cancelled(dynsup: sv.DynamicSupervisor) -> None:
+    """One monitor, several, and cancelled ones (the runtime keeps a lone monitor
+    without a list): every one left is told, once, in the order made."""
+    ref = await start(dynsup, Echo, restart=sv.Restart.TEMPORARY)
+    told: list[tuple[str, str]] = []
+
+    def note(tag: str) -> Any:
+        return lambda monitor, exit: told.append((tag, exit.kind))
+
+    first = ref.monitor(note("first"))
+    first.cancel()  # the only one, cancelled: none left
+    lone = ref.monitor(note("lone"))
+    second = ref.monitor(note("second"))
+    third = ref.monitor(note("third"))
+    second.cancel()
+    lone.cancel()
+    fourth = ref.monitor(note("fourth"))
+    await ref.cast("boom")
+    assert (await third.wait()).kind == "crash"
+    assert (await fourth.wait()).kind == "crash"
+    assert told == [("third", "crash"), ("fourth", "crash")]
+
+
 async def test_gen_server_monitor_delivers_down_to_handle_info(
     dynsup: sv.DynamicSupervisor,
 ) -> None:

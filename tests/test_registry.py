@@ -164,3 +164,145 @@ async def test_names_are_released_when_the_supervisor_stops(nursery: trio.Nurser
     sup.stop()
     await sup.wait_stopped()
     assert len(registry) == 0
+
+
+# ---- the registry on its own: cleanup through monitors, owners -------------------------
+
+
+class Lingering(sv.GenServer[Any, Any]):
+    """Its ``terminate`` waits for ``gate``: it has ended (to the world) but is not gone."""
+
+    def init(self) -> None:
+        self.gate = trio.Event()
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return request
+
+    async def terminate(self, exit: sv.Exit) -> None:
+        await self.gate.wait()
+
+
+async def test_a_key_goes_when_its_actor_ends_with_nobody_telling_the_registry(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    """An actor registered by hand (its supervisor knows nothing of the name): the
+    registry's own monitor removes the key when it ends, as Elixir's does on exit."""
+    registry = sv.Registry()
+    ref = await dynsup.start_child(sv.actor_spec("a", Named, 5, restart=sv.Restart.TEMPORARY))
+    registry.register("k", ref)
+    assert registry.whereis("k") == ref
+    assert await registry.ref("k").call("tag") == 5
+    with pytest.raises(sv.ActorExited):
+        await ref.call("boom")
+    assert "k" not in registry  # at once: in the monitor's notice, before any checkpoint
+    assert registry.whereis("k") is None
+    with pytest.raises(sv.NoSuchActor):
+        await registry.ref("k").call("tag")
+    other = await dynsup.start_child(sv.actor_spec("b", Named, 6))
+    registry.register("k", other)  # free again
+    assert await registry.ref("k").call("tag") == 6
+
+
+async def test_an_ended_actor_is_never_looked_up_even_before_its_notice(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    ref = await dynsup.start_child(sv.actor_spec("a", Lingering))
+    registry.register("k", ref)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dynsup.terminate_child, ref)
+        await trio.testing.wait_all_tasks_blocked()  # its terminate waits
+        assert not ref.alive
+        assert "k" in registry  # the monitor has not fired yet ...
+        assert registry.whereis("k") is None  # ... but a lookup says no actor
+        assert not registry.ref("k").alive
+        ref._actor.gate.set()
+    assert "k" not in registry
+
+
+async def test_a_key_registered_for_an_owner_waits_for_the_owners_next_actor(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    owner = object()
+    first = await dynsup.start_child(sv.actor_spec("a", Named, 1, restart=sv.Restart.TEMPORARY))
+    registry.register("k", first, owner=owner)
+    with pytest.raises(sv.ActorExited):
+        await first.call("boom")
+    assert "k" in registry
+    assert registry.restarting("k")
+    assert registry.whereis("k") is None
+    second = await dynsup.start_child(sv.actor_spec("b", Named, 2))
+    with pytest.raises(sv.AlreadyStarted):
+        registry.register("k", second)  # not the owner
+    answers: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        waiting = trio.Event()
+
+        async def ask() -> None:
+            waiting.set()
+            answers.append(await registry.ref("k").call("tag"))
+
+        nursery.start_soon(ask)
+        await waiting.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == []  # the call waits for the key's next actor
+        registry.register("k", second, owner=owner)
+    assert answers == [2]
+    third = await dynsup.start_child(sv.actor_spec("c", Named, 3))
+    with pytest.raises(sv.AlreadyStarted) as taken:
+        registry.register("k", third, owner=owner)  # a live actor holds it
+    assert taken.value.existing == second
+
+
+async def test_giving_a_key_up_fails_the_calls_waiting_for_it(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    owner = object()
+    ref = await dynsup.start_child(sv.actor_spec("a", Named, 1, restart=sv.Restart.TEMPORARY))
+    registry.register("k", ref, owner=owner)
+    with pytest.raises(sv.ActorExited):
+        await ref.call("boom")
+    failures: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await registry.ref("k").call("tag")
+        except sv.NoSuchActor as error:
+            failures.append(error)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        registry.unregister("k")  # not its owner: left alone
+        assert "k" in registry
+        registry.unregister("k", owner)
+    assert len(failures) == 1
+    assert "k" not in registry
+
+
+async def test_an_unregistered_actor_runs_on_and_its_end_no_longer_touches_the_key(
+    dynsup: sv.DynamicSupervisor,
+) -> None:
+    registry = sv.Registry()
+    first = await dynsup.start_child(sv.actor_spec("a", Named, 1, restart=sv.Restart.TEMPORARY))
+    registry.register("k", first)
+    registry.unregister("k")
+    assert "k" not in registry
+    assert first.alive
+    second = await dynsup.start_child(sv.actor_spec("b", Named, 2))
+    registry.register("k", second)
+    with pytest.raises(sv.ActorExited):
+        await first.call("boom")
+    assert registry.whereis("k") == second  # the first one's end is not the key's
+
+
+async def test_an_ended_actor_cannot_be_registered(dynsup: sv.DynamicSupervisor) -> None:
+    registry = sv.Registry()
+    ref = await dynsup.start_child(sv.actor_spec("a", Named, 1, restart=sv.Restart.TEMPORARY))
+    with pytest.raises(sv.ActorExited):
+        await ref.call("boom")
+    with pytest.raises(sv.NoSuchActor):
+        registry.register("k", ref)
+    assert "k" not in registry
