@@ -43,10 +43,10 @@ def supervisors_by_path(root: sv.SupervisorCore) -> Iterator[tuple[str, sv.Super
     while stack:
         path, sup = stack.pop()
         yield path, sup
-        for child in sup._children():
+        for child in sup.iter_children():
             ref = child.ref
             if isinstance(ref, sv.SupervisorCore):
-                stack.append((f"{path}/{child.spec.name}", ref))
+                stack.append((f"{path}/{child.name}", ref))
 
 
 class DaemonCollector(Collector):
@@ -156,7 +156,7 @@ class DaemonCollector(Collector):
         for path, sup in supervisors_by_path(self.root):
             for cause in ("exit", "operator"):
                 restarts.add_metric([path, cause], sup.restart_counts[cause])
-            children.add_metric([path], sum(1 for _ in sup._children()))
+            children.add_metric([path], sup.count_children().specs)
         yield restarts
         yield children
         yield GaugeMetricFamily(
