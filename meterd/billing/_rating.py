@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from meterd.accounts.aggregate import EXACT, State
 from meterd.model import Meter, Quantity, canonical_quantity
@@ -203,12 +203,18 @@ def exact_sum(numbers: Iterable[Decimal]) -> Decimal:
     return total
 
 
+_HALF_EVEN: Final = decimal.Context(
+    prec=1000, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation]
+)
+_UNITS: Final = {places: Decimal(1).scaleb(-places) for places in range(19)}
+
+
 def round_amount(amount: Decimal, places: int) -> Decimal:
     """``amount`` rounded half-even to ``places`` decimal places (exact input, one rounding)."""
-    context = decimal.Context(
-        prec=1000, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation]
-    )
-    return amount.quantize(Decimal(1).scaleb(-places), context=context)
+    unit = _UNITS.get(places)
+    if unit is None:
+        unit = Decimal(1).scaleb(-places)
+    return amount.quantize(unit, context=_HALF_EVEN)
 
 
 def merge_cells(cells: Iterable[Cell], low: int, high: int) -> dict[Dims, State]:
@@ -235,14 +241,32 @@ def _named(meter: Meter, dims: Dims) -> tuple[tuple[str, str], ...]:
     return tuple(zip(meter.dimensions, dims, strict=True))
 
 
+_Draft: TypeAlias = tuple[
+    str,
+    tuple[tuple[str, str], ...],
+    int,
+    int,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    str,
+    bool,
+    tuple[int, ...],
+]
+"""An :class:`InvoiceLine`'s fields but its number (given once the lines are sorted)."""
+
+
 class _Lines:
     """Accumulates lines and unpriced usage while one invoice is rated."""
 
     def __init__(self, period: Period, places: int) -> None:
         self.period = period
         self.places = places
-        self.lines: list[InvoiceLine] = []
+        self.lines: list[tuple[LineKey, _Draft]] = []
         self.unpriced: list[Unpriced] = []
+        self._described: dict[int, str] = {}  # id(rule) -> rule.describe(): once per rule
 
     def add(
         self,
@@ -266,23 +290,29 @@ class _Lines:
             assert cap_left is not None
             quantity = cap_left
         amount = round_amount(EXACT.multiply(quantity, rule.unit_price), self.places)
-        self.lines.append(
-            InvoiceLine(
-                0,
-                meter.name,
-                _named(meter, dims),
-                *span,
-                usage=usage,
-                adjusted=adjusted,
-                quantity=quantity,
-                unit_price=rule.unit_price,
-                amount=amount,
-                rule=rule.describe(),
-                capped=capped,
-                adjustments=tuple(sorted(a.id for a in adjustments)),
-            )
+        described = self._described.get(id(rule))
+        if described is None:
+            described = self._described[id(rule)] = rule.describe()
+        draft: _Draft = (
+            meter.name,
+            _named(meter, dims),
+            *span,
+            usage,
+            adjusted,
+            quantity,
+            rule.unit_price,
+            amount,
+            described,
+            capped,
+            tuple(sorted(a.id for a in adjustments)),
         )
+        self.lines.append(((meter.name, dims, span[0]), draft))
         return quantity
+
+    def numbered(self) -> tuple[InvoiceLine, ...]:
+        """The lines in key order (:attr:`InvoiceLine.key`), numbered from 1."""
+        self.lines.sort(key=lambda item: item[0])
+        return tuple(InvoiceLine(n, *draft) for n, (_key, draft) in enumerate(self.lines, 1))
 
 
 def rate(
@@ -320,8 +350,7 @@ def rate(
             for dims, state in sorted(merge_cells(meter_cells, low, high).items()):
                 rule = book.rule_at(meter, dims, high - 1)
                 out.add(meter, dims, (low, high), rule, _dec(state.value()))
-    lines = sorted(out.lines, key=lambda line: line.key)
-    numbered = tuple(replace(line, number=n) for n, line in enumerate(lines, 1))
+    numbered = out.numbered()
     total = exact_sum(line.amount for line in numbered)
     unpriced = tuple(sorted(out.unpriced, key=lambda u: (u.meter, u.dims, u.start)))
     return Invoice(
@@ -338,13 +367,31 @@ def _rate_summed(
 ) -> None:
     period = out.period
     low, high = period.start_ms, period.end_ms
-    all_dims = set(merge_cells(cells, low, high)) | {a.dims for a in adjustments}
+    # One pass over the cells and one over the adjustments, grouped by dimension values:
+    # each line then reads only its own (a scan of every cell per line is quadratic in the
+    # number of distinct dimension values).
+    by_dims: dict[Dims, list[Cell]] = {}
+    for cell in cells:
+        if low <= cell[0] < high:
+            by_dims.setdefault(cell[1], []).append(cell)
+    adjust_by_dims: dict[Dims, list[Adjustment]] = {}
+    for adjustment in adjustments:
+        adjust_by_dims.setdefault(adjustment.dims, []).append(adjustment)
+    segments_of: dict[tuple[bool, ...], list[tuple[int, int, PriceRule | None]]] = {}
+    # A line whose cells merge to nothing in every segment, with no adjustment, is skipped
+    # below: no month-wide merge is needed to leave it out.
+    all_dims = by_dims.keys() | adjust_by_dims.keys()
     for dims in sorted(all_dims):
-        mine = [c for c in cells if c[1] == dims]
+        mine = by_dims.get(dims, [])
+        theirs = adjust_by_dims.get(dims, [])
+        selector = book.selector(meter, dims)  # lines matching the same rules: same segments
+        segments = segments_of.get(selector)
+        if segments is None:
+            segments = segments_of[selector] = book.segments(meter, dims, low, high)
         used = Decimal(0)  # of the month's cap, by the earlier segments
-        for start, end, rule in book.segments(meter, dims, low, high):
+        for start, end, rule in segments:
             merged = merge_cells(mine, start, end).get(dims)
-            here = [a for a in adjustments if a.dims == dims and start <= a.start < end]
+            here = [a for a in theirs if start <= a.start < end]
             if merged is None and not here:
                 continue
             usage = Decimal(0) if merged is None else _dec(merged.value())
