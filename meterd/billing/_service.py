@@ -4,16 +4,25 @@ It reads usage through :meth:`meterd.accounts.service.Accounts.states` (which fi
 store complete for the account) and events through the store's reader; it writes only to the
 billing database. Changes of recorded periods are serialized by one lock, so a correction and
 a closing never interleave.
+
+**Off the Trio thread.** Rating, comparing a rating with fixed figures and rolling cells up
+are pure CPU work that grows with the account (an invoice of 50,000 lines is ~0.5 s): they
+run on worker threads (:meth:`Billing.off_loop`, at most :data:`CPU_THREADS` at once), so
+the Trio thread, where ingestion acks and ``/healthz`` are served, never waits for them. What
+goes to a thread is a pure function of values read before (fresh cells decoded from the
+store, immutable meters, price book and corrections): no actor state, no service, no
+SQLite connection.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import structlog
 import trio
@@ -30,15 +39,21 @@ from ._errors import Conflict, NotFound, invalid
 from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, WindowFigure
 from ._period import Period
 from ._prices import PriceBook
-from ._rating import Cell, Invoice, InvoiceLine, rate
-from ._restate import Restatement, compare_lines, compare_unpriced
+from ._rating import Cell, Invoice, InvoiceLine, Unpriced, rate
+from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 
-__all__ = ["Billing", "InvoiceView"]
+__all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
+
+T = TypeVar("T")
 
 log = structlog.get_logger("meterd.billing")
 
 DEFAULT_PAGE: Final = 100
 GRAPHQL_THREADS: Final = 4  # GraphQL queries executing at once (each on a worker thread)
+CPU_THREADS: Final = 2
+"""Billing's pure CPU work (rating, comparisons, roll-ups, JSON of large answers) running at
+once on worker threads (:meth:`Billing.off_loop`). Python runs one thread at a time, so more
+would not rate faster; two keep a small request from queueing behind one large rating."""
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
@@ -97,6 +112,14 @@ class Billing:
         self.clock = clock
         self._periods = trio.Lock()
         self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
+        self.cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """``work()`` on a worker thread (at most :data:`CPU_THREADS` at once): CPU-bound
+        work that grows with an account's usage must not hold the Trio thread, where
+        ingestion and ``/healthz`` run. ``work`` must be pure: values in, a value out, no
+        actor state, no service, no SQLite connection (those belong to their own threads)."""
+        return await trio.to_thread.run_sync(work, limiter=self.cpu_limiter)
 
     @property
     def meters(self) -> Mapping[str, Meter]:
@@ -136,10 +159,7 @@ class Billing:
                 ):
                     add(state, event)
             fixed[(start, dims)] = state
-        kept = [c for c in cells if (c[0], c[1]) not in fixed]
-        kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
-        kept.sort(key=lambda c: (c[0], c[1]))
-        return kept
+        return await self.off_loop(partial(_replace_cells, cells, fixed))
 
     async def usage(
         self,
@@ -156,17 +176,10 @@ class Billing:
         index = _group_index(meter, group_by)
         low, high = window.align(from_ms), window.align(to_ms)
         cells = await self.cells(account, meter, low, high)
-        figures: dict[tuple[int, str], Decimal] = {}
-        for row in rollup(meter, cells, low, high, window, group_by):
-            group = "" if row.group is None or group_by is None else row.group[group_by]
-            figures[(row.start, group)] = Decimal(row.value)
-        for a in await self.db.adjustments(account, low, high, meter.name):
-            key = (window.align(a.start), "" if index is None else a.dims[index])
-            figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
-        return [
-            (start, start + window.ms, value, None if group_by is None else {group_by: group})
-            for (start, group), value in sorted(figures.items())
-        ]
+        adjustments = await self.db.adjustments(account, low, high, meter.name)
+        return await self.off_loop(
+            partial(_usage_rows, meter, cells, (low, high), window, group_by, index, adjustments)
+        )
 
     # -- invoices -----------------------------------------------------------------------------
 
@@ -178,15 +191,18 @@ class Billing:
             for name, meter in sorted(self.meters.items())
         }
         adjustments = await self.db.adjustments(account, low, high)
-        return rate(
-            account,
-            period,
-            self.meters,
-            cells,
-            self.book,
-            adjustments,
-            currency=self.currency,
-            amount_places=self.amount_places,
+        return await self.off_loop(
+            partial(
+                rate,
+                account,
+                period,
+                dict(self.meters),
+                cells,
+                self.book,
+                adjustments,
+                currency=self.currency,
+                amount_places=self.amount_places,
+            )
         )
 
     async def invoice(self, account: str, period: Period) -> InvoiceView:
@@ -238,8 +254,9 @@ class Billing:
         fixed figures (call with the lock held); returns it (or None) and the rating."""
         fixed = await self.db.figures(period, account)
         current = await self.rate(account, period)
-        changes = compare_lines(fixed.lines, current.lines)
-        unpriced = compare_unpriced(fixed.unpriced, current.unpriced)
+        changes, unpriced = await self.off_loop(
+            partial(_compare, (fixed.lines, fixed.unpriced), current)
+        )
         if not changes and not unpriced and fixed.total == current.total:
             return None, current
         if not causes:  # name the corrections a crash kept from restating at once
@@ -498,11 +515,8 @@ class Billing:
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise invalid("limit", f"must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         low, high = span
-        cells = [c for c in await self.cells(account, meter, low, high) if keep(c[1])]
-        windows = tuple(
-            WindowFigure(row.start, row.end, row.value)
-            for row in rollup(meter, cells, low, high, window, None)
-        )
+        cells = await self.cells(account, meter, low, high)
+        windows = await self.off_loop(partial(_windows, meter, cells, keep, span, window))
         voids = [v for v in await self.db.voids(account, low, high, meter.name) if keep(v.dims)]
         void_of = {v.event_id: v.id for v in voids}
         quarantined = await self._quarantined(account)
@@ -607,6 +621,64 @@ class Billing:
         known = set(await self.accounts.store.reader.accounts())
         known |= await self.db.adjusted_accounts(period.start_ms, period.end_ms)
         return sorted(known)
+
+
+# ---- the pure work run off the Trio thread (Billing.off_loop) ---------------------------------
+
+
+def _replace_cells(
+    cells: list[Cell], fixed: Mapping[tuple[int, tuple[str, ...]], State]
+) -> list[Cell]:
+    """``cells`` with those in ``fixed`` (recomputed without voided events) replaced, the
+    empty ones left out, by start and dimension values."""
+    kept = [c for c in cells if (c[0], c[1]) not in fixed]
+    kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
+    kept.sort(key=lambda c: (c[0], c[1]))
+    return kept
+
+
+def _usage_rows(
+    meter: Meter,
+    cells: list[Cell],
+    span: tuple[int, int],
+    window: Window,
+    group_by: str | None,
+    index: int | None,
+    adjustments: Iterable[Adjustment],
+) -> list[tuple[int, int, Decimal, dict[str, str] | None]]:
+    """Usage rows of ``cells`` rolled up, with ``adjustments`` added in their window."""
+    low, high = span
+    figures: dict[tuple[int, str], Decimal] = {}
+    for row in rollup(meter, cells, low, high, window, group_by):
+        group = "" if row.group is None or group_by is None else row.group[group_by]
+        figures[(row.start, group)] = Decimal(row.value)
+    for a in adjustments:
+        key = (window.align(a.start), "" if index is None else a.dims[index])
+        figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
+    return [
+        (start, start + window.ms, value, None if group_by is None else {group_by: group})
+        for (start, group), value in sorted(figures.items())
+    ]
+
+
+def _windows(
+    meter: Meter, cells: list[Cell], keep: DimsFilter, span: tuple[int, int], window: Window
+) -> tuple[WindowFigure, ...]:
+    """The ``window``-sized figures of the cells whose dimension values pass ``keep``."""
+    low, high = span
+    mine = [c for c in cells if keep(c[1])]
+    return tuple(
+        WindowFigure(row.start, row.end, row.value)
+        for row in rollup(meter, mine, low, high, window, None)
+    )
+
+
+def _compare(
+    fixed: tuple[Iterable[InvoiceLine], Iterable[Unpriced]], current: Invoice
+) -> tuple[list[LineChange], list[str]]:
+    """What moved between fixed figures ``(lines, unpriced)`` and a rating."""
+    lines, unpriced = fixed
+    return compare_lines(lines, current.lines), compare_unpriced(unpriced, current.unpriced)
 
 
 def _need_text(name: str, value: str) -> None:

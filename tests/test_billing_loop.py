@@ -1,0 +1,172 @@
+"""Billing's CPU work never holds the Trio thread (issue 13, "rating an invoice blocks the
+event loop"): while an invoice is rated, the loop still serves ingestion.
+
+Structural checks, not timings: a price book that, half-way through each rating, asks the
+Trio loop to ingest an event for another account and waits for its verdict
+(``trio.from_thread.run``). That works only if the rating runs on a worker thread while the
+loop is free; on the Trio thread itself it raises ``RuntimeError``. The answers' JSON is
+checked the same way: built where ``trio.from_thread.run_sync`` can reach a free loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from starlette.requests import Request
+
+from meterd.api import billing as routes
+from meterd.billing import Billing, BillingDB, BillingGraphQL, Explanation, PriceBook
+from meterd.billing._service import InvoiceView
+from meterd.model import DAY_MS, Event, Meter
+from tests.test_accounts import running
+from tests.test_billing import BOOK, DAY, DYNO, METERS, NOV, dyno, ingest
+
+LINES = 600  # distinct sizes: enough to rate in many steps; the probe is in the middle
+PROBED = f"z{LINES // 2:04d}"
+
+
+class ProbingBook(PriceBook):
+    """:data:`BOOK`, which, when the rating reaches the line of size :data:`PROBED`, has
+    the Trio loop run :attr:`probe` and waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__(BOOK.rules, METERS)
+        self.probe: Callable[[], Awaitable[Any]] | None = None
+        self.answers: list[Any] = []
+
+    def selector(self, meter: Meter, dims: tuple[str, ...]) -> tuple[bool, ...]:
+        if meter.name == DYNO.name and dims == (PROBED,) and self.probe is not None:
+            self.answers.append(trio.from_thread.run(self.probe))
+        return super().selector(meter, dims)
+
+
+@asynccontextmanager
+async def probed_billing(tmp_path: Path) -> AsyncIterator[tuple[Billing, ProbingBook]]:
+    """Billing over ``acme`` with :data:`LINES` distinct sizes in November; each rating
+    ingests one event for ``bystander`` half-way (its verdicts in ``book.answers``)."""
+    book = ProbingBook()
+    async with running(tmp_path, meters=METERS) as accounts:
+        db = BillingDB(tmp_path / "billing.sqlite3")
+        try:
+            b = Billing(accounts, await db.open(), book, clock=lambda: NOV.end_ms + 1)
+            events = [dyno(f"e{i}", "1.5", i % 30, f"z{i:04d}") for i in range(LINES)]
+            for start in range(0, LINES, 200):
+                await ingest(accounts, *events[start : start + 200])
+            ids = count()
+
+            async def ingest_bystander() -> list[int]:
+                event = Event(f"p{next(ids)}", "bystander", DYNO.name, 1, DAY[2], (("size", "x"),))
+                return (await accounts.ingest("bystander", [event])).accepted
+
+            book.probe = ingest_bystander
+            yield b, book
+        finally:
+            await db.aclose()
+
+
+async def test_ingestion_is_served_while_a_large_invoice_is_rated(tmp_path: Path) -> None:
+    async with probed_billing(tmp_path) as (b, book):
+        invoice = await b.rate("acme", NOV)
+        assert book.answers == [[0]]  # the loop ingested (and acked) while rating was under way
+        assert len(invoice.lines) == LINES
+        assert invoice.total == Decimal("0.02") * LINES  # 1.5 s at 0.01: 0.015, half-even 0.02
+        view = await b.invoice("acme", NOV)
+        assert view.invoice == invoice
+        assert book.answers == [[0], [0]]
+
+
+async def test_closing_restating_and_explaining_rate_off_the_event_loop(tmp_path: Path) -> None:
+    async with probed_billing(tmp_path) as (b, book):
+        closure = await b.close_period(NOV, "ops")
+        assert closure.accounts == 1  # the bystander had no usage when the closing began
+        assert book.answers == [[0]]
+        # a late event: the closed month's next reading rates, compares and restates
+        await ingest(b.accounts, dyno("late", "100", 3, "z0001"))
+        view = await b.invoice("acme", NOV)
+        [restatement] = view.restatements
+        assert restatement.difference == Decimal("1.00")
+        explained = await b.explain("acme", NOV, 2)
+        assert explained.value == Decimal("101.5")
+        assert len(book.answers) == 3
+
+
+class _Daemon:
+    def __init__(self, billing: Billing) -> None:
+        self.billing = billing
+
+    async def known_account(self, account: str) -> None:
+        del account
+
+
+def _request(path_params: dict[str, str], query: bytes = b"") -> Request:
+    return Request(
+        {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": query,
+         "path_params": path_params}
+    )  # fmt: skip
+
+
+@pytest.fixture
+def json_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The invoices and explanations whose JSON was built, in order; building one on the
+    Trio thread raises (``trio.from_thread`` works from worker threads only)."""
+    built: list[str] = []
+
+    def probed(name: str, to_json: Callable[[Any], dict[str, Any]]) -> Any:
+        def wrapper(self: Any) -> dict[str, Any]:
+            trio.from_thread.run_sync(built.append, name)
+            return to_json(self)
+
+        return wrapper
+
+    monkeypatch.setattr(InvoiceView, "to_json", probed("invoice", InvoiceView.to_json))
+    monkeypatch.setattr(Explanation, "to_json", probed("explanation", Explanation.to_json))
+    return built
+
+
+async def test_graphql_rates_and_builds_answers_off_the_event_loop(
+    tmp_path: Path, json_built: list[str]
+) -> None:
+    """The resolvers run on a worker thread and call the service back on Trio: neither the
+    rating they cause nor the answer's JSON may be made there."""
+    async with probed_billing(tmp_path) as (b, book):
+        query = """query($start: Millis!) { account(id: "acme") {
+          invoice(period: "2026-11") { total lines { number } }
+          usageExplanation(meter: "dyno.seconds", start: $start, window: DAY, limit: 1) { value }
+        } }"""
+        status, result = await BillingGraphQL(b).execute(
+            {"query": query, "variables": {"start": NOV.start_ms + DAY_MS}}
+        )
+        assert status == 200
+        assert "errors" not in result, result
+        invoice = result["data"]["account"]["invoice"]
+        assert (len(invoice["lines"]), invoice["total"]) == (LINES, str(Decimal("0.02") * LINES))
+        assert book.answers == [[0]]
+        assert json_built == ["invoice", "explanation"]
+
+
+async def test_the_routes_build_large_answers_off_the_event_loop(
+    tmp_path: Path, json_built: list[str]
+) -> None:
+    """The JSON of an invoice or an explanation is built where the loop can be reached
+    (a worker thread), not on the Trio thread."""
+    async with probed_billing(tmp_path) as (b, _book):
+        daemon: Any = _Daemon(b)
+        where = {"account": "acme", "period": "2026-11"}
+        response = await routes.invoice(daemon, _request(where))
+        assert response.status_code == 200
+        assert b'"total":"12.00"' in response.body
+        response = await routes.line_explanation(daemon, _request({**where, "line": "1"}))
+        assert response.status_code == 200
+        start = str(NOV.start_ms + DAY_MS).encode()
+        response = await routes.usage_explanation(
+            daemon, _request({"account": "acme"}, b"meter=dyno.seconds&window=day&start=" + start)
+        )
+        assert response.status_code == 200
+        assert json_built == ["invoice", "explanation", "explanation"]
