@@ -19,8 +19,12 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from meterd.accounts import service
 from meterd.api import billing as routes
 from meterd.billing import Billing, BillingDB, BillingGraphQL, Explanation, PriceBook
 from meterd.billing._service import InvoiceView
@@ -170,3 +174,42 @@ async def test_the_routes_build_large_answers_off_the_event_loop(
         )
         assert response.status_code == 200
         assert json_built == ["invoice", "explanation", "explanation"]
+
+
+async def test_a_large_read_of_cells_is_decoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rating first reads the account's cells (``Accounts.states``): a large read is decoded
+    on a worker thread, a small one where it is (a thread's hop costs more than it)."""
+    on_trio: list[bool] = []
+    decode = service.decode  # type: ignore[attr-defined]  # what states() calls
+
+    def observed(meter: Meter, data: bytes) -> Any:
+        on_trio.append(trio.lowlevel.in_trio_run())
+        return decode(meter, data)
+
+    monkeypatch.setattr(service, "decode", observed)
+    monkeypatch.setattr(service, "DECODE_ON_LOOP", LINES)
+    async with probed_billing(tmp_path) as (b, _book):
+        cells = await b.accounts.states("acme", DYNO, NOV.start_ms, NOV.end_ms)
+        assert len(cells) == LINES
+        assert on_trio == [False] * LINES
+        on_trio.clear()
+        await b.accounts.states("acme", DYNO, NOV.start_ms, DAY[15])
+        assert on_trio == [True] * (LINES // 2)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.decimals(allow_nan=False).map(str),
+    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300)
+@given(document=json_values, slice_=st.integers(1, 4))
+def test_json_in_slices_is_what_one_dumps_gives(document: Any, slice_: int) -> None:
+    """The routes' slice-by-slice encoding is byte for byte Starlette's ``JSONResponse``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routes, "JSON_SLICE", slice_)
+        assert routes.encode_json(document) == JSONResponse(document).body

@@ -19,7 +19,7 @@ from typing import Any
 from meterd.accounts.aggregate import EXACT
 
 from ._period import Period
-from ._rating import InvoiceLine, LineKey, Unpriced, text
+from ._rating import InvoiceLine, LineKey, Unpriced, sorted_in_slices, text
 
 __all__ = ["LineChange", "Restatement", "compare_lines", "compare_unpriced"]
 
@@ -106,12 +106,16 @@ def _what_moved(old: InvoiceLine | None, new: InvoiceLine | None) -> tuple[str, 
     return tuple(moved)
 
 
+def _itself(key: LineKey) -> LineKey:
+    return key
+
+
 def compare_lines(old: Iterable[InvoiceLine], new: Iterable[InvoiceLine]) -> list[LineChange]:
     """The lines that differ between two ratings of a period (by line key), in key order."""
     before = {line.key: line for line in old}
     after = {line.key: line for line in new}
     changes = []
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted_in_slices(before.keys() | after.keys(), key=_itself):
         a, b = before.get(key), after.get(key)
         if a is None or b is None or a.figures() != b.figures() or a.adjustments != b.adjustments:
             changes.append(LineChange(key, a, b, _what_moved(a, b)))
@@ -124,7 +128,7 @@ def compare_unpriced(old: Iterable[Unpriced], new: Iterable[Unpriced]) -> list[s
     before = {u.key: u for u in old}
     after = {u.key: u for u in new}
     moved = []
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted_in_slices(before.keys() | after.keys(), key=_itself):
         a, b = before.get(key), after.get(key)
         if a is None and b is not None:
             moved.append(f"unpriced usage {b.describe()}: new, {text(b.usage)}")

@@ -39,7 +39,7 @@ from ._errors import Conflict, NotFound, invalid
 from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, WindowFigure
 from ._period import Period
 from ._prices import PriceBook
-from ._rating import Cell, Invoice, InvoiceLine, Unpriced, rate
+from ._rating import Cell, Invoice, InvoiceLine, Unpriced, rate, sorted_in_slices
 from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 
 __all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
@@ -633,8 +633,7 @@ def _replace_cells(
     empty ones left out, by start and dimension values."""
     kept = [c for c in cells if (c[0], c[1]) not in fixed]
     kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
-    kept.sort(key=lambda c: (c[0], c[1]))
-    return kept
+    return sorted_in_slices(kept, key=lambda c: (c[0], c[1]))
 
 
 def _usage_rows(
@@ -657,8 +656,12 @@ def _usage_rows(
         figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
     return [
         (start, start + window.ms, value, None if group_by is None else {group_by: group})
-        for (start, group), value in sorted(figures.items())
+        for (start, group), value in sorted_in_slices(figures.items(), key=_first)
     ]
+
+
+def _first(item: tuple[tuple[int, str], Decimal]) -> tuple[int, str]:
+    return item[0]
 
 
 def _windows(
