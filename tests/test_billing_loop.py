@@ -10,6 +10,8 @@ checked the same way: built where ``trio.from_thread.run_sync`` can reach a free
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -26,8 +28,18 @@ from starlette.responses import JSONResponse
 
 from meterd.accounts import service
 from meterd.api import billing as routes
-from meterd.billing import Billing, BillingDB, BillingGraphQL, Explanation, PriceBook
-from meterd.billing._service import InvoiceView
+from meterd.billing import (
+    Billing,
+    BillingDB,
+    BillingGraphQL,
+    Explanation,
+    PriceBook,
+    Slices,
+    encode_json,
+    loads_array,
+)
+from meterd.billing import _json as billing_json
+from meterd.billing._service import BUSY_SWITCH_INTERVAL, InvoiceView
 from meterd.model import DAY_MS, Event, Meter
 from tests.test_accounts import running
 from tests.test_billing import BOOK, DAY, DYNO, METERS, NOV, dyno, ingest
@@ -122,10 +134,10 @@ def json_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     Trio thread raises (``trio.from_thread`` works from worker threads only)."""
     built: list[str] = []
 
-    def probed(name: str, to_json: Callable[[Any], dict[str, Any]]) -> Any:
-        def wrapper(self: Any) -> dict[str, Any]:
+    def probed(name: str, to_json: Callable[..., dict[str, Any]]) -> Any:
+        def wrapper(self: Any, lazy: bool = False) -> dict[str, Any]:
             trio.from_thread.run_sync(built.append, name)
-            return to_json(self)
+            return to_json(self, lazy)
 
         return wrapper
 
@@ -206,10 +218,49 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(document=json_values, slice_=st.integers(1, 4))
 def test_json_in_slices_is_what_one_dumps_gives(document: Any, slice_: int) -> None:
-    """The routes' slice-by-slice encoding is byte for byte Starlette's ``JSONResponse``."""
+    """The slice-by-slice encoding is byte for byte Starlette's ``JSONResponse`` (what the
+    routes answered before), and what ``json.dumps`` stored; arrays read back the same."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(routes, "JSON_SLICE", slice_)
-        assert routes.encode_json(document) == JSONResponse(document).body
+        patch.setattr(billing_json, "SLICE", slice_)
+        assert encode_json(document).encode() == bytes(JSONResponse(document).body)
+        stored = encode_json(document, ensure_ascii=True, separators=(", ", ": "))
+        assert stored == json.dumps(document)
+        lazy = {"items": Slices([document, document], lambda item: [item])}
+        assert encode_json(lazy) == encode_json({"items": [[document], [document]]})
+        as_array = [document, document]
+        for indent in (None, 0, 2):
+            assert loads_array(json.dumps(as_array, indent=indent)) == as_array
+
+
+@pytest.mark.parametrize("text", ["{}", "[1,]", "[1] x", "[1 2]", "", "[", "[1,2"])
+def test_reading_an_array_in_slices_refuses_what_is_not_one(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (json's own errors are ValueErrors too)
+        loads_array(text)
+
+
+async def test_lazy_documents_encode_as_the_plain_ones(tmp_path: Path) -> None:
+    async with probed_billing(tmp_path) as (b, _book):
+        view = await b.invoice("acme", NOV)
+        assert len(view.invoice.lines) > billing_json.SLICE
+        assert encode_json(view.to_json(lazy=True)) == encode_json(view.to_json())
+        explained = await b.explain("acme", NOV, 1, limit=3)
+        assert encode_json(explained.to_json(lazy=True)) == encode_json(explained.to_json())
+
+
+async def test_the_switch_interval_is_short_while_billing_works_and_restored_after(
+    tmp_path: Path,
+) -> None:
+    """While a job runs on a worker thread the interpreter hands over to a waking thread
+    (the Trio thread, with acks to send) within BUSY_SWITCH_INTERVAL, not the default 5 ms."""
+    before = sys.getswitchinterval()
+    async with probed_billing(tmp_path) as (b, _book):
+        seen = await b.off_loop(sys.getswitchinterval)
+        assert seen == min(before, BUSY_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == before
+        async with trio.open_nursery() as nursery:  # two at once: restored after the last
+            for _ in range(2):
+                nursery.start_soon(b.rate, "acme", NOV)
+        assert sys.getswitchinterval() == before

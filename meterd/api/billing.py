@@ -9,9 +9,10 @@ errors keep their codes (``already_void``, ``already_closed``, ``period_not_over
 
 Answers that grow with an account (invoices, restatements, explanations, usage rows, GraphQL
 results) are built and encoded on a worker thread (:func:`json_off_loop`): the JSON of an
-invoice of 50,000 lines is ~0.5 s of CPU that must not hold the Trio thread. Encoded in
-slices (:func:`encode_json`): one ``json.dumps`` of it is a single C call of ~0.3 s during
-which no other thread, the Trio thread included, can run Python.
+invoice of 50,000 lines is ~0.5 s of CPU that must not hold the Trio thread. Built and
+encoded in slices (:func:`meterd.billing.encode_json`, documents made with ``lazy=True``):
+one ``json.dumps`` of it is a single C call of ~0.3 s during which no other thread, the Trio
+thread included, can run Python. The bytes are those ``JSONResponse`` would send.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from meterd.billing import (
     Period,
     Restatement,
     adjustment_json,
+    encode_json,
     void_json,
 )
 from meterd.model import Meter, Window
@@ -84,54 +86,7 @@ async def json_off_loop(
 
 
 def _encode(document: Any) -> bytes:
-    return encode_json(document)
-
-
-JSON_SLICE: Final = 500
-"""Items of a list :func:`encode_json` encodes in one ``json.dumps`` (~2 ms of invoice lines)."""
-_JSON_DEPTH: Final = 6  # how deep encode_json looks for long lists (GraphQL: data.account...)
-_JSON_FEW: Final = 16  # a list this short is looked into (restatements, each with changes)
-
-
-def encode_json(document: Any) -> bytes:
-    """What Starlette's ``JSONResponse`` sends for ``document`` (``json.dumps`` with
-    ``ensure_ascii=False, allow_nan=False, separators=(",", ":")``, UTF-8), with every list
-    longer than :data:`JSON_SLICE` items encoded :data:`JSON_SLICE` items at a time, so
-    other threads run in between. Long lists are looked for in objects and in short lists,
-    a few levels deep (an invoice's lines, GraphQL's ``data.account.invoice.lines``, a
-    restatement's changes)."""
-    pieces: list[str] = []
-    _encode_into(document, pieces, _JSON_DEPTH)
-    return "".join(pieces).encode("utf-8")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _encode_into(value: Any, out: list[str], depth: int) -> None:
-    if depth and isinstance(value, list) and len(value) > JSON_SLICE:
-        out.append("[")
-        for start in range(0, len(value), JSON_SLICE):
-            if start:
-                out.append(",")
-            out.append(_dumps(value[start : start + JSON_SLICE])[1:-1])
-        out.append("]")
-    elif depth and isinstance(value, list) and len(value) <= _JSON_FEW:
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode_into(item, out, depth - 1)
-        out.append("]")
-    elif depth and isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            out.append(("," if index else "") + _dumps(key) + ":")
-            _encode_into(item, out, depth - 1)
-        out.append("}")
-    else:
-        out.append(_dumps(value))
+    return encode_json(document).encode("utf-8")
 
 
 async def billing_call(work: Awaitable[T]) -> T:
@@ -186,7 +141,7 @@ async def invoice(daemon: Daemon, request: Request) -> Response:
     period = period_of(request)
     await daemon.known_account(account)
     view = await billing_call(billing_of(daemon).invoice(account, period))
-    return await json_off_loop(daemon, view.to_json)
+    return await json_off_loop(daemon, lambda: view.to_json(lazy=True))
 
 
 async def restatements(daemon: Daemon, request: Request) -> Response:
@@ -194,7 +149,9 @@ async def restatements(daemon: Daemon, request: Request) -> Response:
     period = period_of(request)
     await daemon.known_account(account)
     found = await billing_call(billing_of(daemon).restatements(account, period))
-    return await json_off_loop(daemon, lambda: {"restatements": [r.to_json() for r in found]})
+    return await json_off_loop(
+        daemon, lambda: {"restatements": [r.to_json(lazy=True) for r in found]}
+    )
 
 
 async def line_explanation(daemon: Daemon, request: Request) -> Response:
@@ -213,7 +170,7 @@ async def line_explanation(daemon: Daemon, request: Request) -> Response:
             account, period, int(line), cursor=cursor, limit=limit, audit_cursor=audit_cursor
         )
     )
-    return await json_off_loop(daemon, found.to_json)
+    return await json_off_loop(daemon, lambda: found.to_json(lazy=True))
 
 
 async def usage_explanation(daemon: Daemon, request: Request) -> Response:
@@ -244,7 +201,7 @@ async def usage_explanation(daemon: Daemon, request: Request) -> Response:
             audit_cursor=audit_cursor,
         )
     )
-    return await json_off_loop(daemon, found.to_json)
+    return await json_off_loop(daemon, lambda: found.to_json(lazy=True))
 
 
 async def close_period(daemon: Daemon, request: Request) -> Response:

@@ -40,6 +40,7 @@ from meterd.accounts.aggregate import EXACT, State
 from meterd.model import Meter, Quantity, canonical_quantity
 
 from ._corrections import ADDITIVE, Adjustment
+from ._json import Slices
 from ._period import Period
 from ._prices import PriceBook, PriceRule
 
@@ -63,6 +64,11 @@ Cell: TypeAlias = tuple[int, Dims, State]
 """A minute cell of one meter: ``(minute start ms, dimension values, state)``."""
 LineKey: TypeAlias = tuple[str, Dims, int]
 """What identifies a line across re-ratings: ``(meter, dimension values, segment start)``."""
+
+
+def _listed(items: Sequence[T], convert: Callable[[T], Any], lazy: bool) -> Any:
+    """``items`` converted to JSON values, or as :class:`Slices` converted when encoded."""
+    return Slices(items, convert) if lazy else [convert(item) for item in items]
 
 
 def _dec(quantity: Quantity) -> Decimal:
@@ -185,13 +191,15 @@ class Invoice:
     unpriced: tuple[Unpriced, ...] = ()
     total: Decimal = field(default=Decimal(0))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
+        """The invoice as JSON values; ``lazy``: its lines and unpriced usage as
+        :class:`Slices`, converted only as :func:`encode_json` encodes them."""
         return {
             "account": self.account,
             "period": str(self.period),
             "currency": self.currency,
-            "lines": [line.to_json() for line in self.lines],
-            "unpriced": [u.to_json() for u in self.unpriced],
+            "lines": _listed(self.lines, InvoiceLine.to_json, lazy),
+            "unpriced": _listed(self.unpriced, Unpriced.to_json, lazy),
             "total": str(self.total),
         }
 
@@ -266,30 +274,14 @@ def _named(meter: Meter, dims: Dims) -> tuple[tuple[str, str], ...]:
     return tuple(zip(meter.dimensions, dims, strict=True))
 
 
-_Draft: TypeAlias = tuple[
-    str,
-    tuple[tuple[str, str], ...],
-    int,
-    int,
-    Decimal,
-    Decimal,
-    Decimal,
-    Decimal,
-    Decimal,
-    str,
-    bool,
-    tuple[int, ...],
-]
-"""An :class:`InvoiceLine`'s fields but its number (given once the lines are sorted)."""
-
-
 class _Lines:
-    """Accumulates lines and unpriced usage while one invoice is rated."""
+    """Accumulates lines and unpriced usage while one invoice is rated, **in key order**
+    (meter, dimension values, segment start): each line is numbered as it is added."""
 
     def __init__(self, period: Period, places: int) -> None:
         self.period = period
         self.places = places
-        self.lines: list[tuple[LineKey, _Draft]] = []
+        self.lines: list[InvoiceLine] = []
         self.unpriced: list[Unpriced] = []
         self._described: dict[int, str] = {}  # id(rule) -> rule.describe(): once per rule
 
@@ -318,30 +310,27 @@ class _Lines:
         described = self._described.get(id(rule))
         if described is None:
             described = self._described[id(rule)] = rule.describe()
-        draft: _Draft = (
-            meter.name,
-            _named(meter, dims),
-            *span,
-            usage,
-            adjusted,
-            quantity,
-            rule.unit_price,
-            amount,
-            described,
-            capped,
-            tuple(sorted(a.id for a in adjustments)),
+        self.lines.append(
+            InvoiceLine(
+                len(self.lines) + 1,
+                meter.name,
+                _named(meter, dims),
+                *span,
+                usage,
+                adjusted,
+                quantity,
+                rule.unit_price,
+                amount,
+                described,
+                capped,
+                tuple(sorted(a.id for a in adjustments)),
+            )
         )
-        self.lines.append(((meter.name, dims, span[0]), draft))
         return quantity
 
-    def numbered(self) -> tuple[InvoiceLine, ...]:
-        """The lines in key order (:attr:`InvoiceLine.key`), numbered from 1."""
-        lines = sorted_in_slices(self.lines, key=_first)
-        return tuple(InvoiceLine(n, *draft) for n, (_key, draft) in enumerate(lines, 1))
 
-
-def _first(item: tuple[LineKey, _Draft]) -> LineKey:
-    return item[0]
+def _itself(dims: Dims) -> Dims:
+    return dims
 
 
 def rate(
@@ -376,12 +365,13 @@ def rate(
         if meter.aggregation in ADDITIVE:
             _rate_summed(out, meter, meter_cells, book, adjust_by_meter.get(name, []))
         else:
-            for dims, state in merge_cells(meter_cells, low, high).items():  # sorted below
+            merged = merge_cells(meter_cells, low, high)
+            for dims in sorted_in_slices(merged, key=_itself):
                 rule = book.rule_at(meter, dims, high - 1)
-                out.add(meter, dims, (low, high), rule, _dec(state.value()))
-    numbered = out.numbered()
+                out.add(meter, dims, (low, high), rule, _dec(merged[dims].value()))
+    numbered = tuple(out.lines)  # made in key order, numbered as they came
     total = exact_sum(line.amount for line in numbered)
-    unpriced = tuple(sorted_in_slices(out.unpriced, key=lambda u: (u.meter, u.dims, u.start)))
+    unpriced = tuple(out.unpriced)  # in key order too
     return Invoice(
         account, period, currency, numbered, unpriced, round_amount(total, amount_places)
     )
@@ -410,7 +400,7 @@ def _rate_summed(
     # A line whose cells merge to nothing in every segment, with no adjustment, is skipped
     # below: no month-wide merge is needed to leave it out.
     all_dims = by_dims.keys() | adjust_by_dims.keys()
-    for dims in all_dims:  # in any order: each line stands alone, they are sorted at the end
+    for dims in sorted_in_slices(all_dims, key=_itself):  # lines are made in key order
         mine = by_dims.get(dims, [])
         theirs = adjust_by_dims.get(dims, [])
         selector = book.selector(meter, dims)  # lines matching the same rules: same segments

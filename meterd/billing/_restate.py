@@ -19,7 +19,7 @@ from typing import Any
 from meterd.accounts.aggregate import EXACT
 
 from ._period import Period
-from ._rating import InvoiceLine, LineKey, Unpriced, sorted_in_slices, text
+from ._rating import InvoiceLine, LineKey, Unpriced, _listed, sorted_in_slices, text
 
 __all__ = ["LineChange", "Restatement", "compare_lines", "compare_unpriced"]
 
@@ -75,7 +75,8 @@ class Restatement:
     def difference(self) -> Decimal:
         return EXACT.subtract(self.new_total, self.old_total)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
+        """``lazy``: the changes as :class:`Slices` (see :func:`encode_json`)."""
         return {
             "id": self.id,
             "account": self.account,
@@ -85,7 +86,7 @@ class Restatement:
             "old_total": str(self.old_total),
             "new_total": str(self.new_total),
             "difference": str(self.difference),
-            "changes": [change.to_json() for change in self.changes],
+            "changes": _listed(self.changes, LineChange.to_json, lazy),
         }
 
 

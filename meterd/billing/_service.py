@@ -17,6 +17,7 @@ SQLite connection.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,35 @@ CPU_THREADS: Final = 2
 """Billing's pure CPU work (rating, comparisons, roll-ups, JSON of large answers) running at
 once on worker threads (:meth:`Billing.off_loop`). Python runs one thread at a time, so more
 would not rate faster; two keep a small request from queueing behind one large rating."""
+
+BUSY_SWITCH_INTERVAL: Final = 0.001
+"""``sys.setswitchinterval`` while billing's work runs on a worker thread. The interpreter
+runs one thread at a time: a thread that wakes (the Trio thread, with an ack to send; the
+store's writer, with a commit done) waits for the running one to hand it over, at most the
+switch interval, 5 ms by default, and an ack crosses threads several times. 1 ms while a
+rating runs (the default again after) keeps those waits short; see docs/billing.md."""
+
+
+class _SwitchInterval:
+    """Lowers the interpreter's switch interval while at least one job holds it."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.saved = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        if self.jobs == 0:
+            self.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.saved, BUSY_SWITCH_INTERVAL))
+        self.jobs += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.jobs -= 1
+        if self.jobs == 0:
+            sys.setswitchinterval(self.saved)
+
+
+_busy = _SwitchInterval()  # process-wide, like the interval; used on the Trio thread only
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
@@ -76,10 +106,11 @@ class InvoiceView:
     def status(self) -> str:
         return "open" if self.closure is None else "closed"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
         """The invoice's JSON (decimals as strings), with ``status``, and for a closed period
-        ``closed`` (by, at, total) and ``restatements``."""
-        out = self.invoice.to_json()
+        ``closed`` (by, at, total) and ``restatements``; ``lazy``: long lists as
+        :class:`~meterd.billing.Slices` (for :func:`~meterd.billing.encode_json`)."""
+        out = self.invoice.to_json(lazy)
         out["status"] = self.status
         if self.closure is not None:
             out["closed"] = {
@@ -87,7 +118,7 @@ class InvoiceView:
                 "at": self.closure.at,
                 "total": str(self.closed_total),
             }
-            out["restatements"] = [r.to_json() for r in self.restatements]
+            out["restatements"] = [r.to_json(lazy) for r in self.restatements]
         return out
 
 
@@ -119,7 +150,8 @@ class Billing:
         work that grows with an account's usage must not hold the Trio thread, where
         ingestion and ``/healthz`` run. ``work`` must be pure: values in, a value out, no
         actor state, no service, no SQLite connection (those belong to their own threads)."""
-        return await trio.to_thread.run_sync(work, limiter=self.cpu_limiter)
+        with _busy:
+            return await trio.to_thread.run_sync(work, limiter=self.cpu_limiter)
 
     @property
     def meters(self) -> Mapping[str, Meter]:
