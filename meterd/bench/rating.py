@@ -140,6 +140,7 @@ class LatencyRow:
     invoices: list[float] = field(default_factory=list)  # seconds per invoice request
     missing: int = 0  # events sent and not acked when the row ended
     gc: tuple[float, int] | None = None  # the daemon's collector over the row: seconds, count
+    errors: list[str] = field(default_factory=list)  # failed /healthz or invoice requests
 
     def figures(self) -> dict[str, float]:
         ms = 1000.0
@@ -374,20 +375,29 @@ async def latency_row(
             async with httpx.AsyncClient(base_url=daemon.api_url, timeout=120) as probe:
                 while not done.is_set():
                     started = time.perf_counter()
-                    response = await probe.get("/healthz")
+                    try:
+                        response = await probe.get("/healthz")
+                        ok = response.status_code == 200
+                        failed = None if ok else f"HTTP {response.status_code}"
+                    except httpx.HTTPError as error:  # counted with its time, then again
+                        failed = f"{type(error).__name__}: {error}"
                     row.healthz.append(time.perf_counter() - started)
-                    if response.status_code != 200:
-                        raise BenchError(f"/healthz: HTTP {response.status_code}")
+                    if failed is not None:
+                        row.errors.append(f"/healthz: {failed}")
                     await trio.sleep(options.healthz_interval)
 
         async def invoices(path: str) -> None:
             await trio.sleep_until(t0)
             while not done.is_set():
                 started = time.perf_counter()
-                async with client.stream("GET", path) as response:
-                    size = 0
-                    async for chunk in response.aiter_raw():
-                        size += len(chunk)
+                try:
+                    async with client.stream("GET", path) as response:
+                        size = 0
+                        async for chunk in response.aiter_raw():
+                            size += len(chunk)
+                except httpx.HTTPError as error:
+                    row.errors.append(f"GET {path}: {type(error).__name__}: {error}")
+                    continue
                 if response.status_code != 200 or size < 100:
                     raise BenchError(f"GET {path}: HTTP {response.status_code}, {size} bytes")
                 row.invoices.append(time.perf_counter() - started)
@@ -482,7 +492,9 @@ def format_report(report: RatingReport) -> str:
         out.append(
             f"{line.label:<36} {len(line.acks):>5} {f['ack_p50_ms']:>7.1f} {f['ack_p99_ms']:>7.1f}"
             f" {f['ack_max_ms']:>7.1f} {f['healthz_p99_ms']:>11.1f} {f['healthz_max_ms']:>11.1f}"
-            f" {gc:>7} {invoices:>8}" + (f"  ({line.missing} not acked)" if line.missing else "")
+            f" {gc:>7} {invoices:>8}"
+            + (f"  ({line.missing} not acked)" if line.missing else "")
+            + (f"  ({len(line.errors)} failed requests: {line.errors[0]})" if line.errors else "")
         )
     stopped = report.stopped
     out.append(
