@@ -391,9 +391,12 @@ DECODE_ON_LOOP: Final = 1000
 thread (pure work: bytes in, fresh states out)."""
 
 
-def _decoded(meter: Meter, stored: Sequence[WindowRow]) -> list[tuple[int, tuple[str, ...], State]]:
-    """The stored window rows of ``meter`` as ``(start, dims, state)`` cells."""
-    return [(row.start, decode_dims(row.dims), decode(meter, row.state)) for row in stored]
+def _decoded(meter: Meter, stored: list[WindowRow]) -> list[tuple[int, tuple[str, ...], State]]:
+    """The stored window rows of ``meter`` as ``(start, dims, state)`` cells; ``stored`` is
+    emptied, so its rows are freed on the thread this runs on."""
+    cells = [(row.start, decode_dims(row.dims), decode(meter, row.state)) for row in stored]
+    stored.clear()
+    return cells
 
 
 @contextlib.asynccontextmanager

@@ -523,6 +523,18 @@ class BillingDB:
 
         return await self._run(work)
 
+    async def closed_total(self, period: Period, account: str) -> Decimal:
+        """The total fixed when ``period`` was closed (0 for an account absent then)."""
+
+        def work(conn: sqlite3.Connection) -> Decimal:
+            row = conn.execute(
+                "SELECT total FROM closed_invoices WHERE period = ? AND account = ?",
+                (str(period), account),
+            ).fetchone()
+            return Decimal(0) if row is None else Decimal(row[0])
+
+        return await self._run(work)
+
     async def closed_figures(self, period: Period, account: str) -> StoredFigures:
         """The figures as they were when ``period`` was closed."""
 
