@@ -27,6 +27,7 @@ from meterd.billing import (
     round_amount,
 )
 from meterd.model import DAY_MS, Aggregation, Event, Meter
+from tests.billing_reference import rate_reference
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 REQUESTS = Meter("router.requests", Aggregation.COUNT)
@@ -478,3 +479,145 @@ def test_a_monthly_cap_holds_across_segments_with_credits(
         assert ln.quantity == min(ln.usage + ln.adjusted, cap - billed)
         billed += max(ln.quantity, Decimal(0))
         assert billed <= cap
+
+
+# ---- many distinct dimension values: linear, and the same invoice as before ---------------
+
+SIZES = [f"s{i}" for i in range(40)]
+
+
+def many_cells(
+    draws: list[tuple[str, str, int, int, int]],
+) -> dict[str, list[Cell]]:
+    """``(meter kind, size, app, day, quantity)`` draws -> cells of DYNO, REQUESTS (count,
+    no dimensions), STORAGE (max, by database) and USERS (unique_count)."""
+    events = []
+    for i, (kind, size, app, day, quantity) in enumerate(draws):
+        time = DAY[day] + i * 60_000 % DAY_MS
+        if kind == "dyno":
+            events.append(event(DYNO, f"e{i}", time, f"{quantity}.5", size=size, app=f"a{app}"))
+        elif kind == "requests":
+            events.append(event(REQUESTS, f"e{i}", time))
+        elif kind == "storage":
+            events.append(event(STORAGE, f"e{i}", time, quantity, database=size))
+        else:
+            events.append(event(USERS, f"e{i}", time, user=f"u{quantity % 7}"))
+    return cells(events)
+
+
+many_rules = st.lists(
+    st.builds(
+        lambda day, price, size, capped, rounded: PriceRule(
+            DYNO.name,
+            Decimal(price),
+            date(2026, 10, 20) + timedelta(days=day),
+            None if size is None else ("size", size),
+            QuantityRounding(0, RoundingMode.CEILING) if rounded else None,
+            Decimal(300) if capped else None,
+        ),
+        st.integers(0, 50),
+        st.sampled_from(["0.01", "0.5", "2", "3.125"]),
+        st.sampled_from([None, None, *SIZES[:5]]),
+        st.booleans(),
+        st.booleans(),
+    ),
+    max_size=8,
+    unique_by=lambda r: (r.effective_from, r.match),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    draws=st.lists(
+        st.tuples(
+            st.sampled_from(["dyno", "dyno", "dyno", "requests", "storage", "users"]),
+            st.sampled_from(SIZES),
+            st.integers(0, 3),
+            st.integers(0, 29),
+            st.integers(0, 500),
+        ),
+        max_size=120,
+    ),
+    book_rules=many_rules,
+    others=st.lists(
+        st.sampled_from([REQUESTS, STORAGE, USERS]).map(lambda m: rule(m, "0.25")),
+        unique_by=lambda r: r.meter,
+    ),
+    corrections=st.lists(
+        st.tuples(
+            st.integers(0, 28), st.sampled_from(SIZES[:8]), st.booleans(), st.integers(1, 400)
+        ),
+        max_size=12,
+    ),
+)
+def test_many_dimension_values_rate_as_the_quadratic_algorithm_did(
+    draws: list[tuple[str, str, int, int, int]],
+    book_rules: list[PriceRule],
+    others: list[PriceRule],
+    corrections: list[tuple[int, str, bool, int]],
+) -> None:
+    """The linear rating gives the invoice the quadratic one gave (tests/billing_reference.py),
+    line by line and to the cent: prices matched by size, changes mid-month, caps, rounding,
+    credits and debits on lines with and without usage, every aggregation."""
+    book = PriceBook(book_rules + others, METERS)
+    adjustments = [
+        Adjustment(
+            i, "acme", DYNO.name, DAY[d], DAY[d + 1], (size, "a0"),
+            AdjustmentKind.CREDIT if credit else AdjustmentKind.DEBIT, Decimal(q), "ops", 0, "why",
+        )
+        for i, (d, size, credit, q) in enumerate(corrections)
+    ]  # fmt: skip
+    got = many_cells(draws)
+    assert rate("acme", NOV, METERS, got, book, adjustments) == rate_reference(
+        "acme", NOV, METERS, got, book, adjustments
+    )
+
+
+def distinct_sizes(n: int) -> dict[str, list[Cell]]:
+    """``n`` dyno cells over November, each with its own ``size`` (the issue's load)."""
+    return cells(
+        event(DYNO, f"e{i}", DAY[i % 30] + i * 60_000 % DAY_MS, f"{i % 97}.25", size=f"z{i}")
+        for i in range(n)
+    )
+
+
+def test_thousands_of_distinct_values_rate_as_before_with_matches_cuts_and_caps() -> None:
+    book = PriceBook(
+        [
+            rule(DYNO, "0.01"),
+            rule(DYNO, "0.02", date(2026, 11, 15), monthly_cap=Decimal(60)),
+            rule(DYNO, "0.5", date(2026, 11, 10), match=("size", "z7")),
+        ],
+        METERS,
+    )
+    adjustments = [adjustment(1, 3, AdjustmentKind.CREDIT, "5", size="z3")]
+    got = distinct_sizes(3000)
+    invoice = rate("acme", NOV, METERS, got, book, adjustments)
+    assert invoice == rate_reference("acme", NOV, METERS, got, book, adjustments)
+    assert len({line.dims for line in invoice.lines}) == 3000 + 1  # + the credit's line
+
+
+class CountedDims(tuple[str, ...]):
+    """Dimension values that count how often they are compared for equality."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedDims.compared += 1
+        return tuple.__eq__(self, other)
+
+    __hash__ = tuple.__hash__
+
+
+def test_rating_does_not_compare_every_line_with_every_cell() -> None:
+    """Rating n lines is linear (sorting them n log n), not one scan of the meter's cells
+    per line: counted as comparisons of dimension values, not timed."""
+    n = 2000
+    got = {
+        name: [(start, CountedDims(dims), state) for start, dims, state in meter_cells]
+        for name, meter_cells in distinct_sizes(n).items()
+    }
+    CountedDims.compared = 0
+    invoice = rate("acme", NOV, METERS, got, PriceBook([rule(DYNO, "0.01")], METERS))
+    assert len(invoice.lines) == n
+    assert CountedDims.compared <= 20 * n  # sorting: ~n log2 n = 22k; a scan per line: n * n

@@ -6,14 +6,22 @@ wrong one), then what they name must exist (404), then the answer. Bodies of ``P
 routes are JSON objects; an unknown or mistyped field is a 400 naming it. Billing's own
 errors keep their codes (``already_void``, ``already_closed``, ``period_not_over``,
 ``unknown_line``, ...). Decimals are strings, times integer Unix milliseconds.
+
+Answers that grow with an account (invoices, restatements, explanations, usage rows, GraphQL
+results) are built and encoded on a worker thread (:func:`json_off_loop`): the JSON of an
+invoice of 50,000 lines is ~0.5 s of CPU that must not hold the Trio thread. Built and
+encoded in slices (:func:`meterd.billing.encode_json`, documents made with ``lazy=True``):
+one ``json.dumps`` of it is a single C call of ~0.3 s during which no other thread, the Trio
+thread included, can run Python. The bytes are those ``JSONResponse`` would send.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from starlette.requests import Request
@@ -24,9 +32,12 @@ from meterd.billing import (
     Billing,
     BillingError,
     BillingGraphQL,
+    Explanation,
+    InvoiceView,
     Period,
     Restatement,
     adjustment_json,
+    encode_json,
     void_json,
 )
 from meterd.model import Meter, Window
@@ -63,6 +74,27 @@ def billing_errors() -> Iterator[None]:
         raise ApiError(error.status, error.code, str(error), parameter=error.parameter) from None
     except InvalidCursor as error:
         raise bad_parameter("cursor", f"is not valid: {error}") from None
+
+
+async def json_off_loop(
+    daemon: Daemon,
+    value: T,
+    document: Callable[[T], Any],
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A JSON answer of ``document(value)``, built and encoded on one of billing's worker
+    threads (:meth:`Billing.off_loop`) as Starlette's ``JSONResponse`` would encode it. The
+    worker takes ``value`` over: pass it without keeping a reference (``await
+    json_off_loop(daemon, await ...)``), so a large answer is freed there too."""
+    box = [value]
+    del value
+    body = await billing_of(daemon).off_loop(partial(_encode, box, document))
+    return Response(body, status, headers, media_type="application/json")
+
+
+def _encode(box: list[T], document: Callable[[T], Any]) -> bytes:
+    return encode_json(document(box.pop())).encode("utf-8")
 
 
 async def billing_call(work: Awaitable[T]) -> T:
@@ -116,16 +148,24 @@ async def invoice(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
     period = period_of(request)
     await daemon.known_account(account)
-    view = await billing_call(billing_of(daemon).invoice(account, period))
-    return JSONResponse(view.to_json())
+    return await json_off_loop(
+        daemon, await billing_call(billing_of(daemon).invoice(account, period)), _lazy
+    )
 
 
 async def restatements(daemon: Daemon, request: Request) -> Response:
     account = request.path_params["account"]
     period = period_of(request)
     await daemon.known_account(account)
-    found = await billing_call(billing_of(daemon).restatements(account, period))
-    return JSONResponse({"restatements": [r.to_json() for r in found]})
+    return await json_off_loop(
+        daemon,
+        await billing_call(billing_of(daemon).restatements(account, period)),
+        lambda found: {"restatements": [r.to_json(lazy=True) for r in found]},
+    )
+
+
+def _lazy(answer: InvoiceView | Explanation) -> dict[str, Any]:
+    return answer.to_json(lazy=True)
 
 
 async def line_explanation(daemon: Daemon, request: Request) -> Response:
@@ -139,12 +179,10 @@ async def line_explanation(daemon: Daemon, request: Request) -> Response:
     if not _LINE.fullmatch(line) or not 1 <= int(line) <= MAX_LINE:
         raise bad_parameter("line", f"must be a line number from 1 to {MAX_LINE}, not {line!r:.40}")
     await daemon.known_account(account)
-    found = await billing_call(
-        billing_of(daemon).explain(
-            account, period, int(line), cursor=cursor, limit=limit, audit_cursor=audit_cursor
-        )
+    found = billing_of(daemon).explain(
+        account, period, int(line), cursor=cursor, limit=limit, audit_cursor=audit_cursor
     )
-    return JSONResponse(found.to_json())
+    return await json_off_loop(daemon, await billing_call(found), _lazy)
 
 
 async def usage_explanation(daemon: Daemon, request: Request) -> Response:
@@ -163,19 +201,17 @@ async def usage_explanation(daemon: Daemon, request: Request) -> Response:
     billing = billing_of(daemon)
     meter_of(billing, meter)
     await daemon.known_account(account)
-    found = await billing_call(
-        billing.explain_usage(
-            account,
-            meter,
-            start,
-            window,
-            None if group_by is None or group is None else {group_by: group},
-            cursor=cursor,
-            limit=limit,
-            audit_cursor=audit_cursor,
-        )
+    found = billing.explain_usage(
+        account,
+        meter,
+        start,
+        window,
+        None if group_by is None or group is None else {group_by: group},
+        cursor=cursor,
+        limit=limit,
+        audit_cursor=audit_cursor,
     )
-    return JSONResponse(found.to_json())
+    return await json_off_loop(daemon, await billing_call(found), _lazy)
 
 
 async def close_period(daemon: Daemon, request: Request) -> Response:
@@ -249,7 +285,9 @@ async def adjust(daemon: Daemon, request: Request) -> Response:
         )
     )
     names = billing.meter(adjustment.meter).dimensions
-    return _recorded("adjustment", adjustment_json(adjustment, names), restatement)
+    answer = _recorded(daemon, "adjustment", adjustment_json(adjustment, names), restatement)
+    del restatement  # the worker takes it over (its lines are the month's)
+    return await answer
 
 
 async def void(daemon: Daemon, request: Request) -> Response:
@@ -270,13 +308,22 @@ async def void(daemon: Daemon, request: Request) -> Response:
         billing.void_event(account, event_id, body["by"], body["reason"], period)
     )
     names = billing.meter(found.meter).dimensions
-    return _recorded("void", void_json(found, names), restatement)
+    answer = _recorded(daemon, "void", void_json(found, names), restatement)
+    del restatement  # the worker takes it over (its lines are the month's)
+    return await answer
 
 
-def _recorded(kind: str, record: dict[str, Any], restatement: Restatement | None) -> Response:
+async def _recorded(
+    daemon: Daemon, kind: str, record: dict[str, Any], restatement: Restatement | None
+) -> Response:
     """201 for a correction just recorded, with the restatement it caused (closed month)."""
-    body = {kind: record, "restatement": None if restatement is None else restatement.to_json()}
-    return JSONResponse(body, 201)
+
+    def body(found: Restatement | None) -> dict[str, Any]:
+        return {kind: record, "restatement": None if found is None else found.to_json(lazy=True)}
+
+    answer = json_off_loop(daemon, restatement, body, 201)
+    del restatement
+    return await answer
 
 
 async def adjustments(daemon: Daemon, request: Request) -> Response:
@@ -323,7 +370,9 @@ async def graphql(daemon: Daemon, request: Request) -> Response:
         daemon.graphql = BillingGraphQL(billing_of(daemon))
     status, result = await daemon.graphql.execute(body)
     headers = {"Retry-After": "1"} if status == 429 else None
-    return JSONResponse(result, status, headers=headers)
+    answer = json_off_loop(daemon, result, _itself, status, headers)
+    del result  # the worker takes the result over (and frees it)
+    return await answer
 
 
 async def billed_usage(daemon: Daemon, request: Request) -> Response:
@@ -333,5 +382,13 @@ async def billed_usage(daemon: Daemon, request: Request) -> Response:
     billing = billing_of(daemon)
     meter = meter_of(billing, meter_name)
     await daemon.known_account(account)
-    rows = await billing_call(billing.usage(account, meter.name, from_ms, to_ms, window, group_by))
-    return JSONResponse(usage_body(account, meter.name, window, from_ms, to_ms, rows))
+    rows = billing.usage(account, meter.name, from_ms, to_ms, window, group_by)
+    return await json_off_loop(
+        daemon,
+        await billing_call(rows),
+        lambda found: usage_body(account, meter.name, window, from_ms, to_ms, found),
+    )
+
+
+def _itself(document: dict[str, Any]) -> dict[str, Any]:
+    return document

@@ -23,6 +23,7 @@ from ._config import BillingConfig, PriceEntry, check_prices
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
+from ._json import Slices, encode_json, loads_array
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
@@ -83,6 +84,7 @@ __all__ = [
     "QuantityRounding",
     "Restatement",
     "RoundingMode",
+    "Slices",
     "Unpriced",
     "Void",
     "WindowFigure",
@@ -90,8 +92,10 @@ __all__ = [
     "check_prices",
     "compare_lines",
     "date_ms",
+    "encode_json",
     "format_ms",
     "invalid",
+    "loads_array",
     "merge_cells",
     "rate",
     "render_explanation",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from meterd.model import Event, Quantity
 
 from ._corrections import Adjustment, Void
-from ._rating import InvoiceLine, text
+from ._rating import InvoiceLine, _listed, text
 
 if TYPE_CHECKING:  # the store loads Trio: loading the config must not (tests/test_billing.py)
     from meterd.store import AuditEntry
@@ -112,7 +112,8 @@ class Explanation:
     audit: tuple[ExplainedAudit, ...] = ()
     audit_next_cursor: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
+        """``lazy``: the events and audit entries as :class:`Slices` (:func:`encode_json`)."""
         return {
             "account": self.account,
             "meter": self.meter,
@@ -122,11 +123,11 @@ class Explanation:
             "value": text(self.value),
             "line": None if self.line is None else self.line.to_json(),
             "windows": [w.to_json() for w in self.windows],
-            "events": [e.to_json() for e in self.events],
+            "events": _listed(self.events, ExplainedEvent.to_json, lazy),
             "next_cursor": self.next_cursor,
             "adjustments": [adjustment_json(a, self.dimension_names) for a in self.adjustments],
             "voids": [void_json(v, self.dimension_names) for v in self.voids],
-            "audit": [a.to_json() for a in self.audit],
+            "audit": _listed(self.audit, ExplainedAudit.to_json, lazy),
             "audit_next_cursor": self.audit_next_cursor,
             "notes": list(self.notes),
         }

@@ -6,7 +6,10 @@ received unrecognized yield message <_GatheringFuture pending>", checked with gr
 3.3.2). So a query is executed **synchronously** (``ariadne.graphql_sync``) on a worker
 thread (``trio.to_thread``), and each resolver reaches the async :class:`Billing` service back
 on the Trio thread with ``trio.from_thread.run``. The HTTP handler stays a plain Trio
-coroutine; resolvers of one query run one after another.
+coroutine; resolvers of one query run one after another. What a resolver asks the Trio
+thread for is the service's answer only: the service rates on its own worker threads
+(:meth:`Billing.off_loop`), and the answer's JSON is built back on the query's thread, so a
+large invoice never holds the Trio thread.
 
 Scalars: ``Decimal`` is an exact decimal as a string; ``Millis`` is integer milliseconds
 since the epoch as a JSON number (beyond GraphQL's 32-bit ``Int``), ``0..MAX_MS`` like REST's
@@ -60,9 +63,10 @@ from graphql.validation import MaxIntrospectionDepthRule
 from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 
 from ._errors import BillingError, NotFound, invalid
+from ._explain import Explanation
 from ._period import Period
 from ._rating import InvoiceLine, text
-from ._service import GRAPHQL_THREADS, Billing
+from ._service import GRAPHQL_THREADS, Billing, InvoiceView
 
 __all__ = ["SDL", "BillingGraphQL"]
 
@@ -316,8 +320,8 @@ def _usage_explanation(
     billing = _billing(info)
     wanted = None if group is None else {group["name"]: group["value"]}
 
-    async def explain() -> dict[str, Any]:
-        found = await billing.explain_usage(
+    async def explain() -> Explanation:
+        return await billing.explain_usage(
             parent["id"],
             meter,
             start,
@@ -327,9 +331,8 @@ def _usage_explanation(
             limit=limit,
             audit_cursor=audit_cursor,
         )
-        return found.to_json()
 
-    return _explanation_json(_on_trio(info, explain))
+    return _explanation_json(_on_trio(info, explain).to_json())
 
 
 @account_type.field("invoice")
@@ -337,10 +340,10 @@ def _invoice(parent: dict[str, str], info: Info, period: str) -> dict[str, Any]:
     month = _period(period)
     billing = _billing(info)
 
-    async def invoice() -> dict[str, Any]:
-        return (await billing.invoice(parent["id"], month)).to_json()
+    async def invoice() -> InvoiceView:
+        return await billing.invoice(parent["id"], month)
 
-    out = _on_trio(info, invoice)
+    out = _on_trio(info, invoice).to_json()  # on this worker thread, not on Trio's
     where = {"_account": parent["id"]}
     out["lines"] = [_line_json(line, where) for line in out["lines"]]
     out["unpriced"] = [_with_pairs(u, "dimensions") for u in out["unpriced"]]
@@ -363,14 +366,14 @@ def _line_explanation(
 ) -> dict[str, Any]:
     billing = _billing(info)
 
-    async def explain() -> dict[str, Any]:
-        line = InvoiceLine.from_json(parent["_line"])  # of this query's rating: not re-rated
-        found = await billing.explain_line(
+    line = InvoiceLine.from_json(parent["_line"])  # of this query's rating: not re-rated
+
+    async def explain() -> Explanation:
+        return await billing.explain_line(
             parent["_account"], line, cursor=cursor, limit=limit, audit_cursor=audit_cursor
         )
-        return found.to_json()
 
-    return _explanation_json(_on_trio(info, explain))
+    return _explanation_json(_on_trio(info, explain).to_json())
 
 
 def _with_pairs(item: dict[str, Any], key: str) -> dict[str, Any]:

@@ -109,16 +109,22 @@ class PriceBook:
     def __init__(self, rules: Iterable[PriceRule], meters: Mapping[str, Meter]) -> None:
         self.rules = tuple(rules)
         self.meters = dict(meters)
-        by_meter: dict[str, list[PriceRule]] = {}
+        # (rule, its effective_ms) per meter: the date's milliseconds are computed once,
+        # not once per line (an invoice may have tens of thousands of lines).
+        by_meter: dict[str, list[tuple[PriceRule, int]]] = {}
         for rule in self.rules:
-            by_meter.setdefault(rule.meter, []).append(rule)
+            by_meter.setdefault(rule.meter, []).append((rule, rule.effective_ms))
         self._by_meter = by_meter
+        self._matching: dict[str, tuple[PriceRule, ...]] = {
+            name: tuple(rule for rule, _ms in rules if rule.match is not None)
+            for name, rules in by_meter.items()
+        }
 
     def rule_at(self, meter: Meter, dims: tuple[str, ...], time_ms: int) -> PriceRule | None:
         """The rule in effect for ``meter``/``dims`` at ``time_ms``, or None (unpriced)."""
         best: PriceRule | None = None
-        for rule in self._by_meter.get(meter.name, ()):
-            if rule.effective_ms > time_ms or not rule.matches(meter, dims):
+        for rule, effective_ms in self._by_meter.get(meter.name, ()):
+            if effective_ms > time_ms or not rule.matches(meter, dims):
                 continue
             if best is None or (rule.match is not None, rule.effective_from) > (
                 best.match is not None,
@@ -127,18 +133,21 @@ class PriceBook:
                 best = rule
         return best
 
+    def selector(self, meter: Meter, dims: tuple[str, ...]) -> tuple[bool, ...]:
+        """Which of ``meter``'s rules with a ``match`` ``dims`` satisfies. The rules without
+        one apply to every line, so two lines with the same selector are priced by the same
+        rule at every instant (and have the same :meth:`segments`)."""
+        matching = self._matching.get(meter.name)
+        if not matching:
+            return ()
+        return tuple([rule.matches(meter, dims) for rule in matching])
+
     def segments(
         self, meter: Meter, dims: tuple[str, ...], low: int, high: int
     ) -> list[tuple[int, int, PriceRule | None]]:
         """``[low, high)`` cut where the rule in effect changes: ``(start, end, rule)``s in
         time order, neighbours with the same rule joined."""
-        cuts = sorted(
-            {
-                rule.effective_ms
-                for rule in self._by_meter.get(meter.name, ())
-                if low < rule.effective_ms < high
-            }
-        )
+        cuts = sorted({ms for _rule, ms in self._by_meter.get(meter.name, ()) if low < ms < high})
         out: list[tuple[int, int, PriceRule | None]] = []
         for start, end in zip([low, *cuts], [*cuts, high], strict=True):
             rule = self.rule_at(meter, dims, start)

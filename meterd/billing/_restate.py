@@ -19,7 +19,7 @@ from typing import Any
 from meterd.accounts.aggregate import EXACT
 
 from ._period import Period
-from ._rating import InvoiceLine, LineKey, Unpriced, text
+from ._rating import InvoiceLine, LineKey, Unpriced, _listed, sorted_in_slices, text
 
 __all__ = ["LineChange", "Restatement", "compare_lines", "compare_unpriced"]
 
@@ -75,7 +75,8 @@ class Restatement:
     def difference(self) -> Decimal:
         return EXACT.subtract(self.new_total, self.old_total)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
+        """``lazy``: the changes as :class:`Slices` (see :func:`encode_json`)."""
         return {
             "id": self.id,
             "account": self.account,
@@ -85,7 +86,7 @@ class Restatement:
             "old_total": str(self.old_total),
             "new_total": str(self.new_total),
             "difference": str(self.difference),
-            "changes": [change.to_json() for change in self.changes],
+            "changes": _listed(self.changes, LineChange.to_json, lazy),
         }
 
 
@@ -106,12 +107,16 @@ def _what_moved(old: InvoiceLine | None, new: InvoiceLine | None) -> tuple[str, 
     return tuple(moved)
 
 
+def _itself(key: LineKey) -> LineKey:
+    return key
+
+
 def compare_lines(old: Iterable[InvoiceLine], new: Iterable[InvoiceLine]) -> list[LineChange]:
     """The lines that differ between two ratings of a period (by line key), in key order."""
     before = {line.key: line for line in old}
     after = {line.key: line for line in new}
     changes = []
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted_in_slices(before.keys() | after.keys(), key=_itself):
         a, b = before.get(key), after.get(key)
         if a is None or b is None or a.figures() != b.figures() or a.adjustments != b.adjustments:
             changes.append(LineChange(key, a, b, _what_moved(a, b)))
@@ -124,7 +129,7 @@ def compare_unpriced(old: Iterable[Unpriced], new: Iterable[Unpriced]) -> list[s
     before = {u.key: u for u in old}
     after = {u.key: u for u in new}
     moved = []
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted_in_slices(before.keys() | after.keys(), key=_itself):
         a, b = before.get(key), after.get(key)
         if a is None and b is not None:
             moved.append(f"unpriced usage {b.describe()}: new, {text(b.usage)}")

@@ -4,16 +4,28 @@ It reads usage through :meth:`meterd.accounts.service.Accounts.states` (which fi
 store complete for the account) and events through the store's reader; it writes only to the
 billing database. Changes of recorded periods are serialized by one lock, so a correction and
 a closing never interleave.
+
+**Off the Trio thread.** Rating, comparing a rating with fixed figures and rolling cells up
+are pure CPU work that grows with the account (an invoice of 50,000 lines is ~0.5 s): they
+run on worker threads (:meth:`Billing.off_loop`, at most :data:`CPU_THREADS` at once), so
+the Trio thread, where ingestion acks and ``/healthz`` are served, never waits for them. What
+goes to a thread is a pure function of values read before (fresh cells decoded from the
+store, immutable meters, price book and corrections): no actor state, no service, no
+SQLite connection. Freeing is work too (~30 ms for a 50,000-line invoice): large values are
+handed to the worker in a box (:func:`_take`) with no reference left here, so they are freed
+there.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import structlog
 import trio
@@ -25,20 +37,55 @@ from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
-from ._db import BillingDB, Closure
+from ._db import BillingDB, Closure, StoredFigures
 from ._errors import Conflict, NotFound, invalid
 from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, WindowFigure
 from ._period import Period
 from ._prices import PriceBook
-from ._rating import Cell, Invoice, InvoiceLine, rate
-from ._restate import Restatement, compare_lines, compare_unpriced
+from ._rating import Cell, Invoice, InvoiceLine, rate, sorted_in_slices
+from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 
-__all__ = ["Billing", "InvoiceView"]
+__all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
+
+T = TypeVar("T")
 
 log = structlog.get_logger("meterd.billing")
 
 DEFAULT_PAGE: Final = 100
 GRAPHQL_THREADS: Final = 4  # GraphQL queries executing at once (each on a worker thread)
+CPU_THREADS: Final = 2
+"""Billing's pure CPU work (rating, comparisons, roll-ups, JSON of large answers) running at
+once on worker threads (:meth:`Billing.off_loop`). Python runs one thread at a time, so more
+would not rate faster; two keep a small request from queueing behind one large rating."""
+
+BUSY_SWITCH_INTERVAL: Final = 0.001
+"""``sys.setswitchinterval`` while billing's work runs on a worker thread. The interpreter
+runs one thread at a time: a thread that wakes (the Trio thread, with an ack to send; the
+store's writer, with a commit done) waits for the running one to hand it over, at most the
+switch interval, 5 ms by default, and an ack crosses threads several times. 1 ms while a
+rating runs (the default again after) keeps those waits short; see docs/billing.md."""
+
+
+class _SwitchInterval:
+    """Lowers the interpreter's switch interval while at least one job holds it."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.saved = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        if self.jobs == 0:
+            self.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.saved, BUSY_SWITCH_INTERVAL))
+        self.jobs += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.jobs -= 1
+        if self.jobs == 0:
+            sys.setswitchinterval(self.saved)
+
+
+_busy = _SwitchInterval()  # process-wide, like the interval; used on the Trio thread only
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
@@ -61,10 +108,11 @@ class InvoiceView:
     def status(self) -> str:
         return "open" if self.closure is None else "closed"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, lazy: bool = False) -> dict[str, Any]:
         """The invoice's JSON (decimals as strings), with ``status``, and for a closed period
-        ``closed`` (by, at, total) and ``restatements``."""
-        out = self.invoice.to_json()
+        ``closed`` (by, at, total) and ``restatements``; ``lazy``: long lists as
+        :class:`~meterd.billing.Slices` (for :func:`~meterd.billing.encode_json`)."""
+        out = self.invoice.to_json(lazy)
         out["status"] = self.status
         if self.closure is not None:
             out["closed"] = {
@@ -72,7 +120,7 @@ class InvoiceView:
                 "at": self.closure.at,
                 "total": str(self.closed_total),
             }
-            out["restatements"] = [r.to_json() for r in self.restatements]
+            out["restatements"] = [r.to_json(lazy) for r in self.restatements]
         return out
 
 
@@ -97,6 +145,19 @@ class Billing:
         self.clock = clock
         self._periods = trio.Lock()
         self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
+        self.cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
+
+    async def _drop(self, box: list[Any]) -> None:
+        """Free what ``box`` holds on a worker thread (see :func:`_take`)."""
+        await self.off_loop(partial(_take, box))
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """``work()`` on a worker thread (at most :data:`CPU_THREADS` at once): CPU-bound
+        work that grows with an account's usage must not hold the Trio thread, where
+        ingestion and ``/healthz`` run. ``work`` must be pure: values in, a value out, no
+        actor state, no service, no SQLite connection (those belong to their own threads)."""
+        with _busy:
+            return await trio.to_thread.run_sync(work, limiter=self.cpu_limiter)
 
     @property
     def meters(self) -> Mapping[str, Meter]:
@@ -136,10 +197,7 @@ class Billing:
                 ):
                     add(state, event)
             fixed[(start, dims)] = state
-        kept = [c for c in cells if (c[0], c[1]) not in fixed]
-        kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
-        kept.sort(key=lambda c: (c[0], c[1]))
-        return kept
+        return await self.off_loop(partial(_replace_cells, cells, fixed))
 
     async def usage(
         self,
@@ -156,17 +214,10 @@ class Billing:
         index = _group_index(meter, group_by)
         low, high = window.align(from_ms), window.align(to_ms)
         cells = await self.cells(account, meter, low, high)
-        figures: dict[tuple[int, str], Decimal] = {}
-        for row in rollup(meter, cells, low, high, window, group_by):
-            group = "" if row.group is None or group_by is None else row.group[group_by]
-            figures[(row.start, group)] = Decimal(row.value)
-        for a in await self.db.adjustments(account, low, high, meter.name):
-            key = (window.align(a.start), "" if index is None else a.dims[index])
-            figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
-        return [
-            (start, start + window.ms, value, None if group_by is None else {group_by: group})
-            for (start, group), value in sorted(figures.items())
-        ]
+        adjustments = await self.db.adjustments(account, low, high, meter.name)
+        return await self.off_loop(
+            partial(_usage_rows, meter, cells, (low, high), window, group_by, index, adjustments)
+        )
 
     # -- invoices -----------------------------------------------------------------------------
 
@@ -178,16 +229,19 @@ class Billing:
             for name, meter in sorted(self.meters.items())
         }
         adjustments = await self.db.adjustments(account, low, high)
-        return rate(
+        work = partial(
+            _rate_taking,
+            [cells],
             account,
             period,
-            self.meters,
-            cells,
+            dict(self.meters),
             self.book,
             adjustments,
             currency=self.currency,
             amount_places=self.amount_places,
         )
+        del cells  # the worker holds the only reference: the cells are freed there
+        return await self.off_loop(work)
 
     async def invoice(self, account: str, period: Period) -> InvoiceView:
         """The account's invoice: rated now for an open period; for a closed one the figures
@@ -197,9 +251,9 @@ class Billing:
             return InvoiceView(await self.rate(account, period))
         async with self._periods:
             _, current = await self._restate(account, period, ())
-        closed = await self.db.closed_figures(period, account)
+        closed_total = await self.db.closed_total(period, account)
         restatements = await self.db.restatements(account, period)
-        return InvoiceView(current, closure, closed.total, tuple(restatements))
+        return InvoiceView(current, closure, closed_total, tuple(restatements))
 
     async def close_period(self, period: Period, by: str) -> Closure:
         """Close ``period`` for every account: rate each and fix its figures.
@@ -215,20 +269,23 @@ class Billing:
         async with self._periods:
             if await self.db.closure(period) is not None:
                 raise Conflict(f"period {period} is already closed", code="already_closed")
-            invoices = []
+            invoices: list[Invoice] = []
             for account in await self._accounts(period):
-                invoice = await self.rate(account, period)
-                if invoice.lines or invoice.unpriced:
-                    invoices.append(invoice)
+                invoices.append(await self.rate(account, period))
+            invoices = [i for i in invoices if i.lines or i.unpriced]
             closure = await self.db.close(period, by, self.clock(), invoices)
-        log.info("period_closed", period=str(period), by=by, accounts=len(invoices))
+        log.info("period_closed", period=str(period), by=by, accounts=closure.accounts)
+        box = [invoices]
+        del invoices  # freed on a worker thread, not here
+        await self._drop(box)
         return closure
 
     async def restatements(self, account: str, period: Period) -> list[Restatement]:
         """The restatements of a closed period (after restating a changed rating)."""
         if await self.db.closure(period) is not None:
             async with self._periods:
-                await self._restate(account, period, ())
+                box = [await self._restate(account, period, ())]
+            await self._drop(box)
         return await self.db.restatements(account, period)
 
     async def _restate(
@@ -237,10 +294,12 @@ class Billing:
         """Rate a closed period and record a restatement if the rating differs from its
         fixed figures (call with the lock held); returns it (or None) and the rating."""
         fixed = await self.db.figures(period, account)
+        fixed_total = fixed.total
         current = await self.rate(account, period)
-        changes = compare_lines(fixed.lines, current.lines)
-        unpriced = compare_unpriced(fixed.unpriced, current.unpriced)
-        if not changes and not unpriced and fixed.total == current.total:
+        work = partial(_compare_taking, [fixed], current)
+        del fixed  # compared and freed on the worker thread
+        changes, unpriced = await self.off_loop(work)
+        if not changes and not unpriced and fixed_total == current.total:
             return None, current
         if not causes:  # name the corrections a crash kept from restating at once
             causes = tuple(await self.db.corrections_since_fixed(period, account))
@@ -251,13 +310,13 @@ class Billing:
             )
         causes = (*causes, *unpriced)  # unpriced usage is not billed: no line shows it
         restatement = await self.db.add_restatement(
-            period, account, self.clock(), causes, fixed.total, current, changes
+            period, account, self.clock(), causes, fixed_total, current, changes
         )
         log.warning(
             "period_restated",
             account=account,
             period=str(period),
-            old_total=str(fixed.total),
+            old_total=str(fixed_total),
             new_total=str(current.total),
             causes=list(causes),
         )
@@ -269,7 +328,10 @@ class Billing:
         period = Period.containing(time_ms)
         if await self.db.closure(period) is None:
             return None
-        restatement, _ = await self._restate(account, period, (cause,))
+        restatement, current = await self._restate(account, period, (cause,))
+        box = [current]
+        del current
+        await self._drop(box)
         return restatement
 
     # -- corrections --------------------------------------------------------------------------
@@ -382,9 +444,9 @@ class Billing:
         audit_cursor: str | None = None,
     ) -> Explanation:
         """Invoice line ``line`` (1-based, of the current figures) down to its events."""
-        invoice = (await self.invoice(account, period)).invoice
-        try:
-            found = invoice.line(line)
+        box = [(await self.invoice(account, period)).invoice]
+        try:  # the line looked up, and the invoice freed, on the worker thread
+            found = await self.off_loop(partial(_line_taking, box, line))
         except LookupError as exc:
             raise NotFound(str(exc), code="unknown_line") from None
         return await self.explain_line(
@@ -498,11 +560,8 @@ class Billing:
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise invalid("limit", f"must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         low, high = span
-        cells = [c for c in await self.cells(account, meter, low, high) if keep(c[1])]
-        windows = tuple(
-            WindowFigure(row.start, row.end, row.value)
-            for row in rollup(meter, cells, low, high, window, None)
-        )
+        cells = await self.cells(account, meter, low, high)
+        windows = await self.off_loop(partial(_windows, meter, cells, keep, span, window))
         voids = [v for v in await self.db.voids(account, low, high, meter.name) if keep(v.dims)]
         void_of = {v.event_id: v.id for v in voids}
         quarantined = await self._quarantined(account)
@@ -607,6 +666,107 @@ class Billing:
         known = set(await self.accounts.store.reader.accounts())
         known |= await self.db.adjusted_accounts(period.start_ms, period.end_ms)
         return sorted(known)
+
+
+# ---- the pure work run off the Trio thread (Billing.off_loop) ---------------------------------
+
+
+def _replace_cells(
+    cells: list[Cell], fixed: Mapping[tuple[int, tuple[str, ...]], State]
+) -> list[Cell]:
+    """``cells`` with those in ``fixed`` (recomputed without voided events) replaced, the
+    empty ones left out, by start and dimension values."""
+    kept = [c for c in cells if (c[0], c[1]) not in fixed]
+    kept.extend((s, d, state) for (s, d), state in fixed.items() if not state.empty)
+    return sorted_in_slices(kept, key=lambda c: (c[0], c[1]))
+
+
+def _usage_rows(
+    meter: Meter,
+    cells: list[Cell],
+    span: tuple[int, int],
+    window: Window,
+    group_by: str | None,
+    index: int | None,
+    adjustments: Iterable[Adjustment],
+) -> list[tuple[int, int, Decimal, dict[str, str] | None]]:
+    """Usage rows of ``cells`` rolled up, with ``adjustments`` added in their window."""
+    low, high = span
+    figures: dict[tuple[int, str], Decimal] = {}
+    for row in rollup(meter, cells, low, high, window, group_by):
+        group = "" if row.group is None or group_by is None else row.group[group_by]
+        figures[(row.start, group)] = Decimal(row.value)
+    for a in adjustments:
+        key = (window.align(a.start), "" if index is None else a.dims[index])
+        figures[key] = EXACT.add(figures.get(key, Decimal(0)), a.signed)
+    return [
+        (start, start + window.ms, value, None if group_by is None else {group_by: group})
+        for (start, group), value in sorted_in_slices(figures.items(), key=_first)
+    ]
+
+
+def _first(item: tuple[tuple[int, str], Decimal]) -> tuple[int, str]:
+    return item[0]
+
+
+def _windows(
+    meter: Meter, cells: list[Cell], keep: DimsFilter, span: tuple[int, int], window: Window
+) -> tuple[WindowFigure, ...]:
+    """The ``window``-sized figures of the cells whose dimension values pass ``keep``."""
+    low, high = span
+    mine = [c for c in cells if keep(c[1])]
+    return tuple(
+        WindowFigure(row.start, row.end, row.value)
+        for row in rollup(meter, mine, low, high, window, None)
+    )
+
+
+def _take(box: list[T]) -> T:
+    """What ``box`` holds, the box emptied. Given a box whose content nothing else holds, a
+    worker thread becomes its only holder, so it is freed there when the work ends, not on
+    the Trio thread (freeing an invoice of 50,000 lines or its cells is ~30 ms)."""
+    return box.pop()
+
+
+def _rate_taking(
+    box: list[dict[str, list[Cell]]],
+    account: str,
+    period: Period,
+    meters: Mapping[str, Meter],
+    book: PriceBook,
+    adjustments: list[Adjustment],
+    *,
+    currency: str,
+    amount_places: int,
+) -> Invoice:
+    """:func:`rate` of the cells in ``box`` (freed here after)."""
+    cells = _take(box)
+    return rate(
+        account,
+        period,
+        meters,
+        cells,
+        book,
+        adjustments,
+        currency=currency,
+        amount_places=amount_places,
+    )
+
+
+def _compare_taking(
+    box: list[StoredFigures], current: Invoice
+) -> tuple[list[LineChange], list[str]]:
+    """What moved between the fixed figures in ``box`` (freed here after) and a rating."""
+    fixed = _take(box)
+    return (
+        compare_lines(fixed.lines, current.lines),
+        compare_unpriced(fixed.unpriced, current.unpriced),
+    )
+
+
+def _line_taking(box: list[Invoice], number: int) -> InvoiceLine:
+    """Line ``number`` of the invoice in ``box`` (freed here after); ``LookupError``."""
+    return _take(box).line(number)
 
 
 def _need_text(name: str, value: str) -> None:

@@ -1,7 +1,8 @@
 """``meterd bench``: benchmarks that drive a daemon from outside, as producers do.
 
-``meterd bench ingest`` is :mod:`meterd.bench.ingest` (docs/ingest-bench.md). Figures, never
-pass/fail thresholds; progress goes to stderr, the table (or ``--json``) to stdout.
+``meterd bench ingest`` is :mod:`meterd.bench.ingest` (docs/ingest-bench.md), ``meterd bench
+rating`` is :mod:`meterd.bench.rating` (docs/billing.md). Figures, never pass/fail thresholds;
+progress goes to stderr, the table (or ``--json``) to stdout.
 """
 
 from __future__ import annotations
@@ -164,6 +165,84 @@ def ingest(
         )
         settings.check()
         report = trio.run(run, settings)
+    except BenchError as error:
+        raise click.ClickException(str(error)) from None
+    except BaseExceptionGroup as group:
+        found = _bench_error(group)
+        if found is None:
+            raise
+        raise click.ClickException(str(found)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report))
+    sys.stdout.flush()
+
+
+@bench.command("rating")
+@click.option(
+    "--sizes",
+    default=None,
+    metavar="N,N,...",
+    help="Invoice lines (distinct dimension values) to rate [5000,10000,20000,50000];"
+    " the largest is rated during the latency row.",
+)
+@click.option(
+    "--repeats", type=click.IntRange(1), default=None, help="Timed requests per size [3]."
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    help="Length of each latency row (baseline, while rating) [20].",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.001),
+    default=0.05,
+    show_default=True,
+    help="Seconds between two events of the steady producer.",
+)
+@click.option("--quick", is_flag=True, help="Small sizes: 1,000, 2,000, 5,000 lines; 5 s rows.")
+@click.option(
+    "--keep-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Copy the daemon's log (JSON lines) here when it stops.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def rating(
+    sizes: str | None,
+    repeats: int | None,
+    seconds: float | None,
+    interval: float,
+    quick: bool,
+    keep_log: Path | None,
+    as_json: bool,
+) -> None:
+    """Rating an invoice whose lines each have their own dimension value, on a daemon it
+    starts: the request's time for each size, and a steady producer's ack latency (and
+    /healthz) while the largest is rated, beside the same producer with no invoice
+    request. See docs/billing.md."""
+    from meterd.bench.ingest import BenchError
+    from meterd.bench.rating import RatingOptions, format_report, run
+
+    overrides: dict[str, Any] = {"interval": interval, "keep_log": keep_log}
+    if sizes is not None:
+        try:
+            overrides["sizes"] = tuple(int(part) for part in sizes.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{sizes!r}: expected numbers of lines separated by commas", param_hint="--sizes"
+            ) from None
+    if repeats is not None:
+        overrides["repeats"] = repeats
+    if seconds is not None:
+        overrides["seconds"] = seconds
+    try:
+        options = RatingOptions.quick(**overrides) if quick else RatingOptions(**overrides)
+        options.check()
+        report = trio.run(run, options)
     except BenchError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
