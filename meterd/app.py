@@ -60,6 +60,7 @@ def build(config: Config) -> Services:
         index_cycle=config.store.index_cycle.seconds,
         wal_checkpoint_interval=config.store.wal_checkpoint_interval.seconds or None,
         audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
+        dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
         meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
     )
     accounts = Accounts(

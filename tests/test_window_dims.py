@@ -26,6 +26,7 @@ from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window, can
 from meterd.store import schema
 from meterd.store.codec import decode_dims, encode_dims
 from tests.test_accounts import running, settled, submit
+from tests.test_dedupe_retention import as_before_retention
 
 SIZED = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 ONE = Meter("addon.hours", Aggregation.SUM, ("plan",))
@@ -231,6 +232,7 @@ async def test_an_account_whose_row_was_shared_is_rebuilt_from_its_journal(
         "INSERT INTO windows VALUES ('acme', ?, ?, 'a\x1fb\x1fc', ?)", (SIZED.name, T0, state)
     )
     conn.execute("PRAGMA user_version = 5")
+    as_before_retention(conn)  # and step 7's tables as they were at version 5
     conn.close()
 
     async with running(tmp_path, meters=METERS) as accounts:

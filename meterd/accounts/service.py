@@ -191,8 +191,8 @@ class Accounts:
 
         ``groups`` are ``(account, events)`` with each account once. ``on_done`` is called
         after the store writer's commit with one :class:`~meterd.store.AppendResult` per
-        group (``accepted``, ``duplicates``, ``conflicts``: indexes into that group's
-        events), or with the exception if nothing of the batch was written.
+        group (``accepted``, ``duplicates``, ``conflicts``, ``too_late``: indexes into that
+        group's events), or with the exception if nothing of the batch was written.
         Duplicates and ``id_conflict`` are decided by the writer, in commit order, so the
         first submitted copy of an id decides. The accepted events of each account are
         delivered to its actor (which applies them) before ``on_done`` is called.

@@ -49,6 +49,7 @@ __all__ = ["PARTS", "main", "pages_per_event"]
 PAYLOAD_BYTES: Final = 110  # a one-event batch payload of this load, msgpack-encoded
 STATE: Final = b"\x92\x01\xa51.000"  # a sum window's encoded state
 DIMS: Final = '["std-1x","app-1"]'
+EVENT_SECONDS: Final = 1_764_000_000  # a dedupe row's event time (s)
 
 Writer = Callable[[sqlite3.Connection, list[str], random.Random], None]
 
@@ -90,7 +91,7 @@ class _Rows:
 
     def dedupe(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:
         for account in group:
-            row = (self.buckets[account] | rng.getrandbits(40), 1, 2)
+            row = (self.buckets[account] | rng.getrandbits(40), 1, 2, EVENT_SECONDS)
             self.new_dedupe.setdefault(self.tail.slice_of(account), []).append(row)
 
     def passes(self, conn: sqlite3.Connection, group: list[str], rng: random.Random) -> None:

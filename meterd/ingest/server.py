@@ -92,7 +92,7 @@ from meterd.ingest.protocol import (
 )
 from meterd.ingest.validate import EventValidator, Rejection
 from meterd.model import Event
-from meterd.store import AppendResult, RejectedEvent, conflict_message
+from meterd.store import AppendResult, RejectedEvent, conflict_message, too_late_message
 
 __all__ = ["INGEST_PATH", "IngestServer", "IngestStats", "wall_clock_ms"]
 
@@ -647,6 +647,17 @@ class _Connection:
                         event.id,
                         "id_conflict",
                         conflict_message(account, event.id),
+                    )
+                )
+            for position in verdict.too_late:  # older than the store's dedupe horizon
+                event = events[position]
+                assert verdict.horizon is not None
+                rejected.append(
+                    Rejection(
+                        positions[position],
+                        event.id,
+                        "time_out_of_range",
+                        too_late_message(event.time, verdict.horizon),
                     )
                 )
         if accepted + duplicates + len(rejected) != size:  # the accounts layer lost an event

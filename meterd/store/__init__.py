@@ -31,6 +31,7 @@ from .reader import (
     WindowRow,
     open_reader,
 )
+from .retention import too_late_message
 from .schema import SCHEMA_VERSION, open_database, open_readonly
 from .store import Store
 from .writer import (
@@ -74,4 +75,5 @@ __all__ = [
     "open_database",
     "open_reader",
     "open_readonly",
+    "too_late_message",
 ]

@@ -30,7 +30,10 @@ Rules:
   a group committed: the group's new batches and dedupe rows are added, then the passed
   slices are emptied. The writer thread reads it during a group (nothing changes it
   meanwhile): a key is stored if it is in ``dedupe``, in the tail, or added earlier in the
-  same transaction. It holds ``rate x cycle`` entries at most under load.
+  same transaction. It holds ``rate x cycle`` entries at most under load. A key has one row
+  in the tail at most (the writer sends any other event with that key to
+  ``dedupe_overflow``); a pass *replaces* a ``dedupe`` row of the same key, which is then
+  one the writer had forgotten (past ``dedupe_window``: docs/accounts.md).
 * A reader of the daemon's store (:class:`~meterd.store.Store`) takes an account's tail
   batches from the writer's :class:`JournalTail` when called, then reads the index in its
   own transaction; the union (by batch id) is every batch committed before the call. A
@@ -41,7 +44,10 @@ Rules:
   journal order, a key going to the first event that has it, as when they were appended)
   before reporting ready, so the in-memory tail starts empty and complete. If they cannot
   be written (a full disk), it holds the same rows in memory (:func:`rebuild_tail`) and
-  starts anyway: a full disk fails commits, not the writer.
+  starts anyway: a full disk fails commits, not the writer. An accepted event either
+  claimed its key (its row is the one to write) or has a ``dedupe_overflow`` row of its
+  batch, written with it: that is how the rebuild tells them apart, whatever the
+  ``dedupe`` table held when it was decided.
 """
 
 from __future__ import annotations
@@ -51,10 +57,11 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Final, TypeAlias
 
 from . import codec
-from .schema import SLICES, account_bucket, dedupe_row_key, slice_of, stored_dedupe_rows
+from .schema import SLICES, account_bucket, dedupe_row_key, slice_of
 
 __all__ = [
     "DedupeRow",
@@ -78,8 +85,11 @@ TailEntry: TypeAlias = tuple[int, int, int]
 """``(batch_id, min_time, max_time)`` of a journal batch not yet in ``journal_index``."""
 NewBatch: TypeAlias = tuple[str, int, int, int]
 """``(account, batch_id, min_time, max_time)`` of a batch appended by a group."""
-DedupeRow: TypeAlias = tuple[int, int, int]
-"""``(key, batch_id, fingerprint)``: a ``dedupe`` row."""
+DedupeRow: TypeAlias = tuple[int, int, int, int]
+"""``(key, batch_id, fingerprint, time_s)``: a ``dedupe`` row (``time_s``: the event's time
+in seconds, floor)."""
+_ROW: Final = 4  # ints per dedupe row in the tail's flat arrays
+_OFFSET_BITS: Final = 32  # JournalTail.position_of: slice above the offset in its array
 
 
 class JournalTail:
@@ -93,12 +103,11 @@ class JournalTail:
         # No tuple per entry: the collector walks every young container, and the tail holds
         # a cycle of events (two tuples an event doubled its young-generation pauses).
         # Per slice, account -> its batches as flat [batch_id, min_time, max_time, ...];
-        # per slice, the dedupe rows as one flat array of [key, batch_id, fingerprint, ...];
-        # and by key, the batch and fingerprint of each held row.
+        # per slice, the dedupe rows as one flat array of [key, batch_id, fingerprint,
+        # time_s, ...]; and by key, where its held row is: slice << 32 | offset.
         self.slices: list[dict[str, list[int]]] = [{} for _ in range(SLICES)]
         self.dedupe: list[array[int]] = [array("q") for _ in range(SLICES)]
-        self.batch_of: dict[int, int] = {}
-        self.fingerprint_of: dict[int, int] = {}
+        self.position_of: dict[int, int] = {}
         self.size = 0  # batches held
         self.next_slice = 0  # the next slice to pass
         # The passes' clock (wall ms): the turn of the slice after the last one passed.
@@ -118,15 +127,19 @@ class JournalTail:
         flat = self.slices[self.slice_of(account)].get(account, ())
         return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
 
-    def stored(self, key: int) -> tuple[int, int] | None:
-        """``(batch_id, fingerprint)`` of the held dedupe row of ``key``, if any."""
-        batch_id = self.batch_of.get(key)
-        return None if batch_id is None else (batch_id, self.fingerprint_of[key])
+    def stored(self, key: int) -> tuple[int, int, int] | None:
+        """``(batch_id, fingerprint, time_s)`` of the held dedupe row of ``key``, if any."""
+        position = self.position_of.get(key)
+        if position is None:
+            return None
+        flat = self.dedupe[position >> _OFFSET_BITS]
+        at = position & ((1 << _OFFSET_BITS) - 1)
+        return flat[at + 1], flat[at + 2], flat[at + 3]
 
     def rows(self, k: int) -> list[DedupeRow]:
         """The held dedupe rows of slice ``k``."""
         flat = self.dedupe[k]
-        return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
+        return list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True))
 
     def due(self, now_ms: int, *, early: bool = False) -> list[int]:
         """The slices whose turn came by ``now_ms`` (in passing order; writer thread), or
@@ -148,11 +161,13 @@ class JournalTail:
     ) -> None:
         """A group committed: add its ``new`` batches and dedupe rows (by slice), then
         empty the ``passed`` slices."""
-        batch_of, fingerprint_of = self.batch_of, self.fingerprint_of
+        position_of = self.position_of
         for k, rows in new_dedupe.items():
-            self.dedupe[k].extend(chain.from_iterable(rows))
-            batch_of.update([(key, batch_id) for key, batch_id, _ in rows])
-            fingerprint_of.update([(key, fingerprint) for key, _, fingerprint in rows])
+            flat = self.dedupe[k]
+            at = (k << _OFFSET_BITS) + len(flat)
+            flat.extend(chain.from_iterable(rows))
+            offsets = range(at, at + _ROW * len(rows), _ROW)
+            position_of.update(zip(map(itemgetter(0), rows), offsets, strict=True))
         slices = self.slices
         added = 0
         for account, batch_id, low, high in new:
@@ -167,9 +182,8 @@ class JournalTail:
         for k in passed:
             self.size -= sum(map(len, slices[k].values())) // 3
             slices[k] = {}
-            for key in self.dedupe[k][0::3]:
-                del batch_of[key]
-                del fingerprint_of[key]
+            for key in self.dedupe[k][0::_ROW]:
+                del position_of[key]
             self.dedupe[k] = array("q")
         if self.last_pass_ms is None:
             self.last_pass_ms = now_ms
@@ -183,9 +197,17 @@ class JournalTail:
         """Everything indexed (after :func:`catch_up`)."""
         self.slices = [{} for _ in range(SLICES)]
         self.dedupe = [array("q") for _ in range(SLICES)]
-        self.batch_of = {}
-        self.fingerprint_of = {}
+        self.position_of = {}
         self.size = 0
+
+
+_UPSERT_DEDUPE: Final = (
+    "INSERT INTO dedupe (key, batch_id, fingerprint, time_s) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET batch_id = excluded.batch_id,"
+    " fingerprint = excluded.fingerprint, time_s = excluded.time_s"
+)
+"""A dedupe row, replacing the row of its key if there is one (a forgotten one: see the
+module doc)."""
 
 
 def pass_slices(
@@ -205,7 +227,7 @@ def pass_slices(
         keys.extend(tail.rows(k))
         keys.extend(new_dedupe.get(k, ()))
     keys.sort()
-    conn.executemany("INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)", keys)
+    conn.executemany(_UPSERT_DEDUPE, keys)
     wanted = set(slices)
     rows: list[tuple[str, int, int, int]] = [row for row in new if tail.slice_of(row[0]) in wanted]
     for k in slices:
@@ -226,17 +248,24 @@ def rebuild_tail(
 ) -> tuple[list[NewBatch], dict[int, list[DedupeRow]]]:
     """What :func:`catch_up` would write, to hold in a tail instead (reads only: for a
     database that cannot take the writes, e.g. a full disk): the batches no pass covered and
-    their events' dedupe rows by slice, in journal order, a key to the first event that has
-    it (a key already in ``dedupe`` is not held again)."""
+    their events' dedupe rows by slice, in journal order: the row of each event that claimed
+    its key, i.e. each event without a ``dedupe_overflow`` row of its batch."""
     upto = dict(conn.execute("SELECT slice, upto FROM journal_slices").fetchall())
+    lowest = min(upto.values(), default=0)
+    # Small: only the rare (account, id) whose key another one held when it was counted.
+    overflowed = set(
+        conn.execute(
+            "SELECT account, event_id, batch_id FROM dedupe_overflow WHERE batch_id > ?",
+            (lowest,),
+        ).fetchall()
+    )
     new: list[NewBatch] = []
-    held: list[tuple[int, DedupeRow]] = []  # (slice, row)
-    claimed: set[int] = set()
+    new_dedupe: dict[int, list[DedupeRow]] = {}
     buckets: dict[str, int] = {}
     for batch_id, account, low, high, payload in conn.execute(
         "SELECT batch_id, account, min_time, max_time, payload FROM event_batches"
         " WHERE batch_id > ? ORDER BY batch_id",
-        (min(upto.values(), default=0),),
+        (lowest,),
     ).fetchall():
         k = slice_of(account)
         if batch_id <= upto[k]:
@@ -246,14 +275,9 @@ def rebuild_tail(
         if bucket is None:
             bucket = buckets[account] = account_bucket(account)
         for event in codec.decode_batch(payload, account, where=f"batch {batch_id}"):
-            key = dedupe_row_key(bucket, event)
-            if key not in claimed:
-                claimed.add(key)
-                held.append((k, (key, batch_id, event.fingerprint())))
-    stored = stored_dedupe_rows(conn, claimed)
-    new_dedupe: dict[int, list[DedupeRow]] = {}
-    for k, row in held:
-        if row[0] not in stored:
+            if overflowed and (account, event.id, batch_id) in overflowed:
+                continue
+            row = (dedupe_row_key(bucket, event), batch_id, event.fingerprint(), event.time // 1000)
             new_dedupe.setdefault(k, []).append(row)
     return new, new_dedupe
 
@@ -291,9 +315,6 @@ def catch_up(conn: sqlite3.Connection) -> int:
             "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",
             sorted(new),
         )
-        conn.executemany(
-            "INSERT INTO dedupe (key, batch_id, fingerprint) VALUES (?, ?, ?)",
-            sorted(chain.from_iterable(new_dedupe.values())),
-        )
+        conn.executemany(_UPSERT_DEDUPE, sorted(chain.from_iterable(new_dedupe.values())))
         conn.execute("UPDATE journal_slices SET upto = ?", (_last_batch_id(conn),))
     return len(new)

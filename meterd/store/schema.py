@@ -33,6 +33,12 @@ Versions:
    that does not fit its meter (more values than dimensions: two cells shared it) has all
    its windows deleted and its watermark set to 0: its actor rebuilds them from the
    journal, which holds every event, when it next wakes.
+7. Dedupe retention (docs/accounts.md "Dedupe retention"): ``dedupe.time_s`` and
+   ``dedupe_overflow.time_s``, the event time of the row in seconds (floor), so rows past
+   ``dedupe_window`` can be forgotten and deleted; ``dedupe_overflow`` keyed by
+   ``(account, event_id, batch_id)`` (an id counted again after it was forgotten keeps one
+   row per counted copy); ``store_meta`` holding the dedupe horizon. Rows stored before get
+   the newest event time of their batch (``max_time``: never earlier than their own).
 
 Tables at the latest version::
 
@@ -41,9 +47,9 @@ Tables at the latest version::
     journal_index(account, batch_id, min_time, max_time,
                   PRIMARY KEY(account, batch_id)) WITHOUT ROWID
     journal_slices(slice INTEGER PRIMARY KEY, upto)
-    dedupe(key INTEGER PRIMARY KEY, batch_id, fingerprint)
-    dedupe_overflow(account, event_id, batch_id, fingerprint,
-                    PRIMARY KEY(account, event_id)) WITHOUT ROWID
+    dedupe(key INTEGER PRIMARY KEY, batch_id, fingerprint, time_s)
+    dedupe_overflow(account, event_id, batch_id, fingerprint, time_s,
+                    PRIMARY KEY(account, event_id, batch_id)) WITHOUT ROWID
     windows(account, meter, start, dims, state BLOB,
             PRIMARY KEY(account, meter, start, dims)) WITHOUT ROWID
     accounts(account PRIMARY KEY, watermark, updated_at) WITHOUT ROWID
@@ -52,6 +58,7 @@ Tables at the latest version::
     audit(audit_id INTEGER PRIMARY KEY, account, kind, event_id, code, message, meter, time,
           properties, producer, seq, batch_id, received_at, position)
         index audit_by_account(account, position, audit_id)
+    store_meta(name PRIMARY KEY, value) WITHOUT ROWID
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -97,7 +104,10 @@ __all__ = [
     "IN_CHUNK",
     "dedupe_row_key",
     "dedupe_row_keys",
+    "overflow_key",
+    "read_meta",
     "stored_dedupe_rows",
+    "write_meta",
     "open_database",
     "open_readonly",
     "slice_of",
@@ -160,23 +170,49 @@ IN_CHUNK: Final = 500
 """Values per ``IN (...)`` lookup, well under SQLite's variable limit."""
 
 
-def stored_dedupe_rows(conn: sqlite3.Connection, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
-    """``(batch_id, fingerprint)`` of each of ``keys`` that has a ``dedupe`` row."""
-    found: dict[int, tuple[int, int]] = {}
+def stored_dedupe_rows(
+    conn: sqlite3.Connection, keys: Iterable[int]
+) -> dict[int, tuple[int, int, int | None]]:
+    """``(batch_id, fingerprint, time_s)`` of each of ``keys`` that has a ``dedupe`` row
+    (``time_s``: the event's time in seconds, ``None`` if unknown)."""
+    found: dict[int, tuple[int, int, int | None]] = {}
     pending = list(keys)
     for start in range(0, len(pending), IN_CHUNK):
         chunk = pending[start : start + IN_CHUNK]
         marks = ",".join("?" * len(chunk))
-        for key, batch_id, fingerprint in conn.execute(
-            f"SELECT key, batch_id, fingerprint FROM dedupe WHERE key IN ({marks})", chunk
+        for key, batch_id, fingerprint, time_s in conn.execute(
+            f"SELECT key, batch_id, fingerprint, time_s FROM dedupe WHERE key IN ({marks})",
+            chunk,
         ):
-            found[key] = (batch_id, fingerprint)
+            found[key] = (batch_id, fingerprint, time_s)
     return found
 
 
 MeterDimensions: TypeAlias = Mapping[str, int]
 """Meter name -> its number of dimensions (what the configuration says), for migrations that
 read stored keys made of dimension values."""
+
+
+def overflow_key(account: str, event_id: str) -> int:
+    """The ``dedupe.key`` that ``(account, event_id)`` has (an overflow row's key, which
+    the table does not store): :func:`dedupe_row_key` without a whole event."""
+    event = Event(event_id, account, "", 0, 0)
+    return dedupe_row_key(account_bucket(account), event)
+
+
+def read_meta(conn: sqlite3.Connection, name: str) -> int | None:
+    """The ``store_meta`` value ``name`` (``None``: never written)."""
+    row = conn.execute("SELECT value FROM store_meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def write_meta(conn: sqlite3.Connection, name: str, value: int) -> None:
+    """Set the ``store_meta`` value ``name`` (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO store_meta (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +398,46 @@ def _v6_injective_window_dims(conn: sqlite3.Connection, meter_dimensions: MeterD
         )
 
 
+_FLOOR_SECONDS: Final = "(({ms}) - ((({ms}) % 1000) + 1000) % 1000) / 1000"
+"""SQL: ``floor(ms / 1000)`` (SQLite's ``/`` and ``%`` truncate toward zero)."""
+
+
+def _dedupe_event_times(conn: sqlite3.Connection, meter_dimensions: MeterDimensions) -> None:
+    """Version 7 (docs at the top): every dedupe row gets its event time, in seconds.
+
+    Rows written before this step get their batch's ``max_time``, which is never earlier
+    than their event's: such a row is forgotten no sooner than it should be (later by at
+    most the spread of its batch's times). A row whose batch is missing keeps ``NULL``
+    (never forgotten)."""
+    batch_seconds = _FLOOR_SECONDS.format(ms="b.max_time")
+    conn.execute("ALTER TABLE dedupe ADD COLUMN time_s INTEGER")
+    conn.execute(
+        f"UPDATE dedupe SET time_s = (SELECT {batch_seconds} FROM event_batches b"
+        " WHERE b.batch_id = dedupe.batch_id)"
+    )
+    conn.execute(
+        """CREATE TABLE dedupe_overflow_v7 (
+            account     TEXT    NOT NULL,
+            event_id    TEXT    NOT NULL,
+            batch_id    INTEGER NOT NULL,
+            fingerprint INTEGER NOT NULL,
+            time_s      INTEGER,
+            PRIMARY KEY (account, event_id, batch_id)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute(
+        "INSERT INTO dedupe_overflow_v7 (account, event_id, batch_id, fingerprint, time_s)"
+        f" SELECT o.account, o.event_id, o.batch_id, o.fingerprint, (SELECT {batch_seconds}"
+        " FROM event_batches b WHERE b.batch_id = o.batch_id) FROM dedupe_overflow o"
+    )
+    conn.execute("DROP TABLE dedupe_overflow")
+    conn.execute("ALTER TABLE dedupe_overflow_v7 RENAME TO dedupe_overflow")
+    conn.execute(
+        "CREATE TABLE store_meta (name TEXT NOT NULL PRIMARY KEY, value INTEGER NOT NULL)"
+        " WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
@@ -369,6 +445,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "audit trail of duplicates and rejections", _statements(*V4_STATEMENTS)),
     Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
     Migration(6, "injective window dimension keys", _v6_injective_window_dims),
+    Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

@@ -100,7 +100,7 @@ import trio
 import supervisors as sv
 from meterd.model import Event
 
-from . import codec, schema
+from . import codec, retention, schema
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
 from .journal_index import (
     DedupeRow,
@@ -111,6 +111,7 @@ from .journal_index import (
     pass_slices,
     rebuild_tail,
 )
+from .retention import too_late_message
 from .schema import MeterDimensions, open_database
 from .wal import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
@@ -149,12 +150,17 @@ class AppendResult:
     accepted). A duplicate is an event whose ``(account, id)`` is stored (or accepted earlier
     in the same group or call) with the same fingerprint; a conflict is one stored with a
     different fingerprint (``id_conflict``): it is not written and the stored one stays.
+    ``too_late``: events older than the dedupe horizon ``horizon`` (set when there are
+    some): ``time_out_of_range``, with :func:`~meterd.store.retention.too_late_message`;
+    not written, and decided before any dedupe lookup (:mod:`meterd.store.retention`).
     """
 
     batch_id: int | None
     accepted: list[int]
     duplicates: list[int]
     conflicts: list[int]
+    too_late: list[int] = field(default_factory=list)
+    horizon: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +199,8 @@ AuditRow: TypeAlias = tuple[
 ]  # fmt: skip
 """``(account, kind, event_id, code, message, meter, time, properties, producer, seq,
 batch_id, received_at, position)`` of one ``audit`` row."""
+OverflowRow: TypeAlias = tuple[str, str, int, int, int]
+"""``(account, event_id, batch_id, fingerprint, time_s)``: a ``dedupe_overflow`` row."""
 
 
 def _properties_json(properties: tuple[tuple[str, str], ...] | None) -> str | None:
@@ -222,6 +230,8 @@ class WriterStats:
     events_accepted: int = 0
     events_duplicate: int = 0
     events_conflict: int = 0
+    events_too_late: int = 0  # older than the dedupe horizon (meterd.store.retention)
+    dedupe_rows_swept: int = 0  # forgotten dedupe rows deleted
     batches: int = 0  # submit_batch operations (one per producer batch)
     idle_passes: int = 0  # groups of passes only, written while idle (not in ``commits``)
     failed_passes: int = 0  # passes that failed (their groups committed without them)
@@ -236,8 +246,12 @@ class _Append:
     received_at: int
 
 
-Encoded: TypeAlias = tuple[list[bytes], list[int], list[int]]
-"""A batch's events ready to store, in order: packed rows, fingerprints, dedupe keys."""
+Encoded: TypeAlias = tuple[list[bytes], list[int], list[int], list[int]]
+"""A batch's events ready to store, in order: packed rows, fingerprints, dedupe keys, times
+in seconds (floor: the dedupe rows' ``time_s``)."""
+StoredRow: TypeAlias = tuple[int, int, "int | None", bool]
+"""A dedupe row found for a key: ``(batch_id, fingerprint, time_s, in_table)``; ``in_table``:
+in the ``dedupe`` table (not in the tail, nor added by this transaction)."""
 
 
 @dataclass(slots=True)
@@ -301,6 +315,20 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    """A sweep under way: the horizon it deletes below, the key it goes on after, the rows
+    it deleted so far."""
+
+    horizon: int
+    after: int = -1
+    deleted: int = 0
+
+
+_Swept: TypeAlias = tuple[_Sweep | None, int | None, int]
+"""After a slice: the sweep under way, the horizon of the last sweep done, rows deleted."""
+
+
 class _PassFailed(Exception):
     """Raised inside a group transaction when its pass failed (``__cause__``: why)."""
 
@@ -320,6 +348,9 @@ class Writer:
     of the async operations. ``clock``: wall-clock milliseconds for ``received_at`` /
     ``updated_at`` / ``at`` columns. ``audit_retention_ms``: audit rows older than this
     (by ``received_at``) are pruned (``None``: kept; the daemon passes ``dedupe_window``).
+    ``dedupe_window_ms``: how long the dedupe index remembers an event, by its time
+    (:mod:`meterd.store.retention`; ``None``: the horizon never moves, a store's stored
+    horizon still holds; the daemon passes ``dedupe_window``).
     ``index_cycle``: seconds between two passes of the journal index over the same accounts
     (:mod:`meterd.store.journal_index`; :attr:`journal_tail` holds what they have not
     covered yet). ``meter_dimensions``: each configured meter's number of dimensions, for
@@ -334,6 +365,7 @@ class Writer:
         max_pending: int = 10_000,
         clock: Callable[[], int] = _wall_ms,
         audit_retention_ms: int | None = None,
+        dedupe_window_ms: int | None = None,
         index_cycle: float = 5.0,
         wal_checkpoint_interval: float | None = 0.1,
         probe_interval: float = 1.0,
@@ -351,6 +383,9 @@ class Writer:
         self.stats = WriterStats()
         self._clock = clock
         self.audit_retention_ms = audit_retention_ms
+        if dedupe_window_ms is not None and dedupe_window_ms < 1:
+            raise ValueError(f"dedupe_window_ms must be >= 1, got {dedupe_window_ms}")
+        self.dedupe_window_ms = dedupe_window_ms
         self.journal_tail = JournalTail(max(1, round(index_cycle * 1000)))
         # Checkpoints of the log, off the commit path (None: SQLite's, inside a COMMIT).
         self.wal = (
@@ -359,6 +394,13 @@ class Writer:
             else WalCheckpointer(self.path, interval=wal_checkpoint_interval)
         )
         self._next_prune = 0  # writer thread: wall ms of the next audit pruning pass
+        # Dedupe retention (writer thread; meterd.store.retention): the horizon as committed
+        # (read at open), the sweep under way (None: none), the horizon of the last sweep
+        # done, the time of the next slice.
+        self.horizon: int | None = None
+        self._sweep: _Sweep | None = None
+        self._swept: int | None = None
+        self._next_sweep = 0
         self._queue: list[_Op] = []
         self._in_flight = 0
         self._wake: trio.Event | None = None
@@ -442,6 +484,8 @@ class Writer:
 
     def _open(self) -> sqlite3.Connection:
         connection = open_database(self.path, meter_dimensions=self.meter_dimensions)
+        self.horizon = schema.read_meta(connection, retention.HORIZON)
+        self._sweep = self._swept = None  # a restart sweeps again from the start
         if self.wal is not None:
             # The checkpointer copies the log; the commits' own checkpoint is the backstop
             # that bounds it (see meterd.store.wal).
@@ -529,6 +573,8 @@ class Writer:
             # A backlog of passes (after a burst): written while nothing waits for a commit,
             # a few slices a group, so the next load does not pay for it.
             return IDLE_PASS_AFTER
+        if self._sweep is not None:
+            return retention.SWEEP_EVERY_MS / 1000  # a sweep under way goes on while idle
         return None
 
     async def _commit_unasked_group(self) -> bool:
@@ -542,7 +588,10 @@ class Writer:
             if self.on_probe is not None:
                 self.on_probe()
         else:
-            self._idle_pass = True
+            # Passes early, unless only a sweep under way asked for this group.
+            self._idle_pass = self.journal_tail.size >= IDLE_PASS_MIN_BATCHES or (
+                self.pass_failing is not None and self.journal_tail.size > 0
+            )
             loaded = await self._commit_group()
             if self.on_idle_pass is not None:
                 self.on_idle_pass()
@@ -634,6 +683,7 @@ class Writer:
             stats.events_accepted += sum(map(len, map(_accepted_of, outcome_list)))
             stats.events_duplicate += sum(map(len, map(_duplicates_of, outcome_list)))
             stats.events_conflict += sum(map(len, map(_conflicts_of, outcome_list)))
+            stats.events_too_late += sum(map(len, map(_too_late_of, outcome_list)))
             self._resolve(op, outcome)
         return loaded
 
@@ -833,7 +883,13 @@ class Writer:
             if len(self._known_accounts) > ACCOUNT_CACHE:
                 self._known_accounts.clear()
             txn = _Transaction(
-                conn, self._clock(), self.journal_tail, self._buckets, self._known_accounts
+                conn,
+                self._clock(),
+                self.journal_tail,
+                self._buckets,
+                self._known_accounts,
+                self.horizon,
+                self.dedupe_window_ms,
             )
             for index, op in enumerate(group):
                 if isinstance(op, _Append):
@@ -863,6 +919,13 @@ class Writer:
                 pruned = _prune_audit(conn, txn.now - self.audit_retention_ms)
                 more = pruned == AUDIT_PRUNE_BATCH
                 self._next_prune = txn.now + (0 if more else AUDIT_PRUNE_EVERY_MS)
+            if txn.horizon != self.horizon:
+                assert txn.horizon is not None
+                schema.write_meta(conn, retention.HORIZON, txn.horizon)
+            swept: _Swept | None = None
+            # Paced under load; an idle group (no operation) is there for it.
+            if not probe and txn.horizon is not None and (not group or txn.now >= self._next_sweep):
+                swept = self._sweep_slice(conn, txn.horizon, txn.now)
             if probe:
                 conn.execute(_PROBE_SQL)
                 conn.execute(_PROBE_SQL)
@@ -883,7 +946,35 @@ class Writer:
         # Committed: nothing below may turn the group into a failed one.
         self._known_accounts.update(txn.new_accounts)
         self._indexed = (txn.new_batches, txn.new_dedupe_by_slice, passed, txn.now)
+        self.horizon = txn.horizon
+        if swept is not None:
+            sweep, done, deleted = swept
+            self.stats.dedupe_rows_swept += deleted
+            if sweep is None and self._sweep is not None:
+                log.info(
+                    "dedupe_swept",
+                    path=str(self.path),
+                    horizon=done,
+                    deleted=self._sweep.deleted + deleted,
+                )
+            self._sweep, self._swept = sweep, done
         return outcomes
+
+    def _sweep_slice(self, conn: sqlite3.Connection, horizon: int, now: int) -> _Swept | None:
+        """One slice of the sweep of forgotten dedupe rows, in the group's transaction; what
+        the sweep state becomes once the group commits (``None``: no change). A sweep starts
+        once the horizon is past the one the last sweep deleted below, and keeps its
+        horizon to its end."""
+        sweep = self._sweep
+        if sweep is None:
+            if horizon == self._swept:
+                return None
+            sweep = _Sweep(horizon)
+        self._next_sweep = now + retention.SWEEP_EVERY_MS
+        end, deleted = retention.sweep(conn, sweep.after, sweep.horizon // 1000)
+        if end is None:
+            return None, sweep.horizon, deleted
+        return _Sweep(sweep.horizon, end, sweep.deleted + deleted), self._swept, deleted
 
 
 def _prune_audit(conn: sqlite3.Connection, before: int) -> int:
@@ -922,6 +1013,7 @@ def _is_disk_full(error: Exception) -> bool:
 _accepted_of: Final = attrgetter("accepted")
 _duplicates_of: Final = attrgetter("duplicates")
 _conflicts_of: Final = attrgetter("conflicts")
+_too_late_of: Final = attrgetter("too_late")
 
 
 def _check_groups(groups: Iterable[tuple[str, Sequence[Event]]]) -> None:
@@ -955,15 +1047,16 @@ def _encode_batch(
         buckets[account] = schema.account_bucket(account)
     events = list(chain.from_iterable(map(itemgetter(1), groups)))
     try:
-        packed, fingerprints = codec.encode_rows(events)
+        packed, fingerprints = codec.encode_rows(events)  # checks each time is an int
         keys = schema.dedupe_row_keys(buckets, events)
+        seconds = [event.time // 1000 for event in events]
     except Exception:  # the caller's data: this operation fails, not the group
         for account, group in groups:
             failure = _invalid(account, group)
             if failure.__cause__ is not None:
                 return failure
         return InvalidEvents("a batch has an event that cannot be stored")
-    return packed, fingerprints, keys
+    return packed, fingerprints, keys, seconds
 
 
 def _invalid(account: str, events: Sequence[Event]) -> InvalidEvents:
@@ -994,10 +1087,17 @@ class _Transaction:
         tail: JournalTail,
         buckets: dict[str, int] | None = None,
         known_accounts: set[str] | frozenset[str] = frozenset(),
+        horizon: int | None = None,
+        dedupe_window_ms: int | None = None,
     ) -> None:
         self.conn = conn
         self.now = now
         self.tail = tail
+        # Dedupe retention (meterd.store.retention): the horizon, raised by each operation
+        # before it is decided; floor_s is it in seconds (None: nothing forgotten).
+        self.horizon = horizon
+        self.floor_s = None if horizon is None else horizon // 1000
+        self.dedupe_window_ms = dedupe_window_ms
         self.buckets = {} if buckets is None else buckets
         self.known_accounts = known_accounts
         self.new_accounts: list[str] = []
@@ -1005,7 +1105,7 @@ class _Transaction:
         # dedupe rows of their events by slice and by key (they are not in ``dedupe`` yet).
         self.new_batches: list[NewBatch] = []
         self.new_dedupe_by_slice: dict[int, list[DedupeRow]] = {}
-        self.new_dedupe: dict[int, tuple[int, int]] = {}
+        self.new_dedupe: dict[int, tuple[int, int, int]] = {}
         (self.next_batch_id,) = conn.execute(
             "SELECT max("
             " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0),"
@@ -1020,23 +1120,35 @@ class _Transaction:
         Keys, packed rows and fingerprints are computed for the whole batch at once; when
         no key is stored yet and none repeats (the common case: every event new, no two
         sharing a key), every event is accepted without any per-event decision
-        (:meth:`_all_new`); otherwise each group is classified in order."""
+        (:meth:`_all_new`); otherwise each group is classified in order.
+
+        The dedupe horizon is raised for ``op`` first; an event older than it is
+        ``too_late``, whatever the index holds (:mod:`meterd.store.retention`)."""
         encoded = op.encoded
         if encoded is None:
             encoded = _encode_batch(op.groups, self.buckets)
         if isinstance(encoded, InvalidEvents):
             return encoded
-        packed, fingerprints, keys = encoded
+        packed, fingerprints, keys, seconds = encoded
+        if self.dedupe_window_ms is not None:
+            self._raise_horizon(op.received_at)
+        floor = self.floor_s
         stored = self._lookup_keys(keys) if keys else {}
         audit_rows: list[AuditRow] = []
-        overflow_rows: list[tuple[str, str, int, int]] = []
-        if not stored and len(set(keys)) == len(keys):
-            results, batch_rows, dedupe_rows = self._all_new(op, packed, keys, fingerprints)
+        overflow_rows: list[OverflowRow] = []
+        if (
+            not stored
+            and len(set(keys)) == len(keys)
+            and (floor is None or not seconds or min(seconds) >= floor)
+        ):
+            results, batch_rows, dedupe_rows = self._all_new(
+                op, packed, keys, fingerprints, seconds
+            )
         else:
             results, batch_rows, dedupe_rows = [], [], []
             self._classify_groups(
-                op, packed, keys, fingerprints, stored, results, batch_rows, dedupe_rows,
-                overflow_rows, audit_rows,
+                op, packed, keys, fingerprints, seconds, stored, results, batch_rows,
+                dedupe_rows, overflow_rows, audit_rows,
             )  # fmt: skip
         conn = self.conn
         if batch_rows:
@@ -1049,8 +1161,8 @@ class _Transaction:
             self._defer_dedupe(batch_rows, dedupe_rows)
             if overflow_rows:
                 conn.executemany(
-                    "INSERT INTO dedupe_overflow (account, event_id, batch_id, fingerprint)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO dedupe_overflow"
+                    " (account, event_id, batch_id, fingerprint, time_s) VALUES (?, ?, ?, ?, ?)",
                     overflow_rows,
                 )
             self._note_accounts([row[1] for row in batch_rows])
@@ -1078,14 +1190,27 @@ class _Transaction:
                 by_slice[k] = [row]
             else:
                 rows.append(row)
-        self.new_dedupe.update([(key, (batch_id, fp)) for key, batch_id, fp in dedupe_rows])
+        self.new_dedupe.update([(row[0], row[1:]) for row in dedupe_rows])
+
+    def _raise_horizon(self, received_at: int) -> None:
+        """The horizon for an operation received at ``received_at`` (never lowered)."""
+        assert self.dedupe_window_ms is not None
+        wanted = retention.horizon_at(received_at, self.dedupe_window_ms)
+        if self.horizon is None or wanted > self.horizon:
+            self.horizon = wanted
+            self.floor_s = wanted // 1000
 
     def _all_new(
-        self, op: _BatchAppend, packed: list[bytes], keys: list[int], fingerprints: list[int]
-    ) -> tuple[list[AppendResult], list[BatchRow], list[tuple[int, int, int]]]:
+        self,
+        op: _BatchAppend,
+        packed: list[bytes],
+        keys: list[int],
+        fingerprints: list[int],
+        seconds: list[int],
+    ) -> tuple[list[AppendResult], list[BatchRow], list[DedupeRow]]:
         """Results and rows when every event of ``op`` is accepted: each group becomes a
-        journal batch of all its events (``packed``, ``keys``, ``fingerprints``: the batch's
-        events in order)."""
+        journal batch of all its events (``packed``, ``keys``, ``fingerprints``,
+        ``seconds``: the batch's events in order)."""
         groups = op.groups
         at = op.received_at
         counts = list(map(len, map(itemgetter(1), groups)))
@@ -1109,7 +1234,8 @@ class _Transaction:
             for batch_id, count in zip(batch_ids, counts, strict=True)
         ]
         event_batch_ids = chain.from_iterable(map(repeat, batch_ids, counts))
-        return results, batch_rows, list(zip(keys, event_batch_ids, fingerprints, strict=True))
+        dedupe_rows = list(zip(keys, event_batch_ids, fingerprints, seconds, strict=True))
+        return results, batch_rows, dedupe_rows
 
     def _classify_groups(
         self,
@@ -1117,27 +1243,31 @@ class _Transaction:
         packed: list[bytes],
         keys: list[int],
         fingerprints: list[int],
-        stored: dict[int, tuple[int, int]],
+        seconds: list[int],
+        stored: dict[int, StoredRow],
         results: list[AppendResult],
         batch_rows: list[BatchRow],
-        dedupe_rows: list[tuple[int, int, int]],
-        overflow_rows: list[tuple[str, str, int, int]],
+        dedupe_rows: list[DedupeRow],
+        overflow_rows: list[OverflowRow],
         audit_rows: list[AuditRow],
     ) -> None:
-        """Each group's verdicts in order, when some key of ``op`` is stored or repeats:
-        appends to the result and row lists."""
+        """Each group's verdicts in order, when some key of ``op`` is stored or repeats, or
+        some event is older than the horizon: appends to the result and row lists."""
         taken: set[int] = set()  # keys claimed by earlier groups of this batch
+        floor = self.floor_s
         start = 0
         for account, events in op.groups:
             count = len(events)
             stop = start + count
             group_keys = keys[start:stop]
             group_fingerprints = fingerprints[start:stop]
+            group_seconds = seconds[start:stop]
             group_packed = packed[start:stop]
             start = stop
             batch_id = self.next_batch_id
             clash = bool(stored) and not stored.keys().isdisjoint(group_keys)
             clash = clash or (bool(taken) and not taken.isdisjoint(group_keys))
+            clash = clash or (floor is not None and min(group_seconds) < floor)
             if (
                 not clash
                 and len(set(group_keys)) == count
@@ -1146,26 +1276,33 @@ class _Transaction:
                 accepted = list(range(count))
                 duplicates: list[int] = []
                 conflicts: list[int] = []
+                too_late: list[int] = []
+                horizon = None
                 dedupe_rows.extend(
-                    zip(group_keys, repeat(batch_id), group_fingerprints, strict=False)
+                    zip(group_keys, repeat(batch_id), group_fingerprints, group_seconds)
                 )
                 taken.update(group_keys)
                 kept = group_packed
             else:
-                accepted, duplicates, conflicts, group_dedupe, group_overflow, originals = (
-                    self._classify(
-                        account, events, group_keys, group_fingerprints, stored, batch_id, taken
-                    )
-                )
-                if duplicates or conflicts:
+                verdicts = self._classify(
+                    account, events, group_keys, group_fingerprints, group_seconds, stored,
+                    batch_id, taken,
+                )  # fmt: skip
+                accepted, duplicates, conflicts, too_late = verdicts[:4]
+                group_dedupe, group_overflow, originals = verdicts[4:]
+                if duplicates or conflicts or too_late:
                     self._audit_verdicts(
-                        audit_rows, op, account, events, duplicates, conflicts, originals
-                    )
+                        audit_rows, op, account, events, duplicates, conflicts, too_late,
+                        originals, self.horizon,
+                    )  # fmt: skip
                 dedupe_rows.extend(group_dedupe)
                 overflow_rows.extend(group_overflow)
-                taken.update(key for key, _, _ in group_dedupe)
+                taken.update(row[0] for row in group_dedupe)
+                horizon = self.horizon if too_late else None
                 if not accepted:
-                    results.append(AppendResult(None, accepted, duplicates, conflicts))
+                    results.append(
+                        AppendResult(None, accepted, duplicates, conflicts, too_late, horizon)
+                    )
                     continue
                 kept = [group_packed[index] for index in accepted]
             self.next_batch_id += 1
@@ -1181,7 +1318,9 @@ class _Transaction:
                     max(times),
                 )
             )
-            results.append(AppendResult(batch_id, accepted, duplicates, conflicts))
+            results.append(
+                AppendResult(batch_id, accepted, duplicates, conflicts, too_late, horizon)
+            )
 
     @staticmethod
     def _audit_verdicts(
@@ -1191,28 +1330,38 @@ class _Transaction:
         events: Sequence[Event],
         duplicates: list[int],
         conflicts: list[int],
+        too_late: list[int],
         originals: dict[str, int],
+        horizon: int | None,
     ) -> None:
-        """The audit rows of a group's duplicates and conflicts (``originals``: the batch of
-        the counted copy of each id)."""
+        """The audit rows of a group's duplicates, conflicts and events older than the
+        horizon (``originals``: the batch of the counted copy of each id)."""
         at = op.received_at
-        conflicting = set(conflicts)
-        for index in sorted(duplicates + conflicts):
+        code: dict[int, str] = dict.fromkeys(conflicts, "id_conflict")
+        code.update(dict.fromkeys(too_late, "time_out_of_range"))
+        for index in sorted(duplicates + conflicts + too_late):
             event = events[index]
-            conflict = index in conflicting
+            rejection = code.get(index)
+            if rejection == "time_out_of_range":
+                assert horizon is not None
+                message: str | None = too_late_message(event.time, horizon)
+            elif rejection == "id_conflict":
+                message = conflict_message(account, event.id)
+            else:
+                message = None
             audit_rows.append(
                 (
                     account,
-                    "rejected" if conflict else "duplicate",
+                    "duplicate" if rejection is None else "rejected",
                     event.id,
-                    "id_conflict" if conflict else None,
-                    conflict_message(account, event.id) if conflict else None,
+                    rejection,
+                    message,
                     event.meter,
                     event.time,
                     _properties_json(event.properties),
                     op.producer if op.producer is not None else event.producer,
                     op.seq,
-                    originals.get(event.id),
+                    None if rejection == "time_out_of_range" else originals.get(event.id),
                     at,
                     event.time,
                 )
@@ -1265,45 +1414,68 @@ class _Transaction:
         events: Sequence[Event],
         keys: list[int],
         fingerprints: list[int],
-        stored: dict[int, tuple[int, int]],
+        seconds: list[int],
+        stored: dict[int, StoredRow],
         batch_id: int,
         taken: set[int] | frozenset[int] = frozenset(),
     ) -> tuple[
         list[int],
         list[int],
         list[int],
-        list[tuple[int, int, int]],
-        list[tuple[str, str, int, int]],
+        list[int],
+        list[DedupeRow],
+        list[OverflowRow],
         dict[str, int],
     ]:
-        """Verdicts when some key is stored already or repeats within the call, and the
-        journal batch of the counted copy of each id seen (for the audit rows).
+        """Verdicts (accepted, duplicates, conflicts, too late) when some key is stored
+        already or repeats within the call, or some event is older than the horizon, the
+        rows to write, and the journal batch of the counted copy of each id seen (for the
+        audit rows).
 
         ``taken``: keys claimed (not yet written) by other accounts' groups of the same
         batch; an event with such a key is new but goes to the overflow table.
         """
-        # The fingerprint each id already has: stored (checked to really be this
-        # (account, id): in the overflow table, or in the batch the key points at),
-        # or accepted earlier in this call.
+        floor = self.floor_s
+        late = (
+            frozenset()
+            if floor is None
+            else frozenset(index for index, s in enumerate(seconds) if s < floor)
+        )
+
+        def remembered(time_s: int | None) -> bool:
+            return floor is None or time_s is None or time_s >= floor
+
+        # The fingerprint each id already has: stored and remembered (checked to really be
+        # this (account, id): in the overflow table, or in the batch the key points at), or
+        # accepted earlier in this call. Too late events are decided before any lookup.
         known: dict[str, int] = {}
         originals: dict[str, int] = {}
         for index, event in enumerate(events):
             row = stored.get(keys[index])
-            if row is None or event.id in known:
+            if row is None or event.id in known or index in late:
                 continue
             overflow = self._overflow_row(account, event.id)
-            if overflow is not None:
-                known[event.id], originals[event.id] = overflow
-            elif self._batch_holds(row[0], account, event.id):
+            if overflow is not None and remembered(overflow[2]):
+                known[event.id], originals[event.id] = overflow[0], overflow[1]
+            elif (
+                remembered(row[2])
+                and self._batch_holds(row[0], account, event.id)
+                # ... and not as a copy the key's row is not (an overflow row of that batch)
+                and (overflow is None or not self._overflowed(account, event.id, row[0]))
+            ):
                 known[event.id], originals[event.id] = row[1], row[0]
 
         accepted: list[int] = []
         duplicates: list[int] = []
         conflicts: list[int] = []
-        dedupe_rows: list[tuple[int, int, int]] = []
-        overflow_rows: list[tuple[str, str, int, int]] = []
+        too_late: list[int] = []
+        dedupe_rows: list[DedupeRow] = []
+        overflow_rows: list[OverflowRow] = []
         claimed: set[int] = set()
         for index, event in enumerate(events):
+            if index in late:
+                too_late.append(index)
+                continue
             fingerprint = fingerprints[index]
             previous = known.get(event.id)
             if previous is None:
@@ -1311,21 +1483,30 @@ class _Transaction:
                 originals[event.id] = batch_id
                 accepted.append(index)
                 key = keys[index]
-                if key in stored or key in claimed or key in taken:  # another (account, id)'s
-                    overflow_rows.append((account, event.id, batch_id, fingerprint))
+                row = stored.get(key)
+                # The key is another (account, id)'s, or a forgotten row's that only a row
+                # of the dedupe table may replace (the tail holds one row per key).
+                if (
+                    (row is not None and (not row[3] or remembered(row[2])))
+                    or key in claimed
+                    or key in taken
+                ):
+                    overflow_rows.append((account, event.id, batch_id, fingerprint, seconds[index]))
                 else:
                     claimed.add(key)
-                    dedupe_rows.append((key, batch_id, fingerprint))
+                    dedupe_rows.append((key, batch_id, fingerprint, seconds[index]))
             elif previous == fingerprint:
                 duplicates.append(index)
             else:
                 conflicts.append(index)
-        return accepted, duplicates, conflicts, dedupe_rows, overflow_rows, originals
+        return (
+            accepted, duplicates, conflicts, too_late, dedupe_rows, overflow_rows, originals
+        )  # fmt: skip
 
-    def _lookup_keys(self, keys: list[int]) -> dict[int, tuple[int, int]]:
-        """``(batch_id, fingerprint)`` of each of ``keys`` stored: in this transaction, in
+    def _lookup_keys(self, keys: list[int]) -> dict[int, StoredRow]:
+        """The row of each of ``keys`` stored, remembered or not: in this transaction, in
         the tail no pass has written yet, or in ``dedupe``."""
-        found: dict[int, tuple[int, int]] = {}
+        found: dict[int, StoredRow] = {}
         local, held = self.new_dedupe, self.tail.stored
         pending: list[int] = []
         for key in set(keys):
@@ -1333,17 +1514,32 @@ class _Transaction:
             if row is None:
                 pending.append(key)
             else:
-                found[key] = row
-        found.update(schema.stored_dedupe_rows(self.conn, pending))
+                found[key] = (row[0], row[1], row[2], False)
+        for key, (batch_id, fingerprint, time_s) in schema.stored_dedupe_rows(
+            self.conn, pending
+        ).items():
+            found[key] = (batch_id, fingerprint, time_s, True)
         return found
 
-    def _overflow_row(self, account: str, event_id: str) -> tuple[int, int] | None:
-        """``(fingerprint, batch_id)`` of ``(account, event_id)`` in ``dedupe_overflow``."""
+    def _overflow_row(self, account: str, event_id: str) -> tuple[int, int, int | None] | None:
+        """``(fingerprint, batch_id, time_s)`` of the newest copy of ``(account, event_id)``
+        in ``dedupe_overflow`` (an id counted again once forgotten has one row per copy)."""
         row = self.conn.execute(
-            "SELECT fingerprint, batch_id FROM dedupe_overflow WHERE account = ? AND event_id = ?",
+            "SELECT fingerprint, batch_id, time_s FROM dedupe_overflow"
+            " WHERE account = ? AND event_id = ? ORDER BY batch_id DESC LIMIT 1",
             (account, event_id),
         ).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]))
+        return None if row is None else (int(row[0]), int(row[1]), row[2])
+
+    def _overflowed(self, account: str, event_id: str, batch_id: int) -> bool:
+        """Whether ``(account, event_id)`` has a ``dedupe_overflow`` row of ``batch_id``."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM dedupe_overflow WHERE account = ? AND event_id = ? AND batch_id = ?",
+                (account, event_id, batch_id),
+            ).fetchone()
+            is not None
+        )
 
     def _batch_holds(self, batch_id: int, account: str, event_id: str) -> bool:
         """Whether journal batch ``batch_id`` holds ``(account, event_id)``."""
