@@ -115,18 +115,22 @@ def write_config(
     checkpoint_interval: float = 5.0,
     commit_interval_ms: int = 2,
     idle_timeout: float = 300.0,
+    wal_checkpoint_interval_ms: int | None = None,
 ) -> Path:
     """The shipped config.toml with the store at ``store``, free loopback ports, the given
     store and accounts settings, and the driver's meters (added if it lacks them)."""
     ingest_port, api_port = free_ports(2)
+    store_settings: dict[str, object] = {
+        "path": str(store),
+        "checkpoint_interval": checkpoint_interval,
+        "commit_interval": f"{commit_interval_ms}ms",
+    }
+    if wal_checkpoint_interval_ms is not None:
+        store_settings["wal_checkpoint_interval"] = f"{wal_checkpoint_interval_ms}ms"
     overrides: dict[str, dict[str, object]] = {
         "ingest": {"listen": f"127.0.0.1:{ingest_port}"},
         "api": {"listen": f"127.0.0.1:{api_port}"},
-        "store": {
-            "path": str(store),
-            "checkpoint_interval": checkpoint_interval,
-            "commit_interval": f"{commit_interval_ms}ms",
-        },
+        "store": store_settings,
         "accounts": {"idle_timeout": idle_timeout},
     }
     text = (ROOT / "config.toml").read_text()

@@ -18,6 +18,7 @@ from .errors import (
     ReaderClosed,
     StoreCorruptError,
     StoreError,
+    StoreLostCommitsError,
     StoreVersionError,
 )
 from .reader import (
@@ -64,6 +65,7 @@ __all__ = [
     "StoreCorruptError",
     "Store",
     "StoreError",
+    "StoreLostCommitsError",
     "StoreVersionError",
     "StoredWindow",
     "WindowMerge",

@@ -15,6 +15,11 @@ class NotAStoreError(StoreError):
     """The file is not a SQLite database, or a SQLite database of another application."""
 
 
+class StoreLostCommitsError(StoreError):
+    """The database holds fewer journal batches than were committed (its write-ahead log
+    was deleted, or the file replaced by an older copy): :mod:`meterd.store.commitmark`."""
+
+
 class StoreCorruptError(StoreError):
     """Stored data contradicts itself (a payload that does not decode, a missing batch)."""
 

@@ -532,7 +532,10 @@ def _migrate(conn: sqlite3.Connection, path: Path, meter_dimensions: MeterDimens
 
 
 def open_database(
-    path: Path | str, *, meter_dimensions: MeterDimensions | None = None
+    path: Path | str,
+    *,
+    meter_dimensions: MeterDimensions | None = None,
+    check: Callable[[sqlite3.Connection, int], None] | None = None,
 ) -> sqlite3.Connection:
     """The writer's connection to the store at ``path``, migrated to :data:`SCHEMA_VERSION`.
 
@@ -548,6 +551,10 @@ def open_database(
 
     The connection is in autocommit mode (``isolation_level=None``: the caller writes
     ``BEGIN``/``COMMIT``) and may be used from any one thread at a time.
+
+    ``check(connection, version)``, if given, runs before any migration writes anything (the
+    writer's commit mark: :mod:`meterd.store.commitmark`); what it raises closes the
+    connection and propagates.
     """
     path = Path(path)
     try:
@@ -564,6 +571,8 @@ def open_database(
         _check_identity(conn, path, version)  # before anything is written
         _set_durable_wal(conn, path)
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        if check is not None:
+            check(conn, version)
         found = _migrate(conn, path, meter_dimensions or {})
     except sqlite3.Error as exc:
         conn.close()

@@ -101,6 +101,7 @@ import supervisors as sv
 from meterd.model import Event
 
 from . import codec, retention, schema
+from .commitmark import CommitMark
 from .errors import CommitFailed, InvalidEvents, StoreCorruptError
 from .journal_index import (
     DedupeRow,
@@ -386,6 +387,8 @@ class Writer:
         if dedupe_window_ms is not None and dedupe_window_ms < 1:
             raise ValueError(f"dedupe_window_ms must be >= 1, got {dedupe_window_ms}")
         self.dedupe_window_ms = dedupe_window_ms
+        # The last committed journal batch, beside the database (checked at open).
+        self.commit_mark = CommitMark(self.path)
         self.journal_tail = JournalTail(max(1, round(index_cycle * 1000)))
         # Checkpoints of the log, off the commit path (None: SQLite's, inside a COMMIT).
         self.wal = (
@@ -479,11 +482,20 @@ class Writer:
                     finally:
                         connection, self._connection = self._connection, None
                         await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
+                        self.commit_mark.close()
         finally:
             self._running = False
 
     def _open(self) -> sqlite3.Connection:
-        connection = open_database(self.path, meter_dimensions=self.meter_dimensions)
+        # Before anything is written (a migration too): a database that lost commits is
+        # refused (meterd.store.commitmark).
+        try:
+            connection = open_database(
+                self.path, meter_dimensions=self.meter_dimensions, check=self.commit_mark.check
+            )
+        except BaseException:
+            self.commit_mark.close()
+            raise
         self.horizon = schema.read_meta(connection, retention.HORIZON)
         self._sweep = self._swept = None  # a restart sweeps again from the start
         if self.wal is not None:
@@ -944,6 +956,8 @@ class Writer:
                 return self._write_group(conn, group, passes=False, probe=probe)
             return _GroupFailed(exc)
         # Committed: nothing below may turn the group into a failed one.
+        if txn.new_batches:
+            self.commit_mark.record(txn.next_batch_id - 1)
         self._known_accounts.update(txn.new_accounts)
         self._indexed = (txn.new_batches, txn.new_dedupe_by_slice, passed, txn.now)
         self.horizon = txn.horizon
