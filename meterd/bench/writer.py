@@ -9,7 +9,9 @@ connections) and awaited. Events are those of ``meterd bench ingest``: meter
 ``dyno.seconds``, quantities ``Decimal`` with 3 decimals, properties ``size`` and ``app``,
 times within the last hour, ids unique.
 
-Each repeat opens a fresh database and first writes one event per account, untimed (every
+The writer gets the daemon's options (``meterd/app.py`` with the default config:
+``audit_retention_ms`` and ``dedupe_window_ms`` of 35 days) where the code measured takes
+them. Each repeat opens a fresh database and first writes one event per account, untimed (every
 account row exists and the writer's per-account caches are warm, as in steady state), then
 times ``--batches`` batches. The collector runs with the daemon's settings (``meterd/app.py``:
 a 50,000-object first generation, start-up objects frozen). Figures, medians over
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import math
 import os
@@ -219,10 +222,19 @@ async def _drive_writer(
     return submit_cpu, accepted
 
 
+def _daemon_options() -> dict[str, Any]:
+    """The options the daemon gives its writer (meterd/app.py, the default config) that this
+    code's :class:`Writer` takes: a reference revision that predates one runs without it."""
+    window = 35 * 86_400_000  # dedupe_window
+    wanted = {"audit_retention_ms": window, "dedupe_window_ms": window}
+    known = inspect.signature(Writer).parameters
+    return {name: value for name, value in wanted.items() if name in known}
+
+
 async def _writer_run(
     path: Path, warm_up: list[Groups], timed: list[Groups], in_flight: int
 ) -> Figures:
-    writer = Writer(path)
+    writer = Writer(path, **_daemon_options())
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         timed_conn = _TimedConnection(cast(sqlite3.Connection, writer._connection))
