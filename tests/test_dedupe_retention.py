@@ -369,3 +369,28 @@ def test_a_store_from_before_retention_gets_its_rows_event_times(tmp_path: Path)
         ("acme", "x", 2, (T0 - 1_500) // 1_000)
     ]
     assert rows(path, "SELECT count(*) FROM store_meta") == [(0,)]
+
+
+async def test_a_writer_that_starts_with_forgotten_rows_deletes_them_while_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    clock = Clock()
+    async with running(Writer(path, commit_interval=0, clock=clock)) as w:
+        await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(20)])
+    clock.now = T0 + WINDOW + STEP
+    with monkeypatch.context() as patch:
+        patch.setattr(retention, "sweep", _no_sweep)  # stopped before its sweep ran
+        async with running(
+            Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+        ) as w:
+            await w.append("acme", [ev("late", clock.now)])
+    assert rows(path, "SELECT count(*) FROM dedupe") == [(21,)]
+    w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+    idle = trio.Event()
+    w.on_idle_pass = idle.set
+    async with running(w):
+        with trio.fail_after(30):  # a safety net against a hang, not a timing assertion
+            await idle.wait()  # no operation: the sweep due since the start runs idle
+        assert w.stats.dedupe_rows_swept == 20
+    assert rows(path, "SELECT count(*) FROM dedupe") == [(1,)]

@@ -585,8 +585,9 @@ class Writer:
             # A backlog of passes (after a burst): written while nothing waits for a commit,
             # a few slices a group, so the next load does not pay for it.
             return IDLE_PASS_AFTER
-        if self._sweep is not None:
-            return retention.SWEEP_EVERY_MS / 1000  # a sweep under way goes on while idle
+        if self._sweep is not None or (self.horizon is not None and self.horizon != self._swept):
+            # A sweep under way goes on while idle (and one is due after a start).
+            return retention.SWEEP_EVERY_MS / 1000
         return None
 
     async def _commit_unasked_group(self) -> bool:
