@@ -28,7 +28,10 @@ batch), spread over the accounts round-robin with a stride, 3 meters, a mix of i
     ``synchronous=FULL``, straight ``sqlite3`` on one thread (no Trio).
 
 Each figure is the median of ``--repeats`` runs, each on a fresh database in a temporary
-directory. These are figures, never pass/fail thresholds.
+directory. These are figures, never pass/fail thresholds. ``disk bytes per event`` is the
+database and its log over the events written; every event here is within the last hour, so
+nothing is past ``dedupe_window``: what retention saves over time is measured by
+``python -m meterd.bench.retention`` (a simulated clock, against ``main``).
 """
 
 from __future__ import annotations
@@ -300,6 +303,8 @@ def main() -> None:
     latency = f"{o['latency_p50_ms']:.1f} / {o['latency_p99_ms']:.1f}"
     print(f"{'append latency p50 / p99 ms':28}{latency:>16}{'-':>16}")
     print(f"{'database MB (+ WAL)':28}{o['db_mb']:>16.1f}{n['db_mb']:>16.1f}")
+    per_event = f"{o['db_mb'] * 1e6 / args.events:.0f}", f"{n['db_mb'] * 1e6 / args.events:.0f}"
+    print(f"{'disk bytes per event':28}{per_event[0]:>16}{per_event[1]:>16}")
     print(f"speedup: {result['speedup']:.1f}x")
     lo = result["light_load"]
     print(
