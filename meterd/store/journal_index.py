@@ -40,14 +40,13 @@ Rules:
   reader without a writer in its process reads the tail from SQLite instead (the batches
   after ``upto`` of the account's slice: a scan of the journal's end).
 * At start the writer indexes whatever tail the database has (:func:`catch_up`: a crash or
-  a stop leaves one; the dedupe rows are derived again from the journal's payloads, in
-  journal order, a key going to the first event that has it, as when they were appended)
-  before reporting ready, so the in-memory tail starts empty and complete. If they cannot
-  be written (a full disk), it holds the same rows in memory (:func:`rebuild_tail`) and
-  starts anyway: a full disk fails commits, not the writer. An accepted event either
-  claimed its key (its row is the one to write) or has a ``dedupe_overflow`` row of its
-  batch, written with it: that is how the rebuild tells them apart, whatever the
-  ``dedupe`` table held when it was decided.
+  a stop leaves one; the dedupe rows are derived again from the journal's payloads, as
+  when they were appended) before reporting ready, so the in-memory tail starts empty and
+  complete. If they cannot be written (a full disk), it holds the same rows in memory
+  (:func:`rebuild_tail`) and starts anyway: a full disk fails commits, not the writer. An
+  accepted event either claimed its key (its row is the one to write) or has a
+  ``dedupe_overflow`` row of its batch, written with it: that is how the rebuild tells
+  them apart, whatever the ``dedupe`` table held when it was decided.
 """
 
 from __future__ import annotations
