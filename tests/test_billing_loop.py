@@ -24,11 +24,12 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from meterd.accounts import service
 from meterd.api import billing as routes
+from meterd.api.models import AccountPath, InvoicePath, LinePath, PageQuery, UsageExplanationQuery
+from meterd.api.operations import parse
 from meterd.billing import (
     Billing,
     BillingDB,
@@ -122,13 +123,6 @@ class _Daemon:
         del account
 
 
-def _request(path_params: dict[str, str], query: bytes = b"") -> Request:
-    return Request(
-        {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": query,
-         "path_params": path_params}
-    )  # fmt: skip
-
-
 @pytest.fixture
 def json_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The invoices and explanations whose JSON was built, in order; building one on the
@@ -176,14 +170,15 @@ async def test_the_routes_build_large_answers_off_the_event_loop(
     async with probed_billing(tmp_path) as (b, _book):
         daemon: Any = _Daemon(b)
         where = {"account": "acme", "period": "2026-11"}
-        response = await routes.invoice(daemon, _request(where))
+        response = await routes.invoice(daemon, parse(InvoicePath, where))
         assert response.status_code == 200
         assert b'"total":"12.00"' in response.body
-        response = await routes.line_explanation(daemon, _request({**where, "line": "1"}))
+        line = parse(LinePath, {**where, "line": "1"})
+        response = await routes.line_explanation(daemon, line, parse(PageQuery, {}))
         assert response.status_code == 200
-        start = str(NOV.start_ms + DAY_MS).encode()
+        query = {"meter": "dyno.seconds", "window": "day", "start": str(NOV.start_ms + DAY_MS)}
         response = await routes.usage_explanation(
-            daemon, _request({"account": "acme"}, b"meter=dyno.seconds&window=day&start=" + start)
+            daemon, parse(AccountPath, {"account": "acme"}), parse(UsageExplanationQuery, query)
         )
         assert response.status_code == 200
         assert json_built == ["invoice", "explanation", "explanation"]
@@ -302,7 +297,8 @@ async def test_large_answers_and_cells_are_freed_off_the_event_loop(
         monkeypatch.setattr(Billing, "invoice", tracked_invoice)
         Tracked.freed = []
         daemon: Any = _Daemon(b)
-        response = await routes.invoice(daemon, _request({"account": "acme", "period": "2026-11"}))
+        where = {"account": "acme", "period": "2026-11"}
+        response = await routes.invoice(daemon, parse(InvoicePath, where))
         assert response.status_code == 200
         assert Tracked.freed == [False]
         Tracked.freed = []

@@ -1,11 +1,11 @@
 """Billing-support routes (docs/billing.md): invoices, closing, restatements, adjustments,
 voids and explanations over :class:`meterd.billing.Billing`, and GraphQL beside them.
 
-Like every ``/v1`` route: the admin token first, then the parameters (400 naming the first
-wrong one), then what they name must exist (404), then the answer. Bodies of ``POST``
-routes are JSON objects; an unknown or mistyped field is a 400 naming it. Billing's own
-errors keep their codes (``already_void``, ``already_closed``, ``period_not_over``,
-``unknown_line``, ...). Decimals are strings, times integer Unix milliseconds.
+Like every ``/v1`` route: the admin token first, then the parameters and the body (models
+of :mod:`.models`: 400 naming the first wrong one), then what they name must exist (404),
+then the answer. Billing's own errors keep their codes (``already_void``,
+``already_closed``, ``period_not_over``, ``unknown_line``, ...). Decimals are strings, times
+integer Unix milliseconds.
 
 Answers that grow with an account (invoices, restatements, explanations, usage rows, GraphQL
 results) are built and encoded on a worker thread (:func:`json_off_loop`): the JSON of an
@@ -17,46 +17,59 @@ thread included, can run Python. The bytes are those ``JSONResponse`` would send
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
+import msgspec
+from msgspec import UnsetType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from meterd.billing import (
-    AdjustmentKind,
     Billing,
     BillingError,
     BillingGraphQL,
     Explanation,
     InvoiceView,
-    Period,
     Restatement,
     adjustment_json,
     encode_json,
     void_json,
 )
-from meterd.model import Meter, Window
+from meterd.model import Meter
 from meterd.store import InvalidCursor
-from meterd.store.reader import MAX_EVENTS_LIMIT
 
-from .bodies import read_json, usage_body
+from . import answers
+from .answers import json_answer, usage_answer
+from .bodies import read_json
+from .daemon import Daemon
 from .errors import ApiError, bad_parameter
-from .params import Query, check_millis, usage_query
-
-if TYPE_CHECKING:
-    from .routes import Daemon
+from .models import (
+    AccountPath,
+    AdjustmentBody,
+    AdjustmentsQuery,
+    CloseBody,
+    EventPath,
+    GraphQLRequest,
+    InvoicePath,
+    LinePath,
+    PageQuery,
+    PeriodPath,
+    UsageExplanationQuery,
+    UsageQuery,
+    VoidBody,
+    month,
+)
+from .operations import Operations
 
 T = TypeVar("T")
 
-DEFAULT_PAGE: Final = 100
-MAX_TEXT: Final = 1000  # by, reason: audit text, not documents
-MAX_LINE: Final = 1_000_000
-_LINE: Final = re.compile(r"[0-9]{1,7}")  # ASCII digits only (str.isdigit takes "²")
+ops = Operations()
+
+_READ: Final = (400, 401, 404, 500, 503)
+_WRITE: Final = (400, 401, 409, 413, 500, 503)
 
 
 def billing_of(daemon: Daemon) -> Billing:
@@ -108,58 +121,40 @@ def meter_of(billing: Billing, name: str) -> Meter:
         return billing.meter(name)
 
 
-def period_of(request: Request) -> Period:
-    text = request.path_params["period"]
-    try:
-        return Period.parse(text)
-    except ValueError as error:
-        raise bad_parameter("period", f"is not a month: {error}") from None
-
-
-async def json_body(
-    request: Request, fields: Mapping[str, type], required: frozenset[str]
-) -> dict[str, Any]:
-    """The request's JSON object (:func:`.bodies.read_json`: size and depth bounded), each
-    field of the type ``fields`` gives; 400 otherwise."""
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    for name, value in body.items():
-        kind = fields.get(name)
-        if kind is None:
-            known = ", ".join(sorted(fields))
-            raise bad_parameter(name, f"is not a field of this body (known: {known})")
-        if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-            raise bad_parameter(name, f"must be {_KINDS[kind]}, not {json.dumps(value)[:40]}")
-        if isinstance(value, str) and len(value) > MAX_TEXT:
-            raise bad_parameter(name, f"must be at most {MAX_TEXT} characters")
-    for name in sorted(required - body.keys()):
-        raise bad_parameter(name, "is required")
-    return body
-
-
-_KINDS: Final = {str: "a string", int: "an integer", dict: "an object", bool: "a boolean"}
-
-
 # ---- invoices -----------------------------------------------------------------------------
 
+_INVOICE: Final = "/v1/accounts/{account}/invoices/{period}"
 
-async def invoice(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    period = period_of(request)
-    await daemon.known_account(account)
+
+@ops.get(
+    _INVOICE,
+    "invoice",
+    "An account's invoice for a month: lines and total; closing and restatements when"
+    " closed (a changed rating of a closed month is restated first).",
+    answers={200: (answers.Invoice, "The invoice.")},
+    errors=_READ,
+)
+async def invoice(daemon: Daemon, path: InvoicePath) -> Response:
+    period = month("period", path.period)
+    await daemon.known_account(path.account)
     return await json_off_loop(
-        daemon, await billing_call(billing_of(daemon).invoice(account, period)), _lazy
+        daemon, await billing_call(billing_of(daemon).invoice(path.account, period)), _lazy
     )
 
 
-async def restatements(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    period = period_of(request)
-    await daemon.known_account(account)
+@ops.get(
+    f"{_INVOICE}/restatements",
+    "restatements",
+    "The restatements of a closed month, oldest first.",
+    answers={200: (answers.Restatements, "Restatements.")},
+    errors=_READ,
+)
+async def restatements(daemon: Daemon, path: InvoicePath) -> Response:
+    period = month("period", path.period)
+    await daemon.known_account(path.account)
     return await json_off_loop(
         daemon,
-        await billing_call(billing_of(daemon).restatements(account, period)),
+        await billing_call(billing_of(daemon).restatements(path.account, period)),
         lambda found: {"restatements": [r.to_json(lazy=True) for r in found]},
     )
 
@@ -168,120 +163,98 @@ def _lazy(answer: InvoiceView | Explanation) -> dict[str, Any]:
     return answer.to_json(lazy=True)
 
 
-async def line_explanation(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    period = period_of(request)
-    query = Query(request.query_params)
-    limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_PAGE)
-    cursor = query.text("cursor")
-    audit_cursor = query.text("audit_cursor")
-    line = request.path_params["line"]
-    if not _LINE.fullmatch(line) or not 1 <= int(line) <= MAX_LINE:
-        raise bad_parameter("line", f"must be a line number from 1 to {MAX_LINE}, not {line!r:.40}")
-    await daemon.known_account(account)
+@ops.get(
+    f"{_INVOICE}/lines/{{line}}/explanation",
+    "explainLine",
+    "An invoice line down to its windows and (paged) events, with the adjustments and voids on it.",
+    answers={200: (answers.Explanation, "The explanation, one page.")},
+    errors=_READ,
+)
+async def line_explanation(daemon: Daemon, path: LinePath, query: PageQuery) -> Response:
+    period = month("period", path.period)
+    await daemon.known_account(path.account)
     found = billing_of(daemon).explain(
-        account, period, int(line), cursor=cursor, limit=limit, audit_cursor=audit_cursor
+        path.account,
+        period,
+        path.line,
+        cursor=query.cursor,
+        limit=query.limit,
+        audit_cursor=query.audit_cursor,
     )
     return await json_off_loop(daemon, await billing_call(found), _lazy)
 
 
-async def usage_explanation(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter = query.required("meter")
-    start = query.millis("start")
-    window = query.choice("window", Window, Window.HOUR)
-    group_by = query.text("group_by")
-    group = query.text("group")
-    if (group_by is None) != (group is None):
-        raise bad_parameter("group", "and group_by go together (group_by=size&group=std)")
-    limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_PAGE)
-    cursor = query.text("cursor")
-    audit_cursor = query.text("audit_cursor")
+@ops.get(
+    "/v1/accounts/{account}/usage/explanation",
+    "explainUsage",
+    "One usage figure (a window, optionally one group value) down to its events, with voids"
+    " applied and adjustments added.",
+    answers={200: (answers.Explanation, "The explanation, one page.")},
+    errors=_READ,
+)
+async def usage_explanation(
+    daemon: Daemon, path: AccountPath, query: UsageExplanationQuery
+) -> Response:
     billing = billing_of(daemon)
-    meter_of(billing, meter)
-    await daemon.known_account(account)
+    meter_of(billing, query.meter)
+    await daemon.known_account(path.account)
+    group_by, group = query.group_by, query.group
     found = billing.explain_usage(
-        account,
-        meter,
-        start,
-        window,
+        path.account,
+        query.meter,
+        query.start,
+        query.window,
         None if group_by is None or group is None else {group_by: group},
-        cursor=cursor,
-        limit=limit,
-        audit_cursor=audit_cursor,
+        cursor=query.cursor,
+        limit=query.limit,
+        audit_cursor=query.audit_cursor,
     )
     return await json_off_loop(daemon, await billing_call(found), _lazy)
 
 
-async def close_period(daemon: Daemon, request: Request) -> Response:
-    period = period_of(request)
-    body = await json_body(request, {"by": str}, frozenset({"by"}))
-    closure = await billing_call(billing_of(daemon).close_period(period, body["by"]))
-    return JSONResponse(
-        {
-            "period": str(closure.period),
-            "by": closure.by,
-            "at": closure.at,
-            "accounts": closure.accounts,
-        }
+@ops.post(
+    "/v1/periods/{period}/close",
+    "closePeriod",
+    "Close a finished month for every account: its figures become final.",
+    answers={200: (answers.Closure, "Closed.")},
+    errors=_WRITE,
+)
+async def close_period(daemon: Daemon, path: PeriodPath, body: CloseBody) -> Response:
+    period = month("period", path.period)
+    closure = await billing_call(billing_of(daemon).close_period(period, body.by))
+    return json_answer(
+        answers.Closure(
+            period=str(closure.period), by=closure.by, at=closure.at, accounts=closure.accounts
+        )
     )
 
 
 # ---- corrections ----------------------------------------------------------------------------
 
-_ADJUSTMENT_FIELDS: Final = {
-    "meter": str,
-    "start": int,
-    "window": str,
-    "dimensions": dict,
-    "kind": str,
-    "quantity": str,
-    "by": str,
-    "reason": str,
-}
 
-
-async def adjust(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    body = await json_body(
-        request,
-        _ADJUSTMENT_FIELDS,
-        frozenset({"meter", "start", "kind", "quantity", "by", "reason"}),
-    )
-    try:
-        window = Window(body.get("window", "day"))
-    except ValueError:
-        raise bad_parameter("window", "must be one of minute, hour, day") from None
-    try:
-        kind = AdjustmentKind(body["kind"])
-    except ValueError:
-        raise bad_parameter("kind", "must be credit or debit") from None
-    start = check_millis("start", body["start"])
-    try:  # a correction is dated by its month (a closed one is restated)
-        Period.containing(start)
-    except ValueError as error:
-        raise bad_parameter(
-            "start", f"must fall in a billable month, 1970-01 to 9998-12 ({error})"
-        ) from None
-    dimensions = body.get("dimensions", {})
-    for name, value in dimensions.items():
-        if not isinstance(value, str):
-            raise bad_parameter("dimensions", f"value of {name!r} must be a string")
+@ops.post(
+    "/v1/accounts/{account}/adjustments",
+    "adjust",
+    "Credit or debit a quantity on a summed meter, a window and dimension values"
+    " (append-only; a closed month is restated at once).",
+    answers={201: (answers.AdjustmentRecorded, "Recorded.")},
+    errors=(*_READ, 413),
+)
+async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Response:
     billing = billing_of(daemon)
-    meter_of(billing, body["meter"])
-    await daemon.known_account(account)
+    meter_of(billing, body.meter)
+    await daemon.known_account(path.account)
     adjustment, restatement = await billing_call(
         billing.adjust(
-            account,
-            body["meter"],
-            start,
-            window,
-            dimensions,
-            kind,
-            body["quantity"],
-            body["by"],
-            body["reason"],
+            path.account,
+            body.meter,
+            body.start,
+            body.window,
+            body.dimensions,
+            body.kind,
+            body.quantity,
+            body.by,
+            body.reason,
         )
     )
     names = billing.meter(adjustment.meter).dimensions
@@ -290,22 +263,20 @@ async def adjust(daemon: Daemon, request: Request) -> Response:
     return await answer
 
 
-async def void(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    event_id = request.path_params["event"]
-    body = await json_body(
-        request, {"by": str, "reason": str, "period": str}, frozenset({"by", "reason"})
-    )
-    period = None
-    if "period" in body:
-        try:
-            period = Period.parse(body["period"])
-        except ValueError as error:
-            raise bad_parameter("period", f"is not a month: {error}") from None
-    await daemon.known_account(account)
+@ops.post(
+    "/v1/accounts/{account}/events/{event}/void",
+    "voidEvent",
+    "Take one event out of billed usage (it stays in the journal; a closed month is restated"
+    " at once).",
+    answers={201: (answers.VoidRecorded, "Recorded.")},
+    errors=(400, 401, 404, 409, 413, 500, 503),
+)
+async def void(daemon: Daemon, path: EventPath, body: VoidBody) -> Response:
+    period = None if isinstance(body.period, UnsetType) else month("period", body.period)
+    await daemon.known_account(path.account)
     billing = billing_of(daemon)
     found, restatement = await billing_call(
-        billing.void_event(account, event_id, body["by"], body["reason"], period)
+        billing.void_event(path.account, path.event, body.by, body.reason, period)
     )
     names = billing.meter(found.meter).dimensions
     answer = _recorded(daemon, "void", void_json(found, names), restatement)
@@ -326,15 +297,18 @@ async def _recorded(
     return await answer
 
 
-async def adjustments(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter = query.text("meter")
-    from_ms, to_ms = query.span()
+@ops.get(
+    "/v1/accounts/{account}/adjustments",
+    "adjustments",
+    "Adjustments whose window starts in [from, to), oldest first.",
+    answers={200: (answers.Adjustments, "Adjustments.")},
+    errors=_READ,
+)
+async def adjustments(daemon: Daemon, path: AccountPath, query: AdjustmentsQuery) -> Response:
     billing = billing_of(daemon)
-    if meter is not None:
-        meter_of(billing, meter)
-    found = await billing.db.adjustments(account, from_ms, to_ms, meter)
+    if query.meter is not None:
+        meter_of(billing, query.meter)
+    found = await billing.db.adjustments(path.account, query.from_, query.to, query.meter)
     return JSONResponse(
         {
             "adjustments": [
@@ -346,10 +320,16 @@ async def adjustments(daemon: Daemon, request: Request) -> Response:
     )
 
 
-async def voids(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
+@ops.get(
+    "/v1/accounts/{account}/voids",
+    "voids",
+    "The account's voided events, oldest void first.",
+    answers={200: (answers.Voids, "Voids.")},
+    errors=(401, 500),
+)
+async def voids(daemon: Daemon, path: AccountPath) -> Response:
     billing = billing_of(daemon)
-    found = await billing.db.voids(account)
+    found = await billing.db.voids(path.account)
     return JSONResponse(
         {
             "voids": [
@@ -364,6 +344,28 @@ async def voids(daemon: Daemon, request: Request) -> Response:
 # ---- GraphQL --------------------------------------------------------------------------------
 
 
+@ops.post(
+    "/v1/graphql",
+    "graphql",
+    "GraphQL over billing: account -> usage, invoices, lines -> explanation (schema:"
+    " meterd.billing.SDL).",
+    answers={
+        200: (answers.GraphQLResponse, "Executed (field errors in errors)."),
+        400: (
+            answers.GraphQLResponse,
+            "Not executable: parse or validation error, or over a limit (tokens, depth,"
+            " cost); extensions.code says which.",
+        ),
+        429: (
+            answers.GraphQLResponse,
+            "As many queries as the daemon runs at once are in progress (busy); retry after"
+            " Retry-After seconds.",
+        ),
+    },
+    errors=(401, 413, 500),
+    rules=("query must be a GraphQL query valid against the schema, within its limits",),
+    documented_body=GraphQLRequest,
+)
 async def graphql(daemon: Daemon, request: Request) -> Response:
     body = await read_json(request)
     if daemon.graphql is None:  # one per daemon: it bounds the queries in progress
@@ -375,18 +377,28 @@ async def graphql(daemon: Daemon, request: Request) -> Response:
     return await answer
 
 
-async def billed_usage(daemon: Daemon, request: Request) -> Response:
+@ops.get(
+    "/v1/accounts/{account}/usage/billed",
+    "billedUsage",
+    "Usage as billed: like /usage, with voided events taken out and adjustments added in the"
+    " window they start in.",
+    answers={200: (answers.Usage, "Rows for the windows that had usage.")},
+    errors=_READ,
+)
+async def billed_usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response:
     """Usage rows as billing sees them: like ``/usage``, with voids and adjustments."""
-    account = request.path_params["account"]
-    meter_name, from_ms, to_ms, window, group_by = usage_query(request.query_params)
     billing = billing_of(daemon)
-    meter = meter_of(billing, meter_name)
-    await daemon.known_account(account)
-    rows = billing.usage(account, meter.name, from_ms, to_ms, window, group_by)
+    meter = meter_of(billing, query.meter)
+    await daemon.known_account(path.account)
+    rows = billing.usage(
+        path.account, meter.name, query.from_, query.to, query.window, query.group_by
+    )
     return await json_off_loop(
         daemon,
         await billing_call(rows),
-        lambda found: usage_body(account, meter.name, window, from_ms, to_ms, found),
+        lambda found: msgspec.to_builtins(
+            usage_answer(path.account, meter.name, query.window, query.from_, query.to, found)
+        ),
     )
 
 

@@ -1,5 +1,5 @@
-"""JSON bodies: a request's, read within bounds (:func:`read_json`), and the answers more
-than one route gives (protocol.md §3 shapes)."""
+"""JSON bodies of requests, read within bounds (:func:`read_json`); their shapes are
+models of :mod:`.models`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from starlette.requests import Request
-
-from meterd.model import Quantity, Window, canonical_quantity
 
 from .errors import ApiError
 
@@ -78,25 +76,3 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
-
-
-#: ``(start, end, value, group)`` of one usage row; ``group`` is None without group_by.
-UsageTuple = tuple[int, int, Quantity, dict[str, str] | None]
-
-
-def usage_body(
-    account: str, meter: str, window: Window, from_ms: int, to_ms: int, rows: Iterable[UsageTuple]
-) -> dict[str, Any]:
-    """The usage answer: ``from``/``to`` aligned down to the window, values exact strings."""
-    return {
-        "account": account,
-        "meter": meter,
-        "window": window.value,
-        "from": window.align(from_ms),
-        "to": window.align(to_ms),
-        "rows": [
-            {"start": start, "end": end, "value": canonical_quantity(value)}
-            | ({} if group is None else {"group": group})
-            for start, end, value, group in rows
-        ],
-    }

@@ -1,4 +1,5 @@
-"""The API's one error shape: ``{"error": {"code": str, "message": str}}`` (protocol.md §3).
+"""The API's one error shape: ``{"error": {"code", "message", "parameter"?}}`` (protocol.md
+§3, :class:`.answers.Error`).
 
 Handlers raise :class:`ApiError`; :func:`exception_handlers` turns it, starlette's own
 ``HTTPException`` (unknown path 404, wrong method 405) and any unexpected exception (500)
@@ -12,12 +13,15 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import structlog
+from msgspec import UNSET
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 import supervisors as sv
 from meterd.store import CommitFailed
+
+from .answers import Error, ErrorDetail, json_answer
 
 log = structlog.get_logger("meterd.api")
 
@@ -47,13 +51,6 @@ def bad_parameter(name: str, why: str) -> ApiError:
     return ApiError(400, "invalid_parameter", f"parameter {name!r} {why}", parameter=name)
 
 
-def error_body(code: str, message: str, parameter: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if parameter is not None:
-        error["parameter"] = parameter
-    return {"error": error}
-
-
 def error_response(
     status: int,
     code: str,
@@ -61,8 +58,11 @@ def error_response(
     *,
     parameter: str | None = None,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message, parameter), status, headers=headers)
+) -> Response:
+    detail = ErrorDetail(
+        code=code, message=message, parameter=UNSET if parameter is None else parameter
+    )
+    return json_answer(Error(error=detail), status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

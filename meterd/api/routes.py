@@ -1,8 +1,10 @@
-"""The routes of protocol.md §3 and the starlette application serving them.
+"""The routes of protocol.md §3: health, metrics, the tree, usage, events, quarantine, actors.
 
-Every ``/v1`` route checks the admin token first (:mod:`.auth`), then its parameters
-(400 naming the first unknown or wrong one, :mod:`.params`), then that what it names exists (404),
-then answers. Usage values and event quantities are exact decimal strings.
+Each is declared once (:mod:`.operations`): its path, query and body models
+(:mod:`.models`) and its answers (:mod:`.answers`). Every ``/v1`` route checks the admin
+token first (:mod:`.auth`), then its parameters (400 naming the first unknown or wrong one),
+then that what it names exists (404), then answers. Usage values and event quantities are
+exact decimal strings.
 
 Actors (``/v1/actors/{actor}/restart|kill``): ``{actor}`` is a bare account id (that
 account's meter actor, under ``root/accounts/meters``) or a path of node names from the
@@ -16,71 +18,33 @@ restarts the API with it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Hashable
+from typing import Any, Final, Literal, cast
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 import supervisors as sv
-from meterd.config import Config
-from meterd.model import Event, Meter, canonical_quantity
+from meterd.model import Meter, canonical_quantity
 from meterd.store import InvalidCursor
-from meterd.store.reader import MAX_EVENTS_LIMIT
 
-from . import billing
-from .auth import require_admin
-from .bodies import usage_body
-from .errors import ApiError, bad_parameter, exception_handlers
-from .metrics import CONTENT_TYPE, Metrics
-from .openapi import openapi_document
-from .params import Query, check_known, usage_query
+from . import answers
+from .answers import json_answer, usage_answer
+from .daemon import Daemon
+from .errors import ApiError, bad_parameter
+from .metrics import CONTENT_TYPE
+from .models import (
+    AccountPath,
+    ActorPath,
+    EventsQuery,
+    QuarantineQuery,
+    TreeQuery,
+    UsageQuery,
+)
+from .operations import Operations
 
-if TYPE_CHECKING:
-    from meterd.accounts.service import Accounts
-    from meterd.billing import Billing, BillingGraphQL
-    from meterd.ingest.server import IngestServer
-    from meterd.store import Store
+ops = Operations()
 
-DEFAULT_TREE_LIMIT: Final = 100
-MAX_TREE_LIMIT: Final = 10_000
-DEFAULT_EVENTS_LIMIT: Final = 100
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass(slots=True)
-class Daemon:
-    """What the routes read: the daemon's parts (the tree is set once it is built)."""
-
-    config: Config
-    accounts: Accounts
-    store: Store
-    ingest: IngestServer
-    metrics: Metrics
-    root: sv.Supervisor | None = None
-    api_child_id: Hashable = "api"
-    billing: Billing | None = None
-    graphql: BillingGraphQL | None = None  # the one GraphQL endpoint (its bound on queries)
-
-    @property
-    def tree(self) -> sv.Supervisor:
-        if self.root is None:
-            raise RuntimeError("the API is not attached to a tree")
-        return self.root
-
-    async def known_account(self, account: str) -> None:
-        """404 unless the store (or a running actor) has seen ``account``.
-
-        Checked before anything wakes the account: a query must not start actors for
-        accounts that do not exist.
-        """
-        if account in self.accounts.registry or await self.store.reader.has_account(account):
-            return
-        raise ApiError(404, "unknown_account", f"no account {account!r} is known to the store")
+READ_ERRORS: Final = (400, 401, 404, 500, 503)
 
 
 # ---- unauthenticated ------------------------------------------------------------------
@@ -116,28 +80,46 @@ def ready(daemon: Daemon) -> list[str]:
     return problems
 
 
-async def healthz(daemon: Daemon, request: Request) -> Response:
+@ops.get(
+    "/healthz",
+    "health",
+    "Ready when the tree is running and ingest accepts connections.",
+    answers={
+        200: (answers.Health, "Ready."),
+        503: (answers.Health, "Not ready; problems says why."),
+    },
+    admin=False,
+)
+async def healthz(daemon: Daemon) -> Response:
     problems = ready(daemon)
     if problems:
-        return JSONResponse({"status": "unavailable", "problems": problems}, 503)
-    return JSONResponse({"status": "ok"})
+        return json_answer(answers.Health(status="unavailable", problems=problems), 503)
+    return json_answer(answers.Health(status="ok"))
 
 
-async def metrics(daemon: Daemon, request: Request) -> Response:
+@ops.get(
+    "/metrics",
+    "metrics",
+    "Prometheus text exposition format.",
+    answers={200: (str, "Metrics.")},
+    admin=False,
+)
+async def metrics(daemon: Daemon) -> Response:
     return Response(await daemon.metrics.render(), media_type=CONTENT_TYPE)
-
-
-async def openapi(daemon: Daemon, request: Request) -> Response:
-    return JSONResponse(openapi_document())
 
 
 # ---- /v1 ------------------------------------------------------------------------------
 
 
-async def tree(daemon: Daemon, request: Request) -> Response:
-    query = Query(request.query_params)
-    limit = query.integer("limit", low=0, high=MAX_TREE_LIMIT, default=DEFAULT_TREE_LIMIT)
-    return JSONResponse(sv.snapshot(daemon.tree, limit=limit))
+@ops.get(
+    "/v1/tree",
+    "tree",
+    "The live supervision tree (live children only).",
+    answers={200: (answers.TreeNode, "The root node.")},
+    errors=(400, 401, 500),
+)
+async def tree(daemon: Daemon, query: TreeQuery) -> Response:
+    return json_answer(sv.snapshot(daemon.tree, limit=query.limit))
 
 
 def _meter(daemon: Daemon, name: str) -> Meter:
@@ -147,69 +129,86 @@ def _meter(daemon: Daemon, name: str) -> Meter:
     return meter
 
 
-async def usage(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    meter_name, from_ms, to_ms, window, group_by = usage_query(request.query_params)
-    meter = _meter(daemon, meter_name)
+@ops.get(
+    "/v1/accounts/{account}/usage",
+    "usage",
+    "Usage of one account and meter per window, exact.",
+    answers={200: (answers.Usage, "Rows for the windows that had usage.")},
+    errors=READ_ERRORS,
+)
+async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response:
+    meter = _meter(daemon, query.meter)
+    group_by = query.group_by
     if group_by is not None and group_by not in meter.dimensions:
         dims = ", ".join(meter.dimensions) or "none"
         raise bad_parameter(
             "group_by", f"must be a dimension of meter {meter.name!r} ({dims}), not {group_by!r}"
         )
-    await daemon.known_account(account)
-    rows = await daemon.accounts.usage(account, meter, from_ms, to_ms, window, group_by)
-    answer = ((row.start, row.end, row.value, row.group) for row in rows)
-    return JSONResponse(usage_body(account, meter.name, window, from_ms, to_ms, answer))
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "account": event.account,
-        "meter": event.meter,
-        "quantity": canonical_quantity(event.quantity),
-        "time": event.time,
-        "properties": dict(event.properties),
-        "producer": event.producer,
-        "received_at": event.received_at,
-    }
-
-
-async def events(daemon: Daemon, request: Request) -> Response:
-    account = request.path_params["account"]
-    query = Query(request.query_params)
-    meter_name = query.text("meter")
-    from_ms, to_ms = query.span()
-    limit = query.integer("limit", low=1, high=MAX_EVENTS_LIMIT, default=DEFAULT_EVENTS_LIMIT)
-    cursor = query.text("cursor")
-    if meter_name is not None:
-        _meter(daemon, meter_name)
-    await daemon.known_account(account)
-    try:
-        page = await daemon.store.reader.events(account, meter_name, from_ms, to_ms, limit, cursor)
-    except InvalidCursor as error:
-        raise bad_parameter("cursor", f"is not valid: {error}") from None
-    return JSONResponse(
-        {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+    await daemon.known_account(path.account)
+    rows = await daemon.accounts.usage(
+        path.account, meter, query.from_, query.to, query.window, group_by
+    )
+    found = ((row.start, row.end, row.value, row.group) for row in rows)
+    return json_answer(
+        usage_answer(path.account, meter.name, query.window, query.from_, query.to, found)
     )
 
 
-async def quarantine(daemon: Daemon, request: Request) -> Response:
-    account = Query(request.query_params).text("account")
-    found = await daemon.store.reader.quarantined(account)
-    return JSONResponse(
-        {
-            "events": [
-                {
-                    "account": q.account,
-                    "batch_id": q.batch_id,
-                    "event_id": q.event_id,
-                    "error": q.error,
-                    "at": q.at,
-                }
+@ops.get(
+    "/v1/accounts/{account}/events",
+    "events",
+    "The stored events of one account, in ingestion order, paged.",
+    answers={200: (answers.Events, "One page.")},
+    errors=(400, 401, 404, 500),
+)
+async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Response:
+    if query.meter is not None:
+        _meter(daemon, query.meter)
+    await daemon.known_account(path.account)
+    try:
+        page = await daemon.store.reader.events(
+            path.account, query.meter, query.from_, query.to, query.limit, query.cursor
+        )
+    except InvalidCursor as error:
+        raise bad_parameter("cursor", f"is not valid: {error}") from None
+    found = [
+        answers.Event(
+            id=event.id,
+            account=event.account,
+            meter=event.meter,
+            quantity=canonical_quantity(event.quantity),
+            time=event.time,
+            properties=dict(event.properties),
+            producer=event.producer,
+            received_at=event.received_at,
+        )
+        for event in page.events
+    ]
+    return json_answer(answers.Events(events=found, next_cursor=page.next_cursor))
+
+
+@ops.get(
+    "/v1/quarantine",
+    "quarantine",
+    "Quarantined (poison) events, oldest first.",
+    answers={200: (answers.Quarantine, "Quarantined events.")},
+    errors=(400, 401, 500),
+)
+async def quarantine(daemon: Daemon, query: QuarantineQuery) -> Response:
+    found = await daemon.store.reader.quarantined(query.account)
+    return json_answer(
+        answers.Quarantine(
+            events=[
+                answers.QuarantinedEvent(
+                    account=q.account,
+                    batch_id=q.batch_id,
+                    event_id=q.event_id,
+                    error=q.error,
+                    at=q.at,
+                )
                 for q in found
             ]
-        }
+        )
     )
 
 
@@ -271,8 +270,7 @@ def _kill_would_stop_api(
     return True  # even the root would give up: the daemon stops
 
 
-async def actor_action(daemon: Daemon, request: Request, action: str) -> Response:
-    actor = request.path_params["actor"]
+async def actor_action(daemon: Daemon, actor: str, action: Literal["restart", "kill"]) -> Response:
     path, sup, child_id = await _target(daemon, actor)
     if _would_stop_api(daemon, sup, child_id, kill=action == "kill"):
         raise ApiError(
@@ -305,102 +303,32 @@ async def actor_action(daemon: Daemon, request: Request, action: str) -> Respons
         status = sup.child_status(child_id).value
     except sv.NoSuchChild:
         status = "stopped"  # a temporary child, or one that hibernated at once
-    return JSONResponse({"actor": path, "action": action, "status": status})
+    return json_answer(answers.ActorAction(actor=path, action=action, status=cast(Any, status)))
 
 
-async def restart(daemon: Daemon, request: Request) -> Response:
-    return await actor_action(daemon, request, "restart")
+_ACTION_ERRORS: Final = (401, 404, 409, 500)
 
 
-async def kill(daemon: Daemon, request: Request) -> Response:
-    return await actor_action(daemon, request, "kill")
+@ops.post(
+    "/v1/actors/{actor:path}/restart",
+    "restartActor",
+    "Stop the actor gracefully and start it again.",
+    answers={200: (answers.ActorAction, "Done; the node's status after.")},
+    errors=_ACTION_ERRORS,
+)
+async def restart(daemon: Daemon, path: ActorPath) -> Response:
+    return await actor_action(daemon, path.actor, "restart")
 
 
-# ---- the application ----------------------------------------------------------------------
+@ops.post(
+    "/v1/actors/{actor:path}/kill",
+    "killActor",
+    "Kill the actor abruptly; its supervisor handles it as a crash.",
+    answers={200: (answers.ActorAction, "Done; the node's status after.")},
+    errors=_ACTION_ERRORS,
+)
+async def kill(daemon: Daemon, path: ActorPath) -> Response:
+    return await actor_action(daemon, path.actor, "kill")
 
 
-def _route(
-    daemon: Daemon,
-    path: str,
-    handler: Callable[[Daemon, Request], Awaitable[Response]],
-    method: str = "GET",
-    *,
-    params: frozenset[str] = frozenset(),
-    admin: bool = True,
-    post: Callable[[Daemon, Request], Awaitable[Response]] | None = None,
-) -> Route:
-    """``handler`` for ``method`` on ``path`` (and ``post`` for POST on the same path: one
-    route per path, so a 405 lists every method the path has)."""
-
-    async def endpoint(request: Request) -> Response:
-        if admin:
-            require_admin(request, daemon.config.api)
-        if post is not None and request.method == "POST":
-            check_known(request.query_params, frozenset())
-            return await post(daemon, request)
-        check_known(request.query_params, params)
-        return await handler(daemon, request)
-
-    endpoint.__name__ = handler.__name__
-    return Route(path, endpoint, methods=[method] if post is None else [method, "POST"])
-
-
-def _billing_routes(daemon: Daemon) -> list[Route]:
-    """Billing support (docs/billing.md, :mod:`.billing`)."""
-    invoice = "/v1/accounts/{account}/invoices/{period}"
-    page = frozenset({"limit", "cursor", "audit_cursor"})
-    usage_params = frozenset({"meter", "from", "to", "window", "group_by"})
-    return [
-        _route(daemon, invoice, billing.invoice),
-        _route(daemon, f"{invoice}/restatements", billing.restatements),
-        _route(
-            daemon, f"{invoice}/lines/{{line}}/explanation", billing.line_explanation, params=page
-        ),
-        _route(
-            daemon,
-            "/v1/accounts/{account}/usage/explanation",
-            billing.usage_explanation,
-            params=page | {"meter", "start", "window", "group_by", "group"},
-        ),
-        _route(
-            daemon, "/v1/accounts/{account}/usage/billed", billing.billed_usage, params=usage_params
-        ),
-        _route(
-            daemon,
-            "/v1/accounts/{account}/adjustments",
-            billing.adjustments,
-            params=frozenset({"meter", "from", "to"}),
-            post=billing.adjust,
-        ),
-        _route(daemon, "/v1/accounts/{account}/voids", billing.voids),
-        _route(daemon, "/v1/accounts/{account}/events/{event}/void", billing.void, "POST"),
-        _route(daemon, "/v1/periods/{period}/close", billing.close_period, "POST"),
-        _route(daemon, "/v1/graphql", billing.graphql, "POST"),
-    ]
-
-
-def build_app(daemon: Daemon) -> Starlette:
-    """The ASGI application of the operator API (see the module doc)."""
-    routes = [
-        _route(daemon, "/healthz", healthz, admin=False),
-        _route(daemon, "/metrics", metrics, admin=False),
-        _route(daemon, "/openapi.json", openapi, admin=False),
-        _route(daemon, "/v1/tree", tree, params=frozenset({"limit"})),
-        _route(
-            daemon,
-            "/v1/accounts/{account}/usage",
-            usage,
-            params=frozenset({"meter", "from", "to", "window", "group_by"}),
-        ),
-        _route(
-            daemon,
-            "/v1/accounts/{account}/events",
-            events,
-            params=frozenset({"meter", "from", "to", "limit", "cursor"}),
-        ),
-        _route(daemon, "/v1/quarantine", quarantine, params=frozenset({"account"})),
-        _route(daemon, "/v1/actors/{actor:path}/restart", restart, "POST"),
-        _route(daemon, "/v1/actors/{actor:path}/kill", kill, "POST"),
-        *_billing_routes(daemon),
-    ]
-    return Starlette(routes=routes, exception_handlers=exception_handlers())
+__all__ = ["Daemon", "ops", "ready"]

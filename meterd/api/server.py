@@ -31,7 +31,8 @@ from hypercorn.trio import serve
 import supervisors as sv
 from meterd.config import ApiConfig
 
-from .routes import Daemon, build_app
+from .app import build_app
+from .daemon import Daemon
 
 log = structlog.get_logger("meterd.api")
 

@@ -1,0 +1,36 @@
+"""The starlette application: one route per path of :data:`.openapi.OPERATIONS`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .daemon import Daemon
+from .errors import exception_handlers
+from .openapi import OPERATIONS
+from .operations import Operation
+
+
+def build_app(daemon: Daemon) -> Starlette:
+    """The ASGI application of the operator API (protocol.md §3)."""
+    by_route: dict[str, list[Operation]] = {}
+    for operation in OPERATIONS:
+        by_route.setdefault(operation.route, []).append(operation)
+    routes = [_route(daemon, route, operations) for route, operations in by_route.items()]
+    return Starlette(routes=routes, exception_handlers=exception_handlers())
+
+
+def _route(daemon: Daemon, route: str, operations: Sequence[Operation]) -> Route:
+    """One route per path, so that a 405 lists every method the path has (HEAD is GET's)."""
+    by_method = {operation.method: operation for operation in operations}
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method].call(daemon, request)
+
+    endpoint.__name__ = operations[0].handler.__name__
+    return Route(route, endpoint, methods=list(by_method))

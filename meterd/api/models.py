@@ -1,0 +1,306 @@
+"""What the API's requests carry, declared once as msgspec models.
+
+Each route's path parameters, query parameters and JSON body is one :class:`msgspec.Struct`
+here. The same declaration is checked on every request (:mod:`.operations` hands it to
+msgspec) and written into ``/openapi.json`` (:mod:`.openapi`), bounds included: a field's
+``Meta`` is both its rule and its documentation. ``Meta(extra={"why": ...})`` is the
+sentence a 400 says when the field breaks its rule (``{value}`` is what was sent).
+
+A rule between fields that the schema cannot say is a ``__post_init__`` check raising the
+400 itself, listed in the model's ``rules`` (the document's description of the operation
+repeats them, and the schemathesis test knows such operations may rightly refuse
+schema-valid requests).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Final
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from meterd.billing import AdjustmentKind, Period
+from meterd.model import MAX_MS, MAX_MS_TEXT, Window
+from meterd.store.reader import MAX_EVENTS_LIMIT
+
+from .errors import bad_parameter
+
+DEFAULT_TREE_LIMIT: Final = 100
+MAX_TREE_LIMIT: Final = 10_000
+DEFAULT_PAGE: Final = 100
+MAX_TEXT: Final = 1000  # by, reason: audit text, not documents
+MAX_LINE: Final = 1_000_000
+
+_YEAR: Final = "(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+PERIOD_PATTERN: Final = f"^{_YEAR}-(0[1-9]|1[0-2])$"
+"""What :meth:`meterd.billing.Period.parse` takes: ``YYYY-MM``, months 01-12, years 1970
+to 9998 (tested against it)."""
+CURSOR_PATTERN: Final = r"^[0-9]{1,18}\.[0-9]{1,9}$"
+"""An events cursor as the store writes it (``<batch>.<index>``, :func:`decode_cursor`)."""
+AUDIT_CURSOR_PATTERN: Final = r"^-?[0-9]{1,18}\.[0-9]{1,9}$"
+LAST_BILLABLE_MS: Final = Period(9998, 12).end_ms - 1
+DECIMAL_PATTERN: Final = r"^[0-9]{1,30}(\.[0-9]{1,30})?$"
+
+# ---- field types ---------------------------------------------------------------------------
+
+Millis = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=MAX_MS,
+        extra={
+            "why": f"must be Unix milliseconds between 0 and {MAX_MS} ({MAX_MS_TEXT}),"
+            " not {value}"
+        },
+    ),
+]
+Text = Annotated[str, Meta(min_length=1)]
+Name = Annotated[str, Meta(min_length=1, pattern="^[^/]+$")]
+Account = Annotated[Name, Meta(description="The account id.")]
+Month = Annotated[
+    str,
+    Meta(
+        pattern=PERIOD_PATTERN,
+        description="A calendar month, UTC, written YYYY-MM (2026-11), 1970-01 to 9998-12.",
+        extra={"why": "is not a month written YYYY-MM (months 01-12, years 1970 to 9998)"},
+    ),
+]
+AuditText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=r"\S",
+        extra={"why": f"must be 1 to {MAX_TEXT} characters, not all blank"},
+    ),
+]
+Cursor = Annotated[
+    str,
+    Meta(
+        pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page.",
+        extra={"why": "is not a cursor this server issued (next_cursor of a page)"},
+    ),
+]
+AuditCursor = Annotated[
+    str,
+    Meta(
+        pattern=AUDIT_CURSOR_PATTERN,
+        description="audit_next_cursor of the previous page (of the audit entries).",
+        extra={"why": "is not a cursor this server issued (audit_next_cursor of a page)"},
+    ),
+]
+Granularity = Annotated[Window, Meta(description="Granularity.")]
+
+
+def month(name: str, text: str) -> Period:
+    """The :class:`Period` ``text`` names (``PERIOD_PATTERN`` already held), else a 400."""
+    try:
+        return Period.parse(text)
+    except ValueError as error:
+        raise bad_parameter(name, f"is not a month: {error}") from None
+
+
+class Model(Struct, forbid_unknown_fields=True):
+    """A request part: unknown names are refused."""
+
+    rules: ClassVar[tuple[str, ...]] = ()
+    """Rules between fields the schema cannot say (checked in ``__post_init__``)."""
+
+
+def _span(from_ms: int, to_ms: int) -> None:
+    if from_ms > to_ms:
+        raise bad_parameter("from", f"must not be after 'to' ({from_ms} > {to_ms})")
+
+
+_FROM_NOT_AFTER_TO: Final = "from must not be after to"
+
+# ---- path parameters -----------------------------------------------------------------------
+
+
+class NoParameters(Model):
+    pass
+
+
+class AccountPath(Model):
+    account: Account
+
+
+class EventPath(Model):
+    account: Account
+    event: Annotated[Name, Meta(description="The event id.")]
+
+
+class ActorPath(Model):
+    actor: Annotated[
+        Text,
+        Meta(
+            description="An account id (its meter actor) or a node path from the root joined"
+            " by '/', e.g. root/accounts/sweeper."
+        ),
+    ]
+
+
+class PeriodPath(Model):
+    period: Month
+
+
+class InvoicePath(Model):
+    account: Account
+    period: Month
+
+
+class LinePath(Model):
+    account: Account
+    period: Month
+    line: Annotated[int, Meta(ge=1, le=MAX_LINE, description="The line number, from 1.")]
+
+
+# ---- query parameters ----------------------------------------------------------------------
+
+
+class TreeQuery(Model):
+    limit: Annotated[
+        int, Meta(ge=0, le=MAX_TREE_LIMIT, description="At most this many children per node.")
+    ] = DEFAULT_TREE_LIMIT
+
+
+class UsageQuery(Model):
+    rules = (_FROM_NOT_AFTER_TO, "group_by must be a dimension of the meter")
+
+    meter: Annotated[Text, Meta(description="The meter.")]
+    from_: Annotated[Millis, Meta(description="Inclusive, Unix ms (aligned down).")] = (
+        msgspec.field(name="from")
+    )
+    to: Annotated[Millis, Meta(description="Exclusive, Unix ms (aligned down); >= from.")]
+    window: Granularity = Window.HOUR
+    group_by: Annotated[Text, Meta(description="A dimension of the meter.")] | None = None
+
+    def __post_init__(self) -> None:
+        _span(self.from_, self.to)
+
+
+class EventsQuery(Model):
+    rules = (_FROM_NOT_AFTER_TO,)
+
+    meter: Annotated[Text, Meta(description="Only this meter's events.")] | None = None
+    from_: Annotated[Millis, Meta(description="Event time, inclusive.")] = msgspec.field(
+        default=0, name="from"
+    )
+    to: Annotated[Millis, Meta(description="Event time, exclusive.")] = MAX_MS
+    limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Page size.")] = DEFAULT_PAGE
+    cursor: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        _span(self.from_, self.to)
+
+
+class QuarantineQuery(Model):
+    account: Annotated[Text, Meta(description="Only this account's.")] | None = None
+
+
+class PageQuery(Model):
+    """One page of an explanation's events and audit entries."""
+
+    limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Events per page.")] = (
+        DEFAULT_PAGE
+    )
+    cursor: Cursor | None = None
+    audit_cursor: AuditCursor | None = None
+
+
+class UsageExplanationQuery(PageQuery, kw_only=True):
+    rules = (
+        "group and group_by go together",
+        "group_by must be a dimension of the meter",
+    )
+
+    meter: Annotated[Text, Meta(description="The meter.")]
+    start: Annotated[Millis, Meta(description="The window's start (aligned down).")]
+    window: Granularity = Window.HOUR
+    group_by: Annotated[Text, Meta(description="A dimension of the meter (with group).")] | None = (
+        None
+    )
+    group: Annotated[Text, Meta(description="That dimension's value (with group_by).")] | None = (
+        None
+    )
+
+    def __post_init__(self) -> None:
+        if (self.group_by is None) != (self.group is None):
+            raise bad_parameter("group", "and group_by go together (group_by=size&group=std)")
+
+
+class AdjustmentsQuery(Model):
+    rules = (_FROM_NOT_AFTER_TO,)
+
+    meter: Annotated[Text, Meta(description="Only this meter's.")] | None = None
+    from_: Annotated[Millis, Meta(description="Inclusive.")] = msgspec.field(default=0, name="from")
+    to: Annotated[Millis, Meta(description="Exclusive.")] = MAX_MS
+
+    def __post_init__(self) -> None:
+        _span(self.from_, self.to)
+
+
+# ---- JSON bodies -------------------------------------------------------------------------
+
+
+class CloseBody(Model):
+    """Who closes the month."""
+
+    by: AuditText
+
+
+class VoidBody(Model):
+    """Who voids the event and why."""
+
+    by: AuditText
+    reason: AuditText
+    period: Annotated[Month, Meta(description="Search the event in this month only.")] | (
+        UnsetType
+    ) = UNSET
+
+
+class AdjustmentBody(Model, kw_only=True):
+    """A credit or debit of a quantity on a window of a summed meter."""
+
+    rules = (
+        "meter must be a sum or count meter",
+        "start must be aligned to the window",
+        "dimensions must be dimensions of the meter",
+        "quantity must be greater than 0",
+    )
+
+    meter: Text
+    start: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=LAST_BILLABLE_MS,
+            description="Unix ms, aligned to window, in a billable month (1970-01 to 9998-12).",
+            extra={
+                "why": "must fall in a billable month, 1970-01 to 9998-12"
+                f" (0 to {LAST_BILLABLE_MS} ms), not {{value}}"
+            },
+        ),
+    ]
+    window: Window = Window.DAY
+    dimensions: dict[str, str] = {}
+    kind: AdjustmentKind
+    quantity: Annotated[
+        str,
+        Meta(
+            pattern=DECIMAL_PATTERN,
+            description="A decimal > 0, digits only (at most 30 each side of the point).",
+            extra={"why": "must be a decimal like '12.5' (digits, optional point), not {value}"},
+        ),
+    ]
+    by: AuditText
+    reason: AuditText
+
+
+class GraphQLRequest(Struct):
+    """A GraphQL request (checked by the GraphQL executor, which answers in its own shape)."""
+
+    query: str
+    variables: dict[str, Any] | None = None
+    operationName: str | None = None
