@@ -212,6 +212,35 @@ query($account: String!, $period: String!) {
 }"""
 
 
+async def test_text_the_schema_refuses_but_python_patterns_take_is_still_400(
+    daemon: DaemonProcess, api: httpx.AsyncClient
+) -> None:
+    """msgspec checks a pattern with Python's ``re``, whose ``$`` also matches before a final
+    newline (JSON Schema's does not): the parsers behind the patterns still refuse it."""
+    await ingest(daemon, [dyno("b-newline", "n1", "1")])
+    for path, params, name in [
+        (f"/v1/accounts/b-newline/invoices/{LAST}%0A", {}, "period"),
+        ("/v1/accounts/b-newline/events", {"cursor": "1.0\n"}, "cursor"),
+        (
+            f"/v1/accounts/b-newline/invoices/{LAST}/lines/1/explanation",
+            {"audit_cursor": "1.0\n"},
+            "audit_cursor",
+        ),
+    ]:
+        error = assert_error(await api.get(path, params=params), 400, "invalid_parameter")
+        assert error["parameter"] == name, error
+    adjustment = {
+        "meter": "dyno.seconds",
+        "start": DAY,
+        "kind": "credit",
+        "quantity": "1\n",
+        "by": "tests",
+        "reason": "newline",
+    }
+    response = await api.post("/v1/accounts/b-newline/adjustments", json=adjustment)
+    assert assert_error(response, 400, "invalid_parameter")["parameter"] == "quantity"
+
+
 async def test_graphql_over_http(daemon: DaemonProcess, api: httpx.AsyncClient) -> None:
     await ingest(daemon, [dyno("b-gql", "g1", "100000"), dyno("b-gql", "g2", "200000", 3)])
     answer = ok(
