@@ -87,7 +87,7 @@ def test_query_and_path_refusals_name_the_parameter_and_say_why(
     model: type[Model], values: dict[str, str], name: str, why: str
 ) -> None:
     with pytest.raises(ApiError) as raised:
-        parse(model, values, what="query")
+        parse(model, values)
     error = raised.value
     assert (error.status, error.code, error.parameter) == (400, "invalid_parameter", name)
     assert error.message.startswith(f"parameter {name!r} ")
@@ -95,7 +95,7 @@ def test_query_and_path_refusals_name_the_parameter_and_say_why(
 
 
 def test_query_values_become_typed_with_the_declared_defaults() -> None:
-    query = parse(UsageQuery, {"meter": "m", "from": "007", "to": str(MAX_MS)}, what="query")
+    query = parse(UsageQuery, {"meter": "m", "from": "007", "to": str(MAX_MS)})
     assert (query.meter, query.from_, query.to, query.window, query.group_by) == (
         "m",
         7,
@@ -103,7 +103,7 @@ def test_query_values_become_typed_with_the_declared_defaults() -> None:
         Window.HOUR,
         None,
     )
-    events = parse(EventsQuery, {}, what="query")
+    events = parse(EventsQuery, {})
     assert (events.from_, events.to, events.limit, events.cursor) == (0, MAX_MS, 100, None)
 
 

@@ -92,7 +92,7 @@ class Operation:
             require_admin(request, daemon.config.api)
         kwargs: dict[str, Any] = {}
         path = parse(self.path_model, request.path_params)
-        query = parse(self.query_model, request.query_params, what="query")
+        query = parse(self.query_model, request.query_params)
         if self.path_model is not NoParameters:
             kwargs["path"] = path
         if self.query_model is not NoParameters:
@@ -113,15 +113,22 @@ class Operations:
     def __iter__(self) -> Iterator[Operation]:
         return iter(self._all)
 
-    def get(self, route: str, id: str, summary: str, **options: Any) -> Callable[[H], H]:
-        return self._declare("GET", route, id, summary, **options)
-
-    def post(self, route: str, id: str, summary: str, **options: Any) -> Callable[[H], H]:
-        return self._declare("POST", route, id, summary, **options)
-
-    def _declare(
+    def get(
         self,
-        method: str,
+        route: str,
+        id: str,
+        summary: str,
+        *,
+        answers: Mapping[int, tuple[Any, str]],
+        errors: tuple[int, ...] = (),
+        admin: bool = True,
+        rules: tuple[str, ...] = (),
+    ) -> Callable[[H], H]:
+        """Declare the decorated handler as ``GET route`` (see the module doc)."""
+        return self._declare("GET", route, id, summary, answers, errors, admin, rules, None)
+
+    def post(
+        self,
         route: str,
         id: str,
         summary: str,
@@ -131,6 +138,24 @@ class Operations:
         admin: bool = True,
         rules: tuple[str, ...] = (),
         documented_body: Any = None,
+    ) -> Callable[[H], H]:
+        """Declare the decorated handler as ``POST route``; ``documented_body`` is the body
+        the document shows when the handler reads its own (takes ``request``)."""
+        return self._declare(
+            "POST", route, id, summary, answers, errors, admin, rules, documented_body
+        )
+
+    def _declare(
+        self,
+        method: str,
+        route: str,
+        id: str,
+        summary: str,
+        answers: Mapping[int, tuple[Any, str]],
+        errors: tuple[int, ...],
+        admin: bool,
+        rules: tuple[str, ...],
+        documented_body: Any,
     ) -> Callable[[H], H]:
         def declare(handler: H) -> H:
             hints = get_type_hints(handler)
@@ -178,7 +203,7 @@ def _check_path(operation: Operation) -> None:
 # ---- parsing --------------------------------------------------------------------------------
 
 
-def parse(model: type[M], values: Mapping[str, str], *, what: str = "path") -> M:
+def parse(model: type[M], values: Mapping[str, str]) -> M:
     """``model`` from path parameters or a query string (all text): the first unknown name,
     then each value in the model's order (integers in decimal digits), then the first
     missing one by name, then the model's own rules; a 400 naming the parameter otherwise."""
