@@ -9,9 +9,12 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,6 +29,7 @@ from meterd.api.models import (
     LAST_BILLABLE_MS,
     MAX_LINE,
     MAX_TEXT,
+    NOT_BLANK_PATTERN,
     PERIOD_PATTERN,
     AdjustmentBody,
     EventsQuery,
@@ -176,9 +180,16 @@ async def test_a_body_becomes_typed_with_the_declared_defaults() -> None:
 # ---- the patterns the document states are what the parsers take ------------------------------
 
 
+@cache
+def _validator(pattern: str) -> Any:
+    return jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
+
+
 def _schema_match(pattern: str, text: str) -> bool:
-    """JSON Schema's (ECMA 262) ``pattern``: a search, with ``$`` at the very end only."""
-    return "\n" not in text and re.search(pattern, text) is not None
+    """Whether ``text`` matches ``pattern`` as JSON Schema says (the validator schemathesis
+    uses; ``$`` is the very end there, as in ECMA 262, where Python's also takes a final
+    newline)."""
+    return bool(_validator(pattern).is_valid(text))
 
 
 def _takes(parse_text: Any, text: str) -> bool:
@@ -212,6 +223,19 @@ def test_the_cursor_patterns_are_what_the_store_takes(text: str) -> None:
 @given(DECIMALS)
 def test_the_quantity_pattern_is_what_billing_takes(text: str) -> None:
     assert _schema_match(DECIMAL_PATTERN, text) == (_PLAIN_DECIMAL.fullmatch(text) is not None)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=3))
+def test_the_not_blank_pattern_is_what_billing_takes(text: str) -> None:
+    assert _schema_match(NOT_BLANK_PATTERN, text) == bool(text.strip())
+    assert (re.search(NOT_BLANK_PATTERN, text) is not None) == bool(text.strip())  # msgspec's
+
+
+def test_the_not_blank_pattern_knows_every_blank_character() -> None:
+    for code in range(sys.maxunicode + 1):
+        if not 0xD800 <= code <= 0xDFFF:
+            character = chr(code)
+            assert _schema_match(NOT_BLANK_PATTERN, character) != character.isspace(), hex(code)
 
 
 def test_the_last_billable_time_ends_the_last_billable_month() -> None:

@@ -40,6 +40,11 @@ CURSOR_PATTERN: Final = r"^[0-9]{1,18}\.[0-9]{1,9}$"
 AUDIT_CURSOR_PATTERN: Final = r"^-?[0-9]{1,18}\.[0-9]{1,9}$"
 LAST_BILLABLE_MS: Final = Period(9998, 12).end_ms - 1
 DECIMAL_PATTERN: Final = r"^[0-9]{1,30}(\.[0-9]{1,30})?$"
+NOT_BLANK_PATTERN: Final = (
+    r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+"""Holds a character that is not blank (``str.isspace``, as billing's check): spelled out,
+since ``\\S`` differs between Python and JSON Schema's regular expressions (``\\x1c``)."""
 
 # ---- field types ---------------------------------------------------------------------------
 
@@ -70,7 +75,7 @@ AuditText = Annotated[
     Meta(
         min_length=1,
         max_length=MAX_TEXT,
-        pattern=r"\S",
+        pattern=NOT_BLANK_PATTERN,
         extra={"why": f"must be 1 to {MAX_TEXT} characters, not all blank"},
     ),
 ]
