@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +165,9 @@ def ingest(
             BenchOptions.quick(**options, **sizes) if quick else BenchOptions(**options, **sizes)
         )
         settings.check()
-        report = trio.run(run, settings)
     except BenchError as error:
         raise click.ClickException(str(error)) from None
-    except BaseExceptionGroup as group:
-        found = _bench_error(group)
-        if found is None:
-            raise
-        raise click.ClickException(str(found)) from None
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    else:
-        click.echo(format_report(report))
-    sys.stdout.flush()
+    _run_and_print(run, settings, format_report, as_json=as_json)
 
 
 @bench.command("rating")
@@ -242,6 +233,23 @@ def rating(
     try:
         options = RatingOptions.quick(**overrides) if quick else RatingOptions(**overrides)
         options.check()
+    except BenchError as error:
+        raise click.ClickException(str(error)) from None
+    _run_and_print(run, options, format_report, as_json=as_json)
+
+
+def _run_and_print(
+    run: Callable[[Any], Awaitable[Any]],
+    options: Any,
+    format_report: Callable[[Any], str],
+    *,
+    as_json: bool,
+) -> None:
+    """Run a benchmark under Trio and print its report (JSON, or the formatted tables); a
+    :class:`~meterd.bench.ingest.BenchError`, even from inside a task group, is one line."""
+    from meterd.bench.ingest import BenchError
+
+    try:
         report = trio.run(run, options)
     except BenchError as error:
         raise click.ClickException(str(error)) from None
