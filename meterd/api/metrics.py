@@ -101,6 +101,12 @@ class DaemonCollector(Collector):
             "Producer websockets open now.",
             value=self.ingest.connection_count,
         )
+        yield GaugeMetricFamily(
+            "meterd_ingest_ack_bytes",
+            "Bytes of acks held for producers now (batches in flight counted at their worst"
+            " case, prepared acks at their size; bounded by ingest.max_ack_bytes).",
+            value=self.ingest.ack_bytes.used,
+        )
 
     def _store(self) -> Iterator[Metric]:
         writer = self.store.writer
