@@ -146,6 +146,15 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
         )
+        waiting = GaugeMetricFamily(
+            "meterd_store_reads_waiting",
+            "Store reads waiting for a reader thread, by lane (recovery: actors waking;"
+            " monitor: this endpoint's; default: the API's).",
+            labels=["lane"],
+        )
+        for lane, count in self.store.reader.waiting().items():
+            waiting.add_metric([lane], count)
+        yield waiting
 
     def _tree(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
