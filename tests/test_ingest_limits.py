@@ -269,7 +269,7 @@ account_names = st.text(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     rejected=st.lists(
         st.tuples(st.none() | ids, st.sampled_from(REJECTION_CODES), st.text(max_size=400)),

@@ -924,8 +924,8 @@ def ack_bound(
     for account, (_, events) in groups.items():
         bound += len(events) * (entry + _quoted_bytes(account))
         for event in events:  # the id, and quoted in the message: as _quoted_bytes, inline
-            size = len(event.id)
-            bound += 5 * size if event.id.isascii() else 14 * size
+            length = len(event.id)
+            bound += 5 * length if event.id.isascii() else 14 * length
     without_messages = ACK_OVERHEAD + size * (REJECTION_OVERHEAD + _CODE_TEXT) + frame_bytes
     return min(bound, max(ack_cap, without_messages))
 
