@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 import trio
@@ -115,7 +116,9 @@ async def serve(config: Config) -> None:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as collector:
-                collector.start_soon(memory.collect_on_schedule)
+                collector.start_soon(
+                    partial(memory.collect_on_schedule, live_actors=services.accounts.live_actors)
+                )
                 async with trio.open_nursery() as nursery:
                     try:
                         await nursery.start(services.root.run)

@@ -287,6 +287,10 @@ class Accounts:
             self._waking.add(account)
             self._wakes_in.send_nowait(account)
 
+    def live_actors(self) -> int:
+        """Meter actors running now (awake accounts)."""
+        return len(self.supervisor)
+
     @property
     def waking_queued(self) -> int:
         """Accounts waiting for a wake-up to start (beyond the :data:`MAX_WAKING` running)."""

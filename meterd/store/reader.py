@@ -201,9 +201,7 @@ class Reader:
 
     def waiting(self) -> dict[str, int]:
         """Queries waiting for a thread, by lane (see the module doc)."""
-        return {
-            lane: limiter.statistics().tasks_waiting for lane, limiter in self._lanes.items()
-        }
+        return {lane: limiter.statistics().tasks_waiting for lane, limiter in self._lanes.items()}
 
     async def __aenter__(self) -> Reader:
         return self
