@@ -72,6 +72,7 @@ def build(config: Config) -> Services:
         mailbox_size=config.accounts.mailbox_size,
         max_restarts=config.accounts.max_restarts,
         max_seconds=config.accounts.max_seconds.seconds,
+        max_awake=config.accounts.max_awake,
         max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)

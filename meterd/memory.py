@@ -112,7 +112,8 @@ async def collect_on_schedule(
     ``full_every``, ``gc.unfreeze()``, a full collection, and ``gc.freeze()`` again, then
     :func:`trim` on a worker thread. The full collection also runs early, at a
     ``freeze_every`` tick, when ``live_actors()`` has fallen by ``reclaim_after`` since its
-    peak (at most once per ``reclaim_every`` seconds).
+    peak and did not fall during the last ``freeze_every`` (at most once per
+    ``reclaim_every`` seconds).
 
     Why, measured on the issue's half-load row (docs/ingest-bench.md):
 
@@ -139,8 +140,8 @@ async def collect_on_schedule(
       ~2 kB each, and an actor awake for a second was frozen. A wave of hibernations
       (150,000 new accounts asleep together) left ~300 MB of it for up to ten minutes, and
       three such waves added up. So when the live actors have fallen by ``reclaim_after``
-      since their peak, the next second's tick is a full collection; its pause is short
-      then, as it walks what is alive, and few actors are.
+      since their peak and stopped falling (the wave is over), that second's tick is a full
+      collection; its pause is short then, as it walks what is alive, and few actors are.
     * **Trim after each full collection.** What the collection freed stays in the process
       (the C heap's free pages, pymalloc's arenas until empty): :func:`trim` hands the free
       pages back, so RSS falls after a wave instead of staying at its high-water mark. It
@@ -152,7 +153,7 @@ async def collect_on_schedule(
     young_per_full = max(1, round(full_every / young_every))
     young_per_reclaim = max(1, round(reclaim_every / young_every))
     ticks = 0
-    peak = live_actors() if live_actors is not None else 0
+    peak = before = live_actors() if live_actors is not None else 0
     last_full = -young_per_reclaim  # (in ticks)
     while True:
         await trio.sleep(young_every)
@@ -161,12 +162,14 @@ async def collect_on_schedule(
         if live_actors is not None:
             live = live_actors()
             peak = max(peak, live)
-            if (
-                ticks % young_per_freeze == 0
-                and peak - live >= reclaim_after
-                and ticks - last_full >= young_per_reclaim
-            ):
-                full = True
+            if ticks % young_per_freeze == 0:
+                if (
+                    peak - live >= reclaim_after
+                    and live >= before  # the fall has stopped: the wave is over
+                    and ticks - last_full >= young_per_reclaim
+                ):
+                    full = True
+                before = live
         if full:
             gc.unfreeze()
             gc.collect()

@@ -19,10 +19,10 @@ import trio.testing
 
 import meterd.store.reader as reader_module
 from meterd.accounts.actor import MeterActor
-from meterd.accounts.service import MAX_WAKING
+from meterd.accounts.service import MAX_WAKING, running_accounts
 from meterd.app import Services
-from meterd.model import Event
-from tests.test_ingest import T0, make_config, running, total
+from meterd.model import DAY_MS, Event, Window
+from tests.test_ingest import METERS, T0, make_config, running, total
 
 BLOCKED = 10  # wake-ups started while the reads are blocked
 
@@ -133,3 +133,47 @@ async def test_wake_ups_in_flight_are_bounded_and_every_account_wakes(
         assert accounts.wakes == len(names)
         for name in names:
             assert await total(services, name) == "1"
+
+
+async def test_at_most_max_awake_actors_are_awake_and_every_account_still_wakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 new accounts, ``max_awake`` 10: wake-ups wait while 10 are awake, and the
+    sweeper's ticks put idle ones to sleep early (here idle for 0 s), so every account is
+    woken in turn and counts its event, never more than 10 (+ the wake-ups starting) awake.
+    (Before the cap, all 30 were awake at once until idle_timeout.)"""
+    names = [f"capped-{n:02d}" for n in range(30)]
+    most = started = 0
+    all_started = trio.Event()
+    original_init = MeterActor.init
+
+    async def counted_init(self: MeterActor) -> None:
+        nonlocal most, started
+        most = max(most, len(self.accounts.supervisor))  # awake, this one not yet counted
+        await original_init(self)
+        started += 1
+        if started == len(names):
+            all_started.set()
+
+    monkeypatch.setattr(MeterActor, "init", counted_init)
+    async with running_accounts(
+        tmp_path / "meterd.sqlite3",
+        {meter.name: meter for meter in METERS},
+        max_awake=10,
+        pressure_idle=0.0,
+        checkpoint_interval=0.2,  # the sweeper's period: 50 ms
+    ) as accounts:
+        groups = [
+            (name, [Event(f"e-{name}", name, "router.requests", 1, T0, (("app", "a"),))])
+            for name in names
+        ]
+        with trio.fail_after(30):  # a hang guard: the sweeper runs on the real clock
+            await accounts.write(groups)
+            await all_started.wait()
+        assert accounts.wakes == len(names)
+        assert accounts.wake_waits >= 1
+        assert most <= 10 + MAX_WAKING - 1
+        meter = accounts.meters["router.requests"]
+        for name in names:
+            rows = await accounts.usage(name, meter, T0 - DAY_MS, T0 + DAY_MS, Window.DAY)
+            assert [row.value for row in rows] == [1]

@@ -213,6 +213,17 @@ class AccountsConfig:
         ),
     ] = 50
     max_seconds: Annotated[Duration, key("The period max_restarts counts over.")] = Duration(10_000)
+    max_awake: Annotated[
+        int,
+        key(
+            "Meter actors awake at once before idle ones are put to sleep early (idle for"
+            " 1 s, not idle_timeout) and wake-ups wait: bounds the memory of a burst of"
+            " new accounts.",
+            unit="actors",
+            ge=1,
+            le=100_000_000,
+        ),
+    ] = 100_000
 
 
 @dataclass(frozen=True, slots=True)
