@@ -241,6 +241,7 @@ class GcPauses:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -248,8 +249,10 @@ class GcPauses:
             self._start = time.perf_counter()
         else:
             generation = info["generation"]
+            pause = time.perf_counter() - self._start
             self.count[generation] += 1
-            self.seconds[generation] += time.perf_counter() - self._start
+            self.seconds[generation] += pause
+            self.longest[generation] = max(self.longest[generation], pause)
 
     def __enter__(self) -> GcPauses:
         gc.callbacks.append(self)
@@ -866,10 +869,13 @@ async def burst_child(accounts_n: int, waves: int) -> dict[str, Any]:
                 stop = trio.Event()
                 nursery.start_soon(steady)
                 nursery.start_soon(probe)
-                row = await burst_wave(accounts, names, base, f"b{wave}")
-                row["hibernate_s"] = await hibernate_burst(accounts)
-                stop.set()
-                await trio.sleep(2.0)  # the collector's schedule runs meanwhile
+                with GcPauses() as pauses:
+                    row = await burst_wave(accounts, names, base, f"b{wave}")
+                    row["hibernate_s"] = await hibernate_burst(accounts)
+                    stop.set()
+                    await trio.sleep(2.0)  # the collector's schedule runs meanwhile
+                row["gc_full"] = pauses.count[2]
+                row["gc_longest_ms"] = [pause * 1e3 for pause in pauses.longest]
                 steady_latencies.sort()
                 row.update(
                     rss_after=rss_bytes(),
@@ -1042,6 +1048,10 @@ def _wave_rows(w: dict[str, Any]) -> dict[str, str]:
             f"{w['steady_p50_ms']:.0f} / {w['steady_p99_ms']:.0f} / {w['steady_max_ms']:,.0f}"
         ),
         "  /metrics store read, max ms": f"{w['probe_max_ms']:,.0f}",
+        "  full collections / longest pause, ms": (
+            f"{w['gc_full']} / {w['gc_longest_ms'][2]:,.0f}"
+            f" (young {w['gc_longest_ms'][0]:,.0f}, middle {w['gc_longest_ms'][1]:,.0f})"
+        ),
     }
 
 

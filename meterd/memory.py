@@ -35,6 +35,7 @@ __all__ = [
     "FULL_EVERY",
     "RECLAIM_AFTER",
     "RECLAIM_EVERY",
+    "RECLAIM_SHARE",
     "THRESHOLDS",
     "YOUNG_EVERY",
     "GcPauses",
@@ -70,6 +71,11 @@ a full collection early (see there)."""
 
 RECLAIM_EVERY: Final = 30.0
 """Least seconds between two full collections run early."""
+
+RECLAIM_SHARE: Final = 4
+"""A full collection runs early only once the live actors are at most 1/4 of their peak:
+it walks every live object (~30 per actor), so with most of a burst's actors still awake
+(``[accounts] max_awake`` cycling them) it would stop the process for seconds."""
 
 
 def trim() -> bool:
@@ -112,8 +118,8 @@ async def collect_on_schedule(
     ``full_every``, ``gc.unfreeze()``, a full collection, and ``gc.freeze()`` again, then
     :func:`trim` on a worker thread. The full collection also runs early, at a
     ``freeze_every`` tick, when ``live_actors()`` has fallen by ``reclaim_after`` since its
-    peak and did not fall during the last ``freeze_every`` (at most once per
-    ``reclaim_every`` seconds).
+    peak, to 1/:data:`RECLAIM_SHARE` of it at most, and did not fall during the last
+    ``freeze_every`` (at most once per ``reclaim_every`` seconds).
 
     Why, measured on the issue's half-load row (docs/ingest-bench.md):
 
@@ -140,8 +146,9 @@ async def collect_on_schedule(
       ~2 kB each, and an actor awake for a second was frozen. A wave of hibernations
       (150,000 new accounts asleep together) left ~300 MB of it for up to ten minutes, and
       three such waves added up. So when the live actors have fallen by ``reclaim_after``
-      since their peak and stopped falling (the wave is over), that second's tick is a full
-      collection; its pause is short then, as it walks what is alive, and few actors are.
+      since their peak, to a quarter of it at most, and stopped falling (the wave is over),
+      that second's tick is a full collection; its pause is short then, as it walks what
+      is alive, and few actors are.
     * **Trim after each full collection.** What the collection freed stays in the process
       (the C heap's free pages, pymalloc's arenas until empty): :func:`trim` hands the free
       pages back, so RSS falls after a wave instead of staying at its high-water mark. It
@@ -165,6 +172,7 @@ async def collect_on_schedule(
             if ticks % young_per_freeze == 0:
                 if (
                     peak - live >= reclaim_after
+                    and live * RECLAIM_SHARE <= peak
                     and live >= before  # the fall has stopped: the wave is over
                     and ticks - last_full >= young_per_reclaim
                 ):

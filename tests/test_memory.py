@@ -131,8 +131,8 @@ async def test_a_full_collection_runs_early_once_many_actors_stopped_then_memory
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Frozen garbage (stopped actors are reference cycles) is freed at the first second's
-    tick after the live actors fell by ``reclaim_after`` from their peak and stopped
-    falling, not ten minutes later; at most once per ``reclaim_every``; each full
+    tick after the live actors fell by ``reclaim_after`` from their peak, to a quarter of
+    it, and stopped falling, not ten minutes later; at most once per ``reclaim_every``; each full
     collection is followed by a trim."""
     live = 0
     trims: list[float] = []
@@ -163,24 +163,26 @@ async def test_a_full_collection_runs_early_once_many_actors_stopped_then_memory
             del first
             live = 60  # 90 stopped: not enough
             await trio.sleep(1.0)
-            assert first_ref() is not None
-            live = 40  # 110 below the peak, but still falling at the 3 s tick...
-            await trio.sleep(1.0)
+            live = 45  # 105 stopped, and no more at 4 s, but 45 is over a quarter of 150
+            await trio.sleep(2.0)
             assert first_ref() is not None
             assert trims == []
-            await trimmed.wait()  # ...and no more at 4 s: that tick is a full collection
+            live = 30  # a fifth of the peak: still falling at the 5 s tick...
+            await trio.sleep(1.0)
+            assert first_ref() is not None
+            await trimmed.wait()  # ...and no more at 6 s: that tick is a full collection
             assert first_ref() is None
-            assert trims == [pytest.approx(4.0, abs=0.05)]
+            assert trims == [pytest.approx(6.0, abs=0.05)]
             second, second_ref = garbage_cycle()
             live = 200
-            await trio.sleep(1.05)  # frozen at 5 s
+            await trio.sleep(1.05)  # frozen at 7 s
             del second
-            live = 0  # 200 stopped, settled at 7 s, but the last one was at 4 s
+            live = 0  # 200 stopped, settled at 9 s, but the last one was at 6 s
             await trio.sleep(3.0)
             assert second_ref() is not None
             await trimmed.wait()  # 5 s after the last one
             assert second_ref() is None
-            assert trims[1] == pytest.approx(9.0, abs=0.05)
+            assert trims[1] == pytest.approx(11.0, abs=0.05)
             nursery.cancel_scope.cancel()
     finally:
         gc.unfreeze()

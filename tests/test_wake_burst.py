@@ -146,10 +146,11 @@ async def test_at_most_max_awake_actors_are_awake_and_every_account_still_wakes(
     most = started = 0
     all_started = trio.Event()
     original_init = MeterActor.init
+    awake: list[Any] = []  # the Accounts, once running
 
     async def counted_init(self: MeterActor) -> None:
         nonlocal most, started
-        most = max(most, len(self.accounts.supervisor))  # awake, this one not yet counted
+        most = max(most, len(awake[0].supervisor))  # awake, this one not yet counted
         await original_init(self)
         started += 1
         if started == len(names):
@@ -163,6 +164,7 @@ async def test_at_most_max_awake_actors_are_awake_and_every_account_still_wakes(
         pressure_idle=0.0,
         checkpoint_interval=0.2,  # the sweeper's period: 50 ms
     ) as accounts:
+        awake.append(accounts)
         groups = [
             (name, [Event(f"e-{name}", name, "router.requests", 1, T0, (("app", "a"),))])
             for name in names
