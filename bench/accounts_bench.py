@@ -7,6 +7,7 @@ Run from the repository root::
     .venv/bin/python bench/accounts_bench.py --quick      # 1,000 accounts, 50k events (~25 s)
     .venv/bin/python bench/accounts_bench.py --repeats 3 --what-if   # as in docs/accounts-bench.md
     .venv/bin/python bench/accounts_bench.py --json       # machine-readable, on stdout
+    .venv/bin/python bench/accounts_bench.py --burst      # waves of new accounts, vs main
 
 Options: ``--events N --accounts K --concurrency C --batch B`` (the load), ``--repeats R``
 (medians; the best is shown too), ``--seed S``, ``--spread-minutes M`` (event times over M
@@ -67,6 +68,24 @@ writer / reader thread around the group transaction / the query (``Writer._write
 ``Reader._in_thread``, wrapped on the instances). Own time by component, top 15 functions by
 own time and (our code) by cumulative time. cProfile slows Python down 2-3x; read the shares.
 
+Burst (``--burst``, only this): waves of new accounts and their hibernation, as the daemon
+sees them, on this tree and on ``--baseline-ref`` (default ``main``: its ``meterd`` and
+``supervisors`` taken with ``git archive`` into a temporary directory), each in a fresh
+interpreter run from this file, so one command prints both. Each of ``--waves`` waves sends
+``--burst-accounts`` new accounts, one event each, in 1,000-event producer batches through
+``Accounts.submit`` (the ingest path: 4 "connections" with a window of 64 batches, each read
+waiting for the daemon-wide in-flight budget), then lets every actor hibernate (idle timeout
+0 and sweeps) and waits 2 s. Meanwhile a steady producer sends a 10-event batch every 50 ms
+to one account (its ack latency: budget wait + commit), and a probe reads the quarantine
+count every 250 ms (the store read of ``GET /metrics``). The collector runs as in ``meterd
+run`` (``meterd.memory``). Reported per wave: seconds until every batch was acknowledged,
+every account woken and every actor asleep; peak RSS and live actors; RSS, live pymalloc
+blocks (``sys.getallocatedblocks``) and frozen objects once all sleep; the steady
+producer's p50/p99/max and the probe's max. After the last wave, what a full collection
+(``gc.unfreeze`` + ``gc.collect``) and then glibc's ``malloc_trim(0)`` give back: garbage the
+freezing kept, and free memory the allocator kept (its high-water mark), as opposed to live
+objects (a leak).
+
 Figures, never pass/fail thresholds. Progress goes to stderr.
 """
 
@@ -76,6 +95,7 @@ import argparse
 import cProfile
 import functools
 import gc
+import inspect
 import io
 import itertools
 import json
@@ -221,6 +241,7 @@ class GcPauses:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -228,8 +249,10 @@ class GcPauses:
             self._start = time.perf_counter()
         else:
             generation = info["generation"]
+            pause = time.perf_counter() - self._start
             self.count[generation] += 1
-            self.seconds[generation] += time.perf_counter() - self._start
+            self.seconds[generation] += pause
+            self.longest[generation] = max(self.longest[generation], pause)
 
     def __enter__(self) -> GcPauses:
         gc.callbacks.append(self)
@@ -745,6 +768,323 @@ def run_memory(accounts_n: int, concurrency: int, traced: bool) -> dict[str, Any
     return result
 
 
+# --------------------------------------------------------------------------- burst (subprocess)
+
+BURST_BATCH = 1_000
+BURST_CONNECTIONS = 4
+BURST_WINDOW = 64
+STEADY_EVERY = 0.05  # seconds between two batches of the steady producer
+STEADY_EVENTS = 10
+PROBE_EVERY = 0.25  # seconds between two /metrics-like store reads
+SAMPLE_EVERY = 0.1  # seconds between two RSS / live-actor samples
+
+
+def malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: hand free heap memory back to the OS (False without glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except AttributeError:
+        return False
+
+
+def live_blocks() -> int:
+    return sys.getallocatedblocks()
+
+
+async def burst_child(accounts_n: int, waves: int) -> dict[str, Any]:
+    """Run in a fresh interpreter (this tree's code or the baseline's): see the module doc."""
+    from meterd import memory
+
+    base = hour_start()
+    out: dict[str, Any] = {"accounts": accounts_n, "waves": []}
+    with tempfile.TemporaryDirectory(prefix="accounts-bench-burst-") as tmp:
+        path = Path(tmp) / "meterd.sqlite3"
+        store = Store.at(path)
+        accounts = Accounts(store, METERS)  # the daemon's defaults (idle timeout 300 s)
+        root = sv.Supervisor(
+            [store.writer_spec(), accounts.supervisor_spec()],
+            strategy=sv.Strategy.REST_FOR_ONE,
+            name="root",
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            memory.tune()  # as meterd.app.serve, then its collector schedule
+            collect: Any = memory.collect_on_schedule  # the baseline's may not take it:
+            if "live_actors" in inspect.signature(collect).parameters:
+                collect = functools.partial(collect, live_actors=lambda: len(accounts.supervisor))
+            nursery.start_soon(collect)
+            steady_latencies: list[float] = []
+            probe_latencies: list[float] = []
+            stop = trio.Event()
+
+            async def steady() -> None:
+                budget = accounts.budget
+                for n in itertools.count():
+                    events = [
+                        Event(f"s{n}-{k}", "steady", METER.name, Decimal(1), base, PROPERTIES[0])
+                        for k in range(STEADY_EVENTS)
+                    ]
+                    done = trio.Event()
+                    sent = time.perf_counter()
+                    await budget.wait_for_room()  # ingest reads only with room in the budget
+                    budget.take(len(events))
+
+                    def acked(
+                        outcome: Any, done: trio.Event = done, size: int = len(events)
+                    ) -> None:
+                        budget.give(size)
+                        done.set()
+
+                    accounts.submit([("steady", events)], acked)
+                    await done.wait()
+                    steady_latencies.append(time.perf_counter() - sent)
+                    with trio.move_on_at(sent + STEADY_EVERY):
+                        await stop.wait()
+                    if stop.is_set():
+                        return
+
+            async def probe() -> None:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    await store.reader.quarantined_count()
+                    probe_latencies.append(time.perf_counter() - started)
+                    with trio.move_on_after(PROBE_EVERY):
+                        await stop.wait()
+
+            # warm every code path, thread and connection, then let them sleep
+            await burst_wave(accounts, [f"warm-{i}" for i in range(200)], base, "w")
+            await hibernate_all(accounts, HANG_LIMIT)
+            await trio.sleep(2.0)
+            out["start"] = {"rss": rss_bytes(), "blocks": live_blocks()}
+            for wave in range(waves):
+                names = [f"b{wave}-{account_name(i)}" for i in range(accounts_n)]
+                steady_latencies.clear()
+                probe_latencies.clear()
+                stop = trio.Event()
+                nursery.start_soon(steady)
+                nursery.start_soon(probe)
+                with GcPauses() as pauses:
+                    row = await burst_wave(accounts, names, base, f"b{wave}")
+                    row["hibernate_s"] = await hibernate_burst(accounts)
+                    stop.set()
+                    await trio.sleep(2.0)  # the collector's schedule runs meanwhile
+                row["gc_full"] = pauses.count[2]
+                row["gc_longest_ms"] = [pause * 1e3 for pause in pauses.longest]
+                steady_latencies.sort()
+                row.update(
+                    rss_after=rss_bytes(),
+                    blocks_after=live_blocks(),
+                    frozen_after=gc.get_freeze_count(),
+                    steady_p50_ms=percentile(steady_latencies, 0.5) * 1e3,
+                    steady_p99_ms=percentile(steady_latencies, 0.99) * 1e3,
+                    steady_max_ms=max(steady_latencies, default=math.nan) * 1e3,
+                    probe_max_ms=max(probe_latencies, default=math.nan) * 1e3,
+                    probe_reads=len(probe_latencies),
+                )
+                out["waves"].append(row)
+                log(
+                    f"burst wave {wave + 1}: acked {row['acked_s']:.1f} s, RSS after"
+                    f" {row['rss_after'] / 1e6:,.0f} MB"
+                )
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            out["after_full_collection"] = {"rss": rss_bytes(), "blocks": live_blocks()}
+            out["malloc_trim"] = malloc_trim()
+            out["after_malloc_trim"] = {"rss": rss_bytes(), "blocks": live_blocks()}
+            root.stop()
+            nursery.cancel_scope.cancel()
+        await store.aclose()
+    return out
+
+
+async def hibernate_burst(accounts: Accounts) -> float:
+    """Let every awake actor but the steady producer's hibernate; seconds it took."""
+    idle_timeout = accounts.idle_timeout
+    accounts.idle_timeout = 0.0
+    start = time.perf_counter()
+    try:
+        with trio.fail_after(HANG_LIMIT):
+            while len(accounts.supervisor) > ("steady" in accounts.registry):
+                accounts.sweep_once()
+                await trio.sleep(0.25)  # about the sweeper's own pace
+    finally:
+        accounts.idle_timeout = idle_timeout
+    return time.perf_counter() - start
+
+
+async def burst_wave(
+    accounts: Accounts, names: Sequence[str], base: int, tag: str
+) -> dict[str, Any]:
+    """``names`` (new accounts) one event each, in producer batches through
+    ``Accounts.submit``; returns once every account is awake (peaks sampled meanwhile)."""
+    budget = accounts.budget
+    batches = [names[i : i + BURST_BATCH] for i in range(0, len(names), BURST_BATCH)]
+    queue = iter(batches)
+    left = len(batches)
+    all_acked = trio.Event()
+    peak = {"rss": rss_bytes(), "live": len(accounts.supervisor)}
+    started = time.perf_counter()
+    row: dict[str, Any] = {}
+
+    async def connection() -> None:
+        window = trio.Semaphore(BURST_WINDOW)
+        for batch in queue:
+            await window.acquire()
+            await budget.wait_for_room()
+            events = [
+                Event(f"{tag}-{name}", name, METER.name, Decimal(1), base, PROPERTIES[1])
+                for name in batch
+            ]
+            budget.take(len(events))
+
+            def acked(outcome: Any, size: int = len(events), window: Any = window) -> None:
+                nonlocal left
+                assert not isinstance(outcome, BaseException), outcome
+                budget.give(size)
+                window.release()
+                left -= 1
+                if not left:
+                    all_acked.set()
+
+            accounts.submit([(event.account, [event]) for event in events], acked)
+
+    async def sample() -> None:
+        while True:
+            peak["rss"] = max(peak["rss"], rss_bytes())
+            peak["live"] = max(peak["live"], len(accounts.supervisor))
+            await trio.sleep(SAMPLE_EVERY)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        for _ in range(BURST_CONNECTIONS):
+            nursery.start_soon(connection)
+        await all_acked.wait()
+        row["acked_s"] = time.perf_counter() - started
+        while accounts._waking:  # noqa: ASYNC110 (a bench polls: no event for it on main)
+            await trio.sleep(SAMPLE_EVERY)
+        row["woken_s"] = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    row.update(peak_rss=peak["rss"], peak_live=peak["live"])
+    return row
+
+
+def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str, Any]:
+    """The burst in a fresh interpreter, on this tree's code or on ``code`` (a directory
+    holding another tree's ``meterd`` and ``supervisors``)."""
+    command = [
+        sys.executable,
+        __file__,
+        "--burst-child",
+        "--burst-accounts",
+        str(accounts_n),
+        "--waves",
+        str(waves),
+    ]
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_LIMIT * waves, check=False, env=env
+    )
+    sys.stderr.write(done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"burst subprocess failed ({done.returncode})")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def run_burst(args: argparse.Namespace) -> dict[str, Any]:
+    """The burst on ``--baseline-ref``'s code and on this tree's, one after the other."""
+    root = Path(__file__).resolve().parent.parent
+    result: dict[str, Any] = {"params": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="accounts-bench-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", args.baseline_ref, "meterd", "supervisors"],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        result["commit"] = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", args.baseline_ref],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        log(f"burst on {args.baseline_ref} ({result['commit']})")
+        result["baseline"] = run_burst_child(args.burst_accounts, args.waves, Path(tmp))
+    log("burst on this tree")
+    result["this"] = run_burst_child(args.burst_accounts, args.waves, None)
+    return result
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:,.0f} MB"
+
+
+def _memory(where: dict[str, Any]) -> str:
+    return f"{_mb(where['rss'])} / {where['blocks'] / 1e6:.2f}M"
+
+
+def _wave_rows(w: dict[str, Any]) -> dict[str, str]:
+    asleep = w["woken_s"] + w["hibernate_s"]
+    return {
+        "  all acknowledged / woken / asleep, s": (
+            f"{w['acked_s']:.1f} / {w['woken_s']:.1f} / {asleep:.1f}"
+        ),
+        "  peak RSS": _mb(w["peak_rss"]),
+        "  peak live actors": f"{w['peak_live']:,}",
+        "  RSS / live blocks once all sleep": _memory(
+            {"rss": w["rss_after"], "blocks": w["blocks_after"]}
+        ),
+        "  frozen objects once all sleep": f"{w['frozen_after'] / 1e6:.2f}M",
+        "  steady producer p50 / p99 / max, ms": (
+            f"{w['steady_p50_ms']:.0f} / {w['steady_p99_ms']:.0f} / {w['steady_max_ms']:,.0f}"
+        ),
+        "  /metrics store read, max ms": f"{w['probe_max_ms']:,.0f}",
+        "  full collections / longest pause, ms": (
+            f"{w['gc_full']} / {w['gc_longest_ms'][2]:,.0f}"
+            f" (young {w['gc_longest_ms'][0]:,.0f}, middle {w['gc_longest_ms'][1]:,.0f})"
+        ),
+    }
+
+
+def print_burst(result: dict[str, Any]) -> None:
+    p = result["params"]
+    base, this = result["baseline"], result["this"]
+    print(
+        f"burst: {p['waves']} waves of {p['burst_accounts']:,} new accounts (one event each,"
+        f" {BURST_BATCH:,}-event batches over {BURST_CONNECTIONS} connections), every actor"
+        f" hibernated after each; meanwhile a steady producer ({STEADY_EVENTS} events every"
+        f" {STEADY_EVERY * 1e3:.0f} ms) and a /metrics store read every"
+        f" {PROBE_EVERY * 1e3:.0f} ms; {os.cpu_count()} cores"
+    )
+    label = f"{p['baseline_ref']} ({result['commit']})"
+    print(f"{'':44}{label:>26}{'this tree':>26}")
+
+    def row(name: str, left: str, right: str) -> None:
+        print(f"{name:44}{left:>26}{right:>26}")
+
+    row("RSS / live blocks at start", _memory(base["start"]), _memory(this["start"]))
+    for wave, (b, t) in enumerate(zip(base["waves"], this["waves"], strict=True), start=1):
+        print(f"wave {wave}")
+        left, right = _wave_rows(b), _wave_rows(t)
+        for name in left:
+            row(name, left[name], right[name])
+    print("after the last wave (RSS / live blocks)")
+    for name, key in (
+        ("  a full collection (unfreeze, collect)", "after_full_collection"),
+        ("  then malloc_trim(0)", "after_malloc_trim"),
+    ):
+        row(name, _memory(base[key]), _memory(this[key]))
+
+
 # --------------------------------------------------------------------------- profile summary
 
 
@@ -1091,8 +1431,27 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--json-out", type=Path, help="also write the JSON results to this file")
     parser.add_argument("--memory-child", choices=("rss", "traced"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--burst", action="store_true", help="only the burst of new accounts (see the doc)"
+    )
+    parser.add_argument("--burst-accounts", type=int, default=50_000, help="per wave")
+    parser.add_argument("--waves", type=int, default=3)
+    parser.add_argument("--baseline-ref", default="main", help="the burst's baseline (git ref)")
+    parser.add_argument("--burst-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure(level="warning")
+    if args.burst_child:
+        print(json.dumps(trio.run(burst_child, args.burst_accounts, args.waves)))
+        return
+    if args.burst:
+        burst = run_burst(args)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(burst, indent=2, default=str))
+        if args.json:
+            print(json.dumps(burst, indent=2, default=str))
+        else:
+            print_burst(burst)
+        return
     if args.memory_child:
         child = trio.run(
             memory_child, args.accounts, args.concurrency, args.memory_child == "traced"

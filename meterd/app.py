@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 import trio
@@ -71,6 +72,7 @@ def build(config: Config) -> Services:
         mailbox_size=config.accounts.mailbox_size,
         max_restarts=config.accounts.max_restarts,
         max_seconds=config.accounts.max_seconds.seconds,
+        max_awake=config.accounts.max_awake,
         max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)
@@ -115,7 +117,9 @@ async def serve(config: Config) -> None:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as collector:
-                collector.start_soon(memory.collect_on_schedule)
+                collector.start_soon(
+                    partial(memory.collect_on_schedule, live_actors=services.accounts.live_actors)
+                )
                 async with trio.open_nursery() as nursery:
                     try:
                         await nursery.start(services.root.run)

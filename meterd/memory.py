@@ -11,7 +11,8 @@ the in-flight budget (``[ingest] max_in_flight_events``) and with the first thre
 start-up allocated (configuration, code, the supervision tree), which no collection needs to
 walk again. :func:`collect_on_schedule` runs collections on a timer as well and freezes
 what survives, so that what one walks is bounded by time, not by the daemon's state (see
-there for why).
+there for why); after a full collection it hands free memory back to the OS (:func:`trim`),
+and it runs one early when many actors stopped (a wave of hibernations, see there).
 :class:`GcPauses` times every collection through ``gc.callbacks`` (wall time, as a request
 experiences it) and reports ``(generation, seconds)``; the daemon exports them as
 the ``meterd_gc_pause_seconds`` histogram on ``/metrics``.
@@ -19,6 +20,9 @@ the ``meterd_gc_pause_seconds`` histogram on ``/metrics``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -29,10 +33,15 @@ import trio
 __all__ = [
     "FREEZE_EVERY",
     "FULL_EVERY",
+    "RECLAIM_AFTER",
+    "RECLAIM_EVERY",
+    "RECLAIM_SHARE",
     "THRESHOLDS",
     "YOUNG_EVERY",
     "GcPauses",
     "collect_on_schedule",
+    "trim",
+    "trim_off_thread",
     "tune",
 ]
 
@@ -56,16 +65,61 @@ FREEZE_EVERY: Final = 1.0
 FULL_EVERY: Final = 600.0
 """Seconds between two full collections of everything, frozen objects included."""
 
+RECLAIM_AFTER: Final = 10_000
+"""Actors gone since their peak (``live_actors``) that make :func:`collect_on_schedule` run
+a full collection early (see there)."""
+
+RECLAIM_EVERY: Final = 30.0
+"""Least seconds between two full collections run early."""
+
+RECLAIM_SHARE: Final = 4
+"""A full collection runs early only once the live actors are at most 1/4 of their peak:
+it walks every live object (~30 per actor), so with most of a burst's actors still awake
+(``[accounts] max_awake`` cycling them) it would stop the process for seconds."""
+
+
+def trim() -> bool:
+    """Hand the free memory of the C heap back to the OS (glibc's ``malloc_trim(0)``); False
+    where there is no glibc. Memory freed by Python objects stays in the process otherwise:
+    in pymalloc's arenas (returned once empty) and in glibc's heap, whose free pages it
+    keeps for the next allocations (the allocator's high-water mark)."""
+    function = _malloc_trim()
+    return bool(function(0)) if function is not None else False
+
+
+async def trim_off_thread() -> bool:
+    """:func:`trim` on a worker thread (it walks the heap; ctypes releases the GIL)."""
+    return await trio.to_thread.run_sync(trim)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim  # ctypes releases the GIL while it runs
+    except (AttributeError, OSError):
+        return None
+
 
 async def collect_on_schedule(
     young_every: float = YOUNG_EVERY,
     freeze_every: float = FREEZE_EVERY,
     full_every: float = FULL_EVERY,
+    *,
+    live_actors: Callable[[], int] | None = None,
+    reclaim_after: int = RECLAIM_AFTER,
+    reclaim_every: float = RECLAIM_EVERY,
 ) -> NoReturn:
     """Run the collector on a timer, until cancelled: a young collection every
     ``young_every`` seconds; every ``freeze_every`` a middle one, then ``gc.freeze()`` (what
     survived goes to the permanent generation, which no collection walks); every
-    ``full_every``, ``gc.unfreeze()``, a full collection, and ``gc.freeze()`` again.
+    ``full_every``, ``gc.unfreeze()``, a full collection, and ``gc.freeze()`` again, then
+    :func:`trim` on a worker thread. The full collection also runs early, at a
+    ``freeze_every`` tick, when ``live_actors()`` has fallen by ``reclaim_after`` since its
+    peak, to 1/:data:`RECLAIM_SHARE` of it at most, and did not fall during the last
+    ``freeze_every`` (at most once per ``reclaim_every`` seconds).
 
     Why, measured on the issue's half-load row (docs/ingest-bench.md):
 
@@ -87,19 +141,50 @@ async def collect_on_schedule(
     * **A full collection every ``full_every``** frees those cycles (a closed connection's
       tasks, say): one pause of a few hundred ms every ten minutes instead of every ~20 s,
       so memory held by cyclic garbage is bounded by ten minutes of it.
+    * **Early after actors stop.** A stopped meter actor is such garbage: the supervision
+      runtime keeps each actor in a reference cycle (the actor, its ref, its child record),
+      ~2 kB each, and an actor awake for a second was frozen. A wave of hibernations
+      (150,000 new accounts asleep together) left ~300 MB of it for up to ten minutes, and
+      three such waves added up. So when the live actors have fallen by ``reclaim_after``
+      since their peak, to a quarter of it at most, and stopped falling (the wave is over),
+      that second's tick is a full collection; its pause is short then, as it walks what
+      is alive, and few actors are.
+    * **Trim after each full collection.** What the collection freed stays in the process
+      (the C heap's free pages, pymalloc's arenas until empty): :func:`trim` hands the free
+      pages back, so RSS falls after a wave instead of staying at its high-water mark. It
+      runs on a worker thread (it walks the heap; ctypes releases the GIL).
 
     The automatic collections still run as well (a burst allocates faster than the timer).
     """
     young_per_freeze = max(1, round(freeze_every / young_every))
     young_per_full = max(1, round(full_every / young_every))
+    young_per_reclaim = max(1, round(reclaim_every / young_every))
     ticks = 0
+    peak = before = live_actors() if live_actors is not None else 0
+    last_full = -young_per_reclaim  # (in ticks)
     while True:
         await trio.sleep(young_every)
         ticks += 1
-        if ticks % young_per_full == 0:
+        full = ticks % young_per_full == 0
+        if live_actors is not None:
+            live = live_actors()
+            peak = max(peak, live)
+            if ticks % young_per_freeze == 0:
+                if (
+                    peak - live >= reclaim_after
+                    and live * RECLAIM_SHARE <= peak
+                    and live >= before  # the fall has stopped: the wave is over
+                    and ticks - last_full >= young_per_reclaim
+                ):
+                    full = True
+                before = live
+        if full:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+            last_full = ticks
+            peak = live_actors() if live_actors is not None else 0
+            await trim_off_thread()
         elif ticks % young_per_freeze == 0:
             gc.collect(1)
             gc.freeze()

@@ -216,7 +216,9 @@ async def awake(accounts: Accounts, account: str = "acme") -> None:
     """One event (``warm``, 1 s) for ``account``, then its actor running with it applied
     (a delivery wakes a sleeping account's actor, but not before the write returns)."""
     await accounts.ingest(account, [dyno(account, "warm", "1")])
-    await accounts.ensure_started(account)
+    # A call is handled once the actor's init (its replay) is done, whoever started it:
+    # ensure_started returns at once if a wake-up is starting it already.
+    await accounts.call(account, ("status",))
     await settled(accounts)
 
 

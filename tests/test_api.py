@@ -492,6 +492,7 @@ async def test_metrics_move_with_ingestion(daemon: DaemonProcess, api: httpx.Asy
     assert metric(after, "meterd_store_wal_checkpoints_total") >= 0  # present (test_wal.py)
     assert metric(after, "meterd_store_wal_failed_checkpoints_total") == 0
     assert metric(after, "meterd_gc_frozen_objects") > 0  # the daemon froze its start-up
+    assert metric(after, "meterd_ingest_ack_bytes") == 0  # every ack was taken
 
 
 async def test_quarantine_lists_nothing_when_nothing_is_poison(api: httpx.AsyncClient) -> None:

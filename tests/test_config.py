@@ -134,6 +134,9 @@ def test_defaults(tmp_path: Path) -> None:
         64,
     )
     assert config.ingest.max_in_flight_events == 20_000
+    assert config.ingest.max_ack_bytes == 64 * 1024 * 1024
+    assert config.ingest.max_ack_bytes_per_connection == 8 * 1024 * 1024
+    assert config.ingest.max_connections_per_producer == 32
     assert (config.ingest.keepalive_interval, config.ingest.keepalive_timeout) == (S30, S30)
     assert (config.store.checkpoint_interval, config.store.commit_interval) == (S30, ms(2))
     assert config.store.index_cycle.seconds == 5.0
@@ -151,7 +154,9 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
             top='late_window = "2d"\ndedupe_window = "3d"',
             ingest=INGEST
             + "\nmax_frame_bytes = 65536\nmax_batch = 10\nwindow = 4\nmax_in_flight_events = 77"
-            + '\nkeepalive_interval = "2m"\nkeepalive_timeout = 7.5',
+            + '\nkeepalive_interval = "2m"\nkeepalive_timeout = 7.5'
+            + "\nmax_ack_bytes = 1000000\nmax_ack_bytes_per_connection = 100000"
+            + "\nmax_connections_per_producer = 3",
             store=STORE
             + '\ncheckpoint_interval = "2m"\ncommit_interval = 0\nindex_cycle = "250ms"'
             + '\nwal_checkpoint_interval = "0ms"',
@@ -164,6 +169,9 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         4,
     )
     assert config.ingest.max_in_flight_events == 77
+    assert config.ingest.max_ack_bytes == 1_000_000
+    assert config.ingest.max_ack_bytes_per_connection == 100_000
+    assert config.ingest.max_connections_per_producer == 3
     ingest = config.ingest
     assert (ingest.keepalive_interval.seconds, ingest.keepalive_timeout.seconds) == (120.0, 7.5)
     assert (config.store.checkpoint_interval.seconds, config.store.commit_interval) == (120, ms(0))
@@ -306,6 +314,15 @@ def test_producers_as_a_single_table(tmp_path: Path) -> None:
         ({"ingest": INGEST + "\nmax_batch = 0"}, "ingest.max_batch"),
         ({"ingest": INGEST + "\nwindow = -1"}, "ingest.window"),
         ({"ingest": INGEST + "\nmax_in_flight_events = 0"}, "ingest.max_in_flight_events"),
+        ({"ingest": INGEST + "\nmax_ack_bytes = 1000"}, "ingest.max_ack_bytes"),
+        (
+            {"ingest": INGEST + "\nmax_ack_bytes_per_connection = 0"},
+            "ingest.max_ack_bytes_per_connection",
+        ),
+        (
+            {"ingest": INGEST + "\nmax_connections_per_producer = 0"},
+            "ingest.max_connections_per_producer",
+        ),
         ({"ingest": INGEST + "\nkeepalive_timeout = 0"}, "ingest.keepalive_timeout"),
         ({"store": STORE + "\ncommit_interval_ms = 5000"}, "store.commit_interval_ms"),
         ({"store": STORE + "\nindex_cycle = 0"}, "store.index_cycle"),

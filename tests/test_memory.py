@@ -7,6 +7,7 @@ import itertools
 import weakref
 from functools import partial
 
+import pytest
 import trio
 import trio.testing
 
@@ -124,3 +125,69 @@ async def test_survivors_are_frozen_and_their_cycles_freed_by_the_full_collectio
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+async def test_a_full_collection_runs_early_once_many_actors_stopped_then_memory_is_trimmed(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen garbage (stopped actors are reference cycles) is freed at the first second's
+    tick after the live actors fell by ``reclaim_after`` from their peak, to a quarter of
+    it, and stopped falling, not ten minutes later; at most once per ``reclaim_every``; each full
+    collection is followed by a trim."""
+    live = 0
+    trims: list[float] = []
+    trimmed = trio.Event()
+
+    async def fake_trim() -> bool:  # no worker thread: the mock clock would race it
+        nonlocal trimmed
+        trims.append(trio.current_time())
+        trimmed.set()
+        trimmed = trio.Event()
+        return True
+
+    monkeypatch.setattr(memory, "trim_off_thread", fake_trim)
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    memory.collect_on_schedule,
+                    live_actors=lambda: live,
+                    reclaim_after=100,
+                    reclaim_every=5.0,
+                )
+            )
+            live = 150  # a burst wakes them...
+            first, first_ref = garbage_cycle()
+            await trio.sleep(1.05)  # ...they are frozen at the second's tick
+            del first
+            live = 60  # 90 stopped: not enough
+            await trio.sleep(1.0)
+            live = 45  # 105 stopped, and no more at 4 s, but 45 is over a quarter of 150
+            await trio.sleep(2.0)
+            assert first_ref() is not None
+            assert trims == []
+            live = 30  # a fifth of the peak: still falling at the 5 s tick...
+            await trio.sleep(1.0)
+            assert first_ref() is not None
+            await trimmed.wait()  # ...and no more at 6 s: that tick is a full collection
+            assert first_ref() is None
+            assert trims == [pytest.approx(6.0, abs=0.05)]
+            second, second_ref = garbage_cycle()
+            live = 200
+            await trio.sleep(1.05)  # frozen at 7 s
+            del second
+            live = 0  # 200 stopped, settled at 9 s, but the last one was at 6 s
+            await trio.sleep(3.0)
+            assert second_ref() is not None
+            await trimmed.wait()  # 5 s after the last one
+            assert second_ref() is None
+            assert trims[1] == pytest.approx(11.0, abs=0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_trim_hands_memory_back_or_says_it_cannot() -> None:
+    assert memory.trim() in (True, False)  # glibc: malloc_trim(0) ran (True if it freed)

@@ -26,8 +26,9 @@ Lifecycle (see docs/accounts.md for the whole flow):
 ``("hibernate",)`` (cast)
     When idle (nothing queued, nothing waiting for delivery): checkpoint and stop
     normally. The next event for the account starts a new actor from the store.
-``("tick",)`` (cast, from the sweeper)
-    Hibernate after ``idle_timeout`` without traffic, or checkpoint when the last
+``("tick",)`` or ``("tick", idle)`` (cast, from the sweeper)
+    Hibernate after ``idle_timeout`` (or ``idle`` seconds: the sweeper's, while more than
+    ``max_awake`` actors are awake) without traffic, or checkpoint when the last
     checkpoint is ``checkpoint_interval`` old.
 ``("crash", reason)`` (cast)
     A fault drill: raise :class:`InjectedFault`.
@@ -181,7 +182,7 @@ class MeterActor(sv.GenServer[Any, Any]):
     async def handle_cast(self, request: Any) -> None:
         kind = request[0]
         if kind == "tick":
-            await self._tick()
+            await self._tick(*request[1:])
         elif kind == "hibernate":
             await self._hibernate()
         elif kind == "crash":  # a fault drill: operators and tests crash an actor
@@ -266,9 +267,12 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.last_checkpoint = trio.current_time()
         self.log.warning("checkpoint_failed", error=str(error))
 
-    async def _tick(self) -> None:
+    async def _tick(self, idle_timeout: float | None = None) -> None:
+        """``idle_timeout``: the sweeper's, shorter while too many actors are awake."""
         now = trio.current_time()
-        if now - self.last_active >= self.accounts.idle_timeout:
+        if idle_timeout is None:
+            idle_timeout = self.accounts.idle_timeout
+        if now - self.last_active >= idle_timeout:
             await self._hibernate()
         elif (
             self.usage.has_dirty()

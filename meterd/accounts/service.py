@@ -28,6 +28,15 @@ Supervision: ``accounts`` (one_for_one) = [``meters`` DynamicSupervisor,
 and delivers to actors whose mailbox was full)]. A crashing actor is restarted alone (transient: a
 hibernation is a normal exit and is not restarted); its restarts count toward
 the ``meters`` supervisor's intensity.
+
+Wake-ups (an account's events committed while it has no actor) are started by at most
+:data:`MAX_WAKING` tasks at once, in the order asked; the others wait as a name in a queue.
+A burst of new accounts (every one a wake-up) therefore never holds more than that many
+actors starting (each with its task, its state and a read queued on the store), and the
+reader lane they queue on is their own (:mod:`meterd.store.reader`). And at most
+``max_awake`` actors are awake: with that many, wake-ups wait, and the sweeper's ticks ask
+actors idle for ``pressure_idle`` (1 s) to hibernate, not ``idle_timeout``; so a burst of
+200,000 new accounts never has 200,000 actors awake for five minutes.
 """
 
 from __future__ import annotations
@@ -54,6 +63,14 @@ log = structlog.get_logger("meterd.accounts")
 
 SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
 DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
+MAX_WAKING: Final = 16
+"""Wake-ups in flight at once (an actor starting: a writer barrier, then one read on the
+reader's ``recovery`` lane, 2 threads). More only wait longer for a thread, each holding an
+actor and a task meanwhile: the issue's burst of 200,000 new accounts held them all."""
+MAX_AWAKE: Final = 100_000
+"""Default ``max_awake`` (``[accounts] max_awake``): ~3.5 kB of RSS each when fresh."""
+PRESSURE_IDLE: Final = 1.0
+"""Seconds without traffic after which an actor hibernates while ``max_awake`` are awake."""
 COALESCE_LIMIT: Final = 1 + 2 * 16
 """A delivery joins the one waiting in its actor's mailbox (``["apply", id, events, id,
 events...]``) while that holds fewer than 16 batches: one ``handle_info`` stays short."""
@@ -78,7 +95,11 @@ class Accounts:
         max_seconds: float = 10.0,
         call_timeout: float = 30.0,
         max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
+        max_awake: int = MAX_AWAKE,
+        pressure_idle: float = PRESSURE_IDLE,
     ) -> None:
+        if max_awake < 1:
+            raise ValueError(f"max_awake must be >= 1, got {max_awake}")
         self.store = store
         self.meters = dict(meters)
         self.idle_timeout = idle_timeout
@@ -100,6 +121,13 @@ class Accounts:
         # event failing in that one's replay is quarantined (docs/accounts.md).
         self.crashed: set[str] = set()
         self._jobs_in, self._jobs_out = trio.open_memory_channel[tuple[str, str]](math.inf)
+        # Accounts to wake, in order (names only: see MAX_WAKING).
+        self._wakes_in, self._wakes_out = trio.open_memory_channel[str](math.inf)
+        self.waking_now = 0  # wake-ups started and not finished
+        self.max_awake = max_awake
+        self.pressure_idle = pressure_idle
+        self._awake_room = trio.lowlevel.ParkingLot()  # wake-ups waiting: max_awake awake
+        self.wake_waits = 0  # times a wake-up waited for an actor to hibernate
         self.wakes = 0  # accounts woken because their events were committed (counters)
         self.overflows = 0  # deliveries that found a full mailbox
         self.coalesced = 0  # deliveries added to one still waiting in the actor's mailbox
@@ -272,7 +300,16 @@ class Accounts:
     def _wake(self, account: str) -> None:
         if account not in self._waking:
             self._waking.add(account)
-            self._jobs_in.send_nowait(("wake", account))
+            self._wakes_in.send_nowait(account)
+
+    def live_actors(self) -> int:
+        """Meter actors running now (awake accounts)."""
+        return len(self.supervisor)
+
+    @property
+    def waking_queued(self) -> int:
+        """Accounts waiting for a wake-up to start (beyond the :data:`MAX_WAKING` running)."""
+        return len(self._waking) - self.waking_now
 
     def backlogged(self, account: str) -> bool:
         """Whether committed events of ``account`` wait to be delivered to its actor."""
@@ -282,12 +319,23 @@ class Accounts:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as nursery:
+            for _ in range(MAX_WAKING):
+                nursery.start_soon(self._waker)
             task_status.started()
-            async for kind, account in self._jobs_out:
-                if kind == "wake":
-                    nursery.start_soon(self._wake_account, account)
-                else:
-                    nursery.start_soon(self._pump, account)
+            async for _kind, account in self._jobs_out:
+                nursery.start_soon(self._pump, account)
+
+    async def _waker(self) -> None:
+        async for account in self._wakes_out:
+            if len(self.supervisor) >= self.max_awake:
+                self.wake_waits += 1
+                while len(self.supervisor) >= self.max_awake:
+                    await self._awake_room.park()  # the sweeper unparks (_tick)
+            self.waking_now += 1
+            try:
+                await self._wake_account(account)
+            finally:
+                self.waking_now -= 1
 
     async def _wake_account(self, account: str) -> None:
         try:
@@ -384,10 +432,17 @@ class Accounts:
         self._tick(list(self.registry.keys()))
 
     def _tick(self, accounts: list[Any]) -> None:
+        live = len(self.supervisor)
+        if live < self.max_awake:
+            message: tuple[Any, ...] = ("tick",)
+            if self._awake_room:
+                self._awake_room.unpark_all()
+        else:  # too many awake: the idle ones hibernate sooner (see the module doc)
+            message = ("tick", self.pressure_idle)
         for account in accounts:
             ref = self.registry.whereis(account)
             if ref is not None:
-                ref.try_cast(("tick",))  # a full mailbox means busy: skip it this round
+                ref.try_cast(message)  # a full mailbox means busy: skip it this round
 
 
 DECODE_ON_LOOP: Final = 1000

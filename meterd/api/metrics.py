@@ -101,6 +101,12 @@ class DaemonCollector(Collector):
             "Producer websockets open now.",
             value=self.ingest.connection_count,
         )
+        yield GaugeMetricFamily(
+            "meterd_ingest_ack_bytes",
+            "Bytes of acks held for producers now (batches in flight counted at their worst"
+            " case, prepared acks at their size; bounded by ingest.max_ack_bytes).",
+            value=self.ingest.ack_bytes.used,
+        )
 
     def _store(self) -> Iterator[Metric]:
         writer = self.store.writer
@@ -140,6 +146,15 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
         )
+        waiting = GaugeMetricFamily(
+            "meterd_store_reads_waiting",
+            "Store reads waiting for a reader thread, by lane (recovery: actors waking;"
+            " monitor: this endpoint's; default: the API's).",
+            labels=["lane"],
+        )
+        for lane, count in self.store.reader.waiting().items():
+            waiting.add_metric([lane], count)
+        yield waiting
 
     def _tree(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(

@@ -87,6 +87,34 @@ class IngestConfig(_TlsKeys):
             le=100_000_000,
         ),
     ] = 20_000
+    max_ack_bytes: Annotated[
+        int,
+        key(
+            "Daemon-wide bytes of acks held for producers (batches read counted at their"
+            " worst case, then prepared acks until sent); while reached no connection is read.",
+            unit="bytes",
+            ge=65_536,
+            le=1 << 40,
+        ),
+    ] = 64 * 1024 * 1024
+    max_ack_bytes_per_connection: Annotated[
+        int,
+        key(
+            "The same per connection: a producer that does not read its acks stops being read.",
+            unit="bytes",
+            ge=65_536,
+            le=1 << 40,
+        ),
+    ] = 8 * 1024 * 1024
+    max_connections_per_producer: Annotated[
+        int,
+        key(
+            "Websockets one producer may have open at once; the next is refused"
+            " (error too_many_connections, close 1008).",
+            ge=1,
+            le=100_000,
+        ),
+    ] = 32
     keepalive_interval: Annotated[
         Duration,
         key("A producer silent this long while the server waits for its next frame is pinged."),
@@ -185,6 +213,17 @@ class AccountsConfig:
         ),
     ] = 50
     max_seconds: Annotated[Duration, key("The period max_restarts counts over.")] = Duration(10_000)
+    max_awake: Annotated[
+        int,
+        key(
+            "Meter actors awake at once before idle ones are put to sleep early (idle for"
+            " 1 s, not idle_timeout) and wake-ups wait: bounds the memory of a burst of"
+            " new accounts.",
+            unit="actors",
+            ge=1,
+            le=100_000_000,
+        ),
+    ] = 100_000
 
 
 @dataclass(frozen=True, slots=True)

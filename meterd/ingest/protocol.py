@@ -29,7 +29,10 @@ __all__ = [
     "CLOSE_UNSUPPORTED_DATA",
     "FAULT_CLOSE_CODES",
     "ACK_FLOOR_BYTES",
+    "ACK_OVERHEAD",
+    "CLOSE_POLICY_VIOLATION",
     "PROTOCOL_VERSION",
+    "REJECTION_OVERHEAD",
     "Fault",
     "ack_frame",
     "decode_frame",
@@ -37,6 +40,7 @@ __all__ = [
     "error_frame",
     "hello_frame",
     "parse_batch",
+    "text_bytes",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -44,6 +48,7 @@ PROTOCOL_VERSION: Final = 1
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 
@@ -56,6 +61,7 @@ FAULT_CLOSE_CODES: Final = {
     # meterd's additions (documented in meterd.ingest)
     "unavailable": CLOSE_INTERNAL_ERROR,
     "shutting_down": CLOSE_GOING_AWAY,
+    "too_many_connections": CLOSE_POLICY_VIOLATION,
 }
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -136,6 +142,23 @@ def ack_frame(
         if len(data) <= max_bytes:
             break
     return data
+
+
+ACK_OVERHEAD: Final = 80
+"""Bytes an ``ack`` takes besides its ``rejected`` entries, at most: the map, its six keys,
+``"ack"``, three integers of up to 9 bytes each and the array's header."""
+
+REJECTION_OVERHEAD: Final = 40
+"""Bytes one ``rejected`` entry takes besides the text of its id, code and message, at most:
+the map, its four keys, an index of up to 5 bytes and three strings' headers."""
+
+
+def text_bytes(text: str | None) -> int:
+    """An upper bound of the bytes ``text`` takes in UTF-8 (exact for ASCII, else 4 a
+    character)."""
+    if text is None:
+        return 0
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _shorten(message: str, keep: int) -> str:

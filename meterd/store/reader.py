@@ -2,8 +2,19 @@
 
 Reads use their own connections (``query_only``), never the writer's: in WAL mode a reader
 sees the last committed state and neither blocks the writer nor waits for it. Each method
-runs in one read transaction (one consistent snapshot) on a worker thread; at most
-``connections`` queries run at once, each on a connection of a small pool opened on demand.
+runs in one read transaction (one consistent snapshot) on a worker thread, each on a
+connection of a small pool opened on demand.
+
+Queries wait for a thread in one of three **lanes**, each with its own limit, so that a
+flood of one kind never queues another behind it:
+
+* ``recovery`` (``recovery_connections``, default 2): :meth:`Reader.load_account`, what a
+  (re)starting meter actor reads. A burst of new accounts wakes thousands of actors, each
+  with one such read.
+* ``monitor`` (1): :meth:`Reader.quarantined_count`, the one read of ``GET /metrics``.
+* ``default`` (``connections``, default 2): everything else (the API's and billing's reads).
+
+:meth:`Reader.waiting` says how many queries wait in each lane (``/metrics`` shows it).
 
 Open the writer first (it creates and migrates the database); the reader refuses a database
 that is not at :data:`~meterd.store.schema.SCHEMA_VERSION`.
@@ -159,19 +170,38 @@ def _decode_audit_cursor(cursor: str) -> tuple[int, int]:
     return (-place if negative else place), index
 
 
+LANES: Final = ("default", "recovery", "monitor")
+
+
 class Reader:
     """Queries on the store at ``path``. Use :func:`open_reader`, or call :meth:`aclose`."""
 
     def __init__(
-        self, path: Path | str, *, connections: int = 2, tail: TailOf | None = None
+        self,
+        path: Path | str,
+        *,
+        connections: int = 2,
+        recovery_connections: int = 2,
+        tail: TailOf | None = None,
     ) -> None:
         if connections < 1:
             raise ValueError(f"connections must be >= 1, got {connections}")
+        if recovery_connections < 1:
+            raise ValueError(f"recovery_connections must be >= 1, got {recovery_connections}")
         self.path = Path(path)
         self._tail = tail
         self._limiter = trio.CapacityLimiter(connections)
+        self._lanes = {
+            "default": self._limiter,
+            "recovery": trio.CapacityLimiter(recovery_connections),
+            "monitor": trio.CapacityLimiter(1),
+        }
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
+
+    def waiting(self) -> dict[str, int]:
+        """Queries waiting for a thread, by lane (see the module doc)."""
+        return {lane: limiter.statistics().tasks_waiting for lane, limiter in self._lanes.items()}
 
     async def __aenter__(self) -> Reader:
         return self
@@ -191,13 +221,17 @@ class Reader:
         for conn in idle:
             await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
-    async def _run(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, query: Callable[[sqlite3.Connection], T], lane: str = "default") -> T:
         if self._closed:
             raise ReaderClosed(f"the reader of {self.path} is closed")
-        return await trio.to_thread.run_sync(self._in_thread, query, limiter=self._limiter)
+        limiter = self._lanes[lane]
+        return await trio.to_thread.run_sync(self._in_thread, query, limiter=limiter)
 
     def _in_thread(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._idle.pop() if self._idle else open_readonly(self.path)
+        try:
+            conn = self._idle.pop()  # (another lane's thread may take the last one first)
+        except IndexError:
+            conn = open_readonly(self.path)
         try:
             conn.execute("BEGIN")
             try:
@@ -252,7 +286,7 @@ class Reader:
                 replay.append((batch_id, events))
             return LoadedAccount(watermark, windows, replay)
 
-        return await self._run(query)
+        return await self._run(query, "recovery")
 
     async def windows(self, account: str, meter: str, from_ms: int, to_ms: int) -> list[WindowRow]:
         """Checkpointed windows of one meter with ``from_ms <= start < to_ms``, by start."""
@@ -411,7 +445,7 @@ class Reader:
         def query(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
 
-        return await self._run(query)
+        return await self._run(query, "monitor")
 
     async def has_account(self, account: str) -> bool:
         """Whether the store has seen ``account`` (events appended or a checkpoint written)."""
