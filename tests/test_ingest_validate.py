@@ -470,6 +470,7 @@ def test_server_frames() -> None:
         "bad_batch": 1002,
         "unavailable": 1011,
         "shutting_down": 1001,
+        "too_many_connections": 1008,
     }
 
 
