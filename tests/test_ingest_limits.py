@@ -45,7 +45,7 @@ from tests.test_ingest import (
     make_config,
     running,
 )
-from tests.test_ingest_keepalive import RawProducer
+from tests.test_ingest_keepalive import AcceptAll, RawProducer, connected
 
 FRAME = 65_536
 PER_CONNECTION = 128 * 1024
@@ -188,6 +188,30 @@ async def test_acks_held_daemon_wide_are_bounded_across_connections(
         assert server.stats.ack_waits == 0  # no connection was stopped by its own limit
         nursery.cancel_scope.cancel()
     assert server.ack_bytes.used == 0  # gone with their connections
+
+
+async def test_producers_that_take_their_acks_are_read_while_others_fill_the_budget(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Two silent producers spend the daemon-wide budget; a third that reads its acks holds
+    less than its share, so it is still read and acknowledged (before the shares, no
+    connection was read at all: the silent ones held every other producer back)."""
+    total = 200 * 1024
+    config = limits_config(tmp_path, max_ack_bytes=total, max_ack_bytes_per_connection=1 << 30)
+    server = IngestServer(config, AcceptAll())  # type: ignore[arg-type]
+    async with silent(server) as (one, nursery), silent(server) as (two, _):
+        for client in (one, two):
+            nursery.start_soon(client.send, 20)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.ack_bytes.used >= total  # spent by the two
+        async with connected(server, answer_pings=True) as (polite, _):
+            for seq in range(1, 6):
+                await polite.send_batch(seq, [ev(f"p{seq}", meter="dyno.seconds", quantity=1)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert [frame["type"] for frame in polite.frames] == ["hello"] + ["ack"] * 5
+            assert [frame["accepted"] for frame in polite.frames[1:]] == [1] * 5
+            assert server.ack_bytes.used >= total  # the silent ones are still held back
+            nursery.cancel_scope.cancel()
 
 
 async def test_acks_of_a_connection_that_ended_are_no_longer_counted(

@@ -27,9 +27,11 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     until its ack is sent, an upper bound of its ack's size (computed from the frame:
     :func:`ack_bound`), then the ack's real size once prepared, both per
     connection and daemon-wide (:class:`AckBytes`); while ``max_ack_bytes_per_connection``
-    are held by the connection, or ``max_ack_bytes`` by all, the connection is not read.
-    A batch is admitted whole, so a connection holds at most its limit plus one batch's
-    ack (and the daemon its limit plus one per connection reading).
+    are held by the connection it is not read, nor while ``max_ack_bytes`` are held by all
+    and it holds its share of them (the limit over the connections open) or more: those
+    that take their acks are still read while others do not. A batch is admitted whole,
+    so a connection holds at most its limit plus one batch's ack, and the daemon its limit
+    plus, per connection, a share and a batch.
 ``connections per producer``
     At most ``max_connections_per_producer`` websockets per producer are open at once;
     the next one is accepted only to be told so: ``error`` ``too_many_connections`` in
@@ -185,7 +187,9 @@ class _IngestWebSocket(WebSocketConnection):
 
 class AckBytes:
     """The bytes of acks the ingest server holds, daemon-wide (``acks held`` in the module
-    doc): while ``limit`` are held, no connection is read."""
+    doc): while ``limit`` are held, a connection holding its share of them or more is not
+    read (:meth:`holds_back`); the others still are, so producers that take their acks are
+    not held back by those that do not."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -194,23 +198,22 @@ class AckBytes:
         self.used = 0
         self.peak = 0
         self.waits = 0  # times a reader found the budget spent and waited
-        self._lot = trio.lowlevel.ParkingLot()
+        self.waiting: set[trio.lowlevel.ParkingLot] = set()  # readers to wake with room
 
     def add(self, size: int) -> None:
         """Count ``size`` more bytes held (fewer when negative)."""
         used = self.used = self.used + size
         if used > self.peak:
             self.peak = used
-        if size < 0 and self._lot and used < self.limit:
-            self._lot.unpark_all()
+        if size < 0 and self.waiting and used < self.limit:
+            for lot in self.waiting:
+                lot.unpark_all()
+            self.waiting.clear()
 
-    async def wait_for_room(self) -> None:
-        """Return once fewer than ``limit`` bytes are held."""
-        if self.used < self.limit:
-            return
-        self.waits += 1
-        while self.used >= self.limit:
-            await self._lot.park()
+    def holds_back(self, held: int, connections: int) -> bool:
+        """Whether a connection holding ``held`` bytes, one of ``connections``, must wait:
+        the budget is spent and it holds at least an equal share of it."""
+        return self.used >= self.limit and held * max(connections, 1) >= self.limit
 
 
 class IngestServer:
@@ -561,6 +564,7 @@ class _Connection:
                 nursery.start_soon(self._send_acks, nursery.cancel_scope)
                 await self._read(nursery)
         finally:
+            self.ack_bytes.waiting.discard(self._ack_room)
             # Slots never sent: their acks will not be (a batch still in flight skips
             # preparing its own, see _committed).
             while True:
@@ -611,13 +615,22 @@ class _Connection:
         self.slots_in.close()
 
     async def _wait_for_ack_room(self) -> None:
-        """Return once this connection and the daemon hold fewer ack bytes than their limits
-        (``acks held`` in the module doc)."""
-        if self.ack_held >= self.ack_limit:
-            self.server.stats.ack_waits += 1
-            while self.ack_held >= self.ack_limit:
-                await self._ack_room.park()
-        await self.ack_bytes.wait_for_room()
+        """Return once this connection holds fewer ack bytes than its limit, and either the
+        daemon fewer than its own or this connection less than its share of it (``acks
+        held`` in the module doc)."""
+        counted = False
+        while True:
+            if self.ack_held >= self.ack_limit:
+                if not counted:
+                    self.server.stats.ack_waits += 1
+            elif self.ack_bytes.holds_back(self.ack_held, self.server.connection_count):
+                if not counted:
+                    self.ack_bytes.waits += 1
+                self.ack_bytes.waiting.add(self._ack_room)
+            else:
+                return
+            counted = True
+            await self._ack_room.park()  # its own acks sent, or room daemon-wide
 
     def _hold(self, slot: _Slot, size: int) -> None:
         """Count ``size`` bytes for ``slot``'s ack from now on (none once it is released)."""
@@ -625,10 +638,10 @@ class _Connection:
             return
         change = size - slot.held
         slot.held = size
-        held = self.ack_held = self.ack_held + change
+        self.ack_held += change
         self.ack_bytes.add(change)
-        if change < 0 and self._ack_room and held < self.ack_limit:
-            self._ack_room.unpark_all()
+        if change < 0 and self._ack_room:
+            self._ack_room.unpark_all()  # the reader checks again
 
     def _release(self, slot: _Slot) -> None:
         """``slot``'s ack was sent, or never will be: its bytes are no longer held."""
