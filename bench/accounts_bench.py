@@ -64,9 +64,10 @@ p99, against a second ingest to the same, now awake, account; measured on the st
 uniform run (every account with journal batches and windows) and in the memory subprocess.
 
 Profile: the warm uniform run again under ``cProfile``: the Trio thread, and one profiler per
-writer / reader thread around the group transaction / the query (``Writer._write_group``,
-``Reader._in_thread``, wrapped on the instances). Own time by component, top 15 functions by
-own time and (our code) by cumulative time. cProfile slows Python down 2-3x; read the shares.
+writer / reader thread around the group transaction / the query (the writer's
+``GroupTransactions.write``, ``Reader._in_thread``, wrapped on the instances). Own time by
+component, top 15 functions by own time and (our code) by cumulative time. cProfile slows
+Python down 2-3x; read the shares.
 
 Burst (``--burst``, only this): waves of new accounts and their hibernation, as the daemon
 sees them, on this tree and on ``--baseline-ref`` (default ``main``: its ``meterd`` and
@@ -333,8 +334,17 @@ def instrument(store: Store) -> tuple[ThreadTimes, ThreadTimes]:
     """Time the writer's group transactions and the reader's queries (instance attributes)."""
     writer_times, reader_times = ThreadTimes(), ThreadTimes()
     writer = store.writer
-    writer._before_commit = writer_times.mark_commit
-    setattr(writer, "_write_group", writer_times.wrap(writer._write_group))  # noqa: B010
+    mark_commit = writer_times.mark_commit
+
+    class CommitMarked(sqlite3.Connection):  # opened by the writer's next run
+        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                mark_commit()
+            return super().execute(sql, parameters)
+
+    writer.connection_factory = CommitMarked
+    groups = writer._groups
+    setattr(groups, "write", writer_times.wrap(groups.write))  # noqa: B010
     reader = store.reader
     setattr(reader, "_in_thread", reader_times.wrap(reader._in_thread))  # noqa: B010
     return writer_times, reader_times

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from meterd.model import DAY_MS, Event
 from meterd.store import AppendResult, Writer, journal_index, retention, schema
+from tests.store.helpers import Collector, dedupe_row_keys_by_method, rows, running, until
 from tests.test_ingest import connect, make_config, now_ms
 from tests.test_ingest import ev as wire_event
 from tests.test_ingest import running as running_daemon
-from tests.test_store import Collector, _dedupe_row_keys_by_method, rows, running
 
 WINDOW = 60_000  # dedupe_window, ms
 STEP = retention.horizon_step(WINDOW)
@@ -34,7 +34,7 @@ def collide(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(Event, "dedupe_key", lambda self: 777)
     patch.setattr(schema, "account_bucket", lambda account: 0)
     patch.setattr(journal_index, "account_bucket", lambda account: 0)
-    patch.setattr(schema, "dedupe_row_keys", _dedupe_row_keys_by_method)
+    patch.setattr(schema, "dedupe_row_keys", dedupe_row_keys_by_method)
 
 
 class Clock:
@@ -113,15 +113,12 @@ async def test_a_sweep_goes_on_in_slices_and_while_idle(
         await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(60)])
     clock.now = T0 + WINDOW + STEP
     w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
-    idle = trio.Event()
-    w.on_idle_pass = idle.set
     async with running(w):
         await w.append("acme", [ev("late", clock.now)])  # raises the horizon: a sweep starts
         assert 0 < w.stats.dedupe_rows_swept <= 7
-        while w.stats.dedupe_rows_swept < 60:  # idle groups take the next slices
-            await idle.wait()
-            idle = trio.Event()
-            w.on_idle_pass = idle.set
+        # Idle groups, queued by the housekeeper, take the next slices.
+        await until(w, lambda: w.stats.dedupe_rows_swept >= 60)
+        assert w.stats.idle_passes >= 60 // 7
         assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]  # "late" is in the tail
 
 
@@ -387,10 +384,9 @@ async def test_a_writer_that_starts_with_forgotten_rows_deletes_them_while_idle(
             await w.append("acme", [ev("late", clock.now)])
     assert rows(path, "SELECT count(*) FROM dedupe") == [(21,)]
     w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
-    idle = trio.Event()
-    w.on_idle_pass = idle.set
     async with running(w):
         with trio.fail_after(30):  # a safety net against a hang, not a timing assertion
-            await idle.wait()  # no operation: the sweep due since the start runs idle
+            # No operation: the sweep due since the start runs idle (the housekeeper's).
+            await until(w, lambda: w.stats.idle_passes >= 1)
         assert w.stats.dedupe_rows_swept == 20
     assert rows(path, "SELECT count(*) FROM dedupe") == [(1,)]

@@ -21,8 +21,8 @@ import trio
 
 from meterd.store import StoreError, StoreLostCommitsError, Writer, commitmark
 from tests.procs.daemon import ROOT, running_daemon
+from tests.store.helpers import ev, running
 from tests.test_full_disk import Producer, totals, unique_per_account
-from tests.test_store import ev, running
 
 
 def send(producer: Producer, numbers: range) -> None:

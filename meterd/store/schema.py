@@ -496,11 +496,15 @@ def _set_durable_wal(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA synchronous = FULL")
 
 
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, create: bool, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
     mode = "rwc" if create else "rw"
     uri = f"file:{quote(str(path))}?mode={mode}"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, factory=factory
+        )
     except sqlite3.Error as exc:
         what = "create" if create else "open"
         raise StoreError(f"cannot {what} database {path}: {exc}") from exc
@@ -536,6 +540,7 @@ def open_database(
     *,
     meter_dimensions: MeterDimensions | None = None,
     check: Callable[[sqlite3.Connection, int], None] | None = None,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
 ) -> sqlite3.Connection:
     """The writer's connection to the store at ``path``, migrated to :data:`SCHEMA_VERSION`.
 
@@ -554,14 +559,14 @@ def open_database(
 
     ``check(connection, version)``, if given, runs before any migration writes anything (the
     writer's commit mark: :mod:`meterd.store.commitmark`); what it raises closes the
-    connection and propagates.
+    connection and propagates. ``factory``: the connection's class (``sqlite3.connect``'s).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the directory of database {path}: {exc}") from exc
-    conn = _connect(path, create=True)
+    conn = _connect(path, create=True, factory=factory)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import supervisors as sv
 
+from ._writer import Writer
 from .reader import Reader
 from .schema import MeterDimensions
-from .writer import Writer
 
 __all__ = ["Store"]
 

@@ -1,0 +1,101 @@
+"""What the store's tests share: events, a running writer, rows read back, and faults
+injected from outside the writer (a connection class of the test's)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meterd.model import Event
+from meterd.store import AppendResult, Writer, schema
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def ev(
+    event_id: str,
+    account: str = "acme",
+    *,
+    meter: str = "api",
+    quantity: int | Decimal = 1,
+    time: int = 60_000,
+    properties: tuple[tuple[str, str], ...] = (),
+) -> Event:
+    return Event(event_id, account, meter, quantity, time, properties, "prod", 1)
+
+
+@asynccontextmanager
+async def running(writer: Writer) -> AsyncIterator[Writer]:
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(writer.run)
+        assert started is writer
+        yield writer
+        nursery.cancel_scope.cancel()
+
+
+def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class Collector:
+    """An ``on_done`` that records what it was given."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[AppendResult | list[AppendResult] | BaseException] = []
+
+    def __call__(self, outcome: AppendResult | list[AppendResult] | BaseException) -> None:
+        self.outcomes.append(outcome)
+
+    def result(self, index: int = 0) -> AppendResult:
+        outcome = self.outcomes[index]
+        assert isinstance(outcome, AppendResult), outcome
+        return outcome
+
+
+def dedupe_row_keys_by_method(buckets: Mapping[str, int], events: Iterable[Event]) -> list[int]:
+    """The writer's batch keys through ``Event.dedupe_key()`` (which tests patch to make
+    keys collide; the real ``schema.dedupe_row_keys`` computes it inline)."""
+    return [schema.dedupe_row_key(buckets[event.account], event) for event in events]
+
+
+class Faults:
+    """Faults injected into a writer's connection from outside: pass
+    :meth:`connection_class` as the writer's ``connection_factory``, then set
+    :attr:`before_commit` (called on the writer's thread just before each ``COMMIT``: it
+    may raise, block, or kill the process) while the writer runs."""
+
+    def __init__(self) -> None:
+        self.before_commit: Callable[[], None] | None = None
+
+    def connection_class(self) -> type[sqlite3.Connection]:
+        faults = self
+
+        class FaultyConnection(sqlite3.Connection):
+            def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+                if sql == "COMMIT" and faults.before_commit is not None:
+                    faults.before_commit()
+                return super().execute(sql, parameters)
+
+        return FaultyConnection
+
+
+def faulty_writer(path: Path, **options: Any) -> tuple[Writer, Faults]:
+    """A :class:`Writer` (``options`` as its own) and the faults of its connection."""
+    faults = Faults()
+    return Writer(path, connection_factory=faults.connection_class(), **options), faults
+
+
+async def until(writer: Writer, condition: Callable[[], bool]) -> None:
+    """Wait (on the writer's own change events, never a sleep) until ``condition()``."""
+    while not condition():
+        await writer.next_change().wait()
