@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter, itemgetter
@@ -57,7 +57,14 @@ import supervisors as sv
 from meterd.model import Event
 
 from ._appends import check_groups, encode_batch
-from ._group import ACCOUNT_CACHE, PASS_RETRY_MS, Committed, GroupFailed, GroupTransactions
+from ._group import (
+    ACCOUNT_CACHE,
+    PASS_RETRY_MS,
+    TABLES,
+    Committed,
+    GroupFailed,
+    GroupTransactions,
+)
 from ._housekeeping import Housekeeper
 from ._ops import (
     Append,
@@ -614,6 +621,7 @@ class Writer:
         watermark: int,
         *,
         merge: WindowMerge | None = None,
+        rows: Mapping[str, Sequence[tuple[object, ...]]] | None = None,
     ) -> None:
         """Upsert ``windows`` of ``account`` and set its watermark, in one transaction.
 
@@ -626,9 +634,12 @@ class Writer:
         between); a new one is stored as given. If ``merge`` raises, this checkpoint fails
         alone with that exception and nothing of it is written; the rest of its group
         commits.
+
+        ``rows``: more rows written in the same transaction, by table (each table's
+        statement is declared in :data:`meterd.store._group.TABLES`).
         """
-        rows = tuple(windows)
-        for row in rows:
+        windows = tuple(windows)
+        for row in windows:
             if not (
                 len(row) == 4
                 and isinstance(row[0], str)
@@ -642,9 +653,16 @@ class Writer:
                 )
         if type(watermark) is not int or watermark < 0:
             raise ValueError(f"checkpoint of {account!r}: watermark must be an int >= 0")
+        other = tuple((table, tuple(table_rows)) for table, table_rows in (rows or {}).items())
+        for table, _ in other:
+            if table not in TABLES:
+                raise ValueError(
+                    f"checkpoint of {account!r}: no statement for table {table!r} (declare"
+                    f" it in meterd.store._group.TABLES; known: {', '.join(sorted(TABLES))})"
+                )
         started = time.perf_counter()
         await self._wait_for_room()
-        await self._call(Checkpoint(account, rows, watermark, merge))
+        await self._call(Checkpoint(account, windows, watermark, merge, other))
         if self.on_checkpoint is not None:
             self.on_checkpoint(time.perf_counter() - started)
 
