@@ -58,7 +58,7 @@ from meterd.ingest.validate import REJECTION_CODES
 from meterd.model import DAY_MS, MINUTE_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import _writer as store_writer
 from meterd.store import schema
-from tests.store.helpers import Faults
+from tests.store.helpers import Faults, inject_apply_fault
 
 ROUTER_TOKEN = "router-token-0123456789"
 PLATFORM_TOKEN = "platform-token-0123456789"
@@ -769,7 +769,7 @@ async def test_the_first_sent_copy_of_an_id_wins_on_a_connection(
 
 
 async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
-    services: Services,
+    services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ack means durable; the actor applies committed events after it. An actor that
     crashes while applying them is restarted and replays them from the journal."""
@@ -780,7 +780,7 @@ async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
             crashed.append(event.id)
             raise RuntimeError("injected")
 
-    services.accounts.fault_hook = crash_once
+    inject_apply_fault(monkeypatch, crash_once)
     retry = [ev("boom"), ev("fine", account="globex.io")]
     async with connect(services) as client:
         await client.batch(1, [ev("ok")])

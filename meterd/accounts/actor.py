@@ -47,7 +47,7 @@ reads and the few things it reports), so this module imports nothing of the serv
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -80,19 +80,12 @@ class AccountsContext(Protocol):
         ...
 
     @property
-    def fault_hook(self) -> Callable[[Event], None]: ...
-    @property
     def idle_timeout(self) -> float: ...
     @property
     def checkpoint_interval(self) -> float: ...
     def backlogged(self, account: str) -> bool:
         """Whether committed events of ``account`` wait to be delivered to its actor."""
         ...
-
-
-def no_fault(event: Event) -> None:
-    """The production fault hook (:attr:`Accounts.fault_hook`): nothing. Tests replace it
-    to inject crashes."""
 
 
 class InjectedFault(RuntimeError):
@@ -136,7 +129,6 @@ class MeterActor(sv.GenServer[Any, Any]):
         meters = self.accounts.meters
         for event in events:
             try:
-                self.accounts.fault_hook(event)
                 self.usage.apply(meters[event.meter], event)
             except Exception as error:
                 crashed = self.accounts.crashed
@@ -216,16 +208,7 @@ class MeterActor(sv.GenServer[Any, Any]):
         try:
             if batch_id > self.watermark:
                 self.last_active = self._now()
-                accounts = self.accounts
-                fault_hook = accounts.fault_hook
-                if fault_hook is no_fault:
-                    self.usage.apply_events(accounts.meters, events)
-                else:
-                    meters = accounts.meters
-                    apply = self.usage.apply
-                    for event in events:
-                        fault_hook(event)
-                        apply(meters[event.meter], event)
+                self.usage.apply_events(self.accounts.meters, events)
                 self.watermark = batch_id
         finally:
             self.accounts.budget.give_for(self.account, len(events))

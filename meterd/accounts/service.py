@@ -52,7 +52,7 @@ import structlog
 import trio
 
 import supervisors as sv
-from meterd.accounts.actor import AccountsContext, MeterActor, no_fault
+from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.model import Event, Meter, Window
@@ -110,7 +110,6 @@ class Accounts:
         self.supervisor = sv.DynamicSupervisor(
             name="meters", max_restarts=max_restarts, max_seconds=max_seconds
         )
-        self.fault_hook: Callable[[Event], None] = no_fault
         self.budget = EventBudget(max_in_flight_events)
         # Messages waiting for room in a full mailbox, per account, in commit order:
         # (message, events it holds budget for, the one actor it is for or None for any).

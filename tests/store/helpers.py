@@ -10,9 +10,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from meterd.model import Event
+from meterd.accounts import actor as actor_module
+from meterd.accounts.aggregate import AccountUsage
+from meterd.model import Event, Meter
 from meterd.store import AppendResult, Writer, schema
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -99,3 +102,23 @@ async def until(writer: Writer, condition: Callable[[], bool]) -> None:
     """Wait (on the writer's own change events, never a sleep) until ``condition()``."""
     while not condition():
         await writer.next_change().wait()
+
+
+def inject_apply_fault(monkeypatch: pytest.MonkeyPatch, fault: Callable[[Event], None]) -> None:
+    """Meter actors started from now on apply events through the production path
+    (``AccountUsage.apply_events``, which the start-up replay's ``apply`` also goes through),
+    calling ``fault(event)`` before each event: it may raise (a poison event) or record the
+    order. Injected from outside: the actor's usage class is replaced for the test."""
+
+    class FaultyUsage(AccountUsage):
+        def apply_events(self, meters: Mapping[str, Meter], events: Iterable[Event]) -> None:
+            events = list(events)
+            for index, event in enumerate(events):
+                try:
+                    fault(event)
+                except BaseException:
+                    super().apply_events(meters, events[:index])  # those before it, as it does
+                    raise
+            super().apply_events(meters, events)
+
+    monkeypatch.setattr(actor_module, "AccountUsage", FaultyUsage)
