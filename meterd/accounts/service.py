@@ -45,6 +45,7 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -229,34 +230,49 @@ class Accounts:
         (:meth:`~meterd.store.Writer.submit_batch`).
         """
 
-        def committed(outcome: list[AppendResult] | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                on_done(outcome)
-                return
-            # _deliver's common case written out (one share per account of the batch:
-            # ~490 a batch at 10,000 accounts, so this loop runs about once per event).
-            overflow = self._overflow
-            whereis = self.registry.whereis
-            take_for = self.budget.take_for
-            join = self._join
-            for (account, events), result in zip(groups, outcome, strict=True):
-                batch_id = result.batch_id
-                if batch_id is None:
-                    continue
-                accepted = result.accepted
-                if len(accepted) != len(events):
-                    events = [events[i] for i in accepted]
-                if not overflow or account not in overflow:
-                    ref = whereis(account)
-                    if ref is not None and ref.try_send(["apply", batch_id, events], join):
-                        take_for(account, len(events))
-                        continue
-                self._deliver(account, batch_id, events)
-            on_done(outcome)
-
         self.store.writer.submit_batch(
-            groups, committed, producer=producer, seq=seq, rejected=rejected
+            groups,
+            partial(self._committed, groups, on_done),
+            producer=producer,
+            seq=seq,
+            rejected=rejected,
         )
+
+    def _committed(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        on_done: BatchDone,
+        outcome: list[AppendResult] | BaseException,
+    ) -> None:
+        """The writer's outcome of a batch, run in commit order: deliver its accepted
+        events (so each actor gets its account's batches in commit order), then report."""
+        if not isinstance(outcome, BaseException):
+            self.deliver(groups, outcome)
+        on_done(outcome)
+
+    def deliver(
+        self, groups: Sequence[tuple[str, list[Event]]], results: Sequence[AppendResult]
+    ) -> None:
+        """Hand each account's accepted events of a committed batch to its actor
+        (:meth:`_deliver`; its common case written out here: one share per account of the
+        batch, ~490 a batch at 10,000 accounts, so this loop runs about once per event)."""
+        overflow = self._overflow
+        whereis = self.registry.whereis
+        take_for = self.budget.take_for
+        join = self._join
+        for (account, events), result in zip(groups, results, strict=True):
+            batch_id = result.batch_id
+            if batch_id is None:
+                continue
+            accepted = result.accepted
+            if len(accepted) != len(events):
+                events = [events[i] for i in accepted]
+            if not overflow or account not in overflow:
+                ref = whereis(account)
+                if ref is not None and ref.try_send(["apply", batch_id, events], join):
+                    take_for(account, len(events))
+                    continue
+            self._deliver(account, batch_id, events)
 
     def _join(self, queued: Any, message: list[Any]) -> bool:
         """The merge of a delivery (``try_send``'s): while the actor has not taken the
