@@ -26,7 +26,8 @@ Load
     reply, and every reply means "durable" (the writer committed before the actor replied).
 
 ``meterd`` (warm)
-    The real layer, as ``meterd run`` builds it: ``Store.at(path)`` (group commit, 2 ms),
+    The real layer, as ``meterd run`` builds it: ``Store.at(path, StoreConfig())`` (group
+    commit, 2 ms),
     ``Accounts(store, meters)`` with its defaults (a checkpoint every 5 s per awake account with
     changes, so checkpoints happen during the run), a root ``rest_for_one`` supervisor over the
     writer and the accounts. Before the clock starts every account of the load gets one event
@@ -94,6 +95,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import functools
 import gc
 import inspect
@@ -121,7 +123,8 @@ import trio
 
 import supervisors as sv
 from meterd.accounts.aggregate import decode
-from meterd.accounts.service import Accounts
+from meterd.accounts.service import DEFAULT_IN_FLIGHT_EVENTS, Accounts
+from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.logs import configure
 from meterd.model import HOUR_MS, MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import Store
@@ -330,6 +333,30 @@ class ThreadTimes:
             return self.calls, self.busy, self.cpu, self.commit
 
 
+def store_at(path: Path) -> Store:
+    """The store with the daemon's ``[store]`` defaults, on this code or on a baseline
+    revision's (``--burst``), where the table's keys were keyword arguments with defaults."""
+    if "config" in inspect.signature(Store.at).parameters:
+        return Store.at(path, StoreConfig())  # type: ignore[call-arg, unused-ignore]
+    return Store.at(path)  # type: ignore[call-arg, unused-ignore]
+
+
+def accounts_of(store: Store, **options: Any) -> Accounts:
+    """:class:`Accounts` with the config model's defaults but ``options`` (seconds), on this
+    code or on a baseline revision's (``--burst``), where they were keyword arguments."""
+    if "config" not in inspect.signature(Accounts).parameters:
+        return Accounts(store, METERS, **options)  # type: ignore[call-arg, unused-ignore]
+    durations = {"idle_timeout", "max_seconds", "checkpoint_interval"}
+    given: dict[str, Any] = {
+        k: Duration(round(v * 1000)) if k in durations else v for k, v in options.items()
+    }
+    keys = {f.name for f in dataclasses.fields(AccountsConfig)}
+    config = dataclasses.replace(AccountsConfig(), **{k: given.pop(k) for k in keys & set(given)})
+    given.setdefault("checkpoint_interval", StoreConfig().checkpoint_interval)
+    given.setdefault("max_in_flight_events", DEFAULT_IN_FLIGHT_EVENTS)
+    return Accounts(store, METERS, config, **given)  # type: ignore[arg-type, unused-ignore]
+
+
 def instrument(store: Store) -> tuple[ThreadTimes, ThreadTimes]:
     """Time the writer's group transactions and the reader's queries (instance attributes)."""
     writer_times, reader_times = ThreadTimes(), ThreadTimes()
@@ -369,8 +396,8 @@ class _LayerContext:
         self._nursery_cm: Any = None
 
     async def __aenter__(self) -> Layer:
-        store = Store.at(self.path)
-        accounts = Accounts(store, METERS, **self.options)
+        store = store_at(self.path)
+        accounts = accounts_of(store, **self.options)
         root = sv.Supervisor(
             [store.writer_spec(), accounts.supervisor_spec()],
             strategy=sv.Strategy.REST_FOR_ONE,
@@ -815,8 +842,8 @@ async def burst_child(accounts_n: int, waves: int) -> dict[str, Any]:
     out: dict[str, Any] = {"accounts": accounts_n, "waves": []}
     with tempfile.TemporaryDirectory(prefix="accounts-bench-burst-") as tmp:
         path = Path(tmp) / "meterd.sqlite3"
-        store = Store.at(path)
-        accounts = Accounts(store, METERS)  # the daemon's defaults (idle timeout 300 s)
+        store = store_at(path)
+        accounts = accounts_of(store)  # the daemon's defaults (idle timeout 300 s)
         root = sv.Supervisor(
             [store.writer_spec(), accounts.supervisor_spec()],
             strategy=sv.Strategy.REST_FOR_ONE,

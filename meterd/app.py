@@ -57,9 +57,7 @@ def build(config: Config) -> Services:
     """Build (not start) the supervision tree for ``config``."""
     store = Store.at(
         config.store_path,
-        commit_interval=config.store.commit_interval.seconds,
-        index_cycle=config.store.index_cycle.seconds,
-        wal_checkpoint_interval=config.store.wal_checkpoint_interval.seconds or None,
+        config.store,
         audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
         dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
         meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
@@ -67,12 +65,8 @@ def build(config: Config) -> Services:
     accounts = Accounts(
         store,
         config.meters_by_name,
-        idle_timeout=config.accounts.idle_timeout.seconds,
-        checkpoint_interval=config.store.checkpoint_interval.seconds,
-        mailbox_size=config.accounts.mailbox_size,
-        max_restarts=config.accounts.max_restarts,
-        max_seconds=config.accounts.max_seconds.seconds,
-        max_awake=config.accounts.max_awake,
+        config.accounts,
+        checkpoint_interval=config.store.checkpoint_interval,
         max_in_flight_events=config.ingest.max_in_flight_events,
     )
     ingest = IngestServer(config, accounts)

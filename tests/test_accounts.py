@@ -16,7 +16,7 @@ import trio.testing
 from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import Store
-from tests.store.helpers import inject_apply_fault
+from tests.store.helpers import inject_apply_fault, layer_options, store_config
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
 USERS = Meter("api.active_users", Aggregation.UNIQUE_COUNT, (), "user")
@@ -34,7 +34,7 @@ async def running(
     tmp_path: Path, *, meters: dict[str, Meter] | None = None, **options: Any
 ) -> AsyncIterator[Accounts]:
     async with running_accounts(
-        tmp_path / "meterd.sqlite3", meters or METERS, **options
+        tmp_path / "meterd.sqlite3", meters or METERS, **layer_options(**options)
     ) as accounts:
         yield accounts
 
@@ -153,7 +153,7 @@ async def test_a_clean_stop_checkpoints_so_the_next_start_replays_nothing(
 ) -> None:
     async with running(tmp_path) as accounts:
         await accounts.ingest("acme", [dyno("acme", f"e{i}", "1") for i in range(3)])
-    store = Store.at(tmp_path / "meterd.sqlite3")
+    store = Store.at(tmp_path / "meterd.sqlite3", store_config())
     try:
         loaded = await store.reader.load_account("acme")
         assert loaded.replay == []  # everything is in the checkpointed windows

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from meterd.model import DAY_MS, Event
 from meterd.store import AppendResult, Writer, journal_index, retention, schema
-from tests.store.helpers import Collector, dedupe_row_keys_by_method, rows, running, until
+from tests.store.helpers import (
+    Collector,
+    dedupe_row_keys_by_method,
+    rows,
+    running,
+    store_config,
+    until,
+)
 from tests.test_ingest import connect, make_config, now_ms
 from tests.test_ingest import ev as wire_event
 from tests.test_ingest import running as running_daemon
@@ -64,7 +71,7 @@ async def test_rows_past_the_window_are_deleted_and_duplicates_inside_it_still_f
     events = [ev(f"old-{n}", T0 - 1_000) for n in range(100)]
 
     def writer() -> Writer:
-        return Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+        return Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
 
     async with running(writer()) as w:
         assert (await w.append("acme", events)).accepted == list(range(100))
@@ -109,10 +116,10 @@ async def test_a_sweep_goes_on_in_slices_and_while_idle(
     monkeypatch.setattr(retention, "SWEEP_BATCH", 7)
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    async with running(Writer(path, commit_interval=0, clock=clock)) as w:
+    async with running(Writer(path, store_config(commit_interval=0), clock=clock)) as w:
         await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(60)])
     clock.now = T0 + WINDOW + STEP
-    w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+    w = Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
     async with running(w):
         await w.append("acme", [ev("late", clock.now)])  # raises the horizon: a sweep starts
         assert 0 < w.stats.dedupe_rows_swept <= 7
@@ -205,10 +212,9 @@ async def decide(path: Path, ops: list[Op], mode: Mode) -> Verdicts:
         run, remaining = remaining[: mode.restart_every], remaining[mode.restart_every :]
         writer = Writer(
             path,
-            commit_interval=0,
+            store_config(commit_interval=0, index_cycle=mode.index_cycle),
             clock=clock,
             dedupe_window_ms=SHORT,
-            index_cycle=mode.index_cycle,
         )
         async with running(writer):
             for op in run:
@@ -271,7 +277,7 @@ async def test_a_restart_rebuilds_which_copy_of_an_id_holds_a_forgotten_key(
     clock = Clock()
 
     def writer() -> Writer:
-        return Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+        return Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
 
     async with running(writer()) as w:
         assert (await w.append("acme", [ev("a", T0)])).accepted == [0]  # holds the key
@@ -373,17 +379,17 @@ async def test_a_writer_that_starts_with_forgotten_rows_deletes_them_while_idle(
 ) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    async with running(Writer(path, commit_interval=0, clock=clock)) as w:
+    async with running(Writer(path, store_config(commit_interval=0), clock=clock)) as w:
         await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(20)])
     clock.now = T0 + WINDOW + STEP
     with monkeypatch.context() as patch:
         patch.setattr(retention, "sweep", _no_sweep)  # stopped before its sweep ran
         async with running(
-            Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+            Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
         ) as w:
             await w.append("acme", [ev("late", clock.now)])
     assert rows(path, "SELECT count(*) FROM dedupe") == [(21,)]
-    w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+    w = Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
     async with running(w):
         with trio.fail_after(30):  # a safety net against a hang, not a timing assertion
             # No operation: the sweep due since the start runs idle (the housekeeper's).

@@ -22,7 +22,7 @@ from meterd.store import _housekeeping as housekeeping
 from meterd.store import _writer as store_writer
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
-from tests.store.helpers import faulty_writer, rows, running, until
+from tests.store.helpers import faulty_writer, rows, running, store_config, until
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -86,7 +86,7 @@ def test_an_index_cycle_under_a_millisecond_is_refused() -> None:
 async def test_appends_wait_in_the_tail_until_their_slice_is_passed(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
     async with running(writer):
         for n, account in enumerate(ACCOUNTS):
             await writer.append(account, [event(f"e{n}", account)])
@@ -110,7 +110,9 @@ async def test_appends_wait_in_the_tail_until_their_slice_is_passed(tmp_path: Pa
 async def test_a_group_passes_only_the_slices_whose_turn_came(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    writer = Writer(
+        path, store_config(commit_interval=0, index_cycle=2.56), clock=clock
+    )  # 10 ms a slice
     async with running(writer):
         await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
         clock.now += 30
@@ -123,7 +125,9 @@ async def test_a_group_passes_only_the_slices_whose_turn_came(tmp_path: Path) ->
 async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer, faults = faulty_writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer, faults = faulty_writer(
+        path, store_config(commit_interval=0, index_cycle=1.0), clock=clock
+    )
     async with running(writer):
         await writer.append("acme", [event("a", "acme")])
         clock.now += 1_000
@@ -168,7 +172,7 @@ async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
     monkeypatch.setattr(store_group, "pass_slices", pass_slices)
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
     with structlog.testing.capture_logs() as logs:
         async with running(writer):
             await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
@@ -229,7 +233,9 @@ async def test_an_idle_writer_tries_failing_passes_again_by_itself(
 
     monkeypatch.setattr(store_group, "pass_slices", pass_slices)
     clock = Clock()
-    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(
+        tmp_path / "s.sqlite3", store_config(commit_interval=0, index_cycle=1.0), clock=clock
+    )
     with structlog.testing.capture_logs() as logs:
         async with running(writer):
             await writer.append("acme", [event("a", "acme")])
@@ -263,7 +269,7 @@ def crash_on_stop(writer: Writer) -> None:
 async def leave_a_tail(path: Path) -> None:
     """Six batches of three accounts in a store a crashed writer left without their index
     and dedupe rows."""
-    crashed = Writer(path, commit_interval=0, index_cycle=3600.0)
+    crashed = Writer(path, store_config(commit_interval=0, index_cycle=3600.0))
     crash_on_stop(crashed)
     async with running(crashed):
         for n in range(6):
@@ -282,7 +288,7 @@ async def check_recovered(store: Store) -> None:
 
 async def test_a_stopped_writer_leaves_nothing_to_catch_up(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    writer = Writer(path, commit_interval=0, index_cycle=3600.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=3600.0))
     async with running(writer):
         for n in range(6):
             await writer.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
@@ -302,7 +308,7 @@ async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
     # The old writer's memory is gone; the file has a tail no pass wrote.
     assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
     assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]
-    store = Store.at(path, commit_interval=0)
+    store = Store.at(path, store_config(commit_interval=0))
     with structlog.testing.capture_logs() as logs:
         async with running(store.writer):
             assert {"event": "journal_index_caught_up", "batches": 6} in [
@@ -366,7 +372,7 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
 
     async def main() -> None:
         numbers = iter(range(10**6))
-        writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+        writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
         sql_reader: Reader | None = None
         async with trio.open_nursery() as nursery:
             scope = trio.CancelScope()
@@ -399,7 +405,9 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
                     scope.cancel()
                     await trio.testing.wait_all_tasks_blocked()
                     scope = trio.CancelScope()
-                    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+                    writer = Writer(
+                        path, store_config(commit_interval=0, index_cycle=1.0), clock=clock
+                    )
                     await nursery.start(run_writer, writer)
                 await check_readers(path, writer, sql_reader)
             scope.cancel()
@@ -418,7 +426,7 @@ async def test_an_idle_writer_writes_a_large_tail_early(
     monkeypatch.setattr(housekeeping, "IDLE_PASS_AFTER", 0.001)
     path = tmp_path / "s.sqlite3"
     clock = Clock()  # never moves: no slice is ever due by the clock
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=3600.0), clock=clock)
     async with running(writer):
         for n in range(6):
             await writer.append(ACCOUNTS[n % 5], [event(f"e{n}", ACCOUNTS[n % 5])])
@@ -446,7 +454,7 @@ async def test_a_writer_starts_on_a_full_disk_holding_the_tail_it_cannot_write(
 
     monkeypatch.setattr(store_writer, "catch_up", full)
     clock = Clock()
-    writer = Writer(path, commit_interval=0, index_cycle=1.0, clock=clock)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
     store = Store(writer, Reader(path, tail=writer.journal_tail.entries))
     with structlog.testing.capture_logs() as logs:
         async with running(store.writer):
@@ -470,7 +478,9 @@ async def test_events_page_through_a_tail_longer_than_a_read_chunk(tmp_path: Pat
     of them indexed: pages of every size give every event once, in journal order."""
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    writer = Writer(
+        path, store_config(commit_interval=0, index_cycle=2.56), clock=clock
+    )  # 10 ms a slice
     async with running(writer), await open_reader(path) as sql_reader:
         for n in range(150):
             if n == 40:  # the first 40 reach the index; the rest stay in the tail

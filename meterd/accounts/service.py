@@ -42,6 +42,7 @@ actors idle for ``pressure_idle`` (1 s) to hibernate, not ``idle_timeout``; so a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ import supervisors as sv
 from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
+from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
 from meterd.store.codec import decode_dims
@@ -63,18 +65,24 @@ from meterd.store.codec import decode_dims
 log = structlog.get_logger("meterd.accounts")
 
 SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
-DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
+CALL_TIMEOUT: Final = 30.0
+"""Seconds :meth:`Accounts.call` waits for an actor's reply (not a configuration key)."""
 MAX_WAKING: Final = 16
 """Wake-ups in flight at once (an actor starting: a writer barrier, then one read on the
 reader's ``recovery`` lane, 2 threads). More only wait longer for a thread, each holding an
 actor and a task meanwhile: the issue's burst of 200,000 new accounts held them all."""
-MAX_AWAKE: Final = 100_000
-"""Default ``max_awake`` (``[accounts] max_awake``): ~3.5 kB of RSS each when fresh."""
 PRESSURE_IDLE: Final = 1.0
 """Seconds without traffic after which an actor hibernates while ``max_awake`` are awake."""
 COALESCE_LIMIT: Final = 1 + 2 * 16
 """A delivery joins the one waiting in its actor's mailbox (``["apply", id, events, id,
 events...]``) while that holds fewer than 16 batches: one ``handle_info`` stays short."""
+
+DEFAULT_STORE: Final = StoreConfig()
+DEFAULT_ACCOUNTS: Final = AccountsConfig()
+DEFAULT_IN_FLIGHT_EVENTS: Final[int] = next(
+    f.default for f in dataclasses.fields(IngestConfig) if f.name == "max_in_flight_events"
+)  # type: ignore[assignment]
+"""The config model's defaults, for :func:`running_accounts` (tests and tools)."""
 
 BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 """What :meth:`Accounts.submit` reports: the writer's verdicts (one
@@ -82,34 +90,39 @@ BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 
 
 class Accounts:
-    """Per-account meter actors and how to reach them."""
+    """Per-account meter actors and how to reach them.
+
+    ``config`` is the ``[accounts]`` table (:class:`meterd.config.AccountsConfig`: each
+    key's default, unit and meaning declared once there); ``checkpoint_interval`` is
+    ``[store] checkpoint_interval`` and ``max_in_flight_events`` ``[ingest]
+    max_in_flight_events`` (the daemon passes its config's, :mod:`meterd.app`).
+    """
 
     def __init__(
         self,
         store: Store,
         meters: Mapping[str, Meter],
+        config: AccountsConfig,
         *,
-        idle_timeout: float = 300.0,
-        checkpoint_interval: float = 30.0,
-        mailbox_size: int = 1024,
-        max_restarts: int = 50,
-        max_seconds: float = 10.0,
-        call_timeout: float = 30.0,
-        max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
-        max_awake: int = MAX_AWAKE,
+        checkpoint_interval: Duration,
+        max_in_flight_events: int,
+        call_timeout: float = CALL_TIMEOUT,
         pressure_idle: float = PRESSURE_IDLE,
     ) -> None:
+        max_awake = config.max_awake
         if max_awake < 1:
             raise ValueError(f"max_awake must be >= 1, got {max_awake}")
         self.store = store
         self.meters = dict(meters)
-        self.idle_timeout = idle_timeout
-        self.checkpoint_interval = checkpoint_interval
-        self.mailbox_size = mailbox_size
+        self.idle_timeout = config.idle_timeout.seconds
+        self.checkpoint_interval = checkpoint_interval.seconds
+        self.mailbox_size = config.mailbox_size
         self.call_timeout = call_timeout
         self.registry = sv.Registry("accounts")
         self.supervisor = sv.DynamicSupervisor(
-            name="meters", max_restarts=max_restarts, max_seconds=max_seconds
+            name="meters",
+            max_restarts=config.max_restarts,
+            max_seconds=config.max_seconds.seconds,
         )
         self.budget = EventBudget(max_in_flight_events)
         # Messages waiting for room in a full mailbox, per account, in commit order:
@@ -475,22 +488,37 @@ def _decoded(meter: Meter, stored: list[WindowRow]) -> list[tuple[int, tuple[str
 
 @contextlib.asynccontextmanager
 async def running_accounts(
-    path: Path | str, meters: Mapping[str, Meter], **options: Any
+    path: Path | str,
+    meters: Mapping[str, Meter],
+    *,
+    store: StoreConfig = DEFAULT_STORE,
+    accounts: AccountsConfig = DEFAULT_ACCOUNTS,
+    max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
+    **options: Any,
 ) -> AsyncIterator[Accounts]:
-    """:class:`Accounts` (``options`` as its own) on the store at ``path``, running with the
+    """:class:`Accounts` on the store at ``path``, with the config tables given (the config
+    model's defaults otherwise; ``options``: :class:`Accounts`' others), running with the
     store's writer under one ``rest_for_one`` root until the block ends: for tests and tools
     (the daemon builds its whole tree in :mod:`meterd.app`)."""
-    store = Store.at(path, meter_dimensions={m.name: len(m.dimensions) for m in meters.values()})
-    accounts = Accounts(store, meters, **options)
+    dimensions = {m.name: len(m.dimensions) for m in meters.values()}
+    layer = Store.at(path, store, meter_dimensions=dimensions)
+    service = Accounts(
+        layer,
+        meters,
+        accounts,
+        checkpoint_interval=store.checkpoint_interval,
+        max_in_flight_events=max_in_flight_events,
+        **options,
+    )
     root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec()],
+        [layer.writer_spec(), service.supervisor_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
-            yield accounts
+            yield service
             root.stop()
     finally:
-        await store.aclose()
+        await layer.aclose()

@@ -54,6 +54,7 @@ import structlog
 import trio
 
 import supervisors as sv
+from meterd.config import StoreConfig
 from meterd.model import Event
 
 from ._appends import check_groups, encode_batch
@@ -89,7 +90,14 @@ from .journal_index import JournalTail, catch_up, pass_everything, rebuild_tail
 from .schema import MeterDimensions, open_database
 from .wal import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
-__all__ = ["BatchDoneCallback", "DoneCallback", "Writer", "WriterStats"]
+__all__ = [
+    "MAX_PENDING",
+    "PROBE_INTERVAL",
+    "BatchDoneCallback",
+    "DoneCallback",
+    "Writer",
+    "WriterStats",
+]
 
 log = structlog.get_logger("meterd.store")
 
@@ -97,6 +105,12 @@ DoneCallback: TypeAlias = Callable[[AppendResult | BaseException], None]
 BatchDoneCallback: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 """Called with one :class:`AppendResult` per group of :meth:`Writer.submit_batch`, in order."""
 _Reply: TypeAlias = Callable[[Any], None]
+
+MAX_PENDING: Final = 10_000
+"""Operations queued or being written before :meth:`Writer.append` (and the other awaited
+operations) wait: the backpressure bound (not a configuration key)."""
+PROBE_INTERVAL: Final = 1.0
+"""Seconds between two probes of an idle writer whose commits fail (the housekeeper's)."""
 
 
 @dataclass(slots=True)
@@ -147,18 +161,22 @@ def _ignore(outcome: object) -> None:
 class Writer:
     """The store writer for the database at ``path``. See the module doc.
 
-    ``commit_interval``: under load, the least time (seconds, Trio clock) between the starts
-    of two group transactions. ``max_pending``: the backpressure bound of the async
-    operations. ``clock``: wall-clock milliseconds for ``received_at`` / ``updated_at`` /
-    ``at`` columns. ``audit_retention_ms``: audit rows older than this (by ``received_at``)
-    are pruned (``None``: kept; the daemon passes ``dedupe_window``). ``dedupe_window_ms``:
-    how long the dedupe index remembers an event, by its time (:mod:`meterd.store.retention`;
-    ``None``: the horizon never moves). ``index_cycle``: seconds between two passes of the
-    journal index over the same accounts (:mod:`meterd.store.journal_index`).
-    ``wal_checkpoint_interval``: seconds between log checkpoints off the commit path
-    (``None``: SQLite's own). ``probe_interval``: seconds between two probes of an idle
-    writer whose commits fail. ``meter_dimensions``: each configured meter's number of
-    dimensions (migration of an older store, :mod:`meterd.store.schema`).
+    ``config`` is the ``[store]`` table (:class:`meterd.config.StoreConfig`, where each
+    key's default, unit and meaning are declared once): ``commit_interval``, under load the
+    least time (Trio clock) between the starts of two group transactions; ``index_cycle``,
+    between two passes of the journal index over the same accounts
+    (:mod:`meterd.store.journal_index`); ``wal_checkpoint_interval``, between log
+    checkpoints off the commit path (0: SQLite's own, :mod:`meterd.store.wal`). Its
+    ``path`` is not read: ``path`` is the database (the daemon's, resolved).
+
+    ``max_pending``: the backpressure bound of the async operations. ``clock``: wall-clock
+    milliseconds for ``received_at`` / ``updated_at`` / ``at`` columns.
+    ``audit_retention_ms``: audit rows older than this (by ``received_at``) are pruned
+    (``None``: kept; the daemon passes ``dedupe_window``). ``dedupe_window_ms``: how long
+    the dedupe index remembers an event, by its time (:mod:`meterd.store.retention`;
+    ``None``: the horizon never moves). ``probe_interval``: seconds between two probes of
+    an idle writer whose commits fail. ``meter_dimensions``: each configured meter's number
+    of dimensions (migration of an older store, :mod:`meterd.store.schema`).
     ``connection_factory``: the :class:`sqlite3.Connection` class of the write connection
     (a test passes one that injects faults).
     """
@@ -166,18 +184,19 @@ class Writer:
     def __init__(
         self,
         path: Path | str,
+        config: StoreConfig,
         *,
-        commit_interval: float = 0.002,
-        max_pending: int = 10_000,
+        max_pending: int = MAX_PENDING,
         clock: Callable[[], int] = _wall_ms,
         audit_retention_ms: int | None = None,
         dedupe_window_ms: int | None = None,
-        index_cycle: float = 5.0,
-        wal_checkpoint_interval: float | None = 0.1,
-        probe_interval: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
         meter_dimensions: MeterDimensions | None = None,
         connection_factory: type[sqlite3.Connection] = sqlite3.Connection,
     ) -> None:
+        commit_interval = config.commit_interval.seconds
+        index_cycle = config.index_cycle.seconds
+        wal_checkpoint_interval = config.wal_checkpoint_interval.seconds or None
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
         if max_pending < 1:

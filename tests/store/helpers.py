@@ -3,6 +3,7 @@ injected from outside the writer (a connection class of the test's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ import trio
 
 from meterd.accounts import actor as actor_module
 from meterd.accounts.aggregate import AccountUsage
+from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.model import Event, Meter
 from meterd.store import AppendResult, Writer, schema
 
@@ -92,10 +94,11 @@ class Faults:
         return FaultyConnection
 
 
-def faulty_writer(path: Path, **options: Any) -> tuple[Writer, Faults]:
+def faulty_writer(path: Path, config: StoreConfig, **options: Any) -> tuple[Writer, Faults]:
     """A :class:`Writer` (``options`` as its own) and the faults of its connection."""
     faults = Faults()
-    return Writer(path, connection_factory=faults.connection_class(), **options), faults
+    writer = Writer(path, config, connection_factory=faults.connection_class(), **options)
+    return writer, faults
 
 
 async def until(writer: Writer, condition: Callable[[], bool]) -> None:
@@ -122,3 +125,34 @@ def inject_apply_fault(monkeypatch: pytest.MonkeyPatch, fault: Callable[[Event],
             super().apply_events(meters, events)
 
     monkeypatch.setattr(actor_module, "AccountUsage", FaultyUsage)
+
+
+def store_config(**seconds: float | None) -> StoreConfig:
+    """The ``[store]`` table as the config model declares it, with the keys given here in
+    seconds (``wal_checkpoint_interval=None``: SQLite's own checkpoints, the table's 0)."""
+    given: dict[str, Any] = {
+        key: Duration(round((value or 0) * 1000)) for key, value in seconds.items()
+    }
+    return dataclasses.replace(StoreConfig(), **given)
+
+
+_DURATIONS = {"idle_timeout", "max_seconds", "checkpoint_interval"}
+
+
+def layer_options(**options: Any) -> dict[str, Any]:
+    """``running_accounts``' arguments from per-key ones (durations in seconds), built from
+    the config model: ``[store] checkpoint_interval``, the ``[accounts]`` keys, ``[ingest]
+    max_in_flight_events``; the others (``pressure_idle``, ``call_timeout``) as given."""
+    given: dict[str, Any] = {
+        key: Duration(round(value * 1000)) if key in _DURATIONS else value
+        for key, value in options.items()
+    }
+    store_keys = {f.name for f in dataclasses.fields(StoreConfig)}
+    accounts_keys = {f.name for f in dataclasses.fields(AccountsConfig)}
+    store = {key: given.pop(key) for key in store_keys & set(given)}
+    accounts = {key: given.pop(key) for key in accounts_keys & set(given)}
+    if store:
+        given["store"] = dataclasses.replace(StoreConfig(), **store)
+    if accounts:
+        given["accounts"] = dataclasses.replace(AccountsConfig(), **accounts)
+    return given

@@ -20,7 +20,7 @@ from meterd.store import (
     open_reader,
 )
 from meterd.store import _group as store_group
-from tests.store.helpers import Collector, ev, faulty_writer, rows, running
+from tests.store.helpers import Collector, ev, faulty_writer, rows, running, store_config
 
 # -- the audit trail ----------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ async def test_duplicates_conflicts_and_rejections_are_recorded_with_their_batch
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "s.sqlite3"
-    writer = Writer(path, commit_interval=0, clock=lambda: 5_000)
+    writer = Writer(path, store_config(commit_interval=0), clock=lambda: 5_000)
     async with running(writer), await open_reader(path) as reader:
         first = await writer.append("acme", [ev("d1", properties=(("region", "eu"),)), ev("d2")])
         assert first.batch_id == 1
@@ -101,7 +101,7 @@ async def test_duplicates_conflicts_and_rejections_are_recorded_with_their_batch
 
 async def test_audit_rows_commit_or_roll_back_with_their_batch(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    writer, faults = faulty_writer(path, commit_interval=0)
+    writer, faults = faulty_writer(path, store_config(commit_interval=0))
     async with running(writer):
         await writer.append("acme", [ev("a1")])
 
@@ -136,7 +136,9 @@ async def test_audit_rows_older_than_the_retention_are_pruned_oldest_first(
     monkeypatch.setattr(store_group, "AUDIT_PRUNE_BATCH", 2)
     path = tmp_path / "s.sqlite3"
     now = [1_000]
-    writer = Writer(path, commit_interval=0, clock=lambda: now[0], audit_retention_ms=58_000)
+    writer = Writer(
+        path, store_config(commit_interval=0), clock=lambda: now[0], audit_retention_ms=58_000
+    )
 
     def recorded() -> list[tuple[Any, ...]]:
         return rows(path, "SELECT event_id, received_at FROM audit ORDER BY audit_id")
@@ -159,6 +161,7 @@ async def test_audit_rows_older_than_the_retention_are_pruned_oldest_first(
 
 _KILL_IN_COMMIT_SCRIPT = """
 import os, signal, sqlite3, sys, trio
+from meterd.config import Duration, StoreConfig
 from meterd.model import Event
 from meterd.store import RejectedEvent, Writer
 
@@ -171,7 +174,8 @@ class Connection(sqlite3.Connection):  # a fault injected from outside the write
         return super().execute(sql, parameters)
 
 async def main():
-    writer = Writer(sys.argv[1], commit_interval=0, connection_factory=Connection)
+    config = StoreConfig(commit_interval=Duration(0))
+    writer = Writer(sys.argv[1], config, connection_factory=Connection)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await writer.append("acme", [Event("a1", "acme", "api", 1, 60_000)])

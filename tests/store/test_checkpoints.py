@@ -14,7 +14,7 @@ from meterd.store import (
     Writer,
     open_reader,
 )
-from tests.store.helpers import ev, running
+from tests.store.helpers import ev, running, store_config
 
 # -- checkpoints, recovery, quarantine -----------------------------------------------------
 
@@ -30,7 +30,7 @@ async def test_a_checkpoint_merges_its_deltas_into_the_stored_windows(tmp_path: 
         calls.append((meter, stored, delta))
         return stored + b"+" + delta
 
-    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+    async with running(Writer(path, store_config())) as writer, await open_reader(path) as reader:
         await writer.checkpoint("acme", [("api", 0, "", b"a"), ("api", 60_000, "eu", b"b")], 1)
         await writer.checkpoint(
             "acme", [("api", 0, "", b"c"), ("api", 120_000, "", b"d")], 2, merge=concat
@@ -54,7 +54,7 @@ async def test_a_failing_merge_fails_its_checkpoint_alone(tmp_path: Path) -> Non
     def corrupt(meter: str, stored: bytes, delta: bytes) -> bytes:
         raise ValueError(f"window state of {meter} cannot be decoded")
 
-    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+    async with running(Writer(path, store_config())) as writer, await open_reader(path) as reader:
         await writer.checkpoint("acme", [("api", 0, "", b"a")], 1)
         commits = writer.stats.commits
 
@@ -81,7 +81,7 @@ async def test_checkpoint_and_load_account_replay_exactly_after_the_watermark(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+    async with running(Writer(path, store_config())) as writer, await open_reader(path) as reader:
         assert await reader.load_account("acme") == (0, [], [])
         b1 = await writer.append("acme", [ev("1"), ev("2")])
         await writer.append("globex", [ev("g", "globex")])
@@ -114,7 +114,10 @@ async def test_checkpoint_and_load_account_replay_exactly_after_the_watermark(
 
 async def test_quarantined_events_are_listed_and_left_out_of_replay(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, clock=lambda: 777)) as writer, await open_reader(path) as r:
+    async with (
+        running(Writer(path, store_config(), clock=lambda: 777)) as writer,
+        await open_reader(path) as r,
+    ):
         batch = await writer.append("acme", [ev("ok"), ev("poison"), ev("ok2")])
         assert batch.batch_id == 1
         await writer.quarantine("acme", 1, "poison", "ZeroDivisionError: boom")

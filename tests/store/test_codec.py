@@ -17,7 +17,7 @@ from meterd.store import (
     codec,
     schema,
 )
-from tests.store.helpers import Collector, rows, running
+from tests.store.helpers import Collector, rows, running, store_config
 
 # -- codec --------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ async def test_the_writer_stores_the_pinned_format(tmp_path: Path) -> None:
     (split by group), fingerprints and keys."""
     path = tmp_path / "s.sqlite3"
     events = _PINNED_EVENTS
-    async with running(Writer(path)) as writer:
+    async with running(Writer(path, store_config())) as writer:
         done = Collector()
         writer.submit_batch([("acct-00042", events[:1])], done)
         await writer.barrier()

@@ -23,13 +23,20 @@ from meterd.store import (
 from meterd.store import _group as store_group
 from meterd.store import _writer as store_writer
 from meterd.store._ops import BatchAppend
-from tests.store.helpers import Collector, dedupe_row_keys_by_method, ev, rows, running
+from tests.store.helpers import (
+    Collector,
+    dedupe_row_keys_by_method,
+    ev,
+    rows,
+    running,
+    store_config,
+)
 
 # -- dedupe -------------------------------------------------------------------------------
 
 
 async def test_dedupe_across_groups_and_id_conflicts(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0)
+    writer = Writer(tmp_path / "s.sqlite3", store_config(commit_interval=0))
     async with running(writer):
         first = await writer.append("acme", [ev("e1"), ev("e2", quantity=Decimal("1.50"))])
         assert first == AppendResult(1, [0, 1], [], [])
@@ -54,7 +61,7 @@ async def test_dedupe_across_groups_and_id_conflicts(tmp_path: Path) -> None:
 
 
 async def test_dedupe_within_one_call_and_within_one_group(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0)
+    writer = Writer(tmp_path / "s.sqlite3", store_config(commit_interval=0))
     async with running(writer):
         one_call = await writer.append(
             "acme", [ev("x"), ev("x"), ev("x", quantity=2), ev("y"), ev("x", quantity=2)]
@@ -77,9 +84,9 @@ async def test_dedupe_within_one_call_and_within_one_group(tmp_path: Path) -> No
 
 async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path)) as writer:
+    async with running(Writer(path, store_config())) as writer:
         assert (await writer.append("acme", [ev("r1"), ev("r2")])).accepted == [0, 1]
-    async with running(Writer(path)) as writer:
+    async with running(Writer(path, store_config())) as writer:
         result = await writer.append("acme", [ev("r1"), ev("r2", quantity=5), ev("r3")])
         assert result == AppendResult(2, [2], [0], [1])
 
@@ -92,7 +99,7 @@ async def test_dedupe_is_exact_when_every_key_collides(
     monkeypatch.setattr(schema, "account_bucket", lambda account: 0)
     monkeypatch.setattr(schema, "dedupe_row_keys", dedupe_row_keys_by_method)
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         first = await writer.append("acme", [ev("k1"), ev("k2"), ev("k2"), ev("k3", quantity=3)])
         assert first == AppendResult(1, [0, 1, 3], [2], [])
         other = await writer.append("globex", [ev("k1", "globex", quantity=8)])
@@ -105,7 +112,7 @@ async def test_dedupe_is_exact_when_every_key_collides(
         assert grouped[1].result() == AppendResult(4, [1], [0], [2])
     assert rows(path, "SELECT key FROM dedupe") == [(12345,)]
     assert rows(path, "SELECT count(*) FROM dedupe_overflow") == [(5,)]  # all but acme k1
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         again = await writer.append(
             "acme",
             [ev("k1"), ev("k2", quantity=2), ev("k3", quantity=3), ev("k5"), ev("k6")],
@@ -138,7 +145,7 @@ async def _verdicts_and_rows(
     path: Path, batches: list[list[tuple[str, list[Event]]]], one_operation: bool
 ) -> tuple[list[AppendResult], list[tuple[Any, ...]]]:
     collected: list[Collector] = []
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         for index, groups in enumerate(batches):
             if one_operation:
                 whole = Collector()
@@ -214,7 +221,7 @@ async def test_the_writers_account_shortcuts_stay_bounded(
     monkeypatch.setattr(store_group, "ACCOUNT_CACHE", 2)
     monkeypatch.setattr(store_writer, "ACCOUNT_CACHE", 2)
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         for attempt in range(3):
             for n in range(5):
                 account = f"acct{n}"
@@ -228,7 +235,7 @@ async def test_the_writers_account_shortcuts_stay_bounded(
 
 
 async def test_a_batch_operation_checks_its_groups(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3")
+    writer = Writer(tmp_path / "s.sqlite3", store_config())
     with pytest.raises(ValueError, match="of account 'globex', submitted for account 'acme'"):
         writer.submit_batch([("acme", [ev("a"), ev("b", "globex")])], Collector())
     with pytest.raises(ValueError, match="account 'acme' has two groups"):
@@ -271,7 +278,7 @@ def test_a_batch_operation_checks_its_groups_like_the_reference(
     """``submit_batch``'s whole-batch check refuses exactly what the group-by-group check
     refuses, with its message, and queues nothing then; otherwise it queues the groups as
     given."""
-    writer = Writer("never-opened.sqlite3")
+    writer = Writer("never-opened.sqlite3", store_config())
     want = _group_error(groups)
     if want is None:
         writer.submit_batch(groups, Collector())
@@ -300,7 +307,7 @@ def test_dedupe_row_keys_are_63_bits_and_grouped_by_account() -> None:
 
 
 async def test_submit_refuses_events_of_another_account(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3")
+    writer = Writer(tmp_path / "s.sqlite3", store_config())
     with pytest.raises(ValueError, match="of account 'globex', submitted for account 'acme'"):
         writer.submit("acme", [ev("a"), ev("b", "globex")], Collector())
     assert writer.pending == 0

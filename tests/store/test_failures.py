@@ -22,7 +22,7 @@ from meterd.store import (
 )
 from meterd.store import _housekeeping as housekeeping
 from meterd.store import _writer as store_writer
-from tests.store.helpers import Collector, ev, faulty_writer, running, until
+from tests.store.helpers import Collector, ev, faulty_writer, running, store_config, until
 
 # -- failures -----------------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ async def stored_then_capped(path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     """A store holding one batch and one checkpoint of ``acme``, which writers opened from
     now on find capped at the pages it has (the real thing: the next write that needs a new
     page finds the database full)."""
-    async with running(Writer(path)) as writer:
+    async with running(Writer(path, store_config())) as writer:
         await writer.append("acme", [ev("before")])
         await writer.checkpoint("acme", [("api", 0, "", b"old")], 1)
     monkeypatch.setattr(store_writer, "open_database", capped_database)
@@ -51,7 +51,7 @@ async def test_a_full_disk_fails_the_whole_group_writes_nothing_and_the_writer_g
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = await stored_then_capped(tmp_path / "s.sqlite3", monkeypatch)
-    writer = Writer(path)
+    writer = Writer(path, store_config())
     big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
     appends = Collector()
     writer.submit("acme", big, appends)
@@ -141,7 +141,7 @@ async def test_a_failing_writer_probes_while_idle_and_recovers_by_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "s.sqlite3"
-    writer, faults = faulty_writer(path, probe_interval=0.01)
+    writer, faults = faulty_writer(path, store_config(), probe_interval=0.01)
 
     def broken() -> None:
         raise sqlite3.OperationalError("disk I/O error")
@@ -182,7 +182,7 @@ async def test_after_a_full_disk_probes_wait_for_free_space(
     path = await stored_then_capped(tmp_path / "s.sqlite3", monkeypatch)
     space = FreeSpace()
     monkeypatch.setattr(housekeeping, "_free_bytes", space)
-    writer = Writer(path, probe_interval=0.01)
+    writer = Writer(path, store_config(), probe_interval=0.01)
     async with running(writer):
         big = [ev(f"big{i}", properties=(("blob", "x" * 250),)) for i in range(100)]
         with pytest.raises(CommitFailed, match="database or disk is full"):
@@ -202,7 +202,7 @@ async def test_after_a_full_disk_probes_wait_for_free_space(
 
 
 async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> None:
-    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+    async with running(Writer(tmp_path / "s.sqlite3", store_config())) as writer:
         good, bad = Collector(), Collector()
         writer.submit("acme", [ev("ok")], good)
         writer.submit("acme", [ev("f", quantity=1.5)], bad)  # type: ignore[arg-type]
@@ -218,7 +218,7 @@ async def test_an_unstorable_event_fails_only_its_own_append(tmp_path: Path) -> 
 async def test_an_unstorable_event_fails_only_its_own_batch_operation(tmp_path: Path) -> None:
     """A producer batch is encoded when it is submitted (before its group transaction):
     one that cannot be stored fails alone, in order, and the batches around it commit."""
-    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+    async with running(Writer(tmp_path / "s.sqlite3", store_config())) as writer:
         before, bad, after = Collector(), Collector(), Collector()
         writer.submit_batch([("acme", [ev("b1")])], before)
         writer.submit_batch(

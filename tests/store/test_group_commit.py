@@ -21,7 +21,7 @@ from meterd.store import (
     open_database,
 )
 from meterd.store.journal_index import catch_up
-from tests.store.helpers import Collector, ev, faulty_writer, rows, running
+from tests.store.helpers import Collector, ev, faulty_writer, rows, running, store_config
 
 # -- group commit, backpressure, lifecycle -------------------------------------------------
 
@@ -29,7 +29,7 @@ from tests.store.helpers import Collector, ev, faulty_writer, rows, running
 async def test_submits_queued_before_the_writer_runs_commit_in_one_transaction(
     tmp_path: Path,
 ) -> None:
-    writer = Writer(tmp_path / "s.sqlite3")
+    writer = Writer(tmp_path / "s.sqlite3", store_config())
     done = Collector()
     for i in range(100):
         writer.submit(f"acct-{i % 7}", [ev(f"e{i}", f"acct-{i % 7}")], done)
@@ -51,7 +51,7 @@ async def test_submits_queued_before_the_writer_runs_commit_in_one_transaction(
 async def test_commit_interval_paces_groups_under_load_only(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    writer, faults = faulty_writer(tmp_path / "s.sqlite3", commit_interval=10.0)
+    writer, faults = faulty_writer(tmp_path / "s.sqlite3", store_config(commit_interval=10.0))
     async with running(writer):
         t0 = trio.current_time()
         await writer.append("acme", [ev("p1")])  # idle: committed at once
@@ -82,7 +82,7 @@ async def test_commit_interval_paces_groups_under_load_only(
 
 
 async def test_backpressure_bounds_the_async_operations(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3", max_pending=3)
+    writer = Writer(tmp_path / "s.sqlite3", store_config(), max_pending=3)
     done = Collector()
     for i in range(5):  # submit may exceed the bound
         writer.submit("acme", [ev(f"s{i}")], done)
@@ -106,7 +106,7 @@ async def test_backpressure_bounds_the_async_operations(tmp_path: Path) -> None:
 
 
 async def test_store_bundles_a_supervised_writer_and_a_reader(tmp_path: Path) -> None:
-    store = Store.at(tmp_path / "new" / "s.sqlite3", commit_interval=0)
+    store = Store.at(tmp_path / "new" / "s.sqlite3", store_config(commit_interval=0))
     sup = sv.Supervisor([store.writer_spec()], name="store")
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
@@ -118,7 +118,7 @@ async def test_store_bundles_a_supervised_writer_and_a_reader(tmp_path: Path) ->
 
 
 async def test_stopping_commits_what_is_queued(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3")
+    writer = Writer(tmp_path / "s.sqlite3", store_config())
     done = Collector()
     sup = sv.Supervisor([sv.task_spec("store-writer", writer.run)], name="store")
     async with trio.open_nursery() as nursery:
@@ -141,7 +141,7 @@ async def test_a_raising_on_done_does_not_stop_the_writer(tmp_path: Path) -> Non
     def explode(outcome: AppendResult | BaseException) -> None:
         raise RuntimeError("callback bug")
 
-    async with running(Writer(tmp_path / "s.sqlite3")) as writer:
+    async with running(Writer(tmp_path / "s.sqlite3", store_config())) as writer:
         with structlog.testing.capture_logs() as logs:
             writer.submit("acme", [ev("cb")], explode)
             await writer.barrier()
@@ -151,6 +151,7 @@ async def test_a_raising_on_done_does_not_stop_the_writer(tmp_path: Path) -> Non
 
 _KILL_SCRIPT = """
 import sys, trio
+from meterd.config import Duration, StoreConfig
 from meterd.logs import configure
 from meterd.model import Event
 from meterd.store import Writer
@@ -158,7 +159,7 @@ from meterd.store import Writer
 configure(json=True)  # logs to stderr; stdout carries only the acks
 
 async def main():
-    writer = Writer(sys.argv[1], commit_interval=0)
+    writer = Writer(sys.argv[1], StoreConfig(commit_interval=Duration(0)))
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for n in range(1_000_000):

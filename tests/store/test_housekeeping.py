@@ -12,7 +12,7 @@ import trio.testing
 
 from meterd.store import IndexPass, Probe, SweepSlice, Writer
 from meterd.store._group import TABLES
-from tests.store.helpers import ev, faulty_writer, rows, running, until
+from tests.store.helpers import ev, faulty_writer, rows, running, store_config, until
 
 
 class Clock:
@@ -24,7 +24,7 @@ class Clock:
 
 async def test_a_queued_index_pass_writes_the_tail_ahead_of_its_turn(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    writer = Writer(path, commit_interval=0, clock=Clock(), index_cycle=3600.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=3600.0), clock=Clock())
     async with running(writer):
         for n in range(3):
             await writer.append(f"acct{n}", [ev(f"e{n}", f"acct{n}")])
@@ -40,7 +40,7 @@ async def test_a_queued_index_pass_writes_the_tail_ahead_of_its_turn(tmp_path: P
 
 async def test_a_queued_probe_writes_one_row_and_changes_no_data(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         await writer.append("acme", [ev("a")])
         watcher = sqlite3.connect(path, isolation_level=None)
         try:
@@ -60,7 +60,7 @@ async def test_the_housekeeper_probes_every_interval_of_idle_time(
 ) -> None:
     """While commits fail, one probe per ``probe_interval`` of idleness (Trio's clock), and
     an operation restarts the wait."""
-    writer, faults = faulty_writer(tmp_path / "s.sqlite3", probe_interval=10.0)
+    writer, faults = faulty_writer(tmp_path / "s.sqlite3", store_config(), probe_interval=10.0)
 
     def broken() -> None:
         raise sqlite3.OperationalError("disk I/O error")
@@ -90,7 +90,7 @@ async def test_the_housekeeper_probes_every_interval_of_idle_time(
 async def test_a_sweep_slice_is_an_operation_too(tmp_path: Path) -> None:
     """A SweepSlice group with no sweep due writes nothing of its own (and fails nothing)."""
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         await writer.perform(SweepSlice())
         assert (writer.stats.commits, writer.stats.idle_passes) == (0, 1)
         assert writer.failing is None
@@ -99,7 +99,7 @@ async def test_a_sweep_slice_is_an_operation_too(tmp_path: Path) -> None:
 async def test_a_checkpoint_writes_its_other_rows_in_its_transaction(tmp_path: Path) -> None:
     """The shape a checkpoint extends by: rows per table (``TABLES``), in its transaction."""
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         await writer.append("acme", [ev("a")])
         quarantined = (("acme", 1, "a", "poison", 5),)
         await writer.checkpoint("acme", [("api", 0, "", b"s")], 1, rows={"quarantine": quarantined})
@@ -113,7 +113,7 @@ async def test_a_checkpoint_writes_its_other_rows_in_its_transaction(tmp_path: P
 
 
 def test_the_writer_has_no_modes_and_no_test_hooks(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "s.sqlite3")
+    writer = Writer(tmp_path / "s.sqlite3", store_config())
     for name in ("_probe", "_idle_pass", "_disk_full", "_before_commit", "on_idle_pass"):
         assert not hasattr(writer, name), name
     assert not hasattr(writer, "on_probe")

@@ -23,7 +23,7 @@ from meterd.store import (
     schema,
 )
 from meterd.store.schema import SLICES
-from tests.store.helpers import FIXTURES, ev, rows, running
+from tests.store.helpers import FIXTURES, ev, rows, running, store_config
 
 # -- schema and migrations --------------------------------------------------------------
 
@@ -96,7 +96,7 @@ async def test_a_v1_store_migrates_to_the_latest_version_and_keeps_its_data(
         (SLICES, 3, 3)
     ]
 
-    writer = Writer(path, commit_interval=0)
+    writer = Writer(path, store_config(commit_interval=0))
     async with running(writer), await open_reader(path) as reader:
         loaded = await reader.load_account("acme")
         assert loaded.watermark == 1
@@ -158,7 +158,7 @@ async def test_a_newer_store_is_refused_with_a_clear_message(tmp_path: Path) -> 
     with pytest.raises(StoreVersionError, match=f"schema version {newer}"):
         await open_reader(path)
     with pytest.raises(StoreVersionError, match="upgrade meterd"):
-        await Writer(path).run()
+        await Writer(path, store_config()).run()
     assert rows(path, "PRAGMA user_version") == [(newer,)]
 
 

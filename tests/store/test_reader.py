@@ -15,14 +15,14 @@ from meterd.store import (
     Writer,
     open_reader,
 )
-from tests.store.helpers import Collector, ev, faulty_writer, running
+from tests.store.helpers import Collector, ev, faulty_writer, running, store_config
 
 # -- reader -------------------------------------------------------------------------------
 
 
 async def test_the_reader_sees_committed_data_while_the_writer_is_busy(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    writer, faults = faulty_writer(path)
+    writer, faults = faulty_writer(path, store_config())
     reached, release = threading.Event(), threading.Event()
     async with running(writer), await open_reader(path) as reader:
         await writer.append("acme", [ev("committed")])
@@ -54,7 +54,7 @@ async def test_the_reader_sees_committed_data_while_the_writer_is_busy(tmp_path:
 async def test_events_pages_are_stable_while_new_batches_arrive(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     appended: list[Event] = []
-    async with running(Writer(path)) as writer, await open_reader(path) as reader:
+    async with running(Writer(path, store_config())) as writer, await open_reader(path) as reader:
 
         async def add(round_: int, size: int) -> None:
             events = [
