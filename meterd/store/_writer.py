@@ -154,10 +154,6 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _ignore(outcome: object) -> None:
-    """The reply of a housekeeping operation nobody waits for."""
-
-
 class Writer:
     """The store writer for the database at ``path``. See the module doc.
 
@@ -583,21 +579,6 @@ class Writer:
         """
         self._enqueue(self._batch_append(groups, producer, seq, rejected), on_done)
 
-    async def append_batch(
-        self,
-        groups: Sequence[tuple[str, Sequence[Event]]],
-        *,
-        producer: str | None = None,
-        seq: int | None = None,
-        rejected: Sequence[RejectedEvent] = (),
-    ) -> list[AppendResult]:
-        """:meth:`submit_batch`, awaited: its verdicts once committed (never waits for
-        room: a producer batch is bounded by ingest's budget). Raises what failed it."""
-        op = self._batch_append(groups, producer, seq, rejected)
-        result = await self._call(op)
-        assert isinstance(result, list)
-        return result
-
     def _batch_append(
         self,
         groups: Sequence[tuple[str, Sequence[Event]]],
@@ -704,10 +685,6 @@ class Writer:
         """Queue a housekeeping operation and return once its group is done (committed or
         not: :attr:`failing` says). The housekeeper's way, and the tests'."""
         await self._call(op)
-
-    def queue(self, op: Housekeeping) -> None:
-        """Queue a housekeeping operation without waiting for it."""
-        self._enqueue(op, _ignore)
 
 
 _HOUSEKEEPING: Final = (Probe, IndexPass, SweepSlice)
