@@ -151,7 +151,7 @@ def dedupe_row_key(bucket: int, event: Event) -> int:
 def dedupe_row_keys(buckets: Mapping[str, int], events: Iterable[Event]) -> list[int]:
     """``dedupe_row_key(buckets[event.account], event)`` of each event, computed inline
     (the writer's hot path: no method call per event). The derivation must stay
-    ``Event.dedupe_key()``'s (tests/test_store.py checks they agree)."""
+    ``Event.dedupe_key()``'s (tests/store/test_codec.py checks they agree)."""
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
     mask = _EVENT_KEY_MASK
