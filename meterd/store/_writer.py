@@ -429,7 +429,6 @@ class Writer:
             self._failed(written, queued, len(clients), probe)
             self._changed()
             return bool(self._queue)
-        stats = self.stats
         outcomes = [None] * len(group) if written is None else written.outcomes
         for (op, reply), outcome in zip(queued, outcomes, strict=True):
             if isinstance(outcome, AppendResult):
