@@ -169,6 +169,23 @@ class Events(Closed):
     next_cursor: str | None
 
 
+class AccountEntry(Closed):
+    account: str
+    awake: Annotated[bool, Meta(description="Its meter actor is running (else hibernated).")]
+    updated_at: Annotated[
+        Time, Meta(description="When the store last wrote its row: first seen or last checkpoint.")
+    ]
+
+
+class AccountList(Closed):
+    """One page of accounts, by id."""
+
+    accounts: list[AccountEntry]
+    next_after: Annotated[
+        str | None, Meta(description="after for the next page; null when nothing more matched.")
+    ]
+
+
 class QuarantinedEvent(Closed):
     account: str
     batch_id: int

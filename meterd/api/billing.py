@@ -248,7 +248,7 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
         billing.adjust(
             path.account,
             body.meter,
-            body.start,
+            body.start_ms,
             body.window,
             body.dimensions,
             body.kind,

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from meterd.billing import AdjustmentKind, Period
+from meterd.isotime import ISO_PATTERN, parse_iso
 from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
@@ -200,6 +201,38 @@ class EventsQuery(Model):
         _span(self.from_, self.to)
 
 
+MAX_SEARCH: Final = 200
+
+
+class AccountsQuery(Model):
+    search: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=MAX_SEARCH,
+                description="Only accounts whose id contains this text (ASCII letters match"
+                " either case).",
+            ),
+        ]
+        | None
+    ) = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Accounts per page.")] = (
+        DEFAULT_PAGE
+    )
+    after: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=1000,
+                description="List the accounts after this id: next_after of the previous page.",
+            ),
+        ]
+        | None
+    ) = None
+
+
 class QuarantineQuery(Model):
     account: Annotated[Text, Meta(description="Only this account's.")] | None = None
 
@@ -265,10 +298,17 @@ class VoidBody(Model):
     ) = UNSET
 
 
+_START_WHY: Final = (
+    "must be Unix ms or an ISO-8601 date or time (2026-11-20, 2026-11-20T13:00:00Z) in a"
+    f" billable month, 1970-01 to 9998-12 (0 to {LAST_BILLABLE_MS} ms), not {{value}}"
+)
+
+
 class AdjustmentBody(Model, kw_only=True):
     """A credit or debit of a quantity on a window of a summed meter."""
 
     rules = (
+        "start as ISO-8601 must be a real date and time",
         "meter must be a sum or count meter",
         "start must be aligned to the window",
         "dimensions must be dimensions of the meter",
@@ -277,15 +317,18 @@ class AdjustmentBody(Model, kw_only=True):
 
     meter: Text
     start: Annotated[
-        int,
+        Annotated[int, Meta(ge=0, le=LAST_BILLABLE_MS)]
+        | Annotated[
+            str,
+            Meta(
+                pattern=ISO_PATTERN,
+                description="ISO-8601, e.g. 2026-11-20 or 2026-11-20T13:00:00Z (no zone: UTC).",
+            ),
+        ],
         Meta(
-            ge=0,
-            le=LAST_BILLABLE_MS,
-            description="Unix ms, aligned to window, in a billable month (1970-01 to 9998-12).",
-            extra={
-                "why": "must fall in a billable month, 1970-01 to 9998-12"
-                f" (0 to {LAST_BILLABLE_MS} ms), not {{value}}"
-            },
+            description="The window's start: Unix ms, or an ISO-8601 date or time (no zone:"
+            " UTC); aligned to window, in a billable month (1970-01 to 9998-12).",
+            extra={"why": _START_WHY},
         ),
     ]
     window: Window = Window.DAY
@@ -301,6 +344,22 @@ class AdjustmentBody(Model, kw_only=True):
     ]
     by: AuditText
     reason: AuditText
+
+    def __post_init__(self) -> None:
+        if isinstance(self.start, str):  # ISO-8601: the pattern held, the calendar may not
+            try:
+                ms = parse_iso(self.start)
+            except ValueError as error:
+                raise bad_parameter("start", str(error)) from None
+            if not 0 <= ms <= LAST_BILLABLE_MS:
+                raise bad_parameter("start", _START_WHY.format(value=repr(self.start)))
+            self.start = ms
+
+    @property
+    def start_ms(self) -> int:
+        """``start`` in Unix ms (an ISO-8601 ``start`` was converted when read)."""
+        assert isinstance(self.start, int)
+        return self.start
 
 
 class GraphQLRequest(Struct):

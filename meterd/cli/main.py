@@ -27,6 +27,10 @@ class _LazyGroup(click.Group):
         "kill": "meterd.cli.actors:kill",
         "quarantine": "meterd.cli.quarantine:quarantine",
         "explain": "meterd.cli.explain:explain",
+        "accounts": "meterd.cli.support:accounts",
+        "adjust": "meterd.cli.support:adjust",
+        "void": "meterd.cli.support:void",
+        "close": "meterd.cli.support:close",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
