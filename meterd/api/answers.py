@@ -186,6 +186,32 @@ class AccountList(Closed):
     ]
 
 
+class MeterUsage(Closed):
+    meter: str
+    aggregation: str
+    unit: Annotated[str, Meta(description="The meter's unit (config), else its name.")]
+    rows: list[UsageRow]
+    total: Annotated[
+        Decimal | None,
+        Meta(
+            description="The whole range merged by the meter's aggregation (a sum, a max, the"
+            " distinct count of the range, ...); null without usage."
+        ),
+    ]
+
+
+class UsageSummary(Closed):
+    """Every meter's usage of one account per window, each with its total."""
+
+    account: str
+    window: Literal["minute", "hour", "day", "month"]
+    from_: Annotated[Time, Meta(description="Aligned down to the window.")] = msgspec.field(
+        name="from"
+    )
+    to: Annotated[Time, Meta(description="The end of the window holding to - 1 (or from).")]
+    meters: list[MeterUsage]
+
+
 class QuarantinedEvent(Closed):
     account: str
     batch_id: int

@@ -14,7 +14,7 @@ schema-valid requests).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -231,6 +231,27 @@ class AccountsQuery(Model):
         ]
         | None
     ) = None
+
+
+class SummaryQuery(Model, kw_only=True):
+    rules = (_FROM_NOT_AFTER_TO,)
+
+    meter: Annotated[Text, Meta(description="Only this meter (default: every meter).")] | None = (
+        None
+    )
+    from_: Annotated[Millis, Meta(description="Inclusive, Unix ms (aligned down).")] = (
+        msgspec.field(name="from")
+    )
+    to: Annotated[
+        Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")
+    ]
+    window: Annotated[
+        Literal["minute", "hour", "day", "month"],
+        Meta(description="Granularity; month is the calendar month, UTC."),
+    ] = "day"
+
+    def __post_init__(self) -> None:
+        _span(self.from_, self.to)
 
 
 class QuarantineQuery(Model):
