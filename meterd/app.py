@@ -33,6 +33,7 @@ from meterd import __version__, memory
 from meterd.accounts.service import Accounts
 from meterd.api import ApiServer, Daemon, Metrics
 from meterd.billing import Billing, BillingDB, PriceBook
+from meterd.billing._metrics import BillingCollector
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
@@ -93,6 +94,7 @@ def build(config: Config) -> Services:
     )
     daemon.root = root
     metrics.watch(root, accounts, store, ingest)
+    metrics.registry.register(BillingCollector(billing))  # restatements by cause
     return Services(root, store, accounts, ingest, api, billing)
 
 

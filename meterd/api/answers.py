@@ -406,6 +406,19 @@ class AuditEntry(Closed):
     )
 
 
+class CapDetail(Closed):
+    """A line's cap as arithmetic: daily x days (a daily_cap) or a monthly cap."""
+
+    cap: Decimal
+    daily: Decimal | None
+    days: int
+    capped: bool
+    used_before: Annotated[
+        Decimal | None,
+        Meta(description="When capped: what earlier segments of the line used of the cap."),
+    ]
+
+
 class Explanation(Closed):
     """A figure down to its windows and (paged) events."""
 
@@ -430,6 +443,18 @@ class Explanation(Closed):
     ]
     audit_next_cursor: str | None
     notes: list[str]
+    unit: Annotated[str, Meta(description="The meter's unit (config), else its name.")]
+    aggregation: str
+    cap: Annotated[
+        CapDetail | None, Meta(description="The line's cap, when its price rule has one.")
+    ]
+    decided_by: Annotated[
+        ExplainedEvent | None,
+        Meta(
+            description="For a max, min or latest meter: the counted event that set the"
+            " figure (the earliest at the peak; the latest by time, then id)."
+        ),
+    ]
 
 
 class GraphQLResponse(Open):

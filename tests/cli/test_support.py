@@ -179,6 +179,9 @@ def test_close_then_void_and_adjust_restate_the_month(op: Operator) -> None:
     )  # fmt: skip
     assert adjusted.exit_code == 0, adjusted.output
     assert f"restatement #2 of {month}" in adjusted.stdout
+    with api(op.daemon) as client:
+        metrics = client.get("/metrics").text
+    assert 'meterd_billing_restatements_total{cause="correction"} 2.0' in metrics
     unknown = op.run("void", "closing", "nope", "--by", "b", "--reason", "r", "--yes")
     assert unknown.exit_code == 1
     assert "account 'closing' has no event 'nope'" in unknown.stderr

@@ -63,7 +63,7 @@ def test_every_meter_with_its_total_merged_by_its_aggregation(op: Operator) -> N
     assert meters["router.requests"] == {
         "meter": "router.requests",
         "aggregation": "count",
-        "unit": "router.requests",
+        "unit": "requests",
         "rows": [],
         "total": None,
     }
