@@ -260,6 +260,12 @@ def send(
     """Send the usage events of a JSON Lines FILE (- for standard input) and report what the
     daemon accepted, found duplicate and rejected.
 
+    One event per line, for example (time in Unix milliseconds; docs/protocol.md):
+
+    \b
+    {"id": "run-42", "account": "acme", "meter": "dyno.seconds", "quantity": 3600,
+     "time": 1795000000000, "properties": {"size": "standard-1x", "app": "web"}}
+
     Exit status 0: all accepted or duplicates; 1: some rejected; 2: bad input, no
     connection, or a refused token.
     """
