@@ -455,6 +455,7 @@ class Explanation(Closed):
             " figure (the earliest at the peak; the latest by time, then id)."
         ),
     ]
+    currency: Annotated[str, Meta(description="The ISO 4217 code of the line's amount.")]
 
 
 class GraphQLResponse(Open):

@@ -14,6 +14,7 @@ schema-valid requests).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
@@ -309,14 +310,43 @@ class CloseBody(Model):
     by: AuditText
 
 
+MONTH_OR_DATE_PATTERN: Final = f"({PERIOD_PATTERN})|({ISO_PATTERN})"
+"""A month (``2026-11``) or an ISO-8601 date or time in it (``2026-11-20``)."""
+
+
 class VoidBody(Model):
     """Who voids the event and why."""
 
+    rules = ("period as an ISO-8601 date must be a real date in 1970-01 to 9998-12",)
+
     by: AuditText
     reason: AuditText
-    period: Annotated[Month, Meta(description="Search the event in this month only.")] | (
-        UnsetType
+    period: (
+        Annotated[
+            str,
+            Meta(
+                pattern=MONTH_OR_DATE_PATTERN,
+                description="Search the event in this month only: 2026-11, or a date or time"
+                " in it (2026-11-20, ISO-8601; no zone: UTC).",
+                extra={
+                    "why": "is not a month written YYYY-MM (months 01-12, years 1970 to 9998)"
+                    " nor an ISO-8601 date like 2026-11-20"
+                },
+            ),
+        ]
+        | UnsetType
     ) = UNSET
+
+    def month(self) -> Period | None:
+        """The month to search (None: every month); a 400 naming ``period`` if there is none."""
+        if isinstance(self.period, UnsetType):
+            return None
+        if re.fullmatch(PERIOD_PATTERN, self.period):
+            return month("period", self.period)
+        try:
+            return Period.containing(parse_iso(self.period))
+        except ValueError as error:
+            raise bad_parameter("period", f"is not a month nor a date in one: {error}") from None
 
 
 _START_WHY: Final = (

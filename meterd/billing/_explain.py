@@ -122,6 +122,7 @@ class Explanation:
     aggregation: str = ""
     cap: CapDetail | None = None  # a line's cap, when its rule has one
     decided_by: ExplainedEvent | None = None  # max/min/latest: the event that set the figure
+    currency: str = ""  # of a line's amount
 
     def to_json(self, lazy: bool = False) -> dict[str, Any]:
         """``lazy``: the events and audit entries as :class:`Slices` (:func:`encode_json`)."""
@@ -145,6 +146,7 @@ class Explanation:
             "aggregation": self.aggregation,
             "cap": None if self.cap is None else self.cap.to_json(),
             "decided_by": None if self.decided_by is None else self.decided_by.to_json(),
+            "currency": self.currency,
         }
 
 

@@ -109,6 +109,7 @@ def render_explanation(doc: Mapping[str, Any], *, currency: str = "") -> str:
     order, the corrections that touched it, the duplicates and rejected events in it, and
     the notes; says how to get the next page."""
     out: list[str] = []
+    currency = currency or str(doc.get("currency") or "")
     line = doc.get("line")
     span = f"{format_ms(doc['start'])} to {format_ms(doc['end'])} (UTC, end excluded)"
     unit = doc.get("unit") or doc["meter"]

@@ -669,6 +669,7 @@ class Billing:
             aggregation=meter.aggregation.value,
             cap=None if line is None else self._cap(meter, line),
             decided_by=decided_by,
+            currency=self.currency,
         )
 
     def _cap(self, meter: Meter, line: InvoiceLine) -> CapDetail | None:

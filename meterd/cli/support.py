@@ -286,12 +286,33 @@ def _find_event(api: Api, account: str, event_id: str, period: str | None) -> di
         params = {**params, "cursor": page["next_cursor"]}
 
 
+def _month_of(text: str) -> str:
+    """``2026-11`` for ``2026-11`` or a time in that month (epoch ms or ISO-8601)."""
+    from meterd.billing import Period
+    from meterd.isotime import parse_time
+
+    try:
+        return str(Period.parse(text))
+    except ValueError:
+        pass
+    try:
+        return str(Period.containing(parse_time(text)))
+    except ValueError as error:
+        raise click.BadParameter(
+            f"{text!r} is not a month (2026-11) nor a time in one ({error})",
+            param_hint="'--period'",
+        ) from None
+
+
 @click.command("void")
 @click.argument("account")
 @click.argument("event_id")
 @click.option("--by", required=True, help="Who records it (kept in the audit).")
 @click.option("--reason", required=True, help="Why (kept in the audit).")
-@click.option("--period", help="The month the event's time falls in (2026-11): a faster search.")
+@click.option(
+    "--period",
+    help="The month the event's time falls in (2026-11, or a date in it): a faster search.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
 @api_options
@@ -308,12 +329,7 @@ def void(
     """Take EVENT_ID out of ACCOUNT's billed usage (it stays in the journal; append-only; a
     closed month is restated at once). Shows the event and asks first."""
     if period is not None:
-        from meterd.billing import Period
-
-        try:
-            Period.parse(period)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="'--period'") from None
+        period = _month_of(period)
     with connect("void", target) as api:
         try:
             event = _find_event(api, account, event_id, period)

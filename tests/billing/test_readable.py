@@ -108,7 +108,9 @@ async def test_a_max_line_names_the_event_that_set_the_peak(tmp_path: Path) -> N
         explained = (await b.explain("acme", NOV, 1)).to_json()
         assert explained["decided_by"]["id"] == "p-peak"  # the first at the peak
         assert explained["cap"] is None
-        text = render_explanation(explained, currency="USD")
+        assert explained["currency"] == "USD"
+        text = render_explanation(explained)  # the currency comes with the explanation
+        assert "  900 x 0.001 per unit = 0.90 USD, priced by storage, peak" in text
         assert "  the peak was set by event p-peak: 900 bytes at 2026-11-03 00:00:00.000" in text
         assert "priced by storage, peak" in text
 

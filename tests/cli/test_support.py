@@ -182,6 +182,19 @@ def test_close_then_void_and_adjust_restate_the_month(op: Operator) -> None:
     with api(op.daemon) as client:
         metrics = client.get("/metrics").text
     assert 'meterd_billing_restatements_total{cause="correction"} 2.0' in metrics
+    with api(op.daemon) as client:  # the body's period may be a date in the month
+        by_date = client.post(
+            "/v1/accounts/closing/events/late-1/void",
+            json={"by": "bob", "reason": "twice", "period": format_time(LAST_MONTH_DAY)[:10]},
+        )
+        bad = client.post(
+            "/v1/accounts/closing/events/late-1/void",
+            json={"by": "bob", "reason": "twice", "period": "2026-02-30"},
+        )
+    assert by_date.status_code == 201, by_date.text
+    assert by_date.json()["restatement"]["causes"][0].startswith("void #2 of event 'late-1'")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["parameter"] == "period"
     unknown = op.run("void", "closing", "nope", "--by", "b", "--reason", "r", "--yes")
     assert unknown.exit_code == 1
     assert "account 'closing' has no event 'nope'" in unknown.stderr
