@@ -15,7 +15,7 @@ and what from OTP is left out.
 
 This package never imports the application built on it, and its modules form no
 import cycle; they reach each other's private names only through the protocols in
-``_protocols`` (``tests/test_supervisors_layout.py`` checks both).
+``_protocols`` (``tests/supervisors/test_layout.py`` checks both).
 """
 
 from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor

@@ -3,7 +3,7 @@
 These generate the answer schemas of ``/openapi.json``. Routes of :mod:`.routes` build
 them and :func:`json_answer` encodes them; billing's documents are made by
 :mod:`meterd.billing` as JSON values (built and encoded off the Trio thread), held to these
-models by the schemathesis test and by ``tests/test_api_billing.py``.
+models by the schemathesis test and by ``tests/api/test_billing_api.py``.
 
 ``Closed`` answers have exactly their fields (``additionalProperties: false``); ``Open``
 ones (the tree, health, GraphQL) may grow fields.

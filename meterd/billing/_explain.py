@@ -29,7 +29,7 @@ from meterd.model import Event, Quantity
 from ._corrections import Adjustment, Void
 from ._rating import InvoiceLine, _listed, text
 
-if TYPE_CHECKING:  # the store loads Trio: loading the config must not (tests/test_billing.py)
+if TYPE_CHECKING:  # the store loads Trio; the config must not (tests/billing/test_billing.py)
     from meterd.store import AuditEntry
 
 __all__ = [
