@@ -23,7 +23,7 @@ from meterd.billing import (
 from meterd.billing._metrics import BillingCollector
 from meterd.billing._render import render_summary
 from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter
-from tests.test_accounts import running
+from tests.accounts.test_accounts import running
 
 NOV = Period(2026, 11)
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",), unit="dyno-seconds")

@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 from meterd.billing import Period
 from meterd.cli.main import main
 from meterd.isotime import format_time
+from tests.cli.test_send import T0, meterd_send, write
 from tests.procs.daemon import DaemonProcess
-from tests.test_send import T0, meterd_send, write
 
 
 def this_month_start() -> int:

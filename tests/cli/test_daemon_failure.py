@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.procs.daemon import ROOT
-from tests.test_kill9 import write_config
+from tests.system.test_kill9 import write_config
 
 FAULTY_API = """
 import errno, sys, trio

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs.daemon import ROOT
-from tests.test_kill9 import free_ports
+from tests.system.test_kill9 import free_ports
 
 PAGE = ROOT / "docs" / "getting-started.md"
 MARK = "### meterd-doc-step "

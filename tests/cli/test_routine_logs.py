@@ -9,7 +9,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from meterd.model import Event
-from tests.test_accounts import dyno, hourly, running
+from tests.accounts.test_accounts import dyno, hourly, running
 
 
 async def test_new_accounts_recover_at_debug_a_crashed_one_at_info(tmp_path: Path) -> None:

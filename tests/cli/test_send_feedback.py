@@ -12,7 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.test_send import line, send_command, write
+from tests.cli.test_send import line, send_command, write
 
 
 def closed_port() -> int:
