@@ -69,7 +69,13 @@ class Leases:
 
     @classmethod
     async def open(
-        cls, connection: Connection, bucket: str, *, ttl: float, replicas: int | None
+        cls,
+        connection: Connection,
+        bucket: str,
+        *,
+        ttl: float,
+        replicas: int | None,
+        timeout: float = 10.0,
     ) -> Leases:
         if ttl <= 0:
             raise ValueError(f"lease bucket {bucket!r}: ttl must be > 0 seconds, got {ttl}")
@@ -93,7 +99,9 @@ class Leases:
             status = await kv.status()
             return kv, status.ttl
 
-        kv, existing_ttl = await connection._run(f"open lease bucket {bucket}", ensure)
+        kv, existing_ttl = await connection._retry_placement(
+            f"open lease bucket {bucket} (R{replicas})", ensure, timeout
+        )
         if existing_ttl is None or abs(existing_ttl - ttl) > 1e-3:
             raise StreamMismatch(
                 f"lease bucket {bucket!r} exists with ttl {existing_ttl} s, not {ttl} s: "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 _UNSUBSCRIBE_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE, nats.errors.BadSubscriptionError)
 _CONSUMER_GONE: tuple[type[Exception], ...] = (*UNAVAILABLE, nats.js.errors.NotFoundError)
+#: Immediate answers meaning "the stream has no leader now" (an election is under way).
+_NO_LEADER: tuple[type[Exception], ...] = (
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+#: "duplicate message id is in process": a copy of this id is being stored right now.
+_ID_IN_PROCESS = 10158
+#: "no suitable peers for placement": too few JetStream servers online for the replicas.
+_NO_PLACEMENT = 10005
 _CONNECT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE, OSError)
 _CONNECT_FAILED: tuple[type[Exception], ...] = (*_CONNECT_ERRORS, trio.TooSlowError)
 
@@ -109,12 +120,15 @@ class StreamInfo:
     messages: int
     first_seq: int
     last_seq: int
-    leader: str | None
+    leader: str | None  # the server that orders and acks publishes (None: not clustered)
+    current_followers: tuple[str, ...] = ()  # replicas caught up with the leader
 
 
 def _stream_info(info: api.StreamInfo) -> StreamInfo:
     config, state = info.config, info.state
     leader = info.cluster.leader if info.cluster is not None else None
+    peers = (info.cluster.replicas or []) if info.cluster is not None else []
+    current = tuple(sorted(p.name for p in peers if p.name and p.current and not p.offline))
     return StreamInfo(
         name=config.name or "",
         subjects=tuple(config.subjects or ()),
@@ -123,6 +137,7 @@ def _stream_info(info: api.StreamInfo) -> StreamInfo:
         first_seq=state.first_seq,
         last_seq=state.last_seq,
         leader=leader,
+        current_followers=current,
     )
 
 
@@ -153,6 +168,8 @@ class Connection:
         self._connected = trio.Event()
         self._disconnects = 0
         self._closing = False
+        #: Publishes re-sent because the stream had no leader (a leader election).
+        self.publish_retries = 0
         self._last_error: str | None = None
         self._error_text = ""
         self._error_logged_at = 0.0
@@ -270,11 +287,14 @@ class Connection:
         duplicate_window: float = 120.0,
         max_age: float | None = None,
         replicas: int | None = None,
+        timeout: float = 10.0,
     ) -> StreamInfo:
         """Create the stream, or check the existing one has these subjects and replicas.
 
         ``replicas`` defaults to 3 when the client knows ≥ 3 servers, else 1.
         Storage is file; a message id is remembered for ``duplicate_window`` seconds.
+        While the cluster cannot place it (still forming, servers down) this retries for up to
+        ``timeout`` seconds, then raises ClusterUnavailable.
         """
         if replicas is None:
             replicas = 3 if self.known_servers >= 3 else 1
@@ -297,7 +317,9 @@ class Connection:
                 return await js.add_stream(config)
             return info
 
-        info = _stream_info(await self._run(f"ensure stream {name}", ensure))
+        info = _stream_info(
+            await self._retry_placement(f"ensure stream {name} (R{replicas})", ensure, timeout)
+        )
         if set(info.subjects) != set(subjects) or info.replicas != replicas:
             raise StreamMismatch(
                 f"stream {name!r} exists with subjects {list(info.subjects)} and "
@@ -306,6 +328,29 @@ class Connection:
             )
         log.info("cluster.stream.ready", stream=name, replicas=info.replicas, subjects=subjects)
         return info
+
+    async def _retry_placement(
+        self, what: str, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float
+    ) -> T:
+        """``fn`` on the loop, retried every 0.2 s for ``timeout`` s while NATS is unavailable
+        or has too few JetStream servers online to place the replicas."""
+        deadline = trio.current_time() + timeout
+        while True:
+            try:
+                return await self._run(what, fn)
+            except nats.js.errors.BadRequestError as error:
+                if error.err_code != _NO_PLACEMENT:
+                    raise
+                failure: Exception = ClusterUnavailable(
+                    f"connection {self.name!r}: {what}: not enough JetStream servers online to "
+                    f"place its replicas ({error.description}); start the missing servers"
+                )
+                failure.__cause__ = error
+            except ClusterUnavailable as error:
+                failure = error
+            if trio.current_time() >= deadline:
+                raise failure
+            await trio.sleep(0.2)
 
     async def stream_info(self, name: str) -> StreamInfo:
         js = self._jetstream
@@ -321,20 +366,47 @@ class Connection:
         """Publish ``data`` to ``subject`` with ``Nats-Msg-Id: msg_id``; wait for the stream's ack.
 
         ``ack.duplicate`` is True when the id was already stored within the duplicate window
-        (the message is then stored once, at ``ack.seq``). Raises ClusterUnavailable when no
-        ack came within ``timeout`` (default ``publish_timeout``): re-send with the same id.
+        (the message is then stored once, at ``ack.seq``). While the stream has no leader
+        (NATS answers "no responders" or 503 at once), or an earlier copy of the id is still
+        being stored (409 "in process"), the publish is re-sent with the same id every
+        50-500 ms. Raises ClusterUnavailable when no ack came within ``timeout``
+        (default ``publish_timeout``): the message may still be stored; re-send the same id.
         """
         if not msg_id:
             raise ValueError(f"publish to {subject!r}: msg_id must not be empty")
         wait = self.publish_timeout if timeout is None else timeout
+        deadline = trio.current_time() + wait
         js = self._jetstream
         headers = {MSG_ID: msg_id}
-
-        async def publish() -> api.PubAck:
-            return await js.publish(subject, data, timeout=wait, headers=dict(headers))
+        what = f"publish to {subject} (msg id {msg_id}, {wait} s)"
+        pause = 0.05
 
         async with self._publish_slots:
-            ack = await self._run(f"publish to {subject} (msg id {msg_id})", publish)
+            while True:
+                remaining = max(deadline - trio.current_time(), 0.001)
+                publish = functools.partial(
+                    js.publish, subject, data, timeout=remaining, headers=dict(headers)
+                )
+                try:
+                    ack = await self._run(what, publish)
+                    break
+                except ClusterUnavailable as error:
+                    leaderless = isinstance(error.__cause__, _NO_LEADER)
+                    if not leaderless or trio.current_time() + pause >= deadline:
+                        raise
+                except nats.js.errors.APIError as error:
+                    # An earlier copy of this id is still being replicated: its outcome
+                    # decides this one (stored: a duplicate ack; lost: stored now).
+                    if error.err_code != _ID_IN_PROCESS:
+                        raise
+                    if trio.current_time() + pause >= deadline:
+                        raise ClusterUnavailable(
+                            f"connection {self.name!r}: {what} failed: an earlier copy of this "
+                            "id was still being stored when the timeout ran out; retry later"
+                        ) from error
+                self.publish_retries += 1
+                await trio.sleep(pause)
+                pause = min(pause * 2, 0.5)
         return PublishAck(
             stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate), msg_id=msg_id
         )

@@ -199,3 +199,27 @@ async def test_connecting_to_no_server_fails_clearly(bridge: AsyncioBridge) -> N
     with pytest.raises(ClusterUnavailable, match=r"no NATS server at .* within 0.3 s"):
         await connect(bridge, [url], name="nobody", initial_connect_timeout=0.3)
     assert bridge.in_flight == 0
+
+
+async def test_copies_of_one_id_published_at_once_get_one_stored_and_duplicate_acks(
+    bridge: AsyncioBridge, nats3: NatsCluster
+) -> None:
+    """On R3 a copy that arrives while the first is being replicated is answered 409 ("in
+    process"); the publish re-sends it until the first copy's outcome is known."""
+    conn = await open_connection(bridge, nats3)
+    await conn.ensure_stream(STREAM, SUBJECTS)
+    acks = []
+
+    async def publish(msg_id: str) -> None:
+        acks.append(await conn.publish("usage.p0", b"same", msg_id=msg_id, timeout=10))
+
+    async with trio.open_nursery() as nursery:
+        for round_ in range(20):
+            for _ in range(5):
+                nursery.start_soon(publish, f"id{round_}")
+    assert len(acks) == 100
+    for round_ in range(20):
+        mine = [ack for ack in acks if ack.msg_id == f"id{round_}"]
+        assert sum(not ack.duplicate for ack in mine) == 1
+        assert len({ack.seq for ack in mine}) == 1
+    assert (await conn.stream_info(STREAM)).messages == 20
