@@ -85,6 +85,8 @@ _NO_LEADER: tuple[type[Exception], ...] = (
 )
 #: "duplicate message id is in process": a copy of this id is being stored right now.
 _ID_IN_PROCESS = 10158
+#: A pull request nobody answers: its consumer no longer exists (or its server is down).
+_PULL_UNANSWERED: tuple[type[Exception], ...] = (*_NO_LEADER, nats.js.errors.NotFoundError)
 #: "no suitable peers for placement": too few JetStream servers online for the replicas.
 _NO_PLACEMENT = 10005
 _CONNECT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE, OSError)
@@ -594,9 +596,22 @@ class LogReader:
 
         try:
             msgs = await self.connection._run(f"read {self.stream}/{self.subject}", fetch)
-        except ClusterUnavailable:
+        except (ClusterUnavailable, nats.js.errors.NotFoundError) as error:
             self._sub = None  # recreate from next_seq next time
-            raise
+            cause = error.__cause__ if isinstance(error, ClusterUnavailable) else error
+            if not isinstance(cause, _PULL_UNANSWERED):
+                raise
+            # Nobody answers the pull: the consumer is gone (deleted, idled out, its server
+            # died). Not an error for the reader: the next fetch starts a new one at next_seq.
+            self.resets += 1
+            log.info(
+                "cluster.reader.reset",
+                stream=self.stream,
+                subject=self.subject,
+                next_seq=self.next_seq,
+                reason=f"consumer unanswered: {type(cause).__name__}",
+            )
+            return []
         if not msgs:
             await self._check_consumer()
             return []

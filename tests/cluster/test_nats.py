@@ -223,3 +223,28 @@ async def test_copies_of_one_id_published_at_once_get_one_stored_and_duplicate_a
         assert sum(not ack.duplicate for ack in mine) == 1
         assert len({ack.seq for ack in mine}) == 1
     assert (await conn.stream_info(STREAM)).messages == 20
+
+
+async def test_a_reader_whose_consumer_vanished_goes_on_from_where_it_was(
+    bridge: AsyncioBridge, nats1: NatsCluster
+) -> None:
+    conn = await open_connection(bridge, nats1)
+    await conn.ensure_stream(STREAM, SUBJECTS)
+    for i in range(10):
+        await conn.publish("usage.p0", b"%d" % i, msg_id=f"m{i}")
+    async with conn.reader(STREAM, "usage.p0") as reader:
+        first = await reader.fetch(4, timeout=2)
+        assert [m.seq for m in first] == [1, 2, 3, 4]
+        consumer = reader._consumer
+        assert consumer is not None
+        js = conn._jetstream
+
+        async def delete() -> bool:
+            return await js.delete_consumer(STREAM, consumer)
+
+        await bridge.call(delete)  # as when the server holding it dies, or it idled out
+        rest: list[LogMessage] = []
+        while len(rest) < 6:
+            rest += await reader.fetch(4, timeout=0.5)
+        assert reader.resets == 1
+    assert [m.seq for m in rest] == list(range(5, 11))
