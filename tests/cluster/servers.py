@@ -66,6 +66,9 @@ class NatsServer:
     routes: list[int]
     store_dir: Path
     cluster_name: str = "meterd-test"
+    #: "always" (fsync before each ack, what meterd requires); benchmarks may pass "2m"
+    #: (the server's default) to see the client's costs without the disk's.
+    sync_interval: str = "always"
     process: subprocess.Popen[bytes] | None = None
     _lines: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -80,7 +83,7 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}",
             "jetstream {",
             f'  store_dir: "{self.store_dir}"',
-            "  sync_interval: always",
+            f"  sync_interval: {self.sync_interval}",
             "}",
         ]
         if self.cluster_port is not None:
@@ -201,7 +204,7 @@ class NatsCluster:
             server.stop()
 
 
-def make_cluster(root: Path, size: int) -> NatsCluster:
+def make_cluster(root: Path, size: int, *, sync_interval: str = "always") -> NatsCluster:
     """``size`` servers named n1..nN, stores under ``root``; not started."""
     ports = [free_port() for _ in range(size)]
     cluster_ports = [free_port() for _ in range(size)] if size > 1 else []
@@ -212,6 +215,7 @@ def make_cluster(root: Path, size: int) -> NatsCluster:
             cluster_port=cluster_ports[i] if size > 1 else None,
             routes=[p for j, p in enumerate(cluster_ports) if j != i],
             store_dir=root / f"n{i + 1}",
+            sync_interval=sync_interval,
         )
         for i in range(size)
     ]
@@ -219,8 +223,10 @@ def make_cluster(root: Path, size: int) -> NatsCluster:
 
 
 @contextmanager
-def running_cluster(root: Path, size: int) -> Iterator[NatsCluster]:
-    cluster = make_cluster(root, size)
+def running_cluster(
+    root: Path, size: int, *, sync_interval: str = "always"
+) -> Iterator[NatsCluster]:
+    cluster = make_cluster(root, size, sync_interval=sync_interval)
     try:
         cluster.start()
         yield cluster
