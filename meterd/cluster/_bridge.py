@@ -69,7 +69,14 @@ class AsyncioBridge:
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()  # touched in the loop thread only
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
-        self._started = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._lock = threading.Lock()
+        self._submits: collections.deque[tuple[Callable[[], None], _Call[Any] | None]] = (
+            collections.deque()
+        )
+        self._submit_scheduled = False
+        self._finished: collections.deque[_Call[Any]] = collections.deque()
+        self._finished_scheduled = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -78,6 +85,7 @@ class AsyncioBridge:
         if self._thread is not None:
             raise RuntimeError(f"bridge {self.name} was already started")
         token = trio.lowlevel.current_trio_token()
+        self._token = token
         ready = trio.Event()
 
         def main() -> None:
@@ -146,6 +154,13 @@ class AsyncioBridge:
                 self._closing = True
                 loop.call_soon_threadsafe(loop.stop)
                 await trio.to_thread.run_sync(thread.join)
+                with self._lock:  # calls that reached the queue after the loop's last turn
+                    leftovers = [state for _, state in self._submits if state is not None]
+                    self._submits.clear()
+                for state in leftovers:
+                    state.error = BridgeClosed(f"bridge {self.name}: closed")
+                    state.done.set()
+                self._wake_finished()
                 log.debug("cluster.bridge.closed", bridge=self.name)
 
     # -- calls -----------------------------------------------------------------------------
@@ -160,7 +175,6 @@ class AsyncioBridge:
         loop = self._loop
         if loop is None or self._closing or loop.is_closed():
             raise BridgeClosed(f"bridge {self.name}: its asyncio loop is not running")
-        token = trio.lowlevel.current_trio_token()
         state: _Call[T] = _Call()
 
         def finished(task: asyncio.Task[T]) -> None:  # loop thread
@@ -173,13 +187,12 @@ class AsyncioBridge:
                 state.error = error
             else:
                 state.value = task.result()
-            with suppress(trio.RunFinishedError):
-                token.run_sync_soon(state.done.set)
+            self._to_trio(state)
 
         def submit() -> None:  # loop thread
             if self._closing:
                 state.error = BridgeClosed(f"bridge {self.name}: closing")
-                token.run_sync_soon(state.done.set)
+                self._to_trio(state)
                 return
             task = loop.create_task(fn())
             state.task = task
@@ -190,18 +203,15 @@ class AsyncioBridge:
             if state.task is not None:
                 state.task.cancel()
 
-        try:
-            loop.call_soon_threadsafe(submit)
-        except RuntimeError as error:  # the loop closed between the check and here
-            raise BridgeClosed(f"bridge {self.name}: its asyncio loop is closed") from error
+        self._to_loop(submit, state)
         try:
             await state.done.wait()
         except trio.Cancelled as trio_cancelled:
             # Cancel the asyncio side and wait until it has really finished: nothing this
             # call started keeps running after it returns.
             try:
-                loop.call_soon_threadsafe(cancel)
-            except RuntimeError:  # the loop is gone: nothing of this call runs any more
+                self._to_loop(cancel, None)
+            except BridgeClosed:  # the loop is gone: nothing of this call runs any more
                 raise trio_cancelled from None
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.cancel_grace
@@ -217,6 +227,55 @@ class AsyncioBridge:
         if state.error is not None:
             raise state.error
         return state.value  # type: ignore[return-value]
+
+    # Crossings are batched: a burst of calls wakes the loop thread once, and a burst of
+    # finished tasks wakes Trio once (each wake-up of the other thread is the dear part).
+
+    def _to_loop(self, fn: Callable[[], None], state: _Call[Any] | None) -> None:
+        """Run ``fn`` in the loop thread soon (from the Trio thread)."""
+        loop = self._loop
+        if loop is None:
+            raise BridgeClosed(f"bridge {self.name} was not started")
+        with self._lock:
+            self._submits.append((fn, state))
+            if self._submit_scheduled:
+                return
+            self._submit_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._run_submits)
+        except RuntimeError as error:  # the loop is closed
+            with self._lock:
+                self._submit_scheduled = False
+                with suppress(ValueError):
+                    self._submits.remove((fn, state))
+            raise BridgeClosed(f"bridge {self.name}: its asyncio loop is closed") from error
+
+    def _run_submits(self) -> None:  # loop thread
+        with self._lock:
+            batch = list(self._submits)
+            self._submits.clear()
+            self._submit_scheduled = False
+        for fn, _ in batch:
+            fn()
+
+    def _to_trio(self, state: _Call[Any]) -> None:
+        """Wake ``state``'s Trio caller soon (from the loop thread)."""
+        with self._lock:
+            self._finished.append(state)
+            if self._finished_scheduled:
+                return
+            self._finished_scheduled = True
+        if self._token is not None:
+            with suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._wake_finished)
+
+    def _wake_finished(self) -> None:  # Trio thread
+        with self._lock:
+            batch = list(self._finished)
+            self._finished.clear()
+            self._finished_scheduled = False
+        for state in batch:
+            state.done.set()
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run the plain function ``fn()`` in the loop thread soon (fire and forget)."""
