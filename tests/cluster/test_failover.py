@@ -25,6 +25,7 @@ from meterd.cluster import (
     Connection,
     LogMessage,
     PublishAck,
+    StreamInfo,
     connect,
 )
 from tests.cluster.servers import NatsCluster, until
@@ -66,14 +67,28 @@ class Load:
         await until(lambda: len(self.acked) >= target, timeout=timeout, what=f"{count} acks")
 
 
+async def stream_info(conn: Connection) -> StreamInfo:
+    """The stream's info; while the JetStream API itself is electing a meta leader (the killed
+    server may have been it), asked again until it answers."""
+    with trio.fail_after(60):
+        while True:
+            try:
+                return await conn.stream_info(STREAM)
+            except ClusterUnavailable:
+                await trio.sleep(0.1)  # the API answers again once a meta leader is elected
+
+
 async def leader_of(conn: Connection) -> str:
-    info = await conn.stream_info(STREAM)
-    assert info.leader is not None
-    return info.leader
+    with trio.fail_after(60):
+        while True:
+            leader = (await stream_info(conn)).leader
+            if leader is not None:
+                return leader
+            await trio.sleep(0.1)  # a stream leader is being elected
 
 
 async def read_all(conn: Connection) -> list[LogMessage]:
-    last = (await conn.stream_info(STREAM)).last_seq
+    last = (await stream_info(conn)).last_seq
     out: list[LogMessage] = []
     async with conn.reader(STREAM, "log.>") as reader:
         while not out or out[-1].seq < last:
@@ -108,7 +123,7 @@ async def kill_the_leader_and_recover(
 
     with trio.fail_after(60):
         while True:
-            info = await conn.stream_info(STREAM)
+            info = await stream_info(conn)
             if leader in info.current_followers or info.leader == leader:
                 log.info(
                     "test.failover.caught_up", after_s=round(trio.current_time() - killed_at, 2)
