@@ -170,7 +170,8 @@ class Connection:
         self._connected = trio.Event()
         self._disconnects = 0
         self._closing = False
-        #: Publishes re-sent because the stream had no leader (a leader election).
+        #: Publishes re-sent with their id: the stream had no leader (an election), or an
+        #: earlier copy of the id was still being stored.
         self.publish_retries = 0
         self._last_error: str | None = None
         self._error_text = ""
@@ -244,7 +245,7 @@ class Connection:
     async def _reconnected_cb(self) -> None:
         server = self._nc.connected_url.netloc if self._nc and self._nc.connected_url else None
         log.info("cluster.nats.reconnected", connection=self.name, server=server)
-        self._on_trio(self._connected.set)
+        self._on_trio(self._mark_connected)
 
     async def _error_cb(self, error: Exception) -> None:
         # While a server is down, nats-py reports every failed attempt: one line per error
@@ -262,6 +263,9 @@ class Connection:
 
     async def _closed_cb(self) -> None:
         log.info("cluster.nats.closed", connection=self.name)
+
+    def _mark_connected(self) -> None:  # Trio thread (the event of the moment, not of the cb's)
+        self._connected.set()
 
     def _mark_disconnected(self) -> None:  # Trio thread
         self._disconnects += 1

@@ -248,3 +248,21 @@ async def test_a_reader_whose_consumer_vanished_goes_on_from_where_it_was(
             rest += await reader.fetch(4, timeout=0.5)
         assert reader.resets == 1
     assert [m.seq for m in rest] == list(range(5, 11))
+
+
+async def test_a_reconnect_reported_right_after_a_disconnect_leaves_the_connection_up(
+    bridge: AsyncioBridge, nats1: NatsCluster
+) -> None:
+    """nats-py may report a disconnect and the reconnect in one turn of the loop, before Trio
+    has seen either: the connection must end up marked connected (wait_connected returns)."""
+    conn = await open_connection(bridge, nats1)
+
+    async def drop_and_return() -> None:
+        await conn._disconnected_cb()
+        await conn._reconnected_cb()
+
+    await bridge.call(drop_and_return)
+    await trio.testing.wait_all_tasks_blocked()
+    assert conn.disconnects == 1
+    assert conn._connected.is_set()
+    await conn.wait_connected(timeout=1)
