@@ -125,6 +125,10 @@ class NatsServer:
             self._changed.notify_all()
 
     @property
+    def process_id(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -256,3 +260,25 @@ def paused(server: NatsServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
+
+
+def main() -> None:
+    """``python -m tests.cluster.servers [1|3] [DIR]``: a local cluster for development, until
+    Ctrl-C (stores in DIR, default a temporary directory)."""
+    import tempfile
+
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tmp)
+        with running_cluster(root, size) as cluster:
+            print(f"{size} nats server(s), JetStream stores under {root}, sync_interval always:")
+            for server in cluster.servers:
+                print(f"  {server.name}  {server.url}  (pid {server.process_id})")
+            print("Ctrl-C (or SIGTERM) stops them.", flush=True)
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+            signal.sigwait(stop)
+
+
+if __name__ == "__main__":
+    main()
