@@ -18,11 +18,13 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 
 import supervisors as sv
+from meterd.api.answers import TreeNode
 
 PROCS = Path(__file__).with_name("procs")
 CHILD = str(PROCS / "child.py")
@@ -137,10 +139,13 @@ async def test_a_process_child_starts_once_ready_and_the_tree_shows_its_pid() ->
             assert ref.ready == "/tmp/owner.sock"  # its ready line
             assert await lines.next() == ref.pid  # it said so after it was ready
             assert exists(ref.pid)
-            node = sv.snapshot(run.sup)["children"][0]
+            tree = sv.snapshot(run.sup)
+            node = tree["children"][0]
             assert node["name"] == "owner"
             assert node["status"] == "running"
             assert node["pid"] == ref.pid
+            # /v1/tree's model reads it (meterd's API; the library does not import meterd)
+            assert msgspec.convert(tree, TreeNode).children[0].pid == ref.pid
         assert not exists(ref.pid)  # the stop took it down
         assert ref.exit is not None
         assert ref.exit.kind == "shutdown"
