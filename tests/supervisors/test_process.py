@@ -337,6 +337,7 @@ async def test_the_exit_reason_is_the_exit_status_or_the_signal(
         async with running(sv.Supervisor([], name="root")) as run:
             spec = child("c", *mode, restart=sv.Restart.TEMPORARY)
             ref = await run.sup.start_child(spec)
+            ref.send_signal(signal.SIGUSR2)  # now end as the mode says
             exit = await ref.wait()
     assert exit.kind == kind
     assert exit.clean is (kind == "normal")
@@ -350,10 +351,11 @@ async def test_a_transient_child_is_restarted_after_a_nonzero_status_only() -> N
         async with ups() as lines, running(sv.Supervisor([], name="root")) as run:
             transient = sv.Restart.TRANSIENT
             await run.sup.start_child(child("bad", "exit", "3", ups=lines, restart=transient))
-            await lines.next()
+            os.kill(await lines.next(), signal.SIGUSR2)
             await lines.next()  # restarted after status 3
             await run.sup.terminate_child("bad")
             ref = await run.sup.start_child(child("good", "exit", "0", restart=transient))
+            ref.send_signal(signal.SIGUSR2)
             assert (await ref.wait()).kind == "normal"
             await trio.testing.wait_all_tasks_blocked()  # the supervisor handled the exit
             assert info(run.sup, "good").status is sv.ChildStatus.STOPPED

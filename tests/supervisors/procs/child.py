@@ -8,8 +8,8 @@ MODE:
   ready [PAYLOAD]       ready, then wait for signals
   ignore-term           SIGTERM ignored, ready, then wait (only SIGKILL ends it)
   stdin-eof             ready, then exit 0 at EOF on stdin
-  exit CODE             ready, then exit with CODE
-  signal NAME           ready, then kill itself with signal NAME
+  exit CODE             ready, then at SIGUSR2 exit with CODE
+  signal NAME           ready, then at SIGUSR2 kill itself with signal NAME
   exit-before-ready N   exit with N without saying it is ready
   close-ready-fd        close the ready descriptor without a line, then wait
   never                 never ready
@@ -44,11 +44,15 @@ def main(mode: str, arg: str = "") -> None:
         wait_forever()
     if mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if mode in ("exit", "signal"):  # the test says when (it holds the ref by then)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
     notify_ready(arg if mode == "ready" else "")
     up()
-    if mode == "exit":
-        sys.exit(int(arg))
-    if mode == "signal":
+    if mode in ("exit", "signal"):
+        signal.sigwait({signal.SIGUSR2})
+        if mode == "exit":
+            sys.exit(int(arg))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         os.kill(os.getpid(), signal.Signals[arg])
     if mode == "stdin-eof":
         sys.stdin.buffer.read()
