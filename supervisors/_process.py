@@ -292,7 +292,7 @@ class ProcessIncarnation:
             started = True
             logger.info(
                 "process_started",
-                child=self.launcher.name,
+                program=self.launcher.name,
                 pid=self.pid,
                 ready=self.ready_payload or None,
             )
@@ -425,7 +425,10 @@ class ProcessIncarnation:
             )
             if notify:
                 logger.debug(
-                    "process_exited", child=self.launcher.name, pid=self.pid, reason=self.sv_exit
+                    "process_exited",
+                    program=self.launcher.name,
+                    pid=self.pid,
+                    reason=str(self.sv_exit),
                 )
         self._done.set()
         if notify:
