@@ -66,6 +66,8 @@ class Options:
     index_every: int = 64
     seed: int = 7
     directory: str | None = None
+    hash_samples: int = 20_000  # ids timed per hash function
+    spread_sizes: tuple[int, ...] = (10_000, 100_000)  # ids spread over 256 partitions
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -305,10 +307,12 @@ def hash_costs(samples: int = 20_000) -> list[HashCost]:
     return costs
 
 
-def spreads(partitions: int = 256, seed: int = 7) -> list[Spread]:
+def spreads(
+    partitions: int = 256, seed: int = 7, sizes: Sequence[int] = (10_000, 100_000)
+) -> list[Spread]:
     rng = random.Random(seed)
     found = []
-    for count in (10_000, 100_000):
+    for count in sizes:
         kinds = {
             "sequential acct-0000001...": [f"acct-{i:07d}" for i in range(count)],
             "random 128-bit hex": [f"{rng.getrandbits(128):032x}" for _ in range(count)],
@@ -350,8 +354,8 @@ def run(options: Options) -> dict[str, Any]:
             }
             for r in layouts
         ],
-        "hash_costs": [asdict(c) for c in hash_costs()],
-        "spreads": [asdict(s) for s in spreads()],
+        "hash_costs": [asdict(c) for c in hash_costs(options.hash_samples)],
+        "spreads": [asdict(s) for s in spreads(sizes=options.spread_sizes)],
     }
 
 
@@ -396,7 +400,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"{r['files']:>7}{r['fds_opened']:>6}{r['rss_added'] / 2**20:>10.1f}"
             f"{r['store_bytes'] / 2**20:>13.1f}"
         )
-    lines += ["", "Account -> partition hash: cost per call (20k ids, best of 5)"]
+    lines += [
+        "",
+        f"Account -> partition hash: cost per call ({o['hash_samples']:,} ids, best of 5)",
+    ]
     for c in report["hash_costs"]:
         lines.append(f"  {c['name']:<28}{c['us_per_call']:>8.3f} us")
     lines += [

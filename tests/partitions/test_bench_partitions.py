@@ -35,7 +35,7 @@ def test_each_layout_stores_every_event_in_its_partitions_unit(
 def test_the_report_prints_each_layout_beside_the_one_file_layout(tmp_path: Path) -> None:
     options = bench.Options(
         partitions=4, layouts=("1", "4x2"), events=400, accounts=20, batch=50,
-        directory=str(tmp_path),
+        directory=str(tmp_path), hash_samples=200, spread_sizes=(1_000,),
     )  # fmt: skip
     report = bench.run(options)
     text = bench.format_report(report)
