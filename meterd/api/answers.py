@@ -91,6 +91,10 @@ class TreeNode(Open, kw_only=True):
     restarts: Count
     started_at: Time | None
     mailbox: Annotated[Count, Meta(description="Workers only.")] | UnsetType = UNSET
+    pid: (
+        Annotated[int, Meta(description="A running OS-process child only: its process id.")]
+        | UnsetType
+    ) = UNSET
     restart_history: list[RestartRecord] | UnsetType = UNSET
     children: list[TreeNode]
     children_total: Count
