@@ -61,6 +61,8 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/accounts/{account}/events/{event}/void",
         "/v1/periods/{period}/close",
         "/v1/graphql",
+        "/v1/accounts",
+        "/v1/accounts/{account}/usage/summary",
     }
 
 
@@ -101,7 +103,10 @@ def test_only_rules_a_schema_cannot_say_spare_an_operation_a_check() -> None:
         ),
         "billedUsage": ("from must not be after to", "group_by must be a dimension of the meter"),
         "adjustments": ("from must not be after to",),
+        "usageSummary": ("from must not be after to",),
+        "voidEvent": ("period as an ISO-8601 date must be a real date in 1970-01 to 9998-12",),
         "adjust": (
+            "start as ISO-8601 must be a real date and time",
             "meter must be a sum or count meter",
             "start must be aligned to the window",
             "dimensions must be dimensions of the meter",

@@ -410,7 +410,11 @@ async def test_an_explanation_renders_readably(tmp_path: Path) -> None:
         lines = text.splitlines()
         assert lines[0] == "acme: invoice line 1: dyno.seconds"
         assert lines[1].startswith("  size=std, 2026-11-01 00:00:00.000 to 2026-12-01")
-        assert lines[2] == "  usage 103, -40 adjusted, billed 63 x 0.01 = 0.63 USD"
+        assert lines[2:5] == [
+            "  usage 103 dyno.seconds, corrections -40 (adjustments below)",
+            "  billed 63 dyno.seconds",
+            "  63 x 0.01 per unit = 0.63 USD, priced by prices[0] (dyno.seconds from 2026-01-01)",
+        ]
         assert "  2026-11-02 00:00:00.000  100" in lines
         assert any(" b " in ln and "voided (void #1)" in ln for ln in lines)
         assert f"  more: --cursor {doc['next_cursor']}" in lines
@@ -462,7 +466,7 @@ async def test_an_invoice_renders_with_its_closing_and_restatements(tmp_path: Pa
         assert "  restatement #1 at 2026-12-01 00:00:00.001: 1.10 -> 1.60 (0.50)" in lines
         assert any(ln.startswith("    cause: usage changed") for ln in lines)
         why = "usage 100 -> 150, quantity 100 -> 150, amount 1 -> 1.5"
-        assert f"    dyno.seconds from 2026-11-01: {why}" in lines
+        assert f"    dyno.seconds size=std from 2026-11-01: {why} (0.50 USD)" in lines
 
 
 def test_loading_the_config_does_not_load_the_billing_service_or_graphql() -> None:

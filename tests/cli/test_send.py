@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -103,9 +104,12 @@ def test_a_good_file_is_accepted_and_a_second_run_is_all_duplicates(
     source = write(tmp_path / "good.jsonl", events)
     first = meterd_send(str(source), "--config", str(daemon.config), token=daemon.token)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == [
-        f"44 events sent to {daemon.url}: 43 accepted, 1 duplicate, 0 rejected"
-    ]
+    [summary] = first.stdout.splitlines()
+    assert re.fullmatch(
+        rf"44 events sent to {re.escape(daemon.url)} in [0-9]+\.[0-9]{{2}} s \([0-9,]+ events/s\):"
+        " 43 accepted, 1 duplicate, 0 rejected",
+        summary,
+    ), summary
     assert first.stderr == ""  # no progress bar when stderr is not a terminal
     again = meterd_send(str(source), "--url", daemon.url, "--token", daemon.token)
     assert again.returncode == 0, again.stderr
@@ -134,7 +138,8 @@ def test_rejected_events_are_summarised_by_code_with_lines(daemon: Daemon, tmp_p
     result = meterd_send(str(source), "--url", daemon.url, token=daemon.token)
     assert result.returncode == 1, result.stderr
     out = result.stdout.splitlines()
-    assert out[0] == f"10 events sent to {daemon.url}: 2 accepted, 0 duplicates, 8 rejected"
+    assert out[0].startswith(f"10 events sent to {daemon.url} in ")
+    assert out[0].endswith(": 2 accepted, 0 duplicates, 8 rejected")
     assert out[1] == "  rejected unknown_meter: 6"
     assert out[2].startswith('    line 2, id "m1": ')
     assert "no.such.meter" in out[2]

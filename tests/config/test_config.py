@@ -117,7 +117,7 @@ def test_shipped_config_loads() -> None:
         "api.active_users",
     }
     active = config.meters_by_name["api.active_users"]
-    assert active == Meter("api.active_users", Aggregation.UNIQUE_COUNT, (), "user")
+    assert active == Meter("api.active_users", Aggregation.UNIQUE_COUNT, (), "user", "users")
     assert config.warnings == ()
     assert config.ingest.tls is None
     assert config.api.tls is None

@@ -705,6 +705,9 @@ async def test_a_spent_in_flight_budget_stops_reading_on_every_connection(
         assert [frame["accepted"] for frame in one.received + two.received] == [2] * 6
         assert services.ingest.stats.batches == 6
         assert await total(services, "acme") == "6"
+        # An ack is sent at commit, before the actors apply: let the other two accounts'
+        # actors apply the last batches, which is what frees their share of the budget.
+        await trio.testing.wait_all_tasks_blocked()
         assert services.accounts.budget.used == 0
 
 
