@@ -90,6 +90,11 @@ class RestartRecord:
     message: str
 
 
+RestartObserver = Callable[[str, RestartRecord], None]
+"""Told of each restart record as it is made: ``(the child's path, the record)``; must not
+raise or block (it runs in the supervisor's control loop)."""
+
+
 class ChildStatus(enum.Enum):
     RUNNING = "running"
     RESTARTING = "restarting"
@@ -192,6 +197,10 @@ class SupervisorCore:
         # restarted, counted toward the intensity; "operator": stop_and_restart_child).
         # Kept across runs of the same object, for metrics.
         self.restart_counts: Counter[str] = Counter()
+        # Told of each restart record (e.g. to keep them across runs of the program); set
+        # on a supervisor, it is passed to the supervisors started under it, with their path.
+        self.on_restart: RestartObserver | None = None
+        self.path = name  # node names from the root, joined by "/" (set by the parent)
 
     # ---- Host protocol (used by launchers) --------------------------------------
 
@@ -424,6 +433,7 @@ class SupervisorCore:
         """Restart ``child`` after ``exit`` (or a failed restart attempt): OTP's ``restart/2``."""
         spec = child.spec
         child.record_restart(exit)
+        self._note_restart(child)
         self.restart_counts["exit"] += 1
         if not self._intensity.add_restart(trio.current_time()):
             self._log.error(
@@ -481,6 +491,10 @@ class SupervisorCore:
         child.restarting = False
         child.up_since = trio.current_time()
         if incarnation is not None:
+            observer, sub = self.on_restart, child.ref
+            if observer is not None and isinstance(sub, SupervisorCore):
+                sub.path = f"{self.path}/{child.spec.name}"
+                sub.on_restart = observer
             self._child_started(child)
             if not incarnation.sv_alive:
                 # It ended before its start returned here (a task child that fails right
@@ -496,6 +510,12 @@ class SupervisorCore:
         incarnation, child.incarnation = child.incarnation, None
         if incarnation is not None:
             await do_terminate(incarnation, child.spec.shutdown_grace)
+
+    def _note_restart(self, child: Child) -> None:
+        """Tell :attr:`on_restart` of ``child``'s newest restart record."""
+        observer = self.on_restart
+        if observer is not None and child.history:
+            observer(f"{self.path}/{child.spec.name}", child.history[-1])
 
     def _child_started(self, child: Child) -> None:
         """A new incarnation of ``child`` is up (dynamic supervisors index it by ref)."""
@@ -587,6 +607,7 @@ class SupervisorCore:
             child, _ = self._running_child(child_id)
             await self._terminate_child(child)
             child._add_record(RestartRecord(time.time(), "operator", None, "operator restart"))
+            self._note_restart(child)
             self.restart_counts["operator"] += 1
             try:
                 # Its name (if any) stayed reserved for it while it was stopped, so no
@@ -641,6 +662,11 @@ class SupervisorCore:
     def which_children(self) -> list[ChildInfo]:
         """OTP's ``which_children``: id, handle, type and status of every child."""
         return [ChildInfo.of(child) for child in self._children()]
+
+    def child_info(self, child_id: Hashable) -> ChildInfo:
+        """One child as :meth:`which_children` shows it; :class:`NoSuchChild` if none
+        (a dynamic supervisor finds it by id without walking its children)."""
+        return ChildInfo.of(self._find_by_id(child_id))
 
     def iter_children(self) -> Iterator[ChildInfo]:
         """:meth:`which_children` one child at a time, in the same order, for walking a
