@@ -491,10 +491,8 @@ class SupervisorCore:
         child.restarting = False
         child.up_since = trio.current_time()
         if incarnation is not None:
-            observer, sub = self.on_restart, child.ref
-            if observer is not None and isinstance(sub, SupervisorCore):
-                sub.path = f"{self.path}/{child.spec.name}"
-                sub.on_restart = observer
+            if self.on_restart is not None and isinstance(child.ref, SupervisorCore):
+                _pass_observer(child.ref, f"{self.path}/{child.spec.name}", self.on_restart)
             self._child_started(child)
             if not incarnation.sv_alive:
                 # It ended before its start returned here (a task child that fails right
@@ -687,6 +685,15 @@ class SupervisorCore:
             else:
                 workers += 1
         return ChildCounts(specs, active, supervisors, workers)
+
+
+def _pass_observer(sup: SupervisorCore, path: str, observer: RestartObserver) -> None:
+    """Give a supervisor just started (and the supervisors it started meanwhile, which were
+    started before it had one) its path and the restart observer."""
+    sup.path, sup.on_restart = path, observer
+    for info in sup.iter_children():
+        if isinstance(info.ref, SupervisorCore):
+            _pass_observer(info.ref, f"{path}/{info.name}", observer)
 
 
 async def _nothing() -> None:

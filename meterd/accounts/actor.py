@@ -169,6 +169,7 @@ class MeterActor(sv.GenServer[Any, Any]):
                     self.account, batch_id, event.id, reason
                 )
         self.watermark = max(self.watermark, batch_id)
+        self.events_applied += len(events)  # (or quarantined: the console counts them all)
 
     # ---- messages -------------------------------------------------------------------
 

@@ -155,9 +155,7 @@ def _actor_of(ref: Any) -> MeterActor | None:
     return None
 
 
-def _row(
-    info: sv.ChildInfo, path: str, depth: int, now: float, quarantined: set[str]
-) -> NodeRow:
+def _row(info: sv.ChildInfo, path: str, depth: int, now: float, quarantined: set[str]) -> NodeRow:
     ref = info.ref
     actor = _actor_of(ref)
     account = actor.account if actor is not None else None
@@ -242,8 +240,7 @@ async def _asleep(
         matched = 0
         page: list[str] = []
         rows = conn.execute(
-            "SELECT account FROM accounts WHERE lower(account) LIKE ? ESCAPE '\\'"
-            " ORDER BY account",
+            "SELECT account FROM accounts WHERE lower(account) LIKE ? ESCAPE '\\' ORDER BY account",
             (pattern,),
         )
         for (account,) in rows:

@@ -142,8 +142,7 @@ class RestartLog:
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
-                "INSERT INTO restarts (path, at, kind, error_type, message)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO restarts (path, at, kind, error_type, message) VALUES (?, ?, ?, ?, ?)",
                 batch,
             )
             for path in {record.path for record in batch}:
