@@ -5,11 +5,14 @@ Declared like every route (:mod:`.operations`): models in :mod:`.models` (``Node
 answers here (they are the console's, and only it and scripts read them).
 
 ``GET /v1/tree/nodes`` walks the live tree once per request (linear in the awake actors:
-~0.1 s for 100,000 on this machine; a bench is in docs/console.md), keeps the nodes that
-match, sorts them and returns one page: the browser never holds more than a page. Asleep
-(hibernated) accounts come from the store's ``accounts`` table, searched with SQL, after the
-live nodes. ``GET /v1/console/stream`` is a ``text/event-stream`` read with ``fetch`` (so
-the admin token goes in a header, never in a URL): one ``tick`` per second with the ingest
+docs/console.md has the figures), keeps the nodes that match, sorts them and returns one
+page: the browser never holds more than a page. Asleep (hibernated) accounts are only
+counted (``asleep``) unless asked for (a search, ``status=hibernated`` or ``quarantined``):
+then they come from the store's ``accounts`` table (a scan on a reader thread, linear in the
+accounts the store knows), after the live nodes.
+
+``GET /v1/console/stream`` is a ``text/event-stream`` read with ``fetch`` (so the admin
+token goes in a header, never in a URL): one ``tick`` per second with the ingest
 counters, and whatever page is open re-reads its own data on it.
 """
 
@@ -73,6 +76,13 @@ class Nodes(Closed):
     """One page of the matching nodes."""
 
     total: Annotated[Count, Meta(description="Nodes in the live tree.")]
+    asleep: Annotated[
+        Count,
+        Meta(
+            description="Accounts the store knows with no actor awake (hibernated): listed"
+            " only with a search or status=hibernated or quarantined."
+        ),
+    ]
     matched: Annotated[Count, Meta(description="Nodes (and asleep accounts) that match.")]
     offset: Count
     nodes: list[NodeRow]
@@ -298,14 +308,18 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
         live.reverse()
     page = live[query.offset : query.offset + query.limit]
     matched = len(live)
-    if status in (None, "hibernated", "quarantined"):
+    known = await daemon.store.reader.known_accounts()
+    asleep_total = max(0, known - len(daemon.accounts.supervisor))
+    if status in ("hibernated", "quarantined") or (status is None and search is not None):
         only = quarantined if status == "quarantined" else None
         first = max(0, query.offset - len(live))
         room = query.limit - len(page)
         asleep, names = await _asleep(daemon, search, only, first, room)
         matched += asleep
         page += [_asleep_row(daemon, name, quarantined) for name in names]
-    return json_answer(Nodes(total=total, matched=matched, offset=query.offset, nodes=page))
+    return json_answer(
+        Nodes(total=total, asleep=asleep_total, matched=matched, offset=query.offset, nodes=page)
+    )
 
 
 # ---- one actor --------------------------------------------------------------------------------

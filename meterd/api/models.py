@@ -29,7 +29,7 @@ from .errors import bad_parameter
 
 DEFAULT_TREE_LIMIT: Final = 100
 MAX_TREE_LIMIT: Final = 10_000
-MAX_NODES_LIMIT: Final = 1000
+MAX_NODES_LIMIT: Final = MAX_EVENTS_LIMIT  # 10,000: the bound every paged route has
 DEFAULT_PAGE: Final = 100
 MAX_TEXT: Final = 1000  # by, reason: audit text, not documents
 MAX_LINE: Final = 1_000_000

@@ -87,6 +87,11 @@ function fmtDuration(ms) {
   return shown.length ? shown.join(" ") : "0s";
 }
 
+// replaceChildren without the nulls of "condition ? element : null".
+function put(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function showError(where, error) {
   where.replaceChildren(h("p", { class: "error", role: "alert" }, String(error.message || error)));
 }
@@ -316,7 +321,8 @@ async function treePage(root, { params }) {
     })));
     const last = Math.min(page.offset + page.nodes.length, page.matched);
     summary.textContent = `${page.matched} matching of ${page.total} live nodes`
-      + (current.status === "hibernated" || current.search ? " (and asleep accounts)" : "")
+      + ` and ${page.asleep} asleep accounts`
+      + (current.status || current.search ? "" : " (search or filter to list those)")
       + (page.nodes.length ? `; showing ${page.offset + 1}–${last}` : "");
     pager.replaceChildren(
       h("button", { id: "tree-prev", disabled: current.offset === 0,
@@ -376,7 +382,7 @@ async function actorPage(root, { parts }) {
   const first = await load();
   if (first.account) {
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
-      h("h2", {}, "Events of the last hour (in arrival order, first 50)"),
+      h("h2", {}, "Events of the last 24 hours (the first 50, in arrival order)"),
       h("div", { id: "actor-events" }),
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
@@ -384,7 +390,7 @@ async function actorPage(root, { parts }) {
     await usageTables(extra.querySelector("#actor-usage"), first.account,
       now - 86400000, now + 60000, "hour");
     const events = await api(`/v1/accounts/${encodeURIComponent(first.account)}/events${query({
-      from: now - 3600000, limit: 50 })}`);
+      from: now - 86400000, limit: 50 })}`);
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
   return { onTick: load };
@@ -479,8 +485,8 @@ function chart(title, series, unit, id) {
   const height = 120;
   const all = series.flatMap((s) => s.points);
   const top = Math.max(1e-9, ...all.map(([, v]) => v));
-  const t0 = Math.min(...all.map(([t]) => t), Date.now() - 120000);
-  const t1 = Math.max(...all.map(([t]) => t), t0 + 1);
+  const t0 = all.length ? Math.min(...all.map(([t]) => t)) : Date.now() - 10000;
+  const t1 = Math.max(...all.map(([t]) => t), t0 + 10000);
   const x = (t) => ((t - t0) / (t1 - t0)) * (width - 40) + 38;
   const y = (v) => height - 14 - (v / top) * (height - 24);
   const ns = "http://www.w3.org/2000/svg";
@@ -551,11 +557,10 @@ async function ingestPage(root) {
         }
         return out;
       })() }], "ms", "chart-checkpoints"),
-      chart("Process", [
-        { name: "resident MiB", points: state.snapshots.map((s) => [s.at,
-          s.resident_bytes / 1048576]) },
-        { name: "awake actors", points: state.snapshots.map((s) => [s.at, s.live_actors]) },
-      ], "", "chart-process"));
+      chart("Process memory (resident)", [{ name: "MiB", points: state.snapshots.map((s) =>
+        [s.at, s.resident_bytes / 1048576]) }], "MiB", "chart-process"),
+      chart("Awake actors", [{ name: "actors", points: state.snapshots.map((s) =>
+        [s.at, s.live_actors]) }], "", "chart-actors"));
     producers.replaceChildren(h("thead", {}, h("tr", {},
       ["producer", "connections", "acks", "accepted", "duplicates", "rejected"].map((c, i) =>
         h("th", { class: i ? "num" : undefined }, c)))),
@@ -636,7 +641,7 @@ async function invoicePage(root, { parts }) {
   root.append(h("h1", {}, `Invoice ${account} ${period}`), body, explanation);
   async function load() {
     const inv = await api(`/v1/accounts/${encodeURIComponent(account)}/invoices/${period}`);
-    body.replaceChildren(
+    put(body,
       h("p", {}, `Status: ${inv.status}`, inv.closed ? ` (closed by ${inv.closed.by} at `
         + `${fmtTime(inv.closed.at)})` : ""),
       h("table", { id: "invoice-lines" }, h("thead", {}, h("tr", {},
@@ -667,7 +672,7 @@ async function invoicePage(root, { parts }) {
     try {
       const e = await api(`/v1/accounts/${encodeURIComponent(account)}/invoices/${period}`
         + `/lines/${number}/explanation?limit=20`);
-      explanation.replaceChildren(h("h2", {}, `Line ${number} explained`),
+      put(explanation, h("h2", {}, `Line ${number} explained`),
         h("p", {}, `${e.meter} ${Object.entries(e.filter).map(([k, v]) => `${k}=${v}`).join(" ")}`
           + ` from ${fmtTime(e.start)} to ${fmtTime(e.end)}: ${e.value}`),
         e.notes.length ? h("ul", {}, e.notes.map((n) => h("li", {}, n))) : null,

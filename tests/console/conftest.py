@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -30,6 +31,7 @@ CHROMIUM_ARGS = [
 ]
 INSTALL = "apt-get install -y chromium (and pip install -e '.[test]' for playwright)"
 ACCOUNTS = 3000  # awake meter actors in the console's daemon
+STATIC_NODES = 8  # root, store-writer, accounts, meters, sweeper, deliverer, ingest, api
 NOW = time.time_ns() // 1_000_000
 HOUR = NOW - NOW % HOUR_MS - HOUR_MS  # the last whole hour
 
@@ -38,7 +40,7 @@ def account_name(index: int) -> str:
     return f"cust-{index:05d}"
 
 
-def populate(daemon: DaemonProcess, accounts: int) -> None:
+def populate(daemon: DaemonProcess, accounts: int, poll_pause: float = 0.0) -> None:
     """One event for each of ``accounts`` accounts: each wakes one meter actor (the fastest
     way to many actors: a batch of 500 events is one commit, then one delivery each)."""
 
@@ -59,6 +61,27 @@ def populate(daemon: DaemonProcess, accounts: int) -> None:
             await producer.flush()
 
     trio.run(send)
+    awake_after(daemon, accounts, poll_pause=poll_pause)
+
+
+def awake_after(
+    daemon: DaemonProcess, accounts: int, timeout: float = 1800, poll_pause: float = 0.0
+) -> None:
+    """Wait until ``accounts`` meter actors are awake (wake-ups run a few at a time after
+    their events are acknowledged): asks the API again as soon as it answers (tests), or
+    after ``poll_pause`` seconds (the bench: each question walks the tree)."""
+    headers = {"Authorization": f"Bearer {daemon.config.api.admin_token}"}
+    deadline = time.monotonic() + timeout
+    awake = 0
+    with httpx.Client(base_url=daemon.api_url, headers=headers) as client:
+        while time.monotonic() < deadline:
+            answer = client.get("/v1/tree/nodes", params={"limit": 1, "status": "stopped"})
+            awake = answer.json()["total"] - STATIC_NODES
+            if awake >= accounts:
+                return
+            if poll_pause:
+                time.sleep(poll_pause)
+    raise AssertionError(f"{awake} of {accounts} actors awake after {timeout} s")
 
 
 @pytest.fixture(scope="package")
