@@ -18,10 +18,11 @@ counters, and whatever page is open re-reads its own data on it.
 
 from __future__ import annotations
 
+import heapq
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -186,19 +187,15 @@ def _row(info: sv.ChildInfo, path: str, depth: int, now: float, quarantined: set
     )
 
 
-def walk(root: sv.SupervisorCore, quarantined: set[str]) -> Iterator[NodeRow]:
-    """Every node of the live tree, depth first, the root first."""
-    now = trio.current_time()
-    yield NodeRow(
-        path=root.name,
-        name=root.name,
-        depth=0,
-        kind="supervisor",
-        status="running" if root.running else "stopped",
-        children=root.count_children().specs,
-        started_at=None if root.started_at is None else int(root.started_at * 1000),
-    )
-    # Depth first, each supervisor's children in its own order (no await while walking).
+Node = tuple[sv.ChildInfo | None, str, int]
+"""A node of the walk: its info (None for the root), path and depth; a row is only built
+for the nodes of the page (:func:`_row`)."""
+
+
+def nodes(root: sv.SupervisorCore) -> Iterator[Node]:
+    """Every node of the live tree, depth first, the root first, each supervisor's children
+    in its own order (no await while walking)."""
+    yield None, root.name, 0
     stack: list[tuple[Iterator[sv.ChildInfo], str, int]] = [(root.iter_children(), root.name, 1)]
     while stack:
         children, prefix, depth = stack[-1]
@@ -207,28 +204,55 @@ def walk(root: sv.SupervisorCore, quarantined: set[str]) -> Iterator[NodeRow]:
             stack.pop()
             continue
         path = f"{prefix}/{info.name}"
-        yield _row(info, path, depth, now, quarantined)
+        yield info, path, depth
         if isinstance(info.ref, sv.SupervisorCore):
             stack.append((info.ref.iter_children(), path, depth + 1))
 
 
-_SORT_KEYS: Final = {
-    "mailbox": lambda row: row.mailbox,
-    "restarts": lambda row: row.restarts,
-    "memory": lambda row: row.memory,
-    "rate": lambda row: row.rate,
-    "name": lambda row: row.name,
-}
+def _root_row(root: sv.SupervisorCore) -> NodeRow:
+    return NodeRow(
+        path=root.name,
+        name=root.name,
+        depth=0,
+        kind="supervisor",
+        status="running" if root.running else "stopped",
+        children=root.count_children().specs,
+        started_at=None if root.started_at is None else int(root.started_at * 1000),
+    )
 
 
-def _matches(row: NodeRow, search: str | None, status: str | None) -> bool:
-    if search is not None and search not in row.name.lower():
+def _sort_key(sort: str, now: float) -> Callable[[Node], Any]:
+    def key(node: Node) -> Any:
+        info = node[0]
+        if sort == "name":
+            return node[1].rsplit("/", 1)[-1]
+        if info is None:
+            return 0
+        if sort == "mailbox":
+            return info.mailbox
+        if sort == "restarts":
+            return info.restarts
+        actor = _actor_of(info.ref)
+        if actor is None:
+            return 0
+        return actor.memory_estimate() if sort == "memory" else actor.events_per_second(now)
+
+    return key
+
+
+def _keep(
+    node: Node, search: str | None, status: str | None, quarantined: set[str], meters: str
+) -> bool:
+    info, path, _ = node
+    name = path.rsplit("/", 1)[-1]
+    if search is not None and search not in name.lower():
         return False
     if status is None:
         return True
     if status == "quarantined":
-        return row.quarantined
-    return row.status == status
+        return path.startswith(meters) and name in quarantined
+    node_status = "running" if info is None else info.status.value
+    return node_status == status
 
 
 async def _quarantined_accounts(daemon: Daemon) -> set[str]:
@@ -293,20 +317,26 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
     quarantined = await _quarantined_accounts(daemon)
     search = query.search.lower() if query.search is not None else None
     status = query.status
+    root = daemon.tree
+    meters = f"{root.name}/accounts/meters/"
+    now = trio.current_time()
     total = 0
-    live: list[NodeRow] = []
-    if status != "hibernated":
-        for row in walk(daemon.tree, quarantined):
-            total += 1
-            if _matches(row, search, status):
-                live.append(row)
+    live: list[Node] = []
+    for node in nodes(root):
+        total += 1
+        if status != "hibernated" and _keep(node, search, status, quarantined, meters):
+            live.append(node)
+    end = query.offset + query.limit
+    descending = query.order == "desc"
+    if query.sort != "tree":  # the first `end` only: O(n log end), not a whole sort
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        chosen = pick(end, live, key=_sort_key(query.sort, now))
     else:
-        total = sum(1 for _ in walk(daemon.tree, quarantined))
-    if query.sort != "tree":
-        live.sort(key=_SORT_KEYS[query.sort], reverse=query.order == "desc")
-    elif query.order == "desc":
-        live.reverse()
-    page = live[query.offset : query.offset + query.limit]
+        chosen = live[::-1][:end] if descending else live[:end]
+    page = [
+        _root_row(root) if info is None else _row(info, path, depth, now, quarantined)
+        for info, path, depth in chosen[query.offset :]
+    ]
     matched = len(live)
     known = await daemon.store.reader.known_accounts()
     asleep_total = max(0, known - len(daemon.accounts.supervisor))
@@ -562,4 +592,4 @@ async def asset(request: Request) -> Response:
     return FileResponse(STATIC / name, media_type=media_type)
 
 
-__all__ = ["asset", "index", "ingest_snapshot", "ops", "stream", "walk"]
+__all__ = ["asset", "index", "ingest_snapshot", "nodes", "ops", "stream"]

@@ -82,9 +82,10 @@ class RestartLog:
                     await trio.sleep(RETRY_AFTER)
                     self._queued.set()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await self.flush()
-            await self.aclose()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(2):
+                    await self.flush()
+                await self.aclose()
 
     async def flush(self) -> bool:
         """Write what is queued now; whether it was written (or there was nothing)."""
