@@ -16,7 +16,7 @@ from meterd.accounts.aggregate import AccountUsage
 from meterd.app import Services
 from meterd.client import Producer
 from meterd.model import Aggregation, Event, Meter
-from tests.test_ingest import ADMIN_TOKEN, PLATFORM_TOKEN, T0, make_config, running
+from tests.ingest.test_server import ADMIN_TOKEN, PLATFORM_TOKEN, T0, make_config, running
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

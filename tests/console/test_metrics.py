@@ -9,8 +9,8 @@ import httpx
 
 from meterd.client import Producer
 from meterd.ingest.observe import ACK_LATENCY_BUCKETS, AckObserver, LatencyHistogram
-from tests.test_api import metric
-from tests.test_ingest import PLATFORM_TOKEN, T0, make_config, running
+from tests.api.test_api import metric
+from tests.ingest.test_server import PLATFORM_TOKEN, T0, make_config, running
 
 
 async def test_metrics_have_rejections_by_code_ack_latency_producers_and_process(

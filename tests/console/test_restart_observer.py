@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 
 import supervisors as sv
-from tests.test_operator_actions import incarnation, worker
+from tests.supervisors.test_operator_actions import incarnation, worker
 
 
 async def test_every_restart_below_is_observed_with_its_path(nursery: trio.Nursery) -> None:
