@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -666,11 +667,16 @@ class SupervisorCore:
         (a dynamic supervisor finds it by id without walking its children)."""
         return ChildInfo.of(self._find_by_id(child_id))
 
-    def iter_children(self) -> Iterator[ChildInfo]:
+    def iter_children(self, start: int = 0, stop: int | None = None) -> Iterator[ChildInfo]:
         """:meth:`which_children` one child at a time, in the same order, for walking a
         big supervisor without building the whole list (:func:`snapshot` lists the first
-        few). Do not await between two items: the children may change meanwhile."""
-        for child in self._children():
+        few); ``start``/``stop``: only those positions (the others are skipped without
+        being looked at: one page of a million children). Do not await between two items:
+        the children may change meanwhile."""
+        children = self._children()
+        if start or stop is not None:
+            children = itertools.islice(children, start, stop)
+        for child in children:
             yield ChildInfo.of(child)
 
     def count_children(self) -> ChildCounts:

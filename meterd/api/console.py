@@ -24,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 import trio
@@ -305,6 +305,142 @@ def _asleep_row(daemon: Daemon, account: str, quarantined: set[str]) -> NodeRow:
     )
 
 
+class _Actors(NamedTuple):
+    """In an outline of the tree: the place of the meter actors (the accounts' dynamic
+    supervisor's children), not walked one by one."""
+
+    sup: sv.DynamicSupervisor
+    path: str  # of the supervisor
+    depth: int  # of its children
+
+
+def outline(root: sv.SupervisorCore, big: sv.DynamicSupervisor) -> list[Node | _Actors]:
+    """Every node of the live tree depth first, but ``big``'s children: one :class:`_Actors`
+    in their place (a handful of nodes, whatever the number of accounts)."""
+    out: list[Node | _Actors] = [(None, root.name, 0)]
+    stack: list[tuple[Iterator[sv.ChildInfo], str, int]] = [(root.iter_children(), root.name, 1)]
+    while stack:
+        children, prefix, depth = stack[-1]
+        info = next(children, None)
+        if info is None:
+            stack.pop()
+            continue
+        path = f"{prefix}/{info.name}"
+        out.append((info, path, depth))
+        if info.ref is big:
+            out.append(_Actors(big, path, depth + 1))
+        elif isinstance(info.ref, sv.SupervisorCore):
+            stack.append((info.ref.iter_children(), path, depth + 1))
+    return out
+
+
+def _actor_node(actors: _Actors, account: str) -> Node | None:
+    try:
+        info = actors.sup.child_info(account)
+    except sv.NoSuchChild:
+        return None
+    return info, f"{actors.path}/{info.name}", actors.depth
+
+
+def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> Any:
+    """``(total, matched, the page's nodes)`` without a row per meter
+    actor, for the common questions (no status filter): the tree's first pages, a search,
+    a sort by name, mailbox, memory or rate; None for the others (:func:`_slow`)."""
+    if query.status is not None or query.sort == "restarts":
+        return None
+    root, big, registry = daemon.tree, daemon.accounts.supervisor, daemon.accounts.registry
+    items = outline(root, big)
+    actors = next((item for item in items if isinstance(item, _Actors)), None)
+    static = [item for item in items if not isinstance(item, _Actors)]
+    total = len(static) + (len(big) if actors is not None else 0)
+    end = query.offset + query.limit
+    if query.sort == "tree" and search is None:
+        if query.order == "desc":
+            return None
+        chosen: list[Node] = []
+        position = 0
+        for item in items:
+            if position >= end:
+                break
+            if isinstance(item, _Actors):
+                count = len(item.sup)
+                first, last = max(query.offset, position), min(end, position + count)
+                if first < last:
+                    for info in item.sup.iter_children(first - position, last - position):
+                        chosen.append((info, f"{item.path}/{info.name}", item.depth))
+                position += count
+                continue
+            if position >= query.offset:
+                chosen.append(item)
+            position += 1
+        return total, total, chosen
+    candidates: list[tuple[Any, int, Node | str]] = []
+    node_key = _sort_key(query.sort, now) if query.sort != "tree" else None
+    for index, node in enumerate(static):
+        name = node[1].rsplit("/", 1)[-1]
+        if search is None or search in name.lower():
+            candidates.append((node_key(node) if node_key else index, index, node))
+    if actors is not None:
+        base = len(static)
+        for index, key in enumerate(registry.keys()):
+            account = str(key)
+            if search is not None and search not in account.lower():
+                continue
+            if query.sort in ("tree", "name"):
+                value: Any = base + index if query.sort == "tree" else account
+            else:
+                ref = registry.whereis(key)
+                actor = _actor_of(ref)
+                if actor is None:
+                    value = 0
+                elif query.sort == "mailbox":
+                    value = actor.sv_mailbox_depth
+                elif query.sort == "memory":
+                    value = actor.memory_estimate()
+                else:
+                    value = actor.events_per_second(now)
+            candidates.append((value, base + index, account))
+    descending = query.order == "desc"
+    if descending:
+        picked = heapq.nlargest(end, candidates, key=lambda c: (c[0], -c[1]))
+    else:
+        picked = heapq.nsmallest(end, candidates, key=lambda c: (c[0], c[1]))
+    chosen = []
+    for _, _, what in picked[query.offset :]:
+        if isinstance(what, str):
+            assert actors is not None
+            found = _actor_node(actors, what)
+            if found is not None:  # (else it ended meanwhile)
+                chosen.append(found)
+        else:
+            chosen.append(what)
+    return total, len(candidates), chosen
+
+
+def _slow(
+    daemon: Daemon, query: NodesQuery, search: str | None, now: float, quarantined: set[str]
+) -> Any:
+    """What :func:`_fast` answers, for any question: a walk with every node's info."""
+    root = daemon.tree
+    meters = f"{root.name}/accounts/meters/"
+    total = 0
+    live: list[Node] = []
+    for node in nodes(root):
+        total += 1
+        if query.status != "hibernated" and _keep(
+            node, search, query.status, quarantined, meters
+        ):
+            live.append(node)
+    end = query.offset + query.limit
+    descending = query.order == "desc"
+    if query.sort != "tree":  # the first `end` only: O(n log end), not a whole sort
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        chosen = pick(end, live, key=_sort_key(query.sort, now))
+    else:
+        chosen = live[::-1][:end] if descending else live[:end]
+    return total, len(live), chosen[query.offset :]
+
+
 @ops.get(
     "/v1/tree/nodes",
     "treeNodes",
@@ -318,31 +454,21 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
     search = query.search.lower() if query.search is not None else None
     status = query.status
     root = daemon.tree
-    meters = f"{root.name}/accounts/meters/"
     now = trio.current_time()
-    total = 0
-    live: list[Node] = []
-    for node in nodes(root):
-        total += 1
-        if status != "hibernated" and _keep(node, search, status, quarantined, meters):
-            live.append(node)
-    end = query.offset + query.limit
-    descending = query.order == "desc"
-    if query.sort != "tree":  # the first `end` only: O(n log end), not a whole sort
-        pick = heapq.nlargest if descending else heapq.nsmallest
-        chosen = pick(end, live, key=_sort_key(query.sort, now))
-    else:
-        chosen = live[::-1][:end] if descending else live[:end]
+    found = _fast(daemon, query, search, now)
+    if found is None:
+        found = _slow(daemon, query, search, now, quarantined)
+    total, matched, chosen = found
     page = [
         _root_row(root) if info is None else _row(info, path, depth, now, quarantined)
-        for info, path, depth in chosen[query.offset :]
+        for info, path, depth in chosen
     ]
-    matched = len(live)
     known = await daemon.store.reader.known_accounts()
     asleep_total = max(0, known - len(daemon.accounts.supervisor))
     if status in ("hibernated", "quarantined") or (status is None and search is not None):
         only = quarantined if status == "quarantined" else None
-        first = max(0, query.offset - len(live))
+        live_matched = matched
+        first = max(0, query.offset - live_matched)
         room = query.limit - len(page)
         asleep, names = await _asleep(daemon, search, only, first, room)
         matched += asleep

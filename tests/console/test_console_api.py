@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
+import trio
 
 from meterd.accounts.actor import CELL_BYTES, MeterActor
 from meterd.accounts.aggregate import AccountUsage
+from meterd.api.console import _fast, _slow, _sort_key
+from meterd.api.models import NodesQuery
 from meterd.app import Services
 from meterd.client import Producer
 from meterd.model import Aggregation, Event, Meter
@@ -93,6 +97,34 @@ async def test_tree_nodes_are_filtered_sorted_and_paged_on_the_server(tmp_path: 
         }
         (top,) = (await api.get("/v1/tree/nodes", params=memory)).json()["nodes"]
         assert top["name"] == "busy-1"  # five minute cells, the others one
+
+        # The shortcuts (no row per actor) answer as the full walk does.
+        daemon = services.api.daemon
+        now = trio.current_time()
+        for params in (
+            {},
+            {"offset": 3, "limit": 7},
+            {"offset": 30, "limit": 20},
+            {"search": "shop-1", "sort": "name", "order": "desc"},
+            {"search": "S", "limit": 100},
+            {"sort": "memory", "order": "desc", "limit": 5},
+            {"sort": "rate", "limit": 40},
+            {"sort": "mailbox", "offset": 2, "limit": 3},
+            {"sort": "name", "offset": 5, "limit": 9},
+        ):
+            query = msgspec.convert(params, NodesQuery)
+            search = query.search.lower() if query.search else None
+            fast = _fast(daemon, query, search, now)
+            assert fast is not None, params
+            total, matched, chosen = _slow(daemon, query, search, now, set())
+            assert fast[:2] == (total, matched), params
+            if query.sort == "tree" and search:  # matches: the tree's nodes, then accounts
+                assert sorted(n[1] for n in fast[2]) == sorted(n[1] for n in chosen), params
+            elif query.sort in ("tree", "name"):
+                assert [n[1] for n in fast[2]] == [n[1] for n in chosen], params
+            else:  # ties may be broken differently: the same keys in the same order
+                key = _sort_key(query.sort, now)
+                assert [key(n) for n in fast[2]] == [key(n) for n in chosen], params
 
         status = (await api.get("/v1/tree/nodes", params={"status": "restarting"})).json()
         assert status["matched"] == 0
