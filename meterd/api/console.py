@@ -166,6 +166,13 @@ def _actor_of(ref: Any) -> MeterActor | None:
     return None
 
 
+def _children_of(ref: Any) -> int:
+    """How many children a supervisor has (a dynamic one says it without a walk)."""
+    if isinstance(ref, sv.DynamicSupervisor):
+        return len(ref)
+    return ref.count_children().specs if isinstance(ref, sv.SupervisorCore) else 0
+
+
 def _row(info: sv.ChildInfo, path: str, depth: int, now: float, quarantined: set[str]) -> NodeRow:
     ref = info.ref
     actor = _actor_of(ref)
@@ -181,7 +188,7 @@ def _row(info: sv.ChildInfo, path: str, depth: int, now: float, quarantined: set
         mailbox=info.mailbox,
         rate=actor.events_per_second(now) if actor is not None else 0,
         memory=actor.memory_estimate() if actor is not None else 0,
-        children=ref.count_children().specs if isinstance(ref, sv.SupervisorCore) else 0,
+        children=_children_of(ref),
         quarantined=account in quarantined if account is not None else False,
         started_at=None if info.started_at is None else int(info.started_at * 1000),
     )
@@ -216,7 +223,7 @@ def _root_row(root: sv.SupervisorCore) -> NodeRow:
         depth=0,
         kind="supervisor",
         status="running" if root.running else "stopped",
-        children=root.count_children().specs,
+        children=_children_of(root),
         started_at=None if root.started_at is None else int(root.started_at * 1000),
     )
 
