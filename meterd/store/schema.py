@@ -446,7 +446,8 @@ def _dedupe_event_times(conn: sqlite3.Connection, meter_dimensions: MeterDimensi
 V8_STATEMENTS: Final = (
     # path: node names from the root (root/accounts/meters/acme); at: Unix ms; kind: crash,
     # killed, shutdown, sibling, operator, ...; error_type, message: why (docs/console.md).
-    """CREATE TABLE restarts (
+    # IF NOT EXISTS: a store made to look older (tests lower user_version) keeps the table.
+    """CREATE TABLE IF NOT EXISTS restarts (
         restart_id INTEGER PRIMARY KEY,
         path       TEXT    NOT NULL,
         at         INTEGER NOT NULL,
@@ -454,7 +455,7 @@ V8_STATEMENTS: Final = (
         error_type TEXT,
         message    TEXT    NOT NULL
     )""",
-    "CREATE INDEX restarts_by_path ON restarts (path, restart_id)",
+    "CREATE INDEX IF NOT EXISTS restarts_by_path ON restarts (path, restart_id)",
 )
 
 
