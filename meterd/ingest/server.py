@@ -100,6 +100,7 @@ from wsproto.events import BytesMessage, TextMessage
 import supervisors as sv
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
+from meterd.ingest.observe import AckObserver
 from meterd.ingest.protocol import (
     ACK_FLOOR_BYTES,
     ACK_OVERHEAD,
@@ -154,6 +155,8 @@ class IngestStats:
     faults: Counter[str] = field(default_factory=Counter)  # error frames sent, by code
     ack_waits: int = 0  # times a connection stopped reading: its own acks held too many bytes
     failed: int = 0  # connections ended by an unexpected error (a bug; logged)
+    # per producer, rejected by code, ack latency: one call per ack sent (meterd.ingest.observe)
+    observed: AckObserver = field(default_factory=AckObserver)
 
 
 class _FrameTooLarge(bytes):
@@ -254,6 +257,11 @@ class IngestServer:
         host = f"[{host}]" if ":" in host else host
         scheme = "ws" if self.config.ingest.tls is None else "wss"
         return f"{scheme}://{host}:{port}{INGEST_PATH}"
+
+    @property
+    def connections_by_producer(self) -> dict[str, int]:
+        """Open websockets per producer now (producers with none are left out)."""
+        return {name: count for name, count in self._by_producer.items() if count > 0}
 
     @property
     def stopping(self) -> bool:
@@ -504,10 +512,12 @@ async def _reject(
 class _Slot:
     """A batch (or the end of the connection) in the order acks must be sent."""
 
-    __slots__ = ("ack", "counts", "done", "fault", "held", "seq")
+    __slots__ = ("ack", "counts", "done", "fault", "held", "read_at", "rejections", "seq")
 
     def __init__(self, seq: int = -1, fault: Fault | None = None) -> None:
         self.seq = seq
+        self.read_at = trio.current_time()  # for the ack latency (meterd.ingest.observe)
+        self.rejections: list[Rejection] = []
         self.done = trio.Event()
         self.ack: bytes | None = None
         self.held = 0  # bytes counted for its ack (``acks held``); -1 once released
@@ -843,6 +853,7 @@ class _Connection:
             max(self.server.config.ingest.max_frame_bytes, ACK_FLOOR_BYTES),
         )
         slot.counts = (accepted, duplicates, len(rejected))
+        slot.rejections = rejected
         slot.done.set()
 
     # ---- acks, in seq order --------------------------------------------------------------------
@@ -873,6 +884,13 @@ class _Connection:
                         stats.accepted += accepted
                         stats.duplicates += duplicates
                         stats.rejected += rejected
+                        stats.observed.acked(
+                            self.producer.name,
+                            accepted,
+                            duplicates,
+                            slot.rejections,
+                            trio.current_time() - slot.read_at,
+                        )
                         continue
                     assert slot.fault is not None
                     self.read_scope.cancel()
