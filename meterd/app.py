@@ -38,6 +38,7 @@ from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 from meterd.store import Store
+from meterd.store.restarts import RestartLog
 
 log = structlog.get_logger("meterd")
 
@@ -87,6 +88,9 @@ def build(config: Config) -> Services:
         name="root",
     )
     daemon.root = root
+    # Every restart in the tree is kept in the store (the console's restart history).
+    daemon.restarts = RestartLog(config.store_path)
+    root.on_restart = daemon.restarts.record
     metrics.watch(root, accounts, store, ingest)
     metrics.registry.register(BillingCollector(billing))  # restatements by cause
     return Services(root, store, accounts, ingest, api, billing)

@@ -63,6 +63,9 @@ from meterd.store.codec import encode_dims
 log = structlog.get_logger("meterd.accounts")
 
 _NO_WINDOWS = 2**62
+ACTOR_BYTES = 4_000  # an awake meter actor with no cells (its object, bound logger, registry)
+CELL_BYTES = 300  # one minute cell of a sum meter: key tuple, value, dirty mark
+MESSAGE_BYTES = 200  # one queued delivery (its events are shared with the journal batch)
 
 
 class AccountsContext(Protocol):
@@ -107,6 +110,12 @@ class MeterActor(sv.GenServer[Any, Any]):
         # A random phase, so that accounts woken together do not all checkpoint together.
         self.last_checkpoint = self.last_active - random.uniform(0, accounts.checkpoint_interval)
         self.quarantined = 0
+        # For operators (the console): events applied by this incarnation, and events per
+        # second as two one-second buckets (O(1) per delivered batch; ActorStats reads them).
+        self.events_applied = 0
+        self.rate_second = 0  # the whole Trio second being counted
+        self.rate_count = 0  # events applied in it
+        self.rate_previous = 0  # events applied in the second before it
 
     # ---- start: recover from the store ------------------------------------------
 
@@ -152,6 +161,7 @@ class MeterActor(sv.GenServer[Any, Any]):
                     self.account, batch_id, event.id, reason
                 )
         self.watermark = max(self.watermark, batch_id)
+        self.events_applied += len(events)  # (or quarantined: the console counts them all)
 
     # ---- messages -------------------------------------------------------------------
 
@@ -211,11 +221,37 @@ class MeterActor(sv.GenServer[Any, Any]):
         """Apply committed journal batch ``batch_id`` (see the module doc)."""
         try:
             if batch_id > self.watermark:
-                self.last_active = self._now()
+                self.last_active = now = self._now()
+                second = int(now)
+                if second != self.rate_second:
+                    gap = second - self.rate_second
+                    self.rate_previous = self.rate_count if gap == 1 else 0
+                    self.rate_second, self.rate_count = second, 0
+                self.rate_count += len(events)
+                self.events_applied += len(events)
                 self.usage.apply_events(self.accounts.meters, events)
                 self.watermark = batch_id
         finally:
             self.accounts.budget.give_for(self.account, len(events))
+
+    # ---- introspection (the console) -----------------------------------------------------
+
+    def events_per_second(self, now: float) -> int:
+        """Events applied in the last whole second before ``now`` (Trio time)."""
+        gap = int(now) - self.rate_second
+        if gap == 0:
+            return self.rate_previous
+        return self.rate_count if gap == 1 else 0
+
+    def cells(self) -> int:
+        """Minute cells held in memory (deltas since the last checkpoint)."""
+        return self.usage.cell_count()
+
+    def memory_estimate(self) -> int:
+        """Bytes this actor holds, estimated: :data:`ACTOR_BYTES` plus :data:`CELL_BYTES`
+        per minute cell and :data:`MESSAGE_BYTES` per queued message (measured with
+        tracemalloc, tests/console/test_actor_stats.py; not counted object by object)."""
+        return ACTOR_BYTES + CELL_BYTES * self.cells() + MESSAGE_BYTES * self.sv_mailbox_depth
 
     # ---- checkpoints and hibernation -------------------------------------------------------
 

@@ -110,6 +110,7 @@ import supervisors as sv
 from meterd.accounts.budget import EventBudget
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
+from meterd.ingest.observe import AckObserver
 from meterd.ingest.protocol import (
     ACK_FLOOR_BYTES,
     ACK_OVERHEAD,
@@ -164,6 +165,8 @@ class IngestStats:
     faults: Counter[str] = field(default_factory=Counter)  # error frames sent, by code
     ack_waits: int = 0  # times a connection stopped reading: its own acks held too many bytes
     failed: int = 0  # connections ended by an unexpected error (a bug; logged)
+    # per producer, rejected by code, ack latency: one call per ack sent (meterd.ingest.observe)
+    observed: AckObserver = field(default_factory=AckObserver)
 
 
 class _FrameTooLarge(bytes):
@@ -264,6 +267,11 @@ class IngestServer:
         host = f"[{host}]" if ":" in host else host
         scheme = "ws" if self.config.ingest.tls is None else "wss"
         return f"{scheme}://{host}:{port}{INGEST_PATH}"
+
+    @property
+    def connections_by_producer(self) -> dict[str, int]:
+        """Open websockets per producer now (producers with none are left out)."""
+        return {name: count for name, count in self._by_producer.items() if count > 0}
 
     @property
     def stopping(self) -> bool:
@@ -520,8 +528,8 @@ class _Slot:
     needs of the batch, then its outcome (:meth:`committed`), then its ack or fault."""
 
     __slots__ = (
-        "ack", "budget", "counts", "done", "fault", "held", "outcome", "rejected", "seq",
-        "shares", "size", "valid",
+        "ack", "budget", "counts", "done", "fault", "held", "outcome", "read_at", "rejected",
+        "rejections", "seq", "shares", "size", "valid",
     )  # fmt: skip
 
     def __init__(
@@ -536,6 +544,8 @@ class _Slot:
         valid: int = 0,
     ) -> None:
         self.seq = seq
+        self.read_at = trio.current_time()  # for the ack latency (meterd.ingest.observe)
+        self.rejections: list[Rejection] = []
         self.done = trio.Event()
         self.size = size  # events in the batch
         self.rejected = [] if rejected is None else rejected  # by validation
@@ -875,6 +885,7 @@ class _Connection:
             max(self.server.config.ingest.max_frame_bytes, ACK_FLOOR_BYTES),
         )
         slot.counts = (accepted, duplicates, len(rejected))
+        slot.rejections = rejected
 
     # ---- acks, in seq order --------------------------------------------------------------------
 
@@ -906,6 +917,13 @@ class _Connection:
                         stats.accepted += accepted
                         stats.duplicates += duplicates
                         stats.rejected += rejected
+                        stats.observed.acked(
+                            self.producer.name,
+                            accepted,
+                            duplicates,
+                            slot.rejections,
+                            trio.current_time() - slot.read_at,
+                        )
                         continue
                     assert slot.fault is not None
                     self.read_scope.cancel()

@@ -484,6 +484,11 @@ class Reader:
 
         return await self._run(query)
 
+    async def run(self, query: Callable[[sqlite3.Connection], T], lane: str = "default") -> T:
+        """``query(connection)`` on a reader thread of ``lane``, for a read this class does
+        not have (the console's account search, :mod:`meterd.api.console`); read-only."""
+        return await self._run(query, lane)
+
     async def known_accounts(self) -> int:
         """How many accounts the store has seen (events appended or a checkpoint written)."""
 

@@ -39,6 +39,9 @@ Versions:
    ``(account, event_id, batch_id)`` (an id counted again after it was forgotten keeps one
    row per counted copy); ``store_meta`` holding the dedupe horizon. Rows stored before get
    the newest event time of their batch (``max_time``: never earlier than their own).
+8. ``restarts``: the restart history of the supervision tree's nodes (by path: crashes,
+   kills, operator restarts), kept across daemon restarts for the console
+   (:mod:`meterd.store.restarts`; written on its own connection, never by the writer).
 
 Tables at the latest version::
 
@@ -58,6 +61,8 @@ Tables at the latest version::
     audit(audit_id INTEGER PRIMARY KEY, account, kind, event_id, code, message, meter, time,
           properties, producer, seq, batch_id, received_at, position)
         index audit_by_account(account, position, audit_id)
+    restarts(restart_id INTEGER PRIMARY KEY, path, at, kind, error_type, message)
+        index restarts_by_path(path, restart_id)
     store_meta(name PRIMARY KEY, value) WITHOUT ROWID
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
@@ -438,6 +443,22 @@ def _dedupe_event_times(conn: sqlite3.Connection, meter_dimensions: MeterDimensi
     )
 
 
+V8_STATEMENTS: Final = (
+    # path: node names from the root (root/accounts/meters/acme); at: Unix ms; kind: crash,
+    # killed, shutdown, sibling, operator, ...; error_type, message: why (docs/console.md).
+    # IF NOT EXISTS: a store made to look older (tests lower user_version) keeps the table.
+    """CREATE TABLE IF NOT EXISTS restarts (
+        restart_id INTEGER PRIMARY KEY,
+        path       TEXT    NOT NULL,
+        at         INTEGER NOT NULL,
+        kind       TEXT    NOT NULL,
+        error_type TEXT,
+        message    TEXT    NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS restarts_by_path ON restarts (path, restart_id)",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
@@ -446,6 +467,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
     Migration(6, "injective window dimension keys", _v6_injective_window_dims),
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
+    Migration(8, "restart history of the tree's nodes", _statements(*V8_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

@@ -63,6 +63,10 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/graphql",
         "/v1/accounts",
         "/v1/accounts/{account}/usage/summary",
+        "/v1/tree/nodes",
+        "/v1/actors/{actor}/status",
+        "/v1/console/ingest",
+        "/v1/console/meta",
     }
 
 
