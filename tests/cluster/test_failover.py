@@ -88,11 +88,20 @@ async def leader_of(conn: Connection) -> str:
 
 
 async def read_all(conn: Connection) -> list[LogMessage]:
+    """The whole stream, read the way an owner reads it: a read the cluster cannot serve yet
+    (``ClusterUnavailable``, e.g. the consumer's create timing out while the restarted
+    server catches up) is retried from the first message not yet read."""
     last = (await stream_info(conn)).last_seq
     out: list[LogMessage] = []
-    async with conn.reader(STREAM, "log.>") as reader:
+    with trio.fail_after(60):
         while not out or out[-1].seq < last:
-            out += await reader.fetch(1000, timeout=2)
+            start = out[-1].seq + 1 if out else 1
+            try:
+                async with conn.reader(STREAM, "log.>", start_seq=start) as reader:
+                    while not out or out[-1].seq < last:
+                        out += await reader.fetch(1000, timeout=2)
+            except ClusterUnavailable:
+                log.info("test.failover.read_retried", from_seq=start)
     return out
 
 
