@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark the accounts layer (meter actors + store, no network) against a naive pipeline.
 
-Run from the repository root::
+Run with the project's venv (``meterd bench accounts ...`` is the same)::
 
-    .venv/bin/python bench/accounts_bench.py              # 10,000 accounts, 500k events (~5 min)
-    .venv/bin/python bench/accounts_bench.py --quick      # 1,000 accounts, 50k events (~25 s)
-    .venv/bin/python bench/accounts_bench.py --repeats 3 --what-if   # as in docs/accounts-bench.md
-    .venv/bin/python bench/accounts_bench.py --json       # machine-readable, on stdout
-    .venv/bin/python bench/accounts_bench.py --burst      # waves of new accounts, vs main
+    .venv/bin/python -m meterd.bench.accounts           # 10,000 accounts, 500k events (~5 min)
+    .venv/bin/python -m meterd.bench.accounts --quick   # 1,000 accounts, 50k events (~25 s)
+    .venv/bin/python -m meterd.bench.accounts --repeats 3 --what-if   # docs/accounts-bench.md
+    .venv/bin/python -m meterd.bench.accounts --json    # machine-readable, on stdout
+    .venv/bin/python -m meterd.bench.accounts --burst   # waves of new accounts, vs main
 
 Options: ``--events N --accounts K --concurrency C --batch B`` (the load), ``--repeats R``
 (medians; the best is shown too), ``--seed S``, ``--spread-minutes M`` (event times over M
@@ -103,6 +103,7 @@ import math
 import os
 import pstats
 import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -133,6 +134,9 @@ ZIPF_S = 1.1
 NAIVE_TXN = 1_000
 WAKE_SAMPLES = 1_000
 HANG_LIMIT = 900.0  # seconds: a run that takes longer is reported as a hang
+#: The checkout holding this ``meterd`` (the repository root of an editable install): the
+#: subprocesses run ``-m meterd.bench.accounts`` from there, ``git archive`` reads it.
+_TREE = Path(__file__).resolve().parents[2]
 
 Call = tuple[str, list[Event]]
 Key = tuple[str, int, str]  # (account, minute start, region)
@@ -753,7 +757,8 @@ def wal_checkpoint(path: Path) -> dict[str, int]:
 def run_memory(accounts_n: int, concurrency: int, traced: bool) -> dict[str, Any]:
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "meterd.bench.accounts",
         "--memory-child",
         "traced" if traced else "rss",
         "--accounts",
@@ -761,7 +766,9 @@ def run_memory(accounts_n: int, concurrency: int, traced: bool) -> dict[str, Any
         "--concurrency",
         str(concurrency),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_LIMIT, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_LIMIT, check=False, cwd=_TREE
+    )
     if done.returncode:
         raise RuntimeError(f"memory subprocess failed ({done.returncode}):\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -977,10 +984,12 @@ async def burst_wave(
 
 def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str, Any]:
     """The burst in a fresh interpreter, on this tree's code or on ``code`` (a directory
-    holding another tree's ``meterd`` and ``supervisors``)."""
+    holding another tree's ``meterd`` and ``supervisors``, and this file as
+    ``meterd/bench/accounts.py``: run from there, ``-m`` finds that tree first)."""
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "meterd.bench.accounts",
         "--burst-child",
         "--burst-accounts",
         str(accounts_n),
@@ -991,7 +1000,13 @@ def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str,
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=HANG_LIMIT * waves, check=False, env=env
+        command,
+        capture_output=True,
+        text=True,
+        timeout=HANG_LIMIT * waves,
+        check=False,
+        env=env,
+        cwd=code if code is not None else _TREE,
     )
     sys.stderr.write(done.stderr)
     if done.returncode:
@@ -1002,7 +1017,7 @@ def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str,
 
 def run_burst(args: argparse.Namespace) -> dict[str, Any]:
     """The burst on ``--baseline-ref``'s code and on this tree's, one after the other."""
-    root = Path(__file__).resolve().parent.parent
+    root = _TREE
     result: dict[str, Any] = {"params": vars(args)}
     with tempfile.TemporaryDirectory(prefix="accounts-bench-baseline-") as tmp:
         archive = subprocess.run(
@@ -1011,6 +1026,10 @@ def run_burst(args: argparse.Namespace) -> dict[str, Any]:
             check=True,
         )
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        # This bench's own code, whatever the baseline has (it may predate this module).
+        (Path(tmp) / "meterd" / "bench").mkdir(parents=True, exist_ok=True)
+        (Path(tmp) / "meterd" / "bench" / "__init__.py").touch()
+        shutil.copy(__file__, Path(tmp) / "meterd" / "bench" / "accounts.py")
         result["commit"] = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", args.baseline_ref],
             capture_output=True,
@@ -1408,8 +1427,11 @@ def print_profile(profile: dict[str, Any]) -> None:
                 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.accounts",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=50)
@@ -1438,7 +1460,7 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main", help="the burst's baseline (git ref)")
     parser.add_argument("--burst-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     configure(level="warning")
     if args.burst_child:
         print(json.dumps(trio.run(burst_child, args.burst_accounts, args.waves)))
