@@ -125,6 +125,7 @@ from meterd.accounts.service import Accounts
 from meterd.logs import configure
 from meterd.model import HOUR_MS, MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import Store
+from meterd.store.codec import decode_dims
 
 METER = Meter("compute.seconds", Aggregation.SUM, ("region",))
 METERS = {METER.name: METER}
@@ -298,7 +299,7 @@ class ThreadTimes:
         self._before_commit: dict[int, float] = {}
 
     def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             ident = threading.get_ident()
             start, cpu = time.perf_counter(), time.thread_time()
             self._before_commit.pop(ident, None)
@@ -309,7 +310,7 @@ class ThreadTimes:
                     profile = self.profiles[ident] = cProfile.Profile()
                 profile.enable()
             try:
-                return original(*args)
+                return original(*args, **kwargs)
             finally:
                 if profile is not None:
                     profile.disable()
@@ -446,7 +447,8 @@ def stored_sums(path: Path) -> dict[Key, Decimal]:
         ):
             assert meter == METER.name
             total = decode(METER, state).value()
-            got[(account, start, dims)] = Decimal(total)
+            (region,) = decode_dims(dims)  # the row's key: JSON of the dimension values
+            got[(account, start, region)] = Decimal(total)
         return got
     finally:
         conn.close()
