@@ -22,18 +22,20 @@ Load
     ``--batch`` events of one account (the account's share of a producer batch); the account of
     each call is drawn **uniformly** or **Zipf** (s = 1.1, hot accounts at random ids) among
     ``--accounts`` accounts. ``--concurrency`` tasks take calls from one shared queue and
-    ``await accounts.ingest(account, events)``; the clock runs from the first call to the last
-    reply, and every reply means "durable" (the writer committed before the actor replied).
+    ``await accounts.ingest(account, events)`` (a batch of one account down the daemon's one
+    write path: ``Accounts.submit``, the writer's group commit, delivery to the actor); the
+    clock runs from the first call to the last reply, and every reply means "durable" (the
+    writer committed and the events were handed to the actor before it returned).
 
 ``meterd`` (warm)
     The real layer, as ``meterd run`` builds it: ``Store.at(path)`` (group commit, 2 ms),
-    ``Accounts(store, meters)`` with its defaults (a checkpoint every 5 s per awake account with
-    changes, so checkpoints happen during the run), a root ``rest_for_one`` supervisor over the
-    writer and the accounts. Before the clock starts every account of the load gets one event
-    (untimed): all its actors are awake. Reported: events/s, ingest (call) latency p50/p99, CPU
-    per event (process, Trio thread, writer thread, reader threads), how busy the writer was and
-    how much of that was ``COMMIT``, group transactions, reader queries (the checkpoints'
-    reads), and the share of the run spent in the cyclic garbage collector.
+    ``Accounts(store, meters)`` with its defaults (checkpoints spread over its
+    ``checkpoint_interval``, so some happen during the run), a root ``rest_for_one`` supervisor
+    over the writer and the accounts. Before the clock starts every account of the load gets one
+    event (untimed): all its actors are awake. Reported: events/s, ingest (call) latency
+    p50/p99, CPU per event (process, Trio thread, writer thread, reader threads), how busy the
+    writer was and how much of that was ``COMMIT``, group transactions, reader queries (the
+    checkpoints' reads), and the share of the run spent in the cyclic garbage collector.
 ``meterd`` (cold)
     The same load on a fresh store with no warm-up: each account's first call wakes its actor
     (a writer barrier and a journal read) inside the timed run.
@@ -46,8 +48,11 @@ Load
     The same, each event first ``INSERT OR IGNORE``-d into an ``(account, id)`` table (the
     least a pipeline that must not count a re-sent event twice would do).
 
-Every run checks exactness afterwards (untimed): each actor checkpoints, and every stored
-window must equal the sum computed here; the naive tables are checked the same way.
+Every run checks exactness afterwards (untimed): every account of the load checkpoints (a
+sleeping one is woken and replays the journal), and every stored window must equal the sum
+computed here; the naive tables are checked the same way. The warm run waits, untimed, until
+every actor of its warm-up is awake; in the cold run the wake-ups run beside the timed calls
+(a call returns once its events are committed and handed on, not when the actor is awake).
 
 What if (``--what-if``): the warm uniform run again with one change each (4x concurrency, times
 in one minute, GC thresholds, GC off, no checkpoints during the run, calls of 500), to weigh
@@ -55,13 +60,16 @@ what dominates.
 
 Memory (two fresh subprocesses, one measuring RSS, one ``tracemalloc``): wake ``--accounts``
 accounts with one event each (events built on the fly, so what an actor keeps of them is
-counted), per awake actor = growth / accounts; let them all hibernate, per hibernated account =
-what is left / accounts, the peak while they hibernate, and the database bytes per account
-(after a WAL checkpoint, by table, from ``dbstat``). Then one account grown by 2,000 events.
+counted) and wait until every actor is awake: per awake actor = growth / accounts; let them
+all hibernate: per hibernated account = what is left / accounts, the peak while they
+hibernate, and the database bytes per account (after a WAL checkpoint, by table, from
+``dbstat``). Then one account grown by 2,000 events.
 
-Wake-up latency: the first ingest (one event) to a hibernated account, one call at a time, p50 /
-p99, against a second ingest to the same, now awake, account; measured on the store of the warm
-uniform run (every account with journal batches and windows) and in the memory subprocess.
+Wake-up latency: a call (``status``) to a hibernated account, one at a time, p50 / p99: its
+actor started and loaded from the store first (events committed for a sleeping account do not
+wait for that: the deliverer wakes it afterwards); against the same call again, the account
+awake. Measured on the store of the warm uniform run (every account with journal batches and
+windows) and in the memory subprocess.
 
 Profile: the warm uniform run again under ``cProfile``: the Trio thread, and one profiler per
 writer / reader thread around the group transaction / the query (``Writer._write_group``,
@@ -111,7 +119,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -411,16 +419,36 @@ async def drive(
     return elapsed, latencies, accepted
 
 
-async def checkpoint_all(accounts: Accounts, concurrency: int) -> None:
+async def checkpoint_all(accounts: Accounts, concurrency: int, names: Iterable[str]) -> None:
+    """Every account of ``names`` writes its windows (a sleeping one is woken: its actor
+    replays the journal), so the stored windows hold every committed event."""
+    await _each(names, concurrency, accounts.checkpoint)
+
+
+async def awaken(accounts: Accounts, names: Iterable[str], concurrency: int) -> None:
+    """Wait until every account of ``names`` is awake (its actor started and loaded).
+
+    Events committed for a sleeping account do not wait for its wake-up: the deliverer
+    wakes it afterwards (docs/accounts.md), so a call is what waits for it."""
+
+    async def status(account: str) -> None:
+        await accounts.call(account, ("status",))
+
+    await _each(names, concurrency, status)
+
+
+async def _each(
+    names: Iterable[str], concurrency: int, one: Callable[[str], Awaitable[object]]
+) -> None:
     limiter = trio.Semaphore(concurrency)
 
-    async def one(account: str) -> None:
+    async def limited(account: str) -> None:
         async with limiter:
-            await accounts.checkpoint(account)
+            await one(account)
 
     async with trio.open_nursery() as nursery:
-        for account in list(accounts.registry.keys()):
-            nursery.start_soon(one, str(account))
+        for account in dict.fromkeys(names):
+            nursery.start_soon(limited, account)
 
 
 async def hibernate_all(accounts: Accounts, limit: float = 120.0) -> float:
@@ -455,19 +483,15 @@ def stored_sums(path: Path) -> dict[Key, Decimal]:
 
 
 async def wake_latencies(accounts: Accounts, names: Sequence[str]) -> dict[str, float]:
-    """First ingest to each hibernated account, one at a time; then a second one (awake)."""
-    base = hour_start()
+    """A call to each hibernated account, one at a time (its actor started and loaded from
+    the store first); then the same call again, the account awake."""
     first: list[float] = []
     second: list[float] = []
-    for round_, out in (("wake", first), ("awake", second)):
+    for out in (first, second):
         for account in names:
-            event = Event(
-                f"{round_}-{account}", account, METER.name, Decimal(1), base, PROPERTIES[1]
-            )
             sent = time.perf_counter()
-            verdict = await accounts.ingest(account, [event])
+            await accounts.call(account, ("status",))
             out.append(time.perf_counter() - sent)
-            assert verdict.accepted == [0], verdict
     first.sort()
     second.sort()
     return {
@@ -508,6 +532,7 @@ async def run_meterd(
             accounts = layer.accounts
             if warmup:
                 await drive(accounts, warmup, concurrency)
+                await awaken(accounts, [account for account, _ in warmup], concurrency)
             stats = layer.store.writer.stats
             commits0, events0 = stats.commits, stats.events_accepted
             writer0, reader0 = layer.writer_times.snapshot(), layer.reader_times.snapshot()
@@ -565,7 +590,8 @@ async def run_meterd(
                 accepted=accepted,
             )
             # exactness (untimed): every actor writes its deltas, then compare the windows
-            await checkpoint_all(accounts, concurrency)
+            names = [account for account, _ in itertools.chain(warmup, load)]
+            await checkpoint_all(accounts, concurrency, names)
             expected = expected_sums(itertools.chain(warmup, load))
             result["mismatched_windows"] = mismatches(expected, stored_sums(path))
             result["windows"] = len(expected)
@@ -680,7 +706,9 @@ async def memory_child(accounts_n: int, concurrency: int, traced: bool) -> dict[
                         nursery.start_soon(worker)
 
             # warm every code path, thread and connection, then let them sleep
-            await wake([f"warm-{i}" for i in range(200)], "w")
+            warm = [f"warm-{i}" for i in range(200)]
+            await wake(warm, "w")
+            await awaken(accounts, warm, concurrency)
             await hibernate_all(accounts)
             names = [account_name(i) for i in range(accounts_n)]
             if traced:
@@ -688,6 +716,7 @@ async def memory_child(accounts_n: int, concurrency: int, traced: bool) -> dict[
             db_before = await trio.to_thread.run_sync(wal_checkpoint, path)
             before = measure()
             await wake(names, "a")
+            await awaken(accounts, names, concurrency)  # the commits do not wait for it
             awake = measure()
             out["awake_actors"] = len(accounts.registry)
             out["per_awake_actor"] = (awake - before) / accounts_n
@@ -1376,7 +1405,7 @@ def print_report(result: dict[str, Any]) -> None:
                 f"one account after {grown['events']:,} events: "
                 f"{grown['bytes']:,.0f} B (tracemalloc)"
             )
-    print("\nwake-up latency (one call at a time, one event; p50 / p99 ms)")
+    print("\nwake-up latency (a call to a hibernated account, then again awake; p50 / p99 ms)")
     print(f"{'':48}{'wake (asleep)':>16}{'same, awake':>16}")
     rows = []
     wake = result["uniform"].get("wake")

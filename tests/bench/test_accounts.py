@@ -9,8 +9,20 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from meterd.bench.accounts import (
+    _LayerContext,
+    awaken,
+    build_load,
+    checkpoint_all,
+    drive,
+    expected_sums,
+    stored_sums,
+    warmup_calls,
+)
 
 NUMBER = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 SMALL = ["--events", "2000", "--accounts", "50", "--concurrency", "4", "--batch", "10"]
@@ -132,3 +144,32 @@ def test_the_burst_runs_on_the_baseline_tree_and_on_this_one() -> None:
         row = re.search(rf"^{re.escape(label)}\s+(.*)$", out, re.M)
         assert row is not None, (label, out)
         assert len(re.findall(NUMBER, row[1])) >= 2, row[0]  # both trees
+
+
+async def test_the_exactness_check_covers_accounts_whose_actor_is_not_awake(
+    tmp_path: Path,
+) -> None:
+    """A call returns once its events are committed; a sleeping account's actor is woken
+    after (at most ``max_awake`` at a time). The check must still count those events: it
+    checkpoints every account of the load, waking the ones still asleep."""
+    path = tmp_path / "meterd.sqlite3"
+    load, _ = build_load(60, 600, 10, "uniform", seed=1, spread=5)
+    names = [account for account, _ in load]
+    async with _LayerContext(path, max_awake=4) as layer:
+        await drive(layer.accounts, load, 8)
+        assert len(layer.accounts.registry) < len(set(names))  # the case: some still asleep
+        await checkpoint_all(layer.accounts, 8, names)
+    assert stored_sums(path) == expected_sums(iter(load))
+
+
+async def test_the_warm_run_starts_with_every_actor_of_its_warm_up_awake(tmp_path: Path) -> None:
+    load, _ = build_load(40, 400, 10, "uniform", seed=2, spread=5)
+    warm = warmup_calls(load)
+    # Wake-ups after the commits wait while 4 actors are awake (none sleeps meanwhile): the
+    # warm-up's calls alone leave most accounts asleep.
+    options = {"max_awake": 4, "pressure_idle": 3600.0}
+    async with _LayerContext(tmp_path / "meterd.sqlite3", **options) as layer:
+        await drive(layer.accounts, warm, 8)
+        await awaken(layer.accounts, [account for account, _ in warm], 8)
+        awake = {str(name) for name in list(layer.accounts.registry.keys())}
+        assert awake >= {account for account, _ in warm}
