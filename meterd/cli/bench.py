@@ -1,14 +1,17 @@
-"""``meterd bench``: benchmarks that drive a daemon from outside, as producers do.
+"""``meterd bench``: every benchmark of :mod:`meterd.bench`, one subcommand each.
 
-``meterd bench ingest`` is :mod:`meterd.bench.ingest` (docs/ingest-bench.md), ``meterd bench
-rating`` is :mod:`meterd.bench.rating` (docs/billing.md), ``meterd bench partitions`` is
-:mod:`meterd.bench.partitions` (docs/partitions.md: no daemon, the storage layouts of a
-partition owner side by side). Figures, never pass/fail thresholds;
-progress goes to stderr, the table (or ``--json``) to stdout.
+``meterd bench ingest`` (:mod:`meterd.bench.ingest`) and ``meterd bench rating``
+(:mod:`meterd.bench.rating`) drive a daemon from outside, as producers do, and have their own
+options here. The others are modules with a ``main(argv)`` (argparse), registered from
+:data:`MODULES`: ``meterd bench NAME ARGS...`` is ``python -m meterd.bench.NAME ARGS...``
+(``--help`` is the module's); ``meterd bench partitions`` (:mod:`meterd.bench.partitions`)
+names its own program. docs/benchmarks.md lists them all. Figures, never pass/fail
+thresholds; progress goes to stderr, the table (or ``--json``) to stdout.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,7 +24,46 @@ import trio
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (figures only; nothing fails on a number)."""
+    """Benchmarks (figures only; nothing fails on a number). docs/benchmarks.md lists them."""
+
+
+#: ``meterd bench NAME`` runs ``meterd.bench.NAME.main(argv)``; NAME: what it measures.
+MODULES: dict[str, str] = {
+    "supervisors": "The supervisors library against triotp and Erlang/OTP.",
+    "accounts": "Meter actors + store (no network) against a naive pipeline; --burst.",
+    "store": "The store writer against a naive SQLite design.",
+    "writer": "CPU per event of the store writer, against main's and a naive insert.",
+    "validate": "CPU per event of decoding and validating producer batches.",
+    "deliver": "CPU per event of delivering committed batches to the meter actors.",
+    "pages": "SQLite pages written per event, table by table.",
+    "retention": "Disk bytes per event with dedupe retention, against main.",
+    "nats_bridge": "JetStream publishes from Trio through the bridge, against asyncio nats-py.",
+}
+
+
+def _module_command(name: str, summary: str) -> click.Command:
+    """``meterd bench NAME ARGS...``: the module's own ``main`` with ARGS, unparsed here."""
+
+    def run(args: tuple[str, ...]) -> None:
+        module = importlib.import_module(f"meterd.bench.{name}")
+        code = module.main(list(args))
+        sys.stdout.flush()
+        if code:
+            sys.exit(code)
+
+    return click.Command(
+        name,
+        callback=run,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        help=f"{summary} Options: `python -m meterd.bench.{name} --help`.",
+        short_help=summary,
+        add_help_option=False,  # --help goes to the module
+        context_settings={"ignore_unknown_options": True},
+    )
+
+
+for _name, _summary in MODULES.items():
+    bench.add_command(_module_command(_name, _summary))
 
 
 @bench.command("ingest")

@@ -49,7 +49,7 @@ child that does not stop when asked": there are no links to remove.
 The two scaling cases (``simple_one_for_one_scale_many_temporary_children``,
 ``scale_start_stop_many_children``) are timed in OTP; here they count the work an
 operation does (lines of the library executed, child records compared) at two
-sizes, which must not grow. ``bench/supervisors_bench.py`` prints the times.
+sizes, which must not grow. ``meterd bench supervisors`` prints the times.
 """
 
 from __future__ import annotations

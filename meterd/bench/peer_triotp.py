@@ -3,7 +3,8 @@
 
 Run this with the python of the dedicated triotp virtualenv (triotp 0.2.1
 pins ``trio>=0.19,<0.20``, which must never enter the project's environment);
-``bench/triotp_env.py`` creates that venv and runs this script.
+:mod:`meterd.bench.triotp_env` creates that venv and runs this script (by its path: the
+venv has no meterd, and the script imports nothing of it).
 
 It prints ONE JSON object on stdout; everything else goes to stderr.
 
@@ -40,7 +41,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-# triotp lives only in the dedicated venv (see bench/triotp_env.py) and is untyped.
+# triotp lives only in the dedicated venv (see meterd/bench/triotp_env.py) and is untyped.
 from triotp import (  # type: ignore[import-not-found, import-untyped, unused-ignore]
     application,
     dynamic_supervisor,
@@ -96,7 +97,7 @@ def log(*parts: object) -> None:
     print("[peer_triotp]", *parts, file=sys.stderr, flush=True)
 
 
-# Deliberately repeated from bench/supervisors_bench.py: this script runs in the triotp
+# Deliberately repeated from meterd/bench/supervisors.py: this script runs in the triotp
 # virtualenv (trio 0.19), where the project's packages must not be importable.
 def rss_bytes() -> int:
     """Return this process's resident set size from /proc/self/status VmRSS."""

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """JetStream publishes from Trio through meterd's bridge, against nats-py on plain asyncio.
 
-Run from the repository root::
+Run from a checkout (it starts its servers with ``tests/cluster/servers.py``)::
 
-    .venv/bin/python bench/nats_bridge_bench.py            # 20,000 publishes, 1 server
-    .venv/bin/python bench/nats_bridge_bench.py --quick    # 5,000
-    .venv/bin/python bench/nats_bridge_bench.py --servers 3  # R3 on a 3-server cluster
-    .venv/bin/python bench/nats_bridge_bench.py --sync-interval 2m  # without fsync per write
+    .venv/bin/meterd bench nats_bridge                  # 20,000 publishes, 1 server
+    .venv/bin/meterd bench nats_bridge --quick          # 5,000
+    .venv/bin/meterd bench nats_bridge --servers 3      # R3 on a 3-server cluster
+    .venv/bin/meterd bench nats_bridge --sync-interval 2m  # without fsync per write
 
 Starts its own NATS server(s) (the pip-installed binary, ``sync_interval: always``, free
 loopback ports, a temporary store) exactly as tests/cluster does.
@@ -33,14 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import nats
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import nats
-
 from meterd.cluster import connect, open_bridge
-from tests.cluster.servers import running_cluster
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -113,8 +109,15 @@ async def noop_calls(calls: int, concurrency: int) -> float:
         return (time.perf_counter() - started) / calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    # The test suite's cluster runner: this benchmark runs from a checkout (an editable
+    # install), like the others that compare against a git revision.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.cluster.servers import running_cluster
+
+    parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.nats_bridge", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -127,7 +130,7 @@ def main() -> None:
         help="the servers' JetStream sync_interval: 'always' (meterd's setting) or e.g. '2m' "
         "(the server's default) to see the client's costs without the disk's",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     messages = 5_000 if args.quick else args.messages
     payload = b"x" * args.size
     replicas = 3 if args.servers == 3 else 1
@@ -174,7 +177,8 @@ def main() -> None:
         f"bridge round trip of a no-op coroutine: {sequential * 1e6:.1f} µs sequential, "
         f"{concurrent * 1e6:.1f} µs each with 64 callers"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

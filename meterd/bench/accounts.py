@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark the accounts layer (meter actors + store, no network) against a naive pipeline.
 
-Run from the repository root::
+Run with the project's venv (``meterd bench accounts ...`` is the same)::
 
-    .venv/bin/python bench/accounts_bench.py              # 10,000 accounts, 500k events (~5 min)
-    .venv/bin/python bench/accounts_bench.py --quick      # 1,000 accounts, 50k events (~25 s)
-    .venv/bin/python bench/accounts_bench.py --repeats 3 --what-if   # as in docs/accounts-bench.md
-    .venv/bin/python bench/accounts_bench.py --json       # machine-readable, on stdout
-    .venv/bin/python bench/accounts_bench.py --burst      # waves of new accounts, vs main
+    .venv/bin/python -m meterd.bench.accounts           # 10,000 accounts, 500k events (~5 min)
+    .venv/bin/python -m meterd.bench.accounts --quick   # 1,000 accounts, 50k events (~25 s)
+    .venv/bin/python -m meterd.bench.accounts --repeats 3 --what-if   # docs/accounts-bench.md
+    .venv/bin/python -m meterd.bench.accounts --json    # machine-readable, on stdout
+    .venv/bin/python -m meterd.bench.accounts --burst   # waves of new accounts, vs main
 
 Options: ``--events N --accounts K --concurrency C --batch B`` (the load), ``--repeats R``
 (medians; the best is shown too), ``--seed S``, ``--spread-minutes M`` (event times over M
@@ -22,19 +22,21 @@ Load
     ``--batch`` events of one account (the account's share of a producer batch); the account of
     each call is drawn **uniformly** or **Zipf** (s = 1.1, hot accounts at random ids) among
     ``--accounts`` accounts. ``--concurrency`` tasks take calls from one shared queue and
-    ``await accounts.ingest(account, events)``; the clock runs from the first call to the last
-    reply, and every reply means "durable" (the writer committed before the actor replied).
+    ``await accounts.ingest(account, events)`` (a batch of one account down the daemon's one
+    write path: ``Accounts.submit``, the writer's group commit, delivery to the actor); the
+    clock runs from the first call to the last reply, and every reply means "durable" (the
+    writer committed and the events were handed to the actor before it returned).
 
 ``meterd`` (warm)
     The real layer, as ``meterd run`` builds it: ``Store.at(path, StoreConfig())`` (group
     commit, 2 ms),
-    ``Accounts(store, meters)`` with its defaults (a checkpoint every 5 s per awake account with
-    changes, so checkpoints happen during the run), a root ``rest_for_one`` supervisor over the
-    writer and the accounts. Before the clock starts every account of the load gets one event
-    (untimed): all its actors are awake. Reported: events/s, ingest (call) latency p50/p99, CPU
-    per event (process, Trio thread, writer thread, reader threads), how busy the writer was and
-    how much of that was ``COMMIT``, group transactions, reader queries (the checkpoints'
-    reads), and the share of the run spent in the cyclic garbage collector.
+    ``Accounts(store, meters)`` with its defaults (checkpoints spread over its
+    ``checkpoint_interval``, so some happen during the run), a root ``rest_for_one`` supervisor
+    over the writer and the accounts. Before the clock starts every account of the load gets one
+    event (untimed): all its actors are awake. Reported: events/s, ingest (call) latency
+    p50/p99, CPU per event (process, Trio thread, writer thread, reader threads), how busy the
+    writer was and how much of that was ``COMMIT``, group transactions, reader queries (the
+    checkpoints' reads), and the share of the run spent in the cyclic garbage collector.
 ``meterd`` (cold)
     The same load on a fresh store with no warm-up: each account's first call wakes its actor
     (a writer barrier and a journal read) inside the timed run.
@@ -47,8 +49,11 @@ Load
     The same, each event first ``INSERT OR IGNORE``-d into an ``(account, id)`` table (the
     least a pipeline that must not count a re-sent event twice would do).
 
-Every run checks exactness afterwards (untimed): each actor checkpoints, and every stored
-window must equal the sum computed here; the naive tables are checked the same way.
+Every run checks exactness afterwards (untimed): every account of the load checkpoints (a
+sleeping one is woken and replays the journal), and every stored window must equal the sum
+computed here; the naive tables are checked the same way. The warm run waits, untimed, until
+every actor of its warm-up is awake; in the cold run the wake-ups run beside the timed calls
+(a call returns once its events are committed and handed on, not when the actor is awake).
 
 What if (``--what-if``): the warm uniform run again with one change each (4x concurrency, times
 in one minute, GC thresholds, GC off, no checkpoints during the run, calls of 500), to weigh
@@ -56,13 +61,16 @@ what dominates.
 
 Memory (two fresh subprocesses, one measuring RSS, one ``tracemalloc``): wake ``--accounts``
 accounts with one event each (events built on the fly, so what an actor keeps of them is
-counted), per awake actor = growth / accounts; let them all hibernate, per hibernated account =
-what is left / accounts, the peak while they hibernate, and the database bytes per account
-(after a WAL checkpoint, by table, from ``dbstat``). Then one account grown by 2,000 events.
+counted) and wait until every actor is awake: per awake actor = growth / accounts; let them
+all hibernate: per hibernated account = what is left / accounts, the peak while they
+hibernate, and the database bytes per account (after a WAL checkpoint, by table, from
+``dbstat``). Then one account grown by 2,000 events.
 
-Wake-up latency: the first ingest (one event) to a hibernated account, one call at a time, p50 /
-p99, against a second ingest to the same, now awake, account; measured on the store of the warm
-uniform run (every account with journal batches and windows) and in the memory subprocess.
+Wake-up latency: a call (``status``) to a hibernated account, one at a time, p50 / p99: its
+actor started and loaded from the store first (events committed for a sleeping account do not
+wait for that: the deliverer wakes it afterwards); against the same call again, the account
+awake. Measured on the store of the warm uniform run (every account with journal batches and
+windows) and in the memory subprocess.
 
 Profile: the warm uniform run again under ``cProfile``: the Trio thread, and one profiler per
 writer / reader thread around the group transaction / the query (the writer's
@@ -106,6 +114,7 @@ import math
 import os
 import pstats
 import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -113,7 +122,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -128,6 +137,7 @@ from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.logs import configure
 from meterd.model import HOUR_MS, MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import Store
+from meterd.store.codec import decode_dims
 
 METER = Meter("compute.seconds", Aggregation.SUM, ("region",))
 METERS = {METER.name: METER}
@@ -137,6 +147,9 @@ ZIPF_S = 1.1
 NAIVE_TXN = 1_000
 WAKE_SAMPLES = 1_000
 HANG_LIMIT = 900.0  # seconds: a run that takes longer is reported as a hang
+#: The checkout holding this ``meterd`` (the repository root of an editable install): the
+#: subprocesses run ``-m meterd.bench.accounts`` from there, ``git archive`` reads it.
+_TREE = Path(__file__).resolve().parents[2]
 
 Call = tuple[str, list[Event]]
 Key = tuple[str, int, str]  # (account, minute start, region)
@@ -298,7 +311,7 @@ class ThreadTimes:
         self._before_commit: dict[int, float] = {}
 
     def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             ident = threading.get_ident()
             start, cpu = time.perf_counter(), time.thread_time()
             self._before_commit.pop(ident, None)
@@ -309,7 +322,7 @@ class ThreadTimes:
                     profile = self.profiles[ident] = cProfile.Profile()
                 profile.enable()
             try:
-                return original(*args)
+                return original(*args, **kwargs)
             finally:
                 if profile is not None:
                     profile.disable()
@@ -443,16 +456,36 @@ async def drive(
     return elapsed, latencies, accepted
 
 
-async def checkpoint_all(accounts: Accounts, concurrency: int) -> None:
+async def checkpoint_all(accounts: Accounts, concurrency: int, names: Iterable[str]) -> None:
+    """Every account of ``names`` writes its windows (a sleeping one is woken: its actor
+    replays the journal), so the stored windows hold every committed event."""
+    await _each(names, concurrency, accounts.checkpoint)
+
+
+async def awaken(accounts: Accounts, names: Iterable[str], concurrency: int) -> None:
+    """Wait until every account of ``names`` is awake (its actor started and loaded).
+
+    Events committed for a sleeping account do not wait for its wake-up: the deliverer
+    wakes it afterwards (docs/accounts.md), so a call is what waits for it."""
+
+    async def status(account: str) -> None:
+        await accounts.call(account, ("status",))
+
+    await _each(names, concurrency, status)
+
+
+async def _each(
+    names: Iterable[str], concurrency: int, one: Callable[[str], Awaitable[object]]
+) -> None:
     limiter = trio.Semaphore(concurrency)
 
-    async def one(account: str) -> None:
+    async def limited(account: str) -> None:
         async with limiter:
-            await accounts.checkpoint(account)
+            await one(account)
 
     async with trio.open_nursery() as nursery:
-        for account in list(accounts.registry.keys()):
-            nursery.start_soon(one, str(account))
+        for account in dict.fromkeys(names):
+            nursery.start_soon(limited, account)
 
 
 async def hibernate_all(accounts: Accounts, limit: float = 120.0) -> float:
@@ -479,26 +512,23 @@ def stored_sums(path: Path) -> dict[Key, Decimal]:
         ):
             assert meter == METER.name
             total = decode(METER, state).value()
-            got[(account, start, dims)] = Decimal(total)
+            (region,) = decode_dims(dims)  # the row's key: JSON of the dimension values
+            got[(account, start, region)] = Decimal(total)
         return got
     finally:
         conn.close()
 
 
 async def wake_latencies(accounts: Accounts, names: Sequence[str]) -> dict[str, float]:
-    """First ingest to each hibernated account, one at a time; then a second one (awake)."""
-    base = hour_start()
+    """A call to each hibernated account, one at a time (its actor started and loaded from
+    the store first); then the same call again, the account awake."""
     first: list[float] = []
     second: list[float] = []
-    for round_, out in (("wake", first), ("awake", second)):
+    for out in (first, second):
         for account in names:
-            event = Event(
-                f"{round_}-{account}", account, METER.name, Decimal(1), base, PROPERTIES[1]
-            )
             sent = time.perf_counter()
-            verdict = await accounts.ingest(account, [event])
+            await accounts.call(account, ("status",))
             out.append(time.perf_counter() - sent)
-            assert verdict.accepted == [0], verdict
     first.sort()
     second.sort()
     return {
@@ -539,6 +569,7 @@ async def run_meterd(
             accounts = layer.accounts
             if warmup:
                 await drive(accounts, warmup, concurrency)
+                await awaken(accounts, [account for account, _ in warmup], concurrency)
             stats = layer.store.writer.stats
             commits0, events0 = stats.commits, stats.events_accepted
             writer0, reader0 = layer.writer_times.snapshot(), layer.reader_times.snapshot()
@@ -596,7 +627,8 @@ async def run_meterd(
                 accepted=accepted,
             )
             # exactness (untimed): every actor writes its deltas, then compare the windows
-            await checkpoint_all(accounts, concurrency)
+            names = [account for account, _ in itertools.chain(warmup, load)]
+            await checkpoint_all(accounts, concurrency, names)
             expected = expected_sums(itertools.chain(warmup, load))
             result["mismatched_windows"] = mismatches(expected, stored_sums(path))
             result["windows"] = len(expected)
@@ -711,7 +743,9 @@ async def memory_child(accounts_n: int, concurrency: int, traced: bool) -> dict[
                         nursery.start_soon(worker)
 
             # warm every code path, thread and connection, then let them sleep
-            await wake([f"warm-{i}" for i in range(200)], "w")
+            warm = [f"warm-{i}" for i in range(200)]
+            await wake(warm, "w")
+            await awaken(accounts, warm, concurrency)
             await hibernate_all(accounts)
             names = [account_name(i) for i in range(accounts_n)]
             if traced:
@@ -719,6 +753,7 @@ async def memory_child(accounts_n: int, concurrency: int, traced: bool) -> dict[
             db_before = await trio.to_thread.run_sync(wal_checkpoint, path)
             before = measure()
             await wake(names, "a")
+            await awaken(accounts, names, concurrency)  # the commits do not wait for it
             awake = measure()
             out["awake_actors"] = len(accounts.registry)
             out["per_awake_actor"] = (awake - before) / accounts_n
@@ -790,7 +825,8 @@ def wal_checkpoint(path: Path) -> dict[str, int]:
 def run_memory(accounts_n: int, concurrency: int, traced: bool) -> dict[str, Any]:
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "meterd.bench.accounts",
         "--memory-child",
         "traced" if traced else "rss",
         "--accounts",
@@ -798,7 +834,9 @@ def run_memory(accounts_n: int, concurrency: int, traced: bool) -> dict[str, Any
         "--concurrency",
         str(concurrency),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_LIMIT, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=HANG_LIMIT, check=False, cwd=_TREE
+    )
     if done.returncode:
         raise RuntimeError(f"memory subprocess failed ({done.returncode}):\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -1014,10 +1052,12 @@ async def burst_wave(
 
 def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str, Any]:
     """The burst in a fresh interpreter, on this tree's code or on ``code`` (a directory
-    holding another tree's ``meterd`` and ``supervisors``)."""
+    holding another tree's ``meterd`` and ``supervisors``, and this file as
+    ``meterd/bench/accounts.py``: run from there, ``-m`` finds that tree first)."""
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "meterd.bench.accounts",
         "--burst-child",
         "--burst-accounts",
         str(accounts_n),
@@ -1028,7 +1068,13 @@ def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str,
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=HANG_LIMIT * waves, check=False, env=env
+        command,
+        capture_output=True,
+        text=True,
+        timeout=HANG_LIMIT * waves,
+        check=False,
+        env=env,
+        cwd=code if code is not None else _TREE,
     )
     sys.stderr.write(done.stderr)
     if done.returncode:
@@ -1039,7 +1085,7 @@ def run_burst_child(accounts_n: int, waves: int, code: Path | None) -> dict[str,
 
 def run_burst(args: argparse.Namespace) -> dict[str, Any]:
     """The burst on ``--baseline-ref``'s code and on this tree's, one after the other."""
-    root = Path(__file__).resolve().parent.parent
+    root = _TREE
     result: dict[str, Any] = {"params": vars(args)}
     with tempfile.TemporaryDirectory(prefix="accounts-bench-baseline-") as tmp:
         archive = subprocess.run(
@@ -1048,6 +1094,10 @@ def run_burst(args: argparse.Namespace) -> dict[str, Any]:
             check=True,
         )
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        # This bench's own code, whatever the baseline has (it may predate this module).
+        (Path(tmp) / "meterd" / "bench").mkdir(parents=True, exist_ok=True)
+        (Path(tmp) / "meterd" / "bench" / "__init__.py").touch()
+        shutil.copy(__file__, Path(tmp) / "meterd" / "bench" / "accounts.py")
         result["commit"] = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", args.baseline_ref],
             capture_output=True,
@@ -1392,7 +1442,7 @@ def print_report(result: dict[str, Any]) -> None:
                 f"one account after {grown['events']:,} events: "
                 f"{grown['bytes']:,.0f} B (tracemalloc)"
             )
-    print("\nwake-up latency (one call at a time, one event; p50 / p99 ms)")
+    print("\nwake-up latency (a call to a hibernated account, then again awake; p50 / p99 ms)")
     print(f"{'':48}{'wake (asleep)':>16}{'same, awake':>16}")
     rows = []
     wake = result["uniform"].get("wake")
@@ -1445,8 +1495,11 @@ def print_profile(profile: dict[str, Any]) -> None:
                 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.accounts",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=50)
@@ -1475,7 +1528,7 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main", help="the burst's baseline (git ref)")
     parser.add_argument("--burst-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     configure(level="warning")
     if args.burst_child:
         print(json.dumps(trio.run(burst_child, args.burst_accounts, args.waves)))

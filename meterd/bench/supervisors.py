@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark the ``supervisors`` library against triotp and Erlang/OTP 25.
 
-Run from the repository root::
+Run with the project's venv (``meterd bench supervisors ...`` is the same)::
 
-    .venv/bin/python bench/supervisors_bench.py            # full sizes (a few minutes)
-    .venv/bin/python bench/supervisors_bench.py --quick    # small sizes (< 30 s)
-    .venv/bin/python bench/supervisors_bench.py --no-peer  # ours only
-    .venv/bin/python bench/supervisors_bench.py --json     # machine-readable
-    .venv/bin/python bench/supervisors_bench.py --child-ops-only   # the second table only
+    .venv/bin/python -m meterd.bench.supervisors            # full sizes (a few minutes)
+    .venv/bin/python -m meterd.bench.supervisors --quick    # small sizes (< 30 s)
+    .venv/bin/python -m meterd.bench.supervisors --no-peer  # ours only
+    .venv/bin/python -m meterd.bench.supervisors --json     # machine-readable
+    .venv/bin/python -m meterd.bench.supervisors --child-ops-only   # the second table only
 
 It measures our library here and triotp 0.2.1 in its own virtualenv (through
-``bench/triotp_env.py`` and ``bench/peer_triotp.py``, with the same sizes), then
+:mod:`meterd.bench.triotp_env` and ``meterd/bench/peer_triotp.py``, with the same sizes), then
 prints one table: each figure for ours, triotp, the ratio (oriented so that
 > 1 means we are better), the Erlang/OTP 25 figure measured on the same machine,
 and our goal.
@@ -75,9 +75,9 @@ from typing import Any, Final
 
 import structlog
 import trio
-import triotp_env  # bench/triotp_env.py: this script's directory is on sys.path
 
 import supervisors as sv
+from meterd.bench import triotp_env
 
 # --------------------------------------------------------------------------
 # sizes, reference figures, goals
@@ -161,7 +161,7 @@ STYLES: Final = ("def", "async")
 
 def log(*parts: object) -> None:
     """Progress line on stderr (stdout carries only the table or the JSON)."""
-    print("[supervisors_bench]", *parts, file=sys.stderr, flush=True)
+    print("[bench supervisors]", *parts, file=sys.stderr, flush=True)
 
 
 def configure_logging(level: int) -> None:
@@ -573,7 +573,8 @@ def spawn_in_subprocess(actors: int, style: str) -> dict[str, float]:
     """Run :func:`bench_spawn` in a fresh interpreter and return its figures."""
     cmd = [
         sys.executable,
-        os.path.abspath(__file__),
+        "-m",
+        "meterd.bench.supervisors",
         "--scenario",
         "spawn",
         "--style",
@@ -799,7 +800,9 @@ def render_table(rows: Sequence[Row]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.supervisors", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s in all)")
     parser.add_argument("--no-peer", action="store_true", help="do not run triotp")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -4,18 +4,18 @@ triotp 0.2.1 (the newest release installable on Python 3.11) pins
 ``trio>=0.19,<0.20``, which must never be installed into the project's own
 environment. This module (stdlib only) builds a dedicated virtualenv, by
 default ``.bench-venvs/triotp`` under the repository root, installs triotp
-there, and runs ``bench/peer_triotp.py`` with that venv's interpreter.
+there, and runs ``meterd/bench/peer_triotp.py`` (by its path) with that venv's interpreter.
 
 Usage from Python::
 
-    from bench.triotp_env import ensure_triotp_venv, run_peer
+    from meterd.bench.triotp_env import ensure_triotp_venv, run_peer
 
     python = ensure_triotp_venv()
     figures = run_peer(python, ["--quick"])
 
 or from the shell (extra arguments are passed to the peer script)::
 
-    python bench/triotp_env.py --quick
+    python -m meterd.bench.triotp_env --quick
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+#: The checkout holding ``meterd/`` (an editable install: the repository root).
+REPO_ROOT = BENCH_DIR.parents[1]
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "triotp"
 PEER_SCRIPT = BENCH_DIR / "peer_triotp.py"
 
@@ -151,7 +152,7 @@ def ensure_triotp_venv(path: Path = DEFAULT_VENV) -> Path:
 def run_peer(
     python: Path, args: Sequence[str] = (), timeout: float | None = None
 ) -> dict[str, Any]:
-    """Run ``bench/peer_triotp.py`` with ``python`` and return its JSON object.
+    """Run ``meterd/bench/peer_triotp.py`` with ``python`` and return its JSON object.
 
     ``args`` are passed to the script (e.g. ``["--quick"]`` or
     ``["--actors", "10000"]``). The script's progress log goes to this
@@ -185,8 +186,9 @@ def run_peer(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ensure the venv, run the peer benchmark, print its JSON."""
     parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.triotp_env",
         description="Run the triotp peer benchmark in its own virtualenv; "
-        "unknown arguments are passed to bench/peer_triotp.py."
+        "unknown arguments are passed to meterd/bench/peer_triotp.py.",
     )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     ours, peer_args = parser.parse_known_args(argv)

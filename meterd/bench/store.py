@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark the store writer against a naive SQLite design, in one command.
 
-Run from the repository root::
+Run with the project's venv (``meterd bench store ...`` is the same)::
 
-    .venv/bin/python bench/store_bench.py             # 10,000 accounts, 200k events
-    .venv/bin/python bench/store_bench.py --quick     # 1,000 accounts, 20k events
-    .venv/bin/python bench/store_bench.py --json      # machine-readable, on stdout
+    .venv/bin/python -m meterd.bench.store            # 10,000 accounts, 200k events
+    .venv/bin/python -m meterd.bench.store --quick    # 1,000 accounts, 20k events
+    .venv/bin/python -m meterd.bench.store --json     # machine-readable, on stdout
 
 Workload: ``--events`` events over ``--accounts`` accounts, in appends of ``--batch`` events of
 one account each (the shape the accounts layer produces: one call per account per producer
@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -244,8 +245,11 @@ def db_size(path: Path) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m meterd.bench.store",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=50)
@@ -254,7 +258,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1,000 accounts, 20k events")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     configure(level="warning")  # the store logs to stderr; stdout is the report
     if args.quick:
         args.accounts, args.events, args.repeats = 1_000, 20_000, 1
