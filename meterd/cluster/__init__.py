@@ -8,7 +8,7 @@ Not wired into the daemon yet. The public API:
   with a ``Nats-Msg-Id`` (:meth:`~Connection.publish` → :class:`PublishAck`), ordered log reads
   from a sequence (:meth:`~Connection.reader` → :class:`LogReader`), core subscriptions with a
   bounded buffer (:meth:`~Connection.subscribe`), leases in a KV bucket with a TTL
-  (:meth:`~Connection.leases` → :class:`Leases`, :class:`Lease`).
+  (:meth:`Leases.open` on a connection → :class:`Leases`, :class:`Lease`).
 * Errors: :class:`ClusterUnavailable` (retryable), :class:`LeaseHeld`, :class:`LeaseLost`,
   :class:`StreamMismatch`, :class:`BridgeClosed`.
 """

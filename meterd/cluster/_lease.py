@@ -74,7 +74,7 @@ class Leases:
         bucket: str,
         *,
         ttl: float,
-        replicas: int | None,
+        replicas: int | None = None,
         timeout: float = 10.0,
     ) -> Leases:
         if ttl <= 0:

@@ -24,7 +24,7 @@ import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -37,9 +37,6 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext, api
 
 from meterd.cluster._bridge import AsyncioBridge, BridgeClosed, Inbox, InboxClosed
-
-if TYPE_CHECKING:
-    from meterd.cluster._lease import Leases
 
 T = TypeVar("T")
 
@@ -469,12 +466,6 @@ class Connection:
         finally:
             with trio.CancelScope(shield=True):
                 await reader.aclose()
-
-    async def leases(self, bucket: str, *, ttl: float, replicas: int | None = None) -> Leases:
-        """The KV bucket ``bucket`` used for leases of ``ttl`` seconds (created if missing)."""
-        from meterd.cluster._lease import Leases
-
-        return await Leases.open(self, bucket, ttl=ttl, replicas=replicas)
 
     async def aclose(self) -> None:
         nc = self._nc

@@ -30,16 +30,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 
 from . import retention
 from ._group import PASS_RETRY_MS
 from ._ops import Housekeeping, IndexPass, Probe, SweepSlice
+from .journal_index import JournalTail
 
-if TYPE_CHECKING:
-    from ._writer import Writer
+
+class IdleWriter(Protocol):
+    """What the housekeeper reads of the writer it serves (:class:`~meterd.store.Writer`)
+    and the one thing it does to it: :meth:`perform`."""
+
+    path: Path
+    probe_interval: float
+    failing: str | None
+    disk_full: bool
+    pass_failing: str | None
+
+    @property
+    def journal_tail(self) -> JournalTail: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def sweep_due(self) -> bool: ...
+    def next_change(self) -> trio.Event: ...
+    async def perform(self, op: Housekeeping) -> None: ...
 
 __all__ = ["IDLE_PASS_AFTER", "IDLE_PASS_MIN_BATCHES", "PROBE_MIN_FREE_BYTES", "Housekeeper"]
 
@@ -52,7 +70,7 @@ PROBE_MIN_FREE_BYTES: Final = 1 << 20
 class Housekeeper:
     """Queues the writer's periodic work (see the module doc)."""
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: IdleWriter) -> None:
         self.writer = writer
 
     def due(self) -> tuple[float, Housekeeping] | None:

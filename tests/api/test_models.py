@@ -6,12 +6,10 @@ generated document states the bounds the daemon applies.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import sys
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -20,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-import meterd.api
 from meterd.api.errors import ApiError
 from meterd.api.models import (
     AUDIT_CURSOR_PATTERN,
@@ -288,29 +285,3 @@ def test_every_operation_has_its_route_once() -> None:
         for methods in openapi_document()["paths"].values()
         for operation in methods.values()
     }
-
-
-def test_meterd_api_has_no_import_cycle() -> None:
-    """Among meterd/api's modules, type-checking imports included (Daemon lives in its own
-    module, so billing.py no longer imports routes.py back)."""
-    package = Path(meterd.api.__file__).parent
-    imports: dict[str, set[str]] = {}
-    for source in package.glob("*.py"):
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("meterd.api."):
-                found.add((node.module or "").removeprefix("meterd.api."))
-        imports[source.stem] = {name.split(".")[0] for name in found} - {"__init__"}
-    done: set[str] = set()
-
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, " -> ".join((*path, module))
-        if module not in done:
-            for imported in imports.get(module, ()):
-                visit(imported, (*path, module))
-            done.add(module)
-
-    for module in imports:
-        visit(module, ())

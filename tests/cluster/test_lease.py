@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from meterd.cluster import AsyncioBridge, LeaseHeld, LeaseLost, StreamMismatch, connect
+from meterd.cluster import AsyncioBridge, LeaseHeld, LeaseLost, Leases, StreamMismatch, connect
 from tests.cluster.servers import NatsCluster
 
 TTL = 1.0
@@ -16,8 +16,8 @@ async def test_a_lease_is_refused_while_held_renewed_by_revision_and_taken_over_
 ) -> None:
     node_a = await connect(bridge, nats1.urls, name="a")
     node_b = await connect(bridge, nats1.urls, name="b")
-    leases_a = await node_a.leases("leases", ttl=TTL)
-    leases_b = await node_b.leases("leases", ttl=TTL)
+    leases_a = await Leases.open(node_a, "leases", ttl=TTL)
+    leases_b = await Leases.open(node_b, "leases", ttl=TTL)
 
     lease = await leases_a.acquire("p7", "a")
     assert await leases_b.holder("p7") == ("a", lease.revision)
@@ -57,7 +57,7 @@ async def test_a_released_lease_is_free_at_once_and_only_its_holder_can_release_
     bridge: AsyncioBridge, nats1: NatsCluster
 ) -> None:
     conn = await connect(bridge, nats1.urls, name="n")
-    leases = await conn.leases("leases", ttl=30)
+    leases = await Leases.open(conn, "leases", ttl=30)
     first = await leases.acquire("p1", "a")
     await leases.release(first)
     assert await leases.holder("p1") is None
@@ -71,6 +71,6 @@ async def test_every_node_must_use_the_same_lease_ttl(
     bridge: AsyncioBridge, nats1: NatsCluster
 ) -> None:
     conn = await connect(bridge, nats1.urls, name="n")
-    await conn.leases("leases", ttl=2)
+    await Leases.open(conn, "leases", ttl=2)
     with pytest.raises(StreamMismatch, match=r"exists with ttl 2.0 s, not 3 s"):
-        await conn.leases("leases", ttl=3)
+        await Leases.open(conn, "leases", ttl=3)

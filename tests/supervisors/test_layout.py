@@ -17,82 +17,19 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "supervisors"
+from tests import layout
+from tests.layout import cycles, described
+
+PACKAGE = "supervisors"
 
 
 def modules() -> dict[str, ast.Module]:
-    """Module name (``_actor``) -> its syntax tree; ``__init__`` left out."""
-    return {
-        path.stem: ast.parse(path.read_text(), filename=str(path))
-        for path in sorted(PACKAGE.glob("*.py"))
-        if path.stem != "__init__"
-    }
-
-
-def imported(name: str, tree: ast.Module, known: set[str]) -> Iterator[tuple[str, int]]:
-    """``(module, line)`` of every sibling module ``tree`` imports, wherever the import
-    is; ``__init__`` for an import of the package itself."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                base = node.module or ""
-                if base != "supervisors" and not base.startswith("supervisors."):
-                    continue
-                parts = base.split(".")[1:]
-            elif node.level == 1:
-                parts = (node.module or "").split(".") if node.module else []
-            else:
-                continue
-            if parts:
-                yield (parts[0] if parts[0] in known else "__init__"), node.lineno
-            else:  # from . import x
-                for alias in node.names:
-                    yield (alias.name if alias.name in known else "__init__"), node.lineno
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "supervisors":
-                    yield (
-                        (parts[1] if len(parts) > 1 and parts[1] in known else "__init__"),
-                        (node.lineno),
-                    )
+    return layout.modules(PACKAGE)
 
 
 def import_graph(trees: dict[str, ast.Module]) -> dict[str, dict[str, int]]:
-    known = set(trees)
-    graph: dict[str, dict[str, int]] = {}
-    for name, tree in trees.items():
-        graph[name] = {}
-        for target, line in imported(name, tree, known):
-            if target != name:
-                graph[name].setdefault(target, line)
-    return graph
-
-
-def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
-    """One cycle through each strongly connected part of ``graph`` that has one."""
-    found: list[list[str]] = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph.get(node, {})):
-            if state.get(nxt) == 1:
-                found.append([*path[path.index(nxt) :], nxt])
-            elif nxt not in state:
-                visit(nxt)
-        path.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
-    return found
+    return layout.import_graph(PACKAGE, trees)
 
 
 def protocol_members(trees: dict[str, ast.Module]) -> set[str]:
@@ -175,12 +112,8 @@ def reach_ins(trees: dict[str, ast.Module]) -> list[str]:
 def test_the_import_graph_of_supervisors_has_no_cycle() -> None:
     graph = import_graph(modules())
     found = cycles(graph)
-    assert not found, "import cycles in supervisors/ (each import, with its line):\n" + "\n".join(
-        " -> ".join(
-            f"{a} (line {graph[a][b]})" if b else a
-            for a, b in zip(cycle, [*cycle[1:], ""], strict=True)
-        )
-        for cycle in found
+    assert not found, "import cycles in supervisors/ (each import, with its line):\n" + described(
+        graph, found
     )
 
 
@@ -241,7 +174,7 @@ def test_each_module_imports_on_its_own() -> None:
         "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'supervisors']:\n"
         "        del sys.modules[loaded]\n"
         "    pkg = types.ModuleType('supervisors')\n"
-        f"    pkg.__path__ = [{str(PACKAGE)!r}]\n"
+        f"    pkg.__path__ = [{str(layout.ROOT / PACKAGE)!r}]\n"
         "    sys.modules['supervisors'] = pkg\n"
         "    try:\n"
         "        importlib.import_module('supervisors.' + name)\n"
