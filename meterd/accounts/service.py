@@ -55,6 +55,7 @@ import supervisors as sv
 from meterd.accounts.actor import AccountsContext, MeterActor, no_fault
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
+from meterd.alerts._runtime import AlertBook
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
 from meterd.store.codec import decode_dims
@@ -97,11 +98,13 @@ class Accounts:
         max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
         max_awake: int = MAX_AWAKE,
         pressure_idle: float = PRESSURE_IDLE,
+        alerts: AlertBook | None = None,
     ) -> None:
         if max_awake < 1:
             raise ValueError(f"max_awake must be >= 1, got {max_awake}")
         self.store = store
         self.meters = dict(meters)
+        self.alerts = alerts  # threshold alert rules (docs/alerts.md)
         self.idle_timeout = idle_timeout
         self.checkpoint_interval = checkpoint_interval
         self.mailbox_size = mailbox_size

@@ -39,6 +39,8 @@ Versions:
    ``(account, event_id, batch_id)`` (an id counted again after it was forgotten keeps one
    row per counted copy); ``store_meta`` holding the dedupe horizon. Rows stored before get
    the newest event time of their batch (``max_time``: never earlier than their own).
+8. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
+   of the windows that produced them (:mod:`meterd.alerts._outbox`, docs/alerts.md).
 
 Tables at the latest version::
 
@@ -59,6 +61,9 @@ Tables at the latest version::
           properties, producer, seq, batch_id, received_at, position)
         index audit_by_account(account, position, audit_id)
     store_meta(name PRIMARY KEY, value) WITHOUT ROWID
+    alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
+                 meter, period, event_id, batch_id, body BLOB, created_at)
+        index alert_outbox_by_account(account, seq)
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -88,6 +93,7 @@ from urllib.parse import quote
 
 import structlog
 
+from meterd.alerts._schema import OUTBOX_STATEMENTS
 from meterd.model import Event
 
 from . import codec
@@ -446,6 +452,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
     Migration(6, "injective window dimension keys", _v6_injective_window_dims),
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
+    Migration(8, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

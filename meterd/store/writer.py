@@ -98,6 +98,8 @@ import structlog
 import trio
 
 import supervisors as sv
+from meterd.alerts._eval import Crossing
+from meterd.alerts._outbox import write_crossings
 from meterd.model import Event
 
 from . import codec, retention, schema
@@ -274,6 +276,7 @@ class _Checkpoint:
     watermark: int
     on_done: Callable[[Any], None]
     merge: WindowMerge | None = None
+    outbox: Sequence[Crossing] = ()  # alert crossings, written in the same transaction
 
 
 @dataclass(slots=True)
@@ -798,8 +801,10 @@ class Writer:
         watermark: int,
         *,
         merge: WindowMerge | None = None,
+        outbox: Sequence[Crossing] = (),
     ) -> None:
-        """Upsert ``windows`` of ``account`` and set its watermark, in one transaction.
+        """Upsert ``windows`` of ``account`` and set its watermark, in one transaction
+        (with ``outbox``, the alert crossings those windows decided: docs/alerts.md).
 
         The watermark is the last journal batch the windows include; it is set as given
         (not a maximum), because it must always describe the windows written with it.
@@ -829,7 +834,7 @@ class Writer:
         started = time.perf_counter()
         await self._wait_for_room()
         waiter = _Waiter()
-        self._enqueue(_Checkpoint(account, rows, watermark, waiter, merge))
+        self._enqueue(_Checkpoint(account, rows, watermark, waiter, merge, outbox))
         await waiter.wait()
         if self.on_checkpoint is not None:
             self.on_checkpoint(time.perf_counter() - started)
@@ -1593,6 +1598,8 @@ class _Transaction:
             " SET watermark = excluded.watermark, updated_at = excluded.updated_at",
             (account, op.watermark, self.now),
         )
+        if op.outbox:
+            write_crossings(self.conn, op.outbox)
         return None
 
     def _merged(
