@@ -53,7 +53,7 @@ TIMEOUT_S: Final = 10.0
 FIRST_BACKOFF_S: Final = 2.0
 MAX_BACKOFF_S: Final = 300.0
 RETRY_FOR_MS: Final = 24 * 3600 * 1000
-POLL_S: Final = 1.0
+POLL_S: Final = 2.0
 STATUSES: Final = ("pending", "delivered", "failed")
 
 _SCHEMA: Final = (
@@ -82,6 +82,13 @@ _COLUMNS: Final = (
     "id, seq, account, alert, webhook, period, event_id, body, created_at, status, attempts,"
     " first_attempt_at, last_attempt_at, next_attempt_at, last_error, delivered_at"
 )
+
+
+def backoff_s(attempts: int, rng: random.Random, first: float, most: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: ``first * 2^(n-1)``, at
+    most ``most``, times a random factor in [0.5, 1] (jitter: receivers coming back are
+    not hit by every sender at once)."""
+    return float(min(most, first * 2 ** min(attempts - 1, 60)) * rng.uniform(0.5, 1.0))
 
 
 def sign(secret: str, t: int, body: bytes) -> str:
@@ -250,6 +257,7 @@ class DeliveryService:
         max_backoff: float = MAX_BACKOFF_S,
         retry_for_ms: int = RETRY_FOR_MS,
         rng: random.Random | None = None,
+        poll: float = POLL_S,
     ) -> None:
         self.store = store
         self.book = book
@@ -262,6 +270,8 @@ class DeliveryService:
         self.max_backoff = max_backoff
         self.retry_for_ms = retry_for_ms
         self.rng = rng or random.Random()
+        self.poll = poll  # the outbox is read at least this often (and when an actor rings)
+        self._rang = True
         self.limiters = {w.name: trio.CapacityLimiter(w.max_concurrency) for w in webhooks}
         self.queues: dict[str, deque[Delivery]] = {}  # pending, per account, in seq order
         self.in_flight: set[str] = set()  # accounts with an attempt under way
@@ -270,7 +280,7 @@ class DeliveryService:
         self.failed = 0
         self.attempts = 0
         self._wake = trio.Event()
-        self.ready = trio.Event()
+        self._progress = trio.lowlevel.ParkingLot()  # an attempt ended (tests and tools wait)
 
     def child_spec(self) -> Any:
         import supervisors as sv
@@ -293,11 +303,15 @@ class DeliveryService:
             ):
                 nursery.start_soon(self._bell)
                 task_status.started()
-                self.ready.set()
+                followed = -math.inf
                 while True:
-                    await self._follow()
+                    if self._rang or trio.current_time() - followed >= self.poll:
+                        self._rang = False
+                        followed = trio.current_time()
+                        await self._follow()
                     wait = self._dispatch(nursery, client)
-                    with trio.move_on_after(min(wait, POLL_S)):
+                    poll = followed + self.poll - trio.current_time()
+                    with trio.move_on_after(max(0.0, min(wait, poll))):
                         await self._wake.wait()
                     self._wake = trio.Event()
         finally:
@@ -307,6 +321,7 @@ class DeliveryService:
     async def _bell(self) -> None:
         while True:
             await self.book.wait()
+            self._rang = True
             self._wake.set()
 
     async def _follow(self) -> None:
@@ -374,6 +389,12 @@ class DeliveryService:
         finally:
             self.in_flight.discard(delivery.account)
             self._wake.set()
+            self._progress.unpark_all()
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once ``done()`` holds, checked after each attempt (tests, tools)."""
+        while not done():
+            await self._progress.park()
 
     async def _post(
         self, client: httpx.AsyncClient, hook: Webhook, delivery: Delivery
@@ -406,8 +427,7 @@ class DeliveryService:
         if now - first >= self.retry_for_ms:
             await self._settle(delivery, "failed", error)
             return
-        delay = min(self.max_backoff, self.first_backoff * 2 ** (delivery.attempts - 1))
-        delay *= self.rng.uniform(0.5, 1.0)
+        delay = backoff_s(delivery.attempts, self.rng, self.first_backoff, self.max_backoff)
         delivery.next_attempt_at = now + max(1, round(delay * 1000))
         delivery.last_error = error
         await self.db.call(partial(_save, delivery=delivery))

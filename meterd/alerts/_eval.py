@@ -324,8 +324,9 @@ class SpendPricing(Protocol):
         ...
 
     def bound(self, meter: Meter) -> tuple[Decimal, Decimal] | None:
-        """``(highest unit price, largest rounding step of a line's quantity)`` of the
-        meter's rules, or None when that is unknown (then every event rates)."""
+        """``(highest unit price, slack per line in units of usage)`` of the meter's rules
+        (how much more than price x usage a line's rounded amount can grow), or None when
+        the meter has no price (its amount stays 0: it never crosses)."""
         ...
 
 
@@ -402,11 +403,8 @@ class _SpendWatch:
     def _usage_needed(self, pricing: SpendPricing, short: Decimal, lines: int) -> Quantity:
         """Usage to add before the amount could reach ``short`` more (0: rate next event)."""
         bound = pricing.bound(self.meter)
-        if bound is None:
-            return 0
-        price, step = bound
-        if price == 0:
-            return Decimal(10) ** 40  # priced at nothing: it never crosses
-        slack = lines * (step + Decimal("0.01") / price)
-        needed = short / price - slack
+        if bound is None or bound[0] == 0:
+            return Decimal(10) ** 40  # unpriced, or priced at nothing: it never crosses
+        price, slack = bound
+        needed = short / price - lines * slack
         return needed if needed > 0 else 0

@@ -14,6 +14,7 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
+    from meterd.alerts._delivery import DeliveryService
     from meterd.billing import Billing, BillingGraphQL
     from meterd.ingest.server import IngestServer
     from meterd.store import Store
@@ -32,6 +33,7 @@ class Daemon:
     api_child_id: Hashable = "api"
     billing: Billing | None = None
     graphql: BillingGraphQL | None = None  # the one GraphQL endpoint (its bound on queries)
+    deliveries: DeliveryService | None = None  # alert deliveries (docs/alerts.md)
 
     @property
     def tree(self) -> sv.Supervisor:
