@@ -339,7 +339,7 @@ class _SpendWatch:
     have crossed: after a rating, usage must grow by ``(spend - amount) / highest unit
     price`` less a rounding slack per line (one rounding step of the quantity and half of
     the smallest amount unit, both at the highest price) before the next one; a new line
-    (a new dimension value or day) rates at once. On other meters a line's month figure is
+    (a new dimension value or day) uses up one more slack. On other meters a line's month figure is
     not a sum of the events: every event that changes the usage rates."""
 
     __slots__ = ("days", "left", "meter", "need", "rules")
@@ -388,9 +388,12 @@ class _SpendWatch:
             return
         kind = self.meter.aggregation
         if kind is Aggregation.SUM or kind is Aggregation.COUNT:
-            added = 1 if kind is Aggregation.COUNT else event.quantity
+            added: Quantity = 1 if kind is Aggregation.COUNT else event.quantity
+            if new_line:  # a new line may round up by its own slack too
+                bound = pricing.bound(self.meter)
+                added = added + (bound[1] if bound is not None else 0)
             need = self.need[ym] = self.need[ym] - added
-            if need > 0 and not new_line:
+            if need > 0:
                 return
         amount = pricing.amount(
             alerts.account, period.label, self.meter, [(s, d, st) for (s, d), st in days.items()]
