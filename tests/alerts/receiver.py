@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,10 +39,13 @@ def verify(secret: str, header: str, body: bytes) -> bool:
 class Receiver:
     secret: str
     fail_first: int = 0  # answer 500 to this many requests first
+    fail_rate: float = 0.0  # and to this share of the others, at random
+    rng: random.Random = field(default_factory=random.Random)
     port: int = 0
     received: list[Received] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
     server: ThreadingHTTPServer | None = None
+    done: bool = False  # set by a test when nothing more is to come
 
     @property
     def url(self) -> str:
@@ -60,7 +65,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 signature = self.headers.get("Meterd-Signature", "")
                 with receiver.changed:
-                    status = 500 if len(receiver.received) < receiver.fail_first else 200
+                    failing = len(receiver.received) < receiver.fail_first
+                    failing = failing or receiver.rng.random() < receiver.fail_rate
+                    status = 500 if failing else 200
                     receiver.received.append(
                         Received(
                             self.headers.get("Meterd-Event-Id", ""),
@@ -88,6 +95,11 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+    def wait_for(self, done: Callable[[Receiver], bool], timeout: float = 60) -> bool:
+        """Block (a thread) until ``done(self)`` holds or ``timeout`` passes."""
+        with self.changed:
+            return self.changed.wait_for(lambda: done(self), timeout)
 
     def delivered_ids(self) -> set[str]:
         """Ids of the requests answered 2xx (what a receiver deduping by id keeps)."""
