@@ -15,7 +15,7 @@ from meterd.store import Store
 from meterd.store.codec import decode_dims
 
 from ._config import AlertRule
-from ._eval import AccountAlerts, SpendPricing
+from ._eval import AccountAlerts, SpendPricing, month_bounds, month_of
 from ._outbox import crossed_ids
 
 __all__ = ["AlertBook", "wall_ms"]
@@ -55,9 +55,10 @@ class AlertBook:
         return [r for r in self.rules if r.applies_to(account) and r.meter in self.meters]
 
     def horizon_ms(self) -> int:
-        """Usage from this time on is loaded when an account with rules starts (a day's
-        margin over the dedupe window, which bounds the events still accepted)."""
-        return self.clock_ms() - self.history_ms - _DAY_MS
+        """Usage from this time on is loaded when an account with rules starts: the start of
+        the month holding (now - the dedupe window - a day's margin); the dedupe window
+        bounds the times of the events still accepted, and a month is loaded whole."""
+        return month_bounds(*month_of(self.clock_ms() - self.history_ms - _DAY_MS))[0]
 
     async def start_account(
         self, account: str, store: Store, windows: Sequence[tuple[str, int, str, bytes]]

@@ -62,7 +62,10 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                length = int(self.headers["Content-Length"])
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request (kill -9): no request
+                    return
                 signature = self.headers.get("Meterd-Signature", "")
                 with receiver.changed:
                     failing = len(receiver.received) < receiver.fail_first

@@ -111,3 +111,21 @@ async def test_other_accounts_and_months_are_their_own_periods(tmp_path: Path) -
             ("acme", "ten", "2026-12"),
         ]
         await trio.lowlevel.checkpoint()
+
+
+async def test_a_wake_loads_the_whole_month_not_only_the_dedupe_window(tmp_path: Path) -> None:
+    """Regression: a wake loaded the windows from (now - dedupe window), not from the start
+    of that month, so usage early in the month was missing and the crossing came late."""
+    db = tmp_path / "meterd.sqlite3"
+    alerts = book(rule("ten", "10"))
+    early = -28 * 24 * 60  # minutes: 2026-10-13, before the dedupe window (from 10-25)
+    async with running(db, alerts) as accounts:
+        await accounts.ingest("acme", [dyno("acme", f"e{i}", "1", early + i) for i in range(9)])
+        actor = accounts.registry.whereis("acme")
+        assert actor is not None
+        gone = actor.monitor()
+        await actor.cast(("hibernate",))
+        await gone.wait()
+        await accounts.ingest("acme", [dyno("acme", "e9", "1", early + 9)])
+        await _settled(accounts, "acme")
+        assert [(r.alert, r.event_id, r.period) for r in outbox(db)] == [("ten", "e9", "2026-10")]
