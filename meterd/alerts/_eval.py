@@ -41,7 +41,7 @@ from typing import Protocol, TypeAlias
 
 import msgspec
 
-from meterd.accounts.aggregate import State, dims_of, new_state
+from meterd.accounts.aggregate import EXACT, State, dims_of, new_state
 from meterd.model import DAY_MS, Aggregation, Event, Meter, Quantity, canonical_quantity
 
 from ._config import AlertRule
@@ -57,6 +57,7 @@ __all__ = [
 Dims: TypeAlias = tuple[str, ...]
 
 _EPOCH = datetime.date(1970, 1, 1).toordinal()
+_exact_add = EXACT.add  # exact or raises, like the windows' sums
 
 
 def month_of(time_ms: int) -> tuple[int, int]:
@@ -258,7 +259,7 @@ class AccountAlerts:
         if kind is Aggregation.SUM:
             q = event.quantity
             v = period.total
-            v = period.total = v + q if type(v) is int and type(q) is int else Decimal(v) + q
+            v = period.total = v + q if type(v) is int and type(q) is int else _exact_add(v, q)
         elif kind is Aggregation.COUNT:
             v = period.total = period.total + 1
         else:
