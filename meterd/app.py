@@ -33,6 +33,7 @@ import supervisors as sv
 from meterd import __version__, memory
 from meterd.accounts.service import Accounts
 from meterd.alerts._delivery import DeliveryService
+from meterd.alerts._metrics import DeliveryCollector
 from meterd.alerts._runtime import AlertBook
 from meterd.alerts._spend import BookPricing
 from meterd.api import ApiServer, Daemon, Metrics
@@ -117,6 +118,7 @@ def build(config: Config) -> Services:
     )
     daemon.root = root
     metrics.watch(root, accounts, store, ingest)
+    metrics.registry.register(DeliveryCollector(deliveries))
     daemon.deliveries = deliveries
     return Services(root, store, accounts, ingest, api, billing, deliveries)
 

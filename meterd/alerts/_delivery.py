@@ -185,7 +185,7 @@ class _DB:
             self.conn = None
 
 
-def _load(conn: sqlite3.Connection) -> tuple[int, list[Delivery]]:
+def _load(conn: sqlite3.Connection) -> tuple[int, list[Delivery], dict[str, int]]:
     row = conn.execute("SELECT seq FROM cursor").fetchone()
     pending = [
         Delivery(*r)
@@ -193,7 +193,7 @@ def _load(conn: sqlite3.Connection) -> tuple[int, list[Delivery]]:
             f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'pending' ORDER BY seq"
         )
     ]
-    return (0 if row is None else int(row[0])), pending
+    return (0 if row is None else int(row[0])), pending, _counts(conn)
 
 
 def _add(conn: sqlite3.Connection, rows: list[Delivery], cursor: int) -> None:
@@ -276,6 +276,7 @@ class DeliveryService:
         self.queues: dict[str, deque[Delivery]] = {}  # pending, per account, in seq order
         self.in_flight: set[str] = set()  # accounts with an attempt under way
         self.cursor = 0
+        self.settled = {"delivered": 0, "failed": 0}  # deliveries in each final status
         self.delivered = 0
         self.failed = 0
         self.attempts = 0
@@ -290,8 +291,9 @@ class DeliveryService:
     # ---- the loop ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        cursor, pending = await self.db.call(_load)
+        cursor, pending, counts = await self.db.call(_load)
         self.cursor = cursor
+        self.settled = {"delivered": counts.get("delivered", 0), "failed": counts.get("failed", 0)}
         self.queues.clear()
         self.in_flight.clear()
         for delivery in pending:
@@ -450,6 +452,7 @@ class DeliveryService:
         else:
             delivery.last_error = error
             self.failed += 1
+        self.settled[status] += 1
         await self.db.call(partial(_save, delivery=delivery))
         queue = self.queues.get(delivery.account)
         if queue and queue[0] is delivery:
@@ -488,6 +491,10 @@ class DeliveryService:
         counts: dict[str, int] = await self.db.call(_counts)
         return {status: counts.get(status, 0) for status in STATUSES}
 
+    @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
     def oldest_undelivered_ms(self) -> int | None:
         """Age of the oldest pending delivery (from its crossing's creation), or None."""
         oldest = min((q[0].created_at for q in self.queues.values() if q), default=None)
@@ -509,6 +516,7 @@ class DeliveryService:
         delivery = found[0]
         if delivery.status == "pending":
             return delivery
+        self.settled[delivery.status] = max(0, self.settled[delivery.status] - 1)
         delivery.status = "pending"
         delivery.attempts = 0
         delivery.first_attempt_at = None

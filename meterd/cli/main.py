@@ -27,6 +27,9 @@ class _LazyGroup(click.Group):
         "kill": "meterd.cli.actors:kill",
         "quarantine": "meterd.cli.quarantine:quarantine",
         "explain": "meterd.cli.explain:explain",
+        "alerts": "meterd.cli.alerts:alerts",
+        "deliveries": "meterd.cli.alerts:deliveries",
+        "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
