@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from meterd.alerts._delivery import Delivery, DeliveryService
 from meterd.model import canonical_quantity
+from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from .answers import Closed, Time, json_answer
 from .daemon import Daemon
@@ -63,7 +64,9 @@ class Deliveries(Closed):
 class DeliveriesQuery(Model):
     account: Annotated[Text, Meta(description="Only this account's.")] | None = None
     status: Status | None = None
-    limit: Annotated[int, Meta(ge=1, le=1000, description="At most this many, oldest first.")] = 100
+    limit: Annotated[
+        int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="At most this many, oldest first.")
+    ] = 100
 
 
 class DeliveryPath(Model):

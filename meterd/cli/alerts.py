@@ -55,7 +55,7 @@ def list_alerts(as_json: bool, target: Target) -> None:
 @click.command("deliveries")
 @click.argument("account", required=False)
 @click.option("--status", type=click.Choice(["pending", "delivered", "failed"]), help="Only these.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--redeliver", "redeliver", metavar="ID", help="Send delivery ID again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
 @api_options
