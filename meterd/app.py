@@ -38,9 +38,10 @@ from meterd.alerts._runtime import AlertBook
 from meterd.alerts._spend import BookPricing
 from meterd.api import ApiServer, Daemon, Metrics
 from meterd.billing import Billing, BillingDB, PriceBook
+from meterd.billing._metrics import BillingCollector
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
-from meterd.startup import StartupFailed, describe, prepare_paths
+from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 from meterd.store import Store
 
 log = structlog.get_logger("meterd")
@@ -118,6 +119,7 @@ def build(config: Config) -> Services:
     )
     daemon.root = root
     metrics.watch(root, accounts, store, ingest)
+    metrics.registry.register(BillingCollector(billing))  # restatements by cause
     metrics.registry.register(DeliveryCollector(deliveries))
     daemon.deliveries = deliveries
     return Services(root, store, accounts, ingest, api, billing, deliveries)
@@ -128,7 +130,8 @@ async def serve(config: Config) -> None:
 
     Raises :class:`meterd.startup.StartupFailed` (its message one sentence) when it cannot
     start: a directory that cannot be created, a database that cannot be opened, a child of
-    the tree that fails to start."""
+    the tree that fails to start; :class:`meterd.startup.DaemonFailed` (one sentence too)
+    when the tree gives up after the start (a child of the root failing too often)."""
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     prepare_paths(config)
@@ -141,6 +144,7 @@ async def serve(config: Config) -> None:
     pauses = memory.GcPauses(services.api.daemon.metrics.observe_gc_pause)
     pauses.install()
     failed_start: str | None = None
+    failed_run: str | None = None
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as collector:
@@ -160,10 +164,14 @@ async def serve(config: Config) -> None:
                             services.root.stop()
                             break
                 collector.cancel_scope.cancel()
+    except Exception as error:  # the tree gave up after the start (Trio's groups around it)
+        failed_run = describe_stop(error, config)
     finally:
         pauses.remove()
     await services.billing.db.aclose()
     await services.store.aclose()
     if failed_start is not None:
         raise StartupFailed(failed_start)
+    if failed_run is not None:
+        raise DaemonFailed(failed_run)
     log.info("meterd_stopped")

@@ -373,6 +373,8 @@ class Producer:
     :param on_rejected: called with each :class:`Rejection`; without it they are kept in
         :attr:`rejections`.
     :param on_result: called with each :class:`BatchResult`.
+    :param on_retry: called with ``(reason, attempt, delay in s)`` before each wait to
+        reconnect while events wait (the connection failed or was lost).
     :param ssl_context: for ``wss://`` (default: the system's trust store).
     :param connect_timeout: seconds for the TCP+TLS+websocket handshake and the hello.
     :param backoff_initial: first reconnect delay, doubled per failure ...
@@ -404,6 +406,7 @@ class Producer:
         max_repeated_faults: int = 5,
         close_timeout: float = 5.0,
         rng: random.Random | None = None,
+        on_retry: Callable[[str, int, float], None] | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -424,6 +427,7 @@ class Producer:
         self._max_pending = max_pending
         self._on_rejected = on_rejected
         self._on_result = on_result
+        self._on_retry = on_retry
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._backoff_initial = backoff_initial
@@ -707,6 +711,8 @@ class Producer:
                 delay=round(delay, 3),
                 unacknowledged=self._outstanding,
             )
+            if self._on_retry is not None:
+                self._on_retry(reason, failures, delay)
             await trio.sleep(delay)
 
     def _backoff(self, failures: int) -> float:

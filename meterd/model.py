@@ -97,6 +97,22 @@ class Meter:
         ]
         | None
     ) = None
+    unit: (
+        Annotated[
+            str,
+            schema.key(
+                "What one unit of the quantity is, shown beside figures (`dyno-seconds`,"
+                " `bytes`, `users`); default: the meter's name.",
+                max_length=64,
+            ),
+        ]
+        | None
+    ) = None
+
+    @property
+    def units(self) -> str:
+        """The word shown after a quantity of this meter: its ``unit``, else its name."""
+        return self.unit or self.name
 
 
 @dataclass(frozen=True, slots=True)

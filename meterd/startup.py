@@ -20,7 +20,7 @@ import trio
 import supervisors as sv
 from meterd.config import Config
 
-__all__ = ["StartupFailed", "describe", "prepare_paths"]
+__all__ = ["DaemonFailed", "StartupFailed", "describe", "describe_stop", "prepare_paths"]
 
 #: The config key behind each child of the root (meterd.app's tree).
 CHILD_KEYS = {
@@ -33,6 +33,12 @@ CHILD_KEYS = {
 
 class StartupFailed(Exception):
     """The daemon could not start; ``str()`` is one sentence saying why (:func:`describe`)."""
+
+
+class DaemonFailed(Exception):
+    """The daemon started, then its supervision tree gave up (a child of the root failed
+    more often than the root's restart intensity allows); ``str()`` is one sentence saying
+    which child and why (:func:`describe_stop`)."""
 
 
 def setting(config: Config, key: str) -> str:
@@ -123,3 +129,43 @@ def describe(error: BaseException, config: Config, key: str | None = None) -> st
     if value in message:
         return f"{key}: {message}"
     return f"{key} {value}: {type(cause).__name__}: {message}"
+
+
+def describe_stop(error: BaseException, config: Config) -> str:
+    """One sentence for the tree giving up after the start: the child of the root that
+    failed too often, its last error, and the config key behind that child."""
+    gave_up = _find(error, sv.RestartIntensityExceeded)
+    child, cause = root_cause(error)
+    who = "" if child is None else f" after {child!r} failed too often"
+    if gave_up is not None and gave_up.last_exit.error is None:  # killed, or a clean exit
+        last = f"{gave_up.child_id!r} {gave_up.last_exit}"
+    else:
+        low = _lowest(cause)
+        if isinstance(low, OSError) and low.strerror:
+            last = low.strerror + ("" if low.filename is None else f" ({low.filename})")
+        elif isinstance(low, sqlite3.Error):
+            last = str(low)
+        else:
+            last = f"{type(cause).__name__}: {cause}"
+    key = None if child is None else CHILD_KEYS.get(str(child))
+    where = "" if key is None else f" ({key} {setting(config, key)})"
+    return (
+        f"the supervision tree gave up{who} (restart intensity exceeded);"
+        f" its last error: {last}{where}"
+    )
+
+
+def _find(
+    error: BaseException, kind: type[sv.RestartIntensityExceeded]
+) -> sv.RestartIntensityExceeded | None:
+    """The first ``kind`` in ``error`` (through groups and ``StartError``), else None."""
+    while True:
+        if isinstance(error, kind):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            inner = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)]
+            error = (inner or list(error.exceptions))[0]
+        elif isinstance(error, sv.StartError):
+            error = error.reason
+        else:
+            return None

@@ -8,6 +8,8 @@
   terminate) with bounded mailboxes, run on tasks only while they have mail.
 * :class:`Registry` — unique names, removed when their actor ends (through a
   monitor) or kept for a supervisor restarting it (names outlive incarnations).
+* :func:`process_spec` — an OS process as a child (OTP's ports): ready handshake,
+  stop with a grace then SIGKILL, its exit status or signal as its exit reason, no orphans.
 * :func:`snapshot` — a live tree as plain data; :func:`find_child` — a node by path.
 
 Every module's doc states its rules; ``docs/supervisors.md`` explains the design
@@ -15,7 +17,7 @@ and what from OTP is left out.
 
 This package never imports the application built on it, and its modules form no
 import cycle; they reach each other's private names only through the protocols in
-``_protocols`` (``tests/test_supervisors_layout.py`` checks both).
+``_protocols`` (``tests/supervisors/test_layout.py`` checks both).
 """
 
 from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor
@@ -41,6 +43,15 @@ from ._errors import (
 from ._exit import Exit, Stop
 from ._helpers import actor_spec, task_spec
 from ._introspect import find_child, snapshot
+from ._process import (
+    READY_FD_ENV,
+    ProcessExited,
+    ProcessLauncher,
+    ProcessRef,
+    ProcessStartError,
+    notify_ready,
+    process_spec,
+)
 from ._registry import NameRef, Registry
 from ._spec import (
     BRUTAL_KILL,
@@ -84,6 +95,11 @@ __all__ = [
     "NameRef",
     "NoSuchActor",
     "NoSuchChild",
+    "ProcessExited",
+    "ProcessLauncher",
+    "ProcessRef",
+    "ProcessStartError",
+    "READY_FD_ENV",
     "Registry",
     "Restart",
     "RestartIntensityExceeded",
@@ -99,6 +115,8 @@ __all__ = [
     "TaskLauncher",
     "actor_spec",
     "find_child",
+    "notify_ready",
+    "process_spec",
     "shutdown_shield",
     "snapshot",
     "task_spec",

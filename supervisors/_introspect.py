@@ -5,6 +5,7 @@ Each node::
     {"name": str, "kind": "supervisor" | "worker", "strategy": str (supervisors),
      "status": "running" | "restarting" | "stopped" | ..., "restarts": int,
      "started_at": int ms | None, "mailbox": int (workers),
+     "pid": int (a running OS-process child only),
      "restart_history": [{"at": ms, "kind", "error_type", "message"}, ...],
      "children": [...], "children_total": int}
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from ._core import ChildInfo, SupervisorCore
 from ._errors import NoSuchChild
+from ._process import ProcessRef
 from ._spec import ChildType
 
 
@@ -103,7 +105,7 @@ def _child_node(info: ChildInfo, limit: int, budget: list[int]) -> dict[str, Any
         return _supervisor_node(
             ref, info.name, restarts=info.restarts, history=info.history, limit=limit, budget=budget
         )
-    return {
+    node: dict[str, Any] = {
         "name": info.name,
         "kind": "supervisor" if info.type is ChildType.SUPERVISOR else "worker",
         "status": info.status.value,
@@ -114,3 +116,6 @@ def _child_node(info: ChildInfo, limit: int, budget: list[int]) -> dict[str, Any
         "children": [],
         "children_total": 0,
     }
+    if isinstance(ref, ProcessRef):
+        node["pid"] = ref.pid
+    return node

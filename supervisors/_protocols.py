@@ -6,7 +6,7 @@ members that start with ``_sv_`` (or ``_child_exited``) sit on classes users
 subclass or hold (:class:`~._actor.GenServer`, the supervisors), and are kept out
 of those public namespaces by the prefix; they are still an interface, declared
 here, and no module uses another's private name that is not declared in a
-protocol (``tests/test_supervisors_layout.py`` checks both, and that the import
+protocol (``tests/supervisors/test_layout.py`` checks both, and that the import
 graph has no cycle).
 
 The dispatcher's own contract (what it runs) is :class:`~._dispatch.Runnable`.

@@ -144,9 +144,13 @@ class MeterActor(sv.GenServer[Any, Any]):
             await self._replay_batch(batch_id, events)
         if self.alerts is not None and self.alerts.pending:
             await self._checkpoint()  # crossings decided by the replay: durable now
+        after_crash = self.account in self.accounts.crashed
         self.accounts.crashed.discard(self.account)  # recovered: a next failure is new
         if loaded.replay:
-            self.log.info("account_recovered", replayed_batches=len(loaded.replay))
+            # Waking (a new account, or one that hibernated) replays its journal tail as a
+            # matter of course: routine, at debug. After a crash it is worth an operator's eye.
+            level = self.log.info if after_crash else self.log.debug
+            level("account_recovered", replayed_batches=len(loaded.replay), after_crash=after_crash)
 
     async def _replay_batch(self, batch_id: int, events: Sequence[Event]) -> None:
         meters = self.accounts.meters

@@ -3,7 +3,7 @@
 These generate the answer schemas of ``/openapi.json``. Routes of :mod:`.routes` build
 them and :func:`json_answer` encodes them; billing's documents are made by
 :mod:`meterd.billing` as JSON values (built and encoded off the Trio thread), held to these
-models by the schemathesis test and by ``tests/test_api_billing.py``.
+models by the schemathesis test and by ``tests/api/test_billing_api.py``.
 
 ``Closed`` answers have exactly their fields (``additionalProperties: false``); ``Open``
 ones (the tree, health, GraphQL) may grow fields.
@@ -91,6 +91,10 @@ class TreeNode(Open, kw_only=True):
     restarts: Count
     started_at: Time | None
     mailbox: Annotated[Count, Meta(description="Workers only.")] | UnsetType = UNSET
+    pid: (
+        Annotated[int, Meta(description="A running OS-process child only: its process id.")]
+        | UnsetType
+    ) = UNSET
     restart_history: list[RestartRecord] | UnsetType = UNSET
     children: list[TreeNode]
     children_total: Count
@@ -167,6 +171,49 @@ class Events(Closed):
 
     events: list[Event]
     next_cursor: str | None
+
+
+class AccountEntry(Closed):
+    account: str
+    awake: Annotated[bool, Meta(description="Its meter actor is running (else hibernated).")]
+    updated_at: Annotated[
+        Time, Meta(description="When the store last wrote its row: first seen or last checkpoint.")
+    ]
+
+
+class AccountList(Closed):
+    """One page of accounts, by id."""
+
+    accounts: list[AccountEntry]
+    next_after: Annotated[
+        str | None, Meta(description="after for the next page; null when nothing more matched.")
+    ]
+
+
+class MeterUsage(Closed):
+    meter: str
+    aggregation: str
+    unit: Annotated[str, Meta(description="The meter's unit (config), else its name.")]
+    rows: list[UsageRow]
+    total: Annotated[
+        Decimal | None,
+        Meta(
+            description="The whole range merged by the meter's aggregation (a sum, a max, the"
+            " distinct count of the range, ...); null without usage."
+        ),
+    ]
+
+
+class UsageSummary(Closed):
+    """Every meter's usage of one account per window, each with its total."""
+
+    account: str
+    window: Literal["minute", "hour", "day", "month"]
+    from_: Annotated[Time, Meta(description="Aligned down to the window.")] = msgspec.field(
+        name="from"
+    )
+    to: Annotated[Time, Meta(description="The end of the window holding to - 1 (or from).")]
+    meters: list[MeterUsage]
 
 
 class QuarantinedEvent(Closed):
@@ -363,6 +410,19 @@ class AuditEntry(Closed):
     )
 
 
+class CapDetail(Closed):
+    """A line's cap as arithmetic: daily x days (a daily_cap) or a monthly cap."""
+
+    cap: Decimal
+    daily: Decimal | None
+    days: int
+    capped: bool
+    used_before: Annotated[
+        Decimal | None,
+        Meta(description="When capped: what earlier segments of the line used of the cap."),
+    ]
+
+
 class Explanation(Closed):
     """A figure down to its windows and (paged) events."""
 
@@ -387,6 +447,19 @@ class Explanation(Closed):
     ]
     audit_next_cursor: str | None
     notes: list[str]
+    unit: Annotated[str, Meta(description="The meter's unit (config), else its name.")]
+    aggregation: str
+    cap: Annotated[
+        CapDetail | None, Meta(description="The line's cap, when its price rule has one.")
+    ]
+    decided_by: Annotated[
+        ExplainedEvent | None,
+        Meta(
+            description="For a max, min or latest meter: the counted event that set the"
+            " figure (the earliest at the peak; the latest by time, then id)."
+        ),
+    ]
+    currency: Annotated[str, Meta(description="The ISO 4217 code of the line's amount.")]
 
 
 class GraphQLResponse(Open):

@@ -23,7 +23,6 @@ from functools import partial
 from typing import Any, Final, TypeVar
 
 import msgspec
-from msgspec import UnsetType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -248,7 +247,7 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
         billing.adjust(
             path.account,
             body.meter,
-            body.start,
+            body.start_ms,
             body.window,
             body.dimensions,
             body.kind,
@@ -272,7 +271,7 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
     errors=(400, 401, 404, 409, 413, 500, 503),
 )
 async def void(daemon: Daemon, path: EventPath, body: VoidBody) -> Response:
-    period = None if isinstance(body.period, UnsetType) else month("period", body.period)
+    period = body.month()
     await daemon.known_account(path.account)
     billing = billing_of(daemon)
     found, restatement = await billing_call(

@@ -50,6 +50,7 @@ def _too_large(what: str) -> ApiError:
         413,
         "body_too_large",
         f"the body is too large: {what}, and at most {MAX_BODY_BYTES} bytes are read",
+        close=True,
     )
 
 

@@ -37,13 +37,24 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, code: str, message: str, *, parameter: str | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        parameter: str | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.parameter = parameter
+        self.close = close
+        """Answer with ``Connection: close``: the request was refused before its body was
+        read to the end, so the connection cannot carry another request. Said in the answer,
+        so a client's connection pool does not send its next request down a connection the
+        server is closing (it would see a disconnect with no answer)."""
 
 
 def bad_parameter(name: str, why: str) -> ApiError:
@@ -67,7 +78,10 @@ def error_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, parameter=exc.parameter)
+    headers = {"connection": "close"} if exc.close else None
+    return error_response(
+        exc.status, exc.code, exc.message, parameter=exc.parameter, headers=headers
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

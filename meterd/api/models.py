@@ -14,12 +14,14 @@ schema-valid requests).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Final
+import re
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from meterd.billing import AdjustmentKind, Period
+from meterd.isotime import ISO_PATTERN, parse_iso
 from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
@@ -200,6 +202,59 @@ class EventsQuery(Model):
         _span(self.from_, self.to)
 
 
+MAX_SEARCH: Final = 200
+
+
+class AccountsQuery(Model):
+    search: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=MAX_SEARCH,
+                description="Only accounts whose id contains this text (ASCII letters match"
+                " either case).",
+            ),
+        ]
+        | None
+    ) = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Accounts per page.")] = (
+        DEFAULT_PAGE
+    )
+    after: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=1000,
+                description="List the accounts after this id: next_after of the previous page.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class SummaryQuery(Model, kw_only=True):
+    rules = (_FROM_NOT_AFTER_TO,)
+
+    meter: Annotated[Text, Meta(description="Only this meter (default: every meter).")] | None = (
+        None
+    )
+    from_: Annotated[Millis, Meta(description="Inclusive, Unix ms (aligned down).")] = (
+        msgspec.field(name="from")
+    )
+    to: Annotated[
+        Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")
+    ]
+    window: Annotated[
+        Literal["minute", "hour", "day", "month"],
+        Meta(description="Granularity; month is the calendar month, UTC."),
+    ] = "day"
+
+    def __post_init__(self) -> None:
+        _span(self.from_, self.to)
+
+
 class QuarantineQuery(Model):
     account: Annotated[Text, Meta(description="Only this account's.")] | None = None
 
@@ -255,20 +310,56 @@ class CloseBody(Model):
     by: AuditText
 
 
+MONTH_OR_DATE_PATTERN: Final = f"({PERIOD_PATTERN})|({ISO_PATTERN})"
+"""A month (``2026-11``) or an ISO-8601 date or time in it (``2026-11-20``)."""
+
+
 class VoidBody(Model):
     """Who voids the event and why."""
 
+    rules = ("period as an ISO-8601 date must be a real date in 1970-01 to 9998-12",)
+
     by: AuditText
     reason: AuditText
-    period: Annotated[Month, Meta(description="Search the event in this month only.")] | (
-        UnsetType
+    period: (
+        Annotated[
+            str,
+            Meta(
+                pattern=MONTH_OR_DATE_PATTERN,
+                description="Search the event in this month only: 2026-11, or a date or time"
+                " in it (2026-11-20, ISO-8601; no zone: UTC).",
+                extra={
+                    "why": "is not a month written YYYY-MM (months 01-12, years 1970 to 9998)"
+                    " nor an ISO-8601 date like 2026-11-20"
+                },
+            ),
+        ]
+        | UnsetType
     ) = UNSET
+
+    def month(self) -> Period | None:
+        """The month to search (None: every month); a 400 naming ``period`` if there is none."""
+        if isinstance(self.period, UnsetType):
+            return None
+        if re.fullmatch(PERIOD_PATTERN, self.period):
+            return month("period", self.period)
+        try:
+            return Period.containing(parse_iso(self.period))
+        except ValueError as error:
+            raise bad_parameter("period", f"is not a month nor a date in one: {error}") from None
+
+
+_START_WHY: Final = (
+    "must be Unix ms or an ISO-8601 date or time (2026-11-20, 2026-11-20T13:00:00Z) in a"
+    f" billable month, 1970-01 to 9998-12 (0 to {LAST_BILLABLE_MS} ms), not {{value}}"
+)
 
 
 class AdjustmentBody(Model, kw_only=True):
     """A credit or debit of a quantity on a window of a summed meter."""
 
     rules = (
+        "start as ISO-8601 must be a real date and time",
         "meter must be a sum or count meter",
         "start must be aligned to the window",
         "dimensions must be dimensions of the meter",
@@ -277,15 +368,18 @@ class AdjustmentBody(Model, kw_only=True):
 
     meter: Text
     start: Annotated[
-        int,
+        Annotated[int, Meta(ge=0, le=LAST_BILLABLE_MS)]
+        | Annotated[
+            str,
+            Meta(
+                pattern=ISO_PATTERN,
+                description="ISO-8601, e.g. 2026-11-20 or 2026-11-20T13:00:00Z (no zone: UTC).",
+            ),
+        ],
         Meta(
-            ge=0,
-            le=LAST_BILLABLE_MS,
-            description="Unix ms, aligned to window, in a billable month (1970-01 to 9998-12).",
-            extra={
-                "why": "must fall in a billable month, 1970-01 to 9998-12"
-                f" (0 to {LAST_BILLABLE_MS} ms), not {{value}}"
-            },
+            description="The window's start: Unix ms, or an ISO-8601 date or time (no zone:"
+            " UTC); aligned to window, in a billable month (1970-01 to 9998-12).",
+            extra={"why": _START_WHY},
         ),
     ]
     window: Window = Window.DAY
@@ -301,6 +395,22 @@ class AdjustmentBody(Model, kw_only=True):
     ]
     by: AuditText
     reason: AuditText
+
+    def __post_init__(self) -> None:
+        if isinstance(self.start, str):  # ISO-8601: the pattern held, the calendar may not
+            try:
+                ms = parse_iso(self.start)
+            except ValueError as error:
+                raise bad_parameter("start", str(error)) from None
+            if not 0 <= ms <= LAST_BILLABLE_MS:
+                raise bad_parameter("start", _START_WHY.format(value=repr(self.start)))
+            self.start = ms
+
+    @property
+    def start_ms(self) -> int:
+        """``start`` in Unix ms (an ISO-8601 ``start`` was converted when read)."""
+        assert isinstance(self.start, int)
+        return self.start
 
 
 class GraphQLRequest(Struct):

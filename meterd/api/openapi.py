@@ -21,7 +21,7 @@ from starlette.responses import Response
 from meterd import __version__
 from meterd.model import MAX_MS, MAX_MS_TEXT
 
-from . import alerts, billing, routes
+from . import alerts, billing, routes, support
 from .answers import Error, json_answer
 from .daemon import Daemon
 from .operations import Operation, Operations
@@ -57,7 +57,13 @@ async def openapi(daemon: Daemon) -> Response:
     return json_answer(openapi_document())
 
 
-OPERATIONS: Final[tuple[Operation, ...]] = (*routes.ops, *billing.ops, *alerts.ops, *ops)
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    *routes.ops,
+    *billing.ops,
+    *support.ops,
+    *alerts.ops,
+    *ops,
+)
 """Every operation of the API, in the order of the document."""
 
 

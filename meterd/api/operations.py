@@ -277,6 +277,13 @@ def why(kind: mi.Type, value: Any) -> str:
     """Why ``value`` does not fit the declared ``kind``, as the end of a sentence that
     starts with the parameter's name: the field's own ``why`` if it has one."""
     kind, bare = _one(kind), _bare(kind)
+    # Unix ms or an ISO-8601 string (an adjustment's start): a JSON value of neither kind
+    if (
+        isinstance(bare, mi.UnionType)
+        and (isinstance(value, bool) or not isinstance(value, str | int))
+        and {type(_bare(t)) for t in bare.types} == {mi.IntType, mi.StrType}
+    ):
+        return f"must be an integer, not {_shown(value)} (or an ISO-8601 date as a string)"
     if isinstance(bare, mi.IntType) and (not isinstance(value, int) or isinstance(value, bool)):
         return f"must be an integer, not {_shown(value)}"
     if isinstance(bare, mi.StrType) and not isinstance(value, str):

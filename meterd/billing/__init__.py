@@ -27,7 +27,13 @@ from ._json import Slices, encode_json, loads_array
 from ._period import Period, date_ms
 from ._prices import PriceBook, PriceRule, QuantityRounding, RoundingMode
 from ._rating import Cell, Invoice, InvoiceLine, Unpriced, merge_cells, rate, round_amount
-from ._render import format_ms, render_explanation, render_invoice
+from ._render import (
+    format_ms,
+    largest_lines,
+    render_explanation,
+    render_invoice,
+    render_summary,
+)
 from ._restate import LineChange, Restatement, compare_lines
 
 if TYPE_CHECKING:
@@ -98,8 +104,10 @@ __all__ = [
     "loads_array",
     "merge_cells",
     "rate",
+    "largest_lines",
     "render_explanation",
     "render_invoice",
+    "render_summary",
     "round_amount",
     "void_json",
 ]

@@ -118,6 +118,19 @@ class PriceEntry:
             missing="the first day the price applies, like 2026-11-01",
         ),
     ]
+    name: (
+        Annotated[
+            str,
+            key(
+                "The rule's name, shown in invoices and explanations instead of `prices[N]`"
+                " (unique in the price book).",
+                max_length=100,
+                pattern=r"\S(.*\S)?",
+                invalid="a name of 1 to 100 characters without leading or trailing blanks",
+            ),
+        ]
+        | None
+    ) = None
     match: Annotated[
         tuple[str, str] | None,
         key(
@@ -176,11 +189,16 @@ def check_prices(
     rules: list[PriceRule] = []
     seen: dict[tuple[str, tuple[str, str] | None, date], str] = {}
     match_dimension: dict[str, tuple[str, str]] = {}  # meter -> (dimension, prefix)
+    named: dict[str, str] = {}  # rule name -> the entry that has it
     for index, (prefix, table) in enumerate(check.array_of_tables("prices", value)):
         values, ok = check_fields(PriceEntry, table, prefix, check)
         meter = _meter(check, prefix, values, meters, declared)
         ok = _rules(check, prefix, values, meter, match_dimension) and ok
         if not ok or meter is None:
+            continue
+        name = values.get("name")
+        if name is not None and named.setdefault(name, prefix) != prefix:
+            check.problem(f"{prefix}.name", f"{named[name]} already has the name {name!r}")
             continue
         match, when = values["match"], values["effective_from"]
         same = seen.setdefault((meter.name, match, when), prefix)
@@ -205,6 +223,7 @@ def check_prices(
                 values["monthly_cap"],
                 values["daily_cap"],
                 index,
+                name,
             )
         )
     return tuple(rules)

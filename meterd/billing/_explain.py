@@ -29,10 +29,17 @@ from meterd.model import Event, Quantity
 from ._corrections import Adjustment, Void
 from ._rating import InvoiceLine, _listed, text
 
-if TYPE_CHECKING:  # the store loads Trio: loading the config must not (tests/test_billing.py)
+if TYPE_CHECKING:  # the store loads Trio; the config must not (tests/billing/test_billing.py)
     from meterd.store import AuditEntry
 
-__all__ = ["NOTES", "ExplainedAudit", "ExplainedEvent", "Explanation", "WindowFigure"]
+__all__ = [
+    "NOTES",
+    "CapDetail",
+    "ExplainedAudit",
+    "ExplainedEvent",
+    "Explanation",
+    "WindowFigure",
+]
 
 NOTES: Final[tuple[str, ...]] = ()
 
@@ -111,6 +118,11 @@ class Explanation:
     notes: tuple[str, ...] = field(default=NOTES)
     audit: tuple[ExplainedAudit, ...] = ()
     audit_next_cursor: str | None = None
+    unit: str = ""  # the meter's unit (config), else its name
+    aggregation: str = ""
+    cap: CapDetail | None = None  # a line's cap, when its rule has one
+    decided_by: ExplainedEvent | None = None  # max/min/latest: the event that set the figure
+    currency: str = ""  # of a line's amount
 
     def to_json(self, lazy: bool = False) -> dict[str, Any]:
         """``lazy``: the events and audit entries as :class:`Slices` (:func:`encode_json`)."""
@@ -130,6 +142,33 @@ class Explanation:
             "audit": _listed(self.audit, ExplainedAudit.to_json, lazy),
             "audit_next_cursor": self.audit_next_cursor,
             "notes": list(self.notes),
+            "unit": self.unit,
+            "aggregation": self.aggregation,
+            "cap": None if self.cap is None else self.cap.to_json(),
+            "decided_by": None if self.decided_by is None else self.decided_by.to_json(),
+            "currency": self.currency,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CapDetail:
+    """The cap on a line's quantity, as arithmetic: ``daily`` x ``days`` (a daily_cap) or
+    a fixed monthly cap; ``used_before``: what earlier segments of the same line (dimension
+    values) used of it this month, when the line was capped."""
+
+    cap: Decimal
+    daily: Decimal | None
+    days: int
+    capped: bool
+    used_before: Decimal | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cap": text(self.cap),
+            "daily": None if self.daily is None else text(self.daily),
+            "days": self.days,
+            "capped": self.capped,
+            "used_before": None if self.used_before is None else text(self.used_before),
         }
 
 

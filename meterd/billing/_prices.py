@@ -77,6 +77,7 @@ class PriceRule:
     monthly_cap: Decimal | None = None
     daily_cap: Decimal | None = None  # the monthly cap is this times the days of the month
     index: int = field(default=0, compare=False)  # position in the config, for messages
+    name: str | None = field(default=None, compare=False)  # shown instead of prices[N]
 
     @property
     def effective_ms(self) -> int:
@@ -98,7 +99,10 @@ class PriceRule:
             return False
 
     def describe(self) -> str:
-        """``prices[2] (dyno.seconds size=performance-l from 2026-11-15)``, for causes."""
+        """The rule as people name it: its ``name`` (``performance-l from mid-November``),
+        else ``prices[2] (dyno.seconds size=performance-l from 2026-11-15)``."""
+        if self.name is not None:
+            return self.name
         match = "" if self.match is None else f" {self.match[0]}={self.match[1]}"
         return f"prices[{self.index}] ({self.meter}{match} from {self.effective_from})"
 

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-__all__ = ["format_ms", "render_explanation", "render_invoice"]
+__all__ = [
+    "format_ms",
+    "largest_lines",
+    "render_explanation",
+    "render_invoice",
+    "render_summary",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -38,45 +45,96 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def _amount(value: str, currency: str) -> str:
+    return f"{value} {currency}" if currency else value
+
+
+def _cap_words(cap: Mapping[str, Any], unit: str) -> str:
+    """``at most 86400 dyno-seconds a day x 30 days = 2592000 dyno-seconds``."""
+    if cap.get("daily") is not None:
+        limit = f"at most {cap['daily']} {unit} a day x {cap['days']} days = {cap['cap']} {unit}"
+    else:
+        limit = f"at most {cap['cap']} {unit} a month"
+    used = cap.get("used_before")
+    if used not in (None, "0"):
+        limit += f", of which {used} were billed on this line's earlier dates"
+    return limit
+
+
+def _figure_lines(doc: Mapping[str, Any], line: Mapping[str, Any], currency: str) -> list[str]:
+    """How the line's amount comes from its usage, in words."""
+    unit = doc.get("unit") or line["meter"]
+    out = [f"  usage {line['usage']} {unit}"]
+    if line["adjusted"] != "0":
+        out[0] += f", corrections {line['adjusted']} (adjustments below)"
+    cap = doc.get("cap")
+    if line["capped"] and cap:
+        out.append(f"  billed {line['quantity']} {unit}: capped, {_cap_words(cap, unit)}")
+    elif line["capped"]:
+        out.append(f"  billed {line['quantity']} {unit}: capped")
+    else:
+        net = Decimal(line["usage"]) + Decimal(line["adjusted"])
+        rounded = " (rounded by the price rule)" if net != Decimal(line["quantity"]) else ""
+        out.append(f"  billed {line['quantity']} {unit}{rounded}")
+        if cap:
+            out.append(f"  (under its cap: {_cap_words(cap, unit)})")
+    out.append(
+        f"  {line['quantity']} x {line['unit_price']} per unit"
+        f" = {_amount(line['amount'], currency)}, priced by {line['rule']}"
+    )
+    return out
+
+
+_DECIDED = {
+    "max": "the peak was set by",
+    "min": "the low was set by",
+    "latest": "the value is that of the latest event,",
+}
+
+
+def _event_cells(e: Mapping[str, Any]) -> list[str]:
+    return [
+        format_ms(e["time"]),
+        e["id"],
+        e["quantity"],
+        e["status"] + (f" (void #{e['void']})" if e.get("void") else ""),
+        _dims(e["properties"]),
+        f"from {e['producer']}" if e["producer"] else "",
+    ]
+
+
 def render_explanation(doc: Mapping[str, Any], *, currency: str = "") -> str:
-    """A readable page of an explanation: the figure, its windows, the page of events, the
-    corrections that touched it, the duplicates and rejected events in it, and the notes;
-    says how to get the next page."""
+    """A readable page of an explanation: the figure in words (usage, corrections, cap,
+    price, the event that set a max/min/latest), its windows, the page of events in time
+    order, the corrections that touched it, the duplicates and rejected events in it, and
+    the notes; says how to get the next page."""
     out: list[str] = []
+    currency = currency or str(doc.get("currency") or "")
     line = doc.get("line")
     span = f"{format_ms(doc['start'])} to {format_ms(doc['end'])} (UTC, end excluded)"
+    unit = doc.get("unit") or doc["meter"]
     if line is not None:
         out.append(f"{doc['account']}: invoice line {line['number']}: {line['meter']}")
         out.append(f"  {_dims(line['dimensions'])}, {span}")
-        adjusted = f" {line['adjusted']} adjusted," if line["adjusted"] != "0" else ""
-        capped = " (capped)" if line["capped"] else ""
-        out.append(
-            f"  usage {line['usage']},{adjusted} billed {line['quantity']}{capped}"
-            f" x {line['unit_price']} = {line['amount']}{' ' + currency if currency else ''}"
-        )
-        out.append(f"  priced by {line['rule']}")
+        out += _figure_lines(doc, line, currency)
     else:
         out.append(f"{doc['account']}: {doc['meter']} {_dims(doc['filter'])}")
-        out.append(f"  {span}: {doc['value']}")
+        out.append(f"  {span}: {doc['value']} {unit}")
+    decided = doc.get("decided_by")
+    if decided:
+        what = _DECIDED.get(str(doc.get("aggregation")), "set by")
+        out.append(
+            f"  {what} event {decided['id']}: {decided['quantity']} {unit}"
+            f" at {format_ms(decided['time'])}"
+        )
     out.append("")
     out.append("windows:")
     out += _table([[format_ms(w["start"]), w["value"]] for w in doc["windows"]]) or ["  (none)"]
     out.append("")
-    events = doc["events"]
-    out.append(f"events ({len(events)} on this page, in the order they were received):")
-    out += _table(
-        [
-            [
-                format_ms(e["time"]),
-                e["id"],
-                e["quantity"],
-                e["status"] + (f" (void #{e['void']})" if e.get("void") else ""),
-                _dims(e["properties"]),
-                f"from {e['producer']}" if e["producer"] else "",
-            ]
-            for e in events
-        ]
-    ) or ["  (none)"]
+    events = sorted(doc["events"], key=lambda e: (e["time"], e["id"]))
+    more = " (more pages: see below)" if doc.get("next_cursor") else ""
+    out.append(f"events ({len(events)} on this page{more}, in time order):")
+    out += _table([_event_cells(e) for e in events]) or ["  (none)"]
     if doc.get("next_cursor"):
         out.append(f"  more: --cursor {doc['next_cursor']}")
     for title, items, describe in (
@@ -96,6 +154,45 @@ def render_explanation(doc: Mapping[str, Any], *, currency: str = "") -> str:
     if doc.get("notes"):
         out.append("")
         out += [f"note: {note}" for note in doc["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def render_summary(
+    invoice: Mapping[str, Any],
+    docs: list[Mapping[str, Any]],
+    lines: list[Mapping[str, Any]] | None = None,
+) -> str:
+    """One sentence per invoice line: what was used, what was billed and why (cap,
+    corrections), at what price, and for a max/min/latest meter the event that set it.
+    ``docs`` are explanations (the cap's arithmetic, units and that event come from them);
+    ``lines`` are invoice lines to say without one (the plainer sentence). For one screen;
+    ``--line N`` gives a line's detail."""
+    currency = invoice["currency"]
+    out = ["", "the lines in words:"]
+    said_docs: list[Mapping[str, Any]] = list(docs)
+    said_docs += [{"line": line} for line in lines or []]
+    for doc in sorted(said_docs, key=lambda d: int(d["line"]["number"])):
+        line = doc["line"]
+        unit = doc.get("unit") or line["meter"]
+        said = (
+            f"  {line['number']}. {line['meter']} {_dims(line['dimensions'])},"
+            f" from {format_ms(line['start'], date_only=True)}:"
+            f" {line['usage']} {unit} used"
+        )
+        if line["adjusted"] != "0":
+            said += f", {line['adjusted']} in corrections"
+        if line["capped"]:
+            cap = doc.get("cap")
+            said += f", billed {line['quantity']} (capped: {_cap_words(cap, unit)})" if cap else (
+                f", billed {line['quantity']} (capped)"
+            )
+        elif line["quantity"] != line["usage"]:
+            said += f", billed {line['quantity']}"
+        said += f" x {line['unit_price']} = {_amount(line['amount'], currency)} ({line['rule']})"
+        decided = doc.get("decided_by")
+        if decided:
+            said += f"; set by event {decided['id']} at {format_ms(decided['time'])}"
+        out.append(said)
     return "\n".join(out) + "\n"
 
 
@@ -127,10 +224,21 @@ def _void(v: Mapping[str, Any]) -> str:
     )
 
 
-def render_invoice(doc: Mapping[str, Any]) -> str:
-    """An invoice (the API's JSON) as text: its lines, total, closing and restatements."""
+def largest_lines(doc: Mapping[str, Any], top: int) -> list[Mapping[str, Any]]:
+    """The ``top`` lines of the invoice with the largest amounts, in line order."""
+    lines = list(doc["lines"])
+    if len(lines) <= top:
+        return lines
+    largest = sorted(lines, key=lambda line: (-Decimal(line["amount"]), line["number"]))[:top]
+    return sorted(largest, key=lambda line: int(line["number"]))
+
+
+def render_invoice(doc: Mapping[str, Any], top: int | None = None) -> str:
+    """An invoice (the API's JSON) as text: its lines (with ``top``, only the ``top``
+    largest amounts, saying how many more), total, closing and restatements."""
     currency = doc["currency"]
     out = [f"{doc['account']}: invoice {doc['period']} ({doc['status']}), {currency}"]
+    shown = doc["lines"] if top is None else largest_lines(doc, top)
     out += _table(
         [["#", "meter", "dimensions", "from", "quantity", "unit price", "amount"]]
         + [
@@ -143,9 +251,12 @@ def render_invoice(doc: Mapping[str, Any]) -> str:
                 line["unit_price"],
                 line["amount"],
             ]
-            for line in doc["lines"]
+            for line in shown
         ]
     )
+    hidden = len(doc["lines"]) - len(shown)
+    if hidden:
+        out.append(f"  ... and {hidden} more lines with smaller amounts (--all lists them)")
     out.append(f"  total {doc['total']} {currency}")
     for item in doc["unpriced"]:
         usage = f"{item['meter']} {_dims(item['dimensions'])} {item['usage']}"
@@ -160,5 +271,10 @@ def render_invoice(doc: Mapping[str, Any]) -> str:
             out += [f"    cause: {cause}" for cause in r["causes"]]
             for change in r["changes"]:
                 since = format_ms(change["start"], date_only=True)
-                out.append(f"    {change['meter']} from {since}: {', '.join(change['why'])}")
+                shown = change.get("new") or change.get("old") or {}
+                dims = _dims(shown.get("dimensions") or {})
+                out.append(
+                    f"    {change['meter']} {dims} from {since}: {', '.join(change['why'])}"
+                    f" ({change['difference']} {currency})"
+                )
     return "\n".join(out) + "\n"

@@ -32,17 +32,25 @@ import trio
 
 from meterd.accounts.aggregate import EXACT, State, add, dims_of, group_index, new_state, rollup
 from meterd.accounts.service import Accounts
-from meterd.model import MINUTE_MS, Event, Meter, Window
+from meterd.model import MINUTE_MS, Aggregation, Event, Meter, Window
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure, StoredFigures
 from ._errors import Conflict, NotFound, invalid
-from ._explain import DimsFilter, ExplainedAudit, ExplainedEvent, Explanation, WindowFigure
+from ._explain import (
+    CapDetail,
+    DimsFilter,
+    ExplainedAudit,
+    ExplainedEvent,
+    Explanation,
+    WindowFigure,
+)
 from ._period import Period
 from ._prices import PriceBook
 from ._rating import Cell, Invoice, InvoiceLine, rate, sorted_in_slices
+from ._render import format_ms
 from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 
 __all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
@@ -87,6 +95,7 @@ class _SwitchInterval:
 
 _busy = _SwitchInterval()  # process-wide, like the interval; used on the Trio thread only
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
+LATE_IDS_SHOWN: Final = 10  # late events named in a restatement's cause; the rest counted
 _FINER: Final = {Window.DAY: Window.HOUR, Window.HOUR: Window.MINUTE, Window.MINUTE: Window.MINUTE}
 
 
@@ -140,6 +149,9 @@ class Billing:
         self.accounts = accounts
         self.db = db
         self.book = book
+        # Restatements recorded by this process, by the kind of their first cause
+        # (correction, late_events, price_book, unexplained): read by /metrics.
+        self.restated: dict[str, int] = {}
         self.currency = currency
         self.amount_places = amount_places
         self.clock = clock
@@ -301,9 +313,14 @@ class Billing:
         changes, unpriced = await self.off_loop(work)
         if not changes and not unpriced and fixed_total == current.total:
             return None, current
+        kind = "correction"
         if not causes:  # name the corrections a crash kept from restating at once
             causes = tuple(await self.db.corrections_since_fixed(period, account))
         if not causes:
+            causes = await self._found_causes(account, period, changes)
+            kind = "late_events" if causes and " late event" in causes[0] else "price_book"
+        if not causes:
+            kind = "unexplained"
             causes = (
                 "usage changed after the figures were fixed: late events, or a price book or"
                 " meter configuration change",
@@ -312,6 +329,7 @@ class Billing:
         restatement = await self.db.add_restatement(
             period, account, self.clock(), causes, fixed_total, current, changes
         )
+        self.restated[kind] = self.restated.get(kind, 0) + 1
         log.warning(
             "period_restated",
             account=account,
@@ -321,6 +339,43 @@ class Billing:
             causes=list(causes),
         )
         return restatement, current
+
+    async def _found_causes(
+        self, account: str, period: Period, changes: list[LineChange]
+    ) -> tuple[str, ...]:
+        """What moved a closed period's rating when no correction did: the events received
+        after its figures were fixed (late events, by id), and the lines now priced by another
+        rule or price (a price book change). Reads the account's events of the period."""
+        causes: list[str] = []
+        closure = await self.db.closure(period)
+        fixed_at = 0 if closure is None else closure.at
+        for earlier in await self.db.restatements(account, period):
+            fixed_at = max(fixed_at, earlier.at)
+        late: list[str] = []
+        count = 0
+        async for event in self._events(account, None, period.start_ms, period.end_ms):
+            if event.received_at > fixed_at:
+                count += 1
+                if len(late) < LATE_IDS_SHOWN:
+                    late.append(event.id)
+        if count:
+            more = "" if count == len(late) else f" and {count - len(late)} more"
+            causes.append(
+                f"{count} late {'event' if count == 1 else 'events'} received after the figures"
+                f" were fixed ({format_ms(fixed_at)} UTC): {', '.join(late)}{more}"
+            )
+        for change in changes:
+            old, new = change.old, change.new
+            if old is None or new is None:
+                continue
+            if old.unit_price != new.unit_price:
+                dims = " ".join(f"{k}={v}" for k, v in new.dims) or "(no dimensions)"
+                causes.append(
+                    f"the price book changed: {new.meter} {dims} from"
+                    f" {format_ms(new.start, date_only=True)} is priced by {new.rule} at"
+                    f" {new.unit_price} (was {old.rule} at {old.unit_price})"
+                )
+        return tuple(causes)
 
     async def _restate_if_closed(
         self, account: str, time_ms: int, cause: str
@@ -590,6 +645,10 @@ class Billing:
         audit, audit_next = await self._audit_page(
             account, meter, (low, high), window, keep, limit, audit_cursor
         )
+        figure = value if line is None else line.usage
+        decided_by = await self._decided_by(
+            account, meter, span, window, keep, figure, set(void_of) | quarantined
+        )
         return Explanation(
             account,
             meter.name,
@@ -606,7 +665,51 @@ class Billing:
             meter.dimensions,
             audit=tuple(audit),
             audit_next_cursor=audit_next,
+            unit=meter.units,
+            aggregation=meter.aggregation.value,
+            cap=None if line is None else self._cap(meter, line),
+            decided_by=decided_by,
+            currency=self.currency,
         )
+
+    def _cap(self, meter: Meter, line: InvoiceLine) -> CapDetail | None:
+        """The cap of ``line``'s rule as arithmetic (None without one)."""
+        dims = tuple(v for _, v in line.dims)
+        rule = self.book.rule_at(meter, dims, line.start)
+        period = Period.containing(line.start)
+        cap = None if rule is None else rule.cap_for(period)
+        if rule is None or cap is None:
+            return None
+        used = EXACT.subtract(cap, line.quantity) if line.capped else None
+        return CapDetail(cap, rule.daily_cap, period.days, line.capped, used)
+
+    async def _decided_by(
+        self,
+        account: str,
+        meter: Meter,
+        span: tuple[int, int],
+        window: Window,
+        keep: DimsFilter,
+        figure: Decimal,
+        not_counted: set[str],
+    ) -> ExplainedEvent | None:
+        """For a max, min or latest figure: the counted event that set it (the earliest
+        event at a peak or low; the latest event by time, then id). Reads every event of the
+        meter in ``span`` (on the store's reader thread)."""
+        aggregation = meter.aggregation
+        if aggregation not in (Aggregation.MAX, Aggregation.MIN, Aggregation.LATEST):
+            return None
+        best: Event | None = None
+        low, high = span
+        async for event in self._events(account, meter.name, low, high):
+            if event.id in not_counted or not keep(dims_of(meter, event)):
+                continue
+            if aggregation is Aggregation.LATEST:
+                if best is None or (event.time, event.id) > (best.time, best.id):
+                    best = event
+            elif Decimal(event.quantity) == figure and (best is None or event.time < best.time):
+                best = event
+        return None if best is None else ExplainedEvent(best, window.align(best.time), "counted")
 
     async def _audit_page(
         self,

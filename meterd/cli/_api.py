@@ -187,17 +187,27 @@ class Api:
         """The JSON object answering ``GET path``; :class:`ApiError` for any failure."""
         return self._request("GET", path, params)
 
-    def post(self, path: str) -> dict[str, Any]:
-        """The JSON object answering ``POST path``; :class:`ApiError` for any failure."""
-        return self._request("POST", path, None)
+    def post(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON object answering ``POST path`` (with ``body`` as JSON);
+        :class:`ApiError` for any failure."""
+        return self._request("POST", path, None, body)
 
     def _request(
-        self, method: str, path: str, params: Mapping[str, object] | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, object] | None,
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         query = {key: value for key, value in (params or {}).items() if value is not None}
         where = _safe_url(self.endpoint.url)
         try:
-            response = self._client.request(method, path, params=query)  # type: ignore[arg-type]
+            response = self._client.request(
+                method,
+                path,
+                params=query,  # type: ignore[arg-type]
+                json=None if body is None else dict(body),
+            )
         except httpx.TimeoutException:
             raise ApiError(
                 f"the API at {where} did not answer within {TIMEOUT:g} s", unreachable=True

@@ -14,54 +14,26 @@ lost or rounded; a time with a fraction of a millisecond is refused, not rounded
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
 
 import click
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from meterd.isotime import EPOCH, format_time, parse_time, to_ms
+
+__all__ = [
+    "EPOCH",
+    "TIME",
+    "TIME_HELP",
+    "TimeParam",
+    "format_time",
+    "humanise",
+    "parse_time",
+    "to_ms",
+]
+
 TIME_HELP = "epoch milliseconds, or ISO-8601 (no zone = UTC)"
 _MS = re.compile(r"-?[0-9]+")
 # Before 1973-03-03 in milliseconds, but a plausible time in seconds: a likely slip.
 _SECONDS_LIKE = range(10**8, 10**11)
-
-
-def parse_time(text: str) -> int:
-    """``text`` (epoch ms or ISO-8601, see the module doc) as epoch milliseconds.
-
-    Raises :class:`ValueError` saying what is wrong.
-    """
-    text = text.strip()
-    if _MS.fullmatch(text):
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither epoch milliseconds nor an ISO-8601 time"
-            " (e.g. 2026-11-25T13:00:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment.microsecond % 1000:
-        raise ValueError(f"{text!r} has a fraction of a millisecond; times are whole milliseconds")
-    return to_ms(moment - EPOCH)
-
-
-def to_ms(delta: timedelta) -> int:
-    """``delta`` in whole milliseconds (exact: integer arithmetic)."""
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def format_time(ms: int | None) -> str:
-    """Epoch ``ms`` as ISO-8601 UTC (``2026-11-25T13:00:00Z``, with ``.250`` when not a
-    whole second); ``-`` for None."""
-    if ms is None:
-        return "-"
-    moment = EPOCH + timedelta(milliseconds=ms)
-    text = moment.replace(tzinfo=None).isoformat(timespec="seconds")
-    if ms % 1000:
-        text += f".{ms % 1000:03d}"
-    return text + "Z"
 
 
 def humanise(ms: int) -> str:

@@ -1,7 +1,9 @@
 """``meterd bench``: benchmarks that drive a daemon from outside, as producers do.
 
 ``meterd bench ingest`` is :mod:`meterd.bench.ingest` (docs/ingest-bench.md), ``meterd bench
-rating`` is :mod:`meterd.bench.rating` (docs/billing.md). Figures, never pass/fail thresholds;
+rating`` is :mod:`meterd.bench.rating` (docs/billing.md), ``meterd bench partitions`` is
+:mod:`meterd.bench.partitions` (docs/partitions.md: no daemon, the storage layouts of a
+partition owner side by side). Figures, never pass/fail thresholds;
 progress goes to stderr, the table (or ``--json``) to stdout.
 """
 
@@ -236,6 +238,20 @@ def rating(
     except BenchError as error:
         raise click.ClickException(str(error)) from None
     _run_and_print(run, options, format_report, as_json=as_json)
+
+
+@bench.command(
+    "partitions",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def partitions(args: tuple[str, ...]) -> None:
+    """The storage unit of a partition owner: 1 file, shards, 1 file per partition, side by
+    side; and the account -> partition hash (``--help`` for the options; docs/partitions.md)."""
+    from meterd.bench.partitions import main
+
+    main(list(args), prog="meterd bench partitions")
 
 
 def _run_and_print(

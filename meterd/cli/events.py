@@ -50,6 +50,23 @@ def event_row(event: dict[str, Any]) -> list[str]:
     ]
 
 
+def _properties(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="'--property'")
+        out[name] = value
+    return out
+
+
+def _wanted(event: dict[str, Any], ids: tuple[str, ...], properties: dict[str, str]) -> bool:
+    if ids and event.get("id") not in ids:
+        return False
+    have = event.get("properties") or {}
+    return all(have.get(name) == value for name, value in properties.items())
+
+
 @click.command("events")
 @click.argument("account")
 @click.option("--meter", help="Only this meter's events.")
@@ -58,6 +75,19 @@ def event_row(event: dict[str, Any]) -> list[str]:
 @click.option("--limit", type=click.IntRange(min=1), help="Events per page (default: the API's).")
 @click.option("--cursor", help="Start at this next_cursor of an earlier page.")
 @click.option("--all", "follow", is_flag=True, help="Follow next_cursor to the last page.")
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    help="Only the event with this id (repeat for several); reads every page in range.",
+)
+@click.option(
+    "--property",
+    "properties",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Only events with this property value (repeat: all must hold); reads every page.",
+)
 @click.option(
     "--json",
     "as_json",
@@ -73,6 +103,8 @@ def events(
     limit: int | None,
     cursor: str | None,
     follow: bool,
+    ids: tuple[str, ...],
+    properties: tuple[str, ...],
     as_json: bool,
     target: Target,
 ) -> None:
@@ -80,15 +112,18 @@ def events(
 
     Times are epoch milliseconds or ISO-8601 (2026-11-25, 2026-11-25T13:00:00Z); a time
     without a zone is UTC. Without --all, one page is shown and the command to see the
-    next one is printed on stderr.
+    next one is printed on stderr. --id and --property filter the events as they are
+    read, following every page in the range (narrow it with --meter, --from and --to).
     """
+    wanted = _properties(properties)
+    filtering = bool(ids or wanted)
     params = {"meter": meter, "from": start, "to": end, "limit": limit, "cursor": cursor}
     collected: list[dict[str, Any]] = []
     next_cursor: Any = None
     with connect("events", target) as api:
         try:
-            for page in pages(api, account, params, follow=follow):
-                collected.extend(page["events"])
+            for page in pages(api, account, params, follow=follow or filtering):
+                collected.extend(e for e in page["events"] if _wanted(e, ids, wanted))
                 next_cursor = page.get("next_cursor")
         except ApiError as error:
             fail("events", error)
@@ -98,7 +133,7 @@ def events(
     if collected:
         print_table(COLUMNS, (event_row(event) for event in collected), right=["quantity"])
     else:
-        click.echo(f"no events for {account}")
+        click.echo(f"no events for {account}" + (" matching the filter" if filtering else ""))
     if next_cursor is not None:
         more = shlex.quote(str(next_cursor))
         click.echo(f"{len(collected)} events shown; more with --cursor {more} (or --all)", err=True)

@@ -2,11 +2,14 @@
 was, down to the events (``GET /v1/accounts/{account}/invoices/{period}`` and
 ``.../lines/{n}/explanation``; docs/billing.md).
 
+* without options, one screen: the invoice (its 20 largest lines, total, closing,
+  restatements) and each of those lines in one sentence (usage, corrections, the cap in
+  words, price and rule, the event that set a max/min/latest);
 * with ``--line N``: that invoice line, the windows that make it, one page of its events
-  (``--limit``; the command for the next page is printed), the adjustments and voids
-  on it, and one page of the duplicates and rejected events in it (``--audit-cursor``);
-* without: the invoice (lines, total, closing, restatements), then every line explained
-  (its first page of events).
+  in time order (``--limit``; the command for the next page is printed), the adjustments
+  and voids on it, and one page of the duplicates and rejected events in it
+  (``--audit-cursor``);
+* with ``--all``: every line of the invoice, each explained (its first page of events).
 
 ``--json`` prints the API's JSON instead. Errors are one sentence on stderr (exit 1: the API
 refused, e.g. an unknown line; 2: the command or config was wrong).
@@ -19,9 +22,11 @@ from typing import Any
 
 import click
 
-from meterd.billing import render_explanation, render_invoice
+from meterd.billing import largest_lines, render_explanation, render_invoice, render_summary
 from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, path_segment
 from meterd.cli._output import echo_json
+
+SUMMARY_LINES = 20  # lines of the one-screen summary (the largest amounts)
 
 
 def explanation(
@@ -47,6 +52,9 @@ def explanation(
 @click.option(
     "--audit-cursor", help="With --line: continue its duplicates and rejections from this cursor."
 )
+@click.option(
+    "--all", "every", is_flag=True, help="Every line of the invoice, each explained in full."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @api_options
 def explain(
@@ -56,10 +64,12 @@ def explain(
     limit: int | None,
     cursor: str | None,
     audit_cursor: str | None,
+    every: bool,
     as_json: bool,
     target: Target,
 ) -> None:
-    """Explain ACCOUNT's invoice for a month, down to the events that make each line."""
+    """Explain ACCOUNT's invoice for a month, down to the events that make each line: a
+    one-screen summary, --line N for one line's detail, --all for every line's."""
     if (cursor is not None or audit_cursor is not None) and line is None:
         fail("explain", ApiError("--cursor pages one line's events: give --line too", 2))
     base = f"/v1/accounts/{path_segment(account)}/invoices/{path_segment(period)}"
@@ -81,14 +91,26 @@ def explain(
                         click.echo(f"next page: {command} --{option} {more}", err=True)
                 return
             invoice = api.get(base)
+            every = every or as_json  # scripts get every line's explanation
+            shown = invoice["lines"] if every else largest_lines(invoice, SUMMARY_LINES)
+            # A line's explanation re-rates the month: the words of a few lines only.
+            explained = every or len(invoice["lines"]) <= SUMMARY_LINES
             docs = [
-                explanation(api, base, item["number"], limit, None) for item in invoice["lines"]
+                explanation(api, base, item["number"], limit if every else 1, None)
+                for item in (shown if explained else [])
             ]
         except ApiError as error:
             fail("explain", error)
     if as_json:
         echo_json({"invoice": invoice, "explanations": docs})
         return
-    click.echo(render_invoice(invoice))
-    for doc in docs:
-        click.echo(render_explanation(doc, currency=str(invoice["currency"])))
+    if every:
+        click.echo(render_invoice(invoice))
+        for doc in docs:
+            click.echo(render_explanation(doc, currency=str(invoice["currency"])))
+        return
+    click.echo(render_invoice(invoice, top=SUMMARY_LINES), nl=False)
+    if shown:
+        click.echo(render_summary(invoice, docs, [] if explained else shown), nl=False)
+    command = f"meterd explain {shlex.quote(account)} --period {period}"
+    click.echo(f"\none line in detail: {command} --line N; every line: {command} --all")

@@ -27,6 +27,10 @@ class _LazyGroup(click.Group):
         "kill": "meterd.cli.actors:kill",
         "quarantine": "meterd.cli.quarantine:quarantine",
         "explain": "meterd.cli.explain:explain",
+        "accounts": "meterd.cli.support:accounts",
+        "adjust": "meterd.cli.support:adjust",
+        "void": "meterd.cli.support:void",
+        "close": "meterd.cli.support:close",
         "alerts": "meterd.cli.alerts:alerts",
         "deliveries": "meterd.cli.alerts:deliveries",
         "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
@@ -65,8 +69,8 @@ def main() -> None:
 def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
     """Start the daemon; SIGINT/SIGTERM stop it cleanly.
 
-    Exit status 2 for a wrong config, 1 when it cannot start (one sentence on stderr naming
-    the config key and the address or file)."""
+    Exit status 2 for a wrong config, 1 when it cannot start or its supervision tree gives
+    up later (one sentence on stderr naming the config key and the address or file)."""
     # Imported here: the other commands (lazily loaded) must not pay for the daemon's
     # modules, nor for everything the config loader imports.
     import structlog
@@ -75,7 +79,7 @@ def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
     from meterd import logs
     from meterd.app import serve
     from meterd.config import ConfigError, load
-    from meterd.startup import StartupFailed
+    from meterd.startup import DaemonFailed, StartupFailed
 
     logs.configure(level=log_level, json=json_logs)
     try:
@@ -86,9 +90,11 @@ def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
     try:
         trio.run(serve, config)
     except StartupFailed as failed:  # a port in use, a store that cannot be opened, ...
-        reason = str(failed)
+        event, reason, prefix = "meterd_start_failed", str(failed), "cannot start"
+    except DaemonFailed as failed:  # the tree gave up later: a child failing too often
+        event, reason, prefix = "meterd_failed", str(failed), "stopped"
     else:
         return
-    structlog.get_logger("meterd").error("meterd_start_failed", error=reason)
-    click.echo(f"meterd: cannot start: {reason}", err=True)
+    structlog.get_logger("meterd").error(event, error=reason)
+    click.echo(f"meterd: {prefix}: {reason}", err=True)
     sys.exit(1)

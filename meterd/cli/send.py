@@ -11,9 +11,11 @@ The endpoint is ``--url``, else ``$METERD_INGEST_URL``, else the ``[ingest] list
 address such as ``0.0.0.0`` means this host's loopback). The token is ``--token`` or
 ``$METERD_PRODUCER_TOKEN``.
 
-Output: a progress bar on a terminal (stderr), then a summary on stdout: how many events
-were accepted, duplicates (already counted: re-sending a file is safe) and rejected, the
-rejections grouped by code with a few example lines each.
+Output: on a terminal, a progress bar (stderr) and a line each time the connection fails
+and is retried (why, the next attempt's delay); then a summary on stdout: how many
+events were sent in how long (and the rate), accepted, duplicates (already counted:
+re-sending a file is safe) and rejected, the rejections grouped by code with a few example
+lines each.
 
 Exit status: 0 when every event was accepted or a duplicate, 1 when some were rejected,
 2 for bad input, a bad config, a refused token or when the daemon cannot be reached for
@@ -26,6 +28,7 @@ import contextlib
 import json
 import ssl
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -168,11 +171,15 @@ class Summary:
             shown = f", id {json.dumps(ident)}" if isinstance(ident, str) else ""
             examples.append(f"line {line}{shown}: {rejection.message}")
 
-    def report(self, url: str, events: int, accepted: int, duplicates: int) -> list[str]:
+    def report(
+        self, url: str, events: int, accepted: int, duplicates: int, seconds: float
+    ) -> list[str]:
         total_rejected = sum(self.rejected.values())
+        rate = f"{events / seconds:,.0f} events/s" if seconds > 0 else "-"
         out = [
-            f"{events} {_plural(events, 'event')} sent to {url}: {accepted} accepted,"
-            f" {duplicates} {_plural(duplicates, 'duplicate')}, {total_rejected} rejected"
+            f"{events} {_plural(events, 'event')} sent to {url} in {seconds:.2f} s ({rate}):"
+            f" {accepted} accepted, {duplicates} {_plural(duplicates, 'duplicate')},"
+            f" {total_rejected} rejected"
         ]
         for code, count in sorted(self.rejected.items(), key=lambda item: (-item[1], item[0])):
             out.append(f"  rejected {code}: {count}")
@@ -253,6 +260,12 @@ def send(
     """Send the usage events of a JSON Lines FILE (- for standard input) and report what the
     daemon accepted, found duplicate and rejected.
 
+    One event per line, for example (time in Unix milliseconds; docs/protocol.md):
+
+    \b
+    {"id": "run-42", "account": "acme", "meter": "dyno.seconds", "quantity": 3600,
+     "time": 1795000000000, "properties": {"size": "standard-1x", "app": "web"}}
+
     Exit status 0: all accepted or duplicates; 1: some rejected; 2: bad input, no
     connection, or a refused token.
     """
@@ -304,9 +317,25 @@ def send(
                 click.progressbar(length=len(line_numbers), label="sending", file=sys.stderr)
             )
 
+        on_bar_line = [bar is not None]  # the cursor is after the bar, on its line
+
         def progress(result: BatchResult) -> None:
             if bar is not None:
                 bar.update(result.events)
+                on_bar_line[0] = True
+
+        def say(message: str) -> None:
+            """A line on stderr, never glued to the progress bar's line."""
+            click.echo(("\n" if on_bar_line[0] else "") + f"meterd send: {message}", err=True)
+            on_bar_line[0] = False
+
+        def retrying(reason: str, attempt: int, delay: float) -> None:
+            if bar is None:  # not a terminal: the one sentence at the end (and the log)
+                return
+            say(
+                f"no connection ({reason}); retrying in {delay:.1f} s (attempt {attempt},"
+                f" giving up after {give_up_after:g} s without an ack)"
+            )
 
         try:
             producer = Producer(
@@ -317,15 +346,20 @@ def send(
                 on_result=progress,
                 ssl_context=ssl_context,
                 give_up_after=give_up_after,
+                on_retry=retrying,
             )
         except ValueError as error:
             _fail(str(error))
+        started = time.monotonic()
         try:
             stats = trio.run(send_events, producer, lines)
         except (ProducerError, BadInput) as error:
-            _fail(str(error))
+            failed = str(error)
+            stack.close()  # the bar ends its line, then the error has a line of its own
+            _fail(failed)
+        elapsed = time.monotonic() - started
     for line in summary.report(
-        producer.safe_url, len(line_numbers), stats.accepted, stats.duplicates
+        producer.safe_url, len(line_numbers), stats.accepted, stats.duplicates, elapsed
     ):
         click.echo(line)
     sys.exit(1 if stats.rejected_total else 0)

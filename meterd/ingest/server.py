@@ -70,7 +70,7 @@ the message queue, in order); the server then handles it like every other fault:
 earlier batches, ``error`` ``frame_too_large``, close 1009. This leans on trio-websocket
 internals (``_handle_message_event``, ``_message_size``, ``_message_parts``,
 ``_max_message_size``, ``_send_channel``, ``_reader_task``, ``_get_request``), pinned at
-0.12.2 and covered by ``tests/test_ingest.py``.
+0.12.2 and covered by ``tests/ingest/test_server.py``.
 
 Shutdown (the supervisor cancels the task): stop accepting (the listening sockets close),
 stop reading on every connection, finish and acknowledge what was read, then ``error``

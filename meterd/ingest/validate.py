@@ -32,7 +32,7 @@ cache of property maps) and hands anything else to the precise path; and
 :meth:`EventValidator.validate_batch` first tries those same checks a field at a time over
 the whole batch, then falls back to :meth:`~EventValidator.validate` per event. The fast
 paths only ever accept what the precise path accepts, as the same :class:`Event`; they
-never reject (tests/test_ingest_validate.py checks this on generated events).
+never reject (tests/ingest/test_validate.py checks this on generated events).
 """
 
 from __future__ import annotations
@@ -404,7 +404,7 @@ class EventValidator:
         ``None``: then :meth:`validate_precise` gives the verdict (it may still accept).
 
         Only ever accepts what :meth:`validate_precise` accepts, as the same Event
-        (tests/test_ingest_validate.py checks it on generated events). It asks for exact
+        (tests/ingest/test_validate.py checks it on generated events). It asks for exact
         types (msgpack makes no subclasses) and takes shortcuts that hold for the common
         case only: a decimal string is plain digits with at most one '.', at most
         ``QUANTITY_DIGITS_MAX`` characters, so that it cannot have more digits written out

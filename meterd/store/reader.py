@@ -63,6 +63,7 @@ _SCAN_CHUNK: Final = 64  # batches fetched per query while paging events
 TailOf = Callable[[str], list[TailEntry]]
 """An account's journal batches not yet in ``journal_index`` (from the writer's memory)."""
 MAX_EVENTS_LIMIT: Final = 10_000
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class StoredWindow(NamedTuple):
@@ -427,6 +428,33 @@ class Reader:
 
         def query(conn: sqlite3.Connection) -> list[str]:
             return [row[0] for row in conn.execute("SELECT account FROM accounts ORDER BY 1")]
+
+        return await self._run(query)
+
+    async def account_page(
+        self, search: str | None, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """One page of the accounts the store has seen, by id: ``[(account, updated_at)]``
+        (``updated_at``: when its row was last written, first seen or last checkpoint) of
+        those after ``after`` whose id contains ``search`` (case-insensitive), at most
+        ``limit``; and the id to continue after, or None when nothing more matched.
+
+        The accounts table is walked in key order from ``after`` and stops at the page's
+        end, so a page costs the rows it skips over, never the whole table (a rare
+        ``search`` on a million accounts still walks them all, on a reader thread)."""
+
+        def query(conn: sqlite3.Connection) -> tuple[list[tuple[str, int]], str | None]:
+            sql = "SELECT account, updated_at FROM accounts WHERE account > ?"
+            args: list[object] = [after or ""]
+            if search:
+                sql += " AND instr(lower(account), ?) > 0"
+                # SQLite's lower() folds ASCII only: fold the search the same way.
+                args.append(search.translate(_ASCII_LOWER))
+            sql += " ORDER BY account LIMIT ?"
+            args.append(limit + 1)
+            rows = [(str(a), int(u)) for a, u in conn.execute(sql, args)]
+            more = rows[limit - 1][0] if len(rows) > limit else None
+            return rows[:limit], more
 
         return await self._run(query)
 

@@ -33,7 +33,7 @@ import pytest
 
 from meterd.alerts import AlertRule
 from meterd.alerts._eval import month_of
-from tests.test_kill9 import write_config
+from tests.system.test_kill9 import write_config
 
 from .receiver import Receiver
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from meterd.cli.main import main as cli
 from meterd.cli.webhook_listen import check_signature
-from tests.test_kill9 import write_config
+from tests.system.test_kill9 import write_config
 
 from .receiver import Receiver
 from .test_kill9_alerts import SECRET, Daemon, _alerts_toml, _send, _stream

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meterd.config import Config, load
-from tests.test_kill9 import write_config
+from tests.system.test_kill9 import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,68 @@
+"""Partitions: the unit of ownership of accounts (issue 15; docs/partitions.md).
+
+So far the generic pieces, not wired into the daemon:
+
+* :func:`partition_of`: the stable hash of an account id to its partition;
+* the gateway <-> owner messages (:mod:`._messages`: msgspec Structs, msgpack);
+* the transport behind one interface (:class:`Transport`, :class:`Channel`), with
+  :class:`UnixTransport` (length-prefixed frames on a Unix socket).
+"""
+
+from ._hash import DEFAULT_PARTITIONS, MAX_PARTITIONS, PERSON, partition_of
+from ._messages import (
+    SCHEMA_VERSION,
+    Answer,
+    BatchId,
+    Hello,
+    Message,
+    Query,
+    Rejection,
+    Slice,
+    SliceEvent,
+    TreeRequest,
+    TreeSnapshot,
+    Unavailable,
+    Verdicts,
+    decode,
+    encode,
+    wire_quantity,
+)
+from ._transport import (
+    DEFAULT_MAX_FRAME,
+    Channel,
+    ChannelClosed,
+    FrameError,
+    StreamChannel,
+    Transport,
+    UnixTransport,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_PARTITIONS",
+    "MAX_PARTITIONS",
+    "PERSON",
+    "SCHEMA_VERSION",
+    "Answer",
+    "BatchId",
+    "Channel",
+    "ChannelClosed",
+    "FrameError",
+    "Hello",
+    "Message",
+    "Query",
+    "Rejection",
+    "Slice",
+    "SliceEvent",
+    "StreamChannel",
+    "Transport",
+    "TreeRequest",
+    "TreeSnapshot",
+    "Unavailable",
+    "UnixTransport",
+    "Verdicts",
+    "decode",
+    "encode",
+    "partition_of",
+    "wire_quantity",
+]

@@ -1,0 +1,182 @@
+"""What the gateway and the partition owners say to each other (docs/partitions.md "Messages").
+
+Every message is a msgspec Struct, encoded as one msgpack map whose ``"t"`` key names its
+type; events inside a slice are msgpack arrays (their field order is the wire format). A
+decoder built once (:data:`DECODER`) turns a frame back into its Struct in C, every field
+checked against its type: nothing is decoded into a dict first.
+
+Gateway -> owner:
+
+* :class:`Slice`: the events of one producer batch that fall in one partition, with the
+  batch's identity (:class:`BatchId`: gateway, connection, seq) and the partition.
+  ``index`` is each event's position in the producer's batch, so verdicts name it.
+  ``rejected`` carries the batch's events the gateway rejected that name an account of this
+  partition (for the partition's audit trail).
+* :class:`Query`: a question about accounts of a partition (``op`` and ``args``, answered
+  by an :class:`Answer` with the same ``id``).
+* :class:`TreeRequest`: the owner's supervision tree, answered by a :class:`TreeSnapshot`.
+
+Owner -> gateway:
+
+* :class:`Hello`: first message on a connection: who the owner is, its pid, its partitions.
+* :class:`Verdicts`: a slice is durable in its owner: ``accepted`` and ``duplicates``
+  counted, ``id_conflicts`` and other ``rejected`` events by index. Sent only after the
+  commit, so the gateway acks the producer's batch (in seq order) once it holds the
+  verdicts of every slice of it.
+* :class:`Unavailable`: a slice the owner could not make durable (full disk, shutting
+  down): the producer's batch is answered ``unavailable``, never acked.
+* :class:`Answer`, :class:`TreeSnapshot`.
+
+Quantities are ints or decimals (a decimal travels as its string, exactly); an int beyond
+64 bits, which msgpack cannot hold, is sent as a decimal (:func:`wire_quantity`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Final, TypeAlias
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "DECODER",
+    "ENCODER",
+    "Answer",
+    "BatchId",
+    "Hello",
+    "Message",
+    "Query",
+    "Rejection",
+    "SCHEMA_VERSION",
+    "Slice",
+    "SliceEvent",
+    "TreeRequest",
+    "TreeSnapshot",
+    "Unavailable",
+    "Verdicts",
+    "decode",
+    "encode",
+    "wire_quantity",
+]
+
+#: Bumped when a message changes shape; an owner refuses a gateway of another version.
+SCHEMA_VERSION: Final = 1
+
+_INT64_MIN: Final = -(2**63)
+_UINT64_MAX: Final = 2**64 - 1
+
+
+def wire_quantity(quantity: int | Decimal) -> int | Decimal:
+    """``quantity`` as a slice carries it: an int msgpack cannot hold becomes a Decimal."""
+    if type(quantity) is int and not _INT64_MIN <= quantity <= _UINT64_MAX:
+        return Decimal(quantity)
+    return quantity
+
+
+class BatchId(Struct, frozen=True, array_like=True):
+    """A producer batch, as the gateway knows it: its own name, the connection, the seq."""
+
+    gateway: str
+    connection: int
+    seq: int
+
+
+class SliceEvent(Struct, frozen=True, array_like=True):
+    """One event of a slice (protocol §2.2's fields, its position in the batch, and the
+    producer that sent it)."""
+
+    index: int
+    id: str
+    account: str
+    meter: str
+    quantity: int | Decimal
+    time: int
+    properties: dict[str, str] = {}
+
+
+class Rejection(Struct, frozen=True, array_like=True):
+    """An event not counted: its position in the batch, its id, protocol §2.3's code and
+    message."""
+
+    index: int
+    id: str | None
+    code: str
+    message: str
+    account: str | None = None
+
+
+class Hello(Struct, frozen=True, tag_field="t", tag="hello"):
+    owner: str
+    pid: int
+    partitions: list[int]
+    version: int = SCHEMA_VERSION
+
+
+class Slice(Struct, frozen=True, tag_field="t", tag="slice"):
+    batch: BatchId
+    partition: int
+    producer: str
+    received_at: int  # ms
+    events: list[SliceEvent]
+    rejected: list[Rejection] = []
+
+
+class Verdicts(Struct, frozen=True, tag_field="t", tag="verdicts"):
+    batch: BatchId
+    partition: int
+    accepted: int
+    duplicates: int
+    id_conflicts: list[Rejection] = []
+    rejected: list[Rejection] = []  # other codes decided by the owner (time_out_of_range)
+
+
+class Unavailable(Struct, frozen=True, tag_field="t", tag="unavailable"):
+    batch: BatchId
+    partition: int
+    reason: str
+
+
+class Query(Struct, frozen=True, tag_field="t", tag="query"):
+    id: int
+    partition: int
+    op: str  # "usage", "events", "explain", "quarantine", ...
+    args: dict[str, Any] = {}
+
+
+class Answer(Struct, frozen=True, tag_field="t", tag="answer"):
+    id: int
+    value: Any = None
+    error: str | None = None  # what went wrong, in words for an operator; value is then None
+
+
+class TreeRequest(Struct, frozen=True, tag_field="t", tag="tree"):
+    id: int
+    limit: int = 100
+    total: int = 10_000
+
+
+class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):
+    id: int
+    owner: str
+    pid: int
+    tree: dict[str, Any]  # supervisors.snapshot()'s shape
+
+
+Message: TypeAlias = (
+    Hello | Slice | Verdicts | Unavailable | Query | Answer | TreeRequest | TreeSnapshot
+)
+
+ENCODER: Final = msgspec.msgpack.Encoder(decimal_format="string")
+DECODER: Final = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return ENCODER.encode(message)
+
+
+def decode(data: bytes) -> Message:
+    """The message in ``data``; :class:`msgspec.ValidationError` or
+    :class:`msgspec.DecodeError` names what is wrong (and where) otherwise."""
+    message: Message = DECODER.decode(data)
+    return message
