@@ -121,6 +121,7 @@ async def test_a_wake_loads_the_whole_month_not_only_the_dedupe_window(tmp_path:
     early = -28 * 24 * 60  # minutes: 2026-10-13, before the dedupe window (from 10-25)
     async with running(db, alerts) as accounts:
         await accounts.ingest("acme", [dyno("acme", f"e{i}", "1", early + i) for i in range(9)])
+        await _settled(accounts, "acme")  # its actor is awake (a wake is not immediate)
         actor = accounts.registry.whereis("acme")
         assert actor is not None
         gone = actor.monitor()
