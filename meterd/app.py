@@ -93,7 +93,11 @@ def build(config: Config) -> Services:
         alerts=alerts if config.alerts else None,
     )
     deliveries = DeliveryService(  # the outbox to the webhooks (docs/alerts.md)
-        store, alerts, config.webhooks, config.store_path.with_name("deliveries.sqlite3")
+        store,
+        alerts,
+        config.webhooks,
+        config.store_path.with_name("deliveries.sqlite3"),
+        wake=accounts.checkpoint if config.alerts else None,
     )
     ingest = IngestServer(config, accounts)
     metrics = Metrics()

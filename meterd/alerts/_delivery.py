@@ -28,7 +28,7 @@ import math
 import random
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -210,6 +210,18 @@ def _add(conn: sqlite3.Connection, rows: list[Delivery], cursor: int) -> None:
         )
 
 
+def accounts_behind(conn: sqlite3.Connection) -> list[str]:
+    """Accounts whose indexed journal goes past their checkpoint's watermark (one index
+    seek per account)."""
+    return [
+        str(row[0])
+        for row in conn.execute(
+            "SELECT a.account FROM accounts a WHERE EXISTS (SELECT 1 FROM journal_index j"
+            " WHERE j.account = a.account AND j.batch_id > a.watermark)"
+        )
+    ]
+
+
 def _save(conn: sqlite3.Connection, delivery: Delivery) -> None:
     conn.execute(
         f"INSERT OR REPLACE INTO deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
@@ -258,6 +270,7 @@ class DeliveryService:
         retry_for_ms: int = RETRY_FOR_MS,
         rng: random.Random | None = None,
         poll: float = POLL_S,
+        wake: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.book = book
@@ -271,6 +284,7 @@ class DeliveryService:
         self.retry_for_ms = retry_for_ms
         self.rng = rng or random.Random()
         self.poll = poll  # the outbox is read at least this often (and when an actor rings)
+        self.wake = wake  # wakes an account's actor (Accounts.checkpoint): see _recover
         self._rang = True
         self.limiters = {w.name: trio.CapacityLimiter(w.max_concurrency) for w in webhooks}
         self.queues: dict[str, deque[Delivery]] = {}  # pending, per account, in seq order
@@ -304,6 +318,8 @@ class DeliveryService:
                 trio.open_nursery() as nursery,
             ):
                 nursery.start_soon(self._bell)
+                if self.wake is not None:
+                    nursery.start_soon(self._recover, self.wake)
                 task_status.started()
                 followed = -math.inf
                 while True:
@@ -319,6 +335,33 @@ class DeliveryService:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.db.close)
+
+    async def _recover(self, wake: Callable[[str], Awaitable[None]]) -> None:
+        """After a crash (``kill -9``) the journal may hold events past an account's last
+        checkpoint that no actor has evaluated: they are only replayed when the account
+        wakes, and a re-send of them (all duplicates) wakes nothing. So at start, every
+        account with rules whose journal goes past its watermark is woken (a few at a
+        time): its replay decides the crossings those events made."""
+        store = self.store
+        behind = set(await store.reader.run(accounts_behind, "default"))
+        for held in store.writer.journal_tail.slices:  # batches not in the index yet
+            behind.update(held)
+        todo = sorted(a for a in behind if self.book.rules_for(a))
+        if not todo:
+            return
+        log.info("alerts_recovery", accounts=len(todo))
+        limiter = trio.CapacityLimiter(8)
+
+        async def one(account: str) -> None:
+            async with limiter:
+                try:
+                    await wake(account)
+                except Exception as error:  # the account's own failure is logged there
+                    log.warning("alerts_recovery_failed", account=account, error=repr(error))
+
+        async with trio.open_nursery() as nursery:
+            for account in todo:
+                nursery.start_soon(one, account)
 
     async def _bell(self) -> None:
         while True:

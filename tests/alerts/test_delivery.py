@@ -24,6 +24,7 @@ from meterd.alerts._delivery import (
     DeliveryService,
     backoff_s,
 )
+from meterd.store import CommitFailed
 
 from .helpers import NOW, book, dyno, outbox, rule, running
 from .receiver import Receiver
@@ -223,3 +224,44 @@ async def test_concurrency_is_bounded_per_webhook(
             await accounts.ingest(f"a{n}", [dyno(f"a{n}", "e", "1")])
         await service.wait_until(lambda: service.delivered == 6)
     assert most == 2
+
+
+async def test_a_restart_wakes_the_accounts_whose_journal_passed_their_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Regression (the kill -9 soak): events committed after an account's last checkpoint
+    were evaluated only when the account next woke, and a re-send of them (duplicates)
+    wakes nothing, so their crossings waited for new traffic."""
+    db = tmp_path / "meterd.sqlite3"
+    async with running(db, book(rule("ten", "10"))) as accounts:
+        writer = accounts.store.writer
+
+        async def no_checkpoint(*args: Any, **kwargs: Any) -> None:
+            raise CommitFailed("the process dies before any checkpoint commits")
+
+        writer.checkpoint = no_checkpoint  # type: ignore[method-assign]
+        await accounts.ingest("acme", [dyno("acme", "e1", "10")])
+        accounts.supervisor.stop()  # the account's actor goes without writing anything
+    assert outbox(db) == []
+    got: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        got.append(request.headers["Meterd-Event-Id"])
+        return httpx.Response(200)
+
+    alerts = book(rule("ten", "10"))
+    async with running(db, alerts, idle_timeout=3600, checkpoint_interval=3600) as accounts:
+        service = DeliveryService(
+            accounts.store,
+            alerts,
+            [Webhook("hook", "http://127.0.0.1:9/hooks", SECRET)],
+            tmp_path / "deliveries.sqlite3",
+            transport=httpx.MockTransport(answer),
+            wake=accounts.checkpoint,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            with trio.fail_after(30):  # without the wake-up it never comes
+                await service.wait_until(lambda: service.delivered == 1)
+            nursery.cancel_scope.cancel()
+    assert got == [rule("ten", "10").crossing_id("acme", "2026-11")]
