@@ -95,10 +95,12 @@ async def _run(path: Path, steps: list[tuple[str, Any]]) -> list[Event]:
                     continue
                 if kind == "checkpoint":
                     await accounts.checkpoint(account)
-                else:
+                elif kind == "crash":
                     monitor = actor.monitor()
-                    await actor.cast(("crash", "drill") if kind == "crash" else ("hibernate",))
+                    await actor.cast(("crash", "drill"))
                     await monitor.wait()
+                else:  # an actor that is not idle declines: do not wait for it to stop
+                    await actor.cast(("hibernate",))
         for account in ("acme", "beta"):
             await accounts.checkpoint(account)
     return accepted
