@@ -26,7 +26,8 @@ Load
     reply, and every reply means "durable" (the writer committed before the actor replied).
 
 ``meterd`` (warm)
-    The real layer, as ``meterd run`` builds it: ``Store.at(path)`` (group commit, 2 ms),
+    The real layer, as ``meterd run`` builds it: ``Store.at(path, StoreConfig())`` (group
+    commit, 2 ms),
     ``Accounts(store, meters)`` with its defaults (a checkpoint every 5 s per awake account with
     changes, so checkpoints happen during the run), a root ``rest_for_one`` supervisor over the
     writer and the accounts. Before the clock starts every account of the load gets one event
@@ -64,9 +65,10 @@ p99, against a second ingest to the same, now awake, account; measured on the st
 uniform run (every account with journal batches and windows) and in the memory subprocess.
 
 Profile: the warm uniform run again under ``cProfile``: the Trio thread, and one profiler per
-writer / reader thread around the group transaction / the query (``Writer._write_group``,
-``Reader._in_thread``, wrapped on the instances). Own time by component, top 15 functions by
-own time and (our code) by cumulative time. cProfile slows Python down 2-3x; read the shares.
+writer / reader thread around the group transaction / the query (the writer's
+``GroupTransactions.write``, ``Reader._in_thread``, wrapped on the instances). Own time by
+component, top 15 functions by own time and (our code) by cumulative time. cProfile slows
+Python down 2-3x; read the shares.
 
 Burst (``--burst``, only this): waves of new accounts and their hibernation, as the daemon
 sees them, on this tree and on ``--baseline-ref`` (default ``main``: its ``meterd`` and
@@ -93,6 +95,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import functools
 import gc
 import inspect
@@ -120,7 +123,8 @@ import trio
 
 import supervisors as sv
 from meterd.accounts.aggregate import decode
-from meterd.accounts.service import Accounts
+from meterd.accounts.service import DEFAULT_IN_FLIGHT_EVENTS, Accounts
+from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.logs import configure
 from meterd.model import HOUR_MS, MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import Store
@@ -329,12 +333,45 @@ class ThreadTimes:
             return self.calls, self.busy, self.cpu, self.commit
 
 
+def store_at(path: Path) -> Store:
+    """The store with the daemon's ``[store]`` defaults, on this code or on a baseline
+    revision's (``--burst``), where the table's keys were keyword arguments with defaults."""
+    if "config" in inspect.signature(Store.at).parameters:
+        return Store.at(path, StoreConfig())  # type: ignore[call-arg, unused-ignore]
+    return Store.at(path)  # type: ignore[call-arg, unused-ignore]
+
+
+def accounts_of(store: Store, **options: Any) -> Accounts:
+    """:class:`Accounts` with the config model's defaults but ``options`` (seconds), on this
+    code or on a baseline revision's (``--burst``), where they were keyword arguments."""
+    if "config" not in inspect.signature(Accounts).parameters:
+        return Accounts(store, METERS, **options)  # type: ignore[call-arg, unused-ignore]
+    durations = {"idle_timeout", "max_seconds", "checkpoint_interval"}
+    given: dict[str, Any] = {
+        k: Duration(round(v * 1000)) if k in durations else v for k, v in options.items()
+    }
+    keys = {f.name for f in dataclasses.fields(AccountsConfig)}
+    config = dataclasses.replace(AccountsConfig(), **{k: given.pop(k) for k in keys & set(given)})
+    given.setdefault("checkpoint_interval", StoreConfig().checkpoint_interval)
+    given.setdefault("max_in_flight_events", DEFAULT_IN_FLIGHT_EVENTS)
+    return Accounts(store, METERS, config, **given)  # type: ignore[arg-type, unused-ignore]
+
+
 def instrument(store: Store) -> tuple[ThreadTimes, ThreadTimes]:
     """Time the writer's group transactions and the reader's queries (instance attributes)."""
     writer_times, reader_times = ThreadTimes(), ThreadTimes()
     writer = store.writer
-    writer._before_commit = writer_times.mark_commit
-    setattr(writer, "_write_group", writer_times.wrap(writer._write_group))  # noqa: B010
+    mark_commit = writer_times.mark_commit
+
+    class CommitMarked(sqlite3.Connection):  # opened by the writer's next run
+        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                mark_commit()
+            return super().execute(sql, parameters)
+
+    writer.connection_factory = CommitMarked
+    groups = writer._groups
+    setattr(groups, "write", writer_times.wrap(groups.write))  # noqa: B010
     reader = store.reader
     setattr(reader, "_in_thread", reader_times.wrap(reader._in_thread))  # noqa: B010
     return writer_times, reader_times
@@ -359,8 +396,8 @@ class _LayerContext:
         self._nursery_cm: Any = None
 
     async def __aenter__(self) -> Layer:
-        store = Store.at(self.path)
-        accounts = Accounts(store, METERS, **self.options)
+        store = store_at(self.path)
+        accounts = accounts_of(store, **self.options)
         root = sv.Supervisor(
             [store.writer_spec(), accounts.supervisor_spec()],
             strategy=sv.Strategy.REST_FOR_ONE,
@@ -805,8 +842,8 @@ async def burst_child(accounts_n: int, waves: int) -> dict[str, Any]:
     out: dict[str, Any] = {"accounts": accounts_n, "waves": []}
     with tempfile.TemporaryDirectory(prefix="accounts-bench-burst-") as tmp:
         path = Path(tmp) / "meterd.sqlite3"
-        store = Store.at(path)
-        accounts = Accounts(store, METERS)  # the daemon's defaults (idle timeout 300 s)
+        store = store_at(path)
+        accounts = accounts_of(store)  # the daemon's defaults (idle timeout 300 s)
         root = sv.Supervisor(
             [store.writer_spec(), accounts.supervisor_spec()],
             strategy=sv.Strategy.REST_FOR_ONE,

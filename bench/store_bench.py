@@ -51,6 +51,7 @@ from typing import Any
 
 import trio
 
+from meterd.config import StoreConfig
 from meterd.logs import configure
 from meterd.model import MINUTE_MS, Event, canonical_quantity
 from meterd.store import AppendResult, Writer
@@ -107,7 +108,7 @@ def window_states(appends: list[tuple[str, list[Event]]]) -> dict[str, list[Any]
 async def run_ours(
     path: Path, appends: list[tuple[str, list[Event]]], in_flight: int, checkpoints: bool = True
 ) -> dict[str, float]:
-    writer = Writer(path, commit_interval=0.002)
+    writer = Writer(path, StoreConfig())  # the daemon's [store] defaults (2 ms groups)
     latencies: list[float] = []
     total = sum(len(events) for _, events in appends)
     async with trio.open_nursery() as nursery:

@@ -43,6 +43,7 @@ from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 from meterd.store import Store
+from meterd.store.restarts import RestartLog
 
 log = structlog.get_logger("meterd")
 
@@ -64,9 +65,7 @@ def build(config: Config) -> Services:
     """Build (not start) the supervision tree for ``config``."""
     store = Store.at(
         config.store_path,
-        commit_interval=config.store.commit_interval.seconds,
-        index_cycle=config.store.index_cycle.seconds,
-        wal_checkpoint_interval=config.store.wal_checkpoint_interval.seconds or None,
+        config.store,
         audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
         dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
         meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
@@ -83,12 +82,8 @@ def build(config: Config) -> Services:
     accounts = Accounts(
         store,
         config.meters_by_name,
-        idle_timeout=config.accounts.idle_timeout.seconds,
-        checkpoint_interval=config.store.checkpoint_interval.seconds,
-        mailbox_size=config.accounts.mailbox_size,
-        max_restarts=config.accounts.max_restarts,
-        max_seconds=config.accounts.max_seconds.seconds,
-        max_awake=config.accounts.max_awake,
+        config.accounts,
+        checkpoint_interval=config.store.checkpoint_interval,
         max_in_flight_events=config.ingest.max_in_flight_events,
         alerts=alerts if config.alerts else None,
     )
@@ -122,6 +117,9 @@ def build(config: Config) -> Services:
         name="root",
     )
     daemon.root = root
+    # Every restart in the tree is kept in the store (the console's restart history).
+    daemon.restarts = RestartLog(config.store_path)
+    root.on_restart = daemon.restarts.record
     metrics.watch(root, accounts, store, ingest)
     metrics.registry.register(BillingCollector(billing))  # restatements by cause
     metrics.registry.register(DeliveryCollector(deliveries))

@@ -22,7 +22,14 @@ import cycle; they reach each other's private names only through the protocols i
 
 from ._actor import NOREPLY, ActorRef, Caller, Down, GenServer, Merge, Monitor
 from ._child import ActorLauncher, TaskLauncher, shutdown_shield
-from ._core import ChildCounts, ChildInfo, ChildStatus, RestartRecord, SupervisorCore
+from ._core import (
+    ChildCounts,
+    ChildInfo,
+    ChildStatus,
+    RestartObserver,
+    RestartRecord,
+    SupervisorCore,
+)
 from ._dynamic import DynamicSupervisor
 from ._errors import (
     ActorExited,
@@ -103,6 +110,7 @@ __all__ = [
     "Registry",
     "Restart",
     "RestartIntensityExceeded",
+    "RestartObserver",
     "RestartRecord",
     "SpecError",
     "StartError",

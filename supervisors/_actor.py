@@ -664,6 +664,12 @@ class ActorRef(Generic[Req, Rep]):
     def mailbox_depth(self) -> int:
         return self._actor.sv_mailbox_depth
 
+    @property
+    def actor(self) -> GenServer[Req, Rep]:
+        """The actor object itself, for introspection (as OTP's ``sys:get_state``): read
+        its state from the actor's own task or between its messages; never call it."""
+        return self._actor
+
     async def call(self, request: Req, timeout: float = 5.0) -> Rep:
         """Send ``request`` and wait for the reply (see the module doc)."""
         actor = self._actor

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -88,6 +89,11 @@ class RestartRecord:
     kind: str
     error_type: str | None
     message: str
+
+
+RestartObserver = Callable[[str, RestartRecord], None]
+"""Told of each restart record as it is made: ``(the child's path, the record)``; must not
+raise or block (it runs in the supervisor's control loop)."""
 
 
 class ChildStatus(enum.Enum):
@@ -192,6 +198,10 @@ class SupervisorCore:
         # restarted, counted toward the intensity; "operator": stop_and_restart_child).
         # Kept across runs of the same object, for metrics.
         self.restart_counts: Counter[str] = Counter()
+        # Told of each restart record (e.g. to keep them across runs of the program); set
+        # on a supervisor, it is passed to the supervisors started under it, with their path.
+        self.on_restart: RestartObserver | None = None
+        self.path = name  # node names from the root, joined by "/" (set by the parent)
 
     # ---- Host protocol (used by launchers) --------------------------------------
 
@@ -424,6 +434,7 @@ class SupervisorCore:
         """Restart ``child`` after ``exit`` (or a failed restart attempt): OTP's ``restart/2``."""
         spec = child.spec
         child.record_restart(exit)
+        self._note_restart(child)
         self.restart_counts["exit"] += 1
         if not self._intensity.add_restart(trio.current_time()):
             self._log.error(
@@ -481,6 +492,8 @@ class SupervisorCore:
         child.restarting = False
         child.up_since = trio.current_time()
         if incarnation is not None:
+            if self.on_restart is not None and isinstance(child.ref, SupervisorCore):
+                _pass_observer(child.ref, f"{self.path}/{child.spec.name}", self.on_restart)
             self._child_started(child)
             if not incarnation.sv_alive:
                 # It ended before its start returned here (a task child that fails right
@@ -496,6 +509,12 @@ class SupervisorCore:
         incarnation, child.incarnation = child.incarnation, None
         if incarnation is not None:
             await do_terminate(incarnation, child.spec.shutdown_grace)
+
+    def _note_restart(self, child: Child) -> None:
+        """Tell :attr:`on_restart` of ``child``'s newest restart record."""
+        observer = self.on_restart
+        if observer is not None and child.history:
+            observer(f"{self.path}/{child.spec.name}", child.history[-1])
 
     def _child_started(self, child: Child) -> None:
         """A new incarnation of ``child`` is up (dynamic supervisors index it by ref)."""
@@ -587,6 +606,7 @@ class SupervisorCore:
             child, _ = self._running_child(child_id)
             await self._terminate_child(child)
             child._add_record(RestartRecord(time.time(), "operator", None, "operator restart"))
+            self._note_restart(child)
             self.restart_counts["operator"] += 1
             try:
                 # Its name (if any) stayed reserved for it while it was stopped, so no
@@ -642,11 +662,21 @@ class SupervisorCore:
         """OTP's ``which_children``: id, handle, type and status of every child."""
         return [ChildInfo.of(child) for child in self._children()]
 
-    def iter_children(self) -> Iterator[ChildInfo]:
+    def child_info(self, child_id: Hashable) -> ChildInfo:
+        """One child as :meth:`which_children` shows it; :class:`NoSuchChild` if none
+        (a dynamic supervisor finds it by id without walking its children)."""
+        return ChildInfo.of(self._find_by_id(child_id))
+
+    def iter_children(self, start: int = 0, stop: int | None = None) -> Iterator[ChildInfo]:
         """:meth:`which_children` one child at a time, in the same order, for walking a
         big supervisor without building the whole list (:func:`snapshot` lists the first
-        few). Do not await between two items: the children may change meanwhile."""
-        for child in self._children():
+        few); ``start``/``stop``: only those positions (the others are skipped without
+        being looked at: one page of a million children). Do not await between two items:
+        the children may change meanwhile."""
+        children = self._children()
+        if start or stop is not None:
+            children = itertools.islice(children, start, stop)
+        for child in children:
             yield ChildInfo.of(child)
 
     def count_children(self) -> ChildCounts:
@@ -661,6 +691,15 @@ class SupervisorCore:
             else:
                 workers += 1
         return ChildCounts(specs, active, supervisors, workers)
+
+
+def _pass_observer(sup: SupervisorCore, path: str, observer: RestartObserver) -> None:
+    """Give a supervisor just started (and the supervisors it started meanwhile, which were
+    started before it had one) its path and the restart observer."""
+    sup.path, sup.on_restart = path, observer
+    for info in sup.iter_children():
+        if isinstance(info.ref, SupervisorCore):
+            _pass_observer(info.ref, f"{path}/{info.name}", observer)
 
 
 async def _nothing() -> None:

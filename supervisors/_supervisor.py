@@ -202,6 +202,7 @@ class Supervisor(SupervisorCore):
         for other in group:
             if other is not child and other.status is not ChildStatus.RUNNING:
                 other.record_sibling_restart(child.spec.id, self.strategy_name)
+                self._note_restart(other)
         # Only ``child`` is restarting; its siblings are stopped until started again. If
         # the attempt fails, the child that failed is retried (and shown restarting) and
         # those it did not reach stay stopped until that retry starts them, as in OTP.

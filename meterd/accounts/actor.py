@@ -47,7 +47,7 @@ reads and the few things it reports), so this module imports nothing of the serv
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -57,6 +57,7 @@ import supervisors as sv
 from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.accounts.budget import EventBudget
 from meterd.alerts._eval import AccountAlerts
+from meterd.alerts._outbox import outbox_rows
 from meterd.alerts._runtime import AlertBook
 from meterd.model import Event, Meter
 from meterd.store import CommitFailed, Store
@@ -65,6 +66,9 @@ from meterd.store.codec import encode_dims
 log = structlog.get_logger("meterd.accounts")
 
 _NO_WINDOWS = 2**62
+ACTOR_BYTES = 4_000  # an awake meter actor with no cells (its object, bound logger, registry)
+CELL_BYTES = 300  # one minute cell of a sum meter: key tuple, value, dirty mark
+MESSAGE_BYTES = 200  # one queued delivery (its events are shared with the journal batch)
 
 
 class AccountsContext(Protocol):
@@ -82,8 +86,6 @@ class AccountsContext(Protocol):
         ...
 
     @property
-    def fault_hook(self) -> Callable[[Event], None]: ...
-    @property
     def idle_timeout(self) -> float: ...
     @property
     def checkpoint_interval(self) -> float: ...
@@ -95,11 +97,6 @@ class AccountsContext(Protocol):
     def alerts(self) -> AlertBook | None:
         """Threshold alert rules (docs/alerts.md), or None."""
         ...
-
-
-def no_fault(event: Event) -> None:
-    """The production fault hook (:attr:`Accounts.fault_hook`): nothing. Tests replace it
-    to inject crashes."""
 
 
 class InjectedFault(RuntimeError):
@@ -123,6 +120,12 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.quarantined = 0
         self.alerts: AccountAlerts | None = None  # the account's alert evaluation, if any
         self._alert_checkpoint_asked = False
+        # For operators (the console): events applied by this incarnation, and events per
+        # second as two one-second buckets (O(1) per delivered batch; ActorStats reads them).
+        self.events_applied = 0
+        self.rate_second = 0  # the whole Trio second being counted
+        self.rate_count = 0  # events applied in it
+        self.rate_previous = 0  # events applied in the second before it
 
     # ---- start: recover from the store ------------------------------------------
 
@@ -156,7 +159,6 @@ class MeterActor(sv.GenServer[Any, Any]):
         meters = self.accounts.meters
         for event in events:
             try:
-                self.accounts.fault_hook(event)
                 self.usage.apply(meters[event.meter], event)
                 if self.alerts is not None:
                     self.alerts.observe(batch_id, (event,))
@@ -178,6 +180,7 @@ class MeterActor(sv.GenServer[Any, Any]):
                     self.account, batch_id, event.id, reason
                 )
         self.watermark = max(self.watermark, batch_id)
+        self.events_applied += len(events)  # (or quarantined: the console counts them all)
 
     # ---- messages -------------------------------------------------------------------
 
@@ -243,17 +246,15 @@ class MeterActor(sv.GenServer[Any, Any]):
         """Apply committed journal batch ``batch_id`` (see the module doc)."""
         try:
             if batch_id > self.watermark:
-                self.last_active = self._now()
-                accounts = self.accounts
-                fault_hook = accounts.fault_hook
-                if fault_hook is no_fault:
-                    self.usage.apply_events(accounts.meters, events)
-                else:
-                    meters = accounts.meters
-                    apply = self.usage.apply
-                    for event in events:
-                        fault_hook(event)
-                        apply(meters[event.meter], event)
+                self.last_active = now = self._now()
+                second = int(now)
+                if second != self.rate_second:
+                    gap = second - self.rate_second
+                    self.rate_previous = self.rate_count if gap == 1 else 0
+                    self.rate_second, self.rate_count = second, 0
+                self.rate_count += len(events)
+                self.events_applied += len(events)
+                self.usage.apply_events(self.accounts.meters, events)
                 self.watermark = batch_id
                 alerts = self.alerts
                 if alerts is not None:
@@ -264,6 +265,25 @@ class MeterActor(sv.GenServer[Any, Any]):
                         self._alert_checkpoint_asked = self.ref.try_cast(("alerts",))
         finally:
             self.accounts.budget.give_for(self.account, len(events))
+
+    # ---- introspection (the console) -----------------------------------------------------
+
+    def events_per_second(self, now: float) -> int:
+        """Events applied in the last whole second before ``now`` (Trio time)."""
+        gap = int(now) - self.rate_second
+        if gap == 0:
+            return self.rate_previous
+        return self.rate_count if gap == 1 else 0
+
+    def cells(self) -> int:
+        """Minute cells held in memory (deltas since the last checkpoint)."""
+        return self.usage.cell_count()
+
+    def memory_estimate(self) -> int:
+        """Bytes this actor holds, estimated: :data:`ACTOR_BYTES` plus :data:`CELL_BYTES`
+        per minute cell and :data:`MESSAGE_BYTES` per queued message (measured with
+        tracemalloc, tests/console/test_actor_stats.py; not counted object by object)."""
+        return ACTOR_BYTES + CELL_BYTES * self.cells() + MESSAGE_BYTES * self.sv_mailbox_depth
 
     # ---- checkpoints and hibernation -------------------------------------------------------
 
@@ -285,7 +305,11 @@ class MeterActor(sv.GenServer[Any, Any]):
             # The crossings go in the same transaction as the windows and the watermark
             # that decided them: the watermark never passes a crossing not in the outbox.
             await self.accounts.store.writer.checkpoint(
-                self.account, rows, watermark, merge=self._merge_stored, outbox=crossings
+                self.account,
+                rows,
+                watermark,
+                merge=self._merge_stored,
+                rows={"alert_outbox": outbox_rows(crossings)} if crossings else None,
             )
         except BaseException:
             if crossings and self.alerts is not None:

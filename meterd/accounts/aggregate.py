@@ -789,6 +789,10 @@ class AccountUsage:
         """The cells changed since they were last forgotten by :meth:`clear_dirty` (a copy)."""
         return {(name, s, d) for name, rec in self._meters.items() for s, d in rec.dirty}
 
+    def cell_count(self) -> int:
+        """Minute cells held, every meter (O(meters))."""
+        return sum(len(rec.cells) for rec in self._meters.values())
+
     def has_dirty(self) -> bool:
         """Whether any cell is dirty (:meth:`dirty` is not empty), without copying them: the
         sweeper asks every awake actor this each period."""

@@ -42,9 +42,11 @@ actors idle for ``pressure_idle`` (1 s) to hibernate, not ``idle_timeout``; so a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -52,10 +54,11 @@ import structlog
 import trio
 
 import supervisors as sv
-from meterd.accounts.actor import AccountsContext, MeterActor, no_fault
+from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
 from meterd.alerts._runtime import AlertBook
+from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
 from meterd.store.codec import decode_dims
@@ -63,18 +66,24 @@ from meterd.store.codec import decode_dims
 log = structlog.get_logger("meterd.accounts")
 
 SWEEP_STEP: Final = 0.05  # seconds between two slices of the sweeper's ticks
-DEFAULT_IN_FLIGHT_EVENTS: Final = 20_000
+CALL_TIMEOUT: Final = 30.0
+"""Seconds :meth:`Accounts.call` waits for an actor's reply (not a configuration key)."""
 MAX_WAKING: Final = 16
 """Wake-ups in flight at once (an actor starting: a writer barrier, then one read on the
 reader's ``recovery`` lane, 2 threads). More only wait longer for a thread, each holding an
 actor and a task meanwhile: the issue's burst of 200,000 new accounts held them all."""
-MAX_AWAKE: Final = 100_000
-"""Default ``max_awake`` (``[accounts] max_awake``): ~3.5 kB of RSS each when fresh."""
 PRESSURE_IDLE: Final = 1.0
 """Seconds without traffic after which an actor hibernates while ``max_awake`` are awake."""
 COALESCE_LIMIT: Final = 1 + 2 * 16
 """A delivery joins the one waiting in its actor's mailbox (``["apply", id, events, id,
 events...]``) while that holds fewer than 16 batches: one ``handle_info`` stays short."""
+
+DEFAULT_STORE: Final = StoreConfig()
+DEFAULT_ACCOUNTS: Final = AccountsConfig()
+DEFAULT_IN_FLIGHT_EVENTS: Final[int] = next(
+    f.default for f in dataclasses.fields(IngestConfig) if f.name == "max_in_flight_events"
+)  # type: ignore[assignment]
+"""The config model's defaults, for :func:`running_accounts` (tests and tools)."""
 
 BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 """What :meth:`Accounts.submit` reports: the writer's verdicts (one
@@ -82,38 +91,42 @@ BatchDone: TypeAlias = Callable[["list[AppendResult] | BaseException"], None]
 
 
 class Accounts:
-    """Per-account meter actors and how to reach them."""
+    """Per-account meter actors and how to reach them.
+
+    ``config`` is the ``[accounts]`` table (:class:`meterd.config.AccountsConfig`: each
+    key's default, unit and meaning declared once there); ``checkpoint_interval`` is
+    ``[store] checkpoint_interval`` and ``max_in_flight_events`` ``[ingest]
+    max_in_flight_events`` (the daemon passes its config's, :mod:`meterd.app`).
+    """
 
     def __init__(
         self,
         store: Store,
         meters: Mapping[str, Meter],
+        config: AccountsConfig,
         *,
-        idle_timeout: float = 300.0,
-        checkpoint_interval: float = 30.0,
-        mailbox_size: int = 1024,
-        max_restarts: int = 50,
-        max_seconds: float = 10.0,
-        call_timeout: float = 30.0,
-        max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
-        max_awake: int = MAX_AWAKE,
+        checkpoint_interval: Duration,
+        max_in_flight_events: int,
+        call_timeout: float = CALL_TIMEOUT,
         pressure_idle: float = PRESSURE_IDLE,
         alerts: AlertBook | None = None,
     ) -> None:
+        max_awake = config.max_awake
         if max_awake < 1:
             raise ValueError(f"max_awake must be >= 1, got {max_awake}")
         self.store = store
         self.meters = dict(meters)
         self.alerts = alerts  # threshold alert rules (docs/alerts.md)
-        self.idle_timeout = idle_timeout
-        self.checkpoint_interval = checkpoint_interval
-        self.mailbox_size = mailbox_size
+        self.idle_timeout = config.idle_timeout.seconds
+        self.checkpoint_interval = checkpoint_interval.seconds
+        self.mailbox_size = config.mailbox_size
         self.call_timeout = call_timeout
         self.registry = sv.Registry("accounts")
         self.supervisor = sv.DynamicSupervisor(
-            name="meters", max_restarts=max_restarts, max_seconds=max_seconds
+            name="meters",
+            max_restarts=config.max_restarts,
+            max_seconds=config.max_seconds.seconds,
         )
-        self.fault_hook: Callable[[Event], None] = no_fault
         self.budget = EventBudget(max_in_flight_events)
         # Messages waiting for room in a full mailbox, per account, in commit order:
         # (message, events it holds budget for, the one actor it is for or None for any).
@@ -233,34 +246,49 @@ class Accounts:
         (:meth:`~meterd.store.Writer.submit_batch`).
         """
 
-        def committed(outcome: list[AppendResult] | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                on_done(outcome)
-                return
-            # _deliver's common case written out (one share per account of the batch:
-            # ~490 a batch at 10,000 accounts, so this loop runs about once per event).
-            overflow = self._overflow
-            whereis = self.registry.whereis
-            take_for = self.budget.take_for
-            join = self._join
-            for (account, events), result in zip(groups, outcome, strict=True):
-                batch_id = result.batch_id
-                if batch_id is None:
-                    continue
-                accepted = result.accepted
-                if len(accepted) != len(events):
-                    events = [events[i] for i in accepted]
-                if not overflow or account not in overflow:
-                    ref = whereis(account)
-                    if ref is not None and ref.try_send(["apply", batch_id, events], join):
-                        take_for(account, len(events))
-                        continue
-                self._deliver(account, batch_id, events)
-            on_done(outcome)
-
         self.store.writer.submit_batch(
-            groups, committed, producer=producer, seq=seq, rejected=rejected
+            groups,
+            partial(self._committed, groups, on_done),
+            producer=producer,
+            seq=seq,
+            rejected=rejected,
         )
+
+    def _committed(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        on_done: BatchDone,
+        outcome: list[AppendResult] | BaseException,
+    ) -> None:
+        """The writer's outcome of a batch, run in commit order: deliver its accepted
+        events (so each actor gets its account's batches in commit order), then report."""
+        if not isinstance(outcome, BaseException):
+            self.deliver(groups, outcome)
+        on_done(outcome)
+
+    def deliver(
+        self, groups: Sequence[tuple[str, list[Event]]], results: Sequence[AppendResult]
+    ) -> None:
+        """Hand each account's accepted events of a committed batch to its actor
+        (:meth:`_deliver`; its common case written out here: one share per account of the
+        batch, ~490 a batch at 10,000 accounts, so this loop runs about once per event)."""
+        overflow = self._overflow
+        whereis = self.registry.whereis
+        take_for = self.budget.take_for
+        join = self._join
+        for (account, events), result in zip(groups, results, strict=True):
+            batch_id = result.batch_id
+            if batch_id is None:
+                continue
+            accepted = result.accepted
+            if len(accepted) != len(events):
+                events = [events[i] for i in accepted]
+            if not overflow or account not in overflow:
+                ref = whereis(account)
+                if ref is not None and ref.try_send(["apply", batch_id, events], join):
+                    take_for(account, len(events))
+                    continue
+            self._deliver(account, batch_id, events)
 
     def _join(self, queued: Any, message: list[Any]) -> bool:
         """The merge of a delivery (``try_send``'s): while the actor has not taken the
@@ -463,22 +491,37 @@ def _decoded(meter: Meter, stored: list[WindowRow]) -> list[tuple[int, tuple[str
 
 @contextlib.asynccontextmanager
 async def running_accounts(
-    path: Path | str, meters: Mapping[str, Meter], **options: Any
+    path: Path | str,
+    meters: Mapping[str, Meter],
+    *,
+    store: StoreConfig = DEFAULT_STORE,
+    accounts: AccountsConfig = DEFAULT_ACCOUNTS,
+    max_in_flight_events: int = DEFAULT_IN_FLIGHT_EVENTS,
+    **options: Any,
 ) -> AsyncIterator[Accounts]:
-    """:class:`Accounts` (``options`` as its own) on the store at ``path``, running with the
+    """:class:`Accounts` on the store at ``path``, with the config tables given (the config
+    model's defaults otherwise; ``options``: :class:`Accounts`' others), running with the
     store's writer under one ``rest_for_one`` root until the block ends: for tests and tools
     (the daemon builds its whole tree in :mod:`meterd.app`)."""
-    store = Store.at(path, meter_dimensions={m.name: len(m.dimensions) for m in meters.values()})
-    accounts = Accounts(store, meters, **options)
+    dimensions = {m.name: len(m.dimensions) for m in meters.values()}
+    layer = Store.at(path, store, meter_dimensions=dimensions)
+    service = Accounts(
+        layer,
+        meters,
+        accounts,
+        checkpoint_interval=store.checkpoint_interval,
+        max_in_flight_events=max_in_flight_events,
+        **options,
+    )
     root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec()],
+        [layer.writer_spec(), service.supervisor_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
-            yield accounts
+            yield service
             root.stop()
     finally:
-        await store.aclose()
+        await layer.aclose()

@@ -1,7 +1,7 @@
 """The alert outbox: one row per decided crossing, in the store, written in the same
 transaction as the checkpoint of the windows (and watermark) that produced it.
 
-Schema version 8 of the store (:data:`OUTBOX_STATEMENTS`, run by
+Schema version 9 of the store (:data:`OUTBOX_STATEMENTS`, run by
 :mod:`meterd.store.schema`)::
 
     alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
@@ -22,9 +22,16 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ._eval import Crossing
-from ._schema import OUTBOX_STATEMENTS
+from ._schema import OUTBOX_INSERT, OUTBOX_STATEMENTS
 
-__all__ = ["OUTBOX_STATEMENTS", "OutboxRow", "crossed_ids", "outbox_after", "write_crossings"]
+__all__ = [
+    "OUTBOX_STATEMENTS",
+    "OutboxRow",
+    "crossed_ids",
+    "outbox_after",
+    "outbox_rows",
+    "write_crossings",
+]
 
 
 class OutboxRow(NamedTuple):
@@ -41,27 +48,29 @@ class OutboxRow(NamedTuple):
     created_at: int
 
 
+def outbox_rows(crossings: Sequence[Crossing]) -> list[tuple[object, ...]]:
+    """The ``alert_outbox`` rows of ``crossings``, for the checkpoint's transaction (the
+    writer's ``Checkpoint.rows``, statement :data:`~._schema.OUTBOX_INSERT`)."""
+    return [
+        (
+            c.id,
+            c.account,
+            c.rule.name,
+            c.rule.webhook,
+            c.rule.meter,
+            c.period,
+            c.event_id,
+            c.batch_id,
+            c.body(),
+            c.created_at,
+        )
+        for c in crossings
+    ]
+
+
 def write_crossings(conn: sqlite3.Connection, crossings: Sequence[Crossing]) -> None:
-    """Append ``crossings`` (inside the caller's transaction: the checkpoint's)."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO alert_outbox (id, account, alert, webhook, meter, period,"
-        " event_id, batch_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                c.id,
-                c.account,
-                c.rule.name,
-                c.rule.webhook,
-                c.rule.meter,
-                c.period,
-                c.event_id,
-                c.batch_id,
-                c.body(),
-                c.created_at,
-            )
-            for c in crossings
-        ],
-    )
+    """Append ``crossings`` (inside the caller's transaction; tools and benchmarks)."""
+    conn.executemany(OUTBOX_INSERT, outbox_rows(crossings))
 
 
 def crossed_ids(conn: sqlite3.Connection, account: str) -> set[str]:

@@ -68,7 +68,7 @@ class AlertBook:
         rules = self.rules_for(account)
         if not rules:
             return None
-        crossed = await store.reader.run(partial(crossed_ids, account=account))
+        crossed = await store.reader.run(partial(crossed_ids, account=account), "recovery")
         alerts = AccountAlerts(
             account,
             rules,

@@ -1,4 +1,4 @@
-"""The outbox table's DDL (schema version 8 of the store, :mod:`meterd.store.schema`);
+"""The outbox table's DDL (schema version 9 of the store, :mod:`meterd.store.schema`);
 imports nothing, so the store's schema module can take it without importing alerts."""
 
 from typing import Final
@@ -19,3 +19,9 @@ OUTBOX_STATEMENTS: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS alert_outbox_by_account ON alert_outbox (account, seq)",
 )
+
+OUTBOX_INSERT: Final = (
+    "INSERT OR IGNORE INTO alert_outbox (id, account, alert, webhook, meter, period,"
+    " event_id, batch_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""One crossing's row; an id already there is kept (one id, one crossing)."""

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .console import asset, index, stream
 from .daemon import Daemon
 from .errors import exception_handlers
 from .openapi import OPERATIONS
@@ -21,7 +22,15 @@ def build_app(daemon: Daemon) -> Starlette:
     for operation in OPERATIONS:
         by_route.setdefault(operation.route, []).append(operation)
     routes = [_route(daemon, route, operations) for route, operations in by_route.items()]
-    return Starlette(routes=routes, exception_handlers=exception_handlers())
+    # The console (docs/console.md): its page and files, no token (they hold no data).
+    routes += [
+        Route("/", index, methods=["GET"]),
+        Route("/console/{name}", asset, methods=["GET"]),
+        Route("/v1/console/stream", stream, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers=exception_handlers())
+    app.state.daemon = daemon
+    return app
 
 
 def _route(daemon: Daemon, route: str, operations: Sequence[Operation]) -> Route:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from meterd.billing import Billing, BillingGraphQL
     from meterd.ingest.server import IngestServer
     from meterd.store import Store
+    from meterd.store.restarts import RestartLog
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Daemon:
     api_child_id: Hashable = "api"
     billing: Billing | None = None
     graphql: BillingGraphQL | None = None  # the one GraphQL endpoint (its bound on queries)
+    restarts: RestartLog | None = None  # the tree's restart history, kept in the store
     deliveries: DeliveryService | None = None  # alert deliveries (docs/alerts.md)
 
     @property

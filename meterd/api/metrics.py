@@ -17,8 +17,18 @@ import gc
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 import supervisors as sv
@@ -82,7 +92,6 @@ class DaemonCollector(Collector):
         for name, doc, value in (
             ("events_accepted", "Events accepted (durable and counted).", stats.accepted),
             ("events_duplicate", "Events acknowledged as duplicates.", stats.duplicates),
-            ("events_rejected", "Events rejected (validation or id conflict).", stats.rejected),
             ("acks", "Batch acks sent to producers.", stats.acks),
             ("batches", "Batches read from producers.", stats.batches),
             ("connections", "Producer websockets opened (authenticated).", stats.connections),
@@ -90,6 +99,47 @@ class DaemonCollector(Collector):
             ("connection_failures", "Connections ended by an unexpected error.", stats.failed),
         ):
             yield CounterMetricFamily(f"meterd_{name}", doc, value=value)
+        observed = stats.observed
+        rejected = CounterMetricFamily(
+            "meterd_events_rejected",
+            "Events rejected (validation or id conflict), by the code of their ack.",
+            labels=["code"],
+        )
+        for code, count in sorted(observed.rejected_by_code.items()):
+            rejected.add_metric([code], count)
+        yield rejected
+        latency = observed.ack_latency
+        yield HistogramMetricFamily(
+            "meterd_ack_latency_seconds",
+            "From a batch read to its ack sent (validation, the store's commit, waiting for"
+            " the acks before it).",
+            buckets=latency.cumulative(),
+            sum_value=latency.total,
+        )
+        by_producer = CounterMetricFamily(
+            "meterd_producer_events",
+            "Events in the acks sent to each producer, by outcome (accepted, duplicate,"
+            " rejected).",
+            labels=["producer", "outcome"],
+        )
+        producer_batches = CounterMetricFamily(
+            "meterd_producer_acks", "Batch acks sent to each producer.", labels=["producer"]
+        )
+        for name, counts in sorted(observed.producers.items()):
+            by_producer.add_metric([name, "accepted"], counts.accepted)
+            by_producer.add_metric([name, "duplicate"], counts.duplicates)
+            by_producer.add_metric([name, "rejected"], counts.rejected)
+            producer_batches.add_metric([name], counts.batches)
+        yield by_producer
+        yield producer_batches
+        open_by_producer = GaugeMetricFamily(
+            "meterd_producer_connections_open",
+            "Producer websockets open now, per producer.",
+            labels=["producer"],
+        )
+        for name, count in sorted(self.ingest.connections_by_producer.items()):
+            open_by_producer.add_metric([name], count)
+        yield open_by_producer
         faults = CounterMetricFamily(
             "meterd_faults", "Error frames sent to producers, by code.", labels=["code"]
         )
@@ -201,6 +251,8 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_pauses = [gc_pause_seconds.labels(str(generation)) for generation in (0, 1, 2)]
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds, ... (Linux /proc)
+        ProcessCollector(registry=self.registry)
         self.collector: DaemonCollector | None = None
 
     def watch(

@@ -29,6 +29,7 @@ from .errors import bad_parameter
 
 DEFAULT_TREE_LIMIT: Final = 100
 MAX_TREE_LIMIT: Final = 10_000
+MAX_NODES_LIMIT: Final = MAX_EVENTS_LIMIT  # 10,000: the bound every paged route has
 DEFAULT_PAGE: Final = 100
 MAX_TEXT: Final = 1000  # by, reason: audit text, not documents
 MAX_LINE: Final = 1_000_000
@@ -170,6 +171,30 @@ class TreeQuery(Model):
     limit: Annotated[
         int, Meta(ge=0, le=MAX_TREE_LIMIT, description="At most this many children per node.")
     ] = DEFAULT_TREE_LIMIT
+
+
+class NodesQuery(Model):
+    """The console's table of the tree (``/v1/tree/nodes``)."""
+
+    search: (
+        Annotated[str, Meta(min_length=1, max_length=200, description="Part of a node's name.")]
+        | None
+    ) = None
+    status: (
+        Annotated[
+            Literal["running", "restarting", "stopped", "hibernated", "quarantined"],
+            Meta(description="Only nodes with this status (quarantined: accounts with events"
+            " in quarantine)."),
+        ]
+        | None
+    ) = None
+    sort: Annotated[
+        Literal["tree", "name", "mailbox", "restarts", "memory", "rate"],
+        Meta(description="tree: depth first, the tree's own order."),
+    ] = "tree"
+    order: Literal["asc", "desc"] = "asc"
+    offset: Annotated[int, Meta(ge=0, le=100_000_000)] = 0
+    limit: Annotated[int, Meta(ge=1, le=MAX_NODES_LIMIT, description="Rows per page.")] = 50
 
 
 class UsageQuery(Model):

@@ -105,6 +105,8 @@ class ApiServer:
         config = hypercorn_config(self.daemon.config.api)
         try:
             async with trio.open_nursery() as nursery:
+                if self.daemon.restarts is not None:  # the tree's restarts, into the store
+                    nursery.start_soon(self.daemon.restarts.run)
                 self.urls = await nursery.start(self._serve, shield, config, stop)
                 log.info("api_listening", url=self.url)
                 task_status.started(self)

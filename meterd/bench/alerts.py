@@ -40,6 +40,7 @@ from meterd.alerts._delivery import DeliveryService
 from meterd.alerts._eval import AccountAlerts, Crossing
 from meterd.alerts._outbox import write_crossings
 from meterd.alerts._runtime import AlertBook
+from meterd.config import StoreConfig
 from meterd.model import DAY_MS, Aggregation, Event, Meter
 from meterd.store import Store
 from meterd.store.schema import open_database
@@ -158,7 +159,7 @@ async def _deliver(where: Path, url: str, count: int, accounts: int, concurrency
     with conn:
         write_crossings(conn, _crossings(count, accounts))
     conn.close()
-    store = Store.at(path)
+    store = Store.at(path, StoreConfig())
     book = AlertBook((), {}, history_ms=35 * DAY_MS)
     hook = Webhook("hook", url, "bench-secret-0123456789", max_concurrency=concurrency)
     service = DeliveryService(store, book, [hook], where / "deliveries.sqlite3")

@@ -56,6 +56,7 @@ import trio.testing
 from meterd.accounts.actor import MeterActor
 from meterd.accounts.aggregate import AccountUsage
 from meterd.accounts.service import Accounts, running_accounts
+from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.memory import THRESHOLDS
 from meterd.model import MINUTE_MS, Aggregation, Event, Meter
 from meterd.store import AppendResult
@@ -231,8 +232,8 @@ async def bench(shape: Shape) -> Figures:
             async with running_accounts(
                 Path(tmp) / "meterd.sqlite3",
                 {METER.name: METER},
-                idle_timeout=86_400.0,
-                checkpoint_interval=86_400.0,
+                store=StoreConfig(checkpoint_interval=Duration(86_400_000)),
+                accounts=AccountsConfig(idle_timeout=Duration(86_400_000)),
                 max_in_flight_events=10**9,
             ) as accounts:
                 await wake_all(accounts, shape.accounts)

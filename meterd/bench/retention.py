@@ -44,6 +44,7 @@ from typing import Any, Final
 import trio
 
 from meterd import logs
+from meterd.config import StoreConfig
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
 
@@ -83,9 +84,14 @@ def _timed(groups: list[tuple[str, list[Event]]], now: int) -> list[tuple[str, l
 
 async def _run(path: Path, args: argparse.Namespace, window: bool) -> dict[str, float]:
     now = [T0]
-    options: dict[str, Any] = {"commit_interval": 0.002}
+    options: dict[str, Any] = {}
     if window and "dedupe_window_ms" in inspect.signature(Writer).parameters:
         options["dedupe_window_ms"] = args.window * 1000
+    # The [store] table (2 ms groups), or a reference revision's keyword arguments.
+    if "config" in inspect.signature(Writer).parameters:
+        options["config"] = StoreConfig()
+    else:
+        options["commit_interval"] = 0.002
     writer = Writer(path, clock=lambda: now[0], **options)
     batches = _batches(args.events, args.batch, args.accounts)
     step = args.span * 1000 // max(1, len(batches))

@@ -74,6 +74,7 @@ import trio
 from meterd import logs
 from meterd.bench._proc import write_bytes
 from meterd.bench.ingest import _Baseline
+from meterd.config import StoreConfig
 from meterd.memory import THRESHOLDS
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
@@ -231,10 +232,18 @@ def _daemon_options() -> dict[str, Any]:
     return {name: value for name, value in wanted.items() if name in known}
 
 
+def new_writer(path: Path, **options: Any) -> Writer:
+    """A :class:`Writer` with the daemon's ``[store]`` defaults, on this code or on a
+    reference revision's (where the table's keys were keyword arguments with defaults)."""
+    if "config" in inspect.signature(Writer).parameters:
+        return Writer(path, StoreConfig(), **options)  # type: ignore[call-arg, unused-ignore]
+    return Writer(path, **options)  # type: ignore[call-arg, unused-ignore]
+
+
 async def _writer_run(
     path: Path, warm_up: list[Groups], timed: list[Groups], in_flight: int
 ) -> Figures:
-    writer = Writer(path, **_daemon_options())
+    writer = new_writer(path, **_daemon_options())
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         timed_conn = _TimedConnection(cast(sqlite3.Connection, writer._connection))

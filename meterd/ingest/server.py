@@ -20,7 +20,8 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     its one-slot queue and TCP pushes back): backpressure, never an unbounded buffer.
     The same holds for the bytes of acks (``acks held`` below).
 ``acks held``
-    An ack is prepared when its batch is committed and held until the producer takes it:
+    An ack is prepared (by the ack task, once its batch's outcome is known and every
+    earlier ack is sent) and held until the producer takes it:
     a producer that stops reading acks (or reads them slowly) makes the server hold them.
     A batch of rejected events makes an ack about as large as its frame, so ``window``
     of them would be ``window`` frames per connection. So each batch counts, from its read
@@ -37,9 +38,17 @@ One :class:`IngestServer` runs as the last child of the root supervisor
     the next one is accepted only to be told so: ``error`` ``too_many_connections`` in
     place of ``hello``, close 1008 (policy violation), nothing read.
 ``acks``
-    One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight,
-    sends its ack, then the next. A batch is acknowledged once the writer committed it
-    (its accepted events are durable); the account actors apply them after.
+    One task sends acks strictly in ``seq`` order: it waits for the oldest batch in flight
+    to have its outcome (a value: the writer's verdicts, or why it failed), builds its ack
+    from it and sends it, then the next. A batch is acknowledged once the writer committed
+    it (its accepted events are durable); the account actors apply them after.
+
+The path of one batch, in one direction: :meth:`_Connection._read` →
+:meth:`_Connection._batch` (decode, validate, :meth:`Accounts.submit` with the batch's
+:class:`_Slot` as the receiver of its outcome; never awaits) → :meth:`_Slot.committed`
+(the outcome, stored; the batch's budget given back) → :meth:`_Connection._send_acks`
+(in ``seq`` order: awaits the slot, :meth:`_Connection._ack` builds the ack or the fault,
+sends it).
 ``keepalive``
     A producer that sends nothing for ``keepalive_interval`` while the server waits for its
     next frame is pinged (a websocket ping, which every websocket library answers by
@@ -98,8 +107,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import BytesMessage, TextMessage
 
 import supervisors as sv
+from meterd.accounts.budget import EventBudget
 from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
+from meterd.ingest.observe import AckObserver
 from meterd.ingest.protocol import (
     ACK_FLOOR_BYTES,
     ACK_OVERHEAD,
@@ -154,6 +165,8 @@ class IngestStats:
     faults: Counter[str] = field(default_factory=Counter)  # error frames sent, by code
     ack_waits: int = 0  # times a connection stopped reading: its own acks held too many bytes
     failed: int = 0  # connections ended by an unexpected error (a bug; logged)
+    # per producer, rejected by code, ack latency: one call per ack sent (meterd.ingest.observe)
+    observed: AckObserver = field(default_factory=AckObserver)
 
 
 class _FrameTooLarge(bytes):
@@ -254,6 +267,11 @@ class IngestServer:
         host = f"[{host}]" if ":" in host else host
         scheme = "ws" if self.config.ingest.tls is None else "wss"
         return f"{scheme}://{host}:{port}{INGEST_PATH}"
+
+    @property
+    def connections_by_producer(self) -> dict[str, int]:
+        """Open websockets per producer now (producers with none are left out)."""
+        return {name: count for name, count in self._by_producer.items() if count > 0}
 
     @property
     def stopping(self) -> bool:
@@ -501,20 +519,54 @@ async def _reject(
 # ---- a connection's batches --------------------------------------------------------------------
 
 
+Share = tuple[str, tuple[list[int], list[Event]]]
+"""One account's part of a batch: ``(account, (positions in the batch, events))``."""
+
+
 class _Slot:
-    """A batch (or the end of the connection) in the order acks must be sent."""
+    """A batch (or the end of the connection) in the order acks must be sent: what the ack
+    needs of the batch, then its outcome (:meth:`committed`), then its ack or fault."""
 
-    __slots__ = ("ack", "counts", "done", "fault", "held", "seq")
+    __slots__ = (
+        "ack", "budget", "counts", "done", "fault", "held", "outcome", "read_at", "rejected",
+        "rejections", "seq", "shares", "size", "valid",
+    )  # fmt: skip
 
-    def __init__(self, seq: int = -1, fault: Fault | None = None) -> None:
+    def __init__(
+        self,
+        seq: int = -1,
+        fault: Fault | None = None,
+        *,
+        size: int = 0,
+        rejected: list[Rejection] | None = None,
+        shares: list[Share] | None = None,
+        budget: EventBudget | None = None,
+        valid: int = 0,
+    ) -> None:
         self.seq = seq
+        self.read_at = trio.current_time()  # for the ack latency (meterd.ingest.observe)
+        self.rejections: list[Rejection] = []
         self.done = trio.Event()
+        self.size = size  # events in the batch
+        self.rejected = [] if rejected is None else rejected  # by validation
+        self.shares = [] if shares is None else shares  # submitted, in order
+        self.budget = budget
+        self.valid = valid  # events it holds of the daemon-wide budget until committed
+        self.outcome: list[AppendResult] | BaseException = []
         self.ack: bytes | None = None
         self.held = 0  # bytes counted for its ack (``acks held``); -1 once released
         self.counts = (0, 0, 0)
         self.fault = fault
         if fault is not None:
             self.done.set()
+
+    def committed(self, outcome: list[AppendResult] | BaseException) -> None:
+        """The batch's outcome (its accepted events are durable and delivered, or it failed):
+        kept for the ack task; the events' budget is given back now."""
+        if self.budget is not None:
+            self.budget.give(self.valid)
+        self.outcome = outcome
+        self.done.set()
 
 
 class _PeerUnresponsive(Exception):
@@ -565,8 +617,8 @@ class _Connection:
                 await self._read(nursery)
         finally:
             self.ack_bytes.waiting.discard(self._ack_room)
-            # Slots never sent: their acks will not be (a batch still in flight skips
-            # preparing its own, see _committed).
+            # Slots never sent: their acks will not be (a batch still in flight only gives
+            # its budget back when committed, see _Slot.committed).
             while True:
                 try:
                     self._release(self.slots_out.receive_nowait())
@@ -717,19 +769,24 @@ class _Connection:
             audit = self._audited(rejection, raw_events[rejection.index], now)
             if audit is not None:
                 audited.append(audit)
-        slot = _Slot(seq)
-        self.slots_in.send_nowait(slot)
         size = len(raw_events)
-        self._hold(slot, ack_bound(len(message), size, rejected, groups, self.ack_cap))
         if not groups and not audited:
-            self._committed(slot, size, rejected, [], 0, [])
+            slot = _Slot(seq, size=size, rejected=rejected)
+            self.slots_in.send_nowait(slot)
+            self._hold(slot, ack_bound(len(message), size, rejected, groups, self.ack_cap))
+            slot.committed([])  # nothing to write: its outcome is known
             return
         shares = list(groups.items())
         valid = size - len(rejected)
+        slot = _Slot(
+            seq, size=size, rejected=rejected, shares=shares, budget=self.budget, valid=valid
+        )
+        self.slots_in.send_nowait(slot)
+        self._hold(slot, ack_bound(len(message), size, rejected, groups, self.ack_cap))
         self.budget.take(valid)
         self.server.accounts.submit(
             [(account, events) for account, (_, events) in shares],
-            partial(self._committed, slot, size, rejected, shares, valid),
+            slot.committed,
             producer=self.producer.name,
             seq=seq,
             rejected=audited,
@@ -748,22 +805,10 @@ class _Connection:
 
     # ---- one batch -----------------------------------------------------------------------------
 
-    def _committed(
-        self,
-        slot: _Slot,
-        size: int,
-        rejected: list[Rejection],
-        shares: list[tuple[str, tuple[list[int], list[Event]]]],
-        valid: int,
-        outcome: list[AppendResult] | BaseException,
-    ) -> None:
-        """The batch's fate is known (its accepted events are durable): prepare its ack."""
-        self.budget.give(valid)
-        if slot.held < 0:  # the connection ended: this ack will never be sent
-            slot.done.set()
-            return
+    def _ack(self, slot: _Slot) -> None:
+        """The batch's outcome is known: build its ack (or its fault) from it."""
         try:
-            self._prepare_ack(slot, size, rejected, shares, outcome)
+            self._prepare_ack(slot, slot.size, slot.rejected, slot.shares, slot.outcome)
         except Exception as error:  # a bug: the batch must still end, never hang its connection
             self.log.exception("ingest_ack_failed", seq=slot.seq)
             slot.ack = None
@@ -772,7 +817,6 @@ class _Connection:
                 f"batch seq {slot.seq}: the server failed preparing its ack"
                 f" ({_error_text(error)}); re-send it on a new connection",
             )
-            slot.done.set()
         self._hold(slot, 0 if slot.ack is None else len(slot.ack))
 
     def _prepare_ack(
@@ -780,7 +824,7 @@ class _Connection:
         slot: _Slot,
         size: int,
         rejected: list[Rejection],
-        shares: list[tuple[str, tuple[list[int], list[Event]]]],
+        shares: list[Share],
         outcome: list[AppendResult] | BaseException,
     ) -> None:
         if isinstance(outcome, BaseException):
@@ -791,7 +835,6 @@ class _Connection:
                 " was not acknowledged: re-send it and every later unacknowledged batch on a"
                 " new connection",
             )
-            slot.done.set()
             return
         accepted = duplicates = 0
         for (account, (positions, events)), verdict in zip(shares, outcome, strict=True):
@@ -832,7 +875,6 @@ class _Connection:
                 f"batch seq {slot.seq}: the server could not account for every event; it was not"
                 " acknowledged: re-send it on a new connection",
             )
-            slot.done.set()
             return
         rejected.sort(key=lambda rejection: rejection.index)
         slot.ack = ack_frame(
@@ -843,7 +885,7 @@ class _Connection:
             max(self.server.config.ingest.max_frame_bytes, ACK_FLOOR_BYTES),
         )
         slot.counts = (accepted, duplicates, len(rejected))
-        slot.done.set()
+        slot.rejections = rejected
 
     # ---- acks, in seq order --------------------------------------------------------------------
 
@@ -853,6 +895,8 @@ class _Connection:
             async for slot in self.slots_out:
                 try:
                     await slot.done.wait()
+                    if slot.fault is None:
+                        self._ack(slot)
                     if slot.ack is not None:
                         with trio.move_on_after(
                             self.keepalive_interval + self.keepalive_timeout
@@ -873,6 +917,13 @@ class _Connection:
                         stats.accepted += accepted
                         stats.duplicates += duplicates
                         stats.rejected += rejected
+                        stats.observed.acked(
+                            self.producer.name,
+                            accepted,
+                            duplicates,
+                            slot.rejections,
+                            trio.current_time() - slot.read_at,
+                        )
                         continue
                     assert slot.fault is not None
                     self.read_scope.cancel()

@@ -1,8 +1,11 @@
 """meterd's durable store: the journal, the dedupe index, checkpointed windows (SQLite).
 
 * :class:`Store` — one store file's writer and reader, as the other layers hold them.
-* :class:`Writer` — the single writer, group-committing appends, checkpoints and
-  quarantines (run it as a supervised task: ``sv.task_spec("store-writer", writer.run)``).
+* :class:`Writer` — the single writer: a small server of typed operations
+  (:mod:`meterd.store._ops`) committed in groups (:mod:`meterd.store._group`), with its
+  housekeeper (:mod:`meterd.store._housekeeping`) queuing :class:`Probe`,
+  :class:`IndexPass` and :class:`SweepSlice` on timers (run it as a supervised task:
+  ``sv.task_spec("store-writer", writer.run)``).
 * :class:`Reader` / :func:`open_reader` — read-only queries (actor recovery, usage, events).
 * :func:`open_database` — open and migrate a store (:mod:`meterd.store.schema`).
 * :mod:`meterd.store.codec` — the journal's batch payload.
@@ -10,6 +13,18 @@
 ``docs/accounts.md`` is the design this implements.
 """
 
+from ._appends import conflict_message
+from ._ops import (
+    AppendResult,
+    Housekeeping,
+    IndexPass,
+    Probe,
+    RejectedEvent,
+    SweepSlice,
+    WindowMerge,
+    WindowWrite,
+)
+from ._writer import DoneCallback, Writer, WriterStats
 from .errors import (
     CommitFailed,
     InvalidCursor,
@@ -35,16 +50,6 @@ from .reader import (
 from .retention import too_late_message
 from .schema import SCHEMA_VERSION, open_database, open_readonly
 from .store import Store
-from .writer import (
-    AppendResult,
-    DoneCallback,
-    RejectedEvent,
-    WindowMerge,
-    WindowWrite,
-    Writer,
-    WriterStats,
-    conflict_message,
-)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -54,10 +59,13 @@ __all__ = [
     "CommitFailed",
     "DoneCallback",
     "EventsPage",
+    "Housekeeping",
+    "IndexPass",
     "InvalidCursor",
     "InvalidEvents",
     "LoadedAccount",
     "NotAStoreError",
+    "Probe",
     "QuarantinedEvent",
     "Reader",
     "ReaderClosed",
@@ -68,6 +76,7 @@ __all__ = [
     "StoreLostCommitsError",
     "StoreVersionError",
     "StoredWindow",
+    "SweepSlice",
     "WindowMerge",
     "WindowRow",
     "WindowWrite",

@@ -228,11 +228,6 @@ class Reader:
         limiter = self._lanes[lane]
         return await trio.to_thread.run_sync(self._in_thread, query, limiter=limiter)
 
-    async def run(self, query: Callable[[sqlite3.Connection], T], lane: str = "recovery") -> T:
-        """``query(connection)`` on a reader connection, in a worker thread: for another
-        layer's own tables (the alert outbox)."""
-        return await self._run(query, lane)
-
     def _in_thread(self, query: Callable[[sqlite3.Connection], T]) -> T:
         try:
             conn = self._idle.pop()  # (another lane's thread may take the last one first)
@@ -488,6 +483,11 @@ class Reader:
             return found.fetchone() is not None
 
         return await self._run(query)
+
+    async def run(self, query: Callable[[sqlite3.Connection], T], lane: str = "default") -> T:
+        """``query(connection)`` on a reader thread of ``lane``, for a read this class does
+        not have (the console's account search, :mod:`meterd.api.console`); read-only."""
+        return await self._run(query, lane)
 
     async def known_accounts(self) -> int:
         """How many accounts the store has seen (events appended or a checkpoint written)."""

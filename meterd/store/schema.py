@@ -39,7 +39,10 @@ Versions:
    ``(account, event_id, batch_id)`` (an id counted again after it was forgotten keeps one
    row per counted copy); ``store_meta`` holding the dedupe horizon. Rows stored before get
    the newest event time of their batch (``max_time``: never earlier than their own).
-8. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
+8. ``restarts``: the restart history of the supervision tree's nodes (by path: crashes,
+   kills, operator restarts), kept across daemon restarts for the console
+   (:mod:`meterd.store.restarts`; written on its own connection, never by the writer).
+9. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
    of the windows that produced them (:mod:`meterd.alerts._outbox`, docs/alerts.md).
 
 Tables at the latest version::
@@ -60,6 +63,8 @@ Tables at the latest version::
     audit(audit_id INTEGER PRIMARY KEY, account, kind, event_id, code, message, meter, time,
           properties, producer, seq, batch_id, received_at, position)
         index audit_by_account(account, position, audit_id)
+    restarts(restart_id INTEGER PRIMARY KEY, path, at, kind, error_type, message)
+        index restarts_by_path(path, restart_id)
     store_meta(name PRIMARY KEY, value) WITHOUT ROWID
     alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
                  meter, period, event_id, batch_id, body BLOB, created_at)
@@ -157,7 +162,7 @@ def dedupe_row_key(bucket: int, event: Event) -> int:
 def dedupe_row_keys(buckets: Mapping[str, int], events: Iterable[Event]) -> list[int]:
     """``dedupe_row_key(buckets[event.account], event)`` of each event, computed inline
     (the writer's hot path: no method call per event). The derivation must stay
-    ``Event.dedupe_key()``'s (tests/test_store.py checks they agree)."""
+    ``Event.dedupe_key()``'s (tests/store/test_codec.py checks they agree)."""
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
     mask = _EVENT_KEY_MASK
@@ -444,6 +449,22 @@ def _dedupe_event_times(conn: sqlite3.Connection, meter_dimensions: MeterDimensi
     )
 
 
+V8_STATEMENTS: Final = (
+    # path: node names from the root (root/accounts/meters/acme); at: Unix ms; kind: crash,
+    # killed, shutdown, sibling, operator, ...; error_type, message: why (docs/console.md).
+    # IF NOT EXISTS: a store made to look older (tests lower user_version) keeps the table.
+    """CREATE TABLE IF NOT EXISTS restarts (
+        restart_id INTEGER PRIMARY KEY,
+        path       TEXT    NOT NULL,
+        at         INTEGER NOT NULL,
+        kind       TEXT    NOT NULL,
+        error_type TEXT,
+        message    TEXT    NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS restarts_by_path ON restarts (path, restart_id)",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
     Migration(2, "quarantine table", _statements(*V2_STATEMENTS)),
@@ -452,7 +473,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "journal index filled in passes", _v5_deferred_journal_index),
     Migration(6, "injective window dimension keys", _v6_injective_window_dims),
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
-    Migration(8, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
+    Migration(8, "restart history of the tree's nodes", _statements(*V8_STATEMENTS)),
+    Migration(9, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""
@@ -503,11 +525,15 @@ def _set_durable_wal(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA synchronous = FULL")
 
 
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, create: bool, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
     mode = "rwc" if create else "rw"
     uri = f"file:{quote(str(path))}?mode={mode}"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, factory=factory
+        )
     except sqlite3.Error as exc:
         what = "create" if create else "open"
         raise StoreError(f"cannot {what} database {path}: {exc}") from exc
@@ -543,6 +569,7 @@ def open_database(
     *,
     meter_dimensions: MeterDimensions | None = None,
     check: Callable[[sqlite3.Connection, int], None] | None = None,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
 ) -> sqlite3.Connection:
     """The writer's connection to the store at ``path``, migrated to :data:`SCHEMA_VERSION`.
 
@@ -561,14 +588,14 @@ def open_database(
 
     ``check(connection, version)``, if given, runs before any migration writes anything (the
     writer's commit mark: :mod:`meterd.store.commitmark`); what it raises closes the
-    connection and propagates.
+    connection and propagates. ``factory``: the connection's class (``sqlite3.connect``'s).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the directory of database {path}: {exc}") from exc
-    conn = _connect(path, create=True)
+    conn = _connect(path, create=True, factory=factory)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:

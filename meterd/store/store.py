@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import supervisors as sv
+from meterd.config import StoreConfig
 
+from ._writer import Writer
 from .reader import Reader
 from .schema import MeterDimensions
-from .writer import Writer
 
 __all__ = ["Store"]
 
@@ -29,30 +30,22 @@ class Store:
     def at(
         cls,
         path: Path | str,
+        config: StoreConfig,
         *,
-        commit_interval: float = 0.002,
-        max_pending: int = 10_000,
-        read_connections: int = 2,
         audit_retention_ms: int | None = None,
         dedupe_window_ms: int | None = None,
-        index_cycle: float = 5.0,
-        wal_checkpoint_interval: float | None = 0.1,
         meter_dimensions: MeterDimensions | None = None,
     ) -> Store:
+        """The store at ``path`` with the ``[store]`` table ``config`` (see :class:`Writer`)."""
         writer = Writer(
             path,
-            commit_interval=commit_interval,
-            max_pending=max_pending,
+            config,
             audit_retention_ms=audit_retention_ms,
             dedupe_window_ms=dedupe_window_ms,
-            index_cycle=index_cycle,
-            wal_checkpoint_interval=wal_checkpoint_interval,
             meter_dimensions=meter_dimensions,
         )
         # The reader takes the tail of the journal index from the writer's memory.
-        return cls(
-            writer, Reader(path, connections=read_connections, tail=writer.journal_tail.entries)
-        )
+        return cls(writer, Reader(path, tail=writer.journal_tail.entries))
 
     def writer_spec(self, id: str = "store-writer") -> sv.ChildSpec:
         """The writer as a supervised task child (``run`` reports ready once migrated)."""

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -15,6 +16,7 @@ import trio.testing
 from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import Store
+from tests.store.helpers import inject_apply_fault, layer_options, store_config
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
 USERS = Meter("api.active_users", Aggregation.UNIQUE_COUNT, (), "user")
@@ -32,7 +34,7 @@ async def running(
     tmp_path: Path, *, meters: dict[str, Meter] | None = None, **options: Any
 ) -> AsyncIterator[Accounts]:
     async with running_accounts(
-        tmp_path / "meterd.sqlite3", meters or METERS, **options
+        tmp_path / "meterd.sqlite3", meters or METERS, **layer_options(**options)
     ) as accounts:
         yield accounts
 
@@ -83,7 +85,9 @@ async def test_a_crashed_actor_restarts_from_the_store_and_nothing_is_lost(
         assert accounts.registry.whereis("acme") not in (None, first)
 
 
-async def test_a_poison_event_costs_one_restart_and_is_quarantined(tmp_path: Path) -> None:
+async def test_a_poison_event_costs_one_restart_and_is_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     crashes: list[str] = []
 
     def poison(event: Event) -> None:
@@ -91,8 +95,8 @@ async def test_a_poison_event_costs_one_restart_and_is_quarantined(tmp_path: Pat
             crashes.append(event.id)
             raise ValueError("cannot apply this event")
 
+    inject_apply_fault(monkeypatch, poison)
     async with running(tmp_path, max_restarts=1, max_seconds=60) as accounts:
-        accounts.fault_hook = poison
         await accounts.ingest("bystander", [dyno("bystander", "b1", "7")])
         # The batch is durable (acknowledged) before its delivery crashes the actor...
         verdict = await accounts.ingest(
@@ -149,7 +153,7 @@ async def test_a_clean_stop_checkpoints_so_the_next_start_replays_nothing(
 ) -> None:
     async with running(tmp_path) as accounts:
         await accounts.ingest("acme", [dyno("acme", f"e{i}", "1") for i in range(3)])
-    store = Store.at(tmp_path / "meterd.sqlite3")
+    store = Store.at(tmp_path / "meterd.sqlite3", store_config())
     try:
         loaded = await store.reader.load_account("acme")
         assert loaded.replay == []  # everything is in the checkpointed windows
@@ -250,7 +254,7 @@ async def test_a_batch_is_decided_by_the_writer_and_applied_by_each_actor(tmp_pa
 
 
 async def test_an_actor_that_dies_with_deliveries_in_its_mailbox_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three committed batches are delivered at once; the actor crashes on the first
     (a poison event), so the other two die in its mailbox. The next incarnation replays
@@ -263,9 +267,9 @@ async def test_an_actor_that_dies_with_deliveries_in_its_mailbox_loses_nothing(
             crashes.append(event.id)
             raise ValueError("cannot apply this event")
 
+    inject_apply_fault(monkeypatch, poison)
     async with running(tmp_path) as accounts:
         await awake(accounts)
-        accounts.fault_hook = poison
         reports = [Reports() for _ in range(3)]
         accounts.submit(
             [("acme", [dyno("acme", "a", "1"), dyno("acme", "poison", "5")])], reports[0]
@@ -318,13 +322,16 @@ async def test_awaited_and_unawaited_writes_keep_commit_order_behind_a_full_mail
         assert not accounts.backlogged("acme")
 
 
-async def test_a_waiting_delivery_takes_at_most_16_batches(tmp_path: Path) -> None:
+async def test_a_waiting_delivery_takes_at_most_16_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Coalescing is bounded (``COALESCE_LIMIT``): 40 batches of one account committed
     together reach its actor as 3 messages (16 + 16 + 8), all applied, in order."""
+    applied: list[str] = []
+    inject_apply_fault(monkeypatch, lambda event: applied.append(event.id))
     async with running(tmp_path) as accounts:
         await awake(accounts)
-        applied: list[str] = []
-        accounts.fault_hook = lambda event: applied.append(event.id)
+        applied.clear()  # the warm-up event
         reports = [Reports() for _ in range(40)]
         for n, report in enumerate(reports):  # queued before the writer wakes: one group
             accounts.submit([("acme", [dyno("acme", f"a{n}", "1")])], report)
@@ -337,16 +344,17 @@ async def test_a_waiting_delivery_takes_at_most_16_batches(tmp_path: Path) -> No
 
 
 async def test_batches_committed_together_reach_a_waiting_actor_as_one_message(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batches of one writer group for the same account are added to the delivery still
     waiting in its actor's mailbox (in commit order) instead of queued apart; a message
     queued behind it (a completion of ``Accounts.ingest``) is never overtaken."""
+    applied: list[str] = []
+    inject_apply_fault(monkeypatch, lambda event: applied.append(event.id))  # the order
     async with running(tmp_path) as accounts:
         await awake(accounts)
         await accounts.ingest("globex", [dyno("globex", "warm", "1")])
-        applied: list[str] = []
-        accounts.fault_hook = lambda event: applied.append(event.id)  # the order applied
+        applied.clear()
         reports = [Reports() for _ in range(4)]
         for n, report in enumerate(reports):  # queued before the writer wakes: one group
             accounts.submit(
@@ -378,3 +386,13 @@ async def test_batches_committed_together_reach_a_waiting_actor_as_one_message(
         assert await hourly(accounts, "acme") == [(0, "11141", None)]
         assert applied == ["b1", "c1", "b2"]  # commit order
         assert accounts.budget.used == 0
+
+
+def test_the_apply_path_has_no_test_hook() -> None:
+    """Faults are injected from outside (``inject_apply_fault``): the actor applies every
+    delivery through ``AccountUsage.apply_events`` alone, with no hook to branch on."""
+    from meterd.accounts import actor
+
+    assert not hasattr(actor, "no_fault")
+    assert "fault_hook" not in dir(actor.AccountsContext)
+    assert "fault_hook" not in Accounts.__init__.__code__.co_names

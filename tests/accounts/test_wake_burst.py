@@ -23,6 +23,7 @@ from meterd.accounts.service import MAX_WAKING, running_accounts
 from meterd.app import Services
 from meterd.model import DAY_MS, Event, Window
 from tests.ingest.test_server import METERS, T0, make_config, running, total
+from tests.store.helpers import layer_options
 
 BLOCKED = 10  # wake-ups started while the reads are blocked
 
@@ -160,9 +161,8 @@ async def test_at_most_max_awake_actors_are_awake_and_every_account_still_wakes(
     async with running_accounts(
         tmp_path / "meterd.sqlite3",
         {meter.name: meter for meter in METERS},
-        max_awake=10,
-        pressure_idle=0.0,
-        checkpoint_interval=0.2,  # the sweeper's period: 50 ms
+        # The sweeper's period: 50 ms (checkpoint_interval / 4).
+        **layer_options(max_awake=10, pressure_idle=0.0, checkpoint_interval=0.2),
     ) as accounts:
         awake.append(accounts)
         groups = [

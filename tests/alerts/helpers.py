@@ -13,6 +13,7 @@ from meterd.accounts.service import Accounts, running_accounts
 from meterd.alerts import AlertRule
 from meterd.alerts._outbox import OutboxRow
 from meterd.alerts._runtime import AlertBook
+from meterd.config import AccountsConfig, Duration, StoreConfig
 from meterd.model import DAY_MS, Aggregation, Event, Meter
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
@@ -36,8 +37,19 @@ def book(*rules: AlertRule, meters: dict[str, Meter] | None = None) -> AlertBook
 
 
 @asynccontextmanager
-async def running(path: Path, alerts: AlertBook, **options: Any) -> AsyncIterator[Accounts]:
-    async with running_accounts(path, METERS, alerts=alerts, **options) as accounts:
+async def running(
+    path: Path,
+    alerts: AlertBook,
+    *,
+    idle_timeout: float | None = None,
+    checkpoint_interval: float | None = None,
+) -> AsyncIterator[Accounts]:
+    tables: dict[str, Any] = {}
+    if idle_timeout is not None:
+        tables["accounts"] = AccountsConfig(idle_timeout=Duration(int(idle_timeout * 1000)))
+    if checkpoint_interval is not None:
+        tables["store"] = StoreConfig(checkpoint_interval=Duration(int(checkpoint_interval * 1000)))
+    async with running_accounts(path, METERS, alerts=alerts, **tables) as accounts:
         yield accounts
 
 

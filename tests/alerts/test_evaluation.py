@@ -67,8 +67,9 @@ async def test_a_crash_before_the_checkpoint_decides_the_same_crossing_again(
         lost: list[object] = []
 
         async def dies(*args: Any, **kwargs: Any) -> None:
-            if kwargs.get("outbox") and not lost:  # the process dies before this commits
-                lost.extend(kwargs["outbox"])
+            outbox = (kwargs.get("rows") or {}).get("alert_outbox")
+            if outbox and not lost:  # the process dies before this commits
+                lost.extend(outbox)
                 raise RuntimeError("power cut")
             await real(*args, **kwargs)
 

@@ -32,6 +32,7 @@ from meterd.config import Listen, Tls
 from meterd.model import HOUR_MS, MINUTE_MS, Event, canonical_quantity
 from tests.ingest.test_server import certificate, make_config, running
 from tests.procs.daemon import DaemonProcess, running_daemon
+from tests.store.helpers import inject_apply_fault
 from tests.supervisors.test_operator_actions import FailsAfterFirstStart
 from tests.system.test_kill9 import free_ports
 
@@ -569,16 +570,18 @@ def test_sigterm_stops_the_daemon_within_10_s_with_clients_connected(tmp_path: P
         assert time.monotonic() - started < 10
 
 
-async def ingest_poison(services: Services, account: str, time: int) -> None:
+async def ingest_poison(
+    services: Services, account: str, time: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ingest events ``fine`` and ``poison`` (one count each, at ``time``) into ``account``
-    of an in-process daemon whose fault hook makes ``poison`` crash its actor; the next
+    of an in-process daemon whose actors' usage makes ``poison`` crash them; the next
     wake-up (a usage query, say) quarantines it on replay."""
 
     def poison(event: Event) -> None:
         if event.id == "poison":
             raise ValueError("cannot apply this event")
 
-    services.accounts.fault_hook = poison
+    inject_apply_fault(monkeypatch, poison)
     batch = [
         Event("fine", account, "router.requests", 1, time, (("app", "a"),)),
         Event("poison", account, "router.requests", 1, time, (("app", "a"),)),
@@ -588,11 +591,13 @@ async def ingest_poison(services: Services, account: str, time: int) -> None:
     assert verdict.accepted == [0, 1]  # durable: the actor crashes when it applies them
 
 
-async def test_a_poison_event_shows_in_quarantine_and_metrics(tmp_path: Path) -> None:
-    """In-process (a fault hook makes one event poison): it crashes its actor once, is
+async def test_a_poison_event_shows_in_quarantine_and_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (the actors' usage makes one event poison): it crashes its actor once, is
     quarantined on replay, and the API lists it."""
     async with running(make_config(tmp_path)) as services:
-        await ingest_poison(services, "qacct", T0)
+        await ingest_poison(services, "qacct", T0, monkeypatch)
         headers = {"Authorization": f"Bearer {services.api.daemon.config.api.admin_token}"}
         async with httpx.AsyncClient(base_url=services.api.url, headers=headers) as client:
             usage = await client.get(  # wakes the account: its replay quarantines the event

@@ -297,11 +297,12 @@ def awake(tree_json: str, account: str) -> bool:
 
 async def test_a_quarantined_event_is_listed_and_its_crash_shows_in_the_tree(
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """In-process daemon (a fault hook makes one event poison, as in test_api), the
+    """In-process daemon (the actors' usage makes one event poison, as in test_api), the
     commands as subprocesses."""
     async with running(make_config(tmp_path)) as services:
-        await ingest_poison(services, "qacct", T0)
+        await ingest_poison(services, "qacct", T0, monkeypatch)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
         env = {
             **clean,

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from meterd.model import Event
 from tests.accounts.test_accounts import dyno, hourly, running
+from tests.store.helpers import inject_apply_fault
 
 
-async def test_new_accounts_recover_at_debug_a_crashed_one_at_info(tmp_path: Path) -> None:
+async def test_new_accounts_recover_at_debug_a_crashed_one_at_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def poison(event: Event) -> None:
         if event.id == "poison":
             raise ValueError("cannot apply this event")
 
+    inject_apply_fault(monkeypatch, poison)  # a fault from outside: "poison" crashes its actor
     async with running(tmp_path, max_restarts=1, max_seconds=60) as accounts:
         with capture_logs() as logged:
             for n in range(5):
@@ -25,7 +30,6 @@ async def test_new_accounts_recover_at_debug_a_crashed_one_at_info(tmp_path: Pat
         recovered = [e for e in logged if e["event"] == "account_recovered"]
         assert len(recovered) == 5
         assert {(e["log_level"], e["after_crash"]) for e in recovered} == {("debug", False)}
-        accounts.fault_hook = poison
         with capture_logs() as logged:
             await accounts.ingest("acme", [dyno("acme", "ok", "1"), dyno("acme", "poison", "5")])
             await accounts.ingest("acme", [dyno("acme", "after", "1")])

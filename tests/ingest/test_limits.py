@@ -32,7 +32,7 @@ from meterd.accounts.budget import EventBudget
 from meterd.config import Config
 from meterd.ingest import IngestServer
 from meterd.ingest.protocol import ACK_FLOOR_BYTES, ack_frame
-from meterd.ingest.server import ack_bound
+from meterd.ingest.server import _Slot, ack_bound
 from meterd.ingest.validate import REJECTION_CODES, Rejection
 from meterd.model import Event
 from meterd.store import AppendResult, conflict_message
@@ -212,6 +212,37 @@ async def test_producers_that_take_their_acks_are_read_while_others_fill_the_bud
             assert [frame["accepted"] for frame in polite.frames[1:]] == [1] * 5
             assert server.ack_bytes.used >= total  # the silent ones are still held back
             nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_receives_its_outcome_as_a_value_and_the_ack_task_builds_its_ack(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """One direction: the connection submits the batch with its slot as the receiver of the
+    outcome; the outcome is stored (and the budget given back) without calling back into
+    the connection, and the ack task builds and sends the acks in ``seq`` order."""
+    accounts = HeldAccounts()
+    server = IngestServer(limits_config(tmp_path), accounts)  # type: ignore[arg-type]
+
+    def valid(seq: int) -> list[Any]:
+        return [ev(f"v{seq}-{n}", meter="dyno.seconds", quantity=1) for n in range(5)]
+
+    async with silent(server) as (client, nursery):
+        await client.send(2, valid)
+        await trio.testing.wait_all_tasks_blocked()
+        assert accounts.budget.used == 10
+        [(first, results1), (second, results2)] = accounts.held
+        slot1, slot2 = first.__self__, second.__self__  # type: ignore[attr-defined]
+        assert (type(slot1), slot1.seq, slot2.seq) == (_Slot, 1, 2)
+        second(results2)  # committed out of order: a value, nothing built yet
+        assert (slot2.outcome, slot2.ack, accounts.budget.used) == (results2, None, 5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert slot2.ack is None  # the ack task waits for seq 1 first
+        first(results1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert slot1.ack is not None  # built, and being sent to a peer that does not read
+        assert slot2.ack is None  # built only once ack 1 is sent: in seq order
+        assert accounts.budget.used == 0
+        nursery.cancel_scope.cancel()
 
 
 async def test_acks_of_a_connection_that_ended_are_no_longer_counted(

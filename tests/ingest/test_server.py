@@ -56,6 +56,9 @@ from meterd.config import (
 from meterd.ingest.protocol import FAULT_CLOSE_CODES
 from meterd.ingest.validate import REJECTION_CODES
 from meterd.model import DAY_MS, MINUTE_MS, Aggregation, Event, Meter, Window, canonical_quantity
+from meterd.store import _writer as store_writer
+from meterd.store import schema
+from tests.store.helpers import Faults, inject_apply_fault
 
 ROUTER_TOKEN = "router-token-0123456789"
 PLATFORM_TOKEN = "platform-token-0123456789"
@@ -769,7 +772,7 @@ async def test_the_first_sent_copy_of_an_id_wins_on_a_connection(
 
 
 async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
-    services: Services,
+    services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ack means durable; the actor applies committed events after it. An actor that
     crashes while applying them is restarted and replays them from the journal."""
@@ -780,7 +783,7 @@ async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
             crashed.append(event.id)
             raise RuntimeError("injected")
 
-    services.accounts.fault_hook = crash_once
+    inject_apply_fault(monkeypatch, crash_once)
     retry = [ev("boom"), ev("fine", account="globex.io")]
     async with connect(services) as client:
         await client.batch(1, [ev("ok")])
@@ -798,9 +801,8 @@ async def test_an_actor_crash_after_the_commit_loses_nothing_and_counts_once(
 
 
 async def test_a_failed_commit_is_unavailable_and_nothing_is_acknowledged(
-    services: Services,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = services.store.writer
     failures: list[str] = []
 
     def fail_once() -> None:
@@ -808,26 +810,35 @@ async def test_a_failed_commit_is_unavailable_and_nothing_is_acknowledged(
             failures.append("commit")
             raise sqlite3.OperationalError("disk I/O error (injected)")
 
-    async with connect(services) as client:
-        await client.batch(1, [ev("ok")])
-        await client.ack(1)
-        writer._before_commit = fail_once
-        retry = [ev("lost"), ev("fine", account="globex.io")]
-        await client.batch(2, retry)
-        error = await client.error("unavailable")
-        assert await client.close_code() == 1011
-    assert "seq 2" in error["message"]
-    assert "re-send" in error["message"]
-    assert "disk I/O error" in error["message"]
-    assert failures == ["commit"]
-    assert services.accounts.budget.used == 0  # the failed batch gave its budget back
-    async with connect(services) as client:  # the producer re-sends on a new connection
-        await client.batch(1, retry)
-        ack = await client.ack(1)
-    assert (ack["accepted"], ack["duplicates"]) == (2, 0)  # nothing of it was written before
-    assert await total(services, "acme") == "2"
-    assert await total(services, "globex.io") == "1"
-    assert _restarts(services, "ingest") == 0
+    # The fault is injected from outside: the daemon's writer opens a faulty connection.
+    faults = Faults()
+    opened = schema.open_database
+    monkeypatch.setattr(
+        store_writer,
+        "open_database",
+        lambda *args, **options: opened(*args, **{**options, "factory": faults.connection_class()}),
+    )
+    async with running(make_config(tmp_path)) as services:
+        async with connect(services) as client:
+            await client.batch(1, [ev("ok")])
+            await client.ack(1)
+            faults.before_commit = fail_once
+            retry = [ev("lost"), ev("fine", account="globex.io")]
+            await client.batch(2, retry)
+            error = await client.error("unavailable")
+            assert await client.close_code() == 1011
+        assert "seq 2" in error["message"]
+        assert "re-send" in error["message"]
+        assert "disk I/O error" in error["message"]
+        assert failures == ["commit"]
+        assert services.accounts.budget.used == 0  # the failed batch gave its budget back
+        async with connect(services) as client:  # the producer re-sends on a new connection
+            await client.batch(1, retry)
+            ack = await client.ack(1)
+        assert (ack["accepted"], ack["duplicates"]) == (2, 0)  # nothing of it was written before
+        assert await total(services, "acme") == "2"
+        assert await total(services, "globex.io") == "1"
+        assert _restarts(services, "ingest") == 0
 
 
 async def test_a_failure_preparing_an_ack_ends_the_batch_unavailable_not_hung(

@@ -18,7 +18,14 @@ from meterd.store import AppendResult, Writer, journal_index, retention, schema
 from tests.ingest.test_server import connect, make_config, now_ms
 from tests.ingest.test_server import ev as wire_event
 from tests.ingest.test_server import running as running_daemon
-from tests.test_store import Collector, _dedupe_row_keys_by_method, rows, running
+from tests.store.helpers import (
+    Collector,
+    dedupe_row_keys_by_method,
+    rows,
+    running,
+    store_config,
+    until,
+)
 
 WINDOW = 60_000  # dedupe_window, ms
 STEP = retention.horizon_step(WINDOW)
@@ -34,7 +41,7 @@ def collide(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(Event, "dedupe_key", lambda self: 777)
     patch.setattr(schema, "account_bucket", lambda account: 0)
     patch.setattr(journal_index, "account_bucket", lambda account: 0)
-    patch.setattr(schema, "dedupe_row_keys", _dedupe_row_keys_by_method)
+    patch.setattr(schema, "dedupe_row_keys", dedupe_row_keys_by_method)
 
 
 class Clock:
@@ -64,7 +71,7 @@ async def test_rows_past_the_window_are_deleted_and_duplicates_inside_it_still_f
     events = [ev(f"old-{n}", T0 - 1_000) for n in range(100)]
 
     def writer() -> Writer:
-        return Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+        return Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
 
     async with running(writer()) as w:
         assert (await w.append("acme", events)).accepted == list(range(100))
@@ -109,19 +116,16 @@ async def test_a_sweep_goes_on_in_slices_and_while_idle(
     monkeypatch.setattr(retention, "SWEEP_BATCH", 7)
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    async with running(Writer(path, commit_interval=0, clock=clock)) as w:
+    async with running(Writer(path, store_config(commit_interval=0), clock=clock)) as w:
         await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(60)])
     clock.now = T0 + WINDOW + STEP
-    w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
-    idle = trio.Event()
-    w.on_idle_pass = idle.set
+    w = Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
     async with running(w):
         await w.append("acme", [ev("late", clock.now)])  # raises the horizon: a sweep starts
         assert 0 < w.stats.dedupe_rows_swept <= 7
-        while w.stats.dedupe_rows_swept < 60:  # idle groups take the next slices
-            await idle.wait()
-            idle = trio.Event()
-            w.on_idle_pass = idle.set
+        # Idle groups, queued by the housekeeper, take the next slices.
+        await until(w, lambda: w.stats.dedupe_rows_swept >= 60)
+        assert w.stats.idle_passes >= 60 // 7
         assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]  # "late" is in the tail
 
 
@@ -208,10 +212,9 @@ async def decide(path: Path, ops: list[Op], mode: Mode) -> Verdicts:
         run, remaining = remaining[: mode.restart_every], remaining[mode.restart_every :]
         writer = Writer(
             path,
-            commit_interval=0,
+            store_config(commit_interval=0, index_cycle=mode.index_cycle),
             clock=clock,
             dedupe_window_ms=SHORT,
-            index_cycle=mode.index_cycle,
         )
         async with running(writer):
             for op in run:
@@ -274,7 +277,7 @@ async def test_a_restart_rebuilds_which_copy_of_an_id_holds_a_forgotten_key(
     clock = Clock()
 
     def writer() -> Writer:
-        return Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+        return Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
 
     async with running(writer()) as w:
         assert (await w.append("acme", [ev("a", T0)])).accepted == [0]  # holds the key
@@ -376,21 +379,20 @@ async def test_a_writer_that_starts_with_forgotten_rows_deletes_them_while_idle(
 ) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    async with running(Writer(path, commit_interval=0, clock=clock)) as w:
+    async with running(Writer(path, store_config(commit_interval=0), clock=clock)) as w:
         await w.append("acme", [ev(f"e{n}", T0 - 1_000) for n in range(20)])
     clock.now = T0 + WINDOW + STEP
     with monkeypatch.context() as patch:
         patch.setattr(retention, "sweep", _no_sweep)  # stopped before its sweep ran
         async with running(
-            Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
+            Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
         ) as w:
             await w.append("acme", [ev("late", clock.now)])
     assert rows(path, "SELECT count(*) FROM dedupe") == [(21,)]
-    w = Writer(path, commit_interval=0, clock=clock, dedupe_window_ms=WINDOW)
-    idle = trio.Event()
-    w.on_idle_pass = idle.set
+    w = Writer(path, store_config(commit_interval=0), clock=clock, dedupe_window_ms=WINDOW)
     async with running(w):
         with trio.fail_after(30):  # a safety net against a hang, not a timing assertion
-            await idle.wait()  # no operation: the sweep due since the start runs idle
+            # No operation: the sweep due since the start runs idle (the housekeeper's).
+            await until(w, lambda: w.stats.idle_passes >= 1)
         assert w.stats.dedupe_rows_swept == 20
     assert rows(path, "SELECT count(*) FROM dedupe") == [(1,)]

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from meterd.model import Event
 from meterd.store import Reader, Store, Writer, journal_index, open_reader
-from meterd.store import writer as writer_module
+from meterd.store import _group as store_group
+from meterd.store import _housekeeping as housekeeping
+from meterd.store import _writer as store_writer
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
-from tests.test_store import rows, running
+from tests.store.helpers import faulty_writer, rows, running, store_config, until
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -84,7 +86,7 @@ def test_an_index_cycle_under_a_millisecond_is_refused() -> None:
 async def test_appends_wait_in_the_tail_until_their_slice_is_passed(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
     async with running(writer):
         for n, account in enumerate(ACCOUNTS):
             await writer.append(account, [event(f"e{n}", account)])
@@ -108,7 +110,9 @@ async def test_appends_wait_in_the_tail_until_their_slice_is_passed(tmp_path: Pa
 async def test_a_group_passes_only_the_slices_whose_turn_came(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    writer = Writer(
+        path, store_config(commit_interval=0, index_cycle=2.56), clock=clock
+    )  # 10 ms a slice
     async with running(writer):
         await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
         clock.now += 30
@@ -121,7 +125,9 @@ async def test_a_group_passes_only_the_slices_whose_turn_came(tmp_path: Path) ->
 async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer, faults = faulty_writer(
+        path, store_config(commit_interval=0, index_cycle=1.0), clock=clock
+    )
     async with running(writer):
         await writer.append("acme", [event("a", "acme")])
         clock.now += 1_000
@@ -129,10 +135,10 @@ async def test_a_failed_group_changes_neither_the_index_nor_the_tail(tmp_path: P
         def fail() -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
-        writer._before_commit = fail
+        faults.before_commit = fail
         with pytest.raises(Exception, match="disk I/O error"):
             await writer.append("globex", [event("b", "globex")])
-        writer._before_commit = None
+        faults.before_commit = None
         assert writer.journal_tail.entries("acme") == [(1, 60_000, 60_000)]
         assert writer.journal_tail.entries("globex") == []
         assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
@@ -163,10 +169,10 @@ async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
             raise sqlite3.IntegrityError("UNIQUE constraint failed: dedupe.key")
         journal_index.pass_slices(conn, tail, slices, *args)
 
-    monkeypatch.setattr(writer_module, "pass_slices", pass_slices)
+    monkeypatch.setattr(store_group, "pass_slices", pass_slices)
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
     with structlog.testing.capture_logs() as logs:
         async with running(writer):
             await writer.append("acme", [event("a", "acme")])  # starts the passes' clock
@@ -189,7 +195,7 @@ async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
                 finally:
                     await reader.aclose()
 
-            clock.now += writer_module.PASS_RETRY_MS - 1  # no pass tried meanwhile
+            clock.now += store_group.PASS_RETRY_MS - 1  # no pass tried meanwhile
             await writer.append("acme", [event("d", "acme")])
             assert len(attempts) == 1
 
@@ -211,7 +217,7 @@ async def test_a_failing_pass_never_fails_the_appends_and_is_retried(
     failed = [line for line in logs if line["event"] == "journal_index_pass_failed"]
     assert len(failed) == 1
     assert failed[0]["log_level"] == "error"
-    assert failed[0]["retry_after_ms"] == writer_module.PASS_RETRY_MS
+    assert failed[0]["retry_after_ms"] == store_group.PASS_RETRY_MS
     assert [line["event"] for line in logs].count("journal_index_pass_recovered") == 1
 
 
@@ -225,9 +231,11 @@ async def test_an_idle_writer_tries_failing_passes_again_by_itself(
             raise RuntimeError("a bug in the pass")
         journal_index.pass_slices(conn, tail, slices, *args)
 
-    monkeypatch.setattr(writer_module, "pass_slices", pass_slices)
+    monkeypatch.setattr(store_group, "pass_slices", pass_slices)
     clock = Clock()
-    writer = Writer(tmp_path / "s.sqlite3", commit_interval=0, clock=clock, index_cycle=1.0)
+    writer = Writer(
+        tmp_path / "s.sqlite3", store_config(commit_interval=0, index_cycle=1.0), clock=clock
+    )
     with structlog.testing.capture_logs() as logs:
         async with running(writer):
             await writer.append("acme", [event("a", "acme")])
@@ -238,11 +246,10 @@ async def test_an_idle_writer_tries_failing_passes_again_by_itself(
                 "RuntimeError: a bug in the pass",
             )
             broken = False
-            clock.now += writer_module.PASS_RETRY_MS
-            passed = trio.Event()
-            writer.on_idle_pass = passed.set
-            await passed.wait()  # no operation: the idle writer tried again after a pause
-            assert trio.current_time() >= writer_module.PASS_RETRY_MS / 1000
+            clock.now += store_group.PASS_RETRY_MS
+            # No operation: the housekeeper queues a pass again after a pause.
+            await until(writer, lambda: writer.stats.idle_passes == 1)
+            assert trio.current_time() >= store_group.PASS_RETRY_MS / 1000
             assert (writer.failing, writer.pass_failing) == (None, None)
             assert writer.stats.idle_passes == 1
             assert writer.stats.commits == 2  # the appends only
@@ -251,7 +258,7 @@ async def test_an_idle_writer_tries_failing_passes_again_by_itself(
 
 def crash_on_stop(writer: Writer) -> None:
     """Stopping ``writer`` then leaves what kill -9 leaves: no final pass, the tail unwritten
-    (tests/test_kill9.py and test_store.py kill real processes)."""
+    (tests/system/test_kill9.py and tests/store/ kill real processes)."""
 
     async def no_final_pass() -> None:
         pass
@@ -262,7 +269,7 @@ def crash_on_stop(writer: Writer) -> None:
 async def leave_a_tail(path: Path) -> None:
     """Six batches of three accounts in a store a crashed writer left without their index
     and dedupe rows."""
-    crashed = Writer(path, commit_interval=0, index_cycle=3600.0)
+    crashed = Writer(path, store_config(commit_interval=0, index_cycle=3600.0))
     crash_on_stop(crashed)
     async with running(crashed):
         for n in range(6):
@@ -281,7 +288,7 @@ async def check_recovered(store: Store) -> None:
 
 async def test_a_stopped_writer_leaves_nothing_to_catch_up(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
-    writer = Writer(path, commit_interval=0, index_cycle=3600.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=3600.0))
     async with running(writer):
         for n in range(6):
             await writer.append(ACCOUNTS[n % 3], [event(f"e{n}", ACCOUNTS[n % 3])])
@@ -301,7 +308,7 @@ async def test_a_new_writer_indexes_the_tail_a_crash_left_before_anyone_reads(
     # The old writer's memory is gone; the file has a tail no pass wrote.
     assert rows(path, "SELECT count(*) FROM journal_index") == [(0,)]
     assert rows(path, "SELECT count(*) FROM dedupe") == [(0,)]
-    store = Store.at(path, commit_interval=0)
+    store = Store.at(path, store_config(commit_interval=0))
     with structlog.testing.capture_logs() as logs:
         async with running(store.writer):
             assert {"event": "journal_index_caught_up", "batches": 6} in [
@@ -365,7 +372,7 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
 
     async def main() -> None:
         numbers = iter(range(10**6))
-        writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+        writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
         sql_reader: Reader | None = None
         async with trio.open_nursery() as nursery:
             scope = trio.CancelScope()
@@ -398,7 +405,9 @@ def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list
                     scope.cancel()
                     await trio.testing.wait_all_tasks_blocked()
                     scope = trio.CancelScope()
-                    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=1.0)
+                    writer = Writer(
+                        path, store_config(commit_interval=0, index_cycle=1.0), clock=clock
+                    )
                     await nursery.start(run_writer, writer)
                 await check_readers(path, writer, sql_reader)
             scope.cancel()
@@ -413,24 +422,17 @@ async def test_an_idle_writer_writes_a_large_tail_early(
 ) -> None:
     """After a burst the tail is written while nothing waits for a commit (groups of passes
     only, not counted as commits), instead of by the groups of the next load."""
-    monkeypatch.setattr(writer_module, "IDLE_PASS_MIN_BATCHES", 3)
-    monkeypatch.setattr(writer_module, "IDLE_PASS_AFTER", 0.001)
+    monkeypatch.setattr(housekeeping, "IDLE_PASS_MIN_BATCHES", 3)
+    monkeypatch.setattr(housekeeping, "IDLE_PASS_AFTER", 0.001)
     path = tmp_path / "s.sqlite3"
     clock = Clock()  # never moves: no slice is ever due by the clock
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=3600.0)
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=3600.0), clock=clock)
     async with running(writer):
         for n in range(6):
             await writer.append(ACCOUNTS[n % 5], [event(f"e{n}", ACCOUNTS[n % 5])])
         commits = writer.stats.commits
-        small = trio.Event()
-
-        def passed() -> None:
-            if writer.journal_tail.size < 3:
-                small.set()
-
-        writer.on_idle_pass = passed
-        with trio.fail_after(30):
-            await small.wait()
+        with trio.fail_after(30):  # a safety net against a hang, not a timing assertion
+            await until(writer, lambda: writer.journal_tail.size < 3)
         assert writer.stats.idle_passes >= 1
         assert writer.stats.commits == commits
         written = rows(path, "SELECT count(*) FROM journal_index")[0][0]
@@ -450,10 +452,10 @@ async def test_a_writer_starts_on_a_full_disk_holding_the_tail_it_cannot_write(
     def full(conn: sqlite3.Connection) -> int:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(writer_module, "catch_up", full)
+    monkeypatch.setattr(store_writer, "catch_up", full)
     clock = Clock()
-    store = Store.at(path, commit_interval=0, index_cycle=1.0)
-    store.writer._clock = clock
+    writer = Writer(path, store_config(commit_interval=0, index_cycle=1.0), clock=clock)
+    store = Store(writer, Reader(path, tail=writer.journal_tail.entries))
     with structlog.testing.capture_logs() as logs:
         async with running(store.writer):
             assert {"event": "journal_index_catch_up_failed", "held": 6} in [
@@ -476,7 +478,9 @@ async def test_events_page_through_a_tail_longer_than_a_read_chunk(tmp_path: Pat
     of them indexed: pages of every size give every event once, in journal order."""
     path = tmp_path / "s.sqlite3"
     clock = Clock()
-    writer = Writer(path, commit_interval=0, clock=clock, index_cycle=2.56)  # 10 ms a slice
+    writer = Writer(
+        path, store_config(commit_interval=0, index_cycle=2.56), clock=clock
+    )  # 10 ms a slice
     async with running(writer), await open_reader(path) as sql_reader:
         for n in range(150):
             if n == 40:  # the first 40 reach the index; the rest stay in the tail

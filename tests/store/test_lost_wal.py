@@ -21,8 +21,8 @@ import trio
 
 from meterd.store import StoreError, StoreLostCommitsError, Writer, commitmark
 from tests.procs.daemon import ROOT, running_daemon
+from tests.store.helpers import ev, running, store_config
 from tests.store.test_full_disk import Producer, totals, unique_per_account
-from tests.test_store import ev, running
 
 
 def send(producer: Producer, numbers: range) -> None:
@@ -107,7 +107,7 @@ async def test_the_commit_mark_follows_the_journal_and_is_checked_at_open(tmp_pa
         assert len(text) == len(commitmark._encode(0).decode())  # overwritten in place
         return int(text.split()[4])
 
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         assert marked() == 0
         await writer.append("acme", [ev("a"), ev("b")])
         assert marked() == 1
@@ -118,12 +118,12 @@ async def test_the_commit_mark_follows_the_journal_and_is_checked_at_open(tmp_pa
 
     await trio.Path(mark).write_bytes(commitmark._encode(3))  # ahead of the database
     with pytest.raises(StoreLostCommitsError, match="journal ends at batch 2 but batch 3"):
-        await Writer(path).run()  # refused before it reports ready
+        await Writer(path, store_config()).run()  # refused before it reports ready
     await trio.Path(mark).write_text("meterd committed journal batch 9\n")
     with pytest.raises(StoreError, match=f"{mark} .* is damaged"):
-        await Writer(path).run()
+        await Writer(path, store_config()).run()
     await trio.Path(mark).unlink()  # as the message says: the check starts over
-    async with running(Writer(path, commit_interval=0)) as writer:
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
         assert marked() == 2
         assert (await writer.append("acme", [ev("c")])).batch_id == 3
     assert marked() == 3

@@ -16,6 +16,7 @@ from meterd.model import Event
 from meterd.store import Writer
 from meterd.store import wal as wal_module
 from meterd.store.wal import FALLBACK_AUTOCHECKPOINT_PAGES, WalCheckpointer
+from tests.store.helpers import store_config
 
 
 def ev(event_id: str, account: str = "acme") -> Event:
@@ -54,7 +55,7 @@ def journal_rows_in_the_database_file_alone(path: Path, scratch: Path) -> int:
 
 async def created(path: Path) -> Path:
     """A new store whose schema is in the database file (a stopped writer leaves no log)."""
-    async with running(Writer(path)):
+    async with running(Writer(path, store_config())):
         pass
     return path
 
@@ -69,7 +70,7 @@ async def test_the_checkpointer_copies_committed_pages_into_the_database_file(
     tmp_path: Path,
 ) -> None:
     path = await created(tmp_path / "s.sqlite3")
-    async with running(Writer(path, wal_checkpoint_interval=0.01)) as writer:
+    async with running(Writer(path, store_config(wal_checkpoint_interval=0.01))) as writer:
         assert writer.wal is not None
         await append_batches(writer, 10)
         await caught_up(writer.wal)
@@ -80,7 +81,7 @@ async def test_the_checkpointer_copies_committed_pages_into_the_database_file(
 async def test_without_the_checkpointer_small_commits_stay_in_the_log(tmp_path: Path) -> None:
     # The control for the test above: SQLite's own checkpoint waits for 1,000 pages.
     path = await created(tmp_path / "s.sqlite3")
-    async with running(Writer(path, wal_checkpoint_interval=None)) as writer:
+    async with running(Writer(path, store_config(wal_checkpoint_interval=None))) as writer:
         assert writer.wal is None
         await append_batches(writer, 10)
         assert journal_rows_in_the_database_file_alone(path, tmp_path / "copy") == 0
@@ -96,9 +97,11 @@ async def test_commits_checkpoint_only_as_the_backstop(tmp_path: Path) -> None:
         )
         return int(pages)
 
-    async with running(Writer(tmp_path / "a.sqlite3")) as writer:
+    async with running(Writer(tmp_path / "a.sqlite3", store_config())) as writer:
         assert await autocheckpoint(writer) == FALLBACK_AUTOCHECKPOINT_PAGES
-    async with running(Writer(tmp_path / "b.sqlite3", wal_checkpoint_interval=None)) as writer:
+    async with running(
+        Writer(tmp_path / "b.sqlite3", store_config(wal_checkpoint_interval=None))
+    ) as writer:
         assert await autocheckpoint(writer) == 1000  # SQLite's default
 
 
@@ -118,7 +121,7 @@ async def test_a_failing_checkpoint_is_logged_once_retried_and_fails_no_commit(
     monkeypatch.setattr(wal_module, "_checkpoint", failing)
     path = tmp_path / "s.sqlite3"
     with structlog.testing.capture_logs() as logs:
-        async with running(Writer(path, wal_checkpoint_interval=0.01)) as writer:
+        async with running(Writer(path, store_config(wal_checkpoint_interval=0.01))) as writer:
             assert writer.wal is not None
             await append_batches(writer, 5)  # every commit succeeds meanwhile
             await caught_up(writer.wal)
@@ -137,7 +140,7 @@ async def test_a_stopped_writer_leaves_no_log_behind(tmp_path: Path) -> None:
     # Both connections are closed at the stop; the last close checkpoints and removes
     # the log (a leaked checkpointer connection would keep it).
     path = tmp_path / "s.sqlite3"
-    async with running(Writer(path)) as writer:
+    async with running(Writer(path, store_config())) as writer:
         await append_batches(writer, 3)
     assert not path.with_name(path.name + "-wal").exists()
     conn = sqlite3.connect(path)

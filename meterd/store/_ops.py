@@ -1,0 +1,174 @@
+"""The store writer's operations: what can be asked of it, as typed values.
+
+Rules:
+
+* An operation is a frozen value. It says *what* to write, never how or when; the writer
+  (:mod:`meterd.store._writer`) queues it, a group transaction (:mod:`meterd.store._group`)
+  writes it, and its outcome goes back to whoever queued it.
+* **Client operations** come from the other layers: :class:`BatchAppend` (a producer batch,
+  the durability unit), :class:`Append` (one account's events), :class:`Checkpoint`,
+  :class:`Quarantine` and :class:`Barrier`. Each answers exactly once, after its group's
+  ``COMMIT`` (or with the failure if the group failed), in queue order.
+* **Housekeeping operations** come from the housekeeper (:mod:`meterd.store._housekeeping`)
+  on timers, while the writer is idle: :class:`Probe` (a one-row write while commits fail),
+  :class:`IndexPass` (journal-index passes written early), :class:`SweepSlice` (a slice of a
+  dedupe sweep). Work that rides in every group anyway (the passes that are due, audit
+  pruning, a sweep slice under load) is decided by the group itself, not queued.
+* Nothing here touches SQLite or Trio: these are plain data, so tests build and queue them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from meterd.model import Event
+
+from .errors import InvalidEvents
+
+__all__ = [
+    "Append",
+    "AppendResult",
+    "Barrier",
+    "BatchAppend",
+    "Checkpoint",
+    "ClientOperation",
+    "Encoded",
+    "Housekeeping",
+    "IndexPass",
+    "Operation",
+    "Probe",
+    "Quarantine",
+    "RejectedEvent",
+    "SweepSlice",
+    "WindowMerge",
+    "WindowWrite",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The verdicts of one ``append``: indexes into the submitted ``events``.
+
+    ``batch_id`` is the journal batch holding the accepted events (``None`` if none was
+    accepted). A duplicate is an event whose ``(account, id)`` is stored (or accepted earlier
+    in the same group or call) with the same fingerprint; a conflict is one stored with a
+    different fingerprint (``id_conflict``): it is not written and the stored one stays.
+    ``too_late``: events older than the dedupe horizon ``horizon`` (set when there are
+    some): ``time_out_of_range``, with :func:`~meterd.store.retention.too_late_message`;
+    not written, and decided before any dedupe lookup (:mod:`meterd.store.retention`).
+    """
+
+    batch_id: int | None
+    accepted: list[int]
+    duplicates: list[int]
+    conflicts: list[int]
+    too_late: list[int] = field(default_factory=list)
+    horizon: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """An event of a producer batch rejected before the store (protocol.md §2.3) that names
+    a valid ``account``: it gets an ``audit`` row with the batch.
+
+    ``meter``, ``time`` and ``properties`` are the event's where they were valid (``None``
+    where not), so that an explanation can place it in a window."""
+
+    account: str
+    event_id: str | None
+    code: str
+    message: str
+    meter: str | None = None
+    time: int | None = None
+    properties: tuple[tuple[str, str], ...] | None = None
+
+
+WindowWrite: TypeAlias = tuple[str, int, str, bytes]
+"""``(meter, start, dims, state)`` of one window row."""
+WindowMerge: TypeAlias = Callable[[str, bytes, bytes], bytes]
+"""``merge(meter, stored, delta)``: the state of a window holding both (see
+:meth:`Writer.checkpoint <meterd.store.Writer.checkpoint>`)."""
+Encoded: TypeAlias = tuple[list[bytes], list[int], list[int], list[int]]
+"""A batch's events ready to store, in order: packed rows, fingerprints, dedupe keys, times
+in seconds (floor: the dedupe rows' ``time_s``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAppend:
+    """One producer batch, grouped by account (each account once): each accepted group
+    becomes a journal batch; its duplicates, conflicts and ``rejected`` get audit rows.
+
+    ``encoded`` is the batch's events ready to store, computed when it is queued (on the
+    Trio thread), or the error naming the first that cannot be stored; ``None``: the group
+    transaction encodes them."""
+
+    groups: tuple[tuple[str, tuple[Event, ...]], ...]
+    received_at: int
+    producer: str | None = None
+    seq: int | None = None
+    rejected: tuple[RejectedEvent, ...] = ()
+    encoded: Encoded | InvalidEvents | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One account's events: a :class:`BatchAppend` of one group."""
+
+    account: str
+    events: tuple[Event, ...]
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """An account's windows and its watermark (the last journal batch they include).
+
+    With ``merge``, ``windows`` are deltas merged into the stored windows in the same
+    transaction. ``rows``: more rows to write in the checkpoint's transaction, by table
+    (see :data:`meterd.store._group.TABLES`); empty for a plain checkpoint."""
+
+    account: str
+    windows: tuple[WindowWrite, ...]
+    watermark: int
+    merge: WindowMerge | None = None
+    rows: tuple[tuple[str, tuple[tuple[object, ...], ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Event ``event_id`` of journal batch ``batch_id`` is poison (``error``: why)."""
+
+    account: str
+    batch_id: int
+    event_id: str
+    error: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Answered once every operation queued before it is committed (or has failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """While commits fail: a group that writes one row (changed and changed back) and
+    nothing else, so the writer learns that commits succeed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPass:
+    """Journal-index passes written while idle, ahead of their turn (a backlog after a
+    burst, or passes to try again after a failed one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepSlice:
+    """A group for the next slice of a dedupe sweep under way (or due) while idle."""
+
+
+ClientOperation: TypeAlias = BatchAppend | Append | Checkpoint | Quarantine | Barrier
+Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
+Operation: TypeAlias = ClientOperation | Housekeeping
