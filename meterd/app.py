@@ -8,6 +8,7 @@ The tree::
     │   ├── meters          DynamicSupervisor: one MeterActor per awake account
     │   ├── sweeper         checkpoints and hibernation
     │   └── deliverer       wakes sleeping accounts, delivers to full mailboxes
+    ├── deliveries          the alert outbox to the webhooks (meterd.alerts)
     ├── ingest              the producer websocket endpoint (meterd.ingest)
     └── api                 the operator HTTP API (meterd.api)
 
@@ -31,6 +32,10 @@ import trio
 import supervisors as sv
 from meterd import __version__, memory
 from meterd.accounts.service import Accounts
+from meterd.alerts._delivery import DeliveryService
+from meterd.alerts._metrics import DeliveryCollector
+from meterd.alerts._runtime import AlertBook
+from meterd.alerts._spend import BookPricing
 from meterd.api import ApiServer, Daemon, Metrics
 from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.billing._metrics import BillingCollector
@@ -53,6 +58,7 @@ class Services:
     ingest: IngestServer
     api: ApiServer
     billing: Billing
+    deliveries: DeliveryService | None = None
 
 
 def build(config: Config) -> Services:
@@ -64,26 +70,49 @@ def build(config: Config) -> Services:
         dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
         meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
     )
+    prices = PriceBook(config.prices, config.meters_by_name)
+    alerts = AlertBook(
+        config.alerts,
+        config.meters_by_name,
+        history_ms=config.dedupe_window.ms,
+        spend_pricing=BookPricing(
+            prices, currency=config.billing.currency, amount_places=config.billing.amount_places
+        ),
+    )
     accounts = Accounts(
         store,
         config.meters_by_name,
         config.accounts,
         checkpoint_interval=config.store.checkpoint_interval,
         max_in_flight_events=config.ingest.max_in_flight_events,
+        alerts=alerts if config.alerts else None,
+    )
+    deliveries = DeliveryService(  # the outbox to the webhooks (docs/alerts.md)
+        store,
+        alerts,
+        config.webhooks,
+        config.store_path.with_name("deliveries.sqlite3"),
+        wake=accounts.checkpoint if config.alerts else None,
     )
     ingest = IngestServer(config, accounts)
     metrics = Metrics()
     billing = Billing(  # its database (beside the store) is opened by serve()
         accounts,
         BillingDB(config.billing_path),
-        PriceBook(config.prices, config.meters_by_name),
+        prices,
         currency=config.billing.currency,
         amount_places=config.billing.amount_places,
     )
     daemon = Daemon(config, accounts, store, ingest, metrics, billing=billing)
     api = ApiServer(daemon)
     root = sv.Supervisor(
-        [store.writer_spec(), accounts.supervisor_spec(), ingest.child_spec(), api.child_spec()],
+        [
+            store.writer_spec(),
+            accounts.supervisor_spec(),
+            deliveries.child_spec(),
+            ingest.child_spec(),
+            api.child_spec(),
+        ],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
@@ -93,7 +122,9 @@ def build(config: Config) -> Services:
     root.on_restart = daemon.restarts.record
     metrics.watch(root, accounts, store, ingest)
     metrics.registry.register(BillingCollector(billing))  # restatements by cause
-    return Services(root, store, accounts, ingest, api, billing)
+    metrics.registry.register(DeliveryCollector(deliveries))
+    daemon.deliveries = deliveries
+    return Services(root, store, accounts, ingest, api, billing, deliveries)
 
 
 async def serve(config: Config) -> None:

@@ -56,6 +56,9 @@ import trio
 import supervisors as sv
 from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.accounts.budget import EventBudget
+from meterd.alerts._eval import AccountAlerts
+from meterd.alerts._outbox import outbox_rows
+from meterd.alerts._runtime import AlertBook
 from meterd.model import Event, Meter
 from meterd.store import CommitFailed, Store
 from meterd.store.codec import encode_dims
@@ -90,6 +93,11 @@ class AccountsContext(Protocol):
         """Whether committed events of ``account`` wait to be delivered to its actor."""
         ...
 
+    @property
+    def alerts(self) -> AlertBook | None:
+        """Threshold alert rules (docs/alerts.md), or None."""
+        ...
+
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by a fault drill."""
@@ -110,6 +118,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         # A random phase, so that accounts woken together do not all checkpoint together.
         self.last_checkpoint = self.last_active - random.uniform(0, accounts.checkpoint_interval)
         self.quarantined = 0
+        self.alerts: AccountAlerts | None = None  # the account's alert evaluation, if any
+        self._alert_checkpoint_asked = False
         # For operators (the console): events applied by this incarnation, and events per
         # second as two one-second buckets (O(1) per delivered batch; ActorStats reads them).
         self.events_applied = 0
@@ -126,10 +136,17 @@ class MeterActor(sv.GenServer[Any, Any]):
         await store.writer.barrier()
         # Only the journal after the watermark: the windows stay in the store (the actor
         # keeps deltas since its last checkpoint, not the account's history).
-        loaded = await store.reader.load_account(self.account, windows_since=_NO_WINDOWS)
+        book = self.accounts.alerts
+        watched = book is not None and bool(book.rules_for(self.account))
+        since = book.horizon_ms() if book is not None and watched else _NO_WINDOWS
+        loaded = await store.reader.load_account(self.account, windows_since=since)
         self.watermark = self.checkpointed_watermark = loaded.watermark
+        if book is not None and watched:  # the months' usage as of the watermark
+            self.alerts = await book.start_account(self.account, store, loaded.windows)
         for batch_id, events in loaded.replay:
             await self._replay_batch(batch_id, events)
+        if self.alerts is not None and self.alerts.pending:
+            await self._checkpoint()  # crossings decided by the replay: durable now
         after_crash = self.account in self.accounts.crashed
         self.accounts.crashed.discard(self.account)  # recovered: a next failure is new
         if loaded.replay:
@@ -143,6 +160,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         for event in events:
             try:
                 self.usage.apply(meters[event.meter], event)
+                if self.alerts is not None:
+                    self.alerts.observe(batch_id, (event,))
             except Exception as error:
                 crashed = self.accounts.crashed
                 if self.account not in crashed:
@@ -189,6 +208,12 @@ class MeterActor(sv.GenServer[Any, Any]):
         kind = request[0]
         if kind == "tick":
             await self._tick(*request[1:])
+        elif kind == "alerts":  # crossings were decided: make them durable now
+            self._alert_checkpoint_asked = False
+            try:
+                await self._checkpoint()
+            except CommitFailed as error:
+                self._checkpoint_failed(error)
         elif kind == "hibernate":
             await self._hibernate()
         elif kind == "crash":  # a fault drill: operators and tests crash an actor
@@ -231,6 +256,13 @@ class MeterActor(sv.GenServer[Any, Any]):
                 self.events_applied += len(events)
                 self.usage.apply_events(self.accounts.meters, events)
                 self.watermark = batch_id
+                alerts = self.alerts
+                if alerts is not None:
+                    alerts.observe(batch_id, events)
+                    if alerts.pending and not self._alert_checkpoint_asked:
+                        # A checkpoint writes the outbox rows with the windows; the
+                        # sweeper's next tick does it if the mailbox is full now.
+                        self._alert_checkpoint_asked = self.ref.try_cast(("alerts",))
         finally:
             self.accounts.budget.give_for(self.account, len(events))
 
@@ -258,7 +290,8 @@ class MeterActor(sv.GenServer[Any, Any]):
     async def _checkpoint(self) -> None:
         """Merge the deltas into the stored windows and write them with the watermark."""
         dirty = self.usage.dirty()
-        if not dirty and self.watermark == self.checkpointed_watermark:
+        crossings = self.alerts.take() if self.alerts is not None else []
+        if not dirty and self.watermark == self.checkpointed_watermark and not crossings:
             return  # the store already holds everything (e.g. a second usage query)
         # The deltas go to the writer, which merges them into the stored windows in the
         # checkpoint's own transaction (no read on another connection and thread first).
@@ -268,9 +301,29 @@ class MeterActor(sv.GenServer[Any, Any]):
             if delta is not None:
                 rows.append((meter_name, start, encode_dims(dims), encode(delta)))
         watermark = self.watermark
-        await self.accounts.store.writer.checkpoint(
-            self.account, rows, watermark, merge=self._merge_stored
-        )
+        try:
+            # The crossings go in the same transaction as the windows and the watermark
+            # that decided them: the watermark never passes a crossing not in the outbox.
+            await self.accounts.store.writer.checkpoint(
+                self.account,
+                rows,
+                watermark,
+                merge=self._merge_stored,
+                rows={"alert_outbox": outbox_rows(crossings)} if crossings else None,
+            )
+        except BaseException:
+            if crossings and self.alerts is not None:
+                self.alerts.give_back(crossings)
+            raise
+        if crossings:
+            book = self.accounts.alerts
+            if book is not None:
+                book.ring(len(crossings))
+            self.log.info(
+                "alerts_crossed",
+                crossings=[(c.rule.name, c.period, c.id) for c in crossings],
+                watermark=watermark,
+            )
         self.checkpointed_watermark = watermark
         self.usage.clear()
         self.last_checkpoint = trio.current_time()
@@ -297,7 +350,7 @@ class MeterActor(sv.GenServer[Any, Any]):
             idle_timeout = self.accounts.idle_timeout
         if now - self.last_active >= idle_timeout:
             await self._hibernate()
-        elif (
+        elif (self.alerts is not None and self.alerts.pending) or (
             self.usage.has_dirty()
             and now - self.last_checkpoint >= self.accounts.checkpoint_interval
         ):

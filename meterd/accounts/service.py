@@ -57,6 +57,7 @@ import supervisors as sv
 from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
+from meterd.alerts._runtime import AlertBook
 from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
 from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
@@ -108,12 +109,14 @@ class Accounts:
         max_in_flight_events: int,
         call_timeout: float = CALL_TIMEOUT,
         pressure_idle: float = PRESSURE_IDLE,
+        alerts: AlertBook | None = None,
     ) -> None:
         max_awake = config.max_awake
         if max_awake < 1:
             raise ValueError(f"max_awake must be >= 1, got {max_awake}")
         self.store = store
         self.meters = dict(meters)
+        self.alerts = alerts  # threshold alert rules (docs/alerts.md)
         self.idle_timeout = config.idle_timeout.seconds
         self.checkpoint_interval = checkpoint_interval.seconds
         self.mailbox_size = config.mailbox_size

@@ -14,6 +14,7 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
+    from meterd.alerts._delivery import DeliveryService
     from meterd.billing import Billing, BillingGraphQL
     from meterd.ingest.server import IngestServer
     from meterd.store import Store
@@ -34,6 +35,7 @@ class Daemon:
     billing: Billing | None = None
     graphql: BillingGraphQL | None = None  # the one GraphQL endpoint (its bound on queries)
     restarts: RestartLog | None = None  # the tree's restart history, kept in the store
+    deliveries: DeliveryService | None = None  # alert deliveries (docs/alerts.md)
 
     @property
     def tree(self) -> sv.Supervisor:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from meterd import __version__
 from meterd.model import MAX_MS, MAX_MS_TEXT
 
-from . import billing, console, routes, support
+from . import alerts, billing, console, routes, support
 from .answers import Error, json_answer
 from .daemon import Daemon
 from .operations import Operation, Operations
@@ -62,6 +62,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *billing.ops,
     *support.ops,
     *console.ops,
+    *alerts.ops,
     *ops,
 )
 """Every operation of the API, in the order of the document."""

@@ -31,6 +31,9 @@ class _LazyGroup(click.Group):
         "adjust": "meterd.cli.support:adjust",
         "void": "meterd.cli.support:void",
         "close": "meterd.cli.support:close",
+        "alerts": "meterd.cli.alerts:alerts",
+        "deliveries": "meterd.cli.alerts:deliveries",
+        "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from meterd.alerts._config import check_alerts
 from meterd.billing import BillingConfig, check_prices
 from meterd.model import Aggregation, Meter
 from meterd.schema import ABSENT, Check, check_fields, show, suggest
@@ -26,7 +27,18 @@ from ._model import (
 from ._net import check_tls
 
 T = TypeVar("T")
-SECTIONS = ("ingest", "api", "store", "accounts", "producers", "meters", "billing", "prices")
+SECTIONS = (
+    "ingest",
+    "api",
+    "store",
+    "accounts",
+    "producers",
+    "meters",
+    "billing",
+    "prices",
+    "webhooks",
+    "alerts",
+)
 
 
 class ConfigError(Exception):
@@ -103,6 +115,13 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
     )
     billing, _ = _section(check, raw, "billing", BillingConfig)
     prices = check_prices(check, raw.get("prices", ABSENT), {m.name: m for m in meters}, declared)
+    webhooks, alerts = check_alerts(
+        check,
+        raw.get("webhooks", ABSENT),
+        raw.get("alerts", ABSENT),
+        {m.name: m for m in meters},
+        declared,
+    )
     if raw.get("producers", []) == []:
         check.warnings.append("producers: none configured; every producer will be refused")
     if raw.get("meters", []) == []:
@@ -126,6 +145,8 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
         meters=meters,
         billing=billing,
         prices=prices,
+        webhooks=webhooks,
+        alerts=alerts,
         warnings=tuple(check.warnings),
         **top,
     )

@@ -15,6 +15,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
 
+from meterd.alerts._config import AlertRule, Webhook
 from meterd.billing import BillingConfig, PriceRule
 from meterd.model import DAY_MS, Meter
 from meterd.schema import Duration, key
@@ -280,6 +281,8 @@ class Config:
     meters: tuple[Meter, ...] = ()
     billing: BillingConfig = BillingConfig()
     prices: tuple[PriceRule, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
     warnings: tuple[str, ...] = ()
     meters_by_name: dict[str, Meter] = field(init=False, repr=False, compare=False)
 

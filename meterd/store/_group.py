@@ -34,6 +34,8 @@ from typing import Any, Final, TypeAlias
 
 import structlog
 
+from meterd.alerts._schema import OUTBOX_INSERT
+
 from . import retention, schema
 from ._appends import Appends
 from ._ops import (
@@ -84,6 +86,7 @@ TABLES: Final[dict[str, str]] = {
         " ON CONFLICT (account) DO UPDATE"
         " SET watermark = excluded.watermark, updated_at = excluded.updated_at"
     ),
+    "alert_outbox": OUTBOX_INSERT,  # crossings decided by the checkpoint's windows
     "quarantine": (
         "INSERT INTO quarantine (account, batch_id, event_id, error, at)"
         " VALUES (?, ?, ?, ?, ?)"

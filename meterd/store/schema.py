@@ -42,6 +42,8 @@ Versions:
 8. ``restarts``: the restart history of the supervision tree's nodes (by path: crashes,
    kills, operator restarts), kept across daemon restarts for the console
    (:mod:`meterd.store.restarts`; written on its own connection, never by the writer).
+9. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
+   of the windows that produced them (:mod:`meterd.alerts._outbox`, docs/alerts.md).
 
 Tables at the latest version::
 
@@ -64,6 +66,9 @@ Tables at the latest version::
     restarts(restart_id INTEGER PRIMARY KEY, path, at, kind, error_type, message)
         index restarts_by_path(path, restart_id)
     store_meta(name PRIMARY KEY, value) WITHOUT ROWID
+    alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
+                 meter, period, event_id, batch_id, body BLOB, created_at)
+        index alert_outbox_by_account(account, seq)
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -93,6 +98,7 @@ from urllib.parse import quote
 
 import structlog
 
+from meterd.alerts._schema import OUTBOX_STATEMENTS
 from meterd.model import Event
 
 from . import codec
@@ -468,6 +474,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(6, "injective window dimension keys", _v6_injective_window_dims),
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
     Migration(8, "restart history of the tree's nodes", _statements(*V8_STATEMENTS)),
+    Migration(9, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

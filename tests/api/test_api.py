@@ -375,7 +375,13 @@ async def test_tree_shape_and_limit(daemon: DaemonProcess, api: httpx.AsyncClien
     tree = (await api.get("/v1/tree")).json()
     assert_node_shape(tree)
     assert (tree["name"], tree["strategy"], tree["status"]) == ("root", "rest_for_one", "running")
-    assert [c["name"] for c in tree["children"]] == ["store-writer", "accounts", "ingest", "api"]
+    assert [c["name"] for c in tree["children"]] == [
+        "store-writer",
+        "accounts",
+        "deliveries",
+        "ingest",
+        "api",
+    ]
     meters = node(tree, "root/accounts/meters")
     assert meters is not None
     assert meters["children_total"] >= 5
@@ -386,7 +392,7 @@ async def test_tree_shape_and_limit(daemon: DaemonProcess, api: httpx.AsyncClien
     assert meters["children_total"] >= 5
     bare = (await api.get("/v1/tree", params={"limit": 0})).json()
     assert bare["children"] == []
-    assert bare["children_total"] == 4
+    assert bare["children_total"] == 5
 
 
 async def test_kill_and_restart_an_account_actor(

@@ -67,6 +67,9 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/actors/{actor}/status",
         "/v1/console/ingest",
         "/v1/console/meta",
+        "/v1/alerts",
+        "/v1/deliveries",
+        "/v1/deliveries/{delivery}/redeliver",
     }
 
 

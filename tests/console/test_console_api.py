@@ -67,7 +67,7 @@ async def test_tree_nodes_are_filtered_sorted_and_paged_on_the_server(tmp_path: 
         await awake(services, "shop-07")
 
         page = (await api.get("/v1/tree/nodes", params={"limit": 5})).json()
-        assert page["total"] == 8 + 31  # the static tree and every actor
+        assert page["total"] == 9 + 31  # the static tree (deliveries too) and every actor
         assert page["offset"] == 0
         paths = [n["path"] for n in page["nodes"]]
         assert paths[:4] == ["root", "root/store-writer", "root/accounts", "root/accounts/meters"]
