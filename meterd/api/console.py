@@ -199,21 +199,45 @@ Node = tuple[sv.ChildInfo | None, str, int]
 for the nodes of the page (:func:`_row`)."""
 
 
-def nodes(root: sv.SupervisorCore) -> Iterator[Node]:
+WALK_SLICE: Final = 2048
+"""Nodes a walk reads between two checkpoints: a filter over 100,000 awake actors lets the
+event loop run (acks, other requests) every few milliseconds instead of holding it for the
+whole walk (about 0.9 s at 90,000 actors)."""
+
+
+async def nodes(root: sv.SupervisorCore) -> AsyncIterator[Node]:
     """Every node of the live tree, depth first, the root first, each supervisor's children
-    in its own order (no await while walking)."""
+    in its own order; a checkpoint every :data:`WALK_SLICE` nodes.
+
+    Children are read a slice at a time, by position (``iter_children(start)``), and only
+    then handed out, so neither this walk's checkpoints nor its consumer's awaits hold an
+    iterator over children that may change meanwhile: a walk over a changing tree may miss
+    or repeat a child that came or went during it (a console page is a view, not a
+    snapshot), but never fails."""
     yield None, root.name, 0
-    stack: list[tuple[Iterator[sv.ChildInfo], str, int]] = [(root.iter_children(), root.name, 1)]
+    # (supervisor, its path, the depth of its children, the position of the next child)
+    stack: list[tuple[sv.SupervisorCore, str, int, int]] = [(root, root.name, 1, 0)]
+    budget = WALK_SLICE
     while stack:
-        children, prefix, depth = stack[-1]
-        info = next(children, None)
-        if info is None:
-            stack.pop()
-            continue
-        path = f"{prefix}/{info.name}"
-        yield info, path, depth
-        if isinstance(info.ref, sv.SupervisorCore):
-            stack.append((info.ref.iter_children(), path, depth + 1))
+        supervisor, prefix, depth, position = stack.pop()
+        read: list[sv.ChildInfo] = []
+        for info in supervisor.iter_children(position):
+            read.append(info)
+            if isinstance(info.ref, sv.SupervisorCore) or len(read) >= budget:
+                break
+        if not read:
+            continue  # this supervisor's children are done
+        last = read[-1]
+        if isinstance(last.ref, sv.SupervisorCore) or len(read) >= budget:
+            stack.append((supervisor, prefix, depth, position + len(read)))  # more may follow
+        if isinstance(last.ref, sv.SupervisorCore):
+            stack.append((last.ref, f"{prefix}/{last.name}", depth + 1, 0))
+        for info in read:
+            yield info, f"{prefix}/{info.name}", depth
+        budget -= len(read)
+        if budget <= 0:
+            budget = WALK_SLICE
+            await trio.lowlevel.checkpoint()
 
 
 def _root_row(root: sv.SupervisorCore) -> NodeRow:
@@ -424,7 +448,7 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
     return total, len(candidates), chosen
 
 
-def _slow(
+async def _slow(
     daemon: Daemon, query: NodesQuery, search: str | None, now: float, quarantined: set[str]
 ) -> Any:
     """What :func:`_fast` answers, for any question: a walk with every node's info."""
@@ -432,7 +456,7 @@ def _slow(
     meters = f"{root.name}/accounts/meters/"
     total = 0
     live: list[Node] = []
-    for node in nodes(root):
+    async for node in nodes(root):
         total += 1
         if query.status != "hibernated" and _keep(
             node, search, query.status, quarantined, meters
@@ -464,7 +488,7 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
     now = trio.current_time()
     found = _fast(daemon, query, search, now)
     if found is None:
-        found = _slow(daemon, query, search, now, quarantined)
+        found = await _slow(daemon, query, search, now, quarantined)
     total, matched, chosen = found
     page = [
         _root_row(root) if info is None else _row(info, path, depth, now, quarantined)

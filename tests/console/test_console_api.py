@@ -116,7 +116,7 @@ async def test_tree_nodes_are_filtered_sorted_and_paged_on_the_server(tmp_path: 
             search = query.search.lower() if query.search else None
             fast = _fast(daemon, query, search, now)
             assert fast is not None, params
-            total, matched, chosen = _slow(daemon, query, search, now, set())
+            total, matched, chosen = await _slow(daemon, query, search, now, set())
             assert fast[:2] == (total, matched), params
             if query.sort == "tree" and search:  # matches: the tree's nodes, then accounts
                 assert sorted(n[1] for n in fast[2]) == sorted(n[1] for n in chosen), params
