@@ -227,6 +227,18 @@ class Check:
     def warn(self, key: str, text: str) -> None:
         self.warnings.append(f"{key}: {text}")
 
+    def unique_name(self, prefix: str, name: Any, seen: dict[Any, str]) -> bool:
+        """Whether the ``name`` of the entry at ``prefix`` (``meters[2]``) is the first of
+        its kind; ``seen`` maps each name to the entry that took it first. A repeat is a
+        problem at ``<prefix>.name`` naming that entry. ``None`` (no valid name) passes."""
+        if name is None:
+            return True
+        if name in seen:
+            self.problem(f"{prefix}.name", f"{name!r} is already the name of {seen[name]}")
+            return False
+        seen[name] = prefix
+        return True
+
     def unknown_keys(
         self,
         prefix: str,

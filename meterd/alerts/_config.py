@@ -211,14 +211,7 @@ def check_alerts(
     for prefix, table in check.array_of_tables("webhooks", webhooks_value):
         values, ok = check_fields(Webhook, table, prefix, check)
         name = values.get("name")
-        if name is not None:
-            if name in hook_names:
-                check.problem(
-                    f"{prefix}.name", f"{name!r} is already the name of {hook_names[name]}"
-                )
-                ok = False
-            else:
-                hook_names[name] = prefix
+        ok = check.unique_name(prefix, name, hook_names) and ok
         url = values.get("url")
         if url is not None and url.startswith("http://") and not is_loopback(url):
             check.warn(
@@ -233,14 +226,7 @@ def check_alerts(
     for prefix, table in check.array_of_tables("alerts", alerts_value):
         values, ok = check_fields(AlertEntry, table, prefix, check)
         name = values.get("name")
-        if name is not None:
-            if name in rule_names:
-                check.problem(
-                    f"{prefix}.name", f"{name!r} is already the name of {rule_names[name]}"
-                )
-                ok = False
-            else:
-                rule_names[name] = prefix
+        ok = check.unique_name(prefix, name, rule_names) and ok
         meter = values.get("meter")
         if isinstance(meter, str) and meter not in meters:
             if declared is None or meter not in declared:

@@ -194,12 +194,7 @@ def _meters(check: Check, value: object) -> tuple[tuple[Meter, ...], set[str] | 
     for prefix, table in tables:
         values, ok = check_fields(Meter, table, prefix, check)
         name = values.get("name")
-        if name is not None:
-            if name in seen:
-                check.problem(f"{prefix}.name", f"{name!r} is already the name of {seen[name]}")
-                ok = False
-            else:
-                seen[name] = prefix
+        ok = check.unique_name(prefix, name, seen) and ok
         aggregation, unique = values.get("aggregation"), values.get("unique_property", ABSENT)
         if aggregation is Aggregation.UNIQUE_COUNT and unique is None:
             check.problem(
@@ -237,12 +232,7 @@ def _producers(
     for prefix, table in check.array_of_tables("producers", value):
         values, ok = check_fields(Producer, table, prefix, check)
         name, token = values.get("name"), values.get("token")
-        if name is not None:
-            if name in names:
-                check.problem(f"{prefix}.name", f"{name!r} is already the name of {names[name]}")
-                ok = False
-            else:
-                names[name] = prefix
+        ok = check.unique_name(prefix, name, names) and ok
         if token is not None:
             token_key = f"{prefix}.token_env" if "token_env" in table else f"{prefix}.token"
             if admin is not None and hmac.compare_digest(token_digest(token), token_digest(admin)):
