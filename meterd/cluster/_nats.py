@@ -586,7 +586,10 @@ class LogReader:
         async def fetch() -> list[Msg]:
             try:
                 return await sub.fetch(max_msgs, timeout=timeout)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # nats.errors.TimeoutError is one; nats-py also raises a bare one when
+                # its deadline runs out between the no-wait probe and the long poll (seen
+                # under load with short timeouts): either way, nothing came in time.
                 return []
 
         try:

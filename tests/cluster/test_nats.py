@@ -266,3 +266,27 @@ async def test_a_reconnect_reported_right_after_a_disconnect_leaves_the_connecti
     assert conn.disconnects == 1
     assert conn._connected.is_set()
     await conn.wait_connected(timeout=1)
+
+
+async def test_a_fetch_whose_deadline_runs_out_inside_nats_py_is_an_empty_read(
+    bridge: AsyncioBridge, nats1: NatsCluster
+) -> None:
+    """nats-py's fetch raises a bare ``asyncio.TimeoutError`` (not its own ``TimeoutError``)
+    when the deadline runs out between its no-wait probe and its long poll, which a short
+    timeout on a loaded machine hits now and then: that is "nothing came", not a failure."""
+    conn = await open_connection(bridge, nats1)
+    await conn.ensure_stream(STREAM, SUBJECTS)
+    await conn.publish("usage.p0", b"one", msg_id="one")
+    async with conn.reader(STREAM, "usage.p0") as reader:
+        assert [m.msg_id for m in await reader.fetch(10, timeout=2)] == ["one"]
+        real = reader._sub
+
+        class RunsOut:
+            async def fetch(self, batch: int, timeout: float) -> list[object]:
+                raise TimeoutError  # as nats/js/client.py's _fetch_n does
+
+        reader._sub = RunsOut()  # type: ignore[assignment]
+        assert await reader.fetch(10, timeout=0.2) == []
+        reader._sub = real
+        await conn.publish("usage.p0", b"two", msg_id="two")
+        assert [m.msg_id for m in await reader.fetch(10, timeout=2)] == ["two"]
