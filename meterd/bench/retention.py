@@ -30,12 +30,8 @@ import argparse
 import inspect
 import json
 import math
-import os
 import random
-import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +40,7 @@ from typing import Any, Final
 import trio
 
 from meterd import logs
+from meterd.bench._revision import figures_at
 from meterd.config import StoreConfig
 from meterd.model import Event
 from meterd.store import AppendResult, Writer
@@ -143,33 +140,7 @@ def measure(args: argparse.Namespace, window: bool) -> dict[str, float]:
 
 def _reference(ref: str, argv: list[str]) -> dict[str, float] | str:
     """The figures on the code of git revision ``ref`` (or why it could not run)."""
-    here = Path(__file__).resolve()
-    root = here.parents[2]
-    with tempfile.TemporaryDirectory(prefix="meterd-bench-ref-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(root), "archive", ref, "meterd", "supervisors"],
-            capture_output=True,
-            check=False,
-        )
-        if archive.returncode != 0:
-            return f"git archive {ref} failed: {archive.stderr.decode(errors='replace').strip()}"
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        shutil.copy(here, Path(tmp) / "meterd" / "bench" / "retention.py")
-        child = subprocess.run(
-            [sys.executable, "-m", "meterd.bench.retention", *argv, "--against", "", "--json"],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=tmp),
-            cwd=tmp,
-            check=False,
-        )
-        if child.returncode != 0:
-            return f"the bench on {ref} failed: {child.stderr.strip()[-2000:]}"
-        result = json.loads(child.stdout.strip().splitlines()[-1])
-        if not str(result["source"]).startswith(tmp):
-            return f"the bench on {ref} imported meterd from {result['source']}"
-        figures: dict[str, float] = result["window"]
-        return figures
+    return figures_at(ref, "retention", argv, "window")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -56,11 +56,8 @@ import json
 import math
 import os
 import random
-import shutil
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,6 +70,7 @@ import trio
 
 from meterd import logs
 from meterd.bench._proc import write_bytes
+from meterd.bench._revision import figures_at
 from meterd.bench.ingest import _Baseline
 from meterd.config import StoreConfig
 from meterd.memory import THRESHOLDS
@@ -359,37 +357,8 @@ def _median(runs: Sequence[Figures]) -> dict[str, float]:
 
 
 def _reference(ref: str, argv: list[str]) -> dict[str, float] | str:
-    """The writer's medians on the code of git revision ``ref`` (or why it could not run)."""
-    here = Path(__file__).resolve()
-    root = here.parents[2]
-    with tempfile.TemporaryDirectory(prefix="meterd-bench-ref-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(root), "archive", ref, "meterd", "supervisors"],
-            capture_output=True,
-            check=False,
-        )
-        if archive.returncode != 0:
-            return f"git archive {ref} failed: {archive.stderr.decode(errors='replace').strip()}"
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        shutil.copy(here, Path(tmp) / "meterd" / "bench" / "writer.py")
-        # What this bench file needs beyond the code measured (the reference may predate it).
-        shutil.copy(here.with_name("_proc.py"), Path(tmp) / "meterd" / "bench" / "_proc.py")
-        env = dict(os.environ, PYTHONPATH=tmp)
-        child = subprocess.run(
-            [sys.executable, "-m", "meterd.bench.writer", *argv, "--against", "", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp,
-            check=False,
-        )
-        if child.returncode != 0:
-            return f"the bench on {ref} failed: {child.stderr.strip()[-2000:]}"
-        result = json.loads(child.stdout.strip().splitlines()[-1])  # after any log lines
-        if not str(result["source"]).startswith(tmp):
-            return f"the bench on {ref} imported meterd from {result['source']}"
-        writer: dict[str, float] = result["writer"]
-        return writer
+    """The figures on the code of git revision ``ref`` (or why it could not run)."""
+    return figures_at(ref, "writer", argv, "writer")
 
 
 def _cell(value: float) -> str:
