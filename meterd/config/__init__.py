@@ -31,6 +31,7 @@ from ._model import (
     ApiConfig,
     Config,
     IngestConfig,
+    PartitionsConfig,
     Producer,
     StoreConfig,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigError",
     "Duration",
     "IngestConfig",
+    "PartitionsConfig",
     "Listen",
     "Producer",
     "StoreConfig",

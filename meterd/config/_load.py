@@ -20,6 +20,7 @@ from ._model import (
     ApiConfig,
     Config,
     IngestConfig,
+    PartitionsConfig,
     Producer,
     StoreConfig,
     token_digest,
@@ -32,6 +33,7 @@ SECTIONS = (
     "api",
     "store",
     "accounts",
+    "partitions",
     "producers",
     "meters",
     "billing",
@@ -109,6 +111,7 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
         )
     store, _ = _section(check, raw, "store", StoreConfig)
     accounts, _ = _section(check, raw, "accounts", AccountsConfig)
+    partitions, _ = _section(check, raw, "partitions", PartitionsConfig)
     meters, declared = _meters(check, raw.get("meters", ABSENT))
     producers = _producers(
         check, raw.get("producers", ABSENT), declared, api_values.get("admin_token")
@@ -131,6 +134,7 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
         or api is None
         or store is None
         or accounts is None
+        or partitions is None
         or billing is None
         or check.problems
     ):
@@ -141,6 +145,7 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
         api=api,
         store=store,
         accounts=accounts,
+        partitions=partitions,
         producers=producers,
         meters=meters,
         billing=billing,
@@ -176,9 +181,32 @@ def _section_rules(
                 " tokens and usage cross the network unencrypted",
             )
         return ok
+    if name == "partitions":
+        return _partition_rules(check, values)
     path = values.get("path")
     if name in ("store", "billing") and path is not None and path.is_dir():
         check.problem(f"{name}.path", f"{path} is a directory; give the database file's path")
+        return False
+    return True
+
+
+def _partition_rules(check: Check, values: Mapping[str, Any]) -> bool:
+    count, size, owners = values.get("count"), values.get("shard_size"), values.get("owners")
+    if count is None or size is None:
+        return True
+    if count % size:
+        check.problem(
+            "partitions.shard_size",
+            f"{size} does not divide partitions.count ({count}); every shard holds the same"
+            " number of partitions",
+        )
+        return False
+    if owners is not None and owners > count // size:
+        check.problem(
+            "partitions.owners",
+            f"{owners} is more than the {count // size} shards (count / shard_size); an owner"
+            " holds whole shards",
+        )
         return False
     return True
 

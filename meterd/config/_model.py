@@ -228,6 +228,47 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsConfig:
+    """``[partitions]``: accounts in partitions, held by owner processes (docs/partitions.md)."""
+
+    count: Annotated[
+        int,
+        key(
+            "Partitions accounts are hashed into; changing it on a store with data is an"
+            " offline migration (docs/partitions.md).",
+            unit="partitions",
+            ge=1,
+            le=65_536,
+        ),
+    ] = 256
+    shard_size: Annotated[
+        int,
+        key(
+            "Partitions per SQLite file (a shard): owners take whole shards; must divide"
+            " count.",
+            unit="partitions",
+            ge=1,
+            le=65_536,
+        ),
+    ] = 16
+    owners: Annotated[
+        int,
+        key(
+            "Owner processes holding the shards (0: the accounts run inside the daemon's"
+            " own process, in one store file).",
+            unit="processes",
+            ge=0,
+            le=256,
+        ),
+    ] = 0
+
+    @property
+    def shards(self) -> int:
+        """How many shards (SQLite files) the partitions are grouped into."""
+        return self.count // self.shard_size
+
+
+@dataclass(frozen=True, slots=True)
 class Producer:
     """One ``[[producers]]`` entry. ``meters`` is None when it may write every meter."""
 
@@ -267,6 +308,7 @@ class Config:
     api: ApiConfig
     store: StoreConfig
     accounts: AccountsConfig = AccountsConfig()
+    partitions: PartitionsConfig = PartitionsConfig()
     late_window: Annotated[Duration, key("Oldest event time accepted, relative to now.")] = (
         Duration(DEFAULT_WINDOW_MS)
     )

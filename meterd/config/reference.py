@@ -17,7 +17,15 @@ from meterd.billing import BillingConfig, PriceEntry
 from meterd.model import Meter
 from meterd.schema import reference
 
-from ._model import AccountsConfig, ApiConfig, Config, IngestConfig, Producer, StoreConfig
+from ._model import (
+    AccountsConfig,
+    ApiConfig,
+    Config,
+    IngestConfig,
+    PartitionsConfig,
+    Producer,
+    StoreConfig,
+)
 
 TABLES: tuple[tuple[str, str, type], ...] = (
     ("top level", "", Config),
@@ -25,6 +33,7 @@ TABLES: tuple[tuple[str, str, type], ...] = (
     ("[api]", "", ApiConfig),
     ("[store]", "Relative paths are taken from the config file's directory.", StoreConfig),
     ("[accounts]", "", AccountsConfig),
+    ("[partitions]", "See docs/partitions.md.", PartitionsConfig),
     ("[[producers]]", "One table per producer.", Producer),
     ("[[meters]]", "One table per meter.", Meter),
     ("[billing]", "See docs/billing.md.", BillingConfig),

@@ -1174,3 +1174,30 @@ def test_a_new_duration_out_of_its_bounds(tmp_path: Path) -> None:
         tmp_path, text(store=STORE + '\ncommit_interval = "2s"'), "store.commit_interval"
     )
     assert problem == "store.commit_interval: must be between 0ms and 1s, got '2s'"
+
+
+# --- [partitions] --------------------------------------------------------------------------------
+
+
+def test_partitions_default_to_256_in_16_shards_in_the_daemons_process(tmp_path: Path) -> None:
+    partitions = load_text(tmp_path, text()).partitions
+    assert (partitions.count, partitions.shard_size, partitions.owners) == (256, 16, 0)
+    assert partitions.shards == 16
+
+
+def test_partitions_are_read(tmp_path: Path) -> None:
+    content = text() + "\n[partitions]\ncount = 64\nshard_size = 8\nowners = 3\n"
+    partitions = load_text(tmp_path, content).partitions
+    assert (partitions.count, partitions.shards, partitions.owners) == (64, 8, 3)
+
+
+def test_a_shard_size_that_does_not_divide_the_count_is_named(tmp_path: Path) -> None:
+    content = text() + "\n[partitions]\ncount = 100\nshard_size = 16\n"
+    problem = problem_for(tmp_path, content, "partitions.shard_size")
+    assert "does not divide partitions.count (100)" in problem
+
+
+def test_more_owners_than_shards_is_named(tmp_path: Path) -> None:
+    content = text() + "\n[partitions]\ncount = 32\nshard_size = 16\nowners = 3\n"
+    problem = problem_for(tmp_path, content, "partitions.owners")
+    assert "more than the 2 shards" in problem
