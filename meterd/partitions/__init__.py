@@ -9,6 +9,14 @@ So far the generic pieces, not wired into the daemon:
 """
 
 from ._hash import DEFAULT_PARTITIONS, MAX_PARTITIONS, PERSON, partition_of
+from ._layout import (
+    ShardFiles,
+    owner_of_shard,
+    shard_files,
+    shard_of,
+    shards_directory,
+    shards_of_owner,
+)
 from ._messages import (
     SCHEMA_VERSION,
     Answer,
@@ -52,6 +60,7 @@ __all__ = [
     "Message",
     "Query",
     "Rejection",
+    "ShardFiles",
     "Slice",
     "SliceEvent",
     "StreamChannel",
@@ -63,6 +72,11 @@ __all__ = [
     "Verdicts",
     "decode",
     "encode",
+    "owner_of_shard",
     "partition_of",
+    "shard_files",
+    "shard_of",
+    "shards_directory",
+    "shards_of_owner",
     "wire_quantity",
 ]
