@@ -35,6 +35,7 @@ from ._messages import (
     encode,
     wire_quantity,
 )
+from ._owners import Owners, OwnerUnavailable
 from ._transport import (
     DEFAULT_MAX_FRAME,
     Channel,
@@ -58,6 +59,8 @@ __all__ = [
     "FrameError",
     "Hello",
     "Message",
+    "OwnerUnavailable",
+    "Owners",
     "Query",
     "Rejection",
     "ShardFiles",

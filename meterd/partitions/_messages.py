@@ -7,18 +7,19 @@ checked against its type: nothing is decoded into a dict first.
 
 Gateway -> owner:
 
-* :class:`Slice`: the events of one producer batch that fall in one partition, with the
-  batch's identity (:class:`BatchId`: gateway, connection, seq) and the partition.
+* :class:`Slice`: the events of one producer batch that fall in one shard (a fixed group
+  of partitions, the unit of storage and placement: meterd.partitions._layout), with the
+  batch's identity (:class:`BatchId`: gateway, connection, seq) and the shard.
   ``index`` is each event's position in the producer's batch, so verdicts name it.
   ``rejected`` carries the batch's events the gateway rejected that name an account of this
-  partition (for the partition's audit trail).
-* :class:`Query`: a question about accounts of a partition (``op`` and ``args``, answered
+  shard (for the shard's audit trail).
+* :class:`Query`: a question about accounts of a shard (``op`` and ``args``, answered
   by an :class:`Answer` with the same ``id``).
 * :class:`TreeRequest`: the owner's supervision tree, answered by a :class:`TreeSnapshot`.
 
 Owner -> gateway:
 
-* :class:`Hello`: first message on a connection: who the owner is, its pid, its partitions.
+* :class:`Hello`: first message on a connection: who the owner is, its pid, its shards.
 * :class:`Verdicts`: a slice is durable in its owner: ``accepted`` and ``duplicates``
   counted, ``id_conflicts`` and other ``rejected`` events by index. Sent only after the
   commit, so the gateway acks the producer's batch (in seq order) once it holds the
@@ -109,13 +110,13 @@ class Rejection(Struct, frozen=True, array_like=True):
 class Hello(Struct, frozen=True, tag_field="t", tag="hello"):
     owner: str
     pid: int
-    partitions: list[int]
+    shards: list[int]
     version: int = SCHEMA_VERSION
 
 
 class Slice(Struct, frozen=True, tag_field="t", tag="slice"):
     batch: BatchId
-    partition: int
+    shard: int
     producer: str
     received_at: int  # ms
     events: list[SliceEvent]
@@ -124,7 +125,7 @@ class Slice(Struct, frozen=True, tag_field="t", tag="slice"):
 
 class Verdicts(Struct, frozen=True, tag_field="t", tag="verdicts"):
     batch: BatchId
-    partition: int
+    shard: int
     accepted: int
     duplicates: int
     id_conflicts: list[Rejection] = []
@@ -133,13 +134,13 @@ class Verdicts(Struct, frozen=True, tag_field="t", tag="verdicts"):
 
 class Unavailable(Struct, frozen=True, tag_field="t", tag="unavailable"):
     batch: BatchId
-    partition: int
+    shard: int
     reason: str
 
 
 class Query(Struct, frozen=True, tag_field="t", tag="query"):
     id: int
-    partition: int
+    shard: int
     op: str  # "usage", "events", "explain", "quarantine", ...
     args: dict[str, Any] = {}
 

@@ -62,8 +62,8 @@ rejections = st.builds(
 )
 
 
-def slice_of(*evs: SliceEvent, seq: int = 1, partition: int = 3) -> Slice:
-    return Slice(BatchId("gw-1", 7, seq), partition, "billing", 1_764_900_000_000, list(evs))
+def slice_of(*evs: SliceEvent, seq: int = 1, shard: int = 3) -> Slice:
+    return Slice(BatchId("gw-1", 7, seq), shard, "billing", 1_764_900_000_000, list(evs))
 
 
 def event(index: int, quantity: int | Decimal = 1) -> SliceEvent:
@@ -76,9 +76,9 @@ def event(index: int, quantity: int | Decimal = 1) -> SliceEvent:
 @given(batches, st.integers(0, 65_535), st.lists(events, max_size=20), st.lists(rejections))
 @settings(max_examples=100)
 def test_a_slice_comes_back_as_it_was_sent(
-    batch: BatchId, partition: int, evs: list[SliceEvent], rejected: list[Rejection]
+    batch: BatchId, shard: int, evs: list[SliceEvent], rejected: list[Rejection]
 ) -> None:
-    sent = Slice(batch, partition, "billing", 1_764_900_000_000, evs, rejected)
+    sent = Slice(batch, shard, "billing", 1_764_900_000_000, evs, rejected)
     assert decode(encode(sent)) == sent
 
 
@@ -121,8 +121,8 @@ def test_decimals_travel_exactly_and_big_ints_as_decimals() -> None:
 
 
 def test_a_message_of_the_wrong_shape_is_refused_naming_the_field() -> None:
-    data = msgspec.msgpack.encode({"t": "slice", "batch": ["gw", 1, 2], "partition": "three"})
-    with pytest.raises(msgspec.ValidationError, match=r"\$\.partition"):
+    data = msgspec.msgpack.encode({"t": "slice", "batch": ["gw", 1, 2], "shard": "three"})
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.shard"):
         decode(data)
     with pytest.raises(msgspec.ValidationError, match="Invalid value 'nope'"):
         decode(msgspec.msgpack.encode({"t": "nope"}))
@@ -147,7 +147,7 @@ async def owner(channel: Channel) -> None:
         except ChannelClosed:
             return
         if isinstance(message, Slice):
-            await channel.send(Verdicts(message.batch, message.partition, len(message.events), 0))
+            await channel.send(Verdicts(message.batch, message.shard, len(message.events), 0))
         elif isinstance(message, Query):
             await channel.send(Answer(message.id, {"op": message.op}))
 

@@ -1,4 +1,4 @@
-"""A stand-in partition owner: ``stub_owner.py SOCKET NAME PARTITION...``.
+"""A stand-in partition owner: ``stub_owner.py SOCKET NAME SHARD...``.
 
 It serves :class:`meterd.partitions.UnixTransport` at SOCKET, says ``hello``, answers each
 slice with verdicts (every event accepted) and each tree request with a snapshot; once
@@ -26,8 +26,8 @@ from meterd.partitions import (
 )
 
 
-async def main(socket_path: str, name: str, partitions: list[str]) -> None:
-    owned = [int(p) for p in partitions]
+async def main(socket_path: str, name: str, shards: list[str]) -> None:
+    owned = [int(s) for s in shards]
 
     async def handle(channel: Channel) -> None:
         await channel.send(Hello(name, os.getpid(), owned))
@@ -38,7 +38,7 @@ async def main(socket_path: str, name: str, partitions: list[str]) -> None:
                 return
             if isinstance(message, Slice):
                 accepted = len(message.events)
-                await channel.send(Verdicts(message.batch, message.partition, accepted, 0))
+                await channel.send(Verdicts(message.batch, message.shard, accepted, 0))
             elif isinstance(message, TreeRequest):
                 tree = {"name": name, "kind": "supervisor", "children": []}
                 await channel.send(TreeSnapshot(message.id, name, os.getpid(), tree))
