@@ -34,11 +34,12 @@ from typing import Any, Final, TypeAlias
 
 import structlog
 
-from meterd.alerts._schema import OUTBOX_INSERT
+from meterd.alerts._schema import OUTBOX_INSERT, RULE_DELETE, RULE_INSERT
 
 from . import retention, schema
 from ._appends import Appends
 from ._ops import (
+    AlertRuleWrite,
     Append,
     BatchAppend,
     Checkpoint,
@@ -218,6 +219,8 @@ class GroupTransactions:
                     outcomes[index] = _checkpoint(conn, op, txn.now)
                 elif isinstance(op, Quarantine):
                     _quarantine(conn, op)
+                elif isinstance(op, AlertRuleWrite):
+                    outcomes[index] = _alert_rule(conn, op)
             passed: Sequence[int] = ()
             if passes and not probe and txn.now >= self.passes_resume_ms:
                 early = any(isinstance(op, IndexPass) for op in group)
@@ -370,6 +373,32 @@ def _merged(
 
 def _quarantine(conn: sqlite3.Connection, op: Quarantine) -> None:
     conn.execute(TABLES["quarantine"], (op.account, op.batch_id, op.event_id, op.error, op.at))
+
+
+def _alert_rule(conn: sqlite3.Connection, op: AlertRuleWrite) -> bool:
+    """Create or delete one rule (see :class:`~meterd.store._ops.AlertRuleWrite`)."""
+    if op.rule is None:
+        cursor = conn.execute(RULE_DELETE, (op.by, op.at, op.account, op.name))
+    else:
+        meter, period, threshold, spend, webhook = op.rule
+        cursor = conn.execute(
+            RULE_INSERT,
+            # the row, then the key of the NOT EXISTS
+            (
+                op.account,
+                op.name,
+                meter,
+                period,
+                threshold,
+                spend,
+                webhook,
+                op.by,
+                op.at,
+                op.account,
+                op.name,
+            ),
+        )
+    return bool(cursor.rowcount)
 
 
 def _prune_audit(conn: sqlite3.Connection, before: int) -> int:

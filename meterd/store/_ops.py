@@ -7,8 +7,8 @@ Rules:
   writes it, and its outcome goes back to whoever queued it.
 * **Client operations** come from the other layers: :class:`BatchAppend` (a producer batch,
   the durability unit), :class:`Append` (one account's events), :class:`Checkpoint`,
-  :class:`Quarantine` and :class:`Barrier`. Each answers exactly once, after its group's
-  ``COMMIT`` (or with the failure if the group failed), in queue order.
+  :class:`Quarantine`, :class:`AlertRuleWrite` and :class:`Barrier`. Each answers exactly
+  once, after its group's ``COMMIT`` (or with the failure if the group failed), in queue order.
 * **Housekeeping operations** come from the housekeeper (:mod:`meterd.store._housekeeping`)
   on timers, while the writer is idle: :class:`Probe` (a one-row write while commits fail),
   :class:`IndexPass` (journal-index passes written early), :class:`SweepSlice` (a slice of a
@@ -28,6 +28,7 @@ from meterd.model import Event
 from .errors import InvalidEvents
 
 __all__ = [
+    "AlertRuleWrite",
     "Append",
     "AppendResult",
     "Barrier",
@@ -148,6 +149,22 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRuleWrite:
+    """Create (``rule`` set) or delete (``rule`` None) the alert rule ``name`` of
+    ``account`` (docs/alerts.md, "Rules of one account"), audited: ``by`` and ``at``.
+
+    ``rule``: ``(meter, period, threshold, spend, webhook)``, the checked rule as text.
+    Outcome: True when it was written; False when a live rule of that name already exists
+    (create) or none does (delete), and nothing was written."""
+
+    account: str
+    name: str
+    by: str
+    at: int
+    rule: tuple[str, str, str | None, str | None, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Answered once every operation queued before it is committed (or has failed)."""
 
@@ -169,6 +186,8 @@ class SweepSlice:
     """A group for the next slice of a dedupe sweep under way (or due) while idle."""
 
 
-ClientOperation: TypeAlias = BatchAppend | Append | Checkpoint | Quarantine | Barrier
+ClientOperation: TypeAlias = (
+    BatchAppend | Append | Checkpoint | Quarantine | AlertRuleWrite | Barrier
+)
 Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
 Operation: TypeAlias = ClientOperation | Housekeeping

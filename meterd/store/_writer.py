@@ -68,6 +68,7 @@ from ._group import (
 )
 from ._housekeeping import Housekeeper
 from ._ops import (
+    AlertRuleWrite,
     Append,
     AppendResult,
     Barrier,
@@ -672,6 +673,21 @@ class Writer:
         """
         await self._wait_for_room()
         await self._call(Quarantine(account, batch_id, event_id, error, self._clock()))
+
+    async def alert_rule(
+        self,
+        account: str,
+        name: str,
+        by: str,
+        rule: tuple[str, str, str | None, str | None, str] | None,
+    ) -> bool:
+        """Create (``rule``: meter, period, threshold, spend, webhook) or delete (None) the
+        alert rule ``name`` of ``account`` in one transaction, recording ``by`` and the
+        time; whether it was written (False: the name is taken, or there is no such rule)."""
+        await self._wait_for_room()
+        written = await self._call(AlertRuleWrite(account, name, by, self._clock(), rule))
+        assert isinstance(written, bool)
+        return written
 
     async def barrier(self) -> None:
         """Return once every operation queued before this call is committed (or has failed)."""

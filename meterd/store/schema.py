@@ -44,6 +44,8 @@ Versions:
    (:mod:`meterd.store.restarts`; written on its own connection, never by the writer).
 9. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
    of the windows that produced them (:mod:`meterd.alerts._outbox`, docs/alerts.md).
+10. ``alert_rules``: alert rules of one account made through the API, with who and when
+    created and deleted (rows stay: the audit trail; :mod:`meterd.alerts._rules`).
 
 Tables at the latest version::
 
@@ -69,6 +71,9 @@ Tables at the latest version::
     alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
                  meter, period, event_id, batch_id, body BLOB, created_at)
         index alert_outbox_by_account(account, seq)
+    alert_rules(rule_id INTEGER PRIMARY KEY, account, name, meter, period, threshold, spend,
+                webhook, created_by, created_at, deleted_by, deleted_at)
+        unique index alert_rules_live(account, name) WHERE deleted_at IS NULL
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -98,7 +103,7 @@ from urllib.parse import quote
 
 import structlog
 
-from meterd.alerts._schema import OUTBOX_STATEMENTS
+from meterd.alerts._schema import OUTBOX_STATEMENTS, RULES_STATEMENTS
 from meterd.model import Event
 
 from . import codec
@@ -475,6 +480,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
     Migration(8, "restart history of the tree's nodes", _statements(*V8_STATEMENTS)),
     Migration(9, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
+    Migration(10, "alert rules of one account (meterd.alerts)", _statements(*RULES_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""
