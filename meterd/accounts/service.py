@@ -147,6 +147,8 @@ class Accounts:
         self.wakes = 0  # accounts woken because their events were committed (counters)
         self.overflows = 0  # deliveries that found a full mailbox
         self.coalesced = 0  # deliveries added to one still waiting in the actor's mailbox
+        # Accounts someone follows (the API's live usage): set at its next committed batch.
+        self._changed: dict[str, trio.Event] = {}
 
     def child_specs(self) -> list[sv.ChildSpec]:
         """The children to run under the application's ``accounts`` supervisor."""
@@ -276,10 +278,13 @@ class Accounts:
         whereis = self.registry.whereis
         take_for = self.budget.take_for
         join = self._join
+        changed = self._changed
         for (account, events), result in zip(groups, results, strict=True):
             batch_id = result.batch_id
             if batch_id is None:
                 continue
+            if changed and account in changed:
+                changed.pop(account).set()
             accepted = result.accepted
             if len(accepted) != len(events):
                 events = [events[i] for i in accepted]
@@ -289,6 +294,14 @@ class Accounts:
                     take_for(account, len(events))
                     continue
             self._deliver(account, batch_id, events)
+
+    def next_change(self, account: str) -> trio.Event:
+        """Set once a batch of ``account``'s events is next committed (and on its way to
+        its actor, so a usage query after it counts them): for live usage."""
+        found = self._changed.get(account)
+        if found is None:
+            found = self._changed[account] = trio.Event()
+        return found
 
     def _join(self, queued: Any, message: list[Any]) -> bool:
         """The merge of a delivery (``try_send``'s): while the actor has not taken the

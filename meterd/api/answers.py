@@ -52,9 +52,12 @@ class ErrorDetail(Open):
     parameter: Annotated[str, Meta(description="The parameter or field at fault (400).")] | (
         UnsetType
     ) = UNSET
-    problems: Annotated[
-        list[str], Meta(description="Every problem of the body, each naming its field (400).")
-    ] | UnsetType = UNSET
+    problems: (
+        Annotated[
+            list[str], Meta(description="Every problem of the body, each naming its field (400).")
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Error(Closed):
