@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterd.alerts._config import ALERT_NAME, AlertRule, check_alert
+from meterd.alerts._crossings import crossings_of
 from meterd.alerts._delivery import Delivery, DeliveryService
 from meterd.alerts._rules import StoredRule, account_rules, rule_text
 from meterd.model import canonical_quantity
@@ -22,7 +23,7 @@ from .answers import Closed, Time, json_answer
 from .bodies import read_json
 from .daemon import Daemon
 from .errors import ApiError
-from .models import DECIMAL_PATTERN, Account, AccountPath, AuditText, Model, Name, Text
+from .models import DECIMAL_PATTERN, Account, AccountPath, AuditText, Model, Month, Name, Text
 from .operations import Operations
 
 ops = Operations()
@@ -381,3 +382,91 @@ async def delete_account_rule(daemon: Daemon, path: RulePath, query: DeleteRuleQ
     )
     row = [r for r in stored if r.name == name][-1]
     return json_answer(_stored_rule(daemon, row))
+
+
+# ---- which event crossed which alert (explanations) ----------------------------------------
+
+
+class CrossingDelivery(Closed):
+    status: Status
+    attempts: int
+    last_error: str | None
+    next_attempt_at: Time | None
+    delivered_at: Time | None
+
+
+class CrossingAnswer(Closed):
+    id: Annotated[str, Meta(description="The crossing's id (Meterd-Event-Id).")]
+    alert: str
+    meter: str
+    period: str
+    event_id: Annotated[str, Meta(description="The event that crossed.")]
+    crossed_at: Annotated[Time, Meta(description="That event's time.")]
+    value_before: Annotated[
+        str | None,
+        Meta(description="The month's usage before that event (sum and count; else null)."),
+    ]
+    value: Annotated[str, Meta(description="The usage (or spend) right after it.")]
+    threshold: str | None
+    spend: str | None
+    created_at: Time
+    delivery: Annotated[
+        CrossingDelivery | None, Meta(description="Null until the delivery service has it.")
+    ]
+
+
+class Crossings(Closed):
+    account: str
+    crossings: list[CrossingAnswer]
+
+
+class CrossingsQuery(Model):
+    period: Month | None = None
+
+
+@ops.get(
+    "/v1/accounts/{account}/crossings",
+    "crossings",
+    "Which event crossed which alert: the account's crossings (of one month, or all), each"
+    " with the event, its time, the value before and after it, and its delivery.",
+    answers={200: (Crossings, "The crossings, in the order they were decided.")},
+    errors=(400, 401, 500),
+)
+async def crossings(daemon: Daemon, path: AccountPath, query: CrossingsQuery) -> Response:
+    account = path.account
+    found = await daemon.store.reader.run(
+        partial(crossings_of, account=account, period=query.period, meters=daemon.accounts.meters),
+        "default",
+    )
+    states: dict[str, Delivery] = {}
+    if daemon.deliveries is not None and found:
+        listed = await daemon.deliveries.deliveries(account, None, MAX_EVENTS_LIMIT)
+        states = {d.id: d for d in listed}
+    answers: list[CrossingAnswer] = []
+    for c in found:
+        d = states.get(c.id)
+        answers.append(
+            CrossingAnswer(
+                id=c.id,
+                alert=c.alert,
+                meter=c.meter,
+                period=c.period,
+                event_id=c.event_id,
+                crossed_at=c.crossed_at,
+                value_before=c.value_before,
+                value=c.value,
+                threshold=c.threshold,
+                spend=c.spend,
+                created_at=c.created_at,
+                delivery=None
+                if d is None
+                else CrossingDelivery(
+                    status=d.status,  # type: ignore[arg-type]
+                    attempts=d.attempts,
+                    last_error=d.last_error,
+                    next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+                    delivered_at=d.delivered_at,
+                ),
+            )
+        )
+    return json_answer(Crossings(account=account, crossings=answers))

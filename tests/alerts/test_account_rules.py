@@ -26,6 +26,8 @@ from meterd.config import Config
 from meterd.model import Event
 from tests.ingest.test_server import ADMIN_TOKEN, make_config, running
 
+from .receiver import Receiver
+
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOW = time.time_ns() // 1_000_000
 T = NOW - 60_000  # this month (or, on the 1st at 00:00, just before it: both fine)
@@ -257,3 +259,39 @@ async def test_the_cli_creates_lists_and_deletes_rules(tmp_path: Path) -> None:
         )
         assert again.exit_code == 1
         assert "no alert rule 'acme-10'" in again.output
+
+
+async def test_explain_shows_which_event_crossed_which_alert(tmp_path: Path) -> None:
+    receiver = Receiver("s" * 20).start()
+    try:
+        base = config_with_webhook(tmp_path)
+        hook = Webhook(name="billing", url=receiver.url, secret="s" * 20)
+        async with daemon(replace(base, webhooks=(hook,))) as (services, api):
+            made = await api.post("/v1/accounts/acme/alerts", json={**RULE, "by": "alice"})
+            assert made.status_code == 201
+            await send(services, "acme", dyno("acme", "e1", 4), dyno("acme", "e2", 7))
+            service = services.deliveries
+            assert service is not None
+            await service.wait_until(lambda: service.delivered >= 1)
+            period = time.strftime("%Y-%m", time.gmtime(T / 1000))
+            doc = (await api.get("/v1/accounts/acme/crossings", params={"period": period})).json()
+            (crossing,) = doc["crossings"]
+            assert crossing["alert"] == "acme-10"
+            assert crossing["event_id"] == "e2"
+            assert crossing["crossed_at"] == T
+            assert (crossing["value_before"], crossing["value"]) == ("4", "11")
+            assert crossing["delivery"]["status"] == "delivered"
+            assert crossing["delivery"]["attempts"] == 1
+            other = await api.get("/v1/accounts/acme/crossings", params={"period": "2001-01"})
+            assert other.json()["crossings"] == []
+            env = {"METERD_URL": services.api.url, "METERD_TOKEN": ADMIN_TOKEN}
+            shown = await trio.to_thread.run_sync(
+                lambda: CliRunner().invoke(cli, ["explain", "acme", "--period", period], env=env)
+            )
+            assert shown.exit_code == 0, shown.output
+            assert f"alerts crossed in {period}:" in shown.output
+            assert "acme-10 (dyno.seconds threshold 10): event e2 at" in shown.output
+            assert "took it from 4 to 11" in shown.output
+            assert "delivered (1 attempt)" in shown.output
+    finally:
+        receiver.stop()

@@ -72,6 +72,7 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/deliveries/{delivery}/redeliver",
         "/v1/accounts/{account}/alerts",
         "/v1/accounts/{account}/alerts/{name}",
+        "/v1/accounts/{account}/crossings",
     }
 
 
