@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -58,6 +59,7 @@ from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.accounts.budget import EventBudget
 from meterd.alerts._eval import AccountAlerts
 from meterd.alerts._outbox import outbox_rows
+from meterd.alerts._rules import account_rules
 from meterd.alerts._runtime import AlertBook
 from meterd.model import Event, Meter
 from meterd.store import CommitFailed, Store
@@ -200,6 +202,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         if kind == "rules":  # the account's alert rules changed (created or deleted)
             await self._reload_rules()
             return self.watermark
+        if kind == "rule":  # create or delete one of its rules, then evaluate by them
+            return await self._change_rule(*request[1:])
         if kind == "status":
             return {
                 "account": self.account,
@@ -244,6 +248,22 @@ class MeterActor(sv.GenServer[Any, Any]):
                 await self._checkpoint()
             except Exception as error:
                 self.log.warning("checkpoint_on_stop_failed", error=repr(error))
+
+    async def _change_rule(
+        self, name: str, by: str, rule: tuple[str, str, str | None, str | None, str] | None
+    ) -> bool:
+        """Write the change (the store writer's ``AlertRuleWrite``) and reload the rules
+        before any other message: an event committed after the change is applied after it,
+        so it is evaluated against the rules as changed; one committed before is not (its
+        batch is at most the rule's ``armed_after``)."""
+        store = self.accounts.store
+        written = await store.writer.alert_rule(self.account, name, by, rule)
+        book = self.accounts.alerts
+        if written and book is not None:
+            stored = await store.reader.run(partial(account_rules, account=self.account))
+            book.set_account_rules(self.account, stored)
+            await self._reload_rules()
+        return written
 
     async def _reload_rules(self) -> None:
         """Evaluate the account's rules as the book has them now, from the next event on.

@@ -57,6 +57,7 @@ import supervisors as sv
 from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
+from meterd.alerts._rules import account_rules
 from meterd.alerts._runtime import AlertBook
 from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
@@ -408,6 +409,49 @@ class Accounts:
             if overflow:
                 self.budget.give_for(account, sum(events for _, events, _ in overflow))
                 self._wake(account)
+
+    async def change_rule(
+        self,
+        account: str,
+        name: str,
+        by: str,
+        rule: tuple[str, str, str | None, str | None, str] | None,
+    ) -> bool:
+        """Create (``rule``) or delete (None) alert rule ``name`` of ``account`` (the store
+        writer's ``AlertRuleWrite``) and have it evaluated from the next event on; whether it
+        was written (False: the name is taken, or there is no such rule).
+
+        An awake account's actor makes the change itself, so no event is applied between
+        the write and its reload (an event committed after the rule is evaluated against
+        it, exactly). A sleeping account is written here and reads the rules when it
+        wakes."""
+        ref = self.registry.whereis(account)
+        if ref is not None:
+            try:
+                return bool(await ref.call(("rule", name, by, rule), timeout=self.call_timeout))
+            except (sv.NoSuchActor, sv.ActorExited):
+                pass  # it stopped before reading the call: asleep now
+        written = await self.store.writer.alert_rule(account, name, by, rule)
+        if written:
+            await self.reload_rules(account)  # an actor started meanwhile reloads
+        return written
+
+    async def reload_rules(self, account: str) -> None:
+        """``account``'s alert rules changed in the store (created or deleted through the
+        API): the alert book takes them as stored now and, if the account's actor is awake,
+        it reloads them before this returns (a sleeping one reads the book when it wakes),
+        so its next event is evaluated against them (docs/alerts.md)."""
+        book = self.alerts
+        if book is None:
+            return
+        stored = await self.store.reader.run(partial(account_rules, account=account), "default")
+        book.set_account_rules(account, stored)
+        ref = self.registry.whereis(account)
+        if ref is not None:
+            # It stopped (hibernated, crashed) before reading the call: the next incarnation
+            # reads the book when it starts.
+            with contextlib.suppress(sv.NoSuchActor, sv.ActorExited):
+                await ref.call(("rules",), timeout=self.call_timeout)
 
     async def checkpoint(self, account: str) -> None:
         """Make the stored windows of ``account`` complete: everything durable is in them.

@@ -183,6 +183,9 @@ class AlertRule:
     spend: Decimal | None = None
     accounts: frozenset[str] | None = None
     period: AlertPeriod = AlertPeriod.MONTH
+    armed_after: int = 0
+    """A rule of one account evaluates the events committed after it was made: those of
+    journal batches above this one (0: every event, as a configured rule)."""
 
     def applies_to(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts

@@ -18,7 +18,7 @@ __all__ = ["StoredRule", "account_rules", "live_rules", "rule_text"]
 
 _COLUMNS = (
     "account, name, meter, period, threshold, spend, webhook, created_by, created_at,"
-    " deleted_by, deleted_at"
+    " deleted_by, deleted_at, armed_after"
 )
 
 
@@ -38,6 +38,7 @@ class StoredRule:
     created_at: int
     deleted_by: str | None = None
     deleted_at: int | None = None
+    armed_after: int = 0  # the last journal batch committed before it was made
 
     def rule(self) -> AlertRule:
         return AlertRule(
@@ -48,6 +49,7 @@ class StoredRule:
             spend=None if self.spend is None else Decimal(self.spend),
             accounts=frozenset((self.account,)),
             period=AlertPeriod(self.period),
+            armed_after=self.armed_after,
         )
 
     def inactive_because(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Literal
 
+import structlog
 from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +26,8 @@ from .daemon import Daemon
 from .errors import ApiError
 from .models import DECIMAL_PATTERN, Account, AccountPath, AuditText, Model, Month, Name, Text
 from .operations import Operations
+
+log = structlog.get_logger("meterd.api")
 
 ops = Operations()
 
@@ -260,20 +263,6 @@ def _stored_rule(daemon: Daemon, row: StoredRule) -> AccountRuleAnswer:
     )
 
 
-async def _rules_changed(daemon: Daemon, account: str) -> None:
-    """Tell the book and the account's actor (if awake; a sleeping one reads the book when
-    it wakes): from the next event on, the account's events are evaluated against its
-    rules as stored now."""
-    book = daemon.accounts.alerts
-    if book is None:
-        return
-    stored = await daemon.store.reader.run(partial(account_rules, account=account), "default")
-    book.set_account_rules(account, stored)
-    ref = daemon.accounts.registry.whereis(account)
-    if ref is not None:
-        await ref.call(("rules",), timeout=daemon.accounts.call_timeout)
-
-
 @ops.get(
     "/v1/accounts/{account}/alerts",
     "accountAlerts",
@@ -343,14 +332,14 @@ async def create_account_rule(daemon: Daemon, path: AccountPath, request: Reques
     book = daemon.accounts.alerts
     if book is not None:  # read before the write, so the book never misses it
         await book.ensure_loaded(daemon.store)
-    if not await daemon.store.writer.alert_rule(account, rule.name, by, rule_text(rule)):
+    if not await daemon.accounts.change_rule(account, rule.name, by, rule_text(rule)):
         raise ApiError(
             409,
             "rule_exists",
             f"account {account!r} already has an alert rule {rule.name!r}"
             f" (DELETE /v1/accounts/{account}/alerts/{rule.name} first)",
         )
-    await _rules_changed(daemon, account)
+    log.info("alert_rule_created", account=account, alert=rule.name, by=by)
     stored = await daemon.store.reader.run(partial(account_rules, account=account), "default")
     row = next(r for r in stored if r.name == rule.name)
     return json_answer(_stored_rule(daemon, row), 201)
@@ -369,14 +358,14 @@ async def delete_account_rule(daemon: Daemon, path: RulePath, query: DeleteRuleQ
     book = daemon.accounts.alerts
     if book is not None:
         await book.ensure_loaded(daemon.store)
-    if not await daemon.store.writer.alert_rule(account, name, query.by, None):
+    if not await daemon.accounts.change_rule(account, name, query.by, None):
         raise ApiError(
             404,
             "unknown_rule",
             f"account {account!r} has no alert rule {name!r} of its own"
             f" (GET /v1/accounts/{account}/alerts lists them)",
         )
-    await _rules_changed(daemon, account)
+    log.info("alert_rule_deleted", account=account, alert=name, by=query.by)
     stored = await daemon.store.reader.run(
         partial(account_rules, account=account, deleted=True), "default"
     )
