@@ -21,7 +21,10 @@ current billing month as it changes.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -39,7 +42,7 @@ from meterd.store import CommitFailed
 from .daemon import Daemon
 from .support import summarise
 
-__all__ = ["AUTH_TIMEOUT", "LIVE_INTERVAL", "live_usage"]
+__all__ = ["AUTH_TIMEOUT", "LIVE_INTERVAL", "LiveUsage", "follow", "live_usage"]
 
 log = structlog.get_logger("meterd.api")
 
@@ -144,20 +147,29 @@ async def _snapshot(daemon: Daemon, account: str) -> LiveUsage:
     )
 
 
-async def _follow(daemon: Daemon, websocket: WebSocket, account: str) -> None:
-    """Send the usage now, then on each change, at most once per :data:`LIVE_INTERVAL`."""
+async def follow(
+    snapshot: Callable[[], Awaitable[LiveUsage]],
+    next_change: Callable[[], trio.Event],
+    send: Callable[[LiveUsage], Awaitable[None]],
+    *,
+    interval: float = LIVE_INTERVAL,
+) -> None:
+    """Send the usage now, then after each change, at most once per ``interval`` (Trio
+    time): the first change after a quiet spell goes out at once, those that come sooner
+    wait for the interval's end and go out together, as the latest values. A value that
+    did not change is not sent again; the month's end is a change."""
     last: tuple[str, dict[str, str | None]] | None = None
-    sent_at = -float("inf")
+    sent_at = -math.inf
     while True:
-        changed = daemon.accounts.next_change(account)  # before reading: no change missed
-        snapshot = await _snapshot(daemon, account)
-        if last != (snapshot.period, snapshot.meters):
-            await websocket.send_text(_encode(snapshot).decode())
-            last = (snapshot.period, snapshot.meters)
+        changed = next_change()  # before reading: no change is missed
+        found = await snapshot()
+        if last != (found.period, found.meters):
+            await send(found)
+            last = (found.period, found.meters)
             sent_at = trio.current_time()
-        with trio.move_on_after(max(0.0, (snapshot.to - _wall_ms()) / 1000)):
+        with trio.move_on_after(max(0.0, (found.to - _wall_ms()) / 1000)):
             await changed.wait()  # or the month ends
-        await trio.sleep_until(sent_at + LIVE_INTERVAL)  # changes meanwhile: one message
+        await trio.sleep_until(sent_at + interval)
 
 
 async def _drain(websocket: WebSocket, done: trio.CancelScope) -> None:
@@ -191,18 +203,30 @@ async def live_usage(websocket: WebSocket) -> None:
         if who is None:
             return
     log.info("live_usage_opened", account=account, token=who)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, websocket, nursery.cancel_scope)
-            await _follow(daemon, websocket, account)
-    except (WebSocketDisconnect, RuntimeError):
-        pass  # the client went
-    except (CommitFailed, sv.CallTimeout, sv.NoSuchActor, sv.ActorExited) as error:
-        log.warning("live_usage_failed", account=account, error=f"{type(error).__name__}")
+
+    async def send(found: LiveUsage) -> None:
+        await websocket.send_text(_encode(found).decode())
+
+    failed: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain, websocket, nursery.cancel_scope)
+        try:
+            await follow(
+                partial(_snapshot, daemon, account),
+                partial(daemon.accounts.next_change, account),
+                send,
+            )
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went
+        except (CommitFailed, sv.CallTimeout, sv.NoSuchActor, sv.ActorExited) as error:
+            failed = error
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        log.warning("live_usage_failed", account=account, error=type(failed).__name__)
         message = {
             "type": "error",
             "code": "unavailable",
-            "message": f"the account's usage cannot be read now ({type(error).__name__});"
+            "message": f"the account's usage cannot be read now ({type(failed).__name__});"
             " reconnect shortly",
         }
         try:
