@@ -74,12 +74,15 @@ from ._ops import (
     BatchAppend,
     Checkpoint,
     ClientOperation,
+    Discard,
     Housekeeping,
     IndexPass,
     Operation,
     Probe,
     Quarantine,
+    QuarantineDecision,
     RejectedEvent,
+    Release,
     SweepSlice,
     WindowMerge,
     WindowWrite,
@@ -673,6 +676,43 @@ class Writer:
         await self._wait_for_room()
         await self._call(Quarantine(account, batch_id, event_id, error, self._clock()))
 
+    def submit_release(
+        self,
+        account: str,
+        event_ids: Sequence[str] | None,
+        by: str,
+        reason: str,
+        on_done: Callable[[QuarantineDecision | BaseException], None],
+    ) -> None:
+        """Queue a release of quarantined events of ``account`` (``event_ids``; ``None``:
+        every one); never blocks. ``on_done`` is called on the Trio thread after the
+        group's ``COMMIT``, in commit order like an append's (so the caller delivers the
+        new batch before any later batch of the account), with the
+        :class:`~meterd.store._ops.QuarantineDecision`, or the exception
+        (:class:`~meterd.store.errors.QuarantineRefused`: nothing written, every id at
+        fault named; :class:`CommitFailed`). See :mod:`meterd.store._quarantine`.
+
+        Raises ``ValueError`` at once for a blank ``by`` or ``reason`` or an empty
+        ``event_ids`` (``None`` means all)."""
+        ids = None if event_ids is None else _checked_ids(event_ids)
+        _check_audit(by, reason)
+        self._enqueue(Release(account, ids, by, reason, self._clock()), on_done)
+
+    async def discard(
+        self, account: str, event_ids: Sequence[str], by: str, reason: str
+    ) -> QuarantineDecision:
+        """Discard quarantined events ``event_ids`` of ``account`` for good (audited in
+        ``quarantine_log``; they never count). Raises
+        :class:`~meterd.store.errors.QuarantineRefused` (nothing written) if an id is not
+        in quarantine nor discarded already, ``ValueError`` for a blank ``by`` or
+        ``reason`` or no ids."""
+        ids = _checked_ids(event_ids)
+        _check_audit(by, reason)
+        await self._wait_for_room()
+        decision = await self._call(Discard(account, ids, by, reason, self._clock()))
+        assert isinstance(decision, QuarantineDecision)
+        return decision
+
     async def barrier(self) -> None:
         """Return once every operation queued before this call is committed (or has failed)."""
         if not self._queue and not self._in_flight:
@@ -691,6 +731,22 @@ _accepted_of: Final = attrgetter("accepted")
 _duplicates_of: Final = attrgetter("duplicates")
 _conflicts_of: Final = attrgetter("conflicts")
 _too_late_of: Final = attrgetter("too_late")
+
+
+def _checked_ids(event_ids: Sequence[str]) -> tuple[str, ...]:
+    ids = tuple(event_ids)
+    if not ids:
+        raise ValueError("no event ids given (a release without ids releases all: pass None)")
+    for event_id in ids:
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError(f"an event id must be a non-empty string, got {event_id!r}")
+    return ids
+
+
+def _check_audit(by: str, reason: str) -> None:
+    for name, text in (("by", by), ("reason", reason)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} must say who and why (non-blank text), got {text!r}")
 
 
 def _resolve(op: Operation, reply: _Reply, outcome: Any) -> None:
