@@ -348,3 +348,27 @@ async def test_a_discarded_event_never_counts_even_after_a_fix_and_a_restart(
         assert (await monitor.wait()).kind == "crash"
         assert await hourly(accounts) == [(0, "1")]
         assert await accounts.store.reader.quarantined("acme") == []
+
+
+# ---- a store as a meter actor's replay leaves it, for tests of whole daemons ---------------
+
+
+def write_quarantined_store(
+    path: Path, account: str, events: list[Event], poison: set[str], error: str
+) -> int:
+    """Write a fresh store at ``path``: ``events`` of ``account`` committed as one journal
+    batch, those of ``poison`` quarantined with ``error`` through the writer's own operation
+    (what a meter actor's replay writes), nothing applied or checkpointed yet (as after a
+    ``kill -9`` right after the quarantine). The batch's id."""
+
+    async def write() -> int:
+        writer = Writer(path, store_config())
+        async with running(writer):
+            result = await writer.append(account, events)
+            assert result.batch_id is not None
+            for event in events:
+                if event.id in poison:
+                    await writer.quarantine(account, result.batch_id, event.id, error)
+            return result.batch_id
+
+    return trio.run(write)
