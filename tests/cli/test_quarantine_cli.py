@@ -118,6 +118,9 @@ async def test_discard_needs_ids_and_refusals_are_one_sentence(
         assert done.exit_code == 0, done.stderr
         assert "will discard (never count) 1 event id(s) of account 'qa':" in done.stderr
         assert "discarded 1 event(s) of qa: p1\n" in done.stdout
+        shown = await run("events", "qa", "--from", "0")
+        assert shown.exit_code == 0, shown.stderr
+        assert "p1 (discarded)" in shown.stdout
         listed = await run("quarantine", "qa")  # the list, as before release|discard existed
         assert "no quarantined events for qa\n" in listed.stdout
         assert await count(client) == 1
