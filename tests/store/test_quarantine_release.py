@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meterd.accounts.service import Accounts, running_accounts
 from meterd.model import HOUR_MS, Aggregation, Event, Meter, Window, canonical_quantity
@@ -21,6 +23,7 @@ from meterd.store.journal_index import rebuild_tail
 from meterd.store.reader import open_reader
 from meterd.store.schema import account_bucket, dedupe_row_key
 from tests.store.helpers import ev, inject_apply_fault, layer_options, rows, running, store_config
+from tests.store.test_dedupe_retention import collide
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size",))
 METERS = {DYNO.name: DYNO}
@@ -372,3 +375,124 @@ def write_quarantined_store(
             return result.batch_id
 
     return trio.run(write)
+
+
+# ---- any sequence of quarantines, releases and discards, against a model -------------------
+
+IDS = ("a", "b", "c", "d")
+Decision: TypeAlias = tuple[str, frozenset[str]]
+_decisions = st.lists(
+    st.tuples(
+        st.sampled_from(["quarantine", "release", "release_all", "discard"]),
+        st.frozensets(st.sampled_from(IDS), min_size=1, max_size=3),
+    ),
+    max_size=10,
+)
+
+
+class Model:
+    """What each id is: ``counted`` (never quarantined), ``quarantined``, ``released`` (its
+    latest copy counts), ``discarded``; and whether a quarantine came after a release."""
+
+    def __init__(self) -> None:
+        self.state = dict.fromkeys(IDS, "counted")
+
+    def apply(self, kind: str, ids: frozenset[str]) -> tuple[str, set[str]]:
+        """The expected outcome: ``("refused", codes)`` or ``("done", ids settled)``."""
+        if kind == "quarantine":  # an actor's replay failed on each counting copy
+            settled = {i for i in ids if self.state[i] in ("counted", "released")}
+            for i in settled:
+                self.state[i] = "quarantined"
+            return "done", settled
+        wanted = "released" if kind.startswith("release") else "discarded"
+        asked = set(IDS) if kind == "release_all" else set(ids)
+        if kind == "release_all":
+            asked = {i for i in IDS if self.state[i] == "quarantined"}
+        codes = set()
+        for i in asked:
+            state = self.state[i]
+            if state == "counted":
+                codes.add("not_quarantined")
+            elif state in ("released", "discarded") and state != wanted:
+                codes.add("discarded" if state == "discarded" else "already_released")
+        if codes:
+            return "refused", codes
+        settled = {i for i in asked if self.state[i] == "quarantined"}
+        for i in settled:
+            self.state[i] = wanted
+        return "done", settled
+
+
+async def _decide_all(path: Path, decisions: list[Decision], restart: bool) -> None:
+    model = Model()
+    writer = Writer(path, store_config())
+    async with running(writer):
+        first = await writer.append("acme", [ev(i, quantity=1) for i in IDS])
+        assert first.batch_id is not None
+        copies = dict.fromkeys(IDS, first.batch_id)  # the batch of each id's latest copy
+    for kind, ids in decisions:
+        if restart:
+            writer = Writer(path, store_config())
+        async with running(writer):
+            expected, detail = model.apply(kind, ids)
+            refused: QuarantineRefused | None = None
+            outcome: Any = None
+            try:
+                if kind == "quarantine":
+                    for i in sorted(detail):
+                        await writer.quarantine("acme", copies[i], i, "boom")
+                elif kind == "discard":
+                    outcome = await writer.discard("acme", sorted(ids), "bob", "why")
+                else:
+                    asked = None if kind == "release_all" else sorted(ids)
+                    outcome = await release(writer, "acme", asked)
+            except QuarantineRefused as error:
+                refused = error
+            if refused is not None:
+                assert expected == "refused", (kind, ids, refused)
+                assert {code for _, code, _ in refused.problems} == detail
+                continue
+            assert expected == "done", (kind, ids, detail)
+            if outcome is not None:
+                assert {c.event_id for c in outcome.settled} == detail
+                for event in outcome.events:
+                    copies[event.id] = outcome.batch_id
+            await check_against(writer, path, model)
+
+
+async def check_against(writer: Writer, path: Path, model: Model) -> None:
+    """Replays apply each counting id once and nothing else; the events page lists each id
+    once with its status; a re-send of every id is a duplicate."""
+    async with await open_reader(path) as reader:
+        loaded = await reader.load_account("acme")
+        applied = [e.id for _, events in loaded.replay for e in events]
+        counting = {i for i, s in model.state.items() if s in ("counted", "released")}
+        assert sorted(applied) == sorted(counting)
+        page = await reader.events("acme", None, 0, 10**12, 100)
+        shown = {e.id: s for e, s in zip(page.events, page.statuses, strict=True)}
+        assert len(page.events) == len(IDS)
+        want = {i: "counted" if s in ("counted", "released") else s for i, s in model.state.items()}
+        assert shown == want
+    again = await writer.append("acme", [ev(i, quantity=1) for i in IDS])
+    assert (again.accepted, sorted(again.duplicates)) == ([], [0, 1, 2, 3])
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(decisions=_decisions, restart=st.booleans(), collisions=st.booleans())
+def test_any_sequence_of_decisions_counts_each_event_once_or_never(
+    tmp_path_factory: pytest.TempPathFactory,
+    decisions: list[Decision],
+    restart: bool,
+    collisions: bool,
+) -> None:
+    """Quarantines (as actors' replays write them), releases (some ids, or all) and discards
+    in any order, with a writer restarted between operations or not, and with every
+    ``(account, id)`` sharing one dedupe key or not: each outcome is the model's, replays
+    apply each counting event exactly once, and dedupe still knows every id."""
+    where = tmp_path_factory.mktemp("decisions")
+    with pytest.MonkeyPatch.context() as patch:
+        if collisions:
+            collide(patch)
+        trio.run(_decide_all, where / "store.sqlite3", decisions, restart)
