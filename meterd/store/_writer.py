@@ -27,9 +27,10 @@ Rules:
   :class:`IndexPass` and :class:`SweepSlice` operations on timers while the writer is idle.
   Tests queue those operations too (:meth:`Writer.perform`), and inject faults through the
   connection class they pass in (``connection_factory``); the writer has no test hooks.
-* Backpressure: :meth:`append`, :meth:`checkpoint` and :meth:`quarantine` wait while
-  ``max_pending`` operations are queued or being written; :meth:`submit` and
-  :meth:`submit_batch` never wait (their callers are bounded by their own budgets).
+* Backpressure: :meth:`append`, :meth:`checkpoint`, :meth:`quarantine` and
+  :meth:`discard` wait while ``max_pending`` operations are queued or being written;
+  :meth:`submit`, :meth:`submit_batch` and :meth:`submit_release` never wait (their callers
+  are bounded by their own budgets, or are an operator's requests).
 * Lifecycle: ``run`` opens and migrates the database (refusing one that lost commits),
   writes the journal-index rows of whatever tail the file has, starts the WAL checkpointer
   and the housekeeper, reports ready with ``task_status.started(writer)``, serves until
