@@ -61,7 +61,13 @@ from meterd.alerts._rules import account_rules
 from meterd.alerts._runtime import AlertBook
 from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
-from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
+from meterd.store import (
+    AppendResult,
+    QuarantineDecision,
+    RejectedEvent,
+    Store,
+    WindowRow,
+)
 from meterd.store.codec import decode_dims
 
 log = structlog.get_logger("meterd.accounts")
@@ -256,6 +262,62 @@ class Accounts:
             seq=seq,
             rejected=rejected,
         )
+
+    async def release(
+        self, account: str, event_ids: Sequence[str] | None, by: str, reason: str
+    ) -> QuarantineDecision:
+        """Re-apply quarantined events of ``account`` (``event_ids``; ``None``: all) after
+        their cause was fixed, through the one write path: the store writer moves them from
+        quarantine back to the journal as a new batch, audited with ``by`` and ``reason``
+        (:mod:`meterd.store._quarantine`), and that batch is delivered to the account's
+        actor in commit order, like any committed batch. An event that crashes the actor
+        again is quarantined again by its next incarnation (as the new batch's copy).
+
+        Raises :class:`~meterd.store.QuarantineRefused` (nothing written) for an id that
+        is not in quarantine nor released already; ids released already are
+        ``unchanged`` in the answer."""
+        done = trio.Event()
+        outcomes: list[QuarantineDecision | BaseException] = []
+
+        def report(outcome: QuarantineDecision | BaseException) -> None:
+            # Run in commit order (the writer's reply), before any later batch of the
+            # account is delivered: the actor must see the new batch in journal order.
+            if isinstance(outcome, QuarantineDecision) and outcome.batch_id is not None:
+                events = list(outcome.events)
+                result = AppendResult(outcome.batch_id, list(range(len(events))), [], [])
+                self.deliver([(account, events)], [result])
+            outcomes.append(outcome)
+            done.set()
+
+        self.store.writer.submit_release(account, event_ids, by, reason, report)
+        await done.wait()
+        [outcome] = outcomes
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome.settled:
+            log.info(
+                "quarantine_released",
+                account=account,
+                events=[copy.event_id for copy in outcome.settled],
+                batch=outcome.batch_id,
+                by=by,
+            )
+        return outcome
+
+    async def discard(
+        self, account: str, event_ids: Sequence[str], by: str, reason: str
+    ) -> QuarantineDecision:
+        """Discard quarantined events ``event_ids`` of ``account`` for good: audited with
+        ``by`` and ``reason``, they never count (:meth:`meterd.store.Writer.discard`)."""
+        outcome = await self.store.writer.discard(account, event_ids, by, reason)
+        if outcome.settled:
+            log.info(
+                "quarantine_discarded",
+                account=account,
+                events=[copy.event_id for copy in outcome.settled],
+                by=by,
+            )
+        return outcome
 
     def _committed(
         self,

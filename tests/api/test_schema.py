@@ -49,6 +49,8 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/accounts/{account}/usage",
         "/v1/accounts/{account}/events",
         "/v1/quarantine",
+        "/v1/quarantine/{account}/release",
+        "/v1/quarantine/{account}/discard",
         "/v1/actors/{actor}/restart",
         "/v1/actors/{actor}/kill",
         "/v1/accounts/{account}/invoices/{period}",
