@@ -1,6 +1,6 @@
 """Alert rules of one account, made through the API (docs/alerts.md, "Rules of one
 account"): checked by the config's own declaration (:func:`._config.check_alert`), stored
-in the account's store (table ``alert_rules``, schema version 10, written by the store
+in the account's store (table ``alert_rules``, schema version 11, written by the store
 writer's :class:`~meterd.store._ops.AlertRuleWrite`), and read back here."""
 
 from __future__ import annotations
