@@ -16,7 +16,7 @@ from .answers import Closed, Time, json_answer
 from .daemon import Daemon
 from .errors import ApiError
 from .models import Model, Name, Text
-from .operations import Operations
+from .operations import FIND, GATEWAY, Operations, every_shard
 
 ops = Operations()
 
@@ -89,6 +89,7 @@ def _delivery(d: Delivery) -> DeliveryAnswer:
     "The configured threshold alerts ([[alerts]]).",
     answers={200: (AlertRules, "The rules, as configured.")},
     errors=(400, 401, 500),
+    scope=GATEWAY,
 )
 async def alert_rules(daemon: Daemon) -> Response:
     return json_answer(
@@ -115,6 +116,7 @@ async def alert_rules(daemon: Daemon) -> Response:
     "Deliveries of alert crossings, oldest first: status, attempts, last error, next retry.",
     answers={200: (Deliveries, "Deliveries and the counts by status.")},
     errors=(400, 401, 500, 503),
+    scope=every_shard("deliveries"),
 )
 async def deliveries(daemon: Daemon, query: DeliveriesQuery) -> Response:
     service = _service(daemon)
@@ -134,6 +136,7 @@ async def deliveries(daemon: Daemon, query: DeliveriesQuery) -> Response:
     "Send a failed (or delivered) delivery again, with a fresh retry budget; the same id and body.",
     answers={200: (DeliveryAnswer, "The delivery, pending again.")},
     errors=(400, 401, 404, 500, 503),
+    scope=FIND,
 )
 async def redeliver(daemon: Daemon, path: DeliveryPath) -> Response:
     service = _service(daemon)

@@ -40,7 +40,7 @@ from .models import (
     TreeQuery,
     UsageQuery,
 )
-from .operations import Operations
+from .operations import ACCOUNT, ACTOR, Operations, Scope, every_shard
 
 ops = Operations()
 
@@ -89,6 +89,7 @@ def ready(daemon: Daemon) -> list[str]:
         503: (answers.Health, "Not ready; problems says why."),
     },
     admin=False,
+    scope=every_shard("health"),
 )
 async def healthz(daemon: Daemon) -> Response:
     problems = ready(daemon)
@@ -103,6 +104,7 @@ async def healthz(daemon: Daemon) -> Response:
     "Prometheus text exposition format.",
     answers={200: (str, "Metrics.")},
     admin=False,
+    scope=every_shard("metrics"),
 )
 async def metrics(daemon: Daemon) -> Response:
     return Response(await daemon.metrics.render(), media_type=CONTENT_TYPE)
@@ -117,6 +119,7 @@ async def metrics(daemon: Daemon) -> Response:
     "The live supervision tree (live children only).",
     answers={200: (answers.TreeNode, "The root node.")},
     errors=(400, 401, 500),
+    scope=Scope("gateway", "tree"),
 )
 async def tree(daemon: Daemon, query: TreeQuery) -> Response:
     return json_answer(sv.snapshot(daemon.tree, limit=query.limit))
@@ -135,6 +138,7 @@ def _meter(daemon: Daemon, name: str) -> Meter:
     "Usage of one account and meter per window, exact.",
     answers={200: (answers.Usage, "Rows for the windows that had usage.")},
     errors=READ_ERRORS,
+    scope=ACCOUNT,
 )
 async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response:
     meter = _meter(daemon, query.meter)
@@ -160,6 +164,7 @@ async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Respons
     "The stored events of one account, in ingestion order, paged.",
     answers={200: (answers.Events, "One page.")},
     errors=(400, 401, 404, 500),
+    scope=ACCOUNT,
 )
 async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Response:
     if query.meter is not None:
@@ -193,6 +198,7 @@ async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Respo
     "Quarantined (poison) events, oldest first.",
     answers={200: (answers.Quarantine, "Quarantined events.")},
     errors=(400, 401, 500),
+    scope=every_shard("quarantine"),
 )
 async def quarantine(daemon: Daemon, query: QuarantineQuery) -> Response:
     found = await daemon.store.reader.quarantined(query.account)
@@ -315,6 +321,7 @@ _ACTION_ERRORS: Final = (401, 404, 409, 500)
     "Stop the actor gracefully and start it again.",
     answers={200: (answers.ActorAction, "Done; the node's status after.")},
     errors=_ACTION_ERRORS,
+    scope=ACTOR,
 )
 async def restart(daemon: Daemon, path: ActorPath) -> Response:
     return await actor_action(daemon, path.actor, "restart")
@@ -326,6 +333,7 @@ async def restart(daemon: Daemon, path: ActorPath) -> Response:
     "Kill the actor abruptly; its supervisor handles it as a crash.",
     answers={200: (answers.ActorAction, "Done; the node's status after.")},
     errors=_ACTION_ERRORS,
+    scope=ACTOR,
 )
 async def kill(daemon: Daemon, path: ActorPath) -> Response:
     return await actor_action(daemon, path.actor, "kill")
