@@ -169,7 +169,10 @@ def event(account: str, index: int, time: int, quantity: str = "1.5", **props: s
 
 
 @asynccontextmanager
-async def world(tmp: Path, **config_changes: Any) -> AsyncIterator[World]:
+async def world(
+    tmp: Path, root: sv.SupervisorCore | None = None, **config_changes: Any
+) -> AsyncIterator[World]:
+    """The cells, their owners and the gateway (``root``: its own tree, if any)."""
     base = replace(make_config(tmp / "single"), **config_changes)
     async with AsyncExitStack() as stack:
         single = await stack.enter_async_context(_running(base))
@@ -181,7 +184,7 @@ async def world(tmp: Path, **config_changes: Any) -> AsyncIterator[World]:
             cells[shard] = await stack.enter_async_context(_running(config))
         owners = CellOwners(LAYOUT, cells)
         gateway_config = replace(base, partitions=LAYOUT)
-        app = build_gateway_app(gateway_config, owners, timeout=5.0)
+        app = build_gateway_app(gateway_config, owners, root=root, timeout=5.0)
         gateway = await stack.enter_async_context(
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=HEADERS

@@ -8,19 +8,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from meterd.api.gateway import MERGES, graphql_accounts, handler_of, merge_ingest, merge_metrics
+import supervisors as sv
+from meterd.api.gateway import (
+    MERGES,
+    build_gateway_app,
+    graphql_accounts,
+    handler_of,
+    merge_ingest,
+    merge_metrics,
+)
 from meterd.api.openapi import OPERATIONS
 from meterd.api.operations import Operations, Scope
+from meterd.config import PartitionsConfig
 from meterd.model import HOUR_MS, MINUTE_MS
-from tests.api.cells import LAYOUT, World, accounts_per_shard, event, world
-from tests.ingest.test_server import ADMIN_TOKEN
+from meterd.partitions import OwnerUnavailable
+from tests.api.cells import HEADERS, LAYOUT, World, accounts_per_shard, event, world
+from tests.api.test_api import ingest_poison
+from tests.ingest.test_server import ADMIN_TOKEN, make_config
 
 NOW = time.time_ns() // 1_000_000
 T0 = NOW - NOW % HOUR_MS - 2 * HOUR_MS
@@ -557,3 +570,146 @@ async def test_openapi_is_unchanged(w: World) -> None:
     mine = await w.gateway.get("/openapi.json")
     assert mine.status_code == 200
     assert mine.json() == (await w.reference.get("/openapi.json")).json()
+
+
+# ---- merges with data ------------------------------------------------------------------------
+
+
+async def test_quarantined_events_of_every_shard_are_listed_as_one_process(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # New accounts: their actors start after the fault is injected.
+    fresh = accounts_per_shard(1, "poisoned")
+    poisoned = [fresh[0], next(a for a in fresh if w.shard(a) != w.shard(fresh[0]))]
+    for account in poisoned:
+        await ingest_poison(w.single, account, T0, monkeypatch)
+        await ingest_poison(w.cells[w.shard(account)], account, T0, monkeypatch)
+    params = {"meter": "router.requests", "from": T0, "to": NOW}
+    for account in poisoned:  # wakes the account: its replay quarantines the event
+        mine, theirs = await both(w, "GET", f"/v1/accounts/{account}/usage", params=params)
+        assert mine == theirs
+    strip = ("at", "batch_id")
+    for query in ({}, {"account": poisoned[1]}, {"account": "nobody"}):
+        mine, theirs = await both(w, "GET", "/v1/quarantine", params=query)
+        assert _strip(mine, strip) == _strip(theirs, strip), query
+    listed = (await w.gateway.get("/v1/quarantine")).json()["events"]
+    assert sorted(e["account"] for e in listed) == sorted(poisoned)
+    assert [e["at"] for e in listed] == sorted(e["at"] for e in listed)
+    found = _samples((await w.gateway.get("/metrics")).text)
+    assert found[("meterd_quarantined_events", ())] == 2
+    nodes = await w.gateway.get("/v1/tree/nodes", params={"status": "quarantined"})
+    assert sorted(r["name"] for r in nodes.json()["nodes"]) == sorted(poisoned)
+
+
+@dataclass
+class Canned:
+    """Owners whose cells answer from a table: ``(shard, path) -> (status, JSON)``."""
+
+    answers: dict[tuple[int, str], tuple[int, Any]]
+    partitions: PartitionsConfig = LAYOUT
+    down: set[int] = field(default_factory=set)
+
+    async def ask(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        if shard in self.down:
+            raise OwnerUnavailable(shard, shard % LAYOUT.owners, "down (test)")
+        status, document = self.answers.get((shard, args["path"]), (404, _not_found))
+        body = json.dumps(document).encode()
+        return {"status": status, "headers": [["content-type", "application/json"]], "body": body}
+
+    async def trees(self, limit: int, total: int, timeout: float) -> list[Any]:
+        return [None] * LAYOUT.owners
+
+    def pids(self) -> list[int | None]:
+        return [None] * LAYOUT.owners
+
+
+_not_found = {"error": {"code": "unknown_delivery", "message": "no delivery"}}
+
+
+def _delivery(id: str, created_at: int, status: str = "failed") -> dict[str, Any]:
+    return {"id": id, "account": "a", "alert": "x", "webhook": "h", "period": "2026-11",
+            "event_id": "e", "created_at": created_at, "status": status, "attempts": 3,
+            "last_attempt_at": None, "next_attempt_at": None, "last_error": "503",
+            "delivered_at": None}  # fmt: skip
+
+
+async def test_deliveries_are_merged_and_redelivered_by_the_shard_that_holds_them(
+    tmp_path: Path,
+) -> None:
+    counts = {"pending": 1, "delivered": 2, "failed": 1}
+    answers: dict[tuple[int, str], tuple[int, Any]] = {
+        (s, "/v1/deliveries"): (
+            200,
+            {
+                "deliveries": [_delivery(f"alr_{s}_{i}", 100 * i + s) for i in range(3)],
+                "counts": counts,
+                "oldest_undelivered_ms": 10 * s if s % 2 else None,
+            },
+        )
+        for s in range(LAYOUT.shards)
+    }
+    answers[(2, "/v1/deliveries/alr_2_1/redeliver")] = (200, _delivery("alr_2_1", 1, "pending"))
+    owners = Canned(answers)
+    config = replace(make_config(tmp_path), partitions=LAYOUT)
+    transport = httpx.ASGITransport(app=build_gateway_app(config, owners))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw", headers=HEADERS) as gw:
+        body = (await gw.get("/v1/deliveries", params={"limit": 5})).json()
+        assert [d["id"] for d in body["deliveries"]] == [
+            "alr_0_0", "alr_1_0", "alr_2_0", "alr_3_0", "alr_0_1"
+        ]  # fmt: skip
+        assert body["counts"] == {k: v * LAYOUT.shards for k, v in counts.items()}
+        assert body["oldest_undelivered_ms"] == 30
+        found = await gw.post("/v1/deliveries/alr_2_1/redeliver")
+        assert found.status_code == 200
+        assert found.json()["status"] == "pending"
+        nowhere = await gw.post("/v1/deliveries/alr_9/redeliver")
+        assert nowhere.status_code == 404
+        assert nowhere.json()["error"]["code"] == "unknown_delivery"
+        owners.down.add(3)  # it may be there: not a 404, a 503 naming the shard
+        maybe = await gw.post("/v1/deliveries/alr_9/redeliver")
+        assert maybe.status_code == 503
+        assert "shards 3 " in maybe.json()["error"]["message"]
+        held = await gw.post("/v1/deliveries/alr_2_1/redeliver")
+        assert held.status_code == 200  # found: another shard's silence does not matter
+
+
+async def _idle(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    await trio.sleep_forever()
+
+
+async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
+    """With the gateway's own tree (its owner-K process nodes, ingest): /v1/tree grafts
+    each owner's tree under its node, /v1/tree/nodes lists the gateway's nodes with each
+    owner's shards below it, in tree order, and /healthz checks the gateway's children."""
+    root = sv.Supervisor(
+        [sv.task_spec(name, _idle) for name in ("owner-0", "owner-1", "ingest")], name="root"
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(root.run)
+        async with world(tmp_path, root=root) as w:
+            await w.send([event(a, 1, T0) for a in ACCOUNTS])
+            tree = (await w.gateway.get("/v1/tree")).json()
+            names = [c["name"] for c in tree["children"]]
+            assert names == ["owner-0", "owner-1", "ingest"]
+            assert [c["name"] for c in tree["children"][1]["children"]] == [
+                "shard-001",
+                "shard-003",
+            ]
+            table = (await w.gateway.get("/v1/tree/nodes", params={"limit": 500})).json()
+            paths = [r["path"] for r in table["nodes"]]
+            assert paths[:3] == ["root", "root/owner-0", "root/owner-0/shard-000"]
+            assert paths[-1] == "root/ingest"
+            assert table["total"] == len(paths) == table["matched"]
+            backwards = await w.gateway.get(
+                "/v1/tree/nodes", params={"limit": 500, "order": "desc"}
+            )
+            assert [r["path"] for r in backwards.json()["nodes"]] == paths[::-1]
+            found = await w.gateway.get("/v1/tree/nodes", params={"search": "owner"})
+            assert [r["path"] for r in found.json()["nodes"]] == ["root/owner-0", "root/owner-1"]
+            assert (await w.gateway.get("/healthz")).json() == {"status": "ok"}
+            await root.terminate_child("ingest")
+            health = await w.gateway.get("/healthz")
+            assert health.status_code == 503
+            assert "ingest is stopped" in health.json()["problems"]
+        root.stop()
