@@ -165,11 +165,22 @@ class Gateway:
 
     config: Config
     owners: Owners
-    root: sv.SupervisorCore | None = None
+    root: sv.SupervisorCore | Callable[[], sv.SupervisorCore] | None = None
     registry: CollectorRegistry | None = None
     timeout: float = DEFAULT_TIMEOUT
     ingest: Callable[[], Mapping[str, Any]] | None = None
     _cell_roots: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def tree(self) -> sv.SupervisorCore | None:
+        """The gateway's own tree (None until it is built, or without one)."""
+        root = self.root
+        if root is None or isinstance(root, sv.SupervisorCore):
+            return root
+        try:
+            return root()
+        except RuntimeError:  # not built yet
+            return None
 
     @property
     def shards(self) -> range:
@@ -272,14 +283,16 @@ class Gateway:
     # ---- paths in the gateway's tree ----
 
     def root_name(self) -> str:
-        return "root" if self.root is None else self.root.name
+        tree = self.tree
+        return "root" if tree is None else tree.name
 
     def owner_path(self, owner: int) -> str:
         """The path of ``owner-K``'s node in the gateway's tree (under the root when the
         gateway has no such node)."""
         name = f"owner-{owner}"
-        if self.root is not None:
-            stack: list[tuple[str, sv.SupervisorCore]] = [(self.root.name, self.root)]
+        tree = self.tree
+        if tree is not None:
+            stack: list[tuple[str, sv.SupervisorCore]] = [(tree.name, tree)]
             while stack:
                 path, sup = stack.pop(0)
                 for info in sup.iter_children():
@@ -344,15 +357,16 @@ def build_gateway_app(
     config: Config,
     owners: Owners,
     *,
-    root: sv.SupervisorCore | None = None,
+    root: sv.SupervisorCore | Callable[[], sv.SupervisorCore] | None = None,
     registry: CollectorRegistry | None = None,
     ingest: Callable[[], Mapping[str, Any]] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Starlette:
     """The operator API (protocol.md §3) of a gateway whose shards are in ``owners``.
 
-    ``root`` is the gateway's own supervision tree (``/v1/tree``, with each owner's tree
-    grafted under its ``owner-K`` node); ``registry`` its own metrics (``/metrics`` adds
+    ``root`` is the gateway's own supervision tree, or a function that returns it (the API
+    is built before the tree that holds it) (``/v1/tree``, with each owner's tree grafted
+    under its ``owner-K`` node); ``registry`` its own metrics (``/metrics`` adds
     every shard's); ``ingest`` its ingest counters for the console (added to the shards'
     :class:`~.console.IngestSnapshot`); ``timeout`` the seconds an owner has to answer."""
     gateway = Gateway(config, owners, root, registry, timeout, ingest)
@@ -569,8 +583,9 @@ def _find_node(node: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 async def _tree(gateway: Gateway, operation: Operation, request: Request) -> Response:
     query = parse(TreeQuery, request.query_params)
-    if gateway.root is not None:
-        tree = sv.snapshot(gateway.root, limit=query.limit)
+    own = gateway.tree
+    if own is not None:
+        tree = sv.snapshot(own, limit=query.limit)
     else:
         tree = {
             "name": "root",
@@ -611,12 +626,13 @@ OWN: Final[Mapping[str, Handler]] = {"tree": _tree}
 async def _health(gateway: Gateway, operation: Operation, request: Request) -> Response:
     fanned = await gateway.each(gateway.shards, lambda s: gateway.forward(s, request), partial=True)
     problems: list[str] = []
-    if gateway.root is not None:
-        if not gateway.root.running:
+    own = gateway.tree
+    if own is not None:
+        if not own.running:
             problems.append("the gateway's supervision tree is not running")
         problems += [
             f"{info.id} is {info.status.value}"
-            for info in gateway.root.which_children()
+            for info in own.which_children()
             if info.status is not sv.ChildStatus.RUNNING
         ]
     for m in fanned.missing:
@@ -817,7 +833,8 @@ async def _gateway_rows(gateway: Gateway, query: NodesQuery) -> list[tuple[dict[
     from .console import _root_row, _row, nodes
 
     rows: list[tuple[dict[str, Any], int]] = []
-    if gateway.root is None:
+    own = gateway.tree
+    if own is None:
         rows.append(
             (
                 {
@@ -844,8 +861,8 @@ async def _gateway_rows(gateway: Gateway, query: NodesQuery) -> list[tuple[dict[
         return rows
     now = trio.current_time()
     owner_names = {f"owner-{k}": k for k in range(gateway.owners.partitions.owners)}
-    async for info, path, depth in nodes(gateway.root):
-        node = _root_row(gateway.root) if info is None else _row(info, path, depth, now, set())
+    async for info, path, depth in nodes(own):
+        node = _root_row(own) if info is None else _row(info, path, depth, now, set())
         name = path.rsplit("/", 1)[-1]
         rows.append((msgspec.to_builtins(node), owner_names.get(name, -1)))
     return rows

@@ -11,7 +11,7 @@ that a shard's owner is down.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -170,7 +170,9 @@ def event(account: str, index: int, time: int, quantity: str = "1.5", **props: s
 
 @asynccontextmanager
 async def world(
-    tmp: Path, root: sv.SupervisorCore | None = None, **config_changes: Any
+    tmp: Path,
+    root: sv.SupervisorCore | Callable[[], sv.SupervisorCore] | None = None,
+    **config_changes: Any,
 ) -> AsyncIterator[World]:
     """The cells, their owners and the gateway (``root``: its own tree, if any)."""
     base = replace(make_config(tmp / "single"), **config_changes)

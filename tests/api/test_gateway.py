@@ -687,7 +687,7 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(root.run)
-        async with world(tmp_path, root=root) as w:
+        async with world(tmp_path, root=lambda: root) as w:  # (as the gateway passes it)
             await w.send([event(a, 1, T0) for a in ACCOUNTS])
             tree = (await w.gateway.get("/v1/tree")).json()
             names = [c["name"] for c in tree["children"]]
