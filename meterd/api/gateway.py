@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlencode
 
 import msgspec
@@ -53,18 +54,23 @@ from starlette.routing import Route
 
 import supervisors as sv
 from meterd.config import Config
+from meterd.ingest.observe import ACK_LATENCY_BUCKETS
 from meterd.partitions import Owners, OwnerUnavailable, owner_of_shard, shard_of
 
 from .answers import json_answer
 from .auth import require_admin
 from .bodies import read_body
-from .console import TICK, asset, index
+from .console import TICK, _resident_bytes, asset, index
 from .daemon import Daemon
 from .errors import ApiError, bad_parameter, exception_handlers
 from .metrics import CONTENT_TYPE
 from .models import MAX_NODES_LIMIT, AccountPath, NodesQuery, TreeQuery
 from .openapi import OPERATIONS
 from .operations import Operation, parse
+from .routes import INGEST_NOT_ACCEPTING
+
+if TYPE_CHECKING:
+    from meterd.ingest.server import IngestServer
 
 log = structlog.get_logger("meterd.api.gateway")
 
@@ -639,7 +645,11 @@ async def _health(gateway: Gateway, operation: Operation, request: Request) -> R
         problems.append(f"shard {m.shard} (owner-{m.owner}) {m.reason}")
     for shard, answer in fanned.found.items():
         if answer.status != 200:
-            problems += [f"shard {shard}: {p}" for p in answer.json().get("problems", [])]
+            problems += [
+                f"shard {shard}: {p}"
+                for p in answer.json().get("problems", [])
+                if p != INGEST_NOT_ACCEPTING  # a cell takes no producers: the gateway does
+            ]
     if problems:
         return json_answer({"status": "unavailable", "problems": problems}, 503)
     return json_answer({"status": "ok"})
@@ -781,9 +791,54 @@ def merge_ingest(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _per_process(gateway: Gateway, found: Mapping[int, Any]) -> list[Any]:
+    """The shards' snapshots, a process's figures (its resident memory) kept in one shard
+    of each owner only: every cell of an owner reports the same process."""
+    parts = []
+    seen: set[int] = set()
+    for shard, part in sorted(found.items()):
+        owner = gateway.owner_of(shard)
+        parts.append(part if owner not in seen else {**part, "resident_bytes": 0})
+        seen.add(owner)
+    return parts
+
+
+def ingest_counters(ingest: IngestServer) -> dict[str, Any]:
+    """The gateway's part of the console's ingest snapshot (``build_gateway_app``'s
+    ``ingest``): what its producers' connections did, which no cell sees."""
+    stats = ingest.stats
+    observed = stats.observed
+    connections = ingest.connections_by_producer
+    producers = []
+    for name in sorted(set(observed.producers) | set(connections)):
+        counts = observed.producers.get(name)
+        producers.append(
+            {
+                "producer": name,
+                "connections": connections.get(name, 0),
+                "acks": counts.batches if counts else 0,
+                "accepted": counts.accepted if counts else 0,
+                "duplicates": counts.duplicates if counts else 0,
+                "rejected": counts.rejected if counts else 0,
+            }
+        )
+    return {
+        "at": time.time_ns() // 1_000_000,
+        "accepted": stats.accepted,
+        "duplicates": stats.duplicates,
+        "rejected": dict(observed.rejected_by_code),
+        "acks": stats.acks,
+        "ack_latency_bounds": list(ACK_LATENCY_BUCKETS),
+        "ack_latency_counts": list(observed.ack_latency.counts),
+        "connections": ingest.connection_count,
+        "producers": producers,
+        "resident_bytes": _resident_bytes(),
+    }
+
+
 async def _ingest(gateway: Gateway, operation: Operation, request: Request) -> Response:
     found = await gateway.each_json(request)
-    parts = list(found.values())
+    parts = _per_process(gateway, found)
     if gateway.ingest is not None:
         parts.append(gateway.ingest())
     return json_answer(merge_ingest(parts))
@@ -808,7 +863,8 @@ async def _stream(request: Request) -> Response:
                 lambda s: gateway.ask(s, "GET", "/v1/console/ingest", "", headers),
                 partial=True,
             )
-            parts = [a.json() for a in fanned.found.values() if a.status == 200]
+            found = {s: a.json() for s, a in fanned.found.items() if a.status == 200}
+            parts = _per_process(gateway, found)
             if gateway.ingest is not None:
                 parts.append(gateway.ingest())
             snapshot = merge_ingest(parts)

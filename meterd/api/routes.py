@@ -45,6 +45,7 @@ from .operations import ACCOUNT, ACTOR, Operations, Scope, every_shard
 ops = Operations()
 
 READ_ERRORS: Final = (400, 401, 404, 500, 503)
+INGEST_NOT_ACCEPTING: Final = "ingest is not accepting connections"
 
 
 # ---- unauthenticated ------------------------------------------------------------------
@@ -64,7 +65,7 @@ def ready(daemon: Daemon) -> list[str]:
         if info.status is not sv.ChildStatus.RUNNING
     ]
     if daemon.ingest.stopping or not daemon.ingest.addresses:
-        problems.append("ingest is not accepting connections")
+        problems.append(INGEST_NOT_ACCEPTING)
     writer = daemon.store.writer
     if writer.failing is not None:
         problems.append(
@@ -339,4 +340,4 @@ async def kill(daemon: Daemon, path: ActorPath) -> Response:
     return await actor_action(daemon, path.actor, "kill")
 
 
-__all__ = ["Daemon", "ops", "ready"]
+__all__ = ["INGEST_NOT_ACCEPTING", "Daemon", "ops", "ready"]

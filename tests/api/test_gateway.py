@@ -23,6 +23,7 @@ from meterd.api.gateway import (
     build_gateway_app,
     graphql_accounts,
     handler_of,
+    ingest_counters,
     merge_ingest,
     merge_metrics,
 )
@@ -713,3 +714,31 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
             assert health.status_code == 503
             assert "ingest is stopped" in health.json()["problems"]
         root.stop()
+
+
+async def test_a_cells_own_ingest_is_no_problem_of_the_gateway(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Producers send to the gateway's ingest: a cell's own (idle) ingest server not
+    accepting is not reported by the gateway's /healthz; its store and tree still are."""
+    for cell in w.cells.values():  # as in an owner's cell: an ingest server never started
+        monkeypatch.setattr(cell.ingest, "addresses", [])
+    assert (await w.reference.get("/healthz")).status_code == 200
+    health = await w.gateway.get("/healthz")
+    assert health.status_code == 200, health.text
+    await w.cells[1].root.terminate_child("deliveries")
+    health = await w.gateway.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["problems"] == ["shard 1: deliveries is stopped"]
+
+
+async def test_the_console_counts_each_process_once(w: World) -> None:
+    """Every cell of an owner reports the same process's memory: counted once per owner
+    (here every cell is this test's process: two owners, twice its memory)."""
+    merged = (await w.gateway.get("/v1/console/ingest")).json()
+    one = (await w.reference.get("/v1/console/ingest")).json()["resident_bytes"]
+    assert 1.5 * one < merged["resident_bytes"] < 2.5 * one
+    gateway_part = ingest_counters(w.single.ingest)
+    assert set(gateway_part) <= set(merged)
+    both_parts = merge_ingest([merged, gateway_part])
+    assert both_parts["accepted"] == merged["accepted"] + gateway_part["accepted"]
