@@ -132,7 +132,14 @@ class ShardsUnavailable(Exception):
 
     def error(self, *, fan_out: bool, done: str = "") -> ApiError:
         """The 503 of docs/api.md ("Across owner processes")."""
-        where = "; ".join(f"shard {m.shard} (owner-{m.owner}): {m.reason}" for m in self.missing)
+        grouped: dict[tuple[int, str], list[int]] = {}  # an owner's shards fail together
+        for m in self.missing:
+            grouped.setdefault((m.owner, m.reason), []).append(m.shard)
+        where = "; ".join(
+            f"owner-{owner} {reason}"
+            + (f" (shards {', '.join(map(str, held))})" if len(grouped) > 1 else "")
+            for (owner, reason), held in grouped.items()
+        )
         advice = (
             "retry shortly (an owner that died is restarted by its supervisor); if it"
             " persists, GET /v1/tree shows the owner processes and their restarts, and the"

@@ -334,6 +334,13 @@ async def test_an_unavailable_shard_is_named_never_left_out(w: World) -> None:
     health = await w.gateway.get("/healthz")
     assert health.status_code == 503
     assert any(f"shard {shard}" in p for p in health.json()["problems"])
+    # Shards of both owners down: each owner named once, with its shards.
+    w.owners.down.clear()
+    w.owners.down.update({0, 1, 2})
+    message = (await w.gateway.get("/v1/accounts")).json()["error"]["message"]
+    assert message.startswith("shards 0, 1, 2 did not answer (owner-0 ")
+    assert "(shards 0, 2)" in message
+    assert "(shards 1)" in message
     w.owners.down.clear()
     w.owners.broken.add(shard)
     broken = await w.gateway.get(f"/v1/accounts/{account}/events")
