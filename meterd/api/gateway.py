@@ -242,11 +242,12 @@ class Gateway:
     async def forward(
         self, shard: int, request: Request, *, path: str | None = None, query: str | None = None
     ) -> Forwarded:
-        """``request`` to ``shard`` as it came (its body read within bounds)."""
+        """``request`` to ``shard`` as it came (its body read within bounds); a HEAD as a
+        GET (its body is needed to merge; the server sends none for a HEAD)."""
         body = await read_body(request) if request.method in ("POST", "PUT", "PATCH") else b""
         return await self.ask(
             shard,
-            request.method,
+            "GET" if request.method == "HEAD" else request.method,
             request.url.path if path is None else path,
             request.url.query if query is None else query,
             _headers(request),

@@ -227,6 +227,9 @@ async def test_accounts_are_merged_sorted_and_paged_as_one_process(w: World) -> 
     for params in ({}, {"limit": 5}, {"limit": 5, "after": ACCOUNTS[4]}, {"search": "00"}):
         mine, theirs = await both(w, "GET", "/v1/accounts", params=params)
         assert _without(mine, "updated_at") == _without(theirs, "updated_at"), params
+    head = await w.gateway.head("/v1/accounts")
+    assert head.status_code == 200
+    assert head.content == b""
     # Paging to the end visits every account once, in order.
     seen: list[str] = []
     after: str | None = None
