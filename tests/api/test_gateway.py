@@ -17,6 +17,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+import meterd.api.gateway as gateway_module
 import supervisors as sv
 from meterd.api.gateway import (
     MERGES,
@@ -752,3 +753,25 @@ async def test_the_console_counts_each_process_once(w: World) -> None:
     assert set(gateway_part) <= set(merged)
     both_parts = merge_ingest([merged, gateway_part])
     assert both_parts["accepted"] == merged["accepted"] + gateway_part["accepted"]
+
+
+async def test_tree_nodes_page_past_the_first_round(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In tree order any page is exact: the rows of a shard past what the first round
+    asked for are asked again at their own offset (shown with a first round of 5 rows)."""
+    whole = (await w.gateway.get("/v1/tree/nodes", params={"limit": 500})).json()
+    paths = [r["path"] for r in whole["nodes"]]
+    monkeypatch.setattr(gateway_module, "MAX_NODES_LIMIT", 5)
+    for order, expected in (("asc", paths), ("desc", paths[::-1])):
+        pages: list[str] = []
+        for offset in range(0, len(paths), 4):
+            page = await w.gateway.get(
+                "/v1/tree/nodes", params={"offset": offset, "limit": 4, "order": order}
+            )
+            assert page.json()["matched"] == len(paths)
+            pages += [r["path"] for r in page.json()["nodes"]]
+        assert pages == expected
+    deep = await w.gateway.get("/v1/tree/nodes", params={"sort": "name", "offset": 4})
+    assert deep.status_code == 400
+    assert deep.json()["error"]["parameter"] == "offset"
