@@ -457,13 +457,19 @@ async def _actor(gateway: Gateway, operation: Operation, request: Request) -> Re
         names = actor.split("/")
         found = gateway.shard_in(names)
         if found is None:
-            raise ApiError(
-                409 if names[0] == gateway.root_name() else 404,
-                "gateway_node" if names[0] == gateway.root_name() else "unknown_actor",
-                f"{actor!r} is not a node of a shard: the API acts on accounts and on nodes"
-                " of the owners' shards (paths through shard-SSS, see GET /v1/tree/nodes);"
-                " the gateway's own nodes (owner processes, ingest) are not acted on here",
-            )
+            own = gateway.tree
+            if own is None or names[0] != own.name:
+                raise ApiError(
+                    404,
+                    "unknown_actor",
+                    f"no actor {actor!r}: a node path starts at {gateway.root_name()!r}, and"
+                    " a node of an owner's shard goes through its shard-SSS node (see GET"
+                    " /v1/tree/nodes)",
+                )
+            # A node of the gateway's own tree (an owner process, ingest): the operation's
+            # own handler on that tree, with its refusals (the API itself, or a kill that
+            # would stop it: 409 would_stop_api).
+            return await operation.call(_own_tree(gateway, own), request)
         shard, position = found
         cell = "/".join([await gateway.cell_root(shard), *names[position + 1 :]])
         answer = await gateway.forward(shard, request, path=prefix + cell + suffix)
@@ -549,6 +555,22 @@ def graphql_accounts(body: bytes) -> set[str]:
                     if isinstance(given, str):
                         found.add(given)
     return found
+
+
+def _own_tree(gateway: Gateway, tree: sv.SupervisorCore) -> Daemon:
+    """The gateway's own tree as the actor handlers read a daemon: no accounts (a bare
+    account id never comes here), no stored restart history, the API child ``api``."""
+    return cast(
+        Daemon,
+        SimpleNamespace(
+            config=gateway.config,
+            root=tree,
+            tree=tree,
+            api_child_id="api",
+            accounts=SimpleNamespace(supervisor=None),
+            restarts=None,
+        ),
+    )
 
 
 async def _own(gateway: Gateway, operation: Operation, request: Request) -> Response:

@@ -129,7 +129,8 @@ class World:
         return shard_of(account, LAYOUT)
 
     async def send(self, events: Iterable[Event]) -> None:
-        """``events`` into the single daemon and into their accounts' cells."""
+        """``events`` into the single daemon and into their accounts' cells; returns once
+        their accounts' actors run in both."""
         events = list(events)
         by_account: dict[str, list[Event]] = {}
         for event in events:
@@ -140,6 +141,9 @@ class World:
             by_shard.setdefault(self.shard(account), []).append((account, group))
         for shard, groups in by_shard.items():
             await self.cells[shard].accounts.write(groups)
+        for account in by_account:  # awake in both (an actor may still be starting)
+            await self.single.accounts.ensure_started(account)
+            await self.cells[self.shard(account)].accounts.ensure_started(account)
 
 
 def accounts_per_shard(per_shard: int, prefix: str = "acct") -> list[str]:

@@ -216,9 +216,9 @@ async def test_actor_actions_reach_the_accounts_cell(w: World) -> None:
     # Unknown: as one process says.
     mine, theirs = await both(w, "POST", "/v1/actors/nobody/kill")
     assert mine == theirs
-    gateway_node = await w.gateway.post("/v1/actors/root/owner-0/kill")
-    assert gateway_node.status_code == 409
-    assert gateway_node.json()["error"]["code"] == "gateway_node"
+    nowhere = await w.gateway.post("/v1/actors/root/owner-0/kill")  # no tree of its own
+    assert nowhere.status_code == 404
+    assert nowhere.json()["error"]["code"] == "unknown_actor"
 
 
 # ---- the global views --------------------------------------------------------------------
@@ -695,7 +695,8 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
     each owner's tree under its node, /v1/tree/nodes lists the gateway's nodes with each
     owner's shards below it, in tree order, and /healthz checks the gateway's children."""
     root = sv.Supervisor(
-        [sv.task_spec(name, _idle) for name in ("owner-0", "owner-1", "ingest")], name="root"
+        [sv.task_spec(name, _idle) for name in ("owner-0", "owner-1", "ingest", "api")],
+        name="root",
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(root.run)
@@ -703,7 +704,7 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
             await w.send([event(a, 1, T0) for a in ACCOUNTS])
             tree = (await w.gateway.get("/v1/tree")).json()
             names = [c["name"] for c in tree["children"]]
-            assert names == ["owner-0", "owner-1", "ingest"]
+            assert names == ["owner-0", "owner-1", "ingest", "api"]
             assert [c["name"] for c in tree["children"][1]["children"]] == [
                 "shard-001",
                 "shard-003",
@@ -711,7 +712,7 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
             table = (await w.gateway.get("/v1/tree/nodes", params={"limit": 500})).json()
             paths = [r["path"] for r in table["nodes"]]
             assert paths[:3] == ["root", "root/owner-0", "root/owner-0/shard-000"]
-            assert paths[-1] == "root/ingest"
+            assert paths[-2:] == ["root/ingest", "root/api"]
             assert table["total"] == len(paths) == table["matched"]
             backwards = await w.gateway.get(
                 "/v1/tree/nodes", params={"limit": 500, "order": "desc"}
@@ -720,6 +721,21 @@ async def test_the_gateways_own_tree_holds_the_owners(tmp_path: Path) -> None:
             found = await w.gateway.get("/v1/tree/nodes", params={"search": "owner"})
             assert [r["path"] for r in found.json()["nodes"]] == ["root/owner-0", "root/owner-1"]
             assert (await w.gateway.get("/healthz")).json() == {"status": "ok"}
+            # The gateway's own nodes are acted on in its own tree.
+            restarted = await w.gateway.post("/v1/actors/root/owner-1/restart")
+            assert restarted.status_code == 200, restarted.text
+            assert restarted.json() == {
+                "actor": "root/owner-1",
+                "action": "restart",
+                "status": "running",
+            }
+            status = (await w.gateway.get("/v1/actors/root/owner-1/status")).json()
+            assert (status["path"], status["restarts"]) == ("root/owner-1", 1)
+            unknown = await w.gateway.get("/v1/actors/root/nothing/status")
+            assert unknown.status_code == 404
+            itself = await w.gateway.post("/v1/actors/root/api/kill")
+            assert itself.status_code == 409
+            assert itself.json()["error"]["code"] == "would_stop_api"
             await root.terminate_child("ingest")
             health = await w.gateway.get("/healthz")
             assert health.status_code == 503
