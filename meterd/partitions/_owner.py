@@ -83,6 +83,10 @@ streaming route, such as the console's event stream, never ends: it cannot be fo
 FLUSH_GRACE: Final = 5.0
 """Seconds the verdicts queued at a stop are given to reach the gateway."""
 
+SHARD_CACHE: Final = 1 << 18
+"""Accounts whose shard is remembered (the check that a slice's accounts are in its shard
+hashes each account once, not once per slice); the memory is forgotten when full."""
+
 Post = Callable[[Message], None]
 _NO_PROPERTIES: Final[tuple[tuple[str, str], ...]] = ()
 
@@ -131,6 +135,7 @@ class Owner:
         self._stop = trio.Event()
         self.finished = trio.Event()  # run() returned after a stop
         self.slices = 0  # slices received (counters for tests and logs)
+        self._shard_of: dict[str, int] = {}  # account -> shard, checked once per account
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -313,9 +318,13 @@ class Owner:
                     received_at,
                 )
             )
-        partitions = self.config.partitions
+        partitions, known = self.config.partitions, self._shard_of
         for account in by_account:
-            shard = shard_of(account, partitions)
+            shard = known.get(account)
+            if shard is None:
+                if len(known) >= SHARD_CACHE:
+                    known.clear()
+                shard = known[account] = shard_of(account, partitions)
             if shard != piece.shard:
                 raise ValueError(
                     f"slice of batch {_batch_name(piece)}: account {account!r} is in shard"
