@@ -225,7 +225,11 @@ class Owner:
                     except ChannelClosed:
                         nursery.cancel_scope.cancel()
                         return
-                    self._handle(message, post, nursery)
+                    try:
+                        self._handle(message, post, nursery)
+                    except Exception as error:  # a bug: answer it, keep the owner up
+                        log.exception("owner_message_failed", kind=type(message).__name__)
+                        post(_failed(message, error))
         finally:
             self._outboxes.discard(outbox)
             self._flushed.discard(flushed)
@@ -434,6 +438,14 @@ class Owner:
                 f" shard {query.shard} (a streaming route cannot be forwarded)",
             )
         )
+
+
+def _failed(message: Message, error: Exception) -> Message:
+    """The answer to a message whose handling failed unexpectedly (logged with its trace)."""
+    why = f"the owner failed handling a {type(message).__name__}: {type(error).__name__}: {error}"
+    if isinstance(message, Slice):
+        return Unavailable(message.batch, message.shard, why)
+    return Answer(getattr(message, "id", 0), error=why)
 
 
 def _batch_name(piece: Slice) -> str:

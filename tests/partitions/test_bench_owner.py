@@ -27,4 +27,3 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     assert re.search(rf"^in-process \(1 cell, 1 file\){row}", out, re.M), out
     assert re.search(rf"^owner process \(8 shards\){row}", out, re.M), out
     assert list(tmp_path.iterdir()) == []  # its stores are removed
-

@@ -138,6 +138,21 @@ async def test_a_stopping_owner_answers_slices_unavailable(tmp_path: Path) -> No
         owner.stopping = False
 
 
+async def test_a_bug_handling_a_message_is_answered_and_the_owner_stays_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(config_with(tmp_path)) as (owner, channel):
+
+        def broken(piece: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(owner, "_groups", broken)
+        answer = await _ask(channel, a_slice(1, 0, [ev(0, "b1", A)]))
+        assert isinstance(answer, Unavailable)
+        assert answer.reason == "the owner failed handling a Slice: RuntimeError: a bug"
+        assert await _ask(channel, Query(9, 0, "ping")) == Answer(9, value="pong")
+
+
 async def test_http_queries_keep_status_headers_and_body(tmp_path: Path) -> None:
     async with running(config_with(tmp_path)) as (_, channel):
         assert await _ask(channel, a_slice(1, 0, [ev(0, "h1", A, 9)])) == Verdicts(
