@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -183,11 +184,12 @@ def as_groups(
 
 async def run_owner(
     config_path: Path,
+    sockets: Path,
     shape: Shape,
     warm: list[dict[int, list[SliceEvent]]],
     load: list[dict[int, list[SliceEvent]]],
 ) -> Figures:
-    socket = str(config_path.parent / "owner-0.sock")
+    socket = str(sockets / "owner-0.sock")
     argv = [
         sys.executable, "-m", "meterd.partitions.owner", "--config", str(config_path),
         "--owner", "0", "--socket", socket, "--log-level", "warning",
@@ -344,7 +346,12 @@ def measure(shape: Shape, folder: Path) -> list[Figures]:
     warm = build_load(shape, partitions, "warm", warm_batches)
     timed = build_load(shape, partitions, "load", shape.batches)
     print("owner process ...", file=sys.stderr)
-    owner = trio.run(run_owner, config_path, shape, warm, timed)
+    # A socket's path is at most 107 bytes: a short directory of its own, not the stores'.
+    sockets = Path(tempfile.mkdtemp(prefix="meterd-owner-"))
+    try:
+        owner = trio.run(run_owner, config_path, sockets, shape, warm, timed)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     baseline_config = load(write_config(folder / "baseline", 0))
     print("in-process baseline ...", file=sys.stderr)
     baseline = trio.run(run_in_process, baseline_config, shape, warm, timed)

@@ -7,13 +7,15 @@ ready (``supervisors.notify_ready``, the socket's path as the ready line). SIGTE
 SIGINT stop it in order (new slices answered ``unavailable``, the cells checkpoint, the
 queued commits' verdicts sent) and it exits 0.
 
-Exit status 2 for a wrong config or owner number, 1 when it cannot start or its tree gives
-up (one sentence on stderr and in the log). Every log line carries ``owner=K``.
+Exit status 2 for a wrong config, owner number or socket path (over 107 bytes), 1 when it
+cannot start or its tree gives up (one sentence on stderr and in the log). Every log line
+carries ``owner=K``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,6 +32,9 @@ from meterd.startup import describe, describe_stop
 from ._owner import Owner
 
 log = structlog.get_logger("meterd.partitions.owner")
+
+MAX_SOCKET_PATH = 107
+"""Bytes of a Unix socket's path (``sun_path`` is 108 bytes with its terminating NUL)."""
 
 
 class OwnerFailed(Exception):
@@ -114,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"meterd owner {arguments.owner}: --owner must be in 0..{config.partitions.owners - 1}"
             f" ([partitions] owners = {config.partitions.owners} in {arguments.config})",
+            file=sys.stderr,
+        )
+        return 2
+    if len(os.fsencode(arguments.socket)) > MAX_SOCKET_PATH:
+        print(
+            f"meterd owner {arguments.owner}: --socket {arguments.socket} is"
+            f" {len(os.fsencode(arguments.socket))} bytes long; a Unix socket's path is at most"
+            f" {MAX_SOCKET_PATH}: choose a shorter one",
             file=sys.stderr,
         )
         return 2

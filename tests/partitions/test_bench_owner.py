@@ -13,8 +13,11 @@ SMALL = ["--accounts", "200", "--batches", "4", "--batch", "50", "--window", "2"
 
 
 def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: Path) -> None:
+    # Deep enough that a socket beside the stores would be over a Unix socket's 107 bytes.
+    where = tmp_path / ("d" * 80)
+    where.mkdir()
     ran = subprocess.run(
-        [sys.executable, "-m", "meterd.bench.owner", *SMALL, "--dir", str(tmp_path)],
+        [sys.executable, "-m", "meterd.bench.owner", *SMALL, "--dir", str(where)],
         capture_output=True,
         text=True,
         check=False,
@@ -26,4 +29,4 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     row = rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}$"
     assert re.search(rf"^in-process \(1 cell, 1 file\){row}", out, re.M), out
     assert re.search(rf"^owner process \(8 shards\){row}", out, re.M), out
-    assert list(tmp_path.iterdir()) == []  # its stores are removed
+    assert list(where.iterdir()) == []  # its stores are removed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -350,3 +351,19 @@ async def test_sigterm_stops_the_owner_with_status_0_and_a_restart_recovers_its_
         assert tree["name"] == "shard-000"
         load_config = load(tmp_path / "config.toml")
         assert shard_files(load_config, 0).store.exists()
+
+
+def test_a_socket_path_too_long_for_unix_is_refused_before_starting(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    socket = str(tmp_path / ("s" * 120))
+    argv = ["--config", str(config), "--owner", "0", "--socket", socket]
+    ran = subprocess.run(
+        [sys.executable, "-m", "meterd.partitions.owner", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert "a Unix socket's path is at most 107: choose a shorter one" in ran.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started
