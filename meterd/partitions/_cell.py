@@ -93,7 +93,10 @@ class Cell:
                 currency=config.billing.currency,
                 amount_places=config.billing.amount_places,
             ),
+            webhooks=[w.name for w in config.webhooks],
         )
+        # With a webhook, rules of one account can be made through the API (docs/alerts.md).
+        alerting = bool(config.alerts or config.webhooks)
         accounts_config = dataclasses.replace(
             config.accounts, max_awake=share(config.accounts.max_awake, cells)
         )
@@ -103,14 +106,14 @@ class Cell:
             accounts_config,
             checkpoint_interval=config.store.checkpoint_interval,
             max_in_flight_events=share(config.ingest.max_in_flight_events, cells),
-            alerts=self.alerts if config.alerts else None,
+            alerts=self.alerts if alerting else None,
         )
         self.deliveries = DeliveryService(  # the outbox to the webhooks (docs/alerts.md)
             self.store,
             self.alerts,
             config.webhooks,
             deliveries_path,
-            wake=self.accounts.checkpoint if config.alerts else None,
+            wake=self.accounts.checkpoint if alerting else None,
         )
         # The daemon's ingest server (owners = 0: meterd.app runs it after the cell); in an
         # owner process it is never started and its counters stay 0 (the gateway counts).
