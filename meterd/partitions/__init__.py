@@ -1,11 +1,15 @@
 """Partitions: the unit of ownership of accounts (issue 15; docs/partitions.md).
 
-So far the generic pieces, not wired into the daemon:
+The generic pieces (not started by ``meterd run`` yet):
 
 * :func:`partition_of`: the stable hash of an account id to its partition;
 * the gateway <-> owner messages (:mod:`._messages`: msgspec Structs, msgpack);
 * the transport behind one interface (:class:`Transport`, :class:`Channel`), with
   :class:`UnixTransport` (length-prefixed frames on a Unix socket).
+
+Imported by their module, not re-exported here (they pull in the whole daemon):
+:mod:`._cell` (a cell: the accounts side of one store file) and :mod:`._owner` with its
+entry point :mod:`.owner` (``python -m meterd.partitions.owner``: an owner process).
 """
 
 from ._hash import DEFAULT_PARTITIONS, MAX_PARTITIONS, PERSON, partition_of
