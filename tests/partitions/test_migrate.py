@@ -1,0 +1,201 @@
+"""``meterd migrate partitions`` (meterd/partitions/_migrate.py): single store -> shards,
+shards -> single, re-partition; crashes at every step; the daemon's refusal at start."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from meterd.config import Config
+from meterd.partitions import shard_of
+from meterd.partitions._migrate import (
+    ASIDE,
+    LayoutMismatch,
+    MigrationError,
+    check_layout,
+    found_layout,
+    layout_lock,
+    migrate,
+)
+from tests.partitions.migrate_data import (
+    accounts_in,
+    accounts_of,
+    contents,
+    populate,
+    references_hold,
+    usage,
+    write_config,
+)
+
+N = 30
+
+
+def _exists(path: Path | str) -> bool:
+    return Path(path).exists()
+
+
+@pytest.fixture
+async def single(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    config = write_config(tmp_path, owners=0)
+    await populate(config, N, monkeypatch)
+    return config
+
+
+def with_owners(config: Config, owners: int, count: int = 256, shard_size: int = 16) -> Config:
+    return write_config(config.path.parent, owners, count, shard_size)
+
+
+async def test_single_to_shards_puts_each_account_in_its_shard_only(single: Config) -> None:
+    before = contents(single, with_ids=True)
+    usage_before = await usage(single, single.store_path, accounts_of(N))
+    sharded = with_owners(single, 2)
+    outcome = migrate(sharded)
+    assert outcome.plan is not None
+    layout = found_layout(sharded)
+    assert layout.kind == "shards"
+    assert len(layout.files) == 16
+    # Nothing lost, nothing doubled, ids kept (one source).
+    assert contents(sharded, with_ids=True) == before
+    seen: set[str] = set()
+    for files in layout.files:
+        mine = accounts_in(files.store)
+        assert all(shard_of(a, sharded.partitions) == files.shard for a in mine)
+        assert not mine & seen
+        seen |= mine
+        references_hold(files.store)
+        meta = dict(sqlite3.connect(files.store).execute("SELECT name, value FROM store_meta"))
+        assert meta["partitions_shard"] == files.shard
+        assert (meta["partitions_count"], meta["partitions_shard_size"]) == (256, 16)
+    assert seen == set(accounts_of(N))
+    # Usage per account, read back from the account's shard by the accounts layer.
+    usage_after: dict[str, object] = {}
+    for files in layout.files:
+        held = sorted(accounts_in(files.store))
+        usage_after |= await usage(sharded, files.store, held)
+    assert usage_after == usage_before
+    # The old files are aside, never deleted; the config's layout starts.
+    assert _exists(f"{single.store_path}{ASIDE}")
+    assert _exists(f"{single.billing_path}{ASIDE}")
+    assert not _exists(single.store_path)
+    check_layout(sharded)
+    assert migrate(sharded).plan is None  # a rerun has nothing to do
+
+
+async def test_round_trip_single_shards_single_is_equal(single: Config) -> None:
+    before = contents(single)
+    usage_before = await usage(single, single.store_path, accounts_of(N))
+    migrate(with_owners(single, 3))
+    back = with_owners(single, 0)
+    migrate(back)
+    assert found_layout(back).kind == "single"
+    assert contents(back) == before
+    references_hold(back.store_path)
+    assert await usage(back, back.store_path, accounts_of(N)) == usage_before
+
+
+async def test_repartition_moves_accounts_between_shard_layouts(single: Config) -> None:
+    before = contents(single)
+    usage_before = await usage(single, single.store_path, accounts_of(N))
+    migrate(with_owners(single, 1, 256, 16))
+    other = with_owners(single, 1, 64, 8)  # 8 shards
+    migrate(other)
+    layout = found_layout(other)
+    assert (layout.count, layout.shard_size, len(layout.files)) == (64, 8, 8)
+    assert contents(other) == before
+    usage_after: dict[str, object] = {}
+    for files in layout.files:
+        held = sorted(accounts_in(files.store))
+        assert all(shard_of(a, other.partitions) == files.shard for a in held)
+        references_hold(files.store)
+        usage_after |= await usage(other, files.store, held)
+    assert usage_after == usage_before
+
+
+STEPS = ["prepared", "planned", "store 0", "target 0", "target 5", "built", "placed 0",
+         "placed 20", "aside 0", "aside 1"]  # fmt: skip
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("step", STEPS)
+async def test_a_crash_at_any_step_then_a_rerun_gives_the_same_result(
+    single: Config, tmp_path: Path, step: str
+) -> None:
+    reference_dir = tmp_path / "reference"
+    shutil.copytree(single.path.parent / "var", reference_dir / "var")
+    reference = write_config(reference_dir, owners=2)
+    migrate(reference)
+    expected = contents(reference, with_ids=True)
+
+    sharded = with_owners(single, 2)
+
+    def fail(at: str) -> None:
+        if at == step:
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        migrate(sharded, fail=fail)
+    with pytest.raises(LayoutMismatch, match="meterd migrate partitions --config"):
+        check_layout(sharded)  # the daemon refuses until the migration is finished
+    migrate(sharded)
+    check_layout(sharded)
+    assert contents(sharded, with_ids=True) == expected
+    leftovers = [p.name for p in sharded.store_path.parent.rglob("*") if "migrat" in p.name]
+    assert leftovers == []
+
+
+async def test_the_daemon_refuses_a_layout_that_does_not_match(single: Config) -> None:
+    command = f"meterd migrate partitions --config {single.path}"
+    with pytest.raises(LayoutMismatch) as refused:
+        check_layout(with_owners(single, 2))
+    assert str(refused.value) == (
+        f"found the single-file store {single.store_path} but [partitions] owners = 2,"
+        f" count = 256, shard_size = 16 asks for 16 shard files in"
+        f" {single.store_path.with_suffix('.shards')}/ (partitions count 256, shard_size 16):"
+        f" stop meterd and run `{command}` to move the data (or change [partitions] back)"
+    )
+    migrate(with_owners(single, 2))
+    with pytest.raises(LayoutMismatch, match=r"found 16 shard files .* owners = 0 asks for the"
+                       r" single-file store"):  # fmt: skip
+        check_layout(with_owners(single, 0))
+    with pytest.raises(LayoutMismatch, match=r"partitions count 256, shard_size 16\) but .*"
+                       r" count = 128, shard_size = 16 asks for 8 shard files"):  # fmt: skip
+        check_layout(with_owners(single, 2, 128, 16))
+
+
+def test_a_fresh_directory_just_starts(tmp_path: Path) -> None:
+    for owners in (0, 2):
+        config = write_config(tmp_path, owners)
+        check_layout(config)
+        assert migrate(config).plan is None
+
+
+async def test_migrate_refuses_while_a_daemon_holds_the_store(single: Config) -> None:
+    sharded = with_owners(single, 2)
+    with (
+        layout_lock(single, exclusive=False),
+        pytest.raises(MigrationError, match=r"a meterd daemon is using the store .*: stop"),
+    ):
+        migrate(sharded)
+    assert found_layout(sharded).kind == "single"  # untouched
+
+
+def _databases(directory: Path) -> list[str]:
+    """The files of ``directory`` but SQLite's companions (a read may create them) and
+    the lock."""
+    return sorted(
+        p.name for p in directory.rglob("*") if not p.name.endswith(("-wal", "-shm", ".lock"))
+    )
+
+
+async def test_dry_run_changes_nothing(single: Config) -> None:
+    before = _databases(single.store_path.parent)
+    outcome = migrate(with_owners(single, 2), dry_run=True)
+    assert outcome.plan is not None
+    assert len(outcome.plan.targets()) == 48
+    assert _databases(single.store_path.parent) == before
