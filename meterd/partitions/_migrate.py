@@ -391,8 +391,8 @@ def check_layout(config: Config) -> None:
         else f"[partitions] owners = 0 asks for {wanted.describe()}"
     )
     raise LayoutMismatch(
-        f"found {found.describe()} but {asks}: stop meterd and run `{command}` to move the"
-        " data (or change [partitions] back)"
+        f"found {found.describe()} but {asks}: run `{command}` (with meterd stopped) to move"
+        " the data, or set [partitions] back"
     )
 
 

@@ -231,3 +231,20 @@ def copy_tree(src: Path, dst: Path) -> None:
 
 
 Failer = Callable[[str], None]
+
+
+def populated_template(where: Path, n: int) -> Path:
+    """A directory with a populated single store (``var/``) under ``where``, made once and
+    copied by each test (:func:`copy_of`)."""
+    import trio
+
+    if not (where / "var").exists():
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            trio.run(populate, write_config(where, owners=0), n, monkeypatch)
+    return where
+
+
+def copy_of(template: Path, where: Path, owners: int = 0) -> Config:
+    """A copy of ``template``'s files in ``where``, with a config of ``owners``."""
+    shutil.copytree(template / "var", where / "var")
+    return write_config(where, owners)

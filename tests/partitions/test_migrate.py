@@ -3,7 +3,6 @@ shards -> single, re-partition; crashes at every step; the daemon's refusal at s
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from tests.partitions.migrate_data import (
     accounts_in,
     accounts_of,
     contents,
-    populate,
+    copy_of,
+    populated_template,
     references_hold,
     usage,
     write_config,
@@ -37,11 +37,22 @@ def _exists(path: Path | str) -> bool:
     return Path(path).exists()
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return populated_template(tmp_path_factory.mktemp("template"), N)
+
+
 @pytest.fixture
-async def single(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
-    config = write_config(tmp_path, owners=0)
-    await populate(config, N, monkeypatch)
-    return config
+def single(template: Path, tmp_path: Path) -> Config:
+    return copy_of(template, tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def split_reference(template: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """What a migration of the template to 16 shards, never interrupted, gives."""
+    config = copy_of(template, tmp_path_factory.mktemp("reference"), owners=2)
+    migrate(config)
+    return contents(config, with_ids=True)
 
 
 def with_owners(config: Config, owners: int, count: int = 256, shard_size: int = 16) -> Config:
@@ -123,15 +134,10 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("step", STEPS)
-async def test_a_crash_at_any_step_then_a_rerun_gives_the_same_result(
-    single: Config, tmp_path: Path, step: str
+def test_a_crash_at_any_step_then_a_rerun_gives_the_same_result(
+    single: Config, split_reference: object, step: str
 ) -> None:
-    reference_dir = tmp_path / "reference"
-    shutil.copytree(single.path.parent / "var", reference_dir / "var")
-    reference = write_config(reference_dir, owners=2)
-    migrate(reference)
-    expected = contents(reference, with_ids=True)
-
+    expected = split_reference
     sharded = with_owners(single, 2)
 
     def fail(at: str) -> None:
@@ -157,7 +163,7 @@ async def test_the_daemon_refuses_a_layout_that_does_not_match(single: Config) -
         f"found the single-file store {single.store_path} but [partitions] owners = 2,"
         f" count = 256, shard_size = 16 asks for 16 shard files in"
         f" {single.store_path.with_suffix('.shards')}/ (partitions count 256, shard_size 16):"
-        f" stop meterd and run `{command}` to move the data (or change [partitions] back)"
+        f" run `{command}` (with meterd stopped) to move the data, or set [partitions] back"
     )
     migrate(with_owners(single, 2))
     with pytest.raises(LayoutMismatch, match=r"found 16 shard files .* owners = 0 asks for the"
