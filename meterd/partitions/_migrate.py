@@ -86,6 +86,8 @@ __all__ = [
     "layout_lock",
     "migrate",
     "plan_migration",
+    "tables_doc",
+    "undeclared_tables",
 ]
 
 log = structlog.get_logger("meterd.partitions")
@@ -140,11 +142,11 @@ _RESTART_ACCOUNT: Final = "meterd_path_account(t.path)"
 TABLES: Final[tuple[Table, ...]] = (
     Table("store", "event_batches", "account", "the journal", "t.account", "batch_id",
           "received_at"),
-    Table("store", "journal_index", "account", "the journal's index (caught up first)",
+    Table("store", "journal_index", "account", "the journal's index, caught up first",
           "t.account", refs=(("batch_id", "event_batches"),)),
     Table("store", "journal_slices", "rebuilt",
-          "every slice indexed up to the target's last batch (the sources are caught up)"),
-    Table("store", "dedupe", "account", "by the account of the batch the row points at",
+          "every slice indexed up to the file's last batch: the sources are caught up"),
+    Table("store", "dedupe", "account", "the account of the batch the row points at",
           "(SELECT b.account FROM src.event_batches b WHERE b.batch_id = t.batch_id)",
           refs=(("batch_id", "event_batches"),)),
     Table("store", "dedupe_overflow", "account", "", "t.account",
@@ -156,17 +158,17 @@ TABLES: Final[tuple[Table, ...]] = (
     Table("store", "audit", "account", "duplicates and rejections", "t.account", "audit_id",
           "received_at", refs=(("batch_id", "event_batches"),)),
     Table("store", "restarts", "account",
-          "an account's actor (root/accounts/meters/ACCOUNT) to its account's target, every"
-          " other node's history to the first target", _RESTART_ACCOUNT, "restart_id", "at"),
+          "a meter actor's (`root/accounts/meters/ACCOUNT`); every other node's history to"
+          " the first file", _RESTART_ACCOUNT, "restart_id", "at"),
     Table("store", "store_meta", "every",
-          "the dedupe horizon (the largest of the sources'); the layout rows are written new",
+          "the dedupe horizon, the largest of the sources'; the layout rows are written new",
           merge="max"),
     Table("store", "alert_outbox", "account", "", "t.account", "seq", "created_at",
           refs=(("batch_id", "event_batches"),)),
     Table("billing", "adjustments", "account", "", "t.account", "id", "made_at"),
     Table("billing", "voids", "account", "", "t.account", "id", "made_at"),
-    Table("billing", "closures", "every", "a closed month is closed for every account"
-          " (its `seen` lowered when merging)"),
+    Table("billing", "closures", "every", "a closed month is closed for every account,"
+          " its `seen` lowered when merging"),
     Table("billing", "closed_invoices", "account", "", "t.account"),
     Table("billing", "restatements", "account", "", "t.account", "id", "made_at"),
     Table("deliveries", "deliveries", "account", "", "t.account",
@@ -176,23 +178,27 @@ TABLES: Final[tuple[Table, ...]] = (
 )  # fmt: skip
 
 
-def _table_doc() -> str:
+def tables_doc() -> str:
+    """Where each table goes, one line per table of :data:`TABLES` (Markdown; the module
+    doc ends with it, and docs/partitions.md holds it between its markers)."""
     lines = []
     for table in TABLES:
         where = {
-            "account": "its account's target",
-            "every": "every target",
+            "account": "to its account's file",
+            "every": "to every file",
             "rebuilt": "rebuilt",
         }[table.placement]
-        extra = f" ({table.why})" if table.why else ""
-        ids = f"; ids ``{table.renumber}`` given again when merging" if table.renumber else ""
-        ids += "".join(f"; ``{c}`` follows ``{t}``'s ids" for c, t in table.refs)
-        ids += "".join(f"; ``{c}`` follows the account's journal batches" for c in table.marks)
-        lines.append(f"* ``{table.database}.{table.name}``: {where}{extra}{ids}")
+        notes = [table.why] if table.why else []
+        if table.renumber:
+            notes.append(f"`{table.renumber}` given again when merging")
+        notes += [f"`{c}` follows `{t}`" for c, t in table.refs]
+        notes += [f"`{c}` follows the account's journal batches" for c in table.marks]
+        extra = f": {'; '.join(notes)}" if notes else ""
+        lines.append(f"* `{table.database}.{table.name}` {where}{extra}")
     return "\n".join(lines) + "\n"
 
 
-__doc__ = (__doc__ or "") + _table_doc()
+__doc__ = (__doc__ or "") + tables_doc()
 
 
 # -- layouts ------------------------------------------------------------------------------
@@ -521,6 +527,29 @@ def _remove_sqlite(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def undeclared_tables(files: FileSet) -> dict[str, list[str]]:
+    """The tables of ``files`` that :data:`TABLES` does not place, by database (SQLite's
+    own excepted)."""
+    out: dict[str, list[str]] = {}
+    for database in ("store", "billing", "deliveries"):
+        path: Path = getattr(files, database)
+        if not path.exists():
+            continue
+        declared = {t.name for t in TABLES if t.database == database}
+        with closing(_ro(path)) as conn:
+            names = [
+                str(name)
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_schema WHERE type = 'table'"
+                    " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+                if name not in declared
+            ]
+        if names:
+            out[database] = names
+    return out
+
+
 def _prepare_sources(found: Layout, config: Config) -> None:
     """Bring every source to the latest schemas, its journal index caught up."""
     from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
@@ -546,6 +575,12 @@ def _prepare_sources(found: Layout, config: Config) -> None:
             with closing(sqlite3.connect(files.deliveries, isolation_level=None)) as conn:
                 for statement in DELIVERIES_SCHEMA:
                     conn.execute(statement)
+        unknown = undeclared_tables(files)
+        if unknown:
+            raise MigrationError(
+                f"{files.store.parent}: tables {unknown} are not known to this meterd's"
+                " migration (a newer meterd wrote them?): upgrade meterd; nothing was moved"
+            )
 
 
 class _Ids:

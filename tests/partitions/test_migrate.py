@@ -8,17 +8,24 @@ from pathlib import Path
 
 import pytest
 
+from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
+from meterd.billing._db import _open as BillingDB_open
 from meterd.config import Config
 from meterd.partitions import shard_of
 from meterd.partitions._migrate import (
     ASIDE,
+    TABLES,
     LayoutMismatch,
     MigrationError,
     check_layout,
+    expected_layout,
     found_layout,
     layout_lock,
     migrate,
+    tables_doc,
+    undeclared_tables,
 )
+from meterd.store import schema
 from tests.partitions.migrate_data import (
     accounts_in,
     accounts_of,
@@ -205,3 +212,32 @@ async def test_dry_run_changes_nothing(single: Config) -> None:
     assert outcome.plan is not None
     assert len(outcome.plan.targets()) == 48
     assert _databases(single.store_path.parent) == before
+
+
+def test_the_docs_list_where_each_table_goes_as_declared() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "partitions.md").read_text()
+    start, end = "<!-- migrate-tables -->\n", "<!-- /migrate-tables -->"
+    listed = text[text.index(start) + len(start) : text.index(end)]
+    assert listed == tables_doc(), (
+        "docs/partitions.md is out of date: put meterd.partitions._migrate.tables_doc()"
+        " between its migrate-tables markers"
+    )
+
+
+def test_every_table_of_the_schemas_is_declared(tmp_path: Path) -> None:
+    """A table added to a schema one day must say where it goes (the migration refuses a
+    table it does not know)."""
+    config = write_config(tmp_path, owners=0)
+    for files in expected_layout(config).files:
+        assert undeclared_tables(files) == {}
+        schema.open_database(files.store).close()
+        BillingDB_open(files.billing).close()
+        conn = sqlite3.connect(files.deliveries)
+        for statement in DELIVERIES_SCHEMA:
+            conn.execute(statement)
+        conn.close()
+        assert undeclared_tables(files) == {}
+        with sqlite3.connect(files.store) as conn:
+            conn.execute("CREATE TABLE novel (x)")
+        assert undeclared_tables(files) == {"store": ["novel"]}
+    assert {t.database for t in TABLES} == {"store", "billing", "deliveries"}
