@@ -129,7 +129,7 @@ class Table:
     name: str
     placement: Placement
     why: str
-    account: str | None = None
+    account: str | None = None  # "t.account", "batch" (its batch_id's) or an SQL expression
     renumber: str | None = None
     order: str | None = None
     refs: tuple[tuple[str, str], ...] = ()
@@ -138,6 +138,7 @@ class Table:
 
 
 _RESTART_ACCOUNT: Final = "meterd_path_account(t.path)"
+_BY_BATCH: Final = "batch"  # the account of the row's journal batch (its batch_id)
 
 TABLES: Final[tuple[Table, ...]] = (
     Table("store", "event_batches", "account", "the journal", "t.account", "batch_id",
@@ -147,7 +148,7 @@ TABLES: Final[tuple[Table, ...]] = (
     Table("store", "journal_slices", "rebuilt",
           "every slice indexed up to the file's last batch: the sources are caught up"),
     Table("store", "dedupe", "account", "the account of the batch the row points at",
-          "(SELECT b.account FROM src.event_batches b WHERE b.batch_id = t.batch_id)",
+          _BY_BATCH,
           refs=(("batch_id", "event_batches"),)),
     Table("store", "dedupe_overflow", "account", "", "t.account",
           refs=(("batch_id", "event_batches"),)),
@@ -584,21 +585,21 @@ def _prepare_sources(found: Layout, config: Config) -> None:
 
 
 class _Ids:
-    """Old -> new ids per renumbered table, when several sources are merged (a scratch
-    SQLite file attached to each target's connection as ``ids``)."""
+    """A scratch SQLite file attached to each target's connection as ``ids``: the target
+    of each account (``targets``) and of each journal batch (``batches``), computed once,
+    and, when several sources are merged, old -> new ids per renumbered table."""
 
-    def __init__(self, path: Path, sources: Sequence[FileSet]) -> None:
+    def __init__(self, path: Path, sources: Sequence[FileSet], place: Callable[[str], int]) -> None:
         self.path = path
         _remove_sqlite(path)
         self.merging = len(sources) > 1
-        if not self.merging:
-            return
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute("BEGIN")
+            self._targets(conn, sources, place)
             for table in TABLES:
-                if table.renumber is None:
+                if table.renumber is None or not self.merging:
                     continue
                 conn.execute(
                     f"CREATE TABLE {table.name} (src INTEGER, old INTEGER, new INTEGER,"
@@ -611,6 +612,43 @@ class _Ids:
                     ((src, old, new) for new, (_, src, old) in enumerate(merged, start=1)),
                 )
             conn.execute("COMMIT")
+
+    @staticmethod
+    def _targets(
+        conn: sqlite3.Connection, sources: Sequence[FileSet], place: Callable[[str], int]
+    ) -> None:
+        conn.execute(
+            "CREATE TABLE targets (target INTEGER, account TEXT, PRIMARY KEY (target, account))"
+            " WITHOUT ROWID"
+        )
+        conn.execute(
+            "CREATE TABLE batches (src INTEGER, target INTEGER, batch_id INTEGER,"
+            " PRIMARY KEY (src, target, batch_id)) WITHOUT ROWID"
+        )
+        known: dict[str, int] = {}
+        for number, files in enumerate(sources):
+            for table in TABLES:
+                path: Path = getattr(files, table.database)
+                if table.account != "t.account" or not path.exists():
+                    continue
+                with closing(_ro(path)) as src:
+                    for (account,) in src.execute(f"SELECT DISTINCT account FROM {table.name}"):
+                        if account not in known:
+                            known[account] = place(account)
+                    if table.name == "event_batches":
+                        conn.executemany(
+                            "INSERT INTO batches (src, target, batch_id) VALUES (?, ?, ?)",
+                            (
+                                (number, known[account], batch_id)
+                                for batch_id, account in src.execute(
+                                    "SELECT batch_id, account FROM event_batches"
+                                )
+                            ),
+                        )
+        conn.executemany(
+            "INSERT INTO targets (target, account) VALUES (?, ?)",
+            sorted((target, account) for account, target in known.items()),
+        )
 
     @staticmethod
     def _ids(files: FileSet, table: Table, number: int) -> Iterator[tuple[int, int, int]]:
@@ -679,7 +717,12 @@ def _select(table: Table, columns: Sequence[str], ids: _Ids) -> str:
 def _copy_account_table(conn: sqlite3.Connection, build: _Build, table: Table, src: int) -> None:
     columns = _columns(conn, table.name)
     names = ", ".join(columns)
-    where = f"meterd_target({table.account}) = ?2"
+    if table.account == "t.account":
+        where = "t.account IN (SELECT account FROM ids.targets WHERE target = ?2)"
+    elif table.account == _BY_BATCH:
+        where = "t.batch_id IN (SELECT batch_id FROM ids.batches WHERE src = ?1 AND target = ?2)"
+    else:
+        where = f"meterd_target({table.account}) = ?2"
     if table.name == "restarts":
         where = f"coalesce(meterd_target({table.account}), ?3) = ?2"
     sql = (
@@ -822,7 +865,8 @@ def _build_billing(build: _Build, path: Path) -> None:
             table = next(t for t in TABLES if t.name == "restatements")
             rows = conn.execute(
                 f"SELECT {_select(table, columns, build.ids)} FROM src.restatements t"
-                " WHERE meterd_target(t.account) = ?2 ORDER BY t.id",
+                " WHERE t.account IN (SELECT account FROM ids.targets WHERE target = ?2)"
+                " ORDER BY t.id",
                 (number, build.index),
             ).fetchall()
             seen_at = columns.index("seen")
@@ -925,19 +969,17 @@ def _fsync_file(path: Path) -> None:
 
 def _build_targets(plan: Plan, config: Config, fail: Callable[[str], None]) -> None:
     sources = plan.found.files
-    ids = _Ids(Path(f"{config.store_path}.migration-ids"), sources)
+    wanted = plan.wanted
+    parts = config.partitions
+
+    def target_of(account: str) -> int:
+        return shard_of(account, parts) if wanted.kind == "shards" else 0
+
+    def place(account: str | None) -> int | None:
+        return None if account is None else target_of(account)
+
+    ids = _Ids(Path(f"{config.store_path}.migration-ids"), sources, target_of)
     try:
-        wanted = plan.wanted
-        if wanted.kind == "shards":
-            parts = config.partitions
-
-            def place(account: str | None) -> int | None:
-                return None if account is None else shard_of(account, parts)
-        else:
-
-            def place(account: str | None) -> int | None:
-                return None if account is None else 0
-
         for index, target in enumerate(wanted.files):
             build = _Build(target, index, sources, place, ids, index == 0)
             for path in target.all():
