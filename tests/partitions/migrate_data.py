@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -244,7 +244,14 @@ def populated_template(where: Path, n: int) -> Path:
     return where
 
 
-def copy_of(template: Path, where: Path, owners: int = 0) -> Config:
-    """A copy of ``template``'s files in ``where``, with a config of ``owners``."""
+SMALL: Final = (64, 16)
+"""A layout of 4 shards (count, shard_size): the crash tests' (fewer files to fsync)."""
+
+
+def copy_of(
+    template: Path, where: Path, owners: int = 0, layout: tuple[int, int] = (256, 16)
+) -> Config:
+    """A copy of ``template``'s files in ``where``, with a config of ``owners`` and the
+    partitions ``layout`` (count, shard_size)."""
     shutil.copytree(template / "var", where / "var")
-    return write_config(where, owners)
+    return write_config(where, owners, *layout)

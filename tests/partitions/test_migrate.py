@@ -27,6 +27,7 @@ from meterd.partitions._migrate import (
 )
 from meterd.store import schema
 from tests.partitions.migrate_data import (
+    SMALL,
     accounts_in,
     accounts_of,
     contents,
@@ -56,8 +57,8 @@ def single(template: Path, tmp_path: Path) -> Config:
 
 @pytest.fixture(scope="module")
 def split_reference(template: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
-    """What a migration of the template to 16 shards, never interrupted, gives."""
-    config = copy_of(template, tmp_path_factory.mktemp("reference"), owners=2)
+    """What a migration of the template to 4 shards, never interrupted, gives."""
+    config = copy_of(template, tmp_path_factory.mktemp("reference"), 2, SMALL)
     migrate(config)
     return contents(config, with_ids=True)
 
@@ -105,7 +106,7 @@ async def test_single_to_shards_puts_each_account_in_its_shard_only(single: Conf
 async def test_round_trip_single_shards_single_is_equal(single: Config) -> None:
     before = contents(single)
     usage_before = await usage(single, single.store_path, accounts_of(N))
-    migrate(with_owners(single, 3))
+    migrate(with_owners(single, 3, 48, 16))  # 3 shards
     back = with_owners(single, 0)
     migrate(back)
     assert found_layout(back).kind == "single"
@@ -117,11 +118,11 @@ async def test_round_trip_single_shards_single_is_equal(single: Config) -> None:
 async def test_repartition_moves_accounts_between_shard_layouts(single: Config) -> None:
     before = contents(single)
     usage_before = await usage(single, single.store_path, accounts_of(N))
-    migrate(with_owners(single, 1, 256, 16))
-    other = with_owners(single, 1, 64, 8)  # 8 shards
+    migrate(with_owners(single, 1, *SMALL))  # 4 shards
+    other = with_owners(single, 1, 16, 8)  # 2 shards, accounts moved
     migrate(other)
     layout = found_layout(other)
-    assert (layout.count, layout.shard_size, len(layout.files)) == (64, 8, 8)
+    assert (layout.count, layout.shard_size, len(layout.files)) == (16, 8, 2)
     assert contents(other) == before
     usage_after: dict[str, object] = {}
     for files in layout.files:
@@ -132,8 +133,8 @@ async def test_repartition_moves_accounts_between_shard_layouts(single: Config) 
     assert usage_after == usage_before
 
 
-STEPS = ["prepared", "planned", "store 0", "target 0", "target 5", "built", "placed 0",
-         "placed 20", "aside 0", "aside 1"]  # fmt: skip
+STEPS = ["prepared", "planned", "store 0", "target 2", "built", "placed 0", "placed 7",
+         "aside 0", "aside 2"]  # fmt: skip
 
 
 class Crash(Exception):
@@ -145,7 +146,7 @@ def test_a_crash_at_any_step_then_a_rerun_gives_the_same_result(
     single: Config, split_reference: object, step: str
 ) -> None:
     expected = split_reference
-    sharded = with_owners(single, 2)
+    sharded = with_owners(single, 2, *SMALL)
 
     def fail(at: str) -> None:
         if at == step:

@@ -12,7 +12,7 @@ import pytest
 
 from meterd.config import Config
 from meterd.partitions._migrate import check_layout, migrate
-from tests.partitions.migrate_data import contents, copy_of, populated_template
+from tests.partitions.migrate_data import SMALL, contents, copy_of, populated_template
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +28,10 @@ def migrate_and_die(config: Config, *args: str) -> int:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
-    """A populated single store and the contents its migration to 16 shards gives (from a
+    """A populated single store and the contents its migration to 4 shards gives (from a
     copy, never interrupted)."""
     template = populated_template(tmp_path_factory.mktemp("template"), 20)
-    reference = copy_of(template, tmp_path_factory.mktemp("reference"), owners=2)
+    reference = copy_of(template, tmp_path_factory.mktemp("reference"), 2, SMALL)
     migrate(reference)
     return template, dict(contents(reference, with_ids=True))
 
@@ -43,14 +43,14 @@ def rerun_gives_the_reference(config: Config, expected: dict[str, object]) -> No
 
 
 def fresh(prepared: tuple[Path, dict[str, object]], where: Path) -> Config:
-    return copy_of(prepared[0], where, owners=2)
+    return copy_of(prepared[0], where, 2, SMALL)
 
 
 def test_kill9_at_a_step_then_rerun(
     prepared: tuple[Path, dict[str, object]], tmp_path: Path
 ) -> None:
     config = fresh(prepared, tmp_path / "run")
-    assert migrate_and_die(config, "--step", "target 7") == -9
+    assert migrate_and_die(config, "--step", "target 1") == -9
     rerun_gives_the_reference(config, prepared[1])
 
 
@@ -58,18 +58,17 @@ def test_kill9_at_a_random_moment_then_rerun(
     prepared: tuple[Path, dict[str, object]], tmp_path: Path
 ) -> None:
     rng = random.Random(15)
-    for n in range(2):
-        config = fresh(prepared, tmp_path / f"run{n}")
-        migrate_and_die(config, "--after", f"{rng.uniform(0.0, 0.6):.3f}")
-        rerun_gives_the_reference(config, prepared[1])
+    config = fresh(prepared, tmp_path / "run")
+    migrate_and_die(config, "--after", f"{rng.uniform(0.0, 0.6):.3f}")
+    rerun_gives_the_reference(config, prepared[1])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
 @pytest.mark.parametrize(
     "step",
-    ["prepared", "planned", "store 0", "target 0", "target 15", "built", "placed 0",
-     "placed 1", "placed 47", "aside 0", "aside 2"],
+    ["prepared", "planned", "store 0", "target 0", "target 3", "built", "placed 0",
+     "placed 1", "placed 11", "aside 0", "aside 2"],
 )  # fmt: skip
 def test_kill9_at_every_step_then_rerun(
     prepared: tuple[Path, dict[str, object]], tmp_path: Path, step: str
