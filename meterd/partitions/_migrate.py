@@ -737,11 +737,12 @@ def _copy_account_table(conn: sqlite3.Connection, build: _Build, table: Table, s
     try:
         conn.execute(sql, args)
     except sqlite3.IntegrityError as exc:
+        source: Path = getattr(build.sources[src], table.database)
         raise MigrationError(
-            f"{table.database} table {table.name}: rows of {build.sources[src].store.parent}"
-            f" collide with another source's in {getattr(build.target, table.database)}"
-            f" ({exc}); the files are untouched: report this (the sources hold rows that"
-            " cannot share one file)"
+            f"{table.database} table {table.name}: a row of {source} collides with another"
+            f" file's in {getattr(build.target, table.database)} ({exc}), so they cannot"
+            " share one file; nothing was moved (the files are as they were): keep the"
+            " current [partitions] layout and report this"
         ) from exc
 
 
@@ -1101,7 +1102,14 @@ def migrate(
         fail("prepared")
         _write_atomically(plan_file, planned.to_json())
         fail("planned")
-        _build_targets(planned, config, fail)
+        try:
+            _build_targets(planned, config, fail)
+        except MigrationError:  # refused, not interrupted: leave no trace of the attempt
+            for path in planned.targets():
+                _remove_sqlite(_building(path))
+            plan_file.unlink()
+            _fsync_dir(plan_file.parent)
+            raise
         doc = json.loads(planned.to_json())
         doc["state"] = "built"
         _write_atomically(plan_file, json.dumps(doc, indent=1).encode())

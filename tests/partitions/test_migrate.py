@@ -242,3 +242,27 @@ def test_every_table_of_the_schemas_is_declared(tmp_path: Path) -> None:
             conn.execute("CREATE TABLE novel (x)")
         assert undeclared_tables(files) == {"store": ["novel"]}
     assert {t.database for t in TABLES} == {"store", "billing", "deliveries"}
+
+
+def test_rows_that_cannot_share_a_file_stop_a_merge_before_anything_moves(
+    single: Config,
+) -> None:
+    """Two shards holding the same ``dedupe`` key (63 bits of different accounts: never
+    seen, but a merge must not lose one) refuse the merge and leave the shards in use."""
+    sharded = with_owners(single, 2, *SMALL)
+    migrate(sharded)
+    shards = found_layout(sharded).files
+    with sqlite3.connect(shards[1].store) as conn:
+        (key, batch, fingerprint, time_s) = conn.execute(
+            "SELECT key, batch_id, fingerprint, time_s FROM dedupe LIMIT 1"
+        ).fetchone()
+    with sqlite3.connect(shards[0].store) as conn:
+        (batch,) = conn.execute("SELECT max(batch_id) FROM event_batches").fetchone()
+        conn.execute("INSERT INTO dedupe VALUES (?, ?, ?, ?)", (key, batch, fingerprint, time_s))
+    before = contents(sharded, with_ids=True)
+    back = with_owners(single, 0)
+    with pytest.raises(MigrationError, match=r"store table dedupe: a row of .* collides"):
+        migrate(back)
+    assert contents(sharded, with_ids=True) == before
+    assert [p.name for p in single.store_path.parent.rglob("*migrat*")] == []
+    check_layout(sharded)  # the shards still start
