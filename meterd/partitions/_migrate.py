@@ -274,8 +274,10 @@ def _ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
 
 
-def _has_rows(path: Path, tables: Sequence[str]) -> bool:
-    """Whether the SQLite file at ``path`` holds a row in any of ``tables`` that it has."""
+def _has_rows(path: Path, tables: Sequence[str], *, strict: bool = True) -> bool:
+    """Whether the SQLite file at ``path`` holds a row in any of ``tables`` that it has
+    (a file that cannot be read: an error if ``strict``, else False, and whoever opens it
+    next says what is wrong with it)."""
     if not path.exists() or path.stat().st_size == 0:
         return False
     try:
@@ -287,6 +289,8 @@ def _has_rows(path: Path, tables: Sequence[str]) -> bool:
                 if t in names
             )
     except sqlite3.Error as exc:
+        if not strict:
+            return False
         raise MigrationError(f"cannot read {path}: {exc}; is it a meterd database?") from exc
 
 
@@ -308,11 +312,13 @@ def _shard_meta(path: Path) -> dict[str, int]:
     return {str(name): int(value) for name, value in rows}
 
 
-def found_layout(config: Config) -> Layout:
+def found_layout(config: Config, *, strict: bool = True) -> Layout:
     """The layout of the files on disk (``empty`` when nothing is stored).
 
     Raises :class:`MigrationError` for files that are in no layout (shard files of
-    different layouts, or both a single store with data and shard files)."""
+    different layouts, or both a single store with data and shard files). ``strict=False``
+    (the daemon's start): a single store or billing file that cannot be read counts as
+    holding no data here, so the store's own opening reports what is wrong with it."""
     directory = shards_directory(config)
     shards: list[tuple[int, Path]] = []
     if directory.is_dir():
@@ -321,8 +327,8 @@ def found_layout(config: Config) -> Layout:
             if matched:
                 shards.append((int(matched[1]), entry))
     single = single_files(config)
-    single_data = _has_rows(single.store, _data_tables("store")) or _has_rows(
-        single.billing, _data_tables("billing")
+    single_data = _has_rows(single.store, _data_tables("store"), strict=strict) or _has_rows(
+        single.billing, _data_tables("billing"), strict=strict
     )
     if shards:
         layouts = set()
@@ -382,7 +388,7 @@ def check_layout(config: Config) -> None:
             " to finish it before starting meterd"
         )
     try:
-        found = found_layout(config)
+        found = found_layout(config, strict=False)
     except LayoutMismatch:
         raise
     except MigrationError as error:
@@ -1057,6 +1063,11 @@ class Outcome:
         if self.plan is None:
             return ["the files are already in the layout the config asks; nothing to do"]
         p = self.plan
+        if dry and self.resumed:
+            return [
+                f"a migration of {p.found.describe()} to {p.wanted.describe()} is unfinished:"
+                " run the command without --dry-run to finish it"
+            ]
         verb = "would move" if dry else ("finished moving" if self.resumed else "moved")
         out = [f"{verb} {p.found.describe()} to {p.wanted.describe()}"]
         out += [f"  write {t}" for t in p.targets()]
