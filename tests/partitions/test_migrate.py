@@ -25,6 +25,7 @@ from meterd.partitions._migrate import (
     tables_doc,
     undeclared_tables,
 )
+from meterd.startup import StartupFailed, hold_store
 from meterd.store import schema
 from tests.partitions.migrate_data import (
     SMALL,
@@ -266,3 +267,18 @@ def test_rows_that_cannot_share_a_file_stop_a_merge_before_anything_moves(
     assert contents(sharded, with_ids=True) == before
     assert [p.name for p in single.store_path.parent.rglob("*migrat*")] == []
     check_layout(sharded)  # the shards still start
+
+
+def test_the_daemon_refuses_to_start_while_a_migration_runs(single: Config) -> None:
+    with (
+        layout_lock(single, exclusive=True),
+        pytest.raises(
+            StartupFailed,
+            match=r"^store.path .*: meterd migrate partitions is using the store .*: wait for"
+            r" it to finish$",
+        ),
+        hold_store(single),
+    ):
+        pass
+    with hold_store(single), hold_store(single):  # daemons share it
+        pass
