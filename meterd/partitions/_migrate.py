@@ -139,9 +139,10 @@ class Table:
 
 _RESTART_ACCOUNT: Final = "meterd_path_account(t.path)"
 _BY_BATCH: Final = "batch"  # the account of the row's journal batch (its batch_id)
+# (event_batches too: its rows are then found by rowid, not by reading the whole journal)
 
 TABLES: Final[tuple[Table, ...]] = (
-    Table("store", "event_batches", "account", "the journal", "t.account", "batch_id",
+    Table("store", "event_batches", "account", "the journal", _BY_BATCH, "batch_id",
           "received_at"),
     Table("store", "journal_index", "account", "the journal's index, caught up first",
           "t.account", refs=(("batch_id", "event_batches"),)),
@@ -635,7 +636,8 @@ class _Ids:
         for number, files in enumerate(sources):
             for table in TABLES:
                 path: Path = getattr(files, table.database)
-                if table.account != "t.account" or not path.exists():
+                by_account = table.account == "t.account" or table.name == "event_batches"
+                if not by_account or not path.exists():
                     continue
                 with closing(_ro(path)) as src:
                     for (account,) in src.execute(f"SELECT DISTINCT account FROM {table.name}"):

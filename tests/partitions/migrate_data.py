@@ -184,7 +184,9 @@ def accounts_in(path: Path) -> set[str]:
     try:
         found: set[str] = set()
         for table in TABLES:
-            if table.database == "store" and table.account == "t.account":
+            if table.database == "store" and (
+                table.account == "t.account" or table.name == "event_batches"
+            ):
                 found |= {a for (a,) in conn.execute(f"SELECT account FROM {table.name}")}
         return found
     finally:
