@@ -3,6 +3,7 @@ shards -> single, re-partition; crashes at every step; the daemon's refusal at s
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -282,3 +283,32 @@ def test_the_daemon_refuses_to_start_while_a_migration_runs(single: Config) -> N
         pass
     with hold_store(single), hold_store(single):  # daemons share it
         pass
+
+
+@pytest.mark.parametrize("step", ["planned", "built", "placed 0", "placed 4", "aside 8"])
+def test_a_crash_while_repartitioning_onto_the_same_names_then_a_rerun(
+    single: Config, tmp_path: Path, step: str
+) -> None:
+    """4 shards -> 2: the new shard-000 and shard-001 files take the names of old ones,
+    which go aside first; a crash between any two renames is finished by a rerun."""
+    migrate(with_owners(single, 1, *SMALL))
+    reference = tmp_path / "reference"
+    shutil.copytree(single.store_path.parent, reference / "var")
+    expected_config = write_config(reference, 1, 16, 8)
+    migrate(expected_config)
+    expected = contents(expected_config, with_ids=True)
+
+    two = with_owners(single, 1, 16, 8)
+
+    def fail(at: str) -> None:
+        if at == step:
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        migrate(two, fail=fail)
+    migrate(two)
+    check_layout(two)
+    assert contents(two, with_ids=True) == expected
+    kept = sorted(p.name for p in two.store_path.with_suffix(".shards").glob(f"*{ASIDE}"))
+    assert "shard-000.sqlite3.pre-partitions" in kept
+    assert len([n for n in kept if n.endswith(".sqlite3" + ASIDE)]) == 12  # 4 x 3 files
