@@ -86,6 +86,7 @@ __all__ = [
     "layout_lock",
     "migrate",
     "plan_migration",
+    "record_layout",
     "tables_doc",
     "undeclared_tables",
 ]
@@ -335,13 +336,29 @@ def found_layout(config: Config, *, strict: bool = True) -> Layout:
         layouts = set()
         for number, path in shards:
             meta = _shard_meta(path)
+            if not meta:
+                continue  # a store created by an owner that did not record_layout()
             if set(meta) != set(LAYOUT_META) or meta[META_SHARD] != number:
                 raise MigrationError(
-                    f"shard file {path} does not record its layout ({meta or 'nothing'} in"
-                    " store_meta): it was not written by meterd migrate; move it out of"
-                    f" {directory}"
+                    f"shard file {path} records the layout {meta} in store_meta, not one of"
+                    f" shard {number}: it was moved or renamed by hand; put back the files"
+                    f" meterd wrote in {directory}"
                 )
             layouts.add((meta[META_COUNT], meta[META_SHARD_SIZE]))
+        if not layouts:
+            parts = config.partitions
+            if len(shards) != parts.shards:
+                raise MigrationError(
+                    f"the {len(shards)} shard files in {directory} record no layout, and"
+                    f" [partitions] asks for {parts.shards} shards: set [partitions] back to"
+                    " the count and shard_size they were written with"
+                )
+            log.warning(
+                "shard_layout_unrecorded",
+                directory=str(directory),
+                assumed=f"count {parts.count}, shard_size {parts.shard_size}",
+            )
+            layouts.add((parts.count, parts.shard_size))
         if len(layouts) > 1:
             raise MigrationError(
                 f"the shard files in {directory} are of different layouts"
@@ -377,6 +394,24 @@ def found_layout(config: Config, *, strict: bool = True) -> Layout:
     if single_data:
         return Layout("single", (single,))
     return Layout("empty", ())
+
+
+def record_layout(conn: sqlite3.Connection, config: Config, shard: int) -> None:
+    """Record in a shard's store (``conn``: its writer's connection, outside a transaction)
+    the layout it belongs to, as :func:`migrate` does for the files it writes: whoever
+    creates a shard's store calls it, so a later change of ``count`` or ``shard_size`` is
+    refused at start instead of reading accounts from the wrong files."""
+    parts = config.partitions
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        schema.write_meta(conn, META_COUNT, parts.count)
+        schema.write_meta(conn, META_SHARD_SIZE, parts.shard_size)
+        schema.write_meta(conn, META_SHARD, shard)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def check_layout(config: Config) -> None:
@@ -450,9 +485,6 @@ class Plan:
     found: Layout
     wanted: Layout
     aside: dict[str, str]  # source file -> its name aside
-
-    def sources(self) -> list[Path]:
-        return [p for f in self.found.files for p in f.all()]
 
     def targets(self) -> list[Path]:
         return [p for f in self.wanted.files for p in f.all()]
@@ -675,12 +707,6 @@ class _Ids:
             )
             for order, old in rows:
                 yield int(order), number, int(old)
-
-    def new(self, conn: sqlite3.Connection, table: str, src: int, old: int) -> int:
-        row = conn.execute(
-            f"SELECT new FROM ids.{table} WHERE src = ? AND old = ?", (src, old)
-        ).fetchone()
-        return int(row[0]) if row is not None else 0
 
     def close(self) -> None:
         _remove_sqlite(self.path)

@@ -23,6 +23,7 @@ from meterd.partitions._migrate import (
     found_layout,
     layout_lock,
     migrate,
+    record_layout,
     tables_doc,
     undeclared_tables,
 )
@@ -312,3 +313,22 @@ def test_a_crash_while_repartitioning_onto_the_same_names_then_a_rerun(
     kept = sorted(p.name for p in two.store_path.with_suffix(".shards").glob(f"*{ASIDE}"))
     assert "shard-000.sqlite3.pre-partitions" in kept
     assert len([n for n in kept if n.endswith(".sqlite3" + ASIDE)]) == 12  # 4 x 3 files
+
+
+def test_shard_stores_an_owner_created_are_taken_for_the_configs_layout(tmp_path: Path) -> None:
+    """Shard files without a recorded layout (created by an owner process) pass the start
+    when their number matches; record_layout() makes a change of count visible."""
+    config = write_config(tmp_path, 2, *SMALL)
+    for files in expected_layout(config).files:
+        schema.open_database(files.store).close()
+    check_layout(config)  # 4 files, 4 shards asked
+    with pytest.raises(LayoutMismatch, match=r"the 4 shard files in .* record no layout, and"
+                       r" \[partitions\] asks for 2 shards"):  # fmt: skip
+        check_layout(with_owners(config, 2, 32, 16))
+    for files in expected_layout(config).files:
+        conn = schema.open_database(files.store)
+        record_layout(conn, config, files.shard or 0)
+        conn.close()
+    with pytest.raises(LayoutMismatch, match=r"found 4 shard files .* \(partitions count 64,"
+                       r" shard_size 16\) but .* count = 128, shard_size = 32 asks"):  # fmt: skip
+        check_layout(with_owners(config, 2, 128, 32))  # 4 shards too: seen by the record
