@@ -32,6 +32,8 @@ def partitions(config_path: Path, dry_run: bool, log_level: str) -> None:
     Refuses while a daemon uses the store. Crash-safe: rerun it after an interruption. The
     old files are renamed aside (*.pre-partitions), never deleted. Exit 2 for a wrong
     config, 1 when the migration cannot run."""
+    import sqlite3
+
     from meterd import logs
     from meterd.config import ConfigError, load
     from meterd.partitions._migrate import MigrationError
@@ -46,7 +48,7 @@ def partitions(config_path: Path, dry_run: bool, log_level: str) -> None:
         sys.exit(2)
     try:
         outcome = run_migration(config, dry_run=dry_run)
-    except (MigrationError, StoreError, OSError) as error:
+    except (MigrationError, StoreError, OSError, sqlite3.Error) as error:
         click.echo(f"meterd: migrate partitions: {error}", err=True)
         sys.exit(1)
     for line in outcome.lines(dry_run):

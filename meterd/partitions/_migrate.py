@@ -53,6 +53,7 @@ import heapq
 import json
 import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -1022,10 +1023,18 @@ def _build_targets(plan: Plan, config: Config, fail: Callable[[str], None]) -> N
             target.store.parent.mkdir(parents=True, exist_ok=True)
             target.billing.parent.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
-            _build_store(build, _building(target.store), wanted)
-            fail(f"store {index}")
-            _build_billing(build, _building(target.billing))
-            _build_deliveries(build, _building(target.deliveries), _building(target.store))
+            try:
+                _build_store(build, _building(target.store), wanted)
+                fail(f"store {index}")
+                _build_billing(build, _building(target.billing))
+                _build_deliveries(build, _building(target.deliveries), _building(target.store))
+            except (sqlite3.Error, OSError) as exc:  # a full disk, most likely
+                raise MigrationError(
+                    f"cannot write the new files of {target.store.name} in"
+                    f" {target.store.parent}: {exc}; nothing was moved and the new files are"
+                    " removed: make room (the new files take about as much as the old ones)"
+                    " and run the command again"
+                ) from exc
             for path in target.all():
                 _fsync_file(_building(path))
                 _fsync_file(Path(f"{_building(path)}{MARK_SUFFIX}"))
@@ -1079,6 +1088,27 @@ def _place(plan: Plan, fail: Callable[[str], None]) -> None:
 # -- the whole -----------------------------------------------------------------------------
 
 
+def _check_room(plan: Plan) -> None:
+    """Refuse at once when the new files cannot fit beside the old ones (they take about
+    as much: the same rows, fresh pages)."""
+    need = sum(
+        Path(f"{p}{suffix}").stat().st_size
+        for f in plan.found.files
+        for p in f.all()
+        for suffix in ("", "-wal")
+        if Path(f"{p}{suffix}").exists()
+    )
+    where = plan.wanted.files[0].store.parent
+    where.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise MigrationError(
+            f"{where} has {free / 2**20:,.0f} MiB free and the new files need about"
+            f" {need / 2**20:,.0f} MiB (the size of the old ones): make room and run the"
+            " command again; nothing was moved"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What :func:`migrate` did (or, dry, would do)."""
@@ -1126,14 +1156,18 @@ def migrate(
                 _place(plan, fail)
                 plan_file.unlink()
                 _fsync_dir(plan_file.parent)
-                return Outcome(plan, True, time.monotonic() - started)
-            log.info("migrate_restarted", plan=str(plan_file))
-            for path in plan.targets():
-                _remove_sqlite(_building(path))
-            plan_file.unlink()
+                if plan_migration(config) is None:
+                    return Outcome(plan, True, time.monotonic() - started)
+                # The config changed since: go on to the layout it asks now.
+            else:
+                log.info("migrate_restarted", plan=str(plan_file))
+                for path in plan.targets():
+                    _remove_sqlite(_building(path))
+                plan_file.unlink()
         planned = plan_migration(config)
         if planned is None or dry_run:
             return Outcome(planned, False, 0.0)
+        _check_room(planned)
         log.info(
             "migrate_started", found=planned.found.describe(), wanted=planned.wanted.describe()
         )

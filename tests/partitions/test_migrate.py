@@ -332,3 +332,50 @@ def test_shard_stores_an_owner_created_are_taken_for_the_configs_layout(tmp_path
     with pytest.raises(LayoutMismatch, match=r"found 4 shard files .* \(partitions count 64,"
                        r" shard_size 16\) but .* count = 128, shard_size = 32 asks"):  # fmt: skip
         check_layout(with_owners(config, 2, 128, 32))  # 4 shards too: seen by the record
+
+
+def test_no_room_for_the_new_files_is_refused_before_anything_is_written(
+    single: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "meterd.partitions._migrate.shutil.disk_usage",
+        lambda path: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30, 1000),
+    )
+    with pytest.raises(MigrationError, match=r"has 0 MiB free and the new files need about"):
+        migrate(with_owners(single, 2, *SMALL))
+    assert found_layout(single).kind == "single"
+    assert [p.name for p in single.store_path.parent.rglob("*migrat*")] == []
+
+
+def test_a_write_that_fails_removes_the_new_files_and_the_plan(
+    single: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr("meterd.partitions._migrate._build_billing", full)
+    before = contents(single, with_ids=True)
+    with pytest.raises(MigrationError, match=r"database or disk is full; nothing was moved"):
+        migrate(with_owners(single, 2, *SMALL))
+    assert [p.name for p in single.store_path.parent.rglob("*migrat*")] == []
+    check_layout(single)
+    assert contents(single, with_ids=True) == before
+
+
+def test_a_rerun_after_the_config_changed_finishes_then_goes_where_it_asks_now(
+    single: Config,
+) -> None:
+    before = contents(single)
+
+    def fail(at: str) -> None:
+        if at == "placed 1":
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        migrate(with_owners(single, 2, *SMALL), fail=fail)
+    back = with_owners(single, 0)  # the operator changed their mind
+    outcome = migrate(back)
+    assert outcome.plan is not None
+    assert outcome.plan.wanted.kind == "single"
+    check_layout(back)
+    assert contents(back) == before
