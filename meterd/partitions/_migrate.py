@@ -169,6 +169,11 @@ TABLES: Final[tuple[Table, ...]] = (
           merge="max"),
     Table("store", "alert_outbox", "account", "", "t.account", "seq", "created_at",
           refs=(("batch_id", "event_batches"),)),
+    Table("store", "quarantine_log", "account", "releases and discards", "t.account",
+          "entry_id", "at", refs=(("batch_id", "event_batches"),
+                                  ("release_batch", "event_batches"))),
+    Table("store", "alert_rules", "account", "rules of one account", "t.account", "rule_id",
+          "created_at", marks=("armed_after",)),
     Table("billing", "adjustments", "account", "", "t.account", "id", "made_at"),
     Table("billing", "voids", "account", "", "t.account", "id", "made_at"),
     Table("billing", "closures", "every", "a closed month is closed for every account,"

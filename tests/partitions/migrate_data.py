@@ -73,9 +73,10 @@ BOOK = PriceBook([PriceRule(DYNO.name, Decimal("0.01"), date(2026, 1, 1))], METE
 
 
 async def populate(config: Config, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Events (with duplicates and id conflicts), a poison event per tenth account
-    (quarantine), alert crossings (outbox, deliveries), adjustments, voids, a closed month
-    and the restatements of corrections after it, for ``n`` accounts."""
+    """Events (with duplicates and id conflicts), two poison events per tenth account
+    (quarantine: one discarded, in the quarantine log), alert crossings (outbox,
+    deliveries), rules of one account, adjustments, voids, a closed month and the
+    restatements of corrections after it, for ``n`` accounts."""
 
     def poison(event: Event) -> None:
         if event.id.startswith("poison"):
@@ -97,9 +98,17 @@ async def populate(config: Config, n: int, monkeypatch: pytest.MonkeyPatch) -> N
                     events.append(dyno(account, "e0-1", "99"))  # id conflict
                 if round_ == 2 and i % 10 == 3:
                     events.append(dyno(account, "poison-1", "5"))
+                    events.append(dyno(account, "poison-2", "6"))
                 await layer.ingest(account, events)
+            if round_ == 0:  # a rule of one account, evaluated from the next batch on
+                for account in accounts[::7]:
+                    rule_ = ("dyno.seconds", "month", "20", None, "hook")
+                    assert await layer.change_rule(account, "twenty", "dora", rule_)
         for account in accounts:  # every actor has applied (and checkpointed on stop)
             await layer.usage(account, DYNO, NOV.start_ms, NOV.end_ms, Window.DAY, None)
+        for i, account in enumerate(accounts):  # quarantine: one discarded, one kept
+            if i % 10 == 3:
+                await layer.discard(account, ["poison-2"], "erin", "sent by a broken build")
         db = BillingDB(config.billing_path)
         billing = Billing(layer, await db.open(), BOOK, clock=lambda: NOV.end_ms + 1)
         try:
@@ -121,6 +130,23 @@ async def populate(config: Config, n: int, monkeypatch: pytest.MonkeyPatch) -> N
         finally:
             await db.aclose()
     deliveries(config)
+    restarts(config, accounts)
+
+
+def restarts(config: Config, accounts: list[str]) -> None:
+    """Restart history as the daemon's RestartLog writes it (its SQL): the poisoned
+    accounts' actors and a node that is no account's."""
+    rows = [
+        (f"root/accounts/meters/{a}", T0, "crash", "ValueError", "cannot apply this event")
+        for i, a in enumerate(accounts)
+        if i % 10 == 3
+    ]
+    rows.append(("root/ingest", T0, "crash", "OSError", "address in use"))
+    with sqlite3.connect(config.store_path) as conn:
+        conn.executemany(
+            "INSERT INTO restarts (path, at, kind, error_type, message) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
 
 
 def deliveries(config: Config) -> None:
