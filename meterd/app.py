@@ -38,7 +38,14 @@ from meterd.billing import Billing
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
 from meterd.partitions._cell import Cell
-from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
+from meterd.startup import (
+    DaemonFailed,
+    StartupFailed,
+    describe,
+    describe_stop,
+    hold_store,
+    prepare_paths,
+)
 from meterd.store import Store
 
 log = structlog.get_logger("meterd")
@@ -81,6 +88,14 @@ def build(config: Config) -> Services:
 
 
 async def serve(config: Config) -> None:
+    """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order (see
+    :func:`_serve`), holding the store against ``meterd migrate partitions`` meanwhile and
+    refusing files in another layout than ``[partitions]`` asks (``hold_store``)."""
+    with hold_store(config):
+        await _serve(config)
+
+
+async def _serve(config: Config) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order.
 
     Raises :class:`meterd.startup.StartupFailed` (its message one sentence) when it cannot

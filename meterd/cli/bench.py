@@ -298,6 +298,20 @@ def partitions(args: tuple[str, ...]) -> None:
     main(list(args), prog="meterd bench partitions")
 
 
+@bench.command(
+    "migrate",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def migrate(args: tuple[str, ...]) -> None:
+    """How long ``meterd migrate partitions`` takes for a store of N events, beside copying
+    its file (``--help`` for the options; docs/partitions.md)."""
+    from meterd.bench.migrate import main
+
+    main(list(args), prog="meterd bench migrate")
+
+
 def _run_and_print(
     run: Callable[[Any], Awaitable[Any]],
     options: Any,
