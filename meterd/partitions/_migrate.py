@@ -82,6 +82,7 @@ __all__ = [
     "Plan",
     "Table",
     "check_layout",
+    "create_shards",
     "expected_layout",
     "found_layout",
     "layout_lock",
@@ -418,6 +419,25 @@ def record_layout(conn: sqlite3.Connection, config: Config, shard: int) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def create_shards(config: Config) -> list[int]:
+    """Create the store of every shard ``config`` asks for that has none yet, its layout
+    recorded (:func:`record_layout`), before the owners start: an owner then always opens a
+    store that says which layout it belongs to. The shards created, in order."""
+    created: list[int] = []
+    dimensions = {meter.name: len(meter.dimensions) for meter in config.meters}
+    for shard in range(config.partitions.shards):
+        path = shard_files(config, shard).store
+        if path.exists():
+            continue
+        conn = schema.open_database(path, meter_dimensions=dimensions)
+        try:
+            record_layout(conn, config, shard)
+        finally:
+            conn.close()
+        created.append(shard)
+    return created
 
 
 def check_layout(config: Config) -> None:

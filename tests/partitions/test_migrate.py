@@ -19,6 +19,7 @@ from meterd.partitions._migrate import (
     LayoutMismatch,
     MigrationError,
     check_layout,
+    create_shards,
     expected_layout,
     found_layout,
     layout_lock,
@@ -403,3 +404,14 @@ def test_restart_history_goes_with_its_account_and_the_rest_to_shard_0(single: C
                 assert shard_of(account, sharded.partitions) == files.shard
             else:
                 assert files.shard == 0
+
+
+def test_create_shards_makes_every_missing_store_with_its_layout(tmp_path: Path) -> None:
+    """The gateway creates the shard stores before the owners start, each recording its
+    layout, so a later change of count that keeps the number of shards is refused."""
+    config = write_config(tmp_path, 2, *SMALL)
+    assert create_shards(config) == [0, 1, 2, 3]
+    assert create_shards(config) == []  # there already: left alone
+    check_layout(config)
+    with pytest.raises(LayoutMismatch, match=r"\(partitions count 64, shard_size 16\) but"):
+        check_layout(with_owners(config, 2, 128, 32))  # 4 shards too: seen by the record
