@@ -129,6 +129,12 @@ class ReadBatch:
         assert self._raws is not None
         return validator.validate_batch(self._raws, now_ms)
 
+    @property
+    def typed(self) -> bool:
+        """Whether the typed path decides (so far: :meth:`validate` may still leave the
+        batch to the old path)."""
+        return self._typed is not None
+
     def raw(self, index: int) -> object:
         """The event at ``index`` as msgpack decodes it (for a rejected event's audit
         record: only the precise path rejects, so it has decoded them)."""
