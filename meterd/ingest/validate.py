@@ -24,7 +24,7 @@ Choices where the protocol is silent (documented in :mod:`meterd.ingest`):
   (the protocol only bounds their length).
 * Lengths are counted in characters (Unicode code points), as the protocol says.
 
-Three paths, one verdict. :meth:`EventValidator.validate_precise` checks every field in
+Several paths, one verdict. :meth:`EventValidator.validate_precise` checks every field in
 the order above and writes every rejection message: it is the reference. In front of it,
 :meth:`EventValidator.validate` first tries a fast check of the common well-formed event
 (exact types, one lookup per meter, a plain decimal string of at most 40 characters, a
@@ -32,7 +32,10 @@ cache of property maps) and hands anything else to the precise path; and
 :meth:`EventValidator.validate_batch` first tries those same checks a field at a time over
 the whole batch, then falls back to :meth:`~EventValidator.validate` per event. The fast
 paths only ever accept what the precise path accepts, as the same :class:`Event`; they
-never reject (tests/ingest/test_validate.py checks this on generated events).
+never reject (tests/ingest/test_validate.py checks this on generated events). A fourth,
+:meth:`EventValidator.accept_typed`, takes a batch that :mod:`meterd.ingest.typed` decoded
+into msgspec Structs (types and lengths already checked in C) under the same rule
+(tests/ingest/test_typed_decode.py).
 """
 
 from __future__ import annotations
