@@ -99,21 +99,17 @@ class ReadBatch:
     """One batch frame read by :meth:`BatchReader.read`: its ``seq`` and ``size`` (events),
     :meth:`validate` for the verdicts, :meth:`raw` for a rejected event as sent."""
 
-    __slots__ = ("_last_seq", "_message", "_raws", "_reader", "_typed", "seq", "size")
+    __slots__ = ("_raws", "_reader", "_typed", "seq", "size")
 
     def __init__(
         self,
         reader: BatchReader,
-        message: str | bytes,
-        last_seq: int,
         seq: int,
         size: int,
         typed: list[WireEvent] | None,
         raws: list[Any] | None,
     ) -> None:
         self._reader = reader
-        self._message = message
-        self._last_seq = last_seq
         self.seq = seq
         self._typed = typed
         self._raws = raws
@@ -167,9 +163,9 @@ class BatchReader:
             else:
                 events = batch.events
                 if batch.seq > last_seq and len(events) <= self.max_batch:
-                    return ReadBatch(self, message, last_seq, batch.seq, len(events), events, None)
+                    return ReadBatch(self, batch.seq, len(events), events, None)
         seq, raws = self.parse(message, last_seq)
-        return ReadBatch(self, message, last_seq, seq, len(raws), None, raws)
+        return ReadBatch(self, seq, len(raws), None, raws)
 
     def parse(self, message: str | bytes, last_seq: int) -> tuple[int, list[Any]]:
         """The old way: :func:`decode_frame` then :func:`parse_batch`."""
