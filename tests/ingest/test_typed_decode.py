@@ -204,7 +204,7 @@ def _frames(draw: st.DrawFn) -> bytes:
 _any_validator = _validators | st.just(NOBODY)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     message=_frames(), validator=_validators | st.just(NOBODY), last_seq=st.sampled_from([-1, 3])
 )
@@ -219,7 +219,7 @@ def test_typed_decoding_gives_the_old_paths_verdicts(
 @pytest.mark.skipif(
     "'slow' not in config.getoption('markexpr')", reason="the long campaign runs with -m slow"
 )
-@settings(max_examples=20_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     message=_frames(), validator=_validators | st.just(NOBODY), last_seq=st.sampled_from([-1, 3])
 )
@@ -230,7 +230,7 @@ def test_typed_decoding_gives_the_old_paths_verdicts_long(
     note(f"typed path: {'accepted' if _last_typed else 'left to the old one'}")
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(raws=_batches(), validator=_validators)
 def test_well_formed_batches_get_the_same_events(
     raws: list[Any], validator: EventValidator
