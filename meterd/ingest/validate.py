@@ -44,12 +44,12 @@ import decimal
 import difflib
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from meterd.config import Producer, format_duration
 from meterd.model import (
@@ -62,9 +62,6 @@ from meterd.model import (
     Quantity,
     new_event,
 )
-
-if TYPE_CHECKING:
-    from meterd.ingest.typed import WireEvent
 
 __all__ = [
     "ACCOUNT_MAX",
@@ -79,6 +76,7 @@ __all__ = [
     "REJECTION_CODES",
     "EventValidator",
     "Rejection",
+    "TypedEvent",
 ]
 
 ID_MAX: Final = 200
@@ -130,6 +128,24 @@ _ID_OF, _ACCOUNT_OF, _METER_OF, _TIME_OF, _QUANTITY_OF, _PROPERTIES_OF = map(
     operator.attrgetter, ("id", "account", "meter", "time", "quantity", "properties")
 )
 _PROPERTIES_SEEN_MAX: Final = 1024  # property maps one validator remembers (then starts over)
+
+
+class TypedEvent(Protocol):
+    """What :meth:`EventValidator.accept_typed` reads of an event msgspec decoded
+    (:class:`meterd.ingest.typed.WireEvent`, which imports this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def meter(self) -> str: ...
+    @property
+    def time(self) -> int: ...
+    @property
+    def quantity(self) -> object: ...
+    @property
+    def properties(self) -> dict[str, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +358,7 @@ class EventValidator:
         return _grouped(indexes, events), rejected
 
     def accept_typed(
-        self, events: list[WireEvent], now_ms: int
+        self, events: Sequence[TypedEvent], now_ms: int
     ) -> tuple[dict[str, tuple[list[int], list[Event]]], list[Rejection]] | None:
         """:meth:`validate_batch`'s ``(groups, [])`` for a batch whose events msgspec
         decoded (:mod:`meterd.ingest.typed`: keys, types, lengths and bounds are checked),
