@@ -102,7 +102,15 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from meterd.bench._proc import cpu_seconds, rss_bytes, write_bytes
+from meterd.bench._proc import (
+    ProcessFigures,
+    TreeMeter,
+    command_line,
+    cpu_seconds,
+    process_name,
+    tree,
+    tree_cpu_seconds,
+)
 
 __all__ = [
     "BenchError",
@@ -167,6 +175,8 @@ class BenchOptions:
     # --spawn: settings for the spawned daemon's config, as (section, key, TOML value)
     settings: tuple[tuple[str, str, str], ...] = ()
     keep_log: Path | None = None  # --spawn: copy the daemon's log here when it stops
+    # --spawn: run meterd once per value, with [partitions] owners = N (the scaling curve)
+    owners: tuple[int, ...] = ()
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
@@ -189,6 +199,12 @@ class BenchOptions:
             raise BenchError("--max-in-flight must be >= 1")
         if (self.settings or self.keep_log) and not self.spawn:
             raise BenchError("--set and --keep-log are for a daemon the bench starts (--spawn)")
+        if self.owners and not self.spawn:
+            raise BenchError("--owners is for daemons the bench starts (--spawn)")
+        if any(owners < 0 for owners in self.owners):
+            raise BenchError("--owners: give owner counts >= 0, e.g. --owners 0,1,2,3")
+        if self.owners and any(s[:2] == ("partitions", "owners") for s in self.settings):
+            raise BenchError("give partitions.owners with --owners or with --set, not both")
         for section, key, _ in self.settings:
             if section not in SETTING_SECTIONS or not key:
                 raise BenchError(
@@ -197,7 +213,22 @@ class BenchOptions:
                 )
 
 
-SETTING_SECTIONS: Final = ("ingest", "api", "store", "accounts")
+SETTING_SECTIONS: Final = ("ingest", "api", "store", "accounts", "partitions")
+
+
+def parse_owners(text: str | None) -> tuple[int, ...]:
+    """``--owners 0,1,2,3`` as owner counts, in the order given."""
+    if text is None:
+        return ()
+    try:
+        owners = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BenchError(
+            f"--owners {text!r}: give owner counts separated by commas, e.g. 0,1,2,3"
+        ) from None
+    if not owners:
+        raise BenchError("--owners: give at least one owner count, e.g. 0,1,2,3")
+    return owners
 
 
 def parse_setting(text: str) -> tuple[str, str, str]:
@@ -521,15 +552,16 @@ def listening_pid(port: int) -> int | None:
 
 
 async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) -> float:
-    """Wait until process ``pid`` uses under ``busy`` of a core over half a second (the tail
-    of the previous run done), at most ``limit`` seconds; returns the seconds waited."""
+    """Wait until process ``pid`` and its descendants (a gateway's owners) use under ``busy``
+    of a core over half a second (the tail of the previous run done), at most ``limit``
+    seconds; returns the seconds waited."""
     if pid is None:
         return 0.0
     start = trio.current_time()
-    before = cpu_seconds(pid)
+    before = tree_cpu_seconds(pid)
     while before is not None and trio.current_time() - start < limit:
         await trio.sleep(0.5)
-        now = cpu_seconds(pid)
+        now = tree_cpu_seconds(pid)
         if now is None or now - before < busy * 0.5:
             break
         before = now
@@ -537,44 +569,45 @@ async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) ->
 
 
 class _Watch:
-    """CPU and storage writes over a run, and RSS sampled during it (of the server process)."""
+    """CPU and storage writes over a run, and RSS sampled during it, of the server's process
+    tree (the process and its descendants: a gateway and its owners), in total and per
+    process (:class:`~meterd.bench._proc.TreeMeter`)."""
 
     def __init__(self, pid: int | None, metrics_url: str | None = None) -> None:
         self.pid = pid
         self.metrics_url = metrics_url
         self.gc_start = gc_pauses(metrics_url) if metrics_url else None
         self.gc: tuple[float, int] | None = None  # (seconds, collections) during the run
-        self.cpu_start = cpu_seconds(pid) if pid else None
-        self.written_start = write_bytes(pid) if pid else None
+        self.meter = TreeMeter(pid) if pid and cpu_seconds(pid) is not None else None
         self.written: int | None = None  # bytes written during the run, set by stop()
         self.own_cpu_start = time.process_time()
-        self.rss_peak: int | None = None
+        self.rss_peak: int | None = None  # the tree's, summed at one sample
+        self.processes: list[ProcessFigures] = []  # set by stop()
 
     async def sample_rss(self) -> None:
-        if self.pid is None:
+        """Re-read the tree (new and restarted processes) and its RSS, every 100 ms."""
+        if self.meter is None:
             return
         while True:
-            rss = rss_bytes(self.pid)
-            if rss is not None:
-                self.rss_peak = max(rss, self.rss_peak or 0)
+            self.meter.sample()
             await trio.sleep(RSS_SAMPLE_SECONDS)
 
     def stop(self) -> tuple[float | None, int | None, float]:
-        """(server CPU seconds, server RSS now, load generator CPU seconds)."""
+        """(server CPU seconds, server RSS now, load generator CPU seconds), all processes."""
         own = time.process_time() - self.own_cpu_start
-        if self.pid is None or self.cpu_start is None:
+        if self.meter is None:
             return None, None, own
-        end = cpu_seconds(self.pid)
+        self.meter.sample()
         gc_end = gc_pauses(self.metrics_url) if self.metrics_url else None
         if gc_end is not None and self.gc_start is not None:
             self.gc = (gc_end[0] - self.gc_start[0], gc_end[1] - self.gc_start[1])
-        written = write_bytes(self.pid)
-        if written is not None and self.written_start is not None:
-            self.written = written - self.written_start
-        rss = rss_bytes(self.pid)
-        if rss is not None:
-            self.rss_peak = max(rss, self.rss_peak or 0)
-        return (None if end is None else end - self.cpu_start), rss, own
+        self.processes = self.meter.processes()
+        writes = [p.write_bytes for p in self.processes if p.write_bytes is not None]
+        self.written = sum(writes) if writes else None
+        self.rss_peak = self.meter.rss_total_peak
+        ends = [p.rss_end for p in self.processes if p.rss_end is not None]
+        cpu = sum(p.cpu_seconds for p in self.processes)
+        return cpu, (sum(ends) if ends else None), own
 
 
 # ---- one run ----------------------------------------------------------------------------------
@@ -603,6 +636,8 @@ class RunResult:
     server_gc_seconds: float | None = None  # the collector's pauses during the run (meterd)
     server_gc_collections: int | None = None
     generator_cpu_seconds: float = 0.0
+    # the server's processes (the total above is their sum), named from their command lines
+    server_processes: list[ProcessFigures] = field(default_factory=list)
     first_rejection: str | None = None
     error: str | None = None  # what ended the run early
     load_average: float | None = None  # the machine's 1-minute load average at the start
@@ -659,7 +694,19 @@ class RunResult:
         data["server_cpu_per_event_us"] = self.server_cpu_per_event_us
         data["server_write_per_event_kib"] = self.server_write_per_event_kib
         data["generator_cpu_share"] = self.generator_cpu_share
+        for process, entry in zip(self.server_processes, data["server_processes"], strict=True):
+            entry["cpu_per_event_us"] = self.per_event_us(process)
+            entry["cpu_share"] = process.cpu_seconds / self.seconds if self.seconds > 0 else None
+            entry["write_per_event_kib"] = (
+                None
+                if process.write_bytes is None or not self.events
+                else process.write_bytes / self.events / 1024
+            )
         return data
+
+    def per_event_us(self, process: ProcessFigures) -> float | None:
+        """CPU µs of one of the server's processes per event acked in the run."""
+        return process.cpu_seconds / self.events * 1e6 if self.events else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -752,6 +799,7 @@ async def drive(
         server_gc_seconds=None if watch.gc is None else watch.gc[0],
         server_gc_collections=None if watch.gc is None else watch.gc[1],
         generator_cpu_seconds=own_cpu,
+        server_processes=watch.processes,
         first_rejection=next((t.first_rejection for t in tallies if t.first_rejection), None),
         error=run.error,
         load_average=load_average,
@@ -802,7 +850,8 @@ def meterd_config(
     settings: Sequence[tuple[str, str, str]] = (),
 ) -> str:
     """The spawned daemon's config; ``settings`` (section, key, TOML value) are added to
-    the ``ingest``, ``api``, ``store`` or ``accounts`` table (``--set``)."""
+    the ``ingest``, ``api``, ``store``, ``accounts`` or ``partitions`` table (``--set``,
+    ``--owners``)."""
     extra: dict[str, str] = {}
     for section, key, value in settings:
         extra[section] = extra.get(section, "") + f"{key} = {value}\n"
@@ -819,6 +868,8 @@ path = {json.dumps(str(store))}
 {extra.get("store", "")}
 [accounts]
 {extra.get("accounts", "")}
+[partitions]
+{extra.get("partitions", "")}
 
 [[producers]]
 name = "bench"
@@ -880,9 +931,10 @@ async def _stop(process: trio.Process, stopped: Stopped) -> None:
 
 @contextlib.asynccontextmanager
 async def spawn_meterd(
-    workdir: Path, options: BenchOptions, stopped: Stopped
+    workdir: Path, options: BenchOptions, stopped: Stopped, name: str = "meterd"
 ) -> AsyncIterator[Target]:
     """``python -m meterd run`` on a temporary config (free loopback ports, a tmp store)."""
+    os.makedirs(workdir, exist_ok=True)
     port, api_port = free_ports(2)
     token = secrets.token_urlsafe(16)
     config = workdir / "meterd.toml"
@@ -905,7 +957,7 @@ async def spawn_meterd(
     try:
         await _wait_listening(port, process, "meterd", log_path)
         yield Target(
-            "meterd",
+            name,
             f"ws://127.0.0.1:{port}{INGEST_PATH}",
             token,
             process.pid,
@@ -970,10 +1022,12 @@ class TargetReport:
     half_skipped: str | None = None  # why there is no half-load row
     stop_status: int | None = None
     stop_seconds: float | None = None
+    owners: int | None = None  # --owners: this daemon's [partitions] owners
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "owners": self.owners,
             "url": self.url,
             "pid": self.pid,
             "stop_status": self.stop_status,
@@ -1023,8 +1077,9 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
         f"{target.name}: max, {load.events:,} events in {load.batches:,} batches"
         f" over {options.connections} connections"
     )
-    profiling = options.profile is not None and target.name == "meterd"
-    async with _profiled(target.pid, options, enabled=profiling):
+    profiling = options.profile is not None and target.name.startswith("meterd")
+    tag = "" if report.owners is None else f".owners-{report.owners}"
+    async with _profiled(target.pid, options, enabled=profiling, tag=tag):
         report.max = await drive(target, load, "max", max_in_flight=in_flight)
     _check(target, report.max)
     log(f"{target.name}: {report.max.rate:,.0f} events/s acked")
@@ -1058,42 +1113,66 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
 
 @contextlib.asynccontextmanager
 async def _profiled(
-    pid: int | None, options: BenchOptions, *, enabled: bool
+    pid: int | None, options: BenchOptions, *, enabled: bool, tag: str = ""
 ) -> AsyncIterator[None]:
-    """``py-spy record --gil`` of ``pid`` while the body runs (samples only the thread holding
-    the GIL: where the one core the daemon can use goes); then a summary on stderr."""
+    """``py-spy record --gil`` of ``pid`` and of each of its descendants (a gateway's owners)
+    while the body runs (samples only the thread holding the GIL: where the one core a
+    Python process can use goes); then a summary per process on stderr. One process is
+    recorded into ``--profile`` itself; several (or with ``--owners``) into
+    ``STEM[.owners-N].NAME.SUFFIX``, NAME from the command line (gateway, owner-0, ...)."""
     if not enabled or pid is None or options.profile is None:
         yield
         return
-    out = options.profile
-    command = [options.py_spy, "record", "--pid", str(pid), "--gil", "--rate", "200"]
-    command += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    pids = tree(pid)
+    names = [process_name(command_line(each) or []) for each in pids]
+    base = options.profile
+    outputs = [
+        base
+        if len(pids) == 1 and not tag
+        else base.with_name(f"{base.stem}{tag}.{name}{base.suffix or '.raw'}")
+        for name in names
+    ]
+    processes: list[trio.Process] = []
     try:
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-    except OSError as error:
-        raise BenchError(f"cannot run py-spy ({options.py_spy}): {error}") from None
-    try:
+        for each, out in zip(pids, outputs, strict=True):
+            command = [options.py_spy, "record", "--pid", str(each), "--gil", "--rate", "200"]
+            command += ["--format", "raw", "--nonblocking", "--output", str(out)]
+            try:
+                processes.append(
+                    await trio.lowlevel.open_process(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    )
+                )
+            except OSError as error:
+                raise BenchError(f"cannot run py-spy ({options.py_spy}): {error}") from None
         await trio.sleep(0.5)  # py-spy attaches
         yield
     finally:
         with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            for process in processes:
                 with trio.move_on_after(30):
                     await process.wait()
-            if process.poll() is None:
-                process.kill()
-                await process.wait()
-    if process.returncode != 0 or not out.exists():
-        errors: bytes | bytearray = b""
-        if process.stderr is not None:
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                errors = await process.stderr.receive_some(4096)
-        log(f"py-spy failed (exit {process.returncode}): {errors.decode(errors='replace')}")
-        return
-    log(f"profile of meterd during the max run: {out}\n{summarize_profile(out)}")
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+    for process, name, out in zip(processes, names, outputs, strict=True):
+        if process.returncode != 0 or not out.exists():
+            errors: bytes | bytearray = b""
+            if process.stderr is not None:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    errors = await process.stderr.receive_some(4096)
+            log(
+                f"py-spy of {name} failed (exit {process.returncode}):"
+                f" {errors.decode(errors='replace')}"
+            )
+            continue
+        log(f"profile of {name} during the max run: {out}\n{summarize_profile(out)}")
 
 
 def summarize_profile(path: Path, top: int = 20) -> str:
@@ -1181,13 +1260,19 @@ async def run(options: BenchOptions) -> Report:
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp:
         workdir = Path(tmp)
         if options.spawn:
-            log("starting meterd (python -m meterd run) on a temporary config")
-            stopped = Stopped()
-            async with spawn_meterd(workdir, options, stopped) as target:
-                entry = TargetReport(target.name, target.url, target.pid)
-                report.targets.append(entry)
-                await bench_target(target, options, entry)
-            entry.stop_status, entry.stop_seconds = stopped.status, stopped.seconds
+            for owners in options.owners or (None,):
+                name, spawned, where = "meterd", options, workdir
+                if owners is not None:
+                    name, where = f"meterd owners={owners}", workdir / f"owners-{owners}"
+                    owning = ("partitions", "owners", str(owners))
+                    spawned = replace(options, settings=(*options.settings, owning))
+                log(f"starting {name} (python -m meterd run) on a temporary config")
+                stopped = Stopped()
+                async with spawn_meterd(where, spawned, stopped, name) as target:
+                    entry = TargetReport(target.name, target.url, target.pid, owners=owners)
+                    report.targets.append(entry)
+                    await bench_target(target, options, entry)
+                entry.stop_status, entry.stop_seconds = stopped.status, stopped.seconds
         else:
             assert options.url is not None
             assert options.token is not None
@@ -1254,9 +1339,23 @@ def _rows(target: TargetReport) -> list[Row]:
         add("max: ack latency p50, ms", top.latency_p50_ms, 1)
         add("max: ack latency p99, ms", top.latency_p99_ms, 1)
         add("max: server CPU, % of one core", _percent(top.server_cpu_share))
+        for process in _several(top):
+            share = process.cpu_seconds / top.seconds if top.seconds > 0 else None
+            add(f"max: server CPU, % of one core: {process.name}", _percent(share))
         add("max: server CPU, µs per event", top.server_cpu_per_event_us, 1)
+        for process in _several(top):
+            add(f"max: server CPU, µs per event: {process.name}", top.per_event_us(process), 1)
         add("max: server RSS peak, MiB", _mib(top.server_rss_peak), 1)
+        for process in _several(top):
+            add(f"max: server RSS peak, MiB: {process.name}", _mib(process.rss_peak), 1)
         add("max: server storage writes, KiB per event", top.server_write_per_event_kib, 1)
+        for process in _several(top):
+            written = process.write_bytes
+            add(
+                f"max: server storage writes, KiB per event: {process.name}",
+                None if written is None or not top.events else written / top.events / 1024,
+                1,
+            )
         add("max: load generator CPU, % of one core", _percent(top.generator_cpu_share))
     again = target.resend
     if again is not None:
@@ -1289,7 +1388,32 @@ def _rows(target: TargetReport) -> list[Row]:
         ]
         for figure, value, digits in figures:
             add(figure, None if half is None else value(half), digits)
+            if figure == "half load: server CPU, µs per event" and half is not None:
+                for process in _several(half):
+                    add(f"{figure}: {process.name}", half.per_event_us(process), 1)
     return rows
+
+
+def _several(result: RunResult) -> list[ProcessFigures]:
+    """The server's processes, for rows of their own when there are several (one process's
+    rows would repeat the total)."""
+    return result.server_processes if len(result.server_processes) > 1 else []
+
+
+def _merged(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The figures of every server in one order: each new one right after the figure it
+    follows in its own server's list (an owner's rows under the gateway's)."""
+    merged: list[str] = []
+    for figures in lists:
+        previous: str | None = None
+        for figure in figures:
+            if figure not in merged:
+                at = 0 if previous is None else merged.index(previous) + 1
+                while at < len(merged) and merged[at].startswith(f"{previous}: "):
+                    at += 1  # after the processes already listed under the same figure
+                merged.insert(at, figure)
+            previous = figure
+    return merged
 
 
 def format_report(report: Report) -> str:
@@ -1305,7 +1429,7 @@ def format_report(report: Report) -> str:
     per_target = [
         {figure: (cell, value) for figure, cell, value in _rows(t)} for t in report.targets
     ]
-    figures = list(dict.fromkeys(figure for rows in per_target for figure in rows))
+    figures = _merged([list(rows) for rows in per_target])
     compare = len(columns) == 2
     header = ["figure", *columns, *(["ratio"] if compare else [])]
     table = []
@@ -1336,6 +1460,13 @@ def format_report(report: Report) -> str:
     lines.append("")
     if compare:
         lines.append(f"ratio = {columns[0]} / {columns[1]}.")
+    lines.append(
+        "server = the server's process and its descendants (a gateway and its owners),"
+        ' summed; "figure: NAME" rows (for a server of several processes) are one process,'
+        " named from its command line."
+    )
+    if any(target.owners is not None for target in report.targets):
+        lines += ["", *_scaling(report)]
     for target in report.targets:
         notes = []
         for result in (target.warmup, target.max, target.resend, target.half):
@@ -1358,21 +1489,89 @@ def format_report(report: Report) -> str:
         if target.stop_status is not None and target.stop_seconds is not None:
             notes.append(f"SIGTERM: exit {target.stop_status} in {target.stop_seconds:.2f} s")
         lines.append(f"{target.name} ({target.url}, pid {target.pid}): " + "; ".join(notes))
-    meterd = next((t for t in report.targets if t.name == "meterd"), None)
-    goal = f"goal: meterd ack latency p99 < {HALF_LOAD_GOAL_MS:.0f} ms at half load:"
-    if meterd is not None and meterd.half is not None and report.options.half_load_rate:
+    for meterd in report.targets:
+        if meterd.name.startswith("meterd"):
+            lines.extend(_goal(meterd, report.options))
+    return "\n".join(lines)
+
+
+def _goal(meterd: TargetReport, options: BenchOptions) -> list[str]:
+    """The half-load latency goal's line for one meterd."""
+    lines: list[str] = []
+    goal = f"goal: {meterd.name} ack latency p99 < {HALF_LOAD_GOAL_MS:.0f} ms at half load:"
+    if meterd.half is not None and options.half_load_rate:
         lines.append(
             f"{goal} not measured (the row offered --half-load-rate"
-            f" {report.options.half_load_rate:,.0f} events/s, not half the max):"
+            f" {options.half_load_rate:,.0f} events/s, not half the max):"
             f" p99 {meterd.half.latency_p99_ms:,.1f} ms at that rate"
         )
-    elif meterd is not None and meterd.half is not None:
+    elif meterd.half is not None:
         p99 = meterd.half.latency_p99_ms
         met = p99 < HALF_LOAD_GOAL_MS and meterd.half.error is None
         lines.append(f"{goal} {p99:,.1f} ms, {'met' if met else 'NOT met'}")
-    elif meterd is not None and meterd.half_skipped is not None:
+    elif meterd.half_skipped is not None:
         lines.append(f"{goal} not measured, NOT met ({meterd.half_skipped})")
-    return "\n".join(lines)
+    return lines
+
+
+def _scaling(report: Report) -> list[str]:
+    """The scaling curve (``--owners``): one line per owner count, max row, each with its
+    ratio to the baseline of the same command, and the baseline's line under them."""
+    baseline = next((t for t in report.targets if t.name == "baseline"), None)
+    base = None if baseline is None else baseline.max
+    header = [
+        "owners",
+        "events/s acked",
+        "ratio",
+        "CPU µs per event, all processes",
+        "ratio",
+        "CPU µs per event (% of one core), per process",
+        "RSS peak MiB, all",
+        "half load p99, ms",
+    ]
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "—" if a is None or not b else f"{a / b:.2f}x"
+
+    table = []
+    for target in report.targets:
+        top = target.max
+        if top is None or (target.owners is None and target is not baseline):
+            continue
+        per_process = ", ".join(
+            f"{p.name} {_number(top.per_event_us(p), 1)}"
+            f" ({_number(_percent(p.cpu_seconds / top.seconds if top.seconds else None))} %)"
+            for p in top.server_processes
+        )
+        done = "" if top.error is None else f" FAILED at {top.events / top.sent_events:.0%}"
+        table.append(
+            [
+                "baseline" if target is baseline else str(target.owners),
+                _number(top.rate) + done,
+                ratio(top.rate, None if base is None else base.rate),
+                _number(top.server_cpu_per_event_us, 1),
+                ratio(
+                    top.server_cpu_per_event_us,
+                    None if base is None else base.server_cpu_per_event_us,
+                ),
+                per_process or "—",
+                _number(_mib(top.server_rss_peak), 1),
+                _number(None if target.half is None else target.half.latency_p99_ms, 1),
+            ]
+        )
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    lines = [
+        "scaling curve (max row; ratio = meterd with N owners / the baseline of this command;"
+        " owners = 0: one process):",
+        "",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|",
+    ]
+    for cells in table:
+        lines.append(
+            "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+        )
+    return lines
 
 
 # ---- the baseline server ----------------------------------------------------------------------

@@ -179,6 +179,17 @@ for _name, _summary in MODULES.items():
     default=None,
     help="With --spawn: copy the daemon's log (JSON lines) here when it stops.",
 )
+@click.option(
+    "--owners",
+    default=None,
+    metavar="N,N,...",
+    help="With --spawn: run the same load once per value, with [partitions] owners = N"
+    " (0: one process), and print the scaling curve beside the baseline of the same"
+    " command. Every figure is over all of meterd's processes (the gateway and its owners)"
+    " and per process. On a 2-core machine the load generator, the gateway and the owners"
+    " share the two cores: more owners than cores adds CPU per event without adding"
+    " events/s, and CPU µs per event (summed over the processes) is the steadier figure.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def ingest(
     events: int | None,
@@ -193,7 +204,14 @@ def ingest(
     the server's CPU and RSS, at max load and at half of it, against meterd and a baseline
     (decode + SQLite INSERT per batch, WAL, synchronous=FULL). Needs --spawn, or --url and
     --token (the events then stay in that daemon's store). See docs/ingest-bench.md."""
-    from meterd.bench.ingest import BenchError, BenchOptions, format_report, parse_setting, run
+    from meterd.bench.ingest import (
+        BenchError,
+        BenchOptions,
+        format_report,
+        parse_owners,
+        parse_setting,
+        run,
+    )
 
     sizes: dict[str, Any] = {
         key: value
@@ -207,6 +225,7 @@ def ingest(
     }
     try:
         options["settings"] = tuple(parse_setting(text) for text in options["settings"])
+        options["owners"] = parse_owners(options["owners"])
         settings = (
             BenchOptions.quick(**options, **sizes) if quick else BenchOptions(**options, **sizes)
         )

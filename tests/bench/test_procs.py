@@ -5,6 +5,7 @@ No timers: the processes say on a pipe when they have done their part, the test 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from meterd.bench._proc import TreeMeter, process_name, tree, tree_cpu_seconds
+from meterd.bench._proc import (
+    ProcessFigures,
+    TreeMeter,
+    process_name,
+    tree,
+    tree_cpu_seconds,
+)
+from meterd.bench.ingest import (
+    BenchError,
+    BenchOptions,
+    Report,
+    RunResult,
+    TargetReport,
+    format_report,
+    parse_owners,
+)
 
 BUSY_SECONDS = 0.3  # of CPU the child burns before it says "busy done"
 TICKS = 0.02  # /proc counts in clock ticks (10 ms), process_time() finer
@@ -132,3 +148,86 @@ def test_a_child_restarted_during_the_span_is_counted_twice_under_its_name(
 )
 def test_processes_are_named_from_their_command_line(arguments: list[str], name: str) -> None:
     assert process_name(arguments) == name
+
+
+def _result(label: str, processes: list[ProcessFigures], rate: float) -> RunResult:
+    events = 10_000
+    return RunResult(
+        label=label,
+        events=events,
+        sent_events=events,
+        accepted=events,
+        duplicates=0,
+        rejected=0,
+        seconds=events / rate,
+        latency_p50_ms=10.0,
+        latency_p99_ms=20.0,
+        latency_max_ms=30.0,
+        batches=20,
+        server_cpu_seconds=sum(p.cpu_seconds for p in processes),
+        server_processes=processes,
+    )
+
+
+def test_the_table_and_the_scaling_curve_show_every_process_beside_the_baseline() -> None:
+    gateway_only = [ProcessFigures("gateway", [10], cpu_seconds=0.3, rss_peak=100 << 20)]
+    with_owners = [
+        ProcessFigures("gateway", [20], cpu_seconds=0.1, rss_peak=80 << 20),
+        ProcessFigures("owner-0", [21, 25], cpu_seconds=0.05, rss_peak=60 << 20),  # restarted
+        ProcessFigures("owner-1", [22], cpu_seconds=0.05, rss_peak=60 << 20),
+    ]
+    baseline_only = [ProcessFigures("baseline-server", [30], cpu_seconds=0.2)]
+    targets = [
+        TargetReport("meterd owners=0", "ws://a", 10, owners=0),
+        TargetReport("meterd owners=2", "ws://b", 20, owners=2),
+        TargetReport("baseline", "ws://c", 30),
+    ]
+    targets[0].max = _result("max", gateway_only, 20_000)
+    targets[1].max = _result("max", with_owners, 40_000)
+    targets[2].max = _result("max", baseline_only, 50_000)
+    report = Report(BenchOptions.quick(spawn=True, owners=(0, 2)), 2, targets)
+    text = format_report(report)
+
+    def row(figure: str) -> list[str]:
+        found = re.search(rf"^\| {re.escape(figure)}\s*\|(.*)\|\s*$", text, re.MULTILINE)
+        assert found is not None, f"no row {figure!r} in:\n{text}"
+        return [cell.strip() for cell in found[1].split("|")]
+
+    # The total is the sum over the processes; each process has its own rows, in tree order.
+    assert row("max: server CPU, µs per event") == ["30.0", "20.0", "20.0"]
+    assert row("max: server CPU, µs per event: gateway") == ["—", "10.0", "—"]
+    assert row("max: server CPU, µs per event: owner-0") == ["—", "5.0", "—"]
+    assert row("max: server CPU, µs per event: owner-1") == ["—", "5.0", "—"]
+    assert row("max: server RSS peak, MiB: owner-0") == ["—", "60.0", "—"]
+    lines = text.splitlines()
+    at = [
+        next(i for i, line in enumerate(lines) if f"µs per event{n} " in line)
+        for n in ("", ": gateway", ": owner-0", ": owner-1")
+    ]
+    assert at == sorted(at)
+    # The scaling curve: one line per owner count, ratios to the baseline of the command.
+    curve = text[text.index("scaling curve") :]
+    assert re.search(r"\|\s+0 \|\s+20,000 \|\s+0\.40x \|\s+30\.0 \|\s+1\.50x \|", curve), curve
+    assert re.search(r"\|\s+2 \|\s+40,000 \|\s+0\.80x \|\s+20\.0 \|\s+1\.00x \|", curve), curve
+    assert "gateway 10.0 (40 %), owner-0 5.0 (20 %), owner-1 5.0 (20 %)" in curve
+    assert re.search(r"\|\s+baseline \|\s+50,000 \|\s+1\.00x \|", curve), curve
+    data = targets[1].max.to_json()
+    assert [p["name"] for p in data["server_processes"]] == ["gateway", "owner-0", "owner-1"]
+    assert data["server_processes"][1]["pids"] == [21, 25]
+    assert data["server_processes"][1]["cpu_per_event_us"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(("text", "owners"), [("0,1,2,3", (0, 1, 2, 3)), ("2", (2,)), (None, ())])
+def test_owners_list(text: str | None, owners: tuple[int, ...]) -> None:
+    assert parse_owners(text) == owners
+
+
+def test_owners_needs_spawn_and_counts() -> None:
+    with pytest.raises(BenchError, match="--spawn"):
+        BenchOptions(url="ws://x", token="t", owners=(1,)).check()
+    with pytest.raises(BenchError, match=">= 0"):
+        BenchOptions(spawn=True, owners=(-1,)).check()
+    with pytest.raises(BenchError, match="not both"):
+        BenchOptions(spawn=True, owners=(1,), settings=(("partitions", "owners", "2"),)).check()
+    with pytest.raises(BenchError, match="0,1,2,3"):
+        parse_owners("one,two")
