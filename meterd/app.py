@@ -40,6 +40,7 @@ from meterd.api import ApiServer, Daemon, Metrics
 from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.billing._metrics import BillingCollector
 from meterd.config import Config
+from meterd.gateway import serve_gateway
 from meterd.ingest.server import IngestServer
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 from meterd.store import Store
@@ -134,6 +135,9 @@ async def serve(config: Config) -> None:
     start: a directory that cannot be created, a database that cannot be opened, a child of
     the tree that fails to start; :class:`meterd.startup.DaemonFailed` (one sentence too)
     when the tree gives up after the start (a child of the root failing too often)."""
+    if config.partitions.owners >= 1:  # a gateway, the accounts in owner processes
+        await serve_gateway(config)
+        return
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     prepare_paths(config)
