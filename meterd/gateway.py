@@ -144,9 +144,10 @@ def build_gateway(config: Config, *, owner_command: OwnerCommand | None = None) 
     transport = UnixTransport()
     holder: list[sv.Supervisor] = []
 
-    def kill(owner: int) -> Callable[[int], None]:
-        def kill_pid(pid: int) -> None:
-            """SIGKILL owner ``owner`` if it is still the process ``pid`` (its pidfd)."""
+    def kill(owner: int) -> Callable[[int | None], None]:
+        def kill_pid(pid: int | None) -> None:
+            """SIGKILL owner ``owner`` if it is still the process ``pid`` (any pid: None),
+            through its pidfd."""
             if not holder:
                 return
             try:
@@ -154,7 +155,7 @@ def build_gateway(config: Config, *, owner_command: OwnerCommand | None = None) 
             except sv.NoSuchChild:
                 return
             ref = info.ref
-            if isinstance(ref, sv.ProcessRef) and ref.pid == pid:
+            if isinstance(ref, sv.ProcessRef) and pid in (None, ref.pid):
                 ref.send_signal(signal.SIGKILL)
 
         return kill_pid

@@ -26,6 +26,8 @@ Liveness
     loop, its socket full) is killed with SIGKILL through ``kill(pid)`` (the gateway's
     supervisor sends it through the child's pidfd), so its supervisor restarts it, and the
     channel is closed: its pending slices fail, and the link connects to the new owner.
+    So is an owner that accepts the connection but says no hello within
+    ``ping_timeout`` (``kill(None)``: whichever process is the owner now).
 Queries
     :meth:`ask` and :meth:`tree` send a Query or a TreeRequest and wait for the answer with
     the same id, up to a timeout.
@@ -70,7 +72,6 @@ __all__ = ["RETRY_INTERVAL", "OwnerLink", "SliceDone"]
 log = structlog.get_logger("meterd.partitions")
 
 RETRY_INTERVAL: Final = 0.05  # seconds between attempts to reach an owner not serving yet
-HELLO_TIMEOUT: Final = 10.0  # seconds for an owner that accepted the connection to say hello
 
 SliceDone = Callable[[Verdicts | OwnerUnavailable], None]
 """Called once with a slice's outcome."""
@@ -102,7 +103,7 @@ class OwnerLink:
         slice_timeout: float,
         ping_interval: float,
         ping_timeout: float,
-        kill: Callable[[int], None],
+        kill: Callable[[int | None], None],
     ) -> None:
         self.owner = owner
         self.address = address
@@ -265,13 +266,15 @@ class OwnerLink:
                     log.info("owner_link_waiting", owner=self.owner, error=str(error))
                 await trio.sleep(RETRY_INTERVAL)
                 continue
+            silent = False
             try:
-                with trio.fail_after(HELLO_TIMEOUT):
+                with trio.fail_after(self.ping_timeout):
                     hello = await channel.receive()
                 self._check_hello(hello)
             except (ChannelClosed, FrameError, trio.TooSlowError, ValueError, OSError) as error:
                 with trio.CancelScope(shield=True):
                     await channel.aclose()
+                silent = isinstance(error, trio.TooSlowError)
                 log.warning(
                     "owner_link_refused",
                     owner=self.owner,
@@ -279,10 +282,21 @@ class OwnerLink:
                     error=str(error) or type(error).__name__,
                     hint="the owner did not say a valid hello; retrying",
                 )
-                await trio.sleep(RETRY_INTERVAL)
-                continue
-            assert isinstance(hello, Hello)
-            return channel, hello
+            else:
+                break
+            if silent:  # it accepted the connection but says nothing: hung
+                self.kills += 1
+                log.error(
+                    "owner_hung",
+                    owner=self.owner,
+                    pid=None,
+                    waited=self.ping_timeout,
+                    action="no hello: killed with SIGKILL; its supervisor restarts it",
+                )
+                self.kill(None)
+            await trio.sleep(RETRY_INTERVAL)
+        assert isinstance(hello, Hello)
+        return channel, hello
 
     def _check_hello(self, hello: Message) -> None:
         if not isinstance(hello, Hello):
