@@ -17,8 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -107,7 +108,7 @@ class Gateway:
         self, match: Callable[[dict[str, Any]], bool], *, after: int = 0
     ) -> tuple[int, dict[str, Any]]:
         """The first log line from index ``after`` on that ``match``es: (index, line)."""
-        with trio.fail_after(LINE_TIMEOUT):
+        with trio.move_on_after(LINE_TIMEOUT):
             index = after
             while True:
                 while index < len(self.lines):
@@ -117,6 +118,8 @@ class Gateway:
                 if self.process.returncode is not None:
                     raise AssertionError("the gateway exited:\n" + "\n".join(self.raw[-30:]))
                 await self._new.wait()
+        lines = "\n".join(line for line in self.raw if "ingest_" not in line)
+        raise AssertionError(f"no such log line within {LINE_TIMEOUT} s; its log:\n{lines}")
 
     def event(self, name: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
         def match(line: dict[str, Any]) -> bool:
@@ -163,6 +166,8 @@ async def gateway(config: Config, *, expect_clean_stop: bool = True) -> AsyncIte
             if expect_clean_stop and code != -signal.SIGKILL:
                 assert code == 0, "\n".join(running.raw[-30:])
     finally:
+        log = config.path.with_name(f"gateway-{process.pid}.log")
+        log.write_text("\n".join(running.raw) + "\n")  # kept for a failure's post-mortem
         if process.returncode is None:
             process.kill()
             with trio.CancelScope(shield=True):
@@ -257,3 +262,45 @@ def merged(lanes: Iterable[Lane]) -> dict[str, Decimal]:
         for account, total in lane.expected().items():
             totals[account] = totals.get(account, Decimal(0)) + total
     return totals
+
+
+@contextlib.contextmanager
+def popen_gateway(config: Config) -> Iterator[subprocess.Popen[str]]:
+    """The gateway daemon on ``config`` for a synchronous test (a fixture spanning many
+    ``trio.run`` calls): started, listening, stopped with SIGTERM (exit 0) at the end."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.partitions.procs.gateway_daemon",
+            "--config",
+            str(config.path),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    listening = threading.Event()
+
+    def drain() -> None:  # keep reading, or the daemon blocks on a full pipe
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if '"listening"' in line:
+                listening.set()
+        listening.set()
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        assert listening.wait(LINE_TIMEOUT), "".join(lines[-30:])
+        assert process.poll() is None, "".join(lines[-30:])
+        yield process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=LINE_TIMEOUT) == 0, "".join(lines[-30:])
+    finally:
+        process.kill()
+        process.wait()
+        thread.join(10)

@@ -8,11 +8,13 @@ Every wait is on a log line of the gateway or an ack, never on the clock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.partitions.gateway_harness import (
@@ -75,3 +77,107 @@ async def test_kill_9_of_one_owner_under_load_is_exact_and_others_keep_acking(
     tmp_path: Path,
 ) -> None:
     await kill_owner_rounds(tmp_path, 3, SEED)
+
+
+async def wait_gone(pid: int) -> None:
+    """Return once process ``pid`` has ended (its pidfd readable), or at once if it has."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(30):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def hang_owner(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    config = write_gateway_config(
+        tmp_path / "d", owners=3, slice_timeout="1s", ping_interval="100ms", ping_timeout="1s"
+    )
+    by_owner = accounts_by_owner(config, 4)
+    victim = 1
+    mixed = Lane("mixed", [a for names in by_owner.values() for a in names])
+    others = Lane("others", by_owner[0] + by_owner[2])
+    async with gateway(config) as gw:
+        pids = await gw.owner_pids()
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mixed.run, gw.url, gw.token("platform"), stop)
+            nursery.start_soon(others.run, gw.url, gw.token("platform"), stop)
+            await mixed.wait_acks(rng.randrange(1, 30))
+            failed_before = mixed.unavailable
+            os.kill(pids[victim], signal.SIGSTOP)  # hung: it reads nothing, answers nothing
+            acked_when_stopped = others.acks
+            hung, line = await gw.wait_for(gw.event("owner_hung", owner=victim))
+            assert line["pid"] == pids[victim]
+            acked_while_hung = others.acks - acked_when_stopped
+            _, line = await gw.wait_for(
+                gw.event("owner_link_connected", owner=victim, connections=2), after=hung
+            )
+            assert line["pid"] != pids[victim]  # restarted by its supervisor
+            await wait_gone(pids[victim])  # killed (SIGKILL ends a stopped process too)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[victim], signal.SIGCONT)
+            await mixed.wait_acks(mixed.acks + 10)
+            stop.set()
+        assert acked_while_hung > 0, f"seed {seed}: nothing acked while owner {victim} hung"
+        assert mixed.unavailable > failed_before, "the mixed producer never saw unavailable"
+    check_exact(gw, [mixed, others], seed)
+
+
+async def test_a_hung_owner_times_out_into_unavailable_and_is_killed_and_restarted(
+    tmp_path: Path,
+) -> None:
+    await hang_owner(tmp_path, SEED)
+
+
+async def kill_daemon_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
+    rng = random.Random(seed)
+    config = write_gateway_config(tmp_path / "d", owners=3)
+    lane = Lane("lane", [a for names in accounts_by_owner(config, 3).values() for a in names])
+    stop, finished = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def produce(url: str, token: str) -> None:
+            await lane.run(url, token, stop)
+            finished.set()
+
+        for _ in range(rounds):
+            async with gateway(config) as gw:
+                pids = await gw.owner_pids()
+                if not nursery.child_tasks:
+                    nursery.start_soon(produce, gw.url, gw.token("platform"))
+                await lane.wait_acks(lane.acks + rng.randrange(1, 40))
+                gw.kill9()  # the gateway; its owners die with it (no orphans)
+                await gw.process.wait()
+            for pid in pids:
+                await wait_gone(pid)
+        async with gateway(config) as gw:
+            await lane.wait_acks(lane.acks + 10)
+            stop.set()
+            with trio.fail_after(60):
+                await finished.wait()
+    assert lane.duplicates + lane.accepted >= len(lane.sent)
+    check_exact(gw, [lane], seed)
+
+
+async def test_kill_9_of_the_whole_daemon_under_load_then_restart_is_exact(
+    tmp_path: Path,
+) -> None:
+    await kill_daemon_rounds(tmp_path, 2, SEED)
+
+
+@pytest.mark.slow
+async def test_soak_owner_and_daemon_kills(tmp_path: Path) -> None:
+    """Many rounds of each (``METERD_SOAK`` rounds, 10 by default), each on a new store."""
+    rounds = int(os.environ.get("METERD_SOAK", "10"))
+    rng = random.Random(SEED)
+    for round in range(rounds):
+        seed = rng.randrange(2**32)
+        where = tmp_path / f"r{round}"
+        await kill_owner_rounds(where / "owner", 4, seed)
+        await hang_owner(where / "hang", seed)
+        await kill_daemon_rounds(where / "daemon", 5, seed)
