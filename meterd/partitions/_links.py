@@ -119,6 +119,7 @@ class OwnerLink:
         self.kills = 0  # owners killed for not answering a ping
         self.timeouts = 0  # slices given up after slice_timeout
         self._channel: Channel | None = None
+        self._up = trio.Event()  # set while connected
         self._outgoing: list[Slice] = []
         self._wake_sender = trio.Event()
         self._wake_timer = trio.Event()
@@ -138,6 +139,13 @@ class OwnerLink:
     def pending(self) -> int:
         """Slices sent or queued, waiting for their outcome."""
         return len(self._pending)
+
+    async def wait_connected(self) -> int:
+        """Return once the link is connected (at once if it is): the owner's pid."""
+        while True:
+            await self._up.wait()
+            if self.pid is not None:
+                return self.pid
 
     def child_spec(self, id: str | None = None) -> sv.ChildSpec:
         return sv.task_spec(id or f"link-{self.owner}", self.run)
@@ -232,6 +240,7 @@ class OwnerLink:
                     self._channel = channel
                     self.pid = hello.pid
                     self.connections += 1
+                    self._up.set()
                     log.info(
                         "owner_link_connected",
                         owner=self.owner,
@@ -245,6 +254,7 @@ class OwnerLink:
                     why = await self._serve(channel, hello.pid)
                     self._channel = None
                     self.pid = None
+                    self._up = trio.Event()
                     with trio.CancelScope(shield=True):
                         await channel.aclose()
                     lost = len(self._pending)
@@ -253,6 +263,7 @@ class OwnerLink:
         finally:
             self._channel = None
             self.pid = None
+            self._up = trio.Event()
             self._fail_all("the gateway's link to its owner stopped")
 
     async def _connect(self) -> tuple[Channel, Hello]:
