@@ -51,13 +51,12 @@ from meterd.api.server import SHUTDOWN_GRACE, AnsweredErrors, hypercorn_config
 from meterd.config import Config
 from meterd.ingest.server import IngestServer, wall_clock_ms
 from meterd.partitions import (
-    GatewaySubmitter,
-    OwnerLink,
-    OwnerLinks,
     Owners,
     UnixTransport,
     shards_directory,
 )
+from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
+from meterd.partitions._links import OwnerLink
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 
 __all__ = [

@@ -1,16 +1,17 @@
 """Partitions: the unit of ownership of accounts (issue 15; docs/partitions.md).
 
-The pieces:
+So far the generic pieces, not wired into the daemon:
 
 * :func:`partition_of`: the stable hash of an account id to its partition;
 * the gateway <-> owner messages (:mod:`._messages`: msgspec Structs, msgpack);
 * the transport behind one interface (:class:`Transport`, :class:`Channel`), with
-  :class:`UnixTransport` (length-prefixed frames on a Unix socket);
-* the gateway's side: :class:`GatewaySubmitter` (a batch split by shard, the verdicts
-  joined) and :class:`OwnerLink` / :class:`OwnerLinks` (one link per owner process).
+  :class:`UnixTransport` (length-prefixed frames on a Unix socket).
+
+Imported by their module, not re-exported here (they pull in ingest): the gateway's side,
+:mod:`._gateway` (``GatewaySubmitter``: a batch split by shard, the verdicts joined;
+``OwnerLinks``) and :mod:`._links` (``OwnerLink``: one per owner process).
 """
 
-from ._gateway import GatewaySubmitter, OwnerLinks
 from ._hash import DEFAULT_PARTITIONS, MAX_PARTITIONS, PERSON, partition_of
 from ._layout import (
     ShardFiles,
@@ -20,7 +21,6 @@ from ._layout import (
     shards_directory,
     shards_of_owner,
 )
-from ._links import OwnerLink
 from ._messages import (
     SCHEMA_VERSION,
     Answer,
@@ -61,11 +61,8 @@ __all__ = [
     "Channel",
     "ChannelClosed",
     "FrameError",
-    "GatewaySubmitter",
     "Hello",
     "Message",
-    "OwnerLink",
-    "OwnerLinks",
     "OwnerUnavailable",
     "Owners",
     "Query",

@@ -19,9 +19,6 @@ from meterd.ingest.server import Decided
 from meterd.ingest.validate import Rejection as AckRejection
 from meterd.model import Event
 from meterd.partitions import (
-    GatewaySubmitter,
-    OwnerLink,
-    OwnerLinks,
     OwnerUnavailable,
     Rejection,
     Slice,
@@ -29,7 +26,8 @@ from meterd.partitions import (
     owner_of_shard,
     shard_of,
 )
-from meterd.partitions._links import SliceDone
+from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
+from meterd.partitions._links import OwnerLink, SliceDone
 from meterd.store import RejectedEvent
 
 LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=3)

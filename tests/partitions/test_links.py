@@ -20,7 +20,6 @@ from meterd.partitions import (
     Channel,
     ChannelClosed,
     Hello,
-    OwnerLink,
     OwnerUnavailable,
     Query,
     Slice,
@@ -28,6 +27,7 @@ from meterd.partitions import (
     UnixTransport,
     Verdicts,
 )
+from meterd.partitions._links import OwnerLink
 
 LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=2)  # owner 0: shards 0, 2, ...
 SHARDS = list(range(0, 16, 2))
