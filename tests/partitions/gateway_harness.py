@@ -12,6 +12,7 @@ ledgers (:func:`tests.partitions.procs.ledger_owner.usage_of`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ import trio
 
 from meterd.client import BatchResult, Producer
 from meterd.config import Config, load
-from meterd.partitions import owner_of_shard, shard_of
+from meterd.gateway import owner_socket
+from meterd.partitions import Answer, Hello, Query, UnixTransport, owner_of_shard, shard_of
+from tests.partitions.procs.ledger_owner import usage_of
 from tests.system.test_kill9 import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,10 +75,54 @@ def accounts_by_owner(config: Config, n: int) -> dict[int, list[str]]:
     return found
 
 
+async def real_total(config: Config, account: str) -> Decimal | None:
+    """``account``'s total of ``dyno.seconds`` over all time, asked of its real owner."""
+    partitions = config.partitions
+    shard = shard_of(account, partitions)
+    owner = owner_of_shard(shard, partitions)
+    channel = await UnixTransport().connect(owner_socket(config, owner))
+    try:
+        hello = await channel.receive()
+        assert isinstance(hello, Hello)
+        query = f"meter={SUM_METER}&from=0&to={now_ms() + 86_400_000}&window=month"
+        await channel.send(
+            Query(
+                1,
+                shard,
+                "http",
+                {
+                    "method": "GET",
+                    "path": f"/v1/accounts/{account}/usage/summary",
+                    "query": query,
+                    "headers": [["authorization", f"Bearer {config.api.admin_token}"]],
+                    "body": b"",
+                },
+            )
+        )
+        while True:
+            answer = await channel.receive()
+            if isinstance(answer, Answer) and answer.id == 1:
+                break
+    finally:
+        await channel.aclose()
+    assert answer.error is None, answer.error
+    if answer.value["status"] == 404:
+        return None
+    assert answer.value["status"] == 200, answer.value
+    (meter,) = json.loads(answer.value["body"])["meters"]
+    return None if meter["total"] is None else Decimal(str(meter["total"]))
+
+
+def real_owner_available() -> bool:
+    """Whether meterd's own owner process (``meterd.partitions.owner``) is here."""
+    return importlib.util.find_spec("meterd.partitions.owner") is not None
+
+
 @dataclass
 class Gateway:
     config: Config
     process: trio.Process
+    real_owner: bool = False
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     _new: trio.Event = field(default_factory=trio.Event)
@@ -136,11 +183,28 @@ class Gateway:
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)
 
+    async def totals(self, accounts: Iterable[str]) -> dict[str, Decimal]:
+        """Each account's exact total of ``dyno.seconds`` now: from the ledgers of stand-in
+        owners, or asked of real owners (their shard's ``/usage/summary``, through the
+        owner's socket as the gateway asks: a ``query`` of op ``http``)."""
+        if not self.real_owner:
+            found = usage_of(self.config)
+            return {a: found[a][SUM_METER] for a in accounts if SUM_METER in found.get(a, {})}
+        totals: dict[str, Decimal] = {}
+        for account in accounts:
+            total = await real_total(self.config, account)
+            if total is not None:
+                totals[account] = total
+        return totals
+
 
 @contextlib.asynccontextmanager
-async def gateway(config: Config, *, expect_clean_stop: bool = True) -> AsyncIterator[Gateway]:
+async def gateway(
+    config: Config, *, real_owner: bool = False, expect_clean_stop: bool = True
+) -> AsyncIterator[Gateway]:
     """The gateway daemon on ``config``, listening; SIGTERM at the end (exit 0 expected
-    unless the test killed it)."""
+    unless the test killed it). Its owners are stand-ins (ledger_owner) unless
+    ``real_owner``."""
     process = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -148,12 +212,13 @@ async def gateway(config: Config, *, expect_clean_stop: bool = True) -> AsyncIte
             "tests.partitions.procs.gateway_daemon",
             "--config",
             str(config.path),
+            *(["--real-owner"] if real_owner else []),
         ],
         stderr=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    running = Gateway(config, process)
+    running = Gateway(config, process, real_owner)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(running._read)
