@@ -330,7 +330,7 @@ def merged(lanes: Iterable[Lane]) -> dict[str, Decimal]:
 
 
 @contextlib.contextmanager
-def popen_gateway(config: Config) -> Iterator[subprocess.Popen[str]]:
+def popen_gateway(config: Config, *, real_owner: bool = False) -> Iterator[subprocess.Popen[str]]:
     """The gateway daemon on ``config`` for a synchronous test (a fixture spanning many
     ``trio.run`` calls): started, listening, stopped with SIGTERM (exit 0) at the end."""
     process = subprocess.Popen(
@@ -340,6 +340,7 @@ def popen_gateway(config: Config) -> Iterator[subprocess.Popen[str]]:
             "tests.partitions.procs.gateway_daemon",
             "--config",
             str(config.path),
+            *(["--real-owner"] if real_owner else []),
         ],
         stderr=subprocess.PIPE,
         text=True,
