@@ -200,20 +200,23 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    config: Config, *, real_owner: bool = False, expect_clean_stop: bool = True
+    config: Config,
+    *,
+    real_owner: bool = False,
+    expect_clean_stop: bool = True,
+    meterd_run: bool = False,
 ) -> AsyncIterator[Gateway]:
     """The gateway daemon on ``config``, listening; SIGTERM at the end (exit 0 expected
     unless the test killed it). Its owners are stand-ins (ledger_owner) unless
-    ``real_owner``."""
+    ``real_owner``; ``meterd_run``: started as ``meterd run`` (real owners)."""
+    argv = [sys.executable, "-m", "tests.partitions.procs.gateway_daemon"]
+    if meterd_run:
+        argv = [sys.executable, "-m", "meterd", "run", "--json-logs"]
+        real_owner = True
+    elif real_owner:
+        argv.append("--real-owner")
     process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "tests.partitions.procs.gateway_daemon",
-            "--config",
-            str(config.path),
-            *(["--real-owner"] if real_owner else []),
-        ],
+        [*argv, "--config", str(config.path)],
         stderr=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
