@@ -134,8 +134,14 @@ class GatewayServices:
     api: GatewayApi
 
 
-def build_gateway(config: Config, *, owner_command: OwnerCommand | None = None) -> GatewayServices:
-    """Build (not start) the gateway's tree for ``config`` (``[partitions] owners >= 1``)."""
+def build_gateway(
+    config: Config,
+    *,
+    owner_command: OwnerCommand | None = None,
+    max_seconds: float = MAX_SECONDS,
+) -> GatewayServices:
+    """Build (not start) the gateway's tree for ``config`` (``[partitions] owners >= 1``);
+    ``owner_command`` and ``max_seconds`` (the root's intensity window) are for tests."""
     partitions = config.partitions
     if partitions.owners < 1:
         raise ValueError("build_gateway needs [partitions] owners >= 1")
@@ -194,7 +200,7 @@ def build_gateway(config: Config, *, owner_command: OwnerCommand | None = None) 
     api = GatewayApi(config, owners)
     specs += [link.child_spec() for link in links]
     specs += [ingest.child_spec(), api.child_spec()]
-    root = sv.Supervisor(specs, max_restarts=MAX_RESTARTS, max_seconds=MAX_SECONDS, name="root")
+    root = sv.Supervisor(specs, max_restarts=MAX_RESTARTS, max_seconds=max_seconds, name="root")
     holder.append(root)
     api.root = root
     return GatewayServices(root, owners, submitter, ingest, api)
@@ -315,7 +321,12 @@ class GatewayApi:
 # ---- running it ----------------------------------------------------------------------------
 
 
-async def serve_gateway(config: Config, *, owner_command: OwnerCommand | None = None) -> None:
+async def serve_gateway(
+    config: Config,
+    *,
+    owner_command: OwnerCommand | None = None,
+    max_seconds: float = MAX_SECONDS,
+) -> None:
     """Run the gateway daemon until SIGINT or SIGTERM, then stop the tree in order.
 
     Raises :class:`meterd.startup.StartupFailed` or :class:`meterd.startup.DaemonFailed`
@@ -325,7 +336,7 @@ async def serve_gateway(config: Config, *, owner_command: OwnerCommand | None = 
     prepare_paths(config)
     try:
         prepare_runtime_directory(config)
-        services = build_gateway(config, owner_command=owner_command)
+        services = build_gateway(config, owner_command=owner_command, max_seconds=max_seconds)
     except (OSError, ValueError) as error:
         raise StartupFailed(str(error)) from None
     failed_start: str | None = None

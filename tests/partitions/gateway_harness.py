@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -205,6 +205,7 @@ async def gateway(
     real_owner: bool = False,
     expect_clean_stop: bool = True,
     meterd_run: bool = False,
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[Gateway]:
     """The gateway daemon on ``config``, listening; SIGTERM at the end (exit 0 expected
     unless the test killed it). Its owners are stand-ins (ledger_owner) unless
@@ -216,7 +217,7 @@ async def gateway(
     elif real_owner:
         argv.append("--real-owner")
     process = await trio.lowlevel.open_process(
-        [*argv, "--config", str(config.path)],
+        [*argv, "--config", str(config.path), *extra],
         stderr=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from meterd.gateway import MAX_RESTARTS
 from tests.partitions.gateway_harness import (
     Gateway,
     Lane,
@@ -91,6 +92,30 @@ async def test_kill_9_of_one_owner_under_load_is_exact_and_others_keep_acking(
     await kill_owner_rounds(
         tmp_path, 3 if owner == "stand-in" else 1, SEED, real_owner=owner == "real"
     )
+
+
+async def test_an_owner_killed_past_the_restart_intensity_stops_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """An owner is a child like any other: each kill is a restart counted by the root, and
+    one more than MAX_RESTARTS within MAX_SECONDS makes it give up: the daemon exits 1
+    saying which child failed and why (its service manager restarts it). The window is
+    made 10 minutes here, so that a slow machine's restarts still fall within it."""
+    config = write_gateway_config(tmp_path / "d", owners=2)
+    async with gateway(config, expect_clean_stop=False, extra=["--max-seconds", "600"]) as gw:
+        (pid, _) = await gw.owner_pids()
+        after = 0
+        for kill in range(MAX_RESTARTS + 1):
+            os.kill(pid, signal.SIGKILL)
+            if kill == MAX_RESTARTS:
+                break
+            after, line = await gw.wait_for(
+                gw.event("owner_link_connected", owner=0, connections=kill + 2), after=after
+            )
+            pid = line["pid"]
+        _, failed = await gw.wait_for(gw.event("meterd_failed"), after=after)
+        assert "owner-0" in failed["error"]
+        assert await gw.process.wait() == 1
 
 
 async def wait_gone(pid: int) -> None:

@@ -13,11 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import structlog
 import trio
 
 from meterd.config import Config, load
-from meterd.gateway import serve_gateway
+from meterd.gateway import MAX_SECONDS, serve_gateway
 from meterd.logs import configure
+from meterd.startup import DaemonFailed, StartupFailed
 
 
 def ledger_owner(config: Config, owner: int, socket_path: str) -> list[str]:
@@ -38,10 +40,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="gateway_daemon")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--real-owner", action="store_true")
+    parser.add_argument(
+        "--max-seconds", type=float, help="the root's restart intensity window (a test's)"
+    )
     args = parser.parse_args()
     configure(level="info", json=True)
     config = load(args.config)
-    trio.run(lambda: serve_gateway(config, owner_command=None if args.real_owner else ledger_owner))
+    command = None if args.real_owner else ledger_owner
+    try:
+        trio.run(
+            lambda: serve_gateway(
+                config, owner_command=command, max_seconds=args.max_seconds or MAX_SECONDS
+            )
+        )
+    except (StartupFailed, DaemonFailed) as failed:  # as meterd run says it
+        event = "meterd_start_failed" if isinstance(failed, StartupFailed) else "meterd_failed"
+        structlog.get_logger("meterd").error(event, error=str(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
