@@ -7,8 +7,11 @@ Connect
     It connects to the owner's address (its Unix socket) and reads the owner's
     :class:`~._messages.Hello` (the owner's pid and shards, checked against the layout).
     While the owner is not there (starting, restarting) it retries every
-    :data:`RETRY_INTERVAL` seconds; its start (``task_status.started``) waits for the first
-    Hello, so ingest, started after the links, never sends to an owner not yet serving.
+    :data:`RETRY_INTERVAL` seconds. Its first start (``task_status.started``) waits for the
+    first Hello (up to ``ping_timeout``), so ingest, started after the links, does not send
+    to an owner not yet connected; a restart of the link starts at once (see :meth:`run`).
+    A connection reset before the hello (an owner that died with it unaccepted) is retried
+    like a refused one.
 Slices
     :meth:`send` queues an encoded :class:`~._messages.Slice` (never blocks) with the
     function to call with its outcome; one task writes the queue to the channel, so
@@ -120,6 +123,7 @@ class OwnerLink:
         self.timeouts = 0  # slices given up after slice_timeout
         self._channel: Channel | None = None
         self._up = trio.Event()  # set while connected
+        self._started = False  # task_status.started called (in this incarnation)
         self._outgoing: list[Slice] = []
         self._wake_sender = trio.Event()
         self._wake_timer = trio.Event()
@@ -230,11 +234,21 @@ class OwnerLink:
     # ---- the link's task ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, serve the channel until it ends, fail what was pending, reconnect."""
-        started = False
+        """Connect, serve the channel until it ends, fail what was pending, reconnect.
+
+        Started once connected, or after ``ping_timeout`` without an owner at its first
+        start (the owners are started before the links, so that is rare), and at once when
+        restarted: a start that waited for the owner would hold the supervisor, which
+        would then never restart the owner it waits for."""
+        self._started = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expire)
+                if self.connections:  # restarted: the owner may be down; never wait for it
+                    self._started = True
+                    task_status.started(self)
+                else:
+                    nursery.start_soon(self._start_anyway, self.ping_timeout, task_status)
                 while True:
                     channel, hello = await self._connect()
                     self._channel = channel
@@ -248,8 +262,8 @@ class OwnerLink:
                         address=self.address,
                         connections=self.connections,
                     )
-                    if not started:
-                        started = True
+                    if not self._started:
+                        self._started = True
                         task_status.started(self)
                     why = await self._serve(channel, hello.pid)
                     self._channel = None
@@ -265,6 +279,14 @@ class OwnerLink:
             self.pid = None
             self._up = trio.Event()
             self._fail_all("the gateway's link to its owner stopped")
+
+    async def _start_anyway(self, wait: float, task_status: trio.TaskStatus[Any]) -> None:
+        """Report the link started after ``wait`` s even if no owner said hello by then."""
+        await trio.sleep(wait)
+        if not self._started:
+            self._started = True
+            log.warning("owner_link_started_unconnected", owner=self.owner, waited=wait)
+            task_status.started(self)
 
     async def _connect(self) -> tuple[Channel, Hello]:
         attempts = 0
@@ -282,7 +304,14 @@ class OwnerLink:
                 with trio.fail_after(self.ping_timeout):
                     hello = await channel.receive()
                 self._check_hello(hello)
-            except (ChannelClosed, FrameError, trio.TooSlowError, ValueError, OSError) as error:
+            except (
+                ChannelClosed,
+                FrameError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,  # reset: it died with the connection unaccepted
+                ValueError,
+                OSError,
+            ) as error:
                 with trio.CancelScope(shield=True):
                     await channel.aclose()
                 silent = isinstance(error, trio.TooSlowError)

@@ -5,6 +5,7 @@ a real Unix socket, Trio's mock clock jumping over every timeout: nothing waits 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -191,5 +192,79 @@ async def test_a_hello_with_other_shards_is_refused(
         await serving(nursery, address, wrong)
         nursery.start_soon(link.run)
         await said.reach(3)  # refused, and tried again
+        assert not link.connected
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_reset_before_the_hello_is_retried_not_a_crash(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stopped owner's socket still queues the link's connection; killed, it resets it
+    (ECONNRESET, trio's BrokenResourceError): the link must retry, not crash (a crash
+    whose restart waited for that owner held the supervisor: found by the hang test)."""
+    address = str(tmp_path / "o.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(address)
+    listener.listen(8)  # never accepted: the link's connection waits in the backlog
+    link = link_for(address, [], ping_timeout=30.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        await trio.testing.wait_all_tasks_blocked()  # connected, waiting for a hello
+        listener.close()  # the owner dies: the queued connection is reset
+        os.unlink(address)
+        await trio.testing.wait_all_tasks_blocked()
+
+        async def owner(channel: Channel) -> None:
+            await channel.send(Hello("owner-0", 7, SHARDS))
+            await trio.sleep_forever()
+
+        await serving(nursery, address, owner)  # its successor
+        with trio.fail_after(60):
+            assert await link.wait_connected() == 7
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_link_starts_at_once_while_its_owner_is_down(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its supervisor waits for a child's start: a link whose start waited for its owner
+    would keep the supervisor from restarting that owner."""
+    address = str(tmp_path / "o.sock")
+
+    async def owner(channel: Channel) -> None:
+        await channel.send(Hello("owner-0", 7, SHARDS))
+        await trio.sleep_forever()
+
+    link = link_for(address, [], ping_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def run_once(*, task_status: trio.TaskStatus[Any]) -> None:
+            with first:
+                await link.run(task_status=task_status)
+
+        async with trio.open_nursery() as owners:
+            await serving(owners, address, owner)
+            await nursery.start(run_once)  # first start: waits for the hello
+            assert link.connected
+            owners.cancel_scope.cancel()  # the owner is gone
+        first.cancel()  # and the link's task ended (a crash, say)
+        started = trio.current_time()
+        with trio.fail_after(60):  # virtual seconds
+            await nursery.start(link.run)  # restarted: at once, not connected
+        assert trio.current_time() == started
+        assert link.pid is None  # not connected
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_first_start_without_an_owner_gives_up_waiting_after_ping_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    link = link_for(str(tmp_path / "nobody.sock"), [], ping_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        with trio.fail_after(60):  # virtual seconds
+            await nursery.start(link.run)
+        assert trio.current_time() - started == pytest.approx(5.0)
         assert not link.connected
         nursery.cancel_scope.cancel()
