@@ -223,7 +223,7 @@ def build_api_app(config: Config, owners: Owners, root: Callable[[], sv.Supervis
         if error.name != "meterd.api.gateway":
             raise
         return _minimal_app(config, owners, root)
-    return module.build_gateway_app(config, owners, root=root)  # pragma: no cover
+    return module.build_gateway_app(config, owners, root=root)
 
 
 def _minimal_app(config: Config, owners: Owners, root: Callable[[], sv.Supervisor]) -> Starlette:
