@@ -79,21 +79,24 @@ def build(config: Config) -> Services:
         spend_pricing=BookPricing(
             prices, currency=config.billing.currency, amount_places=config.billing.amount_places
         ),
+        webhooks=[w.name for w in config.webhooks],
     )
+    # With a webhook, rules of one account can be made through the API (docs/alerts.md).
+    alerting = bool(config.alerts or config.webhooks)
     accounts = Accounts(
         store,
         config.meters_by_name,
         config.accounts,
         checkpoint_interval=config.store.checkpoint_interval,
         max_in_flight_events=config.ingest.max_in_flight_events,
-        alerts=alerts if config.alerts else None,
+        alerts=alerts if alerting else None,
     )
     deliveries = DeliveryService(  # the outbox to the webhooks (docs/alerts.md)
         store,
         alerts,
         config.webhooks,
         config.store_path.with_name("deliveries.sqlite3"),
-        wake=accounts.checkpoint if config.alerts else None,
+        wake=accounts.checkpoint if alerting else None,
     )
     ingest = IngestServer(config, accounts)
     metrics = Metrics()

@@ -422,6 +422,8 @@ class _Key:
                 raise Invalid(f"expected a string, got {kind_of(value)}")
             return self.secret_text(value, "")
         if env_value is ABSENT:
+            if not self.required:  # an optional secret (its default, None)
+                return self.default  # type: ignore[no-any-return]
             raise Invalid(f'missing (give {name} = "..." or {env_name} = "VARIABLE")')
         try:
             return self.env_secret(env_value, check.env)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -58,6 +59,7 @@ from meterd.accounts.aggregate import AccountUsage, decode, encode
 from meterd.accounts.budget import EventBudget
 from meterd.alerts._eval import AccountAlerts
 from meterd.alerts._outbox import outbox_rows
+from meterd.alerts._rules import account_rules
 from meterd.alerts._runtime import AlertBook
 from meterd.model import Event, Meter
 from meterd.store import CommitFailed, Store
@@ -137,6 +139,8 @@ class MeterActor(sv.GenServer[Any, Any]):
         # Only the journal after the watermark: the windows stay in the store (the actor
         # keeps deltas since its last checkpoint, not the account's history).
         book = self.accounts.alerts
+        if book is not None:
+            await book.ensure_loaded(store)  # the accounts' own rules: read once
         watched = book is not None and bool(book.rules_for(self.account))
         since = book.horizon_ms() if book is not None and watched else _NO_WINDOWS
         loaded = await store.reader.load_account(self.account, windows_since=since)
@@ -195,6 +199,11 @@ class MeterActor(sv.GenServer[Any, Any]):
                 caller.fail(error)
                 return sv.NOREPLY
             return self.watermark
+        if kind == "rules":  # the account's alert rules changed (created or deleted)
+            await self._reload_rules()
+            return self.watermark
+        if kind == "rule":  # create or delete one of its rules, then evaluate by them
+            return await self._change_rule(*request[1:])
         if kind == "status":
             return {
                 "account": self.account,
@@ -239,6 +248,40 @@ class MeterActor(sv.GenServer[Any, Any]):
                 await self._checkpoint()
             except Exception as error:
                 self.log.warning("checkpoint_on_stop_failed", error=repr(error))
+
+    async def _change_rule(
+        self, name: str, by: str, rule: tuple[str, str, str | None, str | None, str] | None
+    ) -> bool:
+        """Write the change (the store writer's ``AlertRuleWrite``) and reload the rules
+        before any other message: an event committed after the change is applied after it,
+        so it is evaluated against the rules as changed; one committed before is not (its
+        batch is at most the rule's ``armed_after``)."""
+        store = self.accounts.store
+        written = await store.writer.alert_rule(self.account, name, by, rule)
+        book = self.accounts.alerts
+        if written and book is not None:
+            stored = await store.reader.run(partial(account_rules, account=self.account))
+            book.set_account_rules(self.account, stored)
+            await self._reload_rules()
+        return written
+
+    async def _reload_rules(self) -> None:
+        """Evaluate the account's rules as the book has them now, from the next event on.
+
+        A checkpoint first (crossings already decided become durable, and the store's
+        windows hold every event applied, up to the watermark); then the months' usage is
+        read back from the store, as a start does, so a new rule compares the next event
+        with the whole month's usage so far. A checkpoint that fails (a full disk) raises
+        to the caller, and the rules stay as they were until the next try or start."""
+        book = self.accounts.alerts
+        await self._checkpoint()
+        if book is None or not book.rules_for(self.account):
+            self.alerts = None
+            return
+        store = self.accounts.store
+        loaded = await store.reader.load_account(self.account, windows_since=book.horizon_ms())
+        # load_account's journal tail past the watermark is on its way to this mailbox.
+        self.alerts = await book.start_account(self.account, store, loaded.windows)
 
     # ---- deliveries --------------------------------------------------------------------
 

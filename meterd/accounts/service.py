@@ -57,10 +57,17 @@ import supervisors as sv
 from meterd.accounts.actor import AccountsContext, MeterActor
 from meterd.accounts.aggregate import State, UsageRow, decode, rollup
 from meterd.accounts.budget import EventBudget
+from meterd.alerts._rules import account_rules
 from meterd.alerts._runtime import AlertBook
 from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
-from meterd.store import AppendResult, RejectedEvent, Store, WindowRow
+from meterd.store import (
+    AppendResult,
+    QuarantineDecision,
+    RejectedEvent,
+    Store,
+    WindowRow,
+)
 from meterd.store.codec import decode_dims
 
 log = structlog.get_logger("meterd.accounts")
@@ -147,6 +154,8 @@ class Accounts:
         self.wakes = 0  # accounts woken because their events were committed (counters)
         self.overflows = 0  # deliveries that found a full mailbox
         self.coalesced = 0  # deliveries added to one still waiting in the actor's mailbox
+        # Accounts someone follows (the API's live usage): set at its next committed batch.
+        self._changed: dict[str, trio.Event] = {}
 
     def child_specs(self) -> list[sv.ChildSpec]:
         """The children to run under the application's ``accounts`` supervisor."""
@@ -256,6 +265,62 @@ class Accounts:
             rejected=rejected,
         )
 
+    async def release(
+        self, account: str, event_ids: Sequence[str] | None, by: str, reason: str
+    ) -> QuarantineDecision:
+        """Re-apply quarantined events of ``account`` (``event_ids``; ``None``: all) after
+        their cause was fixed, through the one write path: the store writer moves them from
+        quarantine back to the journal as a new batch, audited with ``by`` and ``reason``
+        (:mod:`meterd.store._quarantine`), and that batch is delivered to the account's
+        actor in commit order, like any committed batch. An event that crashes the actor
+        again is quarantined again by its next incarnation (as the new batch's copy).
+
+        Raises :class:`~meterd.store.QuarantineRefused` (nothing written) for an id that
+        is not in quarantine nor released already; ids released already are
+        ``unchanged`` in the answer."""
+        done = trio.Event()
+        outcomes: list[QuarantineDecision | BaseException] = []
+
+        def report(outcome: QuarantineDecision | BaseException) -> None:
+            # Run in commit order (the writer's reply), before any later batch of the
+            # account is delivered: the actor must see the new batch in journal order.
+            if isinstance(outcome, QuarantineDecision) and outcome.batch_id is not None:
+                events = list(outcome.events)
+                result = AppendResult(outcome.batch_id, list(range(len(events))), [], [])
+                self.deliver([(account, events)], [result])
+            outcomes.append(outcome)
+            done.set()
+
+        self.store.writer.submit_release(account, event_ids, by, reason, report)
+        await done.wait()
+        [outcome] = outcomes
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome.settled:
+            log.info(
+                "quarantine_released",
+                account=account,
+                events=[copy.event_id for copy in outcome.settled],
+                batch=outcome.batch_id,
+                by=by,
+            )
+        return outcome
+
+    async def discard(
+        self, account: str, event_ids: Sequence[str], by: str, reason: str
+    ) -> QuarantineDecision:
+        """Discard quarantined events ``event_ids`` of ``account`` for good: audited with
+        ``by`` and ``reason``, they never count (:meth:`meterd.store.Writer.discard`)."""
+        outcome = await self.store.writer.discard(account, event_ids, by, reason)
+        if outcome.settled:
+            log.info(
+                "quarantine_discarded",
+                account=account,
+                events=[copy.event_id for copy in outcome.settled],
+                by=by,
+            )
+        return outcome
+
     def _committed(
         self,
         groups: Sequence[tuple[str, list[Event]]],
@@ -278,10 +343,13 @@ class Accounts:
         whereis = self.registry.whereis
         take_for = self.budget.take_for
         join = self._join
+        changed = self._changed
         for (account, events), result in zip(groups, results, strict=True):
             batch_id = result.batch_id
             if batch_id is None:
                 continue
+            if changed and account in changed:
+                changed.pop(account).set()
             accepted = result.accepted
             if len(accepted) != len(events):
                 events = [events[i] for i in accepted]
@@ -291,6 +359,14 @@ class Accounts:
                     take_for(account, len(events))
                     continue
             self._deliver(account, batch_id, events)
+
+    def next_change(self, account: str) -> trio.Event:
+        """Set once a batch of ``account``'s events is next committed (and on its way to
+        its actor, so a usage query after it counts them): for live usage."""
+        found = self._changed.get(account)
+        if found is None:
+            found = self._changed[account] = trio.Event()
+        return found
 
     def _join(self, queued: Any, message: list[Any]) -> bool:
         """The merge of a delivery (``try_send``'s): while the actor has not taken the
@@ -397,6 +473,49 @@ class Accounts:
             if overflow:
                 self.budget.give_for(account, sum(events for _, events, _ in overflow))
                 self._wake(account)
+
+    async def change_rule(
+        self,
+        account: str,
+        name: str,
+        by: str,
+        rule: tuple[str, str, str | None, str | None, str] | None,
+    ) -> bool:
+        """Create (``rule``) or delete (None) alert rule ``name`` of ``account`` (the store
+        writer's ``AlertRuleWrite``) and have it evaluated from the next event on; whether it
+        was written (False: the name is taken, or there is no such rule).
+
+        An awake account's actor makes the change itself, so no event is applied between
+        the write and its reload (an event committed after the rule is evaluated against
+        it, exactly). A sleeping account is written here and reads the rules when it
+        wakes."""
+        ref = self.registry.whereis(account)
+        if ref is not None:
+            try:
+                return bool(await ref.call(("rule", name, by, rule), timeout=self.call_timeout))
+            except (sv.NoSuchActor, sv.ActorExited):
+                pass  # it stopped before reading the call: asleep now
+        written = await self.store.writer.alert_rule(account, name, by, rule)
+        if written:
+            await self.reload_rules(account)  # an actor started meanwhile reloads
+        return written
+
+    async def reload_rules(self, account: str) -> None:
+        """``account``'s alert rules changed in the store (created or deleted through the
+        API): the alert book takes them as stored now and, if the account's actor is awake,
+        it reloads them before this returns (a sleeping one reads the book when it wakes),
+        so its next event is evaluated against them (docs/alerts.md)."""
+        book = self.alerts
+        if book is None:
+            return
+        stored = await self.store.reader.run(partial(account_rules, account=account), "default")
+        book.set_account_rules(account, stored)
+        ref = self.registry.whereis(account)
+        if ref is not None:
+            # It stopped (hibernated, crashed) before reading the call: the next incarnation
+            # reads the book when it starts.
+            with contextlib.suppress(sv.NoSuchActor, sv.ActorExited):
+                await ref.call(("rules",), timeout=self.call_timeout)
 
     async def checkpoint(self, account: str) -> None:
         """Make the stored windows of ``account`` complete: everything durable is in them.

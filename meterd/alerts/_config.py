@@ -12,16 +12,23 @@ import enum
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Final
 from urllib.parse import urlsplit
 
 from meterd.model import Meter
-from meterd.schema import Check, Invalid, check_fields, got, key, show, suggest
+from meterd.schema import Check, Invalid, check_fields, dotted, got, key, show, suggest
 
-__all__ = ["AlertPeriod", "AlertRule", "Webhook", "check_alerts", "threshold_text"]
+__all__ = [
+    "AlertPeriod",
+    "AlertRule",
+    "Webhook",
+    "check_alert",
+    "check_alerts",
+    "threshold_text",
+]
 
 WEBHOOK_NAME: Final = r"[a-z0-9][a-z0-9._-]{0,63}"
 ALERT_NAME: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -176,6 +183,9 @@ class AlertRule:
     spend: Decimal | None = None
     accounts: frozenset[str] | None = None
     period: AlertPeriod = AlertPeriod.MONTH
+    armed_after: int = 0
+    """A rule of one account evaluates the events committed after it was made: those of
+    journal batches above this one (0: every event, as a configured rule)."""
 
     def applies_to(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
@@ -224,46 +234,73 @@ def check_alerts(
     rules: list[AlertRule] = []
     rule_names: dict[str, str] = {}
     for prefix, table in check.array_of_tables("alerts", alerts_value):
-        values, ok = check_fields(AlertEntry, table, prefix, check)
-        name = values.get("name")
-        ok = check.unique_name(prefix, name, rule_names) and ok
-        meter = values.get("meter")
-        if isinstance(meter, str) and meter not in meters:
-            if declared is None or meter not in declared:
-                hint = suggest(meter, sorted(declared if declared is not None else meters))
-                check.problem(f"{prefix}.meter", f"{meter!r} is not a configured meter{hint}")
-            ok = False
-        hook = values.get("webhook")
-        if isinstance(hook, str) and hook not in hook_names:
-            hint = suggest(hook, sorted(hook_names))
-            check.problem(f"{prefix}.webhook", f"{hook!r} is not a configured webhook{hint}")
-            ok = False
-        threshold, spend = values.get("threshold"), values.get("spend")
-        if "threshold" in table and "spend" in table:
-            check.problem(f"{prefix}.spend", "give threshold (usage) or spend (amount), not both")
-            ok = False
-        elif "threshold" not in table and "spend" not in table:
-            check.problem(
-                f"{prefix}.threshold",
-                'missing: give threshold = "<usage>" or spend = "<amount>"',
-            )
-            ok = False
-        accounts = table.get("accounts")
-        if isinstance(accounts, list) and not accounts:
-            check.problem(
-                f"{prefix}.accounts", "an empty list watches no account; leave the key out for all"
-            )
-            ok = False
-        if ok:
-            rules.append(
-                AlertRule(
-                    name=values["name"],
-                    meter=values["meter"],
-                    webhook=values["webhook"],
-                    threshold=threshold,
-                    spend=spend,
-                    accounts=values.get("accounts"),
-                    period=values.get("period", AlertPeriod.MONTH),
-                )
-            )
+        rule = check_alert(check, prefix, table, meters, declared, hook_names, rule_names)
+        if rule is not None:
+            rules.append(rule)
     return tuple(hooks), tuple(rules)
+
+
+def check_alert(
+    check: Check,
+    prefix: str,
+    table: Mapping[str, object],
+    meters: Mapping[str, Meter],
+    declared: Collection[str] | None,
+    webhooks: Collection[str],
+    names: dict[str, str],
+    *,
+    account: str | None = None,
+) -> AlertRule | None:
+    """One ``[[alerts]]`` entry (at ``prefix``), or one account's rule (``account``: the
+    API's body, whose account is the path's, so it takes no ``accounts`` key): the rule, or
+    None with every problem in ``check``. ``webhooks``: the configured webhook names;
+    ``names``: the rule names taken so far (a repeat is a problem)."""
+    values, ok = check_fields(AlertEntry, table, prefix, check)
+    name = values.get("name")
+    ok = check.unique_name(prefix, name, names) and ok
+    meter = values.get("meter")
+    if isinstance(meter, str) and meter not in meters:
+        if declared is None or meter not in declared:
+            hint = suggest(meter, sorted(declared if declared is not None else meters))
+            check.problem(dotted(prefix, "meter"), f"{meter!r} is not a configured meter{hint}")
+        ok = False
+    hook = values.get("webhook")
+    if isinstance(hook, str) and hook not in webhooks:
+        hint = suggest(hook, sorted(webhooks))
+        check.problem(dotted(prefix, "webhook"), f"{hook!r} is not a configured webhook{hint}")
+        ok = False
+    threshold, spend = values.get("threshold"), values.get("spend")
+    if "threshold" in table and "spend" in table:
+        check.problem(dotted(prefix, "spend"), "give threshold (usage) or spend (amount), not both")
+        ok = False
+    elif "threshold" not in table and "spend" not in table:
+        check.problem(
+            dotted(prefix, "threshold"),
+            'missing: give threshold = "<usage>" or spend = "<amount>"',
+        )
+        ok = False
+    accounts = table.get("accounts")
+    if account is not None and "accounts" in table:
+        check.problem(
+            dotted(prefix, "accounts"),
+            f"a rule of one account watches that account ({account!r}, from the path):"
+            " leave the key out",
+        )
+        ok = False
+    elif isinstance(accounts, list) and not accounts:
+        check.problem(
+            dotted(prefix, "accounts"),
+            "an empty list watches no account; leave the key out for all",
+        )
+        ok = False
+    if not ok:
+        return None
+    return AlertRule(
+        name=values["name"],
+        meter=values["meter"],
+        webhook=values["webhook"],
+        threshold=threshold,
+        spend=spend,
+        accounts=frozenset((account,)) if account is not None else values.get("accounts"),
+        period=values.get("period", AlertPeriod.MONTH),
+    )

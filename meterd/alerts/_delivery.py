@@ -343,6 +343,7 @@ class DeliveryService:
         account with rules whose journal goes past its watermark is woken (a few at a
         time): its replay decides the crossings those events made."""
         store = self.store
+        await self.book.ensure_loaded(store)
         behind = set(await store.reader.run(accounts_behind, "default"))
         for held in store.writer.journal_tail.slices:  # batches not in the index yet
             behind.update(held)

@@ -278,8 +278,13 @@ class AccountAlerts:
 
     def _cross(self, period: _Period, value: Quantity, event: Event, batch_id: int) -> None:
         limits = period.limits
-        while limits and value >= limits[0][0]:
-            _, rule = limits.pop(0)
+        waiting = 0  # reached by rules made after this event was committed: not yet theirs
+        while waiting < len(limits) and value >= limits[waiting][0]:
+            rule = limits[waiting][1]
+            if batch_id <= rule.armed_after:
+                waiting += 1
+                continue
+            limits.pop(waiting)
             self.decide(rule, period.label, value, event, batch_id)
         period.rearm()
 
@@ -399,9 +404,15 @@ class _SpendWatch:
         amount = pricing.amount(
             alerts.account, period.label, self.meter, [(s, d, st) for (s, d), st in days.items()]
         )
-        while left and amount >= left[0].limit:
-            alerts.decide(left.pop(0), period.label, amount, event, batch_id)
-        if left:
+        waiting = 0  # reached by rules made after this event was committed: not yet theirs
+        while waiting < len(left) and amount >= left[waiting].limit:
+            if batch_id <= left[waiting].armed_after:
+                waiting += 1
+                continue
+            alerts.decide(left.pop(waiting), period.label, amount, event, batch_id)
+        if waiting:
+            self.need[ym] = 0  # rate again at the next event
+        elif left:
             self.need[ym] = self._usage_needed(pricing, left[0].limit - amount, len(days))
 
     def _usage_needed(self, pricing: SpendPricing, short: Decimal, lines: int) -> Quantity:

@@ -52,6 +52,12 @@ class ErrorDetail(Open):
     parameter: Annotated[str, Meta(description="The parameter or field at fault (400).")] | (
         UnsetType
     ) = UNSET
+    problems: (
+        Annotated[
+            list[str], Meta(description="Every problem of the body, each naming its field (400).")
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Error(Closed):
@@ -164,6 +170,16 @@ class Event(Closed):
     properties: Dimensions
     producer: str
     received_at: Time
+    status: (
+        Annotated[
+            Literal["quarantined", "discarded"],
+            Meta(
+                description="Only for an event that does not count: quarantined (it crashed"
+                " its actor) or discarded by an operator."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Events(Closed):
@@ -226,6 +242,42 @@ class QuarantinedEvent(Closed):
 
 class Quarantine(Closed):
     events: list[QuarantinedEvent]
+
+
+class SettledEvent(Closed):
+    event_id: str
+    batch_id: Annotated[int, Meta(description="The journal batch it was quarantined in.")]
+    error: Annotated[str, Meta(description="Why it crashed its actor (as quarantined).")]
+    quarantined_at: Time
+
+
+class UnchangedEvent(Closed):
+    event_id: str
+    action: Annotated[
+        Literal["released", "discarded"], Meta(description="What was done to it before.")
+    ]
+    by: str
+    at: Time
+    release_batch: Annotated[
+        int | None, Meta(description="The journal batch holding its counted copy (released).")
+    ]
+
+
+class QuarantineDecision(Closed):
+    """What a release or discard did: the events taken out of quarantine, and the ids asked
+    for that were already so (nothing done to them)."""
+
+    account: str
+    action: Literal["released", "discarded"]
+    batch_id: Annotated[
+        int | None,
+        Meta(description="The journal batch the released events were appended as; null when"
+             " nothing was released (and for a discard)."),
+    ]  # fmt: skip
+    events: list[SettledEvent]
+    unchanged: list[UnchangedEvent]
+    by: str
+    reason: str
 
 
 # ---- billing (docs/billing.md) -------------------------------------------------------------
@@ -365,7 +417,7 @@ class ExplainedEvent(Closed):
     producer: str
     received_at: Time
     window: Time
-    status: Literal["counted", "voided", "quarantined"]
+    status: Literal["counted", "voided", "quarantined", "discarded"]
     void: int | None
 
 

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .console import asset, index, stream
 from .daemon import Daemon
 from .errors import exception_handlers
+from .live import live_usage
 from .openapi import OPERATIONS
 from .operations import Operation
 
@@ -21,12 +22,16 @@ def build_app(daemon: Daemon) -> Starlette:
     by_route: dict[str, list[Operation]] = {}
     for operation in OPERATIONS:
         by_route.setdefault(operation.route, []).append(operation)
-    routes = [_route(daemon, route, operations) for route, operations in by_route.items()]
+    routes: list[BaseRoute] = [
+        _route(daemon, route, operations) for route, operations in by_route.items()
+    ]
     # The console (docs/console.md): its page and files, no token (they hold no data).
     routes += [
         Route("/", index, methods=["GET"]),
         Route("/console/{name}", asset, methods=["GET"]),
         Route("/v1/console/stream", stream, methods=["GET"]),
+        # Live usage for dashboards (docs/api.md): a websocket, its own token check.
+        WebSocketRoute("/v1/accounts/{account}/usage/live", live_usage),
     ]
     app = Starlette(routes=routes, exception_handlers=exception_handlers())
     app.state.daemon = daemon

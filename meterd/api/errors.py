@@ -44,8 +44,10 @@ class ApiError(Exception):
         *,
         parameter: str | None = None,
         close: bool = False,
+        problems: list[str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.problems = problems  # every problem of a body checked whole (each names its field)
         self.status = status
         self.code = code
         self.message = message
@@ -69,9 +71,13 @@ def error_response(
     *,
     parameter: str | None = None,
     headers: Mapping[str, str] | None = None,
+    problems: list[str] | None = None,
 ) -> Response:
     detail = ErrorDetail(
-        code=code, message=message, parameter=UNSET if parameter is None else parameter
+        code=code,
+        message=message,
+        parameter=UNSET if parameter is None else parameter,
+        problems=UNSET if problems is None else problems,
     )
     return json_answer(Error(error=detail), status, headers=headers)
 
@@ -80,7 +86,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = {"connection": "close"} if exc.close else None
     return error_response(
-        exc.status, exc.code, exc.message, parameter=exc.parameter, headers=headers
+        exc.status,
+        exc.code,
+        exc.message,
+        parameter=exc.parameter,
+        headers=headers,
+        problems=exc.problems,
     )
 
 

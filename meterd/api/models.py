@@ -438,6 +438,37 @@ class AdjustmentBody(Model, kw_only=True):
         return self.start
 
 
+MAX_QUARANTINE_IDS: Final = 1000
+
+EventIds = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=MAX_TEXT)]],
+    Meta(
+        min_length=1,
+        max_length=MAX_QUARANTINE_IDS,
+        description=f"Event ids (1 to {MAX_QUARANTINE_IDS}), as GET /v1/quarantine lists them.",
+        extra={"why": f"must be a list of 1 to {MAX_QUARANTINE_IDS} non-empty event ids"},
+    ),
+]
+
+
+class ReleaseBody(Model):
+    """Which quarantined events of the account to re-apply (all without ``ids``), who and
+    why (kept in the quarantine log)."""
+
+    by: AuditText
+    reason: AuditText
+    ids: EventIds | UnsetType = UNSET
+
+
+class DiscardBody(Model):
+    """Which quarantined events of the account to set aside for good, who and why (kept in
+    the quarantine log)."""
+
+    ids: EventIds
+    by: AuditText
+    reason: AuditText
+
+
 class GraphQLRequest(Struct):
     """A GraphQL request (checked by the GraphQL executor, which answers in its own shape)."""
 

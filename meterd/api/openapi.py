@@ -21,7 +21,7 @@ from starlette.responses import Response
 from meterd import __version__
 from meterd.model import MAX_MS, MAX_MS_TEXT
 
-from . import alerts, billing, console, routes, support
+from . import alerts, billing, console, quarantine, routes, support
 from .answers import Error, json_answer
 from .daemon import Daemon
 from .operations import Operation, Operations
@@ -36,7 +36,8 @@ ERROR_STATUSES: Final = {
     405: "The method is not allowed on this route.",
     409: "The actor cannot be acted on now, or its restart failed to start it again"
     " (start_failed: it is left stopped); or a billing conflict (already void, already"
-    " closed, period not over, quarantined event).",
+    " closed, period not over, quarantined event); or a quarantined event that cannot be"
+    " released or discarded (not_quarantined, discarded, already_released).",
     413: "The body is larger than 1 MiB (body_too_large).",
     500: "An unexpected error (the daemon log has the details).",
     503: "The account's actor could not answer now (unavailable), or the store or the"
@@ -59,6 +60,7 @@ async def openapi(daemon: Daemon) -> Response:
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
     *routes.ops,
+    *quarantine.ops,
     *billing.ops,
     *support.ops,
     *console.ops,

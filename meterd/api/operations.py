@@ -1,6 +1,7 @@
 """The API's operations, each declared once: route, models, answers.
 
-A route handler is declared with :meth:`Operations.get` / :meth:`Operations.post`; its
+A route handler is declared with :meth:`Operations.get` / :meth:`~Operations.post` /
+:meth:`~Operations.delete`; its
 parameters say what it takes::
 
     @ops.get("/v1/accounts/{account}/usage", "usage", "Usage of one account ...",
@@ -126,6 +127,20 @@ class Operations:
     ) -> Callable[[H], H]:
         """Declare the decorated handler as ``GET route`` (see the module doc)."""
         return self._declare("GET", route, id, summary, answers, errors, admin, rules, None)
+
+    def delete(
+        self,
+        route: str,
+        id: str,
+        summary: str,
+        *,
+        answers: Mapping[int, tuple[Any, str]],
+        errors: tuple[int, ...] = (),
+        admin: bool = True,
+        rules: tuple[str, ...] = (),
+    ) -> Callable[[H], H]:
+        """Declare the decorated handler as ``DELETE route``."""
+        return self._declare("DELETE", route, id, summary, answers, errors, admin, rules, None)
 
     def post(
         self,

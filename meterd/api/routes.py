@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Final, Literal, cast
 
+from msgspec import UNSET
 from starlette.responses import Response
 
 import supervisors as sv
@@ -181,8 +182,9 @@ async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Respo
             properties=dict(event.properties),
             producer=event.producer,
             received_at=event.received_at,
+            status=UNSET if status == "counted" else cast(Any, status),
         )
-        for event in page.events
+        for event, status in zip(page.events, page.statuses, strict=True)
     ]
     return json_answer(answers.Events(events=found, next_cursor=page.next_cursor))
 

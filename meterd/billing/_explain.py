@@ -6,8 +6,10 @@ line: its exact values; a usage row: its group, or none). It holds
 * the figure and the **windows** under it (days for a line, the next finer window for a
   usage row), their values computed from the stored states with voids applied;
 * one **page** of the events in the range that pass the filter, in journal order, each marked
-  ``counted``, ``voided`` (with the void) or ``quarantined`` (it crashed its actor and was
-  never counted), with the window it falls in; ``next_cursor`` continues (a store cursor);
+  ``counted``, ``voided`` (with the void), ``quarantined`` (it crashed its actor and was
+  never counted) or ``discarded`` (an operator set it aside from quarantine for good), with
+  the window it falls in (an event released from quarantine is listed once, as counted, at
+  its release batch's place); ``next_cursor`` continues (a store cursor);
 * the **adjustments** and **voids** that touched the figure;
 * one page of the **audit** trail in the range (the store's ``audit`` table, passing the same
   filter): each duplicate (never counted: the copy counted is in ``batch_id``) and each
@@ -58,7 +60,7 @@ class WindowFigure:
 class ExplainedEvent:
     event: Event
     window: int  # start of the window (of ``Explanation.windows``'s size) it falls in
-    status: str  # "counted" | "voided" | "quarantined"
+    status: str  # "counted" | "voided" | "quarantined" | "discarded"
     void: int | None = None
 
     def to_json(self) -> dict[str, Any]:

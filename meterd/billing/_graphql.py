@@ -202,7 +202,7 @@ type ExplainedEvent {
   producer: String!
   receivedAt: Millis!
   window: Millis!
-  "counted, voided or quarantined"
+  "counted, voided, quarantined or discarded"
   status: String!
   void: Int
 }

@@ -196,7 +196,7 @@ class Billing:
         if not voids:
             return cells
         voided = {v.event_id for v in voids}
-        quarantined = await self._quarantined(account)
+        quarantined = await self._not_counted(account)
         hit = {(v.time - v.time % MINUTE_MS, v.dims) for v in voids}
         fixed: dict[tuple[int, tuple[str, ...]], State] = {}
         for start, dims in hit:
@@ -452,8 +452,8 @@ class Billing:
         """Take one event out of billed usage (it stays in the journal).
 
         ``period`` narrows the search for the event to the month its time falls in.
-        :class:`NotFound` for an unknown event, :class:`Conflict` for one already void or
-        quarantined (it was never counted).
+        :class:`NotFound` for an unknown event, :class:`Conflict` for one already void,
+        quarantined or discarded (it was never counted).
         """
         _need_text("by", by)
         _need_text("reason", reason)
@@ -465,9 +465,10 @@ class Billing:
                 break
         if found is None:
             raise NotFound(f"account {account!r} has no event {event_id!r}", code="unknown_event")
-        if event_id in await self._quarantined(account):
+        set_aside = (await self._not_counted(account)).get(event_id)
+        if set_aside is not None:  # quarantined, or discarded by an operator
             raise Conflict(
-                f"event {event_id!r} is quarantined: it was never counted", code="quarantined"
+                f"event {event_id!r} is {set_aside}: it was never counted", code=set_aside
             )
         meter = self.meter(found.meter)
         async with self._periods:
@@ -619,7 +620,7 @@ class Billing:
         windows = await self.off_loop(partial(_windows, meter, cells, keep, span, window))
         voids = [v for v in await self.db.voids(account, low, high, meter.name) if keep(v.dims)]
         void_of = {v.event_id: v.id for v in voids}
-        quarantined = await self._quarantined(account)
+        quarantined = await self._not_counted(account)
         events: list[ExplainedEvent] = []
         next_cursor = cursor
         while len(events) < limit:
@@ -630,11 +631,7 @@ class Billing:
                 if not keep(dims_of(meter, event)):
                     continue
                 status = (
-                    "quarantined"
-                    if event.id in quarantined
-                    else "voided"
-                    if event.id in void_of
-                    else "counted"
+                    quarantined.get(event.id, "voided" if event.id in void_of else "counted")
                 )
                 events.append(
                     ExplainedEvent(event, window.align(event.time), status, void_of.get(event.id))
@@ -647,7 +644,7 @@ class Billing:
         )
         figure = value if line is None else line.usage
         decided_by = await self._decided_by(
-            account, meter, span, window, keep, figure, set(void_of) | quarantined
+            account, meter, span, window, keep, figure, set(void_of) | set(quarantined)
         )
         return Explanation(
             account,
@@ -761,8 +758,17 @@ class Billing:
                 return
             cursor = page.next_cursor
 
-    async def _quarantined(self, account: str) -> set[str]:
-        return {q.event_id for q in await self.accounts.store.reader.quarantined(account)}
+    async def _not_counted(self, account: str) -> dict[str, str]:
+        """The account's event ids that do not count: ``quarantined`` or ``discarded`` (an
+        event released from quarantine counts: the events pages list its counted copy only)."""
+        reader = self.accounts.store.reader
+        found = {
+            entry.event_id: "discarded"
+            for entry in await reader.quarantine_log(account)
+            if entry.action == "discarded"
+        }
+        found.update((q.event_id, "quarantined") for q in await reader.quarantined(account))
+        return found
 
     async def _accounts(self, period: Period) -> list[str]:
         """Every account the store knows, and those with adjustments in ``period``."""

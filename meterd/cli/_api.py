@@ -192,6 +192,10 @@ class Api:
         :class:`ApiError` for any failure."""
         return self._request("POST", path, None, body)
 
+    def delete(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
+        """The JSON object answering ``DELETE path?params``; :class:`ApiError` for any failure."""
+        return self._request("DELETE", path, params)
+
     def _request(
         self,
         method: str,

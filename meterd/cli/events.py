@@ -39,9 +39,10 @@ def pages(
 
 
 def event_row(event: dict[str, Any]) -> list[str]:
+    status = event.get("status")  # only on an event that does not count
     return [
         format_time(event.get("time")),
-        str(event.get("id")),
+        str(event.get("id")) + (f" ({status})" if status else ""),
         str(event.get("meter")),
         str(event.get("quantity")),
         properties_text(event.get("properties")),

@@ -9,7 +9,10 @@ was, down to the events (``GET /v1/accounts/{account}/invoices/{period}`` and
   in time order (``--limit``; the command for the next page is printed), the adjustments
   and voids on it, and one page of the duplicates and rejected events in it
   (``--audit-cursor``);
-* with ``--all``: every line of the invoice, each explained (its first page of events).
+* with ``--all``: every line of the invoice, each explained (its first page of events);
+* both end with the alerts the month crossed: which event crossed which alert, its time,
+  the usage before and after it, and the delivery's status
+  (``GET /v1/accounts/{account}/crossings?period=``; docs/alerts.md).
 
 ``--json`` prints the API's JSON instead. Errors are one sentence on stderr (exit 1: the API
 refused, e.g. an unknown line; 2: the command or config was wrong).
@@ -25,8 +28,33 @@ import click
 from meterd.billing import largest_lines, render_explanation, render_invoice, render_summary
 from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, path_segment
 from meterd.cli._output import echo_json
+from meterd.cli._times import format_time
 
 SUMMARY_LINES = 20  # lines of the one-screen summary (the largest amounts)
+
+
+def render_crossings(doc: dict[str, Any], period: str) -> str:
+    """The alerts crossed in ``period``, one sentence each ("" when none)."""
+    found = doc.get("crossings") or []
+    if not found:
+        return ""
+    out = [f"\nalerts crossed in {period}:"]
+    for c in found:
+        limit = f"threshold {c['threshold']}" if c.get("threshold") else f"spend {c.get('spend')}"
+        before = c.get("value_before")
+        change = f"from {before} to {c['value']}" if before is not None else f"to {c['value']}"
+        d = c.get("delivery")
+        if d is None:
+            status = "delivery not started yet"
+        else:
+            attempts = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
+            status = f"{d['status']} ({attempts}"
+            status += f", last error: {d['last_error']})" if d.get("last_error") else ")"
+        out.append(
+            f"  {c['alert']} ({c['meter']} {limit}): event {c['event_id']} at"
+            f" {format_time(c['crossed_at'])} took it {change}; {c['id']} {status}"
+        )
+    return "\n".join(out) + "\n"
 
 
 def explanation(
@@ -99,18 +127,21 @@ def explain(
                 explanation(api, base, item["number"], limit if every else 1, None)
                 for item in (shown if explained else [])
             ]
+            crossed = api.get(f"/v1/accounts/{path_segment(account)}/crossings", {"period": period})
         except ApiError as error:
             fail("explain", error)
     if as_json:
-        echo_json({"invoice": invoice, "explanations": docs})
+        echo_json({"invoice": invoice, "explanations": docs, "crossings": crossed["crossings"]})
         return
     if every:
         click.echo(render_invoice(invoice))
         for doc in docs:
             click.echo(render_explanation(doc, currency=str(invoice["currency"])))
+        click.echo(render_crossings(crossed, period), nl=False)
         return
     click.echo(render_invoice(invoice, top=SUMMARY_LINES), nl=False)
     if shown:
         click.echo(render_summary(invoice, docs, [] if explained else shown), nl=False)
+    click.echo(render_crossings(crossed, period), nl=False)
     command = f"meterd explain {shlex.quote(account)} --period {period}"
     click.echo(f"\none line in detail: {command} --line N; every line: {command} --all")

@@ -34,6 +34,7 @@ class _LazyGroup(click.Group):
         "alerts": "meterd.cli.alerts:alerts",
         "deliveries": "meterd.cli.alerts:deliveries",
         "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
+        "token": "meterd.cli.token:token",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

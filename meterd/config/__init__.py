@@ -34,6 +34,7 @@ from ._model import (
     PartitionsConfig,
     Producer,
     StoreConfig,
+    account_token,
 )
 from ._net import Listen, Tls
 
@@ -51,6 +52,7 @@ __all__ = [
     "Producer",
     "StoreConfig",
     "Tls",
+    "account_token",
     "format_duration",
     "load",
 ]

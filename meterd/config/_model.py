@@ -38,6 +38,21 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+ACCOUNT_TOKEN_PREFIX: Final = "mta1."
+
+
+def account_token(secret: str, account: str) -> str:
+    """``account``'s token under ``secret``: ``mta1.`` and the hex HMAC-SHA256 of the
+    account id (docs/api.md, "Live usage"). Anyone holding it reads that account's live
+    usage; changing the secret revokes every token."""
+    mac = hmac.new(
+        secret.encode(),
+        b"meterd account token\x00" + account.encode("utf-8", "surrogatepass"),
+        hashlib.sha256,
+    )
+    return ACCOUNT_TOKEN_PREFIX + mac.hexdigest()
+
+
 class _TlsKeys:
     """``tls`` of a table with ``tls_cert`` and ``tls_key`` keys."""
 
@@ -146,10 +161,33 @@ class ApiConfig(_TlsKeys):
     ] = field(repr=False)
     tls_cert: Annotated[Path | None, key(_TLS_CERT)] = None
     tls_key: Annotated[Path | None, key(_TLS_KEY)] = None
+    account_token_secret: Annotated[
+        str | None,
+        key(
+            "Signs account tokens (`meterd token ACCOUNT`): a token opens one account's live"
+            " usage (docs/api.md); absent: only the admin token does.",
+            secret=True,
+            pattern=r"[\x21-\x7e]{16,}",
+            invalid="at least 16 printable ASCII characters without spaces",
+        ),
+    ] = field(default=None, repr=False)
 
     def is_admin_token(self, token: str) -> bool:
         """Whether ``token`` is the admin token (constant-time comparison)."""
         return hmac.compare_digest(token_digest(token), token_digest(self.admin_token))
+
+    def account_token(self, account: str) -> str | None:
+        """The token of ``account`` (None without ``account_token_secret``)."""
+        if self.account_token_secret is None:
+            return None
+        return account_token(self.account_token_secret, account)
+
+    def is_account_token(self, token: str, account: str) -> bool:
+        """Whether ``token`` is ``account``'s token (constant-time comparison)."""
+        expected = self.account_token(account)
+        return expected is not None and hmac.compare_digest(
+            token_digest(token), token_digest(expected)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +282,7 @@ class PartitionsConfig:
     shard_size: Annotated[
         int,
         key(
-            "Partitions per SQLite file (a shard): owners take whole shards; must divide"
-            " count.",
+            "Partitions per SQLite file (a shard): owners take whole shards; must divide count.",
             unit="partitions",
             ge=1,
             le=65_536,

@@ -387,7 +387,11 @@ async function actorPage(root, { parts }) {
     return s;
   }
   const first = await load();
+  let quarantine = null;
   if (first.account) {
+    quarantine = quarantineSection(first.account, load);
+    extra.append(quarantine.el);
+    await quarantine.load();
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
       h("h2", {}, "Events of the last 24 hours (the first 50, in arrival order)"),
       h("div", { id: "actor-events" }),
@@ -400,17 +404,86 @@ async function actorPage(root, { parts }) {
       from: now - 86400000, limit: 50 })}`);
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
-  return { onTick: load };
+  return { onTick: async () => { await load(); if (quarantine) await quarantine.load(); } };
+}
+
+// An account's quarantined events, each with Release / Discard (who and why in the form
+// above them, a confirmation before anything is written; POST /v1/quarantine/{account}/...).
+function quarantineSection(account, after) {
+  const table = h("table", { id: "actor-quarantine" });
+  const out = h("div", { id: "quarantine-message" });
+  const by = h("input", { id: "quarantine-by", placeholder: "who" });
+  const reason = h("input", { id: "quarantine-reason", size: 40,
+    placeholder: "why: the fix deployed, or why it must never count" });
+  let shown = null;
+  async function decide(action, ids) {
+    if (!by.value.trim() || !reason.value.trim()) {
+      out.replaceChildren(h("p", { class: "error", role: "alert" },
+        "Say who you are and why: both are kept in the quarantine log."));
+      return;
+    }
+    const which = ids ? `event ${ids.join(", ")}` : "every quarantined event";
+    const text = action === "release"
+      ? `Release ${which} of account ${account}? It is appended to the journal again and`
+        + " counted once; if it crashes the actor again it goes back to quarantine."
+      : `Discard ${which} of account ${account}? It will never count; this is recorded and`
+        + " cannot be undone.";
+    if (!(await confirmAction(`${text} By ${by.value}: ${reason.value}`))) return;
+    try {
+      const body = { by: by.value, reason: reason.value };
+      if (ids) body.ids = ids;
+      const done = await api(`/v1/quarantine/${encodeURIComponent(account)}/${action}`,
+        { method: "POST", body });
+      const names = done.events.map((e) => e.event_id).join(", ") || "nothing";
+      const same = done.unchanged.map((u) => `${u.event_id} was already ${u.action}`);
+      out.replaceChildren(h("p", { class: "note", role: "status" },
+        `${action === "release" ? "Released" : "Discarded"}: ${names}`
+        + (done.batch_id ? ` (journal batch ${done.batch_id})` : "")
+        + (same.length ? `; ${same.join("; ")}` : "") + "."));
+    } catch (error) {
+      showError(out, error);
+    }
+    shown = null;
+    await load();
+    await after();
+  }
+  async function load() {
+    const q = await api(`/v1/quarantine${query({ account })}`);
+    const key = JSON.stringify(q.events);
+    if (key === shown) return; // unchanged: keep the rows (and their buttons) in place
+    shown = key;
+    const button = (action, id, label) => h("button", { type: "button", "data-action": action,
+      "data-event": id, class: action === "discard" ? "danger" : undefined,
+      onclick: () => decide(action, [id]) }, label);
+    table.replaceChildren(h("thead", {}, h("tr", {}, ["quarantined", "event", "batch", "error",
+      ""].map((c) => h("th", {}, c)))), h("tbody", {}, q.events.length ? q.events.map((e) =>
+      h("tr", { "data-event": e.event_id }, h("td", {}, fmtTime(e.at)), h("td", {}, e.event_id),
+        h("td", { class: "num" }, e.batch_id), h("td", {}, e.error),
+        h("td", {}, button("release", e.event_id, "Release…"), " ",
+          button("discard", e.event_id, "Discard…"))))
+      : h("tr", {}, h("td", { colspan: 5, class: "note" }, "nothing in quarantine"))));
+  }
+  const el = h("section", { id: "actor-quarantine-section" }, h("h2", {}, "Quarantine"),
+    h("p", { class: "note" }, "Events that crashed this account's actor, set aside with the"
+      + " error they raised. Fix the cause (a meter's configuration, a code fix), then"
+      + " release them: re-applied and counted once. Or discard them: never counted. Both"
+      + " are recorded with who and why (docs/accounts.md, quarantine runbook)."),
+    h("div", { class: "controls" }, h("label", {}, "By (who)", by), h("label", {}, "Reason",
+      reason), h("button", { type: "button", id: "quarantine-release-all",
+      onclick: () => decide("release", null) }, "Release all…")), out, table);
+  return { el, load };
 }
 
 function eventsTable(events) {
   return h("table", {}, h("thead", {}, h("tr", {},
-    ["id", "meter", "quantity", "time", "properties", "producer"].map((c) => h("th", {}, c)))),
-  h("tbody", {}, events.length ? events.map((e) => h("tr", {}, h("td", {}, e.id),
+    ["id", "meter", "quantity", "time", "properties", "producer", "status"]
+      .map((c) => h("th", {}, c)))),
+  h("tbody", {}, events.length ? events.map((e) => h("tr", { "data-event": e.id },
+    h("td", {}, e.id),
     h("td", {}, e.meter), h("td", { class: "num" }, e.quantity), h("td", {}, fmtTime(e.time)),
     h("td", {}, Object.entries(e.properties).map(([k, v]) => `${k}=${v}`).join(" ")),
-    h("td", {}, e.producer)))
-    : h("tr", {}, h("td", { colspan: 6, class: "note" }, "no events"))));
+    h("td", {}, e.producer), h("td", {}, e.status || "counted")))
+    : h("tr", {}, h("td", { colspan: 7, class: "note" }, "no events"))));
 }
 
 // Usage of every meter of an account, with a total (sum, count), peak (max) per meter.
@@ -815,7 +888,8 @@ async function correctionsPage(root, { params }) {
 async function quarantinePage(root) {
   const table = h("table", { id: "quarantine-table" });
   root.append(h("h1", {}, "Quarantine"), h("p", { class: "note" },
-    "Events that crashed their account's actor, set aside (read-only here)."), table);
+    "Events that crashed their account's actor, set aside. Release or discard them on"
+    + " their account's actor page (follow the account)."), table);
   async function load() {
     const q = await api("/v1/quarantine");
     table.replaceChildren(h("thead", {}, h("tr", {}, ["at", "account", "event", "batch", "error"]

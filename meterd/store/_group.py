@@ -9,7 +9,8 @@ Rules:
   group rolled back: nothing of it was written). It never resolves an operation itself.
 * One ``BEGIN IMMEDIATE`` ... ``COMMIT`` per group: the operations' rows
   (:mod:`meterd.store._appends` for appends; :data:`TABLES` for the rows of checkpoints and
-  quarantines), then the work that rides in every group when it is due: the journal-index
+  quarantines; :mod:`meterd.store._quarantine` for releases and discards), then the work
+  that rides in every group when it is due: the journal-index
   passes whose turn came (:mod:`meterd.store.journal_index`), a pruning pass of the audit
   trail (every :data:`AUDIT_PRUNE_EVERY_MS`), the new dedupe horizon, a slice of a dedupe
   sweep (:mod:`meterd.store.retention`, every ``SWEEP_EVERY_MS`` under load).
@@ -34,18 +35,21 @@ from typing import Any, Final, TypeAlias
 
 import structlog
 
-from meterd.alerts._schema import OUTBOX_INSERT
+from meterd.alerts._schema import OUTBOX_INSERT, RULE_DELETE, RULE_INSERT
 
-from . import retention, schema
+from . import _quarantine, retention, schema
 from ._appends import Appends
 from ._ops import (
+    AlertRuleWrite,
     Append,
     BatchAppend,
     Checkpoint,
+    Discard,
     IndexPass,
     Operation,
     Probe,
     Quarantine,
+    Release,
     SweepSlice,
     WindowMerge,
     WindowWrite,
@@ -217,7 +221,13 @@ class GroupTransactions:
                 elif isinstance(op, Checkpoint):
                     outcomes[index] = _checkpoint(conn, op, txn.now)
                 elif isinstance(op, Quarantine):
-                    _quarantine(conn, op)
+                    _quarantine_event(conn, op)
+                elif isinstance(op, Release):
+                    outcomes[index] = _quarantine.release(conn, txn, op)
+                elif isinstance(op, Discard):
+                    outcomes[index] = _quarantine.discard(conn, txn, op)
+                elif isinstance(op, AlertRuleWrite):
+                    outcomes[index] = _alert_rule(conn, op)
             passed: Sequence[int] = ()
             if passes and not probe and txn.now >= self.passes_resume_ms:
                 early = any(isinstance(op, IndexPass) for op in group)
@@ -368,8 +378,34 @@ def _merged(
     return merged
 
 
-def _quarantine(conn: sqlite3.Connection, op: Quarantine) -> None:
+def _quarantine_event(conn: sqlite3.Connection, op: Quarantine) -> None:
     conn.execute(TABLES["quarantine"], (op.account, op.batch_id, op.event_id, op.error, op.at))
+
+
+def _alert_rule(conn: sqlite3.Connection, op: AlertRuleWrite) -> bool:
+    """Create or delete one rule (see :class:`~meterd.store._ops.AlertRuleWrite`)."""
+    if op.rule is None:
+        cursor = conn.execute(RULE_DELETE, (op.by, op.at, op.account, op.name))
+    else:
+        meter, period, threshold, spend, webhook = op.rule
+        cursor = conn.execute(
+            RULE_INSERT,
+            # the row, then the key of the NOT EXISTS
+            (
+                op.account,
+                op.name,
+                meter,
+                period,
+                threshold,
+                spend,
+                webhook,
+                op.by,
+                op.at,
+                op.account,
+                op.name,
+            ),
+        )
+    return bool(cursor.rowcount)
 
 
 def _prune_audit(conn: sqlite3.Connection, before: int) -> int:

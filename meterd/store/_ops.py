@@ -7,8 +7,10 @@ Rules:
   writes it, and its outcome goes back to whoever queued it.
 * **Client operations** come from the other layers: :class:`BatchAppend` (a producer batch,
   the durability unit), :class:`Append` (one account's events), :class:`Checkpoint`,
-  :class:`Quarantine` and :class:`Barrier`. Each answers exactly once, after its group's
-  ``COMMIT`` (or with the failure if the group failed), in queue order.
+  :class:`Quarantine`, :class:`Release`, :class:`Discard` (an operator's decision on
+  quarantined events), :class:`AlertRuleWrite` and :class:`Barrier`. Each answers exactly
+  once, after its group's ``COMMIT`` (or with the failure if the group failed), in queue
+  order.
 * **Housekeeping operations** come from the housekeeper (:mod:`meterd.store._housekeeping`)
   on timers, while the writer is idle: :class:`Probe` (a one-row write while commits fail),
   :class:`IndexPass` (journal-index passes written early), :class:`SweepSlice` (a slice of a
@@ -28,12 +30,18 @@ from meterd.model import Event
 from .errors import InvalidEvents
 
 __all__ = [
+    "AlertRuleWrite",
     "Append",
     "AppendResult",
     "Barrier",
     "BatchAppend",
     "Checkpoint",
     "ClientOperation",
+    "Discard",
+    "QuarantineDecision",
+    "Release",
+    "Settled",
+    "Unchanged",
     "Encoded",
     "Housekeeping",
     "IndexPass",
@@ -149,6 +157,87 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """An operator re-applies quarantined events of ``account`` (``event_ids``: those ids;
+    ``None``: every one): in one transaction their copies are appended to the journal as a
+    new batch of the account, their ``quarantine`` rows deleted and ``quarantine_log`` rows
+    written naming ``by`` and ``reason`` (:mod:`meterd.store._quarantine`)."""
+
+    account: str
+    event_ids: tuple[str, ...] | None
+    by: str
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """An operator sets quarantined events of ``account`` aside for good: their
+    ``quarantine`` rows are deleted and ``quarantine_log`` rows written naming ``by`` and
+    ``reason``, in one transaction; they never count."""
+
+    account: str
+    event_ids: tuple[str, ...]
+    by: str
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A quarantined copy an operator released or discarded: event ``event_id`` of journal
+    batch ``batch_id``, quarantined at ``quarantined_at`` because of ``error``."""
+
+    event_id: str
+    batch_id: int
+    error: str
+    quarantined_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """An id asked for that was already ``action`` (``released``, ``discarded``) by ``by``
+    at ``at``: nothing to do (``release_batch``: the batch holding its counted copy)."""
+
+    event_id: str
+    action: str
+    by: str
+    at: int
+    release_batch: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineDecision:
+    """What a :class:`Release` or :class:`Discard` did: ``settled``, the copies taken out
+    of quarantine; ``events``, the released events as appended (in journal batch
+    ``batch_id``, ``None`` when nothing was released), for delivery to the account's actor;
+    ``unchanged``, the ids asked for that were already so."""
+
+    account: str
+    action: str  # "released" | "discarded"
+    batch_id: int | None
+    settled: tuple[Settled, ...]
+    events: tuple[Event, ...]
+    unchanged: tuple[Unchanged, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRuleWrite:
+    """Create (``rule`` set) or delete (``rule`` None) the alert rule ``name`` of
+    ``account`` (docs/alerts.md, "Rules of one account"), audited: ``by`` and ``at``.
+
+    ``rule``: ``(meter, period, threshold, spend, webhook)``, the checked rule as text.
+    Outcome: True when it was written; False when a live rule of that name already exists
+    (create) or none does (delete), and nothing was written."""
+
+    account: str
+    name: str
+    by: str
+    at: int
+    rule: tuple[str, str, str | None, str | None, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Answered once every operation queued before it is committed (or has failed)."""
 
@@ -170,6 +259,15 @@ class SweepSlice:
     """A group for the next slice of a dedupe sweep under way (or due) while idle."""
 
 
-ClientOperation: TypeAlias = BatchAppend | Append | Checkpoint | Quarantine | Barrier
+ClientOperation: TypeAlias = (
+    BatchAppend
+    | Append
+    | Checkpoint
+    | Quarantine
+    | Release
+    | Discard
+    | AlertRuleWrite
+    | Barrier
+)
 Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
 Operation: TypeAlias = ClientOperation | Housekeeping

@@ -27,9 +27,10 @@ Rules:
   :class:`IndexPass` and :class:`SweepSlice` operations on timers while the writer is idle.
   Tests queue those operations too (:meth:`Writer.perform`), and inject faults through the
   connection class they pass in (``connection_factory``); the writer has no test hooks.
-* Backpressure: :meth:`append`, :meth:`checkpoint` and :meth:`quarantine` wait while
-  ``max_pending`` operations are queued or being written; :meth:`submit` and
-  :meth:`submit_batch` never wait (their callers are bounded by their own budgets).
+* Backpressure: :meth:`append`, :meth:`checkpoint`, :meth:`quarantine` and
+  :meth:`discard` wait while ``max_pending`` operations are queued or being written;
+  :meth:`submit`, :meth:`submit_batch` and :meth:`submit_release` never wait (their callers
+  are bounded by their own budgets, or are an operator's requests).
 * Lifecycle: ``run`` opens and migrates the database (refusing one that lost commits),
   writes the journal-index rows of whatever tail the file has, starts the WAL checkpointer
   and the housekeeper, reports ready with ``task_status.started(writer)``, serves until
@@ -68,18 +69,22 @@ from ._group import (
 )
 from ._housekeeping import Housekeeper
 from ._ops import (
+    AlertRuleWrite,
     Append,
     AppendResult,
     Barrier,
     BatchAppend,
     Checkpoint,
     ClientOperation,
+    Discard,
     Housekeeping,
     IndexPass,
     Operation,
     Probe,
     Quarantine,
+    QuarantineDecision,
     RejectedEvent,
+    Release,
     SweepSlice,
     WindowMerge,
     WindowWrite,
@@ -673,6 +678,58 @@ class Writer:
         await self._wait_for_room()
         await self._call(Quarantine(account, batch_id, event_id, error, self._clock()))
 
+    def submit_release(
+        self,
+        account: str,
+        event_ids: Sequence[str] | None,
+        by: str,
+        reason: str,
+        on_done: Callable[[QuarantineDecision | BaseException], None],
+    ) -> None:
+        """Queue a release of quarantined events of ``account`` (``event_ids``; ``None``:
+        every one); never blocks. ``on_done`` is called on the Trio thread after the
+        group's ``COMMIT``, in commit order like an append's (so the caller delivers the
+        new batch before any later batch of the account), with the
+        :class:`~meterd.store._ops.QuarantineDecision`, or the exception
+        (:class:`~meterd.store.errors.QuarantineRefused`: nothing written, every id at
+        fault named; :class:`CommitFailed`). See :mod:`meterd.store._quarantine`.
+
+        Raises ``ValueError`` at once for a blank ``by`` or ``reason`` or an empty
+        ``event_ids`` (``None`` means all)."""
+        ids = None if event_ids is None else _checked_ids(event_ids)
+        _check_audit(by, reason)
+        self._enqueue(Release(account, ids, by, reason, self._clock()), on_done)
+
+    async def discard(
+        self, account: str, event_ids: Sequence[str], by: str, reason: str
+    ) -> QuarantineDecision:
+        """Discard quarantined events ``event_ids`` of ``account`` for good (audited in
+        ``quarantine_log``; they never count). Raises
+        :class:`~meterd.store.errors.QuarantineRefused` (nothing written) if an id is not
+        in quarantine nor discarded already, ``ValueError`` for a blank ``by`` or
+        ``reason`` or no ids."""
+        ids = _checked_ids(event_ids)
+        _check_audit(by, reason)
+        await self._wait_for_room()
+        decision = await self._call(Discard(account, ids, by, reason, self._clock()))
+        assert isinstance(decision, QuarantineDecision)
+        return decision
+
+    async def alert_rule(
+        self,
+        account: str,
+        name: str,
+        by: str,
+        rule: tuple[str, str, str | None, str | None, str] | None,
+    ) -> bool:
+        """Create (``rule``: meter, period, threshold, spend, webhook) or delete (None) the
+        alert rule ``name`` of ``account`` in one transaction, recording ``by`` and the
+        time; whether it was written (False: the name is taken, or there is no such rule)."""
+        await self._wait_for_room()
+        written = await self._call(AlertRuleWrite(account, name, by, self._clock(), rule))
+        assert isinstance(written, bool)
+        return written
+
     async def barrier(self) -> None:
         """Return once every operation queued before this call is committed (or has failed)."""
         if not self._queue and not self._in_flight:
@@ -691,6 +748,22 @@ _accepted_of: Final = attrgetter("accepted")
 _duplicates_of: Final = attrgetter("duplicates")
 _conflicts_of: Final = attrgetter("conflicts")
 _too_late_of: Final = attrgetter("too_late")
+
+
+def _checked_ids(event_ids: Sequence[str]) -> tuple[str, ...]:
+    ids = tuple(event_ids)
+    if not ids:
+        raise ValueError("no event ids given (a release without ids releases all: pass None)")
+    for event_id in ids:
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError(f"an event id must be a non-empty string, got {event_id!r}")
+    return ids
+
+
+def _check_audit(by: str, reason: str) -> None:
+    for name, text in (("by", by), ("reason", reason)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} must say who and why (non-blank text), got {text!r}")
 
 
 def _resolve(op: Operation, reply: _Reply, outcome: Any) -> None:

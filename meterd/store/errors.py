@@ -45,3 +45,13 @@ class InvalidCursor(StoreError, ValueError):
 
 class ReaderClosed(StoreError):
     """The :class:`~meterd.store.reader.Reader` was closed."""
+
+
+class QuarantineRefused(StoreError):
+    """A release or discard of quarantined events was refused, nothing of it written:
+    ``problems`` are ``(event_id, code, message)``, one per id asked for that cannot be
+    acted on (``unknown_event``, ``not_quarantined``, ``discarded``, ``already_released``)."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        super().__init__("; ".join(message for _, _, message in problems))
+        self.problems = problems

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +50,7 @@ __all__ = [
     "AuditPage",
     "EventsPage",
     "LoadedAccount",
+    "QuarantineLogEntry",
     "QuarantinedEvent",
     "Reader",
     "StoredWindow",
@@ -84,8 +85,9 @@ class LoadedAccount(NamedTuple):
 
     ``replay`` holds the batches with ``batch_id > watermark`` in journal order, without
     their quarantined events (they are never applied again; :meth:`Reader.quarantined`
-    lists them). A batch whose events are all quarantined is kept, empty, so the batch ids
-    stay complete.
+    lists them) nor the copies an operator released or discarded (``quarantine_log``: a
+    released event counts as the copy in its release batch). A batch whose events are all
+    left out is kept, empty, so the batch ids stay complete.
     """
 
     watermark: int
@@ -94,8 +96,13 @@ class LoadedAccount(NamedTuple):
 
 
 class EventsPage(NamedTuple):
+    """``statuses``: per event, ``counted``, or ``quarantined`` / ``discarded`` for a copy
+    that does not count. A copy an operator released is not listed (the copy its release
+    appended is, later in journal order)."""
+
     events: list[Event]
     next_cursor: str | None
+    statuses: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,26 @@ class QuarantinedEvent:
     batch_id: int
     event_id: str
     error: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineLogEntry:
+    """One ``quarantine_log`` row: quarantined copy ``(batch_id, event_id)`` of ``account``
+    was ``released`` (its events re-appended as journal batch ``release_batch``) or
+    ``discarded`` by ``by`` at ``at`` for ``reason``; ``error`` and ``quarantined_at`` are
+    the quarantine's."""
+
+    entry_id: int
+    account: str
+    batch_id: int
+    event_id: str
+    action: str
+    release_batch: int | None
+    error: str
+    quarantined_at: int
+    by: str
+    reason: str
     at: int
 
 
@@ -273,8 +300,10 @@ class Reader:
             poison = {
                 (int(b), str(e))
                 for b, e in conn.execute(
-                    "SELECT batch_id, event_id FROM quarantine WHERE account = ? AND batch_id > ?",
-                    (account, watermark),
+                    "SELECT batch_id, event_id FROM quarantine WHERE account = ? AND batch_id > ?"
+                    " UNION ALL SELECT batch_id, event_id FROM quarantine_log"
+                    " WHERE account = ? AND batch_id > ?",
+                    (account, watermark, account, watermark),
                 )
             }
             ids = _journal_ids(conn, account, watermark, tail)
@@ -329,6 +358,8 @@ class Reader:
 
         def query(conn: sqlite3.Connection) -> EventsPage:
             found: list[Event] = []
+            statuses: list[str] = []
+            set_aside = _set_aside(conn, account)
             batch_from = start_batch
             # The tail's batches in the range (all after the indexed ones but for those a
             # pass indexed since the call: the union below takes each batch once).
@@ -361,11 +392,19 @@ class Reader:
                         if from_ms <= event.time < to_ms and (
                             meter is None or event.meter == meter
                         ):
+                            status = (
+                                set_aside.get((batch_id, event.id), "counted")
+                                if set_aside
+                                else "counted"
+                            )
+                            if status == "released":
+                                continue  # it counts as its release batch's copy
                             if len(found) == limit:
-                                return EventsPage(found, encode_cursor(batch_id, index))
+                                return EventsPage(found, encode_cursor(batch_id, index), statuses)
                             found.append(event)
+                            statuses.append(status)
                 if not more:
-                    return EventsPage(found, None)
+                    return EventsPage(found, None, statuses)
                 batch_from = ids[-1] + 1
 
         return await self._run(query)
@@ -467,6 +506,31 @@ class Reader:
 
         return await self._run(query)
 
+    async def quarantine_log(
+        self, account: str | None = None, event_ids: Sequence[str] | None = None
+    ) -> list[QuarantineLogEntry]:
+        """The releases and discards of quarantined events (of ``account``, of
+        ``event_ids``), in the order they were recorded."""
+
+        def query(conn: sqlite3.Connection) -> list[QuarantineLogEntry]:
+            sql = (
+                "SELECT entry_id, account, batch_id, event_id, action, release_batch, error,"
+                " quarantined_at, by, reason, at FROM quarantine_log"
+            )
+            args: tuple[str, ...] = ()
+            if account is not None:
+                sql += " WHERE account = ?"
+                args = (account,)
+            entries = [
+                QuarantineLogEntry(*row) for row in conn.execute(sql + " ORDER BY entry_id", args)
+            ]
+            if event_ids is not None:
+                wanted = set(event_ids)
+                entries = [entry for entry in entries if entry.event_id in wanted]
+            return entries
+
+        return await self._run(query)
+
     async def quarantined_count(self) -> int:
         """How many events are quarantined (counted in SQLite, no rows loaded)."""
 
@@ -496,6 +560,19 @@ class Reader:
             return int(conn.execute("SELECT count(*) FROM accounts").fetchone()[0])
 
         return await self._run(query)
+
+
+def _set_aside(conn: sqlite3.Connection, account: str) -> dict[tuple[int, str], str]:
+    """The account's copies that do not count as such, ``(batch_id, event_id)`` ->
+    ``quarantined``, ``released`` (it counts as its release batch's copy) or ``discarded``."""
+    found: dict[tuple[int, str], str] = {}
+    for batch_id, event_id, status in conn.execute(
+        "SELECT batch_id, event_id, action FROM quarantine_log WHERE account = ?"
+        " UNION ALL SELECT batch_id, event_id, 'quarantined' FROM quarantine WHERE account = ?",
+        (account, account),
+    ):
+        found[(int(batch_id), str(event_id))] = str(status)
+    return found
 
 
 def _tail_ids(

@@ -44,6 +44,12 @@ Versions:
    (:mod:`meterd.store.restarts`; written on its own connection, never by the writer).
 9. ``alert_outbox``: crossings of threshold alerts, written in the checkpoint transaction
    of the windows that produced them (:mod:`meterd.alerts._outbox`, docs/alerts.md).
+10. ``quarantine_log``: the append-only record of quarantined events an operator released
+    (re-applied: the copy in ``release_batch`` counts) or discarded (never counts), with who
+    and why; the copy ``(account, batch_id, event_id)`` it names is never applied again
+    (:mod:`meterd.store._quarantine`, docs/accounts.md "Quarantine: release and discard").
+11. ``alert_rules``: alert rules of one account made through the API, with who and when
+    created and deleted (rows stay: the audit trail; :mod:`meterd.alerts._rules`).
 
 Tables at the latest version::
 
@@ -69,6 +75,13 @@ Tables at the latest version::
     alert_outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, account, alert, webhook,
                  meter, period, event_id, batch_id, body BLOB, created_at)
         index alert_outbox_by_account(account, seq)
+    quarantine_log(entry_id INTEGER PRIMARY KEY, account, batch_id, event_id, action,
+                   release_batch, error, quarantined_at, by, reason, at)
+        index quarantine_log_by_batch(account, batch_id, event_id)
+        index quarantine_log_by_event(account, event_id, entry_id)
+    alert_rules(rule_id INTEGER PRIMARY KEY, account, name, meter, period, threshold, spend,
+                webhook, created_by, created_at, deleted_by, deleted_at, armed_after)
+        unique index alert_rules_live(account, name) WHERE deleted_at IS NULL
 
 The ``dedupe.key`` of an event is :func:`dedupe_row_key`: 23 bits of the account
 (:func:`account_bucket`) above the low 40 bits of ``Event.dedupe_key()``. Keys of one account
@@ -98,7 +111,7 @@ from urllib.parse import quote
 
 import structlog
 
-from meterd.alerts._schema import OUTBOX_STATEMENTS
+from meterd.alerts._schema import OUTBOX_STATEMENTS, RULES_STATEMENTS
 from meterd.model import Event
 
 from . import codec
@@ -464,6 +477,27 @@ V8_STATEMENTS: Final = (
     "CREATE INDEX IF NOT EXISTS restarts_by_path ON restarts (path, restart_id)",
 )
 
+V10_STATEMENTS: Final = (
+    # IF NOT EXISTS: the step may be renumbered when branches merge; it stays idempotent.
+    """CREATE TABLE IF NOT EXISTS quarantine_log (
+        entry_id       INTEGER PRIMARY KEY,
+        account        TEXT    NOT NULL,
+        batch_id       INTEGER NOT NULL,
+        event_id       TEXT    NOT NULL,
+        action         TEXT    NOT NULL CHECK (action IN ('released', 'discarded')),
+        release_batch  INTEGER,
+        error          TEXT    NOT NULL,
+        quarantined_at INTEGER NOT NULL,
+        by             TEXT    NOT NULL,
+        reason         TEXT    NOT NULL,
+        at             INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS quarantine_log_by_batch"
+    " ON quarantine_log (account, batch_id, event_id)",
+    "CREATE INDEX IF NOT EXISTS quarantine_log_by_event"
+    " ON quarantine_log (account, event_id, entry_id)",
+)
+
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
@@ -475,6 +509,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(7, "event times in the dedupe index (retention)", _dedupe_event_times),
     Migration(8, "restart history of the tree's nodes", _statements(*V8_STATEMENTS)),
     Migration(9, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
+    Migration(10, "quarantine releases and discards", _statements(*V10_STATEMENTS)),
+    Migration(11, "alert rules of one account (meterd.alerts)", _statements(*RULES_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

@@ -88,3 +88,34 @@ def test_spend_crosses_on_the_event_the_invoice_says_and_rates_rarely() -> None:
         assert len(expected) >= 2, seed  # the stream reaches the thresholds
         assert decided == expected, seed
         assert Counting.calls < len(events) // 6, Counting.calls  # rated only when it could cross
+
+
+def test_a_rule_made_later_crosses_only_on_events_committed_after_it() -> None:
+    """``armed_after``: a spend (or usage) rule of one account made after batch ``k``
+    crosses on the first event of a later batch at which the invoice (or the usage) is at
+    or above its limit; a rule made earlier on a smaller limit is not held back by it."""
+    events = stream(3, 300)
+    k = 120
+    early = AlertRule("early", DYNO.name, "hook", spend=Decimal("100.00"))
+    late = AlertRule("late", DYNO.name, "hook", spend=Decimal("100.00"), armed_after=k)
+    late_usage = AlertRule("usage", DYNO.name, "hook", threshold=Decimal(1), armed_after=k)
+    alerts = AccountAlerts(
+        "acme",
+        [early, late, late_usage],
+        METERS,
+        (),
+        NOW - 40 * DAY_MS,
+        lambda: NOW,
+        BookPricing(BOOK),
+    )
+    for batch, event in enumerate(events):
+        alerts.observe(batch + 1, [event])
+    decided = {c.rule.name: c.event_id for c in alerts.take()}
+    totals = [invoice_total(events[: n + 1]) for n in range(len(events))]
+    first_early = next(n for n, t in enumerate(totals) if t >= Decimal("100.00"))
+    assert first_early + 1 <= k  # the early rule crosses before the late one exists
+    assert decided == {
+        "early": events[first_early].id,
+        "late": events[k].id,  # batch k + 1: the first after it, already above
+        "usage": events[k].id,
+    }

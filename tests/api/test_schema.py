@@ -49,6 +49,8 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/accounts/{account}/usage",
         "/v1/accounts/{account}/events",
         "/v1/quarantine",
+        "/v1/quarantine/{account}/release",
+        "/v1/quarantine/{account}/discard",
         "/v1/actors/{actor}/restart",
         "/v1/actors/{actor}/kill",
         "/v1/accounts/{account}/invoices/{period}",
@@ -70,6 +72,9 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
         "/v1/alerts",
         "/v1/deliveries",
         "/v1/deliveries/{delivery}/redeliver",
+        "/v1/accounts/{account}/alerts",
+        "/v1/accounts/{account}/alerts/{name}",
+        "/v1/accounts/{account}/crossings",
     }
 
 
@@ -120,6 +125,11 @@ def test_only_rules_a_schema_cannot_say_spare_an_operation_a_check() -> None:
             "quantity must be greater than 0",
         ),
         "graphql": ("query must be a GraphQL query valid against the schema, within its limits",),
+        "createAccountAlert": (
+            "exactly one of threshold and spend, greater than 0",
+            "meter and webhook must be configured ([[meters]], [[webhooks]])",
+            "the name must not be a configured alert's nor a live rule's of the account (409)",
+        ),
     }
     for op in OPERATIONS:
         if op.rules:
