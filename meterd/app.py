@@ -33,18 +33,21 @@ import supervisors as sv
 from meterd import __version__, memory
 from meterd.accounts.service import Accounts
 from meterd.alerts._delivery import DeliveryService
-from meterd.alerts._metrics import DeliveryCollector
-from meterd.alerts._runtime import AlertBook
-from meterd.alerts._spend import BookPricing
-from meterd.api import ApiServer, Daemon, Metrics
-from meterd.billing import Billing, BillingDB, PriceBook
-from meterd.billing._metrics import BillingCollector
+from meterd.api import ApiServer
+from meterd.billing import Billing
 from meterd.config import Config
 from meterd.gateway import serve_gateway
 from meterd.ingest.server import IngestServer
-from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
+from meterd.partitions._cell import Cell
+from meterd.startup import (
+    DaemonFailed,
+    StartupFailed,
+    describe,
+    describe_stop,
+    hold_store,
+    prepare_paths,
+)
 from meterd.store import Store
-from meterd.store.restarts import RestartLog
 
 log = structlog.get_logger("meterd")
 
@@ -63,75 +66,37 @@ class Services:
 
 
 def build(config: Config) -> Services:
-    """Build (not start) the supervision tree for ``config``."""
-    store = Store.at(
-        config.store_path,
-        config.store,
-        audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
-        dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
-        meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
+    """Build (not start) the supervision tree for ``config``: one cell on ``[store] path``
+    (:class:`meterd.partitions._cell.Cell`: the writer, the accounts, the deliveries), then
+    ingest and the API."""
+    cell = Cell(
+        config,
+        store_path=config.store_path,
+        billing_path=config.billing_path,
+        deliveries_path=config.store_path.with_name("deliveries.sqlite3"),
+        name="root",
     )
-    prices = PriceBook(config.prices, config.meters_by_name)
-    alerts = AlertBook(
-        config.alerts,
-        config.meters_by_name,
-        history_ms=config.dedupe_window.ms,
-        spend_pricing=BookPricing(
-            prices, currency=config.billing.currency, amount_places=config.billing.amount_places
-        ),
-        webhooks=[w.name for w in config.webhooks],
-    )
-    # With a webhook, rules of one account can be made through the API (docs/alerts.md).
-    alerting = bool(config.alerts or config.webhooks)
-    accounts = Accounts(
-        store,
-        config.meters_by_name,
-        config.accounts,
-        checkpoint_interval=config.store.checkpoint_interval,
-        max_in_flight_events=config.ingest.max_in_flight_events,
-        alerts=alerts if alerting else None,
-    )
-    deliveries = DeliveryService(  # the outbox to the webhooks (docs/alerts.md)
-        store,
-        alerts,
-        config.webhooks,
-        config.store_path.with_name("deliveries.sqlite3"),
-        wake=accounts.checkpoint if alerting else None,
-    )
-    ingest = IngestServer(config, accounts)
-    metrics = Metrics()
-    billing = Billing(  # its database (beside the store) is opened by serve()
-        accounts,
-        BillingDB(config.billing_path),
-        prices,
-        currency=config.billing.currency,
-        amount_places=config.billing.amount_places,
-    )
-    daemon = Daemon(config, accounts, store, ingest, metrics, billing=billing)
-    api = ApiServer(daemon)
+    api = ApiServer(cell.daemon)
     root = sv.Supervisor(
-        [
-            store.writer_spec(),
-            accounts.supervisor_spec(),
-            deliveries.child_spec(),
-            ingest.child_spec(),
-            api.child_spec(),
-        ],
+        [*cell.child_specs(), cell.ingest.child_spec(), api.child_spec()],
         strategy=sv.Strategy.REST_FOR_ONE,
         name="root",
     )
-    daemon.root = root
-    # Every restart in the tree is kept in the store (the console's restart history).
-    daemon.restarts = RestartLog(config.store_path)
-    root.on_restart = daemon.restarts.record
-    metrics.watch(root, accounts, store, ingest)
-    metrics.registry.register(BillingCollector(billing))  # restatements by cause
-    metrics.registry.register(DeliveryCollector(deliveries))
-    daemon.deliveries = deliveries
-    return Services(root, store, accounts, ingest, api, billing, deliveries)
+    cell.attach(root)
+    return Services(
+        root, cell.store, cell.accounts, cell.ingest, api, cell.billing, cell.deliveries
+    )
 
 
 async def serve(config: Config) -> None:
+    """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order (see
+    :func:`_serve`), holding the store against ``meterd migrate partitions`` meanwhile and
+    refusing files in another layout than ``[partitions]`` asks (``hold_store``)."""
+    with hold_store(config):
+        await _serve(config)
+
+
+async def _serve(config: Config) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order.
 
     Raises :class:`meterd.startup.StartupFailed` (its message one sentence) when it cannot

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import trio
 
 import supervisors as sv
 from meterd.config import Config
 
-__all__ = ["DaemonFailed", "StartupFailed", "describe", "describe_stop", "prepare_paths"]
+__all__ = [
+    "DaemonFailed",
+    "StartupFailed",
+    "describe",
+    "describe_stop",
+    "hold_store",
+    "prepare_paths",
+]
 
 #: The config key behind each child of the root (meterd.app's tree).
 CHILD_KEYS = {
@@ -64,6 +72,26 @@ def prepare_paths(config: Config) -> None:
             raise StartupFailed(
                 f"{key} {path}: cannot create its directory {path.parent}: {why}{where}"
             ) from None
+
+
+@contextmanager
+def hold_store(config: Config) -> Iterator[None]:
+    """The daemon's claim on its store for its life: a shared lock on ``<store.path>.lock``
+    (``meterd migrate partitions`` takes it exclusively, so neither runs during the other),
+    then the check that the files on disk are in the layout ``[partitions]`` asks
+    (docs/partitions.md, "Changing the layout"). Raises :class:`StartupFailed` (one sentence
+    naming the files found and the command to run) otherwise; a fresh directory passes."""
+    from meterd.partitions._migrate import MigrationError, check_layout, layout_lock
+
+    with ExitStack() as held:
+        try:
+            held.enter_context(layout_lock(config, exclusive=False))
+            check_layout(config)
+        except MigrationError as error:
+            raise StartupFailed(f"store.path {config.store_path}: {error}") from None
+        except OSError as error:
+            raise StartupFailed(describe(error, config, "store.path")) from None
+        yield
 
 
 def root_cause(error: BaseException) -> tuple[Hashable | None, BaseException]:

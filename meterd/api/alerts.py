@@ -25,7 +25,7 @@ from .bodies import read_json
 from .daemon import Daemon
 from .errors import ApiError
 from .models import DECIMAL_PATTERN, Account, AccountPath, AuditText, Model, Month, Name, Text
-from .operations import Operations
+from .operations import ACCOUNT, FIND, GATEWAY, Operations, every_shard
 
 log = structlog.get_logger("meterd.api")
 
@@ -100,6 +100,7 @@ def _delivery(d: Delivery) -> DeliveryAnswer:
     "The configured threshold alerts ([[alerts]]).",
     answers={200: (AlertRules, "The rules, as configured.")},
     errors=(400, 401, 500),
+    scope=GATEWAY,
 )
 async def alert_rules(daemon: Daemon) -> Response:
     return json_answer(
@@ -126,6 +127,7 @@ async def alert_rules(daemon: Daemon) -> Response:
     "Deliveries of alert crossings, oldest first: status, attempts, last error, next retry.",
     answers={200: (Deliveries, "Deliveries and the counts by status.")},
     errors=(400, 401, 500, 503),
+    scope=every_shard("deliveries"),
 )
 async def deliveries(daemon: Daemon, query: DeliveriesQuery) -> Response:
     service = _service(daemon)
@@ -145,6 +147,7 @@ async def deliveries(daemon: Daemon, query: DeliveriesQuery) -> Response:
     "Send a failed (or delivered) delivery again, with a fresh retry budget; the same id and body.",
     answers={200: (DeliveryAnswer, "The delivery, pending again.")},
     errors=(400, 401, 404, 500, 503),
+    scope=FIND,
 )
 async def redeliver(daemon: Daemon, path: DeliveryPath) -> Response:
     service = _service(daemon)
@@ -270,6 +273,7 @@ def _stored_rule(daemon: Daemon, row: StoredRule) -> AccountRuleAnswer:
     " configured [[alerts]] that watch it.",
     answers={200: (AccountRules, "The rules, configured ones first.")},
     errors=(400, 401, 500),
+    scope=ACCOUNT,
 )
 async def list_account_rules(daemon: Daemon, path: AccountPath) -> Response:
     account = path.account
@@ -290,6 +294,7 @@ async def list_account_rules(daemon: Daemon, path: AccountPath) -> Response:
     errors=(400, 401, 409, 413, 500, 503),
     documented_body=AccountRuleBody,
     rules=AccountRuleBody.rules,
+    scope=ACCOUNT,
 )
 async def create_account_rule(daemon: Daemon, path: AccountPath, request: Request) -> Response:
     account = path.account
@@ -352,6 +357,7 @@ async def create_account_rule(daemon: Daemon, path: AccountPath, request: Reques
     " account's next event is no longer evaluated against it.",
     answers={200: (AccountRuleAnswer, "The rule, as deleted (who and when).")},
     errors=(400, 401, 404, 500, 503),
+    scope=ACCOUNT,
 )
 async def delete_account_rule(daemon: Daemon, path: RulePath, query: DeleteRuleQuery) -> Response:
     account, name = path.account, path.name
@@ -420,6 +426,7 @@ class CrossingsQuery(Model):
     " with the event, its time, the value before and after it, and its delivery.",
     answers={200: (Crossings, "The crossings, in the order they were decided.")},
     errors=(400, 401, 500),
+    scope=ACCOUNT,
 )
 async def crossings(daemon: Daemon, path: AccountPath, query: CrossingsQuery) -> Response:
     account = path.account

@@ -61,7 +61,7 @@ from .models import (
     VoidBody,
     month,
 )
-from .operations import Operations
+from .operations import ACCOUNT, GRAPHQL, Operations, every_shard
 
 T = TypeVar("T")
 
@@ -132,6 +132,7 @@ _INVOICE: Final = "/v1/accounts/{account}/invoices/{period}"
     " closed (a changed rating of a closed month is restated first).",
     answers={200: (answers.Invoice, "The invoice.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def invoice(daemon: Daemon, path: InvoicePath) -> Response:
     period = month("period", path.period)
@@ -147,6 +148,7 @@ async def invoice(daemon: Daemon, path: InvoicePath) -> Response:
     "The restatements of a closed month, oldest first.",
     answers={200: (answers.Restatements, "Restatements.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def restatements(daemon: Daemon, path: InvoicePath) -> Response:
     period = month("period", path.period)
@@ -168,6 +170,7 @@ def _lazy(answer: InvoiceView | Explanation) -> dict[str, Any]:
     "An invoice line down to its windows and (paged) events, with the adjustments and voids on it.",
     answers={200: (answers.Explanation, "The explanation, one page.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def line_explanation(daemon: Daemon, path: LinePath, query: PageQuery) -> Response:
     period = month("period", path.period)
@@ -190,6 +193,7 @@ async def line_explanation(daemon: Daemon, path: LinePath, query: PageQuery) -> 
     " applied and adjustments added.",
     answers={200: (answers.Explanation, "The explanation, one page.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def usage_explanation(
     daemon: Daemon, path: AccountPath, query: UsageExplanationQuery
@@ -217,6 +221,7 @@ async def usage_explanation(
     "Close a finished month for every account: its figures become final.",
     answers={200: (answers.Closure, "Closed.")},
     errors=_WRITE,
+    scope=every_shard("close"),
 )
 async def close_period(daemon: Daemon, path: PeriodPath, body: CloseBody) -> Response:
     period = month("period", path.period)
@@ -238,6 +243,7 @@ async def close_period(daemon: Daemon, path: PeriodPath, body: CloseBody) -> Res
     " (append-only; a closed month is restated at once).",
     answers={201: (answers.AdjustmentRecorded, "Recorded.")},
     errors=(*_READ, 413),
+    scope=ACCOUNT,
 )
 async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Response:
     billing = billing_of(daemon)
@@ -269,6 +275,7 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
     " at once).",
     answers={201: (answers.VoidRecorded, "Recorded.")},
     errors=(400, 401, 404, 409, 413, 500, 503),
+    scope=ACCOUNT,
 )
 async def void(daemon: Daemon, path: EventPath, body: VoidBody) -> Response:
     period = body.month()
@@ -302,6 +309,7 @@ async def _recorded(
     "Adjustments whose window starts in [from, to), oldest first.",
     answers={200: (answers.Adjustments, "Adjustments.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def adjustments(daemon: Daemon, path: AccountPath, query: AdjustmentsQuery) -> Response:
     billing = billing_of(daemon)
@@ -325,6 +333,7 @@ async def adjustments(daemon: Daemon, path: AccountPath, query: AdjustmentsQuery
     "The account's voided events, oldest void first.",
     answers={200: (answers.Voids, "Voids.")},
     errors=(401, 500),
+    scope=ACCOUNT,
 )
 async def voids(daemon: Daemon, path: AccountPath) -> Response:
     billing = billing_of(daemon)
@@ -364,6 +373,7 @@ async def voids(daemon: Daemon, path: AccountPath) -> Response:
     errors=(401, 413, 500),
     rules=("query must be a GraphQL query valid against the schema, within its limits",),
     documented_body=GraphQLRequest,
+    scope=GRAPHQL,
 )
 async def graphql(daemon: Daemon, request: Request) -> Response:
     body = await read_json(request)
@@ -383,6 +393,7 @@ async def graphql(daemon: Daemon, request: Request) -> Response:
     " window they start in.",
     answers={200: (answers.Usage, "Rows for the windows that had usage.")},
     errors=_READ,
+    scope=ACCOUNT,
 )
 async def billed_usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response:
     """Usage rows as billing sees them: like ``/usage``, with voids and adjustments."""

@@ -19,11 +19,9 @@ MAX_JSON_DEPTH: Final = 32
 levels, GraphQL variables 3-4); deeper is answered 400."""
 
 
-async def read_json(request: Request) -> Any:
-    """The request's body parsed as JSON, at most :data:`MAX_BODY_BYTES` (413
-    ``body_too_large``, checked on ``Content-Length`` and again as the body streams in) and
-    :data:`MAX_JSON_DEPTH` levels deep (400 ``body_too_deep``); 400 ``invalid_body`` if it is
-    not JSON."""
+async def read_body(request: Request) -> bytes:
+    """The request's body, at most :data:`MAX_BODY_BYTES` (413 ``body_too_large``, checked
+    on ``Content-Length`` and again as the body streams in)."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared[:12]) > MAX_BODY_BYTES:
         raise _too_large(f"Content-Length is {declared}")
@@ -34,8 +32,17 @@ async def read_json(request: Request) -> Any:
         if size > MAX_BODY_BYTES:
             raise _too_large(f"more than {MAX_BODY_BYTES} bytes were sent")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> Any:
+    """The request's body parsed as JSON, at most :data:`MAX_BODY_BYTES` (413
+    ``body_too_large``, checked on ``Content-Length`` and again as the body streams in) and
+    :data:`MAX_JSON_DEPTH` levels deep (400 ``body_too_deep``); 400 ``invalid_body`` if it is
+    not JSON."""
+    body = await read_body(request)
     try:
-        value = json.loads(b"".join(chunks))
+        value = json.loads(body)
     except RecursionError:  # the decoder's own bound (the interpreter's recursion limit)
         raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as error:

@@ -41,7 +41,7 @@ from .auth import require_admin
 from .daemon import Daemon
 from .errors import ApiError, bad_parameter
 from .models import ActorPath, NodesQuery
-from .operations import Operations
+from .operations import ACTOR, GATEWAY, Operations, every_shard
 
 ops = Operations()
 
@@ -479,6 +479,7 @@ async def _slow(
     " and paged on the server.",
     answers={200: (Nodes, "One page.")},
     errors=(400, 401, 500),
+    scope=every_shard("tree_nodes"),
 )
 async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
     quarantined = await _quarantined_accounts(daemon)
@@ -549,6 +550,7 @@ def _find(daemon: Daemon, actor: str) -> tuple[str, sv.ChildInfo | None]:
     " memory estimate, windows, watermark, restart history (kept across daemon restarts).",
     answers={200: (ActorStatus, "The node now.")},
     errors=(401, 404, 500),
+    scope=ACTOR,
 )
 async def actor_status(daemon: Daemon, path: ActorPath) -> Response:
     where, info = _find(daemon, path.actor)
@@ -679,6 +681,7 @@ def ingest_snapshot(daemon: Daemon) -> IngestSnapshot:
     " producers, store), for charts of their differences.",
     answers={200: (IngestSnapshot, "Now.")},
     errors=(401, 500),
+    scope=every_shard("ingest"),
 )
 async def ingest(daemon: Daemon) -> Response:
     return json_answer(ingest_snapshot(daemon))
@@ -690,6 +693,7 @@ async def ingest(daemon: Daemon) -> Response:
     "The meters and producers of the configuration (names, dimensions), for the console.",
     answers={200: (ConsoleMeta, "The configuration's names.")},
     errors=(401, 500),
+    scope=GATEWAY,
 )
 async def meta(daemon: Daemon) -> Response:
     config = daemon.config

@@ -24,7 +24,7 @@ from meterd.model import MAX_MS, MAX_MS_TEXT
 from . import alerts, billing, console, quarantine, routes, support
 from .answers import Error, json_answer
 from .daemon import Daemon
-from .operations import Operation, Operations
+from .operations import GATEWAY, Operation, Operations
 
 _REF: Final = "#/components/schemas/{name}"
 
@@ -53,6 +53,7 @@ ops = Operations()
     "This document.",
     answers={200: (dict[str, Any], "The OpenAPI document.")},
     admin=False,
+    scope=GATEWAY,
 )
 async def openapi(daemon: Daemon) -> Response:
     return json_answer(openapi_document())

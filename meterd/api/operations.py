@@ -23,7 +23,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Final, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, get_type_hints
 
 import msgspec
 import msgspec.inspect as mi
@@ -57,6 +57,46 @@ class Answer:
     media_type: str = "application/json"
 
 
+ScopeKind = Literal["account", "actor", "shards", "find", "graphql", "gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where an operation is answered when accounts live in owner processes' shards
+    (docs/partitions.md, "API across owners"; :mod:`meterd.api.gateway` routes by it):
+
+    * ``account``: the shard of the ``{account}`` path parameter;
+    * ``actor``: ``{actor}`` is an account id (its shard) or a node path (the shard whose
+      ``shard-SSS`` node it goes through; the gateway's own tree otherwise);
+    * ``shards``: every shard, the answers merged by the merge named ``merge``;
+    * ``find``: the one shard that has what the path names (the first answer not a 404);
+    * ``graphql``: the shard of the account the GraphQL query names;
+    * ``gateway``: the gateway itself (``merge`` names how, when it is more than the
+      operation's own handler on the configuration).
+    """
+
+    kind: ScopeKind
+    merge: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "shards" and self.merge is None:
+            raise TypeError("scope 'shards' needs the name of its merge")
+        if self.kind not in ("shards", "gateway") and self.merge is not None:
+            raise TypeError(f"scope {self.kind!r} takes no merge")
+
+
+ACCOUNT: Final = Scope("account")
+ACTOR: Final = Scope("actor")
+FIND: Final = Scope("find")
+GRAPHQL: Final = Scope("graphql")
+GATEWAY: Final = Scope("gateway")
+
+
+def every_shard(merge: str) -> Scope:
+    """Asked of every shard, the answers merged by ``merge`` (:mod:`meterd.api.gateway`)."""
+    return Scope("shards", merge)
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     method: str
@@ -73,6 +113,7 @@ class Operation:
     admin: bool
     documented_body: Any  # the body's model for the document (= body_model, or GraphQL's)
     own_rules: tuple[str, ...]
+    scope: Scope | None = None  # across owner processes (None: not declared, a test fails)
 
     @property
     def path(self) -> str:
@@ -124,9 +165,10 @@ class Operations:
         errors: tuple[int, ...] = (),
         admin: bool = True,
         rules: tuple[str, ...] = (),
+        scope: Scope | None = None,
     ) -> Callable[[H], H]:
         """Declare the decorated handler as ``GET route`` (see the module doc)."""
-        return self._declare("GET", route, id, summary, answers, errors, admin, rules, None)
+        return self._declare("GET", route, id, summary, answers, errors, admin, rules, None, scope)
 
     def delete(
         self,
@@ -138,9 +180,12 @@ class Operations:
         errors: tuple[int, ...] = (),
         admin: bool = True,
         rules: tuple[str, ...] = (),
+        scope: Scope | None = None,
     ) -> Callable[[H], H]:
         """Declare the decorated handler as ``DELETE route``."""
-        return self._declare("DELETE", route, id, summary, answers, errors, admin, rules, None)
+        return self._declare(
+            "DELETE", route, id, summary, answers, errors, admin, rules, None, scope
+        )
 
     def post(
         self,
@@ -153,11 +198,12 @@ class Operations:
         admin: bool = True,
         rules: tuple[str, ...] = (),
         documented_body: Any = None,
+        scope: Scope | None = None,
     ) -> Callable[[H], H]:
         """Declare the decorated handler as ``POST route``; ``documented_body`` is the body
         the document shows when the handler reads its own (takes ``request``)."""
         return self._declare(
-            "POST", route, id, summary, answers, errors, admin, rules, documented_body
+            "POST", route, id, summary, answers, errors, admin, rules, documented_body, scope
         )
 
     def _declare(
@@ -171,6 +217,7 @@ class Operations:
         admin: bool,
         rules: tuple[str, ...],
         documented_body: Any,
+        scope: Scope | None,
     ) -> Callable[[H], H]:
         def declare(handler: H) -> H:
             hints = get_type_hints(handler)
@@ -193,6 +240,7 @@ class Operations:
                 admin=admin,
                 documented_body=body if documented_body is None else documented_body,
                 own_rules=rules,
+                scope=scope,
             )
             _check_path(operation)
             self._all.append(operation)

@@ -29,7 +29,7 @@ from .answers import json_answer
 from .daemon import Daemon
 from .errors import ApiError
 from .models import AccountPath, DiscardBody, ReleaseBody
-from .operations import Operations
+from .operations import ACCOUNT, Operations
 
 ops = Operations()
 
@@ -43,6 +43,7 @@ _ERRORS: Final = (400, 401, 404, 409, 413, 500, 503)
     " appended to the journal again and applied by its actor; audited with by and reason.",
     answers={200: (answers.QuarantineDecision, "Done; ids released before are unchanged.")},
     errors=_ERRORS,
+    scope=ACCOUNT,
 )
 async def release(daemon: Daemon, path: AccountPath, body: ReleaseBody) -> Response:
     await daemon.known_account(path.account)
@@ -61,6 +62,7 @@ async def release(daemon: Daemon, path: AccountPath, body: ReleaseBody) -> Respo
     " by and reason.",
     answers={200: (answers.QuarantineDecision, "Done; ids discarded before are unchanged.")},
     errors=_ERRORS,
+    scope=ACCOUNT,
 )
 async def discard(daemon: Daemon, path: AccountPath, body: DiscardBody) -> Response:
     await daemon.known_account(path.account)

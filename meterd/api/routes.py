@@ -41,11 +41,12 @@ from .models import (
     TreeQuery,
     UsageQuery,
 )
-from .operations import Operations
+from .operations import ACCOUNT, ACTOR, Operations, Scope, every_shard
 
 ops = Operations()
 
 READ_ERRORS: Final = (400, 401, 404, 500, 503)
+INGEST_NOT_ACCEPTING: Final = "ingest is not accepting connections"
 
 
 # ---- unauthenticated ------------------------------------------------------------------
@@ -65,7 +66,7 @@ def ready(daemon: Daemon) -> list[str]:
         if info.status is not sv.ChildStatus.RUNNING
     ]
     if daemon.ingest.stopping or not daemon.ingest.addresses:
-        problems.append("ingest is not accepting connections")
+        problems.append(INGEST_NOT_ACCEPTING)
     writer = daemon.store.writer
     if writer.failing is not None:
         problems.append(
@@ -90,6 +91,7 @@ def ready(daemon: Daemon) -> list[str]:
         503: (answers.Health, "Not ready; problems says why."),
     },
     admin=False,
+    scope=every_shard("health"),
 )
 async def healthz(daemon: Daemon) -> Response:
     problems = ready(daemon)
@@ -104,6 +106,7 @@ async def healthz(daemon: Daemon) -> Response:
     "Prometheus text exposition format.",
     answers={200: (str, "Metrics.")},
     admin=False,
+    scope=every_shard("metrics"),
 )
 async def metrics(daemon: Daemon) -> Response:
     return Response(await daemon.metrics.render(), media_type=CONTENT_TYPE)
@@ -118,6 +121,7 @@ async def metrics(daemon: Daemon) -> Response:
     "The live supervision tree (live children only).",
     answers={200: (answers.TreeNode, "The root node.")},
     errors=(400, 401, 500),
+    scope=Scope("gateway", "tree"),
 )
 async def tree(daemon: Daemon, query: TreeQuery) -> Response:
     return json_answer(sv.snapshot(daemon.tree, limit=query.limit))
@@ -136,6 +140,7 @@ def _meter(daemon: Daemon, name: str) -> Meter:
     "Usage of one account and meter per window, exact.",
     answers={200: (answers.Usage, "Rows for the windows that had usage.")},
     errors=READ_ERRORS,
+    scope=ACCOUNT,
 )
 async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response:
     meter = _meter(daemon, query.meter)
@@ -161,6 +166,7 @@ async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Respons
     "The stored events of one account, in ingestion order, paged.",
     answers={200: (answers.Events, "One page.")},
     errors=(400, 401, 404, 500),
+    scope=ACCOUNT,
 )
 async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Response:
     if query.meter is not None:
@@ -195,6 +201,7 @@ async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Respo
     "Quarantined (poison) events, oldest first.",
     answers={200: (answers.Quarantine, "Quarantined events.")},
     errors=(400, 401, 500),
+    scope=every_shard("quarantine"),
 )
 async def quarantine(daemon: Daemon, query: QuarantineQuery) -> Response:
     found = await daemon.store.reader.quarantined(query.account)
@@ -317,6 +324,7 @@ _ACTION_ERRORS: Final = (401, 404, 409, 500)
     "Stop the actor gracefully and start it again.",
     answers={200: (answers.ActorAction, "Done; the node's status after.")},
     errors=_ACTION_ERRORS,
+    scope=ACTOR,
 )
 async def restart(daemon: Daemon, path: ActorPath) -> Response:
     return await actor_action(daemon, path.actor, "restart")
@@ -328,9 +336,10 @@ async def restart(daemon: Daemon, path: ActorPath) -> Response:
     "Kill the actor abruptly; its supervisor handles it as a crash.",
     answers={200: (answers.ActorAction, "Done; the node's status after.")},
     errors=_ACTION_ERRORS,
+    scope=ACTOR,
 )
 async def kill(daemon: Daemon, path: ActorPath) -> Response:
     return await actor_action(daemon, path.actor, "kill")
 
 
-__all__ = ["Daemon", "ops", "ready"]
+__all__ = ["INGEST_NOT_ACCEPTING", "Daemon", "ops", "ready"]

@@ -24,7 +24,7 @@ from .answers import json_answer
 from .daemon import Daemon
 from .errors import ApiError
 from .models import AccountPath, AccountsQuery, SummaryQuery
-from .operations import Operations
+from .operations import ACCOUNT, Operations, every_shard
 
 ops = Operations()
 
@@ -35,6 +35,7 @@ ops = Operations()
     "The accounts the store has seen, by id, paged; search keeps those whose id contains the text.",
     answers={200: (answers.AccountList, "One page of accounts.")},
     errors=(400, 401, 500),
+    scope=every_shard("accounts"),
 )
 async def accounts(daemon: Daemon, query: AccountsQuery) -> Response:
     found, more = await daemon.store.reader.account_page(query.search, query.after, query.limit)
@@ -100,6 +101,7 @@ def summarise(
     " month, each with its total over the range, exact.",
     answers={200: (answers.UsageSummary, "Each meter with its rows and total.")},
     errors=(400, 401, 404, 500, 503),
+    scope=ACCOUNT,
 )
 async def usage_summary(daemon: Daemon, path: AccountPath, query: SummaryQuery) -> Response:
     meters = daemon.accounts.meters

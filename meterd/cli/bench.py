@@ -39,6 +39,7 @@ MODULES: dict[str, str] = {
     "retention": "Disk bytes per event with dedupe retention, against main.",
     "nats_bridge": "JetStream publishes from Trio through the bridge, against asyncio nats-py.",
     "alerts": "Alert evaluation per event with 10 rules, and deliveries/s, against baselines.",
+    "owner": "CPU per event of a partition owner process, against the same events in-process.",
 }
 
 
@@ -295,6 +296,20 @@ def partitions(args: tuple[str, ...]) -> None:
     from meterd.bench.partitions import main
 
     main(list(args), prog="meterd bench partitions")
+
+
+@bench.command(
+    "migrate",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def migrate(args: tuple[str, ...]) -> None:
+    """How long ``meterd migrate partitions`` takes for a store of N events, beside copying
+    its file (``--help`` for the options; docs/partitions.md)."""
+    from meterd.bench.migrate import main
+
+    main(list(args), prog="meterd bench migrate")
 
 
 def _run_and_print(

@@ -35,6 +35,7 @@ class _LazyGroup(click.Group):
         "deliveries": "meterd.cli.alerts:deliveries",
         "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
         "token": "meterd.cli.token:token",
+        "migrate": "meterd.cli.migrate:migrate",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

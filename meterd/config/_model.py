@@ -97,7 +97,8 @@ class IngestConfig(_TlsKeys):
         int,
         key(
             "Daemon-wide budget of events read and not yet applied by their actor; while it"
-            " is spent no connection is read (backpressure).",
+            " is spent no connection is read (backpressure). An owner process splits it"
+            " evenly over its shards.",
             unit="events",
             ge=1,
             le=100_000_000,
@@ -257,7 +258,7 @@ class AccountsConfig:
         key(
             "Meter actors awake at once before idle ones are put to sleep early (idle for"
             " 1 s, not idle_timeout) and wake-ups wait: bounds the memory of a burst of"
-            " new accounts.",
+            " new accounts. An owner process splits it evenly over its shards.",
             unit="actors",
             ge=1,
             le=100_000_000,

@@ -4,6 +4,7 @@
   ``/v1/ingest``: auth, hello, pipelined batches, acks in order, faults, shutdown.
 * :mod:`meterd.ingest.protocol` — the frames: decoding, the batch envelope, §2.4 faults.
 * :mod:`meterd.ingest.validate` — one event's checks and the §2.3 rejection messages.
+* :mod:`meterd.ingest.typed` — a batch frame decoded typed (msgspec), the old path behind.
 
 Choices where protocol.md is silent, and the two error codes meterd adds
 ------------------------------------------------------------------------
@@ -60,12 +61,11 @@ Frames and events:
   waits for it, so the first *sent* copy decides and a different later copy is the
   ``id_conflict``. Across connections, whichever copy reaches the account first decides.
 
-Decoding uses msgpack (already a dependency). msgspec decodes batch frames about 1.6x
-faster (0.53 vs 0.87 µs per event), but decoding is ~0.8 µs of a server's ~30 µs of CPU per
-event end to end (validation of a well-formed batch ~1.7 µs with
-:meth:`~meterd.ingest.validate.EventValidator.validate_batch`; the store writer, delivery to
-the actors and the GIL the rest): ~0.3 µs is not worth a second codec with different edge
-cases (ext types, key types). ``python -m meterd.bench.validate`` measures both paths.
+Decoding: :mod:`meterd.ingest.typed` decodes a batch frame typed, in C (msgspec Structs),
+and checks its events a field at a time over the batch; any frame it does not accept whole
+goes the old way (msgpack, then :meth:`~meterd.ingest.validate.EventValidator.validate_batch`),
+which gives every fault and rejection, so producers see the same verdicts either way.
+``python -m meterd.bench.validate`` measures both paths.
 """
 
 from meterd.ingest.server import IngestServer, IngestStats

@@ -116,11 +116,10 @@ from meterd.ingest.protocol import (
     REJECTION_OVERHEAD,
     Fault,
     ack_frame,
-    decode_frame,
     hello_frame,
-    parse_batch,
     text_bytes,
 )
+from meterd.ingest.typed import BatchReader
 from meterd.ingest.validate import REJECTION_CODES, EventValidator, Rejection
 from meterd.model import Event
 from meterd.store import AppendResult, RejectedEvent, conflict_message, too_late_message
@@ -623,6 +622,7 @@ class _Connection:
         config = server.config
         self.max_batch = config.ingest.max_batch
         self.validator = EventValidator(config.meters_by_name, producer, config.late_window.ms)
+        self.reader = BatchReader(self.validator, self.max_batch)
         self.window = trio.Semaphore(config.ingest.window)
         self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
         self.last_seq = -1
@@ -796,19 +796,18 @@ class _Connection:
                 f" ({self.server.config.ingest.max_frame_bytes} bytes, in hello);"
                 " send smaller batches",
             )
-        frame = decode_frame(message)
-        seq, raw_events = parse_batch(frame, self.last_seq, self.max_batch)
-        self.last_seq = seq
+        batch = self.reader.read(message, self.last_seq)  # typed in C when it can be
+        seq = self.last_seq = batch.seq
         self.batches += 1
         self.server.stats.batches += 1
         now = self.server.clock()
-        groups, rejected = self.validator.validate_batch(raw_events, now)
+        groups, rejected = batch.validate(now)
         audited: list[RejectedEvent] = []
         for rejection in rejected:
-            audit = self._audited(rejection, raw_events[rejection.index], now)
+            audit = self._audited(rejection, batch.raw(rejection.index), now)
             if audit is not None:
                 audited.append(audit)
-        size = len(raw_events)
+        size = batch.size
         if not groups and not audited:
             slot = _Slot(seq, size=size, rejected=rejected)
             self.slots_in.send_nowait(slot)

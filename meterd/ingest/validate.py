@@ -24,7 +24,7 @@ Choices where the protocol is silent (documented in :mod:`meterd.ingest`):
   (the protocol only bounds their length).
 * Lengths are counted in characters (Unicode code points), as the protocol says.
 
-Three paths, one verdict. :meth:`EventValidator.validate_precise` checks every field in
+Several paths, one verdict. :meth:`EventValidator.validate_precise` checks every field in
 the order above and writes every rejection message: it is the reference. In front of it,
 :meth:`EventValidator.validate` first tries a fast check of the common well-formed event
 (exact types, one lookup per meter, a plain decimal string of at most 40 characters, a
@@ -32,7 +32,10 @@ cache of property maps) and hands anything else to the precise path; and
 :meth:`EventValidator.validate_batch` first tries those same checks a field at a time over
 the whole batch, then falls back to :meth:`~EventValidator.validate` per event. The fast
 paths only ever accept what the precise path accepts, as the same :class:`Event`; they
-never reject (tests/ingest/test_validate.py checks this on generated events).
+never reject (tests/ingest/test_validate.py checks this on generated events). A fourth,
+:meth:`EventValidator.accept_typed`, takes a batch that :mod:`meterd.ingest.typed` decoded
+into msgspec Structs (types and lengths already checked in C) under the same rule
+(tests/ingest/test_typed_decode.py).
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ import decimal
 import difflib
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import repeat
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from meterd.config import Producer, format_duration
 from meterd.model import (
@@ -73,6 +76,7 @@ __all__ = [
     "REJECTION_CODES",
     "EventValidator",
     "Rejection",
+    "TypedEvent",
 ]
 
 ID_MAX: Final = 200
@@ -117,7 +121,31 @@ _REQUIRED_FIELDS: Final = operator.itemgetter("id", "account", "meter", "time")
 _QUANTITY_FIELD: Final = operator.methodcaller("get", "quantity")  # a count meter's may be missing
 _PROPERTIES_FIELD: Final = operator.methodcaller("get", "properties")
 _DOT, _NOTHING, _ONCE = repeat("."), repeat(""), repeat(1)  # str.replace(text, ".", "", 1)
+_INT_OR_STR: Final = frozenset({int, str})
+# What _accept's quantity check lets through: ASCII digits with at most one '.' (and a digit).
+_PLAIN_DECIMAL: Final = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+").fullmatch
+_ID_OF, _ACCOUNT_OF, _METER_OF, _TIME_OF, _QUANTITY_OF, _PROPERTIES_OF = map(
+    operator.attrgetter, ("id", "account", "meter", "time", "quantity", "properties")
+)
 _PROPERTIES_SEEN_MAX: Final = 1024  # property maps one validator remembers (then starts over)
+
+
+class TypedEvent(Protocol):
+    """What :meth:`EventValidator.accept_typed` reads of an event msgspec decoded
+    (:class:`meterd.ingest.typed.WireEvent`, which imports this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def meter(self) -> str: ...
+    @property
+    def time(self) -> int: ...
+    @property
+    def quantity(self) -> object: ...
+    @property
+    def properties(self) -> dict[str, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +248,25 @@ def _quantities(texts_or_ints: tuple[Any, ...]) -> list[Quantity] | tuple[int, .
     return values if all(values) else [value or _ZERO for value in values]
 
 
+def _typed_quantities(quantities: list[Any]) -> list[Quantity] | None:
+    """The quantities of non-count events msgspec decoded (integers >= 0, strings of at most
+    ``QUANTITY_DIGITS_MAX`` characters, or ``UNSET`` for none), or ``None`` if one is missing
+    or is not a plain decimal (ASCII digits with at most one '.'): :meth:`_accept`'s check."""
+    kinds = set(map(type, quantities))
+    if kinds == _ONLY_INT:
+        return quantities
+    if not kinds <= _INT_OR_STR:
+        return None
+    if kinds == _ONLY_STR:
+        if not all(map(_PLAIN_DECIMAL, quantities)):
+            return None
+        values: list[Quantity] = list(map(Decimal, quantities))
+        return values if all(values) else [value or _ZERO for value in values]
+    if not all(map(_PLAIN_DECIMAL, [value for value in quantities if type(value) is str])):
+        return None
+    return [value if type(value) is int else Decimal(value) or _ZERO for value in quantities]
+
+
 def written_digits(value: Decimal) -> int:
     """How many digits ``value`` (finite, not zero) has written out in full, without
     trailing fraction zeros: ``1E+3`` -> 4, ``0.0015`` -> 5, ``12.50`` -> 3."""
@@ -309,6 +356,83 @@ class EventValidator:
             indexes.append(index)
             events.append(event)
         return _grouped(indexes, events), rejected
+
+    def accept_typed(
+        self, events: Sequence[TypedEvent], now_ms: int
+    ) -> tuple[dict[str, tuple[list[int], list[Event]]], list[Rejection]] | None:
+        """:meth:`validate_batch`'s ``(groups, [])`` for a batch whose events msgspec
+        decoded (:mod:`meterd.ingest.typed`: keys, types, lengths and bounds are checked),
+        if every event is accepted; else ``None``, and :meth:`validate_batch` on the events
+        as msgpack decodes them gives the verdicts. The checks left are made a field at a
+        time over the whole batch, in C: an account's characters, the meter (configured,
+        writable by this producer), a decimal quantity's digits, ``time`` in its window;
+        the same shortcuts as :meth:`_accept`'s, so the same :class:`Event` objects."""
+        accounts = list(map(_ACCOUNT_OF, events))
+        times = list(map(_TIME_OF, events))
+        if (
+            not all(map(_ACCOUNT_FULLMATCH, accounts))
+            or min(times) < now_ms - self.late_window_ms
+            or max(times) > now_ms + self.future_ms
+        ):
+            return None
+        meters = list(map(_METER_OF, events))
+        names: Iterable[str]
+        values: Iterable[Quantity] | None
+        if len(set(meters)) == 1:
+            writable = self._writable.get(meters[0])
+            if writable is None:
+                return None
+            names = repeat(writable[0])
+            if writable[1]:  # a count's quantity is 1, whatever it holds (even nothing)
+                values = repeat(1)
+            else:
+                values = _typed_quantities(list(map(_QUANTITY_OF, events)))
+        else:
+            known = {meter: self._writable.get(meter) for meter in meters}
+            if None in known.values():
+                return None
+            pairs = [known[meter] for meter in meters]
+            names = [pair[0] for pair in pairs]  # type: ignore[index]
+            counts = [pair[1] for pair in pairs]  # type: ignore[index]
+            quantities = list(map(_QUANTITY_OF, events))
+            if True not in counts:
+                values = _typed_quantities(quantities)
+            else:  # a count's quantity is 1, whatever it holds (even nothing)
+                others = _typed_quantities(
+                    [value for value, count in zip(quantities, counts, strict=True) if not count]
+                )
+                if others is None:
+                    return None
+                rest = iter(others)
+                values = [1 if count else next(rest) for count in counts]
+        if values is None:
+            return None
+        maps = list(map(_PROPERTIES_OF, events))
+        properties: Iterable[tuple[tuple[str, str], ...] | None] | None
+        if not any(maps):  # no properties (nil or empty maps)
+            properties = repeat(())
+        elif not all(maps):  # nil (or empty) maps among others: one at a time
+            properties = [self._fast_properties(value) if value else () for value in maps]
+            if None in properties:
+                return None
+        else:
+            properties = self._all_properties(maps)
+            if properties is None:
+                return None
+        found = list(
+            map(
+                new_event,
+                map(_ID_OF, events),
+                accounts,
+                names,
+                values,
+                times,
+                properties,
+                repeat(self.producer.name),
+                repeat(now_ms),
+            )
+        )
+        return _grouped(range(len(found)), found), []
 
     def _accept_all(
         self, raws: list[Any], low: int, high: int, received_at: int

@@ -24,5 +24,8 @@ def test_the_validate_bench_prints_every_row(capsys: pytest.CaptureFixture[str])
         "fast: decode + validate per event",
         "fast: decode + validate_batch",
         "speed-up of 'fast: decode + validate_batch' over main:",
+        "peer: msgspec decode alone",
+        "typed: msgspec decode + accept_typed",
+        "over 'fast: decode + validate_batch' (the baseline):",
     ):
         assert row in out

@@ -1,0 +1,409 @@
+"""Benchmark: CPU per event of a partition owner process, against the same events in-process.
+
+``python -m meterd.bench.owner`` (``meterd bench owner``) measures what an owner process
+(``python -m meterd.partitions.owner``, docs/partitions.md "The owner process") costs per
+event for the gateway's slices: decoding them, grouping their events by account, its
+shards' writers (one SQLite file per shard, group commits), delivery to the meter actors,
+and the verdicts back. The baseline, in the same command, is the same events made durable
+by today's single process: one cell on one store file in this process
+(``Accounts.submit`` of each batch grouped by account, as ingest submits it; no messages).
+
+Load
+    The issue's shape: ``batch``-event producer batches (500), each event's account drawn
+    uniformly among ``accounts`` (10,000), meter ``dyno.seconds`` (sum; dimensions ``size``
+    and ``app``), decimal quantities, times in the last hour; ``[partitions]`` count 256,
+    shard_size 16 and ``owners`` owners. Only owner 0's share of each batch is sent (its
+    shards' slices, as the gateway splits a batch): with 2 owners, about half of each batch
+    in 8 slices. Both paths get exactly those events, ``window`` batches in flight at most
+    (a batch is done when every slice of it has its verdicts, or its ``Accounts.submit``
+    reported), after an untimed warm-up round that wakes every account.
+
+Figures
+    events/s (wall), the worker's CPU per event (the owner process, all its threads, from
+    ``/proc``; the baseline: this process), the driver's CPU per event (the owner path: the
+    bench as a gateway, encoding slices and decoding verdicts; in-process there is none)
+    and the worker's RSS at the end. Events applied by the actors after the last verdict are
+    not counted in either (the in-flight budget bounds them).
+
+What limits the figures: the shared machine (both cores, other builds), the disk's fsync
+latency (every commit is one per file it touches: up to 8 per group commit for the owner,
+1 for the baseline; see docs/partitions.md "Storage unit").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import supervisors as sv
+from meterd import logs
+from meterd.config import Config, PartitionsConfig, load
+from meterd.model import Event, new_event
+from meterd.partitions import (
+    BatchId,
+    Slice,
+    SliceEvent,
+    UnixTransport,
+    Verdicts,
+    shard_of,
+    shards_of_owner,
+)
+
+from ._proc import cpu_seconds, rss_bytes
+
+SIZES = ("std-1x", "std-2x", "perf-m", "perf-l")
+APPS = tuple(f"app-{n}" for n in range(8))
+PRODUCER = "platform"
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    path: str
+    events: int
+    seconds: float
+    events_per_second: float
+    worker_cpu_us: float  # per event
+    driver_cpu_us: float  # per event
+    rss_mib: float
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    owners: int
+    accounts: int
+    batch: int
+    batches: int
+    window: int
+    seed: int
+
+
+def write_config(folder: Path, owners: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(
+        f"""
+late_window = "1d"
+dedupe_window = "1d"
+
+[ingest]
+listen = "127.0.0.1:18700"
+
+[api]
+listen = "127.0.0.1:18701"
+admin_token = "bench-owner-admin-token"
+
+[store]
+path = "var/meterd.sqlite3"
+
+[partitions]
+owners = {owners}
+
+[[producers]]
+name = "{PRODUCER}"
+token = "bench-owner-platform-token"
+
+[[meters]]
+name = "dyno.seconds"
+aggregation = "sum"
+dimensions = ["size", "app"]
+"""
+    )
+    return path
+
+
+def build_load(
+    shape: Shape, partitions: PartitionsConfig, tag: str, count: int
+) -> list[dict[int, list[SliceEvent]]]:
+    """``count`` batches, each as owner 0's slices: shard -> its events (with their index
+    in the producer's batch)."""
+    rng = random.Random(f"{shape.seed}-{tag}")
+    mine = set(shards_of_owner(0, partitions))
+    shards = {f"acct-{n:05d}": shard_of(f"acct-{n:05d}", partitions) for n in range(shape.accounts)}
+    names = list(shards)
+    now = int(time.time() * 1000)
+    batches = []
+    for b in range(count):
+        slices: dict[int, list[SliceEvent]] = {}
+        for index in range(shape.batch):
+            account = names[rng.randrange(len(names))]
+            shard = shards[account]
+            if shard not in mine:
+                continue
+            slices.setdefault(shard, []).append(
+                SliceEvent(
+                    index,
+                    f"{tag}-{b}-{index}",
+                    account,
+                    "dyno.seconds",
+                    Decimal(rng.randrange(1, 100_000)) / 1000,
+                    now - rng.randrange(3_600_000),
+                    {"size": rng.choice(SIZES), "app": rng.choice(APPS)},
+                )
+            )
+        batches.append(slices)
+    return batches
+
+
+def as_groups(
+    slices: dict[int, list[SliceEvent]], received_at: int
+) -> list[tuple[str, list[Event]]]:
+    """A batch's events grouped by account, as ingest hands them to ``Accounts.submit``."""
+    groups: dict[str, list[Event]] = {}
+    for events in slices.values():
+        for e in events:
+            groups.setdefault(e.account, []).append(
+                new_event(
+                    e.id,
+                    e.account,
+                    e.meter,
+                    e.quantity,
+                    e.time,
+                    tuple(sorted(e.properties.items())),
+                    PRODUCER,
+                    received_at,
+                )
+            )
+    return list(groups.items())
+
+
+# ---- the owner process ------------------------------------------------------------------------
+
+
+async def run_owner(
+    config_path: Path,
+    sockets: Path,
+    shape: Shape,
+    warm: list[dict[int, list[SliceEvent]]],
+    load: list[dict[int, list[SliceEvent]]],
+) -> Figures:
+    socket = str(sockets / "owner-0.sock")
+    argv = [
+        sys.executable, "-m", "meterd.partitions.owner", "--config", str(config_path),
+        "--owner", "0", "--socket", socket, "--log-level", "warning",
+    ]  # fmt: skip
+    spec = sv.process_spec("owner-0", argv, start_timeout=120)
+    sup = sv.Supervisor([spec], name="bench")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        (info,) = sup.which_children()
+        ref = info.ref
+        assert isinstance(ref, sv.ProcessRef)
+        channel = await UnixTransport().connect(ref.ready)
+        await channel.receive()  # hello
+        await _send(channel, warm, shape.window, seq0=1)
+        events = sum(len(events) for slices in load for events in slices.values())
+        cpu0, driver0, wall0 = cpu_seconds(ref.pid), time.process_time(), time.perf_counter()
+        accepted = await _send(channel, load, shape.window, seq0=1 + len(warm))
+        wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
+        cpu = (cpu_seconds(ref.pid) or 0.0) - (cpu0 or 0.0)
+        rss = rss_bytes(ref.pid) or 0
+        if accepted != events:
+            raise RuntimeError(f"the owner accepted {accepted} of {events} events")
+        await channel.aclose()
+        sup.stop()
+    shards = len(shards_of_owner(0, PartitionsConfig(owners=shape.owners)))
+    return Figures(
+        f"owner process ({shards} shards)",
+        events,
+        wall,
+        events / wall,
+        cpu / events * 1e6,
+        driver / events * 1e6,
+        rss / 2**20,
+    )
+
+
+async def _send(
+    channel: Any, batches: list[dict[int, list[SliceEvent]]], window: int, seq0: int
+) -> int:
+    """Send each batch's slices, ``window`` batches in flight; the events accepted."""
+    room = trio.Semaphore(window)
+    outstanding: dict[int, int] = {}
+    accepted = 0
+    done = trio.Event()
+    now = int(time.time() * 1000)
+
+    async def read() -> None:
+        nonlocal accepted
+        left = sum(len(slices) for slices in batches)
+        while left:
+            verdicts = await channel.receive()
+            if not isinstance(verdicts, Verdicts):
+                raise TypeError(f"the owner answered {verdicts!r}, not verdicts")
+            accepted += verdicts.accepted
+            seq = verdicts.batch.seq
+            outstanding[seq] -= 1
+            if not outstanding[seq]:
+                room.release()
+            left -= 1
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        for offset, slices in enumerate(batches):
+            await room.acquire()
+            seq = seq0 + offset
+            outstanding[seq] = len(slices)
+            batch = BatchId("bench", 1, seq)
+            for shard, events in slices.items():
+                await channel.send(Slice(batch, shard, PRODUCER, now, events))
+            if not slices:
+                room.release()
+        await done.wait()
+    return accepted
+
+
+# ---- the baseline: one cell in this process ----------------------------------------------------
+
+
+async def run_in_process(
+    config: Config,
+    shape: Shape,
+    warm: list[dict[int, list[SliceEvent]]],
+    load: list[dict[int, list[SliceEvent]]],
+) -> Figures:
+    from meterd.partitions._cell import Cell  # the whole accounts side: not for the owner path
+
+    cell = Cell(
+        config,
+        store_path=config.store_path,
+        billing_path=config.billing_path,
+        deliveries_path=config.store_path.with_name("deliveries.sqlite3"),
+        name="root",
+    )
+    cell.attach(cell.supervisor)
+    received_at = int(time.time() * 1000)
+    warm_groups = [as_groups(slices, received_at) for slices in warm]
+    groups = [as_groups(slices, received_at) for slices in load]
+    events = sum(len(e) for batch in groups for _, e in batch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cell.supervisor.run)
+            await _submit(cell, warm_groups, shape.window)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            accepted = await _submit(cell, groups, shape.window)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            if accepted != events:
+                raise RuntimeError(f"the cell accepted {accepted} of {events} events")
+            cell.supervisor.stop()
+    finally:
+        await cell.aclose()
+    return Figures(
+        "in-process (1 cell, 1 file)",
+        events,
+        wall,
+        events / wall,
+        cpu / events * 1e6,
+        0.0,
+        (rss_bytes(os.getpid()) or 0) / 2**20,
+    )
+
+
+async def _submit(cell: Any, batches: list[list[tuple[str, list[Event]]]], window: int) -> int:
+    room = trio.Semaphore(window)
+    accepted = 0
+    left = len(batches)
+    done = trio.Event()
+
+    def report(outcome: Any) -> None:
+        nonlocal accepted, left
+        if isinstance(outcome, BaseException):
+            raise outcome
+        accepted += sum(len(result.accepted) for result in outcome)
+        room.release()
+        left -= 1
+        if not left:
+            done.set()
+
+    for seq, groups in enumerate(batches, start=1):
+        await room.acquire()
+        cell.accounts.submit(groups, report, producer=PRODUCER, seq=seq)
+    if batches:
+        await done.wait()
+    return accepted
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def measure(shape: Shape, folder: Path) -> list[Figures]:
+    config_path = write_config(folder / "owner", shape.owners)
+    partitions = load(config_path).partitions
+    warm_batches = max(1, shape.accounts * 2 // shape.batch)  # every account, about twice
+    warm = build_load(shape, partitions, "warm", warm_batches)
+    timed = build_load(shape, partitions, "load", shape.batches)
+    print("owner process ...", file=sys.stderr)
+    # A socket's path is at most 107 bytes: a short directory of its own, not the stores'.
+    sockets = Path(tempfile.mkdtemp(prefix="meterd-owner-"))
+    try:
+        owner = trio.run(run_owner, config_path, sockets, shape, warm, timed)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+    baseline_config = load(write_config(folder / "baseline", 0))
+    print("in-process baseline ...", file=sys.stderr)
+    baseline = trio.run(run_in_process, baseline_config, shape, warm, timed)
+    return [baseline, owner]
+
+
+def format_table(figures: Sequence[Figures]) -> str:
+    base = figures[0]
+    lines = [
+        f"{'path':<30} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
+        f" {'ratio':>6} {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
+    ]
+    for f in figures:
+        lines.append(
+            f"{f.path:<30} {f.events:>8,} {f.events_per_second:>10,.0f}"
+            f" {f.events_per_second / base.events_per_second:>5.2f}x {f.worker_cpu_us:>17.1f}"
+            f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.driver_cpu_us:>17.1f}"
+            f" {f.rss_mib:>15.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meterd.bench.owner", description=__doc__)
+    parser.add_argument(
+        "--owners", type=int, default=2, help="[partitions] owners (owner 0 is run)"
+    )
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=500, help="events per producer batch")
+    parser.add_argument("--batches", type=int, default=400, help="producer batches timed")
+    parser.add_argument("--window", type=int, default=16, help="batches in flight at most")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="40 batches over 2,000 accounts")
+    parser.add_argument("--json", action="store_true", help="the figures as JSON")
+    parser.add_argument("--dir", type=Path, default=None, help="where the stores go (a disk)")
+    args = parser.parse_args(argv)
+    logs.configure(level="warning")
+    if args.quick:
+        args.batches, args.accounts = 40, 2_000
+    shape = Shape(args.owners, args.accounts, args.batch, args.batches, args.window, args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench-owner-", dir=args.dir or Path.cwd()) as tmp:
+        figures = measure(shape, Path(tmp))
+    if args.json:
+        print(json.dumps([asdict(f) for f in figures], indent=2))
+    else:
+        print(
+            f"owner 0 of {args.owners}: {args.batches} batches of {args.batch} events over"
+            f" {args.accounts:,} accounts (its share of each), {args.window} in flight"
+        )
+        print(format_table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

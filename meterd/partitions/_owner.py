@@ -1,0 +1,594 @@
+"""A partition owner process: the cells of its shards, served to the gateway (docs/partitions.md).
+
+Owner ``k`` holds the shards ``shards_of_owner(k, config.partitions)``, each a
+:class:`~._cell.Cell` named ``shard-SSS`` on the shard's files (:func:`~._layout.shard_files`),
+under one supervisor::
+
+    owner-K (one_for_one)
+    ├── shard-000 (rest_for_one)
+    │   ├── store-writer
+    │   ├── accounts (meters, sweeper, deliverer)
+    │   └── deliveries
+    └── shard-00N ...
+
+It serves the gateway over a :class:`~._transport.Transport` (``UnixTransport`` at the socket
+path). On each channel it first sends :class:`~._messages.Hello`, then answers, each message
+as it comes (the channel's reader never waits for a commit or a request):
+
+* :class:`~._messages.Slice`: its events grouped by account (each account once, the slice's
+  ``index``es kept) and submitted to the shard's writer as one batch (``producer``, ``seq`` =
+  the batch's, the slice's ``rejected`` events for the audit trail). Once committed,
+  :class:`~._messages.Verdicts`: ``accepted`` and ``duplicates`` counted, ``id_conflicts`` and
+  ``rejected`` (``time_out_of_range``) by their index in the producer's batch. Slices are
+  submitted as they arrive, so the writer group-commits many at once; while the shard's
+  in-flight budget is spent they wait (in order) for room. :class:`~._messages.Unavailable`
+  (never verdicts) when the writer could not commit, the shard is not this owner's, an
+  event's account is not in the shard, or the owner is stopping.
+* :class:`~._messages.Query` ``op="ping"``: ``Answer(value="pong")`` (the gateway's liveness
+  check); ``op="http"``: the request run through the shard's own starlette app (the operator
+  API, in-process: an ASGI call, no socket), answered ``{"status", "headers", "body"}``.
+* :class:`~._messages.TreeRequest`: :class:`~._messages.TreeSnapshot` of ``owner-K``.
+* anything else: an :class:`~._messages.Answer` whose ``error`` names it; never a crash.
+
+Stop (:meth:`Owner.stop`, SIGTERM or SIGINT in :func:`main`): new slices are answered
+``Unavailable``; the tree stops in order (each cell's actors checkpoint, its writer commits
+what is queued and the verdicts of those slices are sent); then the channels close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections import deque
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+import trio
+from starlette.applications import Starlette
+
+import supervisors as sv
+from meterd import __version__
+from meterd.config import Config
+from meterd.model import Event, new_event
+from meterd.store import AppendResult, RejectedEvent
+from meterd.store._appends import conflict_message
+from meterd.store.retention import too_late_message
+
+from ._cell import Cell
+from ._layout import shard_files, shard_of, shards_directory, shards_of_owner
+from ._messages import (
+    Answer,
+    Hello,
+    Message,
+    Query,
+    Rejection,
+    Slice,
+    TreeRequest,
+    TreeSnapshot,
+    Unavailable,
+    Verdicts,
+)
+from ._transport import Channel, ChannelClosed, Transport, UnixTransport
+
+__all__ = ["HTTP_TIMEOUT", "Owner", "call_asgi"]
+
+log = structlog.get_logger("meterd.partitions.owner")
+
+HTTP_TIMEOUT: Final = 60.0
+"""Seconds an HTTP query may run in a cell before it is answered with an error (a
+streaming route, such as the console's event stream, never ends: it cannot be forwarded)."""
+FLUSH_GRACE: Final = 5.0
+"""Seconds the verdicts queued at a stop are given to reach the gateway."""
+
+SHARD_CACHE: Final = 1 << 18
+"""Accounts whose shard is remembered (the check that a slice's accounts are in its shard
+hashes each account once, not once per slice); the memory is forgotten when full."""
+
+Post = Callable[[Message], None]
+_NO_PROPERTIES: Final[tuple[tuple[str, str], ...]] = ()
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A slice waiting for room in its shard's in-flight budget."""
+
+    post: Post
+    slice: Slice
+    groups: list[tuple[str, list[Event]]]
+    indexes: list[list[int]]
+
+
+class Owner:
+    """Owner ``number``'s cells, tree and service (see the module doc)."""
+
+    def __init__(self, config: Config, number: int) -> None:
+        self.config = config
+        self.number = number
+        self.name = f"owner-{number}"
+        self.shards = list(shards_of_owner(number, config.partitions))  # ValueError if none
+        self.cells: dict[int, Cell] = {}
+        for shard in self.shards:
+            files = shard_files(config, shard)
+            cell = Cell(
+                config,
+                store_path=files.store,
+                billing_path=files.billing,
+                deliveries_path=files.deliveries,
+                name=f"shard-{shard:03d}",
+                cells=len(self.shards),
+            )
+            cell.attach(cell.supervisor)
+            self.cells[shard] = cell
+        self.root = sv.Supervisor(
+            [cell.supervisor.as_child() for cell in self.cells.values()],
+            strategy=sv.Strategy.ONE_FOR_ONE,
+            name=self.name,
+        )
+        self.stopping = False
+        self._waiting: dict[int, deque[_Pending]] = {shard: deque() for shard in self.shards}
+        self._wake: dict[int, trio.Event] = {shard: trio.Event() for shard in self.shards}
+        self._outboxes: set[trio.MemorySendChannel[Message]] = set()
+        self._flushed: set[trio.Event] = set()
+        self._stop = trio.Event()
+        self.finished = trio.Event()  # run() returned after a stop
+        self.slices = 0  # slices received (counters for tests and logs)
+        self._shard_of: dict[str, int] = {}  # account -> shard, checked once per account
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the shards' directory and open each cell's billing database."""
+        directory = shards_directory(self.config)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for cell in self.cells.values():
+            await cell.open()
+
+    async def aclose(self) -> None:
+        for cell in self.cells.values():
+            await cell.aclose()
+
+    async def run(
+        self,
+        address: str,
+        transport: Transport | None = None,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start the tree, serve at ``address``, report ``address`` started; until
+        :meth:`stop`, then stop in order (see the module doc)."""
+        transport = UnixTransport() if transport is None else transport
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.root.run)
+            for shard in self.shards:
+                nursery.start_soon(self._admit, shard)
+            serving = trio.CancelScope()
+
+            async def serve(*, task_status: trio.TaskStatus[Any]) -> None:
+                with serving:
+                    await transport.serve(address, self._channel, task_status=task_status)
+
+            await nursery.start(serve)
+            log.info("owner_started", shards=self.shards, socket=address, version=__version__)
+            task_status.started(address)
+            await self._stop.wait()
+            log.info("owner_stopping")
+            self.stopping = True
+            self._refuse_waiting()
+            self.root.stop()
+            await self.root.wait_stopped()
+            with trio.move_on_after(FLUSH_GRACE):  # the verdicts of the last commits
+                for outbox in list(self._outboxes):
+                    outbox.close()
+                for flushed in list(self._flushed):
+                    await flushed.wait()
+            serving.cancel()
+            nursery.cancel_scope.cancel()  # the admitters
+        log.info("owner_stopped")
+        self.finished.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ---- one channel -----------------------------------------------------------------------
+
+    async def _channel(self, channel: Channel) -> None:
+        outbox, messages = trio.open_memory_channel[Message](math.inf)
+        flushed = trio.Event()
+        self._outboxes.add(outbox)
+        self._flushed.add(flushed)
+
+        def post(message: Message) -> None:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                outbox.send_nowait(message)
+
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def send_all() -> None:
+                    try:
+                        async for message in messages:
+                            await channel.send(message)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                        log.warning("owner_channel_lost", peer=channel.peer, error=str(error))
+                        nursery.cancel_scope.cancel()
+                    finally:
+                        flushed.set()
+
+                await channel.send(Hello(self.name, os.getpid(), self.shards))
+                nursery.start_soon(send_all)
+                while True:
+                    try:
+                        message = await channel.receive()
+                    except ChannelClosed:
+                        nursery.cancel_scope.cancel()
+                        return
+                    try:
+                        self._handle(message, post, nursery)
+                    except Exception as error:  # a bug: answer it, keep the owner up
+                        log.exception("owner_message_failed", kind=type(message).__name__)
+                        post(_failed(message, error))
+        finally:
+            self._outboxes.discard(outbox)
+            self._flushed.discard(flushed)
+            outbox.close()
+
+    def _handle(self, message: Message, post: Post, nursery: trio.Nursery) -> None:
+        """One message from the gateway; never awaits (what takes time runs on its own)."""
+        if isinstance(message, Slice):
+            self.slices += 1
+            self._slice(message, post)
+        elif isinstance(message, Query):
+            if message.op == "ping":
+                post(Answer(message.id, value="pong"))
+            elif message.op == "http":
+                nursery.start_soon(self._http, message, post)
+            else:
+                post(
+                    Answer(
+                        message.id,
+                        error=f"{self.name} does not answer op {message.op!r}: it answers"
+                        " 'http' (the operator API of a shard) and 'ping'",
+                    )
+                )
+        elif isinstance(message, TreeRequest):
+            try:
+                tree = sv.snapshot(self.root, limit=message.limit, total=message.total)
+            except ValueError as error:
+                post(Answer(message.id, error=f"tree request {message.id}: {error}"))
+            else:
+                post(TreeSnapshot(message.id, self.name, os.getpid(), tree))
+        else:
+            kind = type(message).__name__
+            log.warning("owner_unexpected_message", kind=kind)
+            post(
+                Answer(
+                    getattr(message, "id", 0),
+                    error=f"{self.name} cannot handle a {kind} message: an owner is sent"
+                    " slices, queries and tree requests only",
+                )
+            )
+
+    # ---- slices ----------------------------------------------------------------------------
+
+    def _slice(self, piece: Slice, post: Post) -> None:
+        cell = self.cells.get(piece.shard)
+        if cell is None:
+            post(
+                Unavailable(
+                    piece.batch,
+                    piece.shard,
+                    f"{self.name} does not hold shard {piece.shard} (it holds {self.shards});"
+                    " the gateway and the owner disagree on [partitions]: run both on one config",
+                )
+            )
+            return
+        if self.stopping:
+            post(Unavailable(piece.batch, piece.shard, self._stopping_reason()))
+            return
+        try:
+            groups, indexes = self._groups(piece)
+        except ValueError as error:
+            post(Unavailable(piece.batch, piece.shard, str(error)))
+            return
+        waiting = self._waiting[piece.shard]
+        if waiting or cell.accounts.budget.full:
+            waiting.append(_Pending(post, piece, groups, indexes))
+            self._wake[piece.shard].set()
+            return
+        self._submit(cell, post, piece, groups, indexes)
+
+    def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
+        """The slice's events by account (each account once), with their indexes."""
+        by_account: dict[str, tuple[list[int], list[Event]]] = {}
+        producer, received_at = piece.producer, piece.received_at
+        for event in piece.events:
+            entry = by_account.get(event.account)
+            if entry is None:
+                entry = by_account[event.account] = ([], [])
+            properties = event.properties
+            entry[0].append(event.index)
+            entry[1].append(
+                new_event(
+                    event.id,
+                    event.account,
+                    event.meter,
+                    event.quantity,
+                    event.time,
+                    tuple(sorted(properties.items())) if properties else _NO_PROPERTIES,
+                    producer,
+                    received_at,
+                )
+            )
+        partitions, known = self.config.partitions, self._shard_of
+        for account in by_account:
+            shard = known.get(account)
+            if shard is None:
+                if len(known) >= SHARD_CACHE:
+                    known.clear()
+                shard = known[account] = shard_of(account, partitions)
+            if shard != piece.shard:
+                raise ValueError(
+                    f"slice of batch {_batch_name(piece)}: account {account!r} is in shard"
+                    f" {shard}, not in shard {piece.shard}; the gateway and the owner disagree"
+                    " on [partitions]: run both on one config"
+                )
+        return (
+            [(account, events) for account, (_, events) in by_account.items()],
+            [positions for positions, _ in by_account.values()],
+        )
+
+    def _submit(
+        self,
+        cell: Cell,
+        post: Post,
+        piece: Slice,
+        groups: list[tuple[str, list[Event]]],
+        indexes: list[list[int]],
+    ) -> None:
+        budget = cell.accounts.budget
+        count = len(piece.events)
+        rejected = [
+            RejectedEvent(r.account, r.id, r.code, r.message)
+            for r in piece.rejected
+            if r.account is not None
+        ]
+
+        def done(outcome: list[AppendResult] | BaseException) -> None:
+            budget.give(count)
+            post(_outcome(piece, groups, indexes, outcome))
+
+        budget.take(count)
+        try:
+            cell.accounts.submit(
+                groups, done, producer=piece.producer, seq=piece.batch.seq, rejected=rejected
+            )
+        except Exception as error:  # a bug: the slice still gets an answer
+            budget.give(count)
+            log.exception("owner_submit_failed", shard=piece.shard)
+            post(Unavailable(piece.batch, piece.shard, f"the slice was not submitted: {error}"))
+
+    async def _admit(self, shard: int) -> None:
+        """Submit the shard's waiting slices, in order, as its budget has room."""
+        cell, waiting = self.cells[shard], self._waiting[shard]
+        while True:
+            await self._wake[shard].wait()
+            self._wake[shard] = trio.Event()
+            while waiting:
+                await cell.accounts.budget.wait_for_room()
+                if not waiting:
+                    break
+                pending = waiting.popleft()
+                if self.stopping:
+                    pending.post(Unavailable(pending.slice.batch, shard, self._stopping_reason()))
+                    continue
+                self._submit(cell, pending.post, pending.slice, pending.groups, pending.indexes)
+
+    def _refuse_waiting(self) -> None:
+        for shard, waiting in self._waiting.items():
+            while waiting:
+                pending = waiting.popleft()
+                pending.post(Unavailable(pending.slice.batch, shard, self._stopping_reason()))
+
+    def _stopping_reason(self) -> str:
+        return f"{self.name} is stopping; re-send the batch once it is back"
+
+    # ---- HTTP queries ----------------------------------------------------------------------
+
+    async def _http(self, query: Query, post: Post) -> None:
+        cell = self.cells.get(query.shard)
+        if cell is None:
+            post(
+                Answer(
+                    query.id,
+                    error=f"{self.name} does not hold shard {query.shard} (it holds"
+                    f" {self.shards}); ask the owner of that shard",
+                )
+            )
+            return
+        if self.stopping:
+            post(Answer(query.id, error=self._stopping_reason().replace("batch", "request")))
+            return
+        try:
+            request = _http_request(query.args)
+        except ValueError as error:
+            post(Answer(query.id, error=f"http query {query.id}: {error}"))
+            return
+        with trio.move_on_after(HTTP_TIMEOUT):
+            try:
+                value = await call_asgi(cell.app(), *request)
+            except Exception as error:
+                log.exception("owner_http_failed", shard=query.shard, path=request[1])
+                post(
+                    Answer(
+                        query.id,
+                        error=f"{request[0]} {request[1]} failed in shard {query.shard}:"
+                        f" {type(error).__name__}: {error}",
+                    )
+                )
+            else:
+                post(Answer(query.id, value=value))
+            return
+        post(
+            Answer(
+                query.id,
+                error=f"{request[0]} {request[1]} did not finish within {HTTP_TIMEOUT:g} s in"
+                f" shard {query.shard} (a streaming route cannot be forwarded)",
+            )
+        )
+
+
+def _failed(message: Message, error: Exception) -> Message:
+    """The answer to a message whose handling failed unexpectedly (logged with its trace)."""
+    why = f"the owner failed handling a {type(message).__name__}: {type(error).__name__}: {error}"
+    if isinstance(message, Slice):
+        return Unavailable(message.batch, message.shard, why)
+    return Answer(getattr(message, "id", 0), error=why)
+
+
+def _batch_name(piece: Slice) -> str:
+    batch = piece.batch
+    return f"{batch.gateway}/{batch.connection}/seq {batch.seq}"
+
+
+def _outcome(
+    piece: Slice,
+    groups: Sequence[tuple[str, list[Event]]],
+    indexes: Sequence[list[int]],
+    outcome: list[AppendResult] | BaseException,
+) -> Verdicts | Unavailable:
+    """The verdicts of a committed slice (indexes into the producer's batch), or why not."""
+    if isinstance(outcome, BaseException):
+        log.warning("owner_slice_failed", shard=piece.shard, error=str(outcome))
+        return Unavailable(
+            piece.batch,
+            piece.shard,
+            f"shard {piece.shard} could not make the slice durable:"
+            f" {type(outcome).__name__}: {outcome}",
+        )
+    accepted = duplicates = 0
+    conflicts: list[Rejection] = []
+    rejected: list[Rejection] = []
+    for (account, events), positions, result in zip(groups, indexes, outcome, strict=True):
+        accepted += len(result.accepted)
+        duplicates += len(result.duplicates)
+        for position in result.conflicts:
+            event = events[position]
+            conflicts.append(
+                Rejection(
+                    positions[position],
+                    event.id,
+                    "id_conflict",
+                    conflict_message(account, event.id),
+                    account,
+                )
+            )
+        for position in result.too_late:
+            event = events[position]
+            assert result.horizon is not None
+            rejected.append(
+                Rejection(
+                    positions[position],
+                    event.id,
+                    "time_out_of_range",
+                    too_late_message(event.time, result.horizon),
+                    account,
+                )
+            )
+    return Verdicts(piece.batch, piece.shard, accepted, duplicates, conflicts, rejected)
+
+
+# ---- the HTTP query contract (docs/partitions.md "The owner process") -----------------------
+
+
+class BadQuery(ValueError):
+    """An ``http`` query whose ``args`` break the contract (the error says which)."""
+
+
+def _http_request(args: dict[str, Any]) -> tuple[str, str, str, list[tuple[str, str]], bytes]:
+    """``(method, path, query, headers, body)`` of an ``http`` query's ``args``, checked."""
+    method, path = args.get("method"), args.get("path")
+    query, headers, body = args.get("query", ""), args.get("headers", []), args.get("body", b"")
+    if not isinstance(method, str) or not method:
+        raise BadQuery(f"args.method must be an HTTP method (a string), not {method!r}")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise BadQuery(f"args.path must be a path starting with '/', not {path!r}")
+    if not isinstance(query, str):
+        raise BadQuery(f"args.query must be the raw query string, not {type(query).__name__}")
+    if not isinstance(body, bytes | bytearray):
+        raise BadQuery(f"args.body must be bytes, not {type(body).__name__}")
+    pairs: list[tuple[str, str]] = []
+    if not isinstance(headers, list):
+        raise BadQuery("args.headers must be a list of [name, value] pairs")
+    for header in headers:
+        if (
+            not isinstance(header, list | tuple)
+            or len(header) != 2
+            or not all(isinstance(part, str) for part in header)
+        ):
+            raise BadQuery(f"args.headers: {header!r} is not a [name, value] pair of strings")
+        pairs.append((header[0].lower(), header[1]))
+    return method.upper(), path, query, pairs, bytes(body)
+
+
+async def call_asgi(
+    app: Starlette,
+    method: str,
+    path: str,
+    query: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+) -> dict[str, Any]:
+    """Run one request through ``app`` in-process (an ASGI call, no socket):
+    ``{"status", "headers", "body"}`` of its response. An exception the app raises after
+    it answered (starlette's 500, already logged by the API's handler) is dropped."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+        "client": ("127.0.0.1", 0),
+        "server": ("owner", 0),
+    }
+    sent = started = False
+    finished = trio.Event()
+    status = 500
+    answer_headers: list[list[str]] = []
+    chunks: list[bytes] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()  # the client "disconnects" once the answer is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal status, started
+        if message["type"] == "http.response.start":
+            started = True
+            status = int(message["status"])
+            answer_headers.extend(
+                [name.decode("latin-1"), value.decode("latin-1")]
+                for name, value in message.get("headers", [])
+            )
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                finished.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        if not started:
+            raise
+    return {"status": status, "headers": answer_headers, "body": b"".join(chunks)}

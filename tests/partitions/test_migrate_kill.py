@@ -1,0 +1,92 @@
+"""kill -9 of ``meterd migrate partitions`` (a subprocess) at chosen steps and at random
+moments, then a rerun: the same files as a migration that was never interrupted."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meterd.config import Config
+from meterd.partitions._migrate import check_layout, migrate
+from tests.partitions.migrate_data import SMALL, contents, copy_of, populated_template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def migrate_and_die(config: Config, *args: str) -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.partitions.procs.migrate_and_die", str(config.path), *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    ).returncode
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """A populated single store and the contents its migration to 4 shards gives (from a
+    copy, never interrupted)."""
+    template = populated_template(tmp_path_factory.mktemp("template"), 20)
+    reference = copy_of(template, tmp_path_factory.mktemp("reference"), 2, SMALL)
+    migrate(reference)
+    return template, dict(contents(reference, with_ids=True))
+
+
+def rerun_gives_the_reference(config: Config, expected: dict[str, object]) -> None:
+    migrate(config)
+    check_layout(config)
+    assert dict(contents(config, with_ids=True)) == expected
+
+
+def fresh(prepared: tuple[Path, dict[str, object]], where: Path) -> Config:
+    return copy_of(prepared[0], where, 2, SMALL)
+
+
+def test_kill9_at_a_step_then_rerun(
+    prepared: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    config = fresh(prepared, tmp_path / "run")
+    assert migrate_and_die(config, "--step", "target 1") == -9
+    rerun_gives_the_reference(config, prepared[1])
+
+
+def test_kill9_at_a_random_moment_then_rerun(
+    prepared: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    rng = random.Random(15)
+    config = fresh(prepared, tmp_path / "run")
+    migrate_and_die(config, "--after", f"{rng.uniform(0.0, 0.6):.3f}")
+    rerun_gives_the_reference(config, prepared[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
+@pytest.mark.parametrize(
+    "step",
+    ["prepared", "planned", "store 0", "target 0", "target 3", "built", "placed 0",
+     "placed 1", "placed 11", "aside 0", "aside 2"],
+)  # fmt: skip
+def test_kill9_at_every_step_then_rerun(
+    prepared: tuple[Path, dict[str, object]], tmp_path: Path, step: str
+) -> None:
+    config = fresh(prepared, tmp_path / "run")
+    assert migrate_and_die(config, "--step", step) == -9
+    rerun_gives_the_reference(config, prepared[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
+def test_kill9_at_many_random_moments_then_rerun(
+    prepared: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    rng = random.Random(1515)
+    killed = 0
+    for n in range(30):
+        config = fresh(prepared, tmp_path / f"run{n}")
+        killed += migrate_and_die(config, "--after", f"{rng.uniform(0.0, 1.0):.3f}") == -9
+        rerun_gives_the_reference(config, prepared[1])
+    assert killed >= 10  # most runs were interrupted

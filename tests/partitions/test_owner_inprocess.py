@@ -1,0 +1,203 @@
+"""The owner's logic in the test's own process (no process to start): its cells' shares of
+the per-process limits, slices waiting for budget, a failed commit, a stopping owner, HTTP
+queries; and the single-process daemon built from the same cell code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from meterd.app import build
+from meterd.config import Config, load
+from meterd.partitions import (
+    Answer,
+    BatchId,
+    Channel,
+    Query,
+    Unavailable,
+    UnixTransport,
+    Verdicts,
+)
+from meterd.partitions._cell import share
+from meterd.partitions._owner import Owner, call_asgi
+from meterd.store import CommitFailed
+from tests.partitions.test_owner import AUTH, A, B, C, a_slice, ev, write_config
+
+WATCHDOG = 30
+
+
+def config_with(folder: Path, **ingest: Any) -> Config:
+    path = write_config(folder)
+    if ingest:
+        text = path.read_text().replace(
+            "[ingest]\n",
+            "[ingest]\n" + "".join(f"{key} = {value}\n" for key, value in ingest.items()),
+        )
+        path.write_text(text)
+    return load(path)
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[Owner, Channel]]:
+    owner = Owner(config, 0)
+    await owner.open()
+    address = str(config.path.parent / "owner.sock")
+    try:
+        with trio.fail_after(WATCHDOG):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(owner.run, address)
+                channel = await UnixTransport().connect(address)
+                await channel.receive()  # hello
+                yield owner, channel
+                await channel.aclose()
+                owner.stop()
+    finally:
+        await owner.aclose()
+
+
+def test_a_process_splits_its_limits_evenly_over_its_cells(tmp_path: Path) -> None:
+    assert share(20_000, 1) == 20_000
+    assert share(20_000, 8) == 2_500
+    assert share(5, 8) == 1  # never 0
+    with pytest.raises(ValueError, match="at least one cell"):
+        share(10, 0)
+    config = config_with(tmp_path, max_in_flight_events=1000)
+    owner = Owner(config, 0)  # 2 shards
+    for cell in owner.cells.values():
+        assert cell.accounts.budget.limit == 500
+        assert cell.accounts.max_awake == config.accounts.max_awake // 2
+
+
+def test_the_single_process_daemon_is_one_cell_under_todays_root(tmp_path: Path) -> None:
+    services = build(config_with(tmp_path))
+    assert [info.id for info in services.root.which_children()] == [
+        "store-writer",
+        "accounts",
+        "deliveries",
+        "ingest",
+        "api",
+    ]
+    assert services.root.name == "root"
+    daemon = services.api.daemon
+    assert daemon.root is services.root
+    assert daemon.accounts is services.accounts
+    assert services.accounts.budget.limit == daemon.config.ingest.max_in_flight_events
+
+
+async def test_slices_wait_for_budget_in_order_and_all_get_verdicts(tmp_path: Path) -> None:
+    # 2 events of budget over 2 cells: 1 each, so every slice after the first waits.
+    async with running(config_with(tmp_path, max_in_flight_events=2)) as (owner, channel):
+        slices = [
+            a_slice(seq, 0, [ev(0, f"w{seq}-0", A), ev(1, f"w{seq}-1", B)]) for seq in range(1, 21)
+        ]
+        for piece in slices:
+            await channel.send(piece)
+        answers = [await channel.receive() for _ in slices]
+        assert answers == [Verdicts(piece.batch, 0, 2, 0) for piece in slices]  # in order
+        assert owner.cells[0].accounts.budget.waits > 0
+
+
+async def test_a_failed_commit_is_unavailable_never_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(config_with(tmp_path)) as (owner, channel):
+        writer = owner.cells[2].store.writer
+
+        def fail(groups: Any, on_done: Any, **_: Any) -> None:
+            error = CommitFailed("the group's transaction failed")
+            error.__cause__ = OSError(28, "database or disk is full")
+            on_done(error)
+
+        monkeypatch.setattr(writer, "submit_batch", fail)
+        answer = await _ask(channel, a_slice(1, 2, [ev(0, "f1", C)]))
+        assert isinstance(answer, Unavailable)
+        assert (answer.batch, answer.shard) == (BatchId("gw", 1, 1), 2)
+        assert "shard 2 could not make the slice durable: CommitFailed" in answer.reason
+        assert owner.cells[2].accounts.budget.used == 0  # given back
+        # The other shard is not affected.
+        assert await _ask(channel, a_slice(1, 0, [ev(0, "f1", A)])) == Verdicts(
+            BatchId("gw", 1, 1), 0, 1, 0
+        )
+
+
+async def test_a_stopping_owner_answers_slices_unavailable(tmp_path: Path) -> None:
+    async with running(config_with(tmp_path)) as (owner, channel):
+        owner.stopping = True  # as after SIGTERM, before the channels close
+        answer = await _ask(channel, a_slice(1, 0, [ev(0, "s1", A)]))
+        assert isinstance(answer, Unavailable)
+        assert "owner-0 is stopping" in answer.reason
+        answer = await _ask(channel, Query(1, 0, "http", {"method": "GET", "path": "/healthz"}))
+        assert isinstance(answer, Answer)
+        assert answer.error is not None
+        assert "stopping" in answer.error
+        owner.stopping = False
+
+
+async def test_a_bug_handling_a_message_is_answered_and_the_owner_stays_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(config_with(tmp_path)) as (owner, channel):
+
+        def broken(piece: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(owner, "_groups", broken)
+        answer = await _ask(channel, a_slice(1, 0, [ev(0, "b1", A)]))
+        assert isinstance(answer, Unavailable)
+        assert answer.reason == "the owner failed handling a Slice: RuntimeError: a bug"
+        assert await _ask(channel, Query(9, 0, "ping")) == Answer(9, value="pong")
+
+
+async def test_http_queries_keep_status_headers_and_body(tmp_path: Path) -> None:
+    async with running(config_with(tmp_path)) as (_, channel):
+        assert await _ask(channel, a_slice(1, 0, [ev(0, "h1", A, 9)])) == Verdicts(
+            BatchId("gw", 1, 1), 0, 1, 0
+        )
+        args = {"method": "GET", "path": f"/v1/accounts/{A}/events", "query": "limit=1"}
+        answer = await _ask(channel, Query(1, 0, "http", {**args, "headers": AUTH}))
+        assert isinstance(answer, Answer)
+        assert answer.value["status"] == 200
+        assert ["content-type", "application/json"] in answer.value["headers"]
+        assert b'"id":"h1"' in answer.value["body"]
+        # Without the token: the cell's own check (the gateway checks first).
+        answer = await _ask(channel, Query(2, 0, "http", args))
+        assert isinstance(answer, Answer)
+        assert answer.value["status"] == 401
+        # A body reaches the route (a bad one is the route's 400).
+        post = {
+            "method": "POST",
+            "path": f"/v1/accounts/{A}/adjustments",
+            "headers": [*AUTH, ["content-type", "application/json"]],
+            "body": b"{not json",
+        }
+        answer = await _ask(channel, Query(3, 0, "http", post))
+        assert isinstance(answer, Answer)
+        assert answer.value["status"] == 400
+
+
+async def test_an_app_that_fails_before_answering_is_an_error() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await call_asgi(broken, "GET", "/", "", [], b"")  # type: ignore[arg-type]
+
+    async def answers_then_fails(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        assert message == {"type": "http.request", "body": b"hi", "more_body": False}
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"oops"})
+        raise RuntimeError("after the answer")
+
+    answer = await call_asgi(answers_then_fails, "POST", "/", "", [], b"hi")  # type: ignore[arg-type]
+    assert answer == {"status": 500, "headers": [], "body": b"oops"}
+
+
+async def _ask(channel: Channel, message: Any) -> Any:
+    await channel.send(message)
+    return await channel.receive()
