@@ -217,7 +217,13 @@ class OwnerLink:
             with trio.move_on_after(timeout):
                 try:
                     await channel.send(make(id))
-                except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError) as error:
+                except (
+                    ChannelClosed,
+                    FrameError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ) as error:
                     raise self._unavailable(shard, f"sending the {what} failed: {error}") from None
                 await question.answered.wait()
         finally:
@@ -393,7 +399,7 @@ class OwnerLink:
                     )
         except ChannelClosed:
             await stop(f"its owner process (pid {self.pid}) closed the channel")
-        except (FrameError, trio.BrokenResourceError, OSError) as error:
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             await stop(f"the channel to its owner broke: {error}")
 
     async def _write(self, channel: Channel, stop: Callable[[str], Any]) -> None:
@@ -405,7 +411,13 @@ class OwnerLink:
                 for message in outgoing:
                     if (message.batch, message.shard) in self._pending:  # not given up yet
                         await channel.send(message)
-        except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError) as error:
+        except (
+            ChannelClosed,
+            FrameError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ) as error:
             await stop(f"sending to its owner failed: {error}")
 
     async def _ping(self, channel: Channel, pid: int, stop: Callable[[str], Any]) -> None:
@@ -418,7 +430,13 @@ class OwnerLink:
                 with trio.move_on_after(self.ping_timeout):
                     await channel.send(Query(id, shard, "ping"))
                     await question.answered.wait()
-            except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError):
+            except (
+                ChannelClosed,
+                FrameError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+            ):
                 return  # the reader sees it too
             finally:
                 self._questions.pop(id, None)
