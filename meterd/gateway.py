@@ -25,28 +25,25 @@ files: ``owner-K.sock``.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 import trio
 from hypercorn.trio import serve
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 import supervisors as sv
 from meterd import __version__
-from meterd.api.auth import require_admin
-from meterd.api.errors import ApiError
+from meterd.api.gateway import build_gateway_app, ingest_counters
+from meterd.api.metrics import Metrics
 from meterd.api.server import SHUTDOWN_GRACE, AnsweredErrors, hypercorn_config
 from meterd.config import Config
 from meterd.ingest.server import IngestServer, wall_clock_ms
@@ -57,6 +54,7 @@ from meterd.partitions import (
 )
 from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
 from meterd.partitions._links import OwnerLink
+from meterd.partitions._migrate import create_shards
 from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
 
 __all__ = [
@@ -76,7 +74,6 @@ MAX_RESTARTS: Final = 5  # restarts of the root's children (an owner, a link) ..
 MAX_SECONDS: Final = 10.0  # ... within this many seconds, or the daemon gives up
 OWNER_START_TIMEOUT: Final = 60.0  # seconds for an owner to open its shards and serve
 OWNER_SHUTDOWN: Final = 30.0  # seconds for an owner to finish its commits when stopped
-TREE_TIMEOUT: Final = 5.0  # seconds for the owners' trees in /v1/tree
 _MAX_SOCKET_PATH: Final = 107  # bytes of a Unix socket path (sun_path, with its NUL)
 
 OwnerCommand = Callable[[Config, int, str], Sequence[str]]
@@ -197,84 +194,36 @@ def build_gateway(
         clock=wall_clock_ms,
     )
     ingest = IngestServer(config, submitter)
-    api = GatewayApi(config, owners)
+    api = GatewayApi(config, owners, ingest)
     specs += [link.child_spec() for link in links]
     specs += [ingest.child_spec(), api.child_spec()]
     root = sv.Supervisor(specs, max_restarts=MAX_RESTARTS, max_seconds=max_seconds, name="root")
     holder.append(root)
     api.root = root
+    api.metrics.watch(root, None, None, ingest)
     return GatewayServices(root, owners, submitter, ingest, api)
 
 
 # ---- the API -----------------------------------------------------------------------------
 
 
-def build_api_app(config: Config, owners: Owners, root: Callable[[], sv.Supervisor]) -> Any:
-    """The gateway's operator API.
-
-    ===== PLUG-IN POINT (issue 15, `gwapi`) =====
-    The API across owners (every route of docs/api.md, forwarded to the shard's owner) is
-    ``meterd.api.gateway.build_gateway_app(config, owners, ...)``; until it is on main this
-    is a minimal app: ``/healthz`` and ``/v1/tree`` (the gateway's tree and each owner's).
-    """
-    try:
-        module = importlib.import_module("meterd.api.gateway")
-    except ModuleNotFoundError as error:
-        if error.name != "meterd.api.gateway":
-            raise
-        return _minimal_app(config, owners, root)
-    return module.build_gateway_app(config, owners, root=root)
-
-
-def _minimal_app(config: Config, owners: Owners, root: Callable[[], sv.Supervisor]) -> Starlette:
-    async def healthz(request: Request) -> Response:
-        pids = owners.pids()
-        status = "ok" if all(pid is not None for pid in pids) else "degraded"
-        return JSONResponse(
-            {
-                "status": status,
-                "version": __version__,
-                "owners": [{"owner": k, "pid": pid} for k, pid in enumerate(pids)],
-            },
-            status_code=200 if status == "ok" else 503,
-        )
-
-    async def tree(request: Request) -> Response:
-        try:
-            require_admin(request, config.api)
-        except ApiError as error:
-            return JSONResponse(
-                {"error": {"code": error.code, "message": error.message}}, error.status
-            )
-        snapshots = await owners.trees(100, 10_000, TREE_TIMEOUT)
-        return JSONResponse(
-            {
-                "gateway": sv.snapshot(root()),
-                "owners": [
-                    None
-                    if snap is None
-                    else {"owner": snap.owner, "pid": snap.pid, "tree": snap.tree}
-                    for snap in snapshots
-                ],
-            }
-        )
-
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/v1/tree", tree, methods=["GET"]),
-        ]
-    )
-
-
 class GatewayApi:
     """The gateway's HTTP API on hypercorn, as a task child (as :class:`meterd.api.ApiServer`)."""
 
-    def __init__(self, config: Config, owners: Owners) -> None:
+    def __init__(self, config: Config, owners: Owners, ingest: IngestServer) -> None:
         self.config = config
         self.owners = owners
         self.root: sv.Supervisor | None = None
-        self.app = AnsweredErrors(build_api_app(config, owners, self._root))
+        self.metrics = Metrics()  # the gateway's own series; /metrics adds every shard's
+        self.app = AnsweredErrors(
+            build_gateway_app(
+                config,
+                owners,
+                root=self._root,
+                registry=self.metrics.registry,
+                ingest=partial(ingest_counters, ingest),
+            )
+        )
         self.urls: list[str] = []
 
     def _root(self) -> sv.Supervisor:
@@ -336,8 +285,9 @@ async def serve_gateway(
     prepare_paths(config)
     try:
         prepare_runtime_directory(config)
+        create_shards(config)  # each shard's store, its layout recorded, before its owner
         services = build_gateway(config, owner_command=owner_command, max_seconds=max_seconds)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, sqlite3.Error) as error:
         raise StartupFailed(str(error)) from None
     failed_start: str | None = None
     failed_run: str | None = None
