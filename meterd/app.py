@@ -36,6 +36,7 @@ from meterd.alerts._delivery import DeliveryService
 from meterd.api import ApiServer
 from meterd.billing import Billing
 from meterd.config import Config
+from meterd.gateway import serve_gateway
 from meterd.ingest.server import IngestServer
 from meterd.partitions._cell import Cell
 from meterd.startup import (
@@ -102,6 +103,9 @@ async def _serve(config: Config) -> None:
     start: a directory that cannot be created, a database that cannot be opened, a child of
     the tree that fails to start; :class:`meterd.startup.DaemonFailed` (one sentence too)
     when the tree gives up after the start (a child of the root failing too often)."""
+    if config.partitions.owners >= 1:  # a gateway, the accounts in owner processes
+        await serve_gateway(config)
+        return
     for warning in config.warnings:
         log.warning("config_warning", warning=warning)
     prepare_paths(config)

@@ -239,6 +239,7 @@ class Accounts:
         producer: str | None = None,
         seq: int | None = None,
         rejected: Sequence[RejectedEvent] = (),
+        positions: Sequence[list[int]] | None = None,
     ) -> None:
         """Make a producer batch durable, then deliver it to the account actors; never blocks.
 
@@ -252,7 +253,8 @@ class Accounts:
 
         ``producer``, ``seq`` and ``rejected`` (the batch's rejected events that name an
         account) go to the store's audit trail, in the batch's transaction
-        (:meth:`~meterd.store.Writer.submit_batch`).
+        (:meth:`~meterd.store.Writer.submit_batch`). ``positions`` (each group's events'
+        positions in the producer's batch) is for the gateway's submitter; not needed here.
         """
 
         self.store.writer.submit_batch(

@@ -63,8 +63,14 @@ class DaemonCollector(Collector):
     """Reads the daemon's counters when Prometheus scrapes (see the module doc)."""
 
     def __init__(
-        self, root: sv.SupervisorCore, accounts: Accounts, store: Store, ingest: IngestServer
+        self,
+        root: sv.SupervisorCore,
+        accounts: Accounts | None,
+        store: Store | None,
+        ingest: IngestServer,
     ) -> None:
+        """``accounts`` and ``store`` are None in a gateway (their series come from the
+        owners' cells)."""
         self.root = root
         self.accounts = accounts
         self.store = store
@@ -73,7 +79,8 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest()
-        yield from self._store()
+        if self.store is not None:
+            yield from self._store(self.store)
         yield from self._tree()
         yield from self._memory()
 
@@ -158,8 +165,8 @@ class DaemonCollector(Collector):
             value=self.ingest.ack_bytes.used,
         )
 
-    def _store(self) -> Iterator[Metric]:
-        writer = self.store.writer
+    def _store(self, store: Store) -> Iterator[Metric]:
+        writer = store.writer
         stats = writer.stats
         yield CounterMetricFamily(
             "meterd_store_commits", "Store group transactions committed.", value=stats.commits
@@ -202,7 +209,7 @@ class DaemonCollector(Collector):
             " monitor: this endpoint's; default: the API's).",
             labels=["lane"],
         )
-        for lane, count in self.store.reader.waiting().items():
+        for lane, count in store.reader.waiting().items():
             waiting.add_metric([lane], count)
         yield waiting
 
@@ -224,6 +231,8 @@ class DaemonCollector(Collector):
             children.add_metric([path], sup.count_children().specs)
         yield restarts
         yield children
+        if self.accounts is None:
+            return
         yield GaugeMetricFamily(
             "meterd_live_actors",
             "Meter actors awake now (one per awake account).",
@@ -256,12 +265,18 @@ class Metrics:
         self.collector: DaemonCollector | None = None
 
     def watch(
-        self, root: sv.SupervisorCore, accounts: Accounts, store: Store, ingest: IngestServer
+        self,
+        root: sv.SupervisorCore,
+        accounts: Accounts | None,
+        store: Store | None,
+        ingest: IngestServer,
     ) -> None:
-        """Start reading this daemon's counters (and observing its checkpoints)."""
+        """Start reading this daemon's counters (and observing its checkpoints); a gateway
+        has no ``accounts`` nor ``store`` of its own."""
         self.collector = DaemonCollector(root, accounts, store, ingest)
         self.registry.register(self.collector)
-        store.writer.on_checkpoint = self.checkpoint_seconds.observe
+        if store is not None:
+            store.writer.on_checkpoint = self.checkpoint_seconds.observe
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:
         """One collection's pause (:class:`meterd.memory.GcPauses` calls this)."""
@@ -269,6 +284,6 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The scrape body; the quarantine count is read from the store first."""
-        if self.collector is not None:
+        if self.collector is not None and self.collector.store is not None:
             self.collector.quarantined = await self.collector.store.reader.quarantined_count()
         return generate_latest(self.registry)

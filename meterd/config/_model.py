@@ -299,6 +299,32 @@ class PartitionsConfig:
             le=256,
         ),
     ] = 0
+    slice_timeout: Annotated[
+        Duration,
+        key(
+            "A slice of a producer batch its owner has not answered within this is given up:"
+            " the batch is answered unavailable (never acked) and the producer re-sends it.",
+            ge=Duration(1),
+            le=Duration(3_600_000),
+        ),
+    ] = Duration(5000)
+    ping_interval: Annotated[
+        Duration,
+        key(
+            "How often the gateway pings each owner process to check that it answers.",
+            ge=Duration(1),
+            le=Duration(3_600_000),
+        ),
+    ] = Duration(1000)
+    ping_timeout: Annotated[
+        Duration,
+        key(
+            "An owner that does not answer a ping within this is hung: the gateway kills it"
+            " (SIGKILL) and its supervisor restarts it.",
+            ge=Duration(1),
+            le=Duration(3_600_000),
+        ),
+    ] = Duration(5000)
 
     @property
     def shards(self) -> int:

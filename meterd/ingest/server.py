@@ -95,10 +95,10 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 import trio
@@ -108,7 +108,6 @@ from wsproto.events import BytesMessage, TextMessage
 
 import supervisors as sv
 from meterd.accounts.budget import EventBudget
-from meterd.accounts.service import Accounts
 from meterd.config import Config, Producer
 from meterd.ingest.observe import AckObserver
 from meterd.ingest.protocol import (
@@ -128,8 +127,10 @@ from meterd.store import AppendResult, RejectedEvent, conflict_message, too_late
 __all__ = [
     "INGEST_PATH",
     "AckBytes",
+    "Decided",
     "IngestServer",
     "IngestStats",
+    "Submitter",
     "ack_bound",
     "wall_clock_ms",
 ]
@@ -166,6 +167,44 @@ class IngestStats:
     failed: int = 0  # connections ended by an unexpected error (a bug; logged)
     # per producer, rejected by code, ack latency: one call per ack sent (meterd.ingest.observe)
     observed: AckObserver = field(default_factory=AckObserver)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A batch's outcome already summed up by the submitter (the gateway joins the verdicts
+    of its slices into one): counts, and the events it did not count (``id_conflict``,
+    ``time_out_of_range``) with their positions in the producer's batch."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+
+
+class Submitter(Protocol):
+    """What ingest hands batches to: :class:`~meterd.accounts.service.Accounts` in one
+    process, the gateway's :class:`~meterd.partitions.GatewaySubmitter` with owner
+    processes (docs/partitions.md)."""
+
+    @property
+    def budget(self) -> EventBudget:
+        """The daemon-wide in-flight budget (see the module doc)."""
+        ...
+
+    def submit(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        on_done: Callable[[list[AppendResult] | Decided | BaseException], None],
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        rejected: Sequence[RejectedEvent] = (),
+        positions: Sequence[list[int]] | None = None,
+    ) -> None:
+        """Make a batch durable without blocking; ``on_done`` once with its outcome: one
+        :class:`~meterd.store.AppendResult` per group, a :class:`Decided`, or the exception
+        that kept it from being durable (answered ``unavailable``, never acked).
+        ``positions``: each group's events' positions in the producer's batch."""
+        ...
 
 
 class _FrameTooLarge(bytes):
@@ -232,7 +271,7 @@ class IngestServer:
     """The producer websocket endpoint of one daemon (see the module doc)."""
 
     def __init__(
-        self, config: Config, accounts: Accounts, *, clock: Callable[[], int] = wall_clock_ms
+        self, config: Config, accounts: Submitter, *, clock: Callable[[], int] = wall_clock_ms
     ) -> None:
         self.config = config
         self.accounts = accounts
@@ -551,7 +590,7 @@ class _Slot:
         self.shares = [] if shares is None else shares  # submitted, in order
         self.budget = budget
         self.valid = valid  # events it holds of the daemon-wide budget until committed
-        self.outcome: list[AppendResult] | BaseException = []
+        self.outcome: list[AppendResult] | Decided | BaseException = []
         self.ack: bytes | None = None
         self.held = 0  # bytes counted for its ack (``acks held``); -1 once released
         self.counts = (0, 0, 0)
@@ -559,7 +598,7 @@ class _Slot:
         if fault is not None:
             self.done.set()
 
-    def committed(self, outcome: list[AppendResult] | BaseException) -> None:
+    def committed(self, outcome: list[AppendResult] | Decided | BaseException) -> None:
         """The batch's outcome (its accepted events are durable and delivered, or it failed):
         kept for the ack task; the events' budget is given back now."""
         if self.budget is not None:
@@ -789,6 +828,7 @@ class _Connection:
             producer=self.producer.name,
             seq=seq,
             rejected=audited,
+            positions=[positions for _, (positions, _) in shares],
         )
 
     def _audited(self, rejection: Rejection, raw: object, now: int) -> RejectedEvent | None:
@@ -799,7 +839,14 @@ class _Connection:
             return None
         account, meter, time, properties = found
         return RejectedEvent(
-            account, rejection.id, rejection.code, rejection.message, meter, time, properties
+            account,
+            rejection.id,
+            rejection.code,
+            rejection.message,
+            meter,
+            time,
+            properties,
+            rejection.index,
         )
 
     # ---- one batch -----------------------------------------------------------------------------
@@ -824,7 +871,7 @@ class _Connection:
         size: int,
         rejected: list[Rejection],
         shares: list[Share],
-        outcome: list[AppendResult] | BaseException,
+        outcome: list[AppendResult] | Decided | BaseException,
     ) -> None:
         if isinstance(outcome, BaseException):
             self.log.warning("ingest_batch_failed", seq=slot.seq, error=_error_text(outcome))
@@ -836,6 +883,11 @@ class _Connection:
             )
             return
         accepted = duplicates = 0
+        if isinstance(outcome, Decided):  # the gateway's join of its slices' verdicts
+            accepted, duplicates = outcome.accepted, outcome.duplicates
+            rejected.extend(outcome.rejected)
+            outcome = []
+            shares = []
         for (account, (positions, events)), verdict in zip(shares, outcome, strict=True):
             accepted += len(verdict.accepted)
             duplicates += len(verdict.duplicates)

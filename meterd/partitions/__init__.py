@@ -1,6 +1,6 @@
 """Partitions: the unit of ownership of accounts (issue 15; docs/partitions.md).
 
-The generic pieces (not started by ``meterd run`` yet):
+The generic pieces:
 
 * :func:`partition_of`: the stable hash of an account id to its partition;
 * the gateway <-> owner messages (:mod:`._messages`: msgspec Structs, msgpack);
@@ -9,7 +9,10 @@ The generic pieces (not started by ``meterd run`` yet):
 
 Imported by their module, not re-exported here (they pull in the whole daemon):
 :mod:`._cell` (a cell: the accounts side of one store file) and :mod:`._owner` with its
-entry point :mod:`.owner` (``python -m meterd.partitions.owner``: an owner process).
+entry point :mod:`.owner` (``python -m meterd.partitions.owner``: an owner process); the
+gateway's side, :mod:`._gateway` (``GatewaySubmitter``: a batch split by shard, the
+verdicts joined; ``OwnerLinks``) and :mod:`._links` (``OwnerLink``: one per owner
+process), with the daemon in :mod:`meterd.gateway`.
 """
 
 from ._hash import DEFAULT_PARTITIONS, MAX_PARTITIONS, PERSON, partition_of

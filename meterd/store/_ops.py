@@ -91,6 +91,7 @@ class RejectedEvent:
     meter: str | None = None
     time: int | None = None
     properties: tuple[tuple[str, str], ...] | None = None
+    index: int | None = None  # its position in the producer's batch (the gateway's slices)
 
 
 WindowWrite: TypeAlias = tuple[str, int, str, bytes]

@@ -51,7 +51,7 @@ class AcceptAll:
 def serve(tmp_path: Path) -> tuple[IngestServer, AcceptAll]:
     accounts = AcceptAll()
     config = make_config(tmp_path, keepalive=(INTERVAL, TIMEOUT))
-    return IngestServer(config, accounts), accounts  # type: ignore[arg-type]
+    return IngestServer(config, accounts), accounts
 
 
 class RawProducer:

@@ -132,7 +132,7 @@ async def test_a_producer_that_never_reads_acks_cannot_make_the_server_hold_more
 ) -> None:
     """Before the bound, the server read all 30 batches (``window`` is 64) and held their
     prepared acks, ~1.8 MB for a connection that takes none."""
-    server = IngestServer(limits_config(tmp_path), HeldAccounts())  # type: ignore[arg-type]
+    server = IngestServer(limits_config(tmp_path), HeldAccounts())
     async with silent(server) as (client, nursery):
         nursery.start_soon(client.send, 30)
         await trio.testing.wait_all_tasks_blocked()
@@ -171,7 +171,7 @@ async def test_acks_held_daemon_wide_are_bounded_across_connections(
     """Three silent producers, each within its own limit: the daemon-wide one stops them."""
     total = 200 * 1024
     config = limits_config(tmp_path, max_ack_bytes=total, max_ack_bytes_per_connection=1 << 30)
-    server = IngestServer(config, HeldAccounts())  # type: ignore[arg-type]
+    server = IngestServer(config, HeldAccounts())
     async with (
         silent(server) as (one, nursery),
         silent(server) as (two, _),
@@ -198,7 +198,7 @@ async def test_producers_that_take_their_acks_are_read_while_others_fill_the_bud
     connection was read at all: the silent ones held every other producer back)."""
     total = 200 * 1024
     config = limits_config(tmp_path, max_ack_bytes=total, max_ack_bytes_per_connection=1 << 30)
-    server = IngestServer(config, AcceptAll())  # type: ignore[arg-type]
+    server = IngestServer(config, AcceptAll())
     async with silent(server) as (one, nursery), silent(server) as (two, _):
         for client in (one, two):
             nursery.start_soon(client.send, 20)
@@ -221,7 +221,7 @@ async def test_a_batch_receives_its_outcome_as_a_value_and_the_ack_task_builds_i
     outcome; the outcome is stored (and the budget given back) without calling back into
     the connection, and the ack task builds and sends the acks in ``seq`` order."""
     accounts = HeldAccounts()
-    server = IngestServer(limits_config(tmp_path), accounts)  # type: ignore[arg-type]
+    server = IngestServer(limits_config(tmp_path), accounts)
 
     def valid(seq: int) -> list[Any]:
         return [ev(f"v{seq}-{n}", meter="dyno.seconds", quantity=1) for n in range(5)]
@@ -251,7 +251,7 @@ async def test_acks_of_a_connection_that_ended_are_no_longer_counted(
     """Batches still in flight when their connection ends: their acks are never prepared,
     and the bytes counted for them are given back (nothing leaks)."""
     accounts = HeldAccounts()
-    server = IngestServer(limits_config(tmp_path), accounts)  # type: ignore[arg-type]
+    server = IngestServer(limits_config(tmp_path), accounts)
 
     def valid(seq: int) -> list[Any]:
         return [ev(f"v{seq}-{n}", meter="dyno.seconds", quantity=1) for n in range(5)]

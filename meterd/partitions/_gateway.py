@@ -1,0 +1,207 @@
+"""A producer batch at the gateway: split by shard, sent to owners, joined (docs/partitions.md).
+
+:class:`GatewaySubmitter` is what the ingest server hands batches to when the accounts live
+in owner processes (the :class:`meterd.ingest.server.Submitter` seam, the one
+:class:`~meterd.accounts.service.Accounts` fills in one process). For each batch:
+
+1. the groups (one per account, as validation made them) are split by
+   :func:`~._layout.shard_of` (an account's shard is computed once and kept);
+2. each shard's part becomes one :class:`~._messages.Slice` (the events as
+   :class:`~._messages.SliceEvent` arrays with their positions in the producer's batch,
+   and the batch's rejected events that name an account of the shard), built once and
+   queued on the link of the shard's owner (:class:`~._links.OwnerLink`), never awaited;
+3. when every slice has its :class:`~._messages.Verdicts`, ``on_done`` gets one
+   :class:`~meterd.ingest.server.Decided` (accepted and duplicates summed, the owners'
+   ``id_conflict`` and ``time_out_of_range`` rejections by position), from which ingest
+   builds the ack; if any slice fails (the owner said :class:`~._messages.Unavailable`, its
+   channel closed, it timed out), ``on_done`` gets that
+   :class:`~._owners.OwnerUnavailable` at once and the batch is answered ``unavailable``,
+   never acked. Slices of the batch already durable elsewhere stay so: the producer's
+   re-send finds them as duplicates.
+
+:class:`OwnerLinks` holds the links (one per owner) and is the gateway's
+:class:`~._owners.Owners` (``ask``, ``trees``, ``pids``, ``partitions``) for the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import trio
+
+from meterd.accounts.budget import EventBudget
+from meterd.config import PartitionsConfig
+from meterd.ingest.server import Decided
+from meterd.ingest.validate import Rejection as AckRejection
+from meterd.model import Event
+from meterd.store import AppendResult, RejectedEvent
+
+from ._layout import owner_of_shard, shard_of
+from ._links import OwnerLink
+from ._messages import BatchId, Rejection, Slice, SliceEvent, TreeSnapshot, Verdicts, wire_quantity
+from ._owners import OwnerUnavailable
+
+__all__ = ["GatewaySubmitter", "OwnerLinks"]
+
+_SHARD_CACHE: Final = 1_000_000  # accounts whose shard is kept (then the cache starts over)
+
+BatchDone = Callable[["list[AppendResult] | Decided | BaseException"], None]
+
+
+class OwnerLinks:
+    """The links to every owner, by owner number: the gateway's :class:`~._owners.Owners`."""
+
+    def __init__(self, partitions: PartitionsConfig, links: Sequence[OwnerLink]) -> None:
+        if len(links) != partitions.owners:
+            raise ValueError(f"{len(links)} links for {partitions.owners} owners")
+        self._partitions = partitions
+        self.links = list(links)
+
+    @property
+    def partitions(self) -> PartitionsConfig:
+        return self._partitions
+
+    def link_of_shard(self, shard: int) -> OwnerLink:
+        return self.links[owner_of_shard(shard, self._partitions)]
+
+    async def ask(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        return await self.link_of_shard(shard).ask(shard, op, args, timeout)
+
+    async def trees(self, limit: int, total: int, timeout: float) -> list[TreeSnapshot | None]:
+        found: list[TreeSnapshot | None] = [None] * len(self.links)
+
+        async def one(index: int, link: OwnerLink) -> None:
+            with contextlib.suppress(OwnerUnavailable):
+                found[index] = await link.tree(limit, total, timeout)
+
+        async with trio.open_nursery() as nursery:
+            for index, link in enumerate(self.links):
+                nursery.start_soon(one, index, link)
+        return found
+
+    def pids(self) -> list[int | None]:
+        return [link.pid for link in self.links]
+
+
+class _Batch:
+    """One producer batch on its way: the slices it waits for, what they said."""
+
+    __slots__ = ("accepted", "duplicates", "on_done", "rejected", "waiting")
+
+    def __init__(self, on_done: BatchDone, waiting: int) -> None:
+        self.on_done: BatchDone | None = on_done
+        self.waiting = waiting
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected: list[AckRejection] = []
+
+    def slice_done(self, outcome: Verdicts | OwnerUnavailable) -> None:
+        on_done = self.on_done
+        if on_done is None:  # failed already by another slice
+            return
+        if isinstance(outcome, OwnerUnavailable):
+            self.on_done = None
+            on_done(outcome)
+            return
+        self.accepted += outcome.accepted
+        self.duplicates += outcome.duplicates
+        for rejection in (*outcome.id_conflicts, *outcome.rejected):
+            self.rejected.append(
+                AckRejection(rejection.index, rejection.id, rejection.code, rejection.message)
+            )
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.on_done = None
+            on_done(Decided(self.accepted, self.duplicates, self.rejected))
+
+
+class GatewaySubmitter:
+    """Splits producer batches by shard and joins their owners' verdicts (module doc)."""
+
+    def __init__(
+        self,
+        name: str,
+        links: OwnerLinks,
+        *,
+        max_in_flight_events: int,
+        clock: Callable[[], int],
+    ) -> None:
+        self.name = name  # the gateway's, in every BatchId
+        self.links = links
+        self.partitions = links.partitions
+        self.budget = EventBudget(max_in_flight_events)
+        self.clock = clock
+        self._batches = 0
+        self._shards: dict[str, int] = {}
+
+    def _shard(self, account: str) -> int:
+        shards = self._shards
+        shard = shards.get(account)
+        if shard is None:
+            if len(shards) >= _SHARD_CACHE:
+                shards.clear()
+            shard = shards[account] = shard_of(account, self.partitions)
+        return shard
+
+    def submit(
+        self,
+        groups: Sequence[tuple[str, list[Event]]],
+        on_done: BatchDone,
+        *,
+        producer: str | None = None,
+        seq: int | None = None,
+        rejected: Sequence[RejectedEvent] = (),
+        positions: Sequence[list[int]] | None = None,
+    ) -> None:
+        """See :class:`meterd.ingest.server.Submitter` and the module doc; never blocks."""
+        self._batches += 1
+        received_at = self.clock()
+        by_shard: dict[int, list[SliceEvent]] = {}
+        index = 0
+        for number, (account, events) in enumerate(groups):
+            at = positions[number] if positions is not None else None
+            part = by_shard.get(shard := self._shard(account))
+            if part is None:
+                part = by_shard[shard] = []
+            for position, event in enumerate(events):
+                part.append(
+                    SliceEvent(
+                        at[position] if at is not None else index,
+                        event.id,
+                        account,
+                        event.meter,
+                        wire_quantity(event.quantity),
+                        event.time,
+                        dict(event.properties),
+                    )
+                )
+                index += 1
+        audits: dict[int, list[Rejection]] = {}
+        for audit in rejected:
+            shard = self._shard(audit.account)
+            audits.setdefault(shard, []).append(
+                Rejection(
+                    -1 if audit.index is None else audit.index,
+                    audit.event_id,
+                    audit.code,
+                    audit.message,
+                    audit.account,
+                )
+            )
+        for shard in audits:
+            by_shard.setdefault(shard, [])
+        if not by_shard:
+            on_done(Decided(0, 0, []))
+            return
+        # A batch's identity: the gateway (its name is new at each start), a number unique
+        # within this gateway's run (two connections of a producer may use the same seq),
+        # and the producer's seq.
+        batch_id = BatchId(self.name, self._batches, -1 if seq is None else seq)
+        batch = _Batch(on_done, len(by_shard))
+        for shard, part in by_shard.items():
+            message = Slice(
+                batch_id, shard, producer or "", received_at, part, audits.get(shard, [])
+            )
+            self.links.link_of_shard(shard).send(message, batch.slice_done)

@@ -1,0 +1,486 @@
+"""The gateway's link to one owner process (docs/partitions.md "The gateway").
+
+One :class:`OwnerLink` per owner, each run as a task child of the gateway's root
+supervisor (:meth:`OwnerLink.child_spec`). Its rules:
+
+Connect
+    It connects to the owner's address (its Unix socket) and reads the owner's
+    :class:`~._messages.Hello` (the owner's pid and shards, checked against the layout).
+    While the owner is not there (starting, restarting) it retries every
+    :data:`RETRY_INTERVAL` seconds. Its first start (``task_status.started``) waits for the
+    first Hello (up to ``ping_timeout``), so ingest, started after the links, does not send
+    to an owner not yet connected; a restart of the link starts at once (see :meth:`run`).
+    A connection reset before the hello (an owner that died with it unaccepted) is retried
+    like a refused one.
+Slices
+    :meth:`send` queues an encoded :class:`~._messages.Slice` (never blocks) with the
+    function to call with its outcome; one task writes the queue to the channel, so
+    slices reach the owner in the order they were queued (per owner: the order the
+    producers' batches were read). A :class:`~._messages.Verdicts` or
+    :class:`~._messages.Unavailable` is matched to its slice by (batch, shard). A slice
+    gets exactly one outcome: its verdicts, or an :class:`OwnerUnavailable` when the owner
+    said so, when the channel ends (every slice still waiting fails at once), when the
+    link is not connected as it is sent, or when ``slice_timeout`` passes without an
+    answer. A verdict that comes after its slice was given up is dropped: the producer,
+    answered ``unavailable``, re-sends the batch, and the owner's dedupe counts it once.
+Liveness
+    Every ``ping_interval`` it asks the owner ``ping`` (a :class:`~._messages.Query`); an
+    owner that does not answer within ``ping_timeout`` (stopped with SIGSTOP, hung in a
+    loop, its socket full) is killed with SIGKILL through ``kill(pid)`` (the gateway's
+    supervisor sends it through the child's pidfd), so its supervisor restarts it, and the
+    channel is closed: its pending slices fail, and the link connects to the new owner.
+    So is an owner that accepts the connection but says no hello within
+    ``ping_timeout`` (``kill(None)``: whichever process is the owner now).
+Queries
+    :meth:`ask` and :meth:`tree` send a Query or a TreeRequest and wait for the answer with
+    the same id, up to a timeout.
+
+Every failure is an :class:`~._owners.OwnerUnavailable` naming the shard, the owner and
+why; none is a crash of the link (a crash would be a bug, and its supervisor restarts it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+import trio
+
+import supervisors as sv
+from meterd.config import PartitionsConfig
+
+from ._layout import shards_of_owner
+from ._messages import (
+    SCHEMA_VERSION,
+    Answer,
+    BatchId,
+    Hello,
+    Message,
+    Query,
+    Slice,
+    TreeRequest,
+    TreeSnapshot,
+    Unavailable,
+    Verdicts,
+)
+from ._owners import OwnerUnavailable
+from ._transport import Channel, ChannelClosed, FrameError, Transport
+
+__all__ = ["RETRY_INTERVAL", "OwnerLink", "SliceDone"]
+
+log = structlog.get_logger("meterd.partitions")
+
+RETRY_INTERVAL: Final = 0.05  # seconds between attempts to reach an owner not serving yet
+
+SliceDone = Callable[[Verdicts | OwnerUnavailable], None]
+"""Called once with a slice's outcome."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    shard: int
+    deadline: float
+    done: SliceDone
+
+
+@dataclass(slots=True)
+class _Question:
+    answered: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | TreeSnapshot | None = None
+
+
+class OwnerLink:
+    """The gateway's link to owner ``owner`` at ``address`` (see the module doc)."""
+
+    def __init__(
+        self,
+        owner: int,
+        address: str,
+        transport: Transport,
+        partitions: PartitionsConfig,
+        *,
+        slice_timeout: float,
+        ping_interval: float,
+        ping_timeout: float,
+        kill: Callable[[int | None], None],
+    ) -> None:
+        self.owner = owner
+        self.address = address
+        self.transport = transport
+        self.partitions = partitions
+        self.shards = list(shards_of_owner(owner, partitions))
+        self.slice_timeout = slice_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.kill = kill
+        self.pid: int | None = None  # the connected owner's, from its hello
+        self.connections = 0  # channels opened (1 + reconnections)
+        self.kills = 0  # owners killed for not answering a ping
+        self.timeouts = 0  # slices given up after slice_timeout
+        self._channel: Channel | None = None
+        self._up = trio.Event()  # set while connected
+        self._started = False  # task_status.started called (in this incarnation)
+        self._outgoing: list[Slice] = []
+        self._wake_sender = trio.Event()
+        self._wake_timer = trio.Event()
+        self._pending: dict[tuple[BatchId, int], _Pending] = {}
+        self._questions: dict[int, _Question] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def name(self) -> str:
+        return f"owner-{self.owner}"
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    @property
+    def pending(self) -> int:
+        """Slices sent or queued, waiting for their outcome."""
+        return len(self._pending)
+
+    async def wait_connected(self) -> int:
+        """Return once the link is connected (at once if it is): the owner's pid."""
+        while True:
+            await self._up.wait()
+            if self.pid is not None:
+                return self.pid
+
+    def child_spec(self, id: str | None = None) -> sv.ChildSpec:
+        return sv.task_spec(id or f"link-{self.owner}", self.run)
+
+    # ---- slices ------------------------------------------------------------------------
+
+    def send(self, message: Slice, done: SliceDone) -> None:
+        """Queue ``message`` for the owner; ``done`` gets its outcome (see the module doc).
+        Never blocks; ``done`` may be called before this returns (owner not connected)."""
+        if self._channel is None:
+            done(self._unavailable(message.shard, "its owner process is not connected"))
+            return
+        key = (message.batch, message.shard)
+        if key in self._pending:  # the same batch twice: a bug in the caller
+            done(self._unavailable(message.shard, "the same slice is already in flight"))
+            return
+        wake = not self._pending
+        self._pending[key] = _Pending(message.shard, trio.current_time() + self.slice_timeout, done)
+        self._outgoing.append(message)
+        self._wake_sender.set()
+        if wake:
+            self._wake_timer.set()
+
+    def _unavailable(self, shard: int, why: str) -> OwnerUnavailable:
+        return OwnerUnavailable(shard, self.owner, why)
+
+    def _fail_all(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        self._outgoing.clear()
+        for item in pending.values():
+            item.done(self._unavailable(item.shard, why))
+        questions, self._questions = self._questions, {}
+        for question in questions.values():
+            question.answered.set()  # no answer: the asker raises
+
+    # ---- queries -----------------------------------------------------------------------
+
+    async def ask(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        """The ``value`` of the owner's answer to ``Query(op, args)`` about ``shard``."""
+        answer = await self._request(
+            shard, lambda id: Query(id, shard, op, args), timeout, f"query {op!r}"
+        )
+        assert isinstance(answer, Answer)
+        if answer.error is not None:
+            raise RuntimeError(f"{self.name} answered {op!r} for shard {shard}: {answer.error}")
+        return answer.value
+
+    async def tree(self, limit: int, total: int, timeout: float) -> TreeSnapshot:
+        shard = self.shards[0] if self.shards else 0
+        snapshot = await self._request(
+            shard, lambda id: TreeRequest(id, limit, total), timeout, "tree request"
+        )
+        assert isinstance(snapshot, TreeSnapshot)
+        return snapshot
+
+    async def _request(
+        self, shard: int, make: Callable[[int], Message], timeout: float, what: str
+    ) -> Answer | TreeSnapshot:
+        channel = self._channel
+        if channel is None:
+            raise self._unavailable(shard, "its owner process is not connected")
+        id = next(self._ids)
+        question = self._questions[id] = _Question()
+        try:
+            with trio.move_on_after(timeout):
+                try:
+                    await channel.send(make(id))
+                except (
+                    ChannelClosed,
+                    FrameError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ) as error:
+                    raise self._unavailable(shard, f"sending the {what} failed: {error}") from None
+                await question.answered.wait()
+        finally:
+            self._questions.pop(id, None)
+        if question.answer is None:
+            why = (
+                "the channel to its owner closed"
+                if question.answered.is_set()
+                else f"no answer to the {what} within {timeout:g} s"
+            )
+            raise self._unavailable(shard, why)
+        return question.answer
+
+    # ---- the link's task ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve the channel until it ends, fail what was pending, reconnect.
+
+        Started once connected, or after ``ping_timeout`` without an owner at its first
+        start (the owners are started before the links, so that is rare), and at once when
+        restarted: a start that waited for the owner would hold the supervisor, which
+        would then never restart the owner it waits for."""
+        self._started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire)
+                if self.connections:  # restarted: the owner may be down; never wait for it
+                    self._started = True
+                    task_status.started(self)
+                else:
+                    nursery.start_soon(self._start_anyway, self.ping_timeout, task_status)
+                while True:
+                    channel, hello = await self._connect()
+                    self._channel = channel
+                    self.pid = hello.pid
+                    self.connections += 1
+                    self._up.set()
+                    log.info(
+                        "owner_link_connected",
+                        owner=self.owner,
+                        pid=hello.pid,
+                        address=self.address,
+                        connections=self.connections,
+                    )
+                    if not self._started:
+                        self._started = True
+                        task_status.started(self)
+                    why = await self._serve(channel, hello.pid)
+                    self._channel = None
+                    self.pid = None
+                    self._up = trio.Event()
+                    with trio.CancelScope(shield=True):
+                        await channel.aclose()
+                    lost = len(self._pending)
+                    self._fail_all(why)
+                    log.warning("owner_link_lost", owner=self.owner, why=why, slices_failed=lost)
+        finally:
+            self._channel = None
+            self.pid = None
+            self._up = trio.Event()
+            self._fail_all("the gateway's link to its owner stopped")
+
+    async def _start_anyway(self, wait: float, task_status: trio.TaskStatus[Any]) -> None:
+        """Report the link started after ``wait`` s even if no owner said hello by then."""
+        await trio.sleep(wait)
+        if not self._started:
+            self._started = True
+            log.warning("owner_link_started_unconnected", owner=self.owner, waited=wait)
+            task_status.started(self)
+
+    async def _connect(self) -> tuple[Channel, Hello]:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                channel = await self.transport.connect(self.address)
+            except ConnectionError as error:
+                if attempts == 1 or attempts % 200 == 0:  # about every 10 s
+                    log.info("owner_link_waiting", owner=self.owner, error=str(error))
+                await trio.sleep(RETRY_INTERVAL)
+                continue
+            silent = False
+            try:
+                with trio.fail_after(self.ping_timeout):
+                    hello = await channel.receive()
+                self._check_hello(hello)
+            except (
+                ChannelClosed,
+                FrameError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,  # reset: it died with the connection unaccepted
+                ValueError,
+                OSError,
+            ) as error:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose()
+                silent = isinstance(error, trio.TooSlowError)
+                log.warning(
+                    "owner_link_refused",
+                    owner=self.owner,
+                    address=self.address,
+                    error=str(error) or type(error).__name__,
+                    hint="the owner did not say a valid hello; retrying",
+                )
+            else:
+                break
+            if silent:  # it accepted the connection but says nothing: hung
+                self.kills += 1
+                log.error(
+                    "owner_hung",
+                    owner=self.owner,
+                    pid=None,
+                    waited=self.ping_timeout,
+                    action="no hello: killed with SIGKILL; its supervisor restarts it",
+                )
+                self.kill(None)
+            await trio.sleep(RETRY_INTERVAL)
+        assert isinstance(hello, Hello)
+        return channel, hello
+
+    def _check_hello(self, hello: Message) -> None:
+        if not isinstance(hello, Hello):
+            raise ValueError(  # noqa: TRY004 (a peer's mistake, reported as the others)
+                f"the first message was a {type(hello).__name__}, not a hello"
+            )
+        if hello.version != SCHEMA_VERSION:
+            raise ValueError(
+                f"owner speaks message version {hello.version}, the gateway {SCHEMA_VERSION}:"
+                " run the same meterd version in both"
+            )
+        if sorted(hello.shards) != self.shards:
+            raise ValueError(
+                f"owner holds shards {sorted(hello.shards)}, the layout gives owner"
+                f" {self.owner} shards {self.shards}: is it started with another config?"
+            )
+
+    async def _serve(self, channel: Channel, pid: int) -> str:
+        """Run the channel until it ends; why it ended."""
+        why = "the channel to its owner closed"
+        async with trio.open_nursery() as nursery:
+
+            async def stop(reason: str) -> None:
+                nonlocal why
+                why = reason
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(self._read, channel, stop)
+            nursery.start_soon(self._write, channel, stop)
+            nursery.start_soon(self._ping, channel, pid, stop)
+        return why
+
+    async def _read(self, channel: Channel, stop: Callable[[str], Any]) -> None:
+        try:
+            while True:
+                message = await channel.receive()
+                if isinstance(message, Verdicts | Unavailable):
+                    item = self._pending.pop((message.batch, message.shard), None)
+                    if item is None:  # given up already (timed out): the re-send counts
+                        log.debug("owner_late_verdicts", owner=self.owner, shard=message.shard)
+                        continue
+                    if isinstance(message, Verdicts):
+                        item.done(message)
+                    else:
+                        item.done(self._unavailable(message.shard, message.reason))
+                elif isinstance(message, Answer | TreeSnapshot):
+                    question = self._questions.get(message.id)
+                    if question is not None:
+                        question.answer = message
+                        question.answered.set()
+                else:
+                    log.warning(
+                        "owner_unexpected_message", owner=self.owner, type=type(message).__name__
+                    )
+        except ChannelClosed:
+            await stop(f"its owner process (pid {self.pid}) closed the channel")
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            await stop(f"the channel to its owner broke: {error}")
+
+    async def _write(self, channel: Channel, stop: Callable[[str], Any]) -> None:
+        try:
+            while True:
+                await self._wake_sender.wait()
+                self._wake_sender = trio.Event()
+                outgoing, self._outgoing = self._outgoing, []
+                for message in outgoing:
+                    if (message.batch, message.shard) in self._pending:  # not given up yet
+                        await channel.send(message)
+        except (
+            ChannelClosed,
+            FrameError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ) as error:
+            await stop(f"sending to its owner failed: {error}")
+
+    async def _ping(self, channel: Channel, pid: int, stop: Callable[[str], Any]) -> None:
+        shard = self.shards[0] if self.shards else 0
+        while True:
+            await trio.sleep(self.ping_interval)
+            id = next(self._ids)
+            question = self._questions[id] = _Question()
+            try:
+                with trio.move_on_after(self.ping_timeout):
+                    await channel.send(Query(id, shard, "ping"))
+                    await question.answered.wait()
+            except (
+                ChannelClosed,
+                FrameError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+            ):
+                return  # the reader sees it too
+            finally:
+                self._questions.pop(id, None)
+            if question.answer is None:
+                self.kills += 1
+                log.error(
+                    "owner_hung",
+                    owner=self.owner,
+                    pid=pid,
+                    waited=self.ping_timeout,
+                    action="killed with SIGKILL; its supervisor restarts it",
+                )
+                self.kill(pid)
+                await stop(
+                    f"its owner process (pid {pid}) did not answer a ping within"
+                    f" {self.ping_timeout:g} s and was killed"
+                )
+                return
+
+    async def _expire(self) -> None:
+        """Give up the slices whose ``slice_timeout`` passed (the oldest first: they were
+        queued in deadline order, the timeout being one for all)."""
+        while True:
+            if not self._pending:
+                await self._wake_timer.wait()
+                self._wake_timer = trio.Event()
+                continue
+            key, item = next(iter(self._pending.items()))
+            now = trio.current_time()
+            if item.deadline > now:
+                with trio.move_on_at(item.deadline):
+                    await trio.sleep(math.inf)
+                continue
+            del self._pending[key]
+            self.timeouts += 1
+            log.warning(
+                "owner_slice_timeout",
+                owner=self.owner,
+                shard=item.shard,
+                seq=key[0].seq,
+                waited=self.slice_timeout,
+            )
+            item.done(
+                self._unavailable(
+                    item.shard, f"no verdicts within {self.slice_timeout:g} s (slice_timeout)"
+                )
+            )

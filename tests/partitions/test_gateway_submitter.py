@@ -1,0 +1,144 @@
+"""The gateway's submitter in one process: a batch split by shard, the verdicts joined.
+
+The links are stand-ins that record the slices and answer them as the test says, so each
+rule of :class:`meterd.partitions.GatewaySubmitter` is checked alone: one slice per shard
+with the events' positions in the producer's batch, ``on_done`` called once with the joined
+verdicts (id_conflicts by position), or once with the failure of any slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, cast
+
+import pytest
+
+from meterd.config import PartitionsConfig
+from meterd.ingest.server import Decided
+from meterd.ingest.validate import Rejection as AckRejection
+from meterd.model import Event
+from meterd.partitions import (
+    OwnerUnavailable,
+    Rejection,
+    Slice,
+    Verdicts,
+    owner_of_shard,
+    shard_of,
+)
+from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
+from meterd.partitions._links import OwnerLink, SliceDone
+from meterd.store import RejectedEvent
+
+LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=3)
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Slice, SliceDone]] = []
+
+    def send(self, message: Slice, done: SliceDone) -> None:
+        self.sent.append((message, done))
+
+
+def submitter() -> tuple[GatewaySubmitter, list[FakeLink]]:
+    fakes = [FakeLink() for _ in range(LAYOUT.owners)]
+    links = OwnerLinks(LAYOUT, cast(Sequence[OwnerLink], fakes))
+    return GatewaySubmitter("gw", links, max_in_flight_events=100, clock=lambda: 7), fakes
+
+
+def accounts_in_distinct_shards(n: int) -> list[str]:
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < n:
+        account = f"a{i}"
+        found.setdefault(shard_of(account, LAYOUT), account)
+        i += 1
+    return list(found.values())
+
+
+def event(account: str, id: str, quantity: int | Decimal = 1) -> Event:
+    return Event(id, account, "dyno.seconds", quantity, 1000, (("size", "x"),))
+
+
+def test_a_batch_is_split_into_one_slice_per_shard_with_batch_positions() -> None:
+    sub, fakes = submitter()
+    a, b = accounts_in_distinct_shards(2)
+    outcomes: list[Any] = []
+    groups = [(a, [event(a, "1"), event(a, "2", 2**70)]), (b, [event(b, "3")])]
+    audit = RejectedEvent(b, "4", "invalid_quantity", "no", index=3)
+    sub.submit(
+        groups, outcomes.append, producer="p", seq=9, rejected=[audit], positions=[[0, 2], [1]]
+    )
+    slices = [message for fake in fakes for message, _ in fake.sent]
+    assert sorted(s.shard for s in slices) == sorted([shard_of(a, LAYOUT), shard_of(b, LAYOUT)])
+    by_shard = {s.shard: s for s in slices}
+    sa, sb = by_shard[shard_of(a, LAYOUT)], by_shard[shard_of(b, LAYOUT)]
+    assert [e.index for e in sa.events] == [0, 2]
+    assert sa.events[1].quantity == Decimal(2**70)  # beyond 64 bits: a decimal
+    assert sa.events[0].properties == {"size": "x"}
+    assert [e.index for e in sb.events] == [1]
+    assert sb.rejected == [Rejection(3, "4", "invalid_quantity", "no", b)]
+    assert sa.batch == sb.batch
+    assert sa.batch.seq == 9
+    assert sa.producer == "p"
+    assert sa.received_at == 7
+    for fake in fakes:  # each slice went to its shard's owner
+        for message, _ in fake.sent:
+            assert fakes.index(fake) == owner_of_shard(message.shard, LAYOUT)
+    assert outcomes == []  # nothing before every slice has its verdicts
+
+
+def test_verdicts_of_every_slice_are_joined_into_one_outcome() -> None:
+    sub, fakes = submitter()
+    a, b, c = accounts_in_distinct_shards(3)
+    outcomes: list[Any] = []
+    groups = [(a, [event(a, "1"), event(a, "2")]), (b, [event(b, "3")]), (c, [event(c, "4")])]
+    sub.submit(groups, outcomes.append, seq=1, positions=[[0, 3], [1], [2]])
+    sent = [(m, done) for fake in fakes for m, done in fake.sent]
+    for message, done in sent:
+        conflicts = [
+            Rejection(e.index, e.id, "id_conflict", f"{e.id} differs", e.account)
+            for e in message.events
+            if e.id == "2"
+        ]
+        accepted = len(message.events) - len(conflicts)
+        duplicates = 1 if message.shard == shard_of(c, LAYOUT) else 0
+        done(Verdicts(message.batch, message.shard, accepted - duplicates, duplicates, conflicts))
+    assert outcomes == [Decided(2, 1, [AckRejection(3, "2", "id_conflict", "2 differs")])]
+
+
+def test_one_failed_slice_fails_the_batch_once() -> None:
+    sub, fakes = submitter()
+    a, b = accounts_in_distinct_shards(2)
+    outcomes: list[Any] = []
+    sub.submit([(a, [event(a, "1")]), (b, [event(b, "2")])], outcomes.append, seq=1)
+    (first, first_done), (second, second_done) = [s for fake in fakes for s in fake.sent]
+    failure = OwnerUnavailable(first.shard, 0, "its owner process is not connected")
+    first_done(failure)
+    second_done(Verdicts(second.batch, second.shard, 1, 0))
+    assert outcomes == [failure]  # once, and never an ack
+
+
+def test_two_batches_with_the_same_seq_get_distinct_ids() -> None:
+    """Two connections of one producer may use the same seq at once."""
+    sub, fakes = submitter()
+    (a,) = accounts_in_distinct_shards(1)
+    sub.submit([(a, [event(a, "1")])], lambda _: None, producer="p", seq=1)
+    sub.submit([(a, [event(a, "1")])], lambda _: None, producer="p", seq=1)
+    first, second = [m for fake in fakes for m, _ in fake.sent]
+    assert first.batch != second.batch
+
+
+def test_a_batch_with_nothing_for_any_shard_is_done_at_once() -> None:
+    sub, _ = submitter()
+    outcomes: list[Any] = []
+    sub.submit([], outcomes.append, seq=1)
+    assert outcomes == [Decided(0, 0, [])]
+
+
+@pytest.mark.parametrize("owners", [1, 2, 3, 16])
+def test_links_must_match_the_owners(owners: int) -> None:
+    layout = PartitionsConfig(owners=owners)
+    with pytest.raises(ValueError, match="links"):
+        OwnerLinks(layout, cast(Sequence[OwnerLink], [FakeLink()] * (owners + 1)))

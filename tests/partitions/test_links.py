@@ -1,0 +1,270 @@
+"""The gateway's link to one owner, against owners played by the test (in this process, on
+a real Unix socket, Trio's mock clock jumping over every timeout: nothing waits for real).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from meterd.config import PartitionsConfig
+from meterd.partitions import (
+    Answer,
+    BatchId,
+    Channel,
+    ChannelClosed,
+    Hello,
+    OwnerUnavailable,
+    Query,
+    Slice,
+    SliceEvent,
+    UnixTransport,
+    Verdicts,
+)
+from meterd.partitions._links import OwnerLink
+
+LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=2)  # owner 0: shards 0, 2, ...
+SHARDS = list(range(0, 16, 2))
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class Seen(list[Any]):
+    """A list whose length can be waited for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew = trio.Event()
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._grew.set()
+        self._grew = trio.Event()
+
+    async def reach(self, length: int) -> None:
+        with trio.fail_after(60):  # virtual seconds: only reached if the link misbehaves
+            while len(self) < length:
+                await self._grew.wait()
+
+
+def a_slice(seq: int, shard: int = 2) -> Slice:
+    return Slice(BatchId("gw", seq, seq), shard, "p", 0, [SliceEvent(0, "e", "a", "m", 1, 0)])
+
+
+def link_for(address: str, kills: list[Any], **timeouts: float) -> OwnerLink:
+    return OwnerLink(
+        0,
+        address,
+        UnixTransport(),
+        LAYOUT,
+        slice_timeout=timeouts.get("slice_timeout", 5.0),
+        ping_interval=timeouts.get("ping_interval", 1.0),
+        ping_timeout=timeouts.get("ping_timeout", 5.0),
+        kill=kills.append,
+    )
+
+
+async def serving(
+    nursery: trio.Nursery, address: str, handler: Callable[[Channel], Awaitable[None]]
+) -> None:
+    await nursery.start(UnixTransport().serve, address, handler)
+
+
+async def test_an_owner_that_accepts_but_says_no_hello_is_killed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+    kills = Seen()
+
+    async def mute(channel: Channel) -> None:
+        await trio.sleep_forever()
+
+    link = link_for(address, kills, ping_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, mute)
+        nursery.start_soon(link.run)
+        await kills.reach(1)
+        nursery.cancel_scope.cancel()
+    assert kills[0] is None  # whichever process is the owner now
+    assert link.kills >= 1
+
+
+async def test_slices_time_out_and_an_owner_that_does_not_answer_pings_is_killed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+    kills = Seen()
+
+    async def hung(channel: Channel) -> None:  # says hello, then reads and answers nothing
+        await channel.send(Hello("owner-0", 4242, SHARDS))
+        await trio.sleep_forever()
+
+    link = link_for(address, kills, slice_timeout=1.0, ping_interval=0.5, ping_timeout=3.0)
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, hung)
+        await nursery.start(link.run)  # started: connected, hello read
+        assert link.pid == 4242
+        started = trio.current_time()
+        link.send(a_slice(1), outcomes.append)
+        await outcomes.reach(1)
+        assert trio.current_time() - started == pytest.approx(1.0, abs=0.11)
+        (timed_out,) = outcomes
+        assert isinstance(timed_out, OwnerUnavailable)
+        assert "slice_timeout" in timed_out.reason
+        await kills.reach(1)
+        assert kills == [4242]  # the pid of its hello
+        nursery.cancel_scope.cancel()
+
+
+async def test_pending_slices_fail_when_the_channel_ends_and_the_link_reconnects(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+    kills = Seen()
+    incarnations = Seen()
+
+    async def owner(channel: Channel) -> None:
+        incarnations.append(len(incarnations) + 1)
+        number = incarnations[-1]
+        await channel.send(Hello("owner-0", 1000 + number, SHARDS))
+        while True:
+            try:
+                message = await channel.receive()
+            except ChannelClosed:
+                return
+            if isinstance(message, Query):
+                await channel.send(Answer(message.id, "pong"))
+            elif isinstance(message, Slice):
+                if number == 1:
+                    return  # dies with the slice in flight: the channel closes
+                await channel.send(Verdicts(message.batch, message.shard, 1, 0))
+
+    link = link_for(address, kills)
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, owner)
+        await nursery.start(link.run)
+        link.send(a_slice(1), outcomes.append)
+        await outcomes.reach(1)
+        assert isinstance(outcomes[0], OwnerUnavailable)
+        assert await link.wait_connected() == 1002  # the next incarnation
+        link.send(a_slice(1), outcomes.append)  # the producer's re-send
+        await outcomes.reach(2)
+        assert outcomes[1] == Verdicts(BatchId("gw", 1, 1), 2, 1, 0)
+        assert link.connections == 2
+        assert kills == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slice_sent_while_not_connected_fails_at_once(tmp_path: Path) -> None:
+    link = link_for(str(tmp_path / "nobody.sock"), [])
+    outcomes = Seen()
+    link.send(a_slice(1), outcomes.append)
+    (failed,) = outcomes
+    assert isinstance(failed, OwnerUnavailable)
+    assert "not connected" in failed.reason
+
+
+async def test_a_hello_with_other_shards_is_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+    said = Seen()
+
+    async def wrong(channel: Channel) -> None:
+        said.append(1)
+        await channel.send(Hello("owner-0", os.getpid(), [1, 3]))
+        await trio.sleep_forever()
+
+    link = link_for(address, [])
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, wrong)
+        nursery.start_soon(link.run)
+        await said.reach(3)  # refused, and tried again
+        assert not link.connected
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_reset_before_the_hello_is_retried_not_a_crash(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stopped owner's socket still queues the link's connection; killed, it resets it
+    (ECONNRESET, trio's BrokenResourceError): the link must retry, not crash (a crash
+    whose restart waited for that owner held the supervisor: found by the hang test)."""
+    address = str(tmp_path / "o.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(address)
+    listener.listen(8)  # never accepted: the link's connection waits in the backlog
+    link = link_for(address, [], ping_timeout=30.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        await trio.testing.wait_all_tasks_blocked()  # connected, waiting for a hello
+        listener.close()  # the owner dies: the queued connection is reset
+        os.unlink(address)
+        await trio.testing.wait_all_tasks_blocked()
+
+        async def owner(channel: Channel) -> None:
+            await channel.send(Hello("owner-0", 7, SHARDS))
+            await trio.sleep_forever()
+
+        await serving(nursery, address, owner)  # its successor
+        with trio.fail_after(60):
+            assert await link.wait_connected() == 7
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_link_starts_at_once_while_its_owner_is_down(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its supervisor waits for a child's start: a link whose start waited for its owner
+    would keep the supervisor from restarting that owner."""
+    address = str(tmp_path / "o.sock")
+
+    async def owner(channel: Channel) -> None:
+        await channel.send(Hello("owner-0", 7, SHARDS))
+        await trio.sleep_forever()
+
+    link = link_for(address, [], ping_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def run_once(*, task_status: trio.TaskStatus[Any]) -> None:
+            with first:
+                await link.run(task_status=task_status)
+
+        async with trio.open_nursery() as owners:
+            await serving(owners, address, owner)
+            await nursery.start(run_once)  # first start: waits for the hello
+            assert link.connected
+            owners.cancel_scope.cancel()  # the owner is gone
+        first.cancel()  # and the link's task ended (a crash, say)
+        started = trio.current_time()
+        with trio.fail_after(60):  # virtual seconds
+            await nursery.start(link.run)  # restarted: at once, not connected
+        assert trio.current_time() == started
+        assert link.pid is None  # not connected
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_first_start_without_an_owner_gives_up_waiting_after_ping_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    link = link_for(str(tmp_path / "nobody.sock"), [], ping_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        with trio.fail_after(60):  # virtual seconds
+            await nursery.start(link.run)
+        assert trio.current_time() - started == pytest.approx(5.0)
+        assert not link.connected
+        nursery.cancel_scope.cancel()
