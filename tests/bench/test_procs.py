@@ -5,6 +5,7 @@ No timers: the processes say on a pipe when they have done their part, the test 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from meterd.bench._proc import (
     ProcessFigures,
@@ -29,6 +31,7 @@ from meterd.bench.ingest import (
     format_report,
     parse_owners,
 )
+from meterd.cli.bench import bench
 
 BUSY_SECONDS = 0.3  # of CPU the child burns before it says "busy done"
 TICKS = 0.02  # /proc counts in clock ticks (10 ms), process_time() finer
@@ -231,3 +234,44 @@ def test_owners_needs_spawn_and_counts() -> None:
         BenchOptions(spawn=True, owners=(1,), settings=(("partitions", "owners", "2"),)).check()
     with pytest.raises(BenchError, match="0,1,2,3"):
         parse_owners("one,two")
+
+
+def test_spawned_daemons_with_owners_are_measured_per_process() -> None:
+    # Two small daemons (owners = 0, then 1), no baseline, no half-load row: a few seconds.
+    result = CliRunner().invoke(
+        bench,
+        [
+            "ingest",
+            "--spawn",
+            "--events",
+            "1000",
+            "--accounts",
+            "100",
+            "--batch",
+            "100",
+            "--connections",
+            "2",
+            "--no-baseline",
+            "--no-half-load",
+            "--owners",
+            "0,1",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    single, owned = report["targets"]
+    assert (single["name"], single["owners"]) == ("meterd owners=0", 0)
+    assert (owned["name"], owned["owners"]) == ("meterd owners=1", 1)
+    assert [p["name"] for p in single["max"]["server_processes"]] == ["gateway"]
+    processes = owned["max"]["server_processes"]
+    assert [p["name"] for p in processes] == ["gateway", "owner-0"]
+    for target in (single, owned):
+        top = target["max"]
+        assert top["events"] == top["accepted"] == 1000
+        total = sum(p["cpu_seconds"] for p in top["server_processes"])
+        assert top["server_cpu_seconds"] == pytest.approx(total)
+        assert all(p["rss_peak"] for p in top["server_processes"])
+        assert target["stop_status"] == 0
+    assert processes[1]["cpu_seconds"] > 0  # the owner made the events durable
