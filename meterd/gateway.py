@@ -34,17 +34,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import structlog
 import trio
-from hypercorn.trio import serve
 
 import supervisors as sv
 from meterd import __version__
 from meterd.api.gateway import build_gateway_app, ingest_counters
 from meterd.api.metrics import Metrics
-from meterd.api.server import SHUTDOWN_GRACE, AnsweredErrors, hypercorn_config
+from meterd.api.server import AnsweredErrors, AppServer
 from meterd.config import Config
 from meterd.ingest.server import IngestServer, wall_clock_ms
 from meterd.partitions import (
@@ -207,64 +206,31 @@ def build_gateway(
 # ---- the API -----------------------------------------------------------------------------
 
 
-class GatewayApi:
-    """The gateway's HTTP API on hypercorn, as a task child (as :class:`meterd.api.ApiServer`)."""
+class GatewayApi(AppServer):
+    """The gateway's HTTP API: every route of the operator API, answered across the owners
+    (:func:`meterd.api.gateway.build_gateway_app`)."""
 
     def __init__(self, config: Config, owners: Owners, ingest: IngestServer) -> None:
-        self.config = config
         self.owners = owners
         self.root: sv.Supervisor | None = None
         self.metrics = Metrics()  # the gateway's own series; /metrics adds every shard's
-        self.app = AnsweredErrors(
-            build_gateway_app(
-                config,
-                owners,
-                root=self._root,
-                registry=self.metrics.registry,
-                ingest=partial(ingest_counters, ingest),
-            )
+        super().__init__(
+            config.api,
+            AnsweredErrors(
+                build_gateway_app(
+                    config,
+                    owners,
+                    root=self._root,
+                    registry=self.metrics.registry,
+                    ingest=partial(ingest_counters, ingest),
+                )
+            ),
         )
-        self.urls: list[str] = []
 
     def _root(self) -> sv.Supervisor:
         if self.root is None:
             raise RuntimeError("the API is not attached to a tree")
         return self.root
-
-    def child_spec(self, id: str = "api") -> sv.ChildSpec:
-        return sv.task_spec(id, self.run, shutdown=SHUTDOWN_GRACE)
-
-    @property
-    def url(self) -> str:
-        return self.urls[0] if self.urls else ""
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        shield = sv.shutdown_shield()
-        stop = trio.Event()
-        config = hypercorn_config(self.config.api)
-
-        async def serving(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            with shield:
-                try:
-                    await serve(
-                        self.app, config, shutdown_trigger=stop.wait, task_status=task_status
-                    )
-                except OSError as error:
-                    raise OSError(
-                        error.errno, f"api.listen {self.config.api.listen}: {error.strerror}"
-                    ) from error
-
-        try:
-            async with trio.open_nursery() as nursery:
-                self.urls = await nursery.start(serving)
-                log.info("api_listening", url=self.url)
-                task_status.started(self)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    stop.set()
-        finally:
-            self.urls = []
 
 
 # ---- running it ----------------------------------------------------------------------------

@@ -81,16 +81,17 @@ def hypercorn_config(api: ApiConfig) -> HypercornConfig:
     return config
 
 
-class ApiServer:
-    """The operator HTTP API of one daemon (see the module doc)."""
+class AppServer:
+    """An ASGI ``app`` served by hypercorn on ``[api]`` (its listen address and TLS) as a
+    task child: listening once started, requests in flight finishing within the child's
+    shutdown grace when it is stopped (see the module doc)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.app = AnsweredErrors(build_app(daemon))
+    def __init__(self, api: ApiConfig, app: Any) -> None:
+        self.api = api
+        self.app = app
         self.urls: list[str] = []  # what the running incarnation listens on
 
     def child_spec(self, id: str = "api") -> sv.ChildSpec:
-        self.daemon.api_child_id = id
         return sv.task_spec(id, self.run, shutdown=SHUTDOWN_GRACE)
 
     @property
@@ -98,15 +99,17 @@ class ApiServer:
         """The base URL (``http://127.0.0.1:8701``), or "" when not listening."""
         return self.urls[0] if self.urls else ""
 
+    def start_beside(self, nursery: trio.Nursery) -> None:
+        """Start the tasks that run beside the server, for as long as it runs (none)."""
+
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled, then shut hypercorn down gracefully."""
         shield = sv.shutdown_shield()
         stop = trio.Event()
-        config = hypercorn_config(self.daemon.config.api)
+        config = hypercorn_config(self.api)
         try:
             async with trio.open_nursery() as nursery:
-                if self.daemon.restarts is not None:  # the tree's restarts, into the store
-                    nursery.start_soon(self.daemon.restarts.run)
+                self.start_beside(nursery)
                 self.urls = await nursery.start(self._serve, shield, config, stop)
                 log.info("api_listening", url=self.url)
                 task_status.started(self)
@@ -135,8 +138,25 @@ class ApiServer:
                 )
             except OSError as error:
                 raise OSError(
-                    error.errno, f"api.listen {self.daemon.config.api.listen}: {error.strerror}"
+                    error.errno, f"api.listen {self.api.listen}: {error.strerror}"
                 ) from error
 
 
-__all__ = ["AnsweredErrors", "ApiServer", "hypercorn_config"]
+class ApiServer(AppServer):
+    """The operator HTTP API of one daemon (see the module doc)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon.config.api, AnsweredErrors(build_app(daemon)))
+        self.daemon = daemon
+
+    def child_spec(self, id: str = "api") -> sv.ChildSpec:
+        self.daemon.api_child_id = id
+        return super().child_spec(id)
+
+    def start_beside(self, nursery: trio.Nursery) -> None:
+        """The tree's restarts, written into the store while the API runs."""
+        if self.daemon.restarts is not None:
+            nursery.start_soon(self.daemon.restarts.run)
+
+
+__all__ = ["AnsweredErrors", "ApiServer", "AppServer", "hypercorn_config"]

@@ -5,14 +5,12 @@ when ``[partitions] owners >= 1``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from meterd.config import load
 from meterd.gateway import build_gateway
 from meterd.partitions import Owners
 from meterd.partitions._gateway import OwnerLinks
@@ -41,27 +39,31 @@ def test_owner_links_are_the_gateways_owners(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("meterd.api.gateway") is not None,
-    reason="the API across owners (meterd.api.gateway) replaces the minimal one",
-)
-async def test_the_gateways_healthz_and_tree(tmp_path: Path) -> None:
+@pytest.mark.skipif(not real_owner_available(), reason="meterd.partitions.owner is not here yet")
+async def test_the_gateways_api_answers_across_real_owners(tmp_path: Path) -> None:
+    """The gateway serves the API across owners: health, the tree with each owner's pid and
+    its shards grafted under it, usage from the account's owner, metrics summed."""
     config = write_gateway_config(tmp_path / "d", owners=2)
-    async with gateway(config) as gw:
+    async with gateway(config, real_owner=True) as gw:
         pids = await gw.owner_pids()
+        lane = Lane("api", ["acme", "globex", "initech"])
+        await lane.run(gw.url, gw.token("platform"), trio.Event(), limit=30)
+        assert await gw.totals(["acme", "globex", "initech"]) == lane.expected()
         base = f"http://{config.api.listen}"
         token = {"Authorization": f"Bearer {config.api.admin_token}"}
-        async with httpx.AsyncClient(base_url=base) as client:
-            health = (await client.get("/healthz")).json()
-            assert health["status"] == "ok"
-            assert [o["pid"] for o in health["owners"]] == pids
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/v1/tree")).status_code == 401
             tree = (await client.get("/v1/tree", headers=token)).json()
-        children = {c["name"]: c for c in tree["gateway"]["children"]}
-        assert [children["owner-0"]["pid"], children["owner-1"]["pid"]] == pids
-        assert {"link-0", "link-1", "ingest", "api"} <= set(children)
-        assert [o["pid"] for o in tree["owners"]] == pids
-    assert load(config.path).partitions.owners == 2
+            metrics = (await client.get("/metrics", headers=token)).text
+    children = {c["name"]: c for c in tree["children"]}
+    assert [children["owner-0"]["pid"], children["owner-1"]["pid"]] == pids
+    for owner in ("owner-0", "owner-1"):
+        shards = [c["name"] for c in children[owner]["children"]]
+        assert shards
+        assert all(name.startswith("shard-") for name in shards)
+    assert "meterd_events_accepted_total 30.0" in metrics.splitlines()
+    assert 'meterd_events_accepted_total{owner="gateway"} 30.0' in metrics.splitlines()
 
 
 @pytest.mark.skipif(not real_owner_available(), reason="meterd.partitions.owner is not here yet")
