@@ -221,7 +221,6 @@ class OwnerLink:
                     ChannelClosed,
                     FrameError,
                     trio.BrokenResourceError,
-                    trio.ClosedResourceError,
                     OSError,
                 ) as error:
                     raise self._unavailable(shard, f"sending the {what} failed: {error}") from None
@@ -399,7 +398,7 @@ class OwnerLink:
                     )
         except ChannelClosed:
             await stop(f"its owner process (pid {self.pid}) closed the channel")
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+        except (FrameError, trio.BrokenResourceError, OSError) as error:
             await stop(f"the channel to its owner broke: {error}")
 
     async def _write(self, channel: Channel, stop: Callable[[str], Any]) -> None:
@@ -415,7 +414,6 @@ class OwnerLink:
             ChannelClosed,
             FrameError,
             trio.BrokenResourceError,
-            trio.ClosedResourceError,
             OSError,
         ) as error:
             await stop(f"sending to its owner failed: {error}")
@@ -430,13 +428,7 @@ class OwnerLink:
                 with trio.move_on_after(self.ping_timeout):
                     await channel.send(Query(id, shard, "ping"))
                     await question.answered.wait()
-            except (
-                ChannelClosed,
-                FrameError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                OSError,
-            ):
+            except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError):
                 return  # the reader sees it too
             finally:
                 self._questions.pop(id, None)

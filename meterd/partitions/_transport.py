@@ -56,7 +56,8 @@ _HEADER: Final = 4
 
 
 class ChannelClosed(Exception):
-    """The peer closed the channel between two messages."""
+    """The channel is closed: by the peer between two messages, or on this side (after a
+    frame error, or :meth:`Channel.aclose`) while a send or a receive was under way."""
 
 
 class FrameError(Exception):
@@ -111,7 +112,12 @@ class StreamChannel:
             )
         frame = len(body).to_bytes(_HEADER, "big") + body
         async with self._send_lock:
-            await self._stream.send_all(frame)
+            if self._closed:
+                raise ChannelClosed(f"the channel with {self._peer} is closed")
+            try:
+                await self._stream.send_all(frame)
+            except trio.ClosedResourceError:  # closed on this side during the send
+                raise ChannelClosed(f"the channel with {self._peer} is closed") from None
 
     async def receive(self) -> Message:
         header = await self._read(_HEADER, between_frames=True)
@@ -132,7 +138,10 @@ class StreamChannel:
         while len(buffer) < count:
             if self._closed:
                 raise ChannelClosed(f"the channel with {self._peer} is closed")
-            chunk = await self._stream.receive_some(max(65_536, count - len(buffer)))
+            try:
+                chunk = await self._stream.receive_some(max(65_536, count - len(buffer)))
+            except trio.ClosedResourceError:  # closed on this side during the receive
+                raise ChannelClosed(f"the channel with {self._peer} is closed") from None
             if not chunk:
                 if between_frames and not buffer:
                     await self.aclose()

@@ -254,3 +254,30 @@ async def test_a_message_over_max_frame_is_not_sent() -> None:
     channel, _ = await pair(max_frame=100)
     with pytest.raises(FrameError, match="split it"):
         await channel.send(slice_of(*[event(i) for i in range(10)]))
+
+
+async def test_a_send_on_a_channel_closed_on_this_side_is_channel_closed() -> None:
+    """A frame error closes the channel while another task may be sending on it (a link's
+    writer, its pinger): that send ends as ``ChannelClosed``, never as Trio's
+    ``ClosedResourceError``, so a caller handles a closed channel one way."""
+    channel, peer = await pair(max_frame=1 << 26)
+    big = slice_of(*[event(i) for i in range(50_000)])  # more than the socket buffers hold
+    async with trio.open_nursery() as nursery:
+        sent = trio.Event()
+        outcome: list[BaseException] = []
+
+        async def sending() -> None:
+            sent.set()
+            try:
+                await channel.send(big)  # blocks: the peer does not read
+            except BaseException as error:
+                outcome.append(error)
+
+        nursery.start_soon(sending)
+        await sent.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        await channel.aclose()
+    assert [type(error) for error in outcome] == [ChannelClosed]
+    with pytest.raises(ChannelClosed, match="is closed"):
+        await channel.send(slice_of(event(1)))
+    await peer.aclose()
