@@ -330,15 +330,7 @@ class OwnerLink:
             else:
                 break
             if silent:  # it accepted the connection but says nothing: hung
-                self.kills += 1
-                log.error(
-                    "owner_hung",
-                    owner=self.owner,
-                    pid=None,
-                    waited=self.ping_timeout,
-                    action="no hello: killed with SIGKILL; its supervisor restarts it",
-                )
-                self.kill(None)
+                self._kill_hung(None, "no hello")
             await trio.sleep(RETRY_INTERVAL)
         assert isinstance(hello, Hello)
         return channel, hello
@@ -418,6 +410,19 @@ class OwnerLink:
         ) as error:
             await stop(f"sending to its owner failed: {error}")
 
+    def _kill_hung(self, pid: int | None, why: str) -> None:
+        """Kill a hung owner (``pid``, or whichever runs: None) with SIGKILL, through its
+        supervisor's handle; the supervisor restarts it."""
+        self.kills += 1
+        log.error(
+            "owner_hung",
+            owner=self.owner,
+            pid=pid,
+            waited=self.ping_timeout,
+            action=f"{why}: killed with SIGKILL; its supervisor restarts it",
+        )
+        self.kill(pid)
+
     async def _ping(self, channel: Channel, pid: int, stop: Callable[[str], Any]) -> None:
         shard = self.shards[0] if self.shards else 0
         while True:
@@ -433,15 +438,7 @@ class OwnerLink:
             finally:
                 self._questions.pop(id, None)
             if question.answer is None:
-                self.kills += 1
-                log.error(
-                    "owner_hung",
-                    owner=self.owner,
-                    pid=pid,
-                    waited=self.ping_timeout,
-                    action="killed with SIGKILL; its supervisor restarts it",
-                )
-                self.kill(pid)
+                self._kill_hung(pid, "no answer to a ping")
                 await stop(
                     f"its owner process (pid {pid}) did not answer a ping within"
                     f" {self.ping_timeout:g} s and was killed"
