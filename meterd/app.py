@@ -22,12 +22,10 @@ follows one batch through the tree.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from functools import partial
 
 import structlog
-import trio
 
 import supervisors as sv
 from meterd import __version__, memory
@@ -40,12 +38,11 @@ from meterd.gateway import serve_gateway
 from meterd.ingest.server import IngestServer
 from meterd.partitions._cell import Cell
 from meterd.startup import (
-    DaemonFailed,
     StartupFailed,
     describe,
-    describe_stop,
     hold_store,
     prepare_paths,
+    run_until_signalled,
 )
 from meterd.store import Store
 
@@ -117,35 +114,20 @@ async def _serve(config: Config) -> None:
     memory.tune()
     pauses = memory.GcPauses(services.api.daemon.metrics.observe_gc_pause)
     pauses.install()
-    failed_start: str | None = None
-    failed_run: str | None = None
+
+    def started() -> None:
+        log.info("meterd_started", version=__version__, config=str(config.path))
+        log.info("listening", ingest=services.ingest.url, api=services.api.url)
+
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as collector:
-                collector.start_soon(
-                    partial(memory.collect_on_schedule, live_actors=services.accounts.live_actors)
-                )
-                async with trio.open_nursery() as nursery:
-                    try:
-                        await nursery.start(services.root.run)
-                    except Exception as error:  # raised here, before a nursery wraps it
-                        failed_start = describe(error, config)
-                    else:
-                        log.info("meterd_started", version=__version__, config=str(config.path))
-                        log.info("listening", ingest=services.ingest.url, api=services.api.url)
-                        async for signum in signals:
-                            log.info("meterd_stopping", signal=signal.Signals(signum).name)
-                            services.root.stop()
-                            break
-                collector.cancel_scope.cancel()
-    except Exception as error:  # the tree gave up after the start (Trio's groups around it)
-        failed_run = describe_stop(error, config)
+        await run_until_signalled(
+            services.root,
+            config,
+            on_started=started,
+            beside=[partial(memory.collect_on_schedule, live_actors=services.accounts.live_actors)],
+        )
     finally:
         pauses.remove()
-    await services.billing.db.aclose()
-    await services.store.aclose()
-    if failed_start is not None:
-        raise StartupFailed(failed_start)
-    if failed_run is not None:
-        raise DaemonFailed(failed_run)
+        await services.billing.db.aclose()
+        await services.store.aclose()
     log.info("meterd_stopped")

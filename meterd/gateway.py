@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Final
 
 import structlog
-import trio
 
 import supervisors as sv
 from meterd import __version__
@@ -54,7 +53,7 @@ from meterd.partitions import (
 from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
 from meterd.partitions._links import OwnerLink
 from meterd.partitions._migrate import create_shards
-from meterd.startup import DaemonFailed, StartupFailed, describe, describe_stop, prepare_paths
+from meterd.startup import StartupFailed, prepare_paths, run_until_signalled
 
 __all__ = [
     "MAX_RESTARTS",
@@ -255,31 +254,15 @@ async def serve_gateway(
         services = build_gateway(config, owner_command=owner_command, max_seconds=max_seconds)
     except (OSError, ValueError, sqlite3.Error) as error:
         raise StartupFailed(str(error)) from None
-    failed_start: str | None = None
-    failed_run: str | None = None
-    try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await nursery.start(services.root.run)
-                except Exception as error:  # raised here, before a nursery wraps it
-                    failed_start = describe(error, config)
-                else:
-                    log.info(
-                        "meterd_started",
-                        version=__version__,
-                        config=str(config.path),
-                        owners=services.owners.pids(),
-                    )
-                    log.info("listening", ingest=services.ingest.url, api=services.api.url)
-                    async for signum in signals:
-                        log.info("meterd_stopping", signal=signal.Signals(signum).name)
-                        services.root.stop()
-                        break
-    except Exception as error:  # the tree gave up after the start
-        failed_run = describe_stop(error, config)
-    if failed_start is not None:
-        raise StartupFailed(failed_start)
-    if failed_run is not None:
-        raise DaemonFailed(failed_run)
+
+    def started() -> None:
+        log.info(
+            "meterd_started",
+            version=__version__,
+            config=str(config.path),
+            owners=services.owners.pids(),
+        )
+        log.info("listening", ingest=services.ingest.url, api=services.api.url)
+
+    await run_until_signalled(services.root, config, on_started=started)
     log.info("meterd_stopped")

@@ -12,10 +12,12 @@ root's child that failed (``ingest.listen``, ``api.listen``, ``store.path``) or 
 from __future__ import annotations
 
 import errno
+import signal
 import sqlite3
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
+import structlog
 import trio
 
 import supervisors as sv
@@ -197,3 +199,46 @@ def _find(
             error = error.reason
         else:
             return None
+
+
+async def run_until_signalled(
+    root: sv.Supervisor,
+    config: Config,
+    *,
+    on_started: Callable[[], None],
+    beside: Sequence[Callable[[], Awaitable[object]]] = (),
+) -> None:
+    """Start ``root``, call ``on_started``, and run until SIGINT or SIGTERM; then stop the
+    tree in order. ``beside`` are tasks that run as long as the tree does.
+
+    Raises :class:`StartupFailed` when the tree cannot start and :class:`DaemonFailed` when
+    it gives up after the start, each with one sentence (:func:`describe`,
+    :func:`describe_stop`)."""
+    failed_start: str | None = None
+    failed_run: str | None = None
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as side:
+                for task in beside:
+                    side.start_soon(task)
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await nursery.start(root.run)
+                    except Exception as error:  # raised here, before a nursery wraps it
+                        failed_start = describe(error, config)
+                    else:
+                        on_started()
+                        async for signum in signals:
+                            _log.info("meterd_stopping", signal=signal.Signals(signum).name)
+                            root.stop()
+                            break
+                side.cancel_scope.cancel()
+    except Exception as error:  # the tree gave up after the start (Trio's groups around it)
+        failed_run = describe_stop(error, config)
+    if failed_start is not None:
+        raise StartupFailed(failed_start)
+    if failed_run is not None:
+        raise DaemonFailed(failed_run)
+
+
+_log = structlog.get_logger("meterd")
