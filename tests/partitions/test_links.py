@@ -161,7 +161,7 @@ async def test_an_owner_silent_past_ping_interval_fails_its_slices_at_once_until
         assert trio.current_time() - started == pytest.approx(1.0, abs=0.11)
         assert isinstance(outcomes[0], OwnerUnavailable)
         assert "has not answered a ping" in outcomes[0].reason
-        assert link.unresponsive
+        assert link.unresponsive_since is not None
         assert link.pending == 0
         link.send(a_slice(2), outcomes.append)  # fails as it is sent
         assert len(outcomes) == 2
