@@ -309,6 +309,23 @@ def test_graphql_accounts_are_read_from_literals_and_variables() -> None:
     assert graphql_accounts(b"not json") == set()
 
 
+def test_graphql_accounts_are_found_through_fragments_and_defaults() -> None:
+    def found(query: str, variables: dict[str, Any] | None = None) -> set[str]:
+        return graphql_accounts(json.dumps({"query": query, "variables": variables}).encode())
+
+    assert found('query { ...A } fragment A on Query { account(id: "a") { id } }') == {"a"}
+    assert found('{ ... on Query { account(id: "a") { id } } }') == {"a"}
+    nested = (
+        "query { ...A } fragment A on Query { ...B } fragment B on Query { account(id: $x) { id } }"
+    )
+    assert found(nested, {"x": "b"}) == {"b"}
+    assert found('query($x: String! = "c") { account(id: $x) { id } }') == {"c"}
+    assert found('query($x: String! = "c") { account(id: $x) { id } }', {"x": "d"}) == {"d"}
+    looped = 'query { ...A } fragment A on Query { ...A account(id: "e") { id } }'
+    assert found(looped) == {"e"}  # a cycle: the cell's error to say
+    assert found("query { ...Missing }") == set()
+
+
 # ---- an owner that does not answer -------------------------------------------------------
 
 

@@ -58,9 +58,13 @@ class DaemonProcess:
 
 
 @contextlib.contextmanager
-def running_daemon(where: Path, **config: Any) -> Iterator[DaemonProcess]:
-    """A daemon on a fresh store in ``where``; ``config`` goes to ``write_config``."""
-    config_path = write_config(where / "config.toml", where / "store.sqlite3", **config)
+def running_daemon(
+    where: Path, *, config_path: Path | None = None, **config: Any
+) -> Iterator[DaemonProcess]:
+    """A daemon on a fresh store in ``where``; ``config`` goes to ``write_config``, unless
+    ``config_path`` names a config file written already (it is used as it is)."""
+    if config_path is None:
+        config_path = write_config(where / "config.toml", where / "store.sqlite3", **config)
     process = subprocess.Popen(
         [sys.executable, "-m", "meterd", "run", "--config", str(config_path), "--json-logs"],
         stderr=subprocess.PIPE,
