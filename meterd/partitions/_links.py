@@ -25,17 +25,18 @@ Slices
     answered ``unavailable``, re-sends the batch, and the owner's dedupe counts it once.
 Liveness
     Every ``ping_interval`` it asks the owner ``ping`` (a :class:`~._messages.Query`). An
-    owner that has not answered within ``stall_after`` (``min(ping_interval,
-    ping_timeout)``) is **unresponsive**: its pending slices fail at once and every slice
-    sent to it meanwhile fails as it is sent (``unavailable``), so that the producers'
-    batches waiting on it give their share of the gateway's in-flight budget back and the
-    other owners' batches keep being read and acked; it is responsive again as soon as it
-    answers. An owner that does not answer within ``ping_timeout`` (stopped with SIGSTOP,
-    hung in a loop, its socket full) is killed with SIGKILL through ``kill(pid)`` (the
-    gateway's supervisor sends it through the child's pidfd), so its supervisor restarts
-    it, and the channel is closed: its pending slices fail, and the link connects to the
-    new owner. So is an owner that accepts the connection but says no hello within
-    ``ping_timeout`` (``kill(None)``: whichever process is the owner now).
+    owner that has not answered within ``stall_after`` (``min(2 * ping_interval,
+    ping_timeout)``: a busy owner's reader may be late once) is **unresponsive**: its
+    pending slices fail at once and every slice sent to it meanwhile fails as it is sent
+    (``unavailable``), so that the producers' batches waiting on it give their share of
+    the gateway's in-flight budget back and the other owners' batches keep being read and
+    acked; it is responsive again as soon as it answers. An owner that does not answer
+    within ``ping_timeout`` (stopped with SIGSTOP, hung in a loop, its socket full) is
+    killed with SIGKILL through ``kill(pid)`` (the gateway's supervisor sends it through
+    the child's pidfd), so its supervisor restarts it, and the channel is closed: its
+    pending slices fail, and the link connects to the new owner. So is an owner that
+    accepts the connection but says no hello within ``ping_timeout`` (``kill(None)``:
+    whichever process is the owner now).
 Queries
     :meth:`ask` and :meth:`tree` send a Query or a TreeRequest and wait for the answer with
     the same id, up to a timeout.
@@ -121,7 +122,7 @@ class OwnerLink:
         self.slice_timeout = slice_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.stall_after = min(ping_interval, ping_timeout)
+        self.stall_after = min(2 * ping_interval, ping_timeout)
         self.kill = kill
         self.pid: int | None = None  # the connected owner's, from its hello
         self.connections = 0  # channels opened (1 + reconnections)
