@@ -15,6 +15,7 @@ The public API:
 
 from meterd.cluster._applier import ShardApplier, applied_position
 from meterd.cluster._bridge import AsyncioBridge, BridgeClosed, open_bridge
+from meterd.cluster._gateway import JetStreamLinks
 from meterd.cluster._lease import Lease, LeaseHeld, LeaseLost, Leases
 from meterd.cluster._log import (
     LEASES,
@@ -44,6 +45,7 @@ __all__ = [
     "STREAM",
     "SUBJECTS",
     "Provisioned",
+    "JetStreamLinks",
     "ShardApplier",
     "applied_position",
     "log_name",
