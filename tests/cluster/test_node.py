@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -78,3 +79,37 @@ async def run_twice(config: Config) -> None:
         for account, total in second.expected().items():
             expected[account] = expected.get(account, Decimal(0)) + total
         assert await totals(config, ACCOUNTS) == expected
+
+
+async def test_two_nodes_on_one_nats_cluster(tmp_path: Path, nats3: NatsCluster) -> None:
+    """Two nodes: the first takes every shard's lease; the second holds none (every lease is
+    held) and is a gateway only. Producers on both are acked, each event counted once by the
+    owner on the first node, whatever node it came through."""
+    one = node_config(tmp_path / "n1", nats3, "n1")
+    two = node_config(tmp_path / "n2", nats3, "n2")
+    with trio.fail_after(120):
+        async with gateway(one, meterd_run=True) as first:
+            _, started = await first.wait_for(first.event("meterd_started"))
+            assert started["shards"] == [0, 1, 2, 3]
+            async with gateway(two, meterd_run=True) as second:
+                _, started = await second.wait_for(second.event("meterd_started"))
+                assert started["shards"] == []
+                lanes = [Lane("via-1", ACCOUNTS), Lane("via-2", ACCOUNTS)]
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        partial(lanes[0].run, limit=50),
+                        first.url,
+                        first.token("platform"),
+                        trio.Event(),
+                    )
+                    nursery.start_soon(
+                        partial(lanes[1].run, limit=50),
+                        second.url,
+                        second.token("platform"),
+                        trio.Event(),
+                    )
+                assert [lane.accepted for lane in lanes] == [50, 50]
+                expected = lanes[0].expected()
+                for account, total in lanes[1].expected().items():
+                    expected[account] = expected.get(account, Decimal(0)) + total
+                assert await totals(one, ACCOUNTS) == expected
