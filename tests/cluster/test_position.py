@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from meterd.model import DAY_MS
+from meterd.partitions._migrate import MigrationError, migrate
 from meterd.store import AppendResult, LogPosition, PositionMismatch, Writer
+from tests.partitions.migrate_data import write_config
 from tests.store.helpers import Collector, ev, rows, running, store_config
 
 LOG = "METERD_LOG/meterd.log.3"
@@ -71,3 +75,18 @@ async def test_the_log_time_raises_the_horizon_not_the_writers_clock(tmp_path: P
         await writer.barrier()
         assert done.outcomes == [[AppendResult(1, [0], [], [])]]
         assert rows(path, "SELECT received_at FROM event_batches") == [(logged,)]
+
+
+async def test_a_layout_migration_refuses_a_store_with_log_positions(tmp_path: Path) -> None:
+    """A cluster node's store cannot change layout yet: the migration says so and moves
+    nothing (a migrated shard would replay its log from the start)."""
+    config = write_config(tmp_path, owners=0)
+    path = config.store_path
+    path.parent.mkdir(parents=True)
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
+        done = Collector()
+        writer.submit_batch([("acme", [ev("e1")])], done, position=LogPosition(LOG, 1, 0))
+        await writer.barrier()
+    with pytest.raises(MigrationError, match="positions of a cluster node's log"):
+        migrate(write_config(tmp_path, owners=2))
+    assert positions(path) == [(LOG, 1)]
