@@ -102,11 +102,18 @@ class ShardApplier:
         self.read = 0  # the last sequence read and submitted
         self.slices = 0  # slices submitted (replays included)
         self.replays = 0
+        self.pending = 0  # slices of the log after the last one read (when it was read)
         self._in_flight = 0
         self._drained = trio.Event()
         self._failure: BaseException | None = None
         self._changed = trio.Event()
         self._outbox, self.verdicts = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+
+    @property
+    def lag(self) -> int:
+        """Slices of the shard's log not applied yet: read and not committed, and those after
+        the last read (as the stream counted them then)."""
+        return self.pending + self._in_flight
 
     async def wait_applied(self, seq: int) -> None:
         """Until the store has committed the log up to ``seq`` (for tests and handoffs)."""
@@ -173,6 +180,7 @@ class ShardApplier:
         for its commit, only for room in the cell's budget."""
         position = LogPosition(self.log, message.seq, self.read)
         self.read = message.seq
+        self.pending = message.pending
         piece: Slice | None = None
         groups: list[tuple[str, list[Event]]] = []
         indexes: list[list[int]] = []

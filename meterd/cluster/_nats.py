@@ -109,6 +109,7 @@ class LogMessage:
     data: bytes
     msg_id: str | None
     time_ms: int  # when the stream stored it (server clock), Unix milliseconds
+    pending: int = 0  # messages of the subject after this one in the stream when it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,6 +643,7 @@ class LogReader:
                     data=msg.data,
                     msg_id=headers.get(MSG_ID),
                     time_ms=(meta.timestamp - _EPOCH) // _MS,
+                    pending=meta.num_pending or 0,
                 )
             )
         return out

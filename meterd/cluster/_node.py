@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import structlog
@@ -48,12 +48,14 @@ from meterd.partitions._gateway import GatewaySubmitter
 from meterd.partitions._migrate import create_shards
 from meterd.startup import StartupFailed, hold_store, prepare_paths, run_until_signalled
 
+from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
 from ._gateway import JetStreamLinks
 from ._lease import Lease, LeaseHeld, LeaseLost, Leases
 from ._log import provision
 from ._nats import ClusterUnavailable, Connection, StreamMismatch, connect
+from ._registry import NodeRegistry, cluster_status
 
 __all__ = ["LeaseKeeper", "cluster_view", "lease_key", "serve_node"]
 
@@ -75,12 +77,28 @@ def cluster_view(config: Config) -> Config:
 
 
 class LeaseKeeper:
-    """Renews the node's shard leases; fails (every time it is restarted) once one is lost."""
+    """Renews the node's shard leases; fails (every time it is restarted) once one is lost.
+    ``heartbeat`` (the node's entry for ``/v1/cluster``) is written at start and with each
+    renewal round."""
 
-    def __init__(self, leases: Leases, held: dict[int, Lease]) -> None:
+    def __init__(
+        self,
+        leases: Leases,
+        held: dict[int, Lease],
+        heartbeat: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.leases = leases
         self.held = held
+        self.heartbeat = heartbeat
         self.lost: str | None = None
+
+    async def _beat(self) -> None:
+        if self.heartbeat is None:
+            return
+        try:
+            await self.heartbeat()
+        except ClusterUnavailable as error:
+            log.warning("cluster.node.heartbeat_failed", error=str(error))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.lost is not None:
@@ -88,6 +106,7 @@ class LeaseKeeper:
         task_status.started()
         period = self.leases.ttl / 3
         while True:
+            await self._beat()
             await trio.sleep(period)  # renewal period: a timer, not a wait for a condition
             for shard, lease in list(self.held.items()):
                 try:
@@ -155,11 +174,12 @@ async def serve_node(config: Config) -> None:
             try:
                 connection = await connect(bridge, list(cluster.nats), name=cluster.node)
                 provisioned = await provision(connection, cluster)
+                registry = await NodeRegistry.open(connection, ttl=cluster.lease_ttl.seconds)
                 held = await _claim(provisioned.leases, range(view.partitions.shards), cluster.node)
             except (ClusterUnavailable, StreamMismatch) as error:
                 raise StartupFailed(f"cluster.nats {list(cluster.nats)}: {error}") from None
             try:
-                await _run(view, connection, provisioned.leases, held)
+                await _run(view, connection, provisioned.leases, held, registry)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     for lease in held.values():
@@ -170,11 +190,16 @@ async def serve_node(config: Config) -> None:
 
 
 async def _run(
-    config: Config, connection: Connection, leases: Leases, held: dict[int, Lease]
+    config: Config,
+    connection: Connection,
+    leases: Leases,
+    held: dict[int, Lease],
+    registry: NodeRegistry,
 ) -> None:
     cluster = config.cluster
     assert cluster is not None
     cells: dict[int, Cell] = {}
+    appliers: dict[int, ShardApplier] = {}
     shard_trees: list[sv.Supervisor] = []
     for shard in sorted(held):
         files = shard_files(config, shard)
@@ -186,7 +211,7 @@ async def _run(
             name=f"shard-{shard:03d}",
             cells=max(1, len(held)),
         )
-        applier = ShardApplier(connection, cell, shard, config.partitions)
+        applier = appliers[shard] = ShardApplier(connection, cell, shard, config.partitions)
         shard_trees.append(_shard_tree(cell, applier))
         cells[shard] = cell
     gateway = f"{cluster.node}-{os.getpid()}-{time.time_ns() // 1_000_000}"
@@ -202,7 +227,16 @@ async def _run(
     )
     ingest = IngestServer(config, submitter)
     api = GatewayApi(config, links, ingest)
-    keeper = LeaseKeeper(leases, held)
+    node = cluster.node
+
+    async def heartbeat() -> None:
+        await registry.heartbeat(node, {shard: (a.applied, a.lag) for shard, a in appliers.items()})
+
+    async def status() -> dict[str, object]:
+        return await cluster_status(node, registry, leases, config.partitions)
+
+    api.app = ClusterRoute(api.app, config.api, status)
+    keeper = LeaseKeeper(leases, held, heartbeat)
     specs = [
         sv.task_spec("links", links.run),
         sv.task_spec("leases", keeper.run),

@@ -8,22 +8,39 @@ import json
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
 from meterd.config import Config, load
+from meterd.partitions import shard_of
 from tests.cluster.servers import NatsCluster
 from tests.partitions.gateway_harness import Lane, gateway, now_ms, write_gateway_config
 
 ACCOUNTS = ["acme", "globex", "initech", "umbrella"]
 
 
-def node_config(where: Path, nats: NatsCluster, node: str = "n1") -> Config:
+def node_config(
+    where: Path, nats: NatsCluster, node: str = "n1", *, lease_ttl: str = "10s"
+) -> Config:
     config = write_gateway_config(where, owners=0, count=16, shard_size=4, slice_timeout="10s")
     with config.path.open("a") as file:
-        file.write(f'\n[cluster]\nnode = "{node}"\nnats = {json.dumps(nats.urls)}\n')
+        file.write(
+            f'\n[cluster]\nnode = "{node}"\nnats = {json.dumps(nats.urls)}\n'
+            f'lease_ttl = "{lease_ttl}"\n'
+        )
     return load(config.path)
+
+
+async def cluster_doc(config: Config) -> dict[str, Any]:
+    token = {"Authorization": f"Bearer {config.api.admin_token}"}
+    async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
+        assert (await client.get("/v1/cluster")).status_code == 401
+        answer = await client.get("/v1/cluster", headers=token)
+        assert answer.status_code == 200, answer.text
+        document: dict[str, Any] = answer.json()
+        return document
 
 
 async def totals(config: Config, accounts: list[str]) -> dict[str, Decimal]:
@@ -85,8 +102,8 @@ async def test_two_nodes_on_one_nats_cluster(tmp_path: Path, nats3: NatsCluster)
     """Two nodes: the first takes every shard's lease; the second holds none (every lease is
     held) and is a gateway only. Producers on both are acked, each event counted once by the
     owner on the first node, whatever node it came through."""
-    one = node_config(tmp_path / "n1", nats3, "n1")
-    two = node_config(tmp_path / "n2", nats3, "n2")
+    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl="3s")
+    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl="3s")
     with trio.fail_after(120):
         async with gateway(one, meterd_run=True) as first:
             _, started = await first.wait_for(first.event("meterd_started"))
@@ -113,3 +130,35 @@ async def test_two_nodes_on_one_nats_cluster(tmp_path: Path, nats3: NatsCluster)
                 for account, total in lanes[1].expected().items():
                     expected[account] = expected.get(account, Decimal(0)) + total
                 assert await totals(one, ACCOUNTS) == expected
+                # GET /v1/cluster (§5), on either node: both nodes live, every partition
+                # owned by n1 at its lease's revision, applied up to the log (lag 0 once
+                # n1's next heartbeat reports it).
+                for config in (one, two):
+                    doc = await cluster_doc(config)
+                    assert config.cluster is not None
+                    assert doc["node"] == config.cluster.node
+                    assert doc["nodes"] == [
+                        {"name": "n1", "status": "live", "partitions": 16},
+                        {"name": "n2", "status": "live", "partitions": 0},
+                    ]
+                    assert [row["partition"] for row in doc["partitions"]] == list(range(16))
+                    assert {row["owner"] for row in doc["partitions"]} == {"n1"}
+                    assert all(row["epoch"] > 0 for row in doc["partitions"])
+                used = {shard_of(account, one.partitions) for account in ACCOUNTS}
+                caught_up: list[dict[str, Any]] = []
+
+                async def applied_everywhere() -> bool:
+                    rows = (await cluster_doc(two))["partitions"]
+                    caught_up[:] = rows
+                    return all(
+                        row["lag"] == 0
+                        and (row["applied_seq"] > 0) == (row["partition"] // 4 in used)
+                        for row in rows
+                    )
+
+                for _ in range(100):  # 20 s at most
+                    if await applied_everywhere():
+                        break
+                    await trio.sleep(0.2)  # the next heartbeat (every lease_ttl / 3)
+                else:
+                    raise AssertionError(f"not applied everywhere within 20 s: {caught_up}")
