@@ -106,6 +106,11 @@ class JetStreamLinks:
         if key in self._waiting:
             done(self._unavailable(message.shard, "the same slice is already in flight"))
             return
+        if message.batch.gateway != self.gateway:  # its verdict would go to another subject
+            raise ValueError(
+                f"a slice of gateway {message.batch.gateway!r} sent through the links of"
+                f" gateway {self.gateway!r}: give the submitter and the links one name"
+            )
         arrived = trio.Event()
         self._waiting[key] = (done, arrived)
         self._nursery.start_soon(self._publish, key, message, arrived)

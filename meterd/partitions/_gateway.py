@@ -51,8 +51,7 @@ BatchDone = Callable[["list[AppendResult] | Decided | BaseException"], None]
 
 
 class SliceSink(Protocol):
-    def send(self, message: Slice, done: Callable[[Verdicts | OwnerUnavailable], None]) -> None:
-        ...
+    def send(self, message: Slice, done: Callable[[Verdicts | OwnerUnavailable], None]) -> None: ...
 
 
 class SliceRoutes(Protocol):
