@@ -61,6 +61,7 @@ __all__ = ["ShardApplier", "applied_position"]
 log = structlog.get_logger("meterd.cluster.applier")
 
 FETCH_BATCH: Final = 256
+DRAIN_TIMEOUT: Final = 30.0  # seconds a restarted applier waits for its predecessor's slices
 _NO_PROPERTIES: Final[tuple[tuple[str, str], ...]] = ()
 
 
@@ -125,6 +126,11 @@ class ShardApplier:
         connection = self.connection
         if connection is None:
             raise ValueError(f"the applier of shard {self.shard} has no NATS connection")
+        # A previous incarnation (restarted by the supervisor) may have slices still in the
+        # writer: their outcome first, then the stored position (if they never answer, the
+        # position check still keeps a slice from being applied twice).
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            await self.wait_drained()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_verdicts, connection)
             first = True
@@ -296,7 +302,7 @@ class ShardApplier:
     async def _publish_verdicts(self, connection: Connection) -> None:
         async for subject, data in self.verdicts:
             try:
-                await connection.send(subject, data)
+                await connection.send(subject, data, flush=False)
             except ClusterUnavailable as error:  # the gateway times the slice out
                 log.warning(
                     "cluster.applier.verdict_lost",

@@ -68,7 +68,7 @@ dimensions = ["app"]
     return load(path)
 
 
-def make_cell(config: Config, shard: int) -> Cell:
+def make_cell(config: Config, shard: int, *, attach: bool = True) -> Cell:
     files = shard_files(config, shard)
     files.store.parent.mkdir(parents=True, exist_ok=True)
     cell = Cell(
@@ -78,7 +78,8 @@ def make_cell(config: Config, shard: int) -> Cell:
         deliveries_path=files.deliveries,
         name=f"shard-{shard:03d}",
     )
-    cell.attach(cell.supervisor)
+    if attach:
+        cell.attach(cell.supervisor)
     return cell
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+import supervisors as sv
 from meterd.cluster import (
     LEASES,
     STREAM,
@@ -32,6 +33,7 @@ from tests.cluster.cells import (
     accounts_in,
     ev,
     journal,
+    make_cell,
     position,
     rows,
     running_cell,
@@ -187,7 +189,10 @@ async def test_kill_9_mid_stream_then_replay_counts_each_event_once(
                 resends += 1
             piece = a_slice(n, SHARD, events)
             ack = await conn.publish(
-                log_subject(SHARD), encode(piece), msg_id=slice_msg_id(piece.batch, SHARD)
+                log_subject(SHARD),
+                encode(piece),
+                msg_id=slice_msg_id(piece.batch, SHARD),
+                timeout=30,  # a loaded machine's fsync can take seconds
             )
             last_seq = ack.seq
 
@@ -213,3 +218,64 @@ async def test_kill_9_mid_stream_then_replay_counts_each_event_once(
     # rows nobody sent (dedupe would hide it from the totals, not from the audit trail).
     assert rows(store, "SELECT count(*) FROM audit WHERE kind = 'duplicate'") == [(resends,)]
     assert position(store, log_name(SHARD)) == last_seq
+
+
+async def test_an_applier_killed_by_its_supervisor_goes_on_exactly_once(
+    tmp_path: Path, nats1: NatsCluster, bridge: AsyncioBridge
+) -> None:
+    """The node's shard tree (writer, accounts, deliveries, applier under rest_for_one): the
+    applier child killed three times while slices keep coming restarts from the store's
+    position each time; every event once, no duplicate audit row."""
+    config = write_config(tmp_path)
+    conn = await connect(bridge, nats1.urls, name="t")
+    await provision(conn, cluster_config(nats1))
+    expected: dict[tuple[str, str], int] = {}
+    last = 0
+    killed = trio.Event()
+
+    async def publish() -> None:
+        nonlocal last
+        n, after = 0, 30
+        while after:
+            n += 1
+            after -= killed.is_set()
+            assert n < 20_000, "the kills never happened"
+            events = [ev(j, f"k{n}-{j}", (A, B)[j % 2], n) for j in range(3)]
+            expected.update({(e.account, e.id): int(e.quantity) for e in events})
+            piece = a_slice(n, SHARD, events)
+            ack = await conn.publish(
+                log_subject(SHARD),
+                encode(piece),
+                msg_id=slice_msg_id(piece.batch, SHARD),
+                timeout=30,  # a loaded machine's fsync can take seconds
+            )
+            last = ack.seq
+
+    cell = make_cell(config, SHARD, attach=False)
+    applier = ShardApplier(conn, cell, SHARD, LAYOUT, fetch_timeout=0.2)
+    tree = sv.Supervisor(
+        [*cell.child_specs(), sv.task_spec("applier", applier.run)],
+        strategy=sv.Strategy.REST_FOR_ONE,
+        name=cell.name,
+    )
+    cell.attach(tree)
+    await cell.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tree.run)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as publishing:
+                    publishing.start_soon(publish)
+                    for _ in range(3):  # mid-stream: the log grows meanwhile
+                        await applier.wait_applied(applier.applied + 10)
+                        await tree.kill_child("applier")
+                    killed.set()
+                await applier.wait_applied(last)
+            tree.stop()
+            await tree.wait_stopped()
+    finally:
+        await cell.aclose()
+    store = cell.store_path
+    assert position(store, log_name(SHARD)) == last
+    assert journal(store) == expected
+    assert rows(store, "SELECT count(*) FROM audit") == [(0,)]
