@@ -458,9 +458,7 @@ async def _slow(
     live: list[Node] = []
     async for node in nodes(root):
         total += 1
-        if query.status != "hibernated" and _keep(
-            node, search, query.status, quarantined, meters
-        ):
+        if query.status != "hibernated" and _keep(node, search, query.status, quarantined, meters):
             live.append(node)
     end = query.offset + query.limit
     descending = query.order == "desc"
