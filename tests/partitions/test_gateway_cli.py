@@ -208,35 +208,44 @@ def test_live_usage_is_served_across_owners(
     host, port = listen.connect_host, listen.port
     token = account_token(SECRET, name)
     seen: list[dict[str, Any]] = []
+    phase = ["connecting"]  # where it was, should it not finish (the failure says)
 
     async def watch() -> None:
         path = f"/v1/accounts/{name}/usage/live"
         bearer = [(b"Authorization", f"Bearer {token}".encode())]
-        with trio.fail_after(30):
-            async with open_websocket(
-                host, int(port), path, use_ssl=False, extra_headers=bearer
-            ) as ws:
+        async with open_websocket(host, int(port), path, use_ssl=False, extra_headers=bearer) as ws:
+            phase.append("first message")
+            seen.append(json.loads(await ws.get_message()))
+            phase.append("sending an event")
+            more: list[Mapping[str, Any]] = [event(f"{name}-live", name, T0 + 90_000, 5)]
+            await trio.to_thread.run_sync(op.produce, tmp_path, more)
+            phase.append("waiting for the new value")
+            while True:  # the next message is the new value (within LIVE_INTERVAL or so)
                 seen.append(json.loads(await ws.get_message()))
-                more: list[Mapping[str, Any]] = [event(f"{name}-live", name, T0 + 90_000, 5)]
-                await trio.to_thread.run_sync(op.produce, tmp_path, more)
-                while True:  # the next message is the new value (within LIVE_INTERVAL or so)
-                    seen.append(json.loads(await ws.get_message()))
-                    if seen[-1]["meters"]["dyno.seconds"] != seen[0]["meters"]["dyno.seconds"]:
-                        break
-            other = f"/v1/accounts/{accounts[1][0]}/usage/live"
-            async with open_websocket(host, int(port), other, use_ssl=False) as ws:
-                await ws.send_message(json.dumps({"type": "auth", "token": token}))
-                refused = json.loads(await ws.get_message())
-            assert refused["code"] == "unauthorized"
-            nobody = "/v1/accounts/nobody-at-all/usage/live"
-            admin = [(b"Authorization", f"Bearer {op.daemon.config.api.admin_token}".encode())]
-            async with open_websocket(
-                host, int(port), nobody, use_ssl=False, extra_headers=admin
-            ) as ws:
-                empty = json.loads(await ws.get_message())
-            assert set(empty["meters"].values()) == {None}
+                if seen[-1]["meters"]["dyno.seconds"] != seen[0]["meters"]["dyno.seconds"]:
+                    break
+        phase.append("another account's token")
+        other = f"/v1/accounts/{accounts[1][0]}/usage/live"
+        async with open_websocket(host, int(port), other, use_ssl=False) as ws:
+            await ws.send_message(json.dumps({"type": "auth", "token": token}))
+            refused = json.loads(await ws.get_message())
+        assert refused["code"] == "unauthorized"
+        phase.append("an unknown account")
+        nobody = "/v1/accounts/nobody-at-all/usage/live"
+        admin = [(b"Authorization", f"Bearer {op.daemon.config.api.admin_token}".encode())]
+        async with open_websocket(
+            host, int(port), nobody, use_ssl=False, extra_headers=admin
+        ) as ws:
+            empty = json.loads(await ws.get_message())
+        assert set(empty["meters"].values()) == {None}
+        phase.append("done")
 
-    trio.run(watch)
+    async def bounded() -> None:
+        with trio.move_on_after(60):  # only reached if something hangs
+            await watch()
+
+    trio.run(bounded)
+    assert phase[-1] == "done", (phase, seen, op.daemon.lines[-20:])
     assert seen[0]["type"] == "usage"
     assert seen[0]["account"] == name
     assert seen[0]["meters"]["dyno.seconds"] == "30"
