@@ -393,7 +393,7 @@ async function actorPage(root, { parts }) {
     extra.append(quarantine.el);
     await quarantine.load();
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
-      h("h2", {}, "Events of the last 24 hours (the first 50, in arrival order)"),
+      h("h2", {}, "Recent events (the last 50 received in 24 hours, newest first)"),
       h("div", { id: "actor-events" }),
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
@@ -401,7 +401,7 @@ async function actorPage(root, { parts }) {
     await usageTables(extra.querySelector("#actor-usage"), first.account,
       now - 86400000, now + 60000, "hour");
     const events = await api(`/v1/accounts/${encodeURIComponent(first.account)}/events${query({
-      from: now - 86400000, limit: 50 })}`);
+      from: now - 86400000, limit: 50, order: "desc" })}`);
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
   return { onTick: async () => { await load(); if (quarantine) await quarantine.load(); } };

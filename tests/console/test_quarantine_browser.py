@@ -82,6 +82,11 @@ def test_release_and_discard_from_the_actor_page(browser: Any, daemon: DaemonPro
         page.reload()
         page.locator("#actor-events tr[data-event='junk']", has_text="discarded").wait_for()
         assert page.locator("#actor-events tr[data-event='poison']").count() == 1
+        # Newest first: poison's release batch, then the first batch backwards.
+        shown = page.locator("#actor-events tr[data-event]").evaluate_all(
+            "rows => rows.map(row => row.dataset.event)"
+        )
+        assert shown == ["poison", "junk", "fine"]
     finally:
         context.close()
         api.close()
