@@ -149,6 +149,13 @@ class IngestSnapshot(Open):
     producers: list[ProducerRow]
     store_commits: Count
     store_pending: Count
+    commit_latency_bounds: Annotated[
+        list[float], Meta(description="Seconds, upper bounds of the commit-latency buckets.")
+    ]
+    commit_latency_counts: Annotated[
+        list[Count],
+        Meta(description="Store group commits per bucket since start; the last is +Inf."),
+    ]
     checkpoint_count: Count
     checkpoint_seconds: float
     live_actors: Count
@@ -667,6 +674,8 @@ def ingest_snapshot(daemon: Daemon) -> IngestSnapshot:
         producers=producers,
         store_commits=writer.stats.commits,
         store_pending=writer.pending,
+        commit_latency_bounds=list(daemon.metrics.commit_latency.bounds),
+        commit_latency_counts=list(daemon.metrics.commit_latency.counts),
         checkpoint_count=int(checkpoint_count),
         checkpoint_seconds=checkpoint_sum,
         live_actors=len(daemon.accounts.supervisor),

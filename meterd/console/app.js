@@ -547,12 +547,17 @@ function quantile(counts, bounds, q) {
   return null;
 }
 
-function latencies(q) {
+// Quantile q (ms, a bucket's upper bound) of each second's observations of a histogram
+// kept as counts per bucket since start (ack latency, store commit latency).
+function latencies(q, name = "ack_latency") {
   const s = state.snapshots;
   const points = [];
   for (let i = 1; i < s.length; i += 1) {
-    const counts = s[i].ack_latency_counts.map((c, j) => c - s[i - 1].ack_latency_counts[j]);
-    const value = quantile(counts, s[i].ack_latency_bounds, q);
+    const now = s[i][`${name}_counts`];
+    const before = s[i - 1][`${name}_counts`];
+    if (!now || !before || now.length !== before.length) continue;
+    const counts = now.map((c, j) => c - before[j]);
+    const value = quantile(counts, s[i][`${name}_bounds`], q);
     if (value !== null && Number.isFinite(value)) points.push([s[i].at, value]);
   }
   return points;
@@ -627,6 +632,10 @@ async function ingestPage(root) {
         { name: "commits/s", points: rates((s) => s.store_commits) },
         { name: "pending ops", points: state.snapshots.map((s) => [s.at, s.store_pending]) },
       ], "", "chart-store"),
+      chart("Store commit latency (bucket upper bound)", [
+        { name: "p50", points: latencies(0.5, "commit_latency") },
+        { name: "p99", points: latencies(0.99, "commit_latency") },
+      ], "ms", "chart-commit-latency"),
       chart("Checkpoint latency (mean)", [{ name: "ms", points: (() => {
         const s = state.snapshots;
         const out = [];

@@ -8,7 +8,9 @@ import re
 from typing import Any
 
 import httpx
+import trio
 
+from meterd.client import Producer
 from tests.console.conftest import ACCOUNTS, HOUR, account_name
 from tests.procs.daemon import DaemonProcess
 
@@ -103,3 +105,45 @@ def time_day(ms: int) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def test_the_ingest_page_charts_store_commit_latency(
+    page: Any, console_daemon: DaemonProcess
+) -> None:
+    """Events sent while the ingest page is open: the store-commit-latency chart draws its
+    p50 and p99 from the commits between two ticks."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(f"{console_daemon.api_url}/#/ingest")
+    page.wait_for_selector("#chart-commit-latency")
+    drawn = "#chart-commit-latency polyline"
+    for round_ in range(60):  # a batch, then up to a tick and a half for the chart
+        send_batch(console_daemon, f"latency-{round_}")
+        try:
+            page.wait_for_selector(drawn, timeout=1_500)
+            break
+        except PlaywrightTimeout:
+            continue
+    assert page.locator(drawn).count() == 2  # p50 and p99
+    legend = page.locator("#chart-commit-latency .legend").inner_text()
+    assert re.search(r"p50: [0-9.]+", legend), legend
+    assert re.search(r"p99: [0-9.]+", legend), legend
+
+
+def send_batch(daemon: DaemonProcess, prefix: str) -> None:
+    async def send() -> None:
+        async with Producer(daemon.ingest_url, daemon.token("platform")) as producer:
+            for index in range(5):
+                await producer.send(
+                    {
+                        "id": f"{prefix}-{index}",
+                        "account": account_name(index),
+                        "meter": "dyno.seconds",
+                        "quantity": "1",
+                        "time": HOUR,
+                        "properties": {"size": "standard-1x", "app": "web"},
+                    }
+                )
+            await producer.flush()
+
+    trio.run(send)
