@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -64,6 +64,14 @@ COMMIT_BUCKETS: Final = (
 a few hundred microseconds on an idle disk; +Inf beyond)."""
 
 
+@dataclass(slots=True)
+class QuarantineCounts:
+    """Quarantined events settled by operators since start (the routes add to them)."""
+
+    released: int = 0
+    discarded: int = 0
+
+
 def commit_histogram() -> LatencyHistogram:
     return LatencyHistogram(COMMIT_BUCKETS, [0] * (len(COMMIT_BUCKETS) + 1))
 
@@ -94,14 +102,17 @@ class DaemonCollector(Collector):
         store: Store | None,
         ingest: IngestServer,
         commit_latency: LatencyHistogram | None = None,
+        quarantine: QuarantineCounts | None = None,
     ) -> None:
         """``accounts`` and ``store`` are None in a gateway (their series come from the
-        owners' cells); ``commit_latency``: the store's commits (fed by its writer)."""
+        owners' cells); ``commit_latency``: the store's commits (fed by its writer);
+        ``quarantine``: the operators' decisions (counted by the quarantine routes)."""
         self.root = root
         self.accounts = accounts
         self.store = store
         self.ingest = ingest
         self.commit_latency = commit_histogram() if commit_latency is None else commit_latency
+        self.decisions = QuarantineCounts() if quarantine is None else quarantine
         self.quarantined = 0  # refreshed from the store by the handler before each scrape
 
     def collect(self) -> Iterator[Metric]:
@@ -238,6 +249,16 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
         )
+        yield CounterMetricFamily(
+            "meterd_quarantine_released",
+            "Quarantined events released (re-applied) by an operator (API, CLI, console).",
+            value=self.decisions.released,
+        )
+        yield CounterMetricFamily(
+            "meterd_quarantine_discarded",
+            "Quarantined events discarded for good by an operator (API, CLI, console).",
+            value=self.decisions.discarded,
+        )
         waiting = GaugeMetricFamily(
             "meterd_store_reads_waiting",
             "Store reads waiting for a reader thread, by lane (recovery: actors waking;"
@@ -297,16 +318,8 @@ class Metrics:
         self._gc_pauses = [gc_pause_seconds.labels(str(generation)) for generation in (0, 1, 2)]
         # Store commit latency: plain counts (the console charts their differences too).
         self.commit_latency = commit_histogram()
-        self.quarantine_released = Counter(
-            "meterd_quarantine_released",
-            "Quarantined events released (re-applied) by an operator (API, CLI, console).",
-            registry=self.registry,
-        )
-        self.quarantine_discarded = Counter(
-            "meterd_quarantine_discarded",
-            "Quarantined events discarded for good by an operator (API, CLI, console).",
-            registry=self.registry,
-        )
+        # Quarantined events settled by operators (the quarantine routes add to them).
+        self.quarantine = QuarantineCounts()
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds, ... (Linux /proc)
         ProcessCollector(registry=self.registry)
         self.collector: DaemonCollector | None = None
@@ -320,7 +333,9 @@ class Metrics:
     ) -> None:
         """Start reading this daemon's counters (and observing its checkpoints); a gateway
         has no ``accounts`` nor ``store`` of its own."""
-        self.collector = DaemonCollector(root, accounts, store, ingest, self.commit_latency)
+        self.collector = DaemonCollector(
+            root, accounts, store, ingest, self.commit_latency, self.quarantine
+        )
         self.registry.register(self.collector)
         if store is not None:
             store.writer.on_checkpoint = self.checkpoint_seconds.observe

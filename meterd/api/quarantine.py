@@ -54,7 +54,7 @@ async def release(daemon: Daemon, path: AccountPath, body: ReleaseBody) -> Respo
         decision = await daemon.accounts.release(path.account, ids, body.by, body.reason)
     except QuarantineRefused as refused:
         raise _refusal(refused) from None
-    daemon.metrics.quarantine_released.inc(len(decision.settled))
+    daemon.metrics.quarantine.released += len(decision.settled)
     return json_answer(_answer(decision, body.by, body.reason))
 
 
@@ -73,7 +73,7 @@ async def discard(daemon: Daemon, path: AccountPath, body: DiscardBody) -> Respo
         decision = await daemon.accounts.discard(path.account, body.ids, body.by, body.reason)
     except QuarantineRefused as refused:
         raise _refusal(refused) from None
-    daemon.metrics.quarantine_discarded.inc(len(decision.settled))
+    daemon.metrics.quarantine.discarded += len(decision.settled)
     return json_answer(_answer(decision, body.by, body.reason))
 
 
