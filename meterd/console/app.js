@@ -761,23 +761,76 @@ async function invoicePage(root, { parts }) {
     try {
       const e = await api(`/v1/accounts/${encodeURIComponent(account)}/invoices/${period}`
         + `/lines/${number}/explanation?limit=20`);
+      // Events in time order (the API pages them in journal order).
+      const events = e.events.slice().sort((a, b) => a.time - b.time || (a.id < b.id ? -1 : 1));
       put(explanation, h("h2", {}, `Line ${number} explained`),
         h("p", {}, `${e.meter} ${Object.entries(e.filter).map(([k, v]) => `${k}=${v}`).join(" ")}`
-          + ` from ${fmtTime(e.start)} to ${fmtTime(e.end)}: ${e.value}`),
+          + ` from ${fmtTime(e.start)} to ${fmtTime(e.end)} (UTC, end excluded)`),
+        h("ul", { id: "explanation-words" }, figureInWords(e).map((t) => h("li", {}, t))),
         e.notes.length ? h("ul", {}, e.notes.map((n) => h("li", {}, n))) : null,
         e.adjustments.length ? h("div", {}, h("h2", {}, "Adjustments"), h("ul", {},
-          e.adjustments.map((a) => h("li", {}, `#${a.id} ${a.kind} ${a.quantity} on `
+          e.adjustments.map((a) => h("li", {}, `#${a.id} ${a.kind} ${a.quantity} ${e.unit} on `
             + `${fmtTime(a.start)} by ${a.by}: ${a.reason}`)))) : null,
-        h("h2", {}, "Events (first 20)"),
-        h("table", {}, h("thead", {}, h("tr", {}, ["id", "time", "quantity", "status"].map((c) =>
-          h("th", {}, c)))), h("tbody", {}, e.events.map((ev) => h("tr", {}, h("td", {}, ev.id),
-          h("td", {}, fmtTime(ev.time)), h("td", { class: "num" }, ev.quantity),
-          h("td", {}, ev.status))))));
+        e.voids.length ? h("div", {}, h("h2", {}, "Voids"), h("ul", {},
+          e.voids.map((v) => h("li", {}, `#${v.id} event ${v.event_id} (${v.quantity} ${e.unit}`
+            + ` at ${fmtTime(v.time)}) by ${v.by}: ${v.reason}`)))) : null,
+        h("h2", {}, `Events (${events.length} of the first page, in time order)`),
+        h("table", {}, h("thead", {}, h("tr", {}, ["time", "id", "quantity", "status"].map((c) =>
+          h("th", {}, c)))), h("tbody", {}, events.map((ev) => h("tr", {},
+          h("td", {}, fmtTime(ev.time)), h("td", {}, ev.id),
+          h("td", { class: "num" }, `${ev.quantity} ${e.unit}`), h("td", {}, ev.status))))),
+        e.next_cursor ? h("p", { class: "note" }, "More events: meterd explain "
+          + `${account} --period ${period} --line ${number} --limit 1000`) : null);
     } catch (error) {
       showError(explanation, error);
     }
   }
   await load();
+}
+
+// A line's figure in words, as `meterd explain` says it: usage, corrections, the cap's
+// arithmetic, the price and its rule by name, and the event that set a max/min/latest.
+const DECIDED = { max: "The peak was set by", min: "The low was set by",
+  latest: "The value is that of the latest event," };
+
+function capWords(cap, unit) {
+  let limit = cap.daily !== null && cap.daily !== undefined
+    ? `at most ${cap.daily} ${unit} a day x ${cap.days} days = ${cap.cap} ${unit}`
+    : `at most ${cap.cap} ${unit} a month`;
+  if (cap.used_before && cap.used_before !== "0") {
+    limit += `, of which ${cap.used_before} were billed on this line's earlier dates`;
+  }
+  return limit;
+}
+
+function figureInWords(e) {
+  const unit = e.unit || e.meter;
+  const line = e.line;
+  const out = [];
+  if (!line) {
+    out.push(`${e.value} ${unit}.`);
+  } else {
+    out.push(`Usage ${line.usage} ${unit}` + (line.adjusted !== "0"
+      ? `, corrections ${line.adjusted} (adjustments below).` : "."));
+    if (line.capped) {
+      out.push(`Billed ${line.quantity} ${unit}: capped` + (e.cap ? `, ${capWords(e.cap, unit)}.`
+        : "."));
+    } else {
+      const net = addDecimal(line.usage, line.adjusted);
+      const rounded = compareDecimal(net, line.quantity) !== 0 ? " (rounded by the price rule)"
+        : "";
+      out.push(`Billed ${line.quantity} ${unit}${rounded}.`);
+      if (e.cap) out.push(`(Under its cap: ${capWords(e.cap, unit)}.)`);
+    }
+    out.push(`${line.quantity} x ${line.unit_price} per unit = ${line.amount} ${e.currency},`
+      + ` priced by "${line.rule}".`);
+  }
+  const decided = e.decided_by;
+  if (decided) {
+    out.push(`${DECIDED[e.aggregation] || "Set by"} event ${decided.id}: ${decided.quantity}`
+      + ` ${unit} at ${fmtTime(decided.time)}.`);
+  }
+  return out;
 }
 
 // Corrections: dates in the form, epoch milliseconds to the API (as it takes today).
