@@ -376,6 +376,11 @@ async function actorPage(root, { parts }) {
       ["events/s", s.rate], ["events applied", s.events_applied],
       ["memory (estimate)", fmtBytes(s.memory)], ["windows held", s.windows],
       ["watermark", s.watermark ?? "—"], ["quarantined events", s.quarantined]];
+    for (const id of ["actor-restart", "actor-kill"]) {  // an asleep account has no actor
+      const button = document.getElementById(id);
+      button.disabled = s.status === "hibernated";
+      button.title = button.disabled ? "asleep (hibernated): it wakes on its next event" : "";
+    }
     facts.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k),
       h("dd", { "data-fact": k, class: k === "status" ? `status-${v}` : undefined }, v)]));
     history.replaceChildren(h("thead", {}, h("tr", {},
