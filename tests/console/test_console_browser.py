@@ -206,3 +206,50 @@ def send_events(daemon: DaemonProcess, events: list[dict[str, Any]]) -> None:
             await producer.flush()
 
     trio.run(send)
+
+
+def test_a_void_and_a_month_closed_from_the_forms(
+    browser: Any, console_daemon: DaemonProcess
+) -> None:
+    """The void and close forms (each confirmed first) write what they say; meanwhile every
+    request the page makes goes to the daemon, none with the token in its URL, and the token
+    is kept in the tab's sessionStorage."""
+    token = console_daemon.config.api.admin_token
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    requested: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(console_daemon.api_url + "/")
+        page.fill("#token", token)
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#tree-table tbody tr")
+        account = account_name(9)
+        month = time_day(HOUR)[:7]
+        page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
+        page.fill("#void-event", "seed-9")
+        page.fill("#void-by", "console-test")
+        page.fill("#void-reason", "sent by mistake")
+        page.click("#void-submit")
+        asked = page.locator("#confirm-text").inner_text()
+        assert f"Void event seed-9 of account {account}?" in asked
+        page.click("#confirm-ok")
+        page.locator("#corrections-result", has_text="Void #").wait_for()
+        page.fill("#close-period", "2020-01")  # long past: closing it changes no figure
+        page.fill("#close-by", "console-test")
+        page.click("#close-submit")
+        assert "Close 2020-01 for every account?" in page.locator("#confirm-text").inner_text()
+        page.click("#confirm-ok")
+        page.locator("#corrections-result", has_text="2020-01 closed by console-test").wait_for()
+        assert page.evaluate("sessionStorage.getItem('meterd.token')") == token
+    finally:
+        context.close()
+    headers = {"Authorization": f"Bearer {token}"}
+    invoice = httpx.get(
+        f"{console_daemon.api_url}/v1/accounts/{account}/invoices/{month}", headers=headers
+    ).json()
+    assert [line["quantity"] for line in invoice["lines"]] == []  # its one event, voided
+    assert requested
+    assert all(url.startswith(console_daemon.api_url + "/") for url in requested), requested
+    assert not any(token in url for url in requested)
