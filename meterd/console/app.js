@@ -403,8 +403,9 @@ async function actorPage(root, { parts }) {
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
     const now = Date.now();
+    // The API aligns `to` down to the window: an hour past now keeps the current hour.
     await usageTables(extra.querySelector("#actor-usage"), first.account,
-      now - 86400000, now + 60000, "hour");
+      now - 86400000, now + 3600000, "hour");
     const events = await api(`/v1/accounts/${encodeURIComponent(first.account)}/events${query({
       from: now - 86400000, limit: 50, order: "desc" })}`);
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));

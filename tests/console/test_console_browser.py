@@ -144,6 +144,11 @@ def test_getting_started_ends_with_an_explained_charge_in_the_console(
     assert "Usage 3600 dyno-seconds." in said
     assert "3600 x 0.0000104 per unit = 0.04 USD, priced by \"dynos, standard rate\"." in said
     assert page.locator("#explanation tr", has_text="first-1").count() == 1
+    # Its actor page: the usage of the last 24 hours has this hour's event.
+    page.goto(f"{console_daemon.api_url}/#/actor/acme")
+    total = page.locator("#actor-usage tr.total[data-meter='dyno.seconds'] td.num")
+    total.wait_for()
+    assert total.inner_text() == "3600"
 
 
 def time_day(ms: int) -> str:
