@@ -163,8 +163,7 @@ class DaemonCollector(Collector):
         )
         by_producer = CounterMetricFamily(
             "meterd_producer_events",
-            "Events in the acks sent to each producer, by outcome (accepted, duplicate,"
-            " rejected).",
+            "Events in the acks sent to each producer, by outcome (accepted, duplicate, rejected).",
             labels=["producer", "outcome"],
         )
         producer_batches = CounterMetricFamily(

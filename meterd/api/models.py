@@ -183,8 +183,10 @@ class NodesQuery(Model):
     status: (
         Annotated[
             Literal["running", "restarting", "stopped", "hibernated", "quarantined"],
-            Meta(description="Only nodes with this status (quarantined: accounts with events"
-            " in quarantine)."),
+            Meta(
+                description="Only nodes with this status (quarantined: accounts with events"
+                " in quarantine)."
+            ),
         ]
         | None
     ) = None
@@ -275,9 +277,7 @@ class SummaryQuery(Model, kw_only=True):
     from_: Annotated[Millis, Meta(description="Inclusive, Unix ms (aligned down).")] = (
         msgspec.field(name="from")
     )
-    to: Annotated[
-        Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")
-    ]
+    to: Annotated[Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")]
     window: Annotated[
         Literal["minute", "hour", "day", "month"],
         Meta(description="Granularity; month is the calendar month, UTC."),

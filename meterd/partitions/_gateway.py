@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -48,6 +48,20 @@ __all__ = ["GatewaySubmitter", "OwnerLinks"]
 _SHARD_CACHE: Final = 1_000_000  # accounts whose shard is kept (then the cache starts over)
 
 BatchDone = Callable[["list[AppendResult] | Decided | BaseException"], None]
+
+
+class SliceSink(Protocol):
+    def send(self, message: Slice, done: Callable[[Verdicts | OwnerUnavailable], None]) -> None: ...
+
+
+class SliceRoutes(Protocol):
+    """Where the submitter sends each shard's slice: :class:`OwnerLinks` (owner processes
+    on this host) or, in cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log)."""
+
+    @property
+    def partitions(self) -> PartitionsConfig: ...
+
+    def link_of_shard(self, shard: int) -> SliceSink: ...
 
 
 class OwnerLinks:
@@ -123,7 +137,7 @@ class GatewaySubmitter:
     def __init__(
         self,
         name: str,
-        links: OwnerLinks,
+        links: SliceRoutes,
         *,
         max_in_flight_events: int,
         clock: Callable[[], int],

@@ -42,6 +42,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,7 @@ from ._ops import (
     Discard,
     Housekeeping,
     IndexPass,
+    LogPosition,
     Operation,
     Probe,
     Quarantine,
@@ -571,6 +573,8 @@ class Writer:
         producer: str | None = None,
         seq: int | None = None,
         rejected: Sequence[RejectedEvent] = (),
+        position: LogPosition | None = None,
+        received_at: int | None = None,
     ) -> None:
         """Queue one producer batch, already grouped by account; never blocks.
 
@@ -588,8 +592,20 @@ class Writer:
         their ``audit`` rows (with ``producer`` and the producer's batch ``seq``) commit with
         the batch, as do those of its duplicates and conflicts. ``groups`` may be empty
         when only ``rejected`` is to be recorded.
+
+        Cluster mode (docs/cluster.md): ``position`` is the batch's place in its log,
+        written in the batch's transaction (:class:`LogPosition`), and ``received_at`` the
+        time the log recorded for it (default: the writer's clock), so that replaying the
+        log decides the same (the dedupe horizon is raised from it).
         """
-        self._enqueue(self._batch_append(groups, producer, seq, rejected), on_done)
+        op = self._batch_append(groups, producer, seq, rejected)
+        if position is not None or received_at is not None:
+            op = dataclasses.replace(
+                op,
+                position=position,
+                received_at=op.received_at if received_at is None else received_at,
+            )
+        self._enqueue(op, on_done)
 
     def _batch_append(
         self,
