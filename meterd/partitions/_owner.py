@@ -43,6 +43,8 @@ import os
 from collections import deque
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby, repeat
+from operator import attrgetter
 from typing import Any, Final
 
 import structlog
@@ -88,7 +90,13 @@ SHARD_CACHE: Final = 1 << 18
 hashes each account once, not once per slice); the memory is forgotten when full."""
 
 Post = Callable[[Message], None]
-_NO_PROPERTIES: Final[tuple[tuple[str, str], ...]] = ()
+_account_of: Final = attrgetter("account")
+_index_of: Final = attrgetter("index")
+_id_of: Final = attrgetter("id")
+_meter_of: Final = attrgetter("meter")
+_quantity_of: Final = attrgetter("quantity")
+_time_of: Final = attrgetter("time")
+_properties_of: Final = attrgetter("properties")
 
 
 @dataclass(slots=True)
@@ -304,24 +312,31 @@ class Owner:
         """The slice's events by account (each account once), with their indexes."""
         by_account: dict[str, tuple[list[int], list[Event]]] = {}
         producer, received_at = piece.producer, piece.received_at
-        for event in piece.events:
-            entry = by_account.get(event.account)
-            if entry is None:
-                entry = by_account[event.account] = ([], [])
-            properties = event.properties
-            entry[0].append(event.index)
-            entry[1].append(
-                new_event(
-                    event.id,
-                    event.account,
-                    event.meter,
-                    event.quantity,
-                    event.time,
-                    tuple(sorted(properties.items())) if properties else _NO_PROPERTIES,
-                    producer,
-                    received_at,
+        # A gateway sends each account's events together: one run per account, its
+        # Events built by map (no per-event dict lookups); an account seen again joins
+        # its first run.
+        for account, run in groupby(piece.events, _account_of):
+            events = list(run)
+            count = len(events)
+            built = list(
+                map(
+                    new_event,
+                    map(_id_of, events),
+                    repeat(account, count),
+                    map(_meter_of, events),
+                    map(_quantity_of, events),
+                    map(_time_of, events),
+                    map(_properties_of, events),
+                    repeat(producer, count),
+                    repeat(received_at, count),
                 )
             )
+            entry = by_account.get(account)
+            if entry is None:
+                by_account[account] = (list(map(_index_of, events)), built)
+            else:
+                entry[0].extend(map(_index_of, events))
+                entry[1].extend(built)
         partitions, known = self.config.partitions, self._shard_of
         for account in by_account:
             shard = known.get(account)

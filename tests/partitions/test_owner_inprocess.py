@@ -201,3 +201,22 @@ async def test_an_app_that_fails_before_answering_is_an_error() -> None:
 async def _ask(channel: Channel, message: Any) -> Any:
     await channel.send(message)
     return await channel.receive()
+
+
+async def test_an_account_in_two_runs_of_a_slice_keeps_each_events_index(tmp_path: Path) -> None:
+    # The owner builds one group per run of an account (a gateway sends an account's events
+    # together); an account seen again joins its first group, each index kept.
+    async with running(config_with(tmp_path)) as (_owner, channel):
+        first = a_slice(1, 0, [ev(0, "r1", A), ev(1, "r2", A)])
+        assert await _ask(channel, first) == Verdicts(first.batch, 0, 2, 0)
+        again = a_slice(
+            2,
+            0,
+            [ev(0, "r1", A), ev(1, "r3", B), ev(2, "r2", A, quantity=5), ev(3, "r4", A)],
+        )
+        answer = await _ask(channel, again)
+        assert isinstance(answer, Verdicts)
+        assert (answer.accepted, answer.duplicates) == (2, 1)  # r3, r4 new; r1 the same
+        assert [(r.index, r.id, r.code, r.account) for r in answer.id_conflicts] == [
+            (2, "r2", "id_conflict", A)
+        ]
