@@ -55,7 +55,7 @@ import supervisors as sv
 from meterd import __version__
 from meterd.config import Config
 from meterd.model import Event, new_event
-from meterd.store import AppendResult, RejectedEvent
+from meterd.store import AppendResult, CommitRounds, RejectedEvent
 from meterd.store._appends import conflict_message
 from meterd.store.retention import too_late_message
 
@@ -118,6 +118,9 @@ class Owner:
         self.name = f"owner-{number}"
         self.shards = list(shards_of_owner(number, config.partitions))  # ValueError if none
         self.cells: dict[int, Cell] = {}
+        # One commit loop for every shard file of the process: a round commits the files
+        # with operations queued together, one transaction each (meterd.store._rounds).
+        self.rounds = CommitRounds(config.store.commit_interval.seconds)
         for shard in self.shards:
             files = shard_files(config, shard)
             cell = Cell(
@@ -127,6 +130,7 @@ class Owner:
                 deliveries_path=files.deliveries,
                 name=f"shard-{shard:03d}",
                 cells=len(self.shards),
+                rounds=self.rounds,
             )
             cell.attach(cell.supervisor)
             self.cells[shard] = cell
@@ -169,6 +173,7 @@ class Owner:
         :meth:`stop`, then stop in order (see the module doc)."""
         transport = UnixTransport() if transport is None else transport
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.rounds.run)  # before the writers, cancelled after them
             await nursery.start(self.root.run)
             for shard in self.shards:
                 nursery.start_soon(self._admit, shard)

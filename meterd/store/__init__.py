@@ -27,6 +27,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
+from ._rounds import CommitRounds
 from ._writer import DoneCallback, Writer, WriterStats
 from .errors import (
     CommitFailed,
@@ -62,6 +63,7 @@ __all__ = [
     "AuditEntry",
     "AuditPage",
     "CommitFailed",
+    "CommitRounds",
     "DoneCallback",
     "EventsPage",
     "Housekeeping",

@@ -260,14 +260,7 @@ class SweepSlice:
 
 
 ClientOperation: TypeAlias = (
-    BatchAppend
-    | Append
-    | Checkpoint
-    | Quarantine
-    | Release
-    | Discard
-    | AlertRuleWrite
-    | Barrier
+    BatchAppend | Append | Checkpoint | Quarantine | Release | Discard | AlertRuleWrite | Barrier
 )
 Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
 Operation: TypeAlias = ClientOperation | Housekeeping
