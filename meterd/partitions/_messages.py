@@ -89,8 +89,8 @@ class SliceEvent(Struct, frozen=True, array_like=True, gc=False):
     ``properties`` are ``[key, value]`` pairs sorted by key (as validation leaves them in
     :attr:`meterd.model.Event.properties`), decoded straight into that tuple form: the
     owner builds its :class:`~meterd.model.Event` from the fields as they are. The gateway
-    encodes a slice's events from plain tuples in this field order
-    (:func:`slice_event_row`), never building this Struct."""
+    encodes a slice's events from plain tuples in this field order (msgspec writes the same
+    array), never building this Struct."""
 
     index: int
     id: str

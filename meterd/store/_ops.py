@@ -260,7 +260,14 @@ class SweepSlice:
 
 
 ClientOperation: TypeAlias = (
-    BatchAppend | Append | Checkpoint | Quarantine | Release | Discard | AlertRuleWrite | Barrier
+    BatchAppend
+    | Append
+    | Checkpoint
+    | Quarantine
+    | Release
+    | Discard
+    | AlertRuleWrite
+    | Barrier
 )
 Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
 Operation: TypeAlias = ClientOperation | Housekeeping

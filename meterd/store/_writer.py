@@ -13,6 +13,11 @@ Rules:
   transaction. When operations arrived while a group was being written (load), the next
   group starts ``commit_interval`` seconds (Trio clock) after the previous one started, or
   at once if that is past: under load groups grow instead of multiplying.
+* Rounds: given a :class:`~meterd.store._rounds.CommitRounds` (an owner process's shard
+  files), the writer does not loop: it joins that shared loop once ready, whose rounds
+  commit every member file with operations queued together (one transaction each, from
+  their own threads) under the same pacing; it leaves at its stop and writes its last group
+  itself. A group that raises in a round ends this writer's task.
 * Failure: a group that fails (``database or disk is full``, an I/O error) is rolled back,
   **every** client operation of it fails with :class:`CommitFailed` (``__cause__``: the
   sqlite3 error), one ``store_commit_failed`` line is logged, and the loop goes on:
