@@ -29,14 +29,25 @@ Rules:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from ._writer import Writer
+__all__ = ["CommitRounds", "Member"]
 
-__all__ = ["CommitRounds"]
+
+class Member(Protocol):
+    """What the loop needs of a writer (:class:`meterd.store.Writer` is one)."""
+
+    @property
+    def queued(self) -> bool:
+        """Whether operations wait for the next group."""
+
+    async def _round(self) -> None:
+        """Write the queued group (one transaction of this file), answer its operations."""
+
+    def _crash(self, error: BaseException) -> None:
+        """``_round`` raised ``error``: the writer's own task is to raise it."""
 
 
 class CommitRounds:
@@ -49,23 +60,23 @@ class CommitRounds:
         if commit_interval < 0:
             raise ValueError(f"commit_interval must be >= 0 seconds, got {commit_interval}")
         self.commit_interval = commit_interval
-        self._writers: list[Writer] = []
+        self._writers: list[Member] = []
         self._wake = trio.Event()
-        self.rounds = 0  # rounds written (counters for tests and figures)
-        self.files = 0  # files committed, summed over the rounds
-        self.widest = 0  # the most files one round committed
+        self.rounds = 0  # rounds started (counters for tests and figures)
+        self.files = 0  # files written, summed over the rounds
+        self.widest = 0  # the most files one round wrote
         self.running = False
 
     @property
-    def writers(self) -> list[Writer]:
+    def writers(self) -> list[Member]:
         return list(self._writers)
 
-    def join(self, writer: Writer) -> None:
+    def join(self, writer: Member) -> None:
         if writer not in self._writers:
             self._writers.append(writer)
         self._wake.set()
 
-    def leave(self, writer: Writer) -> None:
+    def leave(self, writer: Member) -> None:
         if writer in self._writers:
             self._writers.remove(writer)
 
@@ -73,7 +84,7 @@ class CommitRounds:
         """An operation was queued in a member writer."""
         self._wake.set()
 
-    def _queued(self) -> list[Writer]:
+    def _queued(self) -> list[Member]:
         return [writer for writer in self._writers if writer.queued]
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -102,18 +113,18 @@ class CommitRounds:
                     loaded = False
                     continue
                 last_start = trio.current_time()
-                async with trio.open_nursery() as nursery:
-                    for writer in touched:
-                        nursery.start_soon(_write, writer)
                 self.rounds += 1
                 self.files += len(touched)
                 self.widest = max(self.widest, len(touched))
+                async with trio.open_nursery() as nursery:
+                    for writer in touched:
+                        nursery.start_soon(_write, writer)
                 loaded = bool(self._queued())
         finally:
             self.running = False
 
 
-async def _write(writer: Writer) -> None:
+async def _write(writer: Member) -> None:
     try:
         await writer._round()
     except Exception as error:  # the writer's own failure: its task raises it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,21 +14,25 @@ from meterd.store import CommitRounds, Writer
 from tests.store.helpers import Collector, ev, faulty_writer, rows, store_config, until
 
 
+def answered(collector: Collector) -> bool:
+    return len(collector.outcomes) == 1
+
+
 async def test_a_round_commits_every_file_with_operations_queued_once(tmp_path: Path) -> None:
     rounds = CommitRounds(0.002)
     writers = [
         Writer(tmp_path / f"shard-{n}.sqlite3", store_config(), rounds=rounds) for n in range(3)
     ]
-    done = Collector()
+    done = [Collector() for _ in writers]
     async with trio.open_nursery() as nursery:
         await nursery.start(rounds.run)
         for writer in writers:
             await nursery.start(writer.run)
         assert rounds.writers == writers
         for n, writer in enumerate(writers):  # one tick: one round for the three files
-            writer.submit_batch([(f"acct-{n}", [ev(f"e{n}", f"acct-{n}")])], done)
-        for writer in writers:
-            await until(writer, lambda: len(done.outcomes) == 3)
+            writer.submit_batch([(f"acct-{n}", [ev(f"e{n}", f"acct-{n}")])], done[n])
+        for writer, collector in zip(writers, done, strict=True):
+            await until(writer, partial(answered, collector))
         assert rounds.widest == 3  # the three files in one round
         assert [writer.stats.commits for writer in writers] == [1, 1, 1]
         nursery.cancel_scope.cancel()
@@ -47,26 +52,29 @@ async def test_a_file_waits_for_the_round_under_load_and_groups_grow(tmp_path: P
         release.wait(30)
 
     done = Collector()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rounds.run)
-        await nursery.start(slow.run)
-        await nursery.start(fast.run)
-        faults.before_commit = hold
-        slow.submit("a", [ev("s1", "a")], done)
-        fast.submit("b", [ev("f1", "b")], done)
-        await trio.to_thread.run_sync(entered.wait)
-        await until(fast, lambda: fast.stats.commits == 1)  # its part of the round is durable
-        for i in range(5):  # queued while the round waits for the slow file
-            fast.submit("b", [ev(f"f{i + 2}", "b")], done)
-        await trio.testing.wait_all_tasks_blocked()
-        assert fast.stats.commits == 1  # not committed alone meanwhile
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rounds.run)
+            await nursery.start(slow.run)
+            await nursery.start(fast.run)
+            faults.before_commit = hold
+            slow.submit("a", [ev("s1", "a")], done)
+            fast.submit("b", [ev("f1", "b")], done)
+            await trio.to_thread.run_sync(entered.wait)
+            await until(fast, lambda: fast.stats.commits == 1)  # its part of the round is done
+            for i in range(5):  # queued while the round waits for the slow file
+                fast.submit("b", [ev(f"f{i + 2}", "b")], done)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fast.stats.commits == 1  # not committed alone meanwhile
+            faults.before_commit = None
+            release.set()
+            await until(fast, lambda: len(done.outcomes) == 7)
+            assert fast.stats.commits == 2
+            assert fast.stats.largest_group >= 5  # one group of them
+            nursery.cancel_scope.cancel()
+    finally:  # never leave the slow file's thread waiting
         faults.before_commit = None
         release.set()
-        await fast.barrier()
-        await slow.barrier()
-        assert fast.stats.commits == 2
-        assert fast.stats.largest_group >= 5  # one group of them
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_group_that_raises_ends_its_writer_only(
