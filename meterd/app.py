@@ -89,6 +89,11 @@ async def serve(config: Config) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut the tree down in order (see
     :func:`_serve`), holding the store against ``meterd migrate partitions`` meanwhile and
     refusing files in another layout than ``[partitions]`` asks (``hold_store``)."""
+    if config.cluster is not None:  # a node of a cluster on NATS (docs/cluster.md)
+        from meterd.cluster._node import serve_node
+
+        await serve_node(config)
+        return
     with hold_store(config):
         await _serve(config)
 

@@ -63,6 +63,7 @@ from meterd.config import AccountsConfig, Duration, IngestConfig, StoreConfig
 from meterd.model import Event, Meter, Window
 from meterd.store import (
     AppendResult,
+    LogPosition,
     QuarantineDecision,
     RejectedEvent,
     Store,
@@ -240,6 +241,8 @@ class Accounts:
         seq: int | None = None,
         rejected: Sequence[RejectedEvent] = (),
         positions: Sequence[list[int]] | None = None,
+        log_position: LogPosition | None = None,
+        received_at: int | None = None,
     ) -> None:
         """Make a producer batch durable, then deliver it to the account actors; never blocks.
 
@@ -255,6 +258,8 @@ class Accounts:
         account) go to the store's audit trail, in the batch's transaction
         (:meth:`~meterd.store.Writer.submit_batch`). ``positions`` (each group's events'
         positions in the producer's batch) is for the gateway's submitter; not needed here.
+        ``log_position`` and ``received_at`` (cluster mode: the slice's place in its log and
+        the time the log gave it) go to the writer with the batch (docs/cluster.md).
         """
 
         self.store.writer.submit_batch(
@@ -263,6 +268,8 @@ class Accounts:
             producer=producer,
             seq=seq,
             rejected=rejected,
+            position=log_position,
+            received_at=received_at,
         )
 
     async def release(

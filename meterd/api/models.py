@@ -183,8 +183,10 @@ class NodesQuery(Model):
     status: (
         Annotated[
             Literal["running", "restarting", "stopped", "hibernated", "quarantined"],
-            Meta(description="Only nodes with this status (quarantined: accounts with events"
-            " in quarantine)."),
+            Meta(
+                description="Only nodes with this status (quarantined: accounts with events"
+                " in quarantine)."
+            ),
         ]
         | None
     ) = None
@@ -222,6 +224,13 @@ class EventsQuery(Model):
     to: Annotated[Millis, Meta(description="Event time, exclusive.")] = MAX_MS
     limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Page size.")] = DEFAULT_PAGE
     cursor: Cursor | None = None
+    order: Annotated[
+        Literal["asc", "desc"],
+        Meta(
+            description="asc: in ingestion order; desc: the last ingested first (a cursor"
+            " goes on in the order it was issued for)."
+        ),
+    ] = "asc"
 
     def __post_init__(self) -> None:
         _span(self.from_, self.to)
@@ -268,9 +277,7 @@ class SummaryQuery(Model, kw_only=True):
     from_: Annotated[Millis, Meta(description="Inclusive, Unix ms (aligned down).")] = (
         msgspec.field(name="from")
     )
-    to: Annotated[
-        Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")
-    ]
+    to: Annotated[Millis, Meta(description="Exclusive, Unix ms, >= from (up to its window's end).")]
     window: Annotated[
         Literal["minute", "hour", "day", "month"],
         Meta(description="Granularity; month is the calendar month, UTC."),

@@ -325,8 +325,12 @@ def spreads(
                 mean = count / partitions
                 found.append(
                     Spread(
-                        f"{name}, {kind}", count, partitions, min(counts) / mean,
-                        max(counts) / mean, statistics.pstdev(counts) / mean,
+                        f"{name}, {kind}",
+                        count,
+                        partitions,
+                        min(counts) / mean,
+                        max(counts) / mean,
+                        statistics.pstdev(counts) / mean,
                         ((partitions - 1) / count) ** 0.5,
                     )
                 )
@@ -348,9 +352,13 @@ def run(options: Options) -> dict[str, Any]:
         "options": asdict(options),
         "layouts": [
             {
-                **asdict(r), "group_ms": None, "events_per_s": r.events_per_s,
-                "cpu_us_per_event": r.cpu_us_per_event, "commits_per_s": r.commits_per_s,
-                "group_ms_p50": _pct(r.group_ms, 50), "group_ms_p99": _pct(r.group_ms, 99),
+                **asdict(r),
+                "group_ms": None,
+                "events_per_s": r.events_per_s,
+                "cpu_us_per_event": r.cpu_us_per_event,
+                "commits_per_s": r.commits_per_s,
+                "group_ms_p50": _pct(r.group_ms, 50),
+                "group_ms_p99": _pct(r.group_ms, 99),
             }
             for r in layouts
         ],
@@ -468,7 +476,6 @@ def main(
     options = Options.quick(**fields) if args.quick else Options(**fields)
     report = run(options)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-
 
 
 if __name__ == "__main__":

@@ -183,8 +183,10 @@ def render_summary(
             said += f", {line['adjusted']} in corrections"
         if line["capped"]:
             cap = doc.get("cap")
-            said += f", billed {line['quantity']} (capped: {_cap_words(cap, unit)})" if cap else (
-                f", billed {line['quantity']} (capped)"
+            said += (
+                f", billed {line['quantity']} (capped: {_cap_words(cap, unit)})"
+                if cap
+                else (f", billed {line['quantity']} (capped)")
             )
         elif line["quantity"] != line["usage"]:
             said += f", billed {line['quantity']}"

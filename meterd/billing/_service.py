@@ -630,9 +630,7 @@ class Billing:
             for event in page.events:
                 if not keep(dims_of(meter, event)):
                     continue
-                status = (
-                    quarantined.get(event.id, "voided" if event.id in void_of else "counted")
-                )
+                status = quarantined.get(event.id, "voided" if event.id in void_of else "counted")
                 events.append(
                     ExplainedEvent(event, window.align(event.time), status, void_of.get(event.id))
                 )

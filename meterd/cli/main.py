@@ -36,6 +36,7 @@ class _LazyGroup(click.Group):
         "webhook-listen": "meterd.cli.webhook_listen:webhook_listen",
         "token": "meterd.cli.token:token",
         "migrate": "meterd.cli.migrate:migrate",
+        "cluster": "meterd.cli.cluster:cluster",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,6 +1,6 @@
 """meterd's groundwork for cluster mode: NATS JetStream driven from Trio (docs/cluster.md).
 
-Not wired into the daemon yet. The public API:
+The public API:
 
 * :func:`open_bridge` / :class:`AsyncioBridge`: one asyncio loop in its own thread, called from
   Trio (cancellation, closing and exceptions handled across it).
@@ -13,8 +13,21 @@ Not wired into the daemon yet. The public API:
   :class:`StreamMismatch`, :class:`BridgeClosed`.
 """
 
+from meterd.cluster._applier import ShardApplier, applied_position
 from meterd.cluster._bridge import AsyncioBridge, BridgeClosed, open_bridge
+from meterd.cluster._gateway import JetStreamLinks
 from meterd.cluster._lease import Lease, LeaseHeld, LeaseLost, Leases
+from meterd.cluster._log import (
+    LEASES,
+    STREAM,
+    SUBJECTS,
+    Provisioned,
+    log_name,
+    log_subject,
+    provision,
+    slice_msg_id,
+    verdict_subject,
+)
 from meterd.cluster._nats import (
     ClusterUnavailable,
     Connection,
@@ -28,6 +41,18 @@ from meterd.cluster._nats import (
 )
 
 __all__ = [
+    "LEASES",
+    "STREAM",
+    "SUBJECTS",
+    "Provisioned",
+    "JetStreamLinks",
+    "ShardApplier",
+    "applied_position",
+    "log_name",
+    "log_subject",
+    "provision",
+    "slice_msg_id",
+    "verdict_subject",
     "AsyncioBridge",
     "BridgeClosed",
     "ClusterUnavailable",

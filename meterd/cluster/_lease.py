@@ -135,6 +135,31 @@ class Leases:
         )
         return Lease(key, holder, revision, started + self.ttl)
 
+    async def take_over(self, key: str, holder: str, revision: int) -> Lease:
+        """Take the live lease on ``key`` at ``revision`` for ``holder`` (compare-and-set:
+        LeaseHeld if it was written since). For a node restarting under its own name, whose
+        previous process held the lease and died: nobody else may hold it meanwhile."""
+        kv = self._kv
+        value = holder.encode()
+        started = trio.current_time()
+
+        async def update() -> int:
+            return await kv.update(key, value, last=revision)
+
+        try:
+            new = await self.connection._run(f"take over lease {self.bucket}/{key}", update)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise LeaseHeld(
+                f"lease {self.bucket}/{key} changed since revision {revision}; not taken over",
+                key=key,
+                holder=None,
+                revision=None,
+            ) from None
+        log.info(
+            "cluster.lease.taken_over", bucket=self.bucket, key=key, holder=holder, revision=new
+        )
+        return Lease(key, holder, new, started + self.ttl)
+
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite the entry if it is still ``lease``'s revision; LeaseLost otherwise."""
         kv = self._kv

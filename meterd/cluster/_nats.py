@@ -109,6 +109,7 @@ class LogMessage:
     data: bytes
     msg_id: str | None
     time_ms: int  # when the stream stored it (server clock), Unix milliseconds
+    pending: int = 0  # messages of the subject after this one in the stream when it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,17 @@ def _stream_info(info: api.StreamInfo) -> StreamInfo:
         leader=leader,
         current_followers=current,
     )
+
+
+async def _flush(nc: NatsClient) -> None:
+    """``nc.flush()``, never cancelled half-way: nats-py (2.16.0) keeps the PONG future of a
+    flush whose task was cancelled, and its read loop then dies on ``set_result`` of that
+    cancelled future when the PONG comes (``InvalidStateError``, logged once, then the loop
+    ends): the connection stays "connected" but reads nothing more, and every later request
+    times out. Shielded, the flush completes on its own and its future is resolved normally.
+    (A flush that times out, 10 s without a PONG, cancels its future the same way; the
+    connection is then stale anyway and nats-py's ping checks reconnect it.)"""
+    await asyncio.shield(nc.flush())
 
 
 class Connection:
@@ -414,13 +426,15 @@ class Connection:
             stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate), msg_id=msg_id
         )
 
-    async def send(self, subject: str, data: bytes) -> None:
-        """Core NATS publish (at most once, no ack), flushed to the server."""
+    async def send(self, subject: str, data: bytes, *, flush: bool = True) -> None:
+        """Core NATS publish (at most once, no ack), flushed to the server (a PING/PONG round
+        trip) unless ``flush=False`` (then nats-py's own flusher writes it, at once)."""
         nc = self._nats
 
         async def send() -> None:
             await nc.publish(subject, data)
-            await nc.flush()
+            if flush:
+                await _flush(nc)
 
         await self._run(f"send to {subject}", send)
 
@@ -444,7 +458,7 @@ class Connection:
 
         async def subscribe() -> NatsSubscription:
             sub = await nc.subscribe(subject, cb=handler)
-            await nc.flush()
+            await _flush(nc)
             return sub
 
         sub = await self._run(f"subscribe to {subject}", subscribe)
@@ -642,6 +656,7 @@ class LogReader:
                     data=msg.data,
                     msg_id=headers.get(MSG_ID),
                     time_ms=(meta.timestamp - _EPOCH) // _MS,
+                    pending=meta.num_pending or 0,
                 )
             )
         return out

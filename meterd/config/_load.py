@@ -18,6 +18,7 @@ from meterd.schema import ABSENT, Check, check_fields, show, suggest
 from ._model import (
     AccountsConfig,
     ApiConfig,
+    ClusterConfig,
     Config,
     IngestConfig,
     PartitionsConfig,
@@ -34,6 +35,7 @@ SECTIONS = (
     "store",
     "accounts",
     "partitions",
+    "cluster",
     "producers",
     "meters",
     "billing",
@@ -112,6 +114,9 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
     store, _ = _section(check, raw, "store", StoreConfig)
     accounts, _ = _section(check, raw, "accounts", AccountsConfig)
     partitions, _ = _section(check, raw, "partitions", PartitionsConfig)
+    cluster: ClusterConfig | None = None
+    if "cluster" in raw:  # absent: a single node (docs/cluster.md)
+        cluster, _ = _section(check, raw, "cluster", ClusterConfig)
     meters, declared = _meters(check, raw.get("meters", ABSENT))
     producers = _producers(
         check, raw.get("producers", ABSENT), declared, api_values.get("admin_token")
@@ -146,6 +151,7 @@ def _config(check: Check, path: Path, raw: dict[str, Any]) -> Config | None:
         store=store,
         accounts=accounts,
         partitions=partitions,
+        cluster=cluster,
         producers=producers,
         meters=meters,
         billing=billing,
@@ -183,6 +189,8 @@ def _section_rules(
         return ok
     if name == "partitions":
         return _partition_rules(check, values)
+    if name == "cluster":
+        return _cluster_rules(check, values)
     path = values.get("path")
     if name in ("store", "billing") and path is not None and path.is_dir():
         check.problem(f"{name}.path", f"{path} is a directory; give the database file's path")
@@ -209,6 +217,29 @@ def _partition_rules(check: Check, values: Mapping[str, Any]) -> bool:
         )
         return False
     return True
+
+
+def _cluster_rules(check: Check, values: Mapping[str, Any]) -> bool:
+    urls = values.get("nats")
+    if urls is None:
+        return True
+    if not urls:
+        check.problem(
+            "cluster.nats",
+            "is empty; give the URLs of the NATS servers, e.g."
+            ' ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]',
+        )
+        return False
+    ok = True
+    for index, url in enumerate(urls):
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            check.problem(
+                f"cluster.nats[{index}]",
+                f"{url!r} is not a NATS URL; write nats://HOST:PORT (or tls://HOST:PORT)",
+            )
+            ok = False
+    return ok
 
 
 def _meters(check: Check, value: object) -> tuple[tuple[Meter, ...], set[str] | None]:

@@ -311,7 +311,8 @@ class PartitionsConfig:
     ping_interval: Annotated[
         Duration,
         key(
-            "How often the gateway pings each owner process to check that it answers.",
+            "How often the gateway pings each owner process to check that it answers; one"
+            " silent for twice this has its batches answered unavailable until it answers.",
             ge=Duration(1),
             le=Duration(3_600_000),
         ),
@@ -330,6 +331,60 @@ class PartitionsConfig:
     def shards(self) -> int:
         """How many shards (SQLite files) the partitions are grouped into."""
         return self.count // self.shard_size
+
+
+NODE_NAME: Final = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: this node of a meterd cluster on NATS JetStream (docs/cluster.md).
+    Absent: a single node, nothing of it runs."""
+
+    node: Annotated[
+        str,
+        key(
+            "This node's name, unique in the cluster (in NATS subjects, leases and /v1/cluster).",
+            pattern=NODE_NAME,
+            invalid="a valid node name (1-64 characters of A-Z, a-z, 0-9, '_', '-', starting"
+            " with a letter or digit; no dots: it is a NATS subject token)",
+        ),
+    ]
+    nats: Annotated[
+        tuple[str, ...],
+        key(
+            "URLs of the NATS servers (JetStream enabled); the client learns the others"
+            " the cluster announces.",
+            kind="array of NATS URLs",
+            unit="URLs",
+            max_length=64,
+        ),
+    ]
+    duplicate_window: Annotated[
+        Duration,
+        key(
+            "How long the log stream drops a re-publish of the same slice (a gateway's own"
+            " retries); producers' ids are deduplicated by the owners, for dedupe_window.",
+            ge=Duration(1000),
+            le=Duration(86_400_000),
+        ),
+    ] = Duration(120_000)
+    retention: Annotated[
+        Duration,
+        key(
+            "How long the log stream keeps a slice (its max_age); an owner replaying from"
+            " its store's position needs the slices since then.",
+            ge=Duration(60_000),
+        ),
+    ] = Duration(7 * DAY_MS)
+    lease_ttl: Annotated[
+        Duration,
+        key(
+            "A shard lease not renewed within this expires; every node must use the same.",
+            ge=Duration(1000),
+            le=Duration(600_000),
+        ),
+    ] = Duration(10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +428,7 @@ class Config:
     store: StoreConfig
     accounts: AccountsConfig = AccountsConfig()
     partitions: PartitionsConfig = PartitionsConfig()
+    cluster: ClusterConfig | None = None
     late_window: Annotated[Duration, key("Oldest event time accepted, relative to now.")] = (
         Duration(DEFAULT_WINDOW_MS)
     )

@@ -20,6 +20,7 @@ from meterd.schema import reference
 from ._model import (
     AccountsConfig,
     ApiConfig,
+    ClusterConfig,
     Config,
     IngestConfig,
     PartitionsConfig,
@@ -34,6 +35,11 @@ TABLES: tuple[tuple[str, str, type], ...] = (
     ("[store]", "Relative paths are taken from the config file's directory.", StoreConfig),
     ("[accounts]", "", AccountsConfig),
     ("[partitions]", "See docs/partitions.md.", PartitionsConfig),
+    (
+        "[cluster]",
+        "Optional: without it meterd is a single node. See docs/cluster.md.",
+        ClusterConfig,
+    ),
     ("[[producers]]", "One table per producer.", Producer),
     ("[[meters]]", "One table per meter.", Meter),
     ("[billing]", "See docs/billing.md.", BillingConfig),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import trio
 
@@ -54,6 +54,20 @@ _Row: TypeAlias = tuple[int, str, str, str, "int | Decimal", int, tuple[tuple[st
 """A slice event as the gateway encodes it: :class:`~._messages.SliceEvent`'s fields."""
 
 BatchDone = Callable[["list[AppendResult] | Decided | BaseException"], None]
+
+
+class SliceSink(Protocol):
+    def send(self, message: Slice, done: Callable[[Verdicts | OwnerUnavailable], None]) -> None: ...
+
+
+class SliceRoutes(Protocol):
+    """Where the submitter sends each shard's slice: :class:`OwnerLinks` (owner processes
+    on this host) or, in cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log)."""
+
+    @property
+    def partitions(self) -> PartitionsConfig: ...
+
+    def link_of_shard(self, shard: int) -> SliceSink: ...
 
 
 class OwnerLinks:
@@ -129,7 +143,7 @@ class GatewaySubmitter:
     def __init__(
         self,
         name: str,
-        links: OwnerLinks,
+        links: SliceRoutes,
         *,
         max_in_flight_events: int,
         clock: Callable[[], int],

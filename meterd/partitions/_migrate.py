@@ -175,6 +175,9 @@ TABLES: Final[tuple[Table, ...]] = (
                                   ("release_batch", "event_batches"))),
     Table("store", "alert_rules", "account", "rules of one account", "t.account", "rule_id",
           "created_at", marks=("armed_after",)),
+    Table("store", "log_positions", "rebuilt",
+          "cluster mode's applied log positions: none is kept, and a store holding one is"
+          " refused (a cluster node's shards cannot change layout yet)"),
     Table("billing", "adjustments", "account", "", "t.account", "id", "made_at"),
     Table("billing", "voids", "account", "", "t.account", "id", "made_at"),
     Table("billing", "closures", "every", "a closed month is closed for every account,"
@@ -641,6 +644,15 @@ def _prepare_sources(found: Layout, config: Config) -> None:
             with closing(sqlite3.connect(files.deliveries, isolation_level=None)) as conn:
                 for statement in DELIVERIES_SCHEMA:
                     conn.execute(statement)
+        if files.store.exists():
+            with closing(_ro(files.store)) as conn:
+                (positions,) = conn.execute("SELECT count(*) FROM log_positions").fetchone()
+            if positions:
+                raise MigrationError(
+                    f"{files.store}: it holds the positions of a cluster node's log"
+                    " (docs/cluster.md); a cluster node's shards cannot change layout yet:"
+                    " keep the current [partitions]; nothing was moved"
+                )
         unknown = undeclared_tables(files)
         if unknown:
             raise MigrationError(

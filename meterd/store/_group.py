@@ -46,6 +46,7 @@ from ._ops import (
     Checkpoint,
     Discard,
     IndexPass,
+    LogPosition,
     Operation,
     Probe,
     Quarantine,
@@ -55,6 +56,7 @@ from ._ops import (
     WindowWrite,
 )
 from .commitmark import CommitMark
+from .errors import PositionMismatch
 from .journal_index import DedupeRow, JournalTail, NewBatch, pass_slices
 
 __all__ = [
@@ -215,6 +217,11 @@ class GroupTransactions:
             )
             for index, op in enumerate(group):
                 if isinstance(op, BatchAppend):
+                    if op.position is not None:
+                        mismatch = _advance_position(conn, op.position)
+                        if mismatch is not None:
+                            outcomes[index] = mismatch
+                            continue
                     outcomes[index] = txn.append_batch(op)
                 elif isinstance(op, Append):
                     outcomes[index] = txn.append(op)
@@ -331,6 +338,23 @@ def _with_pass_error(committed: Committed, error: Exception) -> Committed:
         error,
         committed.swept,
     )
+
+
+def _advance_position(conn: sqlite3.Connection, position: LogPosition) -> Exception | None:
+    """Write ``position.seq`` as its log's applied position (in the batch's transaction,
+    before its rows), or the error if the store does not hold ``position.prev``. The
+    position advances whatever the batch's own outcome (an InvalidEvents is a decision
+    too: replaying the log makes it again)."""
+    row = conn.execute("SELECT seq FROM log_positions WHERE log = ?", (position.log,)).fetchone()
+    stored = 0 if row is None else int(row[0])
+    if stored != position.prev:
+        return PositionMismatch(position.log, stored, position.prev, position.seq)
+    conn.execute(
+        "INSERT INTO log_positions (log, seq) VALUES (?, ?)"
+        " ON CONFLICT (log) DO UPDATE SET seq = excluded.seq",
+        (position.log, position.seq),
+    )
+    return None
 
 
 def _checkpoint(conn: sqlite3.Connection, op: Checkpoint, now: int) -> Exception | None:

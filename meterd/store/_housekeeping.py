@@ -59,6 +59,7 @@ class IdleWriter(Protocol):
     def next_change(self) -> trio.Event: ...
     async def perform(self, op: Housekeeping) -> None: ...
 
+
 __all__ = ["IDLE_PASS_AFTER", "IDLE_PASS_MIN_BATCHES", "PROBE_MIN_FREE_BYTES", "Housekeeper"]
 
 IDLE_PASS_MIN_BATCHES: Final = 20_000  # a tail this large is written early when idle

@@ -45,6 +45,7 @@ __all__ = [
     "Encoded",
     "Housekeeping",
     "IndexPass",
+    "LogPosition",
     "Operation",
     "Probe",
     "Quarantine",
@@ -105,6 +106,18 @@ in seconds (floor: the dedupe rows' ``time_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
+class LogPosition:
+    """Where a batch sits in a replicated log (cluster mode, docs/cluster.md): ``seq`` in
+    ``log``, right after ``prev`` (the position the store must hold, 0 for none). The
+    store writes ``seq`` as ``log``'s applied position in the batch's transaction, or fails
+    the batch alone (:class:`~meterd.store.errors.PositionMismatch`) if it holds another."""
+
+    log: str
+    seq: int
+    prev: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchAppend:
     """One producer batch, grouped by account (each account once): each accepted group
     becomes a journal batch; its duplicates, conflicts and ``rejected`` get audit rows.
@@ -119,6 +132,7 @@ class BatchAppend:
     seq: int | None = None
     rejected: tuple[RejectedEvent, ...] = ()
     encoded: Encoded | InvalidEvents | None = None
+    position: LogPosition | None = None  # cluster mode: applied with the batch's rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,14 +274,7 @@ class SweepSlice:
 
 
 ClientOperation: TypeAlias = (
-    BatchAppend
-    | Append
-    | Checkpoint
-    | Quarantine
-    | Release
-    | Discard
-    | AlertRuleWrite
-    | Barrier
+    BatchAppend | Append | Checkpoint | Quarantine | Release | Discard | AlertRuleWrite | Barrier
 )
 Housekeeping: TypeAlias = Probe | IndexPass | SweepSlice
 Operation: TypeAlias = ClientOperation | Housekeeping

@@ -47,6 +47,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +85,7 @@ from ._ops import (
     Discard,
     Housekeeping,
     IndexPass,
+    LogPosition,
     Operation,
     Probe,
     Quarantine,
@@ -263,6 +265,9 @@ class Writer:
         self.pass_failing: str | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
+        # Metrics hook: seconds each committed group of client operations took, from its
+        # write handed to the thread to its commit (the console's commit-latency chart).
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- state ------------------------------------------------------------------------
 
@@ -459,15 +464,18 @@ class Writer:
         self._in_flight = len(group)
         self._last_start = trio.current_time()
         barriers_only = all(isinstance(op, Barrier) for op in group)
+        took = 0.0
         try:
             if barriers_only:
                 written: Committed | GroupFailed | None = None
             else:
                 connection = self._connection
                 assert connection is not None
+                handed = time.perf_counter()
                 written = await trio.to_thread.run_sync(
                     partial(self._groups.write, connection, group), limiter=self._limiter
                 )
+                took = time.perf_counter() - handed
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
             # so the group goes back to the front of the queue for the next attempt.
@@ -485,6 +493,8 @@ class Writer:
             stats.probes += 1
         if isinstance(written, Committed):
             self._committed(written, bool(clients), probe)
+            if clients and self.on_commit is not None:
+                self.on_commit(took)
         elif isinstance(written, GroupFailed):
             self._failed(written, queued, len(clients), probe)
             self._changed()
@@ -621,6 +631,8 @@ class Writer:
         producer: str | None = None,
         seq: int | None = None,
         rejected: Sequence[RejectedEvent] = (),
+        position: LogPosition | None = None,
+        received_at: int | None = None,
     ) -> None:
         """Queue one producer batch, already grouped by account; never blocks.
 
@@ -638,8 +650,20 @@ class Writer:
         their ``audit`` rows (with ``producer`` and the producer's batch ``seq``) commit with
         the batch, as do those of its duplicates and conflicts. ``groups`` may be empty
         when only ``rejected`` is to be recorded.
+
+        Cluster mode (docs/cluster.md): ``position`` is the batch's place in its log,
+        written in the batch's transaction (:class:`LogPosition`), and ``received_at`` the
+        time the log recorded for it (default: the writer's clock), so that replaying the
+        log decides the same (the dedupe horizon is raised from it).
         """
-        self._enqueue(self._batch_append(groups, producer, seq, rejected), on_done)
+        op = self._batch_append(groups, producer, seq, rejected)
+        if position is not None or received_at is not None:
+            op = dataclasses.replace(
+                op,
+                position=position,
+                received_at=op.received_at if received_at is None else received_at,
+            )
+        self._enqueue(op, on_done)
 
     def _batch_append(
         self,

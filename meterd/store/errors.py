@@ -39,6 +39,23 @@ class InvalidEvents(StoreError, ValueError):
     """
 
 
+class PositionMismatch(StoreError):
+    """A batch append carrying a log position (cluster mode) whose predecessor is not the
+    position this store last applied: a slice before it was not committed (its group
+    failed), or another applier wrote the log. Nothing of the operation was written; the
+    applier re-reads the stored position and replays the log from there."""
+
+    def __init__(self, log: str, stored: int, expected: int, seq: int) -> None:
+        super().__init__(
+            f"log {log!r}: the slice at sequence {seq} follows sequence {expected}, but this"
+            f" store has applied up to {stored}; replay the log from {stored + 1}"
+        )
+        self.log = log
+        self.stored = stored
+        self.expected = expected
+        self.seq = seq
+
+
 class InvalidCursor(StoreError, ValueError):
     """An ``events`` cursor that this store did not issue (an API 400)."""
 

@@ -50,6 +50,9 @@ Versions:
     (:mod:`meterd.store._quarantine`, docs/accounts.md "Quarantine: release and discard").
 11. ``alert_rules``: alert rules of one account made through the API, with who and when
     created and deleted (rows stay: the audit trail; :mod:`meterd.alerts._rules`).
+12. ``log_positions``: in cluster mode, the last sequence of each log (a JetStream stream's
+    subject, docs/cluster.md) whose slice this store has applied, written in the
+    transaction of that slice's rows (exactly-once application across restarts).
 
 Tables at the latest version::
 
@@ -78,6 +81,7 @@ Tables at the latest version::
     quarantine_log(entry_id INTEGER PRIMARY KEY, account, batch_id, event_id, action,
                    release_batch, error, quarantined_at, by, reason, at)
         index quarantine_log_by_batch(account, batch_id, event_id)
+    log_positions(log PRIMARY KEY, seq) WITHOUT ROWID
         index quarantine_log_by_event(account, event_id, entry_id)
     alert_rules(rule_id INTEGER PRIMARY KEY, account, name, meter, period, threshold, spend,
                 webhook, created_by, created_at, deleted_by, deleted_at, armed_after)
@@ -498,6 +502,15 @@ V10_STATEMENTS: Final = (
     " ON quarantine_log (account, event_id, entry_id)",
 )
 
+V12_STATEMENTS: Final = (
+    # log: a log's name (cluster mode: "<stream>/<subject>"); seq: the last applied sequence.
+    # IF NOT EXISTS: the step may be renumbered when branches merge; it stays idempotent.
+    """CREATE TABLE IF NOT EXISTS log_positions (
+        log TEXT    NOT NULL PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "journal, dedupe index, windows, accounts", _statements(*V1_STATEMENTS)),
@@ -511,6 +524,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(9, "alert outbox (meterd.alerts)", _statements(*OUTBOX_STATEMENTS)),
     Migration(10, "quarantine releases and discards", _statements(*V10_STATEMENTS)),
     Migration(11, "alert rules of one account (meterd.alerts)", _statements(*RULES_STATEMENTS)),
+    Migration(12, "applied log positions (cluster mode)", _statements(*V12_STATEMENTS)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows (and the one it migrates to)."""

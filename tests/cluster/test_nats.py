@@ -290,3 +290,23 @@ async def test_a_fetch_whose_deadline_runs_out_inside_nats_py_is_an_empty_read(
         reader._sub = real
         await conn.publish("usage.p0", b"two", msg_id="two")
         assert [m.msg_id for m in await reader.fetch(10, timeout=2)] == ["two"]
+
+
+async def test_a_send_cancelled_mid_flush_leaves_the_connection_working(
+    bridge: AsyncioBridge, nats1: NatsCluster
+) -> None:
+    """nats-py's read loop dies on the PONG of a flush whose task was cancelled (it sets the
+    result of a cancelled future); the connection must keep answering after sends cancelled
+    at any point (the node's appliers are cancelled while sending verdicts)."""
+    conn = await open_connection(bridge, nats1)
+    await conn.ensure_stream(STREAM, SUBJECTS)
+    cancelled = 0
+    for i in range(150):
+        with trio.CancelScope() as scope:
+            scope.deadline = trio.current_time() + 0.0002 * (i % 10)
+            await conn.send("other.subject", b"x")
+        cancelled += scope.cancelled_caught
+    assert cancelled  # some were cancelled half-way
+    with trio.fail_after(10):
+        ack = await conn.publish("usage.p1", b"after", msg_id="after-cancels", timeout=8)
+    assert not ack.duplicate

@@ -1,0 +1,311 @@
+"""The owner side of cluster mode: a shard's log applied to its cell, in stream order.
+
+A :class:`ShardApplier` holds one shard (one :class:`~meterd.partitions._cell.Cell`, one
+store file) whose lease this node holds. It:
+
+1. reads from the cell's store the last stream sequence it applied of the shard's log
+   (``log_positions``, schema v12; 0 for a new store), and reads the subject
+   ``meterd.log.<shard>`` of the log stream from the next sequence, in order
+   (:class:`~meterd.cluster.LogReader`);
+2. submits each :class:`~meterd.partitions.Slice` to the cell's accounts as the owner process
+   does (its events grouped by account, its audit rejections), with its
+   :class:`~meterd.store.LogPosition` (the sequence and the one before it), and with the
+   slice's ``received_at`` (in the log: the gateway's clock when it split the batch) as the
+   writer's time, so every decision is a function of the log and of the store;
+3. once the writer committed it, publishes the slice's
+   :class:`~meterd.partitions.Verdicts` (or :class:`~meterd.partitions.Unavailable`) to
+   the gateway that published it (core NATS, ``meterd.verdicts.<gateway>``).
+
+Slices are submitted as they are read (the writer group-commits many), within the cell's
+in-flight budget. Each commits in the transaction of its position, after its predecessor's
+(the writer checks it), so a crash at any moment leaves the store at a position whose slices
+are all applied, and none after it: a restart replays from there, exactly once. If a slice
+could not be committed (the group failed: a full disk), every slice after it fails too (its
+predecessor is not stored); the applier waits for those answers, reads the stored position
+again and replays from it (``replays`` counts it).
+
+A message that is not a slice, or a slice naming an account outside its shard, still advances
+the position (an empty batch), so the log never stalls on it; the second is answered
+``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Final
+
+import msgspec
+import structlog
+import trio
+
+from meterd.config import PartitionsConfig
+from meterd.model import Event, new_event
+from meterd.partitions._cell import Cell
+from meterd.partitions._layout import shard_of
+from meterd.partitions._messages import (
+    Slice,
+    Unavailable,
+    Verdicts,
+    decode,
+    encode,
+)
+from meterd.partitions._owner import _outcome
+from meterd.store import AppendResult, InvalidEvents, LogPosition, RejectedEvent
+
+from ._log import STREAM, log_name, log_subject, verdict_subject
+from ._nats import ClusterUnavailable, Connection, LogMessage, LogReader
+
+__all__ = ["ShardApplier", "applied_position"]
+
+log = structlog.get_logger("meterd.cluster.applier")
+
+FETCH_BATCH: Final = 256
+DRAIN_TIMEOUT: Final = 30.0  # seconds a restarted applier waits for its predecessor's slices
+
+
+async def applied_position(cell: Cell, shard: int) -> int:
+    """The last sequence of shard ``shard``'s log that ``cell``'s store has applied (0: none)."""
+    name = log_name(shard)
+
+    def query(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM log_positions WHERE log = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    return await cell.store.reader.run(query)
+
+
+class _Replay(Exception):
+    """A slice was not committed: replay the log from the stored position."""
+
+
+class ShardApplier:
+    """Applies shard ``shard``'s log to ``cell`` (see the module doc). Run :meth:`run`."""
+
+    def __init__(
+        self,
+        connection: Connection | None,
+        cell: Cell,
+        shard: int,
+        partitions: PartitionsConfig,
+        *,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self.connection = connection
+        self.cell = cell
+        self.shard = shard
+        self.partitions = partitions
+        self.fetch_timeout = fetch_timeout
+        self.log = log_name(shard)
+        self.subject = log_subject(shard)
+        self.applied = 0  # the last sequence known committed
+        self.read = 0  # the last sequence read and submitted
+        self.slices = 0  # slices submitted (replays included)
+        self.replays = 0
+        self.pending = 0  # slices of the log after the last one read (when it was read)
+        self._in_flight = 0
+        self._drained = trio.Event()
+        self._failure: BaseException | None = None
+        self._changed = trio.Event()
+        self._outbox, self.verdicts = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+
+    @property
+    def lag(self) -> int:
+        """Slices of the shard's log not applied yet: read and not committed, and those after
+        the last read (as the stream counted them then)."""
+        return self.pending + self._in_flight
+
+    async def wait_applied(self, seq: int) -> None:
+        """Until the store has committed the log up to ``seq`` (for tests and handoffs)."""
+        while self.applied < seq:
+            await self._changed.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply the log until cancelled; reports the stored position once reading."""
+        connection = self.connection
+        if connection is None:
+            raise ValueError(f"the applier of shard {self.shard} has no NATS connection")
+        # A previous incarnation (restarted by the supervisor) may have slices still in the
+        # writer: their outcome first, then the stored position (if they never answer, the
+        # position check still keeps a slice from being applied twice).
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            await self.wait_drained()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_verdicts, connection)
+            first = True
+            while True:
+                stored = await applied_position(self.cell, self.shard)
+                self.applied = self.read = stored
+                self._failure = None
+                log.info("cluster.applier.reading", shard=self.shard, log=self.log, after=stored)
+                try:
+                    async with connection.reader(
+                        STREAM, self.subject, start_seq=stored + 1
+                    ) as reader:
+                        if first:
+                            first = False
+                            task_status.started(stored)
+                        await self._follow(connection, reader)
+                except _Replay:
+                    pass
+                await self.wait_drained()
+                self.replays += 1
+                log.warning(
+                    "cluster.applier.replay",
+                    shard=self.shard,
+                    log=self.log,
+                    error=str(self._failure),
+                    hint="a slice was not committed (see the store's errors); the log is"
+                    " replayed from the store's position",
+                )
+
+    async def _follow(self, connection: Connection, reader: LogReader) -> None:
+        while True:
+            try:
+                messages = await reader.fetch(FETCH_BATCH, timeout=self.fetch_timeout)
+            except ClusterUnavailable as error:
+                log.warning("cluster.applier.unavailable", shard=self.shard, error=str(error))
+                await connection.wait_connected(math.inf)
+                continue
+            for message in messages:
+                if self._failure is not None:
+                    raise _Replay()
+                await self.apply(message)
+            if self._failure is not None:
+                raise _Replay()
+
+    async def wait_drained(self) -> None:
+        """Until every submitted slice has its answer from the writer."""
+        while self._in_flight:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    async def apply(self, message: LogMessage) -> None:
+        """Submit one message of the log (the next one after :attr:`read`); never waits
+        for its commit, only for room in the cell's budget."""
+        position = LogPosition(self.log, message.seq, self.read)
+        self.read = message.seq
+        self.pending = message.pending
+        piece: Slice | None = None
+        groups: list[tuple[str, list[Event]]] = []
+        indexes: list[list[int]] = []
+        problem: str | None = None
+        try:
+            decoded = decode(message.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            problem = f"not a slice: {error}"
+        else:
+            if not isinstance(decoded, Slice) or decoded.shard != self.shard:
+                problem = f"not a slice of shard {self.shard}: {type(decoded).__name__}"
+            else:
+                piece = decoded
+                try:
+                    groups, indexes = self._groups(piece)
+                except ValueError as error:
+                    problem = str(error)
+        if problem is not None:
+            log.warning(
+                "cluster.applier.skipped",
+                shard=self.shard,
+                seq=message.seq,
+                msg_id=message.msg_id,
+                problem=problem,
+                hint="the message is passed over (its position is stored); check that every"
+                " node runs the same [partitions] and version",
+            )
+        rejected = (
+            [
+                RejectedEvent(r.account, r.id, r.code, r.message)
+                for r in piece.rejected
+                if r.account is not None
+            ]
+            if piece is not None and problem is None
+            else []
+        )
+        count = sum(len(events) for _, events in groups)
+        budget = self.cell.accounts.budget
+        if count:
+            await budget.wait_for_room()
+            budget.take(count)
+        self._in_flight += 1
+        self.slices += 1
+
+        def done(outcome: list[AppendResult] | BaseException) -> None:
+            if count:
+                budget.give(count)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
+            if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidEvents):
+                if self._failure is None:
+                    self._failure = outcome
+            else:
+                self.applied = max(self.applied, message.seq)
+                self._changed.set()
+                self._changed = trio.Event()
+            if piece is None:
+                return
+            answer: Verdicts | Unavailable
+            if problem is not None:
+                answer = Unavailable(piece.batch, piece.shard, problem)
+            else:
+                answer = _outcome(piece, groups, indexes, outcome)
+            self._outbox.send_nowait((verdict_subject(piece.batch.gateway), encode(answer)))
+
+        received_at = piece.received_at if piece is not None else message.time_ms
+        try:
+            self.cell.accounts.submit(
+                groups if problem is None else [],
+                done,
+                producer=piece.producer if piece is not None else None,
+                seq=piece.batch.seq if piece is not None else None,
+                rejected=rejected,
+                log_position=position,
+                received_at=received_at,
+            )
+        except Exception as error:  # a bug: this slice is not applied; replay it
+            log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
+            done(error)
+
+    def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
+        """The slice's events by account (each account once), with their indexes."""
+        by_account: dict[str, tuple[list[int], list[Event]]] = {}
+        for event in piece.events:
+            entry = by_account.get(event.account)
+            if entry is None:
+                if shard_of(event.account, self.partitions) != self.shard:
+                    raise ValueError(
+                        f"account {event.account!r} is not in shard {self.shard}; the gateway"
+                        " and this node disagree on [partitions]: run both on one config"
+                    )
+                entry = by_account[event.account] = ([], [])
+            properties = event.properties
+            entry[0].append(event.index)
+            entry[1].append(
+                new_event(
+                    event.id,
+                    event.account,
+                    event.meter,
+                    event.quantity,
+                    event.time,
+                    properties,  # sorted [key, value] pairs (message version 2)
+                    piece.producer,
+                    piece.received_at,
+                )
+            )
+        return (
+            [(account, events) for account, (_, events) in by_account.items()],
+            [positions for positions, _ in by_account.values()],
+        )
+
+    async def _publish_verdicts(self, connection: Connection) -> None:
+        async for subject, data in self.verdicts:
+            try:
+                await connection.send(subject, data, flush=False)
+            except ClusterUnavailable as error:  # the gateway times the slice out
+                log.warning(
+                    "cluster.applier.verdict_lost",
+                    shard=self.shard,
+                    subject=subject,
+                    error=str(error),
+                )

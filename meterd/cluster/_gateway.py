@@ -1,0 +1,223 @@
+"""The gateway side of cluster mode: slices to the log, verdicts back (docs/cluster.md).
+
+:class:`JetStreamLinks` is what the gateway's :class:`~meterd.partitions._gateway.GatewaySubmitter`
+sends slices through in cluster mode, in place of the links to local owner processes
+(``link_of_shard(shard).send(slice, done)``, the same seam):
+
+* a slice of shard ``s`` is published to ``meterd.log.<s>`` of the log stream with the
+  ``Nats-Msg-Id`` of (gateway, connection, seq, shard) (:func:`~._log.slice_msg_id`); a
+  publish that NATS did not acknowledge is re-sent with its id until the slice's timeout;
+* the shard's owner (wherever it runs) applies it in stream order and publishes its
+  :class:`~meterd.partitions.Verdicts` to ``meterd.verdicts.<gateway>``, which this gateway
+  subscribes to; ``done`` gets them;
+* ``done`` gets :class:`~meterd.partitions.OwnerUnavailable` (the producer's batch is
+  answered ``unavailable``, never acked) when the log did not take the slice, when the owner
+  answered :class:`~meterd.partitions.Unavailable`, or when no verdict came within
+  ``[partitions] slice_timeout`` (counted from the send). A verdict that comes later is
+  dropped: the producer's re-send is then answered as a duplicate by the owner.
+
+It is also the API's :class:`~meterd.partitions.Owners`: in this first slice of cluster mode a
+node answers queries for the shards it holds itself (their cells, in this process, as
+"owner 0"); a shard held by another node is answered unavailable (forwarding queries between
+nodes is not built yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import structlog
+import trio
+
+import supervisors as sv
+from meterd.config import PartitionsConfig
+from meterd.partitions import OwnerUnavailable, Slice, TreeSnapshot, Unavailable, Verdicts
+from meterd.partitions._cell import Cell
+from meterd.partitions._messages import BatchId, decode, encode
+from meterd.partitions._owner import BadQuery, _http_request, call_asgi
+
+from ._log import log_subject, slice_msg_id, verdict_subject
+from ._nats import ClusterUnavailable, Connection
+
+__all__ = ["JetStreamLinks"]
+
+log = structlog.get_logger("meterd.cluster.gateway")
+
+SliceDone = Callable[[Verdicts | OwnerUnavailable], None]
+NODE_OWNER: Final = 0  # how the API numbers this node's cells ("owner-0")
+
+
+class _ShardLink:
+    __slots__ = ("links", "shard")
+
+    def __init__(self, links: JetStreamLinks, shard: int) -> None:
+        self.links = links
+        self.shard = shard
+
+    def send(self, message: Slice, done: SliceDone) -> None:
+        self.links.send(message, done)
+
+
+class JetStreamLinks:
+    """Slices to the log and verdicts back, for gateway ``gateway`` (see the module doc).
+    Run :meth:`run` (it subscribes to the verdicts) before sending."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        gateway: str,
+        partitions: PartitionsConfig,
+        *,
+        slice_timeout: float,
+        cells: Mapping[int, Cell] | None = None,
+        tree: sv.Supervisor | None = None,
+    ) -> None:
+        self.connection = connection
+        self.gateway = gateway
+        # The API numbers owners; a node's own cells are "owner 0".
+        self._partitions = dataclasses.replace(partitions, owners=1)
+        self.slice_timeout = slice_timeout
+        self.cells: Mapping[int, Cell] = cells or {}
+        self.tree = tree
+        self._links = [_ShardLink(self, shard) for shard in range(partitions.shards)]
+        self._waiting: dict[tuple[BatchId, int], tuple[SliceDone, trio.Event]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.published = 0
+        self.late_verdicts = 0
+
+    # ---- what the GatewaySubmitter uses --------------------------------------------------
+
+    @property
+    def partitions(self) -> PartitionsConfig:
+        return self._partitions
+
+    def link_of_shard(self, shard: int) -> _ShardLink:
+        return self._links[shard]
+
+    def send(self, message: Slice, done: SliceDone) -> None:
+        """Publish ``message`` and wait for its verdict, on a task of its own; never blocks."""
+        key = (message.batch, message.shard)
+        if self._nursery is None:
+            done(self._unavailable(message.shard, "this node is not connected to NATS yet"))
+            return
+        if key in self._waiting:
+            done(self._unavailable(message.shard, "the same slice is already in flight"))
+            return
+        if message.batch.gateway != self.gateway:  # its verdict would go to another subject
+            raise ValueError(
+                f"a slice of gateway {message.batch.gateway!r} sent through the links of"
+                f" gateway {self.gateway!r}: give the submitter and the links one name"
+            )
+        arrived = trio.Event()
+        self._waiting[key] = (done, arrived)
+        self._nursery.start_soon(self._publish, key, message, arrived)
+
+    def _unavailable(self, shard: int, why: str) -> OwnerUnavailable:
+        return OwnerUnavailable(shard, NODE_OWNER, why)
+
+    def _finish(self, key: tuple[BatchId, int], outcome: Verdicts | OwnerUnavailable) -> None:
+        entry = self._waiting.pop(key, None)
+        if entry is None:
+            return
+        done, arrived = entry
+        arrived.set()
+        done(outcome)
+
+    async def _publish(self, key: tuple[BatchId, int], message: Slice, arrived: trio.Event) -> None:
+        shard = message.shard
+        with trio.move_on_after(self.slice_timeout):
+            try:
+                await self.connection.publish(
+                    log_subject(shard),
+                    encode(message),
+                    msg_id=slice_msg_id(message.batch, shard),
+                    timeout=self.slice_timeout,
+                )
+            except ClusterUnavailable as error:
+                self._finish(key, self._unavailable(shard, f"the log did not take it: {error}"))
+                return
+            self.published += 1
+            await arrived.wait()
+            return
+        self._finish(
+            key,
+            self._unavailable(
+                shard,
+                f"no verdict from the shard's owner within {self.slice_timeout:g} s (its node may"
+                " be down or the shard changing owner)",
+            ),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe to this gateway's verdicts and hand them to the waiting slices."""
+        subject = verdict_subject(self.gateway)
+        try:
+            async with (
+                self.connection.subscribe(subject, capacity=65_536) as verdicts,
+                trio.open_nursery() as nursery,
+            ):
+                self._nursery = nursery
+                task_status.started()
+                async for _, data in verdicts:
+                    try:
+                        answer = decode(data)
+                    except Exception as error:
+                        log.warning(
+                            "cluster.gateway.bad_verdict", subject=subject, error=str(error)
+                        )
+                        continue
+                    if isinstance(answer, Verdicts):
+                        outcome: Verdicts | OwnerUnavailable = answer
+                    elif isinstance(answer, Unavailable):
+                        outcome = self._unavailable(answer.shard, answer.reason)
+                    else:
+                        continue
+                    key = (answer.batch, answer.shard)
+                    if key not in self._waiting:
+                        self.late_verdicts += 1
+                        continue
+                    self._finish(key, outcome)
+        finally:
+            self._nursery = None
+            waiting, self._waiting = self._waiting, {}
+            for (_, shard), (done, arrived) in waiting.items():
+                arrived.set()
+                done(self._unavailable(shard, "this node is stopping"))
+
+    # ---- the API's Owners ---------------------------------------------------------------
+
+    async def ask(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        cell = self.cells.get(shard)
+        if cell is None:
+            raise OwnerUnavailable(
+                shard,
+                NODE_OWNER,
+                "it is not held by this node, and forwarding queries to other nodes is not"
+                " built yet (docs/cluster.md): ask the node that holds it",
+            )
+        if op == "ping":
+            return "pong"
+        if op != "http":
+            raise RuntimeError(f"a node answers op 'http' and 'ping', not {op!r}")
+        try:
+            request = _http_request(args)
+        except BadQuery as error:
+            raise RuntimeError(str(error)) from None
+        with trio.move_on_after(timeout):
+            return await call_asgi(cell.app(), *request)
+        raise OwnerUnavailable(shard, NODE_OWNER, f"the query took more than {timeout:g} s")
+
+    async def trees(self, limit: int, total: int, timeout: float) -> list[TreeSnapshot | None]:
+        if self.tree is None:
+            return [None]
+        try:
+            tree = sv.snapshot(self.tree, limit=limit, total=total)
+        except ValueError:
+            return [None]
+        return [TreeSnapshot(0, "owner-0", os.getpid(), tree)]
+
+    def pids(self) -> list[int | None]:
+        return [os.getpid()]

@@ -1,0 +1,136 @@
+"""Which nodes are in the cluster and what they hold: ``GET /v1/cluster`` (protocol.md §5).
+
+Every node writes, every ``lease_ttl / 3``, one entry of the KV bucket :data:`NODES` under its
+name: the time (its wall clock, Unix ms), the shards it holds with each one's applied
+sequence and lag. :func:`cluster_status` reads that bucket, the shard leases (owner and
+epoch: the lease's revision) and builds the §5 document, one row per partition (a
+partition's owner, epoch, applied sequence and lag are its shard's). A node whose entry is
+older than ``lease_ttl`` is ``down`` (this reading of liveness assumes the nodes' clocks
+agree within a few seconds; it decides nothing, it is shown to operators).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Final
+
+import nats.js.errors
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from meterd.config import PartitionsConfig
+
+from ._lease import Leases
+from ._nats import Connection
+
+__all__ = ["NODES", "NodeRegistry", "cluster_status"]
+
+NODES: Final = "meterd-nodes"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeRegistry:
+    def __init__(self, connection: Connection, kv: KeyValue, ttl: float) -> None:
+        self.connection = connection
+        self.ttl = ttl
+        self._kv = kv
+
+    @classmethod
+    async def open(
+        cls, connection: Connection, *, ttl: float, timeout: float = 10.0
+    ) -> NodeRegistry:
+        replicas = 3 if connection.known_servers >= 3 else 1
+        js = connection._jetstream
+
+        async def ensure() -> KeyValue:
+            try:
+                return await js.key_value(NODES)
+            except nats.js.errors.BucketNotFoundError:
+                return await js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=NODES, history=1, replicas=replicas, storage=api.StorageType.FILE
+                    )
+                )
+
+        kv = await connection._retry_placement(f"open bucket {NODES}", ensure, timeout)
+        return cls(connection, kv, ttl)
+
+    async def heartbeat(self, node: str, shards: dict[int, tuple[int, int]]) -> None:
+        """Write ``node``'s entry: now, and ``shards`` (shard -> (applied_seq, lag))."""
+        value = json.dumps(
+            {"at": _now_ms(), "shards": {str(s): list(v) for s, v in shards.items()}}
+        ).encode()
+        kv = self._kv
+
+        async def put() -> int:
+            return await kv.put(node, value)
+
+        await self.connection._run(f"heartbeat of {node} in {NODES}", put)
+
+    async def entries(self) -> dict[str, dict[str, Any]]:
+        kv = self._kv
+
+        async def read() -> dict[str, dict[str, Any]]:
+            try:
+                names = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            found: dict[str, dict[str, Any]] = {}
+            for name in names:
+                try:
+                    entry = await kv.get(name)
+                except nats.js.errors.KeyNotFoundError:
+                    continue
+                try:
+                    found[name] = json.loads(entry.value or b"{}")
+                except ValueError:
+                    continue
+            return found
+
+        return await self.connection._run(f"read {NODES}", read)
+
+
+async def cluster_status(
+    node: str, registry: NodeRegistry, leases: Leases, partitions: PartitionsConfig
+) -> dict[str, Any]:
+    """The §5 document (see the module doc)."""
+    entries = await registry.entries()
+    now = _now_ms()
+    owners: dict[int, tuple[str, int] | None] = {}
+    for shard in range(partitions.shards):
+        owners[shard] = await leases.holder(f"shard-{shard:03d}")
+    held: dict[str, int] = {}
+    for owner in owners.values():
+        if owner is not None:
+            held[owner[0]] = held.get(owner[0], 0) + partitions.shard_size
+    nodes = [
+        {
+            "name": name,
+            "status": "live" if now - int(entry.get("at", 0)) <= registry.ttl * 1000 else "down",
+            "partitions": held.get(name, 0),
+        }
+        for name, entry in sorted(entries.items())
+    ]
+    rows = []
+    for partition in range(partitions.count):
+        shard = partition // partitions.shard_size
+        owner = owners[shard]
+        applied, lag = 0, 0
+        if owner is not None:
+            reported = entries.get(owner[0], {}).get("shards", {}).get(str(shard))
+            if isinstance(reported, list) and len(reported) == 2:
+                applied, lag = int(reported[0]), int(reported[1])
+        rows.append(
+            {
+                "partition": partition,
+                "owner": None if owner is None else owner[0],
+                "epoch": 0 if owner is None else owner[1],
+                "applied_seq": applied,
+                "lag": lag,
+            }
+        )
+    return {"node": node, "nodes": nodes, "partitions": rows}
