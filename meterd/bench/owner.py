@@ -150,7 +150,7 @@ def build_load(
                     "dyno.seconds",
                     Decimal(rng.randrange(1, 100_000)) / 1000,
                     now - rng.randrange(3_600_000),
-                    {"size": rng.choice(SIZES), "app": rng.choice(APPS)},
+                    (("app", rng.choice(APPS)), ("size", rng.choice(SIZES))),
                 )
             )
         batches.append(slices)
@@ -171,7 +171,7 @@ def as_groups(
                     e.meter,
                     e.quantity,
                     e.time,
-                    tuple(sorted(e.properties.items())),
+                    e.properties,
                     PRODUCER,
                     received_at,
                 )

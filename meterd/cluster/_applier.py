@@ -62,7 +62,6 @@ log = structlog.get_logger("meterd.cluster.applier")
 
 FETCH_BATCH: Final = 256
 DRAIN_TIMEOUT: Final = 30.0  # seconds a restarted applier waits for its predecessor's slices
-_NO_PROPERTIES: Final[tuple[tuple[str, str], ...]] = ()
 
 
 async def applied_position(cell: Cell, shard: int) -> int:
@@ -289,7 +288,7 @@ class ShardApplier:
                     event.meter,
                     event.quantity,
                     event.time,
-                    tuple(sorted(properties.items())) if properties else _NO_PROPERTIES,
+                    properties,  # sorted [key, value] pairs (message version 2)
                     piece.producer,
                     piece.received_at,
                 )

@@ -42,7 +42,7 @@ from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.billing._metrics import BillingCollector
 from meterd.config import Config
 from meterd.ingest.server import IngestServer
-from meterd.store import Store
+from meterd.store import CommitRounds, Store
 from meterd.store.restarts import RestartLog
 
 __all__ = ["Cell", "share"]
@@ -59,8 +59,10 @@ class Cell:
     """The accounts side of one store file (see the module doc).
 
     ``cells`` is how many cells the process holds (the per-process limits are split over
-    them). Nothing is started here: run :meth:`child_specs` (or :attr:`supervisor`), and
-    :meth:`open` the billing database before serving.
+    them); ``rounds``, the commit loop the cells of one process share (its writer then
+    commits in that loop's rounds, with the other files of the process). Nothing is
+    started here: run :meth:`child_specs` (or :attr:`supervisor`), and :meth:`open` the
+    billing database before serving.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Cell:
         deliveries_path: Path,
         name: str,
         cells: int = 1,
+        rounds: CommitRounds | None = None,
     ) -> None:
         self.config = config
         self.name = name
@@ -82,6 +85,7 @@ class Cell:
             audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
             dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
             meter_dimensions={m.name: len(m.dimensions) for m in config.meters},
+            rounds=rounds,  # an owner's cells share one commit loop (meterd.store._rounds)
         )
         prices = PriceBook(config.prices, config.meters_by_name)
         self.alerts = AlertBook(

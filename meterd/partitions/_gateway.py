@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from decimal import Decimal
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import trio
 
@@ -40,12 +41,17 @@ from meterd.store import AppendResult, RejectedEvent
 
 from ._layout import owner_of_shard, shard_of
 from ._links import OwnerLink
-from ._messages import BatchId, Rejection, Slice, SliceEvent, TreeSnapshot, Verdicts, wire_quantity
+from ._messages import BatchId, Rejection, Slice, SliceEvent, TreeSnapshot, Verdicts
 from ._owners import OwnerUnavailable
 
 __all__ = ["GatewaySubmitter", "OwnerLinks"]
 
 _SHARD_CACHE: Final = 1_000_000  # accounts whose shard is kept (then the cache starts over)
+_INT_LOW: Final = -(2**63)  # an int quantity outside msgpack's range travels as a decimal
+_INT_HIGH: Final = 2**64 - 1
+
+_Row: TypeAlias = tuple[int, str, str, str, "int | Decimal", int, tuple[tuple[str, str], ...]]
+"""A slice event as the gateway encodes it: :class:`~._messages.SliceEvent`'s fields."""
 
 BatchDone = Callable[["list[AppendResult] | Decided | BaseException"], None]
 
@@ -172,26 +178,35 @@ class GatewaySubmitter:
         """See :class:`meterd.ingest.server.Submitter` and the module doc; never blocks."""
         self._batches += 1
         received_at = self.clock()
-        by_shard: dict[int, list[SliceEvent]] = {}
+        # Each event goes out as a plain tuple in SliceEvent's field order (msgspec encodes
+        # it as the same array): no per-event object between validation and the wire, its
+        # properties the validated Event's sorted pairs as they are.
+        by_shard: dict[int, list[_Row]] = {}
+        shard_cache = self._shards
         index = 0
         for number, (account, events) in enumerate(groups):
-            at = positions[number] if positions is not None else None
-            part = by_shard.get(shard := self._shard(account))
+            shard = shard_cache.get(account)
+            if shard is None:
+                shard = self._shard(account)
+            part = by_shard.get(shard)
             if part is None:
                 part = by_shard[shard] = []
-            for position, event in enumerate(events):
-                part.append(
-                    SliceEvent(
-                        at[position] if at is not None else index,
-                        event.id,
-                        account,
-                        event.meter,
-                        wire_quantity(event.quantity),
-                        event.time,
-                        dict(event.properties),
-                    )
+            at = positions[number] if positions is not None else range(index, index + len(events))
+            index += len(events)
+            part += [
+                (
+                    i,
+                    e.id,
+                    account,
+                    e.meter,
+                    q
+                    if (q := e.quantity).__class__ is not int or _INT_LOW <= q <= _INT_HIGH
+                    else Decimal(q),
+                    e.time,
+                    e.properties,
                 )
-                index += 1
+                for i, e in zip(at, events, strict=True)
+            ]
         audits: dict[int, list[Rejection]] = {}
         for audit in rejected:
             shard = self._shard(audit.account)
@@ -216,6 +231,11 @@ class GatewaySubmitter:
         batch = _Batch(on_done, len(by_shard))
         for shard, part in by_shard.items():
             message = Slice(
-                batch_id, shard, producer or "", received_at, part, audits.get(shard, [])
+                batch_id,
+                shard,
+                producer or "",
+                received_at,
+                cast("list[SliceEvent]", part),  # tuples: SliceEvent's wire form
+                audits.get(shard, []),
             )
             self.links.link_of_shard(shard).send(message, batch.slice_done)

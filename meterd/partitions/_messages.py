@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 #: Bumped when a message changes shape; an owner refuses a gateway of another version.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: a slice event's properties are sorted [key, value] pairs
 
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
@@ -83,9 +83,14 @@ class BatchId(Struct, frozen=True, array_like=True):
     seq: int
 
 
-class SliceEvent(Struct, frozen=True, array_like=True):
-    """One event of a slice (protocol §2.2's fields, its position in the batch, and the
-    producer that sent it)."""
+class SliceEvent(Struct, frozen=True, array_like=True, gc=False):
+    """One event of a slice (protocol §2.2's fields and its position in the batch).
+
+    ``properties`` are ``[key, value]`` pairs sorted by key (as validation leaves them in
+    :attr:`meterd.model.Event.properties`), decoded straight into that tuple form: the
+    owner builds its :class:`~meterd.model.Event` from the fields as they are. The gateway
+    encodes a slice's events from plain tuples in this field order (msgspec writes the same
+    array), never building this Struct."""
 
     index: int
     id: str
@@ -93,7 +98,7 @@ class SliceEvent(Struct, frozen=True, array_like=True):
     meter: str
     quantity: int | Decimal
     time: int
-    properties: dict[str, str] = {}
+    properties: tuple[tuple[str, str], ...] = ()
 
 
 class Rejection(Struct, frozen=True, array_like=True):

@@ -28,6 +28,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
+from ._rounds import CommitRounds
 from ._writer import DoneCallback, Writer, WriterStats
 from .errors import (
     CommitFailed,
@@ -64,6 +65,7 @@ __all__ = [
     "AuditEntry",
     "AuditPage",
     "CommitFailed",
+    "CommitRounds",
     "DoneCallback",
     "EventsPage",
     "Housekeeping",

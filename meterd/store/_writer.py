@@ -13,6 +13,11 @@ Rules:
   transaction. When operations arrived while a group was being written (load), the next
   group starts ``commit_interval`` seconds (Trio clock) after the previous one started, or
   at once if that is past: under load groups grow instead of multiplying.
+* Rounds: given a :class:`~meterd.store._rounds.CommitRounds` (an owner process's shard
+  files), the writer does not loop: it joins that shared loop once ready, whose rounds
+  commit every member file with operations queued together (one transaction each, from
+  their own threads) under the same pacing; it leaves at its stop and writes its last group
+  itself. A group that raises in a round ends this writer's task.
 * Failure: a group that fails (``database or disk is full``, an I/O error) is rolled back,
   **every** client operation of it fails with :class:`CommitFailed` (``__cause__``: the
   sqlite3 error), one ``store_commit_failed`` line is logged, and the loop goes on:
@@ -91,6 +96,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
+from ._rounds import CommitRounds
 from .commitmark import CommitMark
 from .errors import CommitFailed
 from .journal_index import JournalTail, catch_up, pass_everything, rebuild_tail
@@ -196,6 +202,7 @@ class Writer:
         probe_interval: float = PROBE_INTERVAL,
         meter_dimensions: MeterDimensions | None = None,
         connection_factory: type[sqlite3.Connection] = sqlite3.Connection,
+        rounds: CommitRounds | None = None,
     ) -> None:
         commit_interval = config.commit_interval.seconds
         index_cycle = config.index_cycle.seconds
@@ -234,6 +241,12 @@ class Writer:
             else WalCheckpointer(self.path, interval=wal_checkpoint_interval)
         )
         self.housekeeper = Housekeeper(self)
+        # With rounds, the shared loop commits this writer's groups (meterd.store._rounds).
+        self.rounds = rounds
+        self._in_rounds = False
+        self._group_lock = trio.Lock()  # one group at a time (the loop's or the last one)
+        self._crashed: trio.Event | None = None
+        self._crash_error: BaseException | None = None
         self._queue: list[tuple[Operation, _Reply]] = []
         self._in_flight = 0
         self._wake: trio.Event | None = None
@@ -261,6 +274,11 @@ class Writer:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def queued(self) -> bool:
+        """Whether operations wait for the next group."""
+        return bool(self._queue)
 
     @property
     def pending(self) -> int:
@@ -306,19 +324,23 @@ class Writer:
                         await nursery.start(self.wal.run)
                     await nursery.start(self.housekeeper.run)
                     task_status.started(self)
-                    await self._serve()
+                    if self.rounds is None:
+                        await self._serve()
+                    else:
+                        await self._serve_in_rounds(self.rounds)
             finally:
                 with sv.shutdown_shield():
-                    try:
-                        # One last group: what was queued when the writer was stopped.
-                        # What replies queue meanwhile waits for a next run.
-                        if self._queue:
-                            await self._commit_group()
-                        await self._pass_everything()
-                    finally:
-                        connection, self._connection = self._connection, None
-                        await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
-                        self.commit_mark.close()
+                    async with self._group_lock:  # after a group the rounds have in flight
+                        try:
+                            # One last group: what was queued when the writer was stopped.
+                            # What replies queue meanwhile waits for a next run.
+                            if self._queue:
+                                await self._commit_group()
+                            await self._pass_everything()
+                        finally:
+                            connection, self._connection = self._connection, None
+                            await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
+                            self.commit_mark.close()
         finally:
             self._running = False
 
@@ -401,6 +423,39 @@ class Writer:
             else:
                 await trio.lowlevel.checkpoint()  # queued by replies, or before run
             loaded = await self._commit_group()
+
+    async def _serve_in_rounds(self, rounds: CommitRounds) -> None:
+        """Serve through the shared loop (meterd.store._rounds) until cancelled, or until
+        one of this writer's groups raised there (raised here: the writer's task ends)."""
+        crashed = self._crashed = trio.Event()
+        self._crash_error = None
+        self._in_rounds = True
+        rounds.join(self)
+        try:
+            await crashed.wait()
+            error = self._crash_error
+            assert error is not None
+            raise error
+        finally:
+            self._in_rounds = False
+            rounds.leave(self)
+            self._crashed = None
+
+    async def _round(self) -> None:
+        """This writer's group in a round of the shared loop (nothing if it left)."""
+        async with self._group_lock:
+            if self._in_rounds and self._queue and self._connection is not None:
+                await self._commit_group()
+
+    def _crash(self, error: BaseException) -> None:
+        """A group of this writer raised in the shared loop: the writer's task raises it."""
+        crashed = self._crashed
+        if crashed is None:
+            log.error("store_round_failed_after_stop", path=str(self.path), error=str(error))
+            return
+        if self._crash_error is None:
+            self._crash_error = error
+        crashed.set()
 
     async def _commit_group(self) -> bool:
         """Write the queued operations as one group; whether more arrived meanwhile."""
@@ -536,6 +591,9 @@ class Writer:
         self._queue.append((op, reply))
         if self._wake is not None:
             self._wake.set()
+        if self._in_rounds:
+            assert self.rounds is not None
+            self.rounds.poke()
         if self._watch is not None:
             self._changed()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import supervisors as sv
 from meterd.config import StoreConfig
 
+from ._rounds import CommitRounds
 from ._writer import Writer
 from .reader import Reader
 from .schema import MeterDimensions
@@ -35,14 +36,17 @@ class Store:
         audit_retention_ms: int | None = None,
         dedupe_window_ms: int | None = None,
         meter_dimensions: MeterDimensions | None = None,
+        rounds: CommitRounds | None = None,
     ) -> Store:
-        """The store at ``path`` with the ``[store]`` table ``config`` (see :class:`Writer`)."""
+        """The store at ``path`` with the ``[store]`` table ``config`` (see :class:`Writer`;
+        ``rounds``: the commit loop it shares with the other files of its process)."""
         writer = Writer(
             path,
             config,
             audit_retention_ms=audit_retention_ms,
             dedupe_window_ms=dedupe_window_ms,
             meter_dimensions=meter_dimensions,
+            rounds=rounds,
         )
         # The reader takes the tail of the journal index from the writer's memory.
         return cls(writer, Reader(path, tail=writer.journal_tail.entries))

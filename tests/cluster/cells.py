@@ -103,7 +103,7 @@ async def running_cell(config: Config, shard: int) -> AsyncIterator[Cell]:
 def ev(
     index: int, id: str, account: str, quantity: int = 1, at: int = T0, app: str = "web"
 ) -> SliceEvent:
-    return SliceEvent(index, id, account, "dyno.seconds", quantity, at, {"app": app})
+    return SliceEvent(index, id, account, "dyno.seconds", quantity, at, (("app", app),))
 
 
 def a_slice(

@@ -28,6 +28,7 @@ from meterd.partitions import (
 )
 from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
 from meterd.partitions._links import OwnerLink, SliceDone
+from meterd.partitions._messages import decode, encode
 from meterd.store import RejectedEvent
 
 LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=3)
@@ -38,7 +39,10 @@ class FakeLink:
         self.sent: list[tuple[Slice, SliceDone]] = []
 
     def send(self, message: Slice, done: SliceDone) -> None:
-        self.sent.append((message, done))
+        # As the owner reads it: the gateway's slice events are tuples until encoded.
+        wire = decode(encode(message))
+        assert isinstance(wire, Slice)
+        self.sent.append((wire, done))
 
 
 def submitter() -> tuple[GatewaySubmitter, list[FakeLink]]:
@@ -76,7 +80,7 @@ def test_a_batch_is_split_into_one_slice_per_shard_with_batch_positions() -> Non
     sa, sb = by_shard[shard_of(a, LAYOUT)], by_shard[shard_of(b, LAYOUT)]
     assert [e.index for e in sa.events] == [0, 2]
     assert sa.events[1].quantity == Decimal(2**70)  # beyond 64 bits: a decimal
-    assert sa.events[0].properties == {"size": "x"}
+    assert sa.events[0].properties == (("size", "x"),)
     assert [e.index for e in sb.events] == [1]
     assert sb.rejected == [Rejection(3, "4", "invalid_quantity", "no", b)]
     assert sa.batch == sb.batch

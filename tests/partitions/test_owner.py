@@ -100,7 +100,7 @@ dimensions = ["app"]
 
 
 def ev(index: int, id: str, account: str, quantity: int = 1, at: int = T0) -> SliceEvent:
-    return SliceEvent(index, id, account, "dyno.seconds", quantity, at, {"app": "web"})
+    return SliceEvent(index, id, account, "dyno.seconds", quantity, at, (("app", "web"),))
 
 
 def a_slice(seq: int, shard: int, events: Sequence[SliceEvent], **more: Any) -> Slice:

@@ -4,6 +4,8 @@ queries; and the single-process daemon built from the same cell code."""
 
 from __future__ import annotations
 
+import gc
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client import generate_latest
 
+from meterd.api import metrics as api_metrics
 from meterd.app import build
 from meterd.config import Config, load
 from meterd.partitions import (
@@ -201,3 +205,41 @@ async def test_an_app_that_fails_before_answering_is_an_error() -> None:
 async def _ask(channel: Channel, message: Any) -> Any:
     await channel.send(message)
     return await channel.receive()
+
+
+async def test_an_account_in_two_runs_of_a_slice_keeps_each_events_index(tmp_path: Path) -> None:
+    # The owner builds one group per run of an account (a gateway sends an account's events
+    # together); an account seen again joins its first group, each index kept.
+    async with running(config_with(tmp_path)) as (_owner, channel):
+        first = a_slice(1, 0, [ev(0, "r1", A), ev(1, "r2", A)])
+        assert await _ask(channel, first) == Verdicts(first.batch, 0, 2, 0)
+        again = a_slice(
+            2,
+            0,
+            [ev(0, "r1", A), ev(1, "r3", B), ev(2, "r2", A, quantity=5), ev(3, "r4", A)],
+        )
+        answer = await _ask(channel, again)
+        assert isinstance(answer, Verdicts)
+        assert (answer.accepted, answer.duplicates) == (2, 1)  # r3, r4 new; r1 the same
+        assert [(r.index, r.id, r.code, r.account) for r in answer.id_conflicts] == [
+            (2, "r2", "id_conflict", A)
+        ]
+
+
+def test_the_cells_of_a_process_read_its_frozen_objects_once_per_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gc.get_freeze_count() walks the whole permanent generation (tens of ms at 10,000
+    # accounts); it is the process's figure, so one reading serves every cell's /metrics.
+    calls: list[int] = []
+
+    def counted() -> int:
+        calls.append(1)
+        return 7
+
+    monkeypatch.setattr(gc, "get_freeze_count", counted)
+    monkeypatch.setattr(api_metrics, "_frozen", [-math.inf, 0])
+    owner = Owner(config_with(tmp_path), 0)  # 2 cells
+    for cell in owner.cells.values():
+        assert b"meterd_gc_frozen_objects 7.0" in generate_latest(cell.metrics.registry)
+    assert len(calls) == 1

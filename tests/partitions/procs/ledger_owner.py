@@ -78,7 +78,7 @@ def decide(db: sqlite3.Connection, message: Slice) -> Verdicts:
                 ev.meter,
                 ev.quantity,
                 ev.time,
-                tuple(sorted(ev.properties.items())),
+                ev.properties,
             )
             fingerprint = event.fingerprint()
             row = db.execute(
