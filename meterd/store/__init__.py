@@ -31,6 +31,7 @@ from ._ops import (
 from ._writer import DoneCallback, Writer, WriterStats
 from .errors import (
     CommitFailed,
+    Fenced,
     InvalidCursor,
     InvalidEvents,
     NotAStoreError,
@@ -73,6 +74,7 @@ __all__ = [
     "LoadedAccount",
     "LogPosition",
     "NotAStoreError",
+    "Fenced",
     "PositionMismatch",
     "Probe",
     "QuarantineDecision",
