@@ -196,6 +196,7 @@ async def _run(
         start=shards.start,
         report=shards.report,
         observe=links.observe,
+        rebalance=cluster.rebalance,
     )
     submitter = GatewaySubmitter(
         gateway, links, max_in_flight_events=config.ingest.max_in_flight_events, clock=wall_clock_ms

@@ -158,6 +158,7 @@ class Placement:
         report: Callable[[], Mapping[int, tuple[int, int]]] = dict,
         observe: Callable[[int, int], None] | None = None,
         margin: float | None = None,
+        rebalance: bool = True,
     ) -> None:
         self.node = node
         self.leases = leases
@@ -168,8 +169,10 @@ class Placement:
         self._start = start
         self._report = report
         self._observe = observe
+        self.rebalance = rebalance
         self.held: dict[int, _Held] = {}
         self._free_rounds: dict[int, int] = {}
+        self._seen: set[str] = set()  # the live nodes of the previous round
         self.rounds = 0
         self._round_done = trio.Event()
 
@@ -194,10 +197,19 @@ class Placement:
             await self._round_done.wait()
 
     async def round(self) -> None:
+        try:
+            # The entry first: it is written before the leases, so it expires before them
+            # (a dead node is gone from the live nodes when its leases free up).
+            await self.registry.heartbeat(self.node, dict(self._report()))
+        except ClusterUnavailable as error:
+            log.warning("cluster.placement.unavailable", node=self.node, error=str(error))
         await self._renew()
         try:
-            await self.registry.heartbeat(self.node, dict(self._report()))
-            await self._claim()
+            live = set((await self.registry.entries()).keys()) | {self.node}
+            if self.rebalance:
+                await self._hand_over(live)
+            await self._claim(live)
+            self._seen = live
         except ClusterUnavailable as error:
             log.warning("cluster.placement.unavailable", node=self.node, error=str(error))
         self.rounds += 1
@@ -222,8 +234,32 @@ class Placement:
             held.lease = lease
             held.fence.renewed(lease)
 
-    async def _claim(self) -> None:
-        live = set((await self.registry.entries()).keys()) | {self.node}
+    async def _hand_over(self, live: set[str]) -> None:
+        """Release one held shard whose first-ranked node is another live one (live in the
+        previous round too): it joined, and takes the shard at its next round."""
+        for shard in sorted(self.held):
+            top = rendezvous(live, shard)
+            if top is None or top == self.node or top not in self._seen:
+                continue
+            held = self.held.pop(shard)
+            held.fence.revoke(f"handed over to {top}")
+            await held.handle.stop()
+            try:
+                await self.leases.release(held.lease)
+            except LeaseLost as error:
+                log.info("cluster.lease.not_released", key=held.lease.key, error=str(error))
+            log.info(
+                "cluster.shard.handed_over",
+                node=self.node,
+                shard=shard,
+                to=top,
+                epoch=held.fence.epoch,
+                hint="the node ranked first for the shard takes it at its next round and"
+                " replays its log from its own store's position",
+            )
+            return
+
+    async def _claim(self, live: set[str]) -> None:
         owners = await self.leases.entries(lease_key(shard) for shard in range(self.shards))
         for shard in range(self.shards):
             if shard in self.held:

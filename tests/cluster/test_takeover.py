@@ -25,6 +25,7 @@ import trio
 
 from meterd.cluster import STREAM, AsyncioBridge, connect
 from meterd.cluster._node import cluster_view
+from meterd.cluster._placement import rendezvous
 from meterd.config import Config
 from meterd.partitions import shard_files, shard_of
 from tests.cluster.servers import NatsCluster, until
@@ -126,9 +127,11 @@ def positions(config: Config) -> dict[int, int]:
     return found
 
 
-async def takeover_run(tmp_path: Path, nats: NatsCluster, *, acks_after: int) -> float:
+async def takeover_run(
+    tmp_path: Path, nats: NatsCluster, *, acks_after: int, ttl: str = TTL
+) -> float:
     names = ("n1", "n2", "n3")
-    configs = {n: node_config(tmp_path / n, nats, n, lease_ttl=TTL) for n in names}
+    configs = {n: node_config(tmp_path / n, nats, n, lease_ttl=ttl) for n in names}
     accounts = accounts_per_shard(configs["n1"], 2)
     async with AsyncExitStack() as stack:
         one = await stack.enter_async_context(
@@ -172,9 +175,10 @@ async def test_kill9_of_the_owner_its_shards_are_taken_within_15s(
 
 @pytest.mark.slow
 async def test_kill9_takeover_campaign(tmp_path: Path, nats3: NatsCluster) -> None:
-    """The same with a longer load after the takeover."""
+    """The same with the default lease_ttl (10 s) and a longer load after the takeover."""
     with trio.fail_after(600):
-        took = await takeover_run(tmp_path, nats3, acks_after=200)
+        took = await takeover_run(tmp_path, nats3, acks_after=200, ttl="10s")
+    print(f"takeover after kill -9: {took:.1f} s (lease_ttl 10s)")
     assert took < 15
 
 
@@ -234,3 +238,46 @@ async def test_a_paused_owner_decides_nothing_after_the_takeover(
             assert await totals_from_owners({"n2": configs["n2"]}, accounts, configs["n2"]) == (
                 merged([lane])
             )
+
+
+async def test_a_node_that_joins_gets_its_share_by_handoff(
+    tmp_path: Path, nats3: NatsCluster
+) -> None:
+    """n1 holds every shard under load; n2 joins: within 60 s n1 hands over the shards
+    rendezvous hashing ranks n2 first for (n1 stops them, releases; n2 takes and replays),
+    the producer on n1 re-sends what was answered unavailable meanwhile, totals exact."""
+    configs = {
+        n: node_config(tmp_path / n, nats3, n, lease_ttl=TTL, rebalance=True) for n in ("n1", "n2")
+    }
+    accounts = accounts_per_shard(configs["n1"], 2)
+    share = {s for s in range(SHARDS) if rendezvous(["n1", "n2"], s) == "n2"}
+    assert 0 < len(share) < SHARDS  # the names split the 4 shards
+    with trio.fail_after(240):
+        async with gateway(configs["n1"], meterd_run=True) as one:
+            _, started = await one.wait_for(one.event("meterd_started"))
+            assert started["shards"] == list(range(SHARDS))
+            lane = Lane("via-1", accounts)
+            stop, flushed = trio.Event(), trio.Event()
+
+            async def produce() -> None:
+                await lane.run(one.url, one.token("platform"), stop)
+                flushed.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                await lane.wait_acks(5)
+                async with gateway(configs["n2"], meterd_run=True) as two:
+                    joined = trio.current_time()
+                    await wait_lines([two], lambda: set(owned([two])) == share, 60)
+                    took = trio.current_time() - joined
+                    await lane.wait_acks(lane.acks + 10)
+                    stop.set()
+                    await flushed.wait()
+                    print(f"a joining node got its {len(share)} shards in {took:.1f} s")
+                    assert lane.acked == len(lane.sent)
+                    assert await totals_from_owners(configs, accounts, configs["n2"]) == (
+                        merged([lane])
+                    )
+                    doc = await cluster_doc(configs["n1"])
+                    held = {node["name"]: node["partitions"] for node in doc["nodes"]}
+                    assert held == {"n1": 4 * (SHARDS - len(share)), "n2": 4 * len(share)}
