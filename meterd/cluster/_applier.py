@@ -110,6 +110,7 @@ class ShardApplier:
         self.fence = fence
         self.refused: str | None = None  # why the log cannot rebuild this shard
         self.fenced_verdicts = 0  # verdicts not published: the fence had lapsed
+        self.fence_waits = 0  # times it waited for a lapsed fence before reading
         self.cell = cell
         self.shard = shard
         self.partitions = partitions
@@ -152,7 +153,15 @@ class ShardApplier:
             nursery.start_soon(self._publish_verdicts, connection)
             first = True
             while True:
-                if self.fence is not None:
+                if self.fence is not None and self.fence.check() is not None:
+                    self.fence_waits += 1
+                    log.warning(
+                        "cluster.applier.fenced",
+                        shard=self.shard,
+                        reason=self.fence.check(),
+                        hint="the shard's lease is not certainly held: nothing is applied"
+                        " until a renewal succeeds (or the shard is stopped)",
+                    )
                     await self.fence.wait_held()
                 stored = await applied_position(self.cell, self.shard)
                 self.applied = self.read = stored
