@@ -13,6 +13,9 @@
   and the lookups by id cost the same with a million children as with ten.
   (An actor's ref leads to its child record directly; other refs go through a
   dict, or, if unhashable, a walk over the children.)
+* The children that are not running (a first start under way, or restarting) are
+  indexed too: :meth:`DynamicSupervisor.not_running` lists them without looking at
+  the others (a status filter over a million children).
 * On shutdown all children are asked to stop at once, then each is given its
   own grace period (as ``simple_one_for_one`` and Elixir do), so many thousands
   of actors stop in one grace period, not one after another.
@@ -31,8 +34,9 @@ from typing import Any
 
 from ._actor import ActorRef, started_for
 from ._child import request_stop, wait_stopped
-from ._core import Child, SupervisorCore
+from ._core import Child, ChildInfo, ChildStatus, SupervisorCore
 from ._errors import MaxChildrenReached, NoSuchChild, SupervisorStopping
+from ._exit import Exit
 from ._registry import NameRef
 from ._spec import ChildSpec, check_auto_shutdown, check_child_spec
 
@@ -98,15 +102,32 @@ class DynamicSupervisor(SupervisorCore):
         # child directly), by the ref of their latest incarnation.
         self._by_id = _Index()
         self._by_ref = _Index()
+        # Live children that may not be running: from start_child until their start
+        # succeeds, and from an exit their supervisor handles until a restart succeeds.
+        self._unsettled: dict[Child, None] = {}
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def not_running(self) -> list[ChildInfo]:
+        """The children that are not running now (``restarting``, or ``stopped`` while
+        their first start runs), in the order they stopped running; linear in those
+        only. A child whose exit this supervisor has not handled yet (the scheduler
+        ticks between an incarnation's end and its notice) is not among them."""
+        found: list[ChildInfo] = []
+        for child in list(self._unsettled):
+            if child.status is ChildStatus.RUNNING:
+                del self._unsettled[child]
+            else:
+                found.append(ChildInfo.of(child))
+        return found
 
     def _reset(self) -> None:
         super()._reset()
         self._live = {}
         self._by_id = _Index()
         self._by_ref = _Index()
+        self._unsettled = {}
 
     async def start_child(self, spec: ChildSpec) -> Any:
         """Start a child from ``spec`` and return its ref (for an actor, its ActorRef).
@@ -127,6 +148,7 @@ class DynamicSupervisor(SupervisorCore):
             )
         child = Child(spec)
         self._live[child] = None  # take the place before awaiting the start
+        self._unsettled[child] = None
         self._by_id.add(spec.id, child)
         try:
             await self._start_child(child)
@@ -175,6 +197,7 @@ class DynamicSupervisor(SupervisorCore):
     # ---- SupervisorCore hooks -------------------------------------------------
 
     def _child_started(self, child: Child) -> None:
+        self._unsettled.pop(child, None)
         old, new = child.key, child.ref
         if old is not None and not isinstance(old, ActorRef):
             self._unindex_ref(old, child)
@@ -190,6 +213,7 @@ class DynamicSupervisor(SupervisorCore):
     def _drop(self, child: Child) -> None:
         child.removed = True
         self._live.pop(child, None)
+        self._unsettled.pop(child, None)
         self._by_id.remove(child.spec.id, child)
         key = child.key
         if key is not None and not isinstance(key, ActorRef):
@@ -207,6 +231,16 @@ class DynamicSupervisor(SupervisorCore):
     def _is_current(self, child: Child) -> bool:
         return child in self._live
 
+    async def _on_child_exit(self, child: Child, exit: Exit) -> None:
+        if child in self._live:
+            self._unsettled[child] = None  # until a restart succeeds (or it is dropped)
+        await super()._on_child_exit(child, exit)
+
+    async def _terminate_child(self, child: Child) -> None:
+        if child in self._live:  # an operator restart: stopped until started again
+            self._unsettled[child] = None
+        await super()._terminate_child(child)
+
     def _forget(self, child: Child) -> None:
         self._drop(child)
         self._release_name(child)
@@ -222,6 +256,7 @@ class DynamicSupervisor(SupervisorCore):
     async def _terminate_all(self) -> None:
         children = list(self._live)
         self._live.clear()
+        self._unsettled.clear()
         self._by_id = _Index()
         self._by_ref = _Index()
         stopping = []

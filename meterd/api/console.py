@@ -149,6 +149,13 @@ class IngestSnapshot(Open):
     producers: list[ProducerRow]
     store_commits: Count
     store_pending: Count
+    commit_latency_bounds: Annotated[
+        list[float], Meta(description="Seconds, upper bounds of the commit-latency buckets.")
+    ]
+    commit_latency_counts: Annotated[
+        list[Count],
+        Meta(description="Store group commits per bucket since start; the last is +Inf."),
+    ]
     checkpoint_count: Count
     checkpoint_seconds: float
     live_actors: Count
@@ -294,11 +301,23 @@ async def _quarantined_accounts(daemon: Daemon) -> set[str]:
 
 
 async def _asleep(
-    daemon: Daemon, search: str | None, only: set[str] | None, offset: int, limit: int
+    daemon: Daemon,
+    search: str | None,
+    only: set[str] | None,
+    offset: int,
+    limit: int,
+    count: bool = True,
 ) -> tuple[int, list[str]]:
     """Accounts the store knows that have no running actor: how many match, and the page
-    ``[offset, offset + limit)`` of them by name (``only``: among these accounts)."""
+    ``[offset, offset + limit)`` of them by name (``only``: among these accounts, looked
+    at one by one, not the store's table). ``count`` False: the scan stops once the page
+    is full and the number is -1 (the caller knows it: every asleep account matches)."""
     registry = daemon.accounts.registry
+    if only is not None:
+        names = sorted(
+            a for a in only if a not in registry and (search is None or search in a.lower())
+        )
+        return len(names), names[offset : offset + limit]
     pattern = "%" if search is None else "%" + _like(search) + "%"
 
     def query(conn: sqlite3.Connection) -> tuple[int, list[str]]:
@@ -309,11 +328,13 @@ async def _asleep(
             (pattern,),
         )
         for (account,) in rows:
-            if account in registry or (only is not None and account not in only):
+            if account in registry:
                 continue
             if offset <= matched < offset + limit:
                 page.append(account)
             matched += 1
+            if not count and matched >= offset + limit:
+                return -1, page
         return matched, page
 
     return await daemon.store.reader.run(query)
@@ -373,21 +394,35 @@ def _actor_node(actors: _Actors, account: str) -> Node | None:
     return info, f"{actors.path}/{info.name}", actors.depth
 
 
+def _status_of(node: Node) -> str:
+    return "running" if node[0] is None else node[0].status.value
+
+
 def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> Any:
-    """``(total, matched, the page's nodes)`` without a row per meter
-    actor, for the common questions (no status filter): the tree's first pages, a search,
-    a sort by name, mailbox, memory or rate; None for the others (:func:`_slow`)."""
-    if query.status is not None or query.sort == "restarts":
+    """``(total, matched, the page's nodes)`` without a row per meter actor, for the
+    common questions (no status filter, or ``running``): the tree's first pages, a
+    search, a sort by name, mailbox, memory or rate; None for the others
+    (:func:`_by_status`, :func:`_running_in_order`, :func:`_slow`).
+
+    ``running``: the actors that are not running are few and indexed by their supervisor
+    (``DynamicSupervisor.not_running``), so the others are counted without a look and
+    those few are left out of the candidates by id."""
+    if query.status not in (None, "running") or query.sort == "restarts":
         return None
     root, big, registry = daemon.tree, daemon.accounts.supervisor, daemon.accounts.registry
     items = outline(root, big)
     actors = next((item for item in items if isinstance(item, _Actors)), None)
+    awake = len(big) if actors is not None else 0
+    total = len(items) - (actors is not None) + awake
+    idle: set[str] = set()  # actors not running (left out by a running filter)
+    if query.status == "running":
+        idle = {str(info.id) for info in big.not_running()}
+        items = [i for i in items if isinstance(i, _Actors) or _status_of(i) == "running"]
     static = [item for item in items if not isinstance(item, _Actors)]
-    total = len(static) + (len(big) if actors is not None else 0)
     end = query.offset + query.limit
     if query.sort == "tree" and search is None:
-        if query.order == "desc":
-            return None
+        if query.order == "desc" or idle:
+            return None  # (the running actors' positions are not known without a look)
         chosen: list[Node] = []
         position = 0
         for item in items:
@@ -404,7 +439,7 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
             if position >= query.offset:
                 chosen.append(item)
             position += 1
-        return total, total, chosen
+        return total, len(static) + awake, chosen
     candidates: list[tuple[Any, int, Node | str]] = []
     node_key = _sort_key(query.sort, now) if query.sort != "tree" else None
     for index, node in enumerate(static):
@@ -413,9 +448,12 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
             candidates.append((node_key(node) if node_key else index, index, node))
     if actors is not None:
         base = len(static)
+        running = query.status == "running"
         for index, key in enumerate(registry.keys()):
             account = str(key)
             if search is not None and search not in account.lower():
+                continue
+            if running and (account in idle or registry.whereis(key) is None):
                 continue
             if query.sort in ("tree", "name"):
                 value: Any = base + index if query.sort == "tree" else account
@@ -448,6 +486,102 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
     return total, len(candidates), chosen
 
 
+def _page(live: list[Node], query: NodesQuery, now: float) -> list[Node]:
+    """The page ``[offset, offset + limit)`` of ``live`` (in tree order) as asked."""
+    end = query.offset + query.limit
+    descending = query.order == "desc"
+    if query.sort != "tree":  # the first `end` only: O(n log end), not a whole sort
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        chosen = pick(end, live, key=_sort_key(query.sort, now))
+    else:
+        chosen = live[::-1][:end] if descending else live[:end]
+    return chosen[query.offset :]
+
+
+def _by_status(
+    daemon: Daemon, query: NodesQuery, search: str | None, now: float, quarantined: set[str]
+) -> Any:
+    """What :func:`_slow` answers for a filter on a status few actors have, without a look
+    at the others: ``restarting`` and ``stopped`` from the accounts supervisor's index of
+    the actors not running, ``quarantined`` from the store's quarantined accounts (each
+    found by id), ``hibernated`` (no live node at all); None for ``running`` or no
+    filter. The few actors come in the order they stopped running (quarantined: by
+    name), in the tree's place of the actors."""
+    status = query.status
+    if status is None or status == "running":
+        return None
+    root, big = daemon.tree, daemon.accounts.supervisor
+    items = outline(root, big)
+    has_actors = any(isinstance(item, _Actors) for item in items)
+    total = len(items) - has_actors + (len(big) if has_actors else 0)
+    if status == "hibernated":
+        return total, 0, []
+    meters = f"{root.name}/accounts/meters/"
+    live: list[Node] = []
+    for item in items:
+        if not isinstance(item, _Actors):
+            if _keep(item, search, status, quarantined, meters):
+                live.append(item)
+        elif status == "quarantined":
+            for account in sorted(quarantined):
+                if search is None or search in account.lower():
+                    found = _actor_node(item, account)
+                    if found is not None:  # (else it is asleep: listed from the store)
+                        live.append(found)
+        else:
+            for info in item.sup.not_running():
+                if info.status.value == status and (search is None or search in info.name.lower()):
+                    live.append((info, f"{item.path}/{info.name}", item.depth))
+    return total, len(live), _page(live, query, now)
+
+
+async def _running_in_order(daemon: Daemon, query: NodesQuery, search: str | None) -> Any:
+    """``status=running`` in tree order (ascending, no search) while some actors are not
+    running: counted without a look (all but those few), and the page read from the
+    start of the accounts' children up to its end, skipping the few (a checkpoint every
+    :data:`WALK_SLICE` children): cheap for the first pages, up to a walk for the last."""
+    if not (query.status == "running" and query.sort == "tree" and search is None):
+        return None
+    if query.order == "desc":
+        return None
+    root, big = daemon.tree, daemon.accounts.supervisor
+    items = outline(root, big)
+    idle = {str(info.id) for info in big.not_running()}
+    end = query.offset + query.limit
+    total = matched = 0
+    position = 0
+    chosen: list[Node] = []
+    for item in items:
+        if isinstance(item, _Actors):
+            count = len(item.sup)
+            running = max(0, count - len(idle))
+            total += count
+            matched += running
+            base, seen, start = position, 0, 0
+            while base + seen < end and seen < running:
+                read = list(item.sup.iter_children(start, start + WALK_SLICE))
+                if not read:
+                    break
+                start += len(read)
+                for info in read:
+                    if info.status is not sv.ChildStatus.RUNNING:
+                        continue
+                    if query.offset <= base + seen < end:
+                        chosen.append((info, f"{item.path}/{info.name}", item.depth))
+                    seen += 1
+                await trio.lowlevel.checkpoint()
+            position = base + running
+            continue
+        total += 1
+        if _status_of(item) != "running":
+            continue
+        matched += 1
+        if query.offset <= position < end:
+            chosen.append(item)
+        position += 1
+    return total, matched, chosen
+
+
 async def _slow(
     daemon: Daemon, query: NodesQuery, search: str | None, now: float, quarantined: set[str]
 ) -> Any:
@@ -460,14 +594,7 @@ async def _slow(
         total += 1
         if query.status != "hibernated" and _keep(node, search, query.status, quarantined, meters):
             live.append(node)
-    end = query.offset + query.limit
-    descending = query.order == "desc"
-    if query.sort != "tree":  # the first `end` only: O(n log end), not a whole sort
-        pick = heapq.nlargest if descending else heapq.nsmallest
-        chosen = pick(end, live, key=_sort_key(query.sort, now))
-    else:
-        chosen = live[::-1][:end] if descending else live[:end]
-    return total, len(live), chosen[query.offset :]
+    return total, len(live), _page(live, query, now)
 
 
 @ops.get(
@@ -487,6 +614,10 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
     now = trio.current_time()
     found = _fast(daemon, query, search, now)
     if found is None:
+        found = _by_status(daemon, query, search, now, quarantined)
+    if found is None:
+        found = await _running_in_order(daemon, query, search)
+    if found is None:
         found = await _slow(daemon, query, search, now, quarantined)
     total, matched, chosen = found
     page = [
@@ -500,8 +631,11 @@ async def tree_nodes(daemon: Daemon, query: NodesQuery) -> Response:
         live_matched = matched
         first = max(0, query.offset - live_matched)
         room = query.limit - len(page)
-        asleep, names = await _asleep(daemon, search, only, first, room)
-        matched += asleep
+        every = status == "hibernated" and search is None  # all asleep ones: counted already
+        asleep, names = (0, []) if every and (not asleep_total or room <= 0) else await _asleep(
+            daemon, search, only, first, room, count=not every
+        )
+        matched += asleep_total if every else asleep
         page += [_asleep_row(daemon, name, quarantined) for name in names]
     return json_answer(
         Nodes(total=total, asleep=asleep_total, matched=matched, offset=query.offset, nodes=page)
@@ -665,6 +799,8 @@ def ingest_snapshot(daemon: Daemon) -> IngestSnapshot:
         producers=producers,
         store_commits=writer.stats.commits,
         store_pending=writer.pending,
+        commit_latency_bounds=list(daemon.metrics.commit_latency.bounds),
+        commit_latency_counts=list(daemon.metrics.commit_latency.counts),
         checkpoint_count=int(checkpoint_count),
         checkpoint_seconds=checkpoint_sum,
         live_actors=len(daemon.accounts.supervisor),

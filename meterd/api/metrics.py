@@ -3,8 +3,10 @@
 Nothing is counted twice for Prometheus: :class:`DaemonCollector` reads the plain ints the
 ingest server (:class:`~meterd.ingest.server.IngestStats`), the store writer
 (:class:`~meterd.store.WriterStats`) and the supervisors (``restart_counts``) keep anyway, so
-the hot path has no metric calls. The one exception is checkpoint latency, a histogram fed
-by the writer's ``on_checkpoint`` hook (one observation per checkpoint, not per event).
+the hot path has no metric calls. The exceptions are checkpoint latency, a histogram fed
+by the writer's ``on_checkpoint`` hook (one observation per checkpoint, not per event), store
+commit latency, fed by its ``on_commit`` hook (one per group commit), and the quarantine's
+release and discard counts (one call per operator decision).
 
 Each :class:`Metrics` has its own registry (several daemons in one test process do not mix).
 Counters restart from zero with the process; a supervisor rebuilt by its parent (``accounts``)
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
@@ -32,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 import supervisors as sv
+from meterd.ingest.observe import LatencyHistogram
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -41,6 +45,35 @@ if TYPE_CHECKING:
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 CHECKPOINT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 GC_PAUSE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+COMMIT_BUCKETS: Final = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+"""Upper bounds, seconds, of the store commit-latency histogram (a commit with fsync takes
+a few hundred microseconds on an idle disk; +Inf beyond)."""
+
+
+@dataclass(slots=True)
+class QuarantineCounts:
+    """Quarantined events settled by operators since start (the routes add to them)."""
+
+    released: int = 0
+    discarded: int = 0
+
+
+def commit_histogram() -> LatencyHistogram:
+    return LatencyHistogram(COMMIT_BUCKETS, [0] * (len(COMMIT_BUCKETS) + 1))
 
 
 def supervisors_by_path(root: sv.SupervisorCore) -> Iterator[tuple[str, sv.SupervisorCore]]:
@@ -68,13 +101,18 @@ class DaemonCollector(Collector):
         accounts: Accounts | None,
         store: Store | None,
         ingest: IngestServer,
+        commit_latency: LatencyHistogram | None = None,
+        quarantine: QuarantineCounts | None = None,
     ) -> None:
         """``accounts`` and ``store`` are None in a gateway (their series come from the
-        owners' cells)."""
+        owners' cells); ``commit_latency``: the store's commits (fed by its writer);
+        ``quarantine``: the operators' decisions (counted by the quarantine routes)."""
         self.root = root
         self.accounts = accounts
         self.store = store
         self.ingest = ingest
+        self.commit_latency = commit_histogram() if commit_latency is None else commit_latency
+        self.decisions = QuarantineCounts() if quarantine is None else quarantine
         self.quarantined = 0  # refreshed from the store by the handler before each scrape
 
     def collect(self) -> Iterator[Metric]:
@@ -178,6 +216,14 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_store_pending", "Store operations queued or being written.", writer.pending
         )
+        commits = self.commit_latency
+        yield HistogramMetricFamily(
+            "meterd_store_commit_seconds",
+            "From a group's write handed to the store's thread to its commit (the queue"
+            " before it not counted): one observation per committed group.",
+            buckets=commits.cumulative(),
+            sum_value=commits.total,
+        )
         yield CounterMetricFamily(
             "meterd_store_failed_passes",
             "Journal-index passes that failed (their groups committed without them).",
@@ -201,6 +247,16 @@ class DaemonCollector(Collector):
             )
         yield GaugeMetricFamily(
             "meterd_quarantined_events", "Events in quarantine (poison).", self.quarantined
+        )
+        yield CounterMetricFamily(
+            "meterd_quarantine_released",
+            "Quarantined events released (re-applied) by an operator (API, CLI, console).",
+            value=self.decisions.released,
+        )
+        yield CounterMetricFamily(
+            "meterd_quarantine_discarded",
+            "Quarantined events discarded for good by an operator (API, CLI, console).",
+            value=self.decisions.discarded,
         )
         waiting = GaugeMetricFamily(
             "meterd_store_reads_waiting",
@@ -259,6 +315,10 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_pauses = [gc_pause_seconds.labels(str(generation)) for generation in (0, 1, 2)]
+        # Store commit latency: plain counts (the console charts their differences too).
+        self.commit_latency = commit_histogram()
+        # Quarantined events settled by operators (the quarantine routes add to them).
+        self.quarantine = QuarantineCounts()
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds, ... (Linux /proc)
         ProcessCollector(registry=self.registry)
         self.collector: DaemonCollector | None = None
@@ -272,10 +332,13 @@ class Metrics:
     ) -> None:
         """Start reading this daemon's counters (and observing its checkpoints); a gateway
         has no ``accounts`` nor ``store`` of its own."""
-        self.collector = DaemonCollector(root, accounts, store, ingest)
+        self.collector = DaemonCollector(
+            root, accounts, store, ingest, self.commit_latency, self.quarantine
+        )
         self.registry.register(self.collector)
         if store is not None:
             store.writer.on_checkpoint = self.checkpoint_seconds.observe
+            store.writer.on_commit = self.commit_latency.observe
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:
         """One collection's pause (:class:`meterd.memory.GcPauses` calls this)."""

@@ -224,6 +224,13 @@ class EventsQuery(Model):
     to: Annotated[Millis, Meta(description="Event time, exclusive.")] = MAX_MS
     limit: Annotated[int, Meta(ge=1, le=MAX_EVENTS_LIMIT, description="Page size.")] = DEFAULT_PAGE
     cursor: Cursor | None = None
+    order: Annotated[
+        Literal["asc", "desc"],
+        Meta(
+            description="asc: in ingestion order; desc: the last ingested first (a cursor"
+            " goes on in the order it was issued for)."
+        ),
+    ] = "asc"
 
     def __post_init__(self) -> None:
         _span(self.from_, self.to)

@@ -7,7 +7,9 @@ discard"; docs/api.md).
 * ``POST /v1/quarantine/{account}/discard`` — set them aside for good (``ids`` required),
   audited the same way: they never count.
 
-Both answer 200 with what was done (:class:`.answers.QuarantineDecision`); ids already
+Both answer 200 with what was done (:class:`.answers.QuarantineDecision`) and count the
+events they settled in ``/metrics`` (``meterd_quarantine_released_total``,
+``meterd_quarantine_discarded_total``); ids already
 released (a release) or discarded (a discard) are listed as ``unchanged``: asking twice is
 a no-op. A request naming an id that cannot be acted on writes nothing: 404
 ``unknown_event`` (no such event of the account), 409 ``not_quarantined`` (it counts),
@@ -52,6 +54,7 @@ async def release(daemon: Daemon, path: AccountPath, body: ReleaseBody) -> Respo
         decision = await daemon.accounts.release(path.account, ids, body.by, body.reason)
     except QuarantineRefused as refused:
         raise _refusal(refused) from None
+    daemon.metrics.quarantine.released += len(decision.settled)
     return json_answer(_answer(decision, body.by, body.reason))
 
 
@@ -70,6 +73,7 @@ async def discard(daemon: Daemon, path: AccountPath, body: DiscardBody) -> Respo
         decision = await daemon.accounts.discard(path.account, body.ids, body.by, body.reason)
     except QuarantineRefused as refused:
         raise _refusal(refused) from None
+    daemon.metrics.quarantine.discarded += len(decision.settled)
     return json_answer(_answer(decision, body.by, body.reason))
 
 

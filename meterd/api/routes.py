@@ -163,7 +163,7 @@ async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Respons
 @ops.get(
     "/v1/accounts/{account}/events",
     "events",
-    "The stored events of one account, in ingestion order, paged.",
+    "The stored events of one account, in ingestion order (or newest first), paged.",
     answers={200: (answers.Events, "One page.")},
     errors=(400, 401, 404, 500),
     scope=ACCOUNT,
@@ -174,7 +174,13 @@ async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Respo
     await daemon.known_account(path.account)
     try:
         page = await daemon.store.reader.events(
-            path.account, query.meter, query.from_, query.to, query.limit, query.cursor
+            path.account,
+            query.meter,
+            query.from_,
+            query.to,
+            query.limit,
+            query.cursor,
+            newest_first=query.order == "desc",
         )
     except InvalidCursor as error:
         raise bad_parameter("cursor", f"is not valid: {error}") from None

@@ -376,6 +376,11 @@ async function actorPage(root, { parts }) {
       ["events/s", s.rate], ["events applied", s.events_applied],
       ["memory (estimate)", fmtBytes(s.memory)], ["windows held", s.windows],
       ["watermark", s.watermark ?? "—"], ["quarantined events", s.quarantined]];
+    for (const id of ["actor-restart", "actor-kill"]) {  // an asleep account has no actor
+      const button = document.getElementById(id);
+      button.disabled = s.status === "hibernated";
+      button.title = button.disabled ? "asleep (hibernated): it wakes on its next event" : "";
+    }
     facts.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k),
       h("dd", { "data-fact": k, class: k === "status" ? `status-${v}` : undefined }, v)]));
     history.replaceChildren(h("thead", {}, h("tr", {},
@@ -393,15 +398,16 @@ async function actorPage(root, { parts }) {
     extra.append(quarantine.el);
     await quarantine.load();
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
-      h("h2", {}, "Events of the last 24 hours (the first 50, in arrival order)"),
+      h("h2", {}, "Recent events (the last 50 received in 24 hours, newest first)"),
       h("div", { id: "actor-events" }),
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
     const now = Date.now();
+    // The API aligns `to` down to the window: an hour past now keeps the current hour.
     await usageTables(extra.querySelector("#actor-usage"), first.account,
-      now - 86400000, now + 60000, "hour");
+      now - 86400000, now + 3600000, "hour");
     const events = await api(`/v1/accounts/${encodeURIComponent(first.account)}/events${query({
-      from: now - 86400000, limit: 50 })}`);
+      from: now - 86400000, limit: 50, order: "desc" })}`);
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
   return { onTick: async () => { await load(); if (quarantine) await quarantine.load(); } };
@@ -547,12 +553,17 @@ function quantile(counts, bounds, q) {
   return null;
 }
 
-function latencies(q) {
+// Quantile q (ms, a bucket's upper bound) of each second's observations of a histogram
+// kept as counts per bucket since start (ack latency, store commit latency).
+function latencies(q, name = "ack_latency") {
   const s = state.snapshots;
   const points = [];
   for (let i = 1; i < s.length; i += 1) {
-    const counts = s[i].ack_latency_counts.map((c, j) => c - s[i - 1].ack_latency_counts[j]);
-    const value = quantile(counts, s[i].ack_latency_bounds, q);
+    const now = s[i][`${name}_counts`];
+    const before = s[i - 1][`${name}_counts`];
+    if (!now || !before || now.length !== before.length) continue;
+    const counts = now.map((c, j) => c - before[j]);
+    const value = quantile(counts, s[i][`${name}_bounds`], q);
     if (value !== null && Number.isFinite(value)) points.push([s[i].at, value]);
   }
   return points;
@@ -627,6 +638,10 @@ async function ingestPage(root) {
         { name: "commits/s", points: rates((s) => s.store_commits) },
         { name: "pending ops", points: state.snapshots.map((s) => [s.at, s.store_pending]) },
       ], "", "chart-store"),
+      chart("Store commit latency (bucket upper bound)", [
+        { name: "p50", points: latencies(0.5, "commit_latency") },
+        { name: "p99", points: latencies(0.99, "commit_latency") },
+      ], "ms", "chart-commit-latency"),
       chart("Checkpoint latency (mean)", [{ name: "ms", points: (() => {
         const s = state.snapshots;
         const out = [];
@@ -752,23 +767,76 @@ async function invoicePage(root, { parts }) {
     try {
       const e = await api(`/v1/accounts/${encodeURIComponent(account)}/invoices/${period}`
         + `/lines/${number}/explanation?limit=20`);
+      // Events in time order (the API pages them in journal order).
+      const events = e.events.slice().sort((a, b) => a.time - b.time || (a.id < b.id ? -1 : 1));
       put(explanation, h("h2", {}, `Line ${number} explained`),
         h("p", {}, `${e.meter} ${Object.entries(e.filter).map(([k, v]) => `${k}=${v}`).join(" ")}`
-          + ` from ${fmtTime(e.start)} to ${fmtTime(e.end)}: ${e.value}`),
+          + ` from ${fmtTime(e.start)} to ${fmtTime(e.end)} (UTC, end excluded)`),
+        h("ul", { id: "explanation-words" }, figureInWords(e).map((t) => h("li", {}, t))),
         e.notes.length ? h("ul", {}, e.notes.map((n) => h("li", {}, n))) : null,
         e.adjustments.length ? h("div", {}, h("h2", {}, "Adjustments"), h("ul", {},
-          e.adjustments.map((a) => h("li", {}, `#${a.id} ${a.kind} ${a.quantity} on `
+          e.adjustments.map((a) => h("li", {}, `#${a.id} ${a.kind} ${a.quantity} ${e.unit} on `
             + `${fmtTime(a.start)} by ${a.by}: ${a.reason}`)))) : null,
-        h("h2", {}, "Events (first 20)"),
-        h("table", {}, h("thead", {}, h("tr", {}, ["id", "time", "quantity", "status"].map((c) =>
-          h("th", {}, c)))), h("tbody", {}, e.events.map((ev) => h("tr", {}, h("td", {}, ev.id),
-          h("td", {}, fmtTime(ev.time)), h("td", { class: "num" }, ev.quantity),
-          h("td", {}, ev.status))))));
+        e.voids.length ? h("div", {}, h("h2", {}, "Voids"), h("ul", {},
+          e.voids.map((v) => h("li", {}, `#${v.id} event ${v.event_id} (${v.quantity} ${e.unit}`
+            + ` at ${fmtTime(v.time)}) by ${v.by}: ${v.reason}`)))) : null,
+        h("h2", {}, `Events (${events.length} of the first page, in time order)`),
+        h("table", {}, h("thead", {}, h("tr", {}, ["time", "id", "quantity", "status"].map((c) =>
+          h("th", {}, c)))), h("tbody", {}, events.map((ev) => h("tr", {},
+          h("td", {}, fmtTime(ev.time)), h("td", {}, ev.id),
+          h("td", { class: "num" }, `${ev.quantity} ${e.unit}`), h("td", {}, ev.status))))),
+        e.next_cursor ? h("p", { class: "note" }, "More events: meterd explain "
+          + `${account} --period ${period} --line ${number} --limit 1000`) : null);
     } catch (error) {
       showError(explanation, error);
     }
   }
   await load();
+}
+
+// A line's figure in words, as `meterd explain` says it: usage, corrections, the cap's
+// arithmetic, the price and its rule by name, and the event that set a max/min/latest.
+const DECIDED = { max: "The peak was set by", min: "The low was set by",
+  latest: "The value is that of the latest event," };
+
+function capWords(cap, unit) {
+  let limit = cap.daily !== null && cap.daily !== undefined
+    ? `at most ${cap.daily} ${unit} a day x ${cap.days} days = ${cap.cap} ${unit}`
+    : `at most ${cap.cap} ${unit} a month`;
+  if (cap.used_before && cap.used_before !== "0") {
+    limit += `, of which ${cap.used_before} were billed on this line's earlier dates`;
+  }
+  return limit;
+}
+
+function figureInWords(e) {
+  const unit = e.unit || e.meter;
+  const line = e.line;
+  const out = [];
+  if (!line) {
+    out.push(`${e.value} ${unit}.`);
+  } else {
+    out.push(`Usage ${line.usage} ${unit}` + (line.adjusted !== "0"
+      ? `, corrections ${line.adjusted} (adjustments below).` : "."));
+    if (line.capped) {
+      out.push(`Billed ${line.quantity} ${unit}: capped` + (e.cap ? `, ${capWords(e.cap, unit)}.`
+        : "."));
+    } else {
+      const net = addDecimal(line.usage, line.adjusted);
+      const rounded = compareDecimal(net, line.quantity) !== 0 ? " (rounded by the price rule)"
+        : "";
+      out.push(`Billed ${line.quantity} ${unit}${rounded}.`);
+      if (e.cap) out.push(`(Under its cap: ${capWords(e.cap, unit)}.)`);
+    }
+    out.push(`${line.quantity} x ${line.unit_price} per unit = ${line.amount} ${e.currency},`
+      + ` priced by "${line.rule}".`);
+  }
+  const decided = e.decided_by;
+  if (decided) {
+    out.push(`${DECIDED[e.aggregation] || "Set by"} event ${decided.id}: ${decided.quantity}`
+      + ` ${unit} at ${fmtTime(decided.time)}.`);
+  }
+  return out;
 }
 
 // Corrections: dates in the form, epoch milliseconds to the API (as it takes today).

@@ -252,6 +252,9 @@ class Writer:
         self.pass_failing: str | None = None
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
+        # Metrics hook: seconds each committed group of client operations took, from its
+        # write handed to the thread to its commit (the console's commit-latency chart).
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- state ------------------------------------------------------------------------
 
@@ -406,15 +409,18 @@ class Writer:
         self._in_flight = len(group)
         self._last_start = trio.current_time()
         barriers_only = all(isinstance(op, Barrier) for op in group)
+        took = 0.0
         try:
             if barriers_only:
                 written: Committed | GroupFailed | None = None
             else:
                 connection = self._connection
                 assert connection is not None
+                handed = time.perf_counter()
                 written = await trio.to_thread.run_sync(
                     partial(self._groups.write, connection, group), limiter=self._limiter
                 )
+                took = time.perf_counter() - handed
         except BaseException:
             # Cancelled before the thread ran (or the thread died): nothing was committed,
             # so the group goes back to the front of the queue for the next attempt.
@@ -432,6 +438,8 @@ class Writer:
             stats.probes += 1
         if isinstance(written, Committed):
             self._committed(written, bool(clients), probe)
+            if clients and self.on_commit is not None:
+                self.on_commit(took)
         elif isinstance(written, GroupFailed):
             self._failed(written, queued, len(clients), probe)
             self._changed()

@@ -61,6 +61,7 @@ __all__ = [
 T = TypeVar("T")
 
 _SCAN_CHUNK: Final = 64  # batches fetched per query while paging events
+_NO_BATCH: Final = (1 << 63) - 1  # above every batch id (newest first, no cursor)
 TailOf = Callable[[str], list[TailEntry]]
 """An account's journal batches not yet in ``journal_index`` (from the writer's memory)."""
 MAX_EVENTS_LIMIT: Final = 10_000
@@ -342,19 +343,26 @@ class Reader:
         to_ms: int,
         limit: int,
         cursor: str | None = None,
+        *,
+        newest_first: bool = False,
     ) -> EventsPage:
         """Stored events with ``from_ms <= time < to_ms`` (and of ``meter`` if given), in
-        journal (ingestion) order, ``limit`` at most.
+        journal (ingestion) order, ``limit`` at most; ``newest_first``: in the reverse
+        order, the last ingested first.
 
         ``next_cursor`` resumes after the last event returned, or is ``None`` when nothing
         more matched at the time of the query. The cursor is a journal position, so pages
         neither repeat nor skip events while new ones are ingested: newer batches have
-        larger ids and only ever appear after the ones already paged.
+        larger ids and only ever appear after the ones already paged (newest first: they
+        are not shown by the following pages, which go on toward the oldest). A cursor
+        goes on in the order it was issued for.
         """
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
-        start_batch, start_index = (1, 0) if cursor is None else decode_cursor(cursor)
         tail = None if self._tail is None else self._tail(account)
+        if newest_first:
+            return await self._newest_events(account, meter, from_ms, to_ms, limit, cursor, tail)
+        start_batch, start_index = (1, 0) if cursor is None else decode_cursor(cursor)
 
         def query(conn: sqlite3.Connection) -> EventsPage:
             found: list[Event] = []
@@ -406,6 +414,71 @@ class Reader:
                 if not more:
                     return EventsPage(found, None, statuses)
                 batch_from = ids[-1] + 1
+
+        return await self._run(query)
+
+    async def _newest_events(
+        self,
+        account: str,
+        meter: str | None,
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        cursor: str | None,
+        tail: list[TailEntry] | None,
+    ) -> EventsPage:
+        """:meth:`events` newest first: the journal's batches read backwards, a chunk at a
+        time (so the newest page of a long history reads a chunk, not the history); the
+        cursor is the position of the next (older) event."""
+        last_batch, last_index = (_NO_BATCH, 0) if cursor is None else decode_cursor(cursor)
+
+        def query(conn: sqlite3.Connection) -> EventsPage:
+            found: list[Event] = []
+            statuses: list[str] = []
+            set_aside = _set_aside(conn, account)
+            tail_ids = _tail_ids(conn, account, 0, tail, from_ms, to_ms)
+            batch_to = last_batch
+            while True:
+                indexed = [
+                    batch_id
+                    for (batch_id,) in conn.execute(
+                        "SELECT batch_id FROM journal_index"
+                        " WHERE account = ? AND batch_id <= ? AND max_time >= ? AND min_time < ?"
+                        " ORDER BY batch_id DESC LIMIT ?",
+                        (account, batch_to, from_ms, to_ms, _SCAN_CHUNK),
+                    )
+                ]
+                full = len(indexed) == _SCAN_CHUNK
+                lowest = indexed[-1] if full else None
+                candidates = sorted(
+                    set(indexed).union(
+                        b for b in tail_ids if b <= batch_to and (lowest is None or b >= lowest)
+                    ),
+                    reverse=True,
+                )
+                ids = candidates[:_SCAN_CHUNK]
+                more = full or len(candidates) > _SCAN_CHUNK
+                for batch_id, payload in reversed(_payloads(conn, ids[::-1])):
+                    events = codec.decode_batch(payload, account, where=f"batch {batch_id}")
+                    first = len(events) - 1
+                    if batch_id == last_batch:
+                        first = min(first, last_index)
+                    for index in range(first, -1, -1):
+                        event = events[index]
+                        if not (from_ms <= event.time < to_ms) or (
+                            meter is not None and event.meter != meter
+                        ):
+                            continue
+                        status = set_aside.get((batch_id, event.id), "counted")
+                        if status == "released":
+                            continue  # it counts as its release batch's copy
+                        if len(found) == limit:
+                            return EventsPage(found, encode_cursor(batch_id, index), statuses)
+                        found.append(event)
+                        statuses.append(status)
+                if not more or not ids:
+                    return EventsPage(found, None, statuses)
+                batch_to = ids[-1] - 1
 
         return await self._run(query)
 

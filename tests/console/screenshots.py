@@ -1,16 +1,22 @@
 """Screenshots of every console page for docs/console.md, made against a real daemon.
 
+    .venv/bin/pip install -e '.[test,docs]'
     .venv/bin/python -m tests.console.screenshots [--out docs/console]
 
-Starts a daemon on a temporary store (the shipped config.toml, free ports), wakes 3,000
-accounts, sends a steady trickle of events (with a few rejected ones) so the ingest charts
-move, kills one actor (its restart history), records a correction, then opens each page in
-Debian's chromium (Playwright) and writes one PNG per page into ``--out``.
+Sets up what the browser tests' fixtures set up: a store holding an account with two events
+in quarantine (``test_quarantine_browser``'s), a daemon on it (the shipped config.toml, free
+ports) with 3,000 accounts awake (``conftest.populate``); then sends a steady trickle of
+events (a few rejected) so the ingest charts move, kills one actor (its restart history),
+records a correction, opens each page in Debian's chromium (Playwright) and writes one PNG
+per page into ``--out``. The PNGs stay small: a page taller than :data:`MAX_HEIGHT` is cut
+there, and each is reduced to a palette of :data:`COLOURS` colours (Pillow, the ``docs``
+extra). Takes about a minute; rerun it after changing a page.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import tempfile
 import threading
 from pathlib import Path
@@ -21,12 +27,18 @@ import trio
 
 from meterd.client import Producer
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, HOUR, account_name, populate
+from tests.console.test_quarantine_browser import ACCOUNT, ERROR, dyno
 from tests.procs.daemon import DaemonProcess, running_daemon
+from tests.store.test_quarantine_release import write_quarantined_store
+
+MAX_HEIGHT = 1400  # pixels of a page's screenshot at most
+COLOURS = 64  # in each PNG's palette (flat colours and antialiased text need no more)
 
 PAGES = (
     ("tree", "#/tree", "#tree-table tbody tr"),
     ("tree-search", "#/tree?search=cust-0012&sort=rate&order=desc", "#tree-table tbody tr"),
     ("actor", f"#/actor/{account_name(77)}", "#actor-usage table"),
+    ("actor-quarantine", f"#/actor/{ACCOUNT}", "#actor-quarantine tbody tr[data-event]"),
     ("ingest", "#/ingest", "#chart-events polyline"),
     ("accounts", "#/accounts?search=cust-0004", "#account-results tr[data-account]"),
     ("account", f"#/account/{account_name(5)}?window=hour", "#account-usage table"),
@@ -89,6 +101,17 @@ def prepare(daemon: DaemonProcess) -> str:
     return f"#/invoice/{account}/{month}"
 
 
+def shrink(path: Path) -> None:
+    """Rewrite the PNG at ``path`` with a palette of :data:`COLOURS` colours, no dithering."""
+    image: Any = importlib.import_module("PIL.Image")
+    with image.open(path) as opened:
+        picture = opened.convert("RGB")
+    reduced = picture.quantize(
+        colors=COLOURS, method=image.Quantize.MEDIANCUT, dither=image.Dither.NONE
+    )
+    reduced.save(path, "PNG", optimize=True)
+
+
 def shoot(daemon: DaemonProcess, out: Path, invoice: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -98,6 +121,7 @@ def shoot(daemon: DaemonProcess, out: Path, invoice: str) -> None:
         page.set_default_timeout(30_000)
         page.goto(daemon.api_url + "/")
         page.screenshot(path=str(out / "login.png"))
+        shrink(out / "login.png")
         page.fill("#token", daemon.config.api.admin_token)
         page.click("#login button[type=submit]")
         page.wait_for_selector("#tree-table tbody tr")
@@ -113,7 +137,10 @@ def shoot(daemon: DaemonProcess, out: Path, invoice: str) -> None:
             if name == "invoice":
                 page.click("#invoice-lines tbody tr[data-line] button")
                 page.wait_for_selector("#explanation table")
-            page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+            height = min(MAX_HEIGHT, page.evaluate("document.documentElement.scrollHeight"))
+            clip = {"x": 0, "y": 0, "width": 1280, "height": height}
+            page.screenshot(path=str(out / f"{name}.png"), full_page=True, clip=clip)
+            shrink(out / f"{name}.png")
             print(f"wrote {out / f'{name}.png'}")
         browser.close()
 
@@ -122,21 +149,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/console"))
     args = parser.parse_args()
+    try:
+        importlib.import_module("PIL.Image")
+    except ImportError:
+        missing = "screenshots: Pillow is missing: .venv/bin/pip install -e '.[test,docs]'"
+        raise SystemExit(missing) from None
     args.out.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory() as where,
-        running_daemon(Path(where), idle_timeout=600) as daemon,
-    ):
-        populate(daemon, 3000)
-        invoice = prepare(daemon)
-        stop = threading.Event()
-        load = threading.Thread(target=trickle, args=(daemon, stop))
-        load.start()
-        try:
-            shoot(daemon, args.out, invoice)
-        finally:
-            stop.set()
-            load.join()
+    with tempfile.TemporaryDirectory() as temporary:
+        where = Path(temporary)
+        events = [dyno("fine", "60"), dyno("poison", "40"), dyno("junk", "7")]
+        write_quarantined_store(where / "store.sqlite3", ACCOUNT, events, {"poison", "junk"}, ERROR)
+        with running_daemon(where, idle_timeout=600) as daemon:
+            populate(daemon, 3000)
+            invoice = prepare(daemon)
+            stop = threading.Event()
+            load = threading.Thread(target=trickle, args=(daemon, stop))
+            load.start()
+            try:
+                shoot(daemon, args.out, invoice)
+            finally:
+                stop.set()
+                load.join()
 
 
 if __name__ == "__main__":

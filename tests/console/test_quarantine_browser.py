@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from meterd.model import Event
-from tests.console.conftest import HOUR
+from tests.console.conftest import HOUR, OWNERS
 from tests.procs.daemon import DaemonProcess, running_daemon
 from tests.store.test_quarantine_release import write_quarantined_store
 
@@ -32,7 +32,7 @@ def dyno(event_id: str, seconds: str) -> Event:
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     events = [dyno("fine", "60"), dyno("poison", "40"), dyno("junk", "7")]
     write_quarantined_store(tmp_path / "store.sqlite3", ACCOUNT, events, {"poison", "junk"}, ERROR)
-    with running_daemon(tmp_path, idle_timeout=600) as process:
+    with running_daemon(tmp_path, owners=OWNERS, idle_timeout=600) as process:
         yield process
 
 
@@ -82,6 +82,11 @@ def test_release_and_discard_from_the_actor_page(browser: Any, daemon: DaemonPro
         page.reload()
         page.locator("#actor-events tr[data-event='junk']", has_text="discarded").wait_for()
         assert page.locator("#actor-events tr[data-event='poison']").count() == 1
+        # Newest first: poison's release batch, then the first batch backwards.
+        shown = page.locator("#actor-events tr[data-event]").evaluate_all(
+            "rows => rows.map(row => row.dataset.event)"
+        )
+        assert shown == ["poison", "junk", "fine"]
     finally:
         context.close()
         api.close()

@@ -7,8 +7,11 @@ subprocess (the shipped config, free ports, a temporary store), wakes ``--accoun
 
 * baseline: ``GET /v1/tree?limit=50`` (the tree as it was: the first 50 children per node);
 * ``GET /v1/tree/nodes?limit=50`` (tree order, first page), ``?sort=rate&order=desc``,
-  ``?search=...`` (one account), ``?status=restarting`` (nothing matches: a full walk),
-  ``?offset=N-50`` (the last page).
+  ``?search=...`` (one account), ``?offset=N-50`` (the last page);
+* the status filters: ``restarting``, ``stopped``, ``hibernated``, ``quarantined`` (a look
+  at the few actors of that status only), ``running`` (first page, and sorted by rate);
+* a second baseline: ``?status=running&sort=restarts``, which still walks every actor (a
+  row's restart count is only in its supervisor's record).
 
 The walk is linear in the awake actors; the browser gets 50 rows whatever the tree holds.
 """
@@ -47,8 +50,22 @@ def main() -> None:
                 ("nodes, first page", "/v1/tree/nodes", {"limit": 50}),
                 ("nodes, sort=rate desc", "/v1/tree/nodes", {"sort": "rate", "order": "desc"}),
                 ("nodes, search one account", "/v1/tree/nodes", {"search": account_name(4321)}),
-                ("nodes, status=restarting", "/v1/tree/nodes", {"status": "restarting"}),
                 ("nodes, last page", "/v1/tree/nodes", {"offset": max(0, total - 50)}),
+                ("nodes, status=restarting", "/v1/tree/nodes", {"status": "restarting"}),
+                ("nodes, status=stopped", "/v1/tree/nodes", {"status": "stopped"}),
+                ("nodes, status=hibernated", "/v1/tree/nodes", {"status": "hibernated"}),
+                ("nodes, status=quarantined", "/v1/tree/nodes", {"status": "quarantined"}),
+                ("nodes, status=running", "/v1/tree/nodes", {"status": "running"}),
+                (
+                    "nodes, running, sort=rate",
+                    "/v1/tree/nodes",
+                    {"status": "running", "sort": "rate", "order": "desc"},
+                ),
+                (
+                    "walk: running, sort=restarts",
+                    "/v1/tree/nodes",
+                    {"status": "running", "sort": "restarts", "order": "desc"},
+                ),
             ]
             print(
                 f"{total} live nodes ({args.accounts} accounts woken in {woke:.1f} s);"

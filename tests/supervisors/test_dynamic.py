@@ -172,3 +172,80 @@ async def test_children_are_found_by_id_also_when_ids_repeat(
         dynsup.child_status("y")
     with pytest.raises(sv.NoSuchChild):
         await dynsup.kill_child("z")
+
+
+class Gated(sv.GenServer[Any, Any]):
+    """An actor whose ``init`` waits for its gate (a start under way), and crashes on
+    ``"crash"``."""
+
+    def __init__(self, gates: dict[str, trio.Event], tag: str) -> None:
+        self.gates, self.tag = gates, tag
+
+    async def init(self) -> None:
+        gate = self.gates.get(self.tag)
+        if gate is not None:
+            await gate.wait()
+
+    def handle_call(self, request: Any, caller: sv.Caller[Any]) -> Any:
+        return self.tag
+
+    def handle_cast(self, request: Any) -> None:
+        raise RuntimeError(f"{self.tag} crashed")
+
+
+def not_running_by_walk(dyn: sv.DynamicSupervisor) -> dict[str, str]:
+    return {
+        str(info.id): info.status.value
+        for info in dyn.iter_children()
+        if info.status is not sv.ChildStatus.RUNNING
+    }
+
+
+async def test_not_running_lists_the_children_a_walk_finds_not_running(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``not_running()`` (an index, not a walk) against a walk of every child: a first start
+    under way (stopped), a crash waiting out its backoff (restarting), an operator restart
+    whose start is under way, a restarting child terminated, and a restart done."""
+    dyn = sv.DynamicSupervisor(max_restarts=100, max_seconds=1)
+    await nursery.start(dyn.run)
+    gates: dict[str, trio.Event] = {}
+    backoff = sv.Backoff(initial=10, maximum=10, jitter=0)
+    refs = {
+        tag: await dyn.start_child(sv.actor_spec(tag, Gated, gates, tag, backoff=backoff))
+        for tag in ("a", "b", "c", "d", "e")
+    }
+
+    def check(expected: dict[str, str]) -> None:
+        assert not_running_by_walk(dyn) == expected
+        assert {str(i.id): i.status.value for i in dyn.not_running()} == expected
+
+    check({})
+    gates["slow"] = trio.Event()
+    nursery.start_soon(dyn.start_child, sv.actor_spec("slow", Gated, gates, "slow"))
+    await trio.testing.wait_all_tasks_blocked()
+    check({"slow": "stopped"})
+    gates["b"] = trio.Event()  # b's next init waits
+    await refs["b"].cast("crash")
+    await refs["c"].cast("crash")
+    await trio.testing.wait_all_tasks_blocked()
+    check({"slow": "stopped", "b": "restarting", "c": "restarting"})
+    await dyn.terminate_child(refs["c"])  # its restart loop ends: gone
+    gates["slow"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    check({"b": "restarting"})
+    autojump_clock.jump(10)  # b's backoff is over: its start runs (and waits on its gate)
+    await trio.testing.wait_all_tasks_blocked()
+    assert set(not_running_by_walk(dyn)) == {"b"}
+    check(not_running_by_walk(dyn))
+    gates["b"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    check({})
+    gates["d"] = trio.Event()
+    nursery.start_soon(dyn.stop_and_restart_child, "d")  # an operator restart
+    await trio.testing.wait_all_tasks_blocked()
+    check({"d": "stopped"})
+    gates["d"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    check({})
+    assert len(dyn) == 5  # a, b, d, e, slow
