@@ -128,6 +128,13 @@ class _Handle:
         self.cell = cell
         self.ref = ref
 
+    def running(self) -> bool:
+        try:
+            self.shards.supervisor.child_info(lease_key(self.shard))
+        except sv.NoSuchChild:
+            return False
+        return True
+
     async def stop(self) -> None:
         self.shards.cells.pop(self.shard, None)
         self.shards.appliers.pop(self.shard, None)

@@ -129,9 +129,13 @@ class Fence:
 
 
 class ShardHandle(Protocol):
-    """A shard this node runs (see :class:`Placement`): ``stop`` it when its lease is lost."""
+    """A shard this node runs (see :class:`Placement`): ``stop`` it when its lease is lost;
+    ``running()`` is False once its tree is gone (its supervisor gave up and was restarted
+    empty), and the next round starts it again."""
 
     async def stop(self) -> None: ...
+
+    def running(self) -> bool: ...
 
 
 @dataclass
@@ -204,6 +208,7 @@ class Placement:
         except ClusterUnavailable as error:
             log.warning("cluster.placement.unavailable", node=self.node, error=str(error))
         await self._renew()
+        await self._restart_gone()
         try:
             live = set((await self.registry.entries()).keys()) | {self.node}
             if self.rebalance:
@@ -233,6 +238,20 @@ class Placement:
                 continue
             held.lease = lease
             held.fence.renewed(lease)
+
+    async def _restart_gone(self) -> None:
+        """Start again the held shards whose tree is gone (the lease is still this node's)."""
+        for shard, held in list(self.held.items()):
+            if held.handle.running() or held.fence.check() is not None:
+                continue
+            log.warning(
+                "cluster.shard.restarting",
+                node=self.node,
+                shard=shard,
+                hint="its tree had stopped (see the errors before); it replays from its store",
+            )
+            await held.handle.stop()
+            held.handle = await self._start(shard, held.fence)
 
     async def _hand_over(self, live: set[str]) -> None:
         """Release one held shard whose first-ranked node is another live one (live in the

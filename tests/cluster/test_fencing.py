@@ -24,7 +24,8 @@ from meterd.cluster import (
     slice_msg_id,
     verdict_subject,
 )
-from meterd.cluster._placement import Fence, rendezvous
+from meterd.cluster._placement import Fence, Placement, rendezvous
+from meterd.cluster._registry import NodeRegistry
 from meterd.partitions import OwnerUnavailable, Verdicts, decode, encode
 from meterd.partitions._messages import BatchId
 from tests.cluster.cells import (
@@ -170,3 +171,47 @@ async def test_an_applier_refuses_a_log_that_lost_what_it_needs(
         assert "sequences 1..2 are gone" in applier.refused
         assert position(cell.store_path, log_name(SHARD)) == 0
         assert journal(cell.store_path) == {}
+
+
+class FakeShard:
+    def __init__(self) -> None:
+        self.alive = True
+        self.stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def running(self) -> bool:
+        return self.alive
+
+
+async def test_placement_takes_free_shards_and_restarts_a_shard_whose_tree_is_gone(
+    nats1: NatsCluster, bridge: AsyncioBridge
+) -> None:
+    conn = await connect(bridge, nats1.urls, name="t")
+    provisioned = await provision(conn, cluster_config(nats1))
+    registry = await NodeRegistry.open(conn, ttl=provisioned.leases.ttl)
+    started: list[tuple[int, FakeShard]] = []
+
+    async def start(shard: int, fence: Fence) -> FakeShard:
+        assert fence.check() is None  # a shard starts with its lease certainly held
+        handle = FakeShard()
+        started.append((shard, handle))
+        return handle
+
+    placement = Placement("n1", provisioned.leases, registry, 4, start=start)
+    await placement.round()
+    assert [shard for shard, _ in started] == [0, 1, 2, 3]  # alone: every free shard is its
+    assert {s: e for s, e in placement.describe().items()} == {
+        str(s): placement.held[s].fence.epoch for s in range(4)
+    }
+    started[0][1].alive = False  # shard 0's tree gave up
+    await placement.round()
+    assert [shard for shard, _ in started] == [0, 1, 2, 3, 0]
+    assert started[0][1].stopped
+    other = Placement("n2", provisioned.leases, registry, 4, start=start)
+    await other.round()  # every lease is held: n2 takes none
+    assert len(started) == 5
+    await placement.release_all()
+    await other.round()  # n1 left and released: n2 takes them all
+    assert [shard for shard, _ in started[5:]] == [0, 1, 2, 3]
