@@ -189,6 +189,7 @@ class JetStreamLinks:
                             log.warning(
                                 "cluster.gateway.stale_verdict",
                                 shard=answer.shard,
+                                batch=[answer.batch.connection, answer.batch.seq],
                                 epoch=answer.epoch,
                                 current=self.epochs[answer.shard],
                                 hint="a verdict from a previous owner of the shard was ignored",
