@@ -195,7 +195,15 @@ def build_gateway(
     api = GatewayApi(config, owners, ingest)
     specs += [link.child_spec() for link in links]
     specs += [ingest.child_spec(), api.child_spec()]
-    root = sv.Supervisor(specs, max_restarts=MAX_RESTARTS, max_seconds=max_seconds, name="root")
+    root = sv.Supervisor(
+        specs,
+        max_restarts=MAX_RESTARTS,
+        max_seconds=max_seconds,
+        name="root",
+        # The owners need nothing of one another: started at once, each an interpreter's
+        # start-up and its shards' opening (docs/partitions.md, "The gateway").
+        start_together=[[f"owner-{owner}" for owner in range(partitions.owners)]],
+    )
     holder.append(root)
     api.root = root
     api.metrics.watch(root, None, None, ingest)

@@ -5,6 +5,15 @@ ready (a task child calls ``task_status.started()``, an actor returns from
 ``init``). If one fails to start, the ones already started are shut down in
 reverse order and ``run`` raises :class:`StartError` naming the child.
 
+``start_together`` (not in OTP) names groups of consecutive children that do not
+depend on one another (OS processes that each take a while to be ready): at the
+supervisor's start each group is started at once, and the next child waits until
+every child of the group is ready. If one of the group fails, the others are still
+waited for (each within its own start timeout), then every child started is shut
+down in reverse order and ``run`` raises the :class:`StartError` of the first child
+(in order) that failed. Restarts by strategy start children one after another in
+order, as OTP does, grouped or not.
+
 Strategies, when a child is to be restarted:
 
 ``ONE_FOR_ONE``
@@ -46,8 +55,10 @@ dict by id, in start order: a lookup, ``start_child``, ``terminate_child`` and
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
+
+import trio
 
 from ._core import Child, ChildStatus, SupervisorCore
 from ._errors import (
@@ -83,12 +94,14 @@ class Supervisor(SupervisorCore):
         max_seconds: float = 5.0,
         auto_shutdown: AutoShutdown = AutoShutdown.NEVER,
         name: str = "supervisor",
+        start_together: Sequence[Sequence[Hashable]] = (),
     ) -> None:
         super().__init__(name, max_restarts, max_seconds)
         if not isinstance(strategy, Strategy):
             raise SpecError("invalid_strategy", f"{strategy!r} is not a Strategy")
         check_children(children)
         check_auto_shutdown(auto_shutdown, children)
+        self._together = _start_groups(children, start_together)
         self.strategy = strategy
         self.strategy_name = strategy.value
         self.auto_shutdown = auto_shutdown
@@ -158,27 +171,68 @@ class Supervisor(SupervisorCore):
             self._remove(child)
 
     async def _start_initial(self) -> None:
-        await self._start_in_order(list(self._by_id.values()))
+        await self._start_in_order(list(self._by_id.values()), together=self._together)
         for child in list(self._by_id.values()):
             if child.incarnation is None and child.spec.restart is Restart.TEMPORARY:
                 self._remove(child)  # ``ignore``: a temporary child's spec is not saved
 
-    async def _start_in_order(self, children: Sequence[Child], *, rollback: bool = True) -> None:
-        """Start ``children`` in order.
+    async def _start_in_order(
+        self,
+        children: Sequence[Child],
+        *,
+        rollback: bool = True,
+        together: Mapping[Hashable, int] | None = None,
+    ) -> None:
+        """Start ``children`` in order; those of one group of ``together`` (child id ->
+        group number) at once (see the module doc).
 
         On a failure, the initial start terminates those it started (``rollback``);
         a restart leaves them running and retries from the failed child, as OTP does.
         """
         started: list[Child] = []
-        for child in children:
+        groups = together or {}
+        index = 0
+        while index < len(children):
+            group = groups.get(children[index].spec.id)
+            end = index + 1
+            while group is not None and end < len(children):
+                if groups.get(children[end].spec.id) != group:
+                    break
+                end += 1
+            batch = children[index:end]
+            index = end
             try:
-                await self._start_child(child)
+                if len(batch) == 1:
+                    await self._start_child(batch[0])
+                    started.append(batch[0])
+                else:
+                    await self._start_at_once(batch, started)
             except StartError:
                 if rollback:
                     for done in reversed(started):
                         await self._terminate_child(done)
                 raise
-            started.append(child)
+
+    async def _start_at_once(self, batch: Sequence[Child], started: list[Child]) -> None:
+        """Start every child of ``batch`` at once; add those started to ``started`` (in
+        order) and raise the first failure (in order) once all have ended their start."""
+        failures: dict[int, Exception] = {}
+        ok: set[int] = set()
+
+        async def one(position: int, child: Child) -> None:
+            try:
+                await self._start_child(child)
+            except Exception as error:  # raised below, as the sequential start would
+                failures[position] = error
+            else:
+                ok.add(position)
+
+        async with trio.open_nursery() as nursery:
+            for position, child in enumerate(batch):
+                nursery.start_soon(one, position, child)
+        started.extend(child for position, child in enumerate(batch) if position in ok)
+        if failures:
+            raise failures[min(failures)]
 
     def _group(self, child: Child) -> list[Child]:
         """The children a restart of ``child`` concerns under one_for_all / rest_for_one."""
@@ -300,3 +354,33 @@ class Supervisor(SupervisorCore):
             raise AlreadyStarted(child.spec.id, child.ref)
         if status is ChildStatus.RESTARTING:
             raise ChildRestarting(child.spec.id, self.name)
+
+
+def _start_groups(
+    children: Sequence[ChildSpec], groups: Sequence[Sequence[Hashable]]
+) -> dict[Hashable, int]:
+    """``start_together`` checked: child id -> its group's number. Each group names
+    children of this supervisor, consecutive in its list, none in two groups."""
+    order = {spec.id: position for position, spec in enumerate(children)}
+    found: dict[Hashable, int] = {}
+    for number, group in enumerate(groups):
+        ids = list(group)
+        for child_id in ids:
+            if child_id not in order:
+                raise SpecError(
+                    "invalid_start_together", f"start_together names no child {child_id!r}"
+                )
+            if child_id in found:
+                raise SpecError(
+                    "invalid_start_together",
+                    f"start_together names child {child_id!r} in two groups (or twice)",
+                )
+            found[child_id] = number
+        positions = sorted(order[child_id] for child_id in ids)
+        if positions and positions != list(range(positions[0], positions[0] + len(ids))):
+            raise SpecError(
+                "invalid_start_together",
+                f"start_together group {ids!r} is not consecutive in the children's order:"
+                " the children between them would start before they are ready",
+            )
+    return found

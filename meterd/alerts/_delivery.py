@@ -22,11 +22,13 @@ delivered is attempted again (the receiver dedupes by id).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
 import random
 import sqlite3
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -252,6 +254,13 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS context of every delivery service of the process, made once: loading the CA
+    bundle costs ~20 ms of CPU, and an owner process has a service per shard."""
+    return httpx.create_ssl_context()
+
+
 class DeliveryService:
     """See the module doc. ``clock_ms`` is wall time in ms (tests give a MockClock's)."""
 
@@ -314,7 +323,9 @@ class DeliveryService:
             self.queues.setdefault(delivery.account, deque()).append(delivery)
         try:
             async with (
-                httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client,
+                httpx.AsyncClient(
+                    timeout=self.timeout, transport=self.transport, verify=_tls()
+                ) as client,
                 trio.open_nursery() as nursery,
             ):
                 nursery.start_soon(self._bell)

@@ -50,9 +50,11 @@ from prometheus_client.samples import Sample as _Sample
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 import supervisors as sv
+from meterd.billing import Period
 from meterd.config import Config
 from meterd.ingest.observe import ACK_LATENCY_BUCKETS
 from meterd.partitions import Owners, OwnerUnavailable, owner_of_shard, shard_of
@@ -63,6 +65,7 @@ from .bodies import read_body
 from .console import TICK, _resident_bytes, asset, index
 from .daemon import Daemon
 from .errors import ApiError, bad_parameter, exception_handlers
+from .live import LIVE_INTERVAL, LiveUsage, authorise, serve_live
 from .metrics import CONTENT_TYPE
 from .models import MAX_NODES_LIMIT, AccountPath, NodesQuery, TreeQuery
 from .openapi import OPERATIONS
@@ -387,11 +390,14 @@ def build_gateway_app(
     by_route: dict[str, list[Operation]] = {}
     for operation in OPERATIONS:
         by_route.setdefault(operation.route, []).append(operation)
-    routes = [_route(gateway, route, operations) for route, operations in by_route.items()]
+    routes: list[BaseRoute] = [
+        _route(gateway, route, operations) for route, operations in by_route.items()
+    ]
     routes += [
         Route("/", index, methods=["GET"]),
         Route("/console/{name}", asset, methods=["GET"]),
         Route("/v1/console/stream", _stream, methods=["GET"]),
+        WebSocketRoute("/v1/accounts/{account}/usage/live", _live),
     ]
     app = Starlette(routes=routes, exception_handlers=exception_handlers())
     app.state.gateway = gateway
@@ -524,10 +530,20 @@ async def _graphql(gateway: Gateway, operation: Operation, request: Request) -> 
 
 
 def graphql_accounts(body: bytes) -> set[str]:
-    """The ids of the ``account(id:)`` fields a GraphQL request's query asks for (literal
-    or variables); empty when it names none or is not a query (the cell then answers its
-    error, as the single process does)."""
-    from graphql import FieldNode, OperationDefinitionNode, StringValueNode, VariableNode
+    """The ids of the ``account(id:)`` fields a GraphQL request's query asks for (literal,
+    variables, or a variable's default), whether written in the operation or in a fragment
+    it spreads (named or inline) at its root; empty when it names none or is not a query
+    (the cell then answers its error, as the single process does)."""
+    from graphql import (
+        FieldNode,
+        FragmentDefinitionNode,
+        FragmentSpreadNode,
+        InlineFragmentNode,
+        OperationDefinitionNode,
+        SelectionSetNode,
+        StringValueNode,
+        VariableNode,
+    )
     from graphql import parse as parse_graphql
     from graphql.error import GraphQLError
 
@@ -536,24 +552,45 @@ def graphql_accounts(body: bytes) -> set[str]:
         document = parse_graphql(request["query"])
     except (ValueError, KeyError, TypeError, GraphQLError, RecursionError):
         return set()
-    variables = request.get("variables") or {}
+    given = request.get("variables") if isinstance(request, dict) else None
+    fragments = {
+        definition.name.value: definition
+        for definition in document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
     found: set[str] = set()
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
-        for selection in definition.selection_set.selections:
-            if not isinstance(selection, FieldNode) or selection.name.value != "account":
-                continue
-            for argument in selection.arguments or ():
-                value = argument.value
-                if argument.name.value != "id":
-                    continue
-                if isinstance(value, StringValueNode):
-                    found.add(value.value)
-                elif isinstance(value, VariableNode) and isinstance(variables, dict):
-                    given = variables.get(value.name.value)
-                    if isinstance(given, str):
-                        found.add(given)
+        variables: dict[str, Any] = {
+            d.variable.name.value: d.default_value.value
+            for d in definition.variable_definitions or ()
+            if isinstance(d.default_value, StringValueNode)
+        }
+        if isinstance(given, dict):
+            variables.update(given)
+        spread: set[str] = set()  # fragments walked (a cycle is the cell's error to answer)
+        stack: list[SelectionSetNode] = [definition.selection_set]
+        while stack:
+            for selection in stack.pop().selections:
+                if isinstance(selection, InlineFragmentNode):
+                    stack.append(selection.selection_set)
+                elif isinstance(selection, FragmentSpreadNode):
+                    name = selection.name.value
+                    if name in fragments and name not in spread:
+                        spread.add(name)
+                        stack.append(fragments[name].selection_set)
+                elif isinstance(selection, FieldNode) and selection.name.value == "account":
+                    for argument in selection.arguments or ():
+                        value = argument.value
+                        if argument.name.value != "id":
+                            continue
+                        if isinstance(value, StringValueNode):
+                            found.add(value.value)
+                        elif isinstance(value, VariableNode):
+                            named = variables.get(value.name.value)
+                            if isinstance(named, str):
+                                found.add(named)
     return found
 
 
@@ -587,6 +624,73 @@ KINDS: Final[Mapping[str, Handler]] = {
     "graphql": _graphql,
     "gateway": _own,
 }
+
+
+# ---- live usage (a websocket) -------------------------------------------------------------------
+
+
+class LiveUnreadable(Exception):
+    """The account's shard answered the live route's summary with an error."""
+
+
+class _Ticks:
+    """The live route's "next change" across owners: the gateway hears of no commit, so it
+    asks the shard again every ``interval`` (an event set, then replaced, each time)."""
+
+    def __init__(self) -> None:
+        self._next = trio.Event()
+
+    def next(self) -> trio.Event:
+        return self._next
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            self._next.set()
+            self._next = trio.Event()
+
+
+async def _live(websocket: WebSocket) -> None:
+    """``/v1/accounts/{account}/usage/live`` across owners (docs/api.md, "Live usage"): the
+    token checked here as in one process, then the values of the account's shard's
+    ``/usage/summary`` for the month, asked every ``LIVE_INTERVAL`` and sent when they
+    changed (so a change reaches the client within about one interval, as in one process;
+    an unchanged value is never sent again)."""
+    gateway: Gateway = websocket.app.state.gateway
+    account: str = websocket.path_params["account"]
+    who = await authorise(websocket, gateway.config.api, account)
+    if who is None:
+        return
+    shard = gateway.shard_of(account)
+    path = f"/v1/accounts/{account}/usage/summary"
+
+    async def snapshot() -> LiveUsage:
+        now = time.time_ns() // 1_000_000
+        period = Period.containing(now)
+        query = urlencode({"from": period.start_ms, "to": period.end_ms, "window": "month"})
+        answer = await gateway.ask(shard, "GET", path, query, gateway._admin())
+        if answer.status == 200:
+            values = {m["meter"]: m["total"] for m in answer.json()["meters"]}
+        elif answer.status == 404 and _code(answer) == "unknown_account":
+            values = {meter.name: None for meter in gateway.config.meters}
+        else:
+            raise LiveUnreadable(f"shard {shard} answered {answer.status}: {_code(answer)}")
+        return LiveUsage(
+            account=account,
+            period=str(period),
+            from_=period.start_ms,
+            to=period.end_ms,
+            at=now,
+            meters=values,
+        )
+
+    ticks = _Ticks()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticks.run, LIVE_INTERVAL)
+        await serve_live(
+            websocket, account, who, snapshot, ticks.next, (ShardsUnavailable, LiveUnreadable)
+        )
+        nursery.cancel_scope.cancel()
 
 
 # ---- the gateway's own tree, with the owners' grafted ---------------------------------------

@@ -42,7 +42,15 @@ from meterd.store import CommitFailed
 from .daemon import Daemon
 from .support import summarise
 
-__all__ = ["AUTH_TIMEOUT", "LIVE_INTERVAL", "LiveUsage", "follow", "live_usage"]
+__all__ = [
+    "AUTH_TIMEOUT",
+    "LIVE_INTERVAL",
+    "LiveUsage",
+    "authorise",
+    "follow",
+    "live_usage",
+    "serve_live",
+]
 
 log = structlog.get_logger("meterd.api")
 
@@ -184,24 +192,33 @@ async def _drain(websocket: WebSocket, done: trio.CancelScope) -> None:
     done.cancel()
 
 
-async def live_usage(websocket: WebSocket) -> None:
-    """The websocket route (see the module doc)."""
-    daemon: Daemon = websocket.app.state.daemon
-    account = websocket.path_params["account"]
-    config = daemon.config.api
+async def authorise(websocket: WebSocket, config: ApiConfig, account: str) -> str | None:
+    """Check the token (handshake header, else the first message) and accept: ``admin`` or
+    ``account``; None when refused (the client was told, see the module doc)."""
     header = websocket.headers.get("authorization")
     if header is not None:
         token = _bearer(header)
         who = None if token is None else _who(config, token, account)
         if who is None:
             await _refuse(websocket, f"the token does not open account {account!r}")
-            return
+            return None
         await websocket.accept()
-    else:
-        await websocket.accept()
-        who = await _first_message_auth(websocket, config, account)
-        if who is None:
-            return
+        return who
+    await websocket.accept()
+    return await _first_message_auth(websocket, config, account)
+
+
+async def serve_live(
+    websocket: WebSocket,
+    account: str,
+    who: str,
+    snapshot: Callable[[], Awaitable[LiveUsage]],
+    next_change: Callable[[], trio.Event],
+    unavailable: tuple[type[Exception], ...],
+) -> None:
+    """Stream ``account``'s usage on an accepted ``websocket`` (:func:`follow`) until the
+    client goes; an error of ``unavailable`` (the usage cannot be read now) is told to the
+    client and closes 1011."""
     log.info("live_usage_opened", account=account, token=who)
 
     async def send(found: LiveUsage) -> None:
@@ -211,14 +228,10 @@ async def live_usage(websocket: WebSocket) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_drain, websocket, nursery.cancel_scope)
         try:
-            await follow(
-                partial(_snapshot, daemon, account),
-                partial(daemon.accounts.next_change, account),
-                send,
-            )
+            await follow(snapshot, next_change, send)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went
-        except (CommitFailed, sv.CallTimeout, sv.NoSuchActor, sv.ActorExited) as error:
+        except unavailable as error:
             failed = error
         nursery.cancel_scope.cancel()
     if failed is not None:
@@ -235,3 +248,20 @@ async def live_usage(websocket: WebSocket) -> None:
         except (WebSocketDisconnect, RuntimeError):
             pass
     log.info("live_usage_closed", account=account)
+
+
+async def live_usage(websocket: WebSocket) -> None:
+    """The websocket route (see the module doc)."""
+    daemon: Daemon = websocket.app.state.daemon
+    account = websocket.path_params["account"]
+    who = await authorise(websocket, daemon.config.api, account)
+    if who is None:
+        return
+    await serve_live(
+        websocket,
+        account,
+        who,
+        partial(_snapshot, daemon, account),
+        partial(daemon.accounts.next_change, account),
+        (CommitFailed, sv.CallTimeout, sv.NoSuchActor, sv.ActorExited),
+    )

@@ -40,6 +40,7 @@ MODULES: dict[str, str] = {
     "nats_bridge": "JetStream publishes from Trio through the bridge, against asyncio nats-py.",
     "alerts": "Alert evaluation per event with 10 rules, and deliveries/s, against baselines.",
     "owner": "CPU per event of a partition owner process, against the same events in-process.",
+    "start": "Seconds for meterd run with owner processes to listen, against a revision.",
     "cluster": "Cluster mode's ack path through the JetStream log, against it in-process.",
 }
 

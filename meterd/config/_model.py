@@ -311,7 +311,8 @@ class PartitionsConfig:
     ping_interval: Annotated[
         Duration,
         key(
-            "How often the gateway pings each owner process to check that it answers.",
+            "How often the gateway pings each owner process to check that it answers; one"
+            " silent for twice this has its batches answered unavailable until it answers.",
             ge=Duration(1),
             le=Duration(3_600_000),
         ),

@@ -24,13 +24,19 @@ Slices
     answer. A verdict that comes after its slice was given up is dropped: the producer,
     answered ``unavailable``, re-sends the batch, and the owner's dedupe counts it once.
 Liveness
-    Every ``ping_interval`` it asks the owner ``ping`` (a :class:`~._messages.Query`); an
-    owner that does not answer within ``ping_timeout`` (stopped with SIGSTOP, hung in a
-    loop, its socket full) is killed with SIGKILL through ``kill(pid)`` (the gateway's
-    supervisor sends it through the child's pidfd), so its supervisor restarts it, and the
-    channel is closed: its pending slices fail, and the link connects to the new owner.
-    So is an owner that accepts the connection but says no hello within
-    ``ping_timeout`` (``kill(None)``: whichever process is the owner now).
+    Every ``ping_interval`` it asks the owner ``ping`` (a :class:`~._messages.Query`). An
+    owner that has not answered within ``stall_after`` (``min(2 * ping_interval,
+    ping_timeout)``: a busy owner's reader may be late once) is **unresponsive**: its
+    pending slices fail at once and every slice sent to it meanwhile fails as it is sent
+    (``unavailable``), so that the producers' batches waiting on it give their share of
+    the gateway's in-flight budget back and the other owners' batches keep being read and
+    acked; it is responsive again as soon as it answers. An owner that does not answer
+    within ``ping_timeout`` (stopped with SIGSTOP, hung in a loop, its socket full) is
+    killed with SIGKILL through ``kill(pid)`` (the gateway's supervisor sends it through
+    the child's pidfd), so its supervisor restarts it, and the channel is closed: its
+    pending slices fail, and the link connects to the new owner. So is an owner that
+    accepts the connection but says no hello within ``ping_timeout`` (``kill(None)``:
+    whichever process is the owner now).
 Queries
     :meth:`ask` and :meth:`tree` send a Query or a TreeRequest and wait for the answer with
     the same id, up to a timeout.
@@ -116,11 +122,14 @@ class OwnerLink:
         self.slice_timeout = slice_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.stall_after = min(2 * ping_interval, ping_timeout)
         self.kill = kill
         self.pid: int | None = None  # the connected owner's, from its hello
         self.connections = 0  # channels opened (1 + reconnections)
         self.kills = 0  # owners killed for not answering a ping
         self.timeouts = 0  # slices given up after slice_timeout
+        self.stalls = 0  # times the owner was found unresponsive (a ping unanswered)
+        self.unresponsive_since: float | None = None  # Trio time, while unresponsive
         self._channel: Channel | None = None
         self._up = trio.Event()  # set while connected
         self._started = False  # task_status.started called (in this incarnation)
@@ -138,6 +147,11 @@ class OwnerLink:
     @property
     def connected(self) -> bool:
         return self._channel is not None
+
+    @property
+    def unresponsive(self) -> bool:
+        """Whether the owner has left a ping unanswered for ``stall_after`` (module doc)."""
+        return self.unresponsive_since is not None
 
     @property
     def pending(self) -> int:
@@ -162,6 +176,9 @@ class OwnerLink:
         if self._channel is None:
             done(self._unavailable(message.shard, "its owner process is not connected"))
             return
+        if self.unresponsive_since is not None:
+            done(self._unavailable(message.shard, self._silent_for()))
+            return
         key = (message.batch, message.shard)
         if key in self._pending:  # the same batch twice: a bug in the caller
             done(self._unavailable(message.shard, "the same slice is already in flight"))
@@ -176,11 +193,24 @@ class OwnerLink:
     def _unavailable(self, shard: int, why: str) -> OwnerUnavailable:
         return OwnerUnavailable(shard, self.owner, why)
 
-    def _fail_all(self, why: str) -> None:
+    def _silent_for(self) -> str:
+        since = self.unresponsive_since
+        waited = (
+            self.stall_after if since is None else trio.current_time() - since + self.stall_after
+        )
+        return (
+            f"its owner process (pid {self.pid}) has not answered a ping for {waited:.1f} s;"
+            f" it is killed if still silent after ping_timeout ({self.ping_timeout:g} s)"
+        )
+
+    def _fail_slices(self, why: str) -> None:
         pending, self._pending = self._pending, {}
         self._outgoing.clear()
         for item in pending.values():
             item.done(self._unavailable(item.shard, why))
+
+    def _fail_all(self, why: str) -> None:
+        self._fail_slices(why)
         questions, self._questions = self._questions, {}
         for question in questions.values():
             question.answered.set()  # no answer: the asker raises
@@ -425,25 +455,70 @@ class OwnerLink:
 
     async def _ping(self, channel: Channel, pid: int, stop: Callable[[str], Any]) -> None:
         shard = self.shards[0] if self.shards else 0
-        while True:
-            await trio.sleep(self.ping_interval)
-            id = next(self._ids)
-            question = self._questions[id] = _Question()
-            try:
-                with trio.move_on_after(self.ping_timeout):
-                    await channel.send(Query(id, shard, "ping"))
-                    await question.answered.wait()
-            except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError):
-                return  # the reader sees it too
-            finally:
-                self._questions.pop(id, None)
-            if question.answer is None:
-                self._kill_hung(pid, "no answer to a ping")
-                await stop(
-                    f"its owner process (pid {pid}) did not answer a ping within"
-                    f" {self.ping_timeout:g} s and was killed"
-                )
-                return
+        try:
+            while True:
+                await trio.sleep(self.ping_interval)
+                id = next(self._ids)
+                question = self._questions[id] = _Question()
+                broken = False
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_stall, question, pid)
+                        try:
+                            with trio.move_on_after(self.ping_timeout):
+                                await channel.send(Query(id, shard, "ping"))
+                                await question.answered.wait()
+                        except (ChannelClosed, FrameError, trio.BrokenResourceError, OSError):
+                            broken = True
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._questions.pop(id, None)
+                if broken:
+                    return  # the reader sees it too
+                if question.answer is None:
+                    self._kill_hung(pid, "no answer to a ping")
+                    await stop(
+                        f"its owner process (pid {pid}) did not answer a ping within"
+                        f" {self.ping_timeout:g} s and was killed"
+                    )
+                    return
+                self._responsive(pid)
+        finally:
+            self.unresponsive_since = None
+
+    async def _watch_stall(self, question: _Question, pid: int) -> None:
+        """Mark the owner unresponsive if ``question`` (a ping) is not answered within
+        ``stall_after``: its pending slices fail now (module doc, Liveness)."""
+        await trio.sleep(self.stall_after)
+        if question.answer is not None or self.unresponsive_since is not None:
+            return
+        self.unresponsive_since = trio.current_time()
+        self.stalls += 1
+        failed = len(self._pending)
+        self._fail_slices(self._silent_for())
+        log.warning(
+            "owner_unresponsive",
+            owner=self.owner,
+            pid=pid,
+            waited=self.stall_after,
+            slices_failed=failed,
+            action=(
+                "its slices are answered unavailable at once until it answers a ping;"
+                f" killed if still silent after ping_timeout ({self.ping_timeout:g} s)"
+            ),
+        )
+
+    def _responsive(self, pid: int) -> None:
+        since = self.unresponsive_since
+        if since is None:
+            return
+        self.unresponsive_since = None
+        log.info(
+            "owner_responsive",
+            owner=self.owner,
+            pid=pid,
+            silent=round(trio.current_time() - since + self.stall_after, 3),
+        )
 
     async def _expire(self) -> None:
         """Give up the slices whose ``slice_timeout`` passed (the oldest first: they were

@@ -309,6 +309,23 @@ def test_graphql_accounts_are_read_from_literals_and_variables() -> None:
     assert graphql_accounts(b"not json") == set()
 
 
+def test_graphql_accounts_are_found_through_fragments_and_defaults() -> None:
+    def found(query: str, variables: dict[str, Any] | None = None) -> set[str]:
+        return graphql_accounts(json.dumps({"query": query, "variables": variables}).encode())
+
+    assert found('query { ...A } fragment A on Query { account(id: "a") { id } }') == {"a"}
+    assert found('{ ... on Query { account(id: "a") { id } } }') == {"a"}
+    nested = (
+        "query { ...A } fragment A on Query { ...B } fragment B on Query { account(id: $x) { id } }"
+    )
+    assert found(nested, {"x": "b"}) == {"b"}
+    assert found('query($x: String! = "c") { account(id: $x) { id } }') == {"c"}
+    assert found('query($x: String! = "c") { account(id: $x) { id } }', {"x": "d"}) == {"d"}
+    looped = 'query { ...A } fragment A on Query { ...A account(id: "e") { id } }'
+    assert found(looped) == {"e"}  # a cycle: the cell's error to say
+    assert found("query { ...Missing }") == set()
+
+
 # ---- an owner that does not answer -------------------------------------------------------
 
 
@@ -611,6 +628,21 @@ async def test_quarantined_events_of_every_shard_are_listed_as_one_process(
     assert found[("meterd_quarantined_events", ())] == 2
     nodes = await w.gateway.get("/v1/tree/nodes", params={"status": "quarantined"})
     assert sorted(r["name"] for r in nodes.json()["nodes"]) == sorted(poisoned)
+    # Released in one shard, discarded in another, as one process does it (the fault is
+    # still injected: the released event is quarantined again on its replay).
+    ids = {e["account"]: e["event_id"] for e in listed}
+    who = {"by": "alice", "reason": "test"}
+    kept, dropped = poisoned
+    mine, theirs = await both(w, "POST", f"/v1/quarantine/{kept}/release", json=who)
+    local = ("at", "batch_id", "quarantined_at")  # each store's own
+    assert _strip(mine, local) == _strip(theirs, local)
+    body = {**who, "ids": [ids[dropped]]}
+    mine, theirs = await both(w, "POST", f"/v1/quarantine/{dropped}/discard", json=body)
+    assert _strip(mine, local) == _strip(theirs, local)
+    again = await w.gateway.post(f"/v1/quarantine/{dropped}/discard", json=body)
+    assert again.status_code == 200
+    left = (await w.gateway.get("/v1/quarantine", params={"account": dropped})).json()
+    assert left["events"] == []
 
 
 @dataclass

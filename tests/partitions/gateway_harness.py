@@ -49,9 +49,19 @@ def write_gateway_config(
     slice_timeout: str = "5s",
     ping_interval: str = "200ms",
     ping_timeout: str = "2s",
+    max_in_flight_events: int | None = None,
 ) -> Config:
     where.mkdir(parents=True, exist_ok=True)
     path = write_config(where / "config.toml", where / "s.sqlite3")
+    if max_in_flight_events is not None:  # the gateway's in-flight budget ([ingest])
+        text = path.read_text()
+        assert "\n[ingest]\n" in text
+        assert "max_in_flight_events" not in text
+        path.write_text(
+            text.replace(
+                "\n[ingest]\n", f"\n[ingest]\nmax_in_flight_events = {max_in_flight_events}\n"
+            )
+        )
     with path.open("a") as file:
         file.write(
             "\n[partitions]\n"
@@ -259,6 +269,7 @@ class Lane:
     rejected: int = 0
     unavailable: int = 0
     _acked_event: trio.Event = field(default_factory=trio.Event)
+    _retried: trio.Event = field(default_factory=trio.Event)
 
     def result(self, result: BatchResult) -> None:
         self.acks += 1
@@ -276,6 +287,12 @@ class Lane:
 
     def retry(self, reason: str, attempt: int, delay: float) -> None:
         self.unavailable += 1
+        self._retried.set()
+        self._retried = trio.Event()
+
+    async def wait_retry(self) -> None:
+        """Return at the producer's next retry (a batch answered unavailable)."""
+        await self._retried.wait()
 
     async def run(
         self, url: str, token: str, stop: trio.Event, *, limit: int | None = None

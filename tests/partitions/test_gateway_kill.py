@@ -180,6 +180,61 @@ async def test_a_hung_owner_times_out_into_unavailable_and_is_killed_and_restart
     await hang_owner(tmp_path, SEED, real_owner=owner == "real")
 
 
+async def stop_owner_under_a_small_budget(
+    tmp_path: Path, seed: int, *, real_owner: bool = False
+) -> None:
+    """Owner 1 stopped (SIGSTOP) and never killed meanwhile (ping_timeout and slice_timeout
+    a minute): the batches waiting on it would hold the gateway's whole in-flight budget
+    (100 events, less than one producer's 200 unacked) and stall every producer. It is
+    found unresponsive after ping_interval instead: its batches are answered unavailable
+    and the other owners' producer keeps being acked while it stays stopped."""
+    rng = random.Random(seed)
+    config = write_gateway_config(
+        tmp_path / "d",
+        owners=2,
+        slice_timeout="60s",
+        ping_interval="100ms",
+        ping_timeout="60s",
+        max_in_flight_events=100,
+    )
+    by_owner = accounts_by_owner(config, 4)
+    victim = 1
+    mixed = Lane("mixed", [a for names in by_owner.values() for a in names])
+    others = Lane("others", by_owner[0])
+    async with gateway(config, real_owner=real_owner) as gw:
+        pids = await gw.owner_pids()
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mixed.run, gw.url, gw.token("platform"), stop)
+            nursery.start_soon(others.run, gw.url, gw.token("platform"), stop)
+            await mixed.wait_acks(rng.randrange(1, 30))
+            failed_before = mixed.unavailable
+            os.kill(pids[victim], signal.SIGSTOP)
+            try:
+                # Without the unresponsive state both waits last slice_timeout (60 s): the
+                # mixed producer is left waiting, and the budget it holds stalls the other.
+                with trio.fail_after(20):
+                    while mixed.unavailable == failed_before:  # answered, not left waiting
+                        await mixed.wait_retry()
+                    acked = others.acks
+                    await others.wait_acks(acked + 50)  # and the other owner's keep coming
+                stalled, _ = await gw.wait_for(gw.event("owner_unresponsive", owner=victim))
+            finally:
+                os.kill(pids[victim], signal.SIGCONT)
+            await gw.wait_for(gw.event("owner_responsive", owner=victim), after=stalled)
+            await mixed.wait_acks(mixed.acks + 10)  # its batches acked again
+            stop.set()
+        assert not [line for line in gw.lines if line.get("event") == "owner_hung"]
+        await check_exact(gw, [mixed, others], seed)
+
+
+@pytest.mark.parametrize("owner", OWNERS_SLOW_REAL)
+async def test_a_stopped_owner_does_not_hold_the_other_owners_producers(
+    tmp_path: Path, owner: str
+) -> None:
+    await stop_owner_under_a_small_budget(tmp_path, SEED, real_owner=owner == "real")
+
+
 async def kill_daemon_rounds(
     tmp_path: Path, rounds: int, seed: int, *, real_owner: bool = False
 ) -> None:

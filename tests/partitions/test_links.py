@@ -109,7 +109,7 @@ async def test_slices_time_out_and_an_owner_that_does_not_answer_pings_is_killed
         await channel.send(Hello("owner-0", 4242, SHARDS))
         await trio.sleep_forever()
 
-    link = link_for(address, kills, slice_timeout=1.0, ping_interval=0.5, ping_timeout=3.0)
+    link = link_for(address, kills, slice_timeout=0.7, ping_interval=0.5, ping_timeout=3.0)
     outcomes = Seen()
     async with trio.open_nursery() as nursery:
         await serving(nursery, address, hung)
@@ -118,12 +118,62 @@ async def test_slices_time_out_and_an_owner_that_does_not_answer_pings_is_killed
         started = trio.current_time()
         link.send(a_slice(1), outcomes.append)
         await outcomes.reach(1)
-        assert trio.current_time() - started == pytest.approx(1.0, abs=0.11)
+        # before the unanswered ping (sent at 0.5) makes it unresponsive at 1.5
+        assert trio.current_time() - started == pytest.approx(0.7, abs=0.11)
         (timed_out,) = outcomes
         assert isinstance(timed_out, OwnerUnavailable)
         assert "slice_timeout" in timed_out.reason
         await kills.reach(1)
         assert kills == [4242]  # the pid of its hello
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_owner_silent_past_two_ping_intervals_fails_its_slices_until_it_answers(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An owner that leaves a ping unanswered for twice ping_interval (stopped, hung) is
+    unresponsive: its pending slices fail then, not at slice_timeout, and new ones fail as
+    they are sent (their batches give the gateway's in-flight budget back); once it
+    answers again its slices are sent and answered as before, and it was never killed."""
+    address = str(tmp_path / "o.sock")
+    kills = Seen()
+    awake = trio.Event()
+
+    async def owner(channel: Channel) -> None:  # silent until woken, then answers all
+        await channel.send(Hello("owner-0", 4242, SHARDS))
+        while True:
+            message = await channel.receive()
+            await awake.wait()
+            if isinstance(message, Query):
+                await channel.send(Answer(message.id, "pong"))
+            elif isinstance(message, Slice):
+                await channel.send(Verdicts(message.batch, message.shard, 1, 0))
+
+    link = link_for(address, kills, slice_timeout=60.0, ping_interval=0.5, ping_timeout=30.0)
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, owner)
+        await nursery.start(link.run)
+        started = trio.current_time()
+        link.send(a_slice(1), outcomes.append)
+        await outcomes.reach(1)
+        # the first ping goes at 0.5, unanswered by 1.5: far before slice_timeout (60 s)
+        assert trio.current_time() - started == pytest.approx(1.5, abs=0.11)
+        assert isinstance(outcomes[0], OwnerUnavailable)
+        assert "has not answered a ping" in outcomes[0].reason
+        assert link.unresponsive_since is not None
+        assert link.pending == 0
+        link.send(a_slice(2), outcomes.append)  # fails as it is sent
+        assert len(outcomes) == 2
+        assert isinstance(outcomes[1], OwnerUnavailable)
+        awake.set()  # it answers the ping: responsive again
+        while link.unresponsive:  # noqa: ASYNC110 (its pong crosses a real socket)
+            await trio.sleep(0.01)
+        link.send(a_slice(3), outcomes.append)
+        await outcomes.reach(3)
+        assert outcomes[2] == Verdicts(BatchId("gw", 3, 3), 2, 1, 0)
+        assert kills == []
+        assert link.stalls == 1
         nursery.cancel_scope.cancel()
 
 

@@ -58,16 +58,21 @@ class DaemonProcess:
 
 
 @contextlib.contextmanager
-def running_daemon(where: Path, owners: int = 0, **config: Any) -> Iterator[DaemonProcess]:
+def running_daemon(
+    where: Path, owners: int = 0, *, config_path: Path | None = None, **config: Any
+) -> Iterator[DaemonProcess]:
     """A daemon on a fresh store in ``where``; ``config`` goes to ``write_config``;
-    ``owners`` >= 1: a gateway over that many owner processes (``[partitions] owners``)."""
-    config_path = write_config(where / "config.toml", where / "store.sqlite3", **config)
-    if owners:
-        with config_path.open("a") as file:
-            file.write(f"\n[partitions]\nowners = {owners}\n")
-        if (where / "store.sqlite3").exists():  # a store written for the test: to shard files
-            command = ["migrate", "partitions", "--config", str(config_path)]
-            subprocess.run([sys.executable, "-m", "meterd", *command], check=True, cwd=ROOT)
+    ``owners`` >= 1: a gateway over that many owner processes (``[partitions] owners``).
+    ``config_path``: a config file written already, used as it is (``owners`` and
+    ``config`` are then not applied)."""
+    if config_path is None:
+        config_path = write_config(where / "config.toml", where / "store.sqlite3", **config)
+        if owners:
+            with config_path.open("a") as file:
+                file.write(f"\n[partitions]\nowners = {owners}\n")
+            if (where / "store.sqlite3").exists():  # a store written for the test: to shards
+                command = ["migrate", "partitions", "--config", str(config_path)]
+                subprocess.run([sys.executable, "-m", "meterd", *command], check=True, cwd=ROOT)
     process = subprocess.Popen(
         [sys.executable, "-m", "meterd", "run", "--config", str(config_path), "--json-logs"],
         stderr=subprocess.PIPE,

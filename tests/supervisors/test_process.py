@@ -191,6 +191,88 @@ async def test_a_program_that_does_not_exist_fails_its_start() -> None:
     assert "check the child spec's argv and cwd" in str(caught.value.reason)
 
 
+async def test_start_together_starts_a_group_at_once_and_the_next_child_after_all(
+    tmp_path: Path,
+) -> None:
+    """Three processes that are ready only once all three run (a rendezvous in a
+    directory): one after another, the first would never be ready; together they are,
+    and the child after the group starts once every one of them is."""
+    where = tmp_path / "met"
+    where.mkdir()
+    after = trio.Event()
+
+    async def last(*, task_status: trio.TaskStatus[None]) -> None:
+        assert len(os.listdir(where)) == 3  # every process of the group had arrived
+        after.set()
+        task_status.started()
+        await trio.sleep_forever()
+
+    group = [
+        child(f"p{k}", "rendezvous", str(where), "3", start_timeout=WATCHDOG) for k in range(3)
+    ]
+    specs = [*group, sv.task_spec("after", last)]
+    sup = sv.Supervisor(specs, name="root", start_together=[["p0", "p1", "p2"]])
+    with trio.fail_after(WATCHDOG):
+        async with running(sup):
+            assert after.is_set()
+            pids = [info(sup, f"p{k}").ref.pid for k in range(3)]
+            assert sorted(pids) == sorted(int(name) for name in os.listdir(where))
+            assert [c.id for c in sup.which_children()] == ["p0", "p1", "p2", "after"]
+    assert not any(exists(pid) for pid in pids)
+
+
+async def test_a_failed_start_in_a_group_stops_every_child_started_and_names_the_first(
+    tmp_path: Path,
+) -> None:
+    """One of the group exits before it is ready: the others' starts are still waited
+    for, then every child started (the one before the group too) is stopped in reverse
+    order, and the start fails naming the first child of the group that failed."""
+    where = tmp_path / "met"
+    where.mkdir()
+    order: list[str] = []
+
+    async def first(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            order.append("first stopped")
+
+    specs = [
+        sv.task_spec("first", first),
+        child("a", "rendezvous", str(where), "2", start_timeout=WATCHDOG),
+        child("b", "exit-before-ready", "3", start_timeout=WATCHDOG),
+        child("c", "rendezvous", str(where), "2", start_timeout=WATCHDOG),
+        child("never", "never"),
+    ]
+    sup = sv.Supervisor(specs, name="root", start_together=[["a", "b", "c"]])
+    with trio.fail_after(WATCHDOG), pytest.raises(sv.StartError) as caught:
+        await sup.run()
+    assert caught.value.child_id == "b"
+    assert "exited with status 3 before it was ready" in str(caught.value.reason)
+    assert order == ["first stopped"]
+    pids = [int(name) for name in os.listdir(where)]
+    assert len(pids) == 2  # a and c ran (and met), then were stopped
+    assert not any(exists(pid) for pid in pids)
+
+
+def test_start_together_names_consecutive_children_of_its_supervisor() -> None:
+    specs = [sv.task_spec(name, _forever) for name in ("a", "b", "c")]
+    for groups, said in (
+        ([["a", "x"]], "names no child 'x'"),
+        ([["a", "c"]], "is not consecutive"),
+        ([["a", "b"], ["b", "c"]], "in two groups"),
+    ):
+        with pytest.raises(sv.SpecError, match=said):
+            sv.Supervisor(specs, start_together=groups)
+    sv.Supervisor(specs, start_together=[["b", "a"], ["c"]])  # any order within a group
+
+
+async def _forever(*, task_status: trio.TaskStatus[None]) -> None:
+    task_status.started()
+    await trio.sleep_forever()
+
+
 async def test_a_child_without_handshake_is_started_once_spawned() -> None:
     with trio.fail_after(WATCHDOG):
         async with ups() as lines, running(sv.Supervisor([], name="root")) as run:

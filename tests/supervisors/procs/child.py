@@ -13,6 +13,8 @@ MODE:
   exit-before-ready N   exit with N without saying it is ready
   close-ready-fd        close the ready descriptor without a line, then wait
   never                 never ready
+  rendezvous DIR N      write DIR/<pid>, then ready once DIR holds N such files (its
+                        siblings started at the same time); never ready if they are not
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from supervisors import READY_FD_ENV, notify_ready
 
@@ -34,7 +37,18 @@ def wait_forever() -> None:
         signal.pause()
 
 
-def main(mode: str, arg: str = "") -> None:
+def rendezvous(where: str, count: int) -> None:
+    """Wait (polling the directory: this process has no loop to wake) for ``count``
+    processes to have arrived at ``where``, this one included."""
+    open(os.path.join(where, str(os.getpid())), "w").close()
+    while len(os.listdir(where)) < count:
+        time.sleep(0.01)
+
+
+def main(mode: str, arg: str = "", *more: str) -> None:
+    if mode == "rendezvous":
+        rendezvous(arg, int(more[0]))
+        arg = ""
     if mode == "never":
         wait_forever()
     if mode == "exit-before-ready":
