@@ -332,15 +332,18 @@ class DeliveryService:
                 if self.wake is not None:
                     nursery.start_soon(self._recover, self.wake)
                 task_status.started()
-                followed = -math.inf
+                next_follow = -math.inf
                 while True:
-                    if self._rang or trio.current_time() - followed >= self.poll:
+                    if self._rang or trio.current_time() >= next_follow:
                         self._rang = False
-                        followed = trio.current_time()
+                        next_follow = trio.current_time() + self.poll
                         await self._follow()
                     wait = self._dispatch(nursery, client)
-                    poll = followed + self.poll - trio.current_time()
-                    with trio.move_on_after(max(0.0, min(wait, poll))):
+                    # One deadline for both the test above and the wait: computed apart, as
+                    # ``now - followed >= poll`` and ``followed + poll - now``, float rounding
+                    # can make the first false while the second is 0, and the loop spins
+                    # (for ever under a mock clock, which jumps only when the loop is idle).
+                    with trio.move_on_at(min(trio.current_time() + wait, next_follow)):
                         await self._wake.wait()
                     self._wake = trio.Event()
         finally:

@@ -888,18 +888,21 @@ _SUMMED: Final = (
 )
 
 
+_HISTOGRAMS = ("ack_latency", "commit_latency")  # summed bucket by bucket
+
+
 def merge_ingest(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The console's ingest snapshot of several processes: counts summed (rejections by
-    code, ack latency per bucket, producers by name), the latest ``at``."""
+    code, ack and store commit latency per bucket, producers by name), the latest ``at``."""
     out: dict[str, Any] = {
         "at": 0,
         "rejected": {},
-        "ack_latency_counts": [],
+        **{f"{h}_counts": [] for h in _HISTOGRAMS},
         "producers": {},
         "checkpoint_seconds": 0.0,
         **dict.fromkeys(_SUMMED, 0),
     }
-    bounds: list[float] = []
+    bounds: dict[str, list[float]] = {h: [] for h in _HISTOGRAMS}
     for part in parts:
         out["at"] = max(out["at"], int(part.get("at", 0)))
         for name in _SUMMED:
@@ -907,19 +910,21 @@ def merge_ingest(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         out["checkpoint_seconds"] += float(part.get("checkpoint_seconds", 0.0))
         for code, count in part.get("rejected", {}).items():
             out["rejected"][code] = out["rejected"].get(code, 0) + count
-        counts = list(part.get("ack_latency_counts", ()))
-        bounds = list(part.get("ack_latency_bounds", bounds)) or bounds
-        have = out["ack_latency_counts"]
-        have.extend([0] * (len(counts) - len(have)))
-        for i, count in enumerate(counts):
-            have[i] += count
+        for h in _HISTOGRAMS:
+            counts = list(part.get(f"{h}_counts", ()))
+            bounds[h] = list(part.get(f"{h}_bounds", ())) or bounds[h]
+            have = out[f"{h}_counts"]
+            have.extend([0] * (len(counts) - len(have)))
+            for i, count in enumerate(counts):
+                have[i] += count
         for row in part.get("producers", ()):
             mine = out["producers"].setdefault(row["producer"], dict.fromkeys(row, 0))
             mine["producer"] = row["producer"]
             for key, value in row.items():
                 if key != "producer":
                     mine[key] += value
-    out["ack_latency_bounds"] = bounds
+    for h in _HISTOGRAMS:
+        out[f"{h}_bounds"] = bounds[h]
     out["rejected"] = dict(sorted(out["rejected"].items()))
     out["producers"] = [out["producers"][name] for name in sorted(out["producers"])]
     return out

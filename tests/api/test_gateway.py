@@ -526,6 +526,8 @@ def test_ingest_snapshots_are_summed() -> None:
             "rejected": {"x": 1},
             "ack_latency_bounds": [0.1],
             "ack_latency_counts": [1, 2],
+            "commit_latency_bounds": [0.005, 0.01],
+            "commit_latency_counts": [3, 0, 1],
             "producers": [{"producer": "p", "acks": 1}],
         },
         {
@@ -534,6 +536,8 @@ def test_ingest_snapshots_are_summed() -> None:
             "rejected": {"x": 2, "y": 1},
             "ack_latency_bounds": [0.1],
             "ack_latency_counts": [0, 4],
+            "commit_latency_bounds": [0.005, 0.01],
+            "commit_latency_counts": [1, 2, 0],
             "producers": [{"producer": "p", "acks": 2}],
         },
     ]
@@ -542,6 +546,8 @@ def test_ingest_snapshots_are_summed() -> None:
     assert merged["accepted"] == 7
     assert merged["rejected"] == {"x": 3, "y": 1}
     assert merged["ack_latency_counts"] == [1, 6]
+    assert merged["commit_latency_bounds"] == [0.005, 0.01]
+    assert merged["commit_latency_counts"] == [4, 2, 1]
     assert merged["producers"] == [{"producer": "p", "acks": 3}]
 
 

@@ -9,11 +9,10 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from meterd.client import Producer
-from tests.console.conftest import ACCOUNTS, HOUR, OWNERS, account_name
+from tests.console.conftest import ACCOUNTS, HOUR, account_name
 from tests.procs.daemon import DaemonProcess
 
 
@@ -157,12 +156,6 @@ def time_day(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d")
 
 
-@pytest.mark.xfail(
-    OWNERS > 0,
-    reason="through a gateway: meterd/api/gateway.py's merge_ingest does not sum"
-    " commit_latency_counts yet (the gateway's area)",
-    strict=True,
-)
 def test_the_ingest_page_charts_store_commit_latency(
     page: Any, console_daemon: DaemonProcess
 ) -> None:
