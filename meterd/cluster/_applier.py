@@ -27,6 +27,18 @@ again and replays from it (``replays`` counts it).
 A message that is not a slice, or a slice naming an account outside its shard, still advances
 the position (an empty batch), so the log never stalls on it; the second is answered
 ``Unavailable``.
+
+Fencing (with a :class:`~._placement.Fence`): every slice's position carries the fence, which
+the store checks right before the group commits (a lapsed fence rolls the group back:
+nothing written); a verdict is only published while the fence holds, and stamped with its
+epoch. While the fence is lapsed the applier waits (a renewal that succeeds lifts it; a
+lease lost stops the shard).
+
+Before reading, the applier checks that the stream still holds every sequence after the
+store's position (``first_seq <= position + 1``): if retention dropped some, rebuilding
+the shard from the log is impossible (snapshots are not built yet), and the applier
+refuses loudly (``cluster.applier.log_truncated``, :attr:`refused`) instead of skipping
+them: the shard then answers nothing (its slices time out, ``unavailable``).
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from meterd.store import AppendResult, InvalidEvents, LogPosition, RejectedEvent
 
 from ._log import STREAM, log_name, log_subject, verdict_subject
 from ._nats import ClusterUnavailable, Connection, LogMessage, LogReader
+from ._placement import Fence
 
 __all__ = ["ShardApplier", "applied_position"]
 
@@ -90,8 +103,13 @@ class ShardApplier:
         partitions: PartitionsConfig,
         *,
         fetch_timeout: float = 1.0,
+        fence: Fence | None = None,
     ) -> None:
         self.connection = connection
+        self.fence = fence
+        self.refused: str | None = None  # why the log cannot rebuild this shard
+        self.fenced_verdicts = 0  # verdicts not published: the fence had lapsed
+        self.fence_waits = 0  # times it waited for a lapsed fence before reading
         self.cell = cell
         self.shard = shard
         self.partitions = partitions
@@ -134,9 +152,20 @@ class ShardApplier:
             nursery.start_soon(self._publish_verdicts, connection)
             first = True
             while True:
+                if self.fence is not None and self.fence.check() is not None:
+                    self.fence_waits += 1
+                    log.warning(
+                        "cluster.applier.fenced",
+                        shard=self.shard,
+                        reason=self.fence.check(),
+                        hint="the shard's lease is not certainly held: nothing is applied"
+                        " until a renewal succeeds (or the shard is stopped)",
+                    )
+                    await self.fence.wait_held()
                 stored = await applied_position(self.cell, self.shard)
                 self.applied = self.read = stored
                 self._failure = None
+                await self._check_retention(connection, stored)
                 log.info("cluster.applier.reading", shard=self.shard, log=self.log, after=stored)
                 try:
                     async with connection.reader(
@@ -159,6 +188,36 @@ class ShardApplier:
                     " replayed from the store's position",
                 )
 
+    async def _check_retention(self, connection: Connection, stored: int) -> None:
+        """Refuse (log, then wait forever) if the stream dropped sequences after ``stored``."""
+        while True:
+            try:
+                info = await connection.stream_info(STREAM)
+                break
+            except ClusterUnavailable as error:
+                log.warning("cluster.applier.unavailable", shard=self.shard, error=str(error))
+                await connection.wait_connected(math.inf)
+        if info.first_seq <= stored + 1:
+            return
+        self.refused = (
+            f"the log {STREAM} now starts at sequence {info.first_seq}, but this node's store of"
+            f" shard {self.shard} has applied only up to {stored}: sequences {stored + 1}.."
+            f"{info.first_seq - 1} are gone (retention), so the shard cannot be rebuilt from"
+            " the log"
+        )
+        log.error(
+            "cluster.applier.log_truncated",
+            shard=self.shard,
+            log=self.log,
+            applied=stored,
+            first_seq=info.first_seq,
+            error=self.refused,
+            hint="restore the shard's store file from a node that held it (or a backup) into"
+            " this node's store directory and restart it; raise [cluster] retention so that"
+            " it covers a node's absence",
+        )
+        await trio.sleep_forever()
+
     async def _follow(self, connection: Connection, reader: LogReader) -> None:
         while True:
             try:
@@ -170,6 +229,8 @@ class ShardApplier:
             for message in messages:
                 if self._failure is not None:
                     raise _Replay()
+                if self.fence is not None and self.fence.check() is not None:
+                    raise _Replay()  # wait for the fence (or be stopped), then go on
                 await self.apply(message)
             if self._failure is not None:
                 raise _Replay()
@@ -183,7 +244,10 @@ class ShardApplier:
     async def apply(self, message: LogMessage) -> None:
         """Submit one message of the log (the next one after :attr:`read`); never waits
         for its commit, only for room in the cell's budget."""
-        position = LogPosition(self.log, message.seq, self.read)
+        fence = self.fence
+        position = LogPosition(
+            self.log, message.seq, self.read, None if fence is None else fence.check
+        )
         self.read = message.seq
         self.pending = message.pending
         piece: Slice | None = None
@@ -250,6 +314,11 @@ class ShardApplier:
                 answer = Unavailable(piece.batch, piece.shard, problem)
             else:
                 answer = _outcome(piece, groups, indexes, outcome)
+                if isinstance(answer, Verdicts) and fence is not None:
+                    answer = msgspec.structs.replace(answer, epoch=fence.epoch)
+            if fence is not None and fence.check() is not None:
+                self.fenced_verdicts += 1
+                return
             self._outbox.send_nowait((verdict_subject(piece.batch.gateway), encode(answer)))
 
         received_at = piece.received_at if piece is not None else message.time_ms
@@ -300,6 +369,9 @@ class ShardApplier:
 
     async def _publish_verdicts(self, connection: Connection) -> None:
         async for subject, data in self.verdicts:
+            if self.fence is not None and self.fence.check() is not None:
+                self.fenced_verdicts += 1
+                continue
             try:
                 await connection.send(subject, data, flush=False)
             except ClusterUnavailable as error:  # the gateway times the slice out

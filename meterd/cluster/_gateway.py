@@ -16,10 +16,13 @@ sends slices through in cluster mode, in place of the links to local owner proce
   ``[partitions] slice_timeout`` (counted from the send). A verdict that comes later is
   dropped: the producer's re-send is then answered as a duplicate by the owner.
 
-It is also the API's :class:`~meterd.partitions.Owners`: in this first slice of cluster mode a
-node answers queries for the shards it holds itself (their cells, in this process, as
-"owner 0"); a shard held by another node is answered unavailable (forwarding queries between
-nodes is not built yet).
+It is also the API's :class:`~meterd.partitions.Owners`: a node answers queries for the shards
+it holds itself (their cells, in this process, as "owner 0"), and forwards a query for a shard
+held elsewhere to its owner (a core NATS request on ``meterd.query.<shard>``, the same
+``Query(op="http")`` an owner process answers through its cell's app;
+:meth:`JetStreamLinks.serve_queries` is the owner's side). Nobody answering in time (the
+owner is down, the shard is changing owner) is :class:`~meterd.partitions.OwnerUnavailable`:
+a 503 the operator retries.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ import supervisors as sv
 from meterd.config import PartitionsConfig
 from meterd.partitions import OwnerUnavailable, Slice, TreeSnapshot, Unavailable, Verdicts
 from meterd.partitions._cell import Cell
-from meterd.partitions._messages import BatchId, decode, encode
+from meterd.partitions._messages import Answer, BatchId, Query, decode, encode
 from meterd.partitions._owner import BadQuery, _http_request, call_asgi
 
-from ._log import log_subject, slice_msg_id, verdict_subject
+from ._log import log_subject, query_subject, slice_msg_id, verdict_subject
 from ._nats import ClusterUnavailable, Connection
 
 __all__ = ["JetStreamLinks"]
@@ -48,6 +51,7 @@ log = structlog.get_logger("meterd.cluster.gateway")
 
 SliceDone = Callable[[Verdicts | OwnerUnavailable], None]
 NODE_OWNER: Final = 0  # how the API numbers this node's cells ("owner-0")
+QUERY_TIMEOUT: Final = 30.0  # seconds an owner gives a forwarded query (the asker's own is shorter)
 
 
 class _ShardLink:
@@ -87,6 +91,14 @@ class JetStreamLinks:
         self._nursery: trio.Nursery | None = None
         self.published = 0
         self.late_verdicts = 0
+        self.stale_verdicts = 0  # verdicts of an older epoch than the shard's known one
+        self.forwarded = 0  # queries sent to the node holding the shard
+        self.epochs: dict[int, int] = {}  # shard -> the newest owner epoch seen
+
+    def observe(self, shard: int, epoch: int) -> None:
+        """The newest epoch known for ``shard`` (from its lease, or a verdict)."""
+        if epoch > self.epochs.get(shard, 0):
+            self.epochs[shard] = epoch
 
     # ---- what the GatewaySubmitter uses --------------------------------------------------
 
@@ -170,6 +182,20 @@ class JetStreamLinks:
                         )
                         continue
                     if isinstance(answer, Verdicts):
+                        if answer.epoch and answer.epoch < self.epochs.get(answer.shard, 0):
+                            # Fencing: an owner that lost the shard (paused past its lease)
+                            # must not answer for it; its verdict is not taken.
+                            self.stale_verdicts += 1
+                            log.warning(
+                                "cluster.gateway.stale_verdict",
+                                shard=answer.shard,
+                                batch=[answer.batch.connection, answer.batch.seq],
+                                epoch=answer.epoch,
+                                current=self.epochs[answer.shard],
+                                hint="a verdict from a previous owner of the shard was ignored",
+                            )
+                            continue
+                        self.observe(answer.shard, answer.epoch)
                         outcome: Verdicts | OwnerUnavailable = answer
                     elif isinstance(answer, Unavailable):
                         outcome = self._unavailable(answer.shard, answer.reason)
@@ -190,14 +216,14 @@ class JetStreamLinks:
     # ---- the API's Owners ---------------------------------------------------------------
 
     async def ask(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        if self.cells.get(shard) is None:
+            return await self._forward(shard, op, args, timeout)
+        return await self._ask_here(shard, op, args, timeout)
+
+    async def _ask_here(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
         cell = self.cells.get(shard)
         if cell is None:
-            raise OwnerUnavailable(
-                shard,
-                NODE_OWNER,
-                "it is not held by this node, and forwarding queries to other nodes is not"
-                " built yet (docs/cluster.md): ask the node that holds it",
-            )
+            raise OwnerUnavailable(shard, NODE_OWNER, "this node no longer holds it")
         if op == "ping":
             return "pong"
         if op != "http":
@@ -209,6 +235,68 @@ class JetStreamLinks:
         with trio.move_on_after(timeout):
             return await call_asgi(cell.app(), *request)
         raise OwnerUnavailable(shard, NODE_OWNER, f"the query took more than {timeout:g} s")
+
+    async def _forward(self, shard: int, op: str, args: dict[str, Any], timeout: float) -> Any:
+        """``ask`` the node that holds ``shard`` (see the module doc)."""
+        self.forwarded += 1
+        try:
+            data = await self.connection.request(
+                query_subject(shard), encode(Query(0, shard, op, args)), timeout=timeout
+            )
+        except ClusterUnavailable as error:
+            raise OwnerUnavailable(
+                shard,
+                NODE_OWNER,
+                "no node answered for it (its owner may be down, or the shard changing owner:"
+                f" a takeover takes up to [cluster] lease_ttl and a round) ({error})",
+            ) from None
+        answer = decode(data)
+        if not isinstance(answer, Answer):
+            raise OwnerUnavailable(
+                shard, NODE_OWNER, f"its owner answered a {type(answer).__name__}, not an answer"
+            )
+        if answer.error is not None:
+            raise OwnerUnavailable(shard, NODE_OWNER, f"its owner answered: {answer.error}")
+        return answer.value
+
+    async def serve_queries(
+        self,
+        shard: int,
+        held: Callable[[], bool],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer other nodes' queries for ``shard`` (this node holds it) while ``held()``;
+        a query that comes while it is not is left unanswered (the new owner answers)."""
+        subject = query_subject(shard)
+        async with (
+            self.connection.subscribe(subject, capacity=1024) as queries,
+            trio.open_nursery() as nursery,
+        ):
+            task_status.started()
+            while True:
+                data, reply = await queries.get_request()
+                if reply and held():
+                    nursery.start_soon(self._answer, shard, data, reply)
+
+    async def _answer(self, shard: int, data: bytes, reply: str) -> None:
+        try:
+            query = decode(data)
+        except Exception as error:
+            answer = Answer(0, error=f"not a query: {error}")
+        else:
+            if not isinstance(query, Query) or query.shard != shard:
+                answer = Answer(0, error=f"not a query of shard {shard}")
+            else:
+                try:
+                    value = await self._ask_here(shard, query.op, query.args, QUERY_TIMEOUT)
+                    answer = Answer(query.id, value)
+                except (OwnerUnavailable, RuntimeError) as error:
+                    answer = Answer(query.id, error=str(error))
+        try:
+            await self.connection.reply(reply, encode(answer))
+        except ClusterUnavailable as error:  # the asker times out
+            log.warning("cluster.gateway.answer_lost", shard=shard, error=str(error))
 
     async def trees(self, limit: int, total: int, timeout: float) -> list[TreeSnapshot | None]:
         if self.tree is None:

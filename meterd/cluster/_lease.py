@@ -15,6 +15,8 @@ before the write was sent) unless a renewal succeeded first.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,8 +56,28 @@ class LeaseLost(Exception):
 class Lease:
     key: str
     holder: str
-    revision: int  # the KV revision of the holder's last write: its epoch
+    revision: int  # the KV revision of the holder's last write
     valid_until: float  # trio.current_time() at which the holder must consider it gone
+    epoch: int = 0  # the revision that started this tenure (acquire / take over): fencing
+    written_at: float = 0.0  # time.monotonic() before the last write was sent
+
+    @property
+    def fence_epoch(self) -> int:
+        return self.epoch or self.revision
+
+
+def _value(holder: str, epoch: int) -> bytes:
+    """A lease entry's value: the holder, and from the first renewal on ``@epoch``."""
+    return f"{holder}@{epoch}".encode() if epoch else holder.encode()
+
+
+def parse_value(value: bytes, revision: int) -> tuple[str, int]:
+    """(holder, epoch) of a lease entry written at ``revision``."""
+    text = value.decode(errors="replace")
+    holder, at, epoch = text.rpartition("@")
+    if at and epoch.isdigit():
+        return holder, int(epoch)
+    return text, revision
 
 
 class Leases:
@@ -114,6 +136,7 @@ class Leases:
         kv = self._kv
         value = holder.encode()
         started = trio.current_time()
+        written = time.monotonic()
 
         async def create() -> int:
             return await kv.create(key, value)
@@ -133,7 +156,7 @@ class Leases:
         log.info(
             "cluster.lease.acquired", bucket=self.bucket, key=key, holder=holder, revision=revision
         )
-        return Lease(key, holder, revision, started + self.ttl)
+        return Lease(key, holder, revision, started + self.ttl, revision, written)
 
     async def take_over(self, key: str, holder: str, revision: int) -> Lease:
         """Take the live lease on ``key`` at ``revision`` for ``holder`` (compare-and-set:
@@ -142,6 +165,7 @@ class Leases:
         kv = self._kv
         value = holder.encode()
         started = trio.current_time()
+        written = time.monotonic()
 
         async def update() -> int:
             return await kv.update(key, value, last=revision)
@@ -158,13 +182,15 @@ class Leases:
         log.info(
             "cluster.lease.taken_over", bucket=self.bucket, key=key, holder=holder, revision=new
         )
-        return Lease(key, holder, new, started + self.ttl)
+        return Lease(key, holder, new, started + self.ttl, new, written)
 
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite the entry if it is still ``lease``'s revision; LeaseLost otherwise."""
         kv = self._kv
-        value = lease.holder.encode()
+        epoch = lease.fence_epoch
+        value = _value(lease.holder, epoch)
         started = trio.current_time()
+        written = time.monotonic()
 
         async def update() -> int:
             return await kv.update(lease.key, value, last=lease.revision)
@@ -183,7 +209,7 @@ class Leases:
                 f"lease {self.bucket}/{lease.key} of {lease.holder!r} (revision {lease.revision}) "
                 "expired or was taken over; stop acting on it and acquire it again"
             ) from None
-        return Lease(lease.key, lease.holder, revision, started + self.ttl)
+        return Lease(lease.key, lease.holder, revision, started + self.ttl, epoch, written)
 
     async def release(self, lease: Lease) -> None:
         """Delete the entry if it is still ``lease``'s; LeaseLost if it no longer is."""
@@ -206,16 +232,41 @@ class Leases:
 
     async def holder(self, key: str) -> tuple[str, int] | None:
         """(holder, revision) of the live entry on ``key``, or None."""
+        found = await self.entry(key)
+        return None if found is None else (found[0], found[2])
+
+    async def entry(self, key: str) -> tuple[str, int, int] | None:
+        """(holder, epoch, revision) of the live entry on ``key``, or None."""
         kv = self._kv
 
-        async def get() -> tuple[str, int] | None:
+        async def get() -> tuple[str, int, int] | None:
             try:
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 return None
-            return (entry.value or b"").decode(), entry.revision or 0
+            revision = entry.revision or 0
+            return (*parse_value(entry.value or b"", revision), revision)
 
         return await self.connection._run(f"read lease {self.bucket}/{key}", get)
+
+    async def entries(self, keys: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        """The live entries among ``keys``: key -> (holder, epoch, revision). (Not
+        ``kv.keys()``: nats-py's watcher-based listing came back empty under load here.)"""
+        kv = self._kv
+        wanted = list(keys)
+
+        async def read() -> dict[str, tuple[str, int, int]]:
+            found: dict[str, tuple[str, int, int]] = {}
+            for key in wanted:
+                try:
+                    entry = await kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue
+                revision = entry.revision or 0
+                found[key] = (*parse_value(entry.value or b"", revision), revision)
+            return found
+
+        return await self.connection._run(f"read leases {self.bucket}", read)
 
 
 __all__ = ["ClusterUnavailable", "Lease", "LeaseHeld", "LeaseLost", "Leases"]

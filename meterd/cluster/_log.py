@@ -7,6 +7,8 @@
 * The owner of shard ``s`` reads ``meterd.log.<s>`` in stream order and stores, with the
   slice's rows, the stream sequence it applied, under the log name :func:`log_name`.
 * Verdicts go back over core NATS to ``meterd.verdicts.<gateway>`` (:func:`verdict_subject`).
+* API queries for an account of shard ``s`` held by another node are requests (core NATS
+  request/reply) on ``meterd.query.<s>`` (:func:`query_subject`), answered by its owner.
 * Shard leases live in the KV bucket :data:`LEASES` (TTL ``[cluster] lease_ttl``).
 
 :func:`provision` creates the stream and the bucket if they are missing, and checks them if
@@ -35,6 +37,7 @@ __all__ = [
     "log_name",
     "log_subject",
     "provision",
+    "query_subject",
     "slice_msg_id",
     "verdict_subject",
 ]
@@ -45,6 +48,7 @@ STREAM: Final = "METERD_LOG"
 SUBJECTS: Final = "meterd.log.*"
 LEASES: Final = "meterd-shard-leases"
 _VERDICTS: Final = "meterd.verdicts."
+_QUERIES: Final = "meterd.query."
 
 
 def log_subject(shard: int) -> str:
@@ -60,6 +64,11 @@ def log_name(shard: int) -> str:
 def verdict_subject(gateway: str) -> str:
     """The core NATS subject a gateway receives its slices' verdicts on."""
     return _VERDICTS + gateway
+
+
+def query_subject(shard: int) -> str:
+    """The core NATS subject shard ``shard``'s owner answers API queries on."""
+    return _QUERIES + str(shard)
 
 
 def slice_msg_id(batch: BatchId, shard: int) -> str:

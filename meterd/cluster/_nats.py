@@ -438,6 +438,21 @@ class Connection:
 
         await self._run(f"send to {subject}", send)
 
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        """Core NATS request/reply: the first reply's payload. ClusterUnavailable when
+        nobody subscribes to ``subject`` (no responders) or no reply came in ``timeout``."""
+        nc = self._nats
+
+        async def request() -> bytes:
+            reply = await nc.request(subject, data, timeout=timeout)
+            return reply.data
+
+        return await self._run(f"request to {subject}", request)
+
+    async def reply(self, subject: str, data: bytes) -> None:
+        """Answer a request (``subject``: its reply subject); at most once, not flushed."""
+        await self.send(subject, data, flush=False)
+
     @asynccontextmanager
     async def subscribe(self, subject: str, *, capacity: int = 1024) -> AsyncIterator[Subscription]:
         """A core NATS subscription read from Trio; at most ``capacity`` messages buffered,
@@ -516,6 +531,11 @@ class Subscription:
     async def get(self) -> tuple[str, bytes]:
         msg = await self._inbox.get()
         return msg.subject, msg.data
+
+    async def get_request(self) -> tuple[bytes, str]:
+        """The next message's payload and its reply subject ("" when it expects none)."""
+        msg = await self._inbox.get()
+        return msg.data, msg.reply or ""
 
     def __aiter__(self) -> Subscription:
         return self

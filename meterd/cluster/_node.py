@@ -27,11 +27,12 @@ node at start are not taken later (takeover and rebalancing are not built yet).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import structlog
@@ -52,21 +53,18 @@ from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
 from ._gateway import JetStreamLinks
-from ._lease import Lease, LeaseHeld, LeaseLost, Leases
+from ._lease import Leases
 from ._log import provision
 from ._nats import ClusterUnavailable, Connection, StreamMismatch, connect
+from ._placement import Fence, Placement, lease_key
 from ._registry import NodeRegistry, cluster_status
 
-__all__ = ["LeaseKeeper", "cluster_view", "lease_key", "serve_node"]
+__all__ = ["cluster_view", "lease_key", "serve_node"]
 
 log = structlog.get_logger("meterd.cluster.node")
 
 MAX_RESTARTS: Final = 5
 MAX_SECONDS: Final = 10.0
-
-
-def lease_key(shard: int) -> str:
-    return f"shard-{shard:03d}"
 
 
 def cluster_view(config: Config) -> Config:
@@ -76,78 +74,79 @@ def cluster_view(config: Config) -> Config:
     return dataclasses.replace(config, partitions=partitions)
 
 
-class LeaseKeeper:
-    """Renews the node's shard leases; fails (every time it is restarted) once one is lost.
-    ``heartbeat`` (the node's entry for ``/v1/cluster``) is written at start and with each
-    renewal round."""
+class _Shards:
+    """Starts and stops shard trees under the ``shards`` dynamic supervisor (for
+    :class:`~._placement.Placement`); ``cells`` is the gateway's view of them."""
 
-    def __init__(
-        self,
-        leases: Leases,
-        held: dict[int, Lease],
-        heartbeat: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.leases = leases
-        self.held = held
-        self.heartbeat = heartbeat
-        self.lost: str | None = None
+    def __init__(self, config: Config, connection: Connection, links: JetStreamLinks) -> None:
+        self.config = config
+        self.connection = connection
+        self.links = links
+        self.supervisor = sv.DynamicSupervisor(
+            name="shards", max_restarts=MAX_RESTARTS, max_seconds=MAX_SECONDS
+        )
+        self.cells: dict[int, Cell] = {}
+        self.appliers: dict[int, ShardApplier] = {}
 
-    async def _beat(self) -> None:
-        if self.heartbeat is None:
-            return
+    async def start(self, shard: int, fence: Fence) -> _Handle:
+        config = self.config
+        files = shard_files(config, shard)
+        cell = Cell(
+            config,
+            store_path=files.store,
+            billing_path=files.billing,
+            deliveries_path=files.deliveries,
+            name=lease_key(shard),
+            cells=config.partitions.shards,
+        )
+        applier = ShardApplier(self.connection, cell, shard, config.partitions, fence=fence)
+        await cell.open()
         try:
-            await self.heartbeat()
-        except ClusterUnavailable as error:
-            log.warning("cluster.node.heartbeat_failed", error=str(error))
+            queries = sv.task_spec(
+                "queries",
+                partial(self.links.serve_queries, shard, lambda: fence.check() is None),
+            )
+            ref = await self.supervisor.start_child(
+                _shard_tree(cell, applier, queries).as_child(lease_key(shard))
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await cell.aclose()
+            raise
+        self.cells[shard] = cell
+        self.appliers[shard] = applier
+        return _Handle(self, shard, cell, ref)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self.lost is not None:
-            raise LeaseLost(self.lost)
-        task_status.started()
-        period = self.leases.ttl / 3
-        while True:
-            await self._beat()
-            await trio.sleep(period)  # renewal period: a timer, not a wait for a condition
-            for shard, lease in list(self.held.items()):
-                try:
-                    self.held[shard] = await self.leases.renew(lease)
-                except LeaseLost as error:
-                    self.lost = str(error)
-                    raise
-                except ClusterUnavailable as error:
-                    if trio.current_time() >= lease.valid_until:
-                        self.lost = (
-                            f"lease {lease.key} expired while NATS did not answer ({error});"
-                            " this node stops deciding for its shards"
-                        )
-                        raise LeaseLost(self.lost) from error
-                    log.warning("cluster.lease.renew_failed", key=lease.key, error=str(error))
+    def report(self) -> dict[int, tuple[int, int]]:
+        return {shard: (a.applied, a.lag) for shard, a in self.appliers.items()}
 
 
-async def _claim(leases: Leases, shards: Sequence[int], node: str) -> dict[int, Lease]:
-    held: dict[int, Lease] = {}
-    for shard in shards:
+class _Handle:
+    def __init__(self, shards: _Shards, shard: int, cell: Cell, ref: object) -> None:
+        self.shards = shards
+        self.shard = shard
+        self.cell = cell
+        self.ref = ref
+
+    def running(self) -> bool:
         try:
-            held[shard] = await leases.acquire(lease_key(shard), node)
-            continue
-        except LeaseHeld as error:
-            holder, revision = error.holder, error.revision
-        if holder == node and revision is not None:
-            # This node's previous process (killed) held it: node names are unique, so
-            # nobody else decides for the shard; take it over at once rather than wait
-            # for the lease to expire.
-            try:
-                held[shard] = await leases.take_over(lease_key(shard), node, revision)
-                continue
-            except LeaseHeld:
-                pass
-        log.info("cluster.shard.held_elsewhere", shard=shard, holder=holder)
-    return held
+            self.shards.supervisor.child_info(lease_key(self.shard))
+        except sv.NoSuchChild:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        self.shards.cells.pop(self.shard, None)
+        self.shards.appliers.pop(self.shard, None)
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(sv.NoSuchChild):
+                await self.shards.supervisor.terminate_child(self.ref)
+            await self.cell.aclose()
 
 
-def _shard_tree(cell: Cell, applier: ShardApplier) -> sv.Supervisor:
+def _shard_tree(cell: Cell, applier: ShardApplier, queries: sv.ChildSpec) -> sv.Supervisor:
     tree = sv.Supervisor(
-        [*cell.child_specs(), sv.task_spec("applier", applier.run)],
+        [*cell.child_specs(), sv.task_spec("applier", applier.run), queries],
         strategy=sv.Strategy.REST_FOR_ONE,
         name=cell.name,
     )
@@ -175,52 +174,36 @@ async def serve_node(config: Config) -> None:
                 connection = await connect(bridge, list(cluster.nats), name=cluster.node)
                 provisioned = await provision(connection, cluster)
                 registry = await NodeRegistry.open(connection, ttl=cluster.lease_ttl.seconds)
-                held = await _claim(provisioned.leases, range(view.partitions.shards), cluster.node)
             except (ClusterUnavailable, StreamMismatch) as error:
                 raise StartupFailed(f"cluster.nats {list(cluster.nats)}: {error}") from None
-            try:
-                await _run(view, connection, provisioned.leases, held, registry)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    for lease in held.values():
-                        try:
-                            await provisioned.leases.release(lease)
-                        except (LeaseLost, ClusterUnavailable) as error:
-                            log.info("cluster.lease.not_released", key=lease.key, error=str(error))
+            await _run(view, connection, provisioned.leases, registry)
 
 
 async def _run(
-    config: Config,
-    connection: Connection,
-    leases: Leases,
-    held: dict[int, Lease],
-    registry: NodeRegistry,
+    config: Config, connection: Connection, leases: Leases, registry: NodeRegistry
 ) -> None:
     cluster = config.cluster
     assert cluster is not None
-    cells: dict[int, Cell] = {}
-    appliers: dict[int, ShardApplier] = {}
-    shard_trees: list[sv.Supervisor] = []
-    for shard in sorted(held):
-        files = shard_files(config, shard)
-        cell = Cell(
-            config,
-            store_path=files.store,
-            billing_path=files.billing,
-            deliveries_path=files.deliveries,
-            name=f"shard-{shard:03d}",
-            cells=max(1, len(held)),
-        )
-        applier = appliers[shard] = ShardApplier(connection, cell, shard, config.partitions)
-        shard_trees.append(_shard_tree(cell, applier))
-        cells[shard] = cell
     gateway = f"{cluster.node}-{os.getpid()}-{time.time_ns() // 1_000_000}"
+    cells: dict[int, Cell] = {}
     links = JetStreamLinks(
         connection,
         gateway,
         config.partitions,
         slice_timeout=config.partitions.slice_timeout.seconds,
         cells=cells,
+    )
+    shards = _Shards(config, connection, links)
+    shards.cells = links.cells = cells  # the gateway answers queries from the cells it holds
+    placement = Placement(
+        cluster.node,
+        leases,
+        registry,
+        config.partitions.shards,
+        start=shards.start,
+        report=shards.report,
+        observe=links.observe,
+        rebalance=cluster.rebalance,
     )
     submitter = GatewaySubmitter(
         gateway, links, max_in_flight_events=config.ingest.max_in_flight_events, clock=wall_clock_ms
@@ -229,18 +212,14 @@ async def _run(
     api = GatewayApi(config, links, ingest)
     node = cluster.node
 
-    async def heartbeat() -> None:
-        await registry.heartbeat(node, {shard: (a.applied, a.lag) for shard, a in appliers.items()})
-
     async def status() -> dict[str, object]:
         return await cluster_status(node, registry, leases, config.partitions)
 
     api.app = ClusterRoute(api.app, config.api, status)
-    keeper = LeaseKeeper(leases, held, heartbeat)
     specs = [
         sv.task_spec("links", links.run),
-        sv.task_spec("leases", keeper.run),
-        *[tree.as_child() for tree in shard_trees],
+        shards.supervisor.as_child("shards"),
+        sv.task_spec("placement", placement.run),
         ingest.child_spec(),
         api.child_spec(),
     ]
@@ -248,8 +227,6 @@ async def _run(
     links.tree = root
     api.root = root
     api.metrics.watch(root, None, None, ingest)
-    for cell in cells.values():
-        await cell.open()
 
     def started() -> None:
         log.info(
@@ -258,13 +235,16 @@ async def _run(
             config=str(config.path),
             node=cluster.node,
             gateway=gateway,
-            shards=sorted(held),
+            shards=sorted(placement.held),
         )
         log.info("listening", ingest=ingest.url, api=api.url)
 
     try:
         await run_until_signalled(root, config, on_started=started)
     finally:
-        for cell in cells.values():
-            await cell.aclose()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await placement.release_all()
+        for cell in list(cells.values()):
+            with trio.CancelScope(shield=True):
+                await cell.aclose()
     log.info("meterd_stopped", node=cluster.node)

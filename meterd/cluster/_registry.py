@@ -1,12 +1,13 @@
 """Which nodes are in the cluster and what they hold: ``GET /v1/cluster`` (protocol.md §5).
 
 Every node writes, every ``lease_ttl / 3``, one entry of the KV bucket :data:`NODES` under its
-name: the time (its wall clock, Unix ms), the shards it holds with each one's applied
-sequence and lag. :func:`cluster_status` reads that bucket, the shard leases (owner and
-epoch: the lease's revision) and builds the §5 document, one row per partition (a
-partition's owner, epoch, applied sequence and lag are its shard's). A node whose entry is
-older than ``lease_ttl`` is ``down`` (this reading of liveness assumes the nodes' clocks
-agree within a few seconds; it decides nothing, it is shown to operators).
+name: the shards it holds with each one's applied sequence and lag. The bucket's TTL is
+``lease_ttl``: the entry of a node that stopped writing (killed, paused, cut off) expires, so
+the live nodes are the entries present (no wall clocks compared). Placement hashes shards
+over them (:mod:`._placement`). :func:`cluster_status` reads that bucket and the shard leases
+(owner and epoch: the revision that started the owner's tenure) and builds the §5 document,
+one row per partition (a partition's owner, epoch, applied sequence and lag are its
+shard's). A node holding a lease without a live entry is listed ``down``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nats.js.kv import KeyValue
 from meterd.config import PartitionsConfig
 
 from ._lease import Leases
-from ._nats import Connection
+from ._nats import Connection, StreamMismatch
 
 __all__ = ["NODES", "NodeRegistry", "cluster_status"]
 
@@ -46,17 +47,29 @@ class NodeRegistry:
         replicas = 3 if connection.known_servers >= 3 else 1
         js = connection._jetstream
 
-        async def ensure() -> KeyValue:
+        async def ensure() -> tuple[KeyValue, float | None]:
             try:
-                return await js.key_value(NODES)
+                kv = await js.key_value(NODES)
             except nats.js.errors.BucketNotFoundError:
-                return await js.create_key_value(
+                kv = await js.create_key_value(
                     api.KeyValueConfig(
-                        bucket=NODES, history=1, replicas=replicas, storage=api.StorageType.FILE
+                        bucket=NODES,
+                        history=1,
+                        ttl=ttl,
+                        replicas=replicas,
+                        storage=api.StorageType.FILE,
                     )
                 )
+            status = await kv.status()
+            return kv, status.ttl
 
-        kv = await connection._retry_placement(f"open bucket {NODES}", ensure, timeout)
+        kv, existing = await connection._retry_placement(f"open bucket {NODES}", ensure, timeout)
+        if existing is None or abs(existing - ttl) > 1e-3:
+            raise StreamMismatch(
+                f"bucket {NODES!r} exists with ttl {existing} s, not the lease ttl {ttl} s:"
+                " every node must use the same [cluster] lease_ttl; delete the bucket"
+                f" (nats kv del {NODES}) or fix the setting"
+            )
         return cls(connection, kv, ttl)
 
     async def heartbeat(self, node: str, shards: dict[int, tuple[int, int]]) -> None:
@@ -71,14 +84,26 @@ class NodeRegistry:
 
         await self.connection._run(f"heartbeat of {node} in {NODES}", put)
 
+    async def leave(self, node: str) -> None:
+        """Remove ``node``'s entry (a clean stop: its shards are placed elsewhere at once)."""
+        kv = self._kv
+
+        async def delete() -> bool:
+            return await kv.delete(node)
+
+        await self.connection._run(f"remove {node} from {NODES}", delete)
+
     async def entries(self) -> dict[str, dict[str, Any]]:
         kv = self._kv
 
+        js = self.connection._jetstream
+
         async def read() -> dict[str, dict[str, Any]]:
-            try:
-                names = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                return {}
+            # The bucket's subjects, not kv.keys(): nats-py's watcher-based listing came
+            # back empty under load here.
+            prefix = f"$KV.{NODES}."
+            info = await js.stream_info(f"KV_{NODES}", subjects_filter=prefix + ">")
+            names = [s.removeprefix(prefix) for s in (info.state.subjects or {})]
             found: dict[str, dict[str, Any]] = {}
             for name in names:
                 try:
@@ -99,21 +124,23 @@ async def cluster_status(
 ) -> dict[str, Any]:
     """The §5 document (see the module doc)."""
     entries = await registry.entries()
-    now = _now_ms()
+    found = await leases.entries(f"shard-{shard:03d}" for shard in range(partitions.shards))
     owners: dict[int, tuple[str, int] | None] = {}
     for shard in range(partitions.shards):
-        owners[shard] = await leases.holder(f"shard-{shard:03d}")
+        entry = found.get(f"shard-{shard:03d}")
+        owners[shard] = None if entry is None else (entry[0], entry[1])
     held: dict[str, int] = {}
     for owner in owners.values():
         if owner is not None:
             held[owner[0]] = held.get(owner[0], 0) + partitions.shard_size
+    names = sorted(set(entries) | set(held))
     nodes = [
         {
             "name": name,
-            "status": "live" if now - int(entry.get("at", 0)) <= registry.ttl * 1000 else "down",
+            "status": "live" if name in entries else "down",
             "partitions": held.get(name, 0),
         }
-        for name, entry in sorted(entries.items())
+        for name in names
     ]
     rows = []
     for partition in range(partitions.count):

@@ -385,6 +385,13 @@ class ClusterConfig:
             le=Duration(600_000),
         ),
     ] = Duration(10_000)
+    rebalance: Annotated[
+        bool,
+        key(
+            "Hand a shard over to a live node ranked first for it (a node that joined);"
+            " false: a node only takes shards nobody holds.",
+        ),
+    ] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,7 @@ class Verdicts(Struct, frozen=True, tag_field="t", tag="verdicts"):
     duplicates: int
     id_conflicts: list[Rejection] = []
     rejected: list[Rejection] = []  # other codes decided by the owner (time_out_of_range)
+    epoch: int = 0  # cluster mode: the deciding owner's lease epoch (0: not in a cluster)
 
 
 class Unavailable(Struct, frozen=True, tag_field="t", tag="unavailable"):

@@ -32,6 +32,7 @@ from ._rounds import CommitRounds
 from ._writer import DoneCallback, Writer, WriterStats
 from .errors import (
     CommitFailed,
+    Fenced,
     InvalidCursor,
     InvalidEvents,
     NotAStoreError,
@@ -75,6 +76,7 @@ __all__ = [
     "LoadedAccount",
     "LogPosition",
     "NotAStoreError",
+    "Fenced",
     "PositionMismatch",
     "Probe",
     "QuarantineDecision",

@@ -56,7 +56,7 @@ from ._ops import (
     WindowWrite,
 )
 from .commitmark import CommitMark
-from .errors import PositionMismatch
+from .errors import Fenced, PositionMismatch
 from .journal_index import DedupeRow, JournalTail, NewBatch, pass_slices
 
 __all__ = [
@@ -268,6 +268,7 @@ class GroupTransactions:
             if probe:
                 conn.execute(PROBE_SQL)
                 conn.execute(PROBE_SQL)
+            _check_fences(group)
             conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
@@ -338,6 +339,17 @@ def _with_pass_error(committed: Committed, error: Exception) -> Committed:
         error,
         committed.swept,
     )
+
+
+def _check_fences(group: Sequence[Operation]) -> None:
+    """Raise :class:`Fenced` (the group rolls back) if a positioned batch's fence says its
+    owner's lease is no longer certainly held (cluster mode: docs/cluster.md "Fencing")."""
+    for op in group:
+        if isinstance(op, BatchAppend) and op.position is not None:
+            fence = op.position.fence
+            reason = None if fence is None else fence()
+            if reason is not None:
+                raise Fenced(f"log {op.position.log!r} at sequence {op.position.seq}: {reason}")
 
 
 def _advance_position(conn: sqlite3.Connection, position: LogPosition) -> Exception | None:

@@ -110,11 +110,16 @@ class LogPosition:
     """Where a batch sits in a replicated log (cluster mode, docs/cluster.md): ``seq`` in
     ``log``, right after ``prev`` (the position the store must hold, 0 for none). The
     store writes ``seq`` as ``log``'s applied position in the batch's transaction, or fails
-    the batch alone (:class:`~meterd.store.errors.PositionMismatch`) if it holds another."""
+    the batch alone (:class:`~meterd.store.errors.PositionMismatch`) if it holds another.
+
+    ``fence`` (cluster mode's fencing): called right before the group transaction holding
+    the batch commits; a reason (str) instead of None rolls the whole group back
+    (:class:`~meterd.store.errors.Fenced`): the owner's lease is no longer certainly held."""
 
     log: str
     seq: int
     prev: int
+    fence: Callable[[], str | None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,12 @@ class CommitFailed(StoreError):
     """
 
 
+class Fenced(StoreError):
+    """A group holding a log-positioned batch (cluster mode) was rolled back before its
+    commit because the batch's ``fence`` said the owner's lease is no longer certainly
+    held: another node may be deciding for the shard. Nothing of the group was written."""
+
+
 class InvalidEvents(StoreError, ValueError):
     """An event of an ``append`` cannot be stored (for example a ``float`` quantity).
 

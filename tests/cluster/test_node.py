@@ -22,13 +22,20 @@ ACCOUNTS = ["acme", "globex", "initech", "umbrella"]
 
 
 def node_config(
-    where: Path, nats: NatsCluster, node: str = "n1", *, lease_ttl: str = "10s"
+    where: Path,
+    nats: NatsCluster,
+    node: str = "n1",
+    *,
+    lease_ttl: str = "10s",
+    rebalance: bool = False,
 ) -> Config:
+    """A node's config (16 partitions in 4 shards); ``rebalance`` off unless asked, so a node
+    that joins takes only free shards (the placement these tests set up stays put)."""
     config = write_gateway_config(where, owners=0, count=16, shard_size=4, slice_timeout="10s")
     with config.path.open("a") as file:
         file.write(
             f'\n[cluster]\nnode = "{node}"\nnats = {json.dumps(nats.urls)}\n'
-            f'lease_ttl = "{lease_ttl}"\n'
+            f'lease_ttl = "{lease_ttl}"\nrebalance = {"true" if rebalance else "false"}\n'
         )
     return load(config.path)
 

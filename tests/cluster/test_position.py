@@ -9,7 +9,7 @@ import pytest
 
 from meterd.model import DAY_MS
 from meterd.partitions._migrate import MigrationError, migrate
-from meterd.store import AppendResult, LogPosition, PositionMismatch, Writer
+from meterd.store import AppendResult, CommitFailed, Fenced, LogPosition, PositionMismatch, Writer
 from tests.partitions.migrate_data import write_config
 from tests.store.helpers import Collector, ev, rows, running, store_config
 
@@ -90,3 +90,28 @@ async def test_a_layout_migration_refuses_a_store_with_log_positions(tmp_path: P
     with pytest.raises(MigrationError, match="positions of a cluster node's log"):
         migrate(write_config(tmp_path, owners=2))
     assert positions(path) == [(LOG, 1)]
+
+
+async def test_a_lapsed_fence_rolls_the_group_back(tmp_path: Path) -> None:
+    """Fencing: the fence is asked right before the group commits; a reason rolls the whole
+    group back (nothing written, the position stays), a None lets it commit."""
+    path = tmp_path / "s.sqlite3"
+    reason: list[str | None] = [None]
+    async with running(Writer(path, store_config(commit_interval=0))) as writer:
+        ok, fenced = Collector(), Collector()
+        writer.submit_batch(
+            [("acme", [ev("e1")])], ok, position=LogPosition(LOG, 5, 0, lambda: reason[0])
+        )
+        await writer.barrier()
+        assert ok.outcomes == [[AppendResult(1, [0], [], [])]]
+        reason[0] = "shard 3: lease not renewed in time"
+        writer.submit_batch(
+            [("acme", [ev("e2")])], fenced, position=LogPosition(LOG, 9, 5, lambda: reason[0])
+        )
+        await writer.barrier()
+        [failure] = fenced.outcomes
+        assert isinstance(failure, CommitFailed)
+        assert isinstance(failure.__cause__, Fenced)
+        assert "lease not renewed in time" in str(failure.__cause__)
+    assert positions(path) == [(LOG, 5)]
+    assert rows(path, "SELECT count(*) FROM event_batches") == [(1,)]
