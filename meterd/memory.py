@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
@@ -181,13 +182,13 @@ async def collect_on_schedule(
         if full:
             gc.unfreeze()
             gc.collect()
-            gc.freeze()
+            freeze()
             last_full = ticks
             peak = live_actors() if live_actors is not None else 0
             await trim_off_thread()
         elif ticks % young_per_freeze == 0:
             gc.collect(1)
-            gc.freeze()
+            freeze()
         else:
             gc.collect(0)
 
@@ -196,7 +197,29 @@ def tune() -> None:
     """Set :data:`THRESHOLDS` and freeze every object allocated so far (call once, when the
     daemon has been built)."""
     gc.set_threshold(*THRESHOLDS)
+    freeze()
+
+
+FREEZE_COUNT_TTL: Final = 1.0
+"""Seconds one reading of the frozen objects serves every caller in the process (an owner
+process has a metrics collector per cell, all asked at each scrape)."""
+_frozen: list[float] = [-math.inf, 0]  # [when read (monotonic), count]
+
+
+def freeze() -> None:
+    """``gc.freeze()``; the next :func:`frozen_objects` reads the new count."""
     gc.freeze()
+    _frozen[0] = -math.inf
+
+
+def frozen_objects() -> int:
+    """``gc.get_freeze_count()``, read at most once per :data:`FREEZE_COUNT_TTL` between two
+    :func:`freeze` calls: it walks the whole permanent generation (millions of objects at
+    10,000 accounts, tens of ms), and the figure is the process's, not a cell's."""
+    now = time.monotonic()
+    if now - _frozen[0] >= FREEZE_COUNT_TTL:
+        _frozen[0], _frozen[1] = now, gc.get_freeze_count()
+    return int(_frozen[1])
 
 
 class GcPauses:

@@ -15,8 +15,6 @@ starts its restart counts over, which Prometheus' ``rate`` treats as a counter r
 
 from __future__ import annotations
 
-import gc
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -37,6 +35,7 @@ from prometheus_client.registry import Collector
 
 import supervisors as sv
 from meterd.ingest.observe import LatencyHistogram
+from meterd.memory import frozen_objects
 
 if TYPE_CHECKING:
     from meterd.accounts.service import Accounts
@@ -75,22 +74,6 @@ class QuarantineCounts:
 
 def commit_histogram() -> LatencyHistogram:
     return LatencyHistogram(COMMIT_BUCKETS, [0] * (len(COMMIT_BUCKETS) + 1))
-
-
-FREEZE_COUNT_TTL: Final = 1.0
-"""Seconds one reading of the collector's frozen objects serves every collector of the
-process (an owner process has one per cell, all asked at each scrape)."""
-_frozen: list[float] = [-FREEZE_COUNT_TTL, 0]  # [when read (monotonic), count]
-
-
-def _freeze_count() -> int:
-    """``gc.get_freeze_count()``, read at most once per :data:`FREEZE_COUNT_TTL` per
-    process: it walks the whole permanent generation (millions of objects at 10,000
-    accounts, tens of ms), and the figure is the process's, not a cell's."""
-    now = time.monotonic()
-    if now - _frozen[0] >= FREEZE_COUNT_TTL:
-        _frozen[0], _frozen[1] = now, gc.get_freeze_count()
-    return int(_frozen[1])
 
 
 def supervisors_by_path(root: sv.SupervisorCore) -> Iterator[tuple[str, sv.SupervisorCore]]:
@@ -146,7 +129,7 @@ class DaemonCollector(Collector):
             "meterd_gc_frozen_objects",
             "Objects in the collector's permanent generation (frozen: never walked until the"
             " next full collection).",
-            _freeze_count(),
+            frozen_objects(),
         )
 
     def _ingest(self) -> Iterator[Metric]:

@@ -15,7 +15,7 @@ import pytest
 import trio
 from prometheus_client import generate_latest
 
-from meterd.api import metrics as api_metrics
+from meterd import memory
 from meterd.app import build
 from meterd.config import Config, load
 from meterd.partitions import (
@@ -238,8 +238,23 @@ def test_the_cells_of_a_process_read_its_frozen_objects_once_per_scrape(
         return 7
 
     monkeypatch.setattr(gc, "get_freeze_count", counted)
-    monkeypatch.setattr(api_metrics, "_frozen", [-math.inf, 0])
+    monkeypatch.setattr(memory, "_frozen", [-math.inf, 0])
     owner = Owner(config_with(tmp_path), 0)  # 2 cells
     for cell in owner.cells.values():
         assert b"meterd_gc_frozen_objects 7.0" in generate_latest(cell.metrics.registry)
     assert len(calls) == 1
+
+
+def test_a_freeze_makes_the_next_reading_of_frozen_objects_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The daemon freezes its start-up once built, after its collectors were registered
+    # (which reads them): a cached count from before the freeze must not outlive it.
+    counts = iter([0, 5])
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: next(counts))
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(memory, "_frozen", [-math.inf, 0])
+    assert memory.frozen_objects() == 0
+    assert memory.frozen_objects() == 0  # within the TTL: the same reading
+    memory.freeze()
+    assert memory.frozen_objects() == 5
