@@ -103,32 +103,9 @@ class Leases:
             raise ValueError(f"lease bucket {bucket!r}: ttl must be > 0 seconds, got {ttl}")
         if replicas is None:
             replicas = 3 if connection.known_servers >= 3 else 1
-        js = connection._jetstream
-
-        async def ensure() -> tuple[KeyValue, float | None]:
-            try:
-                kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=bucket,
-                        history=1,
-                        ttl=ttl,
-                        replicas=replicas,
-                        storage=api.StorageType.FILE,
-                    )
-                )
-            status = await kv.status()
-            return kv, status.ttl
-
-        kv, existing_ttl = await connection._retry_placement(
-            f"open lease bucket {bucket} (R{replicas})", ensure, timeout
+        kv = await open_ttl_bucket(
+            connection, bucket, ttl=ttl, replicas=replicas, timeout=timeout, what="lease ttl"
         )
-        if existing_ttl is None or abs(existing_ttl - ttl) > 1e-3:
-            raise StreamMismatch(
-                f"lease bucket {bucket!r} exists with ttl {existing_ttl} s, not {ttl} s: "
-                "every node must use the same lease ttl; delete the bucket or fix the setting"
-            )
         return cls(connection, bucket, ttl, kv)
 
     async def acquire(self, key: str, holder: str) -> Lease:
@@ -270,3 +247,45 @@ class Leases:
 
 
 __all__ = ["ClusterUnavailable", "Lease", "LeaseHeld", "LeaseLost", "Leases"]
+
+
+async def open_ttl_bucket(
+    connection: Connection,
+    bucket: str,
+    *,
+    ttl: float,
+    replicas: int,
+    timeout: float,
+    what: str,
+) -> KeyValue:
+    """The KV ``bucket`` whose entries expire after ``ttl`` seconds, made if missing (file
+    storage, history 1, ``replicas``). A bucket made with another ttl is refused with
+    :class:`StreamMismatch`: every node must use the same ``what`` (a config key)."""
+    js = connection._jetstream
+
+    async def ensure() -> tuple[KeyValue, float | None]:
+        try:
+            kv = await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    ttl=ttl,
+                    replicas=replicas,
+                    storage=api.StorageType.FILE,
+                )
+            )
+        status = await kv.status()
+        return kv, status.ttl
+
+    kv, existing = await connection._retry_placement(
+        f"open bucket {bucket} (R{replicas})", ensure, timeout
+    )
+    if existing is None or abs(existing - ttl) > 1e-3:
+        raise StreamMismatch(
+            f"bucket {bucket!r} exists with ttl {existing} s, not {ttl} s (the {what}):"
+            f" every node must use the same {what}; delete the bucket"
+            f" (nats kv del {bucket}) or fix the setting"
+        )
+    return kv

@@ -17,13 +17,12 @@ import time
 from typing import Any, Final
 
 import nats.js.errors
-from nats.js import api
 from nats.js.kv import KeyValue
 
 from meterd.config import PartitionsConfig
 
-from ._lease import Leases
-from ._nats import Connection, StreamMismatch
+from ._lease import Leases, open_ttl_bucket
+from ._nats import Connection
 
 __all__ = ["NODES", "NodeRegistry", "cluster_status"]
 
@@ -45,31 +44,14 @@ class NodeRegistry:
         cls, connection: Connection, *, ttl: float, timeout: float = 10.0
     ) -> NodeRegistry:
         replicas = 3 if connection.known_servers >= 3 else 1
-        js = connection._jetstream
-
-        async def ensure() -> tuple[KeyValue, float | None]:
-            try:
-                kv = await js.key_value(NODES)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=NODES,
-                        history=1,
-                        ttl=ttl,
-                        replicas=replicas,
-                        storage=api.StorageType.FILE,
-                    )
-                )
-            status = await kv.status()
-            return kv, status.ttl
-
-        kv, existing = await connection._retry_placement(f"open bucket {NODES}", ensure, timeout)
-        if existing is None or abs(existing - ttl) > 1e-3:
-            raise StreamMismatch(
-                f"bucket {NODES!r} exists with ttl {existing} s, not the lease ttl {ttl} s:"
-                " every node must use the same [cluster] lease_ttl; delete the bucket"
-                f" (nats kv del {NODES}) or fix the setting"
-            )
+        kv = await open_ttl_bucket(
+            connection,
+            NODES,
+            ttl=ttl,
+            replicas=replicas,
+            timeout=timeout,
+            what="[cluster] lease_ttl",
+        )
         return cls(connection, kv, ttl)
 
     async def heartbeat(self, node: str, shards: dict[int, tuple[int, int]]) -> None:
