@@ -87,16 +87,8 @@ async def cells(config: Config) -> AsyncIterator[dict[int, Cell]]:
     async with AsyncExitStack() as stack:
         found: dict[int, Cell] = {}
         for shard in range(config.partitions.shards):
-            files = shard_files(config, shard)
-            files.store.parent.mkdir(parents=True, exist_ok=True)
-            cell = Cell(
-                config,
-                store_path=files.store,
-                billing_path=files.billing,
-                deliveries_path=files.deliveries,
-                name=f"shard-{shard:03d}",
-                cells=config.partitions.shards,
-            )
+            shard_files(config, shard).store.parent.mkdir(parents=True, exist_ok=True)
+            cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
             cell.attach(cell.supervisor)
             await cell.open()
             stack.push_async_callback(cell.aclose)

@@ -43,7 +43,6 @@ from meterd import __version__
 from meterd.config import Config
 from meterd.gateway import GatewayApi
 from meterd.ingest.server import IngestServer, wall_clock_ms
-from meterd.partitions import shard_files
 from meterd.partitions._cell import Cell
 from meterd.partitions._gateway import GatewaySubmitter
 from meterd.partitions._migrate import create_shards
@@ -90,15 +89,7 @@ class _Shards:
 
     async def start(self, shard: int, fence: Fence) -> _Handle:
         config = self.config
-        files = shard_files(config, shard)
-        cell = Cell(
-            config,
-            store_path=files.store,
-            billing_path=files.billing,
-            deliveries_path=files.deliveries,
-            name=lease_key(shard),
-            cells=config.partitions.shards,
-        )
+        cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
         applier = ShardApplier(self.connection, cell, shard, config.partitions, fence=fence)
         await cell.open()
         try:

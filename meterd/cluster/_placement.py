@@ -46,6 +46,8 @@ from typing import Any, Final, Protocol
 import structlog
 import trio
 
+from meterd.partitions._layout import shard_name
+
 from ._lease import Lease, LeaseHeld, LeaseLost, Leases
 from ._nats import ClusterUnavailable
 from ._registry import NodeRegistry
@@ -58,7 +60,8 @@ FREE_ROUNDS: Final = 2  # rounds a free shard waits for its first-ranked node be
 
 
 def lease_key(shard: int) -> str:
-    return f"shard-{shard:03d}"
+    """A shard's lease is named as the shard (``shard-007``)."""
+    return shard_name(shard)
 
 
 def rank(node: str, shard: int) -> int:

@@ -45,6 +45,8 @@ from meterd.ingest.server import IngestServer
 from meterd.store import CommitRounds, Store
 from meterd.store.restarts import RestartLog
 
+from ._layout import shard_files, shard_name
+
 __all__ = ["Cell", "share"]
 
 
@@ -139,6 +141,23 @@ class Cell:
         self.daemon.restarts = self.restarts
         self._app: Starlette | None = None
         self._supervisor: sv.Supervisor | None = None
+
+    @classmethod
+    def for_shard(
+        cls, config: Config, shard: int, *, cells: int = 1, rounds: CommitRounds | None = None
+    ) -> Cell:
+        """The cell of ``shard``: its files (:func:`shard_files`), named after it
+        (``shard-007``). Its directory must exist (the caller makes it, with its mode)."""
+        files = shard_files(config, shard)
+        return cls(
+            config,
+            store_path=files.store,
+            billing_path=files.billing,
+            deliveries_path=files.deliveries,
+            name=shard_name(shard),
+            cells=cells,
+            rounds=rounds,
+        )
 
     @property
     def supervisor(self) -> sv.Supervisor:

@@ -29,6 +29,7 @@ __all__ = [
     "ShardFiles",
     "owner_of_shard",
     "shard_files",
+    "shard_name",
     "shard_of",
     "shards_directory",
     "shards_of_owner",
@@ -69,11 +70,16 @@ def shards_directory(config: Config) -> Path:
     return config.store_path.with_suffix(".shards")
 
 
+def shard_name(shard: int) -> str:
+    """``shard-007``: the shard's files, its cell's supervisor, its lease."""
+    return f"shard-{shard:03d}"
+
+
 def shard_files(config: Config, shard: int) -> ShardFiles:
     """The files of ``shard``."""
     if not 0 <= shard < config.partitions.shards:
         raise ValueError(f"shard {shard} is not in 0..{config.partitions.shards - 1}")
-    stem = shards_directory(config) / f"shard-{shard:03d}"
+    stem = shards_directory(config) / shard_name(shard)
     return ShardFiles(
         shard,
         stem.with_suffix(".sqlite3"),

@@ -60,7 +60,7 @@ from meterd.store._appends import conflict_message
 from meterd.store.retention import too_late_message
 
 from ._cell import Cell
-from ._layout import shard_files, shard_of, shards_directory, shards_of_owner
+from ._layout import shard_of, shards_directory, shards_of_owner
 from ._messages import (
     Answer,
     Hello,
@@ -122,16 +122,7 @@ class Owner:
         # with operations queued together, one transaction each (meterd.store._rounds).
         self.rounds = CommitRounds(config.store.commit_interval.seconds)
         for shard in self.shards:
-            files = shard_files(config, shard)
-            cell = Cell(
-                config,
-                store_path=files.store,
-                billing_path=files.billing,
-                deliveries_path=files.deliveries,
-                name=f"shard-{shard:03d}",
-                cells=len(self.shards),
-                rounds=self.rounds,
-            )
+            cell = Cell.for_shard(config, shard, cells=len(self.shards), rounds=self.rounds)
             cell.attach(cell.supervisor)
             self.cells[shard] = cell
         self.root = sv.Supervisor(

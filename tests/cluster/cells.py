@@ -69,15 +69,8 @@ dimensions = ["app"]
 
 
 def make_cell(config: Config, shard: int, *, attach: bool = True) -> Cell:
-    files = shard_files(config, shard)
-    files.store.parent.mkdir(parents=True, exist_ok=True)
-    cell = Cell(
-        config,
-        store_path=files.store,
-        billing_path=files.billing,
-        deliveries_path=files.deliveries,
-        name=f"shard-{shard:03d}",
-    )
+    shard_files(config, shard).store.parent.mkdir(parents=True, exist_ok=True)
+    cell = Cell.for_shard(config, shard)
     if attach:
         cell.attach(cell.supervisor)
     return cell

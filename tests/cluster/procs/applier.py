@@ -18,15 +18,8 @@ from meterd.partitions._cell import Cell
 async def main(config_path: str, shard: int) -> None:
     config = load(Path(config_path))
     assert config.cluster is not None
-    files = shard_files(config, shard)
-    files.store.parent.mkdir(parents=True, exist_ok=True)
-    cell = Cell(
-        config,
-        store_path=files.store,
-        billing_path=files.billing,
-        deliveries_path=files.deliveries,
-        name=f"shard-{shard:03d}",
-    )
+    shard_files(config, shard).store.parent.mkdir(parents=True, exist_ok=True)
+    cell = Cell.for_shard(config, shard)
     cell.attach(cell.supervisor)
     await cell.open()
     async with open_bridge(name="applier") as bridge, trio.open_nursery() as nursery:
