@@ -33,13 +33,14 @@ import os
 import sqlite3
 import time
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
 
 import supervisors as sv
 from meterd import __version__
+from meterd.api.cluster import ClusterStatus
 from meterd.config import Config
 from meterd.gateway import GatewayApi
 from meterd.ingest.server import IngestServer, wall_clock_ms
@@ -55,8 +56,9 @@ from ._gateway import JetStreamLinks
 from ._lease import Leases
 from ._log import provision
 from ._nats import ClusterUnavailable, Connection, StreamMismatch, connect
+from ._periods import ClosedPeriods
 from ._placement import Fence, Placement, lease_key
-from ._registry import NodeRegistry, cluster_status
+from ._registry import NodeRegistry, cluster_status, node_tree
 
 __all__ = ["cluster_view", "lease_key", "serve_node"]
 
@@ -77,10 +79,17 @@ class _Shards:
     """Starts and stops shard trees under the ``shards`` dynamic supervisor (for
     :class:`~._placement.Placement`); ``cells`` is the gateway's view of them."""
 
-    def __init__(self, config: Config, connection: Connection, links: JetStreamLinks) -> None:
+    def __init__(
+        self,
+        config: Config,
+        connection: Connection,
+        links: JetStreamLinks,
+        periods: ClosedPeriods | None = None,
+    ) -> None:
         self.config = config
         self.connection = connection
         self.links = links
+        self.periods = periods  # the cluster's closed billing periods (every shard's billing)
         self.supervisor = sv.DynamicSupervisor(
             name="shards", max_restarts=MAX_RESTARTS, max_seconds=MAX_SECONDS
         )
@@ -91,6 +100,7 @@ class _Shards:
         config = self.config
         cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
         applier = ShardApplier(self.connection, cell, shard, config.partitions, fence=fence)
+        cell.billing.shared_periods = self.periods
         await cell.open()
         try:
             queries = sv.task_spec(
@@ -165,13 +175,18 @@ async def serve_node(config: Config) -> None:
                 connection = await connect(bridge, list(cluster.nats), name=cluster.node)
                 provisioned = await provision(connection, cluster)
                 registry = await NodeRegistry.open(connection, ttl=cluster.lease_ttl.seconds)
+                periods = await ClosedPeriods.open(connection)
             except (ClusterUnavailable, StreamMismatch) as error:
                 raise StartupFailed(f"cluster.nats {list(cluster.nats)}: {error}") from None
-            await _run(view, connection, provisioned.leases, registry)
+            await _run(view, connection, provisioned.leases, registry, periods)
 
 
 async def _run(
-    config: Config, connection: Connection, leases: Leases, registry: NodeRegistry
+    config: Config,
+    connection: Connection,
+    leases: Leases,
+    registry: NodeRegistry,
+    periods: ClosedPeriods | None = None,
 ) -> None:
     cluster = config.cluster
     assert cluster is not None
@@ -184,7 +199,7 @@ async def _run(
         slice_timeout=config.partitions.slice_timeout.seconds,
         cells=cells,
     )
-    shards = _Shards(config, connection, links)
+    shards = _Shards(config, connection, links, periods)
     shards.cells = links.cells = cells  # the gateway answers queries from the cells it holds
     placement = Placement(
         cluster.node,
@@ -203,10 +218,13 @@ async def _run(
     api = GatewayApi(config, links, ingest)
     node = cluster.node
 
-    async def status() -> dict[str, object]:
+    async def status() -> ClusterStatus:
         return await cluster_status(node, registry, leases, config.partitions)
 
-    api.app = ClusterRoute(api.app, config.api, status)
+    def tree(limit: int) -> dict[str, Any]:
+        return node_tree(root, node, placement, shards.report(), limit)
+
+    api.app = ClusterRoute(api.app, config.api, status, node=node, periods=periods, tree=tree)
     specs = [
         sv.task_spec("links", links.run),
         shards.supervisor.as_child("shards"),
