@@ -450,10 +450,12 @@ class Billing:
         return tuple(causes)
 
     async def _restate_if_closed(
-        self, account: str, time_ms: int, cause: str
+        self, account: str, time_ms: int, cause: str, closure: Closure | None
     ) -> Restatement | None:
+        """Restate the month of ``time_ms`` if it is closed (``closure``: read before the
+        correction was written, so a closing that cannot be read writes nothing)."""
         period = Period.containing(time_ms)
-        if await self._closure(period, locked=True) is None:
+        if closure is None:
             return None
         restatement, current = await self._restate(account, period, (cause,))
         box = [current]
@@ -498,6 +500,7 @@ class Billing:
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
         async with self._periods:
+            closure = await self._closure(Period.containing(start), locked=True)
             adjustment = await self.db.add_adjustment(
                 account,
                 meter.name,
@@ -510,7 +513,9 @@ class Billing:
                 reason,
             )
             log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
-            restatement = await self._restate_if_closed(account, start, adjustment.describe())
+            restatement = await self._restate_if_closed(
+                account, start, adjustment.describe(), closure
+            )
         return adjustment, restatement
 
     async def void_event(
@@ -544,6 +549,7 @@ class Billing:
             )
         meter = self.meter(found.meter)
         async with self._periods:
+            closure = await self._closure(Period.containing(found.time), locked=True)
             void = await self.db.add_void(
                 account,
                 event_id,
@@ -556,7 +562,9 @@ class Billing:
                 reason,
             )
             log.info("voided", account=account, event_id=event_id, by=by)
-            restatement = await self._restate_if_closed(account, found.time, void.describe())
+            restatement = await self._restate_if_closed(
+                account, found.time, void.describe(), closure
+            )
         return void, restatement
 
     # -- explanations -------------------------------------------------------------------------
