@@ -222,7 +222,8 @@ async def _run(
         return await cluster_status(node, registry, leases, config.partitions)
 
     def tree(limit: int) -> dict[str, Any]:
-        return node_tree(root, node, placement, shards.report(), limit)
+        held = {s: (h.fence.epoch, h.fence.check()) for s, h in placement.held.items()}
+        return node_tree(root, node, held, shards.report(), limit)
 
     api.app = ClusterRoute(api.app, config.api, status, node=node, periods=periods, tree=tree)
     specs = [

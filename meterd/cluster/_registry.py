@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -26,9 +26,6 @@ from meterd.config import PartitionsConfig
 
 from ._lease import Leases, open_ttl_bucket
 from ._nats import Connection
-
-if TYPE_CHECKING:
-    from ._placement import Placement
 
 __all__ = ["NODES", "NodeRegistry", "cluster_status", "node_tree"]
 
@@ -154,27 +151,28 @@ async def cluster_status(
 def node_tree(
     root: sv.SupervisorCore,
     node: str,
-    placement: Placement,
+    held: Mapping[int, tuple[int, str | None]],
     report: Mapping[int, tuple[int, int]],
     limit: int,
 ) -> dict[str, Any]:
     """``GET /v1/tree`` on a node: its own tree (protocol.md §3's shape), the root marked with
-    the node's name and each ``shard-SSS`` subtree of a shard it holds now with ``shard``,
-    ``epoch``, ``applied_seq``, ``lag`` and ``fenced`` (why it may not decide, or null)."""
+    the node's name and each ``shard-SSS`` subtree of a shard it holds now (``held``: shard
+    -> (epoch, why it may not decide or None)) with ``shard``, ``epoch``, ``applied_seq``,
+    ``lag`` and ``fenced``; ``report``: shard -> (applied_seq, lag)."""
     tree = sv.snapshot(root, limit=limit)
     tree["node"] = node
-    held = {f"shard-{shard:03d}": shard for shard in placement.held}
+    names = {f"shard-{shard:03d}": shard for shard in held}
     stack = [tree]
     while stack:
         here = stack.pop()
-        shard = held.get(here.get("name", ""))
+        shard = names.get(here.get("name", ""))
         if shard is not None:
-            entry = placement.held.get(shard)
+            epoch, fenced = held[shard]
             applied, lag = report.get(shard, (0, 0))
             here["shard"] = shard
-            here["epoch"] = 0 if entry is None else entry.fence.epoch
+            here["epoch"] = epoch
             here["applied_seq"] = applied
             here["lag"] = lag
-            here["fenced"] = None if entry is None else entry.fence.check()
+            here["fenced"] = fenced
         stack.extend(here.get("children", ()))
     return tree
