@@ -50,7 +50,8 @@ def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm(tmp_path: Pat
             raise AssertionError(f"daemon did not start: {lines}")
         # The shipped config runs gateway + owners ([partitions] owners = "auto", >= 2).
         started = json.loads(lines[-1])
-        assert len(started["owners"]) >= 2 and all(started["owners"]), started
+        assert len(started["owners"]) >= 2, started
+        assert all(started["owners"]), started  # each owner's pid
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert (tmp_path / "var" / "meterd.shards" / "shard-000.sqlite3").exists()
