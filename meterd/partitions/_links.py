@@ -43,7 +43,8 @@ Pacing
     (sent, no outcome yet), so that they are about :data:`PACE_FRACTION` of
     ``slice_timeout`` of that owner's work. After each window of that length with verdicts,
     the slowest verdict's wait (from the slice's send) sets it: over the target, the
-    allowance shrinks in proportion (Little's law: in flight = rate x wait); under half the
+    allowance shrinks in proportion (Little's law: in flight = rate x wait; only slices sent
+    since the last shrink count, so one overload is not corrected twice); under half the
     target, with the allowance reached in the window, it doubles, up to the gateway's whole
     budget. It starts at :data:`INITIAL_ALLOWANCE` events (and again at each connection:
     a new owner process), never below :data:`MIN_ALLOWANCE`. :class:`PacedBudget`, the
@@ -170,6 +171,8 @@ class OwnerLink:
         self._window_start: float | None = None
         self._window_wait = 0.0  # the slowest verdict's wait in the window
         self._window_full = False  # the allowance was reached in the window
+        self._window_samples = 0  # verdicts of slices sent since the last shrink
+        self._shrunk_at = -math.inf  # when the allowance last shrank
 
     @property
     def name(self) -> str:
@@ -261,16 +264,19 @@ class OwnerLink:
     def _paced(self, item: _Pending) -> None:
         """A slice's verdicts came: its wait goes into the window, which may end (Pacing)."""
         now = trio.current_time()
-        self._window_wait = max(self._window_wait, now - item.sent_at)
+        if item.sent_at >= self._shrunk_at:  # sent under the allowance as it is now
+            self._window_wait = max(self._window_wait, now - item.sent_at)
+            self._window_samples += 1
         start = self._window_start
         if start is None:
             self._window_start = now
             return
-        if now - start < self.pace_target:
+        if now - start < self.pace_target or not self._window_samples:
             return
         target, wait, before = self.pace_target, self._window_wait, self.allowance
         if wait > target:
             self.allowance = max(MIN_ALLOWANCE, int(before * target / wait))
+            self._shrunk_at = now  # the slices already queued waited for the old one
             self.paced += 1
             log.debug(
                 "owner_paced",
@@ -282,7 +288,7 @@ class OwnerLink:
             )
         elif wait < target / 2 and self._window_full:
             self.allowance = min(self.max_allowance, max(MIN_ALLOWANCE, 2 * before))
-        self._window_start, self._window_wait = now, 0.0
+        self._window_start, self._window_wait, self._window_samples = now, 0.0, 0
         self._window_full = self.in_flight >= self.allowance
         if before <= self.in_flight < self.allowance:  # grown past what holds the readers
             self.on_room()
@@ -291,6 +297,7 @@ class OwnerLink:
         """A new owner process: its pace is measured afresh."""
         self.allowance = min(self.max_allowance, INITIAL_ALLOWANCE)
         self._window_start, self._window_wait, self._window_full = None, 0.0, False
+        self._window_samples, self._shrunk_at = 0, -math.inf
 
     def _fail_all(self, why: str) -> None:
         self._fail_slices(why)

@@ -225,3 +225,29 @@ async def test_a_fast_owner_is_not_paced_below_what_it_takes(
         nursery.cancel_scope.cancel()
     assert all(isinstance(outcome, Decided) for _, outcome in outcomes)
     assert elapsed < 80_000 / 1_000_000 * 1.5 + 0.01
+
+
+async def test_an_owner_that_slows_down_fivefold_is_paced_again_without_time_outs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An owner at 20,000 events/s that drops to 4,000 (a disk turned slow): what was in
+    flight for the old pace drains within the slice timeout, and the allowance shrinks to
+    the new pace (once: only slices sent since the last shrink count for the next)."""
+    owner = SlowOwner(rate=20_000)
+    submitter, link = gateway(owner, max_in_flight_events=20_000)
+    outcomes: list[tuple[float, Any]] = []
+
+    async def slow_down() -> None:
+        await trio.sleep(2.0)
+        owner.rate = 4_000
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(owner.run)
+        await nursery.start(link.run)
+        nursery.start_soon(slow_down)
+        await produce(submitter, connections=4, batches=60, batch=500, window=64, outcomes=outcomes)
+        nursery.cancel_scope.cancel()
+    assert all(isinstance(outcome, Decided) for _, outcome in outcomes)
+    assert link.timeouts == 0
+    assert max(waited for waited, _ in outcomes) < 5.0 / 2
+    assert link.allowance <= 4_000 * 0.5 * 1.5  # about the new pace's 0.5 s of work
