@@ -152,10 +152,18 @@ class _Shards:
                 " log; the next interval tries again",
             )
 
-    async def periodic(self, shard: int, cell: Cell, fence: Fence) -> None:
+    async def periodic(
+        self,
+        shard: int,
+        cell: Cell,
+        fence: Fence,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Every ``[cluster] snapshot_interval``, while the lease holds: a snapshot."""
         cluster = self.config.cluster
         assert cluster is not None
+        task_status.started()
         while True:
             await trio.sleep(cluster.snapshot_interval.seconds)  # the interval: a timer
             if fence.check() is None:
