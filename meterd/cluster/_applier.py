@@ -139,6 +139,8 @@ class ShardApplier:
         self._failure: BaseException | None = None
         self._changed = trio.Event()
         self._outbox, self.verdicts = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+        self._unsent = 0  # verdicts queued and not handed to NATS yet
+        self._paused = False
 
     @property
     def lag(self) -> int:
@@ -245,6 +247,8 @@ class ShardApplier:
                 await connection.wait_connected(math.inf)
                 continue
             for message in messages:
+                if self._paused:
+                    await trio.sleep_forever()  # quiesced: a handoff stops the shard next
                 if self._failure is not None:
                     raise _Replay()
                 if self.fence is not None and self.fence.check() is not None:
@@ -347,6 +351,7 @@ class ShardApplier:
             if fence is not None and fence.check() is not None:
                 self.fenced_verdicts += 1
                 return
+            self._unsent += 1
             self._outbox.send_nowait((verdict_subject(piece.batch.gateway), encode(answer)))
 
         received_at = piece.received_at if piece is not None else message.time_ms
@@ -397,15 +402,35 @@ class ShardApplier:
 
     async def _publish_verdicts(self, connection: Connection) -> None:
         async for subject, data in self.verdicts:
-            if self.fence is not None and self.fence.check() is not None:
-                self.fenced_verdicts += 1
-                continue
             try:
-                await connection.send(subject, data, flush=False)
-            except ClusterUnavailable as error:  # the gateway times the slice out
-                log.warning(
-                    "cluster.applier.verdict_lost",
-                    shard=self.shard,
-                    subject=subject,
-                    error=str(error),
-                )
+                await self._publish_verdict(connection, subject, data)
+            finally:
+                self._unsent -= 1
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def _publish_verdict(self, connection: Connection, subject: str, data: bytes) -> None:
+        if self.fence is not None and self.fence.check() is not None:
+            self.fenced_verdicts += 1
+            return
+        try:
+            await connection.send(subject, data, flush=False)
+        except ClusterUnavailable as error:  # the gateway times the slice out
+            log.warning(
+                "cluster.applier.verdict_lost",
+                shard=self.shard,
+                subject=subject,
+                error=str(error),
+            )
+
+    async def quiesce(self) -> int:
+        """Stop reading the log, then wait until every slice read is committed and its
+        verdict handed to NATS (before a handoff: the new owner starts after the position
+        returned, so nobody would answer a slice committed here whose verdict was not
+        sent). The caller bounds the wait."""
+        self._paused = True
+        self._changed.set()
+        self._changed = trio.Event()
+        while self._in_flight or self._unsent:
+            await self._changed.wait()
+        return self.applied

@@ -124,7 +124,7 @@ class _Shards:
             raise
         self.cells[shard] = cell
         self.appliers[shard] = applier
-        return _Handle(self, shard, cell, ref)
+        return _Handle(self, shard, cell, ref, applier)
 
     def report(self) -> dict[int, tuple[int, int]]:
         return {shard: (a.applied, a.lag) for shard, a in self.appliers.items()}
@@ -171,11 +171,18 @@ class _Shards:
 
 
 class _Handle:
-    def __init__(self, shards: _Shards, shard: int, cell: Cell, ref: object) -> None:
+    def __init__(
+        self, shards: _Shards, shard: int, cell: Cell, ref: object, applier: ShardApplier
+    ) -> None:
         self.shards = shards
         self.shard = shard
         self.cell = cell
         self.ref = ref
+        self.applier = applier
+
+    async def quiesce(self) -> None:
+        """Before a handoff: read no more of the log; what was read committed, answered."""
+        await self.applier.quiesce()
 
     def running(self) -> bool:
         try:

@@ -19,13 +19,15 @@ Every ``lease_ttl / 3`` a node's :class:`Placement` makes one round:
    under this node's own name by a previous process of it (killed) is taken over at once.
 
 **Handoff** (a node joined and ranks first for a shard, or this node drains): the owner
-revokes the shard's fence (it decides nothing more: its store stops at some sequence S),
-stops the shard, calls ``handoff(shard, epoch)`` (the node snapshots the stopped store to
-the object store, :mod:`._snapshot`), and only then releases the lease; the new owner takes
-it at its next round, restores the snapshot and replays from S+1. Meanwhile the lease is
-still renewed (nobody else takes the shard half-way); this runs beside the rounds, so the
-other shards' renewals do not wait for an upload. One shard at a time when rebalancing,
-every shard at once when draining.
+quiesces the shard (its applier reads no more of the log; the slices it read are committed
+and their verdicts sent, within ``lease_ttl``), revokes the shard's fence (it decides
+nothing more: its store stops at some sequence S), stops the shard, calls
+``handoff(shard, epoch)`` (the node snapshots the stopped store to the object store,
+:mod:`._snapshot`), and only then releases the lease; the new owner takes it at its next
+round, restores the snapshot and replays from S+1. Meanwhile the lease is still renewed
+(nobody else takes the shard half-way); this runs beside the rounds, so the other shards'
+renewals do not wait for an upload. One shard at a time when rebalancing, every shard at
+once when draining.
 
 **Drain** (:meth:`Placement.drain`): the node's registry entry says ``draining``; every node
 ranks shards over the live nodes that are not draining, the draining node hands all its
@@ -168,6 +170,7 @@ class _Handing:
 
     lease: Lease
     lock: trio.Lock
+    fence: Fence
 
 
 class Placement:
@@ -299,6 +302,7 @@ class Placement:
                     continue  # released meanwhile
                 try:
                     handing.lease = await self.leases.renew(handing.lease)
+                    handing.fence.renewed(handing.lease)  # while it quiesces
                 except LeaseLost as error:
                     self.handing.pop(shard, None)
                     log.info("cluster.lease.not_renewed", key=handing.lease.key, error=str(error))
@@ -332,8 +336,7 @@ class Placement:
             if top is None or top == self.node or top not in self._seen:
                 continue
             held = self.held.pop(shard)
-            held.fence.revoke(f"handed over to {top}")
-            self.handing[shard] = _Handing(held.lease, trio.Lock())
+            self.handing[shard] = _Handing(held.lease, trio.Lock(), held.fence)
             log.info(
                 "cluster.shard.handing_over",
                 node=self.node,
@@ -352,6 +355,11 @@ class Placement:
     async def _finish_handoff(self, shard: int, held: _Held, to: str) -> None:
         """Stop the shard (its store's position is final: S), snapshot it, release."""
         started = time.monotonic()
+        quiesce = getattr(held.handle, "quiesce", None)
+        if quiesce is not None:
+            with trio.move_on_after(self.ttl):
+                await quiesce()
+        held.fence.revoke(f"handed over to {to}")
         await held.handle.stop()
         if self._handoff is not None:
             await self._handoff(shard, held.fence.epoch)
