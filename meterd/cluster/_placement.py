@@ -29,6 +29,9 @@ round, restores the snapshot and replays from S+1. Meanwhile the lease is still 
 renewals do not wait for an upload. One shard at a time when rebalancing, every shard at
 once when draining.
 
+A shard taken is started (its snapshot restored, its cell opened: ``start``) beside the
+rounds too, its lease renewed meanwhile; it is handed over only once it runs.
+
 **Drain** (:meth:`Placement.drain`): the node's registry entry says ``draining``; every node
 ranks shards over the live nodes that are not draining, the draining node hands all its
 shards over and takes none, and keeps running (its gateway and API forward to the owners).
@@ -161,6 +164,16 @@ class _Held:
     lease: Lease
     fence: Fence
     handle: ShardHandle
+
+
+class _Starting:
+    """The handle of a shard whose start (snapshot restore, cell) is under way."""
+
+    async def stop(self) -> None:
+        pass  # the start, once done, sees the shard is no longer held and stops it
+
+    def running(self) -> bool:
+        return True
 
 
 @dataclass
@@ -335,6 +348,8 @@ class Placement:
             top = rendezvous(live, shard)
             if top is None or top == self.node or top not in self._seen:
                 continue
+            if isinstance(self.held[shard].handle, _Starting):
+                continue  # handed over once it runs
             held = self.held.pop(shard)
             self.handing[shard] = _Handing(held.lease, trio.Lock(), held.fence)
             log.info(
@@ -423,18 +438,34 @@ class Placement:
         self._free_rounds.pop(shard, None)
         fence = Fence(shard, self.ttl, self.margin)
         fence.renewed(lease)
+        held = _Held(lease, fence, _Starting())
+        self.held[shard] = held  # renewed by the rounds while it starts
+        if self._nursery is not None:
+            # A start may restore a large snapshot: beside the rounds, so that the other
+            # shards' renewals do not wait for it.
+            self._nursery.start_soon(self._start_shard, shard, held)
+        else:
+            await self._start_shard(shard, held)
+
+    async def _start_shard(self, shard: int, held: _Held) -> None:
+        fence = held.fence
         try:
             handle = await self._start(shard, fence)
         except BaseException:
+            if self.held.get(shard) is held:
+                del self.held[shard]
             fence.revoke("the shard did not start")
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(5),
                 contextlib.suppress(LeaseLost, ClusterUnavailable),
             ):
-                await self.leases.release(lease)
+                await self.leases.release(held.lease)
             raise
-        self.held[shard] = _Held(lease, fence, handle)
+        if self.held.get(shard) is not held or fence.revoked is not None:
+            await handle.stop()  # lost (or this node stopping) while it started
+            return
+        held.handle = handle
         if self._observe is not None:
             self._observe(shard, fence.epoch)
         log.info(

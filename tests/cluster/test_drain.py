@@ -241,3 +241,41 @@ async def test_three_nodes_a_fourth_joins_then_one_is_drained(
     node joins (its share within 60 s), then one of the first is drained; totals exact."""
     with trio.fail_after(600):
         await join_then_drain(tmp_path, nats3, ["n1", "n2", "n3"], "n4", "n2")
+
+
+async def test_a_slow_shard_start_does_not_hold_up_the_renewals(
+    nats1: NatsCluster, bridge: AsyncioBridge
+) -> None:
+    """A shard whose start takes long (a large snapshot to restore) starts beside the
+    rounds: for longer than the lease ttl its lease and the others' are renewed, their
+    fences hold; it runs once its start is done."""
+    conn = await connect(bridge, nats1.urls, name="t")
+    provisioned = await provision(conn, cluster_config(nats1))
+    leases = provisioned.leases
+    registry = await NodeRegistry.open(conn, ttl=leases.ttl)
+    gate = trio.Event()
+    handles: dict[int, Shard] = {}
+    events: list[str] = []
+
+    async def start(shard: int, fence: Fence) -> Shard:
+        if shard == 0:
+            await gate.wait()  # a long restore
+        handles[shard] = Shard("n1", shard, fence, events)
+        return handles[shard]
+
+    placement = Placement("n1", leases, registry, SHARDS, start=start)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(placement.run)
+            await placement.wait_rounds(2 + int(1.5 * leases.ttl / placement.period))
+            assert sorted(handles) == [1, 2, 3]
+            assert sorted(placement.held) == [0, 1, 2, 3]
+            assert all(held.fence.check() is None for held in placement.held.values())
+            holder = await leases.holder(lease_key(0))
+            assert holder is not None
+            assert holder[0] == "n1"
+            gate.set()
+            await placement.wait_rounds(1)
+            assert placement.held[0].handle is handles[0]
+            nursery.cancel_scope.cancel()
+    await placement.release_all()
