@@ -24,6 +24,7 @@ import trio
 
 from meterd.cluster import STREAM, AsyncioBridge, Connection, connect, log_subject
 from meterd.cluster._placement import rendezvous
+from meterd.cluster._snapshot import SNAPSHOTS
 from meterd.config import Config, load
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_node import node_config
@@ -143,6 +144,7 @@ async def test_kill9_after_a_snapshot_the_new_owner_replays_only_what_followed(
                 merged([lane])
             )
             replays = await check_replayed_only_after(connection, two, range(SHARDS))
+            assert (await connection.stream_info(f"OBJ_{SNAPSHOTS}")).replicas == 3
     print(f"kill -9 to every shard caught up on the new owner: {took:.1f} s; {replays}")
 
 
