@@ -223,6 +223,15 @@ def _partition_rules(check: Check, values: dict[str, Any]) -> bool:
 
 
 def _cluster_rules(check: Check, values: Mapping[str, Any]) -> bool:
+    retention, interval = values.get("retention"), values.get("snapshot_interval")
+    if retention is not None and interval is not None and retention.ms < 2 * interval.ms:
+        check.problem(
+            "cluster.retention",
+            f"{retention} is shorter than twice cluster.snapshot_interval ({interval}): a new"
+            " owner restores the latest snapshot and replays the log after it, so the log must"
+            " keep at least two snapshot intervals; raise retention or lower snapshot_interval",
+        )
+        return False
     urls = values.get("nats")
     if urls is None:
         return True

@@ -423,6 +423,16 @@ class ClusterConfig:
             le=Duration(600_000),
         ),
     ] = Duration(10_000)
+    snapshot_interval: Annotated[
+        Duration,
+        key(
+            "How often the owner of a shard snapshots its store to the object store (a new"
+            " owner restores the latest and replays the log after it); retention must be at"
+            " least twice this.",
+            ge=Duration(1000),
+            le=Duration(DAY_MS),
+        ),
+    ] = Duration(300_000)
     rebalance: Annotated[
         bool,
         key(
