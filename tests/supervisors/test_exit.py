@@ -17,7 +17,7 @@ def _nursery_crash() -> BaseException:
 
     try:
         trio.run(main)
-    except BaseException as error:
+    except BaseException as error:  # the group is what we study
         return error
     raise AssertionError("main did not fail")
 
