@@ -201,6 +201,7 @@ async def test_a_close_the_shards_would_refuse_is_not_recorded(
     with trio.fail_after(120):
         async with gateway(config, meterd_run=True) as node:
             await node.wait_for(node.event("meterd_started"))
+            await wait_lines([node], lambda: len(owned([node])) == SHARDS, 60)
             bad = await call(config, "POST", f"/v1/periods/{current}/close", json={"by": ""})
             assert bad.status_code == 400, bad.text
             early = await call(config, "POST", f"/v1/periods/{current}/close", json={"by": "a"})
