@@ -25,6 +25,11 @@ to be the closing's), and ``seen`` on ``closures`` and ``restatements``: JSON
 ``[last adjustment id, last void id]`` when the figures were fixed, so a restatement found
 later can name the corrections recorded since (a crash between a correction and its
 restatement must not lose the cause); NULL in rows written by version 1.
+
+Version 3 adds ``log_corrections(seq PRIMARY KEY, kind, row_id)`` (append-only): in cluster
+mode a correction is applied from the shard's log, and the stream sequence it came from is
+written in the same transaction as its row, so a replay of the log applies it once
+(:meth:`BillingDB.logged_correction`).
 """
 
 from __future__ import annotations
@@ -125,7 +130,21 @@ _V2: Final = (
     "ALTER TABLE closures ADD COLUMN seen TEXT",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
+_V3: Final = (
+    """CREATE TABLE log_corrections (
+        seq    INTEGER PRIMARY KEY,
+        kind   TEXT    NOT NULL,
+        row_id INTEGER NOT NULL
+    )""",
+    *(
+        f"CREATE TRIGGER log_corrections_append_only_{verb.lower()} BEFORE {verb}"
+        " ON log_corrections BEGIN"
+        " SELECT RAISE(ABORT, 'billing records are append-only: log_corrections'); END"
+        for verb in ("UPDATE", "DELETE")
+    ),
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -204,6 +223,13 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> int:
             conn.execute("ROLLBACK")
         raise
     return found
+
+
+def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -> None:
+    if seq is not None:
+        conn.execute(
+            "INSERT INTO log_corrections (seq, kind, row_id) VALUES (?, ?, ?)", (seq, kind, row_id)
+        )
 
 
 def _dims(raw: str) -> tuple[str, ...]:
@@ -352,7 +378,10 @@ class BillingDB:
         by: str,
         at: int,
         reason: str,
+        log_seq: int | None = None,
     ) -> Adjustment:
+        """``log_seq``: the log sequence it is applied from (cluster mode), kept with it."""
+
         def work(conn: sqlite3.Connection) -> Adjustment:
             cursor = conn.execute(
                 "INSERT INTO adjustments (account, meter, start, end_ms, dims, kind, quantity,"
@@ -370,6 +399,7 @@ class BillingDB:
                 ),
             )
             assert cursor.lastrowid is not None
+            _logged(conn, log_seq, "adjust", cursor.lastrowid)
             return Adjustment(
                 cursor.lastrowid, account, meter, *span, dims, kind, quantity, by, at, reason
             )
@@ -403,6 +433,7 @@ class BillingDB:
         by: str,
         at: int,
         reason: str,
+        log_seq: int | None = None,
     ) -> Void:
         def work(conn: sqlite3.Connection) -> Void:
             try:
@@ -417,9 +448,31 @@ class BillingDB:
                     code="already_void",
                 ) from None
             assert cursor.lastrowid is not None
+            _logged(conn, log_seq, "void", cursor.lastrowid)
             return Void(
                 cursor.lastrowid, account, event_id, meter, time, dims, quantity, by, at, reason
             )
+
+        return await self._run(work)
+
+    async def logged_correction(self, seq: int) -> Adjustment | Void | None:
+        """The correction applied from log sequence ``seq`` (None: none was)."""
+
+        def work(conn: sqlite3.Connection) -> Adjustment | Void | None:
+            row = conn.execute(
+                "SELECT kind, row_id FROM log_corrections WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] == "adjust":
+                found = conn.execute(
+                    f"SELECT {_ADJUSTMENT_COLUMNS} FROM adjustments WHERE id = ?", (row[1],)
+                ).fetchone()
+                return None if found is None else _adjustment(found)
+            found = conn.execute(
+                f"SELECT {_VOID_COLUMNS} FROM voids WHERE id = ?", (row[1],)
+            ).fetchone()
+            return None if found is None else _void(found)
 
         return await self._run(work)
 

@@ -150,6 +150,35 @@ class SharedClosing(Protocol):
     def at(self) -> int: ...
 
 
+class CorrectionJournal(Protocol):
+    """Where a validated correction is recorded instead of this database directly (cluster
+    mode: published to the shard's log, answered once its owner applied it)."""
+
+    async def adjust(
+        self,
+        account: str,
+        meter: str,
+        span: tuple[int, int],
+        dims: tuple[str, ...],
+        kind: AdjustmentKind,
+        amount: Decimal,
+        by: str,
+        reason: str,
+    ) -> tuple[Adjustment, Restatement | None]: ...
+
+    async def void(
+        self,
+        account: str,
+        event_id: str,
+        meter: str,
+        time_ms: int,
+        dims: tuple[str, ...],
+        quantity: str,
+        by: str,
+        reason: str,
+    ) -> tuple[Void, Restatement | None]: ...
+
+
 class Billing:
     """Billing support over one running accounts layer and one billing database.
 
@@ -178,6 +207,8 @@ class Billing:
         self.clock = clock
         self._periods = trio.Lock()
         self.shared_periods: SharedPeriods | None = None
+        # Cluster mode: corrections go through the shard's log (docs/cluster.md).
+        self.journal: CorrectionJournal | None = None
         self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
         self.cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
 
@@ -499,18 +530,36 @@ class Billing:
                 f" (dimensions: {', '.join(meter.dimensions) or 'none'})",
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
+        span = (start, start + window.ms)
+        if self.journal is not None:  # cluster mode: through the shard's log
+            return await self.journal.adjust(
+                account, meter.name, span, dims, kind, amount, by, reason
+            )
+        return await self.record_adjustment(
+            account, meter.name, span, dims, kind, amount, by, self.clock(), reason
+        )
+
+    async def record_adjustment(
+        self,
+        account: str,
+        meter_name: str,
+        span: tuple[int, int],
+        dims: tuple[str, ...],
+        kind: AdjustmentKind,
+        amount: Decimal,
+        by: str,
+        at: int,
+        reason: str,
+        log_seq: int | None = None,
+    ) -> tuple[Adjustment, Restatement | None]:
+        """Write a validated adjustment made at ``at`` (``log_seq``: the log sequence it is
+        applied from, cluster mode); restate the closed period it falls in."""
+        meter = self.meter(meter_name)
+        start = span[0]
         async with self._periods:
             closure = await self._closure(Period.containing(start), locked=True)
             adjustment = await self.db.add_adjustment(
-                account,
-                meter.name,
-                (start, start + window.ms),
-                dims,
-                kind,
-                amount,
-                by,
-                self.clock(),
-                reason,
+                account, meter.name, span, dims, kind, amount, by, at, reason, log_seq=log_seq
             )
             log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
             restatement = await self._restate_if_closed(
@@ -548,23 +597,54 @@ class Billing:
                 f"event {event_id!r} is {set_aside}: it was never counted", code=set_aside
             )
         meter = self.meter(found.meter)
+        dims = dims_of(meter, found)
+        if self.journal is not None:  # cluster mode: through the shard's log
+            return await self.journal.void(
+                account, event_id, meter.name, found.time, dims, str(found.quantity), by, reason
+            )
+        return await self.record_void(
+            account,
+            event_id,
+            meter.name,
+            found.time,
+            dims,
+            str(found.quantity),
+            by,
+            self.clock(),
+            reason,
+        )
+
+    async def record_void(
+        self,
+        account: str,
+        event_id: str,
+        meter_name: str,
+        time_ms: int,
+        dims: tuple[str, ...],
+        quantity: str,
+        by: str,
+        at: int,
+        reason: str,
+        log_seq: int | None = None,
+    ) -> tuple[Void, Restatement | None]:
+        """Write a void of a found event, made at ``at`` (``log_seq`` as in
+        :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
         async with self._periods:
-            closure = await self._closure(Period.containing(found.time), locked=True)
+            closure = await self._closure(Period.containing(time_ms), locked=True)
             void = await self.db.add_void(
                 account,
                 event_id,
-                meter.name,
-                found.time,
-                dims_of(meter, found),
-                str(found.quantity),
+                meter_name,
+                time_ms,
+                dims,
+                quantity,
                 by,
-                self.clock(),
+                at,
                 reason,
+                log_seq=log_seq,
             )
             log.info("voided", account=account, event_id=event_id, by=by)
-            restatement = await self._restate_if_closed(
-                account, found.time, void.describe(), closure
-            )
+            restatement = await self._restate_if_closed(account, time_ms, void.describe(), closure)
         return void, restatement
 
     # -- explanations -------------------------------------------------------------------------

@@ -53,17 +53,21 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from decimal import Decimal
 from typing import Final
 
 import msgspec
 import structlog
 import trio
 
+from meterd.billing._corrections import AdjustmentKind
+from meterd.billing._errors import BillingError, InvalidRequest
 from meterd.config import PartitionsConfig
 from meterd.model import Event, new_event
 from meterd.partitions._cell import Cell
 from meterd.partitions._layout import shard_of
 from meterd.partitions._messages import (
+    Correction,
     Slice,
     Unavailable,
     Verdicts,
@@ -73,6 +77,7 @@ from meterd.partitions._messages import (
 from meterd.partitions._owner import _outcome
 from meterd.store import AppendResult, InvalidEvents, LogPosition, RejectedEvent
 
+from ._corrections import Outcome, Waiter
 from ._log import STREAM, log_name, log_subject, verdict_subject
 from ._nats import ClusterUnavailable, Connection, LogMessage, LogReader
 from ._placement import Fence
@@ -141,6 +146,17 @@ class ShardApplier:
         self._outbox, self.verdicts = trio.open_memory_channel[tuple[str, bytes]](math.inf)
         self._unsent = 0  # verdicts queued and not handed to NATS yet
         self._paused = False
+        self._waiters: dict[str, Waiter] = {}  # corrections published here, by id
+        self.corrections = 0  # corrections applied (replays included)
+
+    def expect(self, correction_id: str) -> Waiter:
+        """A waiter for the outcome of the correction ``correction_id`` (about to be
+        published by this node): set once this applier applied it."""
+        waiter = self._waiters[correction_id] = Waiter()
+        return waiter
+
+    def forget(self, correction_id: str) -> None:
+        self._waiters.pop(correction_id, None)
 
     @property
     def lag(self) -> int:
@@ -291,6 +307,9 @@ class ShardApplier:
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             problem = f"not a slice: {error}"
         else:
+            if isinstance(decoded, Correction) and decoded.shard == self.shard:
+                await self._correct(message, decoded, position)
+                return
             if not isinstance(decoded, Slice) or decoded.shard != self.shard:
                 problem = f"not a slice of shard {self.shard}: {type(decoded).__name__}"
             else:
@@ -368,6 +387,112 @@ class ShardApplier:
         except Exception as error:  # a bug: this slice is not applied; replay it
             log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
             done(error)
+
+    async def _correct(
+        self, message: LogMessage, correction: Correction, position: LogPosition
+    ) -> None:
+        """Apply a correction (see :mod:`._corrections`): after every slice before it is
+        committed (a void's event is in the store), into billing with its sequence (once:
+        a replay finds it there), then advance the store's position past it."""
+        await self.wait_drained()
+        if self._failure is not None:
+            raise _Replay()
+        if self.fence is not None and self.fence.check() is not None:
+            raise _Replay()
+        outcome = await self._record(message.seq, correction)
+        self._in_flight += 1
+        self.slices += 1
+        self.corrections += 1
+
+        def done(result: list[AppendResult] | BaseException) -> None:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
+            if isinstance(result, BaseException) and not isinstance(result, InvalidEvents):
+                if self._failure is None:
+                    self._failure = result
+            else:
+                self.applied = max(self.applied, message.seq)
+                self._changed.set()
+                self._changed = trio.Event()
+            waiter = self._waiters.get(correction.id)
+            if waiter is not None:
+                waiter.set(outcome)
+
+        try:
+            self.cell.accounts.submit(
+                [],
+                done,
+                producer=None,
+                seq=None,
+                rejected=[],
+                log_position=position,
+                received_at=correction.at,
+            )
+        except Exception as error:  # a bug: replay it (billing has it: applied once)
+            log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
+            done(error)
+
+    async def _record(self, seq: int, correction: Correction) -> Outcome:
+        """The correction of log sequence ``seq`` written to billing (or found there)."""
+        billing = self.cell.billing
+        try:
+            found = await billing.db.logged_correction(seq)
+            if found is not None:
+                return found, None
+            dims = tuple(correction.dims)
+            if correction.kind == "adjust":
+                return await billing.record_adjustment(
+                    correction.account,
+                    correction.meter,
+                    (correction.start, correction.end),
+                    dims,
+                    AdjustmentKind(correction.direction),
+                    Decimal(correction.quantity),
+                    correction.by,
+                    correction.at,
+                    correction.reason,
+                    log_seq=seq,
+                )
+            if correction.kind == "void":
+                return await billing.record_void(
+                    correction.account,
+                    correction.event_id,
+                    correction.meter,
+                    correction.time,
+                    dims,
+                    correction.quantity,
+                    correction.by,
+                    correction.at,
+                    correction.reason,
+                    log_seq=seq,
+                )
+            raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
+        except (BillingError, ValueError, ArithmeticError) as error:
+            if not isinstance(error, BillingError):
+                error = InvalidRequest(f"correction {correction.id}: {error}")
+            log.warning(
+                "cluster.applier.correction_refused",
+                shard=self.shard,
+                seq=seq,
+                id=correction.id,
+                account=correction.account,
+                error=str(error),
+                hint="nothing was recorded; the answer says why",
+            )
+            return error
+        except (sqlite3.Error, OSError) as error:
+            self._failure = error
+            log.error(  # noqa: TRY400 (the error is in the line)
+                "cluster.applier.correction_failed",
+                shard=self.shard,
+                seq=seq,
+                id=correction.id,
+                error=str(error),
+                hint="the billing database could not be written (see its path and free"
+                " space); the log is replayed from the store's position",
+            )
+            raise _Replay() from None
 
     def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
         """The slice's events by account (each account once), with their indexes."""

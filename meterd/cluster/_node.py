@@ -53,6 +53,7 @@ from meterd.startup import StartupFailed, hold_store, prepare_paths, run_until_s
 from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
+from ._corrections import ShardJournal
 from ._drain import DrainRoute
 from ._gateway import JetStreamLinks
 from ._lease import Leases
@@ -105,12 +106,20 @@ class _Shards:
         config = self.config
         restored = Restored(0, 0)
         if self.snapshots is not None:  # a newer snapshot replaces the local file
-            restored = await self.snapshots.restore(shard, shard_files(config, shard).store)
+            files = shard_files(config, shard)
+            restored = await self.snapshots.restore(shard, files.store, files.billing)
         cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
         applier = ShardApplier(
             self.connection, cell, shard, config.partitions, fence=fence, covered=restored.covered
         )
         cell.billing.shared_periods = self.periods
+        cell.billing.journal = ShardJournal(  # corrections go through the shard's log
+            self.connection,
+            shard,
+            applier,
+            self.config.cluster.node if self.config.cluster is not None else "node",
+            timeout=config.partitions.slice_timeout.seconds,
+        )
         await cell.open()
         try:
             queries = sv.task_spec(
@@ -140,7 +149,8 @@ class _Shards:
         if self.snapshots is None:
             return
         try:
-            await self.snapshots.take(shard, shard_files(self.config, shard).store, epoch=epoch)
+            files = shard_files(self.config, shard)
+            await self.snapshots.take(shard, files.store, epoch=epoch, billing_path=files.billing)
         except (
             ClusterUnavailable,
             SnapshotInvalid,

@@ -14,7 +14,14 @@ shard's name (``shard-007``). Its headers say:
   losing anything the shard needs (the truncation check is per shard);
 * ``Meterd-Epoch`` and ``Meterd-Node``: the tenure that made it.
 
-One object per shard: a new snapshot replaces the previous one (the object store writes
+With the store goes the shard's **billing database** (its corrections, closings and
+restatements), as a second object ``shard-007.billing`` with the same headers. Both describe
+one position S: the billing copy is made *after* the store copy and uploaded *before* it, so
+it is never older than the store beside it (a correction is committed to billing before the
+store's position passes it, see :mod:`._corrections`); corrections it holds beyond S are
+found there on replay (by their sequence) and applied once.
+
+One object per shard (and file): a new snapshot replaces the previous one (the object store writes
 the new chunks, then the new meta, and only then purges the old chunks, so a failed upload
 leaves the previous snapshot whole). A snapshot with a lower S than the one stored is not
 uploaded. Any snapshot is a valid starting point: decisions are a function of the log, so
@@ -53,6 +60,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotInvalid",
     "Snapshots",
+    "billing_object",
     "copy_store",
     "store_position",
 ]
@@ -65,6 +73,11 @@ COVERED: Final = "Meterd-Log-Covered"
 EPOCH: Final = "Meterd-Epoch"
 NODE: Final = "Meterd-Node"
 TIMEOUT: Final = 60.0  # seconds for one upload or download
+
+
+def billing_object(shard: int) -> str:
+    """The name of the object holding the snapshot of ``shard``'s billing database."""
+    return f"{shard_name(shard)}.billing"
 
 
 class SnapshotInvalid(Exception):
@@ -130,6 +143,35 @@ def copy_store(source: Path, target: Path, shard: int) -> int:
     finally:
         src.close()
     return 0 if row is None else int(row[0])
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent single-file copy of the SQLite database ``source`` (the billing
+    database) into ``target``, as :func:`copy_store` does. Blocking (run it in a thread)."""
+    src = sqlite3.connect(source)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _check_database(path: Path) -> None:
+    """Raise SnapshotInvalid unless ``path`` passes SQLite's quick_check."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise SnapshotInvalid(f"not a readable SQLite database: {error}") from None
+    if check is None or check[0] != "ok":
+        raise SnapshotInvalid(f"SQLite's quick_check says {check!r}")
 
 
 def _check_copy(path: Path, shard: int, seq: int) -> None:
@@ -232,17 +274,25 @@ class Snapshots:
         found = await self.connection._run(f"read snapshot {SNAPSHOTS}/{name}", get)
         return None if found is None else _info(shard, found)
 
-    async def take(self, shard: int, store_path: Path, *, epoch: int) -> SnapshotInfo | None:
-        """Copy the store of ``shard`` at ``store_path`` and upload it (see the module doc);
-        None when the stored snapshot is already as recent. Raises ClusterUnavailable
-        (NATS), sqlite3.Error or OSError (the copy)."""
+    async def take(
+        self, shard: int, store_path: Path, *, epoch: int, billing_path: Path | None = None
+    ) -> SnapshotInfo | None:
+        """Copy the store of ``shard`` at ``store_path`` (and its billing database at
+        ``billing_path``, after it) and upload them (see the module doc); None when the
+        stored snapshot is already as recent. Raises ClusterUnavailable (NATS),
+        sqlite3.Error or OSError (the copy)."""
         started = time.monotonic()
         # C: read the stream's last sequence L, then the shard's last slice M; once the copy
         # has applied M, no slice of the shard can lie in S+1..L.
         last = (await self.connection.stream_info(STREAM)).last_seq
         newest = await self._last_slice(shard)
         copy, seq, size = await trio.to_thread.run_sync(_copy_beside, store_path, shard)
+        billing: Path | None = None
         try:
+            if billing_path is not None:
+                billing = await trio.to_thread.run_sync(
+                    _copy_billing_beside, store_path, shard, billing_path
+                )
             covered = max(seq, last) if seq >= newest else seq
             stored = await self.latest(shard)
             if stored is not None and (
@@ -250,9 +300,13 @@ class Snapshots:
             ):
                 return None
             headers = {SEQ: str(seq), COVERED: str(covered), EPOCH: str(epoch), NODE: self.node}
+            if billing is not None:  # first: never older than the store beside it
+                await self._upload(shard, billing, headers, billing_object(shard))
             await self._upload(shard, copy, headers)
         finally:
             await trio.to_thread.run_sync(_remove, copy)
+            if billing is not None:
+                await trio.to_thread.run_sync(_remove, billing)
         self.uploads += 1
         info = SnapshotInfo(shard, seq, covered, epoch, self.node, size)
         log.info(
@@ -279,9 +333,11 @@ class Snapshots:
 
         return await self.connection._run(f"last slice of {subject}", get)
 
-    async def _upload(self, shard: int, copy: Path, headers: dict[str, str]) -> None:
+    async def _upload(
+        self, shard: int, copy: Path, headers: dict[str, str], name: str | None = None
+    ) -> None:
         store = self._store
-        name = shard_name(shard)
+        name = name or shard_name(shard)
 
         async def put() -> None:
             with copy.open("rb") as file:
@@ -290,10 +346,13 @@ class Snapshots:
         with trio.fail_after(TIMEOUT):
             await self.connection._run(f"upload snapshot {SNAPSHOTS}/{name}", put)
 
-    async def restore(self, shard: int, store_path: Path) -> Restored:
-        """Make ``store_path`` at least as recent as the latest snapshot of ``shard`` (see
-        the module doc). NATS unavailable, or a bad snapshot: the local file is kept (and the
-        log replayed from its position), with a warning or an error."""
+    async def restore(
+        self, shard: int, store_path: Path, billing_path: Path | None = None
+    ) -> Restored:
+        """Make ``store_path`` (and ``billing_path``) at least as recent as the latest
+        snapshot of ``shard`` (see the module doc). NATS unavailable, or a bad snapshot: the
+        local files are kept (and the log replayed from the store's position), with a
+        warning or an error."""
         local = await trio.to_thread.run_sync(store_position, store_path, shard)
         try:
             info = await self.latest(shard)
@@ -311,9 +370,24 @@ class Snapshots:
             return Restored(local, max(local, info.covered))
         started = time.monotonic()
         download = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".restore")
+        bill: Path | None = None
         try:
             await self._download(shard, download)
             await trio.to_thread.run_sync(_check_copy, download, shard, info.seq)
+            if billing_path is not None:
+                bill = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".rbill")
+                if await self._download(shard, bill, billing_object(shard)):
+                    await trio.to_thread.run_sync(_check_database, bill)
+                    await trio.to_thread.run_sync(_replace, bill, billing_path)
+                else:
+                    log.warning(
+                        "cluster.snapshot.no_billing",
+                        shard=shard,
+                        seq=info.seq,
+                        hint="the snapshot was made without the shard's billing database (an"
+                        " older meterd): the local one is kept; corrections not in it and"
+                        " not in the log after the snapshot are missing",
+                    )
             await trio.to_thread.run_sync(_replace, download, store_path)
         except (ClusterUnavailable, SnapshotInvalid, trio.TooSlowError, OSError) as error:
             log.error(  # noqa: TRY400 (the error is in the line; no traceback wanted)
@@ -328,6 +402,8 @@ class Snapshots:
             return Restored(local, local)
         finally:
             await trio.to_thread.run_sync(_remove, download)
+            if bill is not None:
+                await trio.to_thread.run_sync(_remove, bill)
         self.restores += 1
         seconds = time.monotonic() - started
         log.info(
@@ -343,18 +419,24 @@ class Snapshots:
         )
         return Restored(info.seq, info.covered, info, seconds)
 
-    async def _download(self, shard: int, target: Path) -> None:
+    async def _download(self, shard: int, target: Path, name: str | None = None) -> bool:
+        """Download the object ``name`` (default: the store's) into ``target``; False when
+        there is no such object."""
         store = self._store
-        name = shard_name(shard)
+        name = name or shard_name(shard)
 
-        async def get() -> None:
+        async def get() -> bool:
             with target.open("wb") as file:
-                await store.get(name, writeinto=file)
+                try:
+                    await store.get(name, writeinto=file)
+                except nats.js.errors.ObjectNotFoundError:
+                    return False
                 file.flush()
                 os.fsync(file.fileno())
+            return True
 
         with trio.fail_after(TIMEOUT):
-            await self.connection._run(f"download snapshot {SNAPSHOTS}/{name}", get)
+            return await self.connection._run(f"download snapshot {SNAPSHOTS}/{name}", get)
 
 
 def _temp_beside(store_path: Path, shard: int, suffix: str) -> Path:
@@ -376,6 +458,21 @@ def _copy_beside(store_path: Path, shard: int) -> tuple[Path, int, int]:
     except BaseException:
         _remove(copy)
         raise
+
+
+def _copy_billing_beside(store_path: Path, shard: int, billing_path: Path) -> Path | None:
+    """:func:`copy_database` of the billing database into a new file beside the store (None:
+    it has no billing database yet)."""
+    if not billing_path.exists():
+        return None
+    copy = _temp_beside(store_path, shard, ".bill")
+    try:
+        copy.unlink()
+        copy_database(billing_path, copy)
+    except BaseException:
+        _remove(copy)
+        raise
+    return copy
 
 
 def _remove(path: Path) -> None:

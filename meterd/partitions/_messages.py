@@ -45,6 +45,7 @@ __all__ = [
     "ENCODER",
     "Answer",
     "BatchId",
+    "Correction",
     "Hello",
     "Message",
     "Query",
@@ -163,6 +164,29 @@ class TreeRequest(Struct, frozen=True, tag_field="t", tag="tree"):
     total: int = 10_000
 
 
+class Correction(Struct, frozen=True, tag_field="t", tag="correction"):
+    """Cluster mode: an adjustment (``kind`` "adjust") or a void ("void") of an account of
+    ``shard``, published to the shard's log and applied by its owner in stream order. ``at``
+    is stamped when it is published (no clock in the decision); ``id`` is its
+    ``Nats-Msg-Id``. A void carries where the event counted (meter, time, dims, quantity)."""
+
+    id: str
+    shard: int
+    kind: str  # "adjust" | "void"
+    account: str
+    by: str
+    reason: str
+    at: int  # ms
+    meter: str
+    start: int = 0  # adjust: the window [start, end)
+    end: int = 0
+    dims: list[str] = []
+    direction: str = ""  # adjust: "credit" | "debit"
+    quantity: str = ""  # a decimal, as text
+    event_id: str = ""  # void
+    time: int = 0  # void: the event's time
+
+
 class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):
     id: int
     owner: str
@@ -171,7 +195,15 @@ class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):
 
 
 Message: TypeAlias = (
-    Hello | Slice | Verdicts | Unavailable | Query | Answer | TreeRequest | TreeSnapshot
+    Hello
+    | Slice
+    | Verdicts
+    | Unavailable
+    | Query
+    | Answer
+    | TreeRequest
+    | TreeSnapshot
+    | Correction
 )
 
 ENCODER: Final = msgspec.msgpack.Encoder(decimal_format="string")

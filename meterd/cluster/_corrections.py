@@ -1,0 +1,170 @@
+"""Corrections through the log (docs/cluster.md "Corrections").
+
+In cluster mode a shard's adjustments and voids are journalled like its events: the node
+that holds the shard validates a correction (as embedded mode does), stamps its time, and
+publishes it as a :class:`~meterd.partitions._messages.Correction` to the shard's log
+subject with a ``Nats-Msg-Id`` (a re-publish within the duplicate window is stored once).
+The shard's :class:`~._applier.ShardApplier` applies it in stream order into the billing
+database, with the stream sequence in the same transaction (a replay applies it once), and
+only then is the API answered (as a producer's ack waits for its verdict). A node that
+takes the shard over, from a snapshot and the log, so has every correction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+import trio
+
+from meterd.billing._corrections import Adjustment, AdjustmentKind, Void
+from meterd.billing._errors import BillingError, Unavailable
+from meterd.billing._restate import Restatement
+from meterd.ingest.server import wall_clock_ms
+from meterd.partitions._messages import Correction, encode
+
+from ._log import log_subject
+from ._nats import ClusterUnavailable, Connection
+
+if TYPE_CHECKING:
+    from ._applier import ShardApplier
+
+__all__ = ["Outcome", "ShardJournal", "Waiter"]
+
+log = structlog.get_logger("meterd.cluster.corrections")
+
+Outcome = tuple[Adjustment | Void, Restatement | None] | BillingError
+
+
+class Waiter:
+    """The outcome of one published correction, set by the applier that applied it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: Outcome | None = None
+
+    def set(self, outcome: Outcome) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+
+class ShardJournal:
+    """Billing's :class:`~meterd.billing._service.CorrectionJournal` for one shard held by
+    this node (see the module doc)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        shard: int,
+        applier: ShardApplier,
+        node: str,
+        *,
+        timeout: float,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.connection = connection
+        self.shard = shard
+        self.applier = applier
+        self.node = node
+        self.timeout = timeout
+        self.clock = clock
+        self.published = 0
+
+    def _new(self, kind: str, account: str, by: str, reason: str, meter: str) -> Correction:
+        return Correction(
+            id=f"correction:{self.node}:{uuid.uuid4().hex}",
+            shard=self.shard,
+            kind=kind,
+            account=account,
+            by=by,
+            reason=reason,
+            at=self.clock(),
+            meter=meter,
+        )
+
+    async def adjust(
+        self,
+        account: str,
+        meter: str,
+        span: tuple[int, int],
+        dims: tuple[str, ...],
+        kind: AdjustmentKind,
+        amount: Decimal,
+        by: str,
+        reason: str,
+    ) -> tuple[Adjustment, Restatement | None]:
+        base = self._new("adjust", account, by, reason, meter)
+        correction = _with(
+            base,
+            start=span[0],
+            end=span[1],
+            dims=list(dims),
+            direction=kind.value,
+            quantity=str(amount),
+        )
+        record, restatement = await self._submit(correction)
+        assert isinstance(record, Adjustment)
+        return record, restatement
+
+    async def void(
+        self,
+        account: str,
+        event_id: str,
+        meter: str,
+        time_ms: int,
+        dims: tuple[str, ...],
+        quantity: str,
+        by: str,
+        reason: str,
+    ) -> tuple[Void, Restatement | None]:
+        correction = _with(
+            self._new("void", account, by, reason, meter),
+            event_id=event_id,
+            time=time_ms,
+            dims=list(dims),
+            quantity=quantity,
+        )
+        record, restatement = await self._submit(correction)
+        assert isinstance(record, Void)
+        return record, restatement
+
+    async def _submit(self, correction: Correction) -> tuple[Adjustment | Void, Restatement | None]:
+        waiter = self.applier.expect(correction.id)
+        try:
+            with trio.move_on_after(self.timeout):
+                try:
+                    await self.connection.publish(
+                        log_subject(self.shard),
+                        encode(correction),
+                        msg_id=correction.id,
+                        timeout=self.timeout,
+                    )
+                except ClusterUnavailable as error:
+                    raise Unavailable(
+                        f"shard {self.shard}: the log did not take the correction ({error});"
+                        " retry (nothing was recorded unless the log stored it: check"
+                        " /adjustments or the audit trail first)"
+                    ) from None
+                self.published += 1
+                await waiter.done.wait()
+            outcome = waiter.outcome
+            if outcome is None:
+                raise Unavailable(
+                    f"shard {self.shard}: the correction is in the log but was not applied"
+                    f" within {self.timeout:g} s (the shard may be changing owner); its owner"
+                    " applies it: check /adjustments or the audit trail before retrying"
+                )
+            if isinstance(outcome, BillingError):
+                raise outcome
+            return outcome
+        finally:
+            self.applier.forget(correction.id)
+
+
+def _with(correction: Correction, **changes: object) -> Correction:
+    return msgspec.structs.replace(correction, **changes)
