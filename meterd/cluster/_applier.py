@@ -400,6 +400,16 @@ class ShardApplier:
         if self.fence is not None and self.fence.check() is not None:
             raise _Replay()
         outcome = await self._record(message.seq, correction)
+        if not isinstance(outcome, BillingError):
+            log.info(
+                "cluster.applier.corrected",
+                shard=self.shard,
+                seq=message.seq,
+                id=correction.id,
+                kind=correction.kind,
+                account=correction.account,
+                record=outcome[0].id,
+            )
         self._in_flight += 1
         self.slices += 1
         self.corrections += 1
@@ -438,7 +448,8 @@ class ShardApplier:
         billing = self.cell.billing
         try:
             found = await billing.db.logged_correction(seq)
-            if found is not None:
+            if found is not None:  # applied before this replay (billing ahead of the store)
+                log.info("cluster.applier.correction_found", shard=self.shard, seq=seq)
                 return found, None
             dims = tuple(correction.dims)
             if correction.kind == "adjust":

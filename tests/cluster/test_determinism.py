@@ -1,9 +1,12 @@
 """Replaying a shard's log decides the same: two fresh stores fed the same log (random slices
-with re-sends, id conflicts, events older than the dedupe horizon, junk) give byte-identical
-verdicts, journal, audit trail and windows; and two stores restored from the same snapshot
-(a copy by the backup API of a store that applied a prefix of the log) and fed the rest
-decide byte for byte the same, and as a store that replayed the whole log. No NATS here: the
-log is handed to the applier as it would read it."""
+with re-sends, id conflicts, events older than the dedupe horizon, junk, and corrections:
+adjustments and voids, a second void of one event refused) give byte-identical verdicts,
+journal, audit trail, windows and billing records; and two stores restored from the same
+snapshot (a copy by the backup API of a store that applied a prefix of the log, with its
+billing database) and fed the rest decide byte for byte the same, and as a store that
+replayed the whole log. A billing database ahead of its store (copied later, as a snapshot
+does) applies each correction once on replay. No NATS here: the log is handed to the
+applier as it would read it."""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from hypothesis import strategies as st
 
 from meterd.cluster import ShardApplier
 from meterd.cluster._nats import LogMessage
-from meterd.cluster._snapshot import copy_store, store_position
+from meterd.cluster._snapshot import copy_database, copy_store, store_position
 from meterd.partitions import encode, shard_files
+from meterd.partitions._messages import Correction
 from meterd.partitions._owner import call_asgi
 from tests.cluster.cells import (
     ADMIN,
@@ -49,8 +53,16 @@ _event = st.tuples(
     st.integers(1, 3),  # quantity
     st.one_of(st.integers(0, 3).map(lambda k: T0 + k * MINUTE), st.just(T0 - 3 * DAY)),
 )
+_correction = st.one_of(
+    st.tuples(st.just("adjust"), st.sampled_from(ACCOUNTS), st.integers(1, 5)),
+    st.tuples(st.just("void"), st.sampled_from(ACCOUNTS), st.sampled_from(["e0", "e1"])),
+)
 _log = st.lists(
-    st.one_of(st.lists(_event, min_size=1, max_size=4), st.just(None)),  # None: junk
+    st.one_of(
+        st.lists(_event, min_size=1, max_size=4),
+        st.just(None),  # None: junk
+        _correction,
+    ),
     min_size=1,
     max_size=12,
 )
@@ -63,6 +75,8 @@ def messages(log: list[Any]) -> list[LogMessage]:
         seq = 3 * number  # other shards' messages in between
         if entry is None:
             data = b"\xc1junk"
+        elif isinstance(entry, tuple):
+            data = encode(correction(number, *entry))
         else:
             events = [ev(i, id, account, q, at) for i, (account, id, q, at) in enumerate(entry)]
             piece = a_slice(number, SHARD, events)
@@ -72,15 +86,53 @@ def messages(log: list[Any]) -> list[LogMessage]:
     return out
 
 
+def correction(number: int, kind: str, account: str, what: Any) -> Correction:
+    """A correction as a node publishes it: an adjustment of ``what`` units (a credit), or
+    a void of event ``what``; stamped at a time of its own."""
+    common = {
+        "id": f"correction-{number}",
+        "shard": SHARD,
+        "kind": kind,
+        "account": account,
+        "by": "carol",
+        "reason": f"ticket {number}",
+        "at": NOW + number * HOUR,
+        "meter": "dyno.seconds",
+        "dims": ["web"],
+    }
+    if kind == "adjust":
+        return Correction(
+            **common, start=T0, end=T0 + MINUTE, direction="credit", quantity=str(what)
+        )
+    return Correction(**common, event_id=what, time=T0, quantity="1")
+
+
+def billing_rows(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    return {
+        table: rows(path, f"SELECT * FROM {table} ORDER BY 1")
+        for table in ("adjustments", "voids", "log_corrections")
+    }
+
+
 async def replay(
-    folder: Path, log: list[LogMessage], *, snapshot: Path | None = None
+    folder: Path,
+    log: list[LogMessage],
+    *,
+    snapshot: Path | None = None,
+    billing: Path | None = None,
 ) -> dict[str, Any]:
-    """``log`` applied to a fresh store, or to one restored from ``snapshot``."""
+    """``log`` applied to a fresh store, or to one restored from ``snapshot`` (and its
+    billing database from ``billing``)."""
     config = write_config(folder)
+    files = shard_files(config, SHARD)
     if snapshot is not None:
-        store = shard_files(config, SHARD).store
-        store.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(snapshot, store)
+        files.store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(snapshot, files.store)
+    if billing is not None:
+        files.billing.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(billing, files.billing)
     async with running_cell(config, SHARD) as cell:
         applier = ShardApplier(None, cell, SHARD, LAYOUT)
         # as run() does: the log is read from the store's position on
@@ -113,6 +165,8 @@ async def replay(
         "journal": rows(store, "SELECT * FROM event_batches ORDER BY batch_id"),
         "audit": rows(store, "SELECT * FROM audit ORDER BY audit_id"),
         "position": rows(store, "SELECT * FROM log_positions"),
+        "billing": billing_rows(files.billing),
+        "applied_corrections": applier.corrections,
     }
 
 
@@ -125,15 +179,26 @@ def test_two_replays_of_one_log_decide_byte_for_byte_the_same(log: list[Any]) ->
         second = trio.run(replay, Path(tmp) / "b", read)
     assert first == second
     assert first["position"] == [(f"METERD_LOG/meterd.log.{SHARD}", read[-1].seq)]
-    assert len(first["verdicts"]) == sum(1 for entry in log if entry is not None)
+    assert len(first["verdicts"]) == sum(1 for entry in log if isinstance(entry, list))
+    corrections = [entry for entry in log if isinstance(entry, tuple)]
+    assert first["applied_corrections"] == len(corrections)
+    billing = first["billing"]
+    assert len(billing["adjustments"]) == sum(1 for c in corrections if c[0] == "adjust")
+    voided = {(c[1], c[2]) for c in corrections if c[0] == "void"}
+    assert len(billing["voids"]) == len(voided)  # a second void of one event is refused
+    assert len(billing["log_corrections"]) == len(billing["adjustments"]) + len(voided)
 
 
 async def snapshot_after(folder: Path, log: list[LogMessage]) -> Path:
-    """A snapshot (the backup API's copy) of a store that applied ``log``."""
+    """A snapshot (the backup API's copy) of a store that applied ``log``; its billing
+    database's copy is beside it (``.billing``)."""
     await replay(folder, log)
     config = write_config(folder)
     target = folder / "snapshot.sqlite3"
     copy_store(shard_files(config, SHARD).store, target, SHARD)
+    billing = shard_files(config, SHARD).billing
+    if billing.exists():
+        copy_database(billing, folder / "snapshot.billing")
     return target
 
 
@@ -149,13 +214,31 @@ def test_two_replays_from_one_snapshot_decide_byte_for_byte_the_same(
         root = Path(tmp)
         snapshot = trio.run(snapshot_after, root / "s", head)
         assert store_position(snapshot, SHARD) == (head[-1].seq if head else 0)
-        first = trio.run(partial(replay, root / "a", tail, snapshot=snapshot))
-        second = trio.run(partial(replay, root / "b", tail, snapshot=snapshot))
+        billing = root / "s" / "snapshot.billing"
+        bill = billing if billing.exists() else None
+        first = trio.run(partial(replay, root / "a", tail, snapshot=snapshot, billing=bill))
+        second = trio.run(partial(replay, root / "b", tail, snapshot=snapshot, billing=bill))
         whole = trio.run(replay, root / "w", read)
+        # the store of the prefix with the billing database of the whole log (a snapshot's
+        # billing copy is made after its store copy): each correction is found, not redone
+        ahead_folder = root / "ahead"
+        trio.run(snapshot_after, ahead_folder, read)
+        ahead_billing = ahead_folder / "snapshot.billing"
+        ahead = trio.run(
+            partial(
+                replay,
+                root / "x",
+                tail,
+                snapshot=snapshot,
+                billing=ahead_billing if ahead_billing.exists() else None,
+            )
+        )
     assert first == second
+    assert first["billing"] == whole["billing"]
+    assert ahead["billing"] == whole["billing"]
     assert first["position"] == whole["position"]
     # ... and the same as a store that replayed the whole log: the windows, and the
     # verdicts of the slices after the snapshot
     assert first["windows"] == whole["windows"]
     assert first["verdicts"] == whole["verdicts"][len(whole["verdicts"]) - len(first["verdicts"]) :]
-    assert len(first["verdicts"]) == sum(1 for entry in log[cut:] if entry is not None)
+    assert len(first["verdicts"]) == sum(1 for entry in log[cut:] if isinstance(entry, list))
