@@ -89,22 +89,22 @@ def messages(log: list[Any]) -> list[LogMessage]:
 def correction(number: int, kind: str, account: str, what: Any) -> Correction:
     """A correction as a node publishes it: an adjustment of ``what`` units (a credit), or
     a void of event ``what``; stamped at a time of its own."""
-    common = {
-        "id": f"correction-{number}",
-        "shard": SHARD,
-        "kind": kind,
-        "account": account,
-        "by": "carol",
-        "reason": f"ticket {number}",
-        "at": NOW + number * HOUR,
-        "meter": "dyno.seconds",
-        "dims": ["web"],
-    }
+    common = Correction(
+        id=f"correction-{number}",
+        shard=SHARD,
+        kind=kind,
+        account=account,
+        by="carol",
+        reason=f"ticket {number}",
+        at=NOW + number * HOUR,
+        meter="dyno.seconds",
+        dims=["web"],
+    )
     if kind == "adjust":
-        return Correction(
-            **common, start=T0, end=T0 + MINUTE, direction="credit", quantity=str(what)
+        return msgspec.structs.replace(
+            common, start=T0, end=T0 + MINUTE, direction="credit", quantity=str(what)
         )
-    return Correction(**common, event_id=what, time=T0, quantity="1")
+    return msgspec.structs.replace(common, event_id=what, time=T0, quantity="1")
 
 
 def billing_rows(path: Path) -> dict[str, Any]:
