@@ -135,6 +135,7 @@ class ShardJournal:
 
     async def _submit(self, correction: Correction) -> tuple[Adjustment | Void, Restatement | None]:
         waiter = self.applier.expect(correction.id)
+        published = False
         try:
             with trio.move_on_after(self.timeout):
                 try:
@@ -147,17 +148,19 @@ class ShardJournal:
                 except ClusterUnavailable as error:
                     raise Unavailable(
                         f"shard {self.shard}: the log did not take the correction ({error});"
-                        " retry (nothing was recorded unless the log stored it: check"
-                        " /adjustments or the audit trail first)"
+                        " it may still be stored: look at /adjustments or /voids before"
+                        " repeating it"
                     ) from None
                 self.published += 1
+                published = True
                 await waiter.done.wait()
             outcome = waiter.outcome
             if outcome is None:
+                stored = "is in the log" if published else "may be in the log"
                 raise Unavailable(
-                    f"shard {self.shard}: the correction is in the log but was not applied"
-                    f" within {self.timeout:g} s (the shard may be changing owner); its owner"
-                    " applies it: check /adjustments or the audit trail before retrying"
+                    f"shard {self.shard}: the correction {stored} but was not applied within"
+                    f" {self.timeout:g} s (the shard may be changing owner); its owner applies"
+                    " it: look at /adjustments or /voids before repeating it"
                 )
             if isinstance(outcome, BillingError):
                 raise outcome
