@@ -120,7 +120,10 @@ class Leases:
 
         try:
             revision = await self.connection._run(f"acquire lease {self.bucket}/{key}", create)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # KeyNotFoundError: nats-py's create, once refused (the key exists), reads the
+            # key back to tell a deleted one, and a lagging replica can answer "not found":
+            # refused all the same
             current = await self.holder(key)
             who, rev = current if current is not None else (None, None)
             raise LeaseHeld(
