@@ -32,11 +32,11 @@ from typing import Final
 import nats.js.errors
 import structlog
 import trio
-from nats.js import api
 from nats.js.kv import KeyValue
 
 from meterd.billing import Period
 
+from ._lease import ensure_kv_bucket
 from ._nats import ClusterUnavailable, Connection, StreamMismatch
 
 __all__ = ["PERIODS", "AlreadyClosed", "ClosedPeriods", "SharedClosure", "period_key"]
@@ -90,25 +90,8 @@ class ClosedPeriods:
         """The bucket, made if missing (R3 with at least 3 known servers, else R1); one made
         with a TTL is refused (:class:`StreamMismatch`): a closed month must not expire."""
         replicas = 3 if connection.known_servers >= 3 else 1
-        js = connection._jetstream
-
-        async def ensure() -> tuple[KeyValue, float | None]:
-            try:
-                kv = await js.key_value(PERIODS)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=PERIODS,
-                        history=1,
-                        replicas=replicas,
-                        storage=api.StorageType.FILE,
-                    )
-                )
-            status = await kv.status()
-            return kv, status.ttl
-
-        kv, ttl = await connection._retry_placement(
-            f"open bucket {PERIODS} (R{replicas})", ensure, timeout
+        kv, ttl = await ensure_kv_bucket(
+            connection, PERIODS, replicas=replicas, timeout=timeout
         )
         if ttl:
             raise StreamMismatch(
