@@ -184,6 +184,9 @@ TABLES: Final[tuple[Table, ...]] = (
           " its `seen` lowered when merging"),
     Table("billing", "closed_invoices", "account", "", "t.account"),
     Table("billing", "restatements", "account", "", "t.account", "id", "made_at"),
+    Table("billing", "log_corrections", "rebuilt",
+          "cluster mode's log sequences of corrections: none is kept (like"
+          " `log_positions`)"),
     Table("deliveries", "deliveries", "account", "", "t.account",
           refs=(("seq", "alert_outbox"),)),
     Table("deliveries", "cursor", "rebuilt",
