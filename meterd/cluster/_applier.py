@@ -62,6 +62,7 @@ import trio
 
 from meterd.billing._corrections import AdjustmentKind
 from meterd.billing._errors import BillingError, InvalidRequest
+from meterd.billing._errors import Unavailable as BillingUnavailable
 from meterd.config import PartitionsConfig
 from meterd.model import Event, new_event
 from meterd.partitions._cell import Cell
@@ -99,6 +100,10 @@ async def applied_position(cell: Cell, shard: int) -> int:
         return 0 if row is None else int(row[0])
 
     return await cell.store.reader.run(query)
+
+
+RETRY_DELAY: Final = 0.1  # seconds: first wait before a correction is tried again
+RETRY_MAX: Final = 5.0
 
 
 class _Replay(Exception):
@@ -148,6 +153,7 @@ class ShardApplier:
         self._paused = False
         self._waiters: dict[str, Waiter] = {}  # corrections published here, by id
         self.corrections = 0  # corrections applied (replays included)
+        self.retry_delay = RETRY_DELAY  # first wait while billing cannot decide (seconds)
 
     def expect(self, correction_id: str) -> Waiter:
         """A waiter for the outcome of the correction ``correction_id`` (about to be
@@ -444,7 +450,30 @@ class ShardApplier:
             done(error)
 
     async def _record(self, seq: int, correction: Correction) -> Outcome:
-        """The correction of log sequence ``seq`` written to billing (or found there)."""
+        """The correction of log sequence ``seq`` written to billing (or found there). While
+        billing cannot read whether its month is closed (the bucket, NATS), it waits and
+        tries again: a moment's outage must not decide what the log records."""
+        delay = self.retry_delay
+        while True:
+            try:
+                return await self._record_once(seq, correction)
+            except BillingUnavailable as error:
+                if self.fence is not None and self.fence.check() is not None:
+                    raise _Replay() from None
+                log.warning(
+                    "cluster.applier.correction_waiting",
+                    shard=self.shard,
+                    seq=seq,
+                    id=correction.id,
+                    error=str(error),
+                    retry_in=delay,
+                    hint="the shard's log waits at this correction (nothing after it is"
+                    " applied) until the closed-months bucket answers: check the NATS servers",
+                )
+                await trio.sleep(delay)  # a back-off before the next try
+                delay = min(2 * delay, RETRY_MAX)
+
+    async def _record_once(self, seq: int, correction: Correction) -> Outcome:
         billing = self.cell.billing
         try:
             found = await billing.db.logged_correction(seq)
@@ -479,6 +508,8 @@ class ShardApplier:
                     log_seq=seq,
                 )
             raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
+        except BillingUnavailable:
+            raise
         except (BillingError, ValueError, ArithmeticError) as error:
             if not isinstance(error, BillingError):
                 error = InvalidRequest(f"correction {correction.id}: {error}")
