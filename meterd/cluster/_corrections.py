@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -29,9 +29,6 @@ from meterd.partitions._messages import Correction, encode
 
 from ._log import log_subject
 from ._nats import ClusterUnavailable, Connection
-
-if TYPE_CHECKING:
-    from ._applier import ShardApplier
 
 __all__ = ["Outcome", "ShardJournal", "Waiter"]
 
@@ -53,6 +50,14 @@ class Waiter:
             self.done.set()
 
 
+class Applier(Protocol):
+    """What the journal needs of the shard's applier (:class:`~._applier.ShardApplier`)."""
+
+    def expect(self, correction_id: str) -> Waiter: ...
+
+    def forget(self, correction_id: str) -> None: ...
+
+
 class ShardJournal:
     """Billing's :class:`~meterd.billing._service.CorrectionJournal` for one shard held by
     this node (see the module doc)."""
@@ -61,7 +66,7 @@ class ShardJournal:
         self,
         connection: Connection,
         shard: int,
-        applier: ShardApplier,
+        applier: Applier,
         node: str,
         *,
         timeout: float,
