@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -244,6 +245,32 @@ async def test_a_hello_with_other_shards_is_refused(
         await said.reach(3)  # refused, and tried again
         assert not link.connected
         nursery.cancel_scope.cancel()
+
+
+async def test_a_version_2_owner_is_refused_at_the_hello(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Version 3 sends an owner one `slices` message per batch, which a version 2 owner
+    # cannot read: the two refuse each other before any slice is sent.
+    address = str(tmp_path / "o.sock")
+    said = Seen()
+
+    async def older(channel: Channel) -> None:
+        said.append(1)
+        await channel.send(Hello("owner-0", os.getpid(), SHARDS, version=2))
+        await trio.sleep_forever()
+
+    link = link_for(address, [])
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await serving(nursery, address, older)
+            nursery.start_soon(link.run)
+            await said.reach(2)  # refused, and tried again
+            assert not link.connected
+            nursery.cancel_scope.cancel()
+    refused = [line for line in logs if line["event"] == "owner_link_refused"]
+    assert refused
+    assert "owner speaks message version 2, the gateway 3" in str(refused[0])
 
 
 async def test_a_connection_reset_before_the_hello_is_retried_not_a_crash(
