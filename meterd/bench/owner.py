@@ -384,12 +384,12 @@ def measure(shape: Shape, folder: Path, *, per_shard: bool = False) -> list[Figu
 def format_table(figures: Sequence[Figures]) -> str:
     base = figures[0]
     lines = [
-        f"{'path':<30} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
+        f"{'path':<36} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
         f" {'ratio':>6} {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
     ]
     for f in figures:
         lines.append(
-            f"{f.path:<30} {f.events:>8,} {f.events_per_second:>10,.0f}"
+            f"{f.path:<36} {f.events:>8,} {f.events_per_second:>10,.0f}"
             f" {f.events_per_second / base.events_per_second:>5.2f}x {f.worker_cpu_us:>17.1f}"
             f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.driver_cpu_us:>17.1f}"
             f" {f.rss_mib:>15.1f}"
