@@ -45,18 +45,32 @@ class Exit:
         return self.kind in ("normal", "shutdown")
 
     @property
+    def cause(self) -> BaseException | None:
+        """The exception that says why: ``error`` itself, or for an exception group (a
+        nursery that crashed) its first leaf, so logs and the tree name the real error
+        rather than "Exceptions from Trio nursery"."""
+        error = self.error
+        while isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = error.exceptions[0]
+        return error
+
+    @property
     def error_type(self) -> str | None:
-        return type(self.error).__name__ if self.error is not None else None
+        cause = self.cause
+        return type(cause).__name__ if cause is not None else None
 
     @property
     def message(self) -> str:
-        return str(self.error) if self.error is not None else self.kind
+        cause = self.cause
+        return str(cause) if cause is not None else self.kind
 
     def where(self) -> str | None:
-        """``file:line in function`` of the innermost frame that raised, for one-line logs."""
-        if self.error is None or self.error.__traceback__ is None:
+        """``file:line in function`` of the innermost frame that raised :attr:`cause`,
+        for one-line logs."""
+        cause = self.cause
+        if cause is None or cause.__traceback__ is None:
             return None
-        tb = self.error.__traceback__
+        tb = cause.__traceback__
         while tb.tb_next is not None:
             tb = tb.tb_next
         # Read from the frame, not through traceback/linecache: no file access on a
@@ -67,7 +81,7 @@ class Exit:
     def __str__(self) -> str:
         if self.error is None:
             return self.kind
-        return f"{self.kind} ({type(self.error).__name__}: {self.error})"
+        return f"{self.kind} ({self.error_type}: {self.message})"
 
 
 NORMAL = Exit("normal")

@@ -16,6 +16,13 @@ through structlog (one line per event).
 An unexpected exception in a route is answered 500 and logged once by the app's handler
 (:mod:`.errors`); starlette then re-raises it, and :class:`AnsweredErrors` stops it there,
 so hypercorn does not log it a second time as a multi-line traceback.
+
+One hypercorn race is closed here (:class:`_Connection`): when a websocket's client and
+server close at the same moment, hypercorn's connection could send the client's close
+reply while it was already sending EOF (the one send it makes outside its send lock), and
+the ``trio.BusyResourceError`` ended the whole server, every request in flight with it
+(the supervisor restarted it, with a new listening socket). A send that meets a connection
+already sending EOF is now treated as the connection closing, as a broken one is.
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+import hypercorn.trio.run
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 
 import supervisors as sv
 from meterd.config import ApiConfig
@@ -66,6 +76,20 @@ class AnsweredErrors:
             if scope["type"] != "http" or not answered:
                 raise  # hypercorn answers and logs it (one line, see meterd.logs)
             # else: the 500 went out and the app's handler logged it: nothing more to do
+
+
+class _Connection(TCPServer):
+    """hypercorn's Trio connection, where a send that collides with the EOF being sent
+    (``_close``, outside the send lock) is the connection closing, not a server crash."""
+
+    async def protocol_send(self, event: Event) -> None:
+        try:
+            await super().protocol_send(event)
+        except trio.BusyResourceError:
+            await self.protocol.handle(Closed())
+
+
+hypercorn.trio.run.TCPServer = _Connection  # type: ignore[attr-defined]  # what serve() builds
 
 
 def hypercorn_config(api: ApiConfig) -> HypercornConfig:
