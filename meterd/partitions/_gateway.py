@@ -73,8 +73,10 @@ class SliceSink(Protocol):
 
 
 class SliceRoutes(Protocol):
-    """Where the submitter sends each shard's slice: :class:`OwnerLinks` (owner processes
-    on this host) or, in cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log)."""
+    """Where the submitter sends a batch's parts: :class:`OwnerLinks` (owner processes on
+    this host: one :class:`~._messages.Slices` per owner, to ``links[owner]``) or, in
+    cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log: one
+    :class:`~._messages.Slice` per shard, to ``link_of_shard``)."""
 
     @property
     def partitions(self) -> PartitionsConfig: ...
