@@ -25,10 +25,14 @@ files: ``owner-K.sock``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import signal
 import sqlite3
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,8 +98,18 @@ def default_owner_command(config: Config, owner: int, socket_path: str) -> list[
 
 
 def runtime_directory(config: Config) -> Path:
-    """Where the owners' sockets are: ``run/`` in the shards directory."""
-    return shards_directory(config) / "run"
+    """Where the owners' sockets are: ``run/`` in the shards directory; or, when a socket
+    path there would be longer than a Unix socket's may be (a store deep in the file
+    system: a clone in a long path), ``meterd-<uid>-<digest of the shards directory>`` in
+    the system's temporary directory (mode 0700 as well, checked to be this user's)."""
+    directory = shards_directory(config) / "run"
+    longest = directory / f"owner-{max(config.partitions.owners - 1, 0)}.sock"
+    if len(os.fsencode(str(longest))) <= _MAX_SOCKET_PATH:
+        return directory
+    digest = hashlib.blake2b(
+        os.fsencode(str(shards_directory(config).resolve())), digest_size=8
+    ).hexdigest()
+    return Path(tempfile.gettempdir()) / f"meterd-{os.getuid()}-{digest}"
 
 
 def owner_socket(config: Config, owner: int) -> str:
@@ -110,9 +124,18 @@ def owner_socket(config: Config, owner: int) -> str:
 
 
 def prepare_runtime_directory(config: Config) -> Path:
-    """Create the sockets' directory (mode 0700: only meterd's user reaches the owners)."""
+    """Create the sockets' directory (mode 0700: only meterd's user reaches the owners);
+    one that is not a directory of this user (a symlink, another user's) is refused."""
     directory = runtime_directory(config)
-    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # whatever is there is checked below
+        directory.mkdir(mode=0o700, parents=True)
+    found = os.lstat(directory)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        what = "a directory of another user" if stat.S_ISDIR(found.st_mode) else "not a directory"
+        raise ValueError(
+            f"store.path {config.store_path}: the owners' socket directory {directory} is"
+            f" {what} (uid {found.st_uid}, meterd runs as uid {os.getuid()}): remove it"
+        )
     os.chmod(directory, 0o700)
     return directory
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: run supervisors inside the test's nursery."""
+"""Shared fixtures: run supervisors inside the test's nursery; ``slow`` tests only with -m slow."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import pytest
 import trio
 
 import supervisors as sv
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``slow`` (a soak, a kill campaign) runs only when ``-m`` names
+    ``slow``; the default suite skips it, whether or not its module says so too."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="runs with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -34,17 +34,25 @@ nothing written); a verdict is only published while the fence holds, and stamped
 epoch. While the fence is lapsed the applier waits (a renewal that succeeds lifts it; a
 lease lost stops the shard).
 
-Before reading, the applier checks that the stream still holds every sequence after the
-store's position (``first_seq <= position + 1``): if retention dropped some, rebuilding
-the shard from the log is impossible (snapshots are not built yet), and the applier
-refuses loudly (``cluster.applier.log_truncated``, :attr:`refused`) instead of skipping
-them: the shard then answers nothing (its slices time out, ``unavailable``).
+Before reading, the applier checks that the stream still holds every slice of the shard
+after the store's position: the stream must start at or before ``covered + 1``, where
+``covered`` (at least the position) is a sequence up to which no slice of the shard is
+missing from the store (known from the snapshot it was restored from, see
+:mod:`._snapshot`): sequences dropped by retention that held only other shards' slices do
+not matter. If retention dropped some this shard needs, rebuilding it from the log is
+impossible and the applier refuses loudly (``cluster.applier.log_truncated``,
+:attr:`refused`) instead of skipping them: the shard then answers nothing (its slices time
+out, ``unavailable``).
+
+When it first reaches the end of the log after starting it logs ``cluster.applier.caught_up``
+(the position it started from, the slices it replayed, the seconds it took).
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from typing import Final
 
 import msgspec
@@ -104,8 +112,13 @@ class ShardApplier:
         *,
         fetch_timeout: float = 1.0,
         fence: Fence | None = None,
+        covered: int = 0,
     ) -> None:
         self.connection = connection
+        self.covered = covered  # no slice of the shard is missing up to here (see the doc)
+        self.started_from: int | None = None  # the position the first read started from
+        self.caught_up: float | None = None  # seconds from the first read to the log's end
+        self._reading_since = 0.0
         self.fence = fence
         self.refused: str | None = None  # why the log cannot rebuild this shard
         self.fenced_verdicts = 0  # verdicts not published: the fence had lapsed
@@ -126,6 +139,8 @@ class ShardApplier:
         self._failure: BaseException | None = None
         self._changed = trio.Event()
         self._outbox, self.verdicts = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+        self._unsent = 0  # verdicts queued and not handed to NATS yet
+        self._paused = False
 
     @property
     def lag(self) -> int:
@@ -173,6 +188,8 @@ class ShardApplier:
                     ) as reader:
                         if first:
                             first = False
+                            self.started_from = stored
+                            self._reading_since = time.monotonic()
                             task_status.started(stored)
                         await self._follow(connection, reader)
                 except _Replay:
@@ -197,24 +214,27 @@ class ShardApplier:
             except ClusterUnavailable as error:
                 log.warning("cluster.applier.unavailable", shard=self.shard, error=str(error))
                 await connection.wait_connected(math.inf)
-        if info.first_seq <= stored + 1:
+        if info.first_seq <= max(stored, self.covered) + 1:
             return
         self.refused = (
             f"the log {STREAM} now starts at sequence {info.first_seq}, but this node's store of"
             f" shard {self.shard} has applied only up to {stored}: sequences {stored + 1}.."
-            f"{info.first_seq - 1} are gone (retention), so the shard cannot be rebuilt from"
-            " the log"
+            f"{info.first_seq - 1} are gone (retention), and it cannot tell that none was"
+            f" a slice of this shard (known complete up to {max(stored, self.covered)}), so the"
+            " shard cannot be rebuilt from the log"
         )
         log.error(
             "cluster.applier.log_truncated",
             shard=self.shard,
             log=self.log,
             applied=stored,
+            covered=max(stored, self.covered),
             first_seq=info.first_seq,
             error=self.refused,
-            hint="restore the shard's store file from a node that held it (or a backup) into"
-            " this node's store directory and restart it; raise [cluster] retention so that"
-            " it covers a node's absence",
+            hint="a snapshot newer than this position is needed: check that snapshots are"
+            " taken (cluster.snapshot.taken) and that [cluster] retention covers at least two"
+            " snapshot_interval; else restore the shard's store file from a node that held it"
+            " (or a backup) into this node's store directory and restart it",
         )
         await trio.sleep_forever()
 
@@ -227,11 +247,23 @@ class ShardApplier:
                 await connection.wait_connected(math.inf)
                 continue
             for message in messages:
+                if self._paused:
+                    await trio.sleep_forever()  # quiesced: a handoff stops the shard next
                 if self._failure is not None:
                     raise _Replay()
                 if self.fence is not None and self.fence.check() is not None:
                     raise _Replay()  # wait for the fence (or be stopped), then go on
                 await self.apply(message)
+            if self.caught_up is None and (not messages or messages[-1].pending == 0):
+                self.caught_up = time.monotonic() - self._reading_since
+                log.info(
+                    "cluster.applier.caught_up",
+                    shard=self.shard,
+                    started_from=self.started_from,
+                    read=self.read,
+                    replayed=self.slices,
+                    seconds=round(self.caught_up, 3),
+                )
             if self._failure is not None:
                 raise _Replay()
 
@@ -319,6 +351,7 @@ class ShardApplier:
             if fence is not None and fence.check() is not None:
                 self.fenced_verdicts += 1
                 return
+            self._unsent += 1
             self._outbox.send_nowait((verdict_subject(piece.batch.gateway), encode(answer)))
 
         received_at = piece.received_at if piece is not None else message.time_ms
@@ -369,15 +402,35 @@ class ShardApplier:
 
     async def _publish_verdicts(self, connection: Connection) -> None:
         async for subject, data in self.verdicts:
-            if self.fence is not None and self.fence.check() is not None:
-                self.fenced_verdicts += 1
-                continue
             try:
-                await connection.send(subject, data, flush=False)
-            except ClusterUnavailable as error:  # the gateway times the slice out
-                log.warning(
-                    "cluster.applier.verdict_lost",
-                    shard=self.shard,
-                    subject=subject,
-                    error=str(error),
-                )
+                await self._publish_verdict(connection, subject, data)
+            finally:
+                self._unsent -= 1
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def _publish_verdict(self, connection: Connection, subject: str, data: bytes) -> None:
+        if self.fence is not None and self.fence.check() is not None:
+            self.fenced_verdicts += 1
+            return
+        try:
+            await connection.send(subject, data, flush=False)
+        except ClusterUnavailable as error:  # the gateway times the slice out
+            log.warning(
+                "cluster.applier.verdict_lost",
+                shard=self.shard,
+                subject=subject,
+                error=str(error),
+            )
+
+    async def quiesce(self) -> int:
+        """Stop reading the log, then wait until every slice read is committed and its
+        verdict handed to NATS (before a handoff: the new owner starts after the position
+        returned, so nobody would answer a slice committed here whose verdict was not
+        sent). The caller bounds the wait."""
+        self._paused = True
+        self._changed.set()
+        self._changed = trio.Event()
+        while self._in_flight or self._unsent:
+            await self._changed.wait()
+        return self.applied

@@ -45,18 +45,21 @@ from meterd.gateway import GatewayApi
 from meterd.ingest.server import IngestServer, wall_clock_ms
 from meterd.partitions._cell import Cell
 from meterd.partitions._gateway import GatewaySubmitter
+from meterd.partitions._layout import shard_files
 from meterd.partitions._migrate import create_shards
 from meterd.startup import StartupFailed, hold_store, prepare_paths, run_until_signalled
 
 from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
+from ._drain import DrainRoute
 from ._gateway import JetStreamLinks
 from ._lease import Leases
 from ._log import provision
 from ._nats import ClusterUnavailable, Connection, StreamMismatch, connect
 from ._placement import Fence, Placement, lease_key
 from ._registry import NodeRegistry, cluster_status
+from ._snapshot import Restored, SnapshotInvalid, Snapshots
 
 __all__ = ["cluster_view", "lease_key", "serve_node"]
 
@@ -77,10 +80,17 @@ class _Shards:
     """Starts and stops shard trees under the ``shards`` dynamic supervisor (for
     :class:`~._placement.Placement`); ``cells`` is the gateway's view of them."""
 
-    def __init__(self, config: Config, connection: Connection, links: JetStreamLinks) -> None:
+    def __init__(
+        self,
+        config: Config,
+        connection: Connection,
+        links: JetStreamLinks,
+        snapshots: Snapshots | None = None,
+    ) -> None:
         self.config = config
         self.connection = connection
         self.links = links
+        self.snapshots = snapshots
         self.supervisor = sv.DynamicSupervisor(
             name="shards", max_restarts=MAX_RESTARTS, max_seconds=MAX_SECONDS
         )
@@ -89,16 +99,24 @@ class _Shards:
 
     async def start(self, shard: int, fence: Fence) -> _Handle:
         config = self.config
+        restored = Restored(0, 0)
+        if self.snapshots is not None:  # a newer snapshot replaces the local file
+            restored = await self.snapshots.restore(shard, shard_files(config, shard).store)
         cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
-        applier = ShardApplier(self.connection, cell, shard, config.partitions, fence=fence)
+        applier = ShardApplier(
+            self.connection, cell, shard, config.partitions, fence=fence, covered=restored.covered
+        )
         await cell.open()
         try:
             queries = sv.task_spec(
                 "queries",
                 partial(self.links.serve_queries, shard, lambda: fence.check() is None),
             )
+            extra = [queries]
+            if self.snapshots is not None:
+                extra.append(sv.task_spec("snapshots", partial(self.periodic, shard, cell, fence)))
             ref = await self.supervisor.start_child(
-                _shard_tree(cell, applier, queries).as_child(lease_key(shard))
+                _shard_tree(cell, applier, *extra).as_child(lease_key(shard))
             )
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -106,18 +124,65 @@ class _Shards:
             raise
         self.cells[shard] = cell
         self.appliers[shard] = applier
-        return _Handle(self, shard, cell, ref)
+        return _Handle(self, shard, cell, ref, applier)
 
     def report(self) -> dict[int, tuple[int, int]]:
         return {shard: (a.applied, a.lag) for shard, a in self.appliers.items()}
 
+    async def snapshot(self, shard: int, epoch: int) -> None:
+        """Snapshot the store of ``shard`` (stopped or running); a failure is logged: the
+        next owner then restores an older snapshot and replays more of the log."""
+        if self.snapshots is None:
+            return
+        try:
+            await self.snapshots.take(shard, shard_files(self.config, shard).store, epoch=epoch)
+        except (
+            ClusterUnavailable,
+            SnapshotInvalid,
+            sqlite3.Error,
+            OSError,
+            trio.TooSlowError,
+        ) as error:
+            log.warning(
+                "cluster.snapshot.failed",
+                shard=shard,
+                epoch=epoch,
+                error=str(error) or type(error).__name__,
+                hint="the next owner restores the previous snapshot and replays more of the"
+                " log; the next interval tries again",
+            )
+
+    async def periodic(
+        self,
+        shard: int,
+        cell: Cell,
+        fence: Fence,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Every ``[cluster] snapshot_interval``, while the lease holds: a snapshot."""
+        cluster = self.config.cluster
+        assert cluster is not None
+        task_status.started()
+        while True:
+            await trio.sleep(cluster.snapshot_interval.seconds)  # the interval: a timer
+            if fence.check() is None:
+                await self.snapshot(shard, fence.epoch)
+
 
 class _Handle:
-    def __init__(self, shards: _Shards, shard: int, cell: Cell, ref: object) -> None:
+    def __init__(
+        self, shards: _Shards, shard: int, cell: Cell, ref: object, applier: ShardApplier
+    ) -> None:
         self.shards = shards
         self.shard = shard
         self.cell = cell
         self.ref = ref
+        self.applier = applier
+
+    async def quiesce(self) -> None:
+        """Before a handoff: read no more of the log; what was read committed, answered."""
+        await self.applier.quiesce()
 
     def running(self) -> bool:
         try:
@@ -135,9 +200,9 @@ class _Handle:
             await self.cell.aclose()
 
 
-def _shard_tree(cell: Cell, applier: ShardApplier, queries: sv.ChildSpec) -> sv.Supervisor:
+def _shard_tree(cell: Cell, applier: ShardApplier, *extra: sv.ChildSpec) -> sv.Supervisor:
     tree = sv.Supervisor(
-        [*cell.child_specs(), sv.task_spec("applier", applier.run), queries],
+        [*cell.child_specs(), sv.task_spec("applier", applier.run), *extra],
         strategy=sv.Strategy.REST_FOR_ONE,
         name=cell.name,
     )
@@ -165,13 +230,18 @@ async def serve_node(config: Config) -> None:
                 connection = await connect(bridge, list(cluster.nats), name=cluster.node)
                 provisioned = await provision(connection, cluster)
                 registry = await NodeRegistry.open(connection, ttl=cluster.lease_ttl.seconds)
+                snapshots = await Snapshots.open(connection, cluster.node)
             except (ClusterUnavailable, StreamMismatch) as error:
                 raise StartupFailed(f"cluster.nats {list(cluster.nats)}: {error}") from None
-            await _run(view, connection, provisioned.leases, registry)
+            await _run(view, connection, provisioned.leases, registry, snapshots)
 
 
 async def _run(
-    config: Config, connection: Connection, leases: Leases, registry: NodeRegistry
+    config: Config,
+    connection: Connection,
+    leases: Leases,
+    registry: NodeRegistry,
+    snapshots: Snapshots | None = None,
 ) -> None:
     cluster = config.cluster
     assert cluster is not None
@@ -184,7 +254,7 @@ async def _run(
         slice_timeout=config.partitions.slice_timeout.seconds,
         cells=cells,
     )
-    shards = _Shards(config, connection, links)
+    shards = _Shards(config, connection, links, snapshots)
     shards.cells = links.cells = cells  # the gateway answers queries from the cells it holds
     placement = Placement(
         cluster.node,
@@ -195,6 +265,7 @@ async def _run(
         report=shards.report,
         observe=links.observe,
         rebalance=cluster.rebalance,
+        handoff=shards.snapshot,
     )
     submitter = GatewaySubmitter(
         gateway, links, max_in_flight_events=config.ingest.max_in_flight_events, clock=wall_clock_ms
@@ -207,6 +278,16 @@ async def _run(
         return await cluster_status(node, registry, leases, config.partitions)
 
     api.app = ClusterRoute(api.app, config.api, status)
+
+    def drain_state() -> dict[str, object]:
+        return {
+            "node": node,
+            "draining": placement.draining,
+            "shards": sorted(placement.held),
+            "handing_over": sorted(placement.handing),
+        }
+
+    api.app = DrainRoute(api.app, config.api, placement.drain, drain_state)
     specs = [
         sv.task_spec("links", links.run),
         shards.supervisor.as_child("shards"),

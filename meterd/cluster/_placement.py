@@ -12,11 +12,29 @@ Every ``lease_ttl / 3`` a node's :class:`Placement` makes one round:
    meanwhile the fence lapses by itself at its deadline;
 2. writes its entry in the node registry (:mod:`._registry`: a KV bucket whose TTL is the
    lease's, so a dead node's entry vanishes);
-3. reads the live nodes (the registry's entries) and every shard lease; a shard whose lease
-   is free is acquired by the live node ranked first for it by rendezvous hashing (BLAKE2b of
-   node and shard), or by any node once it has stayed free for :data:`FREE_ROUNDS` of its
-   rounds (the first-ranked node may be stuck); a lease held under this node's own name by
-   a previous process of it (killed) is taken over at once.
+3. reads the live nodes (the registry's entries, less those draining) and every shard
+   lease; a shard whose lease is free is acquired by the live node ranked first for it by
+   rendezvous hashing (BLAKE2b of node and shard), or by any node once it has stayed free
+   for :data:`FREE_ROUNDS` of its rounds (the first-ranked node may be stuck); a lease held
+   under this node's own name by a previous process of it (killed) is taken over at once.
+
+**Handoff** (a node joined and ranks first for a shard, or this node drains): the owner
+quiesces the shard (its applier reads no more of the log; the slices it read are committed
+and their verdicts sent, within ``lease_ttl``), revokes the shard's fence (it decides
+nothing more: its store stops at some sequence S), stops the shard, calls
+``handoff(shard, epoch)`` (the node snapshots the stopped store to the object store,
+:mod:`._snapshot`), and only then releases the lease; the new owner takes it at its next
+round, restores the snapshot and replays from S+1. Meanwhile the lease is still renewed
+(nobody else takes the shard half-way); this runs beside the rounds, so the other shards'
+renewals do not wait for an upload. One shard at a time when rebalancing, every shard at
+once when draining.
+
+A shard taken is started (its snapshot restored, its cell opened: ``start``) beside the
+rounds too, its lease renewed meanwhile; it is handed over only once it runs.
+
+**Drain** (:meth:`Placement.drain`): the node's registry entry says ``draining``; every node
+ranks shards over the live nodes that are not draining, the draining node hands all its
+shards over and takes none, and keeps running (its gateway and API forward to the owners).
 
 The **epoch** of a tenure is the lease revision written when it started (acquire or take
 over); renewals carry it in the entry's value (``holder@epoch``), so any node reads a shard's
@@ -148,6 +166,26 @@ class _Held:
     handle: ShardHandle
 
 
+class _Starting:
+    """The handle of a shard whose start (snapshot restore, cell) is under way."""
+
+    async def stop(self) -> None:
+        pass  # the start, once done, sees the shard is no longer held and stops it
+
+    def running(self) -> bool:
+        return True
+
+
+@dataclass
+class _Handing:
+    """A shard being handed over: stopped, its snapshot under way, its lease still renewed
+    (under ``lock``, so a renewal and the release never use the same revision)."""
+
+    lease: Lease
+    lock: trio.Lock
+    fence: Fence
+
+
 class Placement:
     """The node's shard leases (see the module doc). ``start(shard, fence)`` starts a shard
     this node just took (its cell, applier and tree) and returns its handle; ``report()``
@@ -166,6 +204,7 @@ class Placement:
         observe: Callable[[int, int], None] | None = None,
         margin: float | None = None,
         rebalance: bool = True,
+        handoff: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> None:
         self.node = node
         self.leases = leases
@@ -177,7 +216,11 @@ class Placement:
         self._report = report
         self._observe = observe
         self.rebalance = rebalance
+        self._handoff = handoff
         self.held: dict[int, _Held] = {}
+        self.handing: dict[int, _Handing] = {}
+        self.draining = False
+        self._nursery: trio.Nursery | None = None
         self._free_rounds: dict[int, int] = {}
         self._seen: set[str] = set()  # the live nodes of the previous round
         self.rounds = 0
@@ -192,11 +235,31 @@ class Placement:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """A round now (the node's start waits for it), then one every ``lease_ttl / 3``."""
-        await self.round()
-        task_status.started()
-        while True:
-            await trio.sleep(self.period)  # the renewal period: a timer, not a condition
-            await self.round()
+        async with trio.open_nursery() as nursery:  # handoffs run beside the rounds
+            self._nursery = nursery
+            try:
+                await self.round()
+                task_status.started()
+                while True:
+                    await trio.sleep(self.period)  # the renewal period: a timer
+                    await self.round()
+            finally:
+                self._nursery = None
+
+    def drain(self, draining: bool = True) -> None:
+        """Hand every shard over from the next round on, and take none (``False``: take
+        its share again)."""
+        if draining != self.draining:
+            log.info(
+                "cluster.node.draining" if draining else "cluster.node.undrained",
+                node=self.node,
+                shards=sorted(self.held),
+                hint="its shards move to the other live nodes by handoff, one round from now;"
+                " it keeps serving producers and queries (forwarded)"
+                if draining
+                else "it takes its share of the shards again by handoff",
+            )
+        self.draining = draining
 
     async def wait_rounds(self, n: int) -> None:
         target = self.rounds + n
@@ -207,14 +270,19 @@ class Placement:
         try:
             # The entry first: it is written before the leases, so it expires before them
             # (a dead node is gone from the live nodes when its leases free up).
-            await self.registry.heartbeat(self.node, dict(self._report()))
+            await self.registry.heartbeat(self.node, dict(self._report()), draining=self.draining)
         except ClusterUnavailable as error:
             log.warning("cluster.placement.unavailable", node=self.node, error=str(error))
         await self._renew()
         await self._restart_gone()
         try:
-            live = set((await self.registry.entries()).keys()) | {self.node}
-            if self.rebalance:
+            entries = await self.registry.entries()
+            live = {name for name, entry in entries.items() if not entry.get("draining")}
+            if self.draining:
+                live.discard(self.node)
+            else:
+                live.add(self.node)
+            if self.rebalance or self.draining:
                 await self._hand_over(live)
             await self._claim(live)
             self._seen = live
@@ -241,6 +309,20 @@ class Placement:
                 continue
             held.lease = lease
             held.fence.renewed(lease)
+        for shard, handing in list(self.handing.items()):
+            async with handing.lock:
+                if self.handing.get(shard) is not handing:
+                    continue  # released meanwhile
+                try:
+                    handing.lease = await self.leases.renew(handing.lease)
+                    handing.fence.renewed(handing.lease)  # while it quiesces
+                except LeaseLost as error:
+                    self.handing.pop(shard, None)
+                    log.info("cluster.lease.not_renewed", key=handing.lease.key, error=str(error))
+                except ClusterUnavailable as error:
+                    log.warning(
+                        "cluster.lease.renew_failed", key=handing.lease.key, error=str(error)
+                    )
 
     async def _restart_gone(self) -> None:
         """Start again the held shards whose tree is gone (the lease is still this node's)."""
@@ -257,34 +339,76 @@ class Placement:
             held.handle = await self._start(shard, held.fence)
 
     async def _hand_over(self, live: set[str]) -> None:
-        """Release one held shard whose first-ranked node is another live one (live in the
-        previous round too): it joined, and takes the shard at its next round."""
+        """Hand over one held shard whose first-ranked node is another live one (live in the
+        previous round too: it joined), and takes the shard at its next round; every held
+        shard while draining. See the module doc."""
+        if self.handing and not self.draining:
+            return  # one at a time when rebalancing
         for shard in sorted(self.held):
             top = rendezvous(live, shard)
             if top is None or top == self.node or top not in self._seen:
                 continue
+            if isinstance(self.held[shard].handle, _Starting):
+                continue  # handed over once it runs
             held = self.held.pop(shard)
-            held.fence.revoke(f"handed over to {top}")
-            await held.handle.stop()
-            try:
-                await self.leases.release(held.lease)
-            except LeaseLost as error:
-                log.info("cluster.lease.not_released", key=held.lease.key, error=str(error))
+            self.handing[shard] = _Handing(held.lease, trio.Lock(), held.fence)
             log.info(
-                "cluster.shard.handed_over",
+                "cluster.shard.handing_over",
                 node=self.node,
                 shard=shard,
                 to=top,
                 epoch=held.fence.epoch,
-                hint="the node ranked first for the shard takes it at its next round and"
-                " replays its log from its own store's position",
+                draining=self.draining,
             )
-            return
+            if self._nursery is not None:
+                self._nursery.start_soon(self._finish_handoff, shard, held, top)
+            else:
+                await self._finish_handoff(shard, held, top)
+            if not self.draining:
+                return
+
+    async def _finish_handoff(self, shard: int, held: _Held, to: str) -> None:
+        """Stop the shard (its store's position is final: S), snapshot it, release."""
+        started = time.monotonic()
+        quiesce = getattr(held.handle, "quiesce", None)
+        if quiesce is not None:
+            with trio.move_on_after(self.ttl):
+                await quiesce()
+        held.fence.revoke(f"handed over to {to}")
+        await held.handle.stop()
+        if self._handoff is not None:
+            await self._handoff(shard, held.fence.epoch)
+        handing = self.handing.get(shard)
+        released = False
+        if handing is not None:
+            async with handing.lock:
+                if self.handing.pop(shard, None) is handing:
+                    try:
+                        await self.leases.release(handing.lease)
+                        released = True
+                    except (LeaseLost, ClusterUnavailable) as error:
+                        log.info(
+                            "cluster.lease.not_released", key=handing.lease.key, error=str(error)
+                        )
+        log.info(
+            "cluster.shard.handed_over",
+            node=self.node,
+            shard=shard,
+            to=to,
+            epoch=held.fence.epoch,
+            released=released,
+            seconds=round(time.monotonic() - started, 3),
+            hint="the node ranked first for the shard takes it at its next round, restores"
+            " the snapshot just taken and replays the log after it"
+            if released
+            else "the lease was not released: it expires within lease_ttl, then the node"
+            " ranked first takes the shard",
+        )
 
     async def _claim(self, live: set[str]) -> None:
         owners = await self.leases.entries(lease_key(shard) for shard in range(self.shards))
         for shard in range(self.shards):
-            if shard in self.held:
+            if shard in self.held or shard in self.handing:
                 continue
             entry = owners.get(lease_key(shard))
             if entry is not None:
@@ -292,7 +416,7 @@ class Placement:
                 self._free_rounds.pop(shard, None)
                 if self._observe is not None:
                     self._observe(shard, epoch)
-                if holder == self.node:
+                if holder == self.node and not self.draining:
                     # This node's previous process (killed) held it: node names are unique,
                     # so nobody else decides for the shard; take it over at once.
                     await self._take(
@@ -300,6 +424,8 @@ class Placement:
                     )
                 continue
             rounds = self._free_rounds[shard] = self._free_rounds.get(shard, 0) + 1
+            if self.draining:
+                continue
             if rendezvous(live, shard) == self.node or rounds > FREE_ROUNDS:
                 await self._take(shard, partial(self.leases.acquire, lease_key(shard), self.node))
 
@@ -312,18 +438,34 @@ class Placement:
         self._free_rounds.pop(shard, None)
         fence = Fence(shard, self.ttl, self.margin)
         fence.renewed(lease)
+        held = _Held(lease, fence, _Starting())
+        self.held[shard] = held  # renewed by the rounds while it starts
+        if self._nursery is not None:
+            # A start may restore a large snapshot: beside the rounds, so that the other
+            # shards' renewals do not wait for it.
+            self._nursery.start_soon(self._start_shard, shard, held)
+        else:
+            await self._start_shard(shard, held)
+
+    async def _start_shard(self, shard: int, held: _Held) -> None:
+        fence = held.fence
         try:
             handle = await self._start(shard, fence)
         except BaseException:
+            if self.held.get(shard) is held:
+                del self.held[shard]
             fence.revoke("the shard did not start")
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(5),
                 contextlib.suppress(LeaseLost, ClusterUnavailable),
             ):
-                await self.leases.release(lease)
+                await self.leases.release(held.lease)
             raise
-        self.held[shard] = _Held(lease, fence, handle)
+        if self.held.get(shard) is not held or fence.revoked is not None:
+            await handle.stop()  # lost (or this node stopping) while it started
+            return
+        held.handle = handle
         if self._observe is not None:
             self._observe(shard, fence.epoch)
         log.info(
@@ -331,7 +473,8 @@ class Placement:
             node=self.node,
             shard=shard,
             epoch=fence.epoch,
-            hint="this node applies the shard's log from its store's position",
+            hint="this node applies the shard's log from its store's position (restored"
+            " from the latest snapshot when that is newer)",
         )
 
     async def _drop(self, shard: int, reason: str) -> None:
@@ -356,6 +499,12 @@ class Placement:
             except (LeaseLost, ClusterUnavailable) as error:
                 log.info("cluster.lease.not_released", key=held.lease.key, error=str(error))
             del self.held[shard]
+        for shard, handing in list(self.handing.items()):
+            try:
+                await self.leases.release(handing.lease)
+            except (LeaseLost, ClusterUnavailable) as error:
+                log.info("cluster.lease.not_released", key=handing.lease.key, error=str(error))
+            self.handing.pop(shard, None)
         try:
             await self.registry.leave(self.node)
         except ClusterUnavailable as error:

@@ -54,11 +54,18 @@ class NodeRegistry:
         )
         return cls(connection, kv, ttl)
 
-    async def heartbeat(self, node: str, shards: dict[int, tuple[int, int]]) -> None:
-        """Write ``node``'s entry: now, and ``shards`` (shard -> (applied_seq, lag))."""
-        value = json.dumps(
-            {"at": _now_ms(), "shards": {str(s): list(v) for s, v in shards.items()}}
-        ).encode()
+    async def heartbeat(
+        self, node: str, shards: dict[int, tuple[int, int]], *, draining: bool = False
+    ) -> None:
+        """Write ``node``'s entry: now, and ``shards`` (shard -> (applied_seq, lag)); a
+        draining node says so (placement ranks shards over the others)."""
+        entry: dict[str, Any] = {
+            "at": _now_ms(),
+            "shards": {str(s): list(v) for s, v in shards.items()},
+        }
+        if draining:
+            entry["draining"] = True
+        value = json.dumps(entry).encode()
         kv = self._kv
 
         async def put() -> int:

@@ -18,6 +18,7 @@ from meterd.schema import ABSENT, Check, check_fields, show, suggest
 from ._model import (
     AccountsConfig,
     ApiConfig,
+    AutoOwners,
     ClusterConfig,
     Config,
     IngestConfig,
@@ -175,7 +176,7 @@ def _section(
 
 
 def _section_rules(
-    check: Check, name: str, table: Mapping[str, object], values: Mapping[str, Any]
+    check: Check, name: str, table: Mapping[str, object], values: dict[str, Any]
 ) -> bool:
     if name in ("ingest", "api"):
         tls_asked, ok = check_tls(check, name, table, values)
@@ -198,7 +199,7 @@ def _section_rules(
     return True
 
 
-def _partition_rules(check: Check, values: Mapping[str, Any]) -> bool:
+def _partition_rules(check: Check, values: dict[str, Any]) -> bool:
     count, size, owners = values.get("count"), values.get("shard_size"), values.get("owners")
     if count is None or size is None:
         return True
@@ -209,7 +210,9 @@ def _partition_rules(check: Check, values: Mapping[str, Any]) -> bool:
             " number of partitions",
         )
         return False
-    if owners is not None and owners > count // size:
+    if isinstance(owners, AutoOwners) and owners > count // size:
+        values["owners"] = AutoOwners(count // size)  # "auto": at most one owner per shard
+    elif owners is not None and owners > count // size:
         check.problem(
             "partitions.owners",
             f"{owners} is more than the {count // size} shards (count / shard_size); an owner"
@@ -220,6 +223,15 @@ def _partition_rules(check: Check, values: Mapping[str, Any]) -> bool:
 
 
 def _cluster_rules(check: Check, values: Mapping[str, Any]) -> bool:
+    retention, interval = values.get("retention"), values.get("snapshot_interval")
+    if retention is not None and interval is not None and retention.ms < 2 * interval.ms:
+        check.problem(
+            "cluster.retention",
+            f"{retention} is shorter than twice cluster.snapshot_interval ({interval}): a new"
+            " owner restores the latest snapshot and replays the log after it, so the log must"
+            " keep at least two snapshot intervals; raise retention or lower snapshot_interval",
+        )
+        return False
     urls = values.get("nats")
     if urls is None:
         return True

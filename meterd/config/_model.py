@@ -11,6 +11,7 @@ in ``[ingest]``::
 
 import hashlib
 import hmac
+import os
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
@@ -18,7 +19,7 @@ from typing import Annotated, Final
 from meterd.alerts._config import AlertRule, Webhook
 from meterd.billing import BillingConfig, PriceRule
 from meterd.model import DAY_MS, Meter
-from meterd.schema import Duration, key
+from meterd.schema import Duration, Invalid, got, key
 
 from ._net import Listen, Tls
 
@@ -266,6 +267,41 @@ class AccountsConfig:
     ] = 100_000
 
 
+MAX_OWNERS: Final = 256
+AUTO_MIN_OWNERS: Final = 2  # owners = "auto" on a host of 1 or 2 cores (docs/partitions.md)
+
+
+class AutoOwners(int):
+    """``owners = "auto"`` resolved on this host (an int: every reader sees a number)."""
+
+    __slots__ = ()
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_owners(cores: int | None = None) -> AutoOwners:
+    """``owners = "auto"``: one core for the gateway, the rest for owners, at least
+    :data:`AUTO_MIN_OWNERS` (capped at the shards by the ``[partitions]`` rules)."""
+    return AutoOwners(max(AUTO_MIN_OWNERS, (host_cores() if cores is None else cores) - 1))
+
+
+def owners_value(value: object) -> int:
+    """``[partitions] owners``: a number of processes (0 to 256) or ``"auto"``."""
+    if value == "auto":
+        return auto_owners()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f'expected a number of processes or "auto", {got(value)}')
+    if not 0 <= value <= MAX_OWNERS:
+        raise Invalid(f"must be between 0 and {MAX_OWNERS} (processes), got {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionsConfig:
     """``[partitions]``: accounts in partitions, held by owner processes (docs/partitions.md)."""
@@ -292,11 +328,13 @@ class PartitionsConfig:
     owners: Annotated[
         int,
         key(
-            "Owner processes holding the shards (0: the accounts run inside the daemon's"
-            " own process, in one store file).",
+            'Owner processes holding the shards (0 to 256); "auto" (the shipped config):'
+            " the host's cores minus one, at least 2, at most the shards; 0 (the default"
+            " when the key is absent): the accounts run inside the daemon's own process, in"
+            " one store file.",
             unit="processes",
-            ge=0,
-            le=256,
+            parse=owners_value,
+            kind='number or `"auto"`',
         ),
     ] = 0
     slice_timeout: Annotated[
@@ -385,6 +423,16 @@ class ClusterConfig:
             le=Duration(600_000),
         ),
     ] = Duration(10_000)
+    snapshot_interval: Annotated[
+        Duration,
+        key(
+            "How often the owner of a shard snapshots its store to the object store (a new"
+            " owner restores the latest and replays the log after it); retention must be at"
+            " least twice this.",
+            ge=Duration(1000),
+            le=Duration(DAY_MS),
+        ),
+    ] = Duration(300_000)
     rebalance: Annotated[
         bool,
         key(

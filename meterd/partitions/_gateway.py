@@ -43,7 +43,7 @@ from meterd.model import Event
 from meterd.store import AppendResult, RejectedEvent
 
 from ._layout import owner_of_shard, shard_of
-from ._links import OwnerLink
+from ._links import OwnerLink, PacedBudget
 from ._messages import (
     BatchId,
     Part,
@@ -165,7 +165,13 @@ class GatewaySubmitter:
         self.name = name  # the gateway's, in every BatchId
         self.links = links
         self.partitions = links.partitions
-        self.budget = EventBudget(max_in_flight_events)
+        # With owner processes, also spent while an owner holds its allowance (_links.py,
+        # Pacing): a slow owner slows the producers down rather than timing out slices.
+        self.budget = (
+            PacedBudget(max_in_flight_events, links.links)
+            if isinstance(links, OwnerLinks)
+            else EventBudget(max_in_flight_events)
+        )
         self.clock = clock
         self._batches = 0
         self._shards: dict[str, int] = {}

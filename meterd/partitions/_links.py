@@ -38,6 +38,22 @@ Liveness
     pending slices fail, and the link connects to the new owner. So is an owner that
     accepts the connection but says no hello within ``ping_timeout`` (``kill(None)``:
     whichever process is the owner now).
+Pacing
+    Under overload the owner's queue, not ``slice_timeout``, must decide how long a batch
+    waits: the link keeps each owner's **allowance**, the events it may have in flight
+    (sent, no outcome yet), so that they are about :data:`PACE_FRACTION` of
+    ``slice_timeout`` of that owner's work. After each window of that length with verdicts,
+    the slowest verdict's wait (from the slice's send) sets it: over the target, the
+    allowance shrinks in proportion (Little's law: in flight = rate x wait; only slices sent
+    since the last shrink count, so one overload is not corrected twice); under half the
+    target, with the allowance reached in the window, it doubles, up to the gateway's whole
+    budget. It starts at :data:`INITIAL_ALLOWANCE` events (and again at each connection:
+    a new owner process), never below :data:`MIN_ALLOWANCE`. :class:`PacedBudget`, the
+    gateway's in-flight budget, counts as spent while any owner holds its allowance: ingest
+    stops reading every connection (TCP backpressure reaches the producers), so a slow owner
+    slows the producers down instead of having their batches time out. An owner found
+    unresponsive has its slices failed, so it holds no allowance and does not stop the
+    others' producers.
 Queries
     :meth:`ask` and :meth:`tree` send a Query or a TreeRequest and wait for the answer with
     the same id, up to a timeout.
@@ -58,6 +74,7 @@ import structlog
 import trio
 
 import supervisors as sv
+from meterd.accounts.budget import EventBudget
 from meterd.config import PartitionsConfig
 
 from ._layout import shards_of_owner
@@ -78,11 +95,14 @@ from ._messages import (
 from ._owners import OwnerUnavailable
 from ._transport import Channel, ChannelClosed, FrameError, Transport
 
-__all__ = ["RETRY_INTERVAL", "OwnerLink", "SliceDone"]
+__all__ = ["RETRY_INTERVAL", "OwnerLink", "PacedBudget", "SliceDone"]
 
 log = structlog.get_logger("meterd.partitions")
 
 RETRY_INTERVAL: Final = 0.05  # seconds between attempts to reach an owner not serving yet
+PACE_FRACTION: Final = 0.1  # of slice_timeout: the work an owner may have queued (Pacing)
+INITIAL_ALLOWANCE: Final = 2_000  # events in flight to an owner before its pace is measured
+MIN_ALLOWANCE: Final = 1_000  # events: two of the bench's batches, so an owner never idles
 
 SliceDone = Callable[[Verdicts | OwnerUnavailable], None]
 """Called once with a slice's outcome."""
@@ -93,6 +113,8 @@ class _Pending:
     shard: int
     deadline: float
     done: SliceDone
+    events: int = 0
+    sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -141,6 +163,18 @@ class OwnerLink:
         self._pending: dict[tuple[BatchId, int], _Pending] = {}
         self._questions: dict[int, _Question] = {}
         self._ids = itertools.count(1)
+        # Pacing (module doc): events in flight against the allowance, the current window.
+        self.pace_target = PACE_FRACTION * slice_timeout
+        self.max_allowance = 1 << 62  # the gateway's whole budget (PacedBudget sets it)
+        self.allowance = INITIAL_ALLOWANCE
+        self.in_flight = 0  # events of the pending slices
+        self.paced = 0  # windows that shrank the allowance
+        self.on_room: Callable[[], None] = _nothing  # PacedBudget: the allowance has room
+        self._window_start: float | None = None
+        self._window_wait = 0.0  # the slowest verdict's wait in the window
+        self._window_full = False  # the allowance was reached in the window
+        self._window_samples = 0  # verdicts of slices sent since the last shrink
+        self._shrunk_at = -math.inf  # when the allowance last shrank
 
     @property
     def name(self) -> str:
@@ -159,6 +193,11 @@ class OwnerLink:
     def pending(self) -> int:
         """Slices sent or queued, waiting for their outcome."""
         return len(self._pending)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the owner holds its allowance of events in flight (module doc, Pacing)."""
+        return self.in_flight >= self.allowance
 
     async def wait_connected(self) -> int:
         """Return once the link is connected (at once if it is): the owner's pid."""
@@ -186,7 +225,16 @@ class OwnerLink:
             done(self._unavailable(message.shard, "the same slice is already in flight"))
             return
         wake = not self._pending
-        self._pending[key] = _Pending(message.shard, trio.current_time() + self.slice_timeout, done)
+        now = trio.current_time()
+        events = (
+            len(message.events)
+            if isinstance(message, Slice)
+            else sum(len(part.events) for part in message.parts)
+        )
+        self._pending[key] = _Pending(message.shard, now + self.slice_timeout, done, events, now)
+        self.in_flight += events
+        if self.in_flight >= self.allowance:
+            self._window_full = True
         self._outgoing.append(message)
         self._wake_sender.set()
         if wake:
@@ -208,8 +256,54 @@ class OwnerLink:
     def _fail_slices(self, why: str) -> None:
         pending, self._pending = self._pending, {}
         self._outgoing.clear()
+        self._settled(sum(item.events for item in pending.values()))
         for item in pending.values():
             item.done(self._unavailable(item.shard, why))
+
+    def _settled(self, events: int) -> None:
+        """``events`` in flight got their outcome: wake the readers if room was made."""
+        saturated = self.in_flight >= self.allowance
+        self.in_flight -= events
+        if saturated and self.in_flight < self.allowance:
+            self.on_room()
+
+    def _paced(self, item: _Pending) -> None:
+        """A slice's verdicts came: its wait goes into the window, which may end (Pacing)."""
+        now = trio.current_time()
+        if item.sent_at >= self._shrunk_at:  # sent under the allowance as it is now
+            self._window_wait = max(self._window_wait, now - item.sent_at)
+            self._window_samples += 1
+        start = self._window_start
+        if start is None:
+            self._window_start = now
+            return
+        if now - start < self.pace_target or not self._window_samples:
+            return
+        target, wait, before = self.pace_target, self._window_wait, self.allowance
+        if wait > target:
+            self.allowance = max(MIN_ALLOWANCE, int(before * target / wait))
+            self._shrunk_at = now  # the slices already queued waited for the old one
+            self.paced += 1
+            log.debug(
+                "owner_paced",
+                owner=self.owner,
+                waited=round(wait, 3),
+                target=target,
+                allowance=self.allowance,
+                was=before,
+            )
+        elif wait < target / 2 and self._window_full:
+            self.allowance = min(self.max_allowance, max(MIN_ALLOWANCE, 2 * before))
+        self._window_start, self._window_wait, self._window_samples = now, 0.0, 0
+        self._window_full = self.in_flight >= self.allowance
+        if before <= self.in_flight < self.allowance:  # grown past what holds the readers
+            self.on_room()
+
+    def _reset_pace(self) -> None:
+        """A new owner process: its pace is measured afresh."""
+        self.allowance = min(self.max_allowance, INITIAL_ALLOWANCE)
+        self._window_start, self._window_wait, self._window_full = None, 0.0, False
+        self._window_samples, self._shrunk_at = 0, -math.inf
 
     def _fail_all(self, why: str) -> None:
         self._fail_slices(why)
@@ -288,6 +382,7 @@ class OwnerLink:
                     nursery.start_soon(self._start_anyway, self.ping_timeout, task_status)
                 while True:
                     channel, hello = await self._connect()
+                    self._reset_pace()
                     self._channel = channel
                     self.pid = hello.pid
                     self.connections += 1
@@ -407,7 +502,9 @@ class OwnerLink:
                     if item is None:  # given up already (timed out): the re-send counts
                         log.debug("owner_late_verdicts", owner=self.owner, shard=message.shard)
                         continue
+                    self._settled(item.events)
                     if isinstance(message, Verdicts):
+                        self._paced(item)
                         item.done(message)
                     else:
                         item.done(self._unavailable(message.shard, message.reason))
@@ -537,6 +634,7 @@ class OwnerLink:
                     await trio.sleep(math.inf)
                 continue
             del self._pending[key]
+            self._settled(item.events)
             self.timeouts += 1
             log.warning(
                 "owner_slice_timeout",
@@ -550,3 +648,37 @@ class OwnerLink:
                     item.shard, f"no verdicts within {self.slice_timeout:g} s (slice_timeout)"
                 )
             )
+
+
+def _nothing() -> None:
+    pass
+
+
+class PacedBudget(EventBudget):
+    """The gateway's in-flight budget: ``limit`` events in the whole gateway, and spent
+    too while any owner holds its allowance (module doc, Pacing), so that ingest stops
+    reading from every connection then."""
+
+    def __init__(self, limit: int, links: list[OwnerLink]) -> None:
+        super().__init__(limit)
+        self.links = links
+        for link in links:
+            link.max_allowance = max(MIN_ALLOWANCE, limit)
+            link.allowance = min(link.allowance, link.max_allowance)
+            link.on_room = self._room
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit or any(link.saturated for link in self.links)
+
+    async def wait_for_room(self) -> None:
+        """Return once the gateway's budget has room and no owner holds its allowance."""
+        if not self.full:
+            return
+        self.waits += 1
+        while self.full:
+            await self._lot.park()
+
+    def _room(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()

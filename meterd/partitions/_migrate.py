@@ -65,7 +65,7 @@ from urllib.parse import quote
 
 import structlog
 
-from meterd.config import Config
+from meterd.config import AutoOwners, Config
 from meterd.store import journal_index, schema
 from meterd.store.commitmark import SUFFIX as MARK_SUFFIX
 from meterd.store.commitmark import CommitMark, last_batch_id
@@ -462,8 +462,13 @@ def check_layout(config: Config) -> None:
     if found.kind == "empty" or found.same(wanted):
         return
     parts = config.partitions
+    owners = (
+        f'"auto" ({parts.owners} on this host)'
+        if isinstance(parts.owners, AutoOwners)
+        else str(parts.owners)
+    )
     asks = (
-        f"[partitions] owners = {parts.owners}, count = {parts.count}, shard_size ="
+        f"[partitions] owners = {owners}, count = {parts.count}, shard_size ="
         f" {parts.shard_size} asks for {wanted.describe()}"
         if wanted.kind == "shards"
         else f"[partitions] owners = 0 asks for {wanted.describe()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,9 +48,13 @@ def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm(tmp_path: Pat
                 break
         else:
             raise AssertionError(f"daemon did not start: {lines}")
+        # The shipped config runs gateway + owners ([partitions] owners = "auto", >= 2).
+        started = json.loads(lines[-1])
+        assert len(started["owners"]) >= 2, started
+        assert all(started["owners"]), started  # each owner's pid
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-        assert (tmp_path / "var" / "meterd.sqlite3").exists()
+        assert process.wait(timeout=30) == 0
+        assert (tmp_path / "var" / "meterd.shards" / "shard-000.sqlite3").exists()
     finally:
         process.kill()
         process.wait()

@@ -33,18 +33,20 @@ def test_node_and_urls_are_read_with_defaults(tmp_path: Path) -> None:
     )
     assert cluster.duplicate_window == Duration(120_000)
     assert cluster.lease_ttl == Duration(10_000)
+    assert cluster.snapshot_interval == Duration(300_000)
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
     cluster = load_with(
         tmp_path,
         'node = "east-2"\nnats = ["tls://nats.internal:4222"]\nduplicate_window = "5m"\n'
-        'retention = "3d"\nlease_ttl = "4s"',
+        'retention = "3d"\nlease_ttl = "4s"\nsnapshot_interval = "1h"',
     )
     assert cluster is not None
     assert cluster.duplicate_window == Duration(300_000)
     assert cluster.retention == Duration(3 * 86_400_000)
     assert cluster.lease_ttl == Duration(4_000)
+    assert cluster.snapshot_interval == Duration(3_600_000)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,12 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         ('node = "n1"\nnats = "nats://x:1"', "cluster.nats", "array"),
         (f'node = "n1"\nnats = {NATS}\nlease_ttl = "10ms"', "cluster.lease_ttl", "1s"),
         (f'node = "n1"\nnats = {NATS}\nnode_name = "x"', "cluster.node_name", "unknown"),
+        (
+            f'node = "n1"\nnats = {NATS}\nretention = "1h"\nsnapshot_interval = "31m"',
+            "cluster.retention",
+            "twice cluster.snapshot_interval (31m)",
+        ),
+        (f'node = "n1"\nnats = {NATS}\nsnapshot_interval = "0s"', "cluster.snapshot_interval", ""),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, body: str, key: str, words: str) -> None:

@@ -5,6 +5,8 @@ when ``[partitions] owners >= 1``."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -75,3 +77,33 @@ async def test_meterd_run_with_owners_is_the_gateway(tmp_path: Path) -> None:
         await lane.run(gw.url, gw.token("platform"), trio.Event(), limit=50)
         assert lane.accepted == 50
         assert await gw.totals(["acme", "globex"]) == lane.expected()
+
+
+def test_owner_sockets_of_a_deep_store_go_to_a_private_temporary_directory(
+    tmp_path: Path,
+) -> None:
+    """A Unix socket's path is at most 107 bytes: a store deep in the file system (the
+    shipped config in a clone with a long path) has its owners' sockets in
+    ``meterd-<uid>-<digest>`` of the temporary directory, mode 0700, instead of failing."""
+    from meterd.gateway import owner_socket, prepare_runtime_directory, runtime_directory
+
+    short = write_gateway_config(tmp_path / "s", owners=2)
+    assert runtime_directory(short) == short.store_path.parent / "s.shards" / "run"
+    deep = write_gateway_config(tmp_path / ("d" * 60) / ("e" * 60), owners=2)
+    directory = runtime_directory(deep)
+    assert directory.name.startswith(f"meterd-{os.getuid()}-")
+    assert runtime_directory(deep) == directory  # the same at every start
+    assert directory != runtime_directory(write_gateway_config(tmp_path / ("f" * 120), owners=2))
+    try:
+        assert prepare_runtime_directory(deep) == directory
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert owner_socket(deep, 1) == str(directory / "owner-1.sock")
+        directory.rmdir()
+        directory.write_text("not a directory")
+        with pytest.raises(ValueError, match=r"is not a directory .* remove it"):
+            prepare_runtime_directory(deep)
+    finally:
+        if directory.is_dir():
+            directory.rmdir()
+        else:
+            directory.unlink(missing_ok=True)

@@ -38,6 +38,11 @@ LAYOUT = PartitionsConfig(count=256, shard_size=16, owners=3)
 
 
 class FakeLink:
+    # What the gateway's PacedBudget reads and sets: this link is never saturated.
+    allowance = max_allowance = 1 << 62
+    saturated = False
+    on_room: Any = None
+
     def __init__(self) -> None:
         self.sent: list[tuple[Slices, SliceDone]] = []
 

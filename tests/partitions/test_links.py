@@ -23,9 +23,11 @@ from meterd.partitions import (
     ChannelClosed,
     Hello,
     OwnerUnavailable,
+    Part,
     Query,
     Slice,
     SliceEvent,
+    Slices,
     UnixTransport,
     Verdicts,
 )
@@ -244,6 +246,30 @@ async def test_a_hello_with_other_shards_is_refused(
         nursery.start_soon(link.run)
         await said.reach(3)  # refused, and tried again
         assert not link.connected
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_owners_slices_count_every_parts_events_in_flight(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+
+    async def silent(channel: Channel) -> None:  # says hello, then answers nothing
+        await channel.send(Hello("owner-0", 4242, SHARDS))
+        await trio.sleep_forever()
+
+    link = link_for(address, [], slice_timeout=0.7, ping_interval=10.0, ping_timeout=30.0)
+    event = SliceEvent(0, "e", "a", "m", 1, 0)
+    message = Slices(BatchId("gw", 1, 1), 0, "p", 0, [Part(0, [event] * 2), Part(2, [event] * 3)])
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, silent)
+        await nursery.start(link.run)
+        link.send(message, outcomes.append)
+        assert link.in_flight == 5  # the owner's allowance counts the parts' events
+        await outcomes.reach(1)  # timed out: its events are given back
+        assert isinstance(outcomes[0], OwnerUnavailable)
+        assert link.in_flight == 0
         nursery.cancel_scope.cancel()
 
 

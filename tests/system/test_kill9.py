@@ -116,9 +116,15 @@ def write_config(
     commit_interval_ms: int = 2,
     idle_timeout: float = 300.0,
     wal_checkpoint_interval_ms: int | None = None,
+    owners: int | str | None = None,
 ) -> Path:
     """The shipped config.toml with the store at ``store``, free loopback ports, the given
-    store and accounts settings, and the driver's meters (added if it lacks them)."""
+    store and accounts settings, and the driver's meters (added if it lacks them).
+
+    ``owners=None`` leaves out the shipped ``[partitions]`` table: the daemon is one
+    process with every account in ``store`` (what this file's driver builds, and what the
+    tests that add a ``[partitions]`` table of their own start from); ``owners=N`` or
+    ``"auto"`` sets ``[partitions] owners`` (the shipped value: gateway + owners)."""
     ingest_port, api_port = free_ports(2)
     store_settings: dict[str, object] = {
         "path": str(store),
@@ -133,6 +139,8 @@ def write_config(
         "store": store_settings,
         "accounts": {"idle_timeout": idle_timeout},
     }
+    if owners is not None:
+        overrides["partitions"] = {"owners": owners}
     text = (ROOT / "config.toml").read_text()
     shipped = tomllib.loads(text)
     section = ""
@@ -144,6 +152,8 @@ def write_config(
             section = header.group(1)
         elif assignment and assignment.group(1) in overrides.get(section, {}):
             continue  # replaced right after the header
+        if section == "partitions" and owners is None:
+            continue  # one process: the shipped [partitions] table left out
         out.append(line)
         if header and section in overrides:
             out += [f"{key} = {json.dumps(value)}" for key, value in overrides[section].items()]
