@@ -21,7 +21,7 @@ from starlette.responses import Response
 from meterd import __version__
 from meterd.model import MAX_MS, MAX_MS_TEXT
 
-from . import alerts, billing, console, quarantine, routes, support
+from . import alerts, billing, cluster, console, quarantine, routes, support
 from .answers import Error, json_answer
 from .daemon import Daemon
 from .operations import GATEWAY, Operation, Operations
@@ -66,6 +66,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *support.ops,
     *console.ops,
     *alerts.ops,
+    *cluster.ops,
     *ops,
 )
 """Every operation of the API, in the order of the document."""

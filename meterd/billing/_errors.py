@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-__all__ = ["BillingError", "Conflict", "InvalidRequest", "NotFound", "invalid"]
+__all__ = ["BillingError", "Conflict", "InvalidRequest", "NotFound", "Unavailable", "invalid"]
 
 
 class BillingError(Exception):
@@ -42,6 +42,13 @@ class Conflict(BillingError):
 
     default_code = "conflict"
     status = 409
+
+
+class Unavailable(BillingError):
+    """What the answer depends on cannot be read now (cluster mode: NATS): retry."""
+
+    default_code = "unavailable"
+    status = 503
 
 
 def invalid(parameter: str, why: str) -> InvalidRequest:

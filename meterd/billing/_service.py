@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 import trio
@@ -38,7 +38,7 @@ from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
 from ._db import BillingDB, Closure, StoredFigures
-from ._errors import Conflict, NotFound, invalid
+from ._errors import Conflict, NotFound, Unavailable, invalid
 from ._explain import (
     CapDetail,
     DimsFilter,
@@ -133,8 +133,29 @@ class InvoiceView:
         return out
 
 
+class SharedPeriods(Protocol):
+    """Where the closed months are kept when they are shared by several billing databases
+    (cluster mode: :class:`meterd.cluster._periods.ClosedPeriods`, a replicated KV bucket)."""
+
+    async def closed(self, period: Period) -> SharedClosing | None:
+        """The month's closing if it is closed; raises when it cannot be told now."""
+        ...
+
+
+class SharedClosing(Protocol):
+    @property
+    def by(self) -> str: ...
+
+    @property
+    def at(self) -> int: ...
+
+
 class Billing:
-    """Billing support over one running accounts layer and one billing database."""
+    """Billing support over one running accounts layer and one billing database.
+
+    ``shared_periods`` (cluster mode) is where a month's closing is decided for every
+    shard: a month closed there is closed here too, and this database fixes its figures at
+    its first read of the month (docs/cluster.md "Closed billing periods")."""
 
     def __init__(
         self,
@@ -156,6 +177,7 @@ class Billing:
         self.amount_places = amount_places
         self.clock = clock
         self._periods = trio.Lock()
+        self.shared_periods: SharedPeriods | None = None
         self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
         self.cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
 
@@ -258,7 +280,7 @@ class Billing:
     async def invoice(self, account: str, period: Period) -> InvoiceView:
         """The account's invoice: rated now for an open period; for a closed one the figures
         fixed at closing plus every restatement (a changed rating is restated first)."""
-        closure = await self.db.closure(period)
+        closure = await self._closure(period)
         if closure is None:
             return InvoiceView(await self.rate(account, period))
         async with self._periods:
@@ -278,23 +300,73 @@ class Billing:
                 f"period {period} is not over yet; it can be closed from its end",
                 code="period_not_over",
             )
+        shared = None if self.shared_periods is None else await self._shared(period)
         async with self._periods:
-            if await self.db.closure(period) is not None:
+            closure = await self.db.closure(period)
+            if closure is not None:
+                if shared is not None and (closure.by, closure.at) == (shared.by, shared.at):
+                    return closure  # fixed already at a read of the month (cluster mode)
                 raise Conflict(f"period {period} is already closed", code="already_closed")
-            invoices: list[Invoice] = []
-            for account in await self._accounts(period):
-                invoices.append(await self.rate(account, period))
-            invoices = [i for i in invoices if i.lines or i.unpriced]
-            closure = await self.db.close(period, by, self.clock(), invoices)
+            by, at = (by, self.clock()) if shared is None else (shared.by, shared.at)
+            closure = await self._fix(period, by, at)
         log.info("period_closed", period=str(period), by=by, accounts=closure.accounts)
+        return closure
+
+    async def _fix(self, period: Period, by: str, at: int) -> Closure:
+        """Rate every account of ``period`` and record its figures as closed (lock held)."""
+        invoices: list[Invoice] = []
+        for account in await self._accounts(period):
+            invoices.append(await self.rate(account, period))
+        invoices = [i for i in invoices if i.lines or i.unpriced]
+        closure = await self.db.close(period, by, at, invoices)
         box = [invoices]
         del invoices  # freed on a worker thread, not here
         await self._drop(box)
         return closure
 
+    async def _shared(self, period: Period) -> SharedClosing | None:
+        assert self.shared_periods is not None
+        try:
+            return await self.shared_periods.closed(period)
+        except Exception as error:  # NATS not answering: the month's state is unknown
+            raise Unavailable(
+                f"whether period {period} is closed cannot be read from the cluster now"
+                f" ({error}); retry shortly"
+            ) from None
+
+    async def _closure(self, period: Period, *, locked: bool = False) -> Closure | None:
+        """The month's closing: this database's, or in cluster mode the cluster's (this
+        database then fixes its figures now: a shard taken over, or down at the close)."""
+        closure = await self.db.closure(period)
+        if closure is not None or self.shared_periods is None:
+            return closure
+        shared = await self._shared(period)
+        if shared is None:
+            return None
+        if locked:
+            return await self._adopt(period, shared)
+        async with self._periods:
+            return await self._adopt(period, shared)
+
+    async def _adopt(self, period: Period, shared: SharedClosing) -> Closure:
+        closure = await self.db.closure(period)
+        if closure is not None:  # fixed meanwhile
+            return closure
+        closure = await self._fix(period, shared.by, shared.at)
+        log.warning(
+            "period_closed_late",
+            period=str(period),
+            by=shared.by,
+            at=shared.at,
+            accounts=closure.accounts,
+            why="the month is closed for the cluster but was not in this billing database"
+            " (a shard taken over or down at the close): its figures are fixed now",
+        )
+        return closure
+
     async def restatements(self, account: str, period: Period) -> list[Restatement]:
         """The restatements of a closed period (after restating a changed rating)."""
-        if await self.db.closure(period) is not None:
+        if await self._closure(period) is not None:
             async with self._periods:
                 box = [await self._restate(account, period, ())]
             await self._drop(box)
@@ -378,10 +450,12 @@ class Billing:
         return tuple(causes)
 
     async def _restate_if_closed(
-        self, account: str, time_ms: int, cause: str
+        self, account: str, time_ms: int, cause: str, closure: Closure | None
     ) -> Restatement | None:
+        """Restate the month of ``time_ms`` if it is closed (``closure``: read before the
+        correction was written, so a closing that cannot be read writes nothing)."""
         period = Period.containing(time_ms)
-        if await self.db.closure(period) is None:
+        if closure is None:
             return None
         restatement, current = await self._restate(account, period, (cause,))
         box = [current]
@@ -426,6 +500,7 @@ class Billing:
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
         async with self._periods:
+            closure = await self._closure(Period.containing(start), locked=True)
             adjustment = await self.db.add_adjustment(
                 account,
                 meter.name,
@@ -438,7 +513,9 @@ class Billing:
                 reason,
             )
             log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
-            restatement = await self._restate_if_closed(account, start, adjustment.describe())
+            restatement = await self._restate_if_closed(
+                account, start, adjustment.describe(), closure
+            )
         return adjustment, restatement
 
     async def void_event(
@@ -472,6 +549,7 @@ class Billing:
             )
         meter = self.meter(found.meter)
         async with self._periods:
+            closure = await self._closure(Period.containing(found.time), locked=True)
             void = await self.db.add_void(
                 account,
                 event_id,
@@ -484,7 +562,9 @@ class Billing:
                 reason,
             )
             log.info("voided", account=account, event_id=event_id, by=by)
-            restatement = await self._restate_if_closed(account, found.time, void.describe())
+            restatement = await self._restate_if_closed(
+                account, found.time, void.describe(), closure
+            )
         return void, restatement
 
     # -- explanations -------------------------------------------------------------------------

@@ -120,7 +120,10 @@ class Leases:
 
         try:
             revision = await self.connection._run(f"acquire lease {self.bucket}/{key}", create)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # KeyNotFoundError: nats-py's create, once refused (the key exists), reads the
+            # key back to tell a deleted one, and a lagging replica can answer "not found":
+            # refused all the same
             current = await self.holder(key)
             who, rev = current if current is not None else (None, None)
             raise LeaseHeld(
@@ -249,18 +252,17 @@ class Leases:
 __all__ = ["ClusterUnavailable", "Lease", "LeaseHeld", "LeaseLost", "Leases"]
 
 
-async def open_ttl_bucket(
+async def ensure_kv_bucket(
     connection: Connection,
     bucket: str,
     *,
-    ttl: float,
     replicas: int,
     timeout: float,
-    what: str,
-) -> KeyValue:
-    """The KV ``bucket`` whose entries expire after ``ttl`` seconds, made if missing (file
-    storage, history 1, ``replicas``). A bucket made with another ttl is refused with
-    :class:`StreamMismatch`: every node must use the same ``what`` (a config key)."""
+    ttl: float | None = None,
+) -> tuple[KeyValue, float | None]:
+    """The KV ``bucket`` (file storage, history 1, ``replicas``; entries expiring after
+    ``ttl`` seconds, or never), made if missing, and the ttl it exists with: the caller
+    refuses one that is not what it needs."""
     js = connection._jetstream
 
     async def ensure() -> tuple[KeyValue, float | None]:
@@ -279,8 +281,25 @@ async def open_ttl_bucket(
         status = await kv.status()
         return kv, status.ttl
 
-    kv, existing = await connection._retry_placement(
+    return await connection._retry_placement(
         f"open bucket {bucket} (R{replicas})", ensure, timeout
+    )
+
+
+async def open_ttl_bucket(
+    connection: Connection,
+    bucket: str,
+    *,
+    ttl: float,
+    replicas: int,
+    timeout: float,
+    what: str,
+) -> KeyValue:
+    """The KV ``bucket`` whose entries expire after ``ttl`` seconds, made if missing (file
+    storage, history 1, ``replicas``). A bucket made with another ttl is refused with
+    :class:`StreamMismatch`: every node must use the same ``what`` (a config key)."""
+    kv, existing = await ensure_kv_bucket(
+        connection, bucket, replicas=replicas, timeout=timeout, ttl=ttl
     )
     if existing is None or abs(existing - ttl) > 1e-3:
         raise StreamMismatch(

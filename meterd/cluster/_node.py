@@ -33,13 +33,14 @@ import os
 import sqlite3
 import time
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
 
 import supervisors as sv
 from meterd import __version__
+from meterd.api.cluster import ClusterStatus
 from meterd.config import Config
 from meterd.gateway import GatewayApi
 from meterd.ingest.server import IngestServer, wall_clock_ms
@@ -57,8 +58,9 @@ from ._gateway import JetStreamLinks
 from ._lease import Leases
 from ._log import provision
 from ._nats import ClusterUnavailable, Connection, StreamMismatch, connect
+from ._periods import ClosedPeriods
 from ._placement import Fence, Placement, lease_key
-from ._registry import NodeRegistry, cluster_status
+from ._registry import NodeRegistry, cluster_status, node_tree
 from ._snapshot import Restored, SnapshotInvalid, Snapshots
 
 __all__ = ["cluster_view", "lease_key", "serve_node"]
@@ -86,11 +88,13 @@ class _Shards:
         connection: Connection,
         links: JetStreamLinks,
         snapshots: Snapshots | None = None,
+        periods: ClosedPeriods | None = None,
     ) -> None:
         self.config = config
         self.connection = connection
         self.links = links
         self.snapshots = snapshots
+        self.periods = periods  # the cluster's closed billing periods (every shard's billing)
         self.supervisor = sv.DynamicSupervisor(
             name="shards", max_restarts=MAX_RESTARTS, max_seconds=MAX_SECONDS
         )
@@ -106,6 +110,7 @@ class _Shards:
         applier = ShardApplier(
             self.connection, cell, shard, config.partitions, fence=fence, covered=restored.covered
         )
+        cell.billing.shared_periods = self.periods
         await cell.open()
         try:
             queries = sv.task_spec(
@@ -231,9 +236,10 @@ async def serve_node(config: Config) -> None:
                 provisioned = await provision(connection, cluster)
                 registry = await NodeRegistry.open(connection, ttl=cluster.lease_ttl.seconds)
                 snapshots = await Snapshots.open(connection, cluster.node)
+                periods = await ClosedPeriods.open(connection)
             except (ClusterUnavailable, StreamMismatch) as error:
                 raise StartupFailed(f"cluster.nats {list(cluster.nats)}: {error}") from None
-            await _run(view, connection, provisioned.leases, registry, snapshots)
+            await _run(view, connection, provisioned.leases, registry, snapshots, periods)
 
 
 async def _run(
@@ -242,6 +248,7 @@ async def _run(
     leases: Leases,
     registry: NodeRegistry,
     snapshots: Snapshots | None = None,
+    periods: ClosedPeriods | None = None,
 ) -> None:
     cluster = config.cluster
     assert cluster is not None
@@ -254,7 +261,7 @@ async def _run(
         slice_timeout=config.partitions.slice_timeout.seconds,
         cells=cells,
     )
-    shards = _Shards(config, connection, links, snapshots)
+    shards = _Shards(config, connection, links, snapshots, periods)
     shards.cells = links.cells = cells  # the gateway answers queries from the cells it holds
     placement = Placement(
         cluster.node,
@@ -274,10 +281,14 @@ async def _run(
     api = GatewayApi(config, links, ingest)
     node = cluster.node
 
-    async def status() -> dict[str, object]:
+    async def status() -> ClusterStatus:
         return await cluster_status(node, registry, leases, config.partitions)
 
-    api.app = ClusterRoute(api.app, config.api, status)
+    def tree(limit: int) -> dict[str, Any]:
+        held = {s: (h.fence.epoch, h.fence.check()) for s, h in placement.held.items()}
+        return node_tree(root, node, held, shards.report(), limit)
+
+    api.app = ClusterRoute(api.app, config.api, status, node=node, periods=periods, tree=tree)
 
     def drain_state() -> dict[str, object]:
         return {

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+import supervisors as sv
+from meterd.api.cluster import ClusterNode, ClusterPartition, ClusterStatus
 from meterd.config import PartitionsConfig
 
 from ._lease import Leases, open_ttl_bucket
 from ._nats import Connection
 
-__all__ = ["NODES", "NodeRegistry", "cluster_status"]
+__all__ = ["NODES", "NodeRegistry", "cluster_status", "node_tree"]
 
 NODES: Final = "meterd-nodes"
 
@@ -110,8 +113,8 @@ class NodeRegistry:
 
 async def cluster_status(
     node: str, registry: NodeRegistry, leases: Leases, partitions: PartitionsConfig
-) -> dict[str, Any]:
-    """The §5 document (see the module doc)."""
+) -> ClusterStatus:
+    """The §5 document (see the module doc), as :mod:`meterd.api.cluster` declares it."""
     entries = await registry.entries()
     found = await leases.entries(f"shard-{shard:03d}" for shard in range(partitions.shards))
     owners: dict[int, tuple[str, int] | None] = {}
@@ -124,11 +127,11 @@ async def cluster_status(
             held[owner[0]] = held.get(owner[0], 0) + partitions.shard_size
     names = sorted(set(entries) | set(held))
     nodes = [
-        {
-            "name": name,
-            "status": "live" if name in entries else "down",
-            "partitions": held.get(name, 0),
-        }
+        ClusterNode(
+            name=name,
+            status="live" if name in entries else "down",
+            partitions=held.get(name, 0),
+        )
         for name in names
     ]
     rows = []
@@ -141,12 +144,42 @@ async def cluster_status(
             if isinstance(reported, list) and len(reported) == 2:
                 applied, lag = int(reported[0]), int(reported[1])
         rows.append(
-            {
-                "partition": partition,
-                "owner": None if owner is None else owner[0],
-                "epoch": 0 if owner is None else owner[1],
-                "applied_seq": applied,
-                "lag": lag,
-            }
+            ClusterPartition(
+                partition=partition,
+                owner=None if owner is None else owner[0],
+                epoch=0 if owner is None else owner[1],
+                applied_seq=applied,
+                lag=lag,
+            )
         )
-    return {"node": node, "nodes": nodes, "partitions": rows}
+    return ClusterStatus(node=node, nodes=nodes, partitions=rows)
+
+
+def node_tree(
+    root: sv.SupervisorCore,
+    node: str,
+    held: Mapping[int, tuple[int, str | None]],
+    report: Mapping[int, tuple[int, int]],
+    limit: int,
+) -> dict[str, Any]:
+    """``GET /v1/tree`` on a node: its own tree (protocol.md §3's shape), the root marked with
+    the node's name and each ``shard-SSS`` subtree of a shard it holds now (``held``: shard
+    -> (epoch, why it may not decide or None)) with ``shard``, ``epoch``, ``applied_seq``,
+    ``lag`` and ``fenced``; ``report``: shard -> (applied_seq, lag)."""
+    tree = sv.snapshot(root, limit=limit)
+    tree["node"] = node
+    names = {f"shard-{shard:03d}": shard for shard in held}
+    stack = [tree]
+    while stack:
+        here = stack.pop()
+        shard = names.get(here.get("name", ""))
+        if shard is not None:
+            epoch, fenced = held[shard]
+            applied, lag = report.get(shard, (0, 0))
+            here["shard"] = shard
+            here["epoch"] = epoch
+            here["applied_seq"] = applied
+            here["lag"] = lag
+            here["fenced"] = fenced
+        stack.extend(here.get("children", ()))
+    return tree

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import nats.js.errors
 import pytest
 import trio
 
@@ -74,3 +79,33 @@ async def test_every_node_must_use_the_same_lease_ttl(
     await Leases.open(conn, "leases", ttl=2)
     with pytest.raises(StreamMismatch, match=r"exists with ttl 2.0 s, not 3 s"):
         await Leases.open(conn, "leases", ttl=3)
+
+
+class _RefusingKV:
+    """A bucket whose ``create`` is refused the way nats-py reports it when its read-back
+    of the existing key meets a lagging replica (KeyNotFoundError), and whose key then
+    reads as held by ``holder``."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+
+    async def create(self, key: str, value: bytes) -> int:
+        raise nats.js.errors.KeyNotFoundError
+
+    async def get(self, key: str) -> Any:
+        return SimpleNamespace(value=self.holder.encode(), revision=7)
+
+
+class _InTrio:
+    """A connection that runs the bucket's coroutine in the test's own Trio run."""
+
+    async def _run(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await call()
+
+
+async def test_a_create_refused_through_a_lagging_replica_is_a_held_lease() -> None:
+    leases = Leases(_InTrio(), "meterd-shard-leases", 3.0, _RefusingKV("n2"))  # type: ignore[arg-type]
+    with pytest.raises(LeaseHeld) as refused:
+        await leases.acquire("shard-001", "n1")
+    assert refused.value.holder == "n2"
+    assert refused.value.revision == 7
