@@ -1181,7 +1181,9 @@ def summarize_profile(path: Path, top: int = 20) -> str:
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
+    # py-spy writes a frame's text as the process has it (a thread name, a string from C
+    # code): not always UTF-8. A byte it cannot read must not lose the whole summary.
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue

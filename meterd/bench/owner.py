@@ -13,10 +13,12 @@ Load
     uniformly among ``accounts`` (10,000), meter ``dyno.seconds`` (sum; dimensions ``size``
     and ``app``), decimal quantities, times in the last hour; ``[partitions]`` count 256,
     shard_size 16 and ``owners`` owners. Only owner 0's share of each batch is sent (its
-    shards' slices, as the gateway splits a batch): with 2 owners, about half of each batch
-    in 8 slices. Both paths get exactly those events, ``window`` batches in flight at most
-    (a batch is done when every slice of it has its verdicts, or its ``Accounts.submit``
-    reported), after an untimed warm-up round that wakes every account.
+    shards' parts, as the gateway splits a batch): with 2 owners, about half of each batch
+    in 8 parts, sent as one ``slices`` message per batch as the gateway sends it
+    (``--per-shard``: another row, on stores of its own, fed one ``slice`` message per
+    shard as gateways before message version 3 did). Every path gets exactly those events,
+    ``window`` batches in flight at most (a batch is done when its verdicts came, or its
+    ``Accounts.submit`` reported), after an untimed warm-up round that wakes every account.
 
 Figures
     events/s (wall), the worker's CPU per event (the owner process, all its threads, from
@@ -54,8 +56,10 @@ from meterd.config import Config, PartitionsConfig, load
 from meterd.model import Event, new_event
 from meterd.partitions import (
     BatchId,
+    Part,
     Slice,
     SliceEvent,
+    Slices,
     UnixTransport,
     Verdicts,
     shard_of,
@@ -188,6 +192,7 @@ async def run_owner(
     shape: Shape,
     warm: list[dict[int, list[SliceEvent]]],
     load: list[dict[int, list[SliceEvent]]],
+    per_shard: bool = False,
 ) -> Figures:
     socket = str(sockets / "owner-0.sock")
     argv = [
@@ -203,10 +208,10 @@ async def run_owner(
         assert isinstance(ref, sv.ProcessRef)
         channel = await UnixTransport().connect(ref.ready)
         await channel.receive()  # hello
-        await _send(channel, warm, shape.window, seq0=1)
+        await _send(channel, warm, shape.window, seq0=1, per_shard=per_shard)
         events = sum(len(events) for slices in load for events in slices.values())
         cpu0, driver0, wall0 = cpu_seconds(ref.pid), time.process_time(), time.perf_counter()
-        accepted = await _send(channel, load, shape.window, seq0=1 + len(warm))
+        accepted = await _send(channel, load, shape.window, seq0=1 + len(warm), per_shard=per_shard)
         wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
         cpu = (cpu_seconds(ref.pid) or 0.0) - (cpu0 or 0.0)
         rss = rss_bytes(ref.pid) or 0
@@ -216,7 +221,7 @@ async def run_owner(
         sup.stop()
     shards = len(shards_of_owner(0, PartitionsConfig(owners=shape.owners)))
     return Figures(
-        f"owner process ({shards} shards)",
+        f"owner process ({shards} shards){', per shard' if per_shard else ''}",
         events,
         wall,
         events / wall,
@@ -227,9 +232,16 @@ async def run_owner(
 
 
 async def _send(
-    channel: Any, batches: list[dict[int, list[SliceEvent]]], window: int, seq0: int
+    channel: Any,
+    batches: list[dict[int, list[SliceEvent]]],
+    window: int,
+    seq0: int,
+    *,
+    per_shard: bool = False,
 ) -> int:
-    """Send each batch's slices, ``window`` batches in flight; the events accepted."""
+    """Send each batch's slices as the gateway does, one ``slices`` message for all of the
+    owner's shards (``per_shard``: one ``slice`` per shard, as before version 3), ``window``
+    batches in flight; the events accepted."""
     room = trio.Semaphore(window)
     outstanding: dict[int, int] = {}
     accepted = 0
@@ -238,7 +250,7 @@ async def _send(
 
     async def read() -> None:
         nonlocal accepted
-        left = sum(len(slices) for slices in batches)
+        left = sum(len(slices) if per_shard else bool(slices) for slices in batches)
         while left:
             verdicts = await channel.receive()
             if not isinstance(verdicts, Verdicts):
@@ -256,10 +268,15 @@ async def _send(
         for offset, slices in enumerate(batches):
             await room.acquire()
             seq = seq0 + offset
-            outstanding[seq] = len(slices)
             batch = BatchId("bench", 1, seq)
-            for shard, events in slices.items():
-                await channel.send(Slice(batch, shard, PRODUCER, now, events))
+            if per_shard:
+                outstanding[seq] = len(slices)
+                for shard, events in slices.items():
+                    await channel.send(Slice(batch, shard, PRODUCER, now, events))
+            elif slices:
+                outstanding[seq] = 1
+                parts = [Part(shard, events) for shard, events in slices.items()]
+                await channel.send(Slices(batch, parts[0].shard, PRODUCER, now, parts))
             if not slices:
                 room.release()
         await done.wait()
@@ -339,7 +356,9 @@ async def _submit(cell: Any, batches: list[list[tuple[str, list[Event]]]], windo
 # ---- the command -------------------------------------------------------------------------------
 
 
-def measure(shape: Shape, folder: Path) -> list[Figures]:
+def measure(shape: Shape, folder: Path, *, per_shard: bool = False) -> list[Figures]:
+    """The owner's row, with ``per_shard`` the owner's row fed a slice per shard (version 2's
+    messages, for comparison in one command), then the in-process baseline's."""
     config_path = write_config(folder / "owner", shape.owners)
     partitions = load(config_path).partitions
     warm_batches = max(1, shape.accounts * 2 // shape.batch)  # every account, about twice
@@ -350,23 +369,27 @@ def measure(shape: Shape, folder: Path) -> list[Figures]:
     sockets = Path(tempfile.mkdtemp(prefix="meterd-owner-"))
     try:
         owner = trio.run(run_owner, config_path, sockets, shape, warm, timed)
+        if per_shard:
+            print("owner process, a slice per shard ...", file=sys.stderr)
+            old_config = write_config(folder / "owner-per-shard", shape.owners)
+            old = trio.run(run_owner, old_config, sockets, shape, warm, timed, True)
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     baseline_config = load(write_config(folder / "baseline", 0))
     print("in-process baseline ...", file=sys.stderr)
     baseline = trio.run(run_in_process, baseline_config, shape, warm, timed)
-    return [baseline, owner]
+    return [baseline, owner, old] if per_shard else [baseline, owner]
 
 
 def format_table(figures: Sequence[Figures]) -> str:
     base = figures[0]
     lines = [
-        f"{'path':<30} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
+        f"{'path':<36} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
         f" {'ratio':>6} {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
     ]
     for f in figures:
         lines.append(
-            f"{f.path:<30} {f.events:>8,} {f.events_per_second:>10,.0f}"
+            f"{f.path:<36} {f.events:>8,} {f.events_per_second:>10,.0f}"
             f" {f.events_per_second / base.events_per_second:>5.2f}x {f.worker_cpu_us:>17.1f}"
             f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.driver_cpu_us:>17.1f}"
             f" {f.rss_mib:>15.1f}"
@@ -387,13 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="40 batches over 2,000 accounts")
     parser.add_argument("--json", action="store_true", help="the figures as JSON")
     parser.add_argument("--dir", type=Path, default=None, help="where the stores go (a disk)")
+    parser.add_argument(
+        "--per-shard",
+        action="store_true",
+        help="also feed an owner one slice per shard (before version 3: one message per"
+        " owner per batch), on stores of its own",
+    )
     args = parser.parse_args(argv)
     logs.configure(level="warning")
     if args.quick:
         args.batches, args.accounts = 40, 2_000
     shape = Shape(args.owners, args.accounts, args.batch, args.batches, args.window, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-owner-", dir=args.dir or Path.cwd()) as tmp:
-        figures = measure(shape, Path(tmp))
+        figures = measure(shape, Path(tmp), per_shard=args.per_shard)
     if args.json:
         print(json.dumps([asdict(f) for f in figures], indent=2))
     else:

@@ -6,11 +6,14 @@ in owner processes (the :class:`meterd.ingest.server.Submitter` seam, the one
 
 1. the groups (one per account, as validation made them) are split by
    :func:`~._layout.shard_of` (an account's shard is computed once and kept);
-2. each shard's part becomes one :class:`~._messages.Slice` (the events as
-   :class:`~._messages.SliceEvent` arrays with their positions in the producer's batch,
-   and the batch's rejected events that name an account of the shard), built once and
-   queued on the link of the shard's owner (:class:`~._links.OwnerLink`), never awaited;
-3. when every slice has its :class:`~._messages.Verdicts`, ``on_done`` gets one
+2. each shard's part (the events as :class:`~._messages.SliceEvent` arrays with their
+   positions in the producer's batch, and the batch's rejected events that name an
+   account of the shard) goes, with :class:`OwnerLinks` (owner processes on this host),
+   into one :class:`~._messages.Slices` per owner: a :class:`~._messages.Part` per shard of
+   that owner, built once and queued on the owner's link (:class:`~._links.OwnerLink`),
+   never awaited; elsewhere (cluster mode's log, per shard) into one
+   :class:`~._messages.Slice` per shard;
+3. when every message has its :class:`~._messages.Verdicts`, ``on_done`` gets one
    :class:`~meterd.ingest.server.Decided` (accepted and duplicates summed, the owners'
    ``id_conflict`` and ``time_out_of_range`` rejections by position), from which ingest
    builds the ack; if any slice fails (the owner said :class:`~._messages.Unavailable`, its
@@ -41,7 +44,16 @@ from meterd.store import AppendResult, RejectedEvent
 
 from ._layout import owner_of_shard, shard_of
 from ._links import OwnerLink, PacedBudget
-from ._messages import BatchId, Rejection, Slice, SliceEvent, TreeSnapshot, Verdicts
+from ._messages import (
+    BatchId,
+    Part,
+    Rejection,
+    Slice,
+    SliceEvent,
+    Slices,
+    TreeSnapshot,
+    Verdicts,
+)
 from ._owners import OwnerUnavailable
 
 __all__ = ["GatewaySubmitter", "OwnerLinks"]
@@ -61,8 +73,10 @@ class SliceSink(Protocol):
 
 
 class SliceRoutes(Protocol):
-    """Where the submitter sends each shard's slice: :class:`OwnerLinks` (owner processes
-    on this host) or, in cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log)."""
+    """Where the submitter sends a batch's parts: :class:`OwnerLinks` (owner processes on
+    this host: one :class:`~._messages.Slices` per owner, to ``links[owner]``) or, in
+    cluster mode, :class:`meterd.cluster.JetStreamLinks` (the log: one
+    :class:`~._messages.Slice` per shard, to ``link_of_shard``)."""
 
     @property
     def partitions(self) -> PartitionsConfig: ...
@@ -234,14 +248,37 @@ class GatewaySubmitter:
         # within this gateway's run (two connections of a producer may use the same seq),
         # and the producer's seq.
         batch_id = BatchId(self.name, self._batches, -1 if seq is None else seq)
+        producer_name = producer or ""
+        links = self.links
+        if isinstance(links, OwnerLinks):
+            # Local owners: one Slices message per owner for all its shards' parts (one
+            # frame, encoded once, and one verdicts back), not one per shard.
+            by_owner: dict[int, list[Part]] = {}
+            partitions = self.partitions
+            for shard, part in by_shard.items():
+                by_owner.setdefault(owner_of_shard(shard, partitions), []).append(
+                    Part(
+                        shard,
+                        cast("list[SliceEvent]", part),  # tuples: SliceEvent's wire form
+                        audits.get(shard, []),
+                    )
+                )
+            batch = _Batch(on_done, len(by_owner))
+            for owner, parts in by_owner.items():
+                links.links[owner].send(
+                    Slices(batch_id, parts[0].shard, producer_name, received_at, parts),
+                    batch.slice_done,
+                )
+            return
+        # Elsewhere (cluster mode's log, per shard): one Slice per shard.
         batch = _Batch(on_done, len(by_shard))
         for shard, part in by_shard.items():
             message = Slice(
                 batch_id,
                 shard,
-                producer or "",
+                producer_name,
                 received_at,
                 cast("list[SliceEvent]", part),  # tuples: SliceEvent's wire form
                 audits.get(shard, []),
             )
-            self.links.link_of_shard(shard).send(message, batch.slice_done)
+            links.link_of_shard(shard).send(message, batch.slice_done)

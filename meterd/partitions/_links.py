@@ -13,10 +13,11 @@ Connect
     A connection reset before the hello (an owner that died with it unaccepted) is retried
     like a refused one.
 Slices
-    :meth:`send` queues an encoded :class:`~._messages.Slice` (never blocks) with the
-    function to call with its outcome; one task writes the queue to the channel, so
-    slices reach the owner in the order they were queued (per owner: the order the
-    producers' batches were read). A :class:`~._messages.Verdicts` or
+    :meth:`send` queues a :class:`~._messages.Slice` or a :class:`~._messages.Slices` (a
+    batch's parts for several of the owner's shards: the gateway sends one per owner per
+    batch) without blocking, with the function to call with its outcome; one task writes
+    the queue to the channel, so slices reach the owner in the order they were queued
+    (per owner: the order the producers' batches were read). A :class:`~._messages.Verdicts` or
     :class:`~._messages.Unavailable` is matched to its slice by (batch, shard). A slice
     gets exactly one outcome: its verdicts, or an :class:`OwnerUnavailable` when the owner
     said so, when the channel ends (every slice still waiting fails at once), when the
@@ -85,6 +86,7 @@ from ._messages import (
     Message,
     Query,
     Slice,
+    Slices,
     TreeRequest,
     TreeSnapshot,
     Unavailable,
@@ -155,7 +157,7 @@ class OwnerLink:
         self._channel: Channel | None = None
         self._up = trio.Event()  # set while connected
         self._started = False  # task_status.started called (in this incarnation)
-        self._outgoing: list[Slice] = []
+        self._outgoing: list[Slice | Slices] = []
         self._wake_sender = trio.Event()
         self._wake_timer = trio.Event()
         self._pending: dict[tuple[BatchId, int], _Pending] = {}
@@ -209,7 +211,7 @@ class OwnerLink:
 
     # ---- slices ------------------------------------------------------------------------
 
-    def send(self, message: Slice, done: SliceDone) -> None:
+    def send(self, message: Slice | Slices, done: SliceDone) -> None:
         """Queue ``message`` for the owner; ``done`` gets its outcome (see the module doc).
         Never blocks; ``done`` may be called before this returns (owner not connected)."""
         if self._channel is None:
@@ -224,7 +226,11 @@ class OwnerLink:
             return
         wake = not self._pending
         now = trio.current_time()
-        events = len(message.events)
+        events = (
+            len(message.events)
+            if isinstance(message, Slice)
+            else sum(len(part.events) for part in message.parts)
+        )
         self._pending[key] = _Pending(message.shard, now + self.slice_timeout, done, events, now)
         self.in_flight += events
         if self.in_flight >= self.allowance:

@@ -13,6 +13,11 @@ Gateway -> owner:
   ``index`` is each event's position in the producer's batch, so verdicts name it.
   ``rejected`` carries the batch's events the gateway rejected that name an account of this
   shard (for the shard's audit trail).
+* :class:`Slices` (version 3): the parts of one producer batch for several shards of one
+  owner (each a :class:`Part`: a shard, its events, its rejected), in one message: the
+  gateway's local links send each owner one per batch, instead of one :class:`Slice` per
+  shard (cluster mode still logs a :class:`Slice` per shard: the log is per shard). Its
+  ``shard`` is its first part's: the answer names it.
 * :class:`Query`: a question about accounts of a shard (``op`` and ``args``, answered
   by an :class:`Answer` with the same ``id``).
 * :class:`TreeRequest`: the owner's supervision tree, answered by a :class:`TreeSnapshot`.
@@ -20,12 +25,12 @@ Gateway -> owner:
 Owner -> gateway:
 
 * :class:`Hello`: first message on a connection: who the owner is, its pid, its shards.
-* :class:`Verdicts`: a slice is durable in its owner: ``accepted`` and ``duplicates``
-  counted, ``id_conflicts`` and other ``rejected`` events by index. Sent only after the
-  commit, so the gateway acks the producer's batch (in seq order) once it holds the
-  verdicts of every slice of it.
-* :class:`Unavailable`: a slice the owner could not make durable (full disk, shutting
-  down): the producer's batch is answered ``unavailable``, never acked.
+* :class:`Verdicts`: a slice (or every part of a :class:`Slices`, summed) is durable in
+  its owner: ``accepted`` and ``duplicates`` counted, ``id_conflicts`` and other
+  ``rejected`` events by index. Sent only after the commit, so the gateway acks the
+  producer's batch (in seq order) once it holds the verdicts of every slice of it.
+* :class:`Unavailable`: a slice (or a part of a :class:`Slices`) the owner could not make
+  durable (full disk, shutting down): the producer's batch is answered ``unavailable``, never acked.
 * :class:`Answer`, :class:`TreeSnapshot`.
 
 Quantities are ints or decimals (a decimal travels as its string, exactly); an int beyond
@@ -48,11 +53,13 @@ __all__ = [
     "Correction",
     "Hello",
     "Message",
+    "Part",
     "Query",
     "Rejection",
     "SCHEMA_VERSION",
     "Slice",
     "SliceEvent",
+    "Slices",
     "TreeRequest",
     "TreeSnapshot",
     "Unavailable",
@@ -63,7 +70,9 @@ __all__ = [
 ]
 
 #: Bumped when a message changes shape; an owner refuses a gateway of another version.
-SCHEMA_VERSION: Final = 2  # 2: a slice event's properties are sorted [key, value] pairs
+SCHEMA_VERSION: Final = 3
+"""2: a slice event's properties are sorted [key, value] pairs; 3: :class:`Slices`, one
+message per owner per batch."""
 
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
@@ -127,6 +136,27 @@ class Slice(Struct, frozen=True, tag_field="t", tag="slice"):
     received_at: int  # ms
     events: list[SliceEvent]
     rejected: list[Rejection] = []
+
+
+class Part(Struct, frozen=True, array_like=True):
+    """One shard's part of a :class:`Slices`: what a :class:`Slice` of that shard holds."""
+
+    shard: int
+    events: list[SliceEvent]
+    rejected: list[Rejection] = []
+
+
+class Slices(Struct, frozen=True, tag_field="t", tag="slices"):
+    """The parts of one producer batch for one owner's shards (version 3). Answered by one
+    :class:`Verdicts` (the parts' counts summed, their rejections by index) or one
+    :class:`Unavailable` (a part could not be made durable), each naming ``batch`` and
+    ``shard``, the first part's shard."""
+
+    batch: BatchId
+    shard: int
+    producer: str
+    received_at: int  # ms
+    parts: list[Part]
 
 
 class Verdicts(Struct, frozen=True, tag_field="t", tag="verdicts"):
@@ -197,6 +227,7 @@ class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):
 Message: TypeAlias = (
     Hello
     | Slice
+    | Slices
     | Verdicts
     | Unavailable
     | Query

@@ -24,6 +24,10 @@ as it comes (the channel's reader never waits for a commit or a request):
   in-flight budget is spent they wait (in order) for room. :class:`~._messages.Unavailable`
   (never verdicts) when the writer could not commit, the shard is not this owner's, an
   event's account is not in the shard, or the owner is stopping.
+* :class:`~._messages.Slices`: each part as the :class:`~._messages.Slice` of its shard
+  (above); one answer for the message once every part has its own: one
+  :class:`~._messages.Verdicts` (the parts' counts summed, their rejections by index) or,
+  as soon as a part has it, one :class:`~._messages.Unavailable`.
 * :class:`~._messages.Query` ``op="ping"``: ``Answer(value="pong")`` (the gateway's liveness
   check); ``op="http"``: the request run through the shard's own starlette app (the operator
   API, in-process: an ASGI call, no socket), answered ``{"status", "headers", "body"}``.
@@ -68,6 +72,7 @@ from ._messages import (
     Query,
     Rejection,
     Slice,
+    Slices,
     TreeRequest,
     TreeSnapshot,
     Unavailable,
@@ -244,6 +249,9 @@ class Owner:
         if isinstance(message, Slice):
             self.slices += 1
             self._slice(message, post)
+        elif isinstance(message, Slices):
+            self.slices += len(message.parts)
+            self._slices(message, post)
         elif isinstance(message, Query):
             if message.op == "ping":
                 post(Answer(message.id, value="pong"))
@@ -276,6 +284,17 @@ class Owner:
             )
 
     # ---- slices ----------------------------------------------------------------------------
+
+    def _slices(self, message: Slices, post: Post) -> None:
+        """Each part as the slice of its shard; one answer once every part has its own."""
+        if not message.parts:
+            post(Verdicts(message.batch, message.shard, 0, 0))
+            return
+        joined = _Joined(message, post)
+        batch, producer, received_at = message.batch, message.producer, message.received_at
+        for part in message.parts:
+            piece = Slice(batch, part.shard, producer, received_at, part.events, part.rejected)
+            self._slice(piece, joined.part_done)
 
     def _slice(self, piece: Slice, post: Post) -> None:
         cell = self.cells.get(piece.shard)
@@ -451,10 +470,54 @@ class Owner:
         )
 
 
+class _Joined:
+    """The parts of a :class:`~._messages.Slices`, answered as one: their verdicts summed
+    once every part has them, or the first part's :class:`~._messages.Unavailable` at once
+    (the producer's batch fails whatever the other parts say; its re-send dedupes them)."""
+
+    __slots__ = ("accepted", "conflicts", "duplicates", "message", "post", "rejected", "waiting")
+
+    def __init__(self, message: Slices, post: Post) -> None:
+        self.message = message
+        self.post: Post | None = post
+        self.waiting = len(message.parts)
+        self.accepted = self.duplicates = 0
+        self.conflicts: list[Rejection] = []
+        self.rejected: list[Rejection] = []
+
+    def part_done(self, answer: Message) -> None:
+        post = self.post
+        if post is None:  # failed already
+            return
+        message = self.message
+        if not isinstance(answer, Verdicts):
+            self.post = None
+            reason = answer.reason if isinstance(answer, Unavailable) else str(answer)
+            post(Unavailable(message.batch, message.shard, reason))
+            return
+        self.accepted += answer.accepted
+        self.duplicates += answer.duplicates
+        self.conflicts += answer.id_conflicts
+        self.rejected += answer.rejected
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.post = None
+            post(
+                Verdicts(
+                    message.batch,
+                    message.shard,
+                    self.accepted,
+                    self.duplicates,
+                    self.conflicts,
+                    self.rejected,
+                )
+            )
+
+
 def _failed(message: Message, error: Exception) -> Message:
     """The answer to a message whose handling failed unexpectedly (logged with its trace)."""
     why = f"the owner failed handling a {type(message).__name__}: {type(error).__name__}: {error}"
-    if isinstance(message, Slice):
+    if isinstance(message, Slice | Slices):
         return Unavailable(message.batch, message.shard, why)
     return Answer(getattr(message, "id", 0), error=why)
 

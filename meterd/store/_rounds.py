@@ -24,6 +24,10 @@ Rules:
   writer's group ends that writer's task (its supervisor restarts it, and under
   ``rest_for_one`` its accounts with it), never the loop or the other writers.
 * The loop runs as long as the owner: started before the writers, cancelled after them.
+* The files' write-ahead-log checkpoints share one loop as well (:attr:`CommitRounds.wal`,
+  a :class:`~.wal.WalCheckpoints` run by :meth:`CommitRounds.run`): a member writer's
+  checkpointer joins it, so the process checkpoints its files in one thread hop per pass
+  instead of one task, timer and thread hop per file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import math
 from typing import Any, Protocol
 
 import trio
+
+from .wal import WalCheckpoints
 
 __all__ = ["CommitRounds", "Member"]
 
@@ -66,6 +72,8 @@ class CommitRounds:
         self.files = 0  # files written, summed over the rounds
         self.widest = 0  # the most files one round wrote
         self.running = False
+        # The member writers' WAL checkpointers' loop, run beside the rounds.
+        self.wal = WalCheckpoints()
 
     @property
     def writers(self) -> list[Member]:
@@ -88,7 +96,12 @@ class CommitRounds:
         return [writer for writer in self._writers if writer.queued]
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write rounds until cancelled."""
+        """Write rounds (and checkpoint the members' logs) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.wal.run)
+            await self._rounds(task_status=task_status)
+
+    async def _rounds(self, *, task_status: trio.TaskStatus[Any]) -> None:
         self.running = True
         task_status.started()
         loaded = False

@@ -238,7 +238,12 @@ class Writer:
         self.wal = (
             None
             if wal_checkpoint_interval is None
-            else WalCheckpointer(self.path, interval=wal_checkpoint_interval)
+            else WalCheckpointer(
+                self.path,
+                interval=wal_checkpoint_interval,
+                # With rounds, one loop checkpoints every file of the process.
+                shared=None if rounds is None else rounds.wal,
+            )
         )
         self.housekeeper = Housekeeper(self)
         # With rounds, the shared loop commits this writer's groups (meterd.store._rounds).

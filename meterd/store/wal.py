@@ -31,6 +31,7 @@ by SQLite at the next open (a checkpoint writes only pages the log still holds).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,13 @@ from urllib.parse import quote
 import structlog
 import trio
 
-__all__ = ["FALLBACK_AUTOCHECKPOINT_PAGES", "MAX_RETRY_DELAY", "WalCheckpointer", "WalStats"]
+__all__ = [
+    "FALLBACK_AUTOCHECKPOINT_PAGES",
+    "MAX_RETRY_DELAY",
+    "WalCheckpointer",
+    "WalCheckpoints",
+    "WalStats",
+]
 
 log = structlog.get_logger("meterd.store.wal")
 
@@ -67,19 +74,28 @@ class WalCheckpointer:
     most once per ``interval`` seconds, on its own connection (see the module doc).
 
     ``run`` is its task: it opens the connection (the database must exist, in WAL mode),
-    reports ready through ``task_status``, and checkpoints until cancelled.
+    reports ready through ``task_status``, and checkpoints until cancelled. Given
+    ``shared`` (a :class:`WalCheckpoints`: the process's other store files), it does not
+    loop: the shared loop checkpoints it with the others, one thread hop for all of them.
     """
 
-    def __init__(self, path: Path | str, *, interval: float) -> None:
+    def __init__(
+        self, path: Path | str, *, interval: float, shared: WalCheckpoints | None = None
+    ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
         self.path = Path(path)
         self.interval = interval
+        self.shared = shared
         self.stats = WalStats()
         self._dirty = trio.Event()
         self._copying = False
         self._settled = trio.lowlevel.ParkingLot()
         self._limiter = trio.CapacityLimiter(1)
+        self._failing = False
+        self._delay = interval
+        self._next_at = -math.inf  # (Trio clock) no checkpoint before this
+        self._connection: sqlite3.Connection | None = None
 
     @property
     def pending(self) -> bool:
@@ -96,6 +112,8 @@ class WalCheckpointer:
     def committed(self) -> None:
         """Called from the Trio thread after a group committed: the log has new frames."""
         self._dirty.set()
+        if self.shared is not None:
+            self.shared.poke()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -108,40 +126,62 @@ class WalCheckpointer:
             return
         try:
             task_status.started()
-            await self._checkpoint_after_commits(connection)
+            if self.shared is None:
+                await self._checkpoint_after_commits(connection)
+            else:
+                self._connection = connection
+                self.shared.join(self)
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                if self.shared is not None:
+                    self._connection = None
+                    await self.shared.leave(self)  # once no pass uses the connection
                 await trio.to_thread.run_sync(connection.close, limiter=self._limiter)
 
     async def _checkpoint_after_commits(self, connection: sqlite3.Connection) -> NoReturn:
-        failing = False
-        delay = self.interval
         while True:
             await self._dirty.wait()
-            # Commits from here on set it again: they are the next checkpoint's work.
-            self._dirty = trio.Event()
-            self._copying = True
+            self._begin()
             try:
-                busy, log_frames, copied = await trio.to_thread.run_sync(
+                outcome: tuple[bool, int, int] | sqlite3.Error = await trio.to_thread.run_sync(
                     _checkpoint, connection, limiter=self._limiter
                 )
             except sqlite3.Error as error:
-                self.stats.failures += 1
-                if not failing:
-                    log.warning("wal_checkpoint_failed", path=str(self.path), error=str(error))
-                failing = True
-                self._dirty.set()  # what it should have copied is still there
-                await trio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-                continue
+                outcome = error
             except BaseException:  # cancelled: the frames are not known to be copied
+                self._copying = False
                 self._dirty.set()
                 raise
-            finally:
-                self._copying = False
-            if failing:
+            await trio.sleep(self._finish(outcome))
+
+    # -- one checkpoint, before and after (its own loop's or the shared one's) --------------
+
+    @property
+    def _due(self) -> bool:
+        return self._dirty.is_set() and trio.current_time() >= self._next_at
+
+    def _begin(self) -> None:
+        # Commits from here on set it again: they are the next checkpoint's work.
+        self._dirty = trio.Event()
+        self._copying = True
+
+    def _finish(self, outcome: tuple[bool, int, int] | sqlite3.Error) -> float:
+        """Account for one checkpoint's ``outcome``; the seconds until the next may run."""
+        self._copying = False
+        if isinstance(outcome, sqlite3.Error):
+            self.stats.failures += 1
+            if not self._failing:
+                log.warning("wal_checkpoint_failed", path=str(self.path), error=str(outcome))
+            self._failing = True
+            self._dirty.set()  # what it should have copied is still there
+            wait = self._delay
+            self._delay = min(self._delay * 2, MAX_RETRY_DELAY)
+        else:
+            if self._failing:
                 log.info("wal_checkpoint_recovered", path=str(self.path))
-            failing, delay = False, self.interval
+            self._failing, self._delay, wait = False, self.interval, self.interval
+            busy, log_frames, copied = outcome
             if busy or copied < log_frames:
                 # Another checkpoint held the lock, or a reader kept frames: not done yet.
                 self._dirty.set()
@@ -150,7 +190,80 @@ class WalCheckpointer:
                 self.stats.log_frames, self.stats.copied_frames = log_frames, copied
                 if not self._dirty.is_set():
                     self._settled.unpark_all()
-            await trio.sleep(self.interval)
+        self._next_at = trio.current_time() + wait
+        return wait
+
+
+class WalCheckpoints:
+    """One checkpoint loop for the checkpointers (:class:`WalCheckpointer`) of a process's
+    store files
+    (an owner process's shards, given them through its :class:`~._rounds.CommitRounds`).
+
+    Each file keeps its own connection, interval, retries and counters, exactly as when it
+    loops alone; what is shared is the loop: a **pass** takes every file whose checkpoint is
+    due (committed frames, its interval or retry delay over) and checkpoints them one after
+    the other in **one** worker-thread call, instead of a task, a timer and a thread hop per
+    file. The checkpoints stay off the commit path (their own connections; a passive
+    checkpoint never waits for a lock). ``run`` is its task, started before the writers
+    and cancelled after them.
+    """
+
+    def __init__(self) -> None:
+        self._members: list[WalCheckpointer] = []
+        self._wake = trio.Event()
+        self._in_pass: list[WalCheckpointer] = []
+        self._pass_done = trio.Event()
+        self._pass_done.set()
+        self.passes = 0  # thread calls made (counters for tests and figures)
+        self.checkpoints = 0  # checkpoints run in them
+
+    def join(self, member: WalCheckpointer) -> None:
+        if member not in self._members:
+            self._members.append(member)
+        self._wake.set()
+
+    async def leave(self, member: WalCheckpointer) -> None:
+        """``member`` takes no part in passes from now on; returns once no pass uses its
+        connection (it may then close it)."""
+        if member in self._members:
+            self._members.remove(member)
+        while member in self._in_pass:
+            await self._pass_done.wait()
+
+    def poke(self) -> None:
+        """A member has new frames."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            due = [m for m in self._members if m._due and m._connection is not None]
+            if not due:
+                waits = [m._next_at for m in self._members if m._dirty.is_set()]
+                self._wake = trio.Event()
+                with trio.move_on_at(min(waits, default=math.inf)):
+                    await self._wake.wait()
+                continue
+            connections = []
+            for member in due:
+                assert member._connection is not None
+                connections.append(member._connection)
+                member._begin()
+            self._in_pass, self._pass_done = due, trio.Event()
+            try:
+                outcomes = await trio.to_thread.run_sync(_checkpoint_each, connections)
+            except BaseException:
+                for member in due:  # the frames are not known to be copied
+                    member._copying = False
+                    member._dirty.set()
+                raise
+            finally:
+                self._in_pass = []
+                self._pass_done.set()
+            self.passes += 1
+            self.checkpoints += len(due)
+            for member, outcome in zip(due, outcomes, strict=True):
+                member._finish(outcome)
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -161,6 +274,20 @@ def _open(path: Path) -> sqlite3.Connection:
     # copied: FULL, as on the writer's connection.
     connection.execute("PRAGMA synchronous = FULL")
     return connection
+
+
+def _checkpoint_each(
+    connections: list[sqlite3.Connection],
+) -> list[tuple[bool, int, int] | sqlite3.Error]:
+    """:func:`_checkpoint` of each connection in turn (one worker-thread call for a pass of
+    :class:`WalCheckpoints`); a failing one is its error, the others go on."""
+    outcomes: list[tuple[bool, int, int] | sqlite3.Error] = []
+    for connection in connections:
+        try:
+            outcomes.append(_checkpoint(connection))
+        except sqlite3.Error as error:
+            outcomes.append(error)
+    return outcomes
 
 
 def _checkpoint(connection: sqlite3.Connection) -> tuple[bool, int, int]:

@@ -22,7 +22,7 @@ from meterd.config import Config
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_applier import cluster_config
 from tests.cluster.test_node import cluster_doc
-from tests.cluster.test_snapshot_takeover import slow, snap_config
+from tests.cluster.test_snapshot_takeover import snap_config
 from tests.cluster.test_takeover import (
     accounts_per_shard,
     totals_from_owners,
@@ -232,8 +232,7 @@ async def test_a_node_joins_then_one_is_drained_while_running(
         await join_then_drain(tmp_path, nats3, ["n1"], "n2", "n1")
 
 
-@pytest.mark.slow
-@slow
+@pytest.mark.slow  # with -m slow only (tests/conftest.py)
 async def test_three_nodes_a_fourth_joins_then_one_is_drained(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:

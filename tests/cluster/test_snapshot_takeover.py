@@ -202,13 +202,7 @@ async def test_a_joining_node_is_handed_its_share_through_snapshots(
                     await check_replayed_only_after(connection, two, sorted(share))
 
 
-#: Long campaigns: with -m slow only (the marker alone does not keep a test out of the
-#: default suite).
-slow = pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
-
-
-@pytest.mark.slow
-@slow
+@pytest.mark.slow  # with -m slow only (tests/conftest.py)
 async def test_takeover_time_with_and_without_a_snapshot(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:

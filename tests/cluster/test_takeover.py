@@ -258,6 +258,7 @@ async def test_a_paused_owner_decides_nothing_after_the_takeover(
             )
 
 
+@pytest.mark.slow  # the default suite joins a node in test_snapshot_takeover.py
 async def test_a_node_that_joins_gets_its_share_by_handoff(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:

@@ -17,7 +17,7 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     where = tmp_path / ("d" * 80)
     where.mkdir()
     ran = subprocess.run(
-        [sys.executable, "-m", "meterd.bench.owner", *SMALL, "--dir", str(where)],
+        [sys.executable, "-m", "meterd.bench.owner", *SMALL, "--per-shard", "--dir", str(where)],
         capture_output=True,
         text=True,
         check=False,
@@ -29,4 +29,5 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     row = rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}$"
     assert re.search(rf"^in-process \(1 cell, 1 file\){row}", out, re.M), out
     assert re.search(rf"^owner process \(8 shards\){row}", out, re.M), out
+    assert re.search(rf"^owner process \(8 shards\), per shard{row}", out, re.M), out
     assert list(where.iterdir()) == []  # its stores are removed

@@ -21,7 +21,7 @@ import trio.testing
 from meterd.config import PartitionsConfig
 from meterd.ingest.server import Decided
 from meterd.model import Event
-from meterd.partitions import Answer, Channel, Hello, Message, Query, Slice, Verdicts
+from meterd.partitions import Answer, Channel, Hello, Message, Query, Slice, Slices, Verdicts
 from meterd.partitions._gateway import GatewaySubmitter, OwnerLinks
 from meterd.partitions._links import OwnerLink
 
@@ -84,23 +84,30 @@ class SlowOwner:
 
     async def _serve(self, channel: _End) -> None:
         await channel.send(Hello("owner-0", 4242, [0]))
-        work_send, work_receive = trio.open_memory_channel[Slice](math.inf)
+        work_send, work_receive = trio.open_memory_channel[Slice | Slices](math.inf)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._commit, channel, work_receive)
             while True:
                 message = await channel.receive()
                 if isinstance(message, Query):
                     await channel.send(Answer(message.id, "pong"))
-                elif isinstance(message, Slice):
-                    self._queued += len(message.events)
+                elif isinstance(message, Slice | Slices):  # a gateway sends Slices (version 3)
+                    self._queued += _events_of(message)
                     self.peak_queued = max(self.peak_queued, self._queued)
                     work_send.send_nowait(message)
 
-    async def _commit(self, channel: _End, work: trio.MemoryReceiveChannel[Slice]) -> None:
+    async def _commit(self, channel: _End, work: trio.MemoryReceiveChannel[Slice | Slices]) -> None:
         async for piece in work:
-            await trio.sleep(len(piece.events) / self.rate)
-            self._queued -= len(piece.events)
-            await channel.send(Verdicts(piece.batch, piece.shard, len(piece.events), 0))
+            count = _events_of(piece)
+            await trio.sleep(count / self.rate)
+            self._queued -= count
+            await channel.send(Verdicts(piece.batch, piece.shard, count, 0))
+
+
+def _events_of(message: Slice | Slices) -> int:
+    if isinstance(message, Slice):
+        return len(message.events)
+    return sum(len(part.events) for part in message.parts)
 
 
 def events(count: int, first: int) -> list[tuple[str, list[Event]]]:

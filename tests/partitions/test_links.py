@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -22,9 +23,11 @@ from meterd.partitions import (
     ChannelClosed,
     Hello,
     OwnerUnavailable,
+    Part,
     Query,
     Slice,
     SliceEvent,
+    Slices,
     UnixTransport,
     Verdicts,
 )
@@ -244,6 +247,56 @@ async def test_a_hello_with_other_shards_is_refused(
         await said.reach(3)  # refused, and tried again
         assert not link.connected
         nursery.cancel_scope.cancel()
+
+
+async def test_an_owners_slices_count_every_parts_events_in_flight(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    address = str(tmp_path / "o.sock")
+
+    async def silent(channel: Channel) -> None:  # says hello, then answers nothing
+        await channel.send(Hello("owner-0", 4242, SHARDS))
+        await trio.sleep_forever()
+
+    link = link_for(address, [], slice_timeout=0.7, ping_interval=10.0, ping_timeout=30.0)
+    event = SliceEvent(0, "e", "a", "m", 1, 0)
+    message = Slices(BatchId("gw", 1, 1), 0, "p", 0, [Part(0, [event] * 2), Part(2, [event] * 3)])
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, silent)
+        await nursery.start(link.run)
+        link.send(message, outcomes.append)
+        assert link.in_flight == 5  # the owner's allowance counts the parts' events
+        await outcomes.reach(1)  # timed out: its events are given back
+        assert isinstance(outcomes[0], OwnerUnavailable)
+        assert link.in_flight == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_version_2_owner_is_refused_at_the_hello(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Version 3 sends an owner one `slices` message per batch, which a version 2 owner
+    # cannot read: the two refuse each other before any slice is sent.
+    address = str(tmp_path / "o.sock")
+    said = Seen()
+
+    async def older(channel: Channel) -> None:
+        said.append(1)
+        await channel.send(Hello("owner-0", os.getpid(), SHARDS, version=2))
+        await trio.sleep_forever()
+
+    link = link_for(address, [])
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await serving(nursery, address, older)
+            nursery.start_soon(link.run)
+            await said.reach(2)  # refused, and tried again
+            assert not link.connected
+            nursery.cancel_scope.cancel()
+    refused = [line for line in logs if line["event"] == "owner_link_refused"]
+    assert refused
+    assert "owner speaks message version 2, the gateway 3" in str(refused[0])
 
 
 async def test_a_connection_reset_before_the_hello_is_retried_not_a_crash(

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterd.partitions import (
+    SCHEMA_VERSION,
     Answer,
     BatchId,
     Channel,
@@ -21,10 +22,12 @@ from meterd.partitions import (
     FrameError,
     Hello,
     Message,
+    Part,
     Query,
     Rejection,
     Slice,
     SliceEvent,
+    Slices,
     StreamChannel,
     TreeRequest,
     TreeSnapshot,
@@ -82,6 +85,29 @@ def test_a_slice_comes_back_as_it_was_sent(
 ) -> None:
     sent = Slice(batch, shard, "billing", 1_764_900_000_000, evs, rejected)
     assert decode(encode(sent)) == sent
+
+
+@given(
+    batches,
+    st.lists(
+        st.builds(
+            Part, st.integers(0, 65_535), st.lists(events, max_size=10), st.lists(rejections)
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+@settings(max_examples=100)
+def test_an_owners_slices_of_a_batch_come_back_as_they_were_sent(
+    batch: BatchId, parts: list[Part]
+) -> None:
+    sent = Slices(batch, parts[0].shard, "billing", 1_764_900_000_000, parts)
+    assert decode(encode(sent)) == sent
+
+
+def test_the_message_version_is_3_since_an_owner_gets_one_message_per_batch() -> None:
+    assert SCHEMA_VERSION == 3
+    assert Hello("owner-1", 1, [0]).version == 3
 
 
 @given(batches, st.integers(0, 500), st.integers(0, 500), st.lists(rejections))

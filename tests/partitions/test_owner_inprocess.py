@@ -22,7 +22,9 @@ from meterd.partitions import (
     Answer,
     BatchId,
     Channel,
+    Part,
     Query,
+    Slices,
     Unavailable,
     UnixTransport,
     Verdicts,
@@ -30,7 +32,7 @@ from meterd.partitions import (
 from meterd.partitions._cell import share
 from meterd.partitions._owner import Owner, call_asgi
 from meterd.store import CommitFailed
-from tests.partitions.test_owner import AUTH, A, B, C, a_slice, ev, write_config
+from tests.partitions.test_owner import AUTH, NOW, A, B, C, a_slice, ev, write_config
 
 WATCHDOG = 30
 
@@ -258,3 +260,40 @@ def test_a_freeze_makes_the_next_reading_of_frozen_objects_fresh(
     assert memory.frozen_objects() == 0  # within the TTL: the same reading
     memory.freeze()
     assert memory.frozen_objects() == 5
+
+
+async def test_an_owners_slices_of_a_batch_get_one_answer_with_their_sums(tmp_path: Path) -> None:
+    async with running(config_with(tmp_path)) as (owner, channel):
+        first = a_slice(1, 2, [ev(1, "m1", C)])
+        assert await _ask(channel, first) == Verdicts(first.batch, 2, 1, 0)
+        batch = BatchId("gw", 2, 2)
+        parts = [
+            Part(0, [ev(0, "m2", A), ev(2, "m3", B)]),
+            Part(2, [ev(1, "m1", C), ev(3, "m4", C), ev(4, "m1x", C)]),
+        ]
+        # The same id as m1 with another quantity: an id_conflict, named by its index.
+        parts[1].events[2] = ev(4, "m1", C, quantity=9)
+        answer = await _ask(channel, Slices(batch, 0, "platform", NOW, parts))
+        assert isinstance(answer, Verdicts)
+        assert (answer.batch, answer.shard) == (batch, 0)  # the first part's shard
+        assert (answer.accepted, answer.duplicates) == (3, 1)  # m2, m3, m4; m1 again
+        assert [(r.index, r.id, r.code, r.account) for r in answer.id_conflicts] == [
+            (4, "m1", "id_conflict", C)
+        ]
+        assert owner.slices == 3  # a slice per part
+        rows = [owner.cells[s].store.writer.stats.commits for s in (0, 2)]
+        assert all(commits >= 1 for commits in rows)
+
+
+async def test_one_part_that_cannot_be_made_durable_fails_the_whole_message(
+    tmp_path: Path,
+) -> None:
+    async with running(config_with(tmp_path)) as (_owner, channel):
+        batch = BatchId("gw", 1, 1)
+        parts = [Part(0, [ev(0, "n1", A)]), Part(1, [ev(1, "n2", A)])]  # shard 1: owner 1's
+        answer = await _ask(channel, Slices(batch, 0, "platform", NOW, parts))
+        assert isinstance(answer, Unavailable)
+        assert (answer.batch, answer.shard) == (batch, 0)
+        assert "owner-0 does not hold shard 1" in answer.reason
+        # Only one answer: the next one on the channel is the next question's.
+        assert await _ask(channel, Query(9, 0, "ping")) == Answer(9, value="pong")

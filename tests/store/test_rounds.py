@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from meterd.store import CommitRounds, Writer
+from meterd.store import wal as wal_module
 from tests.store.helpers import Collector, ev, faulty_writer, rows, store_config, until
 
 
@@ -129,3 +133,157 @@ async def test_a_stopped_writer_commits_its_last_group_itself(tmp_path: Path) ->
         assert len(done.outcomes) == 1
         assert rows(writer.path, "SELECT count(*) FROM event_batches") == [(1,)]
         nursery.cancel_scope.cancel()
+
+
+# ---- the log checkpoints: one loop for the files of the rounds (meterd.store.wal) -------------
+
+
+def _name_of(connection: sqlite3.Connection) -> str:
+    return Path(connection.execute("PRAGMA database_list").fetchone()[2]).name
+
+
+async def test_the_files_logs_are_checkpointed_together_in_one_thread_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = CommitRounds(0.0)
+    writers = [
+        Writer(
+            tmp_path / f"s{n}.sqlite3", store_config(wal_checkpoint_interval=0.01), rounds=rounds
+        )
+        for n in range(3)
+    ]
+    first = writers[0]
+    entered, release = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+    real = wal_module._checkpoint_each
+
+    def recorded(connections: list[sqlite3.Connection]) -> list[Any]:
+        names = [_name_of(connection) for connection in connections]
+        calls.append(names)
+        if names == ["s0.sqlite3"]:  # hold the first pass until the others committed
+            entered.set()
+            release.wait(30)
+        return real(connections)
+
+    monkeypatch.setattr(wal_module, "_checkpoint_each", recorded)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rounds.run)
+            for writer in writers:
+                await nursery.start(writer.run)
+            await first.append("a", [ev("a1", "a")])
+            await trio.to_thread.run_sync(entered.wait)
+            for n, writer in enumerate(writers[1:], start=1):
+                await writer.append(f"b{n}", [ev(f"b{n}", f"b{n}")])
+            release.set()
+            for writer in writers:
+                assert writer.wal is not None
+                assert writer.wal.shared is rounds.wal
+                with trio.fail_after(10):
+                    await writer.wal.settled()
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    # One task and thread hop per pass for every file due, not one per file.
+    assert calls == [["s0.sqlite3"], ["s1.sqlite3", "s2.sqlite3"]]
+    assert (rounds.wal.passes, rounds.wal.checkpoints) == (2, 3)
+    assert [w.wal.stats.checkpoints for w in writers if w.wal is not None] == [1, 1, 1]
+
+
+async def test_a_failing_log_checkpoint_is_retried_alone_and_holds_no_other_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = CommitRounds(0.0)
+    bad, good = (
+        Writer(
+            tmp_path / f"{name}.sqlite3", store_config(wal_checkpoint_interval=0.01), rounds=rounds
+        )
+        for name in ("bad", "good")
+    )
+    real = wal_module._checkpoint
+    failures = 3
+
+    def failing(connection: sqlite3.Connection) -> tuple[bool, int, int]:
+        nonlocal failures
+        if _name_of(connection) == "bad.sqlite3" and failures:
+            failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(connection)
+
+    monkeypatch.setattr(wal_module, "_checkpoint", failing)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rounds.run)
+            await nursery.start(bad.run)
+            await nursery.start(good.run)
+            await bad.append("a", [ev("a1", "a")])
+            await good.append("b", [ev("b1", "b")])
+            assert bad.wal is not None
+            assert good.wal is not None
+            with trio.fail_after(10):
+                await good.wal.settled()
+                await bad.wal.settled()
+            nursery.cancel_scope.cancel()
+    assert (bad.wal.stats.failures, good.wal.stats.failures) == (3, 0)
+    assert bad.stats.failed_commits == good.stats.failed_commits == 0
+    failed = [line for line in logs if line["event"] == "wal_checkpoint_failed"]
+    assert [line["path"] for line in failed] == [str(bad.path)]  # once per streak
+    assert [line["event"] for line in logs].count("wal_checkpoint_recovered") == 1
+
+
+async def test_a_writer_stopped_during_its_log_checkpoint_closes_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = CommitRounds(0.0)
+    stopped = Writer(
+        tmp_path / "s.sqlite3", store_config(wal_checkpoint_interval=0.01), rounds=rounds
+    )
+    other = Writer(
+        tmp_path / "o.sqlite3", store_config(wal_checkpoint_interval=0.01), rounds=rounds
+    )
+    entered, release = threading.Event(), threading.Event()
+    real = wal_module._checkpoint
+
+    def held(connection: sqlite3.Connection) -> tuple[bool, int, int]:
+        if _name_of(connection) == "s.sqlite3":
+            entered.set()
+            release.wait(30)
+        return real(connection)
+
+    monkeypatch.setattr(wal_module, "_checkpoint", held)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rounds.run)
+            await nursery.start(other.run)
+            finished = trio.Event()
+            scope = trio.CancelScope()
+
+            async def run_stopped() -> None:
+                with scope:
+                    async with trio.open_nursery() as inner:
+                        await inner.start(stopped.run)
+                        await trio.sleep_forever()
+                finished.set()
+
+            nursery.start_soon(run_stopped)
+            await trio.testing.wait_all_tasks_blocked()
+            await stopped.append("a", [ev("a1", "a")])
+            await trio.to_thread.run_sync(entered.wait)
+            scope.cancel()  # stopped while a pass checkpoints its log
+            await trio.testing.wait_all_tasks_blocked()
+            # Its stop waits for the pass that holds its log's connection, then closes it.
+            assert not finished.is_set()
+            release.set()
+            with trio.fail_after(10):
+                await finished.wait()
+            assert stopped.wal is not None
+            assert stopped.wal.stats.checkpoints == 1
+            # The loop goes on for the others.
+            await other.append("b", [ev("b1", "b")])
+            assert other.wal is not None
+            with trio.fail_after(10):
+                await other.wal.settled()
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert rounds.wal.checkpoints == 2

@@ -9,7 +9,8 @@ gives owner K, each in a SQLite file of its own beside the real shard files
 (``<shards dir>/ledger-SSS.sqlite3``, ``synchronous=FULL``), with one row per
 ``(account, id)``: the first copy's fingerprint, meter and quantity. A slice is decided
 event by event against it (accepted; duplicate: same fingerprint; ``id_conflict``: another
-one), committed, and only then answered with its verdicts, as the real owner does, so
+one), committed, and only then answered with its verdicts, as the real owner does (a
+batch's ``slices`` for several shards: each part so, one answer with their sums), so
 what was acknowledged survives a kill -9. It answers ``ping`` queries, ``usage`` queries
 (``{"account": A}`` -> ``{meter: quantity as a string}``, exact sums) and tree requests.
 It serves, then says it is ready (its socket's path as the ready line).
@@ -40,6 +41,7 @@ from meterd.partitions import (
     Query,
     Rejection,
     Slice,
+    Slices,
     TreeRequest,
     TreeSnapshot,
     UnixTransport,
@@ -105,6 +107,19 @@ def decide(db: sqlite3.Connection, message: Slice) -> Verdicts:
     return Verdicts(message.batch, message.shard, accepted, duplicates, conflicts)
 
 
+def decide_parts(ledgers: dict[int, sqlite3.Connection], message: Slices) -> Verdicts:
+    """Each part as the slice of its shard (its own ledger, its own commit), summed."""
+    accepted = duplicates = 0
+    conflicts: list[Rejection] = []
+    for part in message.parts:
+        piece = Slice(message.batch, part.shard, message.producer, message.received_at, part.events)
+        verdicts = decide(ledgers[part.shard], piece)
+        accepted += verdicts.accepted
+        duplicates += verdicts.duplicates
+        conflicts += verdicts.id_conflicts
+    return Verdicts(message.batch, message.shard, accepted, duplicates, conflicts)
+
+
 def usage(db: sqlite3.Connection, account: str) -> dict[str, str]:
     sums: dict[str, Decimal] = {}
     for meter, quantity in db.execute(
@@ -148,6 +163,8 @@ async def main(config_path: Path, owner: int, socket_path: str) -> None:
                 return
             if isinstance(message, Slice):
                 await channel.send(decide(ledgers[message.shard], message))
+            elif isinstance(message, Slices):  # one message per owner per batch (version 3)
+                await channel.send(decide_parts(ledgers, message))
             elif isinstance(message, Query):
                 if message.op == "ping":
                     await channel.send(Answer(message.id, "pong"))

@@ -1,9 +1,10 @@
 """A stand-in partition owner: ``stub_owner.py SOCKET NAME SHARD...``.
 
 It serves :class:`meterd.partitions.UnixTransport` at SOCKET, says ``hello``, answers each
-slice with verdicts (every event accepted) and each tree request with a snapshot; once
-serving it says it is ready (the socket's path as its ready line) and prints ``up <pid>``
-on stdout. The shape a real owner will have, without its store.
+slice (and each batch's ``slices`` for its shards) with verdicts (every event accepted) and
+each tree request with a snapshot; once serving it says it is ready (the socket's path as
+its ready line) and prints ``up <pid>`` on stdout. The shape a real owner will have,
+without its store.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meterd.partitions import (
     ChannelClosed,
     Hello,
     Slice,
+    Slices,
     TreeRequest,
     TreeSnapshot,
     UnixTransport,
@@ -38,6 +40,9 @@ async def main(socket_path: str, name: str, shards: list[str]) -> None:
                 return
             if isinstance(message, Slice):
                 accepted = len(message.events)
+                await channel.send(Verdicts(message.batch, message.shard, accepted, 0))
+            elif isinstance(message, Slices):  # one message per owner per batch (version 3)
+                accepted = sum(len(part.events) for part in message.parts)
                 await channel.send(Verdicts(message.batch, message.shard, accepted, 0))
             elif isinstance(message, TreeRequest):
                 tree = {"name": name, "kind": "supervisor", "children": []}
