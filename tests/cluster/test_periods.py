@@ -14,6 +14,7 @@ import trio
 from meterd.billing import Period
 from meterd.cluster import AsyncioBridge, connect
 from meterd.cluster._periods import PERIODS, AlreadyClosed, ClosedPeriods, period_key
+from meterd.config import Config
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_forward import call
 from tests.cluster.test_node import cluster_doc, node_config
@@ -21,6 +22,21 @@ from tests.cluster.test_takeover import SHARDS, accounts_per_shard, owned, wait_
 from tests.partitions.gateway_harness import Lane, gateway, now_ms
 
 DAY_MS = 86_400_000
+
+
+async def debit(
+    config: Config, account: str, start: int, quantity: str, ticket: int
+) -> httpx.Response:
+    """A debit of ``quantity`` dyno.seconds from ``start`` on ``account``, through a node."""
+    body = {
+        "meter": "dyno.seconds",
+        "start": start,
+        "kind": "debit",
+        "quantity": quantity,
+        "by": "carol",
+        "reason": f"missed usage, ticket {ticket}",
+    }
+    return await call(config, "POST", f"/v1/accounts/{account}/adjustments", json=body)
 
 
 def months_before(now: int, n: int) -> Period:
@@ -135,19 +151,7 @@ async def test_a_close_on_one_node_holds_on_every_node_and_after_its_death(
                 assert "alice" in again.json()["error"]["message"]
                 # a correction of the closed month through n2: recorded and restated, as on
                 # one node (a closed month's figures never change silently)
-                corrected = await call(
-                    two,
-                    "POST",
-                    f"/v1/accounts/{account}/adjustments",
-                    json={
-                        "meter": "dyno.seconds",
-                        "start": closed.start_ms + 2 * DAY_MS,
-                        "kind": "debit",
-                        "quantity": "5",
-                        "by": "carol",
-                        "reason": "missed usage, ticket 7",
-                    },
-                )
+                corrected = await debit(two, account, closed.start_ms + 2 * DAY_MS, "5", 7)
                 assert corrected.status_code == 201, corrected.text
                 assert corrected.json()["restatement"] is not None
                 invoice = await call(two, "GET", f"/v1/accounts/{account}/invoices/{closed}")
@@ -174,19 +178,7 @@ async def test_a_close_on_one_node_holds_on_every_node_and_after_its_death(
                 assert again.status_code == 409, again.text
                 assert again.json()["error"]["code"] == "already_closed"
                 # a correction after the takeover is still a restatement of a closed month
-                corrected = await call(
-                    two,
-                    "POST",
-                    f"/v1/accounts/{account}/adjustments",
-                    json={
-                        "meter": "dyno.seconds",
-                        "start": closed.start_ms + 3 * DAY_MS,
-                        "kind": "debit",
-                        "quantity": "1",
-                        "by": "carol",
-                        "reason": "missed usage, ticket 8",
-                    },
-                )
+                corrected = await debit(two, account, closed.start_ms + 3 * DAY_MS, "1", 8)
                 assert corrected.status_code == 201, corrected.text
                 assert corrected.json()["restatement"] is not None
 
