@@ -224,9 +224,6 @@ def test_kill9_around_crossings_delivers_each_crossing_once(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the soak runs with -m slow"
-)
 def test_kill9_around_crossings_soak(tmp_path: Path) -> None:
     seed = int(os.environ.get("METERD_KILL9_SEED", random.randrange(1 << 30)))
     _campaign(tmp_path, int(os.environ.get("METERD_SOAK", "25")), seed)

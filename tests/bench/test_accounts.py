@@ -120,9 +120,6 @@ def test_the_what_if_table_has_a_row_per_variant() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the burst runs with -m slow"
-)
 def test_the_burst_runs_on_the_baseline_tree_and_on_this_one() -> None:
     """``--burst`` against ``HEAD`` (always there): the bench copies itself into the
     baseline's tree (``git archive``) and runs there with ``-m``; ~12 s here."""

@@ -72,9 +72,6 @@ def test_the_triotp_peer_script_sits_beside_its_runner() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the triotp peer runs with -m slow"
-)
 def test_the_triotp_column_is_measured_in_its_own_virtualenv() -> None:
     """Builds ``.bench-venvs/triotp`` on first use (the package index, once)."""
     out = bench()

@@ -174,9 +174,6 @@ async def test_kill_9_of_the_stream_leader_loses_no_acked_publish_and_stores_non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the campaign runs with -m slow"
-)
 async def test_kill_9_campaign_of_stream_leaders(bridge: AsyncioBridge, nats3: NatsCluster) -> None:
     kills = int(os.environ.get("METERD_NATS_KILLS", "10"))
     load = await run_campaign(bridge, nats3, kills=kills)

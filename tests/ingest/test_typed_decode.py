@@ -216,9 +216,6 @@ def test_typed_decoding_gives_the_old_paths_verdicts(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the long campaign runs with -m slow"
-)
 @settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     message=_frames(), validator=_validators | st.just(NOBODY), last_seq=st.sampled_from([-1, 3])

@@ -79,15 +79,12 @@ async def check_exact(gw: Gateway, lanes: list[Lane], seed: int) -> None:
 _NO_OWNER = pytest.mark.skipif(
     not real_owner_available(), reason="meterd.partitions.owner is not here yet"
 )
-_SLOW_ONLY = pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="runs with -m slow"
-)
 OWNERS = ["stand-in", pytest.param("real", marks=_NO_OWNER)]
 # With real owners (a start of ~3-5 s each on this shared machine) these take 20-45 s: in
 # the default suite only the kill of one owner runs against them; the rest with -m slow.
 OWNERS_SLOW_REAL = [
     "stand-in",
-    pytest.param("real", marks=[_NO_OWNER, pytest.mark.slow, _SLOW_ONLY]),
+    pytest.param("real", marks=[_NO_OWNER, pytest.mark.slow]),
 ]
 
 
@@ -275,7 +272,6 @@ async def test_kill_9_of_the_whole_daemon_under_load_then_restart_is_exact(
 
 
 @pytest.mark.slow
-@_SLOW_ONLY
 @pytest.mark.parametrize("owner", OWNERS)
 async def test_soak_owner_and_daemon_kills(tmp_path: Path, owner: str) -> None:
     """Many rounds of each (``METERD_SOAK`` rounds, 10 by default), each on a new store."""

@@ -64,7 +64,6 @@ def test_kill9_at_a_random_moment_then_rerun(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
 @pytest.mark.parametrize(
     "step",
     ["prepared", "planned", "store 0", "target 0", "target 3", "built", "placed 0",
@@ -79,7 +78,6 @@ def test_kill9_at_every_step_then_rerun(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
 def test_kill9_at_many_random_moments_then_rerun(
     prepared: tuple[Path, dict[str, object]], tmp_path: Path
 ) -> None:

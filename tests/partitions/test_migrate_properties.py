@@ -101,7 +101,6 @@ def test_moving_into_shards_and_back_changes_no_usage(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="runs with -m slow")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), LAYOUTS, st.integers(1, 3))
 def test_moving_into_shards_and_back_changes_no_usage_many(

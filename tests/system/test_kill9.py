@@ -633,9 +633,6 @@ async def test_kill_9_on_the_batch_path_loses_nothing_and_counts_nothing_twice(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the soak runs with -m slow"
-)
 async def test_kill_9_soak(tmp_path: Path) -> None:
     """The long variant: ``pytest -m slow`` (``METERD_SOAK=N`` sets the rounds).
 

@@ -164,9 +164,6 @@ def test_kill_9_around_a_release_counts_each_event_once_or_keeps_it_quarantined(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "'slow' not in config.getoption('markexpr')", reason="the soak runs with -m slow"
-)
 def test_kill_9_around_releases_soak(tmp_path: Path) -> None:
     """``pytest -m slow``: ``METERD_SOAK`` rounds (default 10) of each kill point."""
     rounds = int(os.environ.get("METERD_SOAK", "10"))
