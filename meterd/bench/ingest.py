@@ -73,7 +73,6 @@ import json
 import math
 import os
 import random
-import re
 import secrets
 import shutil
 import signal
@@ -600,6 +599,24 @@ def bucket_quantile(
     return lower
 
 
+def _gc_by_process(start: str, end: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(process, generation) -> (seconds, collections) of the collector's pauses between two
+    scrapes of a gateway's ``/metrics`` (its per-process series, labelled ``owner``)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for text, sign in ((end, 1.0), (start, -1.0)):
+        for line in text.splitlines():
+            if not line.startswith("meterd_gc_pause_seconds_") or 'owner="' not in line:
+                continue
+            name, labels = line.split("{", 1)
+            if name not in ("meterd_gc_pause_seconds_sum", "meterd_gc_pause_seconds_count"):
+                continue
+            pairs = dict(_label_pairs(labels.rsplit("} ", 1)[0]))
+            key = (pairs["owner"], pairs.get("generation", "?"))
+            slot = found.setdefault(key, [0.0, 0.0])
+            slot[0 if name.endswith("_sum") else 1] += sign * float(line.rsplit(" ", 1)[1])
+    return {key: (value[0], value[1]) for key, value in sorted(found.items())}
+
+
 def breakdown(start: str, end: str) -> dict[str, float]:
     """The p50 and p99 (ms) of each of :data:`BREAKDOWN`'s histograms between two
     scrapes, and the collector's pauses per process (ms, summed): figure -> value."""
@@ -610,14 +627,11 @@ def breakdown(start: str, end: str) -> dict[str, float]:
             value = bucket_quantile(before, after, q)
             if value is not None:
                 figures[f"{label} p{round(q * 100)}, ms"] = value * 1000
-    processes = sorted(set(re.findall(r'meterd_gc_pause_seconds_sum\{[^}]*owner="([^"]+)"', end)))
-    for process in processes:
-        total = 0.0
-        for text, sign in ((end, 1.0), (start, -1.0)):
-            for line in text.splitlines():
-                if line.startswith("meterd_gc_pause_seconds_sum{") and f'owner="{process}"' in line:
-                    total += sign * float(line.rsplit(" ", 1)[1])
-        figures[f"GC pauses, ms: {process}"] = total * 1000
+    for (process, generation), (seconds, count) in _gc_by_process(start, end).items():
+        name = f"GC pauses, ms: {process}"
+        figures[name] = figures.get(name, 0.0) + seconds * 1000
+        figures[f"GC gen {generation}, ms: {process}"] = seconds * 1000
+        figures[f"GC gen {generation}, collections: {process}"] = count
     return figures
 
 
@@ -1211,6 +1225,14 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
     await _settle(target)
     log(f"{target.name}: half load, {rate:,.0f} events/s offered for ~{count / rate:.1f} s")
     report.half = await drive(target, half, "half load", max_in_flight=in_flight)
+    collections = [
+        f"{figure.split(': ', 1)[1]} gen {figure[7]} {value:,.0f} ms"
+        f" ({report.half.breakdown.get(figure.replace(', ms:', ', collections:'), 0):,.0f})"
+        for figure, value in report.half.breakdown.items()
+        if figure.startswith("GC gen ") and ", ms: " in figure
+    ]
+    if collections:
+        log(f"{target.name}: half load, GC pauses (collections): {'; '.join(collections)}")
     _check(target, report.half)
 
 
@@ -1503,7 +1525,7 @@ def _rows(target: TargetReport) -> list[Row]:
                         add(f"{figure}: {who}", value_ / half.seconds, 1)
         if half is not None:
             for figure_, value_ in half.breakdown.items():
-                if not figure_.startswith("GC pauses, ms: "):
+                if not figure_.startswith(("GC pauses, ms: ", "GC gen ")):
                     add(f"half load: {figure_}", value_, 1)
     return rows
 

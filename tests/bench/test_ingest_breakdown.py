@@ -60,6 +60,9 @@ def test_the_breakdown_counts_each_process_once_and_names_each_ones_pauses() -> 
     assert figures["slice in the owner p99, ms"] <= 5.0
     assert figures["GC pauses, ms: owner-0"] == pytest.approx(50.0)  # once, not per cell
     assert figures["GC pauses, ms: gateway"] == pytest.approx(2.0)
+    assert figures["GC gen 1, ms: owner-0"] == pytest.approx(50.0)  # middle collections
+    assert figures["GC gen 1, collections: owner-0"] == 2
+    assert figures["GC gen 0, collections: gateway"] == 1
     seconds, collections = gc_pauses(text=end) or (0.0, 0)
     assert seconds == pytest.approx(0.052)
     assert collections == 3
