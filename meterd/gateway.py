@@ -298,11 +298,16 @@ async def serve_gateway(
         )
         log.info("listening", ingest=services.ingest.url, api=services.api.url)
 
-    # The collector's pauses, as the single process exports them (meterd_gc_pause_seconds).
+    # The collector tuned and run on a timer as in the single process and the owners
+    # (meterd/memory.py): untuned, the gateway's collections walked everything start-up
+    # allocated (docs/partitions.md "Ack latency"). Its pauses are exported as theirs are.
+    memory.tune()
     pauses = memory.GcPauses(services.api.metrics.observe_gc_pause)
     pauses.install()
     try:
-        await run_until_signalled(services.root, config, on_started=started)
+        await run_until_signalled(
+            services.root, config, on_started=started, beside=[memory.collect_on_schedule]
+        )
     finally:
         pauses.remove()
     log.info("meterd_stopped")

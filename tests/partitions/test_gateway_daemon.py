@@ -75,6 +75,9 @@ async def test_the_gateways_api_answers_across_real_owners(tmp_path: Path) -> No
         assert found[("meterd_owner_slice_seconds_count", owner)] >= 1
         assert found[("meterd_gc_pause_seconds_count", owner)] > 0  # every 0.1 s
     assert found[("meterd_gc_pause_seconds_count", "gateway")] > 0
+    # The gateway's collector is tuned as the owners' are: its start-up frozen, never
+    # walked again by its collections (meterd/memory.py).
+    assert found[("meterd_gc_frozen_objects", "gateway")] > 0
 
 
 def _counts(metrics: str) -> dict[tuple[str, str], float]:
