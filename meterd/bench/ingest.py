@@ -542,12 +542,15 @@ def gc_pauses(
 
 
 BREAKDOWN: Final = (
+    ("ack in the server", "meterd_ack_latency_seconds"),
     ("slice round trip", "meterd_gateway_slice_seconds"),
     ("slice in the owner", "meterd_owner_slice_seconds"),
     ("store commit", "meterd_store_commit_seconds"),
     ("GC pause", "meterd_gc_pause_seconds"),
 )
-"""Where an ack's time goes, from a gateway's histograms (docs/ingest-bench.md): the
+"""Where an ack's time goes, from the server's histograms (docs/partitions.md "Ack
+latency"): a batch from its read to its ack sent (the producers' latency adds the network,
+the load generator and the wait for the server to read: pacing's backpressure), the
 slices' round trip from the gateway (its link's queue, the socket, the owner), their time
 in the owner (its budget, the commit round, the actors), each file's commit (fsync
 included), and the collector's pauses of every process."""
