@@ -493,6 +493,7 @@ class ShardApplier:
                     correction.at,
                     correction.reason,
                     log_seq=seq,
+                    key=correction.key or None,
                 )
             if correction.kind == "void":
                 return await billing.record_void(
@@ -506,6 +507,7 @@ class ShardApplier:
                     correction.at,
                     correction.reason,
                     log_seq=seq,
+                    key=correction.key or None,
                 )
             raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
         except BillingUnavailable:
