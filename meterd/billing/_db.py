@@ -54,7 +54,7 @@ import structlog
 import trio
 
 from ._corrections import Adjustment, AdjustmentKind, Void, replay
-from ._errors import BillingError, Conflict
+from ._errors import BillingError, Conflict, Unavailable
 from ._json import Slices, encode_json, loads_array
 from ._period import Period
 from ._rating import Invoice, InvoiceLine, Unpriced
@@ -241,6 +241,17 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> int:
     return found
 
 
+Fence = Callable[[], str | None]
+"""Asked right before a correction's transaction commits (cluster mode: the shard's lease):
+None while it may commit, else why not (the transaction is rolled back: nothing written)."""
+
+
+def _fenced(fence: Fence | None) -> None:
+    reason = None if fence is None else fence()
+    if reason is not None:
+        raise Unavailable(f"the correction was not recorded: {reason}", code="fenced")
+
+
 def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -> None:
     if seq is not None:
         conn.execute(
@@ -414,12 +425,14 @@ class BillingDB:
         reason: str,
         log_seq: int | None = None,
         key: str | None = None,
+        fence: Fence | None = None,
     ) -> Adjustment:
         """``log_seq``: the log sequence it is applied from (cluster mode), kept with it.
         ``key``: its idempotency key; if the account already has a correction under it, that
         one is returned (``replayed``) and nothing is written (but ``log_seq``, so a replay
         of the log finds it), or :class:`Conflict` if the request differs. The caller
-        checks nothing more: a void under the key is a conflict (field ``operation``)."""
+        checks nothing more: a void under the key is a conflict (field ``operation``).
+        ``fence``: asked in the transaction right before it commits (:data:`Fence`)."""
         wanted = Adjustment(0, account, meter, *span, dims, kind, quantity, by, at, reason, key)
 
         def work(conn: sqlite3.Connection) -> Adjustment:
@@ -428,6 +441,7 @@ class BillingDB:
                 if found is not None:
                     replayed = replay(found, wanted)
                     _logged(conn, log_seq, "adjust", found.id)
+                    _fenced(fence)
                     return replayed
             cursor = conn.execute(
                 "INSERT INTO adjustments (account, meter, start, end_ms, dims, kind, quantity,"
@@ -448,6 +462,7 @@ class BillingDB:
             )
             assert cursor.lastrowid is not None
             _logged(conn, log_seq, "adjust", cursor.lastrowid)
+            _fenced(fence)
             return replace(wanted, id=cursor.lastrowid)
 
         return await self._run(work)
@@ -481,8 +496,9 @@ class BillingDB:
         reason: str,
         log_seq: int | None = None,
         key: str | None = None,
+        fence: Fence | None = None,
     ) -> Void:
-        """``log_seq`` and ``key`` as in :meth:`add_adjustment`."""
+        """``log_seq``, ``key`` and ``fence`` as in :meth:`add_adjustment`."""
         wanted = Void(0, account, event_id, meter, time, dims, quantity, by, at, reason, key)
 
         def work(conn: sqlite3.Connection) -> Void:
@@ -491,6 +507,7 @@ class BillingDB:
                 if found is not None:
                     replayed = replay(found, wanted)
                     _logged(conn, log_seq, "void", found.id)
+                    _fenced(fence)
                     return replayed
             try:
                 cursor = conn.execute(
@@ -516,6 +533,7 @@ class BillingDB:
                 ) from None
             assert cursor.lastrowid is not None
             _logged(conn, log_seq, "void", cursor.lastrowid)
+            _fenced(fence)
             return replace(wanted, id=cursor.lastrowid)
 
         return await self._run(work)

@@ -46,7 +46,7 @@ from ._corrections import (
     new_key,
     replay,
 )
-from ._db import BillingDB, Closure, StoredFigures
+from ._db import BillingDB, Closure, Fence, StoredFigures
 from ._errors import Conflict, NotFound, Unavailable, invalid
 from ._explain import (
     CapDetail,
@@ -599,11 +599,13 @@ class Billing:
         reason: str,
         log_seq: int | None = None,
         key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[Adjustment, Restatement | None]:
         """Write a validated adjustment made at ``at`` (``log_seq``: the log sequence it is
         applied from, cluster mode; ``key``: its idempotency key, checked in the same
-        transaction: a replay writes nothing and restates nothing); restate the closed
-        period it falls in."""
+        transaction: a replay writes nothing and restates nothing; ``fence``: asked right
+        before that transaction commits, :class:`Unavailable` ``fenced`` and nothing written
+        when it says no); restate the closed period it falls in."""
         meter = self.meter(meter_name)
         start = span[0]
         async with self._periods:
@@ -620,6 +622,7 @@ class Billing:
                 reason,
                 log_seq=log_seq,
                 key=key,
+                fence=fence,
             )
             if adjustment.replayed:
                 log.info("correction_replayed", account=account, id=adjustment.id, key=key)
@@ -706,9 +709,10 @@ class Billing:
         reason: str,
         log_seq: int | None = None,
         key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[Void, Restatement | None]:
-        """Write a void of a found event, made at ``at`` (``log_seq`` and ``key`` as in
-        :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
+        """Write a void of a found event, made at ``at`` (``log_seq``, ``key`` and ``fence``
+        as in :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
         async with self._periods:
             closure = await self._closure(Period.containing(time_ms), locked=True)
             void = await self.db.add_void(
@@ -723,6 +727,7 @@ class Billing:
                 reason,
                 log_seq=log_seq,
                 key=key,
+                fence=fence,
             )
             if void.replayed:
                 log.info("correction_replayed", account=account, id=void.id, key=key)

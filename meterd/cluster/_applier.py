@@ -481,6 +481,8 @@ class ShardApplier:
                 log.info("cluster.applier.correction_found", shard=self.shard, seq=seq)
                 return found, None
             dims = tuple(correction.dims)
+            # checked again inside billing's transaction, right before it commits
+            fence = None if self.fence is None else self.fence.check
             if correction.kind == "adjust":
                 return await billing.record_adjustment(
                     correction.account,
@@ -494,6 +496,7 @@ class ShardApplier:
                     correction.reason,
                     log_seq=seq,
                     key=correction.key or None,
+                    fence=fence,
                 )
             if correction.kind == "void":
                 return await billing.record_void(
@@ -508,6 +511,7 @@ class ShardApplier:
                     correction.reason,
                     log_seq=seq,
                     key=correction.key or None,
+                    fence=fence,
                 )
             raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
         except BillingUnavailable:

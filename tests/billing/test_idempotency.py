@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from meterd.billing import AdjustmentKind, Billing, BillingDB, Conflict, InvalidRequest
 from meterd.billing._db import MIGRATIONS, SCHEMA_VERSION
+from meterd.billing._errors import Unavailable
 from meterd.model import Window
 from tests.billing.test_billing import DAY, DYNO, NOV, billing, dyno, ingest
 
@@ -147,6 +148,32 @@ async def test_another_request_under_a_key_is_a_conflict_naming_the_field(
         with pytest.raises(Conflict, match="differs in 'operation'"):
             await b.void_event("acme", "a", "alice", "goodwill", key="k")
         assert len(await b.db.adjustments("acme", NOV.start_ms, NOV.end_ms)) == 1
+
+
+async def test_a_fence_that_lapsed_by_the_commit_writes_nothing(tmp_path: Path) -> None:
+    # cluster mode: the shard's lease is asked inside the transaction, right before COMMIT
+    asked: list[str] = []
+
+    def lapsed() -> str:
+        asked.append("fence")
+        return "shard 3: lease lost"
+
+    async with billing(tmp_path) as b:
+        with pytest.raises(Unavailable, match="lease lost") as caught:
+            await b.record_adjustment(
+                "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
+                Decimal(5), "alice", 0, "why", log_seq=7, key="k", fence=lapsed,
+            )  # fmt: skip
+        assert caught.value.code == "fenced"
+        assert asked == ["fence"]
+        assert await b.db.adjustments("acme", NOV.start_ms, NOV.end_ms) == []
+        assert await b.db.logged_correction(7) is None
+        assert await b.db.keyed("acme", "k") is None
+        held, _ = await b.record_adjustment(
+            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
+            Decimal(5), "alice", 0, "why", log_seq=7, key="k", fence=lambda: None,
+        )  # fmt: skip
+        assert await b.db.logged_correction(7) == held
 
 
 async def test_a_key_must_be_printable_and_at_most_200_characters(tmp_path: Path) -> None:
