@@ -165,8 +165,8 @@ class ShardJournal:
                 except ClusterUnavailable as error:
                     raise Unavailable(
                         f"shard {self.shard}: the log did not take the correction ({error});"
-                        " it may still be stored: look at /adjustments or /voids before"
-                        " repeating it"
+                        " it may still be stored: retry the same request with the same"
+                        f" Idempotency-Key ({correction.key!r}) to record it at most once"
                     ) from None
                 self.published += 1
                 published = True
@@ -177,7 +177,8 @@ class ShardJournal:
                 raise Unavailable(
                     f"shard {self.shard}: the correction {stored} but was not applied within"
                     f" {self.timeout:g} s (the shard may be changing owner); its owner applies"
-                    " it: look at /adjustments or /voids before repeating it"
+                    " it: retry the same request with the same Idempotency-Key"
+                    f" ({correction.key!r}) to get its answer"
                 )
             if isinstance(outcome, BillingError):
                 raise outcome
