@@ -29,12 +29,9 @@ in owner processes (the :class:`meterd.ingest.server.Submitter` seam, the one
 from __future__ import annotations
 
 import contextlib
-import itertools
-import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from itertools import repeat
 from typing import Any, Final, Protocol, TypeAlias, cast
 
 import trio
@@ -246,8 +243,9 @@ class GatewaySubmitter:
         """:meth:`submit` of a batch whose every event validation accepted, as
         :class:`~meterd.ingest.validate.Columns` (quantities as the wire holds them): each
         event's row is made by ``zip`` over the columns, the rows put in order of shard,
-        then of each account's first event, then of the batch (a stable sort of their
-        positions), and each shard's part is a slice of them. No per-event Python code."""
+        then of account (by its id: an account's events together), then of the batch (two
+        stable sorts of their positions), and each shard's part is a slice of them. No
+        per-event Python code."""
         self._batches += 1
         received_at = self.clock()
         accounts = columns.accounts
@@ -271,16 +269,11 @@ class GatewaySubmitter:
                 strict=False,  # meters, quantities, properties may be repeat() of one value
             )
         )
-        # One sort key per event: its shard, then its account's first appearance.
-        ranks = dict(zip(dict.fromkeys(accounts), itertools.count()))
-        keys = list(
-            map(
-                operator.add,
-                map(operator.mul, shards, repeat(count)),
-                map(ranks.__getitem__, accounts),
-            )
-        )
-        ordered = list(map(rows.__getitem__, sorted(range(count), key=keys.__getitem__)))
+        # In order of shard, each account's events together in batch order: two stable
+        # sorts of the positions (by account, then by shard), in C.
+        order = sorted(range(count), key=accounts.__getitem__)
+        order.sort(key=shards.__getitem__)
+        ordered = list(map(rows.__getitem__, order))
         by_shard: dict[int, list[_Row]] = {}
         start = 0
         for shard, size in sorted(Counter(shards).items()):

@@ -74,6 +74,10 @@ def parts(fakes: list[FakeLink]) -> dict[int, list[SliceEvent]]:
     return found
 
 
+def by_index(events: list[SliceEvent]) -> list[SliceEvent]:
+    return sorted(events, key=lambda e: e.index)
+
+
 def shown(events: list[SliceEvent]) -> list[tuple[Any, ...]]:
     """The events with each quantity's type and exact text (Decimal("1.50") is not "1.5")."""
     return [(e, type(e.quantity), str(e.quantity)) for e in events]
@@ -123,14 +127,17 @@ def test_the_columns_path_sends_each_owner_what_the_groups_path_sends(
     new.submit_columns(columns, lambda _: None, producer="p", seq=0)
     expected = parts(old_fakes)
     found = parts(new_fakes)
-    assert {shard: shown(events) for shard, events in found.items()} == {
-        shard: shown(events) for shard, events in expected.items()
+    assert {shard: shown(by_index(events)) for shard, events in found.items()} == {
+        shard: shown(by_index(events)) for shard, events in expected.items()
     }
     for shard, events in found.items():  # each account's events together, in batch order
         accounts = [e.account for e in events]
         runs = [a for n, a in enumerate(accounts) if n == 0 or accounts[n - 1] != a]
         assert len(runs) == len(set(runs))
         assert all(shard_of(a, LAYOUT) == shard for a in accounts)
+        for account in runs:
+            indexes = [e.index for e in events if e.account == account]
+            assert indexes == sorted(indexes)
     assert [len(fake.sent) for fake in new_fakes] == [len(fake.sent) for fake in old_fakes]
 
 
