@@ -74,7 +74,9 @@ async def test_the_gateways_api_answers_across_real_owners(tmp_path: Path) -> No
     for owner in ("owner-0", "owner-1"):
         assert found[("meterd_owner_slice_seconds_count", owner)] >= 1
         assert found[("meterd_gc_pause_seconds_count", owner)] > 0  # every 0.1 s
-    assert found[("meterd_gc_pause_seconds_count", "gateway")] > 0
+    # The gateway's series is there (its collections run at the thresholds, not on a
+    # timer: none may have run yet; tests/partitions/test_gateway_memory.py observes one).
+    assert ("meterd_gc_pause_seconds_count", "gateway") in found
     # The gateway's collector is tuned as the owners' are: its start-up frozen, never
     # walked again by its collections (meterd/memory.py).
     assert found[("meterd_gc_frozen_objects", "gateway")] > 0
