@@ -1,4 +1,5 @@
-"""Shared fixtures: run supervisors inside the test's nursery; ``slow`` tests only with -m slow."""
+"""Shared fixtures: run supervisors inside the test's nursery; ``slow`` tests only with -m slow,
+which also runs every property test's full example count (tests/examples.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import pytest
 import trio
 
 import supervisors as sv
+from tests import examples
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-m slow``: property tests run their full example count (before any test module is
+    imported, so ``examples(n)`` in a decorator sees it)."""
+    if "slow" in (config.getoption("markexpr") or "").replace("not slow", ""):
+        examples.full = True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

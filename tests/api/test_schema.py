@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from meterd.api.openapi import OPERATIONS, openapi_document
+from tests.examples import examples
 from tests.procs.daemon import DaemonProcess, running_daemon
 
 schema = schemathesis.openapi.from_dict(openapi_document())
@@ -81,7 +82,7 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

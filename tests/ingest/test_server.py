@@ -59,6 +59,7 @@ from meterd.ingest.validate import REJECTION_CODES
 from meterd.model import DAY_MS, MINUTE_MS, Aggregation, Event, Meter, Window, canonical_quantity
 from meterd.store import _writer as store_writer
 from meterd.store import schema
+from tests.examples import examples
 from tests.store.helpers import Faults, inject_apply_fault
 
 ROUTER_TOKEN = "router-token-0123456789"
@@ -1219,7 +1220,7 @@ _example_counter = [0]
 
 
 @settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
