@@ -244,7 +244,7 @@ def _no_sweep(conn: sqlite3.Connection, after: int, floor_s: int, limit: Any = N
 @settings(
     max_examples=examples(25),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=_ops, collisions=st.booleans())
 def test_verdicts_follow_the_rule_whatever_the_deletions_passes_and_restarts(

@@ -366,7 +366,7 @@ async def check_readers(path: Path, writer: Writer, sql_reader: Reader) -> None:
 @settings(
     max_examples=examples(25),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=steps)
 def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list[Step]) -> None:

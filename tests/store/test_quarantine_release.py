@@ -481,7 +481,7 @@ async def check_against(writer: Writer, path: Path, model: Model) -> None:
 @settings(
     max_examples=examples(30),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(decisions=_decisions, restart=st.booleans(), collisions=st.booleans())
 def test_any_sequence_of_decisions_counts_each_event_once_or_never(
