@@ -362,6 +362,7 @@ class Adjustment(Closed):
     by: str
     at: Time
     reason: str
+    idempotency_key: str | None
 
 
 class Void(Closed):
@@ -375,16 +376,19 @@ class Void(Closed):
     by: str
     at: Time
     reason: str
+    idempotency_key: str | None
 
 
 class AdjustmentRecorded(Closed):
     adjustment: Adjustment
     restatement: Restatement | None
+    replayed: bool  # true: the one recorded before under the request's Idempotency-Key
 
 
 class VoidRecorded(Closed):
     void: Void
     restatement: Restatement | None
+    replayed: bool
 
 
 class Adjustments(Closed):

@@ -50,6 +50,7 @@ from .models import (
     AdjustmentBody,
     AdjustmentsQuery,
     CloseBody,
+    CorrectionHeaders,
     EventPath,
     GraphQLRequest,
     InvoicePath,
@@ -69,6 +70,11 @@ ops = Operations()
 
 _READ: Final = (400, 401, 404, 500, 503)
 _WRITE: Final = (400, 401, 409, 413, 500, 503)
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+_REPLAYED: Final = (
+    "Replayed: the correction recorded before under this Idempotency-Key for the same"
+    " request (header Idempotent-Replayed: true, replayed: true); nothing was recorded."
+)
 
 
 def billing_of(daemon: Daemon) -> Billing:
@@ -241,11 +247,16 @@ async def close_period(daemon: Daemon, path: PeriodPath, body: CloseBody) -> Res
     "adjust",
     "Credit or debit a quantity on a summed meter, a window and dimension values"
     " (append-only; a closed month is restated at once).",
-    answers={201: (answers.AdjustmentRecorded, "Recorded.")},
-    errors=(*_READ, 413),
+    answers={
+        201: (answers.AdjustmentRecorded, "Recorded."),
+        200: (answers.AdjustmentRecorded, _REPLAYED),
+    },
+    errors=(*_READ, 409, 413),
     scope=ACCOUNT,
 )
-async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Response:
+async def adjust(
+    daemon: Daemon, path: AccountPath, headers: CorrectionHeaders, body: AdjustmentBody
+) -> Response:
     billing = billing_of(daemon)
     meter_of(billing, body.meter)
     await daemon.known_account(path.account)
@@ -260,10 +271,17 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
             body.quantity,
             body.by,
             body.reason,
+            headers.idempotency_key,
         )
     )
     names = billing.meter(adjustment.meter).dimensions
-    answer = _recorded(daemon, "adjustment", adjustment_json(adjustment, names), restatement)
+    answer = _recorded(
+        daemon,
+        "adjustment",
+        adjustment_json(adjustment, names),
+        restatement,
+        replayed=adjustment.replayed,
+    )
     del restatement  # the worker takes it over (its lines are the month's)
     return await answer
 
@@ -273,32 +291,50 @@ async def adjust(daemon: Daemon, path: AccountPath, body: AdjustmentBody) -> Res
     "voidEvent",
     "Take one event out of billed usage (it stays in the journal; a closed month is restated"
     " at once).",
-    answers={201: (answers.VoidRecorded, "Recorded.")},
+    answers={201: (answers.VoidRecorded, "Recorded."), 200: (answers.VoidRecorded, _REPLAYED)},
     errors=(400, 401, 404, 409, 413, 500, 503),
     scope=ACCOUNT,
 )
-async def void(daemon: Daemon, path: EventPath, body: VoidBody) -> Response:
+async def void(
+    daemon: Daemon, path: EventPath, headers: CorrectionHeaders, body: VoidBody
+) -> Response:
     period = body.month()
     await daemon.known_account(path.account)
     billing = billing_of(daemon)
     found, restatement = await billing_call(
-        billing.void_event(path.account, path.event, body.by, body.reason, period)
+        billing.void_event(
+            path.account, path.event, body.by, body.reason, period, headers.idempotency_key
+        )
     )
     names = billing.meter(found.meter).dimensions
-    answer = _recorded(daemon, "void", void_json(found, names), restatement)
+    answer = _recorded(
+        daemon, "void", void_json(found, names), restatement, replayed=found.replayed
+    )
     del restatement  # the worker takes it over (its lines are the month's)
     return await answer
 
 
 async def _recorded(
-    daemon: Daemon, kind: str, record: dict[str, Any], restatement: Restatement | None
+    daemon: Daemon,
+    kind: str,
+    record: dict[str, Any],
+    restatement: Restatement | None,
+    *,
+    replayed: bool,
 ) -> Response:
-    """201 for a correction just recorded, with the restatement it caused (closed month)."""
+    """201 for a correction just recorded, with the restatement it caused (closed month);
+    200 with ``Idempotent-Replayed: true`` for the one recorded before under the request's
+    idempotency key (nothing recorded this time)."""
 
     def body(found: Restatement | None) -> dict[str, Any]:
-        return {kind: record, "restatement": None if found is None else found.to_json(lazy=True)}
+        return {
+            kind: record,
+            "restatement": None if found is None else found.to_json(lazy=True),
+            "replayed": replayed,
+        }
 
-    answer = json_off_loop(daemon, restatement, body, 201)
+    status, headers = (200, {REPLAYED_HEADER: "true"}) if replayed else (201, None)
+    answer = json_off_loop(daemon, restatement, body, status, headers)
     del restatement
     return await answer
 

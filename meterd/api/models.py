@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from meterd.billing import AdjustmentKind, Period
+from meterd.billing import KEY_MAX, KEY_PATTERN, AdjustmentKind, Period
 from meterd.isotime import ISO_PATTERN, parse_iso
 from meterd.model import MAX_MS, MAX_MS_TEXT, Window
 from meterd.store.reader import MAX_EVENTS_LIMIT
@@ -132,6 +132,31 @@ class NoParameters(Model):
 
 class AccountPath(Model):
     account: Account
+
+
+class CorrectionHeaders(Model):
+    """Request headers of a correction (docs/billing.md "Retrying a correction")."""
+
+    idempotency_key: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=KEY_MAX,
+                pattern=KEY_PATTERN,
+                description="Your key for this correction (1-200 printable ASCII characters,"
+                " no space at either end; a UUID will do). Retrying with the same key and"
+                " the same body answers the correction already recorded (200, replayed) and"
+                " records nothing; with another body it is 409 idempotency_conflict. Without"
+                " it the server makes one: a retry then records the correction again.",
+                extra={
+                    "why": "must be 1 to 200 printable ASCII characters without a space at"
+                    " either end, not {value}"
+                },
+            ),
+        ]
+        | None
+    ) = msgspec.field(default=None, name="Idempotency-Key")
 
 
 class EventPath(Model):

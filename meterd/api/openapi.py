@@ -3,7 +3,8 @@
 Nothing here describes a route: each operation of :mod:`.routes`, :mod:`.billing` and this
 module is declared once (:mod:`.operations`), and its models (:mod:`.models`,
 :mod:`.answers`) give the JSON Schemas (``msgspec.json.schema_components``). A path or query
-model becomes one parameter per field (its description and bounds with it); a body model
+model becomes one parameter per field (its description and bounds with it), a headers
+model one header parameter per field (its HTTP name); a body model
 the request body; answers and error statuses the responses. The rules of an operation the
 schema cannot say are written in its description. The test suite runs schemathesis against
 it.
@@ -83,19 +84,24 @@ def document(operations: Iterable[Operation]) -> dict[str, Any]:
     operations = list(operations)
     kinds: list[Any] = [Error]
     for op in operations:
-        kinds += [op.path_model, op.query_model]
+        kinds += [op.path_model, op.query_model, op.headers_model]
         kinds += [answer.model for answer in op.answers.values()]
         if op.documented_body is not None:
             kinds.append(op.documented_body)
     found, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     schemas = dict(zip(kinds, found, strict=True))
-    parameter_models = {m for op in operations for m in (op.path_model, op.query_model)}
+    parameter_models = {
+        m for op in operations for m in (op.path_model, op.query_model, op.headers_model)
+    }
     parameters = {m: _parameters(components.pop(m.__name__)) for m in parameter_models}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         path = [{**p, "in": "path"} for p in parameters[op.path_model]]
         query = [{**p, "in": "query"} for p in parameters[op.query_model]]
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, [*path, *query], schemas)
+        headers = [{**p, "in": "header"} for p in parameters[op.headers_model]]
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(
+            op, [*path, *query, *headers], schemas
+        )
     return {
         "openapi": "3.1.0",
         "info": {

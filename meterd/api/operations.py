@@ -8,11 +8,13 @@ parameters say what it takes::
              answers={200: (Usage, "Rows ...")}, errors=(400, 401, 404, 500, 503))
     async def usage(daemon: Daemon, path: AccountPath, query: UsageQuery) -> Response: ...
 
-``path``, ``query`` and ``body`` are models of :mod:`.models`: before the handler runs, the
-request's path parameters, query string and JSON body are turned into them (:func:`parse`,
-:func:`parse_body`), and anything wrong is a 400 ``invalid_parameter`` naming the parameter
-and why. A handler that takes no ``query`` still refuses any query parameter (a typo is not
-ignored). ``request`` gives the raw request (GraphQL reads its own body). The same
+``path``, ``query``, ``headers`` and ``body`` are models of :mod:`.models`: before the
+handler runs, the request's path parameters, query string, headers and JSON body are turned
+into them (:func:`parse`, :func:`parse_headers`, :func:`parse_body`), and anything wrong is a
+400 ``invalid_parameter`` naming the parameter and why. A ``headers`` model reads only the
+headers it declares, by their HTTP names (``msgspec.field(name="Idempotency-Key")``). A
+handler that takes no ``query`` still refuses any query parameter (a typo is not ignored).
+``request`` gives the raw request (GraphQL reads its own body). The same
 declaration writes the operation into ``/openapi.json`` (:mod:`.openapi`).
 """
 
@@ -114,6 +116,7 @@ class Operation:
     documented_body: Any  # the body's model for the document (= body_model, or GraphQL's)
     own_rules: tuple[str, ...]
     scope: Scope | None = None  # across owner processes (None: not declared, a test fails)
+    headers_model: type[Model] = NoParameters  # request headers it reads (by their names)
 
     @property
     def path(self) -> str:
@@ -124,7 +127,7 @@ class Operation:
     def rules(self) -> tuple[str, ...]:
         """The rules of this operation the schema cannot say (a schema-valid request may be
         refused 400 for them): its models' and its own."""
-        models = (self.path_model, self.query_model, self.body_model)
+        models = (self.path_model, self.query_model, self.headers_model, self.body_model)
         return tuple(rule for m in models if m is not None for rule in m.rules) + self.own_rules
 
     async def call(self, daemon: Daemon, request: Request) -> Response:
@@ -139,6 +142,8 @@ class Operation:
             kwargs["path"] = path
         if self.query_model is not NoParameters:
             kwargs["query"] = query
+        if self.headers_model is not NoParameters:
+            kwargs["headers"] = parse_headers(self.headers_model, request.headers)
         if self.body_model is not None:
             kwargs["body"] = await parse_body(self.body_model, request)
         if self.takes_request:
@@ -241,6 +246,7 @@ class Operations:
                 documented_body=body if documented_body is None else documented_body,
                 own_rules=rules,
                 scope=scope,
+                headers_model=hints.get("headers", NoParameters),
             )
             _check_path(operation)
             self._all.append(operation)
@@ -289,6 +295,13 @@ def parse(model: type[M], values: Mapping[str, str]) -> M:
         else:
             typed[name] = text
     return _convert(model, typed, fields)
+
+
+def parse_headers(model: type[M], headers: Mapping[str, str]) -> M:
+    """``model`` from the request's ``headers`` (names without regard to case): only the
+    headers it declares are read, then checked as :func:`parse` checks a query string."""
+    found = {name: headers[name] for name in _fields(model) if name in headers}
+    return parse(model, found)
 
 
 async def parse_body(model: type[M], request: Request) -> M:

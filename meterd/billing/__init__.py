@@ -20,7 +20,15 @@ See docs/billing.md for the rules. The modules behind this curated API:
 from typing import TYPE_CHECKING, Any
 
 from ._config import BillingConfig, PriceEntry, check_prices
-from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
+from ._corrections import (
+    ADDITIVE,
+    KEY_MAX,
+    KEY_PATTERN,
+    Adjustment,
+    AdjustmentKind,
+    Void,
+    new_key,
+)
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
 from ._explain import ExplainedEvent, Explanation, WindowFigure, adjustment_json, void_json
 from ._json import Slices, encode_json, loads_array
@@ -82,6 +90,8 @@ __all__ = [
     "InvoiceLine",
     "InvoiceView",
     "LineChange",
+    "KEY_MAX",
+    "KEY_PATTERN",
     "NotFound",
     "Period",
     "PriceBook",
@@ -103,6 +113,7 @@ __all__ = [
     "invalid",
     "loads_array",
     "merge_cells",
+    "new_key",
     "rate",
     "largest_lines",
     "render_explanation",

@@ -30,6 +30,13 @@ Version 3 adds ``log_corrections(seq PRIMARY KEY, kind, row_id)`` (append-only):
 mode a correction is applied from the shard's log, and the stream sequence it came from is
 written in the same transaction as its row, so a replay of the log applies it once
 (:meth:`BillingDB.logged_correction`).
+
+Version 4 adds ``idempotency_key`` to ``adjustments`` and ``voids`` (the client's
+``Idempotency-Key``, or one the server generated), unique per account in each table by a
+partial index and across both by :func:`_keyed`, checked in the transaction that records a
+correction: the same key again returns the first record (``replayed``) and writes nothing;
+with a different request it is a :class:`Conflict` ``idempotency_conflict`` naming the
+field. Rows written before version 4 have NULL (no key).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -46,8 +53,8 @@ from urllib.parse import quote
 import structlog
 import trio
 
-from ._corrections import Adjustment, AdjustmentKind, Void
-from ._errors import BillingError, Conflict
+from ._corrections import Adjustment, AdjustmentKind, Void, replay
+from ._errors import BillingError, Conflict, Unavailable
 from ._json import Slices, encode_json, loads_array
 from ._period import Period
 from ._rating import Invoice, InvoiceLine, Unpriced
@@ -144,7 +151,16 @@ _V3: Final = (
     ),
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3)
+_V4: Final = (
+    "ALTER TABLE adjustments ADD COLUMN idempotency_key TEXT",
+    "ALTER TABLE voids ADD COLUMN idempotency_key TEXT",
+    "CREATE UNIQUE INDEX adjustments_by_key ON adjustments (account, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL",
+    "CREATE UNIQUE INDEX voids_by_key ON voids (account, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -225,6 +241,17 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> int:
     return found
 
 
+Fence = Callable[[], str | None]
+"""Asked right before a correction's transaction commits (cluster mode: the shard's lease):
+None while it may commit, else why not (the transaction is rolled back: nothing written)."""
+
+
+def _fenced(fence: Fence | None) -> None:
+    reason = None if fence is None else fence()
+    if reason is not None:
+        raise Unavailable(f"the correction was not recorded: {reason}", code="fenced")
+
+
 def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -> None:
     if seq is not None:
         conn.execute(
@@ -232,12 +259,27 @@ def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -
         )
 
 
+def _keyed(conn: sqlite3.Connection, account: str, key: str) -> Adjustment | Void | None:
+    """The correction of ``account`` recorded under idempotency ``key`` (None: none is)."""
+    row = conn.execute(
+        f"SELECT {_ADJUSTMENT_COLUMNS} FROM adjustments WHERE account = ? AND idempotency_key = ?",
+        (account, key),
+    ).fetchone()
+    if row is not None:
+        return _adjustment(row)
+    row = conn.execute(
+        f"SELECT {_VOID_COLUMNS} FROM voids WHERE account = ? AND idempotency_key = ?",
+        (account, key),
+    ).fetchone()
+    return None if row is None else _void(row)
+
+
 def _dims(raw: str) -> tuple[str, ...]:
     return tuple(json.loads(raw))
 
 
 def _adjustment(row: Sequence[Any]) -> Adjustment:
-    id, account, meter, start, end, dims, kind, quantity, by, at, reason = row
+    id, account, meter, start, end, dims, kind, quantity, by, at, reason, key = row
     return Adjustment(
         id,
         account,
@@ -250,12 +292,13 @@ def _adjustment(row: Sequence[Any]) -> Adjustment:
         by,
         at,
         reason,
+        key,
     )
 
 
 def _void(row: Sequence[Any]) -> Void:
-    id, account, event_id, meter, time, dims, quantity, by, at, reason = row
-    return Void(id, account, event_id, meter, time, _dims(dims), quantity, by, at, reason)
+    id, account, event_id, meter, time, dims, quantity, by, at, reason, key = row
+    return Void(id, account, event_id, meter, time, _dims(dims), quantity, by, at, reason, key)
 
 
 # Figures are written and read a slice at a time (meterd.billing._json): one json.dumps or
@@ -319,10 +362,12 @@ def _restatement(row: Sequence[Any]) -> Restatement:
 
 
 _ADJUSTMENT_COLUMNS: Final = (
-    "id, account, meter, start, end_ms, dims, kind, quantity, made_by, made_at, reason"
+    "id, account, meter, start, end_ms, dims, kind, quantity, made_by, made_at, reason,"
+    " idempotency_key"
 )
 _VOID_COLUMNS: Final = (
-    "id, account, event_id, meter, time, dims, quantity, made_by, made_at, reason"
+    "id, account, event_id, meter, time, dims, quantity, made_by, made_at, reason,"
+    " idempotency_key"
 )
 _RESTATEMENT_COLUMNS: Final = (
     "id, period, account, made_at, causes, old_total, new_total, changes, lines, unpriced"
@@ -379,13 +424,29 @@ class BillingDB:
         at: int,
         reason: str,
         log_seq: int | None = None,
+        key: str | None = None,
+        fence: Fence | None = None,
     ) -> Adjustment:
-        """``log_seq``: the log sequence it is applied from (cluster mode), kept with it."""
+        """``log_seq``: the log sequence it is applied from (cluster mode), kept with it.
+        ``key``: its idempotency key; if the account already has a correction under it, that
+        one is returned (``replayed``) and nothing is written (but ``log_seq``, so a replay
+        of the log finds it), or :class:`Conflict` if the request differs. The caller
+        checks nothing more: a void under the key is a conflict (field ``operation``).
+        ``fence``: asked in the transaction right before it commits (:data:`Fence`)."""
+        wanted = Adjustment(0, account, meter, *span, dims, kind, quantity, by, at, reason, key)
 
         def work(conn: sqlite3.Connection) -> Adjustment:
+            if key is not None:
+                found = _keyed(conn, account, key)
+                if found is not None:
+                    replayed = replay(found, wanted)
+                    _logged(conn, log_seq, "adjust", found.id)
+                    _fenced(fence)
+                    return replayed
             cursor = conn.execute(
                 "INSERT INTO adjustments (account, meter, start, end_ms, dims, kind, quantity,"
-                " made_by, made_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " made_by, made_at, reason, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     account,
                     meter,
@@ -396,13 +457,13 @@ class BillingDB:
                     by,
                     at,
                     reason,
+                    key,
                 ),
             )
             assert cursor.lastrowid is not None
             _logged(conn, log_seq, "adjust", cursor.lastrowid)
-            return Adjustment(
-                cursor.lastrowid, account, meter, *span, dims, kind, quantity, by, at, reason
-            )
+            _fenced(fence)
+            return replace(wanted, id=cursor.lastrowid)
 
         return await self._run(work)
 
@@ -434,13 +495,36 @@ class BillingDB:
         at: int,
         reason: str,
         log_seq: int | None = None,
+        key: str | None = None,
+        fence: Fence | None = None,
     ) -> Void:
+        """``log_seq``, ``key`` and ``fence`` as in :meth:`add_adjustment`."""
+        wanted = Void(0, account, event_id, meter, time, dims, quantity, by, at, reason, key)
+
         def work(conn: sqlite3.Connection) -> Void:
+            if key is not None:
+                found = _keyed(conn, account, key)
+                if found is not None:
+                    replayed = replay(found, wanted)
+                    _logged(conn, log_seq, "void", found.id)
+                    _fenced(fence)
+                    return replayed
             try:
                 cursor = conn.execute(
                     "INSERT INTO voids (account, event_id, meter, time, dims, quantity, made_by,"
-                    " made_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (account, event_id, meter, time, json.dumps(dims), quantity, by, at, reason),
+                    " made_at, reason, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        account,
+                        event_id,
+                        meter,
+                        time,
+                        json.dumps(dims),
+                        quantity,
+                        by,
+                        at,
+                        reason,
+                        key,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(
@@ -449,11 +533,14 @@ class BillingDB:
                 ) from None
             assert cursor.lastrowid is not None
             _logged(conn, log_seq, "void", cursor.lastrowid)
-            return Void(
-                cursor.lastrowid, account, event_id, meter, time, dims, quantity, by, at, reason
-            )
+            _fenced(fence)
+            return replace(wanted, id=cursor.lastrowid)
 
         return await self._run(work)
+
+    async def keyed(self, account: str, key: str) -> Adjustment | Void | None:
+        """The correction of ``account`` recorded under idempotency ``key`` (None: none)."""
+        return await self._run(lambda conn: _keyed(conn, account, key))
 
     async def logged_correction(self, seq: int) -> Adjustment | Void | None:
         """The correction applied from log sequence ``seq`` (None: none was)."""

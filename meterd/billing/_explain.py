@@ -188,6 +188,7 @@ def adjustment_json(a: Adjustment, names: tuple[str, ...]) -> dict[str, Any]:
         "by": a.by,
         "at": a.at,
         "reason": a.reason,
+        "idempotency_key": a.key,
     }
 
 
@@ -204,6 +205,7 @@ def void_json(v: Void, names: tuple[str, ...]) -> dict[str, Any]:
         "by": v.by,
         "at": v.at,
         "reason": v.reason,
+        "idempotency_key": v.key,
     }
 
 

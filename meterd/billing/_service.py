@@ -36,8 +36,17 @@ from meterd.model import MINUTE_MS, Aggregation, Event, Meter, Window
 from meterd.store import InvalidCursor
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
-from ._corrections import ADDITIVE, Adjustment, AdjustmentKind, Void
-from ._db import BillingDB, Closure, StoredFigures
+from ._corrections import (
+    ADDITIVE,
+    Adjustment,
+    AdjustmentKind,
+    R,
+    Void,
+    check_key,
+    new_key,
+    replay,
+)
+from ._db import BillingDB, Closure, Fence, StoredFigures
 from ._errors import Conflict, NotFound, Unavailable, invalid
 from ._explain import (
     CapDetail,
@@ -164,6 +173,7 @@ class CorrectionJournal(Protocol):
         amount: Decimal,
         by: str,
         reason: str,
+        key: str,
     ) -> tuple[Adjustment, Restatement | None]: ...
 
     async def void(
@@ -176,6 +186,7 @@ class CorrectionJournal(Protocol):
         quantity: str,
         by: str,
         reason: str,
+        key: str,
     ) -> tuple[Void, Restatement | None]: ...
 
 
@@ -507,8 +518,14 @@ class Billing:
         quantity: Decimal | str,
         by: str,
         reason: str,
+        key: str | None = None,
     ) -> tuple[Adjustment, Restatement | None]:
-        """Record a credit or debit; a closed period it falls in is restated at once."""
+        """Record a credit or debit; a closed period it falls in is restated at once.
+
+        ``key``: the client's idempotency key (None: a new one is made). If the account has
+        a correction under it, that one is answered (``replayed``) when it was this same
+        request, else :class:`Conflict` ``idempotency_conflict``; nothing is recorded."""
+        key = _key(key)
         meter = self.meter(meter_name)
         _need_text("account", account)
         _need_text("by", by)
@@ -531,13 +548,43 @@ class Billing:
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
         span = (start, start + window.ms)
+        wanted = Adjustment(0, account, meter.name, *span, dims, kind, amount, by, 0, reason, key)
+        replayed = await self._replayed(wanted)
+        if replayed is not None:
+            return replayed
         if self.journal is not None:  # cluster mode: through the shard's log
             return await self.journal.adjust(
-                account, meter.name, span, dims, kind, amount, by, reason
+                account, meter.name, span, dims, kind, amount, by, reason, key
             )
         return await self.record_adjustment(
-            account, meter.name, span, dims, kind, amount, by, self.clock(), reason
+            account, meter.name, span, dims, kind, amount, by, self.clock(), reason, key=key
         )
+
+    async def _replayed(self, wanted: R) -> tuple[R, Restatement | None] | None:
+        """The answer to ``wanted`` if its key is already used: the correction recorded
+        under it and the restatement it caused (or :class:`Conflict`); None if unused.
+        Checked again where the correction is written (:class:`BillingDB`), in its
+        transaction: this early look only spares a replay the work before it."""
+        assert wanted.key is not None
+        found = await self.db.keyed(wanted.account, wanted.key)
+        if found is None:
+            return None
+        record = replay(found, wanted)
+        log.info(
+            "correction_replayed", account=record.account, id=record.id, key=record.key
+        )
+        return record, await self._restatement_of(record)
+
+    async def _restatement_of(self, record: Adjustment | Void) -> Restatement | None:
+        """The restatement ``record`` caused when it was recorded (None: none)."""
+        time_ms = record.start if isinstance(record, Adjustment) else record.time
+        cause = record.describe()
+        for restatement in await self.db.restatements(
+            record.account, Period.containing(time_ms)
+        ):
+            if restatement.causes[:1] == (cause,):
+                return restatement
+        return None
 
     async def record_adjustment(
         self,
@@ -551,16 +598,35 @@ class Billing:
         at: int,
         reason: str,
         log_seq: int | None = None,
+        key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[Adjustment, Restatement | None]:
         """Write a validated adjustment made at ``at`` (``log_seq``: the log sequence it is
-        applied from, cluster mode); restate the closed period it falls in."""
+        applied from, cluster mode; ``key``: its idempotency key, checked in the same
+        transaction: a replay writes nothing and restates nothing; ``fence``: asked right
+        before that transaction commits, :class:`Unavailable` ``fenced`` and nothing written
+        when it says no); restate the closed period it falls in."""
         meter = self.meter(meter_name)
         start = span[0]
         async with self._periods:
             closure = await self._closure(Period.containing(start), locked=True)
             adjustment = await self.db.add_adjustment(
-                account, meter.name, span, dims, kind, amount, by, at, reason, log_seq=log_seq
+                account,
+                meter.name,
+                span,
+                dims,
+                kind,
+                amount,
+                by,
+                at,
+                reason,
+                log_seq=log_seq,
+                key=key,
+                fence=fence,
             )
+            if adjustment.replayed:
+                log.info("correction_replayed", account=account, id=adjustment.id, key=key)
+                return adjustment, await self._restatement_of(adjustment)
             log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
             restatement = await self._restate_if_closed(
                 account, start, adjustment.describe(), closure
@@ -574,15 +640,22 @@ class Billing:
         by: str,
         reason: str,
         period: Period | None = None,
+        key: str | None = None,
     ) -> tuple[Void, Restatement | None]:
         """Take one event out of billed usage (it stays in the journal).
 
         ``period`` narrows the search for the event to the month its time falls in.
         :class:`NotFound` for an unknown event, :class:`Conflict` for one already void,
-        quarantined or discarded (it was never counted).
+        quarantined or discarded (it was never counted). ``key`` as in :meth:`adjust`
+        (a replay is answered before the event is searched for).
         """
+        key = _key(key)
         _need_text("by", by)
         _need_text("reason", reason)
+        wanted = Void(0, account, event_id, "", 0, (), "", by, 0, reason, key)
+        replayed = await self._replayed(wanted)
+        if replayed is not None:
+            return replayed
         low, high = (-(1 << 62), 1 << 62) if period is None else (period.start_ms, period.end_ms)
         found: Event | None = None
         async for event in self._events(account, None, low, high):
@@ -600,7 +673,15 @@ class Billing:
         dims = dims_of(meter, found)
         if self.journal is not None:  # cluster mode: through the shard's log
             return await self.journal.void(
-                account, event_id, meter.name, found.time, dims, str(found.quantity), by, reason
+                account,
+                event_id,
+                meter.name,
+                found.time,
+                dims,
+                str(found.quantity),
+                by,
+                reason,
+                key,
             )
         return await self.record_void(
             account,
@@ -612,6 +693,7 @@ class Billing:
             by,
             self.clock(),
             reason,
+            key=key,
         )
 
     async def record_void(
@@ -626,9 +708,11 @@ class Billing:
         at: int,
         reason: str,
         log_seq: int | None = None,
+        key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[Void, Restatement | None]:
-        """Write a void of a found event, made at ``at`` (``log_seq`` as in
-        :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
+        """Write a void of a found event, made at ``at`` (``log_seq``, ``key`` and ``fence``
+        as in :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
         async with self._periods:
             closure = await self._closure(Period.containing(time_ms), locked=True)
             void = await self.db.add_void(
@@ -642,7 +726,12 @@ class Billing:
                 at,
                 reason,
                 log_seq=log_seq,
+                key=key,
+                fence=fence,
             )
+            if void.replayed:
+                log.info("correction_replayed", account=account, id=void.id, key=key)
+                return void, await self._restatement_of(void)
             log.info("voided", account=account, event_id=event_id, by=by)
             restatement = await self._restate_if_closed(account, time_ms, void.describe(), closure)
         return void, restatement
@@ -1034,6 +1123,16 @@ def _compare_taking(
 def _line_taking(box: list[Invoice], number: int) -> InvoiceLine:
     """Line ``number`` of the invoice in ``box`` (freed here after); ``LookupError``."""
     return _take(box).line(number)
+
+
+def _key(key: str | None) -> str:
+    """The client's idempotency key, checked, or a new one when it sent none."""
+    if key is None:
+        return new_key()
+    why = check_key(key)
+    if why is not None:
+        raise invalid("Idempotency-Key", why)
+    return key
 
 
 def _need_text(name: str, value: str) -> None:

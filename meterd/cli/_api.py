@@ -44,12 +44,23 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")  # what fits in "Authorization: Bearer <tok
 
 class ApiError(Exception):
     """A failure the operator must see: ``str(error)`` is one sentence, ``status`` the exit
-    status; ``unreachable`` when the API did not answer at all (worth retrying)."""
+    status; ``unreachable`` when the API did not answer at all (worth retrying);
+    ``http_status`` and ``code`` the API's answer when it gave one."""
 
-    def __init__(self, message: str, status: int = API_ERROR, *, unreachable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = API_ERROR,
+        *,
+        unreachable: bool = False,
+        http_status: int | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.unreachable = unreachable
+        self.http_status = http_status
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +198,15 @@ class Api:
         """The JSON object answering ``GET path``; :class:`ApiError` for any failure."""
         return self._request("GET", path, params)
 
-    def post(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The JSON object answering ``POST path`` (with ``body`` as JSON);
+    def post(
+        self,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The JSON object answering ``POST path`` (with ``body`` as JSON and ``headers``);
         :class:`ApiError` for any failure."""
-        return self._request("POST", path, None, body)
+        return self._request("POST", path, None, body, headers)
 
     def delete(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
         """The JSON object answering ``DELETE path?params``; :class:`ApiError` for any failure."""
@@ -202,6 +218,7 @@ class Api:
         path: str,
         params: Mapping[str, object] | None,
         body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         query = {key: value for key, value in (params or {}).items() if value is not None}
         where = _safe_url(self.endpoint.url)
@@ -211,6 +228,7 @@ class Api:
                 path,
                 params=query,  # type: ignore[arg-type]
                 json=None if body is None else dict(body),
+                headers=None if headers is None else dict(headers),
             )
         except httpx.TimeoutException:
             raise ApiError(
@@ -281,10 +299,15 @@ def _answer(response: httpx.Response, where: str) -> Any:
     if message is None:
         raise ApiError(
             f"the API at {where} answered HTTP {status} {response.reason_phrase}"
-            " (is that address meterd's API?)"
+            " (is that address meterd's API?)",
+            http_status=status,
         )
     message = message.rstrip(".")
-    raise ApiError(f"{message} (HTTP {status} {code})" if code else f"{message} (HTTP {status})")
+    raise ApiError(
+        f"{message} (HTTP {status} {code})" if code else f"{message} (HTTP {status})",
+        http_status=status,
+        code=code,
+    )
 
 
 def _error_of(body: object) -> tuple[str | None, str | None]:

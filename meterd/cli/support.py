@@ -10,12 +10,21 @@ A correction is append-only: a wrong one stays in the audit, reversed by another
 writing command first prints what it will record (account, meter, the day or window in UTC,
 the quantity, who and why) and asks; without a terminal it refuses unless ``--yes``. Times
 are epoch milliseconds or ISO-8601 (no zone: UTC), as everywhere in the CLI.
+
+``adjust`` and ``void`` send an ``Idempotency-Key`` (one per command, or
+``--idempotency-key``) and retry on their own, with that key, when the answer is lost (no
+answer, or 502/503/504): the daemon records the correction once (docs/billing.md
+"Retrying a correction"). When they give up they print the key, to re-run the command
+with it.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
+import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -36,6 +45,66 @@ from meterd.cli._times import TIME, TIME_HELP, format_time
 from meterd.model import Window
 
 _WINDOWS = {window.value: window for window in Window}
+
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+"""Seconds before each retry of a correction whose answer was lost (then it gives up)."""
+_RETRIED_STATUSES = frozenset({502, 503, 504})
+_KEY_HELP = (
+    "Idempotency key of this correction (1-200 printable ASCII characters; default: a new"
+    " one per command). Re-running the command with the key of an earlier run records"
+    " nothing more if that run's correction was recorded."
+)
+
+
+def _key_option(function: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--idempotency-key", "key", metavar="KEY", help=_KEY_HELP)(function)
+
+
+def _check_key(key: str | None) -> str:
+    from meterd.billing._corrections import check_key
+
+    if key is None:
+        return f"cli-{uuid.uuid4().hex}"
+    why = check_key(key)
+    if why is not None:
+        raise click.BadParameter(why, param_hint="'--idempotency-key'")
+    return key
+
+
+def post_correction(
+    command: str, api: Api, path: str, body: dict[str, Any], key: str
+) -> dict[str, Any]:
+    """``POST path`` with ``Idempotency-Key: key``, sent again with the same key while the
+    answer is lost (no answer, or 502/503/504), after each of :data:`RETRY_DELAYS`; the last
+    failure names the key to re-run the command with."""
+    headers = {"Idempotency-Key": key}
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            return api.post(path, body, headers)
+        except ApiError as error:
+            lost = error.unreachable or error.http_status in _RETRIED_STATUSES
+            if not lost:
+                raise
+            if delay is None:
+                raise ApiError(
+                    f"{error}; gave up after {attempt} attempts. The correction may be"
+                    f" recorded: re-run the command with --idempotency-key {shlex.quote(key)}"
+                    " to record it at most once"
+                ) from None
+            click.echo(
+                f"meterd {command}: {error}; sending it again with the same idempotency key"
+                f" in {delay:g} s (attempt {attempt + 1} of {len(RETRY_DELAYS) + 1})",
+                err=True,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _recorded_words(answer: dict[str, Any]) -> str:
+    """How a correction's answer begins: recorded now, or before under the same key."""
+    if answer.get("replayed"):
+        return "already recorded (an earlier run with this idempotency key)"
+    return "recorded"
 
 
 def _interactive() -> bool:
@@ -199,6 +268,7 @@ def _window_words(start: int, window: Window) -> str:
 @click.option("--reason", required=True, help="Why (kept in the audit).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+@_key_option
 @api_options
 def adjust(
     account: str,
@@ -212,6 +282,7 @@ def adjust(
     reason: str,
     yes: bool,
     as_json: bool,
+    key: str | None,
     target: Target,
 ) -> None:
     """Credit or debit QUANTITY units of a summed meter on one window of ACCOUNT (append-only;
@@ -220,6 +291,7 @@ def adjust(
     Example: meterd adjust acme --meter dyno.seconds --kind credit --quantity 3600
     --on 2026-11-20 --dim size=standard-1x --by alice --reason "outage credit, ticket 4411"
     """
+    key = _check_key(key)
     size = _WINDOWS[window]
     dimensions = _dimensions(dims)
     amount = _quantity(quantity)
@@ -252,14 +324,18 @@ def adjust(
     }
     with connect("adjust", target) as api:
         try:
-            answer = api.post(f"/v1/accounts/{path_segment(account)}/adjustments", body)
+            answer = post_correction(
+                "adjust", api, f"/v1/accounts/{path_segment(account)}/adjustments", body, key
+            )
         except ApiError as error:
             fail("adjust", error)
     if as_json:
         echo_json(answer)
         return
     recorded = answer.get("adjustment") or {}
-    click.echo(f"recorded adjustment #{recorded.get('id')}: {plan}{_restated(answer)}")
+    click.echo(
+        f"{_recorded_words(answer)} adjustment #{recorded.get('id')}: {plan}{_restated(answer)}"
+    )
 
 
 # ---- void -----------------------------------------------------------------------------------
@@ -315,6 +391,7 @@ def _month_of(text: str) -> str:
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+@_key_option
 @api_options
 def void(
     account: str,
@@ -324,10 +401,12 @@ def void(
     period: str | None,
     yes: bool,
     as_json: bool,
+    key: str | None,
     target: Target,
 ) -> None:
     """Take EVENT_ID out of ACCOUNT's billed usage (it stays in the journal; append-only; a
     closed month is restated at once). Shows the event and asks first."""
+    key = _check_key(key)
     if period is not None:
         period = _month_of(period)
     with connect("void", target) as api:
@@ -343,8 +422,12 @@ def void(
             body: dict[str, Any] = {"by": by, "reason": reason}
             if period is not None:
                 body["period"] = period
-            answer = api.post(
-                f"/v1/accounts/{path_segment(account)}/events/{path_segment(event_id)}/void", body
+            answer = post_correction(
+                "void",
+                api,
+                f"/v1/accounts/{path_segment(account)}/events/{path_segment(event_id)}/void",
+                body,
+                key,
             )
         except ApiError as error:
             fail("void", error)
@@ -352,7 +435,7 @@ def void(
         echo_json(answer)
         return
     recorded = answer.get("void") or {}
-    click.echo(f"recorded void #{recorded.get('id')}: {what}{_restated(answer)}")
+    click.echo(f"{_recorded_words(answer)} void #{recorded.get('id')}: {what}{_restated(answer)}")
 
 
 # ---- close ----------------------------------------------------------------------------------

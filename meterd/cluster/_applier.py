@@ -481,6 +481,8 @@ class ShardApplier:
                 log.info("cluster.applier.correction_found", shard=self.shard, seq=seq)
                 return found, None
             dims = tuple(correction.dims)
+            # checked again inside billing's transaction, right before it commits
+            fence = None if self.fence is None else self.fence.check
             if correction.kind == "adjust":
                 return await billing.record_adjustment(
                     correction.account,
@@ -493,6 +495,8 @@ class ShardApplier:
                     correction.at,
                     correction.reason,
                     log_seq=seq,
+                    key=correction.key or None,
+                    fence=fence,
                 )
             if correction.kind == "void":
                 return await billing.record_void(
@@ -506,6 +510,8 @@ class ShardApplier:
                     correction.at,
                     correction.reason,
                     log_seq=seq,
+                    key=correction.key or None,
+                    fence=fence,
                 )
             raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
         except BillingUnavailable:

@@ -8,6 +8,13 @@ The shard's :class:`~._applier.ShardApplier` applies it in stream order into the
 database, with the stream sequence in the same transaction (a replay applies it once), and
 only then is the API answered (as a producer's ack waits for its verdict). A node that
 takes the shard over, from a snapshot and the log, so has every correction.
+
+Each message carries the correction's idempotency key (the client's, or one made by the
+node that validated it), and the owner checks it in the transaction that records the
+correction: a retried POST published again under a new message id, a replay of the log
+after a takeover, or a message applied by an owner that lost its lease and again by the
+next one, all find the key and record nothing more (docs/billing.md "Retrying a
+correction").
 """
 
 from __future__ import annotations
@@ -80,7 +87,9 @@ class ShardJournal:
         self.clock = clock
         self.published = 0
 
-    def _new(self, kind: str, account: str, by: str, reason: str, meter: str) -> Correction:
+    def _new(
+        self, kind: str, account: str, by: str, reason: str, meter: str, key: str
+    ) -> Correction:
         return Correction(
             id=f"correction:{self.node}:{uuid.uuid4().hex}",
             shard=self.shard,
@@ -90,6 +99,7 @@ class ShardJournal:
             reason=reason,
             at=self.clock(),
             meter=meter,
+            key=key,
         )
 
     async def adjust(
@@ -102,8 +112,9 @@ class ShardJournal:
         amount: Decimal,
         by: str,
         reason: str,
+        key: str,
     ) -> tuple[Adjustment, Restatement | None]:
-        base = self._new("adjust", account, by, reason, meter)
+        base = self._new("adjust", account, by, reason, meter, key)
         correction = _with(
             base,
             start=span[0],
@@ -126,9 +137,10 @@ class ShardJournal:
         quantity: str,
         by: str,
         reason: str,
+        key: str,
     ) -> tuple[Void, Restatement | None]:
         correction = _with(
-            self._new("void", account, by, reason, meter),
+            self._new("void", account, by, reason, meter, key),
             event_id=event_id,
             time=time_ms,
             dims=list(dims),
@@ -153,8 +165,8 @@ class ShardJournal:
                 except ClusterUnavailable as error:
                     raise Unavailable(
                         f"shard {self.shard}: the log did not take the correction ({error});"
-                        " it may still be stored: look at /adjustments or /voids before"
-                        " repeating it"
+                        " it may still be stored: retry the same request with the same"
+                        f" Idempotency-Key ({correction.key!r}) to record it at most once"
                     ) from None
                 self.published += 1
                 published = True
@@ -165,7 +177,8 @@ class ShardJournal:
                 raise Unavailable(
                     f"shard {self.shard}: the correction {stored} but was not applied within"
                     f" {self.timeout:g} s (the shard may be changing owner); its owner applies"
-                    " it: look at /adjustments or /voids before repeating it"
+                    " it: retry the same request with the same Idempotency-Key"
+                    f" ({correction.key!r}) to get its answer"
                 )
             if isinstance(outcome, BillingError):
                 raise outcome

@@ -92,6 +92,48 @@ function put(el, ...children) {
   el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
+// A correction's idempotency key (docs/billing.md "Retrying a correction"): one per
+// submission, kept while the same submission is sent again after its answer was lost (no
+// answer, or 502/503/504), so the daemon records it at most once; a new one otherwise.
+function correctionKeys() {
+  let pending = null; // { request, key } of a submission whose answer was lost
+  const fresh = () => "console-" + Array.from(crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0")).join("");
+  return {
+    keyFor(request) {
+      if (!pending || pending.request !== request) pending = { request, key: fresh() };
+      return pending.key;
+    },
+    answered() { pending = null; },
+    failed(error) {
+      const lost = !(error instanceof ApiError) || [502, 503, 504].includes(error.status);
+      if (!lost) pending = null;
+      return lost;
+    },
+  };
+}
+
+// A correction's POST under its key; the status line says whether it was recorded now or
+// before (a retry), and a lost answer says that submitting again is safe.
+async function postCorrection(out, keys, url, body, done) {
+  const request = JSON.stringify([url, body]);
+  try {
+    const answer = await api(url, { method: "POST", body,
+      headers: { "Idempotency-Key": keys.keyFor(request) } });
+    keys.answered();
+    done(answer, answer.replayed ? "already recorded (this submission was sent before)"
+      : "recorded");
+  } catch (error) {
+    if (keys.failed(error)) {
+      out.replaceChildren(h("p", { class: "error", role: "alert", id: "correction-lost" },
+        `${error.message || error}. The correction may be recorded: submit the same form`
+        + " again to find out; it is sent with the same key and recorded at most once."));
+    } else {
+      showError(out, error);
+    }
+  }
+}
+
 function showError(where, error) {
   where.replaceChildren(h("p", { class: "error", role: "alert" }, String(error.message || error)));
 }
@@ -845,6 +887,8 @@ async function correctionsPage(root, { params }) {
   const summed = state.meta.meters.filter((m) => m.aggregation === "sum"
     || m.aggregation === "count");
   const out = h("div", { id: "corrections-result" });
+  const adjustKeys = correctionKeys();
+  const voidKeys = correctionKeys();
   const field = (label, el) => h("label", {}, label, el);
   const input = (id, attrs = {}) => h("input", { id, required: true, ...attrs });
 
@@ -884,20 +928,17 @@ async function correctionsPage(root, { params }) {
       + `${a.meter.value}${dimText ? ` (${dimText})` : ""} on ${when} for account `
       + `${a.account.value}. Adjustments are append-only: this cannot be edited later.`;
     if (!(await confirmAction(text))) return;
-    try {
-      const done = await api(`/v1/accounts/${encodeURIComponent(a.account.value)}/adjustments`, {
-        method: "POST", body: { meter: a.meter.value, start, window: a.window.value, dimensions,
-          kind: a.kind.value, quantity: a.quantity.value, by: a.by.value, reason: a.reason.value },
-      });
+    const body = { meter: a.meter.value, start, window: a.window.value, dimensions,
+      kind: a.kind.value, quantity: a.quantity.value, by: a.by.value, reason: a.reason.value };
+    const url = `/v1/accounts/${encodeURIComponent(a.account.value)}/adjustments`;
+    await postCorrection(out, adjustKeys, url, body, (done, recorded) => {
       const month = monthOf(start);
       out.replaceChildren(h("p", { role: "status" },
-        `Adjustment #${done.adjustment.id} recorded`
+        `Adjustment #${done.adjustment.id} ${recorded}`
         + (done.restatement ? ` (restatement #${done.restatement.id})` : "") + ". ",
         h("a", { href: `#/invoice/${encodeURIComponent(a.account.value)}/${month}`,
           id: "adj-invoice-link" }, `Invoice ${month} ›`)));
-    } catch (error) {
-      showError(out, error);
-    }
+    });
   } },
   h("h2", {}, "Credit or debit usage"),
   h("div", { class: "row" }, field("Account", a.account), field("Meter", a.meter),
@@ -916,15 +957,13 @@ async function correctionsPage(root, { params }) {
     const text = `Void event ${v.event.value} of account ${v.account.value}? It stays in the`
       + " journal and leaves billed usage; a closed month is restated.";
     if (!(await confirmAction(text))) return;
-    try {
-      const body = { by: v.by.value, reason: v.reason.value };
-      if (v.period.value) body.period = v.period.value;
-      const done = await api(`/v1/accounts/${encodeURIComponent(v.account.value)}/events/`
-        + `${encodeURIComponent(v.event.value)}/void`, { method: "POST", body });
-      out.replaceChildren(h("p", { role: "status" }, `Void #${done.void.id} recorded.`));
-    } catch (error) {
-      showError(out, error);
-    }
+    const body = { by: v.by.value, reason: v.reason.value };
+    if (v.period.value) body.period = v.period.value;
+    const url = `/v1/accounts/${encodeURIComponent(v.account.value)}/events/`
+      + `${encodeURIComponent(v.event.value)}/void`;
+    await postCorrection(out, voidKeys, url, body, (done, recorded) => {
+      out.replaceChildren(h("p", { role: "status" }, `Void #${done.void.id} ${recorded}.`));
+    });
   } },
   h("h2", {}, "Void an event"),
   h("div", { class: "row" }, field("Account", v.account), field("Event id", v.event),

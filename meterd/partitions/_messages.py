@@ -215,6 +215,7 @@ class Correction(Struct, frozen=True, tag_field="t", tag="correction"):
     quantity: str = ""  # a decimal, as text
     event_id: str = ""  # void
     time: int = 0  # void: the event's time
+    key: str = ""  # the correction's idempotency key (docs/billing.md; "": none, older log)
 
 
 class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):

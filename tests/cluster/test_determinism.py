@@ -175,7 +175,13 @@ async def replay(
             windows[account] = answer["body"]
         store = cell.store_path
     return {
-        "outbox": rows(store, "SELECT * FROM alert_outbox ORDER BY seq"),
+        # Each crossing, byte for byte; not their ``seq``: the accounts' actors checkpoint
+        # in their own time, so the order across accounts is not the log's.
+        "outbox": rows(
+            store,
+            "SELECT id, account, alert, webhook, meter, period, event_id, batch_id, body,"
+            " created_at FROM alert_outbox ORDER BY id",
+        ),
         "verdicts": verdicts,
         "windows": windows,
         "journal": rows(store, "SELECT * FROM event_batches ORDER BY batch_id"),

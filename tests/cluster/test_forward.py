@@ -1,6 +1,7 @@
 """Any node answers any question: the API of a node that holds no shard forwards each query
 to the shard's owner (NATS request/reply), so usage, events, explanations and corrections
-answer the same from it as from the owner."""
+answer the same from it as from the owner; a correction retried with its idempotency key is
+recorded once."""
 
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ from tests.partitions.gateway_harness import Lane, gateway, now_ms
 
 
 async def call(
-    config: Config, method: str, path: str, *, params: dict[str, Any] | None = None, **kw: Any
+    config: Config,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
 ) -> httpx.Response:
-    token = {"Authorization": f"Bearer {config.api.admin_token}"}
+    token = {"Authorization": f"Bearer {config.api.admin_token}", **(headers or {})}
     async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
         return await client.request(method, path, params=params, headers=token, **kw)
 
@@ -66,21 +73,30 @@ async def test_the_node_holding_nothing_answers_for_every_account(
                     )
                 ).json()["events"]
                 assert len(events) == sum(1 for a, _, _ in lane.sent if a == account)
-                # a correction made through the node holding nothing is the owner's
-                made = await call(
-                    two,
-                    "POST",
-                    f"/v1/accounts/{account}/adjustments",
-                    json={
-                        "meter": "dyno.seconds",
-                        "start": now_ms() // 86_400_000 * 86_400_000,
-                        "kind": "credit",
-                        "quantity": "2",
-                        "by": "alice",
-                        "reason": "outage, ticket 4411",
-                    },
-                )
+                # a correction made through the node holding nothing is the owner's; its
+                # retry under the same key (through either node) records nothing more
+                adjustment = {
+                    "meter": "dyno.seconds",
+                    "start": now_ms() // 86_400_000 * 86_400_000,
+                    "kind": "credit",
+                    "quantity": "2",
+                    "by": "alice",
+                    "reason": "outage, ticket 4411",
+                }
+                url = f"/v1/accounts/{account}/adjustments"
+                key = {"Idempotency-Key": "ticket-4411"}
+                made = await call(two, "POST", url, json=adjustment, headers=key)
                 assert made.status_code == 201, made.text
+                for node in (two, one):
+                    again = await call(node, "POST", url, json=adjustment, headers=key)
+                    assert again.status_code == 200, again.text
+                    assert again.headers["idempotent-replayed"] == "true"
+                    assert again.json()["adjustment"] == made.json()["adjustment"]
+                refused = await call(
+                    two, "POST", url, json={**adjustment, "quantity": "3"}, headers=key
+                )
+                assert refused.status_code == 409, refused.text
+                assert refused.json()["error"]["code"] == "idempotency_conflict"
                 listed = await call(one, "GET", f"/v1/accounts/{account}/adjustments")
                 assert [a["reason"] for a in listed.json()["adjustments"]] == [
                     "outage, ticket 4411"

@@ -1,0 +1,73 @@
+"""The console's correction form in a real browser: a submission whose answer is lost, sent
+again, carries the same ``Idempotency-Key`` and is recorded once; a new submission gets a
+new key. Waits on what the page shows, never on time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.console.conftest import HOUR, account_name
+from tests.console.test_console_browser import time_day
+from tests.procs.daemon import DaemonProcess
+
+
+def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
+    page: Any, console_daemon: DaemonProcess
+) -> None:
+    account = account_name(17)
+    day = time_day(HOUR)
+    keys: list[str] = []
+    lose = [True]  # the first answer is lost: the request reaches the daemon, no answer comes
+
+    def adjustments(route: Any) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        if lose[0]:
+            lose[0] = False
+            route.fetch()  # recorded by the daemon ...
+            route.abort("connectionreset")  # ... and the browser never sees the answer
+        else:
+            route.continue_()
+
+    page.route(f"**/v1/accounts/{account}/adjustments", adjustments)
+    page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
+    page.wait_for_selector("#adjust-form")
+    page.select_option("#adj-meter", "dyno.seconds")
+    page.fill("#adj-day", day)
+    page.fill("#adj-quantity", "60")
+    page.fill("#adj-dim-size", "standard-1x")
+    page.fill("#adj-by", "console-test")
+    page.fill("#adj-reason", "retried submission")
+
+    def submit() -> None:
+        page.click("#adj-submit")
+        page.click("#confirm-ok")
+
+    submit()
+    lost = page.locator("#correction-lost")
+    lost.wait_for()
+    assert "submit the same form again" in lost.inner_text()
+    submit()
+    status = page.locator("#corrections-result [role=status]")
+    status.wait_for()
+    assert "already recorded (this submission was sent before)" in status.inner_text()
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert keys[0].startswith("console-")
+    # another submission (another quantity) is another correction, under a new key
+    page.fill("#adj-quantity", "61")
+    submit()
+    page.locator("#corrections-result", has_text="recorded.").wait_for()
+    assert len(keys) == 3
+    assert keys[2] != keys[0]
+    headers = {"Authorization": f"Bearer {console_daemon.config.api.admin_token}"}
+    listed = httpx.get(
+        f"{console_daemon.api_url}/v1/accounts/{account}/adjustments",
+        params={"from": 0, "to": HOUR + 40 * 86_400_000},
+        headers=headers,
+    ).json()["adjustments"]
+    assert [(a["quantity"], a["idempotency_key"]) for a in listed] == [
+        ("60", keys[0]),
+        ("61", keys[2]),
+    ]
