@@ -62,6 +62,56 @@ COMMIT_BUCKETS: Final = (
 )
 """Upper bounds, seconds, of the store commit-latency histogram (a commit with fsync takes
 a few hundred microseconds on an idle disk; +Inf beyond)."""
+SLICE_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+"""Upper bounds, seconds, of the slice histograms of a daemon with owners
+(``meterd_gateway_slice_seconds``, ``meterd_owner_slice_seconds``): fine around the
+half-load ack goal (50 ms), up to ``[partitions] slice_timeout`` (5 s)."""
+
+
+def gateway_slice_histogram(registry: CollectorRegistry) -> Histogram:
+    """``meterd_gateway_slice_seconds{link}``: a gateway's slices, from the link's send to
+    the owner's verdicts (docs/api.md)."""
+    return Histogram(
+        "meterd_gateway_slice_seconds",
+        "In a gateway: from a batch's message queued on an owner's link to that owner's"
+        " verdicts read (the link's queue, the socket both ways, the owner's work), by link.",
+        labelnames=("link",),
+        buckets=SLICE_BUCKETS,
+        registry=registry,
+    )
+
+
+def owner_slice_histogram(registry: CollectorRegistry) -> Histogram:
+    """``meterd_owner_slice_seconds``: an owner's slices messages, from their read to their
+    verdicts queued for the gateway (docs/api.md)."""
+    return Histogram(
+        "meterd_owner_slice_seconds",
+        "In an owner: from a batch's slices message read off the gateway's channel to its"
+        " verdicts queued back (the shard budgets' wait, the commit round, the actors).",
+        buckets=SLICE_BUCKETS,
+        registry=registry,
+    )
 
 
 @dataclass(slots=True)

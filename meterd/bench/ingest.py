@@ -84,7 +84,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -510,21 +510,132 @@ def _decode(message: str | bytes) -> dict[str, Any]:
 # ---- the server's CPU and memory --------------------------------------------------------------
 
 
-def gc_pauses(metrics_url: str) -> tuple[float, int] | None:
-    """The collector's pauses so far from a meterd's ``/metrics``: (seconds, collections),
-    all generations (``meterd_gc_pause_seconds``); None if it cannot be read."""
+def scrape(metrics_url: str) -> str | None:
+    """A meterd's ``/metrics`` text; None if it cannot be read."""
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except OSError:
+        return None
+
+
+def gc_pauses(
+    metrics_url: str | None = None, *, text: str | None = None
+) -> tuple[float, int] | None:
+    """The collector's pauses so far from a meterd's ``/metrics`` (or its ``text``):
+    (seconds, collections), all generations (``meterd_gc_pause_seconds``), summed over the
+    processes (a gateway's series per process, labelled ``owner``, are not added again);
+    None if it cannot be read."""
+    if text is None:
+        text = scrape(metrics_url) if metrics_url else None
+    if text is None:
         return None
     seconds, count = 0.0, 0
     for line in text.splitlines():
+        if 'owner="' in line:
+            continue
         if line.startswith("meterd_gc_pause_seconds_sum{"):
             seconds += float(line.rsplit(" ", 1)[1])
         elif line.startswith("meterd_gc_pause_seconds_count{"):
             count += int(float(line.rsplit(" ", 1)[1]))
     return seconds, count
+
+
+BREAKDOWN: Final = (
+    ("ack in the server", "meterd_ack_latency_seconds"),
+    ("slice round trip", "meterd_gateway_slice_seconds"),
+    ("slice in the owner", "meterd_owner_slice_seconds"),
+    ("store commit", "meterd_store_commit_seconds"),
+    ("GC pause", "meterd_gc_pause_seconds"),
+)
+"""Where an ack's time goes, from the server's histograms (docs/partitions.md "Ack
+latency"): a batch from its read to its ack sent (the producers' latency adds the network,
+the load generator and the wait for the server to read: pacing's backpressure), the
+slices' round trip from the gateway (its link's queue, the socket, the owner), their time
+in the owner (its budget, the commit round, the actors), each file's commit (fsync
+included), and the collector's pauses of every process."""
+
+
+def histogram(text: str, name: str, process: str | None = None) -> dict[float, float]:
+    """The cumulative buckets (upper bound -> count) of histogram ``name`` in a
+    ``/metrics`` text, summed over its label sets: over every process, or only
+    ``process``'s (a gateway's ``owner`` label: ``gateway``, ``owner-K``)."""
+    buckets: dict[float, float] = {}
+    prefix = f"{name}_bucket{{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, value = line[len(prefix) :].rsplit("} ", 1)
+        pairs = dict(_label_pairs(labels))
+        if pairs.get("owner") != process:
+            continue
+        bound = float(pairs["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def _label_pairs(labels: str) -> Iterator[tuple[str, str]]:
+    for pair in labels.split('",'):
+        key, _, value = pair.partition("=")
+        yield key.strip(), value.strip().strip('"')
+
+
+def bucket_quantile(
+    start: Mapping[float, float], end: Mapping[float, float], q: float
+) -> float | None:
+    """The ``q`` quantile (0-1) of the observations between two readings of a histogram's
+    cumulative buckets, interpolated linearly within its bucket as Prometheus's
+    ``histogram_quantile`` does (the bucket's upper bound if it is the last finite one);
+    None without observations."""
+    bounds = sorted(end)
+    counts = [end[b] - start.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank and count > below:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def _gc_by_process(start: str, end: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(process, generation) -> (seconds, collections) of the collector's pauses between two
+    scrapes of a gateway's ``/metrics`` (its per-process series, labelled ``owner``)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for text, sign in ((end, 1.0), (start, -1.0)):
+        for line in text.splitlines():
+            if not line.startswith("meterd_gc_pause_seconds_") or 'owner="' not in line:
+                continue
+            name, labels = line.split("{", 1)
+            if name not in ("meterd_gc_pause_seconds_sum", "meterd_gc_pause_seconds_count"):
+                continue
+            pairs = dict(_label_pairs(labels.rsplit("} ", 1)[0]))
+            key = (pairs["owner"], pairs.get("generation", "?"))
+            slot = found.setdefault(key, [0.0, 0.0])
+            slot[0 if name.endswith("_sum") else 1] += sign * float(line.rsplit(" ", 1)[1])
+    return {key: (value[0], value[1]) for key, value in sorted(found.items())}
+
+
+def breakdown(start: str, end: str) -> dict[str, float]:
+    """The p50 and p99 (ms) of each of :data:`BREAKDOWN`'s histograms between two
+    scrapes, and the collector's pauses per process (ms, summed): figure -> value."""
+    figures: dict[str, float] = {}
+    for label, name in BREAKDOWN:
+        before, after = histogram(start, name), histogram(end, name)
+        for q in (0.5, 0.99):
+            value = bucket_quantile(before, after, q)
+            if value is not None:
+                figures[f"{label} p{round(q * 100)}, ms"] = value * 1000
+    for (process, generation), (seconds, count) in _gc_by_process(start, end).items():
+        name = f"GC pauses, ms: {process}"
+        figures[name] = figures.get(name, 0.0) + seconds * 1000
+        figures[f"GC gen {generation}, ms: {process}"] = seconds * 1000
+        figures[f"GC gen {generation}, collections: {process}"] = count
+    return figures
 
 
 def listening_pid(port: int) -> int | None:
@@ -576,7 +687,9 @@ class _Watch:
     def __init__(self, pid: int | None, metrics_url: str | None = None) -> None:
         self.pid = pid
         self.metrics_url = metrics_url
-        self.gc_start = gc_pauses(metrics_url) if metrics_url else None
+        self.scraped = scrape(metrics_url) if metrics_url else None
+        self.gc_start = gc_pauses(text=self.scraped) if self.scraped is not None else None
+        self.breakdown: dict[str, float] = {}  # set by stop(): breakdown()
         self.gc: tuple[float, int] | None = None  # (seconds, collections) during the run
         self.meter = TreeMeter(pid) if pid and cpu_seconds(pid) is not None else None
         self.written: int | None = None  # bytes written during the run, set by stop()
@@ -598,7 +711,10 @@ class _Watch:
         if self.meter is None:
             return None, None, own
         self.meter.sample()
-        gc_end = gc_pauses(self.metrics_url) if self.metrics_url else None
+        scraped = scrape(self.metrics_url) if self.metrics_url else None
+        gc_end = gc_pauses(text=scraped) if scraped is not None else None
+        if scraped is not None and self.scraped is not None:
+            self.breakdown = breakdown(self.scraped, scraped)
         if gc_end is not None and self.gc_start is not None:
             self.gc = (gc_end[0] - self.gc_start[0], gc_end[1] - self.gc_start[1])
         self.processes = self.meter.processes()
@@ -635,6 +751,9 @@ class RunResult:
     server_write_bytes: int | None = None  # written to storage during the run
     server_gc_seconds: float | None = None  # the collector's pauses during the run (meterd)
     server_gc_collections: int | None = None
+    # where the time goes (ms, from the server's histograms: BREAKDOWN), and each process's
+    # collector pauses; empty for a server without them
+    breakdown: dict[str, float] = field(default_factory=dict)
     generator_cpu_seconds: float = 0.0
     # the server's processes (the total above is their sum), named from their command lines
     server_processes: list[ProcessFigures] = field(default_factory=list)
@@ -798,6 +917,7 @@ async def drive(
         server_write_bytes=watch.written,
         server_gc_seconds=None if watch.gc is None else watch.gc[0],
         server_gc_collections=None if watch.gc is None else watch.gc[1],
+        breakdown=watch.breakdown,
         generator_cpu_seconds=own_cpu,
         server_processes=watch.processes,
         first_rejection=next((t.first_rejection for t in tallies if t.first_rejection), None),
@@ -1108,6 +1228,14 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
     await _settle(target)
     log(f"{target.name}: half load, {rate:,.0f} events/s offered for ~{count / rate:.1f} s")
     report.half = await drive(target, half, "half load", max_in_flight=in_flight)
+    collections = [
+        f"{figure.split(': ', 1)[1]} gen {figure[7]} {value:,.0f} ms"
+        f" ({report.half.breakdown.get(figure.replace(', ms:', ', collections:'), 0):,.0f})"
+        for figure, value in report.half.breakdown.items()
+        if figure.startswith("GC gen ") and ", ms: " in figure
+    ]
+    if collections:
+        log(f"{target.name}: half load, GC pauses (collections): {'; '.join(collections)}")
     _check(target, report.half)
 
 
@@ -1393,6 +1521,15 @@ def _rows(target: TargetReport) -> list[Row]:
             if figure == "half load: server CPU, µs per event" and half is not None:
                 for process in _several(half):
                     add(f"{figure}: {process.name}", half.per_event_us(process), 1)
+            if figure == "half load: server GC pauses, ms per second" and half is not None:
+                for figure_, value_ in half.breakdown.items():
+                    if figure_.startswith("GC pauses, ms: ") and half.seconds > 0:
+                        who = figure_.removeprefix("GC pauses, ms: ")
+                        add(f"{figure}: {who}", value_ / half.seconds, 1)
+        if half is not None:
+            for figure_, value_ in half.breakdown.items():
+                if not figure_.startswith(("GC pauses, ms: ", "GC gen ")):
+                    add(f"half load: {figure_}", value_, 1)
     return rows
 
 

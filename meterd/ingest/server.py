@@ -98,7 +98,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import structlog
 import trio
@@ -120,18 +120,20 @@ from meterd.ingest.protocol import (
     text_bytes,
 )
 from meterd.ingest.typed import BatchReader
-from meterd.ingest.validate import REJECTION_CODES, EventValidator, Rejection
+from meterd.ingest.validate import REJECTION_CODES, Columns, EventValidator, Rejection
 from meterd.model import Event
 from meterd.store import AppendResult, RejectedEvent, conflict_message, too_late_message
 
 __all__ = [
     "INGEST_PATH",
     "AckBytes",
+    "ColumnSubmitter",
     "Decided",
     "IngestServer",
     "IngestStats",
     "Submitter",
     "ack_bound",
+    "columns_ack_bound",
     "wall_clock_ms",
 ]
 
@@ -204,6 +206,26 @@ class Submitter(Protocol):
         :class:`~meterd.store.AppendResult` per group, a :class:`Decided`, or the exception
         that kept it from being durable (answered ``unavailable``, never acked).
         ``positions``: each group's events' positions in the producer's batch."""
+        ...
+
+
+@runtime_checkable
+class ColumnSubmitter(Protocol):
+    """A :class:`Submitter` that also takes a batch whose every event was accepted as
+    columns (:class:`~meterd.ingest.validate.Columns`, quantities as sent on the wire),
+    without an :class:`~meterd.model.Event` per event: the gateway's
+    :class:`~meterd.partitions.GatewaySubmitter`, which only re-encodes the fields."""
+
+    def submit_columns(
+        self,
+        columns: Columns,
+        on_done: Callable[[list[AppendResult] | Decided | BaseException], None],
+        *,
+        producer: str,
+        seq: int,
+    ) -> None:
+        """:meth:`Submitter.submit` of ``columns`` (event *i* at position *i* in the
+        producer's batch, none rejected); ``on_done`` gets a :class:`Decided`."""
         ...
 
 
@@ -623,6 +645,11 @@ class _Connection:
         self.max_batch = config.ingest.max_batch
         self.validator = EventValidator(config.meters_by_name, producer, config.late_window.ms)
         self.reader = BatchReader(self.validator, self.max_batch)
+        # The gateway takes a batch of valid events as columns, no Event built per event.
+        accounts = server.accounts
+        self.submit_columns = (
+            accounts.submit_columns if isinstance(accounts, ColumnSubmitter) else None
+        )
         self.window = trio.Semaphore(config.ingest.window)
         self.slots_in, self.slots_out = trio.open_memory_channel[_Slot](math.inf)
         self.last_seq = -1
@@ -801,6 +828,16 @@ class _Connection:
         self.batches += 1
         self.server.stats.batches += 1
         now = self.server.clock()
+        if self.submit_columns is not None:
+            columns = batch.columns(now)
+            if columns is not None:  # every event valid: no Event objects, no groups
+                size = batch.size
+                slot = _Slot(seq, size=size, budget=self.budget, valid=size)
+                self.slots_in.send_nowait(slot)
+                self._hold(slot, columns_ack_bound(len(message), size, columns, self.ack_cap))
+                self.budget.take(size)
+                self.submit_columns(columns, slot.committed, producer=self.producer.name, seq=seq)
+                return
         groups, rejected = batch.validate(now)
         audited: list[RejectedEvent] = []
         for rejection in rejected:
@@ -1041,6 +1078,21 @@ def ack_bound(
         for event in events:  # the id, and quoted in the message: as _quoted_bytes, inline
             length = len(event.id)
             bound += 5 * length if event.id.isascii() else 14 * length
+    without_messages = ACK_OVERHEAD + size * (REJECTION_OVERHEAD + _CODE_TEXT) + frame_bytes
+    return min(bound, max(ack_cap, without_messages))
+
+
+def columns_ack_bound(frame_bytes: int, size: int, columns: Columns, ack_cap: int) -> int:
+    """:func:`ack_bound` of a batch of ``size`` events every one valid, given as
+    ``columns``: the same figure, its sums made over the columns in C."""
+    entry = REJECTION_OVERHEAD + len("id_conflict") + _CONFLICT_TEXT + 2  # + repr's quotes
+    accounts, ids = columns.accounts, columns.ids
+    # Every account is ASCII (validated): _quoted_bytes is 4 per character, 2 quotes.
+    bound = ACK_OVERHEAD + size * (entry + 2) + 4 * sum(map(len, accounts))
+    if all(map(str.isascii, ids)):
+        bound += 5 * sum(map(len, ids))
+    else:
+        bound += sum(5 * len(id) if id.isascii() else 14 * len(id) for id in ids)
     without_messages = ACK_OVERHEAD + size * (REJECTION_OVERHEAD + _CODE_TEXT) + frame_bytes
     return min(bound, max(ack_cap, without_messages))
 

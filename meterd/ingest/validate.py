@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import repeat
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from meterd.config import Producer, format_duration
 from meterd.model import (
@@ -74,6 +74,7 @@ __all__ = [
     "QUANTITY_DIGITS_MAX",
     "QUANTITY_TEXT_MAX",
     "REJECTION_CODES",
+    "Columns",
     "EventValidator",
     "Rejection",
     "TypedEvent",
@@ -127,6 +128,7 @@ _PLAIN_DECIMAL: Final = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+").fullmatch
 _ID_OF, _ACCOUNT_OF, _METER_OF, _TIME_OF, _QUANTITY_OF, _PROPERTIES_OF = map(
     operator.attrgetter, ("id", "account", "meter", "time", "quantity", "properties")
 )
+_ZERO_DIGITS: Final = repeat("0.")  # str.strip(text, "0."): "" for a plain decimal zero
 _PROPERTIES_SEEN_MAX: Final = 1024  # property maps one validator remembers (then starts over)
 
 
@@ -159,6 +161,21 @@ class Rejection:
 
     def to_wire(self) -> dict[str, Any]:
         return {"index": self.index, "id": self.id, "code": self.code, "message": self.message}
+
+
+class Columns(NamedTuple):
+    """A batch's accepted events, a field a column (:meth:`EventValidator.typed_columns`):
+    event *i* of the batch is ``ids[i]``, ``accounts[i]``, ... (``meters``, ``quantities``
+    and ``properties`` may be :func:`itertools.repeat` of one value: read them with
+    ``zip``). ``meters`` are the configured meters' names; ``quantities`` as an
+    :class:`Event` holds them, or as a gateway sends them (``wire``)."""
+
+    ids: list[str]
+    accounts: list[str]
+    meters: Iterable[str]
+    quantities: Iterable[Quantity | str]
+    times: list[int]
+    properties: Iterable[tuple[tuple[str, str], ...]]
 
 
 def describe(value: object) -> str:
@@ -267,6 +284,25 @@ def _typed_quantities(quantities: list[Any]) -> list[Quantity] | None:
     return [value if type(value) is int else Decimal(value) or _ZERO for value in quantities]
 
 
+def _typed_wire_quantities(quantities: list[Any]) -> list[Any] | None:
+    """:func:`_typed_quantities`' check, the values as a gateway sends them: integers as
+    they are, a decimal as its text (``"0"`` for any zero, as validation makes every zero
+    ``Decimal(0)``), never a :class:`~decimal.Decimal` built."""
+    kinds = set(map(type, quantities))
+    if kinds == _ONLY_INT:
+        return quantities
+    if not kinds <= _INT_OR_STR:
+        return None
+    texts = quantities if kinds == _ONLY_STR else [v for v in quantities if type(v) is str]
+    if not all(map(_PLAIN_DECIMAL, texts)):
+        return None
+    if "" in map(str.strip, texts, _ZERO_DIGITS):  # a zero: only '0's and a '.'
+        return [
+            "0" if type(value) is str and not value.strip("0.") else value for value in quantities
+        ]
+    return quantities
+
+
 def written_digits(value: Decimal) -> int:
     """How many digits ``value`` (finite, not zero) has written out in full, without
     trailing fraction zeros: ``1E+3`` -> 4, ``0.0015`` -> 5, ``12.50`` -> 3."""
@@ -363,10 +399,41 @@ class EventValidator:
         """:meth:`validate_batch`'s ``(groups, [])`` for a batch whose events msgspec
         decoded (:mod:`meterd.ingest.typed`: keys, types, lengths and bounds are checked),
         if every event is accepted; else ``None``, and :meth:`validate_batch` on the events
-        as msgpack decodes them gives the verdicts. The checks left are made a field at a
-        time over the whole batch, in C: an account's characters, the meter (configured,
-        writable by this producer), a decimal quantity's digits, ``time`` in its window;
-        the same shortcuts as :meth:`_accept`'s, so the same :class:`Event` objects."""
+        as msgpack decodes them gives the verdicts. The checks are :meth:`typed_columns`';
+        the :class:`Event` objects are built from its columns."""
+        columns = self.typed_columns(events, now_ms)
+        if columns is None:
+            return None
+        found = list(
+            map(
+                new_event,
+                columns.ids,
+                columns.accounts,
+                columns.meters,
+                columns.quantities,
+                columns.times,
+                columns.properties,
+                repeat(self.producer.name),
+                repeat(now_ms),
+            )
+        )
+        return _grouped(range(len(found)), found), []
+
+    def typed_columns(
+        self, events: Sequence[TypedEvent], now_ms: int, *, wire: bool = False
+    ) -> Columns | None:
+        """The fields of a batch msgspec decoded, a column each, if every event is accepted
+        (else ``None``: see :meth:`accept_typed`). The checks left after msgspec's are made
+        a field at a time over the whole batch, in C: an account's characters, the meter
+        (configured, writable by this producer), a decimal quantity's digits, ``time`` in
+        its window; the same shortcuts as :meth:`_accept`'s, so the same fields as the
+        :class:`Event` objects the other paths build.
+
+        ``wire``: the quantities as a gateway sends them (:mod:`meterd.partitions`), not
+        as :class:`Event` holds them: a decimal stays the producer's text (``"0"`` for a
+        zero, which validation makes ``Decimal(0)``), which is the text of the
+        :class:`~decimal.Decimal` an owner decodes from it. No per-event object is built
+        either way."""
         accounts = list(map(_ACCOUNT_OF, events))
         times = list(map(_TIME_OF, events))
         if (
@@ -375,18 +442,17 @@ class EventValidator:
             or max(times) > now_ms + self.future_ms
         ):
             return None
+        quantities_of = _typed_wire_quantities if wire else _typed_quantities
         meters = list(map(_METER_OF, events))
         names: Iterable[str]
-        values: Iterable[Quantity] | None
+        values: Iterable[Quantity | str] | None
         if len(set(meters)) == 1:
             writable = self._writable.get(meters[0])
             if writable is None:
                 return None
             names = repeat(writable[0])
-            if writable[1]:  # a count's quantity is 1, whatever it holds (even nothing)
-                values = repeat(1)
-            else:
-                values = _typed_quantities(list(map(_QUANTITY_OF, events)))
+            # A count's quantity is 1, whatever it holds (even nothing).
+            values = repeat(1) if writable[1] else quantities_of(list(map(_QUANTITY_OF, events)))
         else:
             known = {meter: self._writable.get(meter) for meter in meters}
             if None in known.values():
@@ -396,9 +462,9 @@ class EventValidator:
             counts = [pair[1] for pair in pairs]  # type: ignore[index]
             quantities = list(map(_QUANTITY_OF, events))
             if True not in counts:
-                values = _typed_quantities(quantities)
+                values = quantities_of(quantities)
             else:  # a count's quantity is 1, whatever it holds (even nothing)
-                others = _typed_quantities(
+                others = quantities_of(
                     [value for value, count in zip(quantities, counts, strict=True) if not count]
                 )
                 if others is None:
@@ -419,20 +485,14 @@ class EventValidator:
             properties = self._all_properties(maps)
             if properties is None:
                 return None
-        found = list(
-            map(
-                new_event,
-                map(_ID_OF, events),
-                accounts,
-                names,
-                values,
-                times,
-                properties,
-                repeat(self.producer.name),
-                repeat(now_ms),
-            )
+        return Columns(
+            list(map(_ID_OF, events)),
+            accounts,
+            names,
+            values,
+            times,
+            properties,  # type: ignore[arg-type]  # no None left
         )
-        return _grouped(range(len(found)), found), []
 
     def _accept_all(
         self, raws: list[Any], low: int, high: int, received_at: int

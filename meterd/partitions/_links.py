@@ -170,6 +170,9 @@ class OwnerLink:
         self.in_flight = 0  # events of the pending slices
         self.paced = 0  # windows that shrank the allowance
         self.on_room: Callable[[], None] = _nothing  # PacedBudget: the allowance has room
+        # Each slice's round trip, seconds (Trio clock) from send() to its verdicts: the
+        # gateway's meterd_gateway_slice_seconds{link} (docs/api.md).
+        self.on_round_trip: Callable[[float], None] | None = None
         self._window_start: float | None = None
         self._window_wait = 0.0  # the slowest verdict's wait in the window
         self._window_full = False  # the allowance was reached in the window
@@ -504,6 +507,8 @@ class OwnerLink:
                         continue
                     self._settled(item.events)
                     if isinstance(message, Verdicts):
+                        if self.on_round_trip is not None:
+                            self.on_round_trip(trio.current_time() - item.sent_at)
                         self._paced(item)
                         item.done(message)
                     else:

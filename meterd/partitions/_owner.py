@@ -57,6 +57,7 @@ from starlette.applications import Starlette
 
 import supervisors as sv
 from meterd import __version__
+from meterd.api.metrics import owner_slice_histogram
 from meterd.config import Config
 from meterd.model import Event, new_event
 from meterd.store import AppendResult, CommitRounds, RejectedEvent
@@ -144,6 +145,12 @@ class Owner:
         self.finished = trio.Event()  # run() returned after a stop
         self.slices = 0  # slices received (counters for tests and logs)
         self._shard_of: dict[str, int] = {}  # account -> shard, checked once per account
+        # Each slices message's time in the owner, from its read to its verdicts, observed
+        # in the cell of its first part (meterd_owner_slice_seconds, docs/api.md).
+        self._slice_seconds = {
+            shard: owner_slice_histogram(cell.metrics.registry)
+            for shard, cell in self.cells.items()
+        }
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -290,6 +297,9 @@ class Owner:
         if not message.parts:
             post(Verdicts(message.batch, message.shard, 0, 0))
             return
+        histogram = self._slice_seconds.get(message.shard)
+        if histogram is not None:
+            post = _timed(post, histogram.observe, trio.current_time())
         joined = _Joined(message, post)
         batch, producer, received_at = message.batch, message.producer, message.received_at
         for part in message.parts:
@@ -468,6 +478,17 @@ class Owner:
                 f" shard {query.shard} (a streaming route cannot be forwarded)",
             )
         )
+
+
+def _timed(post: Post, observe: Callable[[float], None], read_at: float) -> Post:
+    """``post``, observing the seconds from ``read_at`` to the message's verdicts."""
+
+    def timed(message: Message) -> None:
+        if isinstance(message, Verdicts):
+            observe(trio.current_time() - read_at)
+        post(message)
+
+    return timed
 
 
 class _Joined:

@@ -18,7 +18,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -71,6 +71,10 @@ async def serve(config: Config, number: int, socket: str) -> None:
         await owner.aclose()
         raise OwnerFailed(describe(error, config)) from None
     memory.tune()
+    # The collector's pauses, exported by every cell (the gateway's /metrics counts a
+    # process's meterd_gc_* once): what the single process exports.
+    pauses = memory.GcPauses(_observe_gc_pause(owner))
+    pauses.install()
     failed_start: str | None = None
     failed_run: str | None = None
     try:
@@ -92,11 +96,22 @@ async def serve(config: Config, number: int, socket: str) -> None:
     except Exception as error:  # the tree gave up after the start
         failed_run = describe_stop(error, config)
     finally:
+        pauses.remove()
         await owner.aclose()
     if failed_start is not None:
         raise OwnerFailed(f"owner {number} cannot start: {failed_start}")
     if failed_run is not None:
         raise OwnerFailed(f"owner {number} stopped: {failed_run}")
+
+
+def _observe_gc_pause(owner: Owner) -> Callable[[int, float], None]:
+    metrics = [cell.metrics for cell in owner.cells.values()]
+
+    def observe(generation: int, seconds: float) -> None:
+        for each in metrics:
+            each.observe_gc_pause(generation, seconds)
+
+    return observe
 
 
 async def _collect(owner: Owner) -> None:

@@ -66,6 +66,33 @@ async def test_the_gateways_api_answers_across_real_owners(tmp_path: Path) -> No
         assert all(name.startswith("shard-") for name in shards)
     assert "meterd_events_accepted_total 30.0" in metrics.splitlines()
     assert 'meterd_events_accepted_total{owner="gateway"} 30.0' in metrics.splitlines()
+    # Where an ack's time goes (docs/api.md): each batch's round trip to each owner it
+    # touched, from the gateway; its time in the owner; each process's collector pauses.
+    found = _counts(metrics)
+    trips = [found.get(("meterd_gateway_slice_seconds_count", f"owner-{k}")) for k in (0, 1)]
+    assert all(trip is not None and trip >= 1 for trip in trips), trips
+    for owner in ("owner-0", "owner-1"):
+        assert found[("meterd_owner_slice_seconds_count", owner)] >= 1
+        assert found[("meterd_gc_pause_seconds_count", owner)] > 0  # every 0.1 s
+    assert found[("meterd_gc_pause_seconds_count", "gateway")] > 0
+    # The gateway's collector is tuned as the owners' are: its start-up frozen, never
+    # walked again by its collections (meterd/memory.py).
+    assert found[("meterd_gc_frozen_objects", "gateway")] > 0
+
+
+def _counts(metrics: str) -> dict[tuple[str, str], float]:
+    """``(sample name, link or process)`` -> value, summed over the other labels, of the
+    per-process series (those with an ``owner`` label) of a gateway's /metrics."""
+    found: dict[tuple[str, str], float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("#") or 'owner="' not in line:
+            continue
+        name, labels = line.split("{", 1)
+        pairs = dict(p.split("=", 1) for p in labels.rsplit("}", 1)[0].split(","))
+        who = pairs.get("link", pairs["owner"]).strip('"')
+        key = (name, who)
+        found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 @pytest.mark.skipif(not real_owner_available(), reason="meterd.partitions.owner is not here yet")

@@ -28,6 +28,7 @@ from meterd.partitions import (
     Slice,
     SliceEvent,
     Slices,
+    Unavailable,
     UnixTransport,
     Verdicts,
 )
@@ -371,3 +372,37 @@ async def test_a_first_start_without_an_owner_gives_up_waiting_after_ping_timeou
         assert trio.current_time() - started == pytest.approx(5.0)
         assert not link.connected
         nursery.cancel_scope.cancel()
+
+
+async def test_each_slices_round_trip_is_observed_from_its_send_to_its_verdicts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The gateway's meterd_gateway_slice_seconds{link}: what an owner's answer cost the
+    # batch, queue and socket included; a slice answered unavailable is not a round trip.
+    address = str(tmp_path / "o.sock")
+
+    async def slow(channel: Channel) -> None:  # verdicts 0.25 s after each slice, then no
+        await channel.send(Hello("owner-0", 4242, SHARDS))
+        while True:
+            message = await channel.receive()
+            if isinstance(message, Slice):
+                await trio.sleep(0.25 if message.batch.seq == 1 else 0.5)
+                if message.batch.seq == 3:
+                    await channel.send(Unavailable(message.batch, message.shard, "full disk"))
+                else:
+                    await channel.send(Verdicts(message.batch, message.shard, 1, 0))
+
+    link = link_for(address, [], ping_interval=100.0, ping_timeout=300.0)
+    observed: list[float] = []
+    link.on_round_trip = observed.append
+    outcomes = Seen()
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, address, slow)
+        await nursery.start(link.run)
+        for seq in (1, 2, 3):
+            link.send(a_slice(seq), outcomes.append)
+        await outcomes.reach(3)
+        nursery.cancel_scope.cancel()
+    # The second waited behind the first in the owner: 0.25 + 0.5 s from its send.
+    assert observed == pytest.approx([0.25, 0.75])
+    assert isinstance(outcomes[2], OwnerUnavailable)

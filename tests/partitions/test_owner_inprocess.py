@@ -29,6 +29,7 @@ from meterd.partitions import (
     UnixTransport,
     Verdicts,
 )
+from meterd.partitions import owner as owner_process
 from meterd.partitions._cell import share
 from meterd.partitions._owner import Owner, call_asgi
 from meterd.store import CommitFailed
@@ -297,3 +298,39 @@ async def test_one_part_that_cannot_be_made_durable_fails_the_whole_message(
         assert "owner-0 does not hold shard 1" in answer.reason
         # Only one answer: the next one on the channel is the next question's.
         assert await _ask(channel, Query(9, 0, "ping")) == Answer(9, value="pong")
+
+
+def _sample(cell_registry: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    value = cell_registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else float(value)
+
+
+async def test_each_slices_message_is_timed_once_in_its_first_parts_cell(tmp_path: Path) -> None:
+    # meterd_owner_slice_seconds: one observation per message (per producer batch), in the
+    # cell of its first part, so the gateway's sum over an owner's shards counts it once.
+    async with running(config_with(tmp_path)) as (owner, channel):
+        parts = [Part(2, [ev(0, "t1", C)]), Part(0, [ev(1, "t2", A)])]
+        answer = await _ask(channel, Slices(BatchId("gw", 7, 7), 2, "platform", NOW, parts))
+        assert isinstance(answer, Verdicts)
+        counts = {
+            shard: _sample(cell.metrics.registry, "meterd_owner_slice_seconds_count")
+            for shard, cell in owner.cells.items()
+        }
+        assert counts == {0: 0.0, 2: 1.0}
+        took = _sample(owner.cells[2].metrics.registry, "meterd_owner_slice_seconds_sum")
+        assert took > 0  # it waited for a commit
+
+
+def test_an_owners_collector_pauses_are_in_every_cells_metrics(tmp_path: Path) -> None:
+    # The gateway's /metrics counts a process's meterd_gc_* once, from whichever of its
+    # cells answered: each cell has the process's pauses.
+    owner = Owner(config_with(tmp_path), 0)
+    pauses = memory.GcPauses(owner_process._observe_gc_pause(owner))
+    pauses.install()
+    try:
+        gc.collect(0)
+    finally:
+        pauses.remove()
+    name = "meterd_gc_pause_seconds_count"
+    for cell in owner.cells.values():
+        assert _sample(cell.metrics.registry, name, {"generation": "0"}) == 1.0
