@@ -30,6 +30,7 @@ from meterd.model import (
     canonical_quantity,
 )
 from tests.accounts.test_accounts import running
+from tests.examples import examples
 
 METERS = {
     m.name: m
@@ -141,7 +142,7 @@ def _aggregate(meter: Meter, bucket: list[Event]) -> str | None:
     return str(len(users)) if users else None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=steps())
 def test_usage_equals_model_of_unique_events(script: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,6 +53,7 @@ from meterd.model import (
     Window,
     canonical_quantity,
 )
+from tests.examples import examples
 
 T0 = 19_675 * DAY_MS  # a UTC midnight (2023-11-14)
 SPAN = 3 * DAY_MS + 5 * HOUR_MS
@@ -249,7 +250,7 @@ def fingerprint(state: State) -> bytes:
 # --------------------------------------------------------------------------- properties
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=examples(150))
 @given(data=st.data(), meter=meters())
 def test_rows_match_model_for_any_order_and_partition(data: st.DataObject, meter: Meter) -> None:
     events = data.draw(event_lists(meter))
@@ -649,7 +650,7 @@ def cells_of(
     }
 
 
-@settings(deadline=None, max_examples=200)
+@settings(deadline=None, max_examples=examples(200))
 @given(
     data=st.data(),
     first=meters(),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from meterd.accounts.aggregate import State, new_state
 from meterd.alerts._eval import month_of
 from meterd.model import DAY_MS, Event
+from tests.examples import examples
 
 from .helpers import DYNO, METERS, NOW, PEAK, USERS, book, outbox, rule, running
 
@@ -106,7 +107,7 @@ async def _run(path: Path, steps: list[tuple[str, Any]]) -> list[Event]:
     return accepted
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_crossings_equal_the_model_of_the_unique_events(steps: list[tuple[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as where:

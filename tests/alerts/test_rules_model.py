@@ -19,6 +19,7 @@ from meterd.alerts import AlertRule
 from meterd.alerts._rules import rule_text
 from meterd.alerts._runtime import AlertBook
 from meterd.model import DAY_MS, Event
+from tests.examples import examples
 
 from .helpers import DYNO, METERS, NOW, PEAK, T0, outbox, running
 
@@ -68,7 +69,7 @@ async def _run(
     return ids
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=steps,
     fold=st.sampled_from(["sum", "max"]),

@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import positive_data_acceptance
 
 from meterd.api.openapi import OPERATIONS, openapi_document
+from tests.examples import examples
 from tests.procs.daemon import DaemonProcess, running_daemon
 
 schema = schemathesis.openapi.from_dict(openapi_document())
@@ -81,7 +82,7 @@ def test_the_served_document_is_the_one_tested(daemon: DaemonProcess) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -90,6 +91,12 @@ def test_the_api_conforms_to_its_document(
 ) -> None:
     # The real token where schemathesis put one; a case without one (a negative case that
     # leaves the token out) is sent without, and must be refused 401.
+    # A query parameter generated as an empty array is sent as no parameter at all (form
+    # style, httpx): a negative case whose only fault is an unknown name with the value []
+    # is then a valid request, which the daemon rightly answers 200. schemathesis does not
+    # drop such cases (1-4 in 300 of an operation's negative ones, on any operation with a
+    # query: seen as the /v1/deliveries failure); the test does.
+    assume(not any(value == [] for value in (case.query or {}).values()))
     authorized = "Authorization" in (case.headers or {})
     headers = {"Authorization": f"Bearer {daemon.config.api.admin_token}"} if authorized else {}
     rules = RULES[case.operation.method.upper(), case.operation.path]

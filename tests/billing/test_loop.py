@@ -45,6 +45,7 @@ from meterd.billing._service import BUSY_SWITCH_INTERVAL, InvoiceView
 from meterd.model import DAY_MS, Event, Meter
 from tests.accounts.test_accounts import running
 from tests.billing.test_billing import BOOK, DAY, DYNO, METERS, NOV, dyno, ingest
+from tests.examples import examples
 
 LINES = 600  # distinct sizes: enough to rate in many steps; the probe is in the middle
 PROBED = f"z{LINES // 2:04d}"
@@ -214,7 +215,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(document=json_values, slice_=st.integers(1, 4))
 def test_json_in_slices_is_what_one_dumps_gives(document: Any, slice_: int) -> None:
     """The slice-by-slice encoding is byte for byte Starlette's ``JSONResponse`` (what the

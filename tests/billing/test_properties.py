@@ -23,8 +23,11 @@ from meterd.billing import AdjustmentKind, Billing, InvoiceLine, round_amount
 from meterd.model import HOUR_MS, Event, Window
 from tests.billing.test_billing import BOOK, DAY, DYNO, NOV, PEAK, all_events
 from tests.billing.test_billing import billing as billing_at
+from tests.examples import examples
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 event_specs = st.lists(
     st.tuples(

@@ -28,6 +28,7 @@ from meterd.billing import (
 )
 from meterd.model import DAY_MS, Aggregation, Event, Meter
 from tests.billing.reference import rate_reference
+from tests.examples import examples
 
 DYNO = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
 REQUESTS = Meter("router.requests", Aggregation.COUNT)
@@ -246,7 +247,7 @@ def test_an_adjustment_on_a_max_meter_is_refused() -> None:
 prices = st.decimals(min_value=0, max_value=100, places=6, allow_nan=False)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     quantities=st.lists(
         st.tuples(st.integers(0, 29), st.sampled_from("sm"), st.decimals("0", "1000", places=3)),
@@ -302,7 +303,7 @@ rules = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(book_rules=rules, size=st.sampled_from(["s", "m", "l"]), instant=st.integers(0, 30))
 def test_rule_selection_and_segments_follow_the_documented_order(
     book_rules: list[PriceRule], size: str, instant: int
@@ -326,7 +327,7 @@ def test_rule_selection_and_segments_follow_the_documented_order(
         assert book.rule_at(DYNO, dims, end - 1) is rule
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     quantities=st.lists(
         st.tuples(st.integers(0, 29), st.decimals("0", "50", places=1)), max_size=20
@@ -388,7 +389,7 @@ wide = st.builds(
 ).filter(lambda q: q > 0)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     usage=st.lists(st.tuples(st.integers(0, 29), wide), max_size=6),
     corrections=st.lists(st.tuples(st.integers(0, 28), st.booleans(), wide), max_size=6),
@@ -443,7 +444,7 @@ def test_a_net_negative_segment_frees_no_cap_for_the_next_one() -> None:
     assert (late.quantity, late.capped) == (cap, True)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     quantities=st.lists(
         st.tuples(st.integers(0, 29), st.decimals("0", "50", places=1)), max_size=12
@@ -526,7 +527,7 @@ many_rules = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     draws=st.lists(
         st.tuples(

@@ -14,6 +14,7 @@ from meterd.accounts.aggregate import State, add, new_state
 from meterd.api.support import bucket_end, summarise
 from meterd.billing import Period
 from meterd.model import MINUTE_MS, Aggregation, Event, Meter, canonical_quantity
+from tests.examples import examples
 
 START = Period(2026, 10).start_ms
 SPAN = Period(2027, 1).end_ms - START  # four calendar months, 30 and 31 days
@@ -44,7 +45,7 @@ def figure(meter: Meter, chosen: list[Event]) -> str | None:
     return None if state.empty else canonical_quantity(state.value())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     meter=st.sampled_from(METERS),
     raw=events,

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from meterd.cluster import AsyncioBridge, BridgeClosed, open_bridge
 from meterd.cluster._bridge import Inbox, InboxClosed
+from tests.examples import examples
 
 
 class Boom(Exception):
@@ -221,7 +222,7 @@ async def test_a_waiting_inbox_reader_is_woken_from_the_loop_thread(bridge: Asyn
     assert got == ["hello"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     capacity=st.integers(1, 8),
     steps=st.lists(st.one_of(st.just("get"), st.integers(0, 1000)), max_size=60),

@@ -16,7 +16,7 @@ from meterd.cluster import AsyncioBridge, Leases, connect
 from meterd.cluster._registry import NodeRegistry, cluster_status
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_forward import call
-from tests.cluster.test_node import cluster_doc, node_config
+from tests.cluster.test_node import SHORT_TTL, cluster_doc, node_config
 from tests.cluster.test_takeover import SHARDS, owned, wait_lines
 from tests.partitions.gateway_harness import gateway
 
@@ -57,8 +57,8 @@ def names(tree: dict[str, Any]) -> list[str]:
 async def test_cluster_view_tree_and_document_on_real_nodes(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:
-    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl="3s")
-    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl="3s")
+    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl=SHORT_TTL)
+    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl=SHORT_TTL)
     partitions = one.partitions.count
     with trio.fail_after(180):
         async with gateway(one, meterd_run=True, expect_clean_stop=False) as first:

@@ -15,7 +15,7 @@ import trio
 
 from meterd.config import Config
 from tests.cluster.servers import NatsCluster
-from tests.cluster.test_node import node_config, totals
+from tests.cluster.test_node import SHORT_TTL, node_config, totals
 from tests.cluster.test_takeover import accounts_per_shard
 from tests.partitions.gateway_harness import Lane, gateway, now_ms
 
@@ -37,8 +37,8 @@ async def call(
 async def test_the_node_holding_nothing_answers_for_every_account(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:
-    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl="3s")
-    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl="3s")
+    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl=SHORT_TTL)
+    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl=SHORT_TTL)
     accounts = accounts_per_shard(one, 1)  # one account in each shard
     period = time.strftime("%Y-%m", time.gmtime())
     with trio.fail_after(180):

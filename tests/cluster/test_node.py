@@ -20,6 +20,11 @@ from tests.partitions.gateway_harness import Lane, gateway, now_ms, write_gatewa
 
 ACCOUNTS = ["acme", "globex", "initech", "umbrella"]
 
+# The lease TTL of tests where a node must lose its shards soon (a kill -9, a pause): short
+# so a takeover takes seconds, yet long enough that a node starved of CPU on a busy machine
+# (renewals every TTL / 3, seen late by ~2 s under load 10) does not lose a lease by accident.
+SHORT_TTL = "5s"
+
 
 def node_config(
     where: Path,
@@ -109,8 +114,8 @@ async def test_two_nodes_on_one_nats_cluster(tmp_path: Path, nats3: NatsCluster)
     """Two nodes: the first takes every shard's lease; the second holds none (every lease is
     held) and is a gateway only. Producers on both are acked, each event counted once by the
     owner on the first node, whatever node it came through."""
-    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl="3s")
-    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl="3s")
+    one = node_config(tmp_path / "n1", nats3, "n1", lease_ttl=SHORT_TTL)
+    two = node_config(tmp_path / "n2", nats3, "n2", lease_ttl=SHORT_TTL)
     with trio.fail_after(120):
         async with gateway(one, meterd_run=True) as first:
             _, started = await first.wait_for(first.event("meterd_started"))

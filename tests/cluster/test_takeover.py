@@ -29,10 +29,10 @@ from meterd.cluster._placement import rendezvous
 from meterd.config import Config
 from meterd.partitions import Slice, decode, shard_files, shard_of
 from tests.cluster.servers import NatsCluster, until
-from tests.cluster.test_node import cluster_doc, node_config
+from tests.cluster.test_node import SHORT_TTL, cluster_doc, node_config
 from tests.partitions.gateway_harness import Gateway, Lane, gateway, merged, now_ms
 
-TTL = "3s"
+TTL = SHORT_TTL
 SHARDS = 4  # count 16, shard_size 4 (node_config)
 
 

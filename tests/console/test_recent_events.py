@@ -15,6 +15,7 @@ from meterd.store import Reader, Writer, open_reader
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP
 from meterd.store.schema import SLICES
 from tests.console.test_console_api import HEADERS, send
+from tests.examples import examples
 from tests.ingest.test_server import make_config, running
 from tests.store.helpers import running as writer_running
 from tests.store.helpers import store_config
@@ -82,7 +83,7 @@ async def test_newest_first_pages_over_indexed_and_tail_batches(tmp_path: Path) 
             await memory_reader.aclose()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     batches=st.lists(st.integers(min_value=1, max_value=4), min_size=0, max_size=12),
     limit=st.integers(min_value=1, max_value=6),

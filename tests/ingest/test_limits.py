@@ -36,6 +36,7 @@ from meterd.ingest.server import _Slot, ack_bound
 from meterd.ingest.validate import REJECTION_CODES, Rejection
 from meterd.model import Event
 from meterd.store import AppendResult, conflict_message
+from tests.examples import examples
 from tests.ingest.test_keepalive import AcceptAll, RawProducer, connected
 from tests.ingest.test_server import (
     PLATFORM_TOKEN,
@@ -324,7 +325,7 @@ account_names = st.text(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(
     rejected=st.lists(
         st.tuples(st.none() | ids, st.sampled_from(REJECTION_CODES), st.text(max_size=400)),

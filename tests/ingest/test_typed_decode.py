@@ -26,6 +26,7 @@ from meterd.ingest.protocol import Fault, decode_frame, parse_batch
 from meterd.ingest.typed import BatchReader
 from meterd.ingest.validate import EventValidator
 from meterd.model import MINUTE_MS
+from tests.examples import examples
 from tests.ingest.test_validate import (
     _LOW,
     _ODD_PROPERTY_MAPS,
@@ -204,7 +205,7 @@ def _frames(draw: st.DrawFn) -> bytes:
 _any_validator = _validators | st.just(NOBODY)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     message=_frames(), validator=_validators | st.just(NOBODY), last_seq=st.sampled_from([-1, 3])
 )
@@ -227,7 +228,7 @@ def test_typed_decoding_gives_the_old_paths_verdicts_long(
     note(f"typed path: {'accepted' if _last_typed else 'left to the old one'}")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(raws=_batches(), validator=_validators)
 def test_well_formed_batches_get_the_same_events(
     raws: list[Any], validator: EventValidator

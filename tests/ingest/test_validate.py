@@ -31,6 +31,7 @@ from meterd.ingest.validate import (
     written_digits,
 )
 from meterd.model import DAY_MS, MINUTE_MS, Aggregation, Event, Meter
+from tests.examples import examples
 
 NOW = 1_795_000_000_000
 LATE = 35 * DAY_MS
@@ -744,7 +745,7 @@ def test_validate_agrees_with_validate_precise_on_missing_fields() -> None:
             _same_batch_verdicts(validator, batch)
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(raw=_events | _good | _one_field_off | _msgpack_values, validator=_validators)
 def test_validate_agrees_with_validate_precise(raw: Any, validator: EventValidator) -> None:
     fast = validator.validate(3, raw, NOW, NOW + 7)
@@ -802,7 +803,7 @@ def _batches(draw: st.DrawFn) -> list[Any]:
     return events
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     raws=_batches()
     | st.lists(_events | _good | _one_field_off | _msgpack_values, min_size=1, max_size=12),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from meterd.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, partition_of
 from meterd.store.schema import slice_of
+from tests.examples import examples
 
 accounts = st.text(min_size=1, max_size=64)
 counts = st.integers(min_value=1, max_value=MAX_PARTITIONS)
@@ -27,7 +28,7 @@ KNOWN = {
 
 
 @given(accounts, counts)
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_the_partition_is_in_range_and_the_same_every_time(account: str, partitions: int) -> None:
     found = partition_of(account, partitions)
     assert 0 <= found < partitions
@@ -35,7 +36,7 @@ def test_the_partition_is_in_range_and_the_same_every_time(account: str, partiti
 
 
 @given(accounts, counts)
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_it_is_the_documented_function(account: str, partitions: int) -> None:
     """BLAKE2b, 8 bytes, person ``meterd.part.v1``, big-endian, modulo: what another
     language computes with any BLAKE2b library."""

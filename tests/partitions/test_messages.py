@@ -38,6 +38,7 @@ from meterd.partitions import (
     encode,
     wire_quantity,
 )
+from tests.examples import examples
 
 WATCHDOG = 10
 
@@ -79,7 +80,7 @@ def event(index: int, quantity: int | Decimal = 1) -> SliceEvent:
 
 
 @given(batches, st.integers(0, 65_535), st.lists(events, max_size=20), st.lists(rejections))
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 def test_a_slice_comes_back_as_it_was_sent(
     batch: BatchId, shard: int, evs: list[SliceEvent], rejected: list[Rejection]
 ) -> None:
@@ -97,7 +98,7 @@ def test_a_slice_comes_back_as_it_was_sent(
         max_size=8,
     ),
 )
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 def test_an_owners_slices_of_a_batch_come_back_as_they_were_sent(
     batch: BatchId, parts: list[Part]
 ) -> None:

@@ -16,6 +16,7 @@ from meterd.accounts.service import running_accounts
 from meterd.model import Event
 from meterd.partitions import shard_of
 from meterd.partitions._migrate import found_layout, migrate
+from tests.examples import examples
 from tests.partitions.migrate_data import (
     DYNO,
     METERS,
@@ -101,7 +102,7 @@ def test_moving_into_shards_and_back_changes_no_usage(
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), LAYOUTS, st.integers(1, 3))
 def test_moving_into_shards_and_back_changes_no_usage_many(
     events: list[Event], layout: tuple[int, int], owners: int

@@ -17,6 +17,7 @@ from meterd.store import (
     codec,
     schema,
 )
+from tests.examples import examples
 from tests.store.helpers import Collector, rows, running, store_config
 
 # -- codec --------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ _events = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(events=st.lists(_events, max_size=8))
 def test_codec_round_trips_exactly(events: list[Event]) -> None:
     payload = codec.encode_batch(events)
@@ -54,7 +55,7 @@ def test_codec_round_trips_exactly(events: list[Event]) -> None:
     assert codec.batch_event_ids(payload) == [e.id for e in events]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(event=_events)
 def test_the_writers_row_and_fingerprint_are_the_events(event: Event) -> None:
     """The writer canonicalizes a quantity once for both the row and the fingerprint; the
@@ -172,7 +173,7 @@ def _row_and_fingerprint(event: Event) -> tuple[bytes, int] | type[Exception]:
         return type(exc)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(events=st.lists(_any_events, max_size=6))
 def test_batch_encoding_agrees_with_the_per_event_encoding(events: list[Event]) -> None:
     """``encode_rows`` (the writer's hot path) gives each event's packed row and fingerprint
@@ -193,7 +194,7 @@ def test_batch_encoding_agrees_with_the_per_event_encoding(events: list[Event]) 
             codec.encode_rows(events)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(events=st.lists(_any_events, max_size=6))
 def test_batch_dedupe_keys_agree_with_the_events(events: list[Event]) -> None:
     buckets = {account: schema.account_bucket(account) for account in ("acct", "other")}
@@ -202,7 +203,7 @@ def test_batch_dedupe_keys_agree_with_the_events(events: list[Event]) -> None:
     ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     quantity=st.one_of(
         st.decimals(allow_nan=False, allow_infinity=False, places=None),

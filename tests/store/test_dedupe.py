@@ -23,6 +23,7 @@ from meterd.store import (
 from meterd.store import _group as store_group
 from meterd.store import _writer as store_writer
 from meterd.store._ops import BatchAppend
+from tests.examples import examples
 from tests.store.helpers import (
     Collector,
     dedupe_row_keys_by_method,
@@ -174,7 +175,7 @@ async def _verdicts_and_rows(
     return results, sorted(stored, key=repr)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(batches=_batch_groups, collide=st.booleans())
 def test_a_batch_operation_decides_exactly_like_one_append_per_account(
     tmp_path_factory: pytest.TempPathFactory, batches: list[Any], collide: bool
@@ -262,7 +263,7 @@ def _group_error(groups: list[tuple[str, list[Event]]]) -> str | None:
 _accounts = st.sampled_from(["acme", "globex", "initech"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     groups=st.lists(
         st.tuples(

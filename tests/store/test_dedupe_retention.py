@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from meterd.model import DAY_MS, Event
 from meterd.store import AppendResult, Writer, journal_index, retention, schema
+from tests.examples import examples
 from tests.ingest.test_server import connect, make_config, now_ms
 from tests.ingest.test_server import ev as wire_event
 from tests.ingest.test_server import running as running_daemon
@@ -241,7 +242,9 @@ def _no_sweep(conn: sqlite3.Connection, after: int, floor_s: int, limit: Any = N
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=_ops, collisions=st.booleans())
 def test_verdicts_follow_the_rule_whatever_the_deletions_passes_and_restarts(

@@ -22,6 +22,7 @@ from meterd.store import _housekeeping as housekeeping
 from meterd.store import _writer as store_writer
 from meterd.store.journal_index import MAX_SLICES_PER_GROUP, JournalTail
 from meterd.store.schema import SLICES, slice_of
+from tests.examples import examples
 from tests.store.helpers import faulty_writer, rows, running, store_config, until
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella", "hooli")
@@ -363,7 +364,9 @@ async def check_readers(path: Path, writer: Writer, sql_reader: Reader) -> None:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=steps)
 def test_readers_see_every_batch_whatever_was_passed(tmp_path: Path, steps: list[Step]) -> None:

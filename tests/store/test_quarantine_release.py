@@ -22,6 +22,7 @@ from meterd.store import QuarantineDecision, QuarantineRefused, Writer
 from meterd.store.journal_index import rebuild_tail
 from meterd.store.reader import open_reader
 from meterd.store.schema import account_bucket, dedupe_row_key
+from tests.examples import examples
 from tests.store.helpers import ev, inject_apply_fault, layer_options, rows, running, store_config
 from tests.store.test_dedupe_retention import collide
 
@@ -478,7 +479,9 @@ async def check_against(writer: Writer, path: Path, model: Model) -> None:
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(decisions=_decisions, restart=st.booleans(), collisions=st.booleans())
 def test_any_sequence_of_decisions_counts_each_event_once_or_never(

@@ -26,6 +26,7 @@ from meterd.model import DAY_MS, HOUR_MS, Aggregation, Event, Meter, Window, can
 from meterd.store import schema
 from meterd.store.codec import decode_dims, encode_dims
 from tests.accounts.test_accounts import running, settled, submit
+from tests.examples import examples
 from tests.store.test_dedupe_retention import as_before_retention
 
 SIZED = Meter("dyno.seconds", Aggregation.SUM, ("size", "app"))
@@ -105,7 +106,7 @@ async def test_values_holding_the_old_separator_keep_their_own_cells(tmp_path: P
         assert invoice.total == Decimal("1.05")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.tuples(values, values, st.integers(0, 10**9), st.integers(0, 59), st.booleans()),

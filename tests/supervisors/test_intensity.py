@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisors._intensity import RestartIntensity
+from tests.examples import examples
 
 
 class OtpIntensityModel:
@@ -48,7 +49,7 @@ class OtpIntensityModel:
 quarters = st.integers(min_value=0, max_value=80)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     max_restarts=st.integers(min_value=0, max_value=6),
     period_quarters=st.integers(min_value=1, max_value=40),
@@ -69,7 +70,7 @@ def test_add_restart_matches_otp(
         assert len(real) == len(model.restarts)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     max_restarts=st.integers(min_value=0, max_value=6),
     max_seconds=st.integers(min_value=1, max_value=30),

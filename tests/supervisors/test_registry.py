@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import supervisors as sv
+from tests.examples import examples
 
 
 class Named(sv.GenServer[Any, Any]):
@@ -28,7 +29,7 @@ class Named(sv.GenServer[Any, Any]):
         return self.tag
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(delays=st.lists(st.sampled_from([0, 0, 0.5, 1, 2]), min_size=2, max_size=8))
 def test_racing_starts_of_one_name_leave_exactly_one_actor(delays: list[float]) -> None:
     async def main() -> None:

@@ -39,6 +39,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import supervisors as sv
+from tests.examples import examples
 
 # ---------------------------------------------------------------------------
 # Commanded task children
@@ -529,7 +530,7 @@ def note_coverage(model: OtpModel) -> None:
     event(f"children left: {len(model.children)}")
 
 
-MODEL_SETTINGS = settings(max_examples=400, deadline=None)
+MODEL_SETTINGS = settings(max_examples=examples(400), deadline=None)
 
 
 @MODEL_SETTINGS

@@ -16,7 +16,7 @@ acknowledged batches. Then:
   a model computed here from the stream's unique events (the first occurrence of each
   ``(account, id)`` wins; exact ``Decimal`` sums, max of quantities, set sizes).
 
-The default run makes ``ROUNDS`` kills (about 10 s here); ``METERD_SOAK=N`` makes ``N``. The
+The default run makes ``ROUNDS`` kills (about 6 s here); ``METERD_SOAK=N`` makes ``N``. The
 ``slow`` variant (selected only by ``pytest -m slow``) soaks ``SOAK_ROUNDS`` kills (or
 ``METERD_SOAK``) on bigger streams; ``METERD_KILL9_MIX_LANES=1`` lets exact duplicates race
 their original there. ``METERD_KILL9_SEED`` replays a campaign's choices (its seed is in every
@@ -66,7 +66,7 @@ from tests.procs.ingest_driver import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ROUNDS = 5
+ROUNDS = 3
 SOAK_ROUNDS = 300
 EVENTS = 2000  # per stream
 KILLS_PER_STREAM = 7  # then the stream is run to DONE and checked exactly
