@@ -78,6 +78,7 @@ class JetStreamLinks:
         slice_timeout: float,
         cells: Mapping[int, Cell] | None = None,
         tree: sv.Supervisor | None = None,
+        replaying: Callable[[int], bool] = lambda shard: False,
     ) -> None:
         self.connection = connection
         self.gateway = gateway
@@ -85,6 +86,10 @@ class JetStreamLinks:
         self._partitions = dataclasses.replace(partitions, owners=1)
         self.slice_timeout = slice_timeout
         self.cells: Mapping[int, Cell] = cells or {}
+        # A shard whose cell is still replaying the log after this node took it over: its
+        # queries are refused (503) until it reaches the log's end, for its cell does not
+        # yet count every event acknowledged before (protocol.md §5).
+        self.replaying = replaying
         self.tree = tree
         self._links = [_ShardLink(self, shard) for shard in range(partitions.shards)]
         self._waiting: dict[tuple[BatchId, int], tuple[SliceDone, trio.Event]] = {}
@@ -226,6 +231,12 @@ class JetStreamLinks:
             raise OwnerUnavailable(shard, NODE_OWNER, "this node no longer holds it")
         if op == "ping":
             return "pong"
+        if self.replaying(shard):
+            raise OwnerUnavailable(
+                shard,
+                NODE_OWNER,
+                "this node took it over and is replaying its log; retry in a moment",
+            )
         if op != "http":
             raise RuntimeError(f"a node answers op 'http' and 'ping', not {op!r}")
         try:

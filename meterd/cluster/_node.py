@@ -102,6 +102,12 @@ class _Shards:
         self.cells: dict[int, Cell] = {}
         self.appliers: dict[int, ShardApplier] = {}
 
+    def replaying(self, shard: int) -> bool:
+        """Whether the cell of ``shard`` has not yet reached the end of its log since this
+        node started it (a takeover's replay): it may not count every acknowledged event."""
+        applier = self.appliers.get(shard)
+        return applier is not None and applier.caught_up is None
+
     async def start(self, shard: int, fence: Fence) -> _Handle:
         config = self.config
         restored = Restored(0, 0)
@@ -273,6 +279,7 @@ async def _run(
     )
     shards = _Shards(config, connection, links, snapshots, periods)
     shards.cells = links.cells = cells  # the gateway answers queries from the cells it holds
+    links.replaying = shards.replaying  # ... once each has caught up with its log
     placement = Placement(
         cluster.node,
         leases,

@@ -18,6 +18,7 @@ from meterd.config import Config
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_forward import call
 from tests.cluster.test_node import SHORT_TTL, cluster_doc, node_config
+from tests.cluster.test_snapshot_takeover import all_caught_up
 from tests.cluster.test_takeover import SHARDS, accounts_per_shard, owned, wait_lines
 from tests.partitions.gateway_harness import Lane, gateway, now_ms
 
@@ -195,7 +196,7 @@ async def test_a_close_the_shards_would_refuse_is_not_recorded(
     with trio.fail_after(120):
         async with gateway(config, meterd_run=True) as node:
             await node.wait_for(node.event("meterd_started"))
-            await wait_lines([node], lambda: len(owned([node])) == SHARDS, 60)
+            await wait_lines([node], lambda: all_caught_up(node), 60)
             bad = await call(config, "POST", f"/v1/periods/{current}/close", json={"by": ""})
             assert bad.status_code == 400, bad.text
             early = await call(config, "POST", f"/v1/periods/{current}/close", json={"by": "a"})
@@ -210,12 +211,13 @@ async def test_a_close_the_shards_would_refuse_is_not_recorded(
 
 
 async def replayed(config: Config, path: str) -> httpx.Response:
-    """GET ``path`` until its account is known to the node's store (not 404
-    ``unknown_account``): a new owner answers once its replay reached the account. Each
-    answer is awaited, nothing sleeps; ``fail_after`` bounds a replay that never gets there."""
+    """GET ``path`` until the node answers it: a new owner refuses queries (503, "replaying
+    its log") until its replay reached the log's end, never answering from a partial cell.
+    Each answer is awaited, nothing sleeps; ``fail_after`` bounds a replay that never gets
+    there."""
     with trio.fail_after(60):
         while True:
             answer = await call(config, "GET", path)
-            if answer.status_code != 404 or "unknown_account" not in answer.text:
+            if answer.status_code != 503 or "replaying its log" not in answer.text:
                 return answer
             await trio.lowlevel.checkpoint()
