@@ -305,7 +305,9 @@ class AccountAlerts:
                 event.time,
                 event.id,
                 batch_id,
-                self.clock_ms(),
+                # When meterd received the event's batch (the log says so in cluster mode):
+                # a node that rebuilds the account from the log decides the same bytes.
+                event.received_at or self.clock_ms(),
             )
         )
 

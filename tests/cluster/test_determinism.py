@@ -1,12 +1,12 @@
 """Replaying a shard's log decides the same: two fresh stores fed the same log (random slices
 with re-sends, id conflicts, events older than the dedupe horizon, junk, and corrections:
 adjustments and voids, a second void of one event refused) give byte-identical verdicts,
-journal, audit trail, windows and billing records; and two stores restored from the same
-snapshot (a copy by the backup API of a store that applied a prefix of the log, with its
-billing database) and fed the rest decide byte for byte the same, and as a store that
-replayed the whole log. A billing database ahead of its store (copied later, as a snapshot
-does) applies each correction once on replay. No NATS here: the log is handed to the
-applier as it would read it."""
+journal, audit trail, windows, billing records and alert crossings (their delivery bodies);
+and two stores restored from the same snapshot (a copy by the backup API of a store that
+applied a prefix of the log, with its billing database) and fed the rest decide byte for
+byte the same, and as a store that replayed the whole log. A billing database ahead of its
+store (copied later, as a snapshot does) applies each correction once on replay. No NATS
+here: the log is handed to the applier as it would read it."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ from tests.cluster.cells import (
 )
 
 ACCOUNTS = accounts_in(SHARD, 2)
+# An alert the random logs cross: its crossings (ids and delivery bodies) are decided again
+# by every replay, and must be the same bytes (protocol.md §4: every attempt of a delivery).
+ALERTS = """
+[[webhooks]]
+name = "hook"
+url = "http://127.0.0.1:9/hook"
+secret = "whsec-determinism-0123456789"
+
+[[alerts]]
+name = "two"
+meter = "dyno.seconds"
+period = "month"
+threshold = "2"
+webhook = "hook"
+"""
 HOUR = 60 * MINUTE
 AUTH = [("authorization", f"Bearer {ADMIN}")]
 
@@ -125,7 +140,7 @@ async def replay(
 ) -> dict[str, Any]:
     """``log`` applied to a fresh store, or to one restored from ``snapshot`` (and its
     billing database from ``billing``)."""
-    config = write_config(folder)
+    config = write_config(folder, cluster=ALERTS)
     files = shard_files(config, SHARD)
     if snapshot is not None:
         files.store.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +175,7 @@ async def replay(
             windows[account] = answer["body"]
         store = cell.store_path
     return {
+        "outbox": rows(store, "SELECT * FROM alert_outbox ORDER BY seq"),
         "verdicts": verdicts,
         "windows": windows,
         "journal": rows(store, "SELECT * FROM event_batches ORDER BY batch_id"),
@@ -193,7 +209,7 @@ async def snapshot_after(folder: Path, log: list[LogMessage]) -> Path:
     """A snapshot (the backup API's copy) of a store that applied ``log``; its billing
     database's copy is beside it (``.billing``)."""
     await replay(folder, log)
-    config = write_config(folder)
+    config = write_config(folder, cluster=ALERTS)
     target = folder / "snapshot.sqlite3"
     copy_store(shard_files(config, SHARD).store, target, SHARD)
     billing = shard_files(config, SHARD).billing
