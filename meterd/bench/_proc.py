@@ -15,6 +15,9 @@ __all__ = [
     "children",
     "command_line",
     "cpu_seconds",
+    "main_thread_cpu_seconds",
+    "switches",
+    "system_cpu_seconds",
     "process_name",
     "rss_bytes",
     "tree",
@@ -53,6 +56,45 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def main_thread_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid``'s main thread alone (the Trio thread of a
+    meterd process; the rest is its worker threads': SQLite, fsyncs)."""
+    return cpu_seconds_of(f"/proc/{pid}/task/{pid}/stat")
+
+
+def cpu_seconds_of(stat_path: str) -> float | None:
+    try:
+        stat = Path(stat_path).read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def system_cpu_seconds(pid: int) -> float | None:
+    """System (kernel) CPU of process ``pid`` (all its threads) so far: its syscalls, such
+    as fsyncs, futex waits and wake-ups of its threads."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[12]) / _TICK
+
+
+def switches(pid: int) -> int | None:
+    """Context switches (voluntary and not) of every thread of process ``pid`` alive now (a
+    thread that ended takes its count with it: read deltas over threads that stay)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        for key in ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"):
+            total += _field(pid, f"task/{task}/status", key) or 0
+    return total
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -35,14 +35,17 @@ latency (every commit is one per file it touches: up to 8 per group commit for t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -53,6 +56,7 @@ import trio
 import supervisors as sv
 from meterd import logs
 from meterd.config import Config, PartitionsConfig, load
+from meterd.config import load as load_config
 from meterd.model import Event, new_event
 from meterd.partitions import (
     BatchId,
@@ -66,11 +70,19 @@ from meterd.partitions import (
     shards_of_owner,
 )
 
-from ._proc import cpu_seconds, rss_bytes
+from ._proc import (
+    cpu_seconds,
+    main_thread_cpu_seconds,
+    rss_bytes,
+    switches,
+    system_cpu_seconds,
+)
+from .ingest import settle, summarize_profile
 
 SIZES = ("std-1x", "std-2x", "perf-m", "perf-l")
 APPS = tuple(f"app-{n}" for n in range(8))
 PRODUCER = "platform"
+OWNER_LOG_LEVEL = os.environ.get("BENCH_OWNER_LOG_LEVEL", "warning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,9 @@ class Figures:
     worker_cpu_us: float  # per event
     driver_cpu_us: float  # per event
     rss_mib: float
+    main_cpu_us: float = 0.0  # per event, the worker's main (Trio) thread alone
+    switches: float = 0.0  # per event, the worker's threads' context switches
+    system_cpu_us: float = 0.0  # per event, the worker's CPU in the kernel
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +107,12 @@ class Shape:
     batches: int
     window: int
     seed: int
+    profile: Path | None = None  # py-spy raw output of the owner process (timed part)
+    py_spy: str = "py-spy"
+    all_threads: bool = False  # py-spy without --gil
 
 
-def write_config(folder: Path, owners: int) -> Path:
+def write_config(folder: Path, owners: int, shard_size: int = 16) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
     path.write_text(
@@ -114,6 +132,7 @@ path = "var/meterd.sqlite3"
 
 [partitions]
 owners = {owners}
+shard_size = {shard_size}
 
 [[producers]]
 name = "{PRODUCER}"
@@ -197,7 +216,7 @@ async def run_owner(
     socket = str(sockets / "owner-0.sock")
     argv = [
         sys.executable, "-m", "meterd.partitions.owner", "--config", str(config_path),
-        "--owner", "0", "--socket", socket, "--log-level", "warning",
+        "--owner", "0", "--socket", socket, "--log-level", OWNER_LOG_LEVEL,
     ]  # fmt: skip
     spec = sv.process_spec("owner-0", argv, start_timeout=120)
     sup = sv.Supervisor([spec], name="bench")
@@ -209,25 +228,43 @@ async def run_owner(
         channel = await UnixTransport().connect(ref.ready)
         await channel.receive()  # hello
         await _send(channel, warm, shape.window, seq0=1, per_shard=per_shard)
+        # The warm-up's actors are still being woken after its verdicts came: the timed
+        # part starts once the owner is idle (as `meterd bench ingest` waits between rows).
+        waited = await settle(ref.pid)
+        print(f"waited {waited:.1f} s for the owner to go idle", file=sys.stderr)
         events = sum(len(events) for slices in load for events in slices.values())
-        cpu0, driver0, wall0 = cpu_seconds(ref.pid), time.process_time(), time.perf_counter()
-        accepted = await _send(channel, load, shape.window, seq0=1 + len(warm), per_shard=per_shard)
-        wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
-        cpu = (cpu_seconds(ref.pid) or 0.0) - (cpu0 or 0.0)
+        profile = None if shape.profile is None else _profile_path(shape.profile, config_path)
+        async with _py_spy(shape.py_spy, ref.pid, profile, all_threads=shape.all_threads):
+            cpu0, driver0 = cpu_seconds(ref.pid), time.process_time()
+            main0, switches0 = main_thread_cpu_seconds(ref.pid), switches(ref.pid)
+            system0 = system_cpu_seconds(ref.pid)
+            wall0 = time.perf_counter()
+            accepted = await _send(
+                channel, load, shape.window, seq0=1 + len(warm), per_shard=per_shard
+            )
+            wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
+            cpu = (cpu_seconds(ref.pid) or 0.0) - (cpu0 or 0.0)
+            main = (main_thread_cpu_seconds(ref.pid) or 0.0) - (main0 or 0.0)
+            switched = max(0, (switches(ref.pid) or 0) - (switches0 or 0))
+            system = (system_cpu_seconds(ref.pid) or 0.0) - (system0 or 0.0)
         rss = rss_bytes(ref.pid) or 0
         if accepted != events:
             raise RuntimeError(f"the owner accepted {accepted} of {events} events")
         await channel.aclose()
         sup.stop()
-    shards = len(shards_of_owner(0, PartitionsConfig(owners=shape.owners)))
+    shards = len(shards_of_owner(0, load_config(config_path).partitions))
     return Figures(
-        f"owner process ({shards} shards){', per shard' if per_shard else ''}",
+        f"owner process ({shards} shard{'s' if shards > 1 else ''})"
+        f"{', per shard' if per_shard else ''}",
         events,
         wall,
         events / wall,
         cpu / events * 1e6,
         driver / events * 1e6,
         rss / 2**20,
+        main / events * 1e6,
+        switched / events,
+        system / events * 1e6,
     )
 
 
@@ -310,9 +347,16 @@ async def run_in_process(
         async with trio.open_nursery() as nursery:
             await nursery.start(cell.supervisor.run)
             await _submit(cell, warm_groups, shape.window)
+            await _settle_in_process(cell)
+            me = os.getpid()
             cpu0, wall0 = time.process_time(), time.perf_counter()
+            main0, switches0 = main_thread_cpu_seconds(me), switches(me)
+            system0 = system_cpu_seconds(me)
             accepted = await _submit(cell, groups, shape.window)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            main = (main_thread_cpu_seconds(me) or 0.0) - (main0 or 0.0)
+            switched = max(0, (switches(me) or 0) - (switches0 or 0))
+            system = (system_cpu_seconds(me) or 0.0) - (system0 or 0.0)
             if accepted != events:
                 raise RuntimeError(f"the cell accepted {accepted} of {events} events")
             cell.supervisor.stop()
@@ -326,7 +370,22 @@ async def run_in_process(
         cpu / events * 1e6,
         0.0,
         (rss_bytes(os.getpid()) or 0) / 2**20,
+        main / events * 1e6,
+        switched / events,
+        system / events * 1e6,
     )
+
+
+async def _settle_in_process(cell: Any, limit: float = 60.0) -> None:
+    """Wait until the warm-up's actors are awake and their events applied (nothing in
+    flight, no wake-up pending), as the owner row waits for its process to go idle."""
+    start = trio.current_time()
+    while trio.current_time() - start < limit:
+        await trio.sleep(0.5)
+        before = time.process_time()
+        await trio.sleep(0.5)
+        if time.process_time() - before < 0.15 * 0.5:
+            break
 
 
 async def _submit(cell: Any, batches: list[list[tuple[str, list[Event]]]], window: int) -> int:
@@ -356,42 +415,89 @@ async def _submit(cell: Any, batches: list[list[tuple[str, list[Event]]]], windo
 # ---- the command -------------------------------------------------------------------------------
 
 
-def measure(shape: Shape, folder: Path, *, per_shard: bool = False) -> list[Figures]:
-    """The owner's row, with ``per_shard`` the owner's row fed a slice per shard (version 2's
-    messages, for comparison in one command), then the in-process baseline's."""
-    config_path = write_config(folder / "owner", shape.owners)
-    partitions = load(config_path).partitions
-    warm_batches = max(1, shape.accounts * 2 // shape.batch)  # every account, about twice
-    warm = build_load(shape, partitions, "warm", warm_batches)
-    timed = build_load(shape, partitions, "load", shape.batches)
-    print("owner process ...", file=sys.stderr)
-    # A socket's path is at most 107 bytes: a short directory of its own, not the stores'.
+def measure(
+    shape: Shape, folder: Path, *, per_shard: bool = False, shard_sizes: Sequence[int] = (16,)
+) -> list[Figures]:
+    """The owner's row for each of ``shard_sizes`` (``[partitions] shard_size``: with 2
+    owners, 16 gives owner 0 eight shard files, 128 one), with ``per_shard`` an owner's
+    row fed a slice per shard (version 2's messages, for comparison in one command), then
+    the in-process baseline's."""
     sockets = Path(tempfile.mkdtemp(prefix="meterd-owner-"))
+    owners: list[Figures] = []
+    warm: list[dict[int, list[SliceEvent]]] = []
+    timed: list[dict[int, list[SliceEvent]]] = []
     try:
-        owner = trio.run(run_owner, config_path, sockets, shape, warm, timed)
+        for shard_size in shard_sizes:
+            config_path = write_config(folder / f"owner-{shard_size}", shape.owners, shard_size)
+            partitions = load(config_path).partitions
+            warm_batches = max(1, shape.accounts * 2 // shape.batch)  # every account, ~twice
+            warm = build_load(shape, partitions, "warm", warm_batches)
+            timed = build_load(shape, partitions, "load", shape.batches)
+            print(f"owner process, shard_size {shard_size} ...", file=sys.stderr)
+            # A socket's path is at most 107 bytes: a short directory of its own.
+            owners.append(trio.run(run_owner, config_path, sockets, shape, warm, timed))
         if per_shard:
             print("owner process, a slice per shard ...", file=sys.stderr)
-            old_config = write_config(folder / "owner-per-shard", shape.owners)
-            old = trio.run(run_owner, old_config, sockets, shape, warm, timed, True)
+            old_config = write_config(folder / "owner-per-shard", shape.owners, shard_sizes[-1])
+            owners.append(trio.run(run_owner, old_config, sockets, shape, warm, timed, True))
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     baseline_config = load(write_config(folder / "baseline", 0))
     print("in-process baseline ...", file=sys.stderr)
     baseline = trio.run(run_in_process, baseline_config, shape, warm, timed)
-    return [baseline, owner, old] if per_shard else [baseline, owner]
+    return [baseline, *owners]
+
+
+def _profile_path(profile: Path, config_path: Path) -> Path:
+    """``STEM.<the row's folder>.SUFFIX``: one py-spy output per owner row."""
+    return profile.with_name(f"{profile.stem}.{config_path.parent.name}{profile.suffix or '.raw'}")
+
+
+@contextlib.asynccontextmanager
+async def _py_spy(
+    py_spy: str, pid: int, out: Path | None, *, all_threads: bool = False
+) -> AsyncIterator[None]:
+    """``py-spy record --gil`` of ``pid`` into ``out`` (raw) while the body runs
+    (``all_threads``: without ``--gil``, every thread on a CPU, so the SQLite threads too)."""
+    if out is None:
+        yield
+        return
+    command = [py_spy, "record", "--pid", str(pid), "--rate", "200"]
+    if not all_threads:
+        command.append("--gil")
+    command += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        await trio.sleep(0.5)  # py-spy attaches
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            with trio.move_on_after(30):
+                await process.wait()
+            if process.poll() is None:
+                process.kill()
+                await process.wait()
+    print(f"profile of the owner: {out}\n{summarize_profile(out)}", file=sys.stderr)
 
 
 def format_table(figures: Sequence[Figures]) -> str:
     base = figures[0]
     lines = [
         f"{'path':<36} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
-        f" {'ratio':>6} {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
+        f" {'ratio':>6} {'main thread':>12} {'kernel':>7} {'switches/ev':>12}"
+        f" {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
     ]
     for f in figures:
         lines.append(
             f"{f.path:<36} {f.events:>8,} {f.events_per_second:>10,.0f}"
             f" {f.events_per_second / base.events_per_second:>5.2f}x {f.worker_cpu_us:>17.1f}"
-            f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.driver_cpu_us:>17.1f}"
+            f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.main_cpu_us:>12.1f}"
+            f" {f.system_cpu_us:>7.1f}"
+            f" {f.switches:>12.2f} {f.driver_cpu_us:>17.1f}"
             f" {f.rss_mib:>15.1f}"
         )
     return "\n".join(lines)
@@ -416,13 +522,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also feed an owner one slice per shard (before version 3: one message per"
         " owner per batch), on stores of its own",
     )
+    parser.add_argument(
+        "--shard-sizes",
+        default="16",
+        help="[partitions] shard_size of each owner row, comma-separated (16: owner 0 of 2"
+        " holds 8 shard files; 128: one)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy record --gil of each owner row's timed part into STEM.ROW.raw",
+    )
+    parser.add_argument("--py-spy", default="py-spy", help="py-spy to use")
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="profile every thread on a CPU (py-spy without --gil): the SQLite threads too",
+    )
     args = parser.parse_args(argv)
+    try:
+        shard_sizes = [int(size) for size in args.shard_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--shard-sizes: integers separated by commas, not {args.shard_sizes!r}")
     logs.configure(level="warning")
     if args.quick:
         args.batches, args.accounts = 40, 2_000
-    shape = Shape(args.owners, args.accounts, args.batch, args.batches, args.window, args.seed)
+    shape = Shape(
+        args.owners,
+        args.accounts,
+        args.batch,
+        args.batches,
+        args.window,
+        args.seed,
+        args.profile,
+        args.py_spy,
+        args.all_threads,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-owner-", dir=args.dir or Path.cwd()) as tmp:
-        figures = measure(shape, Path(tmp), per_shard=args.per_shard)
+        figures = measure(shape, Path(tmp), per_shard=args.per_shard, shard_sizes=shard_sizes)
     if args.json:
         print(json.dumps([asdict(f) for f in figures], indent=2))
     else:

@@ -225,7 +225,8 @@ class StoreConfig:
         Duration,
         key(
             "At most one checkpoint of SQLite's write-ahead log per this, off the commit path"
-            " (0: SQLite's own, inside the commit that passes 1,000 pages).",
+            " (0: SQLite's own, inside the commit that passes 1,000 pages). An owner process's"
+            " shard files each at most once per this times their number.",
             ge=Duration(0),
             le=Duration(60_000),
             was="wal_checkpoint_interval_ms",

@@ -40,14 +40,27 @@ from meterd.alerts._spend import BookPricing
 from meterd.api import Daemon, Metrics, build_app
 from meterd.billing import Billing, BillingDB, PriceBook
 from meterd.billing._metrics import BillingCollector
-from meterd.config import Config
+from meterd.config import Config, StoreConfig
 from meterd.ingest.server import IngestServer
+from meterd.schema import Duration
 from meterd.store import CommitRounds, Store
 from meterd.store.restarts import RestartLog
 
 from ._layout import shard_files, shard_name
 
-__all__ = ["Cell", "share"]
+__all__ = ["Cell", "share", "wal_shared"]
+
+
+def wal_shared(store: StoreConfig, cells: int) -> StoreConfig:
+    """``[store]`` for one of ``cells`` cells of a process: ``wal_checkpoint_interval``
+    times ``cells``, so the process checkpoints its files as often in all as one store file
+    its own (each checkpoint copies the file's pages committed since the last one and
+    fsyncs it: at the config's interval, 8 files cost 8 times the checkpoints of one, and
+    their hot pages, each file's own, 8 times the copies; docs/partitions.md "Cells")."""
+    interval = store.wal_checkpoint_interval.ms
+    if cells <= 1 or not interval:
+        return store
+    return dataclasses.replace(store, wal_checkpoint_interval=Duration(interval * cells))
 
 
 def share(limit: int, cells: int) -> int:
@@ -83,7 +96,7 @@ class Cell:
         self.store_path = store_path
         self.store = Store.at(
             store_path,
-            config.store,
+            wal_shared(config.store, cells),
             audit_retention_ms=config.dedupe_window.ms,  # docs/accounts.md "Audit trail"
             dedupe_window_ms=config.dedupe_window.ms,  # docs/accounts.md "Dedupe retention"
             meter_dimensions={m.name: len(m.dimensions) for m in config.meters},

@@ -202,7 +202,15 @@ class Owner:
                     await flushed.wait()
             serving.cancel()
             nursery.cancel_scope.cancel()  # the admitters
-        log.info("owner_stopped")
+        writers = [cell.store.writer.stats for cell in self.cells.values()]
+        log.info(
+            "owner_stopped",
+            rounds=self.rounds.rounds,
+            files_written=self.rounds.files,
+            commits=sum(stats.commits for stats in writers),
+            operations=sum(stats.operations for stats in writers),
+            events=sum(stats.events_accepted + stats.events_duplicate for stats in writers),
+        )
         self.finished.set()
 
     def stop(self) -> None:

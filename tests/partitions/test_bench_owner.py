@@ -17,7 +17,10 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     where = tmp_path / ("d" * 80)
     where.mkdir()
     ran = subprocess.run(
-        [sys.executable, "-m", "meterd.bench.owner", *SMALL, "--per-shard", "--dir", str(where)],
+        [
+            *(sys.executable, "-m", "meterd.bench.owner", *SMALL, "--per-shard"),
+            *("--shard-sizes", "16,128", "--dir", str(where)),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -26,8 +29,14 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     assert ran.returncode == 0, ran.stderr[-4000:]
     out = ran.stdout
     assert re.search(r"^path\s+events\s+events/s\s+ratio\s+worker CPU us/ev", out, re.M), out
-    row = rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}$"
+    assert re.search(r"worker CPU us/ev\s+ratio\s+main thread\s+kernel\s+switches/ev", out), out
+    row = (
+        rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}x"  # events/s, CPU
+        rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$"  # main, kernel, ...
+    )
     assert re.search(rf"^in-process \(1 cell, 1 file\){row}", out, re.M), out
     assert re.search(rf"^owner process \(8 shards\){row}", out, re.M), out
-    assert re.search(rf"^owner process \(8 shards\), per shard{row}", out, re.M), out
+    assert re.search(rf"^owner process \(1 shard\){row}", out, re.M), out  # shard_size 128
+    assert re.search(rf"^owner process \(1 shard\), per shard{row}", out, re.M), out
+    assert "waited" in ran.stderr  # for the owner to go idle after the warm-up
     assert list(where.iterdir()) == []  # its stores are removed

@@ -4,6 +4,7 @@ queries; and the single-process daemon built from the same cell code."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 from collections.abc import AsyncIterator
@@ -30,8 +31,9 @@ from meterd.partitions import (
     Verdicts,
 )
 from meterd.partitions import owner as owner_process
-from meterd.partitions._cell import share
+from meterd.partitions._cell import share, wal_shared
 from meterd.partitions._owner import Owner, call_asgi
+from meterd.schema import Duration
 from meterd.store import CommitFailed
 from tests.partitions.test_owner import AUTH, NOW, A, B, C, a_slice, ev, write_config
 
@@ -78,6 +80,27 @@ def test_a_process_splits_its_limits_evenly_over_its_cells(tmp_path: Path) -> No
     for cell in owner.cells.values():
         assert cell.accounts.budget.limit == 500
         assert cell.accounts.max_awake == config.accounts.max_awake // 2
+
+
+def test_a_process_checkpoints_its_files_logs_as_often_as_one_store(tmp_path: Path) -> None:
+    # Each cell of an owner checkpoints its file's log at wal_checkpoint_interval x cells:
+    # the process as often in all as one store file (docs/partitions.md "Cells").
+    config = config_with(tmp_path)
+    every = config.store.wal_checkpoint_interval.seconds
+    assert every > 0
+    owner = Owner(config, 0)  # 2 shards
+    assert len(owner.cells) == 2
+    for cell in owner.cells.values():
+        wal = cell.store.writer.wal
+        assert wal is not None
+        assert wal.interval == pytest.approx(every * 2)
+    (tmp_path / "single").mkdir()
+    single = build(config_with(tmp_path / "single")).accounts.store.writer.wal
+    assert single is not None
+    assert single.interval == pytest.approx(every)
+    assert wal_shared(config.store, 1) is config.store
+    off = dataclasses.replace(config.store, wal_checkpoint_interval=Duration(0))
+    assert wal_shared(off, 8) is off  # 0: SQLite's own checkpoints, as configured
 
 
 def test_the_single_process_daemon_is_one_cell_under_todays_root(tmp_path: Path) -> None:
