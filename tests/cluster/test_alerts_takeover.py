@@ -17,8 +17,15 @@ from meterd.config import Config, load
 from tests.alerts.receiver import Receiver
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_node import node_config
-from tests.cluster.test_takeover import SHARDS, TTL, accounts_per_shard, owned, wait_lines
-from tests.partitions.gateway_harness import Lane, gateway
+from tests.cluster.test_takeover import (
+    SHARDS,
+    TTL,
+    accounts_per_shard,
+    first_holds_all,
+    owned,
+    wait_lines,
+)
+from tests.partitions.gateway_harness import Lane
 
 SECRET = "whsec-cluster-0123456789"
 THRESHOLD = 3  # every account of the lane passes it (its first events are 1, 2, ...)
@@ -55,14 +62,7 @@ async def test_crossings_are_delivered_after_kill9_of_the_deciding_node(
         accounts = accounts_per_shard(configs["n1"], 1)  # one account in each shard
         with trio.fail_after(240):
             async with AsyncExitStack() as stack:
-                one = await stack.enter_async_context(
-                    gateway(configs["n1"], meterd_run=True, expect_clean_stop=False)
-                )
-                _, started = await one.wait_for(one.event("meterd_started"))
-                assert started["shards"] == list(range(SHARDS))
-                two = await stack.enter_async_context(gateway(configs["n2"], meterd_run=True))
-                _, started = await two.wait_for(two.event("meterd_started"))
-                assert started["shards"] == []
+                one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
                 lane = Lane("via-2", accounts)
                 await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
 
@@ -108,12 +108,7 @@ async def test_a_new_owner_sends_delivered_crossings_again_with_the_same_bytes(
         accounts = accounts_per_shard(configs["n1"], 1)
         with trio.fail_after(240):
             async with AsyncExitStack() as stack:
-                one = await stack.enter_async_context(
-                    gateway(configs["n1"], meterd_run=True, expect_clean_stop=False)
-                )
-                await one.wait_for(one.event("meterd_started"))
-                two = await stack.enter_async_context(gateway(configs["n2"], meterd_run=True))
-                await two.wait_for(two.event("meterd_started"))
+                one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
                 lane = Lane("via-2", accounts)
                 await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
 

@@ -19,8 +19,14 @@ from meterd.partitions import shard_of
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_forward import call
 from tests.cluster.test_snapshot_takeover import by_shard, lines, snap_config
-from tests.cluster.test_takeover import SHARDS, accounts_per_shard, owned, wait_lines
-from tests.partitions.gateway_harness import Lane, gateway, now_ms
+from tests.cluster.test_takeover import (
+    SHARDS,
+    accounts_per_shard,
+    first_holds_all,
+    owned,
+    wait_lines,
+)
+from tests.partitions.gateway_harness import Lane, now_ms
 
 DAY_MS = 86_400_000
 
@@ -60,14 +66,7 @@ async def test_corrections_survive_kill9_of_their_node(
     period = Period.containing(now)
     with trio.fail_after(240):
         async with AsyncExitStack() as stack:
-            one = await stack.enter_async_context(
-                gateway(configs["n1"], meterd_run=True, expect_clean_stop=False)
-            )
-            _, started = await one.wait_for(one.event("meterd_started"))
-            assert started["shards"] == list(range(SHARDS))
-            two = await stack.enter_async_context(gateway(configs["n2"], meterd_run=True))
-            _, started = await two.wait_for(two.event("meterd_started"))
-            assert started["shards"] == []
+            one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
             lane = Lane("via-2", accounts)
             await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
             voided = next(id for a, id, _ in lane.sent if a == account)

@@ -32,6 +32,7 @@ from tests.cluster.test_takeover import (
     SHARDS,
     TTL,
     accounts_per_shard,
+    first_holds_all,
     lanes_running,
     owned,
     totals_from_owners,
@@ -107,14 +108,7 @@ async def test_kill9_after_a_snapshot_the_new_owner_replays_only_what_followed(
     connection = await connect(bridge, nats3.urls, name="test")
     with trio.fail_after(240):
         async with AsyncExitStack() as stack:
-            one = await stack.enter_async_context(
-                gateway(configs["n1"], meterd_run=True, expect_clean_stop=False)
-            )
-            _, started = await one.wait_for(one.event("meterd_started"))
-            assert started["shards"] == list(range(SHARDS))
-            two = await stack.enter_async_context(gateway(configs["n2"], meterd_run=True))
-            _, started = await two.wait_for(two.event("meterd_started"))
-            assert started["shards"] == []
+            one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
             lane = Lane("via-2", accounts)
             async with lanes_running([(two, lane)]):
                 await lane.wait_acks(5)

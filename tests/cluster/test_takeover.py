@@ -112,6 +112,23 @@ async def lanes_running(
         stop.set()
 
 
+async def first_holds_all(
+    stack: AsyncExitStack, first: Config, *others: Config
+) -> tuple[Gateway, ...]:
+    """``meterd run`` on ``first`` (it takes every shard; the test may kill it), then on each
+    of ``others`` (started once ``first`` holds them all, so they take none): the nodes."""
+    one = await stack.enter_async_context(gateway(first, meterd_run=True, expect_clean_stop=False))
+    _, started = await one.wait_for(one.event("meterd_started"))
+    assert started["shards"] == list(range(SHARDS))
+    nodes = [one]
+    for config in others:
+        nodes.append(await stack.enter_async_context(gateway(config, meterd_run=True)))
+    for node in nodes[1:]:
+        _, started = await node.wait_for(node.event("meterd_started"))
+        assert started["shards"] == []
+    return tuple(nodes)
+
+
 def positions(config: Config) -> dict[int, int]:
     """The log position each of the node's shard stores committed (read-only)."""
     view = cluster_view(config)
@@ -134,16 +151,7 @@ async def takeover_run(
     configs = {n: node_config(tmp_path / n, nats, n, lease_ttl=ttl) for n in names}
     accounts = accounts_per_shard(configs["n1"], 2)
     async with AsyncExitStack() as stack:
-        one = await stack.enter_async_context(
-            gateway(configs["n1"], meterd_run=True, expect_clean_stop=False)
-        )
-        _, started = await one.wait_for(one.event("meterd_started"))
-        assert started["shards"] == list(range(SHARDS))
-        two = await stack.enter_async_context(gateway(configs["n2"], meterd_run=True))
-        three = await stack.enter_async_context(gateway(configs["n3"], meterd_run=True))
-        for node in (two, three):
-            _, started = await node.wait_for(node.event("meterd_started"))
-            assert started["shards"] == []
+        one, two, three = await first_holds_all(stack, *configs.values())
         lanes = [Lane("via-2", accounts), Lane("via-3", accounts)]
         async with lanes_running([(two, lanes[0]), (three, lanes[1])]):
             for lane in lanes:
