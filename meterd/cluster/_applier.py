@@ -64,9 +64,8 @@ from meterd.billing._corrections import AdjustmentKind
 from meterd.billing._errors import BillingError, InvalidRequest
 from meterd.billing._errors import Unavailable as BillingUnavailable
 from meterd.config import PartitionsConfig
-from meterd.model import Event, new_event
+from meterd.model import Event
 from meterd.partitions._cell import Cell
-from meterd.partitions._layout import shard_of
 from meterd.partitions._messages import (
     Correction,
     Slice,
@@ -75,7 +74,7 @@ from meterd.partitions._messages import (
     decode,
     encode,
 )
-from meterd.partitions._owner import _outcome
+from meterd.partitions._owner import _outcome, group_by_account
 from meterd.store import AppendResult, InvalidEvents, LogPosition, RejectedEvent
 
 from ._corrections import Outcome, Waiter
@@ -136,6 +135,7 @@ class ShardApplier:
         self.cell = cell
         self.shard = shard
         self.partitions = partitions
+        self._shard_of: dict[str, int] = {}  # account -> shard, checked once per account
         self.fetch_timeout = fetch_timeout
         self.log = log_name(shard)
         self.subject = log_subject(shard)
@@ -543,35 +543,7 @@ class ShardApplier:
             raise _Replay() from None
 
     def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
-        """The slice's events by account (each account once), with their indexes."""
-        by_account: dict[str, tuple[list[int], list[Event]]] = {}
-        for event in piece.events:
-            entry = by_account.get(event.account)
-            if entry is None:
-                if shard_of(event.account, self.partitions) != self.shard:
-                    raise ValueError(
-                        f"account {event.account!r} is not in shard {self.shard}; the gateway"
-                        " and this node disagree on [partitions]: run both on one config"
-                    )
-                entry = by_account[event.account] = ([], [])
-            properties = event.properties
-            entry[0].append(event.index)
-            entry[1].append(
-                new_event(
-                    event.id,
-                    event.account,
-                    event.meter,
-                    event.quantity,
-                    event.time,
-                    properties,  # sorted [key, value] pairs (message version 2)
-                    piece.producer,
-                    piece.received_at,
-                )
-            )
-        return (
-            [(account, events) for account, (_, events) in by_account.items()],
-            [positions for positions, _ in by_account.values()],
-        )
+        return group_by_account(piece, self.partitions, self._shard_of)
 
     async def _publish_verdicts(self, connection: Connection) -> None:
         async for subject, data in self.verdicts:

@@ -58,7 +58,7 @@ from starlette.applications import Starlette
 import supervisors as sv
 from meterd import __version__
 from meterd.api.metrics import owner_slice_histogram
-from meterd.config import Config
+from meterd.config import Config, PartitionsConfig
 from meterd.model import Event, new_event
 from meterd.store import AppendResult, CommitRounds, RejectedEvent
 from meterd.store._appends import conflict_message
@@ -342,51 +342,7 @@ class Owner:
         self._submit(cell, post, piece, groups, indexes)
 
     def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
-        """The slice's events by account (each account once), with their indexes."""
-        by_account: dict[str, tuple[list[int], list[Event]]] = {}
-        producer, received_at = piece.producer, piece.received_at
-        # A gateway sends each account's events together: one run per account, its
-        # Events built by map (no per-event dict lookups); an account seen again joins
-        # its first run.
-        for account, run in groupby(piece.events, _account_of):
-            events = list(run)
-            count = len(events)
-            built = list(
-                map(
-                    new_event,
-                    map(_id_of, events),
-                    repeat(account, count),
-                    map(_meter_of, events),
-                    map(_quantity_of, events),
-                    map(_time_of, events),
-                    map(_properties_of, events),
-                    repeat(producer, count),
-                    repeat(received_at, count),
-                )
-            )
-            entry = by_account.get(account)
-            if entry is None:
-                by_account[account] = (list(map(_index_of, events)), built)
-            else:
-                entry[0].extend(map(_index_of, events))
-                entry[1].extend(built)
-        partitions, known = self.config.partitions, self._shard_of
-        for account in by_account:
-            shard = known.get(account)
-            if shard is None:
-                if len(known) >= SHARD_CACHE:
-                    known.clear()
-                shard = known[account] = shard_of(account, partitions)
-            if shard != piece.shard:
-                raise ValueError(
-                    f"slice of batch {_batch_name(piece)}: account {account!r} is in shard"
-                    f" {shard}, not in shard {piece.shard}; the gateway and the owner disagree"
-                    " on [partitions]: run both on one config"
-                )
-        return (
-            [(account, events) for account, (_, events) in by_account.items()],
-            [positions for positions, _ in by_account.values()],
-        )
+        return group_by_account(piece, self.config.partitions, self._shard_of)
 
     def _submit(
         self,
@@ -549,6 +505,58 @@ def _failed(message: Message, error: Exception) -> Message:
     if isinstance(message, Slice | Slices):
         return Unavailable(message.batch, message.shard, why)
     return Answer(getattr(message, "id", 0), error=why)
+
+
+def group_by_account(
+    piece: Slice, partitions: PartitionsConfig, known: dict[str, int]
+) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
+    """``piece``'s events by account (each account once, in the order first seen), their
+    ``Event``s built for the accounts layer, with each group's indexes in the producer's
+    batch. ``known`` caches account -> shard (cleared past :data:`SHARD_CACHE`); an account
+    outside ``piece.shard`` is a ``ValueError`` (the gateway and the shard's owner run
+    different ``[partitions]``). The owner and the cluster's shard applier both use it."""
+    by_account: dict[str, tuple[list[int], list[Event]]] = {}
+    producer, received_at = piece.producer, piece.received_at
+    # A gateway sends each account's events together: one run per account, its Events
+    # built by map (no per-event dict lookups); an account seen again joins its first run.
+    for account, run in groupby(piece.events, _account_of):
+        events = list(run)
+        count = len(events)
+        built = list(
+            map(
+                new_event,
+                map(_id_of, events),
+                repeat(account, count),
+                map(_meter_of, events),
+                map(_quantity_of, events),
+                map(_time_of, events),
+                map(_properties_of, events),
+                repeat(producer, count),
+                repeat(received_at, count),
+            )
+        )
+        entry = by_account.get(account)
+        if entry is None:
+            by_account[account] = (list(map(_index_of, events)), built)
+        else:
+            entry[0].extend(map(_index_of, events))
+            entry[1].extend(built)
+    for account in by_account:
+        shard = known.get(account)
+        if shard is None:
+            if len(known) >= SHARD_CACHE:
+                known.clear()
+            shard = known[account] = shard_of(account, partitions)
+        if shard != piece.shard:
+            raise ValueError(
+                f"slice of batch {_batch_name(piece)}: account {account!r} is in shard"
+                f" {shard}, not in shard {piece.shard}; the gateway and the shard's owner"
+                " disagree on [partitions]: run both on one config"
+            )
+    return (
+        [(account, events) for account, (_, events) in by_account.items()],
+        [positions for positions, _ in by_account.values()],
+    )
 
 
 def _batch_name(piece: Slice) -> str:

@@ -24,6 +24,7 @@ from meterd.cluster import (
     slice_msg_id,
     verdict_subject,
 )
+from meterd.cluster._nats import LogMessage
 from meterd.config import ClusterConfig, Config, Duration
 from meterd.partitions import Unavailable, Verdicts, decode, encode, shard_files
 from tests.cluster.cells import (
@@ -279,3 +280,23 @@ async def test_an_applier_killed_by_its_supervisor_goes_on_exactly_once(
     assert position(store, log_name(SHARD)) == last
     assert journal(store) == expected
     assert rows(store, "SELECT count(*) FROM audit") == [(0,)]
+
+
+async def test_a_slice_naming_another_shards_account_is_answered_unavailable(
+    tmp_path: Path,
+) -> None:
+    """The gateway and this node disagree on [partitions]: the slice is passed over (its
+    position stored) and its batch answered unavailable, saying which account and why."""
+    config = write_config(tmp_path)
+    piece = a_slice(1, SHARD, [ev(0, "e1", A), ev(1, "o1", OTHER)])
+    message = LogMessage(3, log_subject(SHARD), encode(piece), "id-1", 1)
+    async with running_cell(config, SHARD) as cell:
+        applier = ShardApplier(None, cell, SHARD, LAYOUT)
+        await applier.apply(message)
+        await applier.wait_drained()
+        _, data = applier.verdicts.receive_nowait()
+    answer = decode(data)
+    assert isinstance(answer, Unavailable)
+    assert f"account {OTHER!r} is in shard {SHARD + 1}, not in shard {SHARD}" in answer.reason
+    assert "disagree on [partitions]" in answer.reason
+    assert position(cell.store_path, log_name(SHARD)) == 3
