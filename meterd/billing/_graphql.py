@@ -209,11 +209,15 @@ type ExplainedEvent {
 
 type Adjustment { id: Int!, meter: String!, start: Millis!, end: Millis!,
                   dimensions: [Dimension!]!, kind: String!, quantity: Decimal!, by: String!,
-                  at: Millis!, reason: String! }
+                  at: Millis!, reason: String!,
+                  "its Idempotency-Key: a retry with it records nothing new (docs/billing.md)"
+                  idempotencyKey: String }
 
 type Void { id: Int!, eventId: String!, meter: String!, time: Millis!,
             dimensions: [Dimension!]!, quantity: Decimal!, by: String!, at: Millis!,
-            reason: String! }
+            reason: String!,
+            "its Idempotency-Key: a retry with it records nothing new (docs/billing.md)"
+            idempotencyKey: String }
 """
 
 

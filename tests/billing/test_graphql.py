@@ -36,7 +36,7 @@ query($account: String!, $period: String!) {
           value nextCursor notes
           windows { start value }
           events { id quantity status window properties { name value } }
-          adjustments { id kind quantity by reason dimensions { name value } }
+          adjustments { id kind quantity by reason idempotencyKey dimensions { name value } }
           audit { kind id code message time window batchId seq producer receivedAt
                   properties { name value } }
           auditNextCursor
@@ -104,6 +104,8 @@ async def test_account_invoice_lines_and_their_explanation(tmp_path: Path) -> No
             "0.5",
             "alice",
         )
+        assert credit.key  # every correction has one (made by the server when not given)
+        assert adj["idempotencyKey"] == credit.key
 
 
 async def test_usage_and_usage_explanation(tmp_path: Path) -> None:
