@@ -354,16 +354,7 @@ class ShardApplier:
         def done(outcome: list[AppendResult] | BaseException) -> None:
             if count:
                 budget.give(count)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._drained.set()
-            if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidEvents):
-                if self._failure is None:
-                    self._failure = outcome
-            else:
-                self.applied = max(self.applied, message.seq)
-                self._changed.set()
-                self._changed = trio.Event()
+            self._committed(message.seq, outcome)
             if piece is None:
                 return
             answer: Verdicts | Unavailable
@@ -421,16 +412,7 @@ class ShardApplier:
         self.corrections += 1
 
         def done(result: list[AppendResult] | BaseException) -> None:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._drained.set()
-            if isinstance(result, BaseException) and not isinstance(result, InvalidEvents):
-                if self._failure is None:
-                    self._failure = result
-            else:
-                self.applied = max(self.applied, message.seq)
-                self._changed.set()
-                self._changed = trio.Event()
+            self._committed(message.seq, result)
             waiter = self._waiters.get(correction.id)
             if waiter is not None:
                 waiter.set(outcome)
@@ -541,6 +523,20 @@ class ShardApplier:
                 " space); the log is replayed from the store's position",
             )
             raise _Replay() from None
+
+    def _committed(self, seq: int, outcome: list[AppendResult] | BaseException) -> None:
+        """A submitted log message's transaction ended: the position ``seq`` is applied,
+        or the applier fails (an error other than events the store refused)."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.set()
+        if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidEvents):
+            if self._failure is None:
+                self._failure = outcome
+        else:
+            self.applied = max(self.applied, seq)
+            self._changed.set()
+            self._changed = trio.Event()
 
     def _groups(self, piece: Slice) -> tuple[list[tuple[str, list[Event]]], list[list[int]]]:
         return group_by_account(piece, self.partitions, self._shard_of)
