@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,13 +53,36 @@ async def until(predicate: Callable[[], bool], *, timeout: float, what: str) -> 
 
 @contextmanager
 def paused(server: NatsServer) -> Iterator[None]:
-    """SIGSTOP the server (it accepts nothing, answers nothing) until the block ends."""
+    """SIGSTOP the server (it accepts nothing, answers nothing) until the block ends.
+
+    The block starts only once every thread of the server shows as stopped in ``/proc``:
+    ``kill`` returns when the signal is queued, and a CI run once saw the server answer three
+    publishes sent after it (on a loaded 2-core VM)."""
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGSTOP)
+    _wait_stopped(server.process.pid)
     try:
         yield
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
+
+
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once every thread of process ``pid`` is in the stopped state (``T``)."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        states = []
+        for task in tasks.iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            states.append(stat[stat.rindex(")") + 2])
+        if states and all(state in "Tt" for state in states):
+            return
+        time.sleep(0.001)  # another process's state: nothing here can wake us
+    raise AssertionError(f"process {pid} did not stop within {timeout} s of SIGSTOP")
 
 
 def main() -> None:
