@@ -29,7 +29,8 @@ Lifecycle (see docs/accounts.md for the whole flow):
 ``("tick",)`` or ``("tick", idle)`` (cast, from the sweeper)
     Hibernate after ``idle_timeout`` (or ``idle`` seconds: the sweeper's, while more than
     ``max_awake`` actors are awake) without traffic, or checkpoint when the last
-    checkpoint is ``checkpoint_interval`` old.
+    checkpoint is ``checkpoint_interval`` old. The sweeper sends it only to actors whose
+    :meth:`MeterActor.due` says one of those is due (the actor decides again on receipt).
 ``("crash", reason)`` (cast)
     A fault drill: raise :class:`InjectedFault`.
 
@@ -386,17 +387,32 @@ class MeterActor(sv.GenServer[Any, Any]):
         self.last_checkpoint = trio.current_time()
         self.log.warning("checkpoint_failed", error=str(error))
 
-    async def _tick(self, idle_timeout: float | None = None) -> None:
-        """``idle_timeout``: the sweeper's, shorter while too many actors are awake."""
-        now = trio.current_time()
+    def due(self, now: float, idle_timeout: float | None = None) -> str | None:
+        """What a tick at ``now`` would do: ``"hibernate"`` (no traffic for ``idle_timeout``,
+        by default the accounts layer's), ``"checkpoint"`` (pending alert crossings, or
+        dirty cells and the last checkpoint ``checkpoint_interval`` old), or None.
+
+        Pure and cheap (a few attribute reads): the sweeper asks it of every awake actor,
+        between the actor's messages, and casts a tick only to those it names due."""
         if idle_timeout is None:
             idle_timeout = self.accounts.idle_timeout
         if now - self.last_active >= idle_timeout:
-            await self._hibernate()
-        elif (self.alerts is not None and self.alerts.pending) or (
-            self.usage.has_dirty()
-            and now - self.last_checkpoint >= self.accounts.checkpoint_interval
+            return "hibernate"
+        if (self.alerts is not None and self.alerts.pending) or (
+            now - self.last_checkpoint >= self.accounts.checkpoint_interval
+            and self.usage.has_dirty()
         ):
+            return "checkpoint"
+        return None
+
+    async def _tick(self, idle_timeout: float | None = None) -> None:
+        """``idle_timeout``: the sweeper's, shorter while too many actors are awake. Acts
+        as :meth:`due` says, decided again now (the actor may have changed since the
+        sweeper asked)."""
+        action = self.due(trio.current_time(), idle_timeout)
+        if action == "hibernate":
+            await self._hibernate()
+        elif action == "checkpoint":
             try:
                 await self._checkpoint()
             except CommitFailed as error:

@@ -17,8 +17,9 @@
 * The *sweeper*, a task child beside the actors' supervisor, asks actors to
   checkpoint every ``checkpoint_interval`` and to hibernate after
   ``idle_timeout`` without traffic, so only awake accounts cost memory. It
-  ticks the actors a slice at a time, spread over its period, so checkpoints
-  do not all land on the writer at once.
+  looks at the actors a slice at a time, spread over its period, so checkpoints
+  do not all land on the writer at once, and ticks only those due
+  (:meth:`MeterActor.due <meterd.accounts.actor.MeterActor.due>`).
 * :attr:`Accounts.budget` (:class:`EventBudget`) counts the events in flight
   daemon-wide, from ingest's read until the actor applied them; ingest stops
   reading while it is spent.
@@ -155,6 +156,7 @@ class Accounts:
         self.wakes = 0  # accounts woken because their events were committed (counters)
         self.overflows = 0  # deliveries that found a full mailbox
         self.coalesced = 0  # deliveries added to one still waiting in the actor's mailbox
+        self.ticks = 0  # ticks the sweeper cast (to actors due to checkpoint or hibernate)
         # Accounts someone follows (the API's live usage): set at its next committed batch.
         self._changed: dict[str, trio.Event] = {}
 
@@ -576,32 +578,56 @@ class Accounts:
         task_status.started()
         period = max(0.05, min(self.idle_timeout, self.checkpoint_interval) / 4)
         slices = max(1, round(period / SWEEP_STEP))
+        step = period / slices
         while True:
-            # Each actor is ticked once per period, a slice of them every SWEEP_STEP: due
-            # checkpoints reach the reader and the writer a few at a time (10,000 awake
-            # accounts checkpointing every 30 s: ~17 every 50 ms), never thousands at once.
+            # Each actor is looked at once per period, a slice of them every SWEEP_STEP, and
+            # ticked if due: due checkpoints reach the reader and the writer a few at a time
+            # (10,000 awake accounts checkpointing every 30 s: ~17 every 50 ms), never
+            # thousands at once. The steps fall on multiples of ``step`` on the Trio clock,
+            # so the sweepers of a process's cells (an owner's shards) step together and
+            # their checkpoints share the writers' commit rounds (meterd.store._rounds).
             accounts = list(self.registry.keys())
             size = -(-len(accounts) // slices)
             for index in range(slices):
-                await trio.sleep(period / slices)
+                await trio.sleep_until(next_step(trio.current_time(), step))
                 self._tick(accounts[index * size : (index + 1) * size])
 
     def sweep_once(self) -> None:
-        """Tick every awake actor: each decides to checkpoint or hibernate itself."""
+        """Tick every awake actor that is due to checkpoint or hibernate (:meth:`_tick`)."""
         self._tick(list(self.registry.keys()))
 
     def _tick(self, accounts: list[Any]) -> None:
+        """Tick those of ``accounts`` whose actor is due to hibernate or checkpoint
+        (:meth:`MeterActor.due`, read between its messages): the others would do nothing
+        with a tick, and at 5,000 awake accounts a tick for each was ~670 casts a second
+        per cell for ~170 that act (docs/accounts.md, "Checkpoints and hibernation")."""
         live = len(self.supervisor)
+        idle: float | None
         if live < self.max_awake:
             message: tuple[Any, ...] = ("tick",)
+            idle = None
             if self._awake_room:
                 self._awake_room.unpark_all()
         else:  # too many awake: the idle ones hibernate sooner (see the module doc)
             message = ("tick", self.pressure_idle)
+            idle = self.pressure_idle
+        now = trio.current_time()
+        whereis = self.registry.whereis
         for account in accounts:
-            ref = self.registry.whereis(account)
-            if ref is not None:
-                ref.try_cast(message)  # a full mailbox means busy: skip it this round
+            ref = whereis(account)
+            if ref is None:
+                continue
+            actor = ref.actor
+            if isinstance(actor, MeterActor) and actor.due(now, idle) is None:
+                continue  # nothing due: no message
+            self.ticks += 1
+            ref.try_cast(message)  # a full mailbox means busy: skip it this round
+
+
+def next_step(now: float, step: float) -> float:
+    """The first multiple of ``step`` after ``now`` (the sweeper's next step)."""
+    at = (math.floor(now / step) + 1) * step
+    return at if at > now else at + step  # (float rounding at an exact multiple)
 
 
 DECODE_ON_LOOP: Final = 1000
