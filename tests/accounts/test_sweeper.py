@@ -114,7 +114,7 @@ async def _sweep_once(
             if expected.get(name) == "hibernate":
                 assert (await monitors[name].wait()).kind == "normal"
                 continue
-            status = await ref.call(("status",), timeout=NEVER)  # after its tick, if it was sent one
+            status = await ref.call(("status",), timeout=NEVER)  # after its tick, if any
             assert ref.alive, name
             if expected.get(name) == "checkpoint":
                 assert status["dirty"] == 0, name
