@@ -6,6 +6,6 @@ the producer websocket, against a minimal baseline server), :mod:`~meterd.bench.
 :mod:`~meterd.bench.supervisors` (against triotp, which :mod:`~meterd.bench.triotp_env`
 installs in its own virtualenv to run ``peer_triotp.py``), the hot path piece by piece
 (:mod:`~meterd.bench.validate`, :mod:`~meterd.bench.writer`, :mod:`~meterd.bench.deliver`,
-:mod:`~meterd.bench.pages`, :mod:`~meterd.bench.store`), :mod:`~meterd.bench.retention` and
-:mod:`~meterd.bench.rating`.
+:mod:`~meterd.bench.pages`, :mod:`~meterd.bench.store`), :mod:`~meterd.bench.retention`,
+:mod:`~meterd.bench.rating` and :mod:`~meterd.bench.floor` (an owner's CPU against its rate).
 """
