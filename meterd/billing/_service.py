@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
@@ -67,6 +67,7 @@ from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 __all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Adjustment | Void)
 
 log = structlog.get_logger("meterd.billing")
 
@@ -556,10 +557,12 @@ class Billing:
         found = await self.db.keyed(wanted.account, wanted.key)
         if found is None:
             return None
-        record = replay(found, wanted)
-        log.info(
-            "correction_replayed", account=record.account, id=record.id, key=record.key
-        )
+        return await self._replay_answer(replay(found, wanted))
+
+    async def _replay_answer(self, record: C) -> tuple[C, Restatement | None]:
+        """The answer to a request replayed under ``record``'s key: ``record`` and the
+        restatement it caused when it was recorded."""
+        log.info("correction_replayed", account=record.account, id=record.id, key=record.key)
         return record, await self._restatement_of(record)
 
     async def _restatement_of(self, record: Adjustment | Void) -> Restatement | None:
@@ -586,19 +589,19 @@ class Billing:
         a replay writes nothing and restates nothing; ``fence``: asked right before that
         transaction commits, :class:`Unavailable` ``fenced`` and nothing written when it
         says no); restate the closed period it falls in."""
-        meter = self.meter(adjustment.meter)
-        account, start = adjustment.account, adjustment.start
-        async with self._periods:
-            closure = await self._closure(Period.containing(start), locked=True)
-            recorded = await self.db.add_adjustment(adjustment, at, log_seq=log_seq, fence=fence)
-            if recorded.replayed:
-                log.info("correction_replayed", account=account, id=recorded.id, key=recorded.key)
-                return recorded, await self._restatement_of(recorded)
-            log.info("adjusted", account=account, id=recorded.id, meter=meter.name, by=recorded.by)
-            restatement = await self._restate_if_closed(
-                account, start, recorded.describe(), closure
+        meter = self.meter(adjustment.meter)  # a meter no longer configured is refused
+
+        def said(recorded: Adjustment) -> None:
+            log.info(
+                "adjusted",
+                account=recorded.account,
+                id=recorded.id,
+                meter=meter.name,
+                by=recorded.by,
             )
-        return recorded, restatement
+
+        write = partial(self.db.add_adjustment, adjustment, at, log_seq=log_seq, fence=fence)
+        return await self._record(adjustment.start, write, said)
 
     async def void_event(
         self,
@@ -658,16 +661,28 @@ class Billing:
     ) -> tuple[Void, Restatement | None]:
         """Write a void of a found event, made at ``at`` (``log_seq`` and ``fence`` as in
         :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
-        account, time_ms = void.account, void.time
+
+        def said(recorded: Void) -> None:
+            log.info("voided", account=recorded.account, event_id=recorded.event_id, by=recorded.by)
+
+        write = partial(self.db.add_void, void, at, log_seq=log_seq, fence=fence)
+        return await self._record(void.time, write, said)
+
+    async def _record(
+        self, time_ms: int, write: Callable[[], Awaitable[C]], said: Callable[[C], None]
+    ) -> tuple[C, Restatement | None]:
+        """``write()`` a correction that counts at ``time_ms`` with the periods locked (a
+        closing read first: a closing that cannot be read writes nothing); a replayed one is
+        answered with the restatement it caused, a new one ``said`` (logged) and its closed
+        month restated."""
         async with self._periods:
             closure = await self._closure(Period.containing(time_ms), locked=True)
-            recorded = await self.db.add_void(void, at, log_seq=log_seq, fence=fence)
+            recorded = await write()
             if recorded.replayed:
-                log.info("correction_replayed", account=account, id=recorded.id, key=recorded.key)
-                return recorded, await self._restatement_of(recorded)
-            log.info("voided", account=account, event_id=recorded.event_id, by=recorded.by)
+                return await self._replay_answer(recorded)
+            said(recorded)
             restatement = await self._restate_if_closed(
-                account, time_ms, recorded.describe(), closure
+                recorded.account, time_ms, recorded.describe(), closure
             )
         return recorded, restatement
 
