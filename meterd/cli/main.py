@@ -10,6 +10,7 @@ from typing import ClassVar
 import click
 
 from meterd import __version__
+from meterd.cli._options import config_option
 
 
 class _LazyGroup(click.Group):
@@ -59,14 +60,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="The configuration file.",
-)
+@config_option("The configuration file.")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning, error")
 @click.option("--json-logs/--console-logs", default=None, help="Default: JSON unless on a TTY.")
 def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:

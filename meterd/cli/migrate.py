@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from meterd.cli._options import config_option
+
 
 @click.group()
 def migrate() -> None:
@@ -14,14 +16,7 @@ def migrate() -> None:
 
 
 @migrate.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="The configuration file: its [store], [billing] and [partitions] decide.",
-)
+@config_option("The configuration file: its [store], [billing] and [partitions] decide.")
 @click.option("--dry-run", is_flag=True, help="Say what would move, change nothing.")
 @click.option("--log-level", default="warning", show_default=True, help="debug, info, warning")
 def partitions(config_path: Path, dry_run: bool, log_level: str) -> None:
