@@ -591,14 +591,8 @@ class Billing:
         says no); restate the closed period it falls in."""
         meter = self.meter(adjustment.meter)  # a meter no longer configured is refused
 
-        def said(recorded: Adjustment) -> None:
-            log.info(
-                "adjusted",
-                account=recorded.account,
-                id=recorded.id,
-                meter=meter.name,
-                by=recorded.by,
-            )
+        def said(made: Adjustment) -> None:
+            log.info("adjusted", account=made.account, id=made.id, meter=meter.name, by=made.by)
 
         write = partial(self.db.add_adjustment, adjustment, at, log_seq=log_seq, fence=fence)
         return await self._record(adjustment.start, write, said)
@@ -662,8 +656,8 @@ class Billing:
         """Write a void of a found event, made at ``at`` (``log_seq`` and ``fence`` as in
         :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
 
-        def said(recorded: Void) -> None:
-            log.info("voided", account=recorded.account, event_id=recorded.event_id, by=recorded.by)
+        def said(made: Void) -> None:
+            log.info("voided", account=made.account, event_id=made.event_id, by=made.by)
 
         write = partial(self.db.add_void, void, at, log_seq=log_seq, fence=fence)
         return await self._record(void.time, write, said)

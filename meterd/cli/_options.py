@@ -1,15 +1,20 @@
-"""Options several commands share, declared once (light: click only, so that ``meterd``
-itself can use them without loading a command's dependencies)."""
+"""Options several commands share, declared once, and reading the file ``--config`` names
+(light: click only, so that ``meterd`` itself can use them without loading a command's
+dependencies; the config's modules are imported when a config is read)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-__all__ = ["config_option"]
+if TYPE_CHECKING:
+    from meterd.config import Config
+
+__all__ = ["config_option", "load_config"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,3 +30,15 @@ def config_option(help: str) -> Callable[[F], F]:
         show_default=True,
         help=help,
     )
+
+
+def load_config(path: Path) -> Config:
+    """The config at ``path``; a wrong one (or none there) ends the command: one sentence on
+    stderr naming the mistake, exit status 2."""
+    from meterd.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as error:
+        click.echo(f"meterd: bad config: {error}", err=True)
+        sys.exit(2)
