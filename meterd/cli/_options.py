@@ -14,7 +14,7 @@ import click
 if TYPE_CHECKING:
     from meterd.config import Config
 
-__all__ = ["config_option", "load_config"]
+__all__ = ["config_option", "load_config", "name_values"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,3 +42,15 @@ def load_config(path: Path) -> Config:
     except ConfigError as error:
         click.echo(f"meterd: bad config: {error}", err=True)
         sys.exit(2)
+
+
+def name_values(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` items given with a repeatable ``option`` (``--dim``), by name (a later
+    one wins); ``click.BadParameter`` naming the option for an item that is not one."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=f"'{option}'")
+        out[name] = value
+    return out

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, path_segment
+from meterd.cli._options import name_values
 from meterd.cli._output import echo_json, print_table, properties_text
 from meterd.cli._times import TIME, TIME_HELP, format_time
 
@@ -49,16 +50,6 @@ def event_row(event: dict[str, Any]) -> list[str]:
         str(event.get("producer") or "-"),
         format_time(event.get("received_at")),
     ]
-
-
-def _properties(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="'--property'")
-        out[name] = value
-    return out
 
 
 def _wanted(event: dict[str, Any], ids: tuple[str, ...], properties: dict[str, str]) -> bool:
@@ -116,7 +107,7 @@ def events(
     next one is printed on stderr. --id and --property filter the events as they are
     read, following every page in the range (narrow it with --meter, --from and --to).
     """
-    wanted = _properties(properties)
+    wanted = name_values(properties, "--property")
     filtering = bool(ids or wanted)
     params = {"meter": meter, "from": start, "to": end, "limit": limit, "cursor": cursor}
     collected: list[dict[str, Any]] = []
