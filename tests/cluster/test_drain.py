@@ -310,9 +310,9 @@ async def drain_state(config: Config, method: str = "GET") -> dict[str, object]:
 
 
 async def test_a_drained_node_that_restarts_stays_drained_until_undone(
-    tmp_path: Path, nats3: NatsCluster
+    tmp_path: Path, nats1: NatsCluster
 ) -> None:
-    config = node_config(tmp_path / "n1", nats3)
+    config = node_config(tmp_path / "n1", nats1)
     mark = DrainMark.beside(config.store_path, "n1")
     with trio.fail_after(180):
         async with gateway(config, meterd_run=True) as node:
