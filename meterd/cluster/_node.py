@@ -54,7 +54,7 @@ from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
 from ._corrections import ShardJournal
-from ._drain import DrainRoute
+from ._drain import DrainMark, DrainMarkUnreadable, DrainRoute
 from ._gateway import JetStreamLinks
 from ._lease import Leases
 from ._log import provision
@@ -315,7 +315,25 @@ async def _run(
             "handing_over": sorted(placement.handing),
         }
 
-    api.app = DrainRoute(api.app, config.api, placement.drain, drain_state)
+    mark = DrainMark.beside(config.store_path, node)
+    try:
+        drained = await trio.to_thread.run_sync(mark.load)
+    except DrainMarkUnreadable as error:
+        raise StartupFailed(str(error)) from None
+    if drained:
+        log.info(
+            "cluster.node.drained_at_start",
+            node=node,
+            mark=str(mark.path),
+            hint="`meterd cluster drain --undo` (DELETE /v1/cluster/drain) lifts it",
+        )
+        placement.drain(True)  # before the first round: it takes no shard
+
+    async def drain(draining: bool) -> None:
+        await trio.to_thread.run_sync(mark.save, draining)  # durable before the answer
+        placement.drain(draining)
+
+    api.app = DrainRoute(api.app, config.api, drain, drain_state)
     specs = [
         sv.task_spec("links", links.run),
         shards.supervisor.as_child("shards"),

@@ -439,8 +439,10 @@ async function actorPage(root, { parts }) {
     quarantine = quarantineSection(first.account, load);
     extra.append(quarantine.el);
     await quarantine.load();
+    const recent = "Recent events (the last 50 received in 24 hours, newest first)";
+    const eventsTitle = h("h2", { id: "actor-events-title" }, recent);
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
-      h("h2", {}, "Recent events (the last 50 received in 24 hours, newest first)"),
+      eventsTitle, findEventsForm(first.account, eventsTitle, recent),
       h("div", { id: "actor-events" }),
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
@@ -453,6 +455,40 @@ async function actorPage(root, { parts }) {
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
   return { onTick: async () => { await load(); if (quarantine) await quarantine.load(); } };
+}
+
+// Find an account's events by id and/or one property (any time, newest first: the
+// daemon filters, GET .../events?id=&property=); "Recent" shows the last day's again.
+function findEventsForm(account, title, recent) {
+  const id = h("input", { id: "events-id", placeholder: "event id" });
+  const property = h("input", { id: "events-property", placeholder: "NAME=VALUE" });
+  const out = h("div", { id: "events-message" });
+  async function show(params, heading) {
+    out.replaceChildren();
+    try {
+      const found = await api(`/v1/accounts/${encodeURIComponent(account)}/events${query({
+        limit: 50, order: "desc", ...params })}`);
+      title.textContent = heading;
+      document.getElementById("actor-events").replaceChildren(eventsTable(found.events));
+    } catch (error) {
+      showError(out, error);
+    }
+  }
+  const form = h("form", { class: "controls", id: "events-find", onsubmit: async (event) => {
+    event.preventDefault();
+    const wanted = { id: id.value.trim(), property: property.value.trim() };
+    if (!wanted.id && !wanted.property) {
+      out.replaceChildren(h("p", { class: "error", role: "alert" },
+        "Give an event id, a property as NAME=VALUE, or both."));
+      return;
+    }
+    const what = [wanted.id && `id ${wanted.id}`, wanted.property].filter(Boolean).join(", ");
+    await show(wanted, `Events with ${what} (any time, newest first, at most 50)`);
+  } }, h("label", {}, "Find events: id", id), h("label", {}, "property", property),
+  h("button", { type: "submit", id: "events-find-submit" }, "Find"),
+  h("button", { type: "button", onclick: () => show({ from: Date.now() - 86400000 }, recent) },
+    "Recent"));
+  return h("div", {}, form, out);
 }
 
 // An account's quarantined events, each with Release / Discard (who and why in the form
