@@ -4,25 +4,31 @@ A node is, in one process:
 
 * a **gateway**: ingest and the operator API as with ``[partitions] owners >= 1``, its
   batches split by shard by the existing :class:`~meterd.partitions._gateway.GatewaySubmitter`
-  and sent through the log (:class:`~._gateway.JetStreamLinks`);
-* the **owner of the shards whose lease it took** at start: each shard's cell (its store
-  file in the shard layout) with a :class:`~._applier.ShardApplier` applying its log.
+  and sent through the log (:class:`~._gateway.JetStreamLinks`); queries for accounts of
+  shards held elsewhere are forwarded to their owners;
+* the **owner of the shards whose lease it holds**: each shard's cell (its store file in the
+  shard layout, billing and deliveries beside it) with a :class:`~._applier.ShardApplier`
+  applying its log, started from the shard's latest snapshot when that is newer than the
+  local file (:mod:`._snapshot`).
 
-Start: connect to ``[cluster] nats``, provision the stream and the lease bucket
-(:func:`~._log.provision`), take the lease of every shard nobody holds (key ``shard-SSS``,
-holder the node's name), create the shard files it lacks, and run the tree::
+Start: connect to ``[cluster] nats``, provision the stream and the buckets
+(:func:`~._log.provision`, the node registry, snapshots, closed periods), create the shard
+files it lacks, read the drain mark (:class:`~._drain.DrainMark`), and run the tree::
 
     root (one_for_one)
     ├── links                 verdicts for this node's gateway (core NATS)
-    ├── leases                renews the node's leases every ttl / 3
-    ├── shard-SSS ...         (rest_for_one) store-writer, accounts, deliveries, applier
+    ├── shards                (dynamic) one tree per shard held:
+    │   └── shard-SSS         (rest_for_one) store-writer, accounts, deliveries, applier,
+    │                         queries, snapshots
+    ├── placement             a round every lease_ttl / 3 (:mod:`._placement`)
     ├── ingest
     └── api
 
-A node that cannot renew a lease before it expires (or finds it taken) stops deciding: the
-``leases`` child fails at each restart and the tree gives up, so the process exits and its
-service manager restarts it (it then takes the shards that are free). Shards held by another
-node at start are not taken later (takeover and rebalancing are not built yet).
+Which shards a node holds is the placement rounds' decision: renewals of its leases,
+rendezvous ranking over the live nodes (free shards taken, a dead node's taken over once
+its leases expire, shards handed over by snapshot to a node that joins or away from a
+draining one). A node whose lease of a shard is refused, or not renewed before its fence's
+deadline, stops that shard at once; the others keep running.
 """
 
 from __future__ import annotations
