@@ -95,19 +95,30 @@ function put(el, ...children) {
 // A correction's idempotency key (docs/billing.md "Retrying a correction"): one per
 // submission, kept while the same submission is sent again after its answer was lost (no
 // answer, or 502/503/504), so the daemon records it at most once; a new one otherwise.
-function correctionKeys() {
-  let pending = null; // { request, key } of a submission whose answer was lost
+// The pending one is kept in sessionStorage (`name`): a reload of the page, or the browser
+// restoring the tab, must not turn a resubmission of the same form into a second record.
+function correctionKeys(name) {
+  const slot = `meterd.pendingCorrection.${name}`;
+  const load = () => {
+    try { return JSON.parse(sessionStorage.getItem(slot)); } catch { return null; }
+  };
+  const keep = (pending) => pending ? sessionStorage.setItem(slot, JSON.stringify(pending))
+    : sessionStorage.removeItem(slot);
   const fresh = () => "console-" + Array.from(crypto.getRandomValues(new Uint8Array(16)),
     (b) => b.toString(16).padStart(2, "0")).join("");
   return {
     keyFor(request) {
-      if (!pending || pending.request !== request) pending = { request, key: fresh() };
+      let pending = load();  // { request, key } of a submission whose answer was lost
+      if (!pending || pending.request !== request) {
+        pending = { request, key: fresh() };
+        keep(pending);  // before the POST: its answer may be lost with the page
+      }
       return pending.key;
     },
-    answered() { pending = null; },
+    answered() { keep(null); },
     failed(error) {
       const lost = !(error instanceof ApiError) || [502, 503, 504].includes(error.status);
-      if (!lost) pending = null;
+      if (!lost) keep(null);
       return lost;
     },
   };
@@ -923,8 +934,8 @@ async function correctionsPage(root, { params }) {
   const summed = state.meta.meters.filter((m) => m.aggregation === "sum"
     || m.aggregation === "count");
   const out = h("div", { id: "corrections-result" });
-  const adjustKeys = correctionKeys();
-  const voidKeys = correctionKeys();
+  const adjustKeys = correctionKeys("adjust");
+  const voidKeys = correctionKeys("void");
   const field = (label, el) => h("label", {}, label, el);
   const input = (id, attrs = {}) => h("input", { id, required: true, ...attrs });
 
