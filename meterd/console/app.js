@@ -284,6 +284,7 @@ function renderLogin(message) {
 async function start() {
   document.getElementById("nav").hidden = false;
   if (!state.meta) state.meta = await api("/v1/console/meta");
+  document.getElementById("nav-cluster").hidden = !state.meta.cluster_node;
   openStream();
   render();
 }
@@ -293,7 +294,7 @@ async function start() {
 const PAGES = {
   tree: treePage, actor: actorPage, ingest: ingestPage, accounts: accountsPage,
   account: accountPage, invoice: invoicePage, corrections: correctionsPage,
-  quarantine: quarantinePage,
+  quarantine: quarantinePage, cluster: clusterPage,
 };
 
 async function render() {
@@ -1063,3 +1064,59 @@ window.addEventListener("hashchange", () => { if (token()) render(); });
 document.getElementById("logout").addEventListener("click", () => logout());
 if (token()) start().catch((error) => renderLogin(String(error.message || error)));
 else renderLogin();
+
+// A cluster (a node with [cluster]): its nodes, which node owns which partitions at what
+// epoch, and the partitions whose owner has not applied its log to the end (GET /v1/cluster;
+// the figures are at most a placement round old). This tree page shows this node only.
+async function clusterPage(root) {
+  const nodes = h("table", { id: "cluster-nodes" });
+  const owners = h("table", { id: "cluster-owners" });
+  const lagging = h("div", { id: "cluster-lagging" });
+  const out = h("div");
+  root.append(h("h1", {}, `Cluster (this node: ${state.meta.cluster_node})`),
+    h("p", { class: "note" }, "Live nodes take the partitions they rank first for; a node"
+      + " that is down keeps its partitions until its leases expire and another takes them"
+      + " over. The Tree page shows this node's own supervision tree."),
+    out, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Partitions by owner"), owners,
+    h("h2", {}, "Partitions behind their log"), lagging);
+  const head = (...names) => h("thead", {}, h("tr", {}, names.map((c) => h("th", {}, c))));
+  async function load() {
+    let doc;
+    try {
+      doc = await api("/v1/cluster");
+    } catch (error) {
+      showError(out, error);
+      return;
+    }
+    out.replaceChildren();
+    nodes.replaceChildren(head("node", "status", "partitions"), h("tbody", {},
+      doc.nodes.map((n) => h("tr", { "data-node": n.name },
+        h("td", {}, n.name + (n.name === state.meta.cluster_node ? " (this node)" : "")),
+        h("td", { class: `status-${n.status}` }, n.status), h("td", { class: "num" },
+          n.partitions)))));
+    const by = new Map();
+    for (const p of doc.partitions) {
+      const owner = p.owner ?? "(none: free)";
+      const row = by.get(owner) || { partitions: 0, epochs: new Set(), lag: 0 };
+      row.partitions += 1;
+      if (p.epoch !== null && p.epoch !== undefined) row.epochs.add(p.epoch);
+      row.lag += p.lag || 0;
+      by.set(owner, row);
+    }
+    owners.replaceChildren(head("owner", "partitions", "epochs", "slices not applied"),
+      h("tbody", {}, [...by.entries()].sort().map(([owner, r]) => h("tr",
+        { "data-owner": owner }, h("td", {}, owner), h("td", { class: "num" }, r.partitions),
+        h("td", {}, [...r.epochs].sort((a, b) => a - b).join(", ") || "—"),
+        h("td", { class: "num" }, r.lag)))));
+    const behind = doc.partitions.filter((p) => p.lag > 0);
+    lagging.replaceChildren(behind.length ? h("table", {}, head("partition", "owner",
+      "applied seq", "lag"), h("tbody", {}, behind.slice(0, 100).map((p) => h("tr", {},
+      h("td", {}, p.partition), h("td", {}, p.owner ?? "—"),
+      h("td", { class: "num" }, p.applied_seq ?? "—"), h("td", { class: "num" }, p.lag)))))
+      : h("p", { class: "note", id: "cluster-none-behind" }, "none: every owner is at the"
+        + " end of its log"));
+  }
+  await load();
+  let ticks = 0;
+  return { onTick: () => { ticks += 1; return ticks % 3 === 0 ? load() : null; } };
+}
