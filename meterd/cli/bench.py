@@ -40,6 +40,7 @@ MODULES: dict[str, str] = {
     "nats_bridge": "JetStream publishes from Trio through the bridge, against asyncio nats-py.",
     "alerts": "Alert evaluation per event with 10 rules, and deliveries/s, against baselines.",
     "owner": "CPU per event of a partition owner process, against the same events in-process.",
+    "floor": "An owner's CPU against its event rate: the per-second floor and per-event cost.",
     "start": "Seconds for meterd run with owner processes to listen, against a revision.",
     "cluster": "One cluster node against two on one NATS, latency, takeover; vs embedded.",
 }
