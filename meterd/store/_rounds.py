@@ -10,18 +10,27 @@ loop: the rounds do, one loop for all of them.
 Rules:
 
 * A **round** takes every member writer that has operations queued and writes each one's
-  group (one transaction per file, :meth:`Writer._round`) concurrently, each on its own
-  writer's thread (SQLite and the fsync release the GIL); the round ends when every file
-  touched is durable (or failed). Each writer answers its operations as its own commit
-  ends, exactly as when it loops alone: what a writer answers depends only on its file.
+  group (one transaction per file) in **one** worker-thread call: first every file's
+  statements, one file after the other on that thread (the Python and SQLite work that
+  holds the GIL, done by one thread instead of one per file contending for it), then the
+  files' ``COMMIT`` statements concurrently (the last on that thread, the others on the loop's
+  warm commit threads, :data:`COMMIT_THREADS` at most), so their fsyncs overlap as before;
+  the round ends when every file touched is durable (or failed). Then, back on the Trio
+  thread, each writer answers its operations exactly as when it loops alone: what a
+  writer answers depends only on its file. A round's writers answer once every file of
+  the round is durable (a producer batch's slices are answered together anyway).
+* Failures stay per file: a file whose statements fail is rolled back (its operations
+  fail, :class:`~._group.GroupFailed`) while the others go on to their commits; a commit
+  that fails (a full disk, an I/O error, a fence) rolls back that file alone.
 * Pacing is the single writer's, over the round: an idle loop starts a round at the first
   operation queued anywhere (after one Trio checkpoint, so what the same tick queues in
   other shards joins it); under load the next round starts ``commit_interval`` after the
   previous one started, or at once if that is past. So under load each file commits at
   most once per round, and its groups grow instead of multiplying.
 * A writer joins when it is ready and leaves when it stops (its last group, the rest of its
-  journal tail and its close stay its own, after it left). An exception raised by a
-  writer's group ends that writer's task (its supervisor restarts it, and under
+  journal tail and its close stay its own, after it left; a round holds each member's group
+  lock while it writes that member's group). An exception raised by a writer's group (a
+  bug, not a failed transaction) ends that writer's task (its supervisor restarts it, and under
   ``rest_for_one`` its accounts with it), never the loop or the other writers.
 * The loop runs as long as the owner: started before the writers, cancelled after them.
 * The files' write-ahead-log checkpoints share one loop as well (:attr:`CommitRounds.wal`,
@@ -33,13 +42,46 @@ Rules:
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
+from ._group import Committed, GroupFailed, GroupTransactions, Prepared
 from .wal import WalCheckpoints
 
-__all__ = ["CommitRounds", "Member"]
+if TYPE_CHECKING:
+    from ._ops import Operation
+
+__all__ = ["COMMIT_THREADS", "CommitRounds", "Member", "RoundJob"]
+
+COMMIT_THREADS: Final = 15
+"""Warm threads of a loop for its files' concurrent ``COMMIT`` statements (the round's own thread
+commits one more): an owner holds 16 shard files at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundJob:
+    """One member's group in a round: what the round's thread writes (``groups`` on
+    ``connection``) and what the member answers afterwards (``queued``: its operations
+    and their replies, opaque to the loop)."""
+
+    groups: GroupTransactions
+    connection: sqlite3.Connection
+    group: Sequence[Operation]
+    queued: Any
+    barriers_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """A member's group raised (a bug, not a failed transaction): its writer crashes."""
+
+    error: Exception
 
 
 class Member(Protocol):
@@ -49,8 +91,17 @@ class Member(Protocol):
     def queued(self) -> bool:
         """Whether operations wait for the next group."""
 
-    async def _round(self) -> None:
-        """Write the queued group (one transaction of this file), answer its operations."""
+    def _round_take(self) -> RoundJob | None:
+        """Take the queued group for a round (``None``: nothing to write now)."""
+
+    def _round_done(
+        self, job: RoundJob, written: Committed | GroupFailed | None, took: float
+    ) -> None:
+        """Answer the group's operations: ``written`` (``None``: barriers only), ``took``
+        seconds from the round's thread call to its end."""
+
+    def _round_undo(self, job: RoundJob) -> None:
+        """The round's thread call never ran (or died): the group is queued again."""
 
     def _crash(self, error: BaseException) -> None:
         """``_round`` raised ``error``: the writer's own task is to raise it."""
@@ -74,6 +125,8 @@ class CommitRounds:
         self.running = False
         # The member writers' WAL checkpointers' loop, run beside the rounds.
         self.wal = WalCheckpoints()
+        self._limiter = trio.CapacityLimiter(1)  # the rounds' thread calls, one at a time
+        self._commits: ThreadPoolExecutor | None = None  # while run() runs
 
     @property
     def writers(self) -> list[Member]:
@@ -97,9 +150,14 @@ class CommitRounds:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Write rounds (and checkpoint the members' logs) until cancelled."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.wal.run)
-            await self._rounds(task_status=task_status)
+        self._commits = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="meterd-commit")
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.wal.run)
+                await self._rounds(task_status=task_status)
+        finally:
+            commits, self._commits = self._commits, None
+            commits.shutdown(wait=False)  # idle: every round's commits were waited for
 
     async def _rounds(self, *, task_status: trio.TaskStatus[Any]) -> None:
         self.running = True
@@ -129,16 +187,100 @@ class CommitRounds:
                 self.rounds += 1
                 self.files += len(touched)
                 self.widest = max(self.widest, len(touched))
-                async with trio.open_nursery() as nursery:
-                    for writer in touched:
-                        nursery.start_soon(_write, writer)
+                await self._round(touched)
                 loaded = bool(self._queued())
         finally:
             self.running = False
 
+    async def _round(self, touched: list[Member]) -> None:
+        """One round: every touched file's group written in one thread call, then each
+        writer answers its own (see the module doc)."""
+        taken: list[tuple[Member, RoundJob]] = []
+        for writer in touched:
+            job = writer._round_take()
+            if job is not None:
+                taken.append((writer, job))
+        if not taken:
+            return
+        commits = self._commits
+        assert commits is not None
+        jobs = [job for _, job in taken]
+        try:
+            handed = time.perf_counter()
+            written = await trio.to_thread.run_sync(
+                write_round, jobs, commits, limiter=self._limiter
+            )
+            took = time.perf_counter() - handed
+        except BaseException:
+            for writer, job in taken:
+                writer._round_undo(job)
+            raise
+        for (writer, job), outcome in zip(taken, written, strict=True):
+            if isinstance(outcome, _Raised):
+                # As a group that raises on its writer's own thread: queued again (its
+                # writer's stop writes it), and the writer's task raises the error.
+                writer._round_undo(job)
+                writer._crash(outcome.error)
+                continue
+            try:
+                writer._round_done(job, outcome, took)
+            except Exception as error:  # the writer's own failure: its task raises it
+                writer._crash(error)
 
-async def _write(writer: Member) -> None:
+
+def write_round(
+    jobs: Sequence[RoundJob], commits: ThreadPoolExecutor
+) -> list[Committed | GroupFailed | _Raised | None]:
+    """A round's thread call: every job's statements in turn on this thread, then their
+    ``COMMIT`` statements concurrently (the last one here, the others on ``commits``), then what
+    each carries to its next group; one outcome per job (``None``: barriers only)."""
+    outcomes: list[Committed | GroupFailed | _Raised | None] = [None] * len(jobs)
+    prepared: list[tuple[int, RoundJob, Prepared]] = []
+    for index, job in enumerate(jobs):
+        if job.barriers_only:
+            continue
+        try:
+            ready = job.groups.prepare(job.connection, job.group)
+        except Exception as error:  # a bug in this file's group: the others go on
+            _abandon(job, error)
+            outcomes[index] = _Raised(error)
+            continue
+        if isinstance(ready, GroupFailed):
+            outcomes[index] = ready
+        else:
+            prepared.append((index, job, ready))
+    if not prepared:
+        return outcomes
+    pending = [_commit_on(commits, job, ready) for _, job, ready in prepared[:-1]]
+    _, job, ready = prepared[-1]
+    last = job.groups.commit(job.connection, ready)  # the last file's on this thread
+    failures = [future.result() for future in pending] + [last]
+    for (index, job, ready), failed in zip(prepared, failures, strict=True):
+        if failed is not None:
+            outcomes[index] = failed
+            continue
+        try:
+            outcomes[index] = job.groups.committed(ready)
+        except Exception as error:  # committed, but its bookkeeping raised (a bug)
+            outcomes[index] = _Raised(error)
+    return outcomes
+
+
+def _commit_on(
+    commits: ThreadPoolExecutor, job: RoundJob, ready: Prepared
+) -> Future[GroupFailed | None]:
+    """``job``'s ``COMMIT`` on a commit thread (here, if the pool takes no more work)."""
     try:
-        await writer._round()
-    except Exception as error:  # the writer's own failure: its task raises it
-        writer._crash(error)
+        return commits.submit(job.groups.commit, job.connection, ready)
+    except RuntimeError:  # shut down: never while a round runs, but never lose a commit
+        done: Future[GroupFailed | None] = Future()
+        done.set_result(job.groups.commit(job.connection, ready))
+        return done
+
+
+def _abandon(job: RoundJob, error: Exception) -> None:
+    if job.connection.in_transaction:
+        try:
+            job.connection.execute("ROLLBACK")
+        except sqlite3.Error as rollback_error:
+            error.add_note(f"and the ROLLBACK failed: {rollback_error}")

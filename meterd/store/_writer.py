@@ -96,7 +96,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
-from ._rounds import CommitRounds
+from ._rounds import CommitRounds, RoundJob
 from .commitmark import CommitMark
 from .errors import CommitFailed
 from .journal_index import JournalTail, catch_up, pass_everything, rebuild_tail
@@ -446,11 +446,41 @@ class Writer:
             rounds.leave(self)
             self._crashed = None
 
-    async def _round(self) -> None:
-        """This writer's group in a round of the shared loop (nothing if it left)."""
-        async with self._group_lock:
-            if self._in_rounds and self._queue and self._connection is not None:
-                await self._commit_group()
+    def _round_take(self) -> RoundJob | None:
+        """The commit loop takes this writer's queued group for its round (Trio thread):
+        the group lock is held until :meth:`_round_done` or :meth:`_round_undo`. ``None``
+        if it left, has nothing queued, or writes its last group itself (a stop)."""
+        if not (self._in_rounds and self._queue and self._connection is not None):
+            return None
+        try:
+            self._group_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        queued, group = self._take_group()
+        barriers_only = all(isinstance(op, Barrier) for op in group)
+        return RoundJob(self._groups, self._connection, group, queued, barriers_only)
+
+    def _round_undo(self, job: RoundJob) -> None:
+        """The round's thread call did not run (or died): nothing of ``job`` was committed,
+        so its operations go back to the front of the queue for the next attempt."""
+        try:
+            self._queue[:0] = job.queued
+            self._in_flight = 0
+            self._room.unpark_all()
+        finally:
+            self._group_lock.release()
+
+    def _round_done(
+        self, job: RoundJob, written: Committed | GroupFailed | None, took: float
+    ) -> None:
+        """The round wrote ``job`` (``written``; ``None``: barriers only): answer its
+        operations, as :meth:`_commit_group` does for a group of this writer's own."""
+        try:
+            self._in_flight = 0
+            self._room.unpark_all()
+            self._settle_group(job.queued, job.group, written, took)
+        finally:
+            self._group_lock.release()
 
     def _crash(self, error: BaseException) -> None:
         """A group of this writer raised in the shared loop: the writer's task raises it."""
@@ -462,12 +492,16 @@ class Writer:
             self._crash_error = error
         crashed.set()
 
-    async def _commit_group(self) -> bool:
-        """Write the queued operations as one group; whether more arrived meanwhile."""
+    def _take_group(self) -> tuple[list[tuple[Operation, _Reply]], list[Operation]]:
         queued, self._queue = self._queue, []
         group = [op for op, _ in queued]
         self._in_flight = len(group)
         self._last_start = trio.current_time()
+        return queued, group
+
+    async def _commit_group(self) -> bool:
+        """Write the queued operations as one group; whether more arrived meanwhile."""
+        queued, group = self._take_group()
         barriers_only = all(isinstance(op, Barrier) for op in group)
         took = 0.0
         try:
@@ -489,6 +523,16 @@ class Writer:
         finally:
             self._in_flight = 0
             self._room.unpark_all()
+        return self._settle_group(queued, group, written, took)
+
+    def _settle_group(
+        self,
+        queued: list[tuple[Operation, _Reply]],
+        group: Sequence[Operation],
+        written: Committed | GroupFailed | None,
+        took: float,
+    ) -> bool:
+        """Answer a written group's operations (Trio thread); whether more are queued."""
         clients = [op for op in group if not isinstance(op, _HOUSEKEEPING)]
         probe = any(isinstance(op, Probe) for op in group)
         stats = self.stats
