@@ -10,11 +10,12 @@ loop: the rounds do, one loop for all of them.
 Rules:
 
 * A **round** takes every member writer that has operations queued and writes each one's
-  group (one transaction per file) in **one** worker-thread call: first every file's
+  group (one transaction per file) in **one** worker-thread call: every file's
   statements, one file after the other on that thread (the Python and SQLite work that
-  holds the GIL, done by one thread instead of one per file contending for it), then the
-  files' ``COMMIT`` statements concurrently (the last on that thread, the others on the loop's
-  warm commit threads, :data:`COMMIT_THREADS` at most), so their fsyncs overlap as before;
+  holds the GIL, done by one thread instead of one per file contending for it), each
+  file's ``COMMIT`` handed to one of the loop's warm commit threads (:data:`COMMIT_THREADS`
+  at most) as the next file's statements begin, the last file's on the round's thread: a
+  ``COMMIT`` releases the GIL once, for its fsync, so the fsyncs overlap as before;
   the round ends when every file touched is durable (or failed). Then, back on the Trio
   thread, each writer answers its operations exactly as when it loops alone: what a
   writer answers depends only on its file. A round's writers answer once every file of
@@ -231,11 +232,13 @@ class CommitRounds:
 def write_round(
     jobs: Sequence[RoundJob], commits: ThreadPoolExecutor
 ) -> list[Committed | GroupFailed | _Raised | None]:
-    """A round's thread call: every job's statements in turn on this thread, then their
-    ``COMMIT`` statements concurrently (the last one here, the others on ``commits``), then what
+    """A round's thread call: every job's statements in turn on this thread, each file's
+    ``COMMIT`` handed to a thread of ``commits`` once the next file's statements begin (so
+    it overlaps them and the other commits; the last file's is this thread's), then what
     each carries to its next group; one outcome per job (``None``: barriers only)."""
     outcomes: list[Committed | GroupFailed | _Raised | None] = [None] * len(jobs)
     prepared: list[tuple[int, RoundJob, Prepared]] = []
+    pending: list[Future[GroupFailed | None]] = []
     for index, job in enumerate(jobs):
         if job.barriers_only:
             continue
@@ -247,11 +250,13 @@ def write_round(
             continue
         if isinstance(ready, GroupFailed):
             outcomes[index] = ready
-        else:
-            prepared.append((index, job, ready))
+            continue
+        if prepared:  # the previous file's commit, while this thread goes on
+            _, held, held_ready = prepared[-1]
+            pending.append(_commit_on(commits, held, held_ready))
+        prepared.append((index, job, ready))
     if not prepared:
         return outcomes
-    pending = [_commit_on(commits, job, ready) for _, job, ready in prepared[:-1]]
     _, job, ready = prepared[-1]
     last = job.groups.commit(job.connection, ready)  # the last file's on this thread
     failures = [future.result() for future in pending] + [last]
