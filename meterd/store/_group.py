@@ -55,6 +55,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
+from ._rows import insert_rows
 from .commitmark import CommitMark
 from .errors import Fenced, PositionMismatch
 from .journal_index import DedupeRow, JournalTail, NewBatch, pass_slices
@@ -423,7 +424,8 @@ def _checkpoint(conn: sqlite3.Connection, op: Checkpoint, now: int) -> Exception
             windows = _merged(conn, account, op.windows, op.merge)
         except Exception as error:  # the caller's states: this checkpoint fails alone
             return error
-    conn.executemany(
+    insert_rows(
+        conn,
         TABLES["windows"],
         [(account, meter, start, dims, state) for meter, start, dims, state in windows],
     )
