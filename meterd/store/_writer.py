@@ -15,9 +15,11 @@ Rules:
   at once if that is past: under load groups grow instead of multiplying.
 * Rounds: given a :class:`~meterd.store._rounds.CommitRounds` (an owner process's shard
   files), the writer does not loop: it joins that shared loop once ready, whose rounds
-  commit every member file with operations queued together (one transaction each, from
-  their own threads) under the same pacing; it leaves at its stop and writes its last group
-  itself. A group that raises in a round ends this writer's task.
+  commit every member file with operations queued together (one transaction each: their
+  statements on the round's thread one file after the other, their ``COMMIT`` statements
+  concurrently) under the same pacing, and answer once every file of the round is durable;
+  it leaves at its stop and writes its last group itself. A group that raises in a round
+  ends this writer's task.
 * Failure: a group that fails (``database or disk is full``, an I/O error) is rolled back,
   **every** client operation of it fails with :class:`CommitFailed` (``__cause__``: the
   sqlite3 error), one ``store_commit_failed`` line is logged, and the loop goes on:
@@ -271,7 +273,8 @@ class Writer:
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
         # Metrics hook: seconds each committed group of client operations took, from its
-        # write handed to the thread to its commit (the console's commit-latency chart).
+        # write handed to the thread to its commit (the console's commit-latency chart; in
+        # commit rounds, the round's thread call: every file of the round durable).
         self.on_commit: Callable[[float], None] | None = None
 
     # -- state ------------------------------------------------------------------------
