@@ -10,16 +10,17 @@ loop: the rounds do, one loop for all of them.
 Rules:
 
 * A **round** takes every member writer that has operations queued and writes each one's
-  group (one transaction per file) in **one** worker-thread call: every file's
-  statements, one file after the other on that thread (the Python and SQLite work that
-  holds the GIL, done by one thread instead of one per file contending for it), each
-  file's ``COMMIT`` handed to one of the loop's warm commit threads (:data:`COMMIT_THREADS`
-  at most) as the next file's statements begin, the last file's on the round's thread: a
-  ``COMMIT`` releases the GIL once, for its fsync, so the fsyncs overlap as before;
-  the round ends when every file touched is durable (or failed). Then, back on the Trio
-  thread, each writer answers its operations exactly as when it loops alone: what a
-  writer answers depends only on its file. A round's writers answer once every file of
-  the round is durable (a producer batch's slices are answered together anyway).
+  group (one transaction per file): every file's statements, one file after the other,
+  **on the Trio thread** (the Python and SQLite work that holds the GIL: done by the thread
+  that holds it anyway, so no thread waits for it per statement, as one thread per file
+  did, or a round's thread doing them all would, behind a busy Trio thread), each file's
+  ``COMMIT`` handed to one of the loop's warm commit threads (:data:`COMMIT_THREADS` at
+  most) as soon as its statements are written: a ``COMMIT`` releases the GIL once, for its
+  fsync, so the fsyncs overlap each other and the next files' statements. The round ends
+  when every file touched is durable (or failed): one wake-up of the Trio thread, by the
+  last commit. Then each writer answers its operations exactly as when it loops alone:
+  what a writer answers depends only on its file. A round's writers answer once every
+  file of the round is durable (a producer batch's slices are answered together anyway).
 * Failures stay per file: a file whose statements fail is rolled back (its operations
   fail, :class:`~._group.GroupFailed`) while the others go on to their commits; a commit
   that fails (a full disk, an I/O error, a fence) rolls back that file alone.
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,9 +82,10 @@ class RoundJob:
 
 @dataclass(frozen=True, slots=True)
 class _Raised:
-    """A member's group raised (a bug, not a failed transaction): its writer crashes."""
+    """A member's group raised (a bug, not a failed transaction): its writer crashes
+    (``None``: not written, the round was interrupted; queued again)."""
 
-    error: Exception
+    error: Exception | None
 
 
 class Member(Protocol):
@@ -126,7 +129,6 @@ class CommitRounds:
         self.running = False
         # The member writers' WAL checkpointers' loop, run beside the rounds.
         self.wal = WalCheckpoints()
-        self._limiter = trio.CapacityLimiter(1)  # the rounds' thread calls, one at a time
         self._commits: ThreadPoolExecutor | None = None  # while run() runs
 
     @property
@@ -194,8 +196,9 @@ class CommitRounds:
             self.running = False
 
     async def _round(self, touched: list[Member]) -> None:
-        """One round: every touched file's group written in one thread call, then each
-        writer answers its own (see the module doc)."""
+        """One round: every touched file's statements on this (the Trio) thread, their
+        commits on the commit threads, then each writer answers its own (see the module
+        doc)."""
         taken: list[tuple[Member, RoundJob]] = []
         for writer in touched:
             job = writer._round_take()
@@ -205,70 +208,83 @@ class CommitRounds:
             return
         commits = self._commits
         assert commits is not None
-        jobs = [job for _, job in taken]
+        handed = time.perf_counter()
+        outcomes: list[Committed | GroupFailed | _Raised | None] = [None] * len(taken)
+        in_flight: list[tuple[int, RoundJob, Prepared, Future[GroupFailed | None]]] = []
+        interrupted: BaseException | None = None
         try:
-            handed = time.perf_counter()
-            written = await trio.to_thread.run_sync(
-                write_round, jobs, commits, limiter=self._limiter
-            )
-            took = time.perf_counter() - handed
-        except BaseException:
-            for writer, job in taken:
-                writer._round_undo(job)
-            raise
-        for (writer, job), outcome in zip(taken, written, strict=True):
+            for index, (_, job) in enumerate(taken):
+                if interrupted is not None:  # (KeyboardInterrupt): not written, queued again
+                    outcomes[index] = _Raised(None)
+                    continue
+                if job.barriers_only:
+                    continue
+                try:
+                    ready = job.groups.prepare(job.connection, job.group)
+                except Exception as error:  # a bug in this file's group: the others go on
+                    _abandon(job, error)
+                    outcomes[index] = _Raised(error)
+                    continue
+                except BaseException as error:
+                    _abandon(job, Exception(str(error)))
+                    interrupted, outcomes[index] = error, _Raised(None)
+                    continue
+                if isinstance(ready, GroupFailed):
+                    outcomes[index] = ready
+                    continue
+                # Its COMMIT (the fsync) on a commit thread, while this one goes on.
+                in_flight.append((index, job, ready, _commit_on(commits, job, ready)))
+        finally:
+            # Every commit handed on is waited for, whatever happens here: a cancel waits
+            # for the round's end (a commit in flight cannot be taken back).
+            with trio.CancelScope(shield=True):
+                await _all_done([future for *_, future in in_flight])
+        took = time.perf_counter() - handed
+        for index, job, ready, future in in_flight:
+            failed = future.result()
+            if failed is not None:
+                outcomes[index] = failed
+                continue
+            try:
+                outcomes[index] = job.groups.committed(ready)
+            except Exception as error:  # committed, but its bookkeeping raised (a bug)
+                outcomes[index] = _Raised(error)
+        for (writer, job), outcome in zip(taken, outcomes, strict=True):
             if isinstance(outcome, _Raised):
                 # As a group that raises on its writer's own thread: queued again (its
                 # writer's stop writes it), and the writer's task raises the error.
                 writer._round_undo(job)
-                writer._crash(outcome.error)
+                if outcome.error is not None:
+                    writer._crash(outcome.error)
                 continue
             try:
                 writer._round_done(job, outcome, took)
             except Exception as error:  # the writer's own failure: its task raises it
                 writer._crash(error)
+        if interrupted is not None:
+            raise interrupted
 
 
-def write_round(
-    jobs: Sequence[RoundJob], commits: ThreadPoolExecutor
-) -> list[Committed | GroupFailed | _Raised | None]:
-    """A round's thread call: every job's statements in turn on this thread, each file's
-    ``COMMIT`` handed to a thread of ``commits`` once the next file's statements begin (so
-    it overlaps them and the other commits; the last file's is this thread's), then what
-    each carries to its next group; one outcome per job (``None``: barriers only)."""
-    outcomes: list[Committed | GroupFailed | _Raised | None] = [None] * len(jobs)
-    prepared: list[tuple[int, RoundJob, Prepared]] = []
-    pending: list[Future[GroupFailed | None]] = []
-    for index, job in enumerate(jobs):
-        if job.barriers_only:
-            continue
-        try:
-            ready = job.groups.prepare(job.connection, job.group)
-        except Exception as error:  # a bug in this file's group: the others go on
-            _abandon(job, error)
-            outcomes[index] = _Raised(error)
-            continue
-        if isinstance(ready, GroupFailed):
-            outcomes[index] = ready
-            continue
-        if prepared:  # the previous file's commit, while this thread goes on
-            _, held, held_ready = prepared[-1]
-            pending.append(_commit_on(commits, held, held_ready))
-        prepared.append((index, job, ready))
-    if not prepared:
-        return outcomes
-    _, job, ready = prepared[-1]
-    last = job.groups.commit(job.connection, ready)  # the last file's on this thread
-    failures = [future.result() for future in pending] + [last]
-    for (index, job, ready), failed in zip(prepared, failures, strict=True):
-        if failed is not None:
-            outcomes[index] = failed
-            continue
-        try:
-            outcomes[index] = job.groups.committed(ready)
-        except Exception as error:  # committed, but its bookkeeping raised (a bug)
-            outcomes[index] = _Raised(error)
-    return outcomes
+async def _all_done(futures: Sequence[Future[Any]]) -> None:
+    """Wait until every one of ``futures`` is done: one wake-up of the Trio thread, by the
+    commit thread that finishes last."""
+    if not futures:
+        return
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def finished(_: Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = not left[0]
+        if last:
+            token.run_sync_soon(done.set)
+
+    for future in futures:
+        future.add_done_callback(finished)
+    await done.wait()
 
 
 def _commit_on(
