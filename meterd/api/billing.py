@@ -17,7 +17,7 @@ thread included, can run Python. The bytes are those ``JSONResponse`` would send
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -27,12 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from meterd.billing import (
+    Adjustment,
     Billing,
     BillingError,
     BillingGraphQL,
     Explanation,
     InvoiceView,
     Restatement,
+    Void,
     adjustment_json,
     encode_json,
     void_json,
@@ -274,14 +276,7 @@ async def adjust(
             headers.idempotency_key,
         )
     )
-    names = billing.meter(adjustment.meter).dimensions
-    answer = _recorded(
-        daemon,
-        "adjustment",
-        adjustment_json(adjustment, names),
-        restatement,
-        replayed=adjustment.replayed,
-    )
+    answer = _recorded(daemon, adjustment, restatement)
     del restatement  # the worker takes it over (its lines are the month's)
     return await answer
 
@@ -306,29 +301,32 @@ async def void(
             path.account, path.event, body.by, body.reason, period, headers.idempotency_key
         )
     )
-    names = billing.meter(found.meter).dimensions
-    answer = _recorded(
-        daemon, "void", void_json(found, names), restatement, replayed=found.replayed
-    )
+    answer = _recorded(daemon, found, restatement)
     del restatement  # the worker takes it over (its lines are the month's)
     return await answer
 
 
+def correction_json(billing: Billing, record: Adjustment | Void) -> dict[str, Any]:
+    """``record``'s document, its dimension values named by its meter's dimensions."""
+    names = billing.meter(record.meter).dimensions
+    if isinstance(record, Adjustment):
+        return adjustment_json(record, names)
+    return void_json(record, names)
+
+
 async def _recorded(
-    daemon: Daemon,
-    kind: str,
-    record: dict[str, Any],
-    restatement: Restatement | None,
-    *,
-    replayed: bool,
+    daemon: Daemon, record: Adjustment | Void, restatement: Restatement | None
 ) -> Response:
     """201 for a correction just recorded, with the restatement it caused (closed month);
     200 with ``Idempotent-Replayed: true`` for the one recorded before under the request's
     idempotency key (nothing recorded this time)."""
+    kind = "adjustment" if isinstance(record, Adjustment) else "void"
+    document = correction_json(billing_of(daemon), record)
+    replayed = record.replayed
 
     def body(found: Restatement | None) -> dict[str, Any]:
         return {
-            kind: record,
+            kind: document,
             "restatement": None if found is None else found.to_json(lazy=True),
             "replayed": replayed,
         }
@@ -352,15 +350,7 @@ async def adjustments(daemon: Daemon, path: AccountPath, query: AdjustmentsQuery
     if query.meter is not None:
         meter_of(billing, query.meter)
     found = await billing.db.adjustments(path.account, query.from_, query.to, query.meter)
-    return JSONResponse(
-        {
-            "adjustments": [
-                adjustment_json(a, billing.meter(a.meter).dimensions)
-                for a in found
-                if a.meter in billing.meters
-            ]
-        }
-    )
+    return JSONResponse({"adjustments": _configured(billing, found)})
 
 
 @ops.get(
@@ -374,15 +364,13 @@ async def adjustments(daemon: Daemon, path: AccountPath, query: AdjustmentsQuery
 async def voids(daemon: Daemon, path: AccountPath) -> Response:
     billing = billing_of(daemon)
     found = await billing.db.voids(path.account)
-    return JSONResponse(
-        {
-            "voids": [
-                void_json(v, billing.meter(v.meter).dimensions)
-                for v in found
-                if v.meter in billing.meters
-            ]
-        }
-    )
+    return JSONResponse({"voids": _configured(billing, found)})
+
+
+def _configured(billing: Billing, records: Sequence[Adjustment | Void]) -> list[dict[str, Any]]:
+    """The documents of ``records`` whose meter is configured (one removed from the config
+    has no dimension names to show them by)."""
+    return [correction_json(billing, r) for r in records if r.meter in billing.meters]
 
 
 # ---- GraphQL --------------------------------------------------------------------------------

@@ -124,6 +124,10 @@ class ConsoleMeta(Closed):
     meters: list[MeterInfo]
     producers: list[str]
     currency: str
+    cluster_node: Annotated[
+        str | None,
+        Meta(description="This node's name with [cluster] (the console shows /v1/cluster)."),
+    ] = None
 
 
 class ProducerRow(Closed):
@@ -838,6 +842,7 @@ async def meta(daemon: Daemon) -> Response:
             ],
             producers=[p.name for p in config.producers],
             currency=config.billing.currency,
+            cluster_node=None if config.cluster is None else config.cluster.node,
         )
     )
 

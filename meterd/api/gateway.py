@@ -675,14 +675,7 @@ async def _live(websocket: WebSocket) -> None:
             values = {meter.name: None for meter in gateway.config.meters}
         else:
             raise LiveUnreadable(f"shard {shard} answered {answer.status}: {_code(answer)}")
-        return LiveUsage(
-            account=account,
-            period=str(period),
-            from_=period.start_ms,
-            to=period.end_ms,
-            at=now,
-            meters=values,
-        )
+        return LiveUsage.of(account, period, now, values)
 
     ticks = _Ticks()
     async with trio.open_nursery() as nursery:

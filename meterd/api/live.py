@@ -68,6 +68,20 @@ class LiveUsage(msgspec.Struct, kw_only=True):
     at: int
     meters: dict[str, str | None]
 
+    @classmethod
+    def of(
+        cls, account: str, period: Period, at: int, meters: dict[str, str | None]
+    ) -> LiveUsage:
+        """The month ``period``'s ``meters`` totals of ``account`` as read at ``at``."""
+        return cls(
+            account=account,
+            period=str(period),
+            from_=period.start_ms,
+            to=period.end_ms,
+            at=at,
+            meters=meters,
+        )
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -145,14 +159,7 @@ async def _snapshot(daemon: Daemon, account: str) -> LiveUsage:
             else:
                 _, total = await trio.to_thread.run_sync(summarise, meter, cells, "month")
         values[meter.name] = None if total is None else canonical_quantity(total)
-    return LiveUsage(
-        account=account,
-        period=str(period),
-        from_=period.start_ms,
-        to=period.end_ms,
-        at=now,
-        meters=values,
-    )
+    return LiveUsage.of(account, period, now, values)
 
 
 async def follow(

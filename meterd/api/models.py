@@ -15,6 +15,7 @@ schema-valid requests).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
@@ -22,7 +23,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from meterd.billing import KEY_MAX, KEY_PATTERN, AdjustmentKind, Period
 from meterd.isotime import ISO_PATTERN, parse_iso
-from meterd.model import MAX_MS, MAX_MS_TEXT, Window
+from meterd.model import MAX_MS, MAX_MS_TEXT, Event, Window
 from meterd.store.reader import MAX_EVENTS_LIMIT
 
 from .errors import bad_parameter
@@ -256,9 +257,46 @@ class EventsQuery(Model):
             " goes on in the order it was issued for)."
         ),
     ] = "asc"
+    id: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=200,
+                description="Only the event with this id (what a producer sent as `id`).",
+            ),
+        ]
+        | None
+    ) = None
+    property: (
+        Annotated[
+            str,
+            Meta(
+                pattern="^[^=]+=",
+                max_length=64 + 1 + 256,
+                description="NAME=VALUE: only events whose property NAME has exactly this value.",
+                examples=["app=web-1"],
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         _span(self.from_, self.to)
+
+    def where(self) -> Callable[[Event], bool] | None:
+        """The ``id`` and ``property`` filters as one test of an event (None: no filter)."""
+        if self.id is None and self.property is None:
+            return None
+        wanted_id = self.id
+        name, _, value = (self.property or "").partition("=")
+
+        def match(event: Event) -> bool:
+            if wanted_id is not None and event.id != wanted_id:
+                return False
+            return not name or (name, value) in event.properties
+
+        return match
 
 
 MAX_SEARCH: Final = 200

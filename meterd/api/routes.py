@@ -181,6 +181,7 @@ async def events(daemon: Daemon, path: AccountPath, query: EventsQuery) -> Respo
             query.limit,
             query.cursor,
             newest_first=query.order == "desc",
+            where=query.where(),
         )
     except InvalidCursor as error:
         raise bad_parameter("cursor", f"is not valid: {error}") from None

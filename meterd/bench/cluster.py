@@ -55,14 +55,11 @@ import trio
 
 from meterd import logs
 from meterd.cluster import (
-    ClusterUnavailable,
     JetStreamLinks,
     ShardApplier,
     connect,
-    log_subject,
     open_bridge,
     provision,
-    slice_msg_id,
 )
 from meterd.cluster._dev import running_cluster
 from meterd.cluster._nats import LogMessage
@@ -250,28 +247,17 @@ class TimedLinks(JetStreamLinks):
         self.publish_ms: list[float] = []
         self.verdict_ms: list[float] = []
 
-    async def _publish(self, key: Any, message: Slice, arrived: trio.Event) -> None:
-        """JetStreamLinks._publish with both times taken (the same steps)."""
-        shard = message.shard
+    async def _to_log(self, key: Any, message: Slice) -> bool:
         started = time.perf_counter()
-        with trio.move_on_after(self.slice_timeout):
-            try:
-                await self.connection.publish(
-                    log_subject(shard),
-                    encode(message),
-                    msg_id=slice_msg_id(message.batch, shard),
-                    timeout=self.slice_timeout,
-                )
-            except ClusterUnavailable as error:
-                self._finish(key, self._unavailable(shard, f"the log did not take it: {error}"))
-                return
-            acked = time.perf_counter()
-            self.publish_ms.append((acked - started) * 1000)
-            self.published += 1
-            await arrived.wait()
-            self.verdict_ms.append((time.perf_counter() - acked) * 1000)
-            return
-        self._finish(key, self._unavailable(shard, "no verdict in time"))
+        taken = await super()._to_log(key, message)
+        if taken:
+            self.publish_ms.append((time.perf_counter() - started) * 1000)
+        return taken
+
+    async def _verdict(self, arrived: trio.Event) -> None:
+        acked = time.perf_counter()
+        await super()._verdict(arrived)
+        self.verdict_ms.append((time.perf_counter() - acked) * 1000)
 
 
 async def run_direct(root: Path, urls: list[str], args: argparse.Namespace) -> dict[str, float]:

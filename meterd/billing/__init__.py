@@ -8,7 +8,8 @@ See docs/billing.md for the rules. The modules behind this curated API:
 * ``_config`` — billing's keys of the config file: ``[billing]`` and ``[[prices]]``, declared
   and checked here, composed by :mod:`meterd.config`;
 * ``_rating`` — :func:`rate`: pure, exact rating of one account's month into an :class:`Invoice`;
-* ``_corrections`` — :class:`Adjustment` and :class:`Void`, append-only;
+* ``_corrections`` — :class:`Adjustment` and :class:`Void`, append-only, and the requests that
+  make them (:class:`AdjustmentRequest`, :class:`VoidRequest`);
 * ``_restate`` — :class:`Restatement`: how a closed period's figures changed, and why;
 * ``_explain`` — :class:`Explanation`: a figure down to its windows and events;
 * ``_db`` — :class:`BillingDB`, the billing database (its own SQLite file);
@@ -26,7 +27,10 @@ from ._corrections import (
     KEY_PATTERN,
     Adjustment,
     AdjustmentKind,
+    AdjustmentRequest,
+    CorrectionRequest,
     Void,
+    VoidRequest,
     new_key,
 )
 from ._errors import BillingError, Conflict, InvalidRequest, NotFound, invalid
@@ -75,6 +79,7 @@ __all__ = [
     "ADDITIVE",
     "Adjustment",
     "AdjustmentKind",
+    "AdjustmentRequest",
     "Billing",
     "BillingConfig",
     "BillingDB",
@@ -83,6 +88,7 @@ __all__ = [
     "Cell",
     "Closure",
     "Conflict",
+    "CorrectionRequest",
     "ExplainedEvent",
     "Explanation",
     "InvalidRequest",
@@ -103,6 +109,7 @@ __all__ = [
     "Slices",
     "Unpriced",
     "Void",
+    "VoidRequest",
     "WindowFigure",
     "adjustment_json",
     "check_prices",

@@ -44,16 +44,24 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 from urllib.parse import quote
 
 import structlog
 import trio
 
-from ._corrections import Adjustment, AdjustmentKind, Void, replay
+from ._corrections import (
+    Adjustment,
+    AdjustmentKind,
+    AdjustmentRequest,
+    CorrectionRequest,
+    Void,
+    VoidRequest,
+    replay,
+)
 from ._errors import BillingError, Conflict, Unavailable
 from ._json import Slices, encode_json, loads_array
 from ._period import Period
@@ -259,6 +267,58 @@ def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -
         )
 
 
+@overload
+def _replayed(
+    conn: sqlite3.Connection,
+    wanted: AdjustmentRequest,
+    log_seq: int | None,
+    kind: str,
+    fence: Fence | None,
+) -> Adjustment | None: ...
+@overload
+def _replayed(
+    conn: sqlite3.Connection,
+    wanted: VoidRequest,
+    log_seq: int | None,
+    kind: str,
+    fence: Fence | None,
+) -> Void | None: ...
+def _replayed(
+    conn: sqlite3.Connection,
+    wanted: CorrectionRequest,
+    log_seq: int | None,
+    kind: str,
+    fence: Fence | None,
+) -> Adjustment | Void | None:
+    """The correction recorded under ``wanted``'s key as its answer (``replayed``; its log
+    sequence kept, the fence asked), :class:`Conflict` when it was another request, None
+    when the key is unused (or None)."""
+    if wanted.key is None:
+        return None
+    found = _keyed(conn, wanted.account, wanted.key)
+    if found is None:
+        return None
+    replayed = replay(found, wanted)
+    _logged(conn, log_seq, kind, found.id)
+    _fenced(fence)
+    return replayed
+
+
+def _inserted(
+    conn: sqlite3.Connection,
+    cursor: sqlite3.Cursor,
+    log_seq: int | None,
+    kind: str,
+    fence: Fence | None,
+) -> int:
+    """The id of the correction ``cursor`` inserted, its log sequence kept, the fence asked."""
+    row_id = cursor.lastrowid
+    assert row_id is not None
+    _logged(conn, log_seq, kind, row_id)
+    _fenced(fence)
+    return row_id
+
+
 def _keyed(conn: sqlite3.Connection, account: str, key: str) -> Adjustment | Void | None:
     """The correction of ``account`` recorded under idempotency ``key`` (None: none is)."""
     row = conn.execute(
@@ -280,25 +340,17 @@ def _dims(raw: str) -> tuple[str, ...]:
 
 def _adjustment(row: Sequence[Any]) -> Adjustment:
     id, account, meter, start, end, dims, kind, quantity, by, at, reason, key = row
-    return Adjustment(
-        id,
-        account,
-        meter,
-        start,
-        end,
-        _dims(dims),
-        AdjustmentKind(kind),
-        Decimal(quantity),
-        by,
-        at,
-        reason,
-        key,
+    kind, quantity = AdjustmentKind(kind), Decimal(quantity)
+    wanted = AdjustmentRequest(
+        account, meter, start, end, _dims(dims), kind, quantity, by, reason, key
     )
+    return wanted.recorded(id, at)
 
 
 def _void(row: Sequence[Any]) -> Void:
     id, account, event_id, meter, time, dims, quantity, by, at, reason, key = row
-    return Void(id, account, event_id, meter, time, _dims(dims), quantity, by, at, reason, key)
+    wanted = VoidRequest(account, event_id, meter, time, _dims(dims), quantity, by, reason, key)
+    return wanted.recorded(id, at)
 
 
 # Figures are written and read a slice at a time (meterd.billing._json): one json.dumps or
@@ -414,56 +466,43 @@ class BillingDB:
 
     async def add_adjustment(
         self,
-        account: str,
-        meter: str,
-        span: tuple[int, int],
-        dims: tuple[str, ...],
-        kind: AdjustmentKind,
-        quantity: Decimal,
-        by: str,
+        wanted: AdjustmentRequest,
         at: int,
-        reason: str,
+        *,
         log_seq: int | None = None,
-        key: str | None = None,
         fence: Fence | None = None,
     ) -> Adjustment:
-        """``log_seq``: the log sequence it is applied from (cluster mode), kept with it.
-        ``key``: its idempotency key; if the account already has a correction under it, that
-        one is returned (``replayed``) and nothing is written (but ``log_seq``, so a replay
-        of the log finds it), or :class:`Conflict` if the request differs. The caller
-        checks nothing more: a void under the key is a conflict (field ``operation``).
-        ``fence``: asked in the transaction right before it commits (:data:`Fence`)."""
-        wanted = Adjustment(0, account, meter, *span, dims, kind, quantity, by, at, reason, key)
+        """Record ``wanted`` as made at ``at``. ``log_seq``: the log sequence it is applied
+        from (cluster mode), kept with it. ``wanted.key``: its idempotency key; if the
+        account already has a correction under it, that one is returned (``replayed``) and
+        nothing is written (but ``log_seq``, so a replay of the log finds it), or
+        :class:`Conflict` if the request differs. The caller checks nothing more: a void
+        under the key is a conflict (field ``operation``). ``fence``: asked in the
+        transaction right before it commits (:data:`Fence`)."""
 
         def work(conn: sqlite3.Connection) -> Adjustment:
-            if key is not None:
-                found = _keyed(conn, account, key)
-                if found is not None:
-                    replayed = replay(found, wanted)
-                    _logged(conn, log_seq, "adjust", found.id)
-                    _fenced(fence)
-                    return replayed
+            replayed = _replayed(conn, wanted, log_seq, "adjust", fence)
+            if replayed is not None:
+                return replayed
             cursor = conn.execute(
                 "INSERT INTO adjustments (account, meter, start, end_ms, dims, kind, quantity,"
                 " made_by, made_at, reason, idempotency_key)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    account,
-                    meter,
-                    *span,
-                    json.dumps(dims),
-                    kind.value,
-                    str(quantity),
-                    by,
+                    wanted.account,
+                    wanted.meter,
+                    wanted.start,
+                    wanted.end,
+                    json.dumps(wanted.dims),
+                    wanted.kind.value,
+                    str(wanted.quantity),
+                    wanted.by,
                     at,
-                    reason,
-                    key,
+                    wanted.reason,
+                    wanted.key,
                 ),
             )
-            assert cursor.lastrowid is not None
-            _logged(conn, log_seq, "adjust", cursor.lastrowid)
-            _fenced(fence)
-            return replace(wanted, id=cursor.lastrowid)
+            return wanted.recorded(_inserted(conn, cursor, log_seq, "adjust", fence), at)
 
         return await self._run(work)
 
@@ -485,56 +524,41 @@ class BillingDB:
 
     async def add_void(
         self,
-        account: str,
-        event_id: str,
-        meter: str,
-        time: int,
-        dims: tuple[str, ...],
-        quantity: str,
-        by: str,
+        wanted: VoidRequest,
         at: int,
-        reason: str,
+        *,
         log_seq: int | None = None,
-        key: str | None = None,
         fence: Fence | None = None,
     ) -> Void:
-        """``log_seq``, ``key`` and ``fence`` as in :meth:`add_adjustment`."""
-        wanted = Void(0, account, event_id, meter, time, dims, quantity, by, at, reason, key)
+        """As :meth:`add_adjustment`; :class:`Conflict` ``already_void`` when the event is."""
 
         def work(conn: sqlite3.Connection) -> Void:
-            if key is not None:
-                found = _keyed(conn, account, key)
-                if found is not None:
-                    replayed = replay(found, wanted)
-                    _logged(conn, log_seq, "void", found.id)
-                    _fenced(fence)
-                    return replayed
+            replayed = _replayed(conn, wanted, log_seq, "void", fence)
+            if replayed is not None:
+                return replayed
             try:
                 cursor = conn.execute(
                     "INSERT INTO voids (account, event_id, meter, time, dims, quantity, made_by,"
                     " made_at, reason, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        account,
-                        event_id,
-                        meter,
-                        time,
-                        json.dumps(dims),
-                        quantity,
-                        by,
+                        wanted.account,
+                        wanted.event_id,
+                        wanted.meter,
+                        wanted.time,
+                        json.dumps(wanted.dims),
+                        wanted.quantity,
+                        wanted.by,
                         at,
-                        reason,
-                        key,
+                        wanted.reason,
+                        wanted.key,
                     ),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(
-                    f"event {event_id!r} of account {account!r} is already void",
+                    f"event {wanted.event_id!r} of account {wanted.account!r} is already void",
                     code="already_void",
                 ) from None
-            assert cursor.lastrowid is not None
-            _logged(conn, log_seq, "void", cursor.lastrowid)
-            _fenced(fence)
-            return replace(wanted, id=cursor.lastrowid)
+            return wanted.recorded(_inserted(conn, cursor, log_seq, "void", fence), at)
 
         return await self._run(work)
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, overload
 
 import structlog
 import trio
@@ -40,8 +40,10 @@ from ._corrections import (
     ADDITIVE,
     Adjustment,
     AdjustmentKind,
-    R,
+    AdjustmentRequest,
+    CorrectionRequest,
     Void,
+    VoidRequest,
     check_key,
     new_key,
     replay,
@@ -65,6 +67,7 @@ from ._restate import LineChange, Restatement, compare_lines, compare_unpriced
 __all__ = ["CPU_THREADS", "Billing", "InvoiceView"]
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Adjustment | Void)
 
 log = structlog.get_logger("meterd.billing")
 
@@ -164,30 +167,10 @@ class CorrectionJournal(Protocol):
     mode: published to the shard's log, answered once its owner applied it)."""
 
     async def adjust(
-        self,
-        account: str,
-        meter: str,
-        span: tuple[int, int],
-        dims: tuple[str, ...],
-        kind: AdjustmentKind,
-        amount: Decimal,
-        by: str,
-        reason: str,
-        key: str,
+        self, adjustment: AdjustmentRequest
     ) -> tuple[Adjustment, Restatement | None]: ...
 
-    async def void(
-        self,
-        account: str,
-        event_id: str,
-        meter: str,
-        time_ms: int,
-        dims: tuple[str, ...],
-        quantity: str,
-        by: str,
-        reason: str,
-        key: str,
-    ) -> tuple[Void, Restatement | None]: ...
+    async def void(self, void: VoidRequest) -> tuple[Void, Restatement | None]: ...
 
 
 class Billing:
@@ -547,20 +530,25 @@ class Billing:
                 f" (dimensions: {', '.join(meter.dimensions) or 'none'})",
             )
         dims = tuple(dimensions.get(name, "") for name in meter.dimensions)
-        span = (start, start + window.ms)
-        wanted = Adjustment(0, account, meter.name, *span, dims, kind, amount, by, 0, reason, key)
+        wanted = AdjustmentRequest(
+            account, meter.name, start, start + window.ms, dims, kind, amount, by, reason, key
+        )
         replayed = await self._replayed(wanted)
         if replayed is not None:
             return replayed
         if self.journal is not None:  # cluster mode: through the shard's log
-            return await self.journal.adjust(
-                account, meter.name, span, dims, kind, amount, by, reason, key
-            )
-        return await self.record_adjustment(
-            account, meter.name, span, dims, kind, amount, by, self.clock(), reason, key=key
-        )
+            return await self.journal.adjust(wanted)
+        return await self.record_adjustment(wanted, self.clock())
 
-    async def _replayed(self, wanted: R) -> tuple[R, Restatement | None] | None:
+    @overload
+    async def _replayed(
+        self, wanted: AdjustmentRequest
+    ) -> tuple[Adjustment, Restatement | None] | None: ...
+    @overload
+    async def _replayed(self, wanted: VoidRequest) -> tuple[Void, Restatement | None] | None: ...
+    async def _replayed(
+        self, wanted: CorrectionRequest
+    ) -> tuple[Adjustment | Void, Restatement | None] | None:
         """The answer to ``wanted`` if its key is already used: the correction recorded
         under it and the restatement it caused (or :class:`Conflict`); None if unused.
         Checked again where the correction is written (:class:`BillingDB`), in its
@@ -569,10 +557,12 @@ class Billing:
         found = await self.db.keyed(wanted.account, wanted.key)
         if found is None:
             return None
-        record = replay(found, wanted)
-        log.info(
-            "correction_replayed", account=record.account, id=record.id, key=record.key
-        )
+        return await self._replay_answer(replay(found, wanted))
+
+    async def _replay_answer(self, record: C) -> tuple[C, Restatement | None]:
+        """The answer to a request replayed under ``record``'s key: ``record`` and the
+        restatement it caused when it was recorded."""
+        log.info("correction_replayed", account=record.account, id=record.id, key=record.key)
         return record, await self._restatement_of(record)
 
     async def _restatement_of(self, record: Adjustment | Void) -> Restatement | None:
@@ -588,50 +578,24 @@ class Billing:
 
     async def record_adjustment(
         self,
-        account: str,
-        meter_name: str,
-        span: tuple[int, int],
-        dims: tuple[str, ...],
-        kind: AdjustmentKind,
-        amount: Decimal,
-        by: str,
+        adjustment: AdjustmentRequest,
         at: int,
-        reason: str,
+        *,
         log_seq: int | None = None,
-        key: str | None = None,
         fence: Fence | None = None,
     ) -> tuple[Adjustment, Restatement | None]:
         """Write a validated adjustment made at ``at`` (``log_seq``: the log sequence it is
-        applied from, cluster mode; ``key``: its idempotency key, checked in the same
-        transaction: a replay writes nothing and restates nothing; ``fence``: asked right
-        before that transaction commits, :class:`Unavailable` ``fenced`` and nothing written
-        when it says no); restate the closed period it falls in."""
-        meter = self.meter(meter_name)
-        start = span[0]
-        async with self._periods:
-            closure = await self._closure(Period.containing(start), locked=True)
-            adjustment = await self.db.add_adjustment(
-                account,
-                meter.name,
-                span,
-                dims,
-                kind,
-                amount,
-                by,
-                at,
-                reason,
-                log_seq=log_seq,
-                key=key,
-                fence=fence,
-            )
-            if adjustment.replayed:
-                log.info("correction_replayed", account=account, id=adjustment.id, key=key)
-                return adjustment, await self._restatement_of(adjustment)
-            log.info("adjusted", account=account, id=adjustment.id, meter=meter.name, by=by)
-            restatement = await self._restate_if_closed(
-                account, start, adjustment.describe(), closure
-            )
-        return adjustment, restatement
+        applied from, cluster mode; its idempotency key is checked in the same transaction:
+        a replay writes nothing and restates nothing; ``fence``: asked right before that
+        transaction commits, :class:`Unavailable` ``fenced`` and nothing written when it
+        says no); restate the closed period it falls in."""
+        meter = self.meter(adjustment.meter)  # a meter no longer configured is refused
+
+        def said(made: Adjustment) -> None:
+            log.info("adjusted", account=made.account, id=made.id, meter=meter.name, by=made.by)
+
+        write = partial(self.db.add_adjustment, adjustment, at, log_seq=log_seq, fence=fence)
+        return await self._record(adjustment.start, write, said)
 
     async def void_event(
         self,
@@ -652,8 +616,8 @@ class Billing:
         key = _key(key)
         _need_text("by", by)
         _need_text("reason", reason)
-        wanted = Void(0, account, event_id, "", 0, (), "", by, 0, reason, key)
-        replayed = await self._replayed(wanted)
+        asked = VoidRequest.asked(account, event_id, by, reason, key)
+        replayed = await self._replayed(asked)
         if replayed is not None:
             return replayed
         low, high = (-(1 << 62), 1 << 62) if period is None else (period.start_ms, period.end_ms)
@@ -670,71 +634,51 @@ class Billing:
                 f"event {event_id!r} is {set_aside}: it was never counted", code=set_aside
             )
         meter = self.meter(found.meter)
-        dims = dims_of(meter, found)
-        if self.journal is not None:  # cluster mode: through the shard's log
-            return await self.journal.void(
-                account,
-                event_id,
-                meter.name,
-                found.time,
-                dims,
-                str(found.quantity),
-                by,
-                reason,
-                key,
-            )
-        return await self.record_void(
-            account,
-            event_id,
-            meter.name,
-            found.time,
-            dims,
-            str(found.quantity),
-            by,
-            self.clock(),
-            reason,
-            key=key,
+        wanted = replace(
+            asked,
+            meter=meter.name,
+            time=found.time,
+            dims=dims_of(meter, found),
+            quantity=str(found.quantity),
         )
+        if self.journal is not None:  # cluster mode: through the shard's log
+            return await self.journal.void(wanted)
+        return await self.record_void(wanted, self.clock())
 
     async def record_void(
         self,
-        account: str,
-        event_id: str,
-        meter_name: str,
-        time_ms: int,
-        dims: tuple[str, ...],
-        quantity: str,
-        by: str,
+        void: VoidRequest,
         at: int,
-        reason: str,
+        *,
         log_seq: int | None = None,
-        key: str | None = None,
         fence: Fence | None = None,
     ) -> tuple[Void, Restatement | None]:
-        """Write a void of a found event, made at ``at`` (``log_seq``, ``key`` and ``fence``
-        as in :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
+        """Write a void of a found event, made at ``at`` (``log_seq`` and ``fence`` as in
+        :meth:`record_adjustment`); :class:`Conflict` when it is already void."""
+
+        def said(made: Void) -> None:
+            log.info("voided", account=made.account, event_id=made.event_id, by=made.by)
+
+        write = partial(self.db.add_void, void, at, log_seq=log_seq, fence=fence)
+        return await self._record(void.time, write, said)
+
+    async def _record(
+        self, time_ms: int, write: Callable[[], Awaitable[C]], said: Callable[[C], None]
+    ) -> tuple[C, Restatement | None]:
+        """``write()`` a correction that counts at ``time_ms`` with the periods locked (a
+        closing read first: a closing that cannot be read writes nothing); a replayed one is
+        answered with the restatement it caused, a new one ``said`` (logged) and its closed
+        month restated."""
         async with self._periods:
             closure = await self._closure(Period.containing(time_ms), locked=True)
-            void = await self.db.add_void(
-                account,
-                event_id,
-                meter_name,
-                time_ms,
-                dims,
-                quantity,
-                by,
-                at,
-                reason,
-                log_seq=log_seq,
-                key=key,
-                fence=fence,
+            recorded = await write()
+            if recorded.replayed:
+                return await self._replay_answer(recorded)
+            said(recorded)
+            restatement = await self._restate_if_closed(
+                recorded.account, time_ms, recorded.describe(), closure
             )
-            if void.replayed:
-                log.info("correction_replayed", account=account, id=void.id, key=key)
-                return void, await self._restatement_of(void)
-            log.info("voided", account=account, event_id=event_id, by=by)
-            restatement = await self._restate_if_closed(account, time_ms, void.describe(), closure)
-        return void, restatement
+        return recorded, restatement
 
     # -- explanations -------------------------------------------------------------------------
 

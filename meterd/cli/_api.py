@@ -33,6 +33,8 @@ from urllib.parse import quote, urlsplit
 import click
 import httpx
 
+from meterd.cli._options import config_option
+
 if TYPE_CHECKING:
     from meterd.config import Config, ConfigError
 
@@ -348,14 +350,9 @@ def api_options(function: Callable[..., None]) -> Callable[..., None]:
         function(*args, target=Target(config_path, url, cafile), **kwargs)
 
     options = [
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path, dir_okay=False),
-            default=Path("config.toml"),
-            show_default=True,
-            help="Where [api] listen and the admin token are read from when $METERD_URL or"
-            " $METERD_TOKEN is not set.",
+        config_option(
+            "Where [api] listen and the admin token are read from when $METERD_URL or"
+            " $METERD_TOKEN is not set."
         ),
         click.option(
             "--url",

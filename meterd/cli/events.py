@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from meterd.cli._api import Api, ApiError, Target, api_options, connect, fail, path_segment
+from meterd.cli._options import name_values
 from meterd.cli._output import echo_json, print_table, properties_text
 from meterd.cli._times import TIME, TIME_HELP, format_time
 
@@ -51,16 +52,6 @@ def event_row(event: dict[str, Any]) -> list[str]:
     ]
 
 
-def _properties(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="'--property'")
-        out[name] = value
-    return out
-
-
 def _wanted(event: dict[str, Any], ids: tuple[str, ...], properties: dict[str, str]) -> bool:
     if ids and event.get("id") not in ids:
         return False
@@ -80,14 +71,14 @@ def _wanted(event: dict[str, Any], ids: tuple[str, ...], properties: dict[str, s
     "--id",
     "ids",
     multiple=True,
-    help="Only the event with this id (repeat for several); reads every page in range.",
+    help="Only the event with this id (repeat for several: then every page in range is read).",
 )
 @click.option(
     "--property",
     "properties",
     multiple=True,
     metavar="NAME=VALUE",
-    help="Only events with this property value (repeat: all must hold); reads every page.",
+    help="Only events with this property value (repeat: all must hold, and every page is read).",
 )
 @click.option(
     "--json",
@@ -113,17 +104,27 @@ def events(
 
     Times are epoch milliseconds or ISO-8601 (2026-11-25, 2026-11-25T13:00:00Z); a time
     without a zone is UTC. Without --all, one page is shown and the command to see the
-    next one is printed on stderr. --id and --property filter the events as they are
-    read, following every page in the range (narrow it with --meter, --from and --to).
+    next one is printed on stderr. One --id and one --property are filtered by the
+    daemon; with several, the rest are filtered here as the events are read, following
+    every page in the range (narrow it with --meter, --from and --to).
     """
-    wanted = _properties(properties)
+    wanted = name_values(properties, "--property")
     filtering = bool(ids or wanted)
-    params = {"meter": meter, "from": start, "to": end, "limit": limit, "cursor": cursor}
+    params = {
+        "meter": meter,
+        "from": start,
+        "to": end,
+        "limit": limit,
+        "cursor": cursor,
+        "id": ids[0] if len(ids) == 1 else None,  # several ids: any of them, filtered here
+        "property": properties[0] if properties else None,
+    }
+    filtered_here = len(ids) > 1 or len(properties) > 1
     collected: list[dict[str, Any]] = []
     next_cursor: Any = None
     with connect("events", target) as api:
         try:
-            for page in pages(api, account, params, follow=follow or filtering):
+            for page in pages(api, account, params, follow=follow or filtered_here):
                 collected.extend(e for e in page["events"] if _wanted(e, ids, wanted))
                 next_cursor = page.get("next_cursor")
         except ApiError as error:

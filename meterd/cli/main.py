@@ -10,6 +10,7 @@ from typing import ClassVar
 import click
 
 from meterd import __version__
+from meterd.cli._options import config_option, load_config
 
 
 class _LazyGroup(click.Group):
@@ -59,14 +60,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="The configuration file.",
-)
+@config_option("The configuration file.")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning, error")
 @click.option("--json-logs/--console-logs", default=None, help="Default: JSON unless on a TTY.")
 def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
@@ -81,15 +75,10 @@ def run(config_path: Path, log_level: str, json_logs: bool | None) -> None:
 
     from meterd import logs
     from meterd.app import serve
-    from meterd.config import ConfigError, load
     from meterd.startup import DaemonFailed, StartupFailed
 
     logs.configure(level=log_level, json=json_logs)
-    try:
-        config = load(config_path)
-    except ConfigError as error:
-        click.echo(f"meterd: bad config: {error}", err=True)
-        sys.exit(2)
+    config = load_config(config_path)
     try:
         trio.run(serve, config)
     except StartupFailed as failed:  # a port in use, a store that cannot be opened, ...

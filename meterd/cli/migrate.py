@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from meterd.cli._options import config_option, load_config
+
 
 @click.group()
 def migrate() -> None:
@@ -14,14 +16,7 @@ def migrate() -> None:
 
 
 @migrate.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="The configuration file: its [store], [billing] and [partitions] decide.",
-)
+@config_option("The configuration file: its [store], [billing] and [partitions] decide.")
 @click.option("--dry-run", is_flag=True, help="Say what would move, change nothing.")
 @click.option("--log-level", default="warning", show_default=True, help="debug, info, warning")
 def partitions(config_path: Path, dry_run: bool, log_level: str) -> None:
@@ -35,17 +30,12 @@ def partitions(config_path: Path, dry_run: bool, log_level: str) -> None:
     import sqlite3
 
     from meterd import logs
-    from meterd.config import ConfigError, load
     from meterd.partitions._migrate import MigrationError
     from meterd.partitions._migrate import migrate as run_migration
     from meterd.store.errors import StoreError
 
     logs.configure(level=log_level, json=None)
-    try:
-        config = load(config_path)
-    except ConfigError as error:
-        click.echo(f"meterd: bad config: {error}", err=True)
-        sys.exit(2)
+    config = load_config(config_path)
     try:
         outcome = run_migration(config, dry_run=dry_run)
     except (MigrationError, StoreError, OSError, sqlite3.Error) as error:

@@ -39,6 +39,7 @@ import click
 import trio
 
 from meterd import logs
+from meterd.cli._options import config_option
 from meterd.client import (
     INGEST_PATH,
     BatchResult,
@@ -219,14 +220,7 @@ def _fail(message: str) -> NoReturn:
     envvar="METERD_PRODUCER_TOKEN",
     help="The producer's bearer token. Default: $METERD_PRODUCER_TOKEN.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="Where to find [ingest] listen when no URL is given.",
-)
+@config_option("Where to find [ingest] listen when no URL is given.")
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),

@@ -40,6 +40,7 @@ from meterd.cli._api import (
     fail,
     path_segment,
 )
+from meterd.cli._options import name_values
 from meterd.cli._output import echo_json, print_table
 from meterd.cli._times import TIME, TIME_HELP, format_time
 from meterd.model import Window
@@ -204,16 +205,6 @@ def accounts(
 # ---- adjust ---------------------------------------------------------------------------------
 
 
-def _dimensions(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="'--dim'")
-        out[name] = value
-    return out
-
-
 def _quantity(text: str) -> str:
     try:
         number = Decimal(text)
@@ -293,7 +284,7 @@ def adjust(
     """
     key = _check_key(key)
     size = _WINDOWS[window]
-    dimensions = _dimensions(dims)
+    dimensions = name_values(dims, "--dim")
     amount = _quantity(quantity)
     if start % size.ms:
         aligned = start - start % size.ms

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import click
 
+from meterd.cli._options import config_option
+
 
 @click.command("token")
 @click.argument("account")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("config.toml"),
-    show_default=True,
-    help="The configuration holding [api] account_token_secret.",
-)
+@config_option("The configuration holding [api] account_token_secret.")
 def token(account: str, config_path: Path) -> None:
     """Print ACCOUNT's token: it opens that account's live usage websocket
     (/v1/accounts/ACCOUNT/usage/live) and nothing else."""

@@ -53,14 +53,13 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from decimal import Decimal
 from typing import Final
 
 import msgspec
 import structlog
 import trio
 
-from meterd.billing._corrections import AdjustmentKind
+from meterd.billing._corrections import AdjustmentRequest
 from meterd.billing._errors import BillingError, InvalidRequest
 from meterd.billing._errors import Unavailable as BillingUnavailable
 from meterd.config import PartitionsConfig
@@ -77,7 +76,7 @@ from meterd.partitions._messages import (
 from meterd.partitions._owner import _outcome, group_by_account
 from meterd.store import AppendResult, InvalidEvents, LogPosition, RejectedEvent
 
-from ._corrections import Outcome, Waiter
+from ._corrections import Outcome, Waiter, request_of
 from ._log import STREAM, log_name, log_subject, verdict_subject
 from ._nats import ClusterUnavailable, Connection, LogMessage, LogReader
 from ._placement import Fence
@@ -462,40 +461,14 @@ class ShardApplier:
             if found is not None:  # applied before this replay (billing ahead of the store)
                 log.info("cluster.applier.correction_found", shard=self.shard, seq=seq)
                 return found, None
-            dims = tuple(correction.dims)
+            request = request_of(correction)
             # checked again inside billing's transaction, right before it commits
             fence = None if self.fence is None else self.fence.check
-            if correction.kind == "adjust":
+            if isinstance(request, AdjustmentRequest):
                 return await billing.record_adjustment(
-                    correction.account,
-                    correction.meter,
-                    (correction.start, correction.end),
-                    dims,
-                    AdjustmentKind(correction.direction),
-                    Decimal(correction.quantity),
-                    correction.by,
-                    correction.at,
-                    correction.reason,
-                    log_seq=seq,
-                    key=correction.key or None,
-                    fence=fence,
+                    request, correction.at, log_seq=seq, fence=fence
                 )
-            if correction.kind == "void":
-                return await billing.record_void(
-                    correction.account,
-                    correction.event_id,
-                    correction.meter,
-                    correction.time,
-                    dims,
-                    correction.quantity,
-                    correction.by,
-                    correction.at,
-                    correction.reason,
-                    log_seq=seq,
-                    key=correction.key or None,
-                    fence=fence,
-                )
-            raise InvalidRequest(f"correction {correction.id}: unknown kind {correction.kind!r}")
+            return await billing.record_void(request, correction.at, log_seq=seq, fence=fence)
         except BillingUnavailable:
             raise
         except (BillingError, ValueError, ArithmeticError) as error:

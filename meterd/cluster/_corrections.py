@@ -28,7 +28,14 @@ import msgspec
 import structlog
 import trio
 
-from meterd.billing._corrections import Adjustment, AdjustmentKind, Void
+from meterd.billing._corrections import (
+    Adjustment,
+    AdjustmentKind,
+    AdjustmentRequest,
+    CorrectionRequest,
+    Void,
+    VoidRequest,
+)
 from meterd.billing._errors import BillingError, Unavailable
 from meterd.billing._restate import Restatement
 from meterd.ingest.server import wall_clock_ms
@@ -37,7 +44,7 @@ from meterd.partitions._messages import Correction, encode
 from ._log import log_subject
 from ._nats import ClusterUnavailable, Connection
 
-__all__ = ["Outcome", "ShardJournal", "Waiter"]
+__all__ = ["Outcome", "ShardJournal", "Waiter", "message_of", "request_of"]
 
 log = structlog.get_logger("meterd.cluster.corrections")
 
@@ -87,66 +94,22 @@ class ShardJournal:
         self.clock = clock
         self.published = 0
 
-    def _new(
-        self, kind: str, account: str, by: str, reason: str, meter: str, key: str
-    ) -> Correction:
-        return Correction(
+    def message(self, request: CorrectionRequest) -> Correction:
+        """``request`` as this shard's log message: a new message id, stamped now."""
+        return message_of(
+            request,
             id=f"correction:{self.node}:{uuid.uuid4().hex}",
             shard=self.shard,
-            kind=kind,
-            account=account,
-            by=by,
-            reason=reason,
             at=self.clock(),
-            meter=meter,
-            key=key,
         )
 
-    async def adjust(
-        self,
-        account: str,
-        meter: str,
-        span: tuple[int, int],
-        dims: tuple[str, ...],
-        kind: AdjustmentKind,
-        amount: Decimal,
-        by: str,
-        reason: str,
-        key: str,
-    ) -> tuple[Adjustment, Restatement | None]:
-        base = self._new("adjust", account, by, reason, meter, key)
-        correction = _with(
-            base,
-            start=span[0],
-            end=span[1],
-            dims=list(dims),
-            direction=kind.value,
-            quantity=str(amount),
-        )
-        record, restatement = await self._submit(correction)
+    async def adjust(self, adjustment: AdjustmentRequest) -> tuple[Adjustment, Restatement | None]:
+        record, restatement = await self._submit(self.message(adjustment))
         assert isinstance(record, Adjustment)
         return record, restatement
 
-    async def void(
-        self,
-        account: str,
-        event_id: str,
-        meter: str,
-        time_ms: int,
-        dims: tuple[str, ...],
-        quantity: str,
-        by: str,
-        reason: str,
-        key: str,
-    ) -> tuple[Void, Restatement | None]:
-        correction = _with(
-            self._new("void", account, by, reason, meter, key),
-            event_id=event_id,
-            time=time_ms,
-            dims=list(dims),
-            quantity=quantity,
-        )
-        record, restatement = await self._submit(correction)
+    async def void(self, void: VoidRequest) -> tuple[Void, Restatement | None]:
+        record, restatement = await self._submit(self.message(void))
         assert isinstance(record, Void)
         return record, restatement
 
@@ -187,5 +150,64 @@ class ShardJournal:
             self.applier.forget(correction.id)
 
 
-def _with(correction: Correction, **changes: object) -> Correction:
-    return msgspec.structs.replace(correction, **changes)
+def message_of(request: CorrectionRequest, *, id: str, shard: int, at: int) -> Correction:
+    """``request`` as a log message with ``id`` (its ``Nats-Msg-Id``), for ``shard``,
+    stamped ``at`` (ms); :func:`request_of` reads it back."""
+    adjustment = isinstance(request, AdjustmentRequest)
+    common = Correction(
+        id=id,
+        shard=shard,
+        kind="adjust" if adjustment else "void",
+        account=request.account,
+        by=request.by,
+        reason=request.reason,
+        at=at,
+        meter=request.meter,
+        dims=list(request.dims),
+        key=request.key or "",
+    )
+    if isinstance(request, AdjustmentRequest):
+        return msgspec.structs.replace(
+            common,
+            start=request.start,
+            end=request.end,
+            direction=request.kind.value,
+            quantity=str(request.quantity),
+        )
+    return msgspec.structs.replace(
+        common, event_id=request.event_id, time=request.time, quantity=request.quantity
+    )
+
+
+def request_of(correction: Correction) -> CorrectionRequest:
+    """The request a log message carries (:func:`message_of`): ``ValueError`` for a kind or
+    a direction this version does not know, ``ArithmeticError`` for a quantity that is no
+    decimal."""
+    dims = tuple(correction.dims)
+    key = correction.key or None  # "": none (a message of an older version)
+    if correction.kind == "adjust":
+        return AdjustmentRequest(
+            correction.account,
+            correction.meter,
+            correction.start,
+            correction.end,
+            dims,
+            AdjustmentKind(correction.direction),
+            Decimal(correction.quantity),
+            correction.by,
+            correction.reason,
+            key,
+        )
+    if correction.kind == "void":
+        return VoidRequest(
+            correction.account,
+            correction.event_id,
+            correction.meter,
+            correction.time,
+            dims,
+            correction.quantity,
+            correction.by,
+            correction.reason,
+            key,
+        )
+    raise ValueError(f"unknown kind {correction.kind!r}")

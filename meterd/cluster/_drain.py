@@ -8,14 +8,22 @@ wrapper in front of the node's app, like ``GET /v1/cluster``.
 * ``DELETE /v1/cluster/drain``: it takes its share again (by handoff from the others).
 * ``GET /v1/cluster/drain``: the same document, to watch ``shards`` empty.
 
-A drain lasts until it is undone or the process stops (a restarted node takes its share).
+A drain lasts until it is undone, across restarts of the node: :class:`DrainMark` keeps it
+in a small file beside the node's store (``<store path>.drain.json``), written before the
+answer, read at start before the first placement round (so a drained node that restarts
+takes no shard, as a cordoned host stays cordoned until an operator lifts it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,9 +32,76 @@ from meterd.api.auth import require_admin
 from meterd.api.errors import ApiError, error_response
 from meterd.config import ApiConfig
 
-__all__ = ["DRAIN_PATH", "DrainRoute"]
+__all__ = ["DRAIN_PATH", "DrainMark", "DrainMarkUnreadable", "DrainRoute"]
 
 DRAIN_PATH = "/v1/cluster/drain"
+
+log = structlog.get_logger("meterd.cluster")
+
+
+class DrainMarkUnreadable(Exception):
+    """The drain mark exists but cannot be read: the node does not guess whether it is
+    drained (the message says which file and what to do)."""
+
+
+class DrainMark:
+    """Whether node ``node`` is drained, kept in the file ``path`` (JSON: the node's name and
+    since when, epoch ms). Blocking file I/O: call it on a thread from Trio."""
+
+    def __init__(self, path: Path, node: str) -> None:
+        self.path = path
+        self.node = node
+
+    @classmethod
+    def beside(cls, store_path: Path, node: str) -> DrainMark:
+        """The mark of the node whose store is ``store_path``."""
+        return cls(store_path.with_name(store_path.name + ".drain.json"), node)
+
+    def load(self) -> bool:
+        """Whether the node was left drained; a mark written by another node (a store
+        directory reused under another ``[cluster] node``) is ignored, with a warning."""
+        try:
+            doc = json.loads(self.path.read_bytes())
+            node = doc["node"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DrainMarkUnreadable(
+                f"the drain mark {self.path} cannot be read ({error}): delete it to start"
+                " undrained, or write {\"node\": NAME} into it to start drained"
+            ) from None
+        if node != self.node:
+            log.warning(
+                "cluster.drain_mark_ignored",
+                path=str(self.path),
+                marked=str(node),
+                node=self.node,
+                hint="the mark names another node; delete it",
+            )
+            return False
+        return True
+
+    def save(self, draining: bool) -> None:
+        """Write (``draining``) or remove the mark, durably (fsync of the file and its
+        directory) before returning."""
+        if draining:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            doc = {"node": self.node, "since": time.time_ns() // 1_000_000}
+            with open(tmp, "wb") as out:
+                out.write(json.dumps(doc).encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        else:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                return
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 class DrainRoute:
@@ -37,7 +112,7 @@ class DrainRoute:
         self,
         app: Any,
         config: ApiConfig,
-        drain: Callable[[bool], None],
+        drain: Callable[[bool], Awaitable[None]],
         state: Callable[[], dict[str, Any]],
     ) -> None:
         self.app = app
@@ -49,10 +124,10 @@ class DrainRoute:
         if scope.get("type") != "http" or scope.get("path") != DRAIN_PATH:
             await self.app(scope, receive, send)
             return
-        response = self._answer(Request(scope, receive))
+        response = await self._answer(Request(scope, receive))
         await response(scope, receive, send)
 
-    def _answer(self, request: Request) -> Response:
+    async def _answer(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD", "POST", "DELETE"):
             return error_response(
                 405,
@@ -65,9 +140,9 @@ class DrainRoute:
         except ApiError as error:
             return error_response(error.status, error.code, error.message)
         if request.method == "POST":
-            self.drain(True)
+            await self.drain(True)
             return json_answer(self.state(), status=202)
         if request.method == "DELETE":
-            self.drain(False)
+            await self.drain(False)
             return json_answer(self.state(), status=202)
         return json_answer(self.state())

@@ -144,20 +144,12 @@ class JetStreamLinks:
         done(outcome)
 
     async def _publish(self, key: tuple[BatchId, int], message: Slice, arrived: trio.Event) -> None:
+        """Publish a slice to its shard's log and wait for its verdict, both within the
+        slice's timeout (``done`` gets :class:`OwnerUnavailable` when either fails)."""
         shard = message.shard
         with trio.move_on_after(self.slice_timeout):
-            try:
-                await self.connection.publish(
-                    log_subject(shard),
-                    encode(message),
-                    msg_id=slice_msg_id(message.batch, shard),
-                    timeout=self.slice_timeout,
-                )
-            except ClusterUnavailable as error:
-                self._finish(key, self._unavailable(shard, f"the log did not take it: {error}"))
-                return
-            self.published += 1
-            await arrived.wait()
+            if await self._to_log(key, message):
+                await self._verdict(arrived)
             return
         self._finish(
             key,
@@ -167,6 +159,28 @@ class JetStreamLinks:
                 " be down or the shard changing owner)",
             ),
         )
+
+    async def _to_log(self, key: tuple[BatchId, int], message: Slice) -> bool:
+        """Publish ``message`` to its shard's log: True once the log took it; False when it
+        did not (the slice is finished, unavailable). A subclass may time it (the cluster
+        bench does), as it may :meth:`_verdict`."""
+        shard = message.shard
+        try:
+            await self.connection.publish(
+                log_subject(shard),
+                encode(message),
+                msg_id=slice_msg_id(message.batch, shard),
+                timeout=self.slice_timeout,
+            )
+        except ClusterUnavailable as error:
+            self._finish(key, self._unavailable(shard, f"the log did not take it: {error}"))
+            return False
+        self.published += 1
+        return True
+
+    async def _verdict(self, arrived: trio.Event) -> None:
+        """Wait for the verdict of a slice the log took (``arrived`` is set by :meth:`run`)."""
+        await arrived.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe to this gateway's verdicts and hand them to the waiting slices."""

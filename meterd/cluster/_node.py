@@ -4,25 +4,31 @@ A node is, in one process:
 
 * a **gateway**: ingest and the operator API as with ``[partitions] owners >= 1``, its
   batches split by shard by the existing :class:`~meterd.partitions._gateway.GatewaySubmitter`
-  and sent through the log (:class:`~._gateway.JetStreamLinks`);
-* the **owner of the shards whose lease it took** at start: each shard's cell (its store
-  file in the shard layout) with a :class:`~._applier.ShardApplier` applying its log.
+  and sent through the log (:class:`~._gateway.JetStreamLinks`); queries for accounts of
+  shards held elsewhere are forwarded to their owners;
+* the **owner of the shards whose lease it holds**: each shard's cell (its store file in the
+  shard layout, billing and deliveries beside it) with a :class:`~._applier.ShardApplier`
+  applying its log, started from the shard's latest snapshot when that is newer than the
+  local file (:mod:`._snapshot`).
 
-Start: connect to ``[cluster] nats``, provision the stream and the lease bucket
-(:func:`~._log.provision`), take the lease of every shard nobody holds (key ``shard-SSS``,
-holder the node's name), create the shard files it lacks, and run the tree::
+Start: connect to ``[cluster] nats``, provision the stream and the buckets
+(:func:`~._log.provision`, the node registry, snapshots, closed periods), create the shard
+files it lacks, read the drain mark (:class:`~._drain.DrainMark`), and run the tree::
 
     root (one_for_one)
     ├── links                 verdicts for this node's gateway (core NATS)
-    ├── leases                renews the node's leases every ttl / 3
-    ├── shard-SSS ...         (rest_for_one) store-writer, accounts, deliveries, applier
+    ├── shards                (dynamic) one tree per shard held:
+    │   └── shard-SSS         (rest_for_one) store-writer, accounts, deliveries, applier,
+    │                         queries, snapshots
+    ├── placement             a round every lease_ttl / 3 (:mod:`._placement`)
     ├── ingest
     └── api
 
-A node that cannot renew a lease before it expires (or finds it taken) stops deciding: the
-``leases`` child fails at each restart and the tree gives up, so the process exits and its
-service manager restarts it (it then takes the shards that are free). Shards held by another
-node at start are not taken later (takeover and rebalancing are not built yet).
+Which shards a node holds is the placement rounds' decision: renewals of its leases,
+rendezvous ranking over the live nodes (free shards taken, a dead node's taken over once
+its leases expire, shards handed over by snapshot to a node that joins or away from a
+draining one). A node whose lease of a shard is refused, or not renewed before its fence's
+deadline, stops that shard at once; the others keep running.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
 from ._corrections import ShardJournal
-from ._drain import DrainRoute
+from ._drain import DrainMark, DrainMarkUnreadable, DrainRoute
 from ._gateway import JetStreamLinks
 from ._lease import Leases
 from ._log import provision
@@ -315,7 +321,25 @@ async def _run(
             "handing_over": sorted(placement.handing),
         }
 
-    api.app = DrainRoute(api.app, config.api, placement.drain, drain_state)
+    mark = DrainMark.beside(config.store_path, node)
+    try:
+        drained = await trio.to_thread.run_sync(mark.load)
+    except DrainMarkUnreadable as error:
+        raise StartupFailed(str(error)) from None
+    if drained:
+        log.info(
+            "cluster.node.drained_at_start",
+            node=node,
+            mark=str(mark.path),
+            hint="`meterd cluster drain --undo` (DELETE /v1/cluster/drain) lifts it",
+        )
+        placement.drain(True)  # before the first round: it takes no shard
+
+    async def drain(draining: bool) -> None:
+        await trio.to_thread.run_sync(mark.save, draining)  # durable before the answer
+        placement.drain(draining)
+
+    api.app = DrainRoute(api.app, config.api, drain, drain_state)
     specs = [
         sv.task_spec("links", links.run),
         shards.supervisor.as_child("shards"),

@@ -95,19 +95,30 @@ function put(el, ...children) {
 // A correction's idempotency key (docs/billing.md "Retrying a correction"): one per
 // submission, kept while the same submission is sent again after its answer was lost (no
 // answer, or 502/503/504), so the daemon records it at most once; a new one otherwise.
-function correctionKeys() {
-  let pending = null; // { request, key } of a submission whose answer was lost
+// The pending one is kept in sessionStorage (`name`): a reload of the page, or the browser
+// restoring the tab, must not turn a resubmission of the same form into a second record.
+function correctionKeys(name) {
+  const slot = `meterd.pendingCorrection.${name}`;
+  const load = () => {
+    try { return JSON.parse(sessionStorage.getItem(slot)); } catch { return null; }
+  };
+  const keep = (pending) => pending ? sessionStorage.setItem(slot, JSON.stringify(pending))
+    : sessionStorage.removeItem(slot);
   const fresh = () => "console-" + Array.from(crypto.getRandomValues(new Uint8Array(16)),
     (b) => b.toString(16).padStart(2, "0")).join("");
   return {
     keyFor(request) {
-      if (!pending || pending.request !== request) pending = { request, key: fresh() };
+      let pending = load();  // { request, key } of a submission whose answer was lost
+      if (!pending || pending.request !== request) {
+        pending = { request, key: fresh() };
+        keep(pending);  // before the POST: its answer may be lost with the page
+      }
       return pending.key;
     },
-    answered() { pending = null; },
+    answered() { keep(null); },
     failed(error) {
       const lost = !(error instanceof ApiError) || [502, 503, 504].includes(error.status);
-      if (!lost) pending = null;
+      if (!lost) keep(null);
       return lost;
     },
   };
@@ -273,6 +284,7 @@ function renderLogin(message) {
 async function start() {
   document.getElementById("nav").hidden = false;
   if (!state.meta) state.meta = await api("/v1/console/meta");
+  document.getElementById("nav-cluster").hidden = !state.meta.cluster_node;
   openStream();
   render();
 }
@@ -282,7 +294,7 @@ async function start() {
 const PAGES = {
   tree: treePage, actor: actorPage, ingest: ingestPage, accounts: accountsPage,
   account: accountPage, invoice: invoicePage, corrections: correctionsPage,
-  quarantine: quarantinePage,
+  quarantine: quarantinePage, cluster: clusterPage,
 };
 
 async function render() {
@@ -439,8 +451,10 @@ async function actorPage(root, { parts }) {
     quarantine = quarantineSection(first.account, load);
     extra.append(quarantine.el);
     await quarantine.load();
+    const recent = "Recent events (the last 50 received in 24 hours, newest first)";
+    const eventsTitle = h("h2", { id: "actor-events-title" }, recent);
     extra.append(h("h2", {}, "Usage, last 24 hours"), h("div", { id: "actor-usage" }),
-      h("h2", {}, "Recent events (the last 50 received in 24 hours, newest first)"),
+      eventsTitle, findEventsForm(first.account, eventsTitle, recent),
       h("div", { id: "actor-events" }),
       h("p", {}, h("a", { href: `#/account/${encodeURIComponent(first.account)}` },
         "All usage and invoices of this account ›")));
@@ -453,6 +467,40 @@ async function actorPage(root, { parts }) {
     extra.querySelector("#actor-events").replaceChildren(eventsTable(events.events));
   }
   return { onTick: async () => { await load(); if (quarantine) await quarantine.load(); } };
+}
+
+// Find an account's events by id and/or one property (any time, newest first: the
+// daemon filters, GET .../events?id=&property=); "Recent" shows the last day's again.
+function findEventsForm(account, title, recent) {
+  const id = h("input", { id: "events-id", placeholder: "event id" });
+  const property = h("input", { id: "events-property", placeholder: "NAME=VALUE" });
+  const out = h("div", { id: "events-message" });
+  async function show(params, heading) {
+    out.replaceChildren();
+    try {
+      const found = await api(`/v1/accounts/${encodeURIComponent(account)}/events${query({
+        limit: 50, order: "desc", ...params })}`);
+      title.textContent = heading;
+      document.getElementById("actor-events").replaceChildren(eventsTable(found.events));
+    } catch (error) {
+      showError(out, error);
+    }
+  }
+  const form = h("form", { class: "controls", id: "events-find", onsubmit: async (event) => {
+    event.preventDefault();
+    const wanted = { id: id.value.trim(), property: property.value.trim() };
+    if (!wanted.id && !wanted.property) {
+      out.replaceChildren(h("p", { class: "error", role: "alert" },
+        "Give an event id, a property as NAME=VALUE, or both."));
+      return;
+    }
+    const what = [wanted.id && `id ${wanted.id}`, wanted.property].filter(Boolean).join(", ");
+    await show(wanted, `Events with ${what} (any time, newest first, at most 50)`);
+  } }, h("label", {}, "Find events: id", id), h("label", {}, "property", property),
+  h("button", { type: "submit", id: "events-find-submit" }, "Find"),
+  h("button", { type: "button", onclick: () => show({ from: Date.now() - 86400000 }, recent) },
+    "Recent"));
+  return h("div", {}, form, out);
 }
 
 // An account's quarantined events, each with Release / Discard (who and why in the form
@@ -887,8 +935,8 @@ async function correctionsPage(root, { params }) {
   const summed = state.meta.meters.filter((m) => m.aggregation === "sum"
     || m.aggregation === "count");
   const out = h("div", { id: "corrections-result" });
-  const adjustKeys = correctionKeys();
-  const voidKeys = correctionKeys();
+  const adjustKeys = correctionKeys("adjust");
+  const voidKeys = correctionKeys("void");
   const field = (label, el) => h("label", {}, label, el);
   const input = (id, attrs = {}) => h("input", { id, required: true, ...attrs });
 
@@ -1016,3 +1064,59 @@ window.addEventListener("hashchange", () => { if (token()) render(); });
 document.getElementById("logout").addEventListener("click", () => logout());
 if (token()) start().catch((error) => renderLogin(String(error.message || error)));
 else renderLogin();
+
+// A cluster (a node with [cluster]): its nodes, which node owns which partitions at what
+// epoch, and the partitions whose owner has not applied its log to the end (GET /v1/cluster;
+// the figures are at most a placement round old). This tree page shows this node only.
+async function clusterPage(root) {
+  const nodes = h("table", { id: "cluster-nodes" });
+  const owners = h("table", { id: "cluster-owners" });
+  const lagging = h("div", { id: "cluster-lagging" });
+  const out = h("div");
+  root.append(h("h1", {}, `Cluster (this node: ${state.meta.cluster_node})`),
+    h("p", { class: "note" }, "Live nodes take the partitions they rank first for; a node"
+      + " that is down keeps its partitions until its leases expire and another takes them"
+      + " over. The Tree page shows this node's own supervision tree."),
+    out, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Partitions by owner"), owners,
+    h("h2", {}, "Partitions behind their log"), lagging);
+  const head = (...names) => h("thead", {}, h("tr", {}, names.map((c) => h("th", {}, c))));
+  async function load() {
+    let doc;
+    try {
+      doc = await api("/v1/cluster");
+    } catch (error) {
+      showError(out, error);
+      return;
+    }
+    out.replaceChildren();
+    nodes.replaceChildren(head("node", "status", "partitions"), h("tbody", {},
+      doc.nodes.map((n) => h("tr", { "data-node": n.name },
+        h("td", {}, n.name + (n.name === state.meta.cluster_node ? " (this node)" : "")),
+        h("td", { class: `status-${n.status}` }, n.status), h("td", { class: "num" },
+          n.partitions)))));
+    const by = new Map();
+    for (const p of doc.partitions) {
+      const owner = p.owner ?? "(none: free)";
+      const row = by.get(owner) || { partitions: 0, epochs: new Set(), lag: 0 };
+      row.partitions += 1;
+      if (p.epoch !== null && p.epoch !== undefined) row.epochs.add(p.epoch);
+      row.lag += p.lag || 0;
+      by.set(owner, row);
+    }
+    owners.replaceChildren(head("owner", "partitions", "epochs", "slices not applied"),
+      h("tbody", {}, [...by.entries()].sort().map(([owner, r]) => h("tr",
+        { "data-owner": owner }, h("td", {}, owner), h("td", { class: "num" }, r.partitions),
+        h("td", {}, [...r.epochs].sort((a, b) => a - b).join(", ") || "—"),
+        h("td", { class: "num" }, r.lag)))));
+    const behind = doc.partitions.filter((p) => p.lag > 0);
+    lagging.replaceChildren(behind.length ? h("table", {}, head("partition", "owner",
+      "applied seq", "lag"), h("tbody", {}, behind.slice(0, 100).map((p) => h("tr", {},
+      h("td", {}, p.partition), h("td", {}, p.owner ?? "—"),
+      h("td", { class: "num" }, p.applied_seq ?? "—"), h("td", { class: "num" }, p.lag)))))
+      : h("p", { class: "note", id: "cluster-none-behind" }, "none: every owner is at the"
+        + " end of its log"));
+  }
+  await load();
+  let ticks = 0;
+  return { onTick: () => { ticks += 1; return ticks % 3 === 0 ? load() : null; } };
+}

@@ -345,6 +345,7 @@ class Reader:
         cursor: str | None = None,
         *,
         newest_first: bool = False,
+        where: Callable[[Event], bool] | None = None,
     ) -> EventsPage:
         """Stored events with ``from_ms <= time < to_ms`` (and of ``meter`` if given), in
         journal (ingestion) order, ``limit`` at most; ``newest_first``: in the reverse
@@ -356,12 +357,18 @@ class Reader:
         larger ids and only ever appear after the ones already paged (newest first: they
         are not shown by the following pages, which go on toward the oldest). A cursor
         goes on in the order it was issued for.
+
+        ``where``: only the events it holds for (run on a reader thread: a pure test of the
+        event); ``limit`` counts those, and the scan goes on until it has them or the range
+        ends.
         """
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         tail = None if self._tail is None else self._tail(account)
         if newest_first:
-            return await self._newest_events(account, meter, from_ms, to_ms, limit, cursor, tail)
+            return await self._newest_events(
+                account, meter, from_ms, to_ms, limit, cursor, tail, where
+            )
         start_batch, start_index = (1, 0) if cursor is None else decode_cursor(cursor)
 
         def query(conn: sqlite3.Connection) -> EventsPage:
@@ -397,8 +404,10 @@ class Reader:
                     first = start_index if batch_id == start_batch else 0
                     for index in range(first, len(events)):
                         event = events[index]
-                        if from_ms <= event.time < to_ms and (
-                            meter is None or event.meter == meter
+                        if (
+                            from_ms <= event.time < to_ms
+                            and (meter is None or event.meter == meter)
+                            and (where is None or where(event))
                         ):
                             status = (
                                 set_aside.get((batch_id, event.id), "counted")
@@ -426,6 +435,7 @@ class Reader:
         limit: int,
         cursor: str | None,
         tail: list[TailEntry] | None,
+        where: Callable[[Event], bool] | None,
     ) -> EventsPage:
         """:meth:`events` newest first: the journal's batches read backwards, a chunk at a
         time (so the newest page of a long history reads a chunk, not the history); the
@@ -465,8 +475,10 @@ class Reader:
                         first = min(first, last_index)
                     for index in range(first, -1, -1):
                         event = events[index]
-                        if not (from_ms <= event.time < to_ms) or (
-                            meter is not None and event.meter != meter
+                        if (
+                            not (from_ms <= event.time < to_ms)
+                            or (meter is not None and event.meter != meter)
+                            or (where is not None and not where(event))
                         ):
                             continue
                         status = set_aside.get((batch_id, event.id), "counted")

@@ -18,6 +18,7 @@ from meterd.accounts.service import Accounts
 from meterd.billing import (
     Adjustment,
     AdjustmentKind,
+    AdjustmentRequest,
     Billing,
     BillingDB,
     Conflict,
@@ -30,6 +31,7 @@ from meterd.billing import (
     PriceBook,
     PriceRule,
     Restatement,
+    VoidRequest,
     render_explanation,
     render_invoice,
 )
@@ -552,8 +554,11 @@ async def test_a_version_1_database_migrates_and_its_restatements_keep_the_close
         [old] = await db.restatements("acme", NOV)
         assert old.unpriced == ()
         await db.add_adjustment(
-            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
-            Decimal(1), "alice", 0, "why",
+            AdjustmentRequest(
+                "acme", DYNO.name, DAY[1], DAY[2], ("std",), AdjustmentKind.CREDIT,
+                Decimal(1), "alice", "why",
+            ),
+            0,
         )  # fmt: skip
         assert await db.corrections_since_fixed(NOV, "acme") == []  # v1 recorded no mark
     finally:
@@ -568,12 +573,17 @@ async def test_a_crash_between_a_correction_and_its_restatement_keeps_the_cause(
         await b.close_period(NOV, by="ops")
         # what adjust() and void_event() commit first; the crash comes before the restatement
         credit = await b.db.add_adjustment(
-            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
-            Decimal(30), "alice", NOV.end_ms + 2, "goodwill",
+            AdjustmentRequest(
+                "acme", DYNO.name, DAY[1], DAY[2], ("std",), AdjustmentKind.CREDIT,
+                Decimal(30), "alice", "goodwill",
+            ),
+            NOV.end_ms + 2,
         )  # fmt: skip
         void = await b.db.add_void(
-            "acme", "b", DYNO.name, DAY[2] + HOUR_MS, ("std",), "10", "bob", NOV.end_ms + 3,
-            "duplicate",
+            VoidRequest(
+                "acme", "b", DYNO.name, DAY[2] + HOUR_MS, ("std",), "10", "bob", "duplicate"
+            ),
+            NOV.end_ms + 3,
         )  # fmt: skip
     # the restart: a new service on the same files
     async with billing(tmp_path) as b:

@@ -16,7 +16,14 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.billing import AdjustmentKind, Billing, BillingDB, Conflict, InvalidRequest
+from meterd.billing import (
+    AdjustmentKind,
+    AdjustmentRequest,
+    Billing,
+    BillingDB,
+    Conflict,
+    InvalidRequest,
+)
 from meterd.billing._db import MIGRATIONS, SCHEMA_VERSION
 from meterd.billing._errors import Unavailable
 from meterd.model import Window
@@ -59,15 +66,13 @@ async def test_a_version_3_database_migrates_in_place_and_keeps_its_corrections(
     try:
         [old] = await db.adjustments("acme", 0, 1)
         assert (old.id, old.key, old.reason) == (1, None, "old")
-        new = await db.add_adjustment(
-            "acme", DYNO.name, (0, 60_000), ("std",), AdjustmentKind.CREDIT, Decimal(5),
-            "alice", 2, "old", key="k",
+        wanted = AdjustmentRequest(
+            "acme", DYNO.name, 0, 60_000, ("std",), AdjustmentKind.CREDIT, Decimal(5),
+            "alice", "old", key="k",
         )  # fmt: skip
+        new = await db.add_adjustment(wanted, 2)
         assert (new.id, new.key, new.replayed) == (2, "k", False)
-        again = await db.add_adjustment(
-            "acme", DYNO.name, (0, 60_000), ("std",), AdjustmentKind.CREDIT, Decimal(5),
-            "alice", 3, "old", key="k",
-        )  # fmt: skip
+        again = await db.add_adjustment(wanted, 3)
         assert (again.id, again.at, again.replayed) == (2, 2, True)
         assert [a.id for a in await db.adjustments("acme", 0, 1)] == [1, 2]
     finally:
@@ -158,21 +163,19 @@ async def test_a_fence_that_lapsed_by_the_commit_writes_nothing(tmp_path: Path) 
         asked.append("fence")
         return "shard 3: lease lost"
 
+    wanted = AdjustmentRequest(
+        "acme", DYNO.name, DAY[1], DAY[2], ("std",), AdjustmentKind.CREDIT, Decimal(5),
+        "alice", "why", key="k",
+    )  # fmt: skip
     async with billing(tmp_path) as b:
         with pytest.raises(Unavailable, match="lease lost") as caught:
-            await b.record_adjustment(
-                "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
-                Decimal(5), "alice", 0, "why", log_seq=7, key="k", fence=lapsed,
-            )  # fmt: skip
+            await b.record_adjustment(wanted, 0, log_seq=7, fence=lapsed)
         assert caught.value.code == "fenced"
         assert asked == ["fence"]
         assert await b.db.adjustments("acme", NOV.start_ms, NOV.end_ms) == []
         assert await b.db.logged_correction(7) is None
         assert await b.db.keyed("acme", "k") is None
-        held, _ = await b.record_adjustment(
-            "acme", DYNO.name, (DAY[1], DAY[2]), ("std",), AdjustmentKind.CREDIT,
-            Decimal(5), "alice", 0, "why", log_seq=7, key="k", fence=lambda: None,
-        )  # fmt: skip
+        held, _ = await b.record_adjustment(wanted, 0, log_seq=7, fence=lambda: None)
         assert await b.db.logged_correction(7) == held
 
 

@@ -27,6 +27,20 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "ingest.listen" in result.stderr
 
 
+def test_migrate_refuses_a_bad_config_as_run_does(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[ingest]\nlisten = "nowhere"\n')
+    result = subprocess.run(
+        _meterd("migrate", "partitions", "--dry-run", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("meterd: bad config: ")
+    assert "ingest.listen" in result.stderr
+
+
 def test_run_starts_on_shipped_config_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"  # a copy, so the store lands in tmp_path/var
     config.write_text((ROOT / "config.toml").read_text())

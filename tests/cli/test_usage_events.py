@@ -119,3 +119,45 @@ def test_events_by_id_and_by_property(op: Operator) -> None:
     wrong = op.run("events", ACCOUNT, "--property", "size")
     assert wrong.exit_code == 2
     assert "'size' is not NAME=VALUE" in wrong.stderr
+
+
+def test_one_id_and_one_property_are_filtered_by_the_daemon_a_page_at_a_time(
+    op: Operator,
+) -> None:
+    by_id = op.json("events", ACCOUNT, "--id", "d3", "--limit", "1")
+    assert [e["id"] for e in by_id["events"]] == ["d3"]
+    assert by_id["next_cursor"] is None  # the daemon scanned to the end for it
+    # A page holds `limit` matching events; the cursor goes on to the next match.
+    first = op.json("events", ACCOUNT, "--property", "size=std", "--limit", "1")
+    assert [e["id"] for e in first["events"]] == ["d1"]
+    assert first["next_cursor"] is not None
+    second = op.json(
+        "events", ACCOUNT, "--property", "size=std", "--limit", "1", "--cursor",
+        first["next_cursor"],
+    )  # fmt: skip
+    assert [e["id"] for e in second["events"]] == ["d3"]
+    both = op.json("events", ACCOUNT, "--property", "app=web", "--id", "d2")
+    assert [e["id"] for e in both["events"]] == ["d2"]
+
+
+def test_the_events_route_filters_by_id_and_property_in_both_orders(op: Operator) -> None:
+    with httpx.Client(
+        base_url=op.daemon.api_url,
+        headers={"Authorization": f"Bearer {op.daemon.config.api.admin_token}"},
+    ) as client:
+
+        def ids(**params: Any) -> list[str]:
+            response = client.get(f"/v1/accounts/{ACCOUNT}/events", params=params)
+            assert response.status_code == 200, response.text
+            return [e["id"] for e in response.json()["events"]]
+
+        assert ids(property="database=main") == ["p1", "p2"]
+        assert ids(property="database=main", order="desc") == ["p2", "p1"]
+        assert ids(property="user=bob", order="desc") == ["u3"]
+        assert ids(id="u2") == ["u2"]
+        assert ids(id="u2", property="user=bob") == []
+        assert ids(id="u2", meter="dyno.seconds") == []
+        assert ids(property="user=") == []  # an empty value is a value: no such event
+        wrong = client.get(f"/v1/accounts/{ACCOUNT}/events", params={"property": "user"})
+    assert wrong.status_code == 400, wrong.text
+    assert wrong.json()["error"]["parameter"] == "property"

@@ -16,12 +16,13 @@ import pytest
 import trio
 
 from meterd.cluster import AsyncioBridge, connect, provision
+from meterd.cluster._drain import DrainMark, DrainMarkUnreadable
 from meterd.cluster._placement import Fence, Placement, lease_key, rendezvous
 from meterd.cluster._registry import NodeRegistry
 from meterd.config import Config
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_applier import cluster_config
-from tests.cluster.test_node import cluster_doc
+from tests.cluster.test_node import cluster_doc, node_config
 from tests.cluster.test_snapshot_takeover import snap_config
 from tests.cluster.test_takeover import (
     accounts_per_shard,
@@ -278,3 +279,60 @@ async def test_a_slow_shard_start_does_not_hold_up_the_renewals(
             assert placement.held[0].handle is handles[0]
             nursery.cancel_scope.cancel()
     await placement.release_all()
+
+
+# -- a drain is kept across restarts --------------------------------------------------------
+
+
+def test_the_drain_mark_says_whether_this_node_was_left_drained(tmp_path: Path) -> None:
+    mark = DrainMark.beside(tmp_path / "meterd.sqlite3", "n1")
+    assert mark.path == tmp_path / "meterd.sqlite3.drain.json"
+    assert not mark.load()  # never drained
+    mark.save(True)
+    assert mark.load()
+    assert not DrainMark(mark.path, "n2").load()  # another node's mark: ignored
+    mark.save(False)
+    assert not mark.path.exists()
+    assert not mark.load()
+    mark.save(False)  # undoing an undone drain is no error
+    mark.path.write_text("{not json")
+    with pytest.raises(DrainMarkUnreadable, match=r"drain\.json cannot be read.*delete it"):
+        mark.load()
+
+
+async def drain_state(config: Config, method: str = "GET") -> dict[str, object]:
+    token = {"Authorization": f"Bearer {config.api.admin_token}"}
+    async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
+        answer = await client.request(method, "/v1/cluster/drain", headers=token)
+        assert answer.status_code in (200, 202), answer.text
+        state: dict[str, object] = answer.json()
+        return state
+
+
+async def test_a_drained_node_that_restarts_stays_drained_until_undone(
+    tmp_path: Path, nats1: NatsCluster
+) -> None:
+    config = node_config(tmp_path / "n1", nats1)
+    mark = DrainMark.beside(config.store_path, "n1")
+    with trio.fail_after(180):
+        async with gateway(config, meterd_run=True) as node:
+            _, started = await node.wait_for(node.event("meterd_started"))
+            assert started["shards"] == [0, 1, 2, 3]
+            assert (await drain_state(config, "POST"))["draining"] is True
+            assert mark.load()  # written before the answer
+        async with gateway(config, meterd_run=True) as node:
+            _, started = await node.wait_for(node.event("meterd_started"))
+            assert started["shards"] == []  # drained from its first round on
+            await node.wait_for(node.event("cluster.node.drained_at_start", node="n1"))
+            assert (await drain_state(config))["draining"] is True
+            assert (await drain_state(config, "DELETE"))["draining"] is False
+            assert not mark.path.exists()
+            with trio.fail_after(60):  # it takes its shards again, a round at a time
+                while True:
+                    seen = len(node.lines)
+                    if (await drain_state(config))["shards"] == [0, 1, 2, 3]:
+                        break
+                    await node.wait_for(node.event("cluster.shard.owned"), after=seen)
+        async with gateway(config, meterd_run=True) as node:
+            _, started = await node.wait_for(node.event("meterd_started"))
+            assert started["shards"] == [0, 1, 2, 3]

@@ -251,3 +251,45 @@ def test_a_void_and_a_month_closed_from_the_forms(
     assert requested
     assert all(url.startswith(console_daemon.api_url + "/") for url in requested), requested
     assert not any(token in url for url in requested)
+
+
+def test_events_found_by_id_and_property_on_the_actor_page(
+    page: Any, console_daemon: DaemonProcess
+) -> None:
+    wanted = account_name(321)
+
+    async def send() -> None:
+        url, token = console_daemon.ingest_url, console_daemon.token("platform")
+        async with Producer(url, token, linger=0) as producer:
+            for index, app in enumerate(["api", "worker"]):
+                await producer.send(
+                    {
+                        "id": f"find-{index}",
+                        "account": wanted,
+                        "meter": "dyno.seconds",
+                        "quantity": "5",
+                        "time": HOUR + 1000 + index,
+                        "properties": {"size": "standard-1x", "app": app},
+                    }
+                )
+            await producer.flush()
+
+    trio.run(send)
+    page.goto(f"{console_daemon.api_url}/#/actor/{wanted}")
+    rows = page.locator("#actor-events tbody tr[data-event]")
+    page.locator("#actor-events tbody tr[data-event='find-1']").wait_for()
+    assert rows.count() == 3  # the seed event and the two above
+    page.click("#events-find-submit")  # nothing asked: said so, nothing replaced
+    page.locator("#events-message", has_text="Give an event id").wait_for()
+    page.fill("#events-id", "seed-321")
+    page.click("#events-find-submit")
+    page.locator("#actor-events-title", has_text="id seed-321").wait_for()
+    assert [rows.nth(i).get_attribute("data-event") for i in range(rows.count())] == ["seed-321"]
+    page.fill("#events-id", "")
+    page.fill("#events-property", "app=worker")
+    page.click("#events-find-submit")
+    page.locator("#actor-events-title", has_text="app=worker").wait_for()
+    assert [rows.nth(i).get_attribute("data-event") for i in range(rows.count())] == ["find-1"]
+    page.fill("#events-property", "app")  # not NAME=VALUE: the API's 400, shown
+    page.click("#events-find-submit")
+    page.locator("#events-message .error", has_text="property").wait_for()

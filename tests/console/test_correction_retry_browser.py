@@ -1,6 +1,6 @@
 """The console's correction form in a real browser: a submission whose answer is lost, sent
-again, carries the same ``Idempotency-Key`` and is recorded once; a new submission gets a
-new key. Waits on what the page shows, never on time."""
+again (after a reload of the page too), carries the same ``Idempotency-Key`` and is recorded
+once; a new submission gets a new key. Waits on what the page shows, never on time."""
 
 from __future__ import annotations
 
@@ -71,3 +71,51 @@ def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
         ("60", keys[0]),
         ("61", keys[2]),
     ]
+
+
+def test_a_lost_correction_sent_again_after_a_reload_keeps_its_key(
+    page: Any, console_daemon: DaemonProcess
+) -> None:
+    account = account_name(18)
+    keys: list[str] = []
+    lose = [True]
+
+    def adjustments(route: Any) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        if lose[0]:
+            lose[0] = False
+            route.fetch()  # recorded by the daemon, the answer lost
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(f"**/v1/accounts/{account}/adjustments", adjustments)
+
+    def fill_and_submit() -> None:
+        page.wait_for_selector("#adjust-form")
+        page.select_option("#adj-meter", "dyno.seconds")
+        page.fill("#adj-day", time_day(HOUR))
+        page.fill("#adj-quantity", "45")
+        page.fill("#adj-dim-size", "standard-1x")
+        page.fill("#adj-by", "console-test")
+        page.fill("#adj-reason", "sent again after a reload")
+        page.click("#adj-submit")
+        page.click("#confirm-ok")
+
+    page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
+    fill_and_submit()
+    page.locator("#correction-lost").wait_for()
+    page.reload()  # the page's memory is gone; the same form is filled in again
+    fill_and_submit()
+    status = page.locator("#corrections-result [role=status]")
+    status.wait_for()
+    assert "already recorded" in status.inner_text()
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    headers = {"Authorization": f"Bearer {console_daemon.config.api.admin_token}"}
+    listed = httpx.get(
+        f"{console_daemon.api_url}/v1/accounts/{account}/adjustments",
+        params={"from": 0, "to": HOUR + 40 * 86_400_000},
+        headers=headers,
+    ).json()["adjustments"]
+    assert [(a["quantity"], a["idempotency_key"]) for a in listed] == [("45", keys[0])]
