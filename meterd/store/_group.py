@@ -9,7 +9,7 @@ Rules:
   group rolled back: nothing of it was written). It never resolves an operation itself.
   A commit round (:mod:`meterd.store._rounds`) calls its three steps instead:
   :meth:`~GroupTransactions.prepare` (every statement, the transaction left open) on the
-  round's thread, :meth:`~GroupTransactions.commit` on a commit thread, then
+  Trio thread, :meth:`~GroupTransactions.commit` on a commit thread, then
   :meth:`~GroupTransactions.committed`; one at a time for a file, never two at once.
 * One ``BEGIN IMMEDIATE`` ... ``COMMIT`` per group: the operations' rows
   (:mod:`meterd.store._appends` for appends; :data:`TABLES` for the rows of checkpoints and

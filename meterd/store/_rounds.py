@@ -69,7 +69,7 @@ commits one more): an owner holds 16 shard files at most."""
 
 @dataclass(frozen=True, slots=True)
 class RoundJob:
-    """One member's group in a round: what the round's thread writes (``groups`` on
+    """One member's group in a round: what the round writes (``groups`` on
     ``connection``) and what the member answers afterwards (``queued``: its operations
     and their replies, opaque to the loop)."""
 
@@ -102,10 +102,10 @@ class Member(Protocol):
         self, job: RoundJob, written: Committed | GroupFailed | None, took: float
     ) -> None:
         """Answer the group's operations: ``written`` (``None``: barriers only), ``took``
-        seconds from the round's thread call to its end."""
+        seconds from the round's first statement to its last commit."""
 
     def _round_undo(self, job: RoundJob) -> None:
-        """The round's thread call never ran (or died): the group is queued again."""
+        """The round did not write the group (interrupted): it is queued again."""
 
     def _crash(self, error: BaseException) -> None:
         """``_round`` raised ``error``: the writer's own task is to raise it."""

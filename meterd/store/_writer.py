@@ -16,7 +16,7 @@ Rules:
 * Rounds: given a :class:`~meterd.store._rounds.CommitRounds` (an owner process's shard
   files), the writer does not loop: it joins that shared loop once ready, whose rounds
   commit every member file with operations queued together (one transaction each: their
-  statements on the round's thread one file after the other, their ``COMMIT`` statements
+  statements on the Trio thread one file after the other, their ``COMMIT`` statements
   concurrently) under the same pacing, and answer once every file of the round is durable;
   it leaves at its stop and writes its last group itself. A group that raises in a round
   ends this writer's task.
@@ -274,7 +274,7 @@ class Writer:
         self.on_checkpoint: Callable[[float], None] | None = None
         # Metrics hook: seconds each committed group of client operations took, from its
         # write handed to the thread to its commit (the console's commit-latency chart; in
-        # commit rounds, the round's thread call: every file of the round durable).
+        # commit rounds, from the round's first statement until every file of it is durable).
         self.on_commit: Callable[[float], None] | None = None
 
     # -- state ------------------------------------------------------------------------
@@ -464,8 +464,8 @@ class Writer:
         return RoundJob(self._groups, self._connection, group, queued, barriers_only)
 
     def _round_undo(self, job: RoundJob) -> None:
-        """The round's thread call did not run (or died): nothing of ``job`` was committed,
-        so its operations go back to the front of the queue for the next attempt."""
+        """The round did not write ``job`` (interrupted, or its statements raised): nothing
+        of it was committed, so its operations go back to the front of the queue."""
         try:
             self._queue[:0] = job.queued
             self._in_flight = 0
