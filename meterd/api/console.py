@@ -405,13 +405,13 @@ def _status_of(node: Node) -> str:
 def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> Any:
     """``(total, matched, the page's nodes)`` without a row per meter actor, for the
     common questions (no status filter, or ``running``): the tree's first pages, a
-    search, a sort by name, mailbox, memory or rate; None for the others
+    search, a sort by name, mailbox, memory, rate or restarts; None for the others
     (:func:`_by_status`, :func:`_running_in_order`, :func:`_slow`).
 
     ``running``: the actors that are not running are few and indexed by their supervisor
     (``DynamicSupervisor.not_running``), so the others are counted without a look and
     those few are left out of the candidates by id."""
-    if query.status not in (None, "running") or query.sort == "restarts":
+    if query.status not in (None, "running"):
         return None
     root, big, registry = daemon.tree, daemon.accounts.supervisor, daemon.accounts.registry
     items = outline(root, big)
@@ -453,6 +453,13 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
     if actors is not None:
         base = len(static)
         running = query.status == "running"
+        # A sort by restarts: the few restarted actors from their supervisor's index;
+        # every other one has none.
+        restarts = (
+            {str(info.id): info.restarts for info in big.restarted()}
+            if query.sort == "restarts"
+            else {}
+        )
         for index, key in enumerate(registry.keys()):
             account = str(key)
             if search is not None and search not in account.lower():
@@ -461,6 +468,8 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
                 continue
             if query.sort in ("tree", "name"):
                 value: Any = base + index if query.sort == "tree" else account
+            elif query.sort == "restarts":
+                value = restarts.get(account, 0)
             else:
                 ref = registry.whereis(key)
                 actor = _actor_of(ref)
@@ -473,6 +482,11 @@ def _fast(daemon: Daemon, query: NodesQuery, search: str | None, now: float) -> 
                 else:
                     value = actor.events_per_second(now)
             candidates.append((value, base + index, account))
+        if restarts and not running:  # restarting ones hold no name: placed after the rest
+            after = base + len(candidates)
+            for index, (account, count) in enumerate(restarts.items()):
+                if account not in registry and (search is None or search in account.lower()):
+                    candidates.append((count, after + index, account))
     descending = query.order == "desc"
     if descending:
         picked = heapq.nlargest(end, candidates, key=lambda c: (c[0], -c[1]))

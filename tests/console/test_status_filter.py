@@ -148,3 +148,51 @@ async def test_running_in_tree_order_pages_past_the_actors_not_running(
         assert paged is not None
         assert paged[:2] == walked[:2], params
         assert [n[1] for n in paged[2]] == [n[1] for n in walked[2]], params
+
+
+async def test_a_sort_by_restarts_answers_as_the_walk_looking_at_the_restarted_only(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crashed actors (restarting, their names released) and the restarted ones come
+    first, as in the walk; the others are not looked at (no ``ChildInfo`` each)."""
+    daemon, _ = await daemon_like(nursery)
+    meters = daemon.accounts.supervisor
+    for tag in ("acct-00300", "acct-02000"):  # restarted by an operator: running again
+        await meters.stop_and_restart_child(tag)
+    await trio.testing.wait_all_tasks_blocked()
+    now = trio.current_time()
+    looked = 0
+    of = sv.ChildInfo.of
+
+    def counted(child: Any) -> Any:
+        nonlocal looked
+        looked += 1
+        return of(child)
+
+    restarted = {f"acct-{i:05}" for i in (*CRASHED, 300, 2000)}
+
+    def rows(nodes: list[Any]) -> list[tuple[str, int]]:
+        return [(n[1].rsplit("/", 1)[-1], 0 if n[0] is None else n[0].restarts) for n in nodes]
+    for params in (
+        {"sort": "restarts", "order": "desc", "limit": 10},
+        {"sort": "restarts", "order": "desc", "limit": 3, "offset": 2},
+        {"sort": "restarts", "order": "desc", "search": "acct-02"},
+        {"sort": "restarts", "order": "desc", "status": "running", "limit": 4},
+        {"sort": "restarts", "order": "asc", "limit": 5},
+    ):
+        query = msgspec.convert(params, NodesQuery)
+        search = query.search.lower() if query.search else None
+        walked = await console._slow(daemon, query, search, now, set())
+        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(counted))
+        looked = 0
+        quick = console._fast(daemon, query, search, now)
+        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(of))
+        assert quick is not None, params
+        assert quick[:2] == walked[:2], params
+        quick_rows, walked_rows = rows(quick[2]), rows(walked[2])
+        if query.order == "desc":  # the restarted first: the same ones, the same counts
+            top = [row for row in walked_rows if row[1]]
+            assert sorted(quick_rows[: len(top)]) == sorted(top), params
+            assert {name for name, n in quick_rows if n} <= restarted, params
+        assert [n for _, n in quick_rows] == [n for _, n in walked_rows], params
+        assert looked <= query.limit + 20, (params, looked)

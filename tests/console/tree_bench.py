@@ -10,8 +10,8 @@ subprocess (the shipped config, free ports, a temporary store), wakes ``--accoun
   ``?search=...`` (one account), ``?offset=N-50`` (the last page);
 * the status filters: ``restarting``, ``stopped``, ``hibernated``, ``quarantined`` (a look
   at the few actors of that status only), ``running`` (first page, and sorted by rate);
-* a second baseline: ``?status=running&sort=restarts``, which still walks every actor (a
-  row's restart count is only in its supervisor's record).
+* ``?sort=restarts&order=desc``, with and without ``status=running`` (the restarted actors
+  from their supervisor's index, the others known to have none).
 
 The walk is linear in the awake actors; the browser gets 50 rows whatever the tree holds.
 """
@@ -62,7 +62,12 @@ def main() -> None:
                     {"status": "running", "sort": "rate", "order": "desc"},
                 ),
                 (
-                    "walk: running, sort=restarts",
+                    "nodes, sort=restarts desc",
+                    "/v1/tree/nodes",
+                    {"sort": "restarts", "order": "desc"},
+                ),
+                (
+                    "nodes, running, sort=restarts",
                     "/v1/tree/nodes",
                     {"status": "running", "sort": "restarts", "order": "desc"},
                 ),

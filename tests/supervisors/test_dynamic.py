@@ -249,3 +249,47 @@ async def test_not_running_lists_the_children_a_walk_finds_not_running(
     await trio.testing.wait_all_tasks_blocked()
     check({})
     assert len(dyn) == 5  # a, b, d, e, slow
+
+
+def restarted_by_walk(dyn: sv.DynamicSupervisor) -> dict[str, int]:
+    return {str(info.id): info.restarts for info in dyn.iter_children() if info.restarts}
+
+
+async def test_restarted_lists_the_children_a_walk_finds_restarted(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``restarted()`` (an index, not a walk) against a walk of every child: a crash waiting
+    out its backoff (restarting), a restart done, an operator restart, a restarted child
+    terminated, children never restarted (not listed)."""
+    dyn = sv.DynamicSupervisor(max_restarts=100, max_seconds=1)
+    await nursery.start(dyn.run)
+    gates: dict[str, trio.Event] = {}
+    backoff = sv.Backoff(initial=10, maximum=10, jitter=0)
+    refs = {
+        tag: await dyn.start_child(sv.actor_spec(tag, Gated, gates, tag, backoff=backoff))
+        for tag in ("a", "b", "c", "d", "e")
+    }
+
+    def check(expected: dict[str, int]) -> None:
+        assert restarted_by_walk(dyn) == expected
+        assert {str(i.id): i.restarts for i in dyn.restarted()} == expected
+
+    check({})
+    await refs["b"].cast("crash")
+    await refs["c"].cast("crash")
+    await trio.testing.wait_all_tasks_blocked()
+    check({"b": 1, "c": 1})  # restarting: counted before their restart runs
+    autojump_clock.jump(10)
+    await trio.testing.wait_all_tasks_blocked()
+    check({"b": 1, "c": 1})  # restarted and running
+    await dyn.stop_and_restart_child("d")  # an operator restart
+    await trio.testing.wait_all_tasks_blocked()
+    check(restarted_by_walk(dyn))
+    assert "d" in restarted_by_walk(dyn)
+    await dyn.terminate_child(dyn.child_info("c").ref)  # gone: not listed any more
+    await dyn.child_info("b").ref.cast("crash")
+    await trio.testing.wait_all_tasks_blocked()
+    autojump_clock.jump(10)
+    await trio.testing.wait_all_tasks_blocked()
+    check({"b": 2, "d": restarted_by_walk(dyn)["d"]})
+    assert len(dyn) == 4
