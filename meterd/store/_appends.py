@@ -35,6 +35,7 @@ from meterd.model import Event
 
 from . import codec, retention, schema
 from ._ops import Append, AppendResult, BatchAppend, Encoded
+from ._rows import insert_rows
 from .errors import InvalidEvents, StoreCorruptError
 from .journal_index import DedupeRow, JournalTail, NewBatch
 from .retention import too_late_message
@@ -209,7 +210,8 @@ class Appends:
             )  # fmt: skip
         conn = self.conn
         if batch_rows:
-            conn.executemany(
+            insert_rows(
+                conn,
                 "INSERT INTO event_batches"
                 " (batch_id, account, received_at, count, payload, min_time, max_time)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -451,7 +453,8 @@ class Appends:
         known = self.known_accounts
         new = [(account, self.now) for account in accounts if account not in known]
         if new:
-            self.conn.executemany(
+            insert_rows(
+                self.conn,
                 "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, 0, ?)"
                 " ON CONFLICT (account) DO NOTHING",
                 new,

@@ -7,6 +7,10 @@ Rules:
   :class:`Committed` (one outcome per operation, and what the Trio side must learn: the new
   journal batches and dedupe rows, the slices passed) or a :class:`GroupFailed` (the whole
   group rolled back: nothing of it was written). It never resolves an operation itself.
+  A commit round (:mod:`meterd.store._rounds`) calls its three steps instead:
+  :meth:`~GroupTransactions.prepare` (every statement, the transaction left open) on the
+  Trio thread, :meth:`~GroupTransactions.commit` on a commit thread, then
+  :meth:`~GroupTransactions.committed`; one at a time for a file, never two at once.
 * One ``BEGIN IMMEDIATE`` ... ``COMMIT`` per group: the operations' rows
   (:mod:`meterd.store._appends` for appends; :data:`TABLES` for the rows of checkpoints and
   quarantines; :mod:`meterd.store._quarantine` for releases and discards), then the work
@@ -55,6 +59,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
+from ._rows import insert_rows
 from .commitmark import CommitMark
 from .errors import Fenced, PositionMismatch
 from .journal_index import DedupeRow, JournalTail, NewBatch, pass_slices
@@ -69,6 +74,7 @@ __all__ = [
     "Committed",
     "GroupFailed",
     "GroupTransactions",
+    "Prepared",
     "is_disk_full",
 ]
 
@@ -146,6 +152,20 @@ class GroupFailed:
         return is_disk_full(self.error)
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A group's transaction written up to its ``COMMIT``, still open on its connection
+    (:meth:`GroupTransactions.prepare`): each operation's outcome so far and what its commit
+    will carry (``pass_error``: why its pass failed, the group then written without one)."""
+
+    group: Sequence[Operation]
+    outcomes: list[Any]
+    txn: Appends
+    passed: Sequence[int]
+    swept: _Swept | None
+    pass_error: Exception | None = None
+
+
 class _PassFailed(Exception):
     """Raised inside a group transaction when its pass failed (``__cause__``: why)."""
 
@@ -196,7 +216,21 @@ class GroupTransactions:
     def write(
         self, conn: sqlite3.Connection, group: Sequence[Operation], *, passes: bool = True
     ) -> Committed | GroupFailed:
-        """The group's transaction (see the module doc)."""
+        """The group's transaction (see the module doc): :meth:`prepare`, :meth:`commit`,
+        :meth:`committed` in a row."""
+        prepared = self.prepare(conn, group, passes=passes)
+        if isinstance(prepared, GroupFailed):
+            return prepared
+        failed = self.commit(conn, prepared)
+        return failed if failed is not None else self.committed(prepared)
+
+    def prepare(
+        self, conn: sqlite3.Connection, group: Sequence[Operation], *, passes: bool = True
+    ) -> Prepared | GroupFailed:
+        """The group's transaction up to its ``COMMIT``: every statement, left open (or, if
+        one failed, rolled back: :class:`GroupFailed`). Then :meth:`commit`, on any thread,
+        and, once it committed, :meth:`committed` (a commit round prepares its files on one
+        thread and commits them concurrently: meterd.store._rounds)."""
         outcomes: list[Any] = [None] * len(group)
         probe = any(isinstance(op, Probe) for op in group)
         housekeeping_only = all(isinstance(op, _HOUSEKEEPING) for op in group)
@@ -268,22 +302,40 @@ class GroupTransactions:
             if probe:
                 conn.execute(PROBE_SQL)
                 conn.execute(PROBE_SQL)
-            _check_fences(group)
-            conn.execute("COMMIT")
         except Exception as exc:
-            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as rollback_error:
-                    exc.add_note(f"and the ROLLBACK failed: {rollback_error}")
+            _roll_back(conn, exc)
             if isinstance(exc, _PassFailed) and isinstance(exc.__cause__, Exception):
                 self.passes_resume_ms = txn.now + PASS_RETRY_MS
-                again = self.write(conn, group, passes=False)
-                if isinstance(again, Committed):
-                    return _with_pass_error(again, exc.__cause__)
+                again = self.prepare(conn, group, passes=False)
+                if isinstance(again, Prepared):
+                    again.pass_error = exc.__cause__
                 return again
             return GroupFailed(exc)
+        return Prepared(group, outcomes, txn, passed, swept)
+
+    @staticmethod
+    def commit(conn: sqlite3.Connection, prepared: Prepared) -> GroupFailed | None:
+        """``COMMIT`` the transaction :meth:`prepare` left open (the fences checked just
+        before it), or roll it back: ``None`` once it committed (durable), else why not.
+        Thread-safe against the other files' commits: it touches only ``conn``."""
+        try:
+            _check_fences(prepared.group)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            _roll_back(conn, exc)
+            return GroupFailed(exc)
+        return None
+
+    def abandon(self, conn: sqlite3.Connection, prepared: Prepared, error: Exception) -> None:
+        """Roll back what :meth:`prepare` left open, never committed (its round failed)."""
+        _roll_back(conn, error)
+
+    def committed(self, prepared: Prepared) -> Committed:
+        """After :meth:`commit` committed: the state carried to the next group, and what the
+        Trio side learns (writer's thread, or the round's)."""
         # Committed: nothing below may turn the group into a failed one.
+        txn, swept = prepared.txn, prepared.swept
+        outcomes, passed = prepared.outcomes, prepared.passed
         if txn.new_batches:
             self.commit_mark.record(txn.next_batch_id - 1)
         self.known_accounts.update(txn.new_accounts)
@@ -305,7 +357,7 @@ class GroupTransactions:
             txn.new_dedupe_by_slice,
             passed,
             txn.now,
-            None,
+            prepared.pass_error,
             deleted,
         )
 
@@ -329,16 +381,13 @@ class GroupTransactions:
 _HOUSEKEEPING: Final = (Probe, IndexPass, SweepSlice)
 
 
-def _with_pass_error(committed: Committed, error: Exception) -> Committed:
-    return Committed(
-        committed.outcomes,
-        committed.new_batches,
-        committed.new_dedupe,
-        committed.passed,
-        committed.now,
-        error,
-        committed.swept,
-    )
+def _roll_back(conn: sqlite3.Connection, error: Exception) -> None:
+    """Roll back the connection's open transaction, if any, after ``error``."""
+    if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as rollback_error:
+            error.add_note(f"and the ROLLBACK failed: {rollback_error}")
 
 
 def _check_fences(group: Sequence[Operation]) -> None:
@@ -379,7 +428,8 @@ def _checkpoint(conn: sqlite3.Connection, op: Checkpoint, now: int) -> Exception
             windows = _merged(conn, account, op.windows, op.merge)
         except Exception as error:  # the caller's states: this checkpoint fails alone
             return error
-    conn.executemany(
+    insert_rows(
+        conn,
         TABLES["windows"],
         [(account, meter, start, dims, state) for meter, start, dims, state in windows],
     )

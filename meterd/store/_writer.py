@@ -15,9 +15,11 @@ Rules:
   at once if that is past: under load groups grow instead of multiplying.
 * Rounds: given a :class:`~meterd.store._rounds.CommitRounds` (an owner process's shard
   files), the writer does not loop: it joins that shared loop once ready, whose rounds
-  commit every member file with operations queued together (one transaction each, from
-  their own threads) under the same pacing; it leaves at its stop and writes its last group
-  itself. A group that raises in a round ends this writer's task.
+  commit every member file with operations queued together (one transaction each: their
+  statements on the Trio thread one file after the other, their ``COMMIT`` statements
+  concurrently) under the same pacing, and answer once every file of the round is durable;
+  it leaves at its stop and writes its last group itself. A group that raises in a round
+  ends this writer's task.
 * Failure: a group that fails (``database or disk is full``, an I/O error) is rolled back,
   **every** client operation of it fails with :class:`CommitFailed` (``__cause__``: the
   sqlite3 error), one ``store_commit_failed`` line is logged, and the loop goes on:
@@ -96,7 +98,7 @@ from ._ops import (
     WindowMerge,
     WindowWrite,
 )
-from ._rounds import CommitRounds
+from ._rounds import CommitRounds, RoundJob
 from .commitmark import CommitMark
 from .errors import CommitFailed
 from .journal_index import JournalTail, catch_up, pass_everything, rebuild_tail
@@ -271,7 +273,8 @@ class Writer:
         # Metrics hook: seconds each checkpoint took, from its call until it was committed.
         self.on_checkpoint: Callable[[float], None] | None = None
         # Metrics hook: seconds each committed group of client operations took, from its
-        # write handed to the thread to its commit (the console's commit-latency chart).
+        # write handed to the thread to its commit (the console's commit-latency chart; in
+        # commit rounds, from the round's first statement until every file of it is durable).
         self.on_commit: Callable[[float], None] | None = None
 
     # -- state ------------------------------------------------------------------------
@@ -446,11 +449,41 @@ class Writer:
             rounds.leave(self)
             self._crashed = None
 
-    async def _round(self) -> None:
-        """This writer's group in a round of the shared loop (nothing if it left)."""
-        async with self._group_lock:
-            if self._in_rounds and self._queue and self._connection is not None:
-                await self._commit_group()
+    def _round_take(self) -> RoundJob | None:
+        """The commit loop takes this writer's queued group for its round (Trio thread):
+        the group lock is held until :meth:`_round_done` or :meth:`_round_undo`. ``None``
+        if it left, has nothing queued, or writes its last group itself (a stop)."""
+        if not (self._in_rounds and self._queue and self._connection is not None):
+            return None
+        try:
+            self._group_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        queued, group = self._take_group()
+        barriers_only = all(isinstance(op, Barrier) for op in group)
+        return RoundJob(self._groups, self._connection, group, queued, barriers_only)
+
+    def _round_undo(self, job: RoundJob) -> None:
+        """The round did not write ``job`` (interrupted, or its statements raised): nothing
+        of it was committed, so its operations go back to the front of the queue."""
+        try:
+            self._queue[:0] = job.queued
+            self._in_flight = 0
+            self._room.unpark_all()
+        finally:
+            self._group_lock.release()
+
+    def _round_done(
+        self, job: RoundJob, written: Committed | GroupFailed | None, took: float
+    ) -> None:
+        """The round wrote ``job`` (``written``; ``None``: barriers only): answer its
+        operations, as :meth:`_commit_group` does for a group of this writer's own."""
+        try:
+            self._in_flight = 0
+            self._room.unpark_all()
+            self._settle_group(job.queued, job.group, written, took)
+        finally:
+            self._group_lock.release()
 
     def _crash(self, error: BaseException) -> None:
         """A group of this writer raised in the shared loop: the writer's task raises it."""
@@ -462,12 +495,16 @@ class Writer:
             self._crash_error = error
         crashed.set()
 
-    async def _commit_group(self) -> bool:
-        """Write the queued operations as one group; whether more arrived meanwhile."""
+    def _take_group(self) -> tuple[list[tuple[Operation, _Reply]], list[Operation]]:
         queued, self._queue = self._queue, []
         group = [op for op, _ in queued]
         self._in_flight = len(group)
         self._last_start = trio.current_time()
+        return queued, group
+
+    async def _commit_group(self) -> bool:
+        """Write the queued operations as one group; whether more arrived meanwhile."""
+        queued, group = self._take_group()
         barriers_only = all(isinstance(op, Barrier) for op in group)
         took = 0.0
         try:
@@ -489,6 +526,16 @@ class Writer:
         finally:
             self._in_flight = 0
             self._room.unpark_all()
+        return self._settle_group(queued, group, written, took)
+
+    def _settle_group(
+        self,
+        queued: list[tuple[Operation, _Reply]],
+        group: Sequence[Operation],
+        written: Committed | GroupFailed | None,
+        took: float,
+    ) -> bool:
+        """Answer a written group's operations (Trio thread); whether more are queued."""
         clients = [op for op in group if not isinstance(op, _HOUSEKEEPING)]
         probe = any(isinstance(op, Probe) for op in group)
         stats = self.stats

@@ -60,6 +60,7 @@ from operator import itemgetter
 from typing import Final, TypeAlias
 
 from . import codec
+from ._rows import insert_rows
 from .schema import SLICES, account_bucket, dedupe_row_key, slice_of
 
 __all__ = [
@@ -207,6 +208,9 @@ _UPSERT_DEDUPE: Final = (
 )
 """A dedupe row, replacing the row of its key if there is one (a forgotten one: see the
 module doc)."""
+_INSERT_INDEX: Final = (
+    "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)"
+)
 
 
 def pass_slices(
@@ -226,17 +230,14 @@ def pass_slices(
         keys.extend(tail.rows(k))
         keys.extend(new_dedupe.get(k, ()))
     keys.sort()
-    conn.executemany(_UPSERT_DEDUPE, keys)
+    insert_rows(conn, _UPSERT_DEDUPE, keys)
     wanted = set(slices)
     rows: list[tuple[str, int, int, int]] = [row for row in new if tail.slice_of(row[0]) in wanted]
     for k in slices:
         for account, flat in tail.slices[k].items():
             rows.extend(zip(repeat(account), flat[0::3], flat[1::3], flat[2::3], strict=False))
     rows.sort()  # the index's order: each account's entries land together
-    conn.executemany(
-        "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",
-        rows,
-    )
+    insert_rows(conn, _INSERT_INDEX, rows)
     conn.executemany(
         "UPDATE journal_slices SET upto = ? WHERE slice = ?", [(upto, k) for k in slices]
     )
@@ -310,10 +311,7 @@ def catch_up(conn: sqlite3.Connection) -> int:
     transaction; the rows are :func:`rebuild_tail`'s); the batches indexed."""
     with _immediate(conn):
         new, new_dedupe = rebuild_tail(conn)
-        conn.executemany(
-            "INSERT INTO journal_index (account, batch_id, min_time, max_time) VALUES (?, ?, ?, ?)",
-            sorted(new),
-        )
-        conn.executemany(_UPSERT_DEDUPE, sorted(chain.from_iterable(new_dedupe.values())))
+        insert_rows(conn, _INSERT_INDEX, sorted(new))
+        insert_rows(conn, _UPSERT_DEDUPE, sorted(chain.from_iterable(new_dedupe.values())))
         conn.execute("UPDATE journal_slices SET upto = ?", (_last_batch_id(conn),))
     return len(new)

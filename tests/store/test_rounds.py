@@ -13,7 +13,7 @@ import structlog
 import trio
 import trio.testing
 
-from meterd.store import CommitRounds, Writer
+from meterd.store import AppendResult, CommitFailed, CommitRounds, Writer
 from meterd.store import wal as wal_module
 from tests.store.helpers import Collector, ev, faulty_writer, rows, store_config, until
 
@@ -65,11 +65,13 @@ async def test_a_file_waits_for_the_round_under_load_and_groups_grow(tmp_path: P
             slow.submit("a", [ev("s1", "a")], done)
             fast.submit("b", [ev("f1", "b")], done)
             await trio.to_thread.run_sync(entered.wait)
-            await until(fast, lambda: fast.stats.commits == 1)  # its part of the round is done
             for i in range(5):  # queued while the round waits for the slow file
                 fast.submit("b", [ev(f"f{i + 2}", "b")], done)
             await trio.testing.wait_all_tasks_blocked()
-            assert fast.stats.commits == 1  # not committed alone meanwhile
+            # Nothing committed alone meanwhile, and the round's answers wait for its end
+            # (every file of it durable).
+            assert fast.stats.commits == 0
+            assert done.outcomes == []
             faults.before_commit = None
             release.set()
             await until(fast, lambda: len(done.outcomes) == 7)
@@ -132,6 +134,197 @@ async def test_a_stopped_writer_commits_its_last_group_itself(tmp_path: Path) ->
         assert rounds.writers == []
         assert len(done.outcomes) == 1
         assert rows(writer.path, "SELECT count(*) FROM event_batches") == [(1,)]
+        nursery.cancel_scope.cancel()
+
+
+class _Recording:
+    """A write connection class that records on which thread each file began its
+    transactions and committed, and can fail one kind of statement (``fail``: SQL prefix)."""
+
+    def __init__(self) -> None:
+        self.begun: dict[str, set[int]] = {}
+        self.committed: dict[str, set[int]] = {}
+        self.fail: tuple[str, str] | None = None  # (file, SQL prefix) whose statement fails
+        self.before_commit: Any = None
+
+    def connection_class(self, name: str) -> type[sqlite3.Connection]:
+        recording = self
+
+        class Recorded(sqlite3.Connection):
+            def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+                if sql == "BEGIN IMMEDIATE":
+                    recording.begun.setdefault(name, set()).add(threading.get_ident())
+                elif sql == "COMMIT":
+                    recording.committed.setdefault(name, set()).add(threading.get_ident())
+                    if recording.before_commit is not None:
+                        recording.before_commit(name)
+                return super().execute(sql, parameters)
+
+            def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+                if recording.fail is not None and (name, sql[: len(recording.fail[1])]) == (
+                    recording.fail
+                ):
+                    raise sqlite3.OperationalError("disk I/O error (injected)")
+                return super().executemany(sql, parameters)
+
+        return Recorded
+
+
+def _recorded_writers(
+    tmp_path: Path, rounds: CommitRounds, names: list[str], recording: _Recording
+) -> list[Writer]:
+    return [
+        Writer(
+            tmp_path / f"{name}.sqlite3",
+            store_config(),
+            rounds=rounds,
+            connection_factory=recording.connection_class(name),
+        )
+        for name in names
+    ]
+
+
+async def test_a_round_writes_every_files_statements_on_one_thread_and_commits_them_at_once(
+    tmp_path: Path,
+) -> None:
+    rounds = CommitRounds(0.0)
+    recording = _Recording()
+    names = ["s0", "s1", "s2"]
+    writers = _recorded_writers(tmp_path, rounds, names, recording)
+    # Every file's COMMIT waits until all three are in flight: they overlap (never one
+    # after the other, which would multiply a round's latency by its files).
+    in_flight = threading.Barrier(3, timeout=30)
+    done = [Collector() for _ in writers]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        for writer in writers:
+            await nursery.start(writer.run)
+        recording.begun.clear()
+        recording.committed.clear()
+        recording.before_commit = lambda _name: in_flight.wait()
+        for n, writer in enumerate(writers):  # one tick: one round for the three files
+            writer.submit_batch([(f"acct-{n}", [ev(f"e{n}", f"acct-{n}")])], done[n])
+        for writer, collector in zip(writers, done, strict=True):
+            await until(writer, partial(answered, collector))
+        recording.before_commit = None
+        begun = set().union(*(recording.begun[name] for name in names))
+        committed = set().union(*(recording.committed[name] for name in names))
+        nursery.cancel_scope.cancel()  # (a stop writes each file's tail on its own)
+    assert rounds.rounds == 1
+    assert all(isinstance(c.outcomes[0], list) for c in done)
+    # The statements of the three files on one thread, the Trio thread ...
+    assert begun == {threading.get_ident()}
+    # ... their commits on three threads at once.
+    assert len(committed) == 3
+
+
+async def test_a_commit_that_fails_in_a_round_fails_only_its_files_operations(
+    tmp_path: Path,
+) -> None:
+    rounds = CommitRounds(0.0)
+    recording = _Recording()
+    ok, full = _recorded_writers(tmp_path, rounds, ["ok", "full"], recording)
+    in_flight = threading.Barrier(2, timeout=30)
+
+    def commit(name: str) -> None:
+        in_flight.wait()  # both commits in flight at once, then one fails
+        if name == "full":
+            raise sqlite3.OperationalError("database or disk is full")
+
+    done_ok, done_full = Collector(), Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        await nursery.start(ok.run)
+        await nursery.start(full.run)
+        recording.before_commit = commit
+        ok.submit("a", [ev("a1", "a")], done_ok)
+        full.submit("b", [ev("b1", "b")], done_full)
+        await until(full, partial(answered, done_full))
+        await until(ok, partial(answered, done_ok))
+        recording.before_commit = None
+        assert isinstance(done_ok.outcomes[0], AppendResult)
+        assert isinstance(done_full.outcomes[0], CommitFailed)
+        assert full.failing is not None
+        assert "disk is full" in full.failing
+        assert ok.failing is None
+        # The failed file's writer goes on: its next round commits.
+        await full.append("b", [ev("b2", "b")])
+        assert _failing(full) is None
+        nursery.cancel_scope.cancel()
+    assert rows(ok.path, "SELECT account FROM event_batches") == [("a",)]
+    assert rows(full.path, "SELECT count(*) FROM event_batches") == [(1,)]
+
+
+def _failing(writer: Writer) -> str | None:
+    return writer.failing
+
+
+async def test_a_file_whose_statements_fail_rolls_back_alone_and_the_round_commits_the_rest(
+    tmp_path: Path,
+) -> None:
+    rounds = CommitRounds(0.0)
+    recording = _Recording()
+    first, broken, last = _recorded_writers(
+        tmp_path, rounds, ["first", "broken", "last"], recording
+    )
+    done = [Collector() for _ in range(3)]
+    recording.fail = ("broken", "INSERT INTO event_batches")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        for writer in (first, broken, last):
+            await nursery.start(writer.run)
+        for n, writer in enumerate((first, broken, last)):
+            writer.submit(f"acct-{n}", [ev(f"e{n}", f"acct-{n}")], done[n])
+        for writer, collector in zip((first, broken, last), done, strict=True):
+            await until(writer, partial(answered, collector))
+        assert rounds.rounds == 1
+        assert rounds.widest == 3
+        assert isinstance(done[0].outcomes[0], AppendResult)
+        assert isinstance(done[1].outcomes[0], CommitFailed)
+        assert "disk I/O error" in str(done[1].outcomes[0])
+        assert isinstance(done[2].outcomes[0], AppendResult)
+        assert broken.running
+        assert rounds.writers == [first, broken, last]
+        nursery.cancel_scope.cancel()
+    assert rows(first.path, "SELECT account FROM event_batches") == [("acct-0",)]
+    assert rows(broken.path, "SELECT count(*) FROM event_batches") == [(0,)]
+    assert rows(last.path, "SELECT account FROM event_batches") == [("acct-2",)]
+
+
+async def test_a_bug_in_one_files_statements_ends_its_writer_only_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = CommitRounds(0.0)
+    broken = Writer(tmp_path / "broken.sqlite3", store_config(), rounds=rounds)
+    other = Writer(tmp_path / "other.sqlite3", store_config(), rounds=rounds)
+    real = broken._groups.prepare
+
+    def boom(*args: Any, **options: Any) -> Any:
+        monkeypatch.setattr(broken._groups, "prepare", real)  # once
+        raise RuntimeError("a bug in the statements")
+
+    done = Collector()
+
+    async def run_broken() -> None:
+        async with trio.open_nursery() as inner:
+            await inner.start(broken.run)
+            monkeypatch.setattr(broken._groups, "prepare", boom)
+            broken.submit("a", [ev("x1", "a")], done)
+            other.submit("b", [ev("y1", "b")], done)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        await nursery.start(other.run)
+        with pytest.raises(BaseExceptionGroup) as raised:
+            await run_broken()
+        assert raised.group_contains(RuntimeError, match="a bug in the statements")
+        assert rounds.writers == [other]
+        # The other file's group of the same round committed; the broken file's
+        # operation was queued again and its stop committed it (nothing lost).
+        assert rows(other.path, "SELECT count(*) FROM event_batches") == [(1,)]
+        assert rows(broken.path, "SELECT count(*) FROM event_batches") == [(1,)]
+        assert len(done.outcomes) == 2
+        assert all(isinstance(outcome, AppendResult) for outcome in done.outcomes)
         nursery.cancel_scope.cancel()
 
 
