@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,29 @@ async def test_a_file_waits_for_the_round_under_load_and_groups_grow(tmp_path: P
         release.set()
 
 
+async def one_round_with_a_bug(
+    nursery: trio.Nursery, rounds: CommitRounds, broken: Writer, other: Writer, bug: str,
+    break_it: Callable[[], None], done: Collector,
+) -> None:  # fmt: skip
+    """Run ``rounds`` and ``other`` in ``nursery``; run ``broken`` (``break_it()`` once it
+    runs) while one operation is queued on each file: ``broken`` ends with ``bug``, and
+    leaves the loop to ``other``."""
+    await nursery.start(rounds.run)
+    await nursery.start(other.run)
+
+    async def run_broken() -> None:
+        async with trio.open_nursery() as inner:
+            await inner.start(broken.run)
+            break_it()
+            broken.submit("a", [ev("x1", "a")], done)
+            other.submit("b", [ev("y1", "b")], done)
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await run_broken()
+    assert raised.group_contains(RuntimeError, match=bug)
+    assert rounds.writers == [other]
+
+
 async def test_a_group_that_raises_ends_its_writer_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,23 +117,13 @@ async def test_a_group_that_raises_ends_its_writer_only(
     def boom(*_: object) -> None:
         raise RuntimeError("a bug after the commit")
 
-    done = Collector()
-
-    async def run_broken() -> None:
-        async with trio.open_nursery() as inner:
-            await inner.start(broken.run)
-            monkeypatch.setattr(broken, "_committed", boom)
-            broken.submit("a", [ev("x1", "a")], done)
-            other.submit("b", [ev("y1", "b")], done)
+    def break_it() -> None:
+        monkeypatch.setattr(broken, "_committed", boom)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(rounds.run)
-        await nursery.start(other.run)
-        with pytest.raises(BaseExceptionGroup) as raised:
-            await run_broken()
-        assert raised.group_contains(RuntimeError, match="a bug after the commit")
+        bug = "a bug after the commit"
+        await one_round_with_a_bug(nursery, rounds, broken, other, bug, break_it, Collector())
         # The broken writer left the loop; the other goes on committing.
-        assert rounds.writers == [other]
         await other.append("b", [ev("y2", "b")])
         assert rows(other.path, "SELECT count(*) FROM event_batches") == [(2,)]
         # Restarted (as its supervisor would), it commits in the rounds again.
@@ -303,22 +317,13 @@ async def test_a_bug_in_one_files_statements_ends_its_writer_only_and_loses_noth
         monkeypatch.setattr(broken._groups, "prepare", real)  # once
         raise RuntimeError("a bug in the statements")
 
+    def break_it() -> None:
+        monkeypatch.setattr(broken._groups, "prepare", boom)
+
     done = Collector()
-
-    async def run_broken() -> None:
-        async with trio.open_nursery() as inner:
-            await inner.start(broken.run)
-            monkeypatch.setattr(broken._groups, "prepare", boom)
-            broken.submit("a", [ev("x1", "a")], done)
-            other.submit("b", [ev("y1", "b")], done)
-
     async with trio.open_nursery() as nursery:
-        await nursery.start(rounds.run)
-        await nursery.start(other.run)
-        with pytest.raises(BaseExceptionGroup) as raised:
-            await run_broken()
-        assert raised.group_contains(RuntimeError, match="a bug in the statements")
-        assert rounds.writers == [other]
+        bug = "a bug in the statements"
+        await one_round_with_a_bug(nursery, rounds, broken, other, bug, break_it, done)
         # The other file's group of the same round committed; the broken file's
         # operation was queued again and its stop committed it (nothing lost).
         assert rows(other.path, "SELECT count(*) FROM event_batches") == [(1,)]
