@@ -45,11 +45,20 @@ def node_config(
     return load(config.path)
 
 
-async def cluster_doc(config: Config) -> dict[str, Any]:
+async def cluster_doc(config: Config, *, unavailable_for: float = 30.0) -> dict[str, Any]:
+    """``GET /v1/cluster`` of the node of ``config``. A 503 ``unavailable`` (NATS not
+    answering in time, e.g. while a stream elects a new leader after a kill) is asked again,
+    as the answer says to, for up to ``unavailable_for`` seconds."""
     token = {"Authorization": f"Bearer {config.api.admin_token}"}
     async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
         assert (await client.get("/v1/cluster")).status_code == 401
-        answer = await client.get("/v1/cluster", headers=token)
+        deadline = trio.current_time() + unavailable_for
+        while True:
+            answer = await client.get("/v1/cluster", headers=token)
+            if answer.status_code != 503 or trio.current_time() > deadline:
+                break
+            assert answer.json()["error"]["code"] == "unavailable", answer.text
+            await trio.sleep(0.25)  # NATS's state, in another process: look again soon
         assert answer.status_code == 200, answer.text
         document: dict[str, Any] = answer.json()
         return document
