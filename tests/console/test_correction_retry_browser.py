@@ -13,24 +13,29 @@ from tests.console.test_console_browser import time_day
 from tests.procs.daemon import DaemonProcess
 
 
-def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
-    page: Any, console_daemon: DaemonProcess
-) -> None:
-    account = account_name(17)
-    day = time_day(HOUR)
+def lose_the_first_answer(page: Any, account: str) -> list[str]:
+    """The first adjustment POST of ``account`` reaches the daemon and its answer is lost;
+    the others go through. Returns the list the requests' idempotency keys go into."""
     keys: list[str] = []
-    lose = [True]  # the first answer is lost: the request reaches the daemon, no answer comes
 
     def adjustments(route: Any) -> None:
         keys.append(route.request.headers["idempotency-key"])
-        if lose[0]:
-            lose[0] = False
+        if len(keys) == 1:
             route.fetch()  # recorded by the daemon ...
             route.abort("connectionreset")  # ... and the browser never sees the answer
         else:
             route.continue_()
 
     page.route(f"**/v1/accounts/{account}/adjustments", adjustments)
+    return keys
+
+
+def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
+    page: Any, console_daemon: DaemonProcess
+) -> None:
+    account = account_name(17)
+    day = time_day(HOUR)
+    keys = lose_the_first_answer(page, account)
     page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
     page.wait_for_selector("#adjust-form")
     page.select_option("#adj-meter", "dyno.seconds")
@@ -77,19 +82,7 @@ def test_a_lost_correction_sent_again_after_a_reload_keeps_its_key(
     page: Any, console_daemon: DaemonProcess
 ) -> None:
     account = account_name(18)
-    keys: list[str] = []
-    lose = [True]
-
-    def adjustments(route: Any) -> None:
-        keys.append(route.request.headers["idempotency-key"])
-        if lose[0]:
-            lose[0] = False
-            route.fetch()  # recorded by the daemon, the answer lost
-            route.abort("connectionreset")
-        else:
-            route.continue_()
-
-    page.route(f"**/v1/accounts/{account}/adjustments", adjustments)
+    keys = lose_the_first_answer(page, account)
 
     def fill_and_submit() -> None:
         page.wait_for_selector("#adjust-form")
