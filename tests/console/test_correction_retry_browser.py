@@ -30,30 +30,45 @@ def lose_the_first_answer(page: Any, account: str) -> list[str]:
     return keys
 
 
+def fill_adjustment(page: Any, quantity: str, reason: str) -> None:
+    """The credit form of the corrections page, filled in (the page open already)."""
+    page.wait_for_selector("#adjust-form")
+    page.select_option("#adj-meter", "dyno.seconds")
+    page.fill("#adj-day", time_day(HOUR))
+    page.fill("#adj-quantity", quantity)
+    page.fill("#adj-dim-size", "standard-1x")
+    page.fill("#adj-by", "console-test")
+    page.fill("#adj-reason", reason)
+
+
+def submit(page: Any) -> None:
+    page.click("#adj-submit")
+    page.click("#confirm-ok")
+
+
+def recorded(daemon: DaemonProcess, account: str) -> list[tuple[str, str]]:
+    """(quantity, idempotency key) of each adjustment the daemon recorded for ``account``."""
+    headers = {"Authorization": f"Bearer {daemon.config.api.admin_token}"}
+    listed = httpx.get(
+        f"{daemon.api_url}/v1/accounts/{account}/adjustments",
+        params={"from": 0, "to": HOUR + 40 * 86_400_000},
+        headers=headers,
+    ).json()["adjustments"]
+    return [(a["quantity"], a["idempotency_key"]) for a in listed]
+
+
 def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
     page: Any, console_daemon: DaemonProcess
 ) -> None:
     account = account_name(17)
-    day = time_day(HOUR)
     keys = lose_the_first_answer(page, account)
     page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
-    page.wait_for_selector("#adjust-form")
-    page.select_option("#adj-meter", "dyno.seconds")
-    page.fill("#adj-day", day)
-    page.fill("#adj-quantity", "60")
-    page.fill("#adj-dim-size", "standard-1x")
-    page.fill("#adj-by", "console-test")
-    page.fill("#adj-reason", "retried submission")
-
-    def submit() -> None:
-        page.click("#adj-submit")
-        page.click("#confirm-ok")
-
-    submit()
+    fill_adjustment(page, "60", "retried submission")
+    submit(page)
     lost = page.locator("#correction-lost")
     lost.wait_for()
     assert "submit the same form again" in lost.inner_text()
-    submit()
+    submit(page)
     status = page.locator("#corrections-result [role=status]")
     status.wait_for()
     assert "already recorded (this submission was sent before)" in status.inner_text()
@@ -62,20 +77,11 @@ def test_a_correction_whose_answer_was_lost_is_sent_again_with_its_key(
     assert keys[0].startswith("console-")
     # another submission (another quantity) is another correction, under a new key
     page.fill("#adj-quantity", "61")
-    submit()
+    submit(page)
     page.locator("#corrections-result", has_text="recorded.").wait_for()
     assert len(keys) == 3
     assert keys[2] != keys[0]
-    headers = {"Authorization": f"Bearer {console_daemon.config.api.admin_token}"}
-    listed = httpx.get(
-        f"{console_daemon.api_url}/v1/accounts/{account}/adjustments",
-        params={"from": 0, "to": HOUR + 40 * 86_400_000},
-        headers=headers,
-    ).json()["adjustments"]
-    assert [(a["quantity"], a["idempotency_key"]) for a in listed] == [
-        ("60", keys[0]),
-        ("61", keys[2]),
-    ]
+    assert recorded(console_daemon, account) == [("60", keys[0]), ("61", keys[2])]
 
 
 def test_a_lost_correction_sent_again_after_a_reload_keeps_its_key(
@@ -83,32 +89,16 @@ def test_a_lost_correction_sent_again_after_a_reload_keeps_its_key(
 ) -> None:
     account = account_name(18)
     keys = lose_the_first_answer(page, account)
-
-    def fill_and_submit() -> None:
-        page.wait_for_selector("#adjust-form")
-        page.select_option("#adj-meter", "dyno.seconds")
-        page.fill("#adj-day", time_day(HOUR))
-        page.fill("#adj-quantity", "45")
-        page.fill("#adj-dim-size", "standard-1x")
-        page.fill("#adj-by", "console-test")
-        page.fill("#adj-reason", "sent again after a reload")
-        page.click("#adj-submit")
-        page.click("#confirm-ok")
-
     page.goto(f"{console_daemon.api_url}/#/corrections?account={account}")
-    fill_and_submit()
+    fill_adjustment(page, "45", "sent again after a reload")
+    submit(page)
     page.locator("#correction-lost").wait_for()
     page.reload()  # the page's memory is gone; the same form is filled in again
-    fill_and_submit()
+    fill_adjustment(page, "45", "sent again after a reload")
+    submit(page)
     status = page.locator("#corrections-result [role=status]")
     status.wait_for()
     assert "already recorded" in status.inner_text()
     assert len(keys) == 2
     assert keys[0] == keys[1]
-    headers = {"Authorization": f"Bearer {console_daemon.config.api.admin_token}"}
-    listed = httpx.get(
-        f"{console_daemon.api_url}/v1/accounts/{account}/adjustments",
-        params={"from": 0, "to": HOUR + 40 * 86_400_000},
-        headers=headers,
-    ).json()["adjustments"]
-    assert [(a["quantity"], a["idempotency_key"]) for a in listed] == [("45", keys[0])]
+    assert recorded(console_daemon, account) == [("45", keys[0])]
