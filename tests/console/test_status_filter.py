@@ -4,6 +4,8 @@ filter answered as the full walk answers it, while looking at the few actors onl
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,19 +80,26 @@ QUERIES: list[dict[str, Any]] = [
 ]
 
 
-async def test_each_status_filter_answers_as_the_walk_without_one(
-    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    daemon, gates = await daemon_like(nursery)
-    now = trio.current_time()
-    looked = 0
+@contextlib.contextmanager
+def child_infos_built() -> Iterator[list[int]]:
+    """Counts the ``ChildInfo``s built in the block (a row per actor looked at): ``[n]``."""
+    looked = [0]
     of = sv.ChildInfo.of
 
     def counted(child: Any) -> Any:
-        nonlocal looked
-        looked += 1
+        looked[0] += 1
         return of(child)
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sv.ChildInfo, "of", staticmethod(counted))
+        yield looked
+
+
+async def test_each_status_filter_answers_as_the_walk_without_one(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    daemon, gates = await daemon_like(nursery)
+    now = trio.current_time()
     cases = [
         ("restarting", q) for q in QUERIES
     ] + [("stopped", q) for q in QUERIES] + [("quarantined", q) for q in QUERIES]
@@ -100,12 +109,10 @@ async def test_each_status_filter_answers_as_the_walk_without_one(
         query = msgspec.convert({**params, "status": status}, NodesQuery)
         search = query.search.lower() if query.search else None
         walked = await console._slow(daemon, query, search, now, QUARANTINED)
-        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(counted))
-        looked = 0
-        quick = console._fast(daemon, query, search, now) or console._by_status(
-            daemon, query, search, now, QUARANTINED
-        )
-        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(of))
+        with child_infos_built() as looked:
+            quick = console._fast(daemon, query, search, now) or console._by_status(
+                daemon, query, search, now, QUARANTINED
+            )
         assert quick is not None, (status, params)
         assert quick[:2] == walked[:2], (status, params)
         paths, walked_paths = [n[1] for n in quick[2]], [n[1] for n in walked[2]]
@@ -117,7 +124,7 @@ async def test_each_status_filter_answers_as_the_walk_without_one(
         elif query.sort in ("tree", "name") or status != "running":
             assert paths == walked_paths, (status, params)
         # Rows for the page and the few not running, never a look at every actor.
-        assert looked <= query.limit + 20, (status, params, looked)
+        assert looked[0] <= query.limit + 20, (status, params, looked)
     restarting = msgspec.convert({"status": "restarting"}, NodesQuery)
     found = console._by_status(daemon, restarting, None, now, set())
     assert sorted(n[1].rsplit("/", 1)[1] for n in found[2]) == [f"acct-{i:05}" for i in CRASHED]
@@ -151,7 +158,7 @@ async def test_running_in_tree_order_pages_past_the_actors_not_running(
 
 
 async def test_a_sort_by_restarts_answers_as_the_walk_looking_at_the_restarted_only(
-    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
 ) -> None:
     """The crashed actors (restarting, their names released) and the restarted ones come
     first, as in the walk; the others are not looked at (no ``ChildInfo`` each)."""
@@ -161,14 +168,6 @@ async def test_a_sort_by_restarts_answers_as_the_walk_looking_at_the_restarted_o
         await meters.stop_and_restart_child(tag)
     await trio.testing.wait_all_tasks_blocked()
     now = trio.current_time()
-    looked = 0
-    of = sv.ChildInfo.of
-
-    def counted(child: Any) -> Any:
-        nonlocal looked
-        looked += 1
-        return of(child)
-
     restarted = {f"acct-{i:05}" for i in (*CRASHED, 300, 2000)}
 
     def rows(nodes: list[Any]) -> list[tuple[str, int]]:
@@ -183,10 +182,8 @@ async def test_a_sort_by_restarts_answers_as_the_walk_looking_at_the_restarted_o
         query = msgspec.convert(params, NodesQuery)
         search = query.search.lower() if query.search else None
         walked = await console._slow(daemon, query, search, now, set())
-        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(counted))
-        looked = 0
-        quick = console._fast(daemon, query, search, now)
-        monkeypatch.setattr(sv.ChildInfo, "of", staticmethod(of))
+        with child_infos_built() as looked:
+            quick = console._fast(daemon, query, search, now)
         assert quick is not None, params
         assert quick[:2] == walked[:2], params
         quick_rows, walked_rows = rows(quick[2]), rows(walked[2])
@@ -195,4 +192,4 @@ async def test_a_sort_by_restarts_answers_as_the_walk_looking_at_the_restarted_o
             assert sorted(quick_rows[: len(top)]) == sorted(top), params
             assert {name for name, n in quick_rows if n} <= restarted, params
         assert [n for _, n in quick_rows] == [n for _, n in walked_rows], params
-        assert looked <= query.limit + 20, (params, looked)
+        assert looked[0] <= query.limit + 20, (params, looked)
