@@ -8,11 +8,14 @@ server has its own store directory (under a test's ``tmp_path``) and fsyncs each
 killed with SIGKILL and started again on the same ports and store.
 
 Readiness is waited for on the server's own log lines (read by a thread per server), never by
-sleeping.
+sleeping. A clustered set is ready once it can place a stream on every server: the meta leader
+learns its peers' resources from their periodic statistics, so "has a meta leader" is not yet
+"can place R3", and a placement right after it can fail for seconds under load.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +195,52 @@ class NatsCluster:
         for server in self.servers:
             server.start()
         self.wait_ready()
+        if len(self.servers) > 1:
+            self.wait_placeable()
+
+    def wait_placeable(self, timeout: float = 30.0) -> None:
+        """Until a stream with one replica per server can be created (then deleted again)."""
+        failure: list[BaseException] = []
+        probe = threading.Thread(
+            target=lambda: _capture(failure, asyncio.run, self._place_probe(timeout)),
+            name="nats-placement-probe",
+        )
+        probe.start()
+        probe.join()
+        if failure:
+            states = ", ".join(
+                f"{server.name} {'running' if server.running else 'exited'}"
+                for server in self.servers
+            )
+            raise RuntimeError(
+                f"nats cluster ({states}) could not place a stream on all "
+                f"{len(self.servers)} servers within {timeout} s: {failure[0]!r}"
+            ) from failure[0]
+
+    async def _place_probe(self, timeout: float) -> None:
+        import nats
+        import nats.js.errors
+
+        name = f"METERD_PLACEMENT_PROBE_{os.getpid()}"
+        client = await nats.connect(servers=self.urls, connect_timeout=2)
+        try:
+            js = client.jetstream(timeout=2)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await js.add_stream(
+                        name=name,
+                        subjects=[f"meterd-probe.{os.getpid()}"],
+                        num_replicas=len(self.servers),
+                    )
+                    break
+                except (nats.js.errors.APIError, nats.errors.TimeoutError):
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            await js.delete_stream(name)
+        finally:
+            await client.close()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         for server in self.servers:
@@ -205,6 +254,13 @@ class NatsCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def _capture(failure: list[BaseException], fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except BaseException as error:  # re-raised by the caller's thread
+        failure.append(error)
 
 
 def make_cluster(root: Path, size: int, *, sync_interval: str = "always") -> NatsCluster:
