@@ -34,7 +34,7 @@ from typing import Final, TypeAlias
 from meterd.model import Event
 
 from . import codec, retention, schema
-from ._ops import Append, AppendResult, BatchAppend, Encoded
+from ._ops import Append, AppendResult, BatchAppend, Encoded, accepted_result
 from ._rows import insert_rows
 from .errors import InvalidEvents, StoreCorruptError
 from .journal_index import DedupeRow, JournalTail, NewBatch
@@ -288,10 +288,7 @@ class Appends:
                 payload = codec.pack_batch(packed[start : start + count])
                 add_batch((batch_id, account, at, count, payload, min(times), max(times)))
             start += count
-        results = [
-            AppendResult(batch_id, [0] if count == 1 else list(range(count)), [], [])
-            for batch_id, count in zip(batch_ids, counts, strict=True)
-        ]
+        results = list(map(accepted_result, batch_ids, counts))
         event_batch_ids = chain.from_iterable(map(repeat, batch_ids, counts))
         dedupe_rows = list(zip(keys, event_batch_ids, fingerprints, seconds, strict=True))
         return results, batch_rows, dedupe_rows

@@ -53,6 +53,7 @@ __all__ = [
     "SweepSlice",
     "WindowMerge",
     "WindowWrite",
+    "accepted_result",
 ]
 
 
@@ -75,6 +76,35 @@ class AppendResult:
     conflicts: list[int]
     too_late: list[int] = field(default_factory=list)
     horizon: int | None = None
+
+
+_new_result = object.__new__
+(
+    _set_batch_id,
+    _set_accepted,
+    _set_duplicates,
+    _set_conflicts,
+    _set_too_late,
+    _set_horizon,
+) = (
+    AppendResult.__dict__[name].__set__
+    for name in ("batch_id", "accepted", "duplicates", "conflicts", "too_late", "horizon")
+)
+
+
+def accepted_result(batch_id: int, count: int) -> AppendResult:
+    """``AppendResult(batch_id, list(range(count)), [], [])`` (every event accepted), in
+    about half the time: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, this sets the slots directly (one result per account of a
+    batch, on the writer's hot path). An ordinary :class:`AppendResult`, equal to that."""
+    result: AppendResult = _new_result(AppendResult)
+    _set_batch_id(result, batch_id)
+    _set_accepted(result, [0] if count == 1 else list(range(count)))
+    _set_duplicates(result, [])
+    _set_conflicts(result, [])
+    _set_too_late(result, [])
+    _set_horizon(result, None)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
