@@ -17,6 +17,8 @@ from meterd.store import (
     codec,
     schema,
 )
+from meterd.store._appends import encode_batch
+from meterd.store.errors import InvalidEvents
 from tests.examples import examples
 from tests.store.helpers import Collector, rows, running, store_config
 
@@ -192,6 +194,52 @@ def test_batch_encoding_agrees_with_the_per_event_encoding(events: list[Event]) 
     else:
         with pytest.raises((TypeError, ValueError, ArithmeticError)):
             codec.encode_rows(events)
+
+
+_storable_events = st.builds(  # every one stored: ints beyond 64 bits, long decimals
+    Event,
+    id=st.text(min_size=1, max_size=20),
+    account=st.sampled_from(["acct", "other"]),
+    meter=_text,
+    quantity=st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    ),
+    time=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    properties=st.dictionaries(_text, _text, max_size=4).map(lambda d: tuple(sorted(d.items()))),
+    producer=_text,
+    received_at=st.integers(min_value=0, max_value=2**62),
+)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(events=st.one_of(st.lists(_storable_events, max_size=8), st.lists(_any_events, max_size=8)))
+def test_the_writers_batch_encoding_agrees_with_the_per_event_encoding(
+    events: list[Event],
+) -> None:
+    """``encode_batch`` (one pass over a batch's groups: rows packed by msgspec, digests
+    from a copied blake2b) gives each event the row bytes, fingerprint, dedupe key and
+    seconds of the per-event functions, and refuses a batch exactly when one of its events
+    is refused (naming its group's account)."""
+    groups = [
+        (account, [event for event in events if event.account == account])
+        for account in dict.fromkeys(event.account for event in events)
+    ]
+    ordered = [event for _, group in groups for event in group]
+    buckets: dict[str, int] = {}
+    encoded = encode_batch(groups, buckets)
+    want = [_row_and_fingerprint(event) for event in ordered]
+    if not all(isinstance(expected, tuple) for expected in want):
+        assert isinstance(encoded, InvalidEvents)
+        return
+    assert not isinstance(encoded, InvalidEvents)
+    packed, fingerprints, keys, seconds = encoded
+    assert list(zip(packed, fingerprints, strict=True)) == want
+    assert keys == [schema.dedupe_row_key(buckets[e.account], e) for e in ordered]
+    assert keys == [
+        schema.account_bucket(e.account) | e.dedupe_key() & (2**40 - 1) for e in ordered
+    ]
+    assert seconds == [event.time // 1000 for event in ordered]
 
 
 @settings(max_examples=examples(300), deadline=None)
