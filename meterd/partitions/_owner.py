@@ -103,6 +103,10 @@ _meter_of: Final = attrgetter("meter")
 _quantity_of: Final = attrgetter("quantity")
 _time_of: Final = attrgetter("time")
 _properties_of: Final = attrgetter("properties")
+_accepted_of: Final = attrgetter("accepted")
+_duplicates_of: Final = attrgetter("duplicates")
+_conflicts_of: Final = attrgetter("conflicts")
+_too_late_of: Final = attrgetter("too_late")
 
 
 @dataclass(slots=True)
@@ -595,12 +599,13 @@ def _outcome(
             f"shard {piece.shard} could not make the slice durable:"
             f" {type(outcome).__name__}: {outcome}",
         )
-    accepted = duplicates = 0
+    accepted = sum(map(len, map(_accepted_of, outcome)))
+    duplicates = sum(map(len, map(_duplicates_of, outcome)))
     conflicts: list[Rejection] = []
     rejected: list[Rejection] = []
+    if not any(map(_conflicts_of, outcome)) and not any(map(_too_late_of, outcome)):
+        return Verdicts(piece.batch, piece.shard, accepted, duplicates)  # the common case
     for (account, events), positions, result in zip(groups, indexes, outcome, strict=True):
-        accepted += len(result.accepted)
-        duplicates += len(result.duplicates)
         for position in result.conflicts:
             event = events[position]
             conflicts.append(
