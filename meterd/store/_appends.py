@@ -29,8 +29,8 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import chain, filterfalse, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
@@ -61,6 +61,9 @@ BatchRow: TypeAlias = tuple[int, str, int, int, bytes, int, int]
 """An ``event_batches`` row: ``(batch_id, account, received_at, count, payload, min_time,
 max_time)``."""
 _ONE: Final = b"\x91"  # the msgpack header of a one-item array (a one-event payload)
+_time_of: Final = attrgetter("time")
+_account_of_row: Final = itemgetter(1)
+_new_batch_of_row: Final = itemgetter(1, 0, 5, 6)  # a NewBatch: account, batch, min, max time
 AuditRow: TypeAlias = tuple[
     str, str, str | None, str | None, str | None, str | None, int | None,
     str | None, str | None, int | None, int | None, int, int,
@@ -298,8 +301,8 @@ class Appends:
                     " (account, event_id, batch_id, fingerprint, time_s) VALUES (?, ?, ?, ?, ?)",
                     overflow_rows,
                 )
-            self._note_accounts([row[1] for row in batch_rows])
-            self.new_batches.extend([(row[1], row[0], row[5], row[6]) for row in batch_rows])
+            self._note_accounts(map(_account_of_row, batch_rows))
+            self.new_batches.extend(map(_new_batch_of_row, batch_rows))
         if op.rejected:
             self._audit_rejected(audit_rows, op)
         if audit_rows:
@@ -350,7 +353,24 @@ class Appends:
         first = self.next_batch_id
         self.next_batch_id = first + len(groups)
         batch_ids = range(first, first + len(groups))
-        batch_rows: list[BatchRow] = []
+        if len(counts) == len(packed):  # one event a group (events over many accounts)
+            times = list(map(_time_of, map(itemgetter(0), map(itemgetter(1), groups))))
+            batch_rows: list[BatchRow] = list(
+                zip(
+                    batch_ids,
+                    map(itemgetter(0), groups),
+                    repeat(at),
+                    repeat(1),
+                    map(_ONE.__add__, packed),
+                    times,
+                    times,
+                    strict=False,  # repeat()s
+                )
+            )
+            results = list(map(accepted_result, batch_ids, counts))
+            dedupe_rows = list(zip(keys, batch_ids, fingerprints, seconds, strict=True))
+            return results, batch_rows, dedupe_rows
+        batch_rows = []
         add_batch = batch_rows.append
         start = 0
         for batch_id, (account, events), count in zip(batch_ids, groups, counts, strict=True):
@@ -521,16 +541,15 @@ class Appends:
 
     def _note_accounts(self, accounts: Iterable[str]) -> None:
         """Make sure ``accounts`` have their row (skipping those this writer knows have)."""
-        known = self.known_accounts
-        new = [(account, self.now) for account in accounts if account not in known]
-        if new:
+        missing = list(filterfalse(self.known_accounts.__contains__, accounts))
+        if missing:
             insert_rows(
                 self.conn,
                 "INSERT INTO accounts (account, watermark, updated_at) VALUES (?, 0, ?)"
                 " ON CONFLICT (account) DO NOTHING",
-                new,
+                list(zip(missing, repeat(self.now))),
             )
-            self.new_accounts.extend(account for account, _ in new)
+            self.new_accounts.extend(missing)
 
     def append(self, op: Append) -> AppendResult | InvalidEvents:
         """One account's events: a batch of one group."""
