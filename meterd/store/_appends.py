@@ -62,7 +62,11 @@ BatchRow: TypeAlias = tuple[int, str, int, int, bytes, int, int]
 max_time)``."""
 _ONE: Final = b"\x91"  # the msgpack header of a one-item array (a one-event payload)
 _time_of: Final = attrgetter("time")
-_account_of_row: Final = itemgetter(1)
+_account_of_row: Final = itemgetter(1)  # of a BatchRow
+_batch_of_row: Final = itemgetter(0)  # of a BatchRow
+_batch_of_dedupe: Final = itemgetter(1)  # of a DedupeRow: (key, batch_id, fingerprint, time_s)
+_key_of_dedupe: Final = itemgetter(0)
+_held_of_dedupe: Final = itemgetter(1, 2, 3)  # what the tail holds for a key
 _new_batch_of_row: Final = itemgetter(1, 0, 5, 6)  # a NewBatch: account, batch, min, max time
 AuditRow: TypeAlias = tuple[
     str, str, str | None, str | None, str | None, str | None, int | None,
@@ -316,17 +320,25 @@ class Appends:
 
     def _defer_dedupe(self, batch_rows: list[BatchRow], dedupe_rows: list[DedupeRow]) -> None:
         """Hold ``dedupe_rows`` for their slices' next pass (``batch_rows``: their batches)."""
-        slice_of = self.tail.slice_of
-        slices = {row[0]: slice_of(row[1]) for row in batch_rows}
+        slices = dict(
+            zip(
+                map(_batch_of_row, batch_rows),
+                map(self.tail.slice_of, map(_account_of_row, batch_rows)),
+                strict=True,
+            )
+        )
         by_slice = self.new_dedupe_by_slice
-        for row in dedupe_rows:
-            k = slices[row[1]]
+        for k, row in zip(
+            map(slices.__getitem__, map(_batch_of_dedupe, dedupe_rows)), dedupe_rows, strict=True
+        ):
             rows = by_slice.get(k)
             if rows is None:
                 by_slice[k] = [row]
             else:
                 rows.append(row)
-        self.new_dedupe.update([(row[0], row[1:]) for row in dedupe_rows])
+        self.new_dedupe.update(
+            zip(map(_key_of_dedupe, dedupe_rows), map(_held_of_dedupe, dedupe_rows), strict=True)
+        )
 
     def _raise_horizon(self, received_at: int) -> None:
         """The horizon for an operation received at ``received_at`` (never lowered)."""
