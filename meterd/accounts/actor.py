@@ -72,6 +72,11 @@ _NO_WINDOWS = 2**62
 ACTOR_BYTES = 4_000  # an awake meter actor with no cells (its object, bound logger, registry)
 CELL_BYTES = 300  # one minute cell of a sum meter: key tuple, value, dirty mark
 MESSAGE_BYTES = 200  # one queued delivery (its events are shared with the journal batch)
+DIMS_CACHE = 4096
+"""Dimension values whose ``windows.dims`` text the actors remember (a checkpoint writes
+about one cell per event, and an account's cells share a few dimension values: the JSON
+encoding was ~1 µs a cell); the memory is forgotten when full."""
+_dims_text: dict[tuple[str, ...], str] = {}  # dims -> encode_dims(dims), for every actor
 
 
 class AccountsContext(Protocol):
@@ -333,17 +338,20 @@ class MeterActor(sv.GenServer[Any, Any]):
 
     async def _checkpoint(self) -> None:
         """Merge the deltas into the stored windows and write them with the watermark."""
-        dirty = self.usage.dirty()
+        dirty = self.usage.has_dirty()
         crossings = self.alerts.take() if self.alerts is not None else []
         if not dirty and self.watermark == self.checkpointed_watermark and not crossings:
             return  # the store already holds everything (e.g. a second usage query)
         # The deltas go to the writer, which merges them into the stored windows in the
         # checkpoint's own transaction (no read on another connection and thread first).
         rows: list[tuple[str, int, str, bytes]] = []
-        for meter_name, start, dims in dirty:
-            delta = self.usage.state(meter_name, start, dims)
-            if delta is not None:
-                rows.append((meter_name, start, encode_dims(dims), encode(delta)))
+        for meter_name, start, dims, delta in self.usage.dirty_states():
+            text = _dims_text.get(dims)
+            if text is None:
+                if len(_dims_text) >= DIMS_CACHE:
+                    _dims_text.clear()
+                text = _dims_text[dims] = encode_dims(dims)
+            rows.append((meter_name, start, text, encode(delta)))
         watermark = self.watermark
         try:
             # The crossings go in the same transaction as the windows and the watermark

@@ -60,6 +60,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final, Self, TypeAlias, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
+import msgspec
 
 from meterd.model import (
     MINUTE_MS,
@@ -460,9 +461,21 @@ _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
 
 
+_SHORT_DECIMAL: Final = 500
+"""Characters: a decimal whose ``str()`` is plain digits this short has fewer significant
+digits than :func:`canonical_quantity`'s context holds, so the text is its own."""
+
+
 def _canonical(d: Decimal) -> str:
-    with decimal.localcontext(EXACT):
-        return canonical_quantity(d)
+    # canonical_quantity(d), without a context switch in the common case: a plain str()
+    # (no exponent) is format(d, "f"), whose trailing zeros are all the normalizing does.
+    text = str(d)
+    if "E" in text or len(text) > _SHORT_DECIMAL or not d.is_finite():
+        with decimal.localcontext(EXACT):
+            return canonical_quantity(d)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def _enc_q(q: Quantity | None) -> Any:
@@ -502,9 +515,18 @@ def encode(state: State) -> bytes:
         body = p
     else:
         body = [_enc_q(p[0])]
-    data = msgpack.packb([state.aggregation.value, *body], use_bin_type=True)
-    assert isinstance(data, bytes)
-    return data
+    if body and type(body[-1]) is msgpack.ExtType:  # an int beyond 64 bits: msgpack's own
+        data = msgpack.packb([state.aggregation.value, *body], use_bin_type=True)
+        assert isinstance(data, bytes)
+        return data
+    return _pack([state.aggregation.value, *body])
+
+
+_pack: Final = msgspec.msgpack.Encoder().encode
+"""msgspec's msgpack: the bytes of ``msgpack.packb(..., use_bin_type=True)`` for a state's
+str, int (64 bits), None and lists (tests/accounts/test_aggregate.py), without building a
+packer per call; it would write an ``ExtType`` as an array, so :func:`encode` packs one
+with msgpack."""
 
 
 def decode(meter: Meter, data: bytes) -> State:
@@ -788,6 +810,21 @@ class AccountUsage:
     def dirty(self) -> set[CellKey]:
         """The cells changed since they were last forgotten by :meth:`clear_dirty` (a copy)."""
         return {(name, s, d) for name, rec in self._meters.items() for s, d in rec.dirty}
+
+    def dirty_states(self) -> list[tuple[str, int, Dims, State]]:
+        """``(meter name, start, dims, state)`` of every dirty cell that has usage: what
+        :meth:`dirty` and :meth:`state` give, without the copied set and a lookup per cell
+        (a checkpoint writes about one cell per event applied since the last one)."""
+        found: list[tuple[str, int, Dims, State]] = []
+        add = found.append
+        for name, rec in self._meters.items():
+            cells = rec.cells
+            to_state = rec.state
+            for key in rec.dirty:
+                cell = cells.get(key)
+                if cell is not None:
+                    add((name, key[0], key[1], to_state(cell)))
+        return found
 
     def cell_count(self) -> int:
         """Minute cells held, every meter (O(meters))."""
