@@ -216,10 +216,13 @@ async def gateway(
     expect_clean_stop: bool = True,
     meterd_run: bool = False,
     extra: Sequence[str] = (),
+    listening: bool = True,
 ) -> AsyncIterator[Gateway]:
     """The gateway daemon on ``config``, listening; SIGTERM at the end (exit 0 expected
     unless the test killed it). Its owners are stand-ins (ledger_owner) unless
-    ``real_owner``; ``meterd_run``: started as ``meterd run`` (real owners)."""
+    ``real_owner``; ``meterd_run``: started as ``meterd run`` (real owners).
+    ``listening=False``: yielded as soon as it is started (the caller waits for its
+    ``listening`` line, e.g. after starting others beside it)."""
     argv = [sys.executable, "-m", "tests.partitions.procs.gateway_daemon"]
     if meterd_run:
         argv = [sys.executable, "-m", "meterd", "run", "--json-logs"]
@@ -236,7 +239,8 @@ async def gateway(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(running._read)
-            await running.wait_for(running.event("listening"))
+            if listening:
+                await running.wait_for(running.event("listening"))
             yield running
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
