@@ -350,6 +350,7 @@ class Connection:
         """``fn`` on the loop, retried every 0.2 s for ``timeout`` s while NATS is unavailable
         or has too few JetStream servers online to place the replicas."""
         deadline = trio.current_time() + timeout
+        waiting = False
         while True:
             try:
                 return await self._run(what, fn)
@@ -365,6 +366,15 @@ class Connection:
                 failure = error
             if trio.current_time() >= deadline:
                 raise failure
+            if not waiting:
+                waiting = True
+                log.warning(
+                    "cluster.nats.waiting",
+                    connection=self.name,
+                    what=what,
+                    error=str(failure),
+                    retry_for_seconds=round(deadline - trio.current_time(), 1),
+                )
             await trio.sleep(0.2)
 
     async def stream_info(self, name: str) -> StreamInfo:

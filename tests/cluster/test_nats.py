@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -310,3 +311,21 @@ async def test_a_send_cancelled_mid_flush_leaves_the_connection_working(
     with trio.fail_after(10):
         ack = await conn.publish("usage.p1", b"after", msg_id="after-cancels", timeout=8)
     assert not ack.duplicate
+
+
+async def test_a_stream_the_cluster_cannot_place_is_retried_then_refused_with_a_warning(
+    bridge: AsyncioBridge, nats3: NatsCluster
+) -> None:
+    conn = await open_connection(bridge, nats3)
+    with structlog.testing.capture_logs() as logs, pytest.raises(ClusterUnavailable) as refused:
+        await conn.ensure_stream(STREAM, SUBJECTS, replicas=5, timeout=0.5)
+    assert str(refused.value) == (
+        "connection 'test': ensure stream USAGE (R5): not enough JetStream servers online to "
+        "place its replicas (no suitable peers for placement); start the missing servers"
+    )
+    waiting = [entry for entry in logs if entry["event"] == "cluster.nats.waiting"]
+    assert len(waiting) == 1  # once, however many retries
+    assert waiting[0]["what"] == "ensure stream USAGE (R5)"
+    assert waiting[0]["log_level"] == "warning"
+    assert 0 < waiting[0]["retry_for_seconds"] <= 0.5
+    assert (await conn.ensure_stream(STREAM, SUBJECTS, replicas=3)).replicas == 3
