@@ -123,6 +123,9 @@ class NatsServer:
             with self._changed:
                 self._lines.append(raw.decode(errors="replace").rstrip())
                 self._changed.notify_all()
+        # Its log ended: it is exiting. Reaped before the waiters are told, so that they
+        # see it exited (poll) instead of waiting for a line until their timeout.
+        process.wait()
         with self._changed:
             self._changed.notify_all()
 
@@ -194,6 +197,8 @@ class NatsCluster:
     def start(self) -> None:
         for server in self.servers:
             server.start()
+        for server in self.servers:  # one that exited (its port taken...) fails here at once
+            server.wait_for_log(READY)
         self.wait_ready()
         if len(self.servers) > 1:
             self.wait_placeable()
@@ -281,17 +286,35 @@ def make_cluster(root: Path, size: int, *, sync_interval: str = "always") -> Nat
     return NatsCluster(servers)
 
 
+#: Starts of a set of servers on fresh ports after one found its port taken.
+PORT_RETRIES = 3
+
+
 @contextmanager
 def running_cluster(
     root: Path, size: int, *, sync_interval: str = "always"
 ) -> Iterator[NatsCluster]:
-    cluster = make_cluster(root, size, sync_interval=sync_interval)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        for server in cluster.servers:
-            server.kill()
+    """``size`` servers started under ``root``, killed at the end. :func:`free_port` only
+    finds a port free at the time it asks: another process (on a machine running several
+    test suites) may bind it before the server does. A server that exits because its port
+    is in use makes the whole set start again on fresh ports, in a wiped ``root``."""
+    for attempt in range(1, PORT_RETRIES + 1):
+        cluster = make_cluster(root, size, sync_interval=sync_interval)
+        try:
+            cluster.start()
+        except RuntimeError as error:
+            for server in cluster.servers:
+                server.kill()
+            if "address already in use" not in str(error) or attempt == PORT_RETRIES:
+                raise
+            shutil.rmtree(root, ignore_errors=True)
+            continue
+        try:
+            yield cluster
+        finally:
+            for server in cluster.servers:
+                server.kill()
+        return
 
 
 def serve_dev(size: int, root: Path) -> None:
