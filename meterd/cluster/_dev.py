@@ -296,18 +296,28 @@ def running_cluster(
 ) -> Iterator[NatsCluster]:
     """``size`` servers started under ``root``, killed at the end. :func:`free_port` only
     finds a port free at the time it asks: another process (on a machine running several
-    test suites) may bind it before the server does. A server that exits because its port
-    is in use makes the whole set start again on fresh ports, in a wiped ``root``."""
+    test suites) may bind it before the server does. When a server exits because its port
+    is in use, the set is started again on fresh ports, its files removed first; only when
+    it had no files under ``root`` before (new stores), never over stores kept there."""
+    cluster = make_cluster(root, size, sync_interval=sync_interval)
+    ours = [server.store_dir for server in cluster.servers]
+    ours += [server.store_dir.parent / f"{server.name}.conf" for server in cluster.servers]
+    fresh = not any(path.exists() for path in ours)
     for attempt in range(1, PORT_RETRIES + 1):
-        cluster = make_cluster(root, size, sync_interval=sync_interval)
         try:
             cluster.start()
         except RuntimeError as error:
             for server in cluster.servers:
                 server.kill()
-            if "address already in use" not in str(error) or attempt == PORT_RETRIES:
+            taken = "address already in use" in str(error)
+            if not (fresh and taken) or attempt == PORT_RETRIES:
                 raise
-            shutil.rmtree(root, ignore_errors=True)
+            for path in ours:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            cluster = make_cluster(root, size, sync_interval=sync_interval)
             continue
         try:
             yield cluster
