@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from meterd.client import BatchResult, Producer
@@ -127,3 +128,90 @@ async def test_a_closed_month_keeps_its_figures_and_restatement_after_kill9_of_i
             assert int(replayed_closes[shard]["seq"]) == int(applied[shard]["seq"])
             assert not lines(two, "period_closed_late")
             assert not lines(two, "cluster.snapshot.restored")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interval", ["1h", "2s"], ids=["log-only", "snapshots"])
+async def test_a_month_closed_under_late_traffic_keeps_its_figures_after_kill9(
+    tmp_path: Path, nats3: NatsCluster, interval: str
+) -> None:
+    """A producer sends events of last month for 8 accounts (2 per shard) while the month is
+    closed, so each shard's close lands mid-stream; after the traffic, every invoice read on
+    the owner; kill -9 of the owner (with snapshots every 2 s, or none): the new owner answers
+    every invoice with the same closed figures and restatements."""
+    configs = {
+        n: snap_config(tmp_path / n, nats3, n, snapshot_interval=interval) for n in ("n1", "n2")
+    }
+    accounts = accounts_per_shard(configs["n1"], 2)
+    closed = months_before(now_ms(), 1)
+    acked: list[int] = []
+    progress = [trio.Event()]
+
+    async def until_acked(count: int) -> None:
+        while sum(acked) < count:
+            await progress[0].wait()
+
+    async def produce(node: Gateway, stop: trio.Event) -> None:
+        def result(batch: BatchResult) -> None:
+            acked.append(batch.accepted + batch.duplicates)
+            progress[0].set()
+            progress[0] = trio.Event()
+
+        async with Producer(
+            node.url,
+            node.token("platform"),
+            max_batch=20,
+            linger=0.002,
+            backoff_initial=0.02,
+            backoff_max=0.3,
+            ack_timeout=30,
+            max_repeated_faults=1000,
+            on_result=result,
+        ) as producer:
+            i = 0
+            while not stop.is_set():
+                await producer.send(
+                    {
+                        "id": f"late-{i}",
+                        "account": accounts[i % len(accounts)],
+                        "meter": "dyno.seconds",
+                        "quantity": 100 + i % 900,
+                        "time": closed.end_ms - (1 + i % 600) * 60_000,
+                        "properties": {"size": "std-1x", "app": "web"},
+                    }
+                )
+                i += 1
+            await producer.flush()
+            assert producer.outstanding == 0
+
+    with trio.fail_after(600):
+        async with AsyncExitStack() as stack:
+            one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce, two, stop)
+                await until_acked(400)
+                made = await call(
+                    configs["n2"], "POST", f"/v1/periods/{closed}/close", json={"by": "alice"}
+                )
+                assert made.status_code == 200, made.text
+                await until_acked(sum(acked) + 800)
+                stop.set()
+            old: dict[str, Any] = {}
+            for account in accounts:
+                answer = await call(
+                    configs["n1"], "GET", f"/v1/accounts/{account}/invoices/{closed}"
+                )
+                assert answer.status_code == 200, answer.text
+                old[account] = closed_view(answer.json())
+            assert any(view["restatements"] for view in old.values()), old
+            one.kill9()
+            await wait_lines(
+                [two], lambda: len(by_shard(two, "cluster.applier.caught_up")) == SHARDS, 120
+            )
+            for account in accounts:
+                path = f"/v1/accounts/{account}/invoices/{closed}"
+                after = await replayed(configs["n2"], path)
+                assert after.status_code == 200, after.text
+                assert closed_view(after.json()) == old[account], account
+            assert not lines(two, "period_closed_late")
