@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterd.billing import Period
+from meterd.billing._errors import Unavailable
 from meterd.cluster import ShardApplier
 from meterd.cluster._closes import ShardCloser, close_message
 from meterd.cluster._nats import LogMessage
@@ -204,3 +206,60 @@ def test_the_figures_a_close_fixes_depend_only_on_its_place_in_the_log(
     assert closure[-1] == 3 * close + 3  # the close's log sequence
     # a read before the close was applied published it again (its one id), and waited
     assert set(published) == ({f"close:{PERIOD}:{SHARD}"} if read < close else set())
+
+
+class Appending(Logged):
+    """A log that takes the closer's publish: the test applies what was published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[bytes] = []
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str, timeout: float) -> None:
+        self.messages.append(data)
+        await super().publish(subject, data, msg_id=msg_id, timeout=timeout)
+
+
+async def test_a_close_never_published_is_published_by_the_first_read(tmp_path: Path) -> None:
+    """The node that closed the month in the bucket died before publishing its closes: the
+    shard's first read of the month publishes the close itself and answers once its owner
+    applied it (fixed at that point of the log: every later owner replays it there); a
+    read that finds nothing applied in time answers 503, never figures fixed at the read."""
+    account = ACCOUNTS[0]
+    async with running_cell(config_in(tmp_path), SHARD) as cell:
+        applier = ShardApplier(None, cell, SHARD, LAYOUT)
+        await applier.apply(slice_message(3, [("e1", account, 2)], NOW - 2 * HOUR))
+        shared = Shared()
+        shared.closed_months[PERIOD] = Closing("alice", CLOSED_AT)
+        cell.billing.shared_periods = shared
+        log = Appending()
+        closer = ShardCloser(
+            log,  # type: ignore[arg-type]
+            SHARD,
+            applier,
+            cell.billing.db.closure,
+            "n1",
+            timeout=0,  # nobody applies it: answered at once
+        )
+        cell.billing.closes = closer
+        with trio.fail_after(30):
+            with pytest.raises(Unavailable, match="closed for the cluster"):
+                await cell.billing.invoice(account, PERIOD)
+            assert await cell.billing.db.closure(PERIOD) is None  # nothing fixed at the read
+            closer.timeout = 30
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cell.billing.invoice, account, PERIOD)
+                while len(log.messages) < 2:
+                    await log.called.wait()
+                    log.called = trio.Event()
+                await applier.apply(slice_message(6, [("e2", account, 3)], NOW - HOUR // 2))
+                close = LogMessage(9, f"meterd.log.{SHARD}", log.messages[0], "x", NOW)
+                await applier.apply(close)
+            await applier.wait_drained()
+        closure = await cell.billing.db.closure(PERIOD)
+        assert closure is not None
+        assert (closure.by, closure.at, closure.log_seq) == ("alice", CLOSED_AT, 9)
+        assert log.published == [f"close:{PERIOD}:{SHARD}"] * 2  # one id: stored once
+        view = await cell.billing.invoice(account, PERIOD)
+        assert view.closed_total == 5 * PRICE  # the events before the close's place
+        assert view.restatements == ()
