@@ -448,10 +448,16 @@ class Billing:
         return await self.db.restatements(account, period)
 
     async def _restate(
-        self, account: str, period: Period, causes: tuple[str, ...]
+        self,
+        account: str,
+        period: Period,
+        causes: tuple[str, ...],
+        *,
+        at: int | None = None,
     ) -> tuple[Restatement | None, Invoice]:
         """Rate a closed period and record a restatement if the rating differs from its
-        fixed figures (call with the lock held); returns it (or None) and the rating."""
+        fixed figures (call with the lock held); returns it (or None) and the rating.
+        ``at``: its time when not now (a correction applied from the log: the message's)."""
         fixed = await self.db.figures(period, account)
         fixed_total = fixed.total
         current = await self.rate(account, period)
@@ -474,7 +480,13 @@ class Billing:
             )
         causes = (*causes, *unpriced)  # unpriced usage is not billed: no line shows it
         restatement = await self.db.add_restatement(
-            period, account, self.clock(), causes, fixed_total, current, changes
+            period,
+            account,
+            self.clock() if at is None else at,
+            causes,
+            fixed_total,
+            current,
+            changes,
         )
         self.restated[kind] = self.restated.get(kind, 0) + 1
         log.warning(
@@ -525,14 +537,21 @@ class Billing:
         return tuple(causes)
 
     async def _restate_if_closed(
-        self, account: str, time_ms: int, cause: str, closure: Closure | None
+        self,
+        account: str,
+        time_ms: int,
+        cause: str,
+        closure: Closure | None,
+        *,
+        at: int | None = None,
     ) -> Restatement | None:
         """Restate the month of ``time_ms`` if it is closed (``closure``: read before the
-        correction was written, so a closing that cannot be read writes nothing)."""
+        correction was written, so a closing that cannot be read writes nothing); ``at``:
+        the restatement's time when not now (a correction from the log: its own)."""
         period = Period.containing(time_ms)
         if closure is None:
             return None
-        restatement, current = await self._restate(account, period, (cause,))
+        restatement, current = await self._restate(account, period, (cause,), at=at)
         box = [current]
         del current
         await self._drop(box)
@@ -645,7 +664,8 @@ class Billing:
             log.info("adjusted", account=made.account, id=made.id, meter=meter.name, by=made.by)
 
         write = partial(self.db.add_adjustment, adjustment, at, log_seq=log_seq, fence=fence)
-        return await self._record(adjustment.start, write, said)
+        stamp = None if log_seq is None else at  # from the log: its time, not this clock
+        return await self._record(adjustment.start, write, said, restated_at=stamp)
 
     async def void_event(
         self,
@@ -710,10 +730,16 @@ class Billing:
             log.info("voided", account=made.account, event_id=made.event_id, by=made.by)
 
         write = partial(self.db.add_void, void, at, log_seq=log_seq, fence=fence)
-        return await self._record(void.time, write, said)
+        stamp = None if log_seq is None else at  # from the log: its time, not this clock
+        return await self._record(void.time, write, said, restated_at=stamp)
 
     async def _record(
-        self, time_ms: int, write: Callable[[], Awaitable[C]], said: Callable[[C], None]
+        self,
+        time_ms: int,
+        write: Callable[[], Awaitable[C]],
+        said: Callable[[C], None],
+        *,
+        restated_at: int | None = None,
     ) -> tuple[C, Restatement | None]:
         """``write()`` a correction that counts at ``time_ms`` with the periods locked (a
         closing read first: a closing that cannot be read writes nothing); a replayed one is
@@ -730,7 +756,7 @@ class Billing:
                 return await self._replay_answer(recorded)
             said(recorded)
             restatement = await self._restate_if_closed(
-                recorded.account, time_ms, recorded.describe(), closure
+                recorded.account, time_ms, recorded.describe(), closure, at=restated_at
             )
         return recorded, restatement
 

@@ -56,6 +56,7 @@ import time
 from typing import Final
 
 import msgspec
+import nats.js.errors
 import structlog
 import trio
 
@@ -287,7 +288,7 @@ class ShardApplier:
                 if self.fence is not None and self.fence.check() is not None:
                     raise _Replay()  # wait for the fence (or be stopped), then go on
                 await self.apply(message)
-            if self.caught_up is None and (not messages or messages[-1].pending == 0):
+            if self.caught_up is None and await self._at_end(connection, messages):
                 self.caught_up = time.monotonic() - self._reading_since
                 log.info(
                     "cluster.applier.caught_up",
@@ -299,6 +300,27 @@ class ShardApplier:
                 )
             if self._failure is not None:
                 raise _Replay()
+
+    async def _at_end(self, connection: Connection, messages: list[LogMessage]) -> bool:
+        """Whether the reader has reached the end of the shard's log. An empty fetch is the
+        end only when the subject holds nothing after what was read: a fetch also comes
+        back empty when its timeout passed first (a busy machine, a consumer being made
+        again), and a new owner must not answer from a partly replayed shard."""
+        if messages:
+            return messages[-1].pending == 0
+        js, subject = connection._jetstream, self.subject
+
+        async def last() -> int:
+            try:
+                message = await js.get_last_msg(STREAM, subject)
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(message.seq or 0)
+
+        try:
+            return await connection._run(f"last message of {subject}", last) <= self.read
+        except ClusterUnavailable:
+            return False
 
     async def wait_drained(self) -> None:
         """Until every submitted slice has its answer from the writer."""

@@ -132,17 +132,19 @@ def correction(number: int, kind: str, account: str, what: Any) -> Correction:
 def billing_rows(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    found = {
+    # restatements too: made from the log (a correction's, or a slice's late events), each
+    # is stamped with the message's time, not the applying node's clock
+    return {
         table: rows(path, f"SELECT * FROM {table} ORDER BY 1")
-        for table in ("adjustments", "voids", "log_corrections", "closures", "closed_invoices")
+        for table in (
+            "adjustments",
+            "voids",
+            "log_corrections",
+            "closures",
+            "closed_invoices",
+            "restatements",
+        )
     }
-    # a restatement's made_at is the applying node's clock; the rest is the log's
-    found["restatements"] = rows(
-        path,
-        "SELECT period, account, causes, old_total, new_total, changes, lines, unpriced, seen"
-        " FROM restatements ORDER BY id",
-    )
-    return found
 
 
 async def replay(
