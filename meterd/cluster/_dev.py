@@ -123,6 +123,9 @@ class NatsServer:
             with self._changed:
                 self._lines.append(raw.decode(errors="replace").rstrip())
                 self._changed.notify_all()
+        # Its log ended: it is exiting. Reaped before the waiters are told, so that they
+        # see it exited (poll) instead of waiting for a line until their timeout.
+        process.wait()
         with self._changed:
             self._changed.notify_all()
 
@@ -194,6 +197,8 @@ class NatsCluster:
     def start(self) -> None:
         for server in self.servers:
             server.start()
+        for server in self.servers:  # one that exited (its port taken...) fails here at once
+            server.wait_for_log(READY)
         self.wait_ready()
         if len(self.servers) > 1:
             self.wait_placeable()
@@ -281,17 +286,45 @@ def make_cluster(root: Path, size: int, *, sync_interval: str = "always") -> Nat
     return NatsCluster(servers)
 
 
+#: Starts of a set of servers on fresh ports after one found its port taken.
+PORT_RETRIES = 3
+
+
 @contextmanager
 def running_cluster(
     root: Path, size: int, *, sync_interval: str = "always"
 ) -> Iterator[NatsCluster]:
+    """``size`` servers started under ``root``, killed at the end. :func:`free_port` only
+    finds a port free at the time it asks: another process (on a machine running several
+    test suites) may bind it before the server does. When a server exits because its port
+    is in use, the set is started again on fresh ports, its files removed first; only when
+    it had no files under ``root`` before (new stores), never over stores kept there."""
     cluster = make_cluster(root, size, sync_interval=sync_interval)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        for server in cluster.servers:
-            server.kill()
+    ours = [server.store_dir for server in cluster.servers]
+    ours += [server.store_dir.parent / f"{server.name}.conf" for server in cluster.servers]
+    fresh = not any(path.exists() for path in ours)
+    for attempt in range(1, PORT_RETRIES + 1):
+        try:
+            cluster.start()
+        except RuntimeError as error:
+            for server in cluster.servers:
+                server.kill()
+            taken = "address already in use" in str(error)
+            if not (fresh and taken) or attempt == PORT_RETRIES:
+                raise
+            for path in ours:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            cluster = make_cluster(root, size, sync_interval=sync_interval)
+            continue
+        try:
+            yield cluster
+        finally:
+            for server in cluster.servers:
+                server.kill()
+        return
 
 
 def serve_dev(size: int, root: Path) -> None:

@@ -33,10 +33,13 @@ def node_config(
     *,
     lease_ttl: str = "10s",
     rebalance: bool = False,
+    slice_timeout: str = "10s",
 ) -> Config:
     """A node's config (16 partitions in 4 shards); ``rebalance`` off unless asked, so a node
     that joins takes only free shards (the placement these tests set up stays put)."""
-    config = write_gateway_config(where, owners=0, count=16, shard_size=4, slice_timeout="10s")
+    config = write_gateway_config(
+        where, owners=0, count=16, shard_size=4, slice_timeout=slice_timeout
+    )
     with config.path.open("a") as file:
         file.write(
             f'\n[cluster]\nnode = "{node}"\nnats = {json.dumps(nats.urls)}\n'

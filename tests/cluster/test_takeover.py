@@ -116,16 +116,20 @@ async def first_holds_all(
     stack: AsyncExitStack, first: Config, *others: Config
 ) -> tuple[Gateway, ...]:
     """``meterd run`` on ``first`` (it takes every shard; the test may kill it), then on each
-    of ``others`` (started once ``first`` holds them all, so they take none): the nodes."""
+    of ``others`` (started once ``first`` holds them all, so they take none; started side by
+    side, each waited for after): the nodes."""
     one = await stack.enter_async_context(gateway(first, meterd_run=True, expect_clean_stop=False))
     _, started = await one.wait_for(one.event("meterd_started"))
     assert started["shards"] == list(range(SHARDS))
     nodes = [one]
     for config in others:
-        nodes.append(await stack.enter_async_context(gateway(config, meterd_run=True)))
+        nodes.append(
+            await stack.enter_async_context(gateway(config, meterd_run=True, listening=False))
+        )
     for node in nodes[1:]:
         _, started = await node.wait_for(node.event("meterd_started"))
         assert started["shards"] == []
+        await node.wait_for(node.event("listening"))
     return tuple(nodes)
 
 

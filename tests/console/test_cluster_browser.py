@@ -41,6 +41,18 @@ def test_the_cluster_page_shows_the_nodes_and_the_owners_of_the_partitions(
                 context.close()
 
 
-def test_a_daemon_without_cluster_shows_no_cluster_link(page: Any) -> None:
-    assert page.locator("#nav-cluster").is_hidden()
+#: The console's navigation without ``[cluster]``, in page order.
+NAV_WITHOUT_CLUSTER = ["Tree", "Ingest", "Accounts", "Corrections", "Quarantine"]
 
+
+def test_a_daemon_without_cluster_shows_no_cluster_link(page: Any) -> None:
+    """The navigation is shown with every other page's link, and the Cluster link is in it
+    but hidden (a page that never rendered the navigation fails here, not only one that
+    shows the link)."""
+    nav = page.locator("#nav")
+    assert nav.is_visible()
+    shown = [text.strip() for text in nav.locator("a:visible").all_inner_texts()]
+    assert shown == NAV_WITHOUT_CLUSTER
+    cluster = nav.locator("a#nav-cluster")
+    assert cluster.count() == 1
+    assert cluster.is_hidden()

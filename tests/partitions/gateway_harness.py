@@ -216,10 +216,13 @@ async def gateway(
     expect_clean_stop: bool = True,
     meterd_run: bool = False,
     extra: Sequence[str] = (),
+    listening: bool = True,
 ) -> AsyncIterator[Gateway]:
     """The gateway daemon on ``config``, listening; SIGTERM at the end (exit 0 expected
     unless the test killed it). Its owners are stand-ins (ledger_owner) unless
-    ``real_owner``; ``meterd_run``: started as ``meterd run`` (real owners)."""
+    ``real_owner``; ``meterd_run``: started as ``meterd run`` (real owners).
+    ``listening=False``: yielded as soon as it is started (the caller waits for its
+    ``listening`` line, e.g. after starting others beside it)."""
     argv = [sys.executable, "-m", "tests.partitions.procs.gateway_daemon"]
     if meterd_run:
         argv = [sys.executable, "-m", "meterd", "run", "--json-logs"]
@@ -236,7 +239,8 @@ async def gateway(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(running._read)
-            await running.wait_for(running.event("listening"))
+            if listening:
+                await running.wait_for(running.event("listening"))
             yield running
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -351,9 +355,37 @@ def merged(lanes: Iterable[Lane]) -> dict[str, Decimal]:
 
 
 @contextlib.contextmanager
-def popen_gateway(config: Config, *, real_owner: bool = False) -> Iterator[subprocess.Popen[str]]:
-    """The gateway daemon on ``config`` for a synchronous test (a fixture spanning many
-    ``trio.run`` calls): started, listening, stopped with SIGTERM (exit 0) at the end."""
+def popen_gateways(
+    configs: Sequence[Config], *, real_owner: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], ...]]:
+    """The gateway daemon on each of ``configs`` for a synchronous test (a fixture spanning
+    many ``trio.run`` calls): started side by side (each one's start is mostly the
+    interpreter importing meterd), each waited for until listening; at the end all sent
+    SIGTERM together, each expected to exit 0."""
+    started: list[tuple[subprocess.Popen[str], list[str], threading.Event, threading.Thread]] = []
+    try:
+        for config in configs:
+            started.append(_spawn_gateway(config, real_owner))
+        for process, lines, listening, _ in started:
+            assert listening.wait(LINE_TIMEOUT), "".join(lines[-30:])
+            assert process.poll() is None, "".join(lines[-30:])
+        yield tuple(process for process, *_ in started)
+        for process, *_ in started:
+            process.send_signal(signal.SIGTERM)
+        for process, lines, *_ in started:
+            assert process.wait(timeout=LINE_TIMEOUT) == 0, "".join(lines[-30:])
+    finally:
+        for process, _, _, thread in started:
+            process.kill()
+            process.wait()
+            thread.join(10)
+
+
+def _spawn_gateway(
+    config: Config, real_owner: bool
+) -> tuple[subprocess.Popen[str], list[str], threading.Event, threading.Thread]:
+    """The gateway process on ``config``, its log lines as they come (read by a thread, or
+    the daemon blocks on a full pipe) and an event set once it logged ``listening``."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -371,7 +403,7 @@ def popen_gateway(config: Config, *, real_owner: bool = False) -> Iterator[subpr
     lines: list[str] = []
     listening = threading.Event()
 
-    def drain() -> None:  # keep reading, or the daemon blocks on a full pipe
+    def drain() -> None:
         assert process.stderr is not None
         for line in process.stderr:
             lines.append(line)
@@ -381,13 +413,4 @@ def popen_gateway(config: Config, *, real_owner: bool = False) -> Iterator[subpr
 
     thread = threading.Thread(target=drain, daemon=True)
     thread.start()
-    try:
-        assert listening.wait(LINE_TIMEOUT), "".join(lines[-30:])
-        assert process.poll() is None, "".join(lines[-30:])
-        yield process
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=LINE_TIMEOUT) == 0, "".join(lines[-30:])
-    finally:
-        process.kill()
-        process.wait()
-        thread.join(10)
+    return process, lines, listening, thread

@@ -8,6 +8,7 @@ seconds with owners); each test uses its own accounts or reads what the fixture 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,19 @@ def test_billing_support_commands_answer_for_every_owner(
     assert "already" in again.output + again.stderr
 
 
+def listed_deliveries(op: Operator, account: str, timeout: float = 60.0) -> list[Any]:
+    """The account's deliveries once at least one is listed (or after ``timeout`` s): the
+    ack of the crossing event says it is in the journal; its actor applies it, decides the
+    crossing and writes it with a checkpoint just after (docs/alerts.md "Durability"),
+    which under load is not yet done when the ack comes. Asked again at once: each answer
+    is a request to the daemon, nothing here can be woken by the commit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: list[Any] = op.json("deliveries", account)["deliveries"]
+        if found or time.monotonic() > deadline:
+            return found
+
+
 def test_alert_rules_and_deliveries_answer_for_every_owner(
     op: Operator, accounts: dict[int, list[str]], tmp_path: Path
 ) -> None:
@@ -167,7 +181,7 @@ def test_alert_rules_and_deliveries_answer_for_every_owner(
     ]
     op.produce(tmp_path, crossing)  # each account's next event crosses its rule
     for owner, held in accounts.items():
-        found = op.json("deliveries", held[4])["deliveries"]
+        found = listed_deliveries(op, held[4])
         assert [d["alert"] for d in found] == [f"r{owner}"]
     every = op.json("deliveries")["deliveries"]
     assert {d["account"] for d in every} == {held[4] for held in accounts.values()}

@@ -31,7 +31,7 @@ from meterd.client import BatchResult, Producer
 from meterd.config import Config
 from tests.partitions.gateway_harness import (
     now_ms,
-    popen_gateway,
+    popen_gateways,
     real_owner_available,
     real_total,
     write_gateway_config,
@@ -81,10 +81,7 @@ def daemons(
         )
         for name, (count, size, owners) in LAYOUTS.items()
     }
-    with (
-        popen_gateway(configs["one"], real_owner=real),
-        popen_gateway(configs["sharded"], real_owner=real),
-    ):
+    with popen_gateways([configs["one"], configs["sharded"]], real_owner=real):
         yield Daemons(configs, real)
 
 
