@@ -37,6 +37,11 @@ partial index and across both by :func:`_keyed`, checked in the transaction that
 correction: the same key again returns the first record (``replayed``) and writes nothing;
 with a different request it is a :class:`Conflict` ``idempotency_conflict`` naming the
 field. Rows written before version 4 have NULL (no key).
+
+Version 5 adds ``closures.log_seq``: in cluster mode a month is closed from the shard's log
+(a ``Close`` message), and the stream sequence it came from is written with the closing's
+figures in one transaction, so a replay of the log finds the month closed and fixes
+nothing again; NULL for a month closed by the API on one host (or before version 5).
 """
 
 from __future__ import annotations
@@ -168,7 +173,9 @@ _V4: Final = (
     " WHERE idempotency_key IS NOT NULL",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3, _V4)
+_V5: Final = ("ALTER TABLE closures ADD COLUMN log_seq INTEGER",)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -178,6 +185,7 @@ class Closure:
     by: str
     at: int
     accounts: int
+    log_seq: int | None = None  # cluster mode: the shard's log sequence of its Close
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +265,7 @@ None while it may commit, else why not (the transaction is rolled back: nothing 
 def _fenced(fence: Fence | None) -> None:
     reason = None if fence is None else fence()
     if reason is not None:
-        raise Unavailable(f"the correction was not recorded: {reason}", code="fenced")
+        raise Unavailable(f"nothing was recorded: {reason}", code="fenced")
 
 
 def _logged(conn: sqlite3.Connection, seq: int | None, kind: str, row_id: int) -> None:
@@ -628,22 +636,33 @@ class BillingDB:
     async def closure(self, period: Period) -> Closure | None:
         def work(conn: sqlite3.Connection) -> Closure | None:
             row = conn.execute(
-                "SELECT made_by, made_at, accounts FROM closures WHERE period = ?",
+                "SELECT made_by, made_at, accounts, log_seq FROM closures WHERE period = ?",
                 (str(period),),
             ).fetchone()
             return None if row is None else Closure(period, *row)
 
         return await self._run(work)
 
-    async def close(self, period: Period, by: str, at: int, invoices: Sequence[Invoice]) -> Closure:
-        """Record ``period`` as closed with the figures of ``invoices``, in one transaction."""
+    async def close(
+        self,
+        period: Period,
+        by: str,
+        at: int,
+        invoices: Sequence[Invoice],
+        *,
+        log_seq: int | None = None,
+        fence: Fence | None = None,
+    ) -> Closure:
+        """Record ``period`` as closed with the figures of ``invoices``, in one transaction
+        (``log_seq``: the log sequence of the ``Close`` it is applied from, cluster mode;
+        ``fence``: asked right before the transaction commits, as for a correction)."""
 
         def work(conn: sqlite3.Connection) -> Closure:
             try:
                 conn.execute(
-                    "INSERT INTO closures (period, made_by, made_at, accounts, seen)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (str(period), by, at, len(invoices), _seen(conn)),
+                    "INSERT INTO closures (period, made_by, made_at, accounts, seen, log_seq)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (str(period), by, at, len(invoices), _seen(conn), log_seq),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(
@@ -663,7 +682,8 @@ class BillingDB:
                     for invoice in invoices
                 ],
             )
-            return Closure(period, by, at, len(invoices))
+            _fenced(fence)
+            return Closure(period, by, at, len(invoices), log_seq)
 
         return await self._run(work)
 

@@ -162,6 +162,14 @@ class SharedClosing(Protocol):
     def at(self) -> int: ...
 
 
+class CloseJournal(Protocol):
+    """Where a month closed for the cluster is fixed in this database (cluster mode: a
+    ``Close`` published to the shard's log, answered once its owner applied it, so the
+    figures are fixed at one point of the shard's stream on every owner)."""
+
+    async def close(self, period: Period, shared: SharedClosing) -> Closure: ...
+
+
 class CorrectionJournal(Protocol):
     """Where a validated correction is recorded instead of this database directly (cluster
     mode: published to the shard's log, answered once its owner applied it)."""
@@ -203,6 +211,8 @@ class Billing:
         self.shared_periods: SharedPeriods | None = None
         # Cluster mode: corrections go through the shard's log (docs/cluster.md).
         self.journal: CorrectionJournal | None = None
+        # Cluster mode: a month's closing goes through the shard's log (docs/cluster.md).
+        self.closes: CloseJournal | None = None
         self.graphql_limiter = trio.CapacityLimiter(GRAPHQL_THREADS)
         self.cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
 
@@ -326,6 +336,13 @@ class Billing:
                 code="period_not_over",
             )
         shared = None if self.shared_periods is None else await self._shared(period)
+        if shared is not None and self.closes is not None:  # cluster: through the log
+            closure = await self.db.closure(period)
+            if closure is None:
+                closure = await self.closes.close(period, shared)
+            if (closure.by, closure.at) != (shared.by, shared.at):
+                raise Conflict(f"period {period} is already closed", code="already_closed")
+            return closure
         async with self._periods:
             closure = await self.db.closure(period)
             if closure is not None:
@@ -337,13 +354,44 @@ class Billing:
         log.info("period_closed", period=str(period), by=by, accounts=closure.accounts)
         return closure
 
-    async def _fix(self, period: Period, by: str, at: int) -> Closure:
+    async def close_from_log(
+        self, period: Period, by: str, at: int, *, log_seq: int, fence: Fence | None = None
+    ) -> tuple[Closure, bool]:
+        """Cluster mode: fix ``period``'s figures as a ``Close`` of the shard's log at
+        sequence ``log_seq`` says (the cluster's ``by`` and ``at``), from the usage and the
+        corrections applied before it; ``fence`` is asked right before the transaction
+        commits. The closing and whether this call made it: a month this database has
+        closed already (a replay of the log, a second ``Close``) is found, nothing fixed."""
+        async with self._periods:
+            closure = await self.db.closure(period)
+            if closure is not None:
+                return closure, False
+            closure = await self._fix(period, by, at, log_seq=log_seq, fence=fence)
+        log.info(
+            "period_closed",
+            period=str(period),
+            by=by,
+            at=at,
+            accounts=closure.accounts,
+            log_seq=log_seq,
+        )
+        return closure, True
+
+    async def _fix(
+        self,
+        period: Period,
+        by: str,
+        at: int,
+        *,
+        log_seq: int | None = None,
+        fence: Fence | None = None,
+    ) -> Closure:
         """Rate every account of ``period`` and record its figures as closed (lock held)."""
         invoices: list[Invoice] = []
         for account in await self._accounts(period):
             invoices.append(await self.rate(account, period))
         invoices = [i for i in invoices if i.lines or i.unpriced]
-        closure = await self.db.close(period, by, at, invoices)
+        closure = await self.db.close(period, by, at, invoices, log_seq=log_seq, fence=fence)
         box = [invoices]
         del invoices  # freed on a worker thread, not here
         await self._drop(box)
@@ -368,6 +416,8 @@ class Billing:
         shared = await self._shared(period)
         if shared is None:
             return None
+        if self.closes is not None and not locked:  # fixed where the log puts the close
+            return await self.closes.close(period, shared)
         if locked:
             return await self._adopt(period, shared)
         async with self._periods:
@@ -398,10 +448,16 @@ class Billing:
         return await self.db.restatements(account, period)
 
     async def _restate(
-        self, account: str, period: Period, causes: tuple[str, ...]
+        self,
+        account: str,
+        period: Period,
+        causes: tuple[str, ...],
+        *,
+        at: int | None = None,
     ) -> tuple[Restatement | None, Invoice]:
         """Rate a closed period and record a restatement if the rating differs from its
-        fixed figures (call with the lock held); returns it (or None) and the rating."""
+        fixed figures (call with the lock held); returns it (or None) and the rating.
+        ``at``: its time when not now (a correction applied from the log: the message's)."""
         fixed = await self.db.figures(period, account)
         fixed_total = fixed.total
         current = await self.rate(account, period)
@@ -424,7 +480,13 @@ class Billing:
             )
         causes = (*causes, *unpriced)  # unpriced usage is not billed: no line shows it
         restatement = await self.db.add_restatement(
-            period, account, self.clock(), causes, fixed_total, current, changes
+            period,
+            account,
+            self.clock() if at is None else at,
+            causes,
+            fixed_total,
+            current,
+            changes,
         )
         self.restated[kind] = self.restated.get(kind, 0) + 1
         log.warning(
@@ -475,14 +537,21 @@ class Billing:
         return tuple(causes)
 
     async def _restate_if_closed(
-        self, account: str, time_ms: int, cause: str, closure: Closure | None
+        self,
+        account: str,
+        time_ms: int,
+        cause: str,
+        closure: Closure | None,
+        *,
+        at: int | None = None,
     ) -> Restatement | None:
         """Restate the month of ``time_ms`` if it is closed (``closure``: read before the
-        correction was written, so a closing that cannot be read writes nothing)."""
+        correction was written, so a closing that cannot be read writes nothing); ``at``:
+        the restatement's time when not now (a correction from the log: its own)."""
         period = Period.containing(time_ms)
         if closure is None:
             return None
-        restatement, current = await self._restate(account, period, (cause,))
+        restatement, current = await self._restate(account, period, (cause,), at=at)
         box = [current]
         del current
         await self._drop(box)
@@ -595,7 +664,8 @@ class Billing:
             log.info("adjusted", account=made.account, id=made.id, meter=meter.name, by=made.by)
 
         write = partial(self.db.add_adjustment, adjustment, at, log_seq=log_seq, fence=fence)
-        return await self._record(adjustment.start, write, said)
+        stamp = None if log_seq is None else at  # from the log: its time, not this clock
+        return await self._record(adjustment.start, write, said, restated_at=stamp)
 
     async def void_event(
         self,
@@ -660,23 +730,33 @@ class Billing:
             log.info("voided", account=made.account, event_id=made.event_id, by=made.by)
 
         write = partial(self.db.add_void, void, at, log_seq=log_seq, fence=fence)
-        return await self._record(void.time, write, said)
+        stamp = None if log_seq is None else at  # from the log: its time, not this clock
+        return await self._record(void.time, write, said, restated_at=stamp)
 
     async def _record(
-        self, time_ms: int, write: Callable[[], Awaitable[C]], said: Callable[[C], None]
+        self,
+        time_ms: int,
+        write: Callable[[], Awaitable[C]],
+        said: Callable[[C], None],
+        *,
+        restated_at: int | None = None,
     ) -> tuple[C, Restatement | None]:
         """``write()`` a correction that counts at ``time_ms`` with the periods locked (a
         closing read first: a closing that cannot be read writes nothing); a replayed one is
         answered with the restatement it caused, a new one ``said`` (logged) and its closed
         month restated."""
         async with self._periods:
-            closure = await self._closure(Period.containing(time_ms), locked=True)
+            period = Period.containing(time_ms)
+            if self.closes is not None:  # cluster mode: closed here iff a Close came before
+                closure = await self.db.closure(period)  # it in the log: no bucket read
+            else:
+                closure = await self._closure(period, locked=True)
             recorded = await write()
             if recorded.replayed:
                 return await self._replay_answer(recorded)
             said(recorded)
             restatement = await self._restate_if_closed(
-                recorded.account, time_ms, recorded.describe(), closure
+                recorded.account, time_ms, recorded.describe(), closure, at=restated_at
             )
         return recorded, restatement
 

@@ -7,9 +7,11 @@ gateway's own routes do not change):
   it holds now) marked with their shard, epoch, applied sequence and lag;
 * ``POST /v1/periods/{period}/close``: the month is first closed for the cluster in the KV
   bucket of closed periods (:mod:`._periods`, a create: the first close wins; a second one
-  anywhere is 409 ``already_closed``), then the request goes on to the gateway, which asks
-  every shard to fix its figures. A request the gateway would refuse (no token, a bad body
-  or month) is passed on untouched, and refused there.
+  anywhere is 409 ``already_closed``), then a ``Close`` of the month is published to every
+  shard's log (:mod:`._closes`: each shard's owner fixes its figures where the close stands
+  in its log), then the request goes on to the gateway, which asks every shard for its
+  closing (each answers once its applier applied the close). A request the gateway would
+  refuse (no token, a bad body or month) is passed on untouched, and refused there.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ClusterRoute:
         periods: ClosedPeriods | None = None,
         tree: Tree | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        logged: Callable[[Period, str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -73,6 +76,7 @@ class ClusterRoute:
         self.periods = periods
         self.tree = tree
         self.clock = clock
+        self.logged = logged  # publishes a won close to every shard's log (._closes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
@@ -134,7 +138,7 @@ class ClusterRoute:
         if claim is not None:
             try:
                 period, by = claim
-                await self.periods.close(period, by=by, at=self.clock(), node=self.node)
+                won = await self.periods.close(period, by=by, at=self.clock(), node=self.node)
             except AlreadyClosed as error:
                 response = error_response(409, "already_closed", str(error))
                 await response(scope, receive, send)
@@ -147,6 +151,8 @@ class ClusterRoute:
                 )
                 await response(scope, receive, send)
                 return
+            if self.logged is not None:  # the close, into every shard's log
+                await self.logged(won.period, won.by, won.at)
         await self.app(scope, _buffered_again(body), send)
 
     def _claim(self, request: Request, text: str, body: bytes | None) -> tuple[Period, str] | None:

@@ -56,9 +56,11 @@ import time
 from typing import Final
 
 import msgspec
+import nats.js.errors
 import structlog
 import trio
 
+from meterd.billing import Period
 from meterd.billing._corrections import AdjustmentRequest
 from meterd.billing._errors import BillingError, InvalidRequest
 from meterd.billing._errors import Unavailable as BillingUnavailable
@@ -66,6 +68,7 @@ from meterd.config import PartitionsConfig
 from meterd.model import Event
 from meterd.partitions._cell import Cell
 from meterd.partitions._messages import (
+    Close,
     Correction,
     Slice,
     Unavailable,
@@ -152,6 +155,8 @@ class ShardApplier:
         self._paused = False
         self._waiters: dict[str, Waiter] = {}  # corrections published here, by id
         self.corrections = 0  # corrections applied (replays included)
+        self._closes: dict[str, trio.Event] = {}  # months whose Close someone waits for
+        self.closes = 0  # Close messages applied (replays and repeats included)
         self.retry_delay = RETRY_DELAY  # first wait while billing cannot decide (seconds)
 
     def expect(self, correction_id: str) -> Waiter:
@@ -162,6 +167,14 @@ class ShardApplier:
 
     def forget(self, correction_id: str) -> None:
         self._waiters.pop(correction_id, None)
+
+    def expect_close(self, period: str) -> trio.Event:
+        """Set once this applier has applied a ``Close`` of ``period`` (or found the month
+        closed at one): see :mod:`._closes`."""
+        event = self._closes.get(period)
+        if event is None:
+            event = self._closes[period] = trio.Event()
+        return event
 
     @property
     def lag(self) -> int:
@@ -275,7 +288,7 @@ class ShardApplier:
                 if self.fence is not None and self.fence.check() is not None:
                     raise _Replay()  # wait for the fence (or be stopped), then go on
                 await self.apply(message)
-            if self.caught_up is None and (not messages or messages[-1].pending == 0):
+            if self.caught_up is None and await self._at_end(connection, messages):
                 self.caught_up = time.monotonic() - self._reading_since
                 log.info(
                     "cluster.applier.caught_up",
@@ -287,6 +300,27 @@ class ShardApplier:
                 )
             if self._failure is not None:
                 raise _Replay()
+
+    async def _at_end(self, connection: Connection, messages: list[LogMessage]) -> bool:
+        """Whether the reader has reached the end of the shard's log. An empty fetch is the
+        end only when the subject holds nothing after what was read: a fetch also comes
+        back empty when its timeout passed first (a busy machine, a consumer being made
+        again), and a new owner must not answer from a partly replayed shard."""
+        if messages:
+            return messages[-1].pending == 0
+        js, subject = connection._jetstream, self.subject
+
+        async def last() -> int:
+            try:
+                message = await js.get_last_msg(STREAM, subject)
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(message.seq or 0)
+
+        try:
+            return await connection._run(f"last message of {subject}", last) <= self.read
+        except ClusterUnavailable:
+            return False
 
     async def wait_drained(self) -> None:
         """Until every submitted slice has its answer from the writer."""
@@ -315,6 +349,14 @@ class ShardApplier:
             if isinstance(decoded, Correction) and decoded.shard == self.shard:
                 await self._correct(message, decoded, position)
                 return
+            if isinstance(decoded, Close) and decoded.shard == self.shard:
+                try:
+                    period = Period.parse(decoded.period)
+                except ValueError as error:
+                    problem = f"a close of no month: {error}"
+                else:
+                    await self._close(message, decoded, period, position)
+                    return
             if not isinstance(decoded, Slice) or decoded.shard != self.shard:
                 problem = f"not a slice of shard {self.shard}: {type(decoded).__name__}"
             else:
@@ -427,6 +469,71 @@ class ShardApplier:
                 received_at=correction.at,
             )
         except Exception as error:  # a bug: replay it (billing has it: applied once)
+            log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
+            done(error)
+
+    async def _close(
+        self, message: LogMessage, close: Close, period: Period, position: LogPosition
+    ) -> None:
+        """Apply a month's close (see :mod:`._closes`): after every message before it is
+        committed, the shard's figures of the month are fixed in billing with the message's
+        sequence (once: a replay, or a second ``Close`` of the month, finds it closed), then
+        the store's position moves past it."""
+        await self.wait_drained()
+        if self._failure is not None:
+            raise _Replay()
+        if self.fence is not None and self.fence.check() is not None:
+            raise _Replay()
+        fence = None if self.fence is None else self.fence.check
+        try:
+            closure, made = await self.cell.billing.close_from_log(
+                period, close.by, close.at, log_seq=message.seq, fence=fence
+            )
+        except BillingUnavailable:  # fenced inside the transaction: nothing written
+            raise _Replay() from None
+        except (sqlite3.Error, OSError, BillingError) as error:
+            self._failure = error
+            log.error(  # noqa: TRY400 (the error is in the line)
+                "cluster.applier.close_failed",
+                shard=self.shard,
+                seq=message.seq,
+                period=close.period,
+                error=str(error),
+                hint="the billing database could not be written (see its path and free"
+                " space); the log is replayed from the store's position",
+            )
+            raise _Replay() from None
+        log.info(
+            "cluster.applier.closed" if made else "cluster.applier.close_found",
+            shard=self.shard,
+            seq=message.seq,
+            period=close.period,
+            by=close.by,
+            at=close.at,
+            accounts=closure.accounts,
+            fixed_at_seq=closure.log_seq,
+        )
+        self._in_flight += 1
+        self.slices += 1
+        self.closes += 1
+
+        def done(result: list[AppendResult] | BaseException) -> None:
+            self._committed(message.seq, result)
+            waiting = self._closes.pop(close.period, None)
+            if waiting is not None:
+                waiting.set()
+
+        try:
+            self.cell.accounts.submit(
+                [],
+                done,
+                producer=None,
+                seq=None,
+                rejected=[],
+                log_position=position,
+                received_at=close.at,
+            )
+        except Exception as error:  # a bug: replay it (billing has it: fixed once)
             log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
             done(error)
 

@@ -47,6 +47,7 @@ import trio
 import supervisors as sv
 from meterd import __version__
 from meterd.api.cluster import ClusterStatus
+from meterd.billing import Period
 from meterd.config import Config
 from meterd.gateway import GatewayApi
 from meterd.ingest.server import IngestServer, wall_clock_ms
@@ -59,6 +60,7 @@ from meterd.startup import StartupFailed, hold_store, prepare_paths, run_until_s
 from ._api import ClusterRoute
 from ._applier import ShardApplier
 from ._bridge import open_bridge
+from ._closes import ShardCloser, publish_closes
 from ._corrections import ShardJournal
 from ._drain import DrainMark, DrainMarkUnreadable, DrainRoute
 from ._gateway import JetStreamLinks
@@ -125,13 +127,15 @@ class _Shards:
             self.connection, cell, shard, config.partitions, fence=fence, covered=restored.covered
         )
         cell.billing.shared_periods = self.periods
+        node = self.config.cluster.node if self.config.cluster is not None else "node"
+        timeout = config.partitions.slice_timeout.seconds
         cell.billing.journal = ShardJournal(  # corrections go through the shard's log
-            self.connection,
-            shard,
-            applier,
-            self.config.cluster.node if self.config.cluster is not None else "node",
-            timeout=config.partitions.slice_timeout.seconds,
+            self.connection, shard, applier, node, timeout=timeout
         )
+        if self.periods is not None:  # and so do a month's closings
+            cell.billing.closes = ShardCloser(
+                self.connection, shard, applier, cell.billing.db.closure, node, timeout=timeout
+            )
         await cell.open()
         try:
             queries = sv.task_spec(
@@ -311,7 +315,20 @@ async def _run(
         held = {s: (h.fence.epoch, h.fence.check()) for s, h in placement.held.items()}
         return node_tree(root, node, held, shards.report(), limit)
 
-    api.app = ClusterRoute(api.app, config.api, status, node=node, periods=periods, tree=tree)
+    async def logged(period: Period, by: str, at: int) -> None:
+        await publish_closes(
+            connection,
+            period,
+            range(config.partitions.shards),
+            by=by,
+            at=at,
+            node=node,
+            timeout=config.partitions.slice_timeout.seconds,
+        )
+
+    api.app = ClusterRoute(
+        api.app, config.api, status, node=node, periods=periods, tree=tree, logged=logged
+    )
 
     def drain_state() -> dict[str, object]:
         return {

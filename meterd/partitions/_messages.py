@@ -50,6 +50,7 @@ __all__ = [
     "ENCODER",
     "Answer",
     "BatchId",
+    "Close",
     "Correction",
     "Hello",
     "Message",
@@ -218,6 +219,21 @@ class Correction(Struct, frozen=True, tag_field="t", tag="correction"):
     key: str = ""  # the correction's idempotency key (docs/billing.md; "": none, older log)
 
 
+class Close(Struct, frozen=True, tag_field="t", tag="close"):
+    """Cluster mode: the month ``period`` ("YYYY-MM") closed for the cluster (the KV bucket's
+    ``by``, ``at`` in ms, and the ``node`` that closed it), published to ``shard``'s log and
+    applied by its owner in stream order: the shard's figures of the month are fixed after
+    exactly the messages before it. ``id`` is its ``Nats-Msg-Id``, the same for every
+    publish of one month and shard (``close:<period>:<shard>``)."""
+
+    id: str
+    shard: int
+    period: str
+    by: str
+    at: int  # ms
+    node: str
+
+
 class TreeSnapshot(Struct, frozen=True, tag_field="t", tag="tree_snapshot"):
     id: int
     owner: str
@@ -236,6 +252,7 @@ Message: TypeAlias = (
     | TreeRequest
     | TreeSnapshot
     | Correction
+    | Close
 )
 
 ENCODER: Final = msgspec.msgpack.Encoder(decimal_format="string")

@@ -79,7 +79,7 @@ async def test_a_version_3_database_migrates_in_place_and_keeps_its_corrections(
         await db.aclose()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute("UPDATE adjustments SET idempotency_key = 'other'")
     finally:
