@@ -50,17 +50,29 @@ def accounts_per_shard(config: Config, n: int) -> list[str]:
 
 
 async def wait_lines(nodes: Sequence[Gateway], done: Callable[[], bool], timeout: float) -> None:
-    """Until ``done()`` holds, looked at whenever one of ``nodes`` logs a line."""
-    with trio.fail_after(timeout):
-        while not done():
-            async with trio.open_nursery() as nursery:
+    """Until ``done()`` holds, looked at whenever one of ``nodes`` logs a line. On a timeout
+    the failure shows each node's last cluster lines (what it was doing instead)."""
+    try:
+        with trio.fail_after(timeout):
+            while not done():
+                async with trio.open_nursery() as nursery:
 
-                async def one(node: Gateway) -> None:
-                    await node._new.wait()
-                    nursery.cancel_scope.cancel()
+                    async def one(node: Gateway) -> None:
+                        await node._new.wait()
+                        nursery.cancel_scope.cancel()
 
-                for node in nodes:
-                    nursery.start_soon(one, node)
+                    for node in nodes:
+                        nursery.start_soon(one, node)
+    except trio.TooSlowError:
+        shown = {
+            index: [
+                line for line in node.lines if str(line.get("event", "")).startswith("cluster.")
+            ][-40:]
+            for index, node in enumerate(nodes)
+        }
+        raise AssertionError(
+            f"not done within {timeout} s; the nodes' last lines: {shown}"
+        ) from None
 
 
 def owned(nodes: Sequence[Gateway]) -> dict[int, str]:
