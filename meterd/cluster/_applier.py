@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -448,29 +449,14 @@ class ShardApplier:
                 account=correction.account,
                 record=outcome[0].id,
             )
-        self._in_flight += 1
-        self.slices += 1
         self.corrections += 1
 
-        def done(result: list[AppendResult] | BaseException) -> None:
-            self._committed(message.seq, result)
+        def answer() -> None:
             waiter = self._waiters.get(correction.id)
             if waiter is not None:
                 waiter.set(outcome)
 
-        try:
-            self.cell.accounts.submit(
-                [],
-                done,
-                producer=None,
-                seq=None,
-                rejected=[],
-                log_position=position,
-                received_at=correction.at,
-            )
-        except Exception as error:  # a bug: replay it (billing has it: applied once)
-            log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
-            done(error)
+        self._move_past(message, position, correction.at, answer)
 
     async def _close(
         self, message: LogMessage, close: Close, period: Period, position: LogPosition
@@ -513,15 +499,27 @@ class ShardApplier:
             accounts=closure.accounts,
             fixed_at_seq=closure.log_seq,
         )
-        self._in_flight += 1
-        self.slices += 1
         self.closes += 1
 
-        def done(result: list[AppendResult] | BaseException) -> None:
-            self._committed(message.seq, result)
+        def answer() -> None:
             waiting = self._closes.pop(close.period, None)
             if waiting is not None:
                 waiting.set()
+
+        self._move_past(message, position, close.at, answer)
+
+    def _move_past(
+        self, message: LogMessage, position: LogPosition, at: int, answer: Callable[[], None]
+    ) -> None:
+        """Advance the store's position past a message applied outside the store (a
+        correction, a close: billing has it), then ``answer`` whoever waits for it. A
+        submit that raises is a bug: the message is replayed (billing finds it: once)."""
+        self._in_flight += 1
+        self.slices += 1
+
+        def done(result: list[AppendResult] | BaseException) -> None:
+            self._committed(message.seq, result)
+            answer()
 
         try:
             self.cell.accounts.submit(
@@ -531,9 +529,9 @@ class ShardApplier:
                 seq=None,
                 rejected=[],
                 log_position=position,
-                received_at=close.at,
+                received_at=at,
             )
-        except Exception as error:  # a bug: replay it (billing has it: fixed once)
+        except Exception as error:
             log.exception("cluster.applier.submit_failed", shard=self.shard, seq=message.seq)
             done(error)
 

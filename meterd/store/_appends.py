@@ -28,10 +28,9 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from itertools import chain, filterfalse, repeat
 from operator import attrgetter, itemgetter
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 import msgspec
@@ -147,9 +146,7 @@ def _encode_groups(
     pack = _PACK  # the same bytes as msgpack's Packer(use_bin_type=True) for these values
     fresh = _FINGERPRINT.copy
     from_bytes = int.from_bytes
-    canonical = codec._canonical_decimal
-    encode_quantity = codec.encode_quantity
-    short = codec._SHORT_DECIMAL
+    stored = codec.stored_quantity
     packed: list[bytes] = []
     fingerprints: list[int] = []
     seconds: list[int] = []
@@ -158,23 +155,9 @@ def _encode_groups(
     add_second = seconds.append
     for _, events in groups:
         for event in events:
-            quantity = event.quantity
-            if type(quantity) is Decimal:
-                text = str(quantity)
-                if "E" in text or len(text) > short or not quantity.is_finite():
-                    text = canonical(quantity)
-                elif "." in text:
-                    text = text.rstrip("0").rstrip(".")
-                    if text == "-0":
-                        text = "0"
-                elif text == "-0":
-                    text = "0"
-                value: Any = text
-            else:
-                value = encode_quantity(quantity)
-                text = value if type(value) is str else str(quantity)
-                if type(value) is not int:  # an ExtType (beyond 64 bits): msgpack's own
-                    pack = _pack_ext
+            value, text = stored(event.quantity)
+            if type(value) is not int and type(value) is not str:
+                pack = _pack_ext  # an ExtType (beyond 64 bits): msgpack's own
             time = event.time
             properties = event.properties
             mapping = dict(properties)

@@ -46,6 +46,7 @@ __all__ = [
     "encode_event",
     "encode_quantity",
     "encode_rows",
+    "stored_quantity",
     "event_row",
     "event_row_and_fingerprint",
     "pack_array_header",
@@ -157,6 +158,26 @@ def event_row_and_fingerprint(event: Event) -> tuple[list[Any], int]:
 _SHORT_DECIMAL: Final = 500  # characters: str() of it is under _MAX_DIGITS written out
 
 
+def stored_quantity(quantity: int | Decimal) -> tuple[Any, str]:
+    """A quantity as a row stores it (:func:`encode_quantity`) and its canonical text (what
+    ``Event.fingerprint()`` hashes), computed once: a ``Decimal`` takes ``str()``'s plain
+    notation when it has one (no exponent, under the digit limit), with trailing zeros and
+    the sign of zero dropped, and :func:`_canonical_decimal` otherwise."""
+    if type(quantity) is Decimal:
+        text = str(quantity)
+        if "E" in text or len(text) > _SHORT_DECIMAL or not quantity.is_finite():
+            text = _canonical_decimal(quantity)
+        elif "." in text:
+            text = text.rstrip("0").rstrip(".")
+            if text == "-0":
+                text = "0"
+        elif text == "-0":
+            text = "0"
+        return text, text
+    value = encode_quantity(quantity)
+    return value, value if type(value) is str else str(quantity)
+
+
 def encode_rows(events: Iterable[Event]) -> tuple[list[bytes], list[int]]:
     """Each event packed as by :func:`encode_event`, and its ``Event.fingerprint()``: the
     writer's hot path, the same bytes and digests as those functions computed with one
@@ -167,27 +188,13 @@ def encode_rows(events: Iterable[Event]) -> tuple[list[bytes], list[int]]:
     pack = msgpack.Packer(use_bin_type=True).pack
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
-    canonical = _canonical_decimal
     packed: list[bytes] = []
     fingerprints: list[int] = []
     add_row = packed.append
     add_fingerprint = fingerprints.append
+    stored = stored_quantity
     for event in events:
-        quantity = event.quantity
-        if type(quantity) is Decimal:
-            text = str(quantity)
-            if "E" in text or len(text) > _SHORT_DECIMAL or not quantity.is_finite():
-                text = canonical(quantity)
-            elif "." in text:
-                text = text.rstrip("0").rstrip(".")
-                if text == "-0":
-                    text = "0"
-            elif text == "-0":
-                text = "0"
-            value: Any = text
-        else:
-            value = encode_quantity(quantity)
-            text = value if type(value) is str else str(quantity)
+        value, text = stored(event.quantity)
         time = event.time
         properties = event.properties
         mapping = dict(properties)
