@@ -583,7 +583,9 @@ class Campaign:
         stream = self.new_stream()
         while self.kills < rounds:
             done = await self.kill_round(stream)
-            if self.rng.random() < 0.75:  # else the next driver recovers through ingest
+            # Else the next driver recovers through ingest; a stream's first kill is always
+            # checked, so that every campaign checks the bounds between kills.
+            if stream.kills == 1 or self.rng.random() < 0.75:
                 await self.check_bounds(stream)
             if done or stream.kills >= KILLS_PER_STREAM or stream.next_start() >= self.events:
                 await self.finish(stream)
