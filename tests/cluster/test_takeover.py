@@ -54,15 +54,20 @@ async def wait_lines(nodes: Sequence[Gateway], done: Callable[[], bool], timeout
     the failure shows each node's last cluster lines (what it was doing instead)."""
     try:
         with trio.fail_after(timeout):
-            while not done():
+            while True:
+                # The events are taken before done() looks: a line read after the look sets
+                # one of them (a node's reader sets its event, then makes a new one).
+                news = [node._new for node in nodes]
+                if done():
+                    return
                 async with trio.open_nursery() as nursery:
 
-                    async def one(node: Gateway) -> None:
-                        await node._new.wait()
+                    async def one(new: trio.Event) -> None:
+                        await new.wait()
                         nursery.cancel_scope.cancel()
 
-                    for node in nodes:
-                        nursery.start_soon(one, node)
+                    for new in news:
+                        nursery.start_soon(one, new)
     except trio.TooSlowError:
         shown = {
             index: [
