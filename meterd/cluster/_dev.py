@@ -74,6 +74,8 @@ class NatsServer:
     process: subprocess.Popen[bytes] | None = None
     _lines: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    #: The current process's log has been read to its end (set by its reader thread).
+    _log_ended: bool = False
 
     @property
     def url(self) -> str:
@@ -107,6 +109,7 @@ class NatsServer:
         conf.write_text(self.config_text())
         with self._changed:
             self._lines = []
+            self._log_ended = False
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
@@ -127,6 +130,8 @@ class NatsServer:
         # see it exited (poll) instead of waiting for a line until their timeout.
         process.wait()
         with self._changed:
+            if process is self.process:
+                self._log_ended = True
             self._changed.notify_all()
 
     @property
@@ -150,7 +155,9 @@ class NatsServer:
                 for line in self._lines:
                     if regex.search(line):
                         return line
-                if self.process is not None and self.process.poll() is not None:
+                # Exited, and its last lines read (a server that exits at once, its port
+                # taken, has its reason in the lines the reader has not read yet).
+                if self._log_ended and self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(
                         f"nats server {self.name} exited ({self.process.returncode}) before "
                         f"logging {regex.pattern!r}; its log:\n" + "\n".join(self._lines)
