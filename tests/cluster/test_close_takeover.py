@@ -8,6 +8,7 @@ too, never folded silently into the closed figures. On 3 real NATS servers with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ from tests.partitions.gateway_harness import Gateway, now_ms
 HOUR = 3_600_000
 
 
-async def send(node: Gateway, events: list[tuple[str, str, int, int]]) -> list[BatchResult]:
-    """``events`` (id, account, quantity, time) through ``node``'s ingest, each acked."""
-    results: list[BatchResult] = []
-    async with Producer(
+def producer_of(
+    node: Gateway, on_result: Callable[[BatchResult], None], **options: Any
+) -> Producer:
+    """A producer on ``node``'s ingest as "platform": small batches, quick retries."""
+    return Producer(
         node.url,
         node.token("platform"),
         max_batch=20,
@@ -44,8 +46,15 @@ async def send(node: Gateway, events: list[tuple[str, str, int, int]]) -> list[B
         backoff_initial=0.02,
         backoff_max=0.3,
         ack_timeout=30,
-        on_result=results.append,
-    ) as producer:
+        on_result=on_result,
+        **options,
+    )
+
+
+async def send(node: Gateway, events: list[tuple[str, str, int, int]]) -> list[BatchResult]:
+    """``events`` (id, account, quantity, time) through ``node``'s ingest, each acked."""
+    results: list[BatchResult] = []
+    async with producer_of(node, results.append) as producer:
         for event_id, account, quantity, time in events:
             await producer.send(
                 {
@@ -97,9 +106,7 @@ async def test_a_closed_month_keeps_its_figures_and_restatement_after_kill9_of_i
     then a late event of that month (n1 restates the invoice). kill -9 of n1 before any
     snapshot: n2 replays the log and answers the same invoice (the figures fixed at the
     close, the same restatement), and fixes nothing at a first read."""
-    configs = {
-        n: snap_config(tmp_path / n, nats3, n, snapshot_interval="1h") for n in ("n1", "n2")
-    }
+    configs = {n: snap_config(tmp_path / n, nats3, n, snapshot_interval="1h") for n in ("n1", "n2")}
     account = accounts_per_shard(configs["n1"], 1)[0]
     shard = shard_of(account, configs["n1"].partitions)
     closed = months_before(now_ms(), 1)
@@ -173,17 +180,7 @@ async def test_a_month_closed_under_late_traffic_keeps_its_figures_after_kill9(
             progress[0].set()
             progress[0] = trio.Event()
 
-        async with Producer(
-            node.url,
-            node.token("platform"),
-            max_batch=20,
-            linger=0.002,
-            backoff_initial=0.02,
-            backoff_max=0.3,
-            ack_timeout=30,
-            max_repeated_faults=1000,
-            on_result=result,
-        ) as producer:
+        async with producer_of(node, result, max_repeated_faults=1000) as producer:
             i = 0
             while not stop.is_set():
                 await producer.send(
