@@ -662,21 +662,35 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
-async def settle(pid: int | None, *, limit: float = 60.0, busy: float = 0.15) -> float:
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What :func:`settle` waited: ``seconds``, and the process tree's CPU seconds from
+    ``since`` (or the wait's start) to its end (``None``: the process could not be read)."""
+
+    seconds: float
+    cpu_seconds: float | None
+
+
+async def settle(
+    pid: int | None, *, since: float | None = None, limit: float = 60.0, busy: float = 0.15
+) -> Settled:
     """Wait until process ``pid`` and its descendants (a gateway's owners) use under ``busy``
     of a core over half a second (the tail of the previous run done), at most ``limit``
-    seconds; returns the seconds waited."""
+    seconds. ``since``: the tree's CPU seconds (:func:`tree_cpu_seconds`) when the previous
+    run ended, so that the CPU it spent after its last ack counts from there."""
     if pid is None:
-        return 0.0
+        return Settled(0.0, None)
     start = trio.current_time()
-    before = tree_cpu_seconds(pid)
+    first = before = tree_cpu_seconds(pid)
     while before is not None and trio.current_time() - start < limit:
         await trio.sleep(0.5)
         now = tree_cpu_seconds(pid)
         if now is None or now - before < busy * 0.5:
             break
         before = now
-    return trio.current_time() - start
+    origin = first if since is None else since
+    used = None if before is None or origin is None else max(0.0, before - origin)
+    return Settled(trio.current_time() - start, used)
 
 
 class _Watch:
@@ -761,6 +775,11 @@ class RunResult:
     error: str | None = None  # what ended the run early
     load_average: float | None = None  # the machine's 1-minute load average at the start
     timeline: list[int] = field(default_factory=list)  # events acked in each second of the run
+    # the tree's CPU seconds when the last ack came (where the work after it counts from)
+    server_tree_cpu_end: float | None = None
+    # after the last ack, until the server went idle (settle): seconds, and its CPU seconds
+    after_ack_seconds: float | None = None
+    after_ack_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -778,6 +797,17 @@ class RunResult:
         if self.server_cpu_seconds is None or not self.events:
             return None
         return self.server_cpu_seconds / self.events * 1e6
+
+    @property
+    def total_cpu_per_event_us(self) -> float | None:
+        """CPU µs per event with the work the server did after the last ack, until it went
+        idle (meterd's actors apply acknowledged events, its writers index them): what the
+        row's events cost, where :attr:`server_cpu_per_event_us` stops at the last ack."""
+        if self.server_cpu_seconds is None or self.after_ack_cpu_seconds is None:
+            return None
+        if not self.events:
+            return None
+        return (self.server_cpu_seconds + self.after_ack_cpu_seconds) / self.events * 1e6
 
     @property
     def server_write_per_event_kib(self) -> float | None:
@@ -811,6 +841,7 @@ class RunResult:
         data["rate"] = self.rate
         data["server_cpu_share"] = self.server_cpu_share
         data["server_cpu_per_event_us"] = self.server_cpu_per_event_us
+        data["total_cpu_per_event_us"] = self.total_cpu_per_event_us
         data["server_write_per_event_kib"] = self.server_write_per_event_kib
         data["generator_cpu_share"] = self.generator_cpu_share
         for process, entry in zip(self.server_processes, data["server_processes"], strict=True):
@@ -857,6 +888,7 @@ async def drive(
         ]
     watch = _Watch(None)
     measured: tuple[float | None, int | None, float] | None = None
+    tree_cpu_end: float | None = None
     load_average: float | None = None
     with run.scope:
         async with trio.open_nursery() as nursery:
@@ -885,6 +917,7 @@ async def drive(
             run.go.set()
             await run.done.wait()  # a failure cancels this wait
             measured = watch.stop()  # before the producers close their connections
+            tree_cpu_end = None if target.pid is None else tree_cpu_seconds(target.pid)
             sampler.cancel()
     if not run.go.is_set():
         raise BenchError(run.error or f"{target.name}: the producers could not start")
@@ -924,6 +957,7 @@ async def drive(
         error=run.error,
         load_average=load_average,
         timeline=_timeline(tallies, run.t0),
+        server_tree_cpu_end=tree_cpu_end,
     )
 
 
@@ -1201,6 +1235,7 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
     tag = "" if report.owners is None else f".owners-{report.owners}"
     async with _profiled(target.pid, options, enabled=profiling, tag=tag):
         report.max = await drive(target, load, "max", max_in_flight=in_flight)
+    await _settle(target, after=report.max)
     _check(target, report.max)
     log(f"{target.name}: {report.max.rate:,.0f} events/s acked")
     if options.resend and report.max.error is None:
@@ -1228,6 +1263,7 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
     await _settle(target)
     log(f"{target.name}: half load, {rate:,.0f} events/s offered for ~{count / rate:.1f} s")
     report.half = await drive(target, half, "half load", max_in_flight=in_flight)
+    await _settle(target, after=report.half)
     collections = [
         f"{figure.split(': ', 1)[1]} gen {figure[7]} {value:,.0f} ms"
         f" ({report.half.breakdown.get(figure.replace(', ms:', ', collections:'), 0):,.0f})"
@@ -1359,10 +1395,15 @@ def _frame_name(frame: str) -> str:
     return f"{function} ({path})" if path else function
 
 
-async def _settle(target: Target) -> None:
-    waited = await settle(target.pid)
-    if waited > 1.5:
-        log(f"{target.name}: waited {waited:.1f} s for the server to go idle")
+async def _settle(target: Target, after: RunResult | None = None) -> None:
+    """Wait for ``target`` to go idle; ``after``: the row just run, which is given the
+    seconds and CPU the server spent after its last ack."""
+    settled = await settle(target.pid, since=None if after is None else after.server_tree_cpu_end)
+    if after is not None:
+        after.after_ack_seconds = settled.seconds
+        after.after_ack_cpu_seconds = settled.cpu_seconds
+    if settled.seconds > 1.5:
+        log(f"{target.name}: waited {settled.seconds:.1f} s for the server to go idle")
 
 
 def _check(target: Target, result: RunResult) -> None:
@@ -1475,6 +1516,9 @@ def _rows(target: TargetReport) -> list[Row]:
         add("max: server CPU, µs per event", top.server_cpu_per_event_us, 1)
         for process in _several(top):
             add(f"max: server CPU, µs per event: {process.name}", top.per_event_us(process), 1)
+        add("max: server busy after the last ack, s", top.after_ack_seconds, 1)
+        add("max: server CPU with the work after the last ack, µs per event",
+            top.total_cpu_per_event_us, 1)  # fmt: skip
         add("max: server RSS peak, MiB", _mib(top.server_rss_peak), 1)
         for process in _several(top):
             add(f"max: server RSS peak, MiB: {process.name}", _mib(process.rss_peak), 1)
@@ -1508,6 +1552,12 @@ def _rows(target: TargetReport) -> list[Row]:
             ("half load: ack latency max, ms", lambda r: r.latency_max_ms, 1),
             ("half load: server CPU, % of one core", lambda r: _percent(r.server_cpu_share), 0),
             ("half load: server CPU, µs per event", lambda r: r.server_cpu_per_event_us, 1),
+            ("half load: server busy after the last ack, s", lambda r: r.after_ack_seconds, 1),
+            (
+                "half load: server CPU with the work after the last ack, µs per event",
+                lambda r: r.total_cpu_per_event_us,
+                1,
+            ),
             (
                 "half load: server storage writes, KiB per event",
                 lambda r: r.server_write_per_event_kib,
@@ -1664,6 +1714,8 @@ def _scaling(report: Report) -> list[str]:
         "ratio",
         "CPU µs per event, all processes",
         "ratio",
+        "with the work after the last ack",
+        "ratio",
         "CPU µs per event (% of one core), per process",
         "RSS peak MiB, all",
         "half load p99, ms",
@@ -1692,6 +1744,11 @@ def _scaling(report: Report) -> list[str]:
                 ratio(
                     top.server_cpu_per_event_us,
                     None if base is None else base.server_cpu_per_event_us,
+                ),
+                _number(top.total_cpu_per_event_us, 1),
+                ratio(
+                    top.total_cpu_per_event_us,
+                    None if base is None else base.total_cpu_per_event_us,
                 ),
                 per_process or "—",
                 _number(_mib(top.server_rss_peak), 1),

@@ -97,6 +97,10 @@ class Figures:
     main_cpu_us: float = 0.0  # per event, the worker's main (Trio) thread alone
     switches: float = 0.0  # per event, the worker's threads' context switches
     system_cpu_us: float = 0.0  # per event, the worker's CPU in the kernel
+    # per event, the worker's CPU after the last verdict until it went idle (its actors
+    # applying the events, its writers indexing them), and how long that took
+    after_cpu_us: float = 0.0
+    after_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +234,7 @@ async def run_owner(
         await _send(channel, warm, shape.window, seq0=1, per_shard=per_shard)
         # The warm-up's actors are still being woken after its verdicts came: the timed
         # part starts once the owner is idle (as `meterd bench ingest` waits between rows).
-        waited = await settle(ref.pid)
+        waited = (await settle(ref.pid)).seconds
         print(f"waited {waited:.1f} s for the owner to go idle", file=sys.stderr)
         events = sum(len(events) for slices in load for events in slices.values())
         profile = None if shape.profile is None else _profile_path(shape.profile, config_path)
@@ -247,6 +251,7 @@ async def run_owner(
             main = (main_thread_cpu_seconds(ref.pid) or 0.0) - (main0 or 0.0)
             switched = max(0, (switches(ref.pid) or 0) - (switches0 or 0))
             system = (system_cpu_seconds(ref.pid) or 0.0) - (system0 or 0.0)
+        after = await settle(ref.pid, since=(cpu0 or 0.0) + cpu)
         rss = rss_bytes(ref.pid) or 0
         if accepted != events:
             raise RuntimeError(f"the owner accepted {accepted} of {events} events")
@@ -265,6 +270,8 @@ async def run_owner(
         main / events * 1e6,
         switched / events,
         system / events * 1e6,
+        (after.cpu_seconds or 0.0) / events * 1e6,
+        after.seconds,
     )
 
 
@@ -359,6 +366,9 @@ async def run_in_process(
             system = (system_cpu_seconds(me) or 0.0) - (system0 or 0.0)
             if accepted != events:
                 raise RuntimeError(f"the cell accepted {accepted} of {events} events")
+            after0, waited0 = time.process_time(), trio.current_time()
+            await _settle_in_process(cell)
+            after, waited = time.process_time() - after0, trio.current_time() - waited0
             cell.supervisor.stop()
     finally:
         await cell.aclose()
@@ -373,6 +383,8 @@ async def run_in_process(
         main / events * 1e6,
         switched / events,
         system / events * 1e6,
+        after / events * 1e6,
+        waited,
     )
 
 
@@ -489,7 +501,8 @@ def format_table(figures: Sequence[Figures]) -> str:
     lines = [
         f"{'path':<36} {'events':>8} {'events/s':>10} {'ratio':>6} {'worker CPU us/ev':>17}"
         f" {'ratio':>6} {'main thread':>12} {'kernel':>7} {'switches/ev':>12}"
-        f" {'driver CPU us/ev':>17} {'worker RSS MiB':>15}"
+        f" {'driver CPU us/ev':>17} {'worker RSS MiB':>15} {'with after-work us/ev':>22}"
+        f" {'after s':>8}"
     ]
     for f in figures:
         lines.append(
@@ -498,7 +511,8 @@ def format_table(figures: Sequence[Figures]) -> str:
             f" {f.worker_cpu_us / base.worker_cpu_us:>5.2f}x {f.main_cpu_us:>12.1f}"
             f" {f.system_cpu_us:>7.1f}"
             f" {f.switches:>12.2f} {f.driver_cpu_us:>17.1f}"
-            f" {f.rss_mib:>15.1f}"
+            f" {f.rss_mib:>15.1f} {f.worker_cpu_us + f.after_cpu_us:>22.1f}"
+            f" {f.after_seconds:>8.1f}"
         )
     return "\n".join(lines)
 

@@ -35,6 +35,8 @@ FIGURES = (
     "max: ack latency p99, ms",
     "max: server CPU, % of one core",
     "max: server CPU, µs per event",
+    "max: server busy after the last ack, s",
+    "max: server CPU with the work after the last ack, µs per event",
     "max: server RSS peak, MiB",
     "max: server storage writes, KiB per event",
     "max: load generator CPU, % of one core",
@@ -43,6 +45,8 @@ FIGURES = (
     "half load: ack latency p50, ms",
     "half load: ack latency p99, ms",
     "half load: server CPU, µs per event",
+    "half load: server busy after the last ack, s",
+    "half load: server CPU with the work after the last ack, µs per event",
     "half load: server storage writes, KiB per event",
     "half load: server GC pauses, ms per second",
     "half load: server GC collections",
@@ -137,6 +141,12 @@ def test_json_output_without_baseline_or_half_load_with_a_re_send(tmp_path: Path
     assert top["in_flight"] == 7
     for key in ("rate", "latency_p50_ms", "latency_p99_ms", "server_cpu_share", "server_rss_peak"):
         assert isinstance(top[key], int | float), key
+    # The CPU after the last ack (until the daemon went idle) counts on top of the row's.
+    assert top["after_ack_seconds"] >= 0.5  # at least one half-second sample
+    assert top["after_ack_cpu_seconds"] >= 0
+    assert top["total_cpu_per_event_us"] == pytest.approx(
+        (top["server_cpu_seconds"] + top["after_ack_cpu_seconds"]) / 2000 * 1e6
+    )
     if not _on_tmpfs(Path(tempfile.gettempdir())):  # the spawned daemon's store is there
         # Every acked event is in the journal: something reached storage during the row.
         assert top["server_write_bytes"] > 0

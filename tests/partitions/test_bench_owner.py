@@ -30,9 +30,11 @@ def test_a_small_run_prints_the_owner_beside_the_in_process_baseline(tmp_path: P
     out = ran.stdout
     assert re.search(r"^path\s+events\s+events/s\s+ratio\s+worker CPU us/ev", out, re.M), out
     assert re.search(r"worker CPU us/ev\s+ratio\s+main thread\s+kernel\s+switches/ev", out), out
+    assert re.search(r"worker RSS MiB\s+with after-work us/ev\s+after s$", out, re.M), out
     row = (
         rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}x"  # events/s, CPU
-        rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$"  # main, kernel, ...
+        rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"  # main, kernel, ...
+        rf"\s+{NUMBER}\s+{NUMBER}$"  # with the work after the last verdict, its seconds
     )
     assert re.search(rf"^in-process \(1 cell, 1 file\){row}", out, re.M), out
     assert re.search(rf"^owner process \(8 shards\){row}", out, re.M), out
