@@ -3,6 +3,8 @@ which also runs every property test's full example count (tests/examples.py)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +13,13 @@ from hypothesis import HealthCheck, settings
 
 import supervisors as sv
 from tests import examples
+
+# Bytecode caches on, for the suite and every process it starts: an environment with
+# PYTHONDONTWRITEBYTECODE=1 (this machine's has it) makes each daemon, owner and helper the
+# suite starts compile meterd from source again (~0.3 s of CPU each, hundreds of starts).
+# The caches go to __pycache__ directories, which git ignores; nothing else changes.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 # Hypothesis' too_slow health check times the generation of the first inputs: on a machine
 # shared by several suites that fails a correct test now and then (seen on
