@@ -1235,9 +1235,9 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
     tag = "" if report.owners is None else f".owners-{report.owners}"
     async with _profiled(target.pid, options, enabled=profiling, tag=tag):
         report.max = await drive(target, load, "max", max_in_flight=in_flight)
-    await _settle(target, after=report.max)
     _check(target, report.max)
     log(f"{target.name}: {report.max.rate:,.0f} events/s acked")
+    await _settle(target, after=report.max)
     if options.resend and report.max.error is None:
         await _settle(target)
         log(f"{target.name}: re-send, the same {load.events:,} events again (all duplicates)")
