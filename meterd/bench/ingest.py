@@ -681,15 +681,18 @@ async def settle(
     if pid is None:
         return Settled(0.0, None)
     start = trio.current_time()
-    first = before = tree_cpu_seconds(pid)
-    while before is not None and trio.current_time() - start < limit:
+    first = last = tree_cpu_seconds(pid)
+    while last is not None and trio.current_time() - start < limit:
         await trio.sleep(0.5)
         now = tree_cpu_seconds(pid)
-        if now is None or now - before < busy * 0.5:
+        if now is None:
             break
-        before = now
+        quiet = now - last < busy * 0.5
+        last = now  # the quiet half second counts too: it ends the work
+        if quiet:
+            break
     origin = first if since is None else since
-    used = None if before is None or origin is None else max(0.0, before - origin)
+    used = None if last is None or origin is None else max(0.0, last - origin)
     return Settled(trio.current_time() - start, used)
 
 

@@ -10,9 +10,11 @@ import re
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 from click.testing import CliRunner
 
 from meterd.bench._proc import (
@@ -30,6 +32,7 @@ from meterd.bench.ingest import (
     TargetReport,
     format_report,
     parse_owners,
+    settle,
 )
 from meterd.cli.bench import bench
 
@@ -275,3 +278,28 @@ def test_spawned_daemons_with_owners_are_measured_per_process() -> None:
         assert all(p["rss_peak"] for p in top["server_processes"])
         assert target["stop_status"] == 0
     assert processes[1]["cpu_seconds"] > 0  # the owner made the events durable
+
+
+def test_settle_counts_the_cpu_a_process_spends_after_a_row_until_it_is_idle(
+    tmp_path: Path,
+) -> None:
+    """The CPU burnt after ``since`` (a row's last ack) is counted until the process goes
+    quiet, so work left over after a row is not lost from its cost."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        since = tree_cpu_seconds(child.pid)  # the "last ack": before its busy part
+        assert since is not None
+        assert child.stdout is not None
+        assert child.stdout.readline() == "busy done\n"  # all its work done before the wait
+        settled = trio.run(partial(settle, child.pid, since=since))
+        assert settled.cpu_seconds is not None
+        assert settled.cpu_seconds >= BUSY_SECONDS - since - TICKS
+        assert settled.seconds >= 0.5  # at least the quiet half second that ended the wait
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
