@@ -131,6 +131,7 @@ START_TIMEOUT: Final = 30.0  # seconds for a spawned server to listen
 CONNECT_TIMEOUT: Final = 60.0  # seconds for every producer to connect and get its hello
 STOP_TIMEOUT: Final = 15.0  # seconds for a spawned server to exit after SIGTERM
 HALF_LOAD_GOAL_MS: Final = 50.0  # the issue's goal: p99 ack latency at half load
+CPU_GOAL_US: Final = 25.0  # the issue's goal: CPU µs per event, summed over the processes
 RSS_SAMPLE_SECONDS: Final = 0.1
 SIZES: Final = ("std-1x", "std-2x", "perf-m", "perf-l")
 APPS: Final = tuple(f"app-{n}" for n in range(8))
@@ -1688,8 +1689,20 @@ def format_report(report: Report) -> str:
 
 
 def _goal(meterd: TargetReport, options: BenchOptions) -> list[str]:
-    """The half-load latency goal's line for one meterd."""
+    """The goals' lines for one meterd: CPU per event (max row) and half-load latency."""
     lines: list[str] = []
+    top = meterd.max
+    cpu_goal = f"goal: {meterd.name} CPU <= {CPU_GOAL_US:.0f} µs per event, all processes, max row:"
+    if top is not None and top.error is not None:
+        lines.append(f"{cpu_goal} not measured, NOT met (the max run failed)")
+    elif top is not None and top.server_cpu_per_event_us is not None:
+        total = top.total_cpu_per_event_us  # what the events cost (judged), when measured
+        judged = top.server_cpu_per_event_us if total is None else total
+        lines.append(
+            f"{cpu_goal} {top.server_cpu_per_event_us:,.1f} to the last ack"
+            + ("" if total is None else f", {total:,.1f} with the work after it")
+            + f", {'met' if judged <= CPU_GOAL_US else 'NOT met'}"
+        )
     goal = f"goal: {meterd.name} ack latency p99 < {HALF_LOAD_GOAL_MS:.0f} ms at half load:"
     if meterd.half is not None and options.half_load_rate:
         lines.append(

@@ -102,6 +102,12 @@ def check_every_figure(out: str) -> None:
     assert re.search(r"meterd \(ws://127\.0\.0\.1:\d+/v1/ingest, pid \d+\)", out)
     assert re.search(r"SIGTERM: exit 0", out)
     assert re.search(r"goal: meterd ack latency p99 < 50 ms at half load: .* (met|NOT met)", out)
+    assert re.search(
+        rf"goal: meterd CPU <= 25 µs per event, all processes, max row: {NUMBER} to the last"
+        rf" ack, {NUMBER} with the work after it, (met|NOT met)$",
+        out,
+        re.MULTILINE,
+    )
 
 
 def test_json_output_without_baseline_or_half_load_with_a_re_send(tmp_path: Path) -> None:
@@ -257,6 +263,7 @@ def test_a_failed_max_run_is_reported_not_raised() -> None:
     )
     assert "FAILED: unavailable" in text
     assert "not measured, NOT met" in text
+    assert "CPU <= 25 µs per event, all processes, max row: not measured, NOT met (the max" in text
 
     # A fixed --half-load-rate is not the goal's load: the goal is not judged on it.
     meterd.half_skipped = None
@@ -264,7 +271,10 @@ def test_a_failed_max_run_is_reported_not_raised() -> None:
     options = BenchOptions.quick(spawn=True, half_load_rate=1234.0)
     text = format_report(Report(options, 2, [meterd]))
     assert "not measured (the row offered --half-load-rate 1,234 events/s" in text
-    assert not re.search(r"\b(NOT )?met\b", text.replace("not measured", ""))
+    (latency,) = [line for line in text.splitlines() if "ack latency p99 < 50 ms" in line]
+    assert not re.search(r"\b(NOT )?met\b", latency.replace("not measured", ""))
+    # The CPU goal is judged on the max row (failed here), whatever the half-load row offered.
+    assert "CPU <= 25 µs per event, all processes, max row: not measured, NOT met" in text
 
 
 def test_the_delivery_bench_runs_small_and_counts_every_event_once(
