@@ -322,12 +322,12 @@ class Snapshots:
         copy, seq, size = await trio.to_thread.run_sync(_copy_beside, store_path, shard)
         billing: Path | None = None
         deliveries: Path | None = None
+        delivered: int | None = None  # None: no deliveries database
         try:
             if billing_path is not None:
                 billing = await trio.to_thread.run_sync(
                     _copy_database_beside, store_path, shard, billing_path, ".bill"
                 )
-            delivered = 0
             if deliveries_path is not None:
                 deliveries = await trio.to_thread.run_sync(
                     _copy_database_beside, store_path, shard, deliveries_path, ".deliv"
@@ -340,7 +340,7 @@ class Snapshots:
             if stored is not None and (
                 stored.seq > seq or (stored.seq == seq and stored.covered >= covered)
             ):
-                if deliveries is not None and stored.seq == seq:
+                if deliveries is not None and delivered is not None and stored.seq == seq:
                     await self._deliveries_again(shard, deliveries, delivered, stored, epoch)
                 return None
             if deliveries is not None:  # before the store: never older than the store
@@ -368,6 +368,7 @@ class Snapshots:
             covered=covered,
             epoch=epoch,
             bytes=size,
+            delivered=delivered,  # crossing ids its deliveries copy knows delivered
             seconds=round(time.monotonic() - started, 3),
         )
         return info
