@@ -18,6 +18,13 @@ store: attempts, status, next retry; the store keeps one writer), and POSTs it:
 
 A crash or ``kill -9`` loses nothing: the outbox is durable and a delivery not recorded as
 delivered is attempted again (the receiver dedupes by id).
+
+Crossings delivered by another process holding the same shard (cluster mode: the previous
+owner, whose deliveries database came in the shard's snapshot) are known by id only, in the
+table ``delivered_elsewhere`` (:func:`import_delivered`). A new outbox row whose id is there
+is recorded ``delivered`` and not sent; every other row is sent. Only ids are imported,
+never another database's cursor or ``seq``: the outbox's ``seq`` is numbered by the store
+that wrote it, so another node's would make this one skip crossings.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from meterd import __version__
 from meterd.store import Store
 
 from ._config import Webhook
+from ._delivered import connect
 from ._outbox import OutboxRow, outbox_after
 from ._runtime import AlertBook, wall_ms
 
@@ -58,28 +66,6 @@ RETRY_FOR_MS: Final = 24 * 3600 * 1000
 POLL_S: Final = 2.0
 STATUSES: Final = ("pending", "delivered", "failed")
 
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS deliveries (
-        id               TEXT    NOT NULL PRIMARY KEY,
-        seq              INTEGER NOT NULL UNIQUE,
-        account          TEXT    NOT NULL,
-        alert            TEXT    NOT NULL,
-        webhook          TEXT    NOT NULL,
-        period           TEXT    NOT NULL,
-        event_id         TEXT    NOT NULL,
-        body             BLOB    NOT NULL,
-        created_at       INTEGER NOT NULL,
-        status           TEXT    NOT NULL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        first_attempt_at INTEGER,
-        last_attempt_at  INTEGER,
-        next_attempt_at  INTEGER,
-        last_error       TEXT,
-        delivered_at     INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, seq)",
-    "CREATE TABLE IF NOT EXISTS cursor (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER)",
-)
 _COLUMNS: Final = (
     "id, seq, account, alert, webhook, period, event_id, body, created_at, status, attempts,"
     " first_attempt_at, last_attempt_at, next_attempt_at, last_error, delivered_at"
@@ -167,12 +153,7 @@ class _DB:
         self.lock = trio.Lock()
 
     def _open(self) -> None:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        self.conn = conn
+        self.conn = connect(self.path)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         async with self.lock:
@@ -198,18 +179,31 @@ def _load(conn: sqlite3.Connection) -> tuple[int, list[Delivery], dict[str, int]
     return (0 if row is None else int(row[0])), pending, _counts(conn)
 
 
-def _add(conn: sqlite3.Connection, rows: list[Delivery], cursor: int) -> None:
+def _add(conn: sqlite3.Connection, rows: list[Delivery], cursor: int) -> int:
+    """Record new outbox ``rows`` (pending) and the cursor after them. A row whose id is in
+    ``delivered_elsewhere`` is recorded ``delivered`` instead (its ``Delivery`` changed to
+    say so: the caller does not send it); returns how many such rows were recorded."""
+    insert = f"INSERT OR IGNORE INTO deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            f"INSERT OR IGNORE INTO deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-            [d.row() for d in rows],
-        )
+        known: list[Delivery] = []
+        for delivery in rows:
+            found = conn.execute(
+                "SELECT delivered_at FROM delivered_elsewhere WHERE id = ?", (delivery.id,)
+            ).fetchone()
+            if found is not None:
+                delivery.status = "delivered"
+                delivery.next_attempt_at = None
+                delivery.delivered_at = found[0]
+                known.append(delivery)
+        recorded = conn.executemany(insert, [d.row() for d in known]).rowcount if known else 0
+        conn.executemany(insert, [d.row() for d in rows if d.status == "pending"])
         conn.execute(
             "INSERT INTO cursor (one, seq) VALUES (1, ?) ON CONFLICT (one) DO UPDATE"
             " SET seq = excluded.seq",
             (cursor,),
         )
+    return max(0, recorded)
 
 
 def accounts_behind(conn: sqlite3.Connection) -> list[str]:
@@ -409,10 +403,14 @@ class DeliveryService:
                 for r in rows
             ]
             cursor = rows[-1].seq
-            await self.db.call(partial(_add, rows=new, cursor=cursor))
+            known = await self.db.call(partial(_add, rows=new, cursor=cursor))
             self.cursor = cursor
+            self.settled["delivered"] += known
             for delivery in new:
-                self.queues.setdefault(delivery.account, deque()).append(delivery)
+                if delivery.status == "pending":
+                    self.queues.setdefault(delivery.account, deque()).append(delivery)
+            if known:  # delivered by the shard's previous owner (import_delivered): not sent
+                log.info("delivered_elsewhere", crossings=known, cursor=cursor)
 
     def _dispatch(self, nursery: trio.Nursery, client: httpx.AsyncClient) -> float:
         """Start every account's head delivery that is due; seconds until the next is."""

@@ -119,9 +119,14 @@ class _Shards:
     async def start(self, shard: int, fence: Fence) -> _Handle:
         config = self.config
         restored = Restored(0, 0)
-        if self.snapshots is not None:  # a newer snapshot replaces the local file
+        # A newer snapshot replaces the local store (and billing) file and tells the local
+        # deliveries database which crossings were delivered: before the cell exists, so no
+        # delivery service has that database open or has followed the outbox yet.
+        if self.snapshots is not None:
             files = shard_files(config, shard)
-            restored = await self.snapshots.restore(shard, files.store, files.billing)
+            restored = await self.snapshots.restore(
+                shard, files.store, files.billing, files.deliveries
+            )
         cell = Cell.for_shard(config, shard, cells=config.partitions.shards)
         applier = ShardApplier(
             self.connection, cell, shard, config.partitions, fence=fence, covered=restored.covered
@@ -166,7 +171,13 @@ class _Shards:
             return
         try:
             files = shard_files(self.config, shard)
-            await self.snapshots.take(shard, files.store, epoch=epoch, billing_path=files.billing)
+            await self.snapshots.take(
+                shard,
+                files.store,
+                epoch=epoch,
+                billing_path=files.billing,
+                deliveries_path=files.deliveries,
+            )
         except (
             ClusterUnavailable,
             SnapshotInvalid,

@@ -21,6 +21,16 @@ it is never older than the store beside it (a correction is committed to billing
 store's position passes it, see :mod:`._corrections`); corrections it holds beyond S are
 found there on replay (by their sequence) and applied once.
 
+And the shard's **alert deliveries database**, as ``shard-007.deliveries`` (copied after the
+store, uploaded before it; the same headers and ``Meterd-Delivered``, how many crossing ids
+it knows delivered). A new owner learns from it only *which crossings were delivered*
+(:func:`meterd.alerts.import_delivered`: ids merged into its own deliveries database, never
+the copy's cursor or outbox ``seq``, which are numbered per node), so it does not send them
+again. Deliveries change without the log moving: when the store is not newer than the
+stored snapshot but the deliveries copy knows another number of delivered ids, only the
+deliveries object is uploaded again. A shard with no deliveries database uploads none, and
+a snapshot without one restores as before (every crossing re-decided is sent again).
+
 One object per shard (and file): a new snapshot replaces the previous one (the object store writes
 the new chunks, then the new meta, and only then purges the old chunks, so a failed upload
 leaves the previous snapshot whole). A snapshot with a lower S than the one stored is not
@@ -49,6 +59,7 @@ import trio
 from nats.js import api
 from nats.js.object_store import ObjectStore
 
+from meterd.alerts import delivered_count, import_delivered
 from meterd.partitions._layout import shard_name
 
 from ._log import STREAM, log_name, log_subject
@@ -62,6 +73,7 @@ __all__ = [
     "Snapshots",
     "billing_object",
     "copy_store",
+    "deliveries_object",
     "store_position",
 ]
 
@@ -72,12 +84,18 @@ SEQ: Final = "Meterd-Log-Seq"
 COVERED: Final = "Meterd-Log-Covered"
 EPOCH: Final = "Meterd-Epoch"
 NODE: Final = "Meterd-Node"
+DELIVERED: Final = "Meterd-Delivered"  # the deliveries object's: ids it knows delivered
 TIMEOUT: Final = 60.0  # seconds for one upload or download
 
 
 def billing_object(shard: int) -> str:
     """The name of the object holding the snapshot of ``shard``'s billing database."""
     return f"{shard_name(shard)}.billing"
+
+
+def deliveries_object(shard: int) -> str:
+    """The name of the object holding the snapshot of ``shard``'s deliveries database."""
+    return f"{shard_name(shard)}.deliveries"
 
 
 class SnapshotInvalid(Exception):
@@ -104,6 +122,7 @@ class Restored:
     covered: int
     snapshot: SnapshotInfo | None = None
     seconds: float = 0.0
+    delivered: int = 0  # crossing ids newly known delivered (from the snapshot's deliveries)
 
 
 def store_position(path: Path, shard: int) -> int:
@@ -191,6 +210,13 @@ def _check_copy(path: Path, shard: int, seq: int) -> None:
         raise SnapshotInvalid(f"its log position is {position}, its headers say {seq}")
 
 
+def _header(info: api.ObjectInfo, name: str) -> str | None:
+    value = (info.headers or {}).get(name)
+    if isinstance(value, list):  # written by another client: a list of values
+        value = value[0] if value else None
+    return None if value is None else str(value)
+
+
 def _info(shard: int, info: api.ObjectInfo) -> SnapshotInfo:
     headers = info.headers or {}
 
@@ -275,11 +301,18 @@ class Snapshots:
         return None if found is None else _info(shard, found)
 
     async def take(
-        self, shard: int, store_path: Path, *, epoch: int, billing_path: Path | None = None
+        self,
+        shard: int,
+        store_path: Path,
+        *,
+        epoch: int,
+        billing_path: Path | None = None,
+        deliveries_path: Path | None = None,
     ) -> SnapshotInfo | None:
         """Copy the store of ``shard`` at ``store_path`` (and its billing database at
-        ``billing_path``, after it) and upload them (see the module doc); None when the
-        stored snapshot is already as recent. Raises ClusterUnavailable (NATS),
+        ``billing_path`` and deliveries database at ``deliveries_path``, after it) and
+        upload them (see the module doc); None when the stored snapshot is already as recent
+        (its deliveries object may still be replaced). Raises ClusterUnavailable (NATS),
         sqlite3.Error or OSError (the copy)."""
         started = time.monotonic()
         # C: read the stream's last sequence L, then the shard's last slice M; once the copy
@@ -288,18 +321,35 @@ class Snapshots:
         newest = await self._last_slice(shard)
         copy, seq, size = await trio.to_thread.run_sync(_copy_beside, store_path, shard)
         billing: Path | None = None
+        deliveries: Path | None = None
+        delivered: int | None = None  # None: no deliveries database
         try:
             if billing_path is not None:
                 billing = await trio.to_thread.run_sync(
-                    _copy_billing_beside, store_path, shard, billing_path
+                    _copy_database_beside, store_path, shard, billing_path, ".bill"
                 )
+            if deliveries_path is not None:
+                deliveries = await trio.to_thread.run_sync(
+                    _copy_database_beside, store_path, shard, deliveries_path, ".deliv"
+                )
+                if deliveries is not None:
+                    delivered = await trio.to_thread.run_sync(delivered_count, deliveries)
             covered = max(seq, last) if seq >= newest else seq
             stored = await self.latest(shard)
+            headers = {SEQ: str(seq), COVERED: str(covered), EPOCH: str(epoch), NODE: self.node}
             if stored is not None and (
                 stored.seq > seq or (stored.seq == seq and stored.covered >= covered)
             ):
+                if deliveries is not None and delivered is not None and stored.seq == seq:
+                    await self._deliveries_again(shard, deliveries, delivered, stored, epoch)
                 return None
-            headers = {SEQ: str(seq), COVERED: str(covered), EPOCH: str(epoch), NODE: self.node}
+            if deliveries is not None:  # before the store: never older than the store
+                await self._upload(
+                    shard,
+                    deliveries,
+                    {**headers, DELIVERED: str(delivered)},
+                    deliveries_object(shard),
+                )
             if billing is not None:  # first: never older than the store beside it
                 await self._upload(shard, billing, headers, billing_object(shard))
             await self._upload(shard, copy, headers)
@@ -307,6 +357,8 @@ class Snapshots:
             await trio.to_thread.run_sync(_remove, copy)
             if billing is not None:
                 await trio.to_thread.run_sync(_remove, billing)
+            if deliveries is not None:
+                await trio.to_thread.run_sync(_remove, deliveries)
         self.uploads += 1
         info = SnapshotInfo(shard, seq, covered, epoch, self.node, size)
         log.info(
@@ -316,9 +368,44 @@ class Snapshots:
             covered=covered,
             epoch=epoch,
             bytes=size,
+            delivered=delivered,  # crossing ids its deliveries copy knows delivered
             seconds=round(time.monotonic() - started, 3),
         )
         return info
+
+    async def _deliveries_again(
+        self, shard: int, copy: Path, delivered: int, stored: SnapshotInfo, epoch: int
+    ) -> None:
+        """The store is as recent as the stored snapshot (position ``stored.seq``) but
+        crossings may have been delivered since: upload the deliveries ``copy`` alone when
+        the stored one knows another number of delivered ids (or is missing)."""
+        store = self._store
+        name = deliveries_object(shard)
+
+        async def get() -> api.ObjectInfo | None:
+            try:
+                return await store.get_info(name)
+            except nats.js.errors.ObjectNotFoundError:
+                return None
+
+        found = await self.connection._run(f"read snapshot {SNAPSHOTS}/{name}", get)
+        if found is not None and _header(found, DELIVERED) == str(delivered):
+            return
+        headers = {
+            SEQ: str(stored.seq),
+            COVERED: str(stored.covered),
+            EPOCH: str(epoch),
+            NODE: self.node,
+            DELIVERED: str(delivered),
+        }
+        await self._upload(shard, copy, headers, name)
+        log.info(
+            "cluster.snapshot.deliveries_taken",
+            shard=shard,
+            seq=stored.seq,
+            delivered=delivered,
+            epoch=epoch,
+        )
 
     async def _last_slice(self, shard: int) -> int:
         js = self.connection._jetstream
@@ -347,12 +434,17 @@ class Snapshots:
             await self.connection._run(f"upload snapshot {SNAPSHOTS}/{name}", put)
 
     async def restore(
-        self, shard: int, store_path: Path, billing_path: Path | None = None
+        self,
+        shard: int,
+        store_path: Path,
+        billing_path: Path | None = None,
+        deliveries_path: Path | None = None,
     ) -> Restored:
         """Make ``store_path`` (and ``billing_path``) at least as recent as the latest
-        snapshot of ``shard`` (see the module doc). NATS unavailable, or a bad snapshot: the
-        local files are kept (and the log replayed from the store's position), with a
-        warning or an error."""
+        snapshot of ``shard``, and merge into ``deliveries_path`` the crossing ids its
+        deliveries copy knows delivered (see the module doc). NATS unavailable, or a bad
+        snapshot: the local files are kept (and the log replayed from the store's position),
+        with a warning or an error."""
         local = await trio.to_thread.run_sync(store_position, store_path, shard)
         try:
             info = await self.latest(shard)
@@ -369,6 +461,7 @@ class Snapshots:
         if info.seq <= local:
             return Restored(local, max(local, info.covered))
         started = time.monotonic()
+        delivered = 0
         download = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".restore")
         bill: Path | None = None
         try:
@@ -388,6 +481,8 @@ class Snapshots:
                         " older meterd): the local one is kept; corrections not in it and"
                         " not in the log after the snapshot are missing",
                     )
+            if deliveries_path is not None:
+                delivered = await self._restore_deliveries(shard, info, store_path, deliveries_path)
             await trio.to_thread.run_sync(_replace, download, store_path)
         except (ClusterUnavailable, SnapshotInvalid, trio.TooSlowError, OSError) as error:
             log.error(  # noqa: TRY400 (the error is in the line; no traceback wanted)
@@ -415,9 +510,50 @@ class Snapshots:
             made_by=info.node,
             local=local,
             bytes=info.size,
+            delivered=delivered,
             seconds=round(seconds, 3),
         )
-        return Restored(info.seq, info.covered, info, seconds)
+        return Restored(info.seq, info.covered, info, seconds, delivered)
+
+    async def _restore_deliveries(
+        self, shard: int, info: SnapshotInfo, store_path: Path, deliveries_path: Path
+    ) -> int:
+        """Merge the ids the snapshot's deliveries copy knows delivered into the local
+        deliveries database (:func:`meterd.alerts.import_delivered`); how many were new. No
+        copy, or one that cannot be used: 0 (logged), the restore goes on (those crossings
+        are sent again: the receiver dedupes them by id)."""
+        copy = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".rdeliv")
+        try:
+            if not await self._download(shard, copy, deliveries_object(shard)):
+                log.info(
+                    "cluster.snapshot.no_deliveries",
+                    shard=shard,
+                    seq=info.seq,
+                    hint="the snapshot was made without the shard's deliveries database (an"
+                    " older meterd, or no alert yet): crossings it had delivered are sent"
+                    " again (the receiver dedupes them by Meterd-Event-Id)",
+                )
+                return 0
+            await trio.to_thread.run_sync(_check_database, copy)
+            return await trio.to_thread.run_sync(import_delivered, deliveries_path, copy)
+        except (
+            ClusterUnavailable,
+            SnapshotInvalid,
+            trio.TooSlowError,
+            OSError,
+            sqlite3.Error,
+        ) as error:
+            log.warning(
+                "cluster.snapshot.deliveries_unusable",
+                shard=shard,
+                seq=info.seq,
+                error=str(error) or type(error).__name__,
+                hint="crossings the previous owner delivered are sent again (the receiver"
+                " dedupes them by Meterd-Event-Id)",
+            )
+            return 0
+        finally:
+            await trio.to_thread.run_sync(_remove, copy)
 
     async def _download(self, shard: int, target: Path, name: str | None = None) -> bool:
         """Download the object ``name`` (default: the store's) into ``target``; False when
@@ -460,15 +596,15 @@ def _copy_beside(store_path: Path, shard: int) -> tuple[Path, int, int]:
         raise
 
 
-def _copy_billing_beside(store_path: Path, shard: int, billing_path: Path) -> Path | None:
-    """:func:`copy_database` of the billing database into a new file beside the store (None:
-    it has no billing database yet)."""
-    if not billing_path.exists():
+def _copy_database_beside(store_path: Path, shard: int, database: Path, suffix: str) -> Path | None:
+    """:func:`copy_database` of ``database`` (billing, deliveries) into a new file beside the
+    store (None: there is no such database yet)."""
+    if not database.exists():
         return None
-    copy = _temp_beside(store_path, shard, ".bill")
+    copy = _temp_beside(store_path, shard, suffix)
     try:
         copy.unlink()
-        copy_database(billing_path, copy)
+        copy_database(database, copy)
     except BaseException:
         _remove(copy)
         raise

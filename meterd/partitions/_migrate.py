@@ -191,6 +191,9 @@ TABLES: Final[tuple[Table, ...]] = (
           refs=(("seq", "alert_outbox"),)),
     Table("deliveries", "cursor", "rebuilt",
           "the last outbox row copied, no further than any source had copied"),
+    Table("deliveries", "delivered_elsewhere", "rebuilt",
+          "cluster mode's ids delivered by a shard's previous owner: none is kept (like"
+          " `log_positions`)"),
 )  # fmt: skip
 
 
@@ -629,7 +632,7 @@ def undeclared_tables(files: FileSet) -> dict[str, list[str]]:
 
 def _prepare_sources(found: Layout, config: Config) -> None:
     """Bring every source to the latest schemas, its journal index caught up."""
-    from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
+    from meterd.alerts._delivered import SCHEMA as DELIVERIES_SCHEMA
     from meterd.billing._db import _open as open_billing
 
     for files in found.files:
@@ -986,7 +989,7 @@ def _build_billing(build: _Build, path: Path) -> None:
 
 
 def _build_deliveries(build: _Build, path: Path, store: Path) -> None:
-    from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
+    from meterd.alerts._delivered import SCHEMA as DELIVERIES_SCHEMA
 
     conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rwc", uri=True, isolation_level=None)
     try:

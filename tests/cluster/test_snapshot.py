@@ -10,9 +10,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import nats.js.errors
 import pytest
+import structlog
 import trio
 
+from meterd.alerts._delivered import connect as connect_deliveries
 from meterd.cluster import (
     STREAM,
     AsyncioBridge,
@@ -23,7 +26,13 @@ from meterd.cluster import (
     provision,
     slice_msg_id,
 )
-from meterd.cluster._snapshot import SNAPSHOTS, Snapshots, copy_store, store_position
+from meterd.cluster._snapshot import (
+    SNAPSHOTS,
+    Snapshots,
+    copy_store,
+    deliveries_object,
+    store_position,
+)
 from meterd.config import Config
 from meterd.partitions import Slice, encode, shard_files
 from tests.cluster.cells import (
@@ -252,3 +261,137 @@ async def test_a_bad_snapshot_is_not_restored(
     assert restored.snapshot is None
     assert restored.position == 0
     assert not target.exists()
+
+
+def deliveries_rows(path: Path, rows: list[tuple[str, int, str]], cursor: int) -> None:
+    """Rows (id, seq, status) in the deliveries database at ``path`` and its cursor."""
+    conn = connect_deliveries(path)
+    try:
+        for id, seq, status in rows:
+            delivered_at = 1000 + seq if status == "delivered" else None
+            conn.execute(
+                "INSERT OR REPLACE INTO deliveries (id, seq, account, alert, webhook, period,"
+                " event_id, body, created_at, status, delivered_at)"
+                " VALUES (?, ?, 'a', 'r', 'hook', '2026-11', 'e', x'7b7d', 1, ?, ?)",
+                (id, seq, status, delivered_at),
+            )
+        conn.execute(
+            "INSERT INTO cursor (one, seq) VALUES (1, ?) ON CONFLICT (one) DO UPDATE"
+            " SET seq = excluded.seq",
+            (cursor,),
+        )
+    finally:
+        conn.close()
+
+
+def rows_of(path: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+async def test_a_snapshot_carries_which_crossings_were_delivered_and_nothing_else(
+    tmp_path: Path, nats1: NatsCluster, bridge: AsyncioBridge
+) -> None:
+    """The deliveries database goes with the snapshot; a node restoring it learns the ids
+    delivered (merged into its own database), never the copy's cursor or seqs; crossings
+    delivered while the log stood still replace the deliveries object alone; a snapshot
+    without one restores as before."""
+    old, new, later, bare = (node_config(tmp_path / n, nats1) for n in ("o", "n", "l", "b"))
+    assert old.cluster is not None
+    conn = await connect(bridge, nats1.urls, name="t")
+    await provision(conn, old.cluster)
+    snapshots = await Snapshots.open(conn, "n1")
+    last = await publish_mine(conn, 1, 3)
+    files = shard_files(old, SHARD)
+    async with running_cell(old, SHARD) as cell:
+        await apply_until(ShardApplier(conn, cell, SHARD, LAYOUT, fetch_timeout=0.2), last)
+        # The owner's deliveries (live, WAL): one delivered, one pending, its own cursor.
+        deliveries_rows(files.deliveries, [("x1", 40, "delivered"), ("x2", 41, "pending")], 41)
+        taken = await snapshots.take(
+            SHARD,
+            files.store,
+            epoch=4,
+            billing_path=files.billing,
+            deliveries_path=files.deliveries,
+        )
+    assert taken is not None
+    stored = await conn.bridge.call(lambda: snapshots._store.get_info(deliveries_object(SHARD)))
+    assert stored.headers is not None
+    assert stored.headers["Meterd-Log-Seq"] == str(last)
+    assert stored.headers["Meterd-Delivered"] == "1"
+
+    # A node that never held the shard: the delivered id only.
+    target = shard_files(new, SHARD)
+    target.store.parent.mkdir(parents=True, exist_ok=True)
+    restored = await snapshots.restore(SHARD, target.store, target.billing, target.deliveries)
+    assert restored.snapshot == taken
+    assert restored.delivered == 1
+    assert rows_of(target.deliveries, "SELECT id, delivered_at FROM delivered_elsewhere") == [
+        ("x1", 1040)
+    ]
+    assert rows_of(target.deliveries, "SELECT id FROM deliveries") == []  # no seq of the copy
+    assert rows_of(target.deliveries, "SELECT seq FROM cursor") == []  # nor its cursor
+
+    # x2 is delivered while no slice comes: the store is not newer, the deliveries are.
+    deliveries_rows(files.deliveries, [("x2", 41, "delivered")], 41)
+    again = await snapshots.take(
+        SHARD, files.store, epoch=4, billing_path=files.billing, deliveries_path=files.deliveries
+    )
+    assert again is None  # the store's snapshot is as recent
+    assert await snapshots.latest(SHARD) == taken
+    target = shard_files(later, SHARD)
+    target.store.parent.mkdir(parents=True, exist_ok=True)
+    restored = await snapshots.restore(SHARD, target.store, target.billing, target.deliveries)
+    assert restored.delivered == 2
+    assert rows_of(target.deliveries, "SELECT id FROM delivered_elsewhere ORDER BY id") == [
+        ("x1",),
+        ("x2",),
+    ]
+
+    # A snapshot made without a deliveries object (an older meterd): restored as before.
+    await conn.bridge.call(lambda: snapshots._store.delete(deliveries_object(SHARD)))
+    target = shard_files(bare, SHARD)
+    target.store.parent.mkdir(parents=True, exist_ok=True)
+    with structlog.testing.capture_logs() as logs:
+        restored = await snapshots.restore(SHARD, target.store, target.billing, target.deliveries)
+    assert restored.snapshot == taken
+    assert (restored.position, restored.delivered) == (last, 0)
+    assert store_position(target.store, SHARD) == last
+    assert [line["event"] for line in logs if line["log_level"] == "info"] == [
+        "cluster.snapshot.no_deliveries",
+        "cluster.snapshot.restored",
+    ]
+
+
+async def test_a_shard_without_a_deliveries_database_uploads_none(
+    tmp_path: Path, nats1: NatsCluster, bridge: AsyncioBridge
+) -> None:
+    config = node_config(tmp_path, nats1)
+    assert config.cluster is not None
+    conn = await connect(bridge, nats1.urls, name="t")
+    await provision(conn, config.cluster)
+    snapshots = await Snapshots.open(conn, "n1")
+    last = await publish_mine(conn, 1, 2)
+    files = shard_files(config, SHARD)
+    async with running_cell(config, SHARD) as cell:
+        await apply_until(ShardApplier(conn, cell, SHARD, LAYOUT, fetch_timeout=0.2), last)
+    files.deliveries.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{files.deliveries}{suffix}").unlink(missing_ok=True)  # noqa: ASYNC240
+    taken = await snapshots.take(
+        SHARD, files.store, epoch=1, billing_path=files.billing, deliveries_path=files.deliveries
+    )
+    assert taken is not None
+    assert not files.deliveries.exists()
+
+    async def missing() -> bool:
+        try:
+            await snapshots._store.get_info(deliveries_object(SHARD))
+        except nats.js.errors.ObjectNotFoundError:
+            return True
+        return False
+
+    assert await conn.bridge.call(missing)

@@ -17,7 +17,7 @@ import pytest
 
 from meterd.accounts.service import running_accounts
 from meterd.alerts import AlertRule
-from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
+from meterd.alerts._delivered import SCHEMA as DELIVERIES_SCHEMA
 from meterd.alerts._delivery import Delivery, _add
 from meterd.alerts._runtime import AlertBook
 from meterd.billing import AdjustmentKind, Billing, BillingDB, Period, PriceBook, PriceRule

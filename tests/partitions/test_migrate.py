@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meterd.alerts._delivery import _SCHEMA as DELIVERIES_SCHEMA
+from meterd.alerts._delivered import SCHEMA as DELIVERIES_SCHEMA
 from meterd.billing._db import _open as BillingDB_open
 from meterd.config import Config
 from meterd.partitions import shard_of
