@@ -9,7 +9,7 @@
 """
 
 from ._config import AlertPeriod, AlertRule, Webhook, check_alerts
-from ._delivered import delivered_count, import_delivered
+from ._delivered import delivered_count, import_delivered, rebase_deliveries
 
 __all__ = [
     "AlertPeriod",
@@ -18,4 +18,5 @@ __all__ = [
     "check_alerts",
     "delivered_count",
     "import_delivered",
+    "rebase_deliveries",
 ]

@@ -14,7 +14,14 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SCHEMA", "connect", "delivered_count", "import_delivered", "read_delivered"]
+__all__ = [
+    "SCHEMA",
+    "connect",
+    "delivered_count",
+    "import_delivered",
+    "read_delivered",
+    "rebase_deliveries",
+]
 
 SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS deliveries (
@@ -108,6 +115,33 @@ def import_delivered(deliveries_path: Path, source: Path) -> int:
                 " WHERE status = 'pending' AND id IN (SELECT id FROM delivered_elsewhere)"
             )
         return added
+    finally:
+        conn.close()
+
+
+def rebase_deliveries(deliveries_path: Path) -> int:
+    """The store that the deliveries database at ``deliveries_path`` followed is being
+    replaced by another's copy (cluster mode: a shard's store restored from a snapshot made
+    by another node): its rows' ``seq`` and its ``cursor`` number the old store's outbox, and
+    kept they would make the delivery service skip, or fail to record, crossings of the new
+    one. So what it knows delivered is kept by id (into ``delivered_elsewhere``) and its
+    ``deliveries`` and ``cursor`` are emptied: the service then follows the new outbox from
+    its start, records the crossings known delivered as delivered and sends every other one
+    (a crossing that had failed here is attempted again). Returns the rows let go (0: no
+    such file). Blocking (run it in a thread, while no delivery service runs on it)."""
+    if not deliveries_path.exists():
+        return 0
+    conn = connect(deliveries_path)
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR IGNORE INTO delivered_elsewhere (id, delivered_at)"
+                " SELECT id, delivered_at FROM deliveries WHERE status = 'delivered'"
+            )
+            dropped = conn.execute("DELETE FROM deliveries").rowcount
+            conn.execute("DELETE FROM cursor")
+        return dropped
     finally:
         conn.close()
 

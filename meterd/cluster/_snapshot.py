@@ -30,6 +30,10 @@ again. Deliveries change without the log moving: when the store is not newer tha
 stored snapshot but the deliveries copy knows another number of delivered ids, only the
 deliveries object is uploaded again. A shard with no deliveries database uploads none, and
 a snapshot without one restores as before (every crossing re-decided is sent again).
+When a restore replaces the local store, the local deliveries database, which followed the
+old store's outbox, keeps only the ids it knows delivered
+(:func:`meterd.alerts.rebase_deliveries`): its cursor and rows are let go, so the delivery
+service follows the new store's outbox from its start and skips nothing.
 
 One object per shard (and file): a new snapshot replaces the previous one (the object store writes
 the new chunks, then the new meta, and only then purges the old chunks, so a failed upload
@@ -59,7 +63,7 @@ import trio
 from nats.js import api
 from nats.js.object_store import ObjectStore
 
-from meterd.alerts import delivered_count, import_delivered
+from meterd.alerts import delivered_count, import_delivered, rebase_deliveries
 from meterd.partitions._layout import shard_name
 
 from ._log import STREAM, log_name, log_subject
@@ -461,7 +465,7 @@ class Snapshots:
         if info.seq <= local:
             return Restored(local, max(local, info.covered))
         started = time.monotonic()
-        delivered = 0
+        delivered = rebased = 0
         download = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".restore")
         bill: Path | None = None
         try:
@@ -482,6 +486,9 @@ class Snapshots:
                         " not in the log after the snapshot are missing",
                     )
             if deliveries_path is not None:
+                # The local deliveries database followed the store about to be replaced: its
+                # cursor and seqs number that store's outbox, so only its ids are kept.
+                rebased = await trio.to_thread.run_sync(rebase_deliveries, deliveries_path)
                 delivered = await self._restore_deliveries(shard, info, store_path, deliveries_path)
             await trio.to_thread.run_sync(_replace, download, store_path)
         except (ClusterUnavailable, SnapshotInvalid, trio.TooSlowError, OSError) as error:
@@ -511,6 +518,7 @@ class Snapshots:
             local=local,
             bytes=info.size,
             delivered=delivered,
+            deliveries_let_go=rebased,
             seconds=round(seconds, 3),
         )
         return Restored(info.seq, info.covered, info, seconds, delivered)

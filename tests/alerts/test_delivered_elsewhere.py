@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from meterd.alerts import Webhook, delivered_count, import_delivered
+from meterd.alerts import Webhook, delivered_count, import_delivered, rebase_deliveries
 from meterd.alerts._delivered import connect
 from meterd.alerts._delivery import Delivery, DeliveryService
 
@@ -145,6 +145,53 @@ async def test_a_copys_cursor_is_not_imported_so_nothing_is_skipped(tmp_path: Pa
                 await service.wait_until(lambda: service.delivered == 2)
             nursery.cancel_scope.cancel()
     assert sorted(got) == sorted([ACME, BETA])
+
+
+async def test_a_rebased_database_follows_a_new_stores_outbox_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """This node held the shard before and its store is now replaced by another node's copy:
+    its deliveries database numbers the old store's outbox (cursor 9). Rebased, it keeps
+    only what it knows delivered, by id, and the service skips nothing of the new outbox
+    (kept, the cursor would skip beta's crossing, seq 2 here, forever)."""
+    local = tmp_path / "deliveries.sqlite3"
+    old = [a_delivery(ACME, 7, "delivered", NOW - 9), a_delivery("gone", 8, "failed")]
+    write(local, old, cursor=9)
+    assert await trio.to_thread.run_sync(rebase_deliveries, local) == 2
+    assert table(local, "SELECT * FROM cursor") == []
+    assert table(local, "SELECT * FROM deliveries") == []
+    assert table(local, "SELECT id, delivered_at FROM delivered_elsewhere") == [(ACME, NOW - 9)]
+    assert rebase_deliveries(tmp_path / "none.sqlite3") == 0  # no database: nothing to do
+    got: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        got.append(request.headers["Meterd-Event-Id"])
+        return httpx.Response(200)
+
+    alerts = book(ONE)
+    db = tmp_path / "meterd.sqlite3"  # the new store: its outbox numbered from 1
+    async with running(db, alerts, idle_timeout=3600, checkpoint_interval=3600) as accounts:
+        service = DeliveryService(
+            accounts.store,
+            alerts,
+            [Webhook("hook", "http://127.0.0.1:9/hooks", SECRET)],
+            local,
+            transport=httpx.MockTransport(answer),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await accounts.ingest("acme", [dyno("acme", "e1", "1")])
+            await accounts.checkpoint("acme")
+            await accounts.ingest("beta", [dyno("beta", "e2", "1")])
+            with trio.fail_after(10):
+                await service.wait_until(lambda: service.delivered >= 1)
+            counts = await service.counts()
+            nursery.cancel_scope.cancel()
+    assert got == [BETA]  # acme's was delivered before the store was replaced: not sent
+    assert counts == {"pending": 0, "delivered": 2, "failed": 0}
+    assert [seq for _, seq in table(local, "SELECT id, seq FROM deliveries")] == sorted(
+        r.seq for r in outbox(db)
+    )
 
 
 def test_import_merges_ids_only_and_keeps_the_local_records(tmp_path: Path) -> None:
