@@ -292,8 +292,12 @@ class Snapshots:
 
     async def latest(self, shard: int) -> SnapshotInfo | None:
         """The stored snapshot of ``shard`` (None: none yet)."""
+        found = await self._object_info(shard_name(shard))
+        return None if found is None else _info(shard, found)
+
+    async def _object_info(self, name: str) -> api.ObjectInfo | None:
+        """The stored object ``name``'s info (None: no such object)."""
         store = self._store
-        name = shard_name(shard)
 
         async def get() -> api.ObjectInfo | None:
             try:
@@ -301,8 +305,10 @@ class Snapshots:
             except nats.js.errors.ObjectNotFoundError:
                 return None
 
-        found = await self.connection._run(f"read snapshot {SNAPSHOTS}/{name}", get)
-        return None if found is None else _info(shard, found)
+        found: api.ObjectInfo | None = await self.connection._run(
+            f"read snapshot {SNAPSHOTS}/{name}", get
+        )
+        return found
 
     async def take(
         self,
@@ -383,16 +389,8 @@ class Snapshots:
         """The store is as recent as the stored snapshot (position ``stored.seq``) but
         crossings may have been delivered since: upload the deliveries ``copy`` alone when
         the stored one knows another number of delivered ids (or is missing)."""
-        store = self._store
         name = deliveries_object(shard)
-
-        async def get() -> api.ObjectInfo | None:
-            try:
-                return await store.get_info(name)
-            except nats.js.errors.ObjectNotFoundError:
-                return None
-
-        found = await self.connection._run(f"read snapshot {SNAPSHOTS}/{name}", get)
+        found = await self._object_info(name)
         if found is not None and _header(found, DELIVERED) == str(delivered):
             return
         headers = {

@@ -106,6 +106,23 @@ def lines(node: Gateway, event: str) -> list[dict[str, Any]]:
     return [line for line in node.lines if line.get("event") == event]
 
 
+async def delivered_by_n1(
+    stack: AsyncExitStack, configs: dict[str, Config], receiver: Receiver
+) -> tuple[Gateway, Gateway, list[str]]:
+    """n1 holding every shard and n2 beside it; one account a shard sent through n2, each
+    crossing its threshold, until the receiver has every crossing delivered (200) by n1."""
+    accounts = accounts_per_shard(configs["n1"], 1)  # one account (one crossing) a shard
+    one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
+    lane = Lane("via-2", accounts)
+    await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
+
+    def delivered(r: Receiver) -> bool:
+        return len(r.delivered_ids()) == len(accounts)
+
+    assert await trio.to_thread.run_sync(receiver.wait_for, delivered)
+    return one, two, accounts
+
+
 async def test_crossings_delivered_before_the_last_snapshot_are_not_sent_again(
     tmp_path: Path, nats3: NatsCluster
 ) -> None:
@@ -119,17 +136,9 @@ async def test_crossings_delivered_before_the_last_snapshot_are_not_sent_again(
             n: alert_config(tmp_path / n, nats3, n, receiver.url, snapshot_interval="1s")
             for n in ("n1", "n2")
         }
-        accounts = accounts_per_shard(configs["n1"], 1)  # one account (one crossing) a shard
         with trio.fail_after(240):
             async with AsyncExitStack() as stack:
-                one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
-                lane = Lane("via-2", accounts)
-                await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
-
-                def delivered(r: Receiver) -> bool:
-                    return len(r.delivered_ids()) == len(accounts)
-
-                assert await trio.to_thread.run_sync(receiver.wait_for, delivered)
+                one, two, accounts = await delivered_by_n1(stack, configs, receiver)
 
                 def snapshotted() -> bool:  # each shard's last snapshot knows its crossing
                     last: dict[int, int] = {}
@@ -171,17 +180,9 @@ async def test_crossings_delivered_after_the_last_snapshot_are_sent_again(
     receiver.start()
     try:
         configs = {n: alert_config(tmp_path / n, nats3, n, receiver.url) for n in ("n1", "n2")}
-        accounts = accounts_per_shard(configs["n1"], 1)
         with trio.fail_after(240):
             async with AsyncExitStack() as stack:
-                one, two = await first_holds_all(stack, configs["n1"], configs["n2"])
-                lane = Lane("via-2", accounts)
-                await lane.run(two.url, two.token("platform"), trio.Event(), limit=4 * SHARDS)
-
-                def delivered(r: Receiver) -> bool:
-                    return len(r.delivered_ids()) == len(accounts)
-
-                assert await trio.to_thread.run_sync(receiver.wait_for, delivered)
+                one, _, _ = await delivered_by_n1(stack, configs, receiver)
                 before = bodies(receiver)
                 one.kill9()
 
