@@ -7,11 +7,14 @@ used."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import trio
 
+from meterd.accounts.service import Accounts
 from meterd.alerts import Webhook, delivered_count, import_delivered, rebase_deliveries
 from meterd.alerts._delivered import connect
 from meterd.alerts._delivery import Delivery, DeliveryService
@@ -50,19 +53,12 @@ def table(path: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-async def test_a_crossing_delivered_elsewhere_is_recorded_delivered_and_not_sent(
-    tmp_path: Path,
-) -> None:
-    # The copy (another node's): acme's crossing delivered, beta's still pending there, and
-    # a cursor and seq far ahead of anything this node's outbox numbers.
-    copy = tmp_path / "copy.sqlite3"
-    write(
-        copy,
-        [a_delivery(ACME, 999, "delivered", NOW - 5), a_delivery(BETA, 1000, "pending")],
-        cursor=1000,
-    )
-    local = tmp_path / "deliveries.sqlite3"
-    assert await trio.to_thread.run_sync(import_delivered, local, copy) == 1
+@asynccontextmanager
+async def delivering(
+    tmp_path: Path, local: Path
+) -> AsyncIterator[tuple[Accounts, DeliveryService, list[str]]]:
+    """A store in ``tmp_path`` with rule ONE, and a delivery service on the deliveries
+    database ``local`` whose webhook answers 200; the ids it was sent, in order."""
     got: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -81,19 +77,37 @@ async def test_a_crossing_delivered_elsewhere_is_recorded_delivered_and_not_sent
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
-            # acme's crossing first in the outbox: once beta's is delivered, the service has
-            # followed the outbox past acme's too.
-            await accounts.ingest("acme", [dyno("acme", "e1", "1")])
-            await accounts.checkpoint("acme")
-            assert [r.id for r in outbox(db)] == [ACME]
-            await accounts.ingest("beta", [dyno("beta", "e2", "1")])
-            with trio.fail_after(30):
-                await service.wait_until(lambda: service.delivered >= 1)
-            counts = await service.counts()
-            settled = dict(service.settled)
-            pending = service.pending
-            listed = {d.id: d for d in await service.deliveries()}
+            yield accounts, service, got
             nursery.cancel_scope.cancel()
+
+
+async def test_a_crossing_delivered_elsewhere_is_recorded_delivered_and_not_sent(
+    tmp_path: Path,
+) -> None:
+    # The copy (another node's): acme's crossing delivered, beta's still pending there, and
+    # a cursor and seq far ahead of anything this node's outbox numbers.
+    copy = tmp_path / "copy.sqlite3"
+    write(
+        copy,
+        [a_delivery(ACME, 999, "delivered", NOW - 5), a_delivery(BETA, 1000, "pending")],
+        cursor=1000,
+    )
+    local = tmp_path / "deliveries.sqlite3"
+    assert await trio.to_thread.run_sync(import_delivered, local, copy) == 1
+    db = tmp_path / "meterd.sqlite3"
+    async with delivering(tmp_path, local) as (accounts, service, got):
+        # acme's crossing first in the outbox: once beta's is delivered, the service has
+        # followed the outbox past acme's too.
+        await accounts.ingest("acme", [dyno("acme", "e1", "1")])
+        await accounts.checkpoint("acme")
+        assert [r.id for r in outbox(db)] == [ACME]
+        await accounts.ingest("beta", [dyno("beta", "e2", "1")])
+        with trio.fail_after(30):
+            await service.wait_until(lambda: service.delivered >= 1)
+        counts = await service.counts()
+        settled = dict(service.settled)
+        pending = service.pending
+        listed = {d.id: d for d in await service.deliveries()}
     assert got == [BETA]  # acme's was delivered elsewhere: not sent; beta's (unknown): sent
     assert counts == {"pending": 0, "delivered": 2, "failed": 0}
     assert settled == {"delivered": 2, "failed": 0}  # /metrics agrees with the database
@@ -120,30 +134,12 @@ async def test_a_copys_cursor_is_not_imported_so_nothing_is_skipped(tmp_path: Pa
     write(copy, [], cursor=10**6)
     local = tmp_path / "deliveries.sqlite3"
     assert await trio.to_thread.run_sync(import_delivered, local, copy) == 0
-    got: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        got.append(request.headers["Meterd-Event-Id"])
-        return httpx.Response(200)
-
-    alerts = book(ONE)
-    db = tmp_path / "meterd.sqlite3"
-    async with running(db, alerts, idle_timeout=3600, checkpoint_interval=3600) as accounts:
-        service = DeliveryService(
-            accounts.store,
-            alerts,
-            [Webhook("hook", "http://127.0.0.1:9/hooks", SECRET)],
-            local,
-            transport=httpx.MockTransport(answer),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            assert service.cursor == 0
-            await accounts.ingest("acme", [dyno("acme", "e1", "1")])
-            await accounts.ingest("beta", [dyno("beta", "e2", "1")])
-            with trio.fail_after(30):
-                await service.wait_until(lambda: service.delivered == 2)
-            nursery.cancel_scope.cancel()
+    async with delivering(tmp_path, local) as (accounts, service, got):
+        assert service.cursor == 0
+        await accounts.ingest("acme", [dyno("acme", "e1", "1")])
+        await accounts.ingest("beta", [dyno("beta", "e2", "1")])
+        with trio.fail_after(30):
+            await service.wait_until(lambda: service.delivered == 2)
     assert sorted(got) == sorted([ACME, BETA])
 
 
@@ -162,31 +158,14 @@ async def test_a_rebased_database_follows_a_new_stores_outbox_from_its_start(
     assert table(local, "SELECT * FROM deliveries") == []
     assert table(local, "SELECT id, delivered_at FROM delivered_elsewhere") == [(ACME, NOW - 9)]
     assert rebase_deliveries(tmp_path / "none.sqlite3") == 0  # no database: nothing to do
-    got: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        got.append(request.headers["Meterd-Event-Id"])
-        return httpx.Response(200)
-
-    alerts = book(ONE)
     db = tmp_path / "meterd.sqlite3"  # the new store: its outbox numbered from 1
-    async with running(db, alerts, idle_timeout=3600, checkpoint_interval=3600) as accounts:
-        service = DeliveryService(
-            accounts.store,
-            alerts,
-            [Webhook("hook", "http://127.0.0.1:9/hooks", SECRET)],
-            local,
-            transport=httpx.MockTransport(answer),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            await accounts.ingest("acme", [dyno("acme", "e1", "1")])
-            await accounts.checkpoint("acme")
-            await accounts.ingest("beta", [dyno("beta", "e2", "1")])
-            with trio.fail_after(10):
-                await service.wait_until(lambda: service.delivered >= 1)
-            counts = await service.counts()
-            nursery.cancel_scope.cancel()
+    async with delivering(tmp_path, local) as (accounts, service, got):
+        await accounts.ingest("acme", [dyno("acme", "e1", "1")])
+        await accounts.checkpoint("acme")
+        await accounts.ingest("beta", [dyno("beta", "e2", "1")])
+        with trio.fail_after(10):
+            await service.wait_until(lambda: service.delivered >= 1)
+        counts = await service.counts()
     assert got == [BETA]  # acme's was delivered before the store was replaced: not sent
     assert counts == {"pending": 0, "delivered": 2, "failed": 0}
     assert [seq for _, seq in table(local, "SELECT id, seq FROM deliveries")] == sorted(
