@@ -50,10 +50,12 @@ SCHEMA: Final = (
         delivered_at INTEGER
     )""",
 )
-# Every id known delivered in a deliveries database: its own and those it imported.
+# Every id known delivered in a deliveries database: its own and those it imported, but for
+# an id its own record has pending (an operator's redelivery: to be sent again).
 _DELIVERED_IDS: Final = (
     "SELECT id, delivered_at FROM deliveries WHERE status = 'delivered'",
-    "SELECT id, delivered_at FROM delivered_elsewhere",
+    "SELECT id, delivered_at FROM delivered_elsewhere"
+    " WHERE id NOT IN (SELECT id FROM deliveries WHERE status = 'pending')",
 )
 
 

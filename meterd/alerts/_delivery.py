@@ -225,6 +225,16 @@ def _save(conn: sqlite3.Connection, delivery: Delivery) -> None:
     )
 
 
+def _redeliver(conn: sqlite3.Connection, delivery: Delivery) -> None:
+    """Save ``delivery`` (pending again) and forget that it was delivered elsewhere: an
+    operator asked for it to be sent, so neither this database nor a copy of it (a snapshot's)
+    may count it delivered until it is."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        _save(conn, delivery)
+        conn.execute("DELETE FROM delivered_elsewhere WHERE id = ?", (delivery.id,))
+
+
 def _list(
     conn: sqlite3.Connection, account: str | None, status: str | None, limit: int
 ) -> list[Delivery]:
@@ -578,7 +588,7 @@ class DeliveryService:
         delivery.first_attempt_at = None
         delivery.delivered_at = None
         delivery.next_attempt_at = self.clock_ms()
-        await self.db.call(partial(_save, delivery=delivery))
+        await self.db.call(partial(_redeliver, delivery=delivery))
         queue = self.queues.setdefault(delivery.account, deque())
         queue.append(delivery)
         ordered = sorted(queue, key=lambda d: d.seq)

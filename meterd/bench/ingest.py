@@ -665,11 +665,13 @@ def listening_pid(port: int) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What :func:`settle` waited: ``seconds``, and the process tree's CPU seconds from
-    ``since`` (or the wait's start) to its end (``None``: the process could not be read)."""
+    """What :func:`settle` waited: ``seconds`` in all, ``busy_seconds`` of them before the
+    quiet half second that ended the wait, and the process tree's CPU seconds from ``since``
+    (or the wait's start) to its end (``None``: the process could not be read)."""
 
     seconds: float
     cpu_seconds: float | None
+    busy_seconds: float = 0.0
 
 
 async def settle(
@@ -681,20 +683,22 @@ async def settle(
     run ended, so that the CPU it spent after its last ack counts from there."""
     if pid is None:
         return Settled(0.0, None)
-    start = trio.current_time()
+    start = busy_until = trio.current_time()
     first = last = tree_cpu_seconds(pid)
     while last is not None and trio.current_time() - start < limit:
+        sampled = trio.current_time()
         await trio.sleep(0.5)
         now = tree_cpu_seconds(pid)
         if now is None:
             break
         quiet = now - last < busy * 0.5
-        last = now  # the quiet half second counts too: it ends the work
+        last = now  # the quiet half second's CPU counts too: the work may end in it
         if quiet:
             break
+        busy_until = sampled + 0.5
     origin = first if since is None else since
     used = None if last is None or origin is None else max(0.0, last - origin)
-    return Settled(trio.current_time() - start, used)
+    return Settled(trio.current_time() - start, used, busy_until - start)
 
 
 class _Watch:
@@ -779,8 +783,10 @@ class RunResult:
     error: str | None = None  # what ended the run early
     load_average: float | None = None  # the machine's 1-minute load average at the start
     timeline: list[int] = field(default_factory=list)  # events acked in each second of the run
-    # the tree's CPU seconds when the last ack came (where the work after it counts from)
+    # the tree's CPU seconds when the last ack came (where the work after it counts from),
+    # and when that was (Trio's clock)
     server_tree_cpu_end: float | None = None
+    ended_at: float | None = None
     # after the last ack, until the server went idle (settle): seconds, and its CPU seconds
     after_ack_seconds: float | None = None
     after_ack_cpu_seconds: float | None = None
@@ -893,6 +899,7 @@ async def drive(
     watch = _Watch(None)
     measured: tuple[float | None, int | None, float] | None = None
     tree_cpu_end: float | None = None
+    ended_at: float | None = None
     load_average: float | None = None
     with run.scope:
         async with trio.open_nursery() as nursery:
@@ -922,6 +929,7 @@ async def drive(
             await run.done.wait()  # a failure cancels this wait
             measured = watch.stop()  # before the producers close their connections
             tree_cpu_end = None if target.pid is None else tree_cpu_seconds(target.pid)
+            ended_at = trio.current_time()
             sampler.cancel()
     if not run.go.is_set():
         raise BenchError(run.error or f"{target.name}: the producers could not start")
@@ -962,6 +970,7 @@ async def drive(
         load_average=load_average,
         timeline=_timeline(tallies, run.t0),
         server_tree_cpu_end=tree_cpu_end,
+        ended_at=ended_at,
     )
 
 
@@ -1246,6 +1255,7 @@ async def bench_target(target: Target, options: BenchOptions, report: TargetRepo
         await _settle(target)
         log(f"{target.name}: re-send, the same {load.events:,} events again (all duplicates)")
         report.resend = await drive(target, load, "re-send", max_in_flight=in_flight)
+        await _settle(target, after=report.resend)
         _check(target, report.resend)
         log(f"{target.name}: re-send {report.resend.rate:,.0f} events/s acked")
     if not options.half_load:
@@ -1402,9 +1412,13 @@ def _frame_name(frame: str) -> str:
 async def _settle(target: Target, after: RunResult | None = None) -> None:
     """Wait for ``target`` to go idle; ``after``: the row just run, which is given the
     seconds and CPU the server spent after its last ack."""
+    waiting = trio.current_time()
     settled = await settle(target.pid, since=None if after is None else after.server_tree_cpu_end)
     if after is not None:
-        after.after_ack_seconds = settled.seconds
+        # From the last ack to the quiet half second that ended the wait (with --profile,
+        # py-spy's stop in between counts as busy).
+        ack = waiting if after.ended_at is None else after.ended_at
+        after.after_ack_seconds = waiting - ack + settled.busy_seconds
         after.after_ack_cpu_seconds = settled.cpu_seconds
     if settled.seconds > 1.5:
         log(f"{target.name}: waited {settled.seconds:.1f} s for the server to go idle")
@@ -1540,6 +1554,8 @@ def _rows(target: TargetReport) -> list[Row]:
         add("re-send: events/s acked (all duplicates)", again.rate)
         add("re-send: ack latency p99, ms", again.latency_p99_ms, 1)
         add("re-send: server CPU, µs per event", again.server_cpu_per_event_us, 1)
+        add("re-send: server CPU with the work after the last ack, µs per event",
+            again.total_cpu_per_event_us, 1)  # fmt: skip
     if half is not None or target.half_skipped is not None:
         if half is None:
             done = "skipped"

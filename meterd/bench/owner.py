@@ -76,6 +76,7 @@ from ._proc import (
     rss_bytes,
     switches,
     system_cpu_seconds,
+    tree_cpu_seconds,
 )
 from .ingest import settle, summarize_profile
 
@@ -248,10 +249,11 @@ async def run_owner(
             )
             wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
             cpu = (cpu_seconds(ref.pid) or 0.0) - (cpu0 or 0.0)
+            end = tree_cpu_seconds(ref.pid)  # the work after the last verdict counts from here
             main = (main_thread_cpu_seconds(ref.pid) or 0.0) - (main0 or 0.0)
             switched = max(0, (switches(ref.pid) or 0) - (switches0 or 0))
             system = (system_cpu_seconds(ref.pid) or 0.0) - (system0 or 0.0)
-        after = await settle(ref.pid, since=(cpu0 or 0.0) + cpu)
+        after = await settle(ref.pid, since=end)
         rss = rss_bytes(ref.pid) or 0
         if accepted != events:
             raise RuntimeError(f"the owner accepted {accepted} of {events} events")
@@ -271,7 +273,7 @@ async def run_owner(
         switched / events,
         system / events * 1e6,
         (after.cpu_seconds or 0.0) / events * 1e6,
-        after.seconds,
+        after.busy_seconds,
     )
 
 
@@ -369,6 +371,7 @@ async def run_in_process(
             after0, waited0 = time.process_time(), trio.current_time()
             await _settle_in_process(cell)
             after, waited = time.process_time() - after0, trio.current_time() - waited0
+            waited = max(0.0, waited - 1.0)  # the wait's last second is its quiet sample
             cell.supervisor.stop()
     finally:
         await cell.aclose()

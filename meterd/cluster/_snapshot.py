@@ -460,8 +460,14 @@ class Snapshots:
             return Restored(local, local)
         if info is None:
             return Restored(local, local)
-        if info.seq <= local:
-            return Restored(local, max(local, info.covered))
+        if info.seq <= local:  # the local store is kept, and learns what the snapshot's
+            # deliveries know (another node may have delivered crossings since this one held it)
+            delivered = 0
+            if deliveries_path is not None:
+                delivered = await self._restore_deliveries(
+                    shard, info, store_path, deliveries_path, replacing=False
+                )
+            return Restored(local, max(local, info.covered), delivered=delivered)
         started = time.monotonic()
         delivered = rebased = 0
         download = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".restore")
@@ -489,7 +495,13 @@ class Snapshots:
                 rebased = await trio.to_thread.run_sync(rebase_deliveries, deliveries_path)
                 delivered = await self._restore_deliveries(shard, info, store_path, deliveries_path)
             await trio.to_thread.run_sync(_replace, download, store_path)
-        except (ClusterUnavailable, SnapshotInvalid, trio.TooSlowError, OSError) as error:
+        except (
+            ClusterUnavailable,
+            SnapshotInvalid,
+            trio.TooSlowError,
+            OSError,
+            sqlite3.Error,  # the local deliveries database could not be rebased: keep it all
+        ) as error:
             log.error(  # noqa: TRY400 (the error is in the line; no traceback wanted)
                 "cluster.snapshot.restore_failed",
                 shard=shard,
@@ -522,7 +534,13 @@ class Snapshots:
         return Restored(info.seq, info.covered, info, seconds, delivered)
 
     async def _restore_deliveries(
-        self, shard: int, info: SnapshotInfo, store_path: Path, deliveries_path: Path
+        self,
+        shard: int,
+        info: SnapshotInfo,
+        store_path: Path,
+        deliveries_path: Path,
+        *,
+        replacing: bool = True,
     ) -> int:
         """Merge the ids the snapshot's deliveries copy knows delivered into the local
         deliveries database (:func:`meterd.alerts.import_delivered`); how many were new. No
@@ -531,6 +549,8 @@ class Snapshots:
         copy = await trio.to_thread.run_sync(_temp_beside, store_path, shard, ".rdeliv")
         try:
             if not await self._download(shard, copy, deliveries_object(shard)):
+                if not replacing:  # the local store and its deliveries stay: nothing lost
+                    return 0
                 log.info(
                     "cluster.snapshot.no_deliveries",
                     shard=shard,

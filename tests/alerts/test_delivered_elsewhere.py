@@ -16,8 +16,8 @@ import trio
 
 from meterd.accounts.service import Accounts
 from meterd.alerts import Webhook, delivered_count, import_delivered, rebase_deliveries
-from meterd.alerts._delivered import connect
-from meterd.alerts._delivery import Delivery, DeliveryService
+from meterd.alerts._delivered import connect, read_delivered
+from meterd.alerts._delivery import Delivery, DeliveryService, _redeliver
 
 from .helpers import NOW, book, dyno, outbox, rule, running
 
@@ -236,3 +236,34 @@ def test_a_copy_from_before_delivered_elsewhere_or_without_deliveries_imports(
     assert import_delivered(local, empty) == 0
     assert import_delivered(local, old) == 1
     assert table(local, "SELECT id, delivered_at FROM delivered_elsewhere") == [("a", 7)]
+
+
+def test_a_redelivery_is_not_counted_delivered_by_a_copy_or_a_rebase(tmp_path: Path) -> None:
+    """A crossing recorded delivered elsewhere that an operator redelivers is pending until it
+    is sent: neither a snapshot's copy of this database nor a rebase may say it was
+    delivered, or the next owner would record it delivered and never send it."""
+    local = tmp_path / "deliveries.sqlite3"
+    copy = tmp_path / "copy.sqlite3"
+    write(copy, [a_delivery(ACME, 1, "delivered", NOW - 5)], cursor=1)
+    assert import_delivered(local, copy) == 1
+    write(local, [a_delivery(ACME, 3, "delivered", NOW - 5)], cursor=3)  # recorded, unsent
+    assert delivered_count(local) == 1
+    conn = connect(local)
+    try:
+        again = a_delivery(ACME, 3, "pending")  # what DeliveryService.redeliver saves
+        _redeliver(conn, again)
+    finally:
+        conn.close()
+    assert table(local, "SELECT id FROM delivered_elsewhere") == []
+    assert read_delivered(local) == []  # a snapshot's copy of it knows nothing delivered
+    assert rebase_deliveries(local) == 1
+    assert table(local, "SELECT id FROM delivered_elsewhere") == []  # sent by the next owner
+    # An id both imported and pending in its own record (written before redeliveries forgot
+    # imports) is not counted delivered either: its own record wins.
+    older = tmp_path / "older.sqlite3"
+    write(older, [a_delivery(BETA, 4, "pending")], cursor=4)
+    conn = sqlite3.connect(older)
+    conn.execute("INSERT INTO delivered_elsewhere VALUES (?, ?)", (BETA, NOW))
+    conn.commit()
+    conn.close()
+    assert read_delivered(older) == []

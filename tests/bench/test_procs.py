@@ -299,6 +299,7 @@ def test_settle_counts_the_cpu_a_process_spends_after_a_row_until_it_is_idle(
         assert settled.cpu_seconds is not None
         assert settled.cpu_seconds >= BUSY_SECONDS - since - TICKS
         assert settled.seconds >= 0.5  # at least the quiet half second that ended the wait
+        assert settled.busy_seconds == 0  # it was quiet from the start
     finally:
         assert child.stdin is not None
         child.stdin.close()

@@ -351,6 +351,16 @@ async def test_a_snapshot_carries_which_crossings_were_delivered_and_nothing_els
         ("x2",),
     ]
 
+    # A node whose store is as recent as the snapshot keeps it, its rows and its cursor, and
+    # still learns what the snapshot's deliveries know (another owner may have delivered).
+    restored = await snapshots.restore(SHARD, files.store, files.billing, files.deliveries)
+    assert (restored.snapshot, restored.position, restored.delivered) == (None, last, 2)
+    assert rows_of(files.deliveries, "SELECT id, seq, status FROM deliveries ORDER BY id") == [
+        ("x1", 40, "delivered"),
+        ("x2", 41, "delivered"),
+    ]
+    assert rows_of(files.deliveries, "SELECT seq FROM cursor") == [(41,)]
+
     # A snapshot made without a deliveries object (an older meterd): restored as before.
     await conn.bridge.call(lambda: snapshots._store.delete(deliveries_object(SHARD)))
     target = shard_files(bare, SHARD)

@@ -82,18 +82,22 @@ def test_kill9_at_many_random_moments_then_rerun(
     prepared: tuple[Path, dict[str, object]], tmp_path: Path
 ) -> None:
     # The moments are drawn over how long an uninterrupted migration of the same store takes
-    # on this machine now (its imports warm or not), so most runs are interrupted.
-    timed = fresh(prepared, tmp_path / "timed")
-    finished = subprocess.run(
-        [sys.executable, "-m", "tests.partitions.procs.migrate_and_die", str(timed.path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    duration = float(finished.stdout.split()[-1])
-    rerun_gives_the_reference(timed, prepared[1])
+    # on this machine now (its imports warm or not): the shorter of two, so that a slow
+    # first one (cold caches, a busy machine) does not let most runs finish first.
+    durations = []
+    for n in range(2):
+        timed = fresh(prepared, tmp_path / f"timed{n}")
+        finished = subprocess.run(
+            [sys.executable, "-m", "tests.partitions.procs.migrate_and_die", str(timed.path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        durations.append(float(finished.stdout.split()[-1]))
+        rerun_gives_the_reference(timed, prepared[1])
+    duration = min(durations)
     rng = random.Random(1515)
     killed = 0
     for n in range(30):
