@@ -1651,7 +1651,9 @@ def format_report(report: Report) -> str:
             values.append(value)
         if compare:
             a, b = values
-            cells.append("—" if a is None or not b else f"{a / b:.2f}x")
+            # No ratio to a figure shown as zero (a baseline idle right after its last ack).
+            shown_zero = cells[2].replace(",", "").replace(".", "").strip("0") == ""
+            cells.append("—" if a is None or not b or shown_zero else f"{a / b:.2f}x")
         table.append(cells)
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
     lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
