@@ -90,12 +90,28 @@ def owned(nodes: Sequence[Gateway]) -> dict[int, str]:
     return found
 
 
-async def usage_total(client: httpx.AsyncClient, config: Config, account: str) -> Decimal:
-    answer = await client.get(
-        f"/v1/accounts/{account}/usage",
-        params={"meter": "dyno.seconds", "from": 0, "to": now_ms() + 86_400_000, "window": "day"},
-        headers={"Authorization": f"Bearer {config.api.admin_token}"},
-    )
+async def usage_total(
+    client: httpx.AsyncClient, config: Config, account: str, *, settling: float = 0.0
+) -> Decimal:
+    """The account's total over all time. ``settling``: seconds during which a 503
+    ``owner_unavailable`` (a node taking the shard over and replaying its log, which says to
+    retry) is asked again, as a client would."""
+    deadline = trio.current_time() + settling
+    while True:
+        answer = await client.get(
+            f"/v1/accounts/{account}/usage",
+            params={
+                "meter": "dyno.seconds",
+                "from": 0,
+                "to": now_ms() + 86_400_000,
+                "window": "day",
+            },
+            headers={"Authorization": f"Bearer {config.api.admin_token}"},
+        )
+        retry = answer.status_code == 503 and "owner_unavailable" in answer.text
+        if not retry or trio.current_time() >= deadline:
+            break
+        await trio.sleep(0.2)  # the answer says to retry in a moment
     assert answer.status_code == 200, answer.text
     return sum((Decimal(row["value"]) for row in answer.json()["rows"]), Decimal(0))
 
@@ -103,14 +119,15 @@ async def usage_total(client: httpx.AsyncClient, config: Config, account: str) -
 async def totals_from_owners(
     configs: dict[str, Config], accounts: list[str], via: Config
 ) -> dict[str, Decimal]:
-    """Each account's total, asked of the node that owns its shard (per ``/v1/cluster``)."""
+    """Each account's total, asked of the node that owns its shard (per ``/v1/cluster``),
+    once that node serves it (a shard taken over during the test may still be replaying)."""
     doc = await cluster_doc(via)
     owner_of = {row["partition"] // 4: row["owner"] for row in doc["partitions"]}
     found: dict[str, Decimal] = {}
     for account in accounts:
         config = configs[owner_of[shard_of(account, via.partitions)]]
         async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
-            total = await usage_total(client, config, account)
+            total = await usage_total(client, config, account, settling=60)
         if total:
             found[account] = total
     return found
