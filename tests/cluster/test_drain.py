@@ -22,12 +22,11 @@ from meterd.cluster._registry import NodeRegistry
 from meterd.config import Config
 from tests.cluster.servers import NatsCluster
 from tests.cluster.test_applier import cluster_config
-from tests.cluster.test_node import cluster_doc, node_config
+from tests.cluster.test_node import cluster_doc, node_config, usage_total
 from tests.cluster.test_snapshot_takeover import snap_config
 from tests.cluster.test_takeover import (
     accounts_per_shard,
     totals_from_owners,
-    usage_total,
     wait_lines,
 )
 from tests.partitions.gateway_harness import Gateway, Lane, gateway, merged

@@ -67,25 +67,40 @@ async def cluster_doc(config: Config, *, unavailable_for: float = 30.0) -> dict[
         return document
 
 
+async def usage_total(
+    client: httpx.AsyncClient, config: Config, account: str, *, settling: float = 0.0
+) -> Decimal:
+    """The account's total over all time. ``settling``: seconds during which a 503
+    ``owner_unavailable`` (a node taking the shard over and replaying its log, which says to
+    retry) is asked again, as a client would."""
+    deadline = trio.current_time() + settling
+    while True:
+        answer = await client.get(
+            f"/v1/accounts/{account}/usage",
+            params={
+                "meter": "dyno.seconds",
+                "from": 0,
+                "to": now_ms() + 86_400_000,
+                "window": "day",
+            },
+            headers={"Authorization": f"Bearer {config.api.admin_token}"},
+        )
+        retry = answer.status_code == 503 and "owner_unavailable" in answer.text
+        if not retry or trio.current_time() >= deadline:
+            break
+        await trio.sleep(0.2)  # the answer says to retry in a moment
+    assert answer.status_code == 200, answer.text
+    return sum((Decimal(row["value"]) for row in answer.json()["rows"]), Decimal(0))
+
+
 async def totals(config: Config, accounts: list[str]) -> dict[str, Decimal]:
+    """Each of ``accounts``' total (those with usage), asked of the node of ``config``."""
     found: dict[str, Decimal] = {}
-    token = {"Authorization": f"Bearer {config.api.admin_token}"}
     async with httpx.AsyncClient(base_url=f"http://{config.api.listen}", timeout=30) as client:
         for account in accounts:
-            answer = await client.get(
-                f"/v1/accounts/{account}/usage",
-                params={
-                    "meter": "dyno.seconds",
-                    "from": 0,
-                    "to": now_ms() + 86_400_000,
-                    "window": "day",
-                },
-                headers=token,
-            )
-            assert answer.status_code == 200, answer.text
-            rows = answer.json()["rows"]
-            if rows:
-                found[account] = sum((Decimal(row["value"]) for row in rows), Decimal(0))
+            total = await usage_total(client, config, account)
+            if total:
+                found[account] = total
     return found
 
 

@@ -29,8 +29,8 @@ from meterd.cluster._placement import rendezvous
 from meterd.config import Config
 from meterd.partitions import Slice, decode, shard_files, shard_of
 from tests.cluster.servers import NatsCluster, until
-from tests.cluster.test_node import SHORT_TTL, cluster_doc, node_config
-from tests.partitions.gateway_harness import Gateway, Lane, gateway, merged, now_ms
+from tests.cluster.test_node import SHORT_TTL, cluster_doc, node_config, usage_total
+from tests.partitions.gateway_harness import Gateway, Lane, gateway, merged
 
 TTL = SHORT_TTL
 SHARDS = 4  # count 16, shard_size 4 (node_config)
@@ -88,32 +88,6 @@ def owned(nodes: Sequence[Gateway]) -> dict[int, str]:
             if line.get("event") == "cluster.shard.owned":
                 found[int(line["shard"])] = str(line["node"])
     return found
-
-
-async def usage_total(
-    client: httpx.AsyncClient, config: Config, account: str, *, settling: float = 0.0
-) -> Decimal:
-    """The account's total over all time. ``settling``: seconds during which a 503
-    ``owner_unavailable`` (a node taking the shard over and replaying its log, which says to
-    retry) is asked again, as a client would."""
-    deadline = trio.current_time() + settling
-    while True:
-        answer = await client.get(
-            f"/v1/accounts/{account}/usage",
-            params={
-                "meter": "dyno.seconds",
-                "from": 0,
-                "to": now_ms() + 86_400_000,
-                "window": "day",
-            },
-            headers={"Authorization": f"Bearer {config.api.admin_token}"},
-        )
-        retry = answer.status_code == 503 and "owner_unavailable" in answer.text
-        if not retry or trio.current_time() >= deadline:
-            break
-        await trio.sleep(0.2)  # the answer says to retry in a moment
-    assert answer.status_code == 200, answer.text
-    return sum((Decimal(row["value"]) for row in answer.json()["rows"]), Decimal(0))
 
 
 async def totals_from_owners(
